@@ -1,0 +1,196 @@
+"""The one library API: the ``Engine`` protocol and the frozen dataclasses it takes and returns.
+
+``LocalEngine`` (migrate/engine.py) runs everything on this host through the runtime and the
+checkpoint core; ``RemoteEngine`` (migrate/client.py) is the gRPC client of a pymigrate daemon.
+The CLI and the gRPC servicer talk only to an ``Engine``; neither sees protobuf and runtime
+internals at the same time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Protocol
+
+from runtime.spec import ContainerInfo, Volume
+
+MigrationMode = Literal["cold", "postcopy", "precopy", "auto"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a long operation, for progress bars and streamed RPCs."""
+
+    operation: str  # checkpoint | restore | migrate | import | export
+    phase: str  # e.g. preflight, freeze, dump, transfer, restore, cleanup, done
+    bytes_done: int = 0
+    bytes_total: int = 0  # 0 when unknown
+    elapsed_s: float = 0.0
+    message: str = ""
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    image: str
+    command: tuple[str, ...] = ()
+    name: str | None = None
+    hostname: str | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    network: Literal["bridge", "none"] = "bridge"
+    ip: str | None = None
+    volumes: tuple[Volume, ...] = ()
+    cgroup_parent: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    name: str
+    digest: str  # "sha256:<hex>"
+    size_bytes: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    leave_running: bool = False
+    export_path: Path | None = None
+    compress: Literal["zstd", "none"] = "zstd"
+    level: int = 1
+    tcp_established: bool = False
+    file_locks: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """Times in milliseconds, sizes in bytes. ``frozen_ms`` is the downtime."""
+
+    freezing_ms: float = 0.0
+    frozen_ms: float = 0.0
+    memdump_ms: float = 0.0
+    memwrite_ms: float = 0.0
+    pages_scanned: int = 0
+    pages_skipped_parent: int = 0
+    pages_written: int = 0
+    images_bytes: int = 0
+    upper_bytes: int = 0
+    archive_bytes: int = 0  # compressed archive size (0 when not exported)
+    archive_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    checkpoint_id: str
+    container_name: str
+    export_path: str | None
+    stats: CheckpointStats
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    checkpoint_id: str
+    container_name: str
+    container_id: str
+    image_digest: str
+    created_at: float
+    size_bytes: int
+    criu_version: str
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    checkpoint_id: str | None = None
+    import_path: Path | None = None
+    name: str | None = None
+    ip: str | None = None
+    tcp_established: bool = False
+
+
+@dataclass(frozen=True)
+class RestoreStats:
+    import_ms: float = 0.0  # verify + unpack of an archive
+    restore_ms: float = 0.0  # CRIU restore
+    total_ms: float = 0.0
+    archive_bytes: int = 0
+    images_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    container: ContainerInfo
+    stats: RestoreStats
+
+
+@dataclass(frozen=True)
+class MigrateOptions:
+    dest: str  # daemon address: unix:PATH, HOST:PORT or ssh://[user@]host[:port]
+    keep_source: bool = False
+    mode: MigrationMode = "cold"
+    tcp_established: bool = False
+
+
+@dataclass(frozen=True)
+class MigrationStats:
+    frozen_ms: float = 0.0  # downtime: freeze to running on the target
+    total_ms: float = 0.0
+    bytes_on_wire: int = 0
+    raw_bytes: int = 0
+    phases_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MigrateResult:
+    container_name: str
+    dest: str
+    mode: str
+    stats: MigrationStats
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    version: str
+    hostname: str
+    kernel: str
+    criu_version: str | None
+    features: dict[str, bool]  # criu and kernel features by name
+    cgroup_mode: str
+    cpu_digest: str
+    images: tuple[ImageInfo, ...] = ()
+
+
+class Engine(Protocol):
+    """Everything a user can do to one host. Names accept a container name or id."""
+
+    def host_info(self) -> HostInfo: ...
+
+    # images
+    def images(self) -> list[ImageInfo]: ...
+    def image_import(self, name: str, tarball: Path) -> ImageInfo: ...
+    def image_remove(self, name: str) -> None: ...
+
+    # containers
+    def run(self, options: RunOptions) -> ContainerInfo: ...
+    def containers(self, all: bool = False) -> list[ContainerInfo]: ...
+    def inspect(self, name: str) -> ContainerInfo: ...
+    def stop(self, name: str, timeout_s: float = 10.0) -> ContainerInfo: ...
+    def kill(self, name: str, signal: int = 9) -> None: ...
+    def remove(self, name: str, force: bool = False) -> None: ...
+    def pause(self, name: str) -> ContainerInfo: ...
+    def unpause(self, name: str) -> ContainerInfo: ...
+    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]: ...
+
+    # checkpoints
+    def checkpoint(self, name: str, options: CheckpointOptions, progress: ProgressFn | None = None) -> CheckpointResult: ...
+    def restore(self, options: RestoreOptions, progress: ProgressFn | None = None) -> RestoreResult: ...
+    def checkpoints(self) -> list[CheckpointInfo]: ...
+    def checkpoint_remove(self, checkpoint_id: str) -> None: ...
+
+    # migration
+    def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult: ...

@@ -1,0 +1,156 @@
+"""The ``pymigrate`` command line: thin over the ``Engine`` API.
+
+Each area lives in its own module with a ``register(subparsers)`` function that adds its
+subcommands; a subcommand's handler receives ``(args, ctx)`` and returns an exit code.
+
+Exit codes (podman's convention):
+    0    success
+    1    the check found something missing, or the command's own negative answer
+    2    usage error (argparse)
+    125  pymigrate itself failed (runtime/migration error, bad input)
+    126  the container command cannot be invoked
+    127  the container command was not found
+    other: a foreground container's own exit code
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_ERROR = 125
+
+# Modules that contribute subcommands, in help order. A module missing its dependencies (or not
+# written yet) is skipped so the rest of the CLI keeps working.
+COMMAND_MODULES = (
+    "migrate.cli.check",
+    "migrate.cli.containers",
+    "migrate.cli.images",
+    "migrate.cli.checkpoints",
+    "migrate.cli.daemon",
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What every subcommand gets: parsed globals and a lazily built engine."""
+
+    root: Path | None
+    json: bool
+    debug: bool
+    args: argparse.Namespace
+    _engine: Any = field(default=None, repr=False)
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from migrate.engine import engine_for
+
+            self._engine = engine_for(self.args)
+        return self._engine
+
+    def emit_json(self, value: Any) -> None:
+        json.dump(value, sys.stdout, indent=2, sort_keys=True, default=_json_default)
+        sys.stdout.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)  # type: ignore[arg-type]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", dest="json_sub", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pymigrate", description="Run containers, checkpoint them with CRIU, restore and migrate them."
+    )
+    parser.add_argument("--root", type=Path, default=None, help="state root (env PYMIGRATE_ROOT, default /var/lib/pymigrate)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    parser.add_argument("--host", default=None, help="act on a remote daemon: unix:PATH, HOST:PORT or ssh://[user@]host[:port]")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate for --host over TLS")
+    parser.add_argument("--tls-key", type=Path, default=None, help="client key for --host over TLS")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="CA that signed the daemon's certificate")
+    parser.add_argument("--token-file", type=Path, default=None, help="bearer token for the daemon")
+    parser.add_argument("--insecure", action="store_true", help="plain TCP to the daemon (no TLS)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = bool(args.json or getattr(args, "json_sub", False))
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx = Context(root=args.root, json=args.json, debug=args.debug, args=args)
+    handler: Callable[[argparse.Namespace, Context], int] = args.handler
+    try:
+        return handler(args, ctx)
+    except KeyboardInterrupt:
+        print("pymigrate: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI's one real boundary
+        return report_error(exc, ctx)
+
+
+def report_error(exc: BaseException, ctx: Context) -> int:
+    """One line and a hint for users; the traceback with --debug; JSON with --json."""
+    if ctx.debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    hint = getattr(exc, "hint", None)
+    known = _is_known(exc)
+    message = str(exc) if known else f"internal error: {type(exc).__name__}: {exc}"
+    if ctx.json:
+        json.dump({"error": message, "type": type(exc).__name__, "hint": hint}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(f"pymigrate: {message}", file=sys.stderr)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _is_known(exc: BaseException) -> bool:
+    from migrate.errors import MigrationError
+    from runtime.errors import ContainerError
+
+    return isinstance(exc, (ContainerError, MigrationError, OSError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Where the runtime keeps things. Every root is a parameter; the defaults live here only.
+
+A *state root* (``--root``, env ``PYMIGRATE_ROOT``, default /var/lib/pymigrate) holds everything one
+"host" owns, so several independent hosts can share one machine (the tests do this)::
+
+    ROOT/
+      images/<digest>/rootfs/         read-only lower dirs, one per image (content addressed)
+      images/index.json               name -> digest
+      containers/<container_id>/      config.json, state.json, upper/, work/, merged/, logs
+      checkpoints/<checkpoint_id>/    local checkpoints (CRIU images dir + upper layer + manifest)
+      network/                        ipam.json (address leases), network.json (bridge, subnet)
+      netns/<container_id>            bind-mounted network namespaces
+      run/                            sockets, locks
+      tmp/                            scratch (imports, partial transfers); same filesystem as the rest
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/var/lib/pymigrate")
+ENV_ROOT = "PYMIGRATE_ROOT"
+
+DEFAULT_BRIDGE = "pmbr0"
+DEFAULT_SUBNET = "10.77.0.0/16"
+
+
+def default_root() -> Path:
+    value = os.environ.get(ENV_ROOT)
+    return Path(value) if value else DEFAULT_ROOT
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every path under one state root."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def containers(self) -> Path:
+        return self.root / "containers"
+
+    def container(self, container_id: str) -> Path:
+        return self.containers / container_id
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, checkpoint_id: str) -> Path:
+        return self.checkpoints / checkpoint_id
+
+    @property
+    def network(self) -> Path:
+        return self.root / "network"
+
+    @property
+    def netns(self) -> Path:
+        return self.root / "netns"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def ensure(self) -> None:
+        for p in (self.images, self.containers, self.checkpoints, self.network, self.netns, self.run, self.tmp):
+            p.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)

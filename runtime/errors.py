@@ -1,0 +1,142 @@
+"""Errors raised by the embedded container runtime.
+
+Tree::
+
+    ContainerError                  every runtime failure; ``hint`` carries advice for the user
+    ├── ContainerNotFound           no container by that name/id in the state root
+    ├── ContainerExists             the name (or address) is already taken
+    ├── InvalidState                operation illegal in the current state (has expected/actual)
+    ├── InvalidArgument             bad user input: names, limits, addresses, volumes, commands
+    ├── ImageError                  image store problems
+    │   ├── ImageNotFound
+    │   └── UnsafeArchive           a tarball member that could escape or is not allowed (names it)
+    ├── Unsupported                 the host lacks a kernel or CRIU feature (names it, hint says how)
+    ├── CgroupError                 cgroupfs refused or timed out
+    │   └── FreezeTimeout           cgroup.events never reported the wanted frozen state
+    ├── MountError                  a mount/pivot_root step failed
+    ├── NetworkError                bridge, veth, address pool
+    └── CriuError                   CRIU answered with an error (operation, errno, log path, log lines)
+        └── CriuUnreachable         CRIU could not be started or its RPC socket broke
+
+Messages are lower case without a final period and name the object and the expectation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ContainerError(Exception):
+    """Base of every runtime error."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ContainerNotFound(ContainerError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no such container: {name}")
+        self.name = name
+
+
+class ContainerExists(ContainerError):
+    pass
+
+
+class InvalidState(ContainerError):
+    def __init__(self, container: str, operation: str, actual: str, expected: str | tuple[str, ...]) -> None:
+        exp = expected if isinstance(expected, str) else " or ".join(expected)
+        super().__init__(f"cannot {operation} container {container}: state is {actual}, expected {exp}")
+        self.container = container
+        self.operation = operation
+        self.actual = actual
+        self.expected = expected
+
+
+class InvalidArgument(ContainerError):
+    pass
+
+
+class ImageError(ContainerError):
+    pass
+
+
+class ImageNotFound(ImageError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no such image: {name}", hint="import one with 'pymigrate image import NAME TARBALL'")
+        self.name = name
+
+
+class UnsafeArchive(ImageError):
+    def __init__(self, member: str, reason: str) -> None:
+        super().__init__(f"refusing archive member {member!r}: {reason}")
+        self.member = member
+        self.reason = reason
+
+
+class Unsupported(ContainerError):
+    def __init__(self, feature: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{feature} is not supported here: {reason}", hint=hint)
+        self.feature = feature
+        self.reason = reason
+
+
+class CgroupError(ContainerError):
+    pass
+
+
+class FreezeTimeout(CgroupError):
+    def __init__(self, cgroup: str, wanted: str, timeout_s: float) -> None:
+        super().__init__(f"cgroup {cgroup} did not become {wanted} within {timeout_s:g}s")
+        self.cgroup = cgroup
+        self.wanted = wanted
+        self.timeout_s = timeout_s
+
+
+class MountError(ContainerError):
+    pass
+
+
+class NetworkError(ContainerError):
+    pass
+
+
+class CriuError(ContainerError):
+    """CRIU answered with an error.
+
+    Attributes:
+        operation: dump, restore, check, page-server, lazy-pages ...
+        errno: CRIU's cr_errno (0 when unknown)
+        log_path: the CRIU log file, kept for the user
+        log_lines: the few lines around the first error in that log
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        message: str,
+        *,
+        errno: int = 0,
+        log_path: Path | None = None,
+        log_lines: tuple[str, ...] = (),
+        hint: str | None = None,
+    ) -> None:
+        text = f"criu {operation} failed: {message}"
+        if log_lines:
+            text += "\n  " + "\n  ".join(log_lines)
+        if log_path is not None:
+            text += f"\n  (log: {log_path})"
+        super().__init__(text, hint=hint)
+        self.operation = operation
+        self.errno = errno
+        self.log_path = log_path
+        self.log_lines = log_lines
+
+
+class CriuUnreachable(CriuError):
+    pass

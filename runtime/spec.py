@@ -1,0 +1,86 @@
+"""What a container is: its spec (what the user asked for) and its recorded state.
+
+Both are frozen dataclasses serialised as JSON in the state store, embedded in checkpoint
+manifests and carried by the gRPC API, so their field names are part of the on-disk format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+NetworkMode = Literal["bridge", "none"]
+Status = Literal["created", "running", "paused", "exited"]
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: str  # absolute host path
+    target: str  # absolute path inside the container
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    container_id: str  # 32 hex chars, random, unique per state root
+    name: str
+    image: str  # image name as given by the user
+    image_digest: str  # "sha256:<hex>" of the image rootfs
+    command: tuple[str, ...]
+    env: tuple[str, ...] = ()  # "KEY=VALUE"
+    workdir: str = "/"
+    hostname: str = ""
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    network: NetworkMode = "bridge"
+    ip: str | None = None  # bridge address (no prefix); None for --network none
+    mac: str | None = None
+    volumes: tuple[Volume, ...] = ()
+    cgroup_parent: str | None = None
+    created_at: float = 0.0  # unix time, seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ContainerSpec":
+        data = dict(data)
+        data["command"] = tuple(data.get("command", ()))
+        data["env"] = tuple(data.get("env", ()))
+        data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    status: Status = "created"
+    pid: int = 0  # host pid of the container's init (0 when not running)
+    shim_pid: int = 0  # host pid of the monitor that reaps init and records its exit
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    restored_from: str | None = None  # checkpoint id when the process tree came from a restore
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ContainerState":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """Spec, state and derived facts, as ``inspect`` shows them."""
+
+    spec: ContainerSpec
+    state: ContainerState
+    bundle_dir: str = ""
+    cgroup: dict[str, str] = field(default_factory=dict)
+    memory_current_bytes: int | None = None
+    pids_current: int | None = None
