@@ -38,6 +38,8 @@ step() { STEP="$1"; printf '==> %s\n' "$1"; }
 note() { printf '    %s\n' "$*"; }
 on_error() {
     local rc=$?
+    # set -E hands the trap to command substitutions too: report once, from the main shell.
+    [[ $BASHPID == "$$" ]] || exit "$rc"
     printf 'setup.sh: FAILED in step "%s" (exit %s)\n' "$STEP" "$rc" >&2
     exit "$rc"
 }
@@ -112,6 +114,15 @@ criu_ok() {  # criu_ok PATH: version >= CRIU_MIN_MAJOR and `criu check` passes
     [[ -n $ver && ${ver%%.*} -ge $CRIU_MIN_MAJOR ]] || return 1
     "$bin" check >/dev/null 2>&1
 }
+find_tarball() {  # find_tarball GLOB-PREFIX: newest matching source tarball in the cwd, or nothing
+    local f found=()
+    # $1 unquoted on purpose: it is a glob; unmatched patterns stay literal and fail -f.
+    for f in $1.orig.tar.gz $1.orig.tar.xz $1.orig.tar.bz2; do
+        [[ -f $f ]] && found+=("$f")
+    done
+    [[ ${#found[@]} -gt 0 ]] && printf '%s\n' "${found[@]}" | sort -V | tail -n1
+    return 0
+}
 trixie_source_entry() {
     # Same mirror and keyring as the bookworm entry; deb-src only, so no trixie binaries.
     local uri="http://deb.debian.org/debian"
@@ -134,8 +145,12 @@ if [[ ${FORCE_CRIU_BUILD:-0} != 1 ]] && [[ -n $first_criu ]] && criu_ok "$first_
     note "$first_criu $(criu_version "$first_criu"): criu check passes"
     CRIU_FOUND=$first_criu
 else
-    if [[ -n $first_criu ]]; then
+    if [[ ${FORCE_CRIU_BUILD:-0} == 1 ]]; then
+        note "FORCE_CRIU_BUILD=1: building"
+    elif [[ -n $first_criu ]]; then
         note "$first_criu (version $(criu_version "$first_criu")) is not usable; building"
+    else
+        note "no criu on PATH; building"
     fi
     STEP="criu: trixie deb-src entry"
     want=$(trixie_source_entry)
@@ -149,13 +164,14 @@ else
     # apt downloads as user _apt when it can write there (else it warns and uses root).
     if id _apt >/dev/null 2>&1; then chown _apt "$CACHE/criu"; fi
     cd "$CACHE/criu"
-    tarball=$(ls criu_*.orig.tar.{gz,xz,bz2} 2>/dev/null | sort -V | tail -n1 || true)
+    tarball=$(find_tarball 'criu_*')
     if [[ -z $tarball ]]; then
         apt_update_once
         # `criu/trixie` rather than `-t trixie`: apt rejects -t for a release with no binaries.
         note "apt-get source --tar-only criu/trixie"
         apt-get source -qq --tar-only criu/trixie
-        tarball=$(ls criu_*.orig.tar.{gz,xz,bz2} 2>/dev/null | sort -V | tail -n1)
+        tarball=$(find_tarball 'criu_*')
+        [[ -n $tarball ]] || { echo "setup.sh: apt-get source left no criu tarball" >&2; false; }
     fi
     version=${tarball#criu_}
     version=${version%%.orig.tar.*}
@@ -244,13 +260,14 @@ else
         # criu came from elsewhere (not built by this script): fetch the matching source.
         mkdir -p "$CACHE/criu"
         cd "$CACHE/criu"
-        tarball=$(ls "criu_$CRIU_VERSION".orig.tar.{gz,xz,bz2} 2>/dev/null | head -n1 || true)
+        tarball=$(find_tarball "criu_$CRIU_VERSION")
         if [[ -z $tarball ]]; then
             want=$(trixie_source_entry)
             [[ -f $TRIXIE_SOURCES ]] || { printf '%s\n' "$want" >"$TRIXIE_SOURCES"; APT_UPDATED=0; }
             apt_update_once
             apt-get source -qq --tar-only criu/trixie
-            tarball=$(ls "criu_$CRIU_VERSION".orig.tar.{gz,xz,bz2} 2>/dev/null | head -n1)
+            tarball=$(find_tarball "criu_$CRIU_VERSION")
+            [[ -n $tarball ]] || { echo "setup.sh: trixie has no criu $CRIU_VERSION source for pycriu" >&2; false; }
         fi
         mkdir -p "$src"
         tar -xf "$tarball" -C "$src" --strip-components=1

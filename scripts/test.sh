@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Run the whole test suite: host setup (scripts/setup.sh: packages, CRIU, sysctl, .venv), then unit
+# tests, then integration tests. Changes on the host only what setup.sh changes; the tests clean up
+# after themselves. Extra arguments go to both pytest runs (e.g. -x, -k name, -q).
+# Exit status is non-zero if either run fails; pytest's 5 ("no tests collected") counts as failure.
+set -Eeuo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+echo "==> scripts/setup.sh"
+scripts/setup.sh
+
+PYTEST=("$REPO/.venv/bin/pytest")
+rc_unit=0
+rc_integration=0
+
+echo "==> unit tests: pytest tests/unit $*"
+"${PYTEST[@]}" tests/unit "$@" || rc_unit=$?
+
+echo "==> integration tests: pytest -m integration tests/integration $*"
+"${PYTEST[@]}" -m integration tests/integration "$@" || rc_integration=$?
+
+describe() {
+    case $1 in
+        0) echo "passed" ;;
+        5) echo "FAILED (no tests collected)" ;;
+        *) echo "FAILED (pytest exit $1)" ;;
+    esac
+}
+echo "==> unit: $(describe "$rc_unit"); integration: $(describe "$rc_integration")"
+if [[ $rc_unit -ne 0 || $rc_integration -ne 0 ]]; then
+    exit 1
+fi
