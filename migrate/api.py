@@ -194,3 +194,49 @@ class Engine(Protocol):
 
     # migration
     def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Daemon-to-daemon migration (issue 5): what a source engine asks of a target engine. LocalEngine
+# implements these for its own host; RemoteEngine forwards them to a daemon (PrepareIncoming,
+# PushImage, PushCheckpoint, AbortIncoming, CommitIncoming), so a source calls the same methods
+# on RemoteEngine(dest) whether the target is in-process (tests) or on another host.
+
+
+@dataclass(frozen=True)
+class IncomingRequest:
+    """A source's announcement of a container it wants to move here (pre-flight input)."""
+
+    container_name: str
+    spec: dict  # ContainerSpec.to_dict() of the source container
+    image_digest: str  # "sha256:<hex>"
+    criu_version: str | None
+    cpu_digest: str
+    ip: str | None
+    mode: MigrationMode = "cold"
+
+
+@dataclass(frozen=True)
+class IncomingTicket:
+    migration_id: str
+    need_image: bool  # the target lacks image_digest: receive_image before receive_checkpoint
+
+
+class MigrationTarget(Protocol):
+    """The receiving side of a migration, and checkpoint archives as byte streams.
+
+    A migration on the target is: prepare_incoming (reserve name and address, check CRIU, CPU and
+    image), receive_image if the ticket says so, receive_checkpoint (verify, restore, return once
+    the container runs), then commit_incoming; abort_incoming removes every piece of an
+    unfinished migration, including a restored but uncommitted container. Chunk iterators may
+    raise ``TransferError`` when the sender goes away; implementations clean up and re-raise.
+    """
+
+    def prepare_incoming(self, request: IncomingRequest) -> IncomingTicket: ...
+    def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None: ...
+    def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> RestoreResult: ...
+    def abort_incoming(self, migration_id: str) -> None: ...
+    def commit_incoming(self, migration_id: str) -> None: ...
+
+    def export_checkpoint(self, checkpoint_id: str) -> Iterator[bytes]: ...
+    def import_checkpoint(self, chunks: Iterator[bytes]) -> CheckpointInfo: ...

@@ -1,0 +1,707 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class NetworkMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NETWORK_MODE_UNSPECIFIED: _ClassVar[NetworkMode]
+    NETWORK_MODE_BRIDGE: _ClassVar[NetworkMode]
+    NETWORK_MODE_NONE: _ClassVar[NetworkMode]
+
+class ContainerStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTAINER_STATUS_UNSPECIFIED: _ClassVar[ContainerStatus]
+    CONTAINER_STATUS_CREATED: _ClassVar[ContainerStatus]
+    CONTAINER_STATUS_RUNNING: _ClassVar[ContainerStatus]
+    CONTAINER_STATUS_PAUSED: _ClassVar[ContainerStatus]
+    CONTAINER_STATUS_EXITED: _ClassVar[ContainerStatus]
+
+class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPRESSION_UNSPECIFIED: _ClassVar[Compression]
+    COMPRESSION_ZSTD: _ClassVar[Compression]
+    COMPRESSION_NONE: _ClassVar[Compression]
+
+class MigrationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MIGRATION_MODE_UNSPECIFIED: _ClassVar[MigrationMode]
+    MIGRATION_MODE_COLD: _ClassVar[MigrationMode]
+    MIGRATION_MODE_POSTCOPY: _ClassVar[MigrationMode]
+    MIGRATION_MODE_PRECOPY: _ClassVar[MigrationMode]
+    MIGRATION_MODE_AUTO: _ClassVar[MigrationMode]
+NETWORK_MODE_UNSPECIFIED: NetworkMode
+NETWORK_MODE_BRIDGE: NetworkMode
+NETWORK_MODE_NONE: NetworkMode
+CONTAINER_STATUS_UNSPECIFIED: ContainerStatus
+CONTAINER_STATUS_CREATED: ContainerStatus
+CONTAINER_STATUS_RUNNING: ContainerStatus
+CONTAINER_STATUS_PAUSED: ContainerStatus
+CONTAINER_STATUS_EXITED: ContainerStatus
+COMPRESSION_UNSPECIFIED: Compression
+COMPRESSION_ZSTD: Compression
+COMPRESSION_NONE: Compression
+MIGRATION_MODE_UNSPECIFIED: MigrationMode
+MIGRATION_MODE_COLD: MigrationMode
+MIGRATION_MODE_POSTCOPY: MigrationMode
+MIGRATION_MODE_PRECOPY: MigrationMode
+MIGRATION_MODE_AUTO: MigrationMode
+
+class Volume(_message.Message):
+    __slots__ = ("source", "target", "readonly")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    READONLY_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    readonly: bool
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., readonly: _Optional[bool] = ...) -> None: ...
+
+class ContainerSpec(_message.Message):
+    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    PIDS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_PARENT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    name: str
+    image: str
+    image_digest: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.RepeatedScalarFieldContainer[str]
+    workdir: str
+    hostname: str
+    memory_bytes: int
+    cpus: float
+    pids_limit: int
+    network: NetworkMode
+    ip: str
+    mac: str
+    volumes: _containers.RepeatedCompositeFieldContainer[Volume]
+    cgroup_parent: str
+    created_at: float
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class ContainerState(_message.Message):
+    __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SHIM_PID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FROM_FIELD_NUMBER: _ClassVar[int]
+    status: ContainerStatus
+    pid: int
+    shim_pid: int
+    exit_code: int
+    oom_killed: bool
+    started_at: float
+    finished_at: float
+    restored_from: str
+    def __init__(self, status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., restored_from: _Optional[str] = ...) -> None: ...
+
+class ContainerInfo(_message.Message):
+    __slots__ = ("spec", "state", "bundle_dir", "cgroup", "memory_current_bytes", "pids_current")
+    class CgroupEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_DIR_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CURRENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    spec: ContainerSpec
+    state: ContainerState
+    bundle_dir: str
+    cgroup: _containers.ScalarMap[str, str]
+    memory_current_bytes: int
+    pids_current: int
+    def __init__(self, spec: _Optional[_Union[ContainerSpec, _Mapping]] = ..., state: _Optional[_Union[ContainerState, _Mapping]] = ..., bundle_dir: _Optional[str] = ..., cgroup: _Optional[_Mapping[str, str]] = ..., memory_current_bytes: _Optional[int] = ..., pids_current: _Optional[int] = ...) -> None: ...
+
+class ImageInfo(_message.Message):
+    __slots__ = ("name", "digest", "size_bytes", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: str
+    size_bytes: int
+    created_at: float
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class HostInfo(_message.Message):
+    __slots__ = ("version", "hostname", "kernel", "criu_version", "features", "cgroup_mode", "cpu_digest", "images")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bool
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_MODE_FIELD_NUMBER: _ClassVar[int]
+    CPU_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    hostname: str
+    kernel: str
+    criu_version: str
+    features: _containers.ScalarMap[str, bool]
+    cgroup_mode: str
+    cpu_digest: str
+    images: _containers.RepeatedCompositeFieldContainer[ImageInfo]
+    def __init__(self, version: _Optional[str] = ..., hostname: _Optional[str] = ..., kernel: _Optional[str] = ..., criu_version: _Optional[str] = ..., features: _Optional[_Mapping[str, bool]] = ..., cgroup_mode: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageInfo, _Mapping]]] = ...) -> None: ...
+
+class ProgressEvent(_message.Message):
+    __slots__ = ("operation", "phase", "bytes_done", "bytes_total", "elapsed_s", "message")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    operation: str
+    phase: str
+    bytes_done: int
+    bytes_total: int
+    elapsed_s: float
+    message: str
+    def __init__(self, operation: _Optional[str] = ..., phase: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CheckpointStats(_message.Message):
+    __slots__ = ("freezing_ms", "frozen_ms", "memdump_ms", "memwrite_ms", "pages_scanned", "pages_skipped_parent", "pages_written", "images_bytes", "upper_bytes", "archive_bytes", "archive_ms", "total_ms")
+    FREEZING_MS_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMDUMP_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMWRITE_MS_FIELD_NUMBER: _ClassVar[int]
+    PAGES_SCANNED_FIELD_NUMBER: _ClassVar[int]
+    PAGES_SKIPPED_PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPPER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    freezing_ms: float
+    frozen_ms: float
+    memdump_ms: float
+    memwrite_ms: float
+    pages_scanned: int
+    pages_skipped_parent: int
+    pages_written: int
+    images_bytes: int
+    upper_bytes: int
+    archive_bytes: int
+    archive_ms: float
+    total_ms: float
+    def __init__(self, freezing_ms: _Optional[float] = ..., frozen_ms: _Optional[float] = ..., memdump_ms: _Optional[float] = ..., memwrite_ms: _Optional[float] = ..., pages_scanned: _Optional[int] = ..., pages_skipped_parent: _Optional[int] = ..., pages_written: _Optional[int] = ..., images_bytes: _Optional[int] = ..., upper_bytes: _Optional[int] = ..., archive_bytes: _Optional[int] = ..., archive_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class CheckpointResult(_message.Message):
+    __slots__ = ("checkpoint_id", "container_name", "export_path", "stats")
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_PATH_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_id: str
+    container_name: str
+    export_path: str
+    stats: CheckpointStats
+    def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., export_path: _Optional[str] = ..., stats: _Optional[_Union[CheckpointStats, _Mapping]] = ...) -> None: ...
+
+class CheckpointInfo(_message.Message):
+    __slots__ = ("checkpoint_id", "container_name", "container_id", "image_digest", "created_at", "size_bytes", "criu_version")
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_id: str
+    container_name: str
+    container_id: str
+    image_digest: str
+    created_at: float
+    size_bytes: int
+    criu_version: str
+    def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., container_id: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., criu_version: _Optional[str] = ...) -> None: ...
+
+class RestoreStats(_message.Message):
+    __slots__ = ("import_ms", "restore_ms", "total_ms", "archive_bytes", "images_bytes")
+    IMPORT_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_BYTES_FIELD_NUMBER: _ClassVar[int]
+    import_ms: float
+    restore_ms: float
+    total_ms: float
+    archive_bytes: int
+    images_bytes: int
+    def __init__(self, import_ms: _Optional[float] = ..., restore_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., archive_bytes: _Optional[int] = ..., images_bytes: _Optional[int] = ...) -> None: ...
+
+class RestoreResult(_message.Message):
+    __slots__ = ("container", "stats")
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    stats: RestoreStats
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ..., stats: _Optional[_Union[RestoreStats, _Mapping]] = ...) -> None: ...
+
+class MigrationStats(_message.Message):
+    __slots__ = ("frozen_ms", "total_ms", "bytes_on_wire", "raw_bytes", "phases_ms")
+    class PhasesMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    FROZEN_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_ON_WIRE_FIELD_NUMBER: _ClassVar[int]
+    RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PHASES_MS_FIELD_NUMBER: _ClassVar[int]
+    frozen_ms: float
+    total_ms: float
+    bytes_on_wire: int
+    raw_bytes: int
+    phases_ms: _containers.ScalarMap[str, float]
+    def __init__(self, frozen_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., bytes_on_wire: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., phases_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class MigrateResult(_message.Message):
+    __slots__ = ("container_name", "dest", "mode", "stats")
+    CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEST_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    container_name: str
+    dest: str
+    mode: MigrationMode
+    stats: MigrationStats
+    def __init__(self, container_name: _Optional[str] = ..., dest: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ...) -> None: ...
+
+class MigrationEvent(_message.Message):
+    __slots__ = ("phase", "bytes_done", "bytes_total", "throughput_bytes_per_s", "elapsed_s", "message")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    bytes_done: int
+    bytes_total: int
+    throughput_bytes_per_s: float
+    elapsed_s: float
+    message: str
+    def __init__(self, phase: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_s: _Optional[float] = ..., elapsed_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetHostInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetHostInfoResponse(_message.Message):
+    __slots__ = ("host",)
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    host: HostInfo
+    def __init__(self, host: _Optional[_Union[HostInfo, _Mapping]] = ...) -> None: ...
+
+class ListImagesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListImagesResponse(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[ImageInfo]
+    def __init__(self, images: _Optional[_Iterable[_Union[ImageInfo, _Mapping]]] = ...) -> None: ...
+
+class ImportImageRequest(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ImportImageResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: ImageInfo
+    def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ...) -> None: ...
+
+class RemoveImageRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveImageResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListContainersRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListContainersResponse(_message.Message):
+    __slots__ = ("containers",)
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    containers: _containers.RepeatedCompositeFieldContainer[ContainerInfo]
+    def __init__(self, containers: _Optional[_Iterable[_Union[ContainerInfo, _Mapping]]] = ...) -> None: ...
+
+class InspectContainerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class InspectContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class RunContainerRequest(_message.Message):
+    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    PIDS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_PARENT_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    name: str
+    hostname: str
+    env: _containers.RepeatedScalarFieldContainer[str]
+    workdir: str
+    memory_bytes: int
+    cpus: float
+    pids_limit: int
+    network: NetworkMode
+    ip: str
+    volumes: _containers.RepeatedCompositeFieldContainer[Volume]
+    cgroup_parent: str
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ...) -> None: ...
+
+class RunContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class StopContainerRequest(_message.Message):
+    __slots__ = ("name", "timeout_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    timeout_s: float
+    def __init__(self, name: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class StopContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class KillContainerRequest(_message.Message):
+    __slots__ = ("name", "signal")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    signal: int
+    def __init__(self, name: _Optional[str] = ..., signal: _Optional[int] = ...) -> None: ...
+
+class KillContainerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RemoveContainerRequest(_message.Message):
+    __slots__ = ("name", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RemoveContainerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PauseContainerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PauseContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class UnpauseContainerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnpauseContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class StreamLogsRequest(_message.Message):
+    __slots__ = ("name", "follow")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    follow: bool
+    def __init__(self, name: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class StreamLogsResponse(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("name", "leave_running", "compress", "level", "tcp_established", "file_locks")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    COMPRESS_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    FILE_LOCKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    leave_running: bool
+    compress: Compression
+    level: int
+    tcp_established: bool
+    file_locks: bool
+    def __init__(self, name: _Optional[str] = ..., leave_running: _Optional[bool] = ..., compress: _Optional[_Union[Compression, str]] = ..., level: _Optional[int] = ..., tcp_established: _Optional[bool] = ..., file_locks: _Optional[bool] = ...) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: ProgressEvent
+    result: CheckpointResult
+    def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CheckpointResult, _Mapping]] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established")
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_id: str
+    name: str
+    ip: str
+    tcp_established: bool
+    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: ProgressEvent
+    result: RestoreResult
+    def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
+
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
+
+class RemoveCheckpointRequest(_message.Message):
+    __slots__ = ("checkpoint_id",)
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_id: str
+    def __init__(self, checkpoint_id: _Optional[str] = ...) -> None: ...
+
+class RemoveCheckpointResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DownloadCheckpointRequest(_message.Message):
+    __slots__ = ("checkpoint_id",)
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_id: str
+    def __init__(self, checkpoint_id: _Optional[str] = ...) -> None: ...
+
+class DownloadCheckpointResponse(_message.Message):
+    __slots__ = ("data", "seq", "crc32")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    seq: int
+    crc32: int
+    def __init__(self, data: _Optional[bytes] = ..., seq: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class UploadCheckpointRequest(_message.Message):
+    __slots__ = ("data", "seq", "crc32")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    seq: int
+    crc32: int
+    def __init__(self, data: _Optional[bytes] = ..., seq: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class UploadCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: CheckpointInfo
+    def __init__(self, checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
+
+class MigrateRequest(_message.Message):
+    __slots__ = ("name", "dest", "keep_source", "mode", "tcp_established")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEST_FIELD_NUMBER: _ClassVar[int]
+    KEEP_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dest: str
+    keep_source: bool
+    mode: MigrationMode
+    tcp_established: bool
+    def __init__(self, name: _Optional[str] = ..., dest: _Optional[str] = ..., keep_source: _Optional[bool] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., tcp_established: _Optional[bool] = ...) -> None: ...
+
+class MigrateResponse(_message.Message):
+    __slots__ = ("event", "result")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    event: MigrationEvent
+    result: MigrateResult
+    def __init__(self, event: _Optional[_Union[MigrationEvent, _Mapping]] = ..., result: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
+
+class PrepareIncomingRequest(_message.Message):
+    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode")
+    CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CPU_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    container_name: str
+    spec_json: str
+    image_digest: str
+    criu_version: str
+    cpu_digest: str
+    ip: str
+    mode: MigrationMode
+    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ...) -> None: ...
+
+class PrepareIncomingResponse(_message.Message):
+    __slots__ = ("migration_id", "need_image")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NEED_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    need_image: bool
+    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ...) -> None: ...
+
+class PushImageRequest(_message.Message):
+    __slots__ = ("migration_id", "data", "seq", "crc32")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    data: bytes
+    seq: int
+    crc32: int
+    def __init__(self, migration_id: _Optional[str] = ..., data: _Optional[bytes] = ..., seq: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class PushImageResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PushCheckpointRequest(_message.Message):
+    __slots__ = ("migration_id", "data", "seq", "crc32")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    data: bytes
+    seq: int
+    crc32: int
+    def __init__(self, migration_id: _Optional[str] = ..., data: _Optional[bytes] = ..., seq: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class PushCheckpointResponse(_message.Message):
+    __slots__ = ("container", "stats")
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    stats: RestoreStats
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ..., stats: _Optional[_Union[RestoreStats, _Mapping]] = ...) -> None: ...
+
+class AbortIncomingRequest(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class AbortIncomingResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CommitIncomingRequest(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class CommitIncomingResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
