@@ -1,0 +1,503 @@
+"""CRIU through its RPC interface: pycriu's ``rpc_pb2`` messages over a ``criu swrk`` socket.
+
+This is the only module that imports pycriu, and it does so lazily: without pycriu the rest of the
+runtime still works and checkpoint operations raise ``Unsupported`` with an install hint.
+
+Why we spawn ``criu swrk`` ourselves instead of calling ``pycriu.criu().dump()``:
+- restore must run CRIU inside the *new* container's cgroup, so the restored tree lands there
+  (with ``manage_cgroups_mode=IGNORE`` CRIU leaves tasks in its own cgroup; see CRIU-NOTES), and
+  the caller moves the swrk pid into that cgroup before sending the request;
+- restore passes fds to CRIU (``inherit_fd``, e.g. the pre-made network namespace), which must be
+  inheritable in the swrk process;
+- CRIU sends NOTIFY messages (``notify_scripts``: post-dump, network-unlock, setup-namespaces, ...)
+  that need an answer; pycriu's one-shot request helper cannot answer them.
+The messages, field names and semantics are pycriu's (``pycriu.rpc_pb2``), exactly as libcriu uses them.
+
+``rst_sibling``: in swrk mode CRIU can restore the root task as a sibling of ``criu swrk`` — a
+child of the process that spawned swrk. The runtime's shim spawns swrk, so the restored init
+becomes the shim's child and the shim reaps it like a freshly started container.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol
+
+from runtime.errors import CriuError, CriuUnreachable, Unsupported
+
+log = logging.getLogger(__name__)
+
+# Kernel/CRIU file names, defined once.
+DUMP_LOG = "dump.log"
+RESTORE_LOG = "restore.log"
+STATS_DUMP = "stats-dump"
+STATS_RESTORE = "stats-restore"
+INVENTORY = "inventory.img"
+
+NetworkLock = Literal["iptables", "nftables", "skip"]
+CgroupMode = Literal["ignore", "soft", "full", "strict", "default"]
+NotifyFn = Callable[[str, int], bool]
+
+_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def criu_binary() -> str:
+    """The CRIU binary: $PYMIGRATE_CRIU, else the first criu in /usr/local then the system paths."""
+    explicit = os.environ.get("PYMIGRATE_CRIU")
+    if explicit:
+        return explicit
+    found = shutil.which("criu", path=os.pathsep.join(_SEARCH_PATH))
+    if not found:
+        raise Unsupported("criu", "no criu binary found", hint="run scripts/setup.sh (builds CRIU 4.1.1)")
+    return found
+
+
+def _rpc() -> Any:
+    try:
+        import pycriu.rpc_pb2 as rpc  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise Unsupported("checkpoint/restore", f"pycriu is not importable ({exc})", hint="run scripts/setup.sh (installs pycriu into .venv)") from exc
+    return rpc
+
+
+@dataclass(frozen=True)
+class PageServer:
+    address: str
+    port: int
+    fd: int | None = None  # an already connected socket (CRIU uses it instead of connecting)
+
+
+@dataclass(frozen=True)
+class DumpRequest:
+    """Options of one dump; names mirror CRIU's (criu_opts in rpc.proto)."""
+
+    pid: int
+    images_dir: Path
+    work_dir: Path | None = None  # logs and stats go here; images_dir when None
+    leave_running: bool = False
+    tcp_established: bool = False
+    file_locks: bool = False
+    ext_unix_sk: bool = False
+    external: tuple[str, ...] = ()  # e.g. "net[4026532]:extnet", "mnt[/data]:vol0"
+    freeze_cgroup: str | None = None
+    network_lock: NetworkLock = "nftables"
+    manage_cgroups_mode: CgroupMode = "ignore"
+    lazy_pages: bool = False
+    page_server: PageServer | None = None
+    parent_img: str | None = None  # relative to images_dir, for pre-dump chains
+    track_mem: bool = False
+    orphan_pts_master: bool = False
+    log_level: int = 4
+    timeout_s: int | None = None
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    images_dir: Path
+    root: Path  # the container's mounted rootfs (merged overlay dir)
+    work_dir: Path | None = None
+    inherit_fds: tuple[tuple[str, int], ...] = ()  # (key, fd): e.g. ("extnet", netns_fd)
+    external: tuple[str, ...] = ()  # e.g. "mnt[vol0]:/host/path"
+    tcp_established: bool = False
+    file_locks: bool = False
+    ext_unix_sk: bool = False
+    network_lock: NetworkLock = "nftables"
+    manage_cgroups_mode: CgroupMode = "ignore"
+    lazy_pages: bool = False
+    rst_sibling: bool = True
+    log_level: int = 4
+
+
+@dataclass(frozen=True)
+class DumpStats:
+    """CRIU's stats-dump, converted to milliseconds. Missing values are 0."""
+
+    freezing_ms: float = 0.0
+    frozen_ms: float = 0.0
+    memdump_ms: float = 0.0
+    memwrite_ms: float = 0.0
+    pages_scanned: int = 0
+    pages_skipped_parent: int = 0
+    pages_written: int = 0
+    pages_lazy: int = 0
+
+
+@dataclass(frozen=True)
+class RestoreStats:
+    restore_ms: float = 0.0
+    forking_ms: float = 0.0
+    pages_restored: int = 0
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+class Criu(Protocol):
+    """Dump and restore process trees. Does not freeze, move cgroups or build rootfs (callers do)."""
+
+    def version(self) -> str: ...
+
+    def dump(self, request: DumpRequest, *, on_notify: NotifyFn | None = None) -> DumpStats:
+        """Dump ``request.pid``'s tree into ``request.images_dir``; raise CriuError on failure."""
+        ...
+
+    def restore(
+        self,
+        request: RestoreRequest,
+        *,
+        on_spawn: Callable[[int], None] | None = None,
+        on_notify: NotifyFn | None = None,
+    ) -> int:
+        """Restore the tree; return the host pid of its root. ``on_spawn(swrk_pid)`` runs before the
+        request is sent (e.g. to move CRIU into the container's cgroup)."""
+        ...
+
+
+def _network_lock_value(rpc: Any, lock: NetworkLock) -> int:
+    return {"iptables": rpc.IPTABLES, "nftables": rpc.NFTABLES, "skip": rpc.SKIP}[lock]
+
+
+def _cg_mode_value(rpc: Any, mode: CgroupMode) -> int:
+    return {
+        "ignore": rpc.IGNORE,
+        "soft": rpc.SOFT,
+        "full": rpc.FULL,
+        "strict": rpc.STRICT,
+        "default": rpc.DEFAULT,
+    }[mode]
+
+
+_ERROR_LINE = re.compile(r"\bError\b|\berror\b|failed|Can't|can't")
+_HARMLESS = ("RLIMIT_NOFILE",)  # no CAP_SYS_RESOURCE here: CRIU says so on every run
+
+
+def log_excerpt(log_path: Path, *, context: int = 2, max_lines: int = 8) -> tuple[str, ...]:
+    """The lines around the first real error in a CRIU log (CRIU prefixes them with ``Error (``)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ()
+    first = None
+    for i, line in enumerate(lines):
+        if "Error (" in line and not any(h in line for h in _HARMLESS):
+            first = i
+            break
+    if first is None:
+        for i, line in enumerate(lines):
+            if _ERROR_LINE.search(line) and not any(h in line for h in _HARMLESS):
+                first = i
+                break
+    if first is None:
+        return tuple(line.strip() for line in lines[-3:])
+    chunk = lines[max(0, first - context) : first + max_lines - context]
+    return tuple(line.strip() for line in chunk)
+
+
+def first_error(log_path: Path) -> str | None:
+    """CRIU's first real ``Error (file:line): text`` line, without its timestamp and location."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if "Error (" in line and not any(h in line for h in _HARMLESS):
+            return line.split("): ", 1)[-1].strip()
+    return None
+
+
+class SwrkCriu:
+    """The real CRIU: one ``criu swrk`` process per request."""
+
+    def __init__(self, binary: str | None = None) -> None:
+        self._binary = binary
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            self._binary = criu_binary()
+        return self._binary
+
+    def version(self) -> str:
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+        match = re.search(r"Version:\s*(\S+)", out)
+        return match.group(1) if match else "unknown"
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def dump(self, request: DumpRequest, *, on_notify: NotifyFn | None = None) -> DumpStats:
+        rpc = _rpc()
+        work_dir = request.work_dir or request.images_dir
+        opts = rpc.criu_opts()
+        images_fd = os.open(request.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+        work_fd = os.open(work_dir, os.O_DIRECTORY | os.O_RDONLY)
+        fds = [images_fd, work_fd]
+        try:
+            opts.images_dir_fd = images_fd
+            opts.work_dir_fd = work_fd
+            opts.pid = request.pid
+            opts.log_file = DUMP_LOG
+            opts.log_level = request.log_level
+            opts.leave_running = request.leave_running
+            opts.tcp_established = request.tcp_established
+            opts.file_locks = request.file_locks
+            opts.ext_unix_sk = request.ext_unix_sk
+            opts.orphan_pts_master = request.orphan_pts_master
+            opts.manage_cgroups = True
+            opts.manage_cgroups_mode = _cg_mode_value(rpc, request.manage_cgroups_mode)
+            opts.network_lock = _network_lock_value(rpc, request.network_lock)
+            opts.notify_scripts = on_notify is not None
+            opts.external.extend(request.external)
+            if request.freeze_cgroup:
+                opts.freeze_cgroup = request.freeze_cgroup
+            if request.lazy_pages:
+                opts.lazy_pages = True
+            if request.page_server is not None:
+                opts.ps.address = request.page_server.address
+                opts.ps.port = request.page_server.port
+                if request.page_server.fd is not None:
+                    opts.ps.fd = request.page_server.fd
+                    fds.append(request.page_server.fd)
+            if request.parent_img:
+                opts.parent_img = request.parent_img
+            if request.track_mem:
+                opts.track_mem = True
+            if request.timeout_s:
+                opts.timeout = request.timeout_s
+            log.debug("criu dump pid=%d images=%s opts=%s", request.pid, request.images_dir, _opts_for_log(opts))
+            self._call(rpc, rpc.DUMP, opts, "dump", work_dir / DUMP_LOG, pass_fds=fds, on_notify=on_notify)
+        finally:
+            for fd in (images_fd, work_fd):
+                os.close(fd)
+        return read_dump_stats(work_dir)
+
+    def restore(
+        self,
+        request: RestoreRequest,
+        *,
+        on_spawn: Callable[[int], None] | None = None,
+        on_notify: NotifyFn | None = None,
+    ) -> int:
+        rpc = _rpc()
+        work_dir = request.work_dir or request.images_dir
+        opts = rpc.criu_opts()
+        images_fd = os.open(request.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+        work_fd = os.open(work_dir, os.O_DIRECTORY | os.O_RDONLY)
+        try:
+            opts.images_dir_fd = images_fd
+            opts.work_dir_fd = work_fd
+            opts.log_file = RESTORE_LOG
+            opts.log_level = request.log_level
+            opts.root = str(request.root)
+            opts.rst_sibling = request.rst_sibling
+            opts.tcp_established = request.tcp_established
+            opts.file_locks = request.file_locks
+            opts.ext_unix_sk = request.ext_unix_sk
+            opts.manage_cgroups = True
+            opts.manage_cgroups_mode = _cg_mode_value(rpc, request.manage_cgroups_mode)
+            opts.network_lock = _network_lock_value(rpc, request.network_lock)
+            opts.notify_scripts = on_notify is not None
+            opts.external.extend(request.external)
+            if request.lazy_pages:
+                opts.lazy_pages = True
+            for key, fd in request.inherit_fds:
+                item = opts.inherit_fd.add()
+                item.key = key
+                item.fd = fd
+            log.debug("criu restore images=%s root=%s opts=%s", request.images_dir, request.root, _opts_for_log(opts))
+            resp = self._call(
+                rpc,
+                rpc.RESTORE,
+                opts,
+                "restore",
+                work_dir / RESTORE_LOG,
+                pass_fds=[images_fd, work_fd, *(fd for _, fd in request.inherit_fds)],
+                on_spawn=on_spawn,
+                on_notify=on_notify,
+            )
+        finally:
+            os.close(images_fd)
+            os.close(work_fd)
+        return int(resp.restore.pid)
+
+    # --- transport ----------------------------------------------------------------------------
+
+    def _call(
+        self,
+        rpc: Any,
+        req_type: int,
+        opts: Any,
+        operation: str,
+        log_path: Path,
+        *,
+        pass_fds: list[int],
+        on_spawn: Callable[[int], None] | None = None,
+        on_notify: NotifyFn | None = None,
+    ) -> Any:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            try:
+                proc = subprocess.Popen(
+                    [self.binary, "swrk", str(theirs.fileno())],
+                    pass_fds=[theirs.fileno(), *pass_fds],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise CriuUnreachable(operation, f"cannot start {self.binary} swrk: {exc}", errno=exc.errno or 0) from exc
+            theirs.close()
+            try:
+                if on_spawn is not None:
+                    on_spawn(proc.pid)
+                req = rpc.criu_req()
+                req.type = req_type
+                req.opts.MergeFrom(opts)
+                ours.send(req.SerializeToString())
+                while True:
+                    resp = self._recv(rpc, ours, operation, log_path)
+                    if resp.type == rpc.NOTIFY:
+                        ok = True
+                        if on_notify is not None:
+                            ok = bool(on_notify(resp.notify.script, resp.notify.pid))
+                        log.debug("criu %s notify %s pid=%d -> %s", operation, resp.notify.script, resp.notify.pid, ok)
+                        ack = rpc.criu_req()
+                        ack.type = rpc.NOTIFY
+                        ack.notify_success = ok
+                        ours.send(ack.SerializeToString())
+                        continue
+                    break
+            finally:
+                ours.close()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            theirs.close()
+        if not resp.success:
+            err = int(resp.cr_errno or 0)
+            lines = log_excerpt(log_path)
+            message = resp.cr_errmsg
+            if not message or any(h in message for h in _HARMLESS):
+                message = first_error(log_path) or (os.strerror(err) if err else "criu reported failure")
+            raise CriuError(operation, message, errno=err, log_path=log_path, log_lines=lines)
+        if resp.type != req_type:
+            raise CriuUnreachable(operation, f"unexpected response type {resp.type}", log_path=log_path)
+        return resp
+
+    @staticmethod
+    def _recv(rpc: Any, sock: socket.socket, operation: str, log_path: Path) -> Any:
+        try:
+            size = len(sock.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))
+            buf = sock.recv(max(size, 1))
+        except OSError as exc:
+            raise CriuUnreachable(operation, f"lost the connection to criu: {exc}", errno=exc.errno or 0, log_path=log_path, log_lines=log_excerpt(log_path)) from exc
+        if not buf:
+            raise CriuUnreachable(operation, "criu exited without answering", errno=errno_mod.EPIPE, log_path=log_path, log_lines=log_excerpt(log_path))
+        resp = rpc.criu_resp()
+        resp.ParseFromString(buf)
+        return resp
+
+
+def _opts_for_log(opts: Any) -> str:
+    return " ".join(str(opts).split())
+
+
+def read_image_entries(path: Path, message_name: str, module: str) -> list[Any]:
+    """Decode a CRIU image into protobuf messages, using pycriu's generated ``_pb2`` classes.
+
+    CRIU image framing: a u32 magic (IMG_COMMON or IMG_SERVICE, then the image's own u32 magic),
+    then entries, each a u32 little-endian length followed by that many bytes of protobuf.
+    pycriu's dict decoder (pb2dict) reads ``FieldDescriptor.label``, which protobuf 7 removed, so we
+    read the framing ourselves and only use the message classes.
+    """
+    import importlib
+    import struct
+
+    try:
+        pb = importlib.import_module(f"pycriu.images.{module}")
+        magic = importlib.import_module("pycriu.images.magic")
+    except ImportError:
+        return []
+    data = path.read_bytes()
+    (first,) = struct.unpack_from("<I", data, 0)
+    offset = 8 if first in (magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]) else 4
+    cls = getattr(pb, message_name)
+    entries = []
+    while offset + 4 <= len(data):
+        (size,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        msg = cls()
+        msg.ParseFromString(data[offset : offset + size])
+        offset += size
+        entries.append(msg)
+    return entries
+
+
+def _stats(path: Path, which: str) -> dict[str, Any]:
+    try:
+        entries = read_image_entries(path, "stats_entry", "stats_pb2")
+    except (OSError, ValueError) as exc:  # a stats image is informative only
+        log.debug("cannot decode %s: %s", path, exc)
+        return {}
+    if not entries or not entries[0].HasField(which):
+        return {}
+    msg = getattr(entries[0], which)
+    return {f.name: v for f, v in msg.ListFields()}
+
+
+def read_dump_stats(work_dir: Path) -> DumpStats:
+    """Decode CRIU's stats-dump (times in microseconds) from ``work_dir``."""
+    d = _stats(work_dir / STATS_DUMP, "dump")
+
+    def ms(key: str) -> float:
+        return int(d.get(key, 0)) / 1000.0
+
+    return DumpStats(
+        freezing_ms=ms("freezing_time"),
+        frozen_ms=ms("frozen_time"),
+        memdump_ms=ms("memdump_time"),
+        memwrite_ms=ms("memwrite_time"),
+        pages_scanned=int(d.get("pages_scanned", 0)),
+        pages_skipped_parent=int(d.get("pages_skipped_parent", 0)),
+        pages_written=int(d.get("pages_written", 0)),
+        pages_lazy=int(d.get("pages_lazy", 0)),
+    )
+
+
+def read_restore_stats(work_dir: Path) -> RestoreStats:
+    r = _stats(work_dir / STATS_RESTORE, "restore")
+    return RestoreStats(
+        restore_ms=int(r.get("restore_time", 0)) / 1000.0,
+        forking_ms=int(r.get("forking_time", 0)) / 1000.0,
+        pages_restored=int(r.get("pages_restored", 0)),
+        raw=dict(r),
+    )
+
+
+def cpuinfo_dump(images_dir: Path, binary: str | None = None) -> None:
+    """Record this host's CPU features (cpuinfo.img) beside a dump, for checks on the target."""
+    _run_cli([binary or criu_binary(), "cpuinfo", "dump", "-D", str(images_dir), "-o", "cpuinfo-dump.log"], "cpuinfo dump", images_dir / "cpuinfo-dump.log")
+
+
+def cpuinfo_check(images_dir: Path, binary: str | None = None) -> None:
+    """Check that this CPU can run what was dumped with cpuinfo.img; CriuError when not."""
+    _run_cli([binary or criu_binary(), "cpuinfo", "check", "-D", str(images_dir), "-o", "cpuinfo-check.log"], "cpuinfo check", images_dir / "cpuinfo-check.log")
+
+
+def _run_cli(argv: list[str], operation: str, log_path: Path) -> None:
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    log.debug("%s took %.1f ms rc=%d", " ".join(argv), (time.monotonic() - started) * 1000, proc.returncode)
+    if proc.returncode != 0:
+        lines = log_excerpt(log_path) or tuple(proc.stderr.strip().splitlines()[-4:])
+        raise CriuError(operation, f"exit status {proc.returncode}", log_path=log_path, log_lines=lines)
