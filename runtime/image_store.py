@@ -1,0 +1,589 @@
+"""Content-addressed root filesystem images, the read-only lower dirs of every container.
+
+Layout under a state root (see runtime/config.py)::
+
+    ROOT/images/index.json            {"version": 1, "images": {name: {digest, size_bytes, created_at}}}
+    ROOT/images/.lock                 fcntl.flock'ed while index.json or images/<hex> change
+    ROOT/images/<hex>/                0700: host users cannot reach the image's setuid files
+    ROOT/images/<hex>/image.json      {digest, size_bytes, created_at} of this rootfs
+    ROOT/images/<hex>/rootfs/         the tree; used only as an overlayfs lowerdir, never written
+    ROOT/tmp/image-*/                 imports in progress (same filesystem, so rename(2) is atomic)
+
+An import extracts into ROOT/tmp (runtime/tarsafe.py refuses unsafe members), computes the digest,
+then renames the whole ``image-*`` directory to ``images/<hex>`` under the lock. rename(2) is
+atomic within a filesystem, so a rootfs is either complete or absent; a digest already present is
+reused and only the name is tagged. index.json is replaced by write-tmp + fsync + rename, so
+readers never see a half-written index and need no lock. On any failure the scratch directory is
+removed and index.json is untouched.
+
+The digest is ``sha256:`` over a canonical walk of the tree, so it is the same on every host and
+for every compression of the same content: entries in pre-order, children sorted by their name's
+bytes, and for each one its path, type, permission bits (including setuid/sticky), uid, gid, size,
+the sha256 of a file's content and a symlink's target. Mtimes, atimes, hard-link structure and
+inode numbers are left out. ``export_stream`` writes a tar that re-imports to the same digest,
+which is how the migration code ships an image to a host that lacks it.
+
+Read-only in practice: after the rename nothing in this module opens the tree for writing, and
+containers mount it only as an overlay lowerdir (overlayfs copies up to the upper dir before any
+write). ``chattr +i`` is not used (it would block removal and needs CAP_LINUX_IMMUTABLE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import stat
+import struct
+import subprocess
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from runtime import tarsafe
+from runtime.config import Paths
+from runtime.errors import ImageError, ImageNotFound, InvalidArgument, Unsupported
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.json"
+LOCK_NAME = ".lock"
+IMAGE_META_NAME = "image.json"
+ROOTFS_NAME = "rootfs"
+INDEX_VERSION = 1
+DIGEST_VERSION = b"pymigrate-rootfs-digest-v1\0"
+
+HOST_BUSYBOX = Path("/bin/busybox")
+BUSYBOX_HINT = "apt-get install busybox-static"
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    digest: str  # "sha256:<64 hex>": canonical digest of the rootfs tree
+    size_bytes: int  # bytes of regular file content, each inode once
+    created_at: float  # when this name was given to the digest (unix time)
+    rootfs: Path  # ROOT/images/<hex>/rootfs, read-only lower dir shared by all containers
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid image name (``[a-z0-9][a-z0-9._-]{0,127}`` and optional ``:tag``)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid image name {name!r}: expected [a-z0-9][a-z0-9._-]{{0,127}} with an optional :tag",
+        )
+    return name
+
+
+def validate_digest(digest: str) -> str:
+    """Return the 64 hex digits of a ``sha256:<hex>`` digest."""
+    m = DIGEST_RE.match(digest) if isinstance(digest, str) else None
+    if not m:
+        raise InvalidArgument(f"invalid image digest {digest!r}: expected sha256:<64 lower-case hex digits>")
+    return m.group(1)
+
+
+# --- the canonical digest ----------------------------------------------------------------------
+
+
+def walk_tree(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """The canonical walk: ``(".", root, lstat)`` then every entry in pre-order, names sorted by bytes.
+
+    Never follows symlinks (lstat, and only real directories are descended into).
+    """
+    yield ".", root, os.lstat(root)
+    yield from _walk_children("", root)
+
+
+def _walk_children(prefix: str, here: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    with os.scandir(here) as it:
+        names = sorted((e.name for e in it), key=os.fsencode)
+    for name in names:
+        path = here / name
+        st = os.lstat(path)
+        rel = f"{prefix}{name}"
+        yield rel, path, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_children(f"{rel}/", path)
+
+
+_TYPE_CODES = (
+    (stat.S_ISDIR, "d"),
+    (stat.S_ISREG, "f"),
+    (stat.S_ISLNK, "l"),
+    (stat.S_ISFIFO, "p"),
+    (stat.S_ISCHR, "c"),
+    (stat.S_ISBLK, "b"),
+    (stat.S_ISSOCK, "s"),
+)
+
+
+def _type_code(mode: int) -> str:
+    for test, code in _TYPE_CODES:
+        if test(mode):
+            return code
+    return "?"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def tree_digest(root: Path) -> tuple[str, int]:
+    """Canonical digest of the tree at ``root`` and its content size in bytes.
+
+    Each entry contributes eight NUL-terminated fields (none can contain NUL):
+    path, type (d f l p c b s), permission bits in octal (0 for symlinks), uid, gid,
+    size (files, else 0), sha256 of the content (files, else empty), symlink target (else empty).
+    """
+    h = hashlib.sha256(DIGEST_VERSION)
+    size = 0
+    seen: set[tuple[int, int]] = set()
+    for rel, path, st in walk_tree(root):
+        code = _type_code(st.st_mode)
+        mode = 0 if code == "l" else stat.S_IMODE(st.st_mode)
+        fsize, content, target = 0, "", b""
+        if code == "f":
+            fsize = st.st_size
+            content = _file_sha256(path)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                size += fsize
+        elif code == "l":
+            target = os.fsencode(os.readlink(path))
+        fields = (
+            os.fsencode(rel),
+            code.encode(),
+            f"{mode:o}".encode(),
+            str(st.st_uid).encode(),
+            str(st.st_gid).encode(),
+            str(fsize).encode(),
+            content.encode(),
+            target,
+        )
+        for field in fields:
+            h.update(field)
+            h.update(b"\0")
+    return f"sha256:{h.hexdigest()}", size
+
+
+# --- busybox -----------------------------------------------------------------------------------
+
+PT_INTERP = 3
+
+BUSYBOX_DIRS: dict[str, int] = {
+    "bin": 0o755,
+    "dev": 0o755,
+    "etc": 0o755,
+    "proc": 0o755,
+    "root": 0o700,
+    "run": 0o755,
+    "sbin": 0o755,
+    "sys": 0o755,
+    "tmp": 0o1777,
+    "usr": 0o755,
+    "usr/bin": 0o755,
+    "usr/sbin": 0o755,
+    "var": 0o755,
+}
+
+# keep in step with scripts/make-busybox-image.sh (an integration test compares the digests)
+BUSYBOX_FILES: dict[str, str] = {
+    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/hostname": "busybox\n",
+    "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+}
+
+
+def is_static_elf(path: Path) -> bool:
+    """Whether ``path`` is an ELF executable without a program interpreter (PT_INTERP)."""
+    with open(path, "rb") as f:
+        ident = f.read(16)
+        if ident[:4] != b"\x7fELF":
+            return False
+        is64 = ident[4] == 2
+        end = "<" if ident[5] == 1 else ">"
+        if is64:
+            f.seek(0x20)
+            (phoff,) = struct.unpack(end + "Q", f.read(8))
+            f.seek(0x36)
+        else:
+            f.seek(0x1C)
+            (phoff,) = struct.unpack(end + "I", f.read(4))
+            f.seek(0x2A)
+        phentsize, phnum = struct.unpack(end + "HH", f.read(4))
+        for i in range(phnum):
+            f.seek(phoff + i * phentsize)
+            (p_type,) = struct.unpack(end + "I", f.read(4))
+            if p_type == PT_INTERP:
+                return False
+    return True
+
+
+def busybox_applets(busybox: Path) -> list[str]:
+    """Applet paths relative to the root (``bin/sh``, ``usr/bin/awk``...) from ``busybox --list-full``."""
+    out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True, timeout=30).stdout
+    applets = []
+    for line in out.splitlines():
+        rel = line.strip().lstrip("/")
+        if not rel or rel == "bin/busybox":
+            continue
+        parts = rel.split("/")
+        if ".." in parts or "" in parts:
+            raise ImageError(f"busybox at {busybox} lists an unexpected applet path {line!r}")
+        applets.append(rel)
+    return sorted(set(applets))
+
+
+def _populate_busybox(rootfs: Path, busybox: Path, applets: list[str]) -> None:
+    as_root = os.geteuid() == 0
+    os.chmod(rootfs, 0o755)
+    for rel in sorted(BUSYBOX_DIRS):
+        (rootfs / rel).mkdir(exist_ok=True)
+    for rel in applets:
+        parent = (rootfs / rel).parent
+        if not parent.exists():
+            parent.mkdir(parents=True)
+            os.chmod(parent, 0o755)
+    target = rootfs / "bin" / "busybox"
+    with open(busybox, "rb") as src, open(target, "xb") as dst:
+        while chunk := src.read(_CHUNK):
+            dst.write(chunk)
+    os.chmod(target, 0o755)
+    for rel, text in BUSYBOX_FILES.items():
+        p = rootfs / rel
+        p.write_text(text)
+        os.chmod(p, 0o644)
+    for rel in applets:
+        (rootfs / rel).symlink_to("/bin/busybox")
+    for rel, mode in BUSYBOX_DIRS.items():
+        os.chmod(rootfs / rel, mode)
+    if as_root:
+        for _rel, path, _st in walk_tree(rootfs):
+            os.chown(path, 0, 0, follow_symlinks=False)
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+class ImageStore:
+    """Named, content-addressed rootfs images under one state root.
+
+    Does not know about containers: ``in_use(digest)`` (optional) tells it whether a container or
+    checkpoint still needs a rootfs, so ``remove`` refuses to delete one that is needed.
+    """
+
+    def __init__(self, paths: Paths, *, in_use: Callable[[str], bool] | None = None) -> None:
+        self.paths = paths
+        self._in_use = in_use
+        self.images_dir = paths.images
+        self.tmp_dir = paths.tmp
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.images_dir / INDEX_NAME
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def get(self, name_or_digest: str) -> Image:
+        """The image with that name, or with that ``sha256:<hex>`` digest.
+
+        Raises:
+            ImageNotFound: no such name or digest here.
+            InvalidArgument: neither a valid name nor a valid digest.
+        """
+        if name_or_digest.startswith("sha256:"):
+            hexd = validate_digest(name_or_digest)
+            meta = self._read_meta(hexd)
+            if meta is None:
+                raise ImageNotFound(name_or_digest)
+            names = sorted(n for n, e in self._read_index().items() if e["digest"] == name_or_digest)
+            if names:
+                return self._image(names[0], self._read_index()[names[0]])
+            return Image(name_or_digest, name_or_digest, meta["size_bytes"], meta["created_at"], self._rootfs(hexd))
+        validate_name(name_or_digest)
+        entry = self._read_index().get(name_or_digest)
+        if entry is None:
+            raise ImageNotFound(name_or_digest)
+        return self._image(name_or_digest, entry)
+
+    def list(self) -> list[Image]:
+        """Every named image, sorted by name (one entry per name; names may share a digest)."""
+        return [self._image(n, e) for n, e in sorted(self._read_index().items())]
+
+    def has_digest(self, digest: str) -> bool:
+        """Whether a rootfs with this digest is present (named or not)."""
+        return self._rootfs(validate_digest(digest)).is_dir()
+
+    # --- imports -----------------------------------------------------------------------------
+
+    def import_tarball(self, name: str, tarball: Path, *, expected_digest: str | None = None) -> Image:
+        """Import a tar (plain, gzip or zstd; detected by magic bytes) as image ``name``.
+
+        Raises:
+            InvalidArgument: bad name or expected digest.
+            UnsafeArchive: the archive (NotATarArchive) or one of its members was refused.
+            ImageError: corrupt archive, or the digest differs from ``expected_digest``.
+            OSError: the tarball cannot be opened.
+        """
+        validate_name(name)
+        if expected_digest is not None:
+            validate_digest(expected_digest)
+        with open(tarball, "rb") as f:
+            return self._import(name, f, str(tarball), expected_digest)
+
+    def import_stream(self, name: str, stream: BinaryIO, *, expected_digest: str | None = None) -> Image:
+        """Like ``import_tarball`` but reads the archive sequentially from ``stream`` (no seeking)."""
+        validate_name(name)
+        if expected_digest is not None:
+            validate_digest(expected_digest)
+        return self._import(name, stream, "stream", expected_digest)
+
+    def _import(self, name: str, stream: BinaryIO, source: str, expected: str | None) -> Image:
+        t0 = time.monotonic()
+        with self._scratch("image-") as work:
+            rootfs = work / ROOTFS_NAME
+            rootfs.mkdir(mode=0o700)
+            stats = tarsafe.extract(stream, rootfs, source=source)
+            digest, size = tree_digest(rootfs)
+            if expected is not None and digest != expected:
+                raise ImageError(
+                    f"cannot import image {name} from {source}: digest is {digest}, expected {expected}",
+                )
+            image = self._commit(name, work, digest, size)
+        log.info(
+            "imported image=%s digest=%s members=%d bytes=%d elapsed_ms=%.0f",
+            name, digest, stats.members, size, (time.monotonic() - t0) * 1000,
+        )
+        return image
+
+    def build_busybox(self, name: str = "busybox", *, busybox: Path = HOST_BUSYBOX) -> Image:
+        """Build a minimal rootfs around the host's static busybox and tag it ``name``.
+
+        Contents: /bin/busybox, a symlink to it for every applet (``busybox --list-full``),
+        /etc/{passwd,group,hostname,hosts}, empty /proc /sys /dev /run /var /root (0700),
+        /tmp (1777). ``scripts/make-busybox-image.sh`` builds the same tree as a tarball.
+
+        Raises:
+            Unsupported: no static busybox at ``busybox`` (hint: apt-get install busybox-static).
+        """
+        validate_name(name)
+        if not busybox.is_file():
+            raise Unsupported("busybox image", f"{busybox} not found", hint=BUSYBOX_HINT)
+        if not is_static_elf(busybox):
+            raise Unsupported("busybox image", f"{busybox} is not a statically linked executable", hint=BUSYBOX_HINT)
+        applets = busybox_applets(busybox)
+        with self._scratch("image-") as work:
+            rootfs = work / ROOTFS_NAME
+            rootfs.mkdir(mode=0o700)
+            _populate_busybox(rootfs, busybox, applets)
+            digest, size = tree_digest(rootfs)
+            image = self._commit(name, work, digest, size)
+        log.info("built busybox image=%s digest=%s applets=%d", name, digest, len(applets))
+        return image
+
+    # --- export ------------------------------------------------------------------------------
+
+    def export_stream(self, name_or_digest: str, sink: BinaryIO) -> None:
+        """Write the image's rootfs to ``sink`` as a plain (uncompressed) PAX tar.
+
+        Members come in the canonical order with numeric owners, modes and mtimes; hard links are
+        kept. Importing the stream gives the same digest. Compress by wrapping ``sink``.
+        """
+        image = self.get(name_or_digest)
+        first_path: dict[tuple[int, int], str] = {}
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            for rel, path, st in walk_tree(image.rootfs):
+                ti = tarfile.TarInfo(rel)
+                ti.mode = stat.S_IMODE(st.st_mode)
+                ti.uid, ti.gid = st.st_uid, st.st_gid
+                ti.uname = ti.gname = ""
+                ti.mtime = int(st.st_mtime)
+                code = _type_code(st.st_mode)
+                if code == "d":
+                    ti.type = tarfile.DIRTYPE
+                    tar.addfile(ti)
+                elif code == "l":
+                    ti.type = tarfile.SYMTYPE
+                    ti.linkname = os.readlink(path)
+                    tar.addfile(ti)
+                elif code == "p":
+                    ti.type = tarfile.FIFOTYPE
+                    tar.addfile(ti)
+                elif code == "f":
+                    key = (st.st_dev, st.st_ino)
+                    if st.st_nlink > 1 and key in first_path:
+                        ti.type = tarfile.LNKTYPE
+                        ti.linkname = first_path[key]
+                        tar.addfile(ti)
+                        continue
+                    first_path[key] = rel
+                    ti.type = tarfile.REGTYPE
+                    ti.size = st.st_size
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    with os.fdopen(fd, "rb") as f:
+                        tar.addfile(ti, f)
+                else:
+                    raise ImageError(f"cannot export image {image.name}: {rel} is a {code!r} node, not allowed in images")
+
+    # --- removal -----------------------------------------------------------------------------
+
+    def remove(self, name: str) -> None:
+        """Remove the name; remove the rootfs too when no other name refers to its digest.
+
+        Raises:
+            ImageNotFound: no image by that name.
+            ImageError: this is the last name of a rootfs still used (``in_use``); nothing changed.
+        """
+        validate_name(name)
+        with self._locked():
+            index = self._read_index()
+            entry = index.pop(name, None)
+            if entry is None:
+                raise ImageNotFound(name)
+            digest = entry["digest"]
+            last = not any(e["digest"] == digest for e in index.values())
+            if last and self._in_use is not None and self._in_use(digest):
+                raise ImageError(
+                    f"cannot remove image {name}: its rootfs {digest} is in use",
+                    hint="remove the containers and checkpoints that use it first",
+                )
+            self._write_index(index)
+            if last:
+                self._drop_rootfs(validate_digest(digest))
+        log.info("removed image=%s digest=%s rootfs_removed=%s", name, digest, last)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _rootfs(self, hexd: str) -> Path:
+        return self.images_dir / hexd / ROOTFS_NAME
+
+    def _image(self, name: str, entry: dict) -> Image:
+        hexd = validate_digest(entry["digest"])
+        return Image(name, entry["digest"], int(entry["size_bytes"]), float(entry["created_at"]), self._rootfs(hexd))
+
+    def _read_meta(self, hexd: str) -> dict | None:
+        try:
+            return json.loads((self.images_dir / hexd / IMAGE_META_NAME).read_text())
+        except FileNotFoundError:
+            return None
+
+    def _read_index(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.index_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise ImageError(f"image index {self.index_path} is not valid json: {exc}") from exc
+        if data.get("version") != INDEX_VERSION:
+            raise ImageError(f"image index {self.index_path} has version {data.get('version')!r}, expected {INDEX_VERSION}")
+        return dict(data.get("images", {}))
+
+    def _write_index(self, images: dict[str, dict]) -> None:
+        data = json.dumps({"version": INDEX_VERSION, "images": images}, indent=2, sort_keys=True).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.images_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, self.index_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(self.images_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.images_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    @contextlib.contextmanager
+    def _scratch(self, prefix: str) -> Iterator[Path]:
+        """A private directory under ROOT/tmp, removed on the way out unless it was renamed away."""
+        work = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir))
+        try:
+            yield work
+        finally:
+            tarsafe.rmtree(work)
+
+    def _commit(self, name: str, work: Path, digest: str, size: int) -> Image:
+        """Move ``work`` (holding rootfs/) to images/<hex> unless present, then tag ``name``."""
+        hexd = validate_digest(digest)
+        now = time.time()
+        meta = {"digest": digest, "size_bytes": size, "created_at": now}
+        (work / IMAGE_META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        target = self.images_dir / hexd
+        with self._locked():
+            created = False
+            if not target.exists():
+                os.chmod(work, 0o700)
+                try:
+                    os.rename(work, target)
+                    created = True
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+            if not created:
+                log.debug("image digest=%s already present, tagging %s", digest, name)
+            try:
+                index = self._read_index()
+                old = index.get(name)
+                index[name] = {"digest": digest, "size_bytes": size, "created_at": now}
+                self._write_index(index)
+            except BaseException:
+                if created:
+                    self._drop_rootfs(hexd)
+                raise
+            if old is not None and old["digest"] != digest:
+                still_named = any(e["digest"] == old["digest"] for e in index.values())
+                old_hex = validate_digest(old["digest"])
+                if still_named:
+                    pass
+                elif self._in_use is not None and self._in_use(old["digest"]):
+                    log.info("image=%s moved to %s; keeping unnamed rootfs %s (in use)", name, digest, old["digest"])
+                else:
+                    self._drop_rootfs(old_hex)
+        return Image(name, digest, size, now, self._rootfs(hexd))
+
+    def _drop_rootfs(self, hexd: str) -> None:
+        """Remove images/<hex>: first renamed into tmp so no half-deleted image is ever visible."""
+        target = self.images_dir / hexd
+        if not target.exists():
+            return
+        doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.tmp_dir))
+        os.rename(target, doomed / hexd)
+        tarsafe.rmtree(doomed)
