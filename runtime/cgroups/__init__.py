@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 FreezerState = Literal["thawed", "freezing", "frozen"]
 
@@ -98,3 +98,88 @@ class CgroupManager(Protocol):
         ...
 
     def exists(self, name: str) -> bool: ...
+
+
+# --- layout and detection (implementation in _layout.py, v2.py, v1.py) ---------------------
+
+from runtime.cgroups._layout import (  # noqa: E402  (after the interface the backends import)
+    DEFAULT_PROC_ROOT,
+    DEFAULT_SYS_ROOT,
+    UNIFIED,
+    CgroupLayout,
+    Hierarchy,
+    layout,
+)
+from runtime.cgroups._layout import layout as _read_layout  # noqa: E402  (detect's arg shadows it)
+
+if TYPE_CHECKING:
+    from runtime.cgroups._files import CgroupFs
+
+
+def detect(
+    parent: str | None = None,
+    *,
+    layout: CgroupLayout | None = None,
+    sys_root: Path = DEFAULT_SYS_ROOT,
+    proc_root: Path = DEFAULT_PROC_ROOT,
+    fs: CgroupFs | None = None,
+    move_to_leaf: bool = True,
+) -> CgroupManager:
+    """The one place that decides v2, hybrid or v1, and returns the manager for it.
+
+    Container cgroups go to ``<own cgroup>/<parent>/<name>`` in each hierarchy used, where
+    ``<own cgroup>`` is this process's cgroup there (/proc/self/cgroup).
+
+    Args:
+        parent: path relative to our own cgroup; default ``pymigrate``
+        layout: a layout found earlier (else ``layout(proc_root, sys_root)`` is read)
+        sys_root, proc_root: where cgroupfs and /proc are (tests pass tmp_path trees)
+        fs: the file-system calls (tests pass a fake cgroupfs)
+        move_to_leaf: v2 only; see ``V2CgroupManager``
+
+    Raises:
+        InvalidArgument: ``parent`` is absolute or contains ``.``/``..``
+        Unsupported: no usable cgroup hierarchy
+    """
+    from runtime.cgroups._files import CgroupFs, validate_parent
+    from runtime.errors import Unsupported
+
+    rel = validate_parent(parent)
+    lay = layout if layout is not None else _read_layout(proc_root=proc_root, sys_root=sys_root)
+    files = fs if fs is not None else CgroupFs()
+    if lay.mode == "v2":
+        from runtime.cgroups.v2 import V2CgroupManager
+
+        unified = lay.unified
+        if unified is None:  # layout() never says v2 without it
+            raise Unsupported("cgroup2", "no cgroup2 hierarchy found")
+        return V2CgroupManager(unified, rel, files, set(lay.limits), move_to_leaf=move_to_leaf)
+
+    from runtime.cgroups.v1 import V1CgroupManager
+
+    limit_h = {c: h for c in lay.limits if (h := lay.hierarchy(lay.limits[c])) is not None}
+    use_unified = lay.unified if lay.freezer == "cgroup2" else None
+    return V1CgroupManager(
+        limit_hierarchies=limit_h,
+        unified=use_unified,
+        freezer=lay.v1_with("freezer") if lay.freezer == "v1" else None,
+        cpuacct=lay.v1_with("cpuacct"),
+        parent=rel,
+        fs=files,
+    )
+
+
+__all__ = [
+    "DEFAULT_PROC_ROOT",
+    "DEFAULT_SYS_ROOT",
+    "UNIFIED",
+    "CgroupInfo",
+    "CgroupLayout",
+    "CgroupManager",
+    "CgroupStats",
+    "FreezerState",
+    "Hierarchy",
+    "Limits",
+    "detect",
+    "layout",
+]
