@@ -1,0 +1,205 @@
+"""``pymigrate check``: is this host ready to run, checkpoint and migrate containers?
+
+Turns a ``runtime.host.HostReport`` into check items. An item is ``ok``, ``missing`` (something
+the core needs: the host is not ready, the CLI exits 1) or ``warning`` (an optional feature is
+unavailable, e.g. pre-copy without soft-dirty tracking; the core still works). Every item that is
+not ok carries a hint saying how to get it.
+
+What the core needs: CRIU >= 4 passing ``criu check``, pycriu, overlayfs, a cgroup freezer, and
+the pid, mnt, net, uts, ipc and cgroup namespaces. Post-copy (lazy pages) and pre-copy (dirty
+tracking) are optional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from runtime.host import PIPE_MAX_SIZE_MIN_BYTES, HostReport
+
+Status = Literal["ok", "missing", "warning"]
+
+REQUIRED_NAMESPACES = ("pid", "mnt", "net", "uts", "ipc", "cgroup")
+SETUP_HINT = "run scripts/setup.sh"
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    """One finding. ``required`` items that are not ok make the host not ready."""
+
+    name: str
+    status: Status
+    required: bool
+    detail: str
+    hint: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "required": self.required,
+            "detail": self.detail,
+            "hint": self.hint,
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    items: tuple[CheckItem, ...]
+    report: HostReport
+
+    @property
+    def ok(self) -> bool:
+        """Everything the core needs is present (warnings allowed)."""
+        return not self.missing
+
+    @property
+    def missing(self) -> tuple[CheckItem, ...]:
+        return tuple(i for i in self.items if i.status == "missing")
+
+    @property
+    def warnings(self) -> tuple[CheckItem, ...]:
+        return tuple(i for i in self.items if i.status == "warning")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "missing": [i.name for i in self.missing],
+            "warnings": [i.name for i in self.warnings],
+            "items": [i.as_dict() for i in self.items],
+            "host": self.report.as_dict(),
+        }
+
+
+def _need(name: str, good: bool, detail: str, hint: str | None) -> CheckItem:
+    return CheckItem(name, "ok" if good else "missing", True, detail, None if good else hint)
+
+
+def _want(name: str, good: bool, detail: str, hint: str | None) -> CheckItem:
+    return CheckItem(name, "ok" if good else "warning", False, detail, None if good else hint)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MiB"
+
+
+def evaluate(report: HostReport) -> CheckResult:
+    """Judge a host report: one item per thing the core needs or an optional feature uses."""
+    items: list[CheckItem] = []
+    c = report.criu
+
+    # --- required -------------------------------------------------------------------------------
+    if c.path is None:
+        items.append(_need("criu", False, "no criu binary found", f"{SETUP_HINT} (builds CRIU >= 4 into /usr/local/sbin)"))
+    elif not c.installed:
+        items.append(_need("criu", False, f"{c.path} does not run: {c.error}", f"{SETUP_HINT} (rebuilds CRIU)"))
+    elif not c.version_ok:
+        items.append(
+            _need("criu", False, f"{c.path} is version {c.version}, need >= 4.0",
+                  f"{SETUP_HINT} (builds CRIU >= 4 into /usr/local/sbin, ahead of the old one on PATH)")
+        )
+    elif not c.check_ok:
+        why = "; ".join(c.check_detail) or "criu check failed"
+        items.append(_need("criu", False, f"{c.path} {c.version}: criu check fails: {why}",
+                           "see 'criu check' output; the kernel may lack a feature CRIU needs"))
+    else:
+        items.append(_need("criu", True, f"{c.version} at {c.path}, criu check passes", None))
+
+    p = report.pycriu
+    items.append(
+        _need("pycriu", p.importable,
+              f"{p.version or 'unknown version'} importable" if p.importable else f"not importable: {p.error}",
+              f"{SETUP_HINT} (installs pycriu from the CRIU source tree into .venv)")
+    )
+    if p.importable and c.version and p.version and p.version != c.version:
+        items.append(_want("pycriu version", False, f"pycriu {p.version} does not match criu {c.version}",
+                           f"{SETUP_HINT} (reinstalls the matching pycriu)"))
+
+    items.append(_need("overlayfs", report.overlayfs,
+                       "listed in /proc/filesystems" if report.overlayfs else "not in /proc/filesystems",
+                       "modprobe overlay (kernel needs CONFIG_OVERLAY_FS)"))
+
+    if report.cgroup is None:
+        items.append(_need("cgroup freezer", False, report.cgroup_error or "cgroup layout unreadable",
+                           "mount cgroup2 at /sys/fs/cgroup (mount -t cgroup2 none /sys/fs/cgroup)"))
+    else:
+        cg = report.cgroup
+        if cg.freezer == "none":
+            detail = f"cgroup mode {cg.mode}: neither cgroup.freeze nor the v1 freezer is usable"
+        else:
+            how = "cgroup.freeze" if cg.freezer == "cgroup2" else "v1 freezer.state"
+            detail = f"cgroup mode {cg.mode}, {how} below {cg.freeze_dir}"
+        items.append(_need("cgroup freezer", cg.freezer != "none", detail,
+                           "mount cgroup2 (kernel >= 5.2 has cgroup.freeze) or the v1 freezer controller"))
+
+    absent = [k for k in REQUIRED_NAMESPACES if not report.has_namespace(k)]
+    items.append(
+        _need("namespaces", not absent,
+              f"have {' '.join(report.namespaces)}" if not absent else f"kernel lacks {' '.join(absent)} namespaces",
+              "a kernel built with " + ", ".join(f"CONFIG_{k.upper()}_NS" for k in absent))
+    )
+
+    # --- optional -------------------------------------------------------------------------------
+    size = report.pipe_max_size_bytes
+    size_text = "unknown" if size is None else f"{size} ({_mib(size)})"
+    if report.cap_sys_resource:
+        pipe_detail = f"fs.pipe-max-size {size_text}; CAP_SYS_RESOURCE lifts the limit"
+    else:
+        pipe_detail = f"fs.pipe-max-size {size_text}, post-copy needs >= {PIPE_MAX_SIZE_MIN_BYTES}"
+    items.append(_want("pipe size for post-copy", report.pipe_size_ok, pipe_detail,
+                       f"sysctl -w fs.pipe-max-size={PIPE_MAX_SIZE_MIN_BYTES} ({SETUP_HINT} does it and persists it)"))
+
+    items.append(_feature(report, "lazy_pages", "lazy pages (post-copy)",
+                          "kernel needs non-cooperative userfaultfd (CONFIG_USERFAULTFD, Linux >= 4.11)"))
+    items.append(_feature(report, "dirty_tracking", "dirty tracking (pre-copy)",
+                          "kernel needs soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY); without it migration "
+                          "is stop-and-copy or post-copy"))
+    items.append(_feature(report, "network_lock_nftables", "nftables network lock",
+                          "apt-get install nftables (and a kernel with nf_tables)"))
+    items.append(_feature(report, "tcp_half_closed", "half-closed tcp connections",
+                          "a newer kernel (TCP repair of half-closed sockets)"))
+    items.append(_feature(report, "time_namespace", "time namespace", "kernel needs CONFIG_TIME_NS (Linux >= 5.6)"))
+    items.append(_feature(report, "pidfd_store", "pidfd store", "kernel needs pidfd_open/pidfd_getfd (Linux >= 5.6)"))
+    return CheckResult(tuple(items), report)
+
+
+def _feature(report: HostReport, key: str, label: str, hint: str) -> CheckItem:
+    good = report.features()[key]
+    if not report.criu.usable:
+        return _want(label, False, "unknown: criu is not usable", SETUP_HINT)
+    f = report.criu.feature(key)
+    detail = f.detail if f is not None else ""
+    if key == "network_lock_nftables" and report.nft_path is None:
+        detail = "nft binary not found; " + detail
+    if key == "lazy_pages" and not good and f is not None and f.supported:
+        detail = f"criu supports it but fs.pipe-max-size is below {PIPE_MAX_SIZE_MIN_BYTES}"
+        hint = f"sysctl -w fs.pipe-max-size={PIPE_MAX_SIZE_MIN_BYTES} ({SETUP_HINT})"
+    return _want(label, good, detail or ("supported" if good else "not supported"), hint)
+
+
+_MARK = {"ok": "ok", "missing": "MISSING", "warning": "warning"}
+
+
+def render_text(result: CheckResult) -> str:
+    """A readable report: host facts, one line per item (with a hint when not ok), a verdict."""
+    r = result.report
+    lines = [f"kernel   {r.kernel_release or 'unknown'}"]
+    digest = (r.cpu_flags_sha256 or "unknown")[:16]
+    lines.append(f"cpu      {r.cpu_model or 'unknown'} ({r.cpu_flags_count} flags, sha256 {digest}...)")
+    if r.cgroup is not None:
+        ctrls = " ".join(r.cgroup.limit_controllers) or "none"
+        lines.append(f"cgroups  {r.cgroup.mode}, freezer {r.cgroup.freezer}, limit controllers {ctrls}")
+        lines.extend(f"         note: {n}" for n in r.cgroup.notes)
+    lines.append("")
+    width = max(len(i.name) for i in result.items)
+    for item in result.items:
+        lines.append(f"{_MARK[item.status]:<8} {item.name:<{width}}  {item.detail}")
+        if item.hint:
+            lines.append(f"{'':<8} {'':<{width}}  hint: {item.hint}")
+    lines.append("")
+    if result.ok:
+        extra = f" ({len(result.warnings)} optional feature(s) unavailable)" if result.warnings else ""
+        lines.append(f"ready: this host can run, checkpoint and restore containers{extra}")
+    else:
+        lines.append("not ready, missing: " + ", ".join(i.name for i in result.missing))
+    return "\n".join(lines)

@@ -1,0 +1,365 @@
+"""Facts about this host, probed at run time and never assumed.
+
+``probe()`` reads the kernel's own files and asks CRIU; ``host_report()`` caches one probe per
+process; the ``supports_*()`` functions answer the questions the runtime, the migration core, the
+CLI and the service ask before using a feature (a missing one raises ``Unsupported`` at the caller).
+
+Kernel facts used (proc(5)):
+
+- ``/proc/sys/kernel/osrelease``: kernel release (same as ``uname -r``).
+- ``/proc/cpuinfo``: ``model name`` and ``flags`` of the first processor. The digest of the sorted
+  flags lets two hosts compare CPU features cheaply (a restored process may use any instruction
+  the source CPU had; CRIU's ``cpuinfo check`` is the thorough test).
+- ``/proc/self/ns/<kind>``: one entry per namespace kind the kernel has (``*_for_children``
+  entries are aliases and skipped).
+- ``/proc/filesystems``: ``overlay`` is listed once the overlay module is loaded (or built in).
+- ``/proc/sys/fs/pipe-max-size``: without CAP_SYS_RESOURCE no pipe grows beyond it; CRIU's lazy
+  pages (post-copy) page server asks for ~3.3 MiB pipes, so it must be >= 4 MiB unless the
+  process holds CAP_SYS_RESOURCE (bit 24 of ``CapEff`` in ``/proc/self/status``).
+- cgroup layout: ``runtime.cgroups.layout()`` (mountinfo + /proc/self/cgroup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from runtime.criu_features import CriuReport, RunMany, probe_criu
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROC_ROOT = Path("/proc")
+DEFAULT_SYS_ROOT = Path("/sys/fs/cgroup")
+
+NAMESPACE_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+PIPE_MAX_SIZE_MIN_BYTES = 4 * 1024 * 1024  # CRIU's lazy-pages pipes are ~3.3 MiB
+CAP_SYS_RESOURCE = 24  # linux/capability.h
+
+
+@dataclass(frozen=True)
+class CgroupFacts:
+    """The parts of the cgroup layout a host report needs.
+
+    Attributes:
+        mode: ``v2`` | ``hybrid`` | ``v1``
+        freezer: ``cgroup2`` (cgroup.freeze) | ``v1`` (freezer.state) | ``none``
+        freeze_dir: our own cgroup in the hierarchy that freezes (children are created below it)
+        limit_controllers: limit controllers that can be used (``memory``, ``cpu``, ``pids``)
+        notes: findings worth showing the user
+    """
+
+    mode: str
+    freezer: str
+    freeze_dir: str | None
+    limit_controllers: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PycriuFacts:
+    importable: bool
+    version: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """Everything probed about this host (see the module docstring for where each fact comes from).
+
+    ``None`` means "could not be read"; errors say why.
+    """
+
+    kernel_release: str | None
+    cpu_model: str | None
+    cpu_flags_sha256: str | None
+    cpu_flags_count: int
+    namespaces: tuple[str, ...]
+    overlayfs: bool
+    cgroup: CgroupFacts | None
+    cgroup_error: str | None
+    criu: CriuReport
+    pipe_max_size_bytes: int | None
+    cap_sys_resource: bool
+    nft_path: str | None
+    pycriu: PycriuFacts
+    errors: tuple[str, ...] = field(default=())
+
+    # --- questions -----------------------------------------------------------------------------
+
+    def has_namespace(self, kind: str) -> bool:
+        return kind in self.namespaces
+
+    @property
+    def pipe_size_ok(self) -> bool:
+        """Pipes can grow as large as CRIU's lazy-pages transfer needs."""
+        return self.cap_sys_resource or (self.pipe_max_size_bytes or 0) >= PIPE_MAX_SIZE_MIN_BYTES
+
+    @property
+    def cgroup_freeze(self) -> bool:
+        return self.cgroup is not None and self.cgroup.freezer != "none"
+
+    def features(self) -> dict[str, bool]:
+        """Feature name -> usable, for ``HostInfo.features`` and the report."""
+        c = self.criu
+        return {
+            "checkpoint": c.usable and self.pycriu.importable,
+            "dirty_tracking": c.supports("dirty_tracking"),
+            "lazy_pages": c.supports("lazy_pages") and self.pipe_size_ok,
+            "tcp_established": c.usable,  # criu check's basic checks include TCP_REPAIR
+            "tcp_half_closed": c.supports("tcp_half_closed"),
+            "network_lock_nftables": c.supports("network_lock_nftables") and self.nft_path is not None,
+            "time_namespace": c.supports("time_namespace") and self.has_namespace("time"),
+            "pidfd_store": c.supports("pidfd_store"),
+            "overlayfs": self.overlayfs,
+            "cgroup_freeze": self.cgroup_freeze,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kernel_release": self.kernel_release,
+            "cpu": {
+                "model": self.cpu_model,
+                "flags_sha256": self.cpu_flags_sha256,
+                "flags_count": self.cpu_flags_count,
+            },
+            "namespaces": list(self.namespaces),
+            "overlayfs": self.overlayfs,
+            "cgroup": None
+            if self.cgroup is None
+            else {
+                "mode": self.cgroup.mode,
+                "freezer": self.cgroup.freezer,
+                "freeze_dir": self.cgroup.freeze_dir,
+                "limit_controllers": list(self.cgroup.limit_controllers),
+                "notes": list(self.cgroup.notes),
+            },
+            "cgroup_error": self.cgroup_error,
+            "criu": self.criu.as_dict(),
+            "pipe_max_size_bytes": self.pipe_max_size_bytes,
+            "cap_sys_resource": self.cap_sys_resource,
+            "nft_path": self.nft_path,
+            "pycriu": {
+                "importable": self.pycriu.importable,
+                "version": self.pycriu.version,
+                "error": self.pycriu.error,
+            },
+            "features": self.features(),
+            "errors": list(self.errors),
+        }
+
+
+# --- readers (each takes its root so tests can point it at tmp_path) --------------------------
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        log.debug("cannot read %s: %s", path, exc.strerror)
+        return None
+
+
+def read_kernel_release(proc_root: Path = DEFAULT_PROC_ROOT) -> str | None:
+    text = _read(proc_root / "sys" / "kernel" / "osrelease")
+    return text.strip() if text else None
+
+
+def read_cpu(proc_root: Path = DEFAULT_PROC_ROOT) -> tuple[str | None, str | None, int]:
+    """(model name, sha256 of the sorted flags, number of flags) of the first processor."""
+    text = _read(proc_root / "cpuinfo") or ""
+    model: str | None = None
+    flags: list[str] | None = None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if model is not None or flags is not None:
+                break  # end of the first processor's block
+            continue
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:  # "Features" on arm64
+            flags = value.split()
+    if flags is None:
+        return model, None, 0
+    unique = sorted(set(flags))
+    return model, hashlib.sha256(" ".join(unique).encode()).hexdigest(), len(unique)
+
+
+def read_namespaces(proc_root: Path = DEFAULT_PROC_ROOT) -> tuple[str, ...]:
+    try:
+        names = {p.name for p in (proc_root / "self" / "ns").iterdir()}
+    except OSError:
+        return ()
+    return tuple(k for k in NAMESPACE_KINDS if k in names)
+
+
+def read_overlayfs(proc_root: Path = DEFAULT_PROC_ROOT) -> bool:
+    text = _read(proc_root / "filesystems") or ""
+    return any(line.split()[-1:] == ["overlay"] for line in text.splitlines())
+
+
+def read_pipe_max_size(proc_root: Path = DEFAULT_PROC_ROOT) -> int | None:
+    text = _read(proc_root / "sys" / "fs" / "pipe-max-size")
+    try:
+        return int(text.strip()) if text else None
+    except ValueError:
+        return None
+
+
+def read_cap_sys_resource(proc_root: Path = DEFAULT_PROC_ROOT) -> bool:
+    for line in (_read(proc_root / "self" / "status") or "").splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    return False
+
+
+def read_cgroup(proc_root: Path = DEFAULT_PROC_ROOT, sys_root: Path = DEFAULT_SYS_ROOT) -> CgroupFacts:
+    """The cgroup facts, from the cgroups package's layout reader.
+
+    Raises:
+        Unsupported: no cgroup hierarchy is mounted or /proc is unreadable
+    """
+    from runtime import cgroups
+
+    layout_fn = getattr(cgroups, "layout", None)
+    if layout_fn is None:  # not re-exported (yet): the implementation module has it
+        from runtime.cgroups._layout import layout as layout_fn
+    lay = layout_fn(proc_root=proc_root, sys_root=sys_root)
+    freeze_dir: Path | None = None
+    if lay.freezer == "cgroup2" and lay.unified is not None:
+        freeze_dir = lay.unified.own_dir
+    elif lay.freezer == "v1":
+        h = lay.v1_with("freezer")
+        freeze_dir = h.own_dir if h else None
+    return CgroupFacts(
+        mode=lay.mode,
+        freezer=lay.freezer,
+        freeze_dir=str(freeze_dir) if freeze_dir else None,
+        limit_controllers=tuple(sorted(lay.limits)),
+        notes=tuple(lay.notes),
+    )
+
+
+def read_pycriu() -> PycriuFacts:
+    """Import pycriu (and its image decoder) in this interpreter; heavy, so only when probing."""
+    try:
+        import pycriu  # type: ignore[import-not-found]
+        import pycriu.images  # type: ignore[import-not-found]  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
+        return PycriuFacts(False, None, f"{type(exc).__name__}: {exc}")
+    try:
+        from pycriu import version as pycriu_version  # type: ignore[import-not-found]
+
+        version = str(pycriu_version.__version__)
+    except (ImportError, AttributeError):
+        version = None
+    return PycriuFacts(True, version, None)
+
+
+# --- probe and cache ------------------------------------------------------------------------------
+
+
+def probe(
+    *,
+    proc_root: Path = DEFAULT_PROC_ROOT,
+    sys_root: Path = DEFAULT_SYS_ROOT,
+    criu_binary: str | None = None,
+    run: RunMany | None = None,
+    pycriu_probe: Callable[[], PycriuFacts] = read_pycriu,
+    which: Callable[[str], str | None] = shutil.which,
+) -> HostReport:
+    """Probe everything now (uncached). Every source is a parameter so tests can fake it."""
+    from runtime.errors import ContainerError
+
+    errors: list[str] = []
+    cgroup: CgroupFacts | None = None
+    cgroup_error: str | None = None
+    try:
+        cgroup = read_cgroup(proc_root, sys_root)
+    except ContainerError as exc:
+        cgroup_error = str(exc)
+    except OSError as exc:  # unreadable cgroupfs: report, do not crash the check
+        cgroup_error = f"cannot read the cgroup layout: {exc}"
+    model, flags_digest, flags_count = read_cpu(proc_root)
+    release = read_kernel_release(proc_root)
+    if release is None:
+        errors.append(f"cannot read {proc_root / 'sys/kernel/osrelease'}")
+    report = HostReport(
+        kernel_release=release,
+        cpu_model=model,
+        cpu_flags_sha256=flags_digest,
+        cpu_flags_count=flags_count,
+        namespaces=read_namespaces(proc_root),
+        overlayfs=read_overlayfs(proc_root),
+        cgroup=cgroup,
+        cgroup_error=cgroup_error,
+        criu=probe_criu(criu_binary, run=run),
+        pipe_max_size_bytes=read_pipe_max_size(proc_root),
+        cap_sys_resource=read_cap_sys_resource(proc_root),
+        nft_path=which("nft"),
+        pycriu=pycriu_probe(),
+        errors=tuple(errors),
+    )
+    return report
+
+
+_lock = threading.Lock()
+_cached: HostReport | None = None
+
+
+def host_report(*, refresh: bool = False) -> HostReport:
+    """This host's report, probed once per process (``refresh=True`` probes again)."""
+    global _cached
+    with _lock:
+        if _cached is None or refresh:
+            _cached = probe()
+        return _cached
+
+
+def supports_checkpoint() -> bool:
+    """CRIU >= 4 passes ``criu check`` and pycriu imports."""
+    return host_report().features()["checkpoint"]
+
+
+def supports_dirty_tracking() -> bool:
+    """Soft-dirty memory tracking: pre-dump and iterative pre-copy migration."""
+    return host_report().features()["dirty_tracking"]
+
+
+def supports_lazy_pages() -> bool:
+    """Post-copy: uffd-noncoop in the kernel and pipes big enough for CRIU's page server."""
+    return host_report().features()["lazy_pages"]
+
+
+def supports_tcp_established() -> bool:
+    return host_report().features()["tcp_established"]
+
+
+def supports_network_lock_nftables() -> bool:
+    return host_report().features()["network_lock_nftables"]
+
+
+def supports_time_namespace() -> bool:
+    return host_report().features()["time_namespace"]
+
+
+def supports_pidfd_store() -> bool:
+    return host_report().features()["pidfd_store"]
+
+
+def supports_overlayfs() -> bool:
+    return host_report().overlayfs
+
+
+def supports_cgroup_freeze() -> bool:
+    return host_report().cgroup_freeze
+
+
+def supports_namespace(kind: str) -> bool:
+    return host_report().has_namespace(kind)
