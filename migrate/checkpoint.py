@@ -1,0 +1,318 @@
+"""Checkpoint a running container: freeze, CRIU dump, upper layer beside it.
+
+Order of events (each step timed; ``frozen_ms`` is the downtime):
+
+1. freeze the container's cgroup (``cgroup.freeze``, confirmed through ``cgroup.events``);
+   from here the process tree and its upper layer are still;
+2. CRIU dumps the frozen tree (``freeze_cgroup`` tells it the cgroup is already frozen, so it
+   seizes without thawing). The network namespace is declared external (the runtime made it and
+   re-creates it on restore); volumes are declared external mounts;
+3. the upper layer and the CRIU images go into the archive *while CRIU is still dumping*: the
+   upper layer first, then each ``pages-*.img`` followed as it grows, then the small images;
+4. after the dump: ``leave_running`` thaws the container; otherwise CRIU killed the tree and the
+   container is recorded as exited (its shim records the exit).
+
+Nothing lost: any failure before the dump completed thaws the container so it keeps running, and
+removes every partial file (staging dir, export temp file). Every path that froze the cgroup
+thaws it on the way out unless CRIU has already killed the tree on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
+from migrate.store import IMAGES_DIR, UPPER_ARCHIVE, CheckpointStore, build_manifest, new_checkpoint_id
+from runtime.criu import Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
+from runtime.errors import InvalidState
+
+log = logging.getLogger(__name__)
+
+NETNS_KEY = "extnet"  # CRIU's name for the container's (external) network namespace
+
+
+def volume_key(index: int) -> str:
+    return f"vol{index}"
+
+
+@dataclass(frozen=True)
+class DumpTarget:
+    """What the checkpoint needs to know about one running container (from the runtime)."""
+
+    spec: Any  # runtime.spec.ContainerSpec
+    init_pid: int
+    upper_dir: Path
+    netns_path: Path | None
+    freeze_cgroup: str | None  # the cgroup dir CRIU should treat as frozen (cgroup2 or v1 freezer)
+
+
+def dump_externals(target: DumpTarget) -> tuple[str, ...]:
+    """CRIU ``external`` entries: the network namespace and every volume bind mount."""
+    external = []
+    if target.netns_path is not None:
+        external.append(f"net[{os.stat(target.netns_path).st_ino}]:{NETNS_KEY}")
+    for i, vol in enumerate(target.spec.volumes):
+        external.append(f"mnt[{vol.target}]:{volume_key(i)}")
+    return tuple(external)
+
+
+class _DumpThread(threading.Thread):
+    """Runs the (blocking) CRIU dump so the archive writer can stream beside it."""
+
+    def __init__(self, criu: Criu, request: DumpRequest) -> None:
+        super().__init__(name="criu-dump", daemon=True)
+        self.criu = criu
+        self.request = request
+        self.stats: DumpStats | None = None
+        self.error: BaseException | None = None
+        self.finished_at = 0.0
+
+    def run(self) -> None:
+        try:
+            self.stats = self.criu.dump(self.request)
+        except BaseException as exc:  # handed to the caller thread
+            self.error = exc
+        finally:
+            self.finished_at = time.monotonic()
+
+
+def _pages_index(path: Path) -> int:
+    try:
+        return int(path.name[len("pages-") : -len(".img")])
+    except ValueError:
+        return 0
+
+
+def stream_dump(
+    criu: Criu,
+    request: DumpRequest,
+    writer: Any,
+    upper_dir: Path,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[DumpStats, float]:
+    """Dump with CRIU into ``request.images_dir`` while writing the upper layer and the images into
+    ``writer`` (a migrate.images.ArchiveWriter). Returns (CRIU stats, dump wall time in ms).
+
+    The pages files are followed as CRIU appends to them: a file is complete once the dump has
+    ended or a later pages file has appeared (CRIU dumps one task's memory at a time).
+    """
+    images_dir = request.images_dir
+    thread = _DumpThread(criu, request)
+    started = time.monotonic()
+    thread.start()
+    try:
+        writer.add_tree("upper", upper_dir)
+        added: set[str] = set()
+        while True:
+            alive = thread.is_alive()
+            pages = sorted(images_dir.glob("pages-*.img"), key=_pages_index)
+            fresh = [p for p in pages if p.name not in added]
+            for p in fresh:
+                idx = _pages_index(p)
+
+                def growing(idx: int = idx) -> bool:
+                    if not thread.is_alive():
+                        return False
+                    return not any(_pages_index(q) > idx for q in images_dir.glob("pages-*.img"))
+
+                writer.add_file(f"{IMAGES_DIR}/{p.name}", p, growing=growing)
+                added.add(p.name)
+                if on_bytes:
+                    on_bytes(p.stat().st_size)
+            if not alive and not fresh:
+                break
+            if not fresh:
+                time.sleep(0.002)
+    finally:
+        thread.join()
+    if thread.error is not None:
+        raise thread.error
+    dump_ms = (thread.finished_at - started) * 1000
+    for p in sorted(images_dir.iterdir()):
+        if p.is_file() and p.name not in added:
+            writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
+    assert thread.stats is not None
+    return thread.stats, dump_ms
+
+
+def _images_bytes(images_dir: Path) -> int:
+    return sum(p.stat().st_size for p in images_dir.iterdir() if p.is_file())
+
+
+def checkpoint_container(
+    rt: Any,
+    name: str,
+    options: CheckpointOptions,
+    *,
+    criu: Criu | None = None,
+    progress: ProgressFn | None = None,
+    sink: IO[bytes] | None = None,
+) -> CheckpointResult:
+    """Checkpoint container ``name`` of runtime ``rt``.
+
+    Where the checkpoint goes:
+    - ``sink`` given (migration): the archive is streamed into it; nothing is kept locally;
+    - ``options.export_path``: the archive is written to that file (atomically: temp name, rename);
+    - otherwise: a local checkpoint under ROOT/checkpoints/<id> (images uncompressed).
+    """
+    from migrate.images import ArchiveWriter
+
+    criu = criu or SwrkCriu()
+    started = time.monotonic()
+    store = CheckpointStore(rt.paths)
+    container = rt.get(name)
+    state = container.status
+    if state not in ("running", "paused"):
+        raise InvalidState(container.spec.name, "checkpoint", state, ("running", "paused"))
+    target: DumpTarget = rt.dump_target(container)
+    checkpoint_id = new_checkpoint_id()
+    spec = target.spec
+
+    def emit(phase: str, message: str = "", done: int = 0) -> None:
+        if progress:
+            progress(ProgressEvent("checkpoint", phase, bytes_done=done, elapsed_s=time.monotonic() - started, message=message))
+
+    staging = store.staging_dir(checkpoint_id)
+    images_dir = staging / IMAGES_DIR
+    images_dir.mkdir()
+    criu_version = criu.version()
+    cpuinfo_dump(images_dir)
+    manifest = build_manifest(
+        spec,
+        checkpoint_id,
+        criu_version=criu_version,
+        options={"tcp_established": options.tcp_established, "file_locks": options.file_locks, "netns_key": NETNS_KEY},
+    )
+    request = DumpRequest(
+        pid=target.init_pid,
+        images_dir=images_dir,
+        leave_running=options.leave_running,
+        tcp_established=options.tcp_established,
+        file_locks=options.file_locks,
+        external=dump_externals(target),
+        freeze_cgroup=target.freeze_cgroup,
+        network_lock=rt.network_lock(),
+    )
+
+    export_tmp: Path | None = None
+    out: IO[bytes] | None = None
+    archive_path: Path | None = None
+    if sink is None and options.export_path is not None:
+        archive_path = Path(options.export_path).resolve()
+        export_tmp = archive_path.with_name(f".{archive_path.name}.{checkpoint_id}.tmp")
+        out = open(export_tmp, "wb")
+    elif sink is None:
+        out = open(staging / UPPER_ARCHIVE, "wb")
+
+    frozen_at = 0.0
+    thawed = True
+    dumped = False
+    try:
+        emit("freeze")
+        t0 = time.monotonic()
+        was_paused = state == "paused"
+        rt.freeze(container)
+        thawed = False
+        frozen_at = time.monotonic()
+        freezing_ms = (frozen_at - t0) * 1000
+        emit("dump")
+        if out is not None and archive_path is None:
+            # local checkpoint: images stay raw in images/, only the upper layer is archived
+            with ArchiveWriter(out, compress="none") as upper_writer:
+                upper_writer.write_manifest({"kind": "upper-layer", "checkpoint_id": checkpoint_id})
+                dump_thread = _DumpThread(criu, request)
+                dump_started = time.monotonic()
+                dump_thread.start()
+                upper_writer.add_tree("upper", target.upper_dir)
+                dump_thread.join()
+                if dump_thread.error is not None:
+                    raise dump_thread.error
+                upper_summary = upper_writer.close()
+            stats_dump = dump_thread.stats or DumpStats()
+            dump_ms = (dump_thread.finished_at - dump_started) * 1000
+            upper_bytes = upper_summary.raw_bytes
+            archive_bytes = 0
+        else:
+            dest = sink if sink is not None else out
+            writer = ArchiveWriter(dest, compress=options.compress, level=options.level)
+            writer.write_manifest(manifest)
+            stats_dump, dump_ms = stream_dump(criu, request, writer, target.upper_dir, on_bytes=lambda n: emit("dump", done=n))
+            upper_bytes = sum(m.size_bytes for m in writer_members(writer) if m.name.startswith("upper/"))
+            dumped = True
+            summary = writer.close(trailer={"dump_stats": stats_dump.__dict__})
+            archive_bytes = summary.written_bytes
+        dumped = True
+        dump_done = time.monotonic()
+        if options.leave_running:
+            if not was_paused:
+                rt.thaw(container)
+            thawed = True
+        else:
+            rt.mark_checkpointed(container, checkpoint_id)
+            thawed = True  # CRIU killed the tree on purpose
+        frozen_ms = (dump_done - frozen_at) * 1000
+    except BaseException:
+        if not thawed:
+            try:
+                rt.thaw(container)
+            except Exception:  # rollback path: report the original error
+                log.exception("container=%s: thaw after failed checkpoint failed", spec.name)
+        if out is not None:
+            out.close()
+        if export_tmp is not None:
+            export_tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    images_bytes = _images_bytes(images_dir)
+    if out is not None:
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+    archive_ms = 0.0
+    if export_tmp is not None and archive_path is not None:
+        os.rename(export_tmp, archive_path)
+        shutil.rmtree(staging, ignore_errors=True)
+    elif sink is None:
+        manifest["dump_stats"] = stats_dump.__dict__
+        store.commit(staging, checkpoint_id, manifest)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    total_ms = (time.monotonic() - started) * 1000
+    stats = CheckpointStats(
+        freezing_ms=round(freezing_ms, 3),
+        frozen_ms=round(frozen_ms, 3),
+        memdump_ms=stats_dump.memdump_ms,
+        memwrite_ms=stats_dump.memwrite_ms,
+        pages_scanned=stats_dump.pages_scanned,
+        pages_skipped_parent=stats_dump.pages_skipped_parent,
+        pages_written=stats_dump.pages_written,
+        images_bytes=images_bytes,
+        upper_bytes=upper_bytes,
+        archive_bytes=archive_bytes,
+        archive_ms=round(archive_ms or max(0.0, total_ms - dump_ms), 3),
+        total_ms=round(total_ms, 3),
+    )
+    log.info(
+        "container=%s checkpoint=%s frozen_ms=%.1f images_bytes=%d archive_bytes=%d",
+        spec.name, checkpoint_id, stats.frozen_ms, images_bytes, archive_bytes,
+    )
+    emit("done")
+    return CheckpointResult(
+        checkpoint_id=checkpoint_id,
+        container_name=spec.name,
+        export_path=str(archive_path) if archive_path else None,
+        stats=stats,
+    )
+
+
+def writer_members(writer: Any) -> list[Any]:
+    """Members written so far (ArchiveWriter keeps them for its trailer)."""
+    return list(getattr(writer, "members", ()))

@@ -1,0 +1,209 @@
+"""Restore a checkpoint (local or imported archive) into a new running container.
+
+Pre-flight comes before anything outside a temporary directory is touched:
+archive checksums and format version (migrate.images verifies while unpacking into ROOT/tmp),
+CRIU version >= the one that dumped, CPU compatibility (``criu cpuinfo check`` against the
+cpuinfo.img recorded at dump time), the base image present with the same digest, the name and
+the address free. Only then does the runtime build the container (upper layer, overlay, cgroup
+with limits, network with the recorded address and MAC) and start it with CRIU as the starter.
+
+The CRIU restore runs inside the container's shim: the shim spawns ``criu swrk``, moves it into
+the container's cgroup before sending the request (so the restored tree lands there with its
+limits, never in the old cgroup), and with ``rst_sibling`` the restored init becomes the shim's
+child. A failed restore removes everything the runtime built and leaves the checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from migrate.api import ProgressEvent, ProgressFn, RestoreOptions, RestoreResult, RestoreStats
+from migrate.checkpoint import NETNS_KEY, volume_key
+from migrate.errors import IncompatibleHost, MigrationError
+from migrate.store import IMAGES_DIR, MANIFEST_KIND, UPPER_ARCHIVE, CheckpointStore
+from runtime.criu import Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
+from runtime.errors import ContainerExists, CriuError, ImageNotFound
+from runtime.spec import ContainerSpec
+
+log = logging.getLogger(__name__)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """A checkpoint ready to restore: manifest, CRIU images dir, upper layer dir."""
+
+    manifest: dict[str, Any]
+    images_dir: Path
+    upper_dir: Path
+    scratch: Path | None  # removed after the restore (imports); None for local checkpoints
+
+
+def unpack_archive(rt: Any, source: Any, *, progress: ProgressFn | None = None) -> Unpacked:
+    """Verify and unpack an archive stream into a scratch dir under ROOT/tmp."""
+    from migrate.images import read_archive
+
+    rt.paths.tmp.mkdir(parents=True, exist_ok=True)
+    scratch = Path(os.path.join(rt.paths.tmp, f"import-{os.urandom(6).hex()}"))
+    scratch.mkdir(mode=0o700)
+    try:
+        manifest = read_archive(source, scratch)
+        if manifest.get("kind") != MANIFEST_KIND:
+            raise MigrationError(f"not a pymigrate checkpoint archive (kind {manifest.get('kind')!r})", phase="verify")
+        images = scratch / IMAGES_DIR
+        upper = scratch / "upper"
+        upper.mkdir(exist_ok=True)  # an untouched container has an empty upper layer
+        if not images.is_dir():
+            raise MigrationError("checkpoint archive has no CRIU images", phase="verify")
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return Unpacked(manifest=manifest, images_dir=images, upper_dir=upper, scratch=scratch)
+
+
+def unpack_local(rt: Any, checkpoint_id: str) -> Unpacked:
+    """A local checkpoint: images are used in place; the upper layer is unpacked into scratch."""
+    from migrate.images import read_archive
+
+    store = CheckpointStore(rt.paths)
+    cid = store.resolve(checkpoint_id)
+    manifest = store.manifest(cid)
+    base = store.dir(cid)
+    scratch = Path(os.path.join(rt.paths.tmp, f"restore-{os.urandom(6).hex()}"))
+    scratch.mkdir(mode=0o700)
+    try:
+        with open(base / UPPER_ARCHIVE, "rb") as f:
+            read_archive(f, scratch)
+        upper = scratch / "upper"
+        upper.mkdir(exist_ok=True)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return Unpacked(manifest=manifest, images_dir=base / IMAGES_DIR, upper_dir=upper, scratch=scratch)
+
+
+def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, replace_id: str | None = None) -> None:
+    """Refuse before building anything: CRIU version, CPU, image, name, address."""
+    manifest = unpacked.manifest
+    dumped_with = str(manifest.get("criu_version", "0"))
+    here = criu.version()
+    if _version_tuple(here) < _version_tuple(dumped_with):
+        raise IncompatibleHost(
+            f"checkpoint was dumped by criu {dumped_with}, this host has criu {here}: restore needs the same or newer",
+            phase="preflight",
+        )
+    try:
+        cpuinfo_check(unpacked.images_dir)
+    except CriuError as exc:
+        raise IncompatibleHost(
+            f"this CPU lacks features the checkpointed processes may use: {exc.message}", phase="preflight"
+        ) from exc
+    if not rt.images.has_digest(spec.image_digest):
+        raise ImageNotFound(f"{spec.image} ({spec.image_digest})")
+    rt.check_name_free(spec.name, replace_id=replace_id)
+    if spec.ip and not rt.ip_free(spec.ip, replace_id=replace_id):
+        raise ContainerExists(f"address {spec.ip} is already in use on this host", hint="restore with --ip ADDR")
+
+
+def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, netns_fd: int | None, *, tcp_established: bool, network_lock: str) -> RestoreRequest:
+    external = tuple(f"mnt[{volume_key(i)}]:{vol.source}" for i, vol in enumerate(spec.volumes))
+    inherit = ((NETNS_KEY, netns_fd),) if netns_fd is not None else ()
+    opts = unpacked.manifest.get("options", {})
+    return RestoreRequest(
+        images_dir=unpacked.images_dir,
+        work_dir=unpacked.images_dir.parent / "restore-work" if unpacked.scratch is None else unpacked.scratch,
+        root=root,
+        inherit_fds=inherit,
+        external=external,
+        tcp_established=tcp_established or bool(opts.get("tcp_established")),
+        file_locks=bool(opts.get("file_locks")),
+        network_lock=network_lock,  # type: ignore[arg-type]
+    )
+
+
+def restore_container(
+    rt: Any,
+    options: RestoreOptions,
+    *,
+    criu: Criu | None = None,
+    progress: ProgressFn | None = None,
+    source: Any = None,
+) -> RestoreResult:
+    """Restore from ``options.checkpoint_id``, ``options.import_path`` or an archive stream ``source``."""
+    criu = criu or SwrkCriu()
+    started = time.monotonic()
+
+    def emit(phase: str, message: str = "") -> None:
+        if progress:
+            progress(ProgressEvent("restore", phase, elapsed_s=time.monotonic() - started, message=message))
+
+    emit("verify")
+    archive_bytes = 0
+    if source is not None:
+        unpacked = unpack_archive(rt, source, progress=progress)
+    elif options.import_path is not None:
+        path = Path(options.import_path)
+        archive_bytes = path.stat().st_size
+        with open(path, "rb") as f:
+            unpacked = unpack_archive(rt, f, progress=progress)
+    elif options.checkpoint_id:
+        unpacked = unpack_local(rt, options.checkpoint_id)
+    else:
+        raise MigrationError("restore needs a checkpoint id or an archive to import")
+    import_ms = (time.monotonic() - started) * 1000
+    try:
+        spec = ContainerSpec.from_dict(unpacked.manifest["container"])
+        replace_id = None
+        if options.name and options.name != spec.name:
+            spec = replace(spec, name=options.name, container_id=rt.new_container_id())
+        else:
+            replace_id = rt.replaceable_id(spec)  # the exited original of a local checkpoint
+        if options.ip:
+            spec = replace(spec, ip=options.ip)
+        emit("preflight")
+        preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
+        work_dir = unpacked.scratch if unpacked.scratch is not None else unpacked.images_dir.parent
+        emit("restore")
+        t0 = time.monotonic()
+        info = rt.restore_from(
+            spec,
+            upper_src=unpacked.upper_dir,
+            replace_id=replace_id,
+            make_request=lambda root, netns_fd: restore_request(
+                unpacked, spec, root, netns_fd, tcp_established=options.tcp_established, network_lock=rt.network_lock()
+            ),
+            criu=criu,
+            restored_from=unpacked.manifest.get("checkpoint_id"),
+        )
+        restore_ms = (time.monotonic() - t0) * 1000
+        crstats = read_restore_stats(work_dir)
+        log.info("container=%s restored from checkpoint=%s restore_ms=%.1f criu_ms=%.1f", spec.name,
+                 unpacked.manifest.get("checkpoint_id"), restore_ms, crstats.restore_ms)
+    finally:
+        if unpacked.scratch is not None:
+            shutil.rmtree(unpacked.scratch, ignore_errors=True)
+    images_bytes = unpacked.manifest.get("images_bytes", 0)
+    emit("done")
+    return RestoreResult(
+        container=info,
+        stats=RestoreStats(
+            import_ms=round(import_ms, 3),
+            restore_ms=round(restore_ms, 3),
+            total_ms=round((time.monotonic() - started) * 1000, 3),
+            archive_bytes=archive_bytes,
+            images_bytes=int(images_bytes),
+        ),
+    )

@@ -1,0 +1,189 @@
+"""Local checkpoints under a state root, and the manifest every checkpoint carries.
+
+Layout of one local checkpoint (ROOT/checkpoints/<checkpoint_id>/)::
+
+    manifest.json     the manifest (see docs/archive-format.md), with the dump stats merged in
+    images/           CRIU's images dir, uncompressed, so a local restore reads it in place
+    upper.pma         the container's overlay upper layer as an archive (migrate.images format)
+
+A checkpoint directory appears atomically: it is built under ROOT/tmp and renamed into place,
+so a crash never leaves a half-written checkpoint visible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from migrate.api import CheckpointInfo
+from migrate.errors import ArchiveError, CheckpointNotFound
+from runtime.config import Paths
+from runtime.errors import InvalidArgument
+from runtime.spec import ContainerSpec
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+IMAGES_DIR = "images"
+UPPER_ARCHIVE = "upper.pma"
+MANIFEST_KIND = "pymigrate-checkpoint"
+
+_ID_RE = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+def new_checkpoint_id() -> str:
+    return secrets.token_hex(12)
+
+
+def validate_checkpoint_id(checkpoint_id: str) -> str:
+    """Refuse ids that could name anything outside the checkpoints dir."""
+    if not _ID_RE.match(checkpoint_id):
+        raise InvalidArgument(f"invalid checkpoint id {checkpoint_id!r}: expected 4-64 lower-case hex characters")
+    return checkpoint_id
+
+
+def host_facts() -> dict[str, Any]:
+    """What a target compares before restoring: kernel, CPU digest, cgroup layout, CRIU version."""
+    from runtime import host
+
+    model, cpu_digest, _nflags = host.read_cpu()
+    try:
+        cgroup_mode = host.read_cgroup().mode
+    except Exception:  # informative only; the cgroup layout is re-probed on the target
+        cgroup_mode = "unknown"
+    return {
+        "hostname": socket.gethostname(),
+        "kernel": platform.release(),
+        "cpu_model": model,
+        "cpu_digest": cpu_digest,
+        "cgroup_layout": cgroup_mode,
+        "machine": platform.machine(),
+    }
+
+
+def build_manifest(spec: ContainerSpec, checkpoint_id: str, *, criu_version: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": MANIFEST_KIND,
+        "checkpoint_id": checkpoint_id,
+        "created_at": time.time(),
+        "container": spec.to_dict(),
+        "image_digest": spec.image_digest,
+        "criu_version": criu_version,
+        "host": host_facts(),
+        "options": options,
+        "uid": os.geteuid(),
+    }
+
+
+class CheckpointStore:
+    """Local checkpoints of one state root."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    def dir(self, checkpoint_id: str) -> Path:
+        return self.paths.checkpoint(validate_checkpoint_id(checkpoint_id))
+
+    def resolve(self, checkpoint_id: str) -> str:
+        """Full id from an id or a unique prefix; CheckpointNotFound otherwise."""
+        validate_checkpoint_id(checkpoint_id)
+        if (self.paths.checkpoints / checkpoint_id / MANIFEST).exists():
+            return checkpoint_id
+        matches = [p.name for p in self._dirs() if p.name.startswith(checkpoint_id)]
+        if len(matches) == 1:
+            return matches[0]
+        raise CheckpointNotFound(checkpoint_id)
+
+    def manifest(self, checkpoint_id: str) -> dict[str, Any]:
+        path = self.dir(self.resolve(checkpoint_id)) / MANIFEST
+        try:
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError) as exc:
+            raise ArchiveError(f"cannot read checkpoint manifest {path}: {exc}") from exc
+
+    def staging_dir(self, checkpoint_id: str) -> Path:
+        self.paths.tmp.mkdir(parents=True, exist_ok=True)
+        path = self.paths.tmp / f"ckpt-{checkpoint_id}"
+        path.mkdir(mode=0o700)
+        return path
+
+    def commit(self, staging: Path, checkpoint_id: str, manifest: dict[str, Any]) -> Path:
+        """Write the manifest and move a staged checkpoint into place atomically."""
+        _write_json_atomic(staging / MANIFEST, manifest)
+        final = self.dir(checkpoint_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def list(self) -> list[CheckpointInfo]:
+        out = []
+        for d in self._dirs():
+            try:
+                m = json.loads((d / MANIFEST).read_text())
+            except (OSError, ValueError):
+                log.warning("skipping unreadable checkpoint %s", d)
+                continue
+            out.append(info_from_manifest(m, size_bytes=_tree_size(d)))
+        return sorted(out, key=lambda c: c.created_at)
+
+    def remove(self, checkpoint_id: str) -> None:
+        d = self.dir(self.resolve(checkpoint_id))
+        trash = self.paths.tmp / f"rm-{d.name}-{secrets.token_hex(4)}"
+        os.rename(d, trash)  # disappears atomically, then the slow part
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _dirs(self) -> list[Path]:
+        if not self.paths.checkpoints.is_dir():
+            return []
+        return [p for p in self.paths.checkpoints.iterdir() if p.is_dir() and (p / MANIFEST).exists()]
+
+
+def info_from_manifest(m: dict[str, Any], *, size_bytes: int = 0) -> CheckpointInfo:
+    container = m.get("container", {})
+    return CheckpointInfo(
+        checkpoint_id=m.get("checkpoint_id", ""),
+        container_name=container.get("name", ""),
+        container_id=container.get("container_id", ""),
+        image_digest=m.get("image_digest", ""),
+        created_at=float(m.get("created_at", 0.0)),
+        size_bytes=size_bytes,
+        criu_version=m.get("criu_version", ""),
+    )
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
