@@ -64,8 +64,8 @@ DIGEST_VERSION = b"pymigrate-rootfs-digest-v1\0"
 HOST_BUSYBOX = Path("/bin/busybox")
 BUSYBOX_HINT = "apt-get install busybox-static"
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
-DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
+DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
 
 _CHUNK = 1 << 20
 
@@ -81,7 +81,7 @@ class Image:
 
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid image name (``[a-z0-9][a-z0-9._-]{0,127}`` and optional ``:tag``)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid image name {name!r}: expected [a-z0-9][a-z0-9._-]{{0,127}} with an optional :tag",
         )
@@ -90,7 +90,7 @@ def validate_name(name: str) -> str:
 
 def validate_digest(digest: str) -> str:
     """Return the 64 hex digits of a ``sha256:<hex>`` digest."""
-    m = DIGEST_RE.match(digest) if isinstance(digest, str) else None
+    m = DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
     if not m:
         raise InvalidArgument(f"invalid image digest {digest!r}: expected sha256:<64 lower-case hex digits>")
     return m.group(1)

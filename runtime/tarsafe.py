@@ -267,6 +267,10 @@ class _Extractor:
                 target_parts = _split(m.linkname, name)
             except UnsafeArchive:
                 raise UnsafeArchive(name, f"hard link target {m.linkname!r} is outside the archive") from None
+            for i in range(1, len(target_parts)):
+                if self.kinds.get(target_parts[:i]) == "symlink":
+                    through = "/".join(target_parts[:i])
+                    raise UnsafeArchive(name, f"hard link target {m.linkname!r} goes through the symlink {through!r} extracted earlier")
             tkind = self.kinds.get(target_parts)
             if tkind is None:
                 raise UnsafeArchive(name, f"hard link target {m.linkname!r} is not in the archive before it")
@@ -389,6 +393,13 @@ def extract(stream: BinaryIO, dest: Path, *, source: str) -> ExtractStats:
             except corrupt as exc:
                 where = f"after member {last!r}" if last is not None else "at its start"
                 raise ImageError(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
+        # read to the end so gzip's CRC and zstd's content checksum (written after the tar's
+        # end-of-archive blocks) are verified, and a network stream is fully consumed
+        try:
+            while reader.read(_CHUNK):
+                pass
+        except corrupt as exc:
+            raise ImageError(f"cannot read archive {source}: corrupt {compression} data after the last member: {exc}") from exc
         ex.finish()
     finally:
         ex.close()
