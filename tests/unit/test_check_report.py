@@ -1,0 +1,109 @@
+"""migrate.check (the verdict) and ``pymigrate check`` on fake host reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from migrate.check import evaluate, render_text
+from runtime import host
+from runtime.criu_features import CriuReport
+from tests.fakes.host import fake_host_report, good_criu
+
+
+def item(result, name: str):
+    return next(i for i in result.items if i.name == name)
+
+
+def test_healthy_host_is_ready_with_dirty_tracking_warning(tmp_path: Path) -> None:
+    result = evaluate(fake_host_report(tmp_path))
+    assert result.ok
+    assert [i.name for i in result.warnings] == ["dirty tracking (pre-copy)"]
+    assert item(result, "dirty tracking (pre-copy)").hint
+    assert all(i.hint is None for i in result.items if i.status == "ok")
+    text = render_text(result)
+    assert text.splitlines()[-1].startswith("ready:")
+    assert "warning  dirty tracking (pre-copy)" in text
+
+
+def test_missing_criu_names_setup(tmp_path: Path) -> None:
+    criu = CriuReport(None, None, False, (), (), error="no criu binary found")
+    result = evaluate(fake_host_report(tmp_path, criu=criu))
+    assert not result.ok
+    missing = item(result, "criu")
+    assert missing.status == "missing" and "scripts/setup.sh" in (missing.hint or "")
+    # optional CRIU features are unknown, not claimed
+    assert item(result, "lazy pages (post-copy)").status == "warning"
+    assert "not ready, missing: criu" in render_text(result)
+
+
+def test_old_criu_is_missing(tmp_path: Path) -> None:
+    fake = good_criu()
+    fake.answers[("--version",)] = (0, "Version: 3.17\n")
+    result = evaluate(fake_host_report(tmp_path, fake_criu=fake))
+    assert item(result, "criu").status == "missing"
+    assert "3.17" in item(result, "criu").detail
+
+
+def test_failing_criu_check_is_missing_with_its_error(tmp_path: Path) -> None:
+    fake = good_criu()
+    fake.answers[("check",)] = (1, "Error (criu/vdso.c:1): vdso: Unexpected rt vDSO area bounds\n")
+    result = evaluate(fake_host_report(tmp_path, fake_criu=fake))
+    assert "Unexpected rt vDSO area bounds" in item(result, "criu").detail
+    assert not result.ok
+
+
+def test_each_required_piece_makes_host_not_ready(tmp_path: Path) -> None:
+    good = fake_host_report(tmp_path)
+    cases = {
+        "pycriu": dataclasses.replace(good, pycriu=host.PycriuFacts(False, None, "ModuleNotFoundError: pycriu")),
+        "overlayfs": dataclasses.replace(good, overlayfs=False),
+        "namespaces": dataclasses.replace(good, namespaces=("ipc", "mnt", "net", "pid", "uts")),
+        "cgroup freezer": dataclasses.replace(
+            good, cgroup=dataclasses.replace(good.cgroup, freezer="none", freeze_dir=None)
+        ),
+    }
+    for name, rep in cases.items():
+        result = evaluate(rep)
+        assert not result.ok, name
+        assert [i.name for i in result.missing] == [name]
+        assert item(result, name).hint, name
+    assert "CONFIG_CGROUP_NS" in (item(evaluate(cases["namespaces"]), "namespaces").hint or "")
+
+
+def test_small_pipes_are_a_warning_not_a_failure(tmp_path: Path) -> None:
+    rep = dataclasses.replace(fake_host_report(tmp_path), pipe_max_size_bytes=1048576)
+    result = evaluate(rep)
+    assert result.ok
+    pipe = item(result, "pipe size for post-copy")
+    assert pipe.status == "warning" and "fs.pipe-max-size=4194304" in (pipe.hint or "")
+    lazy = item(result, "lazy pages (post-copy)")
+    assert lazy.status == "warning" and "pipe-max-size" in lazy.detail
+
+
+def test_json_shape(tmp_path: Path) -> None:
+    data = evaluate(fake_host_report(tmp_path)).as_dict()
+    json.dumps(data)  # serialisable as is
+    assert data["ok"] is True and data["missing"] == []
+    assert data["host"]["kernel_release"] == "6.1.0-test"
+    assert data["host"]["features"]["dirty_tracking"] is False
+    assert data["host"]["criu"]["features"]["lazy_pages"]["criu_name"] == "uffd-noncoop"
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_cli_exit_code_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, broken: bool) -> None:
+    from migrate.cli import main
+
+    rep = fake_host_report(tmp_path)
+    if broken:
+        rep = dataclasses.replace(rep, overlayfs=False)
+    monkeypatch.setattr(host, "host_report", lambda refresh=False: rep)
+    assert main(["check", "--json"]) == (1 if broken else 0)
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is (not broken)
+    assert main(["check"]) == (1 if broken else 0)
+    out = capsys.readouterr().out
+    assert ("MISSING  overlayfs" in out) is broken
