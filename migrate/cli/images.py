@@ -23,7 +23,9 @@ SHORT_DIGEST = 12
 
 
 def register(subparsers: Any) -> None:
-    image = subparsers.add_parser("image", help="manage root filesystem images", description=__doc__.splitlines()[0])
+    image = subparsers.add_parser(
+        "image", help="manage root filesystem images", description="Import, list, remove and build root filesystem images."
+    )
     sub = image.add_subparsers(dest="image_command", metavar="SUBCOMMAND")
     sub.required = True
 
