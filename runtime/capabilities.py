@@ -1,0 +1,79 @@
+"""Capability reduction for container processes (init and exec'd processes alike).
+
+The default container set is docker's/runc's: everything else is dropped from the bounding set
+(PR_CAPBSET_DROP, needs CAP_SETPCAP, which is kept), effective/permitted/inheritable are set to
+the kept set with capset(2), the ambient set is cleared, and PR_SET_NO_NEW_PRIVS is set so no
+later execve (setuid binaries, file capabilities) can gain anything back. Run it last before exec:
+after it, mounting, sethostname and setns are no longer possible. See capabilities(7).
+"""
+
+from __future__ import annotations
+
+from runtime.syscalls import (
+    PR_CAP_AMBIENT,
+    PR_CAP_AMBIENT_CLEAR_ALL,
+    PR_CAPBSET_DROP,
+    PR_SET_NO_NEW_PRIVS,
+    Syscalls,
+)
+
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_FOWNER = 3
+CAP_FSETID = 4
+CAP_KILL = 5
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_SETPCAP = 8
+CAP_NET_BIND_SERVICE = 10
+CAP_NET_RAW = 13
+CAP_SYS_CHROOT = 18
+CAP_SYS_ADMIN = 21
+CAP_MKNOD = 27
+CAP_AUDIT_WRITE = 29
+CAP_SETFCAP = 31
+
+DEFAULT_CAPS: frozenset[int] = frozenset(
+    {
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        CAP_FSETID,
+        CAP_FOWNER,
+        CAP_MKNOD,
+        CAP_NET_RAW,
+        CAP_SETGID,
+        CAP_SETUID,
+        CAP_SETFCAP,
+        CAP_SETPCAP,
+        CAP_NET_BIND_SERVICE,
+        CAP_SYS_CHROOT,
+        CAP_KILL,
+        CAP_AUDIT_WRITE,
+    }
+)
+
+CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
+
+
+def last_cap() -> int:
+    """The highest capability number this kernel knows (read on the host, before pivot_root)."""
+    with open(CAP_LAST_CAP_FILE) as f:
+        return int(f.read())
+
+
+def mask(caps: frozenset[int]) -> int:
+    value = 0
+    for cap in caps:
+        value |= 1 << cap
+    return value
+
+
+def drop_privileges(sys: Syscalls, cap_last: int, keep: frozenset[int] = DEFAULT_CAPS) -> None:
+    """Reduce this process to ``keep`` and set no_new_privs (see the module docstring)."""
+    for cap in range(cap_last + 1):
+        if cap not in keep:
+            sys.prctl(PR_CAPBSET_DROP, cap)
+    sys.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    kept = mask(keep)
+    sys.capset(kept, kept, kept)
+    sys.prctl(PR_SET_NO_NEW_PRIVS, 1)

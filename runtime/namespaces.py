@@ -1,0 +1,79 @@
+"""Linux namespaces: which ones a container gets and how another process joins them.
+
+A container's init gets new mount, uts, ipc, pid and cgroup namespaces (unshare(2) in an
+intermediate process, then fork: CLONE_NEWPID only affects children) and joins a network
+namespace prepared by ``runtime.network`` (a bind-mounted nsfs file). The user namespace is not
+used: the container runs as real root with a reduced capability set.
+
+Joining (``pymigrate exec``): open every /proc/<pid>/ns/<kind> file *first*, then setns(2) them in
+``JOIN_ORDER``: mnt comes last because after it the host's /proc is no longer reachable; pid only
+affects children, so the caller must fork after joining. The cgroup namespace must be joined after
+the process moved into the container's cgroup, or its cgroup root view would be wrong.
+"""
+
+from __future__ import annotations
+
+import os
+
+from runtime.syscalls import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUTS,
+    Syscalls,
+)
+
+# Namespaces a container's init unshares (net is joined, not unshared).
+CONTAINER_UNSHARE_FLAGS = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWCGROUP
+
+NS_TYPES: dict[str, int] = {
+    "ipc": CLONE_NEWIPC,
+    "uts": CLONE_NEWUTS,
+    "net": CLONE_NEWNET,
+    "pid": CLONE_NEWPID,
+    "cgroup": CLONE_NEWCGROUP,
+    "mnt": CLONE_NEWNS,
+}
+JOIN_ORDER: tuple[str, ...] = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+
+
+def ns_path(pid: int, kind: str) -> str:
+    return f"/proc/{pid}/ns/{kind}"
+
+
+def ns_inode(pid: int | str, kind: str) -> int:
+    """Inode number of a namespace (what `ls -l /proc/PID/ns` shows in brackets)."""
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def open_namespaces(pid: int, kinds: tuple[str, ...] = JOIN_ORDER) -> list[tuple[str, int]]:
+    """Open the namespace files of ``pid`` (O_CLOEXEC) in join order; the caller closes them."""
+    fds: list[tuple[str, int]] = []
+    try:
+        for kind in kinds:
+            fds.append((kind, os.open(ns_path(pid, kind), os.O_RDONLY | os.O_CLOEXEC)))
+    except OSError:
+        for _, fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def join(sys: Syscalls, fds: list[tuple[str, int]]) -> None:
+    """setns into every opened namespace, in the given order, closing each fd after use."""
+    for kind, fd in fds:
+        try:
+            sys.setns(fd, NS_TYPES[kind])
+        finally:
+            os.close(fd)
+
+
+def join_netns_file(sys: Syscalls, path: str) -> None:
+    """Join the network namespace bind-mounted at ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sys.setns(fd, CLONE_NEWNET)
+    finally:
+        os.close(fd)

@@ -1,0 +1,100 @@
+"""The container's root filesystem: an overlay mounted on the host at ROOT/containers/<id>/merged.
+
+lowerdir is the image's read-only rootfs (shared by every container of that image), upperdir and
+workdir are the container's own (same filesystem, as overlayfs requires). The mount is made
+MS_PRIVATE so it neither propagates to other mount namespaces nor receives their mounts; the
+container's mount namespace starts from a copy of it and pivot_roots into it. Restore mounts the
+same way and hands merged/ to CRIU as ``--root``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import MountError
+from runtime.syscalls import MNT_DETACH, MS_PRIVATE, Syscalls
+
+log = logging.getLogger(__name__)
+
+# Where the container's stdout/stderr land, inside its own filesystem (see runtime/config.py's
+# LOG_PATH_IN_CONTAINER when present): CRIU can dump an fd on a file of the container's own root.
+LOG_DIR_IN_CONTAINER = "/.pymigrate"
+LOG_PATH_IN_CONTAINER = "/.pymigrate/log"
+
+
+@dataclass(frozen=True)
+class OverlayDirs:
+    lower: Path
+    upper: Path
+    work: Path
+    merged: Path
+
+    @classmethod
+    def for_container(cls, container_dir: Path, lower: Path) -> "OverlayDirs":
+        return cls(lower=lower, upper=container_dir / "upper", work=container_dir / "work", merged=container_dir / "merged")
+
+
+def _escape(path: Path) -> str:
+    # overlayfs splits options on ',' and lowerdir on ':'; backslash escapes both
+    return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
+    """Create upper/work/merged and mount the overlay privately on merged/."""
+    for d in (dirs.upper, dirs.work, dirs.merged):
+        d.mkdir(mode=0o755, parents=True, exist_ok=True)
+    data = f"lowerdir={_escape(dirs.lower)},upperdir={_escape(dirs.upper)},workdir={_escape(dirs.work)}"
+    log.debug("mount overlay %s on %s", data, dirs.merged)
+    try:
+        sys.mount("overlay", str(dirs.merged), "overlay", 0, data)
+    except OSError as exc:
+        raise MountError(f"cannot mount overlay on {dirs.merged}: {exc.strerror}") from exc
+    try:
+        sys.mount(None, str(dirs.merged), None, MS_PRIVATE)
+    except OSError as exc:
+        unmount(sys, dirs.merged)
+        raise MountError(f"cannot make {dirs.merged} private: {exc.strerror}") from exc
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether ``path`` is a mount point in this mount namespace (from /proc/self/mountinfo)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split(b" ", 5)
+            if _unescape(fields[4]) == target:
+                return True
+    return False
+
+
+def _unescape(raw: bytes) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal
+    text = os.fsdecode(raw)
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 3 < len(text) + 0 and text[i + 1 : i + 4].isdigit():
+            out.append(chr(int(text[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def unmount(sys: Syscalls, merged: Path) -> None:
+    """Unmount merged/ (lazily if busy); not mounted is fine."""
+    try:
+        sys.umount2(str(merged), 0)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOENT):
+            return  # not a mount point (already unmounted) or gone
+        if exc.errno != errno.EBUSY:
+            raise MountError(f"cannot unmount {merged}: {exc.strerror}") from exc
+        log.warning("overlay %s busy, detaching it", merged)
+        sys.umount2(str(merged), MNT_DETACH)

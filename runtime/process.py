@@ -1,0 +1,303 @@
+"""Starting a container's init, and running an extra process inside a live container (exec).
+
+``run_starter(plan, ...)`` returns the callable the shim runs (see runtime/shim.py). It forks an
+intermediate process that
+
+1. moves itself into the container's cgroup in every hierarchy (before unsharing the cgroup
+   namespace, so the namespace's root is the container's cgroup),
+2. joins the network namespace prepared by runtime.network (bind-mounted nsfs file),
+3. unshares mount, uts, ipc, pid and cgroup namespaces, forks the init (PID 1 of the new pid
+   namespace: CLONE_NEWPID applies to children only) and exits.
+
+The init then, in this order: makes / recursively private; applies the rootfs plan below merged/;
+pivot_root(".", ".") + umount2(".", MNT_DETACH) (runc's trick: no put_old directory needed);
+sethostname; setsid() (CRIU requires the init to be a session leader inside its pid namespace);
+stdin from its own /dev/null, stdout+stderr appended to /.pymigrate/log in its own filesystem
+(CRIU dumps fds on files of the container's root mount without extra flags; a host file or pipe
+would be an external resource); chdir(workdir); resets signal dispositions (Python ignores
+SIGPIPE and SIGXFSZ, and ignored signals survive exec); closes every fd but the error pipe; drops
+capabilities + no_new_privs; execvpe.
+
+Failures before exec are written as "<code> <message>" to a CLOEXEC error pipe; code 127 means
+the command was not found, 126 that it could not be invoked, 125 a setup failure. A successful
+exec just closes the pipe. Everything the children need is imported before fork: after
+pivot_root the host's Python library is out of reach.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import warnings  # noqa: F401 - os.execvpe imports it lazily; it must be loaded before pivot_root
+from dataclasses import dataclass
+from typing import Callable
+
+from runtime import capabilities, namespaces, rootfs
+from runtime.errors import ContainerError
+from runtime.overlay import LOG_PATH_IN_CONTAINER
+from runtime.syscalls import MNT_DETACH, MS_PRIVATE, MS_REC, Syscalls
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+EXIT_SETUP = 125
+EXIT_CANNOT_INVOKE = 126
+EXIT_NOT_FOUND = 127
+
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass(frozen=True)
+class InitPlan:
+    """Everything the init needs, computed on the host before any fork."""
+
+    container_id: str
+    merged: str  # host path of the mounted overlay
+    netns: str  # host path of the bind-mounted network namespace
+    hostname: str
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    workdir: str
+    ops: tuple[rootfs.MountOp, ...]
+    cap_last: int
+    cgroup: str  # name for the CgroupManager
+
+
+def container_env(user_env: tuple[str, ...], hostname: str) -> tuple[str, ...]:
+    """Defaults (PATH, HOSTNAME, HOME, TERM) overridden by the user's KEY=VALUE entries, in order."""
+    merged: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root", "TERM": "xterm"}
+    for item in user_env:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def _env_dict(env: tuple[str, ...]) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in env)
+
+
+def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscalls) -> Callable[[], int]:
+    """The shim's starter for a fresh container (see the module docstring)."""
+
+    def start() -> int:
+        errr, errw = os.pipe2(os.O_CLOEXEC)
+        pidr, pidw = os.pipe2(os.O_CLOEXEC)
+        mid = os.fork()
+        if mid == 0:  # pragma: no cover - intermediate process
+            code = EXIT_SETUP
+            try:
+                os.close(errr)
+                os.close(pidr)
+                add_pid(plan.cgroup, os.getpid())
+                namespaces.join_netns_file(sys, plan.netns)
+                sys.unshare(namespaces.CONTAINER_UNSHARE_FLAGS)
+                init = os.fork()
+                if init == 0:
+                    os.close(pidw)
+                    _init_main(plan, errw, sys)
+                _write_all(pidw, str(init).encode())
+                code = 0
+            except BaseException as exc:
+                _report(errw, EXIT_SETUP, f"cannot start container {plan.container_id[:12]}: {_describe(exc)}")
+            finally:
+                os._exit(code)
+        os.close(errw)
+        os.close(pidw)
+        try:
+            os.waitpid(mid, 0)
+            raw_pid = _read_all(pidr)
+            error = _read_all(errr)
+        finally:
+            os.close(pidr)
+            os.close(errr)
+        init_pid = int(raw_pid) if raw_pid else 0
+        if error:
+            if init_pid:
+                _reap(init_pid)
+            raise _error_from(error)
+        if not init_pid:
+            raise ContainerError(f"cannot start container {plan.container_id[:12]}: the init was not created")
+        return init_pid
+
+    return start
+
+
+def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no cover - container init
+    try:
+        sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
+        os.chdir(plan.merged)
+        rootfs.apply(list(plan.ops), plan.merged, sys)
+        sys.pivot_root(".", ".")
+        sys.umount2(".", MNT_DETACH)
+        os.chdir("/")
+        sys.sethostname(plan.hostname)
+        os.setsid()
+        _container_stdio()
+        os.makedirs(plan.workdir, exist_ok=True)
+        os.chdir(plan.workdir)
+        _reset_signals()
+        _close_fds_except(errw)
+        capabilities.drop_privileges(sys, plan.cap_last)
+    except BaseException as exc:
+        _report(errw, EXIT_SETUP, f"cannot set up container {plan.container_id[:12]}: {_describe(exc)}")
+        os._exit(EXIT_SETUP)
+    _exec(plan.argv, plan.env, errw)
+
+
+def _container_stdio() -> None:
+    null = os.open("/dev/null", os.O_RDONLY)
+    out = os.open(LOG_PATH_IN_CONTAINER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+
+
+def _reset_signals() -> None:
+    for sig in _RESET_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _close_fds_except(keep: int) -> None:
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
+
+
+def _exec(argv: tuple[str, ...], env: tuple[str, ...], errw: int) -> None:  # pragma: no cover - never returns
+    try:
+        os.execvpe(argv[0], list(argv), _env_dict(env))
+    except FileNotFoundError:
+        _report(errw, EXIT_NOT_FOUND, f"container command not found: {argv[0]}")
+        os._exit(EXIT_NOT_FOUND)
+    except NotADirectoryError:
+        _report(errw, EXIT_NOT_FOUND, f"container command not found: {argv[0]}")
+        os._exit(EXIT_NOT_FOUND)
+    except OSError as exc:
+        _report(errw, EXIT_CANNOT_INVOKE, f"container command {argv[0]} cannot be invoked: {exc.strerror}")
+        os._exit(EXIT_CANNOT_INVOKE)
+    except BaseException as exc:
+        _report(errw, EXIT_SETUP, f"cannot exec {argv[0]}: {_describe(exc)}")
+        os._exit(EXIT_SETUP)
+
+
+def exec_in(
+    init_pid: int,
+    argv: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str,
+    join_cgroup: Callable[[int], None],
+    sys: Syscalls,
+    cap_last: int,
+) -> int:
+    """Run ``argv`` inside the live container whose init is ``init_pid``; its exit code.
+
+    Joins the container's cgroup (first, so the cgroup namespace view is right), then every
+    namespace of the init (cgroup, ipc, uts, net, pid, mnt), forks so the child is inside the pid
+    namespace, drops capabilities like the init, and execs with this process's stdio.
+
+    Raises:
+        ContainerError: setup failed; ``exit_code`` is 127 for a missing command, 126 if it
+            cannot be invoked, 125 otherwise.
+    """
+    fds = namespaces.open_namespaces(init_pid)
+    errr, errw = os.pipe2(os.O_CLOEXEC)
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_quit = signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    try:
+        mid = os.fork()
+        if mid == 0:  # pragma: no cover - joins the container
+            code = EXIT_SETUP
+            try:
+                os.close(errr)
+                join_cgroup(os.getpid())
+                namespaces.join(sys, fds)
+                child = os.fork()
+                if child == 0:
+                    try:
+                        os.chdir(workdir)
+                        _reset_signals()
+                        capabilities.drop_privileges(sys, cap_last)
+                    except BaseException as exc:
+                        _report(errw, EXIT_SETUP, f"cannot set up exec: {_describe(exc)}")
+                        os._exit(EXIT_SETUP)
+                    _exec(argv, env, errw)
+                os.close(errw)
+                _, status = os.waitpid(child, 0)
+                code = os.waitstatus_to_exitcode(status)
+                if code < 0:
+                    code = 128 - code
+            except BaseException as exc:
+                _report(errw, EXIT_SETUP, f"cannot join container: {_describe(exc)}")
+            finally:
+                os._exit(code)
+        for _, fd in fds:
+            os.close(fd)
+        fds = []
+        os.close(errw)
+        try:
+            error = _read_all(errr)
+        finally:
+            os.close(errr)
+        _, status = os.waitpid(mid, 0)
+    finally:
+        for _, fd in fds:
+            os.close(fd)
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGQUIT, old_quit)
+    if error:
+        raise _error_from(error)
+    return os.waitstatus_to_exitcode(status)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc) or type(exc).__name__
+
+
+def _report(fd: int, code: int, message: str) -> None:
+    try:
+        _write_all(fd, f"{code} {message}".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _error_from(raw: bytes) -> ContainerError:
+    text = raw.decode(errors="replace")
+    code_text, _, message = text.partition(" ")
+    exc = ContainerError(message or text)
+    exc.exit_code = int(code_text) if code_text.isdigit() else EXIT_SETUP  # type: ignore[attr-defined]
+    return exc
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            raise
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,576 @@
+"""``Runtime``: the library API of the embedded container runtime (run, ps, stop, rm, exec, ...).
+
+One ``Runtime`` works on one state root (see runtime/config.py). It composes the facilities:
+the state store (records and locking), the image store (lower dirs), overlay (root filesystem),
+cgroups (limits, freezing, killing), network (netns, veth, address), the shim (process
+monitoring) and process.py (the init and exec). Lifecycle legality is decided by ``Container``.
+
+Creation order (and the reverse for rollback and ``remove``): validate every input -> lease the
+address -> state record (reserves the name) -> overlay mount + /etc files -> cgroup -> network
+namespace (+ veth) -> shim + init. A failure at any step undoes the steps before it, so bad
+input or a failing start leaves no record, mount, cgroup, veth or lease behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal as _signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from runtime import overlay
+from runtime.config import Paths, default_root
+from runtime.container import (
+    Container,
+    validate_cpus,
+    validate_env,
+    validate_hostname,
+    validate_memory,
+    validate_pids_limit,
+    validate_volume,
+    validate_workdir,
+)
+from runtime.errors import ContainerError, ContainerExists, InvalidArgument
+from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
+from runtime.state import StateStore, new_container_id, validate_name
+from runtime.syscalls import LINUX, Syscalls
+
+log = logging.getLogger(__name__)
+
+LOG_DIR_MODE = 0o700
+POLL_S = 0.02
+
+
+class Runtime:
+    """Containers of one state root.
+
+    Args:
+        root: the state root (default: runtime.config.default_root()).
+        sys: kernel calls (tests may pass a recorder for the parts that allow it).
+    """
+
+    def __init__(self, root: Path | None = None, *, sys: Syscalls = LINUX) -> None:
+        self.paths = Paths(Path(root) if root is not None else default_root())
+        self.store = StateStore(self.paths)
+        self.sys = sys
+        self._cgroup_managers: dict[str | None, Any] = {}
+        self._images: Any = None
+        self._cap_last: int | None = None
+
+    # -- facilities (built lazily: the CLI's start latency counts) ------------------------------
+    @property
+    def images(self) -> Any:
+        if self._images is None:
+            from runtime.image_store import ImageStore
+
+            self._images = ImageStore(self.paths, in_use=self._image_in_use)
+        return self._images
+
+    def _image_in_use(self, digest: str) -> bool:
+        for cid in self.store.ids():
+            try:
+                if self.store.load_spec(cid).image_digest == digest:
+                    return True
+            except ContainerError:
+                continue
+        return False
+
+    def cgroups(self, parent: str | None) -> Any:
+        """The CgroupManager for containers under ``parent`` (None: the default parent)."""
+        manager = self._cgroup_managers.get(parent)
+        if manager is None:
+            from runtime.cgroups import detect
+
+            manager = self._cgroup_managers[parent] = detect(parent)
+        return manager
+
+    def network(self, mode: str) -> Any:
+        from runtime.network import network_for
+
+        return network_for(self.paths, mode)  # type: ignore[arg-type]
+
+    def _caps_last(self) -> int:
+        if self._cap_last is None:
+            from runtime.capabilities import last_cap
+
+            self._cap_last = last_cap()
+        return self._cap_last
+
+    # -- lookups --------------------------------------------------------------------------------
+    def container(self, name_or_id: str) -> Container:
+        """The container (state reconciled with the processes that really exist)."""
+        cid = self.store.resolve(name_or_id)
+        return self._reconcile(Container(self.store.load_spec(cid), self.store.load_state(cid)))
+
+    def list(self, all: bool = False) -> list[ContainerInfo]:
+        """Containers of this root; only running and paused ones unless ``all``."""
+        out = []
+        for cid in self.store.ids():
+            try:
+                c = self._reconcile(Container(self.store.load_spec(cid), self.store.load_state(cid)))
+            except ContainerError:
+                continue  # removed meanwhile
+            if all or c.is_live:
+                out.append(self._info(c, stats=False))
+        out.sort(key=lambda i: i.spec.created_at)
+        return out
+
+    def inspect(self, name_or_id: str) -> ContainerInfo:
+        return self._info(self.container(name_or_id), stats=True)
+
+    def _info(self, c: Container, *, stats: bool) -> ContainerInfo:
+        cgroup: dict[str, str] = {}
+        mem = pids = None
+        if stats:
+            try:
+                manager = self.cgroups(c.spec.cgroup_parent)
+                cgroup = {k: str(v) for k, v in manager.info(c.container_id).dirs.items()}
+                if c.is_live:
+                    st = manager.stats(c.container_id)
+                    mem, pids = st.memory_current_bytes, st.pids_current
+            except ContainerError as exc:
+                log.debug("no cgroup facts for %s: %s", c.container_id, exc)
+        return ContainerInfo(
+            spec=c.spec,
+            state=c.state,
+            bundle_dir=str(self.store.dir(c.container_id)),
+            cgroup=cgroup,
+            memory_current_bytes=mem,
+            pids_current=pids,
+        )
+
+    def _reconcile(self, c: Container) -> Container:
+        """Notice a container whose processes are gone without a recorded exit (shim killed)."""
+        if not c.is_live:
+            return c
+        from runtime.shim import is_shim
+
+        if is_shim(c.state.shim_pid) or _is_container_init(c.state.pid):
+            return c
+
+        def settle(s: ContainerState) -> ContainerState:
+            if s.status not in ("running", "paused"):
+                return s  # the shim recorded the exit meanwhile
+            return dataclasses.replace(s, status="exited", exit_code=-1 if s.exit_code is None else s.exit_code, finished_at=time.time())
+
+        try:
+            state = self.store.update_state(c.container_id, settle)
+        except ContainerError:
+            return c
+        log.warning("container=%s processes are gone without a recorded exit", c.container_id)
+        return Container(c.spec, state)
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(
+        self,
+        image: str,
+        command: tuple[str, ...] | list[str] = (),
+        *,
+        name: str | None = None,
+        hostname: str | None = None,
+        env: tuple[str, ...] | list[str] = (),
+        workdir: str | None = None,
+        memory_bytes: int | None = None,
+        cpus: float | None = None,
+        pids_limit: int | None = None,
+        network: str = "bridge",
+        ip: str | None = None,
+        volumes: tuple[Volume, ...] | list[Volume] = (),
+        cgroup_parent: str | None = None,
+    ) -> ContainerInfo:
+        """Create and start a container; returns once its command was exec'd.
+
+        Raises:
+            InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address or
+                a missing command (nothing was created).
+            ContainerExists: the name or address is taken.
+            ImageNotFound: no such image.
+            ContainerError: the start failed (``exit_code`` 127: command not found, 126: not
+                executable); everything created was removed again.
+        """
+        command = tuple(command)
+        if name is not None:
+            validate_name(name)
+        if hostname is not None:
+            validate_hostname(hostname)
+        env = validate_env(tuple(env))
+        workdir = validate_workdir(workdir or "/")
+        validate_memory(memory_bytes)
+        validate_cpus(cpus)
+        validate_pids_limit(pids_limit)
+        vols = tuple(validate_volume(v) for v in volumes)
+        if network not in ("bridge", "none"):
+            raise InvalidArgument(f"invalid network mode {network!r}: expected bridge or none")
+        if ip is not None and network != "bridge":
+            raise InvalidArgument(f"address {ip} needs --network bridge, not {network}")
+        if not command:
+            raise InvalidArgument(f"no command given for image {image}: the image has no default command")
+        if cgroup_parent is not None:
+            from runtime.cgroups._files import validate_parent
+
+            validate_parent(cgroup_parent)
+        img = self.images.get(image)
+        self.paths.ensure()
+        if name is not None:
+            self._check_name_free(name)
+        else:
+            name = self.store.generate_name()
+
+        container_id = new_container_id()
+        undo: list[tuple[str, Callable[[], None]]] = []
+        net = self.network(network)
+        try:
+            leased = None
+            if network == "bridge":
+                leased = net.lease(container_id, ip)
+                undo.append(("release address", lambda: net.release(container_id)))
+            spec = ContainerSpec(
+                container_id=container_id,
+                name=name,
+                image=image,
+                image_digest=img.digest,
+                command=command,
+                env=env,
+                workdir=workdir,
+                hostname=hostname or container_id[:12],
+                memory_bytes=memory_bytes,
+                cpus=cpus,
+                pids_limit=pids_limit,
+                network=network,  # type: ignore[arg-type]
+                ip=leased,
+                mac=None,
+                volumes=vols,
+                cgroup_parent=cgroup_parent,
+                created_at=time.time(),
+            )
+            if leased is not None:
+                from runtime.network import mac_for_ip
+
+                spec = dataclasses.replace(spec, mac=mac_for_ip(leased))
+            self.store.create(spec)
+            undo.append(("remove record", lambda: self._delete_record(container_id)))
+            self._start(spec, img.rootfs, undo)
+        except BaseException:
+            self._undo(container_id, undo)
+            raise
+        log.info("container=%s name=%s started", container_id, name)
+        return self.inspect(container_id)
+
+    def _check_name_free(self, name: str) -> None:
+        try:
+            cid = self.store.resolve(name)
+        except ContainerError:
+            return
+        if self.store.load_spec(cid).name == name:
+            raise ContainerExists(f"container name {name} is already in use by {cid[:12]}", hint="choose another --name or remove the old container")
+
+    def _start(self, spec: ContainerSpec, lower: Path, undo: list[tuple[str, Callable[[], None]]]) -> None:
+        from runtime import rootfs
+        from runtime.process import InitPlan, container_env, run_starter
+        from runtime.shim import launch_shim
+
+        cid = spec.container_id
+        cdir = self.store.dir(cid)
+        dirs = overlay.OverlayDirs.for_container(cdir, lower)
+        overlay.mount(self.sys, dirs)
+        undo.append(("unmount overlay", lambda: overlay.unmount(self.sys, dirs.merged)))
+        prepare_root(dirs.merged, spec)
+
+        cg = self.cgroups(spec.cgroup_parent)
+        cg.create(cid, limits_of(spec))
+        undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
+
+        net = self.network(spec.network)
+        netns = net.create_netns(cid)
+        undo.append(("remove netns", lambda: net.remove_netns(cid)))
+        if spec.network == "bridge":
+            net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
+            undo.append(("disconnect", lambda: net.disconnect(cid)))
+
+        plan = InitPlan(
+            container_id=cid,
+            merged=str(dirs.merged),
+            netns=str(netns),
+            hostname=spec.hostname,
+            argv=spec.command,
+            env=container_env(spec.env, spec.hostname),
+            workdir=spec.workdir,
+            ops=tuple(rootfs.plan(spec.volumes)),
+            cap_last=self._caps_last(),
+            cgroup=cid,
+        )
+        launch_shim(
+            self.store,
+            cid,
+            run_starter(plan, cg.add_pid, self.sys),
+            oom_killed=lambda: cg.stats(cid).oom_kills > 0,
+            sys=self.sys,
+        )
+
+    def _undo(self, container_id: str, undo: list[tuple[str, Callable[[], None]]]) -> None:
+        for what, step in reversed(undo):
+            try:
+                step()
+            except Exception:  # rollback boundary: keep undoing, report each failure
+                log.warning("container=%s rollback step %r failed", container_id, what, exc_info=True)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def stop(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
+        """SIGTERM the init, wait up to ``timeout_s``, then kill the whole cgroup."""
+        c = self.container(name)
+        c.require("stop")
+        self._signal(c, _signal.SIGTERM)
+        if c.status == "paused":
+            self.cgroups(c.spec.cgroup_parent).thaw(c.container_id)
+        if not self._wait_exited(c.container_id, timeout_s):
+            log.info("container=%s did not stop within %gs, killing it", c.container_id, timeout_s)
+            self._kill_all(c)
+            if not self._wait_exited(c.container_id, 10.0):
+                raise ContainerError(f"container {c.name} did not exit after SIGKILL")
+        return self.inspect(c.container_id)
+
+    def kill(self, name: str, signal: int = _signal.SIGKILL) -> None:
+        c = self.container(name)
+        c.require("kill")
+        if signal == _signal.SIGKILL:
+            self._kill_all(c)
+        else:
+            self._signal(c, signal)
+
+    def _signal(self, c: Container, sig: int) -> None:
+        try:
+            os.kill(c.state.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _kill_all(self, c: Container) -> None:
+        cg = self.cgroups(c.spec.cgroup_parent)
+        self._signal(c, _signal.SIGKILL)
+        try:
+            cg.kill(c.container_id)
+        except ContainerError as exc:
+            log.debug("cgroup kill of %s: %s", c.container_id, exc)
+        if c.status == "paused":
+            cg.thaw(c.container_id)
+
+    def _wait_exited(self, container_id: str, timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            c = self._reconcile(Container(self.store.load_spec(container_id), self.store.load_state(container_id)))
+            if c.status == "exited":
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+
+    def wait(self, name: str, timeout_s: float | None = None) -> int:
+        """Block until the container exited; its exit code (-1 if unknown).
+
+        Raises:
+            ContainerError: ``timeout_s`` passed first.
+        """
+        c = self.container(name)
+        if c.status == "created":
+            c.require("stop")
+        if not self._wait_exited(c.container_id, timeout_s):
+            raise ContainerError(f"container {c.name} still running after {timeout_s:g}s")
+        code = self.store.load_state(c.container_id).exit_code
+        return -1 if code is None else code
+
+    def pause(self, name: str) -> ContainerInfo:
+        c = self.container(name)
+        status = c.next_status("pause")
+        self.cgroups(c.spec.cgroup_parent).freeze(c.container_id)
+        self.store.update_state(c.container_id, lambda s: dataclasses.replace(s, status=status) if s.status == "running" else s)
+        return self.inspect(c.container_id)
+
+    def unpause(self, name: str) -> ContainerInfo:
+        c = self.container(name)
+        status = c.next_status("unpause")
+        self.cgroups(c.spec.cgroup_parent).thaw(c.container_id)
+        self.store.update_state(c.container_id, lambda s: dataclasses.replace(s, status=status) if s.status == "paused" else s)
+        return self.inspect(c.container_id)
+
+    def remove(self, name: str, force: bool = False) -> None:
+        """Remove the container and everything it owns (cgroup, netns, veth, lease, mount, files).
+
+        Raises:
+            InvalidState: it is running or paused and ``force`` is false.
+        """
+        c = self.container(name)
+        c.require("force-remove" if force else "remove")
+        if c.is_live:
+            self._kill_all(c)
+            if not self._wait_exited(c.container_id, 10.0):
+                raise ContainerError(f"container {c.name} did not exit after SIGKILL")
+        self.release(c.spec)
+        self._delete_record(c.container_id)
+        log.info("container=%s removed", c.container_id)
+
+    def release(self, spec: ContainerSpec) -> None:
+        """Undo everything ``run`` created on the host except the record itself. Idempotent.
+
+        Each step runs even if an earlier one failed; the first failure is raised at the end.
+        """
+        cid = spec.container_id
+        net = self.network(spec.network)
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if spec.network == "bridge":
+            steps.append(("disconnect", lambda: net.disconnect(cid)))
+            steps.append(("release address", lambda: net.release(cid)))
+        steps.append(("remove netns", lambda: net.remove_netns(cid)))
+        steps.append(("destroy cgroup", lambda: self.cgroups(spec.cgroup_parent).destroy(cid)))
+        steps.append(("unmount overlay", lambda: overlay.unmount(self.sys, self.store.dir(cid) / "merged")))
+        first: BaseException | None = None
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # keep cleaning; report the first failure
+                log.warning("container=%s cleanup step %r failed: %s", cid, what, exc)
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def _delete_record(self, container_id: str) -> None:
+        merged = self.store.dir(container_id) / "merged"
+        if overlay.is_mounted(merged):
+            # never rmtree through a live overlay
+            from runtime.errors import MountError
+
+            raise MountError(f"cannot remove container {container_id[:12]}: {merged} is still mounted")
+        self.store.delete(container_id)
+
+    # -- logs and exec --------------------------------------------------------------------------
+    def log_path(self, container_id: str) -> Path:
+        cdir = self.store.dir(container_id)
+        inner = overlay.LOG_PATH_IN_CONTAINER.lstrip("/")
+        merged = cdir / "merged" / inner
+        if merged.exists():
+            return merged
+        return cdir / "upper" / inner
+
+    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
+        """The container's stdout+stderr; with ``follow``, until the container exited."""
+        c = self.container(name)
+        cid = c.container_id
+        path = self.log_path(cid)
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            return
+        with f:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    yield chunk
+                    continue
+                if not follow:
+                    return
+                state = self._reconcile(Container(c.spec, self.store.load_state(cid)))
+                if not state.is_live:
+                    while chunk := f.read(65536):
+                        yield chunk
+                    return
+                time.sleep(0.05)
+
+    def exec(
+        self,
+        name: str,
+        argv: tuple[str, ...] | list[str],
+        env: tuple[str, ...] | list[str] = (),
+        workdir: str | None = None,
+    ) -> int:
+        """Run ``argv`` in every namespace and the cgroup of a running container; its exit code.
+
+        The process uses this process's stdin/stdout/stderr.
+
+        Raises:
+            InvalidState: the container is not running. InvalidArgument: empty argv or bad env.
+            ContainerError: setup failed (``exit_code`` 127 command not found, 126 not executable).
+        """
+        from runtime.process import container_env, exec_in
+
+        argv = tuple(argv)
+        if not argv:
+            raise InvalidArgument("no command given to exec")
+        env = validate_env(tuple(env))
+        c = self.container(name)
+        c.require("exec")
+        cg = self.cgroups(c.spec.cgroup_parent)
+        return exec_in(
+            c.state.pid,
+            argv,
+            container_env(c.spec.env + env, c.spec.hostname),
+            validate_workdir(workdir) if workdir else c.spec.workdir,
+            lambda pid: cg.add_pid(c.container_id, pid),
+            self.sys,
+            self._caps_last(),
+        )
+
+
+def limits_of(spec: ContainerSpec) -> Any:
+    from runtime.cgroups import Limits
+
+    return Limits(
+        memory_bytes=spec.memory_bytes,
+        cpu_quota_us=None if spec.cpus is None else max(1000, int(spec.cpus * 100_000)),
+        cpu_period_us=100_000,
+        pids_max=spec.pids_limit,
+    )
+
+
+def prepare_root(merged: Path, spec: ContainerSpec) -> None:
+    """Write /etc/hostname, /etc/hosts and the log directory through the mounted overlay.
+
+    Never follows a symlink planted in the image (it could point anywhere on the host).
+    """
+    from runtime.errors import MountError
+
+    etc = merged / "etc"
+    if etc.is_symlink():
+        raise MountError(f"image of container {spec.name} has /etc as a symlink: refusing to write through it")
+    etc.mkdir(mode=0o755, exist_ok=True)
+    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    hosts += f"{spec.ip or '127.0.1.1'}\t{spec.hostname}\n"
+    _write_nofollow(etc / "hostname", f"{spec.hostname}\n".encode(), 0o644)
+    _write_nofollow(etc / "hosts", hosts.encode(), 0o644)
+    logdir = merged / overlay.LOG_DIR_IN_CONTAINER.lstrip("/")
+    if logdir.is_symlink():
+        raise MountError(f"image of container {spec.name} has {overlay.LOG_DIR_IN_CONTAINER} as a symlink")
+    logdir.mkdir(mode=LOG_DIR_MODE, exist_ok=True)
+    _write_nofollow(merged / overlay.LOG_PATH_IN_CONTAINER.lstrip("/"), b"", 0o600, truncate=False)
+
+
+def _write_nofollow(path: Path, data: bytes, mode: int, truncate: bool = True) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
+    try:
+        if path.is_symlink():
+            path.unlink()
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        from runtime.errors import MountError
+
+        raise MountError(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        if data:
+            os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _is_container_init(pid: int) -> bool:
+    """Whether ``pid`` is alive and is PID 1 of a pid namespace below ours (NSpid ends in 1)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    parts = line.split()
+                    return len(parts) > 2 and parts[-1] == b"1"
+    except OSError:
+        return False
+    return False

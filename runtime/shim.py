@@ -1,0 +1,253 @@
+"""The per-container monitor ("shim", like conmon): starts a container's process tree, reaps it and
+records how it ended.
+
+Process picture::
+
+    launcher (CLI) ──fork──> child ──setsid, fork──> shim ──starter()──> container init (+ helpers)
+                                └─ exits at once        (subreaper, detached, stdio on /dev/null)
+
+- No exec anywhere: the shim is a forked copy of the launching Python process (start latency is
+  benchmarked against runc). The child in the middle exits immediately so the shim is reparented
+  away from the launcher and survives it; setsid detaches it from the launcher's terminal.
+- The shim sets PR_SET_CHILD_SUBREAPER, so whatever the starter forks and orphans (the container
+  init after its intermediate parent exits, or a tree restored by ``criu swrk``) is reparented to
+  the shim and reaped by it.
+- ``starter`` runs in the shim and returns the host pid of the container's init (or raises). The
+  shim then records state ``running`` (pid, shim_pid, started_at) *before* telling the launcher, so
+  a very short-lived container can never record its exit before its start.
+- When the init exits, the shim records ``exited`` with the exit code (128+N for signal N) and
+  ``oom_killed``, all in one atomic state write, reaps whatever else is left, and exits.
+- The launcher learns the init pid, or the starter's error text, through a CLOEXEC pipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from runtime.errors import ContainerError, ContainerNotFound
+from runtime.spec import ContainerState
+from runtime.state import StateStore
+from runtime.syscalls import LINUX, PR_SET_CHILD_SUBREAPER, PR_SET_NAME, Syscalls
+
+log = logging.getLogger(__name__)
+
+SHIM_COMM = "pymigrate-shim"  # /proc/<pid>/comm of every shim (at most 15 bytes)
+SHIM_LOG = "shim.log"  # in the container directory
+
+
+@dataclass(frozen=True)
+class ShimHandle:
+    shim_pid: int
+    init_pid: int
+
+
+def launch_shim(
+    store: StateStore,
+    container_id: str,
+    starter: Callable[[], int],
+    *,
+    oom_killed: Callable[[], bool] | None = None,
+    sys: Syscalls = LINUX,
+) -> ShimHandle:
+    """Start a detached shim for ``container_id`` that runs ``starter`` and monitors its result.
+
+    Args:
+        store: the state store; the shim writes the container's state.json through it.
+        starter: runs inside the shim, starts the container's process tree and returns the init's
+            host pid. It may fork; orphans are reparented to the shim. An exception it raises is
+            reported back here (a ``ContainerError``'s ``exit_code`` attribute, if any, is kept).
+        oom_killed: called by the shim after the init exited; True if the OOM killer struck.
+
+    Returns:
+        The shim's and the init's host pids; the state record already says ``running``.
+
+    Raises:
+        ContainerError: the starter failed (its message), or the shim died before reporting.
+    """
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(rfd)
+            os.setsid()
+            if os.fork() == 0:
+                _shim_main(store, container_id, starter, wfd, oom_killed, sys)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    try:
+        os.waitpid(pid, 0)
+        chunks = []
+        while chunk := os.read(rfd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+    if not chunks:
+        raise ContainerError(f"shim of container {container_id[:12]} died before reporting", hint=f"see {store.dir(container_id) / SHIM_LOG}")
+    report = json.loads(b"".join(chunks))
+    if "error" in report:
+        exc = ContainerError(report["error"], hint=report.get("hint"))
+        if report.get("exit_code") is not None:
+            exc.exit_code = report["exit_code"]  # type: ignore[attr-defined]
+        raise exc
+    return ShimHandle(shim_pid=report["shim_pid"], init_pid=report["init_pid"])
+
+
+def _shim_main(  # pragma: no cover - runs in the shim process
+    store: StateStore,
+    container_id: str,
+    starter: Callable[[], int],
+    report_fd: int,
+    oom_killed: Callable[[], bool] | None,
+    sys: Syscalls,
+) -> None:
+    code = 0
+    try:
+        sys.prctl(PR_SET_NAME, _comm_arg())
+        sys.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _detach_stdio(store, container_id)
+        # Nothing of the launcher's survives in the shim (and so in the container) but the report pipe.
+        os.closerange(3, report_fd)
+        os.closerange(report_fd + 1, 1 << 20)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        try:
+            init_pid = starter()
+            now = time.time()
+            store.update_state(
+                container_id,
+                lambda s: dataclasses.replace(
+                    s, status="running", pid=init_pid, shim_pid=os.getpid(), started_at=now,
+                    exit_code=None, oom_killed=False, finished_at=None,
+                ),
+            )
+        except BaseException as exc:  # the shim's boundary: everything goes back to the launcher
+            report = {"error": str(exc) or type(exc).__name__, "hint": getattr(exc, "hint", None), "exit_code": getattr(exc, "exit_code", None)}
+            if not isinstance(exc, ContainerError):
+                log.error("starter of %s failed", container_id, exc_info=True)
+                report["error"] = f"cannot start container {container_id[:12]}: {type(exc).__name__}: {exc}"
+            _write_all(report_fd, json.dumps(report).encode())
+            code = 1
+            return
+        _write_all(report_fd, json.dumps({"init_pid": init_pid, "shim_pid": os.getpid()}).encode())
+        os.close(report_fd)
+        status = _reap_until(init_pid)
+        exit_code = os.waitstatus_to_exitcode(status)
+        if exit_code < 0:
+            exit_code = 128 - exit_code
+        oom = False
+        if oom_killed is not None:
+            try:
+                oom = bool(oom_killed())
+            except Exception:  # recording the exit matters more than the oom flag
+                log.warning("cannot read oom state of %s", container_id, exc_info=True)
+        record_exit(store, container_id, exit_code, oom)
+        _reap_rest()
+    except BaseException:
+        log.exception("shim of %s failed", container_id)
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def record_exit(store: StateStore, container_id: str, exit_code: int, oom_killed: bool) -> None:
+    """Record ``exited`` atomically; a container removed meanwhile is fine."""
+    now = time.time()
+    try:
+        store.update_state(
+            container_id,
+            lambda s: dataclasses.replace(s, status="exited", exit_code=exit_code, oom_killed=oom_killed, finished_at=now),
+        )
+    except ContainerNotFound:
+        pass
+    log.info("container=%s exited code=%s oom_killed=%s", container_id, exit_code, oom_killed)
+
+
+def _reap_until(init_pid: int) -> int:
+    """Reap children (orphans included) until ``init_pid`` exits; its wait status."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            # init is not (or no longer) our child: poll for its disappearance instead
+            while _alive(init_pid):
+                time.sleep(0.05)
+            return 255 << 8
+        if pid == init_pid:
+            return status
+
+
+def _reap_rest() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _comm_arg() -> int:
+    import ctypes
+
+    buf = ctypes.create_string_buffer(SHIM_COMM.encode()[:15])
+    _comm_arg.keep = buf  # type: ignore[attr-defined]
+    return ctypes.addressof(buf)
+
+
+def _detach_stdio(store: StateStore, container_id: str) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        logfd = os.open(store.dir(container_id) / SHIM_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError:
+        logfd = null
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(logfd, 2)
+    for fd in {null, logfd}:
+        if fd > 2:
+            os.close(fd)
+    # The launcher's logging handlers point at its stderr; the shim logs to shim.log.
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def is_shim(pid: int) -> bool:
+    """Whether ``pid`` is alive and is a pymigrate shim (guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip() == SHIM_COMM.encode()[:15]
+    except OSError:
+        return False
