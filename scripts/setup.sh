@@ -34,7 +34,10 @@ export PATH="$CRIU_PREFIX/sbin:$CRIU_PREFIX/bin:/usr/local/sbin:/usr/local/bin:/
 
 STEP="start"
 T0=$EPOCHREALTIME
-step() { STEP="$1"; printf '==> %s\n' "$1"; }
+T_STEP=$T0
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}'; }
+step_done() { [[ $STEP == start ]] || printf '    (%s s)\n' "$(since "$T_STEP")"; T_STEP=$EPOCHREALTIME; }
+step() { step_done; STEP="$1"; printf '==> %s\n' "$1"; }
 note() { printf '    %s\n' "$*"; }
 on_error() {
     local rc=$?
@@ -306,6 +309,6 @@ EOF
     note "pycriu $CRIU_VERSION installed in $site"
 fi
 
+step_done
 STEP="done"
-elapsed=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}')
-printf '==> setup done in %s s (criu %s at %s)\n' "$elapsed" "$CRIU_VERSION" "$CRIU_FOUND"
+printf '==> setup done in %s s (criu %s at %s)\n' "$(since "$T0")" "$CRIU_VERSION" "$CRIU_FOUND"
