@@ -100,7 +100,8 @@ def entered(path: Path) -> Iterator[None]:
     """Run the body with the calling thread inside the network namespace at ``path``.
 
     Only for short, non-blocking work such as opening sockets: everything else the thread does in
-    the body (including opening files through /proc/self/net) happens in that namespace too.
+    the body happens in that namespace too, and threads or processes it starts there inherit it.
+    Other threads of the process are not affected.
     """
     own = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -160,6 +161,8 @@ def create(path: Path, *, loopback_up: bool = True) -> None:
 
 def remove(path: Path) -> bool:
     """Unmount and delete the namespace file at ``path``; False if there was nothing to remove."""
+    if not os.path.lexists(path):
+        return False
     found = False
     while umount_detach(path):  # a file can carry stacked bind mounts; take them all off
         found = True
