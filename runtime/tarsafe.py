@@ -221,11 +221,6 @@ class _Extractor:
         self._cached = (parts, fd)
         return fd
 
-    def _forget_cache_under(self, parts: tuple[str, ...]) -> None:
-        if self._cached is not None and self._cached[0][: len(parts)] == parts:
-            os.close(self._cached[1])
-            self._cached = None
-
     # members --------------------------------------------------------------------------------
 
     def add(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:

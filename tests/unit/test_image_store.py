@@ -312,3 +312,16 @@ def test_build_busybox_refuses_a_dynamic_busybox(store: ImageStore, tmp_path: Pa
 def test_build_busybox_bad_name(store: ImageStore) -> None:
     with pytest.raises(InvalidArgument):
         store.build_busybox("Bad Name")
+
+
+def test_concurrent_imports_keep_every_name(store: ImageStore, tmp_path: Path) -> None:
+    """index.json updates are serialised by the flock (each open() is its own lock owner)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tars = [write(tmp_path, f"{i}.tar", make_tar(sample_tree(), mtime_shift=i)) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda i: store.import_tarball(f"n{i}", tars[i]), range(6)))
+    assert {r.digest for r in results} == {results[0].digest}
+    assert [i.name for i in store.list()] == [f"n{i}" for i in range(6)]
+    assert image_dirs(store) == [results[0].digest[7:]]
+    assert list(store.paths.tmp.iterdir()) == []

@@ -195,3 +195,18 @@ def test_bad_checksum_after_the_tar_end_is_caught(store: ImageStore, tmp_path: P
     with pytest.raises(ImageError, match="corrupt"):
         store.import_stream("bad", io.BytesIO(bytes(data)))
     assert _snapshot(store) == before
+
+
+def test_unusual_member_type_is_refused(store: ImageStore, tmp_path: Path) -> None:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        ti = tarfile.TarInfo("volume-label")
+        ti.type = b"V"  # a GNU volume header: not part of a filesystem tree
+        tar.addfile(ti)
+    before = _snapshot(store)
+    with pytest.raises(UnsafeArchive, match="unsupported member type") as err:
+        store.import_tarball("odd", _write(tmp_path, "odd.tar", buf.getvalue()))
+    assert err.value.member == "volume-label"
+    assert _snapshot(store) == before
