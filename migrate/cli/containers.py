@@ -1,0 +1,337 @@
+"""Container subcommands: run, ps, inspect, logs, exec, stop, kill, rm, pause, unpause, wait.
+
+Exit codes: 0 ok; 125 pymigrate failed (bad input, runtime error); 126/127 the container command
+could not be invoked / was not found; a foreground ``run``, ``exec`` and ``wait`` return the
+container command's own exit code (128+N when killed by signal N).
+Imports are lazy: ``pymigrate run -d`` start latency is benchmarked against runc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from typing import Any
+
+from migrate.cli import EXIT_ERROR, EXIT_OK, add_json_flag
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="create and start a container")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background and print the name")
+    p.add_argument("--name", help="container name ([a-zA-Z0-9][a-zA-Z0-9_.-]{0,62})")
+    p.add_argument("--hostname", help="hostname inside the container (default: short id)")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
+    p.add_argument("-w", "--workdir", help="working directory inside the container")
+    p.add_argument("--memory", "-m", help="memory limit, e.g. 256m, 1g, 512KiB")
+    p.add_argument("--cpus", type=float, help="cpu limit in cores, e.g. 0.5")
+    p.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    p.add_argument("--network", choices=("bridge", "none"), default="bridge")
+    p.add_argument("--ip", help="address on the bridge (default: the next free one)")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR:CTRDIR[:ro]", help="bind mount")
+    p.add_argument("--cgroup-parent", help="cgroup below our own to create the container's cgroup in")
+    p.add_argument("--rm", action="store_true", help="remove the container when a foreground run ends")
+    add_json_flag(p)
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_run)
+
+    p = subparsers.add_parser("ps", help="list containers")
+    p.add_argument("-a", "--all", action="store_true", help="include exited containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="print names only")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_ps)
+
+    p = subparsers.add_parser("inspect", help="show a container's spec and state")
+    p.add_argument("name")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_inspect)
+
+    p = subparsers.add_parser("logs", help="print a container's output")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
+    add_json_flag(p)
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_logs)
+
+    p = subparsers.add_parser("exec", help="run a command inside a running container")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-w", "--workdir")
+    add_json_flag(p)
+    p.add_argument("name")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_exec)
+
+    p = subparsers.add_parser("stop", help="SIGTERM, then SIGKILL after a timeout")
+    p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS", help="seconds to wait before killing")
+    add_json_flag(p)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(handler=cmd_stop)
+
+    p = subparsers.add_parser("kill", help="send a signal to a container's init")
+    p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+    add_json_flag(p)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(handler=cmd_kill)
+
+    p = subparsers.add_parser("rm", help="remove containers")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    add_json_flag(p)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(handler=cmd_rm)
+
+    for verb, helptext in (("pause", "freeze every process of a container"), ("unpause", "thaw a paused container")):
+        p = subparsers.add_parser(verb, help=helptext)
+        add_json_flag(p)
+        p.add_argument("names", nargs="+", metavar="NAME")
+        p.set_defaults(handler=cmd_pause if verb == "pause" else cmd_unpause)
+
+    p = subparsers.add_parser("wait", help="wait for a container to exit and print its exit code")
+    p.add_argument("-t", "--timeout", type=float, default=None, metavar="SECONDS")
+    add_json_flag(p)
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_wait)
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+
+def run_options(args: argparse.Namespace) -> Any:
+    """RunOptions from parsed arguments; InvalidArgument names the bad value."""
+    from migrate.api import RunOptions
+    from runtime.container import parse_size, parse_volume
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return RunOptions(
+        image=args.image,
+        command=tuple(command),
+        name=args.name,
+        hostname=args.hostname,
+        env=tuple(args.env),
+        workdir=args.workdir,
+        memory_bytes=None if args.memory is None else parse_size(args.memory, "memory size"),
+        cpus=args.cpus,
+        pids_limit=args.pids_limit,
+        network=args.network,
+        ip=args.ip,
+        volumes=tuple(parse_volume(v) for v in args.volume),
+        cgroup_parent=args.cgroup_parent,
+    )
+
+
+def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
+    options = run_options(args)
+    try:
+        info = ctx.engine.run(options)
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)
+        if code in (126, 127):  # the command itself: podman's convention
+            from migrate.cli import report_error
+
+            report_error(exc, ctx)
+            return int(code)
+        raise
+    name = info.spec.name
+    if args.detach:
+        if ctx.json:
+            ctx.emit_json(info)
+        else:
+            print(name)
+        return EXIT_OK
+    return _foreground(ctx, name, remove=args.rm)
+
+
+def _foreground(ctx: Any, name: str, *, remove: bool) -> int:
+    """Stream the log until the container exits; forward SIGINT/SIGTERM to it."""
+    engine = ctx.engine
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            engine.kill(name, signum)
+        except Exception:  # the container may be gone already
+            pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    out = sys.stdout.buffer
+    try:
+        for chunk in engine.logs(name, follow=True):
+            if not ctx.json:
+                out.write(chunk)
+                out.flush()
+        code = engine.wait(name)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if ctx.json:
+        ctx.emit_json({"name": name, "exit_code": code})
+    if remove:
+        engine.remove(name, force=True)
+    return code if code >= 0 else EXIT_ERROR
+
+
+# -- listing --------------------------------------------------------------------------------------
+
+
+def _status(info: Any) -> str:
+    st = info.state
+    if st.status == "exited":
+        code = "?" if st.exit_code is None or st.exit_code < 0 else st.exit_code
+        extra = ", oom-killed" if st.oom_killed else ""
+        return f"exited ({code}{extra}) {_ago(st.finished_at)}".rstrip()
+    if st.status in ("running", "paused"):
+        return f"{st.status} {_since(st.started_at)}".rstrip()
+    return st.status
+
+
+def _ago(t: float | None) -> str:
+    return f"{_duration(time.time() - t)} ago" if t else ""
+
+
+def _since(t: float | None) -> str:
+    return f"for {_duration(time.time() - t)}" if t else ""
+
+
+def _duration(s: float) -> str:
+    s = max(0, int(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def cmd_ps(args: argparse.Namespace, ctx: Any) -> int:
+    infos = ctx.engine.containers(all=args.all)
+    if ctx.json:
+        ctx.emit_json(infos)
+        return EXIT_OK
+    if args.quiet:
+        for i in infos:
+            print(i.spec.name)
+        return EXIT_OK
+    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "IP")]
+    for i in infos:
+        cmd = " ".join(i.spec.command)
+        rows.append((i.spec.container_id[:12], i.spec.name, i.spec.image, cmd if len(cmd) <= 30 else cmd[:27] + "...", _status(i), i.spec.ip or "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace, ctx: Any) -> int:
+    ctx.emit_json(ctx.engine.inspect(args.name))
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace, ctx: Any) -> int:
+    if ctx.json:
+        data = b"".join(ctx.engine.logs(args.name, follow=args.follow))
+        ctx.emit_json({"name": args.name, "log": data.decode(errors="replace")})
+        return EXIT_OK
+    out = sys.stdout.buffer
+    for chunk in ctx.engine.logs(args.name, follow=args.follow):
+        out.write(chunk)
+        out.flush()
+    return EXIT_OK
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def cmd_exec(args: argparse.Namespace, ctx: Any) -> int:
+    from runtime.errors import InvalidArgument
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InvalidArgument(f"no command given to exec in container {args.name}")
+    engine = ctx.engine
+    if not hasattr(engine, "exec"):
+        from runtime.errors import Unsupported
+
+        raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
+    sys.stdout.flush()
+    try:
+        code = engine.exec(args.name, tuple(command), env=tuple(args.env), workdir=args.workdir)
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)
+        if code in (126, 127):
+            from migrate.cli import report_error
+
+            report_error(exc, ctx)
+            return int(code)
+        raise
+    return code
+
+
+def _each(ctx: Any, names: list[str], action: Any) -> int:
+    """Apply ``action`` to every name; report each failure, exit 125 if any failed."""
+    from migrate.cli import report_error
+
+    failed = False
+    done = []
+    for name in names:
+        try:
+            action(name)
+            done.append(name)
+        except Exception as exc:  # one line per failed name, like docker
+            report_error(exc, ctx)
+            failed = True
+    if ctx.json and not failed:
+        ctx.emit_json({"names": done})
+    elif not ctx.json:
+        for name in done:
+            print(name)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace, ctx: Any) -> int:
+    return _each(ctx, args.names, lambda n: ctx.engine.stop(n, timeout_s=args.time))
+
+
+def parse_signal(text: str) -> int:
+    from runtime.errors import InvalidArgument
+
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < signal.NSIG:
+            return num
+    else:
+        name = text.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
+        if sig is not None:
+            return int(sig)
+    raise InvalidArgument(f"invalid signal {text!r}: expected a name such as TERM or a number")
+
+
+def cmd_kill(args: argparse.Namespace, ctx: Any) -> int:
+    sig = parse_signal(args.signal)
+    return _each(ctx, args.names, lambda n: ctx.engine.kill(n, sig))
+
+
+def cmd_rm(args: argparse.Namespace, ctx: Any) -> int:
+    return _each(ctx, args.names, lambda n: ctx.engine.remove(n, force=args.force))
+
+
+def cmd_pause(args: argparse.Namespace, ctx: Any) -> int:
+    return _each(ctx, args.names, ctx.engine.pause)
+
+
+def cmd_unpause(args: argparse.Namespace, ctx: Any) -> int:
+    return _each(ctx, args.names, ctx.engine.unpause)
+
+
+def cmd_wait(args: argparse.Namespace, ctx: Any) -> int:
+    code = ctx.engine.wait(args.name, timeout_s=args.timeout)
+    if ctx.json:
+        ctx.emit_json({"name": args.name, "exit_code": code})
+    else:
+        print(code)
+    return EXIT_OK
