@@ -26,6 +26,9 @@ which is how the migration code ships an image to a host that lacks it.
 Read-only in practice: after the rename nothing in this module opens the tree for writing, and
 containers mount it only as an overlay lowerdir (overlayfs copies up to the upper dir before any
 write). ``chattr +i`` is not used (it would block removal and needs CAP_LINUX_IMMUTABLE).
+
+tarfile, subprocess and runtime.tarsafe are imported inside the functions that use them, so
+importing this module stays cheap for CLI start-up.
 """
 
 from __future__ import annotations
@@ -40,15 +43,12 @@ import os
 import re
 import stat
 import struct
-import subprocess
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from runtime import tarsafe
 from runtime.config import Paths
 from runtime.errors import ImageError, ImageNotFound, InvalidArgument, Unsupported
 
@@ -246,6 +246,8 @@ def is_static_elf(path: Path) -> bool:
 
 def busybox_applets(busybox: Path) -> list[str]:
     """Applet paths relative to the root (``bin/sh``, ``usr/bin/awk``...) from ``busybox --list-full``."""
+    import subprocess
+
     out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True, timeout=30).stdout
     applets = []
     for line in out.splitlines():
@@ -363,6 +365,8 @@ class ImageStore:
         return self._import(name, stream, "stream", expected_digest)
 
     def _import(self, name: str, stream: BinaryIO, source: str, expected: str | None) -> Image:
+        from runtime import tarsafe
+
         t0 = time.monotonic()
         with self._scratch("image-") as work:
             rootfs = work / ROOTFS_NAME
@@ -413,6 +417,8 @@ class ImageStore:
         Members come in the canonical order with numeric owners, modes and mtimes; hard links are
         kept. Importing the stream gives the same digest. Compress by wrapping ``sink``.
         """
+        import tarfile
+
         image = self.get(name_or_digest)
         first_path: dict[tuple[int, int], str] = {}
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
@@ -534,11 +540,13 @@ class ImageStore:
     @contextlib.contextmanager
     def _scratch(self, prefix: str) -> Iterator[Path]:
         """A private directory under ROOT/tmp, removed on the way out unless it was renamed away."""
+        from runtime.tarsafe import rmtree
+
         work = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir))
         try:
             yield work
         finally:
-            tarsafe.rmtree(work)
+            rmtree(work)
 
     def _commit(self, name: str, work: Path, digest: str, size: int) -> Image:
         """Move ``work`` (holding rootfs/) to images/<hex> unless present, then tag ``name``."""
@@ -586,4 +594,6 @@ class ImageStore:
             return
         doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.tmp_dir))
         os.rename(target, doomed / hexd)
-        tarsafe.rmtree(doomed)
+        from runtime.tarsafe import rmtree
+
+        rmtree(doomed)
