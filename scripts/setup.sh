@@ -29,8 +29,9 @@ VENV="$REPO/.venv"
 TRIXIE_SOURCES=/etc/apt/sources.list.d/pymigrate-trixie-src.sources
 SYSCTL_CONF=/etc/sysctl.d/60-pymigrate.conf
 export DEBIAN_FRONTEND=noninteractive
-# /usr/local/sbin first so the CRIU built here wins over any distribution criu.
-export PATH="$CRIU_PREFIX/sbin:$CRIU_PREFIX/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+# $CRIU_PREFIX/sbin first so the CRIU built here wins over any distribution criu; the caller's PATH
+# (e.g. its python3) comes next, the system directories last.
+export PATH="$CRIU_PREFIX/sbin:/usr/local/sbin:$PATH:/usr/sbin:/usr/bin:/sbin:/bin"
 
 STEP="start"
 T0=$EPOCHREALTIME
