@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Throughput of the checkpoint archive (migrate.images) against `tar -cf - | zstd -1 -T0`.
+
+Changes nothing on the host outside the work dir given (default /dev/shm/pymigrate-archive-bench,
+removed at the end unless --keep). Runs A/B interleaved rounds and prints medians in MB/s.
+Usage: .venv/bin/python scripts/bench_archive.py [--size-mib 1024] [--rounds 3] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from migrate.images import ArchiveWriter, read_archive
+
+
+def make_data(path: Path, size_mib: int) -> None:
+    """Mostly random: 3 of every 4 MiB random, 1 repetitive text (like pages of a real process)."""
+    block = 1 << 20
+    text = (b"some repetitive text line for compression %08d\n" * 30000)[:block]
+    with open(path, "wb") as f:
+        for i in range(size_mib):
+            f.write(text if i % 4 == 3 else os.urandom(block))
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dir", type=Path, default=Path("/dev/shm/pymigrate-archive-bench"))
+    ap.add_argument("--compress", default="zstd", choices=["zstd", "none"])
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    work: Path = args.dir
+    shutil.rmtree(work, ignore_errors=True)
+    src = work / "src"
+    src.mkdir(parents=True)
+    make_data(src / "pages-1.img", args.size_mib)
+    size = args.size_mib << 20
+    ours_w, ours_r, tar_w, tar_r = [], [], [], []
+    ours_size = tar_size = 0
+    try:
+        for _ in range(args.rounds):
+            out = work / "ours.pmc"
+
+            def write_ours() -> None:
+                with open(out, "wb") as sink:
+                    with ArchiveWriter(sink, compress=args.compress) as w:
+                        w.write_manifest({"bench": True})
+                        w.add_tree("images", src)
+                        w.close()
+
+            ours_w.append(timed(write_ours))
+            ours_size = out.stat().st_size
+            dest = work / "ours-out"
+            shutil.rmtree(dest, ignore_errors=True)
+
+            def read_ours() -> None:
+                with open(out, "rb") as source:
+                    read_archive(source, dest)
+
+            ours_r.append(timed(read_ours))
+            shutil.rmtree(dest)
+            out.unlink()
+
+            tarball = work / "out.tar.zst"
+            tar_w.append(timed(lambda: subprocess.run(
+                f"tar -cf - -C {work} src | zstd -1 -T0 -q > {tarball}", shell=True, check=True)))
+            tar_size = tarball.stat().st_size
+            tdest = work / "tar-out"
+            tdest.mkdir()
+            tar_r.append(timed(lambda: subprocess.run(
+                f"zstd -dc -q {tarball} | tar -xf - -C {tdest}", shell=True, check=True)))
+            shutil.rmtree(tdest)
+            tarball.unlink()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def mbs(ts: list[float]) -> str:
+        return f"{size / statistics.median(ts) / 1e6:7.0f} MB/s (median {statistics.median(ts):.2f} s of {len(ts)})"
+
+    print(f"data: {args.size_mib} MiB mostly random, compress={args.compress}")
+    print(f"ours   write {mbs(ours_w)}  read {mbs(ours_r)}  archive {ours_size / size:.3f} of raw")
+    print(f"tar|zstd -1 -T0 write {mbs(tar_w)}  zstd -d|tar read {mbs(tar_r)}  archive {tar_size / size:.3f} of raw")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
