@@ -49,7 +49,12 @@ def _c() -> Any:
     if _libc is None:
         import ctypes
 
-        _libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.unshare.argtypes = (ctypes.c_int,)
+        libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
+        libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+        _libc = libc
     return _libc
 
 

@@ -131,7 +131,7 @@ def mac_for_ip(ip: str) -> str:
 
 def host_veth_name(root: Path, container_id: str) -> str:
     """Name of a container's host-side veth: ``pmv`` + state-root tag (4 hex) + 8 id characters."""
-    tag = zlib.crc32(os.path.abspath(root).encode()) & 0xFFFF
+    tag = zlib.crc32(os.path.realpath(root).encode()) & 0xFFFF  # same tag through symlinks
     short = container_id[:8]
     if not _IFNAME_OK.fullmatch(short):
         short = f"{zlib.crc32(container_id.encode()):08x}"

@@ -223,3 +223,9 @@ def test_fake_network_follows_the_protocol(paths: Paths) -> None:
     assert [c[0] for c in fake.calls] == [
         "create_netns", "connect", "connect", "announce", "disconnect", "disconnect", "remove_netns",
     ]  # fmt: skip
+
+
+def test_veth_name_is_the_same_through_a_symlinked_root(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert host_veth_name(tmp_path / "link", "abcdef0123") == host_veth_name(tmp_path / "real", "abcdef0123")
