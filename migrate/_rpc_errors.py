@@ -1,0 +1,226 @@
+"""How pymigrate errors cross gRPC: exception -> status code + trailing metadata, and back.
+
+The server (migrate/service.py) calls ``encode``; the client (migrate/client.py) calls ``decode``,
+so a caller sees the same exception class with the same message, hint, phase and data attributes
+whether the engine is local or remote.
+
+Status codes (most specific class first):
+
+    ChecksumMismatch                                         DATA_LOSS
+    ContainerNotFound, ImageNotFound, CheckpointNotFound      NOT_FOUND
+    InvalidState, IncompatibleHost                           FAILED_PRECONDITION
+    ContainerExists                                          ALREADY_EXISTS
+    InvalidArgument, ArchiveError (UnsafeMember ...), UnsafeArchive   INVALID_ARGUMENT
+    Unsupported                                              UNIMPLEMENTED
+    PermissionError                                          PERMISSION_DENIED
+    MigrationTimeout, FreezeTimeout                          DEADLINE_EXCEEDED
+    PeerError, TransferError                                 UNAVAILABLE
+    AuthError                                                UNAUTHENTICATED
+    RpcCancelled                                             CANCELLED
+    OSError(ENOSPC)                                          RESOURCE_EXHAUSTED
+    any other ContainerError / MigrationError                INTERNAL, with its message
+    anything else                                            INTERNAL, generic message only
+
+Trailing metadata: ``pymigrate-error-type`` (the class name, ASCII, for grpcurl users) and
+``pymigrate-error-bin`` (JSON: type, message, hint, phase, attrs). Unexpected exceptions send
+neither: their text may hold host details, so only an incident id goes out and the traceback
+stays in the daemon's log. Errors without our metadata (the channel failed, an old daemon, a
+proxy) are mapped from the status code alone.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from migrate import errors as merrors
+from runtime import errors as rerrors
+
+TYPE_KEY = "pymigrate-error-type"
+DATA_KEY = "pymigrate-error-bin"
+
+# grpc's default limit for received metadata is 8 KiB; stay well below it.
+_MAX_MESSAGE_CHARS = 2000
+_MAX_DATA_BYTES = 4000
+
+
+class RpcCancelled(merrors.MigrationError):
+    """The caller cancelled the call or its deadline passed; raised into the engine by progress."""
+
+
+_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (merrors.ChecksumMismatch, grpc.StatusCode.DATA_LOSS),
+    (rerrors.ContainerNotFound, grpc.StatusCode.NOT_FOUND),
+    (rerrors.ImageNotFound, grpc.StatusCode.NOT_FOUND),
+    (merrors.CheckpointNotFound, grpc.StatusCode.NOT_FOUND),
+    (rerrors.InvalidState, grpc.StatusCode.FAILED_PRECONDITION),
+    (merrors.IncompatibleHost, grpc.StatusCode.FAILED_PRECONDITION),
+    (rerrors.ContainerExists, grpc.StatusCode.ALREADY_EXISTS),
+    (rerrors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (merrors.ArchiveError, grpc.StatusCode.INVALID_ARGUMENT),
+    (rerrors.UnsafeArchive, grpc.StatusCode.INVALID_ARGUMENT),
+    (rerrors.Unsupported, grpc.StatusCode.UNIMPLEMENTED),
+    (PermissionError, grpc.StatusCode.PERMISSION_DENIED),
+    (merrors.MigrationTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (rerrors.FreezeTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (merrors.PeerError, grpc.StatusCode.UNAVAILABLE),
+    (merrors.TransferError, grpc.StatusCode.UNAVAILABLE),
+    (merrors.AuthError, grpc.StatusCode.UNAUTHENTICATED),
+    (RpcCancelled, grpc.StatusCode.CANCELLED),
+)
+
+
+def _known_classes() -> dict[str, type[BaseException]]:
+    classes: dict[str, type[BaseException]] = {}
+    for module in (rerrors, merrors):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, (rerrors.ContainerError, merrors.MigrationError)):
+                classes[value.__name__] = value
+    classes["RpcCancelled"] = RpcCancelled
+    classes["PermissionError"] = PermissionError
+    classes["OSError"] = OSError
+    return classes
+
+
+KNOWN = _known_classes()
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, bool]:
+    """The status code for ``exc`` and whether its message may be shown to the caller."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code, True
+    if isinstance(exc, OSError) and exc.errno == errno_mod.ENOSPC:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, True
+    if isinstance(exc, (rerrors.ContainerError, merrors.MigrationError)):
+        return grpc.StatusCode.INTERNAL, True
+    return grpc.StatusCode.INTERNAL, False
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        items = [_jsonable(v) for v in value]
+        return None if any(i is _SKIP for i in items) else items
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def encode(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
+    """Status code, details and trailing metadata for a typed error ``exc``.
+
+    Callers handle the "not public" case (see ``status_for``) themselves; this function assumes
+    the message may be shown.
+    """
+    code, _ = status_for(exc)
+    name = type(exc).__name__ if type(exc).__name__ in KNOWN else _nearest_known(exc)
+    if isinstance(exc, OSError):
+        message = exc.strerror or str(exc)
+        attrs = {"errno": exc.errno, "strerror": exc.strerror, "filename": _jsonable(exc.filename)}
+    else:
+        message = getattr(exc, "message", None) or str(exc)
+        attrs = {}
+        for key, value in vars(exc).items():
+            if key in ("message", "hint", "phase") or key.startswith("_"):
+                continue
+            v = _jsonable(value)
+            if v is not _SKIP:
+                attrs[key] = v
+    message = message[:_MAX_MESSAGE_CHARS]
+    data = {
+        "type": name,
+        "message": message,
+        "hint": getattr(exc, "hint", None),
+        "phase": getattr(exc, "phase", None),
+        "attrs": attrs,
+    }
+    blob = json.dumps(data).encode()
+    if len(blob) > _MAX_DATA_BYTES:
+        data["attrs"] = {}
+        blob = json.dumps(data).encode()[:_MAX_DATA_BYTES]
+    return code, str(exc)[:_MAX_MESSAGE_CHARS], ((TYPE_KEY, name), (DATA_KEY, blob))
+
+
+def _nearest_known(exc: BaseException) -> str:
+    for cls in type(exc).__mro__:
+        if cls.__name__ in KNOWN and KNOWN[cls.__name__] is cls:
+            return cls.__name__
+    return "OSError" if isinstance(exc, OSError) else "MigrationError"
+
+
+def _rebuild(data: dict[str, Any]) -> BaseException | None:
+    cls = KNOWN.get(str(data.get("type")))
+    if cls is None:
+        return None
+    message = str(data.get("message") or "")
+    attrs = data.get("attrs") or {}
+    if issubclass(cls, OSError):
+        if attrs.get("filename") is not None:
+            return cls(attrs.get("errno"), attrs.get("strerror") or message, attrs["filename"])
+        return cls(attrs.get("errno"), attrs.get("strerror") or message)
+    # Bypass __init__: subclasses format their own messages from other arguments; we already
+    # have the final message and restore the data attributes one by one.
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.message = message  # type: ignore[attr-defined]
+    exc.hint = data.get("hint")  # type: ignore[attr-defined]
+    if issubclass(cls, merrors.MigrationError):
+        exc.phase = data.get("phase")  # type: ignore[attr-defined]
+    for key, value in attrs.items():
+        setattr(exc, key, tuple(value) if isinstance(value, list) else value)
+    return exc
+
+
+def decode(
+    code: grpc.StatusCode | None, details: str | None, metadata: Any, target: str, method: str = ""
+) -> BaseException:
+    """The exception a failed call to the daemon at ``target`` stands for."""
+    details = details or ""
+    for key, value in metadata or ():
+        if key == DATA_KEY:
+            try:
+                data = json.loads(value if isinstance(value, (bytes, str)) else b"")
+            except ValueError:
+                break
+            if isinstance(data, dict):
+                exc = _rebuild(data)
+                if exc is not None:
+                    return exc
+            break
+    where = f"the daemon at {target}"
+    lowered = details.lower()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if any(w in lowered for w in ("handshake", "ssl", "tls", "certificate")):
+            return merrors.AuthError(
+                f"{where} refused the tls handshake: {details}",
+                hint="check --tls-cert, --tls-key and --tls-ca (the daemon verifies client certificates)",
+            )
+        return merrors.TransferError(
+            f"{where} is unreachable: {details}",
+            hint="check that 'pymigrate daemon' runs there and that the address is right",
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return merrors.AuthError(
+            f"{where} refused our credentials", hint="check --token-file and the tls client certificate"
+        )
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return merrors.AuthError(f"{where} denied the call: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return merrors.MigrationTimeout(f"the call {method} to {where} timed out" if method else f"the call to {where} timed out")
+    if code == grpc.StatusCode.CANCELLED:
+        return merrors.TransferError(f"the call to {where} was cancelled: {details}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return rerrors.Unsupported(
+            method or "this call", f"{where} does not implement it", hint="run the same pymigrate version on both ends"
+        )
+    name = code.name.lower() if code is not None else "unknown"
+    return merrors.PeerError(f"{where} failed: {name}: {details}")

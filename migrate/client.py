@@ -1,0 +1,405 @@
+"""``RemoteEngine``: the ``Engine`` API over gRPC, talking to a pymigrate daemon.
+
+Every method mirrors ``LocalEngine``: it takes and returns the dataclasses of migrate/api.py and
+raises the same exception classes with the same messages; a failed RPC is turned back into our
+exception from the daemon's trailing metadata (migrate/_rpc_errors.py), or, when there is none
+(the daemon is unreachable, a TLS handshake failed), from the status code: UNAVAILABLE ->
+``TransferError`` ("the daemon at X is unreachable"), UNAUTHENTICATED -> ``AuthError``,
+DEADLINE_EXCEEDED -> ``MigrationTimeout``, anything else -> ``PeerError``.
+
+Paths stay on the caller's side. ``checkpoint`` with ``export_path`` checkpoints on the daemon and
+downloads the archive into the local file (the checkpoint also stays listed on the daemon);
+``restore`` with ``import_path`` uploads the local archive first; ``image_import`` streams the
+local tarball.
+
+Addresses: ``unix:PATH`` and ``HOST:PORT``. TCP needs mutual TLS (``tls``) unless ``insecure``
+is passed explicitly, as on the daemon. ``ssh://`` is not implemented yet and raises
+``Unsupported``.
+
+The daemon-to-daemon methods (``prepare_incoming`` ... ``commit_incoming``) are what a source
+``LocalEngine`` calls on ``RemoteEngine(dest)`` during a migration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import grpc
+
+from migrate import _rpc_errors, api
+from migrate import convert as cv
+from migrate._proto.pymigrate.v1 import host_pb2 as pb
+from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
+from migrate.errors import PeerError
+from migrate.tls import TlsConfig, tls_from_paths
+from runtime.errors import InvalidArgument, Unsupported
+from runtime.spec import ContainerInfo
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 16 << 20
+DEFAULT_TIMEOUT_S = 60.0  # unary calls; streams (checkpoint, migrate, transfers) have none
+
+# Keepalive pings every 10 s while a call runs: a cut link fails a long stream within ~15 s
+# instead of hanging on TCP retransmits.
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_metadata_size", 64 << 10),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def channel_target(address: str) -> tuple[str, bool]:
+    """The gRPC target for a daemon address and whether it is a unix socket.
+
+    Raises:
+        Unsupported: ``ssh://`` addresses (a later issue).
+        InvalidArgument: anything but ``unix:PATH`` and ``HOST:PORT``.
+    """
+    if address.startswith("ssh://"):
+        raise Unsupported(
+            "ssh daemon addresses",
+            f"{address} needs the ssh transport, which is not implemented yet",
+            hint="use unix:PATH or HOST:PORT (e.g. tunnel with ssh -L PORT:/var/lib/pymigrate/run/pymigrate.sock HOST)",
+        )
+    if address.startswith("unix:"):
+        raw = address[len("unix:") :]
+        if raw.startswith("//"):
+            raw = raw[2:]
+        if not raw:
+            raise InvalidArgument(f"invalid daemon address {address!r}: expected unix:PATH")
+        return f"unix:{Path(raw).absolute()}", True
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not host or not port.isdigit():
+        raise InvalidArgument(
+            f"invalid daemon address {address!r}: expected unix:PATH or HOST:PORT", hint="e.g. unix:/var/lib/pymigrate/run/pymigrate.sock"
+        )
+    return address, False
+
+
+def _pieces(chunks: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            yield chunk
+
+
+class _Requests:
+    """A request iterator that remembers an exception raised while producing requests.
+
+    gRPC swallows such an exception (it cancels the call); the caller re-raises ours instead.
+    """
+
+    def __init__(self, requests: Iterator[Any]) -> None:
+        self._requests = requests
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._requests
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+class RemoteEngine:
+    """The ``Engine`` (and ``MigrationTarget``) API of the daemon at ``target``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
+        insecure: bool = False,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        grpc_target, is_unix = channel_target(target)
+        self.target = target
+        self.timeout_s = timeout_s
+        options = list(CHANNEL_OPTIONS)
+        if tls is not None:
+            cert, key, ca = tls.read()
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.secure_channel(grpc_target, credentials, options=options)
+        elif is_unix or insecure:
+            self._channel = grpc.insecure_channel(grpc_target, options=options)
+        else:
+            raise InvalidArgument(
+                f"refusing to talk to {target} without tls",
+                hint="pass --tls-cert, --tls-key and --tls-ca (mutual tls), or --insecure on a trusted network",
+            )
+        self._stub = pb_grpc.HostStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+
+    @classmethod
+    def from_args(cls, args: Any) -> "RemoteEngine":
+        """Build from the CLI's global flags (--host, --tls-cert/--tls-key/--tls-ca, --token-file, --insecure)."""
+        if not getattr(args, "host", None):
+            raise InvalidArgument("no daemon address: pass --host unix:PATH or --host HOST:PORT")
+        tls = tls_from_paths(
+            getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="client"
+        )
+        return cls(args.host, tls=tls, token=read_token(getattr(args, "token_file", None)), insecure=bool(getattr(args, "insecure", False)))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "RemoteEngine":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _error(self, exc: grpc.RpcError, method: str) -> BaseException:
+        call: Any = exc
+        code = call.code() if hasattr(call, "code") else None
+        details = call.details() if hasattr(call, "details") else str(exc)
+        metadata = call.trailing_metadata() if hasattr(call, "trailing_metadata") else ()
+        return _rpc_errors.decode(code, details, metadata, self.target, method)
+
+    def _unary(self, method: str, request: Any, *, timeout_s: float | None = -1.0) -> Any:
+        try:
+            return getattr(self._stub, method)(
+                request, timeout=self.timeout_s if timeout_s == -1.0 else timeout_s, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc, method) from exc
+
+    def _client_stream(self, method: str, requests: Iterator[Any]) -> Any:
+        wrapped = _Requests(requests)
+        try:
+            return getattr(self._stub, method)(iter(wrapped), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            if wrapped.error is not None:
+                raise wrapped.error from None
+            raise self._error(exc, method) from exc
+
+    def _server_stream(self, method: str, request: Any) -> Iterator[Any]:
+        """Responses of a server stream; closing the iterator early cancels the call."""
+        call = getattr(self._stub, method)(request, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise self._error(exc, method) from exc
+        finally:
+            call.cancel()  # no-op when the call already finished
+
+    def _progress_stream(
+        self, method: str, request: Any, progress: api.ProgressFn | None, event_field: str, to_event: Callable[[Any], api.ProgressEvent]
+    ) -> Any:
+        stream = self._server_stream(method, request)
+        result = None
+        try:
+            for response in stream:  # read to the end: the status follows the result
+                kind = response.WhichOneof("kind")
+                if kind == "result":
+                    result = response.result
+                elif kind == event_field and progress is not None:
+                    progress(to_event(getattr(response, event_field)))
+        finally:
+            stream.close()  # a progress callback that raised cancels the call on the daemon
+        if result is None:
+            raise PeerError(f"the daemon at {self.target} ended the {method} stream without a result")
+        return result
+
+    # --- host -----------------------------------------------------------------------------------
+
+    def host_info(self) -> api.HostInfo:
+        return cv.host_from_pb(self._unary("GetHostInfo", pb.GetHostInfoRequest()).host)
+
+    # --- images ---------------------------------------------------------------------------------
+
+    def images(self) -> list[api.ImageInfo]:
+        return [cv.image_from_pb(i) for i in self._unary("ListImages", pb.ListImagesRequest()).images]
+
+    def image_import(self, name: str, tarball: Path) -> api.ImageInfo:
+        if not Path(tarball).is_file():
+            raise InvalidArgument(f"cannot import image {name}: {tarball} is not a file")
+
+        def requests() -> Iterator[pb.ImportImageRequest]:
+            yield pb.ImportImageRequest(name=name)
+            for chunk in _file_chunks(Path(tarball)):
+                yield pb.ImportImageRequest(data=chunk)
+
+        return cv.image_from_pb(self._client_stream("ImportImage", requests()).image)
+
+    def image_remove(self, name: str) -> None:
+        self._unary("RemoveImage", pb.RemoveImageRequest(name=name))
+
+    # --- containers -----------------------------------------------------------------------------
+
+    def run(self, options: api.RunOptions) -> ContainerInfo:
+        reply = self._unary("RunContainer", cv.run_options_to_pb(options), timeout_s=max(self.timeout_s, 300.0))
+        return cv.container_from_pb(reply.container)
+
+    def containers(self, all: bool = False) -> list[ContainerInfo]:
+        reply = self._unary("ListContainers", pb.ListContainersRequest(all=all))
+        return [cv.container_from_pb(c) for c in reply.containers]
+
+    def inspect(self, name: str) -> ContainerInfo:
+        return cv.container_from_pb(self._unary("InspectContainer", pb.InspectContainerRequest(name=name)).container)
+
+    def stop(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
+        reply = self._unary("StopContainer", pb.StopContainerRequest(name=name, timeout_s=timeout_s), timeout_s=self.timeout_s + timeout_s)
+        return cv.container_from_pb(reply.container)
+
+    def kill(self, name: str, signal: int = 9) -> None:
+        self._unary("KillContainer", pb.KillContainerRequest(name=name, signal=signal))
+
+    def remove(self, name: str, force: bool = False) -> None:
+        self._unary("RemoveContainer", pb.RemoveContainerRequest(name=name, force=force))
+
+    def pause(self, name: str) -> ContainerInfo:
+        return cv.container_from_pb(self._unary("PauseContainer", pb.PauseContainerRequest(name=name)).container)
+
+    def unpause(self, name: str) -> ContainerInfo:
+        return cv.container_from_pb(self._unary("UnpauseContainer", pb.UnpauseContainerRequest(name=name)).container)
+
+    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
+        for response in self._server_stream("StreamLogs", pb.StreamLogsRequest(name=name, follow=follow)):
+            yield response.data
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint(self, name: str, options: api.CheckpointOptions, progress: api.ProgressFn | None = None) -> api.CheckpointResult:
+        result_pb = self._progress_stream(
+            "Checkpoint", cv.checkpoint_request_to_pb(name, options), progress, "progress", cv.progress_from_pb
+        )
+        result = cv.checkpoint_result_from_pb(result_pb)
+        if options.export_path is None:
+            return result
+        size = self._download(result.checkpoint_id, Path(options.export_path), progress)
+        return dataclasses.replace(
+            result, export_path=str(options.export_path), stats=dataclasses.replace(result.stats, archive_bytes=size)
+        )
+
+    def _download(self, checkpoint_id: str, path: Path, progress: api.ProgressFn | None) -> int:
+        tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in self.export_checkpoint(checkpoint_id):
+                    out.write(chunk)
+                    size += len(chunk)
+                    if progress is not None:
+                        progress(api.ProgressEvent(operation="export", phase="download", bytes_done=size))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size
+
+    def restore(self, options: api.RestoreOptions, progress: api.ProgressFn | None = None) -> api.RestoreResult:
+        if options.import_path is not None:
+            info = self.import_checkpoint(_file_chunks(Path(options.import_path)))
+            options = dataclasses.replace(options, checkpoint_id=info.checkpoint_id, import_path=None)
+        if not options.checkpoint_id:
+            raise InvalidArgument("restore needs a checkpoint id or an archive to import")
+        result_pb = self._progress_stream("Restore", cv.restore_request_to_pb(options), progress, "progress", cv.progress_from_pb)
+        return cv.restore_result_from_pb(result_pb)
+
+    def checkpoints(self) -> list[api.CheckpointInfo]:
+        return [cv.checkpoint_info_from_pb(c) for c in self._unary("ListCheckpoints", pb.ListCheckpointsRequest()).checkpoints]
+
+    def checkpoint_remove(self, checkpoint_id: str) -> None:
+        self._unary("RemoveCheckpoint", pb.RemoveCheckpointRequest(checkpoint_id=checkpoint_id))
+
+    def export_checkpoint(self, checkpoint_id: str) -> Iterator[bytes]:
+        """The checkpoint's archive in chunks (crc32 and order checked)."""
+        from migrate.errors import ChecksumMismatch, TransferError
+
+        expected = 0
+        for response in self._server_stream("DownloadCheckpoint", pb.DownloadCheckpointRequest(checkpoint_id=checkpoint_id)):
+            if response.seq != expected:
+                raise TransferError(f"download of checkpoint {checkpoint_id}: chunk {response.seq} arrived, expected {expected}", phase="transfer")
+            if response.HasField("crc32") and zlib.crc32(response.data) != response.crc32:
+                raise ChecksumMismatch(
+                    f"checkpoint {checkpoint_id} chunk {response.seq}", f"crc32 {response.crc32:08x}", f"crc32 {zlib.crc32(response.data):08x}"
+                )
+            expected += 1
+            yield response.data
+
+    def import_checkpoint(self, chunks: Iterator[bytes]) -> api.CheckpointInfo:
+        requests = (
+            pb.UploadCheckpointRequest(data=data, seq=seq, crc32=zlib.crc32(data)) for seq, data in enumerate(_pieces(chunks))
+        )
+        return cv.checkpoint_info_from_pb(self._client_stream("UploadCheckpoint", requests).checkpoint)
+
+    # --- migration ------------------------------------------------------------------------------
+
+    def migrate(self, name: str, options: api.MigrateOptions, progress: api.ProgressFn | None = None) -> api.MigrateResult:
+        result_pb = self._progress_stream(
+            "Migrate", cv.migrate_request_to_pb(name, options), progress, "event", cv.migration_event_from_pb
+        )
+        return cv.migrate_result_from_pb(result_pb)
+
+    # --- daemon to daemon (MigrationTarget) ----------------------------------------------------------
+
+    def prepare_incoming(self, request: api.IncomingRequest) -> api.IncomingTicket:
+        return cv.ticket_from_pb(self._unary("PrepareIncoming", cv.incoming_request_to_pb(request)))
+
+    def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
+        requests = (
+            pb.PushImageRequest(migration_id=migration_id, data=data, seq=seq, crc32=zlib.crc32(data))
+            for seq, data in enumerate(_pieces(chunks))
+        )
+        self._client_stream("PushImage", _non_empty(requests, pb.PushImageRequest(migration_id=migration_id, seq=0)))
+
+    def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> api.RestoreResult:
+        requests = (
+            pb.PushCheckpointRequest(migration_id=migration_id, data=data, seq=seq, crc32=zlib.crc32(data))
+            for seq, data in enumerate(_pieces(chunks))
+        )
+        reply = self._client_stream(
+            "PushCheckpoint", _non_empty(requests, pb.PushCheckpointRequest(migration_id=migration_id, seq=0))
+        )
+        return api.RestoreResult(container=cv.container_from_pb(reply.container), stats=cv.restore_stats_from_pb(reply.stats))
+
+    def abort_incoming(self, migration_id: str) -> None:
+        self._unary("AbortIncoming", pb.AbortIncomingRequest(migration_id=migration_id))
+
+    def commit_incoming(self, migration_id: str) -> None:
+        self._unary("CommitIncoming", pb.CommitIncomingRequest(migration_id=migration_id))
+
+
+def _non_empty(requests: Iterator[Any], empty: Any) -> Iterator[Any]:
+    """At least one message, so the daemon learns the migration id of an empty stream."""
+    sent = False
+    for request in requests:
+        sent = True
+        yield request
+    if not sent:
+        yield empty
+
+
+def read_token(path: Path | None) -> str | None:
+    """The bearer token in ``path`` (surrounding whitespace stripped), or None without a path."""
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read token file {path}: {exc.strerror}") from exc
+    if not token:
+        raise InvalidArgument(f"token file {path} is empty")
+    return token

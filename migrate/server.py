@@ -1,0 +1,329 @@
+"""The daemon's gRPC server: listen address, transport security, auth, health, reflection, stop.
+
+``create_server(engine, listen, ...)`` builds and binds a server for ``HostServicer`` and returns
+it with its bound port (TCP) or socket path (unix); ``start()`` serves and ``stop(grace_s)`` stops
+gracefully. Serving and stopping are separate so tests bind port 0 and the daemon can stop on a
+signal.
+
+Security rules:
+- ``unix:PATH`` (the default, ROOT/run/pymigrate.sock) is bound under umask 0177 and chmod 0600
+  afterwards: only root (the socket's owner) can connect. A stale socket left by a dead daemon
+  is replaced; a live one (something accepts connections) is an error.
+- ``HOST:PORT`` requires mutual TLS: the daemon's cert and key, and the CA every client
+  certificate must chain to (``require_client_auth``). Plain TCP needs an explicit
+  ``insecure=True``, logged as a warning.
+- A bearer token, when given, is required on every RPC except health (``TokenAuthInterceptor``).
+- The standard health service (grpc.health.v1) and server reflection are registered, so
+  ``grpcurl`` and load balancers work.
+
+Stop: health flips to NOT_SERVING, new calls are refused, in-flight calls get ``grace_s`` to
+finish; after that gRPC cancels them, which reaches the engine as a cancellation (see
+migrate/service.py) and the engine rolls back; ``stop`` waits for those handlers and workers.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from migrate import api
+from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
+from migrate.service import SERVICE_NAME, ErrorInterceptor, HostServicer, TokenAuthInterceptor
+from migrate.tls import TlsConfig
+from runtime.config import Paths
+from runtime.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "pymigrate.sock"
+MAX_MESSAGE_BYTES = 16 << 20  # chunks are ~1 MiB; leave room for large listings
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL (unix(7))
+
+# Server-side keepalive: ping idle peers so a cut link is noticed during long streams, and let
+# clients ping us every 5 s without being told "too many pings".
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_metadata_size", 64 << 10),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.so_reuseport", 0),
+)
+
+
+def default_listen(root: Path) -> str:
+    """The default listen address for a state root: ``unix:ROOT/run/pymigrate.sock``."""
+    return f"unix:{Paths(root).run / SOCKET_NAME}"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    kind: Literal["unix", "tcp"]
+    path: Path | None = None  # unix
+    host: str = ""  # tcp; IPv6 without brackets
+    port: int = 0  # tcp; 0 picks a free port
+
+    @property
+    def grpc_address(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen(listen: str) -> ListenAddress:
+    """Parse ``unix:PATH``, ``unix://PATH``, ``HOST:PORT`` or ``[V6]:PORT``.
+
+    Raises:
+        InvalidArgument: anything else, a unix path longer than sun_path, a bad port.
+    """
+    if listen.startswith("unix:"):
+        raw = listen[len("unix:") :]
+        if raw.startswith("//"):
+            raw = raw[2:]
+        if not raw:
+            raise InvalidArgument(f"invalid listen address {listen!r}: expected unix:PATH")
+        path = Path(raw).absolute()
+        if len(os.fsencode(str(path))) > UNIX_PATH_MAX:
+            raise InvalidArgument(
+                f"invalid listen address {listen!r}: the socket path is longer than {UNIX_PATH_MAX} bytes",
+                hint="use a shorter path (unix sockets are limited by sun_path)",
+            )
+        return ListenAddress(kind="unix", path=path)
+    if "://" in listen:
+        raise InvalidArgument(f"invalid listen address {listen!r}: expected unix:PATH or HOST:PORT")
+    if listen.startswith("["):
+        host, sep, port_s = listen[1:].partition("]:")
+    else:
+        host, sep, port_s = listen.rpartition(":")
+    if not sep or not host or ":" in host and not listen.startswith("["):
+        raise InvalidArgument(f"invalid listen address {listen!r}: expected unix:PATH or HOST:PORT")
+    try:
+        port = int(port_s)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise InvalidArgument(f"invalid listen address {listen!r}: port must be 0..65535")
+    return ListenAddress(kind="tcp", host=host, port=port)
+
+
+class DaemonServer:
+    """A bound, not yet started gRPC server for one engine."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        executor: futures.ThreadPoolExecutor,
+        health_servicer: health.HealthServicer,
+        address: ListenAddress,
+        bound: int | str,
+    ) -> None:
+        self.grpc_server = server
+        self._executor = executor
+        self._health = health_servicer
+        self.address = address
+        self.bound = bound
+        self._socket_ino: int | None = None
+        if address.kind == "unix" and address.path is not None:
+            self._socket_ino = address.path.stat().st_ino
+        self._stopped = threading.Event()
+
+    @property
+    def target(self) -> str:
+        """An address a client on this machine can dial (``unix:PATH`` or ``HOST:PORT``)."""
+        if self.address.kind == "unix":
+            return f"unix:{self.address.path}"
+        host = self.address.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.bound}"
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        for service in ("", SERVICE_NAME):
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving pymigrate.v1 on %s", self.target)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting calls; give in-flight calls ``grace_s`` seconds, then cancel them.
+
+        Returns once every handler has returned (cancelled engine calls have rolled back), or
+        after ``grace_s`` + 60 s at most.
+        """
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("stopping: in-flight calls have %.1fs to finish", grace_s)
+        self._health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace_s).wait()
+        # Handlers still running (cancelled streams unwinding, engine rollback) finish here.
+        waiter = threading.Thread(target=self._executor.shutdown, kwargs={"wait": True}, daemon=True)
+        waiter.start()
+        waiter.join(60.0)
+        if waiter.is_alive():
+            log.warning("stopped with handlers still running after %.1fs", grace_s + 60.0)
+        self._remove_socket()
+        log.info("stopped")
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the server stops; False if ``timeout_s`` passed first."""
+        timed_out = self.grpc_server.wait_for_termination(timeout_s)
+        return not timed_out
+
+    def _remove_socket(self) -> None:
+        path = self.address.path
+        if path is None:
+            return
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return
+        # Only remove our own socket, not one a newer daemon bound in the meantime.
+        if stat.S_ISSOCK(st.st_mode) and st.st_ino == self._socket_ino:
+            path.unlink(missing_ok=True)
+
+
+def _prepare_unix_path(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise InvalidArgument(f"cannot listen on unix:{path}: the path exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        log.info("removing stale socket %s", path)
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise InvalidArgument(
+        f"cannot listen on unix:{path}: another daemon is listening there",
+        hint="stop it first, or pass a different --listen",
+    )
+
+
+def create_server(
+    engine: api.Engine,
+    listen: str,
+    *,
+    tls: TlsConfig | None = None,
+    token: str | None = None,
+    insecure: bool = False,
+    max_workers: int = 32,
+    spool_dir: Path | None = None,
+) -> tuple[DaemonServer, int | str]:
+    """Build a gRPC server for ``engine`` and bind it to ``listen`` (not started yet).
+
+    Args:
+        engine: the engine every RPC is served by (LocalEngine in the daemon, a fake in tests).
+        listen: ``unix:PATH`` or ``HOST:PORT`` (port 0 picks a free one).
+        tls: server certificate, key and the CA client certificates must chain to (mutual TLS).
+        token: when set, every RPC but health must carry ``authorization: Bearer <token>``.
+        insecure: allow plain TCP without TLS (explicit opt-in; a warning is logged).
+        max_workers: concurrent RPCs handled (each stream holds one worker while it runs).
+        spool_dir: where uploaded image tarballs are parked before import (the state root's
+            tmp/ in the daemon, so the import can rename instead of copy).
+
+    Returns:
+        The server and the bound TCP port (int) or the unix socket path (str).
+
+    Raises:
+        InvalidArgument: a bad address, TCP without TLS and without ``insecure``, unreadable
+            TLS files, an address in use.
+    """
+    address = parse_listen(listen)
+    if address.kind == "tcp" and tls is None and not insecure:
+        raise InvalidArgument(
+            f"refusing to listen on {listen} without tls",
+            hint="pass --tls-cert, --tls-key and --tls-ca (mutual tls), or --insecure on a trusted network",
+        )
+    interceptors: list[grpc.ServerInterceptor] = []
+    if token is not None:
+        interceptors.append(TokenAuthInterceptor(token))
+    interceptors.append(ErrorInterceptor())
+
+    executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pymigrate-rpc")
+    server = grpc.server(executor, interceptors=interceptors, options=SERVER_OPTIONS)
+    pb_grpc.add_HostServicer_to_server(HostServicer(engine, spool_dir=spool_dir), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+
+    credentials = None
+    if tls is not None:
+        cert, key, ca = tls.read()
+        credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+    if address.kind == "unix":
+        assert address.path is not None
+        _prepare_unix_path(address.path)
+        old_umask = os.umask(0o177)  # the socket is born 0600, no window where others may connect
+        try:
+            _bind(server, address, credentials, listen)
+        finally:
+            os.umask(old_umask)
+        os.chmod(address.path, 0o600)
+        bound: int | str = str(address.path)
+    else:
+        if credentials is None:
+            log.warning("listening on %s without tls (--insecure): anyone who can reach it controls this host", listen)
+        bound = _bind(server, address, credentials, listen)
+    return DaemonServer(server, executor, health_servicer, address, bound), bound
+
+
+def _bind(server: grpc.Server, address: ListenAddress, credentials: grpc.ServerCredentials | None, listen: str) -> int:
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address.grpc_address)
+        else:
+            port = server.add_secure_port(address.grpc_address, credentials)
+    except RuntimeError as exc:
+        raise InvalidArgument(f"cannot listen on {listen}: {exc}", hint="is the address in use or not local?") from exc
+    if address.kind == "tcp" and port == 0:
+        raise InvalidArgument(f"cannot listen on {listen}: {os.strerror(errno.EADDRINUSE)}")
+    return port
+
+
+def wait_for_serving(target_channel: grpc.Channel, timeout_s: float = 5.0) -> None:
+    """Block until the health service on ``target_channel`` answers SERVING (tests, scripts)."""
+    stub = health_pb2_grpc.HealthStub(target_channel)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1.0)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the daemon did not report SERVING within {timeout_s:g}s")
+        time.sleep(0.05)

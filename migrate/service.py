@@ -1,0 +1,438 @@
+"""The gRPC servicer for pymigrate.v1.Host: an adapter over an ``Engine``, plus its interceptors.
+
+``HostServicer`` converts each request to the library's dataclasses (migrate/convert.py), calls
+the engine, and converts the answer back; it holds no policy of its own. Two server interceptors
+wrap every method:
+
+- ``TokenAuthInterceptor`` (when the daemon has a bearer token) checks ``authorization: Bearer``
+  metadata in constant time on every RPC except the standard health service, and rejects others
+  with UNAUTHENTICATED and a message that says nothing about the host.
+- ``ErrorInterceptor`` turns exceptions into status codes and trailing metadata
+  (migrate/_rpc_errors.py). Unexpected exceptions are logged with their traceback here and leave
+  as INTERNAL with only an incident id.
+
+Cancellation and deadlines. Checkpoint, Restore and Migrate run the engine call in a worker
+thread and stream its progress events. When the RPC terminates early (the client cancelled, its
+deadline passed, the connection dropped), gRPC runs the callback registered with
+``context.add_callback``, which sets a ``threading.Event``. The progress callback handed to the
+engine then raises ``RpcCancelled`` the first time it is called (later calls return normally, so
+rollback code that reports progress is not interrupted again). Engines that wait long without
+reporting progress can also poll ``progress.cancelled`` (the same Event). The engine's normal
+failure path (rollback, thaw the source) handles the exception; the worker runs to the end even
+though nobody reads its result any more.
+
+Client-streaming calls (ImportImage, UploadCheckpoint, PushImage, PushCheckpoint) hand the
+engine an iterator of chunk bytes; when the sender goes away mid-stream, or a chunk arrives out
+of order or with a bad crc32, that iterator raises ``TransferError`` / ``ChecksumMismatch`` into
+the engine, which cleans up what it received.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import queue
+import tempfile
+import threading
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import grpc
+
+from migrate import _rpc_errors, api
+from migrate import convert as cv
+from migrate._proto.pymigrate.v1 import host_pb2 as pb
+from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
+from migrate._rpc_errors import RpcCancelled
+from migrate.errors import ChecksumMismatch, TransferError
+from runtime.errors import InvalidArgument, Unsupported
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Host"].full_name  # "pymigrate.v1.Host"
+CHUNK_BYTES = 1 << 20  # data messages carry at most this much payload
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+AUTH_METADATA_KEY = "authorization"
+
+
+# --- progress and cancellation -----------------------------------------------------------------
+
+
+class CallProgress:
+    """The progress callback given to the engine for one streamed call.
+
+    Calling it queues the event for the client. After the call was cancelled, the first call
+    raises ``RpcCancelled``; ``cancelled`` is the Event engines may poll during long waits.
+    """
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        self.cancelled = threading.Event()
+        self._raised = False
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def __call__(self, event: api.ProgressEvent) -> None:
+        if self.cancelled.is_set():
+            if not self._raised:
+                self._raised = True
+                raise RpcCancelled(f"{self.operation} was cancelled by the caller", phase=event.phase or None)
+            return
+        self._queue.put(("progress", event))
+
+
+def _stream_call(
+    context: grpc.ServicerContext, operation: str, fn: Callable[[CallProgress], Any]
+) -> Iterator[api.ProgressEvent | tuple[str, Any]]:
+    """Run ``fn(progress)`` in a worker thread; yield its events, then ``("result", value)``.
+
+    Exceptions raised by ``fn`` are re-raised here (in the RPC's thread) for the interceptor.
+    """
+    progress = CallProgress(operation)
+    if not context.add_callback(progress.cancelled.set):
+        progress.cancelled.set()  # the RPC already terminated
+
+    def work() -> None:
+        try:
+            progress._queue.put(("result", fn(progress)))
+        except BaseException as exc:  # handed to the RPC thread, which reports it
+            progress._queue.put(("error", exc))
+
+    worker = threading.Thread(target=work, name=f"pymigrate-{operation}", daemon=True)
+    worker.start()
+    while True:
+        kind, value = progress._queue.get()
+        if kind == "progress":
+            yield value
+        elif kind == "result":
+            yield ("result", value)
+            return
+        else:
+            raise value
+
+
+# --- chunk streams --------------------------------------------------------------------------------
+
+
+def _chunks(
+    requests: Iterable[Any], what: str, *, migration_id: list[str] | None = None
+) -> Iterator[bytes]:
+    """Payloads of a client stream, checking seq order, crc32 and a constant migration_id."""
+    expected_seq = 0
+    iterator = iter(requests)
+    while True:
+        try:
+            msg = next(iterator)
+        except StopIteration:
+            return
+        except grpc.RpcError as exc:  # the client cancelled or the connection broke
+            raise TransferError(f"the sender of {what} went away after {expected_seq} chunks", phase="transfer") from exc
+        if migration_id is not None:
+            if not migration_id:
+                migration_id.append(msg.migration_id)
+            elif msg.migration_id and msg.migration_id != migration_id[0]:
+                raise InvalidArgument(f"{what}: chunk {msg.seq} belongs to migration {msg.migration_id}, expected {migration_id[0]}")
+        if msg.seq != expected_seq:
+            raise TransferError(f"{what}: chunk {msg.seq} arrived, expected chunk {expected_seq}", phase="transfer")
+        if msg.HasField("crc32"):
+            actual = zlib.crc32(msg.data)
+            if actual != msg.crc32:
+                raise ChecksumMismatch(f"{what} chunk {msg.seq}", f"crc32 {msg.crc32:08x}", f"crc32 {actual:08x}")
+        expected_seq += 1
+        if msg.data:
+            yield msg.data
+
+
+def split_chunks(chunks: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Re-cut a byte stream into pieces of at most ``size`` bytes, dropping empty ones."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])
+
+
+def _first_migration_id(requests: Iterator[Any], what: str) -> tuple[str, Iterator[Any]]:
+    """Peek at the first message of a push stream for its migration id."""
+    try:
+        first = next(requests)
+    except StopIteration:
+        raise InvalidArgument(f"{what}: empty stream, expected chunks with a migration_id") from None
+    except grpc.RpcError as exc:
+        raise TransferError(f"the sender of {what} went away before the first chunk", phase="transfer") from exc
+    if not first.migration_id:
+        raise InvalidArgument(f"{what}: the first chunk has no migration_id")
+
+    def rest() -> Iterator[Any]:
+        yield first
+        yield from requests
+
+    return first.migration_id, rest()
+
+
+# --- the servicer -------------------------------------------------------------------------------
+
+
+class HostServicer(pb_grpc.HostServicer):
+    """Adapter: pymigrate.v1.Host over an ``Engine`` (and its ``MigrationTarget`` methods)."""
+
+    def __init__(self, engine: api.Engine, *, spool_dir: Path | None = None) -> None:
+        self.engine = engine
+        self.spool_dir = spool_dir  # where ImportImage parks a tarball; None: the system tmp
+
+    def _target(self, method: str) -> Any:
+        fn = getattr(self.engine, method, None)
+        if fn is None:
+            raise Unsupported(method, "this daemon's engine does not implement it")
+        return fn
+
+    # host
+    def GetHostInfo(self, request: pb.GetHostInfoRequest, context: grpc.ServicerContext) -> pb.GetHostInfoResponse:
+        return pb.GetHostInfoResponse(host=cv.host_to_pb(self.engine.host_info()))
+
+    # images
+    def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
+        return pb.ListImagesResponse(images=[cv.image_to_pb(i) for i in self.engine.images()])
+
+    def ImportImage(self, request_iterator: Iterator[pb.ImportImageRequest], context: grpc.ServicerContext) -> pb.ImportImageResponse:
+        if self.spool_dir is not None:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+        name = ""
+        fd, tmp = tempfile.mkstemp(prefix="image-import-", suffix=".tar", dir=self.spool_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for index, msg in enumerate(_requests_or_transfer_error(request_iterator, "image import")):
+                    if index == 0:
+                        name = msg.name
+                    out.write(msg.data)
+            if not name:
+                raise InvalidArgument("image import: the first message names no image")
+            info = self.engine.image_import(name, Path(tmp))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return pb.ImportImageResponse(image=cv.image_to_pb(info))
+
+    def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
+        self.engine.image_remove(request.name)
+        return pb.RemoveImageResponse()
+
+    # containers
+    def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
+        return pb.ListContainersResponse(containers=[cv.container_to_pb(c) for c in self.engine.containers(all=request.all)])
+
+    def InspectContainer(self, request: pb.InspectContainerRequest, context: grpc.ServicerContext) -> pb.InspectContainerResponse:
+        return pb.InspectContainerResponse(container=cv.container_to_pb(self.engine.inspect(request.name)))
+
+    def RunContainer(self, request: pb.RunContainerRequest, context: grpc.ServicerContext) -> pb.RunContainerResponse:
+        return pb.RunContainerResponse(container=cv.container_to_pb(self.engine.run(cv.run_options_from_pb(request))))
+
+    def StopContainer(self, request: pb.StopContainerRequest, context: grpc.ServicerContext) -> pb.StopContainerResponse:
+        timeout_s = request.timeout_s if request.HasField("timeout_s") else 10.0
+        return pb.StopContainerResponse(container=cv.container_to_pb(self.engine.stop(request.name, timeout_s=timeout_s)))
+
+    def KillContainer(self, request: pb.KillContainerRequest, context: grpc.ServicerContext) -> pb.KillContainerResponse:
+        self.engine.kill(request.name, signal=request.signal if request.HasField("signal") else 9)
+        return pb.KillContainerResponse()
+
+    def RemoveContainer(self, request: pb.RemoveContainerRequest, context: grpc.ServicerContext) -> pb.RemoveContainerResponse:
+        self.engine.remove(request.name, force=request.force)
+        return pb.RemoveContainerResponse()
+
+    def PauseContainer(self, request: pb.PauseContainerRequest, context: grpc.ServicerContext) -> pb.PauseContainerResponse:
+        return pb.PauseContainerResponse(container=cv.container_to_pb(self.engine.pause(request.name)))
+
+    def UnpauseContainer(self, request: pb.UnpauseContainerRequest, context: grpc.ServicerContext) -> pb.UnpauseContainerResponse:
+        return pb.UnpauseContainerResponse(container=cv.container_to_pb(self.engine.unpause(request.name)))
+
+    def StreamLogs(self, request: pb.StreamLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.StreamLogsResponse]:
+        # A following log iterator should yield (possibly empty) chunks now and then so a
+        # cancelled call is noticed here even when the container is silent.
+        for chunk in self.engine.logs(request.name, follow=request.follow):
+            if not context.is_active():
+                return
+            for piece in split_chunks((chunk,)):
+                yield pb.StreamLogsResponse(data=piece)
+
+    # checkpoints
+    def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointResponse]:
+        options = cv.checkpoint_options_from_pb(request)
+        for item in _stream_call(context, "checkpoint", lambda progress: self.engine.checkpoint(request.name, options, progress)):
+            if isinstance(item, tuple):
+                yield pb.CheckpointResponse(result=cv.checkpoint_result_to_pb(item[1]))
+            else:
+                yield pb.CheckpointResponse(progress=cv.progress_to_pb(item))
+
+    def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreResponse]:
+        options = cv.restore_options_from_pb(request)
+        if not options.checkpoint_id:
+            raise InvalidArgument("restore needs a checkpoint_id held by this daemon (upload the archive first)")
+        for item in _stream_call(context, "restore", lambda progress: self.engine.restore(options, progress)):
+            if isinstance(item, tuple):
+                yield pb.RestoreResponse(result=cv.restore_result_to_pb(item[1]))
+            else:
+                yield pb.RestoreResponse(progress=cv.progress_to_pb(item))
+
+    def ListCheckpoints(self, request: pb.ListCheckpointsRequest, context: grpc.ServicerContext) -> pb.ListCheckpointsResponse:
+        return pb.ListCheckpointsResponse(checkpoints=[cv.checkpoint_info_to_pb(c) for c in self.engine.checkpoints()])
+
+    def RemoveCheckpoint(self, request: pb.RemoveCheckpointRequest, context: grpc.ServicerContext) -> pb.RemoveCheckpointResponse:
+        self.engine.checkpoint_remove(request.checkpoint_id)
+        return pb.RemoveCheckpointResponse()
+
+    def DownloadCheckpoint(self, request: pb.DownloadCheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.DownloadCheckpointResponse]:
+        export = self._target("export_checkpoint")
+        for seq, piece in enumerate(split_chunks(export(request.checkpoint_id))):
+            if not context.is_active():
+                return
+            yield pb.DownloadCheckpointResponse(data=piece, seq=seq, crc32=zlib.crc32(piece))
+
+    def UploadCheckpoint(self, request_iterator: Iterator[pb.UploadCheckpointRequest], context: grpc.ServicerContext) -> pb.UploadCheckpointResponse:
+        info = self._target("import_checkpoint")(_chunks(request_iterator, "checkpoint upload"))
+        return pb.UploadCheckpointResponse(checkpoint=cv.checkpoint_info_to_pb(info))
+
+    # migration
+    def Migrate(self, request: pb.MigrateRequest, context: grpc.ServicerContext) -> Iterator[pb.MigrateResponse]:
+        options = cv.migrate_options_from_pb(request)
+        phase, phase_start_s, phase_start_bytes = "", 0.0, 0
+        for item in _stream_call(context, "migrate", lambda progress: self.engine.migrate(request.name, options, progress)):
+            if isinstance(item, tuple):
+                yield pb.MigrateResponse(result=cv.migrate_result_to_pb(item[1]))
+                continue
+            if item.phase != phase:
+                phase, phase_start_s, phase_start_bytes = item.phase, item.elapsed_s, item.bytes_done
+            dt = item.elapsed_s - phase_start_s
+            rate = (item.bytes_done - phase_start_bytes) / dt if dt > 0 else 0.0
+            yield pb.MigrateResponse(event=cv.migration_event_to_pb(item, max(rate, 0.0)))
+
+    # daemon to daemon
+    def PrepareIncoming(self, request: pb.PrepareIncomingRequest, context: grpc.ServicerContext) -> pb.PrepareIncomingResponse:
+        ticket = self._target("prepare_incoming")(cv.incoming_request_from_pb(request))
+        return cv.ticket_to_pb(ticket)
+
+    def PushImage(self, request_iterator: Iterator[pb.PushImageRequest], context: grpc.ServicerContext) -> pb.PushImageResponse:
+        receive = self._target("receive_image")
+        migration_id, requests = _first_migration_id(request_iterator, "image push")
+        receive(migration_id, _chunks(requests, f"image push of migration {migration_id}", migration_id=[migration_id]))
+        return pb.PushImageResponse()
+
+    def PushCheckpoint(self, request_iterator: Iterator[pb.PushCheckpointRequest], context: grpc.ServicerContext) -> pb.PushCheckpointResponse:
+        receive = self._target("receive_checkpoint")
+        migration_id, requests = _first_migration_id(request_iterator, "checkpoint push")
+        result = receive(migration_id, _chunks(requests, f"checkpoint push of migration {migration_id}", migration_id=[migration_id]))
+        return pb.PushCheckpointResponse(container=cv.container_to_pb(result.container), stats=cv.restore_stats_to_pb(result.stats))
+
+    def AbortIncoming(self, request: pb.AbortIncomingRequest, context: grpc.ServicerContext) -> pb.AbortIncomingResponse:
+        self._target("abort_incoming")(request.migration_id)
+        return pb.AbortIncomingResponse()
+
+    def CommitIncoming(self, request: pb.CommitIncomingRequest, context: grpc.ServicerContext) -> pb.CommitIncomingResponse:
+        self._target("commit_incoming")(request.migration_id)
+        return pb.CommitIncomingResponse()
+
+
+def _requests_or_transfer_error(requests: Iterator[Any], what: str) -> Iterator[Any]:
+    iterator = iter(requests)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except grpc.RpcError as exc:
+            raise TransferError(f"the sender of {what} went away mid-stream", phase="transfer") from exc
+
+
+# --- interceptors ---------------------------------------------------------------------------------
+
+
+def _abort_with(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    """Report ``exc`` on ``context`` as a status (raises, as ``context.abort`` does)."""
+    code, public = _rpc_errors.status_for(exc)
+    if not public:
+        incident = uuid.uuid4().hex[:12]
+        log.error("internal error in %s (incident %s)", method, incident, exc_info=exc)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in the pymigrate daemon (incident {incident}, see its log)")
+    code, details, metadata = _rpc_errors.encode(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("%s failed: %s", method, exc, exc_info=exc)
+    else:
+        log.info("%s failed: %s: %s", method, type(exc).__name__, exc)
+    context.set_trailing_metadata(metadata)
+    context.abort(code, details)
+
+
+def _wrap_behavior(behavior: Callable[..., Any], streaming_response: bool, method: str) -> Callable[..., Any]:
+    if streaming_response:
+
+        def stream(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from behavior(request_or_iterator, context)
+            except Exception as exc:
+                if not context.is_active() and isinstance(exc, RpcCancelled):
+                    return  # nobody is listening any more
+                _abort_with(context, exc, method)
+
+        return stream
+
+    def unary(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request_or_iterator, context)
+        except Exception as exc:
+            _abort_with(context, exc, method)
+
+    return unary
+
+
+def _replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> grpc.RpcMethodHandler:
+    if handler.request_streaming and handler.response_streaming:
+        return handler._replace(stream_stream=make(handler.stream_stream, True))  # type: ignore[attr-defined]
+    if handler.request_streaming:
+        return handler._replace(stream_unary=make(handler.stream_unary, False))  # type: ignore[attr-defined]
+    if handler.response_streaming:
+        return handler._replace(unary_stream=make(handler.unary_stream, True))  # type: ignore[attr-defined]
+    return handler._replace(unary_unary=make(handler.unary_unary, False))  # type: ignore[attr-defined]
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps exceptions raised by any handler to status codes (see migrate/_rpc_errors.py)."""
+
+    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return _replace_behavior(handler, lambda behavior, streaming: _wrap_behavior(behavior, streaming, method))
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every RPC except the health service."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise InvalidArgument("the daemon's bearer token is empty")
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method
+        if method.startswith(HEALTH_PREFIX):
+            return continuation(handler_call_details)
+        presented = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == AUTH_METADATA_KEY:
+                presented = value.encode() if isinstance(value, str) else value
+                break
+        # compare_digest: the time taken does not depend on how much of the token matched.
+        if hmac.compare_digest(presented, self._expected):
+            return continuation(handler_call_details)
+        log.warning("refused %s: missing or wrong bearer token", method)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        def deny(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+            def refuse(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
+
+            return refuse
+
+        return _replace_behavior(handler, deny)
