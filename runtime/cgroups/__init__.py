@@ -166,6 +166,7 @@ def detect(
         cpuacct=lay.v1_with("cpuacct"),
         parent=rel,
         fs=files,
+        mode=lay.mode,
     )
 
 

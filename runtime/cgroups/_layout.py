@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runtime.cgroups._files import CGROUP_CONTROLLERS, CGROUP_FREEZE, CGROUP_SUBTREE_CONTROL
+
 DEFAULT_SYS_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_PROC_ROOT = Path("/proc")
 
@@ -261,14 +263,14 @@ def _kernel_has_cgroup_freeze() -> bool:
 
 
 def _cgroup2_freeze_works(own_dir: Path) -> bool:
-    if (own_dir / "cgroup.freeze").exists():
+    if (own_dir / CGROUP_FREEZE).exists():
         return True
     # The root cgroup has no cgroup.freeze; look at an existing child, else trust the kernel
     # version (cgroup.freeze appeared in 5.2).
     try:
         for child in own_dir.iterdir():
             if child.is_dir():
-                return (child / "cgroup.freeze").exists()
+                return (child / CGROUP_FREEZE).exists()
     except OSError:
         return False
     return _kernel_has_cgroup_freeze()
@@ -304,7 +306,7 @@ def layout(proc_root: Path = DEFAULT_PROC_ROOT, sys_root: Path = DEFAULT_SYS_ROO
     if v2_mount is not None and v2_line is not None:
         mp = _rebase(v2_mount.mount_point, sys_root)
         own_dir = _own_dir(mp, v2_mount.root, v2_line.path)
-        ctrls = tuple((_read(own_dir / "cgroup.controllers") or "").split())
+        ctrls = tuple((_read(own_dir / CGROUP_CONTROLLERS) or "").split())
         hierarchies.append(Hierarchy(UNIFIED, 2, ctrls, mp, v2_line.path, own_dir))
 
     for entry in own:
@@ -343,12 +345,12 @@ def layout(proc_root: Path = DEFAULT_PROC_ROOT, sys_root: Path = DEFAULT_SYS_ROO
         if unified.own_is_root:
             # We never write a hierarchy root's files, so at the root only controllers someone
             # else already enabled in cgroup.subtree_control reach our cgroups.
-            enabled = set((_read(unified.own_dir / "cgroup.subtree_control") or "").split())
+            control = unified.own_dir / CGROUP_SUBTREE_CONTROL
+            enabled = set((_read(control) or "").split())
             for c in LIMIT_CONTROLLERS:
                 if c in usable and c not in enabled:
                     notes.append(
-                        f"controller {c} is not enabled in {unified.own_dir / 'cgroup.subtree_control'}; "
-                        f"enable it with 'echo +{c} > {unified.own_dir / 'cgroup.subtree_control'}'"
+                        f"controller {c} is not enabled in {control}; enable it with 'echo +{c} > {control}'"
                     )
             usable &= enabled
         for c in LIMIT_CONTROLLERS:

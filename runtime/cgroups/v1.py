@@ -47,7 +47,7 @@ from runtime.cgroups._files import (
     validate_limits,
     write,
 )
-from runtime.cgroups._layout import UNIFIED, Hierarchy
+from runtime.cgroups._layout import Hierarchy
 from runtime.cgroups.v2 import kill_v2, limits_required, set_frozen_v2
 from runtime.errors import Unsupported
 
@@ -64,6 +64,8 @@ class V1CgroupManager(BaseManager):
         cpuacct: the hierarchy with cpuacct (usage statistics), if mounted
         parent: relative path below our own cgroup
         fs: file-system calls (a fake in unit tests)
+        mode: what ``mode`` reports (default: hybrid with ``unified``, else v1); a hybrid host
+            whose cgroup2 cannot freeze (before 5.2) stays "hybrid" though it freezes via v1
     """
 
     def __init__(
@@ -75,13 +77,14 @@ class V1CgroupManager(BaseManager):
         cpuacct: Hierarchy | None,
         parent: PurePosixPath,
         fs: CgroupFs,
+        mode: str | None = None,
     ) -> None:
         used: dict[str, Hierarchy] = {}
         for h in [*limit_hierarchies.values(), cpuacct, unified, None if unified else freezer]:
             if h is not None:
                 used[h.name] = h
         super().__init__(list(used.values()), parent, fs)
-        self.mode = "hybrid" if unified is not None else "v1"
+        self.mode = mode or ("hybrid" if unified is not None else "v1")
         self._limit = {c: h.name for c, h in limit_hierarchies.items()}
         self._unified = unified.name if unified else None
         self._freezer = freezer.name if (freezer and not unified) else None

@@ -28,6 +28,7 @@ from runtime.cgroups._files import (
     CGROUP_EVENTS,
     CGROUP_FREEZE,
     CGROUP_KILL,
+    CGROUP_PROCS,
     CGROUP_SUBTREE_CONTROL,
     CPU_MAX,
     CPU_STAT,
@@ -169,7 +170,7 @@ class V2CgroupManager(BaseManager):
         )
         for pid in pids:
             try:
-                self._fs.write(leaf / "cgroup.procs", str(pid))
+                self._fs.write(leaf / CGROUP_PROCS, str(pid))
             except ProcessLookupError:
                 continue  # exited meanwhile
             except OSError as exc:
@@ -191,7 +192,7 @@ class V2CgroupManager(BaseManager):
             write(self._fs, d / PIDS_MAX, pids, cgroup=name)
 
     def add_pid(self, name: str, pid: int) -> None:
-        write(self._fs, self._dir(name) / "cgroup.procs", str(pid), cgroup=name)
+        write(self._fs, self._dir(name) / CGROUP_PROCS, str(pid), cgroup=name)
 
     # --- freezer ---------------------------------------------------------------------------
 
