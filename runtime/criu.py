@@ -24,7 +24,6 @@ import errno as errno_mod
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -47,15 +46,11 @@ NetworkLock = Literal["iptables", "nftables", "skip"]
 CgroupMode = Literal["ignore", "soft", "full", "strict", "default"]
 NotifyFn = Callable[[str, int], bool]
 
-_SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-
-
 def criu_binary() -> str:
     """The CRIU binary: $PYMIGRATE_CRIU, else the first criu in /usr/local then the system paths."""
-    explicit = os.environ.get("PYMIGRATE_CRIU")
-    if explicit:
-        return explicit
-    found = shutil.which("criu", path=os.pathsep.join(_SEARCH_PATH))
+    from runtime.criu_features import find_criu
+
+    found = find_criu()
     if not found:
         raise Unsupported("criu", "no criu binary found", hint="run scripts/setup.sh (builds CRIU 4.1.1)")
     return found

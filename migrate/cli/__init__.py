@@ -19,6 +19,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pymigrate: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`pymigrate ps | head`): not an error; silence the flush at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # the CLI's one real boundary
         return report_error(exc, ctx)
 
