@@ -133,7 +133,11 @@ class ArchiveWriter:
     Call ``write_manifest`` once, then ``add_file``/``add_tree`` any number of times, then
     ``close``. Members are written one after another (never interleaved). Used as a context
     manager, an exception leaves the sink without a trailer, which a reader rejects as a
-    truncated archive; leaving the block normally closes it with no trailer extras.
+    truncated archive; leaving the block normally closes it (no trailer extras) unless it was
+    closed already or a member failed. Any failure makes the writer unusable.
+
+    ``sink.write`` must consume or copy the data before it returns (the ``BinaryIO`` contract):
+    the writer reuses its chunk buffers.
 
     Args:
         sink: any object with ``write(bytes)`` (a file, a pipe, the transfer code's chunker).
@@ -176,8 +180,8 @@ class ArchiveWriter:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc_type is not None:
             self.abort()
-        elif self._state != "closed":
-            self.close()
+        elif self._state == "open":
+            self.close()  # a failed writer stays unfinished: its caller already had the error
 
     # -- public API -------------------------------------------------------------------------
     def write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -379,7 +383,7 @@ class ArchiveWriter:
                     self._members.append(MemberInfo(name, fmt.KIND_HARDLINK, 0, None))
                     continue
             if kind == fmt.KIND_FILE:
-                fd = os.open(full, _OPEN_READ)
+                fd = _open_noatime(full)
                 try:
                     fst = os.fstat(fd)
                     self._write_file(entry_meta(name, kind, fst, read_xattrs(fd)), fd, fst.st_size, None)
@@ -457,6 +461,15 @@ class _BufferPool:
     def put(self, buf: bytearray) -> None:
         if len(self._free) < self._keep:
             self._free.append(buf)
+
+
+def _open_noatime(path: str) -> int:
+    """Open for reading without moving the atime of the container's file (O_NOATIME needs
+    ownership or CAP_FOWNER; without it the atime may move, the archived one is already taken)."""
+    try:
+        return os.open(path, _OPEN_READ | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, _OPEN_READ)
 
 
 def fmt_check_name(name: str) -> None:
@@ -780,7 +793,11 @@ class _Reader:
             while True:
                 rec = self._next_record()
                 if rec is None:
-                    raise self._truncated("the next record (no trailer)")
+                    if self._file is not None:  # corruption found in what did arrive comes first
+                        while self._file.inflight:
+                            self._retire(self._file)
+                        raise self._truncated(f"member {self._file.name} (no end record)")
+                    raise self._truncated(f"the record after {self._where()} (no trailer)")
                 kind = rec.kind
                 if kind == fmt.REC_DATA:
                     self._data(rec)
