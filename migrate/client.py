@@ -35,7 +35,7 @@ from migrate import _rpc_errors, api
 from migrate import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
-from migrate.errors import PeerError
+from migrate.errors import PeerError, TransferError
 from migrate.tls import TlsConfig, tls_from_paths
 from runtime.errors import InvalidArgument, Unsupported
 from runtime.spec import ContainerInfo
@@ -133,6 +133,7 @@ class RemoteEngine:
         grpc_target, is_unix = channel_target(target)
         self.target = target
         self.timeout_s = timeout_s
+        self._tls = tls is not None
         options = list(CHANNEL_OPTIONS)
         if tls is not None:
             cert, key, ca = tls.read()
@@ -176,7 +177,15 @@ class RemoteEngine:
         code = call.code() if hasattr(call, "code") else None
         details = call.details() if hasattr(call, "details") else str(exc)
         metadata = call.trailing_metadata() if hasattr(call, "trailing_metadata") else ()
-        return _rpc_errors.decode(code, details, metadata, self.target, method)
+        error = _rpc_errors.decode(code, details, metadata, self.target, method)
+        if self._tls and code == grpc.StatusCode.UNAVAILABLE and isinstance(error, TransferError):
+            # With TLS 1.3 the daemon checks our certificate after our side of the handshake is
+            # done; a refusal then looks like a closed socket, indistinguishable from a crash.
+            error.hint = (
+                "if the daemon runs, it may have refused our client certificate: check that --tls-cert "
+                "is signed by the ca the daemon trusts (its --tls-ca)"
+            )
+        return error
 
     def _unary(self, method: str, request: Any, *, timeout_s: float | None = -1.0) -> Any:
         try:
