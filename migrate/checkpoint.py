@@ -24,13 +24,13 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
 
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
 from migrate.store import IMAGES_DIR, UPPER_ARCHIVE, CheckpointStore, build_manifest, new_checkpoint_id
 from runtime.criu import Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
+from runtime.checkpointing import DumpTarget
 from runtime.errors import InvalidState
 
 log = logging.getLogger(__name__)
@@ -40,17 +40,6 @@ NETNS_KEY = "extnet"  # CRIU's name for the container's (external) network names
 
 def volume_key(index: int) -> str:
     return f"vol{index}"
-
-
-@dataclass(frozen=True)
-class DumpTarget:
-    """What the checkpoint needs to know about one running container (from the runtime)."""
-
-    spec: Any  # runtime.spec.ContainerSpec
-    init_pid: int
-    upper_dir: Path
-    netns_path: Path | None
-    freeze_cgroup: str | None  # the cgroup dir CRIU should treat as frozen (cgroup2 or v1 freezer)
 
 
 def dump_externals(target: DumpTarget) -> tuple[str, ...]:

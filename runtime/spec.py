@@ -64,6 +64,7 @@ class ContainerState:
     started_at: float | None = None
     finished_at: float | None = None
     restored_from: str | None = None  # checkpoint id when the process tree came from a restore
+    checkpointed: str | None = None  # checkpoint id (or "migrated") when a dump ended this run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

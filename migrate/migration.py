@@ -1,0 +1,243 @@
+"""Cold migration of one container to another host: the source-side phase driver.
+
+Phases (each timed, reported through ``progress``):
+
+    preflight   target's capabilities; target reserves the name and address (prepare_incoming)
+    image       the base image, by digest, if the target lacks it
+    freeze      cgroup.freeze on the source
+    dump        CRIU dumps the frozen tree with leave_running (the tree stays *frozen*: CRIU keeps a
+                cgroup frozen that was frozen before it started), while the archive (upper layer,
+                images, manifest) streams to the target as it is written — nothing is parked on
+                the source disk first
+    restore     the target verifies every checksum and restores; it answers once the container runs
+    ---- point of no return: the container runs on the target ----
+    commit      the target drops its reservation; the source kills and removes its frozen copy
+
+Before the point of no return any failure thaws the source (it keeps running, exactly one copy)
+and asks the target to abort, which removes every partial piece there. After it, cleanup errors
+are logged, not raised: the migration has happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from migrate.api import (
+    IncomingRequest,
+    MigrateOptions,
+    MigrateResult,
+    MigrationStats,
+    ProgressEvent,
+    ProgressFn,
+    RestoreResult,
+)
+from migrate.checkpoint import stream_dump, dump_externals
+from migrate.errors import IncompatibleHost, MigrationError, TransferError
+from migrate.restore import _version_tuple
+from migrate.store import build_manifest, new_checkpoint_id
+from migrate.transfer import ChunkSink
+from runtime.criu import Criu, DumpRequest, SwrkCriu, cpuinfo_dump
+from runtime.errors import ContainerError, InvalidState
+
+log = logging.getLogger(__name__)
+
+
+class _Pusher(threading.Thread):
+    """Runs the (blocking) client-streaming call that carries the archive to the target."""
+
+    def __init__(self, fn: Any, migration_id: str, sink: ChunkSink) -> None:
+        super().__init__(name="migration-push", daemon=True)
+        self.fn = fn
+        self.migration_id = migration_id
+        self.sink = sink
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn(self.migration_id, self.sink.chunks())
+        except BaseException as exc:  # handed to the driver thread
+            self.error = exc
+            self.sink.cancel(TransferError(f"the target stopped receiving: {exc}", phase="transfer"))
+
+
+def _fail(exc: BaseException, name: str, dest: str, phase: str) -> BaseException:
+    if isinstance(exc, MigrationError):
+        if exc.phase is None:
+            exc.phase = phase
+        return exc
+    if isinstance(exc, ContainerError):
+        err = MigrationError(f"migration of {name} to {dest} failed: {exc.message}", phase=phase, hint=exc.hint)
+    else:
+        err = MigrationError(f"migration of {name} to {dest} failed: {exc}", phase=phase)
+    return err
+
+
+def migrate_container(
+    rt: Any,
+    name: str,
+    options: MigrateOptions,
+    target: Any,
+    *,
+    criu: Criu | None = None,
+    progress: ProgressFn | None = None,
+) -> MigrateResult:
+    """Move container ``name`` of runtime ``rt`` to ``target`` (a MigrationTarget + host_info)."""
+    from migrate.images import ArchiveWriter
+
+    criu = criu or SwrkCriu()
+    started = time.monotonic()
+    phases: dict[str, float] = {}
+    phase = "preflight"
+    phase_started = started
+    bytes_on_wire = 0
+
+    def enter(next_phase: str, message: str = "") -> None:
+        nonlocal phase, phase_started
+        now = time.monotonic()
+        phases[phase] = round(phases.get(phase, 0.0) + (now - phase_started) * 1000, 3)
+        phase, phase_started = next_phase, now
+        emit(message)
+
+    def emit(message: str = "", done: int = 0) -> None:
+        if progress:
+            progress(ProgressEvent("migrate", phase, bytes_done=done, elapsed_s=time.monotonic() - started, message=message))
+
+    container = rt.get(name)
+    if container.status != "running":
+        raise InvalidState(container.spec.name, "migrate", container.status, "running")
+    if options.mode not in ("cold", "auto"):
+        from runtime.errors import Unsupported
+
+        raise Unsupported(f"--mode {options.mode}", "only cold migration is implemented so far", hint="use --mode cold")
+    dt = rt.dump_target(container)
+    spec = dt.spec
+    emit("checking the target")
+    info = target.host_info()
+    here = criu.version()
+    if not info.criu_version:
+        raise IncompatibleHost(f"the target {options.dest} has no usable CRIU", phase=phase)
+    if _version_tuple(info.criu_version) < _version_tuple(here):
+        raise IncompatibleHost(
+            f"the target {options.dest} has criu {info.criu_version}, older than this host's {here}", phase=phase
+        )
+    ticket = target.prepare_incoming(
+        IncomingRequest(
+            container_name=spec.name,
+            spec=spec.to_dict(),
+            image_digest=spec.image_digest,
+            criu_version=here,
+            cpu_digest=rt.cpu_digest(),
+            ip=spec.ip,
+            mode="cold",
+        )
+    )
+    migration_id = ticket.migration_id
+    log.info("container=%s migration=%s phase=preflight dest=%s need_image=%s", spec.name, migration_id, options.dest, ticket.need_image)
+    frozen = False
+    frozen_at = 0.0
+    restored: RestoreResult | None = None
+    try:
+        if ticket.need_image:
+            enter("image", f"sending image {spec.image}")
+            image_sink = ChunkSink()
+            pusher = _Pusher(target.receive_image, migration_id, image_sink)
+            pusher.start()
+            try:
+                rt.images.export_stream(spec.image_digest, image_sink)
+                image_sink.close()
+            except BaseException as exc:
+                image_sink.abort(exc)
+                raise
+            finally:
+                pusher.join()
+            if pusher.error is not None:
+                raise pusher.error
+            bytes_on_wire += image_sink.bytes_written
+        staging = rt.paths.tmp / f"migrate-{migration_id}"
+        staging.mkdir(parents=True, mode=0o700)
+        try:
+            images_dir = staging / "images"
+            images_dir.mkdir()
+            cpuinfo_dump(images_dir)
+            manifest = build_manifest(spec, new_checkpoint_id(), criu_version=here, options={"tcp_established": options.tcp_established, "migration_id": migration_id})
+            request = DumpRequest(
+                pid=dt.init_pid,
+                images_dir=images_dir,
+                leave_running=True,  # stays frozen (see module doc): the rollback path thaws it
+                tcp_established=options.tcp_established,
+                external=dump_externals(dt),
+                freeze_cgroup=dt.freeze_cgroup,
+                network_lock=rt.network_lock(),
+            )
+            sink = ChunkSink()
+            pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
+            enter("freeze")
+            rt.freeze(container)
+            frozen = True
+            frozen_at = time.monotonic()
+            enter("dump", "dumping and streaming")
+            pusher.start()
+            try:
+                writer = ArchiveWriter(sink, compress="zstd", level=1)
+                writer.write_manifest(manifest)
+                dump_stats, _dump_ms = stream_dump(criu, request, writer, dt.upper_dir, on_bytes=lambda n: emit(done=n))
+                writer.close(trailer={"dump_stats": dump_stats.__dict__})
+                sink.close()
+            except BaseException as exc:
+                sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
+                pusher.join(timeout=30)
+                raise
+            enter("restore", "target restoring")
+            pusher.join()
+            if pusher.error is not None:
+                raise pusher.error
+            restored = pusher.result
+            bytes_on_wire += sink.bytes_written
+        finally:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        failed_phase = phase
+        if frozen:
+            try:
+                rt.thaw(container)
+            except Exception:  # rollback path: keep the original error
+                log.exception("container=%s migration=%s: thaw after failure failed", spec.name, migration_id)
+        try:
+            target.abort_incoming(migration_id)
+        except Exception as abort_exc:  # the target may be gone; it cleans up on restart
+            log.warning("container=%s migration=%s: abort on target failed: %s", spec.name, migration_id, abort_exc)
+        raise _fail(exc, spec.name, options.dest, failed_phase) from exc
+
+    # ---- point of no return: the container runs on the target ----
+    frozen_ms = (time.monotonic() - frozen_at) * 1000
+    enter("commit")
+    try:
+        target.commit_incoming(migration_id)
+    except Exception as exc:
+        log.warning("container=%s migration=%s: commit on target failed (container runs there): %s", spec.name, migration_id, exc)
+    try:
+        rt.finish_migration(container, keep=options.keep_source)
+    except Exception:
+        log.exception("container=%s migration=%s: removing the source copy failed", spec.name, migration_id)
+    enter("done")
+    total_ms = (time.monotonic() - started) * 1000
+    raw_bytes = restored.stats.images_bytes if restored is not None else 0
+    log.info("container=%s migration=%s done frozen_ms=%.1f total_ms=%.1f bytes=%d", spec.name, migration_id, frozen_ms, total_ms, bytes_on_wire)
+    return MigrateResult(
+        container_name=spec.name,
+        dest=options.dest,
+        mode="cold",
+        stats=MigrationStats(
+            frozen_ms=round(frozen_ms, 3),
+            total_ms=round(total_ms, 3),
+            bytes_on_wire=bytes_on_wire,
+            raw_bytes=raw_bytes,
+            phases_ms=phases,
+        ),
+    )

@@ -1,0 +1,236 @@
+"""The runtime's side of checkpoint, restore and migration.
+
+``CheckpointHost`` wraps a ``Runtime`` and gives the migrate core (migrate/checkpoint.py,
+restore.py, migration.py) exactly what it needs: where a running container's pieces are for a
+dump, freeze/thaw, and building a container whose process tree comes from CRIU instead of a fresh
+exec.
+
+Restore builds the same pieces as ``run`` (record, address lease, upper layer, overlay, cgroup with
+limits, network namespace with the recorded address and MAC) and then launches the container's
+shim with a CRIU starter: inside the shim, ``criu swrk`` is spawned, moved into the new
+container's cgroup before the request is sent (so the restored tree lands there, never in the old
+cgroup; CRIU runs with manage_cgroups_mode=IGNORE), and given the new network namespace as the
+inherited fd for the namespace declared external at dump time. With ``rst_sibling`` the restored
+init becomes the shim's child. Any failure undoes every piece in reverse order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from runtime.container import Container
+from runtime.errors import ContainerError, ContainerExists, ContainerNotFound, InvalidState
+from runtime.spec import ContainerInfo, ContainerSpec
+
+log = logging.getLogger(__name__)
+
+UNIFIED = "unified"
+FREEZER = "freezer"
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpTarget:
+    """What a dump needs to know about one running container."""
+
+    spec: ContainerSpec
+    init_pid: int
+    upper_dir: Path
+    netns_path: Path | None
+    freeze_cgroup: str | None  # cgroup dir CRIU should treat as the (already frozen) freezer
+
+
+class CheckpointHost:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self.paths = rt.paths
+        self.store = rt.store
+
+    @property
+    def images(self) -> Any:
+        return self.rt.images
+
+    # -- the source side --------------------------------------------------------------------------
+    def get(self, name: str) -> Container:
+        return self.rt.container(name)  # type: ignore[no-any-return]
+
+    def _cg(self, spec: ContainerSpec) -> Any:
+        return self.rt.cgroups(spec.cgroup_parent)
+
+    def dump_target(self, c: Container) -> DumpTarget:
+        cid = c.container_id
+        dirs = self._cg(c.spec).info(cid).dirs
+        freeze_dir = dirs.get(UNIFIED) or dirs.get(FREEZER)
+        netns = self.paths.netns / cid
+        return DumpTarget(
+            spec=c.spec,
+            init_pid=c.state.pid,
+            upper_dir=self.store.dir(cid) / "upper",
+            netns_path=netns if netns.exists() else None,
+            freeze_cgroup=str(freeze_dir) if freeze_dir else None,
+        )
+
+    def freeze(self, c: Container) -> None:
+        self._cg(c.spec).freeze(c.container_id)
+
+    def thaw(self, c: Container) -> None:
+        self._cg(c.spec).thaw(c.container_id)
+
+    @staticmethod
+    def network_lock() -> str:
+        # CRIU's default iptables lock needs iptables-restore (not installed here); CRIU 4 links
+        # libnftables, which setup.sh builds in, so nftables is the lock we use everywhere.
+        return "nftables"
+
+    def cpu_digest(self) -> str:
+        from runtime.host import read_cpu
+
+        return read_cpu()[1] or ""
+
+    def mark_checkpointed(self, c: Container, checkpoint_id: str, timeout_s: float = 10.0) -> None:
+        """After a dump that killed the tree: record the checkpoint and wait for the shim's exit record."""
+        self.store.update_state(c.container_id, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id))
+        self._wait_exited(c.container_id, timeout_s)
+
+    def _wait_exited(self, container_id: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.rt.container(container_id).status == "exited":
+                return
+            time.sleep(0.01)
+        log.warning("container=%s: no exit recorded within %gs", container_id, timeout_s)
+
+    def finish_migration(self, c: Container, *, keep: bool) -> None:
+        """After the target runs the container: kill the frozen source copy; remove it unless ``keep``."""
+        cid = c.container_id
+        cg = self._cg(c.spec)
+        cg.kill(cid)  # SIGKILL reaches frozen tasks too
+        try:
+            cg.thaw(cid)
+        except ContainerError:
+            pass
+        self._wait_exited(cid, 10.0)
+        self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed="migrated"))
+        if keep:
+            self.rt.release(c.spec)
+        else:
+            self.rt.remove(cid, force=True)
+
+    # -- the target side --------------------------------------------------------------------------
+    @staticmethod
+    def new_container_id() -> str:
+        from runtime.state import new_container_id
+
+        return new_container_id()
+
+    def replaceable_id(self, spec: ContainerSpec) -> str | None:
+        """The exited original of a checkpoint (same container id), which a restore replaces."""
+        try:
+            c = self.rt.container(spec.container_id)
+        except ContainerNotFound:
+            return None
+        if c.status != "exited":
+            raise InvalidState(c.name, "restore over", c.status, "exited")
+        return c.container_id
+
+    def check_name_free(self, name: str, *, replace_id: str | None = None) -> None:
+        try:
+            cid = self.store.resolve(name)
+        except ContainerError:
+            return
+        if cid == replace_id:
+            return
+        if self.store.load_spec(cid).name == name:
+            raise ContainerExists(
+                f"container name {name} is already in use by {cid[:12]}", hint="restore with --name NEW"
+            )
+
+    def ip_free(self, ip: str, *, replace_id: str | None = None) -> bool:
+        holders = {cid for cid, leased in self.rt.network("bridge").leases().items() if leased == ip}
+        return not (holders - {replace_id})
+
+    def restore_from(
+        self,
+        spec: ContainerSpec,
+        *,
+        upper_src: Path,
+        replace_id: str | None,
+        make_request: Callable[[Path, int | None], Any],
+        criu: Any,
+        restored_from: str | None,
+    ) -> ContainerInfo:
+        """Build a container from ``spec`` whose process tree CRIU restores (see module doc)."""
+        from runtime import overlay
+        from runtime.runtime import limits_of
+        from runtime.shim import launch_shim
+
+        rt = self.rt
+        if replace_id is not None:
+            old = rt.container(replace_id)
+            rt.release(old.spec)
+            rt._delete_record(replace_id)
+        img = rt.images.get(spec.image_digest)
+        cid = spec.container_id
+        undo: list[tuple[str, Callable[[], None]]] = []
+        net = rt.network(spec.network)
+        try:
+            if spec.network == "bridge":
+                leased = net.lease(cid, spec.ip)
+                undo.append(("release address", lambda: net.release(cid)))
+                if leased != spec.ip or not spec.mac:
+                    from runtime.network import mac_for_ip
+
+                    spec = dataclasses.replace(spec, ip=leased, mac=mac_for_ip(leased))
+            from runtime.spec import ContainerState
+
+            rt.store.create(spec, ContainerState(status="created", restored_from=restored_from))
+            undo.append(("remove record", lambda: rt._delete_record(cid)))
+            cdir = rt.store.dir(cid)
+            os.rename(upper_src, cdir / "upper")  # same filesystem: ROOT/tmp -> ROOT/containers
+            dirs = overlay.OverlayDirs.for_container(cdir, img.rootfs)
+            overlay.mount(rt.sys, dirs)
+            undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
+            cg = rt.cgroups(spec.cgroup_parent)
+            cg.create(cid, limits_of(spec))
+            undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
+            netns = net.create_netns(cid)
+            undo.append(("remove netns", lambda: net.remove_netns(cid)))
+            if spec.network == "bridge":
+                net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
+                undo.append(("disconnect", lambda: net.disconnect(cid)))
+
+            def start() -> int:  # runs in the shim
+                fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    request = make_request(dirs.merged, fd)
+                    return int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(cid, swrk_pid)))
+                finally:
+                    os.close(fd)
+
+            launch_shim(rt.store, cid, start, oom_killed=lambda: cg.stats(cid).oom_kills > 0, sys=rt.sys)
+            if spec.network == "bridge":
+                try:
+                    net.announce(cid, netns)
+                except ContainerError as exc:  # the container runs; neighbours learn it on first traffic
+                    log.warning("container=%s: gratuitous ARP failed: %s", cid, exc)
+        except BaseException:
+            rt._undo(cid, undo)
+            raise
+        log.info("container=%s name=%s restored from=%s", cid, spec.name, restored_from)
+        return rt.inspect(cid)  # type: ignore[no-any-return]
+
+
+def keep_failed_log(paths: Any, log_path: Path | None, kind: str) -> Path | None:
+    """Copy a CRIU log out of a scratch dir that is about to be removed; the copy's path."""
+    if log_path is None or not log_path.exists():
+        return None
+    dest_dir = paths.root / "logs"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    shutil.copyfile(log_path, dest)
+    return dest
