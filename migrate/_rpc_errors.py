@@ -18,6 +18,7 @@ Status codes (most specific class first):
     AuthError                                                UNAUTHENTICATED
     RpcCancelled                                             CANCELLED
     OSError(ENOSPC)                                          RESOURCE_EXHAUSTED
+    NotImplementedError (an engine method not written yet)   UNIMPLEMENTED, generic message
     any other ContainerError / MigrationError                INTERNAL, with its message
     anything else                                            INTERNAL, generic message only
 

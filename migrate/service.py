@@ -348,6 +348,9 @@ def _requests_or_transfer_error(requests: Iterator[Any], what: str) -> Iterator[
 def _abort_with(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     """Report ``exc`` on ``context`` as a status (raises, as ``context.abort`` does)."""
     code, public = _rpc_errors.status_for(exc)
+    if isinstance(exc, NotImplementedError):  # an engine method not written yet
+        log.warning("%s is not implemented by this daemon's engine: %s", method, exc)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this daemon")
     if not public:
         incident = uuid.uuid4().hex[:12]
         log.error("internal error in %s (incident %s)", method, incident, exc_info=exc)

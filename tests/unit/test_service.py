@@ -369,6 +369,12 @@ def test_a_client_side_iterator_error_is_raised_as_is(daemon: Daemon) -> None:
         logging.getLogger("grpc._channel").disabled = False
 
 
+def test_not_implemented_engine_methods_are_unimplemented(daemon: Daemon) -> None:
+    daemon.engine.fail["host_info"] = NotImplementedError("wired later")
+    with pytest.raises(Unsupported, match="GetHostInfo is not supported here: the daemon at .* does not implement it"):
+        daemon.client.host_info()
+
+
 def test_engine_without_target_methods_is_unimplemented(sockdir: Path) -> None:
     class Minimal(FakeEngine):
         export_checkpoint = None  # type: ignore[assignment]

@@ -1,0 +1,108 @@
+"""``pymigrate daemon``: serve this host's engine over gRPC (pymigrate.v1.Host).
+
+    pymigrate [--root DIR] daemon [--listen unix:PATH | HOST:PORT]
+        [--tls-cert F --tls-key F --tls-ca F] [--token-file F] [--insecure] [--grace SECONDS]
+
+The default listener is ``unix:ROOT/run/pymigrate.sock`` (mode 0600). A TCP listener requires
+mutual TLS (the daemon's certificate and key, and the CA client certificates must chain to)
+unless ``--insecure`` is given; ``--token-file`` additionally requires a bearer token on every
+call but health. The TLS and token flags are the global ones (``pymigrate --tls-cert F daemon``
+works too); for the daemon they describe its own side.
+
+SIGTERM / SIGINT stop gracefully: no new calls, in-flight calls get ``--grace`` seconds, then
+they are cancelled and the engine rolls them back. Logs go to stderr (configured here, not in
+the library). Exit codes: 0 after a clean stop, 2 for bad flag combinations, 125 when the
+daemon cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from typing import Any
+
+from migrate.cli import EXIT_OK, EXIT_USAGE
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("daemon", help="serve this host's API over gRPC (for schedulers, remote CLIs, migration)")
+    p.add_argument("--listen", default=None, help="unix:PATH or HOST:PORT (default unix:ROOT/run/pymigrate.sock)")
+    # SUPPRESS: do not overwrite the same global flags given before the subcommand.
+    p.add_argument("--tls-cert", type=_path, default=argparse.SUPPRESS, help="the daemon's certificate (PEM)")
+    p.add_argument("--tls-key", type=_path, default=argparse.SUPPRESS, help="the daemon's private key (PEM)")
+    p.add_argument("--tls-ca", type=_path, default=argparse.SUPPRESS, help="CA that client certificates must chain to")
+    p.add_argument("--token-file", type=_path, default=argparse.SUPPRESS, help="require this bearer token on every call")
+    p.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS, help="allow plain TCP without TLS")
+    p.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="time in-flight calls get on stop (default 30)")
+    p.add_argument("--max-workers", type=int, default=32, help="concurrent calls served (default 32)")
+    p.set_defaults(handler=cmd_daemon)
+
+
+def _path(value: str) -> Any:
+    from pathlib import Path
+
+    return Path(value)
+
+
+def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
+    import sys
+
+    if getattr(args, "host", None):
+        print("pymigrate: daemon serves this host; --host is for clients", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        force=True,
+        stream=sys.stderr,
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from runtime.config import Paths, default_root
+
+    from migrate.client import read_token
+    from migrate.server import create_server, default_listen
+    from migrate.tls import tls_from_paths
+
+    root = args.root or default_root()
+    tls = tls_from_paths(getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="daemon")
+    token = read_token(getattr(args, "token_file", None))
+    listen = args.listen or default_listen(root)
+
+    from migrate.engine import LocalEngine  # heavy: the runtime, CRIU probing
+
+    engine = LocalEngine(root)
+    server, bound = create_server(
+        engine,
+        listen,
+        tls=tls,
+        token=token,
+        insecure=bool(getattr(args, "insecure", False)),
+        max_workers=args.max_workers,
+        spool_dir=Paths(root).tmp,
+    )
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        log.info(
+            "pymigrate daemon: root=%s listen=%s tls=%s token=%s", root, server.target, tls is not None, token is not None
+        )
+        while not stop.wait(1.0):
+            pass
+        log.info("received %s, stopping (grace %.1fs)", signal.Signals(received[0]).name, args.grace)
+        server.stop(args.grace)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not stop.is_set():
+            server.stop(0)
+    return EXIT_OK
