@@ -1,0 +1,253 @@
+"""CLI: checkpoint, restore, checkpoint ls/inspect/rm, migrate.
+
+    pymigrate checkpoint NAME [--leave-running] [--export FILE] [--compress zstd|none] [--level N]
+                              [--tcp-established] [--file-locks] [--print-stats] [--json]
+    pymigrate checkpoint ls [--json] | checkpoint inspect ID [--json] | checkpoint rm ID...
+    pymigrate restore (CHECKPOINT_ID | --import FILE) [--name NEW] [--ip ADDR] [--tcp-established]
+                      [--print-stats] [--json]
+    pymigrate migrate NAME DEST [--keep-source] [--mode cold|postcopy|precopy|auto]
+                      [--tcp-established] [--json]
+
+Progress goes to stderr (rich) while the command runs; results go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from migrate.cli import EXIT_OK, EXIT_USAGE, Context, add_json_flag
+
+CHECKPOINT_VERBS = ("ls", "inspect", "rm")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("checkpoint", help="checkpoint a running container (or: checkpoint ls | inspect ID | rm ID)")
+    p.add_argument("args", nargs="+", metavar="NAME | ls | inspect ID | rm ID")
+    p.add_argument("--leave-running", action="store_true", help="keep the container running after the dump")
+    p.add_argument("--export", type=Path, default=None, metavar="FILE", help="write the checkpoint to one archive file")
+    p.add_argument("--compress", choices=("zstd", "none"), default="zstd", help="archive compression (with --export)")
+    p.add_argument("--level", type=int, default=1, help="zstd level (with --export)")
+    p.add_argument("--tcp-established", action="store_true", help="checkpoint established TCP connections")
+    p.add_argument("--file-locks", action="store_true", help="checkpoint file locks")
+    p.add_argument("--print-stats", action="store_true", help="print timing and size statistics")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_checkpoint)
+
+    p = sub.add_parser("restore", help="restore a checkpoint into a running container")
+    p.add_argument("checkpoint_id", nargs="?", metavar="CHECKPOINT_ID")
+    p.add_argument("--import", dest="import_path", type=Path, default=None, metavar="FILE", help="restore from an exported archive")
+    p.add_argument("--name", default=None, help="name of the restored container (default: the original)")
+    p.add_argument("--ip", default=None, help="address of the restored container (default: the original)")
+    p.add_argument("--tcp-established", action="store_true", help="restore established TCP connections")
+    p.add_argument("--print-stats", action="store_true", help="print timing and size statistics")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_restore)
+
+    p = sub.add_parser("migrate", help="move a running container to another host")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("dest", metavar="DEST", help="target daemon: unix:PATH, HOST:PORT or ssh://[user@]host[:port]")
+    p.add_argument("--keep-source", action="store_true", help="keep the stopped source copy")
+    p.add_argument("--mode", choices=("cold", "postcopy", "precopy", "auto"), default="cold")
+    p.add_argument("--tcp-established", action="store_true", help="keep established TCP connections")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_migrate)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _stats_rows(stats: Any) -> list[tuple[str, str]]:
+    rows = []
+    for field in dataclasses.fields(stats):
+        value = getattr(stats, field.name)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                rows.append((f"{field.name[:-3] if field.name.endswith('_ms') else field.name}.{k} (ms)", f"{v:.1f}"))
+            continue
+        if field.name.endswith("_ms"):
+            rows.append((field.name[:-3].replace("_", " ") + " (ms)", f"{value:.1f}"))
+        elif field.name.endswith("_bytes"):
+            rows.append((field.name[:-6].replace("_", " "), _human_bytes(value)))
+        else:
+            rows.append((field.name.replace("_", " "), str(value)))
+    return rows
+
+
+def print_stats(title: str, stats: Any) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # rich is a dependency; plain text keeps scripts working without it
+        print(title)
+        for k, v in _stats_rows(stats):
+            print(f"  {k:32} {v}")
+        return
+    table = Table(title=title)
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for k, v in _stats_rows(stats):
+        table.add_row(k, v)
+    Console().print(table)
+
+
+class Progress:
+    """A transient rich progress line on stderr (nothing when stderr is not a terminal or --json)."""
+
+    def __init__(self, ctx: Context, operation: str) -> None:
+        self.enabled = not ctx.json and sys.stderr.isatty()
+        self.operation = operation
+        self._progress: Any = None
+        self._task: Any = None
+        self._last = 0.0
+
+    def __enter__(self) -> "Progress":
+        if self.enabled:
+            from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+            self._progress = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+                console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.operation, total=None)
+        return self
+
+    def __call__(self, event: Any) -> None:
+        if not self.enabled or self._progress is None:
+            return
+        self._progress.update(
+            self._task,
+            description=f"{self.operation}: {event.phase}",
+            completed=event.bytes_done or None,
+            total=event.bytes_total or None,
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
+    verb, rest = args.args[0], args.args[1:]
+    if verb in CHECKPOINT_VERBS:
+        return _checkpoint_verb(verb, rest, ctx)
+    if rest:
+        print(f"pymigrate: checkpoint takes one container name, got {len(args.args)} arguments", file=sys.stderr)
+        return EXIT_USAGE
+    if args.level < 1 or args.level > 22:
+        print(f"pymigrate: invalid --level {args.level}: expected 1-22", file=sys.stderr)
+        return EXIT_USAGE
+    from migrate.api import CheckpointOptions
+
+    options = CheckpointOptions(
+        leave_running=args.leave_running,
+        export_path=args.export.resolve() if args.export else None,
+        compress=args.compress,
+        level=args.level,
+        tcp_established=args.tcp_established,
+        file_locks=args.file_locks,
+    )
+    with Progress(ctx, f"checkpoint {verb}") as progress:
+        result = ctx.engine.checkpoint(verb, options, progress)
+    if ctx.json:
+        ctx.emit_json(result)
+        return EXIT_OK
+    print(result.export_path or result.checkpoint_id)
+    if args.print_stats:
+        print_stats(f"checkpoint of {result.container_name}", result.stats)
+    return EXIT_OK
+
+
+def _checkpoint_verb(verb: str, rest: list[str], ctx: Context) -> int:
+    if verb == "ls":
+        items = ctx.engine.checkpoints()
+        if ctx.json:
+            ctx.emit_json(items)
+            return EXIT_OK
+        print(f"{'CHECKPOINT ID':26} {'CONTAINER':20} {'CREATED':20} {'SIZE':>10}")
+        for c in items:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created_at))
+            print(f"{c.checkpoint_id:26} {c.container_name:20} {created:20} {_human_bytes(c.size_bytes):>10}")
+        return EXIT_OK
+    if not rest:
+        print(f"pymigrate: checkpoint {verb} needs a checkpoint id", file=sys.stderr)
+        return EXIT_USAGE
+    if verb == "inspect":
+        if len(rest) != 1:
+            print("pymigrate: checkpoint inspect takes one checkpoint id", file=sys.stderr)
+            return EXIT_USAGE
+        manifest = ctx.engine.checkpoint_inspect(rest[0])
+        ctx.emit_json(manifest)
+        return EXIT_OK
+    removed = []
+    for cid in rest:
+        ctx.engine.checkpoint_remove(cid)
+        removed.append(cid)
+        if not ctx.json:
+            print(cid)
+    if ctx.json:
+        ctx.emit_json({"removed": removed})
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
+    if (args.checkpoint_id is None) == (args.import_path is None):
+        print("pymigrate: restore needs exactly one of CHECKPOINT_ID or --import FILE", file=sys.stderr)
+        return EXIT_USAGE
+    from migrate.api import RestoreOptions
+
+    options = RestoreOptions(
+        checkpoint_id=args.checkpoint_id,
+        import_path=args.import_path.resolve() if args.import_path else None,
+        name=args.name,
+        ip=args.ip,
+        tcp_established=args.tcp_established,
+    )
+    with Progress(ctx, "restore") as progress:
+        result = ctx.engine.restore(options, progress)
+    if ctx.json:
+        ctx.emit_json(result)
+        return EXIT_OK
+    print(result.container.spec.name)
+    if args.print_stats:
+        print_stats(f"restore of {result.container.spec.name}", result.stats)
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
+    from migrate.api import MigrateOptions
+
+    options = MigrateOptions(dest=args.dest, keep_source=args.keep_source, mode=args.mode, tcp_established=args.tcp_established)
+    with Progress(ctx, f"migrate {args.name}") as progress:
+        result = ctx.engine.migrate(args.name, options, progress)
+    if ctx.json:
+        ctx.emit_json(result)
+        return EXIT_OK
+    s = result.stats
+    ratio = (s.raw_bytes / s.bytes_on_wire) if s.bytes_on_wire and s.raw_bytes else 0.0
+    print(f"{result.container_name} migrated to {result.dest} ({result.mode}): downtime {s.frozen_ms:.0f} ms, "
+          f"total {s.total_ms:.0f} ms, {_human_bytes(s.bytes_on_wire)} on the wire"
+          + (f", compression {ratio:.1f}x" if ratio else ""))
+    print_stats(f"migration of {result.container_name}", s)
+    return EXIT_OK
