@@ -23,6 +23,7 @@ The daemon-to-daemon methods (``prepare_incoming`` ... ``commit_incoming``) are 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import zlib
@@ -256,6 +257,10 @@ class RemoteEngine:
     def image_remove(self, name: str) -> None:
         self._unary("RemoveImage", pb.RemoveImageRequest(name=name))
 
+    def image_build_busybox(self, name: str = "busybox") -> api.ImageInfo:
+        reply = self._unary("BuildBusyboxImage", pb.BuildBusyboxImageRequest(name=name), timeout_s=max(self.timeout_s, 300.0))
+        return cv.image_from_pb(reply.image)
+
     # --- containers -----------------------------------------------------------------------------
 
     def run(self, options: api.RunOptions) -> ContainerInfo:
@@ -288,6 +293,15 @@ class RemoteEngine:
     def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
         for response in self._server_stream("StreamLogs", pb.StreamLogsRequest(name=name, follow=follow)):
             yield response.data
+
+    def wait(self, name: str, timeout_s: float | None = None) -> int:
+        """The container's exit code once it exits (``timeout_s`` None: wait for ever)."""
+        request = pb.WaitContainerRequest(name=name, timeout_s=timeout_s) if timeout_s is not None else pb.WaitContainerRequest(name=name)
+        deadline = None if timeout_s is None else timeout_s + self.timeout_s
+        return self._unary("WaitContainer", request, timeout_s=deadline).exit_code
+
+    def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None) -> int:
+        raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
 
     # --- checkpoints ----------------------------------------------------------------------------
 
@@ -332,6 +346,11 @@ class RemoteEngine:
 
     def checkpoint_remove(self, checkpoint_id: str) -> None:
         self._unary("RemoveCheckpoint", pb.RemoveCheckpointRequest(checkpoint_id=checkpoint_id))
+
+    def checkpoint_inspect(self, checkpoint_id: str) -> dict:
+        """The checkpoint's manifest."""
+        reply = self._unary("InspectCheckpoint", pb.InspectCheckpointRequest(checkpoint_id=checkpoint_id))
+        return json.loads(reply.manifest_json)
 
     def export_checkpoint(self, checkpoint_id: str) -> Iterator[bytes]:
         """The checkpoint's archive in chunks (crc32 and order checked)."""

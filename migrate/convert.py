@@ -146,7 +146,7 @@ def spec_from_pb(m: pb.ContainerSpec) -> rspec.ContainerSpec:
 
 def state_to_pb(s: rspec.ContainerState) -> pb.ContainerState:
     kw: dict[str, Any] = dict(status=status_to_pb(s.status), pid=s.pid, shim_pid=s.shim_pid, oom_killed=s.oom_killed)
-    for name in ("exit_code", "started_at", "finished_at", "restored_from"):
+    for name in ("exit_code", "started_at", "finished_at", "restored_from", "checkpointed"):
         _set_opt(kw, name, getattr(s, name))
     return pb.ContainerState(**kw)
 
@@ -161,6 +161,7 @@ def state_from_pb(m: pb.ContainerState) -> rspec.ContainerState:
         started_at=_opt(m, "started_at"),
         finished_at=_opt(m, "finished_at"),
         restored_from=_opt(m, "restored_from"),
+        checkpointed=_opt(m, "checkpointed"),
     )
 
 

@@ -30,6 +30,7 @@ the engine, which cleans up what it received.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import queue
@@ -217,6 +218,11 @@ class HostServicer(pb_grpc.HostServicer):
         self.engine.image_remove(request.name)
         return pb.RemoveImageResponse()
 
+    def BuildBusyboxImage(self, request: pb.BuildBusyboxImageRequest, context: grpc.ServicerContext) -> pb.BuildBusyboxImageResponse:
+        build = self._target("image_build_busybox")
+        info = build(request.name) if request.HasField("name") else build()
+        return pb.BuildBusyboxImageResponse(image=cv.image_to_pb(info))
+
     # containers
     def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
         return pb.ListContainersResponse(containers=[cv.container_to_pb(c) for c in self.engine.containers(all=request.all)])
@@ -254,6 +260,10 @@ class HostServicer(pb_grpc.HostServicer):
             for piece in split_chunks((chunk,)):
                 yield pb.StreamLogsResponse(data=piece)
 
+    def WaitContainer(self, request: pb.WaitContainerRequest, context: grpc.ServicerContext) -> pb.WaitContainerResponse:
+        timeout_s = request.timeout_s if request.HasField("timeout_s") else None
+        return pb.WaitContainerResponse(exit_code=self._target("wait")(request.name, timeout_s=timeout_s))
+
     # checkpoints
     def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointResponse]:
         options = cv.checkpoint_options_from_pb(request)
@@ -279,6 +289,10 @@ class HostServicer(pb_grpc.HostServicer):
     def RemoveCheckpoint(self, request: pb.RemoveCheckpointRequest, context: grpc.ServicerContext) -> pb.RemoveCheckpointResponse:
         self.engine.checkpoint_remove(request.checkpoint_id)
         return pb.RemoveCheckpointResponse()
+
+    def InspectCheckpoint(self, request: pb.InspectCheckpointRequest, context: grpc.ServicerContext) -> pb.InspectCheckpointResponse:
+        manifest = self._target("checkpoint_inspect")(request.checkpoint_id)
+        return pb.InspectCheckpointResponse(manifest_json=json.dumps(manifest, sort_keys=True, default=str))
 
     def DownloadCheckpoint(self, request: pb.DownloadCheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.DownloadCheckpointResponse]:
         export = self._target("export_checkpoint")

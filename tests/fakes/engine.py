@@ -138,6 +138,15 @@ class FakeEngine:
                 raise ImageNotFound(name)
             del self._images[name]
 
+    def image_build_busybox(self, name: str = "busybox") -> api.ImageInfo:
+        self._enter("image_build_busybox")
+        data = b"busybox rootfs " + name.encode()
+        info = api.ImageInfo(name=name, digest="sha256:" + hashlib.sha256(data).hexdigest(), size_bytes=len(data), created_at=time.time())
+        with self._lock:
+            self._images[name] = info
+            self._image_data[info.digest] = data
+        return info
+
     def _image(self, name: str) -> api.ImageInfo:
         with self._lock:
             if name in self._images:
@@ -235,6 +244,17 @@ class FakeEngine:
             time.sleep(0.05)
             yield b""
 
+    def wait(self, name: str, timeout_s: float | None = None) -> int:
+        self._enter("wait")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            info = self._find(name)
+            if info.state.status == "exited":
+                return info.state.exit_code if info.state.exit_code is not None else -1
+            if deadline is not None and time.monotonic() > deadline:
+                raise InvalidState(info.spec.name, "wait for", info.state.status, "exited")
+            time.sleep(0.02)
+
     # --- checkpoints ----------------------------------------------------------------------------------
 
     def _archive(self, info: ContainerInfo) -> bytes:
@@ -304,6 +324,14 @@ class FakeEngine:
         with self._lock:
             if self._checkpoints.pop(checkpoint_id, None) is None:
                 raise CheckpointNotFound(checkpoint_id)
+
+    def checkpoint_inspect(self, checkpoint_id: str) -> dict:
+        self._enter("checkpoint_inspect")
+        with self._lock:
+            if checkpoint_id not in self._checkpoints:
+                raise CheckpointNotFound(checkpoint_id)
+            info = self._checkpoints[checkpoint_id][0]
+        return {"format_version": 1, "checkpoint": dataclasses.asdict(info), "members": [{"name": "pages-1.img", "sha256": "ab"}]}
 
     def export_checkpoint(self, checkpoint_id: str) -> Iterator[bytes]:
         self._enter("export_checkpoint")

@@ -52,7 +52,7 @@ def test_service_covers_the_issue() -> None:
     assert {
         "GetHostInfo", "ListImages", "ImportImage", "RemoveImage", "ListContainers", "InspectContainer",
         "RunContainer", "StopContainer", "KillContainer", "RemoveContainer", "PauseContainer", "UnpauseContainer",
-        "StreamLogs", "Checkpoint", "Restore", "ListCheckpoints", "RemoveCheckpoint", "DownloadCheckpoint",
+        "StreamLogs", "WaitContainer", "BuildBusyboxImage", "InspectCheckpoint", "Checkpoint", "Restore", "ListCheckpoints", "RemoveCheckpoint", "DownloadCheckpoint",
         "UploadCheckpoint", "Migrate", "PrepareIncoming", "PushImage", "PushCheckpoint", "AbortIncoming", "CommitIncoming",
     } == names
 
@@ -78,7 +78,8 @@ SPEC_FULL = ContainerSpec(
 )
 SPEC_MIN = ContainerSpec(container_id="c" * 32, name="m", image="i", image_digest="sha256:0", command=())
 STATE_FULL = ContainerState(
-    status="exited", pid=0, shim_pid=12, exit_code=0, oom_killed=True, started_at=1.5, finished_at=2.5, restored_from="ck"
+    status="exited", pid=0, shim_pid=12, exit_code=0, oom_killed=True, started_at=1.5, finished_at=2.5, restored_from="ck",
+    checkpointed="migrated",
 )
 INFO_FULL = ContainerInfo(SPEC_FULL, STATE_FULL, bundle_dir="/b", cgroup={"memory": "/m", "unified": "/u"}, memory_current_bytes=0, pids_current=3)
 INFO_MIN = ContainerInfo(SPEC_MIN, ContainerState())

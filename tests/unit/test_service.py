@@ -109,6 +109,9 @@ def test_host_and_images(daemon: Daemon, sockdir: Path) -> None:
     assert not list((sockdir / "spool").iterdir()), "the spooled tarball is removed after import"
     daemon.client.image_remove("busybox")
     assert daemon.client.images() == []
+    built = daemon.client.image_build_busybox("bb")
+    assert daemon.client.images() == [built] and built.name == "bb"
+    daemon.client.image_remove("bb")
     with pytest.raises(ImageNotFound) as exc_info:
         daemon.client.image_remove("busybox")
     assert exc_info.value.hint == "import one with 'pymigrate image import NAME TARBALL'"
@@ -127,8 +130,13 @@ def test_container_lifecycle(daemon: Daemon, sockdir: Path) -> None:
     assert b"".join(c.logs("web")) == b"hello from web\n"
     assert c.stop("web", timeout_s=1).state.status == "exited"
     assert c.containers() == [] and len(c.containers(all=True)) == 1
+    assert c.wait("web") == 143 and c.wait("web", timeout_s=1) == 143
     c.remove("web")
     c.run(api.RunOptions(image="busybox", name="k"))
+    with pytest.raises(InvalidState, match="cannot wait for container k: state is running, expected exited"):
+        c.wait("k", timeout_s=0.1)
+    with pytest.raises(Unsupported, match="exec is not supported here"):
+        c.exec("k", ("true",))
     c.kill("k", signal=15)
     assert c.inspect("k").state.exit_code == 128 + 15
     c.remove("k", force=True)
@@ -148,6 +156,8 @@ def test_checkpoint_restore_and_progress(daemon: Daemon, sockdir: Path) -> None:
     restored = daemon.client.restore(api.RestoreOptions(checkpoint_id=result.checkpoint_id, name="web2"))
     assert restored.container.spec.name == "web2"
     assert restored.container.state.restored_from == result.checkpoint_id
+    manifest = daemon.client.checkpoint_inspect(result.checkpoint_id)
+    assert manifest == daemon.engine.checkpoint_inspect(result.checkpoint_id)
     daemon.client.checkpoint_remove(result.checkpoint_id)
     with pytest.raises(CheckpointNotFound, match=f"no such checkpoint: {result.checkpoint_id}"):
         daemon.client.checkpoint_remove(result.checkpoint_id)

@@ -54,6 +54,11 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.RemoveImageRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.RemoveImageResponse.FromString,
                 _registered_method=True)
+        self.BuildBusyboxImage = channel.unary_unary(
+                '/pymigrate.v1.Host/BuildBusyboxImage',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageResponse.FromString,
+                _registered_method=True)
         self.ListContainers = channel.unary_unary(
                 '/pymigrate.v1.Host/ListContainers',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.ListContainersRequest.SerializeToString,
@@ -99,6 +104,11 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.StreamLogsResponse.FromString,
                 _registered_method=True)
+        self.WaitContainer = channel.unary_unary(
+                '/pymigrate.v1.Host/WaitContainer',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.WaitContainerRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.WaitContainerResponse.FromString,
+                _registered_method=True)
         self.Checkpoint = channel.unary_stream(
                 '/pymigrate.v1.Host/Checkpoint',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.CheckpointRequest.SerializeToString,
@@ -118,6 +128,11 @@ class HostStub:
                 '/pymigrate.v1.Host/RemoveCheckpoint',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.RemoveCheckpointRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.RemoveCheckpointResponse.FromString,
+                _registered_method=True)
+        self.InspectCheckpoint = channel.unary_unary(
+                '/pymigrate.v1.Host/InspectCheckpoint',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.InspectCheckpointRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.InspectCheckpointResponse.FromString,
                 _registered_method=True)
         self.DownloadCheckpoint = channel.unary_stream(
                 '/pymigrate.v1.Host/DownloadCheckpoint',
@@ -191,6 +206,13 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuildBusyboxImage(self, request, context):
+        """A minimal image from the host's busybox-static (tests, demos).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListContainers(self, request, context):
         """Containers.
         """
@@ -246,6 +268,13 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitContainer(self, request, context):
+        """Block until the container exits; its exit code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Checkpoint(self, request, context):
         """Checkpoints. Checkpoint and Restore stream progress events, then exactly one result.
         """
@@ -266,6 +295,12 @@ class HostServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectCheckpoint(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -351,6 +386,11 @@ def add_HostServicer_to_server(servicer, server):
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.RemoveImageRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.RemoveImageResponse.SerializeToString,
             ),
+            'BuildBusyboxImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.BuildBusyboxImage,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageResponse.SerializeToString,
+            ),
             'ListContainers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListContainers,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.ListContainersRequest.FromString,
@@ -396,6 +436,11 @@ def add_HostServicer_to_server(servicer, server):
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.StreamLogsRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.StreamLogsResponse.SerializeToString,
             ),
+            'WaitContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitContainer,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.WaitContainerRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.WaitContainerResponse.SerializeToString,
+            ),
             'Checkpoint': grpc.unary_stream_rpc_method_handler(
                     servicer.Checkpoint,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.CheckpointRequest.FromString,
@@ -415,6 +460,11 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.RemoveCheckpoint,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.RemoveCheckpointRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.RemoveCheckpointResponse.SerializeToString,
+            ),
+            'InspectCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectCheckpoint,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.InspectCheckpointRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.InspectCheckpointResponse.SerializeToString,
             ),
             'DownloadCheckpoint': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadCheckpoint,
@@ -565,6 +615,33 @@ class Host:
             '/pymigrate.v1.Host/RemoveImage',
             pymigrate_dot_v1_dot_host__pb2.RemoveImageRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.RemoveImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildBusyboxImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/BuildBusyboxImage',
+            pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -819,6 +896,33 @@ class Host:
             _registered_method=True)
 
     @staticmethod
+    def WaitContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/WaitContainer',
+            pymigrate_dot_v1_dot_host__pb2.WaitContainerRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.WaitContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Checkpoint(request,
             target,
             options=(),
@@ -916,6 +1020,33 @@ class Host:
             '/pymigrate.v1.Host/RemoveCheckpoint',
             pymigrate_dot_v1_dot_host__pb2.RemoveCheckpointRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.RemoveCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/InspectCheckpoint',
+            pymigrate_dot_v1_dot_host__pb2.InspectCheckpointRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.InspectCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,
