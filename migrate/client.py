@@ -90,6 +90,10 @@ def channel_target(address: str) -> tuple[str, bool]:
 
 def _pieces(chunks: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
     for chunk in chunks:
+        if len(chunk) <= size:
+            if chunk:
+                yield bytes(chunk)  # no copy for bytes
+            continue
         view = memoryview(chunk)
         for start in range(0, len(view), size):
             yield bytes(view[start : start + size])

@@ -149,6 +149,10 @@ def _chunks(
 def split_chunks(chunks: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
     """Re-cut a byte stream into pieces of at most ``size`` bytes, dropping empty ones."""
     for chunk in chunks:
+        if len(chunk) <= size:
+            if chunk:
+                yield bytes(chunk)  # no copy for bytes
+            continue
         view = memoryview(chunk)
         for start in range(0, len(view), size):
             yield bytes(view[start : start + size])
