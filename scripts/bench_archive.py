@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,10 +29,30 @@ def make_data(path: Path, size_mib: int) -> None:
             f.write(text if i % 4 == 3 else os.urandom(block))
 
 
-def timed(fn) -> float:
+def warm(size: int) -> None:
+    """Touch and free 2*size + 512 MiB first: this VM hands freed memory back to its host and
+    re-touching it is slow (see CRIU-NOTES.md); both sides get the same treatment."""
+    block = bytearray(2 * size + (512 << 20))
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    del block
+
+
+CPU: dict[str, list[float]] = {}
+
+
+def timed(label: str, size: int, fn) -> float:
+    warm(size)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(b, f) - getattr(a, f) for a, b in ((r0, r1), (c0, c1)) for f in ("ru_utime", "ru_stime"))
+    CPU.setdefault(label, []).append(cpu)
+    return dt
 
 
 def main() -> int:
@@ -61,7 +82,7 @@ def main() -> int:
                         w.add_tree("images", src)
                         w.close()
 
-            ours_w.append(timed(write_ours))
+            ours_w.append(timed("ours_w", size, write_ours))
             ours_size = out.stat().st_size
             dest = work / "ours-out"
             shutil.rmtree(dest, ignore_errors=True)
@@ -70,17 +91,17 @@ def main() -> int:
                 with open(out, "rb") as source:
                     read_archive(source, dest)
 
-            ours_r.append(timed(read_ours))
+            ours_r.append(timed("ours_r", size, read_ours))
             shutil.rmtree(dest)
             out.unlink()
 
             tarball = work / "out.tar.zst"
-            tar_w.append(timed(lambda: subprocess.run(
+            tar_w.append(timed("tar_w", size, lambda: subprocess.run(
                 f"tar -cf - -C {work} src | zstd -1 -T0 -q > {tarball}", shell=True, check=True)))
             tar_size = tarball.stat().st_size
             tdest = work / "tar-out"
             tdest.mkdir()
-            tar_r.append(timed(lambda: subprocess.run(
+            tar_r.append(timed("tar_r", size, lambda: subprocess.run(
                 f"zstd -dc -q {tarball} | tar -xf - -C {tdest}", shell=True, check=True)))
             shutil.rmtree(tdest)
             tarball.unlink()
@@ -89,11 +110,14 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     def mbs(ts: list[float]) -> str:
-        return f"{size / statistics.median(ts) / 1e6:7.0f} MB/s (median {statistics.median(ts):.2f} s of {len(ts)})"
+        return f"{size / statistics.median(ts) / 1e6:5.0f} MB/s (median {statistics.median(ts):.2f} s of {len(ts)})"
+
+    def cpu(label: str) -> str:
+        return f"cpu {statistics.median(CPU[label]):.2f} s"
 
     print(f"data: {args.size_mib} MiB mostly random, compress={args.compress}")
-    print(f"ours   write {mbs(ours_w)}  read {mbs(ours_r)}  archive {ours_size / size:.3f} of raw")
-    print(f"tar|zstd -1 -T0 write {mbs(tar_w)}  zstd -d|tar read {mbs(tar_r)}  archive {tar_size / size:.3f} of raw")
+    print(f"ours     write {mbs(ours_w)} {cpu('ours_w')}  read {mbs(ours_r)} {cpu('ours_r')}  size {ours_size / size:.3f} of raw")
+    print(f"tar|zstd write {mbs(tar_w)} {cpu('tar_w')}  read {mbs(tar_r)} {cpu('tar_r')}  size {tar_size / size:.3f} of raw")
     return 0
 
 
