@@ -16,7 +16,9 @@ thread and stream its progress events. When the RPC terminates early (the client
 deadline passed, the connection dropped), gRPC runs the callback registered with
 ``context.add_callback``, which sets a ``threading.Event``. The progress callback handed to the
 engine then raises ``RpcCancelled`` the first time it is called (later calls return normally, so
-rollback code that reports progress is not interrupted again). Engines that wait long without
+rollback code that reports progress is not interrupted again) -- unless the operation already
+reported a phase past its point of no return (``NO_RETURN_PHASES``: commit, cleanup, done), after
+which progress never raises: a migration whose container already runs on the target finishes. Engines that wait long without
 reporting progress can also poll ``progress.cancelled`` (the same Event). The engine's normal
 failure path (rollback, thaw the source) handles the exception; the worker runs to the end even
 though nobody reads its result any more.
@@ -54,6 +56,7 @@ from runtime.errors import InvalidArgument, Unsupported
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Host"].full_name  # "pymigrate.v1.Host"
+NO_RETURN_PHASES = frozenset({"commit", "cleanup", "done"})
 CHUNK_BYTES = 1 << 20  # data messages carry at most this much payload
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 AUTH_METADATA_KEY = "authorization"
@@ -73,11 +76,14 @@ class CallProgress:
         self.operation = operation
         self.cancelled = threading.Event()
         self._raised = False
+        self._past_no_return = False
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def __call__(self, event: api.ProgressEvent) -> None:
+        if event.phase in NO_RETURN_PHASES:
+            self._past_no_return = True
         if self.cancelled.is_set():
-            if not self._raised:
+            if not self._raised and not self._past_no_return:
                 self._raised = True
                 raise RpcCancelled(f"{self.operation} was cancelled by the caller", phase=event.phase or None)
             return

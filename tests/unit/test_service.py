@@ -417,6 +417,23 @@ def test_cancelling_a_stream_reaches_the_engine(daemon: Daemon, sockdir: Path) -
     assert daemon.client.checkpoints() == [], "the cancelled checkpoint must not complete"
 
 
+def test_progress_raises_once_and_never_past_the_point_of_no_return() -> None:
+    from migrate.service import CallProgress, RpcCancelled
+
+    progress = CallProgress("migrate")
+    progress(api.ProgressEvent("migrate", "dump"))
+    progress.cancelled.set()
+    with pytest.raises(RpcCancelled, match="migrate was cancelled by the caller"):
+        progress(api.ProgressEvent("migrate", "dump"))
+    progress(api.ProgressEvent("migrate", "rollback"))  # rollback reporting is not interrupted
+
+    late = CallProgress("migrate")
+    late(api.ProgressEvent("migrate", "commit"))  # the container runs on the target
+    late.cancelled.set()
+    late(api.ProgressEvent("migrate", "done"))
+    late(api.ProgressEvent("migrate", "done"))
+
+
 def test_a_deadline_reaches_the_engine(daemon: Daemon, sockdir: Path) -> None:
     _image(daemon, sockdir)
     daemon.client.run(api.RunOptions(image="busybox", name="web"))
