@@ -67,17 +67,21 @@ def test_daemon_serves_the_cli_and_stops_on_sigterm(daemon: tuple[subprocess.Pop
     assert missing.returncode == 125
     assert "no such container: no-such-container" in missing.stderr
 
-    with RemoteEngine(f"unix:{sock}") as client:
-        host = client.host_info()
-    assert host.hostname == socket.gethostname()
-    assert host.kernel == os.uname().release
-
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert proc.stderr is not None
     log = proc.stderr.read()
     assert "received SIGTERM" in log and "stopped" in log
     assert not sock.exists(), "the daemon removes its socket on stop"
+
+
+def test_host_info_over_the_socket(daemon: tuple[subprocess.Popen[str], Path, Path]) -> None:
+    _, _, sock = daemon
+    with RemoteEngine(f"unix:{sock}") as client:
+        host = client.host_info()
+    assert host.hostname == socket.gethostname()
+    assert host.kernel == os.uname().release
+    assert host.cgroup_mode
 
 
 def test_tcp_without_tls_is_refused_at_startup() -> None:
