@@ -13,8 +13,8 @@ downloads the archive into the local file (the checkpoint also stays listed on t
 local tarball.
 
 Addresses: ``unix:PATH`` and ``HOST:PORT``. TCP needs mutual TLS (``tls``) unless ``insecure``
-is passed explicitly, as on the daemon. ``ssh://`` is not implemented yet and raises
-``Unsupported``.
+is passed explicitly, as on the daemon. ``ssh://[user@]host[:port]`` opens an SSH tunnel to the
+remote daemon's unix socket first (migrate/ssh.py; ``ssh`` holds its options), closed by ``close``.
 
 The daemon-to-daemon methods (``prepare_incoming`` ... ``commit_incoming``) are what a source
 ``LocalEngine`` calls on ``RemoteEngine(dest)`` during a migration.
@@ -134,8 +134,25 @@ class RemoteEngine:
         token: str | None = None,
         insecure: bool = False,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        ssh: dict[str, Any] | None = None,
     ) -> None:
-        grpc_target, is_unix = channel_target(target)
+        # ssh:// hook: migrate/ssh.py opens the tunnel (and a daemon if none runs); we dial its
+        # local end without TLS (SSH authenticated the hop) and close it in close().
+        self._ssh: Any = None
+        if target.startswith("ssh://"):
+            from migrate.ssh import open_ssh_target
+
+            self._ssh = open_ssh_target(target, **(ssh or {}))
+        try:
+            address, insecure = (self._ssh.address, True) if self._ssh is not None else (target, insecure)
+            self._connect(target, address, tls, token, insecure, timeout_s)
+        except BaseException:
+            if self._ssh is not None:
+                self._ssh.close()
+            raise
+
+    def _connect(self, target: str, address: str, tls: TlsConfig | None, token: str | None, insecure: bool, timeout_s: float) -> None:
+        grpc_target, is_unix = channel_target(address)
         self.target = target
         self.timeout_s = timeout_s
         self._tls = tls is not None
@@ -164,10 +181,19 @@ class RemoteEngine:
         tls = tls_from_paths(
             getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="client"
         )
-        return cls(args.host, tls=tls, token=read_token(getattr(args, "token_file", None)), insecure=bool(getattr(args, "insecure", False)))
+        ssh = None
+        if args.host.startswith("ssh://"):  # ssh:// hook: the --ssh-* flags
+            from migrate.ssh import ssh_options_from_args
+
+            ssh = ssh_options_from_args(args)
+        return cls(
+            args.host, tls=tls, token=read_token(getattr(args, "token_file", None)), insecure=bool(getattr(args, "insecure", False)), ssh=ssh
+        )
 
     def close(self) -> None:
         self._channel.close()
+        if self._ssh is not None:  # ssh:// hook
+            self._ssh.close()
 
     def __enter__(self) -> "RemoteEngine":
         return self

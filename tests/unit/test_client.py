@@ -43,9 +43,12 @@ def test_channel_targets() -> None:
             channel_target(bad)
 
 
-def test_ssh_addresses_are_unsupported_for_now() -> None:
-    with pytest.raises(Unsupported, match="ssh daemon addresses is not supported here: ssh://root@h needs the ssh transport"):
-        RemoteEngine("ssh://root@h")
+def test_ssh_addresses_go_through_migrate_ssh(tmp_path: Path) -> None:
+    # gRPC never dials ssh:// itself; RemoteEngine opens the tunnel (migrate/ssh.py) first.
+    with pytest.raises(Unsupported, match="ssh daemon addresses"):
+        channel_target("ssh://root@h")
+    with pytest.raises(TransferError, match="cannot reach ssh host root@127.0.0.1:1: connection refused"):
+        RemoteEngine("ssh://root@127.0.0.1:1", ssh={"config_file": tmp_path / "none", "known_hosts": tmp_path / "kh"})
 
 
 def test_tcp_without_tls_needs_insecure() -> None:
