@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", type=Path, default=None, help="CA that signed the daemon's certificate")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for the daemon")
     parser.add_argument("--insecure", action="store_true", help="plain TCP to the daemon (no TLS)")
+    # ssh:// addresses (migrate/ssh.py)
+    parser.add_argument("--ssh-key", type=Path, default=None, metavar="FILE", help="for ssh:// hosts: use only this private key")
+    parser.add_argument("--ssh-accept-new", action="store_true", help="for ssh:// hosts: record an unknown host key (a changed one is still refused)")
+    parser.add_argument("--ssh-known-hosts", type=Path, default=None, metavar="FILE", help="for ssh:// hosts: known_hosts file (default ~/.ssh/known_hosts)")
+    parser.add_argument("--ssh-remote-pymigrate", default="pymigrate", metavar="PATH", help="for ssh:// hosts: the pymigrate command there (default pymigrate)")
+    parser.add_argument("--ssh-remote-root", default=None, metavar="DIR", help="for ssh:// hosts: the state root there (default its PYMIGRATE_ROOT or /var/lib/pymigrate)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module_name in COMMAND_MODULES:
