@@ -171,6 +171,7 @@ class ArchiveWriter:
         self._links: dict[tuple[int, int], str] = {}
         self._raw_bytes = 0
         self._written_bytes = 0
+        self._write_calls = 0
         self._state = "new"  # new -> open -> closed, or failed from any of them
 
     # -- context manager ---------------------------------------------------------------------
@@ -209,12 +210,19 @@ class ArchiveWriter:
         Without ``growing`` holes are kept (only data extents are stored).
 
         Raises:
-            OSError: ``path`` cannot be opened or read (a symlink is refused, ELOOP).
+            OSError: ``path`` cannot be opened or read (a symlink is refused, ELOOP). If this
+                happens before anything of the member was written (missing file), the writer
+                stays usable; otherwise it is failed and the stream unfinished.
             ValueError: misuse (no manifest yet, duplicate or invalid name, not a regular file).
         """
         self._require_open()
         self._claim_name(name)
-        return self._guarded(self._add_file, name, Path(path), growing)
+        try:
+            return self._guarded(self._add_file, name, Path(path), growing)
+        except BaseException:
+            if self._state == "open":  # nothing was written: the name is free again
+                self._names.discard(name)
+            raise
 
     def add_tree(self, prefix: str, root: Path) -> None:
         """Add the directory ``root`` and everything below it as members ``prefix``, ``prefix/<path>``.
@@ -225,7 +233,7 @@ class ArchiveWriter:
         atime/mtime in ns, and every xattr this process can read. Symlinks are never followed.
         """
         self._require_open()
-        fmt_check_name(prefix)
+        _check_writer_name(prefix)
         self._guarded(self._add_tree, prefix, Path(root))
 
     def close(self, trailer: dict[str, Any] | None = None) -> ArchiveSummary:
@@ -273,17 +281,20 @@ class ArchiveWriter:
             raise ValueError(f"archive writer is not open for members: {what}")
 
     def _claim_name(self, name: str) -> None:
-        fmt_check_name(name)
+        _check_writer_name(name)
         if name in self._names:
             raise ValueError(f"duplicate archive member {name!r}")
         self._names.add(name)
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run one step; any failure leaves the writer failed (the stream is unusable)."""
+        """Run one step. A failure after the step began writing leaves the writer failed (the
+        stream is cut mid-record); one before (e.g. a file that does not exist) leaves it usable."""
+        writes = self._write_calls
         try:
             return fn(*args)
         except BaseException:
-            self.abort()
+            if self._write_calls != writes:
+                self.abort()
             raise
 
     def _shutdown(self, *, cancel: bool) -> None:
@@ -300,6 +311,7 @@ class ArchiveWriter:
 
     # -- records ----------------------------------------------------------------------------
     def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._write_calls += 1  # counted before: a write that raises may have written part
         self._sink.write(data)
         self._written_bytes += len(data)
 
@@ -472,7 +484,7 @@ def _open_noatime(path: str) -> int:
         return os.open(path, _OPEN_READ)
 
 
-def fmt_check_name(name: str) -> None:
+def _check_writer_name(name: str) -> None:
     """Writer-side name check: the reader's rules, reported as ValueError (a caller bug)."""
     try:
         fmt.check_member_name(name)
@@ -876,7 +888,7 @@ class _Reader:
         elif kind == fmt.KIND_HARDLINK:
             target = meta["target"]
             target_kind = self._seen.get(target) if isinstance(target, str) else None
-            if target_kind is None or target_kind in (fmt.KIND_DIR, _IMPLICIT_DIR) or self._file is not None:
+            if target_kind is None or target_kind in (fmt.KIND_DIR, _IMPLICIT_DIR):
                 raise UnsafeMember(name, f"hardlink target {target!r} is not a file member extracted earlier")
             os.link(os.path.join(self._dest, target), full, follow_symlinks=False)
         else:

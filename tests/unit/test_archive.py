@@ -206,14 +206,39 @@ def test_add_file_follows_a_growing_file_until_the_producer_is_done(tmp_path: Pa
     assert hashlib.sha256((tmp_path / "out" / "images" / "pages-1.img").read_bytes()).hexdigest() == written.hexdigest()
 
 
-def test_add_file_that_never_appears_raises(tmp_path: Path) -> None:
-    with ArchiveWriter(io.BytesIO()) as w:
+def test_add_file_that_never_appears_raises_and_the_writer_goes_on(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with ArchiveWriter(buf) as w:
         w.write_manifest({})
         deadline = time.monotonic() + 0.05
         with pytest.raises(FileNotFoundError):
             w.add_file("images/x.img", tmp_path / "x.img", growing=lambda: time.monotonic() < deadline)
-        with pytest.raises(ValueError, match="failed"):
-            w.close()
+        (tmp_path / "x.img").write_bytes(b"late")
+        w.add_file("images/x.img", tmp_path / "x.img")  # nothing was written: name and stream still usable
+    buf.seek(0)
+    read_archive(buf, tmp_path / "out")
+    assert (tmp_path / "out" / "images" / "x.img").read_bytes() == b"late"
+
+
+class _BrokenSink:
+    def __init__(self, fail_after: int) -> None:
+        self.left = fail_after
+
+    def write(self, data: bytes) -> int:
+        if self.left <= 0:
+            raise BrokenPipeError("peer went away")
+        self.left -= 1
+        return len(data)
+
+
+def test_a_sink_failure_mid_member_fails_the_writer(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(os.urandom(10 * MiB))
+    w = ArchiveWriter(_BrokenSink(fail_after=5))  # type: ignore[arg-type]
+    w.write_manifest({})
+    with pytest.raises(BrokenPipeError):
+        w.add_file("images/f", tmp_path / "f")
+    with pytest.raises(ValueError, match="failed"):
+        w.close()
 
 
 def test_streams_through_a_pipe_without_seeking(tmp_path: Path) -> None:
