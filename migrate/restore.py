@@ -114,7 +114,7 @@ def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, r
     if not rt.images.has_digest(spec.image_digest):
         raise ImageNotFound(f"{spec.image} ({spec.image_digest})")
     rt.check_name_free(spec.name, replace_id=replace_id)
-    if spec.ip and not rt.ip_free(spec.ip, replace_id=replace_id):
+    if spec.ip and not rt.ip_free(spec.ip, replace_id=replace_id, owner=spec.container_id):
         raise ContainerExists(f"address {spec.ip} is already in use on this host", hint="restore with --ip ADDR")
 
 

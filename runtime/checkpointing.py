@@ -150,9 +150,11 @@ class CheckpointHost:
                 f"container name {name} is already in use by {cid[:12]}", hint="restore with --name NEW"
             )
 
-    def ip_free(self, ip: str, *, replace_id: str | None = None) -> bool:
+    def ip_free(self, ip: str, *, replace_id: str | None = None, owner: str | None = None) -> bool:
+        """Whether ``ip`` is unleased, or leased only to ``replace_id`` or ``owner`` (a reservation
+        made for this very container by an incoming migration)."""
         holders = {cid for cid, leased in self.rt.network("bridge").leases().items() if leased == ip}
-        return not (holders - {replace_id})
+        return not (holders - {replace_id, owner})
 
     def restore_from(
         self,

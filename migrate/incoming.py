@@ -1,0 +1,201 @@
+"""The receiving side of a migration (what a target daemon does for a source).
+
+One incoming migration is a small record, ROOT/run/incoming/<migration_id>.json, written
+atomically under a lock, with a ``phase``:
+
+    prepared   pre-flight passed; the container's name and address are reserved (the address is
+               leased to the container id, so ``run`` cannot take it meanwhile)
+    restored   the container runs here; the source has not committed yet
+    (deleted)  committed, or aborted (abort also removes a restored container and the lease)
+
+Partial data never lands outside ROOT/tmp: the archive is unpacked (and every checksum verified)
+in a scratch dir that the restore removes whatever happens. ``reconcile`` (run when a daemon
+starts) aborts migrations left ``prepared`` by a crash and removes stale scratch dirs; a
+``restored`` one is kept for the source to commit or abort (the source decides, it knows whether
+it still runs its frozen copy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, RestoreResult
+from migrate.errors import IncompatibleHost, MigrationError
+from migrate.restore import _version_tuple, restore_container
+from migrate.transfer import IteratorReader
+from runtime.errors import ContainerError, ContainerExists, InvalidArgument
+from runtime.spec import ContainerSpec
+
+log = logging.getLogger(__name__)
+
+_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-")
+
+
+class IncomingMigrations:
+    def __init__(self, host: Any, criu: Any) -> None:
+        self.host = host
+        self.criu = criu
+        self.dir = host.paths.run / "incoming"
+
+    # -- records ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _path(self, migration_id: str) -> Path:
+        if not migration_id or not all(c in "0123456789abcdef" for c in migration_id) or len(migration_id) > 64:
+            raise InvalidArgument(f"invalid migration id {migration_id!r}")
+        return self.dir / f"{migration_id}.json"
+
+    def _load(self, migration_id: str) -> dict[str, Any]:
+        try:
+            return json.loads(self._path(migration_id).read_text())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            raise MigrationError(f"no incoming migration {migration_id} on this host", phase="restore") from None
+
+    def _save(self, record: dict[str, Any]) -> None:
+        path = self._path(record["migration_id"])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        if self.dir.is_dir():
+            for p in self.dir.glob("*.json"):
+                try:
+                    out.append(json.loads(p.read_text()))
+                except (OSError, ValueError):
+                    continue
+        return out
+
+    # -- protocol -----------------------------------------------------------------------------
+    def prepare(self, request: IncomingRequest) -> IncomingTicket:
+        """Pre-flight and reservation. Raises IncompatibleHost / ContainerExists naming the problem."""
+        spec = ContainerSpec.from_dict(request.spec)
+        here = self.criu.version()
+        if request.criu_version and _version_tuple(here) < _version_tuple(request.criu_version):
+            raise IncompatibleHost(
+                f"this host has criu {here}, older than the source's {request.criu_version}", phase="preflight"
+            )
+        mine = self.host.cpu_digest()
+        if request.cpu_digest and mine and request.cpu_digest != mine:
+            # Different flags are not fatal by themselves: ``criu cpuinfo check`` on the dumped
+            # cpuinfo.img decides during restore. Say so in the log for the operator.
+            log.info("migration from a CPU with other flags (source %s, here %s): cpuinfo check decides",
+                     request.cpu_digest[:12], mine[:12])
+        migration_id = secrets.token_hex(8)
+        with self._locked():
+            for other in self.records():
+                if other.get("name") == spec.name:
+                    raise ContainerExists(f"container name {spec.name} is reserved by incoming migration {other['migration_id']}")
+            replace_id = self.host.replaceable_id(spec)
+            self.host.check_name_free(spec.name, replace_id=replace_id)
+            if spec.ip:
+                if not self.host.ip_free(spec.ip, replace_id=replace_id, owner=spec.container_id):
+                    raise ContainerExists(f"address {spec.ip} of container {spec.name} is already in use on this host")
+                self.host.rt.network(spec.network).lease(spec.container_id, spec.ip)
+            need_image = not self.host.images.has_digest(request.image_digest)
+            self._save({
+                "migration_id": migration_id,
+                "phase": "prepared",
+                "name": spec.name,
+                "container_id": spec.container_id,
+                "ip": spec.ip,
+                "network": spec.network,
+                "image": spec.image,
+                "image_digest": request.image_digest,
+                "created_at": time.time(),
+            })
+        log.info("migration=%s phase=preflight container=%s reserved need_image=%s", migration_id, spec.name, need_image)
+        return IncomingTicket(migration_id=migration_id, need_image=need_image)
+
+    def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
+        record = self._load(migration_id)
+        reader = IteratorReader(chunks)
+        self.host.images.import_stream(record["image"], reader, expected_digest=record["image_digest"])
+        log.info("migration=%s phase=image received %s (%d bytes)", migration_id, record["image_digest"][:19], reader.bytes_read)
+
+    def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes], progress: Any = None) -> RestoreResult:
+        record = self._load(migration_id)
+        if record["phase"] != "prepared":
+            raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected prepared", phase="restore")
+        reader = IteratorReader(chunks)
+        try:
+            result = restore_container(
+                self.host,
+                RestoreOptions(name=record["name"], ip=record.get("ip")),
+                criu=self.criu,
+                progress=progress,
+                source=reader,
+            )
+        except BaseException:
+            # the restore removed what it built; drain nothing more and keep the reservation for abort
+            raise
+        record["phase"] = "restored"
+        record["restored_at"] = time.time()
+        with self._locked():
+            self._save(record)
+        return result
+
+    def abort(self, migration_id: str) -> None:
+        """Remove every piece of an unfinished migration. Idempotent."""
+        with self._locked():
+            path = self._path(migration_id)
+            try:
+                record = json.loads(path.read_text())
+            except FileNotFoundError:
+                return
+            cid = record["container_id"]
+            if record["phase"] == "restored":
+                try:
+                    self.host.rt.remove(cid, force=True)
+                except ContainerError as exc:
+                    log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
+            try:
+                exists = True
+                self.host.rt.container(cid)
+            except ContainerError:
+                exists = False
+            if not exists and record.get("ip"):
+                self.host.rt.network(record.get("network", "bridge")).release(cid)
+            path.unlink(missing_ok=True)
+        log.info("migration=%s aborted on the target", migration_id)
+
+    def commit(self, migration_id: str) -> None:
+        with self._locked():
+            path = self._path(migration_id)
+            if not path.exists():
+                raise MigrationError(f"no incoming migration {migration_id} to commit", phase="commit")
+            record = json.loads(path.read_text())
+            if record["phase"] != "restored":
+                raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected restored", phase="commit")
+            path.unlink()
+        log.info("migration=%s committed", migration_id)
+
+    def reconcile(self) -> None:
+        """After a crash: abort migrations that never got restored; remove stale scratch dirs."""
+        for record in self.records():
+            if record.get("phase") == "prepared":
+                log.warning("migration=%s was left unfinished by a restart: aborting it", record.get("migration_id"))
+                try:
+                    self.abort(record["migration_id"])
+                except (ContainerError, MigrationError, OSError) as exc:
+                    log.warning("migration=%s: abort failed: %s", record.get("migration_id"), exc)
+        tmp = self.host.paths.tmp
+        if tmp.is_dir():
+            for p in tmp.iterdir():
+                if p.name.startswith(_SCRATCH_PREFIXES):
+                    shutil.rmtree(p, ignore_errors=True)
