@@ -173,6 +173,7 @@ def checkpoint_container(
     images_dir = staging / IMAGES_DIR
     images_dir.mkdir()
     criu_version = criu.version()
+    criu.warm()
     cpuinfo_dump(images_dir)
     manifest = build_manifest(
         spec,

@@ -20,6 +20,8 @@ from migrate.api import (
     Engine,
     HostInfo,
     ImageInfo,
+    IncomingRequest,
+    IncomingTicket,
     MigrateOptions,
     MigrateResult,
     ProgressFn,
@@ -35,6 +37,15 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pymigrate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def _image_info(image: Any) -> ImageInfo:
     return ImageInfo(name=image.name, digest=image.digest, size_bytes=image.size_bytes, created_at=image.created_at)
 
@@ -42,15 +53,31 @@ def _image_info(image: Any) -> ImageInfo:
 class LocalEngine:
     """Everything on this host, through the runtime of state root ``root``."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, peer: "PeerConfig | None" = None) -> None:
         from runtime.runtime import Runtime
 
         self.runtime: Runtime = Runtime(root)
         self.root = self.runtime.paths.root
+        self.peer = peer or PeerConfig()
+        self._incoming_migrations: Any = None
 
     # -- host -----------------------------------------------------------------------------------
     def host_info(self) -> HostInfo:
-        raise NotImplementedError("host_info is wired by the checkpoint work")
+        import socket
+
+        from runtime.host import host_report
+
+        report = host_report()
+        return HostInfo(
+            version=_version(),
+            hostname=socket.gethostname(),
+            kernel=report.kernel_release or "",
+            criu_version=report.criu.version if report.criu.usable else None,
+            features=report.features(),
+            cgroup_mode=report.cgroup.mode if report.cgroup else "unknown",
+            cpu_digest=report.cpu_flags_sha256 or "",
+            images=tuple(self.images()),
+        )
 
     # -- images ---------------------------------------------------------------------------------
     def images(self) -> list[ImageInfo]:
@@ -107,25 +134,124 @@ class LocalEngine:
 
     # -- checkpoints and migration (wired by the checkpoint work) -------------------------------
     def checkpoint(self, name: str, options: CheckpointOptions, progress: ProgressFn | None = None) -> CheckpointResult:
-        raise NotImplementedError("checkpoint is wired by the checkpoint work")
+        from migrate.checkpoint import checkpoint_container
+
+        self.runtime.paths.ensure()
+        return checkpoint_container(self._host(), name, options, progress=progress)
 
     def restore(self, options: RestoreOptions, progress: ProgressFn | None = None) -> RestoreResult:
-        raise NotImplementedError("restore is wired by the checkpoint work")
+        from migrate.restore import restore_container
+
+        self.runtime.paths.ensure()
+        return restore_container(self._host(), options, progress=progress)
 
     def checkpoints(self) -> list[CheckpointInfo]:
-        raise NotImplementedError("checkpoints is wired by the checkpoint work")
+        return self._checkpoint_store().list()
 
     def checkpoint_remove(self, checkpoint_id: str) -> None:
-        raise NotImplementedError("checkpoint_remove is wired by the checkpoint work")
+        self._checkpoint_store().remove(checkpoint_id)
 
+    def checkpoint_inspect(self, checkpoint_id: str) -> dict[str, Any]:
+        return self._checkpoint_store().manifest(checkpoint_id)
+
+    def export_checkpoint(self, checkpoint_id: str) -> Iterator[bytes]:
+        from migrate.store import export_stream
+
+        return export_stream(self.runtime.paths, checkpoint_id)
+
+    def import_checkpoint(self, chunks: Iterator[bytes]) -> CheckpointInfo:
+        from migrate.store import import_stream
+
+        self.runtime.paths.ensure()
+        return import_stream(self.runtime.paths, chunks)
+
+    # -- migration ------------------------------------------------------------------------------
     def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult:
-        raise NotImplementedError("migrate is wired by the checkpoint work")
+        from migrate.migration import migrate_container
+
+        self.runtime.paths.ensure()
+        target = self.peer.connect(options.dest)
+        try:
+            return migrate_container(self._host(), name, options, target, progress=progress)
+        finally:
+            close = getattr(target, "close", None)
+            if close is not None:
+                close()
+
+    def prepare_incoming(self, request: IncomingRequest) -> IncomingTicket:
+        self.runtime.paths.ensure()
+        return self._incoming().prepare(request)
+
+    def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
+        self._incoming().receive_image(migration_id, chunks)
+
+    def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> RestoreResult:
+        return self._incoming().receive_checkpoint(migration_id, chunks)
+
+    def abort_incoming(self, migration_id: str) -> None:
+        self._incoming().abort(migration_id)
+
+    def commit_incoming(self, migration_id: str) -> None:
+        self._incoming().commit(migration_id)
+
+    def reconcile(self) -> None:
+        """After a (re)start: finish or undo what a crash interrupted (incoming migrations, scratch)."""
+        self.runtime.paths.ensure()
+        self._incoming().reconcile()
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _host(self) -> Any:
+        from runtime.checkpointing import CheckpointHost
+
+        return CheckpointHost(self.runtime)
+
+    def _checkpoint_store(self) -> Any:
+        from migrate.store import CheckpointStore
+
+        return CheckpointStore(self.runtime.paths)
+
+    def _incoming(self) -> Any:
+        if self._incoming_migrations is None:
+            from migrate.incoming import IncomingMigrations
+            from runtime.criu import SwrkCriu
+
+            self._incoming_migrations = IncomingMigrations(self._host(), SwrkCriu())
+        return self._incoming_migrations
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerConfig:
+    """How this host dials another daemon (migration targets): the same credential kinds as the CLI."""
+
+    tls: Any = None  # migrate.tls.TlsConfig
+    token: str | None = None
+    insecure: bool = False
+    ssh: dict[str, Any] | None = None
+
+    def connect(self, dest: str) -> Any:
+        from migrate.client import RemoteEngine
+
+        ssh = self.ssh if dest.startswith("ssh://") else None
+        return RemoteEngine(dest, tls=self.tls, token=self.token, insecure=self.insecure, ssh=ssh)
+
+    @classmethod
+    def from_args(cls, args: Any) -> "PeerConfig":
+        from migrate.client import read_token
+        from migrate.tls import tls_from_paths
+
+        tls = tls_from_paths(getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="peer")
+        ssh = None
+        if any(getattr(args, a, None) for a in ("ssh_key", "ssh_accept_new", "ssh_known_hosts", "ssh_remote_pymigrate", "ssh_remote_root")):
+            from migrate.ssh import ssh_options_from_args
+
+            ssh = ssh_options_from_args(args)
+        return cls(tls=tls, token=read_token(getattr(args, "token_file", None)), insecure=bool(getattr(args, "insecure", False)), ssh=ssh)
 
 
 def engine_for(args: Any) -> Engine:
     """LocalEngine on ``args.root`` unless ``args.host`` names a remote daemon."""
     if getattr(args, "host", None) is None:
-        return LocalEngine(getattr(args, "root", None))
+        return LocalEngine(getattr(args, "root", None), peer=PeerConfig.from_args(args))
     from migrate.client import RemoteEngine
 
     return RemoteEngine.from_args(args)

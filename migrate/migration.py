@@ -163,6 +163,8 @@ def migrate_container(
             images_dir = staging / "images"
             images_dir.mkdir()
             cpuinfo_dump(images_dir)
+            criu.warm()
+            import migrate.images  # noqa: F401  (loaded before the freeze)
             manifest = build_manifest(spec, new_checkpoint_id(), criu_version=here, options={"tcp_established": options.tcp_established, "migration_id": migration_id})
             request = DumpRequest(
                 pid=dt.init_pid,

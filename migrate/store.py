@@ -22,7 +22,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from migrate.api import CheckpointInfo
 from migrate.errors import ArchiveError, CheckpointNotFound
@@ -187,3 +187,74 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def export_stream(paths: Paths, checkpoint_id: str, *, compress: str = "zstd", level: int = 1) -> Iterator[bytes]:
+    """A local checkpoint as one archive byte stream (the same format as ``checkpoint --export``)."""
+    import threading
+
+    from migrate.images import ArchiveWriter, read_archive
+    from migrate.transfer import ChunkSink
+
+    store = CheckpointStore(paths)
+    cid = store.resolve(checkpoint_id)
+    base = store.dir(cid)
+    manifest = store.manifest(cid)
+    sink = ChunkSink()
+
+    def produce() -> None:
+        scratch = paths.tmp / f"export-{secrets.token_hex(6)}"
+        try:
+            scratch.mkdir(mode=0o700, parents=True)
+            with open(base / UPPER_ARCHIVE, "rb") as f:
+                read_archive(f, scratch)
+            (scratch / "upper").mkdir(exist_ok=True)
+            writer = ArchiveWriter(sink, compress=compress, level=level)  # type: ignore[arg-type]
+            writer.write_manifest({k: v for k, v in manifest.items() if k != "dump_stats"})
+            writer.add_tree("upper", scratch / "upper")
+            for p in sorted((base / IMAGES_DIR).iterdir()):
+                if p.is_file():
+                    writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
+            writer.close(trailer={"dump_stats": manifest.get("dump_stats", {})})
+            sink.close()
+        except BaseException as exc:  # handed to the consumer through the stream
+            sink.abort(exc)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    threading.Thread(target=produce, name=f"export-{cid[:8]}", daemon=True).start()
+    return sink.chunks()
+
+
+def import_stream(paths: Paths, chunks: Iterator[bytes]) -> CheckpointInfo:
+    """Verify an archive stream and keep it as a local checkpoint (new id if the old one exists)."""
+    from migrate.images import ArchiveWriter, read_archive
+    from migrate.transfer import IteratorReader
+
+    store = CheckpointStore(paths)
+    scratch = paths.tmp / f"import-{secrets.token_hex(6)}"
+    scratch.mkdir(mode=0o700, parents=True)
+    try:
+        manifest = read_archive(IteratorReader(chunks), scratch / "archive")
+        if manifest.get("kind") != MANIFEST_KIND:
+            raise ArchiveError(f"not a pymigrate checkpoint archive (kind {manifest.get('kind')!r})")
+        checkpoint_id = manifest.get("checkpoint_id") or new_checkpoint_id()
+        if (paths.checkpoints / checkpoint_id).exists():
+            checkpoint_id = new_checkpoint_id()
+        manifest["checkpoint_id"] = checkpoint_id
+        staging = store.staging_dir(checkpoint_id)
+        try:
+            os.rename(scratch / "archive" / IMAGES_DIR, staging / IMAGES_DIR)
+            upper = scratch / "archive" / "upper"
+            upper.mkdir(exist_ok=True)
+            with open(staging / UPPER_ARCHIVE, "wb") as f:
+                with ArchiveWriter(f, compress="none") as writer:
+                    writer.write_manifest({"kind": "upper-layer", "checkpoint_id": checkpoint_id})
+                    writer.add_tree("upper", upper)
+            final = store.commit(staging, checkpoint_id, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return info_from_manifest(manifest, size_bytes=_tree_size(final))

@@ -139,6 +139,10 @@ class Criu(Protocol):
 
     def version(self) -> str: ...
 
+    def warm(self) -> None:
+        """Load everything a request needs before the caller freezes a container."""
+        ...
+
     def dump(self, request: DumpRequest, *, on_notify: NotifyFn | None = None) -> DumpStats:
         """Dump ``request.pid``'s tree into ``request.images_dir``; raise CriuError on failure."""
         ...
@@ -218,6 +222,16 @@ class SwrkCriu:
         if self._binary is None:
             self._binary = criu_binary()
         return self._binary
+
+    def warm(self) -> None:
+        """Import what a dump or restore needs (pycriu's messages and image decoders) now, so the
+        cost is not paid while a container is frozen."""
+        _rpc()
+        try:
+            import pycriu.images.stats_pb2  # noqa: F401  (the package imports every _pb2)
+            import pycriu.images.magic  # noqa: F401
+        except ImportError:
+            pass
 
     def version(self) -> str:
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=30).stdout

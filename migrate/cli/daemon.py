@@ -71,9 +71,11 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     token = read_token(getattr(args, "token_file", None))
     listen = args.listen or default_listen(root)
 
-    from migrate.engine import LocalEngine  # heavy: the runtime, CRIU probing
+    from migrate.engine import LocalEngine, PeerConfig  # heavy: the runtime, CRIU probing
 
-    engine = LocalEngine(root)
+    # The daemon dials other daemons (migration targets) with its own credentials.
+    engine = LocalEngine(root, peer=PeerConfig.from_args(args))
+    engine.reconcile()
     server, bound = create_server(
         engine,
         listen,
