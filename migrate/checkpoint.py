@@ -204,7 +204,6 @@ def checkpoint_container(
 
     frozen_at = 0.0
     thawed = True
-    dumped = False
     try:
         emit("freeze")
         t0 = time.monotonic()
@@ -235,11 +234,9 @@ def checkpoint_container(
             writer = ArchiveWriter(dest, compress=options.compress, level=options.level)
             writer.write_manifest(manifest)
             stats_dump, dump_ms = stream_dump(criu, request, writer, target.upper_dir, on_bytes=lambda n: emit("dump", done=n))
-            upper_bytes = sum(m.size_bytes for m in writer_members(writer) if m.name.startswith("upper/"))
-            dumped = True
             summary = writer.close(trailer={"dump_stats": stats_dump.__dict__})
+            upper_bytes = sum(m.size_bytes for m in summary.members if m.name.startswith("upper/"))
             archive_bytes = summary.written_bytes
-        dumped = True
         dump_done = time.monotonic()
         if options.leave_running:
             if not was_paused:
@@ -301,8 +298,3 @@ def checkpoint_container(
         export_path=str(archive_path) if archive_path else None,
         stats=stats,
     )
-
-
-def writer_members(writer: Any) -> list[Any]:
-    """Members written so far (ArchiveWriter keeps them for its trailer)."""
-    return list(getattr(writer, "members", ()))

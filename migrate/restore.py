@@ -190,12 +190,12 @@ def restore_container(
         )
         restore_ms = (time.monotonic() - t0) * 1000
         crstats = read_restore_stats(work_dir)
+        images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file())
         log.info("container=%s restored from checkpoint=%s restore_ms=%.1f criu_ms=%.1f", spec.name,
                  unpacked.manifest.get("checkpoint_id"), restore_ms, crstats.restore_ms)
     finally:
         if unpacked.scratch is not None:
             shutil.rmtree(unpacked.scratch, ignore_errors=True)
-    images_bytes = unpacked.manifest.get("images_bytes", 0)
     emit("done")
     return RestoreResult(
         container=info,
@@ -204,6 +204,6 @@ def restore_container(
             restore_ms=round(restore_ms, 3),
             total_ms=round((time.monotonic() - started) * 1000, 3),
             archive_bytes=archive_bytes,
-            images_bytes=int(images_bytes),
+            images_bytes=images_bytes,
         ),
     )

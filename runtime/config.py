@@ -27,6 +27,20 @@ DEFAULT_BRIDGE = "pmbr0"
 DEFAULT_SUBNET = "10.77.0.0/16"
 
 
+def root_tag(root: Path) -> str:
+    """A short, stable tag of a state root (same through symlinks), for kernel object names that
+    several roots on one machine share a namespace for (cgroups, veths)."""
+    import zlib
+
+    return f"{zlib.crc32(os.path.realpath(root).encode()) & 0xFFFFFFFF:08x}"
+
+
+def default_cgroup_parent(root: Path) -> str:
+    """Containers of a state root live in <own cgroup>/pymigrate/<root tag>/<container id>: two
+    roots on one machine (the tests' "hosts") never collide when a migrated container keeps its id."""
+    return f"pymigrate/{root_tag(root)}"
+
+
 def default_root() -> Path:
     value = os.environ.get(ENV_ROOT)
     return Path(value) if value else DEFAULT_ROOT

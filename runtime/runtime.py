@@ -83,8 +83,9 @@ class Runtime:
         manager = self._cgroup_managers.get(parent)
         if manager is None:
             from runtime.cgroups import detect
+            from runtime.config import default_cgroup_parent
 
-            manager = self._cgroup_managers[parent] = detect(parent)
+            manager = self._cgroup_managers[parent] = detect(parent if parent is not None else default_cgroup_parent(self.paths.root))
         return manager
 
     def network(self, mode: str) -> Any:
