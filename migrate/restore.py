@@ -118,15 +118,14 @@ def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, r
         raise ContainerExists(f"address {spec.ip} is already in use on this host", hint="restore with --ip ADDR")
 
 
-def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, netns_fd: int | None, *, tcp_established: bool, network_lock: str) -> RestoreRequest:
+def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_established: bool, network_lock: str) -> RestoreRequest:
+    """The CRIU restore request; the runtime adds the network namespace fd inside the shim."""
     external = tuple(f"mnt[{volume_key(i)}]:{vol.source}" for i, vol in enumerate(spec.volumes))
-    inherit = ((NETNS_KEY, netns_fd),) if netns_fd is not None else ()
     opts = unpacked.manifest.get("options", {})
     return RestoreRequest(
         images_dir=unpacked.images_dir,
         work_dir=unpacked.images_dir.parent / "restore-work" if unpacked.scratch is None else unpacked.scratch,
         root=root,
-        inherit_fds=inherit,
         external=external,
         tcp_established=tcp_established or bool(opts.get("tcp_established")),
         file_locks=bool(opts.get("file_locks")),
@@ -182,9 +181,10 @@ def restore_container(
             spec,
             upper_src=unpacked.upper_dir,
             replace_id=replace_id,
-            make_request=lambda root, netns_fd: restore_request(
-                unpacked, spec, root, netns_fd, tcp_established=options.tcp_established, network_lock=rt.network_lock()
+            request_for=lambda root: restore_request(
+                unpacked, spec, root, tcp_established=options.tcp_established, network_lock=rt.network_lock()
             ),
+            netns_key=NETNS_KEY,
             criu=criu,
             restored_from=unpacked.manifest.get("checkpoint_id"),
         )

@@ -162,14 +162,15 @@ class CheckpointHost:
         *,
         upper_src: Path,
         replace_id: str | None,
-        make_request: Callable[[Path, int | None], Any],
+        request_for: Callable[[Path], Any],
+        netns_key: str,
         criu: Any,
         restored_from: str | None,
     ) -> ContainerInfo:
         """Build a container from ``spec`` whose process tree CRIU restores (see module doc)."""
         from runtime import overlay
         from runtime.runtime import limits_of
-        from runtime.shim import launch_shim
+        from runtime.shim import Starter, launch_shim
 
         rt = self.rt
         if replace_id is not None:
@@ -206,15 +207,20 @@ class CheckpointHost:
                 net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
                 undo.append(("disconnect", lambda: net.disconnect(cid)))
 
-            def start() -> int:  # runs in the shim
-                fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    request = make_request(dirs.merged, fd)
-                    return int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(cid, swrk_pid)))
-                finally:
-                    os.close(fd)
-
-            launch_shim(rt.store, cid, start, oom_killed=lambda: cg.stats(cid).oom_kills > 0, sys=rt.sys)
+            parent = rt.cgroup_parent(spec.cgroup_parent)
+            starter = Starter(
+                "runtime.checkpointing:start_restore",
+                {
+                    "request": request_for(dirs.merged),
+                    "netns": str(netns),
+                    "netns_key": netns_key,
+                    "cgroup_parent": parent,
+                    "container_id": cid,
+                    "criu": criu,
+                },
+            )
+            oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
+            launch_shim(rt.store, cid, starter, oom_killed=oom, sys=rt.sys)
             if spec.network == "bridge":
                 try:
                     net.announce(cid, netns)
@@ -225,6 +231,20 @@ class CheckpointHost:
             raise
         log.info("container=%s name=%s restored from=%s", cid, spec.name, restored_from)
         return rt.inspect(cid)  # type: ignore[no-any-return]
+
+
+def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any) -> int:
+    """The shim's starter for a restore: CRIU restores the tree into the container's cgroup and
+    network namespace; returns the restored init's host pid (a child of the shim: rst_sibling)."""
+    from runtime.cgroups import detect
+
+    cg = detect(cgroup_parent)
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
+        return int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid)))
+    finally:
+        os.close(fd)
 
 
 def keep_failed_log(paths: Any, log_path: Path | None, kind: str) -> Path | None:

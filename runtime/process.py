@@ -76,6 +76,21 @@ def _env_dict(env: tuple[str, ...]) -> dict[str, str]:
     return dict(item.partition("=")[::2] for item in env)
 
 
+def start_container(plan: InitPlan, cgroup_parent: str) -> int:
+    """The ``Starter`` of a fresh container (picklable for exec-launched shims): start the init."""
+    from runtime.cgroups import detect
+    from runtime.syscalls import LINUX
+
+    return run_starter(plan, detect(cgroup_parent).add_pid, LINUX)()
+
+
+def oom_killed(cgroup_parent: str, container_id: str) -> bool:
+    """The shim's OOM probe: did the OOM killer strike inside the container's cgroup?"""
+    from runtime.cgroups import detect
+
+    return bool(detect(cgroup_parent).stats(container_id).oom_kills > 0)
+
+
 def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscalls) -> Callable[[], int]:
     """The shim's starter for a fresh container (see the module docstring)."""
 

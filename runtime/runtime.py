@@ -78,6 +78,12 @@ class Runtime:
                 continue
         return False
 
+    def cgroup_parent(self, parent: str | None) -> str:
+        """The cgroup parent actually used for a container's ``cgroup_parent`` setting."""
+        from runtime.config import default_cgroup_parent
+
+        return parent if parent is not None else default_cgroup_parent(self.paths.root)
+
     def cgroups(self, parent: str | None) -> Any:
         """The CgroupManager for containers under ``parent`` (None: the default parent)."""
         manager = self._cgroup_managers.get(parent)
@@ -270,8 +276,8 @@ class Runtime:
 
     def _start(self, spec: ContainerSpec, lower: Path, undo: list[tuple[str, Callable[[], None]]]) -> None:
         from runtime import rootfs
-        from runtime.process import InitPlan, container_env, run_starter
-        from runtime.shim import launch_shim
+        from runtime.process import InitPlan, container_env
+        from runtime.shim import Starter, launch_shim
 
         cid = spec.container_id
         cdir = self.store.dir(cid)
@@ -306,8 +312,8 @@ class Runtime:
         launch_shim(
             self.store,
             cid,
-            run_starter(plan, cg.add_pid, self.sys),
-            oom_killed=lambda: cg.stats(cid).oom_kills > 0,
+            Starter("runtime.process:start_container", {"plan": plan, "cgroup_parent": self.cgroup_parent(spec.cgroup_parent)}),
+            oom_killed=Starter("runtime.process:oom_killed", {"cgroup_parent": self.cgroup_parent(spec.cgroup_parent), "container_id": cid}),
             sys=self.sys,
         )
 

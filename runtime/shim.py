@@ -18,18 +18,32 @@ Process picture::
 - When the init exits, the shim records ``exited`` with the exit code (128+N for signal N) and
   ``oom_killed``, all in one atomic state write, reaps whatever else is left, and exits.
 - The launcher learns the init pid, or the starter's error text, through a CLOEXEC pipe.
+
+Two ways to launch, same shim:
+- ``fork`` (default; the CLI): the launcher forks itself. Fast, and safe in a single-threaded
+  process.
+- ``exec`` (multi-threaded hosts: the gRPC daemon calls ``use_exec_launch()``): fork() of a process
+  whose other threads are inside gRPC is not safe (gRPC then skips its fork handlers and the child
+  dies), so the launcher starts a fresh ``python -m runtime.shim`` and hands it the starter,
+  pickled. The starter must then be a ``Starter`` (a module-level function and plain data), not a
+  closure.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
+import pickle
 import signal
+import subprocess
+import sys as _sys
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 from runtime.errors import ContainerError, ContainerNotFound
 from runtime.spec import ContainerState
@@ -40,6 +54,27 @@ log = logging.getLogger(__name__)
 
 SHIM_COMM = "pymigrate-shim"  # /proc/<pid>/comm of every shim (at most 15 bytes)
 SHIM_LOG = "shim.log"  # in the container directory
+
+
+@dataclass(frozen=True)
+class Starter:
+    """A picklable starter (or probe): ``module:function`` called with ``kwargs`` in the shim."""
+
+    function: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> Any:
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)(**self.kwargs)
+
+
+_launch_mode = "fork"
+
+
+def use_exec_launch(enabled: bool = True) -> None:
+    """Launch shims by exec instead of fork (call once in multi-threaded processes)."""
+    global _launch_mode
+    _launch_mode = "exec" if enabled else "fork"
 
 
 @dataclass(frozen=True)
@@ -72,6 +107,30 @@ def launch_shim(
         ContainerError: the starter failed (its message), or the shim died before reporting.
     """
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    if _launch_mode == "exec":
+        payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed})
+        try:
+            proc = subprocess.Popen(
+                [_sys.executable, "-m", "runtime.shim", str(wfd)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(wfd,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(rfd)
+            os.close(wfd)
+            raise
+        os.close(wfd)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(payload)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        proc.wait()  # it forks the shim and exits at once
+        return _read_report(store, container_id, rfd)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
@@ -84,8 +143,12 @@ def launch_shim(
         finally:
             os._exit(code)
     os.close(wfd)
+    os.waitpid(pid, 0)
+    return _read_report(store, container_id, rfd)
+
+
+def _read_report(store: StateStore, container_id: str, rfd: int) -> ShimHandle:
     try:
-        os.waitpid(pid, 0)
         chunks = []
         while chunk := os.read(rfd, 65536):
             chunks.append(chunk)
@@ -251,3 +314,20 @@ def is_shim(pid: int) -> bool:
             return f.read().strip() == SHIM_COMM.encode()[:15]
     except OSError:
         return False
+
+
+def _exec_main() -> None:  # pragma: no cover - the exec'd launcher (see "Two ways to launch")
+    from runtime.config import Paths
+    from runtime.syscalls import LINUX as _LINUX
+
+    report_fd = int(_sys.argv[1])
+    data = pickle.load(_sys.stdin.buffer)
+    store = StateStore(Paths(Path(data["root"])))
+    os.set_inheritable(report_fd, False)
+    if os.fork() == 0:
+        _shim_main(store, data["container_id"], data["starter"], report_fd, data["oom_killed"], _LINUX)
+    os._exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _exec_main()

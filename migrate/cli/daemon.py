@@ -72,6 +72,9 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     listen = args.listen or default_listen(root)
 
     from migrate.engine import LocalEngine, PeerConfig  # heavy: the runtime, CRIU probing
+    from runtime.shim import use_exec_launch
+
+    use_exec_launch()  # gRPC's threads make fork() unsafe here: shims start as fresh processes
 
     # The daemon dials other daemons (migration targets) with its own credentials.
     engine = LocalEngine(root, peer=PeerConfig.from_args(args))
