@@ -70,8 +70,11 @@ def test_engine_for_picks_local(tmp_path) -> None:  # noqa: ANN001
     assert isinstance(engine, LocalEngine) and engine.root == tmp_path
 
 
-def test_local_engine_leaves_checkpoints_to_the_checkpoint_work(tmp_path) -> None:  # noqa: ANN001
+def test_local_engine_lists_no_checkpoints_in_an_empty_root(tmp_path) -> None:  # noqa: ANN001
     from migrate.engine import LocalEngine
+    from migrate.errors import CheckpointNotFound
 
-    with pytest.raises(NotImplementedError, match="checkpoint work"):
-        LocalEngine(tmp_path).checkpoints()
+    engine = LocalEngine(tmp_path)
+    assert engine.checkpoints() == []
+    with pytest.raises(CheckpointNotFound):
+        engine.checkpoint_inspect("abcdef01")
