@@ -60,6 +60,7 @@ class LocalEngine:
         self.root = self.runtime.paths.root
         self.peer = peer or PeerConfig()
         self._incoming_migrations: Any = None
+        self._checkpoint_host: Any = None
 
     # -- host -----------------------------------------------------------------------------------
     def host_info(self) -> HostInfo:
@@ -201,9 +202,11 @@ class LocalEngine:
 
     # -- helpers --------------------------------------------------------------------------------
     def _host(self) -> Any:
-        from runtime.checkpointing import CheckpointHost
+        if self._checkpoint_host is None:
+            from runtime.checkpointing import CheckpointHost
 
-        return CheckpointHost(self.runtime)
+            self._checkpoint_host = CheckpointHost(self.runtime)
+        return self._checkpoint_host
 
     def _checkpoint_store(self) -> Any:
         from migrate.store import CheckpointStore

@@ -50,6 +50,7 @@ class CheckpointHost:
         self.rt = rt
         self.paths = rt.paths
         self.store = rt.store
+        self._cpu_digest: str | None = None
 
     @property
     def images(self) -> Any:
@@ -88,9 +89,11 @@ class CheckpointHost:
         return "nftables"
 
     def cpu_digest(self) -> str:
-        from runtime.host import read_cpu
+        if self._cpu_digest is None:
+            from runtime.host import read_cpu
 
-        return read_cpu()[1] or ""
+            self._cpu_digest = read_cpu()[1] or ""
+        return self._cpu_digest
 
     def mark_checkpointed(self, c: Container, checkpoint_id: str, timeout_s: float = 10.0) -> None:
         """After a dump that killed the tree: record the checkpoint and wait for the shim's exit record."""

@@ -56,12 +56,37 @@ def criu_binary() -> str:
     return found
 
 
+_MODULES: dict[str, Any] = {}
+_VERSIONS: dict[str, str] = {}  # binary -> version, probed once per process
+
+
+def _pycriu_module(relative: str) -> Any:
+    """Load one of pycriu's generated modules (``rpc_pb2``, ``images/stats_pb2``, ``images/magic``)
+    from pycriu's directory *without* running ``pycriu/__init__.py``: that imports every image
+    module (about 75 ms here), a cost that would otherwise land inside a restore's downtime."""
+    module = _MODULES.get(relative)
+    if module is not None:
+        return module
+    import importlib.util
+
+    spec = importlib.util.find_spec("pycriu")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("pycriu is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / f"{relative}.py"
+    mod_spec = importlib.util.spec_from_file_location(f"_pymigrate_pycriu_{relative.replace('/', '_')}", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    _MODULES[relative] = module
+    return module
+
+
 def _rpc() -> Any:
     try:
-        import pycriu.rpc_pb2 as rpc  # type: ignore[import-not-found]
-    except ImportError as exc:
+        return _pycriu_module("rpc_pb2")
+    except (ImportError, OSError) as exc:
         raise Unsupported("checkpoint/restore", f"pycriu is not importable ({exc})", hint="run scripts/setup.sh (installs pycriu into .venv)") from exc
-    return rpc
 
 
 @dataclass(frozen=True)
@@ -228,15 +253,18 @@ class SwrkCriu:
         cost is not paid while a container is frozen."""
         _rpc()
         try:
-            import pycriu.images.stats_pb2  # noqa: F401  (the package imports every _pb2)
-            import pycriu.images.magic  # noqa: F401
-        except ImportError:
+            _pycriu_module("images/stats_pb2")
+            _pycriu_module("images/magic")
+        except (ImportError, OSError):
             pass
 
     def version(self) -> str:
-        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=30).stdout
-        match = re.search(r"Version:\s*(\S+)", out)
-        return match.group(1) if match else "unknown"
+        cached = _VERSIONS.get(self.binary)
+        if cached is None:
+            out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+            match = re.search(r"Version:\s*(\S+)", out)
+            cached = _VERSIONS[self.binary] = match.group(1) if match else "unknown"
+        return cached
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -429,13 +457,12 @@ def read_image_entries(path: Path, message_name: str, module: str) -> list[Any]:
     pycriu's dict decoder (pb2dict) reads ``FieldDescriptor.label``, which protobuf 7 removed, so we
     read the framing ourselves and only use the message classes.
     """
-    import importlib
     import struct
 
     try:
-        pb = importlib.import_module(f"pycriu.images.{module}")
-        magic = importlib.import_module("pycriu.images.magic")
-    except ImportError:
+        pb = _pycriu_module(f"images/{module}")
+        magic = _pycriu_module("images/magic")
+    except (ImportError, OSError):
         return []
     data = path.read_bytes()
     (first,) = struct.unpack_from("<I", data, 0)

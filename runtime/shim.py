@@ -22,11 +22,15 @@ Process picture::
 Two ways to launch, same shim:
 - ``fork`` (default; the CLI): the launcher forks itself. Fast, and safe in a single-threaded
   process.
-- ``exec`` (multi-threaded hosts: the gRPC daemon calls ``use_exec_launch()``): fork() of a process
-  whose other threads are inside gRPC is not safe (gRPC then skips its fork handlers and the child
-  dies), so the launcher starts a fresh ``python -m runtime.shim`` and hands it the starter,
-  pickled. The starter must then be a ``Starter`` (a module-level function and plain data), not a
-  closure.
+- ``launcher`` (the gRPC daemon, ``use_launcher()`` before gRPC starts any thread): fork() of a
+  process whose other threads are inside gRPC is not safe (gRPC then skips its fork handlers and
+  the child dies). So the daemon forks, while still single-threaded, a small *launcher* process
+  (a fork server, warm with the runtime's imports) and sends it each starter, pickled, with the
+  report pipe's write end attached (SCM_RIGHTS). The launcher forks the shim as in ``fork`` mode.
+- ``exec`` (fallback when the launcher is gone): a fresh ``python -m runtime.shim`` receives the
+  pickled starter; costs an interpreter start and imports (~50 ms).
+In the last two modes the starter must be a ``Starter`` (a module-level function and plain data),
+not a closure.
 """
 
 from __future__ import annotations
@@ -69,12 +73,101 @@ class Starter:
 
 
 _launch_mode = "fork"
+_launcher: "Launcher | None" = None
 
 
 def use_exec_launch(enabled: bool = True) -> None:
     """Launch shims by exec instead of fork (call once in multi-threaded processes)."""
     global _launch_mode
     _launch_mode = "exec" if enabled else "fork"
+
+
+def use_launcher() -> None:
+    """Start the fork server and launch every shim through it. Call while single-threaded."""
+    global _launch_mode, _launcher
+    _launcher = Launcher()
+    _launch_mode = "launcher"
+
+
+class Launcher:
+    """A fork server for shims: a single-threaded child of the daemon (see the module doc)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # warm the imports every shim needs, so forks of the launcher start ready
+        import runtime.checkpointing  # noqa: F401
+        import runtime.process  # noqa: F401
+        from runtime.criu import SwrkCriu
+
+        SwrkCriu().warm()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the launcher process
+            code = 0
+            try:
+                ours.close()
+                _launcher_main(theirs)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self._sock = ours
+        self._lock = threading.Lock()
+        self.alive = True
+
+    def launch(self, payload: bytes, report_fd: int) -> bool:
+        """Hand one shim to the launcher; False if the launcher is gone (caller falls back)."""
+        import socket
+
+        with self._lock:
+            if not self.alive:
+                return False
+            try:
+                socket.send_fds(self._sock, [payload], [report_fd])
+                ack = self._sock.recv(16)
+            except OSError:
+                ack = b""
+            if ack != b"ok":
+                self.alive = False
+                log.warning("the shim launcher (pid %d) is gone; falling back to exec", self.pid)
+                return False
+            return True
+
+
+def _launcher_main(sock: Any) -> None:  # pragma: no cover - runs in the launcher
+    import socket
+
+    from runtime.config import Paths
+    from runtime.syscalls import LINUX as _LINUX
+
+    _LINUX.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: go when the daemon goes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 1)
+        if not msg:
+            return
+        data = pickle.loads(msg)
+        report_fd = fds[0]
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                sock.close()
+                os.setsid()
+                if os.fork() == 0:
+                    store = StateStore(Paths(Path(data["root"])))
+                    _shim_main(store, data["container_id"], data["starter"], report_fd, data["oom_killed"], _LINUX)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(report_fd)
+        os.waitpid(pid, 0)
+        sock.send(b"ok")
 
 
 @dataclass(frozen=True)
@@ -107,7 +200,16 @@ def launch_shim(
         ContainerError: the starter failed (its message), or the shim died before reporting.
     """
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    if _launch_mode == "exec":
+    if _launch_mode == "launcher" and _launcher is not None:
+        payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed})
+        try:
+            launched = _launcher.launch(payload, wfd)
+        finally:
+            os.close(wfd)
+        if launched:
+            return _read_report(store, container_id, rfd)
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    if _launch_mode in ("exec", "launcher"):
         payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed})
         try:
             proc = subprocess.Popen(

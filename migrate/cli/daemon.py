@@ -49,6 +49,11 @@ def _path(value: str) -> Any:
 
 
 def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
+    # First, while this process is still single-threaded: the shim launcher (fork server).
+    # Once gRPC runs its threads, fork() here is unsafe (runtime/shim.py explains).
+    from runtime.shim import use_launcher
+
+    use_launcher()
     import sys
 
     if getattr(args, "host", None):
@@ -72,9 +77,6 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     listen = args.listen or default_listen(root)
 
     from migrate.engine import LocalEngine, PeerConfig  # heavy: the runtime, CRIU probing
-    from runtime.shim import use_exec_launch
-
-    use_exec_launch()  # gRPC's threads make fork() unsafe here: shims start as fresh processes
 
     # The daemon dials other daemons (migration targets) with its own credentials.
     engine = LocalEngine(root, peer=PeerConfig.from_args(args))
