@@ -176,7 +176,9 @@ def restore_container(
         if options.ip:
             spec = replace(spec, ip=options.ip)
         emit("preflight")
+        t_pre = time.monotonic()
         preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
+        preflight_ms = (time.monotonic() - t_pre) * 1000
         work_dir = unpacked.scratch if unpacked.scratch is not None else unpacked.images_dir.parent
         emit("restore")
         t0 = time.monotonic()
@@ -194,8 +196,10 @@ def restore_container(
         restore_ms = (time.monotonic() - t0) * 1000
         crstats = read_restore_stats(work_dir)
         images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file())
-        log.info("container=%s restored from checkpoint=%s restore_ms=%.1f criu_ms=%.1f", spec.name,
-                 unpacked.manifest.get("checkpoint_id"), restore_ms, crstats.restore_ms)
+        log.info(
+            "container=%s restored from checkpoint=%s import_ms=%.1f preflight_ms=%.1f restore_ms=%.1f (criu restore_time %.1f ms)",
+            spec.name, unpacked.manifest.get("checkpoint_id"), import_ms, preflight_ms, restore_ms, crstats.restore_ms,
+        )
     finally:
         if unpacked.scratch is not None:
             shutil.rmtree(unpacked.scratch, ignore_errors=True)
