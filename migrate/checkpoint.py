@@ -29,9 +29,9 @@ from typing import IO, Any, Callable
 
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
 from migrate.store import IMAGES_DIR, UPPER_ARCHIVE, CheckpointStore, build_manifest, new_checkpoint_id
-from runtime.criu import Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
-from runtime.checkpointing import DumpTarget
-from runtime.errors import InvalidState
+from runtime.criu import DUMP_LOG, Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
+from runtime.checkpointing import DumpTarget, keep_failed_log
+from runtime.errors import ContainerError, InvalidState
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,28 @@ NETNS_KEY = "extnet"  # CRIU's name for the container's (external) network names
 
 def volume_key(index: int) -> str:
     return f"vol{index}"
+
+
+def keep_criu_log(paths: Any, exc: BaseException, log_path: Path, kind: str) -> None:
+    """Before a scratch dir holding a CRIU log is removed: copy the log to ROOT/logs and point the
+    error's message (and ``log_path``) at the copy, so the path the user is shown still exists.
+
+    Errors from the shim arrive as text only (a ContainerError quoting the CriuError), hence the
+    message rewrite rather than a new CriuError.
+    """
+    if not isinstance(exc, ContainerError) or str(log_path) not in exc.message:
+        return
+    try:
+        kept = keep_failed_log(paths, log_path, kind)
+    except OSError as copy_exc:  # rollback path: keep the original error
+        log.warning("cannot keep criu %s log %s: %s", kind, log_path, copy_exc)
+        return
+    if kept is None:
+        return
+    exc.message = exc.message.replace(str(log_path), str(kept))
+    exc.args = (exc.message,)
+    if getattr(exc, "log_path", None) is not None:
+        exc.log_path = kept  # type: ignore[attr-defined]
 
 
 def dump_externals(target: DumpTarget) -> tuple[str, ...]:
@@ -246,7 +268,7 @@ def checkpoint_container(
             rt.mark_checkpointed(container, checkpoint_id)
             thawed = True  # CRIU killed the tree on purpose
         frozen_ms = (dump_done - frozen_at) * 1000
-    except BaseException:
+    except BaseException as exc:
         if not thawed:
             try:
                 rt.thaw(container)
@@ -256,6 +278,7 @@ def checkpoint_container(
             out.close()
         if export_tmp is not None:
             export_tmp.unlink(missing_ok=True)
+        keep_criu_log(rt.paths, exc, (request.work_dir or images_dir) / DUMP_LOG, "dump")
         shutil.rmtree(staging, ignore_errors=True)
         raise
     images_bytes = _images_bytes(images_dir)

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from migrate.api import ProgressEvent, ProgressFn, RestoreOptions, RestoreResult, RestoreStats
-from migrate.checkpoint import NETNS_KEY, volume_key
+from migrate.checkpoint import NETNS_KEY, keep_criu_log, volume_key
 from migrate.errors import IncompatibleHost, MigrationError
 from migrate.store import IMAGES_DIR, MANIFEST_KIND, UPPER_ARCHIVE, CheckpointStore
-from runtime.criu import Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
+from runtime.criu import RESTORE_LOG, Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
 from runtime.errors import ContainerExists, CriuError, ImageNotFound
 from runtime.spec import ContainerSpec
 
@@ -55,12 +55,13 @@ class Unpacked:
 def unpack_archive(rt: Any, source: Any, *, progress: ProgressFn | None = None) -> Unpacked:
     """Verify and unpack an archive stream into a scratch dir under ROOT/tmp."""
     from migrate.images import read_archive
+    from migrate.store import devices_allowed
 
     rt.paths.tmp.mkdir(parents=True, exist_ok=True)
     scratch = Path(os.path.join(rt.paths.tmp, f"import-{os.urandom(6).hex()}"))
     scratch.mkdir(mode=0o700)
     try:
-        manifest = read_archive(source, scratch)
+        manifest = read_archive(source, scratch, allow_devices=devices_allowed)
         if manifest.get("kind") != MANIFEST_KIND:
             raise MigrationError(f"not a pymigrate checkpoint archive (kind {manifest.get('kind')!r})", phase="verify")
         images = scratch / IMAGES_DIR
@@ -86,7 +87,7 @@ def unpack_local(rt: Any, checkpoint_id: str) -> Unpacked:
     scratch.mkdir(mode=0o700)
     try:
         with open(base / UPPER_ARCHIVE, "rb") as f:
-            read_archive(f, scratch)
+            read_archive(f, scratch, allow_devices=True)  # our own local checkpoint
         upper = scratch / "upper"
         upper.mkdir(exist_ok=True)
     except BaseException:
@@ -200,6 +201,10 @@ def restore_container(
             "container=%s restored from checkpoint=%s import_ms=%.1f preflight_ms=%.1f restore_ms=%.1f (criu restore_time %.1f ms)",
             spec.name, unpacked.manifest.get("checkpoint_id"), import_ms, preflight_ms, restore_ms, crstats.restore_ms,
         )
+    except BaseException as exc:
+        if unpacked.scratch is not None:  # the CRIU log goes with the scratch dir: keep a copy
+            keep_criu_log(rt.paths, exc, unpacked.scratch / RESTORE_LOG, "restore")
+        raise
     finally:
         if unpacked.scratch is not None:
             shutil.rmtree(unpacked.scratch, ignore_errors=True)
