@@ -582,10 +582,13 @@ def read_archive(
     source: BinaryIO,
     dest: Path,
     *,
-    allow_devices: bool = False,
+    allow_devices: bool | Callable[[dict[str, Any]], bool] = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Extract the archive read from ``source`` into ``dest`` and return its manifest.
+
+    ``allow_devices`` may be a policy: called with the manifest (the first record) before any
+    member is extracted, it decides whether device nodes other than overlay whiteouts are allowed.
 
     ``dest`` must be empty or absent (normally a temp dir next to the final place; on error it
     holds a partial extraction for the caller to remove). The returned manifest has the
@@ -641,7 +644,7 @@ class _Reader:
         source: BinaryIO,
         dest: Path | None,
         *,
-        allow_devices: bool = False,
+        allow_devices: bool | Callable[[dict[str, Any]], bool] = False,
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self._src = source
@@ -802,6 +805,8 @@ class _Reader:
         self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="archive-sha256")
         try:
             manifest = self.read_head()
+            if callable(self._allow_devices):
+                self._allow_devices = bool(self._allow_devices(manifest))
             while True:
                 rec = self._next_record()
                 if rec is None:

@@ -81,7 +81,17 @@ def build_manifest(spec: ContainerSpec, checkpoint_id: str, *, criu_version: str
         "host": host_facts(),
         "options": options,
         "uid": os.geteuid(),
+        # Device nodes a container made (it has CAP_MKNOD) are restored only from checkpoints
+        # taken by root on a pymigrate host; see devices_allowed().
+        "devices": {"taken_as_root": os.geteuid() == 0, "trusted_host": True},
     }
+
+
+def devices_allowed(manifest: dict[str, Any]) -> bool:
+    """The device-node policy for an archive's upper layer: overlay whiteouts are always fine;
+    other device nodes only when the manifest says root took the checkpoint on a trusted host."""
+    devices = manifest.get("devices") or {}
+    return bool(devices.get("taken_as_root") and devices.get("trusted_host"))
 
 
 class CheckpointStore:
@@ -207,7 +217,7 @@ def export_stream(paths: Paths, checkpoint_id: str, *, compress: str = "zstd", l
         try:
             scratch.mkdir(mode=0o700, parents=True)
             with open(base / UPPER_ARCHIVE, "rb") as f:
-                read_archive(f, scratch)
+                read_archive(f, scratch, allow_devices=True)  # our own local checkpoint
             (scratch / "upper").mkdir(exist_ok=True)
             writer = ArchiveWriter(sink, compress=compress, level=level)  # type: ignore[arg-type]
             writer.write_manifest({k: v for k, v in manifest.items() if k != "dump_stats"})
@@ -235,7 +245,7 @@ def import_stream(paths: Paths, chunks: Iterator[bytes]) -> CheckpointInfo:
     scratch = paths.tmp / f"import-{secrets.token_hex(6)}"
     scratch.mkdir(mode=0o700, parents=True)
     try:
-        manifest = read_archive(IteratorReader(chunks), scratch / "archive")
+        manifest = read_archive(IteratorReader(chunks), scratch / "archive", allow_devices=devices_allowed)
         if manifest.get("kind") != MANIFEST_KIND:
             raise ArchiveError(f"not a pymigrate checkpoint archive (kind {manifest.get('kind')!r})")
         checkpoint_id = manifest.get("checkpoint_id") or new_checkpoint_id()
