@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
 from migrate.store import IMAGES_DIR, UPPER_ARCHIVE, CheckpointStore, build_manifest, new_checkpoint_id
@@ -165,14 +165,16 @@ def checkpoint_container(
     *,
     criu: Criu | None = None,
     progress: ProgressFn | None = None,
-    sink: IO[bytes] | None = None,
 ) -> CheckpointResult:
-    """Checkpoint container ``name`` of runtime ``rt``.
+    """Checkpoint container ``name`` of runtime ``rt`` (a runtime.checkpointing.CheckpointHost).
 
-    Where the checkpoint goes:
-    - ``sink`` given (migration): the archive is streamed into it; nothing is kept locally;
-    - ``options.export_path``: the archive is written to that file (atomically: temp name, rename);
-    - otherwise: a local checkpoint under ROOT/checkpoints/<id> (images uncompressed).
+    With ``options.export_path`` the checkpoint becomes one archive file (written under a temp
+    name, renamed when complete); otherwise a local checkpoint under ROOT/checkpoints/<id>.
+
+    The dump always runs with CRIU's ``leave_running``: the tree, frozen before CRIU started,
+    stays frozen while everything is written, fsynced and committed. Only then is the container
+    stopped (default) or thawed (``--leave-running``). So a failure anywhere, even after CRIU
+    finished (disk full on the last bytes, a rename), thaws the container and it keeps running.
     """
     from migrate.images import ArchiveWriter
 
@@ -206,95 +208,83 @@ def checkpoint_container(
     request = DumpRequest(
         pid=target.init_pid,
         images_dir=images_dir,
-        leave_running=options.leave_running,
+        leave_running=True,  # frozen until committed; see the docstring
         tcp_established=options.tcp_established,
         file_locks=options.file_locks,
         external=dump_externals(target),
         freeze_cgroup=target.freeze_cgroup,
         network_lock=rt.network_lock(),
     )
-
-    export_tmp: Path | None = None
-    out: IO[bytes] | None = None
-    archive_path: Path | None = None
-    if sink is None and options.export_path is not None:
-        archive_path = Path(options.export_path).resolve()
-        export_tmp = archive_path.with_name(f".{archive_path.name}.{checkpoint_id}.tmp")
-        out = open(export_tmp, "wb")
-    elif sink is None:
-        out = open(staging / UPPER_ARCHIVE, "wb")
-
-    frozen_at = 0.0
-    thawed = True
+    archive_path = Path(options.export_path).resolve() if options.export_path is not None else None
+    out_path = (
+        archive_path.with_name(f".{archive_path.name}.{checkpoint_id}.tmp") if archive_path else staging / UPPER_ARCHIVE
+    )
+    was_paused = state == "paused"
+    frozen = False
     try:
-        emit("freeze")
-        t0 = time.monotonic()
-        was_paused = state == "paused"
-        rt.freeze(container)
-        thawed = False
-        frozen_at = time.monotonic()
-        freezing_ms = (frozen_at - t0) * 1000
-        emit("dump")
-        if out is not None and archive_path is None:
-            # local checkpoint: images stay raw in images/, only the upper layer is archived
-            with ArchiveWriter(out, compress="none") as upper_writer:
-                upper_writer.write_manifest({"kind": "upper-layer", "checkpoint_id": checkpoint_id})
+        with open(out_path, "wb") as out:
+            emit("freeze")
+            t0 = time.monotonic()
+            rt.freeze(container)
+            frozen = True
+            frozen_at = time.monotonic()
+            freezing_ms = (frozen_at - t0) * 1000
+            emit("dump")
+            if archive_path is not None:
+                # one archive: manifest, upper layer and images, streamed while CRIU writes
+                writer = ArchiveWriter(out, compress=options.compress, level=options.level)
+                writer.write_manifest(manifest)
+                stats_dump, dump_ms = stream_dump(criu, request, writer, target.upper_dir, on_bytes=lambda n: emit("dump", done=n))
+                summary = writer.close(trailer={"dump_stats": stats_dump.__dict__})
+                upper_bytes = sum(m.size_bytes for m in summary.members if m.name.startswith("upper/"))
+                archive_bytes = summary.written_bytes
+            else:
+                # local: CRIU's images stay raw in images/; the upper layer is archived beside them
+                writer = ArchiveWriter(out, compress="none")
+                writer.write_manifest({"kind": "upper-layer", "checkpoint_id": checkpoint_id})
                 dump_thread = _DumpThread(criu, request)
                 dump_started = time.monotonic()
                 dump_thread.start()
-                upper_writer.add_tree("upper", target.upper_dir)
-                dump_thread.join()
+                try:
+                    writer.add_tree("upper", target.upper_dir)
+                finally:
+                    dump_thread.join()
                 if dump_thread.error is not None:
                     raise dump_thread.error
-                upper_summary = upper_writer.close()
-            stats_dump = dump_thread.stats or DumpStats()
-            dump_ms = (dump_thread.finished_at - dump_started) * 1000
-            upper_bytes = upper_summary.raw_bytes
-            archive_bytes = 0
+                upper_bytes = writer.close().raw_bytes
+                stats_dump = dump_thread.stats or DumpStats()
+                dump_ms = (dump_thread.finished_at - dump_started) * 1000
+                archive_bytes = 0
+            out.flush()
+            os.fsync(out.fileno())
+        images_bytes = _images_bytes(images_dir)
+        emit("commit")
+        if archive_path is not None:
+            os.rename(out_path, archive_path)
         else:
-            dest = sink if sink is not None else out
-            writer = ArchiveWriter(dest, compress=options.compress, level=options.level)
-            writer.write_manifest(manifest)
-            stats_dump, dump_ms = stream_dump(criu, request, writer, target.upper_dir, on_bytes=lambda n: emit("dump", done=n))
-            summary = writer.close(trailer={"dump_stats": stats_dump.__dict__})
-            upper_bytes = sum(m.size_bytes for m in summary.members if m.name.startswith("upper/"))
-            archive_bytes = summary.written_bytes
-        dump_done = time.monotonic()
-        if options.leave_running:
-            if not was_paused:
-                rt.thaw(container)
-            thawed = True
-        else:
-            rt.mark_checkpointed(container, checkpoint_id)
-            thawed = True  # CRIU killed the tree on purpose
-        frozen_ms = (dump_done - frozen_at) * 1000
+            manifest["dump_stats"] = stats_dump.__dict__
+            store.commit(staging, checkpoint_id, manifest)
+        # ---- committed: the checkpoint is complete on disk ----
+        done_at = time.monotonic()
     except BaseException as exc:
-        if not thawed:
+        if frozen and not was_paused:
             try:
                 rt.thaw(container)
             except Exception:  # rollback path: report the original error
                 log.exception("container=%s: thaw after failed checkpoint failed", spec.name)
-        if out is not None:
-            out.close()
-        if export_tmp is not None:
-            export_tmp.unlink(missing_ok=True)
+        if archive_path is not None:
+            out_path.unlink(missing_ok=True)
         keep_criu_log(rt.paths, exc, (request.work_dir or images_dir) / DUMP_LOG, "dump")
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    images_bytes = _images_bytes(images_dir)
-    if out is not None:
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-    archive_ms = 0.0
-    if export_tmp is not None and archive_path is not None:
-        os.rename(export_tmp, archive_path)
+    if archive_path is not None:
         shutil.rmtree(staging, ignore_errors=True)
-    elif sink is None:
-        manifest["dump_stats"] = stats_dump.__dict__
-        store.commit(staging, checkpoint_id, manifest)
+    if options.leave_running:
+        if not was_paused:
+            rt.thaw(container)
     else:
-        shutil.rmtree(staging, ignore_errors=True)
+        rt.stop_checkpointed(container, checkpoint_id)
+    frozen_ms = (done_at - frozen_at) * 1000
     total_ms = (time.monotonic() - started) * 1000
     stats = CheckpointStats(
         freezing_ms=round(freezing_ms, 3),
@@ -307,12 +297,12 @@ def checkpoint_container(
         images_bytes=images_bytes,
         upper_bytes=upper_bytes,
         archive_bytes=archive_bytes,
-        archive_ms=round(archive_ms or max(0.0, total_ms - dump_ms), 3),
+        archive_ms=round(max(0.0, frozen_ms - dump_ms), 3),
         total_ms=round(total_ms, 3),
     )
     log.info(
-        "container=%s checkpoint=%s frozen_ms=%.1f images_bytes=%d archive_bytes=%d",
-        spec.name, checkpoint_id, stats.frozen_ms, images_bytes, archive_bytes,
+        "container=%s checkpoint=%s frozen_ms=%.1f dump_ms=%.1f images_bytes=%d archive_bytes=%d",
+        spec.name, checkpoint_id, stats.frozen_ms, dump_ms, images_bytes, archive_bytes,
     )
     emit("done")
     return CheckpointResult(

@@ -95,10 +95,19 @@ class CheckpointHost:
             self._cpu_digest = read_cpu()[1] or ""
         return self._cpu_digest
 
-    def mark_checkpointed(self, c: Container, checkpoint_id: str, timeout_s: float = 10.0) -> None:
-        """After a dump that killed the tree: record the checkpoint and wait for the shim's exit record."""
-        self.store.update_state(c.container_id, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id))
-        self._wait_exited(c.container_id, timeout_s)
+    def stop_checkpointed(self, c: Container, checkpoint_id: str, timeout_s: float = 10.0) -> None:
+        """After its checkpoint is committed: record it, kill the (still frozen) tree and wait for
+        the shim's exit record. SIGKILL reaches frozen tasks; thawing after makes sure v1 freezers
+        let them die too."""
+        cid = c.container_id
+        self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id))
+        cg = self._cg(c.spec)
+        cg.kill(cid)
+        try:
+            cg.thaw(cid)
+        except ContainerError:
+            pass
+        self._wait_exited(cid, timeout_s)
 
     def _wait_exited(self, container_id: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -111,14 +120,7 @@ class CheckpointHost:
     def finish_migration(self, c: Container, *, keep: bool) -> None:
         """After the target runs the container: kill the frozen source copy; remove it unless ``keep``."""
         cid = c.container_id
-        cg = self._cg(c.spec)
-        cg.kill(cid)  # SIGKILL reaches frozen tasks too
-        try:
-            cg.thaw(cid)
-        except ContainerError:
-            pass
-        self._wait_exited(cid, 10.0)
-        self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed="migrated"))
+        self.stop_checkpointed(c, "migrated")
         if keep:
             self.rt.release(c.spec)
         else:

@@ -1,0 +1,119 @@
+"""Checkpoint ordering: the container is stopped only after its checkpoint is committed.
+
+A failure after CRIU finished dumping (here: committing the checkpoint directory fails) must thaw
+the container and must not kill it; success stops it only then. Fakes stand in for CRIU and the
+runtime; the real ordering is exercised end to end by the integration tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrate.api import CheckpointOptions
+from migrate.checkpoint import checkpoint_container
+from runtime.checkpointing import DumpTarget
+from runtime.config import Paths
+from runtime.criu import DumpRequest, DumpStats
+from runtime.spec import ContainerSpec
+
+
+class FakeCriu:
+    def __init__(self) -> None:
+        self.requests: list[DumpRequest] = []
+
+    def version(self) -> str:
+        return "4.1.1"
+
+    def warm(self) -> None:
+        pass
+
+    def dump(self, request: DumpRequest, *, on_notify: Any = None) -> DumpStats:
+        self.requests.append(request)
+        (request.images_dir / "pages-1.img").write_bytes(b"p" * 4096)
+        (request.images_dir / "inventory.img").write_bytes(b"i")
+        return DumpStats(pages_written=1)
+
+
+@dataclass
+class FakeContainer:
+    spec: ContainerSpec
+    status: str = "running"
+
+
+@dataclass
+class FakeHost:
+    root: Path
+    events: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.paths = Paths(self.root)
+        self.paths.ensure()
+        self.upper = self.root / "upper"
+        self.upper.mkdir()
+        (self.upper / "f").write_text("data")
+        self.spec = ContainerSpec(container_id="c" * 32, name="web", image="busybox", image_digest="sha256:" + "0" * 64, command=("sh",))
+
+    def get(self, name: str) -> FakeContainer:
+        return FakeContainer(self.spec)
+
+    def dump_target(self, c: FakeContainer) -> DumpTarget:
+        return DumpTarget(spec=self.spec, init_pid=4242, upper_dir=self.upper, netns_path=None, freeze_cgroup="/fake/cg")
+
+    def freeze(self, c: Any) -> None:
+        self.events.append("freeze")
+
+    def thaw(self, c: Any) -> None:
+        self.events.append("thaw")
+
+    def stop_checkpointed(self, c: Any, checkpoint_id: str) -> None:
+        self.events.append("stop")
+
+    @staticmethod
+    def network_lock() -> str:
+        return "nftables"
+
+
+@pytest.fixture(autouse=True)
+def _no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("migrate.checkpoint.cpuinfo_dump", lambda images_dir: None)
+
+
+def test_dump_keeps_the_tree_and_stops_it_after_commit(tmp_path: Path) -> None:
+    host, criu = FakeHost(tmp_path), FakeCriu()
+    result = checkpoint_container(host, "web", CheckpointOptions(), criu=criu)
+    assert criu.requests[0].leave_running is True  # CRIU never kills it
+    assert host.events == ["freeze", "stop"]
+    assert (host.paths.checkpoint(result.checkpoint_id) / "manifest.json").exists()
+
+
+def test_failure_after_the_dump_thaws_and_keeps_the_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host, criu = FakeHost(tmp_path), FakeCriu()
+
+    def broken_commit(self: Any, staging: Path, checkpoint_id: str, manifest: dict) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("migrate.store.CheckpointStore.commit", broken_commit)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint_container(host, "web", CheckpointOptions(), criu=criu)
+    assert host.events == ["freeze", "thaw"]
+    assert list(host.paths.checkpoints.iterdir()) == []
+    assert list(host.paths.tmp.iterdir()) == []
+
+
+def test_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host, criu = FakeHost(tmp_path), FakeCriu()
+    target = tmp_path / "out.pma"
+
+    def broken_rename(src: Any, dst: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("migrate.checkpoint.os.rename", broken_rename)
+    with pytest.raises(OSError):
+        checkpoint_container(host, "web", CheckpointOptions(export_path=target), criu=criu)
+    assert host.events == ["freeze", "thaw"]
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
