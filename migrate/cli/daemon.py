@@ -48,6 +48,13 @@ def _path(value: str) -> Any:
     return Path(value)
 
 
+def _warm_host_info(engine: Any) -> None:
+    try:
+        engine.host_info()
+    except Exception:  # informative only; the RPC reports the real error if it persists
+        log.debug("warming host info failed", exc_info=True)
+
+
 def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     # First, while this process is still single-threaded: the shim launcher (fork server).
     # Once gRPC runs its threads, fork() here is unsafe (runtime/shim.py explains).
@@ -100,6 +107,9 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
+        # Probe host and CRIU features now, off the request path: a migration's pre-flight asks
+        # for them first (the probe runs `criu check` several times; cached for the process).
+        threading.Thread(target=_warm_host_info, args=(engine,), name="warm-host-info", daemon=True).start()
         log.info(
             "pymigrate daemon: root=%s listen=%s tls=%s token=%s", root, server.target, tls is not None, token is not None
         )
