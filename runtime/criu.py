@@ -537,3 +537,130 @@ def _run_cli(argv: list[str], operation: str, log_path: Path) -> None:
     if proc.returncode != 0:
         lines = log_excerpt(log_path) or tuple(proc.stderr.strip().splitlines()[-4:])
         raise CriuError(operation, f"exit status {proc.returncode}", log_path=log_path, log_lines=lines)
+
+
+# --- long-running CRIU processes: lazy-pages daemon and page server (issue 7) -----------------
+# Both run as ``criu`` CLI processes we spawn and own (not swrk): they outlive one RPC request.
+# ``--status-fd`` makes CRIU write one byte once it is ready (lazy-pages: its UNIX socket
+# ``lazy-pages.socket`` exists in the work dir; page-server: it listens), so callers never race
+# the process start. CRIU facts (criu/uffd.c, criu/page-xfer.c, 4.1.1):
+# - ``criu lazy-pages`` creates ``lazy-pages.socket`` relative to its work dir; ``criu restore
+#   --lazy-pages`` connects to the same relative name in *its* work dir, so both need one work dir.
+# - the lazy-pages daemon connects to the source's page server only after the restore handed it
+#   every task's userfaultfd, fetches what faults first and everything else in the background, and
+#   exits 0 once every page has arrived (the source's dump returns at the same moment).
+# - if the daemon dies, the kernel closes its userfaultfds and later faults get *zero pages*: a
+#   container whose daemon died before its last page arrived has silently wrong memory.
+
+LAZY_PAGES_LOG = "lazy-pages.log"
+PAGE_SERVER_LOG = "page-server.log"
+
+
+class CriuProcess:
+    """A ``criu lazy-pages`` or ``criu page-server`` process started by ``start_lazy_pages`` or
+    ``start_page_server``. The caller owns it: ``wait`` or ``stop`` it exactly once."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], operation: str, log_path: Path) -> None:
+        self.proc = proc
+        self.operation = operation
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        """The exit status, or None while it runs."""
+        return self.proc.poll()
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        """Wait for the exit; CriuError when it failed (subprocess.TimeoutExpired after ``timeout_s``)."""
+        rc = self.proc.wait(timeout_s)
+        if rc != 0:
+            raise self.error(rc)
+        return rc
+
+    def error(self, rc: int | None = None) -> CriuError:
+        rc = self.proc.returncode if rc is None else rc
+        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
+        message = first_error(self.log_path) or how
+        return CriuError(self.operation, f"{message} ({how})", log_path=self.log_path, log_lines=log_excerpt(self.log_path))
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL; reaps the process. Idempotent."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _start_ready(argv: list[str], operation: str, log_path: Path, timeout_s: float) -> CriuProcess:
+    """Start ``argv`` with ``--status-fd`` and wait until CRIU reports ready (or fails)."""
+    import select
+
+    rfd, wfd = os.pipe()
+    try:
+        argv = [*argv, "--status-fd", str(wfd)]
+        log.debug("starting %s", " ".join(argv))
+        try:
+            proc = subprocess.Popen(
+                argv, pass_fds=[wfd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True
+            )
+        except OSError as exc:
+            raise CriuUnreachable(operation, f"cannot start {argv[0]}: {exc}", errno=exc.errno or 0) from exc
+        os.close(wfd)
+        wfd = -1
+        handle = CriuProcess(proc, operation, log_path)
+        ready, _, _ = select.select([rfd], [], [], timeout_s)
+        data = os.read(rfd, 1) if ready else b""
+        if not data:  # EOF: it exited (or closed the fd) before it was ready; or the timeout
+            if proc.poll() is None:
+                handle.stop()
+                raise CriuError(operation, f"not ready after {timeout_s:g}s", log_path=log_path, log_lines=log_excerpt(log_path))
+            raise handle.error(proc.wait())
+        return handle
+    finally:
+        os.close(rfd)
+        if wfd >= 0:
+            os.close(wfd)
+
+
+def start_lazy_pages(
+    images_dir: Path,
+    work_dir: Path,
+    page_server: PageServer,
+    *,
+    binary: str | None = None,
+    log_level: int = 4,
+    timeout_s: float = 10.0,
+) -> CriuProcess:
+    """``criu lazy-pages --page-server``: serve the userfaults of a restore that runs with
+    ``lazy_pages`` and the same ``work_dir``, fetching pages from ``page_server`` (the source's
+    dump). Returns once the daemon's socket exists."""
+    argv = [
+        binary or criu_binary(), "lazy-pages", "--page-server",
+        "--address", page_server.address, "--port", str(page_server.port),
+        "-D", str(images_dir), "-W", str(work_dir), "-o", LAZY_PAGES_LOG, f"-v{log_level}",
+    ]
+    return _start_ready(argv, "lazy-pages", work_dir / LAZY_PAGES_LOG, timeout_s)
+
+
+def start_page_server(
+    images_dir: Path,
+    address: str,
+    port: int,
+    *,
+    binary: str | None = None,
+    log_level: int = 4,
+    timeout_s: float = 10.0,
+) -> CriuProcess:
+    """``criu page-server``: receive the memory pages of one dump (``DumpRequest.page_server``)
+    into ``images_dir``. It exits 0 once the dump has sent everything. Returns once it listens."""
+    argv = [
+        binary or criu_binary(), "page-server", "--address", address, "--port", str(port),
+        "-D", str(images_dir), "-o", PAGE_SERVER_LOG, f"-v{log_level}",
+    ]
+    return _start_ready(argv, "page-server", images_dir / PAGE_SERVER_LOG, timeout_s)
