@@ -6,7 +6,8 @@
     pymigrate restore (CHECKPOINT_ID | --import FILE) [--name NEW] [--ip ADDR] [--tcp-established]
                       [--print-stats] [--json]
     pymigrate migrate NAME DEST [--keep-source] [--mode cold|postcopy|precopy|auto]
-                      [--tcp-established] [--json]
+                      [--tcp-established] [--insecure | --tls-cert F --tls-key F --tls-ca F]
+                      [--token-file F] [--json]
 
 Progress goes to stderr (rich) while the command runs; results go to stdout.
 """
@@ -54,6 +55,15 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-source", action="store_true", help="keep the stopped source copy")
     p.add_argument("--mode", choices=("cold", "postcopy", "precopy", "auto"), default="cold")
     p.add_argument("--tcp-established", action="store_true", help="keep established TCP connections")
+    # The global credential flags, also accepted after the subcommand (`migrate NAME HOST:PORT
+    # --insecure`); SUPPRESS keeps a value given before the subcommand. Without --host they are
+    # how this process dials DEST; with --host, how it dials that daemon (which dials DEST with
+    # its own credentials).
+    p.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS, help="plain TCP (no TLS)")
+    p.add_argument("--tls-cert", type=Path, default=argparse.SUPPRESS, help="client certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, default=argparse.SUPPRESS, help="client key (PEM)")
+    p.add_argument("--tls-ca", type=Path, default=argparse.SUPPRESS, help="CA the daemon's certificate must chain to")
+    p.add_argument("--token-file", type=Path, default=argparse.SUPPRESS, help="bearer token file")
     add_json_flag(p)
     p.set_defaults(handler=cmd_migrate)
 
