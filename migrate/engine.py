@@ -53,14 +53,23 @@ def _image_info(image: Any) -> ImageInfo:
 class LocalEngine:
     """Everything on this host, through the runtime of state root ``root``."""
 
-    def __init__(self, root: Path | None = None, *, peer: "PeerConfig | None" = None) -> None:
+    def __init__(self, root: Path | None = None, *, peer: "PeerConfig | None" = None, peer_args: Any = None) -> None:
         from runtime.runtime import Runtime
 
         self.runtime: Runtime = Runtime(root)
         self.root = self.runtime.paths.root
-        self.peer = peer or PeerConfig()
+        self._peer = peer
+        self._peer_args = peer_args
         self._incoming_migrations: Any = None
         self._checkpoint_host: Any = None
+
+    @property
+    def peer(self) -> "PeerConfig":
+        """How to dial other daemons; built on first use from the CLI arguments, because reading
+        them imports grpc and paramiko (~150 ms) and ``pymigrate run -d`` never needs them."""
+        if self._peer is None:
+            self._peer = PeerConfig.from_args(self._peer_args) if self._peer_args is not None else PeerConfig()
+        return self._peer
 
     # -- host -----------------------------------------------------------------------------------
     def host_info(self) -> HostInfo:
@@ -254,7 +263,7 @@ class PeerConfig:
 def engine_for(args: Any) -> Engine:
     """LocalEngine on ``args.root`` unless ``args.host`` names a remote daemon."""
     if getattr(args, "host", None) is None:
-        return LocalEngine(getattr(args, "root", None), peer=PeerConfig.from_args(args))
+        return LocalEngine(getattr(args, "root", None), peer_args=args)
     from migrate.client import RemoteEngine
 
     return RemoteEngine.from_args(args)

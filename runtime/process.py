@@ -31,7 +31,7 @@ import os
 import signal
 import warnings  # noqa: F401 - os.execvpe imports it lazily; it must be loaded before pivot_root
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from runtime import capabilities, namespaces, rootfs
 from runtime.errors import ContainerError
@@ -76,19 +76,33 @@ def _env_dict(env: tuple[str, ...]) -> dict[str, str]:
     return dict(item.partition("=")[::2] for item in env)
 
 
+_cgroup_managers: dict[str, Any] = {}
+
+
+def cgroup_manager(cgroup_parent: str) -> Any:
+    """``runtime.cgroups.detect(cgroup_parent)``, once per process.
+
+    A shim forked by the CLI inherits the launcher's cache, so starting the init does not detect
+    the cgroup layout a second time (it is on the ``run -d`` latency path).
+    """
+    manager = _cgroup_managers.get(cgroup_parent)
+    if manager is None:
+        from runtime.cgroups import detect
+
+        manager = _cgroup_managers[cgroup_parent] = detect(cgroup_parent)
+    return manager
+
+
 def start_container(plan: InitPlan, cgroup_parent: str) -> int:
     """The ``Starter`` of a fresh container (picklable for exec-launched shims): start the init."""
-    from runtime.cgroups import detect
     from runtime.syscalls import LINUX
 
-    return run_starter(plan, detect(cgroup_parent).add_pid, LINUX)()
+    return run_starter(plan, cgroup_manager(cgroup_parent).add_pid, LINUX)()
 
 
 def oom_killed(cgroup_parent: str, container_id: str) -> bool:
     """The shim's OOM probe: did the OOM killer strike inside the container's cgroup?"""
-    from runtime.cgroups import detect
-
-    return bool(detect(cgroup_parent).stats(container_id).oom_kills > 0)
+    return bool(cgroup_manager(cgroup_parent).stats(container_id).oom_kills > 0)
 
 
 def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscalls) -> Callable[[], int]:

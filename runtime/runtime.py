@@ -88,10 +88,9 @@ class Runtime:
         """The CgroupManager for containers under ``parent`` (None: the default parent)."""
         manager = self._cgroup_managers.get(parent)
         if manager is None:
-            from runtime.cgroups import detect
-            from runtime.config import default_cgroup_parent
+            from runtime.process import cgroup_manager
 
-            manager = self._cgroup_managers[parent] = detect(parent if parent is not None else default_cgroup_parent(self.paths.root))
+            manager = self._cgroup_managers[parent] = cgroup_manager(self.cgroup_parent(parent))
         return manager
 
     def network(self, mode: str) -> Any:
@@ -264,7 +263,8 @@ class Runtime:
             self._undo(container_id, undo)
             raise
         log.info("container=%s name=%s started", container_id, name)
-        return self.inspect(container_id)
+        cid = container_id
+        return self._info(Container(self.store.load_spec(cid), self.store.load_state(cid)), stats=False)
 
     def _check_name_free(self, name: str) -> None:
         try:
