@@ -40,6 +40,21 @@ log = logging.getLogger(__name__)
 _SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-")
 
 
+def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
+    """Refuse a peer's names and ids that are not well-formed before anything is reserved: they
+    become paths under the state root (containers/<id>, the image index, lease records)."""
+    from runtime.image_store import validate_digest
+    from runtime.image_store import validate_name as validate_image_name
+    from runtime.state import ID_RE, validate_name
+
+    validate_name(spec.name)
+    validate_name(request.container_name)
+    if not isinstance(spec.container_id, str) or not ID_RE.fullmatch(spec.container_id):
+        raise InvalidArgument(f"invalid container id {spec.container_id!r}: expected 32 lower-case hex characters")
+    validate_image_name(spec.image)
+    validate_digest(request.image_digest)
+
+
 class IncomingMigrations:
     def __init__(self, host: Any, criu: Any) -> None:
         self.host = host
@@ -85,6 +100,7 @@ class IncomingMigrations:
     def prepare(self, request: IncomingRequest) -> IncomingTicket:
         """Pre-flight and reservation. Raises IncompatibleHost / ContainerExists naming the problem."""
         spec = ContainerSpec.from_dict(request.spec)
+        _validate_request(request, spec)
         here = self.criu.version()
         if request.criu_version and _version_tuple(here) < _version_tuple(request.criu_version):
             raise IncompatibleHost(
