@@ -6,7 +6,7 @@ whether the engine is local or remote.
 
 Status codes (most specific class first):
 
-    ChecksumMismatch                                         DATA_LOSS
+    ChecksumMismatch, ContainerLost                          DATA_LOSS
     ContainerNotFound, ImageNotFound, CheckpointNotFound      NOT_FOUND
     InvalidState, IncompatibleHost                           FAILED_PRECONDITION
     ContainerExists                                          ALREADY_EXISTS
@@ -55,6 +55,7 @@ class RpcCancelled(merrors.MigrationError):
 
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (merrors.ChecksumMismatch, grpc.StatusCode.DATA_LOSS),
+    (merrors.ContainerLost, grpc.StatusCode.DATA_LOSS),
     (rerrors.ContainerNotFound, grpc.StatusCode.NOT_FOUND),
     (rerrors.ImageNotFound, grpc.StatusCode.NOT_FOUND),
     (merrors.CheckpointNotFound, grpc.StatusCode.NOT_FOUND),

@@ -12,7 +12,9 @@ Tree::
     ├── PeerError                   the other host answered with an error
     ├── TransferError               the link broke (we did not close it)
     ├── MigrationTimeout
-    └── AuthError                   credentials refused (TLS, token, SSH)
+    ├── AuthError                   credentials refused (TLS, token, SSH)
+    └── ContainerLost               past the point of no return (post-copy: the target already
+                                    ran it) the migration failed; no complete running copy is left
 
 Runtime errors (``runtime.errors.ContainerError`` and children) pass through unchanged.
 """
@@ -81,3 +83,13 @@ class MigrationTimeout(MigrationError):
 
 class AuthError(MigrationError):
     pass
+
+
+class ContainerLost(MigrationError):
+    """A live migration failed after the container had resumed on the target (post-copy: memory
+    still on the source). ``source_copy`` says what is left on the source: "frozen" (the
+    pre-migration copy, resumable), "none" or "unknown"."""
+
+    def __init__(self, message: str, *, phase: str | None = None, hint: str | None = None, source_copy: str = "unknown") -> None:
+        super().__init__(message, phase=phase, hint=hint)
+        self.source_copy = source_copy

@@ -101,6 +101,10 @@ class IncomingMigrations:
         """Pre-flight and reservation. Raises IncompatibleHost / ContainerExists naming the problem."""
         spec = ContainerSpec.from_dict(request.spec)
         _validate_request(request, spec)
+        if request.mode == "postcopy":  # issue 7: this host must restore with lazy pages
+            from migrate.postcopy import check_incoming
+
+            check_incoming(request)
         here = self.criu.version()
         if request.criu_version and _version_tuple(here) < _version_tuple(request.criu_version):
             raise IncompatibleHost(
@@ -133,6 +137,7 @@ class IncomingMigrations:
                 "network": spec.network,
                 "image": spec.image,
                 "image_digest": request.image_digest,
+                "mode": request.mode,
                 "created_at": time.time(),
             })
         log.info("migration=%s phase=preflight container=%s reserved need_image=%s", migration_id, spec.name, need_image)
@@ -150,13 +155,18 @@ class IncomingMigrations:
             raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected prepared", phase="restore")
         reader = IteratorReader(chunks)
         try:
-            result = restore_container(
-                self.host,
-                RestoreOptions(name=record["name"], ip=record.get("ip")),
-                criu=self.criu,
-                progress=progress,
-                source=reader,
-            )
+            if record.get("mode") == "postcopy":  # issue 7: lazy pages from the source's page server
+                from migrate.postcopy import receive_postcopy
+
+                result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress)
+            else:
+                result = restore_container(
+                    self.host,
+                    RestoreOptions(name=record["name"], ip=record.get("ip")),
+                    criu=self.criu,
+                    progress=progress,
+                    source=reader,
+                )
         except BaseException:
             # the restore removed what it built; drain nothing more and keep the reservation for abort
             raise
@@ -168,6 +178,9 @@ class IncomingMigrations:
 
     def abort(self, migration_id: str) -> None:
         """Remove every piece of an unfinished migration. Idempotent."""
+        from migrate.postcopy import stop_session
+
+        stop_session(migration_id)  # post-copy: the lazy-pages daemon goes first
         with self._locked():
             path = self._path(migration_id)
             try:
@@ -191,6 +204,9 @@ class IncomingMigrations:
         log.info("migration=%s aborted on the target", migration_id)
 
     def commit(self, migration_id: str) -> None:
+        from migrate.postcopy import finish_session
+
+        finish_session(migration_id)  # post-copy: every page arrived, else ContainerLost
         with self._locked():
             path = self._path(migration_id)
             if not path.exists():

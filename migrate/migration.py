@@ -109,10 +109,12 @@ def migrate_container(
     container = rt.get(name)
     if container.status != "running":
         raise InvalidState(container.spec.name, "migrate", container.status, "running")
-    if options.mode not in ("cold", "auto"):
-        from runtime.errors import Unsupported
+    if options.mode != "cold":  # live modes (issue 7): postcopy, precopy's refusal, auto's choice
+        from migrate.postcopy import dispatch
 
-        raise Unsupported(f"--mode {options.mode}", "only cold migration is implemented so far", hint="use --mode cold")
+        live = dispatch(rt, name, options, target, criu=criu, progress=progress)
+        if live is not None:
+            return live
     dt = rt.dump_target(container)
     spec = dt.spec
     emit("checking the target")

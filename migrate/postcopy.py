@@ -1,0 +1,703 @@
+"""Post-copy (lazy pages) migration: both halves, and the choice of a live mode.
+
+Source (``migrate_postcopy``), each phase timed:
+
+    preflight   both hosts support lazy pages; the target reserves name and address (mode postcopy)
+    image       the base image, if the target lacks it
+    freeze      cgroup.freeze on the source
+    dump        CRIU dumps everything *but* the memory contents (``lazy_pages``): the pages stay in
+                CRIU's page pipes on the source. Meanwhile the upper layer streams to the target.
+                CRIU's ``post-dump`` notification says the images are complete; then CRIU starts
+                its page server on PORT (every address of the source's network namespace), we
+                wait until it listens, and the small images follow into the archive
+    restore     the target starts ``criu lazy-pages --page-server --address SRC --port PORT``
+                and restores with ``lazy_pages`` at once; it answers when the container runs
+    ---- point of no return: the container runs on the target ----
+    lazy        pages move on demand (faults) and in the background; CRIU's dump on the source
+                returns when the target's lazy-pages daemon has taken the last page
+    commit      the target confirms its lazy-pages daemon finished cleanly and drops its
+                reservation; the source kills and removes its frozen copy
+
+``frozen_ms`` is freeze -> running on the target; ``phases_ms["last_page"]`` is how long after
+the resume the last page arrived (the window in which the source is still needed).
+
+Failure before the point of no return rolls back like cold migration: the target removes what
+it built (and stops its lazy-pages daemon), the source's CRIU dump is made to return (if the
+target never connected, we connect to the page server once and close, which CRIU takes as the
+end of the transfer), the source's network link is restored and the container thawed. Failure
+after it loses the container: the target's copy is missing memory (after its lazy-pages daemon
+dies, the kernel fills later faults with *zero pages*), so it is killed, and ``ContainerLost``
+says so; the frozen pre-migration copy on the source is kept for the operator.
+
+CRIU facts this relies on (criu/cr-dump.c, page-xfer.c, uffd.c in 4.1.1; see CRIU-NOTES):
+- The dump runs ``leave_running``: a lazy dump that ends "successfully" only means the page
+  server's socket was closed (a lazy page server reads EOF as the end of the transfer even when
+  the peer died), so CRIU must never kill the source by itself. Our commit, not CRIU, decides.
+- With ``leave_running`` CRIU unlocks the network and takes TCP sockets out of repair *before*
+  serving the pages, while the container is still frozen. The source's copy would then answer
+  for the container's address on a shared L2 segment alongside the target's copy, so at
+  ``post-dump`` we set the source's host-side veth down (the frozen copy goes deaf and mute) and
+  back up on rollback.
+- Over RPC, a lazy dump ignores ``ps.address`` and listens on every address (INADDR_ANY) at
+  ``ps.port``. The page-server link is CRIU's own plain TCP connection (no TLS here).
+
+The target half (``receive_postcopy``) keeps one ``LazySession`` per migration in this process:
+the lazy-pages daemon, its scratch dir (images + logs) and a watcher that kills the container if
+the daemon fails after the resume. ``finish_session`` (commit) waits for a clean exit;
+``stop_session`` (abort) stops the daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from migrate.api import (
+    IncomingRequest,
+    MigrateOptions,
+    MigrateResult,
+    MigrationStats,
+    ProgressEvent,
+    ProgressFn,
+    RestoreOptions,
+    RestoreResult,
+    RestoreStats,
+)
+from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
+from runtime.criu import Criu, CriuProcess, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump
+from runtime.errors import ContainerError, InvalidState, Unsupported
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 4096
+POST_DUMP = "post-dump"  # CRIU's notify script name once every image is written
+LISTEN_TIMEOUT_S = 10.0
+ROLLBACK_DUMP_TIMEOUT_S = 30.0
+FINISH_TIMEOUT_S = 60.0
+TCP_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
+
+
+# --- mode choice ------------------------------------------------------------------------------
+
+
+def choose_mode(options: MigrateOptions, local: Mapping[str, bool], remote: Mapping[str, bool]) -> str:
+    """The mode to run for ``options.mode`` given both hosts' ``HostInfo.features``.
+
+    ``auto`` picks postcopy when both hosts support lazy pages, else cold (pre-copy is not chosen
+    automatically). An explicit live mode the hosts cannot do raises ``Unsupported``/``IncompatibleHost``.
+    """
+    mode = options.mode
+    if mode == "auto":
+        return "postcopy" if local.get("lazy_pages") and remote.get("lazy_pages") else "cold"
+    if mode == "postcopy":
+        if not local.get("lazy_pages"):
+            raise Unsupported(
+                "--mode postcopy", "this host cannot serve lazy pages (criu uffd-noncoop, fs.pipe-max-size >= 4 MiB)",
+                hint="run 'pymigrate check'; sysctl -w fs.pipe-max-size=4194304",
+            )
+        if not remote.get("lazy_pages"):
+            raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase="preflight",
+                                   hint="run 'pymigrate check' there, or use --mode cold")
+    return mode
+
+
+def dispatch(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: Criu | None = None,
+             progress: ProgressFn | None = None) -> MigrateResult | None:
+    """Run a live mode for ``options.mode`` (postcopy, precopy, auto); None means: do a cold migration."""
+    if options.mode == "cold":
+        return None
+    if options.mode == "precopy":
+        from migrate.precopy import local_refusal, refusal
+
+        refused = local_refusal()
+        if refused is None:
+            info = target.host_info()
+            refused = refusal(info.features, kernel_release=info.kernel, where=f"the target {options.dest}")
+        if refused is not None:
+            raise refused
+        raise Unsupported("--mode precopy", "iterative pre-dumps are not implemented yet (issue 7)", hint="use --mode postcopy")
+    from runtime.host import host_report
+
+    mode = choose_mode(options, host_report().features(), target.host_info().features)
+    log.info("container=%s mode %s -> %s", name, options.mode, mode)
+    if mode == "cold":
+        return None
+    return migrate_postcopy(rt, name, options, target, criu=criu, progress=progress)
+
+
+# --- small source-side helpers --------------------------------------------------------------
+
+
+def page_server_address(dest: str) -> str:
+    """This host's address as seen from the daemon at ``dest`` (the route's source address).
+
+    ``HOST:PORT`` and ``ssh://[user@]host[:port]`` use the route to that host; ``unix:`` means
+    the same host (127.0.0.1).
+    """
+    if dest.startswith("unix:"):
+        return "127.0.0.1"
+    host = dest
+    if host.startswith("ssh://"):
+        host = host[len("ssh://"):].rsplit("@", 1)[-1]
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    try:
+        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise TransferError(f"cannot resolve the target host {host}: {exc}", phase="preflight") from exc
+    family, _type, _proto, _name, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(sockaddr)  # UDP: no packet is sent, the kernel only picks the route
+        except OSError as exc:
+            raise TransferError(f"no route to the target host {host}: {exc}", phase="preflight") from exc
+        return str(s.getsockname()[0])
+
+
+def free_port() -> int:
+    """A TCP port free on every address right now (CRIU binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def is_listening(port: int, proc_net: Path = Path("/proc/self/net")) -> bool:
+    """Whether a TCP socket of this network namespace listens on ``port`` (proc(5): /proc/net/tcp)."""
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc_net / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def set_link(name: str, up: bool) -> bool:
+    """Set link ``name`` of this network namespace up or down (rtnetlink); False if there is none."""
+    from runtime import _netlink as nl  # the runtime's rtnetlink client; no `ip` exec while frozen
+
+    with nl.RtNetlink() as rtnl:
+        index = rtnl.link_index(name)
+        if index is None:
+            return False
+        body = nl._IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, nl.IFF_UP if up else 0, nl.IFF_UP)
+        rtnl.request(nl.RTM_NEWLINK, 0, body, f"set link {name} {'up' if up else 'down'}")
+    return True
+
+
+def poke_page_server(port: int, address: str = "127.0.0.1") -> None:
+    """Connect to a lazy dump's page server and close at once: CRIU takes EOF as the end of the
+    transfer, so a dump whose target never connected returns (the source keeps running)."""
+    try:
+        socket.create_connection((address, port), timeout=2.0).close()
+    except OSError as exc:
+        log.debug("page server on port %d not reachable (%s): the dump has ended already", port, exc)
+
+
+class _LazyDump(threading.Thread):
+    """Runs CRIU's lazy dump; ``images_ready`` is set at CRIU's post-dump notification."""
+
+    def __init__(self, criu: Criu, request: DumpRequest, on_post_dump: Any) -> None:
+        super().__init__(name="criu-lazy-dump", daemon=True)
+        self.criu = criu
+        self.request = request
+        self.on_post_dump = on_post_dump
+        self.images_ready = threading.Event()
+        self.stats: DumpStats | None = None
+        self.error: BaseException | None = None
+        self.finished_at = 0.0
+
+    def _notify(self, script: str, pid: int) -> bool:
+        if script == POST_DUMP:
+            try:
+                self.on_post_dump()
+            finally:
+                self.images_ready.set()
+        return True
+
+    def run(self) -> None:
+        try:
+            self.stats = self.criu.dump(self.request, on_notify=self._notify)
+        except BaseException as exc:  # handed to the driver thread
+            self.error = exc
+        finally:
+            self.finished_at = time.monotonic()
+            self.images_ready.set()  # wake the driver if the dump failed before post-dump
+
+
+# --- the source side --------------------------------------------------------------------------
+
+
+def migrate_postcopy(
+    rt: Any,
+    name: str,
+    options: MigrateOptions,
+    target: Any,
+    *,
+    criu: Criu | None = None,
+    progress: ProgressFn | None = None,
+) -> MigrateResult:
+    """Move container ``name`` of ``rt`` (a CheckpointHost) to ``target`` with lazy pages (module doc).
+
+    Raises:
+        ContainerLost: the page transfer failed after the container resumed on the target.
+        MigrationError and runtime errors: anything before that; the source runs on, thawed.
+    """
+    from migrate.checkpoint import dump_externals
+    from migrate.images import ArchiveWriter
+    from migrate.migration import _fail, _Pusher
+    from migrate.restore import _version_tuple
+    from migrate.store import IMAGES_DIR, build_manifest, new_checkpoint_id
+    from migrate.transfer import ChunkSink
+
+    criu = criu or SwrkCriu()
+    started = time.monotonic()
+    phases: dict[str, float] = {}
+    phase = "preflight"
+    phase_started = started
+    bytes_on_wire = 0
+
+    def emit(message: str = "", done: int = 0) -> None:
+        if progress:
+            progress(ProgressEvent("migrate", phase, bytes_done=done, elapsed_s=time.monotonic() - started, message=message))
+
+    def enter(next_phase: str, message: str = "") -> None:
+        nonlocal phase, phase_started
+        now = time.monotonic()
+        phases[phase] = round(phases.get(phase, 0.0) + (now - phase_started) * 1000, 3)
+        phase, phase_started = next_phase, now
+        emit(message)
+
+    container = rt.get(name)
+    if container.status != "running":
+        raise InvalidState(container.spec.name, "migrate", container.status, "running")
+    dt = rt.dump_target(container)
+    spec = dt.spec
+    emit("checking the target")
+    info = target.host_info()
+    here = criu.version()
+    if not info.criu_version:
+        raise IncompatibleHost(f"the target {options.dest} has no usable CRIU", phase=phase)
+    if _version_tuple(info.criu_version) < _version_tuple(here):
+        raise IncompatibleHost(f"the target {options.dest} has criu {info.criu_version}, older than this host's {here}", phase=phase)
+    if not info.features.get("lazy_pages"):
+        raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase=phase)
+    address = page_server_address(options.dest)
+    port = free_port()
+    veth = _host_veth(rt, spec)
+    ticket = target.prepare_incoming(
+        IncomingRequest(
+            container_name=spec.name,
+            spec=spec.to_dict(),
+            image_digest=spec.image_digest,
+            criu_version=here,
+            cpu_digest=rt.cpu_digest(),
+            ip=spec.ip,
+            mode="postcopy",
+        )
+    )
+    migration_id = ticket.migration_id
+    log.info("container=%s migration=%s phase=preflight dest=%s mode=postcopy page_server=%s:%d",
+             spec.name, migration_id, options.dest, address, port)
+    frozen = False
+    frozen_at = 0.0
+    isolated = False
+    dump: _LazyDump | None = None
+    restored: RestoreResult | None = None
+    staging = rt.paths.tmp / f"migrate-{migration_id}"
+
+    def isolate() -> None:  # at post-dump, before CRIU unlocks the network (module doc)
+        nonlocal isolated
+        if veth is not None:
+            isolated = set_link(veth, up=False)
+
+    try:
+        if ticket.need_image:
+            enter("image", f"sending image {spec.image}")
+            image_sink = ChunkSink()
+            image_pusher = _Pusher(target.receive_image, migration_id, image_sink)
+            image_pusher.start()
+            try:
+                rt.images.export_stream(spec.image_digest, image_sink)
+                image_sink.close()
+            except BaseException as exc:
+                image_sink.abort(exc)
+                raise
+            finally:
+                image_pusher.join()
+            if image_pusher.error is not None:
+                raise image_pusher.error
+            bytes_on_wire += image_sink.bytes_written
+        staging.mkdir(parents=True, mode=0o700)
+        images_dir = staging / "images"
+        images_dir.mkdir()
+        cpuinfo_dump(images_dir)
+        criu.warm()
+        manifest = build_manifest(
+            spec,
+            new_checkpoint_id(),
+            criu_version=here,
+            options={
+                "tcp_established": options.tcp_established,
+                "migration_id": migration_id,
+                "lazy_pages": True,
+                "page_server": {"address": address, "port": port},
+            },
+        )
+        request = DumpRequest(
+            pid=dt.init_pid,
+            images_dir=images_dir,
+            leave_running=True,  # CRIU must never kill the source by itself (module doc)
+            tcp_established=options.tcp_established,
+            external=dump_externals(dt),
+            freeze_cgroup=dt.freeze_cgroup,
+            network_lock=rt.network_lock(),
+            lazy_pages=True,
+            page_server=PageServer(address=address, port=port),
+        )
+        sink = ChunkSink()
+        pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
+        dump = _LazyDump(criu, request, isolate)
+        enter("freeze")
+        rt.freeze(container)
+        frozen = True
+        frozen_at = time.monotonic()
+        enter("dump", "dumping all but memory")
+        pusher.start()
+        try:
+            writer = ArchiveWriter(sink, compress="zstd", level=1)
+            writer.write_manifest(manifest)
+            dump.start()
+            writer.add_tree("upper", dt.upper_dir)
+            dump.images_ready.wait()
+            if dump.error is not None:
+                raise dump.error
+            if not dump.is_alive() and dump.stats is not None:
+                raise MigrationError("criu's lazy dump ended before serving any page", phase="dump")
+            deadline = time.monotonic() + LISTEN_TIMEOUT_S
+            while not is_listening(port):
+                if not dump.is_alive() or time.monotonic() > deadline:
+                    dump.join(timeout=1)
+                    if dump.error is not None:
+                        raise dump.error
+                    raise TransferError(f"criu's page server did not listen on port {port} within {LISTEN_TIMEOUT_S:g}s", phase="dump")
+                time.sleep(0.0005)
+            for p in sorted(images_dir.iterdir()):
+                if p.is_file():
+                    writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
+            writer.close(trailer={"lazy_pages": True})
+            sink.close()
+        except BaseException as exc:
+            sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
+            pusher.join(timeout=30)
+            raise
+        enter("restore", "target restoring with lazy pages")
+        pusher.join()
+        if pusher.error is not None:
+            raise pusher.error
+        restored = pusher.result
+        bytes_on_wire += sink.bytes_written
+    except BaseException as exc:
+        failed_phase = phase
+        try:
+            target.abort_incoming(migration_id)  # first: it stops the target's lazy-pages daemon
+        except Exception as abort_exc:  # the target may be gone; it cleans up on restart
+            log.warning("container=%s migration=%s: abort on target failed: %s", spec.name, migration_id, abort_exc)
+        if dump is not None and dump.is_alive():
+            poke_page_server(port)
+            dump.join(ROLLBACK_DUMP_TIMEOUT_S)
+            if dump.is_alive():
+                log.error("container=%s migration=%s: criu dump did not end within %gs", spec.name, migration_id, ROLLBACK_DUMP_TIMEOUT_S)
+        if isolated and veth is not None:
+            try:
+                set_link(veth, up=True)
+            except OSError:
+                log.exception("container=%s migration=%s: cannot set %s up again", spec.name, migration_id, veth)
+        if frozen:
+            try:
+                rt.thaw(container)
+            except Exception:  # rollback path: keep the original error
+                log.exception("container=%s migration=%s: thaw after failure failed", spec.name, migration_id)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _fail(exc, spec.name, options.dest, failed_phase) from exc
+
+    # ---- point of no return: the container runs on the target ----
+    resumed_at = time.monotonic()
+    frozen_ms = (resumed_at - frozen_at) * 1000
+    log.info("container=%s migration=%s resumed on %s frozen_ms=%.1f: pages follow", spec.name, migration_id, options.dest, frozen_ms)
+    enter("lazy", "memory pages moving to the target")
+    assert dump is not None
+    dump.join()
+    last_page_ms = (dump.finished_at - resumed_at) * 1000
+    shutil.rmtree(staging, ignore_errors=True)
+    if dump.error is not None:
+        _lose(rt, target, container, migration_id, spec.name, options.dest, veth, f"the page transfer failed: {dump.error}")
+    enter("commit")
+    try:
+        target.commit_incoming(migration_id)
+    except ContainerLost as exc:
+        _lose(rt, target, container, migration_id, spec.name, options.dest, veth, exc.message)
+    except Exception as exc:
+        log.warning("container=%s migration=%s: commit on target failed (container runs there): %s", spec.name, migration_id, exc)
+    try:
+        rt.finish_migration(container, keep=options.keep_source)
+    except Exception:
+        log.exception("container=%s migration=%s: removing the source copy failed", spec.name, migration_id)
+    enter("done")
+    total_ms = (time.monotonic() - started) * 1000
+    stats = dump.stats or DumpStats()
+    lazy_bytes = stats.pages_lazy * PAGE_SIZE
+    raw_bytes = (restored.stats.images_bytes if restored is not None else 0) + lazy_bytes
+    phases["last_page"] = round(last_page_ms, 3)
+    log.info("container=%s migration=%s done mode=postcopy frozen_ms=%.1f last_page_ms=%.1f total_ms=%.1f bytes=%d lazy_pages=%d",
+             spec.name, migration_id, frozen_ms, last_page_ms, total_ms, bytes_on_wire + lazy_bytes, stats.pages_lazy)
+    return MigrateResult(
+        container_name=spec.name,
+        dest=options.dest,
+        mode="postcopy",
+        stats=MigrationStats(
+            frozen_ms=round(frozen_ms, 3),
+            total_ms=round(total_ms, 3),
+            bytes_on_wire=bytes_on_wire + lazy_bytes,
+            raw_bytes=raw_bytes,
+            phases_ms=phases,
+        ),
+    )
+
+
+def _host_veth(rt: Any, spec: Any) -> str | None:
+    if spec.network != "bridge":
+        return None
+    from runtime.network import host_veth_name
+
+    return host_veth_name(rt.paths.root, spec.container_id)
+
+
+def _lose(rt: Any, target: Any, container: Any, migration_id: str, name: str, dest: str, veth: str | None, why: str) -> None:
+    """After the point of no return: remove the target's incomplete copy and raise ContainerLost."""
+    log.error("container=%s migration=%s: lost after resuming on %s: %s", name, migration_id, dest, why)
+    try:
+        target.abort_incoming(migration_id)
+        target_state = "its copy there (missing memory) was removed"
+        removed = True
+    except Exception as exc:  # the target may be gone entirely
+        target_state = f"its copy there could not be removed ({exc})"
+        removed = False
+    if removed and veth is not None:
+        try:
+            set_link(veth, up=True)  # only one copy is left: the frozen one here may rejoin the network
+        except OSError as exc:
+            log.warning("container=%s: cannot set %s up again: %s", name, veth, exc)
+    raise ContainerLost(
+        f"container {name} is lost: {why} after it had resumed on {dest}; {target_state}",
+        phase="lazy",
+        source_copy="frozen",
+        hint=(f"this host keeps the frozen copy from the moment of the freeze: 'pymigrate unpause {name}' resumes it "
+              f"(what ran on {dest} since then is gone), 'pymigrate rm -f {name}' drops it"),
+    )
+
+
+# --- the target side --------------------------------------------------------------------------
+
+
+class LazySession:
+    """One post-copy restore on the target: the lazy-pages daemon, its scratch dir, a watcher."""
+
+    def __init__(self, host: Any, migration_id: str, daemon: CriuProcess, scratch: Path, container_id: str) -> None:
+        self.host = host
+        self.migration_id = migration_id
+        self.daemon = daemon
+        self.scratch = scratch
+        self.container_id = container_id
+        self.stopping = False
+        self.returncode: int | None = None
+        self.failure: str | None = None
+        self.finished_at = 0.0
+        self._watcher = threading.Thread(target=self._watch, name=f"lazy-pages-{migration_id}", daemon=True)
+
+    def start(self) -> None:
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        rc = self.daemon.proc.wait()
+        self.returncode = rc
+        self.finished_at = time.monotonic()
+        if rc != 0 and not self.stopping:
+            self.failure = self.daemon.error(rc).message
+            kept = _keep_log(self.host, self.daemon.log_path)
+            log.error("migration=%s container=%s: lazy-pages daemon failed after the resume: %s; the container has "
+                      "missing memory and is killed (log: %s)", self.migration_id, self.container_id, self.failure, kept)
+            try:
+                self.host.rt.kill(self.container_id, 9)
+            except ContainerError as exc:
+                log.warning("migration=%s: killing container %s failed: %s", self.migration_id, self.container_id, exc)
+        elif rc == 0:
+            log.info("migration=%s container=%s: every page arrived", self.migration_id, self.container_id)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def finish(self, timeout_s: float = FINISH_TIMEOUT_S) -> None:
+        """Wait until every page arrived; ContainerLost if the daemon failed, MigrationError if slow."""
+        self._watcher.join(timeout_s)
+        if self._watcher.is_alive():
+            raise MigrationError(f"incoming migration {self.migration_id}: pages still arriving after {timeout_s:g}s", phase="commit")
+        if self.returncode != 0:
+            raise ContainerLost(
+                f"container {self.container_id[:12]} lost on this host: its lazy-pages daemon failed: {self.failure}",
+                phase="lazy",
+                source_copy="unknown",
+            )
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.daemon.stop()
+        self._watcher.join(10)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+_SESSIONS: dict[str, LazySession] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _keep_log(host: Any, log_path: Path) -> Path | None:
+    from runtime.checkpointing import keep_failed_log
+
+    try:
+        return keep_failed_log(host.paths, log_path, "lazy-pages")
+    except OSError:
+        return None
+
+
+def check_incoming(request: IncomingRequest) -> None:
+    """Target pre-flight for a post-copy migration: this host must restore with lazy pages."""
+    if request.mode != "postcopy":
+        return
+    from runtime.host import host_report
+
+    if not host_report().features().get("lazy_pages"):
+        raise IncompatibleHost("this host cannot restore with lazy pages (criu uffd-noncoop, fs.pipe-max-size >= 4 MiB)",
+                               phase="preflight", hint="run 'pymigrate check'; sysctl -w fs.pipe-max-size=4194304")
+
+
+def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,
+                     progress: ProgressFn | None = None) -> RestoreResult:
+    """Unpack the (memory-less) archive, start the lazy-pages daemon towards the source's page
+    server, restore with lazy pages; returns once the container runs (the point of no return)."""
+    from migrate.checkpoint import NETNS_KEY
+    from migrate.restore import preflight, restore_request, unpack_archive
+    from runtime.criu import start_lazy_pages
+    from runtime.spec import ContainerSpec
+
+    started = time.monotonic()
+    unpacked = unpack_archive(host, source, progress=progress)
+    assert unpacked.scratch is not None
+    import_ms = (time.monotonic() - started) * 1000
+    daemon: CriuProcess | None = None
+    try:
+        manifest = unpacked.manifest
+        opts = manifest.get("options", {})
+        ps = opts.get("page_server")
+        if not opts.get("lazy_pages") or not isinstance(ps, dict):
+            raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
+        spec = ContainerSpec.from_dict(manifest["container"])
+        options = RestoreOptions(name=record["name"], ip=record.get("ip"))
+        if options.ip:
+            spec = dataclasses.replace(spec, ip=options.ip)
+        replace_id = host.replaceable_id(spec)
+        preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
+        daemon = start_lazy_pages(unpacked.images_dir, unpacked.scratch, PageServer(str(ps["address"]), int(ps["port"])))
+        t0 = time.monotonic()
+        info = host.restore_from(
+            spec,
+            upper_src=unpacked.upper_dir,
+            replace_id=replace_id,
+            request_for=lambda root: dataclasses.replace(
+                restore_request(unpacked, spec, root, tcp_established=False, network_lock=host.network_lock()), lazy_pages=True
+            ),
+            netns_key=NETNS_KEY,
+            criu=criu,
+            restored_from=manifest.get("checkpoint_id"),
+        )
+        restore_ms = (time.monotonic() - t0) * 1000
+        rc = daemon.poll()
+        if rc is not None and rc != 0:
+            # The daemon died while the restore ran: later faults got zero pages. Not resumed as
+            # far as the source knows (we have not answered yet): remove it and fail.
+            err = daemon.error(rc)
+            try:
+                host.rt.remove(info.spec.container_id, force=True)
+            except ContainerError as exc:
+                log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
+            raise TransferError(f"the lazy-pages daemon failed during the restore: {err.message}", phase="restore")
+        session = LazySession(host, migration_id, daemon, unpacked.scratch, info.spec.container_id)
+        with _SESSIONS_LOCK:
+            _SESSIONS[migration_id] = session
+        session.start()
+    except BaseException:
+        if daemon is not None:
+            daemon.stop()
+            _keep_log(host, daemon.log_path)
+        shutil.rmtree(unpacked.scratch, ignore_errors=True)
+        raise
+    images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file()) if unpacked.images_dir.is_dir() else 0
+    log.info("migration=%s container=%s restored with lazy pages restore_ms=%.1f", migration_id, spec.name, restore_ms)
+    return RestoreResult(
+        container=info,
+        stats=RestoreStats(
+            import_ms=round(import_ms, 3),
+            restore_ms=round(restore_ms, 3),
+            total_ms=round((time.monotonic() - started) * 1000, 3),
+            images_bytes=images_bytes,
+        ),
+    )
+
+
+def finish_session(migration_id: str, timeout_s: float = FINISH_TIMEOUT_S) -> None:
+    """At commit: wait for the last page (ContainerLost if the daemon failed). No-op for cold ones."""
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(migration_id)
+    if session is None:
+        return
+    session.finish(timeout_s)
+    with _SESSIONS_LOCK:
+        _SESSIONS.pop(migration_id, None)
+
+
+def stop_session(migration_id: str) -> None:
+    """At abort: stop the lazy-pages daemon (before the container is removed). Idempotent."""
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.pop(migration_id, None)
+    if session is not None:
+        session.stop()
+
+
+def session_pid(migration_id: str) -> int | None:
+    """The lazy-pages daemon's pid of an incoming migration (tests inject faults with it)."""
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(migration_id)
+    return session.daemon.pid if session is not None else None
+
+
+__all__ = [
+    "LazySession",
+    "check_incoming",
+    "choose_mode",
+    "dispatch",
+    "finish_session",
+    "free_port",
+    "is_listening",
+    "migrate_postcopy",
+    "page_server_address",
+    "receive_postcopy",
+    "stop_session",
+]
