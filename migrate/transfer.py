@@ -67,9 +67,11 @@ class ChunkSink(io.RawIOBase):
             super().close()
 
     def abort(self, exc: BaseException) -> None:
-        """End the stream with an error (the iterator raises it)."""
+        """End the stream with an error (the iterator raises it). After ``cancel`` nobody reads
+        the iterator any more: nothing to tell, and abort must not raise on a rollback path."""
         self._buffer.clear()
-        self._put(exc, block=False)
+        if self._cancelled is None:
+            self._put(exc, block=False)
         super().close()
 
     def cancel(self, exc: BaseException) -> None:
