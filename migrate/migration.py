@@ -55,18 +55,29 @@ class _Pusher(threading.Thread):
         self.sink = sink
         self.result: Any = None
         self.error: BaseException | None = None
+        self.cancelled: TransferError | None = None  # what the producer's writes raise after a failure
 
     def run(self) -> None:
         try:
             self.result = self.fn(self.migration_id, self.sink.chunks())
         except BaseException as exc:  # handed to the driver thread
             self.error = exc
-            self.sink.cancel(TransferError(f"the target stopped receiving: {exc}", phase="transfer"))
+            self.cancelled = TransferError(f"the target stopped receiving: {exc}")
+            self.sink.cancel(self.cancelled)
+
+    def root_cause(self, exc: BaseException) -> BaseException:
+        """The target's error when ``exc`` is only the producer noticing that the push failed."""
+        return self.error if self.error is not None and exc is self.cancelled else exc
+
+
+PHASES = ("preflight", "image", "freeze", "dump", "restore", "commit")
 
 
 def _fail(exc: BaseException, name: str, dest: str, phase: str) -> BaseException:
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not ours to rename
+        return exc
     if isinstance(exc, MigrationError):
-        if exc.phase is None:
+        if exc.phase not in PHASES:  # e.g. the target's own step names: report the driver's phase
             exc.phase = phase
         return exc
     if isinstance(exc, ContainerError):
@@ -153,7 +164,11 @@ def migrate_container(
                 image_sink.close()
             except BaseException as exc:
                 image_sink.abort(exc)
-                raise
+                pusher.join()
+                cause = pusher.root_cause(exc)
+                if cause is exc:
+                    raise
+                raise cause from exc
             finally:
                 pusher.join()
             if pusher.error is not None:
@@ -194,7 +209,10 @@ def migrate_container(
             except BaseException as exc:
                 sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
                 pusher.join(timeout=30)
-                raise
+                cause = pusher.root_cause(exc)
+                if cause is exc:
+                    raise
+                raise cause from exc
             enter("restore", "target restoring")
             pusher.join()
             if pusher.error is not None:
