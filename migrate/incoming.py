@@ -146,7 +146,11 @@ class IncomingMigrations:
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
         record = self._load(migration_id)
         reader = IteratorReader(chunks)
-        self.host.images.import_stream(record["image"], reader, expected_digest=record["image_digest"])
+        try:
+            self.host.images.import_stream(record["image"], reader, expected_digest=record["image_digest"])
+        except BaseException:
+            self._abort_after_failure(migration_id)
+            raise
         log.info("migration=%s phase=image received %s (%d bytes)", migration_id, record["image_digest"][:19], reader.bytes_read)
 
     def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes], progress: Any = None) -> RestoreResult:
@@ -168,13 +172,33 @@ class IncomingMigrations:
                     source=reader,
                 )
         except BaseException:
-            # the restore removed what it built; drain nothing more and keep the reservation for abort
+            # The restore removed what it built. The source never pushes twice, so the reservation
+            # is of no use any more: drop it now rather than wait for an abort that a cut link or
+            # a dead source may never deliver.
+            self._abort_after_failure(migration_id)
             raise
-        record["phase"] = "restored"
-        record["restored_at"] = time.time()
         with self._locked():
-            self._save(record)
+            aborted = not self._path(migration_id).exists()
+            if not aborted:
+                record["phase"] = "restored"
+                record["restored_at"] = time.time()
+                self._save(record)
+        if aborted:  # the source gave up while we were restoring
+            self._remove_container(migration_id, record["container_id"])
+            raise MigrationError(f"incoming migration {migration_id} was aborted during its restore", phase="restore")
         return result
+
+    def _abort_after_failure(self, migration_id: str) -> None:
+        try:
+            self.abort(migration_id)
+        except (ContainerError, MigrationError, OSError) as exc:  # the original error matters more
+            log.warning("migration=%s: abort after a failed receive failed: %s", migration_id, exc)
+
+    def _remove_container(self, migration_id: str, container_id: str) -> None:
+        try:
+            self.host.rt.remove(container_id, force=True)
+        except ContainerError as exc:
+            log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
 
     def abort(self, migration_id: str) -> None:
         """Remove every piece of an unfinished migration. Idempotent."""
@@ -188,11 +212,14 @@ class IncomingMigrations:
             except FileNotFoundError:
                 return
             cid = record["container_id"]
-            if record["phase"] == "restored":
-                try:
-                    self.host.rt.remove(cid, force=True)
-                except ContainerError as exc:
-                    log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
+            try:
+                status: str | None = self.host.rt.container(cid).status
+            except ContainerError:
+                status = None
+            # "restored", or "prepared" with a container of that id that is not the exited original
+            # prepare() saw (a restore a crashed daemon left half done, or one still in progress)
+            if record["phase"] == "restored" or status not in (None, "exited"):
+                self._remove_container(migration_id, cid)
             try:
                 exists = True
                 self.host.rt.container(cid)
