@@ -1,0 +1,182 @@
+"""Migration faults between two hosts (network namespaces, daemons over TCP, real CRIU).
+
+Each fault must leave the container running on exactly one host — the source, since every fault
+here strikes before the point of no return — with nothing left on the target (no container
+record, cgroup, mount, veth, lease, ROOT/run/incoming record or ROOT/tmp scratch), the source
+thawed (its counter advances), and the migrate command failing with an error that names the phase.
+
+Faults: the target daemon SIGKILLed mid-transfer (its restart reconciles); the link cut
+mid-transfer; the target's restore failing (its CRIU made to fail); the target's disk full (state
+root on a small tmpfs); a byte flipped in transit (a man-in-the-middle TCP proxy that parses
+HTTP/2 frames and flips one byte inside a DATA frame); the source daemon SIGKILLed mid-transfer
+and restarted (migrate/outgoing.py thaws the frozen container at start).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.hosts import Host
+from tests.integration.migration_lab import Lab
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.requires("root", "criu", "pycriu", "netns", "busybox", "overlay"),
+]
+
+PHASE_RE = re.compile(r"phase[: ]+([a-z]+)")
+
+
+@pytest.fixture(scope="module")
+def lab_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("migrate-faults"))
+
+
+@pytest.fixture
+def lab(lab_workdir: Path) -> Iterator[Lab]:
+    with Lab.create(lab_workdir) as made:
+        yield made
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def scratch_bytes(host: Host) -> int:
+    """Bytes under the host's ROOT/tmp (where an incoming archive is unpacked)."""
+    total = 0
+    tmp = host.root / "tmp"
+    for p in tmp.rglob("*") if tmp.is_dir() else ():
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+def wait_transfer(target: Host, proc: subprocess.Popen, min_bytes: int, timeout_s: float = 120) -> None:
+    """Until at least ``min_bytes`` of the archive have landed in the target's scratch dir."""
+
+    def landed() -> bool:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"migration ended before the fault ({proc.returncode}): {out.decode()} {err.decode()}")
+        return scratch_bytes(target) >= min_bytes
+
+    wait_until(landed, timeout_s, f"{min_bytes} bytes on host {target.letter}", interval_s=0.02)
+
+
+def finish_failed(proc: subprocess.Popen, timeout_s: float = 180) -> str:
+    """The migrate command's stderr; asserts it failed and named a phase."""
+    out, err = proc.communicate(timeout=timeout_s)
+    text = err.decode() + out.decode()
+    assert proc.returncode != 0, f"migration was expected to fail: {text}"
+    assert PHASE_RE.search(text), f"the error does not name the phase: {text}"
+    return text
+
+
+def failed_phase(text: str) -> str:
+    m = PHASE_RE.search(text)
+    assert m
+    return m.group(1)
+
+
+def assert_only_on(lab: Lab, here: Host, there: Host, name: str, container_id: str, *, settle_s: float = 60) -> None:
+    """``name`` runs (and counts) on ``here`` only; ``there`` holds no piece of it; ``here``
+    holds no scratch and no migration records."""
+    assert name in lab.running_names(here), f"{name} is not running on host {here.letter}: {lab.ps(here)}"
+    lab.assert_counting(here, name)
+    wait_until(lambda: not lab.leftovers(there, name, container_id), settle_s, f"host {there.letter} to be clean")
+    assert lab.leftovers(there, name, container_id) == []
+    assert name not in lab.running_names(there)
+    source_extra = [p for p in lab.leftovers(here, name, container_id) if p.startswith(("scratch", "incoming"))]
+    assert source_extra == [], source_extra
+    outgoing = here.root / "run" / "outgoing"
+    assert not outgoing.is_dir() or not [p for p in outgoing.iterdir() if p.suffix == ".json"]
+
+
+def memhog(lab: Lab, host: Host, name: str, size_mib: int) -> str:
+    info = lab.run_memhog(host, name, size_mib)
+    return str(info["spec"]["container_id"])
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def test_target_daemon_killed_mid_transfer(lab: Lab) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    cid = memhog(lab, a, "victim", 512)
+    proc = lab.migrate_popen(a, b, "victim")
+    wait_transfer(b, proc, 64 << 20)
+    b.kill_daemon()
+    text = finish_failed(proc)
+    print(text)
+    assert failed_phase(text) in ("dump", "transfer", "restore"), text
+    # the source rolled back at once: thawed and counting, no copy anywhere else
+    lab.assert_counting(a, "victim")
+    lab.start_daemon(b)  # its reconcile removes what the killed daemon left
+    assert_only_on(lab, a, b, "victim", cid)
+
+
+def test_link_cut_mid_transfer(lab: Lab) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    cid = memhog(lab, a, "victim", 512)
+    veth = f"pmh{lab.hosts.tag}{b.letter}"  # the target's cable, in the root namespace
+    proc = lab.migrate_popen(a, b, "victim")
+    wait_transfer(b, proc, 64 << 20)
+    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+    try:
+        text = finish_failed(proc, timeout_s=120)
+        print(text)
+        assert failed_phase(text) in ("dump", "restore"), text
+        lab.assert_counting(a, "victim")
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    # the target notices the broken stream once its packets flow again, and drops the reservation
+    assert_only_on(lab, a, b, "victim", cid, settle_s=60)
+
+
+def test_target_restore_fails(lab: Lab, lab_workdir: Path) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    # the target's CRIU answers everything but a restore (swrk) with the real CRIU
+    wrapper = lab_workdir / "criu-no-restore"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = swrk ]; then echo "criu wrapper: restore refused" >&2; exit 1; fi\nexec /usr/local/sbin/criu "$@"\n')
+    wrapper.chmod(0o755)
+    b.stop_daemon()
+    lab.start_daemon(b, env={"PYMIGRATE_CRIU": str(wrapper)})
+    cid = memhog(lab, a, "victim", 64)
+    proc = lab.migrate_popen(a, b, "victim")
+    text = finish_failed(proc)
+    print(text)
+    assert failed_phase(text) == "restore", text
+    assert_only_on(lab, a, b, "victim", cid, settle_s=10)
+
+
+def test_target_disk_full(lab_workdir: Path) -> None:
+    with Lab.create(lab_workdir, tmpfs_mib={1: 64}) as lab:
+        a, b = lab.hosts[0], lab.hosts[1]
+        cid = memhog(lab, a, "victim", 256)
+        proc = lab.migrate_popen(a, b, "victim")
+        text = finish_failed(proc)
+        print(text)
+        assert failed_phase(text) in ("dump", "restore"), text
+        assert "space" in text, text
+        assert_only_on(lab, a, b, "victim", cid, settle_s=10)
