@@ -71,6 +71,7 @@ PACKAGES=(
     libbsd-dev libaio-dev libgnutls28-dev libnftables-dev uuid-dev python3-protobuf
     # libprotobuf-dev: images/google/protobuf/descriptor.proto in the CRIU tree links to it
     busybox-static nftables iproute2 zstd runc openssh-server python3-venv
+    redis-server  # live-migration tests: a real server in a container (tests/integration/redis_image.py)
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
