@@ -35,6 +35,7 @@ Facts a reader needs first:
 
 from __future__ import annotations
 
+import atexit
 import base64
 import getpass
 import hashlib
@@ -485,7 +486,15 @@ def _run(transport: paramiko.Transport, command: str, *, timeout_s: float = 30.0
         err = chan.makefile_stderr("rb").read().decode(errors="replace")
         return chan.recv_exit_status(), out, err
     finally:
+        _close_channel(chan)
+
+
+def _close_channel(chan: Channel) -> None:
+    """Close ``chan``; paramiko raises EOFError/OSError when the session is already gone."""
+    try:
         chan.close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # nothing left to tell the other side
 
 
 def _sh(script: str) -> str:
@@ -543,7 +552,7 @@ class _Pipe:
         except OSError:
             pass
         self.sock.close()
-        self.chan.close()
+        _close_channel(self.chan)
 
 
 class _Forward:
@@ -557,7 +566,7 @@ class _Forward:
         self._closed = False
         self._dir: Path | None = None
         if local == "unix":
-            self._dir = Path(tempfile.mkdtemp(prefix="pymigrate-ssh-"))  # mode 0700
+            self._dir = Path(tempfile.mkdtemp(prefix="pymigrate-tunnel-"))  # mode 0700
             path = self._dir / SOCKET_NAME
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._listener.bind(str(path))
@@ -614,19 +623,19 @@ class _Forward:
 
 # Starts the daemon in the background, prints "PID LOG", and ties the daemon to the session: the
 # watcher subshell reads our stdin (explicitly: an asynchronous list otherwise gets /dev/null) and
-# sends SIGTERM at EOF. The script's exit status is the daemon's.
+# sends SIGTERM at EOF. The script's exit status is the daemon's. The log is ROOT/run/ssh-daemon.log
+# (overwritten by the next start), next to the socket, so nothing accumulates elsewhere.
 _START_SCRIPT = """\
-log=$(mktemp "${{TMPDIR:-/tmp}}/pymigrate-ssh-daemon.XXXXXX") || exit 125
+root={root}
+(umask 077 && mkdir -p "$root/run") || exit 125
+log="$root/run/ssh-daemon.log"
 exec 3<&0
-{pymigrate} --root {root} daemon --listen {listen} </dev/null >"$log" 2>&1 3<&- &
+{pymigrate} --root "$root" daemon --listen {listen} </dev/null >"$log" 2>&1 3<&- &
 pid=$!
 ( cat <&3 >/dev/null; kill -TERM "$pid" 2>/dev/null ) >/dev/null 2>&1 &
 exec 3<&-
 printf '%s %s\\n' "$pid" "$log"
 wait "$pid"
-rc=$?
-if [ "$rc" -eq 0 ]; then rm -f "$log"; fi
-exit "$rc"
 """
 
 
@@ -645,7 +654,9 @@ class _RemoteDaemon:
         first = self._out.readline().decode(errors="replace").split()
         if len(first) != 2 or not first[0].isdigit():
             status = self._chan.recv_exit_status()
-            raise RemoteDaemonFailed(destination, f"the start script failed with status {status}", [])
+            err = self._chan.makefile_stderr("rb").read().decode(errors="replace")
+            _close_channel(self._chan)
+            raise RemoteDaemonFailed(destination, f"the start script failed with status {status}", [line for line in err.splitlines() if line.strip()])
         self.pid = int(first[0])
         self.log_path = first[1]
         log.info("started pymigrate daemon pid %d on %s (log %s)", self.pid, destination, self.log_path)
@@ -656,7 +667,7 @@ class _RemoteDaemon:
     def failure(self, reason: str) -> RemoteDaemonFailed:
         lines: list[str] = []
         try:
-            _, out, _ = _run(self._transport, _sh(f"tail -n 15 {shlex.quote(self.log_path)}; rm -f {shlex.quote(self.log_path)}"))
+            _, out, _ = _run(self._transport, _sh(f"tail -n 15 {shlex.quote(self.log_path)}"))
             lines = [line for line in out.splitlines() if line.strip()]
         except (paramiko.SSHException, OSError, EOFError):
             pass
@@ -683,13 +694,13 @@ class _RemoteDaemon:
                 _run(self._transport, f"kill -KILL {self.pid}", timeout_s=10.0)
             except (paramiko.SSHException, OSError, EOFError):
                 pass
-        self._chan.close()
+        _close_channel(self._chan)
 
 
 # --- the target ----------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class SshTarget:
     """An open tunnel to a host's daemon. ``address`` is what ``RemoteEngine`` dials.
 
@@ -698,7 +709,7 @@ class SshTarget:
     """
 
     url: str
-    address: str  # "unix:/tmp/pymigrate-ssh-XXXX/pymigrate.sock" or "127.0.0.1:PORT"
+    address: str  # "unix:/tmp/pymigrate-tunnel-XXXX/pymigrate.sock" or "127.0.0.1:PORT"
     remote_socket: str
     started_daemon: bool
     config: SshHostConfig
@@ -720,6 +731,7 @@ class SshTarget:
         if self._closed:
             return
         self._closed = True
+        _OPEN_TARGETS.discard(self)
         try:
             self._forward.close()
             if self._daemon is not None:
@@ -732,6 +744,21 @@ class SshTarget:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# Targets still open at interpreter exit (a CLI that never closed its engine) are closed then,
+# so the daemon they started stops gracefully and their local socket directory goes away.
+# Strong references: a target dropped unclosed lives until exit rather than leaking its daemon.
+_OPEN_TARGETS: set["SshTarget"] = set()
+
+
+@atexit.register
+def _close_open_targets() -> None:
+    for target in list(_OPEN_TARGETS):
+        try:
+            target.close()
+        except Exception as exc:  # interpreter exit: report, keep closing
+            log.warning("closing ssh tunnel to %s at exit: %s", target.url, exc)
 
 
 def _probe_socket(transport: paramiko.Transport, socket_path: str, destination: str) -> bool:
@@ -828,7 +855,7 @@ def open_ssh_target(
         transport.close()
         raise
     log.info("ssh tunnel %s -> %s:%s", forward.address, config.destination, socket_path)
-    return SshTarget(
+    target = SshTarget(
         url=url,
         address=forward.address,
         remote_socket=socket_path,
@@ -838,6 +865,8 @@ def open_ssh_target(
         _forward=forward,
         _daemon=daemon,
     )
+    _OPEN_TARGETS.add(target)
+    return target
 
 
 def ssh_options_from_args(args: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Several "hosts" on one machine for multi-host tests: network namespaces joined by a bridge.
 
-A pytest plugin module: test files say ``pytest_plugins = ["tests.integration.hosts"]`` and use
-the ``make_hosts`` fixture (or build ``Hosts`` themselves)::
+Test files import the fixtures they use (``from tests.integration.hosts import make_hosts``;
+pytest finds fixtures imported into a test module) or build ``Hosts`` themselves::
 
     root namespace                         host netns pmh-<tag>-a        host netns pmh-<tag>-b
     bridge pmhbr<tag> 10.251.N.1/24  ──veth pmh<tag>a ── eth0 10.251.N.2   ...  eth0 10.251.N.3
@@ -18,8 +18,12 @@ the ``make_hosts`` fixture (or build ``Hosts`` themselves)::
   each namespace, removes the containers and mounts below each root, deletes the namespaces
   (their veth ends go with them), the bridge and the temporary directories.
 
-``ip netns exec NAME`` setns()es and then execs the command, so a ``Popen`` pid is the pid of the
-program itself (daemon, sshd), not of a wrapper.
+Commands enter a host with ``nsenter --net=/run/netns/NAME``, not ``ip netns exec``: the latter
+also unshares the mount namespace and remounts /sys, which hides the cgroup hierarchies mounted
+below /sys/fs/cgroup (the runtime then finds no cgroups). Only the network namespace differs
+between hosts; /proc/sys/net follows the caller's namespace, while /sys/class/net still shows the
+root namespace's devices (nothing here reads it). nsenter setns()es and then execs the command,
+so a ``Popen`` pid is the pid of the program itself (daemon, sshd), not of a wrapper.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ class Host:
     # --- commands ----------------------------------------------------------------------------
 
     def command(self, cmd: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *map(str, cmd)]
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *map(str, cmd)]
 
     def run(
         self, cmd: Sequence[str], *, check: bool = True, timeout: float = 60, input: bytes | None = None, env: dict | None = None
