@@ -76,11 +76,15 @@ from runtime.errors import ContainerError, InvalidState, Unsupported
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 4096
+PE_LAZY = 1 << 1  # criu/include/pagemap.h: pages can be restored lazily
+PE_PRESENT = 1 << 2  # ... are in the local pages-*.img
 POST_DUMP = "post-dump"  # CRIU's notify script name once every image is written
 LISTEN_TIMEOUT_S = 10.0
 ROLLBACK_DUMP_TIMEOUT_S = 30.0
 FINISH_TIMEOUT_S = 60.0
 TCP_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
+TCP_ESTABLISHED = "01"
+CONNECT_TIMEOUT_S = 10.0
 
 
 # --- mode choice ------------------------------------------------------------------------------
@@ -160,6 +164,23 @@ def page_server_address(dest: str) -> str:
         except OSError as exc:
             raise TransferError(f"no route to the target host {host}: {exc}", phase="preflight") from exc
         return str(s.getsockname()[0])
+
+
+def lazy_page_count(images_dir: Path) -> int:
+    """Pages a lazy dump left for the page server: pagemap entries flagged lazy and not present
+    in the local pages images (CRIU's own ``pages_lazy`` counter is reset when its page server
+    starts, so stats-dump cannot tell)."""
+    from runtime.criu import read_image_entries
+
+    total = 0
+    for path in images_dir.glob("pagemap-*.img"):
+        try:
+            entries = read_image_entries(path, "pagemap_entry", "pagemap_pb2")[1:]  # [0] is the pagemap_head
+        except (OSError, ValueError) as exc:  # informative only
+            log.debug("cannot decode %s: %s", path, exc)
+            continue
+        total += sum(e.nr_pages for e in entries if e.flags & PE_LAZY and not e.flags & PE_PRESENT)
+    return total
 
 
 def free_port() -> int:
@@ -440,6 +461,7 @@ def migrate_postcopy(
     assert dump is not None
     dump.join()
     last_page_ms = (dump.finished_at - resumed_at) * 1000
+    lazy_pages = lazy_page_count(staging / "images")
     shutil.rmtree(staging, ignore_errors=True)
     if dump.error is not None:
         _lose(rt, target, container, migration_id, spec.name, options.dest, veth, f"the page transfer failed: {dump.error}")
@@ -456,12 +478,14 @@ def migrate_postcopy(
         log.exception("container=%s migration=%s: removing the source copy failed", spec.name, migration_id)
     enter("done")
     total_ms = (time.monotonic() - started) * 1000
-    stats = dump.stats or DumpStats()
-    lazy_bytes = stats.pages_lazy * PAGE_SIZE
+    lazy_bytes = lazy_pages * PAGE_SIZE
     raw_bytes = (restored.stats.images_bytes if restored is not None else 0) + lazy_bytes
     phases["last_page"] = round(last_page_ms, 3)
+    if restored is not None:  # the target's share of the pause
+        phases["target_import"] = restored.stats.import_ms
+        phases["target_restore"] = restored.stats.restore_ms
     log.info("container=%s migration=%s done mode=postcopy frozen_ms=%.1f last_page_ms=%.1f total_ms=%.1f bytes=%d lazy_pages=%d",
-             spec.name, migration_id, frozen_ms, last_page_ms, total_ms, bytes_on_wire + lazy_bytes, stats.pages_lazy)
+             spec.name, migration_id, frozen_ms, last_page_ms, total_ms, bytes_on_wire + lazy_bytes, lazy_pages)
     return MigrateResult(
         container_name=spec.name,
         dest=options.dest,
@@ -629,10 +653,11 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             restored_from=manifest.get("checkpoint_id"),
         )
         restore_ms = (time.monotonic() - t0) * 1000
-        rc = daemon.poll()
+        rc = _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
         if rc is not None and rc != 0:
-            # The daemon died while the restore ran: later faults got zero pages. Not resumed as
-            # far as the source knows (we have not answered yet): remove it and fail.
+            # The daemon died while the restore ran or before it reached the source's page
+            # server: faults got (or will get) zero pages. Not resumed as far as the source knows
+            # (we have not answered yet): remove it and fail, so the source thaws its copy.
             err = daemon.error(rc)
             try:
                 host.rt.remove(info.spec.container_id, force=True)
@@ -660,6 +685,37 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             images_bytes=images_bytes,
         ),
     )
+
+
+def is_connected(address: str, port: int, proc_net: Path = Path("/proc/self/net")) -> bool:
+    """Whether a TCP connection of this network namespace to ``address:port`` is established."""
+    try:
+        packed = socket.inet_aton(address)
+    except OSError:
+        return False
+    want = f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
+    try:
+        lines = (proc_net / "tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(len(f) > 3 and f[2] == want and f[3] == TCP_ESTABLISHED for f in (line.split() for line in lines))
+
+
+def _wait_connected(daemon: CriuProcess, address: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> int | None:
+    """After the restore: wait until the lazy-pages daemon holds its connection to the source's
+    page server (None) or has exited (its status; 0 = every page already arrived)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rc = daemon.poll()
+        if rc is not None:
+            return rc
+        if is_connected(address, port):
+            return None
+        if time.monotonic() > deadline:
+            log.warning("lazy-pages daemon pid %d did not reach %s:%d within %gs: stopping it", daemon.pid, address, port, timeout_s)
+            daemon.stop()
+            return daemon.poll()
+        time.sleep(0.001)
 
 
 def finish_session(migration_id: str, timeout_s: float = FINISH_TIMEOUT_S) -> None:
