@@ -52,8 +52,8 @@ pytestmark = [
 NAME = "counter"
 
 
-def _start_counter(host: Host) -> str:
-    """The counter container on ``host``; its address."""
+def _start_counter(host: Host) -> tuple[str, str]:
+    """The counter container on ``host``; its address and container id."""
     host.cli(["image", "build-busybox", "busybox"], check=True)
     host.cli(["run", "-d", "--name", NAME, "busybox", "sh", "-c", COUNTER_CMD], check=True)
     info = json.loads(host.cli(["inspect", NAME], check=True).stdout)
@@ -61,17 +61,18 @@ def _start_counter(host: Host) -> str:
     ip = info["spec"]["ip"]
     assert ip and ip.startswith("10.77."), info["spec"]
     wait_counting_past(host, NAME, 3)
-    return ip  # type: ignore[no-any-return]
+    return ip, info["spec"]["container_id"]
 
 
-def _check_after_hop(source: Host, target: Host, others: list[Host], client: Host, ip: str, before: int) -> int:
-    """The container runs on ``target`` only, same address, counting on from ``before``."""
+def _check_after_hop(source: Host, target: Host, others: list[Host], client: Host, ip: str, cid: str, before: int) -> int:
+    """The container runs on ``target`` only, same address and id, counting on from ``before``."""
     assert names_by_status(target).get(NAME) == "running", names_by_status(target)
     assert NAME not in names_by_status(source), f"source {source.letter} still has {names_by_status(source)}"
     for other in others:
         assert NAME not in names_by_status(other)
     info = json.loads(target.cli(["inspect", NAME], check=True).stdout)
     assert info["spec"]["ip"] == ip, f"address changed: {info['spec']['ip']} != {ip}"
+    assert info["spec"]["container_id"] == cid, "the container keeps its id"
 
     route_client(client, target)
     assert ping(client, ip), f"{ip} on host {target.letter} does not answer ping from the client namespace"
@@ -86,7 +87,7 @@ def test_counter_goes_round_three_hosts(make_hosts) -> None:  # noqa: ANN001
     hosts = make_hosts(4)
     a, b, c, client = hosts[0], hosts[1], hosts[2], hosts[3]
     addr = start_tcp_daemons([a, b, c])
-    ip = _start_counter(a)
+    ip, cid = _start_counter(a)
     route_client(client, a)
     assert ping(client, ip)
     count = read_counter_over_tcp(a, client, NAME, ip)
@@ -99,7 +100,7 @@ def test_counter_goes_round_three_hosts(make_hosts) -> None:  # noqa: ANN001
     stats = migrate_json(r.stdout)["stats"]
     assert stats["phases_ms"].get("image", 0) > 0, "B lacked the image: it should have been shipped first"
     timings.append(("A->B cli", stats))
-    count = _check_after_hop(a, b, [c], client, ip, max(before, count))
+    count = _check_after_hop(a, b, [c], client, ip, cid, max(before, count))
 
     # Hop 2, B -> C: a scheduler calls Migrate on the source daemon and watches the events.
     events = []
@@ -112,7 +113,7 @@ def test_counter_goes_round_three_hosts(make_hosts) -> None:  # noqa: ANN001
     assert {"freeze", "dump", "restore", "commit"} <= set(phases), phases
     timings.append(("B->C rpc", {"frozen_ms": result.stats.frozen_ms, "total_ms": result.stats.total_ms,
                                  "bytes_on_wire": result.stats.bytes_on_wire}))
-    count = _check_after_hop(b, c, [a], client, ip, count)
+    count = _check_after_hop(b, c, [a], client, ip, cid, count)
 
     # Hop 3, C -> A: the CLI acting through C's daemon (--host), the daemon dials A.
     r = c.cli(["--host", addr["c"], "--insecure", "migrate", NAME, addr["a"], "--json"])
@@ -120,7 +121,7 @@ def test_counter_goes_round_three_hosts(make_hosts) -> None:  # noqa: ANN001
     stats = migrate_json(r.stdout)["stats"]
     assert "image" not in stats["phases_ms"], "A still holds the image: nothing to ship"
     timings.append(("C->A --host", stats))
-    _check_after_hop(c, a, [b], client, ip, count)
+    _check_after_hop(c, a, [b], client, ip, cid, count)
 
     for host in (a, b, c):
         assert leftovers(host) == [], f"host {host.letter}"
@@ -132,7 +133,7 @@ def test_keep_source_leaves_an_exited_copy(make_hosts) -> None:  # noqa: ANN001
     hosts = make_hosts(2)
     a, b = hosts[0], hosts[1]
     addr = start_tcp_daemons([a, b])
-    ip = _start_counter(a)
+    ip, _ = _start_counter(a)
     r = a.cli(["--insecure", "migrate", NAME, addr["b"], "--keep-source", "--json"])
     assert r.returncode == 0, r.stderr.decode()
     migrate_json(r.stdout)
@@ -149,13 +150,18 @@ def test_keep_source_leaves_an_exited_copy(make_hosts) -> None:  # noqa: ANN001
     assert log_counts(a, NAME)[-1] == frozen
     assert leftovers(a) == [] and leftovers(b) == []
 
-    # the copy is an ordinary exited container: it can be removed
-    assert a.cli(["rm", NAME]).returncode == 0
-    assert names_by_status(a) == {}
+    # Back to A: the exited copy there (same name and id) is replaced by the running container.
+    counted = log_counts(b, NAME)[-1]
+    r = b.cli(["--host", addr["b"], "--insecure", "migrate", NAME, addr["a"], "--json"])
+    assert r.returncode == 0, r.stderr.decode()
+    migrate_json(r.stdout)
+    assert names_by_status(a) == {NAME: "running"} and names_by_status(b) == {}
+    assert_contiguous(wait_counting_past(a, NAME, counted), f"{NAME} back on A")
+    assert leftovers(a) == [] and leftovers(b) == []
 
 
 def test_migrate_to_a_missing_daemon_keeps_the_container(make_hosts) -> None:  # noqa: ANN001
-    """Nothing listens at DEST: the migration fails in pre-flight naming it, the source runs on."""
+    """Nothing listens at DEST: the migration fails naming it, the source runs on."""
     hosts = make_hosts(2)
     a, b = hosts[0], hosts[1]
     _start_counter(a)
