@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Benchmarks (not tests), one subcommand each:
+
+    scripts/bench.py checkpoint [--sizes 64,256,1024] [--runs N] [--json]   (scripts/bench_checkpoint.py)
+    scripts/bench.py migrate ...                                           (scripts/bench_migrate.py)
+
+Each subcommand's module has ``main(argv) -> int``; it is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+COMMANDS = {"checkpoint": "bench_checkpoint.py", "migrate": "bench_migrate.py"}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: bench.py {{{','.join(COMMANDS)}}} [ARGS...]", file=sys.stderr)
+        return 2
+    path = HERE / COMMANDS[argv[0]]
+    if not path.exists():
+        print(f"bench.py: {argv[0]}: {path} does not exist yet", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): pymigrate checkpoint/restore against raw CRIU on the same container.
+
+For each memhog size (MiB of random, incompressible memory), in one run, interleaved A B A B:
+
+- frozen:  ``pymigrate checkpoint --leave-running`` stats.frozen_ms  vs  raw ``criu dump`` of the
+           same container (its real pid, netns inode and cgroup: ``--external net[INODE]:extnet
+           --network-lock nftables --manage-cgroups=ignore --freeze-cgroup CG --leave-running``);
+           raw side = CRIU's own ``frozen_time`` from stats-dump (also shown: the command's wall).
+- export:  ``pymigrate checkpoint --export F --leave-running`` wall  vs  ``criu dump`` followed by
+           ``tar -cf - IMAGES UPPER | zstd -T0 -1 > F``, wall of both.
+- restore: the whole ``pymigrate restore ID --name N --ip A`` wall  vs  only the ``criu restore``
+           command of the same images (``--root MERGED --inherit-fd fd[3]:extnet -d
+           --manage-cgroups=ignore``); the raw side's preparation (overlay mount of the checkpoint's
+           upper layer, a network namespace, a cgroup) is done before its clock starts.
+- import:  ``pymigrate restore --import F --name N --ip A`` wall  vs  ``zstd -d | tar -x`` then
+           ``criu restore`` (the same untimed preparation between the two).
+- bytes:   the archive vs CRIU's raw image bytes (and the tar.zst of the raw pipeline).
+
+The pymigrate side is the CLI as users run it, so it includes the interpreter start; that cost
+(``pymigrate --help``-free ``ps`` wall) and the engine's own totals (stats.total_ms) are printed
+beside each ratio. Memory is warmed before every timed step, for both sides: the VM hands freed
+memory back to its host and touching it again is slow (CRIU-NOTES), so 2 x size + 512 MiB is
+touched and freed right before each step. Machine limits are measured in the same run: dd with
+fsync to the state root's filesystem, zstd -1 -T0 on random data.
+
+What it changes on the host: a temporary state root (its own bridge and /24), memhog containers,
+a network namespace ``pmbench-<tag>`` and a cgroup below the runtime's cgroup for the raw
+restores; every one is removed at the end (also on failure).
+
+Usage: scripts/bench.py checkpoint [--sizes 64,256,1024] [--runs 3] [--json] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MiB = 1 << 20
+
+
+def pymigrate_cmd() -> list[str]:
+    exe = REPO / ".venv" / "bin" / "pymigrate"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "migrate"]
+
+
+def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600) -> tuple[float, str]:
+    """Run ``argv``; (wall seconds, stdout). Fails loudly."""
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    elapsed = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(map(str, argv))} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    return elapsed, r.stdout
+
+
+def sh(cmd: str, *, timeout: float = 600) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise SystemExit(f"bench: {cmd} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def warm(size_mib: int) -> None:
+    """Touch and free 2 x size + 512 MiB so the next step does not pay the VM's page faults."""
+    n = (2 * size_mib + 512) * MiB
+    m = mmap.mmap(-1, n)
+    page = b"\x01" * 1
+    for off in range(0, n, mmap.PAGESIZE):
+        m[off : off + 1] = page
+    m.close()
+
+
+class Bench:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.root = workdir / "root"
+        self.tag = secrets.token_hex(3)
+        self.netns_name = f"pmbench-{self.tag}"
+        self.raw_cgroup: Path | None = None
+        self.criu = ""
+        self.cleanups: list[Callable[[], Any]] = []
+
+    # -- setup / teardown -------------------------------------------------------------------------
+    def setup(self) -> None:
+        from runtime.config import Paths
+        from runtime.criu import criu_binary
+        from runtime.image_store import ImageStore
+        from runtime.network import NetworkConfig, network_for
+        from tests.integration.workloads import build_memhog, import_image, memhog_image_tar
+
+        self.criu = criu_binary()
+        paths = Paths(self.root)
+        paths.ensure()
+        ImageStore(paths).build_busybox("busybox")
+        subnet = f"10.{100 + secrets.randbelow(150)}.{secrets.randbelow(256)}.0/24"
+        net = network_for(paths, "bridge", NetworkConfig(bridge=f"pmb{self.tag}", subnet=subnet))
+        net.lease("0" * 32)
+        net.release("0" * 32)
+        self.subnet_prefix = subnet.rsplit(".", 1)[0]
+        memhog = build_memhog(self.workdir / "bin")
+        tar = memhog_image_tar(self.root, memhog, self.workdir / "memhog.tar")
+        import_image(self.root, "memhog", tar)
+        subprocess.run(["ip", "netns", "add", self.netns_name], check=True)
+        self.cleanups.append(lambda: subprocess.run(["ip", "netns", "del", self.netns_name], check=False))
+
+    def teardown(self) -> None:
+        from runtime.config import Paths
+        from runtime.network import network_for
+        from runtime.runtime import Runtime
+
+        for step in reversed(self.cleanups):
+            try:
+                step()
+            except Exception as exc:  # teardown: report, keep cleaning
+                print(f"bench cleanup: {exc}", file=sys.stderr)
+        rt = Runtime(self.root)
+        for info in rt.list(all=True):
+            try:
+                rt.remove(info.spec.container_id, force=True)
+            except Exception as exc:  # teardown: report, keep cleaning
+                print(f"bench cleanup: {info.spec.name}: {exc}", file=sys.stderr)
+        try:
+            network_for(Paths(self.root), "bridge").delete_bridge()
+        except Exception as exc:  # teardown: report, keep cleaning
+            print(f"bench cleanup: bridge: {exc}", file=sys.stderr)
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f if line.split()[4].startswith(str(self.workdir))]
+        for p in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", p], check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def pm(self, *args: str) -> tuple[float, str]:
+        return run([*pymigrate_cmd(), "--root", str(self.root), *args])
+
+    # -- container helpers ------------------------------------------------------------------------
+    def start_memhog(self, name: str, size_mib: int) -> None:
+        from tests.integration.workloads import memhog_command, wait_memhog_ready
+
+        self.pm("run", "-d", "--name", name, "memhog", *memhog_command(size_mib))
+        wait_memhog_ready(self.root, name, timeout_s=120)
+
+    def info(self, name: str) -> Any:
+        from runtime.runtime import Runtime
+
+        return Runtime(self.root).inspect(name)
+
+    def remove(self, name: str) -> None:
+        self.pm("rm", "-f", name)
+
+    # -- raw CRIU ---------------------------------------------------------------------------------
+    def raw_dump(self, name: str, images: Path) -> tuple[float, float]:
+        """criu dump --leave-running of container ``name`` into ``images``; (wall s, CRIU frozen ms)."""
+        from runtime.criu import read_dump_stats
+
+        info = self.info(name)
+        netns_ino = os.stat(self.root / "netns" / info.spec.container_id).st_ino
+        images.mkdir(parents=True)
+        wall, _ = run([
+            self.criu, "dump", "-t", str(info.state.pid), "-D", str(images), "-o", "dump.log", "-v4",
+            "--external", f"net[{netns_ino}]:extnet", "--network-lock", "nftables",
+            "--manage-cgroups=ignore", "--freeze-cgroup", info.cgroup["unified"], "--leave-running",
+        ])
+        return wall, read_dump_stats(images).frozen_ms
+
+    def raw_prepare(self, image_digest: str, upper: Path, base: Path) -> Path:
+        """What a raw restore needs first (untimed): overlay of ``upper`` on the image, a cgroup."""
+        from runtime.config import Paths
+        from runtime.image_store import ImageStore
+
+        lower = ImageStore(Paths(self.root)).get(image_digest).rootfs
+        work, merged = base / "work", base / "merged"
+        work.mkdir(parents=True)
+        merged.mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], check=True)
+        return merged
+
+    def raw_restore(self, images: Path, merged: Path) -> float:
+        """Only the ``criu restore`` command (in a fresh cgroup, the tree detached); wall seconds.
+        The restored tree is killed and the overlay unmounted afterwards (untimed)."""
+        cg = self._raw_cgroup()
+        netns = f"/run/netns/{self.netns_name}"
+        cmd = (
+            f"echo $$ > {cg}/cgroup.procs && exec 3<{netns} && exec {self.criu} restore -D {images} -o restore.log -v4 "
+            f"--root {merged} --inherit-fd fd[3]:extnet --manage-cgroups=ignore --network-lock nftables -d"
+        )
+        try:
+            return sh(cmd)
+        finally:
+            self._kill_cgroup(cg)
+            subprocess.run(["umount", str(merged)], check=False)
+
+    def _raw_cgroup(self) -> Path:
+        if self.raw_cgroup is None:
+            own = Path("/proc/self/cgroup").read_text()
+            rel = next(line.split(":", 2)[2] for line in own.splitlines() if line.startswith("0::"))
+            cg = Path("/sys/fs/cgroup/unified") / rel.lstrip("/") / f"pmbench-{self.tag}"
+            # our own cgroup may hold processes (no internal-process rule without controllers)
+            cg.mkdir()
+            self.raw_cgroup = cg
+            self.cleanups.append(lambda: (self._kill_cgroup(cg), cg.rmdir()))
+        return self.raw_cgroup
+
+    @staticmethod
+    def _kill_cgroup(cg: Path) -> None:
+        (cg / "cgroup.kill").write_text("1")
+        deadline = time.monotonic() + 10
+        while (cg / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    # -- one size ---------------------------------------------------------------------------------
+    def size(self, size_mib: int, runs: int) -> dict[str, Any]:
+        name = f"hog{size_mib}"
+        self.start_memhog(name, size_mib)
+        info = self.info(name)
+        digest = info.spec.image_digest
+        upper_live = Path(info.bundle_dir) / "upper"
+        scratch = self.root / "tmp"
+        r: dict[str, list[float]] = {k: [] for k in (
+            "pm_frozen_ms", "pm_ckpt_total_ms", "raw_frozen_ms", "raw_dump_wall_ms",
+            "pm_export_wall_ms", "pm_export_total_ms", "raw_export_wall_ms",
+            "pm_restore_wall_ms", "pm_restore_total_ms", "raw_restore_ms",
+            "pm_import_wall_ms", "pm_import_total_ms", "raw_import_ms", "raw_untar_ms",
+        )}
+        sizes: dict[str, int] = {}
+        for i in range(runs):
+            # frozen time: pymigrate checkpoint --leave-running vs raw criu dump (A B)
+            warm(size_mib)
+            _, out = self.pm("checkpoint", name, "--leave-running", "--json")
+            res = json.loads(out)
+            r["pm_frozen_ms"].append(res["stats"]["frozen_ms"])
+            r["pm_ckpt_total_ms"].append(res["stats"]["total_ms"])
+            sizes["images_bytes"] = res["stats"]["images_bytes"]
+            cid = res["checkpoint_id"]
+            warm(size_mib)
+            raw_images = scratch / f"raw-{i}"
+            wall, frozen = self.raw_dump(name, raw_images)
+            r["raw_frozen_ms"].append(frozen)
+            r["raw_dump_wall_ms"].append(wall * 1000)
+            sizes["raw_images_bytes"] = sum(p.stat().st_size for p in raw_images.iterdir())
+
+            # restore of a local checkpoint: whole pymigrate restore vs only criu restore (A B)
+            warm(size_mib)
+            copy = f"{name}-r{i}"
+            wall, out = self.pm("restore", cid, "--name", copy, "--ip", f"{self.subnet_prefix}.{200 + i}", "--json")
+            r["pm_restore_wall_ms"].append(wall * 1000)
+            r["pm_restore_total_ms"].append(json.loads(out)["stats"]["total_ms"])
+            self.remove(copy)
+            base = scratch / f"rawrst-{i}"
+            upper = self._upper_from(cid, base)
+            merged = self.raw_prepare(digest, upper, base)
+            warm(size_mib)
+            r["raw_restore_ms"].append(self.raw_restore(raw_images, merged) * 1000)
+            shutil.rmtree(base, ignore_errors=True)
+            self.pm("checkpoint", "rm", cid)
+
+            # export: pymigrate checkpoint --export vs criu dump + tar | zstd (A B)
+            archive = self.workdir / f"export-{i}.pma"
+            warm(size_mib)
+            wall, out = self.pm("checkpoint", name, "--leave-running", "--export", str(archive), "--json")
+            r["pm_export_wall_ms"].append(wall * 1000)
+            r["pm_export_total_ms"].append(json.loads(out)["stats"]["total_ms"])
+            sizes["archive_bytes"] = archive.stat().st_size
+            raw_tar = self.workdir / f"raw-{i}.tar.zst"
+            raw_images2 = scratch / f"raw2-{i}"
+            warm(size_mib)
+            t0 = time.perf_counter()
+            self.raw_dump(name, raw_images2)
+            sh(f"tar -cf - -C {raw_images2} . -C {upper_live} . | zstd -q -T0 -1 -o {raw_tar}")
+            r["raw_export_wall_ms"].append((time.perf_counter() - t0) * 1000)
+            sizes["raw_tar_zst_bytes"] = raw_tar.stat().st_size
+
+            # import: pymigrate restore --import vs zstd -d | tar -x + criu restore (A B)
+            warm(size_mib)
+            copy = f"{name}-i{i}"
+            wall, out = self.pm("restore", "--import", str(archive), "--name", copy, "--ip", f"{self.subnet_prefix}.{220 + i}", "--json")
+            r["pm_import_wall_ms"].append(wall * 1000)
+            r["pm_import_total_ms"].append(json.loads(out)["stats"]["total_ms"])
+            self.remove(copy)
+            base = scratch / f"rawimp-{i}"
+            unpacked = base / "images"
+            unpacked.mkdir(parents=True)
+            warm(size_mib)
+            untar = sh(f"zstd -q -d -c {raw_tar} | tar -x -C {unpacked}")
+            # the upper layer came along in the tar (mixed with the images); the overlay gets a copy
+            upper = base / "upper"
+            shutil.copytree(upper_live, upper, symlinks=True)
+            merged = self.raw_prepare(digest, upper, base)
+            rst = self.raw_restore(unpacked, merged)
+            r["raw_untar_ms"].append(untar * 1000)
+            r["raw_import_ms"].append((untar + rst) * 1000)
+            for p in (archive, raw_tar):
+                p.unlink()
+            for d in (raw_images, raw_images2, base):
+                shutil.rmtree(d, ignore_errors=True)
+        self.remove(name)
+        med = {k: statistics.median(v) for k, v in r.items() if v}
+        return {"size_mib": size_mib, "runs": runs, "median": med, "samples": r, "bytes": sizes}
+
+    def _upper_from(self, cid: str, base: Path) -> Path:
+        """The checkpoint's upper layer, unpacked from its upper.pma (as pymigrate restore does)."""
+        from migrate.images import read_archive
+
+        dest = base / "unpacked"
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        with open(self.root / "checkpoints" / cid / "upper.pma", "rb") as f:
+            read_archive(f, dest, allow_devices=True)
+        upper = dest / "upper"
+        upper.mkdir(exist_ok=True)
+        return upper
+
+    # -- machine limits ---------------------------------------------------------------------------
+    def limits(self) -> dict[str, float]:
+        test = self.root / "tmp" / "dd.bin"
+        n_mib = 512
+        secs = sh(f"dd if=/dev/zero of={test} bs=4M count={n_mib // 4} conv=fsync status=none")
+        dd = n_mib / secs
+        rnd = self.workdir / "random.bin"
+        sh(f"head -c {256 * MiB} /dev/urandom > {rnd}")
+        secs = sh(f"zstd -q -T0 -1 -c {rnd} > /dev/null")
+        zstd_rand = 256 / secs
+        sh(f"head -c {256 * MiB} /dev/zero > {test}")
+        secs = sh(f"zstd -q -T0 -1 -c {test} > /dev/null")
+        zstd_zero = 256 / secs
+        t_cli, _ = self.pm("ps")
+        for p in (test, rnd):
+            p.unlink()
+        return {"dd_fsync_MBps": round(dd, 1), "zstd1_T0_random_MBps": round(zstd_rand, 1),
+                "zstd1_T0_zeros_MBps": round(zstd_zero, 1), "cli_ps_ms": round(t_cli * 1000, 1)}
+
+
+def ratios(m: dict[str, float]) -> dict[str, float]:
+    def div(a: str, b: str) -> float:
+        return round(m[a] / m[b], 3) if m.get(b) else float("nan")
+
+    return {
+        "frozen (goal <= 1.10)": div("pm_frozen_ms", "raw_frozen_ms"),
+        "export (goal <= 0.80)": div("pm_export_wall_ms", "raw_export_wall_ms"),
+        "restore (goal <= 1.15)": div("pm_restore_wall_ms", "raw_restore_ms"),
+        "import (goal <= 1.00)": div("pm_import_wall_ms", "raw_import_ms"),
+        "restore, engine only": div("pm_restore_total_ms", "raw_restore_ms"),
+        "import, engine only": div("pm_import_total_ms", "raw_import_ms"),
+        "export, engine only": div("pm_export_total_ms", "raw_export_wall_ms"),
+    }
+
+
+def print_table(results: list[dict[str, Any]], limits: dict[str, float]) -> None:
+    rows = [
+        ("frozen ms: pymigrate stats.frozen_ms", "pm_frozen_ms"),
+        ("frozen ms: raw criu frozen_time", "raw_frozen_ms"),
+        ("raw criu dump wall ms", "raw_dump_wall_ms"),
+        ("export wall ms: pymigrate CLI", "pm_export_wall_ms"),
+        ("export ms: pymigrate stats.total_ms", "pm_export_total_ms"),
+        ("export wall ms: criu dump + tar|zstd", "raw_export_wall_ms"),
+        ("restore wall ms: pymigrate CLI", "pm_restore_wall_ms"),
+        ("restore ms: pymigrate stats.total_ms", "pm_restore_total_ms"),
+        ("restore ms: criu restore only", "raw_restore_ms"),
+        ("import wall ms: pymigrate CLI", "pm_import_wall_ms"),
+        ("import ms: pymigrate stats.total_ms", "pm_import_total_ms"),
+        ("import ms: zstd|tar + criu restore", "raw_import_ms"),
+        ("  of which zstd -d | tar -x", "raw_untar_ms"),
+    ]
+    head = f"{'median of ' + str(results[0]['runs']) + ' runs':42}" + "".join(f"{str(r['size_mib']) + ' MiB':>12}" for r in results)
+    print(head)
+    print("-" * len(head))
+    for label, key in rows:
+        print(f"{label:42}" + "".join(f"{r['median'].get(key, float('nan')):12.1f}" for r in results))
+    print("-" * len(head))
+    for label in ratios(results[0]["median"]):
+        print(f"{'ratio ' + label:42}" + "".join(f"{ratios(r['median'])[label]:12.2f}" for r in results))
+    print("-" * len(head))
+    for label, key in (("raw images MiB", "images_bytes"), ("archive MiB", "archive_bytes"), ("raw tar.zst MiB", "raw_tar_zst_bytes")):
+        print(f"{label:42}" + "".join(f"{r['bytes'].get(key, 0) / MiB:12.1f}" for r in results))
+    print(f"{'archive / raw images':42}" + "".join(f"{r['bytes']['archive_bytes'] / r['bytes']['images_bytes']:12.3f}" for r in results))
+    print()
+    print("machine (same run): " + ", ".join(f"{k}={v}" for k, v in limits.items()))
+    print("memory warmed (2 x size + 512 MiB touched and freed) before every timed step, both sides; A B interleaved")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench.py checkpoint", description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="64,256,1024", help="memhog sizes in MiB, comma separated")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--workdir", type=Path, default=None, help="parent of the temporary state root (default /tmp)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.py checkpoint: needs root", file=sys.stderr)
+        return 2
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    workdir = Path(tempfile.mkdtemp(prefix="pmbench-", dir=args.workdir))
+    bench = Bench(workdir)
+    started = time.monotonic()
+    try:
+        bench.setup()
+        limits = bench.limits()
+        results = []
+        for size in sizes:
+            results.append(bench.size(size, args.runs))
+            print(f"bench: {size} MiB done at {time.monotonic() - started:.0f}s", file=sys.stderr)
+    finally:
+        bench.teardown()
+    if args.json:
+        out = {"limits": limits, "warm": "2 x size + 512 MiB touched before every timed step; A B interleaved",
+               "results": [{**r, "ratios": ratios(r["median"])} for r in results]}
+        print(json.dumps(out, indent=1))
+    else:
+        print_table(results, limits)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
