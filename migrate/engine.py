@@ -205,8 +205,13 @@ class LocalEngine:
         self._incoming().commit(migration_id)
 
     def reconcile(self) -> None:
-        """After a (re)start: finish or undo what a crash interrupted (incoming migrations, scratch)."""
+        """After a (re)start: finish or undo what a crash interrupted (outgoing migrations: thaw or
+        finish the source copy; incoming migrations; scratch). Outgoing first: it waits for an
+        orphaned CRIU to leave the staging dir that the incoming reconcile then removes."""
+        from migrate.outgoing import reconcile_outgoing
+
         self.runtime.paths.ensure()
+        reconcile_outgoing(self._host(), lambda dest: self.peer.connect(dest))
         self._incoming().reconcile()
 
     # -- helpers --------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ Phases (each timed, reported through ``progress``):
     ---- point of no return: the container runs on the target ----
     commit      the target drops its reservation; the source kills and removes its frozen copy
 
+A record in ROOT/run/outgoing (migrate/outgoing.py) says what a daemon restart must do if this
+process dies on the way: roll back (thaw here, abort there) before the point of no return,
+finish (commit there, remove here) after it.
+
 Before the point of no return any failure thaws the source (it keeps running, exactly one copy)
 and asks the target to abort, which removes every partial piece there. After it, cleanup errors
 are logged, not raised: the migration has happened.
@@ -36,6 +40,7 @@ from migrate.api import (
 )
 from migrate.checkpoint import stream_dump, dump_externals
 from migrate.errors import IncompatibleHost, MigrationError, TransferError
+from migrate.outgoing import OutgoingMigrations
 from migrate.restore import _version_tuple
 from migrate.store import build_manifest, new_checkpoint_id
 from migrate.transfer import ChunkSink
@@ -71,6 +76,13 @@ class _Pusher(threading.Thread):
 
 
 PHASES = ("preflight", "image", "freeze", "dump", "restore", "commit")
+
+
+def _end_record(outgoing: OutgoingMigrations, migration_id: str) -> None:
+    try:
+        outgoing.end(migration_id)
+    except OSError as exc:  # the next restart finds it and repeats what was done (idempotent)
+        log.warning("migration=%s: cannot remove the outgoing record: %s", migration_id, exc)
 
 
 def _fail(exc: BaseException, name: str, dest: str, phase: str) -> BaseException:
@@ -153,7 +165,9 @@ def migrate_container(
     frozen = False
     frozen_at = 0.0
     restored: RestoreResult | None = None
+    outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
     try:
+        outgoing.begin(migration_id, container_id=spec.container_id, name=spec.name, dest=options.dest, keep_source=options.keep_source)
         if ticket.need_image:
             enter("image", f"sending image {spec.image}")
             image_sink = ChunkSink()
@@ -234,10 +248,15 @@ def migrate_container(
             target.abort_incoming(migration_id)
         except Exception as abort_exc:  # the target may be gone; it cleans up on restart
             log.warning("container=%s migration=%s: abort on target failed: %s", spec.name, migration_id, abort_exc)
+        _end_record(outgoing, migration_id)
         raise _fail(exc, spec.name, options.dest, failed_phase) from exc
 
     # ---- point of no return: the container runs on the target ----
     frozen_ms = (time.monotonic() - frozen_at) * 1000
+    try:
+        outgoing.past_point_of_no_return(migration_id)
+    except OSError as exc:  # a restart would roll back a migration that happened: say so loudly
+        log.error("container=%s migration=%s: cannot record the point of no return: %s", spec.name, migration_id, exc)
     enter("commit")
     try:
         target.commit_incoming(migration_id)
@@ -247,6 +266,7 @@ def migrate_container(
         rt.finish_migration(container, keep=options.keep_source)
     except Exception:
         log.exception("container=%s migration=%s: removing the source copy failed", spec.name, migration_id)
+    _end_record(outgoing, migration_id)
     enter("done")
     total_ms = (time.monotonic() - started) * 1000
     raw_bytes = restored.stats.images_bytes if restored is not None else 0

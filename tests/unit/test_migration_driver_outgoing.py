@@ -1,0 +1,194 @@
+"""Outgoing migration records (migrate/outgoing.py): what the phase driver writes, and what a
+daemon restart does with a record a crash left behind (fakes only, no root)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from migrate import migration, outgoing
+from migrate.errors import PeerError, TransferError
+from migrate.outgoing import COMMIT, ROLLBACK, OutgoingMigrations, holders, reconcile_outgoing
+from runtime.errors import ContainerNotFound
+from tests.unit.test_migration_driver import FakeHost, Target, migrate
+
+
+@pytest.fixture(autouse=True)
+def no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migration, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
+
+
+class RecordingTarget(Target):
+    """Notes the outgoing record's on_crash at each step of the target's side."""
+
+    def __init__(self, records: OutgoingMigrations) -> None:
+        super().__init__()
+        self.records = records
+        self.seen: dict[str, list[str]] = {}
+
+    def _note(self, step: str) -> None:
+        self.seen[step] = [r["on_crash"] for r in self.records.records()]
+
+    def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> Any:
+        self._note("receive_checkpoint")
+        return super().receive_checkpoint(migration_id, chunks)
+
+    def commit_incoming(self, migration_id: str) -> None:
+        self._note("commit_incoming")
+        super().commit_incoming(migration_id)
+
+    def abort_incoming(self, migration_id: str) -> None:
+        self._note("abort_incoming")
+        super().abort_incoming(migration_id)
+
+
+def test_driver_records_rollback_then_commit_then_nothing(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root")
+    records = OutgoingMigrations(host.paths)
+    target = RecordingTarget(records)
+    migrate(host, target)
+    assert target.seen["receive_checkpoint"] == [ROLLBACK]
+    assert target.seen["commit_incoming"] == [COMMIT]
+    assert records.records() == []
+
+
+def test_driver_removes_the_record_after_a_rollback(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root")
+    records = OutgoingMigrations(host.paths)
+    target = RecordingTarget(records)
+    target.fail_restore = PeerError("restore refused")
+    with pytest.raises(PeerError):
+        migrate(host, target)
+    assert target.seen["abort_incoming"] == [ROLLBACK]
+    assert records.records() == []
+
+
+# --- reconcile --------------------------------------------------------------------------------
+
+
+class ReconcileHost(FakeHost):
+    def __init__(self, root: Path, *, gone: bool = False) -> None:
+        super().__init__(root)
+        self.gone = gone
+
+    def get(self, name: str) -> Any:
+        if self.gone:
+            raise ContainerNotFound(name)
+        return super().get(name)
+
+
+class Peer:
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail = fail
+        self.timeout_s = 60.0
+        self.closed = False
+
+    def abort_incoming(self, migration_id: str) -> None:
+        self.calls.append(("abort", migration_id))
+        if self.fail:
+            raise self.fail
+
+    def commit_incoming(self, migration_id: str) -> None:
+        self.calls.append(("commit", migration_id))
+        if self.fail:
+            raise self.fail
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def record(host: FakeHost, migration_id: str = "ab12", *, keep_source: bool = False) -> OutgoingMigrations:
+    records = OutgoingMigrations(host.paths)
+    records.begin(migration_id, container_id=host.container.container_id, name="web", dest="10.0.0.2:7443", keep_source=keep_source)
+    return records
+
+
+def test_reconcile_rollback_thaws_and_aborts_on_the_target(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = record(host)
+    peer = Peer()
+    dialed: list[str] = []
+    handled = reconcile_outgoing(host, lambda dest: dialed.append(dest) or peer)
+    assert handled == ["ab12"]
+    assert host.events == ["thaw"]
+    assert dialed == ["10.0.0.2:7443"] and peer.calls == [("abort", "ab12")]
+    assert peer.timeout_s == outgoing.TARGET_TIMEOUT_S and peer.closed
+    assert records.records() == []
+
+
+def test_reconcile_commit_finishes_the_source_copy(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = record(host, keep_source=True)
+    records.past_point_of_no_return("ab12")
+    peer = Peer()
+    reconcile_outgoing(host, lambda dest: peer)
+    assert host.events == ["finish keep=True"]
+    assert peer.calls == [("commit", "ab12")]
+    assert records.records() == []
+
+
+def test_reconcile_with_the_target_unreachable_still_thaws(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = record(host)
+
+    def connect(dest: str) -> Any:
+        raise TransferError(f"the daemon at {dest} is unreachable")
+
+    reconcile_outgoing(host, connect)
+    assert host.events == ["thaw"]
+    assert records.records() == []
+
+
+def test_reconcile_with_the_target_refusing_still_thaws(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    record(host)
+    reconcile_outgoing(host, lambda dest: Peer(fail=PeerError("no incoming migration ab12")))
+    assert host.events == ["thaw"]
+
+
+def test_reconcile_container_gone_drops_the_record(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root", gone=True)
+    records = record(host)
+    reconcile_outgoing(host, lambda dest: Peer())
+    assert host.events == []
+    assert records.records() == []
+
+
+def test_reconcile_waits_for_an_orphaned_criu_to_leave_the_staging_dir(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = record(host)
+    staging = records.staging_dir("ab12")
+    staging.mkdir(parents=True)
+    # stands in for a criu swrk still dumping into the staging dir of the dead daemon
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.6)"], cwd=staging)
+    try:
+        time.sleep(0.1)
+        assert proc.pid in holders(staging)
+        started = time.monotonic()
+        reconcile_outgoing(host, lambda dest: Peer())
+        waited = time.monotonic() - started
+    finally:
+        proc.wait(10)
+    assert waited >= 0.3
+    assert host.events == ["thaw"]
+
+
+def test_holders_ignores_other_paths(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "ab").mkdir()
+    with open(tmp_path / "ab" / "f", "w"):
+        assert holders(tmp_path / "a") == []
+        assert holders(tmp_path / "ab") != []
+
+
+def test_invalid_migration_ids_are_refused(tmp_path: Path) -> None:
+    records = OutgoingMigrations(FakeHost(tmp_path / "root").paths)
+    for bad in ("", "../x", "AB", "x" * 65):
+        with pytest.raises(ValueError):
+            records.end(bad)
