@@ -36,7 +36,7 @@ from migrate import _rpc_errors, api
 from migrate import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
-from migrate.errors import PeerError, TransferError
+from migrate.errors import MigrationError, PeerError, TransferError
 from migrate.tls import TlsConfig, tls_from_paths
 from runtime.errors import InvalidArgument, Unsupported
 from runtime.spec import ContainerInfo
@@ -250,13 +250,22 @@ class RemoteEngine:
     ) -> Any:
         stream = self._server_stream(method, request)
         result = None
+        last_phase: str | None = None
         try:
             for response in stream:  # read to the end: the status follows the result
                 kind = response.WhichOneof("kind")
                 if kind == "result":
                     result = response.result
-                elif kind == event_field and progress is not None:
-                    progress(to_event(getattr(response, event_field)))
+                elif kind == event_field:
+                    event = to_event(getattr(response, event_field))
+                    last_phase = event.phase or last_phase
+                    if progress is not None:
+                        progress(event)
+        except MigrationError as exc:
+            # the daemon itself went away mid-operation: name the phase it had reached
+            if exc.phase is None and last_phase:
+                exc.phase = last_phase
+            raise
         finally:
             stream.close()  # a progress callback that raised cancels the call on the daemon
         if result is None:
