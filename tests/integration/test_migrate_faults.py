@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.integration.hosts import Host
+from tests.integration.hosts import Host, pymigrate_command
 from tests.integration.migration_lab import Lab
 
 pytestmark = [
@@ -118,6 +118,102 @@ def memhog(lab: Lab, host: Host, name: str, size_mib: int) -> str:
     return str(info["spec"]["container_id"])
 
 
+class BitFlipProxy:
+    """A TCP proxy in the root namespace (on the hosts' bridge address) between the source
+    daemon and the target daemon. Client-to-server bytes are parsed as HTTP/2 frames (the
+    24-byte preface, then 9-byte frame headers); once ``after_bytes`` have passed, one byte in
+    the middle of the next large DATA frame is flipped — inside a chunk's payload, so the
+    framing stays intact and only the data checks can notice. Server-to-client bytes pass as is.
+    """
+
+    PREFACE = 24
+
+    def __init__(self, listen_host: str, upstream: tuple[str, int], after_bytes: int) -> None:
+        self.upstream = upstream
+        self.after_bytes = after_bytes
+        self.flipped: tuple[int, int] | None = None  # (stream offset, frame length)
+        self._sock = socket.create_server((listen_host, 0))
+        self.address = f"{listen_host}:{self._sock.getsockname()[1]}"
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._conns += [client, server]
+            for fn, args in ((self._up, (client, server)), (self._down, (server, client))):
+                t = threading.Thread(target=fn, args=args, daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    @staticmethod
+    def _recv_exact(sock: socket.socket, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            part = sock.recv(n - len(buf))
+            if not part:
+                raise EOFError
+            buf += part
+        return bytes(buf)
+
+    def _up(self, src: socket.socket, dst: socket.socket) -> None:
+        passed = 0
+        try:
+            dst.sendall(self._recv_exact(src, self.PREFACE))
+            passed += self.PREFACE
+            while True:
+                header = self._recv_exact(src, 9)
+                length = int.from_bytes(header[:3], "big")
+                frame_type = header[3]
+                payload = bytearray(self._recv_exact(src, length))
+                if self.flipped is None and frame_type == 0 and length >= 4096 and passed >= self.after_bytes:
+                    payload[length // 2] ^= 0x5A
+                    self.flipped = (passed + 9 + length // 2, length)
+                dst.sendall(header + payload)
+                passed += 9 + length
+        except (EOFError, OSError):
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _down(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closing = True
+        self._sock.close()
+        for s in self._conns:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 
@@ -180,3 +276,44 @@ def test_target_disk_full(lab_workdir: Path) -> None:
         assert failed_phase(text) in ("dump", "restore"), text
         assert "space" in text, text
         assert_only_on(lab, a, b, "victim", cid, settle_s=10)
+
+
+def test_corrupted_chunk_is_refused(lab: Lab) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    cid = memhog(lab, a, "victim", 64)
+    proxy = BitFlipProxy(lab.hosts.gateway, (b.address, 7443), after_bytes=8 << 20)
+    try:
+        proc = a.popen(
+            [*pymigrate_command(), "--host", lab.addr(a), "--insecure", "migrate", "victim", proxy.address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        text = finish_failed(proc)
+        print(text, proxy.flipped)
+    finally:
+        proxy.close()
+    assert proxy.flipped is not None, "the proxy never saw a large DATA frame"
+    assert "checksum mismatch" in text, text
+    assert failed_phase(text) in ("dump", "restore"), text
+    assert_only_on(lab, a, b, "victim", cid, settle_s=10)
+
+
+def test_source_daemon_killed_mid_transfer_and_restarted(lab: Lab) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    cid = memhog(lab, a, "victim", 512)
+    proc = lab.migrate_popen(a, b, "victim")
+    wait_transfer(b, proc, 64 << 20)
+    a.kill_daemon()
+    out, err = proc.communicate(timeout=60)
+    text = err.decode() + out.decode()
+    print(text)
+    assert proc.returncode != 0, text
+    assert failed_phase(text) == "dump", text  # the last phase the client heard of
+    # the daemon died with the container frozen: nothing answers until a restart reconciles
+    records = list((a.root / "run" / "outgoing").glob("*.json"))
+    assert len(records) == 1, records
+    assert lab.counter(a, "victim", timeout_s=1.0) is None, "the container should still be frozen"
+    lab.start_daemon(a)  # reconcile: wait for the orphaned CRIU, thaw, abort on the target
+    assert_only_on(lab, a, b, "victim", cid, settle_s=30)
+    log = (a.workdir / "daemon.log").read_text()
+    assert "interrupted by a restart" in log and "thawed" in log, log[-3000:]
