@@ -70,7 +70,7 @@ from migrate.api import (
     RestoreStats,
 )
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
-from runtime.criu import Criu, CriuProcess, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump
+from runtime.criu import Criu, CriuProcess, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump, first_error
 from runtime.errors import ContainerError, InvalidState, Unsupported
 
 log = logging.getLogger(__name__)
@@ -523,6 +523,10 @@ def _lose(rt: Any, target: Any, container: Any, migration_id: str, name: str, de
             set_link(veth, up=True)  # only one copy is left: the frozen one here may rejoin the network
         except OSError as exc:
             log.warning("container=%s: cannot set %s up again: %s", name, veth, exc)
+    try:  # it is frozen: say so, so that 'unpause' can resume it
+        rt.store.update_state(container.container_id, lambda s: dataclasses.replace(s, status="paused"))
+    except Exception as exc:  # reporting the loss matters more
+        log.warning("container=%s: cannot record the frozen source copy as paused: %s", name, exc)
     raise ContainerLost(
         f"container {name} is lost: {why} after it had resumed on {dest}; {target_state}",
         phase="lazy",
@@ -641,17 +645,30 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
         daemon = start_lazy_pages(unpacked.images_dir, unpacked.scratch, PageServer(str(ps["address"]), int(ps["port"])))
         t0 = time.monotonic()
-        info = host.restore_from(
-            spec,
-            upper_src=unpacked.upper_dir,
-            replace_id=replace_id,
-            request_for=lambda root: dataclasses.replace(
-                restore_request(unpacked, spec, root, tcp_established=False, network_lock=host.network_lock()), lazy_pages=True
-            ),
-            netns_key=NETNS_KEY,
-            criu=criu,
-            restored_from=manifest.get("checkpoint_id"),
-        )
+        try:
+            info = host.restore_from(
+                spec,
+                upper_src=unpacked.upper_dir,
+                replace_id=replace_id,
+                request_for=lambda root: dataclasses.replace(
+                    restore_request(unpacked, spec, root, tcp_established=False, network_lock=host.network_lock()), lazy_pages=True
+                ),
+                netns_key=NETNS_KEY,
+                criu=criu,
+                restored_from=manifest.get("checkpoint_id"),
+            )
+        except ContainerError as exc:
+            rc = daemon.poll()
+            if rc is None or rc == 0:
+                raise
+            # the restore failed because the lazy-pages daemon did: its reason is the one to show
+            kept = _keep_log(host, daemon.log_path)
+            raise TransferError(
+                f"the lazy-pages daemon could not serve the restore from the source's page server "
+                f"{ps['address']}:{ps['port']}: {first_error(daemon.log_path) or daemon.error(rc).message}"
+                + (f" (log: {kept})" if kept else ""),
+                phase="restore",
+            ) from exc
         restore_ms = (time.monotonic() - t0) * 1000
         rc = _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
         if rc is not None and rc != 0:
