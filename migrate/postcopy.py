@@ -462,9 +462,13 @@ def migrate_postcopy(
     dump.join()
     last_page_ms = (dump.finished_at - resumed_at) * 1000
     lazy_pages = lazy_page_count(staging / "images")
-    shutil.rmtree(staging, ignore_errors=True)
     if dump.error is not None:
-        _lose(rt, target, container, migration_id, spec.name, options.dest, veth, f"the page transfer failed: {dump.error}")
+        kept = _keep_log(rt, staging / "images" / "dump.log")
+        shutil.rmtree(staging, ignore_errors=True)
+        first = str(getattr(dump.error, "message", dump.error)).splitlines()[0]
+        _lose(rt, target, container, migration_id, spec.name, options.dest, veth,
+              f"the page transfer failed ({first}{f'; log: {kept}' if kept else ''})")
+    shutil.rmtree(staging, ignore_errors=True)
     enter("commit")
     try:
         target.commit_incoming(migration_id)
@@ -598,10 +602,11 @@ _SESSIONS_LOCK = threading.Lock()
 
 
 def _keep_log(host: Any, log_path: Path) -> Path | None:
+    """Copy a CRIU log out of a scratch dir that is about to go (into ROOT/logs)."""
     from runtime.checkpointing import keep_failed_log
 
     try:
-        return keep_failed_log(host.paths, log_path, "lazy-pages")
+        return keep_failed_log(host.paths, log_path, log_path.stem)
     except OSError:
         return None
 

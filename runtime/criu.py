@@ -583,8 +583,8 @@ class CriuProcess:
     def error(self, rc: int | None = None) -> CriuError:
         rc = self.proc.returncode if rc is None else rc
         how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
-        message = first_error(self.log_path) or how
-        return CriuError(self.operation, f"{message} ({how})", log_path=self.log_path, log_lines=log_excerpt(self.log_path))
+        message = first_error(self.log_path)
+        return CriuError(self.operation, f"{message} ({how})" if message else how, log_path=self.log_path, log_lines=log_excerpt(self.log_path))
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM, then SIGKILL; reaps the process. Idempotent."""
