@@ -320,8 +320,26 @@ def verify_host_key(known_hosts: Path, name: str, key: paramiko.PKey, *, accept_
 # --- user keys -----------------------------------------------------------------------------------
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
 def _load_key(path: Path) -> paramiko.PKey:
-    return paramiko.PKey.from_path(str(path))
+    """The private key in ``path``; ``_EncryptedKey`` when it needs a passphrase.
+
+    Depending on format and paramiko version, a missing passphrase shows up as
+    ``PasswordRequiredException`` or as ``cryptography``'s ``TypeError`` ("password was not
+    given but private key is encrypted", "key is password-protected, but password was not
+    provided").
+    """
+    try:
+        return paramiko.PKey.from_path(str(path))
+    except paramiko.PasswordRequiredException as exc:
+        raise _EncryptedKey(str(path)) from exc
+    except TypeError as exc:
+        if "encrypted" in str(exc) or "password" in str(exc).lower():
+            raise _EncryptedKey(str(path)) from exc
+        raise
 
 
 def _user_keys(key_file: Path | None, identity_files: tuple[Path, ...]) -> tuple[list[tuple[str, paramiko.PKey]], list[str]]:
@@ -330,7 +348,7 @@ def _user_keys(key_file: Path | None, identity_files: tuple[Path, ...]) -> tuple
         path = Path(key_file)
         try:
             key = _load_key(path)
-        except paramiko.PasswordRequiredException as exc:
+        except _EncryptedKey as exc:
             raise InvalidArgument(
                 f"cannot use ssh key {path}: it is encrypted", hint="load it into ssh-agent and leave out --ssh-key"
             ) from exc
@@ -352,7 +370,7 @@ def _user_keys(key_file: Path | None, identity_files: tuple[Path, ...]) -> tuple
             continue
         try:
             key = _load_key(path)
-        except paramiko.PasswordRequiredException:
+        except _EncryptedKey:
             skipped.append(f"{path} (encrypted, load it into ssh-agent)")
             continue
         except (OSError, paramiko.SSHException, ValueError) as exc:
@@ -425,8 +443,14 @@ def connect(
         transport.set_keepalive(10)
         return transport
     except BaseException:
-        transport.close()
+        close_transport(transport)
         raise
+
+
+def close_transport(transport: paramiko.Transport) -> None:
+    """Close the session and its socket (``Transport.close`` skips the socket of a dead session)."""
+    transport.close()
+    transport.sock.close()
 
 
 def open_streamlocal(transport: paramiko.Transport, socket_path: str, *, timeout_s: float = 10.0) -> Channel:
@@ -737,7 +761,7 @@ class SshTarget:
             if self._daemon is not None:
                 self._daemon.stop()
         finally:
-            self._transport.close()
+            close_transport(self._transport)
 
     def __enter__(self) -> "SshTarget":
         return self
@@ -852,7 +876,7 @@ def open_ssh_target(
     except BaseException:
         if daemon is not None:
             daemon.stop(timeout_s=5.0)
-        transport.close()
+        close_transport(transport)
         raise
     log.info("ssh tunnel %s -> %s:%s", forward.address, config.destination, socket_path)
     target = SshTarget(
