@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): cold migration between two local hosts against the naive way.
+
+Two "hosts" are network namespaces on one bridge (tests/integration/hosts.py), each with its own
+state root and a daemon on ADDRESS:7443 (--insecure). For each size (memhog workloads of 16, 256
+and 1024 MiB of random, incompressible memory, tests/workloads/memhog.c):
+
+- migrate: ``pymigrate --host A migrate NAME B --json`` (the source daemon dials the target's);
+  downtime = stats.frozen_ms (freeze to running on the target), total, bytes on the wire, time per
+  phase, and the target's restore breakdown (from its daemon log);
+- naive: a fresh memhog of the same size on A, then ``checkpoint NAME --export F`` on A, ``cp F``
+  into B's state root, ``restore --import F`` on B, each command timed from outside (CLI start
+  included); naive downtime = checkpoint start to restore end. The engine-internal sum
+  (checkpoint total_ms + cp + restore total_ms) is reported too;
+- CRIU's dump rate of the workload, from the naive checkpoint's stats: pages bytes /
+  (memdump_ms + memwrite_ms); the stream's rate: bytes on the wire / the migration's dump phase;
+- raw TCP throughput on the same link, in the same run: a Python sender in A's namespace, a
+  receiver in B's (1 MiB sends, timed at the receiver from first byte to EOF).
+
+Before every timed step the same amount of memory is touched and freed (2 x size + 512 MiB), since
+this VM hands freed memory back to its host and first touches are slow (CRIU-NOTES.md).
+
+Goals: 16 MiB downtime <= 300 ms; stream throughput >= CRIU's dump rate; 1 GiB downtime <= 0.6 x
+the naive way's.
+
+What it changes on the host: a bridge, two network namespaces with veths, two state roots and
+daemons under a temporary directory, and the containers it starts; all removed at the end.
+
+Usage: scripts/bench_migrate.py [--sizes 16,256,1024] [--tcp-mib 1024] [--json]
+       (also ``scripts/bench.py migrate ...``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DOWNTIME_16_GOAL_MS = 300.0
+NAIVE_RATIO_GOAL = 0.6
+
+RECEIVER = r"""
+import socket, sys, time
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+conn, _ = srv.accept()
+conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+buf = bytearray(1 << 20)
+view = memoryview(buf)
+n = conn.recv_into(view)
+t0 = time.monotonic()
+total = n
+while True:
+    n = conn.recv_into(view)
+    if not n:
+        break
+    total += n
+print(total, time.monotonic() - t0, flush=True)
+"""
+
+SENDER = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+chunk = bytes(range(256)) * 4096
+for _ in range(int(sys.argv[3])):
+    s.sendall(chunk)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+s.close()
+"""
+
+
+def warm(size_mib: int) -> None:
+    """Touch and free 2 x size + 512 MiB so the next step does not pay for first touches."""
+    data = b"\x01" * ((2 * size_mib + 512) << 20)
+    del data
+
+
+def tcp_throughput(lab: Any, mib: int) -> dict[str, float]:
+    a, b = lab.hosts[0], lab.hosts[1]
+    port = 7600
+    recv = b.popen([sys.executable, "-c", RECEIVER, b.address, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert recv.stdout is not None
+        if recv.stdout.readline().strip() != "ready":
+            raise SystemExit("bench: tcp receiver did not start")
+        a.run([sys.executable, "-c", SENDER, b.address, str(port), str(mib)], timeout=300)
+        out, _ = recv.communicate(timeout=300)
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+    total, seconds = out.split()
+    return {"bytes": int(total), "seconds": float(seconds), "mib_per_s": int(total) / float(seconds) / (1 << 20)}
+
+
+def _json(r: subprocess.CompletedProcess, what: str) -> Any:
+    if r.returncode != 0:
+        raise SystemExit(f"bench: {what} failed ({r.returncode}): {r.stderr.decode().strip()}")
+    return json.loads(r.stdout)
+
+
+_RESTORE_LINE = re.compile(
+    r"import_ms=([\d.]+) preflight_ms=([\d.]+) restore_ms=([\d.]+) \(criu restore_time ([\d.]+) ms\)"
+)
+
+
+def target_breakdown(host: Any) -> dict[str, float]:
+    """The last restore breakdown the target's daemon logged (migrate/restore.py)."""
+    log = (host.workdir / "daemon.log").read_text(errors="replace")
+    found = _RESTORE_LINE.findall(log)
+    if not found:
+        return {}
+    import_ms, preflight_ms, restore_ms, criu_ms = map(float, found[-1])
+    return {"import_ms": import_ms, "preflight_ms": preflight_ms, "restore_ms": restore_ms, "criu_restore_ms": criu_ms}
+
+
+def bench_size(lab: Any, size_mib: int) -> dict[str, Any]:
+    a, b = lab.hosts[0], lab.hosts[1]
+    row: dict[str, Any] = {"size_mib": size_mib}
+
+    # --- migration through the daemons ---
+    name = f"mig{size_mib}"
+    lab.run_memhog(a, name, size_mib)
+    before = lab.report(a, name)
+    warm(size_mib)
+    t0 = time.monotonic()
+    result = _json(lab.remote(a, ["migrate", name, lab.addr(b), "--json"], timeout=600), f"migrate {name}")
+    wall_ms = (time.monotonic() - t0) * 1000
+    after = lab.report(b, name)
+    if before is None or after is None or before[0] != after[0] or after[1] < before[1]:
+        raise SystemExit(f"bench: {name} after migration does not match ({before} -> {after})")
+    stats = result["stats"]
+    phases = stats.get("phases_ms", {})
+    row["migrate"] = {
+        "downtime_ms": stats["frozen_ms"],
+        "total_ms": stats["total_ms"],
+        "cli_wall_ms": round(wall_ms, 1),
+        "bytes_on_wire": stats["bytes_on_wire"],
+        "raw_bytes": stats.get("raw_bytes", 0),
+        "phases_ms": phases,
+        "target": target_breakdown(b),
+    }
+    dump_ms = phases.get("dump", 0.0)
+    row["stream_mib_per_s"] = stats["bytes_on_wire"] / (dump_ms / 1000) / (1 << 20) if dump_ms else 0.0
+    b.cli(["rm", "-f", name])
+
+    # --- the naive way: checkpoint --export, cp, restore --import ---
+    name = f"naive{size_mib}"
+    lab.run_memhog(a, name, size_mib)
+    archive = a.workdir / f"{name}.pmckpt"
+    copy = b.root / f"{name}.pmckpt"
+    warm(size_mib)
+    t0 = time.monotonic()
+    ckpt = _json(a.cli(["checkpoint", name, "--export", str(archive), "--json"], timeout=600), f"checkpoint {name}")
+    t1 = time.monotonic()
+    subprocess.run(["cp", str(archive), str(copy)], check=True)
+    t2 = time.monotonic()
+    rest = _json(b.cli(["restore", "--import", str(copy), "--json"], timeout=600), f"restore {name}")
+    t3 = time.monotonic()
+    cs, rs = ckpt["stats"], rest["stats"]
+    row["naive"] = {
+        "checkpoint_ms": round((t1 - t0) * 1000, 1),
+        "cp_ms": round((t2 - t1) * 1000, 1),
+        "restore_ms": round((t3 - t2) * 1000, 1),
+        "downtime_ms": round((t3 - t0) * 1000, 1),
+        "engine_downtime_ms": round(cs["total_ms"] + (t2 - t1) * 1000 + rs["total_ms"], 1),
+        "archive_bytes": archive.stat().st_size,
+        "checkpoint_stats": cs,
+        "restore_stats": rs,
+    }
+    pages_bytes = cs.get("pages_written", 0) * 4096
+    criu_ms = cs.get("memdump_ms", 0.0) + cs.get("memwrite_ms", 0.0)
+    row["criu_dump_mib_per_s"] = pages_bytes / (criu_ms / 1000) / (1 << 20) if criu_ms else 0.0
+    row["downtime_ratio"] = row["migrate"]["downtime_ms"] / row["naive"]["downtime_ms"]
+    row["downtime_ratio_engine"] = row["migrate"]["downtime_ms"] / row["naive"]["engine_downtime_ms"]
+    b.cli(["rm", "-f", name])
+    archive.unlink(missing_ok=True)
+    copy.unlink(missing_ok=True)
+    return row
+
+
+def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    by_size = {r["size_mib"]: r for r in rows}
+    if 16 in by_size:
+        d = by_size[16]["migrate"]["downtime_ms"]
+        out.append({"goal": "16 MiB downtime <= 300 ms", "value": f"{d:.0f} ms", "met": d <= DOWNTIME_16_GOAL_MS})
+    for r in rows:
+        s, c = r["stream_mib_per_s"], r["criu_dump_mib_per_s"]
+        out.append({"goal": f"{r['size_mib']} MiB stream >= CRIU dump rate", "value": f"{s:.0f} vs {c:.0f} MiB/s", "met": s >= c})
+    if 1024 in by_size:
+        r = by_size[1024]
+        out.append({
+            "goal": "1 GiB downtime <= 0.6 x naive",
+            "value": f"{r['downtime_ratio']:.2f} x (engine-only naive: {r['downtime_ratio_engine']:.2f} x)",
+            "met": r["downtime_ratio"] <= NAIVE_RATIO_GOAL,
+        })
+    return out
+
+
+def print_table(tcp: dict[str, float], rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+    print(f"raw TCP between the hosts: {tcp['mib_per_s']:.0f} MiB/s ({tcp['bytes'] >> 20} MiB in {tcp['seconds']:.2f} s)\n")
+    head = (f"{'size':>6} | {'downtime':>9} {'total':>8} {'wire MiB':>9} {'stream':>8} {'criu dump':>9} | "
+            f"{'ckpt':>7} {'cp':>6} {'restore':>7} {'naive dt':>9} {'ratio':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        m, n = r["migrate"], r["naive"]
+        print(
+            f"{r['size_mib']:>4} Mi | {m['downtime_ms']:>7.0f}ms {m['total_ms']:>6.0f}ms {m['bytes_on_wire'] / (1 << 20):>9.1f} "
+            f"{r['stream_mib_per_s']:>4.0f}MB/s {r['criu_dump_mib_per_s']:>5.0f}MB/s | "
+            f"{n['checkpoint_ms']:>5.0f}ms {n['cp_ms']:>4.0f}ms {n['restore_ms']:>5.0f}ms {n['downtime_ms']:>7.0f}ms {r['downtime_ratio']:>6.2f}"
+        )
+    print("\n(stream and criu dump in MiB/s; naive dt = checkpoint start to restore end, CLI start included)")
+    print("\nwhere the migration time goes (ms):")
+    for r in rows:
+        m = r["migrate"]
+        phases = " ".join(f"{k}={v:.0f}" for k, v in m["phases_ms"].items())
+        t = m.get("target") or {}
+        target = " ".join(f"{k}={v:.0f}" for k, v in t.items())
+        print(f"  {r['size_mib']:>4} MiB: {phases} | target: {target}")
+    print("\ngoals:")
+    for g in checks:
+        print(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_migrate", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="16,256,1024", help="memhog sizes in MiB, comma separated")
+    parser.add_argument("--tcp-mib", type=int, default=1024, help="MiB sent for the raw TCP measurement")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench_migrate: needs root (network namespaces, cgroups, CRIU)", file=sys.stderr)
+        return 2
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    from tests.integration.migration_lab import Lab
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-migrate-") as workdir, Lab.create(Path(workdir)) as lab:
+        tcp = tcp_throughput(lab, args.tcp_mib)
+        rows = []
+        for size in sizes:
+            print(f"bench_migrate: {size} MiB ...", file=sys.stderr, flush=True)
+            rows.append(bench_size(lab, size))
+    checks = goals(rows)
+    elapsed = time.monotonic() - started
+    if args.json:
+        json.dump({"tcp": tcp, "sizes": rows, "goals": checks, "elapsed_s": round(elapsed, 1)}, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(tcp, rows, checks)
+        print(f"\n(run took {elapsed:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
