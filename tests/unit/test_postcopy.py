@@ -1,0 +1,296 @@
+"""Post-copy: mode choice, addresses, /proc/net parsing, and the source-side driver with fakes
+(success, rollback before the point of no return, ContainerLost after it)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from migrate import postcopy
+from migrate.api import HostInfo, IncomingTicket, MigrateOptions, RestoreResult, RestoreStats
+from migrate.errors import ContainerLost, IncompatibleHost, TransferError
+from runtime.checkpointing import DumpTarget
+from runtime.criu import DumpRequest, DumpStats
+from runtime.errors import CriuError, Unsupported
+from runtime.spec import ContainerInfo, ContainerSpec, ContainerState
+
+LAZY = {"lazy_pages": True}
+NO_LAZY = {"lazy_pages": False}
+
+
+# --- mode choice -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "local", "remote", "chosen"),
+    [
+        ("auto", LAZY, LAZY, "postcopy"),
+        ("auto", LAZY, NO_LAZY, "cold"),
+        ("auto", NO_LAZY, LAZY, "cold"),
+        ("cold", NO_LAZY, NO_LAZY, "cold"),
+        ("postcopy", LAZY, LAZY, "postcopy"),
+    ],
+)
+def test_choose_mode(mode: str, local: dict, remote: dict, chosen: str) -> None:
+    assert postcopy.choose_mode(MigrateOptions(dest="t:1", mode=mode), local, remote) == chosen  # type: ignore[arg-type]
+
+
+def test_postcopy_refused_without_lazy_pages() -> None:
+    with pytest.raises(Unsupported, match="this host cannot serve lazy pages"):
+        postcopy.choose_mode(MigrateOptions(dest="t:1", mode="postcopy"), NO_LAZY, LAZY)
+    with pytest.raises(IncompatibleHost, match="the target t:1 cannot restore with lazy pages"):
+        postcopy.choose_mode(MigrateOptions(dest="t:1", mode="postcopy"), LAZY, NO_LAZY)
+
+
+# --- addresses and /proc/net -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dest", "address"),
+    [("unix:/run/x.sock", "127.0.0.1"), ("127.0.0.1:7070", "127.0.0.1"), ("ssh://root@127.0.0.1:22", "127.0.0.1"), ("localhost:1", "127.0.0.1")],
+)
+def test_page_server_address(dest: str, address: str) -> None:
+    assert postcopy.page_server_address(dest) == address
+
+
+def test_page_server_address_unresolvable() -> None:
+    with pytest.raises(TransferError, match="cannot resolve the target host"):
+        postcopy.page_server_address("no-such-host.invalid:7070")
+
+
+def test_listening_and_connected_from_the_real_proc_net() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        assert not postcopy.is_listening(port)
+        server.listen()
+        assert postcopy.is_listening(port)
+        assert not postcopy.is_connected("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port)):
+            conn, _ = server.accept()
+            with conn:
+                assert postcopy.is_connected("127.0.0.1", port)
+    assert postcopy.free_port() > 0
+
+
+def test_proc_net_parsing(tmp_path: Path) -> None:
+    (tmp_path / "tcp").write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue\n"
+        "   0: 00000000:A90B 00000000:0000 0A 00000000:00000000\n"  # *:43275 LISTEN
+        "   1: 0300FB0A:D004 0200FB0A:A90B 01 00000000:00000000\n"  # 10.251.0.3 -> 10.251.0.2:43275 ESTABLISHED
+    )
+    assert postcopy.is_listening(43275, tmp_path)
+    assert not postcopy.is_listening(43276, tmp_path)
+    assert postcopy.is_connected("10.251.0.2", 43275, tmp_path)
+    assert not postcopy.is_connected("10.251.0.3", 43275, tmp_path)
+
+
+# --- the source-side driver with fakes ---------------------------------------------------------
+
+
+SPEC = ContainerSpec(container_id="c" * 32, name="web", image="busybox", image_digest="sha256:" + "0" * 64,
+                     command=("sleep", "1"), network="none")
+
+
+class FakeLazyCriu:
+    """A lazy dump: writes images, sends post-dump, then 'serves pages' until ``served`` is set."""
+
+    def __init__(self, fail_after_resume: bool = False) -> None:
+        self.served = threading.Event()
+        self.fail_after_resume = fail_after_resume
+        self.requests: list[DumpRequest] = []
+
+    def version(self) -> str:
+        return "4.1.1"
+
+    def warm(self) -> None:
+        pass
+
+    def dump(self, request: DumpRequest, *, on_notify: Any = None) -> DumpStats:
+        self.requests.append(request)
+        (request.images_dir / "inventory.img").write_bytes(b"inv")
+        (request.images_dir / "pagemap-1.img").write_bytes(b"")
+        (request.images_dir / "dump.log").write_text("(00.1) Error (criu/page-xfer.c:1): Can't read pagemap from socket\n")
+        assert on_notify is not None
+        on_notify("post-dump", 1)
+        if not self.served.wait(10):
+            raise AssertionError("nobody ended the fake page transfer")
+        if self.fail_after_resume:
+            raise CriuError("dump", "page-xfer: Can't read pagemap from socket: Connection reset by peer")
+        return DumpStats()
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.state = ContainerState(status="running", pid=1)
+
+    def update_state(self, cid: str, fn: Any) -> None:
+        self.state = fn(self.state)
+
+
+class FakeHost:
+    def __init__(self, tmp: Path, upper: Path) -> None:
+        self.paths = type("P", (), {"tmp": tmp / "tmp", "root": tmp})()
+        self.store = FakeStore()
+        self.upper = upper
+        self.events: list[str] = []
+        self.container = type("C", (), {"status": "running", "spec": SPEC, "container_id": SPEC.container_id})()
+
+    def get(self, name: str) -> Any:
+        return self.container
+
+    def dump_target(self, c: Any) -> DumpTarget:
+        return DumpTarget(spec=SPEC, init_pid=1, upper_dir=self.upper, netns_path=None, freeze_cgroup=None)
+
+    def cpu_digest(self) -> str:
+        return "cpu"
+
+    def network_lock(self) -> str:
+        return "nftables"
+
+    def freeze(self, c: Any) -> None:
+        self.events.append("freeze")
+
+    def thaw(self, c: Any) -> None:
+        self.events.append("thaw")
+
+    def finish_migration(self, c: Any, *, keep: bool) -> None:
+        self.events.append("finish")
+
+
+class FakeTarget:
+    def __init__(self, criu: FakeLazyCriu, *, fail_restore: bool = False, lost_at_commit: bool = False) -> None:
+        self.criu = criu
+        self.fail_restore = fail_restore
+        self.lost_at_commit = lost_at_commit
+        self.events: list[str] = []
+        self.received = 0
+
+    def host_info(self) -> HostInfo:
+        return HostInfo(version="1", hostname="t", kernel="6.18", criu_version="4.1.1", features=dict(LAZY),
+                        cgroup_mode="v2", cpu_digest="cpu")
+
+    def prepare_incoming(self, request: Any) -> IncomingTicket:
+        assert request.mode == "postcopy"
+        self.events.append("prepare")
+        return IncomingTicket(migration_id="ab" * 8, need_image=False)
+
+    def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> RestoreResult:
+        self.received = sum(len(c) for c in chunks)
+        self.events.append("restore")
+        if self.fail_restore:
+            raise TransferError("the lazy-pages daemon could not serve the restore")
+        threading.Timer(0.05, self.criu.served.set).start()  # the background transfer ends later
+        info = ContainerInfo(spec=SPEC, state=ContainerState(status="running", pid=2))
+        return RestoreResult(container=info, stats=RestoreStats(import_ms=1.0, restore_ms=2.0, images_bytes=3))
+
+    def abort_incoming(self, migration_id: str) -> None:
+        self.events.append("abort")
+
+    def commit_incoming(self, migration_id: str) -> None:
+        self.events.append("commit")
+        if self.lost_at_commit:
+            raise ContainerLost("container lost on this host: its lazy-pages daemon failed", source_copy="unknown")
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeHost, Path]:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "file").write_text("hello")
+    monkeypatch.setattr(postcopy, "page_server_address", lambda dest: "127.0.0.1")
+    monkeypatch.setattr(postcopy, "is_listening", lambda port: True)
+    monkeypatch.setattr(postcopy, "poke_page_server", lambda port, address="127.0.0.1": None)
+    monkeypatch.setattr(postcopy, "cpuinfo_dump", lambda images_dir: None)
+    monkeypatch.setattr(postcopy, "_keep_log", lambda host, path: None)
+    return FakeHost(tmp_path, upper), tmp_path
+
+
+def _migrate(host: FakeHost, criu: FakeLazyCriu, target: FakeTarget) -> Any:
+    return postcopy.migrate_postcopy(host, "web", MigrateOptions(dest="t:1", mode="postcopy"), target, criu=criu)
+
+
+def test_success_commits_after_the_last_page(world: tuple[FakeHost, Path]) -> None:
+    host, tmp = world
+    criu = FakeLazyCriu()
+    target = FakeTarget(criu)
+    result = _migrate(host, criu, target)
+    assert target.events == ["prepare", "restore", "commit"]
+    assert host.events == ["freeze", "finish"]
+    req = criu.requests[0]
+    assert req.lazy_pages and req.leave_running and req.page_server is not None and req.page_server.address == "127.0.0.1"
+    assert result.mode == "postcopy"
+    assert result.stats.frozen_ms > 0 and result.stats.phases_ms["last_page"] >= 40
+    assert result.stats.phases_ms["target_restore"] == 2.0
+    assert target.received > 0 and result.stats.bytes_on_wire >= target.received
+    assert not (tmp / "tmp" / f"migrate-{'ab' * 8}").exists()
+
+
+def test_restore_failure_rolls_back(world: tuple[FakeHost, Path]) -> None:
+    host, _ = world
+    criu = FakeLazyCriu()
+    target = FakeTarget(criu, fail_restore=True)
+    threading.Timer(0.2, criu.served.set).start()  # what the poke does to CRIU: the dump ends
+    with pytest.raises(TransferError, match="lazy-pages daemon"):
+        _migrate(host, criu, target)
+    assert target.events == ["prepare", "restore", "abort"]
+    assert host.events == ["freeze", "thaw"]
+    assert host.store.state.status == "running"
+
+
+@pytest.mark.parametrize("where", ["dump", "commit"])
+def test_failure_after_the_resume_is_container_lost(world: tuple[FakeHost, Path], where: str) -> None:
+    host, _ = world
+    criu = FakeLazyCriu(fail_after_resume=where == "dump")
+    target = FakeTarget(criu, lost_at_commit=where == "commit")
+    with pytest.raises(ContainerLost) as info:
+        _migrate(host, criu, target)
+    err = info.value
+    assert "container web is lost" in err.message and err.phase == "lazy" and err.source_copy == "frozen"
+    assert err.hint and "pymigrate unpause web" in err.hint
+    assert target.events[-1] == "abort"
+    assert "finish" not in host.events and "thaw" not in host.events  # the frozen copy is kept as is
+    assert host.store.state.status == "paused"
+
+
+def test_container_lost_crosses_grpc() -> None:
+    grpc = pytest.importorskip("grpc")
+    from migrate._rpc_errors import decode, encode
+
+    code, details, metadata = encode(ContainerLost("container web is lost", phase="lazy", hint="unpause", source_copy="frozen"))
+    assert code == grpc.StatusCode.DATA_LOSS
+    back = decode(code, details, metadata, "t:1")
+    assert isinstance(back, ContainerLost) and back.source_copy == "frozen" and back.phase == "lazy" and back.hint == "unpause"
+
+
+def test_dispatch_refuses_precopy_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import migrate.precopy as precopy
+
+    monkeypatch.setattr(precopy, "local_refusal", lambda: Unsupported("--mode precopy", "no soft-dirty here"))
+    with pytest.raises(Unsupported, match="no soft-dirty here"):
+        postcopy.dispatch(None, "web", MigrateOptions(dest="t:1", mode="precopy"), None)
+    assert postcopy.dispatch(None, "web", MigrateOptions(dest="t:1", mode="cold"), None) is None
+
+
+def test_lazy_page_count_reads_pagemaps(tmp_path: Path) -> None:
+    pb = pytest.importorskip("pycriu.images.pagemap_pb2")
+    magic = pytest.importorskip("pycriu.images.magic")
+    import struct
+
+    def entry(msg: Any) -> bytes:
+        data = msg.SerializeToString()
+        return struct.pack("<I", len(data)) + data
+
+    head = pb.pagemap_head(pages_id=1)
+    entries = [
+        pb.pagemap_entry(vaddr=0x1000, nr_pages=3, flags=postcopy.PE_PRESENT),
+        pb.pagemap_entry(vaddr=0x8000, nr_pages=100, flags=postcopy.PE_LAZY),
+        pb.pagemap_entry(vaddr=0x90000, nr_pages=7, flags=postcopy.PE_LAZY | postcopy.PE_PRESENT),
+    ]
+    blob = struct.pack("<II", magic.by_name["IMG_COMMON"], magic.by_name["PAGEMAP"]) + entry(head) + b"".join(map(entry, entries))
+    (tmp_path / "pagemap-1.img").write_bytes(blob)
+    assert postcopy.lazy_page_count(tmp_path) == 100
