@@ -27,6 +27,10 @@ What it changes on the host: a bridge, two network namespaces with veths, two st
 daemons under a temporary directory, and the containers it starts; all removed at the end.
 
 Usage: scripts/bench_migrate.py [--sizes 16,256,1024] [--tcp-mib 1024] [--json]
+       scripts/bench_migrate.py --mode cold,postcopy [--sizes 64,256,1024] [--json]
+         (live modes, issue 7: per size one memhog moved once per mode, back and forth; pause,
+         total, bytes on the wire, last page after the resume; goals: postcopy pause <= 150 ms
+         and flat across sizes, postcopy total <= 1.5 x cold)
        (also ``scripts/bench.py migrate ...``)
 """
 
@@ -238,17 +242,113 @@ def print_table(tcp: dict[str, float], rows: list[dict[str, Any]], checks: list[
         print(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}")
 
 
+# --- live modes (issue 7): --mode cold,postcopy -----------------------------------------------
+
+POSTCOPY_PAUSE_GOAL_MS = 150.0
+POSTCOPY_FLAT_RATIO = 1.5  # 1 GiB pause within 1.5 x the 64 MiB pause
+POSTCOPY_TOTAL_RATIO = 1.5  # postcopy total <= 1.5 x cold total
+
+
+def bench_modes(lab: Any, size_mib: int, modes: list[str]) -> dict[str, Any]:
+    """One memhog of ``size_mib`` migrated once per mode, back and forth between the two hosts
+    (the same container, so each mode moves the same memory), memory warmed before each step and
+    the checksum verified after each. Per mode: pause (frozen_ms), total, bytes on the wire, and
+    for postcopy when the last page arrived after the resume."""
+    hosts = [lab.hosts[0], lab.hosts[1]]
+    name = f"live{size_mib}"
+    lab.run_memhog(hosts[0], name, size_mib)
+    before = lab.report(hosts[0], name)
+    row: dict[str, Any] = {"size_mib": size_mib, "modes": {}}
+    for i, mode in enumerate(modes):
+        src, dst = hosts[i % 2], hosts[(i + 1) % 2]
+        warm(size_mib)
+        result = _json(lab.remote(src, ["migrate", name, lab.addr(dst), "--mode", mode, "--json"], timeout=600), f"migrate {name} --mode {mode}")
+        after = lab.report(dst, name)
+        if before is None or after is None or before[0] != after[0]:
+            raise SystemExit(f"bench: {name} after the {mode} migration does not match ({before} -> {after})")
+        stats = result["stats"]
+        row["modes"][mode] = {
+            "chosen": result["mode"],
+            "pause_ms": stats["frozen_ms"],
+            "total_ms": stats["total_ms"],
+            "bytes_on_wire": stats["bytes_on_wire"],
+            "last_page_ms": stats.get("phases_ms", {}).get("last_page"),
+            "phases_ms": stats.get("phases_ms", {}),
+        }
+    for h in hosts:
+        h.cli(["rm", "-f", name])
+    return row
+
+
+def goals_modes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    post = {r["size_mib"]: r["modes"]["postcopy"] for r in rows if "postcopy" in r["modes"]}
+    for size, m in post.items():
+        out.append({"goal": f"{size} MiB postcopy pause <= {POSTCOPY_PAUSE_GOAL_MS:.0f} ms", "value": f"{m['pause_ms']:.0f} ms",
+                    "met": m["pause_ms"] <= POSTCOPY_PAUSE_GOAL_MS})
+    if post:
+        small, big = post[min(post)], post[max(post)]
+        ratio = big["pause_ms"] / small["pause_ms"] if small["pause_ms"] else 0.0
+        out.append({"goal": f"postcopy pause flat ({max(post)} MiB within {POSTCOPY_FLAT_RATIO} x {min(post)} MiB)",
+                    "value": f"{ratio:.2f} x", "met": ratio <= POSTCOPY_FLAT_RATIO})
+    for r in rows:
+        if "postcopy" in r["modes"] and "cold" in r["modes"]:
+            ratio = r["modes"]["postcopy"]["total_ms"] / r["modes"]["cold"]["total_ms"]
+            out.append({"goal": f"{r['size_mib']} MiB postcopy total <= {POSTCOPY_TOTAL_RATIO} x cold", "value": f"{ratio:.2f} x",
+                        "met": ratio <= POSTCOPY_TOTAL_RATIO})
+    return out
+
+
+def print_modes_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+    head = f"{'size':>6} {'mode':>9} | {'pause':>8} {'total':>8} {'last page':>10} {'wire MiB':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        for mode, m in r["modes"].items():
+            last = f"{m['last_page_ms']:>8.0f}ms" if m["last_page_ms"] is not None else f"{'-':>10}"
+            print(f"{r['size_mib']:>4} Mi {mode:>9} | {m['pause_ms']:>6.0f}ms {m['total_ms']:>6.0f}ms {last} {m['bytes_on_wire'] / (1 << 20):>9.1f}")
+    print("\n(pause = freeze to running on the target; last page = after the resume; one run each, memory warmed before each)")
+    print("\nwhere the time goes (ms):")
+    for r in rows:
+        for mode, m in r["modes"].items():
+            print(f"  {r['size_mib']:>4} MiB {mode}: " + " ".join(f"{k}={v:.0f}" for k, v in m["phases_ms"].items()))
+    print("\ngoals:")
+    for g in checks:
+        print(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_migrate", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16,256,1024", help="memhog sizes in MiB, comma separated")
     parser.add_argument("--tcp-mib", type=int, default=1024, help="MiB sent for the raw TCP measurement")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--mode", default=None,
+                        help="live modes to compare instead of cold vs naive, e.g. cold,postcopy (sizes default to 64,256,1024)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_migrate: needs root (network namespaces, cgroups, CRIU)", file=sys.stderr)
         return 2
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     from tests.integration.migration_lab import Lab
+
+    if args.mode:
+        if args.sizes == parser.get_default("sizes"):
+            sizes = [64, 256, 1024]
+        modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="bench-live-") as workdir, Lab.create(Path(workdir)) as lab:
+            rows = []
+            for size in sizes:
+                print(f"bench_migrate: {size} MiB, modes {','.join(modes)} ...", file=sys.stderr, flush=True)
+                rows.append(bench_modes(lab, size, modes))
+        checks = goals_modes(rows)
+        if args.json:
+            json.dump({"sizes": rows, "goals": checks, "elapsed_s": round(time.monotonic() - started, 1)}, sys.stdout, indent=2)
+            print()
+        else:
+            print_modes_table(rows, checks)
+            print(f"\n(run took {time.monotonic() - started:.0f} s)")
+        return 0
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-migrate-") as workdir, Lab.create(Path(workdir)) as lab:
