@@ -70,7 +70,7 @@ PACKAGES=(
     libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler libnl-3-dev libnet1-dev libcap-dev
     libbsd-dev libaio-dev libgnutls28-dev libnftables-dev uuid-dev python3-protobuf
     # libprotobuf-dev: images/google/protobuf/descriptor.proto in the CRIU tree links to it
-    busybox-static nftables iproute2 zstd runc openssh-server python3-venv
+    busybox-static patch nftables iproute2 zstd runc openssh-server python3-venv
     redis-server  # live-migration tests: a real server in a container (tests/integration/redis_image.py)
 )
 missing=()
@@ -112,11 +112,28 @@ step "criu >= $CRIU_MIN_MAJOR"
 criu_version() {  # prints "X.Y[.Z]" of the given binary, or nothing
     "$1" --version 2>/dev/null | sed -n 's/^Version: *\([0-9][0-9.]*\).*/\1/p' | head -n1
 }
-criu_ok() {  # criu_ok PATH: version >= CRIU_MIN_MAJOR and `criu check` passes
-    local bin=$1 ver
+# Our fixes to CRIU's source (scripts/criu-patches/<version>-*.patch, applied in name order), e.g.
+# inet sockets on Linux >= 6.16. The digest of the patch set is stamped into the source tree and
+# next to the installed binary; a CRIU of a patched version without the matching stamp is rebuilt.
+CRIU_PATCHES_DIR="$REPO/scripts/criu-patches"
+criu_patches() {  # criu_patches VERSION: the patch files for that version, sorted
+    compgen -G "$CRIU_PATCHES_DIR/$1-*.patch" | sort || true
+}
+criu_patch_digest() {  # criu_patch_digest VERSION: sha256 of the version's patch set ("none" if empty)
+    local files
+    files=$(criu_patches "$1")
+    if [[ -z $files ]]; then echo none; else cat $files | sha256sum | cut -d' ' -f1; fi
+}
+CRIU_STAMP="$CRIU_PREFIX/share/pymigrate/criu-patches"
+criu_ok() {  # criu_ok PATH: version >= CRIU_MIN_MAJOR, our patches in, and `criu check` passes
+    local bin=$1 ver want
     [[ -x $bin ]] || return 1
     ver=$(criu_version "$bin")
     [[ -n $ver && ${ver%%.*} -ge $CRIU_MIN_MAJOR ]] || return 1
+    want=$(criu_patch_digest "$ver")
+    if [[ $want != none ]]; then
+        [[ $bin == "$CRIU_BIN" && -f $CRIU_STAMP && $(cat "$CRIU_STAMP") == "$ver $want" ]] || return 1
+    fi
     "$bin" check >/dev/null 2>&1
 }
 find_tarball() {  # find_tarball GLOB-PREFIX: newest matching source tarball in the cwd, or nothing
@@ -181,10 +198,16 @@ else
     version=${tarball#criu_}
     version=${version%%.orig.tar.*}
     src="$CACHE/criu/criu-$version"
-    STEP="criu: unpack $tarball"
-    if [[ ! -f $src/Makefile ]]; then
-        rm -rf "$src.tmp" && mkdir -p "$src.tmp"
+    STEP="criu: unpack $tarball and apply scripts/criu-patches"
+    patch_digest=$(criu_patch_digest "$version")
+    if [[ ! -f $src/Makefile || $(cat "$src/.pymigrate-patches" 2>/dev/null) != "$patch_digest" ]]; then
+        rm -rf "$src.tmp" "$src" && mkdir -p "$src.tmp"
         tar -xf "$tarball" -C "$src.tmp" --strip-components=1
+        for p in $(criu_patches "$version"); do
+            note "patch -p1 < ${p#"$REPO"/}"
+            patch -d "$src.tmp" -p1 --quiet <"$p"
+        done
+        printf '%s\n' "$patch_digest" >"$src.tmp/.pymigrate-patches"
         mv "$src.tmp" "$src"
     fi
     STEP="criu: make criu ($src)"
@@ -195,6 +218,8 @@ else
     }
     STEP="criu: install $CRIU_BIN"
     install -D -m 0755 "$src/criu/criu" "$CRIU_BIN"
+    mkdir -p "$(dirname "$CRIU_STAMP")"
+    printf '%s %s\n' "$version" "$patch_digest" >"$CRIU_STAMP"
     printf '%s\n' "$src" >"$CACHE/criu/source-dir"
     STEP="criu: verify (criu check)"
     "$CRIU_BIN" check
