@@ -19,7 +19,7 @@ independently.
 
 CRIU 4.1.1 cannot dump an inet socket on Linux >= 6.16 (``getsockopt(SO_PASSCRED)`` now fails
 with EOPNOTSUPP on TCP sockets). With that CRIU the test stops at the dump and is skipped naming
-the reason; with a CRIU built with scripts/criu-4.1.1-so-passcred.patch (PYMIGRATE_CRIU=...) it
+the reason; with the CRIU scripts/setup.sh builds (it applies scripts/criu-patches/) it
 runs to the end: measured 100k keys, pause 583 ms, every key read back on the same connection.
 """
 
@@ -135,10 +135,10 @@ def test_redis_client_keeps_its_connection_across_postcopy_with_tcp_established(
         rc, result, err = lab.migrate(lab.a, lab.b, "redis", "--mode", "postcopy", "--tcp-established")
         if rc != 0 and "Can't get 1:16 opt" in err:
             # CRIU 4.1.1 on Linux >= 6.16 cannot dump any inet socket (criu issue #2705; see
-            # docs/migration.md "Limits"). scripts/criu-4.1.1-so-passcred.patch fixes it; with a
+            # docs/migration.md "Limits"). scripts/criu-patches/4.1.1-so-passcred.patch (applied by setup.sh) fixes it; with a
             # patched criu in PYMIGRATE_CRIU this test runs to the end.
             pytest.skip("this criu cannot dump inet sockets on this kernel (getsockopt SO_PASSCRED -> EOPNOTSUPP); "
-                        "set PYMIGRATE_CRIU to a criu built with scripts/criu-4.1.1-so-passcred.patch")
+                        "run scripts/setup.sh (it builds criu with scripts/criu-patches/4.1.1-so-passcred.patch)")
         assert rc == 0, err
         assert status(lab.a, "redis") is None
         assert result is not None and result["mode"] == "postcopy"
