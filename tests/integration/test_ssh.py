@@ -320,15 +320,17 @@ def test_sshd_killed_during_a_stream_is_a_clean_transfer_error(ssh_setup: SshSet
 
         def kill_when_streaming() -> None:
             time.sleep(1.5)
-            host.kill_sshd()
             killed.set()
+            host.kill_sshd()
 
-        threading.Thread(target=kill_when_streaming, daemon=True).start()
+        killer = threading.Thread(target=kill_when_streaming, daemon=True)
+        killer.start()
         started = time.monotonic()
         with pytest.raises(TransferError) as info:
             engine.image_import("big", big)
         elapsed = time.monotonic() - started
         assert killed.is_set(), "the upload ended before sshd was killed"
+        killer.join(20)
         assert host.ssh_url() in str(info.value)
         assert elapsed < 30.0
     finally:
