@@ -216,12 +216,16 @@ class IncomingRequest:
     cpu_digest: str
     ip: str | None
     mode: MigrationMode = "cold"
+    # Disk-less dump: the address the source dials this host on. When set, the target starts a
+    # CRIU page server there and the source's CRIU sends memory pages straight to it.
+    page_server_address: str | None = None
 
 
 @dataclass(frozen=True)
 class IncomingTicket:
     migration_id: str
     need_image: bool  # the target lacks image_digest: receive_image before receive_checkpoint
+    page_server_port: int = 0  # the page server for a disk-less dump (0: none; stream the pages)
 
 
 class MigrationTarget(Protocol):

@@ -77,17 +77,18 @@ def dump_externals(target: DumpTarget) -> tuple[str, ...]:
 class _DumpThread(threading.Thread):
     """Runs the (blocking) CRIU dump so the archive writer can stream beside it."""
 
-    def __init__(self, criu: Criu, request: DumpRequest) -> None:
+    def __init__(self, criu: Criu, request: DumpRequest, on_notify: Callable[[str, int], bool] | None = None) -> None:
         super().__init__(name="criu-dump", daemon=True)
         self.criu = criu
         self.request = request
+        self.on_notify = on_notify
         self.stats: DumpStats | None = None
         self.error: BaseException | None = None
         self.finished_at = 0.0
 
     def run(self) -> None:
         try:
-            self.stats = self.criu.dump(self.request)
+            self.stats = self.criu.dump(self.request, on_notify=self.on_notify) if self.on_notify else self.criu.dump(self.request)
         except BaseException as exc:  # handed to the caller thread
             self.error = exc
         finally:
@@ -108,6 +109,7 @@ def stream_dump(
     upper_dir: Path,
     *,
     on_bytes: Callable[[int], None] | None = None,
+    on_notify: Callable[[str, int], bool] | None = None,
 ) -> tuple[DumpStats, float]:
     """Dump with CRIU into ``request.images_dir`` while writing the upper layer and the images into
     ``writer`` (a migrate.images.ArchiveWriter). Returns (CRIU stats, dump wall time in ms).
@@ -116,7 +118,7 @@ def stream_dump(
     ended or a later pages file has appeared (CRIU dumps one task's memory at a time).
     """
     images_dir = request.images_dir
-    thread = _DumpThread(criu, request)
+    thread = _DumpThread(criu, request, on_notify)
     started = time.monotonic()
     thread.start()
     try:

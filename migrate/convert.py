@@ -464,6 +464,7 @@ def incoming_request_to_pb(r: api.IncomingRequest) -> pb.PrepareIncomingRequest:
     )
     _set_opt(kw, "criu_version", r.criu_version)
     _set_opt(kw, "ip", r.ip)
+    _set_opt(kw, "page_server_address", r.page_server_address)
     return pb.PrepareIncomingRequest(**kw)
 
 
@@ -484,12 +485,13 @@ def incoming_request_from_pb(m: pb.PrepareIncomingRequest) -> api.IncomingReques
         cpu_digest=m.cpu_digest,
         ip=_opt(m, "ip"),
         mode=mode_from_pb(m.mode),
+        page_server_address=_opt(m, "page_server_address"),
     )
 
 
 def ticket_to_pb(t: api.IncomingTicket) -> pb.PrepareIncomingResponse:
-    return pb.PrepareIncomingResponse(migration_id=t.migration_id, need_image=t.need_image)
+    return pb.PrepareIncomingResponse(migration_id=t.migration_id, need_image=t.need_image, page_server_port=t.page_server_port)
 
 
 def ticket_from_pb(m: pb.PrepareIncomingResponse) -> api.IncomingTicket:
-    return api.IncomingTicket(migration_id=m.migration_id, need_image=m.need_image)
+    return api.IncomingTicket(migration_id=m.migration_id, need_image=m.need_image, page_server_port=m.page_server_port)

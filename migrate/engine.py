@@ -182,7 +182,9 @@ class LocalEngine:
         self.runtime.paths.ensure()
         target = self.peer.connect(options.dest)
         try:
-            return migrate_container(self._host(), name, options, target, progress=progress)
+            return migrate_container(
+                self._host(), name, options, target, progress=progress, page_server_address=self._page_server_address(options.dest)
+            )
         finally:
             close = getattr(target, "close", None)
             if close is not None:
@@ -215,6 +217,19 @@ class LocalEngine:
         self._incoming().reconcile()
 
     # -- helpers --------------------------------------------------------------------------------
+    def _page_server_address(self, dest: str) -> str | None:
+        """Where a disk-less dump sends its pages: the target's host, for plain-TCP daemons only.
+
+        CRIU's page server is its own TCP connection, without our TLS or token; deployments that
+        authenticate their daemons keep every byte on the authenticated gRPC stream. ``unix:`` and
+        ``ssh://`` targets are not reachable by a direct TCP connection either."""
+        if self.peer.tls is not None or dest.startswith(("unix:", "ssh://")):
+            return None
+        host, sep, port = dest.rpartition(":")
+        if not sep or not port.isdigit():
+            return None
+        return host.strip("[]") or None
+
     def _host(self) -> Any:
         if self._checkpoint_host is None:
             from runtime.checkpointing import CheckpointHost
@@ -232,7 +247,7 @@ class LocalEngine:
             from migrate.incoming import IncomingMigrations
             from runtime.criu import SwrkCriu
 
-            self._incoming_migrations = IncomingMigrations(self._host(), SwrkCriu())
+            self._incoming_migrations = IncomingMigrations(self._host(), SwrkCriu(), page_servers=self.peer.tls is None)
         return self._incoming_migrations
 
 

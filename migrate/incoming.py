@@ -24,12 +24,13 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, RestoreResult
-from migrate.errors import IncompatibleHost, MigrationError
+from migrate.errors import TransferError, IncompatibleHost, MigrationError
 from migrate.restore import _version_tuple, restore_container
 from migrate.transfer import IteratorReader
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument
@@ -37,7 +38,7 @@ from runtime.spec import ContainerSpec
 
 log = logging.getLogger(__name__)
 
-_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-")
+_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-")
 
 
 def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
@@ -56,9 +57,13 @@ def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
 
 
 class IncomingMigrations:
-    def __init__(self, host: Any, criu: Any) -> None:
+    def __init__(self, host: Any, criu: Any, *, page_servers: bool = True) -> None:
         self.host = host
         self.criu = criu
+        # Disk-less dumps: a CRIU page server per migration receives the source's memory pages.
+        # Off on daemons that use TLS: CRIU's page server is its own, unauthenticated, connection.
+        self.page_servers_allowed = page_servers
+        self._page_servers: dict[str, Any] = {}
         self.dir = host.paths.run / "incoming"
 
     # -- records ------------------------------------------------------------------------------
@@ -140,8 +145,57 @@ class IncomingMigrations:
                 "mode": request.mode,
                 "created_at": time.time(),
             })
-        log.info("migration=%s phase=preflight container=%s reserved need_image=%s", migration_id, spec.name, need_image)
-        return IncomingTicket(migration_id=migration_id, need_image=need_image)
+        port = 0
+        if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
+            port = self._start_page_server(migration_id, request.page_server_address)
+        log.info("migration=%s phase=preflight container=%s reserved need_image=%s page_server_port=%d",
+                 migration_id, spec.name, need_image, port)
+        return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port)
+
+    # -- disk-less dumps: a CRIU page server per migration ------------------------------------
+    def _pages_dir(self, migration_id: str) -> Path:
+        return self.host.paths.tmp / f"pages-{migration_id}"
+
+    def _start_page_server(self, migration_id: str, address: str) -> int:
+        """Start ``criu page-server`` on ``address``; its port, or 0 to let the source stream."""
+        from migrate.postcopy import free_port
+        from runtime.criu import start_page_server
+
+        pages = self._pages_dir(migration_id)
+        try:
+            pages.mkdir(parents=True, mode=0o700)
+            port = free_port()
+            self._page_servers[migration_id] = start_page_server(pages, address, port)
+        except (ContainerError, OSError) as exc:  # not fatal: the pages stream with the archive
+            log.warning("migration=%s: no page server on %s (%s): the source streams its pages", migration_id, address, exc)
+            shutil.rmtree(pages, ignore_errors=True)
+            return 0
+        return port
+
+    def _collect_pages(self, migration_id: str, images_dir: Path) -> None:
+        """Wait for the page server (it exits once the dump sent everything) and move the pages it
+        received beside the other images."""
+        server = self._page_servers.pop(migration_id, None)
+        if server is None:
+            return
+        try:
+            server.wait(timeout_s=120)
+        except ContainerError as exc:
+            raise TransferError(f"the page server of migration {migration_id} failed: {exc.message}", phase="restore") from exc
+        except subprocess.TimeoutExpired:
+            server.stop()
+            raise TransferError(f"the page server of migration {migration_id} did not finish", phase="restore") from None
+        pages = self._pages_dir(migration_id)
+        for p in pages.iterdir():
+            if p.is_file() and not (images_dir / p.name).exists():
+                os.rename(p, images_dir / p.name)
+        shutil.rmtree(pages, ignore_errors=True)
+
+    def _stop_page_server(self, migration_id: str) -> None:
+        server = self._page_servers.pop(migration_id, None)
+        if server is not None:
+            server.stop()
+        shutil.rmtree(self._pages_dir(migration_id), ignore_errors=True)
 
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
         record = self._load(migration_id)
@@ -170,6 +224,7 @@ class IncomingMigrations:
                     criu=self.criu,
                     progress=progress,
                     source=reader,
+                    before_restore=lambda images_dir: self._collect_pages(migration_id, images_dir),
                 )
         except BaseException:
             # The restore removed what it built. The source never pushes twice, so the reservation
@@ -205,6 +260,7 @@ class IncomingMigrations:
         from migrate.postcopy import stop_session
 
         stop_session(migration_id)  # post-copy: the lazy-pages daemon goes first
+        self._stop_page_server(migration_id)
         with self._locked():
             path = self._path(migration_id)
             try:

@@ -25,6 +25,7 @@ are logged, not raised: the migration has happened.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -44,10 +45,12 @@ from migrate.outgoing import OutgoingMigrations
 from migrate.restore import _version_tuple
 from migrate.store import build_manifest, new_checkpoint_id
 from migrate.transfer import ChunkSink
-from runtime.criu import Criu, DumpRequest, SwrkCriu, cpuinfo_dump
+from runtime.criu import Criu, DumpRequest, PageServer, SwrkCriu, cpuinfo_dump
 from runtime.errors import ContainerError, InvalidState
 
 log = logging.getLogger(__name__)
+
+PAGE_SIZE = os.sysconf("SC_PAGESIZE")
 
 
 class _Pusher(threading.Thread):
@@ -107,8 +110,14 @@ def migrate_container(
     *,
     criu: Criu | None = None,
     progress: ProgressFn | None = None,
+    page_server_address: str | None = None,
 ) -> MigrateResult:
-    """Move container ``name`` of runtime ``rt`` to ``target`` (a MigrationTarget + host_info)."""
+    """Move container ``name`` of runtime ``rt`` to ``target`` (a MigrationTarget + host_info).
+
+    ``page_server_address``: the target's address for a disk-less dump. When the target answers
+    with a page server port, CRIU sends the memory pages straight to it (its own TCP connection,
+    C all the way) and only the small images and the upper layer stream through gRPC; otherwise
+    everything streams."""
     from migrate.images import ArchiveWriter
 
     criu = criu or SwrkCriu()
@@ -158,11 +167,13 @@ def migrate_container(
             cpu_digest=rt.cpu_digest(),
             ip=spec.ip,
             mode="cold",
+            page_server_address=page_server_address,
         )
     )
     migration_id = ticket.migration_id
     log.info("container=%s migration=%s phase=preflight dest=%s need_image=%s", spec.name, migration_id, options.dest, ticket.need_image)
     frozen = False
+    isolated: list[str] = []  # host veths cut at post-dump (--tcp-established)
     frozen_at = 0.0
     restored: RestoreResult | None = None
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
@@ -205,9 +216,25 @@ def migrate_container(
                 external=dump_externals(dt),
                 freeze_cgroup=dt.freeze_cgroup,
                 network_lock=rt.network_lock(),
+                page_server=PageServer(page_server_address, ticket.page_server_port)
+                if page_server_address and ticket.page_server_port
+                else None,
             )
             sink = ChunkSink()
             pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
+
+            def isolate_at_post_dump(script: str, pid: int) -> bool:
+                # --tcp-established: with leave_running CRIU takes the sockets out of repair and
+                # unlocks the network after the dump, so the frozen source's kernel would ACK (or,
+                # when it is killed, FIN) the peers' packets. Cut its link once the dump is done.
+                if script == "post-dump":
+                    from migrate.postcopy import _host_veth, set_link
+
+                    veth = _host_veth(rt, spec)
+                    if veth and set_link(veth, False):
+                        isolated.append(veth)
+                return True
+
             enter("freeze")
             rt.freeze(container)
             frozen = True
@@ -217,9 +244,14 @@ def migrate_container(
             try:
                 writer = ArchiveWriter(sink, compress="zstd", level=1)
                 writer.write_manifest(manifest)
-                dump_stats, _dump_ms = stream_dump(criu, request, writer, dt.upper_dir, on_bytes=lambda n: emit(done=n))
+                dump_stats, _dump_ms = stream_dump(
+                    criu, request, writer, dt.upper_dir, on_bytes=lambda n: emit(done=n),
+                    on_notify=isolate_at_post_dump if options.tcp_established else None,
+                )
                 writer.close(trailer={"dump_stats": dump_stats.__dict__})
                 sink.close()
+                if request.page_server is not None:  # the pages went over CRIU's own connection
+                    bytes_on_wire += dump_stats.pages_written * PAGE_SIZE
             except BaseException as exc:
                 sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
                 pusher.join(timeout=30)
@@ -239,6 +271,13 @@ def migrate_container(
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException as exc:
         failed_phase = phase
+        for veth in isolated:
+            try:
+                from migrate.postcopy import set_link
+
+                set_link(veth, True)
+            except Exception:  # rollback path: keep the original error
+                log.exception("container=%s migration=%s: cannot bring %s back up", spec.name, migration_id, veth)
         if frozen:
             try:
                 rt.thaw(container)

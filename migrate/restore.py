@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from migrate.api import ProgressEvent, ProgressFn, RestoreOptions, RestoreResult, RestoreStats
 from migrate.checkpoint import NETNS_KEY, keep_criu_log, volume_key
@@ -144,8 +144,12 @@ def restore_container(
     criu: Criu | None = None,
     progress: ProgressFn | None = None,
     source: Any = None,
+    before_restore: Callable[[Path], None] | None = None,
 ) -> RestoreResult:
-    """Restore from ``options.checkpoint_id``, ``options.import_path`` or an archive stream ``source``."""
+    """Restore from ``options.checkpoint_id``, ``options.import_path`` or an archive stream ``source``.
+
+    ``before_restore(images_dir)`` runs once the archive is unpacked (a disk-less migration
+    moves the pages its page server received into the images dir there)."""
     criu = criu or SwrkCriu()
     started = time.monotonic()
 
@@ -166,8 +170,10 @@ def restore_container(
         unpacked = unpack_local(rt, options.checkpoint_id)
     else:
         raise MigrationError("restore needs a checkpoint id or an archive to import")
-    import_ms = (time.monotonic() - started) * 1000
     try:
+        if before_restore is not None:
+            before_restore(unpacked.images_dir)
+        import_ms = (time.monotonic() - started) * 1000
         spec = ContainerSpec.from_dict(unpacked.manifest["container"])
         replace_id = None
         if options.name and options.name != spec.name:

@@ -665,7 +665,7 @@ class MigrateResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[MigrationEvent, _Mapping]] = ..., result: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode")
+    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode", "page_server_address")
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -673,6 +673,7 @@ class PrepareIncomingRequest(_message.Message):
     CPU_DIGEST_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     container_name: str
     spec_json: str
     image_digest: str
@@ -680,15 +681,18 @@ class PrepareIncomingRequest(_message.Message):
     cpu_digest: str
     ip: str
     mode: MigrationMode
-    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ...) -> None: ...
+    page_server_address: str
+    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., page_server_address: _Optional[str] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
-    __slots__ = ("migration_id", "need_image")
+    __slots__ = ("migration_id", "need_image", "page_server_port")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     NEED_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     need_image: bool
-    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ...) -> None: ...
+    page_server_port: int
+    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ..., page_server_port: _Optional[int] = ...) -> None: ...
 
 class PushImageRequest(_message.Message):
     __slots__ = ("migration_id", "data", "seq", "crc32")
