@@ -59,6 +59,14 @@ def upper_file(root: Path, name: str, path: str) -> Path:
     return Path(inspect(root, name).bundle_dir) / "upper" / path.lstrip("/")
 
 
+def final_value(root: Path, name: str, hist: str = "/tmp/hist") -> int:
+    """The last value a (now dead or frozen) workload appended to ``hist``. Not the /tmp/cnt
+    file: the dump may catch the shell between its truncate and its write (an empty file)."""
+    values = consecutive(upper_file(root, name, hist))
+    assert values, f"{name}: nothing in {hist} at checkpoint time"
+    return values[-1]
+
+
 def counter(root: Path, name: str, path: str = "/tmp/cnt") -> Callable[[], int | None]:
     return lambda: read_int(container_file(root, name, path))
 
@@ -74,19 +82,27 @@ def status(pm, name: str) -> str:  # noqa: ANN001
     return "absent"
 
 
-def container_tree(root: Path, name: str) -> dict[int, str]:
-    """{pid in the container's pid namespace: comm} of every process in the container's cgroup."""
+def container_tree(root: Path, name: str) -> dict[int, tuple[str, int]]:
+    """{pid in the container's pid namespace: (comm, parent's pid there)} of every process in the
+    container's cgroup (read from the host: NSpid and PPid in /proc/PID/status)."""
     cg = Path(inspect(root, name).cgroup["unified"])
-    tree = {}
-    for host_pid in (cg / "cgroup.procs").read_text().split():
+    host_to_ns: dict[int, int] = {}
+    raw = {}
+    for host_pid in map(int, (cg / "cgroup.procs").read_text().split()):
         try:
             status_text = Path(f"/proc/{host_pid}/status").read_text()
             comm = Path(f"/proc/{host_pid}/comm").read_text().strip()
         except OSError:
-            continue  # a short-lived sleep that just exited
-        nspid = next(line.split()[-1] for line in status_text.splitlines() if line.startswith("NSpid:"))
-        tree[int(nspid)] = comm
-    return tree
+            continue  # a short-lived child that just exited
+        fields = dict(line.split(":", 1) for line in status_text.splitlines() if ":" in line)
+        host_to_ns[host_pid] = int(fields["NSpid"].split()[-1])
+        raw[host_pid] = (comm, int(fields["PPid"]))
+    return {host_to_ns[h]: (comm, host_to_ns.get(ppid, 0)) for h, (comm, ppid) in raw.items()}
+
+
+def long_lived_shells(root: Path, name: str) -> set[int]:
+    """The container's init and its direct ``sh`` children (their forks for ``sleep`` come and go)."""
+    return {pid for pid, (comm, parent) in container_tree(root, name).items() if comm == "sh" and (pid == 1 or parent == 1)}
 
 
 def consecutive(path: Path) -> list[int]:
@@ -136,8 +152,8 @@ def test_counter_continues_and_without_leave_running_the_container_exits(pm, pm_
 
     cid = checkpoint(pm, name)
     assert status(pm, name) == "exited"
-    final = read_int(upper_file(pm_root, name, "/tmp/cnt"))
-    assert final is not None and final >= 30
+    final = final_value(pm_root, name)
+    assert final >= 30
     assert cid in ok(pm("checkpoint", "ls"))
 
     assert ok(pm("restore", cid)).strip() == name
@@ -158,8 +174,8 @@ def test_twenty_cycles_in_place_keep_counting(pm_root: Path) -> None:
     for cycle in range(20):
         result = engine.checkpoint(name, CheckpointOptions())
         assert engine.inspect(name).state.status == "exited"
-        final = read_int(upper_file(pm_root, name, "/tmp/cnt"))
-        assert final is not None and final >= previous, f"cycle {cycle}: counter went back from {previous} to {final}"
+        final = final_value(pm_root, name)
+        assert final >= previous, f"cycle {cycle}: counter went back from {previous} to {final}"
         restored = engine.restore(RestoreOptions(checkpoint_id=result.checkpoint_id))
         assert restored.container.spec.container_id == container_id
         previous = continues_after(get, final, f"counter in cycle {cycle}", container_file(pm_root, name, "/tmp/hist"))
@@ -242,8 +258,7 @@ def test_pipe_between_two_processes_keeps_working(pm, pm_root: Path) -> None:  #
     wait_for(lambda: (get() or 0) >= 20, 20, "numbers through the pipe")
 
     cid = checkpoint(pm, name)
-    final = read_int(upper_file(pm_root, name, "/tmp/last"))
-    assert final is not None
+    final = final_value(pm_root, name)
     ok(pm("restore", cid))
     # Values reach /tmp/last only through the pipe; the next one proves both ends came back.
     continues_after(get, final, "numbers through the pipe", container_file(pm_root, name, "/tmp/hist"))
@@ -258,17 +273,16 @@ def test_process_tree_comes_back_whole_in_the_containers_cgroup(pm, pm_root: Pat
     ok(pm("run", "-d", "--name", name, "busybox", "sh", "-c", script))
     for k in range(1, children + 1):
         wait_for(lambda k=k: (counter(pm_root, name, f"/tmp/c{k}")() or 0) >= 5, 20, f"child {k}")
-    shells_before = {pid for pid, comm in container_tree(pm_root, name).items() if comm == "sh"}
+    shells_before = long_lived_shells(pm_root, name)
     assert len(shells_before) == children + 1
 
     cid = checkpoint(pm, name)
-    finals = {k: read_int(upper_file(pm_root, name, f"/tmp/c{k}")) for k in range(1, children + 1)}
+    finals = {k: final_value(pm_root, name, f"/tmp/h{k}") for k in range(1, children + 1)}
     ok(pm("restore", cid))
     for k, final in finals.items():
-        assert final is not None
         continues_after(counter(pm_root, name, f"/tmp/c{k}"), final, f"child {k}", container_file(pm_root, name, f"/tmp/h{k}"))
     # Same pids in the container's pid namespace, and every one of them in the container's cgroup.
-    shells_after = {pid for pid, comm in container_tree(pm_root, name).items() if comm == "sh"}
+    shells_after = long_lived_shells(pm_root, name)
     assert shells_after == shells_before
 
 
