@@ -197,14 +197,31 @@ def host_snapshot(root: Path) -> dict[str, object]:
 
     paths = Paths(root)
     records = sorted(p.name for p in (root / "containers").iterdir()) if (root / "containers").exists() else []
-    cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup/unified").rglob("*") if p.is_dir() and any(r in p.name for r in records + ["pymigrate"]))
+    cgroups = sorted(str(p) for p in _container_cgroups(root))
     with open("/proc/self/mountinfo") as f:
         mounts = sorted(line.split()[4] for line in f if str(root) in line.split()[4])
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    veths = sorted(line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if "veth" in line or "pmv" in line)
+    tag = f"pmv{zlib.crc32(os.path.realpath(root).encode()) & 0xFFFF:04x}"  # runtime.network's veth names
+    veths = sorted(n for n in (line.split(":")[1].strip().split("@")[0] for line in links.splitlines()) if n.startswith(tag))
     netns = sorted(p.name for p in paths.netns.iterdir()) if paths.netns.exists() else []
     leases = sorted(p.read_text() for p in root.rglob("leases*") if p.is_file())
     return {"records": records, "cgroups": cgroups, "mounts": mounts, "veths": veths, "netns": netns, "leases": leases}
+
+
+def _container_cgroups(root: Path) -> list[Path]:
+    """Every cgroup (any hierarchy) below this state root's cgroup parent, which the runtime makes
+    below the cgroup the caller runs in (so: below ours)."""
+    from runtime.config import default_cgroup_parent
+
+    parent = default_cgroup_parent(root).strip("/")
+    found = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, rel = line.split(":", 2)
+        mount = "unified" if controllers == "" else controllers.split(",")[0].removeprefix("name=")
+        base = Path("/sys/fs/cgroup") / mount / rel.lstrip("/") / parent
+        if base.is_dir():
+            found += [p for p in base.iterdir() if p.is_dir()]
+    return found
 
 
 def tree_digest(path: Path) -> dict[str, str]:
