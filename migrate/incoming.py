@@ -38,7 +38,7 @@ from runtime.spec import ContainerSpec
 
 log = logging.getLogger(__name__)
 
-_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-")
+_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-")
 
 
 def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:

@@ -108,6 +108,9 @@ class CheckpointHost:
         except ContainerError:
             pass
         self._wait_exited(cid, timeout_s)
+        # Its checkpoint holds everything now: let go of mounts, netns, veth, cgroup and address,
+        # so the record alone stays (a restore rebuilds the rest, here or on another host).
+        self.rt.release(c.spec)
 
     def _wait_exited(self, container_id: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -121,9 +124,7 @@ class CheckpointHost:
         """After the target runs the container: kill the frozen source copy; remove it unless ``keep``."""
         cid = c.container_id
         self.stop_checkpointed(c, "migrated")
-        if keep:
-            self.rt.release(c.spec)
-        else:
+        if not keep:
             self.rt.remove(cid, force=True)
 
     # -- the target side --------------------------------------------------------------------------
@@ -178,14 +179,20 @@ class CheckpointHost:
         from runtime.shim import Starter, launch_shim
 
         rt = self.rt
-        if replace_id is not None:
-            old = rt.container(replace_id)
-            rt.release(old.spec)
-            rt._delete_record(replace_id)
         img = rt.images.get(spec.image_digest)
         cid = spec.container_id
         undo: list[tuple[str, Callable[[], None]]] = []
         net = rt.network(spec.network)
+        set_aside: Path | None = None
+        if replace_id is not None:
+            # The exited original gives way, but is kept aside until the restore succeeded: a
+            # failed attempt puts its record back (its stale mounts, netns and cgroup are gone).
+            old = rt.container(replace_id)
+            rt.release(old.spec)
+            rt.paths.tmp.mkdir(parents=True, exist_ok=True)
+            set_aside = rt.paths.tmp / f"replaced-{replace_id}-{os.getpid()}"
+            os.rename(rt.store.dir(replace_id), set_aside)
+            undo.append(("put the original back", lambda: os.rename(set_aside, rt.store.dir(replace_id))))  # type: ignore[arg-type]
         try:
             if spec.network == "bridge":
                 leased = net.lease(cid, spec.ip)
@@ -234,6 +241,8 @@ class CheckpointHost:
         except BaseException:
             rt._undo(cid, undo)
             raise
+        if set_aside is not None:
+            shutil.rmtree(set_aside, ignore_errors=True)
         log.info("container=%s name=%s restored from=%s", cid, spec.name, restored_from)
         return rt.inspect(cid)  # type: ignore[no-any-return]
 
