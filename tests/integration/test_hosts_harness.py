@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -50,6 +51,11 @@ def test_hosts_reach_each_other_and_teardown_removes_everything() -> None:
         assert hosts[0].run(["test", "-e", probe], check=False).returncode == 0
         base, bridge, names = hosts.base_dir, hosts.bridge, [h.netns for h in hosts]
         sleeper = hosts[2].popen(["sleep", "600"])
+        # nsenter joins the namespace after popen returns: wait until the sleeper is in the host
+        deadline = time.monotonic() + 10
+        while sleeper.pid not in hosts[2].pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sleeper.pid in hosts[2].pids(), "the sleeper never entered the host's namespace"
     finally:
         hosts.close()
     assert not base.exists()
