@@ -52,8 +52,13 @@ class Unpacked:
     scratch: Path | None  # removed after the restore (imports); None for local checkpoints
 
 
-def unpack_archive(rt: Any, source: Any, *, progress: ProgressFn | None = None) -> Unpacked:
-    """Verify and unpack an archive stream into a scratch dir under ROOT/tmp."""
+def unpack_archive(rt: Any, source: Any, *, progress: ProgressFn | None = None, trust_manifest: bool = True) -> Unpacked:
+    """Verify and unpack an archive stream into a scratch dir under ROOT/tmp.
+
+    ``trust_manifest``: whether the manifest's word on device nodes counts (see
+    migrate.store.devices_allowed). True for streams from a peer daemon; False for a file given to
+    ``restore --import``, whose manifest anyone could have written: then only overlay whiteouts
+    pass."""
     from migrate.images import read_archive
     from migrate.store import devices_allowed
 
@@ -61,7 +66,7 @@ def unpack_archive(rt: Any, source: Any, *, progress: ProgressFn | None = None) 
     scratch = Path(os.path.join(rt.paths.tmp, f"import-{os.urandom(6).hex()}"))
     scratch.mkdir(mode=0o700)
     try:
-        manifest = read_archive(source, scratch, allow_devices=devices_allowed)
+        manifest = read_archive(source, scratch, allow_devices=devices_allowed if trust_manifest else False)
         if manifest.get("kind") != MANIFEST_KIND:
             raise MigrationError(f"not a pymigrate checkpoint archive (kind {manifest.get('kind')!r})", phase="verify")
         images = scratch / IMAGES_DIR
@@ -165,7 +170,7 @@ def restore_container(
         path = Path(options.import_path)
         archive_bytes = path.stat().st_size
         with open(path, "rb") as f:
-            unpacked = unpack_archive(rt, f, progress=progress)
+            unpacked = unpack_archive(rt, f, progress=progress, trust_manifest=False)
     elif options.checkpoint_id:
         unpacked = unpack_local(rt, options.checkpoint_id)
     else:
