@@ -156,6 +156,22 @@ def stream_dump(
     return thread.stats, dump_ms
 
 
+def _fsync_files(directory: Path) -> None:
+    """fsync every file of ``directory`` and the directory itself (CRIU does not sync its images)."""
+    for p in directory.iterdir():
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _images_bytes(images_dir: Path) -> int:
     return sum(p.stat().st_size for p in images_dir.iterdir() if p.is_file())
 
@@ -174,9 +190,10 @@ def checkpoint_container(
     name, renamed when complete); otherwise a local checkpoint under ROOT/checkpoints/<id>.
 
     The dump always runs with CRIU's ``leave_running``: the tree, frozen before CRIU started,
-    stays frozen while everything is written, fsynced and committed. Only then is the container
-    stopped (default) or thawed (``--leave-running``). So a failure anywhere, even after CRIU
-    finished (disk full on the last bytes, a rename), thaws the container and it keeps running.
+    stays frozen while everything is written. With ``--leave-running`` it thaws then, and the
+    fsync and commit follow; by default it stays frozen until the checkpoint is durable and
+    committed, and only then is it stopped. So a failure anywhere, even after CRIU finished (disk
+    full on the last bytes, a rename), leaves the container running.
     """
     from migrate.images import ArchiveWriter
 
@@ -258,7 +275,16 @@ def checkpoint_container(
                 dump_ms = (dump_thread.finished_at - dump_started) * 1000
                 archive_bytes = 0
             out.flush()
+            unfrozen_at = time.monotonic()
+            if options.leave_running:
+                # Everything is written (page cache): a late failure can no longer lose the
+                # container, so it goes on now and the durability work happens unfrozen.
+                if not was_paused:
+                    rt.thaw(container)
+                frozen = False
             os.fsync(out.fileno())
+        if archive_path is None:
+            _fsync_files(images_dir)
         images_bytes = _images_bytes(images_dir)
         emit("commit")
         if archive_path is not None:
@@ -281,12 +307,9 @@ def checkpoint_container(
         raise
     if archive_path is not None:
         shutil.rmtree(staging, ignore_errors=True)
-    if options.leave_running:
-        if not was_paused:
-            rt.thaw(container)
-    else:
+    if not options.leave_running:
         rt.stop_checkpointed(container, checkpoint_id)
-    frozen_ms = (done_at - frozen_at) * 1000
+    frozen_ms = ((unfrozen_at if options.leave_running else done_at) - frozen_at) * 1000
     total_ms = (time.monotonic() - started) * 1000
     stats = CheckpointStats(
         freezing_ms=round(freezing_ms, 3),
