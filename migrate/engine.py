@@ -36,6 +36,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+# Disk-less (page server) cold migration pays a fixed ~200 ms in CRIU's page-server transfer
+# (measured: 16 MiB dump 245 ms via a page server, 40 ms to disk) and wins big on larger memory
+# (1 GiB downtime 7.4 s streamed -> 2.1 s). Below this, the pages stream with the archive.
+DISKLESS_MIN_BYTES = 64 << 20
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -180,11 +185,12 @@ class LocalEngine:
         from migrate.migration import migrate_container
 
         self.runtime.paths.ensure()
+        page_server = self._page_server_address(options.dest)
+        if page_server is not None and (self.runtime.inspect(name).memory_current_bytes or 0) < DISKLESS_MIN_BYTES:
+            page_server = None  # small: CRIU's page-server handshake costs more than streaming
         target = self.peer.connect(options.dest)
         try:
-            return migrate_container(
-                self._host(), name, options, target, progress=progress, page_server_address=self._page_server_address(options.dest)
-            )
+            return migrate_container(self._host(), name, options, target, progress=progress, page_server_address=page_server)
         finally:
             close = getattr(target, "close", None)
             if close is not None:
