@@ -126,6 +126,7 @@ def migrate_container(
     phase = "preflight"
     phase_started = started
     bytes_on_wire = 0
+    image_bytes = 0  # the base image, when the target lacked it (raw tar, uncompressed on the wire)
 
     def enter(next_phase: str, message: str = "") -> None:
         nonlocal phase, phase_started
@@ -199,6 +200,7 @@ def migrate_container(
             if pusher.error is not None:
                 raise pusher.error
             bytes_on_wire += image_sink.bytes_written
+            image_bytes = image_sink.bytes_written
         staging = rt.paths.tmp / f"migrate-{migration_id}"
         staging.mkdir(parents=True, mode=0o700)
         try:
@@ -308,7 +310,7 @@ def migrate_container(
     _end_record(outgoing, migration_id)
     enter("done")
     total_ms = (time.monotonic() - started) * 1000
-    raw_bytes = restored.stats.images_bytes if restored is not None else 0
+    raw_bytes = (restored.stats.images_bytes if restored is not None else 0) + image_bytes
     log.info("container=%s migration=%s done frozen_ms=%.1f total_ms=%.1f bytes=%d", spec.name, migration_id, frozen_ms, total_ms, bytes_on_wire)
     return MigrateResult(
         container_name=spec.name,

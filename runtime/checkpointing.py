@@ -122,10 +122,10 @@ class CheckpointHost:
 
     def finish_migration(self, c: Container, *, keep: bool) -> None:
         """After the target runs the container: kill the frozen source copy; remove it unless ``keep``."""
-        cid = c.container_id
-        self.stop_checkpointed(c, "migrated")
-        if not keep:
-            self.rt.remove(cid, force=True)
+        if keep:
+            self.stop_checkpointed(c, "migrated")  # an exited record stays, its resources go
+        else:
+            self.rt.remove(c.container_id, force=True)  # kill, release and delete in one pass
 
     # -- the target side --------------------------------------------------------------------------
     @staticmethod

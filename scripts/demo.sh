@@ -12,7 +12,8 @@
 #   Nothing is forwarded or routed off the machine. Safe to re-run: every run uses its own names.
 #
 # Steps: setup -> pymigrate check -> two hosts with daemons -> a counter container on host a ->
-# migrate it to host b (progress bar, stats table) -> its counter goes on, same address, on b.
+# checkpoint it (left running; stats) -> migrate it to host b (progress bar, stats table) ->
+# its counter goes on, same address, on b.
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -138,6 +139,10 @@ show "${A[@]}" run -d --name counter busybox \
 sleep 2
 show "${A[@]}" ps
 show_tail 3 "${A[@]}" logs counter
+
+say "checkpoint it on host a (CRIU dump of the frozen container; it keeps running)"
+show "${A[@]}" checkpoint counter --leave-running --print-stats
+show "${A[@]}" checkpoint ls
 
 say "migrate it to host b (host a's daemon streams the checkpoint to host b's daemon)"
 show "${A[@]}" migrate counter "$ADDR_B:$PORT"

@@ -91,6 +91,8 @@ def _stats_rows(stats: Any) -> list[tuple[str, str]]:
             rows.append((field.name[:-3].replace("_", " ") + " (ms)", f"{value:.1f}"))
         elif field.name.endswith("_bytes"):
             rows.append((field.name[:-6].replace("_", " "), _human_bytes(value)))
+        elif field.name.startswith("bytes_"):
+            rows.append((field.name.replace("_", " "), _human_bytes(value)))
         else:
             rows.append((field.name.replace("_", " "), str(value)))
     return rows
