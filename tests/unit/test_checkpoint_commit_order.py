@@ -17,25 +17,8 @@ from migrate.api import CheckpointOptions
 from migrate.checkpoint import checkpoint_container
 from runtime.checkpointing import DumpTarget
 from runtime.config import Paths
-from runtime.criu import DumpRequest, DumpStats
 from runtime.spec import ContainerSpec
-
-
-class FakeCriu:
-    def __init__(self) -> None:
-        self.requests: list[DumpRequest] = []
-
-    def version(self) -> str:
-        return "4.1.1"
-
-    def warm(self) -> None:
-        pass
-
-    def dump(self, request: DumpRequest, *, on_notify: Any = None) -> DumpStats:
-        self.requests.append(request)
-        (request.images_dir / "pages-1.img").write_bytes(b"p" * 4096)
-        (request.images_dir / "inventory.img").write_bytes(b"i")
-        return DumpStats(pages_written=1)
+from tests.fakes.criu import FakeCriu
 
 
 @dataclass
@@ -85,7 +68,8 @@ def _no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_dump_keeps_the_tree_and_stops_it_after_commit(tmp_path: Path) -> None:
     host, criu = FakeHost(tmp_path), FakeCriu()
     result = checkpoint_container(host, "web", CheckpointOptions(), criu=criu)
-    assert criu.requests[0].leave_running is True  # CRIU never kills it
+    dumps = [req for call, req in criu.calls if call == "dump"]
+    assert dumps[0].leave_running is True  # CRIU never kills it
     assert host.events == ["freeze", "stop"]
     assert (host.paths.checkpoint(result.checkpoint_id) / "manifest.json").exists()
 
