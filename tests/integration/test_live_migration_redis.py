@@ -116,7 +116,10 @@ def redis_lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
 
 
-def test_redis_client_keeps_its_connection_across_postcopy_with_tcp_established(redis_lab: Lab) -> None:
+@pytest.mark.parametrize("mode", ["postcopy", "cold"])
+def test_redis_client_keeps_its_connection_across_migration_with_tcp_established(redis_lab: Lab, mode: str) -> None:
+    """Cold too: the source's link is cut at CRIU's post-dump, so its kernel neither ACKs the
+    client's packets during the pause nor sends a FIN when the source copy is killed."""
     lab = redis_lab
     r = lab.a.cli(["run", "-d", "--name", "redis", "--ip", REDIS_IP, REDIS_IMAGE, *redis_command()])
     assert r.returncode == 0, r.stderr.decode()
@@ -132,7 +135,7 @@ def test_redis_client_keeps_its_connection_across_postcopy_with_tcp_established(
         loaded = json.loads(line)
         assert loaded.get("loaded") == KEYS, loaded
 
-        rc, result, err = lab.migrate(lab.a, lab.b, "redis", "--mode", "postcopy", "--tcp-established")
+        rc, result, err = lab.migrate(lab.a, lab.b, "redis", "--mode", mode, "--tcp-established")
         if rc != 0 and "Can't get 1:16 opt" in err:
             # CRIU 4.1.1 on Linux >= 6.16 cannot dump any inet socket (criu issue #2705; see
             # docs/migration.md "Limits"). scripts/criu-patches/4.1.1-so-passcred.patch (applied by setup.sh) fixes it; with a
@@ -141,8 +144,8 @@ def test_redis_client_keeps_its_connection_across_postcopy_with_tcp_established(
                         "run scripts/setup.sh (it builds criu with scripts/criu-patches/4.1.1-so-passcred.patch)")
         assert rc == 0, err
         assert status(lab.a, "redis") is None
-        assert result is not None and result["mode"] == "postcopy"
-        print(f"\nredis ({KEYS} keys) postcopy: pause {result['stats']['frozen_ms']:.0f} ms, "
+        assert result is not None and result["mode"] == mode
+        print(f"\nredis ({KEYS} keys) {mode}: pause {result['stats']['frozen_ms']:.0f} ms, "
               f"last page {result['stats']['phases_ms'].get('last_page', 0):.0f} ms after the resume, "
               f"total {result['stats']['total_ms']:.0f} ms")
         assert status(lab.b, "redis") == "running"
