@@ -97,6 +97,50 @@ class PageServer:
 
 
 @dataclass(frozen=True)
+class CriuTls:
+    """TLS on CRIU's page-server connection (criu/tls.c, gnutls; ``--tls*`` / criu_opts ``tls*``).
+
+    CRIU's semantics (4.1.1): both ends present ``cert``/``key`` and check the other's certificate
+    chain against ``cacert`` (the listening end *requires* a client certificate); ``cacrl`` is
+    optional. The name check (``no_cn_verify`` off) compares the peer's certificate with CRIU's
+    ``--address``: right for the connecting end (the address it dials, as gRPC checks a daemon's
+    name), meaningless for a listening end with ``--address`` (it would check the *client's*
+    certificate against the server's own address), so listeners always skip it (``for_listener``).
+    A lazy dump over RPC listens without an address and checks the chain only.
+    """
+
+    cacert: Path
+    cert: Path
+    key: Path
+    cacrl: Path | None = None
+    no_cn_verify: bool = False
+
+    def for_listener(self) -> "CriuTls":
+        """The same material for the end that listens: the peer's chain is checked, not its name."""
+        return self if self.no_cn_verify else CriuTls(self.cacert, self.cert, self.key, self.cacrl, True)
+
+    def cli_args(self) -> list[str]:
+        """``criu page-server`` / ``criu lazy-pages`` flags."""
+        args = ["--tls", "--tls-cacert", str(self.cacert), "--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+        if self.cacrl is not None:
+            args += ["--tls-cacrl", str(self.cacrl)]
+        if self.no_cn_verify:
+            args.append("--tls-no-cn-verify")
+        return args
+
+    def set_rpc(self, opts: Any) -> None:
+        """Fill criu_opts' ``tls*`` fields."""
+        opts.tls = True
+        opts.tls_cacert = str(self.cacert)
+        opts.tls_cert = str(self.cert)
+        opts.tls_key = str(self.key)
+        if self.cacrl is not None:
+            opts.tls_cacrl = str(self.cacrl)
+        if self.no_cn_verify:
+            opts.tls_no_cn_verify = True
+
+
+@dataclass(frozen=True)
 class DumpRequest:
     """Options of one dump; names mirror CRIU's (criu_opts in rpc.proto)."""
 
@@ -113,6 +157,7 @@ class DumpRequest:
     manage_cgroups_mode: CgroupMode = "ignore"
     lazy_pages: bool = False
     page_server: PageServer | None = None
+    tls: CriuTls | None = None  # for the page-server connection (SwrkCriu's page_server_tls when None)
     parent_img: str | None = None  # relative to images_dir, for pre-dump chains
     track_mem: bool = False
     orphan_pts_master: bool = False
@@ -239,8 +284,11 @@ def first_error(log_path: Path) -> str | None:
 class SwrkCriu:
     """The real CRIU: one ``criu swrk`` process per request."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, page_server_tls: CriuTls | None = None) -> None:
+        """``page_server_tls``: the TLS of every page-server connection of this CRIU's dumps whose
+        request names none (a deployment's daemons use TLS: so do their CRIUs' connections)."""
         self._binary = binary
+        self.page_server_tls = page_server_tls
 
     @property
     def binary(self) -> str:
@@ -301,6 +349,9 @@ class SwrkCriu:
                 if request.page_server.fd is not None:
                     opts.ps.fd = request.page_server.fd
                     fds.append(request.page_server.fd)
+                tls = request.tls or self.page_server_tls
+                if tls is not None:  # a lazy dump listens for the target's lazy-pages daemon
+                    (tls.for_listener() if request.lazy_pages else tls).set_rpc(opts)
             if request.parent_img:
                 opts.parent_img = request.parent_img
             if request.track_mem:
@@ -636,14 +687,17 @@ def start_lazy_pages(
     binary: str | None = None,
     log_level: int = 4,
     timeout_s: float = 10.0,
+    tls: CriuTls | None = None,
 ) -> CriuProcess:
     """``criu lazy-pages --page-server``: serve the userfaults of a restore that runs with
     ``lazy_pages`` and the same ``work_dir``, fetching pages from ``page_server`` (the source's
-    dump). Returns once the daemon's socket exists."""
+    dump), over TLS when ``tls`` is given (it connects: the source's certificate must name
+    ``page_server.address`` unless ``tls.no_cn_verify``). Returns once the daemon's socket exists."""
     argv = [
         binary or criu_binary(), "lazy-pages", "--page-server",
         "--address", page_server.address, "--port", str(page_server.port),
         "-D", str(images_dir), "-W", str(work_dir), "-o", LAZY_PAGES_LOG, f"-v{log_level}",
+        *(tls.cli_args() if tls is not None else ()),
     ]
     return _start_ready(argv, "lazy-pages", work_dir / LAZY_PAGES_LOG, timeout_s)
 
@@ -656,11 +710,17 @@ def start_page_server(
     binary: str | None = None,
     log_level: int = 4,
     timeout_s: float = 10.0,
+    tls: CriuTls | None = None,
 ) -> CriuProcess:
     """``criu page-server``: receive the memory pages of one dump (``DumpRequest.page_server``)
-    into ``images_dir``. It exits 0 once the dump has sent everything. Returns once it listens."""
+    into ``images_dir``. It exits 0 once the dump has sent everything. Returns once it listens.
+
+    With ``tls`` the dump must present a certificate that chains to ``tls.cacert`` (the name is
+    not checked: ``CriuTls.for_listener``). CRIU accepts exactly one connection: a peer that
+    fails the handshake ends the page server (non-zero exit), and with it the transfer."""
     argv = [
         binary or criu_binary(), "page-server", "--address", address, "--port", str(port),
         "-D", str(images_dir), "-o", PAGE_SERVER_LOG, f"-v{log_level}",
+        *(tls.for_listener().cli_args() if tls is not None else ()),
     ]
     return _start_ready(argv, "page-server", images_dir / PAGE_SERVER_LOG, timeout_s)
