@@ -183,6 +183,7 @@ class LocalEngine:
     # -- migration ------------------------------------------------------------------------------
     def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult:
         from migrate.migration import migrate_container
+        from runtime.criu import SwrkCriu
 
         self.runtime.paths.ensure()
         page_server = self._page_server_address(options.dest)
@@ -190,7 +191,8 @@ class LocalEngine:
             page_server = None  # small: CRIU's page-server handshake costs more than streaming
         target = self.peer.connect(options.dest)
         try:
-            return migrate_container(self._host(), name, options, target, progress=progress, page_server_address=page_server)
+            criu = SwrkCriu(page_server_tls=self._page_server_tls())  # disk-less and post-copy dumps
+            return migrate_container(self._host(), name, options, target, criu=criu, progress=progress, page_server_address=page_server)
         finally:
             close = getattr(target, "close", None)
             if close is not None:
@@ -224,17 +226,31 @@ class LocalEngine:
 
     # -- helpers --------------------------------------------------------------------------------
     def _page_server_address(self, dest: str) -> str | None:
-        """Where a disk-less dump sends its pages: the target's host, for plain-TCP daemons only.
+        """Where a disk-less dump sends its pages: the target's host.
 
-        CRIU's page server is its own TCP connection, without our TLS or token; deployments that
-        authenticate their daemons keep every byte on the authenticated gRPC stream. ``unix:`` and
-        ``ssh://`` targets are not reachable by a direct TCP connection either."""
-        if self.peer.tls is not None or dest.startswith(("unix:", "ssh://")):
+        CRIU's page server is its own TCP connection: with mTLS daemons it uses TLS with the
+        daemons' certificates (``_page_server_tls``); with ``--insecure`` daemons it is plain TCP,
+        like their gRPC. ``unix:`` and ``ssh://`` targets are not reachable by a direct TCP
+        connection (and an ssh tunnel's security would not cover it): they stream everything."""
+        if dest.startswith(("unix:", "ssh://")):
             return None
         host, sep, port = dest.rpartition(":")
         if not sep or not port.isdigit():
             return None
         return host.strip("[]") or None
+
+    def _page_server_tls(self) -> Any:
+        """TLS for CRIU's page-server connections (runtime.criu.CriuTls), from this daemon's mTLS
+        material, or None without it. The connecting end checks that the peer's certificate names
+        the address it dials (as gRPC does), unless the deployment overrides gRPC's server name,
+        which CRIU cannot: then, as on the listening end, the chain alone is checked."""
+        tls = self.peer.tls
+        if tls is None:
+            return None
+        from runtime.criu import CriuTls
+
+        return CriuTls(cacert=Path(tls.ca).resolve(), cert=Path(tls.cert).resolve(), key=Path(tls.key).resolve(),
+                       no_cn_verify=tls.server_name is not None)
 
     def _host(self) -> Any:
         if self._checkpoint_host is None:
@@ -253,7 +269,7 @@ class LocalEngine:
             from migrate.incoming import IncomingMigrations
             from runtime.criu import SwrkCriu
 
-            self._incoming_migrations = IncomingMigrations(self._host(), SwrkCriu(), page_servers=self.peer.tls is None)
+            self._incoming_migrations = IncomingMigrations(self._host(), SwrkCriu(), page_server_tls=self._page_server_tls())
         return self._incoming_migrations
 
 

@@ -57,12 +57,15 @@ def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
 
 
 class IncomingMigrations:
-    def __init__(self, host: Any, criu: Any, *, page_servers: bool = True) -> None:
+    def __init__(self, host: Any, criu: Any, *, page_servers: bool = True, page_server_tls: Any = None) -> None:
         self.host = host
         self.criu = criu
         # Disk-less dumps: a CRIU page server per migration receives the source's memory pages.
-        # Off on daemons that use TLS: CRIU's page server is its own, unauthenticated, connection.
+        # ``page_server_tls`` (runtime.criu.CriuTls, from the daemon's own mTLS material): CRIU's
+        # page-server connections (this page server, post-copy's lazy-pages daemon) use TLS and
+        # accept only a peer whose certificate chains to the daemon's CA.
         self.page_servers_allowed = page_servers
+        self.page_server_tls = page_server_tls
         self._page_servers: dict[str, Any] = {}
         self.dir = host.paths.run / "incoming"
 
@@ -165,7 +168,7 @@ class IncomingMigrations:
         try:
             pages.mkdir(parents=True, mode=0o700)
             port = free_port()
-            self._page_servers[migration_id] = start_page_server(pages, address, port)
+            self._page_servers[migration_id] = start_page_server(pages, address, port, tls=self.page_server_tls)
         except (ContainerError, OSError) as exc:  # not fatal: the pages stream with the archive
             log.warning("migration=%s: no page server on %s (%s): the source streams its pages", migration_id, address, exc)
             shutil.rmtree(pages, ignore_errors=True)
@@ -190,6 +193,19 @@ class IncomingMigrations:
             if p.is_file() and not (images_dir / p.name).exists():
                 os.rename(p, images_dir / p.name)
         shutil.rmtree(pages, ignore_errors=True)
+
+    def _page_server_failure(self, migration_id: str) -> str | None:
+        """Why this migration's page server died (its first CRIU error), if it did."""
+        server = self._page_servers.get(migration_id)
+        if server is None:
+            return None
+        try:
+            rc = server.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return None
+        if rc == 0:
+            return None
+        return server.error(rc).message
 
     def _stop_page_server(self, migration_id: str) -> None:
         server = self._page_servers.pop(migration_id, None)
@@ -216,7 +232,7 @@ class IncomingMigrations:
             if record.get("mode") == "postcopy":  # issue 7: lazy pages from the source's page server
                 from migrate.postcopy import receive_postcopy
 
-                result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress)
+                result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress, tls=self.page_server_tls)
             else:
                 result = restore_container(
                     self.host,
@@ -226,11 +242,14 @@ class IncomingMigrations:
                     source=reader,
                     before_restore=lambda images_dir: self._collect_pages(migration_id, images_dir),
                 )
-        except BaseException:
+        except BaseException as exc:
             # The restore removed what it built. The source never pushes twice, so the reservation
             # is of no use any more: drop it now rather than wait for an abort that a cut link or
             # a dead source may never deliver.
+            reason = self._page_server_failure(migration_id)
             self._abort_after_failure(migration_id)
+            if reason:  # e.g. ENOSPC here: the source only saw its socket break
+                raise TransferError(f"the page server on this host failed: {reason}", phase="dump") from exc
             raise
         with self._locked():
             aborted = not self._path(migration_id).exists()

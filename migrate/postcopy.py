@@ -39,7 +39,12 @@ CRIU facts this relies on (criu/cr-dump.c, page-xfer.c, uffd.c in 4.1.1; see CRI
   ``post-dump`` we set the source's host-side veth down (the frozen copy goes deaf and mute) and
   back up on rollback.
 - Over RPC, a lazy dump ignores ``ps.address`` and listens on every address (INADDR_ANY) at
-  ``ps.port``. The page-server link is CRIU's own plain TCP connection (no TLS here).
+  ``ps.port``. The page-server link is CRIU's own TCP connection. When the daemons use mTLS it
+  uses TLS too (``SwrkCriu.page_server_tls`` on the source, ``tls`` of ``receive_postcopy`` on the
+  target, both the daemons' certificates): the source's page server accepts only a lazy-pages
+  daemon whose certificate chains to the CA, and that daemon checks that the source's certificate
+  names the address it dials. CRIU accepts one connection: a peer failing the handshake ends the
+  lazy dump, which before the resume is an ordinary rollback. Without TLS the link is plain TCP.
 
 The target half (``receive_postcopy``) keeps one ``LazySession`` per migration in this process:
 the lazy-pages daemon, its scratch dir (images + logs) and a watcher that kills the container if
@@ -53,6 +58,7 @@ import dataclasses
 import logging
 import shutil
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -70,7 +76,7 @@ from migrate.api import (
     RestoreStats,
 )
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
-from runtime.criu import Criu, CriuProcess, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump, first_error
+from runtime.criu import Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump, first_error
 from runtime.errors import ContainerError, InvalidState, Unsupported
 
 log = logging.getLogger(__name__)
@@ -176,7 +182,7 @@ def lazy_page_count(images_dir: Path) -> int:
     for path in images_dir.glob("pagemap-*.img"):
         try:
             entries = read_image_entries(path, "pagemap_entry", "pagemap_pb2")[1:]  # [0] is the pagemap_head
-        except (OSError, ValueError) as exc:  # informative only
+        except (OSError, ValueError, struct.error) as exc:  # informative only (a truncated image too)
             log.debug("cannot decode %s: %s", path, exc)
             continue
         total += sum(e.nr_pages for e in entries if e.flags & PE_LAZY and not e.flags & PE_PRESENT)
@@ -623,9 +629,10 @@ def check_incoming(request: IncomingRequest) -> None:
 
 
 def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,
-                     progress: ProgressFn | None = None) -> RestoreResult:
+                     progress: ProgressFn | None = None, *, tls: CriuTls | None = None) -> RestoreResult:
     """Unpack the (memory-less) archive, start the lazy-pages daemon towards the source's page
-    server, restore with lazy pages; returns once the container runs (the point of no return)."""
+    server (over TLS with ``tls``), restore with lazy pages; returns once the container runs (the
+    point of no return)."""
     from migrate.checkpoint import NETNS_KEY
     from migrate.restore import preflight, restore_request, unpack_archive
     from runtime.criu import start_lazy_pages
@@ -648,7 +655,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             spec = dataclasses.replace(spec, ip=options.ip)
         replace_id = host.replaceable_id(spec)
         preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
-        daemon = start_lazy_pages(unpacked.images_dir, unpacked.scratch, PageServer(str(ps["address"]), int(ps["port"])))
+        daemon = start_lazy_pages(unpacked.images_dir, unpacked.scratch, PageServer(str(ps["address"]), int(ps["port"])), tls=tls)
         t0 = time.monotonic()
         try:
             info = host.restore_from(

@@ -101,7 +101,10 @@ def test_without_tls_no_tls_flags(tmp_path: Path) -> None:
 
 
 def _swrk(tmp_path: Path) -> tuple[str, Path]:
-    pytest.importorskip("pycriu")
+    import importlib.util
+
+    if importlib.util.find_spec("pycriu") is None:  # found, not imported: other tests see no side effect
+        pytest.skip("pycriu is not installed")
     out = tmp_path / "opts.json"
     repo = str(Path(__file__).resolve().parents[2])
     return _script(tmp_path / "criu", _SWRK_FAKE.format(python=sys.executable, path=[repo], out=str(out))), out
@@ -136,3 +139,23 @@ def test_rpc_dump_without_a_page_server_has_no_tls(tmp_path: Path) -> None:
     assert "tls" not in opts and "ps" not in opts
     opts = _dump(SwrkCriu(binary), tmp_path, page_server=PageServer("10.0.0.2", 4321))
     assert "tls" not in opts and opts["ps"] == ["10.0.0.2", 4321]
+
+
+def test_engine_uses_the_daemon_tls_for_page_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.engine import LocalEngine, PeerConfig
+    from migrate.tls import TlsConfig
+
+    monkeypatch.chdir(tmp_path)
+    tls = TlsConfig(cert=Path("host.pem"), key=Path("host.key"), ca=Path("ca.pem"))
+    engine = LocalEngine(tmp_path / "root", peer=PeerConfig(tls=tls))
+    # disk-less cold migration is on for TLS daemons too (its connection uses TLS)
+    assert engine._page_server_address("10.0.0.2:7070") == "10.0.0.2"
+    assert engine._page_server_address("unix:/run/x.sock") is None
+    assert engine._page_server_address("ssh://root@10.0.0.2") is None
+    got = engine._page_server_tls()
+    # absolute: CRIU may run with another working directory
+    assert got == CriuTls(cacert=tmp_path / "ca.pem", cert=tmp_path / "host.pem", key=tmp_path / "host.key")
+    # gRPC's server-name override cannot be given to CRIU: then the chain alone is checked
+    named = LocalEngine(tmp_path / "root", peer=PeerConfig(tls=TlsConfig(tls.cert, tls.key, tls.ca, server_name="db-1")))
+    assert named._page_server_tls().no_cn_verify
+    assert LocalEngine(tmp_path / "root", peer=PeerConfig(insecure=True))._page_server_tls() is None
