@@ -346,10 +346,15 @@ class SwrkCriu:
             if request.page_server is not None:
                 opts.ps.address = request.page_server.address
                 opts.ps.port = request.page_server.port
+                tls = request.tls or self.page_server_tls
                 if request.page_server.fd is not None:
+                    if tls is not None:
+                        # criu/page-xfer.c connect_to_page_server(): a socket passed as ps.fd skips
+                        # tls_x509_init(), and the first page sent crashes in gnutls (NULL session)
+                        raise Unsupported("page server tls", "criu 4.1.1 does no TLS handshake on a page-server socket passed as ps.fd",
+                                          hint="let criu connect (PageServer without fd) when the page server uses tls")
                     opts.ps.fd = request.page_server.fd
                     fds.append(request.page_server.fd)
-                tls = request.tls or self.page_server_tls
                 if tls is not None:  # a lazy dump listens for the target's lazy-pages daemon
                     (tls.for_listener() if request.lazy_pages else tls).set_rpc(opts)
             if request.parent_img:

@@ -159,3 +159,16 @@ def test_engine_uses_the_daemon_tls_for_page_servers(tmp_path: Path, monkeypatch
     named = LocalEngine(tmp_path / "root", peer=PeerConfig(tls=TlsConfig(tls.cert, tls.key, tls.ca, server_name="db-1")))
     assert named._page_server_tls().no_cn_verify
     assert LocalEngine(tmp_path / "root", peer=PeerConfig(insecure=True))._page_server_tls() is None
+
+
+def test_tls_refuses_a_passed_page_server_socket(tmp_path: Path) -> None:
+    """CRIU 4.1.1 skips the TLS handshake on ps.fd (and then crashes in gnutls): refuse it up front."""
+    from runtime.errors import Unsupported
+
+    binary, out = _swrk(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    with pytest.raises(Unsupported, match="ps.fd"):
+        SwrkCriu(binary, page_server_tls=TLS).dump(DumpRequest(pid=os.getpid(), images_dir=images,
+                                                               page_server=PageServer("10.0.0.2", 4321, fd=0)))
+    assert not out.exists(), "criu must not have been asked"
