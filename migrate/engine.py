@@ -214,6 +214,11 @@ class LocalEngine:
     def commit_incoming(self, migration_id: str) -> None:
         self._incoming().commit(migration_id)
 
+    def sweep_incoming(self) -> None:
+        """Abort incoming migrations whose source went silent (see IncomingMigrations.sweep)."""
+        if self._incoming_migrations is not None:
+            self._incoming_migrations.sweep()
+
     def reconcile(self) -> None:
         """After a (re)start: finish or undo what a crash interrupted (outgoing migrations: thaw or
         finish the source copy; incoming migrations; scratch). Outgoing first: it waits for an

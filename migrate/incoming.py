@@ -38,6 +38,15 @@ from runtime.spec import ContainerSpec
 
 log = logging.getLogger(__name__)
 
+STALE_S = 30.0  # a prepared migration with no progress on any channel for this long is aborted
+
+
+def _tree_size(path: Path) -> int:
+    try:
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    except OSError:
+        return 0
+
 _SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-")
 
 
@@ -67,6 +76,10 @@ class IncomingMigrations:
         self.page_servers_allowed = page_servers
         self.page_server_tls = page_server_tls
         self._page_servers: dict[str, Any] = {}
+        # Progress of prepared migrations (monotonic time of the last byte on either channel, and
+        # the page-server dir's size at the last sweep): see sweep().
+        self._activity: dict[str, float] = {}
+        self._pages_seen: dict[str, int] = {}
         self.dir = host.paths.run / "incoming"
 
     # -- records ------------------------------------------------------------------------------
@@ -215,7 +228,7 @@ class IncomingMigrations:
 
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
         record = self._load(migration_id)
-        reader = IteratorReader(chunks)
+        reader = IteratorReader(self._touching(migration_id, chunks))
         try:
             self.host.images.import_stream(record["image"], reader, expected_digest=record["image_digest"])
         except BaseException:
@@ -227,7 +240,7 @@ class IncomingMigrations:
         record = self._load(migration_id)
         if record["phase"] != "prepared":
             raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected prepared", phase="restore")
-        reader = IteratorReader(chunks)
+        reader = IteratorReader(self._touching(migration_id, chunks))
         try:
             if record.get("mode") == "postcopy":  # issue 7: lazy pages from the source's page server
                 from migrate.postcopy import receive_postcopy
@@ -318,6 +331,40 @@ class IncomingMigrations:
                 raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected restored", phase="commit")
             path.unlink()
         log.info("migration=%s committed", migration_id)
+
+    def _touching(self, migration_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        self._activity[migration_id] = time.monotonic()
+        for chunk in chunks:
+            self._activity[migration_id] = time.monotonic()
+            yield chunk
+
+    def sweep(self, stale_s: float = STALE_S) -> list[str]:
+        """Abort prepared migrations that made no progress for ``stale_s``: no byte on the gRPC
+        stream and no growth of the page-server dir. A source that died or lost its link cannot
+        send the abort itself, and a half-open TCP connection may never tell us. Returns the ids
+        aborted. Run periodically by the daemon."""
+        now = time.monotonic()
+        aborted = []
+        for record in self.records():
+            mid = record.get("migration_id", "")
+            if record.get("phase") != "prepared" or not mid:
+                continue
+            last = self._activity.setdefault(mid, now)
+            size = _tree_size(self._pages_dir(mid))
+            if size != self._pages_seen.get(mid):
+                self._pages_seen[mid] = size
+                last = self._activity[mid] = now
+            if now - last > stale_s:
+                log.warning("migration=%s: no progress for %.0fs, aborting it on this host", mid, now - last)
+                try:
+                    self.abort(mid)
+                    aborted.append(mid)
+                except (ContainerError, MigrationError, OSError) as exc:
+                    log.warning("migration=%s: abort of a stale migration failed: %s", mid, exc)
+        for mid in set(self._activity) - {r.get("migration_id") for r in self.records()}:
+            self._activity.pop(mid, None)
+            self._pages_seen.pop(mid, None)
+        return aborted
 
     def reconcile(self) -> None:
         """After a crash: abort migrations that never got restored; remove stale scratch dirs."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any
@@ -46,7 +47,7 @@ from migrate.restore import _version_tuple
 from migrate.store import build_manifest, new_checkpoint_id
 from migrate.transfer import ChunkSink
 from runtime.criu import Criu, DumpRequest, PageServer, SwrkCriu, cpuinfo_dump
-from runtime.errors import ContainerError, InvalidState
+from runtime.errors import ContainerError, CriuError, InvalidState
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,30 @@ def _end_record(outgoing: OutgoingMigrations, migration_id: str) -> None:
         outgoing.end(migration_id)
     except OSError as exc:  # the next restart finds it and repeats what was done (idempotent)
         log.warning("migration=%s: cannot remove the outgoing record: %s", migration_id, exc)
+
+
+PAGE_SERVER_TIMEOUT_S = 15
+
+
+def connect_page_server(address: str, port: int) -> socket.socket:
+    """Connect to the target's page server ourselves and hand CRIU the socket (``ps.fd``).
+
+    CRIU's own connection has no timeout: if the link dies mid-dump its writes block for the
+    kernel's retransmission time (~15 minutes) while the container stays frozen. Ours gives up
+    after PAGE_SERVER_TIMEOUT_S of unacknowledged data (TCP_USER_TIMEOUT) or silence (keepalive).
+    """
+    try:
+        sock = socket.create_connection((address, port), timeout=10)
+    except OSError as exc:
+        raise TransferError(f"cannot reach the target's page server {address}:{port}: {exc}", phase="preflight") from exc
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PAGE_SERVER_TIMEOUT_S * 1000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    return sock
 
 
 def _fail(exc: BaseException, name: str, dest: str, phase: str) -> BaseException:
@@ -174,6 +199,7 @@ def migrate_container(
     migration_id = ticket.migration_id
     log.info("container=%s migration=%s phase=preflight dest=%s need_image=%s", spec.name, migration_id, options.dest, ticket.need_image)
     frozen = False
+    ps_sock: socket.socket | None = None  # the disk-less dump's connection to the target's page server
     isolated: list[str] = []  # host veths cut at post-dump (--tcp-established)
     frozen_at = 0.0
     restored: RestoreResult | None = None
@@ -206,6 +232,8 @@ def migrate_container(
         try:
             images_dir = staging / "images"
             images_dir.mkdir()
+            if page_server_address and ticket.page_server_port:
+                ps_sock = connect_page_server(page_server_address, ticket.page_server_port)
             cpuinfo_dump(images_dir)
             criu.warm()
             import migrate.images  # noqa: F401  (loaded before the freeze)
@@ -218,9 +246,7 @@ def migrate_container(
                 external=dump_externals(dt),
                 freeze_cgroup=dt.freeze_cgroup,
                 network_lock=rt.network_lock(),
-                page_server=PageServer(page_server_address, ticket.page_server_port)
-                if page_server_address and ticket.page_server_port
-                else None,
+                page_server=PageServer(page_server_address, ticket.page_server_port, fd=ps_sock.fileno()) if ps_sock else None,
             )
             sink = ChunkSink()
             pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
@@ -255,9 +281,18 @@ def migrate_container(
                 if request.page_server is not None:  # the pages went over CRIU's own connection
                     bytes_on_wire += dump_stats.pages_written * PAGE_SIZE
             except BaseException as exc:
-                sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
+                if ps_sock is not None and isinstance(exc, CriuError):
+                    # End the stream instead of cancelling it: the target then reads a truncated
+                    # archive, fails its receive with its page server's reason, and answers.
+                    sink.close()
+                else:
+                    sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
                 pusher.join(timeout=30)
                 cause = pusher.root_cause(exc)
+                if ps_sock is not None and isinstance(exc, CriuError) and pusher.error is not None:
+                    # CRIU here only saw its page-server socket break; the target knows why
+                    # (its page server's own error, e.g. no space left), and says so.
+                    cause = pusher.error
                 if cause is exc:
                     raise
                 raise cause from exc
@@ -270,6 +305,8 @@ def migrate_container(
         finally:
             import shutil
 
+            if ps_sock is not None:
+                ps_sock.close()
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException as exc:
         failed_phase = phase

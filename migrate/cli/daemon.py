@@ -21,6 +21,7 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 from migrate.cli import EXIT_OK, EXIT_USAGE
@@ -46,6 +47,9 @@ def _path(value: str) -> Any:
     from pathlib import Path
 
     return Path(value)
+
+
+SWEEP_INTERVAL_S = 5.0  # how often stale incoming migrations are looked for
 
 
 def _warm_host_info(engine: Any) -> None:
@@ -113,8 +117,14 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
         log.info(
             "pymigrate daemon: root=%s listen=%s tls=%s token=%s", root, server.target, tls is not None, token is not None
         )
+        last_sweep = 0.0
         while not stop.wait(1.0):
-            pass
+            if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:
+                last_sweep = time.monotonic()
+                try:
+                    engine.sweep_incoming()
+                except Exception:  # the sweep is housekeeping; the daemon keeps serving
+                    log.warning("sweeping incoming migrations failed", exc_info=True)
         log.info("received %s, stopping (grace %.1fs)", signal.Signals(received[0]).name, args.grace)
         server.stop(args.grace)
     finally:

@@ -93,6 +93,13 @@ def finish_failed(proc: subprocess.Popen, timeout_s: float = 180) -> str:
     return text
 
 
+def _daemon_log_tail(host: Host) -> str:
+    for p in (host.root / "run" / "daemon.log", host.workdir / "daemon.log"):
+        if p.exists():
+            return "\n".join(p.read_text(errors="replace").splitlines()[-25:])
+    return "(no daemon log)"
+
+
 def failed_phase(text: str) -> str:
     m = PHASE_RE.search(text)
     assert m
@@ -104,7 +111,7 @@ def assert_only_on(lab: Lab, here: Host, there: Host, name: str, container_id: s
     holds no scratch and no migration records."""
     assert name in lab.running_names(here), f"{name} is not running on host {here.letter}: {lab.ps(here)}"
     lab.assert_counting(here, name)
-    wait_until(lambda: not lab.leftovers(there, name, container_id), settle_s, f"host {there.letter} to be clean")
+    wait_until(lambda: not lab.leftovers(there, name, container_id), settle_s, f"host {there.letter} to be clean: {lab.leftovers(there, name, container_id)} DAEMONLOG: {_daemon_log_tail(there)}")
     assert lab.leftovers(there, name, container_id) == []
     assert name not in lab.running_names(there)
     source_extra = [p for p in lab.leftovers(here, name, container_id) if p.startswith(("scratch", "incoming"))]
