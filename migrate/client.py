@@ -144,7 +144,10 @@ class RemoteEngine:
 
             self._ssh = open_ssh_target(target, **(ssh or {}))
         try:
-            address, insecure = (self._ssh.address, True) if self._ssh is not None else (target, insecure)
+            if self._ssh is not None:  # plain gRPC to the tunnel's private local end, whatever TLS a peer config carries
+                address, tls, insecure = self._ssh.address, None, True
+            else:
+                address = target
             self._connect(target, address, tls, token, insecure, timeout_s)
         except BaseException:
             if self._ssh is not None:

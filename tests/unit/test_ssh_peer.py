@@ -1,0 +1,65 @@
+"""How a source reaches an ``ssh://`` migration target: PeerConfig -> RemoteEngine -> tunnel.
+
+The tunnel itself is faked (``migrate.ssh.open_ssh_target``); what is checked is what the client
+does with it: dial the tunnel's local end without TLS whatever TLS the peer config carries (SSH
+authenticated the hop, and the daemon behind it serves a plain unix socket), hand the ``--ssh-*``
+options to the tunnel, and close the tunnel with the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import migrate.ssh
+from migrate.engine import PeerConfig
+from migrate.tls import TlsConfig
+
+
+class FakeTarget:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, dict[str, Any], FakeTarget]]:
+    calls: list[tuple[str, dict[str, Any], FakeTarget]] = []
+
+    def fake_open(url: str, **options: Any) -> FakeTarget:
+        target = FakeTarget(f"unix:{tmp_path / 'tunnel.sock'}")
+        calls.append((url, options, target))
+        return target
+
+    monkeypatch.setattr(migrate.ssh, "open_ssh_target", fake_open)
+    return calls
+
+
+def test_ssh_dest_is_dialled_without_tls_even_when_the_peer_has_tls(opened: list, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-file.pem"  # TLS material is never read for an ssh:// target
+    peer = PeerConfig(tls=TlsConfig(cert=missing, key=missing, ca=missing), ssh={"key_file": "/k", "remote_root": "/r"})
+    engine = peer.connect("ssh://root@host-b")
+    try:
+        url, options, target = opened[0]
+        assert url == "ssh://root@host-b"
+        assert options == {"key_file": "/k", "remote_root": "/r"}
+        assert engine.target == "ssh://root@host-b"
+        assert engine._tls is False
+    finally:
+        engine.close()
+    assert target.closed
+
+
+def test_tcp_dest_keeps_tls_and_opens_no_tunnel(opened: list, tmp_path: Path) -> None:
+    from runtime.errors import InvalidArgument
+
+    missing = tmp_path / "no-such-file.pem"
+    peer = PeerConfig(tls=TlsConfig(cert=missing, key=missing, ca=missing), ssh={"key_file": "/k"})
+    with pytest.raises(InvalidArgument, match="cannot read tls certificate"):
+        peer.connect("10.0.0.2:7443")
+    assert opened == []
