@@ -36,10 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-# Disk-less (page server) cold migration pays a fixed ~200 ms in CRIU's page-server transfer
-# (measured: 16 MiB dump 245 ms via a page server, 40 ms to disk) and wins big on larger memory
-# (1 GiB downtime 7.4 s streamed -> 2.1 s). Below this, the pages stream with the archive.
-DISKLESS_MIN_BYTES = 64 << 20
 
 
 def _version() -> str:
@@ -187,8 +183,6 @@ class LocalEngine:
 
         self.runtime.paths.ensure()
         page_server = self._page_server_address(options.dest)
-        if page_server is not None and (self.runtime.inspect(name).memory_current_bytes or 0) < DISKLESS_MIN_BYTES:
-            page_server = None  # small: CRIU's page-server handshake costs more than streaming
         target = self.peer.connect(options.dest)
         try:
             criu = SwrkCriu(page_server_tls=self._page_server_tls())  # disk-less and post-copy dumps

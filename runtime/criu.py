@@ -348,11 +348,8 @@ class SwrkCriu:
                 opts.ps.port = request.page_server.port
                 tls = request.tls or self.page_server_tls
                 if request.page_server.fd is not None:
-                    if tls is not None:
-                        # criu/page-xfer.c connect_to_page_server(): a socket passed as ps.fd skips
-                        # tls_x509_init(), and the first page sent crashes in gnutls (NULL session)
-                        raise Unsupported("page server tls", "criu 4.1.1 does no TLS handshake on a page-server socket passed as ps.fd",
-                                          hint="let criu connect (PageServer without fd) when the page server uses tls")
+                    # A socket passed as ps.fd gets its TLS session too with our CRIU patch
+                    # (scripts/criu-patches/4.1.1-page-server-socket.patch; stock 4.1.1 skips it).
                     opts.ps.fd = request.page_server.fd
                     fds.append(request.page_server.fd)
                 if tls is not None:  # a lazy dump listens for the target's lazy-pages daemon
