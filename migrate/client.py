@@ -219,6 +219,16 @@ class RemoteEngine:
                 "if the daemon runs, it may have refused our client certificate: check that --tls-cert "
                 "is signed by the ca the daemon trusts (its --tls-ca)"
             )
+        if self._ssh is not None and code == grpc.StatusCode.UNAVAILABLE and isinstance(error, TransferError):
+            # "check that the daemon runs" is no help here: the tunnel (re)starts it on demand.
+            destination = self._ssh.config.destination
+            if not self._ssh.transport.is_active():
+                error.hint = (
+                    f"the ssh connection to {destination} ended (sshd stopped, the host went down or the link "
+                    "dropped); a daemon started for it stops with it"
+                )
+            else:
+                error.hint = f"the pymigrate daemon behind the ssh tunnel to {destination} went away; see ROOT/run/ssh-daemon.log there"
         return error
 
     def _unary(self, method: str, request: Any, *, timeout_s: float | None = -1.0) -> Any:

@@ -422,6 +422,7 @@ def test_sshd_killed_mid_transfer_rolls_back(ssh_pair: SshLab) -> None:
     assert m, f"the error does not name the phase: {text}"
     assert m.group(1) in ("dump", "transfer", "restore"), text
     assert b.ssh_url() in text, f"the error names the target: {text}"
+    assert f"the ssh connection to root@{b.address}:22 ended" in text, f"the hint says what broke: {text}"
 
     # The source rolled back: running, thawed (counting), same memory.
     assert names_by_status(a) == {name: "running"}

@@ -9,8 +9,10 @@ options to the tunnel, and close the tunnel with the engine.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 
 import migrate.ssh
@@ -18,10 +20,20 @@ from migrate.engine import PeerConfig
 from migrate.tls import TlsConfig
 
 
+class FakeTransport:
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
 class FakeTarget:
     def __init__(self, address: str) -> None:
         self.address = address
         self.closed = False
+        self.transport = FakeTransport()
+        self.config = SimpleNamespace(destination="root@host-b:22")
 
     def close(self) -> None:
         self.closed = True
@@ -63,3 +75,31 @@ def test_tcp_dest_keeps_tls_and_opens_no_tunnel(opened: list, tmp_path: Path) ->
     with pytest.raises(InvalidArgument, match="cannot read tls certificate"):
         peer.connect("10.0.0.2:7443")
     assert opened == []
+
+
+class Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "Stream removed"
+
+    def trailing_metadata(self) -> tuple:
+        return ()
+
+
+def test_a_dropped_tunnel_says_so_instead_of_check_the_daemon(opened: list) -> None:
+    from migrate.errors import TransferError
+
+    engine = PeerConfig().connect("ssh://root@host-b")
+    try:
+        target = opened[0][2]
+        error = engine._error(Unavailable(), "ReceiveCheckpoint")
+        assert isinstance(error, TransferError)
+        assert "the pymigrate daemon behind the ssh tunnel to root@host-b:22 went away" in (error.hint or "")
+        target.transport.active = False
+        error = engine._error(Unavailable(), "ReceiveCheckpoint")
+        assert str(error).startswith("the daemon at ssh://root@host-b is unreachable")
+        assert (error.hint or "").startswith("the ssh connection to root@host-b:22 ended")
+    finally:
+        engine.close()
