@@ -40,6 +40,20 @@ COMMAND_MODULES = (
     "migrate.cli.daemon",
 )
 
+# Which module registers each subcommand (tests/unit/test_cli_dispatch.py keeps this in step with
+# the modules' register()). A command line naming one of these builds only that module's part of
+# the parser: importing and registering every area costs ~5 ms of `pymigrate run -d`, whose start
+# latency is benchmarked. Anything else (no command, --help, an unknown name) builds all of it.
+COMMANDS: dict[str, str] = {
+    "check": "migrate.cli.check",
+    **dict.fromkeys(
+        ("run", "ps", "inspect", "logs", "exec", "stop", "kill", "rm", "pause", "unpause", "wait"), "migrate.cli.containers"
+    ),
+    "image": "migrate.cli.images",
+    **dict.fromkeys(("checkpoint", "restore", "migrate"), "migrate.cli.checkpoints"),
+    "daemon": "migrate.cli.daemon",
+}
+
 log = logging.getLogger(__name__)
 
 
@@ -82,7 +96,61 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", dest="json_sub", help="machine-readable output")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser: every subcommand, or only the module that registers ``command``.
+
+    With ``command`` (a name from ``COMMANDS``) the parser parses that command's lines exactly as
+    the full one does; ``--help`` and error messages that list the commands need the full one.
+    """
+    parser = _global_parser()
+    _add_commands(parser, command)
+    return parser
+
+
+def _add_commands(parser: argparse.ArgumentParser, command: str | None) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    modules = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(sub)
+
+
+def command_of(argv: list[str], parser: argparse.ArgumentParser | None = None) -> str | None:
+    """The subcommand named by ``argv`` (the first word after the global options), if it is sure.
+
+    None when there is none, when ``-h``/``--help`` comes first, or when a token before it is
+    not a global option spelled out in full (argparse would accept an abbreviation, and the
+    full parser sorts out whatever this does not recognise).
+    """
+    options = (parser or _global_parser())._option_string_actions
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--" or not token.startswith("-") or token == "-":
+            word = argv[i + 1] if token == "--" and i + 1 < len(argv) else token
+            return word if word in COMMANDS else None
+        name, eq, _value = token.partition("=")
+        action = options.get(name)
+        if action is None or action.dest == "help":
+            return None
+        if action.nargs == 0:
+            if eq:
+                return None
+        elif action.nargs is None:
+            i += 0 if eq else 1
+        else:
+            return None
+        i += 1
+    return None
+
+
+def _global_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pymigrate", description="Run containers, checkpoint them with CRIU, restore and migrate them."
     )
@@ -101,21 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssh-known-hosts", type=Path, default=None, metavar="FILE", help="for ssh:// hosts: known_hosts file (default ~/.ssh/known_hosts)")
     parser.add_argument("--ssh-remote-pymigrate", default="pymigrate", metavar="PATH", help="for ssh:// hosts: the pymigrate command there (default pymigrate)")
     parser.add_argument("--ssh-remote-root", default=None, metavar="DIR", help="for ssh:// hosts: the state root there (default its PYMIGRATE_ROOT or /var/lib/pymigrate)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _global_parser()
+    _add_commands(parser, command_of(argv, parser))
     args = parser.parse_args(argv)
     args.json = bool(args.json or getattr(args, "json_sub", False))
     logging.basicConfig(
