@@ -30,7 +30,7 @@ Two ways to launch, same shim:
 - ``exec`` (fallback when the launcher is gone): a fresh ``python -m runtime.shim`` receives the
   pickled starter; costs an interpreter start and imports (~50 ms).
 In the last two modes the starter must be a ``Starter`` (a module-level function and plain data),
-not a closure.
+not a closure. pickle and subprocess are imported only by those modes: ``run -d`` forks.
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ import importlib
 import json
 import logging
 import os
-import pickle
 import signal
-import subprocess
 import sys as _sys
 import time
 from dataclasses import dataclass, field
@@ -139,6 +137,7 @@ class Launcher:
 
 
 def _launcher_main(sock: Any) -> None:  # pragma: no cover - runs in the launcher
+    import pickle
     import socket
 
     from runtime.config import Paths
@@ -201,6 +200,8 @@ def launch_shim(
     """
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     if _launch_mode == "launcher" and _launcher is not None:
+        import pickle
+
         payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed})
         try:
             launched = _launcher.launch(payload, wfd)
@@ -210,6 +211,9 @@ def launch_shim(
             return _read_report(store, container_id, rfd)
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
     if _launch_mode in ("exec", "launcher"):
+        import pickle
+        import subprocess
+
         payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed})
         try:
             proc = subprocess.Popen(
@@ -419,6 +423,8 @@ def is_shim(pid: int) -> bool:
 
 
 def _exec_main() -> None:  # pragma: no cover - the exec'd launcher (see "Two ways to launch")
+    import pickle
+
     from runtime.config import Paths
     from runtime.syscalls import LINUX as _LINUX
 
