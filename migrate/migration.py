@@ -276,6 +276,11 @@ def migrate_container(
                     criu, request, writer, dt.upper_dir, on_bytes=lambda n: emit(done=n),
                     on_notify=isolate_at_post_dump if options.tcp_established else None,
                 )
+                if ps_sock is not None:
+                    # CRIU (gone now) sent everything; our copy of the socket is the last one
+                    # open, and the target's page server finishes only at its EOF.
+                    ps_sock.close()
+                    ps_sock = None
                 writer.close(trailer={"dump_stats": dump_stats.__dict__})
                 sink.close()
                 if request.page_server is not None:  # the pages went over CRIU's own connection
