@@ -48,7 +48,7 @@ pytestmark = [
 ]
 
 MIB = 1 << 20
-ROUND_TRIP_MIB = 96  # above engine.DISKLESS_MIN_BYTES: over TCP this size would use a page server
+ROUND_TRIP_MIB = 96  # over plain TCP these pages would go through a CRIU page server
 SMALL_OVERHEAD_BYTES = 8 * MIB  # CRIU's other images, the upper layer, archive framing
 PHASE_RE = re.compile(r"phase[: ]+([a-z_]+)")
 
