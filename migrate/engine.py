@@ -294,7 +294,10 @@ class PeerConfig:
 
         tls = tls_from_paths(getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="peer")
         ssh = None
-        if any(getattr(args, a, None) for a in ("ssh_key", "ssh_accept_new", "ssh_known_hosts", "ssh_remote_pymigrate", "ssh_remote_root")):
+        # Only when a --ssh-* flag differs from its default: migrate.ssh imports paramiko (~70 ms
+        # on every TCP migrate otherwise); without flags open_ssh_target's defaults are the same.
+        given = any(getattr(args, a, None) for a in ("ssh_key", "ssh_accept_new", "ssh_known_hosts", "ssh_remote_root"))
+        if given or getattr(args, "ssh_remote_pymigrate", None) not in (None, "pymigrate"):
             from migrate.ssh import ssh_options_from_args
 
             ssh = ssh_options_from_args(args)

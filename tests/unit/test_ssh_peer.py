@@ -103,3 +103,25 @@ def test_a_dropped_tunnel_says_so_instead_of_check_the_daemon(opened: list) -> N
         assert (error.hint or "").startswith("the ssh connection to root@host-b:22 ended")
     finally:
         engine.close()
+
+
+def test_peer_config_reads_ssh_flags_only_when_given() -> None:
+    """Defaults leave ssh None and do not import migrate.ssh (paramiko) on a TCP migrate."""
+    import subprocess
+    import sys
+
+    code = (
+        "import argparse, sys\n"
+        "from migrate.engine import PeerConfig\n"
+        "args = argparse.Namespace(ssh_key=None, ssh_accept_new=False, ssh_known_hosts=None, ssh_remote_pymigrate='pymigrate', ssh_remote_root=None)\n"
+        "peer = PeerConfig.from_args(args)\n"
+        "assert peer.ssh is None, peer.ssh\n"
+        "assert 'migrate.ssh' not in sys.modules and 'paramiko' not in sys.modules\n"
+        "args.ssh_remote_root = '/srv/pm'\n"
+        "peer = PeerConfig.from_args(args)\n"
+        "assert peer.ssh['remote_root'] == '/srv/pm' and peer.ssh['remote_pymigrate'] == 'pymigrate', peer.ssh\n"
+        "args.ssh_remote_root = None; args.ssh_remote_pymigrate = '/opt/pm/bin/pymigrate'\n"
+        "assert PeerConfig.from_args(args).ssh['remote_pymigrate'] == '/opt/pm/bin/pymigrate'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr
