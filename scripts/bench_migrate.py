@@ -26,7 +26,16 @@ the naive way's.
 What it changes on the host: a bridge, two network namespaces with veths, two state roots and
 daemons under a temporary directory, and the containers it starts; all removed at the end.
 
+With ``--ssh`` (issue 6), each size also gets an ssh:// column measured in the same run: both
+hosts run Debian's sshd (a generated key, host keys recorded beforehand); a memhog of the size
+goes A -> B from A's CLI once over direct gRPC (``migrate NAME B:7443 --insecure``: CRIU's page
+server carries the pages, disk-less) and, after an untimed hop back, once over
+``ssh://root@B`` with B's daemon stopped, so the ssh transport starts one on demand (everything
+streams through the tunnel). Per path: downtime, total, the CLI's wall time (ssh connect and
+daemon start included), bytes on the wire and the stream rate (bytes / dump phase).
+
 Usage: scripts/bench_migrate.py [--sizes 16,256,1024] [--tcp-mib 1024] [--json]
+       scripts/bench_migrate.py --sizes 16,256 --ssh [--json]   (adds the ssh:// column)
        scripts/bench_migrate.py --mode cold,postcopy [--sizes 64,256,1024] [--json]
          (live modes, issue 7: per size one memhog moved once per mode, back and forth; pause,
          total, bytes on the wire, last page after the resume; goals: postcopy pause <= 150 ms
@@ -242,6 +251,101 @@ def print_table(tcp: dict[str, float], rows: list[dict[str, Any]], checks: list[
         print(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}")
 
 
+# --- ssh:// next to direct gRPC (issue 6): --ssh ------------------------------------------------
+
+
+def setup_ssh(lab: Any, workdir: Path) -> dict[str, Any]:
+    """sshd on both hosts with one generated client key; both host keys recorded in a known_hosts
+    file; HOME an empty directory (nothing from this machine's ~/.ssh or agent)."""
+    key = workdir / "bench_id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench-migrate", "-f", str(key)], check=True)
+    known_hosts = workdir / "bench_known_hosts"
+    home = workdir / "bench_home"
+    home.mkdir(mode=0o700, exist_ok=True)
+    lines = []
+    for host in (lab.hosts[0], lab.hosts[1]):
+        host.start_sshd(Path(f"{key}.pub"))
+        key_type, blob = Path(f"{host.host_key}.pub").read_text().split()[:2]
+        lines.append(f"{host.address} {key_type} {blob}\n")
+    known_hosts.write_text("".join(lines))
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env["HOME"] = str(home)
+    return {"key": key, "known_hosts": known_hosts, "env": env}
+
+
+def _path_stats(stats: dict[str, Any], wall_ms: float) -> dict[str, Any]:
+    dump_ms = stats.get("phases_ms", {}).get("dump", 0.0)
+    return {
+        "downtime_ms": stats["frozen_ms"],
+        "total_ms": stats["total_ms"],
+        "cli_wall_ms": round(wall_ms, 1),
+        "bytes_on_wire": stats["bytes_on_wire"],
+        "stream_mib_per_s": stats["bytes_on_wire"] / (dump_ms / 1000) / (1 << 20) if dump_ms else 0.0,
+        "phases_ms": stats.get("phases_ms", {}),
+    }
+
+
+def bench_ssh_size(lab: Any, size_mib: int, ssh: dict[str, Any]) -> dict[str, Any]:
+    """One memhog of ``size_mib`` moved A -> B from A's CLI over direct gRPC, brought back
+    (untimed), then moved A -> B over ssh:// with B's daemon stopped (started on demand over
+    ssh, stopped after). Memory warmed before each timed hop, checksum verified after each."""
+    from tests.integration.hosts import PYMIGRATE_BIN
+
+    a, b = lab.hosts[0], lab.hosts[1]
+    name = f"ssh{size_mib}"
+    lab.run_memhog(a, name, size_mib)
+    before = lab.report(a, name)
+    row: dict[str, Any] = {"size_mib": size_mib}
+
+    def timed(args: list[str], env: dict[str, str] | None, target: Any, what: str) -> dict[str, Any]:
+        warm(size_mib)
+        t0 = time.monotonic()
+        result = _json(a.cli(args, timeout=600, env=env), what)
+        wall_ms = (time.monotonic() - t0) * 1000
+        after = lab.report(target, name)
+        if before is None or after is None or before[0] != after[0]:
+            raise SystemExit(f"bench: {name} after {what} does not match ({before} -> {after})")
+        return _path_stats(result["stats"], wall_ms)
+
+    row["grpc"] = timed(["--insecure", "migrate", name, lab.addr(b), "--json"], None, b, f"migrate {name} over grpc")
+    _json(b.cli(["--insecure", "migrate", name, lab.addr(a), "--json"], timeout=600), f"migrate {name} back")
+    b.stop_daemon()
+    try:
+        flags = ["--ssh-key", str(ssh["key"]), "--ssh-known-hosts", str(ssh["known_hosts"]),
+                 "--ssh-remote-pymigrate", str(PYMIGRATE_BIN), "--ssh-remote-root", str(b.root)]  # fmt: skip
+        row["ssh"] = timed([*flags, "migrate", name, b.ssh_url(), "--json"], ssh["env"], b, f"migrate {name} over ssh")
+    finally:
+        lab.start_daemon(b)
+    b.cli(["rm", "-f", name])
+    g, s = row["grpc"], row["ssh"]
+    row["downtime_ratio"] = s["downtime_ms"] / g["downtime_ms"] if g["downtime_ms"] else 0.0
+    row["stream_ratio"] = s["stream_mib_per_s"] / g["stream_mib_per_s"] if g["stream_mib_per_s"] else 0.0
+    return row
+
+
+def print_ssh_table(rows: list[dict[str, Any]]) -> None:
+    print("\nssh:// next to direct gRPC (A's CLI, A -> B, the same memhog; one run each, memory warmed before each):")
+    head = (f"{'size':>6} | {'grpc dt':>8} {'total':>7} {'wall':>7} {'wire MiB':>8} {'stream':>9} | "
+            f"{'ssh dt':>8} {'total':>7} {'wall':>7} {'wire MiB':>8} {'stream':>9} | {'dt x':>5} {'rate x':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        g, s = r["grpc"], r["ssh"]
+        print(
+            f"{r['size_mib']:>4} Mi | {g['downtime_ms']:>6.0f}ms {g['total_ms']:>5.0f}ms {g['cli_wall_ms']:>5.0f}ms "
+            f"{g['bytes_on_wire'] / (1 << 20):>8.1f} {g['stream_mib_per_s']:>4.0f}MiB/s | "
+            f"{s['downtime_ms']:>6.0f}ms {s['total_ms']:>5.0f}ms {s['cli_wall_ms']:>5.0f}ms "
+            f"{s['bytes_on_wire'] / (1 << 20):>8.1f} {s['stream_mib_per_s']:>4.0f}MiB/s | {r['downtime_ratio']:>5.2f} {r['stream_ratio']:>6.2f}"
+        )
+    print("(dt = downtime, freeze to running on the target; wall = the CLI command, ssh connect and on-demand daemon\n"
+          " start included; stream = bytes on the wire / dump phase; grpc: CRIU's page server carries the pages,\n"
+          " ssh:// streams everything through the tunnel; x = ssh / grpc)")
+    print("\nwhere the time goes (ms):")
+    for r in rows:
+        for path in ("grpc", "ssh"):
+            print(f"  {r['size_mib']:>4} MiB {path:>4}: " + " ".join(f"{k}={v:.0f}" for k, v in r[path]["phases_ms"].items()))
+
+
 # --- live modes (issue 7): --mode cold,postcopy -----------------------------------------------
 
 POSTCOPY_PAUSE_GOAL_MS = 150.0
@@ -322,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="16,256,1024", help="memhog sizes in MiB, comma separated")
     parser.add_argument("--tcp-mib", type=int, default=1024, help="MiB sent for the raw TCP measurement")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--ssh", action="store_true",
+                        help="add an ssh:// column: the same sizes migrated through an SSH tunnel next to direct gRPC (needs sshd)")
     parser.add_argument("--mode", default=None,
                         help="live modes to compare instead of cold vs naive, e.g. cold,postcopy (sizes default to 64,256,1024)")
     args = parser.parse_args(argv)
@@ -357,13 +463,24 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             print(f"bench_migrate: {size} MiB ...", file=sys.stderr, flush=True)
             rows.append(bench_size(lab, size))
+        ssh_rows = []
+        if args.ssh:
+            ssh = setup_ssh(lab, Path(workdir))
+            for size in sizes:
+                print(f"bench_migrate: {size} MiB, grpc vs ssh:// ...", file=sys.stderr, flush=True)
+                ssh_rows.append(bench_ssh_size(lab, size, ssh))
     checks = goals(rows)
     elapsed = time.monotonic() - started
     if args.json:
-        json.dump({"tcp": tcp, "sizes": rows, "goals": checks, "elapsed_s": round(elapsed, 1)}, sys.stdout, indent=2)
+        out = {"tcp": tcp, "sizes": rows, "goals": checks, "elapsed_s": round(elapsed, 1)}
+        if ssh_rows:
+            out["ssh"] = ssh_rows
+        json.dump(out, sys.stdout, indent=2)
         print()
     else:
         print_table(tcp, rows, checks)
+        if ssh_rows:
+            print_ssh_table(ssh_rows)
         print(f"\n(run took {elapsed:.0f} s)")
     return 0
 
