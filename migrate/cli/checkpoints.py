@@ -64,6 +64,12 @@ def register(sub: Any) -> None:
     p.add_argument("--tls-key", type=Path, default=argparse.SUPPRESS, help="client key (PEM)")
     p.add_argument("--tls-ca", type=Path, default=argparse.SUPPRESS, help="CA the daemon's certificate must chain to")
     p.add_argument("--token-file", type=Path, default=argparse.SUPPRESS, help="bearer token file")
+    # ssh:// DEST: the global --ssh-* flags, also accepted after the subcommand
+    p.add_argument("--ssh-key", type=Path, default=argparse.SUPPRESS, help="private key for ssh:// (only this key is tried)")
+    p.add_argument("--ssh-accept-new", action="store_true", default=argparse.SUPPRESS, help="record an unknown ssh host key")
+    p.add_argument("--ssh-known-hosts", type=Path, default=argparse.SUPPRESS, help="known_hosts file for ssh://")
+    p.add_argument("--ssh-remote-pymigrate", default=argparse.SUPPRESS, help="pymigrate on the ssh:// host")
+    p.add_argument("--ssh-remote-root", default=argparse.SUPPRESS, help="state root on the ssh:// host")
     add_json_flag(p)
     p.set_defaults(handler=cmd_migrate)
 

@@ -42,7 +42,7 @@ o = req.opts
 fields = ["tls", "tls_cacert", "tls_cert", "tls_key", "tls_cacrl", "tls_no_cn_verify", "lazy_pages"]
 out = {{f: getattr(o, f) for f in fields if o.HasField(f)}}
 if o.HasField("ps"):
-    out["ps"] = [o.ps.address, o.ps.port]
+    out["ps"] = [o.ps.address, o.ps.port] + ([o.ps.fd] if o.ps.HasField("fd") else [])
 with open({out!r}, "w") as f:
     json.dump(out, f)
 resp = rpc.criu_resp()
@@ -161,14 +161,20 @@ def test_engine_uses_the_daemon_tls_for_page_servers(tmp_path: Path, monkeypatch
     assert LocalEngine(tmp_path / "root", peer=PeerConfig(insecure=True))._page_server_tls() is None
 
 
-def test_tls_refuses_a_passed_page_server_socket(tmp_path: Path) -> None:
-    """CRIU 4.1.1 skips the TLS handshake on ps.fd (and then crashes in gnutls): refuse it up front."""
-    from runtime.errors import Unsupported
+def test_tls_goes_with_a_passed_page_server_socket(tmp_path: Path) -> None:
+    """A socket we connected (ps.fd: with TCP_USER_TIMEOUT and keepalive) is handed to CRIU with
+    the TLS options: our CRIU patch (scripts/criu-patches/4.1.1-page-server-socket.patch) runs the
+    TLS setup on it, which stock 4.1.1 skipped."""
+    import socket
 
-    binary, out = _swrk(tmp_path)
-    images = tmp_path / "images"
-    images.mkdir()
-    with pytest.raises(Unsupported, match="ps.fd"):
-        SwrkCriu(binary, page_server_tls=TLS).dump(DumpRequest(pid=os.getpid(), images_dir=images,
-                                                               page_server=PageServer("10.0.0.2", 4321, fd=0)))
-    assert not out.exists(), "criu must not have been asked"
+    binary, _ = _swrk(tmp_path)
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    try:
+        opts = _dump(SwrkCriu(binary, page_server_tls=TLS), tmp_path, page_server=PageServer("10.0.0.2", 4321, fd=fd))
+    finally:
+        a.close()
+        b.close()
+    assert opts["ps"] == ["10.0.0.2", 4321, fd]
+    assert opts["tls"] is True
+    assert (opts["tls_cacert"], opts["tls_cert"], opts["tls_key"]) == ("/pki/ca.pem", "/pki/host.pem", "/pki/host.key")
