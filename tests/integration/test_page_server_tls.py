@@ -440,9 +440,14 @@ def test_a_stranger_on_the_page_server_port_gets_no_page(lab: Lab, mode: str, ho
             stranger.stop()
         print(f"\n{mode} with a {how} stranger on port {stranger.port}: stranger {stranger.outcome}; "
               f"migration {'rolled back: ' + str(error) if error else 'succeeded'}")
-        assert stranger.port is not None, "the page server's port never showed up"
-        assert not stranger.received or stranger.received[0] == 0x15, f"the stranger got data: {stranger.received[:32].hex()}"
-        assert stranger.outcome.startswith(("refused", "closed")), stranger.outcome
+        # The source pre-connects to a disk-less page server right after prepare (CRIU's page
+        # server takes one connection only): the stranger may never see the port listening, or
+        # be refused; otherwise TLS must refuse it. Either way it gets no page.
+        outran = mode == "cold" and error is None and stranger.port is None
+        if not outran:
+            assert stranger.port is not None, "the page server's port never showed up"
+            assert not stranger.received or stranger.received[0] == 0x15, f"the stranger got data: {stranger.received[:32].hex()}"
+            assert stranger.outcome.startswith(("refused", "closed", "connect failed")), stranger.outcome
         where = _one_copy(lab, name)
         assert where is (lab.a if error else lab.b)
         assert _memhog_digest(where, name) == digest

@@ -194,6 +194,20 @@ def scratch_bytes(host: Host) -> int:
     return total
 
 
+def _criu_check_listener(ss_line: str) -> bool:
+    """Whether an `ss -p` line belongs to a `criu check` process (not a page server)."""
+    import re
+
+    for pid in re.findall(r"pid=(\d+)", ss_line):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[0].endswith(b"criu") and argv[1] == b"check":
+            return True
+    return False
+
+
 class TcpListeners:
     """Samples the TCP ports listening in ``host``'s namespace until stopped (a CRIU page server
     would be one more)."""
@@ -208,8 +222,10 @@ class TcpListeners:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            out = self.host.run(["ss", "-Htln"], check=False).stdout.decode()
+            out = self.host.run(["ss", "-Htlnp"], check=False).stdout.decode()
             for line in out.splitlines():
+                if _criu_check_listener(line):
+                    continue  # the daemon's start-up probe (`criu check` listens briefly for its TCP test)
                 local = line.split()[3]
                 self.ports.add(local.rpartition(":")[2])
             self.samples += 1
