@@ -391,7 +391,8 @@ def test_leave_running_then_restore_a_second_independent_copy(pm, pm_root: Path)
     assert dup.cgroup["unified"] != orig.cgroup["unified"]
     get_copy = counter(pm_root, copy)
     first = wait_for(lambda: get_copy(), 10, "copy's counter")
-    assert first < (get() or 0), "the copy must start from the checkpoint, not from the original's present"
+    original_now = wait_for(lambda: get(), 10, "original's counter")  # None while mid-rewrite
+    assert first < original_now, "the copy must start from the checkpoint, not from the original's present"
     wait_for(lambda: (get_copy() or 0) > first + 5, 10, "copy to count")
 
     # Each tree lives in its own cgroup; no process of one shows up in the other's.
