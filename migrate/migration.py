@@ -256,10 +256,10 @@ def migrate_container(
                 # unlocks the network after the dump, so the frozen source's kernel would ACK (or,
                 # when it is killed, FIN) the peers' packets. Cut its link once the dump is done.
                 if script == "post-dump":
-                    from migrate.postcopy import _host_veth, set_link
+                    from runtime.network import set_link_up
 
-                    veth = _host_veth(rt, spec)
-                    if veth and set_link(veth, False):
+                    veth = rt.host_veth(spec)
+                    if veth and set_link_up(veth, False):
                         isolated.append(veth)
                 return True
 
@@ -317,9 +317,9 @@ def migrate_container(
         failed_phase = phase
         for veth in isolated:
             try:
-                from migrate.postcopy import set_link
+                from runtime.network import set_link_up
 
-                set_link(veth, True)
+                set_link_up(veth, True)
             except Exception:  # rollback path: keep the original error
                 log.exception("container=%s migration=%s: cannot bring %s back up", spec.name, migration_id, veth)
         if frozen:

@@ -78,6 +78,7 @@ from migrate.api import (
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
 from runtime.criu import Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump, first_error
 from runtime.errors import ContainerError, InvalidState, Unsupported
+from runtime.network import set_link_up
 
 log = logging.getLogger(__name__)
 
@@ -210,19 +211,6 @@ def is_listening(port: int, proc_net: Path = Path("/proc/self/net")) -> bool:
     return False
 
 
-def set_link(name: str, up: bool) -> bool:
-    """Set link ``name`` of this network namespace up or down (rtnetlink); False if there is none."""
-    from runtime import _netlink as nl  # the runtime's rtnetlink client; no `ip` exec while frozen
-
-    with nl.RtNetlink() as rtnl:
-        index = rtnl.link_index(name)
-        if index is None:
-            return False
-        body = nl._IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, nl.IFF_UP if up else 0, nl.IFF_UP)
-        rtnl.request(nl.RTM_NEWLINK, 0, body, f"set link {name} {'up' if up else 'down'}")
-    return True
-
-
 def poke_page_server(port: int, address: str = "127.0.0.1") -> None:
     """Connect to a lazy dump's page server and close at once: CRIU takes EOF as the end of the
     transfer, so a dump whose target never connected returns (the source keeps running)."""
@@ -322,7 +310,7 @@ def migrate_postcopy(
         raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase=phase)
     address = page_server_address(options.dest)
     port = free_port()
-    veth = _host_veth(rt, spec)
+    veth = rt.host_veth(spec)
     ticket = target.prepare_incoming(
         IncomingRequest(
             container_name=spec.name,
@@ -347,7 +335,7 @@ def migrate_postcopy(
     def isolate() -> None:  # at post-dump, before CRIU unlocks the network (module doc)
         nonlocal isolated
         if veth is not None:
-            isolated = set_link(veth, up=False)
+            isolated = set_link_up(veth, up=False)
 
     try:
         if ticket.need_image:
@@ -448,7 +436,7 @@ def migrate_postcopy(
                 log.error("container=%s migration=%s: criu dump did not end within %gs", spec.name, migration_id, ROLLBACK_DUMP_TIMEOUT_S)
         if isolated and veth is not None:
             try:
-                set_link(veth, up=True)
+                set_link_up(veth, up=True)
             except OSError:
                 log.exception("container=%s migration=%s: cannot set %s up again", spec.name, migration_id, veth)
         if frozen:
@@ -510,14 +498,6 @@ def migrate_postcopy(
     )
 
 
-def _host_veth(rt: Any, spec: Any) -> str | None:
-    if spec.network != "bridge":
-        return None
-    from runtime.network import host_veth_name
-
-    return host_veth_name(rt.paths.root, spec.container_id)
-
-
 def _lose(rt: Any, target: Any, container: Any, migration_id: str, name: str, dest: str, veth: str | None, why: str) -> None:
     """After the point of no return: remove the target's incomplete copy and raise ContainerLost."""
     log.error("container=%s migration=%s: lost after resuming on %s: %s", name, migration_id, dest, why)
@@ -530,7 +510,7 @@ def _lose(rt: Any, target: Any, container: Any, migration_id: str, name: str, de
         removed = False
     if removed and veth is not None:
         try:
-            set_link(veth, up=True)  # only one copy is left: the frozen one here may rejoin the network
+            set_link_up(veth, up=True)  # only one copy is left: the frozen one here may rejoin the network
         except OSError as exc:
             log.warning("container=%s: cannot set %s up again: %s", name, veth, exc)
     try:  # it is frozen: say so, so that 'unpause' can resume it

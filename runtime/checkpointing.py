@@ -76,6 +76,14 @@ class CheckpointHost:
             freeze_cgroup=str(freeze_dir) if freeze_dir else None,
         )
 
+    def host_veth(self, spec: ContainerSpec) -> str | None:
+        """The host-side veth of a bridge-networked container (None for --network none)."""
+        if spec.network != "bridge":
+            return None
+        from runtime.network import host_veth_name
+
+        return host_veth_name(self.paths.root, spec.container_id)
+
     def freeze(self, c: Container) -> None:
         self._cg(c.spec).freeze(c.container_id)
 

@@ -62,6 +62,7 @@ __all__ = [
     "host_veth_name",
     "mac_for_ip",
     "network_for",
+    "set_link_up",
 ]
 
 NETWORK_FILE = "network.json"
@@ -548,3 +549,18 @@ def network_for(
     if stored is not None and config is not None and config != stored:
         raise _config_conflict(path, stored, config)
     return BridgeNetwork(paths, stored or config or NetworkConfig(), stored=stored is not None)
+
+
+def set_link_up(name: str, up: bool) -> bool:
+    """Set link ``name`` of this network namespace up or down (rtnetlink); False if there is none."""
+    import socket
+
+    from runtime import _netlink as nl  # rtnetlink: no `ip` exec while a container is frozen
+
+    with nl.RtNetlink() as rtnl:
+        index = rtnl.link_index(name)
+        if index is None:
+            return False
+        body = nl._IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, nl.IFF_UP if up else 0, nl.IFF_UP)
+        rtnl.request(nl.RTM_NEWLINK, 0, body, f"set link {name} {'up' if up else 'down'}")
+    return True

@@ -37,6 +37,7 @@ def test_public_names_are_pinned() -> None:
             "host_veth_name",
             "mac_for_ip",
             "network_for",
+            "set_link_up",
         ]
     )
 

@@ -143,6 +143,11 @@ class FakeHost:
     def get(self, name: str) -> Any:
         return self.container
 
+    def host_veth(self, spec: Any) -> str | None:  # as runtime.checkpointing.CheckpointHost
+        from runtime.network import host_veth_name
+
+        return host_veth_name(self.paths.root, spec.container_id) if spec.network == "bridge" else None
+
     def dump_target(self, c: Any) -> DumpTarget:
         return DumpTarget(spec=SPEC, init_pid=1, upper_dir=self.upper, netns_path=None, freeze_cgroup=None)
 
