@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 import os
 import zlib
 from pathlib import Path
@@ -42,6 +43,8 @@ from runtime.errors import InvalidArgument, Unsupported
 from runtime.spec import ContainerInfo
 
 log = logging.getLogger(__name__)
+
+SSH_SETTLE_S = 1.0  # how long an error waits for paramiko to notice a dropped ssh connection
 
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 16 << 20
@@ -222,6 +225,11 @@ class RemoteEngine:
         if self._ssh is not None and code == grpc.StatusCode.UNAVAILABLE and isinstance(error, TransferError):
             # "check that the daemon runs" is no help here: the tunnel (re)starts it on demand.
             destination = self._ssh.config.destination
+            # paramiko notices a dead connection in its own thread: give it a moment to settle
+            # before telling "the ssh connection ended" from "the daemon behind it went away"
+            deadline = time.monotonic() + SSH_SETTLE_S
+            while self._ssh.transport.is_active() and time.monotonic() < deadline:
+                time.sleep(0.05)
             if not self._ssh.transport.is_active():
                 error.hint = (
                     f"the ssh connection to {destination} ended (sshd stopped, the host went down or the link "
