@@ -149,6 +149,12 @@ def evaluate(report: HostReport) -> CheckResult:
     items.append(_want("pipe size for post-copy", report.pipe_size_ok, pipe_detail,
                        f"sysctl -w fs.pipe-max-size={PIPE_MAX_SIZE_MIN_BYTES} ({SETUP_HINT} does it and persists it)"))
 
+    kdat = report.criu_kdat
+    if kdat is not None and c.installed:
+        items.append(_want("criu kernel-feature cache", kdat.ok, kdat.detail,
+                           f"{SETUP_HINT} (builds CRIU with its cache dir on a small tmpfs); 'pymigrate daemon' "
+                           "mounts that tmpfs again after a reboot"))
+
     items.append(_feature(report, "lazy_pages", "lazy pages (post-copy)",
                           "kernel needs non-cooperative userfaultfd (CONFIG_USERFAULTFD, Linux >= 4.11)"))
     items.append(_feature(report, "dirty_tracking", "dirty tracking (pre-copy)",

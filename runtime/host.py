@@ -21,6 +21,7 @@ Kernel facts used (proc(5)):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.criu_features import CriuReport, RunMany, probe_criu
+from runtime.criu_kdat import KdatStatus
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class HostReport:
     nft_path: str | None
     pycriu: PycriuFacts
     errors: tuple[str, ...] = field(default=())
+    criu_kdat: KdatStatus | None = None  # CRIU's kernel-feature cache (runtime.criu_kdat)
 
     # --- questions -----------------------------------------------------------------------------
 
@@ -149,6 +152,7 @@ class HostReport:
                 "error": self.pycriu.error,
             },
             "features": self.features(),
+            "criu_kdat": self.criu_kdat.as_dict() if self.criu_kdat is not None else None,
             "errors": list(self.errors),
         }
 
@@ -306,6 +310,10 @@ def probe(
         pycriu=pycriu_probe(),
         errors=tuple(errors),
     )
+    if report.criu.path is not None:
+        from runtime.criu_kdat import status as kdat_status
+
+        report = dataclasses.replace(report, criu_kdat=kdat_status(report.criu.path))
     return report
 
 

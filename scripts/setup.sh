@@ -9,6 +9,8 @@
 #     (/etc/apt/sources.list.d/pymigrate-trixie-src.sources: Types deb-src only, never binaries)
 #   - builds CRIU >= 4 from trixie's source tarball in /var/cache/pymigrate/criu and installs the
 #     binary as /usr/local/sbin/criu (only if no working criu >= 4 is found first on PATH)
+#   - mounts a 1 MiB tmpfs on /run/pymigrate-criu (unless it is on a tmpfs already), where that
+#     CRIU keeps its kernel-feature cache: ~30 ms less per CRIU run (runtime/criu_kdat.py)
 #   - raises sysctl fs.pipe-max-size to at least 4194304 (never lowers it) and persists that in
 #     /etc/sysctl.d/60-pymigrate.conf (CRIU lazy pages need ~3.3 MiB pipes without CAP_SYS_RESOURCE)
 #   - creates <repo>/.venv, installs pymigrate editable with its test extras, and installs pycriu
@@ -23,6 +25,9 @@ CACHE=${PYMIGRATE_CACHE:-/var/cache/pymigrate}
 CRIU_PREFIX=${CRIU_PREFIX:-/usr/local}
 CRIU_BIN="$CRIU_PREFIX/sbin/criu"
 CRIU_MIN_MAJOR=4
+# Where the CRIU built here keeps its kernel-feature cache (criu.kdat). CRIU keeps it only on a
+# tmpfs; /run is not one on every host, so the directory gets its own small tmpfs (runtime/criu_kdat.py).
+CRIU_RUNDIR=/run/pymigrate-criu
 PIPE_MAX_MIN=4194304
 PYTHON=${PYTHON:-python3}
 VENV="$REPO/.venv"
@@ -119,10 +124,10 @@ CRIU_PATCHES_DIR="$REPO/scripts/criu-patches"
 criu_patches() {  # criu_patches VERSION: the patch files for that version, sorted
     compgen -G "$CRIU_PATCHES_DIR/$1-*.patch" | sort || true
 }
-criu_patch_digest() {  # criu_patch_digest VERSION: sha256 of the version's patch set ("none" if empty)
+criu_patch_digest() {  # criu_patch_digest VERSION: sha256 of the version's patch set and build flags ("none" if no patch)
     local files
     files=$(criu_patches "$1")
-    if [[ -z $files ]]; then echo none; else cat $files | sha256sum | cut -d' ' -f1; fi
+    if [[ -z $files ]]; then echo none; else { cat $files; echo "RUNDIR=$CRIU_RUNDIR"; } | sha256sum | cut -d' ' -f1; fi
 }
 CRIU_STAMP="$CRIU_PREFIX/share/pymigrate/criu-patches"
 criu_ok() {  # criu_ok PATH: version >= CRIU_MIN_MAJOR, our patches in, and `criu check` passes
@@ -212,7 +217,8 @@ else
     fi
     STEP="criu: make criu ($src)"
     note "make -j$(nproc) criu in $src"
-    make -C "$src" -j"$(nproc)" criu >"$CACHE/criu/build.log" 2>&1 || {
+    rm -f "$src/criu/kerndat.o"  # RUNDIR is compiled into it; make does not track the flag
+    make -C "$src" -j"$(nproc)" RUNDIR="$CRIU_RUNDIR" criu >"$CACHE/criu/build.log" 2>&1 || {
         tail -n 30 "$CACHE/criu/build.log" >&2
         false
     }
@@ -341,6 +347,12 @@ EOF
     }
     note "pycriu $CRIU_VERSION installed in $site"
 fi
+
+# ---------------------------------------------------------------------------------------------
+step "criu kernel-feature cache"
+# Mounts the tmpfs when the directory compiled into $CRIU_FOUND is not on one (never over a
+# directory in use); a host where it cannot only runs CRIU ~30 ms slower per run.
+note "$("$VENV/bin/python" -m runtime.criu_kdat "$CRIU_FOUND" || true)"
 
 # ---------------------------------------------------------------------------------------------
 # Bytecode for the project and the venv (pycriu above is copied without it): shells that set

@@ -54,6 +54,9 @@ SWEEP_INTERVAL_S = 5.0  # how often stale incoming migrations are looked for
 
 def _warm_host_info(engine: Any) -> None:
     try:
+        from runtime.criu import SwrkCriu
+
+        SwrkCriu().warm()  # also mounts CRIU's kdat cache dir after a reboot (runtime.criu_kdat)
         engine.host_info()
     except Exception:  # informative only; the RPC reports the real error if it persists
         log.debug("warming host info failed", exc_info=True)

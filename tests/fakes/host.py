@@ -104,6 +104,9 @@ def do_probe(proc: Path, sysfs: Path, fake: FakeCriu, **kw) -> host.HostReport:
 def fake_host_report(tmp_path: Path, *, fake_criu: FakeCriu | None = None, **overrides: Any) -> host.HostReport:
     """A probe of a healthy fake host (v2 cgroups, CRIU 4.1.1 without dirty tracking), with
     ``overrides`` replacing HostReport fields."""
+    from runtime.criu_kdat import KdatStatus
+
     proc, sysfs = make_proc(tmp_path / "host")
     rep = do_probe(proc, sysfs, fake_criu or good_criu())
-    return dataclasses.replace(rep, **overrides) if overrides else rep
+    overrides.setdefault("criu_kdat", KdatStatus(Path("/run/pymigrate-criu/criu.kdat"), True, True, "on tmpfs"))
+    return dataclasses.replace(rep, **overrides)

@@ -107,3 +107,16 @@ def test_cli_exit_code_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["check"]) == (1 if broken else 0)
     out = capsys.readouterr().out
     assert ("MISSING  overlayfs" in out) is broken
+
+
+def test_kdat_cache_off_tmpfs_is_a_warning_with_the_fix(tmp_path: Path) -> None:
+    from runtime.criu_kdat import KdatStatus
+
+    off = KdatStatus(Path("/run/pymigrate-criu/criu.kdat"), False, False, "/run/pymigrate-criu is not on a tmpfs")
+    report = fake_host_report(tmp_path, criu_kdat=off)
+    result = evaluate(report)
+    assert result.ok
+    cache = item(result, "criu kernel-feature cache")
+    assert cache.status == "warning" and "not on a tmpfs" in cache.detail
+    assert "setup.sh" in (cache.hint or "") and "daemon" in (cache.hint or "")
+    assert json.loads(json.dumps(report.as_dict()))["criu_kdat"]["on_tmpfs"] is False
