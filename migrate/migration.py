@@ -24,6 +24,7 @@ are logged, not raised: the migration has happened.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -200,7 +201,7 @@ def migrate_container(
     log.info("container=%s migration=%s phase=preflight dest=%s need_image=%s", spec.name, migration_id, options.dest, ticket.need_image)
     frozen = False
     ps_sock: socket.socket | None = None  # the disk-less dump's connection to the target's page server
-    isolated: list[str] = []  # host veths cut at post-dump (--tcp-established)
+    cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
     frozen_at = 0.0
     restored: RestoreResult | None = None
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
@@ -251,31 +252,22 @@ def migrate_container(
             sink = ChunkSink()
             pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
 
-            def isolate_at_post_dump(script: str, pid: int) -> bool:
-                # --tcp-established: with leave_running CRIU takes the sockets out of repair and
-                # unlocks the network after the dump, so the frozen source's kernel would ACK (or,
-                # when it is killed, FIN) the peers' packets. Cut its link once the dump is done.
-                if script == "post-dump":
-                    from runtime.network import set_link_up
-
-                    veth = rt.host_veth(spec)
-                    if veth and set_link_up(veth, False):
-                        isolated.append(veth)
-                return True
-
             enter("freeze")
             rt.freeze(container)
             frozen = True
             frozen_at = time.monotonic()
+            # Our own network lock (the link down) instead of CRIU's nftables one; it also keeps
+            # the frozen source deaf and mute once CRIU, with leave_running, takes the sockets out
+            # of repair after the dump (--tcp-established): its kernel would ACK (or, when it is
+            # killed, FIN) the peers' packets meant for the copy on the target.
+            cut = rt.isolate(spec)
+            request = dataclasses.replace(request, network_lock=cut.criu_lock)
             enter("dump", "dumping and streaming")
             pusher.start()
             try:
                 writer = ArchiveWriter(sink, compress="zstd", level=1)
                 writer.write_manifest(manifest)
-                dump_stats, _dump_ms = stream_dump(
-                    criu, request, writer, dt.upper_dir, on_bytes=lambda n: emit(done=n),
-                    on_notify=isolate_at_post_dump if options.tcp_established else None,
-                )
+                dump_stats, _dump_ms = stream_dump(criu, request, writer, dt.upper_dir, on_bytes=lambda n: emit(done=n))
                 if ps_sock is not None:
                     # CRIU (gone now) sent everything; our copy of the socket is the last one
                     # open, and the target's page server finishes only at its EOF.
@@ -315,13 +307,10 @@ def migrate_container(
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException as exc:
         failed_phase = phase
-        for veth in isolated:
-            try:
-                from runtime.network import set_link_up
-
-                set_link_up(veth, True)
-            except Exception:  # rollback path: keep the original error
-                log.exception("container=%s migration=%s: cannot bring %s back up", spec.name, migration_id, veth)
+        try:
+            rt.rejoin(cut)
+        except Exception:  # rollback path: keep the original error
+            log.exception("container=%s migration=%s: cannot bring its network back up", spec.name, migration_id)
         if frozen:
             try:
                 rt.thaw(container)

@@ -33,11 +33,14 @@ CRIU facts this relies on (criu/cr-dump.c, page-xfer.c, uffd.c in 4.1.1; see CRI
 - The dump runs ``leave_running``: a lazy dump that ends "successfully" only means the page
   server's socket was closed (a lazy page server reads EOF as the end of the transfer even when
   the peer died), so CRIU must never kill the source by itself. Our commit, not CRIU, decides.
-- With ``leave_running`` CRIU unlocks the network and takes TCP sockets out of repair *before*
-  serving the pages, while the container is still frozen. The source's copy would then answer
-  for the container's address on a shared L2 segment alongside the target's copy, so at
-  ``post-dump`` we set the source's host-side veth down (the frozen copy goes deaf and mute) and
-  back up on rollback.
+- With ``leave_running`` CRIU takes TCP sockets out of repair *before* serving the pages, while
+  the container is still frozen. The source's copy would then answer for the container's address
+  on a shared L2 segment alongside the target's copy. So right after the freeze we set the
+  source's host-side veth down (``CheckpointHost.isolate``: the frozen copy goes deaf and mute)
+  and back up on rollback; that is also the network lock of the dump (CRIU's nftables lock is
+  skipped: dropping it took ~25 ms of the pause).
+- CRIU's ``status-ready`` notification comes once its page server listens; the archive's
+  trailer (which lets the target dial it) goes only after it.
 - Over RPC, a lazy dump ignores ``ps.address`` and listens on every address (INADDR_ANY) at
   ``ps.port``. The page-server link is CRIU's own TCP connection. When the daemons use mTLS it
   uses TLS too (``SwrkCriu.page_server_tls`` on the source, ``tls`` of ``receive_postcopy`` on the
@@ -86,10 +89,10 @@ PAGE_SIZE = 4096
 PE_LAZY = 1 << 1  # criu/include/pagemap.h: pages can be restored lazily
 PE_PRESENT = 1 << 2  # ... are in the local pages-*.img
 POST_DUMP = "post-dump"  # CRIU's notify script name once every image is written
+STATUS_READY = "status-ready"  # ... once its page server listens (page-xfer.c, after listen())
 LISTEN_TIMEOUT_S = 10.0
 ROLLBACK_DUMP_TIMEOUT_S = 30.0
 FINISH_TIMEOUT_S = 60.0
-TCP_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
 TCP_ESTABLISHED = "01"
 CONNECT_TIMEOUT_S = 10.0
 
@@ -197,20 +200,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def is_listening(port: int, proc_net: Path = Path("/proc/self/net")) -> bool:
-    """Whether a TCP socket of this network namespace listens on ``port`` (proc(5): /proc/net/tcp)."""
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = (proc_net / name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
-
-
 def poke_page_server(port: int, address: str = "127.0.0.1") -> None:
     """Connect to a lazy dump's page server and close at once: CRIU takes EOF as the end of the
     transfer, so a dump whose target never connected returns (the source keeps running)."""
@@ -221,24 +210,24 @@ def poke_page_server(port: int, address: str = "127.0.0.1") -> None:
 
 
 class _LazyDump(threading.Thread):
-    """Runs CRIU's lazy dump; ``images_ready`` is set at CRIU's post-dump notification."""
+    """Runs CRIU's lazy dump; ``images_ready`` is set at CRIU's post-dump notification,
+    ``serving`` at status-ready (its page server listens)."""
 
-    def __init__(self, criu: Criu, request: DumpRequest, on_post_dump: Any) -> None:
+    def __init__(self, criu: Criu, request: DumpRequest) -> None:
         super().__init__(name="criu-lazy-dump", daemon=True)
         self.criu = criu
         self.request = request
-        self.on_post_dump = on_post_dump
         self.images_ready = threading.Event()
+        self.serving = threading.Event()
         self.stats: DumpStats | None = None
         self.error: BaseException | None = None
         self.finished_at = 0.0
 
     def _notify(self, script: str, pid: int) -> bool:
         if script == POST_DUMP:
-            try:
-                self.on_post_dump()
-            finally:
-                self.images_ready.set()
+            self.images_ready.set()
+        elif script == STATUS_READY:
+            self.serving.set()
         return True
 
     def run(self) -> None:
@@ -249,6 +238,7 @@ class _LazyDump(threading.Thread):
         finally:
             self.finished_at = time.monotonic()
             self.images_ready.set()  # wake the driver if the dump failed before post-dump
+            self.serving.set()
 
 
 # --- the source side --------------------------------------------------------------------------
@@ -310,7 +300,6 @@ def migrate_postcopy(
         raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase=phase)
     address = page_server_address(options.dest)
     port = free_port()
-    veth = rt.host_veth(spec)
     ticket = target.prepare_incoming(
         IncomingRequest(
             container_name=spec.name,
@@ -327,15 +316,10 @@ def migrate_postcopy(
              spec.name, migration_id, options.dest, address, port)
     frozen = False
     frozen_at = 0.0
-    isolated = False
+    cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
     dump: _LazyDump | None = None
     restored: RestoreResult | None = None
     staging = rt.paths.tmp / f"migrate-{migration_id}"
-
-    def isolate() -> None:  # at post-dump, before CRIU unlocks the network (module doc)
-        nonlocal isolated
-        if veth is not None:
-            isolated = set_link_up(veth, up=False)
 
     try:
         if ticket.need_image:
@@ -383,11 +367,12 @@ def migrate_postcopy(
         )
         sink = ChunkSink()
         pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
-        dump = _LazyDump(criu, request, isolate)
         enter("freeze")
         rt.freeze(container)
         frozen = True
         frozen_at = time.monotonic()
+        cut = rt.isolate(spec)  # our network lock, which also keeps the frozen copy quiet (module doc)
+        dump = _LazyDump(criu, dataclasses.replace(request, network_lock=cut.criu_lock))
         enter("dump", "dumping all but memory")
         pusher.start()
         try:
@@ -400,17 +385,15 @@ def migrate_postcopy(
                 raise dump.error
             if not dump.is_alive() and dump.stats is not None:
                 raise MigrationError("criu's lazy dump ended before serving any page", phase="dump")
-            deadline = time.monotonic() + LISTEN_TIMEOUT_S
-            while not is_listening(port):
-                if not dump.is_alive() or time.monotonic() > deadline:
-                    dump.join(timeout=1)
-                    if dump.error is not None:
-                        raise dump.error
-                    raise TransferError(f"criu's page server did not listen on port {port} within {LISTEN_TIMEOUT_S:g}s", phase="dump")
-                time.sleep(0.0005)
             for p in sorted(images_dir.iterdir()):
                 if p.is_file():
                     writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
+            # The target dials the page server as soon as it has the archive: CRIU must listen.
+            if not dump.serving.wait(LISTEN_TIMEOUT_S) or not dump.is_alive():
+                dump.join(timeout=1)
+                if dump.error is not None:
+                    raise dump.error
+                raise TransferError(f"criu's page server did not listen on port {port} within {LISTEN_TIMEOUT_S:g}s", phase="dump")
             writer.close(trailer={"lazy_pages": True})
             sink.close()
         except BaseException as exc:
@@ -434,11 +417,10 @@ def migrate_postcopy(
             dump.join(ROLLBACK_DUMP_TIMEOUT_S)
             if dump.is_alive():
                 log.error("container=%s migration=%s: criu dump did not end within %gs", spec.name, migration_id, ROLLBACK_DUMP_TIMEOUT_S)
-        if isolated and veth is not None:
-            try:
-                set_link_up(veth, up=True)
-            except OSError:
-                log.exception("container=%s migration=%s: cannot set %s up again", spec.name, migration_id, veth)
+        try:
+            rt.rejoin(cut)
+        except OSError:
+            log.exception("container=%s migration=%s: cannot set its network up again", spec.name, migration_id)
         if frozen:
             try:
                 rt.thaw(container)
@@ -460,14 +442,14 @@ def migrate_postcopy(
         kept = _keep_log(rt, staging / "images" / "dump.log")
         shutil.rmtree(staging, ignore_errors=True)
         first = str(getattr(dump.error, "message", dump.error)).splitlines()[0]
-        _lose(rt, target, container, migration_id, spec.name, options.dest, veth,
+        _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth,
               f"the page transfer failed ({first}{f'; log: {kept}' if kept else ''})")
     shutil.rmtree(staging, ignore_errors=True)
     enter("commit")
     try:
         target.commit_incoming(migration_id)
     except ContainerLost as exc:
-        _lose(rt, target, container, migration_id, spec.name, options.dest, veth, exc.message)
+        _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth, exc.message)
     except Exception as exc:
         log.warning("container=%s migration=%s: commit on target failed (container runs there): %s", spec.name, migration_id, exc)
     try:
@@ -643,7 +625,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
                 upper_src=unpacked.upper_dir,
                 replace_id=replace_id,
                 request_for=lambda root: dataclasses.replace(
-                    restore_request(unpacked, spec, root, tcp_established=False, network_lock=host.network_lock()), lazy_pages=True
+                    restore_request(unpacked, spec, root, tcp_established=False), lazy_pages=True
                 ),
                 netns_key=NETNS_KEY,
                 criu=criu,
@@ -760,7 +742,6 @@ __all__ = [
     "dispatch",
     "finish_session",
     "free_port",
-    "is_listening",
     "migrate_postcopy",
     "page_server_address",
     "receive_postcopy",

@@ -45,6 +45,14 @@ class DumpTarget:
     freeze_cgroup: str | None  # cgroup dir CRIU should treat as the (already frozen) freezer
 
 
+@dataclasses.dataclass(frozen=True)
+class NetworkCut:
+    """How a frozen container's network is locked for its dump (``CheckpointHost.isolate``)."""
+
+    criu_lock: str  # the DumpRequest.network_lock to use: "skip" when we cut the link ourselves
+    veth: str | None  # the host-side veth set down (to set up again on rollback)
+
+
 class CheckpointHost:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
@@ -93,8 +101,38 @@ class CheckpointHost:
     @staticmethod
     def network_lock() -> str:
         # CRIU's default iptables lock needs iptables-restore (not installed here); CRIU 4 links
-        # libnftables, which setup.sh builds in, so nftables is the lock we use everywhere.
+        # libnftables, which setup.sh builds in, so nftables is the lock we use when CRIU locks.
         return "nftables"
+
+    def isolate(self, spec: ContainerSpec) -> NetworkCut:
+        """Lock a *frozen* container's network ourselves, for its dump: set its host-side veth
+        down, so no packet reaches its network namespace or leaves it (its tasks are frozen, and
+        its only link is that veth; loopback is silent while everything is frozen and TCP sockets
+        are in repair mode). CRIU then dumps with network lock ``skip``: its nftables lock costs
+        ~2 ms to take and ~25 ms to drop (a nftables commit waits for an RCU grace period),
+        all inside the pause. ``rejoin`` undoes it (rollback); a migrated source copy just goes.
+
+        Where nothing can be cut (a veth that is missing), CRIU's own lock is used instead."""
+        from runtime.network import set_link_up
+
+        if spec.network == "none":  # only loopback: nothing to lock
+            return NetworkCut(criu_lock="skip", veth=None)
+        veth = self.host_veth(spec)
+        if veth is not None:
+            try:
+                if set_link_up(veth, False):
+                    return NetworkCut(criu_lock="skip", veth=veth)
+            except OSError as exc:
+                log.warning("container=%s: cannot set %s down (%s): criu locks the network instead", spec.name, veth, exc)
+        return NetworkCut(criu_lock=self.network_lock(), veth=None)
+
+    @staticmethod
+    def rejoin(cut: NetworkCut | None) -> None:
+        """Undo ``isolate`` (the container stays here after all). Raises OSError from rtnetlink."""
+        from runtime.network import set_link_up
+
+        if cut is not None and cut.veth is not None:
+            set_link_up(cut.veth, True)
 
     def cpu_digest(self) -> str:
         if self._cpu_digest is None:

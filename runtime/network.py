@@ -38,6 +38,7 @@ import os
 import re
 import socket
 import struct
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -472,13 +473,19 @@ class BridgeNetwork(_Namespaces):
             raise NetworkError(f"cannot announce container {container_id}: it holds no address on bridge {self.config.bridge}")
         try:
             sock = _netns.socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-            with sock:
-                sock.bind((CONTAINER_IFNAME, ETH_P_ARP))
-                mac = sock.getsockname()[4]  # the interface's hardware address
-                for frame in gratuitous_arp_frames(mac, ip):
-                    sock.send(frame)
         except OSError as exc:
             raise NetworkError(f"cannot announce {ip} of container {container_id}: {exc.strerror or exc}") from exc
+        try:
+            sock.bind((CONTAINER_IFNAME, ETH_P_ARP))
+            mac = sock.getsockname()[4]  # the interface's hardware address
+            for frame in gratuitous_arp_frames(mac, ip):
+                sock.send(frame)
+        except OSError as exc:
+            sock.close()
+            raise NetworkError(f"cannot announce {ip} of container {container_id}: {exc.strerror or exc}") from exc
+        # Closing a packet socket waits for an RCU grace period (packet_release ->
+        # synchronize_net: 8-20 ms here), right after a restore: let another thread wait.
+        threading.Thread(target=sock.close, name="close-arp-socket", daemon=True).start()
         log.debug("announced container=%s ip=%s mac=%s", container_id, ip, mac.hex(":"))
 
     # -- config ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 from migrate import migration
 from migrate.api import MigrateOptions
 from migrate.errors import IncompatibleHost, MigrationError, PeerError, TransferError
-from runtime.checkpointing import DumpTarget
+from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.config import Paths
 from runtime.criu import DumpRequest, DumpStats
 from runtime.errors import CriuError, InvalidState
@@ -82,6 +82,13 @@ class FakeHost:
     @staticmethod
     def network_lock() -> str:
         return "nftables"
+
+    def isolate(self, spec: Any) -> NetworkCut:  # --network none: nothing to cut
+        return NetworkCut(criu_lock="skip", veth=None)
+
+    @staticmethod
+    def rejoin(cut: Any) -> None:
+        pass
 
     def finish_migration(self, c: FakeContainer, *, keep: bool) -> None:
         self.events.append(f"finish keep={keep}")

@@ -13,7 +13,7 @@ import pytest
 from migrate import postcopy
 from migrate.api import HostInfo, IncomingTicket, MigrateOptions, RestoreResult, RestoreStats
 from migrate.errors import ContainerLost, IncompatibleHost, TransferError
-from runtime.checkpointing import DumpTarget
+from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.criu import DumpRequest, DumpStats
 from runtime.errors import CriuError, Unsupported
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState
@@ -62,13 +62,11 @@ def test_page_server_address_unresolvable() -> None:
         postcopy.page_server_address("no-such-host.invalid:7070")
 
 
-def test_listening_and_connected_from_the_real_proc_net() -> None:
+def test_connected_from_the_real_proc_net() -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         port = server.getsockname()[1]
-        assert not postcopy.is_listening(port)
         server.listen()
-        assert postcopy.is_listening(port)
         assert not postcopy.is_connected("127.0.0.1", port)
         with socket.create_connection(("127.0.0.1", port)):
             conn, _ = server.accept()
@@ -83,8 +81,6 @@ def test_proc_net_parsing(tmp_path: Path) -> None:
         "   0: 00000000:A90B 00000000:0000 0A 00000000:00000000\n"  # *:43275 LISTEN
         "   1: 0300FB0A:D004 0200FB0A:A90B 01 00000000:00000000\n"  # 10.251.0.3 -> 10.251.0.2:43275 ESTABLISHED
     )
-    assert postcopy.is_listening(43275, tmp_path)
-    assert not postcopy.is_listening(43276, tmp_path)
     assert postcopy.is_connected("10.251.0.2", 43275, tmp_path)
     assert not postcopy.is_connected("10.251.0.3", 43275, tmp_path)
 
@@ -117,6 +113,8 @@ class FakeLazyCriu:
         (request.images_dir / "dump.log").write_text("(00.1) Error (criu/page-xfer.c:1): Can't read pagemap from socket\n")
         assert on_notify is not None
         on_notify("post-dump", 1)
+        on_notify("network-unlock", 1)
+        on_notify("status-ready", 1)
         if not self.served.wait(10):
             raise AssertionError("nobody ended the fake page transfer")
         if self.fail_after_resume:
@@ -156,6 +154,13 @@ class FakeHost:
 
     def network_lock(self) -> str:
         return "nftables"
+
+    def isolate(self, spec: Any) -> NetworkCut:
+        self.events.append("isolate")
+        return NetworkCut(criu_lock="skip", veth=None)
+
+    def rejoin(self, cut: Any) -> None:
+        self.events.append("rejoin")
 
     def freeze(self, c: Any) -> None:
         self.events.append("freeze")
@@ -208,7 +213,6 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeHost, Pa
     upper.mkdir()
     (upper / "file").write_text("hello")
     monkeypatch.setattr(postcopy, "page_server_address", lambda dest: "127.0.0.1")
-    monkeypatch.setattr(postcopy, "is_listening", lambda port: True)
     monkeypatch.setattr(postcopy, "poke_page_server", lambda port, address="127.0.0.1": None)
     monkeypatch.setattr(postcopy, "cpuinfo_dump", lambda images_dir: None)
     monkeypatch.setattr(postcopy, "_keep_log", lambda host, path: None)
@@ -225,8 +229,9 @@ def test_success_commits_after_the_last_page(world: tuple[FakeHost, Path]) -> No
     target = FakeTarget(criu)
     result = _migrate(host, criu, target)
     assert target.events == ["prepare", "restore", "commit"]
-    assert host.events == ["freeze", "finish"]
+    assert host.events == ["freeze", "isolate", "finish"]
     req = criu.requests[0]
+    assert req.network_lock == "skip"  # the link cut by isolate is the lock
     assert req.lazy_pages and req.leave_running and req.page_server is not None and req.page_server.address == "127.0.0.1"
     assert result.mode == "postcopy"
     assert result.stats.frozen_ms > 0 and result.stats.phases_ms["last_page"] >= 40
@@ -243,7 +248,7 @@ def test_restore_failure_rolls_back(world: tuple[FakeHost, Path]) -> None:
     with pytest.raises(TransferError, match="lazy-pages daemon"):
         _migrate(host, criu, target)
     assert target.events == ["prepare", "restore", "abort"]
-    assert host.events == ["freeze", "thaw"]
+    assert host.events == ["freeze", "isolate", "rejoin", "thaw"]
     assert host.store.state.status == "running"
 
 
