@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import datetime
+import errno
 import hashlib
 import logging
 import os
@@ -34,7 +35,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -84,6 +85,7 @@ _SAMPLES, _SAMPLE_BYTES, _SAMPLE_RATIO = 4, 16 << 10, 0.97  # incompressibility 
 _ZEROS = memoryview(bytes(fmt.CHUNK_BYTES))
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_VANISHED_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL, errno.ENXIO, errno.ENODEV})
 _IMPLICIT_DIR = "implicit-dir"  # reader's marker for a parent dir that had no entry of its own
 
 
@@ -234,7 +236,33 @@ class ArchiveWriter:
         """
         self._require_open()
         _check_writer_name(prefix)
-        self._guarded(self._add_tree, prefix, Path(root))
+        self._guarded(self._add_entries, prefix, walk(Path(root)), None, False)
+
+    def add_entries(
+        self,
+        prefix: str,
+        entries: Iterable[tuple[str, str, os.stat_result]],
+        *,
+        on_entry: Callable[[str, os.stat_result], None] | None = None,
+        vanished_ok: bool = False,
+    ) -> None:
+        """Add ``(relative path, full path, lstat)`` entries as members ``prefix/<rel>`` ("" is
+        ``prefix`` itself), in the order given, each exactly as ``add_tree`` would add it.
+
+        ``add_tree`` is this with ``walk(root)``. Nothing is recursed into: a directory adds
+        only its own entry. Parents must come before children for a reader to apply them.
+
+        Args:
+            on_entry: called with (rel, stat) after each member was written; the stat is the
+                one the member's metadata came from (a regular file's ``fstat`` taken when it
+                was opened, before its content was read; the given lstat otherwise).
+            vanished_ok: an entry that is gone or changed type (ENOENT, ENOTDIR, ELOOP, not a
+                regular file any more) before any of it was written is skipped instead of
+                raising; for trees that change while they are read (a running container).
+        """
+        self._require_open()
+        _check_writer_name(prefix)
+        self._guarded(self._add_entries, prefix, entries, on_entry, vanished_ok)
 
     def close(self, trailer: dict[str, Any] | None = None) -> ArchiveSummary:
         """Write the trailer (member list plus ``trailer`` extras) and return the summary.
@@ -380,33 +408,72 @@ class ArchiveWriter:
             time.sleep(delay)
             delay = min(delay * 2, _GROWING_POLL_S[1])
 
-    def _add_tree(self, prefix: str, root: Path) -> None:
-        for rel, full, st in walk(root):
+    def _add_entries(
+        self,
+        prefix: str,
+        entries: Iterable[tuple[str, str, os.stat_result]],
+        on_entry: Callable[[str, os.stat_result], None] | None,
+        vanished_ok: bool,
+    ) -> None:
+        for rel, full, st in entries:
             name = f"{prefix}/{rel}" if rel else prefix
             self._claim_name(name)
-            kind = kind_of(st)
-            if kind is None:  # pragma: no cover - Linux has no other inode types
-                log.warning("skipping %s: unknown inode type %o", full, stat.S_IFMT(st.st_mode))
-                continue
-            if kind != fmt.KIND_DIR and st.st_nlink > 1:
-                first = self._links.setdefault((st.st_dev, st.st_ino), name)
-                if first != name:
-                    self._emit_json(fmt.REC_ENTRY, {"name": name, "kind": fmt.KIND_HARDLINK, "target": first})
-                    self._members.append(MemberInfo(name, fmt.KIND_HARDLINK, 0, None))
-                    continue
+            try:
+                sent = self._add_entry(name, full, st, vanished_ok)
+            except BaseException:
+                if self._state == "open":  # nothing of it was written: the name is free again
+                    self._names.discard(name)
+                raise
+            if sent is None:
+                self._names.discard(name)
+            elif on_entry is not None:
+                on_entry(rel, sent)
+
+    def _add_entry(self, name: str, full: str, st: os.stat_result, vanished_ok: bool) -> os.stat_result | None:
+        """Write one member; return the stat its metadata came from, None if it was skipped."""
+        kind = kind_of(st)
+        if kind is None:  # pragma: no cover - Linux has no other inode types
+            log.warning("skipping %s: unknown inode type %o", full, stat.S_IFMT(st.st_mode))
+            return None
+        if kind != fmt.KIND_DIR and st.st_nlink > 1:
+            first = self._links.get((st.st_dev, st.st_ino))
+            if first is not None:
+                self._emit_json(fmt.REC_ENTRY, {"name": name, "kind": fmt.KIND_HARDLINK, "target": first})
+                self._members.append(MemberInfo(name, fmt.KIND_HARDLINK, 0, None))
+                return st
+        try:
             if kind == fmt.KIND_FILE:
                 fd = _open_noatime(full)
-                try:
-                    fst = os.fstat(fd)
-                    self._write_file(entry_meta(name, kind, fst, read_xattrs(fd)), fd, fst.st_size, None)
-                finally:
-                    os.close(fd)
-                continue
-            meta = entry_meta(name, kind, st, read_xattrs(full))
-            if kind == fmt.KIND_SYMLINK:
-                meta["target"] = os.readlink(full)
+            else:
+                meta = entry_meta(name, kind, st, read_xattrs(full))
+                if kind == fmt.KIND_SYMLINK:
+                    meta["target"] = os.readlink(full)
+        except OSError as exc:
+            # Gone, or replaced by another type: a symlink (ELOOP from O_NOFOLLOW, EINVAL from
+            # readlink), a socket or a device without a driver (ENXIO, ENODEV from open).
+            if not (vanished_ok and exc.errno in _VANISHED_ERRNOS):
+                raise
+            log.debug("skipping %s: gone or replaced while being archived (%s)", full, exc.strerror)
+            return None
+        if kind != fmt.KIND_FILE:
             self._emit_json(fmt.REC_ENTRY, meta)
             self._members.append(MemberInfo(name, kind, 0, None))
+            if st.st_nlink > 1 and kind != fmt.KIND_DIR:  # later names of this inode link to it
+                self._links.setdefault((st.st_dev, st.st_ino), name)
+            return st
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode):
+                if vanished_ok:
+                    log.debug("skipping %s: changed type while being archived", full)
+                    return None
+                raise OSError(errno.ESTALE, "not a regular file any more (changed while being archived)", full)
+            self._write_file(entry_meta(name, kind, fst, read_xattrs(fd)), fd, fst.st_size, None)
+            if fst.st_nlink > 1:  # later names of this inode link to it
+                self._links.setdefault((fst.st_dev, fst.st_ino), name)
+            return fst
+        finally:
+            os.close(fd)
 
     def _write_file(self, meta: dict[str, Any], fd: int, size: int, growing: Callable[[], bool] | None) -> MemberInfo:
         name = meta["name"]
@@ -477,11 +544,14 @@ class _BufferPool:
 
 def _open_noatime(path: str) -> int:
     """Open for reading without moving the atime of the container's file (O_NOATIME needs
-    ownership or CAP_FOWNER; without it the atime may move, the archived one is already taken)."""
+    ownership or CAP_FOWNER; without it the atime may move, the archived one is already taken).
+    O_NONBLOCK (no effect on a regular file's reads) keeps a file that a running container
+    replaced by a fifo from blocking the open."""
+    flags = _OPEN_READ | os.O_NONBLOCK
     try:
-        return os.open(path, _OPEN_READ | os.O_NOATIME)
+        return os.open(path, flags | os.O_NOATIME)
     except PermissionError:
-        return os.open(path, _OPEN_READ)
+        return os.open(path, flags)
 
 
 def _check_writer_name(name: str) -> None:
