@@ -46,12 +46,12 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from migrate import _archive_format as fmt
-from migrate._archive_fs import kind_of, read_xattrs, walk
+from migrate._archive_fs import kind_of, read_xattrs
 from migrate.errors import ArchiveError, UnsafeMember
 from migrate.images import ArchiveWriter
 
@@ -107,6 +107,17 @@ class Signature:
             st.st_rdev,
         )
 
+    def key(self) -> tuple[int, ...]:
+        """The fields as a tuple, in ``_stat_key`` order (``kind`` follows from mode and rdev)."""
+        return (self.ino, self.size_bytes, self.mtime_ns, self.ctime_ns, self.mode, self.uid, self.gid, self.nlink, self.rdev)
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev)
+
+
+_CTIME = 3  # index of ctime in a key
+
 
 @dataclass(frozen=True)
 class UpperSnapshot:
@@ -117,6 +128,12 @@ class UpperSnapshot:
     root: Path
     taken_ns: int
     entries: Mapping[str, Signature]
+    # The signatures as plain tuples, built here (before the freeze) so compute_delta, which
+    # runs while the container is frozen, compares tuples instead of building objects.
+    _keys: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_keys", {rel: sig.key() for rel, sig in self.entries.items()})
 
 
 @dataclass(frozen=True)
@@ -202,17 +219,19 @@ def compute_delta(snapshot: UpperSnapshot, root: Path) -> UpperDelta | None:
     longer a directory.
     """
     start = time.monotonic()
-    old_entries = snapshot.entries
+    old_keys = snapshot._keys
     racy_from = snapshot.taken_ns - RACY_MARGIN_NS
     changed: list[str] = []
     gone: set[str] = set()  # replaced by another kind (deleted, then sent anew)
     present: set[str] = set()
-    for rel, _full, st in walk(Path(root)):
+    for rel, st in _scan(Path(root)):
         present.add(rel)
-        sig = Signature.of(st)
-        old = old_entries.get(rel)
-        if old is not None and old == sig and old.ctime_ns < racy_from:
+        key = _stat_key(st)
+        old_key = old_keys.get(rel)
+        if old_key == key and key[_CTIME] < racy_from:
             continue
+        sig = Signature.of(st)
+        old = snapshot.entries.get(rel)
         if rel == "" and sig.kind != fmt.KIND_DIR:
             log.info("upper delta of %s impossible: the root is no longer a directory", root)
             return None
@@ -224,7 +243,7 @@ def compute_delta(snapshot: UpperSnapshot, root: Path) -> UpperDelta | None:
             log.info("upper delta of %s impossible: %s is hardlinked (nlink %d)", root, rel, sig.nlink)
             return None
         changed.append(rel)
-    gone.update(rel for rel in old_entries if rel not in present)
+    gone.update(rel for rel in old_keys if rel not in present)
     deleted = sorted(rel for rel in gone if not _has_ancestor_in(rel, gone))
     delta = UpperDelta(changed=tuple(changed), deleted=tuple(deleted))
     log.info(
@@ -394,6 +413,39 @@ def _syncfs(root: Path) -> None:
             raise OSError(err, f"syncfs: {os.strerror(err)}", os.fspath(root))
     finally:
         os.close(fd)
+
+
+def _scan(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of ``root`` ("" first) and everything below it: pre-order, names
+    sorted, symlinks not followed. Like ``_archive_fs.walk`` but cheaper per entry (no path
+    joins; ``DirEntry.stat``), as it runs while the container is frozen."""
+    top = os.fspath(root)
+    st = os.lstat(top)
+    yield "", st
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", _sorted_entries(top))]
+    while stack:
+        prefix, it = stack[-1]
+        entry = next(it, None)
+        if entry is None:
+            stack.pop()
+            continue
+        rel = prefix + entry.name
+        st = entry.stat(follow_symlinks=False)
+        yield rel, st
+        if stat.S_ISDIR(st.st_mode):
+            stack.append((rel + "/", _sorted_entries(entry.path)))
+
+
+def _sorted_entries(path: str) -> Iterator[os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        entries = sorted(it, key=_entry_name)
+    return iter(entries)
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def _walk_live(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from migrate import upper_sync
+from migrate._archive_fs import walk
 from migrate.errors import ArchiveError, UnsafeMember
 from migrate.images import ArchiveWriter, read_archive
 from migrate.upper_sync import (
@@ -55,7 +56,7 @@ def age() -> None:
 def tree_state(root: Path) -> dict[str, dict[str, object]]:
     """Everything a delta must carry, keyed by relative path (atimes left out)."""
     out: dict[str, dict[str, object]] = {}
-    for rel, full, st in upper_sync.walk(root):
+    for rel, full, st in walk(root):
         entry: dict[str, object] = {
             "type": stat.S_IFMT(st.st_mode),
             "mode": stat.S_IMODE(st.st_mode),
@@ -147,7 +148,7 @@ def src(tmp_path: Path) -> Path:
 
 def test_snapshot_records_every_entry_as_sent(src: Path) -> None:
     snap, _ = snapshot_archive(src)
-    assert set(snap.entries) == {rel for rel, _, _ in upper_sync.walk(src)}
+    assert set(snap.entries) == {rel for rel, _, _ in walk(src)}
     assert snap.entries[""].kind == "dir"
     assert snap.entries["f"].kind == "file" and snap.entries["f"].size_bytes == 6
     assert snap.entries["d/link"].kind == "symlink"
@@ -425,7 +426,7 @@ def test_add_entries_skips_vanished_entries_only_when_asked(tmp_path: Path) -> N
     (root / "gone").write_bytes(b"1")
     (root / "now-fifo").write_bytes(b"2")
     (root / "stays").write_bytes(b"3")
-    listed = list(upper_sync.walk(root))
+    listed = list(walk(root))
     (root / "gone").unlink()
     (root / "now-fifo").unlink()
     os.mkfifo(root / "now-fifo")  # opening it must not block
@@ -460,7 +461,7 @@ class _Mutator:
 
     def _entries(self) -> tuple[list[str], list[str]]:
         dirs, others = [], []
-        for rel, _full, st in upper_sync.walk(self.root):
+        for rel, _full, st in walk(self.root):
             (dirs if stat.S_ISDIR(st.st_mode) else others).append(rel)
         return dirs, others
 
@@ -553,3 +554,13 @@ def test_random_mutations_round_trip(tmp_path: Path, seed: int) -> None:
 
     delta = round_trip(tmp_path, src, mutate)
     assert delta.changed and delta.deleted
+
+
+def test_names_that_are_not_utf8_round_trip(src: Path, tmp_path: Path) -> None:
+    def mutate(root: Path) -> None:
+        os.mkdir(os.path.join(os.fsencode(root), b"dir-\xff"))
+        with open(os.path.join(os.fsencode(root), b"dir-\xff", b"file-\xfe"), "wb") as f:
+            f.write(b"latin-1 name")
+
+    delta = round_trip(tmp_path, src, mutate)
+    assert os.fsdecode(b"dir-\xff/file-\xfe") in delta.changed
