@@ -120,6 +120,7 @@ class RestoreStats:
     total_ms: float = 0.0
     archive_bytes: int = 0
     images_bytes: int = 0
+    since_resume_ms: float = 0.0  # the container resumed this long before the answer (migration pause)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class MigrateOptions:
 
 @dataclass(frozen=True)
 class MigrationStats:
-    frozen_ms: float = 0.0  # downtime: freeze to running on the target
+    frozen_ms: float = 0.0  # downtime: freeze to running on the target (the target's resume, not its answer)
     total_ms: float = 0.0
     bytes_on_wire: int = 0
     raw_bytes: int = 0
@@ -201,7 +202,7 @@ class Engine(Protocol):
 # ---------------------------------------------------------------------------------------------
 # Daemon-to-daemon migration (issue 5): what a source engine asks of a target engine. LocalEngine
 # implements these for its own host; RemoteEngine forwards them to a daemon (PrepareIncoming,
-# PushImage, PushCheckpoint, AbortIncoming, CommitIncoming), so a source calls the same methods
+# PushImage, PushUpper, PushCheckpoint, AbortIncoming, CommitIncoming), so a source calls the same methods
 # on RemoteEngine(dest) whether the target is in-process (tests) or on another host.
 
 
@@ -219,6 +220,9 @@ class IncomingRequest:
     # Disk-less dump: the address the source dials this host on. When set, the target starts a
     # CRIU page server there and the source's CRIU sends memory pages straight to it.
     page_server_address: str | None = None
+    # The source's address as the target's daemon saw the call come in (filled in by the target's
+    # service, never taken from the wire): the only host a plain page server lets in.
+    source_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,13 +230,15 @@ class IncomingTicket:
     migration_id: str
     need_image: bool  # the target lacks image_digest: receive_image before receive_checkpoint
     page_server_port: int = 0  # the page server for a disk-less dump (0: none; stream the pages)
+    stage_upper: bool = False  # send the upper layer with receive_upper before the freeze
 
 
 class MigrationTarget(Protocol):
     """The receiving side of a migration, and checkpoint archives as byte streams.
 
     A migration on the target is: prepare_incoming (reserve name and address, check CRIU, CPU and
-    image), receive_image if the ticket says so, receive_checkpoint (verify, restore, return once
+    image), receive_image if the ticket says so, receive_upper (the upper layer while the container
+    still runs) if the ticket says so, receive_checkpoint (verify, restore, return once
     the container runs), then commit_incoming; abort_incoming removes every piece of an
     unfinished migration, including a restored but uncommitted container. Chunk iterators may
     raise ``TransferError`` when the sender goes away; implementations clean up and re-raise.
@@ -240,6 +246,7 @@ class MigrationTarget(Protocol):
 
     def prepare_incoming(self, request: IncomingRequest) -> IncomingTicket: ...
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None: ...
+    def receive_upper(self, migration_id: str, chunks: Iterator[bytes]) -> int: ...
     def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> RestoreResult: ...
     def abort_incoming(self, migration_id: str) -> None: ...
     def commit_incoming(self, migration_id: str) -> None: ...

@@ -110,9 +110,12 @@ def stream_dump(
     *,
     on_bytes: Callable[[int], None] | None = None,
     on_notify: Callable[[str, int], bool] | None = None,
+    add_upper: Callable[[Any], None] | None = None,
 ) -> tuple[DumpStats, float]:
     """Dump with CRIU into ``request.images_dir`` while writing the upper layer and the images into
     ``writer`` (a migrate.images.ArchiveWriter). Returns (CRIU stats, dump wall time in ms).
+    ``add_upper(writer)`` writes the upper layer instead of the whole ``upper_dir`` (a live
+    migration sends only what changed since it staged the layer).
 
     The pages files are followed as CRIU appends to them: a file is complete once the dump has
     ended or a later pages file has appeared (CRIU dumps one task's memory at a time).
@@ -122,7 +125,10 @@ def stream_dump(
     started = time.monotonic()
     thread.start()
     try:
-        writer.add_tree("upper", upper_dir)
+        if add_upper is not None:
+            add_upper(writer)
+        else:
+            writer.add_tree("upper", upper_dir)
         added: set[str] = set()
         while True:
             alive = thread.is_alive()

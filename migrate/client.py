@@ -453,6 +453,14 @@ class RemoteEngine:
         )
         self._client_stream("PushImage", _non_empty(requests, pb.PushImageRequest(migration_id=migration_id, seq=0)))
 
+    def receive_upper(self, migration_id: str, chunks: Iterator[bytes]) -> int:
+        requests = (
+            pb.PushUpperRequest(migration_id=migration_id, data=data, seq=seq, crc32=zlib.crc32(data))
+            for seq, data in enumerate(_pieces(chunks))
+        )
+        reply = self._client_stream("PushUpper", _non_empty(requests, pb.PushUpperRequest(migration_id=migration_id, seq=0)))
+        return int(reply.entries)
+
     def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> api.RestoreResult:
         requests = (
             pb.PushCheckpointRequest(migration_id=migration_id, data=data, seq=seq, crc32=zlib.crc32(data))

@@ -490,8 +490,10 @@ def incoming_request_from_pb(m: pb.PrepareIncomingRequest) -> api.IncomingReques
 
 
 def ticket_to_pb(t: api.IncomingTicket) -> pb.PrepareIncomingResponse:
-    return pb.PrepareIncomingResponse(migration_id=t.migration_id, need_image=t.need_image, page_server_port=t.page_server_port)
+    return pb.PrepareIncomingResponse(migration_id=t.migration_id, need_image=t.need_image, page_server_port=t.page_server_port,
+                                      stage_upper=t.stage_upper)
 
 
 def ticket_from_pb(m: pb.PrepareIncomingResponse) -> api.IncomingTicket:
-    return api.IncomingTicket(migration_id=m.migration_id, need_image=m.need_image, page_server_port=m.page_server_port)
+    return api.IncomingTicket(migration_id=m.migration_id, need_image=m.need_image, page_server_port=m.page_server_port,
+                              stage_upper=m.stage_upper)

@@ -199,6 +199,9 @@ class LocalEngine:
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
         self._incoming().receive_image(migration_id, chunks)
 
+    def receive_upper(self, migration_id: str, chunks: Iterator[bytes]) -> int:
+        return self._incoming().receive_upper(migration_id, chunks)
+
     def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> RestoreResult:
         return self._incoming().receive_checkpoint(migration_id, chunks)
 

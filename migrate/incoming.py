@@ -9,7 +9,10 @@ atomically under a lock, with a ``phase``:
     (deleted)  committed, or aborted (abort also removes a restored container and the lease)
 
 Partial data never lands outside ROOT/tmp: the archive is unpacked (and every checksum verified)
-in a scratch dir that the restore removes whatever happens. ``reconcile`` (run when a daemon
+in a scratch dir that the restore removes whatever happens. A live migration stages the upper
+layer first (``receive_upper``, while the container still runs on the source) in
+ROOT/tmp/stage-<migration_id>; the checkpoint archive then carries only the upper layer's changes
+since (migrate.upper_sync), merged into the staged copy before the restore. ``reconcile`` (run when a daemon
 starts) aborts migrations left ``prepared`` by a crash and removes stale scratch dirs; a
 ``restored`` one is kept for the source to commit or abort (the source decides, it knows whether
 it still runs its frozen copy).
@@ -47,7 +50,7 @@ def _tree_size(path: Path) -> int:
     except OSError:
         return 0
 
-_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-")
+_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-", "stage-")
 
 
 def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
@@ -76,6 +79,7 @@ class IncomingMigrations:
         self.page_servers_allowed = page_servers
         self.page_server_tls = page_server_tls
         self._page_servers: dict[str, Any] = {}
+        self._guards: dict[str, Any] = {}  # runtime.port_guard guards of plain page servers
         # Progress of prepared migrations (monotonic time of the last byte on either channel, and
         # the page-server dir's size at the last sweep): see sweep().
         self._activity: dict[str, float] = {}
@@ -163,30 +167,91 @@ class IncomingMigrations:
             })
         port = 0
         if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
-            port = self._start_page_server(migration_id, request.page_server_address)
+            port = self._start_page_server(migration_id, request.page_server_address, request.source_address)
         log.info("migration=%s phase=preflight container=%s reserved need_image=%s page_server_port=%d",
                  migration_id, spec.name, need_image, port)
-        return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port)
+        return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port, stage_upper=True)
+
+    # -- the upper layer, staged before the freeze --------------------------------------------
+    def _stage_dir(self, migration_id: str) -> Path:
+        return self.host.paths.tmp / f"stage-{migration_id}"
+
+    def staged_upper(self, migration_id: str) -> Path | None:
+        """The upper layer ``receive_upper`` staged for this migration, if any."""
+        path = self._stage_dir(migration_id) / "upper"
+        return path if path.is_dir() else None
+
+    def receive_upper(self, migration_id: str, chunks: Iterator[bytes]) -> int:
+        """Stage the container's upper layer, sent while it still runs (verified like any archive;
+        device nodes by the same policy as a checkpoint's). Returns the number of entries."""
+        from migrate.images import read_archive
+        from migrate.store import UPPER_STAGE_KIND, devices_allowed
+        from migrate._archive_fs import walk
+
+        record = self._load(migration_id)
+        if record["phase"] != "prepared":
+            raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected prepared", phase="stage")
+        stage = self._stage_dir(migration_id)
+        partial = stage.with_name(stage.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        self.host.paths.tmp.mkdir(parents=True, exist_ok=True)
+        partial.mkdir(mode=0o700)
+        reader = IteratorReader(self._touching(migration_id, chunks))
+        try:
+            manifest = read_archive(reader, partial / "tree", allow_devices=devices_allowed)
+            if manifest.get("kind") != UPPER_STAGE_KIND or manifest.get("migration_id") != migration_id:
+                raise MigrationError(f"incoming migration {migration_id}: not its upper layer (kind {manifest.get('kind')!r})",
+                                     phase="stage")
+            upper = partial / "tree" / "upper"
+            upper.mkdir(exist_ok=True)
+            os.rename(upper, partial / "upper")
+            shutil.rmtree(partial / "tree")
+            shutil.rmtree(stage, ignore_errors=True)
+            os.rename(partial, stage)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            self._abort_after_failure(migration_id)
+            raise
+        entries = sum(1 for _ in walk(stage / "upper"))
+        log.info("migration=%s phase=stage upper layer staged: %d entries, %d bytes", migration_id, entries, reader.bytes_read)
+        return entries
+
+    def _drop_stage(self, migration_id: str) -> None:
+        stage = self._stage_dir(migration_id)
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(stage.with_name(stage.name + ".partial"), ignore_errors=True)
 
     # -- disk-less dumps: a CRIU page server per migration ------------------------------------
     def _pages_dir(self, migration_id: str) -> Path:
         return self.host.paths.tmp / f"pages-{migration_id}"
 
-    def _start_page_server(self, migration_id: str, address: str) -> int:
-        """Start ``criu page-server`` on ``address``; its port, or 0 to let the source stream."""
+    def _start_page_server(self, migration_id: str, address: str, source: str | None = None) -> int:
+        """Start ``criu page-server`` on ``address``; its port, or 0 to let the source stream.
+        Without TLS only ``source`` (the caller's address) may connect to it (runtime.port_guard)."""
         from migrate.postcopy import free_port
         from runtime.criu import start_page_server
+        from runtime.port_guard import guard_or_warn
 
         pages = self._pages_dir(migration_id)
         try:
             pages.mkdir(parents=True, mode=0o700)
             port = free_port()
+            if self.page_server_tls is None and source:
+                guard = guard_or_warn(port, [source], label=f"migration={migration_id} page server")
+                if guard is not None:
+                    self._guards[migration_id] = guard
             self._page_servers[migration_id] = start_page_server(pages, address, port, tls=self.page_server_tls)
         except (ContainerError, OSError) as exc:  # not fatal: the pages stream with the archive
             log.warning("migration=%s: no page server on %s (%s): the source streams its pages", migration_id, address, exc)
             shutil.rmtree(pages, ignore_errors=True)
+            self._drop_guard(migration_id)
             return 0
         return port
+
+    def _drop_guard(self, migration_id: str) -> None:
+        from runtime.port_guard import drop_guard
+
+        drop_guard(self._guards.pop(migration_id, None))
 
     def _collect_pages(self, migration_id: str, images_dir: Path) -> None:
         """Wait for the page server (it exits once the dump sent everything) and move the pages it
@@ -196,6 +261,7 @@ class IncomingMigrations:
             return
         try:
             server.wait(timeout_s=120)
+            self._drop_guard(migration_id)
         except ContainerError as exc:
             raise TransferError(f"the page server of migration {migration_id} failed: {exc.message}", phase="restore") from exc
         except subprocess.TimeoutExpired:
@@ -224,6 +290,7 @@ class IncomingMigrations:
         server = self._page_servers.pop(migration_id, None)
         if server is not None:
             server.stop()
+        self._drop_guard(migration_id)
         shutil.rmtree(self._pages_dir(migration_id), ignore_errors=True)
 
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
@@ -241,11 +308,13 @@ class IncomingMigrations:
         if record["phase"] != "prepared":
             raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected prepared", phase="restore")
         reader = IteratorReader(self._touching(migration_id, chunks))
+        staged = self.staged_upper(migration_id)
         try:
             if record.get("mode") == "postcopy":  # issue 7: lazy pages from the source's page server
                 from migrate.postcopy import receive_postcopy
 
-                result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress, tls=self.page_server_tls)
+                result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress, tls=self.page_server_tls,
+                                          staged_upper=staged)
             else:
                 result = restore_container(
                     self.host,
@@ -254,6 +323,7 @@ class IncomingMigrations:
                     progress=progress,
                     source=reader,
                     before_restore=lambda images_dir: self._collect_pages(migration_id, images_dir),
+                    staged_upper=staged,
                 )
         except BaseException as exc:
             # The restore removed what it built. The source never pushes twice, so the reservation
@@ -293,6 +363,7 @@ class IncomingMigrations:
 
         stop_session(migration_id)  # post-copy: the lazy-pages daemon goes first
         self._stop_page_server(migration_id)
+        self._drop_stage(migration_id)
         with self._locked():
             path = self._path(migration_id)
             try:
@@ -330,6 +401,7 @@ class IncomingMigrations:
             if record["phase"] != "restored":
                 raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected restored", phase="commit")
             path.unlink()
+        self._drop_stage(migration_id)
         log.info("migration=%s committed", migration_id)
 
     def _touching(self, migration_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from migrate.api import (
@@ -80,7 +81,63 @@ class _Pusher(threading.Thread):
         return self.error if self.error is not None and exc is self.cancelled else exc
 
 
-PHASES = ("preflight", "image", "freeze", "dump", "restore", "commit")
+PHASES = ("preflight", "image", "stage", "freeze", "dump", "restore", "commit")
+
+
+def stage_upper(target: Any, migration_id: str, upper_dir: Path) -> tuple[Any, int]:
+    """Before the freeze: send the whole upper layer to the target (``receive_upper``) while the
+    container still runs, remembering what each entry looked like (migrate.upper_sync). Returns
+    (the snapshot, bytes sent)."""
+    from migrate.images import ArchiveWriter
+    from migrate.store import UPPER_STAGE_KIND, build_devices
+    from migrate.upper_sync import write_snapshot
+
+    sink = ChunkSink()
+    pusher = _Pusher(target.receive_upper, migration_id, sink)
+    pusher.start()
+    try:
+        writer = ArchiveWriter(sink, compress="zstd", level=1)
+        writer.write_manifest({"kind": UPPER_STAGE_KIND, "migration_id": migration_id, "devices": build_devices()})
+        snapshot = write_snapshot(writer, "upper", upper_dir)
+        writer.close()
+        sink.close()
+    except BaseException as exc:
+        sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
+        pusher.join()
+        cause = pusher.root_cause(exc)
+        if cause is exc:
+            raise
+        raise cause from exc
+    pusher.join()
+    if pusher.error is not None:
+        raise pusher.error
+    return snapshot, sink.bytes_written
+
+
+class UpperForDump:
+    """Writes a frozen container's upper layer into the dump's archive: only what changed since
+    ``snapshot`` (``stage_upper``) when a delta can say it, else everything. ``trailer`` is what
+    the archive's trailer must carry for the target to merge (``{"upper_delta": ...}`` or ``{}``).
+    The delta is computed while CRIU dumps (the writer thread), not before it."""
+
+    def __init__(self, snapshot: Any, upper_dir: Path) -> None:
+        self.snapshot = snapshot
+        self.upper_dir = upper_dir
+        self.trailer: dict[str, Any] = {}
+        self.changed = -1  # entries sent as changes; -1: the whole layer
+
+    def __call__(self, writer: Any) -> None:
+        if self.snapshot is not None:
+            from migrate.upper_sync import compute_delta, write_delta
+
+            delta = compute_delta(self.snapshot, self.upper_dir)
+            if delta is not None:
+                write_delta(writer, "upper", self.upper_dir, delta)
+                self.trailer = {"upper_delta": delta.as_dict()}
+                self.changed = len(delta.changed) + len(delta.deleted)
+                return
+            log.info("upper layer of %s: changes a delta cannot express (hardlinks): sending all of it", self.upper_dir)
+        writer.add_tree("upper", self.upper_dir)
 
 
 def _end_record(outgoing: OutgoingMigrations, migration_id: str) -> None:
@@ -228,6 +285,12 @@ def migrate_container(
                 raise pusher.error
             bytes_on_wire += image_sink.bytes_written
             image_bytes = image_sink.bytes_written
+        snapshot = None
+        if ticket.stage_upper:
+            enter("stage", "sending the upper layer")
+            snapshot, sent = stage_upper(target, migration_id, dt.upper_dir)
+            bytes_on_wire += sent
+        upper = UpperForDump(snapshot, dt.upper_dir)
         staging = rt.paths.tmp / f"migrate-{migration_id}"
         staging.mkdir(parents=True, mode=0o700)
         try:
@@ -267,13 +330,14 @@ def migrate_container(
             try:
                 writer = ArchiveWriter(sink, compress="zstd", level=1)
                 writer.write_manifest(manifest)
-                dump_stats, _dump_ms = stream_dump(criu, request, writer, dt.upper_dir, on_bytes=lambda n: emit(done=n))
+                dump_stats, _dump_ms = stream_dump(criu, request, writer, dt.upper_dir, on_bytes=lambda n: emit(done=n),
+                                                   add_upper=upper)
                 if ps_sock is not None:
                     # CRIU (gone now) sent everything; our copy of the socket is the last one
                     # open, and the target's page server finishes only at its EOF.
                     ps_sock.close()
                     ps_sock = None
-                writer.close(trailer={"dump_stats": dump_stats.__dict__})
+                writer.close(trailer={"dump_stats": dump_stats.__dict__, **upper.trailer})
                 sink.close()
                 if request.page_server is not None:  # the pages went over CRIU's own connection
                     bytes_on_wire += dump_stats.pages_written * PAGE_SIZE
@@ -324,7 +388,11 @@ def migrate_container(
         raise _fail(exc, spec.name, options.dest, failed_phase) from exc
 
     # ---- point of no return: the container runs on the target ----
-    frozen_ms = (time.monotonic() - frozen_at) * 1000
+    answered_at = time.monotonic()
+    # the pause ended when the target resumed the container, a little before its answer arrived
+    since_resume_ms = restored.stats.since_resume_ms if restored is not None else 0.0
+    frozen_ms = (answered_at - frozen_at) * 1000 - since_resume_ms
+    phases["handover"] = round((answered_at - frozen_at) * 1000, 3)  # freeze -> the source heard of the resume
     try:
         outgoing.past_point_of_no_return(migration_id)
     except OSError as exc:  # a restart would roll back a migration that happened: say so loudly

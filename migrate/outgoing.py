@@ -12,7 +12,12 @@ container frozen for good. One small record per migration, ROOT/run/outgoing/<mi
                           undone when it restores the freezer state it found), thaw
     on_crash "commit"     past the point of no return (the container runs on the target): commit
                           there (best effort), kill and remove (or keep, ``--keep-source``) the
-                          frozen local copy
+                          frozen local copy. A post-copy migration (``mode`` "postcopy") whose
+                          target cannot confirm that every page arrived keeps the frozen copy
+                          (recorded as paused) for the operator: the target's copy may be lost
+
+Rolling back also sets the container's host-side veth up again: a migration cuts it right after the
+freeze (runtime.checkpointing.CheckpointHost.isolate).
 
 The record is removed when the migration ends either way. Unreachable targets are not waited
 for: a target drops the reservation itself when the push stream breaks, or at its own restart.
@@ -59,7 +64,7 @@ class OutgoingMigrations:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def begin(self, migration_id: str, *, container_id: str, name: str, dest: str, keep_source: bool) -> None:
+    def begin(self, migration_id: str, *, container_id: str, name: str, dest: str, keep_source: bool, mode: str = "cold") -> None:
         """Before anything a crash would leave behind (the target's reservation, the freeze)."""
         self._write({
             "migration_id": migration_id,
@@ -67,6 +72,7 @@ class OutgoingMigrations:
             "name": name,
             "dest": dest,
             "keep_source": keep_source,
+            "mode": mode,
             "on_crash": ROLLBACK,
             "created_at": time.time(),
         })
@@ -148,8 +154,10 @@ def reconcile_outgoing(host: Any, connect: Callable[[str], Any], *, criu_wait_s:
         except ContainerNotFound:
             container = None
         if on_crash == COMMIT:
-            _tell_target(connect, record, "commit_incoming")
-            if container is not None:
+            committed = _tell_target(connect, record, "commit_incoming")
+            if not committed and record.get("mode") == "postcopy" and container is not None:
+                _keep_frozen(host, container, record)
+            elif container is not None:
                 try:
                     host.finish_migration(container, keep=bool(record.get("keep_source")))
                 except ContainerError as exc:
@@ -158,6 +166,7 @@ def reconcile_outgoing(host: Any, connect: Callable[[str], Any], *, criu_wait_s:
             # the local copy is the one that runs: thaw it first, once no CRIU holds the tree
             _wait_released(outgoing.staging_dir(migration_id), criu_wait_s)
             if container is not None:
+                _rejoin(host, container, migration_id)
                 try:
                     host.thaw(container)
                     log.info("migration=%s: container %s thawed on this host", migration_id, record.get("name"))
@@ -169,15 +178,43 @@ def reconcile_outgoing(host: Any, connect: Callable[[str], Any], *, criu_wait_s:
     return handled
 
 
-def _tell_target(connect: Callable[[str], Any], record: dict[str, Any], method: str) -> None:
+def _rejoin(host: Any, container: Any, migration_id: str) -> None:
+    """Set the host-side veth up again (the migration cut it after the freeze)."""
+    from runtime.checkpointing import NetworkCut
+
+    veth = host.host_veth(container.spec)
+    try:
+        host.rejoin(NetworkCut(criu_lock="skip", veth=veth))
+    except OSError as exc:
+        log.error("migration=%s: cannot set %s up again: %s", migration_id, veth, exc)
+
+
+def _keep_frozen(host: Any, container: Any, record: dict[str, Any]) -> None:
+    """Post-copy past the resume, and the target cannot confirm that every page arrived: its copy
+    may be lost. The frozen copy here stays (as paused, off the network) for the operator."""
+    import dataclasses
+
+    log.error("migration=%s: post-copy of %s to %s was interrupted after the resume and the target did not confirm "
+              "every page: keeping the frozen copy here; 'pymigrate unpause %s' resumes it if the target's copy is lost",
+              record["migration_id"], record.get("name"), record.get("dest"), record.get("name"))
+    try:
+        host.store.update_state(container.container_id, lambda s: dataclasses.replace(s, status="paused"))
+    except Exception as exc:  # noqa: BLE001 - reporting matters more
+        log.warning("migration=%s: cannot record %s as paused: %s", record["migration_id"], record.get("name"), exc)
+
+
+def _tell_target(connect: Callable[[str], Any], record: dict[str, Any], method: str) -> bool:
+    """Call ``method(migration_id)`` on the target; False when it failed (logged)."""
     target = None
     try:
         target = connect(record["dest"])
         if hasattr(target, "timeout_s"):
             target.timeout_s = min(target.timeout_s, TARGET_TIMEOUT_S)
         getattr(target, method)(record["migration_id"])
+        return True
     except Exception as exc:  # best effort: the target cleans up by itself (see module doc)
         log.warning("migration=%s: %s on %s failed: %s", record["migration_id"], method, record.get("dest"), exc)
+        return False
     finally:
         close = getattr(target, "close", None)
         if close is not None:

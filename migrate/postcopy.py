@@ -18,7 +18,8 @@ Source (``migrate_postcopy``), each phase timed:
     commit      the target confirms its lazy-pages daemon finished cleanly and drops its
                 reservation; the source kills and removes its frozen copy
 
-``frozen_ms`` is freeze -> running on the target; ``phases_ms["last_page"]`` is how long after
+``frozen_ms`` is freeze -> running on the target (the target says how long before its answer the
+restore finished; ``phases_ms["handover"]`` is freeze -> that answer); ``phases_ms["last_page"]`` is how long after
 the resume the last page arrived (the window in which the source is still needed).
 
 Failure before the point of no return rolls back like cold migration: the target removes what
@@ -176,6 +177,23 @@ def page_server_address(dest: str) -> str:
         return str(s.getsockname()[0])
 
 
+def peer_address(dest: str) -> str:
+    """The address the daemon at ``dest`` connects from (its own address; 127.0.0.1 for ``unix:``)."""
+    if dest.startswith("unix:"):
+        return "127.0.0.1"
+    host = dest
+    if host.startswith("ssh://"):
+        host = host[len("ssh://"):].rsplit("@", 1)[-1]
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    try:
+        return str(socket.getaddrinfo(host, 9, type=socket.SOCK_STREAM)[0][4][0])
+    except OSError as exc:
+        raise TransferError(f"cannot resolve the target host {host}: {exc}", phase="preflight") from exc
+
+
 def lazy_page_count(images_dir: Path) -> int:
     """Pages a lazy dump left for the page server: pagemap entries flagged lazy and not present
     in the local pages images (CRIU's own ``pages_lazy`` counter is reset when its page server
@@ -261,7 +279,9 @@ def migrate_postcopy(
     """
     from migrate.checkpoint import dump_externals
     from migrate.images import ArchiveWriter
-    from migrate.migration import _fail, _Pusher
+    from migrate.migration import UpperForDump, _end_record, _fail, _Pusher, stage_upper
+    from migrate.outgoing import OutgoingMigrations
+    from runtime.port_guard import drop_guard
     from migrate.restore import _version_tuple
     from migrate.store import IMAGES_DIR, build_manifest, new_checkpoint_id
     from migrate.transfer import ChunkSink
@@ -300,6 +320,7 @@ def migrate_postcopy(
         raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase=phase)
     address = page_server_address(options.dest)
     port = free_port()
+    guard = None  # without TLS, only the target may reach CRIU's page server (runtime.port_guard)
     ticket = target.prepare_incoming(
         IncomingRequest(
             container_name=spec.name,
@@ -320,8 +341,15 @@ def migrate_postcopy(
     dump: _LazyDump | None = None
     restored: RestoreResult | None = None
     staging = rt.paths.tmp / f"migrate-{migration_id}"
+    outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
 
     try:
+        outgoing.begin(migration_id, container_id=spec.container_id, name=spec.name, dest=options.dest,
+                       keep_source=options.keep_source, mode="postcopy")
+        if getattr(criu, "page_server_tls", None) is None:
+            from runtime.port_guard import guard_or_warn
+
+            guard = guard_or_warn(port, [peer_address(options.dest)], label=f"migration={migration_id} lazy pages")
         if ticket.need_image:
             enter("image", f"sending image {spec.image}")
             image_sink = ChunkSink()
@@ -338,6 +366,12 @@ def migrate_postcopy(
             if image_pusher.error is not None:
                 raise image_pusher.error
             bytes_on_wire += image_sink.bytes_written
+        snapshot = None
+        if ticket.stage_upper:
+            enter("stage", "sending the upper layer")
+            snapshot, sent = stage_upper(target, migration_id, dt.upper_dir)
+            bytes_on_wire += sent
+        upper = UpperForDump(snapshot, dt.upper_dir)
         staging.mkdir(parents=True, mode=0o700)
         images_dir = staging / "images"
         images_dir.mkdir()
@@ -379,7 +413,8 @@ def migrate_postcopy(
             writer = ArchiveWriter(sink, compress="zstd", level=1)
             writer.write_manifest(manifest)
             dump.start()
-            writer.add_tree("upper", dt.upper_dir)
+            upper(writer)
+            sink.flush()  # the target starts unpacking while CRIU dumps (the sink sends full chunks only)
             dump.images_ready.wait()
             if dump.error is not None:
                 raise dump.error
@@ -388,13 +423,14 @@ def migrate_postcopy(
             for p in sorted(images_dir.iterdir()):
                 if p.is_file():
                     writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
+            sink.flush()  # ... and the images while CRIU starts its page server
             # The target dials the page server as soon as it has the archive: CRIU must listen.
             if not dump.serving.wait(LISTEN_TIMEOUT_S) or not dump.is_alive():
                 dump.join(timeout=1)
                 if dump.error is not None:
                     raise dump.error
                 raise TransferError(f"criu's page server did not listen on port {port} within {LISTEN_TIMEOUT_S:g}s", phase="dump")
-            writer.close(trailer={"lazy_pages": True})
+            writer.close(trailer={"lazy_pages": True, **upper.trailer})
             sink.close()
         except BaseException as exc:
             sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
@@ -413,6 +449,8 @@ def migrate_postcopy(
         except Exception as abort_exc:  # the target may be gone; it cleans up on restart
             log.warning("container=%s migration=%s: abort on target failed: %s", spec.name, migration_id, abort_exc)
         if dump is not None and dump.is_alive():
+            drop_guard(guard)  # the poke comes from this host, which the guard keeps out too
+            guard = None
             poke_page_server(port)
             dump.join(ROLLBACK_DUMP_TIMEOUT_S)
             if dump.is_alive():
@@ -427,21 +465,33 @@ def migrate_postcopy(
             except Exception:  # rollback path: keep the original error
                 log.exception("container=%s migration=%s: thaw after failure failed", spec.name, migration_id)
         shutil.rmtree(staging, ignore_errors=True)
+        _end_record(outgoing, migration_id)
+        drop_guard(guard)
         raise _fail(exc, spec.name, options.dest, failed_phase) from exc
 
     # ---- point of no return: the container runs on the target ----
-    resumed_at = time.monotonic()
+    answered_at = time.monotonic()
+    # the pause ended when the target resumed the container, a little before its answer arrived
+    since_resume_ms = restored.stats.since_resume_ms if restored is not None else 0.0
+    resumed_at = answered_at - since_resume_ms / 1000
     frozen_ms = (resumed_at - frozen_at) * 1000
+    phases["handover"] = round((answered_at - frozen_at) * 1000, 3)  # freeze -> the source heard of the resume
+    try:
+        outgoing.past_point_of_no_return(migration_id)
+    except OSError as exc:  # a restart would roll back a migration that happened: say so loudly
+        log.error("container=%s migration=%s: cannot record the point of no return: %s", spec.name, migration_id, exc)
     log.info("container=%s migration=%s resumed on %s frozen_ms=%.1f: pages follow", spec.name, migration_id, options.dest, frozen_ms)
     enter("lazy", "memory pages moving to the target")
     assert dump is not None
     dump.join()
     last_page_ms = (dump.finished_at - resumed_at) * 1000
+    drop_guard(guard)  # CRIU's page server is closed
     lazy_pages = lazy_page_count(staging / "images")
     if dump.error is not None:
         kept = _keep_log(rt, staging / "images" / "dump.log")
         shutil.rmtree(staging, ignore_errors=True)
         first = str(getattr(dump.error, "message", dump.error)).splitlines()[0]
+        _end_record(outgoing, migration_id)
         _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth,
               f"the page transfer failed ({first}{f'; log: {kept}' if kept else ''})")
     shutil.rmtree(staging, ignore_errors=True)
@@ -449,6 +499,7 @@ def migrate_postcopy(
     try:
         target.commit_incoming(migration_id)
     except ContainerLost as exc:
+        _end_record(outgoing, migration_id)
         _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth, exc.message)
     except Exception as exc:
         log.warning("container=%s migration=%s: commit on target failed (container runs there): %s", spec.name, migration_id, exc)
@@ -456,6 +507,7 @@ def migrate_postcopy(
         rt.finish_migration(container, keep=options.keep_source)
     except Exception:
         log.exception("container=%s migration=%s: removing the source copy failed", spec.name, migration_id)
+    _end_record(outgoing, migration_id)
     enter("done")
     total_ms = (time.monotonic() - started) * 1000
     lazy_bytes = lazy_pages * PAGE_SIZE
@@ -591,7 +643,8 @@ def check_incoming(request: IncomingRequest) -> None:
 
 
 def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,
-                     progress: ProgressFn | None = None, *, tls: CriuTls | None = None) -> RestoreResult:
+                     progress: ProgressFn | None = None, *, tls: CriuTls | None = None,
+                     staged_upper: Path | None = None) -> RestoreResult:
     """Unpack the (memory-less) archive, start the lazy-pages daemon towards the source's page
     server (over TLS with ``tls``), restore with lazy pages; returns once the container runs (the
     point of no return)."""
@@ -601,7 +654,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     from runtime.spec import ContainerSpec
 
     started = time.monotonic()
-    unpacked = unpack_archive(host, source, progress=progress)
+    unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
     assert unpacked.scratch is not None
     import_ms = (time.monotonic() - started) * 1000
     daemon: CriuProcess | None = None
@@ -643,7 +696,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
                 + (f" (log: {kept})" if kept else ""),
                 phase="restore",
             ) from exc
-        restore_ms = (time.monotonic() - t0) * 1000
+        resumed_at = time.monotonic()
+        restore_ms = (resumed_at - t0) * 1000
         rc = _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
         if rc is not None and rc != 0:
             # The daemon died while the restore ran or before it reached the source's page
@@ -674,6 +728,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             restore_ms=round(restore_ms, 3),
             total_ms=round((time.monotonic() - started) * 1000, 3),
             images_bytes=images_bytes,
+            since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
         ),
     )
 

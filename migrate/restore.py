@@ -52,13 +52,19 @@ class Unpacked:
     scratch: Path | None  # removed after the restore (imports); None for local checkpoints
 
 
-def unpack_archive(rt: Any, source: Any, *, progress: ProgressFn | None = None, trust_manifest: bool = True) -> Unpacked:
+def unpack_archive(
+    rt: Any, source: Any, *, progress: ProgressFn | None = None, trust_manifest: bool = True, staged_upper: Path | None = None
+) -> Unpacked:
     """Verify and unpack an archive stream into a scratch dir under ROOT/tmp.
 
     ``trust_manifest``: whether the manifest's word on device nodes counts (see
     migrate.store.devices_allowed). True for streams from a peer daemon; False for a file given to
     ``restore --import``, whose manifest anyone could have written: then only overlay whiteouts
-    pass."""
+    pass.
+
+    ``staged_upper``: a live migration's upper layer received before the freeze. When the
+    manifest says the archive's upper layer is only the changes since (``options.upper_delta``),
+    they are merged into it and it becomes the unpacked upper layer (moved into the scratch dir)."""
     from migrate.images import read_archive
     from migrate.store import devices_allowed
 
@@ -74,10 +80,27 @@ def unpack_archive(rt: Any, source: Any, *, progress: ProgressFn | None = None, 
         upper.mkdir(exist_ok=True)  # an untouched container has an empty upper layer
         if not images.is_dir():
             raise MigrationError("checkpoint archive has no CRIU images", phase="verify")
+        delta = manifest.get("upper_delta")  # in the trailer: computed while CRIU dumped
+        if delta is not None:
+            _merge_upper_delta(upper, delta, staged_upper)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return Unpacked(manifest=manifest, images_dir=images, upper_dir=upper, scratch=scratch)
+
+
+def _merge_upper_delta(upper: Path, delta: Any, staged: Path | None) -> None:
+    """The archive's upper layer holds only the changes since ``staged`` (the trailer's
+    ``upper_delta`` says which, and what was deleted): merge, then put the
+    merged tree where the full one would be."""
+    from migrate.upper_sync import UpperDelta, apply_delta
+
+    if staged is None or not staged.is_dir():
+        raise MigrationError("the archive carries only the upper layer's changes, but no staged upper layer is here",
+                             phase="verify", hint="the source must send the upper layer first (PushUpper)")
+    apply_delta(staged, upper, UpperDelta.from_dict(delta))
+    shutil.rmtree(upper)
+    os.rename(staged, upper)
 
 
 def unpack_local(rt: Any, checkpoint_id: str) -> Unpacked:
@@ -154,11 +177,13 @@ def restore_container(
     progress: ProgressFn | None = None,
     source: Any = None,
     before_restore: Callable[[Path], None] | None = None,
+    staged_upper: Path | None = None,
 ) -> RestoreResult:
     """Restore from ``options.checkpoint_id``, ``options.import_path`` or an archive stream ``source``.
 
     ``before_restore(images_dir)`` runs once the archive is unpacked (a disk-less migration
-    moves the pages its page server received into the images dir there)."""
+    moves the pages its page server received into the images dir there). ``staged_upper``: see
+    ``unpack_archive``."""
     criu = criu or SwrkCriu()
     started = time.monotonic()
 
@@ -169,7 +194,7 @@ def restore_container(
     emit("verify")
     archive_bytes = 0
     if source is not None:
-        unpacked = unpack_archive(rt, source, progress=progress)
+        unpacked = unpack_archive(rt, source, progress=progress, staged_upper=staged_upper)
     elif options.import_path is not None:
         path = Path(options.import_path)
         archive_bytes = path.stat().st_size
@@ -209,7 +234,8 @@ def restore_container(
             criu=criu,
             restored_from=unpacked.manifest.get("checkpoint_id"),
         )
-        restore_ms = (time.monotonic() - t0) * 1000
+        resumed_at = time.monotonic()
+        restore_ms = (resumed_at - t0) * 1000
         crstats = read_restore_stats(work_dir)
         images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file())
         log.info(
@@ -232,5 +258,6 @@ def restore_container(
             total_ms=round((time.monotonic() - started) * 1000, 3),
             archive_bytes=archive_bytes,
             images_bytes=images_bytes,
+            since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
         ),
     )

@@ -23,7 +23,7 @@ reporting progress can also poll ``progress.cancelled`` (the same Event). The en
 failure path (rollback, thaw the source) handles the exception; the worker runs to the end even
 though nobody reads its result any more.
 
-Client-streaming calls (ImportImage, UploadCheckpoint, PushImage, PushCheckpoint) hand the
+Client-streaming calls (ImportImage, UploadCheckpoint, PushImage, PushUpper, PushCheckpoint) hand the
 engine an iterator of chunk bytes; when the sender goes away mid-stream, or a chunk arrives out
 of order or with a bad crc32, that iterator raises ``TransferError`` / ``ChecksumMismatch`` into
 the engine, which cleans up what it received.
@@ -31,6 +31,7 @@ the engine, which cleans up what it received.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -331,7 +332,8 @@ class HostServicer(pb_grpc.HostServicer):
 
     # daemon to daemon
     def PrepareIncoming(self, request: pb.PrepareIncomingRequest, context: grpc.ServicerContext) -> pb.PrepareIncomingResponse:
-        ticket = self._target("prepare_incoming")(cv.incoming_request_from_pb(request))
+        incoming = dataclasses.replace(cv.incoming_request_from_pb(request), source_address=_peer_ip(context.peer()))
+        ticket = self._target("prepare_incoming")(incoming)
         return cv.ticket_to_pb(ticket)
 
     def PushImage(self, request_iterator: Iterator[pb.PushImageRequest], context: grpc.ServicerContext) -> pb.PushImageResponse:
@@ -339,6 +341,12 @@ class HostServicer(pb_grpc.HostServicer):
         migration_id, requests = _first_migration_id(request_iterator, "image push")
         receive(migration_id, _chunks(requests, f"image push of migration {migration_id}", migration_id=[migration_id]))
         return pb.PushImageResponse()
+
+    def PushUpper(self, request_iterator: Iterator[pb.PushUpperRequest], context: grpc.ServicerContext) -> pb.PushUpperResponse:
+        receive = self._target("receive_upper")
+        migration_id, requests = _first_migration_id(request_iterator, "upper layer push")
+        entries = receive(migration_id, _chunks(requests, f"upper layer push of migration {migration_id}", migration_id=[migration_id]))
+        return pb.PushUpperResponse(entries=entries)
 
     def PushCheckpoint(self, request_iterator: Iterator[pb.PushCheckpointRequest], context: grpc.ServicerContext) -> pb.PushCheckpointResponse:
         receive = self._target("receive_checkpoint")
@@ -353,6 +361,15 @@ class HostServicer(pb_grpc.HostServicer):
     def CommitIncoming(self, request: pb.CommitIncomingRequest, context: grpc.ServicerContext) -> pb.CommitIncomingResponse:
         self._target("commit_incoming")(request.migration_id)
         return pb.CommitIncomingResponse()
+
+
+def _peer_ip(peer: str) -> str | None:
+    """The IP of a gRPC peer string ("ipv4:10.0.0.2:5000", "ipv6:[::1]:5000"); None for unix peers."""
+    if peer.startswith("ipv4:"):
+        return peer[len("ipv4:"):].rsplit(":", 1)[0]
+    if peer.startswith("ipv6:"):
+        return peer[len("ipv6:"):].rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
+    return None
 
 
 def _requests_or_transfer_error(requests: Iterator[Any], what: str) -> Iterator[Any]:

@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 IMAGES_DIR = "images"
 UPPER_ARCHIVE = "upper.pma"
 MANIFEST_KIND = "pymigrate-checkpoint"
+UPPER_STAGE_KIND = "pymigrate-upper-stage"  # a live migration's upper layer sent before the freeze
 
 _ID_RE = re.compile(r"^[0-9a-f]{4,64}$")
 
@@ -81,10 +82,14 @@ def build_manifest(spec: ContainerSpec, checkpoint_id: str, *, criu_version: str
         "host": host_facts(),
         "options": options,
         "uid": os.geteuid(),
-        # Device nodes a container made (it has CAP_MKNOD) are restored only from checkpoints
-        # taken by root on a pymigrate host; see devices_allowed().
-        "devices": {"taken_as_root": os.geteuid() == 0, "trusted_host": True},
+        "devices": build_devices(),
     }
+
+
+def build_devices() -> dict[str, bool]:
+    """The manifest's ``devices``: device nodes a container made (it has CAP_MKNOD) are restored
+    only from archives written by root on a pymigrate host; see devices_allowed()."""
+    return {"taken_as_root": os.geteuid() == 0, "trusted_host": True}
 
 
 def devices_allowed(manifest: dict[str, Any]) -> bool:

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import _netns
-from runtime.errors import InvalidArgument, NetworkError, Unsupported
+from runtime.errors import ContainerError, InvalidArgument, NetworkError, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -434,6 +434,27 @@ def guard_port(port: int, allowed: Sequence[str], *, label: str) -> PortGuard:
     log.debug("port guard installed: port=%d allowed=%s table=%s label=%s install_ms=%.1f",
               port, ",".join(addrs.ipv4 + addrs.ipv6), table, label, install_ms)
     return guard
+
+
+def guard_or_warn(port: int, allowed: Sequence[str], *, label: str) -> PortGuard | None:
+    """``guard_port`` for a migration that goes on without it: a host without nftables (or a peer
+    address we cannot parse) gets a warning naming the exposure instead of a failed migration
+    (plain page-server links were asked for with --insecure)."""
+    try:
+        return guard_port(port, allowed, label=label)
+    except ContainerError as exc:
+        log.warning("page-server port %d (%s) is open to anyone who reaches it: %s", port, label, exc.message)
+        return None
+
+
+def drop_guard(guard: PortGuard | None) -> None:
+    """Remove ``guard`` (None: nothing); a failure is logged, the table goes at the next sweep."""
+    if guard is None:
+        return
+    try:
+        guard.remove()
+    except ContainerError as exc:
+        log.warning("%s", exc.message)
 
 
 def sweep_stale(is_alive: Callable[[int], bool] = pid_alive) -> list[str]:

@@ -52,6 +52,18 @@ def _path(value: str) -> Any:
 SWEEP_INTERVAL_S = 5.0  # how often stale incoming migrations are looked for
 
 
+def _sweep_port_guards() -> None:
+    """Firewall tables that guarded page-server ports of a daemon that died (runtime.port_guard)."""
+    try:
+        from runtime.port_guard import available, sweep_stale
+
+        if available():
+            for table in sweep_stale():
+                log.info("removed the stale page-server guard %s", table)
+    except Exception as exc:  # noqa: BLE001 - a stale guard only blocks a port nobody listens on
+        log.warning("sweeping stale page-server guards failed: %s", exc)
+
+
 def _warm_host_info(engine: Any) -> None:
     try:
         from runtime.criu import SwrkCriu
@@ -95,6 +107,7 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     # The daemon dials other daemons (migration targets) with its own credentials.
     engine = LocalEngine(root, peer=PeerConfig.from_args(args))
     engine.reconcile()
+    _sweep_port_guards()
     server, bound = create_server(
         engine,
         listen,

@@ -81,6 +81,12 @@ class ReconcileHost(FakeHost):
             raise ContainerNotFound(name)
         return super().get(name)
 
+    def host_veth(self, spec: Any) -> str | None:
+        return "pmv-web"
+
+    def rejoin(self, cut: Any) -> None:
+        self.events.append(f"rejoin {cut.veth}")
+
 
 class Peer:
     def __init__(self, fail: BaseException | None = None) -> None:
@@ -103,9 +109,10 @@ class Peer:
         self.closed = True
 
 
-def record(host: FakeHost, migration_id: str = "ab12", *, keep_source: bool = False) -> OutgoingMigrations:
+def record(host: FakeHost, migration_id: str = "ab12", *, keep_source: bool = False, mode: str = "cold") -> OutgoingMigrations:
     records = OutgoingMigrations(host.paths)
-    records.begin(migration_id, container_id=host.container.container_id, name="web", dest="10.0.0.2:7443", keep_source=keep_source)
+    records.begin(migration_id, container_id=host.container.container_id, name="web", dest="10.0.0.2:7443",
+                  keep_source=keep_source, mode=mode)
     return records
 
 
@@ -116,7 +123,7 @@ def test_reconcile_rollback_thaws_and_aborts_on_the_target(tmp_path: Path) -> No
     dialed: list[str] = []
     handled = reconcile_outgoing(host, lambda dest: dialed.append(dest) or peer)
     assert handled == ["ab12"]
-    assert host.events == ["thaw"]
+    assert host.events == ["rejoin pmv-web", "thaw"]
     assert dialed == ["10.0.0.2:7443"] and peer.calls == [("abort", "ab12")]
     assert peer.timeout_s == outgoing.TARGET_TIMEOUT_S and peer.closed
     assert records.records() == []
@@ -141,7 +148,7 @@ def test_reconcile_with_the_target_unreachable_still_thaws(tmp_path: Path) -> No
         raise TransferError(f"the daemon at {dest} is unreachable")
 
     reconcile_outgoing(host, connect)
-    assert host.events == ["thaw"]
+    assert host.events == ["rejoin pmv-web", "thaw"]
     assert records.records() == []
 
 
@@ -149,7 +156,7 @@ def test_reconcile_with_the_target_refusing_still_thaws(tmp_path: Path) -> None:
     host = ReconcileHost(tmp_path / "root")
     record(host)
     reconcile_outgoing(host, lambda dest: Peer(fail=PeerError("no incoming migration ab12")))
-    assert host.events == ["thaw"]
+    assert host.events == ["rejoin pmv-web", "thaw"]
 
 
 def test_reconcile_container_gone_drops_the_record(tmp_path: Path) -> None:
@@ -176,7 +183,7 @@ def test_reconcile_waits_for_an_orphaned_criu_to_leave_the_staging_dir(tmp_path:
     finally:
         proc.wait(10)
     assert waited >= 0.3
-    assert host.events == ["thaw"]
+    assert host.events == ["rejoin pmv-web", "thaw"]
 
 
 def test_holders_ignores_other_paths(tmp_path: Path) -> None:
@@ -192,3 +199,27 @@ def test_invalid_migration_ids_are_refused(tmp_path: Path) -> None:
     for bad in ("", "../x", "AB", "x" * 65):
         with pytest.raises(ValueError):
             records.end(bad)
+
+
+def test_reconcile_postcopy_past_the_resume_keeps_the_frozen_copy_when_the_target_cannot_confirm(tmp_path: Path) -> None:
+    from migrate.errors import ContainerLost
+
+    host = ReconcileHost(tmp_path / "root")
+    records = record(host, mode="postcopy")
+    records.past_point_of_no_return("ab12")
+    paused: list[str] = []
+    host.store = type("S", (), {"update_state": lambda self, cid, fn: paused.append(cid)})()
+    peer = Peer(fail=ContainerLost("container lost on this host: its lazy-pages daemon failed", source_copy="unknown"))
+    reconcile_outgoing(host, lambda dest: peer)
+    assert peer.calls == [("commit", "ab12")]
+    assert host.events == []  # neither removed nor thawed: the operator decides
+    assert paused == [host.container.container_id]
+    assert records.records() == []
+
+
+def test_reconcile_postcopy_past_the_resume_finishes_when_the_target_confirms(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = record(host, mode="postcopy")
+    records.past_point_of_no_return("ab12")
+    reconcile_outgoing(host, lambda dest: Peer())
+    assert host.events == ["finish keep=False"]

@@ -132,7 +132,7 @@ class FakeStore:
 
 class FakeHost:
     def __init__(self, tmp: Path, upper: Path) -> None:
-        self.paths = type("P", (), {"tmp": tmp / "tmp", "root": tmp})()
+        self.paths = type("P", (), {"tmp": tmp / "tmp", "root": tmp, "run": tmp / "run"})()
         self.store = FakeStore()
         self.upper = upper
         self.events: list[str] = []
@@ -170,6 +170,17 @@ class FakeHost:
 
     def finish_migration(self, c: Any, *, keep: bool) -> None:
         self.events.append("finish")
+
+
+class FakeGuard:
+    made: list["FakeGuard"] = []
+
+    def __init__(self, port: int, allowed: list[str]) -> None:
+        self.port, self.allowed, self.removed = port, allowed, False
+        FakeGuard.made.append(self)
+
+    def remove(self) -> None:
+        self.removed = True
 
 
 class FakeTarget:
@@ -213,6 +224,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeHost, Pa
     upper.mkdir()
     (upper / "file").write_text("hello")
     monkeypatch.setattr(postcopy, "page_server_address", lambda dest: "127.0.0.1")
+    monkeypatch.setattr(postcopy, "peer_address", lambda dest: "10.0.0.9")
+    monkeypatch.setattr("runtime.port_guard.guard_or_warn", lambda port, allowed, label: FakeGuard(port, allowed))
     monkeypatch.setattr(postcopy, "poke_page_server", lambda port, address="127.0.0.1": None)
     monkeypatch.setattr(postcopy, "cpuinfo_dump", lambda images_dir: None)
     monkeypatch.setattr(postcopy, "_keep_log", lambda host, path: None)
@@ -238,6 +251,9 @@ def test_success_commits_after_the_last_page(world: tuple[FakeHost, Path]) -> No
     assert result.stats.phases_ms["target_restore"] == 2.0
     assert target.received > 0 and result.stats.bytes_on_wire >= target.received
     assert not (tmp / "tmp" / f"migrate-{'ab' * 8}").exists()
+    assert not list((tmp / "run" / "outgoing").glob("*.json"))  # the record went with the migration
+    guard = FakeGuard.made[-1]  # plain TCP: only the target may reach CRIU's page server, and only meanwhile
+    assert guard.port == req.page_server.port and guard.allowed == ["10.0.0.9"] and guard.removed
 
 
 def test_restore_failure_rolls_back(world: tuple[FakeHost, Path]) -> None:

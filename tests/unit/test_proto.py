@@ -53,7 +53,7 @@ def test_service_covers_the_issue() -> None:
         "GetHostInfo", "ListImages", "ImportImage", "RemoveImage", "ListContainers", "InspectContainer",
         "RunContainer", "StopContainer", "KillContainer", "RemoveContainer", "PauseContainer", "UnpauseContainer",
         "StreamLogs", "WaitContainer", "BuildBusyboxImage", "InspectCheckpoint", "Checkpoint", "Restore", "ListCheckpoints", "RemoveCheckpoint", "DownloadCheckpoint",
-        "UploadCheckpoint", "Migrate", "PrepareIncoming", "PushImage", "PushCheckpoint", "AbortIncoming", "CommitIncoming",
+        "UploadCheckpoint", "Migrate", "PrepareIncoming", "PushImage", "PushUpper", "PushCheckpoint", "AbortIncoming", "CommitIncoming",
     } == names
 
 

@@ -550,3 +550,13 @@ def test_tcp_without_tls_needs_explicit_insecure() -> None:
     with pytest.raises(InvalidArgument, match="refusing to listen on 127.0.0.1:0 without tls") as exc_info:
         create_server(FakeEngine(), "127.0.0.1:0")
     assert "--insecure" in (exc_info.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    "peer, ip",
+    [("ipv4:10.251.0.2:51234", "10.251.0.2"), ("ipv6:[::1]:51234", "::1"), ("ipv6:[fe80::1%eth0]:7", "fe80::1"), ("unix:/run/x.sock", None), ("", None)],
+)
+def test_peer_ip_of_a_grpc_peer(peer: str, ip: str | None) -> None:
+    from migrate.service import _peer_ip
+
+    assert _peer_ip(peer) == ip

@@ -258,18 +258,20 @@ class CheckpointInfo(_message.Message):
     def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., container_id: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., criu_version: _Optional[str] = ...) -> None: ...
 
 class RestoreStats(_message.Message):
-    __slots__ = ("import_ms", "restore_ms", "total_ms", "archive_bytes", "images_bytes")
+    __slots__ = ("import_ms", "restore_ms", "total_ms", "archive_bytes", "images_bytes", "since_resume_ms")
     IMPORT_MS_FIELD_NUMBER: _ClassVar[int]
     RESTORE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
     IMAGES_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_RESUME_MS_FIELD_NUMBER: _ClassVar[int]
     import_ms: float
     restore_ms: float
     total_ms: float
     archive_bytes: int
     images_bytes: int
-    def __init__(self, import_ms: _Optional[float] = ..., restore_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., archive_bytes: _Optional[int] = ..., images_bytes: _Optional[int] = ...) -> None: ...
+    since_resume_ms: float
+    def __init__(self, import_ms: _Optional[float] = ..., restore_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., archive_bytes: _Optional[int] = ..., images_bytes: _Optional[int] = ..., since_resume_ms: _Optional[float] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
     __slots__ = ("container", "stats")
@@ -685,14 +687,16 @@ class PrepareIncomingRequest(_message.Message):
     def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., page_server_address: _Optional[str] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
-    __slots__ = ("migration_id", "need_image", "page_server_port")
+    __slots__ = ("migration_id", "need_image", "page_server_port", "stage_upper")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     NEED_IMAGE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_UPPER_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     need_image: bool
     page_server_port: int
-    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ..., page_server_port: _Optional[int] = ...) -> None: ...
+    stage_upper: bool
+    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ..., page_server_port: _Optional[int] = ..., stage_upper: _Optional[bool] = ...) -> None: ...
 
 class PushImageRequest(_message.Message):
     __slots__ = ("migration_id", "data", "seq", "crc32")
@@ -729,6 +733,24 @@ class PushCheckpointResponse(_message.Message):
     container: ContainerInfo
     stats: RestoreStats
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ..., stats: _Optional[_Union[RestoreStats, _Mapping]] = ...) -> None: ...
+
+class PushUpperRequest(_message.Message):
+    __slots__ = ("migration_id", "data", "seq", "crc32")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    data: bytes
+    seq: int
+    crc32: int
+    def __init__(self, migration_id: _Optional[str] = ..., data: _Optional[bytes] = ..., seq: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class PushUpperResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    def __init__(self, entries: _Optional[int] = ...) -> None: ...
 
 class AbortIncomingRequest(_message.Message):
     __slots__ = ("migration_id",)

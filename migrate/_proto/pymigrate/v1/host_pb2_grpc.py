@@ -164,6 +164,11 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.PushCheckpointRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.PushCheckpointResponse.FromString,
                 _registered_method=True)
+        self.PushUpper = channel.stream_unary(
+                '/pymigrate.v1.Host/PushUpper',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.PushUpperRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.PushUpperResponse.FromString,
+                _registered_method=True)
         self.AbortIncoming = channel.unary_unary(
                 '/pymigrate.v1.Host/AbortIncoming',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.AbortIncomingRequest.SerializeToString,
@@ -351,6 +356,14 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushUpper(self, request_iterator, context):
+        """live migration: the container's upper layer while it still runs (before the freeze), when the
+        ticket asks for it; the checkpoint pushed later then carries only what changed since
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AbortIncoming(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -495,6 +508,11 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.PushCheckpoint,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.PushCheckpointRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.PushCheckpointResponse.SerializeToString,
+            ),
+            'PushUpper': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushUpper,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.PushUpperRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.PushUpperResponse.SerializeToString,
             ),
             'AbortIncoming': grpc.unary_unary_rpc_method_handler(
                     servicer.AbortIncoming,
@@ -1209,6 +1227,33 @@ class Host:
             '/pymigrate.v1.Host/PushCheckpoint',
             pymigrate_dot_v1_dot_host__pb2.PushCheckpointRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.PushCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushUpper(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pymigrate.v1.Host/PushUpper',
+            pymigrate_dot_v1_dot_host__pb2.PushUpperRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.PushUpperResponse.FromString,
             options,
             channel_credentials,
             insecure,
