@@ -144,6 +144,8 @@ class MigrationStats:
     bytes_on_wire: int = 0
     raw_bytes: int = 0
     phases_ms: dict[str, float] = field(default_factory=dict)
+    # upper-layer entries sent while frozen (the changes since the pre-freeze staging); -1: all of it
+    upper_entries_frozen: int = -1
 
 
 @dataclass(frozen=True)

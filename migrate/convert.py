@@ -429,6 +429,7 @@ def migration_stats_to_pb(s: api.MigrationStats) -> pb.MigrationStats:
         bytes_on_wire=s.bytes_on_wire,
         raw_bytes=s.raw_bytes,
         phases_ms=dict(s.phases_ms),
+        upper_entries_frozen=s.upper_entries_frozen,
     )
 
 
@@ -439,6 +440,7 @@ def migration_stats_from_pb(m: pb.MigrationStats) -> api.MigrationStats:
         bytes_on_wire=m.bytes_on_wire,
         raw_bytes=m.raw_bytes,
         phases_ms=dict(m.phases_ms),
+        upper_entries_frozen=m.upper_entries_frozen,
     )
 
 

@@ -421,5 +421,6 @@ def migrate_container(
             bytes_on_wire=bytes_on_wire,
             raw_bytes=raw_bytes,
             phases_ms=phases,
+            upper_entries_frozen=upper.changed,
         ),
     )

@@ -528,6 +528,7 @@ def migrate_postcopy(
             bytes_on_wire=bytes_on_wire + lazy_bytes,
             raw_bytes=raw_bytes,
             phases_ms=phases,
+            upper_entries_frozen=upper.changed,
         ),
     )
 

@@ -267,5 +267,11 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     print(f"{result.container_name} migrated to {result.dest} ({result.mode}): downtime {s.frozen_ms:.0f} ms, "
           f"total {s.total_ms:.0f} ms, {_human_bytes(s.bytes_on_wire)} on the wire"
           + (f", compression {ratio:.1f}x" if ratio else ""))
+    last_page = s.phases_ms.get("last_page")
+    if result.mode == "postcopy" and last_page is not None:
+        print(f"  memory: the last page arrived {last_page:.0f} ms after the resume (until then the container "
+              f"depended on this host)")
+    if s.upper_entries_frozen >= 0:
+        print(f"  upper layer: sent before the freeze, {s.upper_entries_frozen} changed entries during the pause")
     print_stats(f"migration of {result.container_name}", s)
     return EXIT_OK

@@ -282,7 +282,7 @@ class RestoreResult(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ..., stats: _Optional[_Union[RestoreStats, _Mapping]] = ...) -> None: ...
 
 class MigrationStats(_message.Message):
-    __slots__ = ("frozen_ms", "total_ms", "bytes_on_wire", "raw_bytes", "phases_ms")
+    __slots__ = ("frozen_ms", "total_ms", "bytes_on_wire", "raw_bytes", "phases_ms", "upper_entries_frozen")
     class PhasesMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -295,12 +295,14 @@ class MigrationStats(_message.Message):
     BYTES_ON_WIRE_FIELD_NUMBER: _ClassVar[int]
     RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
     PHASES_MS_FIELD_NUMBER: _ClassVar[int]
+    UPPER_ENTRIES_FROZEN_FIELD_NUMBER: _ClassVar[int]
     frozen_ms: float
     total_ms: float
     bytes_on_wire: int
     raw_bytes: int
     phases_ms: _containers.ScalarMap[str, float]
-    def __init__(self, frozen_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., bytes_on_wire: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., phases_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    upper_entries_frozen: int
+    def __init__(self, frozen_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., bytes_on_wire: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., phases_ms: _Optional[_Mapping[str, float]] = ..., upper_entries_frozen: _Optional[int] = ...) -> None: ...
 
 class MigrateResult(_message.Message):
     __slots__ = ("container_name", "dest", "mode", "stats")
