@@ -231,6 +231,10 @@ class Criu(Protocol):
         """Dump ``request.pid``'s tree into ``request.images_dir``; raise CriuError on failure."""
         ...
 
+    def pre_dump(self, request: DumpRequest) -> DumpStats:
+        """Pre-dump the tree's memory while it keeps running (pre-copy rounds; needs soft-dirty)."""
+        ...
+
     def restore(
         self,
         request: RestoreRequest,
@@ -332,6 +336,17 @@ class SwrkCriu:
     # --- requests -----------------------------------------------------------------------------
 
     def dump(self, request: DumpRequest, *, on_notify: NotifyFn | None = None) -> DumpStats:
+        return self._dump(request, "dump", on_notify=on_notify)
+
+    def pre_dump(self, request: DumpRequest) -> DumpStats:
+        """``criu pre-dump`` (RPC ``SINGLE_PRE_DUMP``: one request, one answer): freeze the tree
+        only while its memory is drained into pipes, thaw it, then write the pages (to
+        ``request.page_server`` when given). With ``track_mem`` the kernel's soft-dirty bits are
+        reset so the next (pre-)dump naming this one in ``parent_img`` writes only the pages
+        dirtied since. Needs CONFIG_MEM_SOFT_DIRTY; CriuError otherwise."""
+        return self._dump(request, "pre-dump")
+
+    def _dump(self, request: DumpRequest, operation: Literal["dump", "pre-dump"], *, on_notify: NotifyFn | None = None) -> DumpStats:
         rpc = _rpc()
         work_dir = request.work_dir or request.images_dir
         opts = rpc.criu_opts()
@@ -375,8 +390,9 @@ class SwrkCriu:
                 opts.track_mem = True
             if request.timeout_s:
                 opts.timeout = request.timeout_s
-            log.debug("criu dump pid=%d images=%s opts=%s", request.pid, request.images_dir, _opts_for_log(opts))
-            self._call(rpc, rpc.DUMP, opts, "dump", work_dir / DUMP_LOG, pass_fds=fds, on_notify=on_notify)
+            log.debug("criu %s pid=%d images=%s opts=%s", operation, request.pid, request.images_dir, _opts_for_log(opts))
+            req_type = rpc.DUMP if operation == "dump" else rpc.SINGLE_PRE_DUMP
+            self._call(rpc, req_type, opts, operation, work_dir / DUMP_LOG, pass_fds=fds, on_notify=on_notify)
         finally:
             for fd in (images_fd, work_fd):
                 os.close(fd)
