@@ -477,6 +477,10 @@ class RemoteEngine:
     def commit_incoming(self, migration_id: str) -> None:
         self._unary("CommitIncoming", pb.CommitIncomingRequest(migration_id=migration_id))
 
+    def start_precopy_round(self, migration_id: str, round_no: int, final: bool = False) -> int:
+        reply = self._unary("StartPrecopyRound", pb.StartPrecopyRoundRequest(migration_id=migration_id, round=round_no, final=final))
+        return int(reply.page_server_port)
+
 
 def _non_empty(requests: Iterator[Any], empty: Any) -> Iterator[Any]:
     """At least one message, so the daemon learns the migration id of an empty stream."""

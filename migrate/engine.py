@@ -211,6 +211,10 @@ class LocalEngine:
     def commit_incoming(self, migration_id: str) -> None:
         self._incoming().commit(migration_id)
 
+    def start_precopy_round(self, migration_id: str, round_no: int, final: bool = False, source_address: str | None = None) -> int:
+        """``source_address``: the caller as the service saw it (the only host a plain page server lets in)."""
+        return self._incoming().start_precopy_round(migration_id, round_no, final=final, source_address=source_address)
+
     def sweep_incoming(self) -> None:
         """Abort incoming migrations whose source went silent (see IncomingMigrations.sweep)."""
         if self._incoming_migrations is not None:

@@ -50,7 +50,7 @@ def _tree_size(path: Path) -> int:
     except OSError:
         return 0
 
-_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-", "stage-")
+_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-", "stage-", "precopy-")
 
 
 def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
@@ -85,6 +85,7 @@ class IncomingMigrations:
         self._activity: dict[str, float] = {}
         self._pages_seen: dict[str, int] = {}
         self.dir = host.paths.run / "incoming"
+        self._precopy: Any = None  # migrate.precopy_target.PrecopyRounds, made on first use
 
     # -- records ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -130,6 +131,10 @@ class IncomingMigrations:
             from migrate.postcopy import check_incoming
 
             check_incoming(request)
+        if request.mode == "precopy":  # this host's page servers must take pre-dump rounds
+            from migrate.precopy import check_incoming as check_precopy
+
+            check_precopy(request, page_servers=self.page_servers_allowed)
         here = self.criu.version()
         if request.criu_version and _version_tuple(here) < _version_tuple(request.criu_version):
             raise IncompatibleHost(
@@ -164,6 +169,9 @@ class IncomingMigrations:
                 "image_digest": request.image_digest,
                 "mode": request.mode,
                 "created_at": time.time(),
+                # pre-copy: where each round's page server listens, and the only peer it lets in
+                "page_server_address": request.page_server_address,
+                "source_address": request.source_address,
             })
         port = 0
         if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
@@ -225,9 +233,10 @@ class IncomingMigrations:
     def _pages_dir(self, migration_id: str) -> Path:
         return self.host.paths.tmp / f"pages-{migration_id}"
 
-    def _start_page_server(self, migration_id: str, address: str, source: str | None = None) -> int:
+    def _start_page_server(self, migration_id: str, address: str, source: str | None = None, *, parent: Path | None = None) -> int:
         """Start ``criu page-server`` on ``address``; its port, or 0 to let the source stream.
-        Without TLS only ``source`` (the caller's address) may connect to it (runtime.port_guard)."""
+        Without TLS only ``source`` (the caller's address) may connect to it (runtime.port_guard).
+        ``parent``: the images its dump names as parent (pre-copy's last round; CRIU's parent link)."""
         from migrate.postcopy import free_port
         from runtime.criu import start_page_server
         from runtime.port_guard import guard_or_warn
@@ -235,6 +244,8 @@ class IncomingMigrations:
         pages = self._pages_dir(migration_id)
         try:
             pages.mkdir(parents=True, mode=0o700)
+            if parent is not None:
+                os.symlink(parent, pages / "parent")
             port = free_port()
             if self.page_server_tls is None and source:
                 guard = guard_or_warn(port, [source], label=f"migration={migration_id} page server")
@@ -271,6 +282,9 @@ class IncomingMigrations:
         for p in pages.iterdir():
             if p.is_file() and not (images_dir / p.name).exists():
                 os.rename(p, images_dir / p.name)
+        link = pages / "parent"  # pre-copy: the pages of the rounds before (an absolute link)
+        if link.is_symlink() and not (images_dir / "parent").is_symlink():
+            os.symlink(os.readlink(link), images_dir / "parent")
         shutil.rmtree(pages, ignore_errors=True)
 
     def _page_server_failure(self, migration_id: str) -> str | None:
@@ -292,6 +306,38 @@ class IncomingMigrations:
             server.stop()
         self._drop_guard(migration_id)
         shutil.rmtree(self._pages_dir(migration_id), ignore_errors=True)
+
+    # -- pre-copy: a page server per pre-dump round (migrate/precopy_target.py) -----------------
+    def _precopy_rounds(self) -> Any:
+        if self._precopy is None:
+            from migrate.precopy_target import PrecopyRounds
+
+            self._precopy = PrecopyRounds(self.host.paths.tmp, tls=self.page_server_tls)
+        return self._precopy
+
+    def start_precopy_round(self, migration_id: str, round_no: int, *, final: bool = False, source_address: str | None = None) -> int:
+        """The page server of pre-dump round ``round_no`` (``final``: of the frozen dump, chained to
+        the last round and collected by the restore); returns its port."""
+        record = self._load(migration_id)
+        if record["phase"] != "prepared" or record.get("mode") != "precopy":
+            raise MigrationError(f"incoming migration {migration_id} is a {record.get('mode')} migration in phase "
+                                 f"{record['phase']}, expected a prepared precopy one", phase="precopy")
+        address = record.get("page_server_address")
+        if not address:
+            raise MigrationError(f"incoming migration {migration_id} has no page-server address", phase="precopy")
+        source = source_address or record.get("source_address")
+        self._activity[migration_id] = time.monotonic()
+        rounds = self._precopy_rounds()
+        try:
+            if not final:
+                return int(rounds.start(migration_id, round_no, address, source))
+            last = rounds.finish(migration_id, round_no)
+            port = self._start_page_server(migration_id, address, source, parent=last.resolve())
+            if not port:
+                raise TransferError(f"cannot start the final page server of migration {migration_id} on {address}", phase="precopy")
+            return port
+        finally:
+            self._activity[migration_id] = time.monotonic()
 
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
         record = self._load(migration_id)
@@ -363,6 +409,7 @@ class IncomingMigrations:
 
         stop_session(migration_id)  # post-copy: the lazy-pages daemon goes first
         self._stop_page_server(migration_id)
+        self._precopy_rounds().drop(migration_id)  # pre-copy: every round's pages
         self._drop_stage(migration_id)
         with self._locked():
             path = self._path(migration_id)
@@ -402,6 +449,7 @@ class IncomingMigrations:
                 raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected restored", phase="commit")
             path.unlink()
         self._drop_stage(migration_id)
+        self._precopy_rounds().drop(migration_id)  # pre-copy: the restored container holds every page now
         log.info("migration=%s committed", migration_id)
 
     def _touching(self, migration_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -422,7 +470,7 @@ class IncomingMigrations:
             if record.get("phase") != "prepared" or not mid:
                 continue
             last = self._activity.setdefault(mid, now)
-            size = _tree_size(self._pages_dir(mid))
+            size = _tree_size(self._pages_dir(mid)) + (self._precopy.size_bytes(mid) if self._precopy is not None else 0)
             if size != self._pages_seen.get(mid):
                 self._pages_seen[mid] = size
                 last = self._activity[mid] = now

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from migrate.api import (
     IncomingRequest,
@@ -81,7 +81,21 @@ class _Pusher(threading.Thread):
         return self.error if self.error is not None and exc is self.cancelled else exc
 
 
-PHASES = ("preflight", "image", "stage", "freeze", "dump", "restore", "commit")
+PHASES = ("preflight", "image", "stage", "precopy", "freeze", "dump", "restore", "commit")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreDumped:
+    """What pre-dump rounds run before the freeze (migrate.precopy) leave for the final dump."""
+
+    parent_img: str  # the last round's images dir, relative to the final dump's (CRIU parent_img)
+    page_server_port: int  # the target's page server for the final dump, chained to the last round
+    bytes_on_wire: int = 0  # the rounds' pages
+    phases_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. each round's time
+
+
+# pre_dump(migration_id, staging dir, runtime.checkpointing.DumpTarget): the rounds (pre-copy)
+PreDumpFn = Callable[[str, Path, Any], PreDumped]
 
 
 def stage_upper(target: Any, migration_id: str, upper_dir: Path) -> tuple[Any, int]:
@@ -194,13 +208,18 @@ def migrate_container(
     criu: Criu | None = None,
     progress: ProgressFn | None = None,
     page_server_address: str | None = None,
+    pre_dump: PreDumpFn | None = None,
 ) -> MigrateResult:
     """Move container ``name`` of runtime ``rt`` to ``target`` (a MigrationTarget + host_info).
 
     ``page_server_address``: the target's address for a disk-less dump. When the target answers
     with a page server port, CRIU sends the memory pages straight to it (its own TCP connection,
     C all the way) and only the small images and the upper layer stream through gRPC; otherwise
-    everything streams."""
+    everything streams.
+
+    ``pre_dump`` (pre-copy, migrate.precopy): runs the pre-dump rounds while the container still
+    runs, right before the freeze; the final dump then names the last round as its parent
+    (``track_mem``) and sends its pages to the page server the rounds left ready."""
     from migrate.images import ArchiveWriter
 
     criu = criu or SwrkCriu()
@@ -225,7 +244,7 @@ def migrate_container(
     container = rt.get(name)
     if container.status != "running":
         raise InvalidState(container.spec.name, "migrate", container.status, "running")
-    if options.mode != "cold":  # live modes (issue 7): postcopy, precopy's refusal, auto's choice
+    if options.mode != "cold" and pre_dump is None:  # live modes (issue 7): postcopy, precopy's refusal, auto's choice
         from migrate.postcopy import dispatch
 
         live = dispatch(rt, name, options, target, criu=criu, progress=progress)
@@ -250,7 +269,7 @@ def migrate_container(
             criu_version=here,
             cpu_digest=rt.cpu_digest(),
             ip=spec.ip,
-            mode="cold",
+            mode="cold" if pre_dump is None else "precopy",
             page_server_address=page_server_address,
         )
     )
@@ -261,6 +280,7 @@ def migrate_container(
     cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
     frozen_at = 0.0
     restored: RestoreResult | None = None
+    pre: PreDumped | None = None
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
     try:
         outgoing.begin(migration_id, container_id=spec.container_id, name=spec.name, dest=options.dest, keep_source=options.keep_source)
@@ -296,8 +316,14 @@ def migrate_container(
         try:
             images_dir = staging / "images"
             images_dir.mkdir()
-            if page_server_address and ticket.page_server_port:
-                ps_sock = connect_page_server(page_server_address, ticket.page_server_port)
+            ps_port = ticket.page_server_port
+            if pre_dump is not None:
+                enter("precopy", "pre-dumping while the container runs")
+                pre = pre_dump(migration_id, staging, dt)
+                bytes_on_wire += pre.bytes_on_wire
+                ps_port = pre.page_server_port
+            if page_server_address and ps_port:
+                ps_sock = connect_page_server(page_server_address, ps_port)
             cpuinfo_dump(images_dir)
             criu.warm()
             import migrate.images  # noqa: F401  (loaded before the freeze)
@@ -310,7 +336,9 @@ def migrate_container(
                 external=dump_externals(dt),
                 freeze_cgroup=dt.freeze_cgroup,
                 network_lock=rt.network_lock(),
-                page_server=PageServer(page_server_address, ticket.page_server_port, fd=ps_sock.fileno()) if ps_sock else None,
+                page_server=PageServer(page_server_address, ps_port, fd=ps_sock.fileno()) if ps_sock else None,
+                parent_img=pre.parent_img if pre is not None else None,
+                track_mem=pre is not None,
             )
             sink = ChunkSink()
             pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
@@ -414,13 +442,13 @@ def migrate_container(
     return MigrateResult(
         container_name=spec.name,
         dest=options.dest,
-        mode="cold",
+        mode="cold" if pre is None else "precopy",
         stats=MigrationStats(
             frozen_ms=round(frozen_ms, 3),
             total_ms=round(total_ms, 3),
             bytes_on_wire=bytes_on_wire,
             raw_bytes=raw_bytes,
-            phases_ms=phases,
+            phases_ms={**phases, **(pre.phases_ms if pre is not None else {})},
             upper_entries_frozen=upper.changed,
         ),
     )

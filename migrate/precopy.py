@@ -20,15 +20,39 @@ is tested with recorded counts. A round is worth another when it still shrinks t
     stop "budget"          the rounds together sent more than ``max_sent_ratio`` times the first
                            (full) round: pre-copy is costing more than it saves
     otherwise "continue"
+
+Where soft-dirty exists, ``migrate_precopy`` runs the real loop (the source half; the target
+half is migrate/precopy_target.py). It is the cold driver (migrate/migration.py) with its
+``pre_dump`` hook: after the preflight (the target reserves with mode "precopy"), the image and
+the upper layer's staging, while the container still runs,
+
+    round k     the target starts a page server for round k (``start_precopy_round``), its dir
+                linked to round k-1's as CRIU's ``parent``; the source's CRIU pre-dumps
+                (``SwrkCriu.pre_dump``: ``track_mem``, ``parent_img`` ../round<k-1>, the tree
+                frozen only while its memory is drained, then thawed) into STAGING/round<k>
+                (the small non-page images stay here: CRIU reads the parent's inventory.img for
+                its pid-reuse check) and sends the pages over our own pre-connected socket
+                (``connect_page_server``: TCP_USER_TIMEOUT, keepalive). CRIU's stats-dump says how
+                many pages the round wrote; ``next_step`` decides whether to go on
+    final       the target starts the final page server, chained to the last round; then the
+                cold path as usual: freeze, dump with ``parent_img`` ../round<N> and ``track_mem``
+                (only the pages dirtied since round N are written; the others are holes flagged
+                "in parent"), the archive with the other images and the upper layer's changes,
+                the target restores through the chain of parent links.
+
+Nothing is frozen between rounds, so a failed round rolls back like an early cold failure: the
+target aborts (stopping the round's page server and removing every round), the source removes
+its staging dir and keeps running.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from runtime.errors import Unsupported
 
@@ -145,3 +169,173 @@ def local_refusal() -> Unsupported | None:
         kernel_option=kernel_soft_dirty(),
         kernel_release=report.kernel_release,
     )
+
+
+# --- the pre-copy loop (where the kernel has soft-dirty) ----------------------------------------
+
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One pre-dump round as CRIU reported it."""
+
+    number: int
+    pages_written: int
+    frozen_ms: float  # CRIU froze the tree this long to drain its memory
+    wall_ms: float
+
+
+def round_dir_name(round_no: int) -> str:
+    """``round<k>``: the same name on both hosts, so ``parent_img`` ../round<k-1> holds on each."""
+    return f"round{round_no}"
+
+
+def check_incoming(request: Any, *, page_servers: bool = True) -> None:
+    """Target pre-flight of a pre-copy migration: this host pre-dumps nothing, but the source's
+    rounds are only worth it where both kernels track dirty pages; and every round needs a page
+    server here.
+
+    Raises:
+        Unsupported: no soft-dirty here (the kernel's reason), or this daemon runs no page servers.
+        IncompatibleHost: the source named no address for the page servers.
+    """
+    from migrate.errors import IncompatibleHost
+
+    refused = local_refusal()
+    if refused is not None:
+        raise refused
+    if not page_servers:
+        raise Unsupported("--mode precopy", "this daemon runs no CRIU page servers, and every pre-dump round needs one",
+                          hint="use --mode cold")
+    if not request.page_server_address:
+        raise IncompatibleHost("a pre-copy migration needs the address its page servers listen on", phase="preflight",
+                               hint="migrate to HOST:PORT (not unix: or ssh://), or use --mode cold")
+
+
+def round_address(dest: str) -> str:
+    """Where the target's page servers listen, as the source dials them: the host of ``HOST:PORT``
+    (the daemon's own address), 127.0.0.1 for ``unix:`` (the same host).
+
+    Raises:
+        Unsupported: ``ssh://``: CRIU's page-server connection would bypass the tunnel's security.
+    """
+    if dest.startswith("unix:"):
+        return "127.0.0.1"
+    if dest.startswith("ssh://"):
+        raise Unsupported("--mode precopy", f"the target {dest} is reached through ssh, and CRIU's page-server "
+                          "connections of the pre-dump rounds would bypass the tunnel", hint="use --mode cold over ssh")
+    host, sep, port = dest.rpartition(":")
+    if not sep or not port.isdigit() or not host.strip("[]"):
+        raise Unsupported("--mode precopy", f"cannot tell the target host of {dest}", hint="give the target as HOST:PORT")
+    return host.strip("[]")
+
+
+class Rounds:
+    """The ``pre_dump`` hook of migrate.migration.migrate_container: pre-dump rounds until
+    ``next_step`` stops them, then the final page server. ``results`` keeps every round."""
+
+    def __init__(self, criu: Any, target: Any, address: str, *, policy: ConvergencePolicy = ConvergencePolicy(),
+                 progress: Any = None, started: float | None = None) -> None:
+        self.criu = criu
+        self.target = target
+        self.address = address
+        self.policy = policy
+        self.progress = progress
+        self.started = time.monotonic() if started is None else started
+        self.results: list[RoundResult] = []
+        self.decision: Decision | None = None
+
+    def __call__(self, migration_id: str, staging: Path, dt: Any) -> Any:
+        from migrate.checkpoint import dump_externals
+        from migrate.migration import PreDumped
+
+        externals = dump_externals(dt)
+        bytes_on_wire = 0
+        phases: dict[str, float] = {}
+        while True:
+            number = len(self.results) + 1
+            result = self._round(migration_id, staging, dt, number, externals)
+            self.results.append(result)
+            bytes_on_wire += result.pages_written * PAGE_SIZE
+            phases[f"precopy_round{number}"] = round(result.wall_ms, 3)
+            self.decision = next_step([r.pages_written for r in self.results], self.policy)
+            log.info("migration=%s phase=precopy round=%d pages=%d frozen_ms=%.1f wall_ms=%.1f -> %s",
+                     migration_id, number, result.pages_written, result.frozen_ms, result.wall_ms, self.decision.reason)
+            self._emit(f"round {number}: {result.pages_written} pages, {self.decision.reason}", bytes_on_wire)
+            if self.decision.stop:
+                break
+        port = self.target.start_precopy_round(migration_id, len(self.results) + 1, final=True)
+        return PreDumped(
+            parent_img=f"../{round_dir_name(len(self.results))}",
+            page_server_port=int(port),
+            bytes_on_wire=bytes_on_wire,
+            phases_ms=phases,
+        )
+
+    def _round(self, migration_id: str, staging: Path, dt: Any, number: int, externals: tuple[str, ...]) -> RoundResult:
+        from migrate.errors import TransferError
+        from migrate.migration import connect_page_server
+        from runtime.criu import DumpRequest, PageServer
+
+        started = time.monotonic()
+        images_dir = staging / round_dir_name(number)
+        images_dir.mkdir(mode=0o700)
+        port = int(self.target.start_precopy_round(migration_id, number))
+        try:
+            sock = connect_page_server(self.address, port)
+        except TransferError as exc:
+            exc.phase = "precopy"
+            raise
+        try:
+            request = DumpRequest(
+                pid=dt.init_pid,
+                images_dir=images_dir,
+                external=externals,
+                freeze_cgroup=dt.freeze_cgroup,
+                network_lock="skip",  # a pre-dump leaves the network alone (CRIU locks it only in a dump)
+                page_server=PageServer(self.address, port, fd=sock.fileno()),
+                parent_img=f"../{round_dir_name(number - 1)}" if number > 1 else None,
+                track_mem=True,
+            )
+            stats = self.criu.pre_dump(request)
+        finally:
+            # CRIU (gone now) sent everything; the round's page server finishes at our EOF
+            sock.close()
+        return RoundResult(number=number, pages_written=stats.pages_written, frozen_ms=stats.frozen_ms,
+                           wall_ms=(time.monotonic() - started) * 1000)
+
+    def _emit(self, message: str, done: int) -> None:
+        if self.progress is not None:
+            from migrate.api import ProgressEvent
+
+            self.progress(ProgressEvent("migrate", "precopy", bytes_done=done, elapsed_s=time.monotonic() - self.started,
+                                        message=message))
+
+
+def migrate_precopy(
+    rt: Any,
+    name: str,
+    options: Any,
+    target: Any,
+    *,
+    criu: Any = None,
+    progress: Any = None,
+    policy: ConvergencePolicy = ConvergencePolicy(),
+    page_server_address: str | None = None,
+) -> Any:
+    """Move container ``name`` of ``rt`` (a CheckpointHost) to ``target`` with pre-dump rounds
+    (module doc). The caller checked that both hosts track dirty pages (``refusal``).
+
+    Raises:
+        MigrationError and runtime errors, as migrate.migration.migrate_container: the source
+        runs on, thawed, and the target removed every round.
+    """
+    from migrate.migration import migrate_container
+    from runtime.criu import SwrkCriu
+
+    criu = criu or SwrkCriu()
+    address = page_server_address or round_address(options.dest)
+    rounds = Rounds(criu, target, address, policy=policy, progress=progress)
+    return migrate_container(rt, name, options, target, criu=criu, progress=progress, page_server_address=address,
+                             pre_dump=rounds)

@@ -362,6 +362,11 @@ class HostServicer(pb_grpc.HostServicer):
         self._target("commit_incoming")(request.migration_id)
         return pb.CommitIncomingResponse()
 
+    def StartPrecopyRound(self, request: pb.StartPrecopyRoundRequest, context: grpc.ServicerContext) -> pb.StartPrecopyRoundResponse:
+        port = self._target("start_precopy_round")(request.migration_id, request.round, final=request.final,
+                                                   source_address=_peer_ip(context.peer()))
+        return pb.StartPrecopyRoundResponse(page_server_port=port)
+
 
 def _peer_ip(peer: str) -> str | None:
     """The IP of a gRPC peer string ("ipv4:10.0.0.2:5000", "ipv6:[::1]:5000"); None for unix peers."""

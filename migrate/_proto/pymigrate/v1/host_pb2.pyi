@@ -773,3 +773,19 @@ class CommitIncomingRequest(_message.Message):
 class CommitIncomingResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class StartPrecopyRoundRequest(_message.Message):
+    __slots__ = ("migration_id", "round", "final")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    round: int
+    final: bool
+    def __init__(self, migration_id: _Optional[str] = ..., round: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
+
+class StartPrecopyRoundResponse(_message.Message):
+    __slots__ = ("page_server_port",)
+    PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
+    page_server_port: int
+    def __init__(self, page_server_port: _Optional[int] = ...) -> None: ...

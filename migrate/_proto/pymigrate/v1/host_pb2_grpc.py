@@ -179,6 +179,11 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.CommitIncomingRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.CommitIncomingResponse.FromString,
                 _registered_method=True)
+        self.StartPrecopyRound = channel.unary_unary(
+                '/pymigrate.v1.Host/StartPrecopyRound',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundResponse.FromString,
+                _registered_method=True)
 
 
 class HostServicer:
@@ -376,6 +381,14 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartPrecopyRound(self, request, context):
+        """pre-copy: a CRIU page server for the next pre-dump round, chained to the rounds before it
+        through CRIU's parent link; the final one receives the frozen dump's pages
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -523,6 +536,11 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.CommitIncoming,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.CommitIncomingRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.CommitIncomingResponse.SerializeToString,
+            ),
+            'StartPrecopyRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPrecopyRound,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1308,6 +1326,33 @@ class Host:
             '/pymigrate.v1.Host/CommitIncoming',
             pymigrate_dot_v1_dot_host__pb2.CommitIncomingRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.CommitIncomingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPrecopyRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/StartPrecopyRound',
+            pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundResponse.FromString,
             options,
             channel_credentials,
             insecure,
