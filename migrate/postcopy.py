@@ -104,12 +104,15 @@ CONNECT_TIMEOUT_S = 10.0
 def choose_mode(options: MigrateOptions, local: Mapping[str, bool], remote: Mapping[str, bool]) -> str:
     """The mode to run for ``options.mode`` given both hosts' ``HostInfo.features``.
 
-    ``auto`` picks postcopy when both hosts support lazy pages, else cold (pre-copy is not chosen
-    automatically). An explicit live mode the hosts cannot do raises ``Unsupported``/``IncompatibleHost``.
+    ``auto`` picks postcopy when both hosts support lazy pages, else precopy when both track dirty
+    pages (soft-dirty), else cold. An explicit live mode the hosts cannot do raises
+    ``Unsupported``/``IncompatibleHost``.
     """
     mode = options.mode
     if mode == "auto":
-        return "postcopy" if local.get("lazy_pages") and remote.get("lazy_pages") else "cold"
+        if local.get("lazy_pages") and remote.get("lazy_pages"):
+            return "postcopy"
+        return "precopy" if local.get("dirty_tracking") and remote.get("dirty_tracking") else "cold"
     if mode == "postcopy":
         if not local.get("lazy_pages"):
             raise Unsupported(
@@ -136,13 +139,19 @@ def dispatch(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: 
             refused = refusal(info.features, kernel_release=info.kernel, where=f"the target {options.dest}")
         if refused is not None:
             raise refused
-        raise Unsupported("--mode precopy", "iterative pre-dumps are not implemented yet (issue 7)", hint="use --mode postcopy")
+        from migrate.precopy import migrate_precopy
+
+        return migrate_precopy(rt, name, options, target, criu=criu, progress=progress)
     from runtime.host import host_report
 
     mode = choose_mode(options, host_report().features(), target.host_info().features)
     log.info("container=%s mode %s -> %s", name, options.mode, mode)
     if mode == "cold":
         return None
+    if mode == "precopy":
+        from migrate.precopy import migrate_precopy
+
+        return migrate_precopy(rt, name, options, target, criu=criu, progress=progress)
     return migrate_postcopy(rt, name, options, target, criu=criu, progress=progress)
 
 
