@@ -471,12 +471,15 @@ class BridgeNetwork(_Namespaces):
         ip = self._ipam.leases().get(container_id)
         if ip is None:
             raise NetworkError(f"cannot announce container {container_id}: it holds no address on bridge {self.config.bridge}")
+        # Protocol 0 and bound with protocol 0: a send-only socket. A packet socket with a protocol
+        # registers a receive hook, and re-binding it drops that hook with synchronize_net()
+        # (an RCU grace period, ~8 ms here, right when a restored container should be running).
         try:
-            sock = _netns.socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            sock = _netns.socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
         except OSError as exc:
             raise NetworkError(f"cannot announce {ip} of container {container_id}: {exc.strerror or exc}") from exc
         try:
-            sock.bind((CONTAINER_IFNAME, ETH_P_ARP))
+            sock.bind((CONTAINER_IFNAME, 0))
             mac = sock.getsockname()[4]  # the interface's hardware address
             for frame in gratuitous_arp_frames(mac, ip):
                 sock.send(frame)

@@ -9,9 +9,13 @@ Why it looks like this (CRIU must be able to dump the result with no flags beyon
 - /dev is a tmpfs with device nodes made by mknod, not bind mounts from the host: a bind of the
   host's /dev/null is an external mount CRIU refuses to dump unless told about it.
 - /dev/pts is a private devpts instance (newinstance) so ptys are the container's own.
-- masked paths follow runc's defaults: files get the container's own /dev/null bound over them,
-  directories an empty read-only tmpfs; /proc/sys and friends are bound on themselves and
-  remounted read-only (a bind remount must repeat MS_BIND, see mount(2) "MS_REMOUNT").
+- masked paths follow runc's paths: files get the container's own /dev/null bound over them,
+  directories a read-only bind of one empty directory of the container's /dev (``MASK_DIR``)
+  where runc mounts an empty read-only tmpfs. Same view, but CRIU dumps and restores every tmpfs
+  by running ``tar`` (~3.5 ms a mount on each side, inside a migration's pause), while a bind of a
+  directory in a mount it restores anyway costs nothing. /proc/sys and friends are bound on
+  themselves and remounted read-only (a bind remount must repeat MS_BIND, see mount(2)
+  "MS_REMOUNT").
 - volumes are the only mounts whose source is outside the container; they are recorded in the
   spec so the checkpoint code can declare them to CRIU as external mounts.
 """
@@ -81,7 +85,7 @@ class Symlink:
 @dataclass(frozen=True)
 class Mask:
     """Hide ``path`` if it exists (a missing masked path is fine): the container's /dev/null is
-    bound over a file, an empty read-only tmpfs is mounted over a directory."""
+    bound over a file, the empty ``MASK_DIR`` (read-only) over a directory."""
 
     path: str
 
@@ -109,6 +113,7 @@ MASKED_PATHS: tuple[str, ...] = (
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 )
+MASK_DIR = "/dev/.masked"  # empty; bound read-only over masked directories (module doc)
 READONLY_PATHS: tuple[str, ...] = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 DEVICES: tuple[tuple[str, int, int], ...] = (
@@ -142,6 +147,7 @@ def plan(volumes: tuple[Volume, ...] = ()) -> list[MountOp]:
     ]
     ops += [MakeNode(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
     ops += [
+        MakeDir(MASK_DIR, 0o555),
         MakeDir("/dev/pts"),
         Mount("/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"),
         MakeDir("/dev/shm", 0o1777),
@@ -205,7 +211,8 @@ def _apply_one(op: MountOp, root: str, sys: Syscalls) -> None:
     elif isinstance(op, Mask):
         path = _inside(root, op.path)
         if os.path.isdir(path):
-            sys.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+            sys.mount(_inside(root, MASK_DIR), path, None, MS_BIND)
+            sys.mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         elif os.path.exists(path):
             sys.mount(_inside(root, "/dev/null"), path, None, MS_BIND)
     elif isinstance(op, ReadOnly):

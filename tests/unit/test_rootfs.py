@@ -85,6 +85,20 @@ def test_apply_performs_the_plan_below_root(tmp_path) -> None:  # noqa: ANN001
     assert not any(c[2] == f"{root}/proc/kcore" for c in mounts)
 
 
+def test_a_masked_directory_gets_the_empty_dev_dir_read_only(tmp_path) -> None:  # noqa: ANN001
+    """Not a tmpfs: CRIU runs tar for every tmpfs it dumps or restores (rootfs module doc)."""
+    sys = FakeSyscalls()
+    root = tmp_path / "merged"
+    (root / "proc" / "acpi").mkdir(parents=True)
+    rootfs.apply(rootfs.plan(), str(root), sys)
+    acpi = [c for c in sys.calls if c[0] == "mount" and c[2] == f"{root}/proc/acpi"]
+    assert acpi[0] == ("mount", f"{root}{rootfs.MASK_DIR}", f"{root}/proc/acpi", None, MS_BIND, None)
+    assert acpi[1][4] & MS_RDONLY and acpi[1][4] & MS_REMOUNT and acpi[1][4] & MS_BIND
+    tmpfs = sorted(c[2] for c in sys.calls if c[0] == "mount" and c[3] == "tmpfs")
+    assert tmpfs == [f"{root}/dev", f"{root}/dev/shm"]  # no tmpfs for masks: /dev/shm holds the container's data
+    assert ("mkdir", f"{root}{rootfs.MASK_DIR}") in [c[:2] for c in sys.calls]
+
+
 def test_apply_names_the_failing_mount(tmp_path) -> None:  # noqa: ANN001
     sys = FakeSyscalls(fail={"mount": 1})
     with pytest.raises(MountError, match="cannot set up /proc"):
