@@ -168,6 +168,7 @@ class IncomingMigrations:
                 "image": spec.image,
                 "image_digest": request.image_digest,
                 "mode": request.mode,
+                "spec": spec.to_dict(),  # a post-copy restore builds the container while its images arrive
                 "created_at": time.time(),
                 # pre-copy: where each round's page server listens, and the only peer it lets in
                 "page_server_address": request.page_server_address,

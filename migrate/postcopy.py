@@ -664,7 +664,15 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     from runtime.spec import ContainerSpec
 
     started = time.monotonic()
-    unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
+    # While the archive arrives (the source is frozen already): build the container's cgroup,
+    # network and shim, and start CRIU inside its cgroup (runtime.checkpointing.RestoreShell).
+    shell = _early_shell(host, criu, record)
+    try:
+        unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
+    except BaseException:
+        if shell is not None:
+            shell.abort()
+        raise
     assert unpacked.scratch is not None
     import_ms = (time.monotonic() - started) * 1000
     daemon: CriuProcess | None = None
@@ -678,22 +686,31 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         options = RestoreOptions(name=record["name"], ip=record.get("ip"))
         if options.ip:
             spec = dataclasses.replace(spec, ip=options.ip)
-        replace_id = host.replaceable_id(spec)
+        if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
+            shell.abort()  # not the container the reservation named: build it the usual way
+            shell = None
+        replace_id = host.replaceable_id(spec) if shell is None else spec.container_id  # the shell is ours
         preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
         daemon = start_lazy_pages(unpacked.images_dir, unpacked.scratch, PageServer(str(ps["address"]), int(ps["port"])), tls=tls)
         t0 = time.monotonic()
+
+        def request_for(root: Path) -> Any:
+            return dataclasses.replace(restore_request(unpacked, spec, root, tcp_established=False), lazy_pages=True)
+
         try:
-            info = host.restore_from(
-                spec,
-                upper_src=unpacked.upper_dir,
-                replace_id=replace_id,
-                request_for=lambda root: dataclasses.replace(
-                    restore_request(unpacked, spec, root, tcp_established=False), lazy_pages=True
-                ),
-                netns_key=NETNS_KEY,
-                criu=criu,
-                restored_from=manifest.get("checkpoint_id"),
-            )
+            if shell is not None:
+                info = shell.finish(unpacked.upper_dir, request_for, restored_from=manifest.get("checkpoint_id"))
+                shell = None
+            else:
+                info = host.restore_from(
+                    spec,
+                    upper_src=unpacked.upper_dir,
+                    replace_id=replace_id,
+                    request_for=request_for,
+                    netns_key=NETNS_KEY,
+                    criu=criu,
+                    restored_from=manifest.get("checkpoint_id"),
+                )
         except ContainerError as exc:
             rc = daemon.poll()
             if rc is None or rc == 0:
@@ -724,6 +741,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             _SESSIONS[migration_id] = session
         session.start()
     except BaseException:
+        if shell is not None:
+            shell.abort()
         if daemon is not None:
             daemon.stop()
             _keep_log(host, daemon.log_path)
@@ -741,6 +760,30 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
         ),
     )
+
+
+def _early_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> Any:
+    """A RestoreShell for the container the reservation names (its spec is in the record), or
+    None: no spec recorded, an exited original of that id to replace, a host that cannot start
+    one (CheckpointHost.begin_restore), or a failure (logged; the usual path follows)."""
+    from migrate.checkpoint import NETNS_KEY
+    from runtime.spec import ContainerSpec
+
+    raw = record.get("spec")
+    begin = getattr(host, "begin_restore", None)
+    if not isinstance(raw, dict) or begin is None:
+        return None
+    try:
+        spec = ContainerSpec.from_dict(raw)
+        if record.get("ip"):
+            spec = dataclasses.replace(spec, ip=record["ip"])
+        if host.replaceable_id(spec) is not None:
+            return None
+        return begin(spec, netns_key=NETNS_KEY, criu=criu, restored_from=None)
+    except ContainerError as exc:
+        log.warning("migration=%s: cannot build the container ahead of its images (%s): building it after them",
+                    record.get("migration_id"), exc.message)
+        return None
 
 
 def is_connected(address: str, port: int, proc_net: Path = Path("/proc/self/net")) -> bool:

@@ -208,6 +208,47 @@ class CheckpointHost:
         holders = {cid for cid, leased in self.rt.network("bridge").leases().items() if leased == ip}
         return not (holders - {replace_id, owner})
 
+    def _build_shell(self, spec: ContainerSpec, restored_from: str | None, undo: list[tuple[str, Callable[[], None]]]) -> tuple[ContainerSpec, Path]:
+        """The parts of a restored container that do not depend on its images: the address lease,
+        the record ("created"), the cgroup, the network namespace and its link. Appends to
+        ``undo``; returns the spec (address and MAC as leased) and the netns path."""
+        from runtime.runtime import limits_of
+        from runtime.spec import ContainerState
+
+        rt = self.rt
+        cid = spec.container_id
+        net = rt.network(spec.network)
+        if spec.network == "bridge":
+            leased = net.lease(cid, spec.ip)
+            undo.append(("release address", lambda: net.release(cid)))
+            if leased != spec.ip or not spec.mac:
+                from runtime.network import mac_for_ip
+
+                spec = dataclasses.replace(spec, ip=leased, mac=mac_for_ip(leased))
+        rt.store.create(spec, ContainerState(status="created", restored_from=restored_from))
+        undo.append(("remove record", lambda: rt._delete_record(cid)))
+        cg = rt.cgroups(spec.cgroup_parent)
+        cg.create(cid, limits_of(spec))
+        undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
+        netns = net.create_netns(cid)
+        undo.append(("remove netns", lambda: net.remove_netns(cid)))
+        if spec.network == "bridge":
+            net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
+            undo.append(("disconnect", lambda: net.disconnect(cid)))
+        return spec, netns
+
+    def begin_restore(self, spec: ContainerSpec, *, netns_key: str, criu: Any, restored_from: str | None,
+                      timeout_s: float = 300.0) -> RestoreShell | None:
+        """Start building a restored container before its images are here (``RestoreShell``); None
+        where that cannot be done safely (shims not launched through the fork server: launching one
+        from a second thread would fork a multi-threaded process), and the caller restores with
+        ``restore_from`` once the images are here."""
+        from runtime import shim
+
+        if not shim.uses_launcher():
+            return None
+        return RestoreShell(self, spec, netns_key=netns_key, criu=criu, restored_from=restored_from, timeout_s=timeout_s)
+
     def restore_from(
         self,
         spec: ContainerSpec,
@@ -240,30 +281,12 @@ class CheckpointHost:
             os.rename(rt.store.dir(replace_id), set_aside)
             undo.append(("put the original back", lambda: os.rename(set_aside, rt.store.dir(replace_id))))  # type: ignore[arg-type]
         try:
-            if spec.network == "bridge":
-                leased = net.lease(cid, spec.ip)
-                undo.append(("release address", lambda: net.release(cid)))
-                if leased != spec.ip or not spec.mac:
-                    from runtime.network import mac_for_ip
-
-                    spec = dataclasses.replace(spec, ip=leased, mac=mac_for_ip(leased))
-            from runtime.spec import ContainerState
-
-            rt.store.create(spec, ContainerState(status="created", restored_from=restored_from))
-            undo.append(("remove record", lambda: rt._delete_record(cid)))
+            spec, netns = self._build_shell(spec, restored_from, undo)
             cdir = rt.store.dir(cid)
             os.rename(upper_src, cdir / "upper")  # same filesystem: ROOT/tmp -> ROOT/containers
             dirs = overlay.OverlayDirs.for_container(cdir, img.rootfs)
             overlay.mount(rt.sys, dirs)
             undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
-            cg = rt.cgroups(spec.cgroup_parent)
-            cg.create(cid, limits_of(spec))
-            undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
-            netns = net.create_netns(cid)
-            undo.append(("remove netns", lambda: net.remove_netns(cid)))
-            if spec.network == "bridge":
-                net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
-                undo.append(("disconnect", lambda: net.disconnect(cid)))
 
             parent = rt.cgroup_parent(spec.cgroup_parent)
             starter = Starter(
@@ -291,6 +314,196 @@ class CheckpointHost:
             shutil.rmtree(set_aside, ignore_errors=True)
         log.info("container=%s name=%s restored from=%s", cid, spec.name, restored_from)
         return rt.inspect(cid)  # type: ignore[no-any-return]
+
+
+class RestoreShell:
+    """A restored container built while its images are still on their way (a migration's pause).
+
+    At construction: the address lease, the record ("created"), the cgroup, the network namespace
+    and its link (``CheckpointHost._build_shell``), and the shim, launched in a thread: its starter
+    (``start_restore_on_go``) spawns CRIU, moves it into the container's cgroup (the first
+    cgroup.procs write waits for an RCU grace period, 6-15 ms here) and waits on a FIFO in the
+    container's dir. ``finish`` adds the upper layer and the overlay, writes the restore request
+    into the FIFO and returns once the container runs; ``abort`` (or any failure) cancels the
+    request (EOF on the FIFO; the swrk exits) and undoes everything."""
+
+    GO = "restore.go"
+
+    def __init__(self, host: CheckpointHost, spec: ContainerSpec, *, netns_key: str, criu: Any,
+                 restored_from: str | None, timeout_s: float) -> None:
+        import threading
+
+        from runtime.shim import Starter, launch_shim
+
+        self.host = host
+        rt = host.rt
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._done = False
+        self.restored_from = restored_from
+        cid = spec.container_id
+        try:
+            self.spec, netns = host._build_shell(spec, restored_from, self._undo)
+            self.go = rt.store.dir(cid) / self.GO
+            os.mkfifo(self.go, 0o600)
+            self.netns = netns
+            parent = rt.cgroup_parent(spec.cgroup_parent)
+            starter = Starter(
+                "runtime.checkpointing:start_restore_on_go",
+                {"go_path": str(self.go), "netns": str(netns), "netns_key": netns_key, "cgroup_parent": parent,
+                 "container_id": cid, "criu": criu, "timeout_s": timeout_s},
+            )
+            oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
+        except BaseException:
+            rt._undo(cid, self._undo)
+            raise
+        self._error: BaseException | None = None
+
+        def launch() -> None:
+            try:
+                launch_shim(rt.store, cid, starter, oom_killed=oom, sys=rt.sys)
+            except BaseException as exc:  # handed to finish/abort
+                self._error = exc
+
+        self._thread = threading.Thread(target=launch, name=f"restore-shim-{cid[:12]}", daemon=True)
+        self._thread.start()
+
+    def finish(self, upper_src: Path, request_for: Callable[[Path], Any], *, restored_from: str | None = None) -> ContainerInfo:
+        """Upper layer, overlay, the request to the waiting CRIU; the container once it runs.
+        ``restored_from``: the checkpoint id to record (known only once the archive is here)."""
+        import pickle
+
+        from runtime import overlay
+
+        rt = self.host.rt
+        cid = self.spec.container_id
+        try:
+            img = rt.images.get(self.spec.image_digest)
+            cdir = rt.store.dir(cid)
+            os.rename(upper_src, cdir / "upper")  # same filesystem: ROOT/tmp -> ROOT/containers
+            dirs = overlay.OverlayDirs.for_container(cdir, img.rootfs)
+            overlay.mount(rt.sys, dirs)
+            self._undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
+            self._send(pickle.dumps(request_for(dirs.merged)))
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            if self.spec.network == "bridge":
+                try:
+                    rt.network(self.spec.network).announce(cid, self.netns)
+                except ContainerError as exc:  # the container runs; neighbours learn it on first traffic
+                    log.warning("container=%s: gratuitous ARP failed: %s", cid, exc)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self.go.unlink(missing_ok=True)
+        if restored_from is not None:
+            self.restored_from = restored_from
+            try:
+                rt.store.update_state(cid, lambda st: dataclasses.replace(st, restored_from=restored_from))
+            except ContainerError as exc:  # informative only
+                log.warning("container=%s: cannot record restored_from: %s", cid, exc)
+        log.info("container=%s name=%s restored from=%s (shell built ahead)", cid, self.spec.name, self.restored_from)
+        return rt.inspect(cid)  # type: ignore[no-any-return]
+
+    def _send(self, payload: bytes, timeout_s: float = 30.0) -> None:
+        """Write the request once the shim's starter has opened the FIFO (or failed)."""
+        import errno
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fd = os.open(self.go, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            if not self._thread.is_alive():  # the shim failed before it waited
+                if self._error is not None:
+                    raise self._error
+                raise ContainerError(f"restore of container {self.spec.container_id[:12]}: the shim ended before its request")
+            if time.monotonic() > deadline:
+                raise ContainerError(f"restore of container {self.spec.container_id[:12]}: the shim did not wait for its request within {timeout_s:g}s")
+            time.sleep(0.0005)
+        try:
+            os.set_blocking(fd, True)
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def abort(self) -> None:
+        """Cancel and undo everything (idempotent; never raises)."""
+        if self._done:
+            return
+        self._done = True
+        cid = self.spec.container_id
+        rt = self.host.rt
+        if self._thread.is_alive():
+            try:  # EOF without a request: the starter cancels its CRIU and the shim reports an error
+                os.close(os.open(self.go, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            except OSError:
+                pass
+            try:  # a starter that never reached the FIFO: its CRIU is in the cgroup
+                rt.cgroups(self.spec.cgroup_parent).kill(cid)
+            except Exception as exc:  # noqa: BLE001 - rollback: keep undoing
+                log.debug("container=%s: killing the cgroup during abort: %s", cid, exc)
+            self._thread.join(30)
+            if self._thread.is_alive():
+                log.warning("container=%s: the restore shim did not end within 30s", cid)
+        try:  # a restore that got through before the abort: its tree goes too
+            rt.cgroups(self.spec.cgroup_parent).kill(cid)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("container=%s: killing the cgroup during abort: %s", cid, exc)
+        rt._undo(cid, self._undo)
+
+
+def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
+                        timeout_s: float) -> int:
+    """The shim's starter for a restore begun before its images arrived (``RestoreShell``): spawn
+    CRIU and move it into the container's cgroup now, then wait for the request on the FIFO at
+    ``go_path`` (a pickled RestoreRequest; EOF without one = cancelled) and restore."""
+    import pickle
+    import select
+
+    from runtime.cgroups import detect
+
+    cg = detect(cgroup_parent)
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pending = criu.begin_restore(inherit_fds=(fd,), on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid))
+        try:
+            go = os.open(go_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks; poll below
+            try:
+                data = bytearray()
+                deadline = time.monotonic() + timeout_s
+                poller = select.poll()
+                poller.register(go, select.POLLIN)
+                poller.register(pending.sock.fileno(), select.POLLIN)  # the swrk died, or was killed with the cgroup
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ContainerError(f"restore of container {container_id[:12]}: no request within {timeout_s:g}s")
+                    events = dict(poller.poll(left * 1000))
+                    if pending.sock.fileno() in events:
+                        raise ContainerError(f"restore of container {container_id[:12]}: criu exited before its request")
+                    if go in events:
+                        chunk = os.read(go, 1 << 20)
+                        if not chunk and events[go] & select.POLLHUP:
+                            break
+                        data += chunk
+            finally:
+                os.close(go)
+            if not data:
+                raise ContainerError(f"restore of container {container_id[:12]} was cancelled before it began")
+            request = dataclasses.replace(pickle.loads(bytes(data)), inherit_fds=((netns_key, fd),))
+        except BaseException:
+            pending.cancel()
+            raise
+        return int(pending.run(request))
+    finally:
+        os.close(fd)
 
 
 def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any) -> int:

@@ -299,6 +299,43 @@ def first_error(log_path: Path) -> str | None:
     return None
 
 
+def _stop_swrk(proc: subprocess.Popen[bytes], ours: socket.socket, timeout_s: float = 5.0) -> None:
+    """Close our end (a swrk waiting for a request then exits) and reap it; kill if it lingers."""
+    ours.close()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class PendingRestore:
+    """A restore's ``criu swrk``, spawned and waiting for its request (``SwrkCriu.begin_restore``)."""
+
+    def __init__(self, criu: SwrkCriu, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self._criu = criu
+        self.proc = proc
+        self.sock = sock  # readable or hung up before the request: the swrk died
+        self._used = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def run(self, request: RestoreRequest, *, on_notify: NotifyFn | None = None) -> int:
+        """Send the restore request; the restored tree's root pid (CriuError on failure)."""
+        if self._used:
+            raise ValueError("a pending restore runs once")
+        self._used = True
+        return self._criu._run_restore(self.proc, self.sock, request, on_notify)
+
+    def cancel(self) -> None:
+        """Give up before ``run``: the swrk exits (idempotent)."""
+        if not self._used:
+            self._used = True
+            _stop_swrk(self.proc, self.sock)
+
+
 class SwrkCriu:
     """The real CRIU: one ``criu swrk`` process per request."""
 
@@ -405,6 +442,19 @@ class SwrkCriu:
         on_spawn: Callable[[int], None] | None = None,
         on_notify: NotifyFn | None = None,
     ) -> int:
+        pending = self.begin_restore(inherit_fds=tuple(fd for _, fd in request.inherit_fds), on_spawn=on_spawn)
+        return pending.run(request, on_notify=on_notify)
+
+    def begin_restore(self, *, inherit_fds: tuple[int, ...] = (), on_spawn: Callable[[int], None] | None = None) -> PendingRestore:
+        """Spawn the ``criu swrk`` of a restore before its request is known (``PendingRestore.run``
+        sends it): CRIU's start, and ``on_spawn`` (moving it into the container's cgroup), can then
+        happen while the images still arrive. ``inherit_fds``: the fds the request will name in
+        ``inherit_fds`` (CRIU uses its own copies, so they are passed at the spawn); the images and
+        work dirs are opened by CRIU through /proc/<caller>/fd when the request comes."""
+        proc, ours = self._spawn("restore", pass_fds=list(inherit_fds), on_spawn=on_spawn)
+        return PendingRestore(self, proc, ours)
+
+    def _run_restore(self, proc: subprocess.Popen[bytes], ours: socket.socket, request: RestoreRequest, on_notify: NotifyFn | None) -> int:
         rpc = _rpc()
         work_dir = request.work_dir or request.images_dir
         opts = rpc.criu_opts()
@@ -432,16 +482,7 @@ class SwrkCriu:
                 item.key = key
                 item.fd = fd
             log.debug("criu restore images=%s root=%s opts=%s", request.images_dir, request.root, _opts_for_log(opts))
-            resp = self._call(
-                rpc,
-                rpc.RESTORE,
-                opts,
-                "restore",
-                work_dir / RESTORE_LOG,
-                pass_fds=[images_fd, work_fd, *(fd for _, fd in request.inherit_fds)],
-                on_spawn=on_spawn,
-                on_notify=on_notify,
-            )
+            resp = self._exchange(proc, ours, rpc, rpc.RESTORE, opts, "restore", work_dir / RESTORE_LOG, on_notify=on_notify)
         finally:
             os.close(images_fd)
             os.close(work_fd)
@@ -461,6 +502,12 @@ class SwrkCriu:
         on_spawn: Callable[[int], None] | None = None,
         on_notify: NotifyFn | None = None,
     ) -> Any:
+        proc, ours = self._spawn(operation, pass_fds=pass_fds, on_spawn=on_spawn)
+        return self._exchange(proc, ours, rpc, req_type, opts, operation, log_path, on_notify=on_notify)
+
+    def _spawn(self, operation: str, *, pass_fds: list[int], on_spawn: Callable[[int], None] | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        """Start ``criu swrk`` on one end of a socketpair; (the process, our end). ``on_spawn`` runs
+        before anything is asked of it; if it raises, the swrk is stopped."""
         ensure_kdat(self.binary)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -474,37 +521,51 @@ class SwrkCriu:
                     close_fds=True,
                 )
             except OSError as exc:
-                raise CriuUnreachable(operation, f"cannot start {self.binary} swrk: {exc}", errno=exc.errno or 0) from exc
-            theirs.close()
-            try:
-                if on_spawn is not None:
-                    on_spawn(proc.pid)
-                req = rpc.criu_req()
-                req.type = req_type
-                req.opts.MergeFrom(opts)
-                ours.send(req.SerializeToString())
-                while True:
-                    resp = self._recv(rpc, ours, operation, log_path)
-                    if resp.type == rpc.NOTIFY:
-                        ok = True
-                        if on_notify is not None:
-                            ok = bool(on_notify(resp.notify.script, resp.notify.pid))
-                        log.debug("criu %s notify %s pid=%d -> %s", operation, resp.notify.script, resp.notify.pid, ok)
-                        ack = rpc.criu_req()
-                        ack.type = rpc.NOTIFY
-                        ack.notify_success = ok
-                        ours.send(ack.SerializeToString())
-                        continue
-                    break
-            finally:
                 ours.close()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                raise CriuUnreachable(operation, f"cannot start {self.binary} swrk: {exc}", errno=exc.errno or 0) from exc
         finally:
             theirs.close()
+        if on_spawn is not None:
+            try:
+                on_spawn(proc.pid)
+            except BaseException:
+                _stop_swrk(proc, ours)
+                raise
+        return proc, ours
+
+    def _exchange(
+        self,
+        proc: subprocess.Popen[bytes],
+        ours: socket.socket,
+        rpc: Any,
+        req_type: int,
+        opts: Any,
+        operation: str,
+        log_path: Path,
+        *,
+        on_notify: NotifyFn | None = None,
+    ) -> Any:
+        """Send one request to a spawned swrk, answer its notifications, return its response."""
+        try:
+            req = rpc.criu_req()
+            req.type = req_type
+            req.opts.MergeFrom(opts)
+            ours.send(req.SerializeToString())
+            while True:
+                resp = self._recv(rpc, ours, operation, log_path)
+                if resp.type == rpc.NOTIFY:
+                    ok = True
+                    if on_notify is not None:
+                        ok = bool(on_notify(resp.notify.script, resp.notify.pid))
+                    log.debug("criu %s notify %s pid=%d -> %s", operation, resp.notify.script, resp.notify.pid, ok)
+                    ack = rpc.criu_req()
+                    ack.type = rpc.NOTIFY
+                    ack.notify_success = ok
+                    ours.send(ack.SerializeToString())
+                    continue
+                break
+        finally:
+            _stop_swrk(proc, ours, timeout_s=60)
         if not resp.success:
             err = int(resp.cr_errno or 0)
             lines = log_excerpt(log_path)

@@ -86,6 +86,11 @@ def use_exec_launch(enabled: bool = True) -> None:
     _launch_mode = "exec" if enabled else "fork"
 
 
+def uses_launcher() -> bool:
+    """Whether shims start through the fork server (safe to launch one from any thread)."""
+    return _launch_mode == "launcher" and _launcher is not None
+
+
 def use_launcher() -> None:
     """Start the fork server and launch every shim through it. Call while single-threaded."""
     global _launch_mode, _launcher
