@@ -158,14 +158,8 @@ def dispatch(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: 
 # --- small source-side helpers --------------------------------------------------------------
 
 
-def page_server_address(dest: str) -> str:
-    """This host's address as seen from the daemon at ``dest`` (the route's source address).
-
-    ``HOST:PORT`` and ``ssh://[user@]host[:port]`` use the route to that host; ``unix:`` means
-    the same host (127.0.0.1).
-    """
-    if dest.startswith("unix:"):
-        return "127.0.0.1"
+def _resolve_dest(dest: str, kind: int) -> tuple[str, Any]:
+    """(host part of ``dest``, its first address info of socket type ``kind``); TransferError."""
     host = dest
     if host.startswith("ssh://"):
         host = host[len("ssh://"):].rsplit("@", 1)[-1]
@@ -174,10 +168,20 @@ def page_server_address(dest: str) -> str:
     elif host.count(":") == 1:
         host = host.rsplit(":", 1)[0]
     try:
-        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+        return host, socket.getaddrinfo(host, 9, type=kind)[0]
     except OSError as exc:
         raise TransferError(f"cannot resolve the target host {host}: {exc}", phase="preflight") from exc
-    family, _type, _proto, _name, sockaddr = infos[0]
+
+
+def page_server_address(dest: str) -> str:
+    """This host's address as seen from the daemon at ``dest`` (the route's source address).
+
+    ``HOST:PORT`` and ``ssh://[user@]host[:port]`` use the route to that host; ``unix:`` means
+    the same host (127.0.0.1).
+    """
+    if dest.startswith("unix:"):
+        return "127.0.0.1"
+    host, (family, _type, _proto, _name, sockaddr) = _resolve_dest(dest, socket.SOCK_DGRAM)
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         try:
             s.connect(sockaddr)  # UDP: no packet is sent, the kernel only picks the route
@@ -190,17 +194,7 @@ def peer_address(dest: str) -> str:
     """The address the daemon at ``dest`` connects from (its own address; 127.0.0.1 for ``unix:``)."""
     if dest.startswith("unix:"):
         return "127.0.0.1"
-    host = dest
-    if host.startswith("ssh://"):
-        host = host[len("ssh://"):].rsplit("@", 1)[-1]
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
-    try:
-        return str(socket.getaddrinfo(host, 9, type=socket.SOCK_STREAM)[0][4][0])
-    except OSError as exc:
-        raise TransferError(f"cannot resolve the target host {host}: {exc}", phase="preflight") from exc
+    return str(_resolve_dest(dest, socket.SOCK_STREAM)[1][4][0])
 
 
 def lazy_page_count(images_dir: Path) -> int:
