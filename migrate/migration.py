@@ -128,6 +128,16 @@ def stage_upper(target: Any, migration_id: str, upper_dir: Path) -> tuple[Any, i
     return snapshot, sink.bytes_written
 
 
+def upper_for_migration(target: Any, ticket: Any, migration_id: str, upper_dir: Path, enter: Any) -> tuple[UpperForDump, int]:
+    """Stage the upper layer on the target when its ticket asks for it (phase "stage", via
+    ``enter``); the writer the dump then uses, and the bytes sent now."""
+    if not ticket.stage_upper:
+        return UpperForDump(None, upper_dir), 0
+    enter("stage", "sending the upper layer")
+    snapshot, sent = stage_upper(target, migration_id, upper_dir)
+    return UpperForDump(snapshot, upper_dir), sent
+
+
 class UpperForDump:
     """Writes a frozen container's upper layer into the dump's archive: only what changed since
     ``snapshot`` (``stage_upper``) when a delta can say it, else everything. ``trailer`` is what
@@ -305,12 +315,8 @@ def migrate_container(
                 raise pusher.error
             bytes_on_wire += image_sink.bytes_written
             image_bytes = image_sink.bytes_written
-        snapshot = None
-        if ticket.stage_upper:
-            enter("stage", "sending the upper layer")
-            snapshot, sent = stage_upper(target, migration_id, dt.upper_dir)
-            bytes_on_wire += sent
-        upper = UpperForDump(snapshot, dt.upper_dir)
+        upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter)
+        bytes_on_wire += sent
         staging = rt.paths.tmp / f"migrate-{migration_id}"
         staging.mkdir(parents=True, mode=0o700)
         try:

@@ -282,7 +282,7 @@ def migrate_postcopy(
     """
     from migrate.checkpoint import dump_externals
     from migrate.images import ArchiveWriter
-    from migrate.migration import UpperForDump, _end_record, _fail, _Pusher, stage_upper
+    from migrate.migration import _end_record, _fail, _Pusher, upper_for_migration
     from migrate.outgoing import OutgoingMigrations
     from runtime.port_guard import drop_guard
     from migrate.restore import _version_tuple
@@ -369,12 +369,8 @@ def migrate_postcopy(
             if image_pusher.error is not None:
                 raise image_pusher.error
             bytes_on_wire += image_sink.bytes_written
-        snapshot = None
-        if ticket.stage_upper:
-            enter("stage", "sending the upper layer")
-            snapshot, sent = stage_upper(target, migration_id, dt.upper_dir)
-            bytes_on_wire += sent
-        upper = UpperForDump(snapshot, dt.upper_dir)
+        upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter)
+        bytes_on_wire += sent
         staging.mkdir(parents=True, mode=0o700)
         images_dir = staging / "images"
         images_dir.mkdir()
