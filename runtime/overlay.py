@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +46,13 @@ def _escape(path: Path) -> str:
 
 def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
     """Create upper/work/merged and mount the overlay privately on merged/."""
+    new_upper = not dirs.upper.exists()
     for d in (dirs.upper, dirs.work, dirs.merged):
         d.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if new_upper:
+        # The merged root takes its mode from the upper dir: make it the image's root mode, not
+        # 0755 minus whatever umask the caller had (a 0700 root locks out every non-root user).
+        os.chmod(dirs.upper, stat.S_IMODE(os.stat(dirs.lower).st_mode))
     data = f"lowerdir={_escape(dirs.lower)},upperdir={_escape(dirs.upper)},workdir={_escape(dirs.work)}"
     log.debug("mount overlay %s on %s", data, dirs.merged)
     try:

@@ -43,6 +43,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_SETUP = 125
 EXIT_CANNOT_INVOKE = 126
 EXIT_NOT_FOUND = 127
+# A container's processes start with the OCI default umask, not whatever the caller of pymigrate
+# (a CLI under umask 077, a daemon) happened to have.
+CONTAINER_UMASK = 0o022
 
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -153,6 +156,7 @@ def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscal
 
 def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no cover - container init
     try:
+        os.umask(CONTAINER_UMASK)
         sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
         os.chdir(plan.merged)
         rootfs.apply(list(plan.ops), plan.merged, sys)
@@ -245,6 +249,7 @@ def exec_in(
                 child = os.fork()
                 if child == 0:
                     try:
+                        os.umask(CONTAINER_UMASK)
                         os.chdir(workdir)
                         _reset_signals()
                         capabilities.drop_privileges(sys, cap_last)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 from typing import Protocol
 
 # mount(2) flags
@@ -128,6 +129,9 @@ class LinuxSyscalls:
 
     def mknod(self, path: str, mode: int, major: int, minor: int) -> None:
         os.mknod(path, mode, os.makedev(major, minor))
+        # mknod(2) applies the caller's umask: set the asked mode exactly (0666 for /dev/null, as
+        # runc makes it; a 0644 node cannot be written by a server that dropped root).
+        os.chmod(path, stat.S_IMODE(mode))
 
     def symlink(self, target: str, link: str) -> None:
         os.symlink(target, link)

@@ -240,3 +240,28 @@ def test_reconcile_notices_dead_processes(rt) -> None:  # noqa: ANN001
     wait_for(lambda: rt.inspect("orphan").state.status == "exited", what="reconciled exit")
     assert rt.inspect("orphan").state.exit_code == -1
     assert [i.spec.name for i in rt.list(all=False)] == []
+
+
+def test_dev_matches_runc_defaults_and_is_usable_by_other_users(rt, pm) -> None:  # noqa: ANN001
+    """The default /dev as runc makes it: char nodes 0666 whatever the caller's umask, /dev/shm
+    1777, /dev/pts with ptmxmode 0666 — so a server that dropped root (PostgreSQL's initdb, a
+    worker under www-data) can write /dev/null and open /dev/ptmx."""
+    old_umask = os.umask(0o077)  # the strictest a caller might run pymigrate with
+    try:
+        rt.run("busybox", ("sleep", "1000"), name="devmodes")
+    finally:
+        os.umask(old_umask)
+    r = pm("exec", "devmodes", "sh", "-c", "stat -c '%n %a %F' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty /dev/shm /dev/pts/ptmx")
+    assert r.returncode == 0, r.stderr
+    modes = {line.split()[0]: line.split()[1] for line in r.stdout.decode().splitlines()}
+    for node in ("null", "zero", "full", "random", "urandom", "tty"):
+        assert modes[f"/dev/{node}"] == "666", (node, modes)
+    assert modes["/dev/shm"] == "1777"
+    assert modes["/dev/pts/ptmx"] == "666"
+    # a uid-1000 process writes /dev/null, reads /dev/zero and creates a file in /dev/shm
+    script = "echo x > /dev/null && head -c 4 /dev/zero | wc -c && echo y > /dev/shm/u1000 && id -u"
+    add_user = "echo 'u1000:x:1000:1000::/tmp:/bin/sh' >> /etc/passwd && echo 'u1000:x:1000:' >> /etc/group"
+    assert pm("exec", "devmodes", "sh", "-c", add_user).returncode == 0
+    r = pm("exec", "devmodes", "su", "-s", "/bin/sh", "u1000", "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["4", "1000"]
