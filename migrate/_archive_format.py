@@ -45,7 +45,9 @@ FLAG_ZSTD = 0x01  # payload is one zstd frame whose content is raw_len bytes
 CHUNK_BYTES = 4 << 20  # writer's data chunk (raw) size
 MAX_DATA_RAW_BYTES = 64 << 20  # reader's limit for one data chunk (writer uses CHUNK_BYTES)
 MAX_DATA_STORED_BYTES = MAX_DATA_RAW_BYTES + (1 << 20)
-MAX_META_BYTES = 1 << 30  # reader's limit for one JSON record (the trailer of a huge tree)
+MAX_META_BYTES = 1 << 30  # reader's limit for the trailer (the member list of a huge tree)
+MAX_MANIFEST_BYTES = 64 << 20  # reader's limit for the manifest (a container spec and host facts)
+MAX_ENTRY_BYTES = 16 << 20  # reader's limit for an entry or end record (metadata and xattrs of one inode)
 
 # Member kinds as they appear in entry records.
 KIND_FILE = "file"
@@ -60,6 +62,18 @@ KIND_BLOCK = "block"
 KINDS = frozenset(
     {KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_HARDLINK, KIND_FIFO, KIND_SOCKET, KIND_WHITEOUT, KIND_CHAR, KIND_BLOCK}
 )
+
+
+def record_limits(kind: int) -> tuple[int, int]:
+    """(stored, raw) payload bytes the reader accepts for a record of ``kind``: checked before
+    anything is allocated or decompressed, so a small zstd frame cannot claim gigabytes."""
+    if kind == REC_DATA:
+        return MAX_DATA_STORED_BYTES, MAX_DATA_RAW_BYTES
+    if kind in (REC_ENTRY, REC_END):
+        return MAX_ENTRY_BYTES, MAX_ENTRY_BYTES
+    if kind == REC_MANIFEST:
+        return MAX_MANIFEST_BYTES, MAX_MANIFEST_BYTES
+    return MAX_META_BYTES, MAX_META_BYTES
 
 
 def pack_stream_header(version: int = FORMAT_VERSION) -> bytes:
@@ -96,6 +110,8 @@ def check_member_name(name: str) -> None:
         raise UnsafeMember(str(name), "empty member name")
     if "\x00" in name:
         raise UnsafeMember(name, "NUL byte in member name")
+    if not encodable(name):
+        raise UnsafeMember(name, "not a file name: characters that do not encode to bytes")
     if name.startswith("/"):
         raise UnsafeMember(name, "absolute path")
     parts = name.split("/")
@@ -103,6 +119,16 @@ def check_member_name(name: str) -> None:
         raise UnsafeMember(name, "'..' component in path")
     if any(p in ("", ".") for p in parts):
         raise UnsafeMember(name, "empty or '.' component in path")
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` maps to bytes the way os.fsencode does (names that were not UTF-8 come
+    back as surrogate escapes; other lone surrogates name nothing)."""
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def symlink_escapes(name: str, target: str) -> bool:

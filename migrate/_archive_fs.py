@@ -131,6 +131,55 @@ def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         pos = end
 
 
+_U32 = (1 << 32) - 1
+_NS_RANGE = 1 << 62  # utime() takes any time_t; Python refuses ns beyond about +-2^63 with OverflowError
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def check_entry_meta(meta: dict[str, Any]) -> str | None:
+    """What is wrong with an entry record's fields for its kind (types and ranges), or None.
+
+    The reader calls this before touching the disk, so a crafted entry ends in a typed
+    ArchiveError instead of an OverflowError from ``os.makedev`` or ``os.utime`` later.
+    """
+    kind = meta.get("kind")
+    if kind == fmt.KIND_HARDLINK:
+        target = meta.get("target")
+        return None if isinstance(target, str) and target else f"hardlink target {str(target)[:64]!r}"
+    for key in ("mode",):
+        if not _is_int(meta.get(key), 0, 0o7777):
+            return f"mode {meta.get(key)!r}, expected permission bits within 07777"
+    for key in ("uid", "gid"):
+        if not _is_int(meta.get(key), 0, _U32):
+            return f"{key} {meta.get(key)!r}, expected an integer 0..{_U32}"
+    for key in ("atime_ns", "mtime_ns"):
+        if not _is_int(meta.get(key), -_NS_RANGE, _NS_RANGE):
+            return f"{key} {meta.get(key)!r}, expected an integer within +-2^62"
+    xattrs = meta.get("xattrs", {})
+    if not isinstance(xattrs, dict):
+        return "xattrs is not a JSON object"
+    for key, value in xattrs.items():
+        if not key or "\x00" in key or not fmt.encodable(key) or not isinstance(value, str):
+            return f"xattr {key[:64]!r}"
+        try:
+            base64.b64decode(value, validate=True)
+        except ValueError:
+            return f"xattr {key[:64]!r} is not base64"
+    if kind == fmt.KIND_SYMLINK:
+        target = meta.get("target")
+        if not isinstance(target, str) or not target or "\x00" in target or not fmt.encodable(target) or len(target) > 4095:
+            return f"symlink target {str(target)[:64]!r}"
+    if kind in (fmt.KIND_CHAR, fmt.KIND_BLOCK):
+        rdev = meta.get("rdev")
+        # Linux dev_t: 12-bit major, 20-bit minor (MAJOR/MINOR in include/linux/kdev_t.h)
+        if not (isinstance(rdev, list) and len(rdev) == 2 and _is_int(rdev[0], 0, 0xFFF) and _is_int(rdev[1], 0, 0xFFFFF)):
+            return f"rdev {str(rdev)[:64]}, expected [major, minor]"
+    return None
+
+
 class MetaApplier:
     """Applies entry metadata to extracted inodes, in the order the kernel needs."""
 

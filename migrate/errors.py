@@ -7,10 +7,15 @@ Tree::
     ├── ArchiveError                a checkpoint archive is malformed
     │   ├── ChecksumMismatch        names the member whose sha256 failed
     │   ├── FormatVersionError      unknown archive format version
-    │   └── UnsafeMember            absolute path, '..', escaping link, device node not allowed
+    │   ├── UnsafeMember            absolute path, '..', escaping link, device node not allowed,
+    │   │                           a member the whitelist does not allow (migrate.archive_members)
+    │   └── ArchiveLimitExceeded    over an extraction budget (runtime.extract_limits): names the
+    │                               limit, its value and what needed more
     ├── IncompatibleHost            pre-flight refused: CRIU version, CPU features, image, name/address
     ├── PeerError                   the other host answered with an error
     ├── TransferError               the link broke (we did not close it)
+    ├── OutcomeUnknown              the final dump went out, the target's answer did not come back
+    │                               and the target cannot be asked yet: the source copy stays frozen
     ├── MigrationTimeout
     ├── AuthError                   credentials refused (TLS, token, SSH)
     └── ContainerLost               past the point of no return (post-copy: the target already
@@ -65,6 +70,17 @@ class UnsafeMember(ArchiveError):
         self.reason = reason
 
 
+class ArchiveLimitExceeded(ArchiveError):
+    """The archive needs more than an extraction limit allows (``limit`` is the field name of
+    ``runtime.extract_limits.ExtractLimits``, ``value`` its setting, ``actual`` what was needed)."""
+
+    def __init__(self, message: str, *, limit: str, value: int, actual: int, hint: str | None = None) -> None:
+        super().__init__(message, phase="verify", hint=hint)
+        self.limit = limit
+        self.value = value
+        self.actual = actual
+
+
 class IncompatibleHost(MigrationError):
     pass
 
@@ -75,6 +91,18 @@ class PeerError(MigrationError):
 
 class TransferError(MigrationError):
     pass
+
+
+class OutcomeUnknown(MigrationError):
+    """A migration's final dump reached (or may have reached) the target and its answer was lost;
+    the target could not be asked since. The source's copy stays frozen (exactly one copy: the
+    target may run it) until the source daemon settles the migration with the target."""
+
+    def __init__(self, message: str, *, phase: str | None = None, hint: str | None = None, migration_id: str = "",
+                 dest: str = "") -> None:
+        super().__init__(message, phase=phase, hint=hint)
+        self.migration_id = migration_id
+        self.dest = dest
 
 
 class MigrationTimeout(MigrationError):

@@ -20,6 +20,10 @@ What shapes the design (details and the byte layout: docs/archive-format.md):
 - Extraction is defensive: no absolute names, no '..', no path through an extracted symlink or
   other non-directory, hardlinks only to earlier members, relative symlinks must not resolve
   above the root, device nodes only on request (overlay whiteouts, char 0:0, always allowed).
+- The input is untrusted (docs/security.md): only members the whitelist allows
+  (migrate.archive_members), and nothing beyond the extraction limits (runtime.extract_limits:
+  depth, name length, member count, member and total size, holes) is created, checked before
+  the bytes are written or hashed. Every malformed input ends in an ``ArchiveError``.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ import zstandard
 
 from migrate import _archive_format as fmt
 from migrate._archive_format import FORMAT_VERSION, MAGIC
-from migrate._archive_fs import MetaApplier, data_extents, entry_meta, kind_of, read_xattrs, walk
-from migrate.errors import ArchiveError, ChecksumMismatch, FormatVersionError, UnsafeMember
+from migrate._archive_fs import MetaApplier, check_entry_meta, data_extents, entry_meta, kind_of, read_xattrs, walk
+from migrate.archive_members import CHECKPOINT_MEMBERS, MemberRule, check_member
+from migrate.errors import ArchiveError, ArchiveLimitExceeded, ChecksumMismatch, FormatVersionError, UnsafeMember
+from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
 
 log = logging.getLogger(__name__)
 
@@ -654,8 +660,13 @@ def read_archive(
     *,
     allow_devices: bool | Callable[[dict[str, Any]], bool] = False,
     progress: Callable[[int], None] | None = None,
+    limits: ExtractLimits | None = None,
+    members: tuple[MemberRule, ...] = CHECKPOINT_MEMBERS,
 ) -> dict[str, Any]:
     """Extract the archive read from ``source`` into ``dest`` and return its manifest.
+
+    ``limits``: the extraction budget (default: ``runtime.extract_limits.current_limits()``);
+    ``members``: which member names and kinds are allowed (default: a checkpoint's).
 
     ``allow_devices`` may be a policy: called with the manifest (the first record) before any
     member is extracted, it decides whether device nodes other than overlay whiteouts are allowed.
@@ -673,10 +684,14 @@ def read_archive(
         ChecksumMismatch: a file member's content does not match its sha256 (names it).
         UnsafeMember: absolute name, '..', path through a symlink, escaping symlink, hardlink to
             a name not extracted before, device node without ``allow_devices`` (names it).
+        ArchiveLimitExceeded: over an extraction limit (names the limit and its value).
         ArchiveError: "truncated archive ..." on early EOF; corruption (naming the member being
-            read), malformed records, trailing data.
+            read), malformed records, trailing data, a member that cannot be created (e.g. no
+            space left, naming the member).
     """
-    return _Reader(source, Path(dest), allow_devices=allow_devices, progress=progress).run()
+    reader = _Reader(source, Path(dest), allow_devices=allow_devices, progress=progress,
+                     limits=limits or current_limits(), members=members)
+    return reader.run()
 
 
 @dataclass
@@ -716,8 +731,14 @@ class _Reader:
         *,
         allow_devices: bool | Callable[[dict[str, Any]], bool] = False,
         progress: Callable[[int], None] | None = None,
+        limits: ExtractLimits | None = None,
+        members: tuple[MemberRule, ...] = CHECKPOINT_MEMBERS,
     ) -> None:
         self._src = source
+        self._limits = limits or ExtractLimits()
+        self._rules = members
+        self._total_bytes = 0  # sizes of the finished file members (holes included)
+        self._hole_bytes = 0  # zeros hashed (or about to be) that the stream did not carry
         self._dest = os.fspath(dest) if dest is not None else ""
         self._allow_devices = allow_devices
         self._progress = progress
@@ -793,9 +814,7 @@ class _Reader:
         kind, flags, stored_len, raw_len, offset, crc = parsed
         if kind not in fmt.RECORD_NAMES:
             raise ArchiveError(f"corrupted archive: unknown record kind {kind} at byte {start} (reading {self._where()})")
-        limit_stored, limit_raw = (
-            (fmt.MAX_DATA_STORED_BYTES, fmt.MAX_DATA_RAW_BYTES) if kind == fmt.REC_DATA else (fmt.MAX_META_BYTES,) * 2
-        )
+        limit_stored, limit_raw = fmt.record_limits(kind)
         if stored_len > limit_stored or raw_len > limit_raw or flags & ~fmt.FLAG_ZSTD:
             raise ArchiveError(
                 f"corrupted archive: implausible {fmt.RECORD_NAMES[kind]} record at byte {start} "
@@ -842,7 +861,7 @@ class _Reader:
         data = bytes(self._unpack(rec.flags, rec.raw_len, rec.crc, rec.payload, what))
         try:
             obj = fmt.decode_json(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
             raise ArchiveError(f"corrupted archive: {what} is not valid JSON") from exc
         if not isinstance(obj, dict):
             raise ArchiveError(f"corrupted archive: {what} is not a JSON object")
@@ -868,41 +887,87 @@ class _Reader:
 
     # -- full read --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        os.makedirs(self._dest, exist_ok=True)
-        if os.listdir(self._dest):
-            raise ArchiveError(f"cannot extract archive into {self._dest}: directory is not empty")
+        try:
+            os.makedirs(self._dest, exist_ok=True)
+            if os.listdir(self._dest):
+                raise ArchiveError(f"cannot extract archive into {self._dest}: directory is not empty")
+        except OSError as exc:
+            raise ArchiveError(f"cannot extract archive into {self._dest}: {exc.strerror}") from exc
         self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="archive-unzstd")
         self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="archive-sha256")
         try:
-            manifest = self.read_head()
-            if callable(self._allow_devices):
-                self._allow_devices = bool(self._allow_devices(manifest))
-            while True:
-                rec = self._next_record()
-                if rec is None:
-                    if self._file is not None:  # corruption found in what did arrive comes first
-                        while self._file.inflight:
-                            self._retire(self._file)
-                        raise self._truncated(f"member {self._file.name} (no end record)")
-                    raise self._truncated(f"the record after {self._where()} (no trailer)")
-                kind = rec.kind
-                if kind == fmt.REC_DATA:
-                    self._data(rec)
-                elif kind == fmt.REC_ENTRY:
-                    self._entry(rec)
-                elif kind == fmt.REC_END:
-                    self._end(rec)
-                elif kind == fmt.REC_TRAILER:
-                    extra = self._trailer(rec)
-                    return {**manifest, **extra}
-                else:
-                    raise ArchiveError(f"malformed archive: a second manifest record after {self._where()}")
+            return self._records()
+        except OSError as exc:  # creating what a member describes: no space, EPERM, EFBIG, ...
+            raise self._cannot_create(exc) from exc
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError, IndexError, RecursionError) as exc:
+            # A safety net, not a design: every field is checked before use. The fuzz test fails
+            # on this message, so it never hides a missing check for long.
+            raise ArchiveError(f"malformed archive: unexpected {type(exc).__name__} while reading {self._where()}: {exc}") from exc
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._hasher.shutdown(wait=True, cancel_futures=True)
             if self._file is not None:
                 os.close(self._file.fd)
                 self._file = None
+
+    def _records(self) -> dict[str, Any]:
+        manifest = self.read_head()
+        if callable(self._allow_devices):
+            self._allow_devices = bool(self._allow_devices(manifest))
+        while True:
+            rec = self._next_record()
+            if rec is None:
+                if self._file is not None:  # corruption found in what did arrive comes first
+                    while self._file.inflight:
+                        self._retire(self._file)
+                    raise self._truncated(f"member {self._file.name} (no end record)")
+                raise self._truncated(f"the record after {self._where()} (no trailer)")
+            kind = rec.kind
+            if kind == fmt.REC_DATA:
+                self._data(rec)
+            elif kind == fmt.REC_ENTRY:
+                self._entry(rec)
+            elif kind == fmt.REC_END:
+                self._end(rec)
+            elif kind == fmt.REC_TRAILER:
+                extra = self._trailer(rec)
+                return {**manifest, **extra}
+            else:
+                raise ArchiveError(f"malformed archive: a second manifest record after {self._where()}")
+
+    def _cannot_create(self, exc: OSError) -> ArchiveError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ArchiveError(
+                f"cannot extract archive member {self._last_member} into {self._dest}: {exc.strerror}",
+                phase="verify",
+                hint="the archive needs more space than the state root's filesystem has free (ROOT/tmp)",
+            )
+        return ArchiveError(f"cannot extract archive member {self._last_member} into {self._dest}: {exc.strerror or exc}")
+
+    def _over(self, limit: str, actual: int, what: str) -> ArchiveLimitExceeded:
+        return ArchiveLimitExceeded(
+            self._limits.exceeded(limit, actual, what),
+            limit=limit,
+            value=getattr(self._limits, limit),
+            actual=actual,
+            hint=self._limits.hint(limit),
+        )
+
+    def _check_name(self, name: str, kind: str) -> None:
+        """Clean, within the name limits, allowed by the member whitelist, not too many members."""
+        fmt.check_member_name(name)
+        raw = name.encode("utf-8", "surrogateescape")
+        if len(raw) > self._limits.max_name_bytes:
+            raise self._over("max_name_bytes", len(raw), f"archive member name {name[:64]!r}...")
+        parts = name.split("/")
+        if len(parts) > self._limits.max_depth:
+            raise self._over("max_depth", len(parts), f"archive member {name[:64]}... ({len(parts)} levels)")
+        longest = max(len(p.encode("utf-8", "surrogateescape")) for p in parts)
+        if longest > NAME_MAX:
+            raise UnsafeMember(name[:300], f"a path component is {longest} bytes, the kernel allows {NAME_MAX}")
+        check_member(name, kind, self._rules)
+        if len(self._seen) >= self._limits.max_members:
+            raise self._over("max_members", len(self._seen) + 1, "the archive's member count")
 
     def _entry(self, rec: _Record) -> None:
         if self._file is not None:
@@ -911,11 +976,16 @@ class _Reader:
         name = meta.get("name")
         if not isinstance(name, str):
             raise ArchiveError(f"malformed archive: entry record after {self._where()} has no name")
+        kind = meta.get("kind")
+        if kind not in fmt.KINDS:
+            fmt.check_member_name(name)
+            raise UnsafeMember(name, f"unknown member kind {kind!r}")
+        self._check_name(name, kind)
         self._last_member = name
-        try:
-            self._extract(name, meta)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArchiveError(f"malformed archive: entry record of member {name} is invalid ({exc!r})") from exc
+        problem = check_entry_meta(meta)
+        if problem is not None:
+            raise ArchiveError(f"malformed archive: entry record of member {name} is invalid ({problem})")
+        self._extract(name, kind, meta)
 
     def _make_parents(self, name: str) -> None:
         parts = name.split("/")
@@ -923,6 +993,7 @@ class _Reader:
             parent = "/".join(parts[:i])
             kind = self._seen.get(parent)
             if kind is None:
+                check_member(parent, fmt.KIND_DIR, self._rules)
                 os.mkdir(os.path.join(self._dest, parent), 0o755)
                 self._seen[parent] = _IMPLICIT_DIR
             elif kind == fmt.KIND_SYMLINK:
@@ -930,16 +1001,20 @@ class _Reader:
             elif kind not in (fmt.KIND_DIR, _IMPLICIT_DIR):
                 raise UnsafeMember(name, f"path passes through {parent}, a {kind}, not a directory")
 
-    def _extract(self, name: str, meta: dict[str, Any]) -> None:
-        fmt.check_member_name(name)
-        kind = meta.get("kind")
-        if kind not in fmt.KINDS:
-            raise UnsafeMember(name, f"unknown member kind {kind!r}")
+    def _extract(self, name: str, kind: str, meta: dict[str, Any]) -> None:
         before = self._seen.get(name)
         if before is not None and not (kind == fmt.KIND_DIR and before == _IMPLICIT_DIR):
             raise UnsafeMember(name, "duplicate member name")
-        if kind != fmt.KIND_HARDLINK and int(meta["mode"]) & ~0o7777:
-            raise ArchiveError(f"malformed archive: member {name} has mode {int(meta['mode']):o}")
+        if kind in (fmt.KIND_CHAR, fmt.KIND_BLOCK) and not self._allow_devices:
+            major, minor = meta["rdev"]
+            raise UnsafeMember(name, f"{kind} device node {major}:{minor} not allowed (allow_devices is off)")
+        if kind == fmt.KIND_SYMLINK and fmt.symlink_escapes(name, meta["target"]):
+            raise UnsafeMember(name, f"symlink target {meta['target']!r} escapes the archive root")
+        if kind == fmt.KIND_HARDLINK:
+            target_kind = self._seen.get(meta["target"])
+            if target_kind is None or target_kind in (fmt.KIND_DIR, _IMPLICIT_DIR):
+                raise UnsafeMember(name, f"hardlink target {meta['target']!r} is not a file member extracted earlier")
+            check_member(meta["target"], fmt.KIND_FILE, self._rules)
         self._make_parents(name)
         full = os.path.join(self._dest, name)
         info: dict[str, Any] = {"name": name, "kind": kind, "size_bytes": 0, "sha256": None}
@@ -953,19 +1028,10 @@ class _Reader:
                 os.mkdir(full, 0o700)  # final mode once its contents exist
             self._dirs.append((full, meta))
         elif kind == fmt.KIND_SYMLINK:
-            target = meta["target"]
-            if not isinstance(target, str) or not target or "\x00" in target:
-                raise UnsafeMember(name, f"invalid symlink target {target!r}")
-            if fmt.symlink_escapes(name, target):
-                raise UnsafeMember(name, f"symlink target {target!r} escapes the archive root")
-            os.symlink(target, full)
+            os.symlink(meta["target"], full)
             self._applier.apply(full, meta, is_symlink=True)
         elif kind == fmt.KIND_HARDLINK:
-            target = meta["target"]
-            target_kind = self._seen.get(target) if isinstance(target, str) else None
-            if target_kind is None or target_kind in (fmt.KIND_DIR, _IMPLICIT_DIR):
-                raise UnsafeMember(name, f"hardlink target {target!r} is not a file member extracted earlier")
-            os.link(os.path.join(self._dest, target), full, follow_symlinks=False)
+            os.link(os.path.join(self._dest, meta["target"]), full, follow_symlinks=False)
         else:
             if kind == fmt.KIND_FIFO:
                 os.mkfifo(full, 0o600)
@@ -974,9 +1040,7 @@ class _Reader:
             elif kind == fmt.KIND_WHITEOUT:
                 os.mknod(full, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             else:
-                major, minor = (int(x) for x in meta["rdev"])
-                if not self._allow_devices:
-                    raise UnsafeMember(name, f"{kind} device node {major}:{minor} not allowed (allow_devices is off)")
+                major, minor = meta["rdev"]
                 ftype = stat.S_IFCHR if kind == fmt.KIND_CHAR else stat.S_IFBLK
                 os.mknod(full, ftype | 0o600, os.makedev(major, minor))
             self._applier.apply(full, meta)
@@ -990,6 +1054,7 @@ class _Reader:
         offset, raw_len = rec.offset, rec.raw_len
         if offset < f.end:
             raise ArchiveError(f"malformed archive: member {f.name} has a data chunk at offset {offset} before {f.end}")
+        self._check_sizes(f, offset, offset + raw_len)
         assert self._pool is not None
         what = f"member {f.name} (data chunk at offset {offset})"
         future = self._pool.submit(self._store, f.fd, rec, what)
@@ -997,6 +1062,19 @@ class _Reader:
         f.end = offset + raw_len
         while len(f.inflight) > self._max_inflight:
             self._retire(f)
+
+    def _check_sizes(self, f: _OpenFile, hole_from: int, end: int) -> None:
+        """Before writing up to ``end`` of ``f`` (zeros from ``f.end`` to ``hole_from``): every
+        size limit, so nothing beyond them is ever written or hashed."""
+        limits = self._limits
+        if end > limits.max_member_bytes:
+            raise self._over("max_member_bytes", end, f"archive member {f.name}")
+        if self._total_bytes + end > limits.max_total_bytes:
+            raise self._over("max_total_bytes", self._total_bytes + end, f"the archive's expanded size at member {f.name}")
+        hole = hole_from - f.end
+        if self._hole_bytes + hole > limits.max_hole_bytes:
+            raise self._over("max_hole_bytes", self._hole_bytes + hole, f"the holes of the archive's files at member {f.name}")
+        self._hole_bytes += hole
 
     def _store(self, fd: int, rec: _Record, what: str) -> bytes | memoryview:
         """Check, decompress and write one chunk at its offset; runs in the pool (pwrite needs no order)."""
@@ -1030,14 +1108,14 @@ class _Reader:
         if f is None:
             raise ArchiveError(f"malformed archive: end record outside a file member (after {self._where()})")
         end = self._json(rec, f"the end record of member {f.name}")
-        while f.inflight:
-            self._retire(f)
-        try:
-            size, expected = int(end["size_bytes"]), str(end["sha256"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArchiveError(f"malformed archive: end record of member {f.name} is invalid") from exc
+        size, expected = end.get("size_bytes"), end.get("sha256")
+        if type(size) is not int or size < 0 or not isinstance(expected, str) or len(expected) != 64:
+            raise ArchiveError(f"malformed archive: end record of member {f.name} is invalid")
         if size < f.end:
             raise ArchiveError(f"malformed archive: member {f.name} has data up to {f.end}, beyond its size {size}")
+        self._check_sizes(f, size, size)  # before a single zero of the tail hole is hashed
+        while f.inflight:
+            self._retire(f)
         assert self._hasher is not None
         if size > f.hashed_to:
             self._hasher.submit(_update_zeros, f.hash, size - f.hashed_to)
@@ -1050,6 +1128,7 @@ class _Reader:
         self._applier.apply(f.fd, f.meta)
         os.close(f.fd)
         self._file = None
+        self._total_bytes += size
         self._members.append({"name": f.name, "kind": fmt.KIND_FILE, "size_bytes": size, "sha256": actual})
 
     def _trailer(self, rec: _Record) -> dict[str, Any]:
@@ -1058,17 +1137,18 @@ class _Reader:
         trailer = self._json(rec, f"the trailer record after {self._where()}")
         listed = trailer.get("members")
         if listed != self._members:
-            first = next(
-                (m for m, s in zip(listed or [], self._members) if m != s),
-                None,
-            )
-            detail = f"first difference at {first.get('name')!r}" if isinstance(first, dict) else (
-                f"{len(listed or [])} listed, {len(self._members)} read"
-            )
+            detail = f"{len(listed)} listed, {len(self._members)} read" if isinstance(listed, list) else "no member list"
+            if isinstance(listed, list):
+                first = next((m for m, s in zip(listed, self._members) if m != s), None)
+                if isinstance(first, dict):
+                    detail = f"first difference at {str(first.get('name'))[:200]!r}"
             raise ArchiveError(f"corrupted archive: trailer member list does not match the members read ({detail})")
         extra = trailer.get("trailer", {})
         if not isinstance(extra, dict):
             raise ArchiveError("malformed archive: trailer extras are not a JSON object")
+        if "format_version" in extra:
+            raise ArchiveError("malformed archive: the trailer sets format_version, which only the stream header and "
+                               "the manifest may state")
         if self._src.read(1):
             raise ArchiveError(f"corrupted archive: data after the trailer at byte {self._pos}")
         for full, meta in reversed(self._dirs):  # deepest first, after their contents

@@ -236,7 +236,7 @@ def test_a_sink_failure_mid_member_fails_the_writer(tmp_path: Path) -> None:
     w = ArchiveWriter(_BrokenSink(fail_after=5))  # type: ignore[arg-type]
     w.write_manifest({})
     with pytest.raises(BrokenPipeError):
-        w.add_file("images/f", tmp_path / "f")
+        w.add_file("images/f.img", tmp_path / "f")
     with pytest.raises(ValueError, match="failed"):
         w.close()
 
@@ -276,9 +276,9 @@ def test_source_without_readinto_and_short_reads(tmp_path: Path) -> None:
     buf = io.BytesIO()
     with ArchiveWriter(buf) as w:
         w.write_manifest({"a": 1})
-        w.add_file("images/f", tmp_path / "f")
+        w.add_file("images/f.img", tmp_path / "f")
     read_archive(_ReadOnlySource(buf.getvalue()), tmp_path / "out")  # type: ignore[arg-type]
-    assert (tmp_path / "out" / "images" / "f").read_bytes() == (tmp_path / "f").read_bytes()
+    assert (tmp_path / "out" / "images" / "f.img").read_bytes() == (tmp_path / "f").read_bytes()
 
 
 def test_read_manifest_reads_only_the_head(tmp_path: Path) -> None:
@@ -286,7 +286,7 @@ def test_read_manifest_reads_only_the_head(tmp_path: Path) -> None:
     buf = io.BytesIO()
     with ArchiveWriter(buf) as w:
         w.write_manifest({"criu_version": "4.1.1", "kernel": "6.18"})
-        w.add_file("images/f", tmp_path / "f")
+        w.add_file("images/f.img", tmp_path / "f")
     data = buf.getvalue()
     archive = tmp_path / "cp.pmc"
     archive.write_bytes(data[:200])  # the rest is gone: the head is still readable
@@ -300,15 +300,15 @@ def test_writer_misuse_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x")
     w = ArchiveWriter(io.BytesIO())
     with pytest.raises(ValueError, match="write_manifest"):
-        w.add_file("images/f", tmp_path / "f")
+        w.add_file("images/f.img", tmp_path / "f")
     w.write_manifest({})
     with pytest.raises(ValueError):
         w.write_manifest({})
     with pytest.raises(ValueError, match="invalid archive member name"):
         w.add_file("../f", tmp_path / "f")
-    w.add_file("images/f", tmp_path / "f")
+    w.add_file("images/f.img", tmp_path / "f")
     with pytest.raises(ValueError, match="duplicate"):
-        w.add_file("images/f", tmp_path / "f")
+        w.add_file("images/f.img", tmp_path / "f")
     with pytest.raises(ValueError, match="format_version"):
         w.close({"format_version": 9})
     with pytest.raises(ValueError, match="compression"):
@@ -321,7 +321,7 @@ def test_exception_in_the_writer_leaves_a_truncated_archive(tmp_path: Path) -> N
     with pytest.raises(RuntimeError):
         with ArchiveWriter(buf) as w:
             w.write_manifest({})
-            w.add_file("images/f", tmp_path / "f")
+            w.add_file("images/f.img", tmp_path / "f")
             raise RuntimeError("dump failed")
     buf.seek(0)
     with pytest.raises(ArchiveError, match="truncated archive"):

@@ -146,7 +146,7 @@ def test_content_not_matching_sha256_is_a_checksum_mismatch(tmp_path: Path) -> N
 
 
 def test_trailer_must_list_the_members_read(tmp_path: Path) -> None:
-    c = Crafter().manifest().file("images/a", b"a").file("images/b", b"b")
+    c = Crafter().manifest().file("images/a.img", b"a").file("images/b.img", b"b")
     c.members.pop()
     c.trailer()
     with pytest.raises(ArchiveError, match="trailer member list"):
@@ -154,7 +154,7 @@ def test_trailer_must_list_the_members_read(tmp_path: Path) -> None:
 
 
 def test_data_after_the_trailer_is_refused(tmp_path: Path) -> None:
-    c = Crafter().manifest().file("images/a", b"a").trailer()
+    c = Crafter().manifest().file("images/a.img", b"a").trailer()
     c.out.write(b"junk")
     with pytest.raises(ArchiveError, match="after the trailer"):
         read_archive(c.source(), tmp_path / "out")
@@ -162,7 +162,7 @@ def test_data_after_the_trailer_is_refused(tmp_path: Path) -> None:
 
 def test_huge_length_fields_are_refused_before_allocating(tmp_path: Path) -> None:
     c = Crafter().manifest()
-    c.entry("images/a", "file")
+    c.entry("images/a.img", "file")
     c.out.write(fmt.pack_record_header(fmt.REC_DATA, 0, 1 << 31, 1 << 31, 0, 0))
     with pytest.raises(ArchiveError, match="implausible"):
         read_archive(c.source(), tmp_path / "out")
@@ -171,9 +171,9 @@ def test_huge_length_fields_are_refused_before_allocating(tmp_path: Path) -> Non
 def test_zstd_frame_claiming_another_size_is_refused(tmp_path: Path) -> None:
     frame = zstandard.ZstdCompressor(level=1).compress(b"y" * 5000)
     c = Crafter().manifest()
-    c.entry("images/a", "file")
+    c.entry("images/a.img", "file")
     c.record(fmt.REC_DATA, frame, raw_len=10, flags=fmt.FLAG_ZSTD)
-    with pytest.raises(ArchiveError, match="images/a"):
+    with pytest.raises(ArchiveError, match="images/a.img"):
         read_archive(c.source(), tmp_path / "out")
 
 
