@@ -19,6 +19,7 @@ thaws it on the way out unless CRIU has already killed the tree on purpose.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -235,6 +236,7 @@ def checkpoint_container(
         images_dir=images_dir,
         leave_running=True,  # frozen until committed; see the docstring
         tcp_established=options.tcp_established,
+        tcp_skip_in_flight=options.tcp_established,
         file_locks=options.file_locks,
         external=dump_externals(target),
         freeze_cgroup=target.freeze_cgroup,
@@ -246,6 +248,7 @@ def checkpoint_container(
     )
     was_paused = state == "paused"
     frozen = False
+    cut: Any = None  # the network, cut for the dump (CheckpointHost.isolate)
     try:
         with open(out_path, "wb") as out:
             emit("freeze")
@@ -253,6 +256,11 @@ def checkpoint_container(
             rt.freeze(container)
             frozen = True
             frozen_at = time.monotonic()
+            # Our network lock, kept until the tree is killed: a container stopped after its dump
+            # must not tell its peers (FIN/RST from the dying sockets) that the connections its
+            # checkpoint holds are gone, or no restore can take them up again.
+            cut = rt.isolate(spec)
+            request = dataclasses.replace(request, network_lock=cut.criu_lock)
             freezing_ms = (frozen_at - t0) * 1000
             emit("dump")
             if archive_path is not None:
@@ -285,6 +293,8 @@ def checkpoint_container(
             if options.leave_running:
                 # Everything is written (page cache): a late failure can no longer lose the
                 # container, so it goes on now and the durability work happens unfrozen.
+                rt.rejoin(cut)
+                cut = None
                 if not was_paused:
                     rt.thaw(container)
                 frozen = False
@@ -301,6 +311,10 @@ def checkpoint_container(
         # ---- committed: the checkpoint is complete on disk ----
         done_at = time.monotonic()
     except BaseException as exc:
+        try:
+            rt.rejoin(cut)
+        except OSError as rejoin_exc:  # rollback path: report the original error
+            log.error("container=%s: cannot set its link up again after a failed checkpoint: %s", spec.name, rejoin_exc)
         if frozen and not was_paused:
             try:
                 rt.thaw(container)

@@ -339,6 +339,7 @@ def migrate_container(
                 images_dir=images_dir,
                 leave_running=True,  # stays frozen (see module doc): the rollback path thaws it
                 tcp_established=options.tcp_established,
+                tcp_skip_in_flight=options.tcp_established,
                 external=dump_externals(dt),
                 freeze_cgroup=dt.freeze_cgroup,
                 network_lock=rt.network_lock(),

@@ -392,6 +392,7 @@ def migrate_postcopy(
             images_dir=images_dir,
             leave_running=True,  # CRIU must never kill the source by itself (module doc)
             tcp_established=options.tcp_established,
+            tcp_skip_in_flight=options.tcp_established,
             external=dump_externals(dt),
             freeze_cgroup=dt.freeze_cgroup,
             network_lock=rt.network_lock(),

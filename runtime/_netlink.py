@@ -220,8 +220,9 @@ class RtNetlink:
         )
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}")
 
-    def add_veth(self, name: str, *, master: int, peer_name: str, peer_mac: str, peer_netns_fd: int) -> None:
-        """Create veth ``name`` (up, enslaved to ``master``) whose peer is born in another namespace.
+    def add_veth(self, name: str, *, master: int, peer_name: str, peer_mac: str, peer_netns_fd: int, up: bool = True) -> None:
+        """Create veth ``name`` (up unless ``up`` is False; enslaved to ``master``) whose peer is born
+        in another namespace.
 
         The peer is created down: asking for IFF_UP on it in the same request fails with ENOTCONN
         (seen on 6.18), so the caller sets it up from inside its namespace.
@@ -234,7 +235,7 @@ class RtNetlink:
         )
         linkinfo = attr_str(IFLA_INFO_KIND, "veth") + attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer))
         body = (
-            ifinfomsg(up=True)
+            ifinfomsg(up=up)
             + attr_str(IFLA_IFNAME, name)
             + attr_u32(IFLA_MASTER, master)
             + attr(IFLA_LINKINFO, linkinfo)

@@ -233,7 +233,8 @@ class CheckpointHost:
         netns = net.create_netns(cid)
         undo.append(("remove netns", lambda: net.remove_netns(cid)))
         if spec.network == "bridge":
-            net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
+            # The host end stays down until CRIU has restored the sockets (``join_network``).
+            net.connect(cid, netns, ip=spec.ip, mac=spec.mac, up=False)
             undo.append(("disconnect", lambda: net.disconnect(cid)))
         return spec, netns
 
@@ -247,6 +248,26 @@ class CheckpointHost:
 
         if not shim.uses_launcher():
             return None
+    def join_network(self, spec: ContainerSpec, netns: Path) -> None:
+        """After CRIU restored the tree: set the host end of its veth up, then announce its address.
+
+        Until now the link was down, so a peer's retransmission (every ~10-200 ms from a client
+        holding a connection) could not reach the namespace while its TCP sockets did not exist
+        yet: the kernel would have answered with a RST and broken the connection CRIU was about to
+        restore. Raises OSError if the link cannot be set up (the container would be unreachable).
+        """
+        from runtime.network import set_link_up
+
+        if spec.network != "bridge":
+            return
+        veth = self.host_veth(spec)
+        if veth is not None:
+            set_link_up(veth, True)
+        try:
+            self.rt.network(spec.network).announce(spec.container_id, netns)
+        except ContainerError as exc:  # the container runs; neighbours learn it on first traffic
+            log.warning("container=%s: gratuitous ARP failed: %s", spec.container_id, exc)
+
         return RestoreShell(self, spec, netns_key=netns_key, criu=criu, restored_from=restored_from, timeout_s=timeout_s)
 
     def restore_from(
@@ -302,11 +323,7 @@ class CheckpointHost:
             )
             oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
             launch_shim(rt.store, cid, starter, oom_killed=oom, sys=rt.sys)
-            if spec.network == "bridge":
-                try:
-                    net.announce(cid, netns)
-                except ContainerError as exc:  # the container runs; neighbours learn it on first traffic
-                    log.warning("container=%s: gratuitous ARP failed: %s", cid, exc)
+            self.join_network(spec, netns)
         except BaseException:
             rt._undo(cid, undo)
             raise
@@ -387,11 +404,7 @@ class RestoreShell:
             self._thread.join()
             if self._error is not None:
                 raise self._error
-            if self.spec.network == "bridge":
-                try:
-                    rt.network(self.spec.network).announce(cid, self.netns)
-                except ContainerError as exc:  # the container runs; neighbours learn it on first traffic
-                    log.warning("container=%s: gratuitous ARP failed: %s", cid, exc)
+            self.host.join_network(self.spec, self.netns)
         except BaseException:
             self.abort()
             raise

@@ -171,13 +171,15 @@ class Network(Protocol):
         """
         ...
 
-    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None) -> Endpoint | None:
+    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None, *, up: bool = True) -> Endpoint | None:
         """Attach the namespace at ``netns`` to the bridge as eth0 with ``ip`` (or the next free one).
 
         Ensures the bridge (gateway address, up), leases the address, creates the veth pair with
         one end born in ``netns`` as eth0 (ip/prefix, ``mac`` or the one derived from the ip, default
-        route via the gateway) and the other enslaved to the bridge, all up. On failure everything
-        this call created is undone. ``NoNetwork`` returns None.
+        route via the gateway) and the other enslaved to the bridge, all up — but with ``up=False``
+        the host end stays down (``set_link_up`` later): a restored container's sockets must not
+        meet its peers' retransmissions before CRIU has put them back, or the peers get a RST.
+        On failure everything this call created is undone. ``NoNetwork`` returns None.
 
         Raises:
             InvalidArgument: ``ip`` or ``mac`` unusable. ContainerExists: ``ip`` taken or the
@@ -270,7 +272,7 @@ class _Namespaces:
 class NoNetwork(_Namespaces):
     """Mode "none": a namespace with only loopback; nothing to connect, lease or announce."""
 
-    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None) -> Endpoint | None:
+    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None, *, up: bool = True) -> Endpoint | None:
         if ip is not None:
             raise InvalidArgument(
                 f"cannot give container {container_id} address {ip}: its network mode is none",
@@ -351,7 +353,7 @@ class BridgeNetwork(_Namespaces):
 
     # -- links -----------------------------------------------------------------------------------
 
-    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None) -> Endpoint:
+    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None, *, up: bool = True) -> Endpoint:
         started = time.perf_counter()
         _check_container_id(container_id)
         mac = _normalize_mac(mac) if mac is not None else None
@@ -370,6 +372,7 @@ class BridgeNetwork(_Namespaces):
                 try:
                     nl.add_veth(
                         ep.host_veth,
+                        up=up,
                         master=bridge_index,
                         peer_name=CONTAINER_IFNAME,
                         peer_mac=ep.mac,

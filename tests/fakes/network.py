@@ -43,7 +43,7 @@ class FakeNetwork:
         path.touch()
         return path
 
-    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None) -> Endpoint | None:
+    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None, *, up: bool = True) -> Endpoint | None:
         self._call("connect", container_id, netns, ip, mac)
         if self.mode == "none":
             return None

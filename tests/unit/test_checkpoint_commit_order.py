@@ -15,7 +15,7 @@ import pytest
 
 from migrate.api import CheckpointOptions
 from migrate.checkpoint import checkpoint_container
-from runtime.checkpointing import DumpTarget
+from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.config import Paths
 from runtime.spec import ContainerSpec
 from tests.fakes.criu import FakeCriu
@@ -59,6 +59,14 @@ class FakeHost:
     def network_lock() -> str:
         return "nftables"
 
+    def isolate(self, spec: Any) -> NetworkCut:
+        self.events.append("isolate")
+        return NetworkCut(criu_lock="skip", veth="veth-fake")
+
+    def rejoin(self, cut: NetworkCut | None) -> None:
+        if cut is not None:
+            self.events.append("rejoin")
+
 
 @pytest.fixture(autouse=True)
 def _no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +78,7 @@ def test_dump_keeps_the_tree_and_stops_it_after_commit(tmp_path: Path) -> None:
     result = checkpoint_container(host, "web", CheckpointOptions(), criu=criu)
     dumps = [req for call, req in criu.calls if call == "dump"]
     assert dumps[0].leave_running is True  # CRIU never kills it
-    assert host.events == ["freeze", "stop"]
+    assert host.events == ["freeze", "isolate", "stop"]
     assert (host.paths.checkpoint(result.checkpoint_id) / "manifest.json").exists()
 
 
@@ -83,7 +91,7 @@ def test_failure_after_the_dump_thaws_and_keeps_the_container(tmp_path: Path, mo
     monkeypatch.setattr("migrate.store.CheckpointStore.commit", broken_commit)
     with pytest.raises(OSError, match="No space left"):
         checkpoint_container(host, "web", CheckpointOptions(), criu=criu)
-    assert host.events == ["freeze", "thaw"]
+    assert host.events == ["freeze", "isolate", "rejoin", "thaw"]
     assert list(host.paths.checkpoints.iterdir()) == []
     assert list(host.paths.tmp.iterdir()) == []
 
@@ -98,6 +106,6 @@ def test_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr("migrate.checkpoint.os.rename", broken_rename)
     with pytest.raises(OSError):
         checkpoint_container(host, "web", CheckpointOptions(export_path=target), criu=criu)
-    assert host.events == ["freeze", "thaw"]
+    assert host.events == ["freeze", "isolate", "rejoin", "thaw"]
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -22,7 +22,7 @@ from migrate.checkpoint import checkpoint_container
 from migrate.errors import IncompatibleHost
 from migrate.images import read_archive
 from migrate.restore import restore_container
-from runtime.checkpointing import DumpTarget
+from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.config import Paths
 from runtime.errors import ContainerExists, CriuError, ImageNotFound, InvalidState
 from runtime.spec import ContainerSpec, Volume
@@ -88,6 +88,14 @@ class FakeHost:
     def network_lock() -> str:
         return "nftables"
 
+    def isolate(self, spec: Any) -> NetworkCut:
+        self.events.append("isolate")
+        return NetworkCut(criu_lock="skip", veth="veth-fake")
+
+    def rejoin(self, cut: NetworkCut | None) -> None:
+        if cut is not None:
+            self.events.append("rejoin")
+
     # -- target side
     @staticmethod
     def cpu_digest() -> str:
@@ -139,7 +147,7 @@ def test_dump_request_declares_the_netns_and_volumes_external_and_freezes_first(
     criu = FakeCriu(during_dump=lambda req: seen.append(list(host.events)))
     checkpoint_container(host, "web", CheckpointOptions(), criu=criu)
     (request,) = criu.requests("dump")
-    assert seen == [["freeze"]], "CRIU must run on a frozen container"
+    assert seen == [["freeze", "isolate"]], "CRIU must run on a frozen container"
     assert request.external == (f"net[{os.stat(host.netns).st_ino}]:extnet", "mnt[/data]:vol0")
     assert request.freeze_cgroup == "/fake/cg" and request.network_lock == "nftables" and request.pid == 4242
     assert request.leave_running is True
@@ -148,7 +156,7 @@ def test_dump_request_declares_the_netns_and_volumes_external_and_freezes_first(
 def test_local_checkpoint_keeps_raw_images_and_reports_the_canned_stats(tmp_path: Path) -> None:
     host, criu = FakeHost(tmp_path), FakeCriu(pages=16)
     result = checkpoint_container(host, "web", CheckpointOptions(), criu=criu)
-    assert host.events == ["freeze", "stop"]
+    assert host.events == ["freeze", "isolate", "stop"]
     base = host.paths.checkpoint(result.checkpoint_id)
     assert (base / "images" / "pages-1.img").stat().st_size == 16 * 4096
     s = result.stats
@@ -161,7 +169,7 @@ def test_local_checkpoint_keeps_raw_images_and_reports_the_canned_stats(tmp_path
 def test_leave_running_thaws_and_does_not_stop(tmp_path: Path) -> None:
     host = FakeHost(tmp_path)
     checkpoint_container(host, "web", CheckpointOptions(leave_running=True), criu=FakeCriu())
-    assert host.events == ["freeze", "thaw"]
+    assert host.events == ["freeze", "isolate", "rejoin", "thaw"]
 
 
 def test_export_writes_one_archive_with_manifest_upper_and_images(tmp_path: Path) -> None:
@@ -190,7 +198,7 @@ def test_failed_dump_thaws_removes_partials_and_keeps_the_log(tmp_path: Path, ex
     criu = FakeCriu(fail_dump="sockets: Can't dump half of stream unix connection")
     with pytest.raises(CriuError) as info:
         checkpoint_container(host, "web", CheckpointOptions(export_path=out if export else None), criu=criu)
-    assert host.events == ["freeze", "thaw"]
+    assert host.events == ["freeze", "isolate", "rejoin", "thaw"]
     assert leftovers(host) == [] and list(host.paths.checkpoints.iterdir()) == []
     assert not out.exists() and not list(tmp_path.glob(".web.pma.*"))
     exc = info.value
@@ -204,10 +212,10 @@ def test_failed_dump_of_a_paused_container_leaves_it_paused(tmp_path: Path) -> N
     host = FakeHost(tmp_path, status="paused")
     with pytest.raises(CriuError):
         checkpoint_container(host, "web", CheckpointOptions(), criu=FakeCriu(fail_dump="boom"))
-    assert host.events == ["freeze"], "a container the user paused must stay frozen"
+    assert host.events == ["freeze", "isolate", "rejoin"], "a container the user paused must stay frozen"
     host.events.clear()
     checkpoint_container(host, "web", CheckpointOptions(leave_running=True), criu=FakeCriu())
-    assert host.events == ["freeze"]
+    assert host.events == ["freeze", "isolate", "rejoin"]
 
 
 @pytest.mark.parametrize("status", ["exited", "created"])
