@@ -77,6 +77,7 @@ PACKAGES=(
     # libprotobuf-dev: images/google/protobuf/descriptor.proto in the CRIU tree links to it
     busybox-static patch nftables iproute2 zstd runc openssh-server python3-venv
     redis-server  # live-migration tests: a real server in a container (tests/integration/redis_image.py)
+    debootstrap  # real-server suite: a Debian bookworm image built from packages (tests/realworld/debian_image.py)
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

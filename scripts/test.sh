@@ -18,8 +18,9 @@ rc_integration=0
 echo "==> unit tests: pytest tests/unit $*"
 "${PYTEST[@]}" tests/unit "$@" || rc_unit=$?
 
-echo "==> integration tests: pytest -m integration tests/integration $*"
-"${PYTEST[@]}" -m integration tests/integration "$@" || rc_integration=$?
+# tests/realworld: the real-server suite (a cached Debian image, built on first use: ~1.5 min)
+echo "==> integration tests: pytest -m integration tests/integration tests/realworld $*"
+"${PYTEST[@]}" -m integration tests/integration tests/realworld "$@" || rc_integration=$?
 
 describe() {
     case $1 in

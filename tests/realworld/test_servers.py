@@ -1,0 +1,120 @@
+"""Unmodified Debian servers keep their clients, their data and their users across every move.
+
+For each server (tests/realworld/servers.py) and each move (``MOVES`` in tests/realworld/lab.py:
+local checkpoint + restore, export + import on the other host, cold and post-copy migration, all
+with ``--tcp-established``): the server starts on host a; a real client (psql, redis-cli, the
+memcached text protocol, HTTP keep-alive) opens ONE connection and issues a request every ~10 ms,
+each writing something (a row, a list item, a key, a counter step) and checking its answer; the
+container moves while the client keeps asking; afterwards the test asserts
+
+- the container runs on the expected host only, with its processes under the same users;
+- the client's connection is the one it opened (same backend pid / client id / local port) and
+  no request failed;
+- everything written before, during and after the move is there, read back on that connection;
+- for the SQLite writer (no network client): it still commits, its rows are contiguous from the
+  first, and its log holds no error.
+
+The client-seen pause (the longest gap between two successful answers; for SQLite the longest
+gap between two committed rows) is recorded per (server, move) in the session summary
+(tests/realworld/conftest.py), failures with their first real error line.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.realworld.lab import MOVES, Moved, RealLab, first_error_line, status
+from tests.realworld.servers import SERVERS, Server
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.realworld,
+    pytest.mark.requires("root", "criu", "netns", "overlay", "cgroup2"),
+]
+
+STEADY_S = 0.5  # requests before the move
+AFTER_S = 1.0  # requests after the move, before the client stops
+
+
+@pytest.mark.parametrize("path", list(MOVES))
+@pytest.mark.parametrize("server", SERVERS, ids=[s.name for s in SERVERS])
+def test_server_survives_move(realworld_lab: RealLab, record: dict, server: Server, path: str) -> None:
+    lab = realworld_lab
+    record.update(server=server.name, path=path)
+    name = f"rw-{server.name}-{path}"
+    ip = lab.next_ip()
+    lab.run_server(lab.a, name, ip, server)
+    moved = None
+    try:
+        if server.client is None:
+            moved = _move_sqlite_writer(lab, name, server, path, record)
+        else:
+            moved = _move_with_client(lab, name, ip, server, path, record)
+        assert status(moved.host, name) == "running", f"{name} is not running on host {moved.host.letter} after {path}"
+        other = lab.b if moved.host is lab.a else lab.a
+        assert status(other, name) != "running", f"{name} still runs on host {other.letter} after {path}"
+        users = lab.process_users(moved.host, name)
+        assert set(server.users) <= users, f"{name}: processes run as {sorted(users)}, expected {list(server.users)}"
+    finally:
+        for step in moved.cleanup if moved else []:
+            step()
+        lab.remove(name)
+
+
+def _move_with_client(lab: RealLab, name: str, ip: str, server: Server, path: str, record: dict) -> Moved:
+    assert server.client is not None and server.port is not None
+    client = lab.client(server.client, ip, server.port)
+    try:
+        try:
+            ready = client.wait_ready()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; server log: {first_error_line(lab.logs(lab.a, name))}") from exc
+        time.sleep(STEADY_S)
+        try:
+            moved = MOVES[path](lab, name, server)
+        finally:
+            # stop the client either way: a failed move's first error comes first, the client's
+            # view is kept for the summary
+            time.sleep(AFTER_S)
+            result = client.stop()
+            record.update(pause_ms=result.get("max_gap_ms"), requests=result.get("requests"), client_errors=result["errors"])
+        _record_stats(record, moved)
+    finally:
+        client.kill()
+    assert not result["errors"], f"client: {result['errors'][0]}"
+    assert result.get("conn_end") == ready["conn"], f"client's connection changed: {ready['conn']} -> {result.get('conn_end')}"
+    assert "verified" in result, f"client could not read its data back: {result}"
+    record["verified"] = result["verified"]
+    return moved
+
+
+def _move_sqlite_writer(lab: RealLab, name: str, server: Server, path: str, record: dict) -> Moved:
+    deadline = time.monotonic() + 30
+    while lab.sqlite_rows(lab.a, name)["count"] < 20:
+        assert time.monotonic() < deadline, f"sqlite writer commits nothing: {first_error_line(lab.logs(lab.a, name))}"
+        time.sleep(0.2)
+    time.sleep(STEADY_S)
+    moved = MOVES[path](lab, name, server)
+    _record_stats(record, moved)
+    time.sleep(AFTER_S)
+    log = lab.logs(moved.host, name)
+    assert "error" not in log, f"sqlite writer: {first_error_line(log)}"
+    first = lab.sqlite_rows(moved.host, name)
+    time.sleep(0.5)
+    second = lab.sqlite_rows(moved.host, name)
+    record["pause_ms"] = second["max_gap_ms"]
+    assert second["max"] > first["max"], f"sqlite writer stopped committing after {path}: {first} -> {second}"
+    assert second["min"] == 1 and second["count"] == second["max"], f"rows are not contiguous from 1: {second}"
+    assert log.count("writer starts") == 1, f"sqlite writer restarted: {log.strip().splitlines()[:3]}"
+    record["verified"] = f"{second['count']} rows"
+    return moved
+
+
+def _record_stats(record: dict, moved: Moved) -> None:
+    record["move_ms"] = round(moved.move_ms)
+    stats = moved.stats
+    if "frozen_ms" in stats:
+        record["frozen_ms"] = stats["frozen_ms"]
+
