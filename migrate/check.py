@@ -5,9 +5,12 @@ the core needs: the host is not ready, the CLI exits 1) or ``warning`` (an optio
 unavailable, e.g. pre-copy without soft-dirty tracking; the core still works). Every item that is
 not ok carries a hint saying how to get it.
 
-What the core needs: CRIU >= 4 passing ``criu check``, pycriu, overlayfs, a cgroup freezer, and
-the pid, mnt, net, uts, ipc and cgroup namespaces. Post-copy (lazy pages) and pre-copy (dirty
-tracking) are optional.
+What the core needs: CRIU >= 4 passing ``criu check``, pycriu, overlayfs, a cgroup freezer, the
+pid, mnt, net, uts, ipc and cgroup namespaces, and a CRIU that can read the rlimits of processes
+running under another uid (CAP_SYS_RESOURCE, or our patched CRIU's /proc/PID/limits fallback):
+real servers drop privileges, and a host that cannot dump them is not ready. Post-copy (lazy
+pages) and pre-copy (dirty tracking) are optional; so is CAP_SYS_RESOURCE itself, whose absence
+is a warning saying what it limits.
 """
 
 from __future__ import annotations
@@ -139,7 +142,10 @@ def evaluate(report: HostReport) -> CheckResult:
               "a kernel built with " + ", ".join(f"CONFIG_{k.upper()}_NS" for k in absent))
     )
 
+    items.append(_other_uids(report))
+
     # --- optional -------------------------------------------------------------------------------
+    items.append(_cap_sys_resource(report))
     size = report.pipe_max_size_bytes
     size_text = "unknown" if size is None else f"{size} ({_mib(size)})"
     if report.cap_sys_resource:
@@ -167,6 +173,44 @@ def evaluate(report: HostReport) -> CheckResult:
     items.append(_feature(report, "time_namespace", "time namespace", "kernel needs CONFIG_TIME_NS (Linux >= 5.6)"))
     items.append(_feature(report, "pidfd_store", "pidfd store", "kernel needs pidfd_open/pidfd_getfd (Linux >= 5.6)"))
     return CheckResult(tuple(items), report)
+
+
+RLIMIT_PATCH = "scripts/criu-patches/4.1.1-rlimit-proc-limits.patch"
+
+
+def _other_uids(report: HostReport) -> CheckItem:
+    """Can CRIU dump a process running under another uid? prlimit(2) on it needs CAP_SYS_RESOURCE."""
+    name = "dump under other uids"
+    if report.cap_sys_resource:
+        return _need(name, True, "CAP_SYS_RESOURCE: criu reads every task's rlimits with prlimit", None)
+    if report.rlimit_fallback is None:
+        return _want(name, False, "unknown: criu is not usable", SETUP_HINT)
+    if report.rlimit_fallback:
+        return _need(name, True, "criu reads other users' rlimits from /proc/PID/limits (patched)", None)
+    return _need(
+        name, False,
+        "no CAP_SYS_RESOURCE and criu lacks the /proc/PID/limits fallback: a process running under "
+        "another uid (any server that drops privileges) fails to dump with \"Can't get rlimit 0\"",
+        f"{SETUP_HINT} (builds CRIU with {RLIMIT_PATCH}), or run with CAP_SYS_RESOURCE",
+    )
+
+
+def _cap_sys_resource(report: HostReport) -> CheckItem:
+    """CAP_SYS_RESOURCE is optional; its absence is a warning listing what it limits."""
+    name = "CAP_SYS_RESOURCE"
+    if report.cap_sys_resource:
+        return _want(name, True, "held: criu reads and restores any rlimit; pipes may exceed fs.pipe-max-size", None)
+    if report.rlimit_fallback:
+        # the same patch makes the restorer check setrlimit's result
+        reading = "criu reads other users' rlimits from /proc/PID/limits"
+        raising = "a restore needing a hard limit above the restoring criu's own fails, naming it"
+    else:
+        reading = "criu cannot read other users' rlimits"
+        raising = "a limit whose hard value is above the restoring criu's is silently left at criu's (unpatched criu)"
+    detail = f"not held (CapEff bit 24): {reading}; {raising}; pipes stop at fs.pipe-max-size"
+    hint = ("grant CAP_SYS_RESOURCE to pymigrate (or its daemon), or start the daemon with hard limits "
+            "(ulimit -H, systemd Limit*=) at least those of the containers it restores")
+    return _want(name, False, detail, hint)
 
 
 def _feature(report: HostReport, key: str, label: str, hint: str) -> CheckItem:

@@ -39,6 +39,9 @@ FEATURES: dict[str, str] = {
     "time_namespace": "timens",
     "pidfd_store": "pidfd_store",  # pid reuse detection across pre-dumps
     "cgroup_namespace": "cgroupns",
+    # ours (scripts/criu-patches/4.1.1-rlimit-proc-limits.patch): without CAP_SYS_RESOURCE, the
+    # rlimits of another user's task are read from /proc/PID/limits (prlimit needs the capability)
+    "rlimit_proc_limits": "rlimit_proc_limits",
 }
 
 _SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")

@@ -17,6 +17,13 @@ Kernel facts used (proc(5)):
   pages (post-copy) page server asks for ~3.3 MiB pipes, so it must be >= 4 MiB unless the
   process holds CAP_SYS_RESOURCE (bit 24 of ``CapEff`` in ``/proc/self/status``).
 - cgroup layout: ``runtime.cgroups.layout()`` (mountinfo + /proc/self/cgroup).
+- CAP_SYS_RESOURCE also decides what CRIU can do with resource limits (kernel/sys.c,
+  ``check_prlimit_permission`` and ``do_prlimit``): prlimit(2) on a task whose uids and gids are
+  not all the caller's needs it even to read, so without it CRIU can dump a task running under
+  another uid (every server that drops privileges) only if it falls back to /proc/PID/limits
+  (our CRIU patch; ``criu check --feature rlimit_proc_limits``). And a restored task sets its
+  limits with CRIU's credentials: without the capability no hard limit can go above the
+  restoring CRIU's own (the patched CRIU then fails the restore, naming the limit).
 """
 
 from __future__ import annotations
@@ -103,6 +110,35 @@ class HostReport:
         return self.cap_sys_resource or (self.pipe_max_size_bytes or 0) >= PIPE_MAX_SIZE_MIN_BYTES
 
     @property
+    def rlimit_fallback(self) -> bool | None:
+        """CRIU reads rlimits it may not prlimit() from /proc/PID/limits; None when CRIU cannot say."""
+        if not self.criu.usable:
+            return None
+        f = self.criu.feature("rlimit_proc_limits")
+        return None if f is None else f.supported is True
+
+    @property
+    def dump_other_uids(self) -> bool:
+        """CRIU can read the rlimits of tasks running under another uid (so it can dump them)."""
+        return self.criu.usable and (self.cap_sys_resource or self.rlimit_fallback is True)
+
+    def rlimits_dict(self) -> dict[str, Any]:
+        """How CRIU reads and restores resource limits here (``pymigrate check --json``: ``rlimits``)."""
+        if self.cap_sys_resource:
+            read_with = "prlimit"
+        elif self.rlimit_fallback:
+            read_with = "/proc/PID/limits"
+        else:
+            read_with = None  # another uid's limits cannot be read: such tasks cannot be dumped
+        return {
+            "cap_sys_resource": self.cap_sys_resource,
+            "criu_proc_limits_fallback": self.rlimit_fallback,
+            "other_uids_read_with": read_with,
+            "dump_other_uids": self.dump_other_uids,
+            "restore_can_raise_hard_limits": self.cap_sys_resource,
+        }
+
+    @property
     def cgroup_freeze(self) -> bool:
         return self.cgroup is not None and self.cgroup.freezer != "none"
 
@@ -120,6 +156,7 @@ class HostReport:
             "pidfd_store": c.supports("pidfd_store"),
             "overlayfs": self.overlayfs,
             "cgroup_freeze": self.cgroup_freeze,
+            "dump_other_uids": self.dump_other_uids,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,6 +182,7 @@ class HostReport:
             "criu": self.criu.as_dict(),
             "pipe_max_size_bytes": self.pipe_max_size_bytes,
             "cap_sys_resource": self.cap_sys_resource,
+            "rlimits": self.rlimits_dict(),
             "nft_path": self.nft_path,
             "pycriu": {
                 "importable": self.pycriu.importable,

@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "check",
         help="check this host: kernel, cgroups, CRIU and its features",
-        description="Probe this host (kernel, namespaces, overlayfs, cgroups, CRIU and its features, "
+        description="Probe this host (kernel, namespaces, overlayfs, cgroups, CAP_SYS_RESOURCE, CRIU and its features, "
         "pycriu) and say whether it can run, checkpoint and migrate containers. "
         "Exit 0 when ready, 1 when something needed is missing.",
     )

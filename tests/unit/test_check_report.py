@@ -19,7 +19,7 @@ def item(result, name: str):
 
 
 def test_healthy_host_is_ready_with_dirty_tracking_warning(tmp_path: Path) -> None:
-    result = evaluate(fake_host_report(tmp_path))
+    result = evaluate(fake_host_report(tmp_path, cap_sys_resource=True))
     assert result.ok
     assert [i.name for i in result.warnings] == ["dirty tracking (pre-copy)"]
     assert item(result, "dirty tracking (pre-copy)").hint
@@ -120,3 +120,75 @@ def test_kdat_cache_off_tmpfs_is_a_warning_with_the_fix(tmp_path: Path) -> None:
     assert cache.status == "warning" and "not on a tmpfs" in cache.detail
     assert "setup.sh" in (cache.hint or "") and "daemon" in (cache.hint or "")
     assert json.loads(json.dumps(report.as_dict()))["criu_kdat"]["on_tmpfs"] is False
+
+
+# -- resource limits: CAP_SYS_RESOURCE and the patched CRIU's /proc/PID/limits fallback ----------------
+
+UNPATCHED = {"rlimit_proc_limits": (1, "Error (criu/cr-check.c:1866): Unknown feature rlimit_proc_limits\n")}
+
+
+def test_without_cap_and_without_the_patch_other_uids_are_missing(tmp_path: Path) -> None:
+    report = fake_host_report(tmp_path, fake_criu=good_criu(**UNPATCHED))
+    assert not report.cap_sys_resource
+    result = evaluate(report)
+    assert not result.ok
+    assert [i.name for i in result.missing] == ["dump under other uids"]
+    other = item(result, "dump under other uids")
+    assert "Can't get rlimit 0" in other.detail
+    assert "4.1.1-rlimit-proc-limits.patch" in (other.hint or "") and "CAP_SYS_RESOURCE" in (other.hint or "")
+    cap = item(result, "CAP_SYS_RESOURCE")
+    assert cap.status == "warning" and "cannot read other users' rlimits" in cap.detail and "silently" in cap.detail
+    assert "not ready, missing: dump under other uids" in render_text(result)
+    assert report.rlimits_dict() == {
+        "cap_sys_resource": False,
+        "criu_proc_limits_fallback": False,
+        "other_uids_read_with": None,
+        "dump_other_uids": False,
+        "restore_can_raise_hard_limits": False,
+    }
+    assert report.features()["dump_other_uids"] is False
+
+
+def test_patched_criu_without_cap_is_ready_and_says_what_the_cap_would_add(tmp_path: Path) -> None:
+    report = fake_host_report(tmp_path)  # the fake CRIU answers every feature, ours included
+    result = evaluate(report)
+    assert result.ok
+    other = item(result, "dump under other uids")
+    assert other.status == "ok" and other.detail == "criu reads other users' rlimits from /proc/PID/limits (patched)"
+    cap = item(result, "CAP_SYS_RESOURCE")
+    assert cap.status == "warning" and not cap.required
+    assert "hard limit" in cap.detail and "fails, naming it" in cap.detail and "fs.pipe-max-size" in cap.detail
+    assert cap.hint and "daemon" in cap.hint
+    data = json.loads(json.dumps(result.as_dict()))
+    assert data["host"]["rlimits"]["other_uids_read_with"] == "/proc/PID/limits"
+    assert data["host"]["rlimits"]["dump_other_uids"] is True
+    assert data["host"]["features"]["dump_other_uids"] is True
+    assert data["host"]["criu"]["features"]["rlimit_proc_limits"]["supported"] is True
+    assert "CAP_SYS_RESOURCE" in data["warnings"]
+
+
+def test_cap_sys_resource_needs_no_patch(tmp_path: Path) -> None:
+    report = fake_host_report(tmp_path, fake_criu=good_criu(**UNPATCHED), cap_sys_resource=True)
+    result = evaluate(report)
+    assert result.ok
+    assert item(result, "dump under other uids").status == "ok"
+    assert "prlimit" in item(result, "dump under other uids").detail
+    assert item(result, "CAP_SYS_RESOURCE").status == "ok"
+    assert report.rlimits_dict()["other_uids_read_with"] == "prlimit"
+    assert report.rlimits_dict()["restore_can_raise_hard_limits"] is True
+
+
+def test_fallback_reported_unsupported_counts_as_absent(tmp_path: Path) -> None:
+    fake = good_criu(rlimit_proc_limits=(1, "Warn  (criu/cr-check.c:1): /proc/self/limits disagrees with prlimit for rlimit 3\n"))
+    report = fake_host_report(tmp_path, fake_criu=fake)
+    assert report.rlimit_fallback is False
+    assert item(evaluate(report), "dump under other uids").status == "missing"
+
+
+def test_unusable_criu_is_not_also_reported_as_missing_rlimits(tmp_path: Path) -> None:
+    criu = CriuReport(None, None, False, (), (), error="no criu binary found")
+    result = evaluate(fake_host_report(tmp_path, criu=criu))
+    assert [i.name for i in result.missing] == ["criu"]
+    other = item(result, "dump under other uids")
+    assert other.status == "warning" and other.detail.startswith("unknown")
+    assert fake_host_report(tmp_path / "2", criu=criu).rlimits_dict()["criu_proc_limits_fallback"] is None
