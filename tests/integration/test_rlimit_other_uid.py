@@ -16,6 +16,7 @@ After restore it must still be uid 1000, still counting on from where it was, an
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 from pathlib import Path
@@ -140,6 +141,18 @@ def test_restore_that_cannot_give_back_a_hard_limit_fails_and_says_so(pm_cli, pm
 
     assert ok(pm_cli(["restore", cid])).strip() == name
     assert_same_process_state(pm_root, name, final, before)
+
+
+def test_check_reports_how_other_users_limits_are_read(pm_cli) -> None:  # noqa: ANN001
+    """``pymigrate check`` agrees with this host: the tests above dump uid-1000 processes, so it
+    must call the host able to, and say whether by prlimit (the capability) or /proc/PID/limits."""
+    cap_eff = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
+    has_cap = bool(int(cap_eff.split()[1], 16) >> 24 & 1)
+    data = json.loads(ok(pm_cli(["check", "--json"])))
+    rlimits = data["host"]["rlimits"]
+    assert rlimits["cap_sys_resource"] is has_cap
+    assert rlimits["dump_other_uids"] is True and "dump under other uids" not in data["missing"]
+    assert rlimits["other_uids_read_with"] == ("prlimit" if has_cap else "/proc/PID/limits")
 
 
 @pytest.mark.requires("netns")
