@@ -227,8 +227,17 @@ class LocalEngine:
         from migrate.outgoing import reconcile_outgoing
 
         self.runtime.paths.ensure()
-        reconcile_outgoing(self._host(), lambda dest: self.peer.connect(dest))
-        self._incoming().reconcile()
+        steps: tuple[tuple[str, Any], ...] = (
+            ("outgoing migrations", lambda: reconcile_outgoing(self._host(), lambda dest: self.peer.connect(dest))),
+            ("incoming migrations and scratch", lambda: self._incoming().reconcile()),
+        )
+        for what, step in steps:
+            # A boundary: whatever a crash or a hostile input left behind, the daemon must start
+            # (a scratch tree it cannot remove once kept it down for good). Log, go on.
+            try:
+                step()
+            except Exception:
+                log.exception("reconcile of %s failed; the daemon starts anyway", what)
 
     # -- helpers --------------------------------------------------------------------------------
     def _page_server_address(self, dest: str) -> str | None:

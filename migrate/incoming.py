@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from migrate.errors import TransferError, IncompatibleHost, MigrationError
 from migrate.restore import _version_tuple, restore_container
 from migrate.transfer import IteratorReader
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument
+from runtime.fstree import remove_tree, remove_tree_quietly
 from runtime.spec import ContainerSpec
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class IncomingMigrations:
             raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected prepared", phase="stage")
         stage = self._stage_dir(migration_id)
         partial = stage.with_name(stage.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree_quietly(partial)
         self.host.paths.tmp.mkdir(parents=True, exist_ok=True)
         partial.mkdir(mode=0o700)
         reader = IteratorReader(self._touching(migration_id, chunks))
@@ -214,11 +214,11 @@ class IncomingMigrations:
             upper = partial / "tree" / "upper"
             upper.mkdir(exist_ok=True)
             os.rename(upper, partial / "upper")
-            shutil.rmtree(partial / "tree")
-            shutil.rmtree(stage, ignore_errors=True)
+            remove_tree(partial / "tree")
+            remove_tree_quietly(stage)
             os.rename(partial, stage)
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            remove_tree_quietly(partial)
             self._abort_after_failure(migration_id)
             raise
         entries = sum(1 for _ in walk(stage / "upper"))
@@ -227,8 +227,8 @@ class IncomingMigrations:
 
     def _drop_stage(self, migration_id: str) -> None:
         stage = self._stage_dir(migration_id)
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(stage.with_name(stage.name + ".partial"), ignore_errors=True)
+        remove_tree_quietly(stage)
+        remove_tree_quietly(stage.with_name(stage.name + ".partial"))
 
     # -- disk-less dumps: a CRIU page server per migration ------------------------------------
     def _pages_dir(self, migration_id: str) -> Path:
@@ -255,7 +255,7 @@ class IncomingMigrations:
             self._page_servers[migration_id] = start_page_server(pages, address, port, tls=self.page_server_tls)
         except (ContainerError, OSError) as exc:  # not fatal: the pages stream with the archive
             log.warning("migration=%s: no page server on %s (%s): the source streams its pages", migration_id, address, exc)
-            shutil.rmtree(pages, ignore_errors=True)
+            remove_tree_quietly(pages)
             self._drop_guard(migration_id)
             return 0
         return port
@@ -286,7 +286,7 @@ class IncomingMigrations:
         link = pages / "parent"  # pre-copy: the pages of the rounds before (an absolute link)
         if link.is_symlink() and not (images_dir / "parent").is_symlink():
             os.symlink(os.readlink(link), images_dir / "parent")
-        shutil.rmtree(pages, ignore_errors=True)
+        remove_tree_quietly(pages)
 
     def _page_server_failure(self, migration_id: str) -> str | None:
         """Why this migration's page server died (its first CRIU error), if it did."""
@@ -306,7 +306,7 @@ class IncomingMigrations:
         if server is not None:
             server.stop()
         self._drop_guard(migration_id)
-        shutil.rmtree(self._pages_dir(migration_id), ignore_errors=True)
+        remove_tree_quietly(self._pages_dir(migration_id))
 
     # -- pre-copy: a page server per pre-dump round (migrate/precopy_target.py) -----------------
     def _precopy_rounds(self) -> Any:
@@ -500,4 +500,4 @@ class IncomingMigrations:
         if tmp.is_dir():
             for p in tmp.iterdir():
                 if p.name.startswith(_SCRATCH_PREFIXES):
-                    shutil.rmtree(p, ignore_errors=True)
+                    remove_tree_quietly(p)

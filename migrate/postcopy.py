@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import socket
 import struct
 import threading
@@ -82,6 +81,7 @@ from migrate.api import (
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
 from runtime.criu import Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump, first_error
 from runtime.errors import ContainerError, InvalidState, Unsupported
+from runtime.fstree import remove_tree_quietly
 from runtime.network import set_link_up
 
 log = logging.getLogger(__name__)
@@ -464,7 +464,7 @@ def migrate_postcopy(
                 rt.thaw(container)
             except Exception:  # rollback path: keep the original error
                 log.exception("container=%s migration=%s: thaw after failure failed", spec.name, migration_id)
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree_quietly(staging)
         _end_record(outgoing, migration_id)
         drop_guard(guard)
         raise _fail(exc, spec.name, options.dest, failed_phase) from exc
@@ -489,12 +489,12 @@ def migrate_postcopy(
     lazy_pages = lazy_page_count(staging / "images")
     if dump.error is not None:
         kept = _keep_log(rt, staging / "images" / "dump.log")
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree_quietly(staging)
         first = str(getattr(dump.error, "message", dump.error)).splitlines()[0]
         _end_record(outgoing, migration_id)
         _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth,
               f"the page transfer failed ({first}{f'; log: {kept}' if kept else ''})")
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_tree_quietly(staging)
     enter("commit")
     try:
         target.commit_incoming(migration_id)
@@ -597,7 +597,7 @@ class LazySession:
                 log.warning("migration=%s: killing container %s failed: %s", self.migration_id, self.container_id, exc)
         elif rc == 0:
             log.info("migration=%s container=%s: every page arrived", self.migration_id, self.container_id)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        remove_tree_quietly(self.scratch)
 
     def finish(self, timeout_s: float = FINISH_TIMEOUT_S) -> None:
         """Wait until every page arrived; ContainerLost if the daemon failed, MigrationError if slow."""
@@ -615,7 +615,7 @@ class LazySession:
         self.stopping = True
         self.daemon.stop()
         self._watcher.join(10)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        remove_tree_quietly(self.scratch)
 
 
 _SESSIONS: dict[str, LazySession] = {}
@@ -682,7 +682,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             shell = None
         replace_id = host.replaceable_id(spec) if shell is None else spec.container_id  # the shell is ours
         preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
-        daemon = start_lazy_pages(unpacked.images_dir, unpacked.scratch, PageServer(str(ps["address"]), int(ps["port"])), tls=tls)
+        daemon = start_lazy_pages(unpacked.images_dir, unpacked.work_dir, PageServer(str(ps["address"]), int(ps["port"])), tls=tls)
         t0 = time.monotonic()
 
         def request_for(root: Path) -> Any:
@@ -737,7 +737,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         if daemon is not None:
             daemon.stop()
             _keep_log(host, daemon.log_path)
-        shutil.rmtree(unpacked.scratch, ignore_errors=True)
+        remove_tree_quietly(unpacked.scratch)
         raise
     images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file()) if unpacked.images_dir.is_dir() else 0
     log.info("migration=%s container=%s restored with lazy pages restore_ms=%.1f", migration_id, spec.name, restore_ms)

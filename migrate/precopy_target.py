@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 from migrate.errors import MigrationError, TransferError
 from migrate.precopy import round_dir_name
 from runtime.errors import ContainerError
+from runtime.fstree import remove_tree_quietly
 
 log = logging.getLogger(__name__)
 
@@ -159,4 +159,4 @@ class PrecopyRounds:
         if current is not None:
             current.server.stop()
             drop_guard(current.guard)
-        shutil.rmtree(self.rounds_dir(migration_id), ignore_errors=True)
+        remove_tree_quietly(self.rounds_dir(migration_id))

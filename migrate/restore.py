@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,10 +24,11 @@ from typing import Any, Callable
 
 from migrate.api import ProgressEvent, ProgressFn, RestoreOptions, RestoreResult, RestoreStats
 from migrate.checkpoint import NETNS_KEY, keep_criu_log, volume_key
-from migrate.errors import IncompatibleHost, MigrationError
+from migrate.errors import IncompatibleHost, MigrationError, UnsafeMember
 from migrate.store import IMAGES_DIR, MANIFEST_KIND, UPPER_ARCHIVE, CheckpointStore
 from runtime.criu import RESTORE_LOG, Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
 from runtime.errors import ContainerExists, CriuError, ImageNotFound
+from runtime.fstree import remove_tree, remove_tree_quietly
 from runtime.spec import ContainerSpec
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,24 @@ class Unpacked:
     images_dir: Path
     upper_dir: Path
     scratch: Path | None  # removed after the restore (imports); None for local checkpoints
+
+    @property
+    def work_dir(self) -> Path:
+        """CRIU's work dir for this restore (cpuinfo-check.log, restore.log, stats-restore, the
+        lazy-pages socket): made by us in the scratch dir after unpacking, never by the archive.
+        CRIU opens its logs there with O_CREAT|O_TRUNC and follows symlinks (docs/security.md)."""
+        assert self.scratch is not None, "every restore unpacks into a scratch dir"
+        return self.scratch / CRIU_WORK_DIR
+
+
+CRIU_WORK_DIR = "criu-work"  # in the scratch dir; the member whitelist keeps archives out of it
+
+
+def _make_work_dir(scratch: Path) -> None:
+    try:
+        (scratch / CRIU_WORK_DIR).mkdir(mode=0o700)  # mkdir fails on anything there, a symlink too
+    except FileExistsError:
+        raise UnsafeMember(CRIU_WORK_DIR, "the archive put something where the restore keeps CRIU's logs") from None
 
 
 def unpack_archive(
@@ -83,8 +101,9 @@ def unpack_archive(
         delta = manifest.get("upper_delta")  # in the trailer: computed while CRIU dumped
         if delta is not None:
             _merge_upper_delta(upper, delta, staged_upper)
+        _make_work_dir(scratch)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree_quietly(scratch)
         raise
     return Unpacked(manifest=manifest, images_dir=images, upper_dir=upper, scratch=scratch)
 
@@ -99,7 +118,7 @@ def _merge_upper_delta(upper: Path, delta: Any, staged: Path | None) -> None:
         raise MigrationError("the archive carries only the upper layer's changes, but no staged upper layer is here",
                              phase="verify", hint="the source must send the upper layer first (PushUpper)")
     apply_delta(staged, upper, UpperDelta.from_dict(delta))
-    shutil.rmtree(upper)
+    remove_tree(upper)
     os.rename(staged, upper)
 
 
@@ -118,8 +137,9 @@ def unpack_local(rt: Any, checkpoint_id: str) -> Unpacked:
             read_archive(f, scratch, allow_devices=True)  # our own local checkpoint
         upper = scratch / "upper"
         upper.mkdir(exist_ok=True)
+        _make_work_dir(scratch)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree_quietly(scratch)
         raise
     return Unpacked(manifest=manifest, images_dir=base / IMAGES_DIR, upper_dir=upper, scratch=scratch)
 
@@ -138,7 +158,7 @@ def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, r
     try:
         # Identical CPU flag sets cannot be incompatible: skip CRIU's check (~25 ms) then.
         if not source_cpu or source_cpu != rt.cpu_digest():
-            cpuinfo_check(unpacked.images_dir)
+            cpuinfo_check(unpacked.images_dir, unpacked.work_dir)
     except CriuError as exc:
         raise IncompatibleHost(
             f"this CPU lacks features the checkpointed processes may use: {exc.message}", phase="preflight"
@@ -160,7 +180,7 @@ def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_
     opts = unpacked.manifest.get("options", {})
     return RestoreRequest(
         images_dir=unpacked.images_dir,
-        work_dir=unpacked.images_dir.parent / "restore-work" if unpacked.scratch is None else unpacked.scratch,
+        work_dir=unpacked.work_dir,
         root=root,
         external=external,
         tcp_established=tcp_established or bool(opts.get("tcp_established")),
@@ -220,7 +240,7 @@ def restore_container(
         t_pre = time.monotonic()
         preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
         preflight_ms = (time.monotonic() - t_pre) * 1000
-        work_dir = unpacked.scratch if unpacked.scratch is not None else unpacked.images_dir.parent
+        work_dir = unpacked.work_dir
         emit("restore")
         t0 = time.monotonic()
         info = rt.restore_from(
@@ -244,11 +264,11 @@ def restore_container(
         )
     except BaseException as exc:
         if unpacked.scratch is not None:  # the CRIU log goes with the scratch dir: keep a copy
-            keep_criu_log(rt.paths, exc, unpacked.scratch / RESTORE_LOG, "restore")
+            keep_criu_log(rt.paths, exc, unpacked.work_dir / RESTORE_LOG, "restore")
         raise
     finally:
         if unpacked.scratch is not None:
-            shutil.rmtree(unpacked.scratch, ignore_errors=True)
+            remove_tree_quietly(unpacked.scratch)
     emit("done")
     return RestoreResult(
         container=info,

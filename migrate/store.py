@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import secrets
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from migrate.api import CheckpointInfo
 from migrate.errors import ArchiveError, CheckpointNotFound
 from runtime.config import Paths
 from runtime.errors import InvalidArgument
+from runtime.fstree import remove_tree_quietly
 from runtime.spec import ContainerSpec
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class CheckpointStore:
         d = self.dir(self.resolve(checkpoint_id))
         trash = self.paths.tmp / f"rm-{d.name}-{secrets.token_hex(4)}"
         os.rename(d, trash)  # disappears atomically, then the slow part
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree_quietly(trash)
 
     def _dirs(self) -> list[Path]:
         if not self.paths.checkpoints.is_dir():
@@ -235,7 +235,7 @@ def export_stream(paths: Paths, checkpoint_id: str, *, compress: str = "zstd", l
         except BaseException as exc:  # handed to the consumer through the stream
             sink.abort(exc)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree_quietly(scratch)
 
     threading.Thread(target=produce, name=f"export-{cid[:8]}", daemon=True).start()
     return sink.chunks()
@@ -268,8 +268,8 @@ def import_stream(paths: Paths, chunks: Iterator[bytes]) -> CheckpointInfo:
                     writer.add_tree("upper", upper)
             final = store.commit(staging, checkpoint_id, manifest)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree_quietly(staging)
             raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree_quietly(scratch)
     return info_from_manifest(manifest, size_bytes=_tree_size(final))

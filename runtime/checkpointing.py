@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from runtime.container import Container
 from runtime.errors import ContainerError, ContainerExists, ContainerNotFound, InvalidState
+from runtime.fstree import remove_tree_quietly
 from runtime.spec import ContainerInfo, ContainerSpec
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,7 @@ class CheckpointHost:
             rt._undo(cid, undo)
             raise
         if set_aside is not None:
-            shutil.rmtree(set_aside, ignore_errors=True)
+            remove_tree_quietly(set_aside)
         log.info("container=%s name=%s restored from=%s", cid, spec.name, restored_from)
         return rt.inspect(cid)  # type: ignore[no-any-return]
 

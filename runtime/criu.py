@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # Kernel/CRIU file names, defined once.
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
+CPUINFO_CHECK_LOG = "cpuinfo-check.log"
 STATS_DUMP = "stats-dump"
 STATS_RESTORE = "stats-restore"
 INVENTORY = "inventory.img"
@@ -675,9 +676,16 @@ def cpuinfo_dump(images_dir: Path, binary: str | None = None) -> None:
     _run_cli([binary or criu_binary(), "cpuinfo", "dump", "-D", str(images_dir), "-o", "cpuinfo-dump.log"], "cpuinfo dump", images_dir / "cpuinfo-dump.log")
 
 
-def cpuinfo_check(images_dir: Path, binary: str | None = None) -> None:
-    """Check that this CPU can run what was dumped with cpuinfo.img; CriuError when not."""
-    _run_cli([binary or criu_binary(), "cpuinfo", "check", "-D", str(images_dir), "-o", "cpuinfo-check.log"], "cpuinfo check", images_dir / "cpuinfo-check.log")
+def cpuinfo_check(images_dir: Path, work_dir: Path, binary: str | None = None) -> None:
+    """Check that this CPU can run what was dumped with cpuinfo.img; CriuError when not.
+
+    ``work_dir`` must be a directory we made (not part of an unpacked archive): CRIU chdirs into
+    its work dir (-W, the images dir by default) and opens its log there with O_CREAT|O_TRUNC,
+    following symlinks (criu/crtools.c, criu/log.c), so a log in an images dir that came from
+    outside could be a link to any host file."""
+    log_path = work_dir / CPUINFO_CHECK_LOG
+    _run_cli([binary or criu_binary(), "cpuinfo", "check", "-D", str(images_dir), "-W", str(work_dir), "-o", CPUINFO_CHECK_LOG],
+             "cpuinfo check", log_path)
 
 
 def _run_cli(argv: list[str], operation: str, log_path: Path) -> None:

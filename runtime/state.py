@@ -11,18 +11,17 @@ never across a container start or stop.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import re
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from runtime.config import Paths
 from runtime.errors import ContainerError, ContainerExists, ContainerNotFound, InvalidArgument
+from runtime.fstree import remove_tree
 from runtime.spec import ContainerSpec, ContainerState
 
 CONFIG_FILE = "config.json"
@@ -172,7 +171,7 @@ class StateStore:
             # config.json goes first so a half-deleted directory is no longer listed
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(d / CONFIG_FILE)
-        shutil.rmtree(d, ignore_errors=False, onerror=_ignore_missing)
+        remove_tree(d)  # the upper layer is the workload's: any depth (runtime.fstree)
 
     # -- lookups -------------------------------------------------------------------------------
     def resolve(self, name_or_id: str) -> str:
@@ -196,9 +195,3 @@ class StateStore:
                 raise ContainerError(f"container id prefix {name_or_id} is ambiguous: {len(matches)} containers match")
         raise ContainerNotFound(name_or_id)
 
-
-def _ignore_missing(func: Any, path: str, exc_info: Any) -> None:
-    exc = exc_info[1]
-    if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
-        return
-    raise exc

@@ -26,6 +26,13 @@ module applies the same rules in its own words and does the writing itself.
 Ownership, permission bits (including setuid and sticky) and mtimes are preserved; ownership only
 when running as root (unprivileged unit tests keep their own uid). Extended attributes and file
 capabilities are not restored.
+
+Budgets (``runtime.extract_limits``, ``ImageLimitExceeded`` naming the limit): members, path depth
+and length, each member's and all members' sizes (a sparse member counts with its holes, which are
+left as holes on disk instead of being written as zeros), and the size of pax/GNU long-name
+headers, which ``tarfile`` reads into memory whole (a few KB of zstd can claim gigabytes). Every
+problem with the input ends in an ``ImageError``: ``tarfile`` raises ``ValueError``,
+``OverflowError`` or ``UnicodeError`` on some crafted headers, and those are translated here.
 """
 
 from __future__ import annotations
@@ -35,13 +42,14 @@ import io
 import logging
 import os
 import stat
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from runtime.errors import ImageError, UnsafeArchive
+from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
+from runtime.fstree import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,13 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_TRAILING_BYTES = 64 << 20  # padding after the end-of-archive blocks (tar's record size is 10 KiB)
+MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header (tarfile reads it into memory whole)
+_U32 = (1 << 32) - 1
+_MAX_MTIME_S = float(1 << 33)  # ~year 2242; os.utime raises OverflowError far beyond
+# tarfile raises these (besides TarError) on some crafted headers: numbers that do not parse,
+# base-256 sizes that do not fit, names that do not decode.
+_HEADER_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, ValueError, OverflowError, UnicodeError, IndexError)
 
 
 class NotATarArchive(UnsafeArchive):
@@ -62,6 +77,34 @@ class NotATarArchive(UnsafeArchive):
         super().__init__(source, NOT_A_TAR)
         self.message = f"refusing {source}: {NOT_A_TAR}"
         self.args = (self.message,)
+
+
+class ImageLimitExceeded(UnsafeArchive):
+    """The tarball needs more than an extraction limit allows (``limit``, ``value``, ``actual``)."""
+
+    def __init__(self, member: str, limits: ExtractLimits, limit: str, actual: int, what: str) -> None:
+        super().__init__(member, limits.exceeded(limit, actual, what))
+        self.hint = limits.hint(limit)
+        self.limit = limit
+        self.value = getattr(limits, limit)
+        self.actual = actual
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses a pax or GNU long-name header larger than MAX_HEADER_BYTES before
+    ``tarfile`` reads it into memory (it reads such a header whole, whatever size it claims)."""
+
+    def _check_header_size(self) -> None:
+        if self.size > MAX_HEADER_BYTES:
+            raise UnsafeArchive(self.name or "(header)", f"a {self.size}-byte extended header, expected at most {MAX_HEADER_BYTES}")
+
+    def _proc_pax(self, tarfile):  # type: ignore[no-untyped-def]
+        self._check_header_size()
+        return super()._proc_pax(tarfile)  # type: ignore[misc]
+
+    def _proc_gnulong(self, tarfile):  # type: ignore[no-untyped-def]
+        self._check_header_size()
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -164,9 +207,12 @@ def _relative_link_escapes(link_parts: tuple[str, ...], target: str) -> bool:
 class _Extractor:
     """Extracts members one by one under ``root`` (an empty directory we own)."""
 
-    def __init__(self, root: Path, source: str) -> None:
+    def __init__(self, root: Path, source: str, limits: ExtractLimits | None = None) -> None:
         self.root = root
         self.source = source
+        self.limits = limits or ExtractLimits()
+        self.total_bytes = 0  # apparent sizes of the regular files so far (holes included)
+        self.hole_bytes = 0
         self.as_root = os.geteuid() == 0
         self.root_fd = os.open(root, _DIR_FLAGS)
         # what the archive has put where so far: parts -> "dir" | "file" | "symlink" | "fifo"
@@ -223,9 +269,41 @@ class _Extractor:
 
     # members --------------------------------------------------------------------------------
 
+    def _check_budget(self, m: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
+        """Limits and field ranges, before anything of ``m`` touches the disk."""
+        limits, name = self.limits, m.name
+        if self.members >= limits.max_members:
+            raise ImageLimitExceeded(name, limits, "max_members", self.members + 1, "the tarball's member count")
+        raw = len(name.encode("utf-8", "surrogateescape"))
+        if raw > limits.max_name_bytes:
+            raise ImageLimitExceeded(name[:64], limits, "max_name_bytes", raw, "the member name")
+        if len(parts) > limits.max_depth:
+            raise ImageLimitExceeded(name[:64], limits, "max_depth", len(parts), "the member path")
+        if any(len(p.encode("utf-8", "surrogateescape")) > NAME_MAX for p in parts):
+            raise UnsafeArchive(name[:300], f"a path component is longer than {NAME_MAX} bytes")
+        if len(m.linkname.encode("utf-8", "surrogateescape")) > 4095:
+            raise UnsafeArchive(name, "link target longer than 4095 bytes")
+        if not (0 <= m.uid <= _U32 and 0 <= m.gid <= _U32):
+            raise UnsafeArchive(name, f"owner {m.uid}:{m.gid} out of range, expected 0..{_U32}")
+        if not -_MAX_MTIME_S <= m.mtime <= _MAX_MTIME_S:  # also false for NaN
+            raise UnsafeArchive(name, f"mtime {m.mtime} out of range")
+        if not m.isreg():
+            return
+        if m.size > limits.max_member_bytes:
+            raise ImageLimitExceeded(name, limits, "max_member_bytes", m.size, f"member {name}")
+        if self.total_bytes + m.size > limits.max_total_bytes:
+            raise ImageLimitExceeded(name, limits, "max_total_bytes", self.total_bytes + m.size, "the tarball's expanded size")
+        if m.sparse is not None:
+            holes = max(0, m.size - sum(length for _offset, length in m.sparse))
+            if self.hole_bytes + holes > limits.max_hole_bytes:
+                raise ImageLimitExceeded(name, limits, "max_hole_bytes", self.hole_bytes + holes, "the holes of sparse members")
+            self.hole_bytes += holes
+        self.total_bytes += m.size
+
     def add(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         name = m.name
         parts = _split(name, name)
+        self._check_budget(m, parts)
         if m.ischr() or m.isblk():
             raise UnsafeArchive(name, "device nodes are not allowed in an image (the runtime provides /dev)")
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk() or m.isfifo()):
@@ -315,16 +393,22 @@ class _Extractor:
         fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
         try:
             src = tar.extractfile(m)
+            sparse = m.sparse is not None
             if src is not None:
                 while True:
                     chunk = src.read(_CHUNK)
                     if not chunk:
                         break
+                    if sparse and chunk.count(0) == len(chunk):
+                        os.lseek(fd, len(chunk), os.SEEK_CUR)  # a hole stays a hole
+                        continue
                     view = memoryview(chunk)
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
                     self.bytes_written += len(chunk)
+                if sparse:
+                    os.ftruncate(fd, m.size)  # a trailing hole
             if self.as_root:
                 os.fchown(fd, m.uid, m.gid)  # before chmod: chown clears setuid/setgid
             os.fchmod(fd, mode)
@@ -354,29 +438,49 @@ class _Extractor:
                 os.close(dfd)
 
 
-def extract(stream: BinaryIO, dest: Path, *, source: str) -> ExtractStats:
+def extract(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits | None = None) -> ExtractStats:
     """Extract the tar (plain, gzip or zstd) read from ``stream`` into the empty directory ``dest``.
 
     Args:
         stream: the archive, read sequentially (need not be seekable).
         dest: an empty directory the caller owns; on error it holds a partial tree to delete.
         source: how to name the archive in errors (a path or "stream").
+        limits: the extraction budget (default: ``runtime.extract_limits.current_limits()``).
 
     Raises:
         NotATarArchive: the data is neither tar nor gzip/zstd compressed tar.
+        ImageLimitExceeded: over an extraction limit (names the limit and its value).
         UnsafeArchive: a member was refused (named in the error).
-        ImageError: the archive is truncated or corrupt.
+        ImageError: the archive is truncated or corrupt, or a member cannot be created (no space).
     """
+    limits = limits or current_limits()
     reader, compression, corrupt = open_decompressed(stream)
+    corrupt = corrupt + _HEADER_ERRORS
     log.debug("extracting %s (compression %s) into %s", source, compression, dest)
     try:
-        tar = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
+        tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]
     except tarfile.ReadError as exc:
         raise NotATarArchive(source) from exc
     except corrupt as exc:
         raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
-    ex = _Extractor(dest, source)
+    try:
+        return _extract_members(tar, reader, dest, source, compression, corrupt, limits)
+    finally:
+        tar.close()
+
+
+def _extract_members(
+    tar: tarfile.TarFile,
+    reader: BinaryIO,
+    dest: Path,
+    source: str,
+    compression: str,
+    corrupt: tuple[type[BaseException], ...],
+    limits: ExtractLimits,
+) -> ExtractStats:
+    ex = _Extractor(dest, source, limits)
     last: str | None = None
+    m: tarfile.TarInfo | None = None
     try:
         while True:
             try:
@@ -388,40 +492,28 @@ def extract(stream: BinaryIO, dest: Path, *, source: str) -> ExtractStats:
             except corrupt as exc:
                 where = f"after member {last!r}" if last is not None else "at its start"
                 raise ImageError(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
+            except OSError as exc:  # creating a member: no space, EFBIG, ...
+                what = m.name if m is not None else last
+                hint = "the image needs more space than the state root's filesystem has free" if exc.errno in (
+                    errno.ENOSPC, errno.EDQUOT) else None
+                raise ImageError(f"cannot extract member {what!r} of {source} into {dest}: {exc.strerror or exc}", hint=hint) from exc
         # read to the end so gzip's CRC and zstd's content checksum (written after the tar's
         # end-of-archive blocks) are verified, and a network stream is fully consumed
         try:
-            while reader.read(_CHUNK):
-                pass
+            trailing = 0
+            while chunk := reader.read(_CHUNK):
+                trailing += len(chunk)
+                if trailing > MAX_TRAILING_BYTES:  # zeros after the end, compressed to nothing
+                    raise UnsafeArchive("(end of archive)", f"more than {MAX_TRAILING_BYTES} bytes after the end of the tar")
         except corrupt as exc:
             raise ImageError(f"cannot read archive {source}: corrupt {compression} data after the last member: {exc}") from exc
         ex.finish()
     finally:
         ex.close()
-        tar.close()
     return ExtractStats(members=ex.members, bytes_written=ex.bytes_written)
 
 
 def rmtree(path: Path) -> None:
-    """Remove a tree that may hold read-only directories (as an unprivileged user too)."""
-    import shutil
-
-    def onerror(func, p, _exc_info):  # type: ignore[no-untyped-def]
-        parent = os.path.dirname(p)
-        try:
-            os.chmod(parent, stat.S_IRWXU)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, stat.S_IRWXU)
-        except OSError:
-            pass
-        func(p)
-
-    if path.is_symlink():
-        path.unlink()
-        return
-    if not path.exists():
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=onerror)
-    else:
-        shutil.rmtree(path, onerror=onerror)
+    """Remove a tree that may hold read-only directories (as an unprivileged user too) and any
+    depth (runtime.fstree: no recursion, never follows a symlink)."""
+    remove_tree(path)

@@ -131,7 +131,7 @@ class FakeHost:
 @pytest.fixture(autouse=True)
 def _no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("migrate.checkpoint.cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
-    monkeypatch.setattr("migrate.restore.cpuinfo_check", lambda images_dir: None)
+    monkeypatch.setattr("migrate.restore.cpuinfo_check", lambda images_dir, work_dir: None)
 
 
 def leftovers(host: FakeHost) -> list[str]:
