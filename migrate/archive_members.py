@@ -12,6 +12,7 @@ file was a host-file overwrite). So the reader refuses any member no row below a
   itself (migrate.incoming), never taken from an archive.
 - ``upper`` and ``upper/<path>``: the container's overlay upper layer, any kind the format has,
   under the reader's tree rules (no escaping links, no path through a link, devices by policy).
+- ``upper.img``, ``upper.img.delta``: the upper layer as a file-system image (regular files).
 
 To carry another kind of member (e.g. a per-container filesystem image), add one ``MemberRule``
 to ``CHECKPOINT_MEMBERS``; nothing else in the reader changes.
@@ -73,6 +74,24 @@ CHECKPOINT_MEMBERS: tuple[MemberRule, ...] = (
         flat=False,
         pattern=None,
         what="the overlay upper layer",
+    ),
+    # The upper layer as a file-system image (migrate/upper_image.py), whole or as the blocks
+    # changed since the staged copy; checked by runtime.upperfs before anything mounts it.
+    MemberRule(
+        top="upper.img",
+        top_kinds=frozenset({fmt.KIND_FILE}),
+        kinds=frozenset(),
+        flat=True,
+        pattern=None,
+        what="the upper-layer image",
+    ),
+    MemberRule(
+        top="upper.img.delta",
+        top_kinds=frozenset({fmt.KIND_FILE}),
+        kinds=frozenset(),
+        flat=True,
+        pattern=None,
+        what="the upper-layer image's changed blocks",
     ),
 )
 
