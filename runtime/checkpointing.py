@@ -94,7 +94,15 @@ class CheckpointHost:
         return host_veth_name(self.paths.root, spec.container_id)
 
     def freeze(self, c: Container) -> None:
-        self._cg(c.spec).freeze(c.container_id)
+        """Freeze ``c`` for a dump, so that CRIU can seize every task (runtime.freezer.freeze_seizable):
+        a task caught in uninterruptible sleep (a vfork parent) gets a moment to leave it."""
+        from runtime.freezer import freeze_seizable
+
+        cg, cid = self._cg(c.spec), c.container_id
+        if c.status == "paused":  # the user froze it: it must not run, not even for a moment
+            cg.freeze(cid)
+            return
+        freeze_seizable(lambda: cg.freeze(cid), lambda: cg.thaw(cid), lambda: cg.pids(cid))
 
     def thaw(self, c: Container) -> None:
         self._cg(c.spec).thaw(c.container_id)

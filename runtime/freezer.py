@@ -119,3 +119,59 @@ def wait_until(
     finally:
         if fd is not None:
             os.close(fd)
+
+
+# -- a freeze CRIU can seize ------------------------------------------------------------------
+# A task frozen in uninterruptible sleep (state D) cannot be seized by ptrace until it wakes: the
+# classic case is a shell's vfork() parent, waiting in the kernel until its child execs or exits,
+# while that child is frozen too. CRIU then waits out its whole timeout (10 s, the workload frozen
+# all along) and fails "Unseizable non-zombie ... state D". Such waits are short when the tree
+# runs, so thawing for a moment and freezing again almost always catches it elsewhere.
+UNSEIZABLE_STATES = frozenset("D")
+SETTLE_ATTEMPTS = 8
+SETTLE_PAUSE_S = 0.002  # doubled on each attempt: at most ~0.5 s thawed in all
+
+
+def task_state(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """The one-letter state of ``pid`` from /proc/PID/stat (None if it is gone).
+
+    The state follows the last ')' (the command name may itself contain parentheses)."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = text[text.rfind(")") + 1:].split()
+    return rest[0] if rest else None
+
+
+def unseizable(pids: list[int], proc: Path = Path("/proc")) -> list[int]:
+    """The pids among ``pids`` in a state ptrace cannot seize (see above)."""
+    return [pid for pid in pids if task_state(pid, proc) in UNSEIZABLE_STATES]
+
+
+def freeze_seizable(
+    freeze: Callable[[], None],
+    thaw: Callable[[], None],
+    pids: Callable[[], list[int]],
+    *,
+    attempts: int = SETTLE_ATTEMPTS,
+    pause_s: float = SETTLE_PAUSE_S,
+    sleep: Callable[[float], None] = time.sleep,
+    proc: Path = Path("/proc"),
+) -> list[int]:
+    """Freeze; while some frozen task sits in uninterruptible sleep, thaw, wait a little and
+    freeze again (bounded). Returns the pids still unseizable after the last attempt (empty on
+    success): the caller goes on, and CRIU reports them."""
+    freeze()
+    stuck = unseizable(pids(), proc)
+    for attempt in range(attempts):
+        if not stuck:
+            return []
+        log.debug("frozen tasks in uninterruptible sleep %s: thaw and retry (%d)", stuck, attempt + 1)
+        thaw()
+        sleep(pause_s * (2**attempt))
+        freeze()
+        stuck = unseizable(pids(), proc)
+    if stuck:
+        log.warning("tasks %s stay in uninterruptible sleep after %d freezes: the dump may fail", stuck, attempts + 1)
+    return stuck
