@@ -31,7 +31,7 @@ __all__ = ["CHECKPOINT_MEMBERS", "CRIU_IMAGE_NAME", "MemberRule", "check_member"
 # Names CRIU 4.x writes into an images dir (criu/image-desc.c) plus our dump-side logs.
 CRIU_IMAGE_NAME = re.compile(
     r"[a-z][a-z0-9-]*\.img"  # inventory.img, core-1.img, pages-1.img, ghost-file-1a.img, ...
-    r"|tmpfs(-dev)?-[0-9]+\.tar\.gz"  # tmpfs contents (CRIU extracts them with tar on restore)
+    r"|tmpfs(-dev)?-[0-9]+\.tar\.gz(\.img)?"  # tmpfs contents (CRIU 4.1.1 names them tmpfs-dev-109.tar.gz.img)
     r"|stats-dump|irmap-cache"
     r"|(pre-)?dump\.log|cpuinfo-dump\.log"
 )
