@@ -201,6 +201,11 @@ def decode(
     where = f"the daemon at {target}"
     lowered = details.lower()
     if code == grpc.StatusCode.UNAVAILABLE:
+        if "hostname verification" in lowered:  # the daemon's certificate names another host
+            return merrors.AuthError(
+                f"{where} refused the tls handshake: its certificate does not name {target}: {details}",
+                hint="dial the address (or name) the daemon's certificate names, or give it a certificate for this one",
+            )
         if any(w in lowered for w in ("handshake", "ssl", "tls", "certificate")):
             return merrors.AuthError(
                 f"{where} refused the tls handshake: {details}",

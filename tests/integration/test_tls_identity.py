@@ -1,0 +1,88 @@
+"""mTLS identity checks a scheduler and a peer daemon rely on, over real TCP in a netns host:
+a daemon whose certificate does not name the address dialed, or has expired, is refused by the
+client (AuthError: the handshake failed, not "unreachable"); an expired client certificate is
+refused by the daemon. test_migrate_security.py covers the other CA, no client certificate,
+trusting another CA and the bearer token."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from migrate.client import RemoteEngine
+from migrate.errors import AuthError, TransferError
+from tests.fakes.certs import Pem, TestCA, _write
+from tests.integration.hosts import Host, make_hosts  # noqa: F401  (fixture)
+from tests.integration.migrate_helpers import DAEMON_PORT
+from tests.integration.test_migrate_security import TOKEN, Pki, _pki, _refused, issue
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "netns")]
+
+
+def expired(ca: TestCA, common_name: str, addresses: tuple[str, ...] = ()) -> Pem:
+    """Like ``issue`` (both usages, IP SANs), but valid only until yesterday."""
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=3))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    )
+    if addresses:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]), critical=False
+        )
+    return _write(ca.directory, f"expired-{common_name}", builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def _daemon(host: Host, pki: Pki, pem: Pem) -> str:
+    return host.start_daemon(
+        f"{host.address}:{DAEMON_PORT}",
+        extra_args=["--tls-cert", str(pem.cert), "--tls-key", str(pem.key), "--tls-ca", str(pki.ca.ca_path),
+                    "--token-file", str(pki.token_file)],
+    )
+
+
+def test_daemon_certificate_must_name_the_address_dialed(make_hosts, tmp_path: Path) -> None:  # noqa: ANN001
+    a = make_hosts(1)[0]
+    pki = _pki(tmp_path, [a])
+    addr = _daemon(a, pki, issue(pki.ca, "elsewhere", ("10.250.250.250",)))  # right CA, wrong address
+    with RemoteEngine(addr, tls=pki.tls(), token=TOKEN, timeout_s=5) as client:
+        error = _refused(client.host_info, AuthError)
+    assert "tls handshake" in str(error), error
+    a.stop_daemon()
+    addr = _daemon(a, pki, pki.hosts[a.letter])  # the right one works
+    with RemoteEngine(addr, tls=pki.tls(), token=TOKEN, timeout_s=5) as client:
+        assert client.host_info().criu_version
+
+
+def test_expired_certificates_are_refused_on_both_ends(make_hosts, tmp_path: Path) -> None:  # noqa: ANN001
+    a = make_hosts(1)[0]
+    pki = _pki(tmp_path, [a])
+    addr = _daemon(a, pki, expired(pki.ca, "old-daemon", (a.address,)))
+    with RemoteEngine(addr, tls=pki.tls(), token=TOKEN, timeout_s=5) as client:
+        error = _refused(client.host_info, AuthError)
+    assert "tls handshake" in str(error), error
+    a.stop_daemon()
+
+    addr = _daemon(a, pki, pki.hosts[a.letter])
+    old_client = expired(pki.ca, "old-scheduler")
+    with RemoteEngine(addr, tls=pki.tls(old_client), token=TOKEN, timeout_s=5) as client:
+        error = _refused(client.host_info, TransferError)
+    assert "client certificate" in (getattr(error, "hint", None) or ""), error
+    with RemoteEngine(addr, tls=pki.tls(), token=TOKEN, timeout_s=5) as client:
+        assert client.host_info().criu_version
