@@ -114,6 +114,7 @@ from runtime.cgroups._layout import layout as _read_layout  # noqa: E402  (detec
 
 if TYPE_CHECKING:
     from runtime.cgroups._files import CgroupFs
+    from runtime.cgroups.devices import DevicePolicy
 
 
 def detect(
@@ -159,6 +160,7 @@ def detect(
 
     limit_h = {c: h for c in lay.limits if (h := lay.hierarchy(lay.limits[c])) is not None}
     use_unified = lay.unified if lay.freezer == "cgroup2" else None
+    devices_h, device_policy = _v1_device_policy(lay, use_unified)
     return V1CgroupManager(
         limit_hierarchies=limit_h,
         unified=use_unified,
@@ -167,7 +169,22 @@ def detect(
         parent=rel,
         fs=files,
         mode=lay.mode,
+        devices=devices_h,
+        device_policy=device_policy,
     )
+
+
+def _v1_device_policy(lay: CgroupLayout, unified: Hierarchy | None) -> tuple[Hierarchy | None, "DevicePolicy"]:
+    """hybrid / v1: the v1 devices controller, else a BPF program on the cgroup2 tree we use
+    (the kernel checks both kinds, security/device_cgroup.c), else nothing (logged per cgroup)."""
+    from runtime.cgroups.devices import BpfDevicePolicy, NoDevicePolicy, V1DevicePolicy
+
+    devices = lay.v1_with("devices")
+    if devices is not None:
+        return devices, V1DevicePolicy(devices.name)
+    if unified is not None:
+        return None, BpfDevicePolicy()
+    return None, NoDevicePolicy("neither the v1 devices controller nor cgroup2 is mounted")
 
 
 __all__ = [

@@ -87,6 +87,16 @@ class CgroupFs:
     def kill(self, pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
+    def attach_device_program(self, directory: Path, insns: bytes) -> None:
+        """Load a BPF_PROG_TYPE_CGROUP_DEVICE program and attach it to a cgroup2 directory."""
+        from runtime.cgroups import _bpf
+
+        prog_fd = _bpf.load_device_program(insns)
+        try:
+            _bpf.attach_device_program(directory, prog_fd)
+        finally:
+            os.close(prog_fd)  # the attachment keeps the program alive
+
 
 # --- validation ----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from runtime.cgroups._files import (
     write,
 )
 from runtime.cgroups._layout import Hierarchy
+from runtime.cgroups.devices import DevicePolicy, NoDevicePolicy
 from runtime.cgroups.v2 import kill_v2, limits_required, set_frozen_v2
 from runtime.errors import Unsupported
 
@@ -66,6 +67,8 @@ class V1CgroupManager(BaseManager):
         fs: file-system calls (a fake in unit tests)
         mode: what ``mode`` reports (default: hybrid with ``unified``, else v1); a hybrid host
             whose cgroup2 cannot freeze (before 5.2) stays "hybrid" though it freezes via v1
+        devices: the v1 devices hierarchy, when ``device_policy`` uses it
+        device_policy: what every new cgroup gets (``detect`` picks it; default: none, logged)
     """
 
     def __init__(
@@ -78,9 +81,11 @@ class V1CgroupManager(BaseManager):
         parent: PurePosixPath,
         fs: CgroupFs,
         mode: str | None = None,
+        devices: Hierarchy | None = None,
+        device_policy: DevicePolicy | None = None,
     ) -> None:
         used: dict[str, Hierarchy] = {}
-        for h in [*limit_hierarchies.values(), cpuacct, unified, None if unified else freezer]:
+        for h in [*limit_hierarchies.values(), cpuacct, unified, None if unified else freezer, devices]:
             if h is not None:
                 used[h.name] = h
         super().__init__(list(used.values()), parent, fs)
@@ -89,6 +94,7 @@ class V1CgroupManager(BaseManager):
         self._unified = unified.name if unified else None
         self._freezer = freezer.name if (freezer and not unified) else None
         self._cpuacct = cpuacct.name if cpuacct else None
+        self.devices: DevicePolicy = device_policy or NoDevicePolicy("no device policy configured")
 
     # --- create / limits ---------------------------------------------------------------
 
@@ -97,6 +103,8 @@ class V1CgroupManager(BaseManager):
         self._check_supported(limits)
         dirs = self._make(name)
         try:
+            # before any process enters: nothing ever runs in it unconfined
+            self.devices.apply(self._fs, dirs.get(self.devices.hierarchy or ""), name)
             self.set_limits(name, limits)
         except BaseException:
             self.destroy(name)

@@ -48,6 +48,7 @@ from runtime.cgroups._files import (
     write,
 )
 from runtime.cgroups._layout import LIMIT_CONTROLLERS, UNIFIED, Hierarchy
+from runtime.cgroups.devices import BpfDevicePolicy, DevicePolicy
 from runtime.errors import CgroupError, Unsupported
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class V2CgroupManager(BaseManager):
         controllers: limit controllers usable here (``CgroupLayout.limits`` keys)
         move_to_leaf: on EBUSY from the no-internal-processes rule, move our own cgroup's
             processes into ``<own>/pymigrate-init``; when false raise Unsupported instead
+        devices: the device policy every new cgroup gets (default: runc's list as a BPF program)
     """
 
     mode = "v2"
@@ -88,11 +90,13 @@ class V2CgroupManager(BaseManager):
         controllers: set[str],
         *,
         move_to_leaf: bool = True,
+        devices: DevicePolicy | None = None,
     ) -> None:
         super().__init__([unified], parent, fs)
         self._unified = unified
         self._controllers = set(controllers) & set(LIMIT_CONTROLLERS)
         self._move_to_leaf = move_to_leaf
+        self.devices: DevicePolicy = devices if devices is not None else BpfDevicePolicy()
 
     def _dir(self, name: str) -> Path:
         return self._require(name)[UNIFIED]
@@ -105,6 +109,8 @@ class V2CgroupManager(BaseManager):
         self._enable_controllers()
         dirs = self._make(name)
         try:
+            # before any process enters: nothing ever runs in it unconfined
+            self.devices.apply(self._fs, dirs.get(self.devices.hierarchy or ""), name)
             self.set_limits(name, limits)
         except BaseException:
             self.destroy(name)

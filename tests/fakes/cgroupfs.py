@@ -16,6 +16,9 @@ the backends depend on it:
   when thawed;
 - rmdir fails with EBUSY while the cgroup has processes or children, and removes the files;
 - writes of files directly in a hierarchy root are recorded in ``root_writes``.
+- v1 devices: ``devices.list`` starts ``a *:* rwm``; ``a`` written to devices.deny empties it
+  (EINVAL once the cgroup has tasks or children), devices.allow appends a line; BPF device
+  programs attached through ``attach_device_program`` are kept in ``device_programs``.
 
 ``fake_host(tmp_path, sample)`` lays out /proc/self/{cgroup,mountinfo} from tests/data/cgroup/<sample>
 and builds every hierarchy and our own cgroups, with this "process" (``SELF_PID``) inside.
@@ -61,6 +64,7 @@ class FakeCgroupFs(CgroupFs):
         self.stuck_freeze = False
         self.has_kill = has_kill
         self.has_freeze = has_freeze
+        self.device_programs: dict[Path, list[bytes]] = {}
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -79,6 +83,11 @@ class FakeCgroupFs(CgroupFs):
             files |= self._v1_files(controllers, root=True)
         for n, v in files.items():
             (path / n).write_text(v)
+
+    def attach_device_program(self, directory: Path, insns: bytes) -> None:
+        if not (directory / "cgroup.procs").is_file() or self._mount_of(directory).version != 2:
+            raise _err(errno.EBADF, directory)
+        self.device_programs.setdefault(directory, []).append(insns)
 
     def spawn(self, pid: int, directory: Path | None = None) -> int:
         """A new fake process, placed in ``directory`` (its hierarchy only) if given."""
@@ -116,6 +125,8 @@ class FakeCgroupFs(CgroupFs):
             files |= {"pids.current": "0"} | ({} if root else {"pids.max": "max"})
         if "freezer" in controllers and not root:
             files |= {"freezer.state": "THAWED"}
+        if "devices" in controllers:
+            files |= {"devices.list": "a *:* rwm\n", "devices.allow": "", "devices.deny": ""}
         return files
 
     def _v2_files(self, enabled: set[str]) -> dict[str, str]:
@@ -234,6 +245,13 @@ class FakeCgroupFs(CgroupFs):
             if mount.version == 2 and d != mount.path and (d / "cgroup.subtree_control").read_text().split():
                 raise _err(errno.EBUSY, path)
             self._move(pid, d)
+        elif name == "devices.deny" and value == "a":
+            if self._procs(d) or any(p.is_dir() for p in d.iterdir()):
+                raise _err(errno.EINVAL, path)
+            (d / "devices.list").write_text("")
+        elif name == "devices.allow":
+            listed = (d / "devices.list").read_text()
+            (d / "devices.list").write_text(listed + value + "\n")
         elif name == "cgroup.subtree_control":
             current = set((d / "cgroup.subtree_control").read_text().split())
             available = set((d / "cgroup.controllers").read_text().split())

@@ -45,9 +45,9 @@ def test_hierarchies_used(tmp_path: Path, sample: str) -> None:
     names = set(m.create("c", Limits()).dirs)
     expected = {
         "v2": {"unified"},
-        "hybrid": {"memory", "cpu", "cpuacct", "pids", "unified"},
-        "hybrid-joined": {"memory", "cpu,cpuacct", "pids", "unified"},
-        "v1": {"memory", "cpu,cpuacct", "pids", "freezer"},
+        "hybrid": {"memory", "cpu", "cpuacct", "pids", "unified", "devices"},  # device policy: v1 controller
+        "hybrid-joined": {"memory", "cpu,cpuacct", "pids", "unified"},  # no devices mounted: BPF on unified
+        "v1": {"memory", "cpu,cpuacct", "pids", "freezer", "devices"},
     }[sample]
     assert names == expected
 
