@@ -5,6 +5,7 @@ Tree::
     MigrationError                  every migrate-layer failure; ``phase`` names where it happened
     ├── CheckpointNotFound
     ├── ArchiveError                a checkpoint archive is malformed
+    │   ├── TruncatedArchive        the stream ended early (the writer stopped, or the link broke)
     │   ├── ChecksumMismatch        names the member whose sha256 failed
     │   ├── FormatVersionError      unknown archive format version
     │   ├── UnsafeMember            absolute path, '..', escaping link, device node not allowed,
@@ -46,6 +47,11 @@ class CheckpointNotFound(MigrationError):
 
 class ArchiveError(MigrationError):
     pass
+
+
+class TruncatedArchive(ArchiveError):
+    """The stream ended before the archive did: its writer stopped (e.g. its CRIU dump failed and
+    the source ended the stream) or the connection broke. Says nothing of why."""
 
 
 class ChecksumMismatch(ArchiveError):

@@ -51,7 +51,7 @@ from migrate import _archive_format as fmt
 from migrate._archive_format import FORMAT_VERSION, MAGIC
 from migrate._archive_fs import MetaApplier, check_entry_meta, data_extents, entry_meta, kind_of, read_xattrs, walk
 from migrate.archive_members import CHECKPOINT_MEMBERS, MemberRule, check_member
-from migrate.errors import ArchiveError, ArchiveLimitExceeded, ChecksumMismatch, FormatVersionError, UnsafeMember
+from migrate.errors import ArchiveError, ArchiveLimitExceeded, ChecksumMismatch, FormatVersionError, TruncatedArchive, UnsafeMember
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
 
 log = logging.getLogger(__name__)
@@ -761,7 +761,7 @@ class _Reader:
         return f"member {self._last_member}" if self._last_member else "the archive head"
 
     def _truncated(self, what: str) -> ArchiveError:
-        return ArchiveError(f"truncated archive: stream ended at byte {self._pos} while reading {what}")
+        return TruncatedArchive(f"truncated archive: stream ended at byte {self._pos} while reading {what}")
 
     def _read_exact(self, n: int, what: str) -> bytes:
         data = self._src.read(n)

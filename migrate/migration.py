@@ -43,7 +43,7 @@ from migrate.api import (
     RestoreResult,
 )
 from migrate.checkpoint import stream_dump, dump_externals
-from migrate.errors import IncompatibleHost, MigrationError, TransferError
+from migrate.errors import IncompatibleHost, MigrationError, TransferError, TruncatedArchive
 from migrate.outgoing import OutgoingMigrations
 from migrate.restore import _version_tuple
 from migrate.store import build_manifest, new_checkpoint_id
@@ -383,11 +383,21 @@ def migrate_container(
                     sink.close()
                 else:
                     sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
+                if ps_sock is not None:
+                    # The target's page server ends only at EOF on this socket, and the target
+                    # answers only after it: held open, the rollback waited seconds for nothing.
+                    ps_sock.close()
+                    ps_sock = None
+                    page_server_used = True
+                else:
+                    page_server_used = False
                 pusher.join(timeout=30)
                 cause = pusher.root_cause(exc)
-                if ps_sock is not None and isinstance(exc, CriuError) and pusher.error is not None:
+                if (page_server_used and isinstance(exc, CriuError) and pusher.error is not None
+                        and not isinstance(pusher.error, TruncatedArchive)):
                     # CRIU here only saw its page-server socket break; the target knows why
-                    # (its page server's own error, e.g. no space left), and says so.
+                    # (its page server's own error, e.g. no space left), and says so. A target
+                    # that only saw the stream end knows nothing more: CRIU's own error stands.
                     cause = pusher.error
                 if cause is exc:
                     raise

@@ -703,14 +703,20 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
                     restored_from=manifest.get("checkpoint_id"),
                 )
         except ContainerError as exc:
+            # The restore's own log goes with the scratch dir: keep it, and point the error at it.
+            from migrate.checkpoint import keep_criu_log
+            from runtime.criu import RESTORE_LOG
+
+            keep_criu_log(host.paths, exc, unpacked.work_dir / RESTORE_LOG, "restore")
             rc = daemon.poll()
             if rc is None or rc == 0:
                 raise
-            # the restore failed because the lazy-pages daemon did: its reason is the one to show
+            # Both failed. The lazy-pages daemon's error is often only the echo of the restore's
+            # (a restored task that died never sends its pid: "PID recv: short read"), so say both.
             kept = _keep_log(host, daemon.log_path)
             raise TransferError(
-                f"the lazy-pages daemon could not serve the restore from the source's page server "
-                f"{ps['address']}:{ps['port']}: {first_error(daemon.log_path) or daemon.error(rc).message}"
+                f"the restore with lazy pages from the source's page server {ps['address']}:{ps['port']} failed: "
+                f"{exc.message}; the lazy-pages daemon: {first_error(daemon.log_path) or daemon.error(rc).message}"
                 + (f" (log: {kept})" if kept else ""),
                 phase="restore",
             ) from exc
