@@ -95,7 +95,9 @@ def build_devices() -> dict[str, bool]:
 def devices_allowed(manifest: dict[str, Any]) -> bool:
     """The device-node policy for an archive's upper layer: overlay whiteouts are always fine;
     other device nodes only when the manifest says root took the checkpoint on a trusted host."""
-    devices = manifest.get("devices") or {}
+    devices = manifest.get("devices")
+    if not isinstance(devices, dict):  # an archive's manifest: any JSON at all
+        return False
     return bool(devices.get("taken_as_root") and devices.get("trusted_host"))
 
 

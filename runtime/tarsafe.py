@@ -178,6 +178,12 @@ def open_decompressed(stream: BinaryIO) -> tuple[BinaryIO, str, tuple[type[BaseE
 
 def _split(name: str, member: str) -> tuple[str, ...]:
     """Archive path -> components relative to the root; refuses absolute and '..' names."""
+    if "\x00" in name:
+        raise UnsafeArchive(member, "NUL byte in the path")
+    try:
+        name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise UnsafeArchive(member, "not a file name: characters that do not encode to bytes") from None
     if name.startswith("/"):
         raise UnsafeArchive(member, "absolute path, expected a path relative to the image root")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
@@ -281,8 +287,13 @@ class _Extractor:
             raise ImageLimitExceeded(name[:64], limits, "max_depth", len(parts), "the member path")
         if any(len(p.encode("utf-8", "surrogateescape")) > NAME_MAX for p in parts):
             raise UnsafeArchive(name[:300], f"a path component is longer than {NAME_MAX} bytes")
-        if len(m.linkname.encode("utf-8", "surrogateescape")) > 4095:
-            raise UnsafeArchive(name, "link target longer than 4095 bytes")
+        if "\x00" in m.linkname:
+            raise UnsafeArchive(name, "NUL byte in the link target")
+        try:
+            if len(m.linkname.encode("utf-8", "surrogateescape")) > 4095:
+                raise UnsafeArchive(name, "link target longer than 4095 bytes")
+        except UnicodeEncodeError:
+            raise UnsafeArchive(name, "link target does not encode to bytes") from None
         if not (0 <= m.uid <= _U32 and 0 <= m.gid <= _U32):
             raise UnsafeArchive(name, f"owner {m.uid}:{m.gid} out of range, expected 0..{_U32}")
         if not -_MAX_MTIME_S <= m.mtime <= _MAX_MTIME_S:  # also false for NaN
@@ -455,13 +466,12 @@ def extract(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits 
     """
     limits = limits or current_limits()
     reader, compression, corrupt = open_decompressed(stream)
-    corrupt = corrupt + _HEADER_ERRORS
     log.debug("extracting %s (compression %s) into %s", source, compression, dest)
     try:
         tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]
     except tarfile.ReadError as exc:
         raise NotATarArchive(source) from exc
-    except corrupt as exc:
+    except corrupt + _HEADER_ERRORS as exc:
         raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
     try:
         return _extract_members(tar, reader, dest, source, compression, corrupt, limits)
@@ -480,20 +490,25 @@ def _extract_members(
 ) -> ExtractStats:
     ex = _Extractor(dest, source, limits)
     last: str | None = None
-    m: tarfile.TarInfo | None = None
+    m: tarfile.TarInfo | None
     try:
         while True:
             try:
-                m = tar.next()
-                if m is None:
-                    break
+                m = None
+                m = tar.next()  # parses headers: crafted ones raise more than TarError
+            except corrupt + _HEADER_ERRORS as exc:
+                where = f"after member {last!r}" if last is not None else "at its start"
+                raise ImageError(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
+            if m is None:
+                break
+            try:
                 ex.add(tar, m)
                 last = m.name
             except corrupt as exc:
                 where = f"after member {last!r}" if last is not None else "at its start"
                 raise ImageError(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
             except OSError as exc:  # creating a member: no space, EFBIG, ...
-                what = m.name if m is not None else last
+                what = m.name
                 hint = "the image needs more space than the state root's filesystem has free" if exc.errno in (
                     errno.ENOSPC, errno.EDQUOT) else None
                 raise ImageError(f"cannot extract member {what!r} of {source} into {dest}: {exc.strerror or exc}", hint=hint) from exc

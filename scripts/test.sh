@@ -15,8 +15,10 @@ PYTEST=("$REPO/.venv/bin/pytest")
 rc_unit=0
 rc_integration=0
 
+# the archive/tar fuzz test (tests/unit/test_archive_fuzz.py) runs 300 inputs per reader by
+# default; the full run gives it 5,000 each (10,000 in all, ~3 min)
 echo "==> unit tests: pytest tests/unit $*"
-"${PYTEST[@]}" tests/unit "$@" || rc_unit=$?
+PYMIGRATE_FUZZ_EXAMPLES=${PYMIGRATE_FUZZ_EXAMPLES:-5000} "${PYTEST[@]}" tests/unit "$@" || rc_unit=$?
 
 # tests/realworld: the real-server suite (a cached Debian image, built on first use: ~1.5 min)
 echo "==> integration tests: pytest -m integration tests/integration tests/realworld $*"

@@ -76,9 +76,10 @@ def test_only_whitelisted_members(box: Path, member: str, kind: str, extra: dict
 def test_every_name_a_real_dump_writes_is_allowed() -> None:
     # The images dir of a real CRIU 4.1.1 dump of a busybox container (listed from a dump made by
     # tests/integration/test_trust_archives.py, which checks this against a fresh dump too).
-    for name in ("inventory.img", "core-1.img", "mm-1.img", "pagemap-1.img", "pages-1.img", "pstree.img", "ids-1.img",
-                 "fdinfo-2.img", "files.img", "fs-1.img", "mountpoints-13.img", "tmpfs-dev-74.tar.gz", "seccomp.img",
-                 "stats-dump", "dump.log", "cpuinfo.img", "cpuinfo-dump.log", "irmap-cache", "ghost-file-1a.img"):
+    real = ("cgroup.img core-1.img cpuinfo-dump.log cpuinfo.img dump.log fdinfo-2.img files.img fs-1.img ids-1.img "
+            "inventory.img ipcns-var-11.img mm-1.img mountpoints-13.img netns-10.img pagemap-1.img pages-1.img pstree.img "
+            "seccomp.img stats-dump timens-0.img tmpfs-dev-73.tar.gz.img tmpfs-dev-75.tar.gz.img utsns-12.img")
+    for name in real.split() + ["irmap-cache", "ghost-file-1a.img", "pages-shmem-123.img"]:
         assert CRIU_IMAGE_NAME.fullmatch(name), name
         check_member(f"images/{name}", "file")
 
