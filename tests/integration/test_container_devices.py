@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from tests.integration.hosts import make_hosts, two_hosts  # noqa: F401  (fixtures)
 from tests.integration.workloads import container_file, inspect, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "busybox")]
@@ -126,6 +127,21 @@ def test_container_cannot_use_the_host_disk_before_and_after_checkpoint_restore(
         assert_confined(pm_root, name, after=last + 3)
     finally:
         pm("checkpoint", "rm", cid)
+
+
+@pytest.mark.requires("criu", "pycriu", "netns")
+def test_policy_holds_after_export_and_import_on_another_host(two_hosts, tmp_path: Path) -> None:  # noqa: ANN001
+    a, b = two_hosts
+    for h in (a, b):
+        ok(h.cli(["image", "build-busybox"]))
+    name = f"devmove-{secrets.token_hex(3)}"
+    ok(a.cli(["run", "-d", "--name", name, "busybox", "sh", "-c", probe_script()]))
+    last = assert_confined(a.root, name)
+    archive = tmp_path / "devices.pma"
+    ok(a.cli(["checkpoint", name, "--export", str(archive)]))
+    ok(b.cli(["restore", "--import", str(archive)]))
+    assert_confined(b.root, name, after=last)
+    assert_v1_list(b.root, name)
 
 
 def _shell_in_cgroup(directory: Path, node: Path) -> list[str]:
