@@ -106,6 +106,9 @@ OPEN_CONNECT_FAILED = 2
 # more only helps long fat links and costs memory per channel.
 WINDOW_BYTES = 4 << 20
 PUMP_BYTES = 256 << 10
+# What a remote command may print: ours print a line or two (a path, a pid). A hostile or broken
+# server must not make us buffer without end, nor hold us with a trickle of bytes.
+MAX_REMOTE_OUTPUT_BYTES = 64 << 10
 # AEAD ciphers first: one pass over the data instead of cipher + MAC.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 
@@ -433,10 +436,13 @@ def connect(
         options.ciphers = [c for c in PREFERRED_CIPHERS if c in options.ciphers] + [
             c for c in options.ciphers if c not in PREFERRED_CIPHERS
         ]
+        transport.banner_timeout = timeout_s
         try:
             transport.start_client(timeout=timeout_s)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshUnreachable(config.destination, f"ssh handshake failed: {exc}") from exc
+        if transport.host_key is None:  # start_client returns at its timeout without raising
+            raise SshUnreachable(config.destination, f"ssh handshake failed: no key exchange within {timeout_s:g}s")
         verify_host_key(config.known_hosts, name, transport.get_remote_server_key(), accept_new=accept_new)
         label = _authenticate(transport, config, keys, skipped)
         log.info("ssh connected to %s with %s", config.destination, label)
@@ -500,17 +506,43 @@ def open_streamlocal(transport: paramiko.Transport, socket_path: str, *, timeout
     raise transport.get_exception() or paramiko.SSHException(f"cannot open a channel to {socket_path}")
 
 
-def _run(transport: paramiko.Transport, command: str, *, timeout_s: float = 30.0) -> tuple[int, str, str]:
-    """Run ``command`` on the remote host; its exit status, stdout and stderr."""
+def _run(transport: paramiko.Transport, command: str, *, timeout_s: float = 30.0,
+         limit_bytes: int = MAX_REMOTE_OUTPUT_BYTES) -> tuple[int, str, str]:
+    """Run ``command`` on the remote host; its exit status, stdout and stderr (made printable).
+
+    Bounded: the whole exchange within ``timeout_s`` (TransferError), at most ``limit_bytes`` of
+    output (PeerError) — the remote host is not trusted to be brief or to finish."""
+    deadline = time.monotonic() + timeout_s
     chan = transport.open_session(timeout=timeout_s)
     try:
-        chan.settimeout(timeout_s)
         chan.exec_command(command)
-        out = chan.makefile("rb").read().decode(errors="replace")
-        err = chan.makefile_stderr("rb").read().decode(errors="replace")
-        return chan.recv_exit_status(), out, err
+        out, err = bytearray(), bytearray()
+        while True:
+            busy = False
+            if chan.recv_ready():
+                out += chan.recv(PUMP_BYTES)
+                busy = True
+            if chan.recv_stderr_ready():
+                err += chan.recv_stderr(PUMP_BYTES)
+                busy = True
+            if len(out) + len(err) > limit_bytes:
+                raise PeerError(f"the remote command printed more than {limit_bytes} bytes (expected a few lines)", phase="connect")
+            if not busy and chan.exit_status_ready() and (chan.eof_received or chan.closed):
+                break
+            if time.monotonic() > deadline:
+                raise TransferError(f"the remote command did not finish within {timeout_s:g}s", phase="connect")
+            if not busy:
+                time.sleep(0.002)
+        return chan.recv_exit_status(), _printable(out), _printable(err)
     finally:
         _close_channel(chan)
+
+
+def _printable(raw: bytes) -> str:
+    """Remote text as we show it: decoded, with control characters (terminal escapes a hostile
+    host could send into the user's terminal) replaced; newlines and tabs kept."""
+    text = raw.decode(errors="replace")
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else "\ufffd" for ch in text)
 
 
 def _close_channel(chan: Channel) -> None:
@@ -673,12 +705,17 @@ class _RemoteDaemon:
             pymigrate=shlex.quote(pymigrate), root=shlex.quote(root), listen=shlex.quote(f"unix:{socket_path}")
         )
         self._chan = transport.open_session(timeout=10.0)
+        self._chan.settimeout(30.0)  # each read: the script prints its first line at once
         self._chan.exec_command(_sh(script))
         self._out = self._chan.makefile("rb")
-        first = self._out.readline().decode(errors="replace").split()
+        try:
+            first = _printable(self._out.readline(4096)).split()  # bounded: "<pid> <log path>\n"
+        except socket.timeout as exc:
+            _close_channel(self._chan)
+            raise RemoteDaemonFailed(destination, "the start script printed nothing within 30s", []) from exc
         if len(first) != 2 or not first[0].isdigit():
-            status = self._chan.recv_exit_status()
-            err = self._chan.makefile_stderr("rb").read().decode(errors="replace")
+            status = self._chan.recv_exit_status() if self._chan.exit_status_ready() else -1
+            err = _printable(self._chan.makefile_stderr("rb").read(MAX_REMOTE_OUTPUT_BYTES)) if status != -1 else ""
             _close_channel(self._chan)
             raise RemoteDaemonFailed(destination, f"the start script failed with status {status}", [line for line in err.splitlines() if line.strip()])
         self.pid = int(first[0])
