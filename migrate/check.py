@@ -146,6 +146,8 @@ def evaluate(report: HostReport) -> CheckResult:
 
     # --- optional -------------------------------------------------------------------------------
     items.append(_cap_sys_resource(report))
+    if report.cgroup is not None:
+        items.append(_device_policy(report.cgroup.device_policy))
     size = report.pipe_max_size_bytes
     size_text = "unknown" if size is None else f"{size} ({_mib(size)})"
     if report.cap_sys_resource:
@@ -211,6 +213,21 @@ def _cap_sys_resource(report: HostReport) -> CheckItem:
     hint = ("grant CAP_SYS_RESOURCE to pymigrate (or its daemon), or start the daemon with hard limits "
             "(ulimit -H, systemd Limit*=) at least those of the containers it restores")
     return _want(name, False, detail, hint)
+
+
+_DEVICE_POLICY = {
+    "v1": "containers keep to the standard devices through the v1 devices controller",
+    "bpf": "containers keep to the standard devices through a cgroup2 BPF device program",
+}
+
+
+def _device_policy(method: str) -> CheckItem:
+    """runc's default device list for every container (runtime/cgroups/devices.py)."""
+    if method in _DEVICE_POLICY:
+        return _want("device policy", True, _DEVICE_POLICY[method], None)
+    return _want("device policy", False,
+                 "no devices controller and no cgroup2: containers can open any device node they create",
+                 "mount cgroup2 (a BPF device program) or the v1 devices controller")
 
 
 def _feature(report: HostReport, key: str, label: str, hint: str) -> CheckItem:

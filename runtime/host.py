@@ -60,6 +60,8 @@ class CgroupFacts:
         freeze_dir: our own cgroup in the hierarchy that freezes (children are created below it)
         limit_controllers: limit controllers that can be used (``memory``, ``cpu``, ``pids``)
         notes: findings worth showing the user
+        device_policy: how containers are kept to the standard devices: ``v1`` (devices
+            controller), ``bpf`` (cgroup2 device program) or ``none``
     """
 
     mode: str
@@ -67,6 +69,7 @@ class CgroupFacts:
     freeze_dir: str | None
     limit_controllers: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    device_policy: str = "none"
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class HostReport:
                 "freeze_dir": self.cgroup.freeze_dir,
                 "limit_controllers": list(self.cgroup.limit_controllers),
                 "notes": list(self.cgroup.notes),
+                "device_policy": self.cgroup.device_policy,
             },
             "cgroup_error": self.cgroup_error,
             "criu": self.criu.as_dict(),
@@ -268,6 +272,7 @@ def read_cgroup(proc_root: Path = DEFAULT_PROC_ROOT, sys_root: Path = DEFAULT_SY
         Unsupported: no cgroup hierarchy is mounted or /proc is unreadable
     """
     from runtime import cgroups
+    from runtime.cgroups import device_policy_for
 
     layout_fn = getattr(cgroups, "layout", None)
     if layout_fn is None:  # not re-exported (yet): the implementation module has it
@@ -285,6 +290,7 @@ def read_cgroup(proc_root: Path = DEFAULT_PROC_ROOT, sys_root: Path = DEFAULT_SY
         freeze_dir=str(freeze_dir) if freeze_dir else None,
         limit_controllers=tuple(sorted(lay.limits)),
         notes=tuple(lay.notes),
+        device_policy=device_policy_for(lay)[1].method,
     )
 
 

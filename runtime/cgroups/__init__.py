@@ -148,19 +148,19 @@ def detect(
     rel = validate_parent(parent)
     lay = layout if layout is not None else _read_layout(proc_root=proc_root, sys_root=sys_root)
     files = fs if fs is not None else CgroupFs()
+    devices_h, device_policy = device_policy_for(lay)
     if lay.mode == "v2":
         from runtime.cgroups.v2 import V2CgroupManager
 
         unified = lay.unified
         if unified is None:  # layout() never says v2 without it
             raise Unsupported("cgroup2", "no cgroup2 hierarchy found")
-        return V2CgroupManager(unified, rel, files, set(lay.limits), move_to_leaf=move_to_leaf)
+        return V2CgroupManager(unified, rel, files, set(lay.limits), move_to_leaf=move_to_leaf, devices=device_policy)
 
     from runtime.cgroups.v1 import V1CgroupManager
 
     limit_h = {c: h for c in lay.limits if (h := lay.hierarchy(lay.limits[c])) is not None}
     use_unified = lay.unified if lay.freezer == "cgroup2" else None
-    devices_h, device_policy = _v1_device_policy(lay, use_unified)
     return V1CgroupManager(
         limit_hierarchies=limit_h,
         unified=use_unified,
@@ -174,17 +174,23 @@ def detect(
     )
 
 
-def _v1_device_policy(lay: CgroupLayout, unified: Hierarchy | None) -> tuple[Hierarchy | None, "DevicePolicy"]:
-    """hybrid / v1: the v1 devices controller, else a BPF program on the cgroup2 tree we use
-    (the kernel checks both kinds, security/device_cgroup.c), else nothing (logged per cgroup)."""
+def device_policy_for(lay: CgroupLayout) -> tuple[Hierarchy | None, "DevicePolicy"]:
+    """The device policy a manager for ``lay`` applies, and the v1 hierarchy it needs (if any).
+
+    v2: a BPF program. hybrid / v1: the v1 devices controller, else a BPF program on the cgroup2
+    tree the manager freezes with (the kernel checks both kinds, security/device_cgroup.c), else
+    nothing (logged for every cgroup created).
+    """
     from runtime.cgroups.devices import BpfDevicePolicy, NoDevicePolicy, V1DevicePolicy
 
+    if lay.mode == "v2":
+        return None, BpfDevicePolicy()
     devices = lay.v1_with("devices")
     if devices is not None:
         return devices, V1DevicePolicy(devices.name)
-    if unified is not None:
+    if lay.unified is not None and lay.freezer == "cgroup2":
         return None, BpfDevicePolicy()
-    return None, NoDevicePolicy("neither the v1 devices controller nor cgroup2 is mounted")
+    return None, NoDevicePolicy("neither the v1 devices controller nor a usable cgroup2 tree is mounted")
 
 
 __all__ = [
@@ -199,5 +205,6 @@ __all__ = [
     "Hierarchy",
     "Limits",
     "detect",
+    "device_policy_for",
     "layout",
 ]

@@ -27,6 +27,7 @@ def test_public_names_are_pinned() -> None:
             "Hierarchy",
             "Limits",
             "detect",
+            "device_policy_for",
             "layout",
         ]
     )

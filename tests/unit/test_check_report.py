@@ -192,3 +192,24 @@ def test_unusable_criu_is_not_also_reported_as_missing_rlimits(tmp_path: Path) -
     other = item(result, "dump under other uids")
     assert other.status == "warning" and other.detail.startswith("unknown")
     assert fake_host_report(tmp_path / "2", criu=criu).rlimits_dict()["criu_proc_limits_fallback"] is None
+
+
+# -- device policy ---------------------------------------------------------------------------------------
+
+
+def test_device_policy_is_reported_from_the_cgroup_layout(tmp_path: Path) -> None:
+    report = fake_host_report(tmp_path)  # pure cgroup2 fake host: a BPF device program
+    assert report.cgroup is not None and report.cgroup.device_policy == "bpf"
+    policy = item(evaluate(report), "device policy")
+    assert policy.status == "ok" and "BPF" in policy.detail
+    assert json.loads(json.dumps(report.as_dict()))["cgroup"]["device_policy"] == "bpf"
+
+
+def test_no_device_mechanism_is_a_warning_with_the_fix(tmp_path: Path) -> None:
+    good = fake_host_report(tmp_path)
+    report = dataclasses.replace(good, cgroup=dataclasses.replace(good.cgroup, device_policy="none"))
+    result = evaluate(report)
+    policy = item(result, "device policy")
+    assert policy.status == "warning" and not policy.required and "any device node" in policy.detail
+    assert "cgroup2" in (policy.hint or "")
+    assert result.ok
