@@ -141,3 +141,13 @@ def test_no_mechanism_is_logged_for_each_cgroup(tmp_path: Path, caplog: pytest.L
     with caplog.at_level(logging.WARNING):
         NoDevicePolicy("neither the v1 devices controller nor cgroup2 is mounted").apply(fs, None, "web-1")
     assert "web-1" in caplog.text and "no device policy" in caplog.text
+
+
+def test_every_node_the_rootfs_makes_is_allowed() -> None:
+    """runtime/rootfs.py mknods /dev inside the container after it joined its cgroup."""
+    from runtime.rootfs import DEVICES
+
+    prog = bpf_program(DEFAULT_RULES)
+    for name, major, minor in DEVICES:
+        assert bpf_decide(prog, "c", major, minor, "rwm"), name
+        assert f"c {major}:{minor} rwm" in v1_allow_lines(DEFAULT_RULES), name
