@@ -12,7 +12,8 @@ file was a host-file overwrite). So the reader refuses any member no row below a
   itself (migrate.incoming), never taken from an archive.
 - ``upper`` and ``upper/<path>``: the container's overlay upper layer, any kind the format has,
   under the reader's tree rules (no escaping links, no path through a link, devices by policy).
-- ``upper.img``, ``upper.img.delta``: the upper layer as a file-system image (regular files).
+- ``upper.img.map``/``.data`` and ``upper.img.delta.map``/``.data``: the upper layer as a packed
+  file-system image, whole or its changed blocks (regular files; migrate/upper_image.py).
 
 To carry another kind of member (e.g. a per-container filesystem image), add one ``MemberRule``
 to ``CHECKPOINT_MEMBERS``; nothing else in the reader changes.
@@ -20,13 +21,15 @@ to ``CHECKPOINT_MEMBERS``; nothing else in the reader changes.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from migrate import _archive_format as fmt
 from migrate.errors import UnsafeMember
 
-__all__ = ["CHECKPOINT_MEMBERS", "CRIU_IMAGE_NAME", "MemberRule", "check_member"]
+__all__ = ["CHECKPOINT_MEMBERS", "CRIU_IMAGE_NAME", "MemberRule", "check_images_dir", "check_member"]
 
 # Names CRIU 4.x writes into an images dir (criu/image-desc.c) plus our dump-side logs.
 CRIU_IMAGE_NAME = re.compile(
@@ -75,23 +78,18 @@ CHECKPOINT_MEMBERS: tuple[MemberRule, ...] = (
         pattern=None,
         what="the overlay upper layer",
     ),
-    # The upper layer as a file-system image (migrate/upper_image.py), whole or as the blocks
-    # changed since the staged copy; checked by runtime.upperfs before anything mounts it.
-    MemberRule(
-        top="upper.img",
-        top_kinds=frozenset({fmt.KIND_FILE}),
-        kinds=frozenset(),
-        flat=True,
-        pattern=None,
-        what="the upper-layer image",
-    ),
-    MemberRule(
-        top="upper.img.delta",
-        top_kinds=frozenset({fmt.KIND_FILE}),
-        kinds=frozenset(),
-        flat=True,
-        pattern=None,
-        what="the upper-layer image's changed blocks",
+    # The upper layer as a file-system image (migrate/upper_image.py), packed: its data extents
+    # back to back (.data) and their offsets (.map, JSON), whole or only the blocks changed since
+    # the staged copy (.delta.*); the map is checked before a byte is placed, the image by
+    # runtime.upperfs before anything mounts it.
+    *(
+        MemberRule(top=name, top_kinds=frozenset({fmt.KIND_FILE}), kinds=frozenset(), flat=True, pattern=None, what=what)
+        for name, what in (
+            ("upper.img.map", "the upper-layer image's extent map"),
+            ("upper.img.data", "the upper-layer image's data"),
+            ("upper.img.delta.map", "the upper-layer image's changed-block map"),
+            ("upper.img.delta.data", "the upper-layer image's changed blocks"),
+        )
     ),
 )
 
@@ -115,3 +113,16 @@ def check_member(name: str, kind: str, rules: tuple[MemberRule, ...] = CHECKPOIN
         raise UnsafeMember(name, f"subdirectories are not allowed in {rule.what}")
     if rule.pattern is not None and not rule.pattern.fullmatch(rest):
         raise UnsafeMember(name, f"{rest!r} is not a name allowed in {rule.what}")
+
+
+def check_images_dir(images_dir: Path) -> None:
+    """Raise UnsafeMember unless every entry of ``images_dir`` is a regular file.
+
+    For images dirs that did not just come through the reader: a local checkpoint kept by an
+    older pymigrate, whose ``UploadCheckpoint`` stored ``images/`` verbatim (symlinks included).
+    Names are not checked: older restores left their logs (``cpuinfo-check.log``) there, and a
+    regular file of any name is harmless now that CRIU's logs go to a work dir of their own."""
+    with os.scandir(images_dir) as it:
+        for entry in it:
+            if not entry.is_file(follow_symlinks=False):
+                raise UnsafeMember(f"images/{entry.name}", "not a regular file; a CRIU images dir holds nothing else")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
-from migrate.store import IMAGES_DIR, UPPER_ARCHIVE, CheckpointStore, build_manifest, new_checkpoint_id
+from migrate.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore, build_manifest, new_checkpoint_id
 from runtime.criu import DUMP_LOG, Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
 from runtime.checkpointing import DumpTarget, keep_failed_log
 from runtime.errors import ContainerError, InvalidState
@@ -163,6 +163,32 @@ def stream_dump(
     return thread.stats, dump_ms
 
 
+def _fsync_file(path: Path) -> None:
+    """fsync ``path`` if it exists (the upper-layer image copy of a local checkpoint)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _allocated_bytes(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def _image_writer(image: Path | None, tmp_dir: Path) -> Callable[[Any], None] | None:
+    """For ``stream_dump``'s ``add_upper``: a layer on an image goes as its blocks (members
+    upper.img.map/.data, migrate/upper_image.py), not as its tree."""
+    if image is None:
+        return None
+    from migrate.upper_image import add_frozen
+
+    return lambda writer: add_frozen(writer, image, tmp_dir)
+
+
 def _fsync_files(directory: Path) -> None:
     """fsync every file of ``directory`` and the directory itself (CRIU does not sync its images)."""
     for p in directory.iterdir():
@@ -253,7 +279,8 @@ def checkpoint_container(
         with open(out_path, "wb") as out:
             emit("freeze")
             t0 = time.monotonic()
-            rt.freeze(container)
+            # recorded first: if this process dies frozen, the next command thaws and cleans up
+            rt.freeze(container, operation="checkpoint", partial=(out_path, staging) if archive_path else (staging,))
             frozen = True
             frozen_at = time.monotonic()
             # Our network lock, kept until the tree is killed: a container stopped after its dump
@@ -267,9 +294,12 @@ def checkpoint_container(
                 # one archive: manifest, upper layer and images, streamed while CRIU writes
                 writer = ArchiveWriter(out, compress=options.compress, level=options.level)
                 writer.write_manifest(manifest)
-                stats_dump, dump_ms = stream_dump(criu, request, writer, target.upper_dir, on_bytes=lambda n: emit("dump", done=n))
+                stats_dump, dump_ms = stream_dump(criu, request, writer, target.upper_dir, on_bytes=lambda n: emit("dump", done=n),
+                                                  add_upper=_image_writer(target.upper_image, staging))
                 summary = writer.close(trailer={"dump_stats": stats_dump.__dict__})
                 upper_bytes = sum(m.size_bytes for m in summary.members if m.name.startswith("upper/"))
+                if target.upper_image is not None:
+                    upper_bytes = _allocated_bytes(target.upper_image)
                 archive_bytes = summary.written_bytes
             else:
                 # local: CRIU's images stay raw in images/; the upper layer is archived beside them
@@ -279,12 +309,19 @@ def checkpoint_container(
                 dump_started = time.monotonic()
                 dump_thread.start()
                 try:
-                    writer.add_tree("upper", target.upper_dir)
+                    if target.upper_image is not None:  # its blocks keep the inode numbers
+                        from migrate.upper_image import copy_frozen
+
+                        copy_frozen(target.upper_image, staging / UPPER_IMAGE)
+                    else:
+                        writer.add_tree("upper", target.upper_dir)
                 finally:
                     dump_thread.join()
                 if dump_thread.error is not None:
                     raise dump_thread.error
                 upper_bytes = writer.close().raw_bytes
+                if target.upper_image is not None:
+                    upper_bytes = _allocated_bytes(staging / UPPER_IMAGE)
                 stats_dump = dump_thread.stats or DumpStats()
                 dump_ms = (dump_thread.finished_at - dump_started) * 1000
                 archive_bytes = 0
@@ -301,6 +338,7 @@ def checkpoint_container(
             os.fsync(out.fileno())
         if archive_path is None:
             _fsync_files(images_dir)
+            _fsync_file(staging / UPPER_IMAGE)
         images_bytes = _images_bytes(images_dir)
         emit("commit")
         if archive_path is not None:

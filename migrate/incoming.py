@@ -5,6 +5,8 @@ atomically under a lock, with a ``phase``:
 
     prepared   pre-flight passed; the container's name and address are reserved (the address is
                leased to the container id, so ``run`` cannot take it meanwhile)
+    restoring  the whole archive arrived and verified; CRIU restores (an abort can no longer stop
+               it cleanly: a settlement asked now answers "pending")
     restored   the container runs here; the source has not committed yet
     (deleted)  committed, or aborted (abort also removes a restored container and the lease)
 
@@ -14,8 +16,19 @@ layer first (``receive_upper``, while the container still runs on the source) in
 ROOT/tmp/stage-<migration_id>; the checkpoint archive then carries only the upper layer's changes
 since (migrate.upper_sync), merged into the staged copy before the restore. ``reconcile`` (run when a daemon
 starts) aborts migrations left ``prepared`` by a crash and removes stale scratch dirs; a
-``restored`` one is kept for the source to commit or abort (the source decides, it knows whether
-it still runs its frozen copy).
+``restored`` one is kept: the container runs here and the source, frozen, waits to hear so.
+
+Settlement (docs/migration.md, "Exactly one copy"): once the source sent its final dump it does
+not thaw before this host said what became of the migration. ``settle`` answers by migration id
+and is final and idempotent: a ``restored`` migration is committed ("committed": the source then
+removes its frozen copy), a ``prepared`` one is aborted ("aborted": the source thaws; an abort wins
+over a restore still running, which removes what it built when it finds its record gone). Every
+ending leaves a small outcome record, ROOT/run/settled/<migration_id>.json, kept SETTLED_KEEP_S,
+so that the same question asked again (the first answer lost, a source restarted) gets the same
+answer. A ``restored`` migration the source does not settle within LEASE_S is not left to live
+on blindly: ``sweep`` asks the source's daemon (its address came with the reservation) and
+commits or aborts by its answer; while the source cannot be asked, the copy here keeps running
+(after the point of no return the target wins: the source never thaws without this host's word).
 """
 
 from __future__ import annotations
@@ -31,8 +44,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, RestoreResult
-from migrate.errors import TransferError, IncompatibleHost, MigrationError
+from migrate import failpoints
+from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, RestoreResult, Settlement
+from migrate.errors import ContainerLost, TransferError, IncompatibleHost, MigrationError
 from migrate.restore import _version_tuple, restore_container
 from migrate.transfer import IteratorReader
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument
@@ -42,6 +56,9 @@ from runtime.spec import ContainerSpec
 log = logging.getLogger(__name__)
 
 STALE_S = 30.0  # a prepared migration with no progress on any channel for this long is aborted
+LEASE_S = 60.0  # a restored migration the source has not settled for this long: ask the source
+SETTLED_KEEP_S = 7 * 86400.0  # how long an outcome record answers a late settlement
+SOURCE_TIMEOUT_S = 10.0  # per call to the source when a lease expires
 
 
 def _tree_size(path: Path) -> int:
@@ -68,10 +85,27 @@ def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
     validate_digest(request.image_digest)
 
 
+def _dial_back(source_daemon: str | None, source_address: str | None) -> str | None:
+    """Where this host may dial the source daemon back: only its port is taken from the wire, the
+    host is always the address the authenticated call came from — this host sends its own peer
+    credentials there, so a source cannot point it at a third host. A unix socket address is
+    taken only from a local caller (no peer address)."""
+    if not source_daemon:
+        return None
+    if source_daemon.startswith("unix:"):
+        return source_daemon if source_address is None else None
+    _host, sep, port = source_daemon.rpartition(":")
+    if not sep or not port.isdigit() or not source_address:
+        return None
+    return f"[{source_address}]:{port}" if ":" in source_address else f"{source_address}:{port}"
+
+
 class IncomingMigrations:
-    def __init__(self, host: Any, criu: Any, *, page_servers: bool = True, page_server_tls: Any = None) -> None:
+    def __init__(self, host: Any, criu: Any, *, page_servers: bool = True, page_server_tls: Any = None,
+                 connect: Any = None) -> None:
         self.host = host
         self.criu = criu
+        self.connect = connect  # connect(address) -> the source daemon's engine, for expired leases
         # Disk-less dumps: a CRIU page server per migration receives the source's memory pages.
         # ``page_server_tls`` (runtime.criu.CriuTls, from the daemon's own mTLS material): CRIU's
         # page-server connections (this page server, post-copy's lazy-pages daemon) use TLS and
@@ -85,6 +119,7 @@ class IncomingMigrations:
         self._activity: dict[str, float] = {}
         self._pages_seen: dict[str, int] = {}
         self.dir = host.paths.run / "incoming"
+        self.settled_dir = host.paths.run / "settled"
         self._precopy: Any = None  # migrate.precopy_target.PrecopyRounds, made on first use
 
     # -- records ------------------------------------------------------------------------------
@@ -173,6 +208,7 @@ class IncomingMigrations:
                 # pre-copy: where each round's page server listens, and the only peer it lets in
                 "page_server_address": request.page_server_address,
                 "source_address": request.source_address,
+                "source_daemon": _dial_back(request.source_daemon, request.source_address),
             })
         port = 0
         if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
@@ -186,8 +222,15 @@ class IncomingMigrations:
         return self.host.paths.tmp / f"stage-{migration_id}"
 
     def staged_upper(self, migration_id: str) -> Path | None:
-        """The upper layer ``receive_upper`` staged for this migration, if any."""
-        path = self._stage_dir(migration_id) / "upper"
+        """The upper layer ``receive_upper`` staged for this migration, if any: a directory, or
+        the file system image of a layer that moves block-wise (migrate/upper_image.py)."""
+        from migrate.upper_image import MEMBER
+        from runtime.upperfs import is_image_file
+
+        stage = self._stage_dir(migration_id)
+        if is_image_file(stage / MEMBER):
+            return stage / MEMBER
+        path = stage / "upper"
         return path if path.is_dir() else None
 
     def receive_upper(self, migration_id: str, chunks: Iterator[bytes]) -> int:
@@ -195,11 +238,13 @@ class IncomingMigrations:
         device nodes by the same policy as a checkpoint's). Returns the number of entries."""
         from migrate.images import read_archive
         from migrate.store import UPPER_STAGE_KIND, devices_allowed
+        from migrate.upper_image import MEMBER, unpack_members
         from migrate._archive_fs import walk
 
         record = self._load(migration_id)
         if record["phase"] != "prepared":
             raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected prepared", phase="stage")
+        failpoints.hit("target.upper")
         stage = self._stage_dir(migration_id)
         partial = stage.with_name(stage.name + ".partial")
         remove_tree_quietly(partial)
@@ -214,6 +259,10 @@ class IncomingMigrations:
             upper = partial / "tree" / "upper"
             upper.mkdir(exist_ok=True)
             os.rename(upper, partial / "upper")
+            try:  # a layer on an image: its blocks, not its tree
+                unpack_members(partial / "tree", partial / MEMBER)
+            except ValueError as exc:
+                raise MigrationError(f"incoming migration {migration_id}: {exc}", phase="stage") from exc
             remove_tree(partial / "tree")
             remove_tree_quietly(stage)
             os.rename(partial, stage)
@@ -342,6 +391,7 @@ class IncomingMigrations:
 
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
         record = self._load(migration_id)
+        failpoints.hit("target.image")
         reader = IteratorReader(self._touching(migration_id, chunks))
         try:
             self.host.images.import_stream(record["image"], reader, expected_digest=record["image_digest"])
@@ -361,7 +411,7 @@ class IncomingMigrations:
                 from migrate.postcopy import receive_postcopy
 
                 result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress, tls=self.page_server_tls,
-                                          staged_upper=staged)
+                                          staged_upper=staged, before_restore=lambda: self._before_restore(migration_id, None))
             else:
                 result = restore_container(
                     self.host,
@@ -369,7 +419,7 @@ class IncomingMigrations:
                     criu=self.criu,
                     progress=progress,
                     source=reader,
-                    before_restore=lambda images_dir: self._collect_pages(migration_id, images_dir),
+                    before_restore=lambda images_dir: self._before_restore(migration_id, images_dir),
                     staged_upper=staged,
                 )
         except BaseException as exc:
@@ -384,13 +434,31 @@ class IncomingMigrations:
         with self._locked():
             aborted = not self._path(migration_id).exists()
             if not aborted:
+                # the point of no return: from here on this copy is the one (the source's waits)
                 record["phase"] = "restored"
                 record["restored_at"] = time.time()
+                record["lease_until"] = record["restored_at"] + LEASE_S
                 self._save(record)
-        if aborted:  # the source gave up while we were restoring
+        if aborted:  # the source gave up (or settled) while we were restoring
             self._remove_container(migration_id, record["container_id"])
             raise MigrationError(f"incoming migration {migration_id} was aborted during its restore", phase="restore")
+        failpoints.hit("target.answer")
         return result
+
+    def _before_restore(self, migration_id: str, images_dir: Path | None) -> None:
+        if images_dir is not None:  # cold and pre-copy: the pages a page server received
+            self._collect_pages(migration_id, images_dir)
+        self.mark_restoring(migration_id)
+        failpoints.hit("target.restore")
+
+    def mark_restoring(self, migration_id: str) -> None:
+        """The archive is complete: the restore starts, unless a settlement aborted it already."""
+        with self._locked():
+            record = self._load_or_none(migration_id)
+            if record is None or record["phase"] != "prepared":
+                raise MigrationError(f"incoming migration {migration_id} was aborted before its restore", phase="restore")
+            record["phase"] = "restoring"
+            self._save(record)
 
     def _abort_after_failure(self, migration_id: str) -> None:
         try:
@@ -404,8 +472,8 @@ class IncomingMigrations:
         except ContainerError as exc:
             log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
 
-    def abort(self, migration_id: str) -> None:
-        """Remove every piece of an unfinished migration. Idempotent."""
+    def abort(self, migration_id: str, *, outcome: str = "aborted") -> None:
+        """Remove every piece of an unfinished migration, and record ``outcome``. Idempotent."""
         from migrate.postcopy import stop_session
 
         stop_session(migration_id)  # post-copy: the lazy-pages daemon goes first
@@ -434,24 +502,156 @@ class IncomingMigrations:
                 exists = False
             if not exists and record.get("ip"):
                 self.host.rt.network(record.get("network", "bridge")).release(cid)
+            self._record_outcome(migration_id, outcome, cid)
             path.unlink(missing_ok=True)
         log.info("migration=%s aborted on the target", migration_id)
 
     def commit(self, migration_id: str) -> None:
+        """Make a restored migration permanent. Idempotent: committing a committed one is a no-op."""
         from migrate.postcopy import finish_session
 
         finish_session(migration_id)  # post-copy: every page arrived, else ContainerLost
         with self._locked():
             path = self._path(migration_id)
             if not path.exists():
+                if self.outcome(migration_id) == "committed":
+                    return
                 raise MigrationError(f"no incoming migration {migration_id} to commit", phase="commit")
             record = json.loads(path.read_text())
             if record["phase"] != "restored":
                 raise MigrationError(f"incoming migration {migration_id} is {record['phase']}, expected restored", phase="commit")
+            self._record_outcome(migration_id, "committed", record["container_id"])
             path.unlink()
         self._drop_stage(migration_id)
         self._precopy_rounds().drop(migration_id)  # pre-copy: the restored container holds every page now
         log.info("migration=%s committed", migration_id)
+
+    # -- settlement ----------------------------------------------------------------------------
+    def _outcome_path(self, migration_id: str) -> Path:
+        return self.settled_dir / self._path(migration_id).name
+
+    def _record_outcome(self, migration_id: str, outcome: str, container_id: str) -> None:
+        """Remember how a migration ended (called under the lock, before its record goes)."""
+        self.settled_dir.mkdir(parents=True, exist_ok=True)
+        path = self._outcome_path(migration_id)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"migration_id": migration_id, "outcome": outcome, "container_id": container_id, "at": time.time()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def outcome(self, migration_id: str) -> str | None:
+        """How migration ``migration_id`` ended here, if it did (within SETTLED_KEEP_S)."""
+        try:
+            return str(json.loads(self._outcome_path(migration_id).read_text())["outcome"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def settle(self, migration_id: str, container_id: str = "") -> Settlement:
+        """The source asks what became of ``migration_id``; the answer is final (module doc).
+
+        A restored migration is committed, a prepared one aborted; an ended one answers with its
+        recorded outcome; one this host never heard of (or forgot) answers "unknown", saying
+        whether a container of ``container_id`` runs here."""
+        record = self._load_or_none(migration_id)
+        if record is None:
+            known = self.outcome(migration_id)
+            running = self._running(container_id)
+            return Settlement(migration_id, known if known in ("committed", "aborted", "lost") else "unknown", running)  # type: ignore[arg-type]
+        cid = record["container_id"]
+        if record["phase"] == "restoring":
+            return Settlement(migration_id, "pending", False)
+        if record["phase"] != "restored":
+            log.warning("migration=%s: settled before its restore finished: aborting it here (the source keeps its copy)", migration_id)
+            self.abort(migration_id)
+            return Settlement(migration_id, "aborted", self._running(cid))
+        try:
+            self.commit(migration_id)
+        except ContainerLost as exc:  # post-copy: the copy here missed pages
+            log.error("migration=%s: %s: removing the copy here", migration_id, exc.message)
+            self.abort(migration_id, outcome="lost")
+            return Settlement(migration_id, "lost", False)
+        log.info("migration=%s settled: committed here", migration_id)
+        return Settlement(migration_id, "committed", self._running(cid))
+
+    def _load_or_none(self, migration_id: str) -> dict[str, Any] | None:
+        try:
+            return self._load(migration_id)
+        except MigrationError:
+            return None
+
+    def _running(self, container_id: str) -> bool:
+        if not container_id:
+            return False
+        try:
+            return bool(self.host.rt.container(container_id).status == "running")
+        except ContainerError:
+            return False
+
+    def _check_lease(self, record: dict[str, Any]) -> None:
+        """A restored migration the source has not settled within its lease: ask the source."""
+        mid = record["migration_id"]
+        now = time.time()
+        if now < float(record.get("lease_until") or (record.get("restored_at") or now) + LEASE_S):
+            return
+        answer = self._ask_source(record)
+        if answer is not None and (answer.outcome == "committed" or (answer.outcome == "unknown" and not answer.container_running)):
+            log.warning("migration=%s: lease expired; the source %s (%s): committing the copy here", mid,
+                        "committed" if answer.outcome == "committed" else "has neither a record nor a running copy",
+                        record.get("source_daemon"))
+            self._settle_here(mid, "commit")
+        elif answer is not None and answer.outcome in ("aborted", "lost", "unknown"):
+            log.error("migration=%s: lease expired; the source %s says %s (its copy running: %s): removing the copy here",
+                      mid, record.get("source_daemon"), answer.outcome, answer.container_running)
+            self._settle_here(mid, "abort")
+        else:
+            why = "still settling it" if answer is not None else "cannot be asked"
+            log.warning("migration=%s: lease expired; the source %s %s: the restored copy keeps running here "
+                        "(the source does not thaw without this host's answer)", mid, record.get("source_daemon") or "(no address)", why)
+            with self._locked():
+                current = self._load_or_none(mid)
+                if current is not None and current.get("phase") == "restored":
+                    current["lease_until"] = time.time() + LEASE_S
+                    self._save(current)
+
+    def _settle_here(self, migration_id: str, how: str) -> None:
+        try:
+            if how == "commit":
+                self.settle(migration_id)
+            else:
+                self.abort(migration_id)
+        except (ContainerError, MigrationError, OSError) as exc:
+            log.warning("migration=%s: settling after the lease failed: %s", migration_id, exc)
+
+    def _ask_source(self, record: dict[str, Any]) -> Settlement | None:
+        address = record.get("source_daemon")
+        if not address or self.connect is None:
+            return None
+        source = None
+        try:
+            source = self.connect(address)
+            if hasattr(source, "timeout_s"):
+                source.timeout_s = min(source.timeout_s, SOURCE_TIMEOUT_S)
+            return source.settle_migration(record["migration_id"], record["container_id"], ask_source=True)  # type: ignore[no-any-return]
+        except Exception as exc:  # noqa: BLE001 - an unreachable source is the case this handles
+            log.warning("migration=%s: cannot ask the source %s: %s", record["migration_id"], address, exc)
+            return None
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    def _prune_outcomes(self, keep_s: float = SETTLED_KEEP_S) -> None:
+        if not self.settled_dir.is_dir():
+            return
+        cutoff = time.time() - keep_s
+        for p in self.settled_dir.iterdir():
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+            except OSError:
+                continue
 
     def _touching(self, migration_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         self._activity[migration_id] = time.monotonic()
@@ -468,6 +668,9 @@ class IncomingMigrations:
         aborted = []
         for record in self.records():
             mid = record.get("migration_id", "")
+            if record.get("phase") == "restored" and mid:
+                self._check_lease(record)
+                continue
             if record.get("phase") != "prepared" or not mid:
                 continue
             last = self._activity.setdefault(mid, now)
@@ -485,12 +688,13 @@ class IncomingMigrations:
         for mid in set(self._activity) - {r.get("migration_id") for r in self.records()}:
             self._activity.pop(mid, None)
             self._pages_seen.pop(mid, None)
+        self._prune_outcomes()
         return aborted
 
     def reconcile(self) -> None:
         """After a crash: abort migrations that never got restored; remove stale scratch dirs."""
         for record in self.records():
-            if record.get("phase") == "prepared":
+            if record.get("phase") in ("prepared", "restoring"):
                 log.warning("migration=%s was left unfinished by a restart: aborting it", record.get("migration_id"))
                 try:
                     self.abort(record["migration_id"])

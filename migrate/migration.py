@@ -13,6 +13,14 @@ Phases (each timed, reported through ``progress``):
     ---- point of no return: the container runs on the target ----
     commit      the target drops its reservation; the source kills and removes its frozen copy
 
+Exactly one copy (docs/migration.md): from right before the freeze the outgoing record says
+"unknown". A failure before the last byte of the dump's archive left (``final_sent``) cannot have
+let the target restore: the source thaws at once (before the point of no return the source wins).
+A failure after it (the answer lost, the link cut, the target killed mid-restore) settles instead:
+the source asks the target by migration id (``settle_unsure``) and only then removes its copy
+(the target runs it: past the point of no return the target wins) or thaws; if the target cannot
+be asked within SETTLE_WAIT_S the copy stays frozen and ``OutcomeUnknown`` says so.
+
 A record in ROOT/run/outgoing (migrate/outgoing.py) says what a daemon restart must do if this
 process dies on the way: roll back (thaw here, abort there) before the point of no return,
 finish (commit there, remove here) after it.
@@ -43,8 +51,9 @@ from migrate.api import (
     RestoreResult,
 )
 from migrate.checkpoint import stream_dump, dump_externals
-from migrate.errors import IncompatibleHost, MigrationError, TransferError, TruncatedArchive
-from migrate.outgoing import OutgoingMigrations
+from migrate import failpoints
+from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, OutcomeUnknown, TransferError, TruncatedArchive
+from migrate.outgoing import OutgoingMigrations, apply_settlement, settle_in_call
 from migrate.restore import _version_tuple
 from migrate.store import build_manifest, new_checkpoint_id
 from migrate.transfer import ChunkSink
@@ -98,10 +107,11 @@ class PreDumped:
 PreDumpFn = Callable[[str, Path, Any], PreDumped]
 
 
-def stage_upper(target: Any, migration_id: str, upper_dir: Path) -> tuple[Any, int]:
+def stage_upper(target: Any, migration_id: str, upper_dir: Path, image_stage: Any = None) -> tuple[Any, int]:
     """Before the freeze: send the whole upper layer to the target (``receive_upper``) while the
-    container still runs, remembering what each entry looked like (migrate.upper_sync). Returns
-    (the snapshot, bytes sent)."""
+    container still runs, remembering what each entry looked like (migrate.upper_sync), or, for a
+    layer on an image, the image itself (``image_stage``: migrate.upper_image.ImageStage).
+    Returns (the snapshot, bytes sent)."""
     from migrate.images import ArchiveWriter
     from migrate.store import UPPER_STAGE_KIND, build_devices
     from migrate.upper_sync import write_snapshot
@@ -112,7 +122,11 @@ def stage_upper(target: Any, migration_id: str, upper_dir: Path) -> tuple[Any, i
     try:
         writer = ArchiveWriter(sink, compress="zstd", level=1)
         writer.write_manifest({"kind": UPPER_STAGE_KIND, "migration_id": migration_id, "devices": build_devices()})
-        snapshot = write_snapshot(writer, "upper", upper_dir)
+        if image_stage is not None:
+            image_stage.send(writer)
+            snapshot = None
+        else:
+            snapshot = write_snapshot(writer, "upper", upper_dir)
         writer.close()
         sink.close()
     except BaseException as exc:
@@ -128,14 +142,22 @@ def stage_upper(target: Any, migration_id: str, upper_dir: Path) -> tuple[Any, i
     return snapshot, sink.bytes_written
 
 
-def upper_for_migration(target: Any, ticket: Any, migration_id: str, upper_dir: Path, enter: Any) -> tuple[UpperForDump, int]:
+def upper_for_migration(target: Any, ticket: Any, migration_id: str, upper_dir: Path, enter: Any, *,
+                        upper_image: Path | None = None, tmp_dir: Path | None = None) -> tuple[UpperForDump, int]:
     """Stage the upper layer on the target when its ticket asks for it (phase "stage", via
-    ``enter``); the writer the dump then uses, and the bytes sent now."""
+    ``enter``); the writer the dump then uses, and the bytes sent now. ``upper_image``: the
+    layer's file system image (runtime/upperfs.py), which then moves block-wise, its snapshot
+    kept in ``tmp_dir`` until the dump (migrate/upper_image.py)."""
     if not ticket.stage_upper:
-        return UpperForDump(None, upper_dir), 0
+        return UpperForDump(None, upper_dir, image=upper_image, tmp_dir=tmp_dir), 0
+    image_stage = None
+    if upper_image is not None:
+        from migrate.upper_image import ImageStage
+
+        image_stage = ImageStage(upper_image, tmp_dir or upper_image.parent, migration_id)
     enter("stage", "sending the upper layer")
-    snapshot, sent = stage_upper(target, migration_id, upper_dir)
-    return UpperForDump(snapshot, upper_dir), sent
+    snapshot, sent = stage_upper(target, migration_id, upper_dir, image_stage)
+    return UpperForDump(snapshot, upper_dir, image=upper_image, image_stage=image_stage, tmp_dir=tmp_dir), sent
 
 
 class UpperForDump:
@@ -144,13 +166,26 @@ class UpperForDump:
     the archive's trailer must carry for the target to merge (``{"upper_delta": ...}`` or ``{}``).
     The delta is computed while CRIU dumps (the writer thread), not before it."""
 
-    def __init__(self, snapshot: Any, upper_dir: Path) -> None:
+    def __init__(self, snapshot: Any, upper_dir: Path, *, image: Path | None = None, image_stage: Any = None,
+                 tmp_dir: Path | None = None) -> None:
         self.snapshot = snapshot
         self.upper_dir = upper_dir
+        self.image = image
+        self.image_stage = image_stage
+        self.tmp_dir = tmp_dir or upper_dir.parent
         self.trailer: dict[str, Any] = {}
-        self.changed = -1  # entries sent as changes; -1: the whole layer
+        self.changed = -1  # entries (blocks, for an image) sent as changes; -1: the whole layer
 
     def __call__(self, writer: Any) -> None:
+        if self.image_stage is not None:
+            self.image_stage.add_delta(writer)
+            self.changed = self.image_stage.changed_blocks
+            return
+        if self.image is not None:
+            from migrate.upper_image import add_frozen
+
+            add_frozen(writer, self.image, self.tmp_dir)
+            return
         if self.snapshot is not None:
             from migrate.upper_sync import compute_delta, write_delta
 
@@ -162,6 +197,39 @@ class UpperForDump:
                 return
             log.info("upper layer of %s: changes a delta cannot express (hardlinks): sending all of it", self.upper_dir)
         writer.add_tree("upper", self.upper_dir)
+
+
+def settle_unsure(rt: Any, outgoing: OutgoingMigrations, target: Any, migration_id: str, container: Any, dest: str,
+                  exc: BaseException, phase: str, cut: Any = None) -> str:
+    """After the final dump went out and no answer came back: ask the target what became of the
+    migration and act on it (outgoing.apply_settlement). Returns "committed" (the copy here is
+    gone, the container runs on the target); otherwise raises: the original error once thawed
+    ("aborted"), ContainerLost ("lost"), OutcomeUnknown (the target could not be asked: the copy
+    here stays frozen, the daemon settles it later)."""
+    name = container.spec.name
+    log.warning("container=%s migration=%s: no answer after the final dump (%s): settling with %s", name, migration_id, exc, dest)
+    record = outgoing.load(migration_id)
+    answer = settle_in_call(target, record)
+    if answer is None:
+        outgoing.detach(migration_id)
+        from migrate.outgoing import mark_paused
+
+        mark_paused(rt, container, record)
+        raise OutcomeUnknown(
+            f"migration {migration_id} of {name} to {dest}: outcome unknown: the final dump went out but the target's "
+            f"answer did not come back ({exc}); {name} stays frozen here until {dest} says whether it runs the container",
+            phase=phase, migration_id=migration_id, dest=dest,
+            hint=(f"this daemon asks {dest} again every few seconds and at each start, then removes this copy (the target "
+                  f"runs it) or thaws it; 'pymigrate ps' shows {name} paused; do not unpause or remove it meanwhile"),
+        ) from exc
+    outcome = apply_settlement(rt, outgoing, record, container, answer, cut=cut)
+    if outcome == "committed":
+        return outcome
+    if outcome == "lost":
+        raise ContainerLost(f"container {name} is lost: its copy on {dest} missed memory pages and was removed",
+                            phase=phase, source_copy="frozen",
+                            hint=f"'pymigrate unpause {name}' resumes the frozen copy here (state as of the freeze)") from exc
+    raise _fail(exc, name, dest, phase) from exc
 
 
 def _end_record(outgoing: OutgoingMigrations, migration_id: str) -> None:
@@ -207,6 +275,45 @@ def _fail(exc: BaseException, name: str, dest: str, phase: str) -> BaseException
     else:
         err = MigrationError(f"migration of {name} to {dest} failed: {exc}", phase=phase)
     return err
+
+
+def _roll_back(rt: Any, target: Any, outgoing: OutgoingMigrations, container: Any, migration_id: str, cut: Any,
+               frozen: bool) -> None:
+    """Before the final dump went out: the copy here wins (network back, thawed), the target aborts."""
+    name = container.spec.name
+    try:
+        rt.rejoin(cut)
+    except Exception:  # rollback path: keep the original error
+        log.exception("container=%s migration=%s: cannot bring its network back up", name, migration_id)
+    if frozen:
+        try:
+            rt.thaw(container)
+        except Exception:  # rollback path: keep the original error
+            log.exception("container=%s migration=%s: thaw after failure failed", name, migration_id)
+    try:
+        target.abort_incoming(migration_id)
+    except Exception as abort_exc:  # the target may be gone; it cleans up on restart
+        log.warning("container=%s migration=%s: abort on target failed: %s", name, migration_id, abort_exc)
+    _end_record(outgoing, migration_id)
+
+
+def _result(name: str, dest: str, mode: str, started: float, frozen_at: float, answered_at: float, bytes_on_wire: int,
+            phases: dict[str, float], upper_changed: int) -> MigrateResult:
+    """The result of a migration whose answer was lost but settled (the target runs it): the pause
+    is only known up to the settlement."""
+    return MigrateResult(
+        container_name=name,
+        dest=dest,
+        mode=mode,
+        stats=MigrationStats(
+            frozen_ms=round((answered_at - frozen_at) * 1000, 3),
+            total_ms=round((time.monotonic() - started) * 1000, 3),
+            bytes_on_wire=bytes_on_wire,
+            raw_bytes=0,
+            phases_ms=dict(phases),
+            upper_entries_frozen=upper_changed,
+        ),
+    )
 
 
 def migrate_container(
@@ -285,6 +392,8 @@ def migrate_container(
     )
     migration_id = ticket.migration_id
     log.info("container=%s migration=%s phase=preflight dest=%s need_image=%s", spec.name, migration_id, options.dest, ticket.need_image)
+    final_sent = False  # the archive's last byte may have left: the target may restore (module doc)
+    settled = False  # the answer was lost, and settling found the container running on the target
     frozen = False
     ps_sock: socket.socket | None = None  # the disk-less dump's connection to the target's page server
     cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
@@ -294,6 +403,7 @@ def migrate_container(
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
     try:
         outgoing.begin(migration_id, container_id=spec.container_id, name=spec.name, dest=options.dest, keep_source=options.keep_source)
+        failpoints.hit("source.prepared")
         if ticket.need_image:
             enter("image", f"sending image {spec.image}")
             image_sink = ChunkSink()
@@ -315,7 +425,8 @@ def migrate_container(
                 raise pusher.error
             bytes_on_wire += image_sink.bytes_written
             image_bytes = image_sink.bytes_written
-        upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter)
+        upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter,
+                                          upper_image=dt.upper_image, tmp_dir=rt.paths.tmp)
         bytes_on_wire += sent
         staging = rt.paths.tmp / f"migrate-{migration_id}"
         staging.mkdir(parents=True, mode=0o700)
@@ -333,13 +444,14 @@ def migrate_container(
             cpuinfo_dump(images_dir)
             criu.warm()
             import migrate.images  # noqa: F401  (loaded before the freeze)
-            manifest = build_manifest(spec, new_checkpoint_id(), criu_version=here, options={"tcp_established": options.tcp_established, "migration_id": migration_id})
+            manifest = build_manifest(spec, new_checkpoint_id(), criu_version=here, options={"tcp_established": options.tcp_established, "file_locks": options.file_locks, "migration_id": migration_id})
             request = DumpRequest(
                 pid=dt.init_pid,
                 images_dir=images_dir,
                 leave_running=True,  # stays frozen (see module doc): the rollback path thaws it
                 tcp_established=options.tcp_established,
                 tcp_skip_in_flight=options.tcp_established,
+                file_locks=options.file_locks,
                 external=dump_externals(dt),
                 freeze_cgroup=dt.freeze_cgroup,
                 network_lock=rt.network_lock(),
@@ -349,6 +461,7 @@ def migrate_container(
             )
             sink = ChunkSink()
             pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
+            outgoing.outcome_unknown(migration_id)  # a crash from here on asks the target first
 
             enter("freeze")
             rt.freeze(container)
@@ -372,6 +485,8 @@ def migrate_container(
                     # open, and the target's page server finishes only at its EOF.
                     ps_sock.close()
                     ps_sock = None
+                failpoints.hit("source.dump")
+                final_sent = True
                 writer.close(trailer={"dump_stats": dump_stats.__dict__, **upper.trailer})
                 sink.close()
                 if request.page_server is not None:  # the pages went over CRIU's own connection
@@ -416,24 +531,19 @@ def migrate_container(
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException as exc:
         failed_phase = phase
-        try:
-            rt.rejoin(cut)
-        except Exception:  # rollback path: keep the original error
-            log.exception("container=%s migration=%s: cannot bring its network back up", spec.name, migration_id)
-        if frozen:
-            try:
-                rt.thaw(container)
-            except Exception:  # rollback path: keep the original error
-                log.exception("container=%s migration=%s: thaw after failure failed", spec.name, migration_id)
-        try:
-            target.abort_incoming(migration_id)
-        except Exception as abort_exc:  # the target may be gone; it cleans up on restart
-            log.warning("container=%s migration=%s: abort on target failed: %s", spec.name, migration_id, abort_exc)
-        _end_record(outgoing, migration_id)
-        raise _fail(exc, spec.name, options.dest, failed_phase) from exc
+        if not final_sent:
+            _roll_back(rt, target, outgoing, container, migration_id, cut, frozen)
+            raise _fail(exc, spec.name, options.dest, failed_phase) from exc
+        settle_unsure(rt, outgoing, target, migration_id, container, options.dest, exc, failed_phase, cut)
+        settled = True  # else it raised
 
     # ---- point of no return: the container runs on the target ----
     answered_at = time.monotonic()
+    if settled:
+        enter("done")
+        log.info("container=%s migration=%s done after settling: it runs on %s", spec.name, migration_id, options.dest)
+        return _result(spec.name, options.dest, "cold" if pre is None else "precopy", started, frozen_at, answered_at,
+                       bytes_on_wire, phases, upper.changed)
     # the pause ended when the target resumed the container, a little before its answer arrived
     since_resume_ms = restored.stats.since_resume_ms if restored is not None else 0.0
     frozen_ms = (answered_at - frozen_at) * 1000 - since_resume_ms
@@ -443,15 +553,22 @@ def migrate_container(
     except OSError as exc:  # a restart would roll back a migration that happened: say so loudly
         log.error("container=%s migration=%s: cannot record the point of no return: %s", spec.name, migration_id, exc)
     enter("commit")
+    failpoints.hit("source.commit")
+    told = True
     try:
         target.commit_incoming(migration_id)
     except Exception as exc:
-        log.warning("container=%s migration=%s: commit on target failed (container runs there): %s", spec.name, migration_id, exc)
+        told = False
+        log.warning("container=%s migration=%s: commit on target failed (container runs there; told later): %s",
+                    spec.name, migration_id, exc)
     try:
         rt.finish_migration(container, keep=options.keep_source)
     except Exception:
         log.exception("container=%s migration=%s: removing the source copy failed", spec.name, migration_id)
-    _end_record(outgoing, migration_id)
+    if told:
+        _end_record(outgoing, migration_id)
+    else:
+        outgoing.detach(migration_id)  # the daemon tells the target later (outgoing.settle_pending)
     enter("done")
     total_ms = (time.monotonic() - started) * 1000
     raw_bytes = (restored.stats.images_bytes if restored is not None else 0) + image_bytes

@@ -22,6 +22,12 @@ Source (``migrate_postcopy``), each phase timed:
 restore finished; ``phases_ms["handover"]`` is freeze -> that answer); ``phases_ms["last_page"]`` is how long after
 the resume the last page arrived (the window in which the source is still needed).
 
+Exactly one copy (docs/migration.md): as in cold migration, the outgoing record says "unknown"
+from right before the freeze; a failure before the archive's last byte left rolls back at once,
+one after it settles with the target first (migrate.migration.settle_unsure), CRIU's page server
+still serving: a target that restored takes its last pages during the settlement, and only an
+"aborted" answer ends the lazy dump (a connection to its port) and thaws.
+
 Failure before the point of no return rolls back like cold migration: the target removes what
 it built (and stops its lazy-pages daemon), the source's CRIU dump is made to return (if the
 target never connected, we connect to the page server once and close, which CRIU takes as the
@@ -282,7 +288,8 @@ def migrate_postcopy(
     """
     from migrate.checkpoint import dump_externals
     from migrate.images import ArchiveWriter
-    from migrate.migration import _end_record, _fail, _Pusher, upper_for_migration
+    from migrate import failpoints
+    from migrate.migration import _end_record, _fail, _Pusher, settle_unsure, upper_for_migration
     from migrate.outgoing import OutgoingMigrations
     from runtime.port_guard import drop_guard
     from migrate.restore import _version_tuple
@@ -343,12 +350,14 @@ def migrate_postcopy(
     cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
     dump: _LazyDump | None = None
     restored: RestoreResult | None = None
+    final_sent = False  # the archive's last byte may have left (migrate.migration's module doc)
     staging = rt.paths.tmp / f"migrate-{migration_id}"
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
 
     try:
         outgoing.begin(migration_id, container_id=spec.container_id, name=spec.name, dest=options.dest,
-                       keep_source=options.keep_source, mode="postcopy")
+                       keep_source=options.keep_source, mode="postcopy", page_server_port=port)
+        failpoints.hit("source.prepared")
         if getattr(criu, "page_server_tls", None) is None:
             from runtime.port_guard import guard_or_warn
 
@@ -369,7 +378,8 @@ def migrate_postcopy(
             if image_pusher.error is not None:
                 raise image_pusher.error
             bytes_on_wire += image_sink.bytes_written
-        upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter)
+        upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter,
+                                          upper_image=dt.upper_image, tmp_dir=rt.paths.tmp)
         bytes_on_wire += sent
         staging.mkdir(parents=True, mode=0o700)
         images_dir = staging / "images"
@@ -382,6 +392,7 @@ def migrate_postcopy(
             criu_version=here,
             options={
                 "tcp_established": options.tcp_established,
+                "file_locks": options.file_locks,
                 "migration_id": migration_id,
                 "lazy_pages": True,
                 "page_server": {"address": address, "port": port},
@@ -393,6 +404,7 @@ def migrate_postcopy(
             leave_running=True,  # CRIU must never kill the source by itself (module doc)
             tcp_established=options.tcp_established,
             tcp_skip_in_flight=options.tcp_established,
+            file_locks=options.file_locks,
             external=dump_externals(dt),
             freeze_cgroup=dt.freeze_cgroup,
             network_lock=rt.network_lock(),
@@ -401,6 +413,7 @@ def migrate_postcopy(
         )
         sink = ChunkSink()
         pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
+        outgoing.outcome_unknown(migration_id)  # a crash from here on asks the target first
         enter("freeze")
         rt.freeze(container)
         frozen = True
@@ -430,6 +443,8 @@ def migrate_postcopy(
                 if dump.error is not None:
                     raise dump.error
                 raise TransferError(f"criu's page server did not listen on port {port} within {LISTEN_TIMEOUT_S:g}s", phase="dump")
+            failpoints.hit("source.dump")
+            final_sent = True
             writer.close(trailer={"lazy_pages": True, **upper.trailer})
             sink.close()
         except BaseException as exc:
@@ -444,6 +459,19 @@ def migrate_postcopy(
         bytes_on_wire += sink.bytes_written
     except BaseException as exc:
         failed_phase = phase
+        if final_sent:
+            drop_guard(guard)  # an "aborted" settlement ends the lazy dump by connecting from here
+            guard = None
+            settle_unsure(rt, outgoing, target, migration_id, container, options.dest, exc, failed_phase, cut)
+            # else it raised: the container runs on the target, every page moved, the copy here is gone
+            if dump is not None:
+                dump.join(ROLLBACK_DUMP_TIMEOUT_S)
+            remove_tree_quietly(staging)
+            log.info("container=%s migration=%s done after settling: it runs on %s", spec.name, migration_id, options.dest)
+            from migrate.migration import _result
+
+            return _result(spec.name, options.dest, "postcopy", started, frozen_at, time.monotonic(), bytes_on_wire, phases,
+                           upper.changed)
         try:
             target.abort_incoming(migration_id)  # first: it stops the target's lazy-pages daemon
         except Exception as abort_exc:  # the target may be gone; it cleans up on restart
@@ -496,6 +524,7 @@ def migrate_postcopy(
               f"the page transfer failed ({first}{f'; log: {kept}' if kept else ''})")
     remove_tree_quietly(staging)
     enter("commit")
+    failpoints.hit("source.commit")
     try:
         target.commit_incoming(migration_id)
     except ContainerLost as exc:
@@ -645,14 +674,13 @@ def check_incoming(request: IncomingRequest) -> None:
 
 def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,
                      progress: ProgressFn | None = None, *, tls: CriuTls | None = None,
-                     staged_upper: Path | None = None) -> RestoreResult:
+                     staged_upper: Path | None = None, before_restore: Any = None) -> RestoreResult:
     """Unpack the (memory-less) archive, start the lazy-pages daemon towards the source's page
     server (over TLS with ``tls``), restore with lazy pages; returns once the container runs (the
     point of no return)."""
     from migrate.checkpoint import NETNS_KEY
-    from migrate.restore import preflight, restore_request, unpack_archive
+    from migrate.restore import checked_spec, preflight, restore_request, unpack_archive
     from runtime.criu import start_lazy_pages
-    from runtime.spec import ContainerSpec
 
     started = time.monotonic()
     # While the archive arrives (the source is frozen already): build the container's cgroup,
@@ -673,8 +701,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         ps = opts.get("page_server")
         if not opts.get("lazy_pages") or not isinstance(ps, dict):
             raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
-        spec = ContainerSpec.from_dict(manifest["container"])
         options = RestoreOptions(name=record["name"], ip=record.get("ip"))
+        spec = checked_spec(manifest, options, origin="peer", allow_peer_volumes=bool(getattr(host, "allow_peer_volumes", False)))
         if options.ip:
             spec = dataclasses.replace(spec, ip=options.ip)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
@@ -682,6 +710,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             shell = None
         replace_id = host.replaceable_id(spec) if shell is None else spec.container_id  # the shell is ours
         preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
+        if before_restore is not None:  # the archive is complete: a settlement now waits for the restore
+            before_restore()
         daemon = start_lazy_pages(unpacked.images_dir, unpacked.work_dir, PageServer(str(ps["address"]), int(ps["port"])), tls=tls)
         t0 = time.monotonic()
 
@@ -764,14 +794,15 @@ def _early_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> Any:
     None: no spec recorded, an exited original of that id to replace, a host that cannot start
     one (CheckpointHost.begin_restore), or a failure (logged; the usual path follows)."""
     from migrate.checkpoint import NETNS_KEY
-    from runtime.spec import ContainerSpec
+    from runtime.container import parse_spec, validate_spec
 
     raw = record.get("spec")
     begin = getattr(host, "begin_restore", None)
     if not isinstance(raw, dict) or begin is None:
         return None
     try:
-        spec = ContainerSpec.from_dict(raw)
+        # the peer's word: checked like run's input (its volumes are judged with the archive's)
+        spec = validate_spec(dataclasses.replace(parse_spec(raw), volumes=()))
         if record.get("ip"):
             spec = dataclasses.replace(spec, ip=record["ip"])
         if host.replaceable_id(spec) is not None:

@@ -5,6 +5,8 @@ Layout of one local checkpoint (ROOT/checkpoints/<checkpoint_id>/)::
     manifest.json     the manifest (see docs/archive-format.md), with the dump stats merged in
     images/           CRIU's images dir, uncompressed, so a local restore reads it in place
     upper.pma         the container's overlay upper layer as an archive (migrate.images format)
+    upper.img         where the layer lives on a file system image (runtime/upperfs.py): a sparse
+                      copy of that image (upper.pma then holds no members); it keeps inode numbers
 
 A checkpoint directory appears atomically: it is built under ROOT/tmp and renamed into place,
 so a crash never leaves a half-written checkpoint visible.
@@ -35,8 +37,11 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 IMAGES_DIR = "images"
 UPPER_ARCHIVE = "upper.pma"
+UPPER_IMAGE = "upper.img"  # runtime.upperfs.IMAGE_NAME; also the archive member's name
 MANIFEST_KIND = "pymigrate-checkpoint"
 UPPER_STAGE_KIND = "pymigrate-upper-stage"  # a live migration's upper layer sent before the freeze
+ORIGIN_KEY = "origin"  # in a stored manifest: "upload" for UploadCheckpoint (migrate.restore's Origin)
+ORIGIN_UPLOAD = "upload"
 
 _ID_RE = re.compile(r"^[0-9a-f]{4,64}$")
 
@@ -229,6 +234,10 @@ def export_stream(paths: Paths, checkpoint_id: str, *, compress: str = "zstd", l
             writer = ArchiveWriter(sink, compress=compress, level=level)  # type: ignore[arg-type]
             writer.write_manifest({k: v for k, v in manifest.items() if k != "dump_stats"})
             writer.add_tree("upper", scratch / "upper")
+            if (base / UPPER_IMAGE).exists():  # written by this host's checkpoint
+                from migrate.upper_image import add_image
+
+                add_image(writer, base / UPPER_IMAGE, scratch)
             for p in sorted((base / IMAGES_DIR).iterdir()):
                 if p.is_file():
                     writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
@@ -243,6 +252,16 @@ def export_stream(paths: Paths, checkpoint_id: str, *, compress: str = "zstd", l
     return sink.chunks()
 
 
+def _check_uploaded_spec(manifest: dict[str, Any]) -> None:
+    """Refuse an upload whose container spec ``run`` would refuse (InvalidSpec names the field),
+    before it is kept. Its volumes are judged at restore, where they must be mapped."""
+    from dataclasses import replace
+
+    from runtime.container import parse_spec, validate_spec
+
+    validate_spec(replace(parse_spec(manifest.get("container")), volumes=()))
+
+
 def import_stream(paths: Paths, chunks: Iterator[bytes]) -> CheckpointInfo:
     """Verify an archive stream and keep it as a local checkpoint (new id if the old one exists)."""
     from migrate.images import ArchiveWriter, read_archive
@@ -255,13 +274,24 @@ def import_stream(paths: Paths, chunks: Iterator[bytes]) -> CheckpointInfo:
         manifest = read_archive(IteratorReader(chunks), scratch / "archive", allow_devices=devices_allowed)
         if manifest.get("kind") != MANIFEST_KIND:
             raise ArchiveError(f"not a pymigrate checkpoint archive (kind {manifest.get('kind')!r})")
-        checkpoint_id = manifest.get("checkpoint_id") or new_checkpoint_id()
-        if (paths.checkpoints / checkpoint_id).exists():
+        _check_uploaded_spec(manifest)
+        checkpoint_id = manifest.get("checkpoint_id")
+        if not isinstance(checkpoint_id, str) or not _ID_RE.match(checkpoint_id) or (paths.checkpoints / checkpoint_id).exists():
             checkpoint_id = new_checkpoint_id()
         manifest["checkpoint_id"] = checkpoint_id
+        manifest[ORIGIN_KEY] = ORIGIN_UPLOAD  # whatever the archive said: its restore maps volumes
         staging = store.staging_dir(checkpoint_id)
         try:
             os.rename(scratch / "archive" / IMAGES_DIR, staging / IMAGES_DIR)
+            from migrate.upper_image import unpack_members
+            from runtime.upperfs import check_untrusted
+
+            try:
+                unpacked = unpack_members(scratch / "archive", staging / UPPER_IMAGE)
+            except ValueError as exc:
+                raise ArchiveError(f"checkpoint archive: {exc}") from exc
+            if unpacked:  # anyone could have made it: checked before it is kept (and later mounted)
+                check_untrusted(staging / UPPER_IMAGE)
             upper = scratch / "archive" / "upper"
             upper.mkdir(exist_ok=True)
             with open(staging / UPPER_ARCHIVE, "wb") as f:

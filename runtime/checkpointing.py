@@ -44,6 +44,8 @@ class DumpTarget:
     upper_dir: Path
     netns_path: Path | None
     freeze_cgroup: str | None  # cgroup dir CRIU should treat as the (already frozen) freezer
+    # the file system image holding upper_dir (runtime/upperfs.py); None: a plain directory
+    upper_image: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,9 @@ class CheckpointHost:
         self.paths = rt.paths
         self.store = rt.store
         self._cpu_digest: str | None = None
+        # whether a migration peer's container may bring volumes (host paths) here: the target's
+        # operator decides (pymigrate daemon --allow-peer-volumes); see docs/security.md
+        self.allow_peer_volumes = False
 
     @property
     def images(self) -> Any:
@@ -77,10 +82,14 @@ class CheckpointHost:
         dirs = self._cg(c.spec).info(cid).dirs
         freeze_dir = dirs.get(UNIFIED) or dirs.get(FREEZER)
         netns = self.paths.netns / cid
+        from runtime.upperfs import Layout
+
+        layout = Layout.of(self.store.dir(cid))
         return DumpTarget(
             spec=c.spec,
             init_pid=c.state.pid,
-            upper_dir=self.store.dir(cid) / "upper",
+            upper_dir=layout.upper,
+            upper_image=layout.image,
             netns_path=netns if netns.exists() else None,
             freeze_cgroup=str(freeze_dir) if freeze_dir else None,
         )
@@ -93,12 +102,22 @@ class CheckpointHost:
 
         return host_veth_name(self.paths.root, spec.container_id)
 
-    def freeze(self, c: Container) -> None:
+    def freeze(self, c: Container, *, operation: str | None = None, partial: tuple[Path, ...] = ()) -> None:
         """Freeze ``c`` for a dump, so that CRIU can seize every task (runtime.freezer.freeze_seizable):
-        a task caught in uninterruptible sleep (a vfork parent) gets a moment to leave it."""
+        a task caught in uninterruptible sleep (a vfork parent) gets a moment to leave it.
+
+        With ``operation``, who freezes it and the ``partial`` files it writes are recorded first
+        (runtime/freeze_record.py): if this process dies with the container frozen, the next
+        command thaws it and removes them. A migration's freeze is not recorded here: its
+        outgoing record decides whether the copy here may run again (migrate/outgoing.py)."""
         from runtime.freezer import freeze_seizable
 
         cg, cid = self._cg(c.spec), c.container_id
+        if operation is not None:
+            from runtime.freeze_record import new_record
+
+            record = new_record(operation, was_paused=c.status == "paused", partial=partial)
+            self.store.update_state(cid, lambda s: dataclasses.replace(s, frozen_by=record))
         if c.status == "paused":  # the user froze it: it must not run, not even for a moment
             cg.freeze(cid)
             return
@@ -106,6 +125,8 @@ class CheckpointHost:
 
     def thaw(self, c: Container) -> None:
         self._cg(c.spec).thaw(c.container_id)
+        if self.store.load_state(c.container_id).frozen_by is not None:
+            self.store.update_state(c.container_id, lambda s: dataclasses.replace(s, frozen_by=None))
 
     @staticmethod
     def network_lock() -> str:
@@ -155,7 +176,7 @@ class CheckpointHost:
         the shim's exit record. SIGKILL reaches frozen tasks; thawing after makes sure v1 freezers
         let them die too."""
         cid = c.container_id
-        self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id))
+        self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id, frozen_by=None))
         cg = self._cg(c.spec)
         cg.kill(cid)
         try:
@@ -247,16 +268,6 @@ class CheckpointHost:
             undo.append(("disconnect", lambda: net.disconnect(cid)))
         return spec, netns
 
-    def begin_restore(self, spec: ContainerSpec, *, netns_key: str, criu: Any, restored_from: str | None,
-                      timeout_s: float = 300.0) -> RestoreShell | None:
-        """Start building a restored container before its images are here (``RestoreShell``); None
-        where that cannot be done safely (shims not launched through the fork server: launching one
-        from a second thread would fork a multi-threaded process), and the caller restores with
-        ``restore_from`` once the images are here."""
-        from runtime import shim
-
-        if not shim.uses_launcher():
-            return None
     def join_network(self, spec: ContainerSpec, netns: Path) -> None:
         """After CRIU restored the tree: set the host end of its veth up, then announce its address.
 
@@ -277,6 +288,16 @@ class CheckpointHost:
         except ContainerError as exc:  # the container runs; neighbours learn it on first traffic
             log.warning("container=%s: gratuitous ARP failed: %s", spec.container_id, exc)
 
+    def begin_restore(self, spec: ContainerSpec, *, netns_key: str, criu: Any, restored_from: str | None,
+                      timeout_s: float = 300.0) -> RestoreShell | None:
+        """Start building a restored container before its images are here (``RestoreShell``); None
+        where that cannot be done safely (shims not launched through the fork server: launching one
+        from a second thread would fork a multi-threaded process), and the caller restores with
+        ``restore_from`` once the images are here."""
+        from runtime import shim
+
+        if not shim.uses_launcher():
+            return None
         return RestoreShell(self, spec, netns_key=netns_key, criu=criu, restored_from=restored_from, timeout_s=timeout_s)
 
     def restore_from(
@@ -306,14 +327,22 @@ class CheckpointHost:
             # failed attempt puts its record back (its stale mounts, netns and cgroup are gone).
             old = rt.container(replace_id)
             rt.release(old.spec)
+            from runtime import upperfs
+
+            upperfs.unmount(rt.sys, rt.store.dir(replace_id) / upperfs.MOUNT_DIR)  # never move or remove it mounted
             rt.paths.tmp.mkdir(parents=True, exist_ok=True)
             set_aside = rt.paths.tmp / f"replaced-{replace_id}-{os.getpid()}"
             os.rename(rt.store.dir(replace_id), set_aside)
-            undo.append(("put the original back", lambda: os.rename(set_aside, rt.store.dir(replace_id))))  # type: ignore[arg-type]
+
+            def put_back() -> None:
+                os.rename(set_aside, rt.store.dir(replace_id))  # type: ignore[arg-type]
+                upperfs.mount_existing(rt.sys, rt.store.dir(replace_id))
+
+            undo.append(("put the original back", put_back))
         try:
             spec, netns = self._build_shell(spec, restored_from, undo)
             cdir = rt.store.dir(cid)
-            os.rename(upper_src, cdir / "upper")  # same filesystem: ROOT/tmp -> ROOT/containers
+            install_upper(rt.sys, upper_src, cdir, undo)
             dirs = overlay.OverlayDirs.for_container(cdir, img.rootfs)
             overlay.mount(rt.sys, dirs)
             undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
@@ -405,7 +434,7 @@ class RestoreShell:
         try:
             img = rt.images.get(self.spec.image_digest)
             cdir = rt.store.dir(cid)
-            os.rename(upper_src, cdir / "upper")  # same filesystem: ROOT/tmp -> ROOT/containers
+            install_upper(rt.sys, upper_src, cdir, self._undo)
             dirs = overlay.OverlayDirs.for_container(cdir, img.rootfs)
             overlay.mount(rt.sys, dirs)
             self._undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
@@ -479,6 +508,16 @@ class RestoreShell:
         except Exception as exc:  # noqa: BLE001
             log.debug("container=%s: killing the cgroup during abort: %s", cid, exc)
         rt._undo(cid, self._undo)
+
+
+def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, Callable[[], None]]]) -> None:
+    """Move a restored upper layer (an image or a directory, from ROOT/tmp: same file system)
+    into the container's dir and mount it if it is an image; registers the unmount in ``undo``."""
+    from runtime import upperfs
+
+    layout = upperfs.install(sys, upper_src, cdir)
+    if layout.image is not None:
+        undo.append(("unmount upper layer", lambda: upperfs.unmount(sys, layout.mountpoint)))
 
 
 def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,

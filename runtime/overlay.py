@@ -1,7 +1,11 @@
 """The container's root filesystem: an overlay mounted on the host at ROOT/containers/<id>/merged.
 
 lowerdir is the image's read-only rootfs (shared by every container of that image), upperdir and
-workdir are the container's own (same filesystem, as overlayfs requires). The mount is made
+workdir are the container's own (same filesystem, as overlayfs requires): on the container's
+upper-layer image (runtime/upperfs.py) when it has one, mounted ``xino=on`` so that every file
+keeps its inode number across an unmount and remount of that image (overlayfs.rst, "Inode
+properties": with layers on different file systems and xino off, a copied-up file's st_ino is
+not persistent), or plain directories in the container's dir. The mount is made
 MS_PRIVATE so it neither propagates to other mount namespaces nor receives their mounts; the
 container's mount namespace starts from a copy of it and pivot_roots into it. Restore mounts the
 same way and hands merged/ to CRIU as ``--root``.
@@ -16,6 +20,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import upperfs
 from runtime.errors import MountError
 from runtime.syscalls import MNT_DETACH, MS_PRIVATE, Syscalls
 
@@ -33,10 +38,13 @@ class OverlayDirs:
     upper: Path
     work: Path
     merged: Path
+    xino: bool = False  # upper on a file system of its own (upperfs): keep inode numbers
 
     @classmethod
     def for_container(cls, container_dir: Path, lower: Path) -> "OverlayDirs":
-        return cls(lower=lower, upper=container_dir / "upper", work=container_dir / "work", merged=container_dir / "merged")
+        layout = upperfs.Layout.of(container_dir)
+        return cls(lower=lower, upper=layout.upper, work=layout.work, merged=container_dir / "merged",
+                   xino=layout.image is not None)
 
 
 def _escape(path: Path) -> str:
@@ -54,6 +62,8 @@ def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
         # 0755 minus whatever umask the caller had (a 0700 root locks out every non-root user).
         os.chmod(dirs.upper, stat.S_IMODE(os.stat(dirs.lower).st_mode))
     data = f"lowerdir={_escape(dirs.lower)},upperdir={_escape(dirs.upper)},workdir={_escape(dirs.work)}"
+    if dirs.xino:
+        data += ",xino=on"
     log.debug("mount overlay %s on %s", data, dirs.merged)
     try:
         sys.mount("overlay", str(dirs.merged), "overlay", 0, data)

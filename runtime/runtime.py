@@ -21,21 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from runtime import overlay
+from runtime import overlay, upperfs
 from runtime.config import Paths, default_root
-from runtime.container import (
-    Container,
-    validate_cpus,
-    validate_env,
-    validate_hostname,
-    validate_memory,
-    validate_pids_limit,
-    validate_volume,
-    validate_workdir,
-)
-from runtime.errors import ContainerError, ContainerExists, InvalidArgument
+from runtime.container import Container, validate_env, validate_fields, validate_workdir
+from runtime.errors import ContainerError, ContainerExists, InvalidArgument, InvalidState
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
-from runtime.state import StateStore, new_container_id, validate_name
+from runtime.state import StateStore, new_container_id
 from runtime.syscalls import LINUX, Syscalls
 
 log = logging.getLogger(__name__)
@@ -149,9 +140,12 @@ class Runtime:
         )
 
     def _reconcile(self, c: Container) -> Container:
-        """Notice a container whose processes are gone without a recorded exit (shim killed)."""
+        """Notice a container whose processes are gone without a recorded exit (shim killed), and
+        thaw one whose freezing operation died (runtime/freeze_record.py)."""
         if not c.is_live:
             return c
+        if c.state.frozen_by is not None:
+            c = self._settle_freeze(c)
         from runtime.shim import is_shim
 
         if is_shim(c.state.shim_pid) or _is_container_init(c.state.pid):
@@ -186,38 +180,36 @@ class Runtime:
         ip: str | None = None,
         volumes: tuple[Volume, ...] | list[Volume] = (),
         cgroup_parent: str | None = None,
+        seccomp: str = "default",
+        seccomp_profile: str | None = None,
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
+
+        ``seccomp`` is ``default`` (this host's default profile), ``unconfined`` or ``custom``
+        with the profile's JSON text in ``seccomp_profile`` (runtime/seccomp.py).
 
         Raises:
             InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address or
                 a missing command (nothing was created).
             ContainerExists: the name or address is taken.
             ImageNotFound: no such image.
+            Unsupported: ``default`` seccomp on a host without a default profile, or no libseccomp.
             ContainerError: the start failed (``exit_code`` 127: command not found, 126: not
                 executable); everything created was removed again.
         """
         command = tuple(command)
-        if name is not None:
-            validate_name(name)
-        if hostname is not None:
-            validate_hostname(hostname)
-        env = validate_env(tuple(env))
-        workdir = validate_workdir(workdir or "/")
-        validate_memory(memory_bytes)
-        validate_cpus(cpus)
-        validate_pids_limit(pids_limit)
-        vols = tuple(validate_volume(v) for v in volumes)
-        if network not in ("bridge", "none"):
-            raise InvalidArgument(f"invalid network mode {network!r}: expected bridge or none")
-        if ip is not None and network != "bridge":
-            raise InvalidArgument(f"address {ip} needs --network bridge, not {network}")
+        # the one validator: a checkpoint's manifest is checked by the same code (validate_spec)
+        checked = validate_fields(
+            name=name, hostname=hostname, env=tuple(env), workdir=workdir or "/", memory_bytes=memory_bytes,
+            cpus=cpus, pids_limit=pids_limit, network=network, ip=ip, volumes=tuple(volumes), cgroup_parent=cgroup_parent,
+        )
+        env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]  # type: ignore[assignment]
         if not command:
             raise InvalidArgument(f"no command given for image {image}: the image has no default command")
-        if cgroup_parent is not None:
-            from runtime.cgroups._files import validate_parent
+        from runtime.seccomp import validate_choice
 
-            validate_parent(cgroup_parent)
+        validate_choice(seccomp, seccomp_profile)
+        seccomp_bpf = self.seccomp_filter(seccomp, seccomp_profile)  # before anything is created
         img = self.images.get(image)
         self.paths.ensure()
         if name is not None:
@@ -251,6 +243,8 @@ class Runtime:
                 volumes=vols,
                 cgroup_parent=cgroup_parent,
                 created_at=time.time(),
+                seccomp=seccomp,
+                seccomp_profile=seccomp_profile,
             )
             if leased is not None:
                 from runtime.network import mac_for_ip
@@ -258,7 +252,7 @@ class Runtime:
                 spec = dataclasses.replace(spec, mac=mac_for_ip(leased))
             self.store.create(spec)
             undo.append(("remove record", lambda: self._delete_record(container_id)))
-            self._start(spec, img.rootfs, undo)
+            self._start(spec, img.rootfs, undo, seccomp_bpf)
         except BaseException:
             self._undo(container_id, undo)
             raise
@@ -274,13 +268,24 @@ class Runtime:
         if self.store.load_spec(cid).name == name:
             raise ContainerExists(f"container name {name} is already in use by {cid[:12]}", hint="choose another --name or remove the old container")
 
-    def _start(self, spec: ContainerSpec, lower: Path, undo: list[tuple[str, Callable[[], None]]]) -> None:
+    def seccomp_filter(self, choice: str, profile: str | None) -> bytes | None:
+        """The BPF program a container process with this seccomp choice gets (None: unconfined),
+        compiled for the container capability set, cached under the state root."""
+        from runtime.capabilities import names
+        from runtime.seccomp import filter_for
+
+        return filter_for(choice, profile, names(), self.paths.seccomp_cache)
+
+    def _start(self, spec: ContainerSpec, lower: Path, undo: list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
         from runtime import rootfs
         from runtime.process import InitPlan, container_env
         from runtime.shim import Starter, launch_shim
 
         cid = spec.container_id
         cdir = self.store.dir(cid)
+        layout = upperfs.prepare(self.sys, cdir, self._upper_size())
+        if layout.image is not None:
+            undo.append(("unmount upper layer", lambda: upperfs.unmount(self.sys, layout.mountpoint)))
         dirs = overlay.OverlayDirs.for_container(cdir, lower)
         overlay.mount(self.sys, dirs)
         undo.append(("unmount overlay", lambda: overlay.unmount(self.sys, dirs.merged)))
@@ -308,6 +313,7 @@ class Runtime:
             ops=tuple(rootfs.plan(spec.volumes)),
             cap_last=self._caps_last(),
             cgroup=cid,
+            seccomp_bpf=seccomp_bpf,
         )
         launch_shim(
             self.store,
@@ -316,6 +322,17 @@ class Runtime:
             oom_killed=Starter("runtime.process:oom_killed", {"cgroup_parent": self.cgroup_parent(spec.cgroup_parent), "container_id": cid}),
             sys=self.sys,
         )
+
+    def _upper_size(self) -> int:
+        """Size of a new container's upper-layer image (runtime/upperfs.py); 0: plain directories,
+        where the host has no loop devices (then restored files get new inode numbers)."""
+        size = upperfs.configured_size()
+        if size:
+            reason = upperfs.unavailable_reason()
+            if reason is not None:
+                log.warning("upper layers are plain directories (%s): a restore changes their inode numbers", reason)
+                return 0
+        return size
 
     def _undo(self, container_id: str, undo: list[tuple[str, Callable[[], None]]]) -> None:
         for what, step in reversed(undo):
@@ -395,11 +412,59 @@ class Runtime:
         return self.inspect(c.container_id)
 
     def unpause(self, name: str) -> ContainerInfo:
+        """Thaw a paused container, or one recorded running whose cgroup is frozen all the same
+        (an operation that froze it died before the next command could settle it).
+
+        Raises:
+            Busy: a live operation (a checkpoint) froze it and will thaw it itself.
+            InvalidState: neither paused nor frozen; or a migration froze it, whose outcome decides.
+        """
         c = self.container(name)
-        status = c.next_status("unpause")
-        self.cgroups(c.spec.cgroup_parent).thaw(c.container_id)
-        self.store.update_state(c.container_id, lambda s: dataclasses.replace(s, status=status) if s.status == "paused" else s)
+        cg = self.cgroups(c.spec.cgroup_parent)
+        record = c.state.frozen_by
+        if c.status == "running" and cg.freezer_state(c.container_id) != "thawed":
+            from runtime.freeze_record import holder_alive
+
+            if record is not None and holder_alive(record):
+                from runtime.errors import Busy
+
+                raise Busy(f"container {c.name}", "unpause", holder_pid=record.pid,
+                           hint=f"a {record.operation} froze it and thaws it when done")
+            if record is not None and not record.recover:
+                raise InvalidState(c.name, "unpause", f"frozen by a {record.operation}", "paused")
+            log.warning("container=%s: frozen while recorded running, thawing it", c.container_id)
+        else:
+            c.next_status("unpause")
+        cg.thaw(c.container_id)
+        self.store.update_state(
+            c.container_id,
+            lambda s: dataclasses.replace(s, status="running" if s.status == "paused" else s.status, frozen_by=None),
+        )
         return self.inspect(c.container_id)
+
+    def _settle_freeze(self, c: Container) -> Container:
+        from runtime.freeze_record import settle
+
+        try:
+            state = settle(self, c.container_id, c.spec.cgroup_parent)
+        except ContainerError as exc:  # the record stays: the next look tries again
+            log.warning("container=%s: cannot settle the freeze of a dead operation: %s", c.container_id, exc)
+            return c
+        return c if state is None else Container(c.spec, state)
+
+    def settle_freezes(self) -> list[str]:
+        """Settle every container whose freezing operation died (the daemon's start); their ids."""
+        settled = []
+        for cid in self.store.ids():
+            try:
+                state = self.store.load_state(cid)
+                if state.frozen_by is not None and state.status in ("running", "paused"):
+                    c = self._settle_freeze(Container(self.store.load_spec(cid), state))
+                    if c.state.frozen_by is None:
+                        settled.append(cid)
+            except ContainerError as exc:
+                log.warning("container=%s: cannot settle its freeze: %s", cid, exc)
+        return settled
 
     def remove(self, name: str, force: bool = False) -> None:
         """Remove the container and everything it owns (cgroup, netns, veth, lease, mount, files).
@@ -442,12 +507,16 @@ class Runtime:
             raise first
 
     def _delete_record(self, container_id: str) -> None:
-        merged = self.store.dir(container_id) / "merged"
-        if overlay.is_mounted(merged):
-            # never rmtree through a live overlay
-            from runtime.errors import MountError
+        cdir = self.store.dir(container_id)
+        # The upper layer's file system stays mounted as long as the record (an exited container's
+        # files and logs stay readable, as with a plain upper dir); it goes with the record.
+        upperfs.unmount(self.sys, cdir / upperfs.MOUNT_DIR)
+        for mounted in (cdir / "merged", cdir / upperfs.MOUNT_DIR):
+            if overlay.is_mounted(mounted):
+                # never rmtree through a live overlay or upper-layer file system
+                from runtime.errors import MountError
 
-            raise MountError(f"cannot remove container {container_id[:12]}: {merged} is still mounted")
+                raise MountError(f"cannot remove container {container_id[:12]}: {mounted} is still mounted")
         self.store.delete(container_id)
 
     # -- logs and exec --------------------------------------------------------------------------
@@ -457,7 +526,7 @@ class Runtime:
         merged = cdir / "merged" / inner
         if merged.exists():
             return merged
-        return cdir / "upper" / inner
+        return upperfs.Layout.of(cdir).upper / inner  # a checkpointed container's layer is unmounted
 
     def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
         """The container's stdout+stderr; with ``follow``, until the container exited."""
@@ -515,6 +584,7 @@ class Runtime:
             lambda pid: cg.add_pid(c.container_id, pid),
             self.sys,
             self._caps_last(),
+            self.seccomp_filter(c.spec.seccomp, c.spec.seccomp_profile),
         )
 
 

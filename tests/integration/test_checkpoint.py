@@ -56,7 +56,9 @@ def ok(r: subprocess.CompletedProcess) -> str:
 
 def upper_file(root: Path, name: str, path: str) -> Path:
     """``path`` in the container's upper layer (readable after the tree was killed by a dump)."""
-    return Path(inspect(root, name).bundle_dir) / "upper" / path.lstrip("/")
+    from runtime.upperfs import Layout
+
+    return Layout.of(Path(inspect(root, name).bundle_dir)).upper / path.lstrip("/")
 
 
 def final_value(root: Path, name: str, hist: str = "/tmp/hist") -> int:

@@ -131,7 +131,9 @@ def test_logs_live_through_merged(rt, pm) -> None:  # noqa: ANN001
     assert "err1" in text
     r = pm("logs", "logger")
     assert b"line1\n" in r.stdout
-    assert (Path(info.bundle_dir) / "upper" / ".pymigrate").stat().st_mode & 0o777 == 0o700
+    from runtime.upperfs import Layout
+
+    assert (Layout.of(Path(info.bundle_dir)).upper / ".pymigrate").stat().st_mode & 0o777 == 0o700
 
 
 def test_foreground_run_streams_and_returns_exit_code(pm) -> None:  # noqa: ANN001

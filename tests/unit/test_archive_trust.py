@@ -45,7 +45,8 @@ def assert_contained(box: Path) -> None:
 
 
 @pytest.mark.parametrize("member", ["images/cpuinfo-check.log", "images/restore.log", "images/stats-restore",
-                                    "images/inventory.img", "images/parent", "upper.img"])
+                                    "images/inventory.img", "images/parent", "upper.img.map",
+                                    "upper.img.data", "upper.img.delta.data"])
 def test_a_symlink_outside_upper_is_refused(box: Path, member: str) -> None:
     with pytest.raises(UnsafeMember, match="symlink") as err:
         extract(box, ha.symlink_archive(member, str(box / "canary")))
@@ -272,3 +273,16 @@ def test_remove_tree_handles_any_depth_and_never_follows_links(tmp_path: Path) -
     assert not top.exists()
     assert (victim / "keep").read_text() == "keep"
     assert remove_tree_quietly(top) is True  # already gone: fine
+
+
+def test_a_local_images_dir_with_a_symlink_is_refused(tmp_path: Path) -> None:
+    from migrate.archive_members import check_images_dir
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "inventory.img").write_bytes(b"x")
+    (images / "cpuinfo-check.log").write_text("left by an older restore")  # a regular file: fine
+    check_images_dir(images)
+    os.symlink("/etc/shadow", images / "cpuinfo.img")
+    with pytest.raises(UnsafeMember, match="not a regular file"):
+        check_images_dir(images)
