@@ -202,6 +202,24 @@ def sparse_tar(real_size: int, data: bytes = b"tail", name: str = "sparse") -> b
     return buf.getvalue()
 
 
+def file_tar(name: str, size: int) -> bytes:
+    """One regular member of ``size`` zero bytes (compresses to almost nothing)."""
+    buf = io.BytesIO()
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+
+    class Zeros(io.RawIOBase):
+        def readinto(self, b: Any) -> int:
+            view = memoryview(b)
+            view[:] = bytes(len(view))
+            return len(view)
+
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, Zeros())
+    return buf.getvalue()
+
+
 def pax_header_tar(claimed_bytes: int) -> bytes:
     """An extended ('x') header whose size field claims ``claimed_bytes``, then end of data."""
     header = bytearray(512)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,46 @@ def test_hostile_archives_are_refused_every_way_in(make_hosts, tmp_path: Path, m
     assert not deep.exists()
     assert _tmp_leftovers(a) == []
     assert names_by_status(a) == {"bystander": "running"}
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "migrate", "--root", str(root), *args], capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items() if k != ENV_LIMITS})
+
+
+@pytest.mark.requires("root")
+def test_inputs_bigger_than_the_disk_end_in_typed_errors_and_sparse_tars_stay_sparse(tmp_path: Path) -> None:
+    """A state root on a 64 MiB tmpfs, default limits: the 14 KB archive that expands to 384 MiB
+    and a tarball with a 384 MiB file of zeros fail with a "no space" error naming the member and
+    a hint (not a bare [Errno 28]) and leave nothing in ROOT/tmp; a 10 KB sparse tarball claiming
+    2 GiB imports in a few KB of disk."""
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(root)], check=True)
+    try:
+        bomb = tmp_path / "bomb.pma"
+        bomb.write_bytes(ha.bomb_archive(384 << 20))
+        assert bomb.stat().st_size < 16_000
+        r = _cli(root, "restore", "--import", str(bomb))
+        assert r.returncode != 0
+        first = r.stderr.splitlines()[0]
+        assert first.startswith("pymigrate: cannot extract archive member images/pages-1.img") and "No space left" in first, r.stderr
+        assert "Traceback" not in r.stderr and "more space" in r.stderr, r.stderr
+        assert sorted(p.name for p in (root / "tmp").iterdir()) == []
+
+        dense = tmp_path / "dense.tar.zst"
+        dense.write_bytes(ha.zstd(ha.file_tar("zeros", 384 << 20)))
+        r = _cli(root, "image", "import", "dense", str(dense))
+        assert r.returncode != 0 and "No space left" in r.stderr.splitlines()[0] and "Traceback" not in r.stderr, r.stderr
+        assert sorted(p.name for p in (root / "tmp").iterdir()) == []
+
+        sparse = tmp_path / "sparse.tar"
+        sparse.write_bytes(ha.sparse_tar(2 << 30))
+        assert sparse.stat().st_size < 12_000
+        r = _cli(root, "image", "import", "sparse", str(sparse))
+        assert r.returncode == 0, r.stderr
+        (imported,) = list((root / "images").glob("*/rootfs/sparse"))
+        assert imported.stat().st_size == 2 << 30
+        assert imported.stat().st_blocks * 512 <= 2 << 20
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
