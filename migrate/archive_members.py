@@ -12,7 +12,8 @@ file was a host-file overwrite). So the reader refuses any member no row below a
   itself (migrate.incoming), never taken from an archive.
 - ``upper`` and ``upper/<path>``: the container's overlay upper layer, any kind the format has,
   under the reader's tree rules (no escaping links, no path through a link, devices by policy).
-- ``upper.img``, ``upper.img.delta``: the upper layer as a file-system image (regular files).
+- ``upper.img.map``/``.data`` and ``upper.img.delta.map``/``.data``: the upper layer as a packed
+  file-system image, whole or its changed blocks (regular files; migrate/upper_image.py).
 
 To carry another kind of member (e.g. a per-container filesystem image), add one ``MemberRule``
 to ``CHECKPOINT_MEMBERS``; nothing else in the reader changes.
@@ -77,23 +78,18 @@ CHECKPOINT_MEMBERS: tuple[MemberRule, ...] = (
         pattern=None,
         what="the overlay upper layer",
     ),
-    # The upper layer as a file-system image (migrate/upper_image.py), whole or as the blocks
-    # changed since the staged copy; checked by runtime.upperfs before anything mounts it.
-    MemberRule(
-        top="upper.img",
-        top_kinds=frozenset({fmt.KIND_FILE}),
-        kinds=frozenset(),
-        flat=True,
-        pattern=None,
-        what="the upper-layer image",
-    ),
-    MemberRule(
-        top="upper.img.delta",
-        top_kinds=frozenset({fmt.KIND_FILE}),
-        kinds=frozenset(),
-        flat=True,
-        pattern=None,
-        what="the upper-layer image's changed blocks",
+    # The upper layer as a file-system image (migrate/upper_image.py), packed: its data extents
+    # back to back (.data) and their offsets (.map, JSON), whole or only the blocks changed since
+    # the staged copy (.delta.*); the map is checked before a byte is placed, the image by
+    # runtime.upperfs before anything mounts it.
+    *(
+        MemberRule(top=name, top_kinds=frozenset({fmt.KIND_FILE}), kinds=frozenset(), flat=True, pattern=None, what=what)
+        for name, what in (
+            ("upper.img.map", "the upper-layer image's extent map"),
+            ("upper.img.data", "the upper-layer image's data"),
+            ("upper.img.delta.map", "the upper-layer image's changed-block map"),
+            ("upper.img.delta.data", "the upper-layer image's changed blocks"),
+        )
     ),
 )
 

@@ -20,16 +20,18 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
-from migrate.api import ProgressEvent, ProgressFn, RestoreOptions, RestoreResult, RestoreStats
+from migrate.api import DEFAULT_RESTORE_TIMEOUT_S, ProgressEvent, ProgressFn, RestoreOptions, RestoreResult, RestoreStats
 from migrate.checkpoint import NETNS_KEY, keep_criu_log, volume_key
 from migrate.errors import IncompatibleHost, MigrationError, UnsafeMember
-from migrate.store import IMAGES_DIR, MANIFEST_KIND, UPPER_ARCHIVE, CheckpointStore
+from migrate.store import IMAGES_DIR, MANIFEST_KIND, ORIGIN_KEY, ORIGIN_UPLOAD, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore
 from runtime.criu import RESTORE_LOG, Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
-from runtime.errors import ContainerExists, CriuError, ImageNotFound
+from runtime.container import parse_spec, validate_spec
 from runtime.fstree import remove_tree, remove_tree_quietly
+from runtime.errors import ContainerExists, ContainerNotFound, CriuError, ImageNotFound, InvalidArgument, InvalidSpec
 from runtime.spec import ContainerSpec
+from runtime.state import validate_name
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +103,36 @@ def unpack_archive(
         delta = manifest.get("upper_delta")  # in the trailer: computed while CRIU dumped
         if delta is not None:
             _merge_upper_delta(upper, delta, staged_upper)
+        image = _upper_image(scratch, manifest, staged_upper, trusted=trust_manifest)
         _make_work_dir(scratch)
     except BaseException:
         remove_tree_quietly(scratch)
         raise
-    return Unpacked(manifest=manifest, images_dir=images, upper_dir=upper, scratch=scratch)
+    return Unpacked(manifest=manifest, images_dir=images, upper_dir=image or upper, scratch=scratch)
+
+
+def _upper_image(scratch: Path, manifest: dict[str, Any], staged: Path | None, *, trusted: bool) -> Path | None:
+    """The unpacked upper-layer image, if the archive's layer is one (migrate/upper_image.py):
+    the whole image, or the staged one with the archive's changed blocks written into it. An
+    image from an untrusted source is checked before anything can mount it."""
+    from migrate import upper_image
+    from runtime.upperfs import check_untrusted, is_image_file
+
+    image = scratch / upper_image.MEMBER
+    try:
+        if upper_image.has_delta(scratch):
+            if staged is None or not is_image_file(staged):
+                raise MigrationError("the archive carries only the upper-layer image's changed blocks, but no staged image is here",
+                                     phase="verify", hint="the source must send the image first (PushUpper)")
+            upper_image.apply_delta_members(scratch, staged)
+            os.rename(staged, image)
+        elif not upper_image.unpack_members(scratch, image):
+            return None
+    except ValueError as exc:
+        raise MigrationError(f"cannot unpack the upper-layer image: {exc}", phase="verify") from exc
+    if not trusted:
+        check_untrusted(image)
+    return image
 
 
 def _merge_upper_delta(upper: Path, delta: Any, staged: Path | None) -> None:
@@ -139,11 +166,57 @@ def unpack_local(rt: Any, checkpoint_id: str) -> Unpacked:
             read_archive(f, scratch, allow_devices=True)  # our own local checkpoint
         upper = scratch / "upper"
         upper.mkdir(exist_ok=True)
+        from runtime.upperfs import copy_sparse, is_image_file
+
+        kept_image = base / UPPER_IMAGE
+        if is_image_file(kept_image):  # the layer's file system image: same inodes once mounted
+            upper = scratch / UPPER_IMAGE
+            copy_sparse(kept_image, upper)
         _make_work_dir(scratch)
     except BaseException:
         remove_tree_quietly(scratch)
         raise
     return Unpacked(manifest=manifest, images_dir=base / IMAGES_DIR, upper_dir=upper, scratch=scratch)
+
+
+# Where a manifest comes from decides what it may ask of this host (docs/security.md):
+#   local   a checkpoint this host took: its volumes are the operator's own choice
+#   import  ``restore --import`` or ``UploadCheckpoint``: anyone could have written it, so it
+#           cannot name host paths; each volume must be mapped at restore (RestoreOptions.volumes)
+#   peer    a migration pushed by an authenticated daemon: volumes only where this host's operator
+#           allowed them (``pymigrate daemon --allow-peer-volumes``)
+Origin = Literal["local", "import", "peer"]
+
+
+def checked_spec(manifest: dict[str, Any], options: RestoreOptions, *, origin: Origin,
+                 allow_peer_volumes: bool = False) -> ContainerSpec:
+    """The manifest's container spec, validated exactly as ``run`` validates its input
+    (runtime.container.validate_spec), after the volume policy of ``origin`` and the explicit
+    mappings of ``options.volumes`` were applied.
+
+    Raises:
+        InvalidSpec: a field refused (named), or a volume the archive may not choose.
+        InvalidArgument: a mapping naming no volume of the checkpoint.
+    """
+    spec = parse_spec(manifest.get("container"))
+    mapped = {os.path.normpath(v.target): v for v in options.volumes}
+    vols = []
+    for i, vol in enumerate(spec.volumes):
+        target = os.path.normpath(vol.target) if isinstance(vol.target, str) else vol.target
+        if target in mapped:
+            vols.append(replace(vol, source=mapped.pop(target).source))
+        elif origin == "import":
+            raise InvalidSpec(f"volumes[{i}].source", f"checkpoint volume {vol.target} names host path {vol.source!r}: an imported archive cannot choose host paths",
+                              hint=f"map it explicitly: --volume HOSTDIR:{vol.target}")
+        elif origin == "peer" and not allow_peer_volumes:
+            raise InvalidSpec(f"volumes[{i}].source", f"migrated container has volume {vol.target} from host path {vol.source!r}: this host does not take volumes from peers",
+                              hint="start this host's daemon with --allow-peer-volumes to accept them")
+        else:
+            vols.append(vol)
+    if mapped:
+        names = ", ".join(sorted(str(v.target) for v in spec.volumes)) or "none"
+        raise InvalidArgument(f"volume mapping for {', '.join(sorted(mapped))} names no volume of the checkpoint (its volumes: {names})")
+    return validate_spec(replace(spec, volumes=tuple(vols)))
 
 
 def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, replace_id: str | None = None) -> None:
@@ -172,7 +245,26 @@ def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, r
         raise ContainerExists(f"address {spec.ip} is already in use on this host", hint="restore with --ip ADDR")
 
 
-def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_established: bool) -> RestoreRequest:
+def _identity(rt: Any, spec: ContainerSpec, options: RestoreOptions, origin: Origin) -> tuple[ContainerSpec, str | None]:
+    """The restored container's id and name, and the exited original it replaces (if any).
+
+    A restore under a new ``--name`` gets a new id. Otherwise it replaces the exited container of
+    the same id, but an imported archive only one that also has its name: an archive naming some
+    other container's id gets a new id instead of taking that container's place."""
+    if options.name and options.name != spec.name:
+        return replace(spec, name=validate_name(options.name), container_id=rt.new_container_id()), None
+    if origin != "local":
+        try:
+            existing = rt.get(spec.container_id)
+        except ContainerNotFound:
+            existing = None
+        if existing is not None and existing.name != spec.name:
+            return replace(spec, container_id=rt.new_container_id()), None
+    return spec, rt.replaceable_id(spec)
+
+
+def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_established: bool,
+                    timeout_s: float | None = DEFAULT_RESTORE_TIMEOUT_S) -> RestoreRequest:
     """The CRIU restore request; the runtime adds the network namespace fd inside the shim.
 
     Network lock ``skip``: CRIU restores into our network namespace (passed as external), where it
@@ -188,6 +280,7 @@ def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_
         tcp_established=tcp_established or bool(opts.get("tcp_established")),
         file_locks=bool(opts.get("file_locks")),
         network_lock="skip",
+        timeout_s=timeout_s,
     )
 
 
@@ -205,7 +298,14 @@ def restore_container(
 
     ``before_restore(images_dir)`` runs once the archive is unpacked (a disk-less migration
     moves the pages its page server received into the images dir there). ``staged_upper``: see
-    ``unpack_archive``."""
+    ``unpack_archive``. ``source`` is a migration peer's push: its volumes are taken only where
+    the host allows them (``rt.allow_peer_volumes``, see ``Origin``).
+
+    Raises:
+        InvalidSpec: the manifest's container spec was refused (the field is named).
+        Busy: another restore builds a container of the same name or id right now.
+        CriuTimeout: CRIU did not restore within ``options.timeout_s`` (everything was undone).
+    """
     criu = criu or SwrkCriu()
     started = time.monotonic()
 
@@ -215,47 +315,48 @@ def restore_container(
 
     emit("verify")
     archive_bytes = 0
+    origin: Origin
     if source is not None:
-        unpacked = unpack_archive(rt, source, progress=progress, staged_upper=staged_upper)
+        unpacked, origin = unpack_archive(rt, source, progress=progress, staged_upper=staged_upper), "peer"
     elif options.import_path is not None:
         path = Path(options.import_path)
         archive_bytes = path.stat().st_size
         with open(path, "rb") as f:
-            unpacked = unpack_archive(rt, f, progress=progress, trust_manifest=False)
+            unpacked, origin = unpack_archive(rt, f, progress=progress, trust_manifest=False), "import"
     elif options.checkpoint_id:
         unpacked = unpack_local(rt, options.checkpoint_id)
+        origin = "import" if unpacked.manifest.get(ORIGIN_KEY) == ORIGIN_UPLOAD else "local"
     else:
         raise MigrationError("restore needs a checkpoint id or an archive to import")
     try:
         if before_restore is not None:
             before_restore(unpacked.images_dir)
         import_ms = (time.monotonic() - started) * 1000
-        spec = ContainerSpec.from_dict(unpacked.manifest["container"])
-        replace_id = None
-        if options.name and options.name != spec.name:
-            spec = replace(spec, name=options.name, container_id=rt.new_container_id())
-        else:
-            replace_id = rt.replaceable_id(spec)  # the exited original of a local checkpoint
+        spec = checked_spec(unpacked.manifest, options, origin=origin, allow_peer_volumes=bool(getattr(rt, "allow_peer_volumes", False)))
+        spec, replace_id = _identity(rt, spec, options, origin)
         if options.ip:
             spec = replace(spec, ip=options.ip)
-        emit("preflight")
-        t_pre = time.monotonic()
-        preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
-        preflight_ms = (time.monotonic() - t_pre) * 1000
-        work_dir = unpacked.work_dir
-        emit("restore")
-        t0 = time.monotonic()
-        info = rt.restore_from(
-            spec,
-            upper_src=unpacked.upper_dir,
-            replace_id=replace_id,
-            request_for=lambda root: restore_request(
-                unpacked, spec, root, tcp_established=options.tcp_established
-            ),
-            netns_key=NETNS_KEY,
-            criu=criu,
-            restored_from=unpacked.manifest.get("checkpoint_id"),
-        )
+        with rt.store.hold(f"name:{spec.name}", "restore container"), rt.store.hold(f"id:{spec.container_id}", "restore container"):
+            if replace_id is not None:
+                replace_id = rt.replaceable_id(spec)  # again, now that no other restore can race us
+            emit("preflight")
+            t_pre = time.monotonic()
+            preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
+            preflight_ms = (time.monotonic() - t_pre) * 1000
+            work_dir = unpacked.work_dir
+            emit("restore")
+            t0 = time.monotonic()
+            info = rt.restore_from(
+                spec,
+                upper_src=unpacked.upper_dir,
+                replace_id=replace_id,
+                request_for=lambda root: restore_request(
+                    unpacked, spec, root, tcp_established=options.tcp_established, timeout_s=options.timeout_s
+                ),
+                netns_key=NETNS_KEY,
+                criu=criu,
+                restored_from=unpacked.manifest.get("checkpoint_id"),
+            )
         resumed_at = time.monotonic()
         restore_ms = (resumed_at - t0) * 1000
         crstats = read_restore_stats(work_dir)
