@@ -16,7 +16,7 @@ rc_unit=0
 rc_integration=0
 
 # the archive/tar fuzz test (tests/unit/test_archive_fuzz.py) runs 300 inputs per reader by
-# default; the full run gives it 5,000 each (10,000 in all, ~3 min)
+# default; the full run gives it 5,000 each (10,000 in all, 3-6 min)
 echo "==> unit tests: pytest tests/unit $*"
 PYMIGRATE_FUZZ_EXAMPLES=${PYMIGRATE_FUZZ_EXAMPLES:-5000} "${PYTEST[@]}" tests/unit "$@" || rc_unit=$?
 

@@ -14,7 +14,7 @@ and sizes, then byte-level mutations and truncation):
   threads in per-thread arenas, so the total is not the sum of the inputs).
 
 ``PYMIGRATE_FUZZ_EXAMPLES`` sets the number of inputs per reader: 300 each in the default unit
-run (~15 s), 5,000 each (10,000 in all, ~3 min on a loaded 2-core VM) in scripts/test.sh.
+run (~15 s), 5,000 each (10,000 in all, 3-6 min on a busy 2-core VM) in scripts/test.sh.
 """
 
 from __future__ import annotations
