@@ -144,12 +144,13 @@ class Host:
     def socket_path(self) -> Path:
         return self.root / "run" / "pymigrate.sock"
 
-    def start_daemon(self, listen: str | None = None, *, extra_args: Sequence[str] = (), timeout_s: float = 20.0) -> str:
+    def start_daemon(self, listen: str | None = None, *, extra_args: Sequence[str] = (), timeout_s: float = 20.0,
+                     env: dict[str, str] | None = None) -> str:
         """Start ``pymigrate daemon`` in the namespace; returns an address dialable from the root namespace.
 
         ``listen`` defaults to ``unix:ROOT/run/pymigrate.sock``; ``"tcp"`` means
         ``ADDRESS:7443`` with ``--insecure``; any other value is passed as is (add TLS flags in
-        ``extra_args``).
+        ``extra_args``). ``env``: variables added to the daemon's environment (e.g. failpoints).
         """
         if self.daemon is not None and self.daemon.poll() is None:
             raise RuntimeError(f"host {self.letter} already runs a daemon (pid {self.daemon.pid})")
@@ -166,6 +167,7 @@ class Host:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **env} if env else None,
             )
         self.daemon_listen = listen
         if listen.startswith("unix:"):

@@ -129,18 +129,7 @@ class Lab:
         return f"{host.address}:{DAEMON_PORT}"
 
     def start_daemon(self, host: Host, env: dict[str, str] | None = None) -> str:
-        if env:
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            try:
-                return host.start_daemon(self.addr(host), extra_args=["--insecure"])
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-        return host.start_daemon(self.addr(host), extra_args=["--insecure"])
+        return host.start_daemon(self.addr(host), extra_args=["--insecure"], env=env)
 
     def remote(self, host: Host, args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
         """``pymigrate --host ADDR --insecure ARGS`` (the command runs in the host's daemon)."""

@@ -8,35 +8,20 @@ so without the retry about every second dump would stall 10 s and fail."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.hosts import REPO
-from tests.integration.workloads import import_image, inspect, read_int
+from tests.integration.workloads import import_image, inspect, read_int, static_workload_tar
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "criu", "pycriu", "busybox")]
 
 DUMPS = 8
 
 
-def _vforker_tar(workdir: Path) -> Path:
-    tar, stage = workdir / "vforker.tar", workdir / "stage"
-    (stage / "bin").mkdir(parents=True, exist_ok=True)
-    subprocess.run(["gcc", "-O2", "-static", "-o", str(stage / "bin" / "vforker"), str(REPO / "tests" / "workloads" / "vforker.c")],
-                   check=True, capture_output=True)
-    subprocess.run([str(REPO / "scripts" / "make-busybox-image.sh"), str(tar)], check=True, capture_output=True)
-    subprocess.run(["tar", "-rf", str(tar), "--owner=0", "--group=0", "--numeric-owner", "-C", str(stage), "bin/vforker"],
-                   check=True, capture_output=True)
-    shutil.rmtree(stage)
-    return tar
-
-
 def test_dumps_of_a_vfork_heavy_workload_neither_stall_nor_fail(pm, pm_root: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    import_image(pm_root, "vforker", _vforker_tar(tmp_path))
+    import_image(pm_root, "vforker", static_workload_tar(tmp_path, "vforker"))
     r = pm("run", "-d", "--name", "vforker", "vforker", "/bin/vforker")
     assert r.returncode == 0, r.stderr
     counter = Path(inspect(pm_root, "vforker").bundle_dir) / "merged" / "tmp" / "cnt"

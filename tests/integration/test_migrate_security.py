@@ -55,18 +55,21 @@ TOKEN = "s3cret-token-for-tests"
 NAME = "counter"
 
 
-def issue(ca: TestCA, common_name: str, addresses: tuple[str, ...] = ()) -> Pem:
-    """A certificate for both ends of mTLS (serverAuth + clientAuth), naming ``addresses``."""
+def issue(ca: TestCA, common_name: str, addresses: tuple[str, ...] = (), *, expired: bool = False) -> Pem:
+    """A certificate for both ends of mTLS (serverAuth + clientAuth), naming ``addresses``;
+    valid from 5 minutes ago for a day, or (``expired``) from 3 days ago until yesterday."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(days=3), now - datetime.timedelta(days=1)) if expired else (
+        now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)

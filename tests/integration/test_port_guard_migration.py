@@ -9,7 +9,6 @@ target's listening sockets."""
 from __future__ import annotations
 
 import errno
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,7 @@ def _addr(host: Host) -> str:
 
 
 def _start_daemon(host: Host, env: dict[str, str] | None = None) -> None:
-    import os
-
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        host.start_daemon(_addr(host), extra_args=["--insecure"])
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    host.start_daemon(_addr(host), extra_args=["--insecure"], env=env)
 
 
 def _running(host: Host) -> set[str]:

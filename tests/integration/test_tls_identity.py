@@ -6,47 +6,17 @@ trusting another CA and the bearer token."""
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from migrate.client import RemoteEngine
 from migrate.errors import AuthError, TransferError
-from tests.fakes.certs import Pem, TestCA, _write
+from tests.fakes.certs import Pem
 from tests.integration.hosts import Host, make_hosts  # noqa: F401  (fixture)
 from tests.integration.migrate_helpers import DAEMON_PORT
 from tests.integration.test_migrate_security import TOKEN, Pki, _pki, _refused, issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "netns")]
-
-
-def expired(ca: TestCA, common_name: str, addresses: tuple[str, ...] = ()) -> Pem:
-    """Like ``issue`` (both usages, IP SANs), but valid only until yesterday."""
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=3))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    )
-    if addresses:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]), critical=False
-        )
-    return _write(ca.directory, f"expired-{common_name}", builder.sign(ca.key, hashes.SHA256()), key)
 
 
 def _daemon(host: Host, pki: Pki, pem: Pem) -> str:
@@ -73,14 +43,14 @@ def test_daemon_certificate_must_name_the_address_dialed(make_hosts, tmp_path: P
 def test_expired_certificates_are_refused_on_both_ends(make_hosts, tmp_path: Path) -> None:  # noqa: ANN001
     a = make_hosts(1)[0]
     pki = _pki(tmp_path, [a])
-    addr = _daemon(a, pki, expired(pki.ca, "old-daemon", (a.address,)))
+    addr = _daemon(a, pki, issue(pki.ca, "old-daemon", (a.address,), expired=True))
     with RemoteEngine(addr, tls=pki.tls(), token=TOKEN, timeout_s=5) as client:
         error = _refused(client.host_info, AuthError)
     assert "tls handshake" in str(error), error
     a.stop_daemon()
 
     addr = _daemon(a, pki, pki.hosts[a.letter])
-    old_client = expired(pki.ca, "old-scheduler")
+    old_client = issue(pki.ca, "old-scheduler", expired=True)
     with RemoteEngine(addr, tls=pki.tls(old_client), token=TOKEN, timeout_s=5) as client:
         error = _refused(client.host_info, TransferError)
     assert "client certificate" in (getattr(error, "hint", None) or ""), error

@@ -56,6 +56,19 @@ def build_memhog(out_dir: Path) -> Path:
     return binary
 
 
+def static_workload_tar(workdir: Path, name: str) -> Path:
+    """busybox (scripts/make-busybox-image.sh) with tests/workloads/NAME.c compiled statically to
+    /bin/NAME, as a plain tar for ``image import`` (owners 0:0)."""
+    tar, stage = workdir / f"{name}.tar", workdir / f"{name}-stage"
+    (stage / "bin").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(stage / "bin" / name), str(REPO / "tests" / "workloads" / f"{name}.c")],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([str(REPO / "scripts" / "make-busybox-image.sh"), str(tar)], check=True, capture_output=True, timeout=120)
+    subprocess.run(["tar", "-rf", str(tar), "--owner=0", "--group=0", "--numeric-owner", "-C", str(stage), f"bin/{name}"],
+                   check=True, capture_output=True, timeout=60)
+    return tar
+
+
 def memhog_image_tar(root: Path, memhog: Path, out: Path, base: str = "busybox") -> Path:
     """Image ``base`` of state root ``root`` as a plain tar, with ``/bin/memhog`` added."""
     from runtime.config import Paths
