@@ -151,3 +151,16 @@ def test_every_node_the_rootfs_makes_is_allowed() -> None:
     for name, major, minor in DEVICES:
         assert bpf_decide(prog, "c", major, minor, "rwm"), name
         assert f"c {major}:{minor} rwm" in v1_allow_lines(DEFAULT_RULES), name
+
+
+def test_v1_host_without_the_devices_controller_has_no_mechanism(tmp_path: Path) -> None:
+    import dataclasses
+
+    from runtime.cgroups import device_policy_for
+
+    _, proc, sysr = fake_host(tmp_path, "v1")
+    lay = layout(proc, sysr)
+    without = dataclasses.replace(lay, hierarchies=[h for h in lay.hierarchies if "devices" not in h.controllers])
+    hierarchy, policy = device_policy_for(without)
+    assert hierarchy is None and isinstance(policy, NoDevicePolicy) and policy.method == "none"
+    assert device_policy_for(lay)[0] is not None
