@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Iterator
@@ -41,19 +42,38 @@ def realworld_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         lab.close()
 
 
+TEST_TIMEOUT_S = int(os.environ.get("PYMIGRATE_REALWORLD_TEST_TIMEOUT", "300"))
+
+
+class RealworldTimeout(Exception):
+    """A real-server test ran past TEST_TIMEOUT_S (something hangs: the suite goes on)."""
+
+
 @pytest.fixture
-def record(request: pytest.FixtureRequest) -> dict:
+def record(request: pytest.FixtureRequest) -> Iterator[dict]:
     entry: dict = {"test": request.node.name}
     request.node.stash[_RECORD_KEY] = entry
     _RECORDS.append(entry)
-    return entry
+    started = time.monotonic()
+
+    def expire(signum: int, frame: object) -> None:
+        raise RealworldTimeout(f"{request.node.name} still running after {TEST_TIMEOUT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT_S)
+    try:
+        yield entry
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        entry["test_s"] = round(time.monotonic() - started, 1)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
     report = yield
     entry = item.stash.get(_RECORD_KEY, None)
-    if entry is None or report.when == "teardown" and report.passed:
+    if entry is None:
         return report
     if report.failed:
         entry["outcome"] = "failed" if report.when == "call" else f"error ({report.when})"
@@ -63,6 +83,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         entry.setdefault("error", _first_line(call.excinfo))
     elif report.when == "call":
         entry["outcome"] = "passed"
+    if report.when == "teardown":
+        _write_summary()  # after every test: a killed run keeps what it measured
     return report
 
 
@@ -73,17 +95,23 @@ def _first_line(excinfo: pytest.ExceptionInfo | None) -> str:
     return f"{excinfo.typename}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
-    if not _RECORDS:
-        return
+def _write_summary() -> dict:
     passed = sum(1 for r in _RECORDS if r.get("outcome") == "passed")
     failed = sum(1 for r in _RECORDS if str(r.get("outcome", "")).startswith(("failed", "error")))
     skipped = sum(1 for r in _RECORDS if r.get("outcome") == "skipped")
     summary = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "passed": passed, "failed": failed,
                "skipped": skipped, "session": _SESSION, "results": _RECORDS}
     SUMMARY_JSON.write_text(json.dumps(summary, indent=2) + "\n")
+    SUMMARY_JSON.with_suffix(".md").write_text(_markdown(summary))
+    return summary
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    if not _RECORDS:
+        return
+    summary = _write_summary()
+    passed, failed, skipped = summary["passed"], summary["failed"], summary["skipped"]
     table = _markdown(summary)
-    SUMMARY_JSON.with_suffix(".md").write_text(table)
     tr = terminalreporter
     tr.section("real-server suite")
     for line in table.splitlines():
@@ -93,12 +121,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 def _markdown(summary: dict) -> str:
-    rows = ["| server | path | outcome | client pause (ms) | frozen (ms) | move (ms) | first error |",
-            "|---|---|---|---:|---:|---:|---|"]
+    rows = ["| server | path | outcome | client pause (ms) | frozen (ms) | move (ms) | test (s) | first error |",
+            "|---|---|---|---:|---:|---:|---:|---|"]
     for r in summary["results"]:
         error = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")
         rows.append(f"| {r.get('server', '?')} | {r.get('path', '?')} | {r.get('outcome', '?')} | {_num(r.get('pause_ms'))} "
-                    f"| {_num(r.get('frozen_ms'))} | {_num(r.get('move_ms'))} | {error} |")
+                    f"| {_num(r.get('frozen_ms'))} | {_num(r.get('move_ms'))} | {_num(r.get('test_s'))} | {error} |")
     image = summary["session"].get("image", {})
     rows.append("")
     rows.append(f"image: {image.get('size_mib')} MiB, built this run in {image.get('build_s')} s (None: cache hit); "

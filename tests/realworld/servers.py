@@ -2,10 +2,11 @@
 
 Each runs unmodified from the Debian image (tests/realworld/debian_image.py), in the foreground,
 under the user Debian's own units use: PostgreSQL 15 as postgres, nginx with a root master and
-www-data workers, memcached dropping to memcache, redis-server as redis, HAProxy dropping to
-haproxy in its chroot. The application servers (Node.js, Python's http.server, the SQLite writer)
-run as the container's root, as most application containers do. Their code is passed on the
-command line (``node -e``, ``python3 -c``), so it is not part of the cached image.
+www-data workers, memcached dropping to memcache, redis-server as redis, HAProxy in master-worker
+mode with its worker dropping to haproxy in its chroot. The application servers (Node.js,
+Python's http.server, the SQLite writer) run as the container's root, as most application
+containers do. Their code is passed on the command line (``node -e``, ``python3 -c``), so it is
+not part of the cached image.
 
 The Node.js, Python and HAProxy servers keep a counter in memory: GET /incr raises it by one and
 returns it, GET /count returns it. A restart (or a second copy) shows as a counter that does not
@@ -125,7 +126,10 @@ SERVERS = (
     Server("python", ("python3", "-c", PY_COUNTER_SERVER, "8000"), 8000, "http-counter", users=("root",)),
     Server(
         "haproxy",
-        ("sh", "-c", 'python3 -c "$RW_APP" 8081 & exec haproxy -db -f /etc/haproxy/haproxy.cfg'),
+        # master-worker (-W) as Debian's unit runs it: only the worker chroots. A chrooted process
+        # as the container's init cannot be dumped: CRIU reads the mount tree from the root task's
+        # /proc/PID/mountinfo, which hides every mount outside its chroot ("Can't parse mountinfo").
+        ("sh", "-c", 'python3 -c "$RW_APP" 8081 & haproxy -W -db -f /etc/haproxy/haproxy.cfg & wait'),
         8080, "http-counter", env=(f"RW_APP={PY_COUNTER_SERVER}",), users=("root", "haproxy"),
     ),
 )

@@ -67,8 +67,10 @@ def _move_with_client(lab: RealLab, name: str, ip: str, server: Server, path: st
     assert server.client is not None and server.port is not None
     client = lab.client(server.client, ip, server.port)
     try:
+        started = time.monotonic()
         try:
             ready = client.wait_ready()
+            record["ready_s"] = round(time.monotonic() - started, 1)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; server log: {first_error_line(lab.logs(lab.a, name))}") from exc
         time.sleep(STEADY_S)
