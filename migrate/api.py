@@ -104,6 +104,9 @@ class CheckpointInfo:
     criu_version: str
 
 
+DEFAULT_RESTORE_TIMEOUT_S = 300.0
+
+
 @dataclass(frozen=True)
 class RestoreOptions:
     checkpoint_id: str | None = None
@@ -111,6 +114,10 @@ class RestoreOptions:
     name: str | None = None
     ip: str | None = None
     tcp_established: bool = False
+    # host directories for the checkpoint's volumes, matched by target: an imported or uploaded
+    # archive cannot choose host paths, so each of its volumes must be mapped here
+    volumes: tuple[Volume, ...] = ()
+    timeout_s: float = DEFAULT_RESTORE_TIMEOUT_S  # CRIU's restore is killed after this long
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ only; nothing else sees protobuf.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -148,6 +149,8 @@ def state_to_pb(s: rspec.ContainerState) -> pb.ContainerState:
     kw: dict[str, Any] = dict(status=status_to_pb(s.status), pid=s.pid, shim_pid=s.shim_pid, oom_killed=s.oom_killed)
     for name in ("exit_code", "started_at", "finished_at", "restored_from", "checkpointed"):
         _set_opt(kw, name, getattr(s, name))
+    if s.frozen_by is not None:
+        kw["frozen_by"] = pb.FreezeRecord(**dataclasses.asdict(s.frozen_by))
     return pb.ContainerState(**kw)
 
 
@@ -162,7 +165,13 @@ def state_from_pb(m: pb.ContainerState) -> rspec.ContainerState:
         finished_at=_opt(m, "finished_at"),
         restored_from=_opt(m, "restored_from"),
         checkpointed=_opt(m, "checkpointed"),
+        frozen_by=_freeze_record_from_pb(m.frozen_by) if m.HasField("frozen_by") else None,
     )
+
+
+def _freeze_record_from_pb(m: pb.FreezeRecord) -> rspec.FreezeRecord:
+    return rspec.FreezeRecord(pid=m.pid, pid_start=m.pid_start, operation=m.operation, since=m.since,
+                              was_paused=m.was_paused, recover=m.recover, partial=tuple(m.partial))
 
 
 def container_to_pb(c: rspec.ContainerInfo) -> pb.ContainerInfo:
@@ -375,18 +384,22 @@ def checkpoint_info_from_pb(m: pb.CheckpointInfo) -> api.CheckpointInfo:
 
 def restore_request_to_pb(o: api.RestoreOptions) -> pb.RestoreRequest:
     """``import_path`` is not sent: a client uploads the archive first (UploadCheckpoint)."""
-    kw: dict[str, Any] = dict(checkpoint_id=o.checkpoint_id or "", tcp_established=o.tcp_established)
+    kw: dict[str, Any] = dict(checkpoint_id=o.checkpoint_id or "", tcp_established=o.tcp_established,
+                              volumes=[volume_to_pb(v) for v in o.volumes], timeout_s=o.timeout_s)
     _set_opt(kw, "name", o.name)
     _set_opt(kw, "ip", o.ip)
     return pb.RestoreRequest(**kw)
 
 
 def restore_options_from_pb(m: pb.RestoreRequest) -> api.RestoreOptions:
+    timeout_s = _opt(m, "timeout_s")
     return api.RestoreOptions(
         checkpoint_id=m.checkpoint_id or None,
         name=_opt(m, "name"),
         ip=_opt(m, "ip"),
         tcp_established=m.tcp_established,
+        volumes=tuple(volume_from_pb(v) for v in m.volumes),
+        timeout_s=api.DEFAULT_RESTORE_TIMEOUT_S if timeout_s is None or not timeout_s > 0 else float(timeout_s),
     )
 
 

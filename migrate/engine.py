@@ -54,10 +54,14 @@ def _image_info(image: Any) -> ImageInfo:
 class LocalEngine:
     """Everything on this host, through the runtime of state root ``root``."""
 
-    def __init__(self, root: Path | None = None, *, peer: "PeerConfig | None" = None, peer_args: Any = None) -> None:
+    def __init__(self, root: Path | None = None, *, peer: "PeerConfig | None" = None, peer_args: Any = None,
+                 allow_peer_volumes: bool = False) -> None:
+        """``allow_peer_volumes``: containers migrated here may bring volumes (host paths their
+        source chose); off by default, see docs/security.md."""
         from runtime.runtime import Runtime
 
         self.runtime: Runtime = Runtime(root)
+        self.allow_peer_volumes = allow_peer_volumes
         self.root = self.runtime.paths.root
         self._peer = peer
         self._peer_args = peer_args
@@ -228,6 +232,7 @@ class LocalEngine:
 
         self.runtime.paths.ensure()
         steps: tuple[tuple[str, Any], ...] = (
+            ("freezes of dead checkpoints", self.runtime.settle_freezes),  # thaw, remove partial files
             ("outgoing migrations", lambda: reconcile_outgoing(self._host(), lambda dest: self.peer.connect(dest))),
             ("incoming migrations and scratch", lambda: self._incoming().reconcile()),
         )
@@ -272,6 +277,7 @@ class LocalEngine:
             from runtime.checkpointing import CheckpointHost
 
             self._checkpoint_host = CheckpointHost(self.runtime)
+            self._checkpoint_host.allow_peer_volumes = self.allow_peer_volumes
         return self._checkpoint_host
 
     def _checkpoint_store(self) -> Any:

@@ -226,6 +226,30 @@ def _prepare_unix_path(path: Path) -> None:
     )
 
 
+def check_token_file(path: Path) -> None:
+    """Refuse a daemon token file that others could read: the token is root on this host.
+
+    Raises:
+        PermissionError: the file is readable or writable by its group or others, or owned by
+            another user than the daemon's (the message names the file and the mode).
+    """
+    import stat as _stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read token file {path}: {exc.strerror}") from exc
+    mode = _stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        exc = PermissionError(f"token file {path} is accessible by group or others (mode {mode:04o}), expected 0600")
+        exc.hint = f"chmod 600 {path}"  # type: ignore[attr-defined]
+        raise exc
+    if st.st_uid != os.geteuid():
+        exc = PermissionError(f"token file {path} belongs to uid {st.st_uid}, not to the daemon's uid {os.geteuid()}")
+        exc.hint = f"chown {os.geteuid()} {path}; chmod 600 {path}"  # type: ignore[attr-defined]
+        raise exc
+
+
 def create_server(
     engine: api.Engine,
     listen: str,

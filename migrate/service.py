@@ -39,6 +39,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -453,13 +454,66 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return _replace_behavior(handler, lambda behavior, streaming: _wrap_behavior(behavior, streaming, method))
 
 
+class RefusalLog:
+    """Logs refused calls without letting a caller flood the log: per peer (its address without
+    the port), the first ``burst`` refusals of each ``window_s`` are logged one by one, the rest are
+    counted and reported in one summary line when that peer's next window begins (or by
+    ``flush``). Thread-safe: gRPC handlers run on a pool."""
+
+    def __init__(self, *, burst: int = 5, window_s: float = 60.0, max_peers: int = 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.window_s = window_s
+        self.max_peers = max_peers
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._peers: dict[str, list[float | int]] = {}  # peer -> [window start, logged, suppressed]
+
+    def refused(self, peer: str, method: str, reason: str) -> None:
+        key = _peer_host(peer)
+        now = self._clock()
+        with self._lock:
+            entry = self._peers.get(key)
+            if entry is None or now - entry[0] >= self.window_s:
+                if entry is not None and entry[2]:
+                    log.warning("refused %d more calls from %s in %.0fs (%s)", entry[2], key, self.window_s, reason)
+                if entry is None and len(self._peers) >= self.max_peers:
+                    self._peers.pop(next(iter(self._peers)))  # bounded memory under a spray of addresses
+                entry = self._peers[key] = [now, 0, 0]
+            if entry[1] < self.burst:
+                entry[1] += 1
+                log.warning("refused %s from %s: %s", method, key, reason)
+                if entry[1] == self.burst:
+                    log.warning("more refused calls from %s within %.0fs are counted, not logged", key, self.window_s)
+            else:
+                entry[2] += 1
+
+    def flush(self) -> None:
+        """Report every peer's suppressed count now (on stop)."""
+        with self._lock:
+            for key, entry in self._peers.items():
+                if entry[2]:
+                    log.warning("refused %d more calls from %s", entry[2], key)
+                    entry[2] = 0
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:10.0.0.1:5000`` -> ``10.0.0.1``; ``ipv6:[::1]:5000`` -> ``::1``; unix peers as given."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host = rest.rpartition(":")[0] or rest
+        return host.strip("[]")
+    return peer or "unknown"
+
+
 class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Requires ``authorization: Bearer <token>`` on every RPC except the health service."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, refusals: RefusalLog | None = None) -> None:
         if not token:
             raise InvalidArgument("the daemon's bearer token is empty")
         self._expected = f"Bearer {token}".encode()
+        self.refusals = refusals or RefusalLog()
 
     def intercept_service(self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails) -> Any:
         method = handler_call_details.method
@@ -473,13 +527,16 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         # compare_digest: the time taken does not depend on how much of the token matched.
         if hmac.compare_digest(presented, self._expected):
             return continuation(handler_call_details)
-        log.warning("refused %s: missing or wrong bearer token", method)
         handler = continuation(handler_call_details)
         if handler is None:
+            self.refusals.refused("", method, "missing or wrong bearer token")
             return None
+        refusals = self.refusals
 
         def deny(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
             def refuse(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+                # logged here, where the caller's address is known (rate-limited per address)
+                refusals.refused(context.peer(), method, "missing or wrong bearer token")
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
 
             return refuse

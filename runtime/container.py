@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
-from runtime.errors import InvalidArgument, InvalidState
+from runtime.errors import InvalidArgument, InvalidSpec, InvalidState
 from runtime.spec import ContainerSpec, ContainerState, Volume
 
 # operation -> states in which it is legal
@@ -154,17 +154,43 @@ def parse_volume(text: str) -> Volume:
     return validate_volume(Volume(source=os.path.abspath(parts[0]), target=parts[1], readonly=readonly))
 
 
+def parse_volume_mapping(text: str) -> Volume:
+    """``HOSTDIR:CTRDIR[:ro|rw]`` for ``restore --volume``: the source is a path on the restoring
+    host (maybe a remote daemon's), so it must be absolute but is checked there, not here.
+
+    Raises:
+        InvalidArgument: malformed, a relative source, a bad target or mode.
+    """
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidArgument(f"invalid volume {text!r}: expected HOSTDIR:CTRDIR[:ro]")
+    if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+        raise InvalidArgument(f"invalid volume mode {parts[2]!r} in {text!r}: expected ro or rw")
+    if not os.path.isabs(parts[0]):
+        raise InvalidArgument(f"invalid volume source {parts[0]!r}: expected an absolute host path")
+    return Volume(source=parts[0], target=validate_volume_target(parts[1]), readonly=len(parts) == 3 and parts[2] == "ro")
+
+
 def validate_volume(vol: Volume) -> Volume:
-    if not os.path.isabs(vol.source):
-        raise InvalidArgument(f"invalid volume source {vol.source!r}: expected an absolute host path")
-    if not os.path.exists(vol.source):
-        raise InvalidArgument(f"volume source {vol.source} does not exist")
-    if not os.path.isabs(vol.target):
-        raise InvalidArgument(f"invalid volume target {vol.target!r}: expected an absolute path inside the container")
-    target = os.path.normpath(vol.target)
-    if ".." in vol.target.split("/") or target == "/":
-        raise InvalidArgument(f"invalid volume target {vol.target!r}: expected a path below / without '..'")
-    return Volume(source=os.path.realpath(vol.source), target=target, readonly=vol.readonly)
+    return Volume(source=validate_volume_source(vol.source), target=validate_volume_target(vol.target), readonly=vol.readonly)
+
+
+def validate_volume_source(source: str) -> str:
+    """An absolute, existing host path; returned resolved (symlinks followed once, here)."""
+    if not os.path.isabs(source):
+        raise InvalidArgument(f"invalid volume source {source!r}: expected an absolute host path")
+    if not os.path.exists(source):
+        raise InvalidArgument(f"volume source {source} does not exist")
+    return os.path.realpath(source)
+
+
+def validate_volume_target(target: str) -> str:
+    if not os.path.isabs(target):
+        raise InvalidArgument(f"invalid volume target {target!r}: expected an absolute path inside the container")
+    norm = os.path.normpath(target)
+    if ".." in target.split("/") or norm == "/":
+        raise InvalidArgument(f"invalid volume target {target!r}: expected a path below / without '..'")
+    return norm
 
 
 def validate_env(env: tuple[str, ...]) -> tuple[str, ...]:
@@ -188,3 +214,165 @@ def validate_hostname(hostname: str) -> str:
     if not _HOSTNAME_RE.fullmatch(hostname):
         raise InvalidArgument(f"invalid hostname {hostname!r}: expected 1-63 letters, digits, '.' or '-'")
     return hostname
+
+
+# -- one validator for every spec: run's input, a manifest's, a peer's ----------------------------
+
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_MAX_TEXT = 4096  # image names, command words and env items beyond this are not ours
+
+
+def validate_fields(
+    *,
+    name: str | None,
+    hostname: str | None,
+    env: tuple[str, ...],
+    workdir: str,
+    memory_bytes: int | None,
+    cpus: float | None,
+    pids_limit: int | None,
+    network: str,
+    ip: str | None,
+    volumes: tuple[Volume, ...],
+    cgroup_parent: str | None,
+) -> dict[str, object]:
+    """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
+
+    Raises:
+        InvalidSpec: naming the first field refused.
+    """
+    from runtime.state import validate_name
+
+    out: dict[str, object] = {}
+
+    def check(field: str, fn: object) -> object:
+        try:
+            return fn()  # type: ignore[operator]
+        except InvalidArgument as exc:
+            raise InvalidSpec(field, exc.message, hint=exc.hint) from None
+
+    if name is not None:
+        check("name", lambda: validate_name(_text("name", name)))
+    if hostname is not None:
+        check("hostname", lambda: validate_hostname(_text("hostname", hostname)))
+    out["env"] = check("env", lambda: validate_env(tuple(_text("env", e) for e in _seq("env", env))))
+    out["workdir"] = check("workdir", lambda: validate_workdir(_text("workdir", workdir)))
+    check("memory_bytes", lambda: validate_memory(_number("memory_bytes", memory_bytes, int)))
+    check("cpus", lambda: validate_cpus(_number("cpus", cpus, float)))
+    check("pids_limit", lambda: validate_pids_limit(_number("pids_limit", pids_limit, int)))
+    if network not in ("bridge", "none"):
+        raise InvalidSpec("network", f"invalid network mode {network!r}: expected bridge or none")
+    if ip is not None:
+        check("ip", lambda: _validate_ip(ip, network))
+    vols = []
+    for i, v in enumerate(_seq("volumes", volumes)):
+        vol: Volume = check(f"volumes[{i}]", lambda v=v: _volume(v))  # type: ignore[assignment]
+        target = check(f"volumes[{i}].target", lambda: validate_volume_target(vol.target))
+        source = check(f"volumes[{i}].source", lambda: validate_volume_source(vol.source))
+        vols.append(Volume(source=source, target=target, readonly=vol.readonly))  # type: ignore[arg-type]
+    out["volumes"] = tuple(vols)
+    if cgroup_parent is not None:
+        from runtime.cgroups._files import validate_parent
+
+        check("cgroup_parent", lambda: validate_parent(_text("cgroup_parent", cgroup_parent)))
+    return out
+
+
+def validate_spec(spec: ContainerSpec) -> ContainerSpec:
+    """Check every field of a whole spec (a checkpoint manifest's, a migration peer's) exactly as
+    ``run`` checks its input, plus what ``run`` makes itself (id, digest, command, MAC); the spec
+    with normalised env, workdir and volumes. Volume sources must exist here: whether a spec may
+    name host paths at all is the caller's policy (migrate.restore).
+
+    Raises:
+        InvalidSpec: naming the field (``container_id``, ``volumes[0].source``...).
+    """
+    from runtime.state import ID_RE
+
+    if not isinstance(spec.container_id, str) or not ID_RE.fullmatch(spec.container_id):
+        raise InvalidSpec("container_id", f"invalid container id {spec.container_id!r}: expected 32 lower-case hex characters")
+    if not isinstance(spec.name, str):
+        raise InvalidSpec("name", f"invalid container name {spec.name!r}: expected a string")
+    if not isinstance(spec.image_digest, str) or not _DIGEST_RE.fullmatch(spec.image_digest):
+        raise InvalidSpec("image_digest", f"invalid image digest {spec.image_digest!r}: expected sha256:<64 hex>")
+    _text("image", spec.image)
+    command = _seq("command", spec.command)
+    if not command:
+        raise InvalidSpec("command", "container has no command")
+    for word in command:
+        _text("command", word)
+    if spec.mac is not None and (not isinstance(spec.mac, str) or not _MAC_RE.fullmatch(spec.mac) or int(spec.mac[:2], 16) & 1):
+        raise InvalidSpec("mac", f"invalid mac address {spec.mac!r}: expected a unicast aa:bb:cc:dd:ee:ff in lower case")
+    if not isinstance(spec.created_at, (int, float)) or isinstance(spec.created_at, bool):
+        raise InvalidSpec("created_at", f"invalid created_at {spec.created_at!r}: expected unix seconds")
+    fields = validate_fields(
+        name=spec.name, hostname=spec.hostname or None, env=spec.env, workdir=spec.workdir,
+        memory_bytes=spec.memory_bytes, cpus=spec.cpus, pids_limit=spec.pids_limit, network=spec.network,
+        ip=spec.ip, volumes=spec.volumes, cgroup_parent=spec.cgroup_parent,
+    )
+    return replace(spec, **fields)  # type: ignore[arg-type]
+
+
+def parse_spec(data: object) -> ContainerSpec:
+    """A ContainerSpec from untrusted JSON (a manifest's ``container``): its shape only (malformed
+    shapes are an ``InvalidSpec``, never a TypeError); the caller then applies its volume policy
+    and ``validate_spec``."""
+    if not isinstance(data, dict):
+        raise InvalidSpec("container", f"invalid container spec: expected an object, got {type(data).__name__}")
+    vols = data.get("volumes", ())
+    if not isinstance(vols, (list, tuple)) or not all(isinstance(v, dict) for v in vols):
+        raise InvalidSpec("volumes", "invalid volumes: expected a list of objects")
+    for key in ("command", "env"):
+        if not isinstance(data.get(key, ()), (list, tuple)):
+            raise InvalidSpec(key, f"invalid {key}: expected a list of strings")
+    try:
+        return ContainerSpec.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSpec("container", f"invalid container spec: {exc}") from None
+
+
+def _text(field: str, value: object) -> str:
+    if not isinstance(value, str) or "\0" in value or len(value) > _MAX_TEXT:
+        raise InvalidSpec(field, f"invalid {field} {str(value)[:80]!r}: expected a string without NUL, at most {_MAX_TEXT} characters")
+    return value
+
+
+def _seq(field: str, value: object) -> tuple[object, ...]:
+    if not isinstance(value, (tuple, list)):
+        raise InvalidSpec(field, f"invalid {field}: expected a list")
+    return tuple(value)
+
+
+def _number(field: str, value: object, kind: type) -> object:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise InvalidSpec(field, f"invalid {field} {value!r}: expected a {'whole ' if kind is int else ''}number")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidSpec(field, f"invalid {field} {value!r}: expected a finite number")
+    return value
+
+
+def _volume(v: object) -> Volume:
+    if not isinstance(v, Volume):
+        raise InvalidArgument(f"invalid volume {v!r}: expected source, target, readonly")
+    if not isinstance(v.source, str) or not isinstance(v.target, str) or not isinstance(v.readonly, bool):
+        raise InvalidArgument(f"invalid volume {v!r}: expected string source and target, boolean readonly")
+    for part in (v.source, v.target):
+        _text("volume", part)
+    return v
+
+
+def _validate_ip(ip: object, network: str) -> str:
+    import ipaddress
+
+    if network != "bridge":
+        raise InvalidArgument(f"address {ip} needs --network bridge, not {network}")
+    try:
+        addr = ipaddress.IPv4Address(ip)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"invalid address {ip!r}: expected an IPv4 address like 10.77.0.5") from None
+    if addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise InvalidArgument(f"invalid address {ip}: expected a unicast address")
+    return str(addr)

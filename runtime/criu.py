@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
-from runtime.errors import CriuError, CriuUnreachable, Unsupported
+from runtime.errors import CriuError, CriuTimeout, CriuUnreachable, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ class RestoreRequest:
     lazy_pages: bool = False
     rst_sibling: bool = True
     log_level: int = 4
+    timeout_s: float | None = None  # CRIU gets killed without an answer by then (CriuTimeout)
 
 
 @dataclass(frozen=True)
@@ -487,7 +488,8 @@ class SwrkCriu:
                 item.key = key
                 item.fd = fd
             log.debug("criu restore images=%s root=%s opts=%s", request.images_dir, request.root, _opts_for_log(opts))
-            resp = self._exchange(proc, ours, rpc, rpc.RESTORE, opts, "restore", work_dir / RESTORE_LOG, on_notify=on_notify)
+            resp = self._exchange(proc, ours, rpc, rpc.RESTORE, opts, "restore", work_dir / RESTORE_LOG, on_notify=on_notify,
+                                  timeout_s=request.timeout_s)
         finally:
             os.close(images_fd)
             os.close(work_fd)
@@ -549,15 +551,25 @@ class SwrkCriu:
         log_path: Path,
         *,
         on_notify: NotifyFn | None = None,
+        timeout_s: float | None = None,
     ) -> Any:
-        """Send one request to a spawned swrk, answer its notifications, return its response."""
+        """Send one request to a spawned swrk, answer its notifications, return its response.
+        Without an answer within ``timeout_s`` the swrk is killed (``CriuTimeout``): a restore
+        whose restored task died waits for it forever."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             req = rpc.criu_req()
             req.type = req_type
             req.opts.MergeFrom(opts)
             ours.send(req.SerializeToString())
             while True:
-                resp = self._recv(rpc, ours, operation, log_path)
+                if deadline is not None:
+                    ours.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    resp = self._recv(rpc, ours, operation, log_path)
+                except TimeoutError:
+                    proc.kill()
+                    raise CriuTimeout(operation, timeout_s or 0.0, log_path=log_path, log_lines=log_excerpt(log_path)) from None
                 if resp.type == rpc.NOTIFY:
                     ok = True
                     if on_notify is not None:
@@ -587,6 +599,8 @@ class SwrkCriu:
         try:
             size = len(sock.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))
             buf = sock.recv(max(size, 1))
+        except TimeoutError:
+            raise
         except OSError as exc:
             raise CriuUnreachable(operation, f"lost the connection to criu: {exc}", errno=exc.errno or 0, log_path=log_path, log_lines=log_excerpt(log_path)) from exc
         if not buf:

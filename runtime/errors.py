@@ -7,6 +7,8 @@ Tree::
     ├── ContainerExists             the name (or address) is already taken
     ├── InvalidState                operation illegal in the current state (has expected/actual)
     ├── InvalidArgument             bad user input: names, limits, addresses, volumes, commands
+    │   └── InvalidSpec             a container spec field (a manifest's, a peer's) refused; names it
+    ├── Busy                        another operation holds the container or checkpoint (names it)
     ├── ImageError                  image store problems
     │   ├── ImageNotFound
     │   └── UnsafeArchive           a tarball member that could escape or is not allowed (names it)
@@ -16,7 +18,8 @@ Tree::
     ├── MountError                  a mount/pivot_root step failed
     ├── NetworkError                bridge, veth, address pool
     └── CriuError                   CRIU answered with an error (operation, errno, log path, log lines)
-        └── CriuUnreachable         CRIU could not be started or its RPC socket broke
+        ├── CriuUnreachable         CRIU could not be started or its RPC socket broke
+        └── CriuTimeout             CRIU did not answer in time (it was killed; names the limit)
 
 Messages are lower case without a final period and name the object and the expectation.
 """
@@ -60,6 +63,25 @@ class InvalidState(ContainerError):
 
 class InvalidArgument(ContainerError):
     pass
+
+
+class InvalidSpec(InvalidArgument):
+    """A container spec refused field by field: ``field`` is its path (``volumes[0].source``)."""
+
+    def __init__(self, field: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.field = field
+
+
+class Busy(ContainerError):
+    """Another operation holds ``resource`` (a container name, a checkpoint id) right now."""
+
+    def __init__(self, resource: str, operation: str, *, holder_pid: int = 0, hint: str | None = None) -> None:
+        held = f" (pid {holder_pid})" if holder_pid else ""
+        super().__init__(f"cannot {operation} {resource}: another operation holds it{held}", hint=hint)
+        self.resource = resource
+        self.operation = operation
+        self.holder_pid = holder_pid
 
 
 class ImageError(ContainerError):
@@ -140,3 +162,15 @@ class CriuError(ContainerError):
 
 class CriuUnreachable(CriuError):
     pass
+
+
+class CriuTimeout(CriuError):
+    """CRIU did not answer within ``timeout_s`` and was killed (e.g. a restore whose restored task
+    crashed: CRIU then waits for it forever)."""
+
+    def __init__(self, operation: str, timeout_s: float, *, log_path: Path | None = None,
+                 log_lines: tuple[str, ...] = ()) -> None:
+        super().__init__(operation, f"no answer within {timeout_s:g}s, criu was killed", log_path=log_path,
+                         log_lines=log_lines, hint="a restored task may have crashed (see the log); a bigger "
+                         "checkpoint may need a longer --restore-timeout")
+        self.timeout_s = timeout_s

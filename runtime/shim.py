@@ -284,11 +284,46 @@ def _read_report(store: StateStore, container_id: str, rfd: int) -> ShimHandle:
         raise ContainerError(f"shim of container {container_id[:12]} died before reporting", hint=f"see {store.dir(container_id) / SHIM_LOG}")
     report = json.loads(b"".join(chunks))
     if "error" in report:
-        exc = ContainerError(report["error"], hint=report.get("hint"))
+        exc = _rebuild_error(report)
         if report.get("exit_code") is not None:
             exc.exit_code = report["exit_code"]  # type: ignore[attr-defined]
         raise exc
     return ShimHandle(shim_pid=report["shim_pid"], init_pid=report["init_pid"])
+
+
+def _plain_attrs(exc: BaseException) -> dict[str, Any]:
+    """The data attributes of a starter's error that survive JSON (CriuError's operation, errno...)."""
+    out: dict[str, Any] = {}
+    for key, value in vars(exc).items():
+        if key in ("message", "hint") or key.startswith("_"):
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        if value is None or isinstance(value, (str, int, float, bool)) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        ):
+            out[key] = value
+    return out
+
+
+def _rebuild_error(report: dict[str, Any]) -> ContainerError:
+    """The starter's error as its own runtime.errors class (a restore timeout stays a
+    ``CriuTimeout`` for the caller), with its message, hint and data; else a ContainerError."""
+    from runtime import errors
+
+    message = str(report["error"])
+    cls = getattr(errors, str(report.get("type") or ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, ContainerError)):
+        return ContainerError(message, hint=report.get("hint"))
+    exc = cls.__new__(cls)  # the message is final already: skip the class's own formatting
+    Exception.__init__(exc, message)
+    exc.message = message
+    exc.hint = report.get("hint")
+    for key, value in (report.get("attrs") or {}).items():
+        if key == "log_path" and value is not None:
+            value = Path(value)
+        setattr(exc, key, tuple(value) if isinstance(value, list) else value)
+    return exc
 
 
 def _shim_main(  # pragma: no cover - runs in the shim process
@@ -321,7 +356,8 @@ def _shim_main(  # pragma: no cover - runs in the shim process
                 ),
             )
         except BaseException as exc:  # the shim's boundary: everything goes back to the launcher
-            report = {"error": str(exc) or type(exc).__name__, "hint": getattr(exc, "hint", None), "exit_code": getattr(exc, "exit_code", None)}
+            report = {"error": str(exc) or type(exc).__name__, "hint": getattr(exc, "hint", None), "exit_code": getattr(exc, "exit_code", None),
+                      "type": type(exc).__name__, "attrs": _plain_attrs(exc)}
             if not isinstance(exc, ContainerError):
                 log.error("starter of %s failed", container_id, exc_info=True)
                 report["error"] = f"cannot start container {container_id[:12]}: {type(exc).__name__}: {exc}"

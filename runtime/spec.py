@@ -55,6 +55,30 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class FreezeRecord:
+    """Who froze a container and what it leaves behind if it dies (runtime/freeze_record.py).
+
+    Written into the state record *before* the cgroup is frozen, removed after the thaw (or the
+    kill of a checkpointed tree). A later command that finds it with its process gone thaws the
+    container (unless it was paused before) and removes ``partial`` (export temp file, scratch)."""
+
+    pid: int
+    pid_start: int  # the process's start time (clock ticks, /proc/PID/stat field 22): pid reuse
+    operation: str  # checkpoint, migrate
+    since: float  # unix time, seconds
+    was_paused: bool = False  # paused before: recovery keeps it frozen
+    recover: bool = True  # False: another record settles it (a migration's outgoing record)
+    partial: tuple[str, ...] = ()  # files and dirs to remove when the operation died
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FreezeRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["partial"] = tuple(data.get("partial", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class ContainerState:
     status: Status = "created"
     pid: int = 0  # host pid of the container's init (0 when not running)
@@ -65,6 +89,7 @@ class ContainerState:
     finished_at: float | None = None
     restored_from: str | None = None  # checkpoint id when the process tree came from a restore
     checkpointed: str | None = None  # checkpoint id (or "migrated") when a dump ended this run
+    frozen_by: FreezeRecord | None = None  # an operation froze it (recorded before the freeze)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,7 +97,10 @@ class ContainerState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ContainerState":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = {k: v for k, v in data.items() if k in known}
+        if isinstance(data.get("frozen_by"), dict):
+            data["frozen_by"] = FreezeRecord.from_dict(data["frozen_by"])
+        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from runtime.config import Paths
-from runtime.errors import ContainerError, ContainerExists, ContainerNotFound, InvalidArgument
+from runtime.errors import Busy, ContainerError, ContainerExists, ContainerNotFound, InvalidArgument
 from runtime.fstree import remove_tree
 from runtime.spec import ContainerSpec, ContainerState
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
+LOCKS_DIR = "locks"  # ROOT/run/locks/<resource>.lock: long operations (StateStore.hold)
+_RESOURCE_RE = re.compile(r"[a-z]+:[a-zA-Z0-9_.-]{1,128}")
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -85,6 +87,44 @@ class StateStore:
             yield
         finally:
             os.close(fd)  # closing drops the flock
+
+    @contextlib.contextmanager
+    def hold(self, resource: str, operation: str) -> Iterator[None]:
+        """Hold ``resource`` (e.g. ``name:web-1``; letters, digits, ``:_.-`` only) for one long
+        operation, such as a restore, without waiting: a second holder gets ``Busy`` at once.
+
+        An flock on ROOT/run/locks/<resource>.lock, dropped by the kernel when the holder dies,
+        so a crash never leaves it held. The file is removed on release; whoever locked a file
+        that was unlinked meanwhile (its inode no longer at the path) retries on the new one.
+        """
+        if not _RESOURCE_RE.fullmatch(resource):
+            raise InvalidArgument(f"invalid lock name {resource!r}")
+        locks = self.paths.run / LOCKS_DIR
+        locks.mkdir(parents=True, exist_ok=True)
+        path = locks / f"{resource}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise Busy(resource.split(":", 1)[-1], operation, holder_pid=holder,
+                           hint="wait for the other operation to finish") from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # unlinked by its last holder between our open and our lock: again
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(fd)
 
     # -- paths ---------------------------------------------------------------------------------
     def dir(self, container_id: str) -> Path:
@@ -194,4 +234,11 @@ class StateStore:
             if len(matches) > 1:
                 raise ContainerError(f"container id prefix {name_or_id} is ambiguous: {len(matches)} containers match")
         raise ContainerNotFound(name_or_id)
+
+
+def _read_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0) or b"0")
+    except (OSError, ValueError):
+        return 0
 

@@ -45,6 +45,11 @@ def register(sub: Any) -> None:
     p.add_argument("--name", default=None, help="name of the restored container (default: the original)")
     p.add_argument("--ip", default=None, help="address of the restored container (default: the original)")
     p.add_argument("--tcp-established", action="store_true", help="restore established TCP connections")
+    p.add_argument("--volume", "-v", dest="volumes", action="append", default=[], metavar="HOSTDIR:CTRDIR",
+                   help="host directory for the checkpoint's volume at CTRDIR (repeatable; an imported archive's "
+                        "volumes must all be mapped: it cannot choose host paths)")
+    p.add_argument("--restore-timeout", dest="restore_timeout_s", type=float, default=None, metavar="SECONDS",
+                   help="kill CRIU's restore after this long and undo it (default 300)")
     p.add_argument("--print-stats", action="store_true", help="print timing and size statistics")
     add_json_flag(p)
     p.set_defaults(handler=cmd_restore)
@@ -233,14 +238,21 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
     if (args.checkpoint_id is None) == (args.import_path is None):
         print("pymigrate: restore needs exactly one of CHECKPOINT_ID or --import FILE", file=sys.stderr)
         return EXIT_USAGE
-    from migrate.api import RestoreOptions
+    from migrate.api import DEFAULT_RESTORE_TIMEOUT_S, RestoreOptions
+    from runtime.container import parse_volume_mapping
 
+    if args.restore_timeout_s is not None and not args.restore_timeout_s > 0:
+        print("pymigrate: --restore-timeout needs a number of seconds above 0", file=sys.stderr)
+        return EXIT_USAGE
     options = RestoreOptions(
         checkpoint_id=args.checkpoint_id,
         import_path=args.import_path.resolve() if args.import_path else None,
         name=args.name,
         ip=args.ip,
         tcp_established=args.tcp_established,
+        # paths on the restoring host (a remote daemon's own): checked there, not here
+        volumes=tuple(parse_volume_mapping(v) for v in args.volumes),
+        timeout_s=args.restore_timeout_s or DEFAULT_RESTORE_TIMEOUT_S,
     )
     with Progress(ctx, "restore") as progress:
         result = ctx.engine.restore(options, progress)

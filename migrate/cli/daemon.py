@@ -40,6 +40,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS, help="allow plain TCP without TLS")
     p.add_argument("--grace", type=float, default=30.0, metavar="SECONDS", help="time in-flight calls get on stop (default 30)")
     p.add_argument("--max-workers", type=int, default=32, help="concurrent calls served (default 32)")
+    p.add_argument("--allow-peer-volumes", action="store_true",
+                   help="let containers migrated here bring volumes (host paths chosen on the source); off by default")
     p.set_defaults(handler=cmd_daemon)
 
 
@@ -94,18 +96,20 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     from runtime.config import Paths, default_root
 
     from migrate.client import read_token
-    from migrate.server import create_server, default_listen
+    from migrate.server import check_token_file, create_server, default_listen
     from migrate.tls import tls_from_paths
 
     root = args.root or default_root()
     tls = tls_from_paths(getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="daemon")
+    if getattr(args, "token_file", None) is not None:
+        check_token_file(args.token_file)  # the token is root here: refuse a file others can read
     token = read_token(getattr(args, "token_file", None))
     listen = args.listen or default_listen(root)
 
     from migrate.engine import LocalEngine, PeerConfig  # heavy: the runtime, CRIU probing
 
     # The daemon dials other daemons (migration targets) with its own credentials.
-    engine = LocalEngine(root, peer=PeerConfig.from_args(args))
+    engine = LocalEngine(root, peer=PeerConfig.from_args(args), allow_peer_volumes=bool(getattr(args, "allow_peer_volumes", False)))
     engine.reconcile()
     _sweep_port_guards()
     server, bound = create_server(

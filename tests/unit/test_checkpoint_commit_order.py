@@ -46,7 +46,7 @@ class FakeHost:
     def dump_target(self, c: FakeContainer) -> DumpTarget:
         return DumpTarget(spec=self.spec, init_pid=4242, upper_dir=self.upper, netns_path=None, freeze_cgroup="/fake/cg")
 
-    def freeze(self, c: Any) -> None:
+    def freeze(self, c: Any, **record: Any) -> None:
         self.events.append("freeze")
 
     def thaw(self, c: Any) -> None:

@@ -26,6 +26,7 @@ from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.config import Paths
 from runtime.errors import ContainerExists, CriuError, ImageNotFound, InvalidState
 from runtime.spec import ContainerSpec, Volume
+from runtime.state import StateStore
 from tests.fakes.criu import CANNED_STATS, FakeCriu
 
 DIGEST = "sha256:" + "ab" * 32
@@ -51,6 +52,7 @@ class FakeHost:
     def __init__(self, root: Path, *, status: str = "running", volumes: tuple[Volume, ...] = ()) -> None:
         self.paths = Paths(root / "state")
         self.paths.ensure()
+        self.store = StateStore(self.paths)  # restores hold name and id locks under run/locks
         self.upper = root / "upper"
         (self.upper / "etc").mkdir(parents=True)
         (self.upper / "etc" / "motd").write_text("hello\n")
@@ -75,7 +77,7 @@ class FakeHost:
     def dump_target(self, c: FakeContainer) -> DumpTarget:
         return DumpTarget(spec=self.spec, init_pid=4242, upper_dir=self.upper, netns_path=self.netns, freeze_cgroup="/fake/cg")
 
-    def freeze(self, c: Any) -> None:
+    def freeze(self, c: Any, **record: Any) -> None:
         self.events.append("freeze")
 
     def thaw(self, c: Any) -> None:
@@ -239,12 +241,12 @@ def _checkpoint(tmp_path: Path, **host_kwargs: Any) -> tuple[FakeHost, str]:
 
 
 def test_restore_of_a_local_checkpoint_asks_criu_with_the_images_in_place(tmp_path: Path) -> None:
-    host, cid = _checkpoint(tmp_path, volumes=(Volume(source="/srv/data", target="/data"),))
+    host, cid = _checkpoint(tmp_path, volumes=(Volume(source="/tmp", target="/data"),))  # the source must exist
     criu = FakeCriu()
     restore_container(host, RestoreOptions(checkpoint_id=cid, name="web2", ip="10.77.0.9"), criu=criu)
     (request,) = criu.requests("restore")
     assert request.images_dir == host.paths.checkpoint(cid) / "images"
-    assert request.root == Path("/fake/merged") and request.external == ("mnt[vol0]:/srv/data",)
+    assert request.root == Path("/fake/merged") and request.external == ("mnt[vol0]:/tmp",)
     (spec,) = host.built
     assert (spec.name, spec.ip, spec.container_id) == ("web2", "10.77.0.9", "d" * 32)
     assert leftovers(host) == []

@@ -100,7 +100,7 @@ class ContainerSpec(_message.Message):
     def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
 
 class ContainerState(_message.Message):
-    __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed")
+    __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     SHIM_PID_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class ContainerState(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     RESTORED_FROM_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTED_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_BY_FIELD_NUMBER: _ClassVar[int]
     status: ContainerStatus
     pid: int
     shim_pid: int
@@ -119,7 +120,26 @@ class ContainerState(_message.Message):
     finished_at: float
     restored_from: str
     checkpointed: str
-    def __init__(self, status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., restored_from: _Optional[str] = ..., checkpointed: _Optional[str] = ...) -> None: ...
+    frozen_by: FreezeRecord
+    def __init__(self, status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., restored_from: _Optional[str] = ..., checkpointed: _Optional[str] = ..., frozen_by: _Optional[_Union[FreezeRecord, _Mapping]] = ...) -> None: ...
+
+class FreezeRecord(_message.Message):
+    __slots__ = ("pid", "pid_start", "operation", "since", "was_paused", "recover", "partial")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PID_START_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    WAS_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    RECOVER_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    pid_start: int
+    operation: str
+    since: float
+    was_paused: bool
+    recover: bool
+    partial: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pid: _Optional[int] = ..., pid_start: _Optional[int] = ..., operation: _Optional[str] = ..., since: _Optional[float] = ..., was_paused: _Optional[bool] = ..., recover: _Optional[bool] = ..., partial: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ContainerInfo(_message.Message):
     __slots__ = ("spec", "state", "bundle_dir", "cgroup", "memory_current_bytes", "pids_current")
@@ -563,16 +583,20 @@ class CheckpointResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CheckpointResult, _Mapping]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established")
+    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s")
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     name: str
     ip: str
     tcp_established: bool
-    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[Volume]
+    timeout_s: float
+    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("progress", "result")
