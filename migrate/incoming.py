@@ -67,7 +67,8 @@ def _tree_size(path: Path) -> int:
     except OSError:
         return 0
 
-_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-", "stage-", "precopy-")
+_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-", "stage-", "precopy-",
+                     "export-", "rm-", "remove-")
 
 
 def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
