@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.container import Container
-from runtime.errors import ContainerError, ContainerExists, ContainerNotFound, InvalidState
+from runtime.errors import ContainerError, ContainerExists, ContainerNotFound, InvalidState, Unsupported
 from runtime.fstree import remove_tree_quietly
 from runtime.spec import ContainerInfo, ContainerSpec
 
@@ -78,7 +78,10 @@ class CheckpointHost:
         return self.rt.cgroups(spec.cgroup_parent)
 
     def dump_target(self, c: Container) -> DumpTarget:
+        """What CRIU dumps for ``c``; refuses (Unsupported) a container CRIU cannot dump before
+        anything is frozen."""
         cid = c.container_id
+        self._check_init_root(c)
         dirs = self._cg(c.spec).info(cid).dirs
         freeze_dir = dirs.get(UNIFIED) or dirs.get(FREEZER)
         netns = self.paths.netns / cid
@@ -93,6 +96,31 @@ class CheckpointHost:
             netns_path=netns if netns.exists() else None,
             freeze_cgroup=str(freeze_dir) if freeze_dir else None,
         )
+
+    def _check_init_root(self, c: Container) -> None:
+        """CRIU reads the mount namespace through its root task and requires that task's root to
+        be the namespace's root (criu/mount.c: "The root task has another root than mntns"; its
+        mountinfo is empty otherwise). A container whose init chrooted itself (HAProxy run as a
+        single process with ``chroot`` in its config) would fail deep in the dump with "Can't parse
+        mountinfo": say so first, with what to do instead."""
+        pid = c.state.pid
+        if not pid:
+            return
+        merged = self.store.dir(c.container_id) / "merged"
+        try:
+            same = os.path.samestat(os.stat(f"/proc/{pid}/root"), os.stat(merged))
+        except OSError:  # the init is gone or the overlay is not mounted: CRIU will say what it finds
+            return
+        if not same:
+            root = os.readlink(f"/proc/{pid}/root")
+            inside = root[len(str(merged)):] if root.startswith(str(merged)) else root
+            raise Unsupported(
+                f"checkpoint of container {c.spec.name}",
+                f"its init process (pid {pid}) has changed its root to {inside or '/'} (chroot); "
+                "criu can only dump a container whose init keeps the container's root",
+                hint="run the server so that its first process stays at / (e.g. haproxy -W, master-worker mode, "
+                "or any init process that starts the server as its child)",
+            )
 
     def host_veth(self, spec: ContainerSpec) -> str | None:
         """The host-side veth of a bridge-networked container (None for --network none)."""
