@@ -12,6 +12,7 @@ Tree::
     ├── ImageError                  image store problems
     │   ├── ImageNotFound
     │   └── UnsafeArchive           a tarball member that could escape or is not allowed (names it)
+    │       └── ImageLimitExceeded  over an extraction budget (runtime.extract_limits): limit, value
     ├── Unsupported                 the host lacks a kernel or CRIU feature (names it, hint says how)
     ├── CgroupError                 cgroupfs refused or timed out
     │   └── FreezeTimeout           cgroup.events never reported the wanted frozen state
@@ -99,6 +100,18 @@ class UnsafeArchive(ImageError):
         super().__init__(f"refusing archive member {member!r}: {reason}")
         self.member = member
         self.reason = reason
+
+
+class ImageLimitExceeded(UnsafeArchive):
+    """A tarball needs more than an extraction limit allows (``limit`` is the field name of
+    ``runtime.extract_limits.ExtractLimits``, ``value`` its setting, ``actual`` what was needed)."""
+
+    def __init__(self, member: str, reason: str, *, limit: str, value: int, actual: int, hint: str | None = None) -> None:
+        super().__init__(member, reason)
+        self.hint = hint
+        self.limit = limit
+        self.value = value
+        self.actual = actual
 
 
 class Unsupported(ContainerError):

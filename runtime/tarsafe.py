@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from runtime.errors import ImageError, UnsafeArchive
+from runtime.errors import ImageError, ImageLimitExceeded, UnsafeArchive
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
 from runtime.fstree import remove_tree
 
@@ -79,15 +79,9 @@ class NotATarArchive(UnsafeArchive):
         self.args = (self.message,)
 
 
-class ImageLimitExceeded(UnsafeArchive):
-    """The tarball needs more than an extraction limit allows (``limit``, ``value``, ``actual``)."""
-
-    def __init__(self, member: str, limits: ExtractLimits, limit: str, actual: int, what: str) -> None:
-        super().__init__(member, limits.exceeded(limit, actual, what))
-        self.hint = limits.hint(limit)
-        self.limit = limit
-        self.value = getattr(limits, limit)
-        self.actual = actual
+def _over(member: str, limits: ExtractLimits, limit: str, actual: int, what: str) -> ImageLimitExceeded:
+    return ImageLimitExceeded(member, limits.exceeded(limit, actual, what), limit=limit, value=getattr(limits, limit),
+                              actual=actual, hint=limits.hint(limit))
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -279,12 +273,12 @@ class _Extractor:
         """Limits and field ranges, before anything of ``m`` touches the disk."""
         limits, name = self.limits, m.name
         if self.members >= limits.max_members:
-            raise ImageLimitExceeded(name, limits, "max_members", self.members + 1, "the tarball's member count")
+            raise _over(name, limits, "max_members", self.members + 1, "the tarball's member count")
         raw = len(name.encode("utf-8", "surrogateescape"))
         if raw > limits.max_name_bytes:
-            raise ImageLimitExceeded(name[:64], limits, "max_name_bytes", raw, "the member name")
+            raise _over(name[:64], limits, "max_name_bytes", raw, "the member name")
         if len(parts) > limits.max_depth:
-            raise ImageLimitExceeded(name[:64], limits, "max_depth", len(parts), "the member path")
+            raise _over(name[:64], limits, "max_depth", len(parts), "the member path")
         if any(len(p.encode("utf-8", "surrogateescape")) > NAME_MAX for p in parts):
             raise UnsafeArchive(name[:300], f"a path component is longer than {NAME_MAX} bytes")
         if "\x00" in m.linkname:
@@ -301,13 +295,13 @@ class _Extractor:
         if not m.isreg():
             return
         if m.size > limits.max_member_bytes:
-            raise ImageLimitExceeded(name, limits, "max_member_bytes", m.size, f"member {name}")
+            raise _over(name, limits, "max_member_bytes", m.size, f"member {name}")
         if self.total_bytes + m.size > limits.max_total_bytes:
-            raise ImageLimitExceeded(name, limits, "max_total_bytes", self.total_bytes + m.size, "the tarball's expanded size")
+            raise _over(name, limits, "max_total_bytes", self.total_bytes + m.size, "the tarball's expanded size")
         if m.sparse is not None:
             holes = max(0, m.size - sum(length for _offset, length in m.sparse))
             if self.hole_bytes + holes > limits.max_hole_bytes:
-                raise ImageLimitExceeded(name, limits, "max_hole_bytes", self.hole_bytes + holes, "the holes of sparse members")
+                raise _over(name, limits, "max_hole_bytes", self.hole_bytes + holes, "the holes of sparse members")
             self.hole_bytes += holes
         self.total_bytes += m.size
 

@@ -32,7 +32,9 @@ import pytest
 from migrate.api import CheckpointOptions, IncomingRequest
 from migrate.archive_members import check_member
 from migrate.client import RemoteEngine
-from migrate.errors import ArchiveError, ArchiveLimitExceeded, UnsafeMember
+from migrate.errors import ArchiveError, ArchiveLimitExceeded, MigrationError, UnsafeMember
+from runtime.errors import ContainerError, ImageLimitExceeded, UnsafeArchive
+
 from runtime.extract_limits import ENV_LIMITS
 from tests.fakes import hostile_archives as ha
 from tests.integration.hosts import Host, make_hosts  # noqa: F401  (fixture)
@@ -46,7 +48,6 @@ pytestmark = [
 PRECIOUS = "precious host data\n"
 # what the first line of the CLI's error says for each type
 WORDS = {UnsafeMember: "refusing archive member", ArchiveLimitExceeded: "exceeds the extraction limit", ArchiveError: "archive"}
-
 
 def attacks(target: Path) -> dict[str, tuple[bytes, type[ArchiveError]]]:
     """name -> (archive bytes, the typed error it must end in)."""
@@ -64,11 +65,9 @@ def attacks(target: Path) -> dict[str, tuple[bytes, type[ArchiveError]]]:
         out[f"crafted-{key}"] = (data, ArchiveError)
     return out
 
-
 def _tmp_leftovers(host: Host) -> list[str]:
     tmp = host.root / "tmp"
     return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
-
 
 def _deep_scratch(host: Host, depth: int) -> Path:
     """What a crash during an old-style unpack of a deep archive left in ROOT/tmp."""
@@ -84,7 +83,6 @@ def _deep_scratch(host: Host, depth: int) -> Path:
     finally:
         os.close(fd)
     return top
-
 
 def test_hostile_archives_are_refused_every_way_in(make_hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     monkeypatch.setenv(ENV_LIMITS, "max_total_bytes=256M")  # inherited by the daemon and the CLI
@@ -140,6 +138,32 @@ def test_hostile_archives_are_refused_every_way_in(make_hosts, tmp_path: Path, m
             assert _tmp_leftovers(a) == [], f"{attack} left {_tmp_leftovers(a)} in ROOT/tmp"
             assert daemon.host_info() is not None  # still serving
 
+        # The other ways a peer pushes bytes: its upper layer before the freeze (PushUpper) and
+        # its image (PushImage, a tarball).
+        pushes = (
+            ("upper: symlink in images", lambda mid: daemon.receive_upper(mid, iter([ha.symlink_archive("images/restore.log", str(host_file))])),
+             UnsafeMember),
+            ("upper: deep tree", lambda mid: daemon.receive_upper(mid, iter([ha.deep_archive(1500)])), ArchiveLimitExceeded),
+            ("upper: huge hole", lambda mid: daemon.receive_upper(mid, iter([ha.hole_archive(1 << 62, "upper.img")])), ArchiveError),
+            ("image: deep tar", lambda mid: daemon.receive_image(mid, iter([ha.zstd(ha.deep_tar(3000))])), ImageLimitExceeded),
+            ("image: pax header bomb", lambda mid: daemon.receive_image(mid, iter([ha.zstd(ha.pax_header_tar(8 << 30))])),
+             UnsafeArchive),
+        )
+        for what, push, expected in pushes:
+            evil = dict(spec, name="pushed", container_id=secrets.token_hex(16), ip=None)
+            ticket = daemon.prepare_incoming(IncomingRequest(
+                container_name="pushed", spec=evil, image_digest=spec["image_digest"], criu_version=None,
+                cpu_digest="", ip=None))
+            with pytest.raises(expected) as err:
+                push(ticket.migration_id)
+            assert "internal error" not in str(err.value), f"{what}: {err.value}"
+            try:
+                daemon.abort_incoming(ticket.migration_id)
+            except (MigrationError, ContainerError):
+                pass  # already dropped by the failed push
+            assert host_file.read_text() == PRECIOUS, what
+            assert _tmp_leftovers(a) == [], f"{what} left {_tmp_leftovers(a)} in ROOT/tmp"
+
         assert names_by_status(a) == {"bystander": "running"}
         assert [c.checkpoint_id for c in daemon.checkpoints()] == [result.checkpoint_id]  # no upload was kept
 
@@ -154,11 +178,9 @@ def test_hostile_archives_are_refused_every_way_in(make_hosts, tmp_path: Path, m
     assert _tmp_leftovers(a) == []
     assert names_by_status(a) == {"bystander": "running"}
 
-
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "migrate", "--root", str(root), *args], capture_output=True, text=True,
                           timeout=300, env={k: v for k, v in os.environ.items() if k != ENV_LIMITS})
-
 
 @pytest.mark.requires("root")
 def test_inputs_bigger_than_the_disk_end_in_typed_errors_and_sparse_tars_stay_sparse(tmp_path: Path) -> None:
