@@ -14,7 +14,7 @@ Status codes (most specific class first):
     Unsupported                                              UNIMPLEMENTED
     PermissionError                                          PERMISSION_DENIED
     MigrationTimeout, FreezeTimeout                          DEADLINE_EXCEEDED
-    PeerError, TransferError                                 UNAVAILABLE
+    PeerError, TransferError, OutcomeUnknown                 UNAVAILABLE
     AuthError                                                UNAUTHENTICATED
     RpcCancelled                                             CANCELLED
     OSError(ENOSPC)                                          RESOURCE_EXHAUSTED
@@ -71,6 +71,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (rerrors.FreezeTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (merrors.PeerError, grpc.StatusCode.UNAVAILABLE),
     (merrors.TransferError, grpc.StatusCode.UNAVAILABLE),
+    (merrors.OutcomeUnknown, grpc.StatusCode.UNAVAILABLE),
     (merrors.AuthError, grpc.StatusCode.UNAUTHENTICATED),
     (RpcCancelled, grpc.StatusCode.CANCELLED),
 )

@@ -142,6 +142,7 @@ class MigrateOptions:
     keep_source: bool = False
     mode: MigrationMode = "cold"
     tcp_established: bool = False
+    file_locks: bool = False  # dump and restore file locks (flock, fcntl, leases) held by the tree
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,10 @@ class IncomingRequest:
     # The source's address as the target's daemon saw the call come in (filled in by the target's
     # service, never taken from the wire): the only host a plain page server lets in.
     source_address: str | None = None
+    # The source daemon's own address (HOST:PORT; a wildcard host means "the address the call came
+    # from"): where the target asks what became of the migration when the source never settles it
+    # (a restored copy's lease, migrate/incoming.py). None: the target cannot ask.
+    source_daemon: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,22 @@ class IncomingTicket:
     need_image: bool  # the target lacks image_digest: receive_image before receive_checkpoint
     page_server_port: int = 0  # the page server for a disk-less dump (0: none; stream the pages)
     stage_upper: bool = False  # send the upper layer with receive_upper before the freeze
+
+
+SettlementOutcome = Literal["committed", "aborted", "lost", "pending", "unknown"]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What became of a migration, as the host asked knows it (SettleMigration; docs/migration.md
+    "Exactly one copy"). ``outcome``: "committed" (the target runs it for good), "aborted" (no
+    copy there), "lost" (post-copy: the target's copy missed pages and was removed), "pending"
+    (still under way on the host asked), "unknown" (the host asked has no trace of it).
+    ``container_running``: a container of the migrated id runs, unfrozen, on the host asked."""
+
+    migration_id: str
+    outcome: SettlementOutcome
+    container_running: bool = False
 
 
 class MigrationTarget(Protocol):
@@ -259,6 +280,7 @@ class MigrationTarget(Protocol):
     def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> RestoreResult: ...
     def abort_incoming(self, migration_id: str) -> None: ...
     def commit_incoming(self, migration_id: str) -> None: ...
+    def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> Settlement: ...
     def start_precopy_round(self, migration_id: str, round_no: int, final: bool = False) -> int:
         """Pre-copy (migrate/precopy.py): start the CRIU page server of pre-dump round ``round_no``
         (1, 2, ... in order; ``final``: the frozen dump's, after the last round) and return its port."""

@@ -161,6 +161,7 @@ class RemoteEngine:
         grpc_target, is_unix = channel_target(address)
         self.target = target
         self.timeout_s = timeout_s
+        self.advertise: str | None = None  # the calling daemon's own address (a migration's source_daemon)
         self._tls = tls is not None
         options = list(CHANNEL_OPTIONS)
         if tls is not None:
@@ -444,6 +445,8 @@ class RemoteEngine:
     # --- daemon to daemon (MigrationTarget) ----------------------------------------------------------
 
     def prepare_incoming(self, request: api.IncomingRequest) -> api.IncomingTicket:
+        if request.source_daemon is None and self.advertise:
+            request = dataclasses.replace(request, source_daemon=self.advertise)
         return cv.ticket_from_pb(self._unary("PrepareIncoming", cv.incoming_request_to_pb(request)))
 
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
@@ -476,6 +479,11 @@ class RemoteEngine:
 
     def commit_incoming(self, migration_id: str) -> None:
         self._unary("CommitIncoming", pb.CommitIncomingRequest(migration_id=migration_id))
+
+    def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> api.Settlement:
+        reply = self._unary("SettleMigration", pb.SettleMigrationRequest(migration_id=migration_id, container_id=container_id,
+                                                                         ask_source=ask_source))
+        return cv.settlement_from_pb(migration_id, reply)
 
     def start_precopy_round(self, migration_id: str, round_no: int, final: bool = False) -> int:
         reply = self._unary("StartPrecopyRound", pb.StartPrecopyRoundRequest(migration_id=migration_id, round=round_no, final=final))

@@ -480,6 +480,7 @@ def incoming_request_to_pb(r: api.IncomingRequest) -> pb.PrepareIncomingRequest:
     _set_opt(kw, "criu_version", r.criu_version)
     _set_opt(kw, "ip", r.ip)
     _set_opt(kw, "page_server_address", r.page_server_address)
+    _set_opt(kw, "source_daemon", r.source_daemon)
     return pb.PrepareIncomingRequest(**kw)
 
 
@@ -501,7 +502,27 @@ def incoming_request_from_pb(m: pb.PrepareIncomingRequest) -> api.IncomingReques
         ip=_opt(m, "ip"),
         mode=mode_from_pb(m.mode),
         page_server_address=_opt(m, "page_server_address"),
+        source_daemon=_opt(m, "source_daemon"),
     )
+
+
+_OUTCOMES = {
+    "unknown": pb.SETTLEMENT_OUTCOME_UNKNOWN,
+    "pending": pb.SETTLEMENT_OUTCOME_PENDING,
+    "committed": pb.SETTLEMENT_OUTCOME_COMMITTED,
+    "aborted": pb.SETTLEMENT_OUTCOME_ABORTED,
+    "lost": pb.SETTLEMENT_OUTCOME_LOST,
+}
+
+
+def settlement_to_pb(s: api.Settlement) -> pb.SettleMigrationResponse:
+    return pb.SettleMigrationResponse(outcome=_OUTCOMES[s.outcome], container_running=s.container_running)
+
+
+def settlement_from_pb(migration_id: str, m: pb.SettleMigrationResponse) -> api.Settlement:
+    """An unspecified or unknown outcome (a newer peer) reads as "pending": never as a verdict."""
+    names = {v: k for k, v in _OUTCOMES.items()}
+    return api.Settlement(migration_id, names.get(m.outcome, "pending"), bool(m.container_running))  # type: ignore[arg-type]
 
 
 def ticket_to_pb(t: api.IncomingTicket) -> pb.PrepareIncomingResponse:

@@ -66,6 +66,9 @@ class LocalEngine:
         self._peer = peer
         self._peer_args = peer_args
         self._incoming_migrations: Any = None
+        # this daemon's own address (HOST:PORT, set by ``pymigrate daemon``): sent to migration
+        # targets, which ask it what became of a migration the source never settled
+        self.advertise: str | None = None
         self._checkpoint_host: Any = None
 
     @property
@@ -135,6 +138,7 @@ class LocalEngine:
         return self.runtime.pause(name)
 
     def unpause(self, name: str) -> ContainerInfo:
+        self._refuse_unsettled(name, "unpause")
         return self.runtime.unpause(name)
 
     def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
@@ -188,6 +192,8 @@ class LocalEngine:
         self.runtime.paths.ensure()
         page_server = self._page_server_address(options.dest)
         target = self.peer.connect(options.dest)
+        if self.advertise and hasattr(target, "advertise"):
+            target.advertise = self.advertise  # sent with prepare_incoming (IncomingRequest.source_daemon)
         try:
             criu = SwrkCriu(page_server_tls=self._page_server_tls())  # disk-less and post-copy dumps
             return migrate_container(self._host(), name, options, target, criu=criu, progress=progress, page_server_address=page_server)
@@ -214,6 +220,37 @@ class LocalEngine:
 
     def commit_incoming(self, migration_id: str) -> None:
         self._incoming().commit(migration_id)
+
+    def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> Any:
+        """What became of ``migration_id`` (migrate.api.Settlement): as its target (commit a restored
+        migration, abort an unfinished one), or with ``ask_source`` as its source (a target whose
+        restored copy's lease expired asks)."""
+        if ask_source:
+            from migrate.outgoing import answer_as_source
+
+            return answer_as_source(self._host(), lambda dest: self.peer.connect(dest), migration_id, container_id)
+        return self._incoming().settle(migration_id, container_id)
+
+    def settle_outgoing(self) -> None:
+        """Settle outgoing migrations whose outcome is unknown and no driver works on (the daemon
+        runs this every few seconds; migrate/outgoing.py)."""
+        from migrate.outgoing import settle_pending
+
+        if (self.runtime.paths.run / "outgoing").is_dir():
+            settle_pending(self._host(), lambda dest: self.peer.connect(dest))
+
+    def _refuse_unsettled(self, name: str, action: str) -> None:
+        """A copy frozen while its migration's outcome is unknown must not run (the target may)."""
+        from migrate.outgoing import OutgoingMigrations
+        from runtime.errors import InvalidState
+
+        record = OutgoingMigrations(self.runtime.paths).unsettled_for(self.runtime.container(name).container_id)
+        if record is not None:
+            err = InvalidState(name, action, f"frozen until migration {record['migration_id']} to {record.get('dest')} is settled",
+                               "paused")
+            err.hint = (f"the target may run this container now; the daemon here asks {record.get('dest')} every few seconds, "
+                        "then removes or thaws this copy (docs/migration.md, 'Exactly one copy')")
+            raise err
 
     def start_precopy_round(self, migration_id: str, round_no: int, final: bool = False, source_address: str | None = None) -> int:
         """``source_address``: the caller as the service saw it (the only host a plain page server lets in)."""
@@ -290,7 +327,8 @@ class LocalEngine:
             from migrate.incoming import IncomingMigrations
             from runtime.criu import SwrkCriu
 
-            self._incoming_migrations = IncomingMigrations(self._host(), SwrkCriu(), page_server_tls=self._page_server_tls())
+            self._incoming_migrations = IncomingMigrations(self._host(), SwrkCriu(), page_server_tls=self._page_server_tls(),
+                                                           connect=lambda address: self.peer.connect(address))
         return self._incoming_migrations
 
 

@@ -363,6 +363,10 @@ class HostServicer(pb_grpc.HostServicer):
         self._target("commit_incoming")(request.migration_id)
         return pb.CommitIncomingResponse()
 
+    def SettleMigration(self, request: pb.SettleMigrationRequest, context: grpc.ServicerContext) -> pb.SettleMigrationResponse:
+        settlement = self._target("settle_migration")(request.migration_id, request.container_id, ask_source=request.ask_source)
+        return cv.settlement_to_pb(settlement)
+
     def StartPrecopyRound(self, request: pb.StartPrecopyRoundRequest, context: grpc.ServicerContext) -> pb.StartPrecopyRoundResponse:
         port = self._target("start_precopy_round")(request.migration_id, request.round, final=request.final,
                                                    source_address=_peer_ip(context.peer()))

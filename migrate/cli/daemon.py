@@ -121,6 +121,9 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
         max_workers=args.max_workers,
         spool_dir=Paths(root).tmp,
     )
+    # where migration targets reach this daemon back (a wildcard host: the address they see us at)
+    host = server.address.host or "0.0.0.0"
+    engine.advertise = server.target if server.address.kind == "unix" else f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     stop = threading.Event()
     received: list[int] = []
 
@@ -145,6 +148,10 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
                     engine.sweep_incoming()
                 except Exception:  # the sweep is housekeeping; the daemon keeps serving
                     log.warning("sweeping incoming migrations failed", exc_info=True)
+                try:
+                    engine.settle_outgoing()  # copies frozen while a migration's outcome is unknown
+                except Exception:  # retried at the next round; the copy stays frozen meanwhile
+                    log.warning("settling outgoing migrations failed", exc_info=True)
         log.info("received %s, stopping (grace %.1fs)", signal.Signals(received[0]).name, args.grace)
         server.stop(args.grace)
     finally:

@@ -54,6 +54,7 @@ class FakeEngine:
         self._logs: dict[str, bytes] = {}
         self._checkpoints: dict[str, tuple[api.CheckpointInfo, bytes]] = {}
         self._incoming: dict[str, dict] = {}
+        self.settled: dict[str, str] = {}  # migration id -> outcome (target side, as migrate.incoming records it)
         self.received_image_bytes: dict[str, bytes] = {}
 
     # --- helpers ------------------------------------------------------------------------------
@@ -466,12 +467,32 @@ class FakeEngine:
             entry = self._incoming.pop(migration_id, None)
             if entry and entry.get("container_id"):
                 self._containers.pop(entry["container_id"], None)
+            if entry is not None:
+                self.settled[migration_id] = "aborted"
 
     def commit_incoming(self, migration_id: str) -> None:
         self._enter("commit_incoming")
+        if self.settled.get(migration_id) == "committed":
+            return
         self._incoming_entry(migration_id)
         with self._lock:
             del self._incoming[migration_id]
+        self.settled[migration_id] = "committed"
+
+    def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> api.Settlement:
+        """As migrate.incoming.IncomingMigrations.settle: commit a restored migration, abort an
+        unfinished one, repeat an ended one's outcome."""
+        self._enter("settle_migration")
+        with self._lock:
+            entry = self._incoming.get(migration_id)
+        if entry is None:
+            running = container_id in self._containers
+            return api.Settlement(migration_id, self.settled.get(migration_id, "unknown"), running)  # type: ignore[arg-type]
+        if entry.get("container_id"):
+            self.commit_incoming(migration_id)
+            return api.Settlement(migration_id, "committed", True)
+        self.abort_incoming(migration_id)
+        return api.Settlement(migration_id, "aborted", False)
 
     @property
     def incoming(self) -> dict[str, dict]:

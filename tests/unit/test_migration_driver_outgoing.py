@@ -13,9 +13,12 @@ import pytest
 
 from migrate import migration, outgoing
 from migrate.errors import PeerError, TransferError
-from migrate.outgoing import COMMIT, ROLLBACK, OutgoingMigrations, holders, reconcile_outgoing
+from migrate.api import Settlement
+from migrate.outgoing import COMMIT, ROLLBACK, UNKNOWN, OutgoingMigrations, holders, reconcile_outgoing, settle_pending
 from runtime.errors import ContainerNotFound
-from tests.unit.test_migration_driver import FakeHost, Target, migrate
+from migrate.errors import MigrationError
+from runtime.errors import CriuError
+from tests.unit.test_migration_driver import FakeDumpCriu, FakeHost, Target, migrate
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +55,8 @@ def test_driver_records_rollback_then_commit_then_nothing(tmp_path: Path) -> Non
     records = OutgoingMigrations(host.paths)
     target = RecordingTarget(records)
     migrate(host, target)
-    assert target.seen["receive_checkpoint"] == [ROLLBACK]
+    # "unknown" from right before the freeze: a crash asks the target before thawing
+    assert target.seen["receive_checkpoint"] == [UNKNOWN]
     assert target.seen["commit_incoming"] == [COMMIT]
     assert records.records() == []
 
@@ -64,7 +68,21 @@ def test_driver_removes_the_record_after_a_rollback(tmp_path: Path) -> None:
     target.fail_restore = PeerError("restore refused")
     with pytest.raises(PeerError):
         migrate(host, target)
-    assert target.seen["abort_incoming"] == [ROLLBACK]
+    # the whole archive went out: settled (the target aborted), then thawed, record gone
+    assert target.calls[-2:] == ["settle_migration", "abort_incoming"]
+    assert target.seen["abort_incoming"] == [UNKNOWN]
+    assert host.events[-1] == "thaw"
+    assert records.records() == []
+
+
+def test_driver_thaws_at_once_when_the_archive_did_not_go_out(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root")
+    records = OutgoingMigrations(host.paths)
+    target = RecordingTarget(records)
+    with pytest.raises(MigrationError):  # CRIU fails: the archive's end never goes out
+        migrate(host, target, criu=FakeDumpCriu(fail=CriuError("dump", "criu dump failed: cannot seize 4242")))
+    assert "settle_migration" not in target.calls  # before the point of no return the source wins
+    assert host.events[-1] == "thaw"
     assert records.records() == []
 
 
@@ -89,9 +107,11 @@ class ReconcileHost(FakeHost):
 
 
 class Peer:
-    def __init__(self, fail: BaseException | None = None) -> None:
+    def __init__(self, fail: BaseException | None = None, settle: str = "aborted", running: bool = False) -> None:
         self.calls: list[tuple[str, str]] = []
         self.fail = fail
+        self.settle = settle
+        self.running = running
         self.timeout_s = 60.0
         self.closed = False
 
@@ -105,6 +125,12 @@ class Peer:
         if self.fail:
             raise self.fail
 
+    def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> Settlement:
+        self.calls.append(("settle", migration_id))
+        if self.fail:
+            raise self.fail
+        return Settlement(migration_id, self.settle, self.running)  # type: ignore[arg-type]
+
     def close(self) -> None:
         self.closed = True
 
@@ -113,6 +139,7 @@ def record(host: FakeHost, migration_id: str = "ab12", *, keep_source: bool = Fa
     records = OutgoingMigrations(host.paths)
     records.begin(migration_id, container_id=host.container.container_id, name="web", dest="10.0.0.2:7443",
                   keep_source=keep_source, mode=mode)
+    records.detach(migration_id)  # as a restart finds it: no driver of this process works on it
     return records
 
 
@@ -133,10 +160,24 @@ def test_reconcile_commit_finishes_the_source_copy(tmp_path: Path) -> None:
     host = ReconcileHost(tmp_path / "root")
     records = record(host, keep_source=True)
     records.past_point_of_no_return("ab12")
-    peer = Peer()
+    peer = Peer(settle="committed")
     reconcile_outgoing(host, lambda dest: peer)
     assert host.events == ["finish keep=True"]
-    assert peer.calls == [("commit", "ab12")]
+    assert peer.calls == [("settle", "ab12")]
+    assert records.records() == []
+
+
+def test_reconcile_commit_with_the_target_unreachable_removes_the_copy_and_tells_it_later(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = record(host)
+    records.past_point_of_no_return("ab12")
+    peer = Peer(fail=TransferError("the daemon at 10.0.0.2:7443 is unreachable"))
+    assert reconcile_outgoing(host, lambda dest: peer) == []
+    assert host.events == ["finish keep=False"]  # past the point of no return: the target's copy is the one
+    assert [r["on_crash"] for r in records.records()] == [COMMIT]
+    host.gone = True
+    peer.fail, peer.settle = None, "committed"
+    assert settle_pending(host, lambda dest: peer) == ["ab12"]
     assert records.records() == []
 
 
@@ -202,16 +243,14 @@ def test_invalid_migration_ids_are_refused(tmp_path: Path) -> None:
 
 
 def test_reconcile_postcopy_past_the_resume_keeps_the_frozen_copy_when_the_target_cannot_confirm(tmp_path: Path) -> None:
-    from migrate.errors import ContainerLost
-
     host = ReconcileHost(tmp_path / "root")
     records = record(host, mode="postcopy")
     records.past_point_of_no_return("ab12")
     paused: list[str] = []
     host.store = type("S", (), {"update_state": lambda self, cid, fn: paused.append(cid)})()
-    peer = Peer(fail=ContainerLost("container lost on this host: its lazy-pages daemon failed", source_copy="unknown"))
+    peer = Peer(settle="lost")  # the target's lazy-pages daemon failed: it removed its copy
     reconcile_outgoing(host, lambda dest: peer)
-    assert peer.calls == [("commit", "ab12")]
+    assert peer.calls == [("settle", "ab12")]
     assert host.events == []  # neither removed nor thawed: the operator decides
     assert paused == [host.container.container_id]
     assert records.records() == []
@@ -221,5 +260,57 @@ def test_reconcile_postcopy_past_the_resume_finishes_when_the_target_confirms(tm
     host = ReconcileHost(tmp_path / "root")
     records = record(host, mode="postcopy")
     records.past_point_of_no_return("ab12")
-    reconcile_outgoing(host, lambda dest: Peer())
+    reconcile_outgoing(host, lambda dest: Peer(settle="committed"))
     assert host.events == ["finish keep=False"]
+
+
+# --- "unknown": the final dump went out, no answer came back -------------------------------------
+
+
+def unknown_record(host: FakeHost) -> OutgoingMigrations:
+    records = record(host)
+    records.outcome_unknown("ab12")
+    host.store = type("S", (), {"update_state": lambda self, cid, fn: host.events.append("state")})()
+    return records
+
+
+@pytest.mark.parametrize("answer,running,events", [
+    ("committed", False, ["finish keep=False"]),
+    ("unknown", True, ["finish keep=False"]),  # the target forgot it but runs the container
+    ("aborted", False, ["rejoin pmv-web", "thaw", "state"]),
+    ("unknown", False, ["rejoin pmv-web", "thaw", "state"]),
+])
+def test_reconcile_unknown_follows_the_target(tmp_path: Path, answer: str, running: bool, events: list[str]) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = unknown_record(host)
+    peer = Peer(settle=answer, running=running)
+    assert reconcile_outgoing(host, lambda dest: peer) == ["ab12"]
+    assert peer.calls == [("settle", "ab12")]
+    assert host.events == events
+    assert records.records() == []
+
+
+@pytest.mark.parametrize("peer", [Peer(fail=TransferError("the daemon at 10.0.0.2:7443 is unreachable")), Peer(settle="pending")])
+def test_reconcile_unknown_keeps_the_copy_frozen_until_the_target_answers(tmp_path: Path, peer: Peer) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = unknown_record(host)
+    assert reconcile_outgoing(host, lambda dest: peer) == []
+    assert "thaw" not in host.events and not any(e.startswith("finish") for e in host.events)
+    assert [r["on_crash"] for r in records.records()] == [UNKNOWN]
+    assert records.unsettled_for(host.container.container_id) is not None
+    # the daemon asks again; once the target answers, it is settled
+    peer.fail, peer.settle = None, "committed"
+    assert settle_pending(host, lambda dest: peer) == ["ab12"]
+    assert host.events[-1] == "finish keep=False"
+    assert records.records() == []
+
+
+def test_settle_pending_leaves_a_driver_s_own_record_alone(tmp_path: Path) -> None:
+    host = ReconcileHost(tmp_path / "root")
+    records = OutgoingMigrations(host.paths)
+    records.begin("ab12", container_id=host.container.container_id, name="web", dest="10.0.0.2:7443", keep_source=False)
+    records.outcome_unknown("ab12")
+    peer = Peer(settle="committed")
+    assert settle_pending(host, lambda dest: peer) == [] and peer.calls == []
+    assert reconcile_outgoing(host, lambda dest: peer) == [] and peer.calls == []
+    records.end("ab12")

@@ -212,6 +212,12 @@ class FakeTarget:
     def abort_incoming(self, migration_id: str) -> None:
         self.events.append("abort")
 
+    def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> Any:
+        from migrate.api import Settlement
+
+        self.events.append("settle")  # a failed restore aborted itself (migrate.incoming)
+        return Settlement(migration_id, "aborted" if self.fail_restore else "committed", not self.fail_restore)
+
     def commit_incoming(self, migration_id: str) -> None:
         self.events.append("commit")
         if self.lost_at_commit:
@@ -263,9 +269,11 @@ def test_restore_failure_rolls_back(world: tuple[FakeHost, Path]) -> None:
     threading.Timer(0.2, criu.served.set).start()  # what the poke does to CRIU: the dump ends
     with pytest.raises(TransferError, match="lazy-pages daemon"):
         _migrate(host, criu, target)
-    assert target.events == ["prepare", "restore", "abort"]
+    # the whole archive went out: the copy here thaws only once the target said it aborted
+    assert target.events == ["prepare", "restore", "settle"]
     assert host.events == ["freeze", "isolate", "rejoin", "thaw"]
     assert host.store.state.status == "running"
+    assert not list((host.paths.run / "outgoing").glob("*.json"))
 
 
 @pytest.mark.parametrize("where", ["dump", "commit"])

@@ -54,7 +54,7 @@ def test_service_covers_the_issue() -> None:
         "RunContainer", "StopContainer", "KillContainer", "RemoveContainer", "PauseContainer", "UnpauseContainer",
         "StreamLogs", "WaitContainer", "BuildBusyboxImage", "InspectCheckpoint", "Checkpoint", "Restore", "ListCheckpoints", "RemoveCheckpoint", "DownloadCheckpoint",
         "UploadCheckpoint", "Migrate", "PrepareIncoming", "PushImage", "PushUpper", "PushCheckpoint", "AbortIncoming", "CommitIncoming",
-        "StartPrecopyRound",
+        "StartPrecopyRound", "SettleMigration",
     } == names
 
 

@@ -34,6 +34,15 @@ class MigrationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MIGRATION_MODE_POSTCOPY: _ClassVar[MigrationMode]
     MIGRATION_MODE_PRECOPY: _ClassVar[MigrationMode]
     MIGRATION_MODE_AUTO: _ClassVar[MigrationMode]
+
+class SettlementOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SETTLEMENT_OUTCOME_UNSPECIFIED: _ClassVar[SettlementOutcome]
+    SETTLEMENT_OUTCOME_UNKNOWN: _ClassVar[SettlementOutcome]
+    SETTLEMENT_OUTCOME_PENDING: _ClassVar[SettlementOutcome]
+    SETTLEMENT_OUTCOME_COMMITTED: _ClassVar[SettlementOutcome]
+    SETTLEMENT_OUTCOME_ABORTED: _ClassVar[SettlementOutcome]
+    SETTLEMENT_OUTCOME_LOST: _ClassVar[SettlementOutcome]
 NETWORK_MODE_UNSPECIFIED: NetworkMode
 NETWORK_MODE_BRIDGE: NetworkMode
 NETWORK_MODE_NONE: NetworkMode
@@ -50,6 +59,12 @@ MIGRATION_MODE_COLD: MigrationMode
 MIGRATION_MODE_POSTCOPY: MigrationMode
 MIGRATION_MODE_PRECOPY: MigrationMode
 MIGRATION_MODE_AUTO: MigrationMode
+SETTLEMENT_OUTCOME_UNSPECIFIED: SettlementOutcome
+SETTLEMENT_OUTCOME_UNKNOWN: SettlementOutcome
+SETTLEMENT_OUTCOME_PENDING: SettlementOutcome
+SETTLEMENT_OUTCOME_COMMITTED: SettlementOutcome
+SETTLEMENT_OUTCOME_ABORTED: SettlementOutcome
+SETTLEMENT_OUTCOME_LOST: SettlementOutcome
 
 class Volume(_message.Message):
     __slots__ = ("source", "target", "readonly")
@@ -693,7 +708,7 @@ class MigrateResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[MigrationEvent, _Mapping]] = ..., result: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode", "page_server_address")
+    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode", "page_server_address", "source_daemon")
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -702,6 +717,7 @@ class PrepareIncomingRequest(_message.Message):
     IP_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DAEMON_FIELD_NUMBER: _ClassVar[int]
     container_name: str
     spec_json: str
     image_digest: str
@@ -710,7 +726,8 @@ class PrepareIncomingRequest(_message.Message):
     ip: str
     mode: MigrationMode
     page_server_address: str
-    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., page_server_address: _Optional[str] = ...) -> None: ...
+    source_daemon: str
+    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., page_server_address: _Optional[str] = ..., source_daemon: _Optional[str] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
     __slots__ = ("migration_id", "need_image", "page_server_port", "stage_upper")
@@ -797,6 +814,24 @@ class CommitIncomingRequest(_message.Message):
 class CommitIncomingResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SettleMigrationRequest(_message.Message):
+    __slots__ = ("migration_id", "container_id", "ask_source")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    ASK_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    container_id: str
+    ask_source: bool
+    def __init__(self, migration_id: _Optional[str] = ..., container_id: _Optional[str] = ..., ask_source: _Optional[bool] = ...) -> None: ...
+
+class SettleMigrationResponse(_message.Message):
+    __slots__ = ("outcome", "container_running")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    outcome: SettlementOutcome
+    container_running: bool
+    def __init__(self, outcome: _Optional[_Union[SettlementOutcome, str]] = ..., container_running: _Optional[bool] = ...) -> None: ...
 
 class StartPrecopyRoundRequest(_message.Message):
     __slots__ = ("migration_id", "round", "final")

@@ -179,6 +179,11 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.CommitIncomingRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.CommitIncomingResponse.FromString,
                 _registered_method=True)
+        self.SettleMigration = channel.unary_unary(
+                '/pymigrate.v1.Host/SettleMigration',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.SettleMigrationRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.SettleMigrationResponse.FromString,
+                _registered_method=True)
         self.StartPrecopyRound = channel.unary_unary(
                 '/pymigrate.v1.Host/StartPrecopyRound',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundRequest.SerializeToString,
@@ -381,6 +386,16 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SettleMigration(self, request, context):
+        """What became of a migration, by id; final and idempotent (docs/migration.md, "Exactly one
+        copy"). Asked of the target by a source that sent its final dump and got no answer: the
+        target commits a restored migration, aborts an unfinished one, and answers the same again
+        later. Asked of the source (ask_source) by a target whose restored copy's lease expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartPrecopyRound(self, request, context):
         """pre-copy: a CRIU page server for the next pre-dump round, chained to the rounds before it
         through CRIU's parent link; the final one receives the frozen dump's pages
@@ -536,6 +551,11 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.CommitIncoming,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.CommitIncomingRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.CommitIncomingResponse.SerializeToString,
+            ),
+            'SettleMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleMigration,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.SettleMigrationRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.SettleMigrationResponse.SerializeToString,
             ),
             'StartPrecopyRound': grpc.unary_unary_rpc_method_handler(
                     servicer.StartPrecopyRound,
@@ -1326,6 +1346,33 @@ class Host:
             '/pymigrate.v1.Host/CommitIncoming',
             pymigrate_dot_v1_dot_host__pb2.CommitIncomingRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.CommitIncomingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/SettleMigration',
+            pymigrate_dot_v1_dot_host__pb2.SettleMigrationRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.SettleMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,
