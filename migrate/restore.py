@@ -200,6 +200,10 @@ def checked_spec(manifest: dict[str, Any], options: RestoreOptions, *, origin: O
     """
     spec = parse_spec(manifest.get("container"))
     mapped = {os.path.normpath(v.target): v for v in options.volumes}
+    known = {os.path.normpath(v.target) for v in spec.volumes if isinstance(v.target, str)}
+    if set(mapped) - known:  # first: a mistyped mapping explains an unmapped volume too
+        names = ", ".join(sorted(known)) or "none"
+        raise InvalidArgument(f"volume mapping for {', '.join(sorted(set(mapped) - known))} names no volume of the checkpoint (its volumes: {names})")
     vols = []
     for i, vol in enumerate(spec.volumes):
         target = os.path.normpath(vol.target) if isinstance(vol.target, str) else vol.target
@@ -333,12 +337,13 @@ def restore_container(
             before_restore(unpacked.images_dir)
         import_ms = (time.monotonic() - started) * 1000
         spec = checked_spec(unpacked.manifest, options, origin=origin, allow_peer_volumes=bool(getattr(rt, "allow_peer_volumes", False)))
-        spec, replace_id = _identity(rt, spec, options, origin)
-        if options.ip:
-            spec = replace(spec, ip=options.ip)
-        with rt.store.hold(f"name:{spec.name}", "restore container"), rt.store.hold(f"id:{spec.container_id}", "restore container"):
-            if replace_id is not None:
-                replace_id = rt.replaceable_id(spec)  # again, now that no other restore can race us
+        name = validate_name(options.name) if options.name else spec.name
+        # Held before anything looks at the container it replaces: a second restore of the same
+        # checkpoint gets Busy here, not a half-built record. A new --name gets a new id.
+        with rt.store.hold(f"name:{name}", "restore container"), rt.store.hold(f"id:{spec.container_id}", "restore container"):
+            spec, replace_id = _identity(rt, spec, options, origin)
+            if options.ip:
+                spec = replace(spec, ip=options.ip)
             emit("preflight")
             t_pre = time.monotonic()
             preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)

@@ -391,12 +391,28 @@ class CheckpointHost:
             launch_shim(rt.store, cid, starter, oom_killed=oom, sys=rt.sys)
             self.join_network(spec, netns)
         except BaseException:
+            # A restore that failed or timed out may have left tasks CRIU restored (partly) in the
+            # cgroup; they hold the overlay and the upper layer, so they go before the unmounts.
+            self._end_tree(spec)
             rt._undo(cid, undo)
             raise
         if set_aside is not None:
             remove_tree_quietly(set_aside)
         log.info("container=%s name=%s restored from=%s", cid, spec.name, restored_from)
         return rt.inspect(cid)  # type: ignore[no-any-return]
+
+
+    def _end_tree(self, spec: ContainerSpec, timeout_s: float = 5.0) -> None:
+        """SIGKILL whatever runs in the container's cgroup and wait (bounded) until it is empty.
+        Rollback path: failures are logged, never raised."""
+        cg, cid = self._cg(spec), spec.container_id
+        try:
+            cg.kill(cid)
+            deadline = time.monotonic() + timeout_s
+            while cg.pids(cid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        except Exception as exc:  # noqa: BLE001 - rollback: keep undoing
+            log.debug("container=%s: ending the restored tree: %s", cid, exc)
 
 
 class RestoreShell:
