@@ -286,10 +286,13 @@ def apply_settlement(host: Any, outgoing: OutgoingMigrations, record: dict[str, 
     return outcome
 
 
-def settle_in_call(target: Any, record: dict[str, Any], *, wait_s: float = SETTLE_WAIT_S) -> Any:
+def settle_in_call(target: Any, record: dict[str, Any], *, wait_s: float | None = None) -> Any:
     """The driver's own settlement after its final dump went out and no answer came back: ask
-    ``target`` (already connected) until it answers with an outcome or ``wait_s`` passed (None)."""
-    deadline = time.monotonic() + wait_s
+    ``target`` (already connected) until it answers with an outcome or ``wait_s`` (default
+    SETTLE_WAIT_S) passed (None)."""
+    deadline = time.monotonic() + (SETTLE_WAIT_S if wait_s is None else wait_s)
+    if hasattr(target, "timeout_s"):  # a call across a cut link must not eat the whole wait
+        target.timeout_s = min(target.timeout_s, SETTLE_TIMEOUT_S)
     while True:
         try:
             answer = target.settle_migration(record["migration_id"], record["container_id"])

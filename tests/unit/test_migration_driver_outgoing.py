@@ -314,3 +314,61 @@ def test_settle_pending_leaves_a_driver_s_own_record_alone(tmp_path: Path) -> No
     assert settle_pending(host, lambda dest: peer) == [] and peer.calls == []
     assert reconcile_outgoing(host, lambda dest: peer) == [] and peer.calls == []
     records.end("ab12")
+
+
+# --- the driver when the answer is lost ---------------------------------------------------------
+
+
+class AnswerLostTarget(Target):
+    """Restores (its record says so), then the answer never reaches the source."""
+
+    def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> Any:
+        super().receive_checkpoint(migration_id, chunks)
+        raise TransferError("the daemon at 10.0.0.2:7443 is unreachable: Stream removed", phase="restore")
+
+
+def test_a_lost_answer_settles_committed_and_the_migration_succeeds(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root")
+    target = AnswerLostTarget()
+    result, _events = migrate(host, target)
+    assert result.container_name == "web"
+    assert "settle_migration" in target.calls and "abort_incoming" not in target.calls
+    assert list(target.settled.values()) == ["committed"]
+    assert "thaw" not in host.events and host.events[-1].startswith("finish")
+    assert OutgoingMigrations(host.paths).records() == []
+
+
+def test_an_unreachable_target_leaves_the_copy_frozen_and_the_outcome_unknown(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.errors import OutcomeUnknown
+
+    monkeypatch.setattr(outgoing, "SETTLE_WAIT_S", 0.2)
+    monkeypatch.setattr(outgoing, "SETTLE_RETRY_S", 0.05)
+    host = FakeHost(tmp_path / "root")
+    target = AnswerLostTarget()
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise TransferError("the daemon at 10.0.0.2:7443 is unreachable")
+
+    target.settle_migration = unreachable  # type: ignore[method-assign]
+    with pytest.raises(OutcomeUnknown) as info:
+        migrate(host, target)
+    err = info.value
+    assert err.phase == "restore" and err.dest == "10.0.0.2:7443" and err.migration_id
+    assert "stays frozen here" in err.message and err.hint and "do not unpause" in err.hint
+    assert "thaw" not in host.events and not any(e.startswith("finish") for e in host.events)
+    records = OutgoingMigrations(host.paths)
+    assert [r["on_crash"] for r in records.records()] == [UNKNOWN]
+    assert not outgoing._owned_elsewhere(records.records()[0])  # handed over to the daemon's settle_pending
+    records.end(err.migration_id)
+
+
+def test_outcome_unknown_crosses_grpc() -> None:
+    grpc = pytest.importorskip("grpc")
+    from migrate._rpc_errors import decode, encode
+    from migrate.errors import OutcomeUnknown
+
+    code, details, metadata = encode(OutcomeUnknown("outcome unknown", phase="restore", migration_id="ab12", dest="t:1"))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    back = decode(code, details, metadata, "t:1")
+    assert isinstance(back, OutcomeUnknown) and back.migration_id == "ab12" and back.dest == "t:1"

@@ -184,8 +184,10 @@ class FakeGuard:
 
 
 class FakeTarget:
-    def __init__(self, criu: FakeLazyCriu, *, fail_restore: bool = False, lost_at_commit: bool = False) -> None:
+    def __init__(self, criu: FakeLazyCriu, *, fail_restore: bool = False, lost_at_commit: bool = False,
+                 answer_lost: bool = False) -> None:
         self.criu = criu
+        self.answer_lost = answer_lost
         self.fail_restore = fail_restore
         self.lost_at_commit = lost_at_commit
         self.events: list[str] = []
@@ -206,6 +208,8 @@ class FakeTarget:
         if self.fail_restore:
             raise TransferError("the lazy-pages daemon could not serve the restore")
         threading.Timer(0.05, self.criu.served.set).start()  # the background transfer ends later
+        if self.answer_lost:  # restored here; the answer never reaches the source
+            raise TransferError("the daemon at t:1 is unreachable: Stream removed")
         info = ContainerInfo(spec=SPEC, state=ContainerState(status="running", pid=2))
         return RestoreResult(container=info, stats=RestoreStats(import_ms=1.0, restore_ms=2.0, images_bytes=3))
 
@@ -328,3 +332,14 @@ def test_lazy_page_count_reads_pagemaps(tmp_path: Path) -> None:
     blob = struct.pack("<II", magic.by_name["IMG_COMMON"], magic.by_name["PAGEMAP"]) + entry(head) + b"".join(map(entry, entries))
     (tmp_path / "pagemap-1.img").write_bytes(blob)
     assert postcopy.lazy_page_count(tmp_path) == 100
+
+
+def test_a_lost_answer_settles_and_the_lazy_dump_serves_on(world: tuple[FakeHost, Path]) -> None:
+    host, _ = world
+    criu = FakeLazyCriu()
+    target = FakeTarget(criu, answer_lost=True)
+    result = _migrate(host, criu, target)
+    assert result.mode == "postcopy"
+    assert target.events == ["prepare", "restore", "settle"]  # no abort: the target runs it
+    assert "thaw" not in host.events and host.events[-1] == "finish"
+    assert not list((host.paths.run / "outgoing").glob("*.json"))
