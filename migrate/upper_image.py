@@ -6,9 +6,8 @@ write), and only the image's blocks carry them. So where a container has an imag
 - a local checkpoint keeps a sparse copy of it (``copy_frozen``: ``syncfs`` of the frozen
   container's file system, then its data extents copied by the kernel) as ``upper.img`` beside
   the CRIU images; an export carries it packed (members ``upper.img.map`` and ``.data``);
-- a live migration sends it before the freeze (``ImageStage``: a sparse snapshot is taken and
-  sent while the container runs) and, during the pause, only the 64 KiB blocks that differ from
-  that snapshot (``upper.img.delta.map`` and ``.data``); the target writes them into its staged
+- a live migration sends it before the freeze (``ImageStage``: packed from the running
+  container) and, during the pause, only the 64 KiB blocks that differ from what was sent (``upper.img.delta.map`` and ``.data``); the target writes them into its staged
   copy (``apply_delta_members``).
 
 Consistency: the snapshot taken before the freeze is fuzzy (the container writes on), but the
@@ -25,6 +24,7 @@ peer (docs/security.md).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -186,29 +186,38 @@ def apply_delta_members(tree: Path, staged: Path) -> None:
 
 # -- live migration: the image before the freeze, changed blocks during the pause ----------------
 class ImageStage:
-    """The snapshot a live migration sent before the freeze, and the delta against it after."""
+    """What a live migration sent of the image before the freeze, and the delta against it after.
+
+    The image is packed straight from the live container (fuzzy: it writes on) into a file that
+    is then sent; that file and its map are exactly what the target holds, so they are what the
+    frozen image is compared with (no second copy of the image is made)."""
 
     def __init__(self, image: Path, tmp_dir: Path, migration_id: str) -> None:
         self.image = image
         self.tmp_dir = tmp_dir
-        # a "migrate-" name: a daemon restart sweeps it from ROOT/tmp (migrate.incoming.reconcile)
-        self.snapshot = tmp_dir / f"migrate-{migration_id}.upper-snapshot.img"
-        self.snapshot.unlink(missing_ok=True)  # a leftover of an earlier attempt with this id
-        # Whatever happens to the migration, the file goes with this object (the drivers drop it
+        # "migrate-" names: a daemon restart sweeps them from ROOT/tmp (migrate.incoming.reconcile)
+        self.sent = tmp_dir / f"migrate-{migration_id}.upper-sent.data"
+        self.sent_map = tmp_dir / f"migrate-{migration_id}.upper-sent.map"
+        _remove(self.sent, self.sent_map)  # leftovers of an earlier attempt with this id
+        # Whatever happens to the migration, the files go with this object (the drivers drop it
         # when they return; CPython frees it then).
-        self._finalizer = weakref.finalize(self, _remove, self.snapshot)
+        self._finalizer = weakref.finalize(self, _remove, self.sent, self.sent_map)
+        self.layout: dict[str, Any] | None = None
         self.changed_blocks = -1
 
     def send(self, writer: Any) -> None:
-        """While the container runs: snapshot the image (sparse, in the kernel) and send it."""
+        """While the container runs: pack the image's data extents (in the kernel) and send them."""
         upperfs.syncfs(mountpoint_of(self.image))  # fewer blocks change between now and the freeze
-        upperfs.copy_sparse(self.image, self.snapshot)
-        add_image(writer, self.snapshot, self.tmp_dir)
+        self.layout = pack(self.image, self.sent)
+        self.sent_map.write_text(json.dumps(self.layout, separators=(",", ":")))
+        writer.add_file(MAP, self.sent_map)
+        writer.add_file(DATA, self.sent)
 
     def add_delta(self, writer: Any) -> None:
-        """After the freeze: add the blocks that differ from the snapshot."""
+        """After the freeze: add the blocks that differ from what was sent."""
+        assert self.layout is not None, "send() comes first"
         upperfs.syncfs(mountpoint_of(self.image))
-        ranges = changed_ranges(self.snapshot, self.image)
+        ranges = changed_since(self.sent, self.layout, self.image)
         changed = add_image(writer, self.image, self.tmp_dir, names=(DELTA_MAP, DELTA_DATA), ranges=ranges)
         self.changed_blocks = -(-changed // BLOCK_BYTES)
         self.discard()
@@ -235,16 +244,50 @@ def changed_ranges(old: Path, new: Path, block_bytes: int = BLOCK_BYTES) -> list
     try:
         nfd = os.open(new, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return _compare(ofd, nfd, block_bytes)
+            osize, nsize = os.fstat(ofd).st_size, os.fstat(nfd).st_size
+            spans = upperfs.data_extents(ofd, osize) + upperfs.data_extents(nfd, nsize)
+            return _compare(lambda buf, pos: _read_zero_padded(ofd, buf, pos), nfd, spans, osize, block_bytes)
         finally:
             os.close(nfd)
     finally:
         os.close(ofd)
 
 
-def _compare(ofd: int, nfd: int, block_bytes: int) -> list[tuple[int, int]]:
-    osize, nsize = os.fstat(ofd).st_size, os.fstat(nfd).st_size
-    spans = _union(upperfs.data_extents(ofd, osize) + upperfs.data_extents(nfd, nsize), block_bytes)
+def changed_since(sent: Path, layout: dict[str, Any], new: Path, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int]]:
+    """Like ``changed_ranges``, with the old image given packed (``pack``'s data file and map)."""
+    extents = [(int(o), int(n)) for o, n in layout["extents"]]
+    starts = [o for o, _n in extents]
+    packed_at, pos = [], 0
+    for _o, n in extents:
+        packed_at.append(pos)
+        pos += n
+    sfd = os.open(sent, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        nfd = os.open(new, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            def read_old(buf: bytearray, at: int) -> None:
+                buf[:] = bytes(len(buf))
+                end = at + len(buf)
+                i = max(0, bisect.bisect_right(starts, at) - 1)
+                while i < len(extents) and extents[i][0] < end:
+                    o, n = extents[i]
+                    lo, hi = max(o, at), min(o + n, end)
+                    if lo < hi:
+                        buf[lo - at:hi - at] = os.pread(sfd, hi - lo, packed_at[i] + (lo - o))
+                    i += 1
+
+            nsize = os.fstat(nfd).st_size
+            spans = extents + upperfs.data_extents(nfd, nsize)
+            return _compare(read_old, nfd, spans, int(layout["image_bytes"]), block_bytes)
+        finally:
+            os.close(nfd)
+    finally:
+        os.close(sfd)
+
+
+def _compare(read_old: Any, nfd: int, extents: list[tuple[int, int]], osize: int, block_bytes: int) -> list[tuple[int, int]]:
+    nsize = os.fstat(nfd).st_size
+    spans = _union(extents, block_bytes)
     full_a, full_b = bytearray(_READ_BYTES), bytearray(_READ_BYTES)
     out: list[tuple[int, int]] = []
     for start, end in spans:
@@ -254,7 +297,7 @@ def _compare(ofd: int, nfd: int, block_bytes: int) -> list[tuple[int, int]]:
             # whole bytearrays compare with one memcmp (~8 GB/s here); memoryview slices
             # compare item by item (~0.25 GB/s)
             a, b = (full_a, full_b) if want == _READ_BYTES else (bytearray(want), bytearray(want))
-            _read_zero_padded(ofd, a, pos)
+            read_old(a, pos)
             _read_zero_padded(nfd, b, pos)
             if a != b:
                 for off in range(0, want, block_bytes):

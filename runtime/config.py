@@ -6,12 +6,13 @@ A *state root* (``--root``, env ``PYMIGRATE_ROOT``, default /var/lib/pymigrate) 
     ROOT/
       images/<digest>/rootfs/         read-only lower dirs, one per image (content addressed)
       images/index.json               name -> digest
-      containers/<container_id>/      config.json, state.json, upper/, work/, merged/, logs
+      containers/<container_id>/      config.json, state.json, upper.img + layer/{upper,work}/ (or upper/, work/), merged/, logs
       checkpoints/<checkpoint_id>/    local checkpoints (CRIU images dir + upper layer + manifest)
       network/                        ipam.json (address leases), network.json (bridge, subnet)
       netns/<container_id>            bind-mounted network namespaces
       run/                            sockets, locks
       tmp/                            scratch (imports, partial transfers); same filesystem as the rest
+      cache/                          made once, reused: the empty upper-layer image template (runtime/upperfs.py)
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ class Paths:
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def seccomp_cache(self) -> Path:
+        """Compiled seccomp filters by profile, capabilities, kernel and libseccomp version."""
+        return self.root / "cache" / "seccomp"
 
     def ensure(self) -> None:
         for p in (self.images, self.containers, self.checkpoints, self.network, self.netns, self.run, self.tmp):

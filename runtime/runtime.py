@@ -283,7 +283,8 @@ class Runtime:
 
         cid = spec.container_id
         cdir = self.store.dir(cid)
-        layout = upperfs.prepare(self.sys, cdir, self._upper_size())
+        self.paths.cache.mkdir(mode=0o700, exist_ok=True)
+        layout = upperfs.prepare(self.sys, cdir, self._upper_size(), template_dir=self.paths.cache)
         if layout.image is not None:
             undo.append(("unmount upper layer", lambda: upperfs.unmount(self.sys, layout.mountpoint)))
         dirs = overlay.OverlayDirs.for_container(cdir, lower)

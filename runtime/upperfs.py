@@ -143,8 +143,28 @@ def unavailable_reason() -> str | None:
 
 
 # -- create, mount, unmount ----------------------------------------------------------------------
-def create(image: Path, size_bytes: int) -> None:
-    """Make a sparse, empty ext4 image of ``size_bytes`` (~10 ms, ~4 MiB allocated for 16 GiB)."""
+def create(image: Path, size_bytes: int, *, template_dir: Path | None = None) -> None:
+    """Make a sparse, empty ext4 image of ``size_bytes`` (~4.3 MiB allocated for 16 GiB).
+
+    With ``template_dir``, the first image of a size is made there once (``mkfs.ext4``: 20-45 ms
+    here) and later ones are sparse copies of it (copy_file_range of its ~4 MiB: a few ms). The
+    copies share the file-system UUID, which nothing here relies on (overlayfs keys its origin
+    handles by the *lower* file system's UUID)."""
+    if template_dir is None:
+        _mkfs(image, size_bytes)
+        return
+    template = template_dir / f"upperfs-template-{size_bytes}-v1.img"
+    if not is_image_file(template):
+        partial = template_dir / f".upperfs-template-{size_bytes}.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
+            _mkfs(partial, size_bytes)
+            os.rename(partial, template)  # atomic: a concurrent run sees all of it or none
+        finally:
+            partial.unlink(missing_ok=True)
+    copy_sparse(template, image)
+
+
+def _mkfs(image: Path, size_bytes: int) -> None:
     fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size_bytes)
@@ -240,14 +260,15 @@ def mount_existing(sys: Syscalls, container_dir: Path) -> None:
         mount(sys, layout.image, layout.mountpoint)
 
 
-def prepare(sys: Syscalls, container_dir: Path, size_bytes: int) -> Layout:
-    """A new container's writable layer: an image made and mounted with empty upper/ and work/
-    (``size_bytes`` 0: plain directories). Undo with ``unmount`` (the image stays in the dir)."""
+def prepare(sys: Syscalls, container_dir: Path, size_bytes: int, *, template_dir: Path | None = None) -> Layout:
+    """A new container's writable layer: an image made (see ``create``) and mounted with empty
+    upper/ and work/ (``size_bytes`` 0: plain directories). Undo with ``unmount`` (the image
+    stays in the dir)."""
     if size_bytes == 0:
         layout = Layout(container_dir, None)
     else:
         layout = Layout(container_dir, container_dir / IMAGE_NAME)
-        create(layout.image, size_bytes)  # type: ignore[arg-type]
+        create(layout.image, size_bytes, template_dir=template_dir)  # type: ignore[arg-type]
         mount(sys, layout.image, layout.mountpoint)  # type: ignore[arg-type]
     for d in (layout.upper, layout.work):
         d.mkdir(mode=0o755, exist_ok=True)

@@ -203,6 +203,7 @@ def test_export_and_import_on_another_root_keep_the_inode(lab: Lab, tmp_path: Pa
 
 def test_an_imported_image_that_is_damaged_is_refused_before_any_mount(lab: Lab, tmp_path: Path) -> None:
     """restore --import of an archive whose upper.img fails e2fsck: a typed error, nothing mounted."""
+    from migrate import upper_image
     from migrate.images import ArchiveWriter, read_archive
 
     a, b = lab.hosts[0], lab.hosts[1]
@@ -214,13 +215,14 @@ def test_an_imported_image_that_is_damaged_is_refused_before_any_mount(lab: Lab,
         tree = tmp_path / "tree"
         with open(archive, "rb") as f:
             manifest = read_archive(f, tree, allow_devices=False)
-        image = tree / "upper.img"
+        image = tmp_path / "upper.img"
+        assert upper_image.unpack_members(tree, image), "the export should carry the image packed"
         with open(image, "r+b") as f:  # scribble over the first group descriptors
             f.seek(4096)
             f.write(os.urandom(8192))
         with open(bad, "wb") as out, ArchiveWriter(out) as writer:
             writer.write_manifest({k: v for k, v in manifest.items() if k not in ("members", "raw_bytes")})
-            writer.add_file("upper.img", image)
+            upper_image.add_image(writer, image, tmp_path)
             for p in sorted((tree / "images").iterdir()):
                 writer.add_file(f"images/{p.name}", p)
             if (tree / "upper").is_dir():

@@ -84,6 +84,20 @@ def test_changed_ranges_finds_each_changed_block(tmp_path: Path) -> None:
     assert upper_image.changed_ranges(old, old) == []
 
 
+def test_changed_since_a_packed_copy_equals_changed_ranges(tmp_path: Path) -> None:
+    size = 16 << 20
+    old = sparse_file(tmp_path / "old", size, {0: os.urandom(3 * BLOCK), 5 << 20: os.urandom(2 * BLOCK + 100), 9 << 20: b"q"})
+    new = tmp_path / "new"
+    shutil.copyfile(old, new)
+    with open(new, "r+b") as f:
+        for at in (10, (5 << 20) + BLOCK + 5, (9 << 20), 12 << 20):
+            f.seek(at)
+            f.write(b"CHANGED")
+    layout = upper_image.pack(old, tmp_path / "sent")
+    assert upper_image.changed_since(tmp_path / "sent", layout, new) == upper_image.changed_ranges(old, new)
+    assert len(upper_image.changed_ranges(old, new)) == 4
+
+
 def test_changed_ranges_counts_a_grown_tail(tmp_path: Path) -> None:
     old = sparse_file(tmp_path / "old", 4 * BLOCK, {})
     new = sparse_file(tmp_path / "new", 6 * BLOCK, {})
@@ -157,7 +171,7 @@ def test_stage_then_delta_rebuilds_the_frozen_image_on_the_target(tmp_path: Path
     frozen = tmp_path / "frozen"
     stage.add_delta(_CopyingWriter(frozen))
     assert stage.changed_blocks == 2
-    assert not stage.snapshot.exists(), "the snapshot must go once the delta is written"
+    assert not stage.sent.exists() and not stage.sent_map.exists(), "what was sent must go once the delta is written"
     assert upper_image.has_delta(frozen)
     upper_image.apply_delta_members(frozen, staged)
     assert staged.read_bytes() == image.read_bytes()
@@ -214,3 +228,18 @@ def test_not_a_file_system_or_not_a_file_is_refused(tmp_path: Path) -> None:
     small = sparse_file(tmp_path / "small.img", 4096, {})
     with pytest.raises(upperfs.UntrustedImage, match="size"):
         upperfs.check_untrusted(small)
+
+
+@needs_e2fsprogs
+def test_images_after_the_first_are_copies_of_a_template(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    upperfs.create(tmp_path / "a.img", 256 << 20, template_dir=cache)
+    template = cache / f"upperfs-template-{256 << 20}-v1.img"
+    assert template.is_file() and [p.name for p in cache.iterdir()] == [template.name]
+    stamp = template.stat().st_mtime_ns
+    upperfs.create(tmp_path / "b.img", 256 << 20, template_dir=cache)
+    assert template.stat().st_mtime_ns == stamp, "the template is made once"
+    assert (tmp_path / "b.img").read_bytes() == template.read_bytes()
+    assert os.stat(tmp_path / "b.img").st_blocks * 512 < 8 << 20  # sparse, like the template
+    upperfs.check_untrusted(tmp_path / "b.img")
