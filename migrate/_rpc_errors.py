@@ -9,11 +9,12 @@ Status codes (most specific class first):
     ChecksumMismatch, ContainerLost                          DATA_LOSS
     ContainerNotFound, ImageNotFound, CheckpointNotFound      NOT_FOUND
     InvalidState, IncompatibleHost                           FAILED_PRECONDITION
+    Busy (another operation holds the container)             ABORTED
     ContainerExists                                          ALREADY_EXISTS
     InvalidArgument, ArchiveError (UnsafeMember ...), UnsafeArchive   INVALID_ARGUMENT
     Unsupported                                              UNIMPLEMENTED
     PermissionError                                          PERMISSION_DENIED
-    MigrationTimeout, FreezeTimeout                          DEADLINE_EXCEEDED
+    MigrationTimeout, FreezeTimeout, CriuTimeout             DEADLINE_EXCEEDED
     PeerError, TransferError, OutcomeUnknown                 UNAVAILABLE
     AuthError                                                UNAUTHENTICATED
     RpcCancelled                                             CANCELLED
@@ -60,6 +61,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (rerrors.ImageNotFound, grpc.StatusCode.NOT_FOUND),
     (merrors.CheckpointNotFound, grpc.StatusCode.NOT_FOUND),
     (rerrors.InvalidState, grpc.StatusCode.FAILED_PRECONDITION),
+    (rerrors.Busy, grpc.StatusCode.ABORTED),
     (merrors.IncompatibleHost, grpc.StatusCode.FAILED_PRECONDITION),
     (rerrors.ContainerExists, grpc.StatusCode.ALREADY_EXISTS),
     (rerrors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -69,6 +71,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (PermissionError, grpc.StatusCode.PERMISSION_DENIED),
     (merrors.MigrationTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (rerrors.FreezeTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (rerrors.CriuTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (merrors.PeerError, grpc.StatusCode.UNAVAILABLE),
     (merrors.TransferError, grpc.StatusCode.UNAVAILABLE),
     (merrors.OutcomeUnknown, grpc.StatusCode.UNAVAILABLE),

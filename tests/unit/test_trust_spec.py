@@ -226,3 +226,15 @@ def test_refusals_are_logged_a_few_per_peer_then_summed_up(caplog: pytest.LogCap
         refusals.refused("ipv4:10.0.0.9:4243", "/pymigrate.v1.Host/Checkpoint", "missing or wrong bearer token")
         summary = [r.getMessage() for r in caplog.records][5]
         assert "refused 997 more calls from 10.0.0.9" in summary, summary
+
+
+def test_busy_and_criu_timeout_have_their_own_status_codes() -> None:
+    import grpc
+
+    from migrate import _rpc_errors
+
+    assert _rpc_errors.status_for(Busy("web", "restore container"))[0] == grpc.StatusCode.ABORTED
+    timeout = CriuTimeout("restore", 3.0)
+    code, details, metadata = _rpc_errors.encode(timeout)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert dict(metadata)[_rpc_errors.TYPE_KEY] == "CriuTimeout" and "no answer within 3s" in details
