@@ -86,6 +86,12 @@ def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
     validate_digest(request.image_digest)
 
 
+def _has_session(migration_id: str) -> bool:
+    from migrate.postcopy import session_pid
+
+    return session_pid(migration_id) is not None
+
+
 def _dial_back(source_daemon: str | None, source_address: str | None) -> str | None:
     """Where this host may dial the source daemon back: only its port is taken from the wire, the
     host is always the address the authenticated call came from — this host sends its own peer
@@ -412,7 +418,8 @@ class IncomingMigrations:
                 from migrate.postcopy import receive_postcopy
 
                 result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress, tls=self.page_server_tls,
-                                          staged_upper=staged, before_restore=lambda: self._before_restore(migration_id, None))
+                                          staged_upper=staged, before_restore=lambda: self._before_restore(migration_id, None),
+                                          on_complete=lambda: self._pages_complete(migration_id))
             else:
                 result = restore_container(
                     self.host,
@@ -451,6 +458,14 @@ class IncomingMigrations:
             self._collect_pages(migration_id, images_dir)
         self.mark_restoring(migration_id)
         failpoints.hit("target.restore")
+
+    def _pages_complete(self, migration_id: str) -> None:
+        """Post-copy: every page arrived; a settlement after a restart may commit this copy."""
+        with self._locked():
+            record = self._load_or_none(migration_id)
+            if record is not None:
+                record["pages_complete"] = True
+                self._save(record)
 
     def mark_restoring(self, migration_id: str) -> None:
         """The archive is complete: the restore starts, unless a settlement aborted it already."""
@@ -567,6 +582,12 @@ class IncomingMigrations:
             log.warning("migration=%s: settled before its restore finished: aborting it here (the source keeps its copy)", migration_id)
             self.abort(migration_id)
             return Settlement(migration_id, "aborted", self._running(cid))
+        if record.get("mode") == "postcopy" and not record.get("pages_complete") and not _has_session(migration_id):
+            # post-copy restored before a restart of this daemon, its lazy-pages daemon gone with it
+            # before the last page: the copy here may be missing memory, the source's frozen one is whole
+            log.error("migration=%s: post-copy pages incomplete when this daemon restarted: removing the copy here", migration_id)
+            self.abort(migration_id, outcome="lost")
+            return Settlement(migration_id, "lost", False)
         try:
             self.commit(migration_id)
         except ContainerLost as exc:  # post-copy: the copy here missed pages

@@ -596,8 +596,10 @@ def _lose(rt: Any, target: Any, container: Any, migration_id: str, name: str, de
 class LazySession:
     """One post-copy restore on the target: the lazy-pages daemon, its scratch dir, a watcher."""
 
-    def __init__(self, host: Any, migration_id: str, daemon: CriuProcess, scratch: Path, container_id: str) -> None:
+    def __init__(self, host: Any, migration_id: str, daemon: CriuProcess, scratch: Path, container_id: str,
+                 on_complete: Any = None) -> None:
         self.host = host
+        self.on_complete = on_complete  # called once every page arrived (recorded: a restart knows)
         self.migration_id = migration_id
         self.daemon = daemon
         self.scratch = scratch
@@ -626,6 +628,11 @@ class LazySession:
                 log.warning("migration=%s: killing container %s failed: %s", self.migration_id, self.container_id, exc)
         elif rc == 0:
             log.info("migration=%s container=%s: every page arrived", self.migration_id, self.container_id)
+            if self.on_complete is not None:
+                try:
+                    self.on_complete()
+                except Exception as exc:  # noqa: BLE001 - only a restart's settlement needs it
+                    log.warning("migration=%s: cannot record that every page arrived: %s", self.migration_id, exc)
         remove_tree_quietly(self.scratch)
 
     def finish(self, timeout_s: float = FINISH_TIMEOUT_S) -> None:
@@ -674,7 +681,8 @@ def check_incoming(request: IncomingRequest) -> None:
 
 def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,
                      progress: ProgressFn | None = None, *, tls: CriuTls | None = None,
-                     staged_upper: Path | None = None, before_restore: Any = None) -> RestoreResult:
+                     staged_upper: Path | None = None, before_restore: Any = None,
+                     on_complete: Any = None) -> RestoreResult:
     """Unpack the (memory-less) archive, start the lazy-pages daemon towards the source's page
     server (over TLS with ``tls``), restore with lazy pages; returns once the container runs (the
     point of no return)."""
@@ -763,7 +771,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             except ContainerError as exc:
                 log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
             raise TransferError(f"the lazy-pages daemon failed during the restore: {err.message}", phase="restore")
-        session = LazySession(host, migration_id, daemon, unpacked.scratch, info.spec.container_id)
+        session = LazySession(host, migration_id, daemon, unpacked.scratch, info.spec.container_id, on_complete)
         with _SESSIONS_LOCK:
             _SESSIONS[migration_id] = session
         session.start()

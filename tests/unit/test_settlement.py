@@ -179,3 +179,14 @@ def test_settlement_crosses_grpc_conversion() -> None:
 
     # an outcome this version does not know is never read as a verdict
     assert cv.settlement_from_pb(MID, pb.SettleMigrationResponse()).outcome == "pending"
+
+
+def test_a_post_copy_copy_from_before_a_restart_is_lost_unless_every_page_arrived(tmp_path: Path) -> None:
+    incoming = _incoming(tmp_path)
+    _record(incoming, "restored", mode="postcopy")  # no lazy-pages session in this process
+    assert incoming.settle(MID, CID).outcome == "lost"
+    assert incoming.host.rt.removed == [CID]
+    other = _incoming(tmp_path / "2")
+    _record(other, "restored", mode="postcopy")
+    other._pages_complete(MID)
+    assert other.settle(MID, CID).outcome == "committed"
