@@ -232,9 +232,9 @@ def work() -> object:
     (WORK / "canary").write_text("keep")
     rss_before = _peak_rss()
     yield WORK
+    shutil.rmtree(WORK, ignore_errors=True)
     grown = _peak_rss() - rss_before
     assert grown < MAX_RSS_GROWTH, f"peak memory grew by {grown >> 20} MiB"
-    shutil.rmtree(WORK, ignore_errors=True)
 
 
 def _check_contained(work: Path) -> None:
