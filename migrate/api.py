@@ -47,6 +47,8 @@ class RunOptions:
     ip: str | None = None
     volumes: tuple[Volume, ...] = ()
     cgroup_parent: str | None = None
+    seccomp: str = "default"  # default | unconfined | custom (runtime/seccomp.py)
+    seccomp_profile: str | None = None  # a custom profile's JSON text
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,10 @@ class RestoreOptions:
     # archive cannot choose host paths, so each of its volumes must be mapped here
     volumes: tuple[Volume, ...] = ()
     timeout_s: float = DEFAULT_RESTORE_TIMEOUT_S  # CRIU's restore is killed after this long
+    # the restorer's explicit seccomp choice, replacing the checkpoint's (None: keep it, within
+    # the policy for imported and migrated containers, migrate/restore.py seccomp_policy)
+    seccomp: str | None = None
+    seccomp_profile: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from runtime.host import PIPE_MAX_SIZE_MIN_BYTES, HostReport
+from runtime.host import PIPE_MAX_SIZE_MIN_BYTES, HostReport, SeccompFacts
 
 Status = Literal["ok", "missing", "warning"]
 
@@ -143,6 +143,8 @@ def evaluate(report: HostReport) -> CheckResult:
     )
 
     items.append(_other_uids(report))
+    if report.seccomp is not None:
+        items.append(_seccomp(report.seccomp))
 
     # --- optional -------------------------------------------------------------------------------
     items.append(_cap_sys_resource(report))
@@ -228,6 +230,22 @@ def _device_policy(method: str) -> CheckItem:
     return _want("device policy", False,
                  "no devices controller and no cgroup2: containers can open any device node they create",
                  "mount cgroup2 (a BPF device program) or the v1 devices controller")
+
+
+def _seccomp(facts: SeccompFacts) -> CheckItem:
+    """Every container runs under the default profile unless asked otherwise: ``run`` refuses
+    rather than run one unconfined, so a host without it is missing something required."""
+    from runtime.seccomp import INSTALL_HINT
+
+    name = "seccomp"
+    if facts.libseccomp is None:
+        return _need(name, False, f"libseccomp cannot be loaded: {facts.error}", "apt-get install libseccomp2")
+    if facts.default_profile is None:
+        return _need(name, False, f"libseccomp {facts.libseccomp}, but no default profile: run refuses containers "
+                     "without --security-opt seccomp=unconfined|FILE", INSTALL_HINT)
+    if facts.error is not None:
+        return _need(name, False, f"default profile {facts.default_profile} does not compile: {facts.error}", INSTALL_HINT)
+    return _need(name, True, f"libseccomp {facts.libseccomp}, default profile {facts.default_profile}", None)
 
 
 def _feature(report: HostReport, key: str, label: str, hint: str) -> CheckItem:

@@ -117,8 +117,9 @@ def spec_to_pb(s: rspec.ContainerSpec) -> pb.ContainerSpec:
         network=network_to_pb(s.network),
         volumes=[volume_to_pb(v) for v in s.volumes],
         created_at=s.created_at,
+        seccomp=s.seccomp,
     )
-    for name in ("memory_bytes", "cpus", "pids_limit", "ip", "mac", "cgroup_parent"):
+    for name in ("memory_bytes", "cpus", "pids_limit", "ip", "mac", "cgroup_parent", "seccomp_profile"):
         _set_opt(kw, name, getattr(s, name))
     return pb.ContainerSpec(**kw)
 
@@ -142,6 +143,8 @@ def spec_from_pb(m: pb.ContainerSpec) -> rspec.ContainerSpec:
         volumes=tuple(volume_from_pb(v) for v in m.volumes),
         cgroup_parent=_opt(m, "cgroup_parent"),
         created_at=m.created_at,
+        seccomp=m.seccomp or "default",
+        seccomp_profile=_opt(m, "seccomp_profile"),
     )
 
 
@@ -283,8 +286,9 @@ def run_options_to_pb(o: api.RunOptions) -> pb.RunContainerRequest:
         env=list(o.env),
         network=network_to_pb(o.network),
         volumes=[volume_to_pb(v) for v in o.volumes],
+        seccomp=o.seccomp,
     )
-    for name in ("name", "hostname", "workdir", "memory_bytes", "cpus", "pids_limit", "ip", "cgroup_parent"):
+    for name in ("name", "hostname", "workdir", "memory_bytes", "cpus", "pids_limit", "ip", "cgroup_parent", "seccomp_profile"):
         _set_opt(kw, name, getattr(o, name))
     return pb.RunContainerRequest(**kw)
 
@@ -304,6 +308,8 @@ def run_options_from_pb(m: pb.RunContainerRequest) -> api.RunOptions:
         ip=_opt(m, "ip"),
         volumes=tuple(volume_from_pb(v) for v in m.volumes),
         cgroup_parent=_opt(m, "cgroup_parent"),
+        seccomp=m.seccomp or "default",
+        seccomp_profile=_opt(m, "seccomp_profile"),
     )
 
 
@@ -384,6 +390,12 @@ def checkpoint_info_from_pb(m: pb.CheckpointInfo) -> api.CheckpointInfo:
 
 def restore_request_to_pb(o: api.RestoreOptions) -> pb.RestoreRequest:
     """``import_path`` is not sent: a client uploads the archive first (UploadCheckpoint)."""
+    if o.seccomp is not None:
+        from runtime.errors import Unsupported
+
+        # RestoreRequest has no seccomp field: never let the daemon restore without the caller's choice
+        raise Unsupported("restore --security-opt over the API", "the daemon cannot be told a seccomp choice for a restore",
+                          hint="restore on that host without --host")
     kw: dict[str, Any] = dict(checkpoint_id=o.checkpoint_id or "", tcp_established=o.tcp_established,
                               volumes=[volume_to_pb(v) for v in o.volumes], timeout_s=o.timeout_s)
     _set_opt(kw, "name", o.name)

@@ -220,7 +220,34 @@ def checked_spec(manifest: dict[str, Any], options: RestoreOptions, *, origin: O
     if mapped:
         names = ", ".join(sorted(str(v.target) for v in spec.volumes)) or "none"
         raise InvalidArgument(f"volume mapping for {', '.join(sorted(mapped))} names no volume of the checkpoint (its volumes: {names})")
+    spec = seccomp_policy(spec, options, origin)
     return validate_spec(replace(spec, volumes=tuple(vols)))
+
+
+def seccomp_policy(spec: ContainerSpec, options: RestoreOptions, origin: Origin) -> ContainerSpec:
+    """The spec with the seccomp choice this restore may use (docs/security.md, "Seccomp").
+
+    The restorer's explicit ``options.seccomp`` replaces the manifest's. Otherwise a local
+    checkpoint keeps its own; an imported archive or a peer may only ask for this host's default
+    profile: ``unconfined`` or a custom profile (which may allow anything) from them is refused,
+    never applied silently.
+
+    Raises:
+        InvalidSpec: the manifest's choice is malformed, or one ``origin`` may not make.
+    """
+    from runtime.seccomp import DEFAULT, validate_choice
+
+    if options.seccomp is not None:
+        validate_choice(options.seccomp, options.seccomp_profile)
+        return replace(spec, seccomp=options.seccomp, seccomp_profile=options.seccomp_profile)
+    validate_choice(spec.seccomp, spec.seccomp_profile)
+    if origin == "local" or spec.seccomp == DEFAULT:
+        return spec
+    if origin == "import":
+        raise InvalidSpec("seccomp", f"the archive's container asks for seccomp {spec.seccomp}: an imported archive cannot weaken the default filter",
+                          hint=f"accept it explicitly: restore --import FILE --security-opt seccomp={'unconfined' if spec.seccomp == 'unconfined' else 'PROFILE.json'} (or seccomp=default)")
+    raise InvalidSpec("seccomp", f"migrated container asks for seccomp {spec.seccomp}: this host takes only its default seccomp profile from peers",
+                      hint="run the container with the default profile, or move it by checkpoint --export and restore --import --security-opt seccomp=...")
 
 
 def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, replace_id: str | None = None) -> None:

@@ -54,6 +54,23 @@ DEFAULT_CAPS: frozenset[int] = frozenset(
 
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
+# capabilities(7) names by number (linux/capability.h), as seccomp profiles spell them
+CAP_NAMES = tuple(
+    "CAP_" + n
+    for n in (
+        "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
+        "NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO "
+        "SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME "
+        "SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG "
+        "WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE"
+    ).split()
+)
+
+
+def names(caps: frozenset[int] = DEFAULT_CAPS) -> frozenset[str]:
+    """The capabilities(7) names of ``caps`` (a container's set, by default)."""
+    return frozenset(CAP_NAMES[c] for c in caps if c < len(CAP_NAMES))
+
 
 def last_cap() -> int:
     """The highest capability number this kernel knows (read on the host, before pivot_root)."""

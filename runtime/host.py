@@ -80,6 +80,19 @@ class PycriuFacts:
 
 
 @dataclass(frozen=True)
+class SeccompFacts:
+    """What every container's seccomp filter needs (runtime/seccomp.py)."""
+
+    libseccomp: str | None  # version, None: libseccomp.so.2 cannot be loaded
+    default_profile: str | None  # path of the default profile, None: no file
+    error: str | None = None  # why the default profile cannot be compiled here
+
+    @property
+    def usable(self) -> bool:
+        return self.libseccomp is not None and self.default_profile is not None and self.error is None
+
+
+@dataclass(frozen=True)
 class HostReport:
     """Everything probed about this host (see the module docstring for where each fact comes from).
 
@@ -101,6 +114,7 @@ class HostReport:
     pycriu: PycriuFacts
     errors: tuple[str, ...] = field(default=())
     criu_kdat: KdatStatus | None = None  # CRIU's kernel-feature cache (runtime.criu_kdat)
+    seccomp: SeccompFacts | None = None  # None: not probed
 
     # --- questions -----------------------------------------------------------------------------
 
@@ -160,6 +174,7 @@ class HostReport:
             "overlayfs": self.overlayfs,
             "cgroup_freeze": self.cgroup_freeze,
             "dump_other_uids": self.dump_other_uids,
+            "seccomp": self.seccomp is not None and self.seccomp.usable,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -195,6 +210,7 @@ class HostReport:
             },
             "features": self.features(),
             "criu_kdat": self.criu_kdat.as_dict() if self.criu_kdat is not None else None,
+            "seccomp": None if self.seccomp is None else dataclasses.asdict(self.seccomp),
             "errors": list(self.errors),
         }
 
@@ -310,6 +326,30 @@ def read_pycriu() -> PycriuFacts:
     return PycriuFacts(True, version, None)
 
 
+def read_seccomp() -> SeccompFacts:
+    """libseccomp's version and the default profile, compiled once for the container capabilities
+    (what ``run`` does; a profile this libseccomp refuses is reported here, not at the first run)."""
+    from runtime import capabilities, seccomp
+    from runtime.errors import ContainerError
+
+    try:
+        version = seccomp.library_version()
+    except ContainerError as exc:
+        return SeccompFacts(None, _path_or_none(seccomp.default_profile_path()), str(exc))
+    path = seccomp.default_profile_path()
+    if path is None:
+        return SeccompFacts(version, None, None)
+    try:
+        seccomp.filter_for(seccomp.DEFAULT, None, capabilities.names())
+    except ContainerError as exc:
+        return SeccompFacts(version, str(path), str(exc))
+    return SeccompFacts(version, str(path), None)
+
+
+def _path_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 # --- probe and cache ------------------------------------------------------------------------------
 
 
@@ -321,6 +361,7 @@ def probe(
     run: RunMany | None = None,
     pycriu_probe: Callable[[], PycriuFacts] = read_pycriu,
     which: Callable[[str], str | None] = shutil.which,
+    seccomp_probe: Callable[[], SeccompFacts] = read_seccomp,
 ) -> HostReport:
     """Probe everything now (uncached). Every source is a parameter so tests can fake it."""
     from runtime.errors import ContainerError
@@ -353,6 +394,7 @@ def probe(
         nft_path=which("nft"),
         pycriu=pycriu_probe(),
         errors=tuple(errors),
+        seccomp=seccomp_probe(),
     )
     if report.criu.path is not None:
         from runtime.criu_kdat import status as kdat_status

@@ -16,7 +16,8 @@ stdin from its own /dev/null, stdout+stderr appended to /.pymigrate/log in its o
 (CRIU dumps fds on files of the container's root mount without extra flags; a host file or pipe
 would be an external resource); chdir(workdir); resets signal dispositions (Python ignores
 SIGPIPE and SIGXFSZ, and ignored signals survive exec); closes every fd but the error pipe; drops
-capabilities + no_new_privs; execvpe.
+capabilities + no_new_privs; loads the seccomp filter compiled on the host (runtime/seccomp.py:
+last, so none of our setup calls meet it; only the execve follows); execvpe.
 
 Failures before exec are written as "<code> <message>" to a CLOEXEC error pipe; code 127 means
 the command was not found, 126 that it could not be invoked, 125 a setup failure. A successful
@@ -33,7 +34,7 @@ import warnings  # noqa: F401 - os.execvpe imports it lazily; it must be loaded 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from runtime import capabilities, namespaces, rootfs
+from runtime import capabilities, namespaces, rootfs, seccomp
 from runtime.errors import ContainerError
 from runtime.overlay import LOG_PATH_IN_CONTAINER
 from runtime.syscalls import MNT_DETACH, MS_PRIVATE, MS_REC, Syscalls
@@ -64,6 +65,7 @@ class InitPlan:
     ops: tuple[rootfs.MountOp, ...]
     cap_last: int
     cgroup: str  # name for the CgroupManager
+    seccomp_bpf: bytes | None = None  # the compiled filter (runtime/seccomp.py); None: unconfined
 
 
 def container_env(user_env: tuple[str, ...], hostname: str) -> tuple[str, ...]:
@@ -171,6 +173,8 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no 
         _reset_signals()
         _close_fds_except(errw)
         capabilities.drop_privileges(sys, plan.cap_last)
+        if plan.seccomp_bpf is not None:
+            seccomp.load(sys, plan.seccomp_bpf)
     except BaseException as exc:
         _report(errw, EXIT_SETUP, f"cannot set up container {plan.container_id[:12]}: {_describe(exc)}")
         os._exit(EXIT_SETUP)
@@ -223,12 +227,14 @@ def exec_in(
     join_cgroup: Callable[[int], None],
     sys: Syscalls,
     cap_last: int,
+    seccomp_bpf: bytes | None = None,
 ) -> int:
     """Run ``argv`` inside the live container whose init is ``init_pid``; its exit code.
 
     Joins the container's cgroup (first, so the cgroup namespace view is right), then every
     namespace of the init (cgroup, ipc, uts, net, pid, mnt), forks so the child is inside the pid
-    namespace, drops capabilities like the init, and execs with this process's stdio.
+    namespace, drops capabilities and loads ``seccomp_bpf`` like the init, and execs with this
+    process's stdio.
 
     Raises:
         ContainerError: setup failed; ``exit_code`` is 127 for a missing command, 126 if it
@@ -253,6 +259,8 @@ def exec_in(
                         os.chdir(workdir)
                         _reset_signals()
                         capabilities.drop_privileges(sys, cap_last)
+                        if seccomp_bpf is not None:
+                            seccomp.load(sys, seccomp_bpf)
                     except BaseException as exc:
                         _report(errw, EXIT_SETUP, f"cannot set up exec: {_describe(exc)}")
                         os._exit(EXIT_SETUP)

@@ -40,6 +40,8 @@ class ContainerSpec:
     volumes: tuple[Volume, ...] = ()
     cgroup_parent: str | None = None
     created_at: float = 0.0  # unix time, seconds
+    seccomp: str = "default"  # default (the host's profile) | unconfined | custom (runtime/seccomp.py)
+    seccomp_profile: str | None = None  # a custom profile's JSON text: its content, never a host path
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

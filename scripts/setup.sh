@@ -3,7 +3,9 @@
 #
 # What it changes on the host:
 #   - installs Debian (bookworm) packages: build tools, CRIU's build dependencies, busybox-static,
-#     nftables, iproute2, zstd, runc, openssh-server (sshd is left stopped and disabled);
+#     nftables, iproute2, zstd, runc, openssh-server (sshd is left stopped and disabled),
+#     libseccomp2 and golang-github-containers-common (podman's default seccomp profile,
+#     /usr/share/containers/seccomp.json, which every container gets unless told otherwise);
 #     runs `apt-get update` only when something has to be fetched
 #   - adds a source-only apt entry for Debian trixie
 #     (/etc/apt/sources.list.d/pymigrate-trixie-src.sources: Types deb-src only, never binaries)
@@ -78,6 +80,9 @@ PACKAGES=(
     busybox-static patch nftables iproute2 zstd runc openssh-server python3-venv
     redis-server  # live-migration tests: a real server in a container (tests/integration/redis_image.py)
     debootstrap  # real-server suite: a Debian bookworm image built from packages (tests/realworld/debian_image.py)
+    # every container's seccomp filter: libseccomp compiles podman's default profile
+    # (/usr/share/containers/seccomp.json; bookworm's name for containers-common), runtime/seccomp.py
+    libseccomp2 golang-github-containers-common
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -48,6 +48,9 @@ def register(sub: Any) -> None:
     p.add_argument("--volume", "-v", dest="volumes", action="append", default=[], metavar="HOSTDIR:CTRDIR",
                    help="host directory for the checkpoint's volume at CTRDIR (repeatable; an imported archive's "
                         "volumes must all be mapped: it cannot choose host paths)")
+    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined|default|FILE",
+                   help="seccomp filter for the restored container's later execs, replacing the checkpoint's "
+                        "(needed to accept an imported archive's unconfined or custom profile)")
     p.add_argument("--restore-timeout", dest="restore_timeout_s", type=float, default=None, metavar="SECONDS",
                    help="kill CRIU's restore after this long and undo it (default 300)")
     p.add_argument("--print-stats", action="store_true", help="print timing and size statistics")
@@ -234,6 +237,14 @@ def _checkpoint_verb(verb: str, rest: list[str], ctx: Context) -> int:
     return EXIT_OK
 
 
+def restore_seccomp(values: list[str]) -> dict[str, Any]:
+    """RestoreOptions fields for ``--security-opt`` (none given: the checkpoint's choice)."""
+    from runtime.seccomp import parse_security_options
+
+    chosen = parse_security_options(values)
+    return {} if chosen is None else {"seccomp": chosen[0], "seccomp_profile": chosen[1]}
+
+
 def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
     if (args.checkpoint_id is None) == (args.import_path is None):
         print("pymigrate: restore needs exactly one of CHECKPOINT_ID or --import FILE", file=sys.stderr)
@@ -253,6 +264,7 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         # paths on the restoring host (a remote daemon's own): checked there, not here
         volumes=tuple(parse_volume_mapping(v) for v in args.volumes),
         timeout_s=args.restore_timeout_s or DEFAULT_RESTORE_TIMEOUT_S,
+        **restore_seccomp(args.security_opt),
     )
     with Progress(ctx, "restore") as progress:
         result = ctx.engine.restore(options, progress)

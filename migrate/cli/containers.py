@@ -32,6 +32,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR:CTRDIR[:ro]", help="bind mount")
     p.add_argument("--cgroup-parent", help="cgroup below our own to create the container's cgroup in")
     p.add_argument("--rm", action="store_true", help="remove the container when a foreground run ends")
+    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined|default|FILE",
+                   help="seccomp filter: the host's default profile (the default), none, or a Docker/OCI JSON profile FILE")
     add_json_flag(p)
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
@@ -104,6 +106,9 @@ def run_options(args: argparse.Namespace) -> Any:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    from runtime.seccomp import parse_security_options
+
+    seccomp, seccomp_profile = parse_security_options(args.security_opt) or ("default", None)
     return RunOptions(
         image=args.image,
         command=tuple(command),
@@ -118,6 +123,8 @@ def run_options(args: argparse.Namespace) -> Any:
         ip=args.ip,
         volumes=tuple(parse_volume(v) for v in args.volume),
         cgroup_parent=args.cgroup_parent,
+        seccomp=seccomp,
+        seccomp_profile=seccomp_profile,
     )
 
 
