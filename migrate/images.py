@@ -977,7 +977,7 @@ class _Reader:
         if not isinstance(name, str):
             raise ArchiveError(f"malformed archive: entry record after {self._where()} has no name")
         kind = meta.get("kind")
-        if kind not in fmt.KINDS:
+        if not isinstance(kind, str) or kind not in fmt.KINDS:
             fmt.check_member_name(name)
             raise UnsafeMember(name, f"unknown member kind {kind!r}")
         self._check_name(name, kind)
