@@ -16,6 +16,8 @@
 #   (pg_createcluster), so a container starts the server at once; listen_addresses='*' and a
 #   pg_hba line trusting every IPv4 peer (test image: the suite's clients connect without a
 #   password);
+# - MariaDB: the data dir made by the package's postinst, /etc/mysql/rw-init.sql run at every start
+#   (--init-file: a user rw@'%' and a database rw for the suite's client);
 # - nginx: one site on port 80 serving /var/www/html, keep-alive for as long as a test runs
 #   (Debian's keepalive_requests 1000 would close a client's connection after 10 s at 100 req/s),
 #   2 workers (the same process tree on every host);
@@ -28,7 +30,7 @@
 set -Eeuo pipefail
 
 PACKAGES=(
-    postgresql nginx memcached redis-server sqlite3 nodejs python3 haproxy
+    postgresql nginx memcached redis-server sqlite3 nodejs python3 haproxy mariadb-server
     util-linux procps iproute2 ca-certificates
 )
 SUITE=bookworm
@@ -90,6 +92,15 @@ ssl = off
 EOF
 echo "host all all 0.0.0.0/0 trust" >>"$pg_conf/pg_hba.conf"
 install -d -m 2775 -o "$(stat -c %u "$root/var/lib/postgresql")" -g "$(stat -c %g "$root/var/lib/postgresql")" "$root/var/run/postgresql"
+
+# MariaDB: its postinst made /var/lib/mysql; the server runs an init file at start (a user the
+# suite's client logs in as from any address, and its database), /run/mysqld for its socket.
+cat >"$root/etc/mysql/rw-init.sql" <<'SQL'
+CREATE USER IF NOT EXISTS 'rw'@'%' IDENTIFIED BY 'rw';
+GRANT ALL ON *.* TO 'rw'@'%';
+CREATE DATABASE IF NOT EXISTS rw;
+SQL
+install -d -m 755 -o "$(stat -c %u "$root/var/lib/mysql")" -g "$(stat -c %g "$root/var/lib/mysql")" "$root/run/mysqld"
 
 rm -f "$root/etc/nginx/sites-enabled/default"
 cat >"$root/etc/nginx/sites-enabled/realworld" <<'EOF'

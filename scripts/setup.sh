@@ -80,6 +80,7 @@ PACKAGES=(
     busybox-static patch nftables iproute2 zstd runc openssh-server python3-venv
     redis-server  # live-migration tests: a real server in a container (tests/integration/redis_image.py)
     debootstrap  # real-server suite: a Debian bookworm image built from packages (tests/realworld/debian_image.py)
+    postgresql-client mariadb-client  # real-server suite: psql and mariadb, the clients held across each move
     # every container's seccomp filter: libseccomp compiles podman's default profile
     # (/usr/share/containers/seccomp.json; bookworm's name for containers-common), runtime/seccomp.py
     libseccomp2 golang-github-containers-common

@@ -9,7 +9,8 @@ KIND is one of ``http-static`` (GET /hello.txt, body checked), ``http-counter`` 
 server's in-memory counter must rise by exactly one per request; GET /count at the end),
 ``redis`` (Debian's ``redis-cli`` over one session: RPUSH a list, CLIENT ID at both ends),
 ``postgres`` (Debian's ``psql`` reading statements from a pipe: INSERT ... RETURNING, the backend
-pid at both ends), ``memcached`` (the text protocol over one socket: set, then get every key).
+pid at both ends), ``mariadb`` (Debian's ``mariadb`` client in batch mode, the same way, with
+CONNECTION_ID()), ``memcached`` (the text protocol over one socket: set, then get every key).
 
 Protocol with the test, one JSON object per line on stdout:
 
@@ -177,6 +178,34 @@ class Postgres(LineTool):
         return {"verified": f"{requests} rows"}
 
 
+class Mariadb(LineTool):
+    """Debian's mariadb client in batch mode (-B -N, unbuffered); CONNECTION_ID() at both ends."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(["mariadb", "-h", host, "-P", str(port), "-u", "rw", "-prw", "-B", "-N", "-n", "rw"])
+        ok = self.ask("CREATE TABLE IF NOT EXISTS rw (v INT PRIMARY KEY, c BIGINT) ENGINE=InnoDB; TRUNCATE rw; SELECT 'ok';")
+        if ok != "ok":
+            self.close()
+            raise ClientError(f"mariadb: {ok}")
+        self.connection_id = self.ask("SELECT CONNECTION_ID();")
+        if not self.connection_id.isdigit():
+            raise ClientError(f"SELECT CONNECTION_ID(): {self.connection_id!r}")
+
+    def identity(self) -> str:
+        return "connection id " + self.ask("SELECT CONNECTION_ID();")
+
+    def request(self, i: int) -> None:
+        answer = self.ask(f"INSERT INTO rw VALUES ({i}, CONNECTION_ID()) RETURNING v, c;")
+        if answer != f"{i}\t{self.connection_id}":
+            raise ClientError(f"INSERT {i}: {answer!r}")
+
+    def verify(self, requests: int) -> dict:
+        answer = self.ask("SELECT COUNT(*), MIN(v), MAX(v), COUNT(DISTINCT c) FROM rw;")
+        if answer != f"{requests}\t1\t{requests}\t1":
+            raise ClientError(f"table rw: count min max connections = {answer!r}, expected {requests} 1 {requests} 1")
+        return {"verified": f"{requests} rows"}
+
+
 class Memcached:
     """The text protocol over one socket."""
 
@@ -220,6 +249,7 @@ def connect(kind: str, host: str, port: int):  # noqa: ANN201
         "http-counter": lambda: Http(host, port, counter=True),
         "redis": lambda: Redis(host, port),
         "postgres": lambda: Postgres(host, port),
+        "mariadb": lambda: Mariadb(host, port),
         "memcached": lambda: Memcached(host, port),
     }
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
@@ -228,6 +258,8 @@ def connect(kind: str, host: str, port: int):  # noqa: ANN201
             client = factories[kind]()
             client.request(1)
             return client
+        except FileNotFoundError as exc:
+            raise ClientError(f"{exc.filename} is not installed (scripts/setup.sh installs it)") from exc
         except (OSError, ClientError, http.client.HTTPException) as exc:
             if time.monotonic() > deadline:
                 raise ClientError(f"cannot reach {kind} at {host}:{port}: {exc}") from exc

@@ -1,7 +1,7 @@
 """The servers of the real-server suite: how each runs in its container and which client holds it.
 
 Each runs unmodified from the Debian image (tests/realworld/debian_image.py), in the foreground,
-under the user Debian's own units use: PostgreSQL 15 as postgres, nginx with a root master and
+under the user Debian's own units use: PostgreSQL 15 as postgres, MariaDB as mysql, nginx with a root master and
 www-data workers, memcached dropping to memcache, redis-server as redis, HAProxy in master-worker
 mode with its worker dropping to haproxy in its chroot. The application servers (Node.js,
 Python's http.server, the SQLite writer) run as the container's root, as most application
@@ -113,6 +113,11 @@ SERVERS = (
         5432, "postgres", users=("postgres",),
     ),
     Server("nginx", ("nginx", "-g", "daemon off;"), 80, "http-static", users=("root", "www-data")),
+    Server(
+        "mariadb",
+        ("runuser", "-u", "mysql", "--", "/usr/sbin/mariadbd", "--bind-address=0.0.0.0", "--init-file=/etc/mysql/rw-init.sql"),
+        3306, "mariadb", file_locks=True, users=("mysql",),  # InnoDB locks its files (fcntl)
+    ),
     Server("memcached", ("memcached", "-u", "memcache", "-l", "0.0.0.0", "-p", "11211", "-U", "0", "-m", "64"), 11211,
            "memcached", users=("memcache",)),
     Server(
