@@ -113,14 +113,20 @@ def orphaned(state: ContainerState) -> FreezeRecord | None:
     return record
 
 
-def settle(rt: Any, container_id: str, cgroup_parent: str | None) -> ContainerState | None:
+def settle(rt: Any, container_id: str, cgroup_parent: str | None, *, wait_s: float = 0.0) -> ContainerState | None:
     """Thaw a container whose freezing operation died, remove its partial files and clear the
-    record (see the module doc); the new state, or None when there was nothing to settle now."""
+    record (see the module doc); the new state, or None when there was nothing to settle now.
+    ``wait_s``: how long to wait for an orphaned CRIU to let go of the partial files (a command
+    does not wait, the next one tries again; the daemon's start waits)."""
     state = rt.store.load_state(container_id)
     record = orphaned(state)
     if record is None:
         return None
+    deadline = time.monotonic() + wait_s
     users = partial_in_use(record)
+    while users and time.monotonic() < deadline:
+        time.sleep(0.1)
+        users = partial_in_use(record)
     if users:
         log.info("container=%s: the %s that froze it died, but pids %s still use its files: thawing later",
                  container_id, record.operation, users)

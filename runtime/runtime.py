@@ -443,24 +443,26 @@ class Runtime:
         )
         return self.inspect(c.container_id)
 
-    def _settle_freeze(self, c: Container) -> Container:
+    def _settle_freeze(self, c: Container, wait_s: float = 0.0) -> Container:
         from runtime.freeze_record import settle
 
         try:
-            state = settle(self, c.container_id, c.spec.cgroup_parent)
+            state = settle(self, c.container_id, c.spec.cgroup_parent, wait_s=wait_s)
         except ContainerError as exc:  # the record stays: the next look tries again
             log.warning("container=%s: cannot settle the freeze of a dead operation: %s", c.container_id, exc)
             return c
         return c if state is None else Container(c.spec, state)
 
-    def settle_freezes(self) -> list[str]:
-        """Settle every container whose freezing operation died (the daemon's start); their ids."""
+    def settle_freezes(self, wait_s: float = 120.0) -> list[str]:
+        """Settle every container whose freezing operation died (the daemon's start); their ids.
+        ``wait_s``: per container, how long an orphaned CRIU may still hold the partial files
+        (it finishes its dump and exits; a dump of a few GiB takes seconds)."""
         settled = []
         for cid in self.store.ids():
             try:
                 state = self.store.load_state(cid)
                 if state.frozen_by is not None and state.status in ("running", "paused"):
-                    c = self._settle_freeze(Container(self.store.load_spec(cid), state))
+                    c = self._settle_freeze(Container(self.store.load_spec(cid), state), wait_s)
                     if c.state.frozen_by is None:
                         settled.append(cid)
             except ContainerError as exc:

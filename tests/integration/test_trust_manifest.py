@@ -198,26 +198,11 @@ def test_restore_import_maps_a_volume_explicitly(pm: Callable[..., Any], pm_root
 @pytest.fixture
 def daemon(pm_root: Path, tmp_path: Path) -> Iterator[str]:
     """A real daemon on the test root, on its own unix socket."""
-    from migrate.server import wait_for_serving
-
-    sock = Path(f"/tmp/pm-trust-{secrets.token_hex(3)}.sock")
-    proc = subprocess.Popen([*PYMIGRATE, "--root", str(pm_root), "daemon", "--listen", f"unix:{sock}", "--grace", "5"],
-                            stderr=subprocess.DEVNULL, cwd=REPO)
+    proc, sock = start_daemon(pm_root)
     try:
-        channel = grpc.insecure_channel(f"unix:{sock}")
-        try:
-            wait_for_serving(channel, timeout_s=30.0)
-        finally:
-            channel.close()
         yield f"unix:{sock}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        sock.unlink(missing_ok=True)
+        stop_daemon(proc, sock)
 
 
 def test_crafted_manifests_are_refused_by_a_daemon(pm: Callable[..., Any], pm_root: Path, tmp_path: Path,
@@ -245,8 +230,33 @@ def test_crafted_manifests_are_refused_by_a_daemon(pm: Callable[..., Any], pm_ro
         engine.close()
 
 
-def test_sigkill_of_checkpoint_export_while_frozen_is_settled_by_the_next_command(
-    pm: Callable[..., Any], pm_root: Path, tmp_path: Path, memhog_image: str
+def start_daemon(root: Path) -> tuple[subprocess.Popen, Path]:
+    from migrate.server import wait_for_serving
+
+    sock = Path(f"/tmp/pm-trust-{secrets.token_hex(3)}.sock")
+    proc = subprocess.Popen([*PYMIGRATE, "--root", str(root), "daemon", "--listen", f"unix:{sock}", "--grace", "5"],
+                            stderr=subprocess.DEVNULL, cwd=REPO)
+    channel = grpc.insecure_channel(f"unix:{sock}")
+    try:
+        wait_for_serving(channel, timeout_s=180.0)  # serving once reconcile() is done
+    finally:
+        channel.close()
+    return proc, sock
+
+
+def stop_daemon(proc: subprocess.Popen, sock: Path) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    sock.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("settler", ["next command", "daemon start"])
+def test_sigkill_of_checkpoint_export_while_frozen_is_settled(
+    pm: Callable[..., Any], pm_root: Path, tmp_path: Path, memhog_image: str, settler: str
 ) -> None:
     name = unique("killed")
     ok(pm("run", "-d", "--name", name, "--network", "none", memhog_image, *memhog_command(768)))
@@ -264,9 +274,16 @@ def test_sigkill_of_checkpoint_export_while_frozen_is_settled_by_the_next_comman
         killed_at = time.monotonic()
         partial = [p for p in tmp_path.iterdir() if p.name.startswith(".big.pma.")]
         assert partial, "the export's temp file should be there after the kill"
-        # the next command settles it (once the orphaned CRIU has let go of the files)
-        wait_for(lambda: name in ok(pm("ps")) and not frozen(pm_root, cid), 120, "ps thawing the container")
-        print(f"thawed {time.monotonic() - killed_at:.2f}s after the kill")
+        if settler == "next command":  # once the orphaned CRIU has let go of the files
+            wait_for(lambda: name in ok(pm("ps")) and not frozen(pm_root, cid), 120, "ps thawing the container")
+        else:  # the daemon's start waits for the orphaned CRIU, then thaws
+            assert frozen(pm_root, cid)
+            daemon_proc, sock = start_daemon(pm_root)
+            try:
+                assert not frozen(pm_root, cid), "the daemon's start must thaw it"
+            finally:
+                stop_daemon(daemon_proc, sock)
+        print(f"{settler}: thawed {time.monotonic() - killed_at:.2f}s after the kill")
         assert status(pm, name) == "running"
         assert not any(p.exists() for p in partial), "the partial export must be removed"
         assert not archive.exists()
