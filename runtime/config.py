@@ -86,11 +86,6 @@ class Paths:
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
-    @property
-    def seccomp_cache(self) -> Path:
-        """Compiled seccomp filters by profile, capabilities, kernel and libseccomp version."""
-        return self.root / "cache" / "seccomp"
-
 
     @property
     def cache(self) -> Path:
