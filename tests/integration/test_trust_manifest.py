@@ -230,6 +230,31 @@ def test_crafted_manifests_are_refused_by_a_daemon(pm: Callable[..., Any], pm_ro
         engine.close()
 
 
+def test_a_daemon_restores_an_upload_with_a_mapped_volume(pm: Callable[..., Any], pm_root: Path, tmp_path: Path,
+                                                           daemon: str) -> None:
+    """RestoreRequest.volumes over gRPC (the CLI's --volume through RemoteEngine)."""
+    src, other = tmp_path / "src", tmp_path / "other"
+    src.mkdir()
+    other.mkdir()
+    name = unique("gvol")
+    ok(pm("run", "-d", "--name", name, "-v", f"{src}:/data", "busybox", "sh", "-c",
+          "while true; do echo x >> /data/log; sleep 0.05; done"))
+    archive = tmp_path / "gvol.pma"
+    try:
+        wait_for(lambda: (src / "log").exists(), 10, "the writer's first line")
+        ok(pm("checkpoint", name, "--export", str(archive)))
+        ok(pm("rm", name))
+        r = pm("--host", daemon, "restore", "--import", str(archive), "--json", timeout=180)
+        assert r.returncode != 0 and json.loads(r.stdout)["type"] == "InvalidSpec", r.stdout
+        ok(pm("--host", daemon, "restore", "--import", str(archive), "--volume", f"{other}:/data", timeout=180))
+        wait_for(lambda: (other / "log").exists() and (other / "log").stat().st_size > 20, 10, "writes into the mapped dir")
+        assert status(pm, name) == "running"
+    finally:
+        pm("rm", "-f", name)
+        for c in json.loads(ok(pm("checkpoint", "ls", "--json"))):  # the two uploads
+            pm("checkpoint", "rm", c["checkpoint_id"])
+
+
 def start_daemon(root: Path) -> tuple[subprocess.Popen, Path]:
     from migrate.server import wait_for_serving
 
