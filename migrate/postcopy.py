@@ -418,7 +418,7 @@ def migrate_postcopy(
         rt.freeze(container)
         frozen = True
         frozen_at = time.monotonic()
-        cut = rt.isolate(spec)  # our network lock, which also keeps the frozen copy quiet (module doc)
+        cut = rt.isolate(spec, answer=True)  # our network lock, which also keeps the frozen copy quiet (module doc)
         dump = _LazyDump(criu, dataclasses.replace(request, network_lock=cut.criu_lock))
         enter("dump", "dumping all but memory")
         pusher.start()
@@ -464,6 +464,7 @@ def migrate_postcopy(
             guard = None
             settle_unsure(rt, outgoing, target, migration_id, container, options.dest, exc, failed_phase, cut)
             # else it raised: the container runs on the target, every page moved, the copy here is gone
+            rt.stop_answering(cut)
             if dump is not None:
                 dump.join(ROLLBACK_DUMP_TIMEOUT_S)
             remove_tree_quietly(staging)
@@ -499,6 +500,7 @@ def migrate_postcopy(
 
     # ---- point of no return: the container runs on the target ----
     answered_at = time.monotonic()
+    rt.stop_answering(cut)  # first: until it goes, this host drops the clients' segments for it
     # the pause ended when the target resumed the container, a little before its answer arrived
     since_resume_ms = restored.stats.since_resume_ms if restored is not None else 0.0
     resumed_at = answered_at - since_resume_ms / 1000
@@ -688,6 +690,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     point of no return)."""
     from migrate.checkpoint import NETNS_KEY
     from migrate.restore import checked_spec, preflight, restore_request, unpack_archive
+    from runtime.seccomp import check_image_filters
     from runtime.criu import start_lazy_pages
 
     started = time.monotonic()
@@ -711,6 +714,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
         options = RestoreOptions(name=record["name"], ip=record.get("ip"))
         spec = checked_spec(manifest, options, origin="peer", allow_peer_volumes=bool(getattr(host, "allow_peer_volumes", False)))
+        check_image_filters(unpacked.images_dir, spec.seccomp)  # CRIU restores the images' filters
         if options.ip:
             spec = dataclasses.replace(spec, ip=options.ip)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):

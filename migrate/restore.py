@@ -29,6 +29,7 @@ from migrate.store import IMAGES_DIR, MANIFEST_KIND, ORIGIN_KEY, ORIGIN_UPLOAD, 
 from runtime.criu import RESTORE_LOG, Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
 from runtime.container import parse_spec, validate_spec
 from runtime.fstree import remove_tree, remove_tree_quietly
+from runtime.seccomp import check_image_filters
 from runtime.errors import ContainerExists, ContainerNotFound, CriuError, ImageNotFound, InvalidArgument, InvalidSpec
 from runtime.spec import ContainerSpec
 from runtime.state import validate_name
@@ -364,6 +365,8 @@ def restore_container(
             before_restore(unpacked.images_dir)
         import_ms = (time.monotonic() - started) * 1000
         spec = checked_spec(unpacked.manifest, options, origin=origin, allow_peer_volumes=bool(getattr(rt, "allow_peer_volumes", False)))
+        if origin != "local":  # CRIU restores the filters the images describe, not the spec's
+            check_image_filters(unpacked.images_dir, spec.seccomp)
         name = validate_name(options.name) if options.name else spec.name
         # Held before anything looks at the container it replaces: a second restore of the same
         # checkpoint gets Busy here, not a half-built record. A new --name gets a new id.

@@ -533,6 +533,91 @@ def _cache_write(cache_dir: Path | None, key: str, program: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# -- what CRIU images say ---------------------------------------------------------------------------
+
+# CRIU image framing (criu/include/magic.h): IMG_COMMON, then CORE, then u32-length entries.
+IMG_COMMON_MAGIC = 0x54564319
+CORE_MAGIC = 0x55053847
+_CORE_THREAD_CORE = 5  # core_entry.thread_core (images/core.proto)
+_THREAD_SECCOMP_MODE = 11  # thread_core_entry.seccomp_mode: 0 disabled, 1 strict, 2 filter
+
+
+def image_filter_modes(images_dir: Path) -> dict[str, int]:
+    """Each dumped thread's seccomp mode, by core image name (``core-42.img`` -> 2).
+
+    Read straight from the protobuf wire format (two fields deep), so it needs neither pycriu's
+    generated modules nor trust in their parser for an untrusted image.
+
+    Raises:
+        InvalidArgument: a core image that is not one (bad magic, truncated, malformed).
+    """
+    modes = {}
+    for path in sorted(images_dir.glob("core-*.img")):
+        data = path.read_bytes()
+        if len(data) < 12 or int.from_bytes(data[0:4], "little") != IMG_COMMON_MAGIC or int.from_bytes(data[4:8], "little") != CORE_MAGIC:
+            raise InvalidArgument(f"checkpoint image {path.name} is not a CRIU core image")
+        size = int.from_bytes(data[8:12], "little")
+        if 12 + size > len(data):
+            raise InvalidArgument(f"checkpoint image {path.name} is truncated")
+        thread = _field(data[12 : 12 + size], _CORE_THREAD_CORE, path.name)
+        mode = 0 if thread is None else _field(thread, _THREAD_SECCOMP_MODE, path.name)
+        modes[path.name] = int(mode or 0)  # type: ignore[arg-type]
+    return modes
+
+
+def _varint(buf: bytes, pos: int, name: str) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise InvalidArgument(f"checkpoint image {name} has a malformed entry")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _field(buf: bytes, number: int, name: str) -> bytes | int | None:
+    """The last occurrence of field ``number`` in a protobuf message (bytes or a varint)."""
+    pos, found = 0, None
+    while pos < len(buf):
+        key, pos = _varint(buf, pos, name)
+        wire = key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos, name)
+        elif wire == 1:
+            value, pos = None, pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos, name)
+            value, pos = buf[pos : pos + length], pos + length
+        elif wire == 5:
+            value, pos = None, pos + 4
+        else:
+            raise InvalidArgument(f"checkpoint image {name} has a malformed entry")
+        if pos > len(buf):
+            raise InvalidArgument(f"checkpoint image {name} has a malformed entry")
+        if key >> 3 == number:
+            found = value
+    return found
+
+
+def check_image_filters(images_dir: Path, choice: str) -> None:
+    """Refuse images whose processes lack the filter the container's spec promises: every dumped
+    thread runs under a seccomp filter unless the spec says ``unconfined`` (CRIU restores what the
+    images describe, whatever the spec says).
+
+    Raises:
+        InvalidSpec: naming a thread without a filter (field ``seccomp``).
+    """
+    if choice == UNCONFINED:
+        return
+    bare = sorted(name for name, mode in image_filter_modes(images_dir).items() if mode != SECCOMP_MODE_FILTER)
+    if bare:
+        raise InvalidSpec("seccomp", f"checkpoint images {', '.join(bare[:5])} describe processes without a seccomp filter, but the container asks for seccomp {choice}",
+                          hint="restore with --security-opt seccomp=unconfined to accept processes without a filter")
+
+
 # -- the container side --------------------------------------------------------------------------
 
 

@@ -236,3 +236,25 @@ def test_filter_holds_after_a_cold_migration_and_a_peer_cannot_weaken_it(two_hos
     _, seen = probe_after(a.root, custom, last)  # still running on the source, still filtered
     assert seen == CUSTOM_VERDICT
     assert b.cli(["inspect", custom]).returncode != 0
+
+
+@pytest.mark.requires("criu", "pycriu")
+@pytest.mark.usefixtures("rt")
+def test_an_archive_whose_processes_lack_the_filter_its_manifest_claims_is_refused(pm, pm_root: Path, probe_image: str, tmp_path: Path) -> None:  # noqa: ANN001
+    """CRIU restores the filters the images describe: an unconfined container's export whose
+    manifest was rewritten to claim the default profile must not come back unfiltered."""
+    from tests.integration.test_trust_manifest import craft
+
+    name = f"sc-lie-{secrets.token_hex(3)}"
+    ok(pm("run", "-d", "--name", name, "--network", "none", "--security-opt", "seccomp=unconfined", probe_image, "sh", "-c", LOOP))
+    probe_after(pm_root, name, 0)
+    genuine = tmp_path / "unconfined.pma"
+    ok(pm("checkpoint", name, "--export", str(genuine)))
+    ok(pm("rm", name))
+    lying = craft(genuine, tmp_path / "lying.pma", lambda spec: spec.update(seccomp="default"))
+    refused = pm("restore", "--import", str(lying))
+    assert refused.returncode != 0
+    assert b"describe processes without a seccomp filter" in refused.stderr, refused.stderr
+    assert pm("inspect", name).returncode != 0  # nothing was created
+    # (the importer's consent, --security-opt seccomp=unconfined, is the test above; ``craft``
+    # copies images/ and upper/ only, not an upper-layer image, so this archive is not restorable)

@@ -252,3 +252,46 @@ def test_security_options() -> None:
     assert seccomp.parse_security_options(["seccomp=default", "seccomp=unconfined"]) == ("unconfined", None)
     with pytest.raises(InvalidArgument, match="unsupported security option"):
         seccomp.parse_security_options(["apparmor=unconfined"])
+
+
+# -- CRIU images: which dumped threads carry a filter ------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def core_image(mode: int | None) -> bytes:
+    """A core image as CRIU frames it: core_entry{mtype=1, thread_core{futex_rla=0, seccomp_mode}}."""
+    thread = b"\x08\x00" + (b"" if mode is None else b"\x58" + _varint(mode))  # field 1 varint; field 11 varint
+    entry = b"\x08\x01" + b"\x2a" + _varint(len(thread)) + thread  # field 1 varint; field 5 bytes
+    head = seccomp.IMG_COMMON_MAGIC.to_bytes(4, "little") + seccomp.CORE_MAGIC.to_bytes(4, "little")
+    return head + len(entry).to_bytes(4, "little") + entry
+
+
+def test_image_filter_modes_and_the_check(tmp_path: Path) -> None:
+    (tmp_path / "core-1.img").write_bytes(core_image(2))
+    (tmp_path / "core-7.img").write_bytes(core_image(2))
+    assert seccomp.image_filter_modes(tmp_path) == {"core-1.img": 2, "core-7.img": 2}
+    seccomp.check_image_filters(tmp_path, "default")
+    (tmp_path / "core-9.img").write_bytes(core_image(None))  # a thread dumped without a filter
+    with pytest.raises(InvalidSpec, match="core-9.img describe processes without a seccomp filter") as err:
+        seccomp.check_image_filters(tmp_path, "custom")
+    assert err.value.field == "seccomp" and "seccomp=unconfined" in (err.value.hint or "")
+    seccomp.check_image_filters(tmp_path, "unconfined")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00" * 12, core_image(2)[:-3], core_image(2)[:12] + b"\xff" * 40,
+     core_image(2)[:8] + (3).to_bytes(4, "little") + b"\x2a\x09\x08"],
+)
+def test_malformed_core_images_are_typed_errors(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "core-1.img").write_bytes(data)
+    with pytest.raises(InvalidArgument, match="core-1.img"):
+        seccomp.image_filter_modes(tmp_path)
