@@ -418,7 +418,7 @@ def migrate_postcopy(
         rt.freeze(container)
         frozen = True
         frozen_at = time.monotonic()
-        cut = rt.isolate(spec, answer=True)  # our network lock, which also keeps the frozen copy quiet (module doc)
+        cut = rt.isolate(spec)  # our network lock, which also keeps the frozen copy quiet (module doc)
         dump = _LazyDump(criu, dataclasses.replace(request, network_lock=cut.criu_lock))
         enter("dump", "dumping all but memory")
         pusher.start()
@@ -464,7 +464,6 @@ def migrate_postcopy(
             guard = None
             settle_unsure(rt, outgoing, target, migration_id, container, options.dest, exc, failed_phase, cut)
             # else it raised: the container runs on the target, every page moved, the copy here is gone
-            rt.stop_answering(cut)
             if dump is not None:
                 dump.join(ROLLBACK_DUMP_TIMEOUT_S)
             remove_tree_quietly(staging)
@@ -500,7 +499,6 @@ def migrate_postcopy(
 
     # ---- point of no return: the container runs on the target ----
     answered_at = time.monotonic()
-    rt.stop_answering(cut)  # first: until it goes, this host drops the clients' segments for it
     # the pause ended when the target resumed the container, a little before its answer arrived
     since_resume_ms = restored.stats.since_resume_ms if restored is not None else 0.0
     resumed_at = answered_at - since_resume_ms / 1000
