@@ -165,6 +165,11 @@ def evaluate(report: HostReport) -> CheckResult:
                            f"{SETUP_HINT} (builds CRIU with its cache dir on a small tmpfs); 'pymigrate daemon' "
                            "mounts that tmpfs again after a reboot"))
 
+    problem = report.upper_images_problem
+    items.append(_want("upper-layer images", problem is None,
+                       "each container's writable layer on its own ext4 image: inode numbers survive restore and migration"
+                       if problem is None else f"{problem}: restored files get new inode numbers (SQLite refuses to write)",
+                       "a kernel with loop devices (/dev/loop-control) and e2fsprogs; PYMIGRATE_UPPER_SIZE unset or a size"))
     items.append(_feature(report, "lazy_pages", "lazy pages (post-copy)",
                           "kernel needs non-cooperative userfaultfd (CONFIG_USERFAULTFD, Linux >= 4.11)"))
     items.append(_feature(report, "dirty_tracking", "dirty tracking (pre-copy)",

@@ -115,6 +115,9 @@ class HostReport:
     errors: tuple[str, ...] = field(default=())
     criu_kdat: KdatStatus | None = None  # CRIU's kernel-feature cache (runtime.criu_kdat)
     seccomp: SeccompFacts | None = None  # None: not probed
+    # why upper layers cannot live on their own images here (runtime/upperfs.py); None: they can
+    # (or not probed). Without them a restore gives every upper-layer file a new inode number.
+    upper_images_problem: str | None = None
 
     # --- questions -----------------------------------------------------------------------------
 
@@ -203,6 +206,7 @@ class HostReport:
             "cap_sys_resource": self.cap_sys_resource,
             "rlimits": self.rlimits_dict(),
             "nft_path": self.nft_path,
+            "upper_images_problem": self.upper_images_problem,
             "pycriu": {
                 "importable": self.pycriu.importable,
                 "version": self.pycriu.version,
@@ -395,12 +399,24 @@ def probe(
         pycriu=pycriu_probe(),
         errors=tuple(errors),
         seccomp=seccomp_probe(),
+        upper_images_problem=_upper_images_problem(),
     )
     if report.criu.path is not None:
         from runtime.criu_kdat import status as kdat_status
 
         report = dataclasses.replace(report, criu_kdat=kdat_status(report.criu.path))
     return report
+
+
+def _upper_images_problem() -> str | None:
+    from runtime import upperfs
+
+    try:
+        if upperfs.configured_size() == 0:
+            return f"{upperfs.ENV_SIZE}=0: plain upper directories"
+    except ValueError as exc:
+        return str(exc)
+    return upperfs.unavailable_reason()
 
 
 _lock = threading.Lock()

@@ -243,3 +243,20 @@ def test_images_after_the_first_are_copies_of_a_template(tmp_path: Path) -> None
     assert (tmp_path / "b.img").read_bytes() == template.read_bytes()
     assert os.stat(tmp_path / "b.img").st_blocks * 512 < 8 << 20  # sparse, like the template
     upperfs.check_untrusted(tmp_path / "b.img")
+
+
+# -- pymigrate check --------------------------------------------------------------------------------
+def test_check_reports_whether_upper_layers_keep_their_inodes(tmp_path: Path) -> None:
+    import dataclasses
+
+    from migrate.check import evaluate
+    from tests.fakes.host import fake_host_report
+
+    good = dataclasses.replace(fake_host_report(tmp_path), upper_images_problem=None)
+    assert next(i for i in evaluate(good).items if i.name == "upper-layer images").status == "ok"
+    bad = dataclasses.replace(good, upper_images_problem="no /dev/loop-control (loop devices unavailable)")
+    result = evaluate(bad)
+    found = next(i for i in result.items if i.name == "upper-layer images")
+    assert found.status == "warning" and not found.required and "new inode numbers" in found.detail
+    assert result.ok  # plain directories still work
+    assert bad.as_dict()["upper_images_problem"].startswith("no /dev/loop-control")
