@@ -258,3 +258,22 @@ def test_an_archive_whose_processes_lack_the_filter_its_manifest_claims_is_refus
     assert pm("inspect", name).returncode != 0  # nothing was created
     # (the importer's consent, --security-opt seccomp=unconfined, is the test above; ``craft``
     # copies images/ and upper/ only, not an upper-layer image, so this archive is not restorable)
+
+
+@pytest.mark.requires("criu", "pycriu", "netns", "lazy_pages")
+def test_filter_holds_after_a_postcopy_migration(two_hosts, probe_tar: Path) -> None:  # noqa: ANN001
+    from tests.integration.migrate_helpers import start_tcp_daemons
+
+    a, b = two_hosts
+    for h in (a, b):
+        import_image(h.root, "scprobe", probe_tar)
+    addr = start_tcp_daemons([a, b])
+    name = f"sc-post-{secrets.token_hex(3)}"
+    ok(a.cli(["run", "-d", "--name", name, "--network", "none", "scprobe", "sh", "-c", LOOP]))
+    last, _ = probe_after(a.root, name, 0)
+    before = host_status(init_pid(a.root, name))
+    ok(a.cli(["migrate", name, addr["b"], "--insecure", "--mode", "postcopy"]))
+    assert host_status(init_pid(b.root, name)) == before
+    _, seen = probe_after(b.root, name, last)
+    assert seen == DEFAULT_VERDICT, f"after post-copy migration: {seen}"
+    assert verdict(ok(b.cli(["exec", name, "scprobe"]))) == DEFAULT_VERDICT
