@@ -327,7 +327,10 @@ class Runtime:
     def _upper_size(self) -> int:
         """Size of a new container's upper-layer image (runtime/upperfs.py); 0: plain directories,
         where the host has no loop devices (then restored files get new inode numbers)."""
-        size = upperfs.configured_size()
+        try:
+            size = upperfs.configured_size()
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), hint=f"unset {upperfs.ENV_SIZE} for the default (16G), or 0 for plain directories") from None
         if size:
             reason = upperfs.unavailable_reason()
             if reason is not None:

@@ -260,3 +260,13 @@ def test_check_reports_whether_upper_layers_keep_their_inodes(tmp_path: Path) ->
     assert found.status == "warning" and not found.required and "new inode numbers" in found.detail
     assert result.ok  # plain directories still work
     assert bad.as_dict()["upper_images_problem"].startswith("no /dev/loop-control")
+
+
+def test_a_bad_size_setting_is_an_invalid_argument_for_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.errors import InvalidArgument
+    from runtime.runtime import Runtime
+
+    monkeypatch.setenv(upperfs.ENV_SIZE, "lots")
+    with pytest.raises(InvalidArgument, match=upperfs.ENV_SIZE) as err:
+        Runtime._upper_size(None)  # type: ignore[arg-type]  # reads only the environment
+    assert err.value.hint and "0 for plain directories" in err.value.hint
