@@ -176,6 +176,11 @@ class UpperForDump:
         self.trailer: dict[str, Any] = {}
         self.changed = -1  # entries (blocks, for an image) sent as changes; -1: the whole layer
 
+    def discard(self) -> None:
+        """Remove what staging left on this host (a staged image's packed copy); idempotent."""
+        if self.image_stage is not None:
+            self.image_stage.discard()
+
     def __call__(self, writer: Any) -> None:
         if self.image_stage is not None:
             self.image_stage.add_delta(writer)
@@ -400,6 +405,7 @@ def migrate_container(
     frozen_at = 0.0
     restored: RestoreResult | None = None
     pre: PreDumped | None = None
+    upper: UpperForDump | None = None
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
     try:
         outgoing.begin(migration_id, container_id=spec.container_id, name=spec.name, dest=options.dest, keep_source=options.keep_source)
@@ -531,6 +537,8 @@ def migrate_container(
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException as exc:
         failed_phase = phase
+        if upper is not None:
+            upper.discard()  # a staged image's packed copy in ROOT/tmp
         if not final_sent:
             _roll_back(rt, target, outgoing, container, migration_id, cut, frozen)
             raise _fail(exc, spec.name, options.dest, failed_phase) from exc

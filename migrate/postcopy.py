@@ -350,6 +350,7 @@ def migrate_postcopy(
     cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
     dump: _LazyDump | None = None
     restored: RestoreResult | None = None
+    upper: Any = None  # migrate.migration.UpperForDump once the layer is staged
     final_sent = False  # the archive's last byte may have left (migrate.migration's module doc)
     staging = rt.paths.tmp / f"migrate-{migration_id}"
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
@@ -459,6 +460,8 @@ def migrate_postcopy(
         bytes_on_wire += sink.bytes_written
     except BaseException as exc:
         failed_phase = phase
+        if upper is not None:
+            upper.discard()  # a staged image's packed copy in ROOT/tmp
         if final_sent:
             drop_guard(guard)  # an "aborted" settlement ends the lazy dump by connecting from here
             guard = None

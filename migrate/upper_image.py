@@ -208,23 +208,29 @@ class ImageStage:
 
     def send(self, writer: Any) -> None:
         """While the container runs: pack the image's data extents (in the kernel) and send them."""
-        upperfs.syncfs(mountpoint_of(self.image))  # fewer blocks change between now and the freeze
-        self.layout = pack(self.image, self.sent)
-        self.sent_map.write_text(json.dumps(self.layout, separators=(",", ":")))
-        writer.add_file(MAP, self.sent_map)
-        writer.add_file(DATA, self.sent)
+        try:
+            upperfs.syncfs(mountpoint_of(self.image))  # fewer blocks change between now and the freeze
+            self.layout = pack(self.image, self.sent)
+            self.sent_map.write_text(json.dumps(self.layout, separators=(",", ":")))
+            writer.add_file(MAP, self.sent_map)
+            writer.add_file(DATA, self.sent)
+        except BaseException:
+            self.discard()
+            raise
 
     def add_delta(self, writer: Any) -> None:
         """After the freeze: add the blocks that differ from what was sent."""
         assert self.layout is not None, "send() comes first"
         started = time.monotonic()
-        upperfs.syncfs(mountpoint_of(self.image))
-        synced = time.monotonic()
-        ranges = changed_since(self.sent, self.layout, self.image)
-        compared = time.monotonic()
-        changed = add_image(writer, self.image, self.tmp_dir, names=(DELTA_MAP, DELTA_DATA), ranges=ranges)
+        try:
+            upperfs.syncfs(mountpoint_of(self.image))
+            synced = time.monotonic()
+            ranges = changed_since(self.sent, self.layout, self.image)
+            compared = time.monotonic()
+            changed = add_image(writer, self.image, self.tmp_dir, names=(DELTA_MAP, DELTA_DATA), ranges=ranges)
+        finally:
+            self.discard()  # sent or failed: the packed copy has done its work either way
         self.changed_blocks = -(-changed // BLOCK_BYTES)
-        self.discard()
         log.info("upper image %s: %d changed blocks (%d bytes); syncfs %.1f ms, compare %.1f ms, send %.1f ms",
                  self.image, self.changed_blocks, changed, (synced - started) * 1000, (compared - synced) * 1000,
                  (time.monotonic() - compared) * 1000)

@@ -51,13 +51,14 @@ def lab(lab_workdir: Path) -> Iterator[Lab]:
 
 
 def scratch_bytes(host: Host) -> int:
-    """Bytes under the host's ROOT/tmp (where an incoming archive is unpacked)."""
+    """Bytes allocated under the host's ROOT/tmp (where an incoming archive is unpacked). Allocated,
+    not apparent: a staged upper-layer image is a sparse file of 16 GiB (runtime/upperfs.py)."""
     total = 0
     tmp = host.root / "tmp"
     for p in tmp.rglob("*") if tmp.is_dir() else ():
         try:
             if p.is_file():
-                total += p.stat().st_size
+                total += p.stat().st_blocks * 512
         except OSError:
             continue
     return total

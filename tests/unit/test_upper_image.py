@@ -270,3 +270,25 @@ def test_a_bad_size_setting_is_an_invalid_argument_for_run(monkeypatch: pytest.M
     with pytest.raises(InvalidArgument, match=upperfs.ENV_SIZE) as err:
         Runtime._upper_size(None)  # type: ignore[arg-type]  # reads only the environment
     assert err.value.hint and "0 for plain directories" in err.value.hint
+
+
+class _FailingWriter:
+    def add_file(self, name: str, path: Path) -> None:
+        raise OSError(32, "the target stopped receiving")
+
+
+@pytest.mark.parametrize("fail_in", ["send", "delta"])
+def test_a_failed_stage_or_delta_leaves_nothing_in_tmp(tmp_path: Path, fail_in: str) -> None:
+    cdir = tmp_path / "container"
+    (cdir / "layer").mkdir(parents=True)
+    image = sparse_file(cdir / "upper.img", 16 << 20, {0: b"s" * BLOCK})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    stage = upper_image.ImageStage(image, scratch, "m2")
+    with pytest.raises(OSError):
+        if fail_in == "send":
+            stage.send(_FailingWriter())
+        else:
+            stage.send(_CopyingWriter(tmp_path / "sent"))
+            stage.add_delta(_FailingWriter())
+    assert list(scratch.iterdir()) == []
