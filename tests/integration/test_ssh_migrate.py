@@ -183,12 +183,13 @@ def wait_until(predicate, timeout_s: float, what) -> None:  # noqa: ANN001
 
 
 def scratch_bytes(host: Host) -> int:
+    """Bytes allocated under ROOT/tmp (a staged upper-layer image is a 16 GiB sparse file)."""
     total = 0
     tmp = host.root / "tmp"
     for p in tmp.rglob("*") if tmp.is_dir() else ():
         try:
             if p.is_file():
-                total += p.stat().st_size
+                total += p.stat().st_blocks * 512
         except OSError:
             continue
     return total
