@@ -18,7 +18,12 @@ runs (and counts) on exactly one host, the expected one:
 
 and neither host keeps a migration record, a scratch dir or any piece of the loser's copy.
 "answer" is the window of the original bug: the target restored, its answer never reached the
-source.
+source. Also: the unknown outcome as an operator sees it, and post-copy at restore and answer.
+
+"Runs" means a workload process that can execute user code, read from cgroupfs and /proc: in a
+thawed cgroup, not in ptrace stop (on cgroup v2 CRIU thaws the cgroup while it holds every task
+seized for a dump, and freezes it again before letting go), not exiting and with no SIGKILL
+pending (removing a frozen copy kills it, then thaws it so that it can die).
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ def runs_unfrozen(host: Host, container_id: str) -> bool:
                 thawed = (d / "freezer.state").read_text().strip() == "THAWED"
             else:
                 continue
-            return thawed and any(_comm(pid) == WORKLOAD for pid in (d / "cgroup.procs").read_text().split())
+            return thawed and any(_runs_user_code(pid) for pid in (d / "cgroup.procs").read_text().split())
         except OSError:
             return False
     return False
@@ -108,6 +113,32 @@ def procs(host: Host, container_id: str) -> list[str]:
         except OSError:
             continue
     return sorted(set(out))
+
+
+PF_EXITING = 0x4  # include/linux/sched.h
+SIGKILL_BIT = 1 << 8  # signal 9 in /proc/PID/status SigPnd/ShdPnd
+
+
+def _runs_user_code(pid: str) -> bool:
+    """A workload process that can run user code: not stopped (CRIU's ptrace), not a zombie, not
+    exiting, no SIGKILL pending. (Removing a frozen copy kills it first and thaws it after, so its dying processes
+    show up thawed for a moment: they never run user code again.)"""
+    if _comm(pid) != WORKLOAD:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        state, flags = fields[0], int(fields[6])
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ValueError, IndexError):
+        return False
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    # "t": held in ptrace stop by CRIU. On cgroup v2 CRIU thaws the cgroup (cgroup.freeze 0) while
+    # it holds every task seized for the dump, and freezes it again before it lets go
+    return state not in ("Z", "X", "t", "T") and not flags & PF_EXITING and not pending & SIGKILL_BIT
 
 
 def _comm(pid: str) -> str:
@@ -309,3 +340,72 @@ def test_an_unknown_outcome_is_visible_and_settles_once_the_target_answers(lab: 
     assert problems == [] and where == "b", problems
     lab.assert_counting(b, NAME)
     assert "settled with" in (a.workdir / "daemon.log").read_text()
+
+
+@pytest.mark.parametrize("phase,fault", [("restore", "target-kill"), ("answer", "source-kill"), ("answer", "link")])
+def test_postcopy_never_two_copies(lab: Lab, phase: str, fault: str) -> None:
+    """Post-copy: after the resume the memory is split between the hosts, so losing the source or
+    the link there may lose the target's copy (docs/migration.md, the trade-off). Settlement must
+    still never let two copies run, and must never remove the source's whole frozen copy unless the
+    target's copy has every page: the end is one running copy, or (post-copy lost) the source's
+    frozen copy kept paused for the operator and nothing on the target."""
+    a, b = lab.hosts[0], lab.hosts[1]
+    failpoint, _ = PHASES[phase]
+    action = "kill" if fault == "target-kill" else f"sleep:{HOLD_S:g}"
+    b.stop_daemon()
+    lab.start_daemon(b, env={"PYMIGRATE_FAILPOINTS": f"{failpoint}={action}"})
+    cid = str(lab.run_memhog(a, NAME, 32)["spec"]["container_id"])
+    monitor = Monitor(a, b, cid)
+    monitor.start()
+    mark = log_size(b)
+    proc = lab.migrate_popen(a, b, NAME, "--mode", "postcopy")
+    veth = f"pmh{lab.hosts.tag}{b.letter}"
+    try:
+        wait_log(b, f"failpoint {failpoint} hit", mark, 90, proc)
+        if fault == "link":
+            subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+            time.sleep(CUT_S)
+            subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+        else:
+            victim = a if fault == "source-kill" else b
+            if fault == "source-kill":
+                victim.kill_daemon()
+            elif victim.daemon is not None:  # the failpoint killed it
+                victim.daemon.wait(10)
+            time.sleep(1.0)
+            victim.daemon = None
+            lab.start_daemon(victim)
+        out, err = proc.communicate(timeout=180)
+        text = (err + out).decode(errors="replace")
+        deadline = time.monotonic() + SETTLE_S
+        where, problems = settled_state(lab, a, b, cid)
+        lost = False
+        while problems and time.monotonic() < deadline:
+            time.sleep(1.0)
+            where, problems = settled_state(lab, a, b, cid)
+            kept = [c for c in lab.ps(a) if (c.get("name") or c.get("spec", {}).get("name")) == NAME]
+            lost = (not records(a) and not records(b) and not lab.leftovers(b, NAME, cid) and len(kept) == 1
+                    and (kept[0].get("status") or kept[0].get("state", {}).get("status")) == "paused")
+            if lost:
+                break
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=False)
+        monitor.stop()
+        keep = os.environ.get("PYMIGRATE_TEST_KEEP_LOGS")
+        if keep:
+            for h in (a, b):
+                log = h.workdir / "daemon.log"
+                if log.exists():
+                    Path(keep).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(log, Path(keep) / f"postcopy-{phase}-{fault}-{h.letter}.log")
+    print(f"postcopy phase={phase} fault={fault} rc={proc.returncode} winner={where} lost={lost}\n{text}")
+    assert monitor.both == [], f"two unfrozen copies: {monitor.both[:3]}"
+    if lost:  # the source's frozen copy is whole: the operator can resume it
+        assert not runs_unfrozen(a, cid) and not runs_unfrozen(b, cid)
+        assert lab.remote(a, ["unpause", NAME]).returncode == 0
+        lab.assert_counting(a, NAME)
+    else:
+        assert problems == [], problems
+        lab.assert_counting(a if where == "a" else b, NAME)
+    if phase == "restore":  # the target died before its restore: the source's copy is the one
+        assert where == "a" and not lost
