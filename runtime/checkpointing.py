@@ -565,34 +565,58 @@ def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, C
         undo.append(("unmount upper layer", lambda: upperfs.unmount(sys, layout.mountpoint)))
 
 
-LINK_UP_AT = "post-restore"  # sockets restored (in repair mode), before CRIU unlocks the network
+LINK_UP_AT = "pre-resume"  # CRIU's last notification before the restored tasks run
+FLUSH_TIMEOUT_S = 5.0
 
 
-def link_up_before_resume(veth: str | None) -> Callable[[str, int], bool] | None:
-    """A CRIU notify handler that sets the host end of the container's veth up at ``LINK_UP_AT``.
+def link_up_before_resume(veth: str | None, netns: str | None = None) -> Callable[[str, int], bool] | None:
+    """A CRIU notify handler that sets the host end of the container's veth up at ``LINK_UP_AT``
+    and forgets the neighbour entries still being resolved in the container's namespace.
 
-    CRIU sends it once every socket is restored (still in repair mode, so a client's segment
-    finds its socket: no RST) and before it unlocks the network and resumes the tasks. Setting
-    the link up only after the restore (``join_network``) cost every client ~1 s: the restored
-    network namespace is new and knows no neighbour, so the first packet the resumed server sent
-    (its reply to a request its kernel took before the freeze, or an ACK) needed an ARP request,
-    which was dropped at the down link; the kernel retries an unanswered one only after neigh
-    retrans_time (1 s), with the packets queued behind it. Measured (scripts/bench_client_pause.py):
-    client-seen pause = frozen + ~1.0 s before, ≈ frozen after. ``join_network`` still sets the
-    link up (a no-op then: this is only earlier) and announces the address."""
+    ``pre-resume`` comes after every socket is restored and out of repair mode and after the last
+    step that can fail the restore and kill the tree (lazy-pages finish, catching the tasks): a
+    restore that fails never had its link up, so its dying sockets cannot reset a client the
+    source keeps serving. The tasks have not run yet.
+
+    Why not after the restore (``join_network``, which still sets the link up, a no-op then, and
+    announces the address): that cost every client ~1 s. The restored namespace is new and knows
+    no neighbour; the first packet sent (the window probe of a socket leaving repair mode, or
+    the server's reply) needs an ARP request, which is dropped at the down link, and the kernel
+    retries an unanswered one only after neigh retrans_time (1 s), with the packets queued behind
+    it. Setting the link up does not restart that resolution, so the incomplete entries are
+    flushed (their queued packets dropped: TCP resends them): the next packet resolves at once.
+    Measured (scripts/bench_client_pause.py): client-seen pause = frozen + ~1.0 s before, ≈ frozen
+    after."""
     if veth is None:
         return None
     from runtime.network import set_link_up
 
     def on_notify(script: str, pid: int) -> bool:
-        if script == LINK_UP_AT:
-            try:
-                set_link_up(veth, True)
-            except OSError as exc:  # join_network tries again and fails the restore if it must
-                log.warning("cannot set %s up before the restored tasks resume: %s", veth, exc)
+        if script != LINK_UP_AT:
+            return True
+        try:
+            set_link_up(veth, True)
+        except OSError as exc:  # join_network tries again and fails the restore if it must
+            log.warning("cannot set %s up before the restored tasks resume: %s", veth, exc)
+            return True
+        if netns is not None:
+            _flush_incomplete_neighbours(netns)
         return True
 
     return on_notify
+
+
+def _flush_incomplete_neighbours(netns: str) -> None:
+    import subprocess
+
+    cmd = ["nsenter", f"--net={netns}", "ip", "neigh", "flush", "nud", "incomplete"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=FLUSH_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:  # only slower: the kernel retries in 1 s
+        log.warning("cannot flush incomplete neighbours in %s: %s", netns, exc)
+        return
+    if r.returncode != 0:
+        log.warning("cannot flush incomplete neighbours in %s: %s", netns, r.stderr.strip())
 
 
 def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
@@ -637,7 +661,7 @@ def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent:
         except BaseException:
             pending.cancel()
             raise
-        return int(pending.run(request, on_notify=link_up_before_resume(veth)))
+        return int(pending.run(request, on_notify=link_up_before_resume(veth, netns)))
     finally:
         os.close(fd)
 
@@ -653,7 +677,7 @@ def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, 
     try:
         request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
         return int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid),
-                                on_notify=link_up_before_resume(veth)))
+                                on_notify=link_up_before_resume(veth, netns)))
     finally:
         os.close(fd)
 

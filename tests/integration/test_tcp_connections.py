@@ -141,7 +141,8 @@ SINGLE_ECHO_SERVER = ("nc", "-l", "-p", str(PORT), "-e", "cat")  # one connectio
 # A client used to see the pause plus ~1 s: the target set the restored container's link up only
 # after CRIU resumed its tasks, so the first packet they sent needed an ARP request that was
 # dropped at the down link and retried after neigh retrans_time (1 s; measured 973-1019 ms over
-# 12 moves). Now the link comes up at CRIU's post-restore notification. What may remain is the
+# 12 moves). Now the link comes up at CRIU's pre-resume notification and the incomplete
+# neighbour entries are flushed (runtime.checkpointing.link_up_before_resume). What may remain is the
 # client's own backoff when its request was lost (not ACKed by the frozen kernel): its next
 # retransmission, < 0.8 s after a pause of up to ~0.6 s.
 EXTRA_BOUND_MS = 800.0

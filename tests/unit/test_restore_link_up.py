@@ -1,32 +1,66 @@
-"""The restored container's link comes up at CRIU's post-restore notification: its sockets exist
-(no RST for a client), its tasks have not run yet (their first packets, and the ARP for the client
-they need first, are not dropped at a down link: a lost ARP request is retried only after
-neigh retrans_time, 1 s, which every client used to see on top of the pause)."""
+"""The restored container's link comes up at CRIU's pre-resume notification: its sockets exist and
+are out of repair mode (no RST for a client), nothing can fail the restore any more (a failed
+restore never had its link up), and its tasks have not run yet. Then the neighbour entries still
+being resolved are flushed: an ARP request dropped at the down link is retried only after neigh
+retrans_time (1 s), which every client used to see on top of the pause."""
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 
 from runtime import checkpointing
 
 
-def test_restore_sets_the_link_up_at_post_restore_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, bool]] = []
-    monkeypatch.setattr("runtime.network.set_link_up", lambda name, up: calls.append((name, up)) or True)
-    handler = checkpointing.link_up_before_resume("pmv-abc")
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list:
+    calls: list = []
+    monkeypatch.setattr("runtime.network.set_link_up", lambda name, up: calls.append(("link", name, up)) or True)
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        calls.append(("run", cmd))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    return calls
+
+
+def test_link_up_and_flush_at_pre_resume_only(recorded: list) -> None:
+    handler = checkpointing.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
     assert handler is not None
-    for script in ("pre-restore", "setup-namespaces", "post-setup-namespaces"):
+    for script in ("pre-restore", "setup-namespaces", "post-setup-namespaces", "post-restore"):
         assert handler(script, 0) is True
-    assert calls == []  # sockets not restored yet: a client's segment would get a RST
-    assert handler("post-restore", 0) is True
-    assert calls == [("pmv-abc", True)]
-    assert checkpointing.link_up_before_resume(None) is None  # --network none
+    assert recorded == []  # a restore can still fail here: its dying sockets must not reach clients
+    assert handler("pre-resume", 0) is True
+    assert recorded == [
+        ("link", "pmv-abc", True),
+        ("run", ["nsenter", "--net=/run/pm/netns/abc", "ip", "neigh", "flush", "nud", "incomplete"]),
+    ]
+    assert handler("post-resume", 0) is True
+    assert len(recorded) == 2
 
 
-def test_a_failed_link_up_does_not_fail_the_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_veth_no_handler() -> None:
+    assert checkpointing.link_up_before_resume(None, "/run/pm/netns/abc") is None  # --network none
+
+
+def test_a_failed_link_up_does_not_fail_the_restore(monkeypatch: pytest.MonkeyPatch, recorded: list) -> None:
     def boom(name: str, up: bool) -> bool:
         raise OSError(19, "No such device")
 
     monkeypatch.setattr("runtime.network.set_link_up", boom)
-    handler = checkpointing.link_up_before_resume("pmv-abc")
-    assert handler is not None and handler("post-restore", 0) is True  # join_network tries again
+    handler = checkpointing.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
+    assert handler is not None and handler("pre-resume", 0) is True  # join_network tries again
+    assert recorded == []  # no flush into a namespace whose link is still down
+
+
+def test_a_failed_flush_does_not_fail_the_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("runtime.network.set_link_up", lambda name, up: True)
+
+    def missing(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        raise FileNotFoundError(2, "No such file or directory", "nsenter")
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    handler = checkpointing.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
+    assert handler is not None and handler("pre-resume", 0) is True
