@@ -438,12 +438,14 @@ def migrate_request_to_pb(name: str, o: api.MigrateOptions) -> pb.MigrateRequest
         keep_source=o.keep_source,
         mode=mode_to_pb(o.mode),
         tcp_established=o.tcp_established,
+        file_locks=o.file_locks,
     )
 
 
 def migrate_options_from_pb(m: pb.MigrateRequest) -> api.MigrateOptions:
     return api.MigrateOptions(
-        dest=m.dest, keep_source=m.keep_source, mode=mode_from_pb(m.mode), tcp_established=m.tcp_established
+        dest=m.dest, keep_source=m.keep_source, mode=mode_from_pb(m.mode), tcp_established=m.tcp_established,
+        file_locks=m.file_locks,
     )
 
 

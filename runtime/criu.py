@@ -164,10 +164,10 @@ class DumpRequest:
     work_dir: Path | None = None  # logs and stats go here; images_dir when None
     leave_running: bool = False
     tcp_established: bool = False
-    file_locks: bool = False
     # Connections a listener had not accepted yet when frozen: CRIU refuses to dump them unless
     # skipped (their clients see a reset and reconnect; runc's --tcp-skip-in-flight).
     tcp_skip_in_flight: bool = False
+    file_locks: bool = False
     ext_unix_sk: bool = False
     external: tuple[str, ...] = ()  # e.g. "net[4026532]:extnet", "mnt[/data]:vol0"
     freeze_cgroup: str | None = None
@@ -403,9 +403,9 @@ class SwrkCriu:
             opts.log_level = request.log_level
             opts.leave_running = request.leave_running
             opts.tcp_established = request.tcp_established
+            opts.tcp_skip_in_flight = request.tcp_skip_in_flight
             opts.file_locks = request.file_locks
             opts.ext_unix_sk = request.ext_unix_sk
-            opts.tcp_skip_in_flight = request.tcp_skip_in_flight
             opts.orphan_pts_master = request.orphan_pts_master
             opts.manage_cgroups = True
             opts.manage_cgroups_mode = _cg_mode_value(rpc, request.manage_cgroups_mode)

@@ -5,7 +5,7 @@
     pymigrate checkpoint ls [--json] | checkpoint inspect ID [--json] | checkpoint rm ID...
     pymigrate restore (CHECKPOINT_ID | --import FILE) [--name NEW] [--ip ADDR] [--tcp-established]
                       [--print-stats] [--json]
-    pymigrate migrate NAME DEST [--keep-source] [--mode cold|postcopy|precopy|auto]
+    pymigrate migrate NAME DEST [--keep-source] [--mode cold|postcopy|precopy|auto] [--file-locks]
                       [--tcp-established] [--insecure | --tls-cert F --tls-key F --tls-ca F]
                       [--token-file F] [--json]
 
@@ -63,6 +63,7 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-source", action="store_true", help="keep the stopped source copy")
     p.add_argument("--mode", choices=("cold", "postcopy", "precopy", "auto"), default="cold")
     p.add_argument("--tcp-established", action="store_true", help="keep established TCP connections")
+    p.add_argument("--file-locks", action="store_true", help="keep the file locks the container's processes hold")
     # The global credential flags, also accepted after the subcommand (`migrate NAME HOST:PORT
     # --insecure`); SUPPRESS keeps a value given before the subcommand. Without --host they are
     # how this process dials DEST; with --host, how it dials that daemon (which dials DEST with
@@ -280,7 +281,8 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     from migrate.api import MigrateOptions
 
-    options = MigrateOptions(dest=args.dest, keep_source=args.keep_source, mode=args.mode, tcp_established=args.tcp_established)
+    options = MigrateOptions(dest=args.dest, keep_source=args.keep_source, mode=args.mode,
+                             tcp_established=args.tcp_established, file_locks=args.file_locks)
     with Progress(ctx, f"migrate {args.name}") as progress:
         result = ctx.engine.migrate(args.name, options, progress)
     if ctx.json:

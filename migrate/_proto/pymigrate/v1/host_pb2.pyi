@@ -694,18 +694,20 @@ class UploadCheckpointResponse(_message.Message):
     def __init__(self, checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("name", "dest", "keep_source", "mode", "tcp_established")
+    __slots__ = ("name", "dest", "keep_source", "mode", "tcp_established", "file_locks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEST_FIELD_NUMBER: _ClassVar[int]
     KEEP_SOURCE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    FILE_LOCKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dest: str
     keep_source: bool
     mode: MigrationMode
     tcp_established: bool
-    def __init__(self, name: _Optional[str] = ..., dest: _Optional[str] = ..., keep_source: _Optional[bool] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., tcp_established: _Optional[bool] = ...) -> None: ...
+    file_locks: bool
+    def __init__(self, name: _Optional[str] = ..., dest: _Optional[str] = ..., keep_source: _Optional[bool] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., tcp_established: _Optional[bool] = ..., file_locks: _Optional[bool] = ...) -> None: ...
 
 class MigrateResponse(_message.Message):
     __slots__ = ("event", "result")
