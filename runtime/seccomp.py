@@ -565,6 +565,12 @@ def image_filter_modes(images_dir: Path) -> dict[str, int]:
     return modes
 
 
+def _core_pid(name: str) -> int | None:
+    """42 for ``core-42.img``."""
+    digits = name[len("core-") : -len(".img")]
+    return int(digits) if digits.isdigit() else None
+
+
 def _varint(buf: bytes, pos: int, name: str) -> tuple[int, int]:
     value = shift = 0
     while True:
@@ -602,6 +608,36 @@ def _field(buf: bytes, number: int, name: str) -> bytes | int | None:
     return found
 
 
+PSTREE_MAGIC = 0x50273030
+_PSTREE_PID = 1  # pstree_entry.pid (images/pstree.proto); threads are field 5
+
+
+def process_leaders(images_dir: Path) -> set[int] | None:
+    """The pid of every dumped process (not its other threads), from pstree.img; None if there is
+    no readable pstree image (then every core image is checked)."""
+    try:
+        data = (images_dir / "pstree.img").read_bytes()
+    except OSError:
+        return None
+    pos = 8 if data[:4] == IMG_COMMON_MAGIC.to_bytes(4, "little") else 4
+    if data[pos - 4 : pos] != PSTREE_MAGIC.to_bytes(4, "little"):
+        raise InvalidArgument("checkpoint image pstree.img is not a CRIU process tree image")
+    leaders = set()
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise InvalidArgument("checkpoint image pstree.img is truncated")
+        size = int.from_bytes(data[pos : pos + 4], "little")
+        entry = data[pos + 4 : pos + 4 + size]
+        if len(entry) != size:
+            raise InvalidArgument("checkpoint image pstree.img is truncated")
+        pid = _field(entry, _PSTREE_PID, "pstree.img")
+        if not isinstance(pid, int):
+            raise InvalidArgument("checkpoint image pstree.img has an entry without a pid")
+        leaders.add(pid)
+        pos += 4 + size
+    return leaders
+
+
 def check_image_filters(images_dir: Path, choice: str) -> None:
     """Refuse images whose processes lack the filter the container's spec promises: every dumped
     thread runs under a seccomp filter unless the spec says ``unconfined`` (CRIU restores what the
@@ -612,7 +648,14 @@ def check_image_filters(images_dir: Path, choice: str) -> None:
     """
     if choice == UNCONFINED:
         return
-    bare = sorted(name for name, mode in image_filter_modes(images_dir).items() if mode != SECCOMP_MODE_FILTER)
+    # CRIU 4.1.1 records the seccomp mode in each process's main-thread core image only (the
+    # other threads' cores carry no seccomp field) and restores every thread of the process with
+    # that filter: so the processes' main threads are the ones to check.
+    leaders = process_leaders(images_dir)
+    modes = image_filter_modes(images_dir)
+    if leaders is not None:
+        modes = {name: mode for name, mode in modes.items() if _core_pid(name) in leaders}
+    bare = sorted(name for name, mode in modes.items() if mode != SECCOMP_MODE_FILTER)
     if bare:
         raise InvalidSpec("seccomp", f"checkpoint images {', '.join(bare[:5])} describe processes without a seccomp filter, but the container asks for seccomp {choice}",
                           hint="restore with --security-opt seccomp=unconfined to accept processes without a filter")

@@ -295,3 +295,34 @@ def test_malformed_core_images_are_typed_errors(tmp_path: Path, data: bytes) -> 
     (tmp_path / "core-1.img").write_bytes(data)
     with pytest.raises(InvalidArgument, match="core-1.img"):
         seccomp.image_filter_modes(tmp_path)
+
+
+def pstree_image(processes: dict[int, list[int]]) -> bytes:
+    """pstree.img: one pstree_entry{pid, ppid, pgid, sid, threads...} per process."""
+    out = seccomp.IMG_COMMON_MAGIC.to_bytes(4, "little") + seccomp.PSTREE_MAGIC.to_bytes(4, "little")
+    for pid, threads in processes.items():
+        entry = b"\x08" + _varint(pid) + b"\x10\x00\x18" + _varint(pid) + b"\x20" + _varint(pid)
+        entry += b"".join(b"\x28" + _varint(t) for t in threads)
+        out += len(entry).to_bytes(4, "little") + entry
+    return out
+
+
+def test_other_threads_inherit_their_processes_filter(tmp_path: Path) -> None:
+    """CRIU 4.1.1 writes the seccomp mode into the main thread's core only; a multi-threaded
+    server (redis, node, python) must not be refused for its other threads' bare cores."""
+    (tmp_path / "pstree.img").write_bytes(pstree_image({1: [1, 2, 3], 9: [9]}))
+    (tmp_path / "core-1.img").write_bytes(core_image(2))
+    (tmp_path / "core-2.img").write_bytes(core_image(None))
+    (tmp_path / "core-3.img").write_bytes(core_image(None))
+    (tmp_path / "core-9.img").write_bytes(core_image(2))
+    assert seccomp.process_leaders(tmp_path) == {1, 9}
+    seccomp.check_image_filters(tmp_path, "default")
+    (tmp_path / "core-9.img").write_bytes(core_image(None))  # a whole process without a filter
+    with pytest.raises(InvalidSpec, match="core-9.img"):
+        seccomp.check_image_filters(tmp_path, "default")
+
+
+def test_a_malformed_pstree_is_a_typed_error(tmp_path: Path) -> None:
+    (tmp_path / "pstree.img").write_bytes(pstree_image({1: [1]})[:-2])
+    with pytest.raises(InvalidArgument, match="pstree.img"):
+        seccomp.process_leaders(tmp_path)
