@@ -54,7 +54,8 @@ def _escape(path: Path) -> str:
 
 def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
     """Create upper/work/merged and mount the overlay privately on merged/."""
-    new_upper = not dirs.upper.exists()
+    # a new layer: no dir yet, or an empty one made for it (runtime.upperfs makes it on its image)
+    new_upper = not dirs.upper.exists() or not any(os.scandir(dirs.upper))
     for d in (dirs.upper, dirs.work, dirs.merged):
         d.mkdir(mode=0o755, parents=True, exist_ok=True)
     if new_upper:
