@@ -38,9 +38,21 @@ STEADY_S = 0.5  # requests before the move
 AFTER_S = 1.0  # requests after the move, before the client stops
 
 
+# Known CRIU limits, expected to fail until fixed (strict: a pass is reported, so it gets noticed).
+CRIU_LIMITS = {
+    # mariadbd reserves an 8 TiB PROT_NONE range (innodb-buffer-pool-size-max); CRIU 4.1.1's
+    # lazy-pages dump sizes its pagemap cache by the range: "create_page_pipe: Can't allocate
+    # 34363984272 bytes". The cold dump of the same server works.
+    ("mariadb", "postcopy"): "criu 4.1.1 post-copy dump of an 8 TiB reserved mapping (page-pipe allocation)",
+}
+
+
 @pytest.mark.parametrize("path", list(MOVES))
 @pytest.mark.parametrize("server", SERVERS, ids=[s.name for s in SERVERS])
-def test_server_survives_move(realworld_lab: RealLab, record: dict, server: Server, path: str) -> None:
+def test_server_survives_move(realworld_lab: RealLab, record: dict, server: Server, path: str,
+                              request: pytest.FixtureRequest) -> None:
+    if (server.name, path) in CRIU_LIMITS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=CRIU_LIMITS[(server.name, path)]))
     lab = realworld_lab
     record.update(server=server.name, path=path)
     name = f"rw-{server.name}-{path}"
