@@ -55,7 +55,7 @@ def _escape(path: Path) -> str:
 def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
     """Create upper/work/merged and mount the overlay privately on merged/."""
     # a new layer: no dir yet, or an empty one made for it (runtime.upperfs makes it on its image)
-    new_upper = not dirs.upper.exists() or not any(os.scandir(dirs.upper))
+    new_upper = not dirs.upper.exists() or _is_empty(dirs.upper)
     for d in (dirs.upper, dirs.work, dirs.merged):
         d.mkdir(mode=0o755, parents=True, exist_ok=True)
     if new_upper:
@@ -75,6 +75,11 @@ def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
     except OSError as exc:
         unmount(sys, dirs.merged)
         raise MountError(f"cannot make {dirs.merged} private: {exc.strerror}") from exc
+
+
+def _is_empty(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return next(entries, None) is None
 
 
 def is_mounted(path: Path) -> bool:
