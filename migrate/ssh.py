@@ -714,7 +714,9 @@ class _RemoteDaemon:
             _close_channel(self._chan)
             raise RemoteDaemonFailed(destination, "the start script printed nothing within 30s", []) from exc
         if len(first) != 2 or not first[0].isdigit():
-            status = self._chan.recv_exit_status() if self._chan.exit_status_ready() else -1
+            # sshd sends EOF on stdout before the exit-status message: wait for it, bounded
+            ready = self._chan.status_event.wait(5.0)
+            status = self._chan.recv_exit_status() if ready else -1
             err = _printable(self._chan.makefile_stderr("rb").read(MAX_REMOTE_OUTPUT_BYTES)) if status != -1 else ""
             _close_channel(self._chan)
             raise RemoteDaemonFailed(destination, f"the start script failed with status {status}", [line for line in err.splitlines() if line.strip()])

@@ -15,8 +15,10 @@ and restarted (migrate/outgoing.py thaws the frozen container at start).
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -54,13 +56,16 @@ def scratch_bytes(host: Host) -> int:
     """Bytes allocated under the host's ROOT/tmp (where an incoming archive is unpacked). Allocated,
     not apparent: a staged upper-layer image is a sparse file of 16 GiB (runtime/upperfs.py)."""
     total = 0
-    tmp = host.root / "tmp"
-    for p in tmp.rglob("*") if tmp.is_dir() else ():
-        try:
-            if p.is_file():
-                total += p.stat().st_blocks * 512
-        except OSError:
-            continue
+    # os.walk, not rglob: the stage dir is renamed and removed while we count, and rglob raises
+    # on a directory that vanished between listing and opening it; os.walk skips it
+    for dirpath, _dirs, files in os.walk(host.root / "tmp"):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_blocks * 512
     return total
 
 
