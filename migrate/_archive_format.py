@@ -37,8 +37,10 @@ REC_MANIFEST = ord("M")  # JSON: the manifest; always the first record
 REC_ENTRY = ord("E")  # JSON: one member's metadata; a "file" entry is followed by D* and F
 REC_DATA = ord("D")  # one chunk of the open file member's content at `offset`
 REC_END = ord("F")  # JSON: {"size_bytes", "sha256"} closes the open file member
-REC_TRAILER = ord("T")  # JSON: {"members", "raw_bytes", "trailer"}; the last record
-RECORD_NAMES = {REC_MANIFEST: "manifest", REC_ENTRY: "entry", REC_DATA: "data", REC_END: "end", REC_TRAILER: "trailer"}
+REC_TRAILER = ord("T")  # JSON: {"members", "raw_bytes", "trailer"}; the last member record
+REC_SIGNATURE = ord("S")  # JSON, stored raw: the optional signature after the trailer (migrate/signing.py)
+RECORD_NAMES = {REC_MANIFEST: "manifest", REC_ENTRY: "entry", REC_DATA: "data", REC_END: "end", REC_TRAILER: "trailer",
+                REC_SIGNATURE: "signature"}
 
 FLAG_ZSTD = 0x01  # payload is one zstd frame whose content is raw_len bytes
 
@@ -48,6 +50,7 @@ MAX_DATA_STORED_BYTES = MAX_DATA_RAW_BYTES + (1 << 20)
 MAX_META_BYTES = 1 << 30  # reader's limit for the trailer (the member list of a huge tree)
 MAX_MANIFEST_BYTES = 64 << 20  # reader's limit for the manifest (a container spec and host facts)
 MAX_ENTRY_BYTES = 16 << 20  # reader's limit for an entry or end record (metadata and xattrs of one inode)
+MAX_SIGNATURE_BYTES = 64 << 10  # reader's limit for the signature record (a few hundred bytes of JSON)
 
 # Member kinds as they appear in entry records.
 KIND_FILE = "file"
@@ -73,6 +76,8 @@ def record_limits(kind: int) -> tuple[int, int]:
         return MAX_ENTRY_BYTES, MAX_ENTRY_BYTES
     if kind == REC_MANIFEST:
         return MAX_MANIFEST_BYTES, MAX_MANIFEST_BYTES
+    if kind == REC_SIGNATURE:
+        return MAX_SIGNATURE_BYTES, MAX_SIGNATURE_BYTES
     return MAX_META_BYTES, MAX_META_BYTES
 
 

@@ -12,8 +12,9 @@ Status codes (most specific class first):
     Busy (another operation holds the container)             ABORTED
     ContainerExists                                          ALREADY_EXISTS
     InvalidArgument, ArchiveError (UnsafeMember ...), UnsafeArchive   INVALID_ARGUMENT
+    SigningKeyError                                          INVALID_ARGUMENT
     Unsupported                                              UNIMPLEMENTED
-    PermissionError                                          PERMISSION_DENIED
+    PermissionError, SignatureError (signature policy)       PERMISSION_DENIED
     MigrationTimeout, FreezeTimeout, CriuTimeout             DEADLINE_EXCEEDED
     PeerError, TransferError, OutcomeUnknown                 UNAVAILABLE
     AuthError                                                UNAUTHENTICATED
@@ -65,6 +66,8 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (merrors.IncompatibleHost, grpc.StatusCode.FAILED_PRECONDITION),
     (rerrors.ContainerExists, grpc.StatusCode.ALREADY_EXISTS),
     (rerrors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (merrors.SignatureError, grpc.StatusCode.PERMISSION_DENIED),
+    (merrors.SigningKeyError, grpc.StatusCode.INVALID_ARGUMENT),
     (merrors.ArchiveError, grpc.StatusCode.INVALID_ARGUMENT),
     (rerrors.UnsafeArchive, grpc.StatusCode.INVALID_ARGUMENT),
     (rerrors.Unsupported, grpc.StatusCode.UNIMPLEMENTED),

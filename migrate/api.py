@@ -67,6 +67,9 @@ class CheckpointOptions:
     level: int = 1
     tcp_established: bool = False
     file_locks: bool = False
+    # an ed25519 private key (OpenSSH or PEM) that signs the export (migrate/signing.py); read
+    # by the caller's side, never sent to a daemon
+    sign_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class CheckpointResult:
     container_name: str
     export_path: str | None
     stats: CheckpointStats
+    signed_by: str = ""  # the signing key's fingerprint when the export was signed
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class RestoreOptions:
     # the policy for imported and migrated containers, migrate/restore.py seccomp_policy)
     seccomp: str | None = None
     seccomp_profile: str | None = None
+    # public keys (files of ssh-ed25519 lines or PEM): the imported archive must be signed by one
+    # of them, checked before anything is extracted (migrate/signing.py); on the caller's side
+    trusted_keys: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ class RestoreStats:
 class RestoreResult:
     container: ContainerInfo
     stats: RestoreStats
+    signed_by: str = ""  # the trusted key that signed the imported archive, when keys were given
 
 
 @dataclass(frozen=True)

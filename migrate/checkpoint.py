@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
+from migrate.signing import ArchiveSigner, HashingSink
 from migrate.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore, build_manifest, new_checkpoint_id
 from runtime.criu import DUMP_LOG, Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
 from runtime.checkpointing import DumpTarget, keep_failed_log
-from runtime.errors import ContainerError, InvalidState
+from runtime.errors import ContainerError, InvalidArgument, InvalidState
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ def checkpoint_container(
 
     criu = criu or SwrkCriu()
     started = time.monotonic()
+    signer = _signer(options)  # a bad key is refused before anything is frozen
     store = CheckpointStore(rt.paths)
     container = rt.get(name)
     state = container.status
@@ -292,11 +294,14 @@ def checkpoint_container(
             emit("dump")
             if archive_path is not None:
                 # one archive: manifest, upper layer and images, streamed while CRIU writes
-                writer = ArchiveWriter(out, compress=options.compress, level=options.level)
+                sink = HashingSink(out) if signer is not None else out
+                writer = ArchiveWriter(sink, compress=options.compress, level=options.level)
                 writer.write_manifest(manifest)
                 stats_dump, dump_ms = stream_dump(criu, request, writer, target.upper_dir, on_bytes=lambda n: emit("dump", done=n),
                                                   add_upper=_image_writer(target.upper_image, staging))
                 summary = writer.close(trailer={"dump_stats": stats_dump.__dict__})
+                if signer is not None:
+                    signer.append(out, sink.digest())
                 upper_bytes = sum(m.size_bytes for m in summary.members if m.name.startswith("upper/"))
                 if target.upper_image is not None:
                     upper_bytes = _allocated_bytes(target.upper_image)
@@ -393,4 +398,14 @@ def checkpoint_container(
         container_name=spec.name,
         export_path=str(archive_path) if archive_path else None,
         stats=stats,
+        signed_by=signer.fingerprint if signer is not None else "",
     )
+
+
+def _signer(options: CheckpointOptions) -> ArchiveSigner | None:
+    if options.sign_key is None:
+        return None
+    if options.export_path is None:
+        raise InvalidArgument("a signing key signs an exported archive: give --export FILE with --sign-key",
+                             hint="local checkpoints stay on this host and are not signed")
+    return ArchiveSigner.from_file(Path(options.sign_key))

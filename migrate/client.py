@@ -367,40 +367,62 @@ class RemoteEngine:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def checkpoint(self, name: str, options: api.CheckpointOptions, progress: api.ProgressFn | None = None) -> api.CheckpointResult:
+        signer = None
+        if options.sign_key is not None:  # read before the container is frozen over there
+            from migrate.signing import ArchiveSigner
+
+            if options.export_path is None:
+                raise InvalidArgument("a signing key signs an exported archive: give --export FILE with --sign-key")
+            signer = ArchiveSigner.from_file(Path(options.sign_key))
         result_pb = self._progress_stream(
             "Checkpoint", cv.checkpoint_request_to_pb(name, options), progress, "progress", cv.progress_from_pb
         )
         result = cv.checkpoint_result_from_pb(result_pb)
         if options.export_path is None:
             return result
-        size = self._download(result.checkpoint_id, Path(options.export_path), progress)
+        size = self._download(result.checkpoint_id, Path(options.export_path), progress, signer)
         return dataclasses.replace(
-            result, export_path=str(options.export_path), stats=dataclasses.replace(result.stats, archive_bytes=size)
+            result, export_path=str(options.export_path), stats=dataclasses.replace(result.stats, archive_bytes=size),
+            signed_by=signer.fingerprint if signer is not None else "",
         )
 
-    def _download(self, checkpoint_id: str, path: Path, progress: api.ProgressFn | None) -> int:
+    def _download(self, checkpoint_id: str, path: Path, progress: api.ProgressFn | None, signer: Any = None) -> int:
+        """Write the checkpoint's archive to ``path`` (complete or not at all); ``signer`` (an
+        ArchiveSigner) appends its signature of the bytes downloaded."""
+        from migrate.signing import HashingSink
+
         tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
         size = 0
         try:
-            with open(tmp, "wb") as out:
+            with open(tmp, "wb") as f:
+                out: Any = HashingSink(f) if signer is not None else f
                 for chunk in self.export_checkpoint(checkpoint_id):
                     out.write(chunk)
                     size += len(chunk)
                     if progress is not None:
                         progress(api.ProgressEvent(operation="export", phase="download", bytes_done=size))
+                if signer is not None:
+                    signer.append(f, out.digest())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         return size
 
     def restore(self, options: api.RestoreOptions, progress: api.ProgressFn | None = None) -> api.RestoreResult:
+        signed_by = ""
         if options.import_path is not None:
-            info = self.import_checkpoint(_file_chunks(Path(options.import_path)))
+            from migrate.signing import verified_chunks, verify_import
+
+            path = Path(options.import_path)
+            verified = verify_import(path, options.trusted_keys)  # here, before a byte is uploaded
+            chunks = _file_chunks(path) if verified is None else verified_chunks(path, verified, CHUNK_BYTES)
+            signed_by = verified.describe() if verified is not None else ""
+            info = self.import_checkpoint(chunks)
             options = dataclasses.replace(options, checkpoint_id=info.checkpoint_id, import_path=None)
         if not options.checkpoint_id:
             raise InvalidArgument("restore needs a checkpoint id or an archive to import")
         result_pb = self._progress_stream("Restore", cv.restore_request_to_pb(options), progress, "progress", cv.progress_from_pb)
-        return cv.restore_result_from_pb(result_pb)
+        return dataclasses.replace(cv.restore_result_from_pb(result_pb), signed_by=signed_by)
 
     def checkpoints(self) -> list[api.CheckpointInfo]:
         return [cv.checkpoint_info_from_pb(c) for c in self._unary("ListCheckpoints", pb.ListCheckpointsRequest()).checkpoints]

@@ -349,7 +349,8 @@ def checkpoint_stats_from_pb(m: pb.CheckpointStats) -> api.CheckpointStats:
 
 def checkpoint_result_to_pb(r: api.CheckpointResult) -> pb.CheckpointResult:
     kw: dict[str, Any] = dict(
-        checkpoint_id=r.checkpoint_id, container_name=r.container_name, stats=checkpoint_stats_to_pb(r.stats)
+        checkpoint_id=r.checkpoint_id, container_name=r.container_name, stats=checkpoint_stats_to_pb(r.stats),
+        signed_by=r.signed_by,
     )
     _set_opt(kw, "export_path", r.export_path)
     return pb.CheckpointResult(**kw)
@@ -361,6 +362,7 @@ def checkpoint_result_from_pb(m: pb.CheckpointResult) -> api.CheckpointResult:
         container_name=m.container_name,
         export_path=_opt(m, "export_path"),
         stats=checkpoint_stats_from_pb(m.stats),
+        signed_by=m.signed_by,
     )
 
 
@@ -424,11 +426,12 @@ def restore_stats_from_pb(m: pb.RestoreStats) -> api.RestoreStats:
 
 
 def restore_result_to_pb(r: api.RestoreResult) -> pb.RestoreResult:
-    return pb.RestoreResult(container=container_to_pb(r.container), stats=restore_stats_to_pb(r.stats))
+    return pb.RestoreResult(container=container_to_pb(r.container), stats=restore_stats_to_pb(r.stats), signed_by=r.signed_by)
 
 
 def restore_result_from_pb(m: pb.RestoreResult) -> api.RestoreResult:
-    return api.RestoreResult(container=container_from_pb(m.container), stats=restore_stats_from_pb(m.stats))
+    return api.RestoreResult(container=container_from_pb(m.container), stats=restore_stats_from_pb(m.stats),
+                             signed_by=m.signed_by)
 
 
 def migrate_request_to_pb(name: str, o: api.MigrateOptions) -> pb.MigrateRequest:

@@ -33,6 +33,7 @@ from runtime.spec import ContainerInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from runtime.runtime import Runtime
+    from migrate.signing import SignaturePolicy
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,15 @@ class LocalEngine:
     """Everything on this host, through the runtime of state root ``root``."""
 
     def __init__(self, root: Path | None = None, *, peer: "PeerConfig | None" = None, peer_args: Any = None,
-                 allow_peer_volumes: bool = False) -> None:
+                 allow_peer_volumes: bool = False, signature_policy: "SignaturePolicy | None" = None) -> None:
         """``allow_peer_volumes``: containers migrated here may bring volumes (host paths their
-        source chose); off by default, see docs/security.md."""
+        source chose); off by default, see docs/security.md. ``signature_policy``: which keys
+        uploaded archives must be signed with (None: uploads need no signature)."""
         from runtime.runtime import Runtime
 
         self.runtime: Runtime = Runtime(root)
         self.allow_peer_volumes = allow_peer_volumes
+        self.signature_policy = signature_policy
         self.root = self.runtime.paths.root
         self._peer = peer
         self._peer_args = peer_args
@@ -182,7 +185,7 @@ class LocalEngine:
         from migrate.store import import_stream
 
         self.runtime.paths.ensure()
-        return import_stream(self.runtime.paths, chunks)
+        return import_stream(self.runtime.paths, chunks, self.signature_policy)
 
     # -- migration ------------------------------------------------------------------------------
     def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult:

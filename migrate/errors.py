@@ -10,8 +10,13 @@ Tree::
     │   ├── FormatVersionError      unknown archive format version
     │   ├── UnsafeMember            absolute path, '..', escaping link, device node not allowed,
     │   │                           a member the whitelist does not allow (migrate.archive_members)
-    │   └── ArchiveLimitExceeded    over an extraction budget (runtime.extract_limits): names the
-    │                               limit, its value and what needed more
+    │   ├── ArchiveLimitExceeded    over an extraction budget (runtime.extract_limits): names the
+    │   │                           limit, its value and what needed more
+    │   └── SignatureError          refused by the signature policy (migrate.signing)
+    │       ├── UnsignedArchive     trusted keys are required and the archive has no signature
+    │       ├── UntrustedSigner     signed by a key that is not trusted here (names its fingerprint)
+    │       └── BadSignature        the signature does not match the archive's bytes
+    ├── SigningKeyError             a signing or trusted key cannot be used (names the file)
     ├── IncompatibleHost            pre-flight refused: CRIU version, CPU features, image, name/address
     ├── PeerError                   the other host answered with an error
     ├── TransferError               the link broke (we did not close it)
@@ -85,6 +90,30 @@ class ArchiveLimitExceeded(ArchiveError):
         self.limit = limit
         self.value = value
         self.actual = actual
+
+
+class SignatureError(ArchiveError):
+    """The archive was refused by the signature policy: checked before any member is extracted."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, phase="verify", hint=hint)
+
+
+class UnsignedArchive(SignatureError):
+    pass
+
+
+class UntrustedSigner(SignatureError):
+    pass
+
+
+class BadSignature(SignatureError):
+    pass
+
+
+class SigningKeyError(MigrationError):
+    """A key file given to sign or verify archives cannot be used (unreadable, wrong type,
+    encrypted, readable by others); the message names the file."""
 
 
 class IncompatibleHost(MigrationError):

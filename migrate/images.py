@@ -51,7 +51,16 @@ from migrate import _archive_format as fmt
 from migrate._archive_format import FORMAT_VERSION, MAGIC
 from migrate._archive_fs import MetaApplier, check_entry_meta, data_extents, entry_meta, kind_of, read_xattrs, walk
 from migrate.archive_members import CHECKPOINT_MEMBERS, MemberRule, check_member
-from migrate.errors import ArchiveError, ArchiveLimitExceeded, ChecksumMismatch, FormatVersionError, TruncatedArchive, UnsafeMember
+from migrate.errors import (
+    ArchiveError,
+    ArchiveLimitExceeded,
+    BadSignature,
+    ChecksumMismatch,
+    FormatVersionError,
+    TruncatedArchive,
+    UnsafeMember,
+)
+from migrate.signing import HashingSource, read_signature_record
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
 
 log = logging.getLogger(__name__)
@@ -662,8 +671,13 @@ def read_archive(
     progress: Callable[[int], None] | None = None,
     limits: ExtractLimits | None = None,
     members: tuple[MemberRule, ...] = CHECKPOINT_MEMBERS,
+    expect_sha256: bytes | None = None,
 ) -> dict[str, Any]:
     """Extract the archive read from ``source`` into ``dest`` and return its manifest.
+
+    ``expect_sha256``: the digest whose signature was verified before this pass
+    (migrate.signing.verify_file); the bytes read up to the signature record must hash to it, or
+    BadSignature (the file changed in between) ends the extraction before it is used.
 
     ``limits``: the extraction budget (default: ``runtime.extract_limits.current_limits()``);
     ``members``: which member names and kinds are allowed (default: a checkpoint's).
@@ -689,8 +703,10 @@ def read_archive(
             read), malformed records, trailing data, a member that cannot be created (e.g. no
             space left, naming the member).
     """
+    if expect_sha256 is not None:
+        source = HashingSource(source)
     reader = _Reader(source, Path(dest), allow_devices=allow_devices, progress=progress,
-                     limits=limits or current_limits(), members=members)
+                     limits=limits or current_limits(), members=members, expect_sha256=expect_sha256)
     return reader.run()
 
 
@@ -733,8 +749,10 @@ class _Reader:
         progress: Callable[[int], None] | None = None,
         limits: ExtractLimits | None = None,
         members: tuple[MemberRule, ...] = CHECKPOINT_MEMBERS,
+        expect_sha256: bytes | None = None,
     ) -> None:
         self._src = source
+        self._expect_sha256 = expect_sha256
         self._limits = limits or ExtractLimits()
         self._rules = members
         self._total_bytes = 0  # sizes of the finished file members (holes included)
@@ -932,6 +950,8 @@ class _Reader:
             elif kind == fmt.REC_TRAILER:
                 extra = self._trailer(rec)
                 return {**manifest, **extra}
+            elif kind == fmt.REC_SIGNATURE:
+                raise ArchiveError(f"malformed archive: a signature record before the trailer, after {self._where()}")
             else:
                 raise ArchiveError(f"malformed archive: a second manifest record after {self._where()}")
 
@@ -1131,6 +1151,19 @@ class _Reader:
         self._total_bytes += size
         self._members.append({"name": f.name, "kind": fmt.KIND_FILE, "size_bytes": size, "sha256": actual})
 
+    def _after_trailer(self) -> None:
+        """Only a signature record may follow the trailer. Its signature was checked before this
+        pass (migrate.signing.verify_file) when a policy asked for it; here, with
+        ``expect_sha256``, the bytes read must be the ones it covered."""
+        if self._expect_sha256 is not None and self._src.digest() != self._expect_sha256:
+            raise BadSignature("the archive changed while it was read: its bytes are not the ones whose signature was "
+                               "verified", hint="do not modify an archive while it is restored")
+        head = self._src.read(fmt.RECORD_HEADER_SIZE)
+        if head:  # its form is checked; whether it is trusted was judged before this pass
+            read_signature_record(head, self._src, self._pos)
+            if self._src.read(1):
+                raise ArchiveError("corrupted archive: data after the signature record")
+
     def _trailer(self, rec: _Record) -> dict[str, Any]:
         if self._file is not None:
             raise ArchiveError(f"malformed archive: member {self._file.name} has no end record")
@@ -1149,8 +1182,7 @@ class _Reader:
         if "format_version" in extra:
             raise ArchiveError("malformed archive: the trailer sets format_version, which only the stream header and "
                                "the manifest may state")
-        if self._src.read(1):
-            raise ArchiveError(f"corrupted archive: data after the trailer at byte {self._pos}")
+        self._after_trailer()
         for full, meta in reversed(self._dirs):  # deepest first, after their contents
             self._applier.apply(full, meta)
         log.debug("archive extracted into %s: members=%d bytes=%d", self._dest, len(self._members), self._pos)

@@ -26,6 +26,7 @@ from migrate.api import DEFAULT_RESTORE_TIMEOUT_S, ProgressEvent, ProgressFn, Re
 from migrate.checkpoint import NETNS_KEY, keep_criu_log, volume_key
 from migrate.errors import IncompatibleHost, MigrationError, UnsafeMember
 from migrate.store import IMAGES_DIR, MANIFEST_KIND, ORIGIN_KEY, ORIGIN_UPLOAD, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore
+from migrate.signing import verify_import
 from runtime.criu import RESTORE_LOG, Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
 from runtime.container import parse_spec, validate_spec
 from runtime.fstree import remove_tree, remove_tree_quietly
@@ -74,7 +75,8 @@ def _make_work_dir(scratch: Path) -> None:
 
 
 def unpack_archive(
-    rt: Any, source: Any, *, progress: ProgressFn | None = None, trust_manifest: bool = True, staged_upper: Path | None = None
+    rt: Any, source: Any, *, progress: ProgressFn | None = None, trust_manifest: bool = True, staged_upper: Path | None = None,
+    expect_sha256: bytes | None = None,
 ) -> Unpacked:
     """Verify and unpack an archive stream into a scratch dir under ROOT/tmp.
 
@@ -85,7 +87,9 @@ def unpack_archive(
 
     ``staged_upper``: a live migration's upper layer received before the freeze. When the
     manifest says the archive's upper layer is only the changes since (``options.upper_delta``),
-    they are merged into it and it becomes the unpacked upper layer (moved into the scratch dir)."""
+    they are merged into it and it becomes the unpacked upper layer (moved into the scratch dir).
+
+    ``expect_sha256``: the digest whose signature was verified (see read_archive)."""
     from migrate.images import read_archive
     from migrate.store import devices_allowed
 
@@ -93,7 +97,8 @@ def unpack_archive(
     scratch = Path(os.path.join(rt.paths.tmp, f"import-{os.urandom(6).hex()}"))
     scratch.mkdir(mode=0o700)
     try:
-        manifest = read_archive(source, scratch, allow_devices=devices_allowed if trust_manifest else False)
+        manifest = read_archive(source, scratch, allow_devices=devices_allowed if trust_manifest else False,
+                                expect_sha256=expect_sha256)
         if manifest.get("kind") != MANIFEST_KIND:
             raise MigrationError(f"not a pymigrate checkpoint archive (kind {manifest.get('kind')!r})", phase="verify")
         images = scratch / IMAGES_DIR
@@ -347,14 +352,19 @@ def restore_container(
 
     emit("verify")
     archive_bytes = 0
+    signed_by = ""
     origin: Origin
     if source is not None:
         unpacked, origin = unpack_archive(rt, source, progress=progress, staged_upper=staged_upper), "peer"
     elif options.import_path is not None:
         path = Path(options.import_path)
         archive_bytes = path.stat().st_size
+        verified = verify_import(path, options.trusted_keys)  # before a single member is extracted
+        signed_by = verified.describe() if verified else ""
         with open(path, "rb") as f:
-            unpacked, origin = unpack_archive(rt, f, progress=progress, trust_manifest=False), "import"
+            unpacked = unpack_archive(rt, f, progress=progress, trust_manifest=False,
+                                      expect_sha256=verified.sha256 if verified else None)
+        origin = "import"
     elif options.checkpoint_id:
         unpacked = unpack_local(rt, options.checkpoint_id)
         origin = "import" if unpacked.manifest.get(ORIGIN_KEY) == ORIGIN_UPLOAD else "local"
@@ -418,4 +428,6 @@ def restore_container(
             images_bytes=images_bytes,
             since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
         ),
+        signed_by=signed_by,
     )
+

@@ -714,8 +714,9 @@ class _RemoteDaemon:
             _close_channel(self._chan)
             raise RemoteDaemonFailed(destination, "the start script printed nothing within 30s", []) from exc
         if len(first) != 2 or not first[0].isdigit():
-            # sshd sends EOF on stdout before the exit-status message: wait for it, bounded
-            ready = self._chan.status_event.wait(5.0)
+            # at EOF the script ended, but sshd sends its exit status after the EOF: wait for it,
+            # bounded (a script that printed something else may still be running: no wait)
+            ready = self._chan.status_event.wait(3.0) if not first else self._chan.exit_status_ready()
             status = self._chan.recv_exit_status() if ready else -1
             err = _printable(self._chan.makefile_stderr("rb").read(MAX_REMOTE_OUTPUT_BYTES)) if status != -1 else ""
             _close_channel(self._chan)

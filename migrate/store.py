@@ -14,6 +14,7 @@ so a crash never leaves a half-written checkpoint visible.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,9 +27,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from migrate.api import CheckpointInfo
-from migrate.errors import ArchiveError, CheckpointNotFound
+from migrate.errors import ArchiveError, ArchiveLimitExceeded, CheckpointNotFound
+from migrate.signing import SignaturePolicy, verify_file
 from runtime.config import Paths
 from runtime.errors import InvalidArgument
+from runtime.extract_limits import current_limits
 from runtime.fstree import remove_tree_quietly
 from runtime.spec import ContainerSpec
 
@@ -262,8 +265,11 @@ def _check_uploaded_spec(manifest: dict[str, Any]) -> None:
     validate_spec(replace(parse_spec(manifest.get("container")), volumes=()))
 
 
-def import_stream(paths: Paths, chunks: Iterator[bytes]) -> CheckpointInfo:
-    """Verify an archive stream and keep it as a local checkpoint (new id if the old one exists)."""
+def import_stream(paths: Paths, chunks: Iterator[bytes], policy: SignaturePolicy | None = None) -> CheckpointInfo:
+    """Verify an archive stream and keep it as a local checkpoint (new id if the old one exists).
+
+    With a ``policy`` that requires signatures, the stream is first spooled to the scratch dir
+    and its signature verified (SignatureError) before a single member is extracted."""
     from migrate.images import ArchiveWriter, read_archive
     from migrate.transfer import IteratorReader
 
@@ -271,7 +277,8 @@ def import_stream(paths: Paths, chunks: Iterator[bytes]) -> CheckpointInfo:
     scratch = paths.tmp / f"import-{secrets.token_hex(6)}"
     scratch.mkdir(mode=0o700, parents=True)
     try:
-        manifest = read_archive(IteratorReader(chunks), scratch / "archive", allow_devices=devices_allowed)
+        with _verified_source(IteratorReader(chunks), scratch, policy) as (source, expect_sha256):
+            manifest = read_archive(source, scratch / "archive", allow_devices=devices_allowed, expect_sha256=expect_sha256)
         if manifest.get("kind") != MANIFEST_KIND:
             raise ArchiveError(f"not a pymigrate checkpoint archive (kind {manifest.get('kind')!r})")
         _check_uploaded_spec(manifest)
@@ -305,3 +312,33 @@ def import_stream(paths: Paths, chunks: Iterator[bytes]) -> CheckpointInfo:
     finally:
         remove_tree_quietly(scratch)
     return info_from_manifest(manifest, size_bytes=_tree_size(final))
+
+
+@contextlib.contextmanager
+def _verified_source(stream: Any, scratch: Path, policy: SignaturePolicy | None) -> Iterator[tuple[Any, bytes | None]]:
+    """The archive to extract and the digest its signature covers: the stream itself when no
+    signature is required, else a spooled copy whose signature was verified."""
+    if policy is None or not policy.required:
+        yield stream, None
+        return
+    spooled = scratch / "upload.archive"
+    _spool(stream, spooled, current_limits().max_total_bytes)
+    verified = verify_file(spooled, policy)
+    log.info("upload signed by %s accepted (sha256 %s)", verified.describe(), verified.sha256.hex())
+    try:
+        with open(spooled, "rb") as f:
+            yield f, verified.sha256
+    finally:
+        spooled.unlink(missing_ok=True)  # its members are extracted: the copy is not kept twice
+
+
+def _spool(stream: Any, path: Path, limit_bytes: int) -> None:
+    size = 0
+    with open(path, "xb") as out:
+        while chunk := stream.read(4 << 20):
+            size += len(chunk)
+            if size > limit_bytes:
+                raise ArchiveLimitExceeded(f"the upload is larger than max_total_bytes ({limit_bytes} bytes)",
+                                           limit="max_total_bytes", value=limit_bytes, actual=size,
+                                           hint="raise it in PYMIGRATE_EXTRACT_LIMITS if this archive is expected")
+            out.write(chunk)

@@ -2,9 +2,11 @@
 
     pymigrate checkpoint NAME [--leave-running] [--export FILE] [--compress zstd|none] [--level N]
                               [--tcp-established] [--file-locks] [--print-stats] [--json]
+                              [--sign-key KEY]
     pymigrate checkpoint ls [--json] | checkpoint inspect ID [--json] | checkpoint rm ID...
-    pymigrate restore (CHECKPOINT_ID | --import FILE) [--name NEW] [--ip ADDR] [--tcp-established]
-                      [--print-stats] [--json]
+    pymigrate checkpoint sign FILE --sign-key KEY | checkpoint verify FILE --trusted-key PUB... [--json]
+    pymigrate restore (CHECKPOINT_ID | --import FILE [--trusted-key PUB]...) [--name NEW] [--ip ADDR]
+                      [--tcp-established] [--print-stats] [--json]
     pymigrate migrate NAME DEST [--keep-source] [--mode cold|postcopy|precopy|auto] [--file-locks]
                       [--tcp-established] [--insecure | --tls-cert F --tls-key F --tls-ca F]
                       [--token-file F] [--json]
@@ -23,18 +25,24 @@ from typing import Any
 
 from migrate.cli import EXIT_OK, EXIT_USAGE, Context, add_json_flag
 
-CHECKPOINT_VERBS = ("ls", "inspect", "rm")
+CHECKPOINT_VERBS = ("ls", "inspect", "rm", "sign", "verify")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("checkpoint", help="checkpoint a running container (or: checkpoint ls | inspect ID | rm ID)")
-    p.add_argument("args", nargs="+", metavar="NAME | ls | inspect ID | rm ID")
+    p = sub.add_parser("checkpoint", help="checkpoint a running container (or: checkpoint ls | inspect ID | rm ID | "
+                                          "sign FILE | verify FILE)")
+    p.add_argument("args", nargs="+", metavar="NAME | ls | inspect ID | rm ID | sign FILE | verify FILE")
     p.add_argument("--leave-running", action="store_true", help="keep the container running after the dump")
     p.add_argument("--export", type=Path, default=None, metavar="FILE", help="write the checkpoint to one archive file")
     p.add_argument("--compress", choices=("zstd", "none"), default="zstd", help="archive compression (with --export)")
     p.add_argument("--level", type=int, default=1, help="zstd level (with --export)")
     p.add_argument("--tcp-established", action="store_true", help="checkpoint established TCP connections")
     p.add_argument("--file-locks", action="store_true", help="checkpoint file locks")
+    p.add_argument("--sign-key", type=Path, default=None, metavar="KEY",
+                   help="sign the export (or the FILE of 'checkpoint sign') with this ed25519 private key "
+                        "(OpenSSH or PEM, e.g. from ssh-keygen -t ed25519)")
+    p.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", default=[], metavar="PUB",
+                   help="for 'checkpoint verify': public keys (ssh-ed25519 lines or PEM) the archive may be signed by")
     p.add_argument("--print-stats", action="store_true", help="print timing and size statistics")
     add_json_flag(p)
     p.set_defaults(handler=cmd_checkpoint)
@@ -42,6 +50,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("restore", help="restore a checkpoint into a running container")
     p.add_argument("checkpoint_id", nargs="?", metavar="CHECKPOINT_ID")
     p.add_argument("--import", dest="import_path", type=Path, default=None, metavar="FILE", help="restore from an exported archive")
+    p.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", default=[], metavar="PUB",
+                   help="with --import: the archive must be signed by one of these ed25519 public keys (ssh-ed25519 "
+                        "lines or PEM; repeatable), checked before anything is extracted")
     p.add_argument("--name", default=None, help="name of the restored container (default: the original)")
     p.add_argument("--ip", default=None, help="address of the restored container (default: the original)")
     p.add_argument("--tcp-established", action="store_true", help="restore established TCP connections")
@@ -178,7 +189,7 @@ class Progress:
 def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
     verb, rest = args.args[0], args.args[1:]
     if verb in CHECKPOINT_VERBS:
-        return _checkpoint_verb(verb, rest, ctx)
+        return _checkpoint_verb(verb, rest, ctx, args)
     if rest:
         print(f"pymigrate: checkpoint takes one container name, got {len(args.args)} arguments", file=sys.stderr)
         return EXIT_USAGE
@@ -194,6 +205,7 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         level=args.level,
         tcp_established=args.tcp_established,
         file_locks=args.file_locks,
+        sign_key=args.sign_key,
     )
     with Progress(ctx, f"checkpoint {verb}") as progress:
         result = ctx.engine.checkpoint(verb, options, progress)
@@ -201,12 +213,16 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         ctx.emit_json(result)
         return EXIT_OK
     print(result.export_path or result.checkpoint_id)
+    if result.signed_by:
+        print(f"signed by {result.signed_by}", file=sys.stderr)
     if args.print_stats:
         print_stats(f"checkpoint of {result.container_name}", result.stats)
     return EXIT_OK
 
 
-def _checkpoint_verb(verb: str, rest: list[str], ctx: Context) -> int:
+def _checkpoint_verb(verb: str, rest: list[str], ctx: Context, args: argparse.Namespace) -> int:
+    if verb in ("sign", "verify"):
+        return _signature_verb(verb, rest, ctx, args)
     if verb == "ls":
         items = ctx.engine.checkpoints()
         if ctx.json:
@@ -238,6 +254,37 @@ def _checkpoint_verb(verb: str, rest: list[str], ctx: Context) -> int:
     return EXIT_OK
 
 
+def _signature_verb(verb: str, rest: list[str], ctx: Context, args: argparse.Namespace) -> int:
+    """``checkpoint sign FILE --sign-key KEY`` and ``checkpoint verify FILE --trusted-key PUB``:
+    files on this side, whichever host a --host names."""
+    from migrate import signing
+
+    if len(rest) != 1:
+        print(f"pymigrate: checkpoint {verb} takes one archive file", file=sys.stderr)
+        return EXIT_USAGE
+    path = Path(rest[0])
+    if verb == "sign":
+        if args.sign_key is None:
+            print("pymigrate: checkpoint sign needs --sign-key KEY", file=sys.stderr)
+            return EXIT_USAGE
+        signer = signing.ArchiveSigner.from_file(args.sign_key)
+        digest = signing.sign_file(path, signer)
+        result = {"archive": str(path), "signed_by": signer.fingerprint, "sha256": digest}
+    else:
+        if not args.trusted_keys:
+            print("pymigrate: checkpoint verify needs --trusted-key PUB (repeatable)", file=sys.stderr)
+            return EXIT_USAGE
+        verified = signing.verify_file(path, signing.SignaturePolicy(signing.load_trusted_keys(args.trusted_keys)))
+        result = {"archive": str(path), "signed_by": verified.signer.fingerprint, "comment": verified.signer.comment,
+                  "key_source": verified.signer.source, "sha256": verified.sha256.hex()}
+    if ctx.json:
+        ctx.emit_json(result)
+    else:
+        print(f"{path}: {'signed by' if verb == 'sign' else 'good signature by'} {result['signed_by']}"
+              + (f" ({result['comment']})" if result.get("comment") else ""))
+    return EXIT_OK
+
+
 def restore_seccomp(values: list[str]) -> dict[str, Any]:
     """RestoreOptions fields for ``--security-opt`` (none given: the checkpoint's choice)."""
     from runtime.seccomp import parse_security_options
@@ -249,6 +296,9 @@ def restore_seccomp(values: list[str]) -> dict[str, Any]:
 def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
     if (args.checkpoint_id is None) == (args.import_path is None):
         print("pymigrate: restore needs exactly one of CHECKPOINT_ID or --import FILE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.trusted_keys and args.import_path is None:
+        print("pymigrate: --trusted-key checks an archive given with --import FILE", file=sys.stderr)
         return EXIT_USAGE
     from migrate.api import DEFAULT_RESTORE_TIMEOUT_S, RestoreOptions
     from runtime.container import parse_volume_mapping
@@ -265,6 +315,7 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         # paths on the restoring host (a remote daemon's own): checked there, not here
         volumes=tuple(parse_volume_mapping(v) for v in args.volumes),
         timeout_s=args.restore_timeout_s or DEFAULT_RESTORE_TIMEOUT_S,
+        trusted_keys=tuple(args.trusted_keys),
         **restore_seccomp(args.security_opt),
     )
     with Progress(ctx, "restore") as progress:
@@ -273,6 +324,8 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         ctx.emit_json(result)
         return EXIT_OK
     print(result.container.spec.name)
+    if result.signed_by:
+        print(f"good signature by {result.signed_by}", file=sys.stderr)
     if args.print_stats:
         print_stats(f"restore of {result.container.spec.name}", result.stats)
     return EXIT_OK

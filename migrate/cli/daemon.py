@@ -2,12 +2,15 @@
 
     pymigrate [--root DIR] daemon [--listen unix:PATH | HOST:PORT]
         [--tls-cert F --tls-key F --tls-ca F] [--token-file F] [--insecure] [--grace SECONDS]
+        [--allow-peer-volumes] [--trusted-key PUBKEY]...
 
 The default listener is ``unix:ROOT/run/pymigrate.sock`` (mode 0600). A TCP listener requires
 mutual TLS (the daemon's certificate and key, and the CA client certificates must chain to)
 unless ``--insecure`` is given; ``--token-file`` additionally requires a bearer token on every
 call but health. The TLS and token flags are the global ones (``pymigrate --tls-cert F daemon``
-works too); for the daemon they describe its own side.
+works too); for the daemon they describe its own side. ``--trusted-key`` makes the daemon accept
+only uploaded archives (UploadCheckpoint, ``restore --import`` through it) signed by one of the
+keys (migrate/signing.py); migration pushes stay authenticated by the channel.
 
 SIGTERM / SIGINT stop gracefully: no new calls, in-flight calls get ``--grace`` seconds, then
 they are cancelled and the engine rolls them back. Logs go to stderr (configured here, not in
@@ -42,6 +45,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-workers", type=int, default=32, help="concurrent calls served (default 32)")
     p.add_argument("--allow-peer-volumes", action="store_true",
                    help="let containers migrated here bring volumes (host paths chosen on the source); off by default")
+    p.add_argument("--trusted-key", dest="trusted_keys", type=_path, action="append", default=[], metavar="PUBKEY",
+                   help="accept only uploaded archives signed by one of these ed25519 keys (ssh-ed25519 lines or "
+                        "PEM; repeatable); checked before anything is extracted")
     p.set_defaults(handler=cmd_daemon)
 
 
@@ -74,6 +80,19 @@ def _warm_host_info(engine: Any) -> None:
         engine.host_info()
     except Exception:  # informative only; the RPC reports the real error if it persists
         log.debug("warming host info failed", exc_info=True)
+
+
+def _signature_policy(paths: list[Any]) -> Any:
+    """The uploads this daemon accepts: any (no keys), or signed by one of the keys (read now, so
+    a bad key file stops the start instead of refusing every upload later)."""
+    from migrate.signing import SignaturePolicy, load_trusted_keys
+
+    if not paths:
+        return None
+    policy = SignaturePolicy(load_trusted_keys(paths))
+    for key in policy.trusted:
+        log.info("uploaded archives must be signed: trusting %s from %s", key.describe(), key.source)
+    return policy
 
 
 def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
@@ -109,7 +128,8 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     from migrate.engine import LocalEngine, PeerConfig  # heavy: the runtime, CRIU probing
 
     # The daemon dials other daemons (migration targets) with its own credentials.
-    engine = LocalEngine(root, peer=PeerConfig.from_args(args), allow_peer_volumes=bool(getattr(args, "allow_peer_volumes", False)))
+    engine = LocalEngine(root, peer=PeerConfig.from_args(args), allow_peer_volumes=bool(getattr(args, "allow_peer_volumes", False)),
+                         signature_policy=_signature_policy(args.trusted_keys))
     engine.reconcile()
     _sweep_port_guards()
     server, bound = create_server(

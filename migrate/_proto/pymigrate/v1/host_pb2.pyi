@@ -267,16 +267,18 @@ class CheckpointStats(_message.Message):
     def __init__(self, freezing_ms: _Optional[float] = ..., frozen_ms: _Optional[float] = ..., memdump_ms: _Optional[float] = ..., memwrite_ms: _Optional[float] = ..., pages_scanned: _Optional[int] = ..., pages_skipped_parent: _Optional[int] = ..., pages_written: _Optional[int] = ..., images_bytes: _Optional[int] = ..., upper_bytes: _Optional[int] = ..., archive_bytes: _Optional[int] = ..., archive_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class CheckpointResult(_message.Message):
-    __slots__ = ("checkpoint_id", "container_name", "export_path", "stats")
+    __slots__ = ("checkpoint_id", "container_name", "export_path", "stats", "signed_by")
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     EXPORT_PATH_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     container_name: str
     export_path: str
     stats: CheckpointStats
-    def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., export_path: _Optional[str] = ..., stats: _Optional[_Union[CheckpointStats, _Mapping]] = ...) -> None: ...
+    signed_by: str
+    def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., export_path: _Optional[str] = ..., stats: _Optional[_Union[CheckpointStats, _Mapping]] = ..., signed_by: _Optional[str] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
     __slots__ = ("checkpoint_id", "container_name", "container_id", "image_digest", "created_at", "size_bytes", "criu_version")
@@ -313,12 +315,14 @@ class RestoreStats(_message.Message):
     def __init__(self, import_ms: _Optional[float] = ..., restore_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., archive_bytes: _Optional[int] = ..., images_bytes: _Optional[int] = ..., since_resume_ms: _Optional[float] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
-    __slots__ = ("container", "stats")
+    __slots__ = ("container", "stats", "signed_by")
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
     container: ContainerInfo
     stats: RestoreStats
-    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ..., stats: _Optional[_Union[RestoreStats, _Mapping]] = ...) -> None: ...
+    signed_by: str
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ..., stats: _Optional[_Union[RestoreStats, _Mapping]] = ..., signed_by: _Optional[str] = ...) -> None: ...
 
 class MigrationStats(_message.Message):
     __slots__ = ("frozen_ms", "total_ms", "bytes_on_wire", "raw_bytes", "phases_ms", "upper_entries_frozen")
