@@ -4,6 +4,7 @@
     scripts/bench.py checkpoint [--sizes 64,256,1024] [--runs N] [--json]   (scripts/bench_checkpoint.py)
     scripts/bench.py migrate ...                                           (scripts/bench_migrate.py)
     scripts/bench.py client-pause [--modes cold,postcopy,local] [--runs N] (scripts/bench_client_pause.py)
+    scripts/bench.py sign [--sizes 256,1024] [--runs N] [--json]            (scripts/bench_sign.py)
 
 Each subcommand's module has ``main(argv) -> int``; it is imported only when asked for.
 """
@@ -15,7 +16,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COMMANDS = {"checkpoint": "bench_checkpoint.py", "migrate": "bench_migrate.py", "client-pause": "bench_client_pause.py"}
+COMMANDS = {"checkpoint": "bench_checkpoint.py", "migrate": "bench_migrate.py", "client-pause": "bench_client_pause.py",
+            "sign": "bench_sign.py"}
 
 
 def main(argv: list[str]) -> int:
