@@ -1,7 +1,7 @@
 """The one library API: the ``Engine`` protocol and the frozen dataclasses it takes and returns.
 
 ``LocalEngine`` (migrate/engine.py) runs everything on this host through the runtime and the
-checkpoint core; ``RemoteEngine`` (migrate/client.py) is the gRPC client of a pymigrate daemon.
+checkpoint core; ``RemoteEngine`` (migrate/remote/client.py) is the gRPC client of a pymigrate daemon.
 The CLI and the gRPC servicer talk only to an ``Engine``; neither sees protobuf and runtime
 internals at the same time.
 """
@@ -67,7 +67,7 @@ class CheckpointOptions:
     level: int = 1
     tcp_established: bool = False
     file_locks: bool = False
-    # an ed25519 private key (OpenSSH or PEM) that signs the export (migrate/signing.py); read
+    # an ed25519 private key (OpenSSH or PEM) that signs the export (migrate/archive/signing.py); read
     # by the caller's side, never sent to a daemon
     sign_key: Path | None = None
 
@@ -129,7 +129,7 @@ class RestoreOptions:
     seccomp: str | None = None
     seccomp_profile: str | None = None
     # public keys (files of ssh-ed25519 lines or PEM): the imported archive must be signed by one
-    # of them, checked before anything is extracted (migrate/signing.py); on the caller's side
+    # of them, checked before anything is extracted (migrate/archive/signing.py); on the caller's side
     trusted_keys: tuple[Path, ...] = ()
 
 
@@ -249,7 +249,7 @@ class IncomingRequest:
     source_address: str | None = None
     # The source daemon's own address (HOST:PORT; a wildcard host means "the address the call came
     # from"): where the target asks what became of the migration when the source never settles it
-    # (a restored copy's lease, migrate/incoming.py). None: the target cannot ask.
+    # (a restored copy's lease, migrate/migration/target.py). None: the target cannot ask.
     source_daemon: str | None = None
 
 
@@ -296,7 +296,7 @@ class MigrationTarget(Protocol):
     def commit_incoming(self, migration_id: str) -> None: ...
     def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> Settlement: ...
     def start_precopy_round(self, migration_id: str, round_no: int, final: bool = False) -> int:
-        """Pre-copy (migrate/precopy.py): start the CRIU page server of pre-dump round ``round_no``
+        """Pre-copy (migrate/migration/precopy.py): start the CRIU page server of pre-dump round ``round_no``
         (1, 2, ... in order; ``final``: the frozen dump's, after the last round) and return its port."""
         ...
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
-from migrate.signing import ArchiveSigner, HashingSink
-from migrate.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore, build_manifest, new_checkpoint_id
+from migrate.archive.signing import ArchiveSigner, HashingSink
+from migrate.archive.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore, build_manifest, new_checkpoint_id
 from runtime.criu import DUMP_LOG, Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
 from runtime.checkpointing import DumpTarget, keep_failed_log
 from runtime.errors import ContainerError, InvalidArgument, InvalidState
@@ -115,7 +115,7 @@ def stream_dump(
     add_upper: Callable[[Any], None] | None = None,
 ) -> tuple[DumpStats, float]:
     """Dump with CRIU into ``request.images_dir`` while writing the upper layer and the images into
-    ``writer`` (a migrate.images.ArchiveWriter). Returns (CRIU stats, dump wall time in ms).
+    ``writer`` (a migrate.archive.ArchiveWriter). Returns (CRIU stats, dump wall time in ms).
     ``add_upper(writer)`` writes the upper layer instead of the whole ``upper_dir`` (a live
     migration sends only what changed since it staged the layer).
 
@@ -182,10 +182,10 @@ def _allocated_bytes(path: Path) -> int:
 
 def _image_writer(image: Path | None, tmp_dir: Path) -> Callable[[Any], None] | None:
     """For ``stream_dump``'s ``add_upper``: a layer on an image goes as its blocks (members
-    upper.img.map/.data, migrate/upper_image.py), not as its tree."""
+    upper.img.map/.data, migrate/archive/upper_image.py), not as its tree."""
     if image is None:
         return None
-    from migrate.upper_image import add_frozen
+    from migrate.archive.upper_image import add_frozen
 
     return lambda writer: add_frozen(writer, image, tmp_dir)
 
@@ -229,7 +229,7 @@ def checkpoint_container(
     committed, and only then is it stopped. So a failure anywhere, even after CRIU finished (disk
     full on the last bytes, a rename), leaves the container running.
     """
-    from migrate.images import ArchiveWriter
+    from migrate.archive import ArchiveWriter
 
     criu = criu or SwrkCriu()
     started = time.monotonic()
@@ -315,7 +315,7 @@ def checkpoint_container(
                 dump_thread.start()
                 try:
                     if target.upper_image is not None:  # its blocks keep the inode numbers
-                        from migrate.upper_image import copy_frozen
+                        from migrate.archive.upper_image import copy_frozen
 
                         copy_frozen(target.upper_image, staging / UPPER_IMAGE)
                     else:

@@ -33,7 +33,7 @@ from runtime.spec import ContainerInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from runtime.runtime import Runtime
-    from migrate.signing import SignaturePolicy
+    from migrate.archive.signing import SignaturePolicy
 
 log = logging.getLogger(__name__)
 
@@ -177,19 +177,19 @@ class LocalEngine:
         return self._checkpoint_store().manifest(checkpoint_id)
 
     def export_checkpoint(self, checkpoint_id: str) -> Iterator[bytes]:
-        from migrate.store import export_stream
+        from migrate.archive.store import export_stream
 
         return export_stream(self.runtime.paths, checkpoint_id)
 
     def import_checkpoint(self, chunks: Iterator[bytes]) -> CheckpointInfo:
-        from migrate.store import import_stream
+        from migrate.archive.store import import_stream
 
         self.runtime.paths.ensure()
         return import_stream(self.runtime.paths, chunks, self.signature_policy)
 
     # -- migration ------------------------------------------------------------------------------
     def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult:
-        from migrate.migration import migrate_container
+        from migrate.migration.driver import migrate_container
         from runtime.criu import SwrkCriu
 
         self.runtime.paths.ensure()
@@ -229,22 +229,22 @@ class LocalEngine:
         migration, abort an unfinished one), or with ``ask_source`` as its source (a target whose
         restored copy's lease expired asks)."""
         if ask_source:
-            from migrate.outgoing import answer_as_source
+            from migrate.migration.recovery import answer_as_source
 
             return answer_as_source(self._host(), lambda dest: self.peer.connect(dest), migration_id, container_id)
         return self._incoming().settle(migration_id, container_id)
 
     def settle_outgoing(self) -> None:
         """Settle outgoing migrations whose outcome is unknown and no driver works on (the daemon
-        runs this every few seconds; migrate/outgoing.py)."""
-        from migrate.outgoing import settle_pending
+        runs this every few seconds; migrate/migration/recovery.py)."""
+        from migrate.migration.recovery import settle_pending
 
         if (self.runtime.paths.run / "outgoing").is_dir():
             settle_pending(self._host(), lambda dest: self.peer.connect(dest))
 
     def _refuse_unsettled(self, name: str, action: str) -> None:
         """A copy frozen while its migration's outcome is unknown must not run (the target may)."""
-        from migrate.outgoing import OutgoingMigrations
+        from migrate.migration.recovery import OutgoingMigrations
         from runtime.errors import InvalidState
 
         record = OutgoingMigrations(self.runtime.paths).unsettled_for(self.runtime.container(name).container_id)
@@ -268,7 +268,7 @@ class LocalEngine:
         """After a (re)start: finish or undo what a crash interrupted (outgoing migrations: thaw or
         finish the source copy; incoming migrations; scratch). Outgoing first: it waits for an
         orphaned CRIU to leave the staging dir that the incoming reconcile then removes."""
-        from migrate.outgoing import reconcile_outgoing
+        from migrate.migration.recovery import reconcile_outgoing
 
         self.runtime.paths.ensure()
         steps: tuple[tuple[str, Any], ...] = (
@@ -321,13 +321,13 @@ class LocalEngine:
         return self._checkpoint_host
 
     def _checkpoint_store(self) -> Any:
-        from migrate.store import CheckpointStore
+        from migrate.archive.store import CheckpointStore
 
         return CheckpointStore(self.runtime.paths)
 
     def _incoming(self) -> Any:
         if self._incoming_migrations is None:
-            from migrate.incoming import IncomingMigrations
+            from migrate.migration.target import IncomingMigrations
             from runtime.criu import SwrkCriu
 
             self._incoming_migrations = IncomingMigrations(self._host(), SwrkCriu(), page_server_tls=self._page_server_tls(),
@@ -339,29 +339,29 @@ class LocalEngine:
 class PeerConfig:
     """How this host dials another daemon (migration targets): the same credential kinds as the CLI."""
 
-    tls: Any = None  # migrate.tls.TlsConfig
+    tls: Any = None  # migrate.remote.tls.TlsConfig
     token: str | None = None
     insecure: bool = False
     ssh: dict[str, Any] | None = None
 
     def connect(self, dest: str) -> Any:
-        from migrate.client import RemoteEngine
+        from migrate.remote.client import RemoteEngine
 
         ssh = self.ssh if dest.startswith("ssh://") else None
         return RemoteEngine(dest, tls=self.tls, token=self.token, insecure=self.insecure, ssh=ssh)
 
     @classmethod
     def from_args(cls, args: Any) -> "PeerConfig":
-        from migrate.client import read_token
-        from migrate.tls import tls_from_paths
+        from migrate.remote.client import read_token
+        from migrate.remote.tls import tls_from_paths
 
         tls = tls_from_paths(getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="peer")
         ssh = None
-        # Only when a --ssh-* flag differs from its default: migrate.ssh imports paramiko (~70 ms
+        # Only when a --ssh-* flag differs from its default: migrate.remote.ssh imports paramiko (~70 ms
         # on every TCP migrate otherwise); without flags open_ssh_target's defaults are the same.
         given = any(getattr(args, a, None) for a in ("ssh_key", "ssh_accept_new", "ssh_known_hosts", "ssh_remote_root"))
         if given or getattr(args, "ssh_remote_pymigrate", None) not in (None, "pymigrate"):
-            from migrate.ssh import ssh_options_from_args
+            from migrate.remote.ssh import ssh_options_from_args
 
             ssh = ssh_options_from_args(args)
         return cls(tls=tls, token=read_token(getattr(args, "token_file", None)), insecure=bool(getattr(args, "insecure", False)), ssh=ssh)
@@ -371,6 +371,6 @@ def engine_for(args: Any) -> Engine:
     """LocalEngine on ``args.root`` unless ``args.host`` names a remote daemon."""
     if getattr(args, "host", None) is None:
         return LocalEngine(getattr(args, "root", None), peer_args=args)
-    from migrate.client import RemoteEngine
+    from migrate.remote.client import RemoteEngine
 
     return RemoteEngine.from_args(args)

@@ -9,10 +9,10 @@ Tree::
     │   ├── ChecksumMismatch        names the member whose sha256 failed
     │   ├── FormatVersionError      unknown archive format version
     │   ├── UnsafeMember            absolute path, '..', escaping link, device node not allowed,
-    │   │                           a member the whitelist does not allow (migrate.archive_members)
+    │   │                           a member the whitelist does not allow (migrate.archive.members)
     │   ├── ArchiveLimitExceeded    over an extraction budget (runtime.extract_limits): names the
     │   │                           limit, its value and what needed more
-    │   └── SignatureError          refused by the signature policy (migrate.signing)
+    │   └── SignatureError          refused by the signature policy (migrate.archive.signing)
     │       ├── UnsignedArchive     trusted keys are required and the archive has no signature
     │       ├── UntrustedSigner     signed by a key that is not trusted here (names its fingerprint)
     │       └── BadSignature        the signature does not match the archive's bytes

@@ -1,7 +1,7 @@
 """Restore a checkpoint (local or imported archive) into a new running container.
 
 Pre-flight comes before anything outside a temporary directory is touched:
-archive checksums and format version (migrate.images verifies while unpacking into ROOT/tmp),
+archive checksums and format version (migrate.archive verifies while unpacking into ROOT/tmp),
 CRIU version >= the one that dumped, CPU compatibility (``criu cpuinfo check`` against the
 cpuinfo.img recorded at dump time), the base image present with the same digest, the name and
 the address free. Only then does the runtime build the container (upper layer, overlay, cgroup
@@ -25,8 +25,8 @@ from typing import Any, Callable, Literal
 from migrate.api import DEFAULT_RESTORE_TIMEOUT_S, ProgressEvent, ProgressFn, RestoreOptions, RestoreResult, RestoreStats
 from migrate.checkpoint import NETNS_KEY, keep_criu_log, volume_key
 from migrate.errors import IncompatibleHost, MigrationError, UnsafeMember
-from migrate.store import IMAGES_DIR, MANIFEST_KIND, ORIGIN_KEY, ORIGIN_UPLOAD, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore
-from migrate.signing import verify_import
+from migrate.archive.store import IMAGES_DIR, MANIFEST_KIND, ORIGIN_KEY, ORIGIN_UPLOAD, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore
+from migrate.archive.signing import verify_import
 from runtime.criu import RESTORE_LOG, Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
 from runtime.container import parse_spec, validate_spec
 from runtime.fstree import remove_tree, remove_tree_quietly
@@ -81,7 +81,7 @@ def unpack_archive(
     """Verify and unpack an archive stream into a scratch dir under ROOT/tmp.
 
     ``trust_manifest``: whether the manifest's word on device nodes counts (see
-    migrate.store.devices_allowed). True for streams from a peer daemon; False for a file given to
+    migrate.archive.store.devices_allowed). True for streams from a peer daemon; False for a file given to
     ``restore --import``, whose manifest anyone could have written: then only overlay whiteouts
     pass.
 
@@ -90,8 +90,8 @@ def unpack_archive(
     they are merged into it and it becomes the unpacked upper layer (moved into the scratch dir).
 
     ``expect_sha256``: the digest whose signature was verified (see read_archive)."""
-    from migrate.images import read_archive
-    from migrate.store import devices_allowed
+    from migrate.archive import read_archive
+    from migrate.archive.store import devices_allowed
 
     rt.paths.tmp.mkdir(parents=True, exist_ok=True)
     scratch = Path(os.path.join(rt.paths.tmp, f"import-{os.urandom(6).hex()}"))
@@ -118,10 +118,10 @@ def unpack_archive(
 
 
 def _upper_image(scratch: Path, manifest: dict[str, Any], staged: Path | None, *, trusted: bool) -> Path | None:
-    """The unpacked upper-layer image, if the archive's layer is one (migrate/upper_image.py):
+    """The unpacked upper-layer image, if the archive's layer is one (migrate/archive/upper_image.py):
     the whole image, or the staged one with the archive's changed blocks written into it. An
     image from an untrusted source is checked before anything can mount it."""
-    from migrate import upper_image
+    from migrate.archive import upper_image
     from runtime.upperfs import check_untrusted, is_image_file
 
     image = scratch / upper_image.MEMBER
@@ -145,7 +145,7 @@ def _merge_upper_delta(upper: Path, delta: Any, staged: Path | None) -> None:
     """The archive's upper layer holds only the changes since ``staged`` (the trailer's
     ``upper_delta`` says which, and what was deleted): merge, then put the
     merged tree where the full one would be."""
-    from migrate.upper_sync import UpperDelta, apply_delta
+    from migrate.migration.upper_sync import UpperDelta, apply_delta
 
     if staged is None or not staged.is_dir():
         raise MigrationError("the archive carries only the upper layer's changes, but no staged upper layer is here",
@@ -157,8 +157,8 @@ def _merge_upper_delta(upper: Path, delta: Any, staged: Path | None) -> None:
 
 def unpack_local(rt: Any, checkpoint_id: str) -> Unpacked:
     """A local checkpoint: images are used in place; the upper layer is unpacked into scratch."""
-    from migrate.archive_members import check_images_dir
-    from migrate.images import read_archive
+    from migrate.archive.members import check_images_dir
+    from migrate.archive import read_archive
 
     store = CheckpointStore(rt.paths)
     cid = store.resolve(checkpoint_id)

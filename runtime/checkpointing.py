@@ -137,7 +137,7 @@ class CheckpointHost:
         With ``operation``, who freezes it and the ``partial`` files it writes are recorded first
         (runtime/freeze_record.py): if this process dies with the container frozen, the next
         command thaws it and removes them. A migration's freeze is not recorded here: its
-        outgoing record decides whether the copy here may run again (migrate/outgoing.py)."""
+        outgoing record decides whether the copy here may run again (migrate/migration/recovery.py)."""
         from runtime.freezer import freeze_seizable
 
         cg, cid = self._cg(c.spec), c.container_id

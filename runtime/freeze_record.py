@@ -13,7 +13,7 @@ container (``pymigrate ps``, ``inspect``, ``unpause``, the daemon's start) calls
   the next look, thawing now would be undone;
 - otherwise: thaw (unless the container was paused before), remove the partial files, clear the
   record. Records with ``recover`` false belong to a migration: its outgoing record decides
-  whether the copy here may run again (migrate/outgoing.py), so they are left to it.
+  whether the copy here may run again (migrate/migration/recovery.py), so they are left to it.
 """
 
 from __future__ import annotations

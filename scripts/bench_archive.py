@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput of the checkpoint archive (migrate.images) against `tar -cf - | zstd -1 -T0`.
+"""Throughput of the checkpoint archive (migrate.archive) against `tar -cf - | zstd -1 -T0`.
 
 Changes nothing on the host outside the work dir given (default /dev/shm/pymigrate-archive-bench,
 removed at the end unless --keep). Runs A/B interleaved rounds and prints medians in MB/s.
@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from migrate.images import ArchiveWriter, read_archive
+from migrate.archive import ArchiveWriter, read_archive
 
 
 def make_data(path: Path, size_mib: int) -> None:

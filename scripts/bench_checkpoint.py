@@ -314,7 +314,7 @@ class Bench:
 
     def _upper_from(self, cid: str, base: Path) -> Path:
         """The checkpoint's upper layer, unpacked from its upper.pma (as pymigrate restore does)."""
-        from migrate.images import read_archive
+        from migrate.archive import read_archive
 
         dest = base / "unpacked"
         shutil.rmtree(dest, ignore_errors=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput of the ssh:// tunnel (migrate/ssh.py) next to the direct paths, in one run.
+"""Throughput of the ssh:// tunnel (migrate/remote/ssh.py) next to the direct paths, in one run.
 
 Changes on the host: creates one "host" network namespace with sshd and a pymigrate daemon
 (tests/integration/hosts.py) and removes it again. Needs root and openssh-server.
@@ -143,8 +143,8 @@ def main() -> int:
     args = parser.parse_args()
     size = args.size_mib << 20
 
-    from migrate.client import RemoteEngine
-    from migrate.ssh import open_ssh_target
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.ssh import open_ssh_target
     from tests.integration.hosts import PYMIGRATE_BIN, Hosts
 
     results: dict[str, float] = {}

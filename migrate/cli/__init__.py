@@ -163,7 +163,7 @@ def _global_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", type=Path, default=None, help="CA that signed the daemon's certificate")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for the daemon")
     parser.add_argument("--insecure", action="store_true", help="plain TCP to the daemon (no TLS)")
-    # ssh:// addresses (migrate/ssh.py)
+    # ssh:// addresses (migrate/remote/ssh.py)
     parser.add_argument("--ssh-key", type=Path, default=None, metavar="FILE", help="for ssh:// hosts: use only this private key")
     parser.add_argument("--ssh-accept-new", action="store_true", help="for ssh:// hosts: record an unknown host key (a changed one is still refused)")
     parser.add_argument("--ssh-known-hosts", type=Path, default=None, metavar="FILE", help="for ssh:// hosts: known_hosts file (default ~/.ssh/known_hosts)")

@@ -257,7 +257,7 @@ def _checkpoint_verb(verb: str, rest: list[str], ctx: Context, args: argparse.Na
 def _signature_verb(verb: str, rest: list[str], ctx: Context, args: argparse.Namespace) -> int:
     """``checkpoint sign FILE --sign-key KEY`` and ``checkpoint verify FILE --trusted-key PUB``:
     files on this side, whichever host a --host names."""
-    from migrate import signing
+    from migrate.archive import signing
 
     if len(rest) != 1:
         print(f"pymigrate: checkpoint {verb} takes one archive file", file=sys.stderr)

@@ -10,7 +10,7 @@ unless ``--insecure`` is given; ``--token-file`` additionally requires a bearer 
 call but health. The TLS and token flags are the global ones (``pymigrate --tls-cert F daemon``
 works too); for the daemon they describe its own side. ``--trusted-key`` makes the daemon accept
 only uploaded archives (UploadCheckpoint, ``restore --import`` through it) signed by one of the
-keys (migrate/signing.py); migration pushes stay authenticated by the channel.
+keys (migrate/archive/signing.py); migration pushes stay authenticated by the channel.
 
 SIGTERM / SIGINT stop gracefully: no new calls, in-flight calls get ``--grace`` seconds, then
 they are cancelled and the engine rolls them back. Logs go to stderr (configured here, not in
@@ -85,7 +85,7 @@ def _warm_host_info(engine: Any) -> None:
 def _signature_policy(paths: list[Any]) -> Any:
     """The uploads this daemon accepts: any (no keys), or signed by one of the keys (read now, so
     a bad key file stops the start instead of refusing every upload later)."""
-    from migrate.signing import SignaturePolicy, load_trusted_keys
+    from migrate.archive.signing import SignaturePolicy, load_trusted_keys
 
     if not paths:
         return None
@@ -114,9 +114,9 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     )
     from runtime.config import Paths, default_root
 
-    from migrate.client import read_token
-    from migrate.server import check_token_file, create_server, default_listen
-    from migrate.tls import tls_from_paths
+    from migrate.remote.client import read_token
+    from migrate.remote.server import check_token_file, create_server, default_listen
+    from migrate.remote.tls import tls_from_paths
 
     root = args.root or default_root()
     tls = tls_from_paths(getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="daemon")

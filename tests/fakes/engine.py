@@ -54,7 +54,7 @@ class FakeEngine:
         self._logs: dict[str, bytes] = {}
         self._checkpoints: dict[str, tuple[api.CheckpointInfo, bytes]] = {}
         self._incoming: dict[str, dict] = {}
-        self.settled: dict[str, str] = {}  # migration id -> outcome (target side, as migrate.incoming records it)
+        self.settled: dict[str, str] = {}  # migration id -> outcome (target side, as migrate.migration.target records it)
         self.received_image_bytes: dict[str, bytes] = {}
 
     # --- helpers ------------------------------------------------------------------------------
@@ -480,7 +480,7 @@ class FakeEngine:
         self.settled[migration_id] = "committed"
 
     def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> api.Settlement:
-        """As migrate.incoming.IncomingMigrations.settle: commit a restored migration, abort an
+        """As migrate.migration.target.IncomingMigrations.settle: commit a restored migration, abort an
         unfinished one, repeat an ended one's outcome."""
         self._enter("settle_migration")
         with self._lock:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from migrate.errors import UnsafeMember
-from migrate.images import ArchiveWriter, read_archive
+from migrate.archive import ArchiveWriter, read_archive
 
 pytestmark = pytest.mark.integration
 

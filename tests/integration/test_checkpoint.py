@@ -133,7 +133,7 @@ def continues_after(get: Callable[[], int | None], final: int, what: str, hist: 
 @pytest.fixture
 def drop_checkpoints(pm_root: Path):  # noqa: ANN201
     yield
-    from migrate.store import CheckpointStore
+    from migrate.archive.store import CheckpointStore
     from runtime.config import Paths
 
     store = CheckpointStore(Paths(pm_root))

@@ -19,8 +19,8 @@ from typing import Iterator
 import grpc
 import pytest
 
-from migrate.client import RemoteEngine
-from migrate.server import wait_for_serving
+from migrate.remote.client import RemoteEngine
+from migrate.remote.server import wait_for_serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root")]
 

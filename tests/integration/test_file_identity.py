@@ -203,8 +203,8 @@ def test_export_and_import_on_another_root_keep_the_inode(lab: Lab, tmp_path: Pa
 
 def test_an_imported_image_that_is_damaged_is_refused_before_any_mount(lab: Lab, tmp_path: Path) -> None:
     """restore --import of an archive whose upper.img fails e2fsck: a typed error, nothing mounted."""
-    from migrate import upper_image
-    from migrate.images import ArchiveWriter, read_archive
+    from migrate.archive import upper_image
+    from migrate.archive import ArchiveWriter, read_archive
 
     a, b = lab.hosts[0], lab.hosts[1]
     name = "ident-bad"

@@ -327,7 +327,7 @@ def test_precopy_is_refused_with_the_kernel_reason(lab: Lab) -> None:
         assert rc != 0
         print(f"\nrefused: {err.strip()}")
         assert "precopy" in err and "soft-dirty" in err, err
-        from migrate.precopy import kernel_soft_dirty
+        from migrate.migration.precopy import kernel_soft_dirty
 
         if kernel_soft_dirty() is False:
             assert "CONFIG_MEM_SOFT_DIRTY" in err, err

@@ -27,7 +27,7 @@ import time
 import pytest
 
 from migrate.api import MigrateOptions
-from migrate.client import RemoteEngine
+from migrate.remote.client import RemoteEngine
 from tests.integration.hosts import Host, make_hosts  # noqa: F401  (fixture)
 from tests.integration.migrate_helpers import (
     COUNTER_CMD,

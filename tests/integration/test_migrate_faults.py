@@ -9,7 +9,7 @@ Faults: the target daemon SIGKILLed mid-transfer (its restart reconciles); the l
 mid-transfer; the target's restore failing (its CRIU made to fail); the target's disk full (state
 root on a small tmpfs); a byte flipped in transit (a man-in-the-middle TCP proxy that parses
 HTTP/2 frames and flips one byte inside a DATA frame); the source daemon SIGKILLed mid-transfer
-and restarted (migrate/outgoing.py thaws the frozen container at start).
+and restarted (migrate/migration/recovery.py thaws the frozen container at start).
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from migrate.api import IncomingRequest, MigrateOptions
-from migrate.client import RemoteEngine
+from migrate.remote.client import RemoteEngine
 from migrate.errors import AuthError, MigrationError, TransferError
-from migrate.tls import TlsConfig
+from migrate.remote.tls import TlsConfig
 from runtime.errors import ContainerError, InvalidArgument
 from tests.fakes.certs import Pem, TestCA, _write
 from tests.integration.hosts import Host, make_hosts  # noqa: F401  (fixture)

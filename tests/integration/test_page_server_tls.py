@@ -36,7 +36,7 @@ from typing import Iterator
 import pytest
 
 from migrate.api import MigrateOptions, MigrateResult
-from migrate.client import RemoteEngine
+from migrate.remote.client import RemoteEngine
 from migrate.errors import MigrationError
 from tests.integration.hosts import Host, Hosts
 from tests.integration.migrate_helpers import DAEMON_PORT, leftovers, names_by_status

@@ -35,7 +35,7 @@ def _soft_dirty_reason() -> str | None:
 
     if supports_dirty_tracking():
         return None
-    from migrate.precopy import local_refusal
+    from migrate.migration.precopy import local_refusal
 
     refused = local_refusal()
     return refused.reason if refused is not None else "no soft-dirty page tracking"

@@ -104,7 +104,7 @@ def pm_cli(pm_root: Path, rt):  # noqa: ANN001, ANN201 - rt: containers removed 
         return subprocess.run([*prefix, *PYMIGRATE, "--root", str(pm_root), *args], capture_output=True, timeout=120, cwd=REPO)
 
     yield cli
-    from migrate.store import CheckpointStore
+    from migrate.archive.store import CheckpointStore
     from runtime.config import Paths
 
     store = CheckpointStore(Paths(pm_root))

@@ -1,4 +1,4 @@
-"""Signed archives end to end (issue 11; migrate/signing.py): real CRIU exports signed with keys
+"""Signed archives end to end (issue 11; migrate/archive/signing.py): real CRIU exports signed with keys
 from ssh-keygen, imports that must be signed by a trusted key, and a daemon that accepts only
 signed uploads. Real daemon over a unix socket, real containers.
 
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import grpc
 import pytest
 
-from migrate.signing import ArchiveSigner, sign_file
+from migrate.archive.signing import ArchiveSigner, sign_file
 from tests.fakes import hostile_archives as ha
 from tests.integration.conftest import PYMIGRATE, REPO
 
@@ -149,7 +149,7 @@ def test_checkpoint_sign_appends_a_signature_once(pm: Callable[..., Any], tmp_pa
 @pytest.fixture
 def signed_daemon(pm_root: Path, keys: dict[str, Path]) -> Iterator[str]:
     """A daemon on the test root that takes only uploads signed by the release key."""
-    from migrate.server import wait_for_serving
+    from migrate.remote.server import wait_for_serving
 
     sock = Path(f"/tmp/pm-sign-{secrets.token_hex(3)}.sock")
     proc = subprocess.Popen([*PYMIGRATE, "--root", str(pm_root), "daemon", "--listen", f"unix:{sock}", "--grace", "5",

@@ -113,7 +113,7 @@ def _wait_until(predicate, timeout_s: float) -> bool:  # noqa: ANN001
 
 
 def test_unknown_host_key_is_refused(ssh_setup: SshSetup) -> None:
-    from migrate.ssh import HostKeyUnknown, open_ssh_target
+    from migrate.remote.ssh import HostKeyUnknown, open_ssh_target
 
     with pytest.raises(HostKeyUnknown) as info:
         open_ssh_target(ssh_setup.host.ssh_url(), **ssh_setup.options())
@@ -126,7 +126,7 @@ def test_unknown_host_key_is_refused(ssh_setup: SshSetup) -> None:
 
 
 def test_accept_new_records_the_key_and_later_connections_use_it(ssh_setup: SshSetup) -> None:
-    from migrate.ssh import open_ssh_target
+    from migrate.remote.ssh import open_ssh_target
 
     with open_ssh_target(ssh_setup.host.ssh_url(), accept_new=True, **ssh_setup.options()):
         pass
@@ -146,7 +146,7 @@ def test_accept_new_records_the_key_and_later_connections_use_it(ssh_setup: SshS
 
 
 def test_changed_host_key_is_refused_even_with_accept_new(ssh_setup: SshSetup) -> None:
-    from migrate.ssh import HostKeyMismatch, open_ssh_target
+    from migrate.remote.ssh import HostKeyMismatch, open_ssh_target
 
     host = ssh_setup.host
     with open_ssh_target(host.ssh_url(), accept_new=True, **ssh_setup.options()):
@@ -180,7 +180,7 @@ def test_cli_reports_unknown_host_key_with_fingerprint(ssh_setup: SshSetup) -> N
 
 def test_wrong_user_key_fails_naming_the_key(ssh_setup: SshSetup, tmp_path: Path) -> None:
     from migrate.errors import AuthError
-    from migrate.ssh import SshAuthFailed, open_ssh_target
+    from migrate.remote.ssh import SshAuthFailed, open_ssh_target
 
     wrong = _keygen(tmp_path / "id_wrong", "not-authorized")
     with pytest.raises(SshAuthFailed) as info:
@@ -196,7 +196,7 @@ def test_wrong_user_key_fails_naming_the_key(ssh_setup: SshSetup, tmp_path: Path
 
 def test_keys_from_ssh_config_and_default_identity(ssh_setup: SshSetup) -> None:
     """Without --ssh-key: ~/.ssh/config's HostName/User/IdentityFile decide."""
-    from migrate.ssh import open_ssh_target
+    from migrate.remote.ssh import open_ssh_target
 
     config = ssh_setup.home / ".ssh" / "config"
     config.write_text(f"Host hosta\n    HostName {ssh_setup.host.address}\n    User root\n    IdentityFile {ssh_setup.key}\n")
@@ -208,7 +208,7 @@ def test_keys_from_ssh_config_and_default_identity(ssh_setup: SshSetup) -> None:
 
 def test_unreachable_host(ssh_setup: SshSetup) -> None:
     from migrate.errors import TransferError
-    from migrate.ssh import SshUnreachable, open_ssh_target
+    from migrate.remote.ssh import SshUnreachable, open_ssh_target
 
     with pytest.raises(SshUnreachable) as info:
         open_ssh_target(f"ssh://root@{ssh_setup.host.address}:2222", **ssh_setup.options())
@@ -217,7 +217,7 @@ def test_unreachable_host(ssh_setup: SshSetup) -> None:
 
 
 def test_missing_remote_pymigrate_says_how_to_install(ssh_setup: SshSetup) -> None:
-    from migrate.ssh import RemotePymigrateMissing, open_ssh_target
+    from migrate.remote.ssh import RemotePymigrateMissing, open_ssh_target
 
     with pytest.raises(RemotePymigrateMissing) as info:
         open_ssh_target(ssh_setup.host.ssh_url(), accept_new=True, **ssh_setup.options(remote_pymigrate="pymigrate-not-here"))
@@ -242,7 +242,7 @@ def test_cli_reaches_a_daemon_started_on_demand_and_stops_it(ssh_setup: SshSetup
 
 
 def test_remote_engine_over_ssh_started_daemon_serves_unix_socket_0600(ssh_setup: SshSetup) -> None:
-    from migrate.client import RemoteEngine
+    from migrate.remote.client import RemoteEngine
 
     host = ssh_setup.host
     engine = RemoteEngine(host.ssh_url(), ssh=ssh_setup.options(accept_new=True))
@@ -266,14 +266,14 @@ def test_remote_engine_over_ssh_started_daemon_serves_unix_socket_0600(ssh_setup
 
 
 def test_a_running_daemon_is_used_and_left_running(ssh_setup: SshSetup) -> None:
-    from migrate.ssh import open_ssh_target
+    from migrate.remote.ssh import open_ssh_target
 
     host = ssh_setup.host
     host.start_daemon()
     daemon_pid = host.daemon.pid
     with open_ssh_target(host.ssh_url(), accept_new=True, **ssh_setup.options()) as target:
         assert not target.started_daemon and target.daemon_pid is None
-        from migrate.client import RemoteEngine
+        from migrate.remote.client import RemoteEngine
 
         with RemoteEngine(target.address) as engine:
             assert engine.containers(all=True) == []
@@ -282,7 +282,7 @@ def test_a_running_daemon_is_used_and_left_running(ssh_setup: SshSetup) -> None:
 
 
 def test_daemon_that_fails_to_start_reports_its_log(ssh_setup: SshSetup) -> None:
-    from migrate.ssh import RemoteDaemonFailed, open_ssh_target
+    from migrate.remote.ssh import RemoteDaemonFailed, open_ssh_target
 
     host = ssh_setup.host
     # the daemon itself refuses: its socket path is taken by a regular file
@@ -306,7 +306,7 @@ def test_sshd_killed_during_a_stream_is_a_clean_transfer_error(ssh_setup: SshSet
     """An upload stream (ImportImage of a 4 GiB sparse file) runs through the tunnel when every
     sshd of the host dies: the client gets TransferError naming the ssh:// address, and the
     daemon started for the connection stops (its watcher saw the session end)."""
-    from migrate.client import RemoteEngine
+    from migrate.remote.client import RemoteEngine
     from migrate.errors import TransferError
 
     host = ssh_setup.host
@@ -342,7 +342,7 @@ def test_sshd_killed_during_a_stream_is_a_clean_transfer_error(ssh_setup: SshSet
 
 def test_forward_closes_local_connections_when_the_session_dies(ssh_setup: SshSetup) -> None:
     """Raw bytes through the forward to a unix echo server in the host; then sshd dies."""
-    from migrate.ssh import open_ssh_target
+    from migrate.remote.ssh import open_ssh_target
 
     host = ssh_setup.host
     echo_path = host.workdir / "echo.sock"

@@ -3,7 +3,7 @@
 Each test builds hosts (tests/integration/hosts.py) that run sshd on ADDRESS:22 with one
 authorized key and no pymigrate daemon. The source's CLI runs inside the source's namespace
 (``pymigrate --root A --ssh-key K --ssh-known-hosts F ... migrate NAME ssh://root@B``) and dials
-B's sshd; the ssh transport (migrate/ssh.py) starts a daemon on B for the duration and stops it
+B's sshd; the ssh transport (migrate/remote/ssh.py) starts a daemon on B for the duration and stops it
 after. Both hosts share this machine's filesystem, so ``--ssh-remote-pymigrate`` is the venv's
 pymigrate and ``--ssh-remote-root`` is B's state root. HOME is an empty directory and
 SSH_AUTH_SOCK is unset: nothing from the machine's own ~/.ssh or agent takes part.

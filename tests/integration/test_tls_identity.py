@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from migrate.client import RemoteEngine
+from migrate.remote.client import RemoteEngine
 from migrate.errors import AuthError, TransferError
 from tests.fakes.certs import Pem
 from tests.integration.hosts import Host, make_hosts  # noqa: F401  (fixture)

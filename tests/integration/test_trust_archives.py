@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from migrate.api import CheckpointOptions, IncomingRequest
-from migrate.archive_members import check_member
-from migrate.client import RemoteEngine
+from migrate.archive.members import check_member
+from migrate.remote.client import RemoteEngine
 from migrate.errors import ArchiveError, ArchiveLimitExceeded, MigrationError, UnsafeMember
 from runtime.errors import ContainerError, ImageLimitExceeded, UnsafeArchive
 

@@ -65,7 +65,7 @@ def craft(genuine: Path, out: Path, change: Callable[[dict[str, Any]], None]) ->
     import shutil
     import tempfile
 
-    from migrate.images import ArchiveWriter, read_archive
+    from migrate.archive import ArchiveWriter, read_archive
 
     scratch = Path(tempfile.mkdtemp(dir=out.parent))
     try:
@@ -210,7 +210,7 @@ def test_crafted_manifests_are_refused_by_a_daemon(pm: Callable[..., Any], pm_ro
     """Through gRPC: UploadCheckpoint refuses what it can judge alone; the host-root volume is
     kept (volumes are judged at restore) and Restore refuses it unless mapped."""
     from migrate.api import RestoreOptions
-    from migrate.client import RemoteEngine
+    from migrate.remote.client import RemoteEngine
     from runtime.errors import InvalidSpec
 
     archive, _ = genuine
@@ -256,7 +256,7 @@ def test_a_daemon_restores_an_upload_with_a_mapped_volume(pm: Callable[..., Any]
 
 
 def start_daemon(root: Path) -> tuple[subprocess.Popen, Path]:
-    from migrate.server import wait_for_serving
+    from migrate.remote.server import wait_for_serving
 
     sock = Path(f"/tmp/pm-trust-{secrets.token_hex(3)}.sock")
     proc = subprocess.Popen([*PYMIGRATE, "--root", str(root), "daemon", "--listen", f"unix:{sock}", "--grace", "5"],

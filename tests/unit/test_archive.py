@@ -1,4 +1,4 @@
-"""Round trips through the checkpoint archive (migrate.images): tree fidelity, growing files,
+"""Round trips through the checkpoint archive (migrate.archive): tree fidelity, growing files,
 streaming through a pipe, compress="none", manifest and trailer handling. No root needed."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate import images
+import migrate.archive as images
 from migrate.errors import ArchiveError
-from migrate.images import FORMAT_VERSION, ArchiveWriter, MemberInfo, read_archive, read_manifest
+from migrate.archive import FORMAT_VERSION, ArchiveWriter, MemberInfo, read_archive, read_manifest
 
 MiB = 1 << 20
 

@@ -1,5 +1,5 @@
 """Property tests of the two readers of untrusted input: the checkpoint archive reader
-(migrate.images.read_archive) and the image tarball extractor (runtime.tarsafe.extract).
+(migrate.archive.read_archive) and the image tarball extractor (runtime.tarsafe.extract).
 
 For every generated input (structured records and tar members with hostile names, kinds, fields
 and sizes, then byte-level mutations and truncation):
@@ -34,9 +34,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migrate import _archive_format as fmt
+from migrate.archive import _format as fmt
 from migrate.errors import ArchiveError
-from migrate.images import read_archive
+from migrate.archive import read_archive
 from runtime import tarsafe
 from runtime.errors import ImageError
 from runtime.extract_limits import ExtractLimits
@@ -48,7 +48,7 @@ MAX_INPUT_RSS = 256 << 20  # a data chunk is at most 64 MiB raw, a few are in fl
 MAX_RSS_GROWTH = 2 << 30
 LIMITS = ExtractLimits(max_depth=6, max_name_bytes=300, max_members=40, max_member_bytes=1 << 20,
                        max_total_bytes=4 << 20, max_hole_bytes=2 << 20)
-SAFETY_NET = "unexpected"  # migrate.images: the message of an error no check caught first
+SAFETY_NET = "unexpected"  # migrate.archive: the message of an error no check caught first
 
 WORK = Path(os.environ.get("PYMIGRATE_FUZZ_DIR", "/tmp")) / f"pm-fuzz-{os.getpid()}"
 OUTSIDE = WORK / "outside"  # absolute names and link targets aim here: it must stay empty

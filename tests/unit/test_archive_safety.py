@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import zstandard
 
-from migrate import _archive_format as fmt
+from migrate.archive import _format as fmt
 from migrate.errors import ArchiveError, ChecksumMismatch, FormatVersionError, UnsafeMember
-from migrate.images import FORMAT_VERSION, MAGIC, ArchiveWriter, read_archive, read_manifest
+from migrate.archive import FORMAT_VERSION, MAGIC, ArchiveWriter, read_archive, read_manifest
 
 MiB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""Signed archives (migrate/signing.py): keys as operators have them, signatures verified before
+"""Signed archives (migrate/archive/signing.py): keys as operators have them, signatures verified before
 any member is extracted, and every way an archive or key can be wrong ends in a typed error.
 
 The end-to-end versions (checkpoint --export --sign-key, restore --import --trusted-key, a daemon
@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from migrate import _archive_format as fmt
+from migrate.archive import _format as fmt
 from migrate.errors import ArchiveError, BadSignature, SigningKeyError, UnsignedArchive, UntrustedSigner
-from migrate.images import ArchiveWriter, read_archive
-from migrate.signing import (
+from migrate.archive import ArchiveWriter, read_archive
+from migrate.archive.signing import (
     ArchiveSigner,
     HashingSink,
     SignaturePolicy,

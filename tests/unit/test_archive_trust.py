@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate.archive_members import CHECKPOINT_MEMBERS, CRIU_IMAGE_NAME, check_member
+from migrate.archive.members import CHECKPOINT_MEMBERS, CRIU_IMAGE_NAME, check_member
 from migrate.errors import ArchiveError, ArchiveLimitExceeded, UnsafeMember
-from migrate.images import ArchiveWriter, read_archive
+from migrate.archive import ArchiveWriter, read_archive
 from runtime import tarsafe
 from runtime.errors import ImageError, ImageLimitExceeded, InvalidArgument, UnsafeArchive
 from runtime.extract_limits import ENV_LIMITS, ExtractLimits, current_limits, parse_limits
@@ -170,7 +170,7 @@ def test_no_space_left_is_a_typed_error(box: Path, monkeypatch: pytest.MonkeyPat
     def full(*_args: object) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("migrate.images.os.pwrite", full)
+    monkeypatch.setattr("migrate.archive.reader.os.pwrite", full)
     with pytest.raises(ArchiveError, match="No space left") as err:
         extract(box, ha.kind_archive("images/core-1.img", "file"))
     assert "space" in (err.value.hint or "")
@@ -278,7 +278,7 @@ def test_remove_tree_handles_any_depth_and_never_follows_links(tmp_path: Path) -
 
 
 def test_a_local_images_dir_with_a_symlink_is_refused(tmp_path: Path) -> None:
-    from migrate.archive_members import check_images_dir
+    from migrate.archive.members import check_images_dir
 
     images = tmp_path / "images"
     images.mkdir()

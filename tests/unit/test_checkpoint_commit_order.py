@@ -88,7 +88,7 @@ def test_failure_after_the_dump_thaws_and_keeps_the_container(tmp_path: Path, mo
     def broken_commit(self: Any, staging: Path, checkpoint_id: str, manifest: dict) -> Path:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("migrate.store.CheckpointStore.commit", broken_commit)
+    monkeypatch.setattr("migrate.archive.store.CheckpointStore.commit", broken_commit)
     with pytest.raises(OSError, match="No space left"):
         checkpoint_container(host, "web", CheckpointOptions(), criu=criu)
     assert host.events == ["freeze", "isolate", "rejoin", "thaw"]

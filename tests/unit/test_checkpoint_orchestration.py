@@ -20,7 +20,7 @@ import pytest
 from migrate.api import CheckpointOptions, RestoreOptions
 from migrate.checkpoint import checkpoint_container
 from migrate.errors import IncompatibleHost
-from migrate.images import read_archive
+from migrate.archive import read_archive
 from migrate.restore import restore_container
 from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.config import Paths

@@ -19,10 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
-from migrate.client import RemoteEngine, channel_target, read_token
+from migrate.remote.client import RemoteEngine, channel_target, read_token
 from migrate.errors import AuthError, TransferError
-from migrate.server import DaemonServer, create_server, parse_listen
-from migrate.tls import TlsConfig, tls_from_paths
+from migrate.remote.server import DaemonServer, create_server, parse_listen
+from migrate.remote.tls import TlsConfig, tls_from_paths
 from runtime.errors import InvalidArgument, Unsupported
 from tests.fakes.certs import TestCA
 from tests.fakes.engine import FakeEngine
@@ -44,7 +44,7 @@ def test_channel_targets() -> None:
 
 
 def test_ssh_addresses_go_through_migrate_ssh(tmp_path: Path) -> None:
-    # gRPC never dials ssh:// itself; RemoteEngine opens the tunnel (migrate/ssh.py) first.
+    # gRPC never dials ssh:// itself; RemoteEngine opens the tunnel (migrate/remote/ssh.py) first.
     with pytest.raises(Unsupported, match="ssh daemon addresses"):
         channel_target("ssh://root@h")
     with pytest.raises(TransferError, match="cannot reach ssh host root@127.0.0.1:1: connection refused"):

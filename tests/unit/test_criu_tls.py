@@ -143,7 +143,7 @@ def test_rpc_dump_without_a_page_server_has_no_tls(tmp_path: Path) -> None:
 
 def test_engine_uses_the_daemon_tls_for_page_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from migrate.engine import LocalEngine, PeerConfig
-    from migrate.tls import TlsConfig
+    from migrate.remote.tls import TlsConfig
 
     monkeypatch.chdir(tmp_path)
     tls = TlsConfig(cert=Path("host.pem"), key=Path("host.key"), ca=Path("ca.pem"))

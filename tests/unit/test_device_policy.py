@@ -1,5 +1,5 @@
 """The device-node policy for upper layers: whiteouts always, other devices only when the manifest
-says root took the checkpoint on a trusted host (migrate.store.devices_allowed)."""
+says root took the checkpoint on a trusted host (migrate.archive.store.devices_allowed)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from migrate.errors import UnsafeMember
-from migrate.images import ArchiveWriter, read_archive
-from migrate.store import devices_allowed
+from migrate.archive import ArchiveWriter, read_archive
+from migrate.archive.store import devices_allowed
 
 
 def _archive_with_device(tmp_path: Path, manifest: dict) -> bytes:

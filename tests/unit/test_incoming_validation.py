@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from migrate.api import IncomingRequest
-from migrate.incoming import IncomingMigrations
+from migrate.migration.target import IncomingMigrations
 from runtime.errors import InvalidArgument
 
 DIGEST = "sha256:" + "ab" * 32

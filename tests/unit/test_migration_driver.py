@@ -1,4 +1,4 @@
-"""The source-side phase driver (migrate/migration.py) with fakes: a fake runtime host, a fake
+"""The source-side phase driver (migrate/migration/driver.py) with fakes: a fake runtime host, a fake
 CRIU that writes a small images dir, and FakeEngine (tests/fakes/engine.py) as the target.
 
 What must hold on every failure before the point of no return: the error names the phase, the
@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate import migration
+from migrate.migration import driver as migration
 from migrate.api import MigrateOptions
 from migrate.errors import IncompatibleHost, MigrationError, PeerError, TransferError
 from runtime.checkpointing import DumpTarget, NetworkCut
@@ -199,7 +199,7 @@ def staging_left(host: FakeHost) -> list[str]:
 
 
 def test_success_streams_a_valid_archive_and_finishes_the_source(host: FakeHost, target: Target) -> None:
-    from migrate.images import read_archive
+    from migrate.archive import read_archive
 
     result, events = migrate(host, target)
     assert host.events == ["freeze", "finish keep=False"]  # no thaw: the frozen copy is killed

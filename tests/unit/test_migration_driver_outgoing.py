@@ -1,4 +1,4 @@
-"""Outgoing migration records (migrate/outgoing.py): what the phase driver writes, and what a
+"""Outgoing migration records (migrate/migration/recovery.py): what the phase driver writes, and what a
 daemon restart does with a record a crash left behind (fakes only, no root)."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate import migration, outgoing
+from migrate.migration import driver as migration
+from migrate.migration import recovery as outgoing
 from migrate.errors import PeerError, TransferError
 from migrate.api import Settlement
-from migrate.outgoing import COMMIT, ROLLBACK, UNKNOWN, OutgoingMigrations, holders, reconcile_outgoing, settle_pending
+from migrate.migration.recovery import COMMIT, ROLLBACK, UNKNOWN, OutgoingMigrations, holders, reconcile_outgoing, settle_pending
 from runtime.errors import ContainerNotFound
 from migrate.errors import MigrationError
 from runtime.errors import CriuError
@@ -365,7 +366,7 @@ def test_an_unreachable_target_leaves_the_copy_frozen_and_the_outcome_unknown(tm
 
 def test_outcome_unknown_crosses_grpc() -> None:
     grpc = pytest.importorskip("grpc")
-    from migrate._rpc_errors import decode, encode
+    from migrate.remote._rpc_errors import decode, encode
     from migrate.errors import OutcomeUnknown
 
     code, details, metadata = encode(OutcomeUnknown("outcome unknown", phase="restore", migration_id="ab12", dest="t:1"))

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate import postcopy
+from migrate.migration import postcopy
 from migrate.api import HostInfo, IncomingTicket, MigrateOptions, RestoreResult, RestoreStats
 from migrate.errors import ContainerLost, IncompatibleHost, TransferError
 from runtime.checkpointing import DumpTarget, NetworkCut
@@ -219,7 +219,7 @@ class FakeTarget:
     def settle_migration(self, migration_id: str, container_id: str = "", ask_source: bool = False) -> Any:
         from migrate.api import Settlement
 
-        self.events.append("settle")  # a failed restore aborted itself (migrate.incoming)
+        self.events.append("settle")  # a failed restore aborted itself (migrate.migration.target)
         return Settlement(migration_id, "aborted" if self.fail_restore else "committed", not self.fail_restore)
 
     def commit_incoming(self, migration_id: str) -> None:
@@ -297,7 +297,7 @@ def test_failure_after_the_resume_is_container_lost(world: tuple[FakeHost, Path]
 
 def test_container_lost_crosses_grpc() -> None:
     grpc = pytest.importorskip("grpc")
-    from migrate._rpc_errors import decode, encode
+    from migrate.remote._rpc_errors import decode, encode
 
     code, details, metadata = encode(ContainerLost("container web is lost", phase="lazy", hint="unpause", source_copy="frozen"))
     assert code == grpc.StatusCode.DATA_LOSS
@@ -306,7 +306,7 @@ def test_container_lost_crosses_grpc() -> None:
 
 
 def test_dispatch_refuses_precopy_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    import migrate.precopy as precopy
+    import migrate.migration.precopy as precopy
 
     monkeypatch.setattr(precopy, "local_refusal", lambda: Unsupported("--mode precopy", "no soft-dirty here"))
     with pytest.raises(Unsupported, match="no soft-dirty here"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.precopy import ConvergencePolicy, kernel_soft_dirty, next_step, refusal
+from migrate.migration.precopy import ConvergencePolicy, kernel_soft_dirty, next_step, refusal
 from runtime.errors import Unsupported
 
 FULL = 131_072  # 512 MiB of 4 KiB pages: the first (full) round

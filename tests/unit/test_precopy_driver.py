@@ -1,11 +1,11 @@
 """Pre-copy with fakes (the kernel here has no soft-dirty: real pre-dumps are proven in
 tests/integration/test_precopy.py on kernels that have it).
 
-Source (migrate.precopy.migrate_precopy over migrate.migration's cold path): rounds run while the
+Source (migrate.migration.precopy.migrate_precopy over migrate.migration.driver's cold path): rounds run while the
 container runs, each to its own target page server, with the right CRIU parent chain; the
 convergence rule stops them; the final dump names the last round and freezes once; a failed
 round rolls back without a freeze. Target (IncomingMigrations.start_precopy_round over
-migrate.precopy_target): page servers chained through CRIU's parent links, in order only; the
+migrate.migration.precopy_target): page servers chained through CRIU's parent links, in order only; the
 final link reaches the restore's images dir; abort, commit and sweep cover every round. And the
 StartPrecopyRound RPC end to end through an in-process gRPC daemon.
 """
@@ -22,10 +22,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate import migration, precopy
+from migrate.migration import driver as migration
+from migrate.migration import precopy
 from migrate.api import ImageInfo, IncomingRequest, MigrateOptions
 from migrate.errors import IncompatibleHost, MigrationError, TransferError
-from migrate.incoming import IncomingMigrations
+from migrate.migration.target import IncomingMigrations
 from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.config import Paths
 from runtime.criu import DumpRequest, DumpStats
@@ -278,13 +279,13 @@ NEITHER = {"lazy_pages": False, "dirty_tracking": False}
     ],
 )
 def test_auto_prefers_postcopy_then_precopy_then_cold(local: dict, remote: dict, chosen: str) -> None:
-    from migrate.postcopy import choose_mode
+    from migrate.migration.postcopy import choose_mode
 
     assert choose_mode(MigrateOptions(dest="t:1", mode="auto"), local, remote) == chosen
 
 
 def test_dispatch_runs_precopy_when_neither_host_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    from migrate import postcopy
+    from migrate.migration import postcopy
 
     ran: list[str] = []
     monkeypatch.setattr(precopy, "local_refusal", lambda: None)
@@ -295,7 +296,7 @@ def test_dispatch_runs_precopy_when_neither_host_refuses(monkeypatch: pytest.Mon
 
 
 def test_dispatch_refuses_a_target_without_soft_dirty(monkeypatch: pytest.MonkeyPatch) -> None:
-    from migrate import postcopy
+    from migrate.migration import postcopy
 
     monkeypatch.setattr(precopy, "local_refusal", lambda: None)
     target = SimpleNamespace(host_info=lambda: SimpleNamespace(features={"dirty_tracking": False}, kernel="6.18.4"))
@@ -439,7 +440,7 @@ def test_a_failed_round_fails_the_next_start_with_its_reason(tmp_path: Path, ser
 
 
 def test_a_round_that_never_ends_is_stopped(tmp_path: Path, servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch) -> None:
-    import migrate.precopy_target as pt
+    import migrate.migration.precopy_target as pt
 
     monkeypatch.setattr(pt, "ROUND_WAIT_S", 0.01)
     incoming = _incoming(tmp_path)
@@ -463,9 +464,9 @@ class NoContainers:
 
 def test_abort_stops_the_running_round_and_removes_every_round(tmp_path: Path, servers: list[FakeServer],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import migrate.postcopy
+    import migrate.migration.postcopy
 
-    monkeypatch.setattr(migrate.postcopy, "stop_session", lambda mid: None)
+    monkeypatch.setattr(migrate.migration.postcopy, "stop_session", lambda mid: None)
     incoming = _incoming(tmp_path)
     mid = _prepared(incoming)
     incoming.host.rt = NoContainers()
@@ -479,9 +480,9 @@ def test_abort_stops_the_running_round_and_removes_every_round(tmp_path: Path, s
 
 
 def test_commit_removes_the_rounds(tmp_path: Path, servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch) -> None:
-    import migrate.postcopy
+    import migrate.migration.postcopy
 
-    monkeypatch.setattr(migrate.postcopy, "finish_session", lambda mid: None)
+    monkeypatch.setattr(migrate.migration.postcopy, "finish_session", lambda mid: None)
     incoming = _incoming(tmp_path)
     mid = _prepared(incoming)
     incoming.start_precopy_round(mid, 1)
@@ -492,7 +493,7 @@ def test_commit_removes_the_rounds(tmp_path: Path, servers: list[FakeServer], mo
 
 
 def test_sweep_counts_round_pages_as_progress(tmp_path: Path, servers: list[FakeServer], monkeypatch: pytest.MonkeyPatch) -> None:
-    import migrate.incoming as inc
+    import migrate.migration.target as inc
 
     incoming = _incoming(tmp_path)
     mid = _prepared(incoming)
@@ -547,8 +548,8 @@ def test_start_precopy_round_over_grpc(tmp_path: Path) -> None:
     pytest.importorskip("grpc")
     import tempfile
 
-    from migrate.client import RemoteEngine
-    from migrate.server import create_server
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.server import create_server
 
     seen: list[tuple[str, int, bool, str | None]] = []
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from migrate import api
-from migrate import convert as cv
+from migrate.remote import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
 

@@ -20,7 +20,7 @@ def test_a_failing_reconcile_step_does_not_keep_the_daemon_from_starting(tmp_pat
             calls.append("incoming")
             raise OSError(39, "Directory not empty")
 
-    monkeypatch.setattr("migrate.outgoing.reconcile_outgoing", broken)
+    monkeypatch.setattr("migrate.migration.recovery.reconcile_outgoing", broken)
     monkeypatch.setattr(engine, "_incoming", lambda: Incoming())
     monkeypatch.setattr(engine, "_host", lambda: None)
     with caplog.at_level(logging.ERROR, logger="migrate.engine"):

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
-from migrate.client import RemoteEngine
+from migrate.remote.client import RemoteEngine
 from migrate.errors import (
     AuthError,
     ChecksumMismatch,
@@ -39,7 +39,7 @@ from migrate.errors import (
     TransferError,
     UnsafeMember,
 )
-from migrate.server import DaemonServer, create_server
+from migrate.remote.server import DaemonServer, create_server
 from runtime.errors import (
     ContainerExists,
     ContainerNotFound,
@@ -353,7 +353,7 @@ def test_errors_in_streams_map_back_too(daemon: Daemon, sockdir: Path) -> None:
 
 def test_unexpected_errors_leak_nothing(daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
     daemon.engine.fail["inspect"] = RuntimeError("secret detail /etc/shadow")
-    with caplog.at_level(logging.ERROR, logger="migrate.service"):
+    with caplog.at_level(logging.ERROR, logger="migrate.remote.service"):
         with pytest.raises(grpc.RpcError) as raw:
             daemon.stub.InspectContainer(pb.InspectContainerRequest(name="web"))
     assert raw.value.code() == grpc.StatusCode.INTERNAL
@@ -418,7 +418,7 @@ def test_cancelling_a_stream_reaches_the_engine(daemon: Daemon, sockdir: Path) -
 
 
 def test_progress_raises_once_and_never_past_the_point_of_no_return() -> None:
-    from migrate.service import CallProgress, RpcCancelled
+    from migrate.remote.service import CallProgress, RpcCancelled
 
     progress = CallProgress("migrate")
     progress(api.ProgressEvent("migrate", "dump"))
@@ -557,6 +557,6 @@ def test_tcp_without_tls_needs_explicit_insecure() -> None:
     [("ipv4:10.251.0.2:51234", "10.251.0.2"), ("ipv6:[::1]:51234", "::1"), ("ipv6:[fe80::1%eth0]:7", "fe80::1"), ("unix:/run/x.sock", None), ("", None)],
 )
 def test_peer_ip_of_a_grpc_peer(peer: str, ip: str | None) -> None:
-    from migrate.service import _peer_ip
+    from migrate.remote.service import _peer_ip
 
     assert _peer_ip(peer) == ip

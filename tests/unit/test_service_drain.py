@@ -13,9 +13,9 @@ from typing import Iterator
 import pytest
 
 from migrate import api
-from migrate.client import RemoteEngine
+from migrate.remote.client import RemoteEngine
 from migrate.errors import TransferError
-from migrate.server import create_server
+from migrate.remote.server import create_server
 from tests.fakes.engine import FakeEngine
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Settlement of a migration by id on the target (migrate/incoming.py): final, idempotent answers,
+"""Settlement of a migration by id on the target (migrate/migration/target.py): final, idempotent answers,
 "pending" while a restore runs, the restored copy's lease asking the source (fakes only, no root)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-import migrate.postcopy
+import migrate.migration.postcopy
 from migrate.api import Settlement
 from migrate.errors import ContainerLost, MigrationError
-from migrate.incoming import IncomingMigrations, _dial_back
+from migrate.migration.target import IncomingMigrations, _dial_back
 from runtime.errors import ContainerNotFound
 
 MID = "ab" * 8
@@ -51,8 +51,8 @@ class Source:
 
 @pytest.fixture(autouse=True)
 def no_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(migrate.postcopy, "finish_session", lambda mid: None)
-    monkeypatch.setattr(migrate.postcopy, "stop_session", lambda mid: None)
+    monkeypatch.setattr(migrate.migration.postcopy, "finish_session", lambda mid: None)
+    monkeypatch.setattr(migrate.migration.postcopy, "stop_session", lambda mid: None)
 
 
 def _incoming(tmp_path: Path, source: Source | None = None) -> IncomingMigrations:
@@ -108,7 +108,7 @@ def test_a_post_copy_copy_missing_pages_settles_lost(tmp_path: Path, monkeypatch
     def lost(mid: str) -> None:
         raise ContainerLost("container lost on this host: its lazy-pages daemon failed")
 
-    monkeypatch.setattr(migrate.postcopy, "finish_session", lost)
+    monkeypatch.setattr(migrate.migration.postcopy, "finish_session", lost)
     incoming = _incoming(tmp_path)
     _record(incoming, "restored")
     assert incoming.settle(MID, CID).outcome == "lost"
@@ -170,7 +170,7 @@ def test_dial_back_goes_only_to_the_caller() -> None:
 
 def test_settlement_crosses_grpc_conversion() -> None:
     pytest.importorskip("grpc")
-    from migrate import convert as cv
+    from migrate.remote import convert as cv
 
     for outcome in ("committed", "aborted", "lost", "pending", "unknown"):
         s = Settlement(MID, outcome, outcome == "committed")  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""migrate/ssh.py without a network: URLs, ~/.ssh/config, known_hosts, keys, messages, and the
+"""migrate/remote/ssh.py without a network: URLs, ~/.ssh/config, known_hosts, keys, messages, and the
 streamlocal channel and key authentication against an in-process paramiko server (socketpair)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Iterator
 import paramiko
 import pytest
 
-from migrate import ssh
-from migrate._ssh_errors import HostKeyMismatch, HostKeyUnknown, RemotePymigrateMissing, SshAuthFailed, SshUnreachable
+from migrate.remote import ssh
+from migrate.remote.ssh_errors import HostKeyMismatch, HostKeyUnknown, RemotePymigrateMissing, SshAuthFailed, SshUnreachable
 from migrate.errors import AuthError, PeerError, TransferError
 from runtime.errors import InvalidArgument
 
@@ -297,7 +297,7 @@ def test_options_from_cli_flags(tmp_path: Path) -> None:
 
 
 def test_remote_paths_match_the_daemon() -> None:
-    from migrate.server import SOCKET_NAME
+    from migrate.remote.server import SOCKET_NAME
     from runtime.config import DEFAULT_ROOT, ENV_ROOT, Paths
 
     assert ssh.SOCKET_NAME == SOCKET_NAME

@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 import paramiko
 import pytest
 
-from migrate import ssh
-from migrate._ssh_errors import RemoteDaemonFailed, SshUnreachable
+from migrate.remote import ssh
+from migrate.remote.ssh_errors import RemoteDaemonFailed, SshUnreachable
 from migrate.errors import PeerError, TransferError
 
 Behaviour = Callable[[paramiko.Channel], None]

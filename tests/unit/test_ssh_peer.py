@@ -1,6 +1,6 @@
 """How a source reaches an ``ssh://`` migration target: PeerConfig -> RemoteEngine -> tunnel.
 
-The tunnel itself is faked (``migrate.ssh.open_ssh_target``); what is checked is what the client
+The tunnel itself is faked (``migrate.remote.ssh.open_ssh_target``); what is checked is what the client
 does with it: dial the tunnel's local end without TLS whatever TLS the peer config carries (SSH
 authenticated the hop, and the daemon behind it serves a plain unix socket), hand the ``--ssh-*``
 options to the tunnel, and close the tunnel with the engine.
@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import pytest
 
-import migrate.ssh
+import migrate.remote.ssh
 from migrate.engine import PeerConfig
-from migrate.tls import TlsConfig
+from migrate.remote.tls import TlsConfig
 
 
 class FakeTransport:
@@ -48,7 +48,7 @@ def opened(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, d
         calls.append((url, options, target))
         return target
 
-    monkeypatch.setattr(migrate.ssh, "open_ssh_target", fake_open)
+    monkeypatch.setattr(migrate.remote.ssh, "open_ssh_target", fake_open)
     return calls
 
 
@@ -106,7 +106,7 @@ def test_a_dropped_tunnel_says_so_instead_of_check_the_daemon(opened: list) -> N
 
 
 def test_peer_config_reads_ssh_flags_only_when_given() -> None:
-    """Defaults leave ssh None and do not import migrate.ssh (paramiko) on a TCP migrate."""
+    """Defaults leave ssh None and do not import migrate.remote.ssh (paramiko) on a TCP migrate."""
     import subprocess
     import sys
 
@@ -116,7 +116,7 @@ def test_peer_config_reads_ssh_flags_only_when_given() -> None:
         "args = argparse.Namespace(ssh_key=None, ssh_accept_new=False, ssh_known_hosts=None, ssh_remote_pymigrate='pymigrate', ssh_remote_root=None)\n"
         "peer = PeerConfig.from_args(args)\n"
         "assert peer.ssh is None, peer.ssh\n"
-        "assert 'migrate.ssh' not in sys.modules and 'paramiko' not in sys.modules\n"
+        "assert 'migrate.remote.ssh' not in sys.modules and 'paramiko' not in sys.modules\n"
         "args.ssh_remote_root = '/srv/pm'\n"
         "peer = PeerConfig.from_args(args)\n"
         "assert peer.ssh['remote_root'] == '/srv/pm' and peer.ssh['remote_pymigrate'] == 'pymigrate', peer.ssh\n"

@@ -17,8 +17,8 @@ import pytest
 
 from migrate.api import RestoreOptions
 from migrate.restore import checked_spec
-from migrate.server import check_token_file
-from migrate.service import RefusalLog
+from migrate.remote.server import check_token_file
+from migrate.remote.service import RefusalLog
 from runtime.config import Paths
 from runtime.container import parse_spec, parse_volume_mapping, validate_fields, validate_spec
 from runtime.errors import Busy, CriuTimeout, InvalidArgument, InvalidSpec
@@ -215,7 +215,7 @@ def test_token_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 def test_refusals_are_logged_a_few_per_peer_then_summed_up(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     refusals = RefusalLog(burst=3, window_s=60.0, clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="migrate.service"):
+    with caplog.at_level(logging.WARNING, logger="migrate.remote.service"):
         for _ in range(1000):
             refusals.refused("ipv4:10.0.0.9:4242", "/pymigrate.v1.Host/Checkpoint", "missing or wrong bearer token")
         refusals.refused("ipv6:[::1]:5000", "/pymigrate.v1.Host/Restore", "missing or wrong bearer token")
@@ -231,7 +231,7 @@ def test_refusals_are_logged_a_few_per_peer_then_summed_up(caplog: pytest.LogCap
 def test_busy_and_criu_timeout_have_their_own_status_codes() -> None:
     import grpc
 
-    from migrate import _rpc_errors
+    from migrate.remote import _rpc_errors
 
     assert _rpc_errors.status_for(Busy("web", "restore container"))[0] == grpc.StatusCode.ABORTED
     timeout = CriuTimeout("restore", 3.0)

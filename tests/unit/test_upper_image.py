@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from migrate import upper_image
+from migrate.archive import upper_image
 from runtime import upperfs
 
 BLOCK = upper_image.BLOCK_BYTES

@@ -1,4 +1,4 @@
-"""Upper-layer pre-sync (migrate.upper_sync): snapshot signatures, delta detection, and round
+"""Upper-layer pre-sync (migrate.migration.upper_sync): snapshot signatures, delta detection, and round
 trips snapshot archive -> staged tree, delta archive -> received tree -> apply_delta.
 
 Entries made just before a snapshot are "racy" (always resent); tests that check exact delta
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from migrate import upper_sync
-from migrate._archive_fs import walk
+from migrate.migration import upper_sync
+from migrate.archive._fs import walk
 from migrate.errors import ArchiveError, UnsafeMember
-from migrate.images import ArchiveWriter, read_archive
-from migrate.upper_sync import (
+from migrate.archive import ArchiveWriter, read_archive
+from migrate.migration.upper_sync import (
     RACY_MARGIN_NS,
     UpperDelta,
     UpperSnapshot,

@@ -3,7 +3,7 @@
 One ``*_to_pb`` / ``*_from_pb`` pair per type, field by field, named as in migrate/api.py and
 runtime/spec.py. ``None`` in a dataclass is an absent ``optional`` field in the message; string
 literals (status, network, compression, migration mode) are proto enums whose ``_UNSPECIFIED``
-zero value decodes to the dataclass default. Used by migrate/service.py and migrate/client.py
+zero value decodes to the dataclass default. Used by migrate/remote/service.py and migrate/remote/client.py
 only; nothing else sees protobuf.
 """
 

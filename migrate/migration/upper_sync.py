@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate import _archive_format as fmt
-from migrate._archive_fs import kind_of, read_xattrs
+from migrate.archive import _format as fmt
+from migrate.archive._fs import kind_of, read_xattrs
 from migrate.errors import ArchiveError, UnsafeMember
-from migrate.images import ArchiveWriter
+from migrate.archive import ArchiveWriter
 
 log = logging.getLogger(__name__)
 

@@ -143,7 +143,7 @@ class OutgoingMigrations:
         return out
 
     def staging_dir(self, migration_id: str) -> Path:
-        """Where the source's CRIU dumps (migrate/migration.py names it the same way)."""
+        """Where the source's CRIU dumps (migrate/migration/driver.py names it the same way)."""
         return Path(self.paths.tmp) / f"migrate-{migration_id}"
 
 
@@ -399,7 +399,7 @@ def _poke(record: dict[str, Any]) -> None:
     """Post-copy: make a lazy dump whose target will never connect (again) return."""
     port = int(record.get("page_server_port") or 0)
     if record.get("mode") == "postcopy" and port:
-        from migrate.postcopy import poke_page_server
+        from migrate.migration.postcopy import poke_page_server
 
         poke_page_server(port)
 

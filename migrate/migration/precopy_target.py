@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.errors import MigrationError, TransferError
-from migrate.precopy import round_dir_name
+from migrate.migration.precopy import round_dir_name
 from runtime.errors import ContainerError
 from runtime.fstree import remove_tree_quietly
 
@@ -77,7 +77,7 @@ class PrecopyRounds:
     def start(self, migration_id: str, round_no: int, address: str, source: str | None = None) -> int:
         """Start round ``round_no``'s page server on ``address`` (after the previous round's
         finished cleanly) and return its port. Without TLS only ``source`` may connect."""
-        from migrate.postcopy import free_port
+        from migrate.migration.postcopy import free_port
         from runtime.criu import start_page_server
         from runtime.port_guard import drop_guard, guard_or_warn
 

@@ -2,7 +2,7 @@
 
 Every method mirrors ``LocalEngine``: it takes and returns the dataclasses of migrate/api.py and
 raises the same exception classes with the same messages; a failed RPC is turned back into our
-exception from the daemon's trailing metadata (migrate/_rpc_errors.py), or, when there is none
+exception from the daemon's trailing metadata (migrate/remote/_rpc_errors.py), or, when there is none
 (the daemon is unreachable, a TLS handshake failed), from the status code: UNAVAILABLE ->
 ``TransferError`` ("the daemon at X is unreachable"), UNAUTHENTICATED -> ``AuthError``,
 DEADLINE_EXCEEDED -> ``MigrationTimeout``, anything else -> ``PeerError``.
@@ -14,7 +14,7 @@ local tarball.
 
 Addresses: ``unix:PATH`` and ``HOST:PORT``. TCP needs mutual TLS (``tls``) unless ``insecure``
 is passed explicitly, as on the daemon. ``ssh://[user@]host[:port]`` opens an SSH tunnel to the
-remote daemon's unix socket first (migrate/ssh.py; ``ssh`` holds its options), closed by ``close``.
+remote daemon's unix socket first (migrate/remote/ssh.py; ``ssh`` holds its options), closed by ``close``.
 
 The daemon-to-daemon methods (``prepare_incoming`` ... ``commit_incoming``) are what a source
 ``LocalEngine`` calls on ``RemoteEngine(dest)`` during a migration.
@@ -33,12 +33,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 
-from migrate import _rpc_errors, api
-from migrate import convert as cv
+from migrate import api
+from migrate.remote import _rpc_errors
+from migrate.remote import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
 from migrate.errors import MigrationError, PeerError, TransferError
-from migrate.tls import TlsConfig, tls_from_paths
+from migrate.remote.tls import TlsConfig, tls_from_paths
 from runtime.errors import InvalidArgument, Unsupported
 from runtime.spec import ContainerInfo
 
@@ -139,11 +140,11 @@ class RemoteEngine:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         ssh: dict[str, Any] | None = None,
     ) -> None:
-        # ssh:// hook: migrate/ssh.py opens the tunnel (and a daemon if none runs); we dial its
+        # ssh:// hook: migrate/remote/ssh.py opens the tunnel (and a daemon if none runs); we dial its
         # local end without TLS (SSH authenticated the hop) and close it in close().
         self._ssh: Any = None
         if target.startswith("ssh://"):
-            from migrate.ssh import open_ssh_target
+            from migrate.remote.ssh import open_ssh_target
 
             self._ssh = open_ssh_target(target, **(ssh or {}))
         try:
@@ -190,7 +191,7 @@ class RemoteEngine:
         )
         ssh = None
         if args.host.startswith("ssh://"):  # ssh:// hook: the --ssh-* flags
-            from migrate.ssh import ssh_options_from_args
+            from migrate.remote.ssh import ssh_options_from_args
 
             ssh = ssh_options_from_args(args)
         return cls(
@@ -369,7 +370,7 @@ class RemoteEngine:
     def checkpoint(self, name: str, options: api.CheckpointOptions, progress: api.ProgressFn | None = None) -> api.CheckpointResult:
         signer = None
         if options.sign_key is not None:  # read before the container is frozen over there
-            from migrate.signing import ArchiveSigner
+            from migrate.archive.signing import ArchiveSigner
 
             if options.export_path is None:
                 raise InvalidArgument("a signing key signs an exported archive: give --export FILE with --sign-key")
@@ -389,7 +390,7 @@ class RemoteEngine:
     def _download(self, checkpoint_id: str, path: Path, progress: api.ProgressFn | None, signer: Any = None) -> int:
         """Write the checkpoint's archive to ``path`` (complete or not at all); ``signer`` (an
         ArchiveSigner) appends its signature of the bytes downloaded."""
-        from migrate.signing import HashingSink
+        from migrate.archive.signing import HashingSink
 
         tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
         size = 0
@@ -411,7 +412,7 @@ class RemoteEngine:
     def restore(self, options: api.RestoreOptions, progress: api.ProgressFn | None = None) -> api.RestoreResult:
         signed_by = ""
         if options.import_path is not None:
-            from migrate.signing import verified_chunks, verify_import
+            from migrate.archive.signing import verified_chunks, verify_import
 
             path = Path(options.import_path)
             verified = verify_import(path, options.trusted_keys)  # here, before a byte is uploaded

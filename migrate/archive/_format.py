@@ -7,7 +7,7 @@ and of its payload, so a flipped bit is caught at the record where it happened; 
 knows which member that record belongs to and names it.
 
 This module holds only constants and pure functions (no I/O policy), shared by the writer and
-the reader in ``migrate.images`` and by the test-only crafting writer.
+the reader in ``migrate.archive`` and by the test-only crafting writer.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ REC_ENTRY = ord("E")  # JSON: one member's metadata; a "file" entry is followed 
 REC_DATA = ord("D")  # one chunk of the open file member's content at `offset`
 REC_END = ord("F")  # JSON: {"size_bytes", "sha256"} closes the open file member
 REC_TRAILER = ord("T")  # JSON: {"members", "raw_bytes", "trailer"}; the last member record
-REC_SIGNATURE = ord("S")  # JSON, stored raw: the optional signature after the trailer (migrate/signing.py)
+REC_SIGNATURE = ord("S")  # JSON, stored raw: the optional signature after the trailer (migrate/archive/signing.py)
 RECORD_NAMES = {REC_MANIFEST: "manifest", REC_ENTRY: "entry", REC_DATA: "data", REC_END: "end", REC_TRAILER: "trailer",
                 REC_SIGNATURE: "signature"}
 

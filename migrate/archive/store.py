@@ -4,7 +4,7 @@ Layout of one local checkpoint (ROOT/checkpoints/<checkpoint_id>/)::
 
     manifest.json     the manifest (see docs/archive-format.md), with the dump stats merged in
     images/           CRIU's images dir, uncompressed, so a local restore reads it in place
-    upper.pma         the container's overlay upper layer as an archive (migrate.images format)
+    upper.pma         the container's overlay upper layer as an archive (migrate.archive format)
     upper.img         where the layer lives on a file system image (runtime/upperfs.py): a sparse
                       copy of that image (upper.pma then holds no members); it keeps inode numbers
 
@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from migrate.api import CheckpointInfo
 from migrate.errors import ArchiveError, ArchiveLimitExceeded, CheckpointNotFound
-from migrate.signing import SignaturePolicy, verify_file
+from migrate.archive.signing import SignaturePolicy, verify_file
 from runtime.config import Paths
 from runtime.errors import InvalidArgument
 from runtime.extract_limits import current_limits
@@ -218,8 +218,8 @@ def export_stream(paths: Paths, checkpoint_id: str, *, compress: str = "zstd", l
     """A local checkpoint as one archive byte stream (the same format as ``checkpoint --export``)."""
     import threading
 
-    from migrate.images import ArchiveWriter, read_archive
-    from migrate.transfer import ChunkSink
+    from migrate.archive import ArchiveWriter, read_archive
+    from migrate.archive.streams import ChunkSink
 
     store = CheckpointStore(paths)
     cid = store.resolve(checkpoint_id)
@@ -238,7 +238,7 @@ def export_stream(paths: Paths, checkpoint_id: str, *, compress: str = "zstd", l
             writer.write_manifest({k: v for k, v in manifest.items() if k != "dump_stats"})
             writer.add_tree("upper", scratch / "upper")
             if (base / UPPER_IMAGE).exists():  # written by this host's checkpoint
-                from migrate.upper_image import add_image
+                from migrate.archive.upper_image import add_image
 
                 add_image(writer, base / UPPER_IMAGE, scratch)
             for p in sorted((base / IMAGES_DIR).iterdir()):
@@ -270,8 +270,8 @@ def import_stream(paths: Paths, chunks: Iterator[bytes], policy: SignaturePolicy
 
     With a ``policy`` that requires signatures, the stream is first spooled to the scratch dir
     and its signature verified (SignatureError) before a single member is extracted."""
-    from migrate.images import ArchiveWriter, read_archive
-    from migrate.transfer import IteratorReader
+    from migrate.archive import ArchiveWriter, read_archive
+    from migrate.archive.streams import IteratorReader
 
     store = CheckpointStore(paths)
     scratch = paths.tmp / f"import-{secrets.token_hex(6)}"
@@ -290,7 +290,7 @@ def import_stream(paths: Paths, chunks: Iterator[bytes], policy: SignaturePolicy
         staging = store.staging_dir(checkpoint_id)
         try:
             os.rename(scratch / "archive" / IMAGES_DIR, staging / IMAGES_DIR)
-            from migrate.upper_image import unpack_members
+            from migrate.archive.upper_image import unpack_members
             from runtime.upperfs import check_untrusted
 
             try:

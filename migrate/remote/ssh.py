@@ -3,7 +3,7 @@
 ``open_ssh_target("ssh://[user@]host[:port]")`` connects with paramiko, makes sure a daemon
 serves on the remote host's unix socket (``ROOT/run/pymigrate.sock``; starting one for the
 duration if none runs) and forwards a private local endpoint to that socket. gRPC
-(``migrate.client.RemoteEngine``) then dials ``SshTarget.address`` without TLS: the hop is local
+(``migrate.remote.client.RemoteEngine``) then dials ``SshTarget.address`` without TLS: the hop is local
 and SSH authenticated it. The core never sees paramiko; this module is imported only for
 ``ssh://`` addresses.
 
@@ -56,7 +56,7 @@ from paramiko.channel import Channel
 from paramiko.common import cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
-from migrate._ssh_errors import (
+from migrate.remote.ssh_errors import (
     HostKeyError,
     HostKeyMismatch,
     HostKeyUnknown,
@@ -96,7 +96,7 @@ DEFAULT_PORT = 22
 STREAMLOCAL = "direct-streamlocal@openssh.com"
 DEFAULT_REMOTE_ROOT = "${PYMIGRATE_ROOT:-/var/lib/pymigrate}"  # the remote's runtime.config.default_root()
 RUN_DIR = "run"  # runtime.config.Paths.run, relative to the root
-SOCKET_NAME = "pymigrate.sock"  # migrate.server.SOCKET_NAME
+SOCKET_NAME = "pymigrate.sock"  # migrate.remote.server.SOCKET_NAME
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")  # OpenSSH's defaults we can load
 # OpenSSH's SSH2_OPEN_* reason codes (RFC 4254 section 5.1)
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1

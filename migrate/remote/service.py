@@ -1,6 +1,6 @@
 """The gRPC servicer for pymigrate.v1.Host: an adapter over an ``Engine``, plus its interceptors.
 
-``HostServicer`` converts each request to the library's dataclasses (migrate/convert.py), calls
+``HostServicer`` converts each request to the library's dataclasses (migrate/remote/convert.py), calls
 the engine, and converts the answer back; it holds no policy of its own. Two server interceptors
 wrap every method:
 
@@ -8,7 +8,7 @@ wrap every method:
   metadata in constant time on every RPC except the standard health service, and rejects others
   with UNAUTHENTICATED and a message that says nothing about the host.
 - ``ErrorInterceptor`` turns exceptions into status codes and trailing metadata
-  (migrate/_rpc_errors.py). Unexpected exceptions are logged with their traceback here and leave
+  (migrate/remote/_rpc_errors.py). Unexpected exceptions are logged with their traceback here and leave
   as INTERNAL with only an incident id.
 
 Cancellation and deadlines. Checkpoint, Restore and Migrate run the engine call in a worker
@@ -47,11 +47,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 
-from migrate import _rpc_errors, api
-from migrate import convert as cv
+from migrate import api
+from migrate.remote import _rpc_errors
+from migrate.remote import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
-from migrate._rpc_errors import RpcCancelled
+from migrate.remote._rpc_errors import RpcCancelled
 from migrate.errors import ChecksumMismatch, TransferError
 from runtime.errors import InvalidArgument, Unsupported
 
@@ -448,7 +449,7 @@ def _replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[Callable[.
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps exceptions raised by any handler to status codes (see migrate/_rpc_errors.py)."""
+    """Maps exceptions raised by any handler to status codes (see migrate/remote/_rpc_errors.py)."""
 
     def intercept_service(self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)

@@ -22,7 +22,7 @@ is tested with recorded counts. A round is worth another when it still shrinks t
     otherwise "continue"
 
 Where soft-dirty exists, ``migrate_precopy`` runs the real loop (the source half; the target
-half is migrate/precopy_target.py). It is the cold driver (migrate/migration.py) with its
+half is migrate/migration/precopy_target.py). It is the cold driver (migrate/migration/driver.py) with its
 ``pre_dump`` hook: after the preflight (the target reserves with mode "precopy"), the image and
 the upper layer's staging, while the container still runs,
 
@@ -232,7 +232,7 @@ def round_address(dest: str) -> str:
 
 
 class Rounds:
-    """The ``pre_dump`` hook of migrate.migration.migrate_container: pre-dump rounds until
+    """The ``pre_dump`` hook of migrate.migration.driver.migrate_container: pre-dump rounds until
     ``next_step`` stops them, then the final page server. ``results`` keeps every round."""
 
     def __init__(self, criu: Any, target: Any, address: str, *, policy: ConvergencePolicy = ConvergencePolicy(),
@@ -248,7 +248,7 @@ class Rounds:
 
     def __call__(self, migration_id: str, staging: Path, dt: Any) -> Any:
         from migrate.checkpoint import dump_externals
-        from migrate.migration import PreDumped
+        from migrate.migration.driver import PreDumped
 
         externals = dump_externals(dt)
         bytes_on_wire = 0
@@ -275,7 +275,7 @@ class Rounds:
 
     def _round(self, migration_id: str, staging: Path, dt: Any, number: int, externals: tuple[str, ...]) -> RoundResult:
         from migrate.errors import TransferError
-        from migrate.migration import connect_page_server
+        from migrate.migration.driver import connect_page_server
         from runtime.criu import DumpRequest, PageServer
 
         started = time.monotonic()
@@ -328,10 +328,10 @@ def migrate_precopy(
     (module doc). The caller checked that both hosts track dirty pages (``refusal``).
 
     Raises:
-        MigrationError and runtime errors, as migrate.migration.migrate_container: the source
+        MigrationError and runtime errors, as migrate.migration.driver.migrate_container: the source
         runs on, thawed, and the target removed every round.
     """
-    from migrate.migration import migrate_container
+    from migrate.migration.driver import migrate_container
     from runtime.criu import SwrkCriu
 
     criu = criu or SwrkCriu()

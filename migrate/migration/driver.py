@@ -21,7 +21,7 @@ the source asks the target by migration id (``settle_unsure``) and only then rem
 (the target runs it: past the point of no return the target wins) or thaws; if the target cannot
 be asked within SETTLE_WAIT_S the copy stays frozen and ``OutcomeUnknown`` says so.
 
-A record in ROOT/run/outgoing (migrate/outgoing.py) says what a daemon restart must do if this
+A record in ROOT/run/outgoing (migrate/migration/recovery.py) says what a daemon restart must do if this
 process dies on the way: roll back (thaw here, abort there) before the point of no return,
 finish (commit there, remove here) after it.
 
@@ -53,10 +53,10 @@ from migrate.api import (
 from migrate.checkpoint import stream_dump, dump_externals
 from migrate import failpoints
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, OutcomeUnknown, TransferError, TruncatedArchive
-from migrate.outgoing import OutgoingMigrations, apply_settlement, settle_in_call
+from migrate.migration.recovery import OutgoingMigrations, apply_settlement, settle_in_call
 from migrate.restore import _version_tuple
-from migrate.store import build_manifest, new_checkpoint_id
-from migrate.transfer import ChunkSink
+from migrate.archive.store import build_manifest, new_checkpoint_id
+from migrate.archive.streams import ChunkSink
 from runtime.criu import Criu, DumpRequest, PageServer, SwrkCriu, cpuinfo_dump
 from runtime.errors import ContainerError, CriuError, InvalidState
 
@@ -95,7 +95,7 @@ PHASES = ("preflight", "image", "stage", "precopy", "freeze", "dump", "restore",
 
 @dataclasses.dataclass(frozen=True)
 class PreDumped:
-    """What pre-dump rounds run before the freeze (migrate.precopy) leave for the final dump."""
+    """What pre-dump rounds run before the freeze (migrate.migration.precopy) leave for the final dump."""
 
     parent_img: str  # the last round's images dir, relative to the final dump's (CRIU parent_img)
     page_server_port: int  # the target's page server for the final dump, chained to the last round
@@ -109,12 +109,12 @@ PreDumpFn = Callable[[str, Path, Any], PreDumped]
 
 def stage_upper(target: Any, migration_id: str, upper_dir: Path, image_stage: Any = None) -> tuple[Any, int]:
     """Before the freeze: send the whole upper layer to the target (``receive_upper``) while the
-    container still runs, remembering what each entry looked like (migrate.upper_sync), or, for a
-    layer on an image, the image itself (``image_stage``: migrate.upper_image.ImageStage).
+    container still runs, remembering what each entry looked like (migrate.migration.upper_sync), or, for a
+    layer on an image, the image itself (``image_stage``: migrate.archive.upper_image.ImageStage).
     Returns (the snapshot, bytes sent)."""
-    from migrate.images import ArchiveWriter
-    from migrate.store import UPPER_STAGE_KIND, build_devices
-    from migrate.upper_sync import write_snapshot
+    from migrate.archive import ArchiveWriter
+    from migrate.archive.store import UPPER_STAGE_KIND, build_devices
+    from migrate.migration.upper_sync import write_snapshot
 
     sink = ChunkSink()
     pusher = _Pusher(target.receive_upper, migration_id, sink)
@@ -147,12 +147,12 @@ def upper_for_migration(target: Any, ticket: Any, migration_id: str, upper_dir: 
     """Stage the upper layer on the target when its ticket asks for it (phase "stage", via
     ``enter``); the writer the dump then uses, and the bytes sent now. ``upper_image``: the
     layer's file system image (runtime/upperfs.py), which then moves block-wise, its snapshot
-    kept in ``tmp_dir`` until the dump (migrate/upper_image.py)."""
+    kept in ``tmp_dir`` until the dump (migrate/archive/upper_image.py)."""
     if not ticket.stage_upper:
         return UpperForDump(None, upper_dir, image=upper_image, tmp_dir=tmp_dir), 0
     image_stage = None
     if upper_image is not None:
-        from migrate.upper_image import ImageStage
+        from migrate.archive.upper_image import ImageStage
 
         image_stage = ImageStage(upper_image, tmp_dir or upper_image.parent, migration_id)
     enter("stage", "sending the upper layer")
@@ -187,12 +187,12 @@ class UpperForDump:
             self.changed = self.image_stage.changed_blocks
             return
         if self.image is not None:
-            from migrate.upper_image import add_frozen
+            from migrate.archive.upper_image import add_frozen
 
             add_frozen(writer, self.image, self.tmp_dir)
             return
         if self.snapshot is not None:
-            from migrate.upper_sync import compute_delta, write_delta
+            from migrate.migration.upper_sync import compute_delta, write_delta
 
             delta = compute_delta(self.snapshot, self.upper_dir)
             if delta is not None:
@@ -217,7 +217,7 @@ def settle_unsure(rt: Any, outgoing: OutgoingMigrations, target: Any, migration_
     answer = settle_in_call(target, record)
     if answer is None:
         outgoing.detach(migration_id)
-        from migrate.outgoing import mark_paused
+        from migrate.migration.recovery import mark_paused
 
         mark_paused(rt, container, record)
         raise OutcomeUnknown(
@@ -339,10 +339,10 @@ def migrate_container(
     C all the way) and only the small images and the upper layer stream through gRPC; otherwise
     everything streams.
 
-    ``pre_dump`` (pre-copy, migrate.precopy): runs the pre-dump rounds while the container still
+    ``pre_dump`` (pre-copy, migrate.migration.precopy): runs the pre-dump rounds while the container still
     runs, right before the freeze; the final dump then names the last round as its parent
     (``track_mem``) and sends its pages to the page server the rounds left ready."""
-    from migrate.images import ArchiveWriter
+    from migrate.archive import ArchiveWriter
 
     criu = criu or SwrkCriu()
     started = time.monotonic()
@@ -367,7 +367,7 @@ def migrate_container(
     if container.status != "running":
         raise InvalidState(container.spec.name, "migrate", container.status, "running")
     if options.mode != "cold" and pre_dump is None:  # live modes (issue 7): postcopy, precopy's refusal, auto's choice
-        from migrate.postcopy import dispatch
+        from migrate.migration.postcopy import dispatch
 
         live = dispatch(rt, name, options, target, criu=criu, progress=progress)
         if live is not None:
@@ -449,7 +449,7 @@ def migrate_container(
                 ps_sock = connect_page_server(page_server_address, ps_port)
             cpuinfo_dump(images_dir)
             criu.warm()
-            import migrate.images  # noqa: F401  (loaded before the freeze)
+            import migrate.archive  # noqa: F401  (loaded before the freeze)
             manifest = build_manifest(spec, new_checkpoint_id(), criu_version=here, options={"tcp_established": options.tcp_established, "file_locks": options.file_locks, "migration_id": migration_id})
             request = DumpRequest(
                 pid=dt.init_pid,

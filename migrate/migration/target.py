@@ -14,7 +14,7 @@ Partial data never lands outside ROOT/tmp: the archive is unpacked (and every ch
 in a scratch dir that the restore removes whatever happens. A live migration stages the upper
 layer first (``receive_upper``, while the container still runs on the source) in
 ROOT/tmp/stage-<migration_id>; the checkpoint archive then carries only the upper layer's changes
-since (migrate.upper_sync), merged into the staged copy before the restore. ``reconcile`` (run when a daemon
+since (migrate.migration.upper_sync), merged into the staged copy before the restore. ``reconcile`` (run when a daemon
 starts) aborts migrations left ``prepared`` by a crash and removes stale scratch dirs; a
 ``restored`` one is kept: the container runs here and the source, frozen, waits to hear so.
 
@@ -48,7 +48,7 @@ from migrate import failpoints
 from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, RestoreResult, Settlement
 from migrate.errors import ContainerLost, TransferError, IncompatibleHost, MigrationError
 from migrate.restore import _version_tuple, restore_container
-from migrate.transfer import IteratorReader
+from migrate.archive.streams import IteratorReader
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument
 from runtime.fstree import remove_tree, remove_tree_quietly
 from runtime.spec import ContainerSpec
@@ -87,7 +87,7 @@ def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
 
 
 def _has_session(migration_id: str) -> bool:
-    from migrate.postcopy import session_pid
+    from migrate.migration.postcopy import session_pid
 
     return session_pid(migration_id) is not None
 
@@ -127,7 +127,7 @@ class IncomingMigrations:
         self._pages_seen: dict[str, int] = {}
         self.dir = host.paths.run / "incoming"
         self.settled_dir = host.paths.run / "settled"
-        self._precopy: Any = None  # migrate.precopy_target.PrecopyRounds, made on first use
+        self._precopy: Any = None  # migrate.migration.precopy_target.PrecopyRounds, made on first use
 
     # -- records ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -170,11 +170,11 @@ class IncomingMigrations:
         spec = ContainerSpec.from_dict(request.spec)
         _validate_request(request, spec)
         if request.mode == "postcopy":  # issue 7: this host must restore with lazy pages
-            from migrate.postcopy import check_incoming
+            from migrate.migration.postcopy import check_incoming
 
             check_incoming(request)
         if request.mode == "precopy":  # this host's page servers must take pre-dump rounds
-            from migrate.precopy import check_incoming as check_precopy
+            from migrate.migration.precopy import check_incoming as check_precopy
 
             check_precopy(request, page_servers=self.page_servers_allowed)
         here = self.criu.version()
@@ -230,8 +230,8 @@ class IncomingMigrations:
 
     def staged_upper(self, migration_id: str) -> Path | None:
         """The upper layer ``receive_upper`` staged for this migration, if any: a directory, or
-        the file system image of a layer that moves block-wise (migrate/upper_image.py)."""
-        from migrate.upper_image import MEMBER
+        the file system image of a layer that moves block-wise (migrate/archive/upper_image.py)."""
+        from migrate.archive.upper_image import MEMBER
         from runtime.upperfs import is_image_file
 
         stage = self._stage_dir(migration_id)
@@ -243,10 +243,10 @@ class IncomingMigrations:
     def receive_upper(self, migration_id: str, chunks: Iterator[bytes]) -> int:
         """Stage the container's upper layer, sent while it still runs (verified like any archive;
         device nodes by the same policy as a checkpoint's). Returns the number of entries."""
-        from migrate.images import read_archive
-        from migrate.store import UPPER_STAGE_KIND, devices_allowed
-        from migrate.upper_image import MEMBER, unpack_members
-        from migrate._archive_fs import walk
+        from migrate.archive import read_archive
+        from migrate.archive.store import UPPER_STAGE_KIND, devices_allowed
+        from migrate.archive.upper_image import MEMBER, unpack_members
+        from migrate.archive._fs import walk
 
         record = self._load(migration_id)
         if record["phase"] != "prepared":
@@ -294,7 +294,7 @@ class IncomingMigrations:
         """Start ``criu page-server`` on ``address``; its port, or 0 to let the source stream.
         Without TLS only ``source`` (the caller's address) may connect to it (runtime.port_guard).
         ``parent``: the images its dump names as parent (pre-copy's last round; CRIU's parent link)."""
-        from migrate.postcopy import free_port
+        from migrate.migration.postcopy import free_port
         from runtime.criu import start_page_server
         from runtime.port_guard import guard_or_warn
 
@@ -364,10 +364,10 @@ class IncomingMigrations:
         self._drop_guard(migration_id)
         remove_tree_quietly(self._pages_dir(migration_id))
 
-    # -- pre-copy: a page server per pre-dump round (migrate/precopy_target.py) -----------------
+    # -- pre-copy: a page server per pre-dump round (migrate/migration/precopy_target.py) -----------------
     def _precopy_rounds(self) -> Any:
         if self._precopy is None:
-            from migrate.precopy_target import PrecopyRounds
+            from migrate.migration.precopy_target import PrecopyRounds
 
             self._precopy = PrecopyRounds(self.host.paths.tmp, tls=self.page_server_tls)
         return self._precopy
@@ -415,7 +415,7 @@ class IncomingMigrations:
         staged = self.staged_upper(migration_id)
         try:
             if record.get("mode") == "postcopy":  # issue 7: lazy pages from the source's page server
-                from migrate.postcopy import receive_postcopy
+                from migrate.migration.postcopy import receive_postcopy
 
                 result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress, tls=self.page_server_tls,
                                           staged_upper=staged, before_restore=lambda: self._before_restore(migration_id, None),
@@ -490,7 +490,7 @@ class IncomingMigrations:
 
     def abort(self, migration_id: str, *, outcome: str = "aborted") -> None:
         """Remove every piece of an unfinished migration, and record ``outcome``. Idempotent."""
-        from migrate.postcopy import stop_session
+        from migrate.migration.postcopy import stop_session
 
         stop_session(migration_id)  # post-copy: the lazy-pages daemon goes first
         self._stop_page_server(migration_id)
@@ -524,7 +524,7 @@ class IncomingMigrations:
 
     def commit(self, migration_id: str) -> None:
         """Make a restored migration permanent. Idempotent: committing a committed one is a no-op."""
-        from migrate.postcopy import finish_session
+        from migrate.migration.postcopy import finish_session
 
         finish_session(migration_id)  # post-copy: every page arrived, else ContainerLost
         with self._locked():

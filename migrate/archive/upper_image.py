@@ -196,7 +196,7 @@ class ImageStage:
     def __init__(self, image: Path, tmp_dir: Path, migration_id: str) -> None:
         self.image = image
         self.tmp_dir = tmp_dir
-        # "migrate-" names: a daemon restart sweeps them from ROOT/tmp (migrate.incoming.reconcile)
+        # "migrate-" names: a daemon restart sweeps them from ROOT/tmp (migrate.migration.target.reconcile)
         self.sent = tmp_dir / f"migrate-{migration_id}.upper-sent.data"
         self.sent_map = tmp_dir / f"migrate-{migration_id}.upper-sent.map"
         _remove(self.sent, self.sent_map)  # leftovers of an earlier attempt with this id

@@ -1,4 +1,4 @@
-"""Errors of the SSH transport (migrate/ssh.py), kept apart so catching them never imports paramiko.
+"""Errors of the SSH transport (migrate/remote/ssh.py), kept apart so catching them never imports paramiko.
 
 Tree (each a subclass of the ``migrate.errors`` class it refines)::
 

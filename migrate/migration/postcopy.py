@@ -24,7 +24,7 @@ the resume the last page arrived (the window in which the source is still needed
 
 Exactly one copy (docs/migration.md): as in cold migration, the outgoing record says "unknown"
 from right before the freeze; a failure before the archive's last byte left rolls back at once,
-one after it settles with the target first (migrate.migration.settle_unsure), CRIU's page server
+one after it settles with the target first (migrate.migration.driver.settle_unsure), CRIU's page server
 still serving: a target that restored takes its last pages during the settlement, and only an
 "aborted" answer ends the lazy dump (a connection to its port) and thaws.
 
@@ -137,7 +137,7 @@ def dispatch(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: 
     if options.mode == "cold":
         return None
     if options.mode == "precopy":
-        from migrate.precopy import local_refusal, refusal
+        from migrate.migration.precopy import local_refusal, refusal
 
         refused = local_refusal()
         if refused is None:
@@ -145,7 +145,7 @@ def dispatch(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: 
             refused = refusal(info.features, kernel_release=info.kernel, where=f"the target {options.dest}")
         if refused is not None:
             raise refused
-        from migrate.precopy import migrate_precopy
+        from migrate.migration.precopy import migrate_precopy
 
         return migrate_precopy(rt, name, options, target, criu=criu, progress=progress)
     from runtime.host import host_report
@@ -155,7 +155,7 @@ def dispatch(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: 
     if mode == "cold":
         return None
     if mode == "precopy":
-        from migrate.precopy import migrate_precopy
+        from migrate.migration.precopy import migrate_precopy
 
         return migrate_precopy(rt, name, options, target, criu=criu, progress=progress)
     return migrate_postcopy(rt, name, options, target, criu=criu, progress=progress)
@@ -287,14 +287,14 @@ def migrate_postcopy(
         MigrationError and runtime errors: anything before that; the source runs on, thawed.
     """
     from migrate.checkpoint import dump_externals
-    from migrate.images import ArchiveWriter
+    from migrate.archive import ArchiveWriter
     from migrate import failpoints
-    from migrate.migration import _end_record, _fail, _Pusher, settle_unsure, upper_for_migration
-    from migrate.outgoing import OutgoingMigrations
+    from migrate.migration.driver import _end_record, _fail, _Pusher, settle_unsure, upper_for_migration
+    from migrate.migration.recovery import OutgoingMigrations
     from runtime.port_guard import drop_guard
     from migrate.restore import _version_tuple
-    from migrate.store import IMAGES_DIR, build_manifest, new_checkpoint_id
-    from migrate.transfer import ChunkSink
+    from migrate.archive.store import IMAGES_DIR, build_manifest, new_checkpoint_id
+    from migrate.archive.streams import ChunkSink
 
     criu = criu or SwrkCriu()
     started = time.monotonic()
@@ -350,8 +350,8 @@ def migrate_postcopy(
     cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
     dump: _LazyDump | None = None
     restored: RestoreResult | None = None
-    upper: Any = None  # migrate.migration.UpperForDump once the layer is staged
-    final_sent = False  # the archive's last byte may have left (migrate.migration's module doc)
+    upper: Any = None  # migrate.migration.driver.UpperForDump once the layer is staged
+    final_sent = False  # the archive's last byte may have left (migrate.migration.driver's module doc)
     staging = rt.paths.tmp / f"migrate-{migration_id}"
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
 
@@ -471,7 +471,7 @@ def migrate_postcopy(
                 dump.join(ROLLBACK_DUMP_TIMEOUT_S)
             remove_tree_quietly(staging)
             log.info("container=%s migration=%s done after settling: it runs on %s", spec.name, migration_id, options.dest)
-            from migrate.migration import _result
+            from migrate.migration.driver import _result
 
             return _result(spec.name, options.dest, "postcopy", started, frozen_at, time.monotonic(), bytes_on_wire, phases,
                            upper.changed)

@@ -9,11 +9,11 @@ file was a host-file overwrite). So the reader refuses any member no row below a
   gives its images (criu/image-desc.c: ``<kind>[-<id>].img``, ``tmpfs[-dev]-<id>.tar.gz``,
   ``stats-dump``, ``irmap-cache``) and the logs our dumps keep beside them. No symlink, hardlink,
   fifo, device or subdirectory: CRIU's ``parent`` link of a pre-copy chain is made by the target
-  itself (migrate.incoming), never taken from an archive.
+  itself (migrate.migration.target), never taken from an archive.
 - ``upper`` and ``upper/<path>``: the container's overlay upper layer, any kind the format has,
   under the reader's tree rules (no escaping links, no path through a link, devices by policy).
 - ``upper.img.map``/``.data`` and ``upper.img.delta.map``/``.data``: the upper layer as a packed
-  file-system image, whole or its changed blocks (regular files; migrate/upper_image.py).
+  file-system image, whole or its changed blocks (regular files; migrate/archive/upper_image.py).
 
 To carry another kind of member (e.g. a per-container filesystem image), add one ``MemberRule``
 to ``CHECKPOINT_MEMBERS``; nothing else in the reader changes.
@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrate import _archive_format as fmt
+from migrate.archive import _format as fmt
 from migrate.errors import UnsafeMember
 
 __all__ = ["CHECKPOINT_MEMBERS", "CRIU_IMAGE_NAME", "MemberRule", "check_images_dir", "check_member"]
@@ -78,7 +78,7 @@ CHECKPOINT_MEMBERS: tuple[MemberRule, ...] = (
         pattern=None,
         what="the overlay upper layer",
     ),
-    # The upper layer as a file-system image (migrate/upper_image.py), packed: its data extents
+    # The upper layer as a file-system image (migrate/archive/upper_image.py), packed: its data extents
     # back to back (.data) and their offsets (.map, JSON), whole or only the blocks changed since
     # the staged copy (.delta.*); the map is checked before a byte is placed, the image by
     # runtime.upperfs before anything mounts it.

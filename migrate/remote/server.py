@@ -18,7 +18,7 @@ Security rules:
 
 Stop: health flips to NOT_SERVING, new calls are refused, in-flight calls get ``grace_s`` to
 finish; after that gRPC cancels them, which reaches the engine as a cancellation (see
-migrate/service.py) and the engine rolls back; ``stop`` waits for those handlers and workers.
+migrate/remote/service.py) and the engine rolls back; ``stop`` waits for those handlers and workers.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from grpc_reflection.v1alpha import reflection
 
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
-from migrate.service import SERVICE_NAME, ErrorInterceptor, HostServicer, TokenAuthInterceptor
-from migrate.tls import TlsConfig
+from migrate.remote.service import SERVICE_NAME, ErrorInterceptor, HostServicer, TokenAuthInterceptor
+from migrate.remote.tls import TlsConfig
 from runtime.config import Paths
 from runtime.errors import InvalidArgument
 

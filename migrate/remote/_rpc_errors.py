@@ -1,6 +1,6 @@
 """How pymigrate errors cross gRPC: exception -> status code + trailing metadata, and back.
 
-The server (migrate/service.py) calls ``encode``; the client (migrate/client.py) calls ``decode``,
+The server (migrate/remote/service.py) calls ``encode``; the client (migrate/remote/client.py) calls ``decode``,
 so a caller sees the same exception class with the same message, hint, phase and data attributes
 whether the engine is local or remote.
 
