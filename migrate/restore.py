@@ -38,7 +38,7 @@ from runtime.state import validate_name
 log = logging.getLogger(__name__)
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split("."):
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -261,7 +261,7 @@ def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, r
     manifest = unpacked.manifest
     dumped_with = str(manifest.get("criu_version", "0"))
     here = criu.version()
-    if _version_tuple(here) < _version_tuple(dumped_with):
+    if version_tuple(here) < version_tuple(dumped_with):
         raise IncompatibleHost(
             f"checkpoint was dumped by criu {dumped_with}, this host has criu {here}: restore needs the same or newer",
             phase="preflight",
@@ -376,7 +376,7 @@ def restore_container(
         import_ms = (time.monotonic() - started) * 1000
         spec = checked_spec(unpacked.manifest, options, origin=origin, allow_peer_volumes=bool(getattr(rt, "allow_peer_volumes", False)))
         if origin != "local":  # CRIU restores the filters the images describe, not the spec's
-            check_image_filters(unpacked.images_dir, spec.seccomp)
+            check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile, cache_dir=rt.paths.seccomp_cache)
         name = validate_name(options.name) if options.name else spec.name
         # Held before anything looks at the container it replaces: a second restore of the same
         # checkpoint gets Busy here, not a half-built record. A new --name gets a new id.

@@ -29,7 +29,7 @@ What shapes the design (details and the byte layout: docs/archive-format.md):
 
 from __future__ import annotations
 
-from migrate.archive._format import FORMAT_VERSION, MAGIC
+from migrate.archive.format import FORMAT_VERSION, MAGIC
 from migrate.archive.reader import read_archive, read_manifest
 from migrate.archive.writer import IMAGES_PREFIX, MANIFEST_FIELDS, UPPER_PREFIX, ArchiveSummary, ArchiveWriter, MemberInfo
 

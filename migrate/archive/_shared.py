@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 
 _ZEROS = memoryview(bytes(fmt.CHUNK_BYTES))
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 from migrate.errors import UnsafeMember
 
 __all__ = ["CHECKPOINT_MEMBERS", "CRIU_IMAGE_NAME", "MemberRule", "check_images_dir", "check_member"]

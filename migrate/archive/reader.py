@@ -18,9 +18,9 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from migrate.archive import _format as fmt
-from migrate.archive._format import FORMAT_VERSION, MAGIC
-from migrate.archive._fs import MetaApplier, check_entry_meta
+from migrate.archive import format as fmt
+from migrate.archive.format import FORMAT_VERSION, MAGIC
+from migrate.archive.fs import MetaApplier, check_entry_meta
 from migrate.archive.members import CHECKPOINT_MEMBERS, MemberRule, check_member
 from migrate.errors import (
     ArchiveError,

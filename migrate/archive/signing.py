@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 from migrate.errors import ArchiveError, BadSignature, SigningKeyError, UnsignedArchive, UntrustedSigner
 
 __all__ = [

@@ -21,9 +21,9 @@ from typing import Any, BinaryIO, Literal
 
 import zstandard
 
-from migrate.archive import _format as fmt
-from migrate.archive._format import FORMAT_VERSION
-from migrate.archive._fs import data_extents, entry_meta, kind_of, read_xattrs, walk
+from migrate.archive import format as fmt
+from migrate.archive.format import FORMAT_VERSION
+from migrate.archive.fs import data_extents, entry_meta, kind_of, read_xattrs, walk
 from migrate.errors import (
     FormatVersionError,
     UnsafeMember,

@@ -24,7 +24,7 @@ the resume the last page arrived (the window in which the source is still needed
 
 Exactly one copy (docs/migration.md): as in cold migration, the outgoing record says "unknown"
 from right before the freeze; a failure before the archive's last byte left rolls back at once,
-one after it settles with the target first (migrate.migration.driver.settle_unsure), CRIU's page server
+one after it settles with the target first (migrate.migration.recovery.settle_unsure), CRIU's page server
 still serving: a target that restored takes its last pages during the settlement, and only an
 "aborted" answer ends the lazy dump (a connection to its port) and thaws.
 
@@ -86,9 +86,11 @@ from migrate.api import (
 )
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
 from runtime.criu import Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump, first_error
-from runtime.errors import ContainerError, InvalidState, Unsupported
+from runtime.errors import ContainerError, InvalidState
 from runtime.fstree import remove_tree_quietly
 from runtime.network import set_link_up
+
+from migrate.migration.phases import poke_page_server
 
 log = logging.getLogger(__name__)
 
@@ -102,63 +104,6 @@ ROLLBACK_DUMP_TIMEOUT_S = 30.0
 FINISH_TIMEOUT_S = 60.0
 TCP_ESTABLISHED = "01"
 CONNECT_TIMEOUT_S = 10.0
-
-
-# --- mode choice ------------------------------------------------------------------------------
-
-
-def choose_mode(options: MigrateOptions, local: Mapping[str, bool], remote: Mapping[str, bool]) -> str:
-    """The mode to run for ``options.mode`` given both hosts' ``HostInfo.features``.
-
-    ``auto`` picks postcopy when both hosts support lazy pages, else precopy when both track dirty
-    pages (soft-dirty), else cold. An explicit live mode the hosts cannot do raises
-    ``Unsupported``/``IncompatibleHost``.
-    """
-    mode = options.mode
-    if mode == "auto":
-        if local.get("lazy_pages") and remote.get("lazy_pages"):
-            return "postcopy"
-        return "precopy" if local.get("dirty_tracking") and remote.get("dirty_tracking") else "cold"
-    if mode == "postcopy":
-        if not local.get("lazy_pages"):
-            raise Unsupported(
-                "--mode postcopy", "this host cannot serve lazy pages (criu uffd-noncoop, fs.pipe-max-size >= 4 MiB)",
-                hint="run 'pymigrate check'; sysctl -w fs.pipe-max-size=4194304",
-            )
-        if not remote.get("lazy_pages"):
-            raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase="preflight",
-                                   hint="run 'pymigrate check' there, or use --mode cold")
-    return mode
-
-
-def dispatch(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: Criu | None = None,
-             progress: ProgressFn | None = None) -> MigrateResult | None:
-    """Run a live mode for ``options.mode`` (postcopy, precopy, auto); None means: do a cold migration."""
-    if options.mode == "cold":
-        return None
-    if options.mode == "precopy":
-        from migrate.migration.precopy import local_refusal, refusal
-
-        refused = local_refusal()
-        if refused is None:
-            info = target.host_info()
-            refused = refusal(info.features, kernel_release=info.kernel, where=f"the target {options.dest}")
-        if refused is not None:
-            raise refused
-        from migrate.migration.precopy import migrate_precopy
-
-        return migrate_precopy(rt, name, options, target, criu=criu, progress=progress)
-    from runtime.host import host_report
-
-    mode = choose_mode(options, host_report().features(), target.host_info().features)
-    log.info("container=%s mode %s -> %s", name, options.mode, mode)
-    if mode == "cold":
-        return None
-    if mode == "precopy":
-        from migrate.migration.precopy import migrate_precopy
-
-        return migrate_precopy(rt, name, options, target, criu=criu, progress=progress)
-    return migrate_postcopy(rt, name, options, target, criu=criu, progress=progress)
 
 
 # --- small source-side helpers --------------------------------------------------------------
@@ -227,15 +172,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def poke_page_server(port: int, address: str = "127.0.0.1") -> None:
-    """Connect to a lazy dump's page server and close at once: CRIU takes EOF as the end of the
-    transfer, so a dump whose target never connected returns (the source keeps running)."""
-    try:
-        socket.create_connection((address, port), timeout=2.0).close()
-    except OSError as exc:
-        log.debug("page server on port %d not reachable (%s): the dump has ended already", port, exc)
-
-
 class _LazyDump(threading.Thread):
     """Runs CRIU's lazy dump; ``images_ready`` is set at CRIU's post-dump notification,
     ``serving`` at status-ready (its page server listens)."""
@@ -289,10 +225,11 @@ def migrate_postcopy(
     from migrate.checkpoint import dump_externals
     from migrate.archive import ArchiveWriter
     from migrate import failpoints
-    from migrate.migration.driver import _end_record, _fail, _Pusher, settle_unsure, upper_for_migration
+    from migrate.migration.phases import ArchivePusher, phase_error, upper_for_migration
+    from migrate.migration.recovery import end_record, settle_unsure
     from migrate.migration.recovery import OutgoingMigrations
     from runtime.port_guard import drop_guard
-    from migrate.restore import _version_tuple
+    from migrate.restore import version_tuple
     from migrate.archive.store import IMAGES_DIR, build_manifest, new_checkpoint_id
     from migrate.archive.streams import ChunkSink
 
@@ -324,7 +261,7 @@ def migrate_postcopy(
     here = criu.version()
     if not info.criu_version:
         raise IncompatibleHost(f"the target {options.dest} has no usable CRIU", phase=phase)
-    if _version_tuple(info.criu_version) < _version_tuple(here):
+    if version_tuple(info.criu_version) < version_tuple(here):
         raise IncompatibleHost(f"the target {options.dest} has criu {info.criu_version}, older than this host's {here}", phase=phase)
     if not info.features.get("lazy_pages"):
         raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase=phase)
@@ -350,8 +287,8 @@ def migrate_postcopy(
     cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
     dump: _LazyDump | None = None
     restored: RestoreResult | None = None
-    upper: Any = None  # migrate.migration.driver.UpperForDump once the layer is staged
-    final_sent = False  # the archive's last byte may have left (migrate.migration.driver's module doc)
+    upper: Any = None  # migrate.migration.phases.UpperForDump once the layer is staged
+    final_sent = False  # the archive's last byte may have left (migrate.migration.cold's module doc)
     staging = rt.paths.tmp / f"migrate-{migration_id}"
     outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
 
@@ -366,7 +303,7 @@ def migrate_postcopy(
         if ticket.need_image:
             enter("image", f"sending image {spec.image}")
             image_sink = ChunkSink()
-            image_pusher = _Pusher(target.receive_image, migration_id, image_sink)
+            image_pusher = ArchivePusher(target.receive_image, migration_id, image_sink)
             image_pusher.start()
             try:
                 rt.images.export_stream(spec.image_digest, image_sink)
@@ -413,7 +350,7 @@ def migrate_postcopy(
             page_server=PageServer(address=address, port=port),
         )
         sink = ChunkSink()
-        pusher = _Pusher(target.receive_checkpoint, migration_id, sink)
+        pusher = ArchivePusher(target.receive_checkpoint, migration_id, sink)
         outgoing.outcome_unknown(migration_id)  # a crash from here on asks the target first
         enter("freeze")
         rt.freeze(container)
@@ -471,9 +408,9 @@ def migrate_postcopy(
                 dump.join(ROLLBACK_DUMP_TIMEOUT_S)
             remove_tree_quietly(staging)
             log.info("container=%s migration=%s done after settling: it runs on %s", spec.name, migration_id, options.dest)
-            from migrate.migration.driver import _result
+            from migrate.migration.phases import settled_result
 
-            return _result(spec.name, options.dest, "postcopy", started, frozen_at, time.monotonic(), bytes_on_wire, phases,
+            return settled_result(spec.name, options.dest, "postcopy", started, frozen_at, time.monotonic(), bytes_on_wire, phases,
                            upper.changed)
         try:
             target.abort_incoming(migration_id)  # first: it stops the target's lazy-pages daemon
@@ -496,9 +433,9 @@ def migrate_postcopy(
             except Exception:  # rollback path: keep the original error
                 log.exception("container=%s migration=%s: thaw after failure failed", spec.name, migration_id)
         remove_tree_quietly(staging)
-        _end_record(outgoing, migration_id)
+        end_record(outgoing, migration_id)
         drop_guard(guard)
-        raise _fail(exc, spec.name, options.dest, failed_phase) from exc
+        raise phase_error(exc, spec.name, options.dest, failed_phase) from exc
 
     # ---- point of no return: the container runs on the target ----
     answered_at = time.monotonic()
@@ -522,7 +459,7 @@ def migrate_postcopy(
         kept = _keep_log(rt, staging / "images" / "dump.log")
         remove_tree_quietly(staging)
         first = str(getattr(dump.error, "message", dump.error)).splitlines()[0]
-        _end_record(outgoing, migration_id)
+        end_record(outgoing, migration_id)
         _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth,
               f"the page transfer failed ({first}{f'; log: {kept}' if kept else ''})")
     remove_tree_quietly(staging)
@@ -531,7 +468,7 @@ def migrate_postcopy(
     try:
         target.commit_incoming(migration_id)
     except ContainerLost as exc:
-        _end_record(outgoing, migration_id)
+        end_record(outgoing, migration_id)
         _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth, exc.message)
     except Exception as exc:
         log.warning("container=%s migration=%s: commit on target failed (container runs there): %s", spec.name, migration_id, exc)
@@ -539,7 +476,7 @@ def migrate_postcopy(
         rt.finish_migration(container, keep=options.keep_source)
     except Exception:
         log.exception("container=%s migration=%s: removing the source copy failed", spec.name, migration_id)
-    _end_record(outgoing, migration_id)
+    end_record(outgoing, migration_id)
     enter("done")
     total_ms = (time.monotonic() - started) * 1000
     lazy_bytes = lazy_pages * PAGE_SIZE

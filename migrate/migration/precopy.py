@@ -232,7 +232,7 @@ def round_address(dest: str) -> str:
 
 
 class Rounds:
-    """The ``pre_dump`` hook of migrate.migration.driver.migrate_container: pre-dump rounds until
+    """The ``pre_dump`` hook of migrate.migration.cold.migrate_cold: pre-dump rounds until
     ``next_step`` stops them, then the final page server. ``results`` keeps every round."""
 
     def __init__(self, criu: Any, target: Any, address: str, *, policy: ConvergencePolicy = ConvergencePolicy(),
@@ -248,7 +248,7 @@ class Rounds:
 
     def __call__(self, migration_id: str, staging: Path, dt: Any) -> Any:
         from migrate.checkpoint import dump_externals
-        from migrate.migration.driver import PreDumped
+        from migrate.migration.phases import PreDumped
 
         externals = dump_externals(dt)
         bytes_on_wire = 0
@@ -275,7 +275,7 @@ class Rounds:
 
     def _round(self, migration_id: str, staging: Path, dt: Any, number: int, externals: tuple[str, ...]) -> RoundResult:
         from migrate.errors import TransferError
-        from migrate.migration.driver import connect_page_server
+        from migrate.migration.phases import connect_page_server
         from runtime.criu import DumpRequest, PageServer
 
         started = time.monotonic()
@@ -328,14 +328,14 @@ def migrate_precopy(
     (module doc). The caller checked that both hosts track dirty pages (``refusal``).
 
     Raises:
-        MigrationError and runtime errors, as migrate.migration.driver.migrate_container: the source
+        MigrationError and runtime errors, as migrate.migration.cold.migrate_cold: the source
         runs on, thawed, and the target removed every round.
     """
-    from migrate.migration.driver import migrate_container
+    from migrate.migration.cold import migrate_cold
     from runtime.criu import SwrkCriu
 
     criu = criu or SwrkCriu()
     address = page_server_address or round_address(options.dest)
     rounds = Rounds(criu, target, address, policy=policy, progress=progress)
-    return migrate_container(rt, name, options, target, criu=criu, progress=progress, page_server_address=address,
-                             pre_dump=rounds)
+    return migrate_cold(rt, name, options, target, criu=criu, progress=progress, page_server_address=address,
+                        pre_dump=rounds)

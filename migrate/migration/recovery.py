@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from migrate.errors import ContainerLost, OutcomeUnknown
+from migrate.migration.phases import phase_error
 from runtime.errors import ContainerError, ContainerNotFound
 
 log = logging.getLogger(__name__)
@@ -399,7 +401,7 @@ def _poke(record: dict[str, Any]) -> None:
     """Post-copy: make a lazy dump whose target will never connect (again) return."""
     port = int(record.get("page_server_port") or 0)
     if record.get("mode") == "postcopy" and port:
-        from migrate.migration.postcopy import poke_page_server
+        from migrate.migration.phases import poke_page_server
 
         poke_page_server(port)
 
@@ -476,3 +478,44 @@ def _tell_target(connect: Callable[[str], Any], record: dict[str, Any], method: 
         close = getattr(target, "close", None)
         if close is not None:
             close()
+
+
+# --- in the migrating call itself --------------------------------------------------------------
+
+
+def settle_unsure(rt: Any, outgoing: OutgoingMigrations, target: Any, migration_id: str, container: Any, dest: str,
+                  exc: BaseException, phase: str, cut: Any = None) -> str:
+    """After the final dump went out and no answer came back: ask the target what became of the
+    migration and act on it (outgoing.apply_settlement). Returns "committed" (the copy here is
+    gone, the container runs on the target); otherwise raises: the original error once thawed
+    ("aborted"), ContainerLost ("lost"), OutcomeUnknown (the target could not be asked: the copy
+    here stays frozen, the daemon settles it later)."""
+    name = container.spec.name
+    log.warning("container=%s migration=%s: no answer after the final dump (%s): settling with %s", name, migration_id, exc, dest)
+    record = outgoing.load(migration_id)
+    answer = settle_in_call(target, record)
+    if answer is None:
+        outgoing.detach(migration_id)
+        mark_paused(rt, container, record)
+        raise OutcomeUnknown(
+            f"migration {migration_id} of {name} to {dest}: outcome unknown: the final dump went out but the target's "
+            f"answer did not come back ({exc}); {name} stays frozen here until {dest} says whether it runs the container",
+            phase=phase, migration_id=migration_id, dest=dest,
+            hint=(f"this daemon asks {dest} again every few seconds and at each start, then removes this copy (the target "
+                  f"runs it) or thaws it; 'pymigrate ps' shows {name} paused; do not unpause or remove it meanwhile"),
+        ) from exc
+    outcome = apply_settlement(rt, outgoing, record, container, answer, cut=cut)
+    if outcome == "committed":
+        return outcome
+    if outcome == "lost":
+        raise ContainerLost(f"container {name} is lost: its copy on {dest} missed memory pages and was removed",
+                            phase=phase, source_copy="frozen",
+                            hint=f"'pymigrate unpause {name}' resumes the frozen copy here (state as of the freeze)") from exc
+    raise phase_error(exc, name, dest, phase) from exc
+
+
+def end_record(outgoing: OutgoingMigrations, migration_id: str) -> None:
+    try:
+        outgoing.end(migration_id)
+    except OSError as exc:  # the next restart finds it and repeats what was done (idempotent)
+        log.warning("migration=%s: cannot remove the outgoing record: %s", migration_id, exc)

@@ -47,7 +47,7 @@ from typing import Any, Iterator
 from migrate import failpoints
 from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, RestoreResult, Settlement
 from migrate.errors import ContainerLost, TransferError, IncompatibleHost, MigrationError
-from migrate.restore import _version_tuple, restore_container
+from migrate.restore import version_tuple, restore_container
 from migrate.archive.streams import IteratorReader
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument
 from runtime.fstree import remove_tree, remove_tree_quietly
@@ -178,7 +178,7 @@ class IncomingMigrations:
 
             check_precopy(request, page_servers=self.page_servers_allowed)
         here = self.criu.version()
-        if request.criu_version and _version_tuple(here) < _version_tuple(request.criu_version):
+        if request.criu_version and version_tuple(here) < version_tuple(request.criu_version):
             raise IncompatibleHost(
                 f"this host has criu {here}, older than the source's {request.criu_version}", phase="preflight"
             )
@@ -246,7 +246,7 @@ class IncomingMigrations:
         from migrate.archive import read_archive
         from migrate.archive.store import UPPER_STAGE_KIND, devices_allowed
         from migrate.archive.upper_image import MEMBER, unpack_members
-        from migrate.archive._fs import walk
+        from migrate.archive.fs import walk
 
         record = self._load(migration_id)
         if record["phase"] != "prepared":

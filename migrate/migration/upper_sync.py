@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate.archive import _format as fmt
-from migrate.archive._fs import kind_of, read_xattrs
+from migrate.archive import format as fmt
+from migrate.archive.fs import kind_of, read_xattrs
 from migrate.errors import ArchiveError, UnsafeMember
 from migrate.archive import ArchiveWriter
 
@@ -417,7 +417,7 @@ def _syncfs(root: Path) -> None:
 
 def _scan(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of ``root`` ("" first) and everything below it: pre-order, names
-    sorted, symlinks not followed. Like ``_archive_fs.walk`` but cheaper per entry (no path
+    sorted, symlinks not followed. Like ``migrate.archive.fs.walk`` but cheaper per entry (no path
     joins; ``DirEntry.stat``), as it runs while the container is frozen."""
     top = os.fspath(root)
     st = os.lstat(top)
@@ -449,7 +449,7 @@ def _entry_name(entry: os.DirEntry[str]) -> str:
 
 
 def _walk_live(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
-    """``_archive_fs.walk`` for a tree that changes while it is read: entries that vanish (or a
+    """``migrate.archive.fs.walk`` for a tree that changes while it is read: entries that vanish (or a
     dir that became something else) between listing and reading are skipped. The root itself
     must be a directory."""
     top = os.fspath(root)

@@ -25,7 +25,7 @@ from typing import Any
 
 import zstandard
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 
 FORMAT_VERSION = fmt.FORMAT_VERSION
 CHECKPOINT_KIND = "pymigrate-checkpoint"

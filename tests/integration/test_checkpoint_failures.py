@@ -29,7 +29,7 @@ from typing import Iterator
 
 import pytest
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 from tests.integration.conftest import PYMIGRATE, REPO
 from tests.integration.workloads import container_file, import_image, init_pid, inspect, read_int, wait_for
 

@@ -34,7 +34,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 from migrate.errors import ArchiveError
 from migrate.archive import read_archive
 from runtime import tarsafe

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 from migrate.errors import ArchiveError, ChecksumMismatch, FormatVersionError, UnsafeMember
 from migrate.archive import FORMAT_VERSION, MAGIC, ArchiveWriter, read_archive, read_manifest
 

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 from migrate.errors import ArchiveError, BadSignature, SigningKeyError, UnsignedArchive, UntrustedSigner
 from migrate.archive import ArchiveWriter, read_archive
 from migrate.archive.signing import (

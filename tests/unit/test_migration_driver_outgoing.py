@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from migrate.migration import cold
 from migrate.migration import driver as migration
 from migrate.migration import recovery as outgoing
 from migrate.errors import PeerError, TransferError
@@ -24,7 +25,7 @@ from tests.unit.test_migration_driver import FakeDumpCriu, FakeHost, Target, mig
 
 @pytest.fixture(autouse=True)
 def no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(migration, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
+    monkeypatch.setattr(cold, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
 
 
 class RecordingTarget(Target):

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate.migration import postcopy
+from migrate.migration import driver, postcopy
 from migrate.api import HostInfo, IncomingTicket, MigrateOptions, RestoreResult, RestoreStats
 from migrate.errors import ContainerLost, IncompatibleHost, TransferError
 from runtime.checkpointing import DumpTarget, NetworkCut
@@ -36,14 +36,14 @@ NO_LAZY = {"lazy_pages": False}
     ],
 )
 def test_choose_mode(mode: str, local: dict, remote: dict, chosen: str) -> None:
-    assert postcopy.choose_mode(MigrateOptions(dest="t:1", mode=mode), local, remote) == chosen  # type: ignore[arg-type]
+    assert driver.choose_mode(MigrateOptions(dest="t:1", mode=mode), local, remote) == chosen  # type: ignore[arg-type]
 
 
 def test_postcopy_refused_without_lazy_pages() -> None:
     with pytest.raises(Unsupported, match="this host cannot serve lazy pages"):
-        postcopy.choose_mode(MigrateOptions(dest="t:1", mode="postcopy"), NO_LAZY, LAZY)
+        driver.choose_mode(MigrateOptions(dest="t:1", mode="postcopy"), NO_LAZY, LAZY)
     with pytest.raises(IncompatibleHost, match="the target t:1 cannot restore with lazy pages"):
-        postcopy.choose_mode(MigrateOptions(dest="t:1", mode="postcopy"), LAZY, NO_LAZY)
+        driver.choose_mode(MigrateOptions(dest="t:1", mode="postcopy"), LAZY, NO_LAZY)
 
 
 # --- addresses and /proc/net -----------------------------------------------------------------
@@ -310,8 +310,8 @@ def test_dispatch_refuses_precopy_with_the_reason(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(precopy, "local_refusal", lambda: Unsupported("--mode precopy", "no soft-dirty here"))
     with pytest.raises(Unsupported, match="no soft-dirty here"):
-        postcopy.dispatch(None, "web", MigrateOptions(dest="t:1", mode="precopy"), None)
-    assert postcopy.dispatch(None, "web", MigrateOptions(dest="t:1", mode="cold"), None) is None
+        driver.dispatch(None, "web", MigrateOptions(dest="t:1", mode="precopy"), None)
+    assert driver.dispatch(None, "web", MigrateOptions(dest="t:1", mode="cold"), None) is None
 
 
 def test_lazy_page_count_reads_pagemaps(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from migrate.migration import cold
 from migrate.migration import driver as migration
 from migrate.migration import precopy
 from migrate.api import ImageInfo, IncomingRequest, MigrateOptions
@@ -161,7 +162,7 @@ class PrecopyTarget(FakeEngine):
 
 @pytest.fixture(autouse=True)
 def no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(migration, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
+    monkeypatch.setattr(cold, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
 
 
 @pytest.fixture
@@ -279,29 +280,29 @@ NEITHER = {"lazy_pages": False, "dirty_tracking": False}
     ],
 )
 def test_auto_prefers_postcopy_then_precopy_then_cold(local: dict, remote: dict, chosen: str) -> None:
-    from migrate.migration.postcopy import choose_mode
+    from migrate.migration.driver import choose_mode
 
     assert choose_mode(MigrateOptions(dest="t:1", mode="auto"), local, remote) == chosen
 
 
 def test_dispatch_runs_precopy_when_neither_host_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    from migrate.migration import postcopy
+    from migrate.migration import driver
 
     ran: list[str] = []
     monkeypatch.setattr(precopy, "local_refusal", lambda: None)
     monkeypatch.setattr(precopy, "migrate_precopy", lambda rt, name, options, target, **kw: ran.append(name) or "result")
     target = SimpleNamespace(host_info=lambda: SimpleNamespace(features={"dirty_tracking": True}, kernel="6.1.0"))
-    assert postcopy.dispatch(None, "web", MigrateOptions(dest="t:1", mode="precopy"), target) == "result"
+    assert driver.dispatch(None, "web", MigrateOptions(dest="t:1", mode="precopy"), target) == "result"
     assert ran == ["web"]
 
 
 def test_dispatch_refuses_a_target_without_soft_dirty(monkeypatch: pytest.MonkeyPatch) -> None:
-    from migrate.migration import postcopy
+    from migrate.migration import driver
 
     monkeypatch.setattr(precopy, "local_refusal", lambda: None)
     target = SimpleNamespace(host_info=lambda: SimpleNamespace(features={"dirty_tracking": False}, kernel="6.18.4"))
     with pytest.raises(Unsupported, match="kernel 6.18.4 of the target t:1 has no soft-dirty"):
-        postcopy.dispatch(None, "web", MigrateOptions(dest="t:1", mode="precopy"), target)
+        driver.dispatch(None, "web", MigrateOptions(dest="t:1", mode="precopy"), target)
 
 
 @pytest.mark.parametrize(("dest", "address"), [("10.0.0.2:7443", "10.0.0.2"), ("[fd00::2]:7443", "fd00::2"), ("unix:/run/p.sock", "127.0.0.1")])

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from migrate.migration import upper_sync
-from migrate.archive._fs import walk
+from migrate.archive.fs import walk
 from migrate.errors import ArchiveError, UnsafeMember
 from migrate.archive import ArchiveWriter, read_archive
 from migrate.migration.upper_sync import (

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from migrate.archive import _format as fmt
+from migrate.archive import format as fmt
 from migrate.errors import ArchiveError
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,237 @@
+"""What every source-side migration mode shares: the pusher thread that streams the archive, the
+upper layer's staging, the page-server connections, the phase names and how an error is named.
+
+The modes (migrate/migration/cold.py, postcopy.py, precopy.py) import from here; nothing here
+imports a mode, so adding one never makes a circle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from migrate.api import (
+    MigrateResult,
+    MigrationStats,
+)
+from migrate.errors import MigrationError, TransferError
+from migrate.archive.streams import ChunkSink
+from runtime.errors import ContainerError
+
+log = logging.getLogger(__name__)
+
+
+PAGE_SIZE = os.sysconf("SC_PAGESIZE")
+
+
+class ArchivePusher(threading.Thread):
+    """Runs the (blocking) client-streaming call that carries the archive to the target."""
+
+    def __init__(self, fn: Any, migration_id: str, sink: ChunkSink) -> None:
+        super().__init__(name="migration-push", daemon=True)
+        self.fn = fn
+        self.migration_id = migration_id
+        self.sink = sink
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.cancelled: TransferError | None = None  # what the producer's writes raise after a failure
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn(self.migration_id, self.sink.chunks())
+        except BaseException as exc:  # handed to the driver thread
+            self.error = exc
+            self.cancelled = TransferError(f"the target stopped receiving: {exc}")
+            self.sink.cancel(self.cancelled)
+
+    def root_cause(self, exc: BaseException) -> BaseException:
+        """The target's error when ``exc`` is only the producer noticing that the push failed."""
+        return self.error if self.error is not None and exc is self.cancelled else exc
+
+
+PHASES = ("preflight", "image", "stage", "precopy", "freeze", "dump", "restore", "commit")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreDumped:
+    """What pre-dump rounds run before the freeze (migrate.migration.precopy) leave for the final dump."""
+
+    parent_img: str  # the last round's images dir, relative to the final dump's (CRIU parent_img)
+    page_server_port: int  # the target's page server for the final dump, chained to the last round
+    bytes_on_wire: int = 0  # the rounds' pages
+    phases_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. each round's time
+
+
+# pre_dump(migration_id, staging dir, runtime.checkpointing.DumpTarget): the rounds (pre-copy)
+PreDumpFn = Callable[[str, Path, Any], PreDumped]
+
+
+def stage_upper(target: Any, migration_id: str, upper_dir: Path, image_stage: Any = None) -> tuple[Any, int]:
+    """Before the freeze: send the whole upper layer to the target (``receive_upper``) while the
+    container still runs, remembering what each entry looked like (migrate.migration.upper_sync), or, for a
+    layer on an image, the image itself (``image_stage``: migrate.archive.upper_image.ImageStage).
+    Returns (the snapshot, bytes sent)."""
+    from migrate.archive import ArchiveWriter
+    from migrate.archive.store import UPPER_STAGE_KIND, build_devices
+    from migrate.migration.upper_sync import write_snapshot
+
+    sink = ChunkSink()
+    pusher = ArchivePusher(target.receive_upper, migration_id, sink)
+    pusher.start()
+    try:
+        writer = ArchiveWriter(sink, compress="zstd", level=1)
+        writer.write_manifest({"kind": UPPER_STAGE_KIND, "migration_id": migration_id, "devices": build_devices()})
+        if image_stage is not None:
+            image_stage.send(writer)
+            snapshot = None
+        else:
+            snapshot = write_snapshot(writer, "upper", upper_dir)
+        writer.close()
+        sink.close()
+    except BaseException as exc:
+        sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
+        pusher.join()
+        cause = pusher.root_cause(exc)
+        if cause is exc:
+            raise
+        raise cause from exc
+    pusher.join()
+    if pusher.error is not None:
+        raise pusher.error
+    return snapshot, sink.bytes_written
+
+
+def upper_for_migration(target: Any, ticket: Any, migration_id: str, upper_dir: Path, enter: Any, *,
+                        upper_image: Path | None = None, tmp_dir: Path | None = None) -> tuple[UpperForDump, int]:
+    """Stage the upper layer on the target when its ticket asks for it (phase "stage", via
+    ``enter``); the writer the dump then uses, and the bytes sent now. ``upper_image``: the
+    layer's file system image (runtime/upperfs.py), which then moves block-wise, its snapshot
+    kept in ``tmp_dir`` until the dump (migrate/archive/upper_image.py)."""
+    if not ticket.stage_upper:
+        return UpperForDump(None, upper_dir, image=upper_image, tmp_dir=tmp_dir), 0
+    image_stage = None
+    if upper_image is not None:
+        from migrate.archive.upper_image import ImageStage
+
+        image_stage = ImageStage(upper_image, tmp_dir or upper_image.parent, migration_id)
+    enter("stage", "sending the upper layer")
+    snapshot, sent = stage_upper(target, migration_id, upper_dir, image_stage)
+    return UpperForDump(snapshot, upper_dir, image=upper_image, image_stage=image_stage, tmp_dir=tmp_dir), sent
+
+
+class UpperForDump:
+    """Writes a frozen container's upper layer into the dump's archive: only what changed since
+    ``snapshot`` (``stage_upper``) when a delta can say it, else everything. ``trailer`` is what
+    the archive's trailer must carry for the target to merge (``{"upper_delta": ...}`` or ``{}``).
+    The delta is computed while CRIU dumps (the writer thread), not before it."""
+
+    def __init__(self, snapshot: Any, upper_dir: Path, *, image: Path | None = None, image_stage: Any = None,
+                 tmp_dir: Path | None = None) -> None:
+        self.snapshot = snapshot
+        self.upper_dir = upper_dir
+        self.image = image
+        self.image_stage = image_stage
+        self.tmp_dir = tmp_dir or upper_dir.parent
+        self.trailer: dict[str, Any] = {}
+        self.changed = -1  # entries (blocks, for an image) sent as changes; -1: the whole layer
+
+    def discard(self) -> None:
+        """Remove what staging left on this host (a staged image's packed copy); idempotent."""
+        if self.image_stage is not None:
+            self.image_stage.discard()
+
+    def __call__(self, writer: Any) -> None:
+        if self.image_stage is not None:
+            self.image_stage.add_delta(writer)
+            self.changed = self.image_stage.changed_blocks
+            return
+        if self.image is not None:
+            from migrate.archive.upper_image import add_frozen
+
+            add_frozen(writer, self.image, self.tmp_dir)
+            return
+        if self.snapshot is not None:
+            from migrate.migration.upper_sync import compute_delta, write_delta
+
+            delta = compute_delta(self.snapshot, self.upper_dir)
+            if delta is not None:
+                write_delta(writer, "upper", self.upper_dir, delta)
+                self.trailer = {"upper_delta": delta.as_dict()}
+                self.changed = len(delta.changed) + len(delta.deleted)
+                return
+            log.info("upper layer of %s: changes a delta cannot express (hardlinks): sending all of it", self.upper_dir)
+        writer.add_tree("upper", self.upper_dir)
+
+
+PAGE_SERVER_TIMEOUT_S = 15
+
+
+def connect_page_server(address: str, port: int) -> socket.socket:
+    """Connect to the target's page server ourselves and hand CRIU the socket (``ps.fd``).
+
+    CRIU's own connection has no timeout: if the link dies mid-dump its writes block for the
+    kernel's retransmission time (~15 minutes) while the container stays frozen. Ours gives up
+    after PAGE_SERVER_TIMEOUT_S of unacknowledged data (TCP_USER_TIMEOUT) or silence (keepalive).
+    """
+    try:
+        sock = socket.create_connection((address, port), timeout=10)
+    except OSError as exc:
+        raise TransferError(f"cannot reach the target's page server {address}:{port}: {exc}", phase="preflight") from exc
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PAGE_SERVER_TIMEOUT_S * 1000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    return sock
+
+
+def phase_error(exc: BaseException, name: str, dest: str, phase: str) -> BaseException:
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not ours to rename
+        return exc
+    if isinstance(exc, MigrationError):
+        if exc.phase not in PHASES:  # e.g. the target's own step names: report the driver's phase
+            exc.phase = phase
+        return exc
+    if isinstance(exc, ContainerError):
+        err = MigrationError(f"migration of {name} to {dest} failed: {exc.message}", phase=phase, hint=exc.hint)
+    else:
+        err = MigrationError(f"migration of {name} to {dest} failed: {exc}", phase=phase)
+    return err
+
+
+def settled_result(name: str, dest: str, mode: str, started: float, frozen_at: float, answered_at: float, bytes_on_wire: int,
+            phases: dict[str, float], upper_changed: int) -> MigrateResult:
+    """The result of a migration whose answer was lost but settled (the target runs it): the pause
+    is only known up to the settlement."""
+    return MigrateResult(
+        container_name=name,
+        dest=dest,
+        mode=mode,
+        stats=MigrationStats(
+            frozen_ms=round((answered_at - frozen_at) * 1000, 3),
+            total_ms=round((time.monotonic() - started) * 1000, 3),
+            bytes_on_wire=bytes_on_wire,
+            raw_bytes=0,
+            phases_ms=dict(phases),
+            upper_entries_frozen=upper_changed,
+        ),
+    )
+
+
+
+
+def poke_page_server(port: int, address: str = "127.0.0.1") -> None:
+    """Connect to a lazy dump's page server and close at once: CRIU takes EOF as the end of the
+    transfer, so a dump whose target never connected returns (the source keeps running)."""
+    try:
+        socket.create_connection((address, port), timeout=2.0).close()
+    except OSError as exc:
+        log.debug("page server on port %d not reachable (%s): the dump has ended already", port, exc)
