@@ -39,18 +39,15 @@ import time
 from typing import Any
 
 from migrate.api import (
-    IncomingRequest,
     MigrateOptions,
     MigrateResult,
     MigrationStats,
-    ProgressEvent,
     ProgressFn,
     RestoreResult,
 )
 from migrate.checkpoint import stream_dump, dump_externals
 from migrate import failpoints
-from migrate.errors import IncompatibleHost, TransferError, TruncatedArchive
-from migrate.restore import version_tuple
+from migrate.errors import TransferError, TruncatedArchive
 from migrate.archive.store import build_manifest, new_checkpoint_id
 from migrate.archive.streams import ChunkSink
 from runtime.criu import Criu, DumpRequest, PageServer, SwrkCriu, cpuinfo_dump
@@ -59,11 +56,15 @@ from runtime.errors import CriuError, InvalidState
 from migrate.migration.phases import (
     PAGE_SIZE,
     ArchivePusher,
+    PhaseClock,
     PreDumped,
     PreDumpFn,
     UpperForDump,
+    check_target,
     connect_page_server,
+    incoming_request,
     phase_error,
+    push_image,
     settled_result,
     upper_for_migration,
 )
@@ -116,23 +117,10 @@ def migrate_cold(
     from migrate.archive import ArchiveWriter
 
     criu = criu or SwrkCriu()
-    started = time.monotonic()
-    phases: dict[str, float] = {}
-    phase = "preflight"
-    phase_started = started
+    clock = PhaseClock(progress)
+    started, phases, enter, emit = clock.started, clock.phases, clock.enter, clock.emit
     bytes_on_wire = 0
     image_bytes = 0  # the base image, when the target lacked it (raw tar, uncompressed on the wire)
-
-    def enter(next_phase: str, message: str = "") -> None:
-        nonlocal phase, phase_started
-        now = time.monotonic()
-        phases[phase] = round(phases.get(phase, 0.0) + (now - phase_started) * 1000, 3)
-        phase, phase_started = next_phase, now
-        emit(message)
-
-    def emit(message: str = "", done: int = 0) -> None:
-        if progress:
-            progress(ProgressEvent("migrate", phase, bytes_done=done, elapsed_s=time.monotonic() - started, message=message))
 
     container = rt.get(name)
     if container.status != "running":
@@ -140,26 +128,9 @@ def migrate_cold(
     dt = rt.dump_target(container)
     spec = dt.spec
     emit("checking the target")
-    info = target.host_info()
-    here = criu.version()
-    if not info.criu_version:
-        raise IncompatibleHost(f"the target {options.dest} has no usable CRIU", phase=phase)
-    if version_tuple(info.criu_version) < version_tuple(here):
-        raise IncompatibleHost(
-            f"the target {options.dest} has criu {info.criu_version}, older than this host's {here}", phase=phase
-        )
-    ticket = target.prepare_incoming(
-        IncomingRequest(
-            container_name=spec.name,
-            spec=spec.to_dict(),
-            image_digest=spec.image_digest,
-            criu_version=here,
-            cpu_digest=rt.cpu_digest(),
-            ip=spec.ip,
-            mode="cold" if pre_dump is None else "precopy",
-            page_server_address=page_server_address,
-        )
-    )
+    _info, here = check_target(criu, target, options.dest)
+    mode = "cold" if pre_dump is None else "precopy"
+    ticket = target.prepare_incoming(incoming_request(rt, spec, here, mode, page_server_address))
     migration_id = ticket.migration_id
     log.info("container=%s migration=%s phase=preflight dest=%s need_image=%s", spec.name, migration_id, options.dest, ticket.need_image)
     final_sent = False  # the archive's last byte may have left: the target may restore (module doc)
@@ -177,25 +148,8 @@ def migrate_cold(
         failpoints.hit("source.prepared")
         if ticket.need_image:
             enter("image", f"sending image {spec.image}")
-            image_sink = ChunkSink()
-            pusher = ArchivePusher(target.receive_image, migration_id, image_sink)
-            pusher.start()
-            try:
-                rt.images.export_stream(spec.image_digest, image_sink)
-                image_sink.close()
-            except BaseException as exc:
-                image_sink.abort(exc)
-                pusher.join()
-                cause = pusher.root_cause(exc)
-                if cause is exc:
-                    raise
-                raise cause from exc
-            finally:
-                pusher.join()
-            if pusher.error is not None:
-                raise pusher.error
-            bytes_on_wire += image_sink.bytes_written
-            image_bytes = image_sink.bytes_written
+            image_bytes = push_image(rt, target, migration_id, spec.image_digest)
+            bytes_on_wire += image_bytes
         upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter,
                                           upper_image=dt.upper_image, tmp_dir=rt.paths.tmp)
         bytes_on_wire += sent
@@ -301,7 +255,7 @@ def migrate_cold(
                 ps_sock.close()
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException as exc:
-        failed_phase = phase
+        failed_phase = clock.phase
         if upper is not None:
             upper.discard()  # a staged image's packed copy in ROOT/tmp
         if not final_sent:

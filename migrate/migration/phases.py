@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from migrate.api import (
-    MigrateResult,
-    MigrationStats,
-)
-from migrate.errors import MigrationError, TransferError
+from migrate.api import IncomingRequest, MigrateResult, MigrationStats, ProgressEvent, ProgressFn
+from migrate.errors import IncompatibleHost, MigrationError, TransferError
+from migrate.restore import version_tuple
 from migrate.archive.streams import ChunkSink
 from runtime.errors import ContainerError
 
@@ -235,3 +233,74 @@ def poke_page_server(port: int, address: str = "127.0.0.1") -> None:
         socket.create_connection((address, port), timeout=2.0).close()
     except OSError as exc:
         log.debug("page server on port %d not reachable (%s): the dump has ended already", port, exc)
+
+
+class PhaseClock:
+    """Times the phases of one migration (``phases``: ms per phase) and reports progress."""
+
+    def __init__(self, progress: ProgressFn | None, first: str = "preflight") -> None:
+        self.started = time.monotonic()
+        self.phase = first
+        self.phases: dict[str, float] = {}
+        self._since = self.started
+        self._progress = progress
+
+    def enter(self, next_phase: str, message: str = "") -> None:
+        now = time.monotonic()
+        self.phases[self.phase] = round(self.phases.get(self.phase, 0.0) + (now - self._since) * 1000, 3)
+        self.phase, self._since = next_phase, now
+        self.emit(message)
+
+    def emit(self, message: str = "", done: int = 0) -> None:
+        if self._progress:
+            self._progress(ProgressEvent("migrate", self.phase, bytes_done=done, elapsed_s=time.monotonic() - self.started,
+                                         message=message))
+
+
+def check_target(criu: Any, target: Any, dest: str) -> tuple[Any, str]:
+    """(the target's HostInfo, this host's CRIU version) once the target can restore what this
+    host's CRIU dumps."""
+    info = target.host_info()
+    here = criu.version()
+    if not info.criu_version:
+        raise IncompatibleHost(f"the target {dest} has no usable CRIU", phase="preflight")
+    if version_tuple(info.criu_version) < version_tuple(here):
+        raise IncompatibleHost(f"the target {dest} has criu {info.criu_version}, older than this host's {here}", phase="preflight")
+    return info, here
+
+
+def incoming_request(rt: Any, spec: Any, criu_version: str, mode: str, page_server_address: str | None = None) -> IncomingRequest:
+    """What the target is asked to prepare for (PrepareIncoming)."""
+    return IncomingRequest(
+        container_name=spec.name,
+        spec=spec.to_dict(),
+        image_digest=spec.image_digest,
+        criu_version=criu_version,
+        cpu_digest=rt.cpu_digest(),
+        ip=spec.ip,
+        mode=mode,
+        page_server_address=page_server_address,
+    )
+
+
+def push_image(rt: Any, target: Any, migration_id: str, image_digest: str) -> int:
+    """Send the base image (a raw tar) to a target that lacks it; the bytes sent. A failure names
+    the target's error when the stream broke because the target stopped receiving."""
+    sink = ChunkSink()
+    pusher = ArchivePusher(target.receive_image, migration_id, sink)
+    pusher.start()
+    try:
+        rt.images.export_stream(image_digest, sink)
+        sink.close()
+    except BaseException as exc:
+        sink.abort(exc)
+        pusher.join()
+        cause = pusher.root_cause(exc)
+        if cause is exc:
+            raise
+        raise cause from exc
+    finally:
+        pusher.join()
+    if pusher.error is not None:
+        raise pusher.error
+    return sink.bytes_written

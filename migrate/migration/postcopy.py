@@ -78,7 +78,6 @@ from migrate.api import (
     MigrateOptions,
     MigrateResult,
     MigrationStats,
-    ProgressEvent,
     ProgressFn,
     RestoreOptions,
     RestoreResult,
@@ -225,31 +224,25 @@ def migrate_postcopy(
     from migrate.checkpoint import dump_externals
     from migrate.archive import ArchiveWriter
     from migrate import failpoints
-    from migrate.migration.phases import ArchivePusher, phase_error, upper_for_migration
+    from migrate.migration.phases import (
+        ArchivePusher,
+        PhaseClock,
+        check_target,
+        incoming_request,
+        phase_error,
+        push_image,
+        upper_for_migration,
+    )
     from migrate.migration.recovery import end_record, settle_unsure
     from migrate.migration.recovery import OutgoingMigrations
     from runtime.port_guard import drop_guard
-    from migrate.restore import version_tuple
     from migrate.archive.store import IMAGES_DIR, build_manifest, new_checkpoint_id
     from migrate.archive.streams import ChunkSink
 
     criu = criu or SwrkCriu()
-    started = time.monotonic()
-    phases: dict[str, float] = {}
-    phase = "preflight"
-    phase_started = started
+    clock = PhaseClock(progress)
+    started, phases, enter, emit = clock.started, clock.phases, clock.enter, clock.emit
     bytes_on_wire = 0
-
-    def emit(message: str = "", done: int = 0) -> None:
-        if progress:
-            progress(ProgressEvent("migrate", phase, bytes_done=done, elapsed_s=time.monotonic() - started, message=message))
-
-    def enter(next_phase: str, message: str = "") -> None:
-        nonlocal phase, phase_started
-        now = time.monotonic()
-        phases[phase] = round(phases.get(phase, 0.0) + (now - phase_started) * 1000, 3)
-        phase, phase_started = next_phase, now
-        emit(message)
 
     container = rt.get(name)
     if container.status != "running":
@@ -257,28 +250,13 @@ def migrate_postcopy(
     dt = rt.dump_target(container)
     spec = dt.spec
     emit("checking the target")
-    info = target.host_info()
-    here = criu.version()
-    if not info.criu_version:
-        raise IncompatibleHost(f"the target {options.dest} has no usable CRIU", phase=phase)
-    if version_tuple(info.criu_version) < version_tuple(here):
-        raise IncompatibleHost(f"the target {options.dest} has criu {info.criu_version}, older than this host's {here}", phase=phase)
+    info, here = check_target(criu, target, options.dest)
     if not info.features.get("lazy_pages"):
-        raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase=phase)
+        raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase="preflight")
     address = page_server_address(options.dest)
     port = free_port()
     guard = None  # without TLS, only the target may reach CRIU's page server (runtime.port_guard)
-    ticket = target.prepare_incoming(
-        IncomingRequest(
-            container_name=spec.name,
-            spec=spec.to_dict(),
-            image_digest=spec.image_digest,
-            criu_version=here,
-            cpu_digest=rt.cpu_digest(),
-            ip=spec.ip,
-            mode="postcopy",
-        )
-    )
+    ticket = target.prepare_incoming(incoming_request(rt, spec, here, "postcopy"))
     migration_id = ticket.migration_id
     log.info("container=%s migration=%s phase=preflight dest=%s mode=postcopy page_server=%s:%d",
              spec.name, migration_id, options.dest, address, port)
@@ -302,20 +280,7 @@ def migrate_postcopy(
             guard = guard_or_warn(port, [peer_address(options.dest)], label=f"migration={migration_id} lazy pages")
         if ticket.need_image:
             enter("image", f"sending image {spec.image}")
-            image_sink = ChunkSink()
-            image_pusher = ArchivePusher(target.receive_image, migration_id, image_sink)
-            image_pusher.start()
-            try:
-                rt.images.export_stream(spec.image_digest, image_sink)
-                image_sink.close()
-            except BaseException as exc:
-                image_sink.abort(exc)
-                raise
-            finally:
-                image_pusher.join()
-            if image_pusher.error is not None:
-                raise image_pusher.error
-            bytes_on_wire += image_sink.bytes_written
+            bytes_on_wire += push_image(rt, target, migration_id, spec.image_digest)
         upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter,
                                           upper_image=dt.upper_image, tmp_dir=rt.paths.tmp)
         bytes_on_wire += sent
@@ -396,7 +361,7 @@ def migrate_postcopy(
         restored = pusher.result
         bytes_on_wire += sink.bytes_written
     except BaseException as exc:
-        failed_phase = phase
+        failed_phase = clock.phase
         if upper is not None:
             upper.discard()  # a staged image's packed copy in ROOT/tmp
         if final_sent:
@@ -824,8 +789,6 @@ def session_pid(migration_id: str) -> int | None:
 __all__ = [
     "LazySession",
     "check_incoming",
-    "choose_mode",
-    "dispatch",
     "finish_session",
     "free_port",
     "migrate_postcopy",
