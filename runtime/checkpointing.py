@@ -7,10 +7,10 @@ exec.
 
 Restore builds the same pieces as ``run`` (record, address lease, upper layer, overlay, cgroup with
 limits, network namespace with the recorded address and MAC) and then launches the container's
-shim with a CRIU starter: inside the shim, ``criu swrk`` is spawned, moved into the new
-container's cgroup before the request is sent (so the restored tree lands there, never in the old
-cgroup; CRIU runs with manage_cgroups_mode=IGNORE), and given the new network namespace as the
-inherited fd for the namespace declared external at dump time. With ``rst_sibling`` the restored
+shim with a CRIU starter (runtime/restore_start.py): inside the shim, ``criu swrk`` is spawned,
+moved into the new container's cgroup before the request is sent (so the restored tree lands
+there, never in the old cgroup; CRIU runs with manage_cgroups_mode=IGNORE), and given the new
+network namespace as the inherited fd for the namespace declared external at dump time. With ``rst_sibling`` the restored
 init becomes the shim's child. Any failure undoes every piece in reverse order.
 """
 
@@ -270,7 +270,7 @@ class CheckpointHost:
         """The parts of a restored container that do not depend on its images: the address lease,
         the record ("created"), the cgroup, the network namespace and its link. Appends to
         ``undo``; returns the spec (address and MAC as leased) and the netns path."""
-        from runtime.runtime import limits_of
+        from runtime.container import limits_of
         from runtime.spec import ContainerState
 
         rt = self.rt
@@ -341,7 +341,6 @@ class CheckpointHost:
     ) -> ContainerInfo:
         """Build a container from ``spec`` whose process tree CRIU restores (see module doc)."""
         from runtime import overlay
-        from runtime.runtime import limits_of
         from runtime.shim import Starter, launch_shim
 
         rt = self.rt
@@ -377,7 +376,7 @@ class CheckpointHost:
 
             parent = rt.cgroup_parent(spec.cgroup_parent)
             starter = Starter(
-                "runtime.checkpointing:start_restore",
+                "runtime.restore_start:start_restore",
                 {
                     "request": request_for(dirs.merged),
                     "netns": str(netns),
@@ -421,9 +420,9 @@ class RestoreShell:
 
     At construction: the address lease, the record ("created"), the cgroup, the network namespace
     and its link (``CheckpointHost._build_shell``), and the shim, launched in a thread: its starter
-    (``start_restore_on_go``) spawns CRIU, moves it into the container's cgroup (the first
-    cgroup.procs write waits for an RCU grace period, 6-15 ms here) and waits on a FIFO in the
-    container's dir. ``finish`` adds the upper layer and the overlay, writes the restore request
+    (``runtime.restore_start.start_restore_on_go``) spawns CRIU, moves it into the container's
+    cgroup (the first cgroup.procs write waits for an RCU grace period, 6-15 ms here) and waits on
+    a FIFO in the container's dir. ``finish`` adds the upper layer and the overlay, writes the restore request
     into the FIFO and returns once the container runs; ``abort`` (or any failure) cancels the
     request (EOF on the FIFO; the swrk exits) and undoes everything."""
 
@@ -448,7 +447,7 @@ class RestoreShell:
             self.netns = netns
             parent = rt.cgroup_parent(spec.cgroup_parent)
             starter = Starter(
-                "runtime.checkpointing:start_restore_on_go",
+                "runtime.restore_start:start_restore_on_go",
                 {"go_path": str(self.go), "netns": str(netns), "netns_key": netns_key, "cgroup_parent": parent,
                  "container_id": cid, "criu": criu, "timeout_s": timeout_s, "veth": host.host_veth(spec)},
             )
@@ -563,123 +562,6 @@ def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, C
     layout = upperfs.install(sys, upper_src, cdir)
     if layout.image is not None:
         undo.append(("unmount upper layer", lambda: upperfs.unmount(sys, layout.mountpoint)))
-
-
-LINK_UP_AT = "pre-resume"  # CRIU's last notification before the restored tasks run
-FLUSH_TIMEOUT_S = 5.0
-
-
-def link_up_before_resume(veth: str | None, netns: str | None = None) -> Callable[[str, int], bool] | None:
-    """A CRIU notify handler that sets the host end of the container's veth up at ``LINK_UP_AT``
-    and forgets the neighbour entries still being resolved in the container's namespace.
-
-    ``pre-resume`` comes after every socket is restored and out of repair mode and after the last
-    step that can fail the restore and kill the tree (lazy-pages finish, catching the tasks): a
-    restore that fails never had its link up, so its dying sockets cannot reset a client the
-    source keeps serving. The tasks have not run yet.
-
-    Why not after the restore (``join_network``, which still sets the link up, a no-op then, and
-    announces the address): that cost every client ~1 s. The restored namespace is new and knows
-    no neighbour; the first packet sent (the window probe of a socket leaving repair mode, or
-    the server's reply) needs an ARP request, which is dropped at the down link, and the kernel
-    retries an unanswered one only after neigh retrans_time (1 s), with the packets queued behind
-    it. Setting the link up does not restart that resolution, so the incomplete entries are
-    flushed (their queued packets dropped: TCP resends them): the next packet resolves at once.
-    Measured (scripts/bench_client_pause.py): client-seen pause = frozen + ~1.0 s before, ≈ frozen
-    after."""
-    if veth is None:
-        return None
-    from runtime.network import set_link_up
-
-    def on_notify(script: str, pid: int) -> bool:
-        if script != LINK_UP_AT:
-            return True
-        try:
-            set_link_up(veth, True)
-        except OSError as exc:  # join_network tries again and fails the restore if it must
-            log.warning("cannot set %s up before the restored tasks resume: %s", veth, exc)
-            return True
-        if netns is not None:
-            _flush_incomplete_neighbours(netns)
-        return True
-
-    return on_notify
-
-
-def _flush_incomplete_neighbours(netns: str) -> None:
-    import subprocess
-
-    cmd = ["nsenter", f"--net={netns}", "ip", "neigh", "flush", "nud", "incomplete"]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=FLUSH_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:  # only slower: the kernel retries in 1 s
-        log.warning("cannot flush incomplete neighbours in %s: %s", netns, exc)
-        return
-    if r.returncode != 0:
-        log.warning("cannot flush incomplete neighbours in %s: %s", netns, r.stderr.strip())
-
-
-def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
-                        timeout_s: float, veth: str | None = None) -> int:
-    """The shim's starter for a restore begun before its images arrived (``RestoreShell``): spawn
-    CRIU and move it into the container's cgroup now, then wait for the request on the FIFO at
-    ``go_path`` (a pickled RestoreRequest; EOF without one = cancelled) and restore."""
-    import pickle
-    import select
-
-    from runtime.cgroups import detect
-
-    cg = detect(cgroup_parent)
-    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        pending = criu.begin_restore(inherit_fds=(fd,), on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid))
-        try:
-            go = os.open(go_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks; poll below
-            try:
-                data = bytearray()
-                deadline = time.monotonic() + timeout_s
-                poller = select.poll()
-                poller.register(go, select.POLLIN)
-                poller.register(pending.sock.fileno(), select.POLLIN)  # the swrk died, or was killed with the cgroup
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise ContainerError(f"restore of container {container_id[:12]}: no request within {timeout_s:g}s")
-                    events = dict(poller.poll(left * 1000))
-                    if pending.sock.fileno() in events:
-                        raise ContainerError(f"restore of container {container_id[:12]}: criu exited before its request")
-                    if go in events:
-                        chunk = os.read(go, 1 << 20)
-                        if not chunk and events[go] & select.POLLHUP:
-                            break
-                        data += chunk
-            finally:
-                os.close(go)
-            if not data:
-                raise ContainerError(f"restore of container {container_id[:12]} was cancelled before it began")
-            request = dataclasses.replace(pickle.loads(bytes(data)), inherit_fds=((netns_key, fd),))
-        except BaseException:
-            pending.cancel()
-            raise
-        return int(pending.run(request, on_notify=link_up_before_resume(veth, netns)))
-    finally:
-        os.close(fd)
-
-
-def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
-                  veth: str | None = None) -> int:
-    """The shim's starter for a restore: CRIU restores the tree into the container's cgroup and
-    network namespace; returns the restored init's host pid (a child of the shim: rst_sibling)."""
-    from runtime.cgroups import detect
-
-    cg = detect(cgroup_parent)
-    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
-        return int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid),
-                                on_notify=link_up_before_resume(veth, netns)))
-    finally:
-        os.close(fd)
 
 
 def keep_failed_log(paths: Any, log_path: Path | None, kind: str) -> Path | None:

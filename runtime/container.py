@@ -19,10 +19,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from runtime.errors import InvalidArgument, InvalidSpec, InvalidState
 from runtime.spec import ContainerSpec, ContainerState, Volume
+
+if TYPE_CHECKING:
+    from runtime.cgroups import Limits
 
 # operation -> states in which it is legal
 LEGAL: Mapping[str, tuple[str, ...]] = {
@@ -101,6 +104,18 @@ _UNITS = {
     "tb": 1024**4,
     "tib": 1024**4,
 }
+
+
+def limits_of(spec: ContainerSpec) -> Limits:
+    """The cgroup limits ``spec`` asks for (run and restore create the cgroup with them)."""
+    from runtime.cgroups import Limits
+
+    return Limits(
+        memory_bytes=spec.memory_bytes,
+        cpu_quota_us=None if spec.cpus is None else max(1000, int(spec.cpus * 100_000)),
+        cpu_period_us=100_000,
+        pids_max=spec.pids_limit,
+    )
 
 
 def parse_size(text: str, what: str = "memory size") -> int:
@@ -273,7 +288,7 @@ def validate_fields(
         vols.append(Volume(source=source, target=target, readonly=vol.readonly))  # type: ignore[arg-type]
     out["volumes"] = tuple(vols)
     if cgroup_parent is not None:
-        from runtime.cgroups._files import validate_parent
+        from runtime.cgroups import validate_parent
 
         check("cgroup_parent", lambda: validate_parent(_text("cgroup_parent", cgroup_parent)))
     return out

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
+from runtime.criu_features import criu_binary
 from runtime.errors import CriuError, CriuTimeout, CriuUnreachable, Unsupported
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,6 @@ INVENTORY = "inventory.img"
 NetworkLock = Literal["iptables", "nftables", "skip"]
 CgroupMode = Literal["ignore", "soft", "full", "strict", "default"]
 NotifyFn = Callable[[str, int], bool]
-
-def criu_binary() -> str:
-    """The CRIU binary: $PYMIGRATE_CRIU, else the first criu in /usr/local then the system paths."""
-    from runtime.criu_features import find_criu
-
-    found = find_criu()
-    if not found:
-        raise Unsupported("criu", "no criu binary found", hint="run scripts/setup.sh (builds CRIU 4.1.1)")
-    return found
-
 
 _KDAT_READY: set[str] = set()  # binaries whose kdat cache dir this process has checked
 

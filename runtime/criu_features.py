@@ -26,6 +26,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from runtime.errors import Unsupported
+
 log = logging.getLogger(__name__)
 
 MIN_CRIU_MAJOR = 4
@@ -103,6 +105,14 @@ def find_criu() -> str | None:
     if explicit:
         return explicit
     return shutil.which("criu", path=os.pathsep.join(_SEARCH_PATH))
+
+
+def criu_binary() -> str:
+    """The CRIU binary: $PYMIGRATE_CRIU, else the first criu in /usr/local then the system paths."""
+    found = find_criu()
+    if not found:
+        raise Unsupported("criu", "no criu binary found", hint="run scripts/setup.sh (builds CRIU 4.1.1)")
+    return found
 
 
 def parse_version(output: str) -> str | None:

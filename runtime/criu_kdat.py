@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m runtime.criu_kdat [CRIU]``: ensure the cache dir (used by scripts/setup.sh)."""
     import sys
 
-    from runtime.criu import criu_binary
+    from runtime.criu_features import criu_binary
 
     args = sys.argv[1:] if argv is None else argv
     binary = args[0] if args else criu_binary()

@@ -21,11 +21,13 @@ import select
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
-from runtime.cgroups import FreezerState
 from runtime.errors import CgroupError, FreezeTimeout
 
 log = logging.getLogger(__name__)
+
+FreezerState = Literal["thawed", "freezing", "frozen"]  # as CgroupManager.freezer_state reports it
 
 V1_STATES: dict[str, FreezerState] = {"THAWED": "thawed", "FREEZING": "freezing", "FROZEN": "frozen"}
 

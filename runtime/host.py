@@ -291,13 +291,9 @@ def read_cgroup(proc_root: Path = DEFAULT_PROC_ROOT, sys_root: Path = DEFAULT_SY
     Raises:
         Unsupported: no cgroup hierarchy is mounted or /proc is unreadable
     """
-    from runtime import cgroups
-    from runtime.cgroups import device_policy_for
+    from runtime.cgroups import device_policy_for, layout
 
-    layout_fn = getattr(cgroups, "layout", None)
-    if layout_fn is None:  # not re-exported (yet): the implementation module has it
-        from runtime.cgroups._layout import layout as layout_fn
-    lay = layout_fn(proc_root=proc_root, sys_root=sys_root)
+    lay = layout(proc_root=proc_root, sys_root=sys_root)
     freeze_dir: Path | None = None
     if lay.freezer == "cgroup2" and lay.unified is not None:
         freeze_dir = lay.unified.own_dir

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from runtime import overlay, upperfs
 from runtime.config import Paths, default_root
-from runtime.container import Container, validate_env, validate_fields, validate_workdir
+from runtime.container import Container, limits_of, validate_env, validate_fields, validate_workdir
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument, InvalidState
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
 from runtime.state import StateStore, new_container_id
@@ -592,17 +592,6 @@ class Runtime:
             self._caps_last(),
             self.seccomp_filter(c.spec.seccomp, c.spec.seccomp_profile),
         )
-
-
-def limits_of(spec: ContainerSpec) -> Any:
-    from runtime.cgroups import Limits
-
-    return Limits(
-        memory_bytes=spec.memory_bytes,
-        cpu_quota_us=None if spec.cpus is None else max(1000, int(spec.cpus * 100_000)),
-        cpu_period_us=100_000,
-        pids_max=spec.pids_limit,
-    )
 
 
 def prepare_root(merged: Path, spec: ContainerSpec) -> None:

@@ -107,8 +107,8 @@ class Launcher:
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # warm the imports every shim needs, so forks of the launcher start ready
-        import runtime.checkpointing  # noqa: F401
         import runtime.process  # noqa: F401
+        import runtime.restore_start  # noqa: F401
         from runtime.criu import SwrkCriu
 
         SwrkCriu().warm()

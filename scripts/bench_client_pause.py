@@ -15,7 +15,7 @@ fresh server moves once per mode:
 
 Reported per mode: pause, client gap and gap - pause (median/min/max), the client's
 retransmissions and ICMP errors received (its namespace's SNMP counters), broken connections.
-Before the restored link came up at CRIU's pre-resume notification (runtime/checkpointing.py,
+Before the restored link came up at CRIU's pre-resume notification (runtime/restore_start.py,
 ``link_up_before_resume``) gap - pause was ~1.0 s in every cold and post-copy move (a dropped ARP
 request retried after 1 s).
 

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from runtime.cgroups import CgroupInfo
 from runtime.cgroups._files import (
     CgroupFs,
     make_dirs,
@@ -21,6 +20,7 @@ from runtime.cgroups._files import (
     sigkill_until_empty,
     validate_name,
 )
+from runtime.cgroups._interface import CgroupInfo
 from runtime.cgroups._layout import Hierarchy
 from runtime.errors import CgroupError
 

@@ -20,7 +20,7 @@ import signal
 import time
 from pathlib import Path, PurePosixPath
 
-from runtime.cgroups import Limits
+from runtime.cgroups._interface import Limits
 from runtime.errors import CgroupError, InvalidArgument
 
 log = logging.getLogger(__name__)

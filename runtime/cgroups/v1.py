@@ -22,7 +22,6 @@ import signal
 from pathlib import Path, PurePosixPath
 
 from runtime import freezer
-from runtime.cgroups import CgroupInfo, CgroupStats, FreezerState, Limits
 from runtime.cgroups._base import BaseManager
 from runtime.cgroups._files import (
     CGROUP_EVENTS,
@@ -47,10 +46,12 @@ from runtime.cgroups._files import (
     validate_limits,
     write,
 )
+from runtime.cgroups._interface import CgroupInfo, CgroupStats, Limits
 from runtime.cgroups._layout import Hierarchy
 from runtime.cgroups.devices import DevicePolicy, NoDevicePolicy
 from runtime.cgroups.v2 import kill_v2, limits_required, set_frozen_v2
 from runtime.errors import Unsupported
+from runtime.freezer import FreezerState
 
 log = logging.getLogger(__name__)
 

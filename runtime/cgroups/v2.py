@@ -21,7 +21,6 @@ import logging
 from pathlib import Path, PurePosixPath
 
 from runtime import freezer
-from runtime.cgroups import CgroupInfo, CgroupStats, FreezerState, Limits
 from runtime.cgroups._base import BaseManager
 from runtime.cgroups._files import (
     CGROUP_CONTROLLERS,
@@ -47,9 +46,11 @@ from runtime.cgroups._files import (
     validate_limits,
     write,
 )
+from runtime.cgroups._interface import CgroupInfo, CgroupStats, Limits
 from runtime.cgroups._layout import LIMIT_CONTROLLERS, UNIFIED, Hierarchy
 from runtime.cgroups.devices import BpfDevicePolicy, DevicePolicy
 from runtime.errors import CgroupError, Unsupported
+from runtime.freezer import FreezerState
 
 log = logging.getLogger(__name__)
 

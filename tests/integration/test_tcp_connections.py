@@ -142,7 +142,7 @@ SINGLE_ECHO_SERVER = ("nc", "-l", "-p", str(PORT), "-e", "cat")  # one connectio
 # after CRIU resumed its tasks, so the first packet they sent needed an ARP request that was
 # dropped at the down link and retried after neigh retrans_time (1 s; measured 973-1019 ms over
 # 12 moves). Now the link comes up at CRIU's pre-resume notification and the incomplete
-# neighbour entries are flushed (runtime.checkpointing.link_up_before_resume). What may remain is the
+# neighbour entries are flushed (runtime.restore_start.link_up_before_resume). What may remain is the
 # client's own backoff when its request was lost (not ACKed by the frozen kernel): its next
 # retransmission, < 0.8 s after a pause of up to ~0.6 s.
 EXTRA_BOUND_MS = 800.0

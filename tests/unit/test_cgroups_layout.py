@@ -29,6 +29,7 @@ def test_public_names_are_pinned() -> None:
             "detect",
             "device_policy_for",
             "layout",
+            "validate_parent",
         ]
     )
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from runtime import checkpointing
+from runtime import restore_start
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 def test_link_up_and_flush_at_pre_resume_only(recorded: list) -> None:
-    handler = checkpointing.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
+    handler = restore_start.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
     assert handler is not None
     for script in ("pre-restore", "setup-namespaces", "post-setup-namespaces", "post-restore"):
         assert handler(script, 0) is True
@@ -42,7 +42,7 @@ def test_link_up_and_flush_at_pre_resume_only(recorded: list) -> None:
 
 
 def test_no_veth_no_handler() -> None:
-    assert checkpointing.link_up_before_resume(None, "/run/pm/netns/abc") is None  # --network none
+    assert restore_start.link_up_before_resume(None, "/run/pm/netns/abc") is None  # --network none
 
 
 def test_a_failed_link_up_does_not_fail_the_restore(monkeypatch: pytest.MonkeyPatch, recorded: list) -> None:
@@ -50,7 +50,7 @@ def test_a_failed_link_up_does_not_fail_the_restore(monkeypatch: pytest.MonkeyPa
         raise OSError(19, "No such device")
 
     monkeypatch.setattr("runtime.network.set_link_up", boom)
-    handler = checkpointing.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
+    handler = restore_start.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
     assert handler is not None and handler("pre-resume", 0) is True  # join_network tries again
     assert recorded == []  # no flush into a namespace whose link is still down
 
@@ -62,5 +62,5 @@ def test_a_failed_flush_does_not_fail_the_restore(monkeypatch: pytest.MonkeyPatc
         raise FileNotFoundError(2, "No such file or directory", "nsenter")
 
     monkeypatch.setattr(subprocess, "run", missing)
-    handler = checkpointing.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
+    handler = restore_start.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
     assert handler is not None and handler("pre-resume", 0) is True

@@ -1,0 +1,135 @@
+"""What runs inside a restored container's shim: its ``Starter`` (CRIU restores the process tree into
+the container's cgroup and network namespace) and the CRIU notify handler that brings the link up.
+
+It sits below ``runtime.checkpointing``, which builds the container and names these starters, and
+below ``runtime.shim``, whose fork server imports it ahead of time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from runtime.errors import ContainerError
+
+log = logging.getLogger(__name__)
+
+
+LINK_UP_AT = "pre-resume"  # CRIU's last notification before the restored tasks run
+FLUSH_TIMEOUT_S = 5.0
+
+
+def link_up_before_resume(veth: str | None, netns: str | None = None) -> Callable[[str, int], bool] | None:
+    """A CRIU notify handler that sets the host end of the container's veth up at ``LINK_UP_AT``
+    and forgets the neighbour entries still being resolved in the container's namespace.
+
+    ``pre-resume`` comes after every socket is restored and out of repair mode and after the last
+    step that can fail the restore and kill the tree (lazy-pages finish, catching the tasks): a
+    restore that fails never had its link up, so its dying sockets cannot reset a client the
+    source keeps serving. The tasks have not run yet.
+
+    Why not after the restore (``join_network``, which still sets the link up, a no-op then, and
+    announces the address): that cost every client ~1 s. The restored namespace is new and knows
+    no neighbour; the first packet sent (the window probe of a socket leaving repair mode, or
+    the server's reply) needs an ARP request, which is dropped at the down link, and the kernel
+    retries an unanswered one only after neigh retrans_time (1 s), with the packets queued behind
+    it. Setting the link up does not restart that resolution, so the incomplete entries are
+    flushed (their queued packets dropped: TCP resends them): the next packet resolves at once.
+    Measured (scripts/bench_client_pause.py): client-seen pause = frozen + ~1.0 s before, ≈ frozen
+    after."""
+    if veth is None:
+        return None
+    from runtime.network import set_link_up
+
+    def on_notify(script: str, pid: int) -> bool:
+        if script != LINK_UP_AT:
+            return True
+        try:
+            set_link_up(veth, True)
+        except OSError as exc:  # join_network tries again and fails the restore if it must
+            log.warning("cannot set %s up before the restored tasks resume: %s", veth, exc)
+            return True
+        if netns is not None:
+            _flush_incomplete_neighbours(netns)
+        return True
+
+    return on_notify
+
+
+def _flush_incomplete_neighbours(netns: str) -> None:
+    import subprocess
+
+    cmd = ["nsenter", f"--net={netns}", "ip", "neigh", "flush", "nud", "incomplete"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=FLUSH_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:  # only slower: the kernel retries in 1 s
+        log.warning("cannot flush incomplete neighbours in %s: %s", netns, exc)
+        return
+    if r.returncode != 0:
+        log.warning("cannot flush incomplete neighbours in %s: %s", netns, r.stderr.strip())
+
+
+def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
+                        timeout_s: float, veth: str | None = None) -> int:
+    """The shim's starter for a restore begun before its images arrived (``RestoreShell``): spawn
+    CRIU and move it into the container's cgroup now, then wait for the request on the FIFO at
+    ``go_path`` (a pickled RestoreRequest; EOF without one = cancelled) and restore."""
+    import pickle
+    import select
+
+    from runtime.cgroups import detect
+
+    cg = detect(cgroup_parent)
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pending = criu.begin_restore(inherit_fds=(fd,), on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid))
+        try:
+            go = os.open(go_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks; poll below
+            try:
+                data = bytearray()
+                deadline = time.monotonic() + timeout_s
+                poller = select.poll()
+                poller.register(go, select.POLLIN)
+                poller.register(pending.sock.fileno(), select.POLLIN)  # the swrk died, or was killed with the cgroup
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ContainerError(f"restore of container {container_id[:12]}: no request within {timeout_s:g}s")
+                    events = dict(poller.poll(left * 1000))
+                    if pending.sock.fileno() in events:
+                        raise ContainerError(f"restore of container {container_id[:12]}: criu exited before its request")
+                    if go in events:
+                        chunk = os.read(go, 1 << 20)
+                        if not chunk and events[go] & select.POLLHUP:
+                            break
+                        data += chunk
+            finally:
+                os.close(go)
+            if not data:
+                raise ContainerError(f"restore of container {container_id[:12]} was cancelled before it began")
+            request = dataclasses.replace(pickle.loads(bytes(data)), inherit_fds=((netns_key, fd),))
+        except BaseException:
+            pending.cancel()
+            raise
+        return int(pending.run(request, on_notify=link_up_before_resume(veth, netns)))
+    finally:
+        os.close(fd)
+
+
+def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
+                  veth: str | None = None) -> int:
+    """The shim's starter for a restore: CRIU restores the tree into the container's cgroup and
+    network namespace; returns the restored init's host pid (a child of the shim: rst_sibling)."""
+    from runtime.cgroups import detect
+
+    cg = detect(cgroup_parent)
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
+        return int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid),
+                                on_notify=link_up_before_resume(veth, netns)))
+    finally:
+        os.close(fd)
