@@ -347,7 +347,7 @@ class CheckpointHost:
         img = rt.images.get(spec.image_digest)
         cid = spec.container_id
         undo: list[tuple[str, Callable[[], None]]] = []
-        net = rt.network(spec.network)
+        rt.network(spec.network)  # refuses an unknown network mode before anything is built
         set_aside: Path | None = None
         if replace_id is not None:
             # The exited original gives way, but is kept aside until the restore succeeded: a

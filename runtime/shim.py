@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.errors import ContainerError, ContainerNotFound
-from runtime.spec import ContainerState
 from runtime.state import StateStore
 from runtime.syscalls import LINUX, PR_SET_CHILD_SUBREAPER, PR_SET_NAME, Syscalls
 

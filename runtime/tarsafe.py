@@ -41,7 +41,6 @@ import errno
 import io
 import logging
 import os
-import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path

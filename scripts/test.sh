@@ -14,6 +14,14 @@ scripts/setup.sh
 PYTEST=("$REPO/.venv/bin/pytest")
 rc_unit=0
 rc_integration=0
+rc_lint=0
+
+# lint (ruff: pyproject.toml [tool.ruff]) and types (mypy: mypy.ini); both count as unit failures
+echo "==> lint: ruff check; types: mypy runtime migrate"
+"$REPO/.venv/bin/ruff" check --quiet runtime migrate scripts tests || rc_lint=$?
+if [[ -f "$REPO/mypy.ini" ]]; then
+    "$REPO/.venv/bin/mypy" --no-error-summary runtime migrate || rc_lint=$?
+fi
 
 # the archive/tar fuzz test (tests/unit/test_archive_fuzz.py) runs 300 inputs per reader by
 # default; the full run gives it 5,000 each (10,000 in all, 3-6 min)
@@ -32,7 +40,7 @@ describe() {
         *) echo "FAILED (pytest exit $1)" ;;
     esac
 }
-echo "==> unit: $(describe "$rc_unit"); integration: $(describe "$rc_integration")"
-if [[ $rc_unit -ne 0 || $rc_integration -ne 0 ]]; then
+echo "==> lint and types: $(describe "$rc_lint"); unit: $(describe "$rc_unit"); integration: $(describe "$rc_integration")"
+if [[ $rc_lint -ne 0 || $rc_unit -ne 0 || $rc_integration -ne 0 ]]; then
     exit 1
 fi

@@ -14,12 +14,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
 import secrets
-import signal
 import struct
 import subprocess
 import sys

@@ -4,7 +4,6 @@ daemons, isolation, and that teardown leaves nothing behind."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import sys

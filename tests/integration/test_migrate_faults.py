@@ -14,7 +14,6 @@ and restarted (migrate/migration/recovery.py thaws the frozen container at start
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket

@@ -10,7 +10,6 @@ refused with a typed error naming the field, through ``restore --import`` and th
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -403,7 +402,7 @@ def test_a_restore_that_hangs_times_out_and_leaves_nothing(pm: Callable[..., Any
         assert cgroup_dirs(pm_root, cid) == [], "the restore's cgroup must be removed"
         assert leftovers(pm_root) == []
         assert stray_mounts(pm, pm_root, before) == []
-        criu = subprocess.run(["pgrep", "-f", f"criu swrk"], capture_output=True, text=True).stdout.split()
+        criu = subprocess.run(["pgrep", "-f", "criu swrk"], capture_output=True, text=True).stdout.split()
         for pid in criu:  # no CRIU of ours is left in a cgroup of this root
             assert str(pm_root) not in Path(f"/proc/{pid}/cgroup").read_text() if Path(f"/proc/{pid}").exists() else True
         ok(pm("restore", checkpoint_id))  # the checkpoint is intact

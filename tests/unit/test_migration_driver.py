@@ -8,10 +8,8 @@ asked to abort, the source's staging dir is gone. After it: cleanup errors are l
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,7 +23,7 @@ from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.config import Paths
 from runtime.criu import DumpRequest, DumpStats
 from runtime.errors import CriuError, InvalidState
-from runtime.spec import ContainerInfo, ContainerSpec, ContainerState
+from runtime.spec import ContainerSpec
 from tests.fakes.engine import FakeEngine
 
 DIGEST = "sha256:" + "a" * 64

@@ -12,11 +12,10 @@ from typing import Any, Iterator
 import pytest
 
 from migrate.migration import cold
-from migrate.migration import driver as migration
 from migrate.migration import recovery as outgoing
 from migrate.errors import PeerError, TransferError
 from migrate.api import Settlement
-from migrate.migration.recovery import COMMIT, ROLLBACK, UNKNOWN, OutgoingMigrations, holders, reconcile_outgoing, settle_pending
+from migrate.migration.recovery import COMMIT, UNKNOWN, OutgoingMigrations, holders, reconcile_outgoing, settle_pending
 from runtime.errors import ContainerNotFound
 from migrate.errors import MigrationError
 from runtime.errors import CriuError

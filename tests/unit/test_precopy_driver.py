@@ -23,7 +23,6 @@ from typing import Any, Iterator
 import pytest
 
 from migrate.migration import cold
-from migrate.migration import driver as migration
 from migrate.migration import precopy
 from migrate.api import ImageInfo, IncomingRequest, MigrateOptions
 from migrate.errors import IncompatibleHost, MigrationError, TransferError
