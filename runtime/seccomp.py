@@ -22,6 +22,9 @@ execve, so none of our own setup calls meet the filter (runc's order). See secco
 A filter is part of the task: CRIU dumps and restores it (``Seccomp: 2`` and the same
 ``Seccomp_filters`` after a restore), so restored and migrated processes keep the one they were
 started with; later ``exec``s compile the spec's choice again on whatever host runs them.
+Because CRIU restores the images' filters and not the spec's, ``check_image_filters`` refuses an
+imported or migrated checkpoint unless every process's filter chain contains the very program
+this host compiles for the spec (docs/security.md, "Containers: device policy and seccomp").
 """
 
 from __future__ import annotations
@@ -534,35 +537,188 @@ def _cache_write(cache_dir: Path | None, key: str, program: bytes) -> None:
 
 
 # -- what CRIU images say ---------------------------------------------------------------------------
+#
+# The images of an imported or migrated checkpoint are untrusted, and CRIU restores the filters
+# they describe whatever the spec says. They are read here straight from the protobuf wire
+# format, a few fields deep, not with pycriu's decoder: pycriu.images' pb2dict fails under this
+# venv's protobuf 7 (FieldDescriptor.label is gone), and a hand reader can refuse what is
+# ambiguous (a singular field twice, which protobuf-c resolves by last-wins or merging) with a
+# typed error and bounded work instead of guessing what CRIU will make of it.
 
-# CRIU image framing (criu/include/magic.h): IMG_COMMON, then CORE, then u32-length entries.
+# CRIU image framing (criu/include/magic.h): IMG_COMMON, the image's magic, u32-length entries.
 IMG_COMMON_MAGIC = 0x54564319
 CORE_MAGIC = 0x55053847
-_CORE_THREAD_CORE = 5  # core_entry.thread_core (images/core.proto)
+SECCOMP_MAGIC = 0x64413049
+SECCOMP_IMAGE = "seccomp.img"
+MAX_CORE_IMAGE_BYTES = 64 << 20  # a core image is read whole (genuine ones: a few KiB)
+MAX_SECCOMP_IMAGE_BYTES = 256 << 20  # every task's filters (the default profile: ~9 KiB a process)
+MAX_IMAGE_FILTERS = 1 << 16  # filters in seccomp.img
+MAX_MESSAGE_FIELDS = 4096  # fields in one core message (genuine: a few dozen; sigactions: 64)
+MAX_INSNS_PER_PATH = 32768  # the kernel's bound on one task's chain: lengths + 4 per older filter
+MAX_CHAIN_FILTERS = MAX_INSNS_PER_PATH // 5 + 1  # so no genuine chain is longer (1 insn + 4 each)
+
+# Field numbers in CRIU 4.1.1's images/core.proto and images/seccomp.proto (measured on a dump:
+# ../shared/CRIU-NOTES.md).
+_CORE_TC = 3  # core_entry.tc (task_core_entry)
+_CORE_THREAD_CORE = 5  # core_entry.thread_core
+_TASK_OLD_SECCOMP_MODE = 11  # task_core_entry.old_seccomp_mode (deprecated, still honoured)
+_TASK_OLD_SECCOMP_FILTER = 12  # task_core_entry.old_seccomp_filter (likewise)
 _THREAD_SECCOMP_MODE = 11  # thread_core_entry.seccomp_mode: 0 disabled, 1 strict, 2 filter
+_THREAD_SECCOMP_FILTER = 12  # thread_core_entry.seccomp_filter: an index into seccomp.img
+_SECCOMP_FILTERS = 1  # seccomp_entry.seccomp_filters (repeated seccomp_filter)
+_FILTER_PROGRAM = 1  # seccomp_filter.filter: the struct sock_filter array, as the kernel took it
+_FILTER_PREV = 2  # seccomp_filter.prev (uint32): the index of the filter installed after this one
+_FILTER_FLAGS = 3  # seccomp_filter.flags
+
+
+@dataclass(frozen=True)
+class CoreSeccomp:
+    """The seccomp fields of one ``core-<tid>.img`` (absent numbers read as CRIU reads them: 0)."""
+
+    mode: int  # thread_core_entry.seccomp_mode
+    filter_index: int  # thread_core_entry.seccomp_filter
+    old_mode: int | None = None  # task_core_entry.old_seccomp_mode, if present
+    old_filter_index: int | None = None  # task_core_entry.old_seccomp_filter, if present
+
+    def main_thread(self) -> tuple[int, int]:
+        """(mode, filter index) CRIU 4.1.1 restores a process's main thread with: the deprecated
+        task_core fields, when present, replace the thread_core ones (cr-restore.c check_core)."""
+        mode = self.mode if self.old_mode is None else self.old_mode
+        return mode, self.filter_index if self.old_filter_index is None else self.old_filter_index
+
+    def filter_indexes(self) -> set[int]:
+        """Every chain this core could make CRIU install: its thread's own (what CRIU reads for
+        any thread) and the main-thread reading (what it reads for a process's first)."""
+        return {index for mode, index in ((self.mode, self.filter_index), self.main_thread()) if mode == SECCOMP_MODE_FILTER}
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """One seccomp_filter of seccomp.img."""
+
+    program: bytes
+    prev: int | None
+    flags: int = 0
+
+
+def image_cores(images_dir: Path) -> dict[str, CoreSeccomp]:
+    """The seccomp fields of every core image, by name (``core-42.img``).
+
+    Raises:
+        InvalidArgument: a core image that is not one (bad magic, truncated, malformed, a field
+            twice or of the wrong wire type).
+    """
+    cores = {}
+    for path in sorted(images_dir.glob("core-*.img")):
+        entry = _first_entry(path, CORE_MAGIC, "a CRIU core image", MAX_CORE_IMAGE_BYTES)
+        if entry is None:
+            raise InvalidArgument(f"checkpoint image {path.name} is truncated")
+        core = _message(entry, path.name)
+        thread = _message(_single(core, _CORE_THREAD_CORE, bytes, path.name, "thread_core") or b"", path.name)
+        task = _message(_single(core, _CORE_TC, bytes, path.name, "task_core") or b"", path.name)
+        cores[path.name] = CoreSeccomp(
+            mode=_single(thread, _THREAD_SECCOMP_MODE, int, path.name, "seccomp_mode") or 0,
+            filter_index=_single(thread, _THREAD_SECCOMP_FILTER, int, path.name, "seccomp_filter") or 0,
+            old_mode=_single(task, _TASK_OLD_SECCOMP_MODE, int, path.name, "old_seccomp_mode"),
+            old_filter_index=_single(task, _TASK_OLD_SECCOMP_FILTER, int, path.name, "old_seccomp_filter"),
+        )
+    return cores
 
 
 def image_filter_modes(images_dir: Path) -> dict[str, int]:
-    """Each dumped thread's seccomp mode, by core image name (``core-42.img`` -> 2).
-
-    Read straight from the protobuf wire format (two fields deep), so it needs neither pycriu's
-    generated modules nor trust in their parser for an untrusted image.
+    """The seccomp mode each core image's thread is restored with as a process's main thread, by
+    name (``core-42.img`` -> 2).
 
     Raises:
-        InvalidArgument: a core image that is not one (bad magic, truncated, malformed).
+        InvalidArgument: a core image that is not one (see image_cores).
     """
-    modes = {}
-    for path in sorted(images_dir.glob("core-*.img")):
-        data = path.read_bytes()
-        if len(data) < 12 or int.from_bytes(data[0:4], "little") != IMG_COMMON_MAGIC or int.from_bytes(data[4:8], "little") != CORE_MAGIC:
-            raise InvalidArgument(f"checkpoint image {path.name} is not a CRIU core image")
-        size = int.from_bytes(data[8:12], "little")
-        if 12 + size > len(data):
-            raise InvalidArgument(f"checkpoint image {path.name} is truncated")
-        thread = _field(data[12 : 12 + size], _CORE_THREAD_CORE, path.name)
-        mode = 0 if thread is None else _field(thread, _THREAD_SECCOMP_MODE, path.name)
-        modes[path.name] = int(mode or 0)  # type: ignore[arg-type]
-    return modes
+    return {name: core.main_thread()[0] for name, core in image_cores(images_dir).items()}
+
+
+def image_filters(images_dir: Path) -> list[ImageFilter] | None:
+    """seccomp.img's filters in image order; None without a seccomp.img.
+
+    CRIU 4.1.1 writes one seccomp_entry with every dumped task's chain as a run: its newest filter
+    first (no ``prev``), then each older one with ``prev`` naming the entry before it. A thread
+    core's ``seccomp_filter`` names its chain's oldest filter, and the restore installs from there
+    along ``prev`` (oldest first). CRIU reads only the image's first entry; so does this.
+
+    Raises:
+        InvalidArgument: not a seccomp image, truncated, malformed, too large or too many filters,
+            a filter whose program is not a whole, loadable sock_filter array.
+    """
+    path = images_dir / SECCOMP_IMAGE
+    if not path.exists():
+        return None
+    entry = _first_entry(path, SECCOMP_MAGIC, "a CRIU seccomp image", MAX_SECCOMP_IMAGE_BYTES)
+    if entry is None:
+        return []  # CRIU: "there were no filters"
+    raw = _message(entry, path.name, max_fields=MAX_IMAGE_FILTERS).get(_SECCOMP_FILTERS, [])
+    filters = []
+    for i, item in enumerate(raw):
+        what = f"seccomp filter {i}"
+        if not isinstance(item, bytes):
+            raise InvalidArgument(f"checkpoint image {path.name}: {what} has the wrong wire type")
+        fields = _message(item, path.name, max_fields=64)
+        program = _single(fields, _FILTER_PROGRAM, bytes, path.name, f"{what} program")
+        if program is None or not program or len(program) % SOCK_FILTER_BYTES or len(program) // SOCK_FILTER_BYTES > BPF_MAXINSNS:
+            raise InvalidArgument(f"checkpoint image {path.name}: {what} is not a BPF program of 1 to {BPF_MAXINSNS} instructions")
+        filters.append(ImageFilter(program=program, prev=_single(fields, _FILTER_PREV, int, path.name, f"{what} prev"),
+                                   flags=_single(fields, _FILTER_FLAGS, int, path.name, f"{what} flags") or 0))
+    return filters
+
+
+class _Chains:
+    """Which of seccomp.img's chains hold ``program``: every filter is visited once however many
+    threads share its chain; an index out of range, a loop in ``prev`` or a chain longer than the
+    kernel takes is an InvalidArgument."""
+
+    def __init__(self, filters: list[ImageFilter], program: bytes) -> None:
+        self._filters = filters
+        self._program = program
+        self._known: dict[int, tuple[bool, int, int]] = {}  # index -> (holds, instructions + 4 each, filters)
+
+    def holds(self, start: int, where: str) -> bool:
+        path: list[int] = []
+        on_path: set[int] = set()
+        index: int | None = start
+        while index is not None and index not in self._known:
+            if index >= len(self._filters):
+                raise InvalidArgument(f"checkpoint image {where} names seccomp filter {index}, but {SECCOMP_IMAGE} holds {len(self._filters)}")
+            if index in on_path:
+                raise InvalidArgument(f"checkpoint image {where}: the seccomp filter chain in {SECCOMP_IMAGE} loops back to filter {index}")
+            if len(path) >= MAX_CHAIN_FILTERS:
+                raise InvalidArgument(f"checkpoint image {where}: its seccomp filter chain is longer than the kernel allows")
+            on_path.add(index)
+            path.append(index)
+            index = self._filters[index].prev
+        holds, insns, count = (False, 0, 0) if index is None else self._known[index]
+        for i in reversed(path):
+            program = self._filters[i].program
+            holds, insns, count = holds or program == self._program, insns + len(program) // SOCK_FILTER_BYTES + 4, count + 1
+            if insns - 4 > MAX_INSNS_PER_PATH or count > MAX_CHAIN_FILTERS:
+                raise InvalidArgument(f"checkpoint image {where}: its seccomp filter chain is longer than the kernel allows ({MAX_INSNS_PER_PATH} instructions)")
+            self._known[i] = (holds, insns, count)
+        return holds
+
+
+def _first_entry(path: Path, magic: int, what: str, max_bytes: int) -> bytes | None:
+    """The first entry of a CRIU image (None: the image has none)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read checkpoint image {path.name}: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise InvalidArgument(f"checkpoint image {path.name} is larger than {max_bytes} bytes")
+    if len(data) < 8 or int.from_bytes(data[0:4], "little") != IMG_COMMON_MAGIC or int.from_bytes(data[4:8], "little") != magic:
+        raise InvalidArgument(f"checkpoint image {path.name} is not {what}")
+    if len(data) == 8:
+        return None
+    size = int.from_bytes(data[8:12], "little")
+    if len(data) < 12 or 12 + size > len(data):
+        raise InvalidArgument(f"checkpoint image {path.name} is truncated")
+    return data[12 : 12 + size]
 
 
 def _core_pid(name: str) -> int | None:
@@ -584,12 +740,18 @@ def _varint(buf: bytes, pos: int, name: str) -> tuple[int, int]:
             return value, pos
 
 
-def _field(buf: bytes, number: int, name: str) -> bytes | int | None:
-    """The last occurrence of field ``number`` in a protobuf message (bytes or a varint)."""
-    pos, found = 0, None
+def _message(buf: bytes, name: str, *, max_fields: int = MAX_MESSAGE_FIELDS) -> dict[int, list[bytes | int | None]]:
+    """A protobuf message's fields by number, in order: varints as int, length-delimited as bytes,
+    fixed32/64 as None (no field read here has those types)."""
+    fields: dict[int, list[bytes | int | None]] = {}
+    pos = count = 0
     while pos < len(buf):
+        count += 1
+        if count > max_fields:
+            raise InvalidArgument(f"checkpoint image {name} has an entry of more than {max_fields} fields")
         key, pos = _varint(buf, pos, name)
         wire = key & 7
+        value: bytes | int | None
         if wire == 0:
             value, pos = _varint(buf, pos, name)
         elif wire == 1:
@@ -601,11 +763,26 @@ def _field(buf: bytes, number: int, name: str) -> bytes | int | None:
             value, pos = None, pos + 4
         else:
             raise InvalidArgument(f"checkpoint image {name} has a malformed entry")
-        if pos > len(buf):
+        if pos > len(buf) or key >> 3 == 0:
             raise InvalidArgument(f"checkpoint image {name} has a malformed entry")
-        if key >> 3 == number:
-            found = value
-    return found
+        fields.setdefault(key >> 3, []).append(value)
+    return fields
+
+
+def _single(fields: dict[int, list[bytes | int | None]], number: int, kind: type, name: str, what: str) -> Any:
+    """A singular field's value (None if absent); twice or of another wire type is refused."""
+    values = fields.get(number, [])
+    if len(values) > 1:
+        raise InvalidArgument(f"checkpoint image {name} has {what} more than once")
+    if values and not isinstance(values[0], kind):
+        raise InvalidArgument(f"checkpoint image {name}: {what} has the wrong wire type")
+    return values[0] if values else None
+
+
+def _field(buf: bytes, number: int, name: str) -> bytes | int | None:
+    """The last occurrence of field ``number`` in a protobuf message (bytes or a varint)."""
+    values = _message(buf, name, max_fields=len(buf) + 1).get(number)
+    return values[-1] if values else None
 
 
 PSTREE_MAGIC = 0x50273030
@@ -638,27 +815,62 @@ def process_leaders(images_dir: Path) -> set[int] | None:
     return leaders
 
 
-def check_image_filters(images_dir: Path, choice: str) -> None:
-    """Refuse images whose processes lack the filter the container's spec promises: every dumped
-    thread runs under a seccomp filter unless the spec says ``unconfined`` (CRIU restores what the
-    images describe, whatever the spec says).
+def check_image_filters(images_dir: Path, choice: str, profile: str | None = None, *,
+                        caps: Iterable[str] | None = None, cache_dir: Path | None = None) -> None:
+    """Refuse images whose processes do not run under the filter the container's spec promises
+    (CRIU restores what the images describe, whatever the spec says), unless it says ``unconfined``:
+
+    - every dumped process's main thread is in filter mode (``Seccomp: 2``);
+    - every filter chain a core image names (followed along ``prev`` in seccomp.img) contains the
+      program this host compiles for ``choice``/``profile`` and the container capability set
+      (``caps``, default runtime.capabilities.names(): what Runtime.seccomp_filter compiles at
+      ``run``), byte for byte. More filters in a chain only restrict (the kernel applies the
+      strictest answer), so they are fine; a chain without it is not the container's profile.
+
+    An archive from a host whose libseccomp, profile, kernel (``minKernel`` rules) or architecture
+    compiles another program is refused too: the hint says how to accept it.
 
     Raises:
-        InvalidSpec: naming a thread without a filter (field ``seccomp``).
+        InvalidSpec: naming a thread without a filter, or an image whose filters are not the
+            profile's (field ``seccomp``); a ``custom`` choice without a profile.
+        InvalidArgument: malformed core, pstree or seccomp images, no seccomp.img for processes in
+            filter mode, a filter index out of range, a loop in ``prev``, an overlong chain.
+        Unsupported: ``default`` on a host without a default profile, or libseccomp missing.
     """
     if choice == UNCONFINED:
         return
+    validate_choice(choice, profile)
     # CRIU 4.1.1 records the seccomp mode in each process's main-thread core image only (the
     # other threads' cores carry no seccomp field) and restores every thread of the process with
-    # that filter: so the processes' main threads are the ones to check.
+    # that filter: so the processes' main threads are the ones that must be in filter mode.
     leaders = process_leaders(images_dir)
-    modes = image_filter_modes(images_dir)
-    if leaders is not None:
-        modes = {name: mode for name, mode in modes.items() if _core_pid(name) in leaders}
-    bare = sorted(name for name, mode in modes.items() if mode != SECCOMP_MODE_FILTER)
+    cores = image_cores(images_dir)
+    mains = cores if leaders is None else {name: core for name, core in cores.items() if _core_pid(name) in leaders}
+    bare = sorted(name for name, core in mains.items() if core.main_thread()[0] != SECCOMP_MODE_FILTER)
     if bare:
         raise InvalidSpec("seccomp", f"checkpoint images {', '.join(bare[:5])} describe processes without a seccomp filter, but the container asks for seccomp {choice}",
                           hint="restore with --security-opt seccomp=unconfined to accept processes without a filter")
+    starts = {name: core.filter_indexes() for name, core in cores.items()}
+    if not any(starts.values()):
+        return
+    filters = image_filters(images_dir)
+    if filters is None:
+        first = next(name for name, indexes in starts.items() if indexes)
+        raise InvalidArgument(f"checkpoint images have no {SECCOMP_IMAGE}, but {first} describes a thread under a seccomp filter")
+    if caps is None:
+        from runtime.capabilities import names
+
+        caps = names()
+    program = filter_for(choice, profile, caps, cache_dir)
+    assert program is not None  # not unconfined
+    chains = _Chains(filters, program)
+    foreign = [name for name, indexes in starts.items() if not all(chains.holds(i, name) for i in sorted(indexes))]
+    if foreign:
+        shown = ", ".join(f"{name} (pid {_core_pid(name)})" for name in foreign[:5])
+        raise InvalidSpec("seccomp", f"checkpoint images {shown}: their seccomp filters are not the container's profile (seccomp {choice}): "
+                          f"no filter in their chain is the program this host compiles for it",
+                          hint="restore with --security-opt seccomp=unconfined to accept the images' own filters, "
+                               "or export again from a host with the same seccomp profile and libseccomp version")
 
 
 # -- the container side --------------------------------------------------------------------------

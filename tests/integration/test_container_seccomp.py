@@ -277,3 +277,75 @@ def test_filter_holds_after_a_postcopy_migration(two_hosts, probe_tar: Path) -> 
     _, seen = probe_after(b.root, name, last)
     assert seen == DEFAULT_VERDICT, f"after post-copy migration: {seen}"
     assert verdict(ok(b.cli(["exec", name, "scprobe"]))) == DEFAULT_VERDICT
+
+
+def with_permissive_filters(genuine: Path, out: Path) -> Path:
+    """``genuine`` rebuilt member for member (manifest, upper layer, packed upper-layer image,
+    images) with every filter in images/seccomp.img replaced by one that allows everything
+    (the chains' shape, ``prev`` and flags kept): what a crafted archive would carry."""
+    import shutil
+    import tempfile
+
+    from migrate.archive import ArchiveWriter, read_archive
+    from runtime import seccomp
+    from tests.unit.test_seccomp_images import ALLOW_ALL, seccomp_image
+
+    scratch = Path(tempfile.mkdtemp(dir=out.parent))
+    try:
+        with open(genuine, "rb") as f:
+            manifest = read_archive(f, scratch / "x")
+        images = scratch / "x" / "images"
+        filters = seccomp.image_filters(images)
+        assert filters, "the genuine export carries no seccomp filters"
+        (images / seccomp.SECCOMP_IMAGE).write_bytes(seccomp_image(*((ALLOW_ALL, f.prev) for f in filters)))
+        with open(out, "wb") as f, ArchiveWriter(f, compress="none") as writer:
+            writer.write_manifest({k: v for k, v in manifest.items() if k != "dump_stats"})
+            if (scratch / "x" / "upper").is_dir():
+                writer.add_tree("upper", scratch / "x" / "upper")
+            for member in ("upper.img.map", "upper.img.data"):
+                if (scratch / "x" / member).is_file():
+                    writer.add_file(member, scratch / "x" / member)
+            for path in sorted(images.iterdir()):
+                writer.add_file(f"images/{path.name}", path)
+            writer.close(trailer={"dump_stats": manifest.get("dump_stats", {})})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
+
+
+@pytest.mark.requires("criu", "pycriu")
+@pytest.mark.usefixtures("rt")
+def test_an_archive_whose_filters_are_not_the_profile_is_refused(pm, pm_root: Path, probe_image: str, tmp_path: Path) -> None:  # noqa: ANN001
+    """The images' filters must contain the program this host compiles for the spec: a genuine
+    export passes, the same export with an allow-everything filter in seccomp.img is refused
+    (nothing left behind) unless the importer accepts the images' own filters."""
+    from tests.integration.test_trust_manifest import leftovers
+
+    name = f"sc-allow-{secrets.token_hex(3)}"
+    ok(pm("run", "-d", "--name", name, "--network", "none", probe_image, "sh", "-c", LOOP))
+    last, _ = probe_after(pm_root, name, 0)
+    genuine = tmp_path / "genuine.pma"
+    ok(pm("checkpoint", name, "--export", str(genuine)))
+    ok(pm("rm", name))
+    permissive = with_permissive_filters(genuine, tmp_path / "permissive.pma")
+    before = leftovers(pm_root)
+
+    refused = pm("restore", "--import", str(permissive))
+    assert refused.returncode != 0, "an archive whose processes allow every syscall was imported under seccomp default"
+    assert b"seccomp" in refused.stderr and b"not the container's profile" in refused.stderr, refused.stderr
+    assert b"seccomp=unconfined" in refused.stderr
+    assert pm("inspect", name).returncode != 0  # nothing was created
+    assert leftovers(pm_root) == before
+
+    ok(pm("restore", "--import", str(genuine)))  # the genuine export on the same root
+    assert host_status(init_pid(pm_root, name)) == ("2", "1")
+    last, seen = probe_after(pm_root, name, last)
+    assert seen == DEFAULT_VERDICT, f"after importing the genuine export: {seen}"
+    ok(pm("rm", "-f", name))
+
+    ok(pm("restore", "--import", str(permissive), "--security-opt", "seccomp=unconfined"))  # the importer's consent
+    assert host_status(init_pid(pm_root, name)) == ("2", "1")
+    _, seen = probe_after(pm_root, name, last)
+    # what the check kept out: CRIU restored the archive's filter, which allows everything
+    assert seen == {"seccomp": "2", "filters": "1", "userfaultfd": "ok", "mkdir": "ok"}, seen
+    assert verdict(ok(pm("exec", name, "scprobe"))) == UNCONFINED_VERDICT
