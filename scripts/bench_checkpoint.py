@@ -64,7 +64,7 @@ def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
     elapsed = time.perf_counter() - t0
     if r.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(map(str, argv))} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+        raise SystemExit(f"bench: {' '.join(map(str, argv))} failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-2000:]}")
     return elapsed, r.stdout
 
 

@@ -87,7 +87,7 @@ ROWS = (
     ("verify wall ms: pymigrate checkpoint verify", "pm_verify_wall_ms"),
     ("sign ms: ssh-keygen -Y sign (detached)", "ssh_sign_ms"),
     ("verify ms: ssh-keygen -Y verify", "ssh_verify_ms"),
-    ("sha256sum ms (one hash pass)", "sha256sum_ms"),
+    ("sha256sum ms (coreutils: one pass, no SHA-NI)", "sha256sum_ms"),
     ("import total ms: unsigned", "import_plain_total_ms"),
     ("import total ms: --trusted-key", "import_signed_total_ms"),
     ("archive MiB", "archive_mib"),
