@@ -617,7 +617,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
         options = RestoreOptions(name=record["name"], ip=record.get("ip"))
         spec = checked_spec(manifest, options, origin="peer", allow_peer_volumes=bool(getattr(host, "allow_peer_volumes", False)))
-        check_image_filters(unpacked.images_dir, spec.seccomp)  # CRIU restores the images' filters
+        check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile,  # CRIU restores the images' filters
+                            cache_dir=host.paths.seccomp_cache)
         if options.ip:
             spec = dataclasses.replace(spec, ip=options.ip)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
