@@ -224,7 +224,7 @@ class Engine(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# Daemon-to-daemon migration (issue 5): what a source engine asks of a target engine. LocalEngine
+# Daemon-to-daemon migration: what a source engine asks of a target engine. LocalEngine
 # implements these for its own host; RemoteEngine forwards them to a daemon (PrepareIncoming,
 # PushImage, PushUpper, PushCheckpoint, AbortIncoming, CommitIncoming), so a source calls the same methods
 # on RemoteEngine(dest) whether the target is in-process (tests) or on another host.

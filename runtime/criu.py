@@ -702,7 +702,7 @@ def _run_cli(argv: list[str], operation: str, log_path: Path) -> None:
         raise CriuError(operation, f"exit status {proc.returncode}", log_path=log_path, log_lines=lines)
 
 
-# --- long-running CRIU processes: lazy-pages daemon and page server (issue 7) -----------------
+# --- long-running CRIU processes: lazy-pages daemon and page server --------------------------
 # Both run as ``criu`` CLI processes we spawn and own (not swrk): they outlive one RPC request.
 # ``--status-fd`` makes CRIU write one byte once it is ready (lazy-pages: its UNIX socket
 # ``lazy-pages.socket`` exists in the work dir; page-server: it listens), so callers never race

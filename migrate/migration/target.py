@@ -169,7 +169,7 @@ class IncomingMigrations:
         """Pre-flight and reservation. Raises IncompatibleHost / ContainerExists naming the problem."""
         spec = ContainerSpec.from_dict(request.spec)
         _validate_request(request, spec)
-        if request.mode == "postcopy":  # issue 7: this host must restore with lazy pages
+        if request.mode == "postcopy":  # this host must restore with lazy pages
             from migrate.migration.postcopy import check_incoming
 
             check_incoming(request)
@@ -414,7 +414,7 @@ class IncomingMigrations:
         reader = IteratorReader(self._touching(migration_id, chunks))
         staged = self.staged_upper(migration_id)
         try:
-            if record.get("mode") == "postcopy":  # issue 7: lazy pages from the source's page server
+            if record.get("mode") == "postcopy":  # lazy pages from the source's page server
                 from migrate.migration.postcopy import receive_postcopy
 
                 result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress, tls=self.page_server_tls,
