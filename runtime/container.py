@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, TypedDict, TypeVar, overload
 
 from runtime.errors import InvalidArgument, InvalidSpec, InvalidState
-from runtime.spec import ContainerSpec, ContainerState, Volume
+from runtime.spec import ContainerSpec, ContainerState, Status, Volume
 
 if TYPE_CHECKING:
     from runtime.cgroups import Limits
@@ -42,7 +42,7 @@ LEGAL: Mapping[str, tuple[str, ...]] = {
 }
 
 # operation -> state after it succeeded
-RESULT: Mapping[str, str] = {
+RESULT: Mapping[str, Status] = {
     "start": "running",
     "pause": "paused",
     "unpause": "running",
@@ -80,7 +80,7 @@ class Container:
         if self.state.status not in legal:
             raise InvalidState(self.spec.name, operation, self.state.status, legal)
 
-    def next_status(self, operation: str) -> str:
+    def next_status(self, operation: str) -> Status:
         self.require(operation)
         return RESULT[operation]
 
@@ -238,6 +238,17 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _MAX_TEXT = 4096  # image names, command words and env items beyond this are not ours
 
 
+_T = TypeVar("_T")
+
+
+class CheckedFields(TypedDict):
+    """The values ``validate_fields`` normalises (the other fields are only checked)."""
+
+    env: tuple[str, ...]
+    workdir: str
+    volumes: tuple[Volume, ...]
+
+
 def validate_fields(
     *,
     name: str | None,
@@ -251,7 +262,7 @@ def validate_fields(
     ip: str | None,
     volumes: tuple[Volume, ...],
     cgroup_parent: str | None,
-) -> dict[str, object]:
+) -> CheckedFields:
     """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
 
     Raises:
@@ -259,11 +270,9 @@ def validate_fields(
     """
     from runtime.state import validate_name
 
-    out: dict[str, object] = {}
-
-    def check(field: str, fn: object) -> object:
+    def check(field: str, fn: Callable[[], _T]) -> _T:
         try:
-            return fn()  # type: ignore[operator]
+            return fn()
         except InvalidArgument as exc:
             raise InvalidSpec(field, exc.message, hint=exc.hint) from None
 
@@ -271,8 +280,8 @@ def validate_fields(
         check("name", lambda: validate_name(_text("name", name)))
     if hostname is not None:
         check("hostname", lambda: validate_hostname(_text("hostname", hostname)))
-    out["env"] = check("env", lambda: validate_env(tuple(_text("env", e) for e in _seq("env", env))))
-    out["workdir"] = check("workdir", lambda: validate_workdir(_text("workdir", workdir)))
+    checked_env = check("env", lambda: validate_env(tuple(_text("env", e) for e in _seq("env", env))))
+    checked_workdir = check("workdir", lambda: validate_workdir(_text("workdir", workdir)))
     check("memory_bytes", lambda: validate_memory(_number("memory_bytes", memory_bytes, int)))
     check("cpus", lambda: validate_cpus(_number("cpus", cpus, float)))
     check("pids_limit", lambda: validate_pids_limit(_number("pids_limit", pids_limit, int)))
@@ -280,18 +289,18 @@ def validate_fields(
         raise InvalidSpec("network", f"invalid network mode {network!r}: expected bridge or none")
     if ip is not None:
         check("ip", lambda: _validate_ip(ip, network))
-    vols = []
+    vols: list[Volume] = []
     for i, v in enumerate(_seq("volumes", volumes)):
-        vol: Volume = check(f"volumes[{i}]", lambda v=v: _volume(v))  # type: ignore[assignment]
+        vol = check(f"volumes[{i}]", lambda: _volume(v))
         target = check(f"volumes[{i}].target", lambda: validate_volume_target(vol.target))
         source = check(f"volumes[{i}].source", lambda: validate_volume_source(vol.source))
-        vols.append(Volume(source=source, target=target, readonly=vol.readonly))  # type: ignore[arg-type]
-    out["volumes"] = tuple(vols)
+        vols.append(Volume(source=source, target=target, readonly=vol.readonly))
+    checked_volumes = tuple(vols)
     if cgroup_parent is not None:
         from runtime.cgroups import validate_parent
 
         check("cgroup_parent", lambda: validate_parent(_text("cgroup_parent", cgroup_parent)))
-    return out
+    return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes}
 
 
 def validate_spec(spec: ContainerSpec) -> ContainerSpec:
@@ -359,7 +368,11 @@ def _seq(field: str, value: object) -> tuple[object, ...]:
     return tuple(value)
 
 
-def _number(field: str, value: object, kind: type) -> object:
+@overload
+def _number(field: str, value: object, kind: type[int]) -> int | None: ...
+@overload
+def _number(field: str, value: object, kind: type[float]) -> float | None: ...
+def _number(field: str, value: object, kind: type) -> int | float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):

@@ -82,19 +82,19 @@ def run_many(commands: Sequence[Sequence[str]], timeout_s: float = 30.0) -> list
             procs.append((argv_t, CommandResult(argv_t, -1, f"cannot run {argv_t[0]}: {exc.strerror}")))
             continue
         procs.append((argv_t, p))
-    results = []
-    for argv_t, p in procs:
-        if isinstance(p, CommandResult):
-            results.append(p)
+    results: list[CommandResult] = []
+    for argv_t, proc in procs:
+        if isinstance(proc, CommandResult):
+            results.append(proc)
             continue
         try:
-            out, _ = p.communicate(timeout=timeout_s)
+            out, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            p.kill()
-            out, _ = p.communicate()
+            proc.kill()
+            out, _ = proc.communicate()
             results.append(CommandResult(argv_t, -1, f"timed out after {timeout_s:g}s\n{out}"))
             continue
-        results.append(CommandResult(argv_t, p.returncode, out))
+        results.append(CommandResult(argv_t, proc.returncode, out))
     return results
 
 

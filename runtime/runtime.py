@@ -13,6 +13,7 @@ input or a failing start leaves no record, mount, cgroup, veth or lease behind.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import logging
 import os
@@ -167,18 +168,18 @@ class Runtime:
     def run(
         self,
         image: str,
-        command: tuple[str, ...] | list[str] = (),
+        command: tuple[str, ...] | builtins.list[str] = (),
         *,
         name: str | None = None,
         hostname: str | None = None,
-        env: tuple[str, ...] | list[str] = (),
+        env: tuple[str, ...] | builtins.list[str] = (),
         workdir: str | None = None,
         memory_bytes: int | None = None,
         cpus: float | None = None,
         pids_limit: int | None = None,
         network: str = "bridge",
         ip: str | None = None,
-        volumes: tuple[Volume, ...] | list[Volume] = (),
+        volumes: tuple[Volume, ...] | builtins.list[Volume] = (),
         cgroup_parent: str | None = None,
         seccomp: str = "default",
         seccomp_profile: str | None = None,
@@ -203,7 +204,7 @@ class Runtime:
             name=name, hostname=hostname, env=tuple(env), workdir=workdir or "/", memory_bytes=memory_bytes,
             cpus=cpus, pids_limit=pids_limit, network=network, ip=ip, volumes=tuple(volumes), cgroup_parent=cgroup_parent,
         )
-        env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]  # type: ignore[assignment]
+        env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         if not command:
             raise InvalidArgument(f"no command given for image {image}: the image has no default command")
         from runtime.seccomp import validate_choice
@@ -276,7 +277,7 @@ class Runtime:
 
         return filter_for(choice, profile, names(), self.paths.seccomp_cache)
 
-    def _start(self, spec: ContainerSpec, lower: Path, undo: list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
+    def _start(self, spec: ContainerSpec, lower: Path, undo: builtins.list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
         from runtime import rootfs
         from runtime.process import InitPlan, container_env
         from runtime.shim import Starter, launch_shim
@@ -338,7 +339,7 @@ class Runtime:
                 return 0
         return size
 
-    def _undo(self, container_id: str, undo: list[tuple[str, Callable[[], None]]]) -> None:
+    def _undo(self, container_id: str, undo: builtins.list[tuple[str, Callable[[], None]]]) -> None:
         for what, step in reversed(undo):
             try:
                 step()
@@ -456,7 +457,7 @@ class Runtime:
             return c
         return c if state is None else Container(c.spec, state)
 
-    def settle_freezes(self, wait_s: float = 120.0) -> list[str]:
+    def settle_freezes(self, wait_s: float = 120.0) -> builtins.list[str]:
         """Settle every container whose freezing operation died (the daemon's start); their ids.
         ``wait_s``: per container, how long an orphaned CRIU may still hold the partial files
         (it finishes its dump and exits; a dump of a few GiB takes seconds)."""
@@ -561,8 +562,8 @@ class Runtime:
     def exec(
         self,
         name: str,
-        argv: tuple[str, ...] | list[str],
-        env: tuple[str, ...] | list[str] = (),
+        argv: tuple[str, ...] | builtins.list[str],
+        env: tuple[str, ...] | builtins.list[str] = (),
         workdir: str | None = None,
     ) -> int:
         """Run ``argv`` in every namespace and the cgroup of a running container; its exit code.

@@ -44,7 +44,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from runtime.errors import ImageError, ImageLimitExceeded, UnsafeArchive
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
@@ -161,8 +161,8 @@ def open_decompressed(stream: BinaryIO) -> tuple[BinaryIO, str, tuple[type[BaseE
     if head.startswith(ZSTD_MAGIC):
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, read_across_frames=True)
-        return reader, "zstd", corrupt + (zstandard.ZstdError,)  # type: ignore[return-value]
+        zreader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, read_across_frames=True)
+        return zreader, "zstd", corrupt + (zstandard.ZstdError,)  # type: ignore[return-value]
     return raw, "none", corrupt  # type: ignore[return-value]
 
 
@@ -298,7 +298,10 @@ class _Extractor:
         if self.total_bytes + m.size > limits.max_total_bytes:
             raise _over(name, limits, "max_total_bytes", self.total_bytes + m.size, "the tarball's expanded size")
         if m.sparse is not None:
-            holes = max(0, m.size - sum(length for _offset, length in m.sparse))
+            # typeshed's stdlib/tarfile.pyi says ``sparse: bytes | None``; tarfile fills it with
+            # (offset, size) pairs (TarInfo._proc_sparse, _proc_gnusparse_*).
+            sparse = cast("list[tuple[int, int]]", m.sparse)
+            holes = max(0, m.size - sum(length for _offset, length in sparse))
             if self.hole_bytes + holes > limits.max_hole_bytes:
                 raise _over(name, limits, "max_hole_bytes", self.hole_bytes + holes, "the holes of sparse members")
             self.hole_bytes += holes

@@ -538,7 +538,7 @@ def _run(transport: paramiko.Transport, command: str, *, timeout_s: float = 30.0
         _close_channel(chan)
 
 
-def _printable(raw: bytes) -> str:
+def _printable(raw: bytes | bytearray) -> str:
     """Remote text as we show it: decoded, with control characters (terminal escapes a hostile
     host could send into the user's terminal) replaced; newlines and tabs kept."""
     text = raw.decode(errors="replace")

@@ -259,7 +259,7 @@ def _read(path: Path) -> str | None:
 def _kernel_has_cgroup_freeze() -> bool:
     release = os.uname().release
     m = re.match(r"(\d+)\.(\d+)", release)
-    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (5, 2)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (5, 2)
 
 
 def _cgroup2_freeze_works(own_dir: Path) -> bool:

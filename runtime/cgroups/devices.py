@@ -211,8 +211,13 @@ class DevicePolicy(Protocol):
     Does not move processes and is never applied twice to one cgroup.
     """
 
-    hierarchy: str | None
-    method: str  # "v1" | "bpf" | "none", for logs and reports
+    # Read-only members: the policies are frozen dataclasses, and a narrower field type
+    # (``str``, ``None``) only satisfies a read-only ``str | None``.
+    @property
+    def hierarchy(self) -> str | None: ...
+
+    @property
+    def method(self) -> str: ...  # "v1" | "bpf" | "none", for logs and reports
 
     def apply(self, fs: CgroupFs, directory: Path | None, cgroup: str) -> None: ...
 
