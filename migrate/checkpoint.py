@@ -112,7 +112,7 @@ def stream_dump(
     *,
     on_bytes: Callable[[int], None] | None = None,
     on_notify: Callable[[str, int], bool] | None = None,
-    add_upper: Callable[[Any], None] | None = None,
+    add_upper: Callable[[Any], object] | None = None,
 ) -> tuple[DumpStats, float]:
     """Dump with CRIU into ``request.images_dir`` while writing the upper layer and the images into
     ``writer`` (a migrate.archive.ArchiveWriter). Returns (CRIU stats, dump wall time in ms).
@@ -180,7 +180,7 @@ def _allocated_bytes(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def _image_writer(image: Path | None, tmp_dir: Path) -> Callable[[Any], None] | None:
+def _image_writer(image: Path | None, tmp_dir: Path) -> Callable[[Any], object] | None:
     """For ``stream_dump``'s ``add_upper``: a layer on an image goes as its blocks (members
     upper.img.map/.data, migrate/archive/upper_image.py), not as its tree."""
     if image is None:
@@ -301,6 +301,7 @@ def checkpoint_container(
                                                   add_upper=_image_writer(target.upper_image, staging))
                 summary = writer.close(trailer={"dump_stats": stats_dump.__dict__})
                 if signer is not None:
+                    assert isinstance(sink, HashingSink), "the sink hashes whenever there is a signer"
                     signer.append(out, sink.digest())
                 upper_bytes = sum(m.size_bytes for m in summary.members if m.name.startswith("upper/"))
                 if target.upper_image is not None:

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import zstandard
 
@@ -32,6 +32,7 @@ from migrate.errors import (
     UnsafeMember,
 )
 from migrate.archive.signing import HashingSource, read_signature_record
+from migrate.archive.streams import ByteSource
 from migrate.archive._shared import BufferPool, update_zeros, worker_count
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
 
@@ -55,7 +56,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def read_archive(
-    source: BinaryIO,
+    source: ByteSource,
     dest: Path,
     *,
     allow_devices: bool | Callable[[dict[str, Any]], bool] = False,
@@ -133,7 +134,7 @@ class _Record:
 class _Reader:
     def __init__(
         self,
-        source: BinaryIO,
+        source: ByteSource,
         dest: Path | None,
         *,
         allow_devices: bool | Callable[[dict[str, Any]], bool] = False,
@@ -233,8 +234,9 @@ class _Reader:
         buf: bytearray | None = None
         if kind == fmt.REC_DATA:
             buf = self._buffers.get() if stored_len <= fmt.CHUNK_BYTES else bytearray(stored_len)
-            payload: bytes | memoryview = memoryview(buf)[:stored_len]
-            self._read_into(payload, what)
+            view = memoryview(buf)[:stored_len]
+            self._read_into(view, what)
+            payload: bytes | memoryview = view
         else:
             payload = self._read_exact(stored_len, what)
         if self._progress is not None:
@@ -546,9 +548,11 @@ class _Reader:
         """Only a signature record may follow the trailer. Its signature was checked before this
         pass (migrate.archive.signing.verify_file) when a policy asked for it; here, with
         ``expect_sha256``, the bytes read must be the ones it covered."""
-        if self._expect_sha256 is not None and self._src.digest() != self._expect_sha256:
-            raise BadSignature("the archive changed while it was read: its bytes are not the ones whose signature was "
-                               "verified", hint="do not modify an archive while it is restored")
+        if self._expect_sha256 is not None:
+            assert isinstance(self._src, HashingSource), "read_archive wraps the source in a HashingSource when expect_sha256 is given"
+            if self._src.digest() != self._expect_sha256:
+                raise BadSignature("the archive changed while it was read: its bytes are not the ones whose signature was "
+                                   "verified", hint="do not modify an archive while it is restored")
         head = self._src.read(fmt.RECORD_HEADER_SIZE)
         if head:  # its form is checked; whether it is trusted was judged before this pass
             read_signature_record(head, self._src, self._pos)

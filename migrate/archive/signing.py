@@ -33,8 +33,10 @@ from typing import Any, BinaryIO, Iterator
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from migrate.archive import format as fmt
+from migrate.archive.streams import ByteSink, ByteSource
 from migrate.errors import ArchiveError, BadSignature, SigningKeyError, UnsignedArchive, UntrustedSigner
 
 __all__ = [
@@ -100,6 +102,7 @@ class ArchiveSigner:
         """Load an unencrypted ed25519 private key (OpenSSH or PEM PKCS#8) that only its owner
         can read, as ssh refuses a private key others can read."""
         data = _read_key_file(path, private=True)
+        key: PrivateKeyTypes
         try:
             if b"BEGIN OPENSSH PRIVATE KEY" in data:
                 key = serialization.load_ssh_private_key(data, password=None)
@@ -307,7 +310,7 @@ def _record_header(reader: _Hashing) -> tuple[int, int]:
     return kind, stored
 
 
-def read_signature_record(head: bytes, source: BinaryIO, at: int) -> dict[str, Any]:
+def read_signature_record(head: bytes, source: ByteSource, at: int) -> dict[str, Any]:
     """The payload of the signature record whose header ``head`` was read at byte ``at`` (anything
     else after a trailer is "data after the trailer")."""
     parsed = fmt.unpack_record_header(head) if len(head) == fmt.RECORD_HEADER_SIZE else None
@@ -390,11 +393,11 @@ class HashingSink:
     """A write-through sink that hashes what the archive writer writes, so the writer's caller
     can append the signature record when the writer closed."""
 
-    def __init__(self, sink: BinaryIO) -> None:
+    def __init__(self, sink: ByteSink) -> None:
         self._sink = sink
         self._hash = hashlib.sha256()
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int | None:
         self._hash.update(data)
         return self._sink.write(data)
 
@@ -411,7 +414,7 @@ class HashingSource:
     """A read-through source that hashes what the archive reader reads: the extraction pass
     proves it read the very bytes whose signature was verified."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: ByteSource) -> None:
         self._src = source
         self._hash = hashlib.sha256()
 

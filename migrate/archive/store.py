@@ -14,6 +14,7 @@ so a crash never leaves a half-written checkpoint visible.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -167,7 +168,7 @@ class CheckpointStore:
         os.rename(d, trash)  # disappears atomically, then the slow part
         remove_tree_quietly(trash)
 
-    def _dirs(self) -> list[Path]:
+    def _dirs(self) -> builtins.list[Path]:
         if not self.paths.checkpoints.is_dir():
             return []
         return [p for p in self.paths.checkpoints.iterdir() if p.is_dir() and (p / MANIFEST).exists()]

@@ -18,12 +18,26 @@ from __future__ import annotations
 import io
 import queue
 import threading
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from migrate.errors import TransferError
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 _END = object()
+
+
+class ByteSink(Protocol):
+    """What the archive writer writes to: a file, a pipe, ``ChunkSink``, ``HashingSink``. It may
+    also have ``flush()`` (looked up when there)."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int | None: ...
+
+
+class ByteSource(Protocol):
+    """What the archive reader reads from: a file, a pipe, ``IteratorReader``, ``HashingSource``.
+    It may also have ``readinto(view)`` (looked up when there, used to read into reused buffers)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class ChunkSink(io.RawIOBase):
@@ -120,6 +134,11 @@ class IteratorReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = super().read(size)
+        assert data is not None, "readinto never returns None (it blocks), so neither does RawIOBase.read"
+        return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         while not self._current:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import zstandard
 
@@ -29,6 +29,7 @@ from migrate.errors import (
     UnsafeMember,
 )
 from migrate.archive._shared import BufferPool, update_zeros, worker_count
+from migrate.archive.streams import ByteSink
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class ArchiveWriter:
 
     def __init__(
         self,
-        sink: BinaryIO,
+        sink: ByteSink,
         *,
         compress: Literal["zstd", "none"] = "zstd",
         level: int = 1,

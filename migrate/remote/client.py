@@ -29,7 +29,7 @@ import time
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import grpc
 
@@ -164,7 +164,7 @@ class RemoteEngine:
         self.timeout_s = timeout_s
         self.advertise: str | None = None  # the calling daemon's own address (a migration's source_daemon)
         self._tls = tls is not None
-        options = list(CHANNEL_OPTIONS)
+        options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
         if tls is not None:
             cert, key, ca = tls.read()
             credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
@@ -258,7 +258,7 @@ class RemoteEngine:
                 raise wrapped.error from None
             raise self._error(exc, method) from exc
 
-    def _server_stream(self, method: str, request: Any) -> Iterator[Any]:
+    def _server_stream(self, method: str, request: Any) -> Generator[Any, None, None]:
         """Responses of a server stream; closing the iterator early cancels the call."""
         call = getattr(self._stub, method)(request, metadata=self._metadata)
         try:

@@ -241,13 +241,13 @@ def check_token_file(path: Path) -> None:
         raise InvalidArgument(f"cannot read token file {path}: {exc.strerror}") from exc
     mode = _stat.S_IMODE(st.st_mode)
     if mode & 0o077:
-        exc = PermissionError(f"token file {path} is accessible by group or others (mode {mode:04o}), expected 0600")
-        exc.hint = f"chmod 600 {path}"  # type: ignore[attr-defined]
-        raise exc
+        denied = PermissionError(f"token file {path} is accessible by group or others (mode {mode:04o}), expected 0600")
+        denied.hint = f"chmod 600 {path}"  # type: ignore[attr-defined]
+        raise denied
     if st.st_uid != os.geteuid():
-        exc = PermissionError(f"token file {path} belongs to uid {st.st_uid}, not to the daemon's uid {os.geteuid()}")
-        exc.hint = f"chown {os.geteuid()} {path}; chmod 600 {path}"  # type: ignore[attr-defined]
-        raise exc
+        denied = PermissionError(f"token file {path} belongs to uid {st.st_uid}, not to the daemon's uid {os.geteuid()}")
+        denied.hint = f"chown {os.geteuid()} {path}; chmod 600 {path}"  # type: ignore[attr-defined]
+        raise denied
 
 
 def create_server(
