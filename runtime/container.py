@@ -335,7 +335,7 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         memory_bytes=spec.memory_bytes, cpus=spec.cpus, pids_limit=spec.pids_limit, network=spec.network,
         ip=spec.ip, volumes=spec.volumes, cgroup_parent=spec.cgroup_parent,
     )
-    return replace(spec, **fields)  # type: ignore[arg-type]
+    return replace(spec, **fields)
 
 
 def parse_spec(data: object) -> ContainerSpec:
