@@ -1,21 +1,42 @@
-"""Mechanical conversion between the library's frozen dataclasses and pymigrate.v1 messages.
+"""Conversion between the library's frozen dataclasses and pymigrate.v1 messages.
 
-One ``*_to_pb`` / ``*_from_pb`` pair per type, field by field, named as in migrate/api.py and
-runtime/spec.py. ``None`` in a dataclass is an absent ``optional`` field in the message; string
-literals (status, network, compression, migration mode) are proto enums whose ``_UNSPECIFIED``
-zero value decodes to the dataclass default. Used by migrate/remote/service.py and migrate/remote/client.py
-only; nothing else sees protobuf.
+Most types cross field by field under the same names (migrate/api.py and runtime/spec.py on one
+side, protos/pymigrate/v1/host.proto on the other), so one generic pair, ``_to_pb`` and ``_from_pb``,
+walks the dataclass's fields and the message's descriptor:
+
+- str, int, float and bool fields are copied;
+- ``None`` in a dataclass is an absent ``optional`` field in the message; an ``optional`` scalar
+  behind a dataclass field that cannot be None (``CheckpointOptions.level``) reads as that field's
+  default when absent;
+- a nested dataclass is a nested message, a tuple a ``repeated`` field, a dict a ``map``;
+- string literals (status, network, compression, migration mode) are proto enums, through the
+  tables below; their ``_UNSPECIFIED`` zero value decodes to the table's default.
+
+The public ``*_to_pb`` / ``*_from_pb`` pairs wrap the generic pair and spell out what differs:
+fields that never cross (paths and keys read on the caller's side), names that differ, defaults for
+empty values. A dataclass field the message lacks is an error, not a silent loss. Used by
+migrate/remote/service.py and migrate/remote/client.py only; nothing else sees protobuf.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from typing import Any
+import typing
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
+
+from google.protobuf.message import Message
 
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from runtime import spec as rspec
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+M = TypeVar("M", bound=Message)
+D = TypeVar("D", bound="DataclassInstance")
 
 # --- enums ------------------------------------------------------------------------------------
 
@@ -34,8 +55,16 @@ _MODE = {
     "auto": pb.MIGRATION_MODE_AUTO,
 }
 
+# the enums the generic converter meets, by proto type: (table, what an error calls it, what 0 reads as)
+_ENUMS: dict[str, tuple[Mapping[str, int], str, str]] = {
+    pb.ContainerStatus.DESCRIPTOR.full_name: (_STATUS, "container status", "created"),
+    pb.NetworkMode.DESCRIPTOR.full_name: (_NETWORK, "network mode", "bridge"),
+    pb.Compression.DESCRIPTOR.full_name: (_COMPRESS, "compression", "zstd"),
+    pb.MigrationMode.DESCRIPTOR.full_name: (_MODE, "migration mode", "cold"),
+}
 
-def _enum_to_pb(table: dict[str, int], value: str, what: str) -> int:
+
+def _enum_to_pb(table: Mapping[str, int], value: str, what: str) -> int:
     try:
         return table[value]
     except KeyError:
@@ -44,7 +73,7 @@ def _enum_to_pb(table: dict[str, int], value: str, what: str) -> int:
         raise InvalidArgument(f"unknown {what} {value!r}, expected one of {', '.join(table)}") from None
 
 
-def _enum_from_pb(table: dict[str, int], value: int, default: str) -> Any:
+def _enum_from_pb(table: Mapping[str, int], value: int, default: str) -> Any:
     for name, number in table.items():
         if number == value:
             return name
@@ -83,422 +112,284 @@ def mode_from_pb(value: int) -> api.MigrationMode:
     return _enum_from_pb(_MODE, value, "cold")
 
 
-def _opt(msg: Any, name: str) -> Any:
-    """The value of an ``optional`` field, or None when absent."""
-    return getattr(msg, name) if msg.HasField(name) else None
+# --- the generic pair -------------------------------------------------------------------------
 
 
-def _set_opt(kwargs: dict[str, Any], name: str, value: Any) -> None:
-    if value is not None:
-        kwargs[name] = value
+def _to_pb(obj: Any, message_type: type[M], skip: Iterable[str] = (), **given: Any) -> M:
+    """A ``message_type`` holding the fields of dataclass ``obj``, but those named in ``skip``;
+    ``given`` are message fields set as they are (a name that differs, a parameter)."""
+    message = message_type(**given)
+    _fill(message, obj, skip=(*skip, *given))
+    return message
+
+
+def _fill(message: Message, obj: Any, skip: Iterable[str] = ()) -> None:
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        value = getattr(obj, f.name)
+        field = _field(message, f.name)
+        if value is None:
+            continue  # an absent optional
+        if field.enum_type is not None:
+            table, what, _ = _ENUMS[field.enum_type.full_name]
+            setattr(message, f.name, _enum_to_pb(table, value, what))
+        elif isinstance(value, dict):
+            getattr(message, f.name).update(value)
+        elif isinstance(value, (tuple, list)) and field.message_type is None:
+            getattr(message, f.name).extend(value)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                _fill(getattr(message, f.name).add(), item)
+        elif field.message_type is not None:
+            getattr(message, f.name).SetInParent()  # present even when every field is a default
+            _fill(getattr(message, f.name), value)
+        else:
+            setattr(message, f.name, value)
+
+
+def _from_pb(cls: type[D], message: Message, skip: Iterable[str] = (), **given: Any) -> D:
+    """A ``cls`` from the same-named fields of ``message``; fields named in ``skip`` keep their
+    defaults, ``given`` are dataclass fields used as they are."""
+    hints = _hints(cls)
+    kwargs = dict(given)
+    for f in dataclasses.fields(cls):
+        if f.name not in given and f.name not in skip:
+            kwargs[f.name] = _read(message, f, hints[f.name])
+    return cls(**kwargs)
+
+
+def _read(message: Message, f: dataclasses.Field, hint: Any) -> Any:
+    field = _field(message, f.name)
+    nullable = type(None) in typing.get_args(hint)
+    if nullable or (field.has_presence and field.message_type is None):
+        if not message.HasField(f.name):
+            return None if nullable else f.default
+    if nullable:
+        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+    value = getattr(message, f.name)
+    if field.enum_type is not None:
+        table, _, default = _ENUMS[field.enum_type.full_name]
+        return _enum_from_pb(table, value, default)
+    if _is_dataclass(hint):
+        return _nested_from_pb(hint, value)
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]  # tuple[X, ...]
+        return tuple(_nested_from_pb(item, v) for v in value) if _is_dataclass(item) else tuple(value)
+    if typing.get_origin(hint) is dict:
+        return dict(value)
+    return value
+
+
+# nested types whose reading has an exception of its own: the generic pair reads them with it
+_OWN_FROM_PB: dict[type, Callable[[Any], Any]] = {}
+
+
+def _nested_from_pb(cls: type, message: Message) -> Any:
+    own = _OWN_FROM_PB.get(cls)
+    return own(message) if own is not None else _from_pb(cls, message)
+
+
+def _is_dataclass(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _field(message: Message, name: str) -> Any:
+    try:
+        return message.DESCRIPTOR.fields_by_name[name]
+    except KeyError:
+        raise TypeError(f"{message.DESCRIPTOR.name} has no field {name!r}: skip it or convert it by hand") from None
+
+
+@functools.cache
+def _hints(cls: Any) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 # --- runtime.spec -----------------------------------------------------------------------------
 
 
 def volume_to_pb(v: rspec.Volume) -> pb.Volume:
-    return pb.Volume(source=v.source, target=v.target, readonly=v.readonly)
+    return _to_pb(v, pb.Volume)
 
 
 def volume_from_pb(m: pb.Volume) -> rspec.Volume:
-    return rspec.Volume(source=m.source, target=m.target, readonly=m.readonly)
+    return _from_pb(rspec.Volume, m)
 
 
 def spec_to_pb(s: rspec.ContainerSpec) -> pb.ContainerSpec:
-    kw: dict[str, Any] = dict(
-        container_id=s.container_id,
-        name=s.name,
-        image=s.image,
-        image_digest=s.image_digest,
-        command=list(s.command),
-        env=list(s.env),
-        workdir=s.workdir,
-        hostname=s.hostname,
-        network=network_to_pb(s.network),
-        volumes=[volume_to_pb(v) for v in s.volumes],
-        created_at=s.created_at,
-        seccomp=s.seccomp,
-    )
-    for name in ("memory_bytes", "cpus", "pids_limit", "ip", "mac", "cgroup_parent", "seccomp_profile"):
-        _set_opt(kw, name, getattr(s, name))
-    return pb.ContainerSpec(**kw)
+    return _to_pb(s, pb.ContainerSpec)
 
 
 def spec_from_pb(m: pb.ContainerSpec) -> rspec.ContainerSpec:
-    return rspec.ContainerSpec(
-        container_id=m.container_id,
-        name=m.name,
-        image=m.image,
-        image_digest=m.image_digest,
-        command=tuple(m.command),
-        env=tuple(m.env),
-        workdir=m.workdir,
-        hostname=m.hostname,
-        memory_bytes=_opt(m, "memory_bytes"),
-        cpus=_opt(m, "cpus"),
-        pids_limit=_opt(m, "pids_limit"),
-        network=network_from_pb(m.network),
-        ip=_opt(m, "ip"),
-        mac=_opt(m, "mac"),
-        volumes=tuple(volume_from_pb(v) for v in m.volumes),
-        cgroup_parent=_opt(m, "cgroup_parent"),
-        created_at=m.created_at,
-        seccomp=m.seccomp or "default",
-        seccomp_profile=_opt(m, "seccomp_profile"),
-    )
+    # empty (an older peer): the host's default profile
+    return _from_pb(rspec.ContainerSpec, m, seccomp=m.seccomp or "default")
+
+
+_OWN_FROM_PB[rspec.ContainerSpec] = spec_from_pb  # in ContainerInfo
 
 
 def state_to_pb(s: rspec.ContainerState) -> pb.ContainerState:
-    kw: dict[str, Any] = dict(status=status_to_pb(s.status), pid=s.pid, shim_pid=s.shim_pid, oom_killed=s.oom_killed)
-    for name in ("exit_code", "started_at", "finished_at", "restored_from", "checkpointed"):
-        _set_opt(kw, name, getattr(s, name))
-    if s.frozen_by is not None:
-        kw["frozen_by"] = pb.FreezeRecord(**dataclasses.asdict(s.frozen_by))
-    return pb.ContainerState(**kw)
+    return _to_pb(s, pb.ContainerState)
 
 
 def state_from_pb(m: pb.ContainerState) -> rspec.ContainerState:
-    return rspec.ContainerState(
-        status=status_from_pb(m.status),
-        pid=m.pid,
-        shim_pid=m.shim_pid,
-        exit_code=_opt(m, "exit_code"),
-        oom_killed=m.oom_killed,
-        started_at=_opt(m, "started_at"),
-        finished_at=_opt(m, "finished_at"),
-        restored_from=_opt(m, "restored_from"),
-        checkpointed=_opt(m, "checkpointed"),
-        frozen_by=_freeze_record_from_pb(m.frozen_by) if m.HasField("frozen_by") else None,
-    )
-
-
-def _freeze_record_from_pb(m: pb.FreezeRecord) -> rspec.FreezeRecord:
-    return rspec.FreezeRecord(pid=m.pid, pid_start=m.pid_start, operation=m.operation, since=m.since,
-                              was_paused=m.was_paused, recover=m.recover, partial=tuple(m.partial))
+    return _from_pb(rspec.ContainerState, m)
 
 
 def container_to_pb(c: rspec.ContainerInfo) -> pb.ContainerInfo:
-    kw: dict[str, Any] = dict(
-        spec=spec_to_pb(c.spec), state=state_to_pb(c.state), bundle_dir=c.bundle_dir, cgroup=dict(c.cgroup)
-    )
-    _set_opt(kw, "memory_current_bytes", c.memory_current_bytes)
-    _set_opt(kw, "pids_current", c.pids_current)
-    return pb.ContainerInfo(**kw)
+    return _to_pb(c, pb.ContainerInfo)
 
 
 def container_from_pb(m: pb.ContainerInfo) -> rspec.ContainerInfo:
-    return rspec.ContainerInfo(
-        spec=spec_from_pb(m.spec),
-        state=state_from_pb(m.state),
-        bundle_dir=m.bundle_dir,
-        cgroup=dict(m.cgroup),
-        memory_current_bytes=_opt(m, "memory_current_bytes"),
-        pids_current=_opt(m, "pids_current"),
-    )
+    return _from_pb(rspec.ContainerInfo, m)
 
 
 # --- migrate.api ------------------------------------------------------------------------------
 
 
 def image_to_pb(i: api.ImageInfo) -> pb.ImageInfo:
-    return pb.ImageInfo(name=i.name, digest=i.digest, size_bytes=i.size_bytes, created_at=i.created_at)
+    return _to_pb(i, pb.ImageInfo)
 
 
 def image_from_pb(m: pb.ImageInfo) -> api.ImageInfo:
-    return api.ImageInfo(name=m.name, digest=m.digest, size_bytes=m.size_bytes, created_at=m.created_at)
+    return _from_pb(api.ImageInfo, m)
 
 
 def host_to_pb(h: api.HostInfo) -> pb.HostInfo:
-    kw: dict[str, Any] = dict(
-        version=h.version,
-        hostname=h.hostname,
-        kernel=h.kernel,
-        features=dict(h.features),
-        cgroup_mode=h.cgroup_mode,
-        cpu_digest=h.cpu_digest,
-        images=[image_to_pb(i) for i in h.images],
-    )
-    _set_opt(kw, "criu_version", h.criu_version)
-    return pb.HostInfo(**kw)
+    return _to_pb(h, pb.HostInfo)
 
 
 def host_from_pb(m: pb.HostInfo) -> api.HostInfo:
-    return api.HostInfo(
-        version=m.version,
-        hostname=m.hostname,
-        kernel=m.kernel,
-        criu_version=_opt(m, "criu_version"),
-        features=dict(m.features),
-        cgroup_mode=m.cgroup_mode,
-        cpu_digest=m.cpu_digest,
-        images=tuple(image_from_pb(i) for i in m.images),
-    )
+    return _from_pb(api.HostInfo, m)
 
 
 def progress_to_pb(e: api.ProgressEvent) -> pb.ProgressEvent:
-    return pb.ProgressEvent(
-        operation=e.operation,
-        phase=e.phase,
-        bytes_done=e.bytes_done,
-        bytes_total=e.bytes_total,
-        elapsed_s=e.elapsed_s,
-        message=e.message,
-    )
+    return _to_pb(e, pb.ProgressEvent)
 
 
 def progress_from_pb(m: pb.ProgressEvent) -> api.ProgressEvent:
-    return api.ProgressEvent(
-        operation=m.operation,
-        phase=m.phase,
-        bytes_done=m.bytes_done,
-        bytes_total=m.bytes_total,
-        elapsed_s=m.elapsed_s,
-        message=m.message,
-    )
+    return _from_pb(api.ProgressEvent, m)
 
 
 def migration_event_to_pb(e: api.ProgressEvent, throughput_bytes_per_s: float = 0.0) -> pb.MigrationEvent:
-    return pb.MigrationEvent(
-        phase=e.phase,
-        bytes_done=e.bytes_done,
-        bytes_total=e.bytes_total,
-        throughput_bytes_per_s=throughput_bytes_per_s,
-        elapsed_s=e.elapsed_s,
-        message=e.message,
-    )
+    """A MigrationEvent has no operation (it is always "migrate") but the phase's throughput."""
+    return _to_pb(e, pb.MigrationEvent, skip=("operation",), throughput_bytes_per_s=throughput_bytes_per_s)
 
 
 def migration_event_from_pb(m: pb.MigrationEvent) -> api.ProgressEvent:
-    return api.ProgressEvent(
-        operation="migrate",
-        phase=m.phase,
-        bytes_done=m.bytes_done,
-        bytes_total=m.bytes_total,
-        elapsed_s=m.elapsed_s,
-        message=m.message,
-    )
+    return _from_pb(api.ProgressEvent, m, operation="migrate")
 
 
 def run_options_to_pb(o: api.RunOptions) -> pb.RunContainerRequest:
-    kw: dict[str, Any] = dict(
-        image=o.image,
-        command=list(o.command),
-        env=list(o.env),
-        network=network_to_pb(o.network),
-        volumes=[volume_to_pb(v) for v in o.volumes],
-        seccomp=o.seccomp,
-    )
-    for name in ("name", "hostname", "workdir", "memory_bytes", "cpus", "pids_limit", "ip", "cgroup_parent", "seccomp_profile"):
-        _set_opt(kw, name, getattr(o, name))
-    return pb.RunContainerRequest(**kw)
+    return _to_pb(o, pb.RunContainerRequest)
 
 
 def run_options_from_pb(m: pb.RunContainerRequest) -> api.RunOptions:
-    return api.RunOptions(
-        image=m.image,
-        command=tuple(m.command),
-        name=_opt(m, "name"),
-        hostname=_opt(m, "hostname"),
-        env=tuple(m.env),
-        workdir=_opt(m, "workdir"),
-        memory_bytes=_opt(m, "memory_bytes"),
-        cpus=_opt(m, "cpus"),
-        pids_limit=_opt(m, "pids_limit"),
-        network=network_from_pb(m.network),
-        ip=_opt(m, "ip"),
-        volumes=tuple(volume_from_pb(v) for v in m.volumes),
-        cgroup_parent=_opt(m, "cgroup_parent"),
-        seccomp=m.seccomp or "default",
-        seccomp_profile=_opt(m, "seccomp_profile"),
-    )
+    return _from_pb(api.RunOptions, m, seccomp=m.seccomp or "default")  # as in spec_from_pb
+
+
+# read on the caller's side, never sent to a daemon: the archive is downloaded by the client
+# (DownloadCheckpoint) and signed there
+_CHECKPOINT_LOCAL = ("export_path", "sign_key")
 
 
 def checkpoint_request_to_pb(name: str, o: api.CheckpointOptions) -> pb.CheckpointRequest:
-    """``export_path`` is not sent: a client downloads the archive itself (DownloadCheckpoint)."""
-    return pb.CheckpointRequest(
-        name=name,
-        leave_running=o.leave_running,
-        compress=compress_to_pb(o.compress),
-        level=o.level,
-        tcp_established=o.tcp_established,
-        file_locks=o.file_locks,
-    )
+    return _to_pb(o, pb.CheckpointRequest, skip=_CHECKPOINT_LOCAL, name=name)
 
 
 def checkpoint_options_from_pb(m: pb.CheckpointRequest) -> api.CheckpointOptions:
-    return api.CheckpointOptions(
-        leave_running=m.leave_running,
-        compress=compress_from_pb(m.compress),
-        level=m.level if m.HasField("level") else api.CheckpointOptions.level,
-        tcp_established=m.tcp_established,
-        file_locks=m.file_locks,
-    )
-
-
-_CHECKPOINT_STATS = tuple(f for f in api.CheckpointStats.__dataclass_fields__)
-_RESTORE_STATS = tuple(f for f in api.RestoreStats.__dataclass_fields__)
+    return _from_pb(api.CheckpointOptions, m, skip=_CHECKPOINT_LOCAL)
 
 
 def checkpoint_stats_to_pb(s: api.CheckpointStats) -> pb.CheckpointStats:
-    return pb.CheckpointStats(**{name: getattr(s, name) for name in _CHECKPOINT_STATS})
+    return _to_pb(s, pb.CheckpointStats)
 
 
 def checkpoint_stats_from_pb(m: pb.CheckpointStats) -> api.CheckpointStats:
-    return api.CheckpointStats(**{name: getattr(m, name) for name in _CHECKPOINT_STATS})
+    return _from_pb(api.CheckpointStats, m)
 
 
 def checkpoint_result_to_pb(r: api.CheckpointResult) -> pb.CheckpointResult:
-    kw: dict[str, Any] = dict(
-        checkpoint_id=r.checkpoint_id, container_name=r.container_name, stats=checkpoint_stats_to_pb(r.stats),
-        signed_by=r.signed_by,
-    )
-    _set_opt(kw, "export_path", r.export_path)
-    return pb.CheckpointResult(**kw)
+    return _to_pb(r, pb.CheckpointResult)
 
 
 def checkpoint_result_from_pb(m: pb.CheckpointResult) -> api.CheckpointResult:
-    return api.CheckpointResult(
-        checkpoint_id=m.checkpoint_id,
-        container_name=m.container_name,
-        export_path=_opt(m, "export_path"),
-        stats=checkpoint_stats_from_pb(m.stats),
-        signed_by=m.signed_by,
-    )
+    return _from_pb(api.CheckpointResult, m)
 
 
 def checkpoint_info_to_pb(c: api.CheckpointInfo) -> pb.CheckpointInfo:
-    return pb.CheckpointInfo(
-        checkpoint_id=c.checkpoint_id,
-        container_name=c.container_name,
-        container_id=c.container_id,
-        image_digest=c.image_digest,
-        created_at=c.created_at,
-        size_bytes=c.size_bytes,
-        criu_version=c.criu_version,
-    )
+    return _to_pb(c, pb.CheckpointInfo)
 
 
 def checkpoint_info_from_pb(m: pb.CheckpointInfo) -> api.CheckpointInfo:
-    return api.CheckpointInfo(
-        checkpoint_id=m.checkpoint_id,
-        container_name=m.container_name,
-        container_id=m.container_id,
-        image_digest=m.image_digest,
-        created_at=m.created_at,
-        size_bytes=m.size_bytes,
-        criu_version=m.criu_version,
-    )
+    return _from_pb(api.CheckpointInfo, m)
+
+
+# not sent: the archive is uploaded first (UploadCheckpoint) and its signature checked on the caller's
+# side; RestoreRequest has no seccomp choice (restore_request_to_pb refuses one)
+_RESTORE_LOCAL = ("import_path", "trusted_keys", "seccomp", "seccomp_profile")
 
 
 def restore_request_to_pb(o: api.RestoreOptions) -> pb.RestoreRequest:
-    """``import_path`` is not sent: a client uploads the archive first (UploadCheckpoint)."""
     if o.seccomp is not None:
         from runtime.errors import Unsupported
 
         # RestoreRequest has no seccomp field: never let the daemon restore without the caller's choice
         raise Unsupported("restore --security-opt over the API", "the daemon cannot be told a seccomp choice for a restore",
                           hint="restore on that host without --host")
-    kw: dict[str, Any] = dict(checkpoint_id=o.checkpoint_id or "", tcp_established=o.tcp_established,
-                              volumes=[volume_to_pb(v) for v in o.volumes], timeout_s=o.timeout_s)
-    _set_opt(kw, "name", o.name)
-    _set_opt(kw, "ip", o.ip)
-    return pb.RestoreRequest(**kw)
+    return _to_pb(o, pb.RestoreRequest, skip=_RESTORE_LOCAL, checkpoint_id=o.checkpoint_id or "")
 
 
 def restore_options_from_pb(m: pb.RestoreRequest) -> api.RestoreOptions:
-    timeout_s = _opt(m, "timeout_s")
-    return api.RestoreOptions(
-        checkpoint_id=m.checkpoint_id or None,
-        name=_opt(m, "name"),
-        ip=_opt(m, "ip"),
-        tcp_established=m.tcp_established,
-        volumes=tuple(volume_from_pb(v) for v in m.volumes),
-        timeout_s=api.DEFAULT_RESTORE_TIMEOUT_S if timeout_s is None or not timeout_s > 0 else float(timeout_s),
-    )
+    # an absent, zero, negative or NaN timeout is the default
+    timeout_s = float(m.timeout_s) if m.timeout_s > 0 else api.DEFAULT_RESTORE_TIMEOUT_S
+    return _from_pb(api.RestoreOptions, m, skip=_RESTORE_LOCAL, checkpoint_id=m.checkpoint_id or None, timeout_s=timeout_s)
 
 
 def restore_stats_to_pb(s: api.RestoreStats) -> pb.RestoreStats:
-    return pb.RestoreStats(**{name: getattr(s, name) for name in _RESTORE_STATS})
+    return _to_pb(s, pb.RestoreStats)
 
 
 def restore_stats_from_pb(m: pb.RestoreStats) -> api.RestoreStats:
-    return api.RestoreStats(**{name: getattr(m, name) for name in _RESTORE_STATS})
+    return _from_pb(api.RestoreStats, m)
 
 
 def restore_result_to_pb(r: api.RestoreResult) -> pb.RestoreResult:
-    return pb.RestoreResult(container=container_to_pb(r.container), stats=restore_stats_to_pb(r.stats), signed_by=r.signed_by)
+    return _to_pb(r, pb.RestoreResult)
 
 
 def restore_result_from_pb(m: pb.RestoreResult) -> api.RestoreResult:
-    return api.RestoreResult(container=container_from_pb(m.container), stats=restore_stats_from_pb(m.stats),
-                             signed_by=m.signed_by)
+    return _from_pb(api.RestoreResult, m)
 
 
 def migrate_request_to_pb(name: str, o: api.MigrateOptions) -> pb.MigrateRequest:
-    return pb.MigrateRequest(
-        name=name,
-        dest=o.dest,
-        keep_source=o.keep_source,
-        mode=mode_to_pb(o.mode),
-        tcp_established=o.tcp_established,
-        file_locks=o.file_locks,
-    )
+    return _to_pb(o, pb.MigrateRequest, name=name)
 
 
 def migrate_options_from_pb(m: pb.MigrateRequest) -> api.MigrateOptions:
-    return api.MigrateOptions(
-        dest=m.dest, keep_source=m.keep_source, mode=mode_from_pb(m.mode), tcp_established=m.tcp_established,
-        file_locks=m.file_locks,
-    )
+    return _from_pb(api.MigrateOptions, m)
 
 
 def migration_stats_to_pb(s: api.MigrationStats) -> pb.MigrationStats:
-    return pb.MigrationStats(
-        frozen_ms=s.frozen_ms,
-        total_ms=s.total_ms,
-        bytes_on_wire=s.bytes_on_wire,
-        raw_bytes=s.raw_bytes,
-        phases_ms=dict(s.phases_ms),
-        upper_entries_frozen=s.upper_entries_frozen,
-    )
+    return _to_pb(s, pb.MigrationStats)
 
 
 def migration_stats_from_pb(m: pb.MigrationStats) -> api.MigrationStats:
-    return api.MigrationStats(
-        frozen_ms=m.frozen_ms,
-        total_ms=m.total_ms,
-        bytes_on_wire=m.bytes_on_wire,
-        raw_bytes=m.raw_bytes,
-        phases_ms=dict(m.phases_ms),
-        upper_entries_frozen=m.upper_entries_frozen,
-    )
+    return _from_pb(api.MigrationStats, m)
 
 
 def migrate_result_to_pb(r: api.MigrateResult) -> pb.MigrateResult:
-    return pb.MigrateResult(
-        container_name=r.container_name, dest=r.dest, mode=mode_to_pb(r.mode), stats=migration_stats_to_pb(r.stats)
-    )
+    return _to_pb(r, pb.MigrateResult)
 
 
 def migrate_result_from_pb(m: pb.MigrateResult) -> api.MigrateResult:
-    return api.MigrateResult(
-        container_name=m.container_name, dest=m.dest, mode=mode_from_pb(m.mode), stats=migration_stats_from_pb(m.stats)
-    )
+    return _from_pb(api.MigrateResult, m)
 
 
 def incoming_request_to_pb(r: api.IncomingRequest) -> pb.PrepareIncomingRequest:
-    kw: dict[str, Any] = dict(
-        container_name=r.container_name,
-        spec_json=json.dumps(r.spec, sort_keys=True),
-        image_digest=r.image_digest,
-        cpu_digest=r.cpu_digest,
-        mode=mode_to_pb(r.mode),
-    )
-    _set_opt(kw, "criu_version", r.criu_version)
-    _set_opt(kw, "ip", r.ip)
-    _set_opt(kw, "page_server_address", r.page_server_address)
-    _set_opt(kw, "source_daemon", r.source_daemon)
-    return pb.PrepareIncomingRequest(**kw)
+    """The spec travels as JSON; ``source_address`` is filled in by the target's service, never sent."""
+    return _to_pb(r, pb.PrepareIncomingRequest, skip=("spec", "source_address"), spec_json=json.dumps(r.spec, sort_keys=True))
 
 
 def incoming_request_from_pb(m: pb.PrepareIncomingRequest) -> api.IncomingRequest:
@@ -510,17 +401,7 @@ def incoming_request_from_pb(m: pb.PrepareIncomingRequest) -> api.IncomingReques
         raise InvalidArgument(f"invalid container spec json for {m.container_name}: {exc}") from exc
     if not isinstance(spec, dict):
         raise InvalidArgument(f"invalid container spec json for {m.container_name}: expected an object")
-    return api.IncomingRequest(
-        container_name=m.container_name,
-        spec=spec,
-        image_digest=m.image_digest,
-        criu_version=_opt(m, "criu_version"),
-        cpu_digest=m.cpu_digest,
-        ip=_opt(m, "ip"),
-        mode=mode_from_pb(m.mode),
-        page_server_address=_opt(m, "page_server_address"),
-        source_daemon=_opt(m, "source_daemon"),
-    )
+    return _from_pb(api.IncomingRequest, m, skip=("source_address",), spec=spec)
 
 
 _OUTCOMES = {
@@ -543,10 +424,8 @@ def settlement_from_pb(migration_id: str, m: pb.SettleMigrationResponse) -> api.
 
 
 def ticket_to_pb(t: api.IncomingTicket) -> pb.PrepareIncomingResponse:
-    return pb.PrepareIncomingResponse(migration_id=t.migration_id, need_image=t.need_image, page_server_port=t.page_server_port,
-                                      stage_upper=t.stage_upper)
+    return _to_pb(t, pb.PrepareIncomingResponse)
 
 
 def ticket_from_pb(m: pb.PrepareIncomingResponse) -> api.IncomingTicket:
-    return api.IncomingTicket(migration_id=m.migration_id, need_image=m.need_image, page_server_port=m.page_server_port,
-                              stage_upper=m.stage_upper)
+    return _from_pb(api.IncomingTicket, m)
