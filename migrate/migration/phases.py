@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from migrate.api import IncomingRequest, MigrateResult, MigrationStats, ProgressEvent, ProgressFn
-from migrate.errors import IncompatibleHost, MigrationError, TransferError
+from migrate.api import IncomingRequest, MigrateResult, MigrationMode, MigrationStats, ProgressEvent, ProgressFn
+from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
 from migrate.restore import version_tuple
 from migrate.archive.streams import ChunkSink
 from runtime.errors import ContainerError
+from runtime.network import set_link_up
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,8 @@ def check_target(criu: Any, target: Any, dest: str) -> tuple[Any, str]:
     return info, here
 
 
-def incoming_request(rt: Any, spec: Any, criu_version: str, mode: str, page_server_address: str | None = None) -> IncomingRequest:
+def incoming_request(rt: Any, spec: Any, criu_version: str, mode: MigrationMode,
+                     page_server_address: str | None = None) -> IncomingRequest:
     """What the target is asked to prepare for (PrepareIncoming)."""
     return IncomingRequest(
         container_name=spec.name,
@@ -304,3 +306,31 @@ def push_image(rt: Any, target: Any, migration_id: str, image_digest: str) -> in
     if pusher.error is not None:
         raise pusher.error
     return sink.bytes_written
+
+
+def lose(rt: Any, target: Any, container: Any, migration_id: str, name: str, dest: str, veth: str | None, why: str) -> None:
+    """After the point of no return: remove the target's incomplete copy and raise ContainerLost."""
+    log.error("container=%s migration=%s: lost after resuming on %s: %s", name, migration_id, dest, why)
+    try:
+        target.abort_incoming(migration_id)
+        target_state = "its copy there (missing memory) was removed"
+        removed = True
+    except Exception as exc:  # the target may be gone entirely
+        target_state = f"its copy there could not be removed ({exc})"
+        removed = False
+    if removed and veth is not None:
+        try:
+            set_link_up(veth, up=True)  # only one copy is left: the frozen one here may rejoin the network
+        except OSError as exc:
+            log.warning("container=%s: cannot set %s up again: %s", name, veth, exc)
+    try:  # it is frozen: say so, so that 'unpause' can resume it
+        rt.store.update_state(container.container_id, lambda s: dataclasses.replace(s, status="paused"))
+    except Exception as exc:  # reporting the loss matters more
+        log.warning("container=%s: cannot record the frozen source copy as paused: %s", name, exc)
+    raise ContainerLost(
+        f"container {name} is lost: {why} after it had resumed on {dest}; {target_state}",
+        phase="lazy",
+        source_copy="frozen",
+        hint=(f"this host keeps the frozen copy from the moment of the freeze: 'pymigrate unpause {name}' resumes it "
+              f"(what ran on {dest} since then is gone), 'pymigrate rm -f {name}' drops it"),
+    )

@@ -77,19 +77,19 @@ from migrate.api import (
     IncomingRequest,
     MigrateOptions,
     MigrateResult,
-    MigrationStats,
+    MigrationMode,
     ProgressFn,
     RestoreOptions,
     RestoreResult,
     RestoreStats,
 )
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
-from runtime.criu import Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, cpuinfo_dump, first_error
-from runtime.errors import ContainerError, InvalidState
+from runtime.criu import Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, first_error
+from runtime.errors import ContainerError
 from runtime.fstree import remove_tree_quietly
-from runtime.network import set_link_up
 
-from migrate.migration.phases import poke_page_server
+from migrate.migration.phases import lose, poke_page_server
+from migrate.migration.sequence import Move, manifest, run
 
 log = logging.getLogger(__name__)
 
@@ -206,137 +206,73 @@ class _LazyDump(threading.Thread):
 # --- the source side --------------------------------------------------------------------------
 
 
-def migrate_postcopy(
-    rt: Any,
-    name: str,
-    options: MigrateOptions,
-    target: Any,
-    *,
-    criu: Criu | None = None,
-    progress: ProgressFn | None = None,
-) -> MigrateResult:
-    """Move container ``name`` of ``rt`` (a CheckpointHost) to ``target`` with lazy pages (module doc).
+class PostcopyMode:
+    """The post-copy mode for sequence.run: the dump leaves the memory behind, the target resumes at
+    once, and the pages follow from CRIU's page server here (module doc)."""
 
-    Raises:
-        ContainerLost: the page transfer failed after the container resumed on the target.
-        MigrationError and runtime errors: anything before that; the source runs on, thawed.
-    """
-    from migrate.checkpoint import dump_externals
-    from migrate.archive import ArchiveWriter
-    from migrate import failpoints
-    from migrate.migration.phases import (
-        ArchivePusher,
-        PhaseClock,
-        check_target,
-        incoming_request,
-        phase_error,
-        push_image,
-        upper_for_migration,
-    )
-    from migrate.migration.recovery import end_record, settle_unsure
-    from migrate.migration.recovery import OutgoingMigrations
-    from runtime.port_guard import drop_guard
-    from migrate.archive.store import IMAGES_DIR, build_manifest, new_checkpoint_id
-    from migrate.archive.streams import ChunkSink
+    name: MigrationMode = "postcopy"
+    abort_target_first = True  # it stops the target's lazy-pages daemon, which may be our dump's peer
+    retry_commit = False
 
-    criu = criu or SwrkCriu()
-    clock = PhaseClock(progress)
-    started, phases, enter, emit = clock.started, clock.phases, clock.enter, clock.emit
-    bytes_on_wire = 0
+    def __init__(self, dest: str) -> None:
+        self._dest = dest
+        self.address = ""
+        self.port = 0
+        self._guard: Any = None  # without TLS, only the target may reach CRIU's page server (runtime.port_guard)
+        self._dump: _LazyDump | None = None
+        self._lazy_pages = 0
+        self._last_page_ms = 0.0
 
-    container = rt.get(name)
-    if container.status != "running":
-        raise InvalidState(container.spec.name, "migrate", container.status, "running")
-    dt = rt.dump_target(container)
-    spec = dt.spec
-    emit("checking the target")
-    info, here = check_target(criu, target, options.dest)
-    if not info.features.get("lazy_pages"):
-        raise IncompatibleHost(f"the target {options.dest} cannot restore with lazy pages", phase="preflight")
-    address = page_server_address(options.dest)
-    port = free_port()
-    guard = None  # without TLS, only the target may reach CRIU's page server (runtime.port_guard)
-    ticket = target.prepare_incoming(incoming_request(rt, spec, here, "postcopy"))
-    migration_id = ticket.migration_id
-    log.info("container=%s migration=%s phase=preflight dest=%s mode=postcopy page_server=%s:%d",
-             spec.name, migration_id, options.dest, address, port)
-    frozen = False
-    frozen_at = 0.0
-    cut: Any = None  # the source's network, cut for the dump (CheckpointHost.isolate)
-    dump: _LazyDump | None = None
-    restored: RestoreResult | None = None
-    upper: Any = None  # migrate.migration.phases.UpperForDump once the layer is staged
-    final_sent = False  # the archive's last byte may have left (migrate.migration.cold's module doc)
-    staging = rt.paths.tmp / f"migrate-{migration_id}"
-    outgoing = OutgoingMigrations(rt.paths)  # what a restart does if this daemon dies mid-way
+    def preflight(self, move: Move) -> None:
+        if not move.target_info.features.get("lazy_pages"):
+            raise IncompatibleHost(f"the target {self._dest} cannot restore with lazy pages", phase="preflight")
+        self.address = page_server_address(self._dest)
+        self.port = free_port()
 
-    try:
-        outgoing.begin(migration_id, container_id=spec.container_id, name=spec.name, dest=options.dest,
-                       keep_source=options.keep_source, mode="postcopy", page_server_port=port)
-        failpoints.hit("source.prepared")
-        if getattr(criu, "page_server_tls", None) is None:
+    def page_server_address(self) -> str | None:
+        return None
+
+    def record(self) -> dict[str, Any]:
+        return {"mode": "postcopy", "page_server_port": self.port}
+
+    def prepared(self, move: Move) -> None:
+        log.info("container=%s migration=%s page server for lazy pages: %s:%d", move.spec.name, move.migration_id,
+                 self.address, self.port)
+        if getattr(move.criu, "page_server_tls", None) is None:
             from runtime.port_guard import guard_or_warn
 
-            guard = guard_or_warn(port, [peer_address(options.dest)], label=f"migration={migration_id} lazy pages")
-        if ticket.need_image:
-            enter("image", f"sending image {spec.image}")
-            bytes_on_wire += push_image(rt, target, migration_id, spec.image_digest)
-        upper, sent = upper_for_migration(target, ticket, migration_id, dt.upper_dir, enter,
-                                          upper_image=dt.upper_image, tmp_dir=rt.paths.tmp)
-        bytes_on_wire += sent
-        staging.mkdir(parents=True, mode=0o700)
-        images_dir = staging / "images"
-        images_dir.mkdir()
-        cpuinfo_dump(images_dir)
-        criu.warm()
-        manifest = build_manifest(
-            spec,
-            new_checkpoint_id(),
-            criu_version=here,
-            options={
-                "tcp_established": options.tcp_established,
-                "file_locks": options.file_locks,
-                "migration_id": migration_id,
-                "lazy_pages": True,
-                "page_server": {"address": address, "port": port},
-            },
-        )
-        request = DumpRequest(
-            pid=dt.init_pid,
-            images_dir=images_dir,
-            leave_running=True,  # CRIU must never kill the source by itself (module doc)
-            tcp_established=options.tcp_established,
-            tcp_skip_in_flight=options.tcp_established,
-            file_locks=options.file_locks,
-            external=dump_externals(dt),
-            freeze_cgroup=dt.freeze_cgroup,
-            network_lock=rt.network_lock(),
-            lazy_pages=True,
-            page_server=PageServer(address=address, port=port),
-        )
-        sink = ChunkSink()
-        pusher = ArchivePusher(target.receive_checkpoint, migration_id, sink)
-        outgoing.outcome_unknown(migration_id)  # a crash from here on asks the target first
-        enter("freeze")
-        rt.freeze(container)
-        frozen = True
-        frozen_at = time.monotonic()
-        cut = rt.isolate(spec)  # our network lock, which also keeps the frozen copy quiet (module doc)
-        dump = _LazyDump(criu, dataclasses.replace(request, network_lock=cut.criu_lock))
-        enter("dump", "dumping all but memory")
-        pusher.start()
+            self._guard = guard_or_warn(self.port, [peer_address(self._dest)], label=f"migration={move.migration_id} lazy pages")
+
+    def before_freeze(self, move: Move) -> None:
+        pass
+
+    def manifest_options(self, move: Move) -> dict[str, Any]:
+        return {"lazy_pages": True, "page_server": {"address": self.address, "port": self.port}}
+
+    def dump_request(self, move: Move, request: DumpRequest) -> DumpRequest:
+        return dataclasses.replace(request, lazy_pages=True, page_server=PageServer(address=self.address, port=self.port))
+
+    def dump(self, move: Move, request: DumpRequest, pusher: Any) -> None:
+        from migrate import failpoints
+        from migrate.archive import ArchiveWriter
+        from migrate.archive.store import IMAGES_DIR
+
+        sink = move.sink
+        assert sink is not None and move.upper is not None
+        dump = self._dump = _LazyDump(move.criu, request)
+        move.clock.emit("dumping all but memory")
         try:
             writer = ArchiveWriter(sink, compress="zstd", level=1)
-            writer.write_manifest(manifest)
+            writer.write_manifest(manifest(move, self))
             dump.start()
-            upper(writer)
+            move.upper(writer)
             sink.flush()  # the target starts unpacking while CRIU dumps (the sink sends full chunks only)
             dump.images_ready.wait()
             if dump.error is not None:
                 raise dump.error
             if not dump.is_alive() and dump.stats is not None:
                 raise MigrationError("criu's lazy dump ended before serving any page", phase="dump")
-            for p in sorted(images_dir.iterdir()):
+            for p in sorted(move.images_dir.iterdir()):
                 if p.is_file():
                     writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
             sink.flush()  # ... and the images while CRIU starts its page server
@@ -345,154 +281,84 @@ def migrate_postcopy(
                 dump.join(timeout=1)
                 if dump.error is not None:
                     raise dump.error
-                raise TransferError(f"criu's page server did not listen on port {port} within {LISTEN_TIMEOUT_S:g}s", phase="dump")
+                raise TransferError(f"criu's page server did not listen on port {self.port} within {LISTEN_TIMEOUT_S:g}s",
+                                    phase="dump")
             failpoints.hit("source.dump")
-            final_sent = True
-            writer.close(trailer={"lazy_pages": True, **upper.trailer})
+            move.final_sent = True
+            writer.close(trailer={"lazy_pages": True, **move.upper.trailer})
             sink.close()
         except BaseException as exc:
             sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
             pusher.join(timeout=30)
             raise
-        enter("restore", "target restoring with lazy pages")
-        pusher.join()
-        if pusher.error is not None:
-            raise pusher.error
-        restored = pusher.result
-        bytes_on_wire += sink.bytes_written
-    except BaseException as exc:
-        failed_phase = clock.phase
-        if upper is not None:
-            upper.discard()  # a staged image's packed copy in ROOT/tmp
-        if final_sent:
-            drop_guard(guard)  # an "aborted" settlement ends the lazy dump by connecting from here
-            guard = None
-            settle_unsure(rt, outgoing, target, migration_id, container, options.dest, exc, failed_phase, cut)
-            # else it raised: the container runs on the target, every page moved, the copy here is gone
-            if dump is not None:
-                dump.join(ROLLBACK_DUMP_TIMEOUT_S)
-            remove_tree_quietly(staging)
-            log.info("container=%s migration=%s done after settling: it runs on %s", spec.name, migration_id, options.dest)
-            from migrate.migration.phases import settled_result
 
-            return settled_result(spec.name, options.dest, "postcopy", started, frozen_at, time.monotonic(), bytes_on_wire, phases,
-                           upper.changed)
-        try:
-            target.abort_incoming(migration_id)  # first: it stops the target's lazy-pages daemon
-        except Exception as abort_exc:  # the target may be gone; it cleans up on restart
-            log.warning("container=%s migration=%s: abort on target failed: %s", spec.name, migration_id, abort_exc)
+    def end_dump(self, move: Move) -> None:
+        pass  # the staging dir holds the dump's log until the last page left
+
+    def abandon(self, move: Move) -> None:
+        dump = self._dump
         if dump is not None and dump.is_alive():
-            drop_guard(guard)  # the poke comes from this host, which the guard keeps out too
-            guard = None
-            poke_page_server(port)
+            self._drop_guard()  # the poke comes from this host, which the guard keeps out too
+            poke_page_server(self.port)
             dump.join(ROLLBACK_DUMP_TIMEOUT_S)
             if dump.is_alive():
-                log.error("container=%s migration=%s: criu dump did not end within %gs", spec.name, migration_id, ROLLBACK_DUMP_TIMEOUT_S)
-        try:
-            rt.rejoin(cut)
-        except OSError:
-            log.exception("container=%s migration=%s: cannot set its network up again", spec.name, migration_id)
-        if frozen:
-            try:
-                rt.thaw(container)
-            except Exception:  # rollback path: keep the original error
-                log.exception("container=%s migration=%s: thaw after failure failed", spec.name, migration_id)
-        remove_tree_quietly(staging)
-        end_record(outgoing, migration_id)
-        drop_guard(guard)
-        raise phase_error(exc, spec.name, options.dest, failed_phase) from exc
+                log.error("container=%s migration=%s: criu dump did not end within %gs", move.spec.name, move.migration_id,
+                          ROLLBACK_DUMP_TIMEOUT_S)
 
-    # ---- point of no return: the container runs on the target ----
-    answered_at = time.monotonic()
-    # the pause ended when the target resumed the container, a little before its answer arrived
-    since_resume_ms = restored.stats.since_resume_ms if restored is not None else 0.0
-    resumed_at = answered_at - since_resume_ms / 1000
-    frozen_ms = (resumed_at - frozen_at) * 1000
-    phases["handover"] = round((answered_at - frozen_at) * 1000, 3)  # freeze -> the source heard of the resume
-    try:
-        outgoing.past_point_of_no_return(migration_id)
-    except OSError as exc:  # a restart would roll back a migration that happened: say so loudly
-        log.error("container=%s migration=%s: cannot record the point of no return: %s", spec.name, migration_id, exc)
-    log.info("container=%s migration=%s resumed on %s frozen_ms=%.1f: pages follow", spec.name, migration_id, options.dest, frozen_ms)
-    enter("lazy", "memory pages moving to the target")
-    assert dump is not None
-    dump.join()
-    last_page_ms = (dump.finished_at - resumed_at) * 1000
-    drop_guard(guard)  # CRIU's page server is closed
-    lazy_pages = lazy_page_count(staging / "images")
-    if dump.error is not None:
-        kept = _keep_log(rt, staging / "images" / "dump.log")
-        remove_tree_quietly(staging)
-        first = str(getattr(dump.error, "message", dump.error)).splitlines()[0]
-        end_record(outgoing, migration_id)
-        _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth,
-              f"the page transfer failed ({first}{f'; log: {kept}' if kept else ''})")
-    remove_tree_quietly(staging)
-    enter("commit")
-    failpoints.hit("source.commit")
-    try:
-        target.commit_incoming(migration_id)
-    except ContainerLost as exc:
-        end_record(outgoing, migration_id)
-        _lose(rt, target, container, migration_id, spec.name, options.dest, cut.veth, exc.message)
-    except Exception as exc:
-        log.warning("container=%s migration=%s: commit on target failed (container runs there): %s", spec.name, migration_id, exc)
-    try:
-        rt.finish_migration(container, keep=options.keep_source)
-    except Exception:
-        log.exception("container=%s migration=%s: removing the source copy failed", spec.name, migration_id)
-    end_record(outgoing, migration_id)
-    enter("done")
-    total_ms = (time.monotonic() - started) * 1000
-    lazy_bytes = lazy_pages * PAGE_SIZE
-    raw_bytes = (restored.stats.images_bytes if restored is not None else 0) + lazy_bytes
-    phases["last_page"] = round(last_page_ms, 3)
-    if restored is not None:  # the target's share of the pause
-        phases["target_import"] = restored.stats.import_ms
-        phases["target_restore"] = restored.stats.restore_ms
-    log.info("container=%s migration=%s done mode=postcopy frozen_ms=%.1f last_page_ms=%.1f total_ms=%.1f bytes=%d lazy_pages=%d",
-             spec.name, migration_id, frozen_ms, last_page_ms, total_ms, bytes_on_wire + lazy_bytes, lazy_pages)
-    return MigrateResult(
-        container_name=spec.name,
-        dest=options.dest,
-        mode="postcopy",
-        stats=MigrationStats(
-            frozen_ms=round(frozen_ms, 3),
-            total_ms=round(total_ms, 3),
-            bytes_on_wire=bytes_on_wire + lazy_bytes,
-            raw_bytes=raw_bytes,
-            phases_ms=phases,
-            upper_entries_frozen=upper.changed,
-        ),
-    )
+    def unsure(self, move: Move) -> None:
+        self._drop_guard()  # an "aborted" settlement ends the lazy dump by connecting from here
+
+    def settled(self, move: Move) -> None:
+        if self._dump is not None:  # every page moved: the dump returns
+            self._dump.join(ROLLBACK_DUMP_TIMEOUT_S)
+
+    def resumed(self, move: Move, resumed_at: float) -> None:
+        from migrate.migration.recovery import end_record
+
+        log.info("container=%s migration=%s resumed on %s: pages follow", move.spec.name, move.migration_id, self._dest)
+        move.enter("lazy", "memory pages moving to the target")
+        dump = self._dump
+        assert dump is not None and move.outgoing is not None
+        dump.join()
+        self._last_page_ms = (dump.finished_at - resumed_at) * 1000
+        self._drop_guard()  # CRIU's page server is closed
+        self._lazy_pages = lazy_page_count(move.images_dir)
+        if dump.error is not None:
+            kept = _keep_log(move.rt, move.images_dir / "dump.log")
+            first = str(getattr(dump.error, "message", dump.error)).splitlines()[0]
+            end_record(move.outgoing, move.migration_id)
+            lose(move.rt, move.target, move.container, move.migration_id, move.spec.name, self._dest, move.cut.veth,
+                 f"the page transfer failed ({first}{f'; log: {kept}' if kept else ''})")
+
+    def finished(self, move: Move) -> None:
+        self._drop_guard()
+
+    def _drop_guard(self) -> None:
+        from runtime.port_guard import drop_guard
+
+        drop_guard(self._guard)
+        self._guard = None
+
+    def stats(self, move: Move) -> tuple[int, int, dict[str, float]]:
+        lazy_bytes = self._lazy_pages * PAGE_SIZE
+        phases = {"last_page": round(self._last_page_ms, 3)}
+        if move.restored is not None:  # the target's share of the pause
+            phases["target_import"] = move.restored.stats.import_ms
+            phases["target_restore"] = move.restored.stats.restore_ms
+        log.info("container=%s migration=%s last_page_ms=%.1f lazy_pages=%d", move.spec.name, move.migration_id,
+                 self._last_page_ms, self._lazy_pages)
+        return lazy_bytes, lazy_bytes, phases
 
 
-def _lose(rt: Any, target: Any, container: Any, migration_id: str, name: str, dest: str, veth: str | None, why: str) -> None:
-    """After the point of no return: remove the target's incomplete copy and raise ContainerLost."""
-    log.error("container=%s migration=%s: lost after resuming on %s: %s", name, migration_id, dest, why)
-    try:
-        target.abort_incoming(migration_id)
-        target_state = "its copy there (missing memory) was removed"
-        removed = True
-    except Exception as exc:  # the target may be gone entirely
-        target_state = f"its copy there could not be removed ({exc})"
-        removed = False
-    if removed and veth is not None:
-        try:
-            set_link_up(veth, up=True)  # only one copy is left: the frozen one here may rejoin the network
-        except OSError as exc:
-            log.warning("container=%s: cannot set %s up again: %s", name, veth, exc)
-    try:  # it is frozen: say so, so that 'unpause' can resume it
-        rt.store.update_state(container.container_id, lambda s: dataclasses.replace(s, status="paused"))
-    except Exception as exc:  # reporting the loss matters more
-        log.warning("container=%s: cannot record the frozen source copy as paused: %s", name, exc)
-    raise ContainerLost(
-        f"container {name} is lost: {why} after it had resumed on {dest}; {target_state}",
-        phase="lazy",
-        source_copy="frozen",
-        hint=(f"this host keeps the frozen copy from the moment of the freeze: 'pymigrate unpause {name}' resumes it "
-              f"(what ran on {dest} since then is gone), 'pymigrate rm -f {name}' drops it"),
-    )
+def migrate_postcopy(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: Criu | None = None,
+                     progress: ProgressFn | None = None) -> MigrateResult:
+    """Move container ``name`` of ``rt`` (a CheckpointHost) to ``target`` with lazy pages (module doc).
+
+    Raises:
+        ContainerLost: the page transfer failed after the container resumed on the target.
+        MigrationError and runtime errors: anything before that; the source runs on, thawed.
+    """
+    return run(rt, name, options, target, PostcopyMode(options.dest), criu=criu or SwrkCriu(), progress=progress)
 
 
 # --- the target side --------------------------------------------------------------------------

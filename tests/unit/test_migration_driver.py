@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate.migration import cold
+from migrate.migration import sequence
 from migrate.migration import driver as migration
 from migrate.api import MigrateOptions
 from migrate.errors import IncompatibleHost, MigrationError, PeerError, TransferError
@@ -169,7 +169,7 @@ class Target(FakeEngine):
 
 @pytest.fixture(autouse=True)
 def no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cold, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
+    monkeypatch.setattr(sequence, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
 
 
 @pytest.fixture

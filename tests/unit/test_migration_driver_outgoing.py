@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate.migration import cold
+from migrate.migration import sequence
 from migrate.migration import recovery as outgoing
 from migrate.errors import PeerError, TransferError
 from migrate.api import Settlement
@@ -24,7 +24,7 @@ from tests.unit.test_migration_driver import FakeDumpCriu, FakeHost, Target, mig
 
 @pytest.fixture(autouse=True)
 def no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cold, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
+    monkeypatch.setattr(sequence, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
 
 
 class RecordingTarget(Target):

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate.migration import driver, postcopy
+from migrate.migration import driver, postcopy, sequence
 from migrate.api import HostInfo, IncomingTicket, MigrateOptions, RestoreResult, RestoreStats
 from migrate.errors import ContainerLost, IncompatibleHost, TransferError
 from runtime.checkpointing import DumpTarget, NetworkCut
@@ -237,7 +237,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeHost, Pa
     monkeypatch.setattr(postcopy, "peer_address", lambda dest: "10.0.0.9")
     monkeypatch.setattr("runtime.port_guard.guard_or_warn", lambda port, allowed, label: FakeGuard(port, allowed))
     monkeypatch.setattr(postcopy, "poke_page_server", lambda port, address="127.0.0.1": None)
-    monkeypatch.setattr(postcopy, "cpuinfo_dump", lambda images_dir: None)
+    monkeypatch.setattr(sequence, "cpuinfo_dump", lambda images_dir: None)
     monkeypatch.setattr(postcopy, "_keep_log", lambda host, path: None)
     return FakeHost(tmp_path, upper), tmp_path
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from migrate.migration import cold
+from migrate.migration import sequence
 from migrate.migration import precopy
 from migrate.api import ImageInfo, IncomingRequest, MigrateOptions
 from migrate.errors import IncompatibleHost, MigrationError, TransferError
@@ -161,7 +161,7 @@ class PrecopyTarget(FakeEngine):
 
 @pytest.fixture(autouse=True)
 def no_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cold, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
+    monkeypatch.setattr(sequence, "cpuinfo_dump", lambda images_dir: (images_dir / "cpuinfo.img").write_bytes(b"cpu"))
 
 
 @pytest.fixture
