@@ -16,32 +16,15 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import grpc
 import pytest
 
 from migrate.archive.signing import ArchiveSigner, sign_file
 from tests.fakes import hostile_archives as ha
+from tests.integration.cli_helpers import LOOP, ok, refused, start_daemon, stop_daemon, unique
 from tests.integration.conftest import PYMIGRATE, REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "criu", "pycriu", "busybox")]
 
-LOOP = "i=0; while true; do i=$((i+1)); echo $i > /tmp/cnt; sleep 0.05; done"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr.decode(errors='replace')}"
-    return r.stdout.decode()
-
-
-def refused(r: subprocess.CompletedProcess, error_type: str) -> dict[str, Any]:
-    assert r.returncode != 0, f"accepted: {r.stdout.decode()}"
-    answer = json.loads(r.stdout)
-    assert answer["type"] == error_type, answer
-    return answer
 
 
 def leftovers(root: Path) -> list[str]:
@@ -149,26 +132,11 @@ def test_checkpoint_sign_appends_a_signature_once(pm: Callable[..., Any], tmp_pa
 @pytest.fixture
 def signed_daemon(pm_root: Path, keys: dict[str, Path]) -> Iterator[str]:
     """A daemon on the test root that takes only uploads signed by the release key."""
-    from migrate.remote.server import wait_for_serving
-
-    sock = Path(f"/tmp/pm-sign-{secrets.token_hex(3)}.sock")
-    proc = subprocess.Popen([*PYMIGRATE, "--root", str(pm_root), "daemon", "--listen", f"unix:{sock}", "--grace", "5",
-                             "--trusted-key", f"{keys['release']}.pub"], stderr=subprocess.DEVNULL, cwd=REPO)
-    channel = grpc.insecure_channel(f"unix:{sock}")
-    try:
-        wait_for_serving(channel, timeout_s=180.0)
-    finally:
-        channel.close()
+    proc, sock = start_daemon(pm_root, ["--trusted-key", f"{keys['release']}.pub"])
     try:
         yield f"unix:{sock}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        sock.unlink(missing_ok=True)
+        stop_daemon(proc, sock)
 
 
 def test_a_daemon_with_trusted_keys_takes_only_signed_uploads(pm: Callable[..., Any], pm_root: Path, tmp_path: Path,

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import grpc
 import pytest
 
+from tests.integration.cli_helpers import LOOP, ok, start_daemon, stop_daemon, unique
 from tests.integration.conftest import PYMIGRATE, REPO
 from tests.integration.migration_lab import cgroup_dirs
 from tests.integration.workloads import (  # noqa: F401  (fixtures)
@@ -37,16 +37,6 @@ from tests.integration.workloads import (  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "criu", "pycriu", "busybox")]
 
-LOOP = "i=0; while true; do i=$((i+1)); echo $i > /tmp/cnt; sleep 0.05; done"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr.decode(errors='replace')}"
-    return r.stdout.decode()
 
 
 def status(pm: Callable[..., Any], name: str) -> str:
@@ -252,30 +242,6 @@ def test_a_daemon_restores_an_upload_with_a_mapped_volume(pm: Callable[..., Any]
         pm("rm", "-f", name)
         for c in json.loads(ok(pm("checkpoint", "ls", "--json"))):  # the two uploads
             pm("checkpoint", "rm", c["checkpoint_id"])
-
-
-def start_daemon(root: Path) -> tuple[subprocess.Popen, Path]:
-    from migrate.remote.server import wait_for_serving
-
-    sock = Path(f"/tmp/pm-trust-{secrets.token_hex(3)}.sock")
-    proc = subprocess.Popen([*PYMIGRATE, "--root", str(root), "daemon", "--listen", f"unix:{sock}", "--grace", "5"],
-                            stderr=subprocess.DEVNULL, cwd=REPO)
-    channel = grpc.insecure_channel(f"unix:{sock}")
-    try:
-        wait_for_serving(channel, timeout_s=180.0)  # serving once reconcile() is done
-    finally:
-        channel.close()
-    return proc, sock
-
-
-def stop_daemon(proc: subprocess.Popen, sock: Path) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    sock.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("settler", ["next command", "daemon start"])
