@@ -196,6 +196,7 @@ class RtNetlink:
             raise
         for rtype, payload in replies:
             if rtype == RTM_NEWLINK:
+                index: int
                 _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(payload)
                 return index
         return None
@@ -204,7 +205,8 @@ class RtNetlink:
         replies = self.request(RTM_GETLINK, 0, ifinfomsg(index), f"look up link #{index}")
         for rtype, payload in replies:
             if rtype == RTM_NEWLINK:
-                return _IFINFOMSG.unpack_from(payload)[3]
+                flags: int = _IFINFOMSG.unpack_from(payload)[3]
+                return flags
         raise NetlinkError(_errno.ENODEV, f"look up link #{index}")
 
     def link_up(self, index: int, what: str) -> None:

@@ -22,12 +22,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from runtime.container import Container
 from runtime.errors import ContainerError, ContainerExists, ContainerNotFound, InvalidState, Unsupported
 from runtime.fstree import remove_tree_quietly
 from runtime.spec import ContainerInfo, ContainerSpec
+
+if TYPE_CHECKING:
+    from runtime.config import Paths
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class NetworkCut:
 class CheckpointHost:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
-        self.paths = rt.paths
+        self.paths: Paths = rt.paths
         self.store = rt.store
         self._cpu_digest: str | None = None
         # whether a migration peer's container may bring volumes (host paths) here: the target's
@@ -241,7 +244,7 @@ class CheckpointHost:
     def replaceable_id(self, spec: ContainerSpec) -> str | None:
         """The exited original of a checkpoint (same container id), which a restore replaces."""
         try:
-            c = self.rt.container(spec.container_id)
+            c: Container = self.rt.container(spec.container_id)
         except ContainerNotFound:
             return None
         if c.status != "exited":
@@ -362,7 +365,7 @@ class CheckpointHost:
             os.rename(rt.store.dir(replace_id), set_aside)
 
             def put_back() -> None:
-                os.rename(set_aside, rt.store.dir(replace_id))  # type: ignore[arg-type]
+                os.rename(set_aside, rt.store.dir(replace_id))
                 upperfs.mount_existing(rt.sys, rt.store.dir(replace_id))
 
             undo.append(("put the original back", put_back))
@@ -564,7 +567,7 @@ def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, C
         undo.append(("unmount upper layer", lambda: upperfs.unmount(sys, layout.mountpoint)))
 
 
-def keep_failed_log(paths: Any, log_path: Path | None, kind: str) -> Path | None:
+def keep_failed_log(paths: Paths, log_path: Path | None, kind: str) -> Path | None:
     """Copy a CRIU log out of a scratch dir that is about to be removed; the copy's path."""
     if log_path is None or not log_path.exists():
         return None

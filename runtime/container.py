@@ -398,7 +398,7 @@ def _validate_ip(ip: object, network: str) -> str:
     if network != "bridge":
         raise InvalidArgument(f"address {ip} needs --network bridge, not {network}")
     try:
-        addr = ipaddress.IPv4Address(ip)  # type: ignore[arg-type]
+        addr = ipaddress.IPv4Address(ip)
     except (ValueError, TypeError):
         raise InvalidArgument(f"invalid address {ip!r}: expected an IPv4 address like 10.77.0.5") from None
     if addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr == ipaddress.IPv4Address("255.255.255.255"):

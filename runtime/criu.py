@@ -244,17 +244,19 @@ class Criu(Protocol):
 
 
 def _network_lock_value(rpc: Any, lock: NetworkLock) -> int:
-    return {"iptables": rpc.IPTABLES, "nftables": rpc.NFTABLES, "skip": rpc.SKIP}[lock]
+    values: dict[str, int] = {"iptables": rpc.IPTABLES, "nftables": rpc.NFTABLES, "skip": rpc.SKIP}
+    return values[lock]
 
 
 def _cg_mode_value(rpc: Any, mode: CgroupMode) -> int:
-    return {
+    values: dict[str, int] = {
         "ignore": rpc.IGNORE,
         "soft": rpc.SOFT,
         "full": rpc.FULL,
         "strict": rpc.STRICT,
         "default": rpc.DEFAULT,
-    }[mode]
+    }
+    return values[mode]
 
 
 _ERROR_LINE = re.compile(r"\bError\b|\berror\b|failed|Can't|can't")

@@ -102,7 +102,7 @@ def _statfs_type(path: Path) -> int | None:
     buf = struct_type()
     if fn(os.fsencode(path), ctypes.byref(buf)) != 0:  # type: ignore[operator]
         return None
-    return int(buf.f_type) & 0xFFFFFFFF  # type: ignore[attr-defined]
+    return int(buf.f_type) & 0xFFFFFFFF
 
 
 def is_tmpfs(path: Path) -> bool:

@@ -313,12 +313,12 @@ def read_cgroup(proc_root: Path = DEFAULT_PROC_ROOT, sys_root: Path = DEFAULT_SY
 def read_pycriu() -> PycriuFacts:
     """Import pycriu (and its image decoder) in this interpreter; heavy, so only when probing."""
     try:
-        import pycriu  # type: ignore[import-not-found]
-        import pycriu.images  # type: ignore[import-not-found]  # noqa: F401
+        import pycriu
+        import pycriu.images  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
         return PycriuFacts(False, None, f"{type(exc).__name__}: {exc}")
     try:
-        from pycriu import version as pycriu_version  # type: ignore[import-not-found]
+        from pycriu import version as pycriu_version
 
         version = str(pycriu_version.__version__)
     except (ImportError, AttributeError):

@@ -47,7 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from runtime.config import Paths
 from runtime.errors import ImageError, ImageNotFound, InvalidArgument, Unsupported
@@ -421,7 +421,7 @@ class ImageStore:
 
         image = self.get(name_or_digest)
         first_path: dict[tuple[int, int], str] = {}
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for rel, path, st in walk_tree(image.rootfs):
                 ti = tarfile.TarInfo(rel)
                 ti.mode = stat.S_IMODE(st.st_mode)
@@ -487,17 +487,18 @@ class ImageStore:
     def _rootfs(self, hexd: str) -> Path:
         return self.images_dir / hexd / ROOTFS_NAME
 
-    def _image(self, name: str, entry: dict) -> Image:
+    def _image(self, name: str, entry: dict[str, Any]) -> Image:
         hexd = validate_digest(entry["digest"])
         return Image(name, entry["digest"], int(entry["size_bytes"]), float(entry["created_at"]), self._rootfs(hexd))
 
-    def _read_meta(self, hexd: str) -> dict | None:
+    def _read_meta(self, hexd: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self.images_dir / hexd / IMAGE_META_NAME).read_text())
+            meta: dict[str, Any] = json.loads((self.images_dir / hexd / IMAGE_META_NAME).read_text())
+            return meta
         except FileNotFoundError:
             return None
 
-    def _read_index(self) -> dict[str, dict]:
+    def _read_index(self) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(self.index_path.read_text())
         except FileNotFoundError:
@@ -508,7 +509,7 @@ class ImageStore:
             raise ImageError(f"image index {self.index_path} has version {data.get('version')!r}, expected {INDEX_VERSION}")
         return dict(data.get("images", {}))
 
-    def _write_index(self, images: dict[str, dict]) -> None:
+    def _write_index(self, images: dict[str, dict[str, Any]]) -> None:
         data = json.dumps({"version": INDEX_VERSION, "images": images}, indent=2, sort_keys=True).encode()
         fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.images_dir)
         try:

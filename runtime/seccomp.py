@@ -271,7 +271,7 @@ def _action(name: object, errno_ret: object, *, what: str) -> int:
         "SCMP_ACT_LOG": SCMP_ACT_LOG,
     }
     if name in plain:
-        return plain[name]  # type: ignore[index]
+        return plain[name]
     if name in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
         data = _errno.EPERM if errno_ret is None else errno_ret  # Docker's default for a bare ERRNO
         if isinstance(data, bool) or not isinstance(data, int) or not 0 <= data <= 0xFFFF:
@@ -335,7 +335,7 @@ def resolve(profile: dict[str, Any], machine: Machine) -> Plan:
     """
     default_errno = profile.get("defaultErrnoRet")
     default = _action(profile.get("defaultAction"), default_errno, what="defaultAction")
-    rules = []
+    rules: list[Rule] = []
     for call in profile.get("syscalls", []):
         if not _applies(call, machine):
             continue

@@ -164,7 +164,8 @@ class StateStore:
     def _name_of(self, container_id: str) -> str | None:
         try:
             with open(self.dir(container_id) / CONFIG_FILE, "rb") as f:
-                return json.load(f).get("name")
+                name: str | None = json.load(f).get("name")
+                return name
         except (OSError, ValueError):
             return None
 

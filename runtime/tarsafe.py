@@ -162,8 +162,8 @@ def open_decompressed(stream: BinaryIO) -> tuple[BinaryIO, str, tuple[type[BaseE
         import zstandard
 
         zreader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, read_across_frames=True)
-        return zreader, "zstd", corrupt + (zstandard.ZstdError,)  # type: ignore[return-value]
-    return raw, "none", corrupt  # type: ignore[return-value]
+        return zreader, "zstd", corrupt + (zstandard.ZstdError,)
+    return raw, "none", corrupt
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ def extract(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits 
     reader, compression, corrupt = open_decompressed(stream)
     log.debug("extracting %s (compression %s) into %s", source, compression, dest)
     try:
-        tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]
+        tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)
     except tarfile.ReadError as exc:
         raise NotATarArchive(source) from exc
     except corrupt + _HEADER_ERRORS as exc:

@@ -26,7 +26,8 @@ from migrate import failpoints
 from migrate.errors import TransferError, TruncatedArchive
 from migrate.migration.phases import PAGE_SIZE, ArchivePusher, PreDumped, PreDumpFn, connect_page_server
 from migrate.migration.sequence import Move, manifest, run
-from runtime.criu import Criu, CriuError, DumpRequest, PageServer, SwrkCriu
+from runtime.criu import Criu, DumpRequest, PageServer, SwrkCriu
+from runtime.errors import CriuError
 
 log = logging.getLogger(__name__)
 

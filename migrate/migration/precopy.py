@@ -52,9 +52,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from runtime.errors import Unsupported
+
+if TYPE_CHECKING:
+    from migrate.api import MigrateOptions, MigrateResult, ProgressFn
+    from runtime.criu import Criu
 
 log = logging.getLogger(__name__)
 
@@ -316,14 +320,14 @@ class Rounds:
 def migrate_precopy(
     rt: Any,
     name: str,
-    options: Any,
+    options: MigrateOptions,
     target: Any,
     *,
-    criu: Any = None,
-    progress: Any = None,
+    criu: Criu | None = None,
+    progress: ProgressFn | None = None,
     policy: ConvergencePolicy = ConvergencePolicy(),
     page_server_address: str | None = None,
-) -> Any:
+) -> MigrateResult:
     """Move container ``name`` of ``rt`` (a CheckpointHost) to ``target`` with pre-dump rounds
     (module doc). The caller checked that both hosts track dirty pages (``refusal``).
 

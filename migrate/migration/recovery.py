@@ -43,11 +43,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from migrate.errors import ContainerLost, OutcomeUnknown
 from migrate.migration.phases import phase_error
 from runtime.errors import ContainerError, ContainerNotFound
+
+if TYPE_CHECKING:
+    from migrate.api import Settlement, SettlementOutcome
 
 log = logging.getLogger(__name__)
 
@@ -262,13 +265,13 @@ def _finish(host: Any, connect: Callable[[str], Any], outgoing: OutgoingMigratio
     return True
 
 
-def apply_settlement(host: Any, outgoing: OutgoingMigrations, record: dict[str, Any], container: Any, answer: Any, *,
-                     criu_wait_s: float = CRIU_WAIT_S, cut: Any = None) -> str:
+def apply_settlement(host: Any, outgoing: OutgoingMigrations, record: dict[str, Any], container: Any, answer: Settlement, *,
+                     criu_wait_s: float = CRIU_WAIT_S, cut: Any = None) -> SettlementOutcome:
     """Act on the target's answer to an "unknown" migration and end its record; the outcome acted
     on: "committed" (the copy here removed), "lost" (kept frozen, paused) or "aborted" (thawed).
     ``cut``: the driver's NetworkCut, when it still has it (else the veth is found again)."""
     migration_id = record["migration_id"]
-    outcome = answer.outcome
+    outcome: SettlementOutcome = answer.outcome
     if outcome == "unknown" and answer.container_running:
         outcome = "committed"  # the target forgot the migration but runs the container: it is there
     log.warning("migration=%s container=%s: settled with %s: %s", migration_id, record.get("name"), record.get("dest"), outcome)
@@ -328,7 +331,7 @@ def answer_as_source(host: Any, connect: Callable[[str], Any], migration_id: str
             if answer is None:
                 return Settlement(migration_id, "pending", False)
             outcome = apply_settlement(host, outgoing, record, _container(host, record), answer)
-            return Settlement(migration_id, outcome, _running_here(host, container_id))  # type: ignore[arg-type]
+            return Settlement(migration_id, outcome, _running_here(host, container_id))
         return Settlement(migration_id, "aborted", _running_here(host, container_id))
     return Settlement(migration_id, "unknown", _running_here(host, container_id))
 

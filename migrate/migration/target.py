@@ -42,7 +42,7 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from migrate import failpoints
 from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, RestoreResult, Settlement
@@ -52,6 +52,10 @@ from migrate.archive.streams import IteratorReader
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument
 from runtime.fstree import remove_tree, remove_tree_quietly
 from runtime.spec import ContainerSpec
+
+if TYPE_CHECKING:
+    from runtime.checkpointing import CheckpointHost
+    from runtime.criu import CriuProcess
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ def _dial_back(source_daemon: str | None, source_address: str | None) -> str | N
 
 
 class IncomingMigrations:
-    def __init__(self, host: Any, criu: Any, *, page_servers: bool = True, page_server_tls: Any = None,
+    def __init__(self, host: CheckpointHost, criu: Any, *, page_servers: bool = True, page_server_tls: Any = None,
                  connect: Any = None) -> None:
         self.host = host
         self.criu = criu
@@ -119,14 +123,14 @@ class IncomingMigrations:
         # accept only a peer whose certificate chains to the daemon's CA.
         self.page_servers_allowed = page_servers
         self.page_server_tls = page_server_tls
-        self._page_servers: dict[str, Any] = {}
+        self._page_servers: dict[str, CriuProcess] = {}
         self._guards: dict[str, Any] = {}  # runtime.port_guard guards of plain page servers
         # Progress of prepared migrations (monotonic time of the last byte on either channel, and
         # the page-server dir's size at the last sweep): see sweep().
         self._activity: dict[str, float] = {}
         self._pages_seen: dict[str, int] = {}
-        self.dir = host.paths.run / "incoming"
-        self.settled_dir = host.paths.run / "settled"
+        self.dir: Path = host.paths.run / "incoming"
+        self.settled_dir: Path = host.paths.run / "settled"
         self._precopy: Any = None  # migrate.migration.precopy_target.PrecopyRounds, made on first use
 
     # -- records ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-def _bpf(cmd: int, attr: ctypes.Array) -> int:
+def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     machine = platform.machine()
     if machine not in _SYS_BPF:
         raise OSError(0, f"bpf(2): no syscall number known for {machine}")
