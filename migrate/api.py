@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Protocol
+from typing import Any, Callable, Iterator, Literal, Protocol
 
 from runtime.spec import ContainerInfo, Volume
 
@@ -176,6 +176,15 @@ class MigrateResult:
     dest: str
     mode: str
     stats: MigrationStats
+
+
+@dataclass(frozen=True)
+class ImageDetails:
+    """``image inspect``: the image and its run config (OCI field names; None: the image has none,
+    e.g. one imported from a flat rootfs tarball)."""
+
+    image: ImageInfo
+    config: dict[str, Any] | None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from migrate.api import (
     CheckpointResult,
     Engine,
     HostInfo,
+    ImageDetails,
     ImageInfo,
     IncomingRequest,
     IncomingTicket,
@@ -108,8 +109,35 @@ class LocalEngine:
         self.runtime.paths.ensure()
         return _image_info(self.runtime.images.import_tarball(name, Path(tarball)))
 
+    def image_load(self, path: Path, name: str | None = None, platform: str | None = None) -> ImageInfo:
+        """Load a Docker/OCI archive or OCI layout directory (runtime.image_store.load_archive).
+
+        Local only for now: not in the ``Engine`` protocol, the daemon has no RPC for it yet.
+        """
+        self.runtime.paths.ensure()
+        return _image_info(self.runtime.images.load_archive(Path(path), name=name, platform=platform))
+
+    def image_inspect(self, name: str) -> ImageDetails:
+        config = self.runtime.images.config(name)
+        return ImageDetails(_image_info(self.runtime.images.get(name)), None if config is None else config.to_json())
+
     def image_remove(self, name: str) -> None:
         self.runtime.images.remove(name)
+
+    def _with_image_config(self, options: RunOptions) -> RunOptions:
+        """``options`` with the image's config applied (runtime/image_config.py): the default
+        command, the image's env under ``-e``, its working dir."""
+        from runtime.errors import ImageNotFound
+        from runtime.image_config import resolve_run
+
+        try:
+            config = self.runtime.images.config(options.image)
+        except ImageNotFound:
+            return options  # run names the missing image itself
+        if config is None:
+            return options
+        resolved = resolve_run(config, options.command, options.env, options.workdir)
+        return dataclasses.replace(options, command=resolved.command, env=resolved.env, workdir=resolved.workdir)
 
     def image_build_busybox(self, name: str = "busybox") -> ImageInfo:
         self.runtime.paths.ensure()
@@ -117,6 +145,7 @@ class LocalEngine:
 
     # -- containers -----------------------------------------------------------------------------
     def run(self, options: RunOptions) -> ContainerInfo:
+        options = self._with_image_config(options)
         kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
         image = kwargs.pop("image")
         command = kwargs.pop("command")

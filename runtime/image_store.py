@@ -2,7 +2,7 @@
 
 Layout under a state root (see runtime/config.py)::
 
-    ROOT/images/index.json            {"version": 1, "images": {name: {digest, size_bytes, created_at}}}
+    ROOT/images/index.json            {"version": 1, "images": {name: {digest, size_bytes, created_at[, config]}}}
     ROOT/images/.lock                 fcntl.flock'ed while index.json or images/<hex> change
     ROOT/images/<hex>/                0700: host users cannot reach the image's setuid files
     ROOT/images/<hex>/image.json      {digest, size_bytes, created_at} of this rootfs
@@ -20,7 +20,14 @@ The digest is ``sha256:`` over a canonical walk of the tree, so it is the same o
 for every compression of the same content: entries in pre-order, children sorted by their name's
 bytes, and for each one its path, type, permission bits (including setuid/sticky), uid, gid, size,
 the sha256 of a file's content and a symlink's target. Mtimes, atimes, hard-link structure and
-inode numbers are left out. ``export_stream`` writes a tar that re-imports to the same digest,
+inode numbers are left out. An entry with extended attributes that extraction keeps
+(``runtime.tarsafe.kept_xattr``: file capabilities, ``user.*``, ACLs) has ``x`` after its type
+and a ninth field listing them, so a tree without any hashes as before.
+
+``load_archive`` reads Docker and OCI image archives (runtime/oci_image.py), applies their layers
+into one rootfs (flattened: layers are not stored by digest yet, docs/images.md) and keeps the
+image config (runtime/image_config.py) in the name's index entry: the same rootfs may carry
+different configs under different names. ``export_stream`` writes a tar that re-imports to the same digest,
 which is how the migration code ships an image to a host that lacks it.
 
 Read-only in practice: after the rename nothing in this module opens the tree for writing, and
@@ -47,10 +54,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 from runtime.config import Paths
 from runtime.errors import ImageError, ImageNotFound, InvalidArgument, Unsupported
+
+if TYPE_CHECKING:
+    from runtime.image_config import ImageConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +78,16 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,
 DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
 
 _CHUNK = 1 << 20
+
+
+class NotARootfsTarball(ImageError):
+    """``import`` was given a Docker or OCI image archive (``kind``), which ``load`` reads."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(f"cannot import {path} as a root filesystem: it is a {kind}, not a rootfs tarball",
+                         hint=f"use: pymigrate image load {path}")
+        self.path = path
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -152,12 +172,29 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def tree_xattrs(path: Path, st: os.stat_result) -> dict[str, bytes]:
+    """The extended attributes of an entry that images keep (none for symlinks), by name."""
+    from runtime.tarsafe import kept_xattr
+
+    if stat.S_ISLNK(st.st_mode):
+        return {}
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}  # a filesystem without xattrs has none to keep
+        raise
+    return {n: os.getxattr(path, n, follow_symlinks=False) for n in sorted(names) if kept_xattr(n)}
+
+
 def tree_digest(root: Path) -> tuple[str, int]:
     """Canonical digest of the tree at ``root`` and its content size in bytes.
 
     Each entry contributes eight NUL-terminated fields (none can contain NUL):
     path, type (d f l p c b s), permission bits in octal (0 for symlinks), uid, gid,
     size (files, else 0), sha256 of the content (files, else empty), symlink target (else empty).
+    An entry with kept xattrs has the type followed by ``x`` and a ninth field: the sha256 of
+    its xattrs (name NUL length-in-decimal NUL value, sorted by name).
     """
     h = hashlib.sha256(DIGEST_VERSION)
     size = 0
@@ -174,7 +211,8 @@ def tree_digest(root: Path) -> tuple[str, int]:
                 size += fsize
         elif code == "l":
             target = os.fsencode(os.readlink(path))
-        fields = (
+        xattrs = tree_xattrs(path, st)
+        fields: tuple[bytes, ...] = (
             os.fsencode(rel),
             code.encode(),
             f"{mode:o}".encode(),
@@ -184,6 +222,11 @@ def tree_digest(root: Path) -> tuple[str, int]:
             content.encode(),
             target,
         )
+        if xattrs:
+            xh = hashlib.sha256()
+            for key, value in xattrs.items():
+                xh.update(key.encode() + b"\0" + str(len(value)).encode() + b"\0" + value)
+            fields = (fields[0], fields[1] + b"x", *fields[2:], xh.hexdigest().encode())
         for field in fields:
             h.update(field)
             h.update(b"\0")
@@ -354,8 +397,64 @@ class ImageStore:
         validate_name(name)
         if expected_digest is not None:
             validate_digest(expected_digest)
+        from runtime.oci_image import detect_archive
+
+        kind = detect_archive(tarball)
+        if kind is not None:
+            raise NotARootfsTarball(tarball, kind)
         with open(tarball, "rb") as f:
             return self._import(name, f, str(tarball), expected_digest)
+
+    def load_archive(self, path: Path, *, name: str | None = None, platform: str | None = None) -> Image:
+        """Load a Docker archive, OCI archive or OCI layout directory as image ``name``.
+
+        ``name`` defaults to the archive's own (``localhost/web:1.0`` -> ``web:1.0``); ``platform``
+        (``OS/ARCH[/VARIANT]``) to this host's. Every blob is verified first, then the layers are
+        applied in order into one rootfs (whiteouts, xattrs: runtime/tarsafe.py) and the image
+        config is kept with the name.
+
+        Raises:
+            InvalidArgument: bad name or platform, or no name given and none in the archive.
+            ImageFormatError, BlobDigestMismatch, PlatformNotFound: see runtime/oci_image.py.
+            UnsafeArchive: a layer member was refused.
+            ImageError: a corrupt layer.
+        """
+        from runtime import tarsafe
+        from runtime.oci_image import ImageArchive, image_name_from_ref, parse_platform
+
+        wanted = parse_platform(platform) if platform else None
+        if name is not None:
+            validate_name(name)
+        t0 = time.monotonic()
+        with ImageArchive(Path(path)) as archive:
+            resolved = archive.resolve(wanted)
+            if name is None:
+                name = image_name_from_ref(resolved.ref_name)
+                if name is None or not NAME_RE.fullmatch(name):
+                    raise InvalidArgument(
+                        f"cannot load image from {path}: the archive names no usable image "
+                        f"({resolved.ref_name!r})", hint="give one with --name NAME[:TAG]")
+            with self._scratch("image-") as work:
+                rootfs = work / ROOTFS_NAME
+                rootfs.mkdir(mode=0o700)
+                stats = tarsafe.apply_layers(archive.layer_streams(resolved), rootfs)
+                digest, size = tree_digest(rootfs)
+                image = self._commit(name, work, digest, size, config=resolved.config.to_json())
+        log.info(
+            "loaded image=%s from=%s kind=%s layers=%d members=%d whiteouts=%d digest=%s elapsed_ms=%.0f",
+            name, path, resolved.kind, len(resolved.layers), stats.members, stats.whiteouts, digest,
+            (time.monotonic() - t0) * 1000,
+        )
+        return image
+
+    def config(self, name_or_digest: str) -> ImageConfig | None:
+        """The run config of a named image (None: the image has none, e.g. a flat tarball)."""
+        from runtime.image_config import ImageConfig
+
+        image = self.get(name_or_digest)
+        entry = self._read_index().get(image.name)
+        data = entry.get("config") if entry is not None else None
+        return None if data is None else ImageConfig.from_json(data, f"image index entry {image.name}")
 
     def import_stream(self, name: str, stream: BinaryIO, *, expected_digest: str | None = None) -> Image:
         """Like ``import_tarball`` but reads the archive sequentially from ``stream`` (no seeking)."""
@@ -428,6 +527,8 @@ class ImageStore:
                 ti.uid, ti.gid = st.st_uid, st.st_gid
                 ti.uname = ti.gname = ""
                 ti.mtime = int(st.st_mtime)
+                ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                                  for k, v in tree_xattrs(path, st).items()}
                 code = _type_code(st.st_mode)
                 if code == "d":
                     ti.type = tarfile.DIRTYPE
@@ -549,7 +650,7 @@ class ImageStore:
         finally:
             rmtree(work)
 
-    def _commit(self, name: str, work: Path, digest: str, size: int) -> Image:
+    def _commit(self, name: str, work: Path, digest: str, size: int, *, config: dict[str, Any] | None = None) -> Image:
         """Move ``work`` (holding rootfs/) to images/<hex> unless present, then tag ``name``."""
         hexd = validate_digest(digest)
         now = time.time()
@@ -572,6 +673,8 @@ class ImageStore:
                 index = self._read_index()
                 old = index.get(name)
                 index[name] = {"digest": digest, "size_bytes": size, "created_at": now}
+                if config is not None:
+                    index[name]["config"] = config
                 self._write_index(index)
             except BaseException:
                 if created:

@@ -24,8 +24,20 @@ files with a plain ``open()`` that follows a symlink extracted earlier under the
 module applies the same rules in its own words and does the writing itself.
 
 Ownership, permission bits (including setuid and sticky) and mtimes are preserved; ownership only
-when running as root (unprivileged unit tests keep their own uid). Extended attributes and file
-capabilities are not restored.
+when running as root (unprivileged unit tests keep their own uid). Extended attributes come from
+pax headers (``SCHILY.xattr.NAME``) and are restored on files and directories when their name is
+in ``KEPT_XATTRS`` (``user.*``, file capabilities ``security.capability``, POSIX ACLs), after the
+owner and the content (chown(2) and write(2) clear ``security.capability``). Others are dropped
+with a log line: ``trusted.*`` above all, because overlayfs reads ``trusted.overlay.*`` on its
+lower dirs (an image could forge opaque dirs or redirects), and LSM labels (``security.selinux``)
+belong to the host. File capabilities need CAP_SETFCAP: without root they are dropped too.
+
+Layers (``apply_layers``): OCI image layers are applied in order into one tree by one extractor,
+so the checks above see every earlier layer. Whiteouts (OCI image-spec, layer.md) are applied,
+never written: ``DIR/.wh.NAME`` deletes DIR/NAME of the lower layers, ``DIR/.wh..wh..opq`` deletes
+everything the lower layers put in DIR. An entry of a later layer replaces a lower layer's entry
+of another type (a file over a directory removes the directory's tree); within one layer that is
+still refused.
 
 Budgets (``runtime.extract_limits``, ``ImageLimitExceeded`` naming the limit): members, path depth
 and length, each member's and all members' sizes (a sparse member counts with its holes, which are
@@ -44,7 +56,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Iterable, cast
 
 from runtime.errors import ImageError, ImageLimitExceeded, UnsafeArchive
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
@@ -67,6 +79,14 @@ _MAX_MTIME_S = float(1 << 33)  # ~year 2242; os.utime raises OverflowError far b
 # tarfile raises these (besides TarError) on some crafted headers: numbers that do not parse,
 # base-256 sizes that do not fit, names that do not decode.
 _HEADER_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, ValueError, OverflowError, UnicodeError, IndexError)
+
+XATTR_PAX_PREFIX = "SCHILY.xattr."
+CAPABILITY_XATTR = "security.capability"
+# restored when extracting; anything else is dropped (see the module docstring)
+KEPT_XATTRS = ("user.", CAPABILITY_XATTR, "system.posix_acl_access", "system.posix_acl_default")
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+MAX_XATTR_VALUE_BYTES = 64 << 10  # XATTR_SIZE_MAX
 
 
 class NotATarArchive(UnsafeArchive):
@@ -104,6 +124,25 @@ class _BoundedTarInfo(tarfile.TarInfo):
 class ExtractStats:
     members: int
     bytes_written: int
+    whiteouts: int = 0  # whiteout members applied (layers only)
+
+
+def kept_xattr(name: str) -> bool:
+    """Whether an extended attribute of this name is restored from an archive."""
+    return any(name == k or (k.endswith(".") and name.startswith(k)) for k in KEPT_XATTRS)
+
+
+def member_xattrs(m: tarfile.TarInfo) -> dict[str, bytes]:
+    """The ``SCHILY.xattr.*`` pax records of ``m`` (all of them, kept or not), values as bytes.
+
+    tarfile decodes pax values as UTF-8 with surrogateescape, so encoding them back the same way
+    gives the original bytes (file capabilities are binary).
+    """
+    out: dict[str, bytes] = {}
+    for key, value in m.pax_headers.items():
+        if key.startswith(XATTR_PAX_PREFIX):
+            out[key[len(XATTR_PAX_PREFIX):]] = value.encode("utf-8", "surrogateescape")
+    return out
 
 
 # --- reading: compression by magic bytes -------------------------------------------------------
@@ -221,6 +260,14 @@ class _Extractor:
         self._cached: tuple[tuple[str, ...], int] | None = None
         self.members = 0
         self.bytes_written = 0
+        self.whiteouts = 0
+        # layers: None while extracting one plain tarball; else what the current layer created
+        self.layer_entries: set[tuple[str, ...]] | None = None
+        self.dropped_xattrs: set[str] = set()
+
+    def begin_layer(self) -> None:
+        """Start the next layer: whiteouts and replacements now act on what came before."""
+        self.layer_entries = set()
 
     def close(self) -> None:
         if self._cached is not None:
@@ -320,6 +367,10 @@ class _Extractor:
             if kind == "symlink":
                 raise UnsafeArchive(name, f"path goes through the symlink {'/'.join(parts[:i])!r} extracted earlier")
         mode = m.mode & 0o7777
+        if self.layer_entries is not None and parts and parts[-1].startswith(WHITEOUT_PREFIX):
+            self._whiteout(parts, name)
+            self.members += 1
+            return
         if not parts:
             if not m.isdir():
                 raise UnsafeArchive(name, "names the image root but is not a directory")
@@ -328,6 +379,10 @@ class _Extractor:
             return
         parent, leaf = parts[:-1], parts[-1]
         existing = self.kinds.get(parts)
+        lower = self.layer_entries is not None and parts not in self.layer_entries
+        if lower and existing is not None and (existing == "dir") != m.isdir():
+            self._remove_lower(parts)  # a later layer changes the type: the lower entry goes
+            existing = None
         if existing == "dir" and not m.isdir():
             raise UnsafeArchive(name, "would replace a directory extracted earlier")
         if existing is not None and existing != "dir" and m.isdir():
@@ -368,6 +423,13 @@ class _Extractor:
                 os.mkdir(leaf, 0o700, dir_fd=pfd)
             self.kinds[parts] = "dir"
             self.dir_meta[parts] = (mode, m.uid, m.gid, float(m.mtime))
+            xattrs = self._kept_xattrs(m)
+            if xattrs:
+                dfd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
+                try:
+                    self._set_xattrs(dfd, xattrs, name)
+                finally:
+                    os.close(dfd)
         elif m.isreg():
             self._write_file(tar, m, pfd, leaf, mode)
             self.kinds[parts] = "file"
@@ -390,7 +452,76 @@ class _Extractor:
             finally:
                 os.close(tfd)
             self.kinds[parts] = self.kinds[target_parts]
+        if self.layer_entries is not None:
+            self.layer_entries.add(parts)
         self.members += 1
+
+    # layers ---------------------------------------------------------------------------------
+
+    def _whiteout(self, parts: tuple[str, ...], member: str) -> None:
+        """Apply ``.wh.NAME`` or ``.wh..wh..opq`` (layer.md "Whiteouts") to the lower layers."""
+        assert self.layer_entries is not None
+        parent, leaf = parts[:-1], parts[-1]
+        if self.kinds.get(parent, "dir") != "dir":
+            raise UnsafeArchive(member, f"whiteout in {'/'.join(parent)!r}, which is a {self.kinds[parent]}, not a directory")
+        self.whiteouts += 1
+        if leaf == OPAQUE_WHITEOUT:
+            if parent not in self.kinds:
+                return  # nothing below to hide; the directory itself comes with its own member
+            doomed = [p for p in self.kinds if len(p) == len(parent) + 1 and p[: len(parent)] == parent
+                      and p not in self.layer_entries]
+            for p in doomed:
+                self._remove_lower(p)
+            log.debug("opaque whiteout %s: removed %d lower entries", member, len(doomed))
+            return
+        target = leaf[len(WHITEOUT_PREFIX):]
+        if target in ("", ".", "..") or target.startswith(WHITEOUT_PREFIX):
+            raise UnsafeArchive(member, f"whiteout for {target!r}, expected the name of an entry")
+        tparts = parent + (target,)
+        if tparts in self.layer_entries or tparts not in self.kinds:
+            return  # whiteouts hide lower layers only; a missing target is allowed (layer.md)
+        self._remove_lower(tparts)
+
+    def _remove_lower(self, parts: tuple[str, ...]) -> None:
+        """Delete an entry (a directory with its tree) that an earlier layer created."""
+        if self._cached is not None:  # it may be the entry or below it
+            os.close(self._cached[1])
+            self._cached = None
+        pfd = self._open_dir(parts[:-1], "/".join(parts))
+        if self.kinds[parts] == "dir":
+            # the path is made of directories this extractor created (kinds), never symlinks
+            remove_tree(self.root.joinpath(*parts))
+        else:
+            os.unlink(parts[-1], dir_fd=pfd)
+        n = len(parts)
+        for p in [p for p in self.kinds if p[:n] == parts]:
+            del self.kinds[p]
+            self.dir_meta.pop(p, None)
+
+    # xattrs ---------------------------------------------------------------------------------
+
+    def _kept_xattrs(self, m: tarfile.TarInfo) -> dict[str, bytes]:
+        xattrs = member_xattrs(m)
+        kept: dict[str, bytes] = {}
+        for key, value in xattrs.items():
+            if len(value) > MAX_XATTR_VALUE_BYTES or "\x00" in key:
+                raise UnsafeArchive(m.name, f"extended attribute {key[:64]!r} is larger than {MAX_XATTR_VALUE_BYTES} bytes or misnamed")
+            if kept_xattr(key) and (key != CAPABILITY_XATTR or self.as_root):
+                kept[key] = value
+            elif key not in self.dropped_xattrs:
+                self.dropped_xattrs.add(key)
+                log.info("%s: dropping extended attribute %s (first on %s)", self.source, key, m.name)
+        return kept
+
+    def _set_xattrs(self, fd: int, xattrs: dict[str, bytes], member: str) -> None:
+        for key, value in xattrs.items():
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as exc:
+                raise ImageError(
+                    f"cannot set extended attribute {key} on member {member!r} of {self.source}: {exc.strerror or exc}",
+                    hint="the state root's filesystem must support extended attributes (ext4, xfs, btrfs, tmpfs)",
+                ) from exc
 
     def _own(self, leaf: str, dir_fd: int, uid: int, gid: int) -> None:
         if self.as_root:
@@ -419,6 +550,9 @@ class _Extractor:
             if self.as_root:
                 os.fchown(fd, m.uid, m.gid)  # before chmod: chown clears setuid/setgid
             os.fchmod(fd, mode)
+            xattrs = self._kept_xattrs(m)
+            if xattrs:
+                self._set_xattrs(fd, xattrs, m.name)  # after chown and write: both clear file capabilities
             os.utime(fd, (m.mtime, m.mtime))
         finally:
             os.close(fd)
@@ -469,59 +603,90 @@ def extract(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits 
         raise NotATarArchive(source) from exc
     except corrupt + _HEADER_ERRORS as exc:
         raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
+    ex = _Extractor(dest, source, limits)
     try:
-        return _extract_members(tar, reader, dest, source, compression, corrupt, limits)
+        _extract_members(tar, reader, ex, source, compression, corrupt, dest)
+        ex.finish()
     finally:
+        ex.close()
         tar.close()
+    return ExtractStats(members=ex.members, bytes_written=ex.bytes_written)
+
+
+def apply_layers(layers: Iterable[tuple[BinaryIO, str]], dest: Path, *, limits: ExtractLimits | None = None) -> ExtractStats:
+    """Apply image layers (each a tar: plain, gzip or zstd) in order into the empty directory ``dest``.
+
+    Every layer goes through the same checks as ``extract``; the limits count all layers together.
+    Whiteouts are applied (module docstring); ``layers`` yields ``(stream, source)`` pairs and is
+    consumed lazily, so a caller can open each layer only when its turn comes.
+
+    Raises: as ``extract``.
+    """
+    limits = limits or current_limits()
+    ex = _Extractor(dest, "layers", limits)
+    try:
+        for stream, source in layers:
+            ex.source = source
+            ex.begin_layer()
+            reader, compression, corrupt = open_decompressed(stream)
+            log.debug("applying layer %s (compression %s) onto %s", source, compression, dest)
+            try:
+                tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)
+            except tarfile.ReadError as exc:
+                raise NotATarArchive(source) from exc
+            except corrupt + _HEADER_ERRORS as exc:
+                raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
+            try:
+                _extract_members(tar, reader, ex, source, compression, corrupt, dest)
+            finally:
+                tar.close()
+        ex.finish()
+    finally:
+        ex.close()
+    return ExtractStats(members=ex.members, bytes_written=ex.bytes_written, whiteouts=ex.whiteouts)
 
 
 def _extract_members(
     tar: tarfile.TarFile,
     reader: BinaryIO,
-    dest: Path,
+    ex: _Extractor,
     source: str,
     compression: str,
     corrupt: tuple[type[BaseException], ...],
-    limits: ExtractLimits,
-) -> ExtractStats:
-    ex = _Extractor(dest, source, limits)
+    dest: Path,
+) -> None:
     last: str | None = None
     m: tarfile.TarInfo | None
-    try:
-        while True:
-            try:
-                m = None
-                m = tar.next()  # parses headers: crafted ones raise more than TarError
-            except corrupt + _HEADER_ERRORS as exc:
-                where = f"after member {last!r}" if last is not None else "at its start"
-                raise ImageError(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
-            if m is None:
-                break
-            try:
-                ex.add(tar, m)
-                last = m.name
-            except corrupt as exc:
-                where = f"after member {last!r}" if last is not None else "at its start"
-                raise ImageError(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
-            except OSError as exc:  # creating a member: no space, EFBIG, ...
-                what = m.name
-                hint = "the image needs more space than the state root's filesystem has free" if exc.errno in (
-                    errno.ENOSPC, errno.EDQUOT) else None
-                raise ImageError(f"cannot extract member {what!r} of {source} into {dest}: {exc.strerror or exc}", hint=hint) from exc
-        # read to the end so gzip's CRC and zstd's content checksum (written after the tar's
-        # end-of-archive blocks) are verified, and a network stream is fully consumed
+    while True:
         try:
-            trailing = 0
-            while chunk := reader.read(_CHUNK):
-                trailing += len(chunk)
-                if trailing > MAX_TRAILING_BYTES:  # zeros after the end, compressed to nothing
-                    raise UnsafeArchive("(end of archive)", f"more than {MAX_TRAILING_BYTES} bytes after the end of the tar")
+            m = None
+            m = tar.next()  # parses headers: crafted ones raise more than TarError
+        except corrupt + _HEADER_ERRORS as exc:
+            where = f"after member {last!r}" if last is not None else "at its start"
+            raise ImageError(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
+        if m is None:
+            break
+        try:
+            ex.add(tar, m)
+            last = m.name
         except corrupt as exc:
-            raise ImageError(f"cannot read archive {source}: corrupt {compression} data after the last member: {exc}") from exc
-        ex.finish()
-    finally:
-        ex.close()
-    return ExtractStats(members=ex.members, bytes_written=ex.bytes_written)
+            where = f"after member {last!r}" if last is not None else "at its start"
+            raise ImageError(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
+        except OSError as exc:  # creating a member: no space, EFBIG, ...
+            what = m.name
+            hint = "the image needs more space than the state root's filesystem has free" if exc.errno in (
+                errno.ENOSPC, errno.EDQUOT) else None
+            raise ImageError(f"cannot extract member {what!r} of {source} into {dest}: {exc.strerror or exc}", hint=hint) from exc
+    # read to the end so gzip's CRC and zstd's content checksum (written after the tar's
+    # end-of-archive blocks) are verified, and a network stream is fully consumed
+    try:
+        trailing = 0
+        while chunk := reader.read(_CHUNK):
+            trailing += len(chunk)
+            if trailing > MAX_TRAILING_BYTES:  # zeros after the end, compressed to nothing
+                raise UnsafeArchive("(end of archive)", f"more than {MAX_TRAILING_BYTES} bytes after the end of the tar")
+    except corrupt as exc:
+        raise ImageError(f"cannot read archive {source}: corrupt {compression} data after the last member: {exc}") from exc
 
 
 def rmtree(path: Path) -> None:

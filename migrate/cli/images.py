@@ -3,6 +3,9 @@
 Subcommands (all call the engine; nothing here touches the image store directly)::
 
     pymigrate image import NAME TARBALL     tar, tar.gz or tar.zst (detected by content)
+    pymigrate image load FILE|DIR [--name NAME[:TAG]] [--platform OS/ARCH[/VARIANT]]
+                                            Docker archive, OCI archive or OCI layout (docs/images.md)
+    pymigrate image inspect NAME            the image and its config (json)
     pymigrate image ls [--json]
     pymigrate image rm NAME
     pymigrate image build-busybox [NAME]    from the host's busybox-static (default name: busybox)
@@ -35,6 +38,19 @@ def register(subparsers: Any) -> None:
     add_json_flag(p)
     p.set_defaults(handler=cmd_import)
 
+    p = sub.add_parser("load", help="load a Docker archive, OCI archive or OCI layout directory")
+    p.add_argument("path", metavar="FILE|DIR", type=Path, help="docker save / podman save output, or an OCI image layout")
+    p.add_argument("--name", metavar="NAME[:TAG]", default=None, help="image name (default: the archive's own)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", default=None,
+                   help="which image of a multi-platform archive (default: this host's)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_load)
+
+    p = sub.add_parser("inspect", help="show an image and its config (json)")
+    p.add_argument("name", metavar="NAME")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_inspect)
+
     p = sub.add_parser("ls", help="list images")
     add_json_flag(p)
     p.set_defaults(handler=cmd_ls)
@@ -53,6 +69,33 @@ def register(subparsers: Any) -> None:
 def cmd_import(args: argparse.Namespace, ctx: Any) -> int:
     info = ctx.engine.image_import(args.name, args.tarball)
     _emit_one(ctx, info, "imported")
+    return EXIT_OK
+
+
+def _local_only(ctx: Any, method: str, verb: str) -> Any:
+    fn = getattr(ctx.engine, method, None)
+    if fn is None:
+        from runtime.errors import Unsupported
+
+        raise Unsupported(f"image {verb}", "not over a daemon connection yet", hint=f"run 'pymigrate image {verb}' on the host itself")
+    return fn
+
+
+def cmd_load(args: argparse.Namespace, ctx: Any) -> int:
+    info = _local_only(ctx, "image_load", "load")(args.path, name=args.name, platform=args.platform)
+    _emit_one(ctx, info, "loaded")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace, ctx: Any) -> int:
+    details = _local_only(ctx, "image_inspect", "inspect")(args.name)
+    data = dict(_as_dict(details.image), config=details.config)
+    if ctx.json:
+        ctx.emit_json(data)
+    else:
+        import json
+
+        print(json.dumps(data, indent=2, sort_keys=True))
     return EXIT_OK
 
 
