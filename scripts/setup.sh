@@ -6,7 +6,8 @@
 #     nftables, iproute2, zstd, runc, openssh-server (sshd is left stopped and disabled),
 #     libseccomp2 and golang-github-containers-common (podman's default seccomp profile,
 #     /usr/share/containers/seccomp.json, which every container gets unless told otherwise);
-#     runs `apt-get update` only when something has to be fetched
+#     podman, skopeo, attr and libcap2-bin for the image tests (real docker/OCI archives with
+#     file capabilities and xattrs); runs `apt-get update` only when something has to be fetched
 #   - adds a source-only apt entry for Debian trixie
 #     (/etc/apt/sources.list.d/pymigrate-trixie-src.sources: Types deb-src only, never binaries)
 #   - builds CRIU >= 4 from trixie's source tarball in /var/cache/pymigrate/criu and installs the
@@ -84,6 +85,9 @@ PACKAGES=(
     # every container's seccomp filter: libseccomp compiles podman's default profile
     # (/usr/share/containers/seccomp.json; bookworm's name for containers-common), runtime/seccomp.py
     libseccomp2 golang-github-containers-common
+    # image load tests (tests/integration/test_image_load.py): real docker/OCI archives built by
+    # podman and skopeo, with file capabilities (setcap) and xattrs (getfattr)
+    podman skopeo attr libcap2-bin
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
