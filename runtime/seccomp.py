@@ -561,6 +561,8 @@ MAX_CHAIN_FILTERS = MAX_INSNS_PER_PATH // 5 + 1  # so no genuine chain is longer
 # ../shared/CRIU-NOTES.md).
 _CORE_TC = 3  # core_entry.tc (task_core_entry)
 _CORE_THREAD_CORE = 5  # core_entry.thread_core
+_TASK_STATE = 1  # task_core_entry.task_state
+TASK_DEAD = 2  # a zombie (compel's COMPEL_TASK_DEAD): CRIU restores it dead, it runs no code
 _TASK_OLD_SECCOMP_MODE = 11  # task_core_entry.old_seccomp_mode (deprecated, still honoured)
 _TASK_OLD_SECCOMP_FILTER = 12  # task_core_entry.old_seccomp_filter (likewise)
 _THREAD_SECCOMP_MODE = 11  # thread_core_entry.seccomp_mode: 0 disabled, 1 strict, 2 filter
@@ -579,6 +581,7 @@ class CoreSeccomp:
     filter_index: int  # thread_core_entry.seccomp_filter
     old_mode: int | None = None  # task_core_entry.old_seccomp_mode, if present
     old_filter_index: int | None = None  # task_core_entry.old_seccomp_filter, if present
+    task_state: int = 1  # task_core_entry.task_state: 1 alive, 2 dead (a zombie)
 
     def main_thread(self) -> tuple[int, int]:
         """(mode, filter index) CRIU 4.1.1 restores a process's main thread with: the deprecated
@@ -621,6 +624,7 @@ def image_cores(images_dir: Path) -> dict[str, CoreSeccomp]:
             filter_index=_single(thread, _THREAD_SECCOMP_FILTER, int, path.name, "seccomp_filter") or 0,
             old_mode=_single(task, _TASK_OLD_SECCOMP_MODE, int, path.name, "old_seccomp_mode"),
             old_filter_index=_single(task, _TASK_OLD_SECCOMP_FILTER, int, path.name, "old_seccomp_filter"),
+            task_state=_single(task, _TASK_STATE, int, path.name, "task_state") or 1,
         )
     return cores
 
@@ -843,8 +847,10 @@ def check_image_filters(images_dir: Path, choice: str, profile: str | None = Non
     # CRIU 4.1.1 records the seccomp mode in each process's main-thread core image only (the
     # other threads' cores carry no seccomp field) and restores every thread of the process with
     # that filter: so the processes' main threads are the ones that must be in filter mode.
+    # A zombie (an exited child its parent has not reaped yet) keeps no seccomp state; CRIU
+    # restores it dead, and it runs no code: it needs no filter.
     leaders = process_leaders(images_dir)
-    cores = image_cores(images_dir)
+    cores = {name: core for name, core in image_cores(images_dir).items() if core.task_state != TASK_DEAD}
     mains = cores if leaders is None else {name: core for name, core in cores.items() if _core_pid(name) in leaders}
     bare = sorted(name for name, core in mains.items() if core.main_thread()[0] != SECCOMP_MODE_FILTER)
     if bare:

@@ -349,3 +349,21 @@ def test_an_archive_whose_filters_are_not_the_profile_is_refused(pm, pm_root: Pa
     # what the check kept out: CRIU restored the archive's filter, which allows everything
     assert seen == {"seccomp": "2", "filters": "1", "userfaultfd": "ok", "mkdir": "ok"}, seen
     assert verdict(ok(pm("exec", name, "scprobe"))) == UNCONFINED_VERDICT
+
+
+@pytest.mark.requires("criu", "pycriu", "netns")
+def test_a_container_with_a_zombie_moves_under_its_filter(two_hosts, probe_tar: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """An exited child its parent never reaps is dumped dead with no seccomp state; it must not
+    make the container unmovable (it once refused every import and migration of such a
+    container: "describe processes without a seccomp filter")."""
+    a, b = two_hosts
+    for h in (a, b):
+        import_image(h.root, "scprobe", probe_tar)
+    name = f"sc-zombie-{secrets.token_hex(3)}"
+    ok(a.cli(["run", "-d", "--name", name, "scprobe", "sh", "-c", "sleep 0 & exec sleep 100000"]))
+    wait_for(lambda: " Z " in ok(a.cli(["exec", name, "ps", "-o", "pid,stat,args"])), 10, "the unreaped child")
+    archive = tmp_path / "zombie.pma"
+    ok(a.cli(["checkpoint", name, "--export", str(archive)]))
+    ok(b.cli(["restore", "--import", str(archive)]))
+    assert host_status(init_pid(b.root, name))[0] == "2", "init must run under a filter after the import"
+    assert " Z " in ok(b.cli(["exec", name, "ps", "-o", "pid,stat,args"])), "the zombie is restored dead"

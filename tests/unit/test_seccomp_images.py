@@ -75,10 +75,11 @@ def framed(magic: int, *entries: bytes) -> bytes:
     return head + b"".join(len(e).to_bytes(4, "little") + e for e in entries)
 
 
-def core_image(mode: int | None, index: int | None = None, *, old_mode: int | None = None, old_index: int | None = None) -> bytes:
-    """core_entry{mtype=1, tc{task_state=1, [old_seccomp_*]}, thread_core{futex_rla=0, [seccomp_*]}}."""
+def core_image(mode: int | None, index: int | None = None, *, old_mode: int | None = None, old_index: int | None = None,
+               task_state: int = 1) -> bytes:
+    """core_entry{mtype=1, tc{task_state, [old_seccomp_*]}, thread_core{futex_rla=0, [seccomp_*]}}."""
     thread = vfield(1, 0) + (b"" if mode is None else vfield(11, mode)) + (b"" if index is None else vfield(12, index))
-    task = vfield(1, 1) + (b"" if old_mode is None else vfield(11, old_mode)) + (b"" if old_index is None else vfield(12, old_index))
+    task = vfield(1, task_state) + (b"" if old_mode is None else vfield(11, old_mode)) + (b"" if old_index is None else vfield(12, old_index))
     return framed(seccomp.CORE_MAGIC, vfield(1, 1) + bfield(3, task) + bfield(5, thread))
 
 
@@ -115,6 +116,23 @@ def test_a_chain_of_just_the_profile_passes(tmp_path: Path, program: bytes) -> N
     })
     seccomp.check_image_filters(images, "default")
     assert [f.program for f in seccomp.image_filters(images)] == [program, program]
+
+
+def test_a_zombie_needs_no_filter(tmp_path: Path, program: bytes) -> None:
+    """An exited child its parent has not reaped: CRIU writes its core with task_state 2 (dead)
+    and no seccomp fields (a real dump of `sh -c "sleep 0 & exec sleep 1000"`); it is restored
+    dead and runs nothing, so it must not make a container unmovable. A live process without a
+    filter still is refused."""
+    images = write(tmp_path / "images", {
+        "pstree.img": pstree_image({1: [1], 2: [2]}),
+        "core-1.img": core_image(2, 0),
+        "core-2.img": core_image(None, task_state=seccomp.TASK_DEAD),
+        "seccomp.img": seccomp_image((program, None)),
+    })
+    seccomp.check_image_filters(images, "default")
+    write(images, {"core-2.img": core_image(None)})
+    with pytest.raises(InvalidSpec, match="core-2.img describe processes without a seccomp filter"):
+        seccomp.check_image_filters(images, "default")
 
 
 def test_extra_filters_in_a_chain_pass(tmp_path: Path, program: bytes) -> None:
