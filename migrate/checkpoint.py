@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
 from migrate.archive.signing import ArchiveSigner, HashingSink
@@ -210,6 +210,43 @@ def _images_bytes(images_dir: Path) -> int:
     return sum(p.stat().st_size for p in images_dir.iterdir() if p.is_file())
 
 
+@dataclasses.dataclass
+class _Dumped:
+    """What a dump phase measured."""
+
+    stats: DumpStats
+    dump_ms: float
+    upper_bytes: int
+    archive_bytes: int
+
+
+@dataclasses.dataclass
+class _Checkpoint:
+    """One checkpoint in progress: what its phases share."""
+
+    rt: Any  # runtime.checkpointing.CheckpointHost
+    options: CheckpointOptions
+    criu: Criu
+    container: Any
+    target: DumpTarget
+    checkpoint_id: str
+    staging: Path
+    manifest: dict[str, Any]
+    request: DumpRequest
+    archive_path: Path | None  # the export's final name; None: a local checkpoint
+    out_path: Path  # what is written: the export under a temp name, or the local upper layer
+    was_paused: bool
+    frozen: bool = False
+    cut: Any = None  # the network, cut for the dump (CheckpointHost.isolate)
+    frozen_at: float = 0.0
+    unfrozen_at: float = 0.0
+    freezing_ms: float = 0.0
+
+    @property
+    def images_dir(self) -> Path:
+        return self.staging / IMAGES_DIR
+
+
 def checkpoint_container(
     rt: Any,
     name: str,
@@ -229,32 +266,65 @@ def checkpoint_container(
     committed, and only then is it stopped. So a failure anywhere, even after CRIU finished (disk
     full on the last bytes, a rename), leaves the container running.
     """
-    from migrate.archive import ArchiveWriter
-
-    criu = criu or SwrkCriu()
     started = time.monotonic()
     signer = _signer(options)  # a bad key is refused before anything is frozen
-    store = CheckpointStore(rt.paths)
+
+    def emit(phase: str, message: str = "", done: int = 0) -> None:
+        if progress:
+            progress(ProgressEvent("checkpoint", phase, bytes_done=done, elapsed_s=time.monotonic() - started, message=message))
+
+    cp = _prepare(rt, name, options, criu or SwrkCriu())
+    try:
+        with open(cp.out_path, "wb") as out:
+            _freeze(cp, emit)
+            emit("dump")
+            if cp.archive_path is not None:  # one archive: manifest, upper layer and images, streamed while CRIU writes
+                dumped = _dump_export(cp, out, signer, lambda n: emit("dump", done=n))
+            else:  # local: CRIU's images stay raw in images/; the upper layer is archived beside them
+                dumped = _dump_local(cp, out)
+            out.flush()
+            cp.unfrozen_at = time.monotonic()
+            if options.leave_running:
+                _resume_early(cp)
+            os.fsync(out.fileno())
+        images_bytes = _commit(cp, dumped, emit)
+        done_at = time.monotonic()  # ---- committed: the checkpoint is complete on disk ----
+    except BaseException as exc:
+        _roll_back(cp, exc)
+        raise
+    if cp.archive_path is not None:
+        shutil.rmtree(cp.staging, ignore_errors=True)
+    if not options.leave_running:
+        rt.stop_checkpointed(cp.container, cp.checkpoint_id)
+    stats = _stats(cp, dumped, images_bytes, (cp.unfrozen_at if options.leave_running else done_at) - cp.frozen_at, started)
+    log.info("container=%s checkpoint=%s frozen_ms=%.1f dump_ms=%.1f images_bytes=%d archive_bytes=%d",
+             cp.target.spec.name, cp.checkpoint_id, stats.frozen_ms, dumped.dump_ms, images_bytes, dumped.archive_bytes)
+    emit("done")
+    return CheckpointResult(
+        checkpoint_id=cp.checkpoint_id,
+        container_name=cp.target.spec.name,
+        export_path=str(cp.archive_path) if cp.archive_path else None,
+        stats=stats,
+        signed_by=signer.fingerprint if signer is not None else "",
+    )
+
+
+def _prepare(rt: Any, name: str, options: CheckpointOptions, criu: Criu) -> _Checkpoint:
+    """Everything before the freeze: the state check, the staging dir, the manifest, the request."""
     container = rt.get(name)
     state = container.status
     if state not in ("running", "paused"):
         raise InvalidState(container.spec.name, "checkpoint", state, ("running", "paused"))
     target: DumpTarget = rt.dump_target(container)
     checkpoint_id = new_checkpoint_id()
-    spec = target.spec
-
-    def emit(phase: str, message: str = "", done: int = 0) -> None:
-        if progress:
-            progress(ProgressEvent("checkpoint", phase, bytes_done=done, elapsed_s=time.monotonic() - started, message=message))
-
-    staging = store.staging_dir(checkpoint_id)
+    staging = CheckpointStore(rt.paths).staging_dir(checkpoint_id)
     images_dir = staging / IMAGES_DIR
     images_dir.mkdir()
     criu_version = criu.version()
     criu.warm()
     cpuinfo_dump(images_dir)
     manifest = build_manifest(
-        spec,
+        target.spec,
         checkpoint_id,
         criu_version=criu_version,
         options={"tcp_established": options.tcp_established, "file_locks": options.file_locks, "netns_key": NETNS_KEY},
@@ -262,7 +332,7 @@ def checkpoint_container(
     request = DumpRequest(
         pid=target.init_pid,
         images_dir=images_dir,
-        leave_running=True,  # frozen until committed; see the docstring
+        leave_running=True,  # frozen until committed; see checkpoint_container
         tcp_established=options.tcp_established,
         tcp_skip_in_flight=options.tcp_established,
         file_locks=options.file_locks,
@@ -271,135 +341,129 @@ def checkpoint_container(
         network_lock=rt.network_lock(),
     )
     archive_path = Path(options.export_path).resolve() if options.export_path is not None else None
-    out_path = (
-        archive_path.with_name(f".{archive_path.name}.{checkpoint_id}.tmp") if archive_path else staging / UPPER_ARCHIVE
-    )
-    was_paused = state == "paused"
-    frozen = False
-    cut: Any = None  # the network, cut for the dump (CheckpointHost.isolate)
-    try:
-        with open(out_path, "wb") as out:
-            emit("freeze")
-            t0 = time.monotonic()
-            # recorded first: if this process dies frozen, the next command thaws and cleans up
-            rt.freeze(container, operation="checkpoint", partial=(out_path, staging) if archive_path else (staging,))
-            frozen = True
-            frozen_at = time.monotonic()
-            # Our network lock, kept until the tree is killed: a container stopped after its dump
-            # must not tell its peers (FIN/RST from the dying sockets) that the connections its
-            # checkpoint holds are gone, or no restore can take them up again.
-            cut = rt.isolate(spec)
-            request = dataclasses.replace(request, network_lock=cut.criu_lock)
-            freezing_ms = (frozen_at - t0) * 1000
-            emit("dump")
-            if archive_path is not None:
-                # one archive: manifest, upper layer and images, streamed while CRIU writes
-                sink = HashingSink(out) if signer is not None else out
-                writer = ArchiveWriter(sink, compress=options.compress, level=options.level)
-                writer.write_manifest(manifest)
-                stats_dump, dump_ms = stream_dump(criu, request, writer, target.upper_dir, on_bytes=lambda n: emit("dump", done=n),
-                                                  add_upper=_image_writer(target.upper_image, staging))
-                summary = writer.close(trailer={"dump_stats": stats_dump.__dict__})
-                if signer is not None:
-                    assert isinstance(sink, HashingSink), "the sink hashes whenever there is a signer"
-                    signer.append(out, sink.digest())
-                upper_bytes = sum(m.size_bytes for m in summary.members if m.name.startswith("upper/"))
-                if target.upper_image is not None:
-                    upper_bytes = _allocated_bytes(target.upper_image)
-                archive_bytes = summary.written_bytes
-            else:
-                # local: CRIU's images stay raw in images/; the upper layer is archived beside them
-                writer = ArchiveWriter(out, compress="none")
-                writer.write_manifest({"kind": "upper-layer", "checkpoint_id": checkpoint_id})
-                dump_thread = _DumpThread(criu, request)
-                dump_started = time.monotonic()
-                dump_thread.start()
-                try:
-                    if target.upper_image is not None:  # its blocks keep the inode numbers
-                        from migrate.archive.upper_image import copy_frozen
+    out_path = archive_path.with_name(f".{archive_path.name}.{checkpoint_id}.tmp") if archive_path else staging / UPPER_ARCHIVE
+    return _Checkpoint(rt=rt, options=options, criu=criu, container=container, target=target, checkpoint_id=checkpoint_id,
+                       staging=staging, manifest=manifest, request=request, archive_path=archive_path, out_path=out_path,
+                       was_paused=state == "paused")
 
-                        copy_frozen(target.upper_image, staging / UPPER_IMAGE)
-                    else:
-                        writer.add_tree("upper", target.upper_dir)
-                finally:
-                    dump_thread.join()
-                if dump_thread.error is not None:
-                    raise dump_thread.error
-                upper_bytes = writer.close().raw_bytes
-                if target.upper_image is not None:
-                    upper_bytes = _allocated_bytes(staging / UPPER_IMAGE)
-                stats_dump = dump_thread.stats or DumpStats()
-                dump_ms = (dump_thread.finished_at - dump_started) * 1000
-                archive_bytes = 0
-            out.flush()
-            unfrozen_at = time.monotonic()
-            if options.leave_running:
-                # Everything is written (page cache): a late failure can no longer lose the
-                # container, so it goes on now and the durability work happens unfrozen.
-                rt.rejoin(cut)
-                cut = None
-                if not was_paused:
-                    rt.thaw(container)
-                frozen = False
-            os.fsync(out.fileno())
-        if archive_path is None:
-            _fsync_files(images_dir)
-            _fsync_file(staging / UPPER_IMAGE)
-        images_bytes = _images_bytes(images_dir)
-        emit("commit")
-        if archive_path is not None:
-            os.rename(out_path, archive_path)
+
+def _freeze(cp: _Checkpoint, emit: Callable[..., None]) -> None:
+    emit("freeze")
+    t0 = time.monotonic()
+    # recorded first: if this process dies frozen, the next command thaws and cleans up
+    partial = (cp.out_path, cp.staging) if cp.archive_path else (cp.staging,)
+    cp.rt.freeze(cp.container, operation="checkpoint", partial=partial)
+    cp.frozen = True
+    cp.frozen_at = time.monotonic()
+    # Our network lock, kept until the tree is killed: a container stopped after its dump must
+    # not tell its peers (FIN/RST from the dying sockets) that the connections its checkpoint
+    # holds are gone, or no restore can take them up again.
+    cp.cut = cp.rt.isolate(cp.target.spec)
+    cp.request = dataclasses.replace(cp.request, network_lock=cp.cut.criu_lock)
+    cp.freezing_ms = (cp.frozen_at - t0) * 1000
+
+
+def _dump_export(cp: _Checkpoint, out: BinaryIO, signer: ArchiveSigner | None, on_bytes: Callable[[int], None]) -> _Dumped:
+    from migrate.archive import ArchiveWriter
+
+    sink: Any = HashingSink(out) if signer is not None else out
+    writer = ArchiveWriter(sink, compress=cp.options.compress, level=cp.options.level)
+    writer.write_manifest(cp.manifest)
+    stats, dump_ms = stream_dump(cp.criu, cp.request, writer, cp.target.upper_dir, on_bytes=on_bytes,
+                                 add_upper=_image_writer(cp.target.upper_image, cp.staging))
+    summary = writer.close(trailer={"dump_stats": stats.__dict__})
+    if signer is not None:
+        assert isinstance(sink, HashingSink), "the sink hashes whenever there is a signer"
+        signer.append(out, sink.digest())
+    upper_bytes = sum(m.size_bytes for m in summary.members if m.name.startswith("upper/"))
+    if cp.target.upper_image is not None:
+        upper_bytes = _allocated_bytes(cp.target.upper_image)
+    return _Dumped(stats, dump_ms, upper_bytes, summary.written_bytes)
+
+
+def _dump_local(cp: _Checkpoint, out: BinaryIO) -> _Dumped:
+    from migrate.archive import ArchiveWriter
+
+    writer = ArchiveWriter(out, compress="none")
+    writer.write_manifest({"kind": "upper-layer", "checkpoint_id": cp.checkpoint_id})
+    dump_thread = _DumpThread(cp.criu, cp.request)
+    dump_started = time.monotonic()
+    dump_thread.start()
+    try:
+        if cp.target.upper_image is not None:  # its blocks keep the inode numbers
+            from migrate.archive.upper_image import copy_frozen
+
+            copy_frozen(cp.target.upper_image, cp.staging / UPPER_IMAGE)
         else:
-            manifest["dump_stats"] = stats_dump.__dict__
-            store.commit(staging, checkpoint_id, manifest)
-        # ---- committed: the checkpoint is complete on disk ----
-        done_at = time.monotonic()
-    except BaseException as exc:
+            writer.add_tree("upper", cp.target.upper_dir)
+    finally:
+        dump_thread.join()
+    if dump_thread.error is not None:
+        raise dump_thread.error
+    upper_bytes = writer.close().raw_bytes
+    if cp.target.upper_image is not None:
+        upper_bytes = _allocated_bytes(cp.staging / UPPER_IMAGE)
+    return _Dumped(dump_thread.stats or DumpStats(), (dump_thread.finished_at - dump_started) * 1000, upper_bytes, 0)
+
+
+def _resume_early(cp: _Checkpoint) -> None:
+    """--leave-running: everything is written (page cache), so a late failure can no longer lose
+    the container: it goes on now, and the durability work happens unfrozen."""
+    cp.rt.rejoin(cp.cut)
+    cp.cut = None
+    if not cp.was_paused:
+        cp.rt.thaw(cp.container)
+    cp.frozen = False
+
+
+def _commit(cp: _Checkpoint, dumped: _Dumped, emit: Callable[..., None]) -> int:
+    """Make the checkpoint durable and visible; returns the images' bytes."""
+    if cp.archive_path is None:
+        _fsync_files(cp.images_dir)
+        _fsync_file(cp.staging / UPPER_IMAGE)
+    images_bytes = _images_bytes(cp.images_dir)
+    emit("commit")
+    if cp.archive_path is not None:
+        os.rename(cp.out_path, cp.archive_path)
+    else:
+        cp.manifest["dump_stats"] = dumped.stats.__dict__
+        CheckpointStore(cp.rt.paths).commit(cp.staging, cp.checkpoint_id, cp.manifest)
+    return images_bytes
+
+
+def _roll_back(cp: _Checkpoint, exc: BaseException) -> None:
+    """Any failure before the commit: the container runs on as it was, nothing is left."""
+    name = cp.target.spec.name
+    try:
+        cp.rt.rejoin(cp.cut)
+    except OSError as rejoin_exc:  # rollback path: report the original error
+        log.error("container=%s: cannot set its link up again after a failed checkpoint: %s", name, rejoin_exc)
+    if cp.frozen and not cp.was_paused:
         try:
-            rt.rejoin(cut)
-        except OSError as rejoin_exc:  # rollback path: report the original error
-            log.error("container=%s: cannot set its link up again after a failed checkpoint: %s", spec.name, rejoin_exc)
-        if frozen and not was_paused:
-            try:
-                rt.thaw(container)
-            except Exception:  # rollback path: report the original error
-                log.exception("container=%s: thaw after failed checkpoint failed", spec.name)
-        if archive_path is not None:
-            out_path.unlink(missing_ok=True)
-        keep_criu_log(rt.paths, exc, (request.work_dir or images_dir) / DUMP_LOG, "dump")
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if archive_path is not None:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not options.leave_running:
-        rt.stop_checkpointed(container, checkpoint_id)
-    frozen_ms = ((unfrozen_at if options.leave_running else done_at) - frozen_at) * 1000
-    total_ms = (time.monotonic() - started) * 1000
-    stats = CheckpointStats(
-        freezing_ms=round(freezing_ms, 3),
+            cp.rt.thaw(cp.container)
+        except Exception:  # rollback path: report the original error
+            log.exception("container=%s: thaw after failed checkpoint failed", name)
+    if cp.archive_path is not None:
+        cp.out_path.unlink(missing_ok=True)
+    keep_criu_log(cp.rt.paths, exc, (cp.request.work_dir or cp.images_dir) / DUMP_LOG, "dump")
+    shutil.rmtree(cp.staging, ignore_errors=True)
+
+
+def _stats(cp: _Checkpoint, dumped: _Dumped, images_bytes: int, frozen_s: float, started: float) -> CheckpointStats:
+    frozen_ms = frozen_s * 1000
+    return CheckpointStats(
+        freezing_ms=round(cp.freezing_ms, 3),
         frozen_ms=round(frozen_ms, 3),
-        memdump_ms=stats_dump.memdump_ms,
-        memwrite_ms=stats_dump.memwrite_ms,
-        pages_scanned=stats_dump.pages_scanned,
-        pages_skipped_parent=stats_dump.pages_skipped_parent,
-        pages_written=stats_dump.pages_written,
+        memdump_ms=dumped.stats.memdump_ms,
+        memwrite_ms=dumped.stats.memwrite_ms,
+        pages_scanned=dumped.stats.pages_scanned,
+        pages_skipped_parent=dumped.stats.pages_skipped_parent,
+        pages_written=dumped.stats.pages_written,
         images_bytes=images_bytes,
-        upper_bytes=upper_bytes,
-        archive_bytes=archive_bytes,
-        archive_ms=round(max(0.0, frozen_ms - dump_ms), 3),
-        total_ms=round(total_ms, 3),
-    )
-    log.info(
-        "container=%s checkpoint=%s frozen_ms=%.1f dump_ms=%.1f images_bytes=%d archive_bytes=%d",
-        spec.name, checkpoint_id, stats.frozen_ms, dump_ms, images_bytes, archive_bytes,
-    )
-    emit("done")
-    return CheckpointResult(
-        checkpoint_id=checkpoint_id,
-        container_name=spec.name,
-        export_path=str(archive_path) if archive_path else None,
-        stats=stats,
-        signed_by=signer.fingerprint if signer is not None else "",
+        upper_bytes=dumped.upper_bytes,
+        archive_bytes=dumped.archive_bytes,
+        archive_ms=round(max(0.0, frozen_ms - dumped.dump_ms), 3),
+        total_ms=round((time.monotonic() - started) * 1000, 3),
     )
 
 
