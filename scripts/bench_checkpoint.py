@@ -229,7 +229,9 @@ class Bench:
         self.start_memhog(name, size_mib)
         info = self.info(name)
         digest = info.spec.image_digest
-        upper_live = Path(info.bundle_dir) / "upper"
+        from runtime.upperfs import Layout
+
+        upper_live = Layout.of(Path(info.bundle_dir)).upper  # on the container's ext4 image, or a plain dir
         scratch = self.root / "tmp"
         r: dict[str, list[float]] = {k: [] for k in (
             "pm_frozen_ms", "pm_ckpt_total_ms", "raw_frozen_ms", "raw_dump_wall_ms",
@@ -313,12 +315,23 @@ class Bench:
         return {"size_mib": size_mib, "runs": runs, "median": med, "samples": r, "bytes": sizes}
 
     def _upper_from(self, cid: str, base: Path) -> Path:
-        """The checkpoint's upper layer, unpacked from its upper.pma (as pymigrate restore does)."""
+        """The checkpoint's upper layer as a plain dir for the raw overlay: copied out of its
+        upper.img (the container's ext4 layer, runtime/upperfs.py) or unpacked from its upper.pma."""
         from migrate.archive import read_archive
 
         dest = base / "unpacked"
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
+        image = self.root / "checkpoints" / cid / "upper.img"
+        if image.exists():
+            mnt = base / "upper-img"
+            mnt.mkdir()
+            subprocess.run(["mount", "-o", "loop,ro", str(image), str(mnt)], check=True)
+            try:
+                subprocess.run(["cp", "-a", str(mnt / "upper"), str(dest / "upper")], check=True)
+            finally:
+                subprocess.run(["umount", str(mnt)], check=True)
+            return dest / "upper"
         with open(self.root / "checkpoints" / cid / "upper.pma", "rb") as f:
             read_archive(f, dest, allow_devices=True)
         upper = dest / "upper"
