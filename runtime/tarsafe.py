@@ -595,14 +595,8 @@ def extract(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits 
         ImageError: the archive is truncated or corrupt, or a member cannot be created (no space).
     """
     limits = limits or current_limits()
-    reader, compression, corrupt = open_decompressed(stream)
+    tar, reader, compression, corrupt = _open_tar(stream, source)
     log.debug("extracting %s (compression %s) into %s", source, compression, dest)
-    try:
-        tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)
-    except tarfile.ReadError as exc:
-        raise NotATarArchive(source) from exc
-    except corrupt + _HEADER_ERRORS as exc:
-        raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
     ex = _Extractor(dest, source, limits)
     try:
         _extract_members(tar, reader, ex, source, compression, corrupt, dest)
@@ -611,6 +605,18 @@ def extract(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits 
         ex.close()
         tar.close()
     return ExtractStats(members=ex.members, bytes_written=ex.bytes_written)
+
+
+def _open_tar(stream: BinaryIO, source: str) -> tuple[tarfile.TarFile, BinaryIO, str, tuple[type[BaseException], ...]]:
+    """A streaming tar reader over ``stream`` (plain, gzip or zstd), with what names its errors."""
+    reader, compression, corrupt = open_decompressed(stream)
+    try:
+        tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)
+    except tarfile.ReadError as exc:
+        raise NotATarArchive(source) from exc
+    except corrupt + _HEADER_ERRORS as exc:
+        raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
+    return tar, reader, compression, corrupt
 
 
 def apply_layers(layers: Iterable[tuple[BinaryIO, str]], dest: Path, *, limits: ExtractLimits | None = None) -> ExtractStats:
@@ -628,14 +634,8 @@ def apply_layers(layers: Iterable[tuple[BinaryIO, str]], dest: Path, *, limits: 
         for stream, source in layers:
             ex.source = source
             ex.begin_layer()
-            reader, compression, corrupt = open_decompressed(stream)
+            tar, reader, compression, corrupt = _open_tar(stream, source)
             log.debug("applying layer %s (compression %s) onto %s", source, compression, dest)
-            try:
-                tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)
-            except tarfile.ReadError as exc:
-                raise NotATarArchive(source) from exc
-            except corrupt + _HEADER_ERRORS as exc:
-                raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
             try:
                 _extract_members(tar, reader, ex, source, compression, corrupt, dest)
             finally:
