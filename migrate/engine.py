@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from migrate.api import (
     CheckpointInfo,
@@ -33,6 +33,7 @@ from migrate.api import (
 from runtime.spec import ContainerInfo
 
 if TYPE_CHECKING:  # pragma: no cover
+    from runtime.registry import PushResult, RegistryOptions
     from runtime.runtime import Runtime
     from migrate.archive.signing import SignaturePolicy
 
@@ -116,6 +117,27 @@ class LocalEngine:
         """
         self.runtime.paths.ensure()
         return _image_info(self.runtime.images.load_archive(Path(path), name=name, platform=platform))
+
+    def image_pull(self, reference: str, name: str | None = None, platform: str | None = None,
+                   options: RegistryOptions | None = None, progress: Callable[[str], None] | None = None) -> ImageInfo:
+        """Pull ``reference`` from a registry with skopeo and load it (runtime.registry.pull).
+
+        Local only, like ``image_load``: not in the ``Engine`` protocol, no RPC yet.
+        """
+        from runtime import registry
+
+        self.runtime.paths.ensure()
+        image = registry.pull(self.runtime.images, reference, name=name, platform=platform, options=options,
+                              progress=progress)
+        return _image_info(image)
+
+    def image_push(self, name: str, reference: str, options: RegistryOptions | None = None,
+                   progress: Callable[[str], None] | None = None) -> PushResult:
+        """Push a stored image to a registry as one flattened layer (runtime.registry.push). Local only."""
+        from runtime import registry
+
+        self.runtime.paths.ensure()
+        return registry.push(self.runtime.images, name, reference, options=options, progress=progress)
 
     def image_inspect(self, name: str) -> ImageDetails:
         config = self.runtime.images.config(name)

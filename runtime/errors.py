@@ -11,8 +11,9 @@ Tree::
     ├── Busy                        another operation holds the container or checkpoint (names it)
     ├── ImageError                  image store problems
     │   ├── ImageNotFound
-    │   └── UnsafeArchive           a tarball member that could escape or is not allowed (names it)
-    │       └── ImageLimitExceeded  over an extraction budget (runtime.extract_limits): limit, value
+    │   ├── UnsafeArchive           a tarball member that could escape or is not allowed (names it)
+    │   │   └── ImageLimitExceeded  over an extraction budget (runtime.extract_limits): limit, value
+    │   └── RegistryError           pull/push failures, one subclass per cause (runtime/registry.py)
     ├── Unsupported                 the host lacks a kernel or CRIU feature (names it, hint says how)
     ├── CgroupError                 cgroupfs refused or timed out
     │   └── FreezeTimeout           cgroup.events never reported the wanted frozen state

@@ -67,6 +67,24 @@ class ImageConfig:
             "variant": self.variant,
         }
 
+    def to_oci(self) -> dict[str, Any]:
+        """The ``config`` object of an OCI image config blob (``ExposedPorts`` a map, unset fields left out)."""
+        run: dict[str, Any] = {}
+        if self.entrypoint is not None:
+            run["Entrypoint"] = list(self.entrypoint)
+        if self.cmd is not None:
+            run["Cmd"] = list(self.cmd)
+        if self.env:
+            run["Env"] = list(self.env)
+        for key, value in (("WorkingDir", self.working_dir), ("User", self.user), ("StopSignal", self.stop_signal)):
+            if value:
+                run[key] = value
+        if self.exposed_ports:
+            run["ExposedPorts"] = {port: {} for port in self.exposed_ports}
+        if self.labels:
+            run["Labels"] = dict(self.labels)
+        return run
+
     @classmethod
     def from_json(cls, data: Any, source: str = "image index") -> ImageConfig:
         """Read ``to_json``'s form back (the same checks as ``from_oci``)."""

@@ -8,6 +8,7 @@ Layout under a state root (see runtime/config.py)::
     ROOT/images/<hex>/image.json      {digest, size_bytes, created_at} of this rootfs
     ROOT/images/<hex>/rootfs/         the tree; used only as an overlayfs lowerdir, never written
     ROOT/tmp/image-*/                 imports in progress (same filesystem, so rename(2) is atomic)
+    ROOT/tmp/pull-*/ ROOT/tmp/push-*/ skopeo's OCI layouts while pulling / pushing (runtime/registry.py)
 
 An import extracts into ROOT/tmp (runtime/tarsafe.py refuses unsafe members), computes the digest,
 then renames the whole ``image-*`` directory to ``images/<hex>`` under the lock. rename(2) is

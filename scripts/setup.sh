@@ -7,7 +7,9 @@
 #     libseccomp2 and golang-github-containers-common (podman's default seccomp profile,
 #     /usr/share/containers/seccomp.json, which every container gets unless told otherwise);
 #     podman, skopeo, attr and libcap2-bin for the image tests (real docker/OCI archives with
-#     file capabilities and xattrs); runs `apt-get update` only when something has to be fetched
+#     file capabilities and xattrs); docker-registry and apache2-utils (htpasswd) for the registry
+#     pull/push tests (its packaged service is left stopped and disabled; the tests start their
+#     own on 127.0.0.1); runs `apt-get update` only when something has to be fetched
 #   - adds a source-only apt entry for Debian trixie
 #     (/etc/apt/sources.list.d/pymigrate-trixie-src.sources: Types deb-src only, never binaries)
 #   - builds CRIU >= 4 from trixie's source tarball in /var/cache/pymigrate/criu and installs the
@@ -88,6 +90,10 @@ PACKAGES=(
     # image load tests (tests/integration/test_image_load.py): real docker/OCI archives built by
     # podman and skopeo, with file capabilities (setcap) and xattrs (getfattr)
     podman skopeo attr libcap2-bin
+    # image pull/push (runtime/registry.py runs skopeo; tests/integration/test_image_registry.py):
+    # Debian's registry (docker-registry, started by the tests on 127.0.0.1 only; its packaged
+    # service is never started here) and htpasswd -B (apache2-utils) for its basic auth
+    docker-registry apache2-utils
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -120,6 +126,13 @@ else
         fi
         update-rc.d ssh disable >/dev/null 2>&1 || true
         if [[ -x /etc/init.d/ssh ]]; then /etc/init.d/ssh stop >/dev/null 2>&1 || true; fi
+    fi
+    if [[ " ${missing[*]} " == *" docker-registry "* ]]; then
+        note "leaving the packaged docker-registry service stopped and disabled (tests start their own)"
+        if command -v systemctl >/dev/null; then
+            systemctl disable docker-registry.service >/dev/null 2>&1 || true
+            if [[ -d /run/systemd/system ]]; then systemctl stop docker-registry.service || true; fi
+        fi
     fi
 fi
 

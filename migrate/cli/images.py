@@ -5,6 +5,11 @@ Subcommands (all call the engine; nothing here touches the image store directly)
     pymigrate image import NAME TARBALL     tar, tar.gz or tar.zst (detected by content)
     pymigrate image load FILE|DIR [--name NAME[:TAG]] [--platform OS/ARCH[/VARIANT]]
                                             Docker archive, OCI archive or OCI layout (docs/images.md)
+    pymigrate image pull REF [--name NAME[:TAG]] [--platform P] [REGISTRY FLAGS]
+                                            from a registry, with skopeo (docs/images.md)
+    pymigrate image push NAME REF [REGISTRY FLAGS]
+                                            to a registry: one flattened layer and the stored config
+        REGISTRY FLAGS: --tls-verify=false, --cert-dir DIR, --creds USER:PASS | --authfile FILE
     pymigrate image inspect NAME            the image and its config (json)
     pymigrate image ls [--json]
     pymigrate image rm NAME
@@ -16,6 +21,7 @@ Exit codes: 0 success, 125 the engine refused (bad name, unsafe archive, no such
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,22 @@ def register(subparsers: Any) -> None:
                    help="which image of a multi-platform archive (default: this host's)")
     add_json_flag(p)
     p.set_defaults(handler=cmd_load)
+
+    p = sub.add_parser("pull", help="pull an image from a registry (skopeo)")
+    p.add_argument("reference", metavar="REF", help="[REGISTRY/]PATH[:TAG][@sha256:DIGEST]; redis:7 is docker.io/library/redis:7")
+    p.add_argument("--name", metavar="NAME[:TAG]", default=None, help="image name (default: the last path component and tag)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", default=None,
+                   help="which image of a multi-platform index (default: this host's)")
+    _add_registry_flags(p)
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_pull)
+
+    p = sub.add_parser("push", help="push an image to a registry (skopeo; one flattened layer)")
+    p.add_argument("name", metavar="NAME", help="the stored image")
+    p.add_argument("reference", metavar="REF", help="[REGISTRY/]PATH[:TAG]")
+    _add_registry_flags(p)
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_push)
 
     p = sub.add_parser("inspect", help="show an image and its config (json)")
     p.add_argument("name", metavar="NAME")
@@ -84,6 +106,89 @@ def _local_only(ctx: Any, method: str, verb: str) -> Any:
 def cmd_load(args: argparse.Namespace, ctx: Any) -> int:
     info = _local_only(ctx, "image_load", "load")(args.path, name=args.name, platform=args.platform)
     _emit_one(ctx, info, "loaded")
+    return EXIT_OK
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_registry_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-verify", metavar="BOOL", type=_bool, nargs="?", const=True, default=None,
+                   help="verify the registry's TLS certificate; false also allows plain http (default: true)")
+    p.add_argument("--cert-dir", metavar="DIR", type=Path, default=None,
+                   help="the registry's CA certificates (*.crt) and client certificate (*.cert, *.key)")
+    creds = p.add_mutually_exclusive_group()
+    creds.add_argument("--creds", metavar="USER:PASS", default=None, help="registry credentials")
+    creds.add_argument("--authfile", metavar="FILE", type=Path, default=None,
+                       help="an auth file (skopeo login's, or ~/.docker/config.json); default: skopeo's own "
+                            "($REGISTRY_AUTH_FILE, then the usual places)")
+
+
+def _registry_options(args: argparse.Namespace) -> Any:
+    from runtime.registry import RegistryOptions
+
+    return RegistryOptions(tls_verify=args.tls_verify, cert_dir=args.cert_dir, creds=args.creds, authfile=args.authfile)
+
+
+class CopyProgress:
+    """A transient rich line on stderr with skopeo's last report line while it copies (none when
+    stderr is not a terminal or with --json)."""
+
+    def __init__(self, ctx: Any, operation: str) -> None:
+        self.enabled = not ctx.json and sys.stderr.isatty()
+        self.operation = operation
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> "CopyProgress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                                      transient=True, console=Console(stderr=True))
+            self._progress.start()
+            self._task = self._progress.add_task(self.operation, total=None)
+        return self
+
+    def __call__(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"{self.operation}: {line[:100]}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def cmd_pull(args: argparse.Namespace, ctx: Any) -> int:
+    from runtime.registry import parse_reference
+
+    ref = parse_reference(args.reference)
+    pull = _local_only(ctx, "image_pull", "pull")
+    with CopyProgress(ctx, f"pull {ref}") as progress:
+        info = pull(args.reference, name=args.name, platform=args.platform, options=_registry_options(args),
+                    progress=progress)
+    if ctx.json:
+        ctx.emit_json(dict(_as_dict(info), reference=str(ref)))
+    else:
+        print(f"pulled {ref} as {info.name} {info.digest} ({human_bytes(info.size_bytes)})")
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace, ctx: Any) -> int:
+    push = _local_only(ctx, "image_push", "push")
+    with CopyProgress(ctx, f"push {args.name}") as progress:
+        result = push(args.name, args.reference, options=_registry_options(args), progress=progress)
+    if ctx.json:
+        ctx.emit_json({"name": result.name, "reference": result.reference, "digest": result.digest})
+    else:
+        print(f"pushed {result.name} to {result.reference} (manifest {result.digest})")
     return EXIT_OK
 
 
