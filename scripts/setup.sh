@@ -133,6 +133,8 @@ else
             systemctl disable docker-registry.service >/dev/null 2>&1 || true
             if [[ -d /run/systemd/system ]]; then systemctl stop docker-registry.service || true; fi
         fi
+        update-rc.d docker-registry disable >/dev/null 2>&1 || true
+        if [[ -x /etc/init.d/docker-registry ]]; then /etc/init.d/docker-registry stop >/dev/null 2>&1 || true; fi
     fi
 fi
 
