@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import queue
 import threading
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Protocol
 
 from migrate.errors import TransferError
 
@@ -156,3 +156,15 @@ class IteratorReader(io.RawIOBase):
         self._current = self._current[n:]
         self.bytes_read += n
         return n
+
+
+def split_chunks(chunks: Iterable[bytes], size: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+    """Re-cut a byte stream into pieces of at most ``size`` bytes, dropping empty ones."""
+    for chunk in chunks:
+        if len(chunk) <= size:
+            if chunk:
+                yield bytes(chunk)  # no copy for bytes
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])

@@ -29,11 +29,12 @@ import time
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import grpc
 
 from migrate import api
+from migrate.archive.streams import split_chunks
 from migrate.remote import _rpc_errors
 from migrate.remote import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
@@ -90,17 +91,6 @@ def channel_target(address: str) -> tuple[str, bool]:
             f"invalid daemon address {address!r}: expected unix:PATH or HOST:PORT", hint="e.g. unix:/var/lib/pymigrate/run/pymigrate.sock"
         )
     return address, False
-
-
-def _pieces(chunks: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    for chunk in chunks:
-        if len(chunk) <= size:
-            if chunk:
-                yield bytes(chunk)  # no copy for bytes
-            continue
-        view = memoryview(chunk)
-        for start in range(0, len(view), size):
-            yield bytes(view[start : start + size])
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -453,7 +443,7 @@ class RemoteEngine:
 
     def import_checkpoint(self, chunks: Iterator[bytes]) -> api.CheckpointInfo:
         requests = (
-            pb.UploadCheckpointRequest(data=data, seq=seq, crc32=zlib.crc32(data)) for seq, data in enumerate(_pieces(chunks))
+            pb.UploadCheckpointRequest(data=data, seq=seq, crc32=zlib.crc32(data)) for seq, data in enumerate(split_chunks(chunks, CHUNK_BYTES))
         )
         return cv.checkpoint_info_from_pb(self._client_stream("UploadCheckpoint", requests).checkpoint)
 
@@ -475,14 +465,14 @@ class RemoteEngine:
     def receive_image(self, migration_id: str, chunks: Iterator[bytes]) -> None:
         requests = (
             pb.PushImageRequest(migration_id=migration_id, data=data, seq=seq, crc32=zlib.crc32(data))
-            for seq, data in enumerate(_pieces(chunks))
+            for seq, data in enumerate(split_chunks(chunks, CHUNK_BYTES))
         )
         self._client_stream("PushImage", _non_empty(requests, pb.PushImageRequest(migration_id=migration_id, seq=0)))
 
     def receive_upper(self, migration_id: str, chunks: Iterator[bytes]) -> int:
         requests = (
             pb.PushUpperRequest(migration_id=migration_id, data=data, seq=seq, crc32=zlib.crc32(data))
-            for seq, data in enumerate(_pieces(chunks))
+            for seq, data in enumerate(split_chunks(chunks, CHUNK_BYTES))
         )
         reply = self._client_stream("PushUpper", _non_empty(requests, pb.PushUpperRequest(migration_id=migration_id, seq=0)))
         return int(reply.entries)
@@ -490,7 +480,7 @@ class RemoteEngine:
     def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes]) -> api.RestoreResult:
         requests = (
             pb.PushCheckpointRequest(migration_id=migration_id, data=data, seq=seq, crc32=zlib.crc32(data))
-            for seq, data in enumerate(_pieces(chunks))
+            for seq, data in enumerate(split_chunks(chunks, CHUNK_BYTES))
         )
         reply = self._client_stream(
             "PushCheckpoint", _non_empty(requests, pb.PushCheckpointRequest(migration_id=migration_id, seq=0))

@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Iterator
 import grpc
 
 from migrate import api
+from migrate.archive.streams import split_chunks
 from migrate.remote import _rpc_errors
 from migrate.remote import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
@@ -155,18 +156,6 @@ def _chunks(
             yield msg.data
 
 
-def split_chunks(chunks: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Re-cut a byte stream into pieces of at most ``size`` bytes, dropping empty ones."""
-    for chunk in chunks:
-        if len(chunk) <= size:
-            if chunk:
-                yield bytes(chunk)  # no copy for bytes
-            continue
-        view = memoryview(chunk)
-        for start in range(0, len(view), size):
-            yield bytes(view[start : start + size])
-
-
 def _first_migration_id(requests: Iterator[Any], what: str) -> tuple[str, Iterator[Any]]:
     """Peek at the first message of a push stream for its migration id."""
     try:
@@ -270,7 +259,7 @@ class HostServicer(pb_grpc.HostServicer):
         for chunk in self.engine.logs(request.name, follow=request.follow):
             if not context.is_active():
                 return
-            for piece in split_chunks((chunk,)):
+            for piece in split_chunks((chunk,), CHUNK_BYTES):
                 yield pb.StreamLogsResponse(data=piece)
 
     def WaitContainer(self, request: pb.WaitContainerRequest, context: grpc.ServicerContext) -> pb.WaitContainerResponse:
@@ -309,7 +298,7 @@ class HostServicer(pb_grpc.HostServicer):
 
     def DownloadCheckpoint(self, request: pb.DownloadCheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.DownloadCheckpointResponse]:
         export = self._target("export_checkpoint")
-        for seq, piece in enumerate(split_chunks(export(request.checkpoint_id))):
+        for seq, piece in enumerate(split_chunks(export(request.checkpoint_id), CHUNK_BYTES)):
             if not context.is_active():
                 return
             yield pb.DownloadCheckpointResponse(data=piece, seq=seq, crc32=zlib.crc32(piece))
