@@ -89,3 +89,19 @@ def sample_tree() -> list[Member]:
         Member("run/fifo", "fifo", mode=0o600),
         Member("empty", data=b""),
     ]
+
+
+def layer(entries: list[tuple[str, str | None]]) -> bytes:
+    """An image layer tar (PAX): (name, content) files; content None makes a directory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in entries:
+            ti = tarfile.TarInfo(name)
+            if content is None:
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(ti)
+            else:
+                data = content.encode()
+                ti.size, ti.mode = len(data), 0o644
+                tar.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()

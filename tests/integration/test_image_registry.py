@@ -20,7 +20,6 @@ import json
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from tests.fakes.image_tars import layer
 from tests.integration.cli_helpers import ok, refused, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "busybox")]
@@ -112,20 +112,6 @@ def start_registry(work: Path, *, secure: bool = False) -> Registry:
 # --- the image -----------------------------------------------------------------------------------
 
 
-def _tar(entries: list[tuple[str, str | None]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in entries:
-            ti = tarfile.TarInfo(name)
-            if content is None:
-                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(ti)
-            else:
-                ti.size, ti.mode = len(content.encode()), 0o644
-                tar.addfile(ti, io.BytesIO(content.encode()))
-    return buf.getvalue()
-
-
 def build_layout(pm_root: Path, out: Path) -> Path:
     """An OCI layout of three layers over the busybox rootfs, tagged ``1``."""
     from runtime.config import Paths
@@ -136,10 +122,10 @@ def build_layout(pm_root: Path, out: Path) -> Path:
     layers = [
         (gzip.compress(base.getvalue(), 1), base.getvalue(), "application/vnd.oci.image.layer.v1.tar+gzip"),
     ]
-    plain = _tar([("etc", None), ("etc/gone.txt", "gone\n"), ("replace.txt", "old\n"), ("opq", None),
+    plain = layer([("etc", None), ("etc/gone.txt", "gone\n"), ("replace.txt", "old\n"), ("opq", None),
                   ("opq/lower.txt", "lower\n"), ("work", None)])
     layers.append((plain, plain, "application/vnd.oci.image.layer.v1.tar"))
-    upper = _tar([("etc", None), ("etc/.wh.gone.txt", ""), ("replace.txt", "new\n"), ("opq", None),
+    upper = layer([("etc", None), ("etc/.wh.gone.txt", ""), ("replace.txt", "new\n"), ("opq", None),
                   ("opq/.wh..wh..opq", ""), ("opq/upper.txt", "upper\n")])
     layers.append((gzip.compress(upper), upper, "application/vnd.oci.image.layer.v1.tar+gzip"))
     blobs = out / "blobs" / "sha256"

@@ -17,22 +17,7 @@ from runtime.image_config import ImageConfig, resolve_run
 from runtime.image_store import ImageStore, NotARootfsTarball
 from runtime.oci_image import BlobDigestMismatch, ImageFormatError, PlatformNotFound
 from runtime.tarsafe import apply_layers
-
-
-def layer(entries: list[tuple[str, str | None]]) -> bytes:
-    """A tar: (name, content) files; content None makes a directory."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in entries:
-            ti = tarfile.TarInfo(name)
-            if content is None:
-                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(ti)
-            else:
-                data = content.encode()
-                ti.size, ti.mode = len(data), 0o644
-                tar.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
+from tests.fakes.image_tars import layer
 
 
 def test_whiteouts_and_opaque_dirs_apply_to_lower_layers(tmp_path: Path) -> None:
