@@ -373,7 +373,7 @@ class CheckpointHost:
             spec, netns = self._build_shell(spec, restored_from, undo)
             cdir = rt.store.dir(cid)
             install_upper(rt.sys, upper_src, cdir, undo)
-            dirs = overlay.OverlayDirs.for_container(cdir, img.rootfs)
+            dirs = overlay.OverlayDirs.for_container(cdir, img.lowers)
             overlay.mount(rt.sys, dirs)
             undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
 
@@ -482,7 +482,7 @@ class RestoreShell:
             img = rt.images.get(self.spec.image_digest)
             cdir = rt.store.dir(cid)
             install_upper(rt.sys, upper_src, cdir, self._undo)
-            dirs = overlay.OverlayDirs.for_container(cdir, img.rootfs)
+            dirs = overlay.OverlayDirs.for_container(cdir, img.lowers)
             overlay.mount(rt.sys, dirs)
             self._undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
             self._send(pickle.dumps(request_for(dirs.merged)))

@@ -97,7 +97,10 @@ class Image:
     digest: str  # "sha256:<64 hex>": canonical digest of the rootfs tree
     size_bytes: int  # bytes of regular file content, each inode once
     created_at: float  # when this name was given to the digest (unix time)
-    rootfs: Path  # ROOT/images/<hex>/rootfs, read-only lower dir shared by all containers
+    rootfs: Path  # ROOT/images/<hex>/rootfs: a flat image's tree (absent for a layered one)
+    layers: tuple[str, ...] = ()  # a layered image's diff_ids, lowest first (runtime/layer_store.py)
+    lowers: tuple[Path, ...] = ()  # the overlay lower dirs, top first: the layers' or (rootfs,)
+    config_digest: str = ""  # a layered image's config blob (in the blob store)
 
 
 def validate_name(name: str) -> str:
@@ -351,6 +354,9 @@ class ImageStore:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.index_path = self.images_dir / INDEX_NAME
+        from runtime.layer_store import LayerStore
+
+        self.layers = LayerStore(paths)
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -369,7 +375,7 @@ class ImageStore:
             names = sorted(n for n, e in self._read_index().items() if e["digest"] == name_or_digest)
             if names:
                 return self._image(names[0], self._read_index()[names[0]])
-            return Image(name_or_digest, name_or_digest, meta["size_bytes"], meta["created_at"], self._rootfs(hexd))
+            return self._make(name_or_digest, name_or_digest, meta["size_bytes"], meta["created_at"], meta)
         validate_name(name_or_digest)
         entry = self._read_index().get(name_or_digest)
         if entry is None:
@@ -381,8 +387,25 @@ class ImageStore:
         return [self._image(n, e) for n, e in sorted(self._read_index().items())]
 
     def has_digest(self, digest: str) -> bool:
-        """Whether a rootfs with this digest is present (named or not)."""
-        return self._rootfs(validate_digest(digest)).is_dir()
+        """Whether an image with this digest is present (named or not; flat or layered)."""
+        hexd = validate_digest(digest)
+        meta = self._read_meta(hexd)
+        if meta is None:
+            return False
+        return all(self.layers.has_layer(d) for d in meta.get("layers") or ()) or self._rootfs(hexd).is_dir()
+
+    @contextlib.contextmanager
+    def view(self, name_or_digest: str) -> Iterator[Path]:
+        """The image's tree, read-only: a flat image's rootfs, or its layers mounted as one
+        read-only overlay in ROOT/tmp for the duration (root only)."""
+        image = self.get(name_or_digest)
+        if not image.layers:
+            yield image.rootfs
+            return
+        from runtime.layer_store import mounted_chain
+
+        with self._scratch("view-") as work, mounted_chain(image.lowers, work) as merged:
+            yield merged
 
     # --- imports -----------------------------------------------------------------------------
 
@@ -435,18 +458,52 @@ class ImageStore:
                     raise InvalidArgument(
                         f"cannot load image from {path}: the archive names no usable image "
                         f"({resolved.ref_name!r})", hint="give one with --name NAME[:TAG]")
-            with self._scratch("image-") as work:
-                rootfs = work / ROOTFS_NAME
-                rootfs.mkdir(mode=0o700)
-                stats = tarsafe.apply_layers(archive.layer_streams(resolved), rootfs)
-                digest, size = tree_digest(rootfs)
-                image = self._commit(name, work, digest, size, config=resolved.config.to_json())
+            if os.geteuid() == 0:
+                image, unpacked = self._load_layers(name, archive, resolved)
+            else:  # overlayfs whiteouts need root: an unprivileged store keeps one flat tree
+                with self._scratch("image-") as work:
+                    rootfs = work / ROOTFS_NAME
+                    rootfs.mkdir(mode=0o700)
+                    tarsafe.apply_layers(archive.layer_streams(resolved), rootfs)
+                    digest, size = tree_digest(rootfs)
+                    image, unpacked = self._commit(name, work, digest, size, config=resolved.config.to_json()), -1
         log.info(
-            "loaded image=%s from=%s kind=%s layers=%d members=%d whiteouts=%d digest=%s elapsed_ms=%.0f",
-            name, path, resolved.kind, len(resolved.layers), stats.members, stats.whiteouts, digest,
-            (time.monotonic() - t0) * 1000,
+            "loaded image=%s from=%s kind=%s layers=%d unpacked=%d digest=%s elapsed_ms=%.0f",
+            name, path, resolved.kind, len(resolved.layers), unpacked, image.digest, (time.monotonic() - t0) * 1000,
         )
         return image
+
+    def _load_layers(self, name: str, archive: Any, resolved: Any) -> tuple[Image, int]:
+        """Store the config blob, then each layer this host lacks (blob, then unpacked, both
+        verified), then the image as its chain of diff_ids; the image and how many layers were new."""
+        from runtime.layer_store import MAX_LAYERS
+
+        if len(resolved.layers) > MAX_LAYERS:
+            raise ImageError(f"cannot load image {name}: it has {len(resolved.layers)} layers, at most {MAX_LAYERS} are supported",
+                             hint="flatten the image (for example: podman build --squash)")
+        self.layers.put_blob_bytes(resolved.config_bytes, resolved.config_digest, what=f"config of {archive.source}")
+        unpacked = 0
+        for layer in resolved.layers:
+            if self.layers.has_layer(layer.diff_id):
+                continue
+            with archive.blobs.open(layer.path) as stream:
+                archive.check_compression(stream, layer)
+                blob = self.layers.put_blob(stream, layer.digest if layer.compression else None, what=f"layer {layer.path}")
+            self.layers.unpack(layer.diff_id, blob, source=f"{archive.source}:{layer.path}")
+            unpacked += 1
+        chain = tuple(layer.diff_id for layer in resolved.layers)
+        return self.commit_layers(name, chain, resolved.config_digest, config=resolved.config.to_json()), unpacked
+
+    def commit_layers(self, name: str, chain: tuple[str, ...], config_digest: str, *, config: dict[str, Any] | None) -> Image:
+        """Tag ``name`` as the image made of the stored layers ``chain`` (lowest first); its digest is
+        the canonical tree digest of the layers mounted as one overlay (the same as flattening)."""
+        from runtime.layer_store import layer_chain_dirs, mounted_chain
+
+        with self._scratch("view-") as view, mounted_chain(layer_chain_dirs(self.layers, chain), view) as merged:
+            digest, size = tree_digest(merged)
+        with self._scratch("image-") as work:
+            return self._commit(name, work, digest, size, config=config,
+                                layered={"layers": list(chain), "config_digest": config_digest})
 
     def config(self, name_or_digest: str) -> ImageConfig | None:
         """The run config of a named image (None: the image has none, e.g. a flat tarball)."""
@@ -521,8 +578,8 @@ class ImageStore:
 
         image = self.get(name_or_digest)
         first_path: dict[tuple[int, int], str] = {}
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for rel, path, st in walk_tree(image.rootfs):
+        with self.view(name_or_digest) as root, tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for rel, path, st in walk_tree(root):
                 ti = tarfile.TarInfo(rel)
                 ti.mode = stat.S_IMODE(st.st_mode)
                 ti.uid, ti.gid = st.st_uid, st.st_gid
@@ -590,8 +647,16 @@ class ImageStore:
         return self.images_dir / hexd / ROOTFS_NAME
 
     def _image(self, name: str, entry: dict[str, Any]) -> Image:
-        hexd = validate_digest(entry["digest"])
-        return Image(name, entry["digest"], int(entry["size_bytes"]), float(entry["created_at"]), self._rootfs(hexd))
+        meta = self._read_meta(validate_digest(entry["digest"])) or {}
+        return self._make(name, entry["digest"], int(entry["size_bytes"]), float(entry["created_at"]), meta)
+
+    def _make(self, name: str, digest: str, size: int, created_at: float, meta: dict[str, Any]) -> Image:
+        from runtime.layer_store import layer_chain_dirs
+
+        rootfs = self._rootfs(validate_digest(digest))
+        layers = tuple(meta.get("layers") or ())
+        lowers = layer_chain_dirs(self.layers, layers) if layers else (rootfs,)
+        return Image(name, digest, size, created_at, rootfs, layers, lowers, str(meta.get("config_digest", "")))
 
     def _read_meta(self, hexd: str) -> dict[str, Any] | None:
         try:
@@ -651,14 +716,18 @@ class ImageStore:
         finally:
             rmtree(work)
 
-    def _commit(self, name: str, work: Path, digest: str, size: int, *, config: dict[str, Any] | None = None) -> Image:
-        """Move ``work`` (holding rootfs/) to images/<hex> unless present, then tag ``name``."""
+    def _commit(self, name: str, work: Path, digest: str, size: int, *, config: dict[str, Any] | None = None,
+                layered: dict[str, Any] | None = None) -> Image:
+        """Move ``work`` (holding rootfs/, or nothing for a ``layered`` image: its layer chain and
+        config digest) to images/<hex> unless present, then tag ``name``."""
         hexd = validate_digest(digest)
         now = time.time()
-        meta = {"digest": digest, "size_bytes": size, "created_at": now}
+        meta: dict[str, Any] = {"digest": digest, "size_bytes": size, "created_at": now, **(layered or {})}
         (work / IMAGE_META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
         target = self.images_dir / hexd
         with self._locked():
+            if layered is not None:
+                self._check_stored(layered, name)
             created = False
             if not target.exists():
                 os.chmod(work, 0o700)
@@ -690,7 +759,33 @@ class ImageStore:
                     log.info("image=%s moved to %s; keeping unnamed rootfs %s (in use)", name, digest, old["digest"])
                 else:
                     self._drop_rootfs(old_hex)
-        return Image(name, digest, size, now, self._rootfs(hexd))
+        return self._make(name, digest, size, now, self._read_meta(hexd) or meta)
+
+    def _check_stored(self, layered: dict[str, Any], name: str) -> None:
+        """Under the lock: every layer and blob of the chain is still there (an ``image rm`` or
+        ``prune`` running beside this load may have collected one it did not yet see used)."""
+        missing = [d for d in layered["layers"] if not self.layers.has_layer(d)]
+        missing += [] if self.layers.has_blob(layered["config_digest"]) else [layered["config_digest"]]
+        if missing:
+            raise ImageError(f"cannot store image {name}: {missing[0]} was removed while the image was loading",
+                             hint="an image rm or prune ran at the same time; run the command again")
+
+    def _collect_garbage(self) -> tuple[int, int]:
+        """Under the lock: remove the layers and blobs no stored image refers to; (count, bytes)."""
+        layers: set[str] = set()
+        blobs: set[str] = set()
+        for meta_path in self.images_dir.glob(f"*/{IMAGE_META_NAME}"):
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            layers.update(meta.get("layers") or ())
+            if meta.get("config_digest"):
+                blobs.add(meta["config_digest"])
+        for diff_id in layers:
+            if self.layers.has_layer(diff_id):
+                blobs.add(self.layers.layer(diff_id).blob)
+        return self.layers.remove_unreferenced(layers, blobs)
 
     def _drop_rootfs(self, hexd: str) -> None:
         """Remove images/<hex>: first renamed into tmp so no half-deleted image is ever visible."""
@@ -702,3 +797,4 @@ class ImageStore:
         from runtime.tarsafe import rmtree
 
         rmtree(doomed)
+        self._collect_garbage()

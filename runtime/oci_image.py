@@ -265,7 +265,8 @@ class _TarBlobs(_Blobs):
 class Layer:
     path: str  # inside the archive or directory
     compression: str  # "none" | "gzip" | "zstd" | "" (unknown: Docker archives; the magic decides)
-    digest: str  # what the blob was verified against
+    digest: str  # what the blob was verified against (OCI: the blob's digest; Docker: its diff_id)
+    diff_id: str  # sha256 of the uncompressed tar (the config's rootfs.diff_ids): the layer's identity
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ class ResolvedImage:
     config_digest: str
     layers: tuple[Layer, ...]
     ref_name: str | None  # the name in the archive (RepoTags / ref.name annotation), if any
+    config_bytes: bytes = b""  # the config blob as it is (hashes to config_digest)
 
 
 class ImageArchive:
@@ -329,7 +331,7 @@ class ImageArchive:
         for layer in image.layers:
             stream = self.blobs.open(layer.path)
             try:
-                self._check_compression(stream, layer)
+                self.check_compression(stream, layer)
                 yield stream, f"{self.source}:{layer.path}"
             finally:
                 stream.close()
@@ -357,6 +359,10 @@ class ImageArchive:
         return path
 
     def _verified_json(self, descriptor: dict[str, Any], what: str) -> Any:
+        return self._verified_document(descriptor, what)[0]
+
+    def _verified_document(self, descriptor: dict[str, Any], what: str) -> tuple[Any, bytes]:
+        """A json blob parsed, and its bytes, after checking its size cap and digest."""
         size = descriptor.get("size") if isinstance(descriptor, dict) else None
         if isinstance(size, int) and size > MAX_JSON_BYTES:
             raise ImageFormatError(self.source, f"{what} is {size} bytes, expected at most {MAX_JSON_BYTES}")
@@ -368,7 +374,7 @@ class ImageArchive:
         actual = f"sha256:{hashlib.sha256(data).hexdigest()}"
         if actual != digest:
             raise BlobDigestMismatch(self.source, f"{what} {path}", digest, actual)
-        return self.blobs.parse_json(data, path, what)
+        return self.blobs.parse_json(data, path, what), data
 
     def _resolve_oci(self, wanted: Platform) -> ResolvedImage:
         index = self.blobs.read_json(OCI_INDEX, "index")
@@ -379,18 +385,19 @@ class ImageArchive:
         config_desc = manifest.get("config")
         if not isinstance(config_desc, dict):
             raise ImageFormatError(self.source, "the manifest has no 'config' descriptor")
-        config_blob = self._verified_json(config_desc, "config")
+        config_blob, config_bytes = self._verified_document(config_desc, "config")
         config = ImageConfig.from_oci(config_blob, f"{self.source} config")
         self._check_platform(config, wanted)
+        diff_ids = _diff_ids(config_blob, len(manifest["layers"]), self.source)
         layers = []
         for i, desc in enumerate(manifest["layers"]):
             media = desc.get("mediaType") if isinstance(desc, dict) else None
             if media not in LAYER_TYPES:
                 raise ImageFormatError(self.source, f"layer {i} has media type {media!r}, expected one of the OCI or Docker layer tar types")
             path = self._verified(desc, f"layer {i}")
-            layers.append(Layer(path, LAYER_TYPES[media], desc["digest"]))
+            layers.append(Layer(path, LAYER_TYPES[media], desc["digest"], diff_ids[i]))
         _, config_digest = self._blob_path(config_desc, "config")
-        return ResolvedImage(self.kind, config, config_digest, tuple(layers), ref_name)
+        return ResolvedImage(self.kind, config, config_digest, tuple(layers), ref_name, config_bytes)
 
     def _pick(self, index: Any, wanted: Platform, where: str, depth: int) -> tuple[dict[str, Any], str | None]:
         """The manifest descriptor for ``wanted`` in ``index`` (following nested indexes)."""
@@ -454,25 +461,20 @@ class ImageArchive:
         blob = self.blobs.parse_json(data, config_path, "config")
         config = ImageConfig.from_oci(blob, f"{self.source} config")
         self._check_platform(config, wanted)
-        rootfs = blob.get("rootfs") if isinstance(blob, dict) else None
-        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(layer_paths):
-            raise ImageFormatError(self.source, f"config {config_path} lists {len(diff_ids or [])} diff_ids for {len(layer_paths)} layers")
+        diff_ids = _diff_ids(blob, len(layer_paths), f"{self.source} config {config_path}")
         layers = []
         for i, (path, diff_id) in enumerate(zip(layer_paths, diff_ids)):
-            if not isinstance(diff_id, str) or not DIGEST_RE.fullmatch(diff_id):
-                raise ImageFormatError(self.source, f"diff_id {i} {diff_id!r} is not sha256:<64 hex digits>")
             actual, _ = self.blobs.sha256(path, decompress=True)
             if actual != diff_id:
                 raise BlobDigestMismatch(self.source, f"layer {i} {path}", diff_id, actual)
-            layers.append(Layer(path, "", diff_id))
+            layers.append(Layer(path, "", diff_id, diff_id))
         tags = entry.get("RepoTags")
         ref = tags[0] if isinstance(tags, list) and tags and isinstance(tags[0], str) else None
-        return ResolvedImage(self.kind, config, config_digest, tuple(layers), ref)
+        return ResolvedImage(self.kind, config, config_digest, tuple(layers), ref, data)
 
     # --- layers ------------------------------------------------------------------------------
 
-    def _check_compression(self, stream: BinaryIO, layer: Layer) -> None:
+    def check_compression(self, stream: BinaryIO, layer: Layer) -> None:
         """The media type's compression must be the one the magic bytes show."""
         if not layer.compression:
             return
@@ -481,6 +483,19 @@ class ImageArchive:
         found = "gzip" if head.startswith(GZIP_MAGIC) else "zstd" if head.startswith(ZSTD_MAGIC) else "none"
         if found != layer.compression:
             raise ImageFormatError(self.source, f"layer {layer.path} is {found} data but its media type says {layer.compression}")
+
+
+def _diff_ids(config: Any, layers: int, source: str) -> tuple[str, ...]:
+    """The config's ``rootfs.diff_ids``: one valid sha256 digest per layer of the manifest."""
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != layers:
+        count = len(diff_ids) if isinstance(diff_ids, list) else 0
+        raise ImageFormatError(source, f"the config lists {count} rootfs.diff_ids for {layers} layers")
+    for i, diff_id in enumerate(diff_ids):
+        if not isinstance(diff_id, str) or not DIGEST_RE.fullmatch(diff_id):
+            raise ImageFormatError(source, f"diff_id {i} {diff_id!r} is not sha256:<64 hex digits>")
+    return tuple(diff_ids)
 
 
 def detect_archive(path: Path) -> str | None:

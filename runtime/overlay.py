@@ -1,6 +1,7 @@
 """The container's root filesystem: an overlay mounted on the host at ROOT/containers/<id>/merged.
 
-lowerdir is the image's read-only rootfs (shared by every container of that image), upperdir and
+lowerdir is the image's read-only rootfs, or its layers' diff dirs top first (runtime/layer_store.py;
+shared by every container of that image), upperdir and
 workdir are the container's own (same filesystem, as overlayfs requires): on the container's
 upper-layer image (runtime/upperfs.py) when it has one, mounted ``xino=on`` so that every file
 keeps its inode number across an unmount and remount of that image (overlayfs.rst, "Inode
@@ -34,22 +35,31 @@ LOG_PATH_IN_CONTAINER = "/.pymigrate/log"
 
 @dataclass(frozen=True)
 class OverlayDirs:
-    lower: Path
+    lowers: tuple[Path, ...]  # top first
     upper: Path
     work: Path
     merged: Path
     xino: bool = False  # upper on a file system of its own (upperfs): keep inode numbers
 
     @classmethod
-    def for_container(cls, container_dir: Path, lower: Path) -> "OverlayDirs":
+    def for_container(cls, container_dir: Path, lowers: tuple[Path, ...]) -> "OverlayDirs":
         layout = upperfs.Layout.of(container_dir)
-        return cls(lower=lower, upper=layout.upper, work=layout.work, merged=container_dir / "merged",
+        return cls(lowers=lowers, upper=layout.upper, work=layout.work, merged=container_dir / "merged",
                    xino=layout.image is not None)
 
 
 def _escape(path: Path) -> str:
     # overlayfs splits options on ',' and lowerdir on ':'; backslash escapes both
     return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def lowerdir_option(lowers: tuple[Path, ...]) -> str:
+    """``lowerdir=A:B:...`` (top first), escaped; refused when over the one page mount(2) takes."""
+    option = "lowerdir=" + ":".join(_escape(p) for p in lowers)
+    if len(option) > 3072:  # leave room for upperdir, workdir and xino within 4096 bytes
+        raise MountError(f"cannot mount {len(lowers)} layers: the overlay's lowerdir option would be "
+                         f"{len(option)} bytes, more than mount(2) takes", hint="flatten the image (fewer layers)")
+    return option
 
 
 def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
@@ -61,8 +71,8 @@ def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
     if new_upper:
         # The merged root takes its mode from the upper dir: make it the image's root mode, not
         # 0755 minus whatever umask the caller had (a 0700 root locks out every non-root user).
-        os.chmod(dirs.upper, stat.S_IMODE(os.stat(dirs.lower).st_mode))
-    data = f"lowerdir={_escape(dirs.lower)},upperdir={_escape(dirs.upper)},workdir={_escape(dirs.work)}"
+        os.chmod(dirs.upper, stat.S_IMODE(os.stat(dirs.lowers[0]).st_mode))
+    data = f"{lowerdir_option(dirs.lowers)},upperdir={_escape(dirs.upper)},workdir={_escape(dirs.work)}"
     if dirs.xino:
         data += ",xino=on"
     log.debug("mount overlay %s on %s", data, dirs.merged)

@@ -424,8 +424,8 @@ def _write_blob(blobs: Path, data: bytes) -> dict[str, object]:
 
 
 def export_oci_layout(store: ImageStore, name: str, layout: Path, tag: str) -> str:
-    """Write image ``name`` as an OCI image layout at ``layout`` (must not exist) and return the
-    manifest digest.
+    """Write flat image ``name`` as an OCI image layout at ``layout`` (must not exist) and return
+    the manifest digest. (A layered image is written by runtime/image_layout.py, layers as stored.)
 
     One uncompressed layer: the flattened rootfs (``ImageStore.export_stream``: numeric owners,
     modes, mtimes, hard links, kept xattrs), so the layers the image was loaded from are not
@@ -496,7 +496,12 @@ def push(store: ImageStore, name: str, reference: str, *, options: RegistryOptio
     work = Path(tempfile.mkdtemp(prefix="push-", dir=store.tmp_dir))
     try:
         layout = work / "layout"
-        export_oci_layout(store, image.name, layout, ref.tag)
+        if image.layers:  # the layers as stored, each blob by its digest
+            from runtime.image_layout import write_layout
+
+            write_layout(store, image.name, layout, ref.tag)
+        else:
+            export_oci_layout(store, image.name, layout, ref.tag)
         digest_file = work / "digest"
         args = ["copy", "--remove-signatures", *options.skopeo_args("dest", ref.registry, work),
                 f"--digestfile={digest_file}", f"oci:{layout}:{ref.tag}", f"docker://{ref}"]

@@ -253,7 +253,7 @@ class Runtime:
                 spec = dataclasses.replace(spec, mac=mac_for_ip(leased))
             self.store.create(spec)
             undo.append(("remove record", lambda: self._delete_record(container_id)))
-            self._start(spec, img.rootfs, undo, seccomp_bpf)
+            self._start(spec, img.lowers, undo, seccomp_bpf)
         except BaseException:
             self._undo(container_id, undo)
             raise
@@ -277,7 +277,7 @@ class Runtime:
 
         return filter_for(choice, profile, names(), self.paths.seccomp_cache)
 
-    def _start(self, spec: ContainerSpec, lower: Path, undo: builtins.list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
+    def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
         from runtime import rootfs
         from runtime.process import InitPlan, container_env
         from runtime.shim import Starter, launch_shim
@@ -288,7 +288,7 @@ class Runtime:
         layout = upperfs.prepare(self.sys, cdir, self._upper_size(), template_dir=self.paths.cache)
         if layout.image is not None:
             undo.append(("unmount upper layer", lambda: upperfs.unmount(self.sys, layout.mountpoint)))
-        dirs = overlay.OverlayDirs.for_container(cdir, lower)
+        dirs = overlay.OverlayDirs.for_container(cdir, lowers)
         overlay.mount(self.sys, dirs)
         undo.append(("unmount overlay", lambda: overlay.unmount(self.sys, dirs.merged)))
         prepare_root(dirs.merged, spec)

@@ -50,9 +50,11 @@ problem with the input ends in an ``ImageError``: ``tarfile`` raises ``ValueErro
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import os
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,7 @@ KEPT_XATTRS = ("user.", CAPABILITY_XATTR, "system.posix_acl_access", "system.pos
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 MAX_XATTR_VALUE_BYTES = 64 << 10  # XATTR_SIZE_MAX
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
 class NotATarArchive(UnsafeArchive):
@@ -264,6 +267,8 @@ class _Extractor:
         # layers: None while extracting one plain tarball; else what the current layer created
         self.layer_entries: set[tuple[str, ...]] | None = None
         self.dropped_xattrs: set[str] = set()
+        # one layer into a directory of its own (extract_layer): whiteouts become overlayfs ones
+        self.overlay = False
 
     def begin_layer(self) -> None:
         """Start the next layer: whiteouts and replacements now act on what came before."""
@@ -367,6 +372,10 @@ class _Extractor:
             if kind == "symlink":
                 raise UnsafeArchive(name, f"path goes through the symlink {'/'.join(parts[:i])!r} extracted earlier")
         mode = m.mode & 0o7777
+        if self.overlay and parts and parts[-1].startswith(WHITEOUT_PREFIX):
+            self._overlay_whiteout(parts, name)
+            self.members += 1
+            return
         if self.layer_entries is not None and parts and parts[-1].startswith(WHITEOUT_PREFIX):
             self._whiteout(parts, name)
             self.members += 1
@@ -379,6 +388,11 @@ class _Extractor:
             return
         parent, leaf = parts[:-1], parts[-1]
         existing = self.kinds.get(parts)
+        replaces_whiteout = existing == "whiteout"
+        if replaces_whiteout:  # the layer deletes the lower entry, then makes its own
+            os.unlink(leaf, dir_fd=self._open_dir(parent, name))
+            del self.kinds[parts]
+            existing = None
         lower = self.layer_entries is not None and parts not in self.layer_entries
         if lower and existing is not None and (existing == "dir") != m.isdir():
             self._remove_lower(parts)  # a later layer changes the type: the lower entry goes
@@ -409,8 +423,8 @@ class _Extractor:
             tkind = self.kinds.get(target_parts)
             if tkind is None:
                 raise UnsafeArchive(name, f"hard link target {m.linkname!r} is not in the archive before it")
-            if tkind == "dir":
-                raise UnsafeArchive(name, f"hard link target {m.linkname!r} is a directory")
+            if tkind in ("dir", "whiteout"):
+                raise UnsafeArchive(name, f"hard link target {m.linkname!r} is a {'directory' if tkind == 'dir' else tkind}")
             if target_parts == parts:
                 raise UnsafeArchive(name, "hard link to itself")
 
@@ -424,6 +438,8 @@ class _Extractor:
             self.kinds[parts] = "dir"
             self.dir_meta[parts] = (mode, m.uid, m.gid, float(m.mtime))
             xattrs = self._kept_xattrs(m)
+            if replaces_whiteout:  # a new directory, not merged with the deleted one below
+                xattrs[OVERLAY_OPAQUE_XATTR] = b"y"
             if xattrs:
                 dfd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
                 try:
@@ -481,6 +497,27 @@ class _Extractor:
         if tparts in self.layer_entries or tparts not in self.kinds:
             return  # whiteouts hide lower layers only; a missing target is allowed (layer.md)
         self._remove_lower(tparts)
+
+    def _overlay_whiteout(self, parts: tuple[str, ...], member: str) -> None:
+        """A whiteout of a layer unpacked on its own, in overlayfs' terms (overlayfs.rst,
+        "whiteouts and opaque directories"): ``.wh.NAME`` becomes a 0/0 character device NAME,
+        ``.wh..wh..opq`` the ``trusted.overlay.opaque=y`` xattr on its directory. Only this code
+        writes them: devices and ``trusted.*`` xattrs from the tar itself are still refused."""
+        parent, leaf = parts[:-1], parts[-1]
+        if self.kinds.get(parent, "dir") != "dir":
+            raise UnsafeArchive(member, f"whiteout in {'/'.join(parent)!r}, which is a {self.kinds[parent]}, not a directory")
+        self.whiteouts += 1
+        pfd = self._open_dir(parent, member)
+        if leaf == OPAQUE_WHITEOUT:
+            os.setxattr(pfd, OVERLAY_OPAQUE_XATTR, b"y")
+            return
+        target = leaf[len(WHITEOUT_PREFIX):]
+        if target in ("", ".", "..") or target.startswith(WHITEOUT_PREFIX):
+            raise UnsafeArchive(member, f"whiteout for {target!r}, expected the name of an entry")
+        if parent + (target,) in self.kinds:
+            return  # this layer has its own entry there, which hides the lower one anyway
+        os.mknod(target, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
+        self.kinds[parent + (target,)] = "whiteout"
 
     def _remove_lower(self, parts: tuple[str, ...]) -> None:
         """Delete an entry (a directory with its tree) that an earlier layer created."""
@@ -644,6 +681,53 @@ def apply_layers(layers: Iterable[tuple[BinaryIO, str]], dest: Path, *, limits: 
     finally:
         ex.close()
     return ExtractStats(members=ex.members, bytes_written=ex.bytes_written, whiteouts=ex.whiteouts)
+
+
+class _Hashing(io.RawIOBase):
+    """Reads ``stream`` through, hashing every byte (a layer's diff_id as it is unpacked)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        self.sha256.update(data)
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+
+def extract_layer(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits | None = None) -> tuple[ExtractStats, str]:
+    """Unpack one image layer into the empty directory ``dest``, as an overlayfs lower dir.
+
+    Checks as ``extract``; whiteouts become overlayfs whiteouts (``_Extractor._overlay_whiteout``).
+    Needs root (mknod, ``trusted.*`` xattrs).
+
+    Returns the stats and the layer's diff_id: ``sha256:`` of the uncompressed tar, all of it read.
+    Raises: as ``extract``.
+    """
+    limits = limits or current_limits()
+    reader, compression, corrupt = open_decompressed(stream)
+    hashing = cast(BinaryIO, io.BufferedReader(_Hashing(reader), buffer_size=_CHUNK))
+    try:
+        tar = tarfile.open(fileobj=hashing, mode="r|", tarinfo=_BoundedTarInfo)
+    except tarfile.ReadError as exc:
+        raise NotATarArchive(source) from exc
+    except corrupt + _HEADER_ERRORS as exc:
+        raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
+    ex = _Extractor(dest, source, limits)
+    ex.overlay = True
+    try:
+        _extract_members(tar, hashing, ex, source, compression, corrupt, dest)
+        ex.finish()
+    finally:
+        ex.close()
+        tar.close()
+    diff_id = f"sha256:{cast(_Hashing, cast(io.BufferedReader, hashing).raw).sha256.hexdigest()}"
+    return ExtractStats(members=ex.members, bytes_written=ex.bytes_written, whiteouts=ex.whiteouts), diff_id
 
 
 def _extract_members(

@@ -111,12 +111,14 @@ def test_load_and_run_with_the_image_config(fmt: str, archives: dict[str, Path],
     from runtime.config import Paths
     from runtime.image_store import ImageStore
 
-    rootfs = ImageStore(Paths(pm_root)).get(f"{name}:1").rootfs
-    assert not (rootfs / "etc/gone.txt").exists()
-    assert (rootfs / "replace.txt").read_text() == "new\n"
-    assert sorted(os.listdir(rootfs / "opq")) == ["upper.txt"]
-    assert os.getxattr(rootfs / "xattr.txt", "user.note") == b"hello"
-    getcap = subprocess.run(["getcap", str(rootfs / "bin/capbox")], capture_output=True, text=True, timeout=30).stdout
+    store = ImageStore(Paths(pm_root))
+    assert len(store.get(f"{name}:1").layers) >= 3  # stored as layers, not flattened
+    with store.view(f"{name}:1") as rootfs:
+        assert not (rootfs / "etc/gone.txt").exists()
+        assert (rootfs / "replace.txt").read_text() == "new\n"
+        assert sorted(os.listdir(rootfs / "opq")) == ["upper.txt"]
+        assert os.getxattr(rootfs / "xattr.txt", "user.note") == b"hello"
+        getcap = subprocess.run(["getcap", str(rootfs / "bin/capbox")], capture_output=True, text=True, timeout=30).stdout
     assert "cap_net_raw=ep" in getcap
 
     # no command: ENTRYPOINT + CMD run, in WORKDIR, with the image's env under -e

@@ -220,9 +220,11 @@ def test_pull_a_multi_layer_image_and_run_its_config(open_registry: Registry, pm
     from runtime.config import Paths
     from runtime.image_store import ImageStore
 
-    rootfs = ImageStore(Paths(pm_root)).get("app:1").rootfs
-    assert not (rootfs / "etc/gone.txt").exists()
-    assert sorted(p.name for p in (rootfs / "opq").iterdir()) == ["upper.txt"]
+    store = ImageStore(Paths(pm_root))
+    assert len(store.get("app:1").layers) == 3
+    with store.view("app:1") as rootfs:
+        assert not (rootfs / "etc/gone.txt").exists()
+        assert sorted(p.name for p in (rootfs / "opq").iterdir()) == ["upper.txt"]
     assert not list((pm_root / "tmp").glob("pull-*"))
     assert run_default(pm, "app:1") == EXPECTED_LOG
 

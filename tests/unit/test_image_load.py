@@ -46,6 +46,14 @@ def sha(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
+def _uncompressed(data: bytes, media: str) -> bytes:
+    if media.endswith("+gzip") and data.startswith(b"\x1f\x8b"):
+        return gzip.decompress(data)
+    if media.endswith("+zstd") and data.startswith(b"\x28\xb5\x2f\xfd"):
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return data
+
+
 def oci_layout(path: Path, layers: list[tuple[bytes, str]], *, platforms: list[str] | None = None,
                corrupt: bytes | None = None, config_run: dict[str, object] | None = None) -> Path:
     blobs = path / "blobs/sha256"
@@ -59,8 +67,9 @@ def oci_layout(path: Path, layers: list[tuple[bytes, str]], *, platforms: list[s
     manifests = []
     for plat in platforms or ["linux/amd64"]:
         os_name, arch = plat.split("/")
+        diff_ids = [sha(_uncompressed(data, media)) for data, media in layers]
         config = json.dumps({"os": os_name, "architecture": arch, "config": config_run or {"Cmd": ["sh"]},
-                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
         descs = []
         for data, media in layers:
             descs.append({"mediaType": media, "digest": put(data), "size": len(data)})
@@ -91,7 +100,9 @@ def store(tmp_path: Path) -> ImageStore:
 def test_compressions_load(store: ImageStore, tmp_path: Path, compress, media: str) -> None:  # noqa: ANN001
     data = compress(layer([("hello", "world")]))
     img = store.load_archive(oci_layout(tmp_path / "oci", [(data, media)]), name="c:1", platform="linux/amd64")
-    assert (img.rootfs / "hello").read_text() == "world"
+    with store.view(img.name) as root:
+        assert (root / "hello").read_text() == "world"
+    assert len(img.layers) == 1 and img.lowers == (store.layers.diff_dir(img.layers[0]),)
     config = store.config("c:1")
     assert config is not None and config.cmd == ("sh",)
 
@@ -130,7 +141,8 @@ def test_import_refuses_an_image_archive(store: ImageStore, tmp_path: Path) -> N
         store.import_tarball("x", archive)
     assert err.value.hint == f"use: pymigrate image load {archive}"
     img = store.load_archive(archive, name="fromtar", platform="linux/amd64")
-    assert (img.rootfs / "f").read_text() == "x"
+    with store.view(img.name) as root:
+        assert (root / "f").read_text() == "x"
 
 
 def test_resolve_run() -> None:

@@ -217,7 +217,8 @@ def test_pull_loads_what_skopeo_copied_and_removes_the_scratch(store: ImageStore
     image = pull(store, "localhost:5000/app:1", platform="linux/amd64",
                  options=RegistryOptions(tls_verify=False, creds="u:p"), progress=lines.append)
     assert image.name == "app:1"
-    assert (image.rootfs / "f").read_text() == "x"
+    with store.view(image.name) as root:
+        assert (root / "f").read_text() == "x"
     assert lines == ["Getting image source signatures", "Copying blob sha256:0123", "Writing manifest to image destination",
                      "verifying and applying the layers"]
     args = json.loads(fake_skopeo.read_text())
