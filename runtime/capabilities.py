@@ -5,6 +5,14 @@ The default container set is docker's/runc's: everything else is dropped from th
 the kept set with capset(2), the ambient set is cleared, and PR_SET_NO_NEW_PRIVS is set so no
 later execve (setuid binaries, file capabilities) can gain anything back. Run it last before exec:
 after it, mounting, sethostname and setns are no longer possible. See capabilities(7).
+
+The process's user (runtime/users.py) is set here too, in runc's order: the bounding set is cut
+while CAP_SETPCAP is still there, then setgroups, setresgid, setresuid (the group calls need
+CAP_SETGID, so before the uid changes). A non-root user ends with no capabilities at all, as in
+Docker: setresuid away from 0 clears permitted and effective (capabilities(7), "Effect of user ID
+changes on capabilities"), and capset then clears inheritable, which setresuid keeps (with it, a
+file's inheritable capabilities could come back at exec: CVE-2022-24769). The bounding set stays
+the container's set, so seccomp profiles that key on capabilities see the same set for every user.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from runtime.syscalls import (
     PR_SET_NO_NEW_PRIVS,
     Syscalls,
 )
+from runtime.users import ROOT, Credentials
 
 CAP_CHOWN = 0
 CAP_DAC_OVERRIDE = 1
@@ -85,12 +94,16 @@ def mask(caps: frozenset[int]) -> int:
     return value
 
 
-def drop_privileges(sys: Syscalls, cap_last: int, keep: frozenset[int] = DEFAULT_CAPS) -> None:
-    """Reduce this process to ``keep`` and set no_new_privs (see the module docstring)."""
+def drop_privileges(sys: Syscalls, cap_last: int, keep: frozenset[int] = DEFAULT_CAPS, creds: Credentials = ROOT) -> None:
+    """Become ``creds`` with ``keep`` (none for a non-root uid) and set no_new_privs (see the
+    module docstring)."""
     for cap in range(cap_last + 1):
         if cap not in keep:
             sys.prctl(PR_CAPBSET_DROP, cap)
     sys.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    kept = mask(keep)
+    sys.setgroups(creds.groups)
+    sys.setresgid(creds.gid)
+    sys.setresuid(creds.uid)
+    kept = mask(keep) if creds.uid == 0 else 0
     sys.capset(kept, kept, kept)
     sys.prctl(PR_SET_NO_NEW_PRIVS, 1)

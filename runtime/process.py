@@ -11,16 +11,19 @@ intermediate process that
 
 The init then, in this order: makes / recursively private; applies the rootfs plan below merged/;
 pivot_root(".", ".") + umount2(".", MNT_DETACH) (runc's trick: no put_old directory needed);
-sethostname; setsid() (CRIU requires the init to be a session leader inside its pid namespace);
+resolves the container's user in its own /etc/passwd and /etc/group (runtime/users.py: after
+pivot_root, so the files are the container's and their symlinks stay inside it); sethostname; setsid() (CRIU requires the init to be a session leader inside its pid namespace);
 stdin from its own /dev/null, stdout+stderr appended to /.pymigrate/log in its own filesystem
 (CRIU dumps fds on files of the container's root mount without extra flags; a host file or pipe
 would be an external resource); chdir(workdir); resets signal dispositions (Python ignores
 SIGPIPE and SIGXFSZ, and ignored signals survive exec); closes every fd but the error pipe; drops
-capabilities + no_new_privs; loads the seccomp filter compiled on the host (runtime/seccomp.py:
+capabilities, becomes the user (groups, gid, uid; runtime/capabilities.py) + no_new_privs; loads the seccomp filter compiled on the host (runtime/seccomp.py:
 last, so none of our setup calls meet it; only the execve follows); execvpe.
 
-Failures before exec are written as "<code> <message>" to a CLOEXEC error pipe; code 127 means
-the command was not found, 126 that it could not be invoked, 125 a setup failure. A successful
+Failures before exec are written as "<code> <message>" to a CLOEXEC error pipe (for bad user
+input, such as an unknown user name, followed by NUL "InvalidArgument" NUL <hint>, so the caller
+raises ``InvalidArgument``); code 127 means the command was not found, 126 that it could not be
+invoked, 125 a setup failure. A successful
 exec just closes the pipe. Everything the children need is imported before fork: after
 pivot_root the host's Python library is out of reach.
 """
@@ -34,8 +37,8 @@ import warnings  # noqa: F401 - os.execvpe imports it lazily; it must be loaded 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from runtime import capabilities, namespaces, rootfs, seccomp
-from runtime.errors import ContainerError
+from runtime import capabilities, namespaces, rootfs, seccomp, users
+from runtime.errors import ContainerError, InvalidArgument
 from runtime.overlay import LOG_PATH_IN_CONTAINER
 from runtime.syscalls import MNT_DETACH, MS_PRIVATE, MS_REC, Syscalls
 
@@ -66,15 +69,25 @@ class InitPlan:
     cap_last: int
     cgroup: str  # name for the CgroupManager
     seccomp_bpf: bytes | None = None  # the compiled filter (runtime/seccomp.py); None: unconfined
+    user: str = ""  # USER[:GROUP] (runtime/users.py), resolved by the init; "": root
 
 
 def container_env(user_env: tuple[str, ...], hostname: str) -> tuple[str, ...]:
-    """Defaults (PATH, HOSTNAME, HOME, TERM) overridden by the user's KEY=VALUE entries, in order."""
-    merged: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root", "TERM": "xterm"}
+    """Defaults (PATH, HOSTNAME, TERM) overridden by the user's KEY=VALUE entries, in order.
+
+    HOME is added by ``with_home`` once the user is resolved inside the container."""
+    merged: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "TERM": "xterm"}
     for item in user_env:
         key, _, value = item.partition("=")
         merged[key] = value
     return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def with_home(env: tuple[str, ...], home: str) -> tuple[str, ...]:
+    """``env`` with HOME=``home`` added unless it sets HOME already (the user's passwd home)."""
+    if any(item.startswith("HOME=") for item in env):
+        return env
+    return (*env, f"HOME={home}")
 
 
 def _env_dict(env: tuple[str, ...]) -> dict[str, str]:
@@ -165,6 +178,7 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no 
         sys.pivot_root(".", ".")
         sys.umount2(".", MNT_DETACH)
         os.chdir("/")
+        creds = users.lookup(plan.user)
         sys.sethostname(plan.hostname)
         os.setsid()
         _container_stdio()
@@ -172,13 +186,13 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no 
         os.chdir(plan.workdir)
         _reset_signals()
         _close_fds_except(errw)
-        capabilities.drop_privileges(sys, plan.cap_last)
+        capabilities.drop_privileges(sys, plan.cap_last, creds=creds)
         if plan.seccomp_bpf is not None:
             seccomp.load(sys, plan.seccomp_bpf)
     except BaseException as exc:
-        _report(errw, EXIT_SETUP, f"cannot set up container {plan.container_id[:12]}: {_describe(exc)}")
+        _report_exc(errw, f"cannot set up container {plan.container_id[:12]}", exc)
         os._exit(EXIT_SETUP)
-    _exec(plan.argv, plan.env, errw)
+    _exec(plan.argv, with_home(plan.env, creds.home), errw)
 
 
 def _container_stdio() -> None:
@@ -228,15 +242,18 @@ def exec_in(
     sys: Syscalls,
     cap_last: int,
     seccomp_bpf: bytes | None = None,
+    user: str = "",
 ) -> int:
     """Run ``argv`` inside the live container whose init is ``init_pid``; its exit code.
 
     Joins the container's cgroup (first, so the cgroup namespace view is right), then every
     namespace of the init (cgroup, ipc, uts, net, pid, mnt), forks so the child is inside the pid
-    namespace, drops capabilities and loads ``seccomp_bpf`` like the init, and execs with this
-    process's stdio.
+    namespace, resolves ``user`` in the container's /etc/passwd and /etc/group (the mount
+    namespace's root is the container's), drops capabilities, becomes that user and loads
+    ``seccomp_bpf`` like the init, and execs with this process's stdio.
 
     Raises:
+        InvalidArgument: ``user`` names a user or group the container does not have.
         ContainerError: setup failed; ``exit_code`` is 127 for a missing command, 126 if it
             cannot be invoked, 125 otherwise.
     """
@@ -256,15 +273,16 @@ def exec_in(
                 if child == 0:
                     try:
                         os.umask(CONTAINER_UMASK)
+                        creds = users.lookup(user)
                         os.chdir(workdir)
                         _reset_signals()
-                        capabilities.drop_privileges(sys, cap_last)
+                        capabilities.drop_privileges(sys, cap_last, creds=creds)
                         if seccomp_bpf is not None:
                             seccomp.load(sys, seccomp_bpf)
                     except BaseException as exc:
-                        _report(errw, EXIT_SETUP, f"cannot set up exec: {_describe(exc)}")
+                        _report_exc(errw, "cannot set up exec", exc)
                         os._exit(EXIT_SETUP)
-                    _exec(argv, env, errw)
+                    _exec(argv, with_home(env, creds.home), errw)
                 os.close(errw)
                 _, status = os.waitpid(child, 0)
                 code = os.waitstatus_to_exitcode(status)
@@ -303,17 +321,36 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _report(fd: int, code: int, message: str) -> None:
+_INVALID_ARGUMENT = "InvalidArgument"  # the one error kind the pipe carries besides the generic one
+
+
+def _report(fd: int, code: int, message: str, *, kind: str = "", hint: str | None = None) -> None:
+    text = f"{code} {message}"
+    if kind:
+        text += f"\0{kind}\0{hint or ''}"
     try:
-        _write_all(fd, f"{code} {message}".encode(errors="replace"))
+        _write_all(fd, text.encode(errors="replace"))
     except OSError:
         pass
 
 
+def _report_exc(fd: int, context: str, exc: BaseException) -> None:
+    """Report a setup failure: bad user input (``InvalidArgument``) keeps its kind and hint."""
+    if isinstance(exc, InvalidArgument):
+        _report(fd, EXIT_SETUP, f"{context}: {exc.message}", kind=_INVALID_ARGUMENT, hint=exc.hint)
+    else:
+        _report(fd, EXIT_SETUP, f"{context}: {_describe(exc)}")
+
+
 def _error_from(raw: bytes) -> ContainerError:
-    text = raw.decode(errors="replace")
+    text, _, extra = raw.decode(errors="replace").partition("\0")
+    kind, _, hint = extra.partition("\0")
     code_text, _, message = text.partition(" ")
-    exc = ContainerError(message or text)
+    exc: ContainerError
+    if kind == _INVALID_ARGUMENT:
+        exc = InvalidArgument(message or text, hint=hint or None)
+    else:
+        exc = ContainerError(message or text)
     exc.exit_code = int(code_text) if code_text.isdigit() else EXIT_SETUP  # type: ignore[attr-defined]
     return exc
 

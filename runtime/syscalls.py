@@ -103,6 +103,9 @@ class Syscalls(Protocol):
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int: ...
     def capset(self, effective: int, permitted: int, inheritable: int) -> None: ...
     def close_range(self, first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None: ...
+    def setgroups(self, gids: tuple[int, ...]) -> None: ...
+    def setresgid(self, gid: int) -> None: ...
+    def setresuid(self, uid: int) -> None: ...
 
 
 class LinuxSyscalls:
@@ -157,6 +160,17 @@ class LinuxSyscalls:
 
     def close_range(self, first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
         _check(_libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)), "close_range")
+
+    # glibc's set*id wrappers apply to every thread of the process (nptl's setxid broadcast); the
+    # callers are single-threaded children between fork and exec anyway
+    def setgroups(self, gids: tuple[int, ...]) -> None:
+        os.setgroups(list(gids))
+
+    def setresgid(self, gid: int) -> None:
+        os.setresgid(gid, gid, gid)
+
+    def setresuid(self, uid: int) -> None:
+        os.setresuid(uid, uid, uid)
 
 
 LINUX = LinuxSyscalls()

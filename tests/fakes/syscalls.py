@@ -58,5 +58,14 @@ class FakeSyscalls:
     def capset(self, effective, permitted, inheritable) -> None:
         self._rec("capset", effective, permitted, inheritable)
 
+    def setgroups(self, gids) -> None:
+        self._rec("setgroups", tuple(gids))
+
+    def setresgid(self, gid) -> None:
+        self._rec("setresgid", gid)
+
+    def setresuid(self, uid) -> None:
+        self._rec("setresuid", uid)
+
     def close_range(self, first, last=0xFFFFFFFF, flags=0) -> None:
         self._rec("close_range", first, last, flags)
