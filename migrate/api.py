@@ -49,6 +49,9 @@ class RunOptions:
     cgroup_parent: str | None = None
     seccomp: str = "default"  # default | unconfined | custom (runtime/seccomp.py)
     seccomp_profile: str | None = None  # a custom profile's JSON text
+    user: str = ""  # USER[:GROUP], names or ids (runtime/users.py); "": the image's User, else root
+    # replaces the image's Entrypoint, and its Cmd is then not used; () clears it; None: the image's
+    entrypoint: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

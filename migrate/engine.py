@@ -147,19 +147,20 @@ class LocalEngine:
         self.runtime.images.remove(name)
 
     def _with_image_config(self, options: RunOptions) -> RunOptions:
-        """``options`` with the image's config applied (runtime/image_config.py): the default
-        command, the image's env under ``-e``, its working dir."""
+        """``options`` with the image's config and ``--entrypoint`` applied
+        (runtime/image_config.py): the command, the image's env under ``-e``, its working dir and
+        user; ``entrypoint`` is used up (None)."""
         from runtime.errors import ImageNotFound
         from runtime.image_config import resolve_run
 
         try:
             config = self.runtime.images.config(options.image)
         except ImageNotFound:
-            return options  # run names the missing image itself
-        if config is None:
-            return options
-        resolved = resolve_run(config, options.command, options.env, options.workdir)
-        return dataclasses.replace(options, command=resolved.command, env=resolved.env, workdir=resolved.workdir)
+            config = None  # run names the missing image itself
+        resolved = resolve_run(config, options.command, options.env, options.workdir, user=options.user,
+                               entrypoint=options.entrypoint)
+        return dataclasses.replace(options, command=resolved.command, env=resolved.env, workdir=resolved.workdir,
+                                   user=resolved.user, entrypoint=None)
 
     def image_build_busybox(self, name: str = "busybox") -> ImageInfo:
         self.runtime.paths.ensure()
@@ -171,6 +172,7 @@ class LocalEngine:
         kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
         image = kwargs.pop("image")
         command = kwargs.pop("command")
+        del kwargs["entrypoint"]  # part of command now
         return self.runtime.run(image, command, **kwargs)
 
     def containers(self, all: bool = False) -> list[ContainerInfo]:
@@ -198,9 +200,11 @@ class LocalEngine:
     def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
         return self.runtime.logs(name, follow=follow)
 
-    def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None) -> int:
-        """Run a process in the container with this process's stdio (local only)."""
-        return self.runtime.exec(name, argv, env=env, workdir=workdir)
+    def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None,
+             user: str | None = None) -> int:
+        """Run a process in the container with this process's stdio (local only), as ``user``
+        (``USER[:GROUP]``; None: the container's user)."""
+        return self.runtime.exec(name, argv, env=env, workdir=workdir, user=user)
 
     def wait(self, name: str, timeout_s: float | None = None) -> int:
         return self.runtime.wait(name, timeout_s=timeout_s)

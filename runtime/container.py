@@ -262,6 +262,7 @@ def validate_fields(
     ip: str | None,
     volumes: tuple[Volume, ...],
     cgroup_parent: str | None,
+    user: str = "",
 ) -> CheckedFields:
     """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
 
@@ -300,6 +301,10 @@ def validate_fields(
         from runtime.cgroups import validate_parent
 
         check("cgroup_parent", lambda: validate_parent(_text("cgroup_parent", cgroup_parent)))
+    if user != "":
+        from runtime.users import validate_user
+
+        check("user", lambda: validate_user(_text("user", user)))
     return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes}
 
 
@@ -333,7 +338,7 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
     fields = validate_fields(
         name=spec.name, hostname=spec.hostname or None, env=spec.env, workdir=spec.workdir,
         memory_bytes=spec.memory_bytes, cpus=spec.cpus, pids_limit=spec.pids_limit, network=spec.network,
-        ip=spec.ip, volumes=spec.volumes, cgroup_parent=spec.cgroup_parent,
+        ip=spec.ip, volumes=spec.volumes, cgroup_parent=spec.cgroup_parent, user=spec.user,
     )
     return replace(spec, **fields)
 

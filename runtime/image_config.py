@@ -5,12 +5,16 @@ container is created from the image (``resolve_run``), the way Docker and podman
 
 * no command given: the image's ``Entrypoint`` followed by its ``Cmd``;
 * a command given: it replaces ``Cmd`` and is appended to ``Entrypoint``;
+* ``--entrypoint`` given: it replaces ``Entrypoint`` and the image's ``Cmd`` is not used at all
+  (Docker resets CMD then): the command is the new entrypoint followed by the user's command;
+  an empty entrypoint (``--entrypoint ''``) clears the image's, so a command is needed;
 * the image's ``Env`` comes first, the user's ``-e`` entries after it (a later entry wins);
-* ``WorkingDir`` is the working directory unless the user gave one.
+* ``WorkingDir`` is the working directory unless the user gave one;
+* ``User`` is the user unless ``-u`` gave one (resolved inside the container: runtime/users.py).
 
-``User``, ``ExposedPorts``, ``Labels`` and ``StopSignal`` are kept and shown by ``image inspect``
-but not applied yet (docs/images.md). Images imported from a flat rootfs tarball have no config
-(``None``), and nothing changes for them.
+``ExposedPorts``, ``Labels`` and ``StopSignal`` are kept and shown by ``image inspect`` but not
+applied yet (docs/images.md). Images imported from a flat rootfs tarball have no config
+(``None``): only ``--entrypoint`` changes anything for them.
 
 Field names follow the OCI image spec (config.md, "Properties"); the json form written to the
 index uses those names too.
@@ -18,10 +22,11 @@ index uses those names too.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import ImageError
+from runtime.errors import ImageError, InvalidArgument
 
 MAX_CONFIG_ITEMS = 4096  # entries of any one list or map: a config is small
 
@@ -152,6 +157,30 @@ def _string(value: Any, name: str, source: str) -> str:
     return value
 
 
+def parse_entrypoint(text: str | None) -> tuple[str, ...] | None:
+    """``--entrypoint``'s value: ``None`` (not given), ``()`` for ``''`` (clear the image's), a
+    JSON array of strings (podman's form: ``'["/bin/sh", "-c"]'``), else one executable (Docker's:
+    the whole text is ``argv[0]``, never split at spaces).
+
+    Raises:
+        InvalidArgument: a JSON array that does not parse or holds anything but strings.
+    """
+    if text is None:
+        return None
+    if text == "":
+        return ()
+    if not text.lstrip().startswith("["):
+        return (text,)
+    try:
+        words = json.loads(text)
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise InvalidArgument(f"invalid entrypoint {text[:80]!r}: expected one executable or a JSON array of strings",
+                              hint='e.g. --entrypoint /bin/sh or --entrypoint \'["/bin/sh", "-c"]\'')
+    return tuple(words)
+
+
 @dataclass(frozen=True)
 class RunDefaults:
     """What ``run`` uses after the image config was applied."""
@@ -159,18 +188,20 @@ class RunDefaults:
     command: tuple[str, ...]
     env: tuple[str, ...]
     workdir: str | None
+    user: str = ""
 
 
-def resolve_run(config: ImageConfig | None, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None) -> RunDefaults:
-    """Apply ``config`` to what the user gave ``run`` (module docstring). ``None``: no change.
+def resolve_run(config: ImageConfig | None, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
+                *, user: str = "", entrypoint: tuple[str, ...] | None = None) -> RunDefaults:
+    """Apply ``config`` to what the user gave ``run`` (module docstring). ``config`` ``None``: only
+    ``entrypoint`` applies; ``entrypoint`` ``None``: the image's.
 
     An empty result command is left to ``run`` to refuse ("the image has no default command").
     """
     if config is None:
-        return RunDefaults(tuple(command), tuple(env), workdir)
-    entrypoint = config.entrypoint or ()
-    if command:
+        config = ImageConfig()
+    if entrypoint is not None:
         resolved = (*entrypoint, *command)
     else:
-        resolved = (*entrypoint, *(config.cmd or ()))
-    return RunDefaults(resolved, (*config.env, *env), workdir or config.working_dir or None)
+        resolved = (*(config.entrypoint or ()), *(command or config.cmd or ()))
+    return RunDefaults(resolved, (*config.env, *env), workdir or config.working_dir or None, user or config.user)

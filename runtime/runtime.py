@@ -183,15 +183,19 @@ class Runtime:
         cgroup_parent: str | None = None,
         seccomp: str = "default",
         seccomp_profile: str | None = None,
+        user: str = "",
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
         ``seccomp`` is ``default`` (this host's default profile), ``unconfined`` or ``custom``
-        with the profile's JSON text in ``seccomp_profile`` (runtime/seccomp.py).
+        with the profile's JSON text in ``seccomp_profile`` (runtime/seccomp.py). ``user`` is
+        ``USER[:GROUP]`` (names or ids), looked up in the container's own /etc/passwd and
+        /etc/group when it starts (runtime/users.py); empty: root.
 
         Raises:
-            InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address or
-                a missing command (nothing was created).
+            InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address,
+                user syntax or a missing command (nothing was created); a user or group name the
+                container's files do not have (everything created was removed again).
             ContainerExists: the name or address is taken.
             ImageNotFound: no such image.
             Unsupported: ``default`` seccomp on a host without a default profile, or no libseccomp.
@@ -203,6 +207,7 @@ class Runtime:
         checked = validate_fields(
             name=name, hostname=hostname, env=tuple(env), workdir=workdir or "/", memory_bytes=memory_bytes,
             cpus=cpus, pids_limit=pids_limit, network=network, ip=ip, volumes=tuple(volumes), cgroup_parent=cgroup_parent,
+            user=user,
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         if not command:
@@ -246,6 +251,7 @@ class Runtime:
                 created_at=time.time(),
                 seccomp=seccomp,
                 seccomp_profile=seccomp_profile,
+                user=user,
             )
             if leased is not None:
                 from runtime.network import mac_for_ip
@@ -316,6 +322,7 @@ class Runtime:
             cap_last=self._caps_last(),
             cgroup=cid,
             seccomp_bpf=seccomp_bpf,
+            user=spec.user,
         )
         launch_shim(
             self.store,
@@ -565,13 +572,16 @@ class Runtime:
         argv: tuple[str, ...] | builtins.list[str],
         env: tuple[str, ...] | builtins.list[str] = (),
         workdir: str | None = None,
+        user: str | None = None,
     ) -> int:
         """Run ``argv`` in every namespace and the cgroup of a running container; its exit code.
 
-        The process uses this process's stdin/stdout/stderr.
+        The process uses this process's stdin/stdout/stderr and runs as ``user`` (``USER[:GROUP]``,
+        runtime/users.py; None: the container's own user).
 
         Raises:
-            InvalidState: the container is not running. InvalidArgument: empty argv or bad env.
+            InvalidState: the container is not running. InvalidArgument: empty argv, bad env, bad
+                user syntax or a user or group name the container does not have.
             ContainerError: setup failed (``exit_code`` 127 command not found, 126 not executable).
         """
         from runtime.process import container_env, exec_in
@@ -580,6 +590,10 @@ class Runtime:
         if not argv:
             raise InvalidArgument("no command given to exec")
         env = validate_env(tuple(env))
+        if user is not None:
+            from runtime.users import validate_user
+
+            validate_user(user)
         c = self.container(name)
         c.require("exec")
         cg = self.cgroups(c.spec.cgroup_parent)
@@ -592,6 +606,7 @@ class Runtime:
             self.sys,
             self._caps_last(),
             self.seccomp_filter(c.spec.seccomp, c.spec.seccomp_profile),
+            user=c.spec.user if user is None else user,
         )
 
 

@@ -42,6 +42,7 @@ class ContainerSpec:
     created_at: float = 0.0  # unix time, seconds
     seccomp: str = "default"  # default (the host's profile) | unconfined | custom (runtime/seccomp.py)
     seccomp_profile: str | None = None  # a custom profile's JSON text: its content, never a host path
+    user: str = ""  # USER[:GROUP] as asked (-u, else the image's User); resolved in the container at start; "": root
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,6 +24,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hostname", help="hostname inside the container (default: short id)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
     p.add_argument("-w", "--workdir", help="working directory inside the container")
+    p.add_argument("-u", "--user", default="", metavar="USER[:GROUP]",
+                   help="user (name or uid) and group (name or gid) from the container's /etc/passwd and /etc/group "
+                        "(default: the image's User, else root)")
+    p.add_argument("--entrypoint", metavar="CMD",
+                   help="replace the image's Entrypoint (and drop its Cmd): one executable, or a JSON array; '' clears it")
     p.add_argument("--memory", "-m", help="memory limit, e.g. 256m, 1g, 512KiB")
     p.add_argument("--cpus", type=float, help="cpu limit in cores, e.g. 0.5")
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
@@ -59,6 +64,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("exec", help="run a command inside a running container")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="run as this user (default: the container's)")
     add_json_flag(p)
     p.add_argument("name")
     p.add_argument("command", nargs=argparse.REMAINDER)
@@ -102,6 +108,7 @@ def run_options(args: argparse.Namespace) -> Any:
     """RunOptions from parsed arguments; InvalidArgument names the bad value."""
     from migrate.api import RunOptions
     from runtime.container import parse_size, parse_volume
+    from runtime.image_config import parse_entrypoint
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -125,6 +132,8 @@ def run_options(args: argparse.Namespace) -> Any:
         cgroup_parent=args.cgroup_parent,
         seccomp=seccomp,
         seccomp_profile=seccomp_profile,
+        user=args.user,
+        entrypoint=parse_entrypoint(args.entrypoint),
     )
 
 
@@ -265,7 +274,7 @@ def cmd_exec(args: argparse.Namespace, ctx: Any) -> int:
         raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
     sys.stdout.flush()
     try:
-        code = engine.exec(args.name, tuple(command), env=tuple(args.env), workdir=args.workdir)
+        code = engine.exec(args.name, tuple(command), env=tuple(args.env), workdir=args.workdir, user=args.user)
     except Exception as exc:
         code = getattr(exc, "exit_code", None)
         if code in (126, 127):

@@ -352,7 +352,8 @@ class RemoteEngine:
         deadline = None if timeout_s is None else timeout_s + self.timeout_s
         return self._unary("WaitContainer", request, timeout_s=deadline).exit_code
 
-    def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None) -> int:
+    def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None,
+             user: str | None = None) -> int:
         raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
 
     # --- checkpoints ----------------------------------------------------------------------------

@@ -282,11 +282,13 @@ def migration_event_from_pb(m: pb.MigrationEvent) -> api.ProgressEvent:
 
 
 def run_options_to_pb(o: api.RunOptions) -> pb.RunContainerRequest:
-    return _to_pb(o, pb.RunContainerRequest)
+    # None (the image's) and () (cleared) both are an empty repeated field: entrypoint_set tells them apart
+    return _to_pb(o, pb.RunContainerRequest, entrypoint=o.entrypoint or (), entrypoint_set=o.entrypoint is not None)
 
 
 def run_options_from_pb(m: pb.RunContainerRequest) -> api.RunOptions:
-    return _from_pb(api.RunOptions, m, seccomp=m.seccomp or "default")  # as in spec_from_pb
+    return _from_pb(api.RunOptions, m, seccomp=m.seccomp or "default",  # as in spec_from_pb
+                    entrypoint=tuple(m.entrypoint) if m.entrypoint_set else None)
 
 
 # read on the caller's side, never sent to a daemon: the archive is downloaded by the client

@@ -23,7 +23,7 @@ SPEC = ContainerSpec(
     container_id="a" * 32, name="web-1", image="busybox", image_digest="sha256:" + "b" * 64, command=("/bin/sh", "-c", "echo hi"),
     env=("A=1", "B=2"), workdir="/srv", hostname="web", memory_bytes=64 << 20, cpus=0.5, pids_limit=100, network="none",
     ip="10.77.0.9", mac="02:42:0a:4d:00:09", volumes=(VOLUME, Volume("/x", "/y", readonly=True)), cgroup_parent="/custom",
-    created_at=1700000000.25, seccomp="custom", seccomp_profile='{"defaultAction": "SCMP_ACT_ALLOW"}',
+    created_at=1700000000.25, seccomp="custom", seccomp_profile='{"defaultAction": "SCMP_ACT_ALLOW"}', user="app:staff",
 )
 FREEZE = FreezeRecord(pid=41, pid_start=123456, operation="migrate", since=1700000001.5, was_paused=True, recover=False,
                       partial=("/var/lib/x", "/var/lib/y"))
@@ -60,7 +60,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (
         api.RunOptions(image="busybox", command=("sleep", "1"), name="n", hostname="h", env=("A=1",), workdir="/w", memory_bytes=1,
                        cpus=1.5, pids_limit=2, network="none", ip="10.0.0.1", volumes=(VOLUME,), cgroup_parent="/p",
-                       seccomp="custom", seccomp_profile="{}"),
+                       seccomp="custom", seccomp_profile="{}", user="1000:1000", entrypoint=("/bin/sh", "-c")),
         cv.run_options_to_pb,
         cv.run_options_from_pb,
         (),
@@ -147,6 +147,12 @@ def test_caller_side_fields_never_cross() -> None:
     assert cv.incoming_request_from_pb(cv.incoming_request_to_pb(incoming)) == INCOMING
     with pytest.raises(Unsupported, match="seccomp"):
         cv.restore_request_to_pb(dataclasses.replace(RESTORE_OPTIONS, seccomp="unconfined"))
+
+
+def test_entrypoint_cleared_is_not_the_image_default() -> None:
+    cleared = api.RunOptions(image="i", entrypoint=())
+    assert cv.run_options_from_pb(cv.run_options_to_pb(cleared)).entrypoint == ()
+    assert cv.run_options_from_pb(cv.run_options_to_pb(api.RunOptions(image="i"))).entrypoint is None
 
 
 def test_empty_messages_read_as_defaults() -> None:

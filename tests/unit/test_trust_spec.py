@@ -72,6 +72,11 @@ def manifest(**changes: Any) -> dict[str, Any]:
         ({"volumes": "/"}, "volumes"),
         ({"volumes": [{"source": "/", "target": "/data", "evil": 1}]}, "container"),
         ({"created_at": "yesterday"}, "created_at"),
+        ({"user": "a b"}, "user"),
+        ({"user": "root:"}, "user"),
+        ({"user": 0}, "user"),
+        ({"user": ["root"]}, "user"),
+        ({"user": "4294967295"}, "user"),
     ],
 )
 def test_a_bad_field_is_named(changes: dict[str, Any], field: str) -> None:
