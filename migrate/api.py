@@ -171,6 +171,8 @@ class MigrationStats:
     phases_ms: dict[str, float] = field(default_factory=dict)
     # upper-layer entries sent while frozen (the changes since the pre-freeze staging); -1: all of it
     upper_entries_frozen: int = -1
+    image_bytes: int = 0  # the base image, when the target lacked it (sent before the freeze)
+    image_layers_sent: int = 0  # layer blobs of a layered image the target lacked
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,7 @@ class IncomingRequest:
     # from"): where the target asks what became of the migration when the source never settles it
     # (a restored copy's lease, migrate/migration/target.py). None: the target cannot ask.
     source_daemon: str | None = None
+    image_layers: tuple[str, ...] = ()  # a layered image's diff_ids, lowest first (empty: flat)
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,9 @@ class IncomingTicket:
     need_image: bool  # the target lacks image_digest: receive_image before receive_checkpoint
     page_server_port: int = 0  # the page server for a disk-less dump (0: none; stream the pages)
     stage_upper: bool = False  # send the upper layer with receive_upper before the freeze
+    # need_image of a layered image: the image_layers the target lacks (only their blobs are sent)
+    missing_layers: tuple[str, ...] = ()
+    layered_image: bool = False  # receive_image takes that OCI archive (an older target: a raw tar)
 
 
 SettlementOutcome = Literal["committed", "aborted", "lost", "pending", "unknown"]

@@ -120,6 +120,12 @@ def validate_digest(digest: str) -> str:
     return m.group(1)
 
 
+def _check_digest(name: str, source: object, digest: str, expected: str | None) -> None:
+    if expected is not None and digest != expected:
+        raise ImageError(f"cannot store image {name} from {source}: its digest is {digest}, expected {expected}",
+                         hint="the image's content differs from what was announced; nothing was tagged")
+
+
 # --- the canonical digest ----------------------------------------------------------------------
 
 
@@ -429,13 +435,16 @@ class ImageStore:
         with open(tarball, "rb") as f:
             return self._import(name, f, str(tarball), expected_digest)
 
-    def load_archive(self, path: Path, *, name: str | None = None, platform: str | None = None) -> Image:
+    def load_archive(self, path: Path, *, name: str | None = None, platform: str | None = None,
+                     expected_digest: str | None = None, fallback_blobs: bool = False) -> Image:
         """Load a Docker archive, OCI archive or OCI layout directory as image ``name``.
 
         ``name`` defaults to the archive's own (``localhost/web:1.0`` -> ``web:1.0``); ``platform``
         (``OS/ARCH[/VARIANT]``) to this host's. Every blob is verified first, then the layers are
         applied in order into one rootfs (whiteouts, xattrs: runtime/tarsafe.py) and the image
-        config is kept with the name.
+        config is kept with the name. ``expected_digest``: refuse (before tagging) an image whose
+        tree digest differs; ``fallback_blobs``: an OCI layout directory may leave out blobs this
+        store has (a migration ships only the layers the target lacks).
 
         Raises:
             InvalidArgument: bad name or platform, or no name given and none in the archive.
@@ -450,7 +459,10 @@ class ImageStore:
         if name is not None:
             validate_name(name)
         t0 = time.monotonic()
-        with ImageArchive(Path(path)) as archive:
+        if expected_digest is not None:
+            validate_digest(expected_digest)
+        fallback = self.layers.blobs_dir if fallback_blobs else None
+        with ImageArchive(Path(path), fallback_blobs=fallback) as archive:
             resolved = archive.resolve(wanted)
             if name is None:
                 name = image_name_from_ref(resolved.ref_name)
@@ -459,13 +471,14 @@ class ImageStore:
                         f"cannot load image from {path}: the archive names no usable image "
                         f"({resolved.ref_name!r})", hint="give one with --name NAME[:TAG]")
             if os.geteuid() == 0:
-                image, unpacked = self._load_layers(name, archive, resolved)
+                image, unpacked = self._load_layers(name, archive, resolved, expected_digest)
             else:  # overlayfs whiteouts need root: an unprivileged store keeps one flat tree
                 with self._scratch("image-") as work:
                     rootfs = work / ROOTFS_NAME
                     rootfs.mkdir(mode=0o700)
                     tarsafe.apply_layers(archive.layer_streams(resolved), rootfs)
                     digest, size = tree_digest(rootfs)
+                    _check_digest(name, path, digest, expected_digest)
                     image, unpacked = self._commit(name, work, digest, size, config=resolved.config.to_json()), -1
         log.info(
             "loaded image=%s from=%s kind=%s layers=%d unpacked=%d digest=%s elapsed_ms=%.0f",
@@ -473,7 +486,7 @@ class ImageStore:
         )
         return image
 
-    def _load_layers(self, name: str, archive: Any, resolved: Any) -> tuple[Image, int]:
+    def _load_layers(self, name: str, archive: Any, resolved: Any, expected: str | None) -> tuple[Image, int]:
         """Store the config blob, then each layer this host lacks (blob, then unpacked, both
         verified), then the image as its chain of diff_ids; the image and how many layers were new."""
         from runtime.layer_store import MAX_LAYERS
@@ -492,15 +505,18 @@ class ImageStore:
             self.layers.unpack(layer.diff_id, blob, source=f"{archive.source}:{layer.path}")
             unpacked += 1
         chain = tuple(layer.diff_id for layer in resolved.layers)
-        return self.commit_layers(name, chain, resolved.config_digest, config=resolved.config.to_json()), unpacked
+        return self.commit_layers(name, chain, resolved.config_digest, config=resolved.config.to_json(),
+                                  expected_digest=expected), unpacked
 
-    def commit_layers(self, name: str, chain: tuple[str, ...], config_digest: str, *, config: dict[str, Any] | None) -> Image:
+    def commit_layers(self, name: str, chain: tuple[str, ...], config_digest: str, *, config: dict[str, Any] | None,
+                      expected_digest: str | None = None) -> Image:
         """Tag ``name`` as the image made of the stored layers ``chain`` (lowest first); its digest is
         the canonical tree digest of the layers mounted as one overlay (the same as flattening)."""
         from runtime.layer_store import layer_chain_dirs, mounted_chain
 
         with self._scratch("view-") as view, mounted_chain(layer_chain_dirs(self.layers, chain), view) as merged:
             digest, size = tree_digest(merged)
+        _check_digest(name, "its layers", digest, expected_digest)
         with self._scratch("image-") as work:
             return self._commit(name, work, digest, size, config=config,
                                 layered={"layers": list(chain), "config_digest": config_digest})

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, cast
 
 from migrate.api import IncomingRequest, MigrateResult, MigrationMode, MigrationStats, ProgressEvent, ProgressFn
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
@@ -273,6 +273,7 @@ def check_target(criu: Any, target: Any, dest: str) -> tuple[Any, str]:
 def incoming_request(rt: Any, spec: Any, criu_version: str, mode: MigrationMode,
                      page_server_address: str | None = None) -> IncomingRequest:
     """What the target is asked to prepare for (PrepareIncoming)."""
+    layers = rt.images.get(spec.image_digest).layers if rt.images.has_digest(spec.image_digest) else ()
     return IncomingRequest(
         container_name=spec.name,
         spec=spec.to_dict(),
@@ -282,17 +283,29 @@ def incoming_request(rt: Any, spec: Any, criu_version: str, mode: MigrationMode,
         ip=spec.ip,
         mode=mode,
         page_server_address=page_server_address,
+        image_layers=tuple(layers),
     )
 
 
-def push_image(rt: Any, target: Any, migration_id: str, image_digest: str) -> int:
-    """Send the base image (a raw tar) to a target that lacks it; the bytes sent. A failure names
-    the target's error when the stream broke because the target stopped receiving."""
+def push_image(rt: Any, target: Any, migration_id: str, image_digest: str, ticket: Any) -> tuple[int, int]:
+    """Send the base image to a target that lacks it: a layered image as an OCI archive holding
+    only the layer blobs the target said it lacks (``ticket.missing_layers``), a flat one as a raw
+    tar. The bytes and the layer blobs sent. A failure names the target's error when the stream
+    broke because the target stopped receiving."""
+    image = rt.images.get(image_digest)
+    layered = bool(image.layers) and ticket.layered_image  # an older target takes only a raw tar
     sink = ChunkSink()
     pusher = ArchivePusher(target.receive_image, migration_id, sink)
     pusher.start()
+    layers_sent = 0
     try:
-        rt.images.export_stream(image_digest, sink)
+        if layered:
+            from runtime.image_layout import write_archive
+
+            skip = frozenset(image.layers) - frozenset(ticket.missing_layers)
+            layers_sent = write_archive(rt.images, image_digest, cast(BinaryIO, sink), skip_layers=skip)
+        else:
+            rt.images.export_stream(image_digest, sink)
         sink.close()
     except BaseException as exc:
         sink.abort(exc)
@@ -305,7 +318,7 @@ def push_image(rt: Any, target: Any, migration_id: str, image_digest: str) -> in
         pusher.join()
     if pusher.error is not None:
         raise pusher.error
-    return sink.bytes_written
+    return sink.bytes_written, layers_sent
 
 
 def lose(rt: Any, target: Any, container: Any, migration_id: str, name: str, dest: str, veth: str | None, why: str) -> None:

@@ -80,7 +80,8 @@ class Move:
     cut: Any = None  # the network here, cut for the dump (CheckpointHost.isolate)
     final_sent: bool = False  # the archive's last byte may have left: the target may restore
     bytes_on_wire: int = 0
-    image_bytes: int = 0  # the base image, when the target lacked it (raw tar on the wire)
+    image_bytes: int = 0  # the base image, when the target lacked it (raw tar or OCI archive on the wire)
+    image_layers_sent: int = 0  # layer blobs of a layered image the target lacked
     restored: RestoreResult | None = None
 
     @property
@@ -190,7 +191,8 @@ def _transfer(move: Move, mode: Mode) -> bool:
         mode.prepared(move)
         if move.ticket.need_image:
             move.enter("image", f"sending image {spec.image}")
-            move.image_bytes = push_image(move.rt, move.target, move.migration_id, spec.image_digest)
+            move.image_bytes, move.image_layers_sent = push_image(move.rt, move.target, move.migration_id, spec.image_digest,
+                                                                  move.ticket)
             move.bytes_on_wire += move.image_bytes
         move.upper, sent = upper_for_migration(move.target, move.ticket, move.migration_id, move.dt.upper_dir, move.enter,
                                                upper_image=move.dt.upper_image, tmp_dir=move.rt.paths.tmp)
@@ -345,6 +347,8 @@ def _finish(move: Move, mode: Mode, settled: bool) -> MigrateResult:
             raw_bytes=raw_bytes,
             phases_ms={**phases, **extra_phases},
             upper_entries_frozen=move.upper.changed,
+            image_bytes=move.image_bytes,
+            image_layers_sent=move.image_layers_sent,
         ),
     )
 

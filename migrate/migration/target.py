@@ -204,6 +204,8 @@ class IncomingMigrations:
                     raise ContainerExists(f"address {spec.ip} of container {spec.name} is already in use on this host")
                 self.host.rt.network(spec.network).lease(spec.container_id, spec.ip)
             need_image = not self.host.images.has_digest(request.image_digest)
+            layered = need_image and bool(request.image_layers)
+            missing = tuple(d for d in request.image_layers if not self.host.images.layers.has_layer(d)) if layered else ()
             self._save({
                 "migration_id": migration_id,
                 "phase": "prepared",
@@ -213,6 +215,7 @@ class IncomingMigrations:
                 "network": spec.network,
                 "image": spec.image,
                 "image_digest": request.image_digest,
+                "image_layered": layered,  # receive_image takes an OCI archive (missing layers only)
                 "mode": request.mode,
                 "spec": spec.to_dict(),  # a post-copy restore builds the container while its images arrive
                 "created_at": time.time(),
@@ -224,9 +227,10 @@ class IncomingMigrations:
         port = 0
         if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
             port = self._start_page_server(migration_id, request.page_server_address, request.source_address)
-        log.info("migration=%s phase=preflight container=%s reserved need_image=%s page_server_port=%d",
-                 migration_id, spec.name, need_image, port)
-        return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port, stage_upper=True)
+        log.info("migration=%s phase=preflight container=%s reserved need_image=%s missing_layers=%d page_server_port=%d",
+                 migration_id, spec.name, need_image, len(missing), port)
+        return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port, stage_upper=True,
+                              missing_layers=missing, layered_image=layered)
 
     # -- the upper layer, staged before the freeze --------------------------------------------
     def _stage_dir(self, migration_id: str) -> Path:
@@ -405,11 +409,31 @@ class IncomingMigrations:
         failpoints.hit("target.image")
         reader = IteratorReader(self._touching(migration_id, chunks))
         try:
-            self.host.images.import_stream(record["image"], reader, expected_digest=record["image_digest"])
+            if record.get("image_layered"):
+                self._receive_layered_image(migration_id, record, reader)
+            else:
+                self.host.images.import_stream(record["image"], reader, expected_digest=record["image_digest"])
         except BaseException:
             self._abort_after_failure(migration_id)
             raise
         log.info("migration=%s phase=image received %s (%d bytes)", migration_id, record["image_digest"][:19], reader.bytes_read)
+
+    def _receive_layered_image(self, migration_id: str, record: dict[str, Any], reader: Any) -> None:
+        """The source's OCI archive (the blobs of the layers this host lacks, the config, the
+        manifest): unpacked by the safe extractor into scratch, then loaded by the same verifying
+        loader as ``image load`` (every blob re-hashed, the left-out ones found in this host's
+        store), and tagged only if the result has the announced digest."""
+        from runtime import tarsafe
+
+        work = self.host.paths.tmp / f"image-{migration_id}"
+        remove_tree_quietly(work)
+        work.mkdir(mode=0o700, parents=True)
+        try:
+            tarsafe.extract(reader, work, source=f"migration {migration_id} image")
+            self.host.images.load_archive(work, name=record["image"], expected_digest=record["image_digest"],
+                                          fallback_blobs=True)
+        finally:
+            remove_tree_quietly(work)
 
     def receive_checkpoint(self, migration_id: str, chunks: Iterator[bytes], progress: Any = None) -> RestoreResult:
         record = self._load(migration_id)

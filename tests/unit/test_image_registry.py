@@ -255,7 +255,7 @@ def test_pull_checks_name_and_platform_before_calling_skopeo(store: ImageStore, 
     assert not fake_skopeo.exists()
 
 
-def test_push_exports_one_flattened_layer_with_the_stored_config(store: ImageStore, tmp_path: Path, fake_skopeo: Path,
+def test_push_sends_the_stored_layers_and_config(store: ImageStore, tmp_path: Path, fake_skopeo: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     src = oci_layout(tmp_path / "oci", [(layer([("a", "1"), ("d", None)]), TAR), (layer([("d", None), ("d/b", "2")]), TAR)])
     store.load_archive(src, name="two:1", platform="linux/amd64")
@@ -269,11 +269,12 @@ def test_push_exports_one_flattened_layer_with_the_stored_config(store: ImageSto
 
     with ImageArchive(pushed) as archive:  # our own loader reads what was pushed
         resolved = archive.resolve(Platform("linux", "amd64"))
-    assert len(resolved.layers) == 1
-    assert resolved.ref_name == "9"
+    two = store.get("two:1")
+    assert tuple(layer.diff_id for layer in resolved.layers) == two.layers  # the layers, each by digest
+    assert resolved.config_digest == two.config_digest and resolved.ref_name == "9"
     assert resolved.config == store.config("two:1")
     again = store.load_archive(pushed, name="back:1", platform="linux/amd64")
-    assert again.digest == store.get("two:1").digest
+    assert again.digest == two.digest and again.layers == two.layers
 
 
 def test_export_of_an_image_without_config_has_the_host_platform(store: ImageStore, tmp_path: Path) -> None:

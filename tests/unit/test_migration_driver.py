@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.fakes.flat_images import FlatImages
+
 from migrate.migration import sequence
 from migrate.migration import driver as migration
 from migrate.api import MigrateOptions
@@ -36,23 +38,13 @@ class FakeContainer:
         self.container_id = spec.container_id
 
 
-class FakeImages:
-    def __init__(self) -> None:
-        self.fail: BaseException | None = None
-
-    def export_stream(self, digest: str, sink: Any) -> None:
-        sink.write(b"image-tar " * 1000)
-        if self.fail is not None:
-            raise self.fail
-
-
 class FakeHost:
     """What migrate_container needs of runtime.checkpointing.CheckpointHost, recording calls."""
 
     def __init__(self, root: Path, *, status: str = "running") -> None:
         self.paths = Paths(root)
         self.paths.ensure()
-        self.images = FakeImages()
+        self.images = FlatImages()
         spec = ContainerSpec(container_id="c" * 32, name="web", image="busybox", image_digest=DIGEST, command=("sh",), ip="10.77.0.9")
         self.container = FakeContainer(spec, status)
         upper = root / "containers" / spec.container_id / "upper"

@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.fakes.flat_images import FlatImages
+
 from migrate.migration import driver, postcopy, sequence
 from migrate.api import HostInfo, IncomingTicket, MigrateOptions, RestoreResult, RestoreStats
 from migrate.errors import ContainerLost, IncompatibleHost, TransferError
@@ -134,6 +136,7 @@ class FakeHost:
     def __init__(self, tmp: Path, upper: Path) -> None:
         self.paths = type("P", (), {"tmp": tmp / "tmp", "root": tmp, "run": tmp / "run"})()
         self.store = FakeStore()
+        self.images = FlatImages()
         self.upper = upper
         self.events: list[str] = []
         self.container = type("C", (), {"status": "running", "spec": SPEC, "container_id": SPEC.container_id})()

@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.fakes.flat_images import FlatImages
+
 from migrate.migration import sequence
 from migrate.migration import precopy
 from migrate.api import ImageInfo, IncomingRequest, MigrateOptions
@@ -56,6 +58,7 @@ class FakeHost:
         self.paths.ensure()
         spec = ContainerSpec(container_id="c" * 32, name="web", image="busybox", image_digest=DIGEST, command=("sh",), ip="10.77.0.9")
         self.container = FakeContainer(spec)
+        self.images = FlatImages()
         self.upper = root / "containers" / spec.container_id / "upper"
         self.upper.mkdir(parents=True)
         (self.upper / "hello.txt").write_text("hello\n")

@@ -327,7 +327,7 @@ class RestoreResult(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ..., stats: _Optional[_Union[RestoreStats, _Mapping]] = ..., signed_by: _Optional[str] = ...) -> None: ...
 
 class MigrationStats(_message.Message):
-    __slots__ = ("frozen_ms", "total_ms", "bytes_on_wire", "raw_bytes", "phases_ms", "upper_entries_frozen")
+    __slots__ = ("frozen_ms", "total_ms", "bytes_on_wire", "raw_bytes", "phases_ms", "upper_entries_frozen", "image_bytes", "image_layers_sent")
     class PhasesMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -341,13 +341,17 @@ class MigrationStats(_message.Message):
     RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
     PHASES_MS_FIELD_NUMBER: _ClassVar[int]
     UPPER_ENTRIES_FROZEN_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_LAYERS_SENT_FIELD_NUMBER: _ClassVar[int]
     frozen_ms: float
     total_ms: float
     bytes_on_wire: int
     raw_bytes: int
     phases_ms: _containers.ScalarMap[str, float]
     upper_entries_frozen: int
-    def __init__(self, frozen_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., bytes_on_wire: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., phases_ms: _Optional[_Mapping[str, float]] = ..., upper_entries_frozen: _Optional[int] = ...) -> None: ...
+    image_bytes: int
+    image_layers_sent: int
+    def __init__(self, frozen_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., bytes_on_wire: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., phases_ms: _Optional[_Mapping[str, float]] = ..., upper_entries_frozen: _Optional[int] = ..., image_bytes: _Optional[int] = ..., image_layers_sent: _Optional[int] = ...) -> None: ...
 
 class MigrateResult(_message.Message):
     __slots__ = ("container_name", "dest", "mode", "stats")
@@ -730,7 +734,7 @@ class MigrateResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[MigrationEvent, _Mapping]] = ..., result: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode", "page_server_address", "source_daemon")
+    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode", "page_server_address", "source_daemon", "image_layers")
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -740,6 +744,7 @@ class PrepareIncomingRequest(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_DAEMON_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     container_name: str
     spec_json: str
     image_digest: str
@@ -749,19 +754,24 @@ class PrepareIncomingRequest(_message.Message):
     mode: MigrationMode
     page_server_address: str
     source_daemon: str
-    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., page_server_address: _Optional[str] = ..., source_daemon: _Optional[str] = ...) -> None: ...
+    image_layers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., page_server_address: _Optional[str] = ..., source_daemon: _Optional[str] = ..., image_layers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
-    __slots__ = ("migration_id", "need_image", "page_server_port", "stage_upper")
+    __slots__ = ("migration_id", "need_image", "page_server_port", "stage_upper", "missing_layers", "layered_image")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     NEED_IMAGE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
     STAGE_UPPER_FIELD_NUMBER: _ClassVar[int]
+    MISSING_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LAYERED_IMAGE_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     need_image: bool
     page_server_port: int
     stage_upper: bool
-    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ..., page_server_port: _Optional[int] = ..., stage_upper: _Optional[bool] = ...) -> None: ...
+    missing_layers: _containers.RepeatedScalarFieldContainer[str]
+    layered_image: bool
+    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ..., page_server_port: _Optional[int] = ..., stage_upper: _Optional[bool] = ..., missing_layers: _Optional[_Iterable[str]] = ..., layered_image: _Optional[bool] = ...) -> None: ...
 
 class PushImageRequest(_message.Message):
     __slots__ = ("migration_id", "data", "seq", "crc32")
