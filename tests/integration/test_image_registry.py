@@ -45,16 +45,16 @@ def _need(tool: str) -> str:
     return path
 
 
-def _free_port() -> int:
+def _free_port(bind: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((bind, 0))
         return int(s.getsockname()[1])
 
 
 @dataclass
 class Registry:
     proc: subprocess.Popen[bytes]
-    address: str  # 127.0.0.1:PORT
+    address: str  # BIND:PORT (127.0.0.1:PORT unless started with another bind address)
     storage: Path
     log: Path
     cert_dir: Path | None = None
@@ -69,11 +69,12 @@ class Registry:
                 self.proc.wait()
 
 
-def start_registry(work: Path, *, secure: bool = False) -> Registry:
-    """docker-registry on a free port of 127.0.0.1; ``secure``: TLS (self-signed) + htpasswd."""
+def start_registry(work: Path, *, secure: bool = False, bind: str = "127.0.0.1") -> Registry:
+    """docker-registry on a free port of ``bind`` (an address of this namespace); ``secure``: TLS
+    (self-signed) + htpasswd."""
     exe = _need("docker-registry")
     work.mkdir(parents=True, exist_ok=True)
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"{bind}:{_free_port(bind)}"
     lines = ["version: 0.1", "log:", "  level: warn", "storage:", "  filesystem:", f"    rootdirectory: {work / 'storage'}",
              "http:", f"  addr: {address}"]
     cert_dir = None
@@ -100,7 +101,7 @@ def start_registry(work: Path, *, secure: bool = False) -> Registry:
         if proc.poll() is not None:
             raise AssertionError(f"docker-registry exited {proc.returncode}: {log.read_text()}")
         try:
-            with socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1):
+            with socket.create_connection((bind, int(address.rsplit(":", 1)[1])), timeout=1):
                 return registry
         except OSError:
             if time.monotonic() > deadline:
