@@ -494,14 +494,18 @@ class ImageStore:
         if len(resolved.layers) > MAX_LAYERS:
             raise ImageError(f"cannot load image {name}: it has {len(resolved.layers)} layers, at most {MAX_LAYERS} are supported",
                              hint="flatten the image (for example: podman build --squash)")
-        self.layers.put_blob_bytes(resolved.config_bytes, resolved.config_digest, what=f"config of {archive.source}")
+        if not self.layers.has_blob(resolved.config_digest):
+            self.layers.put_blob_bytes(resolved.config_bytes, resolved.config_digest, what=f"config of {archive.source}")
         unpacked = 0
         for layer in resolved.layers:
             if self.layers.has_layer(layer.diff_id):
                 continue
             with archive.blobs.open(layer.path) as stream:
                 archive.check_compression(stream, layer)
-                blob = self.layers.put_blob(stream, layer.digest if layer.compression else None, what=f"layer {layer.path}")
+                if layer.compression and self.layers.has_blob(layer.digest):
+                    blob = layer.digest  # already here (a pull's shared blob dir); resolve() verified it
+                else:
+                    blob = self.layers.put_blob(stream, layer.digest if layer.compression else None, what=f"layer {layer.path}")
             self.layers.unpack(layer.diff_id, blob, source=f"{archive.source}:{layer.path}")
             unpacked += 1
         chain = tuple(layer.diff_id for layer in resolved.layers)

@@ -382,13 +382,16 @@ def pull(store: ImageStore, reference: str, *, name: str | None = None, platform
     work = Path(tempfile.mkdtemp(prefix="pull-", dir=store.tmp_dir))
     try:
         layout = work / "layout"
-        args = ["copy", *platform_args, "--remove-signatures", *options.skopeo_args("src", ref.registry, work),
+        # blobs go straight into the store's blob dir (OCI layout "sha256/<hex>" under it): one
+        # this host has is not fetched again, so a layer shared with another image is pulled once
+        shared = f"--dest-shared-blob-dir={store.layers.blobs_dir.parent}"
+        args = ["copy", *platform_args, "--remove-signatures", *options.skopeo_args("src", ref.registry, work), shared,
                 f"docker://{ref}", f"oci:{layout}:{LAYOUT_TAG}"]
         _run_copy(args, operation="pull", ref=ref, work=work, progress=progress, platform=platform or "")
         if progress is not None:
             progress("verifying and applying the layers")
         try:
-            image = store.load_archive(layout, name=name, platform=platform)
+            image = store.load_archive(layout, name=name, platform=platform, fallback_blobs=True)
         except PlatformNotFound as exc:
             raise RegistryPlatformNotFound("pull", str(ref), exc.wanted, exc.available) from exc
         except BlobDigestMismatch as exc:

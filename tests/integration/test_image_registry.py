@@ -17,6 +17,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +30,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.fakes.image_tars import layer
+from tests.fakes.oci_layouts import write_oci_layout
 from tests.integration.cli_helpers import ok, refused, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "busybox")]
@@ -230,6 +233,30 @@ def test_pull_a_multi_layer_image_and_run_its_config(open_registry: Registry, pm
     assert run_default(pm, "app:1") == EXPECTED_LOG
 
 
+def test_layers_already_stored_are_not_fetched_again(open_registry: Registry, pm: PM, layout: Path, tmp_path: Path) -> None:
+    """An image sharing the 3 layers of pmt/app:1 under one more: a pull fetches only the new
+    layer's blob (counted in the registry's own access log), then runs on all four layers."""
+    ok(pm("image", "pull", f"{open_registry.address}/pmt/app:1", "--tls-verify=false", timeout=300))
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    config = json.loads((layout / "blobs/sha256" / manifest["config"]["digest"][7:]).read_bytes())
+    raws = []
+    for desc in manifest["layers"]:
+        blob = (layout / "blobs/sha256" / desc["digest"][7:]).read_bytes()
+        gz = desc["mediaType"].endswith("+gzip")
+        raws.append((gzip.decompress(blob) if gz else blob, gz))
+    more = write_oci_layout(tmp_path / "more", [*raws, (layer([("more.txt", "more\n")]), False)], config["config"])
+    skopeo_push(more, open_registry, "pmt/more:1")
+    mark = open_registry.log.stat().st_size
+    ok(pm("image", "pull", f"{open_registry.address}/pmt/more:1", "--tls-verify=false", timeout=300))
+    with open(open_registry.log, "rb") as f:
+        f.seek(mark)
+        fetched = set(re.findall(rb"GET /v2/pmt/more/blobs/(sha256:[0-9a-f]{64})", f.read()))
+    shared = {d["digest"].encode() for d in manifest["layers"]}
+    assert fetched and not fetched & shared, fetched  # the config and the new layer only
+    assert run_default(pm, "more:1") == EXPECTED_LOG
+
+
 def test_pull_by_digest(open_registry: Registry, pm: PM, layout: Path) -> None:
     skopeo = _need("skopeo")
     digest = subprocess.run([skopeo, "inspect", "--tls-verify=false", "--format", "{{.Digest}}",
@@ -295,8 +322,10 @@ def test_a_stopped_registry_is_unreachable(layout: Path, pm: PM, pm_root: Path, 
 def test_a_corrupt_blob_is_a_digest_mismatch(layout: Path, pm: PM, pm_root: Path, tmp_path: Path) -> None:
     registry = start_registry(tmp_path / "reg")
     try:
-        skopeo_push(layout, registry, "pmt/app:1")
-        # the biggest blob in the registry's storage is the busybox layer: flip one byte of it
+        # a layer no pull has stored yet (one this host has is never fetched again: nothing to corrupt)
+        noise = layer([("noise", os.urandom(256 << 10).hex())])
+        skopeo_push(write_oci_layout(tmp_path / "noise", [(noise, True)], {"Cmd": ["sh"]}), registry, "pmt/app:1")
+        # the biggest blob in the registry's storage is that layer: flip one byte of it
         blob = max(registry.storage.rglob("blobs/sha256/*/*/data"), key=lambda p: p.stat().st_size)
         data = bytearray(blob.read_bytes())
         data[len(data) // 2] ^= 0xFF
