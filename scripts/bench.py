@@ -5,6 +5,7 @@
     scripts/bench.py migrate ...                                           (scripts/bench_migrate.py)
     scripts/bench.py client-pause [--modes cold,postcopy,local] [--runs N] (scripts/bench_client_pause.py)
     scripts/bench.py sign [--sizes 256,1024] [--runs N] [--json]            (scripts/bench_sign.py)
+    scripts/bench.py images [--runs N] [--parts pull,run] [--json]          (scripts/bench_images.py)
 
 Each subcommand's module has ``main(argv) -> int``; it is imported only when asked for.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 COMMANDS = {"checkpoint": "bench_checkpoint.py", "migrate": "bench_migrate.py", "client-pause": "bench_client_pause.py",
-            "sign": "bench_sign.py"}
+            "sign": "bench_sign.py", "images": "bench_images.py"}
 
 
 def main(argv: list[str]) -> int:
@@ -31,6 +32,7 @@ def main(argv: list[str]) -> int:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return int(module.main(argv[1:]))
 

@@ -82,7 +82,6 @@ class Layer:
     size: int  # the blob's bytes
     media_type: str
     diff_id: str  # sha256 of the uncompressed tar (the config's rootfs.diff_ids)
-    tar_bytes: int  # the uncompressed tar's bytes
     created_by: str
 
 
@@ -112,10 +111,18 @@ class LayoutWriter:
                 sink.close()
         blob_hex = _file_sha256(tmp)
         tmp.rename(self.blobs / blob_hex)
-        tar_bytes = tar_path.stat().st_size
         tar_path.unlink()
         return Layer(f"sha256:{blob_hex}", (self.blobs / blob_hex).stat().st_size,
-                     MEDIA_TAR if gzip_level is None else MEDIA_GZIP, f"sha256:{raw.hexdigest()}", tar_bytes, created_by)
+                     MEDIA_TAR if gzip_level is None else MEDIA_GZIP, f"sha256:{raw.hexdigest()}", created_by)
+
+    def adopt(self, layout: Path, layer: Layer) -> Layer:
+        """Take ``layer``'s blob from another layout (a hard link, a copy across file systems)."""
+        src, dst = layout / "blobs" / "sha256" / layer.digest[7:], self.blobs / layer.digest[7:]
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        return layer
 
     def finish(self, layers: list[Layer], run_config: dict, tag: str = TAG) -> Path:
         config = {
@@ -159,6 +166,14 @@ def read_layout(layout: Path) -> tuple[dict, dict]:
     blobs = layout / "blobs" / "sha256"
     manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_text())
     return manifest, json.loads((blobs / manifest["config"]["digest"][7:]).read_text())
+
+
+def layers_of(layout: Path) -> list[Layer]:
+    """The layers of the one image in ``layout``, lowest first."""
+    manifest, config = read_layout(layout)
+    history = [h.get("created_by", "") for h in config.get("history", []) if not h.get("empty_layer")]
+    return [Layer(m["digest"], m["size"], m["mediaType"], diff_id, history[i] if i < len(history) else "")
+            for i, (m, diff_id) in enumerate(zip(manifest["layers"], config["rootfs"]["diff_ids"]))]
 
 
 # --- cutting the Debian tar along dpkg's records ---------------------------------------------------

@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): images from a registry, pymigrate against podman, layered against flat.
+
+One local registry (Debian's docker-registry on 127.0.0.1, storage under the work dir) serves two
+images with the same tree and config, pushed with skopeo:
+
+- ``bench/layered:1``, five layers, ~100 MiB unpacked: the real-server suite's Debian bookworm +
+  Redis image (tests/realworld/layered_image.py: base system, the server's packages, a config
+  layer with a whiteout; cached under /var/cache/pymigrate-tests), plus an application layer of
+  random-content files (incompressible, ``--app-mib``) and a small layer that adds a config file
+  and deletes one of the application's files by a whiteout;
+- ``bench/flat:1``, the same tree as ONE layer (pymigrate's own export of the layered image,
+  gzip'ed), so its tree digest must equal the layered one's (checked).
+
+Parts, each timed ``--runs`` times, interleaved so every side sees the same machine state:
+
+- ``pull``: ``pymigrate image pull`` and ``podman pull`` of each image, every run into a cold store
+  (a fresh pymigrate state root; a fresh podman ``--root``/``--runroot`` with the overlay driver,
+  so the host's podman storage is untouched), wall time of the command; and, for reference,
+  ``skopeo copy docker://REF oci:DIR`` alone (the download pymigrate's pull starts with: the rest
+  of its time is verifying and unpacking the layers);
+- ``run``: ``pymigrate run -d --network none IMAGE`` with no command (the image's own
+  Entrypoint/Cmd: redis-server as redis) on the five-layer image and on the flat one, from one
+  store that holds both; wall time of the command, ``rm -f`` not timed.
+
+The bytes a migration puts on the wire per image (stats ``image_bytes``, ``image_layers_sent``)
+are to come as one more part (``PARTS``) over the same ``Bench``.
+
+What it changes on the host: a temporary work dir (default a mkdtemp in /var/tmp; the registry's
+storage, the layouts, the state roots and podman roots), one docker-registry process on a free
+port of 127.0.0.1, the containers it starts; all removed at the end (podman's overlay mounts
+under its roots are unmounted first). skopeo and podman share the host's blob-info cache
+(/var/lib/containers/cache), which records digests only.
+
+Usage: scripts/bench_images.py [--runs 3] [--parts pull,run] [--app-mib 8] [--json] [--keep]
+       (also ``scripts/bench.py images ...``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.integration.test_image_registry import Registry, skopeo_push, start_registry  # noqa: E402
+from tests.realworld.layered_image import LayoutWriter, layers_of, read_layout, redis_layout  # noqa: E402
+
+IMAGES = ("layered", "flat")
+APP_DIR = "opt/app"
+APP_FILE_BYTES = 256 * 1024
+
+
+def pymigrate_cmd(root: Path) -> list[str]:
+    exe = REPO / ".venv" / "bin" / "pymigrate"
+    return [*([str(exe)] if exe.exists() else [sys.executable, "-m", "migrate"]), "--root", str(root)]
+
+
+def timed(argv: list[str]) -> float:
+    with open(os.devnull, "rb") as null_in, tempfile.TemporaryFile() as out:
+        t0 = time.perf_counter()
+        r = subprocess.run(argv, stdin=null_in, stdout=out, stderr=subprocess.STDOUT)
+        elapsed = time.perf_counter() - t0
+        if r.returncode != 0:
+            out.seek(0)
+            raise SystemExit(f"bench: {' '.join(argv)} failed ({r.returncode}): {out.read().decode().strip()[-2000:]}")
+    return elapsed
+
+
+def stats_s(samples: list[float]) -> dict[str, Any]:
+    return {"median_s": round(statistics.median(samples), 3), "min_s": round(min(samples), 3),
+            "max_s": round(max(samples), 3), "samples_s": [round(s, 3) for s in samples]}
+
+
+# --- the images --------------------------------------------------------------------------------
+
+
+def _tar_dir(dst: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+    dst.addfile(info)
+
+
+def _tar_file(dst: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
+    dst.addfile(info, io.BytesIO(data))
+
+
+def build_layered(out: Path, app_mib: int) -> Path:
+    """The suite's three layers + an application layer of random files + a config/whiteout layer."""
+    base = redis_layout()[0]
+    _, config = read_layout(base)
+    writer = LayoutWriter(out)
+    layers = [writer.adopt(base, layer) for layer in layers_of(base)]
+    app = out / "app.tar"
+    with tarfile.open(app, "w", format=tarfile.PAX_FORMAT) as dst:
+        for part in ("opt", APP_DIR):
+            _tar_dir(dst, part)
+        for i in range(app_mib * (1 << 20) // APP_FILE_BYTES):
+            _tar_file(dst, f"{APP_DIR}/data-{i:04d}.bin", os.urandom(APP_FILE_BYTES))
+    layers.append(writer.add_layer(app, gzip_level=1, created_by=f"COPY app/ /{APP_DIR}/ ({app_mib} MiB random)"))
+    conf = out / "conf.tar"
+    with tarfile.open(conf, "w", format=tarfile.PAX_FORMAT) as dst:
+        for part in ("opt", APP_DIR):
+            _tar_dir(dst, part)
+        _tar_file(dst, f"{APP_DIR}/app.conf", b"mode = bench\n")
+        _tar_file(dst, f"{APP_DIR}/.wh.data-0000.bin", b"")
+    layers.append(writer.add_layer(conf, gzip_level=6, created_by=f"app.conf; rm /{APP_DIR}/data-0000.bin"))
+    return writer.finish(layers, config["config"])
+
+
+def build_flat(layered: Path, out: Path, scratch_root: Path) -> tuple[Path, str]:
+    """``layered`` as one layer (loaded into a scratch store, exported); (layout, tree digest)."""
+    from runtime.config import Paths
+    from runtime.image_store import ImageStore
+
+    store = ImageStore(Paths(scratch_root))
+    image = store.load_archive(layered, name="layered:1")
+    _, config = read_layout(layered)
+    writer = LayoutWriter(out)
+    flat_tar = out / "flat.tar"
+    with open(flat_tar, "wb") as sink:
+        store.export_stream("layered:1", sink)
+    layer = writer.add_layer(flat_tar, gzip_level=6, created_by="the layered image, flattened")
+    store.remove("layered:1")
+    return writer.finish([layer], config["config"]), image.digest
+
+
+# --- podman in a throwaway root ----------------------------------------------------------------
+
+
+def podman_cmd(podman: str, root: Path) -> list[str]:
+    """podman with its storage under ``root`` and its run root in ``root``'s RUNROOT file (a
+    short path in /tmp: podman refuses a run root longer than 50 characters)."""
+    runroot = (root / "RUNROOT").read_text()
+    return [podman, "--root", str(root / "root"), "--runroot", runroot, "--tmpdir", str(root / "tmp"),
+            "--storage-driver", "overlay", "--events-backend", "none", "--cgroup-manager", "cgroupfs",
+            "--network-config-dir", str(root / "net")]
+
+
+def make_podman_root(root: Path) -> None:
+    (root / "RUNROOT").write_text(tempfile.mkdtemp(prefix="pmpod-", dir="/tmp"))
+
+
+def remove_podman_root(podman: str, root: Path) -> None:
+    subprocess.run([*podman_cmd(podman, root), "rmi", "-a", "-f"], capture_output=True)
+    runroot = Path((root / "RUNROOT").read_text())
+    for path in (root, runroot):
+        unmount_below(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def unmount_below(root: Path) -> None:
+    """Every mount at or below ``root``, deepest first (podman's overlay driver bind-mounts its home)."""
+    prefix = str(root.resolve())
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in f]
+    for point in sorted((p for p in points if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+# --- the parts ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    work: Path
+    registry: Registry
+    refs: dict[str, str]  # image -> registry reference
+    facts: dict[str, dict[str, Any]]  # image -> layers, blob bytes, tree digest
+    runs: int
+    podman: str | None
+    roots: list[Path] = field(default_factory=list)  # every state root made (for cleanup)
+
+    def fresh_root(self, label: str) -> Path:
+        root = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self.work))
+        self.roots.append(root)
+        return root
+
+
+@dataclass
+class Section:
+    title: str
+    rows: list[tuple[str, dict[str, Any]]]  # label, stats_s(...) (+ extra columns)
+    data: dict[str, Any]
+
+
+def bench_pull(b: Bench) -> Section:
+    tools = ["pymigrate", *(["podman"] if b.podman else []), "skopeo"]
+    samples: dict[str, list[float]] = {f"{t} {i}": [] for t in tools for i in IMAGES}
+    sizes: dict[str, int] = {}
+    for _ in range(b.runs):
+        for image in IMAGES:
+            root = b.fresh_root("pm")
+            pm = pymigrate_cmd(root)
+            samples[f"pymigrate {image}"].append(timed([*pm, "image", "pull", b.refs[image], "--tls-verify=false",
+                                                        "--name", f"{image}:1"]))
+            out = subprocess.run([*pm, "image", "inspect", f"{image}:1", "--json"], capture_output=True, check=True)
+            inspected = json.loads(out.stdout)
+            sizes[image] = inspected["size_bytes"]
+            if inspected["digest"] != b.facts["layered"]["tree_digest"]:
+                raise SystemExit(f"bench: {image} pulled as {inspected['digest']}, expected the layered image's tree")
+            shutil.rmtree(root)
+            b.roots.remove(root)
+            # what pymigrate's pull runs first: skopeo's download into an OCI layout, nothing unpacked
+            sroot = b.fresh_root("skopeo")
+            samples[f"skopeo {image}"].append(timed(["skopeo", "copy", "-q", "--src-tls-verify=false",
+                                                     f"docker://{b.refs[image]}", f"oci:{sroot / 'oci'}:pulled"]))
+            shutil.rmtree(sroot)
+            b.roots.remove(sroot)
+            if b.podman:
+                proot = b.fresh_root("podman")
+                make_podman_root(proot)
+                samples[f"podman {image}"].append(timed([*podman_cmd(b.podman, proot), "pull", "-q", "--tls-verify=false",
+                                                         b.refs[image]]))
+                remove_podman_root(b.podman, proot)
+                b.roots.remove(proot)
+    rows = [(f"{label} ({b.facts[label.split()[1]]['layers']} layer(s))" + (": copy to an OCI dir only" if label.startswith("skopeo") else ""),
+             stats_s(s)) for label, s in samples.items()]
+    return Section("pull into a cold store (wall time of the command)", rows,
+                   {"unpacked_bytes": sizes, **{label: stats_s(s) for label, s in samples.items()}})
+
+
+def bench_run(b: Bench) -> Section:
+    root = b.fresh_root("run")
+    pm = pymigrate_cmd(root)
+    for image in IMAGES:
+        subprocess.run([*pm, "image", "pull", b.refs[image], "--tls-verify=false", "--name", f"{image}:1"],
+                       check=True, capture_output=True)
+    samples: dict[str, list[float]] = {image: [] for image in IMAGES}
+    try:
+        for i in range(b.runs):
+            for image in IMAGES:
+                name = f"bench-{image}-{i}"
+                samples[image].append(timed([*pm, "run", "-d", "--name", name, "--network", "none", f"{image}:1"]))
+                subprocess.run([*pm, "rm", "-f", name], check=True, capture_output=True)
+    finally:
+        subprocess.run([*pm, "rm", "-f", *[f"bench-{i}-{n}" for i in IMAGES for n in range(b.runs)]], capture_output=True)
+    rows = [(f"run -d {image}:1 ({b.facts[image]['layers']} layer(s), no command)", stats_s(s)) for image, s in samples.items()]
+    data: dict[str, Any] = {image: stats_s(s) for image, s in samples.items()}
+    data["ratio_median_layered_to_flat"] = round(statistics.median(samples["layered"]) / statistics.median(samples["flat"]), 3)
+    return Section("pymigrate run -d (the image's own Entrypoint/Cmd, --network none)", rows, data)
+
+
+# issue 12: the bytes on the wire per migration (MigrationStats image_bytes / image_layers_sent of a
+# first and a repeated migration of each image between two hosts) become a third part here: a
+# function Bench -> Section, added to PARTS under "migrate".
+PARTS: dict[str, Callable[[Bench], Section]] = {"pull": bench_pull, "run": bench_run}
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("-n", "--runs", type=int, default=3)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
+    parser.add_argument("--app-mib", type=int, default=8, help="MiB of random files in the application layer")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a mkdtemp in /var/tmp, removed at the end")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}: expected some of {list(PARTS)}")
+    if os.geteuid() != 0:
+        raise SystemExit("bench: needs root (overlayfs layers, containers)")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="pmbench-images-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    podman = shutil.which("podman")
+    registry = start_registry(work / "registry")
+    bench = None
+    try:
+        t0 = time.monotonic()
+        layered = build_layered(work / "layered", args.app_mib)
+        scratch = work / "scratch-root"
+        flat, digest = build_flat(layered, work / "flat", scratch)
+        shutil.rmtree(scratch)
+        refs = {image: f"{registry.address}/bench/{image}:1" for image in IMAGES}
+        facts: dict[str, dict[str, Any]] = {}
+        for image, layout in (("layered", layered), ("flat", flat)):
+            skopeo_push(layout, registry, f"bench/{image}:1")
+            manifest, _ = read_layout(layout)
+            facts[image] = {"layers": len(manifest["layers"]), "blob_bytes": sum(m["size"] for m in manifest["layers"]),
+                            "tree_digest": digest}
+        prepare_s = time.monotonic() - t0
+        bench = Bench(work, registry, refs, facts, args.runs, podman)
+        sections = [PARTS[p](bench) for p in parts]
+    finally:
+        registry.stop()
+        for root in bench.roots if bench else []:
+            if root.name.startswith("podman") and podman:
+                remove_podman_root(podman, root)
+            else:
+                unmount_below(root)
+        if not args.keep and args.workdir is None:
+            unmount_below(work)
+            shutil.rmtree(work, ignore_errors=True)
+
+    result = {"runs": args.runs, "podman": podman is not None, "prepare_s": round(prepare_s, 1), "images": facts,
+              **{p: s.data for p, s in zip(parts, sections)}}
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+        return 0
+    described = ", ".join(f"{i}:1 {f['layers']} layer(s), {f['blob_bytes'] / 2**20:.1f} MiB of blobs" for i, f in facts.items())
+    print(f"images: {described}; tree {digest[:19]}; {args.runs} interleaved runs each; prepared in {prepare_s:.0f} s")
+    if not podman:
+        print("podman not installed: its rows are left out")
+    for section in sections:
+        print(f"\n{section.title}")
+        width = max(len(label) for label, _ in section.rows) + 2
+        print(f"  {'':{width}}{'median s':>10}{'min s':>10}{'max s':>10}")
+        for label, st in section.rows:
+            print(f"  {label:{width}}{st['median_s']:10.2f}{st['min_s']:10.2f}{st['max_s']:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
