@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Callable
 
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
 from migrate.archive.signing import ArchiveSigner, HashingSink
-from migrate.archive.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore, build_manifest, new_checkpoint_id
+from migrate.archive.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore, build_manifest, image_record, new_checkpoint_id
 from runtime.criu import DUMP_LOG, Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
 from runtime.checkpointing import DumpTarget, keep_failed_log
 from runtime.errors import ContainerError, InvalidArgument, InvalidState
@@ -328,6 +328,7 @@ def _prepare(rt: Any, name: str, options: CheckpointOptions, criu: Criu) -> _Che
         checkpoint_id,
         criu_version=criu_version,
         options={"tcp_established": options.tcp_established, "file_locks": options.file_locks, "netns_key": NETNS_KEY},
+        image=image_record(rt.images, target.spec),
     )
     request = DumpRequest(
         pid=target.init_pid,

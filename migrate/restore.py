@@ -276,10 +276,19 @@ def preflight(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, r
             f"this CPU lacks features the checkpointed processes may use: {exc.message}", phase="preflight"
         ) from exc
     if not rt.images.has_digest(spec.image_digest):
-        raise ImageNotFound(f"{spec.image} ({spec.image_digest})")
+        raise ImageNotFound(f"{spec.image} ({spec.image_digest})", hint=_missing_image_hint(manifest))
     rt.check_name_free(spec.name, replace_id=replace_id)
     if spec.ip and not rt.ip_free(spec.ip, replace_id=replace_id, owner=spec.container_id):
         raise ContainerExists(f"address {spec.ip} is already in use on this host", hint="restore with --ip ADDR")
+
+
+def _missing_image_hint(manifest: dict[str, Any]) -> str:
+    """What to fetch: the checkpoint names the image, and a layered one its layers by diff_id."""
+    image = manifest.get("image")
+    layers = image.get("layers") if isinstance(image, dict) else None
+    layers = layers if isinstance(layers, list) else []
+    what = f" (its {len(layers)} layers, lowest first: {', '.join(str(d)[:19] for d in layers)})" if layers else ""
+    return f"load, pull or import the image the container was started from{what}; restore finds it by digest, whatever its name"
 
 
 def _identity(rt: Any, spec: ContainerSpec, options: RestoreOptions, origin: Origin) -> tuple[ContainerSpec, str | None]:

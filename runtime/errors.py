@@ -91,8 +91,9 @@ class ImageError(ContainerError):
 
 
 class ImageNotFound(ImageError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no such image: {name}", hint="import one with 'pymigrate image import NAME TARBALL'")
+    def __init__(self, name: str, *, hint: str | None = None) -> None:
+        super().__init__(f"no such image: {name}",
+                         hint=hint or "pull, load or import one: pymigrate image pull REF | image load FILE | image import NAME TARBALL")
         self.name = name
 
 

@@ -80,13 +80,26 @@ def host_facts() -> dict[str, Any]:
     }
 
 
-def build_manifest(spec: ContainerSpec, checkpoint_id: str, *, criu_version: str, options: dict[str, Any]) -> dict[str, Any]:
+def image_record(images: Any, spec: ContainerSpec) -> dict[str, Any]:
+    """The manifest's ``image``: the base image by digest and, when stored as layers, its chain
+    (diff_ids lowest first) and config digest, so a host lacking it knows what to fetch."""
+    record: dict[str, Any] = {"name": spec.image, "digest": spec.image_digest}
+    if images.has_digest(spec.image_digest):
+        image = images.get(spec.image_digest)
+        if image.layers:
+            record.update(layers=list(image.layers), config_digest=image.config_digest)
+    return record
+
+
+def build_manifest(spec: ContainerSpec, checkpoint_id: str, *, criu_version: str, options: dict[str, Any],
+                   image: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "kind": MANIFEST_KIND,
         "checkpoint_id": checkpoint_id,
         "created_at": time.time(),
         "container": spec.to_dict(),
         "image_digest": spec.image_digest,
+        "image": image or {"name": spec.image, "digest": spec.image_digest},
         "criu_version": criu_version,
         "host": host_facts(),
         "options": options,

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from migrate import failpoints
 from migrate.api import MigrateOptions, MigrateResult, MigrationMode, MigrationStats, ProgressFn, RestoreResult
-from migrate.archive.store import build_manifest, new_checkpoint_id
+from migrate.archive.store import build_manifest, image_record, new_checkpoint_id
 from migrate.archive.streams import ChunkSink
 from migrate.checkpoint import dump_externals
 from migrate.errors import ContainerLost
@@ -269,7 +269,7 @@ def manifest(move: Move, mode: Mode) -> dict[str, Any]:
         "file_locks": move.options.file_locks,
         "migration_id": move.migration_id,
         **mode.manifest_options(move),
-    })
+    }, image=image_record(move.rt.images, move.spec))
 
 
 def _roll_back(move: Move, mode: Mode) -> None:

@@ -19,6 +19,7 @@ from runtime.checkpointing import DumpTarget, NetworkCut
 from runtime.config import Paths
 from runtime.spec import ContainerSpec
 from tests.fakes.criu import FakeCriu
+from tests.fakes.flat_images import FlatImages
 
 
 @dataclass
@@ -35,6 +36,7 @@ class FakeHost:
     def __post_init__(self) -> None:
         self.paths = Paths(self.root)
         self.paths.ensure()
+        self.images = FlatImages()
         self.upper = self.root / "upper"
         self.upper.mkdir()
         (self.upper / "f").write_text("data")

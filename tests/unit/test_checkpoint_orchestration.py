@@ -10,6 +10,7 @@ tests/integration/test_checkpoint*.py.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from runtime.errors import ContainerExists, CriuError, ImageNotFound, InvalidSta
 from runtime.spec import ContainerSpec, Volume
 from runtime.state import StateStore
 from tests.fakes.criu import CANNED_STATS, FakeCriu
+from tests.fakes.flat_images import FlatImages
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -41,9 +43,15 @@ class FakeContainer:
 @dataclass
 class FakeImages:
     digests: set[str] = field(default_factory=lambda: {DIGEST})
+    layers: tuple[str, ...] = ()  # the image's diff_ids when it is layered
 
     def has_digest(self, digest: str) -> bool:
         return digest in self.digests
+
+    def get(self, digest: str) -> Any:
+        image = FlatImages().get(digest)
+        image.layers, image.config_digest = self.layers, "sha256:" + "c" * 64
+        return image
 
 
 class FakeHost:
@@ -270,6 +278,19 @@ def test_preflight_refuses_a_missing_image(tmp_path: Path) -> None:
     host, cid = _checkpoint(tmp_path)
     host.images.digests.clear()
     _refused(host, RestoreOptions(checkpoint_id=cid), FakeCriu(), ImageNotFound, "no such image")
+
+
+def test_a_missing_layered_image_is_named_with_its_layers(tmp_path: Path) -> None:
+    layers = ("sha256:" + "1" * 64, "sha256:" + "2" * 64)
+    host = FakeHost(tmp_path)
+    host.images.layers = layers
+    cid = checkpoint_container(host, "web", CheckpointOptions(), criu=FakeCriu()).checkpoint_id
+    manifest = json.loads((host.paths.checkpoint(cid) / "manifest.json").read_text())
+    assert manifest["image"] == {"name": "busybox", "digest": DIGEST, "layers": list(layers), "config_digest": "sha256:" + "c" * 64}
+    host.images.digests.clear()
+    with pytest.raises(ImageNotFound) as err:
+        restore_container(host, RestoreOptions(checkpoint_id=cid), criu=FakeCriu())
+    assert "its 2 layers" in (err.value.hint or "") and "sha256:11111111111" in (err.value.hint or "")
 
 
 def test_preflight_refuses_a_taken_name_and_address(tmp_path: Path) -> None:

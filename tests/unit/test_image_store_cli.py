@@ -97,7 +97,7 @@ def test_errors_exit_125_with_a_message(engine: StoreEngine, tmp_path: Path, cap
 
     assert run(engine, "image", "rm", "nope") == 125
     err = capsys.readouterr().err
-    assert "pymigrate: no such image: nope" in err and "hint: import one with" in err
+    assert "pymigrate: no such image: nope" in err and "hint: pull, load or import one" in err
 
     assert run(engine, "image", "import", "Bad/Name", str(junk)) == 125
     assert "invalid image name 'Bad/Name'" in capsys.readouterr().err
