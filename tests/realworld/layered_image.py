@@ -274,7 +274,7 @@ class Cut:
 
     def _decide(self, path: str, depth: int) -> int:
         if path == DPKG_STATUS:
-            return 1  # rewritten per layer (status_for)
+            return 1  # and again in layer 2: written per layer (status_for)
         if path == f"{DPKG_STATUS}-old":
             return 0  # the status before the last install: all of the suite's packages
         if path.startswith(DPKG_INFO):
@@ -286,6 +286,8 @@ class Cut:
         if any(path == d or path.startswith(d + "/") for d in UNOWNED_DROP):
             return 0
         member = self.members.get(path)
+        if member is not None and member.islnk():
+            return self.layer(_tar_path(member.linkname), depth + 1)  # an unowned hard link: with its file
         if member is not None and member.issym() and depth < 16:
             # an unowned symlink (alternatives, rc.d, systemd wants) goes with its target
             target = _canon(posixpath.normpath(member.linkname if member.linkname.startswith("/")
@@ -365,16 +367,17 @@ class _BytesReader:
 def _write_layer(src: tarfile.TarFile, dst: tarfile.TarFile, cut: Cut, number: int) -> None:
     emitted: set[str] = set()
     for path, member in cut.members.items():
-        if cut.layer(path) != number:
-            continue
-        _write_parents(dst, cut, path, emitted)
-        emitted.add(path)
-        if path == DPKG_STATUS:
+        if path == DPKG_STATUS:  # in both layers: the packages installed up to this one
+            _write_parents(dst, cut, path, emitted)
             data = cut.status_for(cut.base if number == 1 else cut.base | cut.server)
             info = _copy_info(member, path)
             info.size = len(data)
             dst.addfile(info, _BytesReader(data))
             continue
+        if cut.layer(path) != number:
+            continue
+        _write_parents(dst, cut, path, emitted)
+        emitted.add(path)
         if member.islnk() and cut.layer(_tar_path(member.linkname)) != number:
             info = _copy_info(member, path)  # its target is in another layer: a copy of its own
             info.type, info.linkname, info.size = tarfile.REGTYPE, "", src.getmember(member.linkname).size
