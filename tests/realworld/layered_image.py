@@ -251,6 +251,7 @@ class Cut:
         assert status_member is not None
         self.status = parse_status(status_member.read().decode())
         self.base, self.server = package_sets(self.status, SERVER_PACKAGES)
+        self.known = set(self.status)
         self.owners: dict[str, set[str]] = {}
         for path, member in self.members.items():
             if path.startswith(DPKG_INFO) and path.endswith(".list"):
@@ -263,7 +264,7 @@ class Cut:
         self._layer: dict[str, int] = {}
 
     def _of_packages(self, packages: set[str]) -> int:
-        if packages & self.base or not packages & set(self.status):
+        if packages & self.base or not packages & self.known:
             return 1  # a base package's, or no package's dpkg knows (var/lib/dpkg/info/format)
         return 2 if packages & self.server else 0
 
