@@ -52,6 +52,7 @@ class RunOptions:
     user: str = ""  # USER[:GROUP], names or ids (runtime/users.py); "": the image's User, else root
     # replaces the image's Entrypoint, and its Cmd is then not used; () clears it; None: the image's
     entrypoint: tuple[str, ...] | None = None
+    stop_signal: str = ""  # what stop sends first (SIGQUIT, QUIT, 3); "": the image's StopSignal, else SIGTERM
 
 
 @dataclass(frozen=True)

@@ -158,9 +158,9 @@ class LocalEngine:
         except ImageNotFound:
             config = None  # run names the missing image itself
         resolved = resolve_run(config, options.command, options.env, options.workdir, user=options.user,
-                               entrypoint=options.entrypoint)
+                               entrypoint=options.entrypoint, stop_signal=options.stop_signal)
         return dataclasses.replace(options, command=resolved.command, env=resolved.env, workdir=resolved.workdir,
-                                   user=resolved.user, entrypoint=None)
+                                   user=resolved.user, entrypoint=None, stop_signal=resolved.stop_signal)
 
     def image_build_busybox(self, name: str = "busybox") -> ImageInfo:
         self.runtime.paths.ensure()

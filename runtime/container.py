@@ -263,6 +263,7 @@ def validate_fields(
     volumes: tuple[Volume, ...],
     cgroup_parent: str | None,
     user: str = "",
+    stop_signal: str = "",
 ) -> CheckedFields:
     """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
 
@@ -305,7 +306,29 @@ def validate_fields(
         from runtime.users import validate_user
 
         check("user", lambda: validate_user(_text("user", user)))
+    if stop_signal != "":
+        check("stop_signal", lambda: parse_signal(_text("stop_signal", stop_signal)))
     return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes}
+
+
+def parse_signal(text: str) -> int:
+    """A signal by name (``SIGQUIT``, ``QUIT``, ``SIGRTMIN+3``) or number (1-64), as Docker's
+    StopSignal and ``--stop-signal`` take it."""
+    import signal
+
+    name = text.strip().upper()
+    if name.isdigit() and 1 <= int(name) <= signal.SIGRTMAX:
+        return int(name)
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    for base in ("SIGRTMIN+", "SIGRTMAX-"):
+        if name.startswith(base) and name[len(base):].isdigit():
+            n = signal.SIGRTMIN + int(name[len(base):]) if base == "SIGRTMIN+" else signal.SIGRTMAX - int(name[len(base):])
+            if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
+                return int(n)
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {text!r}", hint=f"a name (SIGQUIT, QUIT, SIGRTMIN+3) or a number 1-{int(signal.SIGRTMAX)}") from None
 
 
 def validate_spec(spec: ContainerSpec) -> ContainerSpec:
@@ -339,6 +362,7 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         name=spec.name, hostname=spec.hostname or None, env=spec.env, workdir=spec.workdir,
         memory_bytes=spec.memory_bytes, cpus=spec.cpus, pids_limit=spec.pids_limit, network=spec.network,
         ip=spec.ip, volumes=spec.volumes, cgroup_parent=spec.cgroup_parent, user=spec.user,
+        stop_signal=spec.stop_signal,
     )
     return replace(spec, **fields)
 

@@ -189,10 +189,11 @@ class RunDefaults:
     env: tuple[str, ...]
     workdir: str | None
     user: str = ""
+    stop_signal: str = ""
 
 
 def resolve_run(config: ImageConfig | None, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
-                *, user: str = "", entrypoint: tuple[str, ...] | None = None) -> RunDefaults:
+                *, user: str = "", entrypoint: tuple[str, ...] | None = None, stop_signal: str = "") -> RunDefaults:
     """Apply ``config`` to what the user gave ``run`` (module docstring). ``config`` ``None``: only
     ``entrypoint`` applies; ``entrypoint`` ``None``: the image's.
 
@@ -204,4 +205,5 @@ def resolve_run(config: ImageConfig | None, command: tuple[str, ...], env: tuple
         resolved = (*entrypoint, *command)
     else:
         resolved = (*(config.entrypoint or ()), *(command or config.cmd or ()))
-    return RunDefaults(resolved, (*config.env, *env), workdir or config.working_dir or None, user or config.user)
+    return RunDefaults(resolved, (*config.env, *env), workdir or config.working_dir or None, user or config.user,
+                       stop_signal or config.stop_signal)

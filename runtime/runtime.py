@@ -184,6 +184,7 @@ class Runtime:
         seccomp: str = "default",
         seccomp_profile: str | None = None,
         user: str = "",
+        stop_signal: str = "",
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
@@ -207,7 +208,7 @@ class Runtime:
         checked = validate_fields(
             name=name, hostname=hostname, env=tuple(env), workdir=workdir or "/", memory_bytes=memory_bytes,
             cpus=cpus, pids_limit=pids_limit, network=network, ip=ip, volumes=tuple(volumes), cgroup_parent=cgroup_parent,
-            user=user,
+            user=user, stop_signal=stop_signal,
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         if not command:
@@ -252,6 +253,7 @@ class Runtime:
                 seccomp=seccomp,
                 seccomp_profile=seccomp_profile,
                 user=user,
+                stop_signal=stop_signal,
             )
             if leased is not None:
                 from runtime.network import mac_for_ip
@@ -355,10 +357,13 @@ class Runtime:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
-        """SIGTERM the init, wait up to ``timeout_s``, then kill the whole cgroup."""
+        """Send the init its stop signal (the image's StopSignal or ``--stop-signal``; SIGTERM),
+        wait up to ``timeout_s``, then kill the whole cgroup."""
+        from runtime.container import parse_signal
+
         c = self.container(name)
         c.require("stop")
-        self._signal(c, _signal.SIGTERM)
+        self._signal(c, parse_signal(c.spec.stop_signal) if c.spec.stop_signal else _signal.SIGTERM)
         if c.status == "paused":
             self.cgroups(c.spec.cgroup_parent).thaw(c.container_id)
         if not self._wait_exited(c.container_id, timeout_s):

@@ -43,6 +43,7 @@ class ContainerSpec:
     seccomp: str = "default"  # default (the host's profile) | unconfined | custom (runtime/seccomp.py)
     seccomp_profile: str | None = None  # a custom profile's JSON text: its content, never a host path
     user: str = ""  # USER[:GROUP] as asked (-u, else the image's User); resolved in the container at start; "": root
+    stop_signal: str = ""  # what stop sends first (--stop-signal, else the image's StopSignal); "": SIGTERM
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,6 +27,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("-u", "--user", default="", metavar="USER[:GROUP]",
                    help="user (name or uid) and group (name or gid) from the container's /etc/passwd and /etc/group "
                         "(default: the image's User, else root)")
+    p.add_argument("--stop-signal", default="", metavar="SIGNAL",
+                   help="what stop sends first (SIGQUIT, QUIT, 3; default: the image's StopSignal, else SIGTERM)")
     p.add_argument("--entrypoint", metavar="CMD",
                    help="replace the image's Entrypoint (and drop its Cmd): one executable, or a JSON array; '' clears it")
     p.add_argument("--memory", "-m", help="memory limit, e.g. 256m, 1g, 512KiB")
@@ -133,6 +135,7 @@ def run_options(args: argparse.Namespace) -> Any:
         seccomp=seccomp,
         seccomp_profile=seccomp_profile,
         user=args.user,
+        stop_signal=args.stop_signal,
         entrypoint=parse_entrypoint(args.entrypoint),
     )
 

@@ -129,3 +129,16 @@ def test_env_workdir_hostname() -> None:
     assert validate_hostname("web-1") == "web-1"
     with pytest.raises(InvalidArgument, match="'bad host'"):
         validate_hostname("bad host")
+
+
+def test_stop_signals_by_name_or_number() -> None:
+    import signal
+
+    from runtime.container import parse_signal
+    from runtime.errors import InvalidArgument
+
+    assert parse_signal("SIGQUIT") == parse_signal("quit") == parse_signal("3") == signal.SIGQUIT
+    assert parse_signal("SIGRTMIN+3") == signal.SIGRTMIN + 3 and parse_signal("RTMAX-1") == signal.SIGRTMAX - 1
+    for bad in ("SIGNOPE", "0", "65", "SIGRTMIN+99", ""):
+        with pytest.raises(InvalidArgument):
+            parse_signal(bad)
