@@ -58,7 +58,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, cast
+from typing import BinaryIO, Callable, Iterable, cast
 
 from runtime.errors import ImageError, ImageLimitExceeded, UnsafeArchive
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
@@ -644,9 +644,13 @@ def extract(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits 
     return ExtractStats(members=ex.members, bytes_written=ex.bytes_written)
 
 
-def _open_tar(stream: BinaryIO, source: str) -> tuple[tarfile.TarFile, BinaryIO, str, tuple[type[BaseException], ...]]:
-    """A streaming tar reader over ``stream`` (plain, gzip or zstd), with what names its errors."""
+def _open_tar(stream: BinaryIO, source: str, *, wrap: Callable[[BinaryIO], BinaryIO] | None = None,
+              ) -> tuple[tarfile.TarFile, BinaryIO, str, tuple[type[BaseException], ...]]:
+    """A streaming tar reader over ``stream`` (plain, gzip or zstd), with what names its errors;
+    ``wrap`` sees the uncompressed bytes on their way to the tar reader."""
     reader, compression, corrupt = open_decompressed(stream)
+    if wrap is not None:
+        reader = wrap(reader)
     try:
         tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo)
     except tarfile.ReadError as exc:
@@ -710,23 +714,24 @@ def extract_layer(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractL
     Raises: as ``extract``.
     """
     limits = limits or current_limits()
-    reader, compression, corrupt = open_decompressed(stream)
-    hashing = cast(BinaryIO, io.BufferedReader(_Hashing(reader), buffer_size=_CHUNK))
-    try:
-        tar = tarfile.open(fileobj=hashing, mode="r|", tarinfo=_BoundedTarInfo)
-    except tarfile.ReadError as exc:
-        raise NotATarArchive(source) from exc
-    except corrupt + _HEADER_ERRORS as exc:
-        raise ImageError(f"cannot read archive {source}: corrupt {compression} data: {exc}") from exc
+    hashing: _Hashing | None = None
+
+    def hashed(reader: BinaryIO) -> BinaryIO:
+        nonlocal hashing
+        hashing = _Hashing(reader)
+        return cast(BinaryIO, io.BufferedReader(hashing, buffer_size=_CHUNK))
+
+    tar, reader, compression, corrupt = _open_tar(stream, source, wrap=hashed)
+    assert hashing is not None
     ex = _Extractor(dest, source, limits)
     ex.overlay = True
     try:
-        _extract_members(tar, hashing, ex, source, compression, corrupt, dest)
+        _extract_members(tar, reader, ex, source, compression, corrupt, dest)
         ex.finish()
     finally:
         ex.close()
         tar.close()
-    diff_id = f"sha256:{cast(_Hashing, cast(io.BufferedReader, hashing).raw).sha256.hexdigest()}"
+    diff_id = f"sha256:{hashing.sha256.hexdigest()}"
     return ExtractStats(members=ex.members, bytes_written=ex.bytes_written, whiteouts=ex.whiteouts), diff_id
 
 

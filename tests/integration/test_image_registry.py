@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -123,40 +122,13 @@ def build_layout(pm_root: Path, out: Path) -> Path:
 
     base = io.BytesIO()
     ImageStore(Paths(pm_root)).export_stream("busybox", base)
-    layers = [
-        (gzip.compress(base.getvalue(), 1), base.getvalue(), "application/vnd.oci.image.layer.v1.tar+gzip"),
-    ]
     plain = layer([("etc", None), ("etc/gone.txt", "gone\n"), ("replace.txt", "old\n"), ("opq", None),
                   ("opq/lower.txt", "lower\n"), ("work", None)])
-    layers.append((plain, plain, "application/vnd.oci.image.layer.v1.tar"))
     upper = layer([("etc", None), ("etc/.wh.gone.txt", ""), ("replace.txt", "new\n"), ("opq", None),
                   ("opq/.wh..wh..opq", ""), ("opq/upper.txt", "upper\n")])
-    layers.append((gzip.compress(upper), upper, "application/vnd.oci.image.layer.v1.tar+gzip"))
-    blobs = out / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def put(data: bytes) -> dict[str, object]:
-        hexd = hashlib.sha256(data).hexdigest()
-        (blobs / hexd).write_bytes(data)
-        return {"digest": f"sha256:{hexd}", "size": len(data)}
-
-    config = {
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": [CMD], "WorkingDir": "/work",
-                   "Env": ["GREETING=hello-from-registry", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(raw).hexdigest()}" for _, raw, _ in layers]},
-    }
-    manifest = {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(json.dumps(config).encode())},
-        "layers": [{"mediaType": media, **put(blob)} for blob, _, media in layers],
-    }
-    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                                **put(json.dumps(manifest).encode()),
-                                                "annotations": {"org.opencontainers.image.ref.name": "1"}}]}
-    (out / "index.json").write_text(json.dumps(index))
-    (out / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    return out
+    run = {"Entrypoint": ["/bin/sh", "-c"], "Cmd": [CMD], "WorkingDir": "/work",
+           "Env": ["GREETING=hello-from-registry", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}
+    return write_oci_layout(out, [(base.getvalue(), True), (plain, False), (upper, True)], run)
 
 
 def skopeo_push(layout: Path, registry: Registry, ref: str, *extra: str) -> None:
