@@ -8,7 +8,14 @@ Layout under a state root (see runtime/config.py)::
     ROOT/images/<hex>/image.json      {digest, size_bytes, created_at} of this rootfs
     ROOT/images/<hex>/rootfs/         the tree; used only as an overlayfs lowerdir, never written
     ROOT/tmp/image-*/                 imports in progress (same filesystem, so rename(2) is atomic)
+    ROOT/tmp/view-*/                  an image's layers mounted read-only as one overlay (``view``)
+    ROOT/tmp/remove-*/                an image or layer renamed out of sight, being deleted
     ROOT/tmp/pull-*/ ROOT/tmp/push-*/ skopeo's OCI layouts while pulling / pushing (runtime/registry.py)
+    ROOT/tmp/layer-*/ ROOT/tmp/blob-* a layer being unpacked, a blob being copied (runtime/layer_store.py)
+
+Every scratch entry is held (runtime/scratch.py: a shared flock) by the process working in it;
+``sweep_scratch`` removes those whose process is gone (killed mid-operation), unmounting a
+left-behind ``view-*`` overlay first. The daemon runs it when it starts, ``prune`` every time.
 
 An import extracts into ROOT/tmp (runtime/tarsafe.py refuses unsafe members), computes the digest,
 then renames the whole ``image-*`` directory to ``images/<hex>`` under the lock. rename(2) is
@@ -25,11 +32,17 @@ inode numbers are left out. An entry with extended attributes that extraction ke
 (``runtime.tarsafe.kept_xattr``: file capabilities, ``user.*``, ACLs) has ``x`` after its type
 and a ninth field listing them, so a tree without any hashes as before.
 
-``load_archive`` reads Docker and OCI image archives (runtime/oci_image.py), applies their layers
-into one rootfs (flattened: layers are not stored by digest yet, docs/images.md) and keeps the
-image config (runtime/image_config.py) in the name's index entry: the same rootfs may carry
-different configs under different names. ``export_stream`` writes a tar that re-imports to the same digest,
-which is how the migration code ships an image to a host that lacks it.
+``load_archive`` reads Docker and OCI image archives (runtime/oci_image.py), stores their layers
+by digest (runtime/layer_store.py; as root) and keeps the image config (runtime/image_config.py)
+in the name's index entry: the same rootfs may carry different configs under different names.
+``export_stream`` writes a tar that re-imports to the same digest, which is how the migration
+code ships an image to a host that lacks it.
+
+Names and digests: ``tag`` gives a stored image another name, ``remove`` takes a name away, and
+a digest no name refers to any more is deleted at once unless a container uses it (``in_use``)
+or something else still refers to it (``referenced``: checkpoints); such an unnamed digest stays
+until ``prune`` finds it unused. Layers and blobs no stored image refers to are collected
+whenever an image is deleted (``Removal`` says what went), except while a pull runs.
 
 Read-only in practice: after the rename nothing in this module opens the tree for writing, and
 containers mount it only as an overlay lowerdir (overlayfs copies up to the upper dir before any
@@ -41,6 +54,7 @@ importing this module stays cheap for CLI start-up.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -62,6 +76,7 @@ from runtime.errors import ImageError, ImageNotFound, InvalidArgument, Unsupport
 
 if TYPE_CHECKING:
     from runtime.image_config import ImageConfig
+    from runtime.scratch import Swept
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +92,10 @@ BUSYBOX_HINT = "apt-get install busybox-static"
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
 DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
+HEX_RE = re.compile(r"[0-9a-f]{64}")
+
+# ROOT/tmp entries of image work, each held by its process while it works (runtime/scratch.py)
+SCRATCH_PREFIXES = ("image-", "view-", "remove-", "pull-", "push-", "layer-", "blob-")
 
 _CHUNK = 1 << 20
 
@@ -101,6 +120,23 @@ class Image:
     layers: tuple[str, ...] = ()  # a layered image's diff_ids, lowest first (runtime/layer_store.py)
     lowers: tuple[Path, ...] = ()  # the overlay lower dirs, top first: the layers' or (rootfs,)
     config_digest: str = ""  # a layered image's config blob (in the blob store)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``remove``, ``prune`` and a name moved by ``tag`` or a load took off this host."""
+
+    untagged: tuple[str, ...] = ()  # names removed
+    deleted: tuple[str, ...] = ()  # image digests no longer stored (a flat image's tree with it)
+    layers_removed: tuple[str, ...] = ()  # diff_ids of layers no stored image uses any more
+    blobs_removed: int = 0  # layer blobs and configs no stored image refers to
+    scratch_removed: int = 0  # leftovers of killed image work swept from ROOT/tmp (``prune``)
+    bytes_freed: int = 0  # unpacked layers, blobs and flat trees (scratch not counted)
+
+    def __add__(self, other: Removal) -> Removal:
+        return Removal(self.untagged + other.untagged, self.deleted + other.deleted,
+                       self.layers_removed + other.layers_removed, self.blobs_removed + other.blobs_removed,
+                       self.scratch_removed + other.scratch_removed, self.bytes_freed + other.bytes_freed)
 
 
 def validate_name(name: str) -> str:
@@ -348,13 +384,18 @@ def _populate_busybox(rootfs: Path, busybox: Path, applets: list[str]) -> None:
 class ImageStore:
     """Named, content-addressed rootfs images under one state root.
 
-    Does not know about containers: ``in_use(digest)`` (optional) tells it whether a container or
-    checkpoint still needs a rootfs, so ``remove`` refuses to delete one that is needed.
+    Does not know about containers or checkpoints: ``in_use(digest)`` (optional) tells it whether
+    a container still needs a rootfs, so ``remove`` refuses to delete one that is needed;
+    ``referenced(digest)`` (optional) whether something else refers to it (a checkpoint, which
+    restores onto it): an explicit ``remove`` goes ahead (restoring that checkpoint then says the
+    image is missing), but an unnamed digest it refers to is kept, and ``prune --all`` keeps it.
     """
 
-    def __init__(self, paths: Paths, *, in_use: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, paths: Paths, *, in_use: Callable[[str], bool] | None = None,
+                 referenced: Callable[[str], bool] | None = None) -> None:
         self.paths = paths
         self._in_use = in_use
+        self._referenced = referenced
         self.images_dir = paths.images
         self.tmp_dir = paths.tmp
         self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -636,12 +677,41 @@ class ImageStore:
 
     # --- removal -----------------------------------------------------------------------------
 
-    def remove(self, name: str) -> None:
-        """Remove the name; remove the rootfs too when no other name refers to its digest.
+    def tag(self, source: str, target: str) -> Image:
+        """Give the stored image ``source`` (a name or a ``sha256:`` digest) the name ``target``.
+
+        ``target`` may already name another image: the name moves (as ``docker tag`` does), and
+        the digest it named is deleted when no other name, no container and no checkpoint has it
+        (``_retire``, as when a load moves a name). The new name gets the source name's config
+        (for a digest: that of a name it has, else its config blob's; none for a flat tarball).
+
+        Raises:
+            ImageNotFound: no image ``source`` here.
+            InvalidArgument: ``target`` is not a valid name, or ``source`` neither name nor digest.
+        """
+        validate_name(target)
+        with self._locked():
+            image = self.get(source)  # under the lock: an rm cannot take it away meanwhile
+            if not self.has_digest(image.digest):
+                raise ImageError(f"cannot tag image {source}: its layers are not all on this host",
+                                 hint="pull or load the image again")
+            entry: dict[str, Any] = {"digest": image.digest, "size_bytes": image.size_bytes, "created_at": time.time()}
+            config = self._config_json(image)
+            if config is not None:
+                entry["config"] = config
+            old = self._name(target, entry)
+            removal = self._retire(old, target)
+        log.info("tagged image=%s as %s digest=%s deleted=%s", source, target, image.digest, removal.deleted)
+        return self.get(target)
+
+    def remove(self, name: str) -> Removal:
+        """Remove the name; remove the image too when no other name refers to its digest, then
+        the layers and blobs no stored image uses any more. A checkpoint (``referenced``) does
+        not stop it: removing is what the user asked for.
 
         Raises:
             ImageNotFound: no image by that name.
-            ImageError: this is the last name of a rootfs still used (``in_use``); nothing changed.
+            ImageError: this is the last name of an image a container uses (``in_use``); nothing changed.
         """
         validate_name(name)
         with self._locked():
@@ -654,12 +724,53 @@ class ImageStore:
             if last and self._in_use is not None and self._in_use(digest):
                 raise ImageError(
                     f"cannot remove image {name}: its rootfs {digest} is in use",
-                    hint="remove the containers and checkpoints that use it first",
+                    hint="remove the containers that use it first (pymigrate ps -a)",
                 )
             self._write_index(index)
-            if last:
-                self._drop_rootfs(validate_digest(digest))
-        log.info("removed image=%s digest=%s rootfs_removed=%s", name, digest, last)
+            removal = Removal(untagged=(name,)) + (self._delete([digest]) if last else Removal())
+        log.info("removed image=%s digest=%s deleted=%s layers_removed=%d bytes_freed=%d", name, digest,
+                 bool(removal.deleted), len(removal.layers_removed), removal.bytes_freed)
+        return removal
+
+    def prune(self, *, all: bool = False) -> Removal:
+        """Delete the unnamed images no container or checkpoint uses (``all``: also the named ones,
+        with all their names: Docker's ``image prune --all``), then every layer and blob no stored
+        image refers to, then the scratch entries of killed image work (``sweep_scratch``).
+
+        Unnamed images are the digests a name moved away from (``tag``, a load) while a container
+        or checkpoint used them."""
+        with self._locked():
+            index = self._read_index()
+            named = {e["digest"] for e in index.values()}
+            doomed = [d for d in self._stored_digests() if d not in named and not self._needed(d)]
+            untagged: list[str] = []
+            if all:
+                for digest in sorted(named):
+                    if self._needed(digest):
+                        continue
+                    names = sorted(n for n, e in index.items() if e["digest"] == digest)
+                    for n in names:
+                        del index[n]
+                    untagged += names
+                    doomed.append(digest)
+                if untagged:
+                    self._write_index(index)
+            removal = Removal(untagged=tuple(sorted(untagged))) + self._delete(doomed)
+        swept = self.sweep_scratch()
+        removal += Removal(scratch_removed=len(swept.removed))
+        log.info("pruned images all=%s untagged=%d deleted=%d layers_removed=%d blobs_removed=%d scratch_removed=%d "
+                 "bytes_freed=%d", all, len(removal.untagged), len(removal.deleted), len(removal.layers_removed),
+                 removal.blobs_removed, removal.scratch_removed, removal.bytes_freed)
+        return removal
+
+    def sweep_scratch(self, *, grace_s: float | None = None) -> Swept:
+        """Remove the ROOT/tmp entries of image work (``SCRATCH_PREFIXES``) whose process is gone
+        and that are older than ``grace_s`` (default ``runtime.scratch.GRACE_S``), unmounting a
+        ``view-*`` overlay left mounted first; a ``runtime.scratch.Swept``. Safe beside live
+        image work in other processes: what they hold is kept."""
+        from runtime import scratch
+
+        return scratch.sweep(self.tmp_dir, SCRATCH_PREFIXES, grace_s=scratch.GRACE_S if grace_s is None else grace_s)
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -725,16 +836,12 @@ class ImageStore:
         finally:
             os.close(fd)  # closing drops the flock
 
-    @contextlib.contextmanager
-    def _scratch(self, prefix: str) -> Iterator[Path]:
-        """A private directory under ROOT/tmp, removed on the way out unless it was renamed away."""
-        from runtime.tarsafe import rmtree
+    def _scratch(self, prefix: str) -> contextlib.AbstractContextManager[Path]:
+        """A private directory under ROOT/tmp, held while in use (runtime/scratch.py), removed on
+        the way out unless it was renamed away."""
+        from runtime.scratch import scratch_dir
 
-        work = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir))
-        try:
-            yield work
-        finally:
-            rmtree(work)
+        return scratch_dir(self.tmp_dir, prefix)
 
     def _commit(self, name: str, work: Path, digest: str, size: int, *, config: dict[str, Any] | None = None,
                 layered: dict[str, Any] | None = None) -> Image:
@@ -759,27 +866,48 @@ class ImageStore:
                         raise
             if not created:
                 log.debug("image digest=%s already present, tagging %s", digest, name)
+            entry: dict[str, Any] = {"digest": digest, "size_bytes": size, "created_at": now}
+            if config is not None:
+                entry["config"] = config
             try:
-                index = self._read_index()
-                old = index.get(name)
-                index[name] = {"digest": digest, "size_bytes": size, "created_at": now}
-                if config is not None:
-                    index[name]["config"] = config
-                self._write_index(index)
+                old = self._name(name, entry)
             except BaseException:
                 if created:
-                    self._drop_rootfs(hexd)
+                    self._delete([digest])
                 raise
-            if old is not None and old["digest"] != digest:
-                still_named = any(e["digest"] == old["digest"] for e in index.values())
-                old_hex = validate_digest(old["digest"])
-                if still_named:
-                    pass
-                elif self._in_use is not None and self._in_use(old["digest"]):
-                    log.info("image=%s moved to %s; keeping unnamed rootfs %s (in use)", name, digest, old["digest"])
-                else:
-                    self._drop_rootfs(old_hex)
+            self._retire(old, name)
         return self._make(name, digest, size, now, self._read_meta(hexd) or meta)
+
+    def _name(self, name: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """Under the lock: point ``name`` at ``entry`` in the index; the entry it had before."""
+        index = self._read_index()
+        old = index.get(name)
+        index[name] = entry
+        self._write_index(index)
+        return old
+
+    def _retire(self, old: dict[str, Any] | None, name: str) -> Removal:
+        """Under the lock, once ``name`` moved away from ``old`` (a load, ``tag``): delete the
+        digest it named unless another name, a container or a checkpoint still has it (then it
+        stays, unnamed, for ``prune``)."""
+        if old is None:
+            return Removal()
+        digest = old["digest"]
+        if any(e["digest"] == digest for e in self._read_index().values()):
+            return Removal()
+        if self._needed(digest):
+            log.info("image=%s moved; keeping unnamed digest %s (in use)", name, digest)
+            return Removal()
+        return self._delete([digest])
+
+    def _needed(self, digest: str) -> bool:
+        """A container uses it (``in_use``) or something else refers to it (``referenced``)."""
+        return bool((self._in_use is not None and self._in_use(digest))
+                    or (self._referenced is not None and self._referenced(digest)))
+
+    def _stored_digests(self) -> builtins.list[str]:
+        """Every image stored here, named or not (the images/<hex> dirs)."""
+        return sorted(f"sha256:{p.name}" for p in self.images_dir.iterdir() if HEX_RE.fullmatch(p.name) and p.is_dir())
 
     def _check_stored(self, layered: dict[str, Any], name: str) -> None:
         """Under the lock: every layer and blob of the chain is still there (an ``image rm`` or
@@ -790,8 +918,30 @@ class ImageStore:
             raise ImageError(f"cannot store image {name}: {missing[0]} was removed while the image was loading",
                              hint="an image rm or prune ran at the same time; run the command again")
 
-    def _collect_garbage(self) -> tuple[int, int]:
-        """Under the lock: remove the layers and blobs no stored image refers to; (count, bytes)."""
+    def _delete(self, digests: builtins.list[str]) -> Removal:
+        """Under the lock: remove these images (images/<hex>: the record, a flat image's tree),
+        then the layers and blobs no stored image refers to any more."""
+        deleted: list[str] = []
+        freed = 0
+        for digest in digests:
+            size = self._drop_tree(validate_digest(digest))
+            if size is not None:
+                deleted.append(digest)
+                freed += size
+        return Removal(deleted=tuple(deleted), bytes_freed=freed) + self._collect_garbage()
+
+    def _collect_garbage(self) -> Removal:
+        """Under the lock: remove the layers and blobs no stored image refers to.
+
+        Not while an ``image pull`` runs in another process or thread: skopeo writes the blobs
+        it fetches straight into the blob store, where no image refers to them yet (the next
+        ``remove`` or ``prune`` collects what is then still unreferenced)."""
+        from runtime.scratch import busy
+
+        pulls = busy(self.tmp_dir, ("pull-",))
+        if pulls:
+            log.info("not collecting layers and blobs: pulls in progress (%s)", ", ".join(pulls))
+            return Removal()
         layers: set[str] = set()
         blobs: set[str] = set()
         for meta_path in self.images_dir.glob(f"*/{IMAGE_META_NAME}"):
@@ -805,16 +955,34 @@ class ImageStore:
         for diff_id in layers:
             if self.layers.has_layer(diff_id):
                 blobs.add(self.layers.layer(diff_id).blob)
-        return self.layers.remove_unreferenced(layers, blobs)
+        collected = self.layers.remove_unreferenced(layers, blobs)
+        return Removal(layers_removed=collected.layers, blobs_removed=collected.blobs, bytes_freed=collected.bytes_freed)
 
-    def _drop_rootfs(self, hexd: str) -> None:
-        """Remove images/<hex>: first renamed into tmp so no half-deleted image is ever visible."""
+    def _drop_tree(self, hexd: str) -> int | None:
+        """Remove images/<hex> (first renamed into tmp, so no half-deleted image is ever
+        visible); the bytes of a flat image's tree (0 for a layered one), None if it was not there."""
+        from runtime.scratch import scratch_dir
+
         target = self.images_dir / hexd
+        meta = self._read_meta(hexd)
         if not target.exists():
-            return
-        doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.tmp_dir))
-        os.rename(target, doomed / hexd)
-        from runtime.tarsafe import rmtree
+            return None
+        with scratch_dir(self.tmp_dir, "remove-") as doomed:
+            os.rename(target, doomed / hexd)
+        if meta is None or meta.get("layers"):
+            return 0
+        return int(meta.get("size_bytes", 0))
 
-        rmtree(doomed)
-        self._collect_garbage()
+    def _config_json(self, image: Image) -> dict[str, Any] | None:
+        """The run config to copy with a name: the named image's, else (a digest) that of a name
+        it has, else its config blob's."""
+        entry = self._read_index().get(image.name)
+        if entry is not None:
+            config: dict[str, Any] | None = entry.get("config")
+            return config
+        if image.config_digest and self.layers.has_blob(image.config_digest):
+            from runtime.image_config import ImageConfig
+
+            blob = json.loads(self.layers.blob_path(image.config_digest).read_bytes())
+            return ImageConfig.from_oci(blob, f"config blob {image.config_digest}").to_json()
+        return None

@@ -20,12 +20,17 @@ each unpacked layer). The cost is the compressed size once more on disk (docs/im
 
 The store never decides what is in use: ``ImageStore`` (which knows the images' layer chains)
 calls ``remove_unreferenced`` with the digests still needed, under its own lock.
+
+Scratch: a layer is unpacked in ROOT/tmp/layer-*, a blob copied to ROOT/tmp/blob-*, and a
+removed layer deleted from ROOT/tmp/remove-*; each is held by its process while it works there
+(runtime/scratch.py), so a sweep removes only those left by a killed process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -55,6 +60,15 @@ class LayerDigestMismatch(ImageError):
                          hint="the image or the peer sent corrupt or forged data; nothing was stored")
         self.expected = expected
         self.actual = actual
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What ``remove_unreferenced`` removed."""
+
+    layers: tuple[str, ...] = ()  # diff_ids
+    blobs: int = 0
+    bytes_freed: int = 0  # the layers' unpacked bytes and the blobs' sizes
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,7 @@ class LayerStore:
         fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self.tmp_dir)
         h = hashlib.sha256()
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # held while written: a sweep keeps it (runtime/scratch.py)
             with os.fdopen(fd, "wb") as f:
                 while chunk := stream.read(_CHUNK):
                     h.update(chunk)
@@ -157,59 +172,61 @@ class LayerStore:
             UnsafeArchive, ImageLimitExceeded, ImageError: as ``runtime.tarsafe.extract_layer``.
         """
         from runtime import tarsafe
+        from runtime.scratch import held
 
         if self.has_layer(diff_id):
             return self.layer(diff_id)
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.tmp_dir))
-        try:
-            diff = work / DIFF_DIR
-            diff.mkdir(mode=0o755)
-            with open(self.blob_path(blob), "rb") as f:
-                stats, actual = tarsafe.extract_layer(f, diff, source=source)
-            if actual != diff_id:
-                raise LayerDigestMismatch(f"layer {source}", diff_id, actual)
-            info = LayerInfo(diff_id, blob, _media_type(self.blob_path(blob)), self.blob_path(blob).stat().st_size,
-                             stats.bytes_written)
-            (work / LAYER_META).write_text(json.dumps(info.__dict__, indent=2, sort_keys=True))
-            os.chmod(work, 0o700)  # host users must not reach setuid files of the layer
+        with held(work):  # a sweep leaves it alone while this process works in it
             try:
-                os.rename(work, self.layers_dir / _hex(diff_id))
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                log.debug("layer %s unpacked concurrently; keeping the first", diff_id)
-        finally:
-            if work.exists():
-                tarsafe.rmtree(work)
+                diff = work / DIFF_DIR
+                diff.mkdir(mode=0o755)
+                with open(self.blob_path(blob), "rb") as f:
+                    stats, actual = tarsafe.extract_layer(f, diff, source=source)
+                if actual != diff_id:
+                    raise LayerDigestMismatch(f"layer {source}", diff_id, actual)
+                info = LayerInfo(diff_id, blob, _media_type(self.blob_path(blob)), self.blob_path(blob).stat().st_size,
+                                 stats.bytes_written)
+                (work / LAYER_META).write_text(json.dumps(info.__dict__, indent=2, sort_keys=True))
+                os.chmod(work, 0o700)  # host users must not reach setuid files of the layer
+                try:
+                    os.rename(work, self.layers_dir / _hex(diff_id))
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    log.debug("layer %s unpacked concurrently; keeping the first", diff_id)
+            finally:
+                if work.exists():
+                    tarsafe.rmtree(work)
         log.info("unpacked layer %s from %s: members=%d whiteouts=%d bytes=%d", diff_id[:19], source,
                  stats.members, stats.whiteouts, stats.bytes_written)
         return info
 
     # --- removal -----------------------------------------------------------------------------
 
-    def remove_unreferenced(self, layers: Iterable[str], blobs: Iterable[str]) -> tuple[int, int]:
-        """Delete every layer and blob not named in ``layers`` / ``blobs``; (count, bytes) freed.
+    def remove_unreferenced(self, layers: Iterable[str], blobs: Iterable[str]) -> Collected:
+        """Delete every layer and blob not named in ``layers`` / ``blobs``.
 
         The caller holds the image store's lock, so no image can start referring to one now."""
-        from runtime.tarsafe import rmtree
+        from runtime.scratch import scratch_dir
 
         keep_layers = {_hex(d) for d in layers}
         keep_blobs = {_hex(d) for d in blobs}
-        count = freed = 0
-        for p in list(self.layers_dir.iterdir()):
+        removed: list[str] = []
+        blobs_removed = freed = 0
+        for p in sorted(self.layers_dir.iterdir()):
             if p.name in keep_layers:
                 continue
             freed += _layer_size(p)
-            doomed = Path(tempfile.mkdtemp(prefix="remove-", dir=self.tmp_dir))
-            os.rename(p, doomed / p.name)  # gone from layers/ at once, deleted at leisure
-            rmtree(doomed)
-            count += 1
+            with scratch_dir(self.tmp_dir, "remove-") as doomed:
+                os.rename(p, doomed / p.name)  # gone from layers/ at once, then deleted
+            removed.append(f"sha256:{p.name}")
         for p in list(self.blobs_dir.iterdir()):
             if p.name not in keep_blobs:
                 freed += p.stat().st_size
                 p.unlink()
-                count += 1
-        return count, freed
+                blobs_removed += 1
+        return Collected(tuple(removed), blobs_removed, freed)
 
 
 def _media_type(blob: Path) -> str:

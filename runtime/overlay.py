@@ -94,13 +94,13 @@ def _is_empty(directory: Path) -> bool:
 
 def is_mounted(path: Path) -> bool:
     """Whether ``path`` is a mount point in this mount namespace (from /proc/self/mountinfo)."""
-    target = os.path.realpath(path)
+    return os.path.realpath(path) in mount_points()
+
+
+def mount_points() -> list[str]:
+    """Every mount point of this mount namespace (/proc/self/mountinfo's fifth field, unescaped)."""
     with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split(b" ", 5)
-            if _unescape(fields[4]) == target:
-                return True
-    return False
+        return [_unescape(line.split(b" ", 5)[4]) for line in f]
 
 
 def _unescape(raw: bytes) -> str:

@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,13 +320,17 @@ def _skopeo() -> str:
 def _run_copy(args: list[str], *, operation: str, ref: ImageReference, work: Path, progress: Progress | None,
               platform: str = "") -> None:
     """``skopeo copy ARGS``: its report lines to ``progress``, stderr kept for the error."""
+    from runtime.scratch import held
+
     argv = [_skopeo(), f"--command-timeout={SKOPEO_TIMEOUT_S}s", *args]
     log.debug("skopeo %s", " ".join(args))
     err_path = work / "skopeo.stderr"
-    with open(err_path, "w+") as err:
+    # skopeo holds the scratch dir too (runtime/scratch.py): killed with us, it may go on writing
+    # there for a while, and a sweep must not remove the dir under it
+    with open(err_path, "w+") as err, held(work) as lock:
         # stderr to a file, not a pipe: reading stdout line by line must not block on a full stderr pipe
         with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
-                              cwd=work, start_new_session=True) as proc:
+                              cwd=work, start_new_session=True, pass_fds=(lock,)) as proc:
             try:
                 stdout = cast(IO[str], proc.stdout)
                 for line in stdout:
@@ -372,15 +375,16 @@ def pull(store: ImageStore, reference: str, *, name: str | None = None, platform
         ImageError: what loading the OCI layout raises (runtime/oci_image.py).
     """
     from runtime.oci_image import BlobDigestMismatch, PlatformNotFound
-    from runtime.tarsafe import rmtree
+    from runtime.scratch import scratch_dir
 
     ref = parse_reference(reference)
     name = validate_name(name or ref.default_name())
     options = options or RegistryOptions()
     platform_args = _platform_args(platform)
     t0 = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="pull-", dir=store.tmp_dir))
-    try:
+    # held while it exists (runtime/scratch.py): a sweep in another process keeps it, and the
+    # store does not collect blobs meanwhile (skopeo writes them into the blob store directly)
+    with scratch_dir(store.tmp_dir, "pull-") as work:
         layout = work / "layout"
         # blobs go straight into the store's blob dir (OCI layout "sha256/<hex>" under it): one
         # this host has is not fetched again, so a layer shared with another image is pulled once
@@ -397,8 +401,6 @@ def pull(store: ImageStore, reference: str, *, name: str | None = None, platform
         except BlobDigestMismatch as exc:
             raise RegistryDigestMismatch("pull", str(ref), f"blob {exc.blob} has {exc.actual}, expected {exc.expected}",
                                          hint="the registry served corrupt or altered data; nothing was stored") from exc
-    finally:
-        rmtree(work)
     log.info("pulled image=%s from=%s elapsed_ms=%.0f", name, ref, (time.monotonic() - t0) * 1000)
     return image
 
@@ -487,7 +489,7 @@ def push(store: ImageStore, name: str, reference: str, *, options: RegistryOptio
         InvalidArgument: a bad reference (or one with a digest) or option.
         RegistryError and its subclasses, Unsupported: as for ``pull``.
     """
-    from runtime.tarsafe import rmtree
+    from runtime.scratch import scratch_dir
 
     ref = parse_reference(reference)
     if ref.digest:
@@ -496,8 +498,7 @@ def push(store: ImageStore, name: str, reference: str, *, options: RegistryOptio
     image = store.get(name)
     options = options or RegistryOptions()
     t0 = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="push-", dir=store.tmp_dir))
-    try:
+    with scratch_dir(store.tmp_dir, "push-") as work:
         layout = work / "layout"
         if image.layers:  # the layers as stored, each blob by its digest
             from runtime.image_layout import write_layout
@@ -510,7 +511,5 @@ def push(store: ImageStore, name: str, reference: str, *, options: RegistryOptio
                 f"--digestfile={digest_file}", f"oci:{layout}:{ref.tag}", f"docker://{ref}"]
         _run_copy(args, operation="push", ref=ref, work=work, progress=progress)
         digest = digest_file.read_text().strip() if digest_file.exists() else ""
-    finally:
-        rmtree(work)
     log.info("pushed image=%s to=%s digest=%s elapsed_ms=%.0f", image.name, ref, digest, (time.monotonic() - t0) * 1000)
     return PushResult(image.name, str(ref), digest)

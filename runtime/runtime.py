@@ -50,6 +50,9 @@ class Runtime:
         self.sys = sys
         self._cgroup_managers: dict[str | None, Any] = {}
         self._images: Any = None
+        # what else holds image digests besides containers (LocalEngine adds its checkpoints): an
+        # unnamed image one refers to is kept by prune and by a name moving away (runtime/image_store.py)
+        self.image_references: list[Callable[[str], bool]] = []
         self._cap_last: int | None = None
 
     # -- facilities (built lazily: the CLI's start latency counts) ------------------------------
@@ -58,8 +61,11 @@ class Runtime:
         if self._images is None:
             from runtime.image_store import ImageStore
 
-            self._images = ImageStore(self.paths, in_use=self._image_in_use)
+            self._images = ImageStore(self.paths, in_use=self._image_in_use, referenced=self._image_referenced)
         return self._images
+
+    def _image_referenced(self, digest: str) -> bool:
+        return any(refers(digest) for refers in self.image_references)
 
     def _image_in_use(self, digest: str) -> bool:
         for cid in self.store.ids():

@@ -51,6 +51,7 @@ from migrate.restore import version_tuple, restore_container
 from migrate.archive.streams import IteratorReader
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument
 from runtime.fstree import remove_tree, remove_tree_quietly
+from runtime.scratch import sweep
 from runtime.spec import ContainerSpec
 
 if TYPE_CHECKING:
@@ -71,8 +72,11 @@ def _tree_size(path: Path) -> int:
     except OSError:
         return 0
 
-_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "image-", "pages-", "replaced-", "stage-", "precopy-",
-                     "export-", "rm-", "remove-")
+# scratch of migrations and checkpoints, which a crash leaves behind: removed whole at start-up. The image
+# store's scratch (image-, pull-, view-, ...: runtime.image_store.SCRATCH_PREFIXES) may belong to a CLI
+# process working right now; LocalEngine.reconcile sweeps it with ImageStore.sweep_scratch instead.
+_SCRATCH_PREFIXES = ("import-", "restore-", "migrate-", "ckpt-", "pages-", "replaced-", "stage-", "precopy-",
+                     "export-", "rm-")
 
 
 def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
@@ -750,8 +754,6 @@ class IncomingMigrations:
                     self.abort(record["migration_id"])
                 except (ContainerError, MigrationError, OSError) as exc:
                     log.warning("migration=%s: abort failed: %s", record.get("migration_id"), exc)
-        tmp = self.host.paths.tmp
-        if tmp.is_dir():
-            for p in tmp.iterdir():
-                if p.name.startswith(_SCRATCH_PREFIXES):
-                    remove_tree_quietly(p)
+        # no grace, as before (these take no lock); a mount a dead process left in one is
+        # detached first, never removed through (runtime/scratch.py)
+        sweep(self.host.paths.tmp, _SCRATCH_PREFIXES, grace_s=0)
