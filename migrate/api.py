@@ -60,7 +60,20 @@ class ImageInfo:
     name: str
     digest: str  # "sha256:<hex>"
     size_bytes: int
-    created_at: float
+    created_at: float  # when this name was given to the digest (unix time)
+    layers: int = 0  # how many layers it is stored as (0: one flat tree, e.g. from image import)
+
+
+@dataclass(frozen=True)
+class ImageRemoval:
+    """What ``image rm`` and ``image prune`` took off the host (runtime.image_store.Removal)."""
+
+    untagged: tuple[str, ...] = ()  # names removed
+    deleted: tuple[str, ...] = ()  # image digests no longer stored
+    layers_removed: tuple[str, ...] = ()  # diff_ids of layers no stored image uses any more
+    blobs_removed: int = 0  # layer blobs and configs no stored image refers to
+    scratch_removed: int = 0  # leftovers of killed image work swept from the state root's tmp (prune)
+    bytes_freed: int = 0  # unpacked layers, blobs and flat trees (scratch not counted)
 
 
 @dataclass(frozen=True)
@@ -213,7 +226,9 @@ class Engine(Protocol):
     # images
     def images(self) -> list[ImageInfo]: ...
     def image_import(self, name: str, tarball: Path) -> ImageInfo: ...
-    def image_remove(self, name: str) -> None: ...
+    def image_remove(self, name: str) -> ImageRemoval: ...
+    def image_tag(self, source: str, target: str) -> ImageInfo: ...
+    def image_prune(self, all: bool = False) -> ImageRemoval: ...
     def image_build_busybox(self, name: str = "busybox") -> ImageInfo: ...
 
     # containers

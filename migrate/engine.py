@@ -21,6 +21,7 @@ from migrate.api import (
     HostInfo,
     ImageDetails,
     ImageInfo,
+    ImageRemoval,
     IncomingRequest,
     IncomingTicket,
     MigrateOptions,
@@ -51,7 +52,12 @@ def _version() -> str:
 
 
 def _image_info(image: Any) -> ImageInfo:
-    return ImageInfo(name=image.name, digest=image.digest, size_bytes=image.size_bytes, created_at=image.created_at)
+    return ImageInfo(name=image.name, digest=image.digest, size_bytes=image.size_bytes, created_at=image.created_at,
+                     layers=len(image.layers))
+
+
+def _removal(removal: Any) -> ImageRemoval:
+    return ImageRemoval(**dataclasses.asdict(removal))
 
 
 class LocalEngine:
@@ -65,6 +71,8 @@ class LocalEngine:
         from runtime.runtime import Runtime
 
         self.runtime: Runtime = Runtime(root)
+        # a checkpoint restores onto its base image: prune and a moved name keep an image one uses
+        self.runtime.image_references.append(lambda digest: digest in self._checkpoint_store().image_digests())
         self.allow_peer_volumes = allow_peer_volumes
         self.signature_policy = signature_policy
         self.root = self.runtime.paths.root
@@ -143,8 +151,17 @@ class LocalEngine:
         config = self.runtime.images.config(name)
         return ImageDetails(_image_info(self.runtime.images.get(name)), None if config is None else config.to_json())
 
-    def image_remove(self, name: str) -> None:
-        self.runtime.images.remove(name)
+    def image_remove(self, name: str) -> ImageRemoval:
+        return _removal(self.runtime.images.remove(name))
+
+    def image_tag(self, source: str, target: str) -> ImageInfo:
+        return _image_info(self.runtime.images.tag(source, target))
+
+    def image_prune(self, all: bool = False) -> ImageRemoval:
+        """Unnamed images no container or checkpoint uses (``all``: named ones too), then unused
+        layers and blobs, then leftovers of killed image work (runtime.image_store.prune)."""
+        self.runtime.paths.ensure()
+        return _removal(self.runtime.images.prune(all=all))
 
     def _with_image_config(self, options: RunOptions) -> RunOptions:
         """``options`` with the image's config and ``--entrypoint`` applied
@@ -330,6 +347,8 @@ class LocalEngine:
             ("freezes of dead checkpoints", self.runtime.settle_freezes),  # thaw, remove partial files
             ("outgoing migrations", lambda: reconcile_outgoing(self._host(), lambda dest: self.peer.connect(dest))),
             ("incoming migrations and scratch", lambda: self._incoming().reconcile()),
+            # held by live image work in CLI processes is kept (runtime/scratch.py)
+            ("image scratch", lambda: self.runtime.images.sweep_scratch()),
         )
         for what, step in steps:
             # A boundary: whatever a crash or a hostile input left behind, the daemon must start

@@ -181,6 +181,16 @@ class CheckpointStore:
         os.rename(d, trash)  # disappears atomically, then the slow part
         remove_tree_quietly(trash)
 
+    def image_digests(self) -> set[str]:
+        """The base image digests of the local checkpoints (restoring one needs its image)."""
+        digests: set[str] = set()
+        for d in self._dirs():
+            try:
+                digests.add(json.loads((d / MANIFEST).read_text())["image_digest"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unreadable: list() skips it too
+        return digests
+
     def _dirs(self) -> builtins.list[Path]:
         if not self.paths.checkpoints.is_dir():
             return []

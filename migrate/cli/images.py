@@ -11,11 +11,15 @@ Subcommands (all call the engine; nothing here touches the image store directly)
                                             to a registry: one flattened layer and the stored config
         REGISTRY FLAGS: --tls-verify=false, --cert-dir DIR, --creds USER:PASS | --authfile FILE
     pymigrate image inspect NAME            the image and its config (json)
-    pymigrate image ls [--json]
-    pymigrate image rm NAME
+    pymigrate image ls [--json]             REPOSITORY, TAG, IMAGE ID, CREATED, SIZE (docker's columns)
+    pymigrate image tag SOURCE TARGET       another name (SOURCE a name or sha256 digest; TARGET moves)
+    pymigrate image rm NAME                 the name; the image, its unused layers and blobs with its last name
+    pymigrate image prune [--all] [-f]      unnamed images nothing uses (--all: every image nothing uses),
+                                            unused layers and blobs, leftovers of killed image work
     pymigrate image build-busybox [NAME]    from the host's busybox-static (default name: busybox)
 
-Exit codes: 0 success, 125 the engine refused (bad name, unsafe archive, no such image...).
+Exit codes: 0 success, 1 prune not confirmed, 125 the engine refused (bad name, unsafe archive, no
+such image...).
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migrate.cli import EXIT_OK, add_json_flag
+from migrate.cli import EXIT_FAIL, EXIT_OK, add_json_flag
 
 SHORT_DIGEST = 12
+NO_TAG = "<none>"
 
 
 def register(subparsers: Any) -> None:
@@ -77,10 +82,23 @@ def register(subparsers: Any) -> None:
     add_json_flag(p)
     p.set_defaults(handler=cmd_ls)
 
-    p = sub.add_parser("rm", help="remove an image name (and its rootfs when no other name uses it)")
+    p = sub.add_parser("tag", help="give an image another name (an existing TARGET moves to it)")
+    p.add_argument("source", metavar="SOURCE", help="an image name, or its digest sha256:<hex>")
+    p.add_argument("target", metavar="TARGET", help="the new name, [a-z0-9][a-z0-9._-]* with an optional :tag")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_tag)
+
+    p = sub.add_parser("rm", help="remove an image name (and the image, its unused layers and blobs, with its last name)")
     p.add_argument("name", metavar="NAME")
     add_json_flag(p)
     p.set_defaults(handler=cmd_rm)
+
+    p = sub.add_parser("prune", help="remove unnamed images no container or checkpoint uses, and unused layers")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="remove every image no container or checkpoint uses, named or not (docker image prune -a)")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation (asked only on a terminal)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_prune)
 
     p = sub.add_parser("build-busybox", help="build a minimal image from the host's busybox-static")
     p.add_argument("name", metavar="NAME", nargs="?", default="busybox")
@@ -207,23 +225,78 @@ def cmd_inspect(args: argparse.Namespace, ctx: Any) -> int:
 def cmd_ls(args: argparse.Namespace, ctx: Any) -> int:
     images = sorted(ctx.engine.images(), key=lambda i: i.name)
     if ctx.json:
-        ctx.emit_json([_as_dict(i) for i in images])
+        ctx.emit_json([dict(_as_dict(i), layers=i.layers) for i in images])
         return EXIT_OK
-    rows = [("NAME", "DIGEST", "SIZE", "CREATED")]
-    rows += [(i.name, short_digest(i.digest), human_bytes(i.size_bytes), human_age(i.created_at)) for i in images]
-    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    rows = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    rows += [(*display_name(i.name), short_digest(i.digest), human_age(i.created_at), human_bytes(i.size_bytes))
+             for i in images]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
     for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip())
+        print("   ".join(f"{r[c]:<{widths[c]}}" for c in range(4)) + f"   {r[4]}")
+    return EXIT_OK
+
+
+def display_name(name: str) -> tuple[str, str]:
+    """REPOSITORY and TAG of a name: ``app:1`` is ``app`` ``1``. A name without a tag shows TAG
+    ``<none>``: names resolve exactly as given (``busybox`` is not ``busybox:latest`` here), so
+    what ls shows is what ``run`` takes."""
+    repository, _sep, tag = name.partition(":")
+    return repository, tag or NO_TAG
+
+
+def cmd_tag(args: argparse.Namespace, ctx: Any) -> int:
+    info = ctx.engine.image_tag(args.source, args.target)
+    if ctx.json:
+        ctx.emit_json(dict(_as_dict(info), layers=info.layers))
+    else:
+        print(f"tagged {args.source} as {info.name} {info.digest}")
     return EXIT_OK
 
 
 def cmd_rm(args: argparse.Namespace, ctx: Any) -> int:
-    ctx.engine.image_remove(args.name)
+    removal = ctx.engine.image_remove(args.name)
     if ctx.json:
-        ctx.emit_json({"removed": args.name})
+        ctx.emit_json(dict(_removal_dict(removal), removed=args.name))
     else:
-        print(args.name)
+        _print_removal(removal)
     return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, ctx: Any) -> int:
+    if not args.force and sys.stdin.isatty():
+        what = ("every image no container or checkpoint uses, named or not" if args.all
+                else "the unnamed images no container or checkpoint uses")
+        print(f"this removes {what}, and the layers and blobs no image uses. continue? [y/N] ", end="",
+              file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing removed", file=sys.stderr)
+            return EXIT_FAIL
+    removal = ctx.engine.image_prune(all=args.all)
+    if ctx.json:
+        ctx.emit_json(_removal_dict(removal))
+    else:
+        _print_removal(removal)
+    return EXIT_OK
+
+
+def _removal_dict(removal: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(removal)
+
+
+def _print_removal(removal: Any) -> None:
+    """Docker's lines: what was untagged, then deleted; ours add the layers and the space freed."""
+    for name in removal.untagged:
+        print(f"untagged: {name}")
+    for digest in removal.deleted:
+        print(f"deleted: {digest}")
+    for diff_id in removal.layers_removed:
+        print(f"deleted layer: {diff_id}")
+    extra = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in
+             ((len(removal.layers_removed), "layer"), (removal.blobs_removed, "blob"),
+              (removal.scratch_removed, "scratch leftover")) if n]
+    print(f"total reclaimed space: {human_bytes(removal.bytes_freed)}" + (f" ({', '.join(extra)})" if extra else ""))
 
 
 def cmd_build_busybox(args: argparse.Namespace, ctx: Any) -> int:

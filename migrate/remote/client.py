@@ -306,8 +306,18 @@ class RemoteEngine:
 
         return cv.image_from_pb(self._client_stream("ImportImage", requests()).image)
 
-    def image_remove(self, name: str) -> None:
-        self._unary("RemoveImage", pb.RemoveImageRequest(name=name))
+    def image_remove(self, name: str) -> api.ImageRemoval:
+        reply = self._unary("RemoveImage", pb.RemoveImageRequest(name=name), timeout_s=max(self.timeout_s, 300.0))
+        if not reply.HasField("removed"):  # an older daemon says only that it worked
+            return api.ImageRemoval(untagged=(name,))
+        return cv.image_removal_from_pb(reply.removed)
+
+    def image_tag(self, source: str, target: str) -> api.ImageInfo:
+        return cv.image_from_pb(self._unary("TagImage", pb.TagImageRequest(source=source, target=target)).image)
+
+    def image_prune(self, all: bool = False) -> api.ImageRemoval:
+        reply = self._unary("PruneImages", pb.PruneImagesRequest(all=all), timeout_s=max(self.timeout_s, 300.0))
+        return cv.image_removal_from_pb(reply.removed)
 
     def image_build_busybox(self, name: str = "busybox") -> api.ImageInfo:
         reply = self._unary("BuildBusyboxImage", pb.BuildBusyboxImageRequest(name=name), timeout_s=max(self.timeout_s, 300.0))

@@ -256,6 +256,14 @@ def image_from_pb(m: pb.ImageInfo) -> api.ImageInfo:
     return _from_pb(api.ImageInfo, m)
 
 
+def image_removal_to_pb(r: api.ImageRemoval) -> pb.ImageRemoval:
+    return _to_pb(r, pb.ImageRemoval)
+
+
+def image_removal_from_pb(m: pb.ImageRemoval) -> api.ImageRemoval:
+    return _from_pb(api.ImageRemoval, m)
+
+
 def host_to_pb(h: api.HostInfo) -> pb.HostInfo:
     return _to_pb(h, pb.HostInfo)
 

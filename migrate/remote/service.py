@@ -32,6 +32,7 @@ the engine, which cleans up what it received.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hmac
 import json
 import logging
@@ -205,20 +206,29 @@ class HostServicer(pb_grpc.HostServicer):
         fd, tmp = tempfile.mkstemp(prefix="image-import-", suffix=".tar", dir=self.spool_dir)
         try:
             with os.fdopen(fd, "wb") as out:
+                # held until imported: an image prune in another process sweeps the state root's
+                # tmp (runtime/scratch.py) and leaves alone only what a live process holds
+                fcntl.flock(out, fcntl.LOCK_SH)
                 for index, msg in enumerate(_requests_or_transfer_error(request_iterator, "image import")):
                     if index == 0:
                         name = msg.name
                     out.write(msg.data)
-            if not name:
-                raise InvalidArgument("image import: the first message names no image")
-            info = self.engine.image_import(name, Path(tmp))
+                out.flush()
+                if not name:
+                    raise InvalidArgument("image import: the first message names no image")
+                info = self.engine.image_import(name, Path(tmp))
         finally:
             Path(tmp).unlink(missing_ok=True)
         return pb.ImportImageResponse(image=cv.image_to_pb(info))
 
     def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
-        self.engine.image_remove(request.name)
-        return pb.RemoveImageResponse()
+        return pb.RemoveImageResponse(removed=cv.image_removal_to_pb(self.engine.image_remove(request.name)))
+
+    def TagImage(self, request: pb.TagImageRequest, context: grpc.ServicerContext) -> pb.TagImageResponse:
+        return pb.TagImageResponse(image=cv.image_to_pb(self._target("image_tag")(request.source, request.target)))
+
+    def PruneImages(self, request: pb.PruneImagesRequest, context: grpc.ServicerContext) -> pb.PruneImagesResponse:
+        return pb.PruneImagesResponse(removed=cv.image_removal_to_pb(self._target("image_prune")(all=request.all)))
 
     def BuildBusyboxImage(self, request: pb.BuildBusyboxImageRequest, context: grpc.ServicerContext) -> pb.BuildBusyboxImageResponse:
         build = self._target("image_build_busybox")

@@ -132,12 +132,37 @@ class FakeEngine:
             self._image_data[info.digest] = data
         return info
 
-    def image_remove(self, name: str) -> None:
+    def image_remove(self, name: str) -> api.ImageRemoval:
         self._enter("image_remove")
         with self._lock:
             if name not in self._images:
                 raise ImageNotFound(name)
-            del self._images[name]
+            info = self._images.pop(name)
+            return api.ImageRemoval(untagged=(name,), **self._drop_unnamed([info.digest]))
+
+    def image_tag(self, source: str, target: str) -> api.ImageInfo:
+        self._enter("image_tag")
+        with self._lock:
+            old = self._images.get(target)
+            info = dataclasses.replace(self._image(source), name=target, created_at=time.time())
+            self._images[target] = info
+            self._drop_unnamed([old.digest] if old is not None else [])
+        return info
+
+    def image_prune(self, all: bool = False) -> api.ImageRemoval:
+        """No containers use the fake's images: ``all`` removes every one."""
+        self._enter("image_prune")
+        with self._lock:
+            untagged = tuple(sorted(self._images)) if all else ()
+            for name in untagged:
+                del self._images[name]
+            return api.ImageRemoval(untagged=untagged, **self._drop_unnamed(list(self._image_data)))
+
+    def _drop_unnamed(self, digests: list[str]) -> dict:
+        named = {i.digest for i in self._images.values()}
+        deleted = tuple(d for d in digests if d not in named and d in self._image_data)
+        freed = sum(len(self._image_data.pop(d)) for d in deleted)
+        return {"deleted": deleted, "bytes_freed": freed}
 
     def image_build_busybox(self, name: str = "busybox") -> api.ImageInfo:
         self._enter("image_build_busybox")

@@ -31,7 +31,9 @@ FREEZE = FreezeRecord(pid=41, pid_start=123456, operation="migrate", since=17000
 STATE = ContainerState(status="paused", pid=40, shim_pid=12, exit_code=3, oom_killed=True, started_at=1.5, finished_at=2.5,
                        restored_from="ck", checkpointed="migrated", frozen_by=FREEZE)
 INFO = ContainerInfo(SPEC, STATE, bundle_dir="/b", cgroup={"memory": "/m", "unified": "/u"}, memory_current_bytes=4096, pids_current=3)
-IMAGE = api.ImageInfo(name="busybox", digest="sha256:" + "d" * 64, size_bytes=123, created_at=4.5)
+IMAGE = api.ImageInfo(name="busybox", digest="sha256:" + "d" * 64, size_bytes=123, created_at=4.5, layers=3)
+IMAGE_REMOVAL = api.ImageRemoval(untagged=("a:1", "b"), deleted=("sha256:" + "e" * 64,), layers_removed=("sha256:1", "sha256:2"),
+                                 blobs_removed=3, scratch_removed=4, bytes_freed=5 << 30)
 CHECKPOINT_OPTIONS = api.CheckpointOptions(leave_running=True, compress="none", level=7, tcp_established=True, file_locks=True)
 CHECKPOINT_STATS = api.CheckpointStats(1.5, 2.5, 3.5, 4.5, 5, 6, 7, 8, 9, 10, 11.5, 12.5)
 RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2", tcp_established=True, volumes=(VOLUME,), timeout_s=42.5)
@@ -56,6 +58,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (STATE, cv.state_to_pb, cv.state_from_pb, ()),
     (INFO, cv.container_to_pb, cv.container_from_pb, ()),
     (IMAGE, cv.image_to_pb, cv.image_from_pb, ()),
+    (IMAGE_REMOVAL, cv.image_removal_to_pb, cv.image_removal_from_pb, ()),
     (api.HostInfo("0.1", "h", "6.18", "4.1.1", {"a": True, "b": False}, "hybrid", "sha256:x", (IMAGE,)), cv.host_to_pb, cv.host_from_pb, ()),
     (api.ProgressEvent("checkpoint", "dump", 5, 10, 1.25, "msg"), cv.progress_to_pb, cv.progress_from_pb, ()),
     (api.ProgressEvent("migrate", "transfer", 5, 10, 1.25, "msg"), cv.migration_event_to_pb, cv.migration_event_from_pb, ()),

@@ -54,7 +54,7 @@ def test_service_covers_the_issue() -> None:
         "RunContainer", "StopContainer", "KillContainer", "RemoveContainer", "PauseContainer", "UnpauseContainer",
         "StreamLogs", "WaitContainer", "BuildBusyboxImage", "InspectCheckpoint", "Checkpoint", "Restore", "ListCheckpoints", "RemoveCheckpoint", "DownloadCheckpoint",
         "UploadCheckpoint", "Migrate", "PrepareIncoming", "PushImage", "PushUpper", "PushCheckpoint", "AbortIncoming", "CommitIncoming",
-        "StartPrecopyRound", "SettleMigration",
+        "StartPrecopyRound", "SettleMigration", "TagImage", "PruneImages",
     } == names
 
 
@@ -156,7 +156,7 @@ def test_options_round_trip_through_requests() -> None:
 def test_every_dataclass_field_is_in_its_message() -> None:
     pairs = [
         (ContainerSpec, pb.ContainerSpec), (ContainerState, pb.ContainerState), (ContainerInfo, pb.ContainerInfo),
-        (api.ImageInfo, pb.ImageInfo), (api.HostInfo, pb.HostInfo), (api.ProgressEvent, pb.ProgressEvent),
+        (api.ImageInfo, pb.ImageInfo), (api.ImageRemoval, pb.ImageRemoval), (api.HostInfo, pb.HostInfo), (api.ProgressEvent, pb.ProgressEvent),
         (api.CheckpointStats, pb.CheckpointStats), (api.CheckpointResult, pb.CheckpointResult),
         (api.CheckpointInfo, pb.CheckpointInfo), (api.RestoreStats, pb.RestoreStats), (api.RestoreResult, pb.RestoreResult),
         (api.MigrationStats, pb.MigrationStats), (api.MigrateResult, pb.MigrateResult), (api.RunOptions, pb.RunContainerRequest),

@@ -117,6 +117,20 @@ def test_host_and_images(daemon: Daemon, sockdir: Path) -> None:
     assert exc_info.value.hint.startswith("pull, load or import one")
 
 
+def test_tag_prune_and_what_rm_removed_cross_the_wire(daemon: Daemon, sockdir: Path) -> None:
+    info = _image(daemon, sockdir, size=1000)
+    tagged = daemon.client.image_tag("busybox", "bb:2")
+    assert tagged.name == "bb:2" and tagged.digest == info.digest and tagged in daemon.client.images()
+    assert daemon.client.image_tag(info.digest, "bb:3").digest == info.digest
+    assert daemon.client.image_remove("busybox") == api.ImageRemoval(untagged=("busybox",))  # still named bb:2, bb:3
+    pruned = daemon.client.image_prune(all=True)
+    assert pruned == api.ImageRemoval(untagged=("bb:2", "bb:3"), deleted=(info.digest,), bytes_freed=1000)
+    assert daemon.client.images() == [] and daemon.client.image_prune() == api.ImageRemoval()
+    with pytest.raises(ImageNotFound):
+        daemon.client.image_tag("nope", "x")
+    assert daemon.engine.calls.count("image_prune") == 2
+
+
 def test_container_lifecycle(daemon: Daemon, sockdir: Path) -> None:
     _image(daemon, sockdir)
     c = daemon.client

@@ -188,16 +188,34 @@ class ContainerInfo(_message.Message):
     def __init__(self, spec: _Optional[_Union[ContainerSpec, _Mapping]] = ..., state: _Optional[_Union[ContainerState, _Mapping]] = ..., bundle_dir: _Optional[str] = ..., cgroup: _Optional[_Mapping[str, str]] = ..., memory_current_bytes: _Optional[int] = ..., pids_current: _Optional[int] = ...) -> None: ...
 
 class ImageInfo(_message.Message):
-    __slots__ = ("name", "digest", "size_bytes", "created_at")
+    __slots__ = ("name", "digest", "size_bytes", "created_at", "layers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     size_bytes: int
     created_at: float
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+    layers: int
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., layers: _Optional[int] = ...) -> None: ...
+
+class ImageRemoval(_message.Message):
+    __slots__ = ("untagged", "deleted", "layers_removed", "blobs_removed", "scratch_removed", "bytes_freed")
+    UNTAGGED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SCRATCH_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    untagged: _containers.RepeatedScalarFieldContainer[str]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    layers_removed: _containers.RepeatedScalarFieldContainer[str]
+    blobs_removed: int
+    scratch_removed: int
+    bytes_freed: int
+    def __init__(self, untagged: _Optional[_Iterable[str]] = ..., deleted: _Optional[_Iterable[str]] = ..., layers_removed: _Optional[_Iterable[str]] = ..., blobs_removed: _Optional[int] = ..., scratch_removed: _Optional[int] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
 
 class HostInfo(_message.Message):
     __slots__ = ("version", "hostname", "kernel", "criu_version", "features", "cgroup_mode", "cpu_digest", "images")
@@ -424,8 +442,36 @@ class RemoveImageRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class RemoveImageResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: ImageRemoval
+    def __init__(self, removed: _Optional[_Union[ImageRemoval, _Mapping]] = ...) -> None: ...
+
+class TagImageRequest(_message.Message):
+    __slots__ = ("source", "target")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class TagImageResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: ImageInfo
+    def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ...) -> None: ...
+
+class PruneImagesRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class PruneImagesResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: ImageRemoval
+    def __init__(self, removed: _Optional[_Union[ImageRemoval, _Mapping]] = ...) -> None: ...
 
 class BuildBusyboxImageRequest(_message.Message):
     __slots__ = ("name",)

@@ -54,6 +54,16 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.RemoveImageRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.RemoveImageResponse.FromString,
                 _registered_method=True)
+        self.TagImage = channel.unary_unary(
+                '/pymigrate.v1.Host/TagImage',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.TagImageRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.TagImageResponse.FromString,
+                _registered_method=True)
+        self.PruneImages = channel.unary_unary(
+                '/pymigrate.v1.Host/PruneImages',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.PruneImagesRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.PruneImagesResponse.FromString,
+                _registered_method=True)
         self.BuildBusyboxImage = channel.unary_unary(
                 '/pymigrate.v1.Host/BuildBusyboxImage',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageRequest.SerializeToString,
@@ -216,7 +226,23 @@ class HostServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveImage(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Removes the name; the image too when it was its last name, then the layers and blobs no image uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TagImage(self, request, context):
+        """Another name for a stored image (a name or a digest); an existing name moves, as `docker tag`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneImages(self, request, context):
+        """Unnamed images no container or checkpoint uses (with `all`, named ones too), unused layers and
+        blobs, and leftovers of killed image work.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -426,6 +452,16 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.RemoveImage,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.RemoveImageRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.RemoveImageResponse.SerializeToString,
+            ),
+            'TagImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagImage,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.TagImageRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.TagImageResponse.SerializeToString,
+            ),
+            'PruneImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneImages,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.PruneImagesRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.PruneImagesResponse.SerializeToString,
             ),
             'BuildBusyboxImage': grpc.unary_unary_rpc_method_handler(
                     servicer.BuildBusyboxImage,
@@ -671,6 +707,60 @@ class Host:
             '/pymigrate.v1.Host/RemoveImage',
             pymigrate_dot_v1_dot_host__pb2.RemoveImageRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.RemoveImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TagImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/TagImage',
+            pymigrate_dot_v1_dot_host__pb2.TagImageRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.TagImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/PruneImages',
+            pymigrate_dot_v1_dot_host__pb2.PruneImagesRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.PruneImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
