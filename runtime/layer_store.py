@@ -3,7 +3,8 @@
 Layout under a state root (beside images/, runtime/image_store.py)::
 
     ROOT/layers/<hex>/diff/         one layer unpacked as an overlayfs lower dir (hex: its diff_id)
-    ROOT/layers/<hex>/layer.json    {diff_id, blob, media_type, blob_size, size_bytes}
+    ROOT/layers/<hex>/layer.json    {diff_id, blob, media_type, blob_size, size_bytes, link}
+    ROOT/l/<link>                   -> ../layers/<hex>/diff: a short name for the overlay's mount option
     ROOT/blobs/sha256/<hex>         the layer's blob as it came (compressed or not) and image configs
 
 A layer is keyed by its **diff_id** (sha256 of the uncompressed tar, the config's
@@ -36,6 +37,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,8 @@ log = logging.getLogger(__name__)
 
 LAYER_META = "layer.json"
 DIFF_DIR = "diff"
-MAX_LAYERS = 127  # Docker's limit; also keeps the overlay mount options within one page
+MAX_LAYERS = 127  # Docker's limit (the mount option fits ~75 short links: runtime/overlay.py)
+LINKS_DIR = "l"  # ROOT/l/<16 hex> -> ../layers/<diff_id hex>/diff
 _CHUNK = 1 << 20
 
 
@@ -102,15 +105,30 @@ class LayerStore:
 
     def __init__(self, paths: Paths) -> None:
         self.layers_dir = paths.root / "layers"
+        self.links_dir = paths.root / LINKS_DIR
         self.blobs_dir = paths.root / "blobs" / "sha256"
         self.tmp_dir = paths.tmp
-        for d in (self.layers_dir, self.blobs_dir, self.tmp_dir):
+        for d in (self.layers_dir, self.links_dir, self.blobs_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     # --- queries -----------------------------------------------------------------------------
 
     def diff_dir(self, diff_id: str) -> Path:
         return self.layers_dir / _hex(diff_id) / DIFF_DIR
+
+    def lower_dir(self, diff_id: str) -> Path:
+        """The layer's diff dir by its short link, ROOT/l/<16 hex> (made again if missing): a
+        container's overlay names every lower dir in one mount option, which is one page, so
+        ~40-byte paths fit three times as many layers as the ~95-byte diff dir paths."""
+        hexd = _hex(diff_id)
+        link = _link_name(self.layers_dir / hexd)
+        if link is None:  # a layer from before short links
+            return self.diff_dir(diff_id)
+        path = self.links_dir / link
+        if not path.is_symlink():
+            with contextlib.suppress(FileExistsError):
+                os.symlink(f"../{self.layers_dir.name}/{hexd}/{DIFF_DIR}", path)
+        return path
 
     def has_layer(self, diff_id: str) -> bool:
         return (self.layers_dir / _hex(diff_id) / LAYER_META).is_file()
@@ -187,7 +205,9 @@ class LayerStore:
                     raise LayerDigestMismatch(f"layer {source}", diff_id, actual)
                 info = LayerInfo(diff_id, blob, _media_type(self.blob_path(blob)), self.blob_path(blob).stat().st_size,
                                  stats.bytes_written)
-                (work / LAYER_META).write_text(json.dumps(info.__dict__, indent=2, sort_keys=True))
+                # the short link's name: random, so no layer content can choose or collide with it
+                meta = {**info.__dict__, "link": secrets.token_hex(8)}
+                (work / LAYER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
                 os.chmod(work, 0o700)  # host users must not reach setuid files of the layer
                 try:
                     os.rename(work, self.layers_dir / _hex(diff_id))
@@ -218,6 +238,10 @@ class LayerStore:
             if p.name in keep_layers:
                 continue
             freed += _layer_size(p)
+            link = _link_name(p)
+            if link is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.links_dir / link).unlink()
             with scratch_dir(self.tmp_dir, "remove-") as doomed:
                 os.rename(p, doomed / p.name)  # gone from layers/ at once, then deleted
             removed.append(f"sha256:{p.name}")
@@ -238,6 +262,15 @@ def _media_type(blob: Path) -> str:
     return MEDIA_TYPES["gzip" if head.startswith(GZIP_MAGIC) else "zstd" if head.startswith(ZSTD_MAGIC) else "none"]
 
 
+def _link_name(layer_dir: Path) -> str | None:
+    """The short link's name recorded in a layer's layer.json (None: none, or unreadable)."""
+    try:
+        link = json.loads((layer_dir / LAYER_META).read_text()).get("link")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return link if isinstance(link, str) and re.fullmatch(r"[0-9a-f]{16}", link) else None
+
+
 def _layer_size(path: Path) -> int:
     try:
         return int(json.loads((path / LAYER_META).read_text()).get("size_bytes", 0))
@@ -246,8 +279,9 @@ def _layer_size(path: Path) -> int:
 
 
 def layer_chain_dirs(store: LayerStore, diff_ids: Iterable[str]) -> tuple[Path, ...]:
-    """The diff dirs of a chain given lowest first, returned top first (overlayfs' lowerdir order)."""
-    return tuple(reversed([store.diff_dir(d) for d in diff_ids]))
+    """The lower dirs of a chain given lowest first (by their short links), returned top first
+    (overlayfs' lowerdir order)."""
+    return tuple(reversed([store.lower_dir(d) for d in diff_ids]))
 
 
 @contextlib.contextmanager

@@ -102,7 +102,7 @@ def test_compressions_load(store: ImageStore, tmp_path: Path, compress, media: s
     img = store.load_archive(oci_layout(tmp_path / "oci", [(data, media)]), name="c:1", platform="linux/amd64")
     with store.view(img.name) as root:
         assert (root / "hello").read_text() == "world"
-    assert len(img.layers) == 1 and img.lowers == (store.layers.diff_dir(img.layers[0]),)
+    assert len(img.layers) == 1 and [p.resolve() for p in img.lowers] == [store.layers.diff_dir(img.layers[0]).resolve()]
     config = store.config("c:1")
     assert config is not None and config.cmd == ("sh",)
 

@@ -90,7 +90,9 @@ def test_images_share_layers_and_rm_collects_only_unused_ones(tmp_path: Path) ->
     a = images.load_archive(one, name="a:1", platform="linux/amd64")
     b = images.load_archive(two, name="b:1", platform="linux/amd64")
     assert a.layers[0] == b.layers[0] == sha(base) and len(images.layers.layer_ids()) == 3
-    assert a.lowers == (images.layers.diff_dir(a.layers[1]), images.layers.diff_dir(a.layers[0]))  # top first
+    # top first, each by its short link
+    assert [p.resolve() for p in a.lowers] == [images.layers.diff_dir(d).resolve() for d in reversed(a.layers)]
+    assert all(p.parent == images.layers.links_dir and len(p.name) == 16 for p in a.lowers)
     with images.view("b:1") as root:
         assert (root / "v").read_text() == "2" and (root / "bin/sh").read_text() == "shell"
     images.remove("a:1")
@@ -98,6 +100,7 @@ def test_images_share_layers_and_rm_collects_only_unused_ones(tmp_path: Path) ->
     assert images.has_digest(b.digest) and not images.has_digest(a.digest)
     images.remove("b:1")
     assert images.layers.layer_ids() == [] and not any(images.layers.blobs_dir.iterdir())
+    assert not any(images.layers.links_dir.iterdir())  # the short links went with their layers
 
 
 def test_the_digest_of_layers_is_the_digest_of_the_same_tree_flattened(tmp_path: Path) -> None:
@@ -120,3 +123,21 @@ def test_an_archive_whose_tree_is_not_the_announced_digest_is_not_tagged(tmp_pat
     with pytest.raises(Exception, match="expected sha256:0000"):
         images.load_archive(path, name="x", platform="linux/amd64", expected_digest="sha256:" + "0" * 64)
     assert images.list() == []
+
+
+def test_an_image_of_sixty_layers_mounts(tmp_path: Path) -> None:
+    """Sixty layers: more than the overlay's one-page mount option takes by the layers' full
+    paths, which their short links make fit (a short state root, as /var/lib/pymigrate is)."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="pml", dir="/tmp"))
+    try:
+        images = ImageStore(Paths(root))
+        layers = [(layer([(f"f{i:02d}", str(i))]), False) for i in range(60)]
+        image = images.load_archive(write_oci_layout(tmp_path / "oci", layers, RUN), name="many", platform="linux/amd64")
+        assert len(image.layers) == 60
+        with images.view("many") as merged:
+            assert sorted(os.listdir(merged)) == [f"f{i:02d}" for i in range(60)]
+    finally:
+        shutil.rmtree(root)
