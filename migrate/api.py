@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol
 
 from runtime.spec import ContainerInfo, Volume
+
+if TYPE_CHECKING:  # not imported at run time: ``pymigrate run -d`` imports this module, and its start is benchmarked
+    from runtime.registry import PushResult, RegistryOptions
 
 MigrationMode = Literal["cold", "postcopy", "precopy", "auto"]
 
@@ -30,6 +33,8 @@ class ProgressEvent:
 
 
 ProgressFn = Callable[[ProgressEvent], None]
+# one line of skopeo's report while an image is copied to or from a registry ("Copying blob sha256:...")
+CopyProgressFn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,14 @@ class Engine(Protocol):
     # images
     def images(self) -> list[ImageInfo]: ...
     def image_import(self, name: str, tarball: Path) -> ImageInfo: ...
+    # a Docker/OCI archive (a RemoteEngine uploads it; an OCI layout dir is packed as a tar first)
+    def image_load(self, path: Path, name: str | None = None, platform: str | None = None) -> ImageInfo: ...
+    # registries, through skopeo on the engine's host (cert_dir and authfile are paths there)
+    def image_pull(self, reference: str, name: str | None = None, platform: str | None = None,
+                   options: RegistryOptions | None = None, progress: CopyProgressFn | None = None) -> ImageInfo: ...
+    def image_push(self, name: str, reference: str, options: RegistryOptions | None = None,
+                   progress: CopyProgressFn | None = None) -> PushResult: ...
+    def image_inspect(self, name: str) -> ImageDetails: ...
     def image_remove(self, name: str) -> ImageRemoval: ...
     def image_tag(self, source: str, target: str) -> ImageInfo: ...
     def image_prune(self, all: bool = False) -> ImageRemoval: ...

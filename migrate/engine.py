@@ -119,19 +119,15 @@ class LocalEngine:
         return _image_info(self.runtime.images.import_tarball(name, Path(tarball)))
 
     def image_load(self, path: Path, name: str | None = None, platform: str | None = None) -> ImageInfo:
-        """Load a Docker/OCI archive or OCI layout directory (runtime.image_store.load_archive).
-
-        Local only for now: not in the ``Engine`` protocol, the daemon has no RPC for it yet.
-        """
+        """Load a Docker/OCI archive or OCI layout directory (runtime.image_store.load_archive);
+        the daemon's LoadImage hands it the upload spooled into the state root's tmp."""
         self.runtime.paths.ensure()
         return _image_info(self.runtime.images.load_archive(Path(path), name=name, platform=platform))
 
     def image_pull(self, reference: str, name: str | None = None, platform: str | None = None,
                    options: RegistryOptions | None = None, progress: Callable[[str], None] | None = None) -> ImageInfo:
-        """Pull ``reference`` from a registry with skopeo and load it (runtime.registry.pull).
-
-        Local only, like ``image_load``: not in the ``Engine`` protocol, no RPC yet.
-        """
+        """Pull ``reference`` from a registry with skopeo and load it (runtime.registry.pull);
+        ``progress`` gets skopeo's report lines. ``options``' paths are this host's."""
         from runtime import registry
 
         self.runtime.paths.ensure()
@@ -141,7 +137,8 @@ class LocalEngine:
 
     def image_push(self, name: str, reference: str, options: RegistryOptions | None = None,
                    progress: Callable[[str], None] | None = None) -> PushResult:
-        """Push a stored image to a registry as one flattened layer (runtime.registry.push). Local only."""
+        """Push a stored image to a registry (runtime.registry.push): its layers as stored, or one
+        layer made from a flat image's tree."""
         from runtime import registry
 
         self.runtime.paths.ensure()
@@ -150,6 +147,23 @@ class LocalEngine:
     def image_inspect(self, name: str) -> ImageDetails:
         config = self.runtime.images.config(name)
         return ImageDetails(_image_info(self.runtime.images.get(name)), None if config is None else config.to_json())
+
+    def image_login(self, registry: str, username: str, password: str, options: RegistryOptions | None = None) -> Path:
+        """``skopeo login`` on this host (runtime.registry.login): the registry checks the
+        credentials, which then go to ``options.authfile`` or the default auth file, where pulls and
+        pushes without ``--creds`` find them. Not in the ``Engine`` protocol: local only. Returns the
+        auth file."""
+        from runtime import registry as reg
+
+        options = options or reg.RegistryOptions()
+        return reg.login(registry, username, password, tls_verify=options.tls_verify, cert_dir=options.cert_dir,
+                         authfile=options.authfile)
+
+    def image_logout(self, registry: str, authfile: Path | None = None) -> Path:
+        """``skopeo logout`` on this host: the registry's credentials leave the auth file. Local only."""
+        from runtime import registry as reg
+
+        return reg.logout(registry, authfile=authfile)
 
     def image_remove(self, name: str) -> ImageRemoval:
         return _removal(self.runtime.images.remove(name))

@@ -26,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform as platform_module
 import re
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -523,6 +525,70 @@ def detect_archive(path: Path) -> str | None:
     if DOCKER_MANIFEST in names and any(n.endswith((".tar", ".json")) or n.startswith("blobs/") for n in names if n != DOCKER_MANIFEST):
         return "docker-archive"
     return None
+
+
+def layout_tar(root: Path, *, chunk_bytes: int = _CHUNK) -> Iterator[bytes]:
+    """An OCI image layout directory as an uncompressed tar stream, for ``image load --host`` to
+    upload (the daemon loads it as an OCI archive). Read safely, as the caller's files may not all
+    be what they seem: directories are walked without following symlinks; a regular file goes in
+    with its content (read through an ``O_NOFOLLOW`` fd, exactly the size fstat gave); a symlink
+    goes in as the regular file it resolves to only when that is inside ``root`` (the local loader
+    resolves links the same way, ``_DirBlobs``); anything else (a link out of the directory or to a
+    directory, a fifo, a socket, a device) is refused before its bytes are read.
+
+    Raises:
+        ImageFormatError: not a directory, or an entry refused (named).
+    """
+    source = str(root)
+    top = os.path.realpath(root)
+    if not os.path.isdir(top):
+        raise ImageFormatError(source, "not a directory")
+    for rel, path in _layout_files(top, source):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageFormatError(source, f"{rel} is not a regular file")
+            info = tarfile.TarInfo(rel)
+            info.size, info.mode, info.mtime = st.st_size, 0o644, int(st.st_mtime)
+            yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            left = st.st_size
+            while left:
+                data = os.read(fd, min(chunk_bytes, left))
+                if not data:
+                    raise ImageFormatError(source, f"{rel} shrank while it was read")
+                left -= len(data)
+                yield data
+            if st.st_size % tarfile.BLOCKSIZE:
+                yield b"\0" * (tarfile.BLOCKSIZE - st.st_size % tarfile.BLOCKSIZE)
+        finally:
+            os.close(fd)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
+
+
+def _layout_files(top: str, source: str) -> Iterator[tuple[str, str]]:
+    """(member name, path to read) of every file under ``top``, in a stable order, without recursion."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(top, rel_dir) if rel_dir else top) as it:
+            entries = sorted(it, key=lambda e: e.name, reverse=True)
+        for entry in reversed(entries):
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(rel)
+            elif entry.is_file(follow_symlinks=False):
+                yield rel, entry.path
+            elif entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                if os.path.commonpath([top, real]) != top:
+                    raise ImageFormatError(source, f"{rel} is a symbolic link out of the directory",
+                                           hint="copy the file it points to into the layout")
+                if not os.path.isfile(real):
+                    raise ImageFormatError(source, f"{rel} is a symbolic link to something not a regular file")
+                yield rel, real
+            else:
+                raise ImageFormatError(source, f"{rel} is not a regular file, a directory or a symbolic link")
 
 
 def image_name_from_ref(ref: str | None) -> str | None:

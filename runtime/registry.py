@@ -33,12 +33,14 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO, Callable, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, Callable, Mapping, cast
 
 from runtime.errors import ImageError, InvalidArgument, Unsupported
-from runtime.image_store import Image, ImageStore, validate_name
+
+if TYPE_CHECKING:  # the store is imported where it is used: RegistryOptions and the errors cross gRPC without it
+    from runtime.image_store import Image, ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ class RegistryOptions:
 
     tls_verify: bool | None = None
     cert_dir: Path | None = None
-    creds: str | None = None  # USER:PASS
+    creds: str | None = field(default=None, repr=False)  # USER:PASS; never in a repr, a log line or an argv
     authfile: Path | None = None
 
     def skopeo_args(self, side: str, registry: str, work: Path) -> list[str]:
@@ -265,6 +267,10 @@ def skopeo_message(stderr: str) -> str:
     return lines[-1] if lines else "skopeo failed without a message"
 
 
+def _first(low: str, phrases: tuple[str, ...]) -> str:
+    return next((p for p in phrases if p in low), "")
+
+
 def classify_skopeo_error(operation: str, ref: ImageReference, stderr: str, *, platform: str = "") -> RegistryError:
     """The typed error for a failed ``skopeo copy`` (``operation`` "pull" or "push")."""
     detail = skopeo_message(stderr)
@@ -273,7 +279,7 @@ def classify_skopeo_error(operation: str, ref: ImageReference, stderr: str, *, p
     registry = ref.registry
 
     def has(phrases: tuple[str, ...]) -> str:
-        return next((p for p in phrases if p in low), "")
+        return _first(low, phrases)
 
     if has(_PLATFORM):
         from runtime.oci_image import host_platform
@@ -313,7 +319,7 @@ def classify_skopeo_error(operation: str, ref: ImageReference, stderr: str, *, p
 def _skopeo() -> str:
     exe = shutil.which("skopeo")
     if exe is None:
-        raise Unsupported("image pull and push", "skopeo is not installed", hint="apt-get install skopeo")
+        raise Unsupported("registries (image pull, push, login)", "skopeo is not installed", hint="apt-get install skopeo")
     return exe
 
 
@@ -374,6 +380,7 @@ def pull(store: ImageStore, reference: str, *, name: str | None = None, platform
         Unsupported: skopeo is not installed.
         ImageError: what loading the OCI layout raises (runtime/oci_image.py).
     """
+    from runtime.image_store import validate_name
     from runtime.oci_image import BlobDigestMismatch, PlatformNotFound
     from runtime.scratch import scratch_dir
 
@@ -513,3 +520,117 @@ def push(store: ImageStore, name: str, reference: str, *, options: RegistryOptio
         digest = digest_file.read_text().strip() if digest_file.exists() else ""
     log.info("pushed image=%s to=%s digest=%s elapsed_ms=%.0f", image.name, ref, digest, (time.monotonic() - t0) * 1000)
     return PushResult(image.name, str(ref), digest)
+
+
+# --- login and logout --------------------------------------------------------------------------
+
+LOGIN_TIMEOUT_S = 120
+
+
+def parse_registry(text: str) -> str:
+    """The ``HOST[:PORT]`` that ``image login`` and ``logout`` take (Docker Hub's aliases are
+    ``docker.io``, the key skopeo and podman file its credentials under).
+
+    Raises:
+        InvalidArgument: not HOST[:PORT].
+    """
+    registry = text.removeprefix("docker://").rstrip("/") if isinstance(text, str) else ""
+    if not registry or len(registry) > MAX_REFERENCE_CHARS or not _DOMAIN.fullmatch(registry):
+        raise InvalidArgument(f"invalid registry {text!r}: expected HOST[:PORT], e.g. quay.io or localhost:5000")
+    return DOCKER_HUB if registry in DOCKER_HUB_ALIASES else registry
+
+
+def default_authfile(env: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
+    """The auth file ``skopeo login`` and podman write and ``skopeo copy`` reads first
+    (containers-auth.json(5)): ``$REGISTRY_AUTH_FILE``, else ``${XDG_RUNTIME_DIR}/containers/auth.json``,
+    else ``/run/containers/UID/auth.json``. A daemon's pulls read its own environment's."""
+    env = os.environ if env is None else env
+    if env.get("REGISTRY_AUTH_FILE"):
+        return Path(env["REGISTRY_AUTH_FILE"])
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
+    return Path(f"/run/containers/{os.getuid() if uid is None else uid}/auth.json")
+
+
+def classify_login_error(operation: str, registry: str, stderr: str) -> RegistryError:
+    """The typed error for a failed ``skopeo login`` / ``logout`` (``operation`` "log in to" or "log out of")."""
+    detail = skopeo_message(stderr)
+    low = detail.lower()
+    if phrase := _first(low, _AUTH):
+        return RegistryAuthFailed(operation, registry, f"registry {registry} refused the credentials ({phrase})",
+                                  detail=detail, hint="check the user name and the password")
+    if _PLAIN_HTTP in low:
+        return RegistryTlsError(operation, registry, f"registry {registry} speaks plain http, not https", detail=detail,
+                                hint="for a registry without TLS (e.g. on localhost) add --tls-verify=false")
+    if _first(low, _TLS):
+        return RegistryTlsError(operation, registry, f"tls with registry {registry} failed ({detail})", detail=detail,
+                                hint="give the registry's CA certificate with --cert-dir DIR (DIR/*.crt), "
+                                     "or --tls-verify=false for a registry you trust on a safe network")
+    if phrase := _first(low, _UNREACHABLE):
+        return RegistryUnreachable(operation, registry, f"registry {registry} is not reachable ({phrase})", detail=detail,
+                                   hint=f"is the registry running, and is {registry} its address and port?")
+    if "not logged in" in low:
+        return RegistryError(operation, registry, "not logged in to it", detail=detail,
+                             hint="nothing to remove from that auth file (see --authfile)")
+    return RegistryError(operation, registry, f"skopeo failed: {detail}", detail=detail)
+
+
+def _run_login(argv: list[str], *, operation: str, registry: str, stdin: str = "") -> None:
+    log.debug("skopeo %s", " ".join(argv[1:]))  # never the password: it goes to stdin
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=LOGIN_TIMEOUT_S,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise RegistryUnreachable(operation, registry, f"registry {registry} did not answer within {LOGIN_TIMEOUT_S}s",
+                                  hint=f"is the registry running, and is {registry} its address and port?") from None
+    if done.returncode != 0:
+        raise classify_login_error(operation, registry, done.stderr)
+
+
+def login(registry: str, username: str, password: str, *, tls_verify: bool | None = None, cert_dir: Path | None = None,
+          authfile: Path | None = None) -> Path:
+    """``skopeo login``: check ``username`` and ``password`` with ``registry`` and, when it takes
+    them, keep them in ``authfile`` (default ``default_authfile()``: 0600, the file later pulls and
+    pushes without ``--creds`` read). The password goes to skopeo's stdin (``--password-stdin``),
+    never into an argv. Returns the auth file.
+
+    Raises:
+        InvalidArgument: a bad registry, user name, password or option.
+        RegistryAuthFailed: the registry refused them (nothing is stored).
+        RegistryError and its subclasses, Unsupported: as for ``pull``.
+    """
+    registry = parse_registry(registry)
+    if not username or ":" in username or any(c in username for c in "\n\r\0"):
+        raise InvalidArgument(f"invalid user name {username!r} for {registry}: expected a non-empty name without ':'")
+    if not password:
+        raise InvalidArgument(f"no password for {username} at {registry}")
+    if any(c in password for c in "\n\r\0"):
+        # skopeo --password-stdin joins the lines it reads: such a password would not be the one given
+        raise InvalidArgument(f"the password for {username} at {registry} contains a line break or NUL")
+    path = Path(authfile) if authfile is not None else default_authfile()
+    argv = [_skopeo(), "login", f"--authfile={path}", "--username", username, "--password-stdin"]
+    if tls_verify is not None:
+        argv.append(f"--tls-verify={'true' if tls_verify else 'false'}")
+    if cert_dir is not None:
+        if not Path(cert_dir).is_dir():
+            raise InvalidArgument(f"certificate directory {cert_dir} is not a directory",
+                                  hint="it holds the registry's CA as *.crt (and a client *.cert/*.key pair)")
+        argv.append(f"--cert-dir={cert_dir}")
+    _run_login([*argv, registry], operation="log in to", registry=registry, stdin=password)
+    log.info("logged in registry=%s user=%s authfile=%s", registry, username, path)
+    return path
+
+
+def logout(registry: str, *, authfile: Path | None = None) -> Path:
+    """``skopeo logout``: remove ``registry``'s credentials from ``authfile`` (default
+    ``default_authfile()``). Returns the auth file.
+
+    Raises:
+        InvalidArgument: a bad registry.
+        RegistryError: skopeo failed (e.g. no credentials for it there).
+    """
+    registry = parse_registry(registry)
+    path = Path(authfile) if authfile is not None else default_authfile()
+    _run_login([_skopeo(), "logout", f"--authfile={path}", registry], operation="log out of", registry=registry)
+    log.info("logged out registry=%s authfile=%s", registry, path)
+    return path

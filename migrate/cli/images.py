@@ -1,4 +1,4 @@
-"""``pymigrate image``: import, list, remove and build root filesystem images.
+"""``pymigrate image``: import, load, pull, push, list, remove and build images; registry logins.
 
 Subcommands (all call the engine; nothing here touches the image store directly)::
 
@@ -8,8 +8,12 @@ Subcommands (all call the engine; nothing here touches the image store directly)
     pymigrate image pull REF [--name NAME[:TAG]] [--platform P] [REGISTRY FLAGS]
                                             from a registry, with skopeo (docs/images.md)
     pymigrate image push NAME REF [REGISTRY FLAGS]
-                                            to a registry: one flattened layer and the stored config
+                                            to a registry: the stored layers (a flat image: one) and config
         REGISTRY FLAGS: --tls-verify=false, --cert-dir DIR, --creds USER:PASS | --authfile FILE
+                        (over --host: DIR and FILE are paths on the daemon's host)
+    pymigrate image login REGISTRY [-u USER] [--password-stdin] [--authfile FILE] [--tls-verify=false] [--cert-dir DIR]
+    pymigrate image logout REGISTRY [--authfile FILE]
+                                            credentials in skopeo's auth file (local only)
     pymigrate image inspect NAME            the image and its config (json)
     pymigrate image ls [--json]             REPOSITORY, TAG, IMAGE ID, CREATED, SIZE (docker's columns)
     pymigrate image tag SOURCE TARGET       another name (SOURCE a name or sha256 digest; TARGET moves)
@@ -66,12 +70,33 @@ def register(subparsers: Any) -> None:
     add_json_flag(p)
     p.set_defaults(handler=cmd_pull)
 
-    p = sub.add_parser("push", help="push an image to a registry (skopeo; one flattened layer)")
+    p = sub.add_parser("push", help="push an image to a registry (skopeo)")
     p.add_argument("name", metavar="NAME", help="the stored image")
     p.add_argument("reference", metavar="REF", help="[REGISTRY/]PATH[:TAG]")
     _add_registry_flags(p)
     add_json_flag(p)
     p.set_defaults(handler=cmd_push)
+
+    p = sub.add_parser("login", help="log in to a registry (skopeo login): later pulls and pushes use the credentials")
+    p.add_argument("registry", metavar="REGISTRY", help="HOST[:PORT], e.g. quay.io or localhost:5000")
+    p.add_argument("-u", "--username", metavar="USER", default=None, help="user name (asked on a terminal if not given)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from stdin (otherwise it is asked on a terminal; never an argument)")
+    p.add_argument("--authfile", metavar="FILE", type=Path, default=None,
+                   help="where to keep the credentials (default: $REGISTRY_AUTH_FILE, else "
+                        "${XDG_RUNTIME_DIR}/containers/auth.json, else /run/containers/UID/auth.json: skopeo's and podman's)")
+    p.add_argument("--tls-verify", metavar="BOOL", type=_bool, nargs="?", const=True, default=None,
+                   help="verify the registry's TLS certificate; false also allows plain http (default: true)")
+    p.add_argument("--cert-dir", metavar="DIR", type=Path, default=None,
+                   help="the registry's CA certificates (*.crt) and client certificate (*.cert, *.key)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_login)
+
+    p = sub.add_parser("logout", help="remove a registry's credentials from the auth file (skopeo logout)")
+    p.add_argument("registry", metavar="REGISTRY", help="HOST[:PORT]")
+    p.add_argument("--authfile", metavar="FILE", type=Path, default=None, help="the auth file (default: as for login)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_logout)
 
     p = sub.add_parser("inspect", help="show an image and its config (json)")
     p.add_argument("name", metavar="NAME")
@@ -112,17 +137,17 @@ def cmd_import(args: argparse.Namespace, ctx: Any) -> int:
     return EXIT_OK
 
 
-def _local_only(ctx: Any, method: str, verb: str) -> Any:
+def _local_only(ctx: Any, method: str, verb: str, hint: str) -> Any:
     fn = getattr(ctx.engine, method, None)
     if fn is None:
         from runtime.errors import Unsupported
 
-        raise Unsupported(f"image {verb}", "not over a daemon connection yet", hint=f"run 'pymigrate image {verb}' on the host itself")
+        raise Unsupported(f"image {verb}", "not over a daemon connection", hint=hint)
     return fn
 
 
 def cmd_load(args: argparse.Namespace, ctx: Any) -> int:
-    info = _local_only(ctx, "image_load", "load")(args.path, name=args.name, platform=args.platform)
+    info = ctx.engine.image_load(args.path, name=args.name, platform=args.platform)
     _emit_one(ctx, info, "loaded")
     return EXIT_OK
 
@@ -140,12 +165,13 @@ def _add_registry_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-verify", metavar="BOOL", type=_bool, nargs="?", const=True, default=None,
                    help="verify the registry's TLS certificate; false also allows plain http (default: true)")
     p.add_argument("--cert-dir", metavar="DIR", type=Path, default=None,
-                   help="the registry's CA certificates (*.crt) and client certificate (*.cert, *.key)")
+                   help="the registry's CA certificates (*.crt) and client certificate (*.cert, *.key); "
+                        "over --host: a directory on the daemon's host")
     creds = p.add_mutually_exclusive_group()
     creds.add_argument("--creds", metavar="USER:PASS", default=None, help="registry credentials")
     creds.add_argument("--authfile", metavar="FILE", type=Path, default=None,
-                       help="an auth file (skopeo login's, or ~/.docker/config.json); default: skopeo's own "
-                            "($REGISTRY_AUTH_FILE, then the usual places)")
+                       help="an auth file (image login's, skopeo login's, or ~/.docker/config.json); default: "
+                            "skopeo's own ($REGISTRY_AUTH_FILE, then the usual places); over --host: a file on the daemon's host")
 
 
 def _registry_options(args: argparse.Namespace) -> Any:
@@ -188,9 +214,8 @@ def cmd_pull(args: argparse.Namespace, ctx: Any) -> int:
     from runtime.registry import parse_reference
 
     ref = parse_reference(args.reference)
-    pull = _local_only(ctx, "image_pull", "pull")
     with CopyProgress(ctx, f"pull {ref}") as progress:
-        info = pull(args.reference, name=args.name, platform=args.platform, options=_registry_options(args),
+        info = ctx.engine.image_pull(args.reference, name=args.name, platform=args.platform, options=_registry_options(args),
                     progress=progress)
     if ctx.json:
         ctx.emit_json(dict(_as_dict(info), reference=str(ref)))
@@ -200,9 +225,8 @@ def cmd_pull(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_push(args: argparse.Namespace, ctx: Any) -> int:
-    push = _local_only(ctx, "image_push", "push")
     with CopyProgress(ctx, f"push {args.name}") as progress:
-        result = push(args.name, args.reference, options=_registry_options(args), progress=progress)
+        result = ctx.engine.image_push(args.name, args.reference, options=_registry_options(args), progress=progress)
     if ctx.json:
         ctx.emit_json({"name": result.name, "reference": result.reference, "digest": result.digest})
     else:
@@ -210,8 +234,59 @@ def cmd_push(args: argparse.Namespace, ctx: Any) -> int:
     return EXIT_OK
 
 
+_LOGIN_REMOTE_HINT = ("run it on the daemon's host, in the daemon's environment (its pulls read $REGISTRY_AUTH_FILE or "
+                      "${XDG_RUNTIME_DIR}/containers/auth.json there), or give --creds USER:PASS to image pull and push")
+
+
+def cmd_login(args: argparse.Namespace, ctx: Any) -> int:
+    from runtime.registry import RegistryOptions
+
+    login = _local_only(ctx, "image_login", "login", _LOGIN_REMOTE_HINT)
+    username, password = _login_credentials(args)
+    options = RegistryOptions(tls_verify=args.tls_verify, cert_dir=args.cert_dir, authfile=args.authfile)
+    authfile = login(args.registry, username, password, options)
+    if ctx.json:
+        ctx.emit_json({"registry": args.registry, "username": username, "authfile": str(authfile)})
+    else:
+        print(f"login succeeded: {username} at {args.registry} (credentials in {authfile})")
+    return EXIT_OK
+
+
+def _login_credentials(args: argparse.Namespace) -> tuple[str, str]:
+    """The user name (-u, else asked on a terminal) and the password (stdin with --password-stdin,
+    else asked on a terminal without echo): never from an argument, so never in any argv."""
+    from runtime.errors import InvalidArgument
+
+    username = args.username
+    if args.password_stdin:
+        if not username:
+            raise InvalidArgument("--password-stdin needs the user name: give -u USER")
+        # what skopeo --password-stdin and podman do: the text, less the final line break
+        password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+        return username, password
+    if not sys.stdin.isatty():
+        raise InvalidArgument(f"no terminal to ask for the password for {args.registry}",
+                              hint="pipe it in: pymigrate image login -u USER --password-stdin REGISTRY")
+    if not username:
+        print("Username: ", end="", file=sys.stderr, flush=True)
+        username = sys.stdin.readline().strip()
+    import getpass
+
+    return username, getpass.getpass("Password: ")
+
+
+def cmd_logout(args: argparse.Namespace, ctx: Any) -> int:
+    logout = _local_only(ctx, "image_logout", "logout", _LOGIN_REMOTE_HINT)
+    authfile = logout(args.registry, args.authfile)
+    if ctx.json:
+        ctx.emit_json({"registry": args.registry, "authfile": str(authfile)})
+    else:
+        print(f"removed the credentials for {args.registry} from {authfile}")
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace, ctx: Any) -> int:
-    details = _local_only(ctx, "image_inspect", "inspect")(args.name)
+    details = ctx.engine.image_inspect(args.name)
     data = dict(_as_dict(details.image), config=details.config)
     if ctx.json:
         ctx.emit_json(data)

@@ -12,6 +12,15 @@ Status codes (most specific class first):
     Busy (another operation holds the container)             ABORTED
     ContainerExists                                          ALREADY_EXISTS
     InvalidArgument, ArchiveError (UnsafeMember ...), UnsafeArchive   INVALID_ARGUMENT
+    ImageFormatError, NotARootfsTarball, ImageConfigError    INVALID_ARGUMENT
+    BlobDigestMismatch, LayerDigestMismatch                  DATA_LOSS
+    PlatformNotFound                                         NOT_FOUND
+    registries (runtime/registry.py):
+      RegistryImageNotFound, RegistryPlatformNotFound        NOT_FOUND
+      RegistryAuthFailed, RegistryTlsError                   FAILED_PRECONDITION (the registry's, not the daemon's)
+      RegistryUnreachable                                    UNAVAILABLE
+      RegistryDigestMismatch                                 DATA_LOSS
+      RegistryError (what skopeo said, unclassified)         UNKNOWN
     SigningKeyError                                          INVALID_ARGUMENT
     Unsupported                                              UNIMPLEMENTED
     PermissionError, SignatureError (signature policy)       PERMISSION_DENIED
@@ -24,6 +33,10 @@ Status codes (most specific class first):
     any other ContainerError / MigrationError                INTERNAL, with its message
     anything else                                            INTERNAL, generic message only
 
+The error classes of runtime/errors.py and migrate/errors.py, and those of the image modules
+(``IMAGE_ERROR_MODULES``: registry, OCI archive, layer and config errors), cross by name; the
+image modules are imported on first use, not by the CLI's every remote call.
+
 Trailing metadata: ``pymigrate-error-type`` (the class name, ASCII, for grpcurl users) and
 ``pymigrate-error-bin`` (JSON: type, message, hint, phase, attrs). Unexpected exceptions send
 neither: their text may hold host details, so only an incident id goes out and the traceback
@@ -34,6 +47,7 @@ proxy) are mapped from the status code alone.
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -83,9 +97,41 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 
-def _known_classes() -> dict[str, type[BaseException]]:
+# modules defining image errors of their own (beside runtime/errors.py's ImageError tree)
+IMAGE_ERROR_MODULES = ("runtime.registry", "runtime.oci_image", "runtime.layer_store", "runtime.image_store",
+                       "runtime.image_config")
+
+
+@functools.cache
+def _image_codes() -> tuple[tuple[type[BaseException], grpc.StatusCode], ...]:
+    from runtime import image_config, image_store, layer_store, oci_image, registry
+
+    return (
+        (registry.RegistryImageNotFound, grpc.StatusCode.NOT_FOUND),
+        (registry.RegistryPlatformNotFound, grpc.StatusCode.NOT_FOUND),
+        (registry.RegistryAuthFailed, grpc.StatusCode.FAILED_PRECONDITION),
+        (registry.RegistryTlsError, grpc.StatusCode.FAILED_PRECONDITION),
+        (registry.RegistryUnreachable, grpc.StatusCode.UNAVAILABLE),
+        (registry.RegistryDigestMismatch, grpc.StatusCode.DATA_LOSS),
+        (registry.RegistryError, grpc.StatusCode.UNKNOWN),
+        (oci_image.BlobDigestMismatch, grpc.StatusCode.DATA_LOSS),
+        (layer_store.LayerDigestMismatch, grpc.StatusCode.DATA_LOSS),
+        (oci_image.PlatformNotFound, grpc.StatusCode.NOT_FOUND),
+        (oci_image.ImageFormatError, grpc.StatusCode.INVALID_ARGUMENT),
+        (image_store.NotARootfsTarball, grpc.StatusCode.INVALID_ARGUMENT),
+        (image_config.ImageConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    )
+
+
+@functools.cache
+def known_classes() -> dict[str, type[BaseException]]:
+    """Every error class that crosses by name: runtime/errors.py, migrate/errors.py and the image
+    modules' (``IMAGE_ERROR_MODULES``)."""
+    import importlib
+
     classes: dict[str, type[BaseException]] = {}
-    for module in (rerrors, merrors):
+    modules = (rerrors, merrors, *(importlib.import_module(m) for m in IMAGE_ERROR_MODULES))
+    for module in modules:
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, (rerrors.ContainerError, merrors.MigrationError)):
                 classes[value.__name__] = value
@@ -95,11 +141,12 @@ def _known_classes() -> dict[str, type[BaseException]]:
     return classes
 
 
-KNOWN = _known_classes()
-
-
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, bool]:
     """The status code for ``exc`` and whether its message may be shown to the caller."""
+    if isinstance(exc, rerrors.ImageError):
+        for cls, code in _image_codes():
+            if isinstance(exc, cls):
+                return code, True
     for cls, code in _CODES:
         if isinstance(exc, cls):
             return code, True
@@ -131,7 +178,8 @@ def encode(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, s
     the message may be shown.
     """
     code, _ = status_for(exc)
-    name = type(exc).__name__ if type(exc).__name__ in KNOWN else _nearest_known(exc)
+    known = known_classes()
+    name = type(exc).__name__ if known.get(type(exc).__name__) is type(exc) else _nearest_known(exc)
     if isinstance(exc, OSError):
         message = exc.strerror or str(exc)
         attrs = {"errno": exc.errno, "strerror": exc.strerror, "filename": _jsonable(exc.filename)}
@@ -160,14 +208,15 @@ def encode(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, s
 
 
 def _nearest_known(exc: BaseException) -> str:
+    known = known_classes()
     for cls in type(exc).__mro__:
-        if cls.__name__ in KNOWN and KNOWN[cls.__name__] is cls:
+        if known.get(cls.__name__) is cls:
             return cls.__name__
     return "OSError" if isinstance(exc, OSError) else "MigrationError"
 
 
 def _rebuild(data: dict[str, Any]) -> BaseException | None:
-    cls = KNOWN.get(str(data.get("type")))
+    cls = known_classes().get(str(data.get("type")))
     if cls is None:
         return None
     message = str(data.get("message") or "")

@@ -25,8 +25,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 import os
+import re
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
@@ -41,7 +42,8 @@ from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
 from migrate.errors import MigrationError, PeerError, TransferError
 from migrate.remote.tls import TlsConfig, tls_from_paths
-from runtime.errors import InvalidArgument, Unsupported
+from runtime.errors import ContainerError, InvalidArgument, Unsupported
+from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo
 
 log = logging.getLogger(__name__)
@@ -304,7 +306,63 @@ class RemoteEngine:
             for chunk in _file_chunks(Path(tarball)):
                 yield pb.ImportImageRequest(data=chunk)
 
-        return cv.image_from_pb(self._client_stream("ImportImage", requests()).image)
+        try:
+            return cv.image_from_pb(self._client_stream("ImportImage", requests()).image)
+        except ContainerError as exc:
+            _about_local_file(exc, Path(tarball))
+            raise
+
+    def image_load(self, path: Path, name: str | None = None, platform: str | None = None) -> api.ImageInfo:
+        """Upload a Docker or OCI archive (an OCI layout directory is packed as a tar here first,
+        runtime.oci_image.layout_tar) and load it on the daemon. Errors name ``path``, not the
+        daemon's spooled copy."""
+        path = Path(path)
+        if path.is_dir():
+            from runtime.oci_image import layout_tar
+
+            chunks = layout_tar(path, chunk_bytes=CHUNK_BYTES)
+        elif path.is_file():
+            chunks = _file_chunks(path)
+        else:
+            raise InvalidArgument(f"cannot load image from {path}: not a file or directory")
+
+        def requests() -> Iterator[pb.LoadImageRequest]:
+            seq = -1
+            for seq, data in enumerate(split_chunks(chunks, CHUNK_BYTES)):
+                request = pb.LoadImageRequest(data=data, seq=seq, crc32=zlib.crc32(data))
+                if seq == 0:
+                    _first_load_message(request, name, platform)
+                yield request
+            if seq < 0:  # an empty file: the daemon says what is wrong with it
+                yield _first_load_message(pb.LoadImageRequest(seq=0), name, platform)
+
+        try:
+            return cv.image_from_pb(self._client_stream("LoadImage", requests()).image)
+        except ContainerError as exc:
+            _about_local_file(exc, path)
+            raise
+
+    def image_pull(self, reference: str, name: str | None = None, platform: str | None = None,
+                   options: RegistryOptions | None = None, progress: api.CopyProgressFn | None = None) -> api.ImageInfo:
+        """Pull on the daemon's host (skopeo runs there); ``progress`` gets skopeo's report lines as
+        they come. ``options.cert_dir`` and ``options.authfile`` are paths on the daemon's host."""
+        request = pb.PullImageRequest(reference=reference, registry=_registry_options(options))
+        if name is not None:
+            request.name = name
+        if platform is not None:
+            request.platform = platform
+        result = self._progress_stream("PullImage", request, _copy_progress(progress), "progress", cv.progress_from_pb)
+        return cv.image_from_pb(result)
+
+    def image_push(self, name: str, reference: str, options: RegistryOptions | None = None,
+                   progress: api.CopyProgressFn | None = None) -> PushResult:
+        """Push a stored image of the daemon's to a registry, from the daemon's host."""
+        request = pb.PushImageToRegistryRequest(name=name, reference=reference, registry=_registry_options(options))
+        result = self._progress_stream("PushImageToRegistry", request, _copy_progress(progress), "progress", cv.progress_from_pb)
+        return cv.push_result_from_pb(result)
+
+    def image_inspect(self, name: str) -> api.ImageDetails:
+        return cv.image_details_from_pb(self._unary("InspectImage", pb.InspectImageRequest(name=name)))
 
     def image_remove(self, name: str) -> api.ImageRemoval:
         reply = self._unary("RemoveImage", pb.RemoveImageRequest(name=name), timeout_s=max(self.timeout_s, 300.0))
@@ -512,6 +570,58 @@ class RemoteEngine:
     def start_precopy_round(self, migration_id: str, round_no: int, final: bool = False) -> int:
         reply = self._unary("StartPrecopyRound", pb.StartPrecopyRoundRequest(migration_id=migration_id, round=round_no, final=final))
         return int(reply.page_server_port)
+
+
+def _first_load_message(request: pb.LoadImageRequest, name: str | None, platform: str | None) -> pb.LoadImageRequest:
+    if name is not None:
+        request.name = name
+    if platform is not None:
+        request.platform = platform
+    return request
+
+
+def _registry_options(options: RegistryOptions | None) -> pb.RegistryOptions:
+    """The options for the daemon's skopeo; its paths are the daemon host's, so they must be absolute
+    (a relative one would depend on the daemon's working directory)."""
+    paths = (("--cert-dir", options.cert_dir), ("--authfile", options.authfile)) if options is not None else ()
+    for what, value in paths:
+        if value is not None and not Path(value).is_absolute():
+            raise InvalidArgument(f"{what} {value} over a daemon connection must be an absolute path on the daemon's host",
+                                  hint="the daemon's skopeo reads it there; credentials of your own go with --creds USER:PASS")
+    return cv.registry_options_to_pb(options)
+
+
+def _copy_progress(progress: api.CopyProgressFn | None) -> api.ProgressFn | None:
+    """skopeo's report lines (what a local pull shows) out of the daemon's progress events."""
+    if progress is None:
+        return None
+    report = progress
+
+    def on_event(event: api.ProgressEvent) -> None:
+        if event.message:
+            report(event.message)
+
+    return on_event
+
+
+# the daemon's spooled copy of an upload (migrate/remote/service.py SPOOL_PREFIXES): errors about it
+# are told about the caller's own file
+_SPOOLED = re.compile(r"/\S*/image-(?:load|import)-[A-Za-z0-9_]+\.tar")
+
+
+def _about_local_file(exc: ContainerError, path: Path) -> None:
+    """Tell ``exc`` about the caller's ``path`` instead of the daemon's spooled copy of it (in its
+    message, hint and path attributes)."""
+    local = str(path)
+    if _SPOOLED.search(exc.message):
+        exc.message = _SPOOLED.sub(lambda _m: local, exc.message)
+        exc.args = (exc.message, *exc.args[1:])
+    if exc.hint and _SPOOLED.search(exc.hint):
+        exc.hint = _SPOOLED.sub(lambda _m: local, exc.hint)
+    for attr in ("source", "path"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str) and _SPOOLED.fullmatch(value):
+            setattr(exc, attr, local)
 
 
 def _non_empty(requests: Iterator[Any], empty: Any) -> Iterator[Any]:

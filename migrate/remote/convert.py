@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import json
 import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 
 from google.protobuf.message import Message
@@ -31,6 +32,7 @@ from google.protobuf.message import Message
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from runtime import spec as rspec
+from runtime.registry import PushResult, RegistryOptions
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -262,6 +264,56 @@ def image_removal_to_pb(r: api.ImageRemoval) -> pb.ImageRemoval:
 
 def image_removal_from_pb(m: pb.ImageRemoval) -> api.ImageRemoval:
     return _from_pb(api.ImageRemoval, m)
+
+
+def image_details_to_pb(d: api.ImageDetails) -> pb.InspectImageResponse:
+    """The config travels as JSON (absent: the image has none)."""
+    reply = pb.InspectImageResponse(image=image_to_pb(d.image))
+    if d.config is not None:
+        reply.config_json = json.dumps(d.config, sort_keys=True)
+    return reply
+
+
+def image_details_from_pb(m: pb.InspectImageResponse) -> api.ImageDetails:
+    from runtime.errors import InvalidArgument
+
+    config = None
+    if m.HasField("config_json"):
+        try:
+            config = json.loads(m.config_json)
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid image config json for {m.image.name}: {exc}") from exc
+        if not isinstance(config, dict):
+            raise InvalidArgument(f"invalid image config json for {m.image.name}: expected an object")
+    return api.ImageDetails(image=image_from_pb(m.image), config=config)
+
+
+# paths on the daemon's host: strings on the wire
+_REGISTRY_PATHS = ("cert_dir", "authfile")
+
+
+def registry_options_to_pb(o: RegistryOptions | None) -> pb.RegistryOptions:
+    message = _to_pb(o or RegistryOptions(), pb.RegistryOptions, skip=_REGISTRY_PATHS)
+    for name in _REGISTRY_PATHS:
+        value = getattr(o, name, None)
+        if value is not None:
+            setattr(message, name, str(value))
+    return message
+
+
+def registry_options_from_pb(m: pb.RegistryOptions) -> RegistryOptions:
+    def path(name: str) -> Path | None:
+        return Path(getattr(m, name)) if m.HasField(name) else None
+
+    return _from_pb(RegistryOptions, m, cert_dir=path("cert_dir"), authfile=path("authfile"))
+
+
+def push_result_to_pb(r: PushResult) -> pb.RegistryPushResult:
+    return _to_pb(r, pb.RegistryPushResult)
+
+
+def push_result_from_pb(m: pb.RegistryPushResult) -> PushResult:
+    return _from_pb(PushResult, m)
 
 
 def host_to_pb(h: api.HostInfo) -> pb.HostInfo:

@@ -23,16 +23,22 @@ reporting progress can also poll ``progress.cancelled`` (the same Event). The en
 failure path (rollback, thaw the source) handles the exception; the worker runs to the end even
 though nobody reads its result any more.
 
-Client-streaming calls (ImportImage, UploadCheckpoint, PushImage, PushUpper, PushCheckpoint) hand the
-engine an iterator of chunk bytes; when the sender goes away mid-stream, or a chunk arrives out
-of order or with a bad crc32, that iterator raises ``TransferError`` / ``ChecksumMismatch`` into
-the engine, which cleans up what it received.
+Client-streaming calls (UploadCheckpoint, PushImage, PushUpper, PushCheckpoint) hand the engine an
+iterator of chunk bytes; when the sender goes away mid-stream, or a chunk arrives out of order or
+with a bad crc32, that iterator raises ``TransferError`` / ``ChecksumMismatch`` into the engine,
+which cleans up what it received. ImportImage and LoadImage spool the upload into the state root's
+tmp first (held while it is there, removed after) and hand the engine that file.
+
+PullImage and PushImageToRegistry run like Checkpoint: skopeo's report lines stream as progress
+events (phase "copy"); a cancelled call raises ``RpcCancelled`` at the next line, which kills skopeo
+(runtime/registry.py), and nothing is stored. The request's ``creds`` are written only into the
+0600 auth file of that one copy; nothing here logs a request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import fcntl
 import hmac
 import json
 import logging
@@ -64,6 +70,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Host"].full_name  # "pymigrate.v1
 NO_RETURN_PHASES = frozenset({"commit", "cleanup", "done"})
 CHUNK_BYTES = 1 << 20  # data messages carry at most this much payload
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# uploads spooled into the state root's tmp: names the image scratch sweep knows (runtime/image_store.py
+# SCRATCH_PREFIXES) and the client recognises in errors (migrate/remote/client.py)
+SPOOL_IMPORT = "image-import-"
+SPOOL_LOAD = "image-load-"
 AUTH_METADATA_KEY = "authorization"
 
 
@@ -199,27 +209,76 @@ class HostServicer(pb_grpc.HostServicer):
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
         return pb.ListImagesResponse(images=[cv.image_to_pb(i) for i in self.engine.images()])
 
-    def ImportImage(self, request_iterator: Iterator[pb.ImportImageRequest], context: grpc.ServicerContext) -> pb.ImportImageResponse:
+    @contextlib.contextmanager
+    def _spooled(self, chunks: Iterator[bytes], prefix: str) -> Iterator[Path]:
+        """An upload written to a file ``spool_dir/PREFIX*.tar`` (the state root's tmp), held
+        (runtime/scratch.py: an image prune in another process sweeps that dir and leaves alone only
+        what a live process holds) until the block is done, then removed."""
+        from runtime.scratch import held
+
         if self.spool_dir is not None:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-        name = ""
-        fd, tmp = tempfile.mkstemp(prefix="image-import-", suffix=".tar", dir=self.spool_dir)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tar", dir=self.spool_dir)
+        path = Path(name)
         try:
-            with os.fdopen(fd, "wb") as out:
-                # held until imported: an image prune in another process sweeps the state root's
-                # tmp (runtime/scratch.py) and leaves alone only what a live process holds
-                fcntl.flock(out, fcntl.LOCK_SH)
-                for index, msg in enumerate(_requests_or_transfer_error(request_iterator, "image import")):
-                    if index == 0:
-                        name = msg.name
-                    out.write(msg.data)
+            with os.fdopen(fd, "wb") as out, held(path):
+                for chunk in chunks:
+                    out.write(chunk)
                 out.flush()
-                if not name:
-                    raise InvalidArgument("image import: the first message names no image")
-                info = self.engine.image_import(name, Path(tmp))
+                yield path
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
+    def ImportImage(self, request_iterator: Iterator[pb.ImportImageRequest], context: grpc.ServicerContext) -> pb.ImportImageResponse:
+        first, requests = _first_request(request_iterator, "image import")
+        if first is None or not first.name:
+            raise InvalidArgument("image import: the first message names no image")
+        with self._spooled((m.data for m in requests), SPOOL_IMPORT) as tarball:
+            info = self.engine.image_import(first.name, tarball)
         return pb.ImportImageResponse(image=cv.image_to_pb(info))
+
+    def LoadImage(self, request_iterator: Iterator[pb.LoadImageRequest], context: grpc.ServicerContext) -> pb.LoadImageResponse:
+        load = self._target("image_load")
+        first, requests = _first_request(request_iterator, "image load")
+        if first is None:
+            raise InvalidArgument("image load: empty stream, expected the archive's chunks")
+        name = first.name if first.HasField("name") else None
+        platform = first.platform if first.HasField("platform") else None
+        with self._spooled(_chunks(requests, "image load"), SPOOL_LOAD) as archive:
+            info = load(archive, name=name, platform=platform)
+        return pb.LoadImageResponse(image=cv.image_to_pb(info))
+
+    def InspectImage(self, request: pb.InspectImageRequest, context: grpc.ServicerContext) -> pb.InspectImageResponse:
+        return cv.image_details_to_pb(self._target("image_inspect")(request.name))
+
+    def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> Iterator[pb.PullImageResponse]:
+        pull = self._target("image_pull")
+        options = cv.registry_options_from_pb(request.registry)
+        name = request.name if request.HasField("name") else None
+        platform = request.platform if request.HasField("platform") else None
+
+        def work(progress: CallProgress) -> api.ImageInfo:
+            return pull(request.reference, name=name, platform=platform, options=options, progress=_copy_lines(progress, "pull"))
+
+        for item in _stream_call(context, "pull", work):
+            if isinstance(item, tuple):
+                yield pb.PullImageResponse(result=cv.image_to_pb(item[1]))
+            else:
+                yield pb.PullImageResponse(progress=cv.progress_to_pb(item))
+
+    def PushImageToRegistry(self, request: pb.PushImageToRegistryRequest,
+                            context: grpc.ServicerContext) -> Iterator[pb.PushImageToRegistryResponse]:
+        push = self._target("image_push")
+        options = cv.registry_options_from_pb(request.registry)
+
+        def work(progress: CallProgress) -> Any:
+            return push(request.name, request.reference, options=options, progress=_copy_lines(progress, "push"))
+
+        for item in _stream_call(context, "push", work):
+            if isinstance(item, tuple):
+                yield pb.PushImageToRegistryResponse(result=cv.push_result_to_pb(item[1]))
+            else:
+                yield pb.PushImageToRegistryResponse(progress=cv.progress_to_pb(item))
 
     def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
         return pb.RemoveImageResponse(removed=cv.image_removal_to_pb(self.engine.image_remove(request.name)))
@@ -380,6 +439,30 @@ def _peer_ip(peer: str) -> str | None:
     if peer.startswith("ipv6:"):
         return peer[len("ipv6:"):].rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
     return None
+
+
+def _first_request(requests: Iterator[Any], what: str) -> tuple[Any, Iterator[Any]]:
+    """The first message of a client stream (None: an empty stream) and all of them, in order."""
+    messages = _requests_or_transfer_error(requests, what)
+    first = next(messages, None)
+    if first is None:
+        return None, iter(())
+
+    def all_of_them() -> Iterator[Any]:
+        yield first
+        yield from messages
+
+    return first, all_of_them()
+
+
+def _copy_lines(progress: CallProgress, operation: str) -> Callable[[str], None]:
+    """skopeo's report lines (runtime/registry.py) as progress events of ``operation``."""
+    start = time.monotonic()
+
+    def report(line: str) -> None:
+        progress(api.ProgressEvent(operation=operation, phase="copy", elapsed_s=time.monotonic() - start, message=line))
+
+    return report
 
 
 def _requests_or_transfer_error(requests: Iterator[Any], what: str) -> Iterator[Any]:

@@ -11,6 +11,8 @@ Test hooks:
     ``calls``                   names of the methods called, in order
     ``checkpoint_steps``        progress events a checkpoint/migration emits (with ``step_delay_s``)
     ``cancelled``               an Event set when a progress callback raised (the call was cancelled)
+    ``copy_lines``              skopeo-like report lines image_pull / image_push give their progress
+    ``registry_calls``, ``loaded``, ``image_configs``   what pull/push/load got, what inspect shows
     ``peer_factory(dest)``      how migrate() reaches the target engine
 """
 
@@ -27,6 +29,7 @@ from typing import Callable, Iterator
 from migrate import api
 from migrate.errors import CheckpointNotFound, IncompatibleHost
 from runtime.errors import ContainerExists, ContainerNotFound, ImageNotFound, InvalidArgument, InvalidState
+from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState
 
 
@@ -56,6 +59,11 @@ class FakeEngine:
         self._incoming: dict[str, dict] = {}
         self.settled: dict[str, str] = {}  # migration id -> outcome (target side, as migrate.migration.target records it)
         self.received_image_bytes: dict[str, bytes] = {}
+        self.loaded: list[tuple[str | None, str | None, bytes]] = []  # image_load: name, platform, the archive
+        self.registry_calls: list[tuple[object, ...]] = []  # image_pull / image_push arguments
+        self.copy_lines: tuple[str, ...] = ("Getting image source signatures", "Copying blob sha256:0123",
+                                            "Writing manifest to image destination")
+        self.image_configs: dict[str, dict] = {}  # digest -> the config image_inspect shows
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -168,6 +176,55 @@ class FakeEngine:
         self._enter("image_build_busybox")
         data = b"busybox rootfs " + name.encode()
         info = api.ImageInfo(name=name, digest="sha256:" + hashlib.sha256(data).hexdigest(), size_bytes=len(data), created_at=time.time())
+        with self._lock:
+            self._images[name] = info
+            self._image_data[info.digest] = data
+        return info
+
+    def image_load(self, path: Path, name: str | None = None, platform: str | None = None) -> api.ImageInfo:
+        """Records the archive's bytes (``loaded``); the image is named ``name`` or "loaded:latest"."""
+        self._enter("image_load")
+        data = Path(path).read_bytes()
+        self.loaded.append((name, platform, data))
+        return self._store(name or "loaded:latest", data)
+
+    def image_pull(self, reference: str, name: str | None = None, platform: str | None = None,
+                   options: RegistryOptions | None = None, progress: Callable[[str], None] | None = None) -> api.ImageInfo:
+        """Reports ``copy_lines`` (``step_delay_s`` apart), then stores an image named ``name`` or
+        after the reference's last component; ``registry_calls`` records the call."""
+        self._enter("image_pull")
+        self.registry_calls.append(("pull", reference, name, platform, options))
+        self._copy(progress)
+        return self._store(name or reference.rsplit("/", 1)[-1], f"pulled {reference}".encode())
+
+    def image_push(self, name: str, reference: str, options: RegistryOptions | None = None,
+                   progress: Callable[[str], None] | None = None) -> PushResult:
+        self._enter("image_push")
+        self.registry_calls.append(("push", name, reference, options))
+        image = self._image(name)
+        self._copy(progress)
+        return PushResult(image.name, reference, "sha256:" + hashlib.sha256(reference.encode()).hexdigest())
+
+    def image_inspect(self, name: str) -> api.ImageDetails:
+        """The config set in ``image_configs`` (by digest), else none."""
+        self._enter("image_inspect")
+        image = self._image(name)
+        return api.ImageDetails(image, self.image_configs.get(image.digest))
+
+    def _copy(self, progress: Callable[[str], None] | None) -> None:
+        for line in self.copy_lines:
+            if progress is not None:
+                try:
+                    progress(line)
+                except Exception:
+                    self.cancelled.set()
+                    raise
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
+
+    def _store(self, name: str, data: bytes) -> api.ImageInfo:
+        info = api.ImageInfo(name=name, digest="sha256:" + hashlib.sha256(data).hexdigest(), size_bytes=len(data),
+                             created_at=time.time(), layers=1)
         with self._lock:
             self._images[name] = info
             self._image_data[info.digest] = data

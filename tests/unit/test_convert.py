@@ -16,6 +16,7 @@ import pytest
 from migrate import api
 from migrate.remote import convert as cv
 from runtime.errors import Unsupported
+from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, FreezeRecord, NetworkMode, Status, Volume
 
 VOLUME = Volume("/data", "/mnt", readonly=True)
@@ -86,6 +87,11 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (api.Settlement("m1", "committed", container_running=True), cv.settlement_to_pb, functools.partial(cv.settlement_from_pb, "m1"), ()),
     (api.IncomingTicket("m1", True, page_server_port=27000, stage_upper=True, missing_layers=("sha256:2",), layered_image=True),
      cv.ticket_to_pb, cv.ticket_from_pb, ()),
+    (api.ImageDetails(IMAGE, {"Cmd": ["sh"], "ExposedPorts": {"80/tcp": {}}}), cv.image_details_to_pb, cv.image_details_from_pb, ()),
+    # cert_dir and authfile are paths on the daemon's host; creds and authfile together are refused there, not here
+    (RegistryOptions(tls_verify=False, cert_dir=Path("/etc/c"), creds="u:p", authfile=Path("/a.json")),
+     cv.registry_options_to_pb, cv.registry_options_from_pb, ()),
+    (PushResult("app:1", "localhost:5000/app:2", "sha256:" + "c" * 64), cv.push_result_to_pb, cv.push_result_from_pb, ()),
 ]
 
 

@@ -364,3 +364,128 @@ def test_a_local_permission_error_is_not_an_auth_failure() -> None:
     assert type(exc) is RegistryError
     denied = classify_skopeo_error("pull", REF, fatal("reading manifest 1 in r/app: denied: requested access to the resource is denied"))
     assert type(denied) is RegistryAuthFailed
+
+
+# --- login and logout ----------------------------------------------------------------------------
+
+FAKE_LOGIN_SKOPEO = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+stdin = sys.stdin.read()
+with open(os.environ["FAKE_SKOPEO_LOG"], "a") as log:
+    log.write(json.dumps({{"argv": args, "stdin": stdin}}) + "\\n")
+if os.environ.get("FAKE_SKOPEO_STDERR"):
+    sys.stderr.write(os.environ["FAKE_SKOPEO_STDERR"])
+    sys.exit(1)
+print("Login Succeeded!" if args[0] == "login" else "Removed login credentials for " + args[-1])
+"""
+
+
+@pytest.fixture
+def login_skopeo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = tmp_path / "login-bin"
+    bindir.mkdir()
+    exe = bindir / "skopeo"
+    exe.write_text(FAKE_LOGIN_SKOPEO.format(python=sys.executable))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    log = tmp_path / "login.log"
+    monkeypatch.setenv("FAKE_SKOPEO_LOG", str(log))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
+    return log
+
+
+def _logged(log: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_the_default_auth_file_is_skopeos() -> None:
+    from runtime.registry import default_authfile
+
+    assert default_authfile({"REGISTRY_AUTH_FILE": "/x/auth.json", "XDG_RUNTIME_DIR": "/run/user/7"}) == Path("/x/auth.json")
+    assert default_authfile({"XDG_RUNTIME_DIR": "/run/user/7"}) == Path("/run/user/7/containers/auth.json")
+    assert default_authfile({}, uid=0) == Path("/run/containers/0/auth.json")
+
+
+def test_registries_of_login(tmp_path: Path) -> None:
+    from runtime.registry import parse_registry
+
+    assert parse_registry("localhost:5000") == "localhost:5000"
+    assert parse_registry("docker://quay.io/") == "quay.io"
+    assert parse_registry("index.docker.io") == "docker.io"
+    for bad in ("", "quay.io/team/x", "a b", "host:port"):
+        with pytest.raises(InvalidArgument, match="expected HOST\\[:PORT\\]"):
+            parse_registry(bad)
+
+
+def test_login_gives_the_password_on_stdin_only(login_skopeo: Path, tmp_path: Path) -> None:
+    from runtime.registry import login, logout
+
+    path = login("127.0.0.1:5000", "alice", "se:cret word", tls_verify=False, cert_dir=tmp_path)
+    assert path == tmp_path / "auth.json"  # $REGISTRY_AUTH_FILE
+    (call,) = _logged(login_skopeo)
+    assert call == {"argv": ["login", f"--authfile={tmp_path / 'auth.json'}", "--username", "alice", "--password-stdin",
+                             "--tls-verify=false", f"--cert-dir={tmp_path}", "127.0.0.1:5000"], "stdin": "se:cret word"}
+    assert logout("127.0.0.1:5000", authfile=tmp_path / "other.json") == tmp_path / "other.json"
+    assert _logged(login_skopeo)[-1]["argv"] == ["logout", f"--authfile={tmp_path / 'other.json'}", "127.0.0.1:5000"]
+
+
+def test_login_refuses_what_skopeo_would_mangle(login_skopeo: Path, tmp_path: Path) -> None:
+    from runtime.registry import login
+
+    for user, password, words in (("", "p", "user name"), ("a:b", "p", "user name"), ("alice", "", "no password"),
+                                  ("alice", "two\nlines", "line break")):
+        with pytest.raises(InvalidArgument, match=words):
+            login("127.0.0.1:5000", user, password)
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        login("127.0.0.1:5000", "alice", "p", cert_dir=tmp_path / "none")
+    assert not login_skopeo.exists()
+
+
+@pytest.mark.parametrize("stderr, cls, words", [
+    (fatal('authenticating creds for "127.0.0.1:5000": invalid username/password: unauthorized: authentication required'),
+     RegistryAuthFailed, "refused the credentials (unauthorized)"),
+    (fatal('authenticating creds for "127.0.0.1:5000": pinging container registry 127.0.0.1:5000: Get '
+           '"https://127.0.0.1:5000/v2/": http: server gave HTTP response to HTTPS client'), RegistryTlsError, "plain http"),
+    (fatal('authenticating creds for "127.0.0.1:5000": pinging container registry 127.0.0.1:5000: Get '
+           '"https://127.0.0.1:5000/v2/": x509: certificate signed by unknown authority'), RegistryTlsError, "tls with"),
+    (fatal('authenticating creds for "127.0.0.1:5000": pinging container registry 127.0.0.1:5000: Get '
+           '"https://127.0.0.1:5000/v2/": dial tcp 127.0.0.1:5000: connect: connection refused'),
+     RegistryUnreachable, "not reachable"),
+])
+def test_a_refused_login_is_a_typed_error(login_skopeo: Path, monkeypatch: pytest.MonkeyPatch, stderr: str,
+                                          cls: type, words: str) -> None:
+    from runtime.registry import login
+
+    monkeypatch.setenv("FAKE_SKOPEO_STDERR", stderr)
+    with pytest.raises(RegistryError) as got:
+        login("127.0.0.1:5000", "alice", "wrong")
+    assert type(got.value) is cls and words in str(got.value) and got.value.hint
+    assert str(got.value).startswith("cannot log in to 127.0.0.1:5000: ")
+
+
+def test_cli_login_reads_the_password_from_stdin(login_skopeo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from migrate.engine import LocalEngine
+    from tests.unit.test_image_store_cli import run
+
+    engine = LocalEngine(tmp_path / "state")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pa ss\n"))
+    assert run(engine, "image", "login", "127.0.0.1:5000", "-u", "alice", "--password-stdin",  # type: ignore[arg-type]
+               "--tls-verify=false", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {"registry": "127.0.0.1:5000", "username": "alice",
+                                                   "authfile": str(tmp_path / "auth.json")}
+    call = _logged(login_skopeo)[-1]
+    assert call["stdin"] == "pa ss" and not any("pa ss" in a for a in call["argv"])  # type: ignore[union-attr]
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: nowhere to ask
+    assert run(engine, "--json", "image", "login", "127.0.0.1:5000", "-u", "alice") == 125  # type: ignore[arg-type]
+    assert "--password-stdin" in json.loads(capsys.readouterr().out)["hint"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("p\n"))
+    assert run(engine, "--json", "image", "login", "127.0.0.1:5000", "--password-stdin") == 125  # type: ignore[arg-type]
+    assert "-u USER" in json.loads(capsys.readouterr().out)["error"]
+
+    assert run(engine, "image", "logout", "127.0.0.1:5000") == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out == f"removed the credentials for 127.0.0.1:5000 from {tmp_path / 'auth.json'}\n"

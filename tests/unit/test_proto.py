@@ -15,6 +15,7 @@ import pytest
 from migrate import api
 from migrate.remote import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
+from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +56,7 @@ def test_service_covers_the_issue() -> None:
         "StreamLogs", "WaitContainer", "BuildBusyboxImage", "InspectCheckpoint", "Checkpoint", "Restore", "ListCheckpoints", "RemoveCheckpoint", "DownloadCheckpoint",
         "UploadCheckpoint", "Migrate", "PrepareIncoming", "PushImage", "PushUpper", "PushCheckpoint", "AbortIncoming", "CommitIncoming",
         "StartPrecopyRound", "SettleMigration", "TagImage", "PruneImages",
+        "InspectImage", "LoadImage", "PullImage", "PushImageToRegistry",
     } == names
 
 
@@ -134,6 +136,15 @@ IMAGE = api.ImageInfo(name="busybox", digest="sha256:" + "d" * 64, size_bytes=12
         ),
         (api.IncomingRequest("web", {}, "sha256:f", None, "", None), cv.incoming_request_to_pb, cv.incoming_request_from_pb),
         (api.IncomingTicket("m1", True), cv.ticket_to_pb, cv.ticket_from_pb),
+        (api.ImageDetails(IMAGE, {"Cmd": ["sh"], "Env": ["A=1"], "os": "linux"}), cv.image_details_to_pb, cv.image_details_from_pb),
+        (api.ImageDetails(IMAGE, None), cv.image_details_to_pb, cv.image_details_from_pb),
+        (api.ImageDetails(IMAGE, {}), cv.image_details_to_pb, cv.image_details_from_pb),
+        (RegistryOptions(), cv.registry_options_to_pb, cv.registry_options_from_pb),
+        (RegistryOptions(tls_verify=False, cert_dir=Path("/etc/certs.d/r"), creds="u:p:q"),
+         cv.registry_options_to_pb, cv.registry_options_from_pb),
+        (RegistryOptions(tls_verify=True, authfile=Path("/run/containers/0/auth.json")),
+         cv.registry_options_to_pb, cv.registry_options_from_pb),
+        (PushResult("app:1", "localhost:5000/app:2", "sha256:" + "e" * 64), cv.push_result_to_pb, cv.push_result_from_pb),
     ],
 )
 def test_round_trip(value: object, to_pb, from_pb) -> None:
@@ -160,7 +171,8 @@ def test_every_dataclass_field_is_in_its_message() -> None:
         (api.CheckpointStats, pb.CheckpointStats), (api.CheckpointResult, pb.CheckpointResult),
         (api.CheckpointInfo, pb.CheckpointInfo), (api.RestoreStats, pb.RestoreStats), (api.RestoreResult, pb.RestoreResult),
         (api.MigrationStats, pb.MigrationStats), (api.MigrateResult, pb.MigrateResult), (api.RunOptions, pb.RunContainerRequest),
-        (api.IncomingTicket, pb.PrepareIncomingResponse),
+        (api.IncomingTicket, pb.PrepareIncomingResponse), (RegistryOptions, pb.RegistryOptions),
+        (PushResult, pb.RegistryPushResult),
     ]
     for cls, message in pairs:
         missing = {f.name for f in dataclasses.fields(cls)} - set(message.DESCRIPTOR.fields_by_name)
@@ -171,6 +183,13 @@ def test_incoming_spec_rebuilds_the_container_spec() -> None:
     request = api.IncomingRequest("web", SPEC_FULL.to_dict(), "sha256:f", None, "", None)
     back = cv.incoming_request_from_pb(cv.incoming_request_to_pb(request))
     assert ContainerSpec.from_dict(back.spec) == SPEC_FULL
+
+
+def test_registry_options_keep_unset_apart_from_false() -> None:
+    message = cv.registry_options_to_pb(None)
+    assert not message.HasField("tls_verify") and not message.HasField("creds")
+    assert cv.registry_options_to_pb(RegistryOptions(tls_verify=False)).HasField("tls_verify")
+    assert "u:p" not in repr(RegistryOptions(creds="u:p"))  # a logged repr never shows the password
 
 
 def test_unknown_enum_value_is_invalid_argument() -> None:

@@ -485,6 +485,100 @@ class BuildBusyboxImageResponse(_message.Message):
     image: ImageInfo
     def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ...) -> None: ...
 
+class InspectImageRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class InspectImageResponse(_message.Message):
+    __slots__ = ("image", "config_json")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    image: ImageInfo
+    config_json: str
+    def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ..., config_json: _Optional[str] = ...) -> None: ...
+
+class LoadImageRequest(_message.Message):
+    __slots__ = ("name", "platform", "data", "seq", "crc32")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    platform: str
+    data: bytes
+    seq: int
+    crc32: int
+    def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., data: _Optional[bytes] = ..., seq: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class LoadImageResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: ImageInfo
+    def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ...) -> None: ...
+
+class RegistryOptions(_message.Message):
+    __slots__ = ("tls_verify", "cert_dir", "creds", "authfile")
+    TLS_VERIFY_FIELD_NUMBER: _ClassVar[int]
+    CERT_DIR_FIELD_NUMBER: _ClassVar[int]
+    CREDS_FIELD_NUMBER: _ClassVar[int]
+    AUTHFILE_FIELD_NUMBER: _ClassVar[int]
+    tls_verify: bool
+    cert_dir: str
+    creds: str
+    authfile: str
+    def __init__(self, tls_verify: _Optional[bool] = ..., cert_dir: _Optional[str] = ..., creds: _Optional[str] = ..., authfile: _Optional[str] = ...) -> None: ...
+
+class PullImageRequest(_message.Message):
+    __slots__ = ("reference", "name", "platform", "registry")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    name: str
+    platform: str
+    registry: RegistryOptions
+    def __init__(self, reference: _Optional[str] = ..., name: _Optional[str] = ..., platform: _Optional[str] = ..., registry: _Optional[_Union[RegistryOptions, _Mapping]] = ...) -> None: ...
+
+class PullImageResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: ProgressEvent
+    result: ImageInfo
+    def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[ImageInfo, _Mapping]] = ...) -> None: ...
+
+class PushImageToRegistryRequest(_message.Message):
+    __slots__ = ("name", "reference", "registry")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reference: str
+    registry: RegistryOptions
+    def __init__(self, name: _Optional[str] = ..., reference: _Optional[str] = ..., registry: _Optional[_Union[RegistryOptions, _Mapping]] = ...) -> None: ...
+
+class RegistryPushResult(_message.Message):
+    __slots__ = ("name", "reference", "digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reference: str
+    digest: str
+    def __init__(self, name: _Optional[str] = ..., reference: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class PushImageToRegistryResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: ProgressEvent
+    result: RegistryPushResult
+    def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[RegistryPushResult, _Mapping]] = ...) -> None: ...
+
 class ListContainersRequest(_message.Message):
     __slots__ = ("all",)
     ALL_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,26 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageResponse.FromString,
                 _registered_method=True)
+        self.InspectImage = channel.unary_unary(
+                '/pymigrate.v1.Host/InspectImage',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.InspectImageRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.InspectImageResponse.FromString,
+                _registered_method=True)
+        self.LoadImage = channel.stream_unary(
+                '/pymigrate.v1.Host/LoadImage',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.LoadImageRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.LoadImageResponse.FromString,
+                _registered_method=True)
+        self.PullImage = channel.unary_stream(
+                '/pymigrate.v1.Host/PullImage',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.PullImageRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.PullImageResponse.FromString,
+                _registered_method=True)
+        self.PushImageToRegistry = channel.unary_stream(
+                '/pymigrate.v1.Host/PushImageToRegistry',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.PushImageToRegistryRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.PushImageToRegistryResponse.FromString,
+                _registered_method=True)
         self.ListContainers = channel.unary_unary(
                 '/pymigrate.v1.Host/ListContainers',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.ListContainersRequest.SerializeToString,
@@ -249,6 +269,36 @@ class HostServicer:
 
     def BuildBusyboxImage(self, request, context):
         """A minimal image from the host's busybox-static (tests, demos).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectImage(self, request, context):
+        """The image and its run config (OCI field names).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadImage(self, request_iterator, context):
+        """A docker-archive or oci-archive tar (docker save, podman save, skopeo copy): the first message
+        carries `name` and `platform`, every message may carry data. Loaded as `image load` does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullImage(self, request, context):
+        """From a registry, with skopeo on the daemon's host: progress events (skopeo's report lines),
+        then exactly one result. Cancelling the call stops skopeo; nothing is stored then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushImageToRegistry(self, request, context):
+        """A stored image to a registry, the same way (not PushImage: that is the migration protocol's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -467,6 +517,26 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.BuildBusyboxImage,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageResponse.SerializeToString,
+            ),
+            'InspectImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectImage,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.InspectImageRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.InspectImageResponse.SerializeToString,
+            ),
+            'LoadImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.LoadImage,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.LoadImageRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.LoadImageResponse.SerializeToString,
+            ),
+            'PullImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullImage,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.PullImageRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.PullImageResponse.SerializeToString,
+            ),
+            'PushImageToRegistry': grpc.unary_stream_rpc_method_handler(
+                    servicer.PushImageToRegistry,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.PushImageToRegistryRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.PushImageToRegistryResponse.SerializeToString,
             ),
             'ListContainers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListContainers,
@@ -788,6 +858,114 @@ class Host:
             '/pymigrate.v1.Host/BuildBusyboxImage',
             pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.BuildBusyboxImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/InspectImage',
+            pymigrate_dot_v1_dot_host__pb2.InspectImageRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.InspectImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pymigrate.v1.Host/LoadImage',
+            pymigrate_dot_v1_dot_host__pb2.LoadImageRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.LoadImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pymigrate.v1.Host/PullImage',
+            pymigrate_dot_v1_dot_host__pb2.PullImageRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.PullImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushImageToRegistry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pymigrate.v1.Host/PushImageToRegistry',
+            pymigrate_dot_v1_dot_host__pb2.PushImageToRegistryRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.PushImageToRegistryResponse.FromString,
             options,
             channel_credentials,
             insecure,
