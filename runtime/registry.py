@@ -19,7 +19,8 @@ References follow Docker's rules (``parse_reference``): ``redis:7`` is
 Credentials: ``--creds USER:PASS`` is written to an auth file (0600) in the scratch directory,
 so the password never appears in skopeo's argv (``ps``); ``--authfile`` is passed through;
 without either, skopeo finds its own (``$REGISTRY_AUTH_FILE``, ``${XDG_RUNTIME_DIR}/containers/auth.json``,
-``~/.docker/config.json``).
+``~/.docker/config.json``), where ``login`` (``skopeo login --password-stdin``: the password on
+its stdin, never in an argv) keeps them; ``logout`` removes them.
 """
 
 from __future__ import annotations
