@@ -687,21 +687,71 @@ def apply_layers(layers: Iterable[tuple[BinaryIO, str]], dest: Path, *, limits: 
     return ExtractStats(members=ex.members, bytes_written=ex.bytes_written, whiteouts=ex.whiteouts)
 
 
-class _Hashing(io.RawIOBase):
-    """Reads ``stream`` through, hashing every byte (a layer's diff_id as it is unpacked)."""
+class _Prefetched(io.RawIOBase):
+    """Reads ``stream`` (the decompressing reader) ahead in a thread of its own and hashes every
+    byte there (a layer's diff_id), so decompression and hashing, which release the GIL, overlap
+    with unpacking in the caller's thread. An error of the stream is raised to the reader as is
+    (its type says "corrupt data"); ``close`` stops the thread."""
+
+    _DEPTH = 8  # chunks read ahead (8 MiB)
 
     def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
+        import queue
+        import threading
+
         self.sha256 = hashlib.sha256()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=self._DEPTH)
+        self._full = queue.Full
+        self._stop = threading.Event()
+        self._pending = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, args=(stream,), name="layer-read", daemon=True)
+        self._thread.start()
+
+    def _run(self, stream: BinaryIO) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = stream.read(_CHUNK)
+                self.sha256.update(chunk)
+                self._put(chunk)
+                if not chunk:
+                    return  # b"" told the reader it is the end
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except self._full:
+                continue
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
-        self.sha256.update(data)
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
+        if not self._pending:
+            if self._ended:
+                return 0
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            if not item:
+                self._ended = True
+                return 0
+            self._pending = memoryview(item)
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()
 
 
 def extract_layer(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits | None = None) -> tuple[ExtractStats, str]:
@@ -714,15 +764,15 @@ def extract_layer(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractL
     Raises: as ``extract``.
     """
     limits = limits or current_limits()
-    hashing: _Hashing | None = None
+    ahead: _Prefetched | None = None
 
-    def hashed(reader: BinaryIO) -> BinaryIO:
-        nonlocal hashing
-        hashing = _Hashing(reader)
-        return cast(BinaryIO, io.BufferedReader(hashing, buffer_size=_CHUNK))
+    def prefetched(reader: BinaryIO) -> BinaryIO:
+        nonlocal ahead
+        ahead = _Prefetched(reader)
+        return cast(BinaryIO, io.BufferedReader(ahead, buffer_size=_CHUNK))
 
-    tar, reader, compression, corrupt = _open_tar(stream, source, wrap=hashed)
-    assert hashing is not None
+    tar, reader, compression, corrupt = _open_tar(stream, source, wrap=prefetched)
+    assert ahead is not None
     ex = _Extractor(dest, source, limits)
     ex.overlay = True
     try:
@@ -731,7 +781,8 @@ def extract_layer(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractL
     finally:
         ex.close()
         tar.close()
-    diff_id = f"sha256:{hashing.sha256.hexdigest()}"
+        ahead.close()
+    diff_id = f"sha256:{ahead.sha256.hexdigest()}"
     return ExtractStats(members=ex.members, bytes_written=ex.bytes_written, whiteouts=ex.whiteouts), diff_id
 
 

@@ -82,6 +82,6 @@ def test_layers_the_target_has_are_not_sent_again(make_hosts, tmp_path: Path) ->
     images = {i["name"]: i for i in json.loads(b.cli(["image", "ls", "--json"], check=True).stdout)}
     mine = {i["name"]: i for i in json.loads(a.cli(["image", "ls", "--json"], check=True).stdout)}
     assert images["app:1"]["digest"] == mine["app:1"]["digest"] and images["app:2"]["digest"] == mine["app:2"]["digest"]
-    # the target's containers run on an overlay of the stored layers
+    # the target's containers run on an overlay of the stored layers (named by their short links)
     mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(b.root / "layers") in mounts
+    assert f"lowerdir={b.root / 'l'}/" in mounts
