@@ -141,3 +141,18 @@ def test_an_image_of_sixty_layers_mounts(tmp_path: Path) -> None:
             assert sorted(os.listdir(merged)) == [f"f{i:02d}" for i in range(60)]
     finally:
         shutil.rmtree(root)
+
+
+def test_a_corrupt_layer_is_an_image_error_and_its_reader_thread_ends(tmp_path: Path) -> None:
+    import threading
+
+    from runtime.errors import ImageError
+
+    before = threading.active_count()
+    data = gzip.compress(layer([("f", "x" * 100_000), ("g", "y")]))
+    for bad in (data[: len(data) // 2], data[:-12] + b"\0" * 12):  # truncated; a broken CRC trailer
+        target = tmp_path / f"t{len(bad)}"
+        target.mkdir()
+        with pytest.raises(ImageError, match="corrupt|truncated"):
+            extract_layer(io.BytesIO(bad), target, source="l")
+    assert threading.active_count() == before
