@@ -635,13 +635,19 @@ def extract(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractLimits 
     tar, reader, compression, corrupt = _open_tar(stream, source)
     log.debug("extracting %s (compression %s) into %s", source, compression, dest)
     ex = _Extractor(dest, source, limits)
+    _extract_all(tar, reader, ex, source, compression, corrupt, dest)
+    return ExtractStats(members=ex.members, bytes_written=ex.bytes_written)
+
+
+def _extract_all(tar: tarfile.TarFile, reader: BinaryIO, ex: _Extractor, source: str, compression: str,
+                 corrupt: tuple[type[BaseException], ...], dest: Path) -> None:
+    """Every member, then the directories' metadata; the extractor and the tar closed in any case."""
     try:
         _extract_members(tar, reader, ex, source, compression, corrupt, dest)
         ex.finish()
     finally:
         ex.close()
         tar.close()
-    return ExtractStats(members=ex.members, bytes_written=ex.bytes_written)
 
 
 def _open_tar(stream: BinaryIO, source: str, *, wrap: Callable[[BinaryIO], BinaryIO] | None = None,
@@ -776,11 +782,8 @@ def extract_layer(stream: BinaryIO, dest: Path, *, source: str, limits: ExtractL
     ex = _Extractor(dest, source, limits)
     ex.overlay = True
     try:
-        _extract_members(tar, reader, ex, source, compression, corrupt, dest)
-        ex.finish()
+        _extract_all(tar, reader, ex, source, compression, corrupt, dest)
     finally:
-        ex.close()
-        tar.close()
         ahead.close()
     diff_id = f"sha256:{ahead.sha256.hexdigest()}"
     return ExtractStats(members=ex.members, bytes_written=ex.bytes_written, whiteouts=ex.whiteouts), diff_id
