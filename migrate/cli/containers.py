@@ -9,9 +9,11 @@ Imports are lazy: ``pymigrate run -d`` start latency is benchmarked against runc
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from migrate.cli import EXIT_ERROR, EXIT_OK, add_json_flag
@@ -22,7 +24,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("-d", "--detach", action="store_true", help="run in the background and print the name")
     p.add_argument("--name", help="container name ([a-zA-Z0-9][a-zA-Z0-9_.-]{0,62})")
     p.add_argument("--hostname", help="hostname inside the container (default: short id)")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="environment variable; KEY alone: its value here (skipped when unset here)")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="KEY=VALUE lines ('#' comments, blank lines, KEY alone as for -e); -e comes after")
     p.add_argument("-w", "--workdir", help="working directory inside the container")
     p.add_argument("-u", "--user", default="", metavar="USER[:GROUP]",
                    help="user (name or uid) and group (name or gid) from the container's /etc/passwd and /etc/group "
@@ -64,7 +69,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_logs)
 
     p = subparsers.add_parser("exec", help="run a command inside a running container")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="environment variable; KEY alone: its value here (skipped when unset here)")
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="run as this user (default: the container's)")
     add_json_flag(p)
@@ -123,7 +129,7 @@ def run_options(args: argparse.Namespace) -> Any:
         command=tuple(command),
         name=args.name,
         hostname=args.hostname,
-        env=tuple(args.env),
+        env=resolve_env(args.env, args.env_file),
         workdir=args.workdir,
         memory_bytes=None if args.memory is None else parse_size(args.memory, "memory size"),
         cpus=args.cpus,
@@ -138,6 +144,53 @@ def run_options(args: argparse.Namespace) -> Any:
         stop_signal=args.stop_signal,
         entrypoint=parse_entrypoint(args.entrypoint),
     )
+
+
+def resolve_env(entries: Iterable[str], env_files: Iterable[str],
+                environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """KEY=VALUE entries for the request: --env-file lines first, then -e (docker's order, later wins).
+
+    Resolved here, on the CLI's side, so the library and the daemon only ever see KEY=VALUE:
+    ``KEY`` alone takes its value from ``environ`` (the CLI's environment) and is skipped when
+    unset there, as docker does. Env files use docker's format: one entry a line, leading white
+    space dropped, lines starting with ``#`` and blank lines skipped, the value taken literally
+    (no quotes removed, no expansion).
+
+    Raises:
+        InvalidArgument: an unreadable file, a line without a name or with white space in it.
+    """
+    from runtime.errors import InvalidArgument
+
+    environ = os.environ if environ is None else environ
+    out: list[str] = []
+    for path in env_files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"cannot read env file {path}: {exc}") from exc
+        for number, line in enumerate(lines, 1):
+            line = line.lstrip(" \t").lstrip("\ufeff") if number == 1 else line.lstrip(" \t")
+            if not line or line.startswith("#"):
+                continue
+            key = line.split("=", 1)[0]
+            if not key:
+                raise InvalidArgument(f"invalid line {number} in env file {path}: no variable name before '='")
+            if any(c.isspace() for c in key):
+                raise InvalidArgument(f"invalid line {number} in env file {path}: "
+                                      f"variable name {key!r} contains white space")
+            out.extend(_from_environ(line, environ))
+    for entry in entries:
+        if not entry.split("=", 1)[0]:
+            raise InvalidArgument(f"invalid environment variable {entry!r}: expected KEY=VALUE or KEY")
+        out.extend(_from_environ(entry, environ))
+    return tuple(out)
+
+
+def _from_environ(entry: str, environ: Mapping[str, str]) -> list[str]:
+    if "=" in entry:
+        return [entry]
+    return [f"{entry}={environ[entry]}"] if entry in environ else []
 
 
 def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
@@ -277,7 +330,8 @@ def cmd_exec(args: argparse.Namespace, ctx: Any) -> int:
         raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
     sys.stdout.flush()
     try:
-        code = engine.exec(args.name, tuple(command), env=tuple(args.env), workdir=args.workdir, user=args.user)
+        code = engine.exec(args.name, tuple(command), env=resolve_env(args.env, ()), workdir=args.workdir,
+                           user=args.user)
     except Exception as exc:
         code = getattr(exc, "exit_code", None)
         if code in (126, 127):

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from migrate.cli import build_parser
-from migrate.cli.containers import parse_signal, run_options
+from migrate.cli.containers import parse_signal, resolve_env, run_options
 from runtime.errors import InvalidArgument
 
 
@@ -33,6 +33,38 @@ def test_run_options_full(tmp_path) -> None:  # noqa: ANN001
 def test_options_after_the_image_belong_to_the_command() -> None:
     o = run_options(parse("run", "busybox", "ls", "-d", "--name", "x"))
     assert o.command == ("ls", "-d", "--name", "x") and o.name is None
+
+
+def test_env_key_alone_comes_from_the_cli_environment(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("PYMIGRATE_T_SET", "from here")
+    monkeypatch.delenv("PYMIGRATE_T_UNSET", raising=False)
+    o = run_options(parse("run", "-e", "PYMIGRATE_T_SET", "-e", "PYMIGRATE_T_UNSET", "-e", "B=", "busybox", "env"))
+    assert o.env == ("PYMIGRATE_T_SET=from here", "B=")  # unset: skipped silently, as docker does
+
+
+def test_env_file_lines_and_values_are_literal(tmp_path) -> None:  # noqa: ANN001
+    f = tmp_path / "env"
+    f.write_text("\ufeff# a comment\n\nA=1\n  B=x y \"q\" $HOME\nFROM_ENV\nGONE\n  # indented comment\nC==2\nD=\n")
+    assert resolve_env(["A=override"], [str(f)], {"FROM_ENV": "v"}) == (
+        "A=1", "B=x y \"q\" $HOME", "FROM_ENV=v", "C==2", "D=", "A=override")
+
+
+@pytest.mark.parametrize("line, match", [("=1", "line 2 .*no variable name"), ("MY KEY=1", "white space")])
+def test_env_file_refuses_bad_lines(tmp_path, line: str, match: str) -> None:  # noqa: ANN001
+    f = tmp_path / "env"
+    f.write_text(f"A=1\n{line}\n")
+    with pytest.raises(InvalidArgument, match=match):
+        resolve_env([], [str(f)], {})
+
+
+def test_env_file_missing_names_the_file(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(InvalidArgument, match="cannot read env file .*nope"):
+        run_options(parse("run", "--env-file", str(tmp_path / "nope"), "busybox", "true"))
+
+
+def test_env_without_a_name_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="'=x'"):
+        resolve_env(["=x"], [], {})
 
 
 def test_bad_memory_names_the_value() -> None:
