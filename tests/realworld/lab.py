@@ -49,6 +49,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
 
 
+def check_client(result: dict, ready: dict, record: dict) -> None:
+    """The client held its one connection through the move and read back everything it wrote."""
+    assert not result["errors"], f"client: {result['errors'][0]}"
+    assert result.get("conn_end") == ready["conn"], f"client's connection changed: {ready['conn']} -> {result.get('conn_end')}"
+    assert "verified" in result, f"client could not read its data back: {result}"
+    record["verified"] = result["verified"]
+
+
 def first_error_line(text: str) -> str:
     """The line a reader wants first: the first one naming an error, else the first non-empty."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]

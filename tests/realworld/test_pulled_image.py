@@ -32,7 +32,7 @@ import pytest
 
 from tests.integration.hosts import Host
 from tests.integration.test_image_registry import Registry, skopeo_push, start_registry
-from tests.realworld.lab import MOVES, RealLab, first_error_line, status
+from tests.realworld.lab import MOVES, check_client, RealLab, first_error_line, status
 from tests.realworld.layered_image import REDIS_PORT, WHITED_OUT, read_layout, redis_layout
 from tests.realworld.servers import Server
 
@@ -168,8 +168,5 @@ def _migrate_with_client(lab: RealLab, name: str, ip: str, record: dict) -> dict
         record.update(move_ms=round(moved.move_ms), frozen_ms=moved.stats.get("frozen_ms"))
     finally:
         client.kill()
-    assert not result["errors"], f"client: {result['errors'][0]}"
-    assert result.get("conn_end") == ready["conn"], f"client's connection changed: {ready['conn']} -> {result.get('conn_end')}"
-    assert "verified" in result, f"client could not read its data back: {result}"
-    record["verified"] = result["verified"]
+    check_client(result, ready, record)
     return moved.stats

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from tests.realworld.lab import MOVES, Moved, RealLab, first_error_line, status
+from tests.realworld.lab import MOVES, check_client, Moved, RealLab, first_error_line, status
 from tests.realworld.servers import SERVERS, Server
 
 pytestmark = [
@@ -97,10 +97,7 @@ def _move_with_client(lab: RealLab, name: str, ip: str, server: Server, path: st
         _record_stats(record, moved)
     finally:
         client.kill()
-    assert not result["errors"], f"client: {result['errors'][0]}"
-    assert result.get("conn_end") == ready["conn"], f"client's connection changed: {ready['conn']} -> {result.get('conn_end')}"
-    assert "verified" in result, f"client could not read its data back: {result}"
-    record["verified"] = result["verified"]
+    check_client(result, ready, record)
     return moved
 
 
