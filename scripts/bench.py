@@ -5,7 +5,7 @@
     scripts/bench.py migrate ...                                           (scripts/bench_migrate.py)
     scripts/bench.py client-pause [--modes cold,postcopy,local] [--runs N] (scripts/bench_client_pause.py)
     scripts/bench.py sign [--sizes 256,1024] [--runs N] [--json]            (scripts/bench_sign.py)
-    scripts/bench.py images [--runs N] [--parts pull,run] [--json]          (scripts/bench_images.py)
+    scripts/bench.py images [--runs N] [--parts pull,run,migrate] [--json]  (scripts/bench_images.py)
 
 Each subcommand's module has ``main(argv) -> int``; it is imported only when asked for.
 """

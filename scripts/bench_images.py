@@ -23,16 +23,29 @@ Parts, each timed ``--runs`` times, interleaved so every side sees the same mach
   Entrypoint/Cmd: redis-server as redis) on the five-layer image and on the flat one, from one
   store that holds both; wall time of the command, ``rm -f`` not timed.
 
-The bytes a migration puts on the wire per image (stats ``image_bytes``, ``image_layers_sent``)
-are to come as one more part (``PARTS``) over the same ``Bench``.
+- ``migrate``: the bytes a migration puts on the wire for the image (``migrate --json`` stats
+  ``image_bytes``, ``image_layers_sent``; with ``total_ms`` and ``frozen_ms``) when the target has
+  none, some or all of its layers. Four hosts (tests/integration/hosts.py: network namespaces on a
+  bridge, as the migration tests use them), the images loaded from the layouts above: a holds
+  layered:1, b flat:1, c the flat tree imported as a rootfs tarball (stored without layers: what
+  an unprivileged store or ``image import`` keeps), d is the target (a daemon over TCP,
+  ``--insecure``). Every container runs the image's redis-server with ``--network none`` and moves
+  cold from its source's CLI. Per run, into d: layered:1 with d empty (none of the 5 layers); a
+  second container of it (all); d emptied (``rm -f``, ``image prune --all``) and sibling:1 loaded
+  (the suite's Debian + Redis image: the layered image's 3 lower layers) before a third (some);
+  d emptied before flat:1 (one layer blob in an OCI archive) and the flat tree (one raw tar).
+  Each source holds one image: flat:1, the flat tree and layered:1 have the same tree digest,
+  and a store keeps one record per digest (whichever came first), so on one host they would be
+  the same image; a target holding that digest in any form takes no image at all.
 
 What it changes on the host: a temporary work dir (default a mkdtemp in /var/tmp; the registry's
 storage, the layouts, the state roots and podman roots), one docker-registry process on a free
-port of 127.0.0.1, the containers it starts; all removed at the end (podman's overlay mounts
+port of 127.0.0.1, the containers it starts, and for ``migrate`` a bridge and four network
+namespaces with their veths and one daemon; all removed at the end (podman's overlay mounts
 under its roots are unmounted first). skopeo and podman share the host's blob-info cache
 (/var/lib/containers/cache), which records digests only.
 
-Usage: scripts/bench_images.py [--runs 3] [--parts pull,run] [--app-mib 8] [--json] [--keep]
+Usage: scripts/bench_images.py [--runs 3] [--parts pull,run,migrate] [--app-mib 8] [--json] [--keep]
        (also ``scripts/bench.py images ...``)
 """
 
@@ -186,6 +199,7 @@ class Bench:
     facts: dict[str, dict[str, Any]]  # image -> layers, blob bytes, tree digest
     runs: int
     podman: str | None
+    layouts: dict[str, Path] = field(default_factory=dict)  # image -> its OCI layout (as pushed)
     roots: list[Path] = field(default_factory=list)  # every state root made (for cleanup)
 
     def fresh_root(self, label: str) -> Path:
@@ -194,11 +208,16 @@ class Bench:
         return root
 
 
+SECONDS_COLUMNS = (("median s", "median_s", ".2f"), ("min s", "min_s", ".2f"), ("max s", "max_s", ".2f"))
+
+
 @dataclass
 class Section:
     title: str
-    rows: list[tuple[str, dict[str, Any]]]  # label, stats_s(...) (+ extra columns)
+    rows: list[tuple[str, dict[str, Any]]]  # label, the row's values by column key (stats_s(...) by default)
     data: dict[str, Any]
+    columns: tuple[tuple[str, str, str], ...] = SECONDS_COLUMNS  # (header, key in a row, format spec)
+    notes: tuple[str, ...] = ()  # lines printed under the table
 
 
 def bench_pull(b: Bench) -> Section:
@@ -258,10 +277,145 @@ def bench_run(b: Bench) -> Section:
     return Section("pymigrate run -d (the image's own Entrypoint/Cmd, --network none)", rows, data)
 
 
-# issue 12: the bytes on the wire per migration (MigrationStats image_bytes / image_layers_sent of a
-# first and a repeated migration of each image between two hosts) become a third part here: a
-# function Bench -> Section, added to PARTS under "migrate".
-PARTS: dict[str, Callable[[Bench], Section]] = {"pull": bench_pull, "run": bench_run}
+# --- migrate: the image's bytes on the wire ----------------------------------------------------
+
+SIBLING = "sibling:1"  # the suite's Debian + Redis image: the layered image's three lower layers
+FLAT_TREE = "flat-tree:1"  # flat:1's tree imported as a rootfs tarball: stored without layers
+# key -> label, in the table's order (the moves run in another: none, all, some, flat, tree)
+MOVES = {
+    "none": "layered:1 -> target with none of its layers",
+    "some": f"layered:1 -> target with some ({SIBLING}: its 3 lower layers)",
+    "all": "layered:1 -> target with all (a 2nd container)",
+    "flat": "flat:1 (1 layer) -> target without it",
+    "tree": f"{FLAT_TREE} (no layers: a raw tar) -> target without it",
+}
+MIGRATE_COLUMNS = (("image MiB", "image_mib", ".2f"), ("layers", "image_layers_sent", "d"), ("image ms", "image_ms", ".0f"),
+                   ("total ms", "total_ms", ".0f"), ("frozen ms", "frozen_ms", ".0f"), ("frozen min", "frozen_min_ms", ".0f"),
+                   ("frozen max", "frozen_max_ms", ".0f"))
+
+
+def stats_ms(samples: list[float]) -> dict[str, Any]:
+    return {"median_ms": round(statistics.median(samples), 1), "min_ms": round(min(samples), 1),
+            "max_ms": round(max(samples), 1), "samples_ms": [round(s, 1) for s in samples]}
+
+
+def _pm(host: Any, args: list[str], timeout: float = 300) -> bytes:
+    """``pymigrate ARGS`` on ``host``; its stdout, or the bench stops with its error."""
+    r = host.cli(args, timeout=timeout)
+    if r.returncode != 0:
+        raise SystemExit(f"bench: host {host.letter}: pymigrate {' '.join(args)} failed ({r.returncode}): "
+                         f"{r.stderr.decode().strip()[-2000:]}")
+    return bytes(r.stdout)
+
+
+def _move(source: Any, name: str, dest: str, target: Any) -> dict[str, Any]:
+    """Migrate ``name`` from ``source``'s CLI to the daemon at ``dest``; the stats this part reports."""
+    from tests.integration.migrate_helpers import migrate_json, names_by_status
+
+    stats = migrate_json(_pm(source, ["--insecure", "migrate", name, dest, "--json"]))["stats"]
+    if names_by_status(target).get(name) != "running":
+        raise SystemExit(f"bench: {name} does not run on host {target.letter} after its migration")
+    return {"image_bytes": stats["image_bytes"], "image_layers_sent": stats["image_layers_sent"],
+            "image_ms": stats["phases_ms"].get("image", 0.0), "total_ms": stats["total_ms"],
+            "frozen_ms": stats["frozen_ms"], "bytes_on_wire": stats["bytes_on_wire"], "phases_ms": stats["phases_ms"]}
+
+
+def _empty(target: Any) -> None:
+    """Every container and image off ``target``, so that it holds none of the layers again."""
+    from tests.integration.migrate_helpers import ps
+
+    names = [c["spec"]["name"] for c in ps(target)]
+    if names:
+        _pm(target, ["rm", "-f", *names])
+    _pm(target, ["image", "prune", "--all", "-f"])
+    images = json.loads(_pm(target, ["image", "ls", "--json"]))
+    layers_dir = target.root / "layers"
+    layers = [p.name for p in layers_dir.iterdir() if not p.name.startswith(".")] if layers_dir.is_dir() else []
+    if images or layers:
+        raise SystemExit(f"bench: host {target.letter} still holds images {images} and layers {layers} after prune --all")
+
+
+def _expect(key: str, got: dict[str, Any], layers: int) -> None:
+    """The layered moves must send exactly the layers the target lacked (the feature measured)."""
+    if got["image_layers_sent"] != layers or (layers == 0) != (got["image_bytes"] == 0):
+        raise SystemExit(f"bench: move '{key}' sent {got['image_layers_sent']} layer(s), {got['image_bytes']} bytes; "
+                         f"expected {layers} layer(s)")
+
+
+def bench_migrate(b: Bench) -> Section:
+    from tests.integration.hosts import Hosts
+    from tests.integration.migrate_helpers import start_tcp_daemons
+
+    sibling = redis_layout()[0]
+    lower_layers = len(read_layout(sibling)[0]["layers"])
+    layered_layers = b.facts["layered"]["layers"]
+    flat_manifest, flat_config = read_layout(b.layouts["flat"])
+    flat_blob = b.layouts["flat"] / "blobs" / "sha256" / flat_manifest["layers"][0]["digest"].removeprefix("sha256:")
+    run_config = flat_config["config"]  # a rootfs tarball has none: the tree's container gets it spelled out
+    tree_run = ["-w", run_config["WorkingDir"], *[a for env in run_config["Env"] for a in ("-e", env)],
+                FLAT_TREE, *run_config["Entrypoint"], *run_config["Cmd"]]
+    samples: dict[str, list[dict[str, Any]]] = {key: [] for key in MOVES}
+    with Hosts(4, base_dir=b.work) as hosts:
+        src_layered, src_flat, src_tree, target = hosts
+        dest = start_tcp_daemons([target])[target.letter]  # the sources move their containers from the CLI
+        _pm(src_layered, ["image", "load", str(b.layouts["layered"]), "--name", "layered:1"])
+        _pm(src_flat, ["image", "load", str(b.layouts["flat"]), "--name", "flat:1"])
+        _pm(src_tree, ["image", "import", FLAT_TREE, str(flat_blob)])
+        for i in range(b.runs):
+            name = {key: f"mig-{key}-{i}" for key in MOVES}
+            for key, host, image in (("none", src_layered, ["layered:1"]), ("all", src_layered, ["layered:1"]),
+                                     ("some", src_layered, ["layered:1"]), ("flat", src_flat, ["flat:1"]),
+                                     ("tree", src_tree, tree_run)):
+                _pm(host, ["run", "-d", "--name", name[key], "--network", "none", *image])
+            time.sleep(2)  # every redis-server past its start
+            samples["none"].append(_move(src_layered, name["none"], dest, target))
+            _expect("none", samples["none"][-1], layered_layers)
+            samples["all"].append(_move(src_layered, name["all"], dest, target))
+            _expect("all", samples["all"][-1], 0)
+            _empty(target)
+            _pm(target, ["image", "load", str(sibling), "--name", SIBLING])
+            samples["some"].append(_move(src_layered, name["some"], dest, target))
+            _expect("some", samples["some"][-1], layered_layers - lower_layers)
+            _empty(target)
+            samples["flat"].append(_move(src_flat, name["flat"], dest, target))
+            _empty(target)
+            samples["tree"].append(_move(src_tree, name["tree"], dest, target))
+            _empty(target)
+    return _migrate_section(samples, b.runs)
+
+
+def _migrate_section(samples: dict[str, list[dict[str, Any]]], runs: int) -> Section:
+    rows: list[tuple[str, dict[str, Any]]] = []
+    data: dict[str, Any] = {}
+    for key, label in MOVES.items():
+        moves = samples[key]
+        image_bytes = [m["image_bytes"] for m in moves]
+        ms = {field: stats_ms([m[field] for m in moves]) for field in ("image_ms", "total_ms", "frozen_ms")}
+        data[key] = {"label": label, "image_bytes": int(statistics.median(image_bytes)), "image_bytes_samples": image_bytes,
+                     "image_layers_sent": moves[0]["image_layers_sent"],
+                     "bytes_on_wire": int(statistics.median(m["bytes_on_wire"] for m in moves)), **ms,
+                     "phases_ms_samples": [m["phases_ms"] for m in moves]}
+        rows.append((label, {"image_mib": data[key]["image_bytes"] / 2**20, "image_layers_sent": data[key]["image_layers_sent"],
+                             "image_ms": ms["image_ms"]["median_ms"], "total_ms": ms["total_ms"]["median_ms"],
+                             "frozen_ms": ms["frozen_ms"]["median_ms"], "frozen_min_ms": ms["frozen_ms"]["min_ms"],
+                             "frozen_max_ms": ms["frozen_ms"]["max_ms"]}))
+    frozen = {key: data[key]["frozen_ms"]["median_ms"] for key in MOVES}
+    most = max(MOVES, key=lambda k: data[k]["image_bytes"])
+    data["frozen_ms_medians"] = frozen
+    data["note"] = "frozen_ms should not depend on the image: the image is sent (phase image) before the freeze"
+    notes = (
+        f"(medians of {runs} run(s); image MiB, layers (blobs) and image ms: what went for the image, in its own phase",
+        " before the freeze (layers 0 with MiB > 0: one raw tar); frozen = freeze to running on the target.",
+        " frozen ms should not depend on the image, which goes before the freeze: here "
+        f"{min(frozen.values()):.0f}-{max(frozen.values()):.0f} ms over the moves,",
+        f" {frozen[most]:.0f} ms with the most image ({most}: {data[most]['image_bytes'] / 2**20:.1f} MiB), "
+        f"{frozen['all']:.0f} ms with none (all))",
+    )
+    return Section("pymigrate migrate --json (cold; redis-server, --network none): the image on the wire",
+                   rows, data, MIGRATE_COLUMNS, notes)
+
+
+PARTS: dict[str, Callable[[Bench], Section]] = {"pull": bench_pull, "run": bench_run, "migrate": bench_migrate}
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -301,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             facts[image] = {"layers": len(manifest["layers"]), "blob_bytes": sum(m["size"] for m in manifest["layers"]),
                             "tree_digest": digest}
         prepare_s = time.monotonic() - t0
-        bench = Bench(work, registry, refs, facts, args.runs, podman)
+        bench = Bench(work, registry, refs, facts, args.runs, podman, layouts={"layered": layered, "flat": flat})
         sections = [PARTS[p](bench) for p in parts]
     finally:
         registry.stop()
@@ -327,9 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections:
         print(f"\n{section.title}")
         width = max(len(label) for label, _ in section.rows) + 2
-        print(f"  {'':{width}}{'median s':>10}{'min s':>10}{'max s':>10}")
-        for label, st in section.rows:
-            print(f"  {label:{width}}{st['median_s']:10.2f}{st['min_s']:10.2f}{st['max_s']:10.2f}")
+        sizes = [max(10, len(head) + 2) for head, _, _ in section.columns]
+        print(f"  {'':{width}}" + "".join(f"{head:>{n}}" for (head, _, _), n in zip(section.columns, sizes)))
+        for label, row in section.rows:
+            print(f"  {label:{width}}" + "".join(f"{row[key]:>{n}{spec}}" for (_, key, spec), n in zip(section.columns, sizes)))
+        for note in section.notes:
+            print(f"  {note}")
     return 0
 
 
