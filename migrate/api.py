@@ -58,6 +58,7 @@ class RunOptions:
     # replaces the image's Entrypoint, and its Cmd is then not used; () clears it; None: the image's
     entrypoint: tuple[str, ...] | None = None
     stop_signal: str = ""  # what stop sends first (SIGQUIT, QUIT, 3); "": the image's StopSignal, else SIGTERM
+    auto_remove: bool = False  # removed on the host once it exited (run -d --rm): by its shim, not the caller
 
 
 @dataclass(frozen=True)

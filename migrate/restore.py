@@ -32,7 +32,7 @@ from runtime.container import parse_spec, validate_spec
 from runtime.fstree import remove_tree, remove_tree_quietly
 from runtime.seccomp import check_image_filters
 from runtime.errors import ContainerExists, ContainerNotFound, CriuError, ImageNotFound, InvalidArgument, InvalidSpec
-from runtime.spec import ContainerSpec
+from runtime.spec import ContainerSpec, readdressed
 from runtime.state import validate_name
 
 log = logging.getLogger(__name__)
@@ -391,8 +391,7 @@ def restore_container(
         # checkpoint gets Busy here, not a half-built record. A new --name gets a new id.
         with rt.store.hold(f"name:{name}", "restore container"), rt.store.hold(f"id:{spec.container_id}", "restore container"):
             spec, replace_id = _identity(rt, spec, options, origin)
-            if options.ip:
-                spec = replace(spec, ip=options.ip)
+            spec = readdressed(spec, options.ip)  # a new address gets its own MAC
             emit("preflight")
             t_pre = time.monotonic()
             preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)

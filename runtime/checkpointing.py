@@ -391,13 +391,14 @@ class CheckpointHost:
                 },
             )
             oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
-            launch_shim(rt.store, cid, starter, oom_killed=oom, sys=rt.sys)
+            launch_shim(rt.store, cid, starter, oom_killed=oom, exited=rt.exit_action(spec), sys=rt.sys)
             self.join_network(spec, netns)
         except BaseException:
             # A restore that failed or timed out may have left tasks CRIU restored (partly) in the
             # cgroup; they hold the overlay and the upper layer, so they go before the unmounts.
-            self._end_tree(spec)
-            rt._undo(cid, undo)
+            with rt.removing(cid):  # an auto_remove shim waits, then finds the record gone
+                self._end_tree(spec)
+                rt._undo(cid, undo)
             raise
         if set_aside is not None:
             remove_tree_quietly(set_aside)
@@ -462,7 +463,7 @@ class RestoreShell:
 
         def launch() -> None:
             try:
-                launch_shim(rt.store, cid, starter, oom_killed=oom, sys=rt.sys)
+                launch_shim(rt.store, cid, starter, oom_killed=oom, exited=rt.exit_action(spec), sys=rt.sys)
             except BaseException as exc:  # handed to finish/abort
                 self._error = exc
 
@@ -550,11 +551,12 @@ class RestoreShell:
             self._thread.join(30)
             if self._thread.is_alive():
                 log.warning("container=%s: the restore shim did not end within 30s", cid)
-        try:  # a restore that got through before the abort: its tree goes too
-            rt.cgroups(self.spec.cgroup_parent).kill(cid)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("container=%s: killing the cgroup during abort: %s", cid, exc)
-        rt._undo(cid, self._undo)
+        with rt.removing(cid):  # an auto_remove shim waits, then finds the record gone
+            try:  # a restore that got through before the abort: its tree goes too
+                rt.cgroups(self.spec.cgroup_parent).kill(cid)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("container=%s: killing the cgroup during abort: %s", cid, exc)
+            rt._undo(cid, self._undo)
 
 
 def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, Callable[[], None]]]) -> None:

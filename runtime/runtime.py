@@ -9,11 +9,18 @@ Creation order (and the reverse for rollback and ``remove``): validate every inp
 address -> state record (reserves the name) -> overlay mount + /etc files -> cgroup -> network
 namespace (+ veth) -> shim + init. A failure at any step undoes the steps before it, so bad
 input or a failing start leaves no record, mount, cgroup, veth or lease behind.
+
+``auto_remove`` (``run -d --rm``): the container's shim removes it after its exit record
+(``auto_remove`` below), so it goes even when whoever started it is gone. Only an exit of its
+own counts: a checkpoint records ``checkpointed`` before it kills the tree (the record must stay
+for the restore), and ``remove`` (also a migration's removal of its source copy) holds
+``remove:<id>``, which the shim waits for and then finds the record gone.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import logging
 import os
@@ -25,7 +32,7 @@ from typing import Any, Callable, Iterator
 from runtime import overlay, upperfs
 from runtime.config import Paths, default_root
 from runtime.container import Container, limits_of, validate_env, validate_fields, validate_workdir
-from runtime.errors import ContainerError, ContainerExists, InvalidArgument, InvalidState
+from runtime.errors import Busy, ContainerError, ContainerExists, ContainerNotFound, InvalidArgument, InvalidState
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
 from runtime.state import StateStore, new_container_id
 from runtime.syscalls import LINUX, Syscalls
@@ -191,13 +198,15 @@ class Runtime:
         seccomp_profile: str | None = None,
         user: str = "",
         stop_signal: str = "",
+        auto_remove: bool = False,
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
         ``seccomp`` is ``default`` (this host's default profile), ``unconfined`` or ``custom``
         with the profile's JSON text in ``seccomp_profile`` (runtime/seccomp.py). ``user`` is
         ``USER[:GROUP]`` (names or ids), looked up in the container's own /etc/passwd and
-        /etc/group when it starts (runtime/users.py); empty: root.
+        /etc/group when it starts (runtime/users.py); empty: root. ``auto_remove``: its shim
+        removes it once it exited by itself (see the module doc).
 
         Raises:
             InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address,
@@ -260,6 +269,7 @@ class Runtime:
                 seccomp_profile=seccomp_profile,
                 user=user,
                 stop_signal=stop_signal,
+                auto_remove=bool(auto_remove),
             )
             if leased is not None:
                 from runtime.network import mac_for_ip
@@ -337,8 +347,17 @@ class Runtime:
             cid,
             Starter("runtime.process:start_container", {"plan": plan, "cgroup_parent": self.cgroup_parent(spec.cgroup_parent)}),
             oom_killed=Starter("runtime.process:oom_killed", {"cgroup_parent": self.cgroup_parent(spec.cgroup_parent), "container_id": cid}),
+            exited=self.exit_action(spec),
             sys=self.sys,
         )
+
+    def exit_action(self, spec: ContainerSpec) -> Any:
+        """What the shim calls after the exit of ``spec``'s init (run and restore alike)."""
+        from runtime.shim import Starter
+
+        if not spec.auto_remove:
+            return None
+        return Starter("runtime.runtime:auto_remove", {"root": str(self.paths.root), "container_id": spec.container_id})
 
     def _upper_size(self) -> int:
         """Size of a new container's upper-layer image (runtime/upperfs.py); 0: plain directories,
@@ -377,7 +396,10 @@ class Runtime:
             self._kill_all(c)
             if not self._wait_exited(c.container_id, 10.0):
                 raise ContainerError(f"container {c.name} did not exit after SIGKILL")
-        return self.inspect(c.container_id)
+        try:
+            return self.inspect(c.container_id)
+        except ContainerNotFound:  # auto_remove: its shim removed it already
+            return self._info(Container(c.spec, dataclasses.replace(c.state, status="exited", pid=0)), stats=False)
 
     def kill(self, name: str, signal: int = _signal.SIGKILL) -> None:
         c = self.container(name)
@@ -406,7 +428,10 @@ class Runtime:
     def _wait_exited(self, container_id: str, timeout_s: float | None) -> bool:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            c = self._reconcile(Container(self.store.load_spec(container_id), self.store.load_state(container_id)))
+            try:
+                c = self._reconcile(Container(self.store.load_spec(container_id), self.store.load_state(container_id)))
+            except ContainerNotFound:  # removed meanwhile (auto_remove): it exited
+                return True
             if c.status == "exited":
                 return True
             if deadline is not None and time.monotonic() >= deadline:
@@ -499,13 +524,39 @@ class Runtime:
         """
         c = self.container(name)
         c.require("force-remove" if force else "remove")
-        if c.is_live:
-            self._kill_all(c)
-            if not self._wait_exited(c.container_id, 10.0):
-                raise ContainerError(f"container {c.name} did not exit after SIGKILL")
-        self.release(c.spec)
-        self._delete_record(c.container_id)
+        with self.removing(c.container_id):
+            try:
+                c = self.container(c.container_id)
+            except ContainerNotFound:
+                return  # its shim removed it (auto_remove) while we waited
+            if c.is_live:
+                self._kill_all(c)
+                if not self._wait_exited(c.container_id, 10.0):
+                    raise ContainerError(f"container {c.name} did not exit after SIGKILL")
+            self.release(c.spec)
+            self._delete_record(c.container_id)
         log.info("container=%s removed", c.container_id)
+
+    @contextlib.contextmanager
+    def removing(self, container_id: str, timeout_s: float = 60.0) -> Iterator[None]:
+        """Hold ``remove:<id>``, waiting for another remover (a shim's auto_remove, a ``rm``, a
+        restore's rollback): whoever kills a container to delete it holds this, so its
+        auto_remove shim never releases the same resources at the same time.
+
+        Raises:
+            Busy: still held by another after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        with contextlib.ExitStack() as stack:
+            while True:
+                try:
+                    stack.enter_context(self.store.hold(f"remove:{container_id}", "remove container"))
+                    break
+                except Busy:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(POLL_S)
+            yield
 
     def release(self, spec: ContainerSpec) -> None:
         """Undo everything ``run`` created on the host except the record itself. Idempotent.
@@ -619,6 +670,28 @@ class Runtime:
             self.seccomp_filter(c.spec.seccomp, c.spec.seccomp_profile),
             user=c.spec.user if user is None else user,
         )
+
+
+def auto_remove(root: str, container_id: str) -> None:
+    """Remove a ``run -d --rm`` container after its own exit; runs in its shim (module doc).
+
+    Nothing happens when the record is gone (``rm``, a migration's source removal), when a
+    checkpoint ended the run (``checkpointed``: the record stays for the restore) or when the
+    state is not ``exited``.
+    """
+    rt = Runtime(Path(root))
+    with rt.removing(container_id):
+        try:
+            c = rt.container(container_id)
+        except ContainerNotFound:
+            return
+        if not c.spec.auto_remove or c.state.checkpointed is not None or c.status != "exited":
+            log.info("container=%s exited; not removed (checkpointed=%s status=%s)", container_id,
+                     c.state.checkpointed, c.status)
+            return
+        rt.release(c.spec)
+        rt._delete_record(container_id)
+    log.info("container=%s removed after its exit (auto_remove)", container_id)
 
 
 def prepare_root(merged: Path, spec: ContainerSpec) -> None:

@@ -16,7 +16,9 @@ Process picture::
   shim then records state ``running`` (pid, shim_pid, started_at) *before* telling the launcher, so
   a very short-lived container can never record its exit before its start.
 - When the init exits, the shim records ``exited`` with the exit code (128+N for signal N) and
-  ``oom_killed``, all in one atomic state write, reaps whatever else is left, and exits.
+  ``oom_killed``, all in one atomic state write, reaps whatever else is left, calls its ``exited``
+  action if it has one (``run -d --rm``: runtime.runtime.auto_remove removes the container) and
+  exits.
 - The launcher learns the init pid, or the starter's error text, through a CLOEXEC pipe.
 
 Two ways to launch, same shim:
@@ -170,7 +172,8 @@ def _launcher_main(sock: Any) -> None:  # pragma: no cover - runs in the launche
                 os.setsid()
                 if os.fork() == 0:
                     store = StateStore(Paths(Path(data["root"])))
-                    _shim_main(store, data["container_id"], data["starter"], report_fd, data["oom_killed"], _LINUX)
+                    _shim_main(store, data["container_id"], data["starter"], report_fd, data["oom_killed"], _LINUX,
+                               data.get("exited"))
                 code = 0
             finally:
                 os._exit(code)
@@ -191,6 +194,7 @@ def launch_shim(
     starter: Callable[[], int],
     *,
     oom_killed: Callable[[], bool] | None = None,
+    exited: Callable[[], None] | None = None,
     sys: Syscalls = LINUX,
 ) -> ShimHandle:
     """Start a detached shim for ``container_id`` that runs ``starter`` and monitors its result.
@@ -201,6 +205,8 @@ def launch_shim(
             host pid. It may fork; orphans are reparented to the shim. An exception it raises is
             reported back here (a ``ContainerError``'s ``exit_code`` attribute, if any, is kept).
         oom_killed: called by the shim after the init exited; True if the OOM killer struck.
+        exited: called by the shim last, after the exit is recorded and the rest reaped
+            (``run -d --rm``: runtime.runtime.auto_remove); a failure is logged.
 
     Returns:
         The shim's and the init's host pids; the state record already says ``running``.
@@ -212,7 +218,8 @@ def launch_shim(
     if _launch_mode == "launcher" and _launcher is not None:
         import pickle
 
-        payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed})
+        payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed,
+                               "exited": exited})
         try:
             launched = _launcher.launch(payload, wfd)
         finally:
@@ -224,7 +231,8 @@ def launch_shim(
         import pickle
         import subprocess
 
-        payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed})
+        payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed,
+                               "exited": exited})
         try:
             proc = subprocess.Popen(
                 [_sys.executable, "-m", "runtime.shim", str(wfd)],
@@ -255,7 +263,7 @@ def launch_shim(
             os.close(rfd)
             os.setsid()
             if os.fork() == 0:
-                _shim_main(store, container_id, starter, wfd, oom_killed, sys)
+                _shim_main(store, container_id, starter, wfd, oom_killed, sys, exited)
             code = 0
         finally:
             os._exit(code)
@@ -332,6 +340,7 @@ def _shim_main(  # pragma: no cover - runs in the shim process
     report_fd: int,
     oom_killed: Callable[[], bool] | None,
     sys: Syscalls,
+    exited: Callable[[], None] | None = None,
 ) -> None:
     code = 0
     try:
@@ -377,6 +386,11 @@ def _shim_main(  # pragma: no cover - runs in the shim process
                 log.warning("cannot read oom state of %s", container_id, exc_info=True)
         record_exit(store, container_id, exit_code, oom)
         _reap_rest()
+        if exited is not None:
+            try:
+                exited()
+            except Exception:  # the exit is recorded: a failed removal leaves an exited record
+                log.warning("after the exit of %s", container_id, exc_info=True)
     except BaseException:
         log.exception("shim of %s failed", container_id)
         code = 1
@@ -488,7 +502,8 @@ def _exec_main() -> None:  # pragma: no cover - the exec'd launcher (see "Two wa
     store = StateStore(Paths(Path(data["root"])))
     os.set_inheritable(report_fd, False)
     if os.fork() == 0:
-        _shim_main(store, data["container_id"], data["starter"], report_fd, data["oom_killed"], _LINUX)
+        _shim_main(store, data["container_id"], data["starter"], report_fd, data["oom_killed"], _LINUX,
+                               data.get("exited"))
     os._exit(0)
 
 

@@ -44,6 +44,9 @@ class ContainerSpec:
     seccomp_profile: str | None = None  # a custom profile's JSON text: its content, never a host path
     user: str = ""  # USER[:GROUP] as asked (-u, else the image's User); resolved in the container at start; "": root
     stop_signal: str = ""  # what stop sends first (--stop-signal, else the image's StopSignal); "": SIGTERM
+    # run -d --rm: its shim removes it once it exited by itself (not after a checkpoint's or a
+    # migration's kill: runtime.runtime.auto_remove); kept across checkpoint, restore and migration
+    auto_remove: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,6 +59,19 @@ class ContainerSpec:
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def readdressed(spec: ContainerSpec, ip: str | None) -> ContainerSpec:
+    """``spec`` moved to address ``ip`` (restore ``--ip``, a migration's reserved address).
+
+    A new address drops the recorded MAC, so the restore derives the one of the address it
+    leases (``runtime.network.mac_for_ip``): the network namespace is external to CRIU and eth0
+    is made anew, with the spec's MAC, so a copy restored beside its running original under
+    another address would otherwise answer ARP with the original's MAC, and the bridge would
+    send the original's frames to the copy. The same address (or none given) keeps the MAC."""
+    if not ip or ip == spec.ip:
+        return spec
+    return dataclasses.replace(spec, ip=ip, mac=None)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
                    help="with --import: the archive must be signed by one of these ed25519 public keys (ssh-ed25519 "
                         "lines or PEM; repeatable), checked before anything is extracted")
     p.add_argument("--name", default=None, help="name of the restored container (default: the original)")
-    p.add_argument("--ip", default=None, help="address of the restored container (default: the original)")
+    p.add_argument("--ip", default=None, help="address of the restored container (default: the original); another address brings its own MAC")
     p.add_argument("--tcp-established", action="store_true", help="restore established TCP connections")
     p.add_argument("--volume", "-v", dest="volumes", action="append", default=[], metavar="HOSTDIR:CTRDIR",
                    help="host directory for the checkpoint's volume at CTRDIR (repeatable; an imported archive's "

@@ -43,7 +43,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ip", help="address on the bridge (default: the next free one)")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR:CTRDIR[:ro]", help="bind mount")
     p.add_argument("--cgroup-parent", help="cgroup below our own to create the container's cgroup in")
-    p.add_argument("--rm", action="store_true", help="remove the container when a foreground run ends")
+    p.add_argument("--rm", action="store_true",
+                   help="remove the container when it exits (with -d: by its shim on the host, recorded in the spec)")
     p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined|default|FILE",
                    help="seccomp filter: the host's default profile (the default), none, or a Docker/OCI JSON profile FILE")
     add_json_flag(p)
@@ -143,6 +144,8 @@ def run_options(args: argparse.Namespace) -> Any:
         user=args.user,
         stop_signal=args.stop_signal,
         entrypoint=parse_entrypoint(args.entrypoint),
+        # a foreground run reports the exit code first, then removes it itself (_foreground)
+        auto_remove=bool(args.rm and args.detach),
     )
 
 

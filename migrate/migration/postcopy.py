@@ -87,6 +87,7 @@ from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, Tran
 from runtime.criu import Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, first_error
 from runtime.errors import ContainerError
 from runtime.fstree import remove_tree_quietly
+from runtime.spec import readdressed
 
 from migrate.migration.phases import lose, poke_page_server
 from migrate.migration.sequence import Move, manifest, run
@@ -485,8 +486,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         spec = checked_spec(manifest, options, origin="peer", allow_peer_volumes=bool(getattr(host, "allow_peer_volumes", False)))
         check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile,  # CRIU restores the images' filters
                             cache_dir=host.paths.seccomp_cache)
-        if options.ip:
-            spec = dataclasses.replace(spec, ip=options.ip)
+        spec = readdressed(spec, options.ip)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
             shell.abort()  # not the container the reservation named: build it the usual way
             shell = None
@@ -585,8 +585,7 @@ def _early_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> Any:
     try:
         # the peer's word: checked like run's input (its volumes are judged with the archive's)
         spec = validate_spec(dataclasses.replace(parse_spec(raw), volumes=()))
-        if record.get("ip"):
-            spec = dataclasses.replace(spec, ip=record["ip"])
+        spec = readdressed(spec, record.get("ip"))
         if host.replaceable_id(spec) is not None:
             return None
         return begin(spec, netns_key=NETNS_KEY, criu=criu, restored_from=None)

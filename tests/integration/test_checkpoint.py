@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
+import struct
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -405,3 +408,64 @@ def test_leave_running_then_restore_a_second_independent_copy(pm, pm_root: Path)
     now = get_copy() or 0
     wait_for(lambda: (get_copy() or 0) > now + 5, 10, "copy to keep counting after the original is gone")
     assert status(pm, copy) == "running"
+
+
+def _icmp_checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
+def _ping(ip: str, timeout_s: float = 3.0) -> bool:
+    """One ICMP echo from the host (the bridge's gateway address) to ``ip``: answered in time?"""
+    ident, body = secrets.randbelow(0xFFFF), b"pymigrate-mac-ping"
+    head = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        s.sendto(struct.pack("!BBHHH", 8, 0, _icmp_checksum(head + body), ident, 1) + body, (ip, 0))
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                packet, (src, _) = s.recvfrom(2048)
+            except socket.timeout:
+                return False
+            kind, _code, _sum, got_id, _seq = struct.unpack("!BBHHH", packet[(packet[0] & 0x0F) * 4:][:8])
+            if kind == 0 and got_id == ident and src == ip:
+                return True
+    return False
+
+
+def _eth0_mac(pm, name: str) -> str:  # noqa: ANN001
+    return ok(pm("exec", name, "cat", "/sys/class/net/eth0/address")).strip()
+
+
+def test_copy_under_another_address_gets_its_own_mac_and_both_answer(pm, pm_root: Path) -> None:  # noqa: ANN001
+    from runtime.network import mac_for_ip
+
+    name, copy = unique("macorig"), unique("maccopy")
+    ok(pm("run", "-d", "--name", name, "busybox", "sh", "-c", COUNTER))
+    ip = inspect(pm_root, name).spec.ip
+    mac = _eth0_mac(pm, name)
+    assert mac == mac_for_ip(ip)
+    assert wait_for(lambda: _ping(ip), 10, "original to answer ping")
+
+    cid = checkpoint(pm, name, "--leave-running")
+    copy_ip = ip.rsplit(".", 1)[0] + ".214"
+    ok(pm("restore", cid, "--name", copy, "--ip", copy_ip))
+    assert inspect(pm_root, copy).spec.mac == mac_for_ip(copy_ip)
+    copy_mac = _eth0_mac(pm, copy)
+    assert copy_mac == mac_for_ip(copy_ip) != mac
+    assert _eth0_mac(pm, name) == mac
+    # Both answer at their own address, again and again (a shared MAC sent the original's frames
+    # to whichever port the bridge learnt it on last).
+    for _ in range(5):
+        assert _ping(ip), f"original {ip} does not answer beside its copy"
+        assert _ping(copy_ip), f"copy {copy_ip} does not answer"
+    ok(pm("rm", "-f", copy))
+
+    # A restore at the same address keeps the MAC it was dumped with.
+    cid = checkpoint(pm, name)
+    ok(pm("restore", cid))
+    assert inspect(pm_root, name).spec.mac == mac
+    assert _eth0_mac(pm, name) == mac
+    assert _ping(ip), f"restored {ip} does not answer"

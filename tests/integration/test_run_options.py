@@ -1,8 +1,15 @@
-"""docker/podman habits of ``run`` on the real runtime (issue 13): -e KEY and --env-file."""
+"""docker/podman habits of ``run`` on the real runtime (issue 13): -e KEY and --env-file, -d --rm."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import pytest
+
+from tests.integration.cli_helpers import ok, unique
+from tests.integration.test_runtime import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "busybox", "netns")]
 
@@ -20,3 +27,68 @@ def test_env_key_alone_and_env_file_reach_the_container(pm, tmp_path, monkeypatc
     assert "PM_FROM_CLI=cli value" in lines and "FILE_A=a b" in lines and "PM_IN_FILE=file's key" in lines
     assert not any(line.startswith("PM_UNSET") for line in lines)
     assert [line for line in lines if line.startswith("OVER=")] == ["OVER=flag"]
+
+
+# -- run -d --rm ------------------------------------------------------------------------------------
+
+
+def _names(pm) -> list[str]:  # noqa: ANN001
+    return [c["spec"]["name"] for c in json.loads(ok(pm("ps", "-a", "--json")))]
+
+
+def _gone(pm, pm_root: Path, name: str) -> bool:  # noqa: ANN001
+    return name not in _names(pm) and not any((pm_root / "containers").iterdir())
+
+
+def test_detached_rm_leaves_nothing_after_its_exit(pm, pm_root) -> None:  # noqa: ANN001
+    name = unique("rm")
+    ok(pm("run", "-d", "--rm", "--name", name, "busybox", "sh", "-c", "sleep 0.5; exit 3"))
+    assert json.loads(ok(pm("inspect", name)))["spec"]["auto_remove"] is True
+    wait_for(lambda: _gone(pm, pm_root, name), 15, "the shim to remove the exited container")
+    # stop and rm -f of a running one: one removal, no error from the race with its shim
+    for verb in (("stop", "-t", "1"), ("rm", "-f")):
+        name = unique("rm")
+        ok(pm("run", "-d", "--rm", "--name", name, "busybox", "sleep", "1000"))
+        ok(pm(*verb, name))
+        wait_for(lambda: _gone(pm, pm_root, name), 15, f"{verb[0]} of an --rm container")
+
+
+def test_foreground_run_without_rm_keeps_no_auto_remove(pm) -> None:  # noqa: ANN001
+    name = unique("keep")
+    ok(pm("run", "-d", "--name", name, "busybox", "true"))
+    time.sleep(1.0)
+    assert name in _names(pm)
+    assert json.loads(ok(pm("inspect", name)))["spec"]["auto_remove"] is False
+    ok(pm("rm", name))
+
+
+@pytest.mark.requires("criu", "pycriu")
+def test_detached_rm_keeps_its_record_through_a_checkpoint_and_the_flag_through_restore(pm, pm_root) -> None:  # noqa: ANN001
+    name = unique("rmcp")
+    ok(pm("run", "-d", "--rm", "--name", name, "busybox", "sh", "-c", "while true; do sleep 0.1; done"))
+    checkpoint_id = ok(pm("checkpoint", name)).strip().splitlines()[0]
+    try:
+        time.sleep(1.0)  # the shim saw the dump's kill: it must not remove what the restore needs
+        state = json.loads(ok(pm("inspect", name)))
+        assert state["state"]["status"] == "exited" and state["state"]["checkpointed"] == checkpoint_id
+        assert ok(pm("restore", checkpoint_id)).strip() == name
+        restored = json.loads(ok(pm("inspect", name)))
+        assert restored["state"]["status"] == "running" and restored["spec"]["auto_remove"] is True
+        ok(pm("kill", name))  # an exit of its own now: its shim removes it
+        wait_for(lambda: _gone(pm, pm_root, name), 15, "the restored --rm container to go after its exit")
+    finally:
+        pm("rm", "-f", name)
+        pm("checkpoint", "rm", checkpoint_id)
+
+
+def test_detached_rm_through_a_daemon_is_removed_by_the_launchers_shim(pm, pm_root) -> None:  # noqa: ANN001
+    from tests.integration.cli_helpers import start_daemon, stop_daemon
+
+    proc, sock = start_daemon(pm_root)
+    try:
+        name = unique("rmd")
+        ok(pm("--host", f"unix:{sock}", "run", "-d", "--rm", "--name", name, "busybox", "sh", "-c", "sleep 0.5"))
+        assert json.loads(ok(pm("--host", f"unix:{sock}", "inspect", name)))["spec"]["auto_remove"] is True
+    finally:
+        stop_daemon(proc, sock)  # the daemon is gone before the exit: the shim still removes it
+    wait_for(lambda: _gone(pm, pm_root, name), 15, "the shim to remove it without the daemon")

@@ -10,6 +10,7 @@ tests/integration/test_checkpoint*.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -303,6 +304,18 @@ def test_preflight_refuses_a_taken_name_and_address(tmp_path: Path) -> None:
     # --ip moves it off the taken address
     restore_container(host, RestoreOptions(checkpoint_id=cid, ip="10.77.0.6"), criu=FakeCriu())
     assert host.built[-1].ip == "10.77.0.6"
+
+
+def test_a_new_address_leaves_the_mac_to_the_host_the_same_keeps_it(tmp_path: Path) -> None:
+    # issue 13: a copy restored with --ip beside its running original got the original's MAC
+    host = FakeHost(tmp_path)
+    host.spec = dataclasses.replace(host.spec, mac="02:42:0a:4d:00:05")
+    cid = checkpoint_container(host, "web", CheckpointOptions(), criu=FakeCriu()).checkpoint_id
+    restore_container(host, RestoreOptions(checkpoint_id=cid, name="web2", ip="10.77.0.60"), criu=FakeCriu())
+    assert (host.built[-1].ip, host.built[-1].mac) == ("10.77.0.60", None)  # the host derives the new address's
+    for ip in (None, "10.77.0.5"):
+        restore_container(host, RestoreOptions(checkpoint_id=cid, ip=ip), criu=FakeCriu())
+        assert (host.built[-1].ip, host.built[-1].mac) == ("10.77.0.5", "02:42:0a:4d:00:05")
 
 
 def test_failed_restore_keeps_the_criu_log_and_the_checkpoint(tmp_path: Path) -> None:

@@ -67,6 +67,20 @@ def test_env_without_a_name_is_refused() -> None:
         resolve_env(["=x"], [], {})
 
 
+def test_rm_is_recorded_for_a_detached_run_only() -> None:
+    assert run_options(parse("run", "-d", "--rm", "busybox", "true")).auto_remove is True
+    assert run_options(parse("run", "--rm", "busybox", "true")).auto_remove is False  # the CLI removes it
+    assert run_options(parse("run", "-d", "busybox", "true")).auto_remove is False
+
+
+def test_an_old_record_without_auto_remove_loads() -> None:
+    from runtime.spec import ContainerSpec
+
+    old = {"container_id": "a" * 32, "name": "web", "image": "busybox", "image_digest": "sha256:" + "b" * 64,
+           "command": ["true"]}
+    assert ContainerSpec.from_dict(old).auto_remove is False
+
+
 def test_bad_memory_names_the_value() -> None:
     with pytest.raises(InvalidArgument, match="12XB"):
         run_options(parse("run", "--memory", "12XB", "busybox", "true"))

@@ -77,6 +77,8 @@ def manifest(**changes: Any) -> dict[str, Any]:
         ({"user": 0}, "user"),
         ({"user": ["root"]}, "user"),
         ({"user": "4294967295"}, "user"),
+        ({"auto_remove": "yes"}, "auto_remove"),
+        ({"auto_remove": 1}, "auto_remove"),
     ],
 )
 def test_a_bad_field_is_named(changes: dict[str, Any], field: str) -> None:
