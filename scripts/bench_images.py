@@ -257,20 +257,21 @@ def bench_pull(b: Bench) -> Section:
 
 
 def bench_run(b: Bench) -> Section:
-    root = b.fresh_root("run")
-    pm = pymigrate_cmd(root)
-    for image in IMAGES:
+    # a store per image: the two have the same tree digest, and one store keeps one record per digest
+    pms = {image: pymigrate_cmd(b.fresh_root(f"run-{image}")) for image in IMAGES}
+    for image, pm in pms.items():
         subprocess.run([*pm, "image", "pull", b.refs[image], "--tls-verify=false", "--name", f"{image}:1"],
                        check=True, capture_output=True)
     samples: dict[str, list[float]] = {image: [] for image in IMAGES}
     try:
         for i in range(b.runs):
-            for image in IMAGES:
+            for image, pm in pms.items():
                 name = f"bench-{image}-{i}"
                 samples[image].append(timed([*pm, "run", "-d", "--name", name, "--network", "none", f"{image}:1"]))
                 subprocess.run([*pm, "rm", "-f", name], check=True, capture_output=True)
     finally:
-        subprocess.run([*pm, "rm", "-f", *[f"bench-{i}-{n}" for i in IMAGES for n in range(b.runs)]], capture_output=True)
+        for image, pm in pms.items():
+            subprocess.run([*pm, "rm", "-f", *[f"bench-{image}-{n}" for n in range(b.runs)]], capture_output=True)
     rows = [(f"run -d {image}:1 ({b.facts[image]['layers']} layer(s), no command)", stats_s(s)) for image, s in samples.items()]
     data: dict[str, Any] = {image: stats_s(s) for image, s in samples.items()}
     data["ratio_median_layered_to_flat"] = round(statistics.median(samples["layered"]) / statistics.median(samples["flat"]), 3)
