@@ -59,6 +59,7 @@ class RunOptions:
     entrypoint: tuple[str, ...] | None = None
     stop_signal: str = ""  # what stop sends first (SIGQUIT, QUIT, 3); "": the image's StopSignal, else SIGTERM
     auto_remove: bool = False  # removed on the host once it exited (run -d --rm): by its shim, not the caller
+    read_only: bool = False  # run --read-only: the container's root is mounted read-only
 
 
 @dataclass(frozen=True)

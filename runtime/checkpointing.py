@@ -388,6 +388,7 @@ class CheckpointHost:
                     "container_id": cid,
                     "criu": criu,
                     "veth": self.host_veth(spec),
+                    "read_only": spec.read_only,
                 },
             )
             oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
@@ -453,7 +454,8 @@ class RestoreShell:
             starter = Starter(
                 "runtime.restore_start:start_restore_on_go",
                 {"go_path": str(self.go), "netns": str(netns), "netns_key": netns_key, "cgroup_parent": parent,
-                 "container_id": cid, "criu": criu, "timeout_s": timeout_s, "veth": host.host_veth(spec)},
+                 "container_id": cid, "criu": criu, "timeout_s": timeout_s, "veth": host.host_veth(spec),
+                 "read_only": spec.read_only},
             )
             oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
         except BaseException:

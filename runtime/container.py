@@ -356,8 +356,9 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         _text("command", word)
     if spec.mac is not None and (not isinstance(spec.mac, str) or not _MAC_RE.fullmatch(spec.mac) or int(spec.mac[:2], 16) & 1):
         raise InvalidSpec("mac", f"invalid mac address {spec.mac!r}: expected a unicast aa:bb:cc:dd:ee:ff in lower case")
-    if not isinstance(spec.auto_remove, bool):
-        raise InvalidSpec("auto_remove", f"invalid auto_remove {spec.auto_remove!r}: expected true or false")
+    for flag in ("auto_remove", "read_only"):
+        if not isinstance(getattr(spec, flag), bool):
+            raise InvalidSpec(flag, f"invalid {flag} {getattr(spec, flag)!r}: expected true or false")
     if not isinstance(spec.created_at, (int, float)) or isinstance(spec.created_at, bool):
         raise InvalidSpec("created_at", f"invalid created_at {spec.created_at!r}: expected unix seconds")
     fields = validate_fields(

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from runtime import capabilities, namespaces, rootfs, seccomp, users
 from runtime.errors import ContainerError, InvalidArgument
 from runtime.overlay import LOG_PATH_IN_CONTAINER
-from runtime.syscalls import MNT_DETACH, MS_PRIVATE, MS_REC, Syscalls
+from runtime.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, Syscalls
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -70,6 +70,7 @@ class InitPlan:
     cgroup: str  # name for the CgroupManager
     seccomp_bpf: bytes | None = None  # the compiled filter (runtime/seccomp.py); None: unconfined
     user: str = ""  # USER[:GROUP] (runtime/users.py), resolved by the init; "": root
+    read_only: bool = False  # remount / read-only once the log is open and the workdir exists
 
 
 def container_env(user_env: tuple[str, ...], hostname: str) -> tuple[str, ...]:
@@ -184,6 +185,10 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no 
         _container_stdio()
         os.makedirs(plan.workdir, exist_ok=True)
         os.chdir(plan.workdir)
+        if plan.read_only:
+            # runc's readonly root: a bind remount changes this mount's flag only; the log is on
+            # the /.pymigrate bind (rootfs.plan), which keeps its own
+            sys.mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         _reset_signals()
         _close_fds_except(errw)
         capabilities.drop_privileges(sys, plan.cap_last, creds=creds)

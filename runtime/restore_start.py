@@ -59,6 +59,71 @@ def link_up_before_resume(veth: str | None, netns: str | None = None) -> Callabl
     return on_notify
 
 
+def before_resume(veth: str | None, netns: str | None, read_only_root: Callable[[], list[int]] | None
+                  ) -> Callable[[str, int], bool] | None:
+    """The restore's notify handler: ``link_up_before_resume``'s, and for a ``--read-only``
+    container the root remounted read-only at ``LINK_UP_AT``, before any restored task runs.
+
+    CRIU restores the container's mounts with their flags, except the root mount, which it makes
+    from the ``root`` it is given (the merged overlay) as it is: writable. ``read_only_root``
+    returns the pids in the container's cgroup; the first in another mount namespace than ours
+    is a restored task (CRIU's own swrk stays in ours). A failure fails the restore: the
+    container never runs with a writable root it was asked not to have."""
+    link_up = link_up_before_resume(veth, netns)
+    if read_only_root is None:
+        return link_up
+
+    def on_notify(script: str, pid: int) -> bool:
+        if script == LINK_UP_AT:
+            try:
+                remount_root_read_only(read_only_root())
+            except (OSError, ContainerError) as exc:
+                log.error("cannot remount the restored root read-only: %s", exc)
+                return False
+        return link_up(script, pid) if link_up is not None else True
+
+    return on_notify
+
+
+def remount_root_read_only(pids: list[int]) -> None:
+    """Remount / read-only (a bind remount: this mount only) in the mount namespace of the first
+    of ``pids`` that is not in ours, from a forked child (setns(CLONE_NEWNS) needs a process
+    that shares its fs_struct with no one: fork gives it its own).
+
+    Raises:
+        ContainerError: no such process, or the remount failed in the child.
+    """
+    from runtime.syscalls import CLONE_NEWNS, LINUX, MS_BIND, MS_RDONLY, MS_REMOUNT
+
+    ours = os.stat("/proc/self/ns/mnt").st_ino
+    target = None
+    for pid in pids:
+        try:
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino != ours:
+                target = pid
+                break
+        except OSError:
+            continue  # gone meanwhile
+    if target is None:
+        raise ContainerError("cannot remount the restored root read-only: no restored task in the container's cgroup")
+    fd = os.open(f"/proc/{target}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                LINUX.setns(fd, CLONE_NEWNS)
+                LINUX.mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(child, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise ContainerError(f"cannot remount the restored root of pid {target} read-only")
+
+
 def _flush_incomplete_neighbours(netns: str) -> None:
     import subprocess
 
@@ -73,7 +138,7 @@ def _flush_incomplete_neighbours(netns: str) -> None:
 
 
 def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
-                        timeout_s: float, veth: str | None = None) -> int:
+                        timeout_s: float, veth: str | None = None, read_only: bool = False) -> int:
     """The shim's starter for a restore begun before its images arrived (``RestoreShell``): spawn
     CRIU and move it into the container's cgroup now, then wait for the request on the FIFO at
     ``go_path`` (a pickled RestoreRequest; EOF without one = cancelled) and restore."""
@@ -114,13 +179,14 @@ def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent:
         except BaseException:
             pending.cancel()
             raise
-        return int(pending.run(request, on_notify=link_up_before_resume(veth, netns)))
+        pids = (lambda: list(cg.pids(container_id))) if read_only else None
+        return int(pending.run(request, on_notify=before_resume(veth, netns, pids)))
     finally:
         os.close(fd)
 
 
 def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
-                  veth: str | None = None) -> int:
+                  veth: str | None = None, read_only: bool = False) -> int:
     """The shim's starter for a restore: CRIU restores the tree into the container's cgroup and
     network namespace; returns the restored init's host pid (a child of the shim: rst_sibling)."""
     from runtime.cgroups import detect
@@ -129,7 +195,8 @@ def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, 
     fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
+        pids = (lambda: list(cg.pids(container_id))) if read_only else None
         return int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid),
-                                on_notify=link_up_before_resume(veth, netns)))
+                                on_notify=before_resume(veth, netns, pids)))
     finally:
         os.close(fd)

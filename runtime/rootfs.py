@@ -113,6 +113,7 @@ MASKED_PATHS: tuple[str, ...] = (
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 )
+LOG_DIR = "/.pymigrate"  # the log's directory (runtime.overlay.LOG_PATH_IN_CONTAINER), writable under --read-only
 MASK_DIR = "/dev/.masked"  # empty; bound read-only over masked directories (module doc)
 READONLY_PATHS: tuple[str, ...] = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
@@ -133,11 +134,14 @@ DEV_SYMLINKS: tuple[tuple[str, str], ...] = (
 )
 
 
-def plan(volumes: tuple[Volume, ...] = ()) -> list[MountOp]:
+def plan(volumes: tuple[Volume, ...] = (), *, read_only: bool = False) -> list[MountOp]:
     """Every operation that turns a merged overlay into the container's root, in order.
 
     Volumes come before the masks so a volume cannot unmask a path; masks come last because
-    they bind the container's own /dev/null.
+    they bind the container's own /dev/null. ``read_only`` (``run --read-only``) adds a bind of
+    /.pymigrate on itself, so the log stays writable once the init remounts / read-only after
+    pivot_root (runtime/process.py; a remount fails while a file on that mount is open for
+    writing, and the log is).
     """
     ops: list[MountOp] = [
         MakeDir("/proc"),
@@ -170,6 +174,8 @@ def plan(volumes: tuple[Volume, ...] = ()) -> list[MountOp]:
             ops.append(Mount(vol.target, None, None, MS_BIND | MS_REMOUNT | MS_RDONLY))
         # Volumes must not propagate mounts back to the host (nor receive the host's).
         ops.append(Mount(vol.target, None, None, MS_PRIVATE | MS_REC))
+    if read_only:
+        ops.append(Mount(LOG_DIR, None, LOG_DIR, MS_BIND, source_in_root=True))
     ops += [Mask(p) for p in MASKED_PATHS]
     ops += [ReadOnly(p) for p in READONLY_PATHS]
     return ops

@@ -199,6 +199,7 @@ class Runtime:
         user: str = "",
         stop_signal: str = "",
         auto_remove: bool = False,
+        read_only: bool = False,
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
@@ -206,7 +207,8 @@ class Runtime:
         with the profile's JSON text in ``seccomp_profile`` (runtime/seccomp.py). ``user`` is
         ``USER[:GROUP]`` (names or ids), looked up in the container's own /etc/passwd and
         /etc/group when it starts (runtime/users.py); empty: root. ``auto_remove``: its shim
-        removes it once it exited by itself (see the module doc).
+        removes it once it exited by itself (see the module doc). ``read_only``: the root mount is
+        read-only (runtime/rootfs.py, runtime/process.py).
 
         Raises:
             InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address,
@@ -270,6 +272,7 @@ class Runtime:
                 user=user,
                 stop_signal=stop_signal,
                 auto_remove=bool(auto_remove),
+                read_only=bool(read_only),
             )
             if leased is not None:
                 from runtime.network import mac_for_ip
@@ -336,11 +339,12 @@ class Runtime:
             argv=spec.command,
             env=container_env(spec.env, spec.hostname),
             workdir=spec.workdir,
-            ops=tuple(rootfs.plan(spec.volumes)),
+            ops=tuple(rootfs.plan(spec.volumes, read_only=spec.read_only)),
             cap_last=self._caps_last(),
             cgroup=cid,
             seccomp_bpf=seccomp_bpf,
             user=spec.user,
+            read_only=spec.read_only,
         )
         launch_shim(
             self.store,

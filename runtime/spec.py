@@ -47,6 +47,9 @@ class ContainerSpec:
     # run -d --rm: its shim removes it once it exited by itself (not after a checkpoint's or a
     # migration's kill: runtime.runtime.auto_remove); kept across checkpoint, restore and migration
     auto_remove: bool = False
+    # run --read-only: the root mount is read-only (volumes keep their mode; /dev, /dev/shm,
+    # /dev/mqueue and /.pymigrate stay writable, /proc/sys and /sys read-only as always)
+    read_only: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--network", choices=("bridge", "none"), default="bridge")
     p.add_argument("--ip", help="address on the bridge (default: the next free one)")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR:CTRDIR[:ro]", help="bind mount")
+    p.add_argument("--read-only", action="store_true",
+                   help="mount the container's root read-only (volumes keep their mode; /dev, /dev/shm stay writable)")
     p.add_argument("--cgroup-parent", help="cgroup below our own to create the container's cgroup in")
     p.add_argument("--rm", action="store_true",
                    help="remove the container when it exits (with -d: by its shim on the host, recorded in the spec)")
@@ -146,6 +148,7 @@ def run_options(args: argparse.Namespace) -> Any:
         entrypoint=parse_entrypoint(args.entrypoint),
         # a foreground run reports the exit code first, then removes it itself (_foreground)
         auto_remove=bool(args.rm and args.detach),
+        read_only=args.read_only,
     )
 
 

@@ -92,3 +92,46 @@ def test_detached_rm_through_a_daemon_is_removed_by_the_launchers_shim(pm, pm_ro
     finally:
         stop_daemon(proc, sock)  # the daemon is gone before the exit: the shim still removes it
     wait_for(lambda: _gone(pm, pm_root, name), 15, "the shim to remove it without the daemon")
+
+
+# -- run --read-only --------------------------------------------------------------------------------
+
+RO_PROBE = ("for p in /x /tmp/x /data/x /dev/shm/x /dev/x; do "
+            "if touch $p 2>/dev/null; then echo $p=rw; else echo $p=ro; fi; done; echo log-works >&2")
+
+
+def _probe(pm, name: str) -> dict[str, str]:  # noqa: ANN001
+    out = ok(pm("exec", name, "sh", "-c", RO_PROBE))
+    return dict(line.split("=", 1) for line in out.split())
+
+
+def test_read_only_root_keeps_volumes_dev_and_the_log_writable(pm, tmp_path) -> None:  # noqa: ANN001
+    name = unique("ro")
+    data = tmp_path / "data"
+    data.mkdir()
+    ok(pm("run", "-d", "--read-only", "--name", name, "-v", f"{data}:/data", "-w", "/new/workdir",
+          "busybox", "sh", "-c", "echo started; exec sleep 1000"))
+    try:
+        assert json.loads(ok(pm("inspect", name)))["spec"]["read_only"] is True
+        assert _probe(pm, name) == {"/x": "ro", "/tmp/x": "ro", "/data/x": "rw", "/dev/shm/x": "rw", "/dev/x": "rw"}
+        assert (data / "x").exists()
+        assert b"started" in pm("logs", name).stdout  # the log is on its own writable bind
+        r = pm("run", "--rm", "--read-only", "busybox", "sh", "-c", "touch /x")
+        assert r.returncode != 0 and b"Read-only file system" in r.stdout
+    finally:
+        pm("rm", "-f", name)
+
+
+@pytest.mark.requires("criu", "pycriu")
+def test_read_only_root_stays_read_only_after_checkpoint_and_restore(pm) -> None:  # noqa: ANN001
+    name = unique("rocp")
+    ok(pm("run", "-d", "--read-only", "--name", name, "busybox", "sleep", "1000"))
+    checkpoint_id = ok(pm("checkpoint", name)).strip().splitlines()[0]
+    try:
+        assert ok(pm("restore", checkpoint_id)).strip() == name
+        assert json.loads(ok(pm("inspect", name)))["spec"]["read_only"] is True
+        probe = _probe(pm, name)
+        assert probe["/x"] == "ro" and probe["/dev/shm/x"] == "rw", probe
+    finally:
+        pm("rm", "-f", name)
+        pm("checkpoint", "rm", checkpoint_id)

@@ -27,6 +27,7 @@ SPEC = ContainerSpec(
     created_at=1700000000.25, seccomp="custom", seccomp_profile='{"defaultAction": "SCMP_ACT_ALLOW"}', user="app:staff",
     stop_signal="SIGQUIT",
     auto_remove=True,
+    read_only=True,
 )
 FREEZE = FreezeRecord(pid=41, pid_start=123456, operation="migrate", since=1700000001.5, was_paused=True, recover=False,
                       partial=("/var/lib/x", "/var/lib/y"))
@@ -68,7 +69,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
         api.RunOptions(image="busybox", command=("sleep", "1"), name="n", hostname="h", env=("A=1",), workdir="/w", memory_bytes=1,
                        cpus=1.5, pids_limit=2, network="none", ip="10.0.0.1", volumes=(VOLUME,), cgroup_parent="/p",
                        seccomp="custom", seccomp_profile="{}", user="1000:1000", entrypoint=("/bin/sh", "-c"),
-                       stop_signal="USR1", auto_remove=True),
+                       stop_signal="USR1", auto_remove=True, read_only=True),
         cv.run_options_to_pb,
         cv.run_options_from_pb,
         (),

@@ -69,6 +69,13 @@ def test_volumes_are_recursive_binds_readonly_by_remount(tmp_path) -> None:  # n
     assert all(i < first_mask for i, op in enumerate(ops) if isinstance(op, rootfs.Mount) and op.target == "/data")
 
 
+def test_read_only_binds_the_log_dir_on_itself_and_nothing_else_changes() -> None:
+    plain, ro = rootfs.plan(), rootfs.plan(read_only=True)
+    extra = [op for op in ro if op not in plain]
+    assert extra == [rootfs.Mount("/.pymigrate", None, "/.pymigrate", MS_BIND, source_in_root=True)]
+    assert len(ro) == len(plain) + 1  # the root itself is remounted by the init, after pivot_root
+
+
 def test_apply_performs_the_plan_below_root(tmp_path) -> None:  # noqa: ANN001
     sys = FakeSyscalls()
     root = tmp_path / "merged"

@@ -73,12 +73,18 @@ def test_rm_is_recorded_for_a_detached_run_only() -> None:
     assert run_options(parse("run", "-d", "busybox", "true")).auto_remove is False
 
 
+def test_read_only_is_recorded() -> None:
+    assert run_options(parse("run", "--read-only", "busybox", "true")).read_only is True
+    assert run_options(parse("run", "busybox", "true")).read_only is False
+
+
 def test_an_old_record_without_auto_remove_loads() -> None:
     from runtime.spec import ContainerSpec
 
     old = {"container_id": "a" * 32, "name": "web", "image": "busybox", "image_digest": "sha256:" + "b" * 64,
            "command": ["true"]}
     assert ContainerSpec.from_dict(old).auto_remove is False
+    assert ContainerSpec.from_dict(old).read_only is False
 
 
 def test_bad_memory_names_the_value() -> None:

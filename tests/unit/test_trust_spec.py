@@ -79,6 +79,7 @@ def manifest(**changes: Any) -> dict[str, Any]:
         ({"user": "4294967295"}, "user"),
         ({"auto_remove": "yes"}, "auto_remove"),
         ({"auto_remove": 1}, "auto_remove"),
+        ({"read_only": "true"}, "read_only"),
     ],
 )
 def test_a_bad_field_is_named(changes: dict[str, Any], field: str) -> None:
