@@ -60,6 +60,8 @@ class RunOptions:
     stop_signal: str = ""  # what stop sends first (SIGQUIT, QUIT, 3); "": the image's StopSignal, else SIGTERM
     auto_remove: bool = False  # removed on the host once it exited (run -d --rm): by its shim, not the caller
     read_only: bool = False  # run --read-only: the container's root is mounted read-only
+    cap_add: tuple[str, ...] = ()  # capability names (NET_RAW, CAP_SYS_ADMIN) or ALL, added to the default set
+    cap_drop: tuple[str, ...] = ()  # likewise, dropped from it (an add wins; docker's rules)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,43 @@ CAP_NAMES = tuple(
 )
 
 
+ALL = "ALL"
+
+
+def parse_cap(text: str) -> str:
+    """A ``--cap-add``/``--cap-drop`` name as the spec records it: ``CAP_NET_RAW`` for
+    ``net_raw``, ``NET_RAW`` or ``CAP_NET_RAW``; ``ALL`` for all.
+
+    Raises:
+        InvalidArgument: not a capability this runtime knows.
+    """
+    from runtime.errors import InvalidArgument
+
+    name = text.strip().upper() if isinstance(text, str) else ""
+    if name == ALL:
+        return ALL
+    name = name if name.startswith("CAP_") else f"CAP_{name}"
+    if name not in CAP_NAMES:
+        raise InvalidArgument(f"unknown capability {text!r}",
+                              hint="a capabilities(7) name with or without CAP_ (NET_RAW, CAP_SYS_ADMIN) or ALL")
+    return name
+
+
+def container_caps(cap_add: tuple[str, ...] = (), cap_drop: tuple[str, ...] = ()) -> frozenset[int]:
+    """The default set changed by ``--cap-add``/``--cap-drop`` (names as ``parse_cap`` returns
+    them), with docker's rules: ``--cap-add ALL`` gives every capability but the dropped ones;
+    ``--cap-drop ALL`` gives just the added ones; otherwise the drops leave the default set and
+    the adds join it (an add wins over a drop of the same name)."""
+    numbers = {name: i for i, name in enumerate(CAP_NAMES)}
+    add = {numbers[n] for n in cap_add if n != ALL}
+    drop = {numbers[n] for n in cap_drop if n != ALL}
+    if ALL in cap_add:
+        return frozenset(range(len(CAP_NAMES))) - drop
+    if ALL in cap_drop:
+        return frozenset(add)
+    return frozenset((DEFAULT_CAPS - drop) | add)
+
+
 def names(caps: frozenset[int] = DEFAULT_CAPS) -> frozenset[str]:
     """The capabilities(7) names of ``caps`` (a container's set, by default)."""
     return frozenset(CAP_NAMES[c] for c in caps if c < len(CAP_NAMES))
@@ -104,6 +141,6 @@ def drop_privileges(sys: Syscalls, cap_last: int, keep: frozenset[int] = DEFAULT
     sys.setgroups(creds.groups)
     sys.setresgid(creds.gid)
     sys.setresuid(creds.uid)
-    kept = mask(keep) if creds.uid == 0 else 0
+    kept = mask(frozenset(c for c in keep if c <= cap_last)) if creds.uid == 0 else 0  # --cap-add ALL: what this kernel has
     sys.capset(kept, kept, kept)
     sys.prctl(PR_SET_NO_NEW_PRIVS, 1)

@@ -247,6 +247,8 @@ class CheckedFields(TypedDict):
     env: tuple[str, ...]
     workdir: str
     volumes: tuple[Volume, ...]
+    cap_add: tuple[str, ...]  # names as runtime.capabilities.parse_cap returns them
+    cap_drop: tuple[str, ...]
 
 
 def validate_fields(
@@ -264,6 +266,8 @@ def validate_fields(
     cgroup_parent: str | None,
     user: str = "",
     stop_signal: str = "",
+    cap_add: tuple[str, ...] = (),
+    cap_drop: tuple[str, ...] = (),
 ) -> CheckedFields:
     """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
 
@@ -308,7 +312,13 @@ def validate_fields(
         check("user", lambda: validate_user(_text("user", user)))
     if stop_signal != "":
         check("stop_signal", lambda: parse_signal(_text("stop_signal", stop_signal)))
-    return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes}
+    from runtime.capabilities import parse_cap
+
+    def caps(key: str, value: object) -> tuple[str, ...]:
+        return check(key, lambda: tuple(parse_cap(_text(key, c)) for c in _seq(key, value)))
+
+    return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes,
+            "cap_add": caps("cap_add", cap_add), "cap_drop": caps("cap_drop", cap_drop)}
 
 
 def parse_signal(text: str) -> int:
@@ -365,7 +375,7 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         name=spec.name, hostname=spec.hostname or None, env=spec.env, workdir=spec.workdir,
         memory_bytes=spec.memory_bytes, cpus=spec.cpus, pids_limit=spec.pids_limit, network=spec.network,
         ip=spec.ip, volumes=spec.volumes, cgroup_parent=spec.cgroup_parent, user=spec.user,
-        stop_signal=spec.stop_signal,
+        stop_signal=spec.stop_signal, cap_add=spec.cap_add, cap_drop=spec.cap_drop,
     )
     return replace(spec, **fields)
 

@@ -71,6 +71,7 @@ class InitPlan:
     seccomp_bpf: bytes | None = None  # the compiled filter (runtime/seccomp.py); None: unconfined
     user: str = ""  # USER[:GROUP] (runtime/users.py), resolved by the init; "": root
     read_only: bool = False  # remount / read-only once the log is open and the workdir exists
+    caps: frozenset[int] = capabilities.DEFAULT_CAPS  # the kept set (--cap-add/--cap-drop applied)
 
 
 def container_env(user_env: tuple[str, ...], hostname: str) -> tuple[str, ...]:
@@ -191,7 +192,7 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no 
             sys.mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         _reset_signals()
         _close_fds_except(errw)
-        capabilities.drop_privileges(sys, plan.cap_last, creds=creds)
+        capabilities.drop_privileges(sys, plan.cap_last, keep=plan.caps, creds=creds)
         if plan.seccomp_bpf is not None:
             seccomp.load(sys, plan.seccomp_bpf)
     except BaseException as exc:
@@ -248,6 +249,7 @@ def exec_in(
     cap_last: int,
     seccomp_bpf: bytes | None = None,
     user: str = "",
+    caps: frozenset[int] = capabilities.DEFAULT_CAPS,
 ) -> int:
     """Run ``argv`` inside the live container whose init is ``init_pid``; its exit code.
 
@@ -281,7 +283,7 @@ def exec_in(
                         creds = users.lookup(user)
                         os.chdir(workdir)
                         _reset_signals()
-                        capabilities.drop_privileges(sys, cap_last, creds=creds)
+                        capabilities.drop_privileges(sys, cap_last, keep=caps, creds=creds)
                         if seccomp_bpf is not None:
                             seccomp.load(sys, seccomp_bpf)
                     except BaseException as exc:

@@ -200,6 +200,8 @@ class Runtime:
         stop_signal: str = "",
         auto_remove: bool = False,
         read_only: bool = False,
+        cap_add: tuple[str, ...] | builtins.list[str] = (),
+        cap_drop: tuple[str, ...] | builtins.list[str] = (),
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
@@ -225,7 +227,7 @@ class Runtime:
         checked = validate_fields(
             name=name, hostname=hostname, env=tuple(env), workdir=workdir or "/", memory_bytes=memory_bytes,
             cpus=cpus, pids_limit=pids_limit, network=network, ip=ip, volumes=tuple(volumes), cgroup_parent=cgroup_parent,
-            user=user, stop_signal=stop_signal,
+            user=user, stop_signal=stop_signal, cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         if not command:
@@ -233,7 +235,8 @@ class Runtime:
         from runtime.seccomp import validate_choice
 
         validate_choice(seccomp, seccomp_profile)
-        seccomp_bpf = self.seccomp_filter(seccomp, seccomp_profile)  # before anything is created
+        cap_add, cap_drop = checked["cap_add"], checked["cap_drop"]
+        seccomp_bpf = self.seccomp_filter(seccomp, seccomp_profile, cap_add, cap_drop)  # before anything is created
         img = self.images.get(image)
         self.paths.ensure()
         if name is not None:
@@ -273,6 +276,8 @@ class Runtime:
                 stop_signal=stop_signal,
                 auto_remove=bool(auto_remove),
                 read_only=bool(read_only),
+                cap_add=cap_add,
+                cap_drop=cap_drop,
             )
             if leased is not None:
                 from runtime.network import mac_for_ip
@@ -296,16 +301,19 @@ class Runtime:
         if self.store.load_spec(cid).name == name:
             raise ContainerExists(f"container name {name} is already in use by {cid[:12]}", hint="choose another --name or remove the old container")
 
-    def seccomp_filter(self, choice: str, profile: str | None) -> bytes | None:
+    def seccomp_filter(self, choice: str, profile: str | None, cap_add: tuple[str, ...] = (),
+                       cap_drop: tuple[str, ...] = ()) -> bytes | None:
         """The BPF program a container process with this seccomp choice gets (None: unconfined),
-        compiled for the container capability set, cached under the state root."""
-        from runtime.capabilities import names
+        compiled for the container's capability set (the default one changed by ``cap_add`` and
+        ``cap_drop``: a profile's rules keyed on capabilities follow it), cached under the state root."""
+        from runtime.capabilities import container_caps, names
         from runtime.seccomp import filter_for
 
-        return filter_for(choice, profile, names(), self.paths.seccomp_cache)
+        return filter_for(choice, profile, names(container_caps(cap_add, cap_drop)), self.paths.seccomp_cache)
 
     def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
         from runtime import rootfs
+        from runtime.capabilities import container_caps
         from runtime.process import InitPlan, container_env
         from runtime.shim import Starter, launch_shim
 
@@ -345,6 +353,7 @@ class Runtime:
             seccomp_bpf=seccomp_bpf,
             user=spec.user,
             read_only=spec.read_only,
+            caps=container_caps(spec.cap_add, spec.cap_drop),
         )
         launch_shim(
             self.store,
@@ -650,6 +659,7 @@ class Runtime:
                 user syntax or a user or group name the container does not have.
             ContainerError: setup failed (``exit_code`` 127 command not found, 126 not executable).
         """
+        from runtime.capabilities import container_caps
         from runtime.process import container_env, exec_in
 
         argv = tuple(argv)
@@ -671,8 +681,9 @@ class Runtime:
             lambda pid: cg.add_pid(c.container_id, pid),
             self.sys,
             self._caps_last(),
-            self.seccomp_filter(c.spec.seccomp, c.spec.seccomp_profile),
+            self.seccomp_filter(c.spec.seccomp, c.spec.seccomp_profile, c.spec.cap_add, c.spec.cap_drop),
             user=c.spec.user if user is None else user,
+            caps=container_caps(c.spec.cap_add, c.spec.cap_drop),
         )
 
 

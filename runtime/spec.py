@@ -50,6 +50,10 @@ class ContainerSpec:
     # run --read-only: the root mount is read-only (volumes keep their mode; /dev, /dev/shm,
     # /dev/mqueue and /.pymigrate stay writable, /proc/sys and /sys read-only as always)
     read_only: bool = False
+    # run --cap-add/--cap-drop: capability names (CAP_NET_RAW) or ALL, applied to the default set
+    # (runtime.capabilities.container_caps) for the init, every exec and a restart
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,6 +63,9 @@ class ContainerSpec:
         data = dict(data)
         data["command"] = tuple(data.get("command", ()))
         data["env"] = tuple(data.get("env", ()))
+        for key in ("cap_add", "cap_drop"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

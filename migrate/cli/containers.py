@@ -44,6 +44,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR:CTRDIR[:ro]", help="bind mount")
     p.add_argument("--read-only", action="store_true",
                    help="mount the container's root read-only (volumes keep their mode; /dev, /dev/shm stay writable)")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                   help="add a capability to the default set (NET_ADMIN, CAP_SYS_ADMIN, ALL)")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                   help="drop a capability from the default set (NET_RAW, ALL); an add wins")
     p.add_argument("--cgroup-parent", help="cgroup below our own to create the container's cgroup in")
     p.add_argument("--rm", action="store_true",
                    help="remove the container when it exits (with -d: by its shim on the host, recorded in the spec)")
@@ -149,6 +153,8 @@ def run_options(args: argparse.Namespace) -> Any:
         # a foreground run reports the exit code first, then removes it itself (_foreground)
         auto_remove=bool(args.rm and args.detach),
         read_only=args.read_only,
+        cap_add=tuple(args.cap_add),
+        cap_drop=tuple(args.cap_drop),
     )
 
 

@@ -135,3 +135,52 @@ def test_read_only_root_stays_read_only_after_checkpoint_and_restore(pm) -> None
     finally:
         pm("rm", "-f", name)
         pm("checkpoint", "rm", checkpoint_id)
+
+
+# -- run --cap-add / --cap-drop -------------------------------------------------------------------
+
+
+def _cap_eff(pm, name: str) -> int:  # noqa: ANN001
+    out = ok(pm("exec", name, "sh", "-c", "grep CapEff /proc/self/status"))
+    return int(out.split()[-1], 16)
+
+
+def test_cap_drop_net_raw_and_cap_add_sys_admin(pm) -> None:  # noqa: ANN001
+    from runtime.capabilities import CAP_NET_RAW, CAP_SYS_ADMIN, DEFAULT_CAPS, mask
+
+    dropped, added = unique("capd"), unique("capa")
+    ok(pm("run", "-d", "--name", dropped, "--cap-drop", "NET_RAW", "busybox", "sleep", "1000"))
+    ok(pm("run", "-d", "--name", added, "--cap-add", "CAP_SYS_ADMIN", "busybox", "sleep", "1000"))
+    try:
+        spec = json.loads(ok(pm("inspect", dropped)))["spec"]
+        assert spec["cap_drop"] == ["CAP_NET_RAW"] and spec["cap_add"] == []
+        assert _cap_eff(pm, dropped) == mask(DEFAULT_CAPS - {CAP_NET_RAW})  # exec: the spec's set
+        init = ok(pm("exec", dropped, "sh", "-c", "grep CapEff /proc/1/status")).split()[-1]
+        assert int(init, 16) == mask(DEFAULT_CAPS - {CAP_NET_RAW})
+        r = pm("exec", dropped, "ping", "-c", "1", "-W", "1", "127.0.0.1")
+        assert r.returncode != 0, r.stdout
+        assert pm("exec", added, "ping", "-c", "1", "-W", "1", "127.0.0.1").returncode == 0
+        assert _cap_eff(pm, added) == mask(DEFAULT_CAPS | {CAP_SYS_ADMIN})
+        # SYS_ADMIN in use: a tmpfs mount inside (the default seccomp profile allows mount with it)
+        ok(pm("exec", added, "sh", "-c", "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t"))
+        r = pm("run", "--rm", "--cap-drop", "bogus", "busybox", "true")
+        assert r.returncode == 125 and b"unknown capability 'bogus'" in r.stderr
+    finally:
+        pm("rm", "-f", dropped, added)
+
+
+@pytest.mark.requires("criu", "pycriu")
+def test_caps_are_kept_across_checkpoint_and_restore(pm) -> None:  # noqa: ANN001
+    from runtime.capabilities import CAP_NET_RAW, CAP_SYS_ADMIN, DEFAULT_CAPS, mask
+
+    name = unique("capcp")
+    ok(pm("run", "-d", "--name", name, "--cap-drop", "net_raw", "--cap-add", "SYS_ADMIN", "busybox", "sleep", "1000"))
+    checkpoint_id = ok(pm("checkpoint", name)).strip().splitlines()[0]
+    try:
+        assert ok(pm("restore", checkpoint_id)).strip() == name
+        want = mask((DEFAULT_CAPS - {CAP_NET_RAW}) | {CAP_SYS_ADMIN})
+        assert _cap_eff(pm, name) == want  # a later exec: from the spec
+        assert int(ok(pm("exec", name, "sh", "-c", "grep CapEff /proc/1/status")).split()[-1], 16) == want  # CRIU's creds
+    finally:
+        pm("rm", "-f", name)
+        pm("checkpoint", "rm", checkpoint_id)

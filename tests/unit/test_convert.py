@@ -28,6 +28,8 @@ SPEC = ContainerSpec(
     stop_signal="SIGQUIT",
     auto_remove=True,
     read_only=True,
+    cap_add=("CAP_SYS_ADMIN", "ALL"),
+    cap_drop=("CAP_NET_RAW",),
 )
 FREEZE = FreezeRecord(pid=41, pid_start=123456, operation="migrate", since=1700000001.5, was_paused=True, recover=False,
                       partial=("/var/lib/x", "/var/lib/y"))
@@ -69,7 +71,8 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
         api.RunOptions(image="busybox", command=("sleep", "1"), name="n", hostname="h", env=("A=1",), workdir="/w", memory_bytes=1,
                        cpus=1.5, pids_limit=2, network="none", ip="10.0.0.1", volumes=(VOLUME,), cgroup_parent="/p",
                        seccomp="custom", seccomp_profile="{}", user="1000:1000", entrypoint=("/bin/sh", "-c"),
-                       stop_signal="USR1", auto_remove=True, read_only=True),
+                       stop_signal="USR1", auto_remove=True, read_only=True,
+                       cap_add=("NET_ADMIN",), cap_drop=("ALL",)),
         cv.run_options_to_pb,
         cv.run_options_from_pb,
         (),

@@ -78,6 +78,32 @@ def test_read_only_is_recorded() -> None:
     assert run_options(parse("run", "busybox", "true")).read_only is False
 
 
+def test_cap_names_with_or_without_cap_and_all() -> None:
+    from runtime.capabilities import CAP_NET_RAW, CAP_SYS_ADMIN, DEFAULT_CAPS, container_caps, parse_cap
+
+    assert [parse_cap(n) for n in ("net_raw", "NET_RAW", "CAP_NET_RAW", "all")] == ["CAP_NET_RAW"] * 3 + ["ALL"]
+    with pytest.raises(InvalidArgument, match="unknown capability 'NET_RAWR'"):
+        parse_cap("NET_RAWR")
+    assert container_caps() == DEFAULT_CAPS
+    assert container_caps(("CAP_SYS_ADMIN",), ("CAP_NET_RAW",)) == (DEFAULT_CAPS - {CAP_NET_RAW}) | {CAP_SYS_ADMIN}
+    assert container_caps(("CAP_NET_RAW",), ("CAP_NET_RAW",)) == DEFAULT_CAPS  # an add wins (docker)
+    assert container_caps(("CAP_SYS_ADMIN",), ("ALL",)) == {CAP_SYS_ADMIN}
+    assert len(container_caps(("ALL",), ("CAP_NET_RAW",))) == 40 and CAP_NET_RAW not in container_caps(("ALL",), ("CAP_NET_RAW",))
+    o = run_options(parse("run", "--cap-add", "sys_admin", "--cap-drop", "NET_RAW", "--cap-drop", "CAP_MKNOD", "busybox", "true"))
+    assert (o.cap_add, o.cap_drop) == (("sys_admin",), ("NET_RAW", "CAP_MKNOD"))  # normalised by the runtime's check
+
+
+def test_validate_fields_normalises_cap_names() -> None:
+    from runtime.container import validate_fields
+
+    checked = validate_fields(name=None, hostname=None, env=(), workdir="/", memory_bytes=None, cpus=None, pids_limit=None,
+                              network="none", ip=None, volumes=(), cgroup_parent=None, cap_add=("sys_admin",), cap_drop=("all",))
+    assert (checked["cap_add"], checked["cap_drop"]) == (("CAP_SYS_ADMIN",), ("ALL",))
+    with pytest.raises(InvalidArgument, match="unknown capability"):
+        validate_fields(name=None, hostname=None, env=(), workdir="/", memory_bytes=None, cpus=None, pids_limit=None,
+                        network="none", ip=None, volumes=(), cgroup_parent=None, cap_add=("bogus",))
+
+
 def test_an_old_record_without_auto_remove_loads() -> None:
     from runtime.spec import ContainerSpec
 
@@ -85,6 +111,7 @@ def test_an_old_record_without_auto_remove_loads() -> None:
            "command": ["true"]}
     assert ContainerSpec.from_dict(old).auto_remove is False
     assert ContainerSpec.from_dict(old).read_only is False
+    assert ContainerSpec.from_dict({**old, "cap_add": ["CAP_SYS_ADMIN"]}).cap_add == ("CAP_SYS_ADMIN",)
 
 
 def test_bad_memory_names_the_value() -> None:

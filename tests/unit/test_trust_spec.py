@@ -80,6 +80,9 @@ def manifest(**changes: Any) -> dict[str, Any]:
         ({"auto_remove": "yes"}, "auto_remove"),
         ({"auto_remove": 1}, "auto_remove"),
         ({"read_only": "true"}, "read_only"),
+        ({"cap_add": ["CAP_NOPE"]}, "cap_add"),
+        ({"cap_drop": "NET_RAW"}, "cap_drop"),
+        ({"cap_drop": [1]}, "cap_drop"),
     ],
 )
 def test_a_bad_field_is_named(changes: dict[str, Any], field: str) -> None:

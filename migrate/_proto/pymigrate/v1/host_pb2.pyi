@@ -77,7 +77,7 @@ class Volume(_message.Message):
     def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., readonly: _Optional[bool] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only")
+    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,8 @@ class ContainerSpec(_message.Message):
     STOP_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CAP_ADD_FIELD_NUMBER: _ClassVar[int]
+    CAP_DROP_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     name: str
     image: str
@@ -124,7 +126,9 @@ class ContainerSpec(_message.Message):
     stop_signal: str
     auto_remove: bool
     read_only: bool
-    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ...) -> None: ...
+    cap_add: _containers.RepeatedScalarFieldContainer[str]
+    cap_drop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ContainerState(_message.Message):
     __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by")
@@ -608,7 +612,7 @@ class InspectContainerResponse(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
 
 class RunContainerRequest(_message.Message):
-    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent", "seccomp", "seccomp_profile", "user", "entrypoint", "entrypoint_set", "stop_signal", "auto_remove", "read_only")
+    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent", "seccomp", "seccomp_profile", "user", "entrypoint", "entrypoint_set", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -630,6 +634,8 @@ class RunContainerRequest(_message.Message):
     STOP_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CAP_ADD_FIELD_NUMBER: _ClassVar[int]
+    CAP_DROP_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
     name: str
@@ -651,7 +657,9 @@ class RunContainerRequest(_message.Message):
     stop_signal: str
     auto_remove: bool
     read_only: bool
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ...) -> None: ...
+    cap_add: _containers.RepeatedScalarFieldContainer[str]
+    cap_drop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunContainerResponse(_message.Message):
     __slots__ = ("container",)
