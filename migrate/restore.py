@@ -30,6 +30,7 @@ from migrate.archive.signing import verify_import
 from runtime.criu import RESTORE_LOG, Criu, RestoreRequest, SwrkCriu, cpuinfo_check, read_restore_stats
 from runtime.container import parse_spec, validate_spec
 from runtime.fstree import remove_tree, remove_tree_quietly
+from runtime.capabilities import spec_names
 from runtime.seccomp import check_image_filters
 from runtime.errors import ContainerExists, ContainerNotFound, CriuError, ImageNotFound, InvalidArgument, InvalidSpec
 from runtime.spec import ContainerSpec, readdressed
@@ -385,7 +386,8 @@ def restore_container(
         import_ms = (time.monotonic() - started) * 1000
         spec = checked_spec(unpacked.manifest, options, origin=origin, allow_peer_volumes=bool(getattr(rt, "allow_peer_volumes", False)))
         if origin != "local":  # CRIU restores the filters the images describe, not the spec's
-            check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile, cache_dir=rt.paths.seccomp_cache)
+            check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile, cache_dir=rt.paths.seccomp_cache,
+                                caps=spec_names(spec.cap_add, spec.cap_drop))  # compiled for its --cap-add/--cap-drop set
         name = validate_name(options.name) if options.name else spec.name
         # Held before anything looks at the container it replaces: a second restore of the same
         # checkpoint gets Busy here, not a half-built record. A new --name gets a new id.

@@ -113,6 +113,12 @@ def container_caps(cap_add: tuple[str, ...] = (), cap_drop: tuple[str, ...] = ()
     return frozenset((DEFAULT_CAPS - drop) | add)
 
 
+def spec_names(cap_add: tuple[str, ...], cap_drop: tuple[str, ...]) -> frozenset[str]:
+    """The capabilities(7) names of a spec's set: what its seccomp filter is compiled for
+    (Runtime.seccomp_filter) and what a restore checks the images' filters against."""
+    return names(container_caps(cap_add, cap_drop))
+
+
 def names(caps: frozenset[int] = DEFAULT_CAPS) -> frozenset[str]:
     """The capabilities(7) names of ``caps`` (a container's set, by default)."""
     return frozenset(CAP_NAMES[c] for c in caps if c < len(CAP_NAMES))

@@ -306,10 +306,10 @@ class Runtime:
         """The BPF program a container process with this seccomp choice gets (None: unconfined),
         compiled for the container's capability set (the default one changed by ``cap_add`` and
         ``cap_drop``: a profile's rules keyed on capabilities follow it), cached under the state root."""
-        from runtime.capabilities import container_caps, names
+        from runtime.capabilities import spec_names
         from runtime.seccomp import filter_for
 
-        return filter_for(choice, profile, names(container_caps(cap_add, cap_drop)), self.paths.seccomp_cache)
+        return filter_for(choice, profile, spec_names(cap_add, cap_drop), self.paths.seccomp_cache)
 
     def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
         from runtime import rootfs

@@ -460,6 +460,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     point of no return)."""
     from migrate.checkpoint import NETNS_KEY
     from migrate.restore import checked_spec, preflight, restore_request, unpack_archive
+    from runtime.capabilities import spec_names
     from runtime.seccomp import check_image_filters
     from runtime.criu import start_lazy_pages
 
@@ -485,7 +486,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         options = RestoreOptions(name=record["name"], ip=record.get("ip"))
         spec = checked_spec(manifest, options, origin="peer", allow_peer_volumes=bool(getattr(host, "allow_peer_volumes", False)))
         check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile,  # CRIU restores the images' filters
-                            cache_dir=host.paths.seccomp_cache)
+                            cache_dir=host.paths.seccomp_cache, caps=spec_names(spec.cap_add, spec.cap_drop))
         spec = readdressed(spec, options.ip)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
             shell.abort()  # not the container the reservation named: build it the usual way
