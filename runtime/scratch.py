@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from runtime.fstree import remove_tree_quietly
+
 log = logging.getLogger(__name__)
 
 GRACE_S = 60.0  # an unheld entry younger than this is kept (made, not locked yet; or a lock-less writer)
@@ -155,7 +157,7 @@ def sweep(tmp_dir: Path, prefixes: tuple[str, ...], *, grace_s: float = GRACE_S,
             if not _detach_mounts(entry, mounts):
                 stuck.append(entry.name)
                 continue
-            (removed if _remove(entry) else stuck).append(entry.name)
+            (removed if remove_tree_quietly(entry) else stuck).append(entry.name)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -215,12 +217,3 @@ def _detach_mounts(entry: Path, mounts: list[str]) -> bool:
     return True
 
 
-def _remove(entry: Path) -> bool:
-    from runtime.fstree import remove_tree
-
-    try:
-        remove_tree(entry)
-    except OSError as exc:
-        log.warning("cannot remove scratch entry %s: %s", entry, exc)
-        return False
-    return True

@@ -192,17 +192,20 @@ print("Writing manifest to image destination", flush=True)
 """
 
 
-@pytest.fixture
-def fake_skopeo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    bindir = tmp_path / "bin"
+def _install_skopeo(script: str, bindir: Path, log: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``script`` as the ``skopeo`` first on PATH, logging to ``log``; returns ``log``."""
     bindir.mkdir()
     exe = bindir / "skopeo"
-    exe.write_text(FAKE_SKOPEO.format(python=sys.executable))
+    exe.write_text(script.format(python=sys.executable))
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    log = tmp_path / "skopeo.log"
     monkeypatch.setenv("FAKE_SKOPEO_LOG", str(log))
     return log
+
+
+@pytest.fixture
+def fake_skopeo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return _install_skopeo(FAKE_SKOPEO, tmp_path / "bin", tmp_path / "skopeo.log", monkeypatch)
 
 
 @pytest.fixture
@@ -383,16 +386,8 @@ print("Login Succeeded!" if args[0] == "login" else "Removed login credentials f
 
 @pytest.fixture
 def login_skopeo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    bindir = tmp_path / "login-bin"
-    bindir.mkdir()
-    exe = bindir / "skopeo"
-    exe.write_text(FAKE_LOGIN_SKOPEO.format(python=sys.executable))
-    exe.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    log = tmp_path / "login.log"
-    monkeypatch.setenv("FAKE_SKOPEO_LOG", str(log))
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
-    return log
+    return _install_skopeo(FAKE_LOGIN_SKOPEO, tmp_path / "login-bin", tmp_path / "login.log", monkeypatch)
 
 
 def _logged(log: Path) -> list[dict[str, object]]:
