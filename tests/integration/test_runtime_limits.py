@@ -105,7 +105,7 @@ BAD_INPUTS = [
     (["--network", "none", "--ip", "10.1.2.3"], "10.1.2.3"),
     (["-v", "/definitely/not/here:/data"], "/definitely/not/here"),
     (["-v", "/tmp:relative"], "relative"),
-    (["-e", "NOVALUE"], "NOVALUE"),
+    (["-e", "=nokey"], "=nokey"),  # (-e KEY alone takes KEY from the environment, as docker)
     (["-w", "relative/dir"], "relative/dir"),
     (["--hostname", "bad host"], "bad host"),
 ]
