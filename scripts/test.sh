@@ -31,7 +31,8 @@ PYMIGRATE_FUZZ_EXAMPLES=${PYMIGRATE_FUZZ_EXAMPLES:-5000} "${PYTEST[@]}" tests/un
 
 # tests/realworld: the real-server suite (~6 min; a cached Debian image, built on first use: 1.5-4 min)
 echo "==> integration tests: pytest -m integration tests/integration tests/realworld $*"
-"${PYTEST[@]}" -m integration tests/integration tests/realworld "$@" || rc_integration=$?
+# --durations: the slowest tests in the log, to watch CI's 45-minute budget
+"${PYTEST[@]}" -m integration --durations=25 tests/integration tests/realworld "$@" || rc_integration=$?
 
 describe() {
     case $1 in
