@@ -30,6 +30,8 @@ from migrate.api import (
     RestoreOptions,
     RestoreResult,
     RunOptions,
+    VolumeInfo,
+    VolumePruneResult,
 )
 from runtime.spec import ContainerInfo
 
@@ -58,6 +60,11 @@ def _image_info(image: Any) -> ImageInfo:
 
 def _removal(removal: Any) -> ImageRemoval:
     return ImageRemoval(**dataclasses.asdict(removal))
+
+
+def _volume_info(record: Any) -> VolumeInfo:
+    return VolumeInfo(name=record.name, mountpoint=record.mountpoint, created_at=record.created_at, driver=record.driver,
+                      labels=tuple(f"{k}={v}" for k, v in sorted(record.labels.items())), used_by=tuple(record.used_by))
 
 
 class LocalEngine:
@@ -196,6 +203,29 @@ class LocalEngine:
     def image_build_busybox(self, name: str = "busybox") -> ImageInfo:
         self.runtime.paths.ensure()
         return _image_info(self.runtime.images.build_busybox(name))
+
+    # -- named volumes (runtime/volumes.py) -------------------------------------------------------
+    def volume_create(self, name: str | None = None, labels: tuple[str, ...] = ()) -> VolumeInfo:
+        """Make volume ``name`` (a random one when None); an existing one is returned as it is (docker)."""
+        from runtime.volumes import parse_labels
+
+        self.runtime.paths.ensure()
+        record, _ = self.runtime.volumes.create(name, parse_labels(labels))
+        return _volume_info(record)
+
+    def volumes(self) -> list[VolumeInfo]:
+        return [_volume_info(r) for r in self.runtime.volumes.list()]
+
+    def volume_inspect(self, name: str) -> VolumeInfo:
+        return _volume_info(self.runtime.volumes.get(name))
+
+    def volume_remove(self, name: str, force: bool = False) -> bool:
+        """Refused while a container (any state) uses it; ``force`` only makes a missing name no error."""
+        return bool(self.runtime.volumes.remove(name, force=force))
+
+    def volume_prune(self) -> VolumePruneResult:
+        result = self.runtime.volumes.prune()
+        return VolumePruneResult(removed=result.removed, bytes_freed=result.bytes_freed)
 
     # -- containers -----------------------------------------------------------------------------
     def run(self, options: RunOptions) -> ContainerInfo:

@@ -153,23 +153,66 @@ def validate_pids_limit(pids: int | None) -> int | None:
 
 
 def parse_volume(text: str) -> Volume:
-    """``HOSTDIR:CTRDIR[:ro|rw]`` -> Volume with an absolute, existing source.
+    """``HOSTDIR:CTRDIR[:ro|rw]`` -> Volume with an absolute, existing source; ``NAME:CTRDIR[:ro]``
+    (a source without '/') -> a named volume (runtime/volumes.py), resolved and made by ``run``.
 
     Raises:
-        InvalidArgument: malformed, missing source, relative target, unknown mode.
+        InvalidArgument: malformed, missing source, bad volume name, relative target, unknown mode.
     """
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise InvalidArgument(f"invalid volume {text!r}: expected HOSTDIR:CTRDIR[:ro]")
+        raise InvalidArgument(f"invalid volume {text!r}: expected HOSTDIR:CTRDIR[:ro] or NAME:CTRDIR[:ro]")
     readonly = False
     if len(parts) == 3:
         if parts[2] not in ("ro", "rw"):
             raise InvalidArgument(f"invalid volume mode {parts[2]!r} in {text!r}: expected ro or rw")
         readonly = parts[2] == "ro"
     return validate_volume(Volume(source=os.path.abspath(parts[0]), target=parts[1], readonly=readonly))
+    if is_volume_name(parts[0]):
+        return validate_volume(Volume(source="", target=parts[1], readonly=readonly, name=parts[0]))
 
 
 def parse_volume_mapping(text: str) -> Volume:
+def is_volume_name(source: str) -> bool:
+    """docker's rule: a -v source without '/' names a volume ('.' and '..' stay directories)."""
+    return "/" not in source and source not in (".", "..")
+
+
+def parse_mount(text: str) -> Volume:
+    """``--mount type=volume|bind,source=S,target=/p[,readonly]`` (docker's keys: src, dst,
+    destination, ro, readonly[=true|false]); a volume's source may be left out (a random name).
+
+    Raises:
+        InvalidArgument: an unknown key or type, a missing target, a bind without an absolute source.
+    """
+    import secrets
+
+    fields: dict[str, str] = {}
+    readonly = False
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if key in ("readonly", "ro"):
+            if eq and value.lower() not in ("true", "false", "1", "0"):
+                raise InvalidArgument(f"invalid --mount {text!r}: {key} takes true or false")
+            readonly = not eq or value.lower() in ("true", "1")
+        elif key in ("type", "source", "src", "target", "dst", "destination") and eq:
+            fields[{"src": "source", "dst": "target", "destination": "target"}.get(key, key)] = value
+        else:
+            raise InvalidArgument(f"invalid --mount {text!r}: unknown or empty key {key!r}",
+                                  hint="type=volume|bind,source=S,target=/path[,readonly]")
+    kind, source, target = fields.get("type", "volume"), fields.get("source", ""), fields.get("target", "")
+    if not target:
+        raise InvalidArgument(f"invalid --mount {text!r}: no target", hint="target=/path inside the container")
+    if kind == "volume":
+        return validate_volume(Volume(source="", target=target, readonly=readonly, name=source or secrets.token_hex(32)))
+    if kind == "bind":
+        if not os.path.isabs(source):
+            raise InvalidArgument(f"invalid --mount {text!r}: a bind needs an absolute source path")
+        return validate_volume(Volume(source=source, target=target, readonly=readonly))
+    raise InvalidArgument(f"invalid --mount type {kind!r} in {text!r}: expected volume or bind")
+
+
     """``HOSTDIR:CTRDIR[:ro|rw]`` for ``restore --volume``: the source is a path on the restoring
     host (maybe a remote daemon's), so it must be absolute but is checked there, not here.
 
@@ -188,6 +231,11 @@ def parse_volume_mapping(text: str) -> Volume:
 
 def validate_volume(vol: Volume) -> Volume:
     return Volume(source=validate_volume_source(vol.source), target=validate_volume_target(vol.target), readonly=vol.readonly)
+    if vol.name:  # a named volume: its source is resolved from this host's store when it runs
+        from runtime.volumes import validate_volume_name
+
+        return Volume(source=vol.source, target=validate_volume_target(vol.target), readonly=vol.readonly,
+                      name=validate_volume_name(vol.name))
 
 
 def validate_volume_source(source: str) -> str:
@@ -299,8 +347,10 @@ def validate_fields(
     for i, v in enumerate(_seq("volumes", volumes)):
         vol = check(f"volumes[{i}]", lambda: _volume(v))
         target = check(f"volumes[{i}].target", lambda: validate_volume_target(vol.target))
-        source = check(f"volumes[{i}].source", lambda: validate_volume_source(vol.source))
-        vols.append(Volume(source=source, target=target, readonly=vol.readonly))
+        name = check(f"volumes[{i}].name", lambda: _volume_name(vol.name))
+        # a named volume's source is "" until this host's store resolves it (runtime/volumes.py)
+        source = vol.source if name and not vol.source else check(f"volumes[{i}].source", lambda: validate_volume_source(vol.source))
+        vols.append(Volume(source=source, target=target, readonly=vol.readonly, name=name))
     checked_volumes = tuple(vols)
     if cgroup_parent is not None:
         from runtime.cgroups import validate_parent
@@ -427,9 +477,9 @@ def _number(field: str, value: object, kind: type) -> int | float | None:
 def _volume(v: object) -> Volume:
     if not isinstance(v, Volume):
         raise InvalidArgument(f"invalid volume {v!r}: expected source, target, readonly")
-    if not isinstance(v.source, str) or not isinstance(v.target, str) or not isinstance(v.readonly, bool):
-        raise InvalidArgument(f"invalid volume {v!r}: expected string source and target, boolean readonly")
-    for part in (v.source, v.target):
+    if not isinstance(v.source, str) or not isinstance(v.target, str) or not isinstance(v.readonly, bool) or not isinstance(v.name, str):
+        raise InvalidArgument(f"invalid volume {v!r}: expected string source, target and name, boolean readonly")
+    for part in (v.source, v.target, v.name):
         _text("volume", part)
     return v
 
@@ -446,3 +496,11 @@ def _validate_ip(ip: object, network: str) -> str:
     if addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr == ipaddress.IPv4Address("255.255.255.255"):
         raise InvalidArgument(f"invalid address {ip}: expected a unicast address")
     return str(addr)
+def _volume_name(name: object) -> str:
+    if name == "":
+        return ""
+    from runtime.volumes import validate_volume_name
+
+    return validate_volume_name(name)
+
+

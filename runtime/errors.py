@@ -4,8 +4,10 @@ Tree::
 
     ContainerError                  every runtime failure; ``hint`` carries advice for the user
     ├── ContainerNotFound           no container by that name/id in the state root
+    │   └── VolumeNotFound          no named volume by that name (runtime/volumes.py)
     ├── ContainerExists             the name (or address) is already taken
     ├── InvalidState                operation illegal in the current state (has expected/actual)
+    │   └── VolumeInUse             a named volume a container uses (names them) cannot go
     ├── InvalidArgument             bad user input: names, limits, addresses, volumes, commands
     │   └── InvalidSpec             a container spec field (a manifest's, a peer's) refused; names it
     ├── Busy                        another operation holds the container or checkpoint (names it)
@@ -49,6 +51,12 @@ class ContainerNotFound(ContainerError):
         self.name = name
 
 
+class VolumeNotFound(ContainerNotFound):
+    def __init__(self, name: str, *, hint: str | None = None) -> None:
+        ContainerError.__init__(self, f"no such volume: {name}", hint=hint or "pymigrate volume ls lists them; run -v NAME:/path makes one")
+        self.name = name
+
+
 class ContainerExists(ContainerError):
     pass
 
@@ -61,6 +69,20 @@ class InvalidState(ContainerError):
         self.operation = operation
         self.actual = actual
         self.expected = expected
+
+
+class VolumeInUse(InvalidState):
+    """A named volume that containers (running or stopped) use: ``users`` names them."""
+
+    def __init__(self, volume: str, users: tuple[str, ...]) -> None:
+        ContainerError.__init__(self, f"volume {volume} is in use by container {', '.join(users)}",
+                                hint="remove the container first (pymigrate rm NAME)")
+        self.container = users[0] if users else ""
+        self.operation = "remove volume"
+        self.actual = "in use"
+        self.expected = "unused"
+        self.volume = volume
+        self.users = users
 
 
 class InvalidArgument(ContainerError):

@@ -71,6 +71,25 @@ class Runtime:
             self._images = ImageStore(self.paths, in_use=self._image_in_use, referenced=self._image_referenced)
         return self._images
 
+    @property
+    def volumes(self) -> Any:
+        """The named volumes of this root (runtime/volumes.py)."""
+        from runtime.volumes import VolumeStore
+
+        return VolumeStore(self.paths, users=self._volume_users)
+
+    def _volume_users(self, name: str) -> builtins.list[str]:
+        """Names of the containers (any state) whose spec mounts volume ``name``."""
+        users = []
+        for cid in self.store.ids():
+            try:
+                spec = self.store.load_spec(cid)
+            except ContainerError:
+                continue
+            if any(v.name == name for v in spec.volumes):
+                users.append(spec.name)
+        return users
+
     def _image_referenced(self, digest: str) -> bool:
         return any(refers(digest) for refers in self.image_references)
 
@@ -252,6 +271,7 @@ class Runtime:
             if network == "bridge":
                 leased = net.lease(container_id, ip)
                 undo.append(("release address", lambda: net.release(container_id)))
+        vols = self._named_volumes(image, vols)
             spec = ContainerSpec(
                 container_id=container_id,
                 name=name,
@@ -306,6 +326,18 @@ class Runtime:
         """The BPF program a container process with this seccomp choice gets (None: unconfined),
         compiled for the container's capability set (the default one changed by ``cap_add`` and
         ``cap_drop``: a profile's rules keyed on capabilities follow it), cached under the state root."""
+    def _named_volumes(self, image: str, vols: tuple[Volume, ...]) -> tuple[Volume, ...]:
+        """``vols`` with named volumes resolved to their data dirs, made if missing (and kept if
+        the run fails, as docker does); a new volume gets the image's content at its mount point."""
+        from runtime.volumes import seed_from_tree
+
+        resolved, made = self.volumes.resolve(vols)
+        for vol in resolved:
+            if vol.name in made:
+                with self.images.view(image) as tree:
+                    seed_from_tree(Path(vol.source), Path(tree), vol.target)
+        return resolved
+
         from runtime.capabilities import spec_names
         from runtime.seccomp import filter_for
 

@@ -16,9 +16,11 @@ Status = Literal["created", "running", "paused", "exited"]
 
 @dataclass(frozen=True)
 class Volume:
-    source: str  # absolute host path
+    source: str  # absolute host path (a named volume's: its data dir on this host, runtime/volumes.py)
     target: str  # absolute path inside the container
     readonly: bool = False
+    # a named volume's name ("": a bind mount of ``source``); its source is resolved on each host
+    name: str = ""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "migrate.cli.check",
     "migrate.cli.containers",
     "migrate.cli.images",
+    "migrate.cli.volumes",
     "migrate.cli.checkpoints",
     "migrate.cli.daemon",
 )
@@ -50,6 +51,7 @@ COMMANDS: dict[str, str] = {
         ("run", "ps", "inspect", "logs", "exec", "stop", "kill", "rm", "pause", "unpause", "wait"), "migrate.cli.containers"
     ),
     "image": "migrate.cli.images",
+    "volume": "migrate.cli.volumes",
     **dict.fromkeys(("checkpoint", "restore", "migrate"), "migrate.cli.checkpoints"),
     "daemon": "migrate.cli.daemon",
 }

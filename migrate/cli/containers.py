@@ -41,7 +41,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
     p.add_argument("--network", choices=("bridge", "none"), default="bridge")
     p.add_argument("--ip", help="address on the bridge (default: the next free one)")
-    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR:CTRDIR[:ro]", help="bind mount")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR|NAME:CTRDIR[:ro]",
+                   help="bind mount a host directory (an absolute or ./ path), or mount named volume NAME (made if missing)")
+    p.add_argument("--mount", action="append", default=[], metavar="type=volume|bind,source=S,target=/p[,readonly]",
+                   help="a named volume or a bind mount, docker's --mount syntax")
     p.add_argument("--read-only", action="store_true",
                    help="mount the container's root read-only (volumes keep their mode; /dev, /dev/shm stay writable)")
     p.add_argument("--cap-add", action="append", default=[], metavar="CAP",
@@ -122,7 +125,7 @@ def register(subparsers: Any) -> None:
 def run_options(args: argparse.Namespace) -> Any:
     """RunOptions from parsed arguments; InvalidArgument names the bad value."""
     from migrate.api import RunOptions
-    from runtime.container import parse_size, parse_volume
+    from runtime.container import parse_mount, parse_size, parse_volume
     from runtime.image_config import parse_entrypoint
 
     command = list(args.command)
@@ -143,7 +146,7 @@ def run_options(args: argparse.Namespace) -> Any:
         pids_limit=args.pids_limit,
         network=args.network,
         ip=args.ip,
-        volumes=tuple(parse_volume(v) for v in args.volume),
+        volumes=tuple(parse_volume(v) for v in args.volume) + tuple(parse_mount(m) for m in getattr(args, "mount", ())),
         cgroup_parent=args.cgroup_parent,
         seccomp=seccomp,
         seccomp_profile=seccomp_profile,

@@ -19,11 +19,11 @@ from runtime.errors import Unsupported
 from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, FreezeRecord, NetworkMode, Status, Volume
 
-VOLUME = Volume("/data", "/mnt", readonly=True)
+VOLUME = Volume("/data", "/mnt", readonly=True, name="data")
 SPEC = ContainerSpec(
     container_id="a" * 32, name="web-1", image="busybox", image_digest="sha256:" + "b" * 64, command=("/bin/sh", "-c", "echo hi"),
     env=("A=1", "B=2"), workdir="/srv", hostname="web", memory_bytes=64 << 20, cpus=0.5, pids_limit=100, network="none",
-    ip="10.77.0.9", mac="02:42:0a:4d:00:09", volumes=(VOLUME, Volume("/x", "/y", readonly=True)), cgroup_parent="/custom",
+    ip="10.77.0.9", mac="02:42:0a:4d:00:09", volumes=(VOLUME, Volume("/x", "/y", readonly=True, name="y")), cgroup_parent="/custom",
     created_at=1700000000.25, seccomp="custom", seccomp_profile='{"defaultAction": "SCMP_ACT_ALLOW"}', user="app:staff",
     stop_signal="SIGQUIT",
     auto_remove=True,

@@ -1,0 +1,124 @@
+"""Named volumes: the store (runtime/volumes.py), -v/--mount parsing and spec validation (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runtime.config import Paths
+from runtime.container import parse_mount, parse_volume, validate_fields
+from runtime.errors import InvalidArgument, InvalidSpec, VolumeInUse, VolumeNotFound
+from runtime.spec import ContainerSpec, Volume
+from runtime.volumes import VolumeStore, seed_from_tree, validate_volume_name
+
+
+def _store(tmp_path: Path, users: dict[str, list[str]] | None = None) -> VolumeStore:
+    users = users or {}
+    return VolumeStore(Paths(tmp_path), users=lambda name: users.get(name, []))
+
+
+def test_create_list_inspect_remove(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    record, made = store.create("data", {"tier": "db"})
+    assert made and record.name == "data" and record.labels == {"tier": "db"}
+    assert Path(record.mountpoint) == tmp_path / "volumes" / "data" / "_data" and Path(record.mountpoint).is_dir()
+    assert json.loads((tmp_path / "volumes" / "data" / "volume.json").read_text())["driver"] == "local"
+    again, made_again = store.create("data")
+    assert not made_again and again.created_at == record.created_at  # docker: an existing one is kept
+    random_one, _ = store.create()
+    assert len(random_one.name) == 64
+    assert [r.name for r in store.list()] == sorted(["data", random_one.name])
+    assert store.remove("data") and not store.exists("data")
+    with pytest.raises(VolumeNotFound, match="no such volume: data"):
+        store.remove("data")
+    assert store.remove("data", force=True) is False
+    assert not [p for p in (tmp_path / "volumes").iterdir() if p.name.startswith((".new-", ".rm-"))]
+
+
+def test_remove_and_prune_keep_volumes_in_use(tmp_path: Path) -> None:
+    store = _store(tmp_path, {"db": ["redis-1"]})
+    store.create("db")
+    store.create("spare")
+    (Path(store.data_dir("spare")) / "f").write_bytes(b"x" * 10)
+    with pytest.raises(VolumeInUse, match="volume db is in use by container redis-1") as exc:
+        store.remove("db", force=True)  # -f does not take a used volume (docker)
+    assert exc.value.hint
+    assert store.get("db").used_by == ("redis-1",)
+    result = store.prune()
+    assert result.removed == ("spare",) and result.bytes_freed == 10
+    assert store.exists("db")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "-x", "a" * 129, "a\0b", 7])
+def test_names_are_never_paths(name: object) -> None:
+    with pytest.raises(InvalidArgument):
+        validate_volume_name(name)
+
+
+def test_parse_volume_name_or_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_volume("data:/data:ro") == Volume(source="", target="/data", readonly=True, name="data")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    assert parse_volume("./d:/x") == Volume(source=str(tmp_path / "d"), target="/x")
+    with pytest.raises(InvalidArgument, match="invalid volume name"):
+        parse_volume("bad$name:/x")
+
+
+def test_parse_mount(tmp_path: Path) -> None:
+    assert parse_mount("type=volume,source=db,target=/var/lib/db,readonly") == Volume("", "/var/lib/db", True, "db")
+    assert parse_mount("src=db,dst=/d,ro=false") == Volume("", "/d", False, "db")
+    assert parse_mount(f"type=bind,source={tmp_path},target=/h") == Volume(str(tmp_path), "/h", False)
+    assert len(parse_mount("type=volume,target=/anon").name) == 64
+    for bad in ("type=bind,source=rel,target=/x", "type=tmpfs,target=/x", "source=db", "type=volume,target=/x,size=1"):
+        with pytest.raises(InvalidArgument):
+            parse_mount(bad)
+
+
+def _fields(volumes: tuple[Volume, ...]) -> tuple[Volume, ...]:
+    return validate_fields(name=None, hostname=None, env=(), workdir="/", memory_bytes=None, cpus=None, pids_limit=None,
+                           network="none", ip=None, volumes=volumes, cgroup_parent=None)["volumes"]
+
+
+def test_validate_fields_checks_names(tmp_path: Path) -> None:
+    assert _fields((Volume("", "/d", name="db"),)) == (Volume("", "/d", name="db"),)
+    assert _fields((Volume(str(tmp_path), "/d", name="db"),))[0].source == str(tmp_path)
+    with pytest.raises(InvalidSpec) as exc:
+        _fields((Volume("", "/d", name="../../etc"),))
+    assert exc.value.field == "volumes[0].name"
+    with pytest.raises(InvalidSpec):
+        _fields((Volume("", "/d", name=3),))  # type: ignore[arg-type]
+
+
+def test_old_records_load_without_a_name() -> None:
+    spec = ContainerSpec.from_dict({"container_id": "a" * 32, "name": "x", "image": "i", "image_digest": "sha256:" + "0" * 64,
+                                    "command": ["sh"], "volumes": [{"source": "/srv", "target": "/srv", "readonly": False}]})
+    assert spec.volumes == (Volume("/srv", "/srv", False, ""),)
+
+
+def test_resolve_makes_missing_volumes(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    vols, made = store.resolve((Volume("", "/d", name="db"), Volume("/srv", "/srv")))
+    assert made == ("db",) and vols[0].source == str(store.data_dir("db")) and vols[1] == Volume("/srv", "/srv")
+    with pytest.raises(VolumeNotFound):
+        store.resolve((Volume("", "/d", name="other"),), create=False)
+
+
+def test_seed_copies_the_image_content_once(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "data" / "sub").mkdir(parents=True)
+    (tree / "data" / "sub" / "f").write_text("seed")
+    os.symlink("/etc", tree / "escape")
+    store = _store(tmp_path / "root")
+    store.create("v")
+    data = store.data_dir("v")
+    seed_from_tree(data, tree, "/data")
+    assert (data / "sub" / "f").read_text() == "seed"
+    (data / "sub" / "f").write_text("mine")
+    seed_from_tree(data, tree, "/data")  # not empty any more: kept
+    assert (data / "sub" / "f").read_text() == "mine"
+    store.create("w")
+    seed_from_tree(store.data_dir("w"), tree, "/escape")  # out of the tree: nothing
+    assert not os.listdir(store.data_dir("w"))
