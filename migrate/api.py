@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol
 
+from runtime.ports import PortMapping
 from runtime.spec import ContainerInfo, Volume
 
 if TYPE_CHECKING:  # not imported at run time: ``pymigrate run -d`` imports this module, and its start is benchmarked
@@ -51,6 +52,9 @@ class RunOptions:
     network: Literal["bridge", "none"] = "bridge"
     ip: str | None = None
     volumes: tuple[Volume, ...] = ()
+    # -p: host ports forwarded to the container (runtime/ports.py; host port 0: a free one)
+    ports: tuple[PortMapping, ...] = ()
+    publish_all: bool = False  # -P: the image's ExposedPorts on free host ports, added to ``ports``
     cgroup_parent: str | None = None
     seccomp: str = "default"  # default | unconfined | custom (runtime/seccomp.py)
     seccomp_profile: str | None = None  # a custom profile's JSON text
@@ -157,6 +161,8 @@ class RestoreOptions:
     # public keys (files of ssh-ed25519 lines or PEM): the imported archive must be signed by one
     # of them, checked before anything is extracted (migrate/archive/signing.py); on the caller's side
     trusted_keys: tuple[Path, ...] = ()
+    # restore --publish: these ports replace the checkpoint's (None: keep them; () publishes none)
+    ports: tuple[PortMapping, ...] | None = None
 
 
 @dataclass(frozen=True)

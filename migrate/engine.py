@@ -200,6 +200,23 @@ class LocalEngine:
         return dataclasses.replace(options, command=resolved.command, env=resolved.env, workdir=resolved.workdir,
                                    user=resolved.user, entrypoint=None, stop_signal=resolved.stop_signal)
 
+    def _with_exposed_ports(self, options: RunOptions) -> RunOptions:
+        """``-P``: the image's ExposedPorts not already given with ``-p`` join ``ports`` on free
+        host ports (docker's rule); ``publish_all`` is used up."""
+        if not options.publish_all:
+            return options
+        from runtime.errors import ImageNotFound
+        from runtime.ports import parse_publish_all
+
+        try:
+            config = self.runtime.images.config(options.image)
+        except ImageNotFound:
+            config = None  # run names the missing image itself
+        given = {(m.container_port, m.protocol) for m in options.ports}
+        exposed = parse_publish_all(config.exposed_ports if config is not None else ())
+        extra = tuple(m for m in exposed if (m.container_port, m.protocol) not in given)
+        return dataclasses.replace(options, ports=options.ports + extra, publish_all=False)
+
     def image_build_busybox(self, name: str = "busybox") -> ImageInfo:
         self.runtime.paths.ensure()
         return _image_info(self.runtime.images.build_busybox(name))
@@ -230,10 +247,12 @@ class LocalEngine:
     # -- containers -----------------------------------------------------------------------------
     def run(self, options: RunOptions) -> ContainerInfo:
         options = self._with_image_config(options)
+        options = self._with_exposed_ports(options)
         kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
         image = kwargs.pop("image")
         command = kwargs.pop("command")
         del kwargs["entrypoint"]  # part of command now
+        del kwargs["publish_all"]  # part of ports now
         return self.runtime.run(image, command, **kwargs)
 
     def containers(self, all: bool = False) -> list[ContainerInfo]:

@@ -228,6 +228,8 @@ def checked_spec(manifest: dict[str, Any], options: RestoreOptions, *, origin: O
         names = ", ".join(sorted(str(v.target) for v in spec.volumes)) or "none"
         raise InvalidArgument(f"volume mapping for {', '.join(sorted(mapped))} names no volume of the checkpoint (its volumes: {names})")
     spec = seccomp_policy(spec, options, origin)
+    if options.ports is not None:  # restore --publish replaces the checkpoint's ports
+        spec = replace(spec, ports=options.ports)
     return validate_spec(replace(spec, volumes=tuple(vols)))
 
 
@@ -397,6 +399,8 @@ def restore_container(
             emit("preflight")
             t_pre = time.monotonic()
             preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
+            if spec.ports:  # pre-flight too: a taken host port is PortInUse; ports 0 (--publish :80) get free ones
+                spec = replace(spec, ports=rt.claim_ports(spec, replace_id=replace_id))
             preflight_ms = (time.monotonic() - t_pre) * 1000
             work_dir = unpacked.work_dir
             emit("restore")

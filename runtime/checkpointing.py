@@ -251,6 +251,14 @@ class CheckpointHost:
             raise InvalidState(c.name, "restore over", c.status, "exited")
         return c.container_id
 
+    def claim_ports(self, spec: ContainerSpec, *, replace_id: str | None = None) -> tuple[Any, ...]:
+        """``spec.ports`` with free host ports chosen; PortInUse for a taken one (another live
+        container's here, or a host process's). ``replace_id``'s ports do not count."""
+        from runtime.port_rules import claim, ports_lock
+
+        with ports_lock(self.rt.paths):
+            return claim(self.rt, spec, exclude=[replace_id] if replace_id else ())
+
     def check_name_free(self, name: str, *, replace_id: str | None = None) -> None:
         try:
             cid = self.store.resolve(name)
@@ -297,6 +305,10 @@ class CheckpointHost:
             # The host end stays down until CRIU has restored the sockets (``join_network``).
             net.connect(cid, netns, ip=spec.ip, mac=spec.mac, up=False)
             undo.append(("disconnect", lambda: net.disconnect(cid)))
+        if spec.ports:  # published by join_network; whatever failed after that removes them again
+            from runtime.port_rules import unpublish
+
+            undo.append(("unpublish ports", lambda: unpublish(rt.paths.root, cid)))
         return spec, netns
 
     def join_network(self, spec: ContainerSpec, netns: Path) -> None:
@@ -314,6 +326,10 @@ class CheckpointHost:
         veth = self.host_veth(spec)
         if veth is not None:
             set_link_up(veth, True)
+        if spec.ports:  # with the link up, so the first forwarded packet finds the container
+            from runtime.port_rules import publish
+
+            publish(self.rt, spec)
         try:
             self.rt.network(spec.network).announce(spec.container_id, netns)
         except ContainerError as exc:  # the container runs; neighbours learn it on first traffic

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Mapping, TypedDict, TypeVar, overload
 
 from runtime.errors import InvalidArgument, InvalidSpec, InvalidState
+from runtime.ports import PortMapping
 from runtime.spec import ContainerSpec, ContainerState, Status, Volume
 
 if TYPE_CHECKING:
@@ -297,6 +298,7 @@ class CheckedFields(TypedDict):
     volumes: tuple[Volume, ...]
     cap_add: tuple[str, ...]  # names as runtime.capabilities.parse_cap returns them
     cap_drop: tuple[str, ...]
+    ports: tuple[PortMapping, ...]  # runtime.ports.validate_ports's form
 
 
 def validate_fields(
@@ -316,6 +318,7 @@ def validate_fields(
     stop_signal: str = "",
     cap_add: tuple[str, ...] = (),
     cap_drop: tuple[str, ...] = (),
+    ports: tuple[PortMapping, ...] = (),
 ) -> CheckedFields:
     """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
 
@@ -367,7 +370,10 @@ def validate_fields(
     def caps(key: str, value: object) -> tuple[str, ...]:
         return check(key, lambda: tuple(parse_cap(_text(key, c)) for c in _seq(key, value)))
 
-    return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes,
+    from runtime.ports import validate_ports
+
+    checked_ports = check("ports", lambda: validate_ports(ports, network=network))
+    return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes, "ports": checked_ports,
             "cap_add": caps("cap_add", cap_add), "cap_drop": caps("cap_drop", cap_drop)}
 
 
@@ -426,6 +432,7 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         memory_bytes=spec.memory_bytes, cpus=spec.cpus, pids_limit=spec.pids_limit, network=spec.network,
         ip=spec.ip, volumes=spec.volumes, cgroup_parent=spec.cgroup_parent, user=spec.user,
         stop_signal=spec.stop_signal, cap_add=spec.cap_add, cap_drop=spec.cap_drop,
+        ports=spec.ports,
     )
     return replace(spec, **fields)
 

@@ -6,6 +6,7 @@ Tree::
     ├── ContainerNotFound           no container by that name/id in the state root
     │   └── VolumeNotFound          no named volume by that name (runtime/volumes.py)
     ├── ContainerExists             the name (or address) is already taken
+    │   └── PortInUse               a host port to publish is taken (port, protocol, host_ip, holder)
     ├── InvalidState                operation illegal in the current state (has expected/actual)
     │   └── VolumeInUse             a named volume a container uses (names them) cannot go
     ├── InvalidArgument             bad user input: names, limits, addresses, volumes, commands
@@ -59,6 +60,17 @@ class VolumeNotFound(ContainerNotFound):
 
 class ContainerExists(ContainerError):
     pass
+
+
+class PortInUse(ContainerExists):
+    """A host port ``-p`` asks for is published by another container or bound by a host process."""
+
+    def __init__(self, port: int, protocol: str, host_ip: str, holder: str, *, hint: str | None = None) -> None:
+        super().__init__(f"host port {host_ip or '0.0.0.0'}:{port}/{protocol} is already in use by {holder}", hint=hint)
+        self.port = port
+        self.protocol = protocol
+        self.host_ip = host_ip
+        self.holder = holder
 
 
 class InvalidState(ContainerError):

@@ -33,6 +33,7 @@ from runtime import overlay, upperfs
 from runtime.config import Paths, default_root
 from runtime.container import Container, limits_of, validate_env, validate_fields, validate_workdir
 from runtime.errors import Busy, ContainerError, ContainerExists, ContainerNotFound, InvalidArgument, InvalidState
+from runtime.ports import PortMapping
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
 from runtime.state import StateStore, new_container_id
 from runtime.syscalls import LINUX, Syscalls
@@ -212,6 +213,7 @@ class Runtime:
         network: str = "bridge",
         ip: str | None = None,
         volumes: tuple[Volume, ...] | builtins.list[Volume] = (),
+        ports: tuple[PortMapping, ...] | builtins.list[PortMapping] = (),
         cgroup_parent: str | None = None,
         seccomp: str = "default",
         seccomp_profile: str | None = None,
@@ -247,6 +249,7 @@ class Runtime:
             name=name, hostname=hostname, env=tuple(env), workdir=workdir or "/", memory_bytes=memory_bytes,
             cpus=cpus, pids_limit=pids_limit, network=network, ip=ip, volumes=tuple(volumes), cgroup_parent=cgroup_parent,
             user=user, stop_signal=stop_signal, cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
+            ports=tuple(ports),
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         if not command:
@@ -255,6 +258,7 @@ class Runtime:
 
         validate_choice(seccomp, seccomp_profile)
         cap_add, cap_drop = checked["cap_add"], checked["cap_drop"]
+        ports = checked["ports"]  # host ports 0 are chosen under the ports lock, with the record
         seccomp_bpf = self.seccomp_filter(seccomp, seccomp_profile, cap_add, cap_drop)  # before anything is created
         img = self.images.get(image)
         self.paths.ensure()
@@ -287,6 +291,7 @@ class Runtime:
                 network=network,  # type: ignore[arg-type]
                 ip=leased,
                 mac=None,
+                ports=ports,
                 volumes=vols,
                 cgroup_parent=cgroup_parent,
                 created_at=time.time(),
@@ -303,7 +308,10 @@ class Runtime:
                 from runtime.network import mac_for_ip
 
                 spec = dataclasses.replace(spec, mac=mac_for_ip(leased))
-            self.store.create(spec)
+            from runtime.port_rules import claimed
+
+            with claimed(self, spec) as spec:  # refuses a taken host port (PortInUse)
+                self.store.create(spec)
             undo.append(("remove record", lambda: self._delete_record(container_id)))
             self._start(spec, img.lowers, undo, seccomp_bpf)
         except BaseException:
@@ -370,6 +378,11 @@ class Runtime:
         if spec.network == "bridge":
             net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
             undo.append(("disconnect", lambda: net.disconnect(cid)))
+        if spec.ports:
+            from runtime.port_rules import publish, unpublish
+
+            publish(self, spec)
+            undo.append(("unpublish ports", lambda: unpublish(self.paths.root, cid)))
 
         plan = InitPlan(
             container_id=cid,
@@ -400,6 +413,8 @@ class Runtime:
         """What the shim calls after the exit of ``spec``'s init (run and restore alike)."""
         from runtime.shim import Starter
 
+        if spec.ports and not spec.auto_remove:  # its rules go with its run (auto_remove: with it)
+            return Starter("runtime.port_rules:after_exit", {"root": str(self.paths.root), "container_id": spec.container_id})
         if not spec.auto_remove:
             return None
         return Starter("runtime.runtime:auto_remove", {"root": str(self.paths.root), "container_id": spec.container_id})
@@ -441,6 +456,10 @@ class Runtime:
             self._kill_all(c)
             if not self._wait_exited(c.container_id, 10.0):
                 raise ContainerError(f"container {c.name} did not exit after SIGKILL")
+        if c.spec.ports:  # at once, not only when its shim gets to it
+            from runtime.port_rules import after_exit
+
+            after_exit(str(self.paths.root), c.container_id)
         try:
             return self.inspect(c.container_id)
         except ContainerNotFound:  # auto_remove: its shim removed it already
@@ -611,6 +630,10 @@ class Runtime:
         cid = spec.container_id
         net = self.network(spec.network)
         steps: list[tuple[str, Callable[[], None]]] = []
+        if spec.ports:
+            from runtime.port_rules import unpublish
+
+            steps.append(("unpublish ports", lambda: unpublish(self.paths.root, cid)))
         if spec.network == "bridge":
             steps.append(("disconnect", lambda: net.disconnect(cid)))
             steps.append(("release address", lambda: net.release(cid)))

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from runtime.ports import PortMapping
+
 NetworkMode = Literal["bridge", "none"]
 Status = Literal["created", "running", "paused", "exited"]
 
@@ -39,6 +41,9 @@ class ContainerSpec:
     network: NetworkMode = "bridge"
     ip: str | None = None  # bridge address (no prefix); None for --network none
     mac: str | None = None
+    # run -p/-P, restore --publish: host ports forwarded to the container (runtime/ports.py), each
+    # with its host port chosen (0 only before the start); rules in runtime/port_rules.py
+    ports: tuple[PortMapping, ...] = ()
     volumes: tuple[Volume, ...] = ()
     cgroup_parent: str | None = None
     created_at: float = 0.0  # unix time, seconds
@@ -69,6 +74,8 @@ class ContainerSpec:
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
+        if isinstance(data.get("ports"), (list, tuple)):
+            data["ports"] = tuple(PortMapping.from_dict(p) for p in data["ports"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

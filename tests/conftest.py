@@ -88,6 +88,7 @@ REQUIREMENTS = {
     "netns": _which("ip", "apt-get install iproute2"),
     "busybox": lambda: None if Path("/bin/busybox").exists() else "busybox-static not installed (run scripts/setup.sh)",
     "sshd": _which("sshd", "apt-get install openssh-server"),
+    "nftables": _which("nft", "apt-get install nftables"),
     "lazy_pages": _has_lazy_pages,
     "dirty_tracking": _has_dirty_tracking,
 }

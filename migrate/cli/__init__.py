@@ -35,6 +35,7 @@ EXIT_ERROR = 125
 COMMAND_MODULES = (
     "migrate.cli.check",
     "migrate.cli.containers",
+    "migrate.cli.ports",
     "migrate.cli.images",
     "migrate.cli.volumes",
     "migrate.cli.checkpoints",
@@ -50,6 +51,7 @@ COMMANDS: dict[str, str] = {
     **dict.fromkeys(
         ("run", "ps", "inspect", "logs", "exec", "stop", "kill", "rm", "pause", "unpause", "wait"), "migrate.cli.containers"
     ),
+    "port": "migrate.cli.ports",
     "image": "migrate.cli.images",
     "volume": "migrate.cli.volumes",
     **dict.fromkeys(("checkpoint", "restore", "migrate"), "migrate.cli.checkpoints"),

@@ -6,6 +6,7 @@
     pymigrate checkpoint ls [--json] | checkpoint inspect ID [--json] | checkpoint rm ID...
     pymigrate checkpoint sign FILE --sign-key KEY | checkpoint verify FILE --trusted-key PUB... [--json]
     pymigrate restore (CHECKPOINT_ID | --import FILE [--trusted-key PUB]...) [--name NEW] [--ip ADDR]
+                      [-p [HOST_IP:][HOST_PORT]:PORT[/PROTO]]...
                       [--tcp-established] [--print-stats] [--json]
     pymigrate migrate NAME DEST [--keep-source] [--mode cold|postcopy|precopy|auto] [--file-locks]
                       [--tcp-established] [--insecure | --tls-cert F --tls-key F --tls-ca F]
@@ -56,6 +57,8 @@ def register(sub: Any) -> None:
     p.add_argument("--name", default=None, help="name of the restored container (default: the original)")
     p.add_argument("--ip", default=None, help="address of the restored container (default: the original); another address brings its own MAC")
     p.add_argument("--tcp-established", action="store_true", help="restore established TCP connections")
+    p.add_argument("-p", "--publish", action="append", default=None, metavar="[HOST_IP:][HOST_PORT]:PORT[/tcp|udp]",
+                   help="publish these ports instead of the checkpoint's (repeatable; as run -p)")
     p.add_argument("--volume", "-v", dest="volumes", action="append", default=[], metavar="HOSTDIR:CTRDIR",
                    help="host directory for the checkpoint's volume at CTRDIR (repeatable; an imported archive's "
                         "volumes must all be mapped: it cannot choose host paths)")
@@ -302,6 +305,7 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         return EXIT_USAGE
     from migrate.api import DEFAULT_RESTORE_TIMEOUT_S, RestoreOptions
     from runtime.container import parse_volume_mapping
+    from runtime.ports import parse_publish
 
     if args.restore_timeout_s is not None and not args.restore_timeout_s > 0:
         print("pymigrate: --restore-timeout needs a number of seconds above 0", file=sys.stderr)
@@ -312,6 +316,7 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         name=args.name,
         ip=args.ip,
         tcp_established=args.tcp_established,
+        ports=None if args.publish is None else tuple(m for v in args.publish for m in parse_publish(v)),
         # paths on the restoring host (a remote daemon's own): checked there, not here
         volumes=tuple(parse_volume_mapping(v) for v in args.volumes),
         timeout_s=args.restore_timeout_s or DEFAULT_RESTORE_TIMEOUT_S,

@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
     p.add_argument("--network", choices=("bridge", "none"), default="bridge")
     p.add_argument("--ip", help="address on the bridge (default: the next free one)")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[HOST_IP:][HOST_PORT]:PORT[/tcp|udp]",
+                   help="forward a host port to a container port (repeatable; ranges 8000-8001:80-81; no host port: a free one)")
+    p.add_argument("-P", "--publish-all", action="store_true", help="publish the image's exposed ports on free host ports")
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOSTDIR|NAME:CTRDIR[:ro]",
                    help="bind mount a host directory (an absolute or ./ path), or mount named volume NAME (made if missing)")
     p.add_argument("--mount", action="append", default=[], metavar="type=volume|bind,source=S,target=/p[,readonly]",
@@ -146,6 +149,8 @@ def run_options(args: argparse.Namespace) -> Any:
         pids_limit=args.pids_limit,
         network=args.network,
         ip=args.ip,
+        ports=parse_publish_args(args.publish),
+        publish_all=args.publish_all,
         volumes=tuple(parse_volume(v) for v in args.volume) + tuple(parse_mount(m) for m in getattr(args, "mount", ())),
         cgroup_parent=args.cgroup_parent,
         seccomp=seccomp,
@@ -159,6 +164,19 @@ def run_options(args: argparse.Namespace) -> Any:
         cap_add=tuple(args.cap_add),
         cap_drop=tuple(args.cap_drop),
     )
+
+
+def parse_publish_args(values: Iterable[str]) -> tuple[Any, ...]:
+    """Every ``-p`` value's mappings (runtime.ports.parse_publish); InvalidArgument names the bad one."""
+    from runtime.ports import parse_publish
+
+    return tuple(m for v in values for m in parse_publish(v))
+
+
+def ports_column(ports: Iterable[Any]) -> str:
+    """ps's PORTS: ``0.0.0.0:8080->80/tcp, ...`` (at most three, then how many more)."""
+    shown = [f"{m.host_label}->{m.container_port}/{m.protocol}" for m in ports]
+    return ", ".join(shown[:3]) + (f" (+{len(shown) - 3})" if len(shown) > 3 else "") if shown else ""
 
 
 def resolve_env(entries: Iterable[str], env_files: Iterable[str],
@@ -300,10 +318,11 @@ def cmd_ps(args: argparse.Namespace, ctx: Any) -> int:
         for i in infos:
             print(i.spec.name)
         return EXIT_OK
-    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "IP")]
+    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "IP", "PORTS")]
     for i in infos:
         cmd = " ".join(i.spec.command)
-        rows.append((i.spec.container_id[:12], i.spec.name, i.spec.image, cmd if len(cmd) <= 30 else cmd[:27] + "...", _status(i), i.spec.ip or "-"))
+        rows.append((i.spec.container_id[:12], i.spec.name, i.spec.image, cmd if len(cmd) <= 30 else cmd[:27] + "...", _status(i), i.spec.ip or "-",
+                     ports_column(i.spec.ports)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())

@@ -207,6 +207,8 @@ class IncomingMigrations:
                 if not self.host.ip_free(spec.ip, replace_id=replace_id, owner=spec.container_id):
                     raise ContainerExists(f"address {spec.ip} of container {spec.name} is already in use on this host")
                 self.host.rt.network(spec.network).lease(spec.container_id, spec.ip)
+            if spec.ports:  # before the source freezes: a taken host port refuses the migration (PortInUse)
+                self._claim_ports(spec, replace_id)
             need_image = not self.host.images.has_digest(request.image_digest)
             layered = need_image and bool(request.image_layers)
             missing = tuple(d for d in request.image_layers if not self.host.images.layers.has_layer(d)) if layered else ()
@@ -235,6 +237,16 @@ class IncomingMigrations:
                  migration_id, spec.name, need_image, len(missing), port)
         return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port, stage_upper=True,
                               missing_layers=missing, layered_image=layered)
+
+    def _claim_ports(self, spec: ContainerSpec, replace_id: str | None) -> None:
+        """Refuse the ports another container here publishes or a host process holds, and the
+        address lease just made goes again (nothing else is reserved yet)."""
+        try:
+            self.host.claim_ports(spec, replace_id=replace_id)
+        except BaseException:
+            if spec.ip and replace_id is None:
+                self.host.rt.network(spec.network).release(spec.container_id)
+            raise
 
     # -- the upper layer, staged before the freeze --------------------------------------------
     def _stage_dir(self, migration_id: str) -> Path:

@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from runtime import spec as rspec
+from runtime.ports import PortMapping
 from runtime.registry import PushResult, RegistryOptions
 
 if TYPE_CHECKING:
@@ -400,13 +401,18 @@ def restore_request_to_pb(o: api.RestoreOptions) -> pb.RestoreRequest:
         # RestoreRequest has no seccomp field: never let the daemon restore without the caller's choice
         raise Unsupported("restore --security-opt over the API", "the daemon cannot be told a seccomp choice for a restore",
                           hint="restore on that host without --host")
-    return _to_pb(o, pb.RestoreRequest, skip=_RESTORE_LOCAL, checkpoint_id=o.checkpoint_id or "")
+    # restore --publish: None (keep the checkpoint's) and () (publish none) differ by ports_set
+    ports = [_to_pb(m, pb.PortMapping) for m in o.ports or ()]
+    return _to_pb(o, pb.RestoreRequest, skip=_RESTORE_LOCAL, checkpoint_id=o.checkpoint_id or "",
+                  ports=ports, ports_set=o.ports is not None)
 
 
 def restore_options_from_pb(m: pb.RestoreRequest) -> api.RestoreOptions:
     # an absent, zero, negative or NaN timeout is the default
     timeout_s = float(m.timeout_s) if m.timeout_s > 0 else api.DEFAULT_RESTORE_TIMEOUT_S
-    return _from_pb(api.RestoreOptions, m, skip=_RESTORE_LOCAL, checkpoint_id=m.checkpoint_id or None, timeout_s=timeout_s)
+    ports = tuple(_from_pb(PortMapping, p) for p in m.ports) if m.ports_set else None
+    return _from_pb(api.RestoreOptions, m, skip=_RESTORE_LOCAL, checkpoint_id=m.checkpoint_id or None, timeout_s=timeout_s,
+                    ports=ports)
 
 
 def restore_stats_to_pb(s: api.RestoreStats) -> pb.RestoreStats:

@@ -16,14 +16,16 @@ import pytest
 from migrate import api
 from migrate.remote import convert as cv
 from runtime.errors import Unsupported
+from runtime.ports import PortMapping
 from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, FreezeRecord, NetworkMode, Status, Volume
 
 VOLUME = Volume("/data", "/mnt", readonly=True, name="data")
+PORT = PortMapping(container_port=80, protocol="udp", host_port=8080, host_ip="127.0.0.1")
 SPEC = ContainerSpec(
     container_id="a" * 32, name="web-1", image="busybox", image_digest="sha256:" + "b" * 64, command=("/bin/sh", "-c", "echo hi"),
     env=("A=1", "B=2"), workdir="/srv", hostname="web", memory_bytes=64 << 20, cpus=0.5, pids_limit=100, network="none",
-    ip="10.77.0.9", mac="02:42:0a:4d:00:09", volumes=(VOLUME, Volume("/x", "/y", readonly=True, name="y")), cgroup_parent="/custom",
+    ip="10.77.0.9", mac="02:42:0a:4d:00:09", ports=(PORT,), volumes=(VOLUME, Volume("/x", "/y", readonly=True, name="y")), cgroup_parent="/custom",
     created_at=1700000000.25, seccomp="custom", seccomp_profile='{"defaultAction": "SCMP_ACT_ALLOW"}', user="app:staff",
     stop_signal="SIGQUIT",
     auto_remove=True,
@@ -41,7 +43,8 @@ IMAGE_REMOVAL = api.ImageRemoval(untagged=("a:1", "b"), deleted=("sha256:" + "e"
                                  blobs_removed=3, scratch_removed=4, bytes_freed=5 << 30)
 CHECKPOINT_OPTIONS = api.CheckpointOptions(leave_running=True, compress="none", level=7, tcp_established=True, file_locks=True)
 CHECKPOINT_STATS = api.CheckpointStats(1.5, 2.5, 3.5, 4.5, 5, 6, 7, 8, 9, 10, 11.5, 12.5)
-RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2", tcp_established=True, volumes=(VOLUME,), timeout_s=42.5)
+RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2", tcp_established=True, volumes=(VOLUME,), timeout_s=42.5,
+                                     ports=(PORT,))
 RESTORE_STATS = api.RestoreStats(1.5, 2.5, 3.5, 4, 5, 6.5)
 MIGRATE_OPTIONS = api.MigrateOptions(dest="10.0.0.1:7070", keep_source=True, mode="auto", tcp_established=True, file_locks=True)
 MIGRATION_STATS = api.MigrationStats(1.5, 2.5, 3, 4, {"dump": 5.5, "restore": 6.5}, upper_entries_frozen=7, image_bytes=8,
@@ -69,7 +72,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (api.ProgressEvent("migrate", "transfer", 5, 10, 1.25, "msg"), cv.migration_event_to_pb, cv.migration_event_from_pb, ()),
     (
         api.RunOptions(image="busybox", command=("sleep", "1"), name="n", hostname="h", env=("A=1",), workdir="/w", memory_bytes=1,
-                       cpus=1.5, pids_limit=2, network="none", ip="10.0.0.1", volumes=(VOLUME,), cgroup_parent="/p",
+                       cpus=1.5, pids_limit=2, network="none", ip="10.0.0.1", volumes=(VOLUME,), ports=(PORT,), publish_all=True, cgroup_parent="/p",
                        seccomp="custom", seccomp_profile="{}", user="1000:1000", entrypoint=("/bin/sh", "-c"),
                        stop_signal="USR1", auto_remove=True, read_only=True,
                        cap_add=("NET_ADMIN",), cap_drop=("ALL",)),

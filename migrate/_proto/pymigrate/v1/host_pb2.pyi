@@ -12,6 +12,7 @@ class NetworkMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NETWORK_MODE_UNSPECIFIED: _ClassVar[NetworkMode]
     NETWORK_MODE_BRIDGE: _ClassVar[NetworkMode]
     NETWORK_MODE_NONE: _ClassVar[NetworkMode]
+    NETWORK_MODE_HOST: _ClassVar[NetworkMode]
 
 class ContainerStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,7 @@ class SettlementOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 NETWORK_MODE_UNSPECIFIED: NetworkMode
 NETWORK_MODE_BRIDGE: NetworkMode
 NETWORK_MODE_NONE: NetworkMode
+NETWORK_MODE_HOST: NetworkMode
 CONTAINER_STATUS_UNSPECIFIED: ContainerStatus
 CONTAINER_STATUS_CREATED: ContainerStatus
 CONTAINER_STATUS_RUNNING: ContainerStatus
@@ -78,8 +80,20 @@ class Volume(_message.Message):
     name: str
     def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., readonly: _Optional[bool] = ..., name: _Optional[str] = ...) -> None: ...
 
+class PortMapping(_message.Message):
+    __slots__ = ("container_port", "protocol", "host_port", "host_ip")
+    CONTAINER_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    HOST_IP_FIELD_NUMBER: _ClassVar[int]
+    container_port: int
+    protocol: str
+    host_port: int
+    host_ip: str
+    def __init__(self, container_port: _Optional[int] = ..., protocol: _Optional[str] = ..., host_port: _Optional[int] = ..., host_ip: _Optional[str] = ...) -> None: ...
+
 class ContainerSpec(_message.Message):
-    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "restart", "init")
+    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "tty", "interactive", "restart", "init", "ports")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -105,8 +119,11 @@ class ContainerSpec(_message.Message):
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     CAP_ADD_FIELD_NUMBER: _ClassVar[int]
     CAP_DROP_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
     INIT_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     name: str
     image: str
@@ -132,9 +149,12 @@ class ContainerSpec(_message.Message):
     read_only: bool
     cap_add: _containers.RepeatedScalarFieldContainer[str]
     cap_drop: _containers.RepeatedScalarFieldContainer[str]
+    tty: bool
+    interactive: bool
     restart: str
     init: bool
-    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ...) -> None: ...
+    ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
 
 class ContainerState(_message.Message):
     __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by", "restart_count", "manually_stopped")
@@ -622,7 +642,7 @@ class InspectContainerResponse(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
 
 class RunContainerRequest(_message.Message):
-    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent", "seccomp", "seccomp_profile", "user", "entrypoint", "entrypoint_set", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "restart", "init")
+    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent", "seccomp", "seccomp_profile", "user", "entrypoint", "entrypoint_set", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "tty", "interactive", "restart", "init", "ports", "publish_all")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -646,8 +666,12 @@ class RunContainerRequest(_message.Message):
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     CAP_ADD_FIELD_NUMBER: _ClassVar[int]
     CAP_DROP_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
     INIT_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_ALL_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
     name: str
@@ -671,9 +695,13 @@ class RunContainerRequest(_message.Message):
     read_only: bool
     cap_add: _containers.RepeatedScalarFieldContainer[str]
     cap_drop: _containers.RepeatedScalarFieldContainer[str]
+    tty: bool
+    interactive: bool
     restart: str
     init: bool
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ...) -> None: ...
+    ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    publish_all: bool
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., publish_all: _Optional[bool] = ...) -> None: ...
 
 class RunContainerResponse(_message.Message):
     __slots__ = ("container",)
@@ -772,20 +800,22 @@ class WaitContainerResponse(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("name", "leave_running", "compress", "level", "tcp_established", "file_locks")
+    __slots__ = ("name", "leave_running", "compress", "level", "tcp_established", "file_locks", "ignore_volumes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
     COMPRESS_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
     FILE_LOCKS_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_VOLUMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     leave_running: bool
     compress: Compression
     level: int
     tcp_established: bool
     file_locks: bool
-    def __init__(self, name: _Optional[str] = ..., leave_running: _Optional[bool] = ..., compress: _Optional[_Union[Compression, str]] = ..., level: _Optional[int] = ..., tcp_established: _Optional[bool] = ..., file_locks: _Optional[bool] = ...) -> None: ...
+    ignore_volumes: bool
+    def __init__(self, name: _Optional[str] = ..., leave_running: _Optional[bool] = ..., compress: _Optional[_Union[Compression, str]] = ..., level: _Optional[int] = ..., tcp_established: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., ignore_volumes: _Optional[bool] = ...) -> None: ...
 
 class CheckpointResponse(_message.Message):
     __slots__ = ("progress", "result")
@@ -796,20 +826,24 @@ class CheckpointResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CheckpointResult, _Mapping]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s")
+    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set")
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_SET_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     name: str
     ip: str
     tcp_established: bool
     volumes: _containers.RepeatedCompositeFieldContainer[Volume]
     timeout_s: float
-    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    ports_set: bool
+    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("progress", "result")
