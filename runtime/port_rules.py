@@ -377,7 +377,7 @@ def claim(rt: Any, spec: Any, *, exclude: Iterable[str] = ()) -> tuple[PortMappi
             raise InvalidArgument(f"cannot publish port {m.container_port}/{m.protocol} on {m.host_ip}: not an address of this host",
                                   hint="leave the address out (-p HOST_PORT:PORT) or give one of this host's")
         if err is not None:
-            raise PortInUse(m.host_port, m.protocol, m.host_ip, "a process of this host",
+            raise PortInUse(m.host_port, m.protocol, m.host_ip, "a host process",
                             hint="choose another host port (-p OTHER:PORT), or stop what listens there (ss -tulpn)")
     taken = {(o.protocol, o.host_port) for _, o in others} | {(m.protocol, m.host_port) for m in spec.ports}
     out = []

@@ -49,7 +49,7 @@ from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, Restore
 from migrate.errors import ContainerLost, TransferError, IncompatibleHost, MigrationError
 from migrate.restore import version_tuple, restore_container
 from migrate.archive.streams import IteratorReader
-from runtime.errors import ContainerError, ContainerExists, InvalidArgument
+from runtime.errors import ContainerError, ContainerExists, InvalidArgument, PortInUse
 from runtime.fstree import remove_tree, remove_tree_quietly
 from runtime.scratch import sweep
 from runtime.spec import ContainerSpec
@@ -243,9 +243,12 @@ class IncomingMigrations:
         address lease just made goes again (nothing else is reserved yet)."""
         try:
             self.host.claim_ports(spec, replace_id=replace_id)
-        except BaseException:
+        except BaseException as exc:
             if spec.ip and replace_id is None:
                 self.host.rt.network(spec.network).release(spec.container_id)
+            if isinstance(exc, PortInUse):  # typed, so a scheduler can pick another host: say where
+                raise PortInUse(exc.port, exc.protocol, exc.host_ip, f"{exc.holder} on the migration target",
+                                hint="free that port there, or migrate elsewhere") from exc
             raise
 
     # -- the upper layer, staged before the freeze --------------------------------------------

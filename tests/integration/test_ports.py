@@ -87,7 +87,7 @@ def test_published_port_answers_other_hosts_localhost_and_hairpin_and_goes_with_
             time.sleep(0.1)
         r = a.cli(["--json", "run", "-d", "--name", "web3", "-p", f"{PORT + 1}:80", "busybox", "sleep", "60"])
         assert r.returncode == 125 and json.loads(r.stdout)["type"] == "PortInUse", r.stdout
-        assert "a process of this host" in json.loads(r.stdout)["error"]
+        assert "in use by a host process" in json.loads(r.stdout)["error"]
     finally:
         listener.kill()
         listener.wait()

@@ -212,7 +212,7 @@ def test_claim_refuses_a_port_a_host_process_listens_on() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        with pytest.raises(PortInUse, match=f"host port 0.0.0.0:{port}/tcp is already in use by a process of this host"):
+        with pytest.raises(PortInUse, match=f"host port 0.0.0.0:{port}/tcp is already in use by a host process"):
             port_rules.claim(_FakeRuntime(), _spec(ports=(PortMapping(80, "tcp", port, ""),)))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as bound:
         bound.bind(("127.0.0.1", 0))
