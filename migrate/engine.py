@@ -404,6 +404,7 @@ class LocalEngine:
         finish the source copy; incoming migrations; scratch). Outgoing first: it waits for an
         orphaned CRIU to leave the staging dir that the incoming reconcile then removes."""
         from migrate.migration.recovery import reconcile_outgoing
+        from runtime.port_rules import sweep_stale as sweep_stale_ports
 
         self.runtime.paths.ensure()
         steps: tuple[tuple[str, Any], ...] = (
@@ -412,6 +413,7 @@ class LocalEngine:
             ("incoming migrations and scratch", lambda: self._incoming().reconcile()),
             # held by live image work in CLI processes is kept (runtime/scratch.py)
             ("image scratch", lambda: self.runtime.images.sweep_scratch()),
+            ("published ports", lambda: sweep_stale_ports(self.runtime)),  # of containers gone or exited
         )
         for what, step in steps:
             # A boundary: whatever a crash or a hostile input left behind, the daemon must start

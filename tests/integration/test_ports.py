@@ -147,3 +147,19 @@ def test_ports_come_back_with_a_restore_and_restore_publish_overrides_them(make_
     assert a.cli(["port", "ck"], check=True).stdout.decode().split("\n")[0] == f"80/tcp -> 0.0.0.0:{PORT + 2}"
     a.cli(["rm", "-f", "ck"], check=True)
     assert port_tables(a) == []
+
+
+def test_daemon_start_sweeps_the_tables_of_gone_containers_of_its_own_root_only(make_hosts) -> None:  # noqa: ANN001
+    from runtime.port_rules import table_name
+
+    (a,) = make_hosts(1)
+    stale = table_name(a.root, "ee" * 16)  # no such container in a's root
+    other_root = table_name(a.root.parent / "another-root", "ee" * 16)
+    for table in (stale, other_root):
+        a.run(["nft", "add", "table", "ip", table])
+    a.start_daemon()
+    deadline = time.monotonic() + 30
+    while stale in port_tables(a) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert port_tables(a) == [other_root]
+    a.stop_daemon()
