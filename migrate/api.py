@@ -104,6 +104,9 @@ class CheckpointOptions:
 
 @dataclass(frozen=True)
 class CheckpointStats:
+    # an export leaves the named volumes' contents out (podman's --ignore-volumes): a restore then
+    # needs volumes of those names on its host (migrate/volumes.py)
+    ignore_volumes: bool = False
     """Times in milliseconds, sizes in bytes. ``frozen_ms`` is the downtime."""
 
     freezing_ms: float = 0.0

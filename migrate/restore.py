@@ -77,7 +77,7 @@ def _make_work_dir(scratch: Path) -> None:
 
 def unpack_archive(
     rt: Any, source: Any, *, progress: ProgressFn | None = None, trust_manifest: bool = True, staged_upper: Path | None = None,
-    expect_sha256: bytes | None = None,
+    expect_sha256: bytes | None = None, staged_volumes: Path | None = None,
 ) -> Unpacked:
     """Verify and unpack an archive stream into a scratch dir under ROOT/tmp.
 
@@ -90,7 +90,10 @@ def unpack_archive(
     manifest says the archive's upper layer is only the changes since (``options.upper_delta``),
     they are merged into it and it becomes the unpacked upper layer (moved into the scratch dir).
 
-    ``expect_sha256``: the digest whose signature was verified (see read_archive)."""
+    ``expect_sha256``: the digest whose signature was verified (see read_archive).
+
+    ``staged_volumes``: a live migration's named volumes received before the freeze
+    (``<dir>/<name>``), merged with the archive's changes (migrate/volumes.py)."""
     from migrate.archive import read_archive
     from migrate.archive.store import devices_allowed
 
@@ -111,6 +114,10 @@ def unpack_archive(
         if delta is not None:
             _merge_upper_delta(upper, delta, staged_upper)
         image = _upper_image(scratch, manifest, staged_upper, trusted=trust_manifest)
+        from migrate.volumes import DELTAS_KEY, merge_staged
+
+        if manifest.get(DELTAS_KEY) is not None:  # a migration's volumes: changes since their stage
+            merge_staged(scratch, manifest[DELTAS_KEY], staged_volumes)
         _make_work_dir(scratch)
     except BaseException:
         remove_tree_quietly(scratch)
@@ -214,8 +221,10 @@ def checked_spec(manifest: dict[str, Any], options: RestoreOptions, *, origin: O
     vols = []
     for i, vol in enumerate(spec.volumes):
         target = os.path.normpath(vol.target) if isinstance(vol.target, str) else vol.target
-        if target in mapped:
-            vols.append(replace(vol, source=mapped.pop(target).source))
+        if target in mapped:  # a mapped named volume becomes a bind mount of the given path
+            vols.append(replace(vol, source=mapped.pop(target).source, name=""))
+        elif isinstance(vol.name, str) and vol.name:
+            vols.append(replace(vol, source=""))  # this host's volume of that name (migrate/volumes.py install)
         elif origin == "import":
             raise InvalidSpec(f"volumes[{i}].source", f"checkpoint volume {vol.target} names host path {vol.source!r}: an imported archive cannot choose host paths",
                               hint=f"map it explicitly: --volume HOSTDIR:{vol.target}")
@@ -312,6 +321,28 @@ def _identity(rt: Any, spec: ContainerSpec, options: RestoreOptions, origin: Ori
     return spec, rt.replaceable_id(spec)
 
 
+def install_volumes(rt: Any, spec: ContainerSpec, unpacked: Unpacked, *, migration_id: str = "") -> tuple[ContainerSpec, list[tuple[str, str]]]:
+    """The spec's named volumes resolved here, the archive's copies installed (migrate/volumes.py)."""
+    from migrate.volumes import PREFIX, install
+
+    if not any(v.name for v in spec.volumes):
+        return spec, []
+    carried = unpacked.scratch / PREFIX if unpacked.scratch is not None else None
+    return install(rt.volumes, spec, carried, migration_id=migration_id)
+
+
+def _restore_from(rt: Any, adopted: list[tuple[str, str]], spec: ContainerSpec, **kwargs: Any) -> Any:
+    """``rt.restore_from``; a failed one gives back the volumes ``install_volumes`` adopted."""
+    try:
+        return rt.restore_from(spec, **kwargs)
+    except BaseException:
+        if adopted:
+            from migrate.volumes import uninstall
+
+            uninstall(rt.volumes, adopted)
+        raise
+
+
 def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_established: bool,
                     timeout_s: float | None = DEFAULT_RESTORE_TIMEOUT_S) -> RestoreRequest:
     """The CRIU restore request; the runtime adds the network namespace fd inside the shim.
@@ -345,6 +376,8 @@ def restore_container(
 ) -> RestoreResult:
     """Restore from ``options.checkpoint_id``, ``options.import_path`` or an archive stream ``source``.
 
+    staged_volumes: Path | None = None,
+    migration_id: str = "",
     ``before_restore(images_dir)`` runs once the archive is unpacked (a disk-less migration
     moves the pages its page server received into the images dir there). ``staged_upper``: see
     ``unpack_archive``. ``source`` is a migration peer's push: its volumes are taken only where
@@ -367,7 +400,8 @@ def restore_container(
     signed_by = ""
     origin: Origin
     if source is not None:
-        unpacked, origin = unpack_archive(rt, source, progress=progress, staged_upper=staged_upper), "peer"
+        unpacked, origin = unpack_archive(rt, source, progress=progress, staged_upper=staged_upper,
+                                          staged_volumes=staged_volumes), "peer"
     elif options.import_path is not None:
         path = Path(options.import_path)
         archive_bytes = path.stat().st_size
@@ -404,8 +438,9 @@ def restore_container(
             preflight_ms = (time.monotonic() - t_pre) * 1000
             work_dir = unpacked.work_dir
             emit("restore")
+            spec, adopted = install_volumes(rt, spec, unpacked, migration_id=migration_id)
             t0 = time.monotonic()
-            info = rt.restore_from(
+            info = _restore_from(rt, adopted,
                 spec,
                 upper_src=unpacked.upper_dir,
                 replace_id=replace_id,

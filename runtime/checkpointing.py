@@ -73,6 +73,11 @@ class CheckpointHost:
     def images(self) -> Any:
         return self.rt.images
 
+    @property
+    def volumes(self) -> Any:
+        """The named volumes of this root (runtime/volumes.py)."""
+        return self.rt.volumes
+
     # -- the source side --------------------------------------------------------------------------
     def get(self, name: str) -> Container:
         return self.rt.container(name)  # type: ignore[no-any-return]
@@ -234,6 +239,16 @@ class CheckpointHost:
         else:
             self.rt.remove(c.container_id, force=True)  # kill, release and delete in one pass
 
+            self._remove_moved_volumes(c.spec)
+
+    def _remove_moved_volumes(self, spec: ContainerSpec) -> None:
+        """The target has the container's named volumes now: they go here too (exactly one live
+        copy), unless another container of this host still uses one."""
+        for name in dict.fromkeys(v.name for v in spec.volumes if v.name):
+            try:
+                self.rt.volumes.remove(name, force=True)
+            except (ContainerError, OSError) as exc:
+                log.warning("volume=%s stays on this host after its container moved: %s", name, exc)
     # -- the target side --------------------------------------------------------------------------
     @staticmethod
     def new_container_id() -> str:

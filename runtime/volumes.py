@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from runtime.config import Paths
-from runtime.errors import InvalidArgument, VolumeInUse, VolumeNotFound
+from runtime.errors import ContainerExists, InvalidArgument, VolumeInUse, VolumeNotFound
 from runtime.spec import Volume
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,10 @@ _LOCK_FILE = ".lock"
 
 # container names that use a volume (any state): what ``remove`` and ``prune`` must not take away
 UsersFn = Callable[[str], list[str]]
+
+
+class VolumeConflict(ContainerExists):
+    """A checkpoint's or a migration's volume would replace a volume here that holds data or is in use."""
 
 
 @dataclass(frozen=True)
@@ -131,14 +135,14 @@ class VolumeStore:
         log.info("volume=%s created", name)
         return self.get(name), True
 
-    def _make(self, name: str, labels: dict[str, str]) -> None:
+    def _make(self, name: str, labels: dict[str, str], extra: dict[str, str] | None = None) -> None:
         # built aside and renamed into place: a crash leaves a .new-* dir (swept by prune), never a
         # half-made volume under its name
         staging = self.root / f".new-{secrets.token_hex(8)}"
         (staging / DATA_DIR).mkdir(parents=True)
         os.chmod(staging, 0o701)
         os.chmod(staging / DATA_DIR, 0o755)
-        record = {"name": name, "driver": DRIVER, "created_at": time.time(), "labels": dict(labels)}
+        record = {"name": name, "driver": DRIVER, "created_at": time.time(), "labels": dict(labels), **(extra or {})}
         (staging / RECORD_FILE).write_text(json.dumps(record, sort_keys=True))
         try:
             os.rename(staging, self.root / name)
@@ -206,6 +210,81 @@ class VolumeStore:
                 self._delete(record.name)
                 removed.append(record.name)
         return VolumePruneResult(removed=tuple(removed), bytes_freed=freed)
+
+    def adopt(self, name: str, tree: Path, *, migration_id: str = "") -> str:
+        """Make ``tree`` (on this root's file system: a restore's scratch) volume ``name``'s data:
+        a new volume ("made"), or an existing one that is empty and unused ("filled"). Returns
+        which, for ``unadopt``. ``migration_id`` is kept in the record, so a migration's abort
+        finds what it brought (``adopted_by``).
+
+        Raises:
+            VolumeConflict: a volume of that name exists with content or is in use.
+        """
+        with self.lock():
+            if not self.exists(name):
+                self._make(name, {}, extra={"migration_id": migration_id, "adopted": "made"})
+                how = "made"
+            else:
+                self._check_empty(name)
+                self._write_record(name, migration_id=migration_id, adopted="filled")
+                how = "filled"
+            data = self.data_dir(name)
+            doomed = self.root / f".rm-{secrets.token_hex(8)}"
+            os.rename(data, doomed)
+            os.rename(tree, data)
+            _remove(doomed)
+        log.info("volume=%s %s from a checkpoint%s", name, how, f" (migration {migration_id})" if migration_id else "")
+        return how
+
+    def check_adoptable(self, name: str) -> None:
+        """Raises VolumeConflict unless ``adopt`` could take ``name`` now (a target's pre-flight)."""
+        if self.exists(name):
+            self._check_empty(name)
+
+    def _check_empty(self, name: str) -> None:
+        users = self._users(name)
+        if users or os.listdir(self.data_dir(name)):
+            what = f"is in use by container {', '.join(users)}" if users else "exists with content"
+            raise VolumeConflict(f"volume {name} {what} on this host: the checkpoint's volume {name} cannot replace it",
+                                 hint=f"remove it first (pymigrate volume rm {name}) or restore where no volume {name} holds data")
+
+    def unadopt(self, name: str, how: str) -> None:
+        """Undo ``adopt``: a made volume goes, a filled one is empty again (a failed restore)."""
+        with self.lock():
+            if not self.exists(name) or self._users(name):
+                return
+            if how == "made":
+                self._delete(name)
+                return
+            data = self.data_dir(name)
+            doomed = self.root / f".rm-{secrets.token_hex(8)}"
+            os.rename(data, doomed)
+            data.mkdir(mode=0o755)
+            self._write_record(name, migration_id="", adopted="")
+            _remove(doomed)
+
+    def adopted_by(self, migration_id: str) -> list[tuple[str, str]]:
+        """(name, how) of the volumes ``adopt`` took for ``migration_id``."""
+        out = []
+        for record in self.list():
+            data = self._raw(record.name)
+            if migration_id and data.get("migration_id") == migration_id:
+                out.append((record.name, str(data.get("adopted", "made"))))
+        return out
+
+    def _raw(self, name: str) -> dict:
+        try:
+            data = json.loads((self.dir(name) / RECORD_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_record(self, name: str, **extra: str) -> None:
+        from runtime.state import atomic_write
+
+        data = self._raw(name)
+        data.update(extra)
+        atomic_write(self.dir(name) / RECORD_FILE, json.dumps(data, sort_keys=True).encode(), mode=0o644)
 
     def _delete(self, name: str) -> None:
         # out of its name first: a crash mid-removal leaves a .rm-* dir, not a half-empty volume

@@ -12,6 +12,9 @@ file was a host-file overwrite). So the reader refuses any member no row below a
   itself (migrate.migration.target), never taken from an archive.
 - ``upper`` and ``upper/<path>``: the container's overlay upper layer, any kind the format has,
   under the reader's tree rules (no escaping links, no path through a link, devices by policy).
+- ``volumes``, ``volumes/<name>`` and ``volumes/<name>/<path>``: named volumes' contents
+  (``checkpoint --export`` without ``--ignore-volumes``, a migration's volume stage and delta),
+  under the upper layer's tree rules; ``<name>`` must be a volume name.
 - ``upper.img.map``/``.data`` and ``upper.img.delta.map``/``.data``: the upper layer as a packed
   file-system image, whole or its changed blocks (regular files; migrate/archive/upper_image.py).
 
@@ -77,6 +80,17 @@ CHECKPOINT_MEMBERS: tuple[MemberRule, ...] = (
         flat=False,
         pattern=None,
         what="the overlay upper layer",
+    ),
+    # Named volumes' contents (runtime/volumes.py): volumes/<name>/<path>, a tree under the same
+    # rules as the upper layer (no escaping links, devices by policy, the same extraction limits);
+    # the first component must be a volume name, so it never names a path of its own
+    MemberRule(
+        top="volumes",
+        top_kinds=frozenset({fmt.KIND_DIR}),
+        kinds=fmt.KINDS,
+        flat=False,
+        pattern=re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}(/.+)?", re.DOTALL),
+        what="the named volumes",
     ),
     # The upper layer as a file-system image (migrate/archive/upper_image.py), packed: its data extents
     # back to back (.data) and their offsets (.map, JSON), whole or only the blocks changed since

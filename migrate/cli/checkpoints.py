@@ -37,6 +37,8 @@ def register(sub: Any) -> None:
     p.add_argument("--export", type=Path, default=None, metavar="FILE", help="write the checkpoint to one archive file")
     p.add_argument("--compress", choices=("zstd", "none"), default="zstd", help="archive compression (with --export)")
     p.add_argument("--level", type=int, default=1, help="zstd level (with --export)")
+    p.add_argument("--ignore-volumes", action="store_true",
+                   help="leave the named volumes' contents out of the export (a restore then needs volumes of those names)")
     p.add_argument("--tcp-established", action="store_true", help="checkpoint established TCP connections")
     p.add_argument("--file-locks", action="store_true", help="checkpoint file locks")
     p.add_argument("--sign-key", type=Path, default=None, metavar="KEY",
@@ -209,6 +211,7 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         tcp_established=args.tcp_established,
         file_locks=args.file_locks,
         sign_key=args.sign_key,
+        ignore_volumes=args.ignore_volumes,
     )
     with Progress(ctx, f"checkpoint {verb}") as progress:
         result = ctx.engine.checkpoint(verb, options, progress)

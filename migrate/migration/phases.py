@@ -71,7 +71,7 @@ class PreDumped:
 PreDumpFn = Callable[[str, Path, Any], PreDumped]
 
 
-def stage_upper(target: Any, migration_id: str, upper_dir: Path, image_stage: Any = None) -> tuple[Any, int]:
+def stage_upper(target: Any, migration_id: str, upper_dir: Path, image_stage: Any = None, volumes: Any = None) -> tuple[Any, int]:
     """Before the freeze: send the whole upper layer to the target (``receive_upper``) while the
     container still runs, remembering what each entry looked like (migrate.migration.upper_sync), or, for a
     layer on an image, the image itself (``image_stage``: migrate.archive.upper_image.ImageStage).
@@ -91,6 +91,8 @@ def stage_upper(target: Any, migration_id: str, upper_dir: Path, image_stage: An
             snapshot = None
         else:
             snapshot = write_snapshot(writer, "upper", upper_dir)
+        if volumes is not None:  # named volumes ride along (migrate/volumes.py VolumeSync)
+            volumes.stage(writer)
         writer.close()
         sink.close()
     except BaseException as exc:
@@ -107,21 +109,22 @@ def stage_upper(target: Any, migration_id: str, upper_dir: Path, image_stage: An
 
 
 def upper_for_migration(target: Any, ticket: Any, migration_id: str, upper_dir: Path, enter: Any, *,
-                        upper_image: Path | None = None, tmp_dir: Path | None = None) -> tuple[UpperForDump, int]:
+                        upper_image: Path | None = None, tmp_dir: Path | None = None,
+                        volumes: Any = None) -> tuple[UpperForDump, int]:
     """Stage the upper layer on the target when its ticket asks for it (phase "stage", via
     ``enter``); the writer the dump then uses, and the bytes sent now. ``upper_image``: the
     layer's file system image (runtime/upperfs.py), which then moves block-wise, its snapshot
     kept in ``tmp_dir`` until the dump (migrate/archive/upper_image.py)."""
     if not ticket.stage_upper:
-        return UpperForDump(None, upper_dir, image=upper_image, tmp_dir=tmp_dir), 0
+        return UpperForDump(None, upper_dir, image=upper_image, tmp_dir=tmp_dir, volumes=volumes), 0
     image_stage = None
     if upper_image is not None:
         from migrate.archive.upper_image import ImageStage
 
         image_stage = ImageStage(upper_image, tmp_dir or upper_image.parent, migration_id)
     enter("stage", "sending the upper layer")
-    snapshot, sent = stage_upper(target, migration_id, upper_dir, image_stage)
-    return UpperForDump(snapshot, upper_dir, image=upper_image, image_stage=image_stage, tmp_dir=tmp_dir), sent
+    snapshot, sent = stage_upper(target, migration_id, upper_dir, image_stage, volumes)
+    return UpperForDump(snapshot, upper_dir, image=upper_image, image_stage=image_stage, tmp_dir=tmp_dir, volumes=volumes), sent
 
 
 class UpperForDump:
@@ -131,8 +134,9 @@ class UpperForDump:
     The delta is computed while CRIU dumps (the writer thread), not before it."""
 
     def __init__(self, snapshot: Any, upper_dir: Path, *, image: Path | None = None, image_stage: Any = None,
-                 tmp_dir: Path | None = None) -> None:
+                 tmp_dir: Path | None = None, volumes: Any = None) -> None:
         self.snapshot = snapshot
+        self.volumes = volumes  # migrate.volumes.VolumeSync: the named volumes' changes follow the layer
         self.upper_dir = upper_dir
         self.image = image
         self.image_stage = image_stage
@@ -146,6 +150,11 @@ class UpperForDump:
             self.image_stage.discard()
 
     def __call__(self, writer: Any) -> None:
+        self._add_upper(writer)
+        if self.volumes is not None:
+            self.trailer.update(self.volumes.add_final(writer))
+
+    def _add_upper(self, writer: Any) -> None:
         if self.image_stage is not None:
             self.image_stage.add_delta(writer)
             self.changed = self.image_stage.changed_blocks

@@ -194,8 +194,11 @@ def _transfer(move: Move, mode: Mode) -> bool:
             move.image_bytes, move.image_layers_sent = push_image(move.rt, move.target, move.migration_id, spec.image_digest,
                                                                   move.ticket)
             move.bytes_on_wire += move.image_bytes
+        from migrate.volumes import VolumeSync, named
+
         move.upper, sent = upper_for_migration(move.target, move.ticket, move.migration_id, move.dt.upper_dir, move.enter,
-                                               upper_image=move.dt.upper_image, tmp_dir=move.rt.paths.tmp)
+                                               upper_image=move.dt.upper_image, tmp_dir=move.rt.paths.tmp,
+                                               volumes=VolumeSync(spec) if named(spec) else None)
         move.bytes_on_wire += sent
         move.staging = move.rt.paths.tmp / f"migrate-{move.migration_id}"
         move.staging.mkdir(parents=True, mode=0o700)

@@ -177,6 +177,10 @@ class IncomingMigrations:
         """Pre-flight and reservation. Raises IncompatibleHost / ContainerExists naming the problem."""
         spec = ContainerSpec.from_dict(request.spec)
         _validate_request(request, spec)
+        from migrate.volumes import check_incoming as check_volumes
+
+        # before the source freezes: a volume name taken here, a bind mount's missing host path
+        check_volumes(self.host.volumes, spec, mode=request.mode, allow_peer_volumes=self.host.allow_peer_volumes)
         if request.mode == "postcopy":  # this host must restore with lazy pages
             from migrate.migration.postcopy import check_incoming
 
@@ -293,6 +297,8 @@ class IncomingMigrations:
             upper = partial / "tree" / "upper"
             upper.mkdir(exist_ok=True)
             os.rename(upper, partial / "upper")
+            if (partial / "tree" / "volumes").is_dir():  # named volumes (migrate/volumes.py)
+                os.rename(partial / "tree" / "volumes", partial / "volumes")
             try:  # a layer on an image: its blocks, not its tree
                 unpack_members(partial / "tree", partial / MEMBER)
             except ValueError as exc:
@@ -476,6 +482,8 @@ class IncomingMigrations:
                     source=reader,
                     before_restore=lambda images_dir: self._before_restore(migration_id, images_dir),
                     staged_upper=staged,
+                    staged_volumes=self._stage_dir(migration_id) / "volumes",
+                    migration_id=migration_id,
                 )
         except BaseException as exc:
             # The restore removed what it built. The source never pushes twice, so the reservation
@@ -565,6 +573,10 @@ class IncomingMigrations:
                 exists = False
             if not exists and record.get("ip"):
                 self.host.rt.network(record.get("network", "bridge")).release(cid)
+            if not exists:  # the named volumes its restore installed (migrate/volumes.py)
+                from migrate.volumes import uninstall
+
+                uninstall(self.host.volumes, self.host.volumes.adopted_by(migration_id))
             self._record_outcome(migration_id, outcome, cid)
             path.unlink(missing_ok=True)
         log.info("migration=%s aborted on the target", migration_id)

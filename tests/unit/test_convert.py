@@ -41,7 +41,8 @@ INFO = ContainerInfo(SPEC, STATE, bundle_dir="/b", cgroup={"memory": "/m", "unif
 IMAGE = api.ImageInfo(name="busybox", digest="sha256:" + "d" * 64, size_bytes=123, created_at=4.5, layers=3)
 IMAGE_REMOVAL = api.ImageRemoval(untagged=("a:1", "b"), deleted=("sha256:" + "e" * 64,), layers_removed=("sha256:1", "sha256:2"),
                                  blobs_removed=3, scratch_removed=4, bytes_freed=5 << 30)
-CHECKPOINT_OPTIONS = api.CheckpointOptions(leave_running=True, compress="none", level=7, tcp_established=True, file_locks=True)
+CHECKPOINT_OPTIONS = api.CheckpointOptions(leave_running=True, compress="none", level=7, tcp_established=True, file_locks=True,
+                                         ignore_volumes=True)
 CHECKPOINT_STATS = api.CheckpointStats(1.5, 2.5, 3.5, 4.5, 5, 6, 7, 8, 9, 10, 11.5, 12.5)
 RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2", tcp_established=True, volumes=(VOLUME,), timeout_s=42.5,
                                      ports=(PORT,))
