@@ -368,10 +368,19 @@ def _dump_export(cp: _Checkpoint, out: BinaryIO, signer: ArchiveSigner | None, o
     from migrate.archive import ArchiveWriter
 
     sink: Any = HashingSink(out) if signer is not None else out
+    from migrate.volumes import CARRIED_KEY, add_volumes, named
+
     writer = ArchiveWriter(sink, compress=cp.options.compress, level=cp.options.level)
-    writer.write_manifest(cp.manifest)
-    stats, dump_ms = stream_dump(cp.criu, cp.request, writer, cp.target.upper_dir, on_bytes=on_bytes,
-                                 add_upper=_image_writer(cp.target.upper_image, cp.staging))
+    carried = () if cp.options.ignore_volumes else tuple(named(cp.target.spec))
+    writer.write_manifest({**cp.manifest, CARRIED_KEY: list(carried)} if carried else cp.manifest)
+    add_image = _image_writer(cp.target.upper_image, cp.staging)
+
+    def add_upper(w: Any) -> None:  # the layer, then the named volumes (frozen, so consistent with it)
+        add_image(w) if add_image is not None else w.add_tree("upper", cp.target.upper_dir)
+        if carried:
+            add_volumes(w, cp.target.spec)
+
+    stats, dump_ms = stream_dump(cp.criu, cp.request, writer, cp.target.upper_dir, on_bytes=on_bytes, add_upper=add_upper)
     summary = writer.close(trailer={"dump_stats": stats.__dict__})
     if signer is not None:
         assert isinstance(sink, HashingSink), "the sink hashes whenever there is a signer"
