@@ -49,7 +49,7 @@ class RunOptions:
     memory_bytes: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
-    network: Literal["bridge", "none"] = "bridge"
+    network: Literal["bridge", "none", "host"] = "bridge"
     ip: str | None = None
     volumes: tuple[Volume, ...] = ()
     # -p: host ports forwarded to the container (runtime/ports.py; host port 0: a free one)
@@ -66,6 +66,8 @@ class RunOptions:
     read_only: bool = False  # run --read-only: the container's root is mounted read-only
     cap_add: tuple[str, ...] = ()  # capability names (NET_RAW, CAP_SYS_ADMIN) or ALL, added to the default set
     cap_drop: tuple[str, ...] = ()  # likewise, dropped from it (an add wins; docker's rules)
+    restart: str = "no"  # no | on-failure[:N] | always | unless-stopped, kept by its shim (runtime/restart.py)
+    init: bool = False  # run --init: tini is PID 1 (forwards signals, reaps zombies)
 
 
 @dataclass(frozen=True)

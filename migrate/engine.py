@@ -404,6 +404,7 @@ class LocalEngine:
         finish the source copy; incoming migrations; scratch). Outgoing first: it waits for an
         orphaned CRIU to leave the staging dir that the incoming reconcile then removes."""
         from migrate.migration.recovery import reconcile_outgoing
+        from runtime.restart import on_daemon_start as restart_on_daemon_start
         from runtime.port_rules import sweep_stale as sweep_stale_ports
 
         self.runtime.paths.ensure()
@@ -414,6 +415,8 @@ class LocalEngine:
             # held by live image work in CLI processes is kept (runtime/scratch.py)
             ("image scratch", lambda: self.runtime.images.sweep_scratch()),
             ("published ports", lambda: sweep_stale_ports(self.runtime)),  # of containers gone or exited
+            # last: settled freezes and migrations decide which copy is the live one
+            ("restart policies", lambda: restart_on_daemon_start(self.runtime)),
         )
         for what, step in steps:
             # A boundary: whatever a crash or a hostile input left behind, the daemon must start

@@ -298,6 +298,7 @@ class CheckedFields(TypedDict):
     volumes: tuple[Volume, ...]
     cap_add: tuple[str, ...]  # names as runtime.capabilities.parse_cap returns them
     cap_drop: tuple[str, ...]
+    restart: str  # runtime.restart.parse_policy's form
     ports: tuple[PortMapping, ...]  # runtime.ports.validate_ports's form
 
 
@@ -319,6 +320,9 @@ def validate_fields(
     cap_add: tuple[str, ...] = (),
     cap_drop: tuple[str, ...] = (),
     ports: tuple[PortMapping, ...] = (),
+    restart: str = "no",
+    auto_remove: bool = False,
+    init: bool = False,
 ) -> CheckedFields:
     """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
 
@@ -342,8 +346,8 @@ def validate_fields(
     check("memory_bytes", lambda: validate_memory(_number("memory_bytes", memory_bytes, int)))
     check("cpus", lambda: validate_cpus(_number("cpus", cpus, float)))
     check("pids_limit", lambda: validate_pids_limit(_number("pids_limit", pids_limit, int)))
-    if network not in ("bridge", "none"):
-        raise InvalidSpec("network", f"invalid network mode {network!r}: expected bridge or none")
+    if network not in ("bridge", "none", "host"):
+        raise InvalidSpec("network", f"invalid network mode {network!r}: expected bridge, none or host")
     if ip is not None:
         check("ip", lambda: _validate_ip(ip, network))
     vols: list[Volume] = []
@@ -373,8 +377,17 @@ def validate_fields(
     from runtime.ports import validate_ports
 
     checked_ports = check("ports", lambda: validate_ports(ports, network=network))
+    from runtime.restart_policy import parse_policy
+
+    checked_restart = check("restart", lambda: parse_policy(_text("restart", restart)))
+    if checked_restart != "no" and auto_remove is True:
+        raise InvalidSpec("restart", f"restart policy {checked_restart} conflicts with auto_remove (--rm)",
+                          hint="a container that restarts is never removed by its exit: drop --rm or --restart")
+    if not isinstance(init, bool):
+        raise InvalidSpec("init", f"invalid init {init!r}: expected true or false")
     return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes, "ports": checked_ports,
-            "cap_add": caps("cap_add", cap_add), "cap_drop": caps("cap_drop", cap_drop)}
+            "cap_add": caps("cap_add", cap_add), "cap_drop": caps("cap_drop", cap_drop),
+            "restart": checked_restart}
 
 
 def parse_signal(text: str) -> int:
@@ -433,6 +446,7 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         ip=spec.ip, volumes=spec.volumes, cgroup_parent=spec.cgroup_parent, user=spec.user,
         stop_signal=spec.stop_signal, cap_add=spec.cap_add, cap_drop=spec.cap_drop,
         ports=spec.ports,
+        restart=spec.restart, auto_remove=spec.auto_remove, init=spec.init,
     )
     return replace(spec, **fields)
 

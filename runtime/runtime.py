@@ -223,6 +223,8 @@ class Runtime:
         read_only: bool = False,
         cap_add: tuple[str, ...] | builtins.list[str] = (),
         cap_drop: tuple[str, ...] | builtins.list[str] = (),
+        restart: str = "no",
+        init: bool = False,
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
@@ -231,7 +233,9 @@ class Runtime:
         ``USER[:GROUP]`` (names or ids), looked up in the container's own /etc/passwd and
         /etc/group when it starts (runtime/users.py); empty: root. ``auto_remove``: its shim
         removes it once it exited by itself (see the module doc). ``read_only``: the root mount is
-        read-only (runtime/rootfs.py, runtime/process.py).
+        read-only (runtime/rootfs.py, runtime/process.py). ``restart``: its policy, kept by its
+        shim (runtime/restart.py; not with ``auto_remove``). ``init``: tini is PID 1
+        (runtime/init_binary.py).
 
         Raises:
             InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address,
@@ -250,8 +254,10 @@ class Runtime:
             cpus=cpus, pids_limit=pids_limit, network=network, ip=ip, volumes=tuple(volumes), cgroup_parent=cgroup_parent,
             user=user, stop_signal=stop_signal, cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
             ports=tuple(ports),
+            restart=restart, auto_remove=bool(auto_remove), init=init,
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
+        restart = checked["restart"]
         if not command:
             raise InvalidArgument(f"no command given for image {image}: the image has no default command")
         from runtime.seccomp import validate_choice
@@ -303,6 +309,8 @@ class Runtime:
                 read_only=bool(read_only),
                 cap_add=cap_add,
                 cap_drop=cap_drop,
+                restart=restart,
+                init=bool(init),
             )
             if leased is not None:
                 from runtime.network import mac_for_ip
@@ -352,9 +360,6 @@ class Runtime:
         return filter_for(choice, profile, spec_names(cap_add, cap_drop), self.paths.seccomp_cache)
 
     def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
-        from runtime import rootfs
-        from runtime.capabilities import container_caps
-        from runtime.process import InitPlan, container_env
         from runtime.shim import Starter, launch_shim
 
         cid = spec.container_id
@@ -384,22 +389,7 @@ class Runtime:
             publish(self, spec)
             undo.append(("unpublish ports", lambda: unpublish(self.paths.root, cid)))
 
-        plan = InitPlan(
-            container_id=cid,
-            merged=str(dirs.merged),
-            netns=str(netns),
-            hostname=spec.hostname,
-            argv=spec.command,
-            env=container_env(spec.env, spec.hostname),
-            workdir=spec.workdir,
-            ops=tuple(rootfs.plan(spec.volumes, read_only=spec.read_only)),
-            cap_last=self._caps_last(),
-            cgroup=cid,
-            seccomp_bpf=seccomp_bpf,
-            user=spec.user,
-            read_only=spec.read_only,
-            caps=container_caps(spec.cap_add, spec.cap_drop),
-        )
+        plan = self.init_plan(spec, dirs.merged, netns, seccomp_bpf)
         launch_shim(
             self.store,
             cid,
@@ -409,15 +399,81 @@ class Runtime:
             sys=self.sys,
         )
 
+    def init_plan(self, spec: ContainerSpec, merged: Path, netns: Path, seccomp_bpf: bytes | None | bool = True) -> Any:
+        """The ``InitPlan`` of ``spec``'s init in its mounted ``merged`` root and ``netns`` (a fresh
+        start and a restart policy's start alike); ``seccomp_bpf`` True: compile the spec's filter."""
+        from runtime import rootfs
+        from runtime.capabilities import container_caps
+        from runtime.process import InitPlan, container_env
+
+        if seccomp_bpf is True:
+            seccomp_bpf = self.seccomp_filter(spec.seccomp, spec.seccomp_profile, spec.cap_add, spec.cap_drop)
+        cid = spec.container_id
+        return InitPlan(
+            container_id=cid,
+            merged=str(merged),
+            netns=str(netns),
+            hostname=spec.hostname,
+            argv=spec.command,
+            env=container_env(spec.env, spec.hostname),
+            workdir=spec.workdir,
+            ops=tuple(rootfs.plan(spec.volumes, read_only=spec.read_only)),
+            cap_last=self._caps_last(),
+            cgroup=cid,
+            seccomp_bpf=seccomp_bpf or None,
+            user=spec.user,
+            read_only=spec.read_only,
+            caps=container_caps(spec.cap_add, spec.cap_drop),
+        )
+
     def exit_action(self, spec: ContainerSpec) -> Any:
         """What the shim calls after the exit of ``spec``'s init (run and restore alike)."""
         from runtime.shim import Starter
 
+        if spec.restart != "no":  # run refuses --rm with --restart
+            return Starter("runtime.restart:after_exit", {"root": str(self.paths.root), "container_id": spec.container_id})
         if spec.ports and not spec.auto_remove:  # its rules go with its run (auto_remove: with it)
             return Starter("runtime.port_rules:after_exit", {"root": str(self.paths.root), "container_id": spec.container_id})
         if not spec.auto_remove:
             return None
         return Starter("runtime.runtime:auto_remove", {"root": str(self.paths.root), "container_id": spec.container_id})
+
+    def start_existing(self, container_id: str) -> None:
+        """Start an exited container's process again under a new shim, in its container as it is
+        (overlay mounted, cgroup, netns): a restart policy's start when the daemon starts.
+
+        Raises:
+            InvalidState: it is not exited, or a checkpoint ended its run.
+            ContainerError: its root or network namespace is gone (a host reboot).
+        """
+        from runtime.process import oom_killed  # noqa: F401 - the shim's probe below
+        from runtime.shim import Starter, launch_shim
+
+        c = self.container(container_id)
+        if c.status != "exited" or c.state.checkpointed is not None:
+            raise InvalidState(c.name, "start", c.status if c.state.checkpointed is None else "checkpointed", "exited")
+        spec = c.spec
+        gone = [p for p in (self.store.dir(spec.container_id) / "merged", self.network(spec.network).netns_path(spec.container_id))
+                if not (overlay.is_mounted(p) if p.name == "merged" else p.exists())]
+        if gone:
+            raise ContainerError(f"cannot start container {c.name} again: {', '.join(map(str, gone))} gone",
+                                 hint="a host reboot removed its mounts; remove it and run it again")
+        self.store.update_state(spec.container_id, lambda s: dataclasses.replace(
+            s, manually_stopped=False, restart_count=s.restart_count + 1))
+        if spec.ports:  # its rules went with its exit (or a daemon start's sweep)
+            from runtime.port_rules import publish
+
+            publish(self, spec)
+        parent = self.cgroup_parent(spec.cgroup_parent)
+        launch_shim(
+            self.store,
+            spec.container_id,
+            Starter("runtime.restart:restart_starter", {"root": str(self.paths.root), "container_id": spec.container_id}),
+            oom_killed=Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": spec.container_id}),
+            exited=self.exit_action(spec),
+            sys=self.sys,
+        )
+        log.info("container=%s started again (restart policy %s)", spec.container_id, spec.restart)
 
     def _upper_size(self) -> int:
         """Size of a new container's upper-layer image (runtime/upperfs.py); 0: plain directories,
@@ -447,7 +503,11 @@ class Runtime:
         from runtime.container import parse_signal
 
         c = self.container(name)
+        if c.status == "exited" and c.spec.restart != "no":  # waiting for its restart: cancel that
+            self._mark_stopped(c.container_id)
+            return self.inspect(c.container_id)
         c.require("stop")
+        self._mark_stopped(c.container_id)
         self._signal(c, parse_signal(c.spec.stop_signal) if c.spec.stop_signal else _signal.SIGTERM)
         if c.status == "paused":
             self.cgroups(c.spec.cgroup_parent).thaw(c.container_id)
@@ -468,10 +528,16 @@ class Runtime:
     def kill(self, name: str, signal: int = _signal.SIGKILL) -> None:
         c = self.container(name)
         c.require("kill")
+        self._mark_stopped(c.container_id)  # as docker: a killed container is not restarted
         if signal == _signal.SIGKILL:
             self._kill_all(c)
         else:
             self._signal(c, signal)
+
+    def _mark_stopped(self, container_id: str) -> None:
+        """Record that the user stopped it, before any signal: its restart policy leaves it exited
+        (runtime/restart.py)."""
+        self.store.update_state(container_id, lambda s: dataclasses.replace(s, manually_stopped=True))
 
     def _signal(self, c: Container, sig: int) -> None:
         try:

@@ -18,7 +18,8 @@ Process picture::
 - When the init exits, the shim records ``exited`` with the exit code (128+N for signal N) and
   ``oom_killed``, all in one atomic state write, reaps whatever else is left, calls its ``exited``
   action if it has one (``run -d --rm``: runtime.runtime.auto_remove removes the container) and
-  exits.
+  exits; or, when that action returns a new init's pid (a restart policy, runtime/restart.py),
+  monitors that one the same way.
 - The launcher learns the init pid, or the starter's error text, through a CLOEXEC pipe.
 
 Two ways to launch, same shim:
@@ -374,28 +375,43 @@ def _shim_main(  # pragma: no cover - runs in the shim process
             return
         _write_all(report_fd, json.dumps({"init_pid": init_pid, "shim_pid": os.getpid()}).encode())
         os.close(report_fd)
-        status = _reap_until(init_pid)
-        exit_code = os.waitstatus_to_exitcode(status)
-        if exit_code < 0:
-            exit_code = 128 - exit_code
-        oom = False
-        if oom_killed is not None:
-            try:
-                oom = bool(oom_killed())
-            except Exception:  # recording the exit matters more than the oom flag
-                log.warning("cannot read oom state of %s", container_id, exc_info=True)
-        record_exit(store, container_id, exit_code, oom)
-        _reap_rest()
-        if exited is not None:
-            try:
-                exited()
-            except Exception:  # the exit is recorded: a failed removal leaves an exited record
-                log.warning("after the exit of %s", container_id, exc_info=True)
+        while init_pid > 0:
+            _monitor(store, container_id, init_pid, oom_killed)
+            init_pid = _after_exit(container_id, exited)
     except BaseException:
         log.exception("shim of %s failed", container_id)
         code = 1
     finally:
         os._exit(code)
+
+
+def _monitor(store: StateStore, container_id: str, init_pid: int, oom_killed: Callable[[], bool] | None) -> None:
+    """Wait for ``init_pid``'s exit, record it, then reap whatever else is left."""
+    status = _reap_until(init_pid)
+    exit_code = os.waitstatus_to_exitcode(status)
+    if exit_code < 0:
+        exit_code = 128 - exit_code
+    oom = False
+    if oom_killed is not None:
+        try:
+            oom = bool(oom_killed())
+        except Exception:  # recording the exit matters more than the oom flag
+            log.warning("cannot read oom state of %s", container_id, exc_info=True)
+    record_exit(store, container_id, exit_code, oom)
+    _reap_rest()
+
+
+def _after_exit(container_id: str, exited: Callable[[], Any] | None) -> int:
+    """Run the exited action; a positive int it returns is a new init to monitor (a restart
+    policy started the container's process again: runtime/restart.py), anything else ends the shim."""
+    if exited is None:
+        return 0
+    try:
+        again = exited()
+    except Exception:  # the exit is recorded: a failed removal or restart leaves an exited record
+        log.warning("after the exit of %s", container_id, exc_info=True)
+        return 0
+    return again if isinstance(again, int) and not isinstance(again, bool) and again > 0 else 0
 
 
 def record_exit(store: StateStore, container_id: str, exit_code: int, oom_killed: bool) -> None:

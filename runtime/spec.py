@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from runtime.ports import PortMapping
 
-NetworkMode = Literal["bridge", "none"]
+NetworkMode = Literal["bridge", "none", "host"]
 Status = Literal["created", "running", "paused", "exited"]
 
 
@@ -61,6 +61,12 @@ class ContainerSpec:
     # (runtime.capabilities.container_caps) for the init, every exec and a restart
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
+    # run --restart: no | on-failure[:N] | always | unless-stopped, kept by the shim
+    # (runtime/restart.py); kept across checkpoint, restore and migration
+    restart: str = "no"
+    # run --init: tini (the host's static build, bound read-only into the container) is PID 1 and
+    # runs the command as its child: it forwards signals to it and reaps orphans (runtime/init_binary.py)
+    init: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,6 +135,8 @@ class ContainerState:
     restored_from: str | None = None  # checkpoint id when the process tree came from a restore
     checkpointed: str | None = None  # checkpoint id (or "migrated") when a dump ended this run
     frozen_by: FreezeRecord | None = None  # an operation froze it (recorded before the freeze)
+    restart_count: int = 0  # how often its restart policy started it again (runtime/restart.py)
+    manually_stopped: bool = False  # stop/kill by the user: no restart (unless-stopped: not even on a daemon start)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -39,7 +39,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--memory", "-m", help="memory limit, e.g. 256m, 1g, 512KiB")
     p.add_argument("--cpus", type=float, help="cpu limit in cores, e.g. 0.5")
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
-    p.add_argument("--network", choices=("bridge", "none"), default="bridge")
+    p.add_argument("--network", choices=("bridge", "none", "host"), default="bridge",
+                   help="bridge (own address), none (loopback only) or host (the host's network namespace)")
     p.add_argument("--ip", help="address on the bridge (default: the next free one)")
     p.add_argument("-p", "--publish", action="append", default=[], metavar="[HOST_IP:][HOST_PORT]:PORT[/tcp|udp]",
                    help="forward a host port to a container port (repeatable; ranges 8000-8001:80-81; no host port: a free one)")
@@ -55,6 +56,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
                    help="drop a capability from the default set (NET_RAW, ALL); an add wins")
     p.add_argument("--cgroup-parent", help="cgroup below our own to create the container's cgroup in")
+    p.add_argument("--restart", default="no", metavar="POLICY",
+                   help="no, on-failure[:MAX-RETRIES], always or unless-stopped (kept by the container's shim)")
+    p.add_argument("--init", action="store_true",
+                   help="run tini as PID 1: it forwards signals to the command and reaps orphaned zombies")
     p.add_argument("--rm", action="store_true",
                    help="remove the container when it exits (with -d: by its shim on the host, recorded in the spec)")
     p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined|default|FILE",
@@ -163,6 +168,8 @@ def run_options(args: argparse.Namespace) -> Any:
         read_only=args.read_only,
         cap_add=tuple(args.cap_add),
         cap_drop=tuple(args.cap_drop),
+        restart=args.restart,
+        init=args.init,
     )
 
 
@@ -286,7 +293,8 @@ def _status(info: Any) -> str:
         extra = ", oom-killed" if st.oom_killed else ""
         return f"exited ({code}{extra}) {_ago(st.finished_at)}".rstrip()
     if st.status in ("running", "paused"):
-        return f"{st.status} {_since(st.started_at)}".rstrip()
+        restarts = f" (restarted {st.restart_count}x)" if st.restart_count else ""
+        return f"{st.status} {_since(st.started_at)}".rstrip() + restarts
     return st.status
 
 

@@ -49,7 +49,7 @@ _STATUS = {
     "paused": pb.CONTAINER_STATUS_PAUSED,
     "exited": pb.CONTAINER_STATUS_EXITED,
 }
-_NETWORK = {"bridge": pb.NETWORK_MODE_BRIDGE, "none": pb.NETWORK_MODE_NONE}
+_NETWORK = {"bridge": pb.NETWORK_MODE_BRIDGE, "none": pb.NETWORK_MODE_NONE, "host": pb.NETWORK_MODE_HOST}
 _COMPRESS = {"zstd": pb.COMPRESSION_ZSTD, "none": pb.COMPRESSION_NONE}
 _MODE = {
     "cold": pb.MIGRATION_MODE_COLD,
@@ -226,7 +226,7 @@ def spec_to_pb(s: rspec.ContainerSpec) -> pb.ContainerSpec:
 
 def spec_from_pb(m: pb.ContainerSpec) -> rspec.ContainerSpec:
     # empty (an older peer): the host's default profile
-    return _from_pb(rspec.ContainerSpec, m, seccomp=m.seccomp or "default")
+    return _from_pb(rspec.ContainerSpec, m, seccomp=m.seccomp or "default", restart=m.restart or "no")
 
 
 _OWN_FROM_PB[rspec.ContainerSpec] = spec_from_pb  # in ContainerInfo
@@ -348,7 +348,7 @@ def run_options_to_pb(o: api.RunOptions) -> pb.RunContainerRequest:
 
 
 def run_options_from_pb(m: pb.RunContainerRequest) -> api.RunOptions:
-    return _from_pb(api.RunOptions, m, seccomp=m.seccomp or "default",  # as in spec_from_pb
+    return _from_pb(api.RunOptions, m, seccomp=m.seccomp or "default", restart=m.restart or "no",  # as in spec_from_pb
                     entrypoint=tuple(m.entrypoint) if m.entrypoint_set else None)
 
 

@@ -32,11 +32,14 @@ SPEC = ContainerSpec(
     read_only=True,
     cap_add=("CAP_SYS_ADMIN", "ALL"),
     cap_drop=("CAP_NET_RAW",),
+    restart="on-failure:3",
+    init=True,
 )
 FREEZE = FreezeRecord(pid=41, pid_start=123456, operation="migrate", since=1700000001.5, was_paused=True, recover=False,
                       partial=("/var/lib/x", "/var/lib/y"))
 STATE = ContainerState(status="paused", pid=40, shim_pid=12, exit_code=3, oom_killed=True, started_at=1.5, finished_at=2.5,
-                       restored_from="ck", checkpointed="migrated", frozen_by=FREEZE)
+                       restored_from="ck", checkpointed="migrated", frozen_by=FREEZE,
+                       restart_count=2, manually_stopped=True)
 INFO = ContainerInfo(SPEC, STATE, bundle_dir="/b", cgroup={"memory": "/m", "unified": "/u"}, memory_current_bytes=4096, pids_current=3)
 IMAGE = api.ImageInfo(name="busybox", digest="sha256:" + "d" * 64, size_bytes=123, created_at=4.5, layers=3)
 IMAGE_REMOVAL = api.ImageRemoval(untagged=("a:1", "b"), deleted=("sha256:" + "e" * 64,), layers_removed=("sha256:1", "sha256:2"),
@@ -76,7 +79,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
                        cpus=1.5, pids_limit=2, network="none", ip="10.0.0.1", volumes=(VOLUME,), ports=(PORT,), publish_all=True, cgroup_parent="/p",
                        seccomp="custom", seccomp_profile="{}", user="1000:1000", entrypoint=("/bin/sh", "-c"),
                        stop_signal="USR1", auto_remove=True, read_only=True,
-                       cap_add=("NET_ADMIN",), cap_drop=("ALL",)),
+                       cap_add=("NET_ADMIN",), cap_drop=("ALL",), restart="always", init=True),
         cv.run_options_to_pb,
         cv.run_options_from_pb,
         (),

@@ -121,7 +121,7 @@ def test_bad_memory_names_the_value() -> None:
 
 def test_unknown_network_mode_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
-        parse("run", "--network", "host", "busybox", "true")
+        parse("run", "--network", "macvlan", "busybox", "true")
 
 
 @pytest.mark.parametrize("text,sig", [("KILL", signal.SIGKILL), ("term", signal.SIGTERM), ("SIGHUP", signal.SIGHUP), ("15", 15)])
