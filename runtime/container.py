@@ -168,12 +168,11 @@ def parse_volume(text: str) -> Volume:
         if parts[2] not in ("ro", "rw"):
             raise InvalidArgument(f"invalid volume mode {parts[2]!r} in {text!r}: expected ro or rw")
         readonly = parts[2] == "ro"
-    return validate_volume(Volume(source=os.path.abspath(parts[0]), target=parts[1], readonly=readonly))
     if is_volume_name(parts[0]):
         return validate_volume(Volume(source="", target=parts[1], readonly=readonly, name=parts[0]))
+    return validate_volume(Volume(source=os.path.abspath(parts[0]), target=parts[1], readonly=readonly))
 
 
-def parse_volume_mapping(text: str) -> Volume:
 def is_volume_name(source: str) -> bool:
     """docker's rule: a -v source without '/' names a volume ('.' and '..' stay directories)."""
     return "/" not in source and source not in (".", "..")
@@ -214,6 +213,7 @@ def parse_mount(text: str) -> Volume:
     raise InvalidArgument(f"invalid --mount type {kind!r} in {text!r}: expected volume or bind")
 
 
+def parse_volume_mapping(text: str) -> Volume:
     """``HOSTDIR:CTRDIR[:ro|rw]`` for ``restore --volume``: the source is a path on the restoring
     host (maybe a remote daemon's), so it must be absolute but is checked there, not here.
 
@@ -231,12 +231,12 @@ def parse_mount(text: str) -> Volume:
 
 
 def validate_volume(vol: Volume) -> Volume:
-    return Volume(source=validate_volume_source(vol.source), target=validate_volume_target(vol.target), readonly=vol.readonly)
     if vol.name:  # a named volume: its source is resolved from this host's store when it runs
         from runtime.volumes import validate_volume_name
 
         return Volume(source=vol.source, target=validate_volume_target(vol.target), readonly=vol.readonly,
                       name=validate_volume_name(vol.name))
+    return Volume(source=validate_volume_source(vol.source), target=validate_volume_target(vol.target), readonly=vol.readonly)
 
 
 def validate_volume_source(source: str) -> str:

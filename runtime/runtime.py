@@ -272,6 +272,7 @@ class Runtime:
             self._check_name_free(name)
         else:
             name = self.store.generate_name()
+        vols = self._named_volumes(image, vols)
 
         container_id = new_container_id()
         undo: list[tuple[str, Callable[[], None]]] = []
@@ -281,7 +282,6 @@ class Runtime:
             if network == "bridge":
                 leased = net.lease(container_id, ip)
                 undo.append(("release address", lambda: net.release(container_id)))
-        vols = self._named_volumes(image, vols)
             spec = ContainerSpec(
                 container_id=container_id,
                 name=name,
