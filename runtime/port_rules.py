@@ -220,7 +220,8 @@ def publish(rt: Any, spec: Any) -> None:
         raise NetworkError(f"cannot set hairpin mode for container {spec.name}: {exc}") from exc
     table = table_name(rt.paths.root, spec.container_id)
     try:
-        _nft(ruleset(table, spec.ports, spec.ip, cfg.bridge, cfg.subnet, label=f"container {spec.name}"))
+        with ports_lock(rt.paths):  # ordered against a previous run's exit action (after_exit)
+            _nft(ruleset(table, spec.ports, spec.ip, cfg.bridge, cfg.subnet, label=f"container {spec.name}"))
     except _NftFailed as exc:
         raise NetworkError(f"cannot publish the ports of container {spec.name}: nft refused the rules: {exc.message.splitlines()[0]}",
                            hint="is nf_tables available in this kernel (nft list tables)?") from exc
