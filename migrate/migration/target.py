@@ -94,6 +94,11 @@ def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
     validate_digest(request.image_digest)
 
 
+def _has_named_volumes(record: dict[str, Any]) -> bool:
+    vols = (record.get("spec") or {}).get("volumes") or ()
+    return any(isinstance(v, dict) and v.get("name") for v in vols)
+
+
 def _has_session(migration_id: str) -> bool:
     from migrate.migration.postcopy import session_pid
 
@@ -179,8 +184,8 @@ class IncomingMigrations:
         _validate_request(request, spec)
         from migrate.volumes import check_incoming as check_volumes
 
-        # before the source freezes: a volume name taken here, a bind mount's missing host path
-        check_volumes(self.host.volumes, spec, mode=request.mode, allow_peer_volumes=self.host.allow_peer_volumes)
+        if spec.volumes:  # before the source freezes: a volume name taken here, a bind mount's missing path
+            check_volumes(self.host.volumes, spec, mode=request.mode, allow_peer_volumes=self.host.allow_peer_volumes)
         if request.mode == "postcopy":  # this host must restore with lazy pages
             from migrate.migration.postcopy import check_incoming
 
@@ -573,7 +578,7 @@ class IncomingMigrations:
                 exists = False
             if not exists and record.get("ip"):
                 self.host.rt.network(record.get("network", "bridge")).release(cid)
-            if not exists:  # the named volumes its restore installed (migrate/volumes.py)
+            if not exists and _has_named_volumes(record):  # what its restore adopted (migrate/volumes.py)
                 from migrate.volumes import uninstall
 
                 uninstall(self.host.volumes, self.host.volumes.adopted_by(migration_id))
