@@ -100,6 +100,15 @@ def test_published_port_answers_other_hosts_localhost_and_hairpin_and_goes_with_
     assert port_tables(a) == []
     assert dial(b, a.address, PORT, timeout_s=1) == ""
 
+    # an exit of its own: its shim takes the rules away (the record stays, exited)
+    a.cli(["run", "-d", "--name", "brief", "-p", f"{PORT}:80", "busybox", "sh", "-c", "sleep 1"], check=True)
+    assert len(port_tables(a)) == 1
+    deadline = time.monotonic() + 20
+    while port_tables(a) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert port_tables(a) == []
+    assert json.loads(a.cli(["inspect", "brief"], check=True).stdout)["state"]["status"] == "exited"
+
 
 @pytest.mark.parametrize(
     ("publish", "needle"),
