@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from migrate.migration.upper_sync import RACY_MARGIN_NS
+from migrate.volumes import VolumeSync, check_incoming, install, merge_staged
 from runtime.config import Paths
 from runtime.container import parse_mount, parse_volume, validate_fields
 from runtime.errors import InvalidArgument, InvalidSpec, VolumeInUse, VolumeNotFound
 from runtime.spec import ContainerSpec, Volume
-from runtime.volumes import VolumeStore, seed_from_tree, validate_volume_name
+from runtime.volumes import VolumeConflict, VolumeStore, seed_from_tree, validate_volume_name
 
 
 def _store(tmp_path: Path, users: dict[str, list[str]] | None = None) -> VolumeStore:
@@ -122,3 +125,122 @@ def test_seed_copies_the_image_content_once(tmp_path: Path) -> None:
     store.create("w")
     seed_from_tree(store.data_dir("w"), tree, "/escape")  # out of the tree: nothing
     assert not os.listdir(store.data_dir("w"))
+
+
+# -- restore and migration (migrate/volumes.py) -------------------------------------------------
+
+_SPEC = ContainerSpec(container_id="a" * 32, name="db", image="i", image_digest="sha256:" + "0" * 64, command=("sh",))
+
+
+def _carried(tmp_path: Path, name: str, content: str) -> Path:
+    tree = tmp_path / "root" / "tmp" / "scratch" / "volumes" / name
+    tree.mkdir(parents=True)
+    (tree / "f").write_text(content)
+    return tree.parent
+
+
+def test_install_adopts_carried_volumes_and_uninstall_gives_them_back(tmp_path: Path) -> None:
+    from migrate.volumes import uninstall
+
+    store = _store(tmp_path / "root")
+    carried = _carried(tmp_path, "db", "from the archive")
+    spec = dataclasses_replace(_SPEC, volumes=(Volume("", "/data", name="db"), Volume("/srv", "/srv")))
+    resolved, adopted = install(store, spec, carried, migration_id="m1")
+    assert adopted == [("db", "made")] and resolved.volumes[1] == Volume("/srv", "/srv")
+    assert (Path(resolved.volumes[0].source) / "f").read_text() == "from the archive"
+    assert store.adopted_by("m1") == [("db", "made")] and store.adopted_by("m2") == []
+    uninstall(store, adopted)
+    assert not store.exists("db")
+
+
+def test_install_fills_an_empty_volume_refuses_one_with_data_and_needs_missing_ones(tmp_path: Path) -> None:
+    store = _store(tmp_path / "root")
+    store.create("db")
+    spec = dataclasses_replace(_SPEC, volumes=(Volume("", "/data", name="db"),))
+    _, adopted = install(store, spec, _carried(tmp_path, "db", "x"))
+    assert adopted == [("db", "filled")]
+    store.unadopt("db", "filled")  # a failed restore: empty again, the volume stays
+    assert store.exists("db") and not any(store.data_dir("db").iterdir())
+    (store.data_dir("db") / "mine").write_text("keep")
+    with pytest.raises(VolumeConflict, match="volume db exists with content"):
+        install(store, spec, _carried(tmp_path / "2", "db", "y"))
+    assert (store.data_dir("db") / "mine").read_text() == "keep"
+    other = dataclasses_replace(_SPEC, volumes=(Volume("", "/o", name="other"),))
+    with pytest.raises(VolumeNotFound) as exc:
+        install(store, other, None)
+    assert "--ignore-volumes" in (exc.value.hint or "")
+
+
+def test_check_incoming_refuses_before_the_freeze(tmp_path: Path) -> None:
+    from migrate.errors import IncompatibleHost
+    from runtime.errors import Unsupported
+
+    store = _store(tmp_path / "root", {"db": ["web"]})
+    store.create("db")
+    named_spec = dataclasses_replace(_SPEC, volumes=(Volume("/elsewhere/_data", "/data", name="db"),))
+    with pytest.raises(VolumeConflict, match="in use by container web"):
+        check_incoming(store, named_spec, mode="cold", allow_peer_volumes=False)
+    fresh = dataclasses_replace(_SPEC, volumes=(Volume("", "/data", name="new"),))
+    check_incoming(store, fresh, mode="cold", allow_peer_volumes=False)
+    with pytest.raises(Unsupported):
+        check_incoming(store, fresh, mode="postcopy", allow_peer_volumes=False)
+    bind = dataclasses_replace(_SPEC, volumes=(Volume(str(tmp_path / "missing"), "/b"),))
+    with pytest.raises(InvalidSpec, match="does not take volumes from peers"):
+        check_incoming(store, bind, mode="cold", allow_peer_volumes=False)
+    with pytest.raises(IncompatibleHost, match="bind mount /b .* does not exist"):
+        check_incoming(store, bind, mode="cold", allow_peer_volumes=True)
+    with pytest.raises(InvalidArgument):
+        check_incoming(store, dataclasses_replace(_SPEC, volumes=(Volume("", "/d", name="../x"),)), mode="cold",
+                       allow_peer_volumes=True)
+
+
+def test_volume_sync_sends_only_the_changes_and_the_target_merges_them(tmp_path: Path) -> None:
+    from migrate.archive import ArchiveWriter, read_archive
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "keep").write_text("same")
+    (src / "gone").write_text("old")
+    (src / "grow").write_text("1")
+    spec = dataclasses_replace(_SPEC, volumes=(Volume(str(src), "/data", name="db"),))
+    time.sleep(RACY_MARGIN_NS / 1e9 + 0.05)  # older than the racy margin: unchanged entries stay out
+    sync = VolumeSync(spec)
+    stage_file, final_file = tmp_path / "stage.pmc", tmp_path / "final.pmc"
+    with open(stage_file, "wb") as f:
+        writer = ArchiveWriter(f, compress="none")
+        writer.write_manifest({"kind": "test"})
+        sync.stage(writer)
+        writer.close()
+    (src / "gone").unlink()
+    (src / "grow").write_text("12")
+    (src / "new").write_text("n")
+    with open(final_file, "wb") as f:
+        writer = ArchiveWriter(f, compress="none")
+        writer.write_manifest({"kind": "test"})
+        trailer = sync.add_final(writer)
+        summary = writer.close(trailer=trailer)
+    sent = {m.name for m in summary.members}
+    assert "volumes/db/keep" not in sent and {"volumes/db/grow", "volumes/db/new"} <= sent
+    assert trailer["volume_deltas"]["db"]["deleted"] == ["gone"]
+    staged, scratch = tmp_path / "t" / "staged", tmp_path / "t" / "scratch"
+    with open(stage_file, "rb") as f:
+        read_archive(f, staged)
+    with open(final_file, "rb") as f:
+        manifest = read_archive(f, scratch)
+    merge_staged(scratch, manifest["volume_deltas"], staged / "volumes")
+    merged = scratch / "volumes" / "db"
+    assert sorted(p.name for p in merged.iterdir()) == ["grow", "keep", "new"]
+    assert (merged / "grow").read_text() == "12" and (merged / "keep").read_text() == "same"
+
+
+def test_merge_staged_refuses_peer_names_that_are_paths(tmp_path: Path) -> None:
+    from migrate.errors import ArchiveError
+
+    with pytest.raises(ArchiveError, match="invalid volume name"):
+        merge_staged(tmp_path, {"../../etc": {"changed": [], "deleted": []}}, tmp_path)
+
+
+def dataclasses_replace(spec: ContainerSpec, **changes: object) -> ContainerSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
