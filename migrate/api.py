@@ -102,13 +102,13 @@ class CheckpointOptions:
     # an ed25519 private key (OpenSSH or PEM) that signs the export (migrate/archive/signing.py); read
     # by the caller's side, never sent to a daemon
     sign_key: Path | None = None
+    # an export leaves the named volumes' contents out (podman's --ignore-volumes): a restore then
+    # needs volumes of those names on its host (migrate/volumes.py)
+    ignore_volumes: bool = False
 
 
 @dataclass(frozen=True)
 class CheckpointStats:
-    # an export leaves the named volumes' contents out (podman's --ignore-volumes): a restore then
-    # needs volumes of those names on its host (migrate/volumes.py)
-    ignore_volumes: bool = False
     """Times in milliseconds, sizes in bytes. ``frozen_ms`` is the downtime."""
 
     freezing_ms: float = 0.0
