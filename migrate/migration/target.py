@@ -249,8 +249,14 @@ class IncomingMigrations:
 
     def _claim_ports(self, spec: ContainerSpec, replace_id: str | None) -> None:
         """Refuse the ports another container here publishes or a host process holds, and the
-        address lease just made goes again (nothing else is reserved yet)."""
+        address lease just made goes again (nothing else is reserved yet). The peer's ports are
+        checked first (the whole spec is validated only by the restore)."""
+        from dataclasses import replace
+
+        from runtime.ports import validate_ports
+
         try:
+            spec = replace(spec, ports=validate_ports(spec.ports, network=spec.network))
             self.host.claim_ports(spec, replace_id=replace_id)
         except BaseException as exc:
             if spec.ip and replace_id is None:

@@ -260,3 +260,46 @@ def test_publish_all_adds_exposed_ports_not_given_with_p(monkeypatch: pytest.Mon
     got = engine._with_exposed_ports(opts)
     assert not got.publish_all
     assert got.ports == (PortMapping(80, "tcp", 8080, ""), PortMapping(443, "tcp"), PortMapping(53, "udp"))
+
+
+class _Net:
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    def release(self, container_id: str) -> None:
+        self.released.append(container_id)
+
+
+def _target_host(claim: Any) -> Any:
+    from types import SimpleNamespace
+
+    net = _Net()
+    return SimpleNamespace(claim_ports=claim, rt=SimpleNamespace(network=lambda mode: net), net=net)
+
+
+def test_migration_target_checks_a_peers_ports_then_claims_them_and_gives_the_lease_back(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from migrate.migration.target import IncomingMigrations
+
+    calls: list[Any] = []
+
+    def taken(spec: Any, *, replace_id: Any) -> Any:
+        calls.append(spec.ports)
+        raise PortInUse(8080, "tcp", "", "a host process", hint="x")
+
+    host = _target_host(taken)
+    incoming = IncomingMigrations(SimpleNamespace(paths=SimpleNamespace(run=tmp_path / "run")), None)
+    incoming.host = host
+    with pytest.raises(PortInUse, match="in use by a host process on the migration target") as err:
+        incoming._claim_ports(_spec(ports=(PortMapping(80, "tcp", 8080, ""),)), None)
+    assert err.value.port == 8080 and host.net.released == [CID] and len(calls) == 1
+
+    host.net.released.clear()
+    with pytest.raises(InvalidArgument, match="protocol"):  # a peer's bad mapping: refused before any claim
+        incoming._claim_ports(_spec(ports=(PortMapping(80, "sctp", 8080, ""),)), None)  # type: ignore[arg-type]
+    assert len(calls) == 1 and host.net.released == [CID]
+    host.net.released.clear()
+    with pytest.raises(PortInUse):  # replacing an exited original: its lease is not ours to give back
+        incoming._claim_ports(_spec(ports=(PortMapping(80, "tcp", 8080, ""),)), CID)
+    assert host.net.released == []
