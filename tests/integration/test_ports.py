@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +173,44 @@ def test_daemon_start_sweeps_the_tables_of_gone_containers_of_its_own_root_only(
         time.sleep(0.2)
     assert port_tables(a) == [other_root]
     a.stop_daemon()
+
+
+def _exposing_image(work: Path) -> Path:
+    """A docker-archive of the busybox tree whose config exposes 80/tcp and 81/tcp, serving both."""
+    import hashlib
+    import io
+    import subprocess
+    import tarfile
+
+    from tests.integration.hosts import REPO
+
+    subprocess.run([str(REPO / "scripts/make-busybox-image.sh"), str(work / "base.tar")], check=True, capture_output=True, timeout=120)
+    layer = (work / "base.tar").read_bytes()
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"ExposedPorts": {"80/tcp": {}, "81/tcp": {}},
+                   "Cmd": ["sh", "-c", "nc -ll -p 81 -e echo p81 & exec nc -ll -p 80 -e echo p80"]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
+    }).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": ["localhost/exposed:1"], "Layers": ["layer.tar"]}]).encode()
+    out = work / "exposed.tar"
+    with tarfile.open(out, "w") as tar:
+        for name, data in (("manifest.json", manifest), (config_name, config), ("layer.tar", layer)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def test_publish_all_maps_the_images_exposed_ports_and_p_wins_for_its_port(make_hosts, tmp_path: Path) -> None:  # noqa: ANN001
+    a, b = make_hosts(2)
+    a.cli(["image", "load", str(_exposing_image(tmp_path)), "--name", "exposed:1"], check=True)
+    a.cli(["run", "-d", "--name", "exp", "-P", "-p", f"{PORT}:80", "exposed:1"], check=True)
+    lines = a.cli(["port", "exp"], check=True).stdout.decode().splitlines()
+    assert lines[0] == f"80/tcp -> 0.0.0.0:{PORT}" and lines[1].startswith("81/tcp -> 0.0.0.0:") and len(lines) == 2
+    free = int(lines[1].rsplit(":", 1)[1])
+    assert dial(b, a.address, PORT) == "p80"
+    assert dial(b, a.address, free) == "p81"
+    a.cli(["rm", "-f", "exp"], check=True)
+    assert port_tables(a) == []
