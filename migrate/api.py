@@ -68,6 +68,8 @@ class RunOptions:
     cap_drop: tuple[str, ...] = ()  # likewise, dropped from it (an add wins; docker's rules)
     restart: str = "no"  # no | on-failure[:N] | always | unless-stopped, kept by its shim (runtime/restart.py)
     init: bool = False  # run --init: tini is PID 1 (forwards signals, reaps zombies)
+    tty: bool = False  # run -t: a pty owned by the container's shim (runtime/console.py)
+    interactive: bool = False  # run -i: the shim keeps the container's stdin for attach clients
 
 
 @dataclass(frozen=True)

@@ -281,13 +281,18 @@ class LocalEngine:
         return self.runtime.logs(name, follow=follow)
 
     def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None,
-             user: str | None = None) -> int:
+             user: str | None = None, console: Any = None) -> int:
         """Run a process in the container with this process's stdio (local only), as ``user``
-        (``USER[:GROUP]``; None: the container's user)."""
-        return self.runtime.exec(name, argv, env=env, workdir=workdir, user=user)
+        (``USER[:GROUP]``; None: the container's user); ``console``: a terminal for it (exec -t,
+        runtime.console.ExecConsole)."""
+        return self.runtime.exec(name, argv, env=env, workdir=workdir, user=user, console=console)
 
     def wait(self, name: str, timeout_s: float | None = None) -> int:
         return self.runtime.wait(name, timeout_s=timeout_s)
+
+    def attach_socket(self, name: str) -> tuple[Any, Any]:
+        """The spec of a live container and its attach socket's path (local only: runtime/console.py)."""
+        return self.runtime.attach_socket(name)
 
     # -- checkpoints and migration (wired by the checkpoint work) -------------------------------
     def checkpoint(self, name: str, options: CheckpointOptions, progress: ProgressFn | None = None) -> CheckpointResult:

@@ -36,6 +36,7 @@ LEGAL: Mapping[str, tuple[str, ...]] = {
     "pause": ("running",),
     "unpause": ("paused",),
     "exec": ("running",),
+    "attach": ("running", "paused"),
     "checkpoint": ("running", "paused"),
     "remove": ("created", "exited"),
     "force-remove": ("created", "running", "paused", "exited"),
@@ -323,6 +324,8 @@ def validate_fields(
     restart: str = "no",
     auto_remove: bool = False,
     init: bool = False,
+    tty: bool = False,
+    interactive: bool = False,
 ) -> CheckedFields:
     """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
 
@@ -385,6 +388,13 @@ def validate_fields(
                           hint="a container that restarts is never removed by its exit: drop --rm or --restart")
     if not isinstance(init, bool):
         raise InvalidSpec("init", f"invalid init {init!r}: expected true or false")
+    for key, flag in (("tty", tty), ("interactive", interactive)):
+        if not isinstance(flag, bool):
+            raise InvalidSpec(key, f"invalid {key} {flag!r}: expected true or false")
+    if (tty or interactive) and checked_restart != "no":
+        # a restarted init has no terminal or stdin of the shim's (runtime/console.py)
+        raise InvalidSpec("restart", f"restart policy {checked_restart} cannot be combined with -t or -i",
+                          hint="drop --restart, or -t/-i")
     return {"env": checked_env, "workdir": checked_workdir, "volumes": checked_volumes, "ports": checked_ports,
             "cap_add": caps("cap_add", cap_add), "cap_drop": caps("cap_drop", cap_drop),
             "restart": checked_restart}
@@ -447,6 +457,7 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         stop_signal=spec.stop_signal, cap_add=spec.cap_add, cap_drop=spec.cap_drop,
         ports=spec.ports,
         restart=spec.restart, auto_remove=spec.auto_remove, init=spec.init,
+        tty=spec.tty, interactive=spec.interactive,
     )
     return replace(spec, **fields)
 

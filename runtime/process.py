@@ -30,14 +30,17 @@ pivot_root the host's Python library is out of reach.
 
 from __future__ import annotations
 
+import array  # noqa: F401 - socket.send_fds imports it lazily; loaded before pivot_root
 import errno
 import os
 import signal
+import socket
 import warnings  # noqa: F401 - os.execvpe imports it lazily; it must be loaded before pivot_root
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from runtime import capabilities, namespaces, rootfs, seccomp, users
+from runtime import capabilities, console, namespaces, rootfs, seccomp, users
+from runtime import console as console_mod  # exec_in's ``console`` parameter shadows the module
 from runtime.errors import ContainerError, InvalidArgument
 from runtime.overlay import LOG_PATH_IN_CONTAINER
 from runtime.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, Syscalls
@@ -72,6 +75,9 @@ class InitPlan:
     user: str = ""  # USER[:GROUP] (runtime/users.py), resolved by the init; "": root
     read_only: bool = False  # remount / read-only once the log is open and the workdir exists
     caps: frozenset[int] = capabilities.DEFAULT_CAPS  # the kept set (--cap-add/--cap-drop applied)
+    tty: bool = False  # run -t: stdio is a pty of the container's devpts, its master goes to the shim
+    interactive: bool = False  # run -i: stdin is the shim's (the pty, or a pipe without -t)
+    log_path: str = ""  # host path of the container's log (the shim appends terminal output to it)
 
 
 def container_env(user_env: tuple[str, ...], hostname: str) -> tuple[str, ...]:
@@ -128,22 +134,24 @@ def oom_killed(cgroup_parent: str, container_id: str) -> bool:
 def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscalls) -> Callable[[], int]:
     """The shim's starter for a fresh container (see the module docstring)."""
 
-    def start() -> int:
+    def start() -> "int | console.Started":
         errr, errw = os.pipe2(os.O_CLOEXEC)
         pidr, pidw = os.pipe2(os.O_CLOEXEC)
+        stdio = _ShimStdio.open(plan)
         mid = os.fork()
         if mid == 0:  # pragma: no cover - intermediate process
             code = EXIT_SETUP
             try:
                 os.close(errr)
                 os.close(pidr)
+                stdio.close_shim_side()
                 add_pid(plan.cgroup, os.getpid())
                 namespaces.join_netns_file(sys, plan.netns)
                 sys.unshare(namespaces.CONTAINER_UNSHARE_FLAGS)
                 init = os.fork()
                 if init == 0:
                     os.close(pidw)
-                    _init_main(plan, errw, sys)
+                    _init_main(plan, errw, sys, stdio)
                 _write_all(pidw, str(init).encode())
                 code = 0
             except BaseException as exc:
@@ -152,26 +160,98 @@ def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscal
                 os._exit(code)
         os.close(errw)
         os.close(pidw)
+        stdio.close_init_side()
         try:
             os.waitpid(mid, 0)
             raw_pid = _read_all(pidr)
             error = _read_all(errr)
+        except BaseException:
+            stdio.close_shim_side()
+            raise
         finally:
             os.close(pidr)
             os.close(errr)
         init_pid = int(raw_pid) if raw_pid else 0
         if error:
+            stdio.close_shim_side()
             if init_pid:
                 _reap(init_pid)
             raise _error_from(error)
         if not init_pid:
+            stdio.close_shim_side()
             raise ContainerError(f"cannot start container {plan.container_id[:12]}: the init was not created")
-        return init_pid
+        return stdio.started(init_pid)
 
     return start
 
 
-def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no cover - container init
+@dataclass
+class _ShimStdio:
+    """The shim's ends of a ``-t``/``-i`` init's stdio (runtime/console.py), made before the fork.
+
+    ``-t``: a socketpair over which the init sends the master of the pty it opens in the
+    container's devpts. ``-i`` alone: a pipe, the init's stdin. Plus the log, opened here (not
+    following a symlink the image planted) for the shim to append terminal output to."""
+
+    plan: InitPlan
+    master_sock: tuple[socket.socket, socket.socket] | None = None  # (shim's, init's)
+    stdin_pipe: tuple[int, int] | None = None  # (init's read end, shim's write end)
+    log_fd: int | None = None
+
+    @classmethod
+    def open(cls, plan: InitPlan) -> "_ShimStdio":
+        stdio = cls(plan)
+        if plan.tty:
+            stdio.master_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            if plan.log_path:
+                stdio.log_fd = os.open(plan.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        elif plan.interactive:
+            stdio.stdin_pipe = os.pipe2(os.O_CLOEXEC)
+        return stdio
+
+    def close_shim_side(self) -> None:
+        if self.master_sock is not None:
+            self.master_sock[0].close()
+        if self.stdin_pipe is not None:
+            _close_quietly(self.stdin_pipe[1])
+        if self.log_fd is not None:
+            _close_quietly(self.log_fd)
+
+    def close_init_side(self) -> None:
+        if self.master_sock is not None:
+            self.master_sock[1].close()
+        if self.stdin_pipe is not None:
+            os.close(self.stdin_pipe[0])
+
+    def send_master(self, master: int) -> None:  # in the init
+        assert self.master_sock is not None
+        socket.send_fds(self.master_sock[1], [b"m"], [master])
+
+    def started(self, init_pid: int) -> "int | console.Started":
+        """In the shim, once the init runs: what the console server needs (else the bare pid)."""
+        if self.master_sock is not None:
+            sock = self.master_sock[0]
+            sock.settimeout(10.0)
+            try:
+                _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+            finally:
+                sock.close()
+            if not fds:
+                raise ContainerError(f"cannot start container {self.plan.container_id[:12]}: the init sent no terminal")
+            return console.Started(init_pid, master_fd=fds[0], log_fd=self.log_fd, interactive=self.plan.interactive)
+        if self.stdin_pipe is not None:
+            return console.Started(init_pid, stdin_fd=self.stdin_pipe[1], interactive=True)
+        return init_pid
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _init_main(plan: InitPlan, errw: int, sys: Syscalls, stdio: _ShimStdio | None = None) -> None:  # pragma: no cover - container init
     try:
         os.umask(CONTAINER_UMASK)
         sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -183,7 +263,7 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no 
         creds = users.lookup(plan.user)
         sys.sethostname(plan.hostname)
         os.setsid()
-        _container_stdio()
+        _container_stdio(stdio)
         os.makedirs(plan.workdir, exist_ok=True)
         os.chdir(plan.workdir)
         if plan.read_only:
@@ -201,8 +281,20 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls) -> None:  # pragma: no 
     _exec(plan.argv, with_home(plan.env, creds.home), errw)
 
 
-def _container_stdio() -> None:
+def _container_stdio(stdio: _ShimStdio | None = None) -> None:
+    if stdio is not None and stdio.master_sock is not None:
+        # after pivot_root: /dev/ptmx is the container's devpts (runtime/rootfs.py), so CRIU
+        # finds the slave on a mount of the dumped tree
+        master, slave = console.open_terminal()
+        stdio.send_master(master)
+        os.close(master)
+        stdio.master_sock[1].close()
+        console.take_terminal(slave)
+        return
     null = os.open("/dev/null", os.O_RDONLY)
+    if stdio is not None and stdio.stdin_pipe is not None:
+        os.close(null)
+        null = stdio.stdin_pipe[0]
     out = os.open(LOG_PATH_IN_CONTAINER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(null, 0)
     os.dup2(out, 1)
@@ -250,6 +342,7 @@ def exec_in(
     seccomp_bpf: bytes | None = None,
     user: str = "",
     caps: frozenset[int] = capabilities.DEFAULT_CAPS,
+    console: "console_mod.ExecConsole | None" = None,
 ) -> int:
     """Run ``argv`` inside the live container whose init is ``init_pid``; its exit code.
 
@@ -257,7 +350,9 @@ def exec_in(
     namespace of the init (cgroup, ipc, uts, net, pid, mnt), forks so the child is inside the pid
     namespace, resolves ``user`` in the container's /etc/passwd and /etc/group (the mount
     namespace's root is the container's), drops capabilities, becomes that user and loads
-    ``seccomp_bpf`` like the init, and execs with this process's stdio.
+    ``seccomp_bpf`` like the init, and execs with this process's stdio; with ``console``
+    (``exec -t``) in a session of its own whose controlling terminal and stdio are
+    ``console.slave_fd``, while ``console.relay`` runs here until the terminal closes.
 
     Raises:
         InvalidArgument: ``user`` names a user or group the container does not have.
@@ -266,6 +361,7 @@ def exec_in(
     """
     fds = namespaces.open_namespaces(init_pid)
     errr, errw = os.pipe2(os.O_CLOEXEC)
+    console_socks = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if console is not None else None
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     old_quit = signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     try:
@@ -279,6 +375,8 @@ def exec_in(
                 child = os.fork()
                 if child == 0:
                     try:
+                        if console is not None:
+                            _exec_terminal(console, console_socks[1])
                         os.umask(CONTAINER_UMASK)
                         creds = users.lookup(user)
                         os.chdir(workdir)
@@ -307,15 +405,46 @@ def exec_in(
             error = _read_all(errr)
         finally:
             os.close(errr)
+        if console_socks is not None:
+            console_socks[1].close()
+            if not error:
+                _relay_exec_terminal(console, console_socks[0])
         _, status = os.waitpid(mid, 0)
     finally:
         for _, fd in fds:
             os.close(fd)
+        if console_socks is not None:
+            for sock in console_socks:
+                sock.close()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGQUIT, old_quit)
     if error:
         raise _error_from(error)
     return os.waitstatus_to_exitcode(status)
+
+
+def _exec_terminal(con: "console_mod.ExecConsole", sock: socket.socket) -> None:  # pragma: no cover - exec child
+    """In the exec'd child (inside the container's mounts): a pty of the container's devpts as
+    its controlling terminal and stdio; the master goes back to the caller."""
+    master, slave = console_mod.open_terminal()
+    if con.size is not None:
+        console_mod.set_size(slave, *con.size)
+    socket.send_fds(sock, [b"m"], [master])
+    os.close(master)
+    sock.close()
+    os.setsid()
+    console_mod.take_terminal(slave)
+
+
+def _relay_exec_terminal(con: "console_mod.ExecConsole", sock: socket.socket) -> None:
+    sock.settimeout(10.0)
+    _msg, got, _flags, _addr = socket.recv_fds(sock, 1, 1)
+    if not got:
+        return
+    try:
+        con.relay(got[0])
+    finally:
+        os.close(got[0])
 
 
 # -- helpers ------------------------------------------------------------------------------------

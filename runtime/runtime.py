@@ -225,6 +225,8 @@ class Runtime:
         cap_drop: tuple[str, ...] | builtins.list[str] = (),
         restart: str = "no",
         init: bool = False,
+        tty: bool = False,
+        interactive: bool = False,
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
@@ -255,6 +257,7 @@ class Runtime:
             user=user, stop_signal=stop_signal, cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
             ports=tuple(ports),
             restart=restart, auto_remove=bool(auto_remove), init=init,
+            tty=tty, interactive=interactive,
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         restart = checked["restart"]
@@ -311,6 +314,8 @@ class Runtime:
                 cap_drop=cap_drop,
                 restart=restart,
                 init=bool(init),
+                tty=tty,
+                interactive=interactive,
             )
             if leased is not None:
                 from runtime.network import mac_for_ip
@@ -424,6 +429,9 @@ class Runtime:
             user=spec.user,
             read_only=spec.read_only,
             caps=container_caps(spec.cap_add, spec.cap_drop),
+            tty=spec.tty,
+            interactive=spec.interactive,
+            log_path=str(merged / overlay.LOG_PATH_IN_CONTAINER.lstrip("/")),
         )
 
     def exit_action(self, spec: ContainerSpec) -> Any:
@@ -762,6 +770,19 @@ class Runtime:
                     return
                 time.sleep(0.05)
 
+    def attach_socket(self, name: str) -> tuple[ContainerSpec, Path]:
+        """The spec of a live container and the path of its attach socket (runtime/console.py);
+        the socket exists only for a ``-t`` or ``-i`` container.
+
+        Raises:
+            InvalidState: the container is not running or paused.
+        """
+        from runtime.console import ATTACH_SOCKET
+
+        c = self._reconcile(self.container(name))
+        c.require("attach")
+        return c.spec, self.store.dir(c.container_id) / ATTACH_SOCKET
+
     def exec(
         self,
         name: str,
@@ -769,11 +790,14 @@ class Runtime:
         env: tuple[str, ...] | builtins.list[str] = (),
         workdir: str | None = None,
         user: str | None = None,
+        console: Any = None,
     ) -> int:
         """Run ``argv`` in every namespace and the cgroup of a running container; its exit code.
 
         The process uses this process's stdin/stdout/stderr and runs as ``user`` (``USER[:GROUP]``,
-        runtime/users.py; None: the container's own user).
+        runtime/users.py; None: the container's own user). With ``console`` (a
+        runtime.console.ExecConsole, ``exec -t``) it gets a pty of the container's devpts as
+        its controlling terminal and stdio, whose master ``console.relay`` serves here while it lives.
 
         Raises:
             InvalidState: the container is not running. InvalidArgument: empty argv, bad env, bad
@@ -805,6 +829,7 @@ class Runtime:
             self.seccomp_filter(c.spec.seccomp, c.spec.seccomp_profile, c.spec.cap_add, c.spec.cap_drop),
             user=c.spec.user if user is None else user,
             caps=container_caps(c.spec.cap_add, c.spec.cap_drop),
+            console=console,
         )
 
 

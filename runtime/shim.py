@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from runtime import console
 from runtime.errors import ContainerError, ContainerNotFound
 from runtime.state import StateStore
 from runtime.syscalls import LINUX, PR_SET_CHILD_SUBREAPER, PR_SET_NAME, Syscalls
@@ -355,7 +356,11 @@ def _shim_main(  # pragma: no cover - runs in the shim process
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         try:
-            init_pid = starter()
+            started = starter()
+            init_pid = console.init_pid_of(started)
+            # -t/-i: serve the terminal or stdin before "running" is recorded, so an attach
+            # right after ``run`` finds the socket (runtime/console.py)
+            console_server = console.serve(store.dir(container_id) / console.ATTACH_SOCKET, started)
             now = time.time()
             store.update_state(
                 container_id,
@@ -377,12 +382,24 @@ def _shim_main(  # pragma: no cover - runs in the shim process
         os.close(report_fd)
         while init_pid > 0:
             _monitor(store, container_id, init_pid, oom_killed)
+            console_server = _finish_console(console_server, store, container_id)
             init_pid = _after_exit(container_id, exited)
     except BaseException:
         log.exception("shim of %s failed", container_id)
         code = 1
     finally:
         os._exit(code)
+
+
+def _finish_console(server: "console.ConsoleServer | None", store: StateStore, container_id: str) -> None:
+    """Hand the recorded exit code to attached clients and close the terminal (runtime/console.py)."""
+    if server is not None:
+        try:
+            code = store.load_state(container_id).exit_code
+        except ContainerNotFound:
+            code = None
+        server.finish(-1 if code is None else code)
+    return None
 
 
 def _monitor(store: StateStore, container_id: str, init_pid: int, oom_killed: Callable[[], bool] | None) -> None:

@@ -61,6 +61,10 @@ class ContainerSpec:
     # (runtime.capabilities.container_caps) for the init, every exec and a restart
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
+    # run -t: the init's stdio is a pty whose master the shim holds; run -i: the shim holds its stdin
+    # (the pty, or a pipe without -t); clients reach both through `attach` (runtime/console.py)
+    tty: bool = False
+    interactive: bool = False
     # run --restart: no | on-failure[:N] | always | unless-stopped, kept by the shim
     # (runtime/restart.py); kept across checkpoint, restore and migration
     restart: str = "no"

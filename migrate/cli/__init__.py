@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "migrate.cli.check",
     "migrate.cli.containers",
     "migrate.cli.ports",
+    "migrate.cli.attach",
     "migrate.cli.images",
     "migrate.cli.volumes",
     "migrate.cli.checkpoints",
@@ -51,6 +52,7 @@ COMMANDS: dict[str, str] = {
     **dict.fromkeys(
         ("run", "ps", "inspect", "logs", "exec", "stop", "kill", "rm", "pause", "unpause", "wait"), "migrate.cli.containers"
     ),
+    "attach": "migrate.cli.attach",
     "port": "migrate.cli.ports",
     "image": "migrate.cli.images",
     "volume": "migrate.cli.volumes",

@@ -22,6 +22,12 @@ from migrate.cli import EXIT_ERROR, EXIT_OK, add_json_flag
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="create and start a container")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background and print the name")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="keep the container's stdin open: this terminal's input (or `attach`'s) goes to it")
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="give the container a terminal (a pty its shim holds; `attach` reaches it)")
+    p.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
+                   help="with -it: key sequence that detaches and leaves it running (default ctrl-p,ctrl-q)")
     p.add_argument("--name", help="container name ([a-zA-Z0-9][a-zA-Z0-9_.-]{0,62})")
     p.add_argument("--hostname", help="hostname inside the container (default: short id)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
@@ -87,6 +93,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_logs)
 
     p = subparsers.add_parser("exec", help="run a command inside a running container")
+    p.add_argument("-i", "--interactive", action="store_true", help="with -t: send this terminal's input")
+    p.add_argument("-t", "--tty", action="store_true", help="give the command a terminal (resized with this one)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
                    help="environment variable; KEY alone: its value here (skipped when unset here)")
     p.add_argument("-w", "--workdir")
@@ -170,6 +178,8 @@ def run_options(args: argparse.Namespace) -> Any:
         cap_drop=tuple(args.cap_drop),
         restart=args.restart,
         init=args.init,
+        tty=args.tty,
+        interactive=args.interactive,
     )
 
 
@@ -235,6 +245,9 @@ def _from_environ(entry: str, environ: Mapping[str, str]) -> list[str]:
 
 def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
     options = run_options(args)
+    attached = (args.tty or args.interactive) and not args.detach
+    if attached:
+        _check_attachable(args, ctx)
     try:
         info = ctx.engine.run(options)
     except Exception as exc:
@@ -252,7 +265,34 @@ def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
         else:
             print(name)
         return EXIT_OK
+    if attached:
+        return _attached(args, ctx, name)
     return _foreground(ctx, name, remove=args.rm)
+
+
+def _check_attachable(args: argparse.Namespace, ctx: Any) -> None:
+    """Refuse a foreground -t/-i run that could not attach, before anything is created."""
+    from migrate.cli.attach import parse_detach_keys, require_local
+    from runtime.errors import InvalidArgument
+
+    require_local(ctx.engine, "run -t/-i in the foreground")
+    parse_detach_keys(args.detach_keys)
+    if args.tty and args.interactive and not os.isatty(0):
+        raise InvalidArgument("the input device is not a TTY", hint="drop -t to pipe stdin, or run from a terminal")
+
+
+def _attached(args: argparse.Namespace, ctx: Any, name: str) -> int:
+    """run -it / -i / -t in the foreground: attach until it exits or the user detaches."""
+    from migrate.cli.attach import DETACHED, attach, parse_detach_keys
+
+    code = attach(ctx, name, detach_keys=parse_detach_keys(args.detach_keys), whole_log=True)
+    if ctx.json:
+        ctx.emit_json({"name": name, "detached": code is DETACHED, "exit_code": code})
+    if code is DETACHED:
+        return EXIT_OK
+    if args.rm:
+        ctx.engine.remove(name, force=True)
+    return code if code >= 0 else EXIT_ERROR
 
 
 def _foreground(ctx: Any, name: str, *, remove: bool) -> int:
@@ -371,9 +411,14 @@ def cmd_exec(args: argparse.Namespace, ctx: Any) -> int:
 
         raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
     sys.stdout.flush()
+    console = None
+    if args.tty:
+        from migrate.cli.attach import exec_console
+
+        console = exec_console(args.interactive)
     try:
         code = engine.exec(args.name, tuple(command), env=resolve_env(args.env, ()), workdir=args.workdir,
-                           user=args.user)
+                           user=args.user, **({"console": console} if console is not None else {}))
     except Exception as exc:
         code = getattr(exc, "exit_code", None)
         if code in (126, 127):

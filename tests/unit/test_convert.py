@@ -34,6 +34,8 @@ SPEC = ContainerSpec(
     cap_drop=("CAP_NET_RAW",),
     restart="on-failure:3",
     init=True,
+    tty=True,
+    interactive=True,
 )
 FREEZE = FreezeRecord(pid=41, pid_start=123456, operation="migrate", since=1700000001.5, was_paused=True, recover=False,
                       partial=("/var/lib/x", "/var/lib/y"))
@@ -79,7 +81,8 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
                        cpus=1.5, pids_limit=2, network="none", ip="10.0.0.1", volumes=(VOLUME,), ports=(PORT,), publish_all=True, cgroup_parent="/p",
                        seccomp="custom", seccomp_profile="{}", user="1000:1000", entrypoint=("/bin/sh", "-c"),
                        stop_signal="USR1", auto_remove=True, read_only=True,
-                       cap_add=("NET_ADMIN",), cap_drop=("ALL",), restart="always", init=True),
+                       cap_add=("NET_ADMIN",), cap_drop=("ALL",), restart="always", init=True,
+                       tty=True, interactive=True),
         cv.run_options_to_pb,
         cv.run_options_from_pb,
         (),
