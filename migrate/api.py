@@ -196,6 +196,8 @@ class MigrateOptions:
     mode: MigrationMode = "cold"
     tcp_established: bool = False
     file_locks: bool = False  # dump and restore file locks (flock, fcntl, leases) held by the tree
+    # migrate -p: the ports the target publishes instead of the container's (None: the same ones)
+    ports: tuple[PortMapping, ...] | None = None
 
 
 @dataclass(frozen=True)

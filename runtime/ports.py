@@ -33,7 +33,8 @@ MAX_PORTS = 1024  # mappings of one container: a range is expanded, and each is 
 _PORT_RE = re.compile(r"^[0-9]{1,5}(-[0-9]{1,5})?$")
 _HINT = "expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp], e.g. -p 8080:80 or -p 127.0.0.1:8080:80/udp"
 
-__all__ = ["PortMapping", "parse_publish", "parse_publish_all", "validate_ports", "format_mapping", "port_filter", "MAX_PORTS"]
+__all__ = ["PortMapping", "parse_publish", "parse_publish_all", "validate_ports", "format_mapping", "port_filter", "recorded_ports",
+           "MAX_PORTS"]
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,19 @@ def _check_duplicates(ports: Sequence[PortMapping]) -> None:
                                       f"({other.host_label} -> {other.container_port} and {m.host_label} -> {m.container_port})",
                                       hint="give each mapping its own host port (ranges must not overlap)")
         seen[(m.protocol, m.host_port)] = m
+
+
+def recorded_ports(spec_data: Any) -> tuple[PortMapping, ...] | None:
+    """The ``ports`` of a spec in its dict form (a prepared migration's record: what its pre-flight
+    claimed, ``migrate -p`` included); None when it has none recorded. Checked later by the restore.
+
+    Raises:
+        InvalidArgument: a mapping of the wrong shape.
+    """
+    ports = spec_data.get("ports") if isinstance(spec_data, dict) else None
+    if not isinstance(ports, list):
+        return None
+    return tuple(PortMapping.from_dict(p) for p in ports)
 
 
 def overlaps(ip_a: str, ip_b: str) -> bool:

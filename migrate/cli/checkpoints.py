@@ -80,6 +80,8 @@ def register(sub: Any) -> None:
     p.add_argument("--mode", choices=("cold", "postcopy", "precopy", "auto"), default="cold")
     p.add_argument("--tcp-established", action="store_true", help="keep established TCP connections")
     p.add_argument("--file-locks", action="store_true", help="keep the file locks the container's processes hold")
+    p.add_argument("-p", "--publish", action="append", default=None, metavar="[HOST_IP:][HOST_PORT]:PORT[/tcp|udp]",
+                   help="the target publishes these ports instead of the container's (repeatable; as run -p)")
     # The global credential flags, also accepted after the subcommand (`migrate NAME HOST:PORT
     # --insecure`); SUPPRESS keeps a value given before the subcommand. Without --host they are
     # how this process dials DEST; with --host, how it dials that daemon (which dials DEST with
@@ -342,8 +344,11 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     from migrate.api import MigrateOptions
 
+    from runtime.ports import parse_publish
+
     options = MigrateOptions(dest=args.dest, keep_source=args.keep_source, mode=args.mode,
-                             tcp_established=args.tcp_established, file_locks=args.file_locks)
+                             tcp_established=args.tcp_established, file_locks=args.file_locks,
+                             ports=None if args.publish is None else tuple(m for v in args.publish for m in parse_publish(v)))
     with Progress(ctx, f"migrate {args.name}") as progress:
         result = ctx.engine.migrate(args.name, options, progress)
     if ctx.json:

@@ -483,7 +483,10 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         ps = opts.get("page_server")
         if not opts.get("lazy_pages") or not isinstance(ps, dict):
             raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
-        options = RestoreOptions(name=record["name"], ip=record.get("ip"))
+        from runtime.ports import recorded_ports
+
+        # the ports its pre-flight claimed here (migrate -p may differ from the checkpoint's)
+        options = RestoreOptions(name=record["name"], ip=record.get("ip"), ports=recorded_ports(record.get("spec")))
         spec = checked_spec(manifest, options, origin="peer", allow_peer_volumes=bool(getattr(host, "allow_peer_volumes", False)))
         check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile,  # CRIU restores the images' filters
                             cache_dir=host.paths.seccomp_cache, caps=spec_names(spec.cap_add, spec.cap_drop))

@@ -173,7 +173,10 @@ def _preflight(move: Move, mode: Mode) -> None:
     move.clock.emit("checking the target")
     move.target_info, move.criu_version = check_target(move.criu, move.target, move.options.dest)
     mode.preflight(move)
-    request = incoming_request(move.rt, move.spec, move.criu_version, mode.name, mode.page_server_address())
+    # migrate -p: the target publishes (and its pre-flight claims) other ports
+    ports = getattr(move.options, "ports", None)
+    spec = move.spec if ports is None else dataclasses.replace(move.spec, ports=ports)
+    request = incoming_request(move.rt, spec, move.criu_version, mode.name, mode.page_server_address())
     move.ticket = move.target.prepare_incoming(request)
     move.migration_id = move.ticket.migration_id
     log.info("container=%s migration=%s phase=preflight dest=%s mode=%s need_image=%s", move.spec.name, move.migration_id,

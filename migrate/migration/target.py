@@ -50,6 +50,7 @@ from migrate.errors import ContainerLost, TransferError, IncompatibleHost, Migra
 from migrate.restore import version_tuple, restore_container
 from migrate.archive.streams import IteratorReader
 from runtime.errors import ContainerError, ContainerExists, InvalidArgument, PortInUse
+from runtime.ports import recorded_ports
 from runtime.fstree import remove_tree, remove_tree_quietly
 from runtime.scratch import sweep
 from runtime.spec import ContainerSpec
@@ -217,7 +218,7 @@ class IncomingMigrations:
                     raise ContainerExists(f"address {spec.ip} of container {spec.name} is already in use on this host")
                 self.host.rt.network(spec.network).lease(spec.container_id, spec.ip)
             if spec.ports:  # before the source freezes: a taken host port refuses the migration (PortInUse)
-                self._claim_ports(spec, replace_id)
+                spec = self._claim_ports(spec, replace_id)  # the record keeps them, host ports chosen
             need_image = not self.host.images.has_digest(request.image_digest)
             layered = need_image and bool(request.image_layers)
             missing = tuple(d for d in request.image_layers if not self.host.images.layers.has_layer(d)) if layered else ()
@@ -247,7 +248,7 @@ class IncomingMigrations:
         return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port, stage_upper=True,
                               missing_layers=missing, layered_image=layered)
 
-    def _claim_ports(self, spec: ContainerSpec, replace_id: str | None) -> None:
+    def _claim_ports(self, spec: ContainerSpec, replace_id: str | None) -> ContainerSpec:
         """Refuse the ports another container here publishes or a host process holds, and the
         address lease just made goes again (nothing else is reserved yet). The peer's ports are
         checked first (the whole spec is validated only by the restore)."""
@@ -257,7 +258,7 @@ class IncomingMigrations:
 
         try:
             spec = replace(spec, ports=validate_ports(spec.ports, network=spec.network))
-            self.host.claim_ports(spec, replace_id=replace_id)
+            return replace(spec, ports=self.host.claim_ports(spec, replace_id=replace_id))
         except BaseException as exc:
             if spec.ip and replace_id is None:
                 self.host.rt.network(spec.network).release(spec.container_id)
@@ -487,7 +488,7 @@ class IncomingMigrations:
             else:
                 result = restore_container(
                     self.host,
-                    RestoreOptions(name=record["name"], ip=record.get("ip")),
+                    RestoreOptions(name=record["name"], ip=record.get("ip"), ports=recorded_ports(record.get("spec"))),
                     criu=self.criu,
                     progress=progress,
                     source=reader,

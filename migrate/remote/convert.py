@@ -432,11 +432,14 @@ def restore_result_from_pb(m: pb.RestoreResult) -> api.RestoreResult:
 
 
 def migrate_request_to_pb(name: str, o: api.MigrateOptions) -> pb.MigrateRequest:
-    return _to_pb(o, pb.MigrateRequest, name=name)
+    # migrate -p: a present PortList (even empty) replaces the ports, an absent one keeps them
+    ports = None if o.ports is None else pb.PortList(ports=[_to_pb(m, pb.PortMapping) for m in o.ports])
+    return _to_pb(o, pb.MigrateRequest, skip=("ports",), name=name, ports=ports)
 
 
 def migrate_options_from_pb(m: pb.MigrateRequest) -> api.MigrateOptions:
-    return _from_pb(api.MigrateOptions, m)
+    ports = tuple(_from_pb(PortMapping, p) for p in m.ports.ports) if m.HasField("ports") else None
+    return _from_pb(api.MigrateOptions, m, ports=ports)
 
 
 def migration_stats_to_pb(s: api.MigrationStats) -> pb.MigrationStats:

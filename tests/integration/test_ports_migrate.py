@@ -4,7 +4,8 @@ The target publishes the same host port for the restored container, so a client 
 host's address and port and the server (its listening socket restored by CRIU) answers; the
 source's rules go with its copy. A host port taken on the target (a listener there) refuses the
 migration in its pre-flight, before the freeze: the source copy keeps running, unfrozen, and its
-port keeps answering; the target keeps nothing.
+port keeps answering; the target keeps nothing. ``migrate -p`` moves it to another host port
+there, and a migration back publishes that port again on the first host.
 """
 
 from __future__ import annotations
@@ -43,32 +44,38 @@ def test_the_target_publishes_the_port_and_a_taken_port_refuses_before_the_freez
         assert err["type"] == "PortInUse", err
         assert f"host port 0.0.0.0:{PORT}/tcp is already in use by a host process on the migration target" in err["error"], err
         assert err["hint"]
+        state = json.loads(a.cli(["inspect", "web"], check=True).stdout)["state"]
+        assert state["status"] == "running" and state["frozen_by"] is None and state["checkpointed"] is None
+        assert dial(b, a.address, PORT) == "hello-from-web"  # the source still answers on its port
+        assert names_by_status(b) == {} and port_tables(b) == []
+        assert leftovers(b) == []
+
+        # migrate -p: the target publishes another host port instead; the client dials the NEW host
+        r = a.cli(["--insecure", "--json", "migrate", "web", addr["b"], "-p", f"{PORT + 4}:80"])
+        assert r.returncode == 0, r.stderr.decode()
+        migrate_json(r.stdout)
+        assert names_by_status(a) == {} and names_by_status(b) == {"web": "running"}
+        assert dial(a, b.address, PORT + 4) == "hello-from-web"
+        assert dial(b, "127.0.0.1", PORT + 4) == "hello-from-web"
+        assert port_tables(a) == [] and len(port_tables(b)) == 1
     finally:
         listener.kill()
         listener.wait()
-    state = json.loads(a.cli(["inspect", "web"], check=True).stdout)["state"]
-    assert state["status"] == "running" and state["frozen_by"] is None and state["checkpointed"] is None
-    assert dial(b, a.address, PORT) == "hello-from-web"  # the source still answers on its port
-    assert names_by_status(b) == {} and port_tables(b) == []
-    assert leftovers(b) == []
 
-    # the port free again: the migration goes through and the new host answers on it
-    r = a.cli(["--insecure", "--json", "migrate", "web", addr["b"]])
+    # and back without -p: the same port is published on the first host again
+    r = b.cli(["--insecure", "--json", "migrate", "web", addr["a"]])
     assert r.returncode == 0, r.stderr.decode()
-    migrate_json(r.stdout)
-    assert names_by_status(a) == {} and names_by_status(b) == {"web": "running"}
-    assert dial(a, b.address, PORT) == "hello-from-web"  # the client dials the NEW host
-    assert dial(b, "127.0.0.1", PORT) == "hello-from-web"
-    assert port_tables(a) == [] and len(port_tables(b)) == 1
-    spec = json.loads(b.cli(["inspect", "web"], check=True).stdout)["spec"]
-    assert spec["ports"] == [{"container_port": 80, "protocol": "tcp", "host_port": PORT, "host_ip": ""}]
+    assert dial(b, a.address, PORT + 4) == "hello-from-web"
+    assert port_tables(b) == [] and len(port_tables(a)) == 1
+    spec = json.loads(a.cli(["inspect", "web"], check=True).stdout)["spec"]
+    assert spec["ports"] == [{"container_port": 80, "protocol": "tcp", "host_port": PORT + 4, "host_ip": ""}]
 
     # remote run -p through the target's daemon (RunContainerRequest carries the ports)
     r = a.cli(["--insecure", "--host", addr["b"], "run", "-d", "--name", "remote", "-p", f"{PORT + 3}:80",
                "busybox", "sh", "-c", "exec nc -ll -p 80 -e echo hello-from-remote"])
     assert r.returncode == 0, r.stderr.decode()
     assert dial(a, b.address, PORT + 3) == "hello-from-remote"
-    b.cli(["rm", "-f", "web"], check=True)
+    a.cli(["rm", "-f", "web"], check=True)
     b.cli(["rm", "-f", "remote"], check=True)
-    assert port_tables(b) == []
+    assert port_tables(a) == [] and port_tables(b) == []
     assert leftovers(a) == [] and leftovers(b) == []

@@ -52,7 +52,8 @@ CHECKPOINT_STATS = api.CheckpointStats(1.5, 2.5, 3.5, 4.5, 5, 6, 7, 8, 9, 10, 11
 RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2", tcp_established=True, volumes=(VOLUME,), timeout_s=42.5,
                                      ports=(PORT,))
 RESTORE_STATS = api.RestoreStats(1.5, 2.5, 3.5, 4, 5, 6.5)
-MIGRATE_OPTIONS = api.MigrateOptions(dest="10.0.0.1:7070", keep_source=True, mode="auto", tcp_established=True, file_locks=True)
+MIGRATE_OPTIONS = api.MigrateOptions(dest="10.0.0.1:7070", keep_source=True, mode="auto", tcp_established=True, file_locks=True,
+                                     ports=(PORT,))
 MIGRATION_STATS = api.MigrationStats(1.5, 2.5, 3, 4, {"dump": 5.5, "restore": 6.5}, upper_entries_frozen=7, image_bytes=8,
                                      image_layers_sent=9)
 INCOMING = api.IncomingRequest(

@@ -233,13 +233,15 @@ def test_claim_refuses_an_address_not_of_this_host() -> None:
         port_rules.claim(_FakeRuntime(), _spec(ports=(PortMapping(80, "tcp", 18081, "192.0.2.77"),)))
 
 
-def test_restore_publish_none_and_empty_stay_apart_over_grpc() -> None:
+def test_restore_and_migrate_publish_none_and_empty_stay_apart_over_grpc() -> None:
     from migrate import api
     from migrate.remote import convert as cv
 
     for ports in (None, (), (PortMapping(80, "tcp", 8080, ""),)):
         opts = api.RestoreOptions(checkpoint_id="ck", ports=ports)
         assert cv.restore_options_from_pb(cv.restore_request_to_pb(opts)).ports == ports
+        mig = api.MigrateOptions(dest="h:1", ports=ports)
+        assert cv.migrate_options_from_pb(cv.migrate_request_to_pb("web", mig)).ports == ports
 
 
 def test_publish_all_adds_exposed_ports_not_given_with_p(monkeypatch: pytest.MonkeyPatch) -> None:
