@@ -90,6 +90,7 @@ class CheckpointHost:
         anything is frozen."""
         cid = c.container_id
         self._check_init_root(c)
+        _check_stdin(c)
         dirs = self._cg(c.spec).info(cid).dirs
         freeze_dir = dirs.get(UNIFIED) or dirs.get(FREEZER)
         netns = self.paths.netns / cid
@@ -420,6 +421,8 @@ class CheckpointHost:
                     "criu": criu,
                     "veth": self.host_veth(spec),
                     "read_only": spec.read_only,
+                    "tty": spec.tty,
+                    "interactive": spec.interactive,
                 },
             )
             oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
@@ -486,7 +489,7 @@ class RestoreShell:
                 "runtime.restore_start:start_restore_on_go",
                 {"go_path": str(self.go), "netns": str(netns), "netns_key": netns_key, "cgroup_parent": parent,
                  "container_id": cid, "criu": criu, "timeout_s": timeout_s, "veth": host.host_veth(spec),
-                 "read_only": spec.read_only},
+                 "read_only": spec.read_only, "tty": spec.tty, "interactive": spec.interactive},
             )
             oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
         except BaseException:
@@ -590,6 +593,19 @@ class RestoreShell:
             except Exception as exc:  # noqa: BLE001
                 log.debug("container=%s: killing the cgroup during abort: %s", cid, exc)
             rt._undo(cid, self._undo)
+
+
+def _check_stdin(c: Container) -> None:
+    """``run -i`` without ``-t``: the init's stdin is a pipe whose other end is the shim's, a
+    resource outside the dumped tree that the restored shim could not give back (a ``-t``
+    container's terminal can: CRIU makes its master anew, runtime/console.py). Refused before
+    anything is frozen."""
+    if c.spec.interactive and not c.spec.tty:
+        raise Unsupported(
+            f"checkpoint of container {c.spec.name}",
+            "its stdin is a pipe held by its shim (run -i without -t), which criu cannot take along",
+            hint="run it with -it (a terminal can be checkpointed), or without -i",
+        )
 
 
 def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, Callable[[], None]]]) -> None:

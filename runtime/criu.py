@@ -169,7 +169,9 @@ class DumpRequest:
     tls: CriuTls | None = None  # for the page-server connection (SwrkCriu's page_server_tls when None)
     parent_img: str | None = None  # relative to images_dir, for pre-dump chains
     track_mem: bool = False
-    orphan_pts_master: bool = False
+    # a pty slave whose master is outside the tree (run -t: the shim holds it) is dumped as an
+    # orphan, as runc always asks; without one it changes nothing (runtime/console.py)
+    orphan_pts_master: bool = True
     log_level: int = 4
     timeout_s: int | None = None
 
@@ -188,6 +190,9 @@ class RestoreRequest:
     manage_cgroups_mode: CgroupMode = "ignore"
     lazy_pages: bool = False
     rst_sibling: bool = True
+    # an orphan pty slave (run -t) gets a new master in the restored devpts, sent back to us in
+    # the "orphan-pts-master" notification (SwrkCriu.take_orphan_pts_master); as runc asks
+    orphan_pts_master: bool = True
     log_level: int = 4
     timeout_s: float | None = None  # CRIU gets killed without an answer by then (CriuTimeout)
 
@@ -469,6 +474,7 @@ class SwrkCriu:
             opts.tcp_established = request.tcp_established
             opts.file_locks = request.file_locks
             opts.ext_unix_sk = request.ext_unix_sk
+            opts.orphan_pts_master = request.orphan_pts_master
             opts.manage_cgroups = True
             opts.manage_cgroups_mode = _cg_mode_value(rpc, request.manage_cgroups_mode)
             opts.network_lock = _network_lock_value(rpc, request.network_lock)
@@ -559,10 +565,12 @@ class SwrkCriu:
                 if deadline is not None:
                     ours.settimeout(max(deadline - time.monotonic(), 0.001))
                 try:
-                    resp = self._recv(rpc, ours, operation, log_path)
+                    resp, fds = self._recv(rpc, ours, operation, log_path)
                 except TimeoutError:
                     proc.kill()
                     raise CriuTimeout(operation, timeout_s or 0.0, log_path=log_path, log_lines=log_excerpt(log_path)) from None
+                if fds:
+                    self._keep_fds(resp, fds)
                 if resp.type == rpc.NOTIFY:
                     ok = True
                     if on_notify is not None:
@@ -587,11 +595,27 @@ class SwrkCriu:
             raise CriuUnreachable(operation, f"unexpected response type {resp.type}", log_path=log_path)
         return resp
 
+    def take_orphan_pts_master(self) -> int | None:
+        """The master CRIU made for a restored orphan pty slave (a ``run -t`` container's
+        terminal), once: the caller owns the fd. None if the restore had none."""
+        fd = getattr(self, "_orphan_pts_master", None)
+        self._orphan_pts_master = None
+        return fd
+
+    def _keep_fds(self, resp: Any, fds: list[int]) -> None:
+        """fds CRIU passed with a message: the "orphan-pts-master" notification's is kept."""
+        script = resp.notify.script if resp.HasField("notify") else ""
+        if script == "orphan-pts-master" and getattr(self, "_orphan_pts_master", None) is None:
+            self._orphan_pts_master = fds.pop(0)
+        for fd in fds:
+            os.close(fd)
+
     @staticmethod
-    def _recv(rpc: Any, sock: socket.socket, operation: str, log_path: Path) -> Any:
+    def _recv(rpc: Any, sock: socket.socket, operation: str, log_path: Path) -> tuple[Any, list[int]]:
+        """One message of the swrk and the fds passed with it (SCM_RIGHTS)."""
         try:
             size = len(sock.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))
-            buf = sock.recv(max(size, 1))
+            buf, fds, _flags, _addr = socket.recv_fds(sock, max(size, 1), 4)
         except TimeoutError:
             raise
         except OSError as exc:
@@ -600,7 +624,7 @@ class SwrkCriu:
             raise CriuUnreachable(operation, "criu exited without answering", errno=errno_mod.EPIPE, log_path=log_path, log_lines=log_excerpt(log_path))
         resp = rpc.criu_resp()
         resp.ParseFromString(buf)
-        return resp
+        return resp, fds
 
 
 def _opts_for_log(opts: Any) -> str:

@@ -138,7 +138,8 @@ def _flush_incomplete_neighbours(netns: str) -> None:
 
 
 def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
-                        timeout_s: float, veth: str | None = None, read_only: bool = False) -> int:
+                        timeout_s: float, veth: str | None = None, read_only: bool = False, tty: bool = False,
+                        interactive: bool = False) -> "int | Any":
     """The shim's starter for a restore begun before its images arrived (``RestoreShell``): spawn
     CRIU and move it into the container's cgroup now, then wait for the request on the FIFO at
     ``go_path`` (a pickled RestoreRequest; EOF without one = cancelled) and restore."""
@@ -180,13 +181,15 @@ def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent:
             pending.cancel()
             raise
         pids = (lambda: list(cg.pids(container_id))) if read_only else None
-        return int(pending.run(request, on_notify=before_resume(veth, netns, pids)))
+        pid = int(pending.run(request, on_notify=_with_terminal(before_resume(veth, netns, pids), tty)))
+        return _started(pid, criu, request, container_id, tty=tty, interactive=interactive)
     finally:
         os.close(fd)
 
 
 def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
-                  veth: str | None = None, read_only: bool = False) -> int:
+                  veth: str | None = None, read_only: bool = False, tty: bool = False,
+                  interactive: bool = False) -> "int | Any":
     """The shim's starter for a restore: CRIU restores the tree into the container's cgroup and
     network namespace; returns the restored init's host pid (a child of the shim: rst_sibling)."""
     from runtime.cgroups import detect
@@ -196,7 +199,39 @@ def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, 
     try:
         request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
         pids = (lambda: list(cg.pids(container_id))) if read_only else None
-        return int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid),
-                                on_notify=before_resume(veth, netns, pids)))
+        pid = int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid),
+                               on_notify=_with_terminal(before_resume(veth, netns, pids), tty)))
+        return _started(pid, criu, request, container_id, tty=tty, interactive=interactive)
     finally:
         os.close(fd)
+
+
+def _with_terminal(on_notify: Callable[[str, int], bool] | None, tty: bool) -> Callable[[str, int], bool] | None:
+    """A handler even when nothing else needs one: CRIU passes the new master of a ``run -t``
+    container's terminal only as a notification ("orphan-pts-master"), and sends notifications
+    only to a client that asked for them (criu/action-scripts.c rpc_send_fd)."""
+    if on_notify is None and tty:
+        return lambda _script, _pid: True
+    return on_notify
+
+
+def _started(pid: int, criu: Any, request: Any, container_id: str, *, tty: bool, interactive: bool) -> "int | Any":
+    """The restored init, with the terminal CRIU made for it (``run -t``): the shim's console
+    serves it from now on (runtime/console.py), appending to the container's log."""
+    if not tty:
+        return pid
+    from pathlib import Path
+
+    from runtime import console
+    from runtime.overlay import LOG_PATH_IN_CONTAINER
+
+    master = criu.take_orphan_pts_master()
+    if master is None:
+        raise ContainerError(f"restore of container {container_id[:12]}: criu restored no terminal for its tty")
+    log_path = Path(request.root) / LOG_PATH_IN_CONTAINER.lstrip("/")
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # the terminal matters more than its copy in the log
+        log.warning("container=%s: terminal output not logged: %s", container_id, exc)
+        log_fd = None
+    return console.Started(pid, master_fd=master, log_fd=log_fd, interactive=interactive)
