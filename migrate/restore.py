@@ -373,11 +373,11 @@ def restore_container(
     source: Any = None,
     before_restore: Callable[[Path], None] | None = None,
     staged_upper: Path | None = None,
+    staged_volumes: Path | None = None,
+    migration_id: str = "",
 ) -> RestoreResult:
     """Restore from ``options.checkpoint_id``, ``options.import_path`` or an archive stream ``source``.
 
-    staged_volumes: Path | None = None,
-    migration_id: str = "",
     ``before_restore(images_dir)`` runs once the archive is unpacked (a disk-less migration
     moves the pages its page server received into the images dir there). ``staged_upper``: see
     ``unpack_archive``. ``source`` is a migration peer's push: its volumes are taken only where
