@@ -5,7 +5,8 @@ host's address and port and the server (its listening socket restored by CRIU) a
 source's rules go with its copy. A host port taken on the target (a listener there) refuses the
 migration in its pre-flight, before the freeze: the source copy keeps running, unfrozen, and its
 port keeps answering; the target keeps nothing. ``migrate -p`` moves it to another host port
-there, and a migration back publishes that port again on the first host.
+there, and a migration back (post-copy: the lazy restore's path) publishes that port again on
+the first host.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests.integration.test_ports import PORT, dial, port_tables, run_server
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.requires("root", "netns", "criu", "pycriu", "busybox", "overlay", "nftables"),
+    pytest.mark.requires("root", "netns", "criu", "pycriu", "busybox", "overlay", "nftables", "lazy_pages"),
 ]
 
 
@@ -62,8 +63,8 @@ def test_the_target_publishes_the_port_and_a_taken_port_refuses_before_the_freez
         listener.kill()
         listener.wait()
 
-    # and back without -p: the same port is published on the first host again
-    r = b.cli(["--insecure", "--json", "migrate", "web", addr["a"]])
+    # and back without -p (post-copy): the same port is published on the first host again
+    r = b.cli(["--insecure", "--json", "migrate", "web", addr["a"], "--mode", "postcopy"])  # the lazy restore publishes too
     assert r.returncode == 0, r.stderr.decode()
     assert dial(b, a.address, PORT + 4) == "hello-from-web"
     assert port_tables(b) == [] and len(port_tables(a)) == 1
