@@ -263,7 +263,7 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls, stdio: _ShimStdio | Non
         creds = users.lookup(plan.user)
         sys.sethostname(plan.hostname)
         os.setsid()
-        _container_stdio(stdio)
+        _container_stdio(stdio, tty_owner=creds.uid)
         os.makedirs(plan.workdir, exist_ok=True)
         os.chdir(plan.workdir)
         if plan.read_only:
@@ -281,11 +281,13 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls, stdio: _ShimStdio | Non
     _exec(plan.argv, with_home(plan.env, creds.home), errw)
 
 
-def _container_stdio(stdio: _ShimStdio | None = None) -> None:
+def _container_stdio(stdio: _ShimStdio | None = None, tty_owner: int = 0) -> None:
     if stdio is not None and stdio.master_sock is not None:
         # after pivot_root: /dev/ptmx is the container's devpts (runtime/rootfs.py), so CRIU
         # finds the slave on a mount of the dumped tree
         master, slave = console.open_terminal()
+        if tty_owner:
+            os.fchown(slave, tty_owner, -1)  # the user's terminal, as runc's console (mesg, write)
         stdio.send_master(master)
         os.close(master)
         stdio.master_sock[1].close()

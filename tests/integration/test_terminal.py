@@ -146,6 +146,13 @@ def test_run_i_pipes_stdin_and_run_t_needs_a_terminal_for_it(pm) -> None:  # noq
     assert refused(r, "InvalidArgument")["error"] == "the input device is not a TTY"
 
 
+def test_a_user_owns_the_terminal_of_a_run_it_container(term) -> None:  # noqa: ANN001
+    t = term("run", "-it", "--rm", "-u", "nobody", "--network", "none", "busybox", "sh", "-c",
+             "stat -c 'owner=%U' $(tty); exit 2")
+    t.expect(rb"^owner=nobody\r?$")  # runc's rule: the console belongs to the process's user
+    assert t.wait() == 2
+
+
 def test_exec_it_gets_a_terminal_that_follows_resizes(pm, term) -> None:  # noqa: ANN001
     name = unique("exe")
     ok(pm("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "1000"))
