@@ -373,6 +373,24 @@ class RemoteEngine:
     def image_tag(self, source: str, target: str) -> api.ImageInfo:
         return cv.image_from_pb(self._unary("TagImage", pb.TagImageRequest(source=source, target=target)).image)
 
+    # -- named volumes ----------------------------------------------------------------------------
+    def volume_create(self, name: str | None = None, labels: tuple[str, ...] = ()) -> api.VolumeInfo:
+        reply = self._unary("VolumeCreate", pb.VolumeCreateRequest(name=name or "", labels=list(labels)))
+        return cv.volume_info_from_pb(reply.volume)
+
+    def volumes(self) -> list[api.VolumeInfo]:
+        return [cv.volume_info_from_pb(v) for v in self._unary("VolumeList", pb.VolumeListRequest()).volumes]
+
+    def volume_inspect(self, name: str) -> api.VolumeInfo:
+        return cv.volume_info_from_pb(self._unary("VolumeInspect", pb.VolumeInspectRequest(name=name)).volume)
+
+    def volume_remove(self, name: str, force: bool = False) -> bool:
+        return bool(self._unary("VolumeRemove", pb.VolumeRemoveRequest(name=name, force=force)).removed)
+
+    def volume_prune(self) -> api.VolumePruneResult:
+        reply = self._unary("VolumePrune", pb.VolumePruneRequest(), timeout_s=max(self.timeout_s, 300.0))
+        return api.VolumePruneResult(removed=tuple(reply.removed), bytes_freed=reply.bytes_freed)
+
     def image_prune(self, all: bool = False) -> api.ImageRemoval:
         reply = self._unary("PruneImages", pb.PruneImagesRequest(all=all), timeout_s=max(self.timeout_s, 300.0))
         return cv.image_removal_from_pb(reply.removed)

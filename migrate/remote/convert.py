@@ -259,6 +259,14 @@ def image_from_pb(m: pb.ImageInfo) -> api.ImageInfo:
     return _from_pb(api.ImageInfo, m)
 
 
+def volume_info_to_pb(v: api.VolumeInfo) -> pb.VolumeInfo:
+    return _to_pb(v, pb.VolumeInfo)
+
+
+def volume_info_from_pb(m: pb.VolumeInfo) -> api.VolumeInfo:
+    return _from_pb(api.VolumeInfo, m)
+
+
 def image_removal_to_pb(r: api.ImageRemoval) -> pb.ImageRemoval:
     return _to_pb(r, pb.ImageRemoval)
 

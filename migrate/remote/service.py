@@ -286,6 +286,24 @@ class HostServicer(pb_grpc.HostServicer):
     def TagImage(self, request: pb.TagImageRequest, context: grpc.ServicerContext) -> pb.TagImageResponse:
         return pb.TagImageResponse(image=cv.image_to_pb(self._target("image_tag")(request.source, request.target)))
 
+    # -- named volumes ----------------------------------------------------------------------------
+    def VolumeCreate(self, request: pb.VolumeCreateRequest, context: grpc.ServicerContext) -> pb.VolumeCreateResponse:
+        info = self._target("volume_create")(request.name or None, tuple(request.labels))
+        return pb.VolumeCreateResponse(volume=cv.volume_info_to_pb(info))
+
+    def VolumeList(self, request: pb.VolumeListRequest, context: grpc.ServicerContext) -> pb.VolumeListResponse:
+        return pb.VolumeListResponse(volumes=[cv.volume_info_to_pb(v) for v in self._target("volumes")()])
+
+    def VolumeInspect(self, request: pb.VolumeInspectRequest, context: grpc.ServicerContext) -> pb.VolumeInspectResponse:
+        return pb.VolumeInspectResponse(volume=cv.volume_info_to_pb(self._target("volume_inspect")(request.name)))
+
+    def VolumeRemove(self, request: pb.VolumeRemoveRequest, context: grpc.ServicerContext) -> pb.VolumeRemoveResponse:
+        return pb.VolumeRemoveResponse(removed=bool(self._target("volume_remove")(request.name, force=request.force)))
+
+    def VolumePrune(self, request: pb.VolumePruneRequest, context: grpc.ServicerContext) -> pb.VolumePruneResponse:
+        result = self._target("volume_prune")()
+        return pb.VolumePruneResponse(removed=list(result.removed), bytes_freed=result.bytes_freed)
+
     def PruneImages(self, request: pb.PruneImagesRequest, context: grpc.ServicerContext) -> pb.PruneImagesResponse:
         return pb.PruneImagesResponse(removed=cv.image_removal_to_pb(self._target("image_prune")(all=request.all)))
 

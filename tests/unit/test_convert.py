@@ -74,6 +74,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (INFO, cv.container_to_pb, cv.container_from_pb, ()),
     (IMAGE, cv.image_to_pb, cv.image_from_pb, ()),
     (IMAGE_REMOVAL, cv.image_removal_to_pb, cv.image_removal_from_pb, ()),
+    (api.VolumeInfo("db", "/r/volumes/db/_data", 1.5, "local2", ("a=b",), ("web",)), cv.volume_info_to_pb, cv.volume_info_from_pb, ()),
     (api.HostInfo("0.1", "h", "6.18", "4.1.1", {"a": True, "b": False}, "hybrid", "sha256:x", (IMAGE,)), cv.host_to_pb, cv.host_from_pb, ()),
     (api.ProgressEvent("checkpoint", "dump", 5, 10, 1.25, "msg"), cv.progress_to_pb, cv.progress_from_pb, ()),
     (api.ProgressEvent("migrate", "transfer", 5, 10, 1.25, "msg"), cv.migration_event_to_pb, cv.migration_event_from_pb, ()),

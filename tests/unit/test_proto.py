@@ -57,6 +57,7 @@ def test_service_covers_the_issue() -> None:
         "UploadCheckpoint", "Migrate", "PrepareIncoming", "PushImage", "PushUpper", "PushCheckpoint", "AbortIncoming", "CommitIncoming",
         "StartPrecopyRound", "SettleMigration", "TagImage", "PruneImages",
         "InspectImage", "LoadImage", "PullImage", "PushImageToRegistry",
+        "VolumeCreate", "VolumeList", "VolumeInspect", "VolumeRemove", "VolumePrune",
     } == names
 
 

@@ -16,6 +16,7 @@ from runtime.container import parse_mount, parse_volume, validate_fields
 from runtime.errors import InvalidArgument, InvalidSpec, VolumeInUse, VolumeNotFound
 from runtime.spec import ContainerSpec, Volume
 from runtime.volumes import VolumeConflict, VolumeStore, seed_from_tree, validate_volume_name
+from tests.unit.test_service import sockdir  # noqa: F401 (a fixture)
 
 
 def _store(tmp_path: Path, users: dict[str, list[str]] | None = None) -> VolumeStore:
@@ -244,3 +245,30 @@ def dataclasses_replace(spec: ContainerSpec, **changes: object) -> ContainerSpec
     import dataclasses
 
     return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def test_volume_rpcs_over_a_unix_socket(tmp_path: Path, sockdir: Path) -> None:  # noqa: F811
+    from migrate.api import VolumePruneResult
+    from migrate.engine import LocalEngine
+    from runtime.errors import ContainerNotFound
+    from tests.unit.test_service import start_daemon
+
+    d = start_daemon(f"unix:{sockdir}/v.sock", LocalEngine(tmp_path / "root"), spool_dir=sockdir / "spool")  # type: ignore[arg-type]
+    try:
+        client = d.client
+        info = client.volume_create("db", ("tier=db",))
+        assert (info.name, info.labels, info.used_by) == ("db", ("tier=db",), ())
+        assert len(client.volume_create().name) == 64  # no name: a random one
+        (Path(info.mountpoint) / "f").write_bytes(b"x" * 5)
+        assert client.volume_inspect("db") == info and "db" in [v.name for v in client.volumes()]
+        with pytest.raises(ContainerNotFound, match="no such volume: nope") as exc:
+            client.volume_inspect("nope")
+        assert exc.value.hint
+        with pytest.raises(InvalidArgument, match="invalid volume name"):
+            client.volume_create("../x")
+        assert client.volume_remove("nope", force=True) is False
+        result = client.volume_prune()
+        assert "db" in result.removed and result.bytes_freed == 5 and isinstance(result, VolumePruneResult)
+        assert client.volumes() == []
+    finally:
+        d.close()

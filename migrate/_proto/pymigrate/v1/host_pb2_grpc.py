@@ -219,6 +219,31 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundResponse.FromString,
                 _registered_method=True)
+        self.VolumeCreate = channel.unary_unary(
+                '/pymigrate.v1.Host/VolumeCreate',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.VolumeCreateRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumeCreateResponse.FromString,
+                _registered_method=True)
+        self.VolumeList = channel.unary_unary(
+                '/pymigrate.v1.Host/VolumeList',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.VolumeListRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumeListResponse.FromString,
+                _registered_method=True)
+        self.VolumeInspect = channel.unary_unary(
+                '/pymigrate.v1.Host/VolumeInspect',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.VolumeInspectRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumeInspectResponse.FromString,
+                _registered_method=True)
+        self.VolumeRemove = channel.unary_unary(
+                '/pymigrate.v1.Host/VolumeRemove',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.VolumeRemoveRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumeRemoveResponse.FromString,
+                _registered_method=True)
+        self.VolumePrune = channel.unary_unary(
+                '/pymigrate.v1.Host/VolumePrune',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.VolumePruneRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumePruneResponse.FromString,
+                _registered_method=True)
 
 
 class HostServicer:
@@ -480,6 +505,38 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VolumeCreate(self, request, context):
+        """Named volumes (runtime/volumes.py; `pymigrate volume`): create (an existing one is returned
+        as it is), list, inspect, remove (refused while a container uses it), prune (unused ones).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VolumeList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VolumeInspect(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VolumeRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VolumePrune(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -667,6 +724,31 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.StartPrecopyRound,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundResponse.SerializeToString,
+            ),
+            'VolumeCreate': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolumeCreate,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumeCreateRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.VolumeCreateResponse.SerializeToString,
+            ),
+            'VolumeList': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolumeList,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumeListRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.VolumeListResponse.SerializeToString,
+            ),
+            'VolumeInspect': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolumeInspect,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumeInspectRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.VolumeInspectResponse.SerializeToString,
+            ),
+            'VolumeRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolumeRemove,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumeRemoveRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.VolumeRemoveResponse.SerializeToString,
+            ),
+            'VolumePrune': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolumePrune,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumePruneRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.VolumePruneResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1668,6 +1750,141 @@ class Host:
             '/pymigrate.v1.Host/StartPrecopyRound',
             pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.StartPrecopyRoundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolumeCreate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/VolumeCreate',
+            pymigrate_dot_v1_dot_host__pb2.VolumeCreateRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.VolumeCreateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolumeList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/VolumeList',
+            pymigrate_dot_v1_dot_host__pb2.VolumeListRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.VolumeListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolumeInspect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/VolumeInspect',
+            pymigrate_dot_v1_dot_host__pb2.VolumeInspectRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.VolumeInspectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolumeRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/VolumeRemove',
+            pymigrate_dot_v1_dot_host__pb2.VolumeRemoveRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.VolumeRemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolumePrune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/VolumePrune',
+            pymigrate_dot_v1_dot_host__pb2.VolumePruneRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.VolumePruneResponse.FromString,
             options,
             channel_credentials,
             insecure,
