@@ -67,13 +67,15 @@ def keep_criu_log(paths: Any, exc: BaseException, log_path: Path, kind: str) -> 
 
 
 def dump_externals(target: DumpTarget) -> tuple[str, ...]:
-    """CRIU ``external`` entries: the network namespace and every volume bind mount."""
+    """CRIU ``external`` entries: the network namespace, every volume bind mount and --init's."""
     external = []
     if target.netns_path is not None:
         external.append(f"net[{os.stat(target.netns_path).st_ino}]:{NETNS_KEY}")
     for i, vol in enumerate(target.spec.volumes):
         external.append(f"mnt[{vol.target}]:{volume_key(i)}")
-    return tuple(external)
+    from runtime.init_binary import dump_externals as init_externals
+
+    return (*external, *init_externals(target.spec))  # run --init: tini's bind
 
 
 class _DumpThread(threading.Thread):

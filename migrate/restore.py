@@ -350,7 +350,10 @@ def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_
     Network lock ``skip``: CRIU restores into our network namespace (passed as external), where it
     installs no lock at all (cr-restore.c locks only with ``--empty-ns net``), yet with a nftables
     lock configured it still runs a failing ``delete table`` at the end (~7 ms, an error line)."""
+    from runtime.init_binary import restore_externals
+
     external = tuple(f"mnt[{volume_key(i)}]:{vol.source}" for i, vol in enumerate(spec.volumes))
+    external += restore_externals(spec)  # run --init: this host's tini (Unsupported without it)
     opts = unpacked.manifest.get("options", {})
     return RestoreRequest(
         images_dir=unpacked.images_dir,

@@ -261,6 +261,10 @@ class Runtime:
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         restart = checked["restart"]
+        if init:
+            from runtime.init_binary import host_path
+
+            host_path()  # refused before anything is created
         if not command:
             raise InvalidArgument(f"no command given for image {image}: the image has no default command")
         from runtime.seccomp import validate_choice
@@ -414,15 +418,20 @@ class Runtime:
         if seccomp_bpf is True:
             seccomp_bpf = self.seccomp_filter(spec.seccomp, spec.seccomp_profile, spec.cap_add, spec.cap_drop)
         cid = spec.container_id
+        ops, argv = rootfs.plan(spec.volumes, read_only=spec.read_only), spec.command
+        if spec.init:
+            from runtime import init_binary
+
+            ops, argv = ops + init_binary.mount_ops(), init_binary.argv(argv)
         return InitPlan(
             container_id=cid,
             merged=str(merged),
             netns=str(netns),
             hostname=spec.hostname,
-            argv=spec.command,
+            argv=argv,
             env=container_env(spec.env, spec.hostname),
             workdir=spec.workdir,
-            ops=tuple(rootfs.plan(spec.volumes, read_only=spec.read_only)),
+            ops=tuple(ops),
             cap_last=self._caps_last(),
             cgroup=cid,
             seccomp_bpf=seccomp_bpf or None,

@@ -94,6 +94,9 @@ PACKAGES=(
     # Debian's registry (docker-registry, started by the tests on 127.0.0.1 only; its packaged
     # service is never started here) and htpasswd -B (apache2-utils) for its basic auth
     docker-registry apache2-utils
+    # run --init (runtime/init_binary.py): /usr/bin/tini-static bound into the container as PID 1;
+    # tini is small, well kept and what docker ships as docker-init
+    tini
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -99,7 +99,7 @@ class PortList(_message.Message):
     def __init__(self, ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "tty", "interactive", "restart", "init", "ports")
+    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -125,11 +125,11 @@ class ContainerSpec(_message.Message):
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     CAP_ADD_FIELD_NUMBER: _ClassVar[int]
     CAP_DROP_FIELD_NUMBER: _ClassVar[int]
-    TTY_FIELD_NUMBER: _ClassVar[int]
-    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
     INIT_FIELD_NUMBER: _ClassVar[int]
-    PORTS_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     name: str
     image: str
@@ -155,12 +155,12 @@ class ContainerSpec(_message.Message):
     read_only: bool
     cap_add: _containers.RepeatedScalarFieldContainer[str]
     cap_drop: _containers.RepeatedScalarFieldContainer[str]
-    tty: bool
-    interactive: bool
+    ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
     restart: str
     init: bool
-    ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
-    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
+    tty: bool
+    interactive: bool
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ...) -> None: ...
 
 class ContainerState(_message.Message):
     __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by", "restart_count", "manually_stopped")
@@ -648,7 +648,7 @@ class InspectContainerResponse(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
 
 class RunContainerRequest(_message.Message):
-    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent", "seccomp", "seccomp_profile", "user", "entrypoint", "entrypoint_set", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "tty", "interactive", "restart", "init", "ports", "publish_all")
+    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent", "seccomp", "seccomp_profile", "user", "entrypoint", "entrypoint_set", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "publish_all", "restart", "init", "tty", "interactive")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -672,12 +672,12 @@ class RunContainerRequest(_message.Message):
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     CAP_ADD_FIELD_NUMBER: _ClassVar[int]
     CAP_DROP_FIELD_NUMBER: _ClassVar[int]
-    TTY_FIELD_NUMBER: _ClassVar[int]
-    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
-    RESTART_FIELD_NUMBER: _ClassVar[int]
-    INIT_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_ALL_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
     name: str
@@ -701,13 +701,13 @@ class RunContainerRequest(_message.Message):
     read_only: bool
     cap_add: _containers.RepeatedScalarFieldContainer[str]
     cap_drop: _containers.RepeatedScalarFieldContainer[str]
-    tty: bool
-    interactive: bool
-    restart: str
-    init: bool
     ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
     publish_all: bool
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., publish_all: _Optional[bool] = ...) -> None: ...
+    restart: str
+    init: bool
+    tty: bool
+    interactive: bool
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., publish_all: _Optional[bool] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ...) -> None: ...
 
 class RunContainerResponse(_message.Message):
     __slots__ = ("container",)
