@@ -79,13 +79,17 @@ def test_export_carries_named_volumes_to_a_fresh_root_and_ignore_volumes_leaves_
               "i=0; while true; do i=$((i+1)); echo $i > /data/n; sleep 0.05; done"))
         os.makedirs(Path(_vols(pm)[vol]["mountpoint"]) / "sub")
         (Path(_vols(pm)[vol]["mountpoint"]) / "sub" / "big").write_bytes(os.urandom(1 << 20))
-        ok(pm("checkpoint", name, "--leave-running", "--export", str(bare), "--ignore-volumes"))
+        # a second user of the volume, with no file open on it (CRIU checks an open file's size at
+        # restore, so a writer's checkpoint only restores with the volume as it was then)
+        ok(pm("run", "-d", "--name", name + "-bare", "--network", "none", "-v", f"{vol}:/data", "busybox", "sh", "-c",
+              "while true; do sleep 0.1; done"))
+        ok(pm("checkpoint", name + "-bare", "--export", str(bare), "--ignore-volumes"))
         ok(pm("checkpoint", name, "--export", str(full)))  # stops it: the counter is final now
         written = (Path(_vols(pm)[vol]["mountpoint"]) / "n").read_text()
         big = (Path(_vols(pm)[vol]["mountpoint"]) / "sub" / "big").read_bytes()
         ok(pm2("image", "build-busybox"))
         # without the volume's data, the fresh root has no volume of that name: refused, naming it
-        refused = pm2("--json", "restore", "--import", str(bare), "--name", name + "-bare")
+        refused = pm2("--json", "restore", "--import", str(bare))
         assert refused.returncode == 125, refused.stdout
         answer = json.loads(refused.stdout)
         assert f"no such volume: {vol}" in answer["error"] and "--ignore-volumes" in answer["hint"], answer
@@ -100,11 +104,12 @@ def test_export_carries_named_volumes_to_a_fresh_root_and_ignore_volumes_leaves_
         again = pm2("--json", "restore", "--import", str(full))
         assert again.returncode == 125 and f"volume {vol} exists with content" in json.loads(again.stdout)["error"]
         # --ignore-volumes' archive restores once the volume exists here
-        ok(pm2("restore", "--import", str(bare), "--name", name + "-bare"))
-        assert ok(pm2("exec", name + "-bare", "cat", "/data/n")).strip()
+        ok(pm2("restore", "--import", str(bare)))
+        assert int(ok(pm2("exec", name + "-bare", "cat", "/data/n")).strip()) >= int(written)  # the volume it found here
     finally:
         pm2("rm", "-f", name)
         pm2("rm", "-f", name + "-bare")
         pm("rm", "-f", name)
+        pm("rm", "-f", name + "-bare")
         pm("volume", "rm", "-f", vol)
         subprocess.run(["umount", "-R", str(fresh)], capture_output=True)

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from tests.integration.hosts import make_hosts  # noqa: F401  (fixture)
-from tests.integration.migrate_helpers import names_by_status, start_tcp_daemons
+from tests.integration.migrate_helpers import leftovers, names_by_status, start_tcp_daemons
 from tests.integration.redis_image import REDIS_IMAGE, redis_available, redis_image_tar
 
 pytestmark = [
@@ -121,4 +121,5 @@ def test_named_volume_moves_with_redis_and_bind_mounts_are_checked_before_the_fr
     dbsize = int(out[0].lstrip(":"))
     assert dbsize >= acked, f"{acked} keys acknowledged, {dbsize} in the append-only file on the moved volume"
     assert out[1:5] == ["$2", "v1", f"${len(str(acked)) + 1}", f"v{acked}"], out
+    assert leftovers(a) == [] and leftovers(b) == []  # no staged volume, scratch or reservation
 
