@@ -237,6 +237,9 @@ def checked_spec(manifest: dict[str, Any], options: RestoreOptions, *, origin: O
         names = ", ".join(sorted(str(v.target) for v in spec.volumes)) or "none"
         raise InvalidArgument(f"volume mapping for {', '.join(sorted(mapped))} names no volume of the checkpoint (its volumes: {names})")
     spec = seccomp_policy(spec, options, origin)
+    if spec.network == "host":  # never dumped by us (runtime/checkpointing.py): a forged manifest
+        raise InvalidSpec("network", "checkpoint asks for the host's network namespace (--network host), "
+                                     "which no checkpoint can have: it would give the container this host's network")
     if options.ports is not None:  # restore --publish replaces the checkpoint's ports
         spec = replace(spec, ports=options.ports)
     return validate_spec(replace(spec, volumes=tuple(vols)))

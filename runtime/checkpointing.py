@@ -91,6 +91,7 @@ class CheckpointHost:
         cid = c.container_id
         self._check_init_root(c)
         _check_stdin(c)
+        _check_host_network(c)
         dirs = self._cg(c.spec).info(cid).dirs
         freeze_dir = dirs.get(UNIFIED) or dirs.get(FREEZER)
         netns = self.paths.netns / cid
@@ -605,6 +606,19 @@ def _check_stdin(c: Container) -> None:
             f"checkpoint of container {c.spec.name}",
             "its stdin is a pipe held by its shim (run -i without -t), which criu cannot take along",
             hint="run it with -it (a terminal can be checkpointed), or without -i",
+        )
+
+
+def _check_host_network(c: Container) -> None:
+    """``run --network host``: the container has no network namespace of its own. CRIU would dump
+    the host's (every interface, address, route and firewall rule of this machine) and a restore
+    would make that anew or clash with the host's: refused before anything is frozen."""
+    if c.spec.network == "host":
+        raise Unsupported(
+            f"checkpoint of container {c.spec.name}",
+            "it uses the host's network namespace (--network host), which criu would dump and restore "
+            "as the container's own: the host's interfaces, addresses and routes",
+            hint="run it with --network bridge (or none) to checkpoint or migrate it",
         )
 
 

@@ -25,7 +25,8 @@ Picture (mode "bridge")::
   a fresh one (ctypes import, first lease write); the lease's one fsync dominates under disk load.
   disconnect is slower (20-40 ms): deleting a netdev waits for an RCU grace period in the kernel.
 
-Mode "none" gives the container a namespace with only loopback up.
+Mode "none" gives the container a namespace with only loopback up; mode "host" none of its own
+(``HostNetwork``: it shares the runtime's, cannot be checkpointed or migrated).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ IFNAMSIZ = 16  # including the terminating NUL: names are at most 15 characters
 _IFNAME_OK = re.compile(r"[A-Za-z0-9_.-]+")
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 ETH_P_ARP = 0x0806
+HOST_NETNS = "/proc/self/ns/net"  # mode "host": whoever starts the container joins its own namespace
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,34 @@ class NoNetwork(_Namespaces):
 
     def announce(self, container_id: str, netns: Path) -> None:
         return None
+
+
+class HostNetwork(NoNetwork):
+    """Mode "host": no namespace of its own; the container's processes join the network namespace
+    the runtime runs in (``HOST_NETNS``, read by each starter in its own process: the daemon's or
+    the CLI's, which on a test "host" is that host's namespace). No address, lease or veth, so
+    nothing to create or remove. CRIU cannot take such a container along (runtime/checkpointing.py
+    refuses it before any freeze)."""
+
+    def netns_path(self, container_id: str) -> Path:
+        _check_container_id(container_id)
+        return Path(HOST_NETNS)
+
+    def create_netns(self, container_id: str) -> Path:
+        return self.netns_path(container_id)
+
+    def remove_netns(self, container_id: str) -> None:
+        return None
+
+    def connect(self, container_id: str, netns: Path, ip: str | None = None, mac: str | None = None, *, up: bool = True) -> Endpoint | None:
+        if ip is not None:
+            raise InvalidArgument(f"cannot give container {container_id} address {ip}: it uses the host's network",
+                                  hint="use --network bridge to set an address")
+        return None
+
+    def lease(self, container_id: str, ip: str | None = None) -> str:
+        raise InvalidArgument(f"cannot lease an address for container {container_id}: it uses the host's network",
+                              hint="use --network bridge to get an address")
 
 
 class BridgeNetwork(_Namespaces):
@@ -543,7 +573,7 @@ def _config_conflict(path: Path, stored: NetworkConfig, asked: NetworkConfig) ->
 
 
 def network_for(
-    paths: Paths, mode: Literal["bridge", "none"], config: NetworkConfig | None = None
+    paths: Paths, mode: Literal["bridge", "none", "host"], config: NetworkConfig | None = None
 ) -> BridgeNetwork | NoNetwork:
     """The Network of a state root for a container's network mode.
 
@@ -555,8 +585,10 @@ def network_for(
     """
     if mode == "none":
         return NoNetwork(paths)
+    if mode == "host":
+        return HostNetwork(paths)
     if mode != "bridge":
-        raise InvalidArgument(f"unknown network mode {mode!r}: expected bridge or none")
+        raise InvalidArgument(f"unknown network mode {mode!r}: expected bridge, none or host")
     path = paths.network / NETWORK_FILE
     stored = _read_config(path)
     if stored is not None and config is not None and config != stored:

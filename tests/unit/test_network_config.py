@@ -102,8 +102,8 @@ def test_network_for_modes(paths: Paths) -> None:
     bridge = network_for(paths, "bridge")
     assert isinstance(bridge, BridgeNetwork)
     assert bridge.config == NetworkConfig()
-    with pytest.raises(InvalidArgument, match="unknown network mode 'host': expected bridge or none"):
-        network_for(paths, "host")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="unknown network mode 'macvlan': expected bridge, none or host"):
+        network_for(paths, "macvlan")  # type: ignore[arg-type]
 
 
 def test_config_is_stored_on_first_use_then_fixed(paths: Paths) -> None:
