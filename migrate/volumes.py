@@ -76,12 +76,15 @@ class VolumeSync:
         for name, path in self.volumes.items():
             snapshot = self.snapshots.get(name)
             delta = compute_delta(snapshot, path) if snapshot is not None else None
-            if delta is None:
+            if delta is None:  # not staged, or changes a delta cannot say (hardlinks): all of it
+                log.info("volume=%s sent whole during the pause", name)
                 writer.add_tree(f"{PREFIX}/{name}", path)
                 continue
             write_delta(writer, f"{PREFIX}/{name}", path, delta)
             deltas[name] = delta.as_dict()
             self.changed += len(delta.changed) + len(delta.deleted)
+            log.info("volume=%s sent during the pause: %d changed, %d deleted entries", name, len(delta.changed),
+                     len(delta.deleted))
         return {DELTAS_KEY: deltas} if deltas else {}
 
 
@@ -112,9 +115,12 @@ def merge_staged(scratch: Path, deltas: Any, staged: Path | None) -> None:
             raise MigrationError(f"the archive carries only volume {name}'s changes, but no staged copy is here", phase="verify")
         received = scratch / PREFIX / name
         received.mkdir(parents=True, exist_ok=True)  # nothing changed: no member at all
-        apply_delta(stage, received, UpperDelta.from_dict(delta))
+        parsed = UpperDelta.from_dict(delta)
+        apply_delta(stage, received, parsed)
         remove_tree(received)
         os.rename(stage, received)
+        log.info("volume=%s staged copy merged with the pause's changes: %d changed, %d deleted",
+                 name, len(parsed.changed), len(parsed.deleted))
 
 
 def unresolved(spec: ContainerSpec) -> ContainerSpec:

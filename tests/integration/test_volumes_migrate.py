@@ -103,6 +103,8 @@ def test_named_volume_moves_with_redis_and_bind_mounts_are_checked_before_the_fr
     assert r.returncode == 0, r.stderr.decode()
     assert names_by_status(a) == {} and names_by_status(b) == {"redis": "running"}
     assert "data" not in _volumes(a), "the source's copy of the volume must go once the migration committed"
+    # staged before the freeze: the pause carried only the AOF's growth (and the stage merged it)
+    assert "volume=data staged copy merged with the pause's changes" in (b.workdir / "daemon.log").read_text()
     assert _volumes(b)["data"]["used_by"] == ["redis"]
     after = _wait_acked(b, "redis", before + 20)  # the writer goes on against the moved redis
 
