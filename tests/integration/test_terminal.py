@@ -21,6 +21,7 @@ import pytest
 
 from tests.integration.cli_helpers import ok, refused, unique
 from tests.integration.conftest import PYMIGRATE, REPO
+from tests.integration.test_runtime import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "busybox", "netns")]
 
@@ -151,6 +152,18 @@ def test_a_user_owns_the_terminal_of_a_run_it_container(term) -> None:  # noqa: 
              "stat -c 'owner=%U' $(tty); exit 2")
     t.expect(rb"^owner=nobody\r?$")  # runc's rule: the console belongs to the process's user
     assert t.wait() == 2
+
+
+def test_attach_to_a_container_without_terminal_streams_new_output_and_stdin(pm) -> None:  # noqa: ANN001
+    name = unique("noty")
+    ok(pm("run", "-di", "--name", name, "--network", "none", "busybox", "sh", "-c",
+          "echo early; read x; echo got $x; exit 3"))
+    wait_for(lambda: ok(pm("logs", name)) == "early\n", 30, "the container's first line")
+    # the container answers only what attach sends, after attach measured the log: deterministic
+    r = pm("attach", name, input=b"hello\n")
+    assert (r.returncode, r.stdout) == (3, b"got hello\n"), r.stderr
+    assert ok(pm("logs", name)) == "early\ngot hello\n"
+    ok(pm("rm", name))
 
 
 def test_exec_it_gets_a_terminal_that_follows_resizes(pm, term) -> None:  # noqa: ANN001

@@ -164,3 +164,37 @@ def test_no_server_without_terminal_or_stdin(tmp_path: Path) -> None:
     assert console.serve(tmp_path / "s", 42) is None
     assert console.init_pid_of(42) == 42
     assert console.init_pid_of(console.Started(7)) == 7
+
+
+class _Ctx:
+    def __init__(self, engine: object) -> None:
+        self.engine = engine
+        self.json = False
+
+
+def test_foreground_run_it_is_refused_before_anything_is_created() -> None:
+    import argparse
+
+    from migrate.cli.containers import _check_attachable
+    from runtime.errors import Unsupported
+
+    args = argparse.Namespace(tty=True, interactive=True, detach_keys="ctrl-p,ctrl-q")
+    with pytest.raises(Unsupported, match="no remote attach"):
+        _check_attachable(args, _Ctx(object()))  # a RemoteEngine has no attach_socket
+
+    class Local:
+        def attach_socket(self, name: str) -> None: ...
+
+    with pytest.raises(InvalidArgument, match="ctrl-<key>"):
+        _check_attachable(argparse.Namespace(tty=True, interactive=False, detach_keys="ctrl-xx"), _Ctx(Local()))
+    r, w = os.pipe()  # stdin that is not a terminal
+    saved = os.dup(0)
+    try:
+        os.dup2(r, 0)
+        with pytest.raises(InvalidArgument, match="not a TTY"):
+            _check_attachable(args, _Ctx(Local()))
+        _check_attachable(argparse.Namespace(tty=False, interactive=True, detach_keys=""), _Ctx(Local()))  # -i alone: fine
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, r, w):
+            os.close(fd)
