@@ -19,6 +19,7 @@ socket clients reach them through.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -31,7 +32,7 @@ import termios
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,8 @@ class ConsoleServer:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket is created 0600: whoever reaches it drives the container
         try:
-            self._listener.bind(str(socket_path))
+            with short_path(socket_path) as name:
+                self._listener.bind(name)
         finally:
             os.umask(old)
         os.chmod(socket_path, 0o600)
@@ -300,6 +302,32 @@ class ConsoleServer:
                     os.close(fd)
                 except OSError:
                     pass
+
+
+@contextlib.contextmanager
+def short_path(path: Path) -> Iterator[str]:
+    """``path`` as a unix socket address: a long one (sun_path holds 107 bytes; a deep
+    ``--root`` passes that) goes through /proc/self/fd of its directory, opened for the call."""
+    if len(os.fsencode(path)) < 100:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def connect(path: Path) -> socket.socket:
+    """A client connection to the attach socket at ``path`` (OSError if nobody listens there)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with short_path(path) as name:
+            sock.connect(name)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def serve(socket_path: Path, started: "int | Started") -> ConsoleServer | None:

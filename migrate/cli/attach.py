@@ -175,13 +175,12 @@ def connect(path: Any, name: str) -> socket.socket:
     """
     from runtime.errors import InvalidState
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    from runtime import console
+
     try:
-        sock.connect(str(path))
+        return console.connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        sock.close()
         raise InvalidState(name, "attach to", "without a terminal or stdin", "started with -t or -i") from exc
-    return sock
 
 
 def attach_console(sock: socket.socket, *, interactive: bool, detach_keys: bytes,

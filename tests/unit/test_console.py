@@ -198,3 +198,19 @@ def test_foreground_run_it_is_refused_before_anything_is_created() -> None:
         os.dup2(saved, 0)
         for fd in (saved, r, w):
             os.close(fd)
+
+
+def test_a_socket_path_longer_than_sun_path_still_works(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = deep / console.ATTACH_SOCKET
+    assert len(str(path)) > 108
+    r, w = os.pipe()
+    server = console.serve(path, console.Started(1, stdin_fd=w, interactive=True))
+    assert server is not None and path.exists() and path.stat().st_mode & 0o777 == 0o600
+    with console.connect(path) as client:
+        client.sendall(console.pack(console.DATA, b"deep") + console.pack(console.STDIN_EOF))
+        with os.fdopen(r, "rb") as f:
+            assert f.read() == b"deep"
+        server.finish(0)
+    assert not path.exists()
