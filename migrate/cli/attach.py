@@ -262,6 +262,26 @@ def follow_output(engine: Any, name: str, *, skip: int = 0, write: bool = True) 
             out.flush()
 
 
+@contextmanager
+def forward_signals(engine: Any, name: str) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP sent to this process go to the container's init instead
+    (docker's sig-proxy) while a foreground ``run -t``/``-i`` is attached; with a raw terminal
+    Ctrl-C is a byte for the container anyway."""
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            engine.kill(name, signum)
+        except Exception:  # the container may be gone already
+            pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def require_local(engine: Any, what: str) -> None:
     if not hasattr(engine, "attach_socket"):
         from runtime.errors import Unsupported

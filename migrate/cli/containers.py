@@ -283,9 +283,10 @@ def _check_attachable(args: argparse.Namespace, ctx: Any) -> None:
 
 def _attached(args: argparse.Namespace, ctx: Any, name: str) -> int:
     """run -it / -i / -t in the foreground: attach until it exits or the user detaches."""
-    from migrate.cli.attach import DETACHED, attach, parse_detach_keys
+    from migrate.cli.attach import DETACHED, attach, forward_signals, parse_detach_keys
 
-    code = attach(ctx, name, detach_keys=parse_detach_keys(args.detach_keys), whole_log=True)
+    with forward_signals(ctx.engine, name):
+        code = attach(ctx, name, detach_keys=parse_detach_keys(args.detach_keys), whole_log=True)
     if ctx.json:
         ctx.emit_json({"name": name, "detached": code is DETACHED, "exit_code": code})
     if code is DETACHED:

@@ -166,6 +166,24 @@ def test_attach_to_a_container_without_terminal_streams_new_output_and_stdin(pm)
     ok(pm("rm", name))
 
 
+def test_a_signal_to_a_foreground_run_i_reaches_the_container(pm_root) -> None:  # noqa: ANN001
+    import subprocess
+
+    cli = subprocess.Popen([*PYMIGRATE, "--root", str(pm_root), "run", "-i", "--rm", "--network", "none", "busybox", "sh",
+                            "-c", "trap 'echo got-int; exit 9' INT; echo ready; while true; do sleep 0.1; done"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        assert cli.stdout is not None
+        assert cli.stdout.readline() == b"ready\n"
+        cli.send_signal(signal.SIGINT)  # as Ctrl-C in the user's shell: docker's sig-proxy
+        out, err = cli.communicate(timeout=30)
+        assert (cli.returncode, out) == (9, b"got-int\n"), err
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
 def test_exec_it_gets_a_terminal_that_follows_resizes(pm, term) -> None:  # noqa: ANN001
     name = unique("exe")
     ok(pm("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "1000"))
