@@ -10,7 +10,8 @@ bind mount's host path is renamed away to make it "missing on the target"):
    ``data``, and a client in the same container doing SETs back to back and recording the last
    acknowledged key: with a volume ``data`` holding data on the target, the migration is refused
    before the freeze and everything stays on the source; once that volume is gone, it migrates.
-   The source's volume is gone after the commit; on the target, a new redis started from the
+   A failure after the freeze (the target's daemon killed before its restore, then restarted)
+   leaves container and volume on the source. The source's volume is gone after the commit; on the target, a new redis started from the
    volume alone (the migrated container killed and removed) has every acknowledged key.
 """
 
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
 
-from tests.integration.hosts import make_hosts  # noqa: F401  (fixture)
-from tests.integration.migrate_helpers import leftovers, names_by_status, start_tcp_daemons
+from tests.integration.hosts import make_hosts, pymigrate_command  # noqa: F401  (fixture)
+from tests.integration.migrate_helpers import DAEMON_PORT, leftovers, names_by_status, start_tcp_daemons
 from tests.integration.redis_image import REDIS_IMAGE, redis_available, redis_image_tar
 
 pytestmark = [
@@ -58,6 +60,13 @@ def _wait_acked(host, name: str, at_least: int, timeout_s: float = 60.0) -> int:
         assert time.monotonic() < deadline, f"{name} on {host.letter}: only {n} keys acknowledged"
         time.sleep(0.2)
     return n
+
+
+def _restart(host, env: dict[str, str] | None) -> None:  # noqa: ANN001
+    if host.daemon is not None and host.daemon.poll() is None:
+        host.stop_daemon()
+    host.daemon = None
+    host.start_daemon(f"{host.address}:{DAEMON_PORT}", extra_args=["--insecure", "--allow-peer-volumes"], env=env)
 
 
 def _refused(r, *words: str) -> str:  # noqa: ANN001
@@ -98,6 +107,26 @@ def test_named_volume_moves_with_redis_and_bind_mounts_are_checked_before_the_fr
     before = _wait_acked(a, "redis", _acked(a, "redis") + 20)  # still writing on the source
 
     b.cli(["volume", "rm", "data"], check=True)
+
+    # 3. a failure after the freeze: the target's daemon dies once the whole archive (and the
+    # staged volume) arrived, before its restore; restarted, it aborts, and the source settles
+    # with it and thaws: container and volume stay on the source, the target keeps nothing
+    _restart(b, {"PYMIGRATE_FAILPOINTS": "target.restore=kill"})
+    proc = a.popen([*pymigrate_command(), "--root", str(a.root), "--insecure", "migrate", "redis", addr["b"],
+                    "--tcp-established"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while b.daemon is not None and b.daemon.poll() is None:
+        assert time.monotonic() < deadline and proc.poll() is None, "the target's failpoint did not kill its daemon"
+        time.sleep(0.1)
+    _restart(b, None)
+    out, err = proc.communicate(timeout=240)
+    said = (out + err).decode(errors="replace")
+    assert proc.returncode != 0 and "no answer after the final dump" in said and ": aborted" in said, said
+    assert names_by_status(a) == {"redis": "running"} and names_by_status(b) == {}
+    assert "data" in _volumes(a) and "data" not in _volumes(b)
+    assert leftovers(b) == [], leftovers(b)
+    before = _wait_acked(a, "redis", _acked(a, "redis") + 20)  # thawed: still writing on the source
+
     # the writer is always mid-connection to redis (loopback TCP): CRIU must take established sockets
     r = a.cli(["--insecure", "migrate", "redis", addr["b"], "--tcp-established", "--json"], timeout=300)
     assert r.returncode == 0, r.stderr.decode()
