@@ -149,8 +149,9 @@ def install(store: Any, spec: ContainerSpec, carried: Path | None, *, migration_
             if tree is not None and tree.is_dir() and not any(n == vol.name for n, _ in adopted):
                 adopted.append((vol.name, store.adopt(vol.name, tree, migration_id=migration_id)))
             elif not store.exists(vol.name):
-                raise VolumeNotFound(vol.name, hint=f"the checkpoint does not carry volume {vol.name} (exported with --ignore-volumes?): "
-                                                    f"create it here with its data first (pymigrate volume create {vol.name})")
+                raise VolumeNotFound(vol.name, hint=f"the checkpoint does not carry volume {vol.name} (a local checkpoint, or an export "
+                                                    f"made with --ignore-volumes or over --host): create it here with its data first "
+                                                    f"(pymigrate volume create {vol.name})")
             vols.append(replace(vol, source=str(store.data_dir(vol.name))))
     except BaseException:
         uninstall(store, adopted)
