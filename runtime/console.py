@@ -208,8 +208,10 @@ class ConsoleServer:
         self._replay = None
 
     def _from_master(self, _fd: object) -> None:
+        master = self._master
+        assert master is not None  # registered only when there is one
         try:
-            data = os.read(self._master, 65536)  # type: ignore[arg-type]
+            data = os.read(master, 65536)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -217,7 +219,7 @@ class ConsoleServer:
                 raise
             data = b""
         if not data:
-            self._sel.unregister(self._master)
+            self._sel.unregister(master)
             return
         self._output(data)
 
@@ -234,7 +236,7 @@ class ConsoleServer:
         for conn in list(self._clients):
             self._send(conn, frame)
 
-    def _from_client(self, conn: socket.socket) -> None:  # type: ignore[override]
+    def _from_client(self, conn: socket.socket) -> None:
         try:
             data = conn.recv(65536)
             frames = self._clients[conn].feed(data) if data else None

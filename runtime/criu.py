@@ -342,6 +342,8 @@ class PendingRestore:
 class SwrkCriu:
     """The real CRIU: one ``criu swrk`` process per request."""
 
+    _orphan_pts_master: int | None = None  # set by a restore's "orphan-pts-master" notification
+
     def __init__(self, binary: str | None = None, *, page_server_tls: CriuTls | None = None) -> None:
         """``page_server_tls``: the TLS of every page-server connection of this CRIU's dumps whose
         request names none (a deployment's daemons use TLS: so do their CRIUs' connections)."""
@@ -598,14 +600,14 @@ class SwrkCriu:
     def take_orphan_pts_master(self) -> int | None:
         """The master CRIU made for a restored orphan pty slave (a ``run -t`` container's
         terminal), once: the caller owns the fd. None if the restore had none."""
-        fd = getattr(self, "_orphan_pts_master", None)
+        fd = self._orphan_pts_master
         self._orphan_pts_master = None
         return fd
 
     def _keep_fds(self, resp: Any, fds: list[int]) -> None:
         """fds CRIU passed with a message: the "orphan-pts-master" notification's is kept."""
         script = resp.notify.script if resp.HasField("notify") else ""
-        if script == "orphan-pts-master" and getattr(self, "_orphan_pts_master", None) is None:
+        if script == "orphan-pts-master" and self._orphan_pts_master is None:
             self._orphan_pts_master = fds.pop(0)
         for fd in fds:
             os.close(fd)

@@ -119,8 +119,9 @@ def cgroup_manager(cgroup_parent: str) -> Any:
     return manager
 
 
-def start_container(plan: InitPlan, cgroup_parent: str) -> int:
-    """The ``Starter`` of a fresh container (picklable for exec-launched shims): start the init."""
+def start_container(plan: InitPlan, cgroup_parent: str) -> "int | console.Started":
+    """The ``Starter`` of a fresh container (picklable for exec-launched shims): start the init
+    (its pid; with its terminal or stdin pipe for the shim when ``plan.tty`` or ``plan.interactive``)."""
     from runtime.syscalls import LINUX
 
     return run_starter(plan, cgroup_manager(cgroup_parent).add_pid, LINUX)()
@@ -131,7 +132,7 @@ def oom_killed(cgroup_parent: str, container_id: str) -> bool:
     return bool(cgroup_manager(cgroup_parent).stats(container_id).oom_kills > 0)
 
 
-def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscalls) -> Callable[[], int]:
+def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscalls) -> Callable[[], "int | console.Started"]:
     """The shim's starter for a fresh container (see the module docstring)."""
 
     def start() -> "int | console.Started":
@@ -377,7 +378,7 @@ def exec_in(
                 child = os.fork()
                 if child == 0:
                     try:
-                        if console is not None:
+                        if console is not None and console_socks is not None:
                             _exec_terminal(console, console_socks[1])
                         os.umask(CONTAINER_UMASK)
                         creds = users.lookup(user)
@@ -407,7 +408,7 @@ def exec_in(
             error = _read_all(errr)
         finally:
             os.close(errr)
-        if console_socks is not None:
+        if console is not None and console_socks is not None:
             console_socks[1].close()
             if not error:
                 _relay_exec_terminal(console, console_socks[0])

@@ -142,10 +142,12 @@ def _sleep_unless_cancelled(rt: Any, container_id: str, delay_s: float) -> bool:
 
 def start_init(rt: Any, spec: ContainerSpec) -> int:
     """Start ``spec``'s init again in its existing container (mounted overlay, cgroup, netns)."""
+    from runtime.console import init_pid_of
     from runtime.process import start_container
 
     plan = rt.init_plan(spec, rt.store.dir(spec.container_id) / "merged", rt.network(spec.network).netns_path(spec.container_id))
-    return start_container(plan, rt.cgroup_parent(spec.cgroup_parent))
+    # a bare pid: -t/-i are refused with a restart policy (runtime.container.validate_fields)
+    return init_pid_of(start_container(plan, rt.cgroup_parent(spec.cgroup_parent)))
 
 
 def restart_starter(root: str, container_id: str) -> int:

@@ -382,7 +382,8 @@ def _shim_main(  # pragma: no cover - runs in the shim process
         os.close(report_fd)
         while init_pid > 0:
             _monitor(store, container_id, init_pid, oom_killed)
-            console_server = _finish_console(console_server, store, container_id)
+            _finish_console(console_server, store, container_id)
+            console_server = None  # a restarted init has no terminal of ours (refused with -t/-i)
             init_pid = _after_exit(container_id, exited)
     except BaseException:
         log.exception("shim of %s failed", container_id)
@@ -399,7 +400,6 @@ def _finish_console(server: "console.ConsoleServer | None", store: StateStore, c
         except ContainerNotFound:
             code = None
         server.finish(-1 if code is None else code)
-    return None
 
 
 def _monitor(store: StateStore, container_id: str, init_pid: int, oom_killed: Callable[[], bool] | None) -> None:

@@ -298,14 +298,14 @@ def attach(ctx: Any, name: str, *, detach_keys: bytes, stdin: bool = True, whole
 
     engine = ctx.engine
     require_local(engine, "attach")
-    spec, path = engine.attach_socket(name)
     try:
+        spec, path = engine.attach_socket(name)
         sock = connect(path, name) if spec.tty or (stdin and spec.interactive) else None
     except InvalidState:
         if not whole_log:
             raise
-        sock = None  # run: a command that ended before we connected; its output is in the log
-        spec = dataclasses.replace(spec, tty=False)
+        # run: a command that ended before we could connect; what it printed is in its log
+        spec, sock = dataclasses.replace(engine.inspect(name).spec, tty=False, interactive=False), None
     if spec.tty and sock is not None:
         sys.stdout.flush()
         code = attach_console(sock, interactive=stdin and spec.interactive, detach_keys=detach_keys,

@@ -62,6 +62,18 @@ class Terminal:
     def type(self, text: bytes) -> None:
         os.write(self.fd, text)
 
+    def until(self, command: bytes, pattern: bytes, timeout_s: float = 30.0) -> re.Match[bytes]:
+        """Type ``command`` again until its output matches ``pattern``: a resize travels
+        asynchronously (SIGWINCH -> CLI -> shim -> TIOCSWINSZ), so no fixed sleep is enough."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.type(command)
+            try:
+                return self.expect(pattern, timeout_s=min(1.0, max(deadline - time.monotonic(), 0.01)))
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+
     def resize(self, rows: int, cols: int) -> None:
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         os.kill(self.pid, signal.SIGWINCH)
@@ -116,9 +128,8 @@ def test_run_it_shell_resize_detach_attach_and_exit_code(pm, term) -> None:  # n
     t.type(b"echo $((6*7))\r")
     t.expect(rb"^42\r?$")  # computed by the shell (the echoed input says 6*7)
     t.resize(33, 111)
-    time.sleep(0.3)  # the resize travels CLI -> shim -> TIOCSWINSZ before the next line is read
-    t.type(b"stty size; tty\r")
-    t.expect(rb"^33 111\r?$")
+    t.until(b"stty size\r", rb"^33 111\r?$")
+    t.type(b"tty\r")
     t.expect(rb"^/dev/pts/\d+\r?$")  # a terminal of the container's own devpts
     t.type(b"KEEP=kept-$((1+1))\r")
     t.expect(PROMPT)
@@ -192,9 +203,7 @@ def test_exec_it_gets_a_terminal_that_follows_resizes(pm, term) -> None:  # noqa
     t.type(b"tty; stty size\r")
     t.expect(rb"^/dev/pts/\d+\r?$")
     t.resize(21, 77)
-    time.sleep(0.3)
-    t.type(b"stty size\r")
-    t.expect(rb"^21 77\r?$")
+    t.until(b"stty size\r", rb"^21 77\r?$")
     t.type(b"exit 5\r")
     assert t.wait() == 5
     assert _state(pm, name)["status"] == "running"
@@ -220,9 +229,7 @@ def test_a_terminal_container_keeps_its_shell_across_checkpoint_and_restore(pm, 
     t.type(b"echo $MARK-after; stty size\r")
     t.expect(rb"^set-before-42-after\r?$")  # the restored shell, driven through the new master
     t.resize(30, 90)
-    time.sleep(0.3)
-    t.type(b"stty size\r")
-    t.expect(rb"^30 90\r?$")
+    t.until(b"stty size\r", rb"^30 90\r?$")
     t.type(b"exit 6\r")
     assert t.wait() == 6
     ok(pm("rm", name))
