@@ -170,6 +170,9 @@ class RestoreOptions:
     trusted_keys: tuple[Path, ...] = ()
     # restore --publish: these ports replace the checkpoint's (None: keep them; () publishes none)
     ports: tuple[PortMapping, ...] | None = None
+    # podman's flags: the restored copy takes a fresh address (and so a fresh MAC) / a fresh MAC
+    ignore_static_ip: bool = False
+    ignore_static_mac: bool = False
 
 
 @dataclass(frozen=True)

@@ -202,6 +202,26 @@ def unpack_local(rt: Any, checkpoint_id: str) -> Unpacked:
 Origin = Literal["local", "import", "peer"]
 
 
+def without_static_address(spec: ContainerSpec, options: RestoreOptions) -> ContainerSpec:
+    """``restore --ignore-static-ip`` (podman's): no address, so the restore leases a fresh one
+    from the pool and, as for any new address, a fresh MAC; ``--ignore-static-mac``: only a
+    fresh random MAC (runtime.network.random_mac, given where the address is leased).
+
+    Raises:
+        InvalidArgument: ``--ignore-static-ip`` together with ``--ip``.
+    """
+    if options.ignore_static_ip and options.ip:
+        raise InvalidArgument(f"restore --ip {options.ip} and --ignore-static-ip contradict each other",
+                              hint="give an address or let the pool choose one, not both")
+    if spec.network != "bridge":
+        return spec
+    if options.ignore_static_ip:
+        return replace(spec, ip=None, mac=None)
+    if options.ignore_static_mac:
+        return replace(spec, mac=None)
+    return spec
+
+
 def checked_spec(manifest: dict[str, Any], options: RestoreOptions, *, origin: Origin,
                  allow_peer_volumes: bool = False) -> ContainerSpec:
     """The manifest's container spec, validated exactly as ``run`` validates its input
@@ -436,6 +456,7 @@ def restore_container(
         with rt.store.hold(f"name:{name}", "restore container"), rt.store.hold(f"id:{spec.container_id}", "restore container"):
             spec, replace_id = _identity(rt, spec, options, origin)
             spec = readdressed(spec, options.ip)  # a new address gets its own MAC
+            spec = without_static_address(spec, options)  # restore --ignore-static-ip/--ignore-static-mac
             emit("preflight")
             t_pre = time.monotonic()
             preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)

@@ -24,8 +24,9 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from runtime.errors import ContainerExists, InvalidArgument, NetworkError
 
@@ -83,12 +84,17 @@ class Ipam:
         bridge: named in error messages only.
     """
 
-    def __init__(self, directory: Path, subnet: str, bridge: str) -> None:
+    def __init__(self, directory: Path, subnet: str, bridge: str, *, pool: Any = None,
+                 probe: Callable[[str], bool] | None = None) -> None:
         self.directory = directory
         self.path = directory / IPAM_FILE
         self.network = ipaddress.IPv4Network(subnet)
         self.bridge = bridge
         self.gateway = self.network.network_address + 1
+        # the bridge's pool shared with other state roots, and the ARP probe of a chosen address
+        # (runtime/bridge_pool.py); None: this root alone, nothing probed
+        self.pool = pool
+        self.probe = probe
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -159,23 +165,30 @@ class Ipam:
             NetworkError: the pool is exhausted.
         """
         wanted = str(self.check(ip)) if ip is not None else None
-        with locked(self.directory):
-            leases = self.leases()
-            current = leases.get(container_id)
-            if current is not None and (wanted is None or wanted == current):
-                return current, False
-            if wanted is not None:
-                for other, leased in leases.items():
-                    if leased == wanted and other != container_id:
-                        raise ContainerExists(
-                            f"address {wanted} is already in use by container {other}",
-                            hint="pick another address or omit --ip",
-                        )
-                chosen = wanted
-            else:
-                chosen = self._lowest_free(set(leases.values()))
-            leases[container_id] = chosen
-            self._store(leases)
+        with self._pool_locked() as shared:
+            elsewhere = self.pool.taken_elsewhere(self.directory, container_id) if shared else {}
+            with locked(self.directory):
+                leases = self.leases()
+                current = leases.get(container_id)
+                if current is not None and (wanted is None or wanted == current):
+                    return current, False
+                if wanted is not None:
+                    for other, leased in leases.items():
+                        if leased == wanted and other != container_id:
+                            raise ContainerExists(
+                                f"address {wanted} is already in use by container {other}",
+                                hint="pick another address or omit --ip",
+                            )
+                    if wanted in elsewhere:
+                        raise ContainerExists(f"address {wanted} is already in use by {elsewhere[wanted]} on bridge {self.bridge}",
+                                              hint="pick another address or omit --ip")
+                    chosen = wanted
+                else:
+                    chosen = self._lowest_free(set(leases.values()) | set(elsewhere))
+                leases[container_id] = chosen
+                self._store(leases)
+                if shared:
+                    self.pool.register(self.directory)
         log.debug("leased %s to container=%s (bridge %s)", chosen, container_id, self.bridge)
         return chosen, True
 
@@ -192,13 +205,25 @@ class Ipam:
             log.debug("released %s of container=%s", ip, container_id)
         return ip
 
+    @contextlib.contextmanager
+    def _pool_locked(self) -> Iterator[bool]:
+        if self.pool is None:
+            yield False
+            return
+        with self.pool.locked() as shared:
+            yield shared
+
     def _lowest_free(self, used: set[str]) -> str:
+        """The lowest address nobody leases and nobody answers an ARP probe for."""
         first = int(self.gateway) + 1
         last = int(self.network.broadcast_address) - 1
         used_ints = {int(ipaddress.IPv4Address(u)) for u in used}
         for candidate in range(first, last + 1):
             if candidate not in used_ints:
-                return str(ipaddress.IPv4Address(candidate))
+                address = str(ipaddress.IPv4Address(candidate))
+                if self.probe is not None and self.probe(address):
+                    continue  # someone outside our pools holds it (runtime/bridge_pool.py)
+                return address
         raise NetworkError(
             f"no free address left in subnet {self.network} of bridge {self.bridge}",
             hint="remove stopped containers or configure a larger subnet",

@@ -307,10 +307,10 @@ class CheckpointHost:
         if spec.network == "bridge":
             leased = net.lease(cid, spec.ip)
             undo.append(("release address", lambda: net.release(cid)))
-            if leased != spec.ip or not spec.mac:
-                from runtime.network import mac_for_ip
+            if leased != spec.ip or not spec.mac:  # a new address (or restore --ignore-static-mac): a new MAC
+                from runtime.network import random_mac
 
-                spec = dataclasses.replace(spec, ip=leased, mac=mac_for_ip(leased))
+                spec = dataclasses.replace(spec, ip=leased, mac=random_mac())
         rt.store.create(spec, ContainerState(status="created", restored_from=restored_from))
         undo.append(("remove record", lambda: rt._delete_record(cid)))
         cg = rt.cgroups(spec.cgroup_parent)

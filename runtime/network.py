@@ -11,9 +11,11 @@ Picture (mode "bridge")::
   and a MAC derived from it, so the bridge MAC does not change as ports come and go. Host to
   container and container to container traffic works through it. Nothing is forwarded further: no
   NAT, no ip_forward, so no container traffic can leave the machine.
-- A container's MAC derives from its IP (``02:42`` + the four address bytes), so it survives a
-  migration together with the address; ``announce`` sends gratuitous ARP after a restore so bridges
-  and neighbours learn the new location.
+- A container's MAC is random and locally administered (``random_mac``), recorded in its spec, so
+  it survives a migration together with the address; a copy under a new address gets a new one.
+  ``announce`` sends gratuitous ARP after a restore so bridges and neighbours learn the new
+  location. Every state root on one bridge leases from one shared pool, and an address chosen from
+  it is ARP-probed first (runtime/bridge_pool.py).
 - Host veth names are ``pmv`` + 4 hex digits of the state root + the first 8 characters of the
   container id (15 characters, IFNAMSIZ - 1). The state-root tag keeps two state roots on one machine
   (a local migration) from colliding on the same container id.
@@ -37,6 +39,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import struct
 import threading
@@ -129,8 +132,18 @@ class Endpoint:
     bridge: str
 
 
+def random_mac() -> str:
+    """A fresh random locally administered unicast MAC (bit 1 of the first byte set, bit 0 clear):
+    what every new container (and a restored copy under a new address) gets, so two containers on
+    one bridge never share one, whatever their addresses (runtime/bridge_pool.py)."""
+    raw = bytearray(secrets.token_bytes(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 def mac_for_ip(ip: str) -> str:
-    """The locally administered unicast MAC derived from an IPv4 address: 02:42 + its four bytes."""
+    """The locally administered unicast MAC derived from an IPv4 address: 02:42 + its four bytes
+    (what records from before random MACs used: their spec has no MAC)."""
     raw = _ipam.parse_address(ip).packed
     return "02:42:" + ":".join(f"{b:02x}" for b in raw)
 
@@ -342,7 +355,11 @@ class BridgeNetwork(_Namespaces):
         super().__init__(paths)
         self.config = config
         self._stored = stored
-        self._ipam = _ipam.Ipam(paths.network, config.subnet, config.bridge)
+        from runtime.bridge_pool import BridgePool, arp_probe
+
+        # one pool per bridge for every state root on it; a chosen address is ARP-probed first
+        self._ipam = _ipam.Ipam(paths.network, config.subnet, config.bridge, pool=BridgePool(config.bridge),
+                                probe=lambda ip: arp_probe(config.bridge, ip))
 
     # -- addresses -------------------------------------------------------------------------------
 

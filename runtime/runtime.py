@@ -322,9 +322,9 @@ class Runtime:
                 interactive=interactive,
             )
             if leased is not None:
-                from runtime.network import mac_for_ip
+                from runtime.network import random_mac
 
-                spec = dataclasses.replace(spec, mac=mac_for_ip(leased))
+                spec = dataclasses.replace(spec, mac=random_mac())
             from runtime.port_rules import claimed
 
             with claimed(self, spec) as spec:  # refuses a taken host port (PortInUse)

@@ -93,8 +93,8 @@ class ContainerSpec:
 def readdressed(spec: ContainerSpec, ip: str | None) -> ContainerSpec:
     """``spec`` moved to address ``ip`` (restore ``--ip``, a migration's reserved address).
 
-    A new address drops the recorded MAC, so the restore derives the one of the address it
-    leases (``runtime.network.mac_for_ip``): the network namespace is external to CRIU and eth0
+    A new address drops the recorded MAC, so the restore gives the copy a fresh random one
+    (``runtime.network.random_mac``): the network namespace is external to CRIU and eth0
     is made anew, with the spec's MAC, so a copy restored beside its running original under
     another address would otherwise answer ARP with the original's MAC, and the bridge would
     send the original's frames to the copy. The same address (or none given) keeps the MAC."""

@@ -58,6 +58,9 @@ def register(sub: Any) -> None:
                         "lines or PEM; repeatable), checked before anything is extracted")
     p.add_argument("--name", default=None, help="name of the restored container (default: the original)")
     p.add_argument("--ip", default=None, help="address of the restored container (default: the original); another address brings its own MAC")
+    p.add_argument("--ignore-static-ip", action="store_true",
+                   help="take a fresh address from the pool (and a fresh MAC), not the checkpoint's")
+    p.add_argument("--ignore-static-mac", action="store_true", help="take a fresh random MAC, not the checkpoint's")
     p.add_argument("--tcp-established", action="store_true", help="restore established TCP connections")
     p.add_argument("-p", "--publish", action="append", default=None, metavar="[HOST_IP:][HOST_PORT]:PORT[/tcp|udp]",
                    help="publish these ports instead of the checkpoint's (repeatable; as run -p)")
@@ -320,6 +323,8 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         import_path=args.import_path.resolve() if args.import_path else None,
         name=args.name,
         ip=args.ip,
+        ignore_static_ip=args.ignore_static_ip,
+        ignore_static_mac=args.ignore_static_mac,
         tcp_established=args.tcp_established,
         ports=None if args.publish is None else tuple(m for v in args.publish for m in parse_publish(v)),
         # paths on the restoring host (a remote daemon's own): checked there, not here

@@ -331,7 +331,9 @@ def test_none_mode_gives_loopback_only(tmp_path: Path) -> None:
     assert not ns.exists() and not mounted(ns)
 
 
-def test_start_path_cost(make_net: MakeNet) -> None:
+def test_start_path_cost(make_net: MakeNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the netlink work only: a new address's ARP probe waits on top (runtime/bridge_pool.py)
+    monkeypatch.setenv("PYMIGRATE_ARP_PROBE_MS", "0")
     net = make_net()
     net.connect("warm0000", net.create_netns("warm0000"))  # bridge creation and config write are one-off
     costs = []

@@ -50,7 +50,7 @@ CHECKPOINT_OPTIONS = api.CheckpointOptions(leave_running=True, compress="none", 
                                          ignore_volumes=True)
 CHECKPOINT_STATS = api.CheckpointStats(1.5, 2.5, 3.5, 4.5, 5, 6, 7, 8, 9, 10, 11.5, 12.5)
 RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2", tcp_established=True, volumes=(VOLUME,), timeout_s=42.5,
-                                     ports=(PORT,))
+                                     ports=(PORT,), ignore_static_ip=True, ignore_static_mac=True)
 RESTORE_STATS = api.RestoreStats(1.5, 2.5, 3.5, 4, 5, 6.5)
 MIGRATE_OPTIONS = api.MigrateOptions(dest="10.0.0.1:7070", keep_source=True, mode="auto", tcp_established=True, file_locks=True,
                                      ports=(PORT,))

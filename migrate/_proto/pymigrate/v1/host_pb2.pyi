@@ -832,7 +832,7 @@ class CheckpointResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CheckpointResult, _Mapping]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set")
+    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set", "ignore_static_ip", "ignore_static_mac")
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
@@ -841,6 +841,8 @@ class RestoreRequest(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     PORTS_SET_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_STATIC_IP_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_STATIC_MAC_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     name: str
     ip: str
@@ -849,7 +851,9 @@ class RestoreRequest(_message.Message):
     timeout_s: float
     ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
     ports_set: bool
-    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ...) -> None: ...
+    ignore_static_ip: bool
+    ignore_static_mac: bool
+    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ..., ignore_static_ip: _Optional[bool] = ..., ignore_static_mac: _Optional[bool] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("progress", "result")
