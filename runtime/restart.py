@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -167,13 +168,47 @@ def wants_daemon_start(spec: ContainerSpec, state: ContainerState) -> bool:
     return policy == "always" or (policy == "unless-stopped" and not state.manually_stopped)
 
 
+def adopt_starter(pid: int) -> int:
+    """The starter of a shim that adopts a running init whose shim died (``on_daemon_start``): it
+    starts nothing. Not the init's parent, the shim polls for its end (runtime.shim._reap_until:
+    exit code 255, the real one is lost with the old shim), then applies the policy as ever."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise ContainerError(f"cannot adopt init {pid}: it is gone") from None
+    return pid
+
+
+def adopt(rt: Any, c: Any) -> None:
+    """Give a running container whose shim died a new shim keeping its restart policy."""
+    from runtime.shim import Starter, launch_shim
+
+    parent = rt.cgroup_parent(c.spec.cgroup_parent)
+    launch_shim(
+        rt.store,
+        c.container_id,
+        Starter("runtime.restart:adopt_starter", {"pid": c.state.pid}),
+        oom_killed=Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": c.container_id}),
+        exited=rt.exit_action(c.spec),
+        sys=rt.sys,
+    )
+    log.info("container=%s: its shim was gone; a new one keeps restart policy %s", c.container_id, c.spec.restart)
+
+
 def on_daemon_start(rt: Any) -> list[str]:
-    """Start again the ``always``/``unless-stopped`` containers of this root that are exited (their
-    shim was killed, the host rebooted); their ids. Runs when ``pymigrate daemon`` starts."""
+    """When ``pymigrate daemon`` starts: start again the ``always``/``unless-stopped`` containers of
+    this root that are exited (their shim and processes were killed, a crash); give a running
+    container with a policy whose shim alone was killed a new shim (``adopt``). Their ids."""
+    from runtime.shim import is_shim
+
     started = []
     for cid in rt.store.ids():
         try:
             c = rt.container(cid)  # reconciled: a dead shim and init are "exited" now
+            if c.spec.restart != "no" and c.status == "running" and not is_shim(c.state.shim_pid):
+                adopt(rt, c)
+                started.append(cid)
+                continue
             if not wants_daemon_start(c.spec, c.state):
                 continue
             rt.start_existing(c.container_id)

@@ -130,6 +130,27 @@ def test_daemon_start_restarts_always_and_unless_stopped_but_not_stopped_ones(pm
             pm("rm", "-f", name)
 
 
+def test_daemon_start_gives_a_running_container_whose_shim_was_killed_a_new_shim(pm, pm_root) -> None:  # noqa: ANN001
+    name = unique("adopt")
+    ok(pm("run", "-d", "--restart", "always", "--name", name, "busybox", "sleep", "1000"))
+    try:
+        info = _inspect(pm, name)
+        os.kill(info["state"]["shim_pid"], signal.SIGKILL)  # the container keeps running, unmonitored
+        time.sleep(0.5)
+        assert _inspect(pm, name)["state"]["status"] == "running"
+        proc, sock = start_daemon(pm_root)
+        stop_daemon(proc, sock)
+        adopted = _inspect(pm, name)["state"]
+        assert adopted["pid"] == info["state"]["pid"] and adopted["shim_pid"] != info["state"]["shim_pid"]
+        assert _shim_alive(adopted["shim_pid"])
+        os.kill(adopted["pid"], signal.SIGKILL)  # its new shim notices the end and restarts it
+        wait_for(lambda: _inspect(pm, name)["state"]["restart_count"] == 1, 20, "a restart by the adopting shim")
+        again = _inspect(pm, name)["state"]
+        assert again["status"] == "running" and again["pid"] != adopted["pid"]
+    finally:
+        pm("rm", "-f", name)
+
+
 def test_bad_policy_and_rm_with_restart_are_refused(pm) -> None:  # noqa: ANN001
     for args in (("--restart", "sometimes"), ("--restart", "always:3"), ("--rm", "-d", "--restart", "always")):
         r = pm("run", *args, "busybox", "true", "--json")
