@@ -15,6 +15,7 @@ child. A failed restore removes everything the runtime built and leaves the chec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -344,26 +345,42 @@ def _identity(rt: Any, spec: ContainerSpec, options: RestoreOptions, origin: Ori
     return spec, rt.replaceable_id(spec)
 
 
-def install_volumes(rt: Any, spec: ContainerSpec, unpacked: Unpacked, *, migration_id: str = "") -> tuple[ContainerSpec, list[tuple[str, str]]]:
-    """The spec's named volumes resolved here, the archive's copies installed (migrate/volumes.py)."""
+def install_volumes(rt: Any, spec: ContainerSpec, unpacked: Unpacked, *,
+                    migration_id: str = "") -> tuple[ContainerSpec, "_InstalledVolumes"]:
+    """The spec's named volumes resolved here, the archive's copies installed (migrate/volumes.py),
+    each held (``volume:<name>``) until ``_restore_from`` is done: remove and prune leave them be."""
     from migrate.volumes import PREFIX, install
 
+    installed = _InstalledVolumes()
     if not any(v.name for v in spec.volumes):
-        return spec, []
+        return spec, installed
     carried = unpacked.scratch / PREFIX if unpacked.scratch is not None else None
-    return install(rt.volumes, spec, carried, migration_id=migration_id)
-
-
-def _restore_from(rt: Any, adopted: list[tuple[str, str]], spec: ContainerSpec, **kwargs: Any) -> Any:
-    """``rt.restore_from``; a failed one gives back the volumes ``install_volumes`` adopted."""
     try:
-        return rt.restore_from(spec, **kwargs)
+        spec, installed.adopted = install(rt.volumes, spec, carried, migration_id=migration_id,
+                                          holds=(installed.holds, rt.store.hold))
     except BaseException:
-        if adopted:
-            from migrate.volumes import uninstall
-
-            uninstall(rt.volumes, adopted)
+        installed.holds.close()
         raise
+    return spec, installed
+
+
+class _InstalledVolumes:
+    def __init__(self) -> None:
+        self.adopted: list[tuple[str, str]] = []
+        self.holds = contextlib.ExitStack()
+
+
+def _restore_from(rt: Any, installed: _InstalledVolumes, spec: ContainerSpec, **kwargs: Any) -> Any:
+    """``rt.restore_from``; a failed one gives back the volumes ``install_volumes`` adopted."""
+    with installed.holds:
+        try:
+            return rt.restore_from(spec, **kwargs)
+        except BaseException:
+            if installed.adopted:
+                from migrate.volumes import uninstall
+
+                uninstall(rt.volumes, installed.adopted)
+            raise
 
 
 def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_established: bool,
@@ -462,10 +479,10 @@ def restore_container(
             preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
             if spec.ports:  # pre-flight too: a taken host port is PortInUse; ports 0 (--publish :80) get free ones
                 spec = replace(spec, ports=rt.claim_ports(spec, replace_id=replace_id))
+            spec, adopted = install_volumes(rt, spec, unpacked, migration_id=migration_id)
             preflight_ms = (time.monotonic() - t_pre) * 1000
             work_dir = unpacked.work_dir
             emit("restore")
-            spec, adopted = install_volumes(rt, spec, unpacked, migration_id=migration_id)
             t0 = time.monotonic()
             info = _restore_from(rt, adopted,
                 spec,

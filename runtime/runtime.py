@@ -77,7 +77,7 @@ class Runtime:
         """The named volumes of this root (runtime/volumes.py)."""
         from runtime.volumes import VolumeStore
 
-        return VolumeStore(self.paths, users=self._volume_users)
+        return VolumeStore(self.paths, users=self._volume_users, hold=self.store.hold)
 
     def _volume_users(self, name: str) -> builtins.list[str]:
         """Names of the containers (any state) whose spec mounts volume ``name``."""

@@ -29,10 +29,10 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from runtime.config import Paths
-from runtime.errors import ContainerExists, InvalidArgument, VolumeInUse, VolumeNotFound
+from runtime.errors import Busy, ContainerExists, InvalidArgument, VolumeInUse, VolumeNotFound
 from runtime.spec import Volume
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ _LOCK_FILE = ".lock"
 
 # container names that use a volume (any state): what ``remove`` and ``prune`` must not take away
 UsersFn = Callable[[str], list[str]]
+# runtime.state.StateStore.hold(resource, operation): a context manager, Busy when held elsewhere
+HoldFn = Callable[[str, str], ContextManager[None]]
 
 
 class VolumeConflict(ContainerExists):
@@ -94,9 +96,22 @@ def parse_labels(items: tuple[str, ...] | list[str]) -> dict[str, str]:
 class VolumeStore:
     """Named volumes under one state root; ``users`` says which containers use a volume."""
 
-    def __init__(self, paths: Paths, users: UsersFn) -> None:
+    def __init__(self, paths: Paths, users: UsersFn, hold: HoldFn | None = None) -> None:
         self.root = paths.root / "volumes"
         self._users = users
+        # runtime.state.StateStore.hold: a restore holds "volume:<name>" from installing a volume
+        # until its container record exists, so remove and prune see it in use meanwhile
+        self._hold = hold
+
+    def _in_use(self, name: str) -> list[str]:
+        users = self._users(name)
+        if users or self._hold is None:
+            return users
+        try:
+            with self._hold(f"volume:{name}", "remove volume"):
+                return []
+        except Busy:
+            return ["(a restore installing it)"]
 
     # -- paths ---------------------------------------------------------------------------------
     def dir(self, name: str) -> Path:
@@ -188,7 +203,7 @@ class VolumeStore:
                 if force:
                     return False
                 raise VolumeNotFound(name)
-            users = self._users(name)
+            users = self._in_use(name)
             if users:
                 raise VolumeInUse(name, tuple(users))
             self._delete(name)
@@ -204,7 +219,7 @@ class VolumeStore:
                 if entry.name.startswith((".new-", ".rm-")):
                     _remove(Path(entry.path))
             for record in self.list():
-                if record.used_by:
+                if record.used_by or self._in_use(record.name):
                     continue
                 freed += tree_bytes(Path(record.mountpoint))
                 self._delete(record.name)

@@ -272,3 +272,17 @@ def test_volume_rpcs_over_a_unix_socket(tmp_path: Path, sockdir: Path) -> None: 
         assert client.volumes() == []
     finally:
         d.close()
+
+
+def test_a_volume_a_restore_holds_is_in_use_for_remove_and_prune(tmp_path: Path) -> None:
+    from runtime.state import StateStore
+
+    paths = Paths(tmp_path)
+    state = StateStore(paths)
+    store = VolumeStore(paths, users=lambda name: [], hold=state.hold)
+    store.create("db")
+    with state.hold("volume:db", "restore container"):  # from install until the record exists
+        with pytest.raises(VolumeInUse, match="a restore installing it"):
+            store.remove("db")
+        assert store.prune().removed == ()
+    assert store.remove("db")
