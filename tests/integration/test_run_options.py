@@ -87,11 +87,12 @@ def test_detached_rm_through_a_daemon_is_removed_by_the_launchers_shim(pm, pm_ro
     proc, sock = start_daemon(pm_root)
     try:
         name = unique("rmd")
-        ok(pm("--host", f"unix:{sock}", "run", "-d", "--rm", "--name", name, "busybox", "sh", "-c", "sleep 0.5"))
+        ok(pm("--host", f"unix:{sock}", "run", "-d", "--rm", "--name", name, "busybox", "sh", "-c", "sleep 3"))
+        # 3 s: under a loaded machine's CLI start-up a 0.5 s container was gone before inspect
         assert json.loads(ok(pm("--host", f"unix:{sock}", "inspect", name)))["spec"]["auto_remove"] is True
     finally:
         stop_daemon(proc, sock)  # the daemon is gone before the exit: the shim still removes it
-    wait_for(lambda: _gone(pm, pm_root, name), 15, "the shim to remove it without the daemon")
+    wait_for(lambda: _gone(pm, pm_root, name), 20, "the shim to remove it without the daemon")
 
 
 # -- run --read-only --------------------------------------------------------------------------------
