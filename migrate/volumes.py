@@ -128,11 +128,14 @@ def unresolved(spec: ContainerSpec) -> ContainerSpec:
     return replace(spec, volumes=tuple(replace(v, source="") if v.name else v for v in spec.volumes))
 
 
-def install(store: Any, spec: ContainerSpec, carried: Path | None, *, migration_id: str = "") -> tuple[ContainerSpec, list[tuple[str, str]]]:
+def install(store: Any, spec: ContainerSpec, carried: Path | None, *, migration_id: str = "",
+            holds: Any = None) -> tuple[ContainerSpec, list[tuple[str, str]]]:
     """Resolve the spec's named volumes on this host: each one ``carried`` (``<carried>/<name>``,
     an unpacked archive's volumes dir) becomes the volume (``VolumeStore.adopt``), the others
     must exist here. Returns the spec with their data dirs as sources, and what was adopted
-    (for ``uninstall`` if the restore fails).
+    (for ``uninstall`` if the restore fails). ``holds`` (a ``contextlib.ExitStack`` and
+    ``StateStore.hold``) keeps each name held until the caller closes it: once the restored
+    container's record exists, it is the volume's user.
 
     Raises:
         VolumeConflict: a carried volume's name holds data or is in use here.
@@ -140,11 +143,16 @@ def install(store: Any, spec: ContainerSpec, carried: Path | None, *, migration_
     """
     adopted: list[tuple[str, str]] = []
     vols: list[Volume] = []
+    held: set[str] = set()
     try:
         for vol in spec.volumes:
             if not vol.name:
                 vols.append(vol)
                 continue
+            if holds is not None and not any(n == vol.name for n, _ in adopted) and vol.name not in held:
+                stack, hold = holds
+                stack.enter_context(hold(f"volume:{vol.name}", "restore container"))
+                held.add(vol.name)
             tree = carried / vol.name if carried is not None else None
             if tree is not None and tree.is_dir() and not any(n == vol.name for n, _ in adopted):
                 adopted.append((vol.name, store.adopt(vol.name, tree, migration_id=migration_id)))
