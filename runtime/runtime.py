@@ -553,8 +553,9 @@ class Runtime:
 
     def _mark_stopped(self, container_id: str) -> None:
         """Record that the user stopped it, before any signal: its restart policy leaves it exited
-        (runtime/restart.py)."""
-        self.store.update_state(container_id, lambda s: dataclasses.replace(s, manually_stopped=True))
+        (runtime/restart.py). A record removed meanwhile (``run -d --rm``) has nothing to restart."""
+        with contextlib.suppress(ContainerNotFound):
+            self.store.update_state(container_id, lambda s: dataclasses.replace(s, manually_stopped=True))
 
     def _signal(self, c: Container, sig: int) -> None:
         try:
