@@ -338,6 +338,19 @@ class Runtime:
         cid = container_id
         return self._info(Container(self.store.load_spec(cid), self.store.load_state(cid)), stats=False)
 
+    def _named_volumes(self, image: str, vols: tuple[Volume, ...]) -> tuple[Volume, ...]:
+        """``vols`` with named volumes resolved to their data dirs, made if missing (and kept if
+        the run fails, as docker does); a new volume gets the image's content at its mount point."""
+        from runtime.volumes import seed_from_tree
+
+        resolved: tuple[Volume, ...]
+        resolved, made = self.volumes.resolve(vols)
+        for vol in resolved:
+            if vol.name in made:
+                with self.images.view(image) as tree:
+                    seed_from_tree(Path(vol.source), Path(tree), vol.target)
+        return resolved
+
     def _check_name_free(self, name: str) -> None:
         try:
             cid = self.store.resolve(name)

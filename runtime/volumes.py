@@ -19,6 +19,7 @@ Removal follows docker: a volume any container record uses (running or stopped) 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -29,7 +30,7 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 from runtime.config import Paths
 from runtime.errors import Busy, ContainerExists, InvalidArgument, VolumeInUse, VolumeNotFound
@@ -278,7 +279,7 @@ class VolumeStore:
             self._write_record(name, migration_id="", adopted="")
             _remove(doomed)
 
-    def adopted_by(self, migration_id: str) -> list[tuple[str, str]]:
+    def adopted_by(self, migration_id: str) -> "builtins.list[tuple[str, str]]":
         """(name, how) of the volumes ``adopt`` took for ``migration_id``."""
         out = []
         for record in self.list():
@@ -287,7 +288,7 @@ class VolumeStore:
                 out.append((record.name, str(data.get("adopted", "made"))))
         return out
 
-    def _raw(self, name: str) -> dict:
+    def _raw(self, name: str) -> dict[str, Any]:
         try:
             data = json.loads((self.dir(name) / RECORD_FILE).read_text())
         except (OSError, ValueError):
