@@ -364,18 +364,6 @@ class Runtime:
         """The BPF program a container process with this seccomp choice gets (None: unconfined),
         compiled for the container's capability set (the default one changed by ``cap_add`` and
         ``cap_drop``: a profile's rules keyed on capabilities follow it), cached under the state root."""
-    def _named_volumes(self, image: str, vols: tuple[Volume, ...]) -> tuple[Volume, ...]:
-        """``vols`` with named volumes resolved to their data dirs, made if missing (and kept if
-        the run fails, as docker does); a new volume gets the image's content at its mount point."""
-        from runtime.volumes import seed_from_tree
-
-        resolved, made = self.volumes.resolve(vols)
-        for vol in resolved:
-            if vol.name in made:
-                with self.images.view(image) as tree:
-                    seed_from_tree(Path(vol.source), Path(tree), vol.target)
-        return resolved
-
         from runtime.capabilities import spec_names
         from runtime.seccomp import filter_for
 
