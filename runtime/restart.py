@@ -195,6 +195,47 @@ def adopt(rt: Any, c: Any) -> None:
     log.info("container=%s: its shim was gone; a new one keeps restart policy %s", c.container_id, c.spec.restart)
 
 
+def rebuild(rt: Any, spec: ContainerSpec) -> None:
+    """Make again what a host reboot took from an exited container, as ``run`` makes it: the
+    upper layer's and the overlay's mounts, the cgroup, the network namespace and its link with
+    the recorded address and MAC (the record, the upper layer's files and the lease stayed). Each
+    part that exists is kept; what this call made is undone if a later step fails."""
+    from runtime import overlay, upperfs
+    from runtime.container import limits_of
+    from runtime.errors import ContainerExists
+
+    cid = spec.container_id
+    cdir = rt.store.dir(cid)
+    undo: list[Any] = []
+    try:
+        upperfs.mount_existing(rt.sys, cdir)
+        merged = cdir / "merged"
+        if not overlay.is_mounted(merged):
+            overlay.mount(rt.sys, overlay.OverlayDirs.for_container(cdir, rt.images.get(spec.image_digest).lowers))
+            undo.append(lambda: overlay.unmount(rt.sys, merged))
+        cg = rt.cgroups(spec.cgroup_parent)
+        if not cg.exists(cid):
+            cg.create(cid, limits_of(spec))
+            undo.append(lambda: cg.destroy(cid))
+        net = rt.network(spec.network)
+        try:
+            netns = net.create_netns(cid)  # a plain file left where the reboot dropped its mount is replaced
+        except ContainerExists:
+            return  # the namespace (and so its link) survived: not a reboot
+        undo.append(lambda: net.remove_netns(cid))
+        if spec.network == "bridge":
+            net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
+            undo.append(lambda: net.disconnect(cid))
+    except BaseException:
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:  # rollback boundary: keep undoing
+                log.warning("container=%s: undoing a rebuild step failed", cid, exc_info=True)
+        raise
+    log.info("container=%s: mounts, cgroup and network made again (after a reboot)", cid)
+
+
 def on_daemon_start(rt: Any) -> list[str]:
     """When ``pymigrate daemon`` starts: start again the ``always``/``unless-stopped`` containers of
     this root that are exited (their shim and processes were killed, a crash); give a running
@@ -211,6 +252,7 @@ def on_daemon_start(rt: Any) -> list[str]:
                 continue
             if not wants_daemon_start(c.spec, c.state):
                 continue
+            rebuild(rt, c.spec)
             rt.start_existing(c.container_id)
             started.append(cid)
         except ContainerError as exc:  # one container's failure does not stop the others

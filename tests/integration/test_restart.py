@@ -151,6 +151,44 @@ def test_daemon_start_gives_a_running_container_whose_shim_was_killed_a_new_shim
         pm("rm", "-f", name)
 
 
+def _reboot(pm_root, info: dict) -> None:  # noqa: ANN001
+    """What a host reboot leaves of a container: its record, upper layer (image file) and lease;
+    no processes, mounts, cgroup, network namespace nor veth."""
+    from runtime import overlay, upperfs
+    from runtime.runtime import Runtime
+    from runtime.syscalls import LINUX
+
+    _crash(info)
+    rt = Runtime(pm_root)
+    cid, spec = info["spec"]["container_id"], rt.store.load_spec(info["spec"]["container_id"])
+    wait_for(lambda: rt.container(cid).status == "exited", 10, "the crashed container to read as exited")
+    net = rt.network(spec.network)
+    net.disconnect(cid)
+    net.remove_netns(cid)
+    rt.cgroups(spec.cgroup_parent).destroy(cid)
+    overlay.unmount(LINUX, rt.store.dir(cid) / "merged")
+    upperfs.unmount(LINUX, rt.store.dir(cid) / upperfs.MOUNT_DIR)
+
+
+def test_daemon_start_after_a_reboot_makes_the_container_again_with_its_files_and_address(pm, pm_root) -> None:  # noqa: ANN001
+    name = unique("reboot")
+    ok(pm("run", "-d", "--restart", "unless-stopped", "--name", name, "busybox", "sh", "-c", "echo run >> /runs; sleep 1000"))
+    try:
+        wait_for(lambda: pm("exec", name, "cat", "/runs").returncode == 0, 10, "the first run")
+        info = _inspect(pm, name)
+        _reboot(pm_root, info)
+        proc, sock = start_daemon(pm_root)
+        stop_daemon(proc, sock)
+        again = _inspect(pm, name)
+        assert again["state"]["status"] == "running" and again["state"]["restart_count"] == 1
+        assert (again["spec"]["ip"], again["spec"]["mac"]) == (info["spec"]["ip"], info["spec"]["mac"])
+        wait_for(lambda: ok(pm("exec", name, "cat", "/runs")).split() == ["run", "run"], 10, "the second run, same files")
+        addr = ok(pm("exec", name, "sh", "-c", "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0"))
+        assert info["spec"]["mac"] in addr and f"{info['spec']['ip']}/" in addr
+    finally:
+        pm("rm", "-f", name)
+
+
 def test_bad_policy_and_rm_with_restart_are_refused(pm) -> None:  # noqa: ANN001
     for args in (("--restart", "sometimes"), ("--restart", "always:3"), ("--rm", "-d", "--restart", "always")):
         r = pm("run", *args, "busybox", "true", "--json")
