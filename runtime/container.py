@@ -506,6 +506,14 @@ def _number(field: str, value: object, kind: type) -> int | float | None:
     return value
 
 
+def _volume_name(name: object) -> str:
+    if name == "":
+        return ""
+    from runtime.volumes import validate_volume_name
+
+    return validate_volume_name(name)
+
+
 def _volume(v: object) -> Volume:
     if not isinstance(v, Volume):
         raise InvalidArgument(f"invalid volume {v!r}: expected source, target, readonly")
@@ -528,11 +536,3 @@ def _validate_ip(ip: object, network: str) -> str:
     if addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr == ipaddress.IPv4Address("255.255.255.255"):
         raise InvalidArgument(f"invalid address {ip}: expected a unicast address")
     return str(addr)
-def _volume_name(name: object) -> str:
-    if name == "":
-        return ""
-    from runtime.volumes import validate_volume_name
-
-    return validate_volume_name(name)
-
-
