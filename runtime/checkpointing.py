@@ -240,7 +240,6 @@ class CheckpointHost:
             self.stop_checkpointed(c, "migrated")  # an exited record stays, its resources go
         else:
             self.rt.remove(c.container_id, force=True)  # kill, release and delete in one pass
-
             self._remove_moved_volumes(c.spec)
 
     def _remove_moved_volumes(self, spec: ContainerSpec) -> None:
@@ -251,6 +250,7 @@ class CheckpointHost:
                 self.rt.volumes.remove(name, force=True)
             except (ContainerError, OSError) as exc:
                 log.warning("volume=%s stays on this host after its container moved: %s", name, exc)
+
     # -- the target side --------------------------------------------------------------------------
     @staticmethod
     def new_container_id() -> str:
