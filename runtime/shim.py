@@ -516,12 +516,16 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def is_shim(pid: int) -> bool:
-    """Whether ``pid`` is alive and is a pymigrate shim (guards against pid reuse)."""
+    """Whether ``pid`` is alive and is a pymigrate shim (guards against pid reuse). A killed shim
+    not yet reaped by whoever inherited it (a zombie keeps its comm) is not alive."""
     try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().strip() == SHIM_COMM.encode()[:15]
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
     except OSError:
         return False
+    # "pid (comm) state ...": comm may hold spaces and parentheses, so split at the last ')'
+    name, _, rest = stat.rpartition(b")")
+    return rest[1:2] not in (b"Z", b"X", b"") and name.partition(b"(")[2] == SHIM_COMM.encode()[:15]
 
 
 def _exec_main() -> None:  # pragma: no cover - the exec'd launcher (see "Two ways to launch")
