@@ -293,10 +293,11 @@ def sweep_stale(rt: Any) -> list[str]:
 
 @contextmanager
 def ports_lock(paths: Any) -> Iterator[None]:
-    """Serialise port checks and table changes of one state root (blocking flock, dropped on death)."""
-    locks = paths.run / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    """Serialise port checks and table changes of one state root (blocking flock, dropped on death).
+    The file stays (ROOT/run/ports.lock), so it is kept out of ROOT/run/locks, whose per-resource
+    files are removed after each use and whose leftovers mean a crashed operation."""
+    paths.run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.run / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
