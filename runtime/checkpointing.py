@@ -323,9 +323,9 @@ class CheckpointHost:
             net.connect(cid, netns, ip=spec.ip, mac=spec.mac, up=False)
             undo.append(("disconnect", lambda: net.disconnect(cid)))
         if spec.ports:  # published by join_network; whatever failed after that removes them again
-            from runtime.port_rules import unpublish
+            from runtime.port_rules import unpublisher
 
-            undo.append(("unpublish ports", lambda: unpublish(rt.paths.root, cid)))
+            undo.append(("unpublish ports", unpublisher(rt.paths.root, cid)))
         return spec, netns
 
     def join_network(self, spec: ContainerSpec, netns: Path) -> None:

@@ -57,7 +57,7 @@ import socket
 import struct
 import subprocess
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,15 @@ def publish(rt: Any, spec: Any) -> None:
     log.info("container=%s published %s", spec.container_id, ", ".join(f"{m.host_label}->{m.container_port}/{m.protocol}" for m in spec.ports))
 
 
+def unpublisher(root: Path, container_id: str) -> Callable[[], None]:
+    """``unpublish`` as an undo step (undo lists take callables returning nothing)."""
+
+    def step() -> None:
+        unpublish(root, container_id)
+
+    return step
+
+
 def unpublish(root: Path, container_id: str) -> bool:
     """Delete the container's table; False if there was none. Idempotent.
 
@@ -308,7 +317,7 @@ def ports_lock(paths: Any) -> Iterator[None]:
 def published_elsewhere(rt: Any, exclude: Iterable[str] = ()) -> list[tuple[str, PortMapping]]:
     """(container name, mapping) of every live container of this state root but ``exclude``."""
     skip = set(exclude)
-    out = []
+    out: list[tuple[str, PortMapping]] = []
     for info in rt.list(all=True):
         spec = info.spec
         if spec.container_id in skip or not spec.ports or info.state.status not in _LIVE:

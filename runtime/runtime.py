@@ -394,10 +394,10 @@ class Runtime:
             net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
             undo.append(("disconnect", lambda: net.disconnect(cid)))
         if spec.ports:
-            from runtime.port_rules import publish, unpublish
+            from runtime.port_rules import publish, unpublisher
 
             publish(self, spec)
-            undo.append(("unpublish ports", lambda: unpublish(self.paths.root, cid)))
+            undo.append(("unpublish ports", unpublisher(self.paths.root, cid)))
 
         plan = self.init_plan(spec, dirs.merged, netns, seccomp_bpf)
         launch_shim(
@@ -716,9 +716,9 @@ class Runtime:
         net = self.network(spec.network)
         steps: list[tuple[str, Callable[[], None]]] = []
         if spec.ports:
-            from runtime.port_rules import unpublish
+            from runtime.port_rules import unpublisher
 
-            steps.append(("unpublish ports", lambda: unpublish(self.paths.root, cid)))
+            steps.append(("unpublish ports", unpublisher(self.paths.root, cid)))
         if spec.network == "bridge":
             steps.append(("disconnect", lambda: net.disconnect(cid)))
             steps.append(("release address", lambda: net.release(cid)))

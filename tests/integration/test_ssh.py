@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass

@@ -11,7 +11,7 @@ import pytest
 
 from runtime import port_rules
 from runtime.container import validate_spec
-from runtime.errors import InvalidArgument, InvalidSpec, PortInUse
+from runtime.errors import ContainerError, InvalidArgument, InvalidSpec, PortInUse
 from runtime.ports import PortMapping, format_mapping, parse_publish, parse_publish_all, port_filter, validate_ports
 from runtime.spec import ContainerSpec, ContainerState
 
@@ -157,7 +157,7 @@ def test_table_names_are_scoped_by_state_root(tmp_path: Path) -> None:
     ta, tb = port_rules.table_name(a, CID), port_rules.table_name(b, CID)
     assert ta != tb and ta.endswith(CID) and ta.startswith("pymigrate_ports_")
     assert port_rules.container_of(ta) == CID
-    with pytest.raises(Exception):
+    with pytest.raises(ContainerError, match="invalid container id"):
         port_rules.table_name(a, "../x")
 
 
