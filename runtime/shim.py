@@ -357,6 +357,11 @@ def _shim_main(  # pragma: no cover - runs in the shim process
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         try:
             started = starter()
+            # From here on the shim writes to attach clients and to a -t/-i container's terminal or
+            # stdin, any of which may be gone: an EPIPE to handle, not a SIGPIPE that kills the shim
+            # (and, with the terminal's master, its container). The init got SIGPIPE's default in
+            # runtime/process.py, as does every restart.
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
             init_pid = console.init_pid_of(started)
             # -t/-i: serve the terminal or stdin before "running" is recorded, so an attach
             # right after ``run`` finds the socket (runtime/console.py)

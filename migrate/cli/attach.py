@@ -305,7 +305,12 @@ def attach(ctx: Any, name: str, *, detach_keys: bytes, stdin: bool = True, whole
         if not whole_log:
             raise
         # run: a command that ended before we could connect; what it printed is in its log
-        spec, sock = dataclasses.replace(engine.inspect(name).spec, tty=False, interactive=False), None
+        spec = engine.inspect(name).spec
+        if spec.tty:  # its terminal already turned \n into \r\n: the user's must not add another \r
+            with raw_terminal(1):
+                follow_output(engine, name, write=not ctx.json)
+            return int(engine.wait(name))
+        spec, sock = dataclasses.replace(spec, interactive=False), None
     if spec.tty and sock is not None:
         sys.stdout.flush()
         code = attach_console(sock, interactive=stdin and spec.interactive, detach_keys=detach_keys,

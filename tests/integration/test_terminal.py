@@ -245,3 +245,22 @@ def test_checkpoint_of_a_stdin_pipe_container_is_refused_before_the_freeze(pm) -
     state = _state(pm, name)
     assert state["status"] == "running" and state["frozen_by"] is None  # never frozen
     ok(pm("rm", "-f", name))
+
+
+def test_a_detached_client_of_a_busy_terminal_does_not_take_the_shim_down(pm, term) -> None:  # noqa: ANN001
+    """The shim writes output to an attach client that just detached: an EPIPE for it, not a
+    SIGPIPE that killed the shim and, with the terminal's master, the container."""
+    name = unique("busy")
+    ok(pm("run", "-dit", "--name", name, "--network", "none", "busybox", "sh", "-c",
+          "while true; do echo tick; usleep 200; done"))
+    try:
+        for _ in range(8):
+            t = term("attach", name)
+            t.expect(rb"^tick\r?$")
+            t.type(CTRL_P_CTRL_Q)
+            assert t.wait() == 0
+            time.sleep(0.2)  # output goes on while the client is gone
+            assert _state(pm, name)["status"] == "running"
+            assert os.path.exists(f"/proc/{_state(pm, name)['shim_pid']}"), "the shim died"
+    finally:
+        ok(pm("rm", "-f", name))
