@@ -297,30 +297,16 @@ def _attached(args: argparse.Namespace, ctx: Any, name: str) -> int:
 
 
 def _foreground(ctx: Any, name: str, *, remove: bool) -> int:
-    """Stream the log until the container exits; forward SIGINT/SIGTERM to it."""
-    engine = ctx.engine
+    """Stream the log until the container exits; forward SIGINT/SIGTERM/SIGHUP to it."""
+    from migrate.cli.attach import follow_output, forward_signals
 
-    def forward(signum: int, _frame: Any) -> None:
-        try:
-            engine.kill(name, signum)
-        except Exception:  # the container may be gone already
-            pass
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    out = sys.stdout.buffer
-    try:
-        for chunk in engine.logs(name, follow=True):
-            if not ctx.json:
-                out.write(chunk)
-                out.flush()
-        code = engine.wait(name)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    with forward_signals(ctx.engine, name):
+        follow_output(ctx.engine, name, write=not ctx.json)
+        code = ctx.engine.wait(name)
     if ctx.json:
         ctx.emit_json({"name": name, "exit_code": code})
     if remove:
-        engine.remove(name, force=True)
+        ctx.engine.remove(name, force=True)
     return code if code >= 0 else EXIT_ERROR
 
 
