@@ -7,7 +7,9 @@ intermediate process that
    namespace, so the namespace's root is the container's cgroup),
 2. joins the network namespace prepared by runtime.network (bind-mounted nsfs file),
 3. unshares mount, uts, ipc, pid and cgroup namespaces, forks the init (PID 1 of the new pid
-   namespace: CLONE_NEWPID applies to children only) and exits.
+   namespace: CLONE_NEWPID applies to children only) and exits. Steps 2-3 are ``plan.ns.enter``
+   (runtime/ns_modes.py): with --pid/--ipc/--uts/--network container:NAME or host, or
+   --cgroupns host, some namespaces are joined or kept instead of unshared.
 
 The init then, in this order: makes / recursively private; applies the rootfs plan below merged/;
 pivot_root(".", ".") + umount2(".", MNT_DETACH) (runc's trick: no put_old directory needed);
@@ -39,7 +41,7 @@ import warnings  # noqa: F401 - os.execvpe imports it lazily; it must be loaded 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from runtime import capabilities, console, namespaces, rootfs, seccomp, users
+from runtime import capabilities, console, namespaces, ns_modes, rootfs, seccomp, users
 from runtime import console as console_mod  # exec_in's ``console`` parameter shadows the module
 from runtime.errors import ContainerError, InvalidArgument
 from runtime.overlay import LOG_PATH_IN_CONTAINER
@@ -78,6 +80,8 @@ class InitPlan:
     tty: bool = False  # run -t: stdio is a pty of the container's devpts, its master goes to the shim
     interactive: bool = False  # run -i: stdin is the shim's (the pty, or a pipe without -t)
     log_path: str = ""  # host path of the container's log (the shim appends terminal output to it)
+    # which namespaces are unshared, joined (another container's init) or the host's (runtime/ns_modes.py)
+    ns: ns_modes.NamespacePlan = ns_modes.NamespacePlan()
 
 
 def container_env(user_env: tuple[str, ...], hostname: str) -> tuple[str, ...]:
@@ -147,8 +151,7 @@ def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscal
                 os.close(pidr)
                 stdio.close_shim_side()
                 add_pid(plan.cgroup, os.getpid())
-                namespaces.join_netns_file(sys, plan.netns)
-                sys.unshare(namespaces.CONTAINER_UNSHARE_FLAGS)
+                plan.ns.enter(sys, plan.netns)  # joins, then unshares (runtime/ns_modes.py)
                 init = os.fork()
                 if init == 0:
                     os.close(pidw)
@@ -262,7 +265,8 @@ def _init_main(plan: InitPlan, errw: int, sys: Syscalls, stdio: _ShimStdio | Non
         sys.umount2(".", MNT_DETACH)
         os.chdir("/")
         creds = users.lookup(plan.user)
-        sys.sethostname(plan.hostname)
+        if plan.ns.sets_hostname():  # a shared uts namespace keeps the host's or the other's name
+            sys.sethostname(plan.hostname)
         os.setsid()
         _container_stdio(stdio, tty_owner=creds.uid)
         os.makedirs(plan.workdir, exist_ok=True)
