@@ -234,6 +234,29 @@ class ImageDetails:
 
 
 @dataclass(frozen=True)
+class CommitOptions:
+    """``commit``: what to change in the config, and how to read a running container."""
+
+    changes: tuple[str, ...] = ()  # Dockerfile instructions: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, ...
+    message: str = ""  # the new history entry's comment (-m)
+    author: str = ""  # the image's author (--author)
+    pause: bool = True  # freeze a running container while its changes are read (--pause=false: not)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """The committed image and what its new layer holds."""
+
+    image: ImageInfo
+    layer_diff_id: str  # the new layer (sha256 of its uncompressed tar)
+    layer_bytes: int
+    whiteouts: int  # deletions of image files the layer carries
+    opaque_dirs: int  # directories the container made anew over the image's
+    skipped: tuple[str, ...] = ()  # container paths left out: the runtime's own files, devices, sockets
+    frozen_ms: float = 0.0  # how long commit froze the container (0: it did not)
+
+
+@dataclass(frozen=True)
 class HostInfo:
     version: str
     hostname: str
@@ -283,6 +306,8 @@ class Engine(Protocol):
     def image_tag(self, source: str, target: str) -> ImageInfo: ...
     def image_prune(self, all: bool = False) -> ImageRemoval: ...
     def image_build_busybox(self, name: str = "busybox") -> ImageInfo: ...
+    # a new image: the container's image layers plus one layer of its changes (runtime/commit.py)
+    def commit(self, name: str, target: str, options: CommitOptions | None = None) -> CommitResult: ...
 
     # named volumes
     def volume_create(self, name: str | None = None, labels: tuple[str, ...] = ()) -> VolumeInfo: ...

@@ -17,6 +17,8 @@ from migrate.api import (
     CheckpointInfo,
     CheckpointOptions,
     CheckpointResult,
+    CommitOptions,
+    CommitResult,
     Engine,
     HostInfo,
     ImageDetails,
@@ -220,6 +222,19 @@ class LocalEngine:
     def image_build_busybox(self, name: str = "busybox") -> ImageInfo:
         self.runtime.paths.ensure()
         return _image_info(self.runtime.images.build_busybox(name))
+
+    def commit(self, name: str, target: str, options: CommitOptions | None = None) -> CommitResult:
+        """A new image from container ``name``: its image's layers plus one of its upper layer,
+        the config as it runs with ``options.changes`` applied (runtime/commit.py)."""
+        from runtime import commit as rc
+
+        options = options or CommitOptions()
+        self.runtime.paths.ensure()
+        result = rc.commit(self.runtime, name, target, rc.CommitOptions(
+            changes=options.changes, message=options.message, author=options.author, pause=options.pause))
+        return CommitResult(image=_image_info(result.image), layer_diff_id=result.layer_diff_id,
+                            layer_bytes=result.layer_bytes, whiteouts=result.whiteouts,
+                            opaque_dirs=result.opaque_dirs, skipped=result.skipped, frozen_ms=result.frozen_ms)
 
     # -- named volumes (runtime/volumes.py) -------------------------------------------------------
     def volume_create(self, name: str | None = None, labels: tuple[str, ...] = ()) -> VolumeInfo:

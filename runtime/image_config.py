@@ -55,6 +55,7 @@ class ImageConfig:
     os: str = ""
     architecture: str = ""
     variant: str = ""
+    volumes: tuple[str, ...] = ()  # VOLUME paths (commit --change): kept and shown, not applied
 
     def to_json(self) -> dict[str, Any]:
         """The form stored in the index and printed by ``image inspect`` (OCI field names)."""
@@ -70,6 +71,8 @@ class ImageConfig:
             "os": self.os,
             "architecture": self.architecture,
             "variant": self.variant,
+            # only when set: index entries and ``image inspect`` of images without stay as they were
+            **({"Volumes": list(self.volumes)} if self.volumes else {}),
         }
 
     def to_oci(self) -> dict[str, Any]:
@@ -88,6 +91,8 @@ class ImageConfig:
             run["ExposedPorts"] = {port: {} for port in self.exposed_ports}
         if self.labels:
             run["Labels"] = dict(self.labels)
+        if self.volumes:
+            run["Volumes"] = {path: {} for path in self.volumes}
         return run
 
     @classmethod
@@ -112,7 +117,10 @@ class ImageConfig:
         ports = run.get("ExposedPorts") or {}
         if not isinstance(ports, dict):
             raise ImageConfigError(source, "'ExposedPorts' is not an object")
-        merged = dict(run, ExposedPorts=sorted(ports))
+        volumes = run.get("Volumes") or {}
+        if not isinstance(volumes, dict):
+            raise ImageConfigError(source, "'Volumes' is not an object")
+        merged = dict(run, ExposedPorts=sorted(ports), Volumes=sorted(volumes))
         return cls._build(merged, blob, source)
 
     @classmethod
@@ -138,6 +146,7 @@ class ImageConfig:
             os=_string(platform.get("os"), "os", source),
             architecture=_string(platform.get("architecture"), "architecture", source),
             variant=_string(platform.get("variant"), "variant", source),
+            volumes=_strings(run.get("Volumes"), "Volumes", source) or (),
         )
 
 

@@ -373,6 +373,12 @@ class RemoteEngine:
     def image_tag(self, source: str, target: str) -> api.ImageInfo:
         return cv.image_from_pb(self._unary("TagImage", pb.TagImageRequest(source=source, target=target)).image)
 
+    def commit(self, name: str, target: str, options: api.CommitOptions | None = None) -> api.CommitResult:
+        options = options or api.CommitOptions()
+        request = pb.CommitContainerRequest(name=name, target=target, changes=list(options.changes), message=options.message,
+                                            author=options.author, no_pause=not options.pause)
+        return cv.commit_result_from_pb(self._unary("CommitContainer", request, timeout_s=max(self.timeout_s, 600.0)).result)
+
     # -- named volumes ----------------------------------------------------------------------------
     def volume_create(self, name: str | None = None, labels: tuple[str, ...] = ()) -> api.VolumeInfo:
         reply = self._unary("VolumeCreate", pb.VolumeCreateRequest(name=name or "", labels=list(labels)))

@@ -259,6 +259,14 @@ def image_from_pb(m: pb.ImageInfo) -> api.ImageInfo:
     return _from_pb(api.ImageInfo, m)
 
 
+def commit_result_to_pb(r: api.CommitResult) -> pb.CommitResult:
+    return _to_pb(r, pb.CommitResult, image=image_to_pb(r.image))
+
+
+def commit_result_from_pb(m: pb.CommitResult) -> api.CommitResult:
+    return _from_pb(api.CommitResult, m, image=image_from_pb(m.image))
+
+
 def volume_info_to_pb(v: api.VolumeInfo) -> pb.VolumeInfo:
     return _to_pb(v, pb.VolumeInfo)
 

@@ -286,6 +286,12 @@ class HostServicer(pb_grpc.HostServicer):
     def TagImage(self, request: pb.TagImageRequest, context: grpc.ServicerContext) -> pb.TagImageResponse:
         return pb.TagImageResponse(image=cv.image_to_pb(self._target("image_tag")(request.source, request.target)))
 
+    def CommitContainer(self, request: pb.CommitContainerRequest, context: grpc.ServicerContext) -> pb.CommitContainerResponse:
+        options = api.CommitOptions(changes=tuple(request.changes), message=request.message, author=request.author,
+                                    pause=not request.no_pause)
+        result = self._target("commit")(request.name, request.target, options)
+        return pb.CommitContainerResponse(result=cv.commit_result_to_pb(result))
+
     # -- named volumes ----------------------------------------------------------------------------
     def VolumeCreate(self, request: pb.VolumeCreateRequest, context: grpc.ServicerContext) -> pb.VolumeCreateResponse:
         info = self._target("volume_create")(request.name or None, tuple(request.labels))

@@ -105,6 +105,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (api.IncomingTicket("m1", True, page_server_port=27000, stage_upper=True, missing_layers=("sha256:2",), layered_image=True),
      cv.ticket_to_pb, cv.ticket_from_pb, ()),
     (api.ImageDetails(IMAGE, {"Cmd": ["sh"], "ExposedPorts": {"80/tcp": {}}}), cv.image_details_to_pb, cv.image_details_from_pb, ()),
+    (api.CommitResult(IMAGE, "sha256:d", 10240, 2, 1, ("/.pymigrate",), 6.5), cv.commit_result_to_pb, cv.commit_result_from_pb, ()),
     # cert_dir and authfile are paths on the daemon's host; creds and authfile together are refused there, not here
     (RegistryOptions(tls_verify=False, cert_dir=Path("/etc/c"), creds="u:p", authfile=Path("/a.json")),
      cv.registry_options_to_pb, cv.registry_options_from_pb, ()),

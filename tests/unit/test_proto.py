@@ -57,7 +57,7 @@ def test_service_covers_the_issue() -> None:
         "UploadCheckpoint", "Migrate", "PrepareIncoming", "PushImage", "PushUpper", "PushCheckpoint", "AbortIncoming", "CommitIncoming",
         "StartPrecopyRound", "SettleMigration", "TagImage", "PruneImages",
         "InspectImage", "LoadImage", "PullImage", "PushImageToRegistry",
-        "VolumeCreate", "VolumeList", "VolumeInspect", "VolumeRemove", "VolumePrune",
+        "VolumeCreate", "VolumeList", "VolumeInspect", "VolumeRemove", "VolumePrune", "CommitContainer",
     } == names
 
 
@@ -173,7 +173,7 @@ def test_every_dataclass_field_is_in_its_message() -> None:
         (api.CheckpointInfo, pb.CheckpointInfo), (api.RestoreStats, pb.RestoreStats), (api.RestoreResult, pb.RestoreResult),
         (api.MigrationStats, pb.MigrationStats), (api.MigrateResult, pb.MigrateResult), (api.RunOptions, pb.RunContainerRequest),
         (api.IncomingTicket, pb.PrepareIncomingResponse), (RegistryOptions, pb.RegistryOptions),
-        (PushResult, pb.RegistryPushResult),
+        (PushResult, pb.RegistryPushResult), (api.CommitResult, pb.CommitResult),
     ]
     for cls, message in pairs:
         missing = {f.name for f in dataclasses.fields(cls)} - set(message.DESCRIPTOR.fields_by_name)

@@ -74,6 +74,11 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.InspectImageRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.InspectImageResponse.FromString,
                 _registered_method=True)
+        self.CommitContainer = channel.unary_unary(
+                '/pymigrate.v1.Host/CommitContainer',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.CommitContainerRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.CommitContainerResponse.FromString,
+                _registered_method=True)
         self.LoadImage = channel.stream_unary(
                 '/pymigrate.v1.Host/LoadImage',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.LoadImageRequest.SerializeToString,
@@ -301,6 +306,14 @@ class HostServicer:
 
     def InspectImage(self, request, context):
         """The image and its run config (OCI field names).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitContainer(self, request, context):
+        """A new image from a container: its image's layers plus one layer of its upper layer, the
+        config it runs with and Dockerfile `changes` (CMD, ENV, ...) applied; as `docker commit`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -579,6 +592,11 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.InspectImage,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.InspectImageRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.InspectImageResponse.SerializeToString,
+            ),
+            'CommitContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitContainer,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.CommitContainerRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.CommitContainerResponse.SerializeToString,
             ),
             'LoadImage': grpc.stream_unary_rpc_method_handler(
                     servicer.LoadImage,
@@ -967,6 +985,33 @@ class Host:
             '/pymigrate.v1.Host/InspectImage',
             pymigrate_dot_v1_dot_host__pb2.InspectImageRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.InspectImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/CommitContainer',
+            pymigrate_dot_v1_dot_host__pb2.CommitContainerRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.CommitContainerResponse.FromString,
             options,
             channel_credentials,
             insecure,
