@@ -49,7 +49,7 @@ class RunOptions:
     memory_bytes: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
-    network: Literal["bridge", "none", "host"] = "bridge"
+    network: str = "bridge"  # bridge | none | host | container:NAME (runtime/ns_modes.py)
     ip: str | None = None
     volumes: tuple[Volume, ...] = ()
     # -p: host ports forwarded to the container (runtime/ports.py; host port 0: a free one)
@@ -70,6 +70,11 @@ class RunOptions:
     init: bool = False  # run --init: tini is PID 1 (forwards signals, reaps zombies)
     tty: bool = False  # run -t: a pty owned by the container's shim (runtime/console.py)
     interactive: bool = False  # run -i: the shim keeps the container's stdin for attach clients
+    # --pid/--ipc/--uts private | host | container:NAME, --cgroupns private | host (runtime/ns_modes.py)
+    pid_mode: str = "private"
+    ipc_mode: str = "private"
+    uts_mode: str = "private"
+    cgroupns_mode: str = "private"
 
 
 @dataclass(frozen=True)

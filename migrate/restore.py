@@ -261,6 +261,9 @@ def checked_spec(manifest: dict[str, Any], options: RestoreOptions, *, origin: O
     if spec.network == "host":  # never dumped by us (runtime/checkpointing.py): a forged manifest
         raise InvalidSpec("network", "checkpoint asks for the host's network namespace (--network host), "
                                      "which no checkpoint can have: it would give the container this host's network")
+    from runtime.ns_modes import refuse_in_manifest
+
+    refuse_in_manifest(spec)  # --pid host, --ipc container:...: never dumped by us, never made from an archive
     if options.ports is not None:  # restore --publish replaces the checkpoint's ports
         spec = replace(spec, ports=options.ports)
     return validate_spec(replace(spec, volumes=tuple(vols)))

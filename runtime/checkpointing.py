@@ -92,6 +92,7 @@ class CheckpointHost:
         self._check_init_root(c)
         _check_stdin(c)
         _check_host_network(c)
+        self._check_shared_namespaces(c)
         dirs = self._cg(c.spec).info(cid).dirs
         freeze_dir = dirs.get(UNIFIED) or dirs.get(FREEZER)
         netns = self.paths.netns / cid
@@ -106,6 +107,15 @@ class CheckpointHost:
             netns_path=netns if netns.exists() else None,
             freeze_cgroup=str(freeze_dir) if freeze_dir else None,
         )
+
+    def _check_shared_namespaces(self, c: Container) -> None:
+        """A container sharing a namespace with the host or another container, or one whose
+        namespaces others join, is refused before anything is frozen (runtime/ns_modes.py)."""
+        from runtime import ns_modes
+
+        specs = self.rt.specs()
+        names = {s.container_id: s.name for s in specs}
+        ns_modes.refuse_checkpoint(c.spec, ns_modes.dependents(specs, c.container_id), names)
 
     def _check_init_root(self, c: Container) -> None:
         """CRIU reads the mount namespace through its root task and requires that task's root to

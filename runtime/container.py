@@ -326,6 +326,11 @@ def validate_fields(
     init: bool = False,
     tty: bool = False,
     interactive: bool = False,
+    pid_mode: str = "private",
+    ipc_mode: str = "private",
+    uts_mode: str = "private",
+    cgroupns_mode: str = "private",
+    network_container: str = "",
 ) -> CheckedFields:
     """Check what a user (``run``) or a spec (``validate_spec``) asks for; the normalised values.
 
@@ -349,8 +354,13 @@ def validate_fields(
     check("memory_bytes", lambda: validate_memory(_number("memory_bytes", memory_bytes, int)))
     check("cpus", lambda: validate_cpus(_number("cpus", cpus, float)))
     check("pids_limit", lambda: validate_pids_limit(_number("pids_limit", pids_limit, int)))
-    if network not in ("bridge", "none", "host"):
-        raise InvalidSpec("network", f"invalid network mode {network!r}: expected bridge, none or host")
+    if network not in ("bridge", "none", "host", "container"):
+        raise InvalidSpec("network", f"invalid network mode {network!r}: expected bridge, none, host or container")
+    from runtime.ns_modes import validate as validate_ns_modes
+
+    # before ip and ports: "it shares another container's network" says more than "needs bridge"
+    validate_ns_modes(pid_mode=pid_mode, ipc_mode=ipc_mode, uts_mode=uts_mode, cgroupns_mode=cgroupns_mode,
+                      network=network, network_container=network_container, hostname=hostname, ports=ports, ip=ip)
     if ip is not None:
         check("ip", lambda: _validate_ip(ip, network))
     vols: list[Volume] = []
@@ -458,6 +468,8 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         ports=spec.ports,
         restart=spec.restart, auto_remove=spec.auto_remove, init=spec.init,
         tty=spec.tty, interactive=spec.interactive,
+        pid_mode=spec.pid_mode, ipc_mode=spec.ipc_mode, uts_mode=spec.uts_mode,
+        cgroupns_mode=spec.cgroupns_mode, network_container=spec.network_container,
     )
     return replace(spec, **fields)
 

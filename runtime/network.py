@@ -590,7 +590,7 @@ def _config_conflict(path: Path, stored: NetworkConfig, asked: NetworkConfig) ->
 
 
 def network_for(
-    paths: Paths, mode: Literal["bridge", "none", "host"], config: NetworkConfig | None = None
+    paths: Paths, mode: Literal["bridge", "none", "host", "container"], config: NetworkConfig | None = None
 ) -> BridgeNetwork | NoNetwork:
     """The Network of a state root for a container's network mode.
 
@@ -602,7 +602,9 @@ def network_for(
     """
     if mode == "none":
         return NoNetwork(paths)
-    if mode == "host":
+    if mode in ("host", "container"):
+        # container: another container's namespace, joined by the starter (runtime/ns_modes.py);
+        # like host, nothing of its own to create, connect or remove
         return HostNetwork(paths)
     if mode != "bridge":
         raise InvalidArgument(f"unknown network mode {mode!r}: expected bridge, none or host")

@@ -291,3 +291,76 @@ def plan_for(spec: "ContainerSpec", init_of: "Any") -> NamespacePlan:
         joins.append(Join(kind=kind, pid=pid, pid_start=start, container=name))
     host = frozenset(kind for kind, mode in shared(spec).items() if mode == HOST)
     return NamespacePlan(joins=tuple(joins), host=host)
+
+
+# -- the runtime's side (lookup: runtime.runtime.Runtime.container) --------------------------------
+
+
+def resolve_run(lookup: "Any", *, network: str, pid_mode: str, ipc_mode: str, uts_mode: str,
+                cgroupns_mode: str) -> dict[str, str]:
+    """``run``'s modes as the user gave them (``container:NAME``) as a spec records them
+    (``container:<ID>``), each named container running: the spec's fields network,
+    network_container, pid_mode, ipc_mode, uts_mode and cgroupns_mode.
+
+    Raises:
+        InvalidArgument: a malformed mode.
+        ContainerNotFound: no such container.
+        InvalidState: it is not running.
+    """
+    out: dict[str, str] = {}
+    for kind, text in (("pid", pid_mode), ("ipc", ipc_mode), ("uts", uts_mode), ("cgroup", cgroupns_mode)):
+        mode, ref = parse_mode(kind, text)
+        out[MODE_FIELDS[kind]] = CONTAINER + _running(lookup, ref, kind).container_id if ref else mode
+    mode, ref = split_network(network)
+    out["network"] = mode
+    out["network_container"] = _running(lookup, ref, "net").container_id if ref else ""
+    return out
+
+
+def _running(lookup: "Any", ref: str, kind: str) -> "Any":
+    from runtime.errors import InvalidState
+
+    c = lookup(ref)
+    if c.status not in ("running", "paused"):
+        err = InvalidState(c.name, f"share the {kind} namespace of", c.status, "running")
+        err.hint = f"start container {c.name} first (its init holds the namespace)"
+        raise err
+    return c
+
+
+def runtime_plan(lookup: "Any", spec: "ContainerSpec") -> tuple[NamespacePlan, str]:
+    """The NamespacePlan of ``spec``'s init (each joined container must be running) and the
+    hostname its processes see (HOSTNAME): its own, the host's or the other container's."""
+    import socket
+
+    from runtime.freeze_record import process_start
+
+    others: dict[str, Any] = {}
+
+    def init_of(ref: str, kind: str) -> tuple[int, int, str]:
+        c = others[ref] = _running(lookup, ref, kind)
+        return c.state.pid, process_start(c.state.pid), c.name
+
+    plan = plan_for(spec, init_of)
+    hostname = spec.hostname
+    uts = mode_of(spec, "uts")
+    if uts == HOST:
+        hostname = socket.gethostname()  # the runtime's uts namespace is the one shared
+    elif uts.startswith(CONTAINER):
+        hostname = others[uts[len(CONTAINER):]].spec.hostname or socket.gethostname()
+    return plan, hostname
+
+
+def dependents_error(name: str, deps: list[tuple[str, str]]) -> ContainerError:
+    """InvalidState: container ``name`` cannot be removed while ``deps`` ((name, kind)) join its
+    namespaces (podman's "has dependent containers")."""
+    from runtime.errors import InvalidState
+
+    users = sorted({user for user, _ in deps})
+    kinds = sorted({kind for _, kind in deps})
+    err = InvalidState(name, "remove", "shared", "not shared")
+    err.message = (f"cannot remove container {name}: container {', '.join(users)} shares its "
+                   f"{', '.join(kinds)} namespace{'s' if len(kinds) > 1 else ''} (container:{name})")
+    err.args = (err.message,)
+    err.hint = f"remove container {', '.join(users)} first (pymigrate rm -f {' '.join(users)})"
+    return err

@@ -166,12 +166,31 @@ class Runtime:
                 log.debug("no cgroup facts for %s: %s", c.container_id, exc)
         return ContainerInfo(
             spec=c.spec,
-            state=c.state,
+            state=self._with_namespaces(c, users=stats),
             bundle_dir=str(self.store.dir(c.container_id)),
             cgroup=cgroup,
             memory_current_bytes=mem,
             pids_current=pids,
         )
+
+    def _with_namespaces(self, c: Container, *, users: bool) -> ContainerState:
+        """Its state with the namespaces it shares named (and, with ``users``, who joins its own)."""
+        from runtime import ns_modes
+
+        names: dict[str, str] = {}
+        for ref in set(ns_modes.joined(c.spec).values()):
+            try:
+                names[ref] = self.store.load_spec(ref).name
+            except ContainerError:
+                continue  # gone: shown by id
+        shared = ns_modes.shown_modes(c.spec, names)
+        joiners: dict[str, str] = {}
+        if users:
+            for name, kind in ns_modes.dependents(self.specs(), c.container_id):
+                joiners[name] = ",".join(sorted({*filter(None, joiners.get(name, "").split(",")), kind}))
+        if not shared and not joiners:
+            return c.state
+        return dataclasses.replace(c.state, shared_namespaces=shared, namespace_users=joiners)
 
     def _reconcile(self, c: Container) -> Container:
         """Notice a container whose processes are gone without a recorded exit (shim killed), and
@@ -227,6 +246,10 @@ class Runtime:
         init: bool = False,
         tty: bool = False,
         interactive: bool = False,
+        pid_mode: str = "private",
+        ipc_mode: str = "private",
+        uts_mode: str = "private",
+        cgroupns_mode: str = "private",
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
@@ -237,7 +260,9 @@ class Runtime:
         removes it once it exited by itself (see the module doc). ``read_only``: the root mount is
         read-only (runtime/rootfs.py, runtime/process.py). ``restart``: its policy, kept by its
         shim (runtime/restart.py; not with ``auto_remove``). ``init``: tini is PID 1
-        (runtime/init_binary.py).
+        (runtime/init_binary.py). ``pid_mode``, ``ipc_mode``, ``uts_mode`` (``private``, ``host``,
+        ``container:NAME``), ``cgroupns_mode`` (``private``, ``host``) and ``network``
+        ``container:NAME``: namespaces shared with the host or a running container (runtime/ns_modes.py).
 
         Raises:
             InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address,
@@ -250,6 +275,12 @@ class Runtime:
                 executable); everything created was removed again.
         """
         command = tuple(command)
+        from runtime.ns_modes import resolve_run
+
+        # container:NAME -> container:<ID> (a rename keeps it), each of them running
+        modes = resolve_run(self.container, network=network, pid_mode=pid_mode, ipc_mode=ipc_mode,
+                            uts_mode=uts_mode, cgroupns_mode=cgroupns_mode)
+        network = modes.pop("network")
         # the one validator: a checkpoint's manifest is checked by the same code (validate_spec)
         checked = validate_fields(
             name=name, hostname=hostname, env=tuple(env), workdir=workdir or "/", memory_bytes=memory_bytes,
@@ -257,7 +288,7 @@ class Runtime:
             user=user, stop_signal=stop_signal, cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
             ports=tuple(ports),
             restart=restart, auto_remove=bool(auto_remove), init=init,
-            tty=tty, interactive=interactive,
+            tty=tty, interactive=interactive, **modes,
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         restart = checked["restart"]
@@ -297,7 +328,8 @@ class Runtime:
                 command=command,
                 env=env,
                 workdir=workdir,
-                hostname=hostname or container_id[:12],
+                # a shared uts namespace has the host's or the other container's name
+                hostname=hostname or (container_id[:12] if modes["uts_mode"] == "private" else ""),
                 memory_bytes=memory_bytes,
                 cpus=cpus,
                 pids_limit=pids_limit,
@@ -320,6 +352,7 @@ class Runtime:
                 init=bool(init),
                 tty=tty,
                 interactive=interactive,
+                **modes,
             )
             if leased is not None:
                 from runtime.network import random_mac
@@ -418,6 +451,9 @@ class Runtime:
 
         if seccomp_bpf is True:
             seccomp_bpf = self.seccomp_filter(spec.seccomp, spec.seccomp_profile, spec.cap_add, spec.cap_drop)
+        from runtime.ns_modes import runtime_plan
+
+        ns, hostname = runtime_plan(self.container, spec)  # the containers it joins must run
         cid = spec.container_id
         ops, argv = rootfs.plan(spec.volumes, read_only=spec.read_only), spec.command
         if spec.init:
@@ -430,7 +466,7 @@ class Runtime:
             netns=str(netns),
             hostname=spec.hostname,
             argv=argv,
-            env=container_env(spec.env, spec.hostname),
+            env=container_env(spec.env, hostname),
             workdir=spec.workdir,
             ops=tuple(ops),
             cap_last=self._caps_last(),
@@ -442,6 +478,7 @@ class Runtime:
             tty=spec.tty,
             interactive=spec.interactive,
             log_path=str(merged / overlay.LOG_PATH_IN_CONTAINER.lstrip("/")),
+            ns=ns,
         )
 
     def exit_action(self, spec: ContainerSpec) -> Any:
@@ -673,6 +710,7 @@ class Runtime:
         """
         c = self.container(name)
         c.require("force-remove" if force else "remove")
+        self._refuse_dependents(c)
         with self.removing(c.container_id):
             try:
                 c = self.container(c.container_id)
@@ -685,6 +723,25 @@ class Runtime:
             self.release(c.spec)
             self._delete_record(c.container_id)
         log.info("container=%s removed", c.container_id)
+
+    def _refuse_dependents(self, c: Container) -> None:
+        """podman's rule: no removal of a container whose namespaces others join (running or not:
+        a stopped one could not start again without it), even with ``force``."""
+        from runtime.ns_modes import dependents, dependents_error
+
+        deps = dependents(self.specs(), c.container_id)
+        if deps:
+            raise dependents_error(c.name, deps)
+
+    def specs(self) -> builtins.list[ContainerSpec]:
+        """Every container's spec in this state root (records being written or removed skipped)."""
+        out = []
+        for cid in self.store.ids():
+            try:
+                out.append(self.store.load_spec(cid))
+            except ContainerError:
+                continue
+        return out
 
     @contextlib.contextmanager
     def removing(self, container_id: str, timeout_s: float = 60.0) -> Iterator[None]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from runtime.ports import PortMapping
 
-NetworkMode = Literal["bridge", "none", "host"]
+NetworkMode = Literal["bridge", "none", "host", "container"]  # container: network_container's (runtime/ns_modes.py)
 Status = Literal["created", "running", "paused", "exited"]
 
 
@@ -71,6 +71,14 @@ class ContainerSpec:
     # run --init: tini (the host's static build, bound read-only into the container) is PID 1 and
     # runs the command as its child: it forwards signals to it and reaps orphans (runtime/init_binary.py)
     init: bool = False
+    # run --pid/--ipc/--uts host|container:NAME, --cgroupns host, --network container:NAME: which
+    # namespaces are not its own, "private" | "host" | "container:<ID>" (by id: a rename keeps it);
+    # network "container" joins network_container's (runtime/ns_modes.py; never checkpointed)
+    pid_mode: str = "private"
+    ipc_mode: str = "private"
+    uts_mode: str = "private"
+    cgroupns_mode: str = "private"
+    network_container: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,6 +149,10 @@ class ContainerState:
     frozen_by: FreezeRecord | None = None  # an operation froze it (recorded before the freeze)
     restart_count: int = 0  # how often its restart policy started it again (runtime/restart.py)
     manually_stopped: bool = False  # stop/kill by the user: no restart (unless-stopped: not even on a daemon start)
+    # derived when shown (runtime.runtime._info), never recorded: its namespaces that are not its own,
+    # kind -> "host" | "container:NAME"; inspect only: who joins its namespaces, name -> "net,pid"
+    shared_namespaces: dict[str, str] = field(default_factory=dict)
+    namespace_users: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

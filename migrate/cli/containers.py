@@ -45,8 +45,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--memory", "-m", help="memory limit, e.g. 256m, 1g, 512KiB")
     p.add_argument("--cpus", type=float, help="cpu limit in cores, e.g. 0.5")
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
-    p.add_argument("--network", choices=("bridge", "none", "host"), default="bridge",
-                   help="bridge (own address), none (loopback only) or host (the host's network namespace)")
+    p.add_argument("--network", type=_network_mode, default="bridge",
+                   help="bridge (own address), none (loopback only), host (the host's network namespace) "
+                        "or container:NAME (that running container's)")
+    for flag, kind in (("--pid", "pid"), ("--ipc", "ipc"), ("--uts", "uts")):
+        p.add_argument(flag, dest=f"{kind}_mode", default="private", metavar="private|host|container:NAME",
+                       help=f"the {kind} namespace: its own (default), the host's or a running container's")
+    p.add_argument("--cgroupns", dest="cgroupns_mode", default="private", choices=("private", "host"),
+                   help="the cgroup namespace: its own (default) or the host's")
     p.add_argument("--ip", help="address on the bridge (default: the next free one)")
     p.add_argument("-p", "--publish", action="append", default=[], metavar="[HOST_IP:][HOST_PORT]:PORT[/tcp|udp]",
                    help="forward a host port to a container port (repeatable; ranges 8000-8001:80-81; no host port: a free one)")
@@ -180,7 +186,18 @@ def run_options(args: argparse.Namespace) -> Any:
         init=args.init,
         tty=args.tty,
         interactive=args.interactive,
+        pid_mode=args.pid_mode,
+        ipc_mode=args.ipc_mode,
+        uts_mode=args.uts_mode,
+        cgroupns_mode=args.cgroupns_mode,
     )
+
+
+def _network_mode(text: str) -> str:
+    """``--network``: bridge, none, host or container:NAME (the name is resolved by run)."""
+    if text in ("bridge", "none", "host") or (text.startswith("container:") and len(text) > len("container:")):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose bridge, none, host or container:NAME)")
 
 
 def parse_publish_args(values: Iterable[str]) -> tuple[Any, ...]:

@@ -93,6 +93,9 @@ def _validate_request(request: IncomingRequest, spec: ContainerSpec) -> None:
         raise InvalidArgument(f"invalid container id {spec.container_id!r}: expected 32 lower-case hex characters")
     validate_image_name(spec.image)
     validate_digest(request.image_digest)
+    from runtime.ns_modes import refuse_in_manifest
+
+    refuse_in_manifest(spec)  # a shared namespace (--pid host, container:...) never comes from a peer
 
 
 def _has_named_volumes(record: dict[str, Any]) -> bool:

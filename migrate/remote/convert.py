@@ -49,7 +49,8 @@ _STATUS = {
     "paused": pb.CONTAINER_STATUS_PAUSED,
     "exited": pb.CONTAINER_STATUS_EXITED,
 }
-_NETWORK = {"bridge": pb.NETWORK_MODE_BRIDGE, "none": pb.NETWORK_MODE_NONE, "host": pb.NETWORK_MODE_HOST}
+_NETWORK = {"bridge": pb.NETWORK_MODE_BRIDGE, "none": pb.NETWORK_MODE_NONE, "host": pb.NETWORK_MODE_HOST,
+            "container": pb.NETWORK_MODE_CONTAINER}
 _COMPRESS = {"zstd": pb.COMPRESSION_ZSTD, "none": pb.COMPRESSION_NONE}
 _MODE = {
     "cold": pb.MIGRATION_MODE_COLD,
@@ -226,7 +227,13 @@ def spec_to_pb(s: rspec.ContainerSpec) -> pb.ContainerSpec:
 
 def spec_from_pb(m: pb.ContainerSpec) -> rspec.ContainerSpec:
     # empty (an older peer): the host's default profile
-    return _from_pb(rspec.ContainerSpec, m, seccomp=m.seccomp or "default", restart=m.restart or "no")
+    return _from_pb(rspec.ContainerSpec, m, seccomp=m.seccomp or "default", restart=m.restart or "no",
+                    **_ns_modes_from_pb(m))
+
+
+def _ns_modes_from_pb(m: Any) -> dict[str, str]:
+    """Shared-namespace modes (runtime/ns_modes.py): empty (an older peer or client) is private."""
+    return {f: getattr(m, f) or "private" for f in ("pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode")}
 
 
 _OWN_FROM_PB[rspec.ContainerSpec] = spec_from_pb  # in ContainerInfo
@@ -360,12 +367,17 @@ def migration_event_from_pb(m: pb.MigrationEvent) -> api.ProgressEvent:
 
 def run_options_to_pb(o: api.RunOptions) -> pb.RunContainerRequest:
     # None (the image's) and () (cleared) both are an empty repeated field: entrypoint_set tells them apart
-    return _to_pb(o, pb.RunContainerRequest, entrypoint=o.entrypoint or (), entrypoint_set=o.entrypoint is not None)
+    # --network container:NAME travels as NETWORK_MODE_CONTAINER + network_container NAME
+    network, _, peer = o.network.partition(":") if o.network.startswith("container:") else (o.network, "", "")
+    return _to_pb(o, pb.RunContainerRequest, entrypoint=o.entrypoint or (), entrypoint_set=o.entrypoint is not None,
+                  network=network_to_pb(network), network_container=peer)
 
 
 def run_options_from_pb(m: pb.RunContainerRequest) -> api.RunOptions:
+    network = network_from_pb(m.network)
     return _from_pb(api.RunOptions, m, seccomp=m.seccomp or "default", restart=m.restart or "no",  # as in spec_from_pb
-                    entrypoint=tuple(m.entrypoint) if m.entrypoint_set else None)
+                    entrypoint=tuple(m.entrypoint) if m.entrypoint_set else None, **_ns_modes_from_pb(m),
+                    network=f"container:{m.network_container}" if network == "container" else network)
 
 
 # read on the caller's side, never sent to a daemon: the archive is downloaded by the client

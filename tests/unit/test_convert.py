@@ -36,12 +36,18 @@ SPEC = ContainerSpec(
     init=True,
     tty=True,
     interactive=True,
+    pid_mode="host",
+    ipc_mode="container:" + "c" * 32,
+    uts_mode="host",
+    cgroupns_mode="host",
+    network_container="c" * 32,
 )
 FREEZE = FreezeRecord(pid=41, pid_start=123456, operation="migrate", since=1700000001.5, was_paused=True, recover=False,
                       partial=("/var/lib/x", "/var/lib/y"))
 STATE = ContainerState(status="paused", pid=40, shim_pid=12, exit_code=3, oom_killed=True, started_at=1.5, finished_at=2.5,
                        restored_from="ck", checkpointed="migrated", frozen_by=FREEZE,
-                       restart_count=2, manually_stopped=True)
+                       restart_count=2, manually_stopped=True, shared_namespaces={"pid": "container:a"},
+                       namespace_users={"b": "ipc,net"})
 INFO = ContainerInfo(SPEC, STATE, bundle_dir="/b", cgroup={"memory": "/m", "unified": "/u"}, memory_current_bytes=4096, pids_current=3)
 IMAGE = api.ImageInfo(name="busybox", digest="sha256:" + "d" * 64, size_bytes=123, created_at=4.5, layers=3)
 IMAGE_REMOVAL = api.ImageRemoval(untagged=("a:1", "b"), deleted=("sha256:" + "e" * 64,), layers_removed=("sha256:1", "sha256:2"),
@@ -84,7 +90,8 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
                        seccomp="custom", seccomp_profile="{}", user="1000:1000", entrypoint=("/bin/sh", "-c"),
                        stop_signal="USR1", auto_remove=True, read_only=True,
                        cap_add=("NET_ADMIN",), cap_drop=("ALL",), restart="always", init=True,
-                       tty=True, interactive=True),
+                       tty=True, interactive=True, pid_mode="container:a", ipc_mode="host", uts_mode="host",
+                       cgroupns_mode="host"),
         cv.run_options_to_pb,
         cv.run_options_from_pb,
         (),
