@@ -77,7 +77,7 @@ class CommitResult:
     frozen_ms: float  # how long the container was frozen for the read (0: not frozen by commit)
 
 
-def commit(rt: Any, name: str, target: str, options: CommitOptions = CommitOptions()) -> CommitResult:
+def commit(rt: Any, name: str, target: str, options: CommitOptions | None = None) -> CommitResult:
     """Commit container ``name`` (running, paused, created or exited) as image ``target``.
 
     Raises:
@@ -90,6 +90,7 @@ def commit(rt: Any, name: str, target: str, options: CommitOptions = CommitOptio
     """
     from runtime.scratch import scratch_dir
 
+    options = options or CommitOptions()
     validate_name(target)
     changes = parse_changes(options.changes)
     c = rt.container(name)

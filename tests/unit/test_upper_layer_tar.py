@@ -48,11 +48,11 @@ def make_upper(root: Path) -> Path:
     return upper
 
 
-def write(upper: Path, *, exclude: tuple[str, ...] = (), limits: ExtractLimits = ExtractLimits()) -> tuple[bytes, LayerStats]:
+def write(upper: Path, *, exclude: tuple[str, ...] = (), limits: ExtractLimits | None = None) -> tuple[bytes, LayerStats]:
     sink = io.BytesIO()
     fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        stats = write_layer(fd, sink, exclude=Exclusions(frozenset(exclude)), limits=limits)
+        stats = write_layer(fd, sink, exclude=Exclusions(frozenset(exclude)), limits=limits or ExtractLimits())
     finally:
         os.close(fd)
     return sink.getvalue(), stats
