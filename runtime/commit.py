@@ -49,7 +49,7 @@ from runtime.errors import ContainerError, ImageError, ImageNotFound, InvalidSta
 from runtime.image_config import ImageConfig
 from runtime.image_store import Image, ImageStore, validate_name
 from runtime.spec import ContainerSpec
-from runtime.upper_layer_tar import Exclusions, LayerStats, write_layer
+from runtime.upper_layer_tar import Exclusions, IdRange, LayerStats, write_layer
 
 log = logging.getLogger(__name__)
 
@@ -236,12 +236,15 @@ def _read_upper(rt: Any, c: Any, out: Path, *, pause: bool) -> tuple[LayerStats,
 
     exclude = Exclusions(frozenset((*RUNTIME_PATHS, *(os.path.normpath(v.target) for v in c.spec.volumes))))
     limits = current_limits()
+    # --userns auto (runtime/userns.py): the upper dir holds host-range owners; the layer the container's
+    base, size = getattr(c.spec, "userns_base", 0), getattr(c.spec, "userns_size", 0)
+    ids = IdRange(base, size) if getattr(c.spec, "userns", "") and size else None
     with _upper_dir(rt, c) as upper, open(out, "wb") as sink:
         fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             with _frozen(rt, c, pause) as frozen:
                 t0 = time.monotonic()
-                stats = write_layer(fd, sink, exclude=exclude, limits=limits)
+                stats = write_layer(fd, sink, exclude=exclude, limits=limits, ids=ids)
                 frozen_ms = (time.monotonic() - t0) * 1000 if frozen else 0.0
         finally:
             os.close(fd)

@@ -38,7 +38,7 @@ from typing import BinaryIO, cast
 
 from runtime.errors import ImageLimitExceeded, Unsupported
 from runtime.extract_limits import ExtractLimits
-from runtime.tarsafe import OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX, kept_xattr
+from runtime.tarsafe import CAPABILITY_XATTR, OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX, kept_xattr
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,27 @@ class Exclusions:
         return "/" + rel in self.paths
 
 
-def write_layer(upper_fd: int, sink: BinaryIO, *, exclude: Exclusions, limits: ExtractLimits) -> LayerStats:
+@dataclass(frozen=True)
+class IdRange:
+    """A user-namespaced container's ids as the host sees them (runtime/userns.py): host ids
+    ``base``..``base+size-1`` are the container's 0..size-1, and the layer says the latter."""
+
+    base: int
+    size: int
+
+    def inner(self, host_id: int) -> int:
+        """The container's id for a host id (ids outside the range stay as they are, as
+        runtime.userns.shift_tree leaves them)."""
+        return host_id - self.base if self.base <= host_id < self.base + self.size else host_id
+
+
+def write_layer(upper_fd: int, sink: BinaryIO, *, exclude: Exclusions, limits: ExtractLimits,
+                ids: IdRange | None = None) -> LayerStats:
     """Write the tree below the open directory ``upper_fd`` to ``sink`` as an uncompressed PAX tar
-    (module docstring); the fd stays open.
+    (module docstring); the fd stays open. ``ids``: the upper dir of a container with a user
+    namespace holds host-range owners; the layer gets the container's own (and a file
+    capability set inside it, which the kernel stores with the range's root id, is written in
+    the namespace-less form an image carries).
 
     Raises:
         ImageLimitExceeded: the layer would exceed one of ``limits`` (names the path and limit).
@@ -78,7 +96,7 @@ def write_layer(upper_fd: int, sink: BinaryIO, *, exclude: Exclusions, limits: E
         OSError: reading the upper dir failed.
     """
     stats = LayerStats()
-    writer = _Writer(sink, exclude, limits, stats)
+    writer = _Writer(sink, exclude, limits, stats, ids)
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         writer.tar = tar
         writer.children(upper_fd, "", depth=1)
@@ -86,7 +104,9 @@ def write_layer(upper_fd: int, sink: BinaryIO, *, exclude: Exclusions, limits: E
 
 
 class _Writer:
-    def __init__(self, sink: BinaryIO, exclude: Exclusions, limits: ExtractLimits, stats: LayerStats) -> None:
+    def __init__(self, sink: BinaryIO, exclude: Exclusions, limits: ExtractLimits, stats: LayerStats,
+                 ids: IdRange | None) -> None:
+        self.ids = ids
         self.exclude = exclude
         self.limits = limits
         self.stats = stats
@@ -162,6 +182,9 @@ class _Writer:
         info = tarfile.TarInfo(rel)
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid, info.gid = st.st_uid, st.st_gid
+        if self.ids is not None:
+            info.uid, info.gid = self.ids.inner(st.st_uid), self.ids.inner(st.st_gid)
+            xattrs = _namespaced_caps(xattrs, self.ids)
         info.uname = info.gname = ""
         info.mtime = max(0, int(st.st_mtime))
         if stat.S_ISDIR(st.st_mode):
@@ -191,6 +214,28 @@ class _Writer:
     def _over(self, rel: str, limit: str, actual: int, what: str) -> ImageLimitExceeded:
         return ImageLimitExceeded("/" + rel, self.limits.exceeded(limit, actual, what), limit=limit,
                                   value=getattr(self.limits, limit), actual=actual, hint=self.limits.hint(limit))
+
+
+# linux/capability.h: struct vfs_ns_cap_data (v3) is v2's 20 bytes plus the namespace's root id
+_VFS_CAP_REVISION_MASK = 0xFF000000
+_VFS_CAP_REVISION_2 = 0x02000000
+_VFS_CAP_REVISION_3 = 0x03000000
+
+
+def _namespaced_caps(xattrs: dict[str, bytes] | None, ids: IdRange) -> dict[str, bytes] | None:
+    """A v3 ``security.capability`` whose root id is the range's root becomes the v2 form an
+    image carries (a file capability set by the container's root); any other v3 is dropped."""
+    value = (xattrs or {}).get(CAPABILITY_XATTR)
+    if value is None or len(value) != 24:
+        return xattrs
+    magic, rootid = int.from_bytes(value[:4], "little"), int.from_bytes(value[20:], "little")
+    if magic & _VFS_CAP_REVISION_MASK != _VFS_CAP_REVISION_3:
+        return xattrs
+    out = {k: v for k, v in (xattrs or {}).items() if k != CAPABILITY_XATTR}
+    if rootid == ids.base:
+        v2 = (magic & ~_VFS_CAP_REVISION_MASK | _VFS_CAP_REVISION_2).to_bytes(4, "little") + value[4:20]
+        out[CAPABILITY_XATTR] = v2
+    return out
 
 
 def _sorted_names(dir_fd: int) -> list[str]:

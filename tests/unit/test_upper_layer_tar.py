@@ -126,3 +126,32 @@ def test_a_file_that_grows_or_shrinks_while_read_keeps_the_tar_whole(tmp_path: P
         assert _Exactly(fd, 2).read() == b"ab"  # grew: cut at the header's size
     finally:
         os.close(fd)
+
+
+def test_a_user_namespaced_upper_dir_gets_the_containers_own_ids(tmp_path: Path) -> None:
+    from runtime.upper_layer_tar import IdRange
+
+    base = 1_000_000_000
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "mine").write_text("m\n")
+    os.chown(upper / "mine", base + 1000, base + 1001)
+    (upper / "root-file").write_text("r\n")
+    os.chown(upper / "root-file", base, base)
+    (upper / "outside").write_text("o\n")
+    os.chown(upper / "outside", 7, 8)  # not the range's: left as it is (runtime.userns.shift_tree's rule)
+    # cap_net_bind_service (bit 10) permitted+effective, set by the container's root: v3, root id = base
+    caps = (0x03000001).to_bytes(4, "little") + (1 << 10).to_bytes(4, "little") + bytes(12) + base.to_bytes(4, "little")
+    os.setxattr(upper / "root-file", "security.capability", caps)
+    sink = io.BytesIO()
+    fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_layer(fd, sink, exclude=Exclusions(), limits=ExtractLimits(), ids=IdRange(base, 65536))
+    finally:
+        os.close(fd)
+    with tarfile.open(fileobj=io.BytesIO(sink.getvalue())) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert (members["mine"].uid, members["mine"].gid) == (1000, 1001)
+    assert (members["root-file"].uid, members["outside"].uid, members["outside"].gid) == (0, 7, 8)
+    v2 = members["root-file"].pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape")
+    assert len(v2) == 20 and int.from_bytes(v2[:4], "little") == 0x02000001 and v2[4:8] == (1 << 10).to_bytes(4, "little")
