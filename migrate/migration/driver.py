@@ -47,6 +47,9 @@ def migrate_container(
     container = rt.get(name)
     if container.status != "running":
         raise InvalidState(container.spec.name, "migrate", container.status, "running")
+    # what no mode can take along (host network, shared namespaces, ...) is refused before the
+    # target is asked anything (each mode checks it again right before its freeze)
+    rt.dump_target(container)
     if pre_dump is None:
         live = dispatch(rt, name, options, target, criu=criu, progress=progress)
         if live is not None:

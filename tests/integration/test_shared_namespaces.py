@@ -103,6 +103,11 @@ def test_host_namespaces_and_the_rules(pm) -> None:  # noqa: ANN001
         assert ok(pm("exec", h, "hostname")).strip() == socket.gethostname()
         assert _inspect(pm, h)["state"]["shared_namespaces"] == {k: "host" for k in ("pid", "uts", "ipc", "cgroup")}
         _refused_before_the_freeze(pm, h, "with the host (--pid host)")
+        for args in (("checkpoint", "--export", "/nonexistent/x.tar"), *(("migrate", "--mode", m) for m in ("cold", "postcopy", "auto"))):
+            # refused before the target is asked anything (there is none at that address)
+            answer = refused(pm(*args, "--json", h, *(("unix:/nonexistent/pm.sock",) if args[0] == "migrate" else ())), "Unsupported")
+            assert "--pid host" in answer["error"], (args, answer)
+        assert _inspect(pm, h)["state"]["frozen_by"] is None
 
         ok(pm("run", "-d", "--name", a, "busybox", "sleep", "1005"))
         for args, field in ((("--uts", "host", "--hostname", "x"), "hostname"),
