@@ -364,3 +364,25 @@ def dependents_error(name: str, deps: list[tuple[str, str]]) -> ContainerError:
     err.args = (err.message,)
     err.hint = f"remove container {', '.join(users)} first (pymigrate rm -f {' '.join(users)})"
     return err
+
+
+def start_order(ids: Iterable[str], specs: Iterable["ContainerSpec"]) -> list[str]:
+    """``ids`` with every container after those whose namespaces it joins (a daemon start's
+    restarts: the joined init must run first); otherwise in the given order."""
+    joins = {spec.container_id: set(joined(spec).values()) for spec in specs}
+    ordered: list[str] = []
+    placed: set[str] = set()
+
+    def place(cid: str, path: frozenset[str]) -> None:
+        if cid in placed or cid in path:  # a cycle cannot be made (run joins running containers): ignore one
+            return
+        for other in sorted(joins.get(cid, ())):
+            if other in joins:
+                place(other, path | {cid})
+        placed.add(cid)
+        ordered.append(cid)
+
+    wanted = list(ids)
+    for cid in wanted:
+        place(cid, frozenset())
+    return [cid for cid in ordered if cid in set(wanted)]

@@ -242,8 +242,10 @@ def on_daemon_start(rt: Any) -> list[str]:
     container with a policy whose shim alone was killed a new shim (``adopt``). Their ids."""
     from runtime.shim import is_shim
 
+    from runtime.ns_modes import start_order
+
     started = []
-    for cid in rt.store.ids():
+    for cid in start_order(rt.store.ids(), rt.specs()):  # a container after those whose namespaces it joins
         try:
             c = rt.container(cid)  # reconciled: a dead shim and init are "exited" now
             if c.spec.restart != "no" and c.status == "running" and not is_shim(c.state.shim_pid):

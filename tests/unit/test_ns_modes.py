@@ -194,3 +194,30 @@ def test_runtime_plan_joins_the_running_init_and_takes_its_hostname() -> None:
     stale = ns_modes.NamespacePlan(joins=(dataclasses.replace(plan.joins[0], pid_start=1),))
     with pytest.raises(ContainerError, match="no longer running"):
         stale.open()
+
+
+def test_start_order_puts_joiners_after_what_they_join() -> None:
+    c_id = "c" * 32
+    a = _spec(container_id=ID_A, name="a")
+    b = _spec(container_id=ID_B, name="b", pid_mode=f"container:{c_id}")
+    c = _spec(container_id=c_id, name="c", network="container", network_container=ID_A)
+    assert ns_modes.start_order([ID_B, c_id, ID_A], [a, b, c]) == [ID_A, c_id, ID_B]
+    assert ns_modes.start_order([ID_B, ID_A], [a]) == [ID_B, ID_A]  # unknown specs keep their place
+    assert ns_modes.start_order([ID_B], [a, b, c]) == [ID_B]  # only the ids asked for
+
+
+def test_cli_run_options_carry_the_modes() -> None:
+    import argparse
+
+    from migrate.cli import containers
+
+    parser = argparse.ArgumentParser()
+    containers.register(parser.add_subparsers())
+    args = parser.parse_args(["run", "--pid", "container:a", "--ipc", "host", "--uts", "host", "--cgroupns", "host",
+                              "--network", "container:a", "busybox", "true"])
+    opts = containers.run_options(args)
+    assert (opts.pid_mode, opts.ipc_mode, opts.uts_mode, opts.cgroupns_mode, opts.network) == \
+        ("container:a", "host", "host", "host", "container:a")
+    for bad in (["--network", "container:"], ["--network", "macvlan"], ["--cgroupns", "container:a"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", *bad, "busybox", "true"])
