@@ -257,7 +257,7 @@ class CommitResult:
     layer_bytes: int
     whiteouts: int  # deletions of image files the layer carries
     opaque_dirs: int  # directories the container made anew over the image's
-    skipped: tuple[str, ...] = ()  # container paths left out: the runtime's own files, devices, sockets
+    skipped: tuple[str, ...] = ()  # the container's paths left out: device nodes, sockets, .wh.* names
     frozen_ms: float = 0.0  # how long commit froze the container (0: it did not)
 
 

@@ -45,7 +45,7 @@ from typing import Any, Iterator
 
 from runtime import upperfs
 from runtime.commit_changes import apply_changes, parse_changes
-from runtime.errors import ContainerError, ImageError, ImageNotFound, InvalidState, MountError
+from runtime.errors import ContainerError, ImageError, ImageNotFound, InvalidState, MountError, UnsafeArchive
 from runtime.image_config import ImageConfig
 from runtime.image_store import Image, ImageStore, validate_name
 from runtime.spec import ContainerSpec
@@ -73,7 +73,7 @@ class CommitResult:
     layer_bytes: int  # the new layer's tar
     whiteouts: int  # deletions carried (.wh.NAME)
     opaque_dirs: int  # directories made anew (.wh..wh..opq)
-    skipped: tuple[str, ...]  # container paths left out (runtime's own files, devices, sockets)
+    skipped: tuple[str, ...]  # the container's paths left out (devices, sockets, .wh.* names)
     frozen_ms: float  # how long the container was frozen for the read (0: not frozen by commit)
 
 
@@ -106,7 +106,7 @@ def commit(rt: Any, name: str, target: str, options: CommitOptions | None = None
         chain = _base_chain(store, base, work)
         with open(layer_tar, "rb") as f:
             blob = store.layers.put_blob(f, None, what=f"the new layer of container {c.name}")
-        info = store.layers.unpack(blob, blob, source=f"container {c.name}'s upper layer")
+        info = _unpack(store, blob, c.name)
     chain = (*chain, info.diff_id)
     config_blob = _config_blob(store, base, config, chain, options)
     config_digest = store.layers.put_blob(_bytes_stream(config_blob), None, what=f"config of image {target}")
@@ -116,6 +116,18 @@ def commit(rt: Any, name: str, target: str, options: CommitOptions | None = None
              stats.opaque_dirs, len(stats.skipped), frozen_ms, (time.monotonic() - t0) * 1000)
     return CommitResult(image, info.diff_id, info.blob_size, stats.whiteouts, stats.opaque_dirs, tuple(stats.skipped),
                         frozen_ms)
+
+
+def _unpack(store: ImageStore, blob: str, name: str) -> Any:
+    """The new layer unpacked by the loader every image layer goes through; what it refuses (a
+    symlink whose relative target climbs above the root) is named with what to do."""
+    try:
+        return store.layers.unpack(blob, blob, source=f"container {name}'s upper layer")
+    except UnsafeArchive as exc:
+        refused = UnsafeArchive(exc.member, exc.reason)
+        refused.hint = (f"container {name} has /{exc.member} that no image may hold: change or remove it in the "
+                        "container, then commit again")
+        raise refused from exc
 
 
 # -- the config ------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ The upper dir holds what the container changed, in overlayfs' own terms (overlay
   bits (setuid, sticky), mtimes, hard links inside the layer and the extended attributes images
   keep (``runtime.tarsafe.kept_xattr``); overlayfs' own ``trusted.overlay.*`` never go out.
 
-Left out and counted in ``LayerStats.skipped``: paths the runtime wrote or mounted itself
-(``exclude``: the log dir, /etc/hosts, mount points), other device nodes and sockets (an image
-may not carry them: runtime/tarsafe.py refuses them), and names starting with ``.wh.`` (a file
-the container called that would read back as a whiteout). A directory redirected or a file
+Left out: paths the runtime wrote or mounted itself (``exclude``: the log dir, /etc/hosts, mount
+points), and, listed in ``LayerStats.skipped`` because they are the container's own, other device
+nodes and sockets (an image may not carry them: runtime/tarsafe.py refuses them) and names
+starting with ``.wh.`` (a file the container called that would read back as a whiteout). A directory redirected or a file
 copied up metadata-only (``redirect_dir``/``metacopy``, off on this kernel's defaults) has
 content in the lower layers that the upper dir does not hold: refused (``Unsupported``).
 
@@ -55,7 +55,7 @@ class LayerStats:
     whiteouts: int = 0  # .wh.NAME members
     opaque_dirs: int = 0  # .wh..wh..opq members
     bytes: int = 0  # regular file content written
-    skipped: list[str] = field(default_factory=list)  # paths left out (module docstring), "/"-rooted
+    skipped: list[str] = field(default_factory=list)  # the container's paths left out (module docstring), "/"-rooted
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,7 @@ class _Writer:
         for name in _sorted_names(dir_fd):
             rel = f"{prefix}{name}"
             if self.exclude.excludes(rel):
-                self.stats.skipped.append("/" + rel)
-                continue
+                continue  # the runtime's own: not the container's changes
             st = os.lstat(name, dir_fd=dir_fd)
             self._check_budget(rel, depth, st)
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:

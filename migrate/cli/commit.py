@@ -50,5 +50,5 @@ def cmd_commit(args: argparse.Namespace, ctx: Any) -> int:
     else:
         print(f"committed {args.container} as {result.image.name} {result.image.digest}")
         if result.skipped:
-            print(f"left out: {', '.join(result.skipped)}")
+            print(f"left out (not allowed in images): {', '.join(result.skipped)}")
     return EXIT_OK
