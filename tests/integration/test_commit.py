@@ -79,16 +79,31 @@ def test_commit_a_running_container_then_run_the_image(pm: PM, names: list[str])
     assert lines == ["passwd-gone", "extra:x:1000:", "only", "1234:5678 640 2", "/hello", "d", "A=b", "own-log"], lines
 
 
-def test_commit_a_stopped_container_push_it_and_pull_it_back(pm: PM, names: list[str], tmp_path: Path) -> None:
+def test_commit_a_stopped_container_push_it_and_pull_it_back(pm: PM, names: list[str], tmp_path: Path,
+                                                             pm_root: Path) -> None:
+    from runtime import upperfs
+    from runtime.config import Paths
+    from runtime.overlay import is_mounted, mount_points
+    from runtime.state import StateStore
     from tests.integration.test_image_registry import start_registry
 
     cname, image = unique("cm-stopped"), f"{unique('stopped')}:1"
     names.append(f"c:{cname}")
     ok(pm("run", "-d", "--name", cname, "busybox", "sh", "-c", "echo kept > /kept; rm /etc/group"))
     assert ok(pm("wait", cname, timeout=60)).strip() == "0"
+    # as after a host reboot: its root and its upper-layer image are not mounted; commit mounts the
+    # image read-only for the read and leaves nothing mounted
+    cdir = StateStore(Paths(pm_root)).dir(json.loads(ok(pm("inspect", cname, "--json")))["spec"]["container_id"])
+    layout = upperfs.Layout.of(cdir)
+    assert layout.image is not None, "the upper layer is expected on its own image (PYMIGRATE_UPPER_SIZE unset)"
+    for mounted in (cdir / "merged", layout.mountpoint):
+        subprocess.run(["umount", str(mounted)], check=True)
+    assert not is_mounted(layout.mountpoint)
     ok(pm("commit", cname, image, "-c", 'ENTRYPOINT ["/bin/cat"]', "-c", "CMD /kept", "-c", "LABEL stage=test",
           "-c", "EXPOSE 8080", timeout=120))
     names.append(f"i:{image}")
+    assert not is_mounted(layout.mountpoint)
+    assert not [m for m in mount_points() if m.startswith(str(pm_root / "tmp"))]
     config = json.loads(ok(pm("image", "inspect", image, "--json")))["config"]
     assert config["Entrypoint"] == ["/bin/cat"] and config["Cmd"] == ["/bin/sh", "-c", "/kept"]
     assert config["Labels"] == {"stage": "test"} and config["ExposedPorts"] == ["8080/tcp"]
