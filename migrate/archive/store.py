@@ -285,8 +285,9 @@ def _check_uploaded_spec(manifest: dict[str, Any]) -> None:
     from dataclasses import replace
 
     from runtime.container import parse_spec, validate_spec
+    from runtime.ns_modes import refuse_in_manifest
 
-    validate_spec(replace(parse_spec(manifest.get("container")), volumes=()))
+    refuse_in_manifest(validate_spec(replace(parse_spec(manifest.get("container")), volumes=())))  # no shared namespace either
 
 
 def import_stream(paths: Paths, chunks: Iterator[bytes], policy: SignaturePolicy | None = None) -> CheckpointInfo:

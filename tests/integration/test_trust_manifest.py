@@ -110,6 +110,10 @@ CRAFTED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "mac": (lambda s: s.update(mac="01:00:5e:00:00:01"), "mac"),
     "digest": (lambda s: s.update(image_digest="sha256:../../etc"), "image_digest"),
     "volumes shape": (lambda s: s.update(volumes="/"), "volumes"),
+    # shared namespaces (runtime/ns_modes.py): never from an archive or a peer
+    "host pid namespace": (lambda s: s.update(pid_mode="host"), "pid_mode"),
+    "another container's network": (lambda s: s.update(network="container", network_container="c" * 32, ip=None, mac=None,
+                                                       ports=[]), "network"),
 }
 
 
