@@ -235,7 +235,7 @@ class NamespacePlan:
     host: frozenset[str] = frozenset()  # kinds left as they are (the starter's)
 
     def unshare_flags(self) -> int:
-        flags = namespaces.CLONE_NEWNS
+        flags = namespaces.NS_TYPES["mnt"]  # never shared: every container has its own root
         for kind in ("uts", "ipc", "pid", "cgroup"):
             if kind not in self.host and not any(j.kind == kind for j in self.joins):
                 flags |= _CLONE[kind]
@@ -386,3 +386,16 @@ def start_order(ids: Iterable[str], specs: Iterable["ContainerSpec"]) -> list[st
     for cid in wanted:
         place(cid, frozenset())
     return [cid for cid in ordered if cid in set(wanted)]
+
+
+def joined_init_alive(spec: "ContainerSpec", pid: int, proc: str = "/proc") -> bool:
+    """Whether ``pid`` is still the init of ``spec``, a container in the host's or another
+    container's pid namespace: there its init is not a PID 1 (runtime.runtime's usual test), so
+    ask whether the process is in the container's own cgroup (its id is a component of a path)."""
+    if mode_of(spec, "pid") == PRIVATE or pid <= 0:
+        return False
+    try:
+        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            return any(spec.container_id in line.rstrip("\n").split(":", 2)[-1].split("/") for line in f)
+    except OSError:
+        return False

@@ -201,7 +201,9 @@ class Runtime:
             c = self._settle_freeze(c)
         from runtime.shim import is_shim
 
-        if is_shim(c.state.shim_pid) or _is_container_init(c.state.pid):
+        from runtime.ns_modes import joined_init_alive
+
+        if is_shim(c.state.shim_pid) or _is_container_init(c.state.pid) or joined_init_alive(c.spec, c.state.pid):
             return c
 
         def settle(s: ContainerState) -> ContainerState:

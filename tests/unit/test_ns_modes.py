@@ -221,3 +221,13 @@ def test_cli_run_options_carry_the_modes() -> None:
     for bad in (["--network", "container:"], ["--network", "macvlan"], ["--cgroupns", "container:a"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["run", *bad, "busybox", "true"])
+
+
+def test_joined_init_alive_asks_the_cgroup(tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cgroup").write_text(f"9:pids:/pymigrate/x/{ID_B}\n0::/\n")
+    shared = _spec(pid_mode="host")
+    assert ns_modes.joined_init_alive(shared, 7, proc=str(tmp_path))
+    assert not ns_modes.joined_init_alive(shared, 8, proc=str(tmp_path))  # gone
+    assert not ns_modes.joined_init_alive(_spec(container_id="c" * 32, pid_mode="host"), 7, proc=str(tmp_path))  # reused
+    assert not ns_modes.joined_init_alive(_spec(), 7, proc=str(tmp_path))  # private: PID 1 says it
