@@ -373,7 +373,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Any) -> int:
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "IP", "PORTS")]
     for i in infos:
         cmd = " ".join(i.spec.command)
-        rows.append((i.spec.container_id[:12], i.spec.name, i.spec.image, cmd if len(cmd) <= 30 else cmd[:27] + "...", _status(i), i.spec.ip or "-",
+        rows.append((i.spec.container_id[:12], i.spec.name, i.spec.image, cmd if len(cmd) <= 30 else cmd[:27] + "...", _status(i), i.spec.ip or i.state.shared_namespaces.get("net", "-"),
                      ports_column(i.spec.ports)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:

@@ -73,6 +73,8 @@ def test_a_container_joins_anothers_pid_net_ipc_and_uts_namespaces(pm) -> None: 
         assert info_b["spec"]["network"] == "container" and info_b["spec"]["ip"] is None
         assert info_b["state"]["shared_namespaces"] == {k: f"container:{a}" for k in ("pid", "net", "ipc", "uts")}
         assert info_a["state"]["namespace_users"] == {b: "ipc,net,pid,uts"}
+        row = next(line for line in ok(pm("ps")).splitlines() if f" {b} " in line)
+        assert f"container:{a}" in row.split(), row  # ps names whose network it is
 
         _refused_before_the_freeze(pm, b, f"shares its pid namespace with container {a}")
         _refused_before_the_freeze(pm, a, f"container {b} shares its")
