@@ -158,3 +158,38 @@ def test_commit_through_a_daemon_keeps_a_paused_container_paused(pm: PM, names: 
     refusal = refused(pm("commit", cname, (other := f"{unique('refused')}:1"), "--json", timeout=120), "UnsafeArchive")
     assert "'escape'" in refusal["error"] and "escapes the image root" in refusal["error"] and "/escape" in refusal["hint"]
     assert other not in {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
+
+
+def test_a_commit_killed_while_the_container_is_frozen_leaves_it_running(pm: PM, names: list[str], pm_root: Path) -> None:
+    """The freeze is recorded first (runtime/freeze_record.py): SIGKILL the commit while it reads a
+    256 MiB file frozen, and the next look at the container thaws it; no image is named."""
+    from runtime.runtime import Runtime
+    from tests.integration.conftest import PYMIGRATE, REPO
+
+    cname, image = unique("cm-killed"), f"{unique('killed')}:1"
+    names.append(f"c:{cname}")
+    ok(pm("run", "-d", "--name", cname, "busybox", "sh", "-c",
+          "dd if=/dev/zero of=/big bs=1M count=256 2>/dev/null; echo ready; sleep 1000"))
+    for _ in range(600):
+        if "ready" in ok(pm("logs", cname)):
+            break
+        subprocess.run(["sleep", "0.1"], check=True)
+    rt = Runtime(pm_root)
+    cid = json.loads(ok(pm("inspect", cname, "--json")))["spec"]["container_id"]
+    cgroup = rt.cgroups(None)
+    proc = subprocess.Popen([*PYMIGRATE, "--root", str(pm_root), "commit", cname, image], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while cgroup.freezer_state(cid) != "frozen" and proc.poll() is None:
+            subprocess.run(["sleep", "0.002"], check=True)
+        assert proc.poll() is None, "the commit ended before it could be killed while frozen"
+        record = rt.store.load_state(cid).frozen_by
+        assert record is not None and record.operation == "commit"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert cgroup.freezer_state(cid) == "frozen"  # nobody thawed it yet
+    info = json.loads(ok(pm("inspect", cname, "--json")))  # settles the dead commit's freeze
+    assert info["state"]["status"] == "running" and info["state"]["frozen_by"] is None
+    assert ok(pm("exec", cname, "echo", "alive")).strip() == "alive"
+    assert image not in {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
