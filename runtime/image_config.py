@@ -12,9 +12,9 @@ container is created from the image (``resolve_run``), the way Docker and podman
 * ``WorkingDir`` is the working directory unless the user gave one;
 * ``User`` is the user unless ``-u`` gave one (resolved inside the container: runtime/users.py).
 
-``ExposedPorts``, ``Labels`` and ``StopSignal`` are kept and shown by ``image inspect`` but not
-applied yet (docs/images.md). Images imported from a flat rootfs tarball have no config
-(``None``): only ``--entrypoint`` changes anything for them.
+``ExposedPorts``, ``Labels`` and ``Volumes`` are kept and shown by ``image inspect`` but not
+applied yet (docs/images.md); ``StopSignal`` is what ``stop`` sends. Images imported from a
+flat rootfs tarball have no config (``None``): only ``--entrypoint`` changes anything for them.
 
 Field names follow the OCI image spec (config.md, "Properties"); the json form written to the
 index uses those names too.
