@@ -331,8 +331,6 @@ def _running(lookup: "Any", ref: str, kind: str) -> "Any":
 def runtime_plan(lookup: "Any", spec: "ContainerSpec") -> tuple[NamespacePlan, str]:
     """The NamespacePlan of ``spec``'s init (each joined container must be running) and the
     hostname its processes see (HOSTNAME): its own, the host's or the other container's."""
-    import socket
-
     from runtime.freeze_record import process_start
 
     others: dict[str, Any] = {}
@@ -342,13 +340,20 @@ def runtime_plan(lookup: "Any", spec: "ContainerSpec") -> tuple[NamespacePlan, s
         return c.state.pid, process_start(c.state.pid), c.name
 
     plan = plan_for(spec, init_of)
-    hostname = spec.hostname
+    return plan, seen_hostname(spec, lambda ref: others[ref] if ref in others else lookup(ref))
+
+
+def seen_hostname(spec: "ContainerSpec", lookup: "Any") -> str:
+    """The hostname ``spec``'s processes see (HOSTNAME, /etc/hostname): its own, the host's
+    (``--uts host``: the runtime's uts namespace is the one shared) or the other container's."""
+    import socket
+
     uts = mode_of(spec, "uts")
     if uts == HOST:
-        hostname = socket.gethostname()  # the runtime's uts namespace is the one shared
-    elif uts.startswith(CONTAINER):
-        hostname = others[uts[len(CONTAINER):]].spec.hostname or socket.gethostname()
-    return plan, hostname
+        return socket.gethostname()
+    if uts.startswith(CONTAINER):
+        return str(lookup(uts[len(CONTAINER):]).spec.hostname) or socket.gethostname()
+    return spec.hostname
 
 
 def dependents_error(name: str, deps: list[tuple[str, str]]) -> ContainerError:

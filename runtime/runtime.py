@@ -416,7 +416,9 @@ class Runtime:
         dirs = overlay.OverlayDirs.for_container(cdir, lowers)
         overlay.mount(self.sys, dirs)
         undo.append(("unmount overlay", lambda: overlay.unmount(self.sys, dirs.merged)))
-        prepare_root(dirs.merged, spec)
+        from runtime.ns_modes import seen_hostname
+
+        prepare_root(dirs.merged, spec, seen_hostname(spec, self.container))  # a shared uts: the other's name
 
         cg = self.cgroups(spec.cgroup_parent)
         cg.create(cid, limits_of(spec))
@@ -875,6 +877,7 @@ class Runtime:
             ContainerError: setup failed (``exit_code`` 127 command not found, 126 not executable).
         """
         from runtime.capabilities import container_caps
+        from runtime.ns_modes import seen_hostname
         from runtime.process import container_env, exec_in
 
         argv = tuple(argv)
@@ -891,7 +894,7 @@ class Runtime:
         return exec_in(
             c.state.pid,
             argv,
-            container_env(c.spec.env + env, c.spec.hostname),
+            container_env(c.spec.env + env, seen_hostname(c.spec, self.container)),
             validate_workdir(workdir) if workdir else c.spec.workdir,
             lambda pid: cg.add_pid(c.container_id, pid),
             self.sys,
@@ -925,8 +928,9 @@ def auto_remove(root: str, container_id: str) -> None:
     log.info("container=%s removed after its exit (auto_remove)", container_id)
 
 
-def prepare_root(merged: Path, spec: ContainerSpec) -> None:
-    """Write /etc/hostname, /etc/hosts and the log directory through the mounted overlay.
+def prepare_root(merged: Path, spec: ContainerSpec, hostname: str | None = None) -> None:
+    """Write /etc/hostname, /etc/hosts and the log directory through the mounted overlay;
+    ``hostname``: the one its processes see, when not its own (runtime/ns_modes.py).
 
     Never follows a symlink planted in the image (it could point anywhere on the host).
     """
@@ -937,8 +941,9 @@ def prepare_root(merged: Path, spec: ContainerSpec) -> None:
         raise MountError(f"image of container {spec.name} has /etc as a symlink: refusing to write through it")
     etc.mkdir(mode=0o755, exist_ok=True)
     hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    hosts += f"{spec.ip or '127.0.1.1'}\t{spec.hostname}\n"
-    _write_nofollow(etc / "hostname", f"{spec.hostname}\n".encode(), 0o644)
+    hostname = hostname or spec.hostname
+    hosts += f"{spec.ip or '127.0.1.1'}\t{hostname}\n"
+    _write_nofollow(etc / "hostname", f"{hostname}\n".encode(), 0o644)
     _write_nofollow(etc / "hosts", hosts.encode(), 0o644)
     logdir = merged / overlay.LOG_DIR_IN_CONTAINER.lstrip("/")
     if logdir.is_symlink():
