@@ -45,7 +45,7 @@ from typing import Any, Iterator
 
 from runtime import upperfs
 from runtime.commit_changes import apply_changes, parse_changes
-from runtime.errors import ContainerError, ImageError, ImageNotFound, InvalidState, MountError, UnsafeArchive
+from runtime.errors import Busy, ContainerError, ImageError, ImageNotFound, InvalidState, MountError, UnsafeArchive
 from runtime.image_config import ImageConfig
 from runtime.image_store import Image, ImageStore, validate_name
 from runtime.spec import ContainerSpec
@@ -84,6 +84,7 @@ def commit(rt: Any, name: str, target: str, options: CommitOptions | None = None
         InvalidArgument: a bad target name or ``--change`` (before anything is read).
         ContainerNotFound: no such container.
         InvalidState: its files went with a checkpoint.
+        Busy: a checkpoint or migration has it frozen (and ``pause``).
         ImageError: its base image is gone from this host; a layer that does not load back.
         ImageLimitExceeded: the layer is over an extraction limit (runtime/extract_limits.py).
         Unsupported: an upper layer overlayfs wrote with redirects or metacopy.
@@ -272,12 +273,23 @@ def _frozen(rt: Any, c: Any, pause: bool) -> Iterator[bool]:
         return
     from runtime.checkpointing import CheckpointHost
 
+    _refuse_frozen_by_another(rt, c)
     host = CheckpointHost(rt)
     host.freeze(c, operation="commit")
     try:
         yield True
     finally:
         host.thaw(c)
+
+
+def _refuse_frozen_by_another(rt: Any, c: Any) -> None:
+    """A running container frozen by a live checkpoint or migration (a migration's freeze is not
+    recorded in the container's state) must not be thawed by a commit: it is that operation's."""
+    record = c.state.frozen_by
+    if record is not None or rt.cgroups(c.spec.cgroup_parent).freezer_state(c.container_id) != "thawed":
+        raise Busy(f"container {c.name}", "commit", holder_pid=record.pid if record is not None else 0,
+                   hint="a checkpoint or migration froze it: commit when it is done, or read it as it is with "
+                        "--pause=false")
 
 
 @contextlib.contextmanager

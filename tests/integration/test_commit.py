@@ -193,3 +193,26 @@ def test_a_commit_killed_while_the_container_is_frozen_leaves_it_running(pm: PM,
     assert info["state"]["status"] == "running" and info["state"]["frozen_by"] is None
     assert ok(pm("exec", cname, "echo", "alive")).strip() == "alive"
     assert image not in {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
+
+
+def test_a_container_frozen_by_another_operation_is_not_thawed_by_commit(pm: PM, names: list[str], pm_root: Path) -> None:
+    """A migration freezes its source without a record in the container's state: commit must not
+    thaw it (it refuses, Busy), and ``--pause=false`` reads it without touching the freezer."""
+    from runtime.runtime import Runtime
+
+    cname, image = unique("cm-busy"), f"{unique('busy')}:1"
+    names.append(f"c:{cname}")
+    ok(pm("run", "-d", "--name", cname, "busybox", "sh", "-c", "echo b > /b; sleep 1000"))
+    cid = json.loads(ok(pm("inspect", cname, "--json")))["spec"]["container_id"]
+    cgroup = Runtime(pm_root).cgroups(None)
+    cgroup.freeze(cid)  # as a migration's source does
+    try:
+        answer = refused(pm("commit", cname, image, "--json", timeout=120), "Busy")
+        assert "--pause=false" in answer["hint"]
+        assert cgroup.freezer_state(cid) == "frozen"
+        ok(pm("commit", "--pause=false", cname, image, timeout=120))
+        names.append(f"i:{image}")
+        assert cgroup.freezer_state(cid) == "frozen"
+    finally:
+        cgroup.thaw(cid)
+    assert run_to_end(pm, names, image, "cat", "/b") == "b\n"
