@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
                         "WORKDIR, VOLUME, STOPSIGNAL (repeatable)")
     p.add_argument("-m", "--message", default="", help="commit message (the image history's comment)")
     p.add_argument("-a", "--author", default="", help='author, e.g. "Jane Doe <jane@example.com>"')
-    p.add_argument("-p", "--pause", type=_boolean, nargs="?", const=True, default=True, metavar="true|false",
+    p.add_argument("-p", "--pause", type=_boolean, default=True, metavar="true|false",
                    help="freeze a running container while its changes are read (default true; --pause=false reads "
                         "it running)")
     add_json_flag(p)

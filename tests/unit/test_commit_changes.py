@@ -116,3 +116,18 @@ def test_run_config_of_a_replaced_entrypoint_is_a_plain_cmd() -> None:
     assert config.entrypoint is None and config.cmd == ("/bin/sh", "-c", "x")
     config = run_config(None, spec(("sleep", "1")))  # a flat image without a config
     assert config.cmd == ("sleep", "1") and config.working_dir == ""
+
+
+def test_cli_options_as_docker_spells_them() -> None:
+    from migrate.cli import build_parser
+
+    parser = build_parser("commit")
+    args = parser.parse_args(["commit", "-c", "ENV A=b", "--change", 'CMD ["x"]', "-m", "msg", "-a", "me",
+                              "--pause=false", "web", "web:v2", "--json"])
+    assert (args.container, args.image, args.change) == ("web", "web:v2", ["ENV A=b", 'CMD ["x"]'])
+    assert (args.message, args.author, args.pause, args.json_sub) == ("msg", "me", False, True)
+    assert parser.parse_args(["commit", "web", "web:v2"]).pause is True
+    assert parser.parse_args(["commit", "-p", "true", "web", "web:v2"]).pause is True
+    for bad in (["--pause=maybe", "web", "web:v2"], ["--pause", "web", "web:v2"]):  # a value is needed
+        with pytest.raises(SystemExit):
+            parser.parse_args(["commit", *bad])
