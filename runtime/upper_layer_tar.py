@@ -34,7 +34,7 @@ import os
 import stat
 import tarfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import BinaryIO, Iterator, cast
 
 from runtime.errors import ImageLimitExceeded, Unsupported
 from runtime.extract_limits import ExtractLimits
@@ -96,16 +96,15 @@ def write_layer(upper_fd: int, sink: BinaryIO, *, exclude: Exclusions, limits: E
         OSError: reading the upper dir failed.
     """
     stats = LayerStats()
-    writer = _Writer(sink, exclude, limits, stats, ids)
+    writer = _Writer(exclude, limits, stats, ids)
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         writer.tar = tar
-        writer.children(upper_fd, "", depth=1)
+        writer.walk(upper_fd)
     return stats
 
 
 class _Writer:
-    def __init__(self, sink: BinaryIO, exclude: Exclusions, limits: ExtractLimits, stats: LayerStats,
-                 ids: IdRange | None) -> None:
+    def __init__(self, exclude: Exclusions, limits: ExtractLimits, stats: LayerStats, ids: IdRange | None) -> None:
         self.ids = ids
         self.exclude = exclude
         self.limits = limits
@@ -113,30 +112,49 @@ class _Writer:
         self.tar: tarfile.TarFile
         self.links: dict[tuple[int, int], str] = {}  # (dev, ino) of a file written -> its member name
 
-    def children(self, dir_fd: int, prefix: str, depth: int) -> None:
-        """Every entry of the directory ``dir_fd`` in pre-order, names sorted by their bytes.
+    def walk(self, upper_fd: int) -> None:
+        """Every entry below the directory ``upper_fd`` in pre-order, names sorted by their bytes.
 
-        Recursion depth is bounded by ``limits.max_depth`` (checked before descending)."""
-        for name in _sorted_names(dir_fd):
-            rel = f"{prefix}{name}"
-            if self.exclude.excludes(rel):
-                continue  # the runtime's own: not the container's changes
-            st = os.lstat(name, dir_fd=dir_fd)
-            self._check_budget(rel, depth, st)
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                self._whiteout(rel, prefix, name)
-            elif name.startswith(WHITEOUT_PREFIX) or not _layer_type(st.st_mode):
-                log.warning("commit: leaving out /%s (%s)", rel, "a name the image format reserves"
-                            if name.startswith(WHITEOUT_PREFIX) else "a device node or socket")
-                self.stats.skipped.append("/" + rel)
-            elif stat.S_ISDIR(st.st_mode):
-                self._directory(dir_fd, name, rel, depth)
-            elif stat.S_ISREG(st.st_mode):
-                self._file(dir_fd, name, rel, st)
-            else:
-                self._add(self._info(rel, st, os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None))
+        No recursion (runtime/fstree.py's rule): a stack of open directories, one per level,
+        whose depth ``limits.max_depth`` bounds before each descent."""
+        stack: list[tuple[int, str, int, Iterator[str]]] = [(os.dup(upper_fd), "", 1, iter(_sorted_names(upper_fd)))]
+        try:
+            while stack:
+                dir_fd, prefix, depth, names = stack[-1]
+                name = next(names, None)
+                if name is None:
+                    os.close(stack.pop()[0])
+                    continue
+                below = self._entry(dir_fd, prefix, name, depth)
+                if below is not None:
+                    stack.append((below, f"{prefix}{name}/", depth + 1, iter(_sorted_names(below))))
+        finally:
+            for dir_fd, *_rest in stack:
+                os.close(dir_fd)
 
-    def _directory(self, parent_fd: int, name: str, rel: str, depth: int) -> None:
+    def _entry(self, dir_fd: int, prefix: str, name: str, depth: int) -> int | None:
+        """Write one entry; for a directory, its open fd (to descend into), else None."""
+        rel = f"{prefix}{name}"
+        if self.exclude.excludes(rel):
+            return None  # the runtime's own: not the container's changes
+        st = os.lstat(name, dir_fd=dir_fd)
+        self._check_budget(rel, depth, st)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            self._whiteout(rel, prefix, name)
+        elif name.startswith(WHITEOUT_PREFIX) or not _layer_type(st.st_mode):
+            log.warning("commit: leaving out /%s (%s)", rel, "a name the image format reserves"
+                        if name.startswith(WHITEOUT_PREFIX) else "a device node or socket")
+            self.stats.skipped.append("/" + rel)
+        elif stat.S_ISDIR(st.st_mode):
+            return self._directory(dir_fd, name, rel)
+        elif stat.S_ISREG(st.st_mode):
+            self._file(dir_fd, name, rel, st)
+        else:
+            self._add(self._info(rel, st, os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None))
+        return None
+
+    def _directory(self, parent_fd: int, name: str, rel: str) -> int:
+        """Write a directory (and its opaque mark); its open fd, for the caller to descend and close."""
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         try:
             st = os.fstat(fd)
@@ -145,9 +163,10 @@ class _Writer:
             if attrs.get(OVERLAY_OPAQUE_XATTR) == b"y":
                 self._add(tarfile.TarInfo(f"{rel}/{OPAQUE_WHITEOUT}"))
                 self.stats.opaque_dirs += 1
-            self.children(fd, f"{rel}/", depth + 1)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     def _file(self, parent_fd: int, name: str, rel: str, seen: os.stat_result) -> None:
         fd = os.open(name, _FILE_FLAGS, dir_fd=parent_fd)

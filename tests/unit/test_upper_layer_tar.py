@@ -155,3 +155,14 @@ def test_a_user_namespaced_upper_dir_gets_the_containers_own_ids(tmp_path: Path)
     assert (members["root-file"].uid, members["outside"].uid, members["outside"].gid) == (0, 7, 8)
     v2 = members["root-file"].pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape")
     assert len(v2) == 20 and int.from_bytes(v2[:4], "little") == 0x02000001 and v2[4:8] == (1 << 10).to_bytes(4, "little")
+
+
+def test_a_deep_tree_needs_no_recursion(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    deep = upper.joinpath(*["d"] * 600)  # deeper than Python's recursion limit allows two frames a level
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_text("x")
+    data, stats = write(upper, limits=ExtractLimits(max_depth=1000))
+    assert stats.members == 601
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getmembers()[-1].name == "/".join(["d"] * 600 + ["leaf"])
