@@ -231,3 +231,24 @@ def test_joined_init_alive_asks_the_cgroup(tmp_path) -> None:  # noqa: ANN001
     assert not ns_modes.joined_init_alive(shared, 8, proc=str(tmp_path))  # gone
     assert not ns_modes.joined_init_alive(_spec(container_id="c" * 32, pid_mode="host"), 7, proc=str(tmp_path))  # reused
     assert not ns_modes.joined_init_alive(_spec(), 7, proc=str(tmp_path))  # private: PID 1 says it
+
+
+@pytest.mark.parametrize("changes", [{"pid_mode": "host"}, {"ipc_mode": f"container:{ID_A}"}, {"cgroupns_mode": "host"},
+                                     {"network": "container", "network_container": ID_A, "ip": None}])
+def test_a_migration_target_refuses_a_shared_namespace_in_its_preflight(tmp_path, changes: dict[str, object]) -> None:  # noqa: ANN001
+    from types import SimpleNamespace
+
+    from migrate.api import IncomingRequest
+    from migrate.migration.target import IncomingMigrations
+
+    class NoCriu:
+        def version(self) -> str:  # pragma: no cover - the refusal comes first
+            raise AssertionError("refused before anything else")
+
+    digest = "sha256:" + "ab" * 32
+    spec = dict({"name": "web", "container_id": ID_B, "image": "busybox", "image_digest": digest, "ip": None}, **changes)
+    request = IncomingRequest(container_name="web", spec=spec, image_digest=digest, criu_version="4.1", cpu_digest="", ip=None)
+    host = SimpleNamespace(paths=SimpleNamespace(run=tmp_path / "run"))
+    with pytest.raises(InvalidSpec, match="no checkpoint can have"):
+        IncomingMigrations(host, NoCriu()).prepare(request)
+    assert not (tmp_path / "run").exists()
