@@ -75,6 +75,7 @@ class RunOptions:
     ipc_mode: str = "private"
     uts_mode: str = "private"
     cgroupns_mode: str = "private"
+    userns: str = ""  # --userns auto[:size=N]: its own id range from the host's pool (runtime/userns.py); "": host
 
 
 @dataclass(frozen=True)

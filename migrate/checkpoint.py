@@ -75,7 +75,10 @@ def dump_externals(target: DumpTarget) -> tuple[str, ...]:
         external.append(f"mnt[{vol.target}]:{volume_key(i)}")
     from runtime.init_binary import dump_externals as init_externals
 
-    return (*external, *init_externals(target.spec))  # run --init: tini's bind
+    from runtime.rootfs import device_externals
+
+    # run --init: tini's bind; --userns: the host's device nodes
+    return (*external, *init_externals(target.spec), *device_externals(bool(target.spec.userns_size), restore=False))
 
 
 class _DumpThread(threading.Thread):

@@ -397,6 +397,9 @@ def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_
 
     external = tuple(f"mnt[{volume_key(i)}]:{vol.source}" for i, vol in enumerate(spec.volumes))
     external += restore_externals(spec)  # run --init: this host's tini (Unsupported without it)
+    from runtime.rootfs import device_externals
+
+    external += device_externals(bool(spec.userns_size), restore=True)  # --userns: the host's device nodes
     opts = unpacked.manifest.get("options", {})
     return RestoreRequest(
         images_dir=unpacked.images_dir,

@@ -36,6 +36,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
 THREAD_NETNS = "/proc/thread-self/ns/net"
@@ -129,8 +130,9 @@ def socket_in(path: Path, family: int, kind: int, proto: int = 0) -> socket.sock
         return socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
 
 
-def create(path: Path, *, loopback_up: bool = True) -> None:
-    """Create a new network namespace pinned at ``path`` (a new empty file), loopback up.
+def create(path: Path, *, loopback_up: bool = True, userns: Path | None = None) -> None:
+    """Create a new network namespace pinned at ``path`` (a new empty file), loopback up; owned by
+    the user namespace pinned at ``userns`` when given (else by the caller's).
 
     Raises:
         FileExistsError: ``path`` already exists.
@@ -143,9 +145,16 @@ def create(path: Path, *, loopback_up: bool = True) -> None:
     own = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
     mounted = False
     try:
-        unshare_net()
+        if userns is not None:
+            _pin_in_userns(path, userns)
+            mounted = True
+        else:
+            unshare_net()
         try:
-            bind_mount(THREAD_NETNS, path)
+            if userns is None:
+                bind_mount(THREAD_NETNS, path)
+            else:
+                setns_path(path)
             mounted = True
             if loopback_up:
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
@@ -162,6 +171,47 @@ def create(path: Path, *, loopback_up: bool = True) -> None:
     finally:
         os.close(own)
     log.debug("created network namespace %s", path)
+
+
+def setns_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd, f"network namespace {path}")
+    finally:
+        os.close(fd)
+
+
+def _pin_in_userns(path: Path, userns: Path) -> None:
+    """A new network namespace owned by the user namespace at ``userns``, bind-mounted on ``path``.
+
+    A thread cannot join a user namespace (setns(2): the caller must be single-threaded), so a
+    forked child joins it and unshares the network; the parent pins the child's namespace."""
+    libc = _c()
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    done_r, done_w = os.pipe2(os.O_CLOEXEC)
+    ns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - joins, unshares, waits to be pinned
+        ok = False
+        try:
+            os.close(done_w)
+            os.close(ready_r)
+            ok = libc.setns(ns_fd, CLONE_NEWUSER) == 0 and libc.unshare(CLONE_NEWNET) == 0
+            os.write(ready_w, b"1" if ok else b"0")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ns_fd)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError(errno.EPERM, f"cannot make a network namespace in user namespace {userns}", str(path))
+        bind_mount(f"/proc/{child}/ns/net", path)
+    finally:
+        os.close(done_w)
+        os.close(ready_r)
+        os.waitpid(child, 0)
 
 
 def remove(path: Path) -> bool:

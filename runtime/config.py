@@ -80,6 +80,11 @@ class Paths:
         return self.root / "netns"
 
     @property
+    def userns(self) -> Path:
+        """User namespaces of --userns containers, pinned as files (runtime/userns.py)."""
+        return self.root / "userns"
+
+    @property
     def run(self) -> Path:
         return self.root / "run"
 

@@ -471,6 +471,9 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
         pid_mode=spec.pid_mode, ipc_mode=spec.ipc_mode, uts_mode=spec.uts_mode,
         cgroupns_mode=spec.cgroupns_mode, network_container=spec.network_container,
     )
+    from runtime.userns import validate_spec_fields
+
+    validate_spec_fields(spec.userns, spec.userns_base, spec.userns_size)
     return replace(spec, **fields)
 
 

@@ -2,8 +2,10 @@
 
 A container's init gets new mount, uts, ipc, pid and cgroup namespaces (unshare(2) in an
 intermediate process, then fork: CLONE_NEWPID only affects children) and joins a network
-namespace prepared by ``runtime.network`` (a bind-mounted nsfs file). The user namespace is not
-used: the container runs as real root with a reduced capability set.
+namespace prepared by ``runtime.network`` (a bind-mounted nsfs file). The user namespace is the
+host's unless the container has one of its own (``--userns auto``, runtime/userns.py): then the
+intermediate process joins it first, becomes its root (uid/gid 0 inside, an unprivileged id
+outside), and the namespaces it then unshares are owned by it.
 
 Joining (``pymigrate exec``): open every /proc/<pid>/ns/<kind> file *first*, then setns(2) them in
 ``JOIN_ORDER``: mnt comes last because after it the host's /proc is no longer reachable; pid only
@@ -21,6 +23,7 @@ from runtime.syscalls import (
     CLONE_NEWNET,
     CLONE_NEWNS,
     CLONE_NEWPID,
+    CLONE_NEWUSER,
     CLONE_NEWUTS,
     Syscalls,
 )
@@ -35,6 +38,7 @@ NS_TYPES: dict[str, int] = {
     "pid": CLONE_NEWPID,
     "cgroup": CLONE_NEWCGROUP,
     "mnt": CLONE_NEWNS,
+    "user": CLONE_NEWUSER,
 }
 JOIN_ORDER: tuple[str, ...] = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 
@@ -61,13 +65,43 @@ def open_namespaces(pid: int, kinds: tuple[str, ...] = JOIN_ORDER) -> list[tuple
     return fds
 
 
+def join_order(pid: int) -> tuple[str, ...]:
+    """``JOIN_ORDER``, led by "user" when ``pid`` has a user namespace other than ours (setns(2)
+    into one's own user namespace is EINVAL; joining it first gives the capabilities the other
+    joins need, as its namespaces are owned by it)."""
+    if ns_inode(pid, "user") == ns_inode("self", "user"):
+        return JOIN_ORDER
+    return ("user", *JOIN_ORDER)
+
+
 def join(sys: Syscalls, fds: list[tuple[str, int]]) -> None:
-    """setns into every opened namespace, in the given order, closing each fd after use."""
+    """setns into every opened namespace, in the given order, closing each fd after use; in a
+    user namespace the caller becomes its root."""
     for kind, fd in fds:
         try:
             sys.setns(fd, NS_TYPES[kind])
         finally:
             os.close(fd)
+        if kind == "user":
+            become_root(sys)
+
+
+def become_root(sys: Syscalls) -> None:
+    """uid and gid 0 of the user namespace just joined (the caller's host ids are not mapped in it,
+    so its files would show as nobody's)."""
+    sys.setresgid(0)
+    sys.setgroups(())
+    sys.setresuid(0)
+
+
+def join_userns_file(sys: Syscalls, path: str) -> None:
+    """Join the user namespace pinned at ``path`` (runtime/userns.py) as its root."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sys.setns(fd, CLONE_NEWUSER)
+    finally:
+        os.close(fd)
+    become_root(sys)
 
 
 def join_netns_file(sys: Syscalls, path: str) -> None:

@@ -177,8 +177,9 @@ class Network(Protocol):
     ``create_netns``'s path), configure anything beyond lo and eth0, or route traffic off the machine.
     """
 
-    def create_netns(self, container_id: str) -> Path:
-        """Make a new network namespace pinned at ROOT/netns/<container_id>, loopback up.
+    def create_netns(self, container_id: str, userns: Path | None = None) -> Path:
+        """Make a new network namespace pinned at ROOT/netns/<container_id>, loopback up; owned by
+        the user namespace pinned at ``userns`` (runtime/userns.py) when given.
 
         Raises:
             ContainerExists: a namespace is already mounted there.
@@ -258,7 +259,7 @@ class _Namespaces:
         _check_container_id(container_id)
         return self.paths.netns / container_id
 
-    def create_netns(self, container_id: str) -> Path:
+    def create_netns(self, container_id: str, userns: Path | None = None) -> Path:
         path = self.netns_path(container_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         if _netns.is_netns_mount(path):
@@ -271,7 +272,7 @@ class _Namespaces:
         except FileNotFoundError:
             pass
         try:
-            _netns.create(path)
+            _netns.create(path, userns=userns)
         except OSError as exc:
             raise NetworkError(f"cannot create network namespace {path}: {exc.strerror or exc}") from exc
         return path
@@ -331,7 +332,7 @@ class HostNetwork(NoNetwork):
         _check_container_id(container_id)
         return Path(HOST_NETNS)
 
-    def create_netns(self, container_id: str) -> Path:
+    def create_netns(self, container_id: str, userns: Path | None = None) -> Path:
         return self.netns_path(container_id)
 
     def remove_netns(self, container_id: str) -> None:

@@ -40,12 +40,16 @@ class OverlayDirs:
     work: Path
     merged: Path
     xino: bool = False  # upper on a file system of its own (upperfs): keep inode numbers
+    # --userns auto: the lowers are mounted through idmapped binds of this user namespace and a new
+    # upper's root belongs to ``base`` (runtime/userns.py)
+    userns: Path | None = None
+    base: int = 0
 
     @classmethod
-    def for_container(cls, container_dir: Path, lowers: tuple[Path, ...]) -> "OverlayDirs":
+    def for_container(cls, container_dir: Path, lowers: tuple[Path, ...], userns: Path | None = None, base: int = 0) -> "OverlayDirs":
         layout = upperfs.Layout.of(container_dir)
         return cls(lowers=lowers, upper=layout.upper, work=layout.work, merged=container_dir / "merged",
-                   xino=layout.image is not None)
+                   xino=layout.image is not None, userns=userns, base=base)
 
 
 def _escape(path: Path) -> str:
@@ -72,7 +76,11 @@ def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
         # The merged root takes its mode from the upper dir: make it the image's root mode, not
         # 0755 minus whatever umask the caller had (a 0700 root locks out every non-root user).
         os.chmod(dirs.upper, stat.S_IMODE(os.stat(dirs.lowers[0]).st_mode))
-    data = f"{lowerdir_option(dirs.lowers)},upperdir={_escape(dirs.upper)},workdir={_escape(dirs.work)}"
+        if dirs.userns is not None:
+            root = os.stat(dirs.lowers[0])
+            os.chown(dirs.upper, dirs.base + root.st_uid, dirs.base + root.st_gid)
+    lowers = _idmapped(dirs) if dirs.userns is not None else dirs.lowers
+    data = f"{lowerdir_option(lowers)},upperdir={_escape(dirs.upper)},workdir={_escape(dirs.work)}"
     if dirs.xino:
         data += ",xino=on"
     log.debug("mount overlay %s on %s", data, dirs.merged)
@@ -80,11 +88,50 @@ def mount(sys: Syscalls, dirs: OverlayDirs) -> None:
         sys.mount("overlay", str(dirs.merged), "overlay", 0, data)
     except OSError as exc:
         raise MountError(f"cannot mount overlay on {dirs.merged}: {exc.strerror}") from exc
+    finally:
+        if dirs.userns is not None:
+            _drop_idmapped(dirs)
     try:
         sys.mount(None, str(dirs.merged), None, MS_PRIVATE)
     except OSError as exc:
         unmount(sys, dirs.merged)
         raise MountError(f"cannot make {dirs.merged} private: {exc.strerror}") from exc
+
+
+def _idmap_dir(dirs: OverlayDirs) -> Path:
+    return dirs.merged.parent / "idmap"
+
+
+def _idmapped(dirs: OverlayDirs) -> tuple[Path, ...]:
+    """Each lower bound through the container's id mapping (runtime/userns.py), top first.
+
+    The binds are only needed while mount(2) runs: the overlay keeps private clones of its
+    layers, so they are detached right after (``_drop_idmapped``)."""
+    from runtime import userns
+
+    assert dirs.userns is not None
+    _drop_idmapped(dirs)  # leftovers of a crash
+    out: list[Path] = []
+    try:
+        for i, lower in enumerate(dirs.lowers):
+            target = _idmap_dir(dirs) / str(i)
+            userns.idmapped_bind(lower, target, dirs.userns)
+            out.append(target)
+    except BaseException:
+        _drop_idmapped(dirs)
+        raise
+    return tuple(out)
+
+
+def _drop_idmapped(dirs: OverlayDirs) -> None:
+    from runtime import userns
+
+    top = _idmap_dir(dirs)
+    if not top.is_dir():
+        return
+    for entry in top.iterdir():
+        userns.detach(entry)
+    top.rmdir()
 
 
 def _is_empty(directory: Path) -> bool:

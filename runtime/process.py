@@ -80,6 +80,8 @@ class InitPlan:
     tty: bool = False  # run -t: stdio is a pty of the container's devpts, its master goes to the shim
     interactive: bool = False  # run -i: stdin is the shim's (the pty, or a pipe without -t)
     log_path: str = ""  # host path of the container's log (the shim appends terminal output to it)
+    userns: str = ""  # host path of the container's pinned user namespace (--userns auto); "": the host's
+    root_fd: int = -1  # with userns: the root as a detached tree (open_tree) the init attaches (_pinned)
     # which namespaces are unshared, joined (another container's init) or the host's (runtime/ns_modes.py)
     ns: ns_modes.NamespacePlan = ns_modes.NamespacePlan()
 
@@ -151,11 +153,17 @@ def run_starter(plan: InitPlan, add_pid: Callable[[str, int], None], sys: Syscal
                 os.close(pidr)
                 stdio.close_shim_side()
                 add_pid(plan.cgroup, os.getpid())
-                plan.ns.enter(sys, plan.netns)  # joins, then unshares (runtime/ns_modes.py)
+                own, netns = plan, plan.netns
+                if plan.userns:  # first: its network and the namespaces made next are its own
+                    own = _pinned(plan, sys)
+                    # opened as the host's root: the namespace's root may not traverse the state root
+                    netns = f"/proc/self/fd/{os.open(plan.netns, os.O_RDONLY | os.O_CLOEXEC)}"
+                    namespaces.join_userns_file(sys, plan.userns)
+                plan.ns.enter(sys, netns)  # joins, then unshares (runtime/ns_modes.py)
                 init = os.fork()
                 if init == 0:
                     os.close(pidw)
-                    _init_main(plan, errw, sys, stdio)
+                    _init_main(own, errw, sys, stdio)
                 _write_all(pidw, str(init).encode())
                 code = 0
             except BaseException as exc:
@@ -255,12 +263,31 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
+def _pinned(plan: InitPlan, sys: Syscalls) -> InitPlan:  # pragma: no cover - intermediate process
+    """For a user-namespaced init, which may not traverse the host's state root: the binds of host
+    paths taken now by the host's root (rootfs.pin_sources), and the root as the working directory
+    (unshare(CLONE_NEWNS) carries it into the new mount namespace; the init starts there)."""
+    import dataclasses
+
+    ops, _fds = rootfs.pin_sources(list(plan.ops), sys)  # closed when the init execs (CLOEXEC)
+    # pivot_root(2) refuses a new root that is a locked mount, and the overlay would be one: a
+    # mount the host made is locked in a mount namespace of a user namespace (it covers host
+    # files). A detached copy taken now, attached by the init in its own namespace, is not.
+    root_fd = sys.open_tree(plan.merged)
+    os.chdir(plan.merged)
+    return dataclasses.replace(plan, ops=tuple(ops), merged=".", root_fd=root_fd)
+
+
 def _init_main(plan: InitPlan, errw: int, sys: Syscalls, stdio: _ShimStdio | None = None) -> None:  # pragma: no cover - container init
     try:
         os.umask(CONTAINER_UMASK)
         sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
         os.chdir(plan.merged)
-        rootfs.apply(list(plan.ops), plan.merged, sys)
+        if plan.root_fd >= 0:  # --userns: the unlocked copy of the root, over the locked one (_pinned)
+            sys.move_mount(plan.root_fd, ".")
+            os.fchdir(plan.root_fd)
+        # relative to the root: a user-namespaced init cannot reach it by its host path (_pinned)
+        rootfs.apply(list(plan.ops), ".", sys)
         sys.pivot_root(".", ".")
         sys.umount2(".", MNT_DETACH)
         os.chdir("/")
@@ -366,7 +393,7 @@ def exec_in(
         ContainerError: setup failed; ``exit_code`` is 127 for a missing command, 126 if it
             cannot be invoked, 125 otherwise.
     """
-    fds = namespaces.open_namespaces(init_pid)
+    fds = namespaces.open_namespaces(init_pid, namespaces.join_order(init_pid))
     errr, errw = os.pipe2(os.O_CLOEXEC)
     console_socks = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if console is not None else None
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)

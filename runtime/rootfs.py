@@ -52,6 +52,8 @@ class Mount:
     data: str | None = None
     # a bind source that lives inside the new root (relative to it), e.g. "/dev/null"
     source_in_root: bool = False
+    # a bind made beforehand as a detached tree (open_tree; ``pin_sources``): attached, not mounted
+    source_fd: int = -1
 
 
 @dataclass(frozen=True)
@@ -134,14 +136,16 @@ DEV_SYMLINKS: tuple[tuple[str, str], ...] = (
 )
 
 
-def plan(volumes: tuple[Volume, ...] = (), *, read_only: bool = False) -> list[MountOp]:
+def plan(volumes: tuple[Volume, ...] = (), *, read_only: bool = False, userns: bool = False) -> list[MountOp]:
     """Every operation that turns a merged overlay into the container's root, in order.
 
     Volumes come before the masks so a volume cannot unmask a path; masks come last because
     they bind the container's own /dev/null. ``read_only`` (``run --read-only``) adds a bind of
     /.pymigrate on itself, so the log stays writable once the init remounts / read-only after
     pivot_root (runtime/process.py; a remount fails while a file on that mount is open for
-    writing, and the log is).
+    writing, and the log is). ``userns`` (``--userns auto``): the device nodes are binds of the
+    host's (``DEVICES``), as mknod(2) of a device needs the host's root, and a tmpfs made in
+    a user namespace ignores device nodes anyway.
     """
     ops: list[MountOp] = [
         MakeDir("/proc"),
@@ -149,7 +153,11 @@ def plan(volumes: tuple[Volume, ...] = (), *, read_only: bool = False) -> list[M
         MakeDir("/dev"),
         Mount("/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k"),
     ]
-    ops += [MakeNode(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
+    if userns:
+        for name, _major, _minor in DEVICES:
+            ops += [MakeFile(f"/dev/{name}", 0o666), Mount(f"/dev/{name}", None, f"/dev/{name}", MS_BIND)]
+    else:
+        ops += [MakeNode(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
     ops += [
         MakeDir(MASK_DIR, 0o555),
         MakeDir("/dev/pts"),
@@ -181,6 +189,41 @@ def plan(volumes: tuple[Volume, ...] = (), *, read_only: bool = False) -> list[M
     return ops
 
 
+def device_externals(userns: bool, *, restore: bool) -> tuple[str, ...]:
+    """CRIU ``external`` entries for a ``--userns`` container's device binds (``plan``): a dump
+    names each ``mnt[/dev/null]:dev-null``, a restore maps the key to this host's node; the masks
+    bound from the container's /dev/null are binds of the same external mount."""
+    if not userns:
+        return ()
+    if restore:
+        return tuple(f"mnt[dev-{name}]:/dev/{name}" for name, _ma, _mi in DEVICES)
+    return tuple(f"mnt[/dev/{name}]:dev-{name}" for name, _ma, _mi in DEVICES)
+
+
+def pin_sources(ops: list[MountOp], sys: Syscalls) -> tuple[list[MountOp], list[int]]:
+    """``ops`` with each bind of a source outside the new root made now as a detached tree
+    (open_tree), which ``apply`` attaches; and those fds (close-on-exec).
+
+    For ``--userns auto``: the init applies the plan as the root of its own user namespace, an
+    unprivileged id on the host, which may not traverse the state root (0700) to reach a named
+    volume's data; the host's root takes the trees first, before joining the namespace. (A path
+    fd would not do: a bind's source must be in the caller's mount namespace, or detached.)"""
+    out: list[MountOp] = []
+    fds: list[int] = []
+    try:
+        for op in ops:
+            if isinstance(op, Mount) and op.flags & MS_BIND and op.source and not op.source_in_root and not op.flags & MS_REMOUNT:
+                fd = sys.open_tree(op.source, recursive=bool(op.flags & MS_REC))
+                fds.append(fd)
+                op = Mount(op.target, op.fstype, None, op.flags, op.data, source_fd=fd)
+            out.append(op)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return out, fds
+
+
 def _inside(root: str, path: str) -> str:
     """``path`` (absolute, container view) below ``root``, refusing '..' escapes."""
     norm = os.path.normpath("/" + path.lstrip("/"))
@@ -199,7 +242,9 @@ def apply(ops: list[MountOp], root: str, sys: Syscalls) -> None:
 
 
 def _apply_one(op: MountOp, root: str, sys: Syscalls) -> None:
-    if isinstance(op, Mount):
+    if isinstance(op, Mount) and op.source_fd >= 0:
+        sys.move_mount(op.source_fd, _inside(root, op.target))
+    elif isinstance(op, Mount):
         target = _inside(root, op.target)
         source = _inside(root, op.source) if (op.source_in_root and op.source) else op.source
         sys.mount(source, target, op.fstype, op.flags, op.data)

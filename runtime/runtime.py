@@ -252,6 +252,7 @@ class Runtime:
         ipc_mode: str = "private",
         uts_mode: str = "private",
         cgroupns_mode: str = "private",
+        userns: str = "",
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
@@ -265,6 +266,8 @@ class Runtime:
         (runtime/init_binary.py). ``pid_mode``, ``ipc_mode``, ``uts_mode`` (``private``, ``host``,
         ``container:NAME``), ``cgroupns_mode`` (``private``, ``host``) and ``network``
         ``container:NAME``: namespaces shared with the host or a running container (runtime/ns_modes.py).
+        ``userns``: ``auto[:size=N]`` gives the container its own id range from the host's pool
+        (runtime/userns.py); ""/``host``: the host's ids.
 
         Raises:
             InvalidArgument: bad name, hostname, env, workdir, limits, volumes, network, address,
@@ -294,6 +297,7 @@ class Runtime:
         )
         env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
         restart = checked["restart"]
+        userns_mode, userns_size = userns_choice(userns, network, modes)
         if init:
             from runtime.init_binary import host_path
 
@@ -318,6 +322,7 @@ class Runtime:
         undo: list[tuple[str, Callable[[], None]]] = []
         net = self.network(network)
         try:
+            id_range = self._claim_id_range(container_id, userns_mode, userns_size, undo)
             leased = None
             if network == "bridge":
                 leased = net.lease(container_id, ip)
@@ -354,6 +359,9 @@ class Runtime:
                 init=bool(init),
                 tty=tty,
                 interactive=interactive,
+                userns=userns_mode,
+                userns_base=id_range.base if id_range else 0,
+                userns_size=id_range.size if id_range else 0,
                 **modes,
             )
             if leased is not None:
@@ -372,6 +380,29 @@ class Runtime:
         log.info("container=%s name=%s started", container_id, name)
         cid = container_id
         return self._info(Container(self.store.load_spec(cid), self.store.load_state(cid)), stats=False)
+
+    def _claim_id_range(self, container_id: str, mode: str, size: int, undo: builtins.list[tuple[str, Callable[[], None]]]) -> Any:
+        """``--userns auto``: a free range of the host's pool for the container (None without)."""
+        if not mode:
+            return None
+        from runtime import userns
+
+        root = self.paths.root
+        rng = userns.allocate(root, container_id, size)
+        undo.append(("release id range", lambda: userns.release(root, container_id)))
+        return rng
+
+    def make_userns(self, spec: ContainerSpec, undo: builtins.list[tuple[str, Callable[[], None]]]) -> Path | None:
+        """Pin the user namespace of a ``--userns`` container at ROOT/userns/<id> (None without)."""
+        if not spec.userns_size:
+            return None
+        from runtime import userns
+
+        path = self.paths.userns / spec.container_id
+        userns.remove(path)  # a leftover of a crash or of the container's previous run
+        userns.create(path, userns.Range(spec.userns_base, spec.userns_size))
+        undo.append(("remove user namespace", lambda: userns.remove(path)))
+        return path
 
     def _named_volumes(self, image: str, vols: tuple[Volume, ...]) -> tuple[Volume, ...]:
         """``vols`` with named volumes resolved to their data dirs, made if missing (and kept if
@@ -410,10 +441,11 @@ class Runtime:
         cid = spec.container_id
         cdir = self.store.dir(cid)
         self.paths.cache.mkdir(mode=0o700, exist_ok=True)
+        userns_path = self.make_userns(spec, undo)
         layout = upperfs.prepare(self.sys, cdir, self._upper_size(), template_dir=self.paths.cache)
         if layout.image is not None:
             undo.append(("unmount upper layer", lambda: upperfs.unmount(self.sys, layout.mountpoint)))
-        dirs = overlay.OverlayDirs.for_container(cdir, lowers)
+        dirs = overlay.OverlayDirs.for_container(cdir, lowers, userns_path, spec.userns_base)
         overlay.mount(self.sys, dirs)
         undo.append(("unmount overlay", lambda: overlay.unmount(self.sys, dirs.merged)))
         from runtime.ns_modes import seen_hostname
@@ -425,7 +457,7 @@ class Runtime:
         undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
 
         net = self.network(spec.network)
-        netns = net.create_netns(cid)
+        netns = net.create_netns(cid, userns_path)
         undo.append(("remove netns", lambda: net.remove_netns(cid)))
         if spec.network == "bridge":
             net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
@@ -459,7 +491,7 @@ class Runtime:
 
         ns, hostname = runtime_plan(self.container, spec)  # the containers it joins must run
         cid = spec.container_id
-        ops, argv = rootfs.plan(spec.volumes, read_only=spec.read_only), spec.command
+        ops, argv = rootfs.plan(spec.volumes, read_only=spec.read_only, userns=bool(spec.userns_size)), spec.command
         if spec.init:
             from runtime import init_binary
 
@@ -483,6 +515,7 @@ class Runtime:
             interactive=spec.interactive,
             log_path=str(merged / overlay.LOG_PATH_IN_CONTAINER.lstrip("/")),
             ns=ns,
+            userns=str(self.paths.userns / cid) if spec.userns_size else "",
         )
 
     def exit_action(self, spec: ContainerSpec) -> Any:
@@ -786,6 +819,10 @@ class Runtime:
         steps.append(("remove netns", lambda: net.remove_netns(cid)))
         steps.append(("destroy cgroup", lambda: self.cgroups(spec.cgroup_parent).destroy(cid)))
         steps.append(("unmount overlay", lambda: overlay.unmount(self.sys, self.store.dir(cid) / "merged")))
+        if spec.userns_size:
+            from runtime import userns
+
+            steps.append(("remove user namespace", lambda: userns.remove(self.paths.userns / cid)))
         first: BaseException | None = None
         for what, step in steps:
             try:
@@ -808,6 +845,9 @@ class Runtime:
 
                 raise MountError(f"cannot remove container {container_id[:12]}: {mounted} is still mounted")
         self.store.delete(container_id)
+        from runtime import userns
+
+        userns.release(self.paths.root, container_id)  # after the record: a claim holds while it exists
 
     # -- logs and exec --------------------------------------------------------------------------
     def log_path(self, container_id: str) -> Path:
@@ -928,6 +968,24 @@ def auto_remove(root: str, container_id: str) -> None:
     log.info("container=%s removed after its exit (auto_remove)", container_id)
 
 
+def userns_choice(text: str, network: str, modes: dict[str, str]) -> tuple[str, int]:
+    """``run --userns`` → (mode, size) (runtime/userns.py), refused with what a user namespace of
+    its own cannot share: the host's network (its sysfs and links belong to the host's root) and
+    namespaces of the host or another container (owned by another user namespace)."""
+    from runtime.userns import DEFAULT_ENV, parse_mode
+
+    mode, size = parse_mode(text or os.environ.get(DEFAULT_ENV, ""))  # the host's default
+    if not mode:
+        return mode, size
+    shared = [f"--network {network}"] if network in ("host", "container") else []
+    shared += [f"--{k.removesuffix('_mode')} {v}" for k, v in sorted(modes.items()) if k.endswith("_mode") and v not in ("", "private")]
+    if shared:
+        raise InvalidArgument(f"cannot combine --userns auto with {', '.join(shared)}: a user namespace of its own "
+                              "cannot share namespaces owned by the host or another container",
+                              hint="drop --userns auto, or let the container keep its namespaces private")
+    return mode, size
+
+
 def prepare_root(merged: Path, spec: ContainerSpec, hostname: str | None = None) -> None:
     """Write /etc/hostname, /etc/hosts and the log directory through the mounted overlay;
     ``hostname``: the one its processes see, when not its own (runtime/ns_modes.py).
@@ -950,6 +1008,14 @@ def prepare_root(merged: Path, spec: ContainerSpec, hostname: str | None = None)
         raise MountError(f"image of container {spec.name} has {overlay.LOG_DIR_IN_CONTAINER} as a symlink")
     logdir.mkdir(mode=LOG_DIR_MODE, exist_ok=True)
     _write_nofollow(merged / overlay.LOG_PATH_IN_CONTAINER.lstrip("/"), b"", 0o600, truncate=False)
+    if spec.userns_size:
+        # written by the host's root: give them to the container's root (runtime/userns.py)
+        from runtime.userns import Range, own
+
+        rng = Range(spec.userns_base, spec.userns_size)
+        for path in (etc, etc / "hostname", etc / "hosts", logdir, merged / overlay.LOG_PATH_IN_CONTAINER.lstrip("/")):
+            if os.lstat(path).st_uid < rng.base:
+                own(path, rng)
 
 
 def _write_nofollow(path: Path, data: bytes, mode: int, truncate: bool = True) -> None:

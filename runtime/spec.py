@@ -71,6 +71,11 @@ class ContainerSpec:
     # run --init: tini (the host's static build, bound read-only into the container) is PID 1 and
     # runs the command as its child: it forwards signals to it and reaps orphans (runtime/init_binary.py)
     init: bool = False
+    # run --userns auto: the container's ids 0..userns_size-1 are host ids userns_base.. (runtime/userns.py);
+    # "": the host's ids. The range belongs to this host: a restore or migration may give another one
+    userns: str = ""
+    userns_base: int = 0
+    userns_size: int = 0
     # run --pid/--ipc/--uts host|container:NAME, --cgroupns host, --network container:NAME: which
     # namespaces are not its own, "private" | "host" | "container:<ID>" (by id: a rename keeps it);
     # network "container" joins network_container's (runtime/ns_modes.py; never checkpointed)

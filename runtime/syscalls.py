@@ -56,6 +56,14 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 _SYS_PIVOT_ROOT = 155
 _SYS_CAPSET = 126
 _SYS_CLOSE_RANGE = 436
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = 0o2000000
+_AT_RECURSIVE = 0x8000
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -106,6 +114,8 @@ class Syscalls(Protocol):
     def setgroups(self, gids: tuple[int, ...]) -> None: ...
     def setresgid(self, gid: int) -> None: ...
     def setresuid(self, uid: int) -> None: ...
+    def open_tree(self, path: str, recursive: bool = False) -> int: ...
+    def move_mount(self, fd: int, target: str) -> None: ...
 
 
 class LinuxSyscalls:
@@ -171,6 +181,15 @@ class LinuxSyscalls:
 
     def setresuid(self, uid: int) -> None:
         os.setresuid(uid, uid, uid)
+
+    def open_tree(self, path: str, recursive: bool = False) -> int:
+        """A detached copy of the mount tree at ``path`` (a bind not yet attached), as an fd."""
+        flags = _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
+        return _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, _b(path), flags), "open_tree", path)
+
+    def move_mount(self, fd: int, target: str) -> None:
+        """Attach the detached tree ``fd`` (open_tree) at ``target``."""
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, _b(target), _MOVE_MOUNT_F_EMPTY_PATH), "move_mount", target)
 
 
 LINUX = LinuxSyscalls()

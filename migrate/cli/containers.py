@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
     for flag, kind in (("--pid", "pid"), ("--ipc", "ipc"), ("--uts", "uts")):
         p.add_argument(flag, dest=f"{kind}_mode", default="private", metavar="private|host|container:NAME",
                        help=f"the {kind} namespace: its own (default), the host's or a running container's")
+    p.add_argument("--userns", default="", metavar="auto|host",
+                   help="auto[:size=N]: the container's root is an unprivileged id range of the host "
+                        "(default: the host's PYMIGRATE_USERNS, else host)")
     p.add_argument("--cgroupns", dest="cgroupns_mode", default="private", choices=("private", "host"),
                    help="the cgroup namespace: its own (default) or the host's")
     p.add_argument("--ip", help="address on the bridge (default: the next free one)")
@@ -190,6 +193,7 @@ def run_options(args: argparse.Namespace) -> Any:
         ipc_mode=args.ipc_mode,
         uts_mode=args.uts_mode,
         cgroupns_mode=args.cgroupns_mode,
+        userns=args.userns,
     )
 
 

@@ -34,7 +34,7 @@ class FakeNetwork:
         if exc is not None:
             raise exc
 
-    def create_netns(self, container_id: str) -> Path:
+    def create_netns(self, container_id: str, userns: Path | None = None) -> Path:
         self._call("create_netns", container_id)
         path = self.paths.netns / container_id
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -67,5 +67,12 @@ class FakeSyscalls:
     def setresuid(self, uid) -> None:
         self._rec("setresuid", uid)
 
+    def open_tree(self, path, recursive=False) -> int:
+        self._rec("open_tree", path, recursive)
+        return 1000 + len(self.calls)
+
+    def move_mount(self, fd, target) -> None:
+        self._rec("move_mount", fd, target)
+
     def close_range(self, first, last=0xFFFFFFFF, flags=0) -> None:
         self._rec("close_range", first, last, flags)

@@ -41,6 +41,9 @@ SPEC = ContainerSpec(
     uts_mode="host",
     cgroupns_mode="host",
     network_container="c" * 32,
+    userns="auto",
+    userns_base=1_000_065_536,
+    userns_size=65536,
 )
 FREEZE = FreezeRecord(pid=41, pid_start=123456, operation="migrate", since=1700000001.5, was_paused=True, recover=False,
                       partial=("/var/lib/x", "/var/lib/y"))
@@ -91,7 +94,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
                        stop_signal="USR1", auto_remove=True, read_only=True,
                        cap_add=("NET_ADMIN",), cap_drop=("ALL",), restart="always", init=True,
                        tty=True, interactive=True, pid_mode="container:a", ipc_mode="host", uts_mode="host",
-                       cgroupns_mode="host"),
+                       cgroupns_mode="host", userns="auto:size=65536"),
         cv.run_options_to_pb,
         cv.run_options_from_pb,
         (),
