@@ -269,7 +269,7 @@ def _pinned(plan: InitPlan, sys: Syscalls) -> InitPlan:  # pragma: no cover - in
     (unshare(CLONE_NEWNS) carries it into the new mount namespace; the init starts there)."""
     import dataclasses
 
-    ops, _fds = rootfs.pin_sources(list(plan.ops), sys)  # closed when the init execs (CLOEXEC)
+    ops, _fds = rootfs.pin_sources(list(plan.ops), sys, plan.userns)  # closed when the init execs (CLOEXEC)
     # pivot_root(2) refuses a new root that is a locked mount, and the overlay would be one: a
     # mount the host made is locked in a mount namespace of a user namespace (it covers host
     # files). A detached copy taken now, attached by the init in its own namespace, is not.

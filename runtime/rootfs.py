@@ -54,6 +54,8 @@ class Mount:
     source_in_root: bool = False
     # a bind made beforehand as a detached tree (open_tree; ``pin_sources``): attached, not mounted
     source_fd: int = -1
+    # --userns: a named volume's bind shows its files with the container's ids (idmapped, ``pin_sources``)
+    idmap: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ def plan(volumes: tuple[Volume, ...] = (), *, read_only: bool = False, userns: b
             ops.append(MakeDir(vol.target))
         else:
             ops.append(MakeFile(vol.target))
-        ops.append(Mount(vol.target, None, vol.source, MS_BIND | MS_REC))
+        ops.append(Mount(vol.target, None, vol.source, MS_BIND | MS_REC, idmap=userns and bool(vol.name)))
         if vol.readonly:
             ops.append(Mount(vol.target, None, None, MS_BIND | MS_REMOUNT | MS_RDONLY))
         # Volumes must not propagate mounts back to the host (nor receive the host's).
@@ -200,9 +202,13 @@ def device_externals(userns: bool, *, restore: bool) -> tuple[str, ...]:
     return tuple(f"mnt[/dev/{name}]:dev-{name}" for name, _ma, _mi in DEVICES)
 
 
-def pin_sources(ops: list[MountOp], sys: Syscalls) -> tuple[list[MountOp], list[int]]:
+def pin_sources(ops: list[MountOp], sys: Syscalls, userns: str = "") -> tuple[list[MountOp], list[int]]:
     """``ops`` with each bind of a source outside the new root made now as a detached tree
-    (open_tree), which ``apply`` attaches; and those fds (close-on-exec).
+    (open_tree), which ``apply`` attaches; and those fds (close-on-exec). A named volume's tree is
+    idmapped with the user namespace pinned at ``userns``: its files on disk keep the ids a
+    container without a user namespace sees (one volume serves containers of any range, and
+    moves between hosts unchanged), the container's root owns what root owns on disk. A host
+    path bound with -v is not idmapped: its root-owned files stay out of the container's reach.
 
     For ``--userns auto``: the init applies the plan as the root of its own user namespace, an
     unprivileged id on the host, which may not traverse the state root (0700) to reach a named
@@ -215,6 +221,10 @@ def pin_sources(ops: list[MountOp], sys: Syscalls) -> tuple[list[MountOp], list[
             if isinstance(op, Mount) and op.flags & MS_BIND and op.source and not op.source_in_root and not op.flags & MS_REMOUNT:
                 fd = sys.open_tree(op.source, recursive=bool(op.flags & MS_REC))
                 fds.append(fd)
+                if op.idmap and userns:
+                    from runtime.userns import idmap_tree
+
+                    idmap_tree(fd, userns, op.source)
                 op = Mount(op.target, op.fstype, None, op.flags, op.data, source_fd=fd)
             out.append(op)
     except BaseException:

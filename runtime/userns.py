@@ -320,6 +320,26 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
+def idmap_tree(tree: int, userns_path: str | Path, what: object) -> None:
+    """Give the detached mount tree ``tree`` (open_tree) the id mapping of ``userns_path``.
+
+    Raises:
+        Unsupported: the file system or kernel has no idmapped mounts (message names ``what``).
+    """
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    ns_fd = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, ns_fd)
+        _check(libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)),
+               "mount_setattr(MOUNT_ATTR_IDMAP)", what)
+    except OSError as exc:
+        raise Unsupported("--userns auto", f"{what} cannot be mounted with the container's ids ({exc.strerror})",
+                          hint="--userns auto needs idmapped mounts (Linux >= 5.12, on ext4, xfs, btrfs or tmpfs); use --userns host") from exc
+    finally:
+        os.close(ns_fd)
+
+
 def idmapped_bind(source: Path, target: Path, userns_path: Path) -> None:
     """Mount ``source`` on ``target`` (a new empty dir) with the ids of ``userns_path``'s mapping:
     host id N shows as base+N (the image's root files belong to the container's root).
@@ -330,14 +350,11 @@ def idmapped_bind(source: Path, target: Path, userns_path: Path) -> None:
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ns_fd = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
     tree = -1
     try:
         tree = _check(libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
                       "open_tree", source)
-        attr = _MountAttr(_MOUNT_ATTR_IDMAP, 0, 0, ns_fd)
-        _check(libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)),
-               "mount_setattr(MOUNT_ATTR_IDMAP)", source)
+        idmap_tree(tree, userns_path, f"image layer {source}")
         _check(libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH),
                "move_mount", target)
     except OSError as exc:
@@ -346,7 +363,6 @@ def idmapped_bind(source: Path, target: Path, userns_path: Path) -> None:
     finally:
         if tree >= 0:
             os.close(tree)
-        os.close(ns_fd)
 
 
 def detach(target: Path) -> None:

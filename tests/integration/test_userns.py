@@ -119,3 +119,21 @@ def test_bad_userns_choices_are_refused(pm) -> None:  # noqa: ANN001
     answer = refused(pm("run", "--json", "--userns", "auto", "--network", "host", "busybox", "true"), "InvalidArgument")
     assert "--network host" in answer["error"]
     ok(pm("run", "--rm", "--userns", "host", "busybox", "true"))  # host: as without the flag
+
+
+def test_a_named_volume_is_the_containers_own_whatever_its_range(pm) -> None:  # noqa: ANN001
+    """Named volumes are bound idmapped: on disk they keep the ids a container without a user
+    namespace sees, so containers of any range (or none) share them and they move unchanged."""
+    vol, a, b = unique("usvol"), unique("usva"), unique("usvb")
+    try:
+        ok(pm("run", "--rm", "--userns", "auto", "-v", f"{vol}:/data", "busybox", "sh", "-c",
+              "echo from-a > /data/f && mkdir /data/d && chown 33:33 /data/d"))
+        data = Path(json.loads(ok(pm("volume", "inspect", vol)))[0]["mountpoint"])
+        assert (os.stat(data / "f").st_uid, os.stat(data / "d").st_uid) == (0, 33)  # the container's view on disk
+        ok(pm("run", "-d", "--name", a, "--userns", "auto", "-v", f"{vol}:/data", "busybox", "sleep", "1005"))
+        assert ok(pm("exec", a, "sh", "-c", "cat /data/f; stat -c %u /data/d; echo again >> /data/f && echo ok")).split() == ["from-a", "33", "ok"]
+        out = ok(pm("run", "--rm", "--name", b, "-v", f"{vol}:/data", "busybox", "sh", "-c", "stat -c %u /data/f; cat /data/f"))
+        assert out.split() == ["0", "from-a", "again"]
+    finally:
+        pm("rm", "-f", a)
+        pm("volume", "rm", vol)
