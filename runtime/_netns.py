@@ -186,32 +186,16 @@ def _pin_in_userns(path: Path, userns: Path) -> None:
 
     A thread cannot join a user namespace (setns(2): the caller must be single-threaded), so a
     forked child joins it and unshares the network; the parent pins the child's namespace."""
+    from runtime.ns_holder import holder
+
     libc = _c()
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    done_r, done_w = os.pipe2(os.O_CLOEXEC)
     ns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
-    child = os.fork()
-    if child == 0:  # pragma: no cover - joins, unshares, waits to be pinned
-        ok = False
-        try:
-            os.close(done_w)
-            os.close(ready_r)
-            ok = libc.setns(ns_fd, CLONE_NEWUSER) == 0 and libc.unshare(CLONE_NEWNET) == 0
-            os.write(ready_w, b"1" if ok else b"0")
-            os.read(done_r, 1)
-        finally:
-            os._exit(0)
-    os.close(ns_fd)
-    os.close(ready_w)
-    os.close(done_r)
     try:
-        if os.read(ready_r, 1) != b"1":
-            raise OSError(errno.EPERM, f"cannot make a network namespace in user namespace {userns}", str(path))
-        bind_mount(f"/proc/{child}/ns/net", path)
+        with holder(lambda: libc.setns(ns_fd, CLONE_NEWUSER) == 0 and libc.unshare(CLONE_NEWNET) == 0,
+                    f"make a network namespace in user namespace {userns}") as child:
+            bind_mount(f"/proc/{child}/ns/net", path)
     finally:
-        os.close(done_w)
-        os.close(ready_r)
-        os.waitpid(child, 0)
+        os.close(ns_fd)
 
 
 def remove(path: Path) -> bool:

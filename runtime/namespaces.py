@@ -96,18 +96,18 @@ def become_root(sys: Syscalls) -> None:
 
 def join_userns_file(sys: Syscalls, path: str) -> None:
     """Join the user namespace pinned at ``path`` (runtime/userns.py) as its root."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        sys.setns(fd, CLONE_NEWUSER)
-    finally:
-        os.close(fd)
+    _join_file(sys, path, CLONE_NEWUSER)
     become_root(sys)
 
 
 def join_netns_file(sys: Syscalls, path: str) -> None:
     """Join the network namespace bind-mounted at ``path``."""
+    _join_file(sys, path, CLONE_NEWNET)
+
+
+def _join_file(sys: Syscalls, path: str, kind: int) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        sys.setns(fd, CLONE_NEWNET)
+        sys.setns(fd, kind)
     finally:
         os.close(fd)

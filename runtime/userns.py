@@ -264,37 +264,20 @@ def create(path: Path, rng: Range) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     os.close(fd)
+    from runtime.ns_holder import holder
+
     libc = _libc()
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    done_r, done_w = os.pipe2(os.O_CLOEXEC)
-    child = os.fork()
-    if child == 0:  # pragma: no cover - holds the new namespace until the parent pinned it
-        try:
-            os.close(ready_r)
-            os.close(done_w)
-            ok = libc.unshare(CLONE_NEWUSER) == 0
-            os.write(ready_w, b"1" if ok else b"0")
-            os.read(done_r, 1)
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(done_r)
     try:
-        if os.read(ready_r, 1) != b"1":
-            raise OSError(errno.EPERM, "unshare(CLONE_NEWUSER) failed")
-        for kind in ("uid_map", "gid_map"):
-            with open(f"/proc/{child}/{kind}", "w", encoding="ascii") as fh:
-                fh.write(rng.map_line())
-        _check(libc.mount(f"/proc/{child}/ns/user".encode(), os.fsencode(path), None, _MS_BIND, None),
-               "bind mount the user namespace", path)
+        with holder(lambda: libc.unshare(CLONE_NEWUSER) == 0, "unshare(CLONE_NEWUSER)") as child:
+            for kind in ("uid_map", "gid_map"):
+                with open(f"/proc/{child}/{kind}", "w", encoding="ascii") as fh:
+                    fh.write(rng.map_line())
+            _check(libc.mount(f"/proc/{child}/ns/user".encode(), os.fsencode(path), None, _MS_BIND, None),
+                   "bind mount the user namespace", path)
     except OSError as exc:
         path.unlink(missing_ok=True)
         raise ContainerError(f"cannot create a user namespace for ids {rng.base}-{rng.base + rng.size - 1}: "
                              f"{exc.strerror or exc}", hint="`unshare -U true` shows whether this kernel allows user namespaces") from exc
-    finally:
-        os.close(done_w)
-        os.close(ready_r)
-        os.waitpid(child, 0)
 
 
 def remove(path: Path) -> None:
