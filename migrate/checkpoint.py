@@ -66,10 +66,19 @@ def keep_criu_log(paths: Any, exc: BaseException, log_path: Path, kind: str) -> 
         exc.log_path = kept  # type: ignore[attr-defined]
 
 
+def dump_empty_ns(target: DumpTarget) -> int:
+    """CLONE_NEWNET for a ``--userns`` container: its network namespace is dumped empty, not
+    external. Its restore makes a new one in the user namespace CRIU restores (an external one
+    could not be joined from there) and wires it at CRIU's setup-namespaces (runtime/restore_start.py)."""
+    from runtime.syscalls import CLONE_NEWNET
+
+    return CLONE_NEWNET if target.spec.userns_size else 0
+
+
 def dump_externals(target: DumpTarget) -> tuple[str, ...]:
     """CRIU ``external`` entries: the network namespace, every volume bind mount and --init's."""
     external = []
-    if target.netns_path is not None:
+    if target.netns_path is not None and not dump_empty_ns(target):
         external.append(f"net[{os.stat(target.netns_path).st_ino}]:{NETNS_KEY}")
     for i, vol in enumerate(target.spec.volumes):
         external.append(f"mnt[{vol.target}]:{volume_key(i)}")
@@ -343,6 +352,7 @@ def _prepare(rt: Any, name: str, options: CheckpointOptions, criu: Criu) -> _Che
         tcp_skip_in_flight=options.tcp_established,
         file_locks=options.file_locks,
         external=dump_externals(target),
+        empty_ns=dump_empty_ns(target),
         freeze_cgroup=target.freeze_cgroup,
         network_lock=rt.network_lock(),
     )

@@ -394,6 +394,7 @@ def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_
     installs no lock at all (cr-restore.c locks only with ``--empty-ns net``), yet with a nftables
     lock configured it still runs a failing ``delete table`` at the end (~7 ms, an error line)."""
     from runtime.init_binary import restore_externals
+    from runtime.syscalls import CLONE_NEWNET
 
     external = tuple(f"mnt[{volume_key(i)}]:{vol.source}" for i, vol in enumerate(spec.volumes))
     external += restore_externals(spec)  # run --init: this host's tini (Unsupported without it)
@@ -409,6 +410,7 @@ def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_
         tcp_established=tcp_established or bool(opts.get("tcp_established")),
         file_locks=bool(opts.get("file_locks")),
         network_lock="skip",
+        empty_ns=CLONE_NEWNET if spec.userns_size else 0,  # --userns: CRIU makes it (runtime/userns_restore.py)
         timeout_s=timeout_s,
     )
 

@@ -36,7 +36,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
-CLONE_NEWUSER = 0x10000000
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
 THREAD_NETNS = "/proc/thread-self/ns/net"
@@ -173,6 +172,27 @@ def create(path: Path, *, loopback_up: bool = True, userns: Path | None = None) 
     log.debug("created network namespace %s", path)
 
 
+def pin(source: str, path: Path, *, loopback_up: bool = True) -> None:
+    """Bind-mount the namespace file ``source`` (/proc/PID/ns/KIND) on ``path`` (a new file);
+    for a network namespace, its loopback up. Nothing is left behind on failure."""
+    from runtime._netlink import LOOPBACK_IFINDEX, NETLINK_ROUTE, RtNetlink
+
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+    os.close(fd)
+    try:
+        bind_mount(source, path)
+        if loopback_up:
+            with entered(path):
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+            with RtNetlink(sock) as nl:
+                nl.link_up(LOOPBACK_IFINDEX, "loopback")
+    except BaseException:
+        umount_detach(path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+
+
 def setns_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -182,20 +202,15 @@ def setns_path(path: Path) -> None:
 
 
 def _pin_in_userns(path: Path, userns: Path) -> None:
-    """A new network namespace owned by the user namespace at ``userns``, bind-mounted on ``path``.
-
-    A thread cannot join a user namespace (setns(2): the caller must be single-threaded), so a
-    forked child joins it and unshares the network; the parent pins the child's namespace."""
+    """A new network namespace owned by the user namespace at ``userns``, bind-mounted on ``path``
+    (made by a helper process: runtime/ns_holder.py says why not by this thread)."""
     from runtime.ns_holder import holder
 
-    libc = _c()
-    ns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with holder(lambda: libc.setns(ns_fd, CLONE_NEWUSER) == 0 and libc.unshare(CLONE_NEWNET) == 0,
-                    f"make a network namespace in user namespace {userns}") as child:
-            bind_mount(f"/proc/{child}/ns/net", path)
-    finally:
-        os.close(ns_fd)
+    # nsenter becomes the namespace's root (its setuid(0) there), so unshare keeps the
+    # capabilities it needs across its exec
+    with holder(["nsenter", f"--user={userns}", "--", "unshare", "--net", "--"],
+                f"make a network namespace in user namespace {userns}") as pid:
+        bind_mount(f"/proc/{pid}/ns/net", path)
 
 
 def remove(path: Path) -> bool:

@@ -92,7 +92,6 @@ class CheckpointHost:
         self._check_init_root(c)
         _check_stdin(c)
         _check_host_network(c)
-        check_userns(c.spec, "checkpoint")
         self._check_shared_namespaces(c)
         dirs = self._cg(c.spec).info(cid).dirs
         freeze_dir = dirs.get(UNIFIED) or dirs.get(FREEZER)
@@ -322,22 +321,78 @@ class CheckpointHost:
                 from runtime.network import random_mac
 
                 spec = dataclasses.replace(spec, ip=leased, mac=random_mac())
+        spec = self._userns_shell(spec, undo)
         rt.store.create(spec, ContainerState(status="created", restored_from=restored_from))
         undo.append(("remove record", lambda: rt._delete_record(cid)))
         cg = rt.cgroups(spec.cgroup_parent)
         cg.create(cid, limits_of(spec))
         undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
-        netns = net.create_netns(cid)
-        undo.append(("remove netns", lambda: net.remove_netns(cid)))
-        if spec.network == "bridge":
-            # The host end stays down until CRIU has restored the sockets (``join_network``).
-            net.connect(cid, netns, ip=spec.ip, mac=spec.mac, up=False)
-            undo.append(("disconnect", lambda: net.disconnect(cid)))
+        if spec.userns_size:  # CRIU makes it in the user namespace it restores (runtime/userns_restore.py)
+            undo.append(("remove netns", lambda: net.remove_netns(cid)))
+            if spec.network == "bridge":
+                undo.append(("disconnect", lambda: net.disconnect(cid)))
+            netns = net.netns_path(cid)
+        else:
+            netns = self._new_netns(spec, undo)
         if spec.ports:  # published by join_network; whatever failed after that removes them again
             from runtime.port_rules import unpublisher
 
             undo.append(("unpublish ports", unpublisher(rt.paths.root, cid)))
         return spec, netns
+
+    def _new_netns(self, spec: ContainerSpec, undo: list[tuple[str, Callable[[], None]]]) -> Path:
+        """The restored container's network namespace, with its link down (``join_network``)."""
+        cid = spec.container_id
+        net = self.rt.network(spec.network)
+        netns: Path = net.create_netns(cid)
+        undo.append(("remove netns", lambda: net.remove_netns(cid)))
+        if spec.network == "bridge":
+            # The host end stays down until CRIU has restored the sockets (``join_network``).
+            net.connect(cid, netns, ip=spec.ip, mac=spec.mac, up=False)
+            undo.append(("disconnect", lambda: net.disconnect(cid)))
+        return netns
+
+    def _userns_shell(self, spec: ContainerSpec, undo: list[tuple[str, Callable[[], None]]]) -> ContainerSpec:
+        """--userns: a range of this host's pool (the dump's when it is free here), and the
+        namespace pinned with it for the idmapped image layers; the spec with its range."""
+        if not spec.userns_size:
+            return spec
+        from runtime import userns
+
+        rt, cid = self.rt, spec.container_id
+        rng = userns.allocate(rt.paths.root, cid, spec.userns_size, prefer=spec.userns_base)
+        undo.append(("release id range", lambda: userns.release(rt.paths.root, cid)))
+        spec = dataclasses.replace(spec, userns_base=rng.base)
+        rt.make_userns(spec, undo)
+        return spec
+
+    def userns_wiring(self, spec: ContainerSpec) -> dict[str, Any] | None:
+        """What a --userns container's restore shim needs to wire it (runtime/userns_restore.py)."""
+        if not spec.userns_size:
+            return None
+        return {"root": str(self.rt.paths.root), "container_id": spec.container_id, "network": spec.network,
+                "ip": spec.ip, "mac": spec.mac, "base": spec.userns_base, "size": spec.userns_size}
+
+    def mount_root(self, spec: ContainerSpec, lowers: tuple[Path, ...], dumped: Any,
+                   undo: list[tuple[str, Callable[[], None]]]) -> Path:
+        """The restored container's overlay on its installed upper layer (its ids moved from the
+        dump's range ``dumped`` to its own first, for a --userns container); merged/."""
+        from runtime import overlay, upperfs
+
+        rt, cid = self.rt, spec.container_id
+        cdir = rt.store.dir(cid)
+        userns_path = None
+        if spec.userns_size:
+            from runtime.userns import Range, shift_tree
+
+            userns_path = rt.paths.userns / cid
+            moved = shift_tree(upperfs.Layout.of(cdir).upper, dumped, Range(spec.userns_base, spec.userns_size))
+            if moved:
+                log.info("container=%s: %d upper-layer entries moved to ids from %d", cid, moved, spec.userns_base)
+        dirs = overlay.OverlayDirs.for_container(cdir, lowers, userns_path, spec.userns_base)
+        overlay.mount(rt.sys, dirs)
+        undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
+        return dirs.merged
 
     def join_network(self, spec: ContainerSpec, netns: Path) -> None:
         """After CRIU restored the tree: set the host end of its veth up, then announce its address.
@@ -387,11 +442,9 @@ class CheckpointHost:
         restored_from: str | None,
     ) -> ContainerInfo:
         """Build a container from ``spec`` whose process tree CRIU restores (see module doc)."""
-        from runtime import overlay
         from runtime.shim import Starter, launch_shim
 
         rt = self.rt
-        check_userns(spec, "restore")  # a crafted or future archive: before anything is built
         img = rt.images.get(spec.image_digest)
         cid = spec.container_id
         undo: list[tuple[str, Callable[[], None]]] = []
@@ -414,19 +467,18 @@ class CheckpointHost:
                 upperfs.mount_existing(rt.sys, rt.store.dir(replace_id))
 
             undo.append(("put the original back", put_back))
+        dumped = dumped_range(spec)
         try:
             spec, netns = self._build_shell(spec, restored_from, undo)
             cdir = rt.store.dir(cid)
             install_upper(rt.sys, upper_src, cdir, undo)
-            dirs = overlay.OverlayDirs.for_container(cdir, img.lowers)
-            overlay.mount(rt.sys, dirs)
-            undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
+            merged = self.mount_root(spec, img.lowers, dumped, undo)
 
             parent = rt.cgroup_parent(spec.cgroup_parent)
             starter = Starter(
                 "runtime.restore_start:start_restore",
                 {
-                    "request": request_for(dirs.merged),
+                    "request": request_for(merged),
                     "netns": str(netns),
                     "netns_key": netns_key,
                     "cgroup_parent": parent,
@@ -436,6 +488,7 @@ class CheckpointHost:
                     "read_only": spec.read_only,
                     "tty": spec.tty,
                     "interactive": spec.interactive,
+                    "userns": self.userns_wiring(spec),
                 },
             )
             oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
@@ -492,7 +545,7 @@ class RestoreShell:
         self._done = False
         self.restored_from = restored_from
         cid = spec.container_id
-        check_userns(spec, "restore")
+        self.dumped_range = dumped_range(spec)
         try:
             self.spec, netns = host._build_shell(spec, restored_from, self._undo)
             self.go = rt.store.dir(cid) / self.GO
@@ -503,7 +556,8 @@ class RestoreShell:
                 "runtime.restore_start:start_restore_on_go",
                 {"go_path": str(self.go), "netns": str(netns), "netns_key": netns_key, "cgroup_parent": parent,
                  "container_id": cid, "criu": criu, "timeout_s": timeout_s, "veth": host.host_veth(spec),
-                 "read_only": spec.read_only, "tty": spec.tty, "interactive": spec.interactive},
+                 "read_only": spec.read_only, "tty": spec.tty, "interactive": spec.interactive,
+                 "userns": host.userns_wiring(self.spec)},
             )
             oom = Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": cid})
         except BaseException:
@@ -525,7 +579,6 @@ class RestoreShell:
         ``restored_from``: the checkpoint id to record (known only once the archive is here)."""
         import pickle
 
-        from runtime import overlay
 
         rt = self.host.rt
         cid = self.spec.container_id
@@ -533,10 +586,8 @@ class RestoreShell:
             img = rt.images.get(self.spec.image_digest)
             cdir = rt.store.dir(cid)
             install_upper(rt.sys, upper_src, cdir, self._undo)
-            dirs = overlay.OverlayDirs.for_container(cdir, img.lowers)
-            overlay.mount(rt.sys, dirs)
-            self._undo.append(("unmount overlay", lambda: overlay.unmount(rt.sys, dirs.merged)))
-            self._send(pickle.dumps(request_for(dirs.merged)))
+            merged = self.host.mount_root(self.spec, img.lowers, self.dumped_range, self._undo)
+            self._send(pickle.dumps(request_for(merged)))
             self._thread.join()
             if self._error is not None:
                 raise self._error
@@ -622,22 +673,13 @@ def _check_stdin(c: Container) -> None:
         )
 
 
-def check_userns(spec: ContainerSpec, operation: str) -> None:
-    """``run --userns auto``: not checkpointed yet, refused before anything is frozen or built.
+def dumped_range(spec: ContainerSpec) -> Any:
+    """The id range a --userns container's files and images were dumped with (None without one)."""
+    if not spec.userns_size:
+        return None
+    from runtime.userns import Range
 
-    CRIU 4.1 restores a dumped user namespace as a new one made by the restored init, which then
-    cannot join the network namespace pymigrate prepares (setns(2) needs privilege over the
-    namespace's owner, another user namespace); ``--join-ns user`` does not help, as the restored
-    tree is already inside its new namespace when it joins. The way out (CRIU's --empty-ns net,
-    the network wired at its setup-namespaces notification, the id map rewritten for the
-    target's range) is recorded in docs/isolation.md."""
-    if spec.userns_size:
-        raise Unsupported(
-            f"{operation} of container {spec.name}",
-            "it has a user namespace of its own (--userns auto), which criu cannot yet restore into "
-            "the network namespace pymigrate prepares for it",
-            hint="run the container with --userns host to checkpoint or migrate it",
-        )
+    return Range(spec.userns_base, spec.userns_size)
 
 
 def _check_host_network(c: Container) -> None:

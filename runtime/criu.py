@@ -172,6 +172,9 @@ class DumpRequest:
     # a pty slave whose master is outside the tree (run -t: the shim holds it) is dumped as an
     # orphan, as runc always asks; without one it changes nothing (runtime/console.py)
     orphan_pts_master: bool = True
+    # CLONE_NEWNET: the network namespace is dumped empty (a --userns container's: its restore
+    # makes it anew in the restored user namespace and pymigrate wires it, runtime/userns.py)
+    empty_ns: int = 0
     log_level: int = 4
     timeout_s: int | None = None
 
@@ -193,6 +196,7 @@ class RestoreRequest:
     # an orphan pty slave (run -t) gets a new master in the restored devpts, sent back to us in
     # the "orphan-pts-master" notification (SwrkCriu.take_orphan_pts_master); as runc asks
     orphan_pts_master: bool = True
+    empty_ns: int = 0  # CLONE_NEWNET: a new empty network namespace, wired at "setup-namespaces"
     log_level: int = 4
     timeout_s: float | None = None  # CRIU gets killed without an answer by then (CriuTimeout)
 
@@ -431,6 +435,8 @@ class SwrkCriu:
                 opts.parent_img = request.parent_img
             if request.track_mem:
                 opts.track_mem = True
+            if request.empty_ns:
+                opts.empty_ns = request.empty_ns
             if request.timeout_s:
                 opts.timeout = request.timeout_s
             log.debug("criu %s pid=%d images=%s opts=%s", operation, request.pid, request.images_dir, _opts_for_log(opts))
@@ -484,6 +490,8 @@ class SwrkCriu:
             opts.external.extend(request.external)
             if request.lazy_pages:
                 opts.lazy_pages = True
+            if request.empty_ns:
+                opts.empty_ns = request.empty_ns
             for key, fd in request.inherit_fds:
                 item = opts.inherit_fd.add()
                 item.key = key
@@ -661,6 +669,32 @@ def read_image_entries(path: Path, message_name: str, module: str) -> list[Any]:
         offset += size
         entries.append(msg)
     return entries
+
+
+def rewrite_userns_map(images_dir: Path, base: int) -> int:
+    """Point the dumped user namespaces' id maps at ``base`` (a restore on another range than the
+    dump's: runtime/userns.py); each extent keeps its inside ids and count. The number of images
+    changed. Task credentials are dumped as the namespace sees them, so nothing else moves."""
+    import struct
+
+    changed = 0
+    for path in sorted(images_dir.glob("userns-*.img")):
+        entries = read_image_entries(path, "userns_entry", "userns_pb2")
+        if not entries:
+            continue
+        data = path.read_bytes()
+        (first,) = struct.unpack_from("<I", data, 0)
+        magic = _pycriu_module("images/magic")
+        header = data[: 8 if first in (magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]) else 4]
+        for entry in entries:
+            for extent in (*entry.uid_map, *entry.gid_map):
+                extent.lower_first = base + extent.first
+        body = b"".join(struct.pack("<I", len(raw)) + raw for raw in (e.SerializeToString() for e in entries))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(header + body)
+        os.replace(tmp, path)
+        changed += 1
+    return changed
 
 
 def _stats(path: Path, which: str) -> dict[str, Any]:

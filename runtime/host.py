@@ -169,6 +169,8 @@ class HostReport:
             "checkpoint": c.usable and self.pycriu.importable,
             "dirty_tracking": c.supports("dirty_tracking"),
             "lazy_pages": c.supports("lazy_pages") and self.pipe_size_ok,
+            # a --userns container's restored tasks open their userfaultfd without privilege on the host
+            "lazy_pages_userns": c.supports("lazy_pages") and self.pipe_size_ok and unprivileged_userfaultfd(),
             "tcp_established": c.usable,  # criu check's basic checks include TCP_REPAIR
             "tcp_half_closed": c.supports("tcp_half_closed"),
             "network_lock_nftables": c.supports("network_lock_nftables") and self.nft_path is not None,
@@ -228,6 +230,13 @@ def _read(path: Path) -> str | None:
     except OSError as exc:
         log.debug("cannot read %s: %s", path, exc.strerror)
         return None
+
+
+def unprivileged_userfaultfd(proc_root: Path = DEFAULT_PROC_ROOT) -> bool:
+    """vm.unprivileged_userfaultfd is 1: a task without CAP_SYS_PTRACE on the host (the restored
+    tasks of a --userns container) may open a userfaultfd that also takes kernel-mode faults,
+    as a post-copy restore needs. Read on every call: an operator may change it."""
+    return (_read(proc_root / "sys" / "vm" / "unprivileged_userfaultfd") or "").strip() == "1"
 
 
 def read_kernel_release(proc_root: Path = DEFAULT_PROC_ROOT) -> str | None:

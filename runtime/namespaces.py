@@ -66,12 +66,14 @@ def open_namespaces(pid: int, kinds: tuple[str, ...] = JOIN_ORDER) -> list[tuple
 
 
 def join_order(pid: int) -> tuple[str, ...]:
-    """``JOIN_ORDER``, led by "user" when ``pid`` has a user namespace other than ours (setns(2)
-    into one's own user namespace is EINVAL; joining it first gives the capabilities the other
-    joins need, as its namespaces are owned by it)."""
+    """``JOIN_ORDER``, then "user" when ``pid`` has a user namespace other than ours (setns(2)
+    into one's own user namespace is EINVAL). Last: the other joins are made with the host's
+    privilege, which covers every owner (a restored container's cgroup namespace is not owned by
+    the user namespace CRIU restored, and its root could not join it); the caller then becomes
+    the namespace's root."""
     if ns_inode(pid, "user") == ns_inode("self", "user"):
         return JOIN_ORDER
-    return ("user", *JOIN_ORDER)
+    return (*JOIN_ORDER, "user")
 
 
 def join(sys: Syscalls, fds: list[tuple[str, int]]) -> None:

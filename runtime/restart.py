@@ -209,9 +209,11 @@ def rebuild(rt: Any, spec: ContainerSpec) -> None:
     undo: list[Any] = []
     try:
         upperfs.mount_existing(rt.sys, cdir)
+        userns_path = _userns_again(rt, spec, undo)
         merged = cdir / "merged"
         if not overlay.is_mounted(merged):
-            overlay.mount(rt.sys, overlay.OverlayDirs.for_container(cdir, rt.images.get(spec.image_digest).lowers))
+            lowers = rt.images.get(spec.image_digest).lowers
+            overlay.mount(rt.sys, overlay.OverlayDirs.for_container(cdir, lowers, userns_path, spec.userns_base))
             undo.append(lambda: overlay.unmount(rt.sys, merged))
         cg = rt.cgroups(spec.cgroup_parent)
         if not cg.exists(cid):
@@ -219,7 +221,7 @@ def rebuild(rt: Any, spec: ContainerSpec) -> None:
             undo.append(lambda: cg.destroy(cid))
         net = rt.network(spec.network)
         try:
-            netns = net.create_netns(cid)  # a plain file left where the reboot dropped its mount is replaced
+            netns = net.create_netns(cid, userns_path)  # a plain file left where the reboot dropped its mount is replaced
         except ContainerExists:
             return  # the namespace (and so its link) survived: not a reboot
         undo.append(lambda: net.remove_netns(cid))
@@ -234,6 +236,23 @@ def rebuild(rt: Any, spec: ContainerSpec) -> None:
                 log.warning("container=%s: undoing a rebuild step failed", cid, exc_info=True)
         raise
     log.info("container=%s: mounts, cgroup and network made again (after a reboot)", cid)
+
+
+def _userns_again(rt: Any, spec: Any, undo: list[Any]) -> Path | None:
+    """A --userns container's namespace file (None without one), made again with its recorded
+    range after a reboot (which dropped the file's mount and the pool's claims)."""
+    if not spec.userns_size:
+        return None
+    from runtime import _netns, userns
+
+    path: Path = rt.paths.userns / spec.container_id
+    if not _netns.is_netns_mount(path):
+        rng = userns.Range(spec.userns_base, spec.userns_size)
+        userns.reclaim(rt.paths.root, spec.container_id, rng)
+        userns.remove(path)
+        userns.create(path, rng)
+        undo.append(lambda: userns.remove(path))
+    return path
 
 
 def on_daemon_start(rt: Any) -> list[str]:

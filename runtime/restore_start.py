@@ -139,19 +139,21 @@ def _flush_incomplete_neighbours(netns: str) -> None:
 
 def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
                         timeout_s: float, veth: str | None = None, read_only: bool = False, tty: bool = False,
-                        interactive: bool = False) -> "int | Any":
+                        interactive: bool = False, userns: dict[str, Any] | None = None) -> "int | Any":
     """The shim's starter for a restore begun before its images arrived (``RestoreShell``): spawn
     CRIU and move it into the container's cgroup now, then wait for the request on the FIFO at
-    ``go_path`` (a pickled RestoreRequest; EOF without one = cancelled) and restore."""
+    ``go_path`` (a pickled RestoreRequest; EOF without one = cancelled) and restore. ``userns``:
+    a --userns container's wiring (runtime/userns_restore.py): no network namespace to pass."""
     import pickle
     import select
 
     from runtime.cgroups import detect
 
     cg = detect(cgroup_parent)
-    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    fd = -1 if userns is not None else os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        pending = criu.begin_restore(inherit_fds=(fd,), on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid))
+        pending = criu.begin_restore(inherit_fds=(fd,) if fd >= 0 else (),
+                                     on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid))
         try:
             go = os.open(go_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks; poll below
             try:
@@ -176,34 +178,53 @@ def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent:
                 os.close(go)
             if not data:
                 raise ContainerError(f"restore of container {container_id[:12]} was cancelled before it began")
-            request = dataclasses.replace(pickle.loads(bytes(data)), inherit_fds=((netns_key, fd),))
+            request = pickle.loads(bytes(data))
+            if fd >= 0:
+                request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
         except BaseException:
             pending.cancel()
             raise
         pids = (lambda: list(cg.pids(container_id))) if read_only else None
-        pid = int(pending.run(request, on_notify=_with_terminal(before_resume(veth, netns, pids), tty)))
+        pid = int(pending.run(request, on_notify=_handler(request, before_resume(veth, netns, pids), tty, userns)))
         return _started(pid, criu, request, container_id, tty=tty, interactive=interactive)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,
                   veth: str | None = None, read_only: bool = False, tty: bool = False,
-                  interactive: bool = False) -> "int | Any":
+                  interactive: bool = False, userns: dict[str, Any] | None = None) -> "int | Any":
     """The shim's starter for a restore: CRIU restores the tree into the container's cgroup and
-    network namespace; returns the restored init's host pid (a child of the shim: rst_sibling)."""
+    network namespace; returns the restored init's host pid (a child of the shim: rst_sibling).
+    ``userns``: a --userns container's wiring (runtime/userns_restore.py): CRIU makes its network
+    namespace, nothing to pass."""
     from runtime.cgroups import detect
 
     cg = detect(cgroup_parent)
-    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    fd = -1 if userns is not None else os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
+        if fd >= 0:
+            request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
         pids = (lambda: list(cg.pids(container_id))) if read_only else None
         pid = int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid),
-                               on_notify=_with_terminal(before_resume(veth, netns, pids), tty)))
+                               on_notify=_handler(request, before_resume(veth, netns, pids), tty, userns)))
         return _started(pid, criu, request, container_id, tty=tty, interactive=interactive)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
+
+
+def _handler(request: Any, on_notify: Callable[[str, int], bool] | None, tty: bool,
+             userns: dict[str, Any] | None) -> Callable[[str, int], bool] | None:
+    """The restore's notify handler; for a --userns container its images' id maps are pointed at
+    this host's range first and its namespaces wired at setup-namespaces (runtime/userns_restore.py)."""
+    if userns is None:
+        return _with_terminal(on_notify, tty)
+    from runtime.userns_restore import on_setup, prepare_images
+
+    prepare_images(request.images_dir, userns)
+    return on_setup(userns, on_notify)
 
 
 def _with_terminal(on_notify: Callable[[str, int], bool] | None, tty: bool) -> Callable[[str, int], bool] | None:

@@ -10,7 +10,7 @@ an unprivileged range no host user owns. Pieces:
   range twice. A claim whose container record is gone is free again (a root deleted without a
   release frees its ranges, as bridge_pool does for addresses). /run is a tmpfs: after a reboot no
   container runs and the claims start empty.
-- **The namespace file.** The namespace is made by a short-lived child (unshare CLONE_NEWUSER), the
+- **The namespace file.** The namespace is made by a short-lived helper (runtime/ns_holder.py), the
   parent writes uid_map/gid_map (root in the parent namespace may write any mapping) and
   bind-mounts /proc/<child>/ns/user on ROOT/userns/<id>: the network namespace is made *inside*
   it (runtime._netns.create with ``userns``) so the container's root owns its network (sysfs
@@ -222,6 +222,20 @@ def _free_base(start: int, count: int, size: int, taken: list[tuple[int, int]], 
     return None
 
 
+def reclaim(root: Path, container_id: str, rng: Range) -> None:
+    """Claim again the range a container's record names (its claim went with /run at a reboot).
+
+    Raises:
+        ContainerError: another container holds it now (the restart is refused, the record kept).
+    """
+    got = allocate(root, container_id, rng.size, prefer=rng.base)
+    if got.base != rng.base:
+        release(root, container_id)
+        raise ContainerError(f"cannot start container {container_id[:12]} again: its id range {rng.base}-"
+                             f"{rng.base + rng.size - 1} is held by another container",
+                             hint="remove the container holding it, or checkpoint and restore this one (it gets a free range)")
+
+
 def release(root: Path, container_id: str) -> None:
     """Drop the container's claim, if any. Idempotent."""
     directory = pool_dir()
@@ -268,7 +282,7 @@ def create(path: Path, rng: Range) -> None:
 
     libc = _libc()
     try:
-        with holder(lambda: libc.unshare(CLONE_NEWUSER) == 0, "unshare(CLONE_NEWUSER)") as child:
+        with holder(["unshare", "--user", "--"], "unshare(CLONE_NEWUSER)") as child:
             for kind in ("uid_map", "gid_map"):
                 with open(f"/proc/{child}/{kind}", "w", encoding="ascii") as fh:
                     fh.write(rng.map_line())

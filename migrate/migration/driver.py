@@ -61,14 +61,22 @@ def migrate_container(
 # --- mode choice ------------------------------------------------------------------------------
 
 
-def choose_mode(options: MigrateOptions, local: Mapping[str, bool], remote: Mapping[str, bool]) -> str:
+def choose_mode(options: MigrateOptions, local: Mapping[str, bool], remote: Mapping[str, bool], *, userns: bool = False) -> str:
     """The mode to run for ``options.mode`` given both hosts' ``HostInfo.features``.
 
-    ``auto`` picks postcopy when both hosts support lazy pages, else precopy when both track dirty
-    pages (soft-dirty), else cold. An explicit live mode the hosts cannot do raises
+    ``auto`` picks postcopy when both hosts support lazy pages (for a ``--userns`` container the
+    target must also let its unprivileged tasks open a userfaultfd), else precopy when both
+    track dirty pages (soft-dirty), else cold. An explicit live mode the hosts cannot do raises
     ``Unsupported``/``IncompatibleHost``.
     """
     mode = options.mode
+    if userns and remote.get("lazy_pages") and not remote.get("lazy_pages_userns"):
+        if mode == "postcopy":
+            raise IncompatibleHost(
+                f"the target {options.dest} cannot restore a --userns container with lazy pages: its restored tasks "
+                "are unprivileged on the host and vm.unprivileged_userfaultfd is 0 there", phase="preflight",
+                hint="sysctl -w vm.unprivileged_userfaultfd=1 on the target, or use --mode cold")
+        remote = {**remote, "lazy_pages": False}
     if mode == "auto":
         if local.get("lazy_pages") and remote.get("lazy_pages"):
             return "postcopy"
@@ -104,7 +112,8 @@ def dispatch(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: 
         return migrate_precopy(rt, name, options, target, criu=criu, progress=progress)
     from runtime.host import host_report
 
-    mode = choose_mode(options, host_report().features(), target.host_info().features)
+    userns = bool(rt.get(name).spec.userns_size)
+    mode = choose_mode(options, host_report().features(), target.host_info().features, userns=userns)
     log.info("container=%s mode %s -> %s", name, options.mode, mode)
     if mode == "cold":
         return None

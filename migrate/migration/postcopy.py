@@ -446,9 +446,13 @@ def check_incoming(request: IncomingRequest) -> None:
         return
     from runtime.host import host_report
 
-    if not host_report().features().get("lazy_pages"):
+    features = host_report().features()
+    if not features.get("lazy_pages"):
         raise IncompatibleHost("this host cannot restore with lazy pages (criu uffd-noncoop, fs.pipe-max-size >= 4 MiB)",
                                phase="preflight", hint="run 'pymigrate check'; sysctl -w fs.pipe-max-size=4194304")
+    if (request.spec or {}).get("userns_size") and not features.get("lazy_pages_userns"):
+        raise IncompatibleHost("this host cannot restore a --userns container with lazy pages: vm.unprivileged_userfaultfd is 0",
+                               phase="preflight", hint="sysctl -w vm.unprivileged_userfaultfd=1, or migrate with --mode cold")
 
 
 def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,

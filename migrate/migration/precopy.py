@@ -278,6 +278,7 @@ class Rounds:
         )
 
     def _round(self, migration_id: str, staging: Path, dt: Any, number: int, externals: tuple[str, ...]) -> RoundResult:
+        from migrate.checkpoint import dump_empty_ns
         from migrate.errors import TransferError
         from migrate.migration.phases import connect_page_server
         from runtime.criu import DumpRequest, PageServer
@@ -296,6 +297,7 @@ class Rounds:
                 pid=dt.init_pid,
                 images_dir=images_dir,
                 external=externals,
+                empty_ns=dump_empty_ns(dt),
                 freeze_cgroup=dt.freeze_cgroup,
                 network_lock="skip",  # a pre-dump leaves the network alone (CRIU locks it only in a dump)
                 page_server=PageServer(self.address, port, fd=sock.fileno()),

@@ -34,7 +34,7 @@ from migrate import failpoints
 from migrate.api import MigrateOptions, MigrateResult, MigrationMode, MigrationStats, ProgressFn, RestoreResult
 from migrate.archive.store import build_manifest, image_record, new_checkpoint_id
 from migrate.archive.streams import ChunkSink
-from migrate.checkpoint import dump_externals
+from migrate.checkpoint import dump_empty_ns, dump_externals
 from migrate.errors import ContainerLost
 from migrate.migration.phases import (
     ArchivePusher,
@@ -240,6 +240,7 @@ def _dump(move: Move, mode: Mode) -> None:
         tcp_skip_in_flight=options.tcp_established,
         file_locks=options.file_locks,
         external=dump_externals(move.dt),
+        empty_ns=dump_empty_ns(move.dt),
         freeze_cgroup=move.dt.freeze_cgroup,
         network_lock=rt.network_lock(),
     ))

@@ -222,6 +222,11 @@ class IncomingMigrations:
                 self.host.rt.network(spec.network).lease(spec.container_id, spec.ip)
             if spec.ports:  # before the source freezes: a taken host port refuses the migration (PortInUse)
                 spec = self._claim_ports(spec, replace_id)  # the record keeps them, host ports chosen
+            if spec.userns_size:  # before the source freezes: no free id range refuses it (Unsupported)
+                from runtime import userns
+
+                # the restore finds this claim (same root and id); unused, it lapses (runtime/userns.py)
+                userns.allocate(self.host.rt.paths.root, spec.container_id, spec.userns_size, prefer=spec.userns_base)
             need_image = not self.host.images.has_digest(request.image_digest)
             layered = need_image and bool(request.image_layers)
             missing = tuple(d for d in request.image_layers if not self.host.images.layers.has_layer(d)) if layered else ()

@@ -4,7 +4,7 @@ the files on disk: uid 0 inside is base outside, files the container writes belo
 the image's files are the container root's without a copy (idmapped layers), a process with the
 container's credentials in the host's view cannot write root-owned host files, two containers get
 disjoint ranges, the container's root owns its network (port 80, sysfs), ``exec`` enters the
-namespace. A checkpoint is refused before the freeze (runtime/checkpointing.py check_userns)."""
+namespace. Checkpoint, restore and migration: tests/integration/test_userns_migrate.py."""
 
 from __future__ import annotations
 
@@ -99,20 +99,6 @@ def test_its_root_owns_its_network_and_exec_enters_the_namespace(pm) -> None:  #
         pm("rm", "-f", name)
 
 
-def test_checkpoint_is_refused_before_the_freeze(pm) -> None:  # noqa: ANN001
-    name = unique("usck")
-    ok(pm("run", "-d", "--name", name, "--userns", "auto", "busybox", "sleep", "1004"))
-    try:
-        for args in (("checkpoint", name), ("checkpoint", "--leave-running", name)):
-            answer = refused(pm(*args, "--json"), "Unsupported")
-            assert "user namespace" in answer["error"] and "--userns host" in answer["hint"]
-        state = _inspect(pm, name)["state"]
-        assert state["status"] == "running" and state["frozen_by"] is None
-        assert ok(pm("exec", name, "echo", "alive")).strip() == "alive"
-    finally:
-        pm("rm", "-f", name)
-
-
 def test_bad_userns_choices_are_refused(pm) -> None:  # noqa: ANN001
     answer = refused(pm("run", "--json", "--userns", "keep-id", "busybox", "true"), "InvalidArgument")
     assert "keep-id" in answer["error"] and answer["hint"]
@@ -137,3 +123,38 @@ def test_a_named_volume_is_the_containers_own_whatever_its_range(pm) -> None:  #
     finally:
         pm("rm", "-f", a)
         pm("volume", "rm", vol)
+
+
+def test_after_a_reboot_the_daemon_starts_it_again_on_its_range(pm, pm_root) -> None:  # noqa: ANN001
+    """A reboot drops the namespace file's mount and the pool's claims (/run); the daemon's start
+    claims the recorded range again, makes the namespace anew, and the files keep their owners."""
+    from runtime import userns
+    from tests.integration.cli_helpers import start_daemon, stop_daemon
+    from tests.integration.test_restart import _reboot
+
+    name = unique("usboot")
+    ok(pm("run", "-d", "--userns", "auto", "--restart", "unless-stopped", "--name", name, "busybox", "sh", "-c",
+          "echo run >> /runs; chown 33 /runs; exec sleep 1006"))
+    try:
+        deadline = time.monotonic() + 10
+        while pm("exec", name, "cat", "/runs").returncode != 0:
+            assert time.monotonic() < deadline, "the first run"
+            time.sleep(0.1)
+        info = _inspect(pm, name)
+        _reboot(pm_root, info)
+        cid, base = info["spec"]["container_id"], info["spec"]["userns_base"]
+        userns.remove(pm_root / "userns" / cid)
+        userns.release(pm_root, cid)
+        proc, sock = start_daemon(pm_root)
+        stop_daemon(proc, sock)
+        again = _inspect(pm, name)
+        assert again["state"]["status"] == "running" and again["state"]["restart_count"] == 1
+        assert _ids(again["state"]["pid"]) == (base, base)
+        deadline = time.monotonic() + 10
+        while ok(pm("exec", name, "cat", "/runs")).split() != ["run", "run"]:
+            assert time.monotonic() < deadline, "the second run, same files"
+            time.sleep(0.1)
+        assert ok(pm("exec", name, "stat", "-c", "%u", "/runs")).strip() == "33"
+        assert base in [r.base for r in userns.claimed_ranges()]
+    finally:
+        pm("rm", "-f", name)

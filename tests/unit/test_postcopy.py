@@ -48,6 +48,17 @@ def test_postcopy_refused_without_lazy_pages() -> None:
         driver.choose_mode(MigrateOptions(dest="t:1", mode="postcopy"), LAZY, NO_LAZY)
 
 
+def test_a_userns_container_needs_unprivileged_userfaultfd_on_the_target() -> None:
+    lazy_userns = {"lazy_pages": True, "lazy_pages_userns": True}
+    auto = MigrateOptions(dest="t:1", mode="auto")
+    assert driver.choose_mode(auto, LAZY, lazy_userns, userns=True) == "postcopy"
+    assert driver.choose_mode(auto, LAZY, LAZY, userns=True) == "cold"  # falls back before anything froze
+    assert driver.choose_mode(auto, LAZY, LAZY, userns=False) == "postcopy"
+    with pytest.raises(IncompatibleHost, match="unprivileged_userfaultfd") as err:
+        driver.choose_mode(MigrateOptions(dest="t:1", mode="postcopy"), LAZY, LAZY, userns=True)
+    assert "--mode cold" in (err.value.hint or "")
+
+
 # --- addresses and /proc/net -----------------------------------------------------------------
 
 
