@@ -200,9 +200,9 @@ class RealLab:
         self._ip_counter += 1
         return f"10.77.{40 + self._ip_counter // 200}.{10 + self._ip_counter % 200}"
 
-    def run_server(self, host: Host, name: str, ip: str, server: Server) -> None:
+    def run_server(self, host: Host, name: str, ip: str, server: Server, extra: Sequence[str] = ()) -> None:
         env = [arg for kv in server.env for arg in ("-e", kv)]
-        r = host.cli(["run", "-d", "--name", name, "--ip", ip, *env, IMAGE, *server.argv])
+        r = host.cli(["run", "-d", "--name", name, "--ip", ip, *env, *extra, IMAGE, *server.argv])
         if r.returncode != 0:
             raise AssertionError(f"run {server.name} on host {host.letter}: {first_error_line(r.stderr.decode())}")
 

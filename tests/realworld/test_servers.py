@@ -53,11 +53,25 @@ def test_server_survives_move(realworld_lab: RealLab, record: dict, server: Serv
                               request: pytest.FixtureRequest) -> None:
     if (server.name, path) in CRIU_LIMITS:
         request.applymarker(pytest.mark.xfail(strict=True, reason=CRIU_LIMITS[(server.name, path)]))
-    lab = realworld_lab
-    record.update(server=server.name, path=path)
-    name = f"rw-{server.name}-{path}"
+    _survives(realworld_lab, record, server, path)
+
+
+# A server whose root is an unprivileged id range of the host (--userns auto, docs/isolation.md):
+# one server per move kind that needs no host setting (post-copy needs vm.unprivileged_userfaultfd=1)
+USERNS_CASES = (("postgresql", "cold"), ("redis", "export-import"), ("nginx", "ckpt-restore"))
+
+
+@pytest.mark.parametrize(("server_name", "path"), USERNS_CASES, ids=[f"{s}-{p}" for s, p in USERNS_CASES])
+def test_server_survives_move_in_its_own_user_namespace(realworld_lab: RealLab, record: dict, server_name: str, path: str) -> None:
+    server = next(s for s in SERVERS if s.name == server_name)
+    _survives(realworld_lab, record, server, path, userns=True)
+
+
+def _survives(lab: RealLab, record: dict, server: Server, path: str, *, userns: bool = False) -> None:
+    record.update(server=server.name + (" (userns)" if userns else ""), path=path)
+    name = f"rw-{server.name}-{path}" + ("-userns" if userns else "")
     ip = lab.next_ip()
-    lab.run_server(lab.a, name, ip, server)
+    lab.run_server(lab.a, name, ip, server, ("--userns", "auto") if userns else ())
     moved = None
     try:
         if server.client is None:
@@ -69,6 +83,9 @@ def test_server_survives_move(realworld_lab: RealLab, record: dict, server: Serv
         assert status(other, name) != "running", f"{name} still runs on host {other.letter} after {path}"
         users = lab.process_users(moved.host, name)
         assert set(server.users) <= users, f"{name}: processes run as {sorted(users)}, expected {list(server.users)}"
+        if userns:  # still its own unprivileged range on the host it moved to
+            mapping = lab.exec(moved.host, name, "cat", "/proc/self/uid_map").stdout.split()
+            assert mapping[0] == b"0" and int(mapping[1]) >= 65536, f"{name}: uid map {mapping} after {path}"
     finally:
         for step in moved.cleanup if moved else []:
             step()
