@@ -12,7 +12,9 @@ container is committed through a daemon (``--host``) and stays paused.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -193,6 +195,14 @@ def test_a_commit_killed_while_the_container_is_frozen_leaves_it_running(pm: PM,
     assert info["state"]["status"] == "running" and info["state"]["frozen_by"] is None
     assert ok(pm("exec", cname, "echo", "alive")).strip() == "alive"
     assert image not in {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
+    # the killed commit's scratch dir stays until a sweep takes it, once older than the sweep's
+    # grace period (aged here: the state root is shared by the session, other tests count leftovers)
+    left = [p for p in (pm_root / "tmp").iterdir() if p.name.startswith("image-")]
+    assert left
+    for p in left:
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    assert json.loads(ok(pm("image", "prune", "--json")))["scratch_removed"] >= 1
+    assert not any(p.name.startswith("image-") for p in (pm_root / "tmp").iterdir())
 
 
 def test_a_container_frozen_by_another_operation_is_not_thawed_by_commit(pm: PM, names: list[str], pm_root: Path) -> None:
