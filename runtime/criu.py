@@ -79,6 +79,13 @@ def _pycriu_module(relative: str) -> Any:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("pycriu is not installed")
     path = Path(list(spec.submodule_search_locations)[0]) / f"{relative}.py"
+    if relative.startswith("images/"):
+        import sys
+
+        # generated image modules import their siblings as top-level modules (tcp_stream_pb2:
+        # ``import opts_pb2``), as pycriu's own images/__init__ arranges on sys.path
+        if str(path.parent) not in sys.path:
+            sys.path.append(str(path.parent))
     mod_spec = importlib.util.spec_from_file_location(f"_pymigrate_pycriu_{relative.replace('/', '_')}", path)
     if mod_spec is None or mod_spec.loader is None:
         raise ImportError(f"cannot load {path}")
@@ -639,6 +646,24 @@ class SwrkCriu:
 
 def _opts_for_log(opts: Any) -> str:
     return " ".join(str(opts).split())
+
+
+def read_first_entry(path: Path, message_name: str, module: str) -> Any:
+    """The first message of a CRIU image whose entry is followed by raw data (tcp-stream: the
+    socket's queues), or None when the file holds none."""
+    import struct
+
+    pb = _pycriu_module(f"images/{module}")
+    magic = _pycriu_module("images/magic")
+    data = path.read_bytes()
+    (first,) = struct.unpack_from("<I", data, 0)
+    offset = 8 if first in (magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]) else 4
+    if offset + 4 > len(data):
+        return None
+    (size,) = struct.unpack_from("<I", data, offset)
+    msg = getattr(pb, message_name)()
+    msg.ParseFromString(data[offset + 4 : offset + 4 + size])
+    return msg
 
 
 def read_image_entries(path: Path, message_name: str, module: str) -> list[Any]:

@@ -185,7 +185,7 @@ def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent:
             pending.cancel()
             raise
         pids = (lambda: list(cg.pids(container_id))) if read_only else None
-        pid = int(pending.run(request, on_notify=_handler(request, before_resume(veth, netns, pids), tty, userns)))
+        pid = int(pending.run(request, on_notify=_handler(request, before_resume(veth, netns, pids), tty, userns, netns)))
         return _started(pid, criu, request, container_id, tty=tty, interactive=interactive)
     finally:
         if fd >= 0:
@@ -208,7 +208,7 @@ def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, 
             request = dataclasses.replace(request, inherit_fds=((netns_key, fd),))
         pids = (lambda: list(cg.pids(container_id))) if read_only else None
         pid = int(criu.restore(request, on_spawn=lambda swrk_pid: cg.add_pid(container_id, swrk_pid),
-                               on_notify=_handler(request, before_resume(veth, netns, pids), tty, userns)))
+                               on_notify=_handler(request, before_resume(veth, netns, pids), tty, userns, netns)))
         return _started(pid, criu, request, container_id, tty=tty, interactive=interactive)
     finally:
         if fd >= 0:
@@ -216,15 +216,36 @@ def start_restore(request: Any, netns: str, netns_key: str, cgroup_parent: str, 
 
 
 def _handler(request: Any, on_notify: Callable[[str, int], bool] | None, tty: bool,
-             userns: dict[str, Any] | None) -> Callable[[str, int], bool] | None:
+             userns: dict[str, Any] | None, netns: str) -> Callable[[str, int], bool] | None:
     """The restore's notify handler; for a --userns container its images' id maps are pointed at
-    this host's range first and its namespaces wired at setup-namespaces (runtime/userns_restore.py)."""
-    if userns is None:
-        return _with_terminal(on_notify, tty)
-    from runtime.userns_restore import on_setup, prepare_images
+    this host's range first and its namespaces wired at setup-namespaces (runtime/userns_restore.py).
+    With not-sent TCP data in the images, loopback is locked until pre-resume (runtime/restore_lock.py)."""
+    from runtime.restore_lock import lock, unsent_tcp_data
 
-    prepare_images(request.images_dir, userns)
-    return on_setup(userns, on_notify)
+    lock_lo = unsent_tcp_data(request.images_dir)
+    if userns is None:
+        handler = _with_terminal(on_notify, tty)
+        lock_lo = lock_lo and lock(netns)
+        if lock_lo:
+            log.info("restore into %s: loopback locked until the tasks resume (not-sent TCP data)", netns)
+    else:
+        from runtime.userns_restore import on_setup, prepare_images
+
+        prepare_images(request.images_dir, userns)
+        handler = on_setup(userns, on_notify, lock_lo=lock_lo)  # CRIU makes that netns: locked once wired
+    return _unlocking(handler, netns) if lock_lo else handler
+
+
+def _unlocking(on_notify: Callable[[str, int], bool] | None, netns: str) -> Callable[[str, int], bool]:
+    """``on_notify``, with the loopback lock taken off at ``LINK_UP_AT`` first."""
+    from runtime.restore_lock import unlock
+
+    def handler(script: str, pid: int) -> bool:
+        if script == LINK_UP_AT:
+            unlock(netns)
+        return on_notify(script, pid) if on_notify is not None else True
+
+    return handler
 
 
 def _with_terminal(on_notify: Callable[[str, int], bool] | None, tty: bool) -> Callable[[str, int], bool] | None:

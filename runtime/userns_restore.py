@@ -50,13 +50,20 @@ def wire(wiring: dict[str, Any], pid: int) -> None:
         network_for(paths, "bridge").connect(cid, netns, ip=wiring["ip"], mac=wiring["mac"], up=False)
 
 
-def on_setup(wiring: dict[str, Any], then: Callable[[str, int], bool] | None) -> Callable[[str, int], bool]:
-    """A CRIU notify handler: ``wire`` at setup-namespaces, everything else to ``then``."""
+def on_setup(wiring: dict[str, Any], then: Callable[[str, int], bool] | None, *,
+             lock_lo: bool = False) -> Callable[[str, int], bool]:
+    """A CRIU notify handler: ``wire`` at setup-namespaces (then lock its loopback with
+    ``lock_lo``: runtime/restore_lock.py), everything else to ``then``."""
 
     def on_notify(script: str, pid: int) -> bool:
         if script == SETUP_NAMESPACES:
             try:
                 wire(wiring, pid)
+                if lock_lo:
+                    from runtime.config import Paths
+                    from runtime.restore_lock import lock
+
+                    lock(str(Paths(Path(wiring["root"])).netns / str(wiring["container_id"])))
             except Exception as exc:  # noqa: BLE001 - a failed answer fails the restore, as it must
                 log.error("container=%s: cannot wire the restored namespaces: %s", wiring.get("container_id"), exc)
                 return False
