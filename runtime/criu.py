@@ -648,16 +648,23 @@ def _opts_for_log(opts: Any) -> str:
     return " ".join(str(opts).split())
 
 
+def _header_len(data: bytes) -> int:
+    """Bytes of a CRIU image's magic: IMG_COMMON or IMG_SERVICE then the image's own, else one."""
+    import struct
+
+    magic = _pycriu_module("images/magic")
+    (first,) = struct.unpack_from("<I", data, 0)
+    return 8 if first in (magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]) else 4
+
+
 def read_first_entry(path: Path, message_name: str, module: str) -> Any:
     """The first message of a CRIU image whose entry is followed by raw data (tcp-stream: the
     socket's queues), or None when the file holds none."""
     import struct
 
     pb = _pycriu_module(f"images/{module}")
-    magic = _pycriu_module("images/magic")
     data = path.read_bytes()
-    (first,) = struct.unpack_from("<I", data, 0)
-    offset = 8 if first in (magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]) else 4
+    offset = _header_len(data)
     if offset + 4 > len(data):
         return None
     (size,) = struct.unpack_from("<I", data, offset)
@@ -678,12 +685,11 @@ def read_image_entries(path: Path, message_name: str, module: str) -> list[Any]:
 
     try:
         pb = _pycriu_module(f"images/{module}")
-        magic = _pycriu_module("images/magic")
+        _pycriu_module("images/magic")  # here, so that no pycriu means no entries (_header_len loads it)
     except (ImportError, OSError):
         return []
     data = path.read_bytes()
-    (first,) = struct.unpack_from("<I", data, 0)
-    offset = 8 if first in (magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]) else 4
+    offset = _header_len(data)
     cls = getattr(pb, message_name)
     entries = []
     while offset + 4 <= len(data):
@@ -708,9 +714,7 @@ def rewrite_userns_map(images_dir: Path, base: int) -> int:
         if not entries:
             continue
         data = path.read_bytes()
-        (first,) = struct.unpack_from("<I", data, 0)
-        magic = _pycriu_module("images/magic")
-        header = data[: 8 if first in (magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]) else 4]
+        header = data[: _header_len(data)]
         for entry in entries:
             for extent in (*entry.uid_map, *entry.gid_map):
                 extent.lower_first = base + extent.first

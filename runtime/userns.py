@@ -52,14 +52,8 @@ MODES = ("", "host", "auto")
 CLONE_NEWUSER = 0x10000000
 
 # new mount API (x86_64 numbers; include/uapi/asm-generic/unistd.h)
-_SYS_OPEN_TREE = 428
-_SYS_MOVE_MOUNT = 429
-_SYS_MOUNT_SETATTR = 442
-_OPEN_TREE_CLONE = 1
-_OPEN_TREE_CLOEXEC = 0o2000000
-_AT_FDCWD = -100
+_SYS_MOUNT_SETATTR = 442  # open_tree and move_mount: runtime/syscalls.py
 _AT_EMPTY_PATH = 0x1000
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOUNT_ATTR_IDMAP = 0x00100000
 _MNT_DETACH = 2
 _MS_BIND = 0x1000
@@ -344,16 +338,14 @@ def idmapped_bind(source: Path, target: Path, userns_path: Path) -> None:
     Raises:
         Unsupported: the file system or kernel has no idmapped mounts (message names it).
     """
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
+    from runtime.syscalls import LINUX
+
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     tree = -1
     try:
-        tree = _check(libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source), _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
-                      "open_tree", source)
+        tree = LINUX.open_tree(str(source))
         idmap_tree(tree, userns_path, f"image layer {source}")
-        _check(libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH),
-               "move_mount", target)
+        LINUX.move_mount(tree, str(target))
     except OSError as exc:
         raise Unsupported("--userns auto", f"image layer {source} cannot be mounted with the container's ids ({exc.strerror})",
                           hint="--userns auto needs idmapped mounts (Linux >= 5.12, on ext4, xfs, btrfs or tmpfs); use --userns host") from exc
