@@ -42,8 +42,12 @@ def _gone(pm, pm_root: Path, name: str) -> bool:  # noqa: ANN001
 
 def test_detached_rm_leaves_nothing_after_its_exit(pm, pm_root) -> None:  # noqa: ANN001
     name = unique("rm")
-    ok(pm("run", "-d", "--rm", "--name", name, "busybox", "sh", "-c", "sleep 0.5; exit 3"))
+    # it exits when told, not after a fixed sleep: on a loaded CI host a 0.5 s sleep ended
+    # (and the shim removed the container) before the inspect below ran
+    ok(pm("run", "-d", "--rm", "--name", name, "busybox", "sh", "-c",
+          "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 3"))
     assert json.loads(ok(pm("inspect", name)))["spec"]["auto_remove"] is True
+    ok(pm("exec", name, "touch", "/tmp/go"))
     wait_for(lambda: _gone(pm, pm_root, name), 15, "the shim to remove the exited container")
     # stop and rm -f of a running one: one removal, no error from the race with its shim
     for verb in (("stop", "-t", "1"), ("rm", "-f")):
