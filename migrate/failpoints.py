@@ -34,6 +34,7 @@ NAMES = (
     "target.restore",  # the whole archive arrived; CRIU's restore about to start
     "target.answer",  # restored and recorded; the answer not sent yet
     "source.commit",  # the answer arrived; the target not told to commit yet
+    "checkpoint.archive",  # checkpoint --leave-running --export: thawed, the archive not written yet
 )
 
 _armed: dict[str, str] | None = None
