@@ -1,11 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark (not a test): median start latency of `pymigrate run -d` against `runc run -d`.
+"""Benchmark (not a test): pymigrate's local commands against runc's, side by side, medians.
 
-Both start `sleep 1000` on the same busybox rootfs: pymigrate from its image store (overlay,
-bridge network, shim), runc from an OCI bundle whose root is that image's rootfs directory
-(read-only, `runc spec` + edits: no terminal, stdio on /dev/null, detached). Runs are
-interleaved A B A B so both sides see the same machine state (the VM hands memory back to its
-host; see CRIU-NOTES); cleanup between runs (rm -f / runc delete -f) is not timed.
+- ``run -d``: both start `sleep 1000` on the same busybox rootfs: pymigrate from its image store
+  (overlay, bridge network, shim), runc from an OCI bundle whose root is that image's rootfs
+  directory (read-only, `runc spec` + edits: no terminal, stdio on /dev/null, detached).
+- ``checkpoint`` / ``restore`` (``--size`` MiB memhog, random incompressible memory; skipped with
+  ``--size 0``): ``pymigrate checkpoint NAME`` (the container stops once the checkpoint is
+  committed) against ``runc checkpoint --image-path DIR ID``, then ``pymigrate restore CID`` against
+  ``runc restore -d --image-path DIR --bundle B ID``. runc's bundle holds a writable copy of the
+  memhog image's rootfs; memhog's stdio is the container's own /dev/null (CRIU cannot dump a
+  host's). Each container is started and filled untimed; 2 x size + 512 MiB of memory is touched
+  and freed right before every timed step, on both sides (the VM hands freed memory back to its
+  host, and touching it again is slow: CRIU-NOTES).
+- ``ps``: `pymigrate ps` wall beside `runc list` (what every local command pays to start).
+
+Runs are interleaved A B A B so both sides see the same machine state; cleanup between runs
+(rm -f / runc delete -f, checkpoint rm) is not timed. The table prints medians, the ratio
+pymigrate/runc, the goal (issue 17) and whether it is met.
 
 With ``--floor`` the same rounds also time what no change to pymigrate's own code can go
 below: ``python -S -c pass`` (the bare interpreter), ``python -c pass`` (with site and the venv's
@@ -13,17 +24,20 @@ below: ``python -S -c pass`` (the bare interpreter), ``python -c pass`` (with si
 traced run) without doing any work: the rest of pymigrate's time is its own work, the shim and the
 kernel's.
 
-What it changes on the host: a temporary state root and bundle under --workdir (default a
-mkdtemp in /tmp), removed at the end, and the containers it starts, each removed after its run.
+What it changes on the host: a temporary state root and bundles under --workdir (default a
+mkdtemp in /tmp; its own bridge and /24), removed at the end, and the containers it starts, each
+removed after its run.
 
-Usage: scripts/bench_runtime.py [-n 15] [--json] [--floor] [--runc /usr/sbin/runc]
+Usage: scripts/bench_runtime.py [-n 15] [--size 64] [--json] [--floor] [--runc /usr/sbin/runc]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
+import signal
 import shutil
 import statistics
 import subprocess
@@ -34,6 +48,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CMD = ["sleep", "1000"]
+MiB = 1 << 20
+# median ratio pymigrate / runc that issue 17 asks for
+GOALS = {"run -d": 2.0, "checkpoint": 1.3, "restore": 1.3}
+MEMHOG_OUT = "tmp/memhog.out"
 
 
 def pymigrate_cmd() -> list[str]:
@@ -41,15 +59,40 @@ def pymigrate_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "migrate"]
 
 
-def make_bundle(bundle: Path, rootfs: Path, runc: str) -> None:
+def make_bundle(bundle: Path, rootfs: Path, runc: str, args: list[str] = CMD, readonly: bool = True) -> None:
     bundle.mkdir(parents=True, exist_ok=True)
     subprocess.run([runc, "spec", "--bundle", str(bundle)], check=True)
     config = json.loads((bundle / "config.json").read_text())
-    config["root"] = {"path": str(rootfs), "readonly": True}
+    config["root"] = {"path": str(rootfs), "readonly": readonly}
     config["process"]["terminal"] = False
-    config["process"]["args"] = CMD
+    config["process"]["args"] = args
     config["hostname"] = "bench"
     (bundle / "config.json").write_text(json.dumps(config, indent=1))
+
+
+def warm(size_mib: int) -> None:
+    """Touch and free 2 x size + 512 MiB so the next step does not pay the VM's page faults."""
+    n = (2 * size_mib + 512) * MiB
+    m = mmap.mmap(-1, n)
+    for off in range(0, n, mmap.PAGESIZE):
+        m[off : off + 1] = b"\x01"
+    m.close()
+
+
+def memhog_ready(pid: int, out: Path, timeout_s: float = 120) -> None:
+    """Wait until memhog (``pid``, on the host) answers SIGUSR1 into ``out``: its memory is full."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out.unlink(missing_ok=True)
+        os.kill(pid, signal.SIGUSR1)
+        for _ in range(50):
+            try:
+                if out.read_text().endswith("\n"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.01)
+    raise SystemExit(f"bench: memhog {pid} not ready after {timeout_s:g}s")
 
 
 def pymigrate_python() -> str:
@@ -99,9 +142,86 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
+class CheckpointBench:
+    """checkpoint + restore of a memhog: pymigrate's state root and runc's bundle, side by side."""
+
+    def __init__(self, work: Path, root: Path, pm: list[str], runc: str, size_mib: int, subnet_prefix: str) -> None:
+        self.work, self.root, self.pm, self.runc, self.size_mib = work, root, pm, runc, size_mib
+        self.subnet_prefix = subnet_prefix
+        self.runc_root = work / "runc-ckpt-state"
+        self.bundle = work / "memhog-bundle"
+
+    def setup(self) -> None:
+        from runtime.config import Paths
+        from runtime.image_store import ImageStore
+        from tests.integration.workloads import build_memhog, import_image, memhog_image_tar
+
+        memhog = build_memhog(self.work / "bin")
+        digest = import_image(self.root, "memhog", memhog_image_tar(self.root, memhog, self.work / "memhog.tar"))
+        rootfs = self.bundle / "rootfs"
+        self.bundle.mkdir(parents=True)
+        subprocess.run(["cp", "-a", str(ImageStore(Paths(self.root)).get(digest).rootfs), str(rootfs)], check=True)
+        wrapped = f"exec /bin/memhog {self.size_mib} /{MEMHOG_OUT} </dev/null >/dev/null 2>&1"
+        make_bundle(self.bundle, rootfs, self.runc, ["/bin/sh", "-c", wrapped], readonly=False)
+
+    def round(self, i: int, samples: dict[str, list[float]]) -> None:
+        from tests.integration.workloads import memhog_command, wait_memhog_ready
+
+        # pymigrate: run (untimed), checkpoint, restore
+        name = f"hog{i}"
+        subprocess.run([*self.pm, "run", "-d", "--name", name, "memhog", *memhog_command(self.size_mib)], check=True, capture_output=True)
+        wait_memhog_ready(self.root, name, timeout_s=120)
+        warm(self.size_mib)
+        t, out = timed_out([*self.pm, "checkpoint", name, "--json"])
+        samples["pymigrate checkpoint"].append(t)
+        cid = json.loads(out)["checkpoint_id"]
+        warm(self.size_mib)
+        samples["pymigrate restore"].append(timed([*self.pm, "restore", cid]))
+        subprocess.run([*self.pm, "rm", "-f", name], check=True, capture_output=True)
+        subprocess.run([*self.pm, "checkpoint", "rm", cid], check=True, capture_output=True)
+
+        # runc: run (untimed), checkpoint, restore
+        cid = f"pmbhog-{os.getpid()}-{i}"
+        images = self.work / f"runc-images-{i}"
+        rc = [self.runc, "--root", str(self.runc_root)]
+        timed([*rc, "run", "-d", "--bundle", str(self.bundle), cid])
+        try:
+            memhog_ready(self.runc_pid(cid), self.bundle / "rootfs" / MEMHOG_OUT)
+            warm(self.size_mib)
+            samples["runc checkpoint"].append(timed([*rc, "checkpoint", "--image-path", str(images), cid]))
+            warm(self.size_mib)
+            samples["runc restore"].append(timed([*rc, "restore", "-d", "--image-path", str(images), "--bundle", str(self.bundle), cid]))
+        finally:
+            subprocess.run([*rc, "delete", "-f", cid], capture_output=True)
+            shutil.rmtree(images, ignore_errors=True)
+
+    def runc_pid(self, cid: str) -> int:
+        state = subprocess.run([self.runc, "--root", str(self.runc_root), "state", cid], check=True, capture_output=True, text=True)
+        return int(json.loads(state.stdout)["pid"])
+
+    def teardown(self) -> None:
+        listed = subprocess.run([self.runc, "--root", str(self.runc_root), "list", "-q"], capture_output=True, text=True)
+        for cid in listed.stdout.split():
+            subprocess.run([self.runc, "--root", str(self.runc_root), "delete", "-f", cid], capture_output=True)
+
+
+def timed_out(argv: list[str]) -> tuple[float, str]:
+    """Like ``timed`` but keeps stdout (a file, not a pipe); (wall seconds, stdout)."""
+    with open(os.devnull, "rb") as null_in, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        r = subprocess.run(argv, stdin=null_in, stdout=out, stderr=err)
+        elapsed = time.perf_counter() - t0
+        if r.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"bench: {' '.join(argv)} failed ({r.returncode}): {err.read().decode().strip()}")
+        out.seek(0)
+        return elapsed, out.read().decode()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=15)
+    parser.add_argument("--size", type=int, default=64, help="memhog MiB for checkpoint/restore (0: skip them)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -127,16 +247,22 @@ def main() -> int:
     image = ImageStore(paths).build_busybox("busybox")
     # A bridge and subnet of its own, so the bench never collides with another state root.
     tag = os.urandom(3).hex()
-    net = network_for(paths, "bridge", NetworkConfig(bridge=f"pmb{tag}", subnet="10.254.254.0/24"))
+    subnet_prefix = f"10.254.{int(tag[:2], 16)}"
+    net = network_for(paths, "bridge", NetworkConfig(bridge=f"pmb{tag}", subnet=f"{subnet_prefix}.0/24"))
     net.lease("0" * 32)
     net.release("0" * 32)
     bundle = work / "bundle"
     make_bundle(bundle, image.rootfs, args.runc)
     runc_root = work / "runc-state"
+    ckpt = CheckpointBench(work, root, pm, args.runc, args.size, subnet_prefix) if args.size > 0 else None
 
-    samples: dict[str, list[float]] = {"pymigrate": [], "runc": []}
+    samples: dict[str, list[float]] = {"pymigrate run -d": [], "runc run -d": [], "pymigrate ps": [], "runc list": []}
+    if ckpt:
+        samples.update({k: [] for k in ("pymigrate checkpoint", "runc checkpoint", "pymigrate restore", "runc restore")})
     floors: dict[str, list[str]] = {}
     try:
+        if ckpt:
+            ckpt.setup()
         if args.floor:
             floors = floor_cmds(root, args.network)
             samples.update({k: [] for k in floors})
@@ -144,13 +270,20 @@ def main() -> int:
             for label, argv in floors.items():
                 samples[label].append(timed(argv))
             name = f"bench{i}"
-            samples["pymigrate"].append(timed([*pm, "run", "-d", "--name", name, "--network", args.network, "busybox", *CMD]))
+            samples["pymigrate run -d"].append(timed([*pm, "run", "-d", "--name", name, "--network", args.network, "busybox", *CMD]))
+            samples["pymigrate ps"].append(timed([*pm, "ps"]))
             subprocess.run([*pm, "rm", "-f", name], check=True, capture_output=True)
             cid = f"pmbench-{tag}-{i}"
-            samples["runc"].append(timed([args.runc, "--root", str(runc_root), "run", "-d", "--bundle", str(bundle), cid]))
+            samples["runc run -d"].append(timed([args.runc, "--root", str(runc_root), "run", "-d", "--bundle", str(bundle), cid]))
+            samples["runc list"].append(timed([args.runc, "--root", str(runc_root), "list"]))
             subprocess.run([args.runc, "--root", str(runc_root), "delete", "-f", cid], check=True, capture_output=True)
+            if ckpt:
+                ckpt.round(i, samples)
     finally:
-        subprocess.run([*pm, "rm", "-f", *[f"bench{i}" for i in range(args.runs)]], capture_output=True)
+        subprocess.run([*pm, "rm", "-f", *[f"bench{i}" for i in range(args.runs)], *[f"hog{i}" for i in range(args.runs)]],
+                       capture_output=True)
+        if ckpt:
+            ckpt.teardown()
         try:
             network_for(paths, "bridge").delete_bridge()
         except Exception as exc:  # cleanup: report and go on
@@ -159,15 +292,21 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in samples.items()}
+    comparisons = {}
+    for step, goal in GOALS.items():
+        if f"pymigrate {step}" in med:
+            ratio = med[f"pymigrate {step}"] / med[f"runc {step}"]
+            comparisons[step] = {"pymigrate_s": med[f"pymigrate {step}"], "runc_s": med[f"runc {step}"],
+                                 "ratio": ratio, "goal": goal, "met": ratio <= goal}
     result = {
         "runs": args.runs,
         "order": "interleaved pymigrate, runc",
         "network": args.network,
+        "memhog_mib": args.size,
         "median_s": med,
         "min_s": {k: min(v) for k, v in samples.items()},
         "max_s": {k: max(v) for k, v in samples.items()},
-        "ratio_median": med["pymigrate"] / med["runc"],
-        "goal_ratio": 1.5,
+        "comparisons": comparisons,
         "samples_s": samples,
     }
     if floors:
@@ -175,14 +314,16 @@ def main() -> int:
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
-    else:
-        print(f"start latency, {args.runs} interleaved runs each (cleanup not timed), pymigrate network={args.network}")
-        width = max(12, *(len(k) + 2 for k in samples))
-        print(f"{'':{width}}{'median ms':>12}{'min ms':>10}{'max ms':>10}")
-        for k in ("pymigrate", "runc", *floors):
-            print(f"{k:{width}}{med[k] * 1000:12.1f}{min(samples[k]) * 1000:10.1f}{max(samples[k]) * 1000:10.1f}")
-        verdict = "within" if result["ratio_median"] <= 1.5 else "over"
-        print(f"ratio pymigrate/runc (medians): {result['ratio_median']:.2f} ({verdict} the 1.5x goal)")
+        return 0
+    print(f"{args.runs} interleaved runs each (cleanup not timed), pymigrate network={args.network}, memhog {args.size} MiB")
+    width = max(12, *(len(k) + 2 for k in samples))
+    print(f"{'':{width}}{'median ms':>12}{'min ms':>10}{'max ms':>10}")
+    for k in samples:
+        print(f"{k:{width}}{med[k] * 1000:12.1f}{min(samples[k]) * 1000:10.1f}{max(samples[k]) * 1000:10.1f}")
+    print()
+    print(f"{'median ms':14}{'pymigrate':>11}{'runc':>9}{'ratio':>8}{'goal':>7}  met")
+    for step, c in comparisons.items():
+        print(f"{step:14}{c['pymigrate_s'] * 1000:11.1f}{c['runc_s'] * 1000:9.1f}{c['ratio']:8.2f}{c['goal']:7.1f}  {'yes' if c['met'] else 'no'}")
     return 0
 
 
