@@ -242,6 +242,9 @@ def main() -> int:
     # Bytecode as an installed package has it (PYTHONDONTWRITEBYTECODE may be set in dev shells):
     # otherwise every pymigrate start would compile the modules again.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "runtime"), str(REPO / "migrate")], check=False, capture_output=True)
+    # ... and as it runs: writing bytecode, so the CLI keeps its compiled dataclass methods
+    # (runtime/dataclass_cache.py; the first runs fill the cache, the medians are the steady state)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     paths = Paths(root)
     paths.ensure()
     image = ImageStore(paths).build_busybox("busybox")

@@ -181,6 +181,10 @@ def _global_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program (not a test calling main): its dataclasses' methods come compiled
+        from runtime import dataclass_cache
+
+        dataclass_cache.install()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _global_parser()
     _add_commands(parser, command_of(argv, parser))
