@@ -9,6 +9,10 @@ For each memhog size (MiB of random, incompressible memory), in one run, interle
            raw side = CRIU's own ``frozen_time`` from stats-dump (also shown: the command's wall).
 - export:  ``pymigrate checkpoint --export F --leave-running`` wall  vs  ``criu dump`` followed by
            ``tar -cf - IMAGES UPPER | zstd -T0 -1 > F``, wall of both.
+- frozen of --leave-running --export: its stats.frozen_ms  vs  the plain ``checkpoint
+           --leave-running``'s (goal <= 1.1 x: it thaws before the archive is written).
+           ``--stopped-export`` adds, once per size at its end, ``checkpoint --export F`` without
+           --leave-running (frozen until committed, then stopped): its frozen_ms.
 - restore: the whole ``pymigrate restore ID --name N --ip A`` wall  vs  only the ``criu restore``
            command of the same images (``--root MERGED --inherit-fd fd[3]:extnet -d
            --manage-cgroups=ignore``); the raw side's preparation (overlay mount of the checkpoint's
@@ -28,7 +32,10 @@ What it changes on the host: a temporary state root (its own bridge and /24), me
 a network namespace ``pmbench-<tag>`` and a cgroup below the runtime's cgroup for the raw
 restores; every one is removed at the end (also on failure).
 
-Usage: scripts/bench.py checkpoint [--sizes 64,256,1024] [--runs 3] [--json] [--workdir DIR]
+Usage: scripts/bench.py checkpoint [--sizes 64,256,1024] [--runs 3] [--only frozen] [--stopped-export]
+                                  [--json] [--workdir DIR]
+``--only frozen``: per run only the plain checkpoint and the --leave-running export (no raw CRIU,
+restore or import steps).
 """
 
 from __future__ import annotations
@@ -224,7 +231,7 @@ class Bench:
             time.sleep(0.01)
 
     # -- one size ---------------------------------------------------------------------------------
-    def size(self, size_mib: int, runs: int) -> dict[str, Any]:
+    def size(self, size_mib: int, runs: int, *, only_frozen: bool = False, stopped_export: bool = False) -> dict[str, Any]:
         name = f"hog{size_mib}"
         self.start_memhog(name, size_mib)
         info = self.info(name)
@@ -235,7 +242,8 @@ class Bench:
         scratch = self.root / "tmp"
         r: dict[str, list[float]] = {k: [] for k in (
             "pm_frozen_ms", "pm_ckpt_total_ms", "raw_frozen_ms", "raw_dump_wall_ms",
-            "pm_export_wall_ms", "pm_export_total_ms", "raw_export_wall_ms",
+            "pm_export_wall_ms", "pm_export_total_ms", "raw_export_wall_ms", "pm_export_frozen_ms",
+            "pm_stopped_export_frozen_ms",
             "pm_restore_wall_ms", "pm_restore_total_ms", "raw_restore_ms",
             "pm_import_wall_ms", "pm_import_total_ms", "raw_import_ms", "raw_untar_ms",
         )}
@@ -249,6 +257,15 @@ class Bench:
             r["pm_ckpt_total_ms"].append(res["stats"]["total_ms"])
             sizes["images_bytes"] = res["stats"]["images_bytes"]
             cid = res["checkpoint_id"]
+            if only_frozen:
+                self.pm("checkpoint", "rm", cid)
+                archive = self.workdir / f"export-{i}.pma"
+                warm(size_mib)
+                _, out = self.pm("checkpoint", name, "--leave-running", "--export", str(archive), "--json")
+                r["pm_export_frozen_ms"].append(json.loads(out)["stats"]["frozen_ms"])
+                sizes["archive_bytes"] = archive.stat().st_size
+                archive.unlink()
+                continue
             warm(size_mib)
             raw_images = scratch / f"raw-{i}"
             wall, frozen = self.raw_dump(name, raw_images)
@@ -277,6 +294,7 @@ class Bench:
             wall, out = self.pm("checkpoint", name, "--leave-running", "--export", str(archive), "--json")
             r["pm_export_wall_ms"].append(wall * 1000)
             r["pm_export_total_ms"].append(json.loads(out)["stats"]["total_ms"])
+            r["pm_export_frozen_ms"].append(json.loads(out)["stats"]["frozen_ms"])
             sizes["archive_bytes"] = archive.stat().st_size
             raw_tar = self.workdir / f"raw-{i}.tar.zst"
             raw_images2 = scratch / f"raw2-{i}"
@@ -310,6 +328,12 @@ class Bench:
                 p.unlink()
             for d in (raw_images, raw_images2, base):
                 shutil.rmtree(d, ignore_errors=True)
+        if stopped_export:  # last: it stops the container
+            archive = self.workdir / "export-stopped.pma"
+            warm(size_mib)
+            _, out = self.pm("checkpoint", name, "--export", str(archive), "--json")
+            r["pm_stopped_export_frozen_ms"].append(json.loads(out)["stats"]["frozen_ms"])
+            archive.unlink()
         self.remove(name)
         med = {k: statistics.median(v) for k, v in r.items() if v}
         return {"size_mib": size_mib, "runs": runs, "median": med, "samples": r, "bytes": sizes}
@@ -360,9 +384,10 @@ class Bench:
 
 def ratios(m: dict[str, float]) -> dict[str, float]:
     def div(a: str, b: str) -> float:
-        return round(m[a] / m[b], 3) if m.get(b) else float("nan")
+        return round(m[a] / m[b], 3) if m.get(b) and a in m else float("nan")
 
     return {
+        "lr-export frozen / plain (goal <= 1.10)": div("pm_export_frozen_ms", "pm_frozen_ms"),
         "frozen (goal <= 1.10)": div("pm_frozen_ms", "raw_frozen_ms"),
         "export (goal <= 0.80)": div("pm_export_wall_ms", "raw_export_wall_ms"),
         "restore (goal <= 1.15)": div("pm_restore_wall_ms", "raw_restore_ms"),
@@ -377,6 +402,8 @@ def print_table(results: list[dict[str, Any]], limits: dict[str, float]) -> None
     rows = [
         ("frozen ms: pymigrate stats.frozen_ms", "pm_frozen_ms"),
         ("frozen ms: raw criu frozen_time", "raw_frozen_ms"),
+        ("frozen ms: --leave-running --export", "pm_export_frozen_ms"),
+        ("frozen ms: --export (stopped after)", "pm_stopped_export_frozen_ms"),
         ("raw criu dump wall ms", "raw_dump_wall_ms"),
         ("export wall ms: pymigrate CLI", "pm_export_wall_ms"),
         ("export ms: pymigrate stats.total_ms", "pm_export_total_ms"),
@@ -392,15 +419,20 @@ def print_table(results: list[dict[str, Any]], limits: dict[str, float]) -> None
     head = f"{'median of ' + str(results[0]['runs']) + ' runs':42}" + "".join(f"{str(r['size_mib']) + ' MiB':>12}" for r in results)
     print(head)
     print("-" * len(head))
+    rows = [(label, key) for label, key in rows if any(key in r["median"] for r in results)]  # --only: measured rows
     for label, key in rows:
         print(f"{label:42}" + "".join(f"{r['median'].get(key, float('nan')):12.1f}" for r in results))
     print("-" * len(head))
     for label in ratios(results[0]["median"]):
+        if all(ratios(r["median"])[label] != ratios(r["median"])[label] for r in results):  # NaN: not measured
+            continue
         print(f"{'ratio ' + label:42}" + "".join(f"{ratios(r['median'])[label]:12.2f}" for r in results))
     print("-" * len(head))
     for label, key in (("raw images MiB", "images_bytes"), ("archive MiB", "archive_bytes"), ("raw tar.zst MiB", "raw_tar_zst_bytes")):
         print(f"{label:42}" + "".join(f"{r['bytes'].get(key, 0) / MiB:12.1f}" for r in results))
     print(f"{'archive / raw images':42}" + "".join(f"{r['bytes']['archive_bytes'] / r['bytes']['images_bytes']:12.3f}" for r in results))
+    lr = [ratios(r["median"])["lr-export frozen / plain (goal <= 1.10)"] for r in results]
+    print(f"{'lr-export frozen goal <= 1.10 met':42}" + "".join(f"{'yes' if v <= 1.10 else 'no':>12}" for v in lr))
     print()
     print("machine (same run): " + ", ".join(f"{k}={v}" for k, v in limits.items()))
     print("memory warmed (2 x size + 512 MiB touched and freed) before every timed step, both sides; A B interleaved")
@@ -410,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.py checkpoint", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="64,256,1024", help="memhog sizes in MiB, comma separated")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", choices=("frozen",), default=None,
+                    help="frozen: only the plain checkpoint and the --leave-running export per run")
+    ap.add_argument("--stopped-export", action="store_true",
+                    help="once per size, at its end: checkpoint --export without --leave-running (stops it)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None, help="parent of the temporary state root (default /tmp)")
     args = ap.parse_args(argv)
@@ -425,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         limits = bench.limits()
         results = []
         for size in sizes:
-            results.append(bench.size(size, args.runs))
+            results.append(bench.size(size, args.runs, only_frozen=args.only == "frozen", stopped_export=args.stopped_export))
             print(f"bench: {size} MiB done at {time.monotonic() - started:.0f}s", file=sys.stderr)
     finally:
         bench.teardown()
