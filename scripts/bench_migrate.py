@@ -39,7 +39,11 @@ Usage: scripts/bench_migrate.py [--sizes 16,256,1024] [--tcp-mib 1024] [--json]
        scripts/bench_migrate.py --mode cold,postcopy [--sizes 64,256,1024] [--json]
          (live modes, issue 7: per size one memhog moved once per mode, back and forth; pause,
          total, bytes on the wire, last page after the resume; goals: postcopy pause <= 150 ms
-         and flat across sizes, postcopy total <= 1.5 x cold)
+         and flat across sizes, postcopy total <= 1.5 x cold); the memhog is --text-percent text
+         (default 50: compresses 1.7x with zstd) and the rest random
+       scripts/bench_migrate.py --mode cold,postcopy --link-rate 1gbit,10gbit [--sizes 1024]
+         (issue 17: the same per link rate, the hosts' links shaped with tc tbf (scripts/bench_link.py),
+         raw TCP on the shaped link measured first; --rtt-ms needs sch_netem, absent here)
        (also ``scripts/bench.py migrate ...``)
 """
 
@@ -55,6 +59,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import bench_link
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -352,16 +358,16 @@ POSTCOPY_FLAT_RATIO = 1.5  # 1 GiB pause within 1.5 x the 64 MiB pause
 POSTCOPY_TOTAL_RATIO = 1.5  # postcopy total <= 1.5 x cold total
 
 
-def bench_modes(lab: Any, size_mib: int, modes: list[str]) -> dict[str, Any]:
+def bench_modes(lab: Any, size_mib: int, modes: list[str], text_percent: int = 0) -> dict[str, Any]:
     """One memhog of ``size_mib`` migrated once per mode, back and forth between the two hosts
     (the same container, so each mode moves the same memory), memory warmed before each step and
     the checksum verified after each. Per mode: pause (frozen_ms), total, bytes on the wire, and
     for postcopy when the last page arrived after the resume."""
     hosts = [lab.hosts[0], lab.hosts[1]]
     name = f"live{size_mib}"
-    lab.run_memhog(hosts[0], name, size_mib)
+    lab.run_memhog(hosts[0], name, size_mib, text_percent=text_percent)
     before = lab.report(hosts[0], name)
-    row: dict[str, Any] = {"size_mib": size_mib, "modes": {}}
+    row: dict[str, Any] = {"size_mib": size_mib, "text_percent": text_percent, "modes": {}}
     for i, mode in enumerate(modes):
         src, dst = hosts[i % 2], hosts[(i + 1) % 2]
         warm(size_mib)
@@ -420,6 +426,34 @@ def print_modes_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) 
         print(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}")
 
 
+def run_modes(lab_class: Any, sizes: list[int], modes: list[str], args: argparse.Namespace) -> int:
+    """The live modes per size, once per link rate (unshaped when none is given)."""
+    started = time.monotonic()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as workdir, lab_class.create(Path(workdir)) as lab:
+        bench_link.refuse_rtt(lab.hosts, args.rtt_ms)
+        for rate in bench_link.rates(args.link_rate):
+            bench_link.shape(lab.hosts, rate)
+            tcp = tcp_throughput(lab, min(args.tcp_mib, 256)) if rate else None
+            rows = []
+            for size in sizes:
+                print(f"bench_migrate: {size} MiB, modes {','.join(modes)}, link {rate or 'unshaped'} ...", file=sys.stderr, flush=True)
+                rows.append(bench_modes(lab, size, modes, args.text_percent))
+            runs.append({"link_rate": rate, "tcp": tcp, "sizes": rows, "goals": goals_modes(rows) if rate is None else []})
+        bench_link.shape(lab.hosts, None)
+    if args.json:
+        json.dump({"runs": runs, "text_percent": args.text_percent, "elapsed_s": round(time.monotonic() - started, 1)}, sys.stdout, indent=2)
+        print()
+        return 0
+    for run in runs:
+        tcp = run["tcp"]
+        link = f"link {run['link_rate']} (raw TCP {tcp['mib_per_s']:.0f} MiB/s)" if tcp else "link unshaped"
+        print(f"\n== {link}; memhog memory {args.text_percent}% text ==")
+        print_modes_table(run["sizes"], run["goals"])
+    print(f"\n(run took {time.monotonic() - started:.0f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_migrate", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16,256,1024", help="memhog sizes in MiB, comma separated")
@@ -429,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="add an ssh:// column: the same sizes migrated through an SSH tunnel next to direct gRPC (needs sshd)")
     parser.add_argument("--mode", default=None,
                         help="live modes to compare instead of cold vs naive, e.g. cold,postcopy (sizes default to 64,256,1024)")
+    parser.add_argument("--link-rate", default=None,
+                        help="with --mode: shape the hosts' links (tc tbf), one run per rate, e.g. 1gbit,10gbit")
+    parser.add_argument("--rtt-ms", type=float, default=None, help="with --link-rate: a round-trip delay (needs sch_netem)")
+    parser.add_argument("--text-percent", type=int, default=50,
+                        help="with --mode: the share of the memhog's memory that is text (compressible; 50 gives 1.7x with zstd)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_migrate: needs root (network namespaces, cgroups, CRIU)", file=sys.stderr)
@@ -440,20 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sizes == parser.get_default("sizes"):
             sizes = [64, 256, 1024]
         modes = [m.strip() for m in args.mode.split(",") if m.strip()]
-        started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="bench-live-") as workdir, Lab.create(Path(workdir)) as lab:
-            rows = []
-            for size in sizes:
-                print(f"bench_migrate: {size} MiB, modes {','.join(modes)} ...", file=sys.stderr, flush=True)
-                rows.append(bench_modes(lab, size, modes))
-        checks = goals_modes(rows)
-        if args.json:
-            json.dump({"sizes": rows, "goals": checks, "elapsed_s": round(time.monotonic() - started, 1)}, sys.stdout, indent=2)
-            print()
-        else:
-            print_modes_table(rows, checks)
-            print(f"\n(run took {time.monotonic() - started:.0f} s)")
-        return 0
+        return run_modes(Lab, sizes, modes, args)
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-migrate-") as workdir, Lab.create(Path(workdir)) as lab:

@@ -146,11 +146,13 @@ class Lab:
         )
 
     # --- containers -----------------------------------------------------------------------------
-    def run_memhog(self, host: Host, name: str, size_mib: int, *, memory: str | None = None) -> dict:
+    def run_memhog(self, host: Host, name: str, size_mib: int, *, memory: str | None = None, text_percent: int = 0) -> dict:
+        """A memhog of ``size_mib``; ``text_percent`` of its memory is text (compressible), the rest random."""
         args = ["run", "-d", "--name", name]
         if memory:
             args += ["--memory", memory]
-        r = host.cli([*args, IMAGE, "/bin/memhog", str(size_mib), OUT])
+        extra = [str(text_percent)] if text_percent else []
+        r = host.cli([*args, IMAGE, "/bin/memhog", str(size_mib), OUT, *extra])
         if r.returncode != 0:
             raise RuntimeError(f"run {name} on host {host.letter}: {r.stderr.decode()}")
         self.wait_filled(host, name, size_mib)
