@@ -488,6 +488,9 @@ def restore_container(
             if spec.ports:  # pre-flight too: a taken host port is PortInUse; ports 0 (--publish :80) get free ones
                 spec = replace(spec, ports=rt.claim_ports(spec, replace_id=replace_id))
             spec, adopted = install_volumes(rt, spec, unpacked, migration_id=migration_id)
+            # pycriu's messages (protobuf: ~25 ms) imported once, before the shim forks: it inherits
+            # them for CRIU's RPC, and the stats below need them (else both import them, in series)
+            criu.warm()
             preflight_ms = (time.monotonic() - t_pre) * 1000
             work_dir = unpacked.work_dir
             emit("restore")
