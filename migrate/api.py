@@ -207,6 +207,9 @@ class MigrateOptions:
     file_locks: bool = False  # dump and restore file locks (flock, fcntl, leases) held by the tree
     # migrate -p: the ports the target publishes instead of the container's (None: the same ones)
     ports: tuple[PortMapping, ...] | None = None
+    # zstd on the page-server stream (migrate/migration/page_relay.py): "auto" when it beats the
+    # measured link, "on", "off" (empty: auto)
+    compress: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -373,6 +376,8 @@ class IncomingRequest:
     # (a restored copy's lease, migrate/migration/target.py). None: the target cannot ask.
     source_daemon: str | None = None
     image_layers: tuple[str, ...] = ()  # a layered image's diff_ids, lowest first (empty: flat)
+    # the source can send the page-server stream through its relay (zstd or raw, decided on the link)
+    compressed_pages: bool = False
 
 
 @dataclass(frozen=True)
@@ -384,6 +389,7 @@ class IncomingTicket:
     # need_image of a layered image: the image_layers the target lacks (only their blobs are sent)
     missing_layers: tuple[str, ...] = ()
     layered_image: bool = False  # receive_image takes that OCI archive (an older target: a raw tar)
+    pages_compressed: bool = False  # page_server_port is a page relay (an older target: CRIU's own, raw)
 
 
 SettlementOutcome = Literal["committed", "aborted", "lost", "pending", "unknown"]

@@ -107,6 +107,9 @@ class PageServer:
     address: str
     port: int
     fd: int | None = None  # an already connected socket (CRIU uses it instead of connecting)
+    # ``fd`` is a local relay's socketpair (migrate/migration/page_relay.py): the relay does the
+    # TLS around what goes on the wire, CRIU talks plain to it
+    plain: bool = False
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,7 @@ class SwrkCriu:
             if request.page_server is not None:
                 opts.ps.address = request.page_server.address
                 opts.ps.port = request.page_server.port
-                tls = request.tls or self.page_server_tls
+                tls = None if request.page_server.plain else (request.tls or self.page_server_tls)
                 if request.page_server.fd is not None:
                     # A socket passed as ps.fd gets its TLS session too with our CRIU patch
                     # (scripts/criu-patches/4.1.1-page-server-socket.patch; stock 4.1.1 skips it).
@@ -851,7 +854,7 @@ class CriuProcess:
                 self.proc.wait()
 
 
-def _start_ready(argv: list[str], operation: str, log_path: Path, timeout_s: float) -> CriuProcess:
+def _start_ready(argv: list[str], operation: str, log_path: Path, timeout_s: float, pass_fds: tuple[int, ...] = ()) -> CriuProcess:
     """Start ``argv`` with ``--status-fd`` and wait until CRIU reports ready (or fails)."""
     import select
 
@@ -861,7 +864,7 @@ def _start_ready(argv: list[str], operation: str, log_path: Path, timeout_s: flo
         log.debug("starting %s", " ".join(argv))
         try:
             proc = subprocess.Popen(
-                argv, pass_fds=[wfd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True
+                argv, pass_fds=[wfd, *pass_fds], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True
             )
         except OSError as exc:
             raise CriuUnreachable(operation, f"cannot start {argv[0]}: {exc}", errno=exc.errno or 0) from exc
@@ -916,18 +919,23 @@ def start_page_server(
     log_level: int = 4,
     timeout_s: float = 10.0,
     tls: CriuTls | None = None,
+    ps_socket: int | None = None,
 ) -> CriuProcess:
     """``criu page-server``: receive the memory pages of one dump (``DumpRequest.page_server``)
     into ``images_dir``. It exits 0 once the dump has sent everything. Returns once it listens.
+    ``ps_socket``: an already connected socket to serve instead of listening (``--ps-socket``;
+    a local relay's socketpair, migrate/migration/page_relay.py): ``address``/``port`` unused.
 
     With ``tls`` the dump must present a certificate that chains to ``tls.cacert`` (the name is
     not checked: ``CriuTls.for_listener``). CRIU accepts exactly one connection: a peer that
     fails the handshake ends the page server (non-zero exit), and with it the transfer."""
     binary = binary or criu_binary()
     ensure_kdat(binary)
+    where = ["--ps-socket", str(ps_socket)] if ps_socket is not None else ["--address", address, "--port", str(port)]
     argv = [
-        binary, "page-server", "--address", address, "--port", str(port),
+        binary, "page-server", *where,
         "-D", str(images_dir), "-o", PAGE_SERVER_LOG, f"-v{log_level}",
         *(tls.for_listener().cli_args() if tls is not None else ()),
     ]
-    return _start_ready(argv, "page-server", images_dir / PAGE_SERVER_LOG, timeout_s)
+    fds = (ps_socket,) if ps_socket is not None else ()
+    return _start_ready(argv, "page-server", images_dir / PAGE_SERVER_LOG, timeout_s, pass_fds=fds)

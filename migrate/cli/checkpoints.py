@@ -9,7 +9,7 @@
                       [-p [HOST_IP:][HOST_PORT]:PORT[/PROTO]]...
                       [--tcp-established] [--print-stats] [--json]
     pymigrate migrate NAME DEST [--keep-source] [--mode cold|postcopy|precopy|auto] [--file-locks]
-                      [--tcp-established] [--insecure | --tls-cert F --tls-key F --tls-ca F]
+                      [--compress auto|on|off] [--tcp-established] [--insecure | --tls-cert F --tls-key F --tls-ca F]
                       [--token-file F] [--json]
 
 Progress goes to stderr (rich) while the command runs; results go to stdout.
@@ -83,6 +83,8 @@ def register(sub: Any) -> None:
     p.add_argument("--mode", choices=("cold", "postcopy", "precopy", "auto"), default="cold")
     p.add_argument("--tcp-established", action="store_true", help="keep established TCP connections")
     p.add_argument("--file-locks", action="store_true", help="keep the file locks the container's processes hold")
+    p.add_argument("--compress", choices=("auto", "on", "off"), default="auto",
+                   help="zstd on the memory pages' stream: auto (when it beats the measured link), on, off")
     p.add_argument("-p", "--publish", action="append", default=None, metavar="[HOST_IP:][HOST_PORT]:PORT[/tcp|udp]",
                    help="the target publishes these ports instead of the container's (repeatable; as run -p)")
     # The global credential flags, also accepted after the subcommand (`migrate NAME HOST:PORT
@@ -352,7 +354,7 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     from runtime.ports import parse_publish
 
     options = MigrateOptions(dest=args.dest, keep_source=args.keep_source, mode=args.mode,
-                             tcp_established=args.tcp_established, file_locks=args.file_locks,
+                             tcp_established=args.tcp_established, file_locks=args.file_locks, compress=args.compress,
                              ports=None if args.publish is None else tuple(m for v in args.publish for m in parse_publish(v)))
     with Progress(ctx, f"migrate {args.name}") as progress:
         result = ctx.engine.migrate(args.name, options, progress)

@@ -6,7 +6,9 @@ CRIU keeps a cgroup frozen that was frozen before it started) while the archive 
 images, manifest) streams to the target as it is written; nothing is parked on the source disk
 first. With a page-server address (disk-less dump) CRIU sends the memory pages straight to the
 target's page server over a socket this module opens, and only the small images and the upper
-layer stream through gRPC.
+layer stream through gRPC. When both daemons agree (``MigrateOptions.compress`` not "off", a
+target that answers ``pages_compressed``), that socket goes through a relay that zstd-compresses
+the pages when the measured link is slow enough for it to pay (page_relay.py).
 
 Pre-copy (precopy.py) is this mode with a ``pre_dump`` hook: the rounds run while the container
 still runs, and the final dump names the last round as its parent.
@@ -18,13 +20,15 @@ import dataclasses
 import logging
 import shutil
 import socket
+import time
 from typing import Any
 
 from migrate.api import MigrateOptions, MigrateResult, MigrationMode, ProgressFn
 from migrate.checkpoint import stream_dump
 from migrate import failpoints
 from migrate.errors import TransferError, TruncatedArchive
-from migrate.migration.phases import PAGE_SIZE, ArchivePusher, PreDumped, PreDumpFn, connect_page_server
+from migrate.migration.page_relay import SourceRelay
+from migrate.migration.phases import PAGE_SERVER_TIMEOUT_S, PAGE_SIZE, ArchivePusher, PreDumped, PreDumpFn, connect_page_server
 from migrate.migration.sequence import Move, manifest, run
 from runtime.criu import Criu, DumpRequest, PageServer, SwrkCriu
 from runtime.errors import CriuError
@@ -44,10 +48,13 @@ class ColdMode:
         self._pre_dump = pre_dump
         self.pre: PreDumped | None = None
         self._sock: socket.socket | None = None  # the disk-less dump's connection to the target's page server
+        self._relay: SourceRelay | None = None  # ... through the page relay (pages_compressed)
+        self._relay_phases: dict[str, float] = {}
         self._port = 0
 
     def preflight(self, move: Move) -> None:
-        pass
+        # pre-copy's final dump goes to the page server its rounds left ready: no relay there
+        move.compressed_pages = bool(self._address) and self._pre_dump is None and move.options.compress != "off"
 
     def page_server_address(self) -> str | None:
         return self._address
@@ -68,12 +75,33 @@ class ColdMode:
             self._port = self.pre.page_server_port
         if self._address and self._port:
             self._sock = connect_page_server(self._address, self._port)
+            if move.ticket.pages_compressed:
+                self._open_relay(move)
+
+    def _open_relay(self, move: Move) -> None:
+        """Probe the link and decide zstd or raw (before the freeze: not in the pause)."""
+        assert self._sock is not None and self._address is not None
+        started = time.monotonic()
+        setting = "on" if move.options.compress == "on" else "auto"
+        self._relay = SourceRelay(self._sock, setting, tls=getattr(move.criu, "page_server_tls", None), address=self._address)
+        self._sock = None  # the relay owns it now
+        d = self._relay.open()
+        self._relay_phases = {
+            "page_probe": round((time.monotonic() - started) * 1000, 3),
+            "page_link_mib_s": round(d.link_bps / (1 << 20), 1),
+            "page_zstd_mib_s": round(d.compress_bps / (1 << 20), 1),
+            "page_compressed": 1.0 if d.compressed else 0.0,
+        }
+        log.info("container=%s migration=%s page stream %s (compress=%s: link %.0f MiB/s, zstd %.0f MiB/s)", move.spec.name,
+                 move.migration_id, "zstd" if d.compressed else "raw", setting, d.link_bps / (1 << 20), d.compress_bps / (1 << 20))
 
     def manifest_options(self, move: Move) -> dict[str, Any]:
         return {}
 
     def dump_request(self, move: Move, request: DumpRequest) -> DumpRequest:
         page_server = PageServer(self._address, self._port, fd=self._sock.fileno()) if self._sock and self._address else None
+        if self._relay is not None and self._address:
+            page_server = PageServer(self._address, self._port, fd=self._relay.criu_fd, plain=True)
         return dataclasses.replace(
             request,
             page_server=page_server,
@@ -87,6 +115,8 @@ class ColdMode:
         sink = move.sink
         assert sink is not None and move.upper is not None
         try:
+            if self._relay is not None:
+                self._relay.start()
             writer = ArchiveWriter(sink, compress="zstd", level=1)
             writer.write_manifest(manifest(move, self))
             stats, _dump_ms = stream_dump(move.criu, request, writer, move.dt.upper_dir,
@@ -96,11 +126,15 @@ class ColdMode:
                 # the target's page server finishes only at its EOF.
                 self._sock.close()
                 self._sock = None
+            if self._relay is not None:  # CRIU had its close ack: the relay ends its stream and stops
+                self._relay.join(PAGE_SERVER_TIMEOUT_S * 2)
             failpoints.hit("source.dump")
             move.final_sent = True
             writer.close(trailer={"dump_stats": stats.__dict__, **move.upper.trailer})
             sink.close()
-            if request.page_server is not None:  # the pages went over CRIU's own connection
+            if self._relay is not None:  # what the relay put on the wire (zstd or raw)
+                move.bytes_on_wire += self._relay.counters.wire_bytes
+            elif request.page_server is not None:  # the pages went over CRIU's own connection
                 move.bytes_on_wire += stats.pages_written * PAGE_SIZE
         except BaseException as exc:
             cause = self._cause(exc, pusher)
@@ -111,7 +145,8 @@ class ColdMode:
     def _cause(self, exc: BaseException, pusher: ArchivePusher) -> BaseException:
         """End the stream after a failed dump and name the first real cause."""
         sink = pusher.sink
-        page_server_used = self._sock is not None
+        page_server_used = self._sock is not None or self._relay is not None
+        relay_error = self._relay.error if self._relay is not None else None
         if page_server_used and isinstance(exc, CriuError):
             # End the stream instead of cancelling it: the target then reads a truncated archive,
             # fails its receive with its page server's reason, and answers.
@@ -123,6 +158,7 @@ class ColdMode:
             # after it: held open, the rollback waited seconds for nothing.
             self._sock.close()
             self._sock = None
+        self._close_relay()
         pusher.join(timeout=30)
         cause = pusher.root_cause(exc)
         if (page_server_used and isinstance(exc, CriuError) and pusher.error is not None
@@ -131,12 +167,19 @@ class ColdMode:
             # server's own error, e.g. no space left), and says so. A target that only saw the
             # stream end knows nothing more: CRIU's own error stands.
             cause = pusher.error
+        elif relay_error is not None and isinstance(cause, CriuError):
+            cause = relay_error  # CRIU only saw its socket close; the relay knows why
         return cause
+
+    def _close_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
 
     def end_dump(self, move: Move) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._close_relay()
         if move.staging is not None:  # nothing here needs the dump's files once it went out
             shutil.rmtree(move.staging, ignore_errors=True)
 
@@ -156,7 +199,8 @@ class ColdMode:
         pass
 
     def stats(self, move: Move) -> tuple[int, int, dict[str, float]]:
-        return 0, move.image_bytes, dict(self.pre.phases_ms) if self.pre is not None else {}
+        phases = dict(self.pre.phases_ms) if self.pre is not None else {}
+        return 0, move.image_bytes, {**phases, **self._relay_phases}
 
 
 def migrate_cold(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: Criu | None = None,

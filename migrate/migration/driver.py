@@ -23,7 +23,7 @@ from migrate.api import MigrateOptions, MigrateResult, ProgressFn
 from migrate.errors import IncompatibleHost
 from migrate.migration.phases import PreDumpFn
 from runtime.criu import Criu
-from runtime.errors import InvalidState, Unsupported
+from runtime.errors import InvalidArgument, InvalidState, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ def migrate_container(
     ``pre_dump`` forces the cold path with that hook)."""
     from migrate.migration.cold import migrate_cold
 
+    if options.compress not in ("", "auto", "on", "off"):
+        raise InvalidArgument(f"compress must be auto, on or off, not {options.compress!r}")
     container = rt.get(name)
     if container.status != "running":
         raise InvalidState(container.spec.name, "migrate", container.status, "running")

@@ -83,6 +83,7 @@ class Move:
     image_bytes: int = 0  # the base image, when the target lacked it (raw tar or OCI archive on the wire)
     image_layers_sent: int = 0  # layer blobs of a layered image the target lacked
     restored: RestoreResult | None = None
+    compressed_pages: bool = False  # the mode asks for a page relay (IncomingRequest.compressed_pages)
 
     @property
     def spec(self) -> Any:
@@ -177,6 +178,7 @@ def _preflight(move: Move, mode: Mode) -> None:
     ports = getattr(move.options, "ports", None)
     spec = move.spec if ports is None else dataclasses.replace(move.spec, ports=ports)
     request = incoming_request(move.rt, spec, move.criu_version, mode.name, mode.page_server_address())
+    request = dataclasses.replace(request, compressed_pages=move.compressed_pages)
     move.ticket = move.target.prepare_incoming(request)
     move.migration_id = move.ticket.migration_id
     log.info("container=%s migration=%s phase=preflight dest=%s mode=%s need_image=%s", move.spec.name, move.migration_id,

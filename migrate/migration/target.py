@@ -57,6 +57,7 @@ from runtime.spec import ContainerSpec
 
 if TYPE_CHECKING:
     from runtime.checkpointing import CheckpointHost
+    from migrate.migration.page_relay import TargetRelay
     from runtime.criu import CriuProcess
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class IncomingMigrations:
         # accept only a peer whose certificate chains to the daemon's CA.
         self.page_servers_allowed = page_servers
         self.page_server_tls = page_server_tls
-        self._page_servers: dict[str, CriuProcess] = {}
+        self._page_servers: dict[str, CriuProcess | TargetRelay] = {}
         self._guards: dict[str, Any] = {}  # runtime.port_guard guards of plain page servers
         # Progress of prepared migrations (monotonic time of the last byte on either channel, and
         # the page-server dir's size at the last sweep): see sweep().
@@ -249,12 +250,13 @@ class IncomingMigrations:
                 "source_daemon": _dial_back(request.source_daemon, request.source_address),
             })
         port = 0
+        relayed = request.compressed_pages and request.mode == "cold"
         if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
-            port = self._start_page_server(migration_id, request.page_server_address, request.source_address)
+            port = self._start_page_server(migration_id, request.page_server_address, request.source_address, relay=relayed)
         log.info("migration=%s phase=preflight container=%s reserved need_image=%s missing_layers=%d page_server_port=%d",
                  migration_id, spec.name, need_image, len(missing), port)
         return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port, stage_upper=True,
-                              missing_layers=missing, layered_image=layered)
+                              missing_layers=missing, layered_image=layered, pages_compressed=bool(port) and relayed)
 
     def _claim_ports(self, spec: ContainerSpec, replace_id: str | None) -> ContainerSpec:
         """Refuse the ports another container here publishes or a host process holds, and the
@@ -343,10 +345,12 @@ class IncomingMigrations:
     def _pages_dir(self, migration_id: str) -> Path:
         return self.host.paths.tmp / f"pages-{migration_id}"
 
-    def _start_page_server(self, migration_id: str, address: str, source: str | None = None, *, parent: Path | None = None) -> int:
+    def _start_page_server(self, migration_id: str, address: str, source: str | None = None, *, parent: Path | None = None,
+                           relay: bool = False) -> int:
         """Start ``criu page-server`` on ``address``; its port, or 0 to let the source stream.
         Without TLS only ``source`` (the caller's address) may connect to it (runtime.port_guard).
-        ``parent``: the images its dump names as parent (pre-copy's last round; CRIU's parent link)."""
+        ``parent``: the images its dump names as parent (pre-copy's last round; CRIU's parent link).
+        ``relay``: behind a page relay that takes zstd or raw (page_relay.py; it does the TLS)."""
         from migrate.migration.postcopy import free_port
         from runtime.criu import start_page_server
         from runtime.port_guard import guard_or_warn
@@ -361,7 +365,14 @@ class IncomingMigrations:
                 guard = guard_or_warn(port, [source], label=f"migration={migration_id} page server")
                 if guard is not None:
                     self._guards[migration_id] = guard
-            self._page_servers[migration_id] = start_page_server(pages, address, port, tls=self.page_server_tls)
+            if relay:
+                from migrate.migration.page_relay import start_relayed_page_server
+                from migrate.migration.phases import PAGE_SERVER_TIMEOUT_S
+
+                self._page_servers[migration_id] = start_relayed_page_server(
+                    pages, address, port, tls=self.page_server_tls, allowed=source, timeout_s=PAGE_SERVER_TIMEOUT_S)
+            else:
+                self._page_servers[migration_id] = start_page_server(pages, address, port, tls=self.page_server_tls)
         except (ContainerError, OSError) as exc:  # not fatal: the pages stream with the archive
             log.warning("migration=%s: no page server on %s (%s): the source streams its pages", migration_id, address, exc)
             remove_tree_quietly(pages)
@@ -382,6 +393,7 @@ class IncomingMigrations:
             return
         try:
             server.wait(timeout_s=120)
+            self._log_relay(migration_id, server)
             self._drop_guard(migration_id)
         except ContainerError as exc:
             raise TransferError(f"the page server of migration {migration_id} failed: {exc.message}", phase="restore") from exc
@@ -397,6 +409,12 @@ class IncomingMigrations:
             os.symlink(os.readlink(link), images_dir / "parent")
         remove_tree_quietly(pages)
 
+    def _log_relay(self, migration_id: str, server: Any) -> None:
+        counters = getattr(server, "counters", None)  # a page relay's (page_relay.TargetRelay)
+        if counters is not None:
+            log.info("migration=%s page stream %s: %d bytes on the wire for %d", migration_id,
+                     "zstd" if server.compressed else "raw", counters.wire_bytes, counters.raw_bytes)
+
     def _page_server_failure(self, migration_id: str) -> str | None:
         """Why this migration's page server died (its first CRIU error), if it did."""
         server = self._page_servers.get(migration_id)
@@ -408,7 +426,8 @@ class IncomingMigrations:
             return None
         if rc == 0:
             return None
-        return server.error(rc).message
+        relay_error = getattr(server, "error_of", lambda: None)()  # a relay says why CRIU saw EOF
+        return relay_error or server.error(rc).message
 
     def _stop_page_server(self, migration_id: str) -> None:
         server = self._page_servers.pop(migration_id, None)

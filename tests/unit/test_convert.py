@@ -62,12 +62,13 @@ RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2"
                                      ports=(PORT,), ignore_static_ip=True, ignore_static_mac=True)
 RESTORE_STATS = api.RestoreStats(1.5, 2.5, 3.5, 4, 5, 6.5)
 MIGRATE_OPTIONS = api.MigrateOptions(dest="10.0.0.1:7070", keep_source=True, mode="auto", tcp_established=True, file_locks=True,
-                                     ports=(PORT,))
+                                     ports=(PORT,), compress="on")
 MIGRATION_STATS = api.MigrationStats(1.5, 2.5, 3, 4, {"dump": 5.5, "restore": 6.5}, upper_entries_frozen=7, image_bytes=8,
                                      image_layers_sent=9)
 INCOMING = api.IncomingRequest(
     "web", json.loads(json.dumps(SPEC.to_dict())), "sha256:f", "4.1.1", "sha256:c", "10.77.0.9", "postcopy",
     page_server_address="10.77.0.1:0", source_daemon="10.0.0.1:7070", image_layers=("sha256:1", "sha256:2"),
+    compressed_pages=True,
 )
 
 # the fields each conversion leaves out on purpose (read on the caller's side, or filled in by the receiver)
@@ -112,7 +113,8 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (api.MigrateResult("web", "unix:/x", "precopy", MIGRATION_STATS), cv.migrate_result_to_pb, cv.migrate_result_from_pb, ()),
     (INCOMING, cv.incoming_request_to_pb, cv.incoming_request_from_pb, INCOMING_LOCAL),
     (api.Settlement("m1", "committed", container_running=True), cv.settlement_to_pb, functools.partial(cv.settlement_from_pb, "m1"), ()),
-    (api.IncomingTicket("m1", True, page_server_port=27000, stage_upper=True, missing_layers=("sha256:2",), layered_image=True),
+    (api.IncomingTicket("m1", True, page_server_port=27000, stage_upper=True, missing_layers=("sha256:2",), layered_image=True,
+                        pages_compressed=True),
      cv.ticket_to_pb, cv.ticket_from_pb, ()),
     (api.ImageDetails(IMAGE, {"Cmd": ["sh"], "ExposedPorts": {"80/tcp": {}}}), cv.image_details_to_pb, cv.image_details_from_pb, ()),
     (api.CommitResult(IMAGE, "sha256:d", 10240, 2, 1, ("/.pymigrate",), 6.5), cv.commit_result_to_pb, cv.commit_result_from_pb, ()),

@@ -1016,7 +1016,7 @@ class UploadCheckpointResponse(_message.Message):
     def __init__(self, checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("name", "dest", "keep_source", "mode", "tcp_established", "file_locks", "ports")
+    __slots__ = ("name", "dest", "keep_source", "mode", "tcp_established", "file_locks", "ports", "compress")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEST_FIELD_NUMBER: _ClassVar[int]
     KEEP_SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -1024,6 +1024,7 @@ class MigrateRequest(_message.Message):
     TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
     FILE_LOCKS_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dest: str
     keep_source: bool
@@ -1031,7 +1032,8 @@ class MigrateRequest(_message.Message):
     tcp_established: bool
     file_locks: bool
     ports: PortList
-    def __init__(self, name: _Optional[str] = ..., dest: _Optional[str] = ..., keep_source: _Optional[bool] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., tcp_established: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., ports: _Optional[_Union[PortList, _Mapping]] = ...) -> None: ...
+    compress: str
+    def __init__(self, name: _Optional[str] = ..., dest: _Optional[str] = ..., keep_source: _Optional[bool] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., tcp_established: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., ports: _Optional[_Union[PortList, _Mapping]] = ..., compress: _Optional[str] = ...) -> None: ...
 
 class MigrateResponse(_message.Message):
     __slots__ = ("event", "result")
@@ -1042,7 +1044,7 @@ class MigrateResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[MigrationEvent, _Mapping]] = ..., result: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode", "page_server_address", "source_daemon", "image_layers")
+    __slots__ = ("container_name", "spec_json", "image_digest", "criu_version", "cpu_digest", "ip", "mode", "page_server_address", "source_daemon", "image_layers", "compressed_pages")
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -1053,6 +1055,7 @@ class PrepareIncomingRequest(_message.Message):
     PAGE_SERVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_DAEMON_FIELD_NUMBER: _ClassVar[int]
     IMAGE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_PAGES_FIELD_NUMBER: _ClassVar[int]
     container_name: str
     spec_json: str
     image_digest: str
@@ -1063,23 +1066,26 @@ class PrepareIncomingRequest(_message.Message):
     page_server_address: str
     source_daemon: str
     image_layers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., page_server_address: _Optional[str] = ..., source_daemon: _Optional[str] = ..., image_layers: _Optional[_Iterable[str]] = ...) -> None: ...
+    compressed_pages: bool
+    def __init__(self, container_name: _Optional[str] = ..., spec_json: _Optional[str] = ..., image_digest: _Optional[str] = ..., criu_version: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., ip: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., page_server_address: _Optional[str] = ..., source_daemon: _Optional[str] = ..., image_layers: _Optional[_Iterable[str]] = ..., compressed_pages: _Optional[bool] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
-    __slots__ = ("migration_id", "need_image", "page_server_port", "stage_upper", "missing_layers", "layered_image")
+    __slots__ = ("migration_id", "need_image", "page_server_port", "stage_upper", "missing_layers", "layered_image", "pages_compressed")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     NEED_IMAGE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
     STAGE_UPPER_FIELD_NUMBER: _ClassVar[int]
     MISSING_LAYERS_FIELD_NUMBER: _ClassVar[int]
     LAYERED_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PAGES_COMPRESSED_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     need_image: bool
     page_server_port: int
     stage_upper: bool
     missing_layers: _containers.RepeatedScalarFieldContainer[str]
     layered_image: bool
-    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ..., page_server_port: _Optional[int] = ..., stage_upper: _Optional[bool] = ..., missing_layers: _Optional[_Iterable[str]] = ..., layered_image: _Optional[bool] = ...) -> None: ...
+    pages_compressed: bool
+    def __init__(self, migration_id: _Optional[str] = ..., need_image: _Optional[bool] = ..., page_server_port: _Optional[int] = ..., stage_upper: _Optional[bool] = ..., missing_layers: _Optional[_Iterable[str]] = ..., layered_image: _Optional[bool] = ..., pages_compressed: _Optional[bool] = ...) -> None: ...
 
 class PushImageRequest(_message.Message):
     __slots__ = ("migration_id", "data", "seq", "crc32")

@@ -1,0 +1,577 @@
+"""A relay that compresses CRIU's page-server stream on the wire (issue 17: slow links).
+
+CRIU sends a disk-less dump's pages over one connection to ``criu page-server``, uncompressed.
+On a 1 Gbit/s link a compressible workload then waits on bytes zstd could have saved, so when the
+two daemons agree (PrepareIncoming ``compressed_pages`` / ``pages_compressed``) the connection
+runs through a relay on each side instead:
+
+    source CRIU dump --socketpair--> relay (zstd) --TCP [+TLS]--> relay (unzstd) --socketpair--> criu page-server --ps-socket
+
+The page-server protocol is one way but for small replies (the final close ack): the forward
+direction (source to target) is a zstd stream, the reverse one stays raw. With TLS the relays do
+it (Python ssl, the daemons' mTLS material) around the compressed bytes, and CRIU talks plain
+over its socketpair: encrypted bytes would not compress.
+
+Before the freeze the source measures the link on the same connection (a probe the target
+echoes) and decides (``choose``): zstd when it compresses clearly faster than the link moves raw
+bytes, raw otherwise (10 Gbit/s, loopback). The decision is the first byte of the stream.
+
+Each side's relay is one thread and one select loop: an ssl socket must not be read and written
+from two threads at once, and zstd and the socket calls release the GIL anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from migrate.errors import TransferError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"PMR1"
+HELLO = struct.Struct("!4sII")  # magic, warm-up bytes, timed probe bytes
+WARM_BYTES = 2 << 20  # lets TCP leave slow start before the timed part (else the link looks slow)
+PROBE_BYTES = 6 << 20
+RAW, ZSTD = b"R", b"Z"
+CHUNK = 1 << 20
+HIGH_WATER = 8 << 20  # stop reading a side while this much waits for the other
+LEVEL = 1  # zstd -1: ~1 GB/s per core here, far above a 1 Gbit/s link; higher levels gain little on pages
+MARGIN = 3.0  # compress when zstd is this much faster than the link: a margin for CRIU and the target's unzstd
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class PageRelayError(TransferError):
+    """The relayed page stream failed: a corrupt or truncated zstd stream, a bad handshake, a
+    broken connection. Both ends of the relay are closed, so CRIU on either side fails too."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What ``choose`` decided and from what (the result's phases and the daemon log)."""
+
+    compressed: bool
+    link_bps: float  # raw bytes per second the probe moved
+    compress_bps: float  # raw bytes per second zstd took in (min of compress, decompress)
+    mode: str  # "auto", "on"
+
+
+@dataclasses.dataclass
+class Counters:
+    raw_bytes: int = 0  # page-server bytes CRIU sent (forward direction, before zstd)
+    wire_bytes: int = 0  # what crossed the link in that direction
+
+
+# -- codecs: what one direction does to its bytes ---------------------------------------------------
+
+class Codec(Protocol):
+    def feed(self, data: bytes, idle: bool) -> bytes:
+        """Bytes to send for ``data``; ``idle``: nothing more is ready to read (flush now)."""
+
+    def end(self) -> bytes:
+        """The stream's tail at EOF (raises PageRelayError when the input was incomplete)."""
+
+
+class Plain:
+    def feed(self, data: bytes, idle: bool) -> bytes:
+        return data
+
+    def end(self) -> bytes:
+        return b""
+
+
+class Compress:
+    def __init__(self, level: int = LEVEL, threads: int | None = None) -> None:
+        import zstandard
+
+        self._zstd = zstandard
+        workers = threads if threads is not None else _threads()
+        self._obj = zstandard.ZstdCompressor(level=level, threads=workers).compressobj()
+
+    def feed(self, data: bytes, idle: bool) -> bytes:
+        out = self._obj.compress(data)
+        if idle:
+            # CRIU waits for replies (the close ack) after small messages: never hold one back
+            out += self._obj.flush(self._zstd.COMPRESSOBJ_FLUSH_BLOCK)
+        return out
+
+    def end(self) -> bytes:
+        return self._obj.flush(self._zstd.COMPRESSOBJ_FLUSH_FINISH)
+
+
+class Decompress:
+    def __init__(self) -> None:
+        import zstandard
+
+        self._zstd = zstandard
+        self._obj = zstandard.ZstdDecompressor().decompressobj()
+
+    def feed(self, data: bytes, idle: bool) -> bytes:
+        try:
+            return self._obj.decompress(data)
+        except self._zstd.ZstdError as exc:
+            raise PageRelayError(f"the compressed page stream is corrupt: {exc}") from exc
+
+    def end(self) -> bytes:
+        if not self._obj.eof:
+            raise PageRelayError("the compressed page stream ended before its end mark (truncated)")
+        return b""
+
+
+def _threads() -> int:
+    # zstd's own workers compress while this thread moves bytes; one core: no worker (0)
+    cores = os.cpu_count() or 1
+    return cores if cores > 1 else 0
+
+
+# -- the pump: one select loop for both directions --------------------------------------------------
+
+class _Pipe:
+    """One direction: ``src`` -> codec -> ``dst``."""
+
+    def __init__(self, src: socket.socket, dst: socket.socket, codec: Codec, counters: Counters | None = None) -> None:
+        self.src, self.dst, self.codec, self.counters = src, dst, codec, counters
+        self.out = bytearray()
+        self.eof = False  # src ended and its tail is in ``out``
+        self.done = False  # ... and ``dst`` was shut for writing
+
+    def wants_read(self) -> bool:
+        return not self.eof and len(self.out) < HIGH_WATER
+
+    def read(self) -> None:
+        try:
+            data = self.src.recv(CHUNK)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return
+        if not data:
+            self.out += self.codec.end()
+            self.eof = True
+            return
+        idle = len(data) < CHUNK and not _pending(self.src)
+        out = self.codec.feed(data, idle)
+        if self.counters is not None:  # raw: CRIU's side of the relay; wire: the link's
+            unpacks = isinstance(self.codec, Decompress)
+            self.counters.raw_bytes += len(out) if unpacks else len(data)
+            self.counters.wire_bytes += len(data) if unpacks else len(out)
+        self.out += out
+
+    def write(self) -> None:
+        try:
+            n = self.dst.send(self.out[:CHUNK])
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return
+        del self.out[:n]
+
+    def finish(self) -> None:
+        if self.eof and not self.out and not self.done:
+            self.done = True
+            try:
+                # the peer reads EOF: the end of this direction. The base class's shutdown: an
+                # SSLSocket's own drops its TLS state, and the other direction still needs it.
+                socket.socket.shutdown(self.dst, socket.SHUT_WR)
+            except OSError:
+                pass  # the reader is gone already (CRIU exited after its close ack)
+
+
+def _pending(sock: socket.socket) -> bool:
+    """Bytes readable from ``sock`` right now (ssl: decrypted but not yet read)."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    ready, _, _ = select.select([sock], [], [], 0)
+    return bool(ready)
+
+
+def pump(pipes: list[_Pipe], stop: threading.Event | None = None) -> None:
+    """Move bytes until every pipe reached its EOF and was drained. Raises PageRelayError (the
+    sockets are the caller's to close: that is what tells CRIU)."""
+    try:
+        for s in {id(p.src): p.src for p in pipes}.values():
+            s.setblocking(False)
+        while not all(p.done for p in pipes):
+            if stop is not None and stop.is_set():
+                raise PageRelayError("the page relay was stopped")
+            _step(pipes)
+    except PageRelayError:
+        raise
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise PageRelayError(f"the page stream broke: {exc}") from exc
+
+
+def _step(pipes: list[_Pipe]) -> None:
+    readers = [p for p in pipes if p.wants_read()]
+    writers = [p for p in pipes if p.out]
+    # an ssl socket may hold decrypted bytes select cannot see
+    ready_now = [p for p in readers if isinstance(p.src, ssl.SSLSocket) and p.src.pending()]
+    r: list[socket.socket]
+    w: list[socket.socket]
+    if ready_now:
+        r, w = [p.src for p in ready_now], []
+    else:
+        r, w, _ = select.select([p.src for p in readers], [p.dst for p in writers], [], 0.5)
+    for p in readers:
+        if p.src in r:
+            p.read()
+    for p in writers:
+        if p.dst in w:
+            p.write()
+    for p in pipes:
+        p.finish()
+
+
+# -- the link probe and the decision (source side) --------------------------------------------------
+
+_calibrated: float | None = None
+
+
+def compress_rate() -> float:
+    """Raw bytes per second zstd takes in (compress and decompress, the slower), measured once
+    per daemon on half random, half text data (a page stream's two extremes)."""
+    global _calibrated
+    if _calibrated is None:
+        import zstandard
+
+        words = b"the page server sends memory of a frozen container to its target host " * 2000
+        sample = os.urandom(4 << 20) + (words * (1 + (4 << 20) // len(words)))[: 4 << 20]
+        started = time.perf_counter()
+        packed = zstandard.ZstdCompressor(level=LEVEL, threads=_threads()).compress(sample)
+        mid = time.perf_counter()
+        zstandard.ZstdDecompressor().decompress(packed, max_output_size=len(sample))
+        done = time.perf_counter()
+        _calibrated = len(sample) / max(mid - started, done - mid, 1e-6)
+    return _calibrated
+
+
+def choose(setting: str, link_bps: float, zstd_bps: float) -> Decision:
+    """zstd when ``setting`` is "on", or "auto" and zstd outruns the link by MARGIN (else raw:
+    a fast link moves raw pages sooner than zstd could pack them)."""
+    compressed = setting == "on" or zstd_bps > MARGIN * link_bps
+    return Decision(compressed, link_bps, zstd_bps, "on" if setting == "on" else "auto")
+
+
+def probe_link(sock: socket.socket) -> float:
+    """Raw bytes per second from here to the target's relay: a warm-up, then a timed part the
+    target acknowledges once it has it all."""
+    filler = os.urandom(1 << 20)  # random: what the link does with incompressible bytes
+    sock.sendall(HELLO.pack(MAGIC, WARM_BYTES, PROBE_BYTES))
+    _send_filler(sock, filler, WARM_BYTES)
+    _expect(sock, b"W")
+    started = time.monotonic()
+    _send_filler(sock, filler, PROBE_BYTES)
+    _expect(sock, b"T")
+    return PROBE_BYTES / max(time.monotonic() - started, 1e-6)
+
+
+def _send_filler(sock: socket.socket, filler: bytes, size: int) -> None:
+    while size > 0:
+        chunk = filler[: min(size, len(filler))]
+        sock.sendall(chunk)
+        size -= len(chunk)
+
+
+def _expect(sock: socket.socket, want: bytes) -> None:
+    got = _recv_exact(sock, len(want))
+    if got != want:
+        raise PageRelayError(f"the target's page relay answered {got!r}, not {want!r}")
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        data = sock.recv(size - len(buf))
+        if not data:
+            raise PageRelayError("the page relay's peer closed the connection during the handshake")
+        buf += data
+    return bytes(buf)
+
+
+def _drain(sock: socket.socket, size: int) -> None:
+    while size > 0:
+        data = sock.recv(min(size, CHUNK))
+        if not data:
+            raise PageRelayError("the source closed the page relay during the link probe")
+        size -= len(data)
+
+
+# -- TLS (the daemons' mTLS material, as runtime.criu.CriuTls) --------------------------------------
+
+def client_tls(sock: socket.socket, tls: Any, address: str) -> ssl.SSLSocket:
+    """The source's end: the target's certificate must chain to ``tls.cacert`` and, as CRIU
+    checks it, name ``address`` unless ``tls.no_cn_verify``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(tls.cacert))
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    ctx.check_hostname = not tls.no_cn_verify
+    _crl(ctx, tls)
+    _context(ctx)
+    return ctx.wrap_socket(sock, server_hostname=address)
+
+
+def server_tls(sock: socket.socket, tls: Any) -> ssl.SSLSocket:
+    """The target's end: a client certificate is required and must chain to ``tls.cacert`` (its
+    name is not checked: the listener does not know who dials, as CriuTls.for_listener)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    ctx.load_verify_locations(cafile=str(tls.cacert))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    _crl(ctx, tls)
+    _context(ctx)
+    return ctx.wrap_socket(sock, server_side=True)
+
+
+def _context(ctx: ssl.SSLContext) -> None:
+    # A relay ends a direction with a TCP half-close, not a TLS close_notify (it still reads the
+    # other way); OpenSSL 3 would take that EOF as fatal for both. A cut cannot pass for the end:
+    # zstd needs its end mark (Decompress.end) and CRIU its close command and ack.
+    ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+
+
+def _crl(ctx: ssl.SSLContext, tls: Any) -> None:
+    if getattr(tls, "cacrl", None) is not None:
+        ctx.load_verify_locations(cafile=str(tls.cacrl))
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+def keep_alive(sock: socket.socket, timeout_s: int) -> None:
+    """A dead link fails a blocked send within ``timeout_s`` (unacknowledged data) and a silent
+    one by keepalive: a frozen source then thaws instead of waiting ~15 minutes for TCP."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_s * 1000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
+# -- the source's side --------------------------------------------------------------------------------
+
+class SourceRelay:
+    """The source's relay: ``criu_fd`` is the socket CRIU's dump gets (``ps.fd``, plain).
+
+    ``open`` (before the freeze): TLS, the link probe, the decision. ``start``: the pump thread.
+    ``join`` after the dump; ``close`` always."""
+
+    def __init__(self, sock: socket.socket, setting: str, *, tls: Any = None, address: str = "") -> None:
+        self._tcp = sock
+        self._setting = setting
+        self._tls = tls
+        self._address = address
+        self.remote: socket.socket = sock
+        self.decision: Decision | None = None
+        self.counters = Counters()
+        self.error: PageRelayError | None = None
+        self._local: socket.socket | None = None
+        self._criu: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> Decision:
+        self._tcp.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            if self._tls is not None:
+                self.remote = client_tls(self._tcp, self._tls, self._address)
+            link = probe_link(self.remote)
+            self.decision = choose(self._setting, link, compress_rate())
+            self.remote.sendall(ZSTD if self.decision.compressed else RAW)
+        except (OSError, ValueError) as exc:
+            raise PageRelayError(f"cannot open the page relay to the target: {exc}", phase="preflight") from exc
+        self.remote.settimeout(None)
+        self._local, self._criu = socket.socketpair()
+        return self.decision
+
+    @property
+    def criu_fd(self) -> int:
+        assert self._criu is not None, "open() first"
+        return self._criu.fileno()
+
+    def start(self) -> None:
+        assert self._local is not None and self.decision is not None
+        codec: Codec = Compress() if self.decision.compressed else Plain()
+        pipes = [_Pipe(self._local, self.remote, codec, self.counters), _Pipe(self.remote, self._local, Plain())]
+        self._thread = threading.Thread(target=self._run, args=(pipes,), name="page-relay-source", daemon=True)
+        self._thread.start()
+
+    def criu_started(self) -> None:
+        """CRIU holds its own copy of the socket now; ours would hide its EOF from the relay."""
+        if self._criu is not None:
+            self._criu.close()
+            self._criu = None
+
+    def _run(self, pipes: list[_Pipe]) -> None:
+        try:
+            pump(pipes)
+        except PageRelayError as exc:
+            self.error = exc
+            log.warning("page relay to the target failed: %s", exc)
+            self._close_sockets()  # CRIU's next write fails: the dump ends, the source thaws
+
+    def join(self, timeout_s: float) -> None:
+        """Wait until both directions ended; PageRelayError if the relay failed or hangs."""
+        self.criu_started()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                self._close_sockets()
+                raise PageRelayError("the page relay did not finish")
+        if self.error is not None:
+            raise self.error
+
+    def _close_sockets(self) -> None:
+        for s in (self._local, self.remote, self._tcp):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.criu_started()
+        self._close_sockets()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+# -- the target's side --------------------------------------------------------------------------------
+
+class TargetRelay:
+    """The target's relay in front of ``criu page-server --ps-socket`` (start_relayed_page_server):
+    accepts the source's one connection on ``port``, answers the probe, then pumps.
+
+    Looks like runtime.criu.CriuProcess to migrate/migration/target.py: ``wait``, ``stop``,
+    ``proc``, ``error``."""
+
+    def __init__(self, listener: socket.socket, local: socket.socket, criu: Any, *, tls: Any = None,
+                 allowed: str | None = None, timeout_s: int = 15) -> None:
+        self._listener = listener
+        self._local = local
+        self.criu = criu
+        self._tls = tls
+        self._allowed = allowed  # without TLS: the only peer address let in (as the port guard)
+        self._timeout_s = timeout_s
+        self._stop = threading.Event()
+        self._conn: socket.socket | None = None
+        self.failure: PageRelayError | None = None
+        self.counters = Counters()
+        self.compressed: bool | None = None
+        self._thread = threading.Thread(target=self._run, name="page-relay-target", daemon=True)
+        self._thread.start()
+
+    @property
+    def proc(self) -> Any:
+        return self.criu.proc
+
+    def _run(self) -> None:
+        try:
+            conn, codec = self._handshake(self._accept())
+            pump([_Pipe(conn, self._local, codec, self.counters), _Pipe(self._local, conn, Plain())], self._stop)
+        except (PageRelayError, OSError, ValueError) as exc:
+            self.failure = exc if isinstance(exc, PageRelayError) else PageRelayError(f"the page relay failed: {exc}")
+            if not self._stop.is_set():
+                log.warning("page relay from the source failed: %s", self.failure)
+        finally:
+            self._close()  # the page server reads EOF: it ends (with an error unless it got everything)
+
+    def _accept(self) -> socket.socket:
+        self._listener.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, peer = self._listener.accept()
+            except socket.timeout:
+                continue
+            if self._tls is None and self._allowed and peer[0] != self._allowed:
+                log.warning("page relay: refused a connection from %s (only %s may send pages)", peer[0], self._allowed)
+                conn.close()
+                continue
+            self._listener.close()
+            self._conn = conn
+            return conn
+        raise PageRelayError("the page relay was stopped before the source connected")
+
+    def _handshake(self, conn: socket.socket) -> tuple[socket.socket, Codec]:
+        """The connection to pump (the TLS one, when there is TLS) and the forward codec."""
+        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        keep_alive(conn, self._timeout_s)
+        if self._tls is not None:  # wrapping detaches ``conn``: only the ssl socket is usable now
+            conn = self._conn = server_tls(conn, self._tls)
+        magic, warm, timed = HELLO.unpack(_recv_exact(conn, HELLO.size))
+        if magic != MAGIC or warm > 64 * CHUNK or timed > 64 * CHUNK:
+            raise PageRelayError(f"not a page relay's hello: {magic!r}")
+        _drain(conn, warm)
+        conn.sendall(b"W")
+        _drain(conn, timed)
+        conn.sendall(b"T")
+        choice = _recv_exact(conn, 1)
+        if choice not in (RAW, ZSTD):
+            raise PageRelayError(f"unknown page stream kind {choice!r}")
+        self.compressed = choice == ZSTD
+        conn.settimeout(None)
+        return conn, (Decompress() if self.compressed else Plain())
+
+    def _close(self) -> None:
+        for s in (self._conn, self._local, self._listener):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        """As CriuProcess.wait; the relay's own error first (it says why CRIU saw EOF)."""
+        started = time.monotonic()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            import subprocess
+
+            raise subprocess.TimeoutExpired("page relay", timeout_s or 0)
+        if self.failure is not None:
+            self.criu.stop()
+            raise self.failure
+        left = None if timeout_s is None else max(0.1, timeout_s - (time.monotonic() - started))
+        return int(self.criu.wait(left))
+
+    def error(self, rc: int | None = None) -> Any:
+        """As CriuProcess.error: the page server's CriuError."""
+        return self.criu.error(rc)
+
+    def error_of(self) -> str | None:
+        """Why the relay failed, if it did (CRIU then only saw EOF)."""
+        return self.failure.message if self.failure is not None else None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._close()
+        self._thread.join(timeout_s)
+        self.criu.stop(timeout_s)
+
+
+def start_relayed_page_server(images_dir: Path, address: str, port: int, *, tls: Any = None,
+                              allowed: str | None = None, timeout_s: int = 15) -> TargetRelay:
+    """``criu page-server --ps-socket`` on one end of a socketpair, the relay listening on
+    ``address``:``port`` for the source (TLS with ``tls``, which CRIU then does not do)."""
+    from runtime.criu import start_page_server
+
+    listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((address, port))
+        listener.listen(1)
+        local, theirs = socket.socketpair()
+    except OSError:
+        listener.close()
+        raise
+    try:
+        criu = start_page_server(images_dir, address, port, ps_socket=theirs.fileno())
+    except BaseException:
+        listener.close()
+        local.close()
+        raise
+    finally:
+        theirs.close()  # CRIU has its copy: ours would keep its EOF from coming
+    return TargetRelay(listener, local, criu, tls=tls, allowed=allowed, timeout_s=timeout_s)
