@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 CPUINFO_CHECK_LOG = "cpuinfo-check.log"
+CPUINFO_IMAGE = "cpuinfo.img"
 STATS_DUMP = "stats-dump"
 STATS_RESTORE = "stats-restore"
 INVENTORY = "inventory.img"
@@ -382,11 +383,19 @@ class SwrkCriu:
             pass
 
     def version(self) -> str:
+        from runtime import criu_boot_facts
+
         cached = _VERSIONS.get(self.binary)
         if cached is None:
+            kept = criu_boot_facts.get(self.binary, "version")
+            if kept:
+                cached = _VERSIONS[self.binary] = kept.decode()
+                return cached
             out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=30).stdout
             match = re.search(r"Version:\s*(\S+)", out)
             cached = _VERSIONS[self.binary] = match.group(1) if match else "unknown"
+            if match:
+                criu_boot_facts.put(self.binary, "version", cached.encode())
         return cached
 
     # --- requests -----------------------------------------------------------------------------
@@ -771,8 +780,20 @@ def read_restore_stats(work_dir: Path) -> RestoreStats:
 
 
 def cpuinfo_dump(images_dir: Path, binary: str | None = None) -> None:
-    """Record this host's CPU features (cpuinfo.img) beside a dump, for checks on the target."""
-    _run_cli([binary or criu_binary(), "cpuinfo", "dump", "-D", str(images_dir), "-o", "cpuinfo-dump.log"], "cpuinfo dump", images_dir / "cpuinfo-dump.log")
+    """Record this host's CPU features (cpuinfo.img) beside a dump, for checks on the target.
+    The same bytes every time in one boot: the first dump's are kept (runtime/criu_boot_facts.py)."""
+    from runtime import criu_boot_facts
+
+    binary = binary or criu_binary()
+    kept = criu_boot_facts.get(binary, CPUINFO_IMAGE)
+    if kept:
+        (images_dir / CPUINFO_IMAGE).write_bytes(kept)
+        return
+    _run_cli([binary, "cpuinfo", "dump", "-D", str(images_dir), "-o", "cpuinfo-dump.log"], "cpuinfo dump", images_dir / "cpuinfo-dump.log")
+    try:
+        criu_boot_facts.put(binary, CPUINFO_IMAGE, (images_dir / CPUINFO_IMAGE).read_bytes())
+    except OSError as exc:  # nothing kept: the next dump asks CRIU again
+        log.debug("cannot read %s: %s", images_dir / CPUINFO_IMAGE, exc)
 
 
 def cpuinfo_check(images_dir: Path, work_dir: Path, binary: str | None = None) -> None:
