@@ -34,7 +34,6 @@ import errno as _errno
 import json
 import logging
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -319,11 +318,12 @@ def this_machine(caps: Iterable[str]) -> Machine:
     Raises:
         Unsupported: a machine architecture this module has no name for.
     """
-    machine = platform.machine()
+    uname = os.uname()  # what the platform module's machine() and release() read, without its import (~1.5 ms)
+    machine = uname.machine
     if machine not in _MACHINES:
         raise Unsupported("seccomp", f"no seccomp architecture name for machine {machine}")
     go_arch, scmp_arch = _MACHINES[machine]
-    return Machine(go_arch=go_arch, scmp_arch=scmp_arch, kernel=_kernel_version(platform.release()), caps=frozenset(caps))
+    return Machine(go_arch=go_arch, scmp_arch=scmp_arch, kernel=_kernel_version(uname.release), caps=frozenset(caps))
 
 
 def resolve(profile: dict[str, Any], machine: Machine) -> Plan:

@@ -121,7 +121,8 @@ def run_d_modules(python: str, root: Path, network: str) -> list[str]:
 def floor_cmds(root: Path, network: str) -> dict[str, list[str]]:
     python = pymigrate_python()
     modules = run_d_modules(python, root, network)
-    imports = "import importlib\nfor m in %r:\n    try:\n        importlib.import_module(m)\n    except ImportError:\n        pass\n" % modules
+    # with the CLI's cached dataclass methods (runtime/dataclass_cache.py), as the CLI has them
+    imports = "import importlib\nfrom runtime import dataclass_cache\ndataclass_cache.install()\nfor m in %r:\n    try:\n        importlib.import_module(m)\n    except ImportError:\n        pass\n" % modules
     return {
         "python -S -c pass": [python, "-S", "-c", "pass"],
         "python -c pass": [python, "-c", "pass"],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 from pathlib import Path
 
@@ -36,7 +35,7 @@ _libc.syscall.restype = ctypes.c_long
 
 
 def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
-    machine = platform.machine()
+    machine = os.uname().machine  # what the platform module's machine() reads, without its import
     if machine not in _SYS_BPF:
         raise OSError(0, f"bpf(2): no syscall number known for {machine}")
     ret = _libc.syscall(ctypes.c_long(_SYS_BPF[machine]), ctypes.c_int(cmd), attr, ctypes.c_uint(_ATTR_SIZE))
