@@ -100,8 +100,8 @@ class ColdMode:
 
     def dump_request(self, move: Move, request: DumpRequest) -> DumpRequest:
         page_server = PageServer(self._address, self._port, fd=self._sock.fileno()) if self._sock and self._address else None
-        if self._relay is not None and self._address:
-            page_server = PageServer(self._address, self._port, fd=self._relay.criu_fd, plain=True)
+        if self._relay is not None and self._address:  # raw: CRIU has the connection (and its TLS) itself
+            page_server = PageServer(self._address, self._port, fd=self._relay.criu_fd, plain=not self._relay.direct)
         return dataclasses.replace(
             request,
             page_server=page_server,
@@ -132,7 +132,7 @@ class ColdMode:
             move.final_sent = True
             writer.close(trailer={"dump_stats": stats.__dict__, **move.upper.trailer})
             sink.close()
-            if self._relay is not None:  # what the relay put on the wire (zstd or raw)
+            if self._relay is not None and not self._relay.direct:  # what the relay put on the wire
                 move.bytes_on_wire += self._relay.counters.wire_bytes
             elif request.page_server is not None:  # the pages went over CRIU's own connection
                 move.bytes_on_wire += stats.pages_written * PAGE_SIZE

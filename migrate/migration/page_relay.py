@@ -14,7 +14,10 @@ over its socketpair: encrypted bytes would not compress.
 
 Before the freeze the source measures the link on the same connection (a probe the target
 echoes) and decides (``choose``): zstd when it compresses clearly faster than the link moves raw
-bytes, raw otherwise (10 Gbit/s, loopback). The decision is the first byte of the stream.
+bytes, raw otherwise (10 Gbit/s, loopback). The decision is one byte after the probe. Raw
+without TLS, the relays step aside: CRIU gets the connection itself on both sides, so a fast
+link pays only the probe, before the freeze. With TLS the relays stay (a plain copy when raw):
+the TLS session they opened for the probe cannot be handed to CRIU.
 
 Each side's relay is one thread and one select loop: an ssl socket must not be read and written
 from two threads at once, and zstd and the socket calls release the GIL anyway.
@@ -22,6 +25,7 @@ from two threads at once, and zstd and the socket calls release the GIL anyway.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -48,6 +52,7 @@ HIGH_WATER = 8 << 20  # stop reading a side while this much waits for the other
 LEVEL = 1  # zstd -1: ~1 GB/s per core here, far above a 1 Gbit/s link; higher levels gain little on pages
 MARGIN = 3.0  # compress when zstd is this much faster than the link: a margin for CRIU and the target's unzstd
 HANDSHAKE_TIMEOUT_S = 10.0
+IDLE_FLUSH_S = 0.002  # input quiet this long: flush the compressor (CRIU may wait for a reply)
 
 
 class PageRelayError(TransferError):
@@ -74,16 +79,22 @@ class Counters:
 # -- codecs: what one direction does to its bytes ---------------------------------------------------
 
 class Codec(Protocol):
-    def feed(self, data: bytes, idle: bool) -> bytes:
-        """Bytes to send for ``data``; ``idle``: nothing more is ready to read (flush now)."""
+    def feed(self, data: bytes) -> bytes:
+        """Bytes to send for ``data`` (a compressor may keep some back until ``flush``)."""
+
+    def flush(self) -> bytes:
+        """Whatever ``feed`` kept back: the input went idle."""
 
     def end(self) -> bytes:
         """The stream's tail at EOF (raises PageRelayError when the input was incomplete)."""
 
 
 class Plain:
-    def feed(self, data: bytes, idle: bool) -> bytes:
+    def feed(self, data: bytes) -> bytes:
         return data
+
+    def flush(self) -> bytes:
+        return b""
 
     def end(self) -> bytes:
         return b""
@@ -97,12 +108,11 @@ class Compress:
         workers = threads if threads is not None else _threads()
         self._obj = zstandard.ZstdCompressor(level=level, threads=workers).compressobj()
 
-    def feed(self, data: bytes, idle: bool) -> bytes:
-        out = self._obj.compress(data)
-        if idle:
-            # CRIU waits for replies (the close ack) after small messages: never hold one back
-            out += self._obj.flush(self._zstd.COMPRESSOBJ_FLUSH_BLOCK)
-        return out
+    def feed(self, data: bytes) -> bytes:
+        return self._obj.compress(data)
+
+    def flush(self) -> bytes:
+        return self._obj.flush(self._zstd.COMPRESSOBJ_FLUSH_BLOCK)
 
     def end(self) -> bytes:
         return self._obj.flush(self._zstd.COMPRESSOBJ_FLUSH_FINISH)
@@ -115,7 +125,10 @@ class Decompress:
         self._zstd = zstandard
         self._obj = zstandard.ZstdDecompressor().decompressobj()
 
-    def feed(self, data: bytes, idle: bool) -> bytes:
+    def flush(self) -> bytes:
+        return b""
+
+    def feed(self, data: bytes) -> bytes:
         try:
             return self._obj.decompress(data)
         except self._zstd.ZstdError as exc:
@@ -140,12 +153,20 @@ class _Pipe:
 
     def __init__(self, src: socket.socket, dst: socket.socket, codec: Codec, counters: Counters | None = None) -> None:
         self.src, self.dst, self.codec, self.counters = src, dst, codec, counters
-        self.out = bytearray()
+        # what waits for ``dst``, as views: a partial send drops a prefix without copying the rest
+        self.out: collections.deque[memoryview] = collections.deque()
+        self.queued = 0
         self.eof = False  # src ended and its tail is in ``out``
         self.done = False  # ... and ``dst`` was shut for writing
+        self.held_since: float | None = None  # the codec may hold input back since then (flush)
 
     def wants_read(self) -> bool:
-        return not self.eof and len(self.out) < HIGH_WATER
+        return not self.eof and self.queued < HIGH_WATER
+
+    def _queue(self, data: bytes) -> None:
+        if data:
+            self.out.append(memoryview(data))
+            self.queued += len(data)
 
     def read(self) -> None:
         try:
@@ -153,23 +174,37 @@ class _Pipe:
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
             return
         if not data:
-            self.out += self.codec.end()
+            self._queue(self.codec.end())
             self.eof = True
             return
-        idle = len(data) < CHUNK and not _pending(self.src)
-        out = self.codec.feed(data, idle)
+        out = self.codec.feed(data)
+        if not isinstance(self.codec, Plain):
+            self.held_since = time.monotonic()
         if self.counters is not None:  # raw: CRIU's side of the relay; wire: the link's
             unpacks = isinstance(self.codec, Decompress)
             self.counters.raw_bytes += len(out) if unpacks else len(data)
             self.counters.wire_bytes += len(data) if unpacks else len(out)
-        self.out += out
+        self._queue(out)
+
+    def flush_if_idle(self, readable: bool, now: float) -> None:
+        """Flush what the codec holds once the input paused IDLE_FLUSH_S: CRIU waits for replies
+        (the close ack) after small messages, and must not wait for zstd. Not sooner: every
+        flush ends a zstd block (and a job of its workers) early."""
+        if self.held_since is not None and not readable and now - self.held_since >= IDLE_FLUSH_S:
+            self._queue(self.codec.flush())
+            self.held_since = None
 
     def write(self) -> None:
+        head = self.out[0]
         try:
-            n = self.dst.send(self.out[:CHUNK])
+            n = self.dst.send(head[:CHUNK])
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
             return
-        del self.out[:n]
+        self.queued -= n
+        if n == len(head):
+            self.out.popleft()
+        else:
+            self.out[0] = head[n:]
 
     def finish(self) -> None:
         if self.eof and not self.out and not self.done:
@@ -180,14 +215,6 @@ class _Pipe:
                 socket.socket.shutdown(self.dst, socket.SHUT_WR)
             except OSError:
                 pass  # the reader is gone already (CRIU exited after its close ack)
-
-
-def _pending(sock: socket.socket) -> bool:
-    """Bytes readable from ``sock`` right now (ssl: decrypted but not yet read)."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    ready, _, _ = select.select([sock], [], [], 0)
-    return bool(ready)
 
 
 def pump(pipes: list[_Pipe], stop: threading.Event | None = None) -> None:
@@ -216,10 +243,13 @@ def _step(pipes: list[_Pipe]) -> None:
     if ready_now:
         r, w = [p.src for p in ready_now], []
     else:
-        r, w, _ = select.select([p.src for p in readers], [p.dst for p in writers], [], 0.5)
+        held = any(p.held_since is not None for p in pipes)
+        r, w, _ = select.select([p.src for p in readers], [p.dst for p in writers], [], IDLE_FLUSH_S if held else 0.5)
+    now = time.monotonic()
     for p in readers:
         if p.src in r:
             p.read()
+        p.flush_if_idle(p.src in r, now)
     for p in writers:
         if p.dst in w:
             p.write()
@@ -354,10 +384,12 @@ def keep_alive(sock: socket.socket, timeout_s: int) -> None:
 # -- the source's side --------------------------------------------------------------------------------
 
 class SourceRelay:
-    """The source's relay: ``criu_fd`` is the socket CRIU's dump gets (``ps.fd``, plain).
+    """The source's end of the page-server connection ``sock`` (already connected).
 
-    ``open`` (before the freeze): TLS, the link probe, the decision. ``start``: the pump thread.
-    ``join`` after the dump; ``close`` always."""
+    ``open`` (before the freeze): TLS (Python ssl) when the daemons use it, the link probe and
+    the decision. Raw without TLS: CRIU gets ``sock`` itself (``direct``). Else CRIU gets one end
+    of a socketpair (``criu_fd``, plain) and the pump zstd's (or copies) what it sends; ``start``
+    runs the pump, ``join`` waits for it after the dump; ``close`` always."""
 
     def __init__(self, sock: socket.socket, setting: str, *, tls: Any = None, address: str = "") -> None:
         self._tcp = sock
@@ -372,10 +404,15 @@ class SourceRelay:
         self._criu: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
+    @property
+    def direct(self) -> bool:
+        """Raw without TLS: CRIU has the connection itself (no relay)."""
+        return self.decision is not None and not self.decision.compressed and self._tls is None
+
     def open(self) -> Decision:
         self._tcp.settimeout(HANDSHAKE_TIMEOUT_S)
         try:
-            if self._tls is not None:
+            if self._tls is not None:  # wrapping detaches ``sock``: only the ssl socket is usable now
                 self.remote = client_tls(self._tcp, self._tls, self._address)
             link = probe_link(self.remote)
             self.decision = choose(self._setting, link, compress_rate())
@@ -383,16 +420,23 @@ class SourceRelay:
         except (OSError, ValueError) as exc:
             raise PageRelayError(f"cannot open the page relay to the target: {exc}", phase="preflight") from exc
         self.remote.settimeout(None)
-        self._local, self._criu = socket.socketpair()
+        if not self.direct:
+            self._local, self._criu = _socketpair()
         return self.decision
 
     @property
     def criu_fd(self) -> int:
+        """The socket to hand CRIU's dump (``ps.fd``)."""
+        if self.direct:
+            return self._tcp.fileno()
         assert self._criu is not None, "open() first"
         return self._criu.fileno()
 
     def start(self) -> None:
-        assert self._local is not None and self.decision is not None
+        if self.direct:
+            return
+        assert self._local is not None
+        assert self.decision is not None
         codec: Codec = Compress() if self.decision.compressed else Plain()
         pipes = [_Pipe(self._local, self.remote, codec, self.counters), _Pipe(self.remote, self._local, Plain())]
         self._thread = threading.Thread(target=self._run, args=(pipes,), name="page-relay-source", daemon=True)
@@ -415,6 +459,8 @@ class SourceRelay:
     def join(self, timeout_s: float) -> None:
         """Wait until both directions ended; PageRelayError if the relay failed or hangs."""
         self.criu_started()
+        if self.direct:  # CRIU is done with the connection; ours is the last copy open
+            self._close_sockets()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -438,45 +484,68 @@ class SourceRelay:
             self._thread.join(5)
 
 
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    # big buffers: CRIU splices whole page runs, and the relay reads them in large gulps
+    pair = socket.socketpair()
+    for s in pair:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    return pair
+
+
 # -- the target's side --------------------------------------------------------------------------------
 
 class TargetRelay:
-    """The target's relay in front of ``criu page-server --ps-socket`` (start_relayed_page_server):
-    accepts the source's one connection on ``port``, answers the probe, then pumps.
+    """The target's end (start_relayed_page_server): accepts the source's one connection on the
+    listener, TLS when the daemons use it, answers the probe, then starts ``criu page-server
+    --ps-socket`` on the connection itself (raw without TLS) or on a socketpair behind the pump.
 
-    Looks like runtime.criu.CriuProcess to migrate/migration/target.py: ``wait``, ``stop``,
-    ``proc``, ``error``."""
+    Looks like runtime.criu.CriuProcess to migrate/migration/target.py: ``wait``, ``stop``, and
+    ``failure_reason`` for its ``_page_server_failure``."""
 
-    def __init__(self, listener: socket.socket, local: socket.socket, criu: Any, *, tls: Any = None,
-                 allowed: str | None = None, timeout_s: int = 15) -> None:
+    def __init__(self, listener: socket.socket, images_dir: Path, *, tls: Any = None, allowed: str | None = None,
+                 timeout_s: int = 15) -> None:
         self._listener = listener
-        self._local = local
-        self.criu = criu
+        self._images_dir = images_dir
         self._tls = tls
         self._allowed = allowed  # without TLS: the only peer address let in (as the port guard)
         self._timeout_s = timeout_s
         self._stop = threading.Event()
         self._conn: socket.socket | None = None
+        self._local: socket.socket | None = None
+        self.criu: Any = None  # runtime.criu.CriuProcess once the source said raw or zstd
         self.failure: PageRelayError | None = None
         self.counters = Counters()
         self.compressed: bool | None = None
         self._thread = threading.Thread(target=self._run, name="page-relay-target", daemon=True)
         self._thread.start()
 
-    @property
-    def proc(self) -> Any:
-        return self.criu.proc
-
     def _run(self) -> None:
         try:
-            conn, codec = self._handshake(self._accept())
+            conn = self._handshake(self._accept())
+            if not self.compressed and self._tls is None:
+                self.criu = self._start_criu(conn, tls=None)
+                conn.close()  # CRIU has its copy; ours would keep its EOF from the source
+                self._conn = None
+                return
+            self._local, theirs = _socketpair()
+            try:
+                self.criu = self._start_criu(theirs, tls=None)
+            finally:
+                theirs.close()
+            codec: Codec = Decompress() if self.compressed else Plain()
             pump([_Pipe(conn, self._local, codec, self.counters), _Pipe(self._local, conn, Plain())], self._stop)
-        except (PageRelayError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001  (CriuError, OSError, ...: all end this transfer)
             self.failure = exc if isinstance(exc, PageRelayError) else PageRelayError(f"the page relay failed: {exc}")
             if not self._stop.is_set():
                 log.warning("page relay from the source failed: %s", self.failure)
         finally:
             self._close()  # the page server reads EOF: it ends (with an error unless it got everything)
+
+    def _start_criu(self, sock: socket.socket, *, tls: Any) -> Any:
+        from runtime.criu import start_page_server
+
+        return start_page_server(self._images_dir, "", 0, ps_socket=sock.fileno(), tls=tls)
 
     def _accept(self) -> socket.socket:
         self._listener.settimeout(0.5)
@@ -494,8 +563,8 @@ class TargetRelay:
             return conn
         raise PageRelayError("the page relay was stopped before the source connected")
 
-    def _handshake(self, conn: socket.socket) -> tuple[socket.socket, Codec]:
-        """The connection to pump (the TLS one, when there is TLS) and the forward codec."""
+    def _handshake(self, conn: socket.socket) -> socket.socket:
+        """TLS, the probe's echo and the source's choice (``compressed``); the connection to use."""
         conn.settimeout(HANDSHAKE_TIMEOUT_S)
         keep_alive(conn, self._timeout_s)
         if self._tls is not None:  # wrapping detaches ``conn``: only the ssl socket is usable now
@@ -512,7 +581,7 @@ class TargetRelay:
             raise PageRelayError(f"unknown page stream kind {choice!r}")
         self.compressed = choice == ZSTD
         conn.settimeout(None)
-        return conn, (Decompress() if self.compressed else Plain())
+        return conn
 
     def _close(self) -> None:
         for s in (self._conn, self._local, self._listener):
@@ -530,48 +599,47 @@ class TargetRelay:
             import subprocess
 
             raise subprocess.TimeoutExpired("page relay", timeout_s or 0)
-        if self.failure is not None:
-            self.criu.stop()
-            raise self.failure
+        if self.failure is not None or self.criu is None:
+            if self.criu is not None:
+                self.criu.stop()
+            raise self.failure or PageRelayError("the page relay ended before the source connected")
         left = None if timeout_s is None else max(0.1, timeout_s - (time.monotonic() - started))
         return int(self.criu.wait(left))
 
-    def error(self, rc: int | None = None) -> Any:
-        """As CriuProcess.error: the page server's CriuError."""
-        return self.criu.error(rc)
+    def failure_reason(self, timeout_s: float = 2.0) -> str | None:
+        """Why the transfer failed here, if it did: the relay's reason (CRIU then saw only EOF),
+        else the page server's own first error."""
+        self._thread.join(timeout_s)
+        if self.failure is not None:
+            return self.failure.message
+        if self.criu is None:
+            return None
+        import subprocess
 
-    def error_of(self) -> str | None:
-        """Why the relay failed, if it did (CRIU then only saw EOF)."""
-        return self.failure.message if self.failure is not None else None
+        try:
+            rc = self.criu.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        return None if rc == 0 else str(self.criu.error(rc).message)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._close()
         self._thread.join(timeout_s)
-        self.criu.stop(timeout_s)
+        if self.criu is not None:
+            self.criu.stop(timeout_s)
 
 
 def start_relayed_page_server(images_dir: Path, address: str, port: int, *, tls: Any = None,
                               allowed: str | None = None, timeout_s: int = 15) -> TargetRelay:
-    """``criu page-server --ps-socket`` on one end of a socketpair, the relay listening on
-    ``address``:``port`` for the source (TLS with ``tls``, which CRIU then does not do)."""
-    from runtime.criu import start_page_server
-
+    """A page relay listening on ``address``:``port`` for the source's dump, in front of the
+    ``criu page-server`` that writes its pages into ``images_dir`` (TargetRelay)."""
     listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((address, port))
         listener.listen(1)
-        local, theirs = socket.socketpair()
     except OSError:
         listener.close()
         raise
-    try:
-        criu = start_page_server(images_dir, address, port, ps_socket=theirs.fileno())
-    except BaseException:
-        listener.close()
-        local.close()
-        raise
-    finally:
-        theirs.close()  # CRIU has its copy: ours would keep its EOF from coming
-    return TargetRelay(listener, local, criu, tls=tls, allowed=allowed, timeout_s=timeout_s)
+    return TargetRelay(listener, images_dir, tls=tls, allowed=allowed, timeout_s=timeout_s)

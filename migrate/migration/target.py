@@ -420,14 +420,17 @@ class IncomingMigrations:
         server = self._page_servers.get(migration_id)
         if server is None:
             return None
+        from migrate.migration.page_relay import TargetRelay
+
+        if isinstance(server, TargetRelay):  # its reason (CRIU then saw only EOF), or its CRIU's
+            return server.failure_reason()
         try:
             rc = server.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             return None
         if rc == 0:
             return None
-        relay_error = getattr(server, "error_of", lambda: None)()  # a relay says why CRIU saw EOF
-        return relay_error or server.error(rc).message
+        return server.error(rc).message
 
     def _stop_page_server(self, migration_id: str) -> None:
         server = self._page_servers.pop(migration_id, None)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -150,31 +152,29 @@ def test_auto_picks_raw_on_a_fast_link_and_zstd_on_a_slow_one():
 
 
 class FakeCriu:
-    def __init__(self) -> None:
-        self.stopped = False
+    """Stands for ``criu page-server --ps-socket``: keeps a copy of the socket it was given."""
 
-    proc = None
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = socket.socket(fileno=os.dup(sock.fileno()))
+        self.sock.settimeout(10)
 
-    def wait(self, timeout_s=None):
+    def wait(self, timeout_s=None):  # noqa: ANN001, ANN201
         return 0
 
-    def stop(self, timeout_s=5.0):
-        self.stopped = True
-
-    def error(self, rc=None):
-        raise AssertionError("not called")
+    def stop(self, timeout_s=5.0):  # noqa: ANN001, ANN201
+        self.sock.close()
 
 
 @pytest.mark.parametrize("setting", ["on", "auto"])
-def test_source_and_target_relays_over_tcp(setting):
+def test_source_and_target_relays_over_tcp(setting, monkeypatch):
+    started: list[FakeCriu] = []
+    monkeypatch.setattr(TargetRelay, "_start_criu", lambda self, sock, tls: started.append(FakeCriu(sock)) or started[-1])
     listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    local, server = socket.socketpair()
-    server.settimeout(10)
-    target = TargetRelay(listener, local, FakeCriu(), allowed="127.0.0.1")
-    source = SourceRelay(socket.create_connection(("127.0.0.1", port)), setting)
+    target = TargetRelay(listener, Path("/nonexistent"), allowed="127.0.0.1")
+    source = SourceRelay(socket.create_connection(("127.0.0.1", listener.getsockname()[1])), setting)
     decision = source.open()
     assert decision.compressed == (setting == "on")  # loopback: auto keeps it raw
+    assert source.direct == (setting == "auto")  # raw: CRIU gets the TCP connection itself
     assert decision.link_bps > 0 and decision.compress_bps > 0
     criu = socket.socket(fileno=os.dup(source.criu_fd))
     criu.settimeout(10)
@@ -182,13 +182,23 @@ def test_source_and_target_relays_over_tcp(setting):
     source.criu_started()
     data = b"page " * 400_000
     criu.sendall(data)
+    for _ in range(100):
+        if started:
+            break
+        time.sleep(0.05)
+    server = started[0].sock
     assert _recv_exact(server, len(data)) == data
     server.sendall(b"ack!")
     assert _recv_exact(criu, 4) == b"ack!"
     criu.close()
+    if source.direct:
+        source.join(10)  # closes the source's copy: the page server's end sees EOF
+    assert _read_to_eof(server) == b""
     server.close()
     source.join(10)
     assert target.wait(10) == 0
     assert target.compressed == (setting == "on")
-    assert target.counters.raw_bytes == len(data)
+    if setting == "on":
+        assert target.counters.raw_bytes == len(data) > target.counters.wire_bytes
     source.close()
+    target.stop()
