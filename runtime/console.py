@@ -286,17 +286,33 @@ class ConsoleServer:
                 for key, _ in ready:
                     if key.fileobj == self._master:
                         self._from_master(key.fileobj)
+        # A client that connected while the init was exiting (``run -it`` of a command that ends
+        # at once) waits in the listen backlog: take it in, with the output it missed, before the
+        # goodbye. The path goes first, so a later connect fails and the client reads the log.
+        self._unlink()
+        self._accept_pending()
         frame = pack_exit(self._exit_code if self._exit_code is not None else -1)
         for conn in list(self._clients):
             self._send(conn, frame)
 
-    def _close(self) -> None:
-        for conn in list(self._clients):
-            self._drop(conn)
+    def _unlink(self) -> None:
         try:
             os.unlink(self.path)
         except OSError:
             pass
+
+    def _accept_pending(self) -> None:
+        self._listener.setblocking(False)
+        while True:
+            try:
+                self._accept(self._listener)
+            except (BlockingIOError, InterruptedError):
+                return
+
+    def _close(self) -> None:
+        for conn in list(self._clients):
+            self._drop(conn)
+        self._unlink()
         self._listener.close()
         for fd in (self._master, self._stdin, self._log, self._wake_r, self._wake_w):
             if fd is not None:

@@ -134,6 +134,25 @@ def test_console_server_replays_relays_resizes_and_says_the_exit(tmp_path: Path)
             os.close(slave)
 
 
+def test_a_client_that_connects_as_the_init_exits_still_gets_the_output_and_the_exit(tmp_path: Path) -> None:
+    # run -it of a command that ends at once: the CLI's connect lands in the listen backlog while
+    # the shim is already finishing; it must not be dropped unanswered (it printed nothing: CI)
+    master, slave = os.openpty()
+    server = console.ConsoleServer(tmp_path / console.ATTACH_SOCKET, console.Started(1, master_fd=master))
+    os.write(slave, b"owner=nobody\n")  # the terminal makes it \r\n
+    os.close(slave)
+    client = _connect(tmp_path)  # accepted by nobody yet
+    try:
+        server._exit_code = 2  # the init has exited before the serving thread looked at anything
+        server._serve()
+        frames = _read_frames(client, console.EXIT)
+        assert b"".join(p for k, p in frames if k == console.DATA) == b"owner=nobody\r\n"
+        assert console.unpack_exit(frames[-1][1]) == 2
+        assert not (tmp_path / console.ATTACH_SOCKET).exists()
+    finally:
+        client.close()
+
+
 def test_console_server_feeds_a_stdin_pipe_until_its_end(tmp_path: Path) -> None:
     r, w = os.pipe()
     server = console.serve(tmp_path / console.ATTACH_SOCKET, console.Started(1, stdin_fd=w, interactive=True))
