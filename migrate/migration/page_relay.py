@@ -52,6 +52,8 @@ HIGH_WATER = 8 << 20  # stop reading a side while this much waits for the other
 LEVEL = 1  # zstd -1: ~1 GB/s per core here, far above a 1 Gbit/s link; higher levels gain little on pages
 MARGIN = 3.0  # compress when zstd is this much faster than the link: a margin for CRIU and the target's unzstd
 HANDSHAKE_TIMEOUT_S = 10.0
+SO_SNDBUFFORCE = 32  # linux/socket.h (the socket module lacks the name)
+PAIR_BUFFER = 8 << 20
 IDLE_FLUSH_S = 0.002  # input quiet this long: flush the compressor (CRIU may wait for a reply)
 
 
@@ -488,8 +490,10 @@ def _socketpair() -> tuple[socket.socket, socket.socket]:
     # big buffers: CRIU splices whole page runs, and the relay reads them in large gulps
     pair = socket.socketpair()
     for s in pair:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        try:  # past net.core.wmem_max (~208 KiB) with CAP_NET_ADMIN, as the daemon has
+            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, PAIR_BUFFER)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
     return pair
 
 
