@@ -133,7 +133,10 @@ class ColdMode:
             writer.close(trailer={"dump_stats": stats.__dict__, **move.upper.trailer})
             sink.close()
             if self._relay is not None and not self._relay.direct:  # what the relay put on the wire
-                move.bytes_on_wire += self._relay.counters.wire_bytes
+                counters = self._relay.counters
+                move.bytes_on_wire += counters.wire_bytes
+                self._relay_phases["page_zstd_busy"] = round(counters.codec_s * 1000, 3)
+                self._relay_phases["page_flushes"] = float(counters.flushes)
             elif request.page_server is not None:  # the pages went over CRIU's own connection
                 move.bytes_on_wire += stats.pages_written * PAGE_SIZE
         except BaseException as exc:

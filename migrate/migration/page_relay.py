@@ -54,6 +54,7 @@ MARGIN = 3.0  # compress when zstd is this much faster than the link: a margin f
 HANDSHAKE_TIMEOUT_S = 10.0
 SO_SNDBUFFORCE = 32  # linux/socket.h (the socket module lacks the name)
 PAIR_BUFFER = 8 << 20
+TCP_BUFFER = 16 << 20
 IDLE_FLUSH_S = 0.002  # input quiet this long: flush the compressor (CRIU may wait for a reply)
 
 
@@ -76,6 +77,8 @@ class Decision:
 class Counters:
     raw_bytes: int = 0  # page-server bytes CRIU sent (forward direction, before zstd)
     wire_bytes: int = 0  # what crossed the link in that direction
+    codec_s: float = 0.0  # time the relay's thread spent in zstd (it moves no bytes meanwhile)
+    flushes: int = 0
 
 
 # -- codecs: what one direction does to its bytes ---------------------------------------------------
@@ -179,9 +182,12 @@ class _Pipe:
             self._queue(self.codec.end())
             self.eof = True
             return
+        started = time.monotonic()
         out = self.codec.feed(data)
         if not isinstance(self.codec, Plain):
             self.held_since = time.monotonic()
+            if self.counters is not None:
+                self.counters.codec_s += self.held_since - started
         if self.counters is not None:  # raw: CRIU's side of the relay; wire: the link's
             unpacks = isinstance(self.codec, Decompress)
             self.counters.raw_bytes += len(out) if unpacks else len(data)
@@ -195,6 +201,9 @@ class _Pipe:
         if self.held_since is not None and not readable and now - self.held_since >= IDLE_FLUSH_S:
             self._queue(self.codec.flush())
             self.held_since = None
+            if self.counters is not None:
+                self.counters.codec_s += time.monotonic() - now
+                self.counters.flushes += 1
 
     def write(self) -> None:
         head = self.out[0]
@@ -424,6 +433,10 @@ class SourceRelay:
         self.remote.settimeout(None)
         if not self.direct:
             self._local, self._criu = _socketpair()
+            # The relay's thread stops sending while zstd takes in a block (ms at a time): the
+            # kernel must hold enough to keep the link busy meanwhile, and autotuning sizes the
+            # buffer for the tiny RTT of a LAN, not for those pauses.
+            _force_sndbuf(self._tcp if self._tls is None else self.remote, TCP_BUFFER)
         return self.decision
 
     @property
@@ -490,11 +503,15 @@ def _socketpair() -> tuple[socket.socket, socket.socket]:
     # big buffers: CRIU splices whole page runs, and the relay reads them in large gulps
     pair = socket.socketpair()
     for s in pair:
-        try:  # past net.core.wmem_max (~208 KiB) with CAP_NET_ADMIN, as the daemon has
-            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, PAIR_BUFFER)
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
+        _force_sndbuf(s, PAIR_BUFFER)
     return pair
+
+
+def _force_sndbuf(sock: socket.socket, size: int) -> None:
+    try:  # past net.core.wmem_max (~208 KiB) with CAP_NET_ADMIN, as the daemon has
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 # -- the target's side --------------------------------------------------------------------------------
