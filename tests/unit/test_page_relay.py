@@ -149,6 +149,8 @@ def test_auto_picks_raw_on_a_fast_link_and_zstd_on_a_slow_one():
     assert not choose("auto", 3e9, zstd).compressed  # loopback
     assert choose("auto", 119e6, zstd).compressed  # 1 Gbit/s
     assert choose("on", 3e9, zstd).compressed
+    assert choose("auto", 119e6, 390e6).compressed  # zstd calibrated on a loaded host: still zstd at 1 Gbit/s
+    assert not choose("auto", 1.2e9, 2e9).compressed  # a fast zstd still loses to 10 Gbit/s by the margin
 
 
 class FakeCriu:
