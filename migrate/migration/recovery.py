@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from migrate.peer_timeout import peer_timeout_s
 from migrate.errors import ContainerLost, OutcomeUnknown
 from migrate.migration.phases import phase_error
 from runtime.errors import ContainerError, ContainerNotFound
@@ -60,7 +61,7 @@ COMMIT = "commit"
 CRIU_WAIT_S = 120.0  # a dump of a few GiB to a dead socket still finishes well within this
 TARGET_TIMEOUT_S = 10.0  # per call to the target during reconcile (daemon start waits for it)
 SETTLE_TIMEOUT_S = 20.0  # per SettleMigration call (a post-copy target waits for its last page)
-SETTLE_WAIT_S = 30.0  # how long a migrate call itself tries to settle before handing over
+SETTLE_WAIT_S = 2.0 * peer_timeout_s()  # how long a migrate call itself tries to settle before handing over (30 s)
 SETTLE_RETRY_S = 1.0
 
 _ACTIVE: set[str] = set()  # migration ids a driver of this process is working on

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from migrate import failpoints
+from migrate.peer_timeout import peer_timeout_s
 from migrate.api import IncomingRequest, IncomingTicket, RestoreOptions, RestoreResult, Settlement
 from migrate.errors import ContainerLost, TransferError, IncompatibleHost, MigrationError
 from migrate.restore import version_tuple, restore_container
@@ -62,7 +63,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STALE_S = 30.0  # a prepared migration with no progress on any channel for this long is aborted
+# a prepared migration with no progress on any channel for this long is aborted: twice the peer
+# timeout (30 s by default), by when the source has given up on the link too
+STALE_S = 2.0 * peer_timeout_s()
 LEASE_S = 60.0  # a restored migration the source has not settled for this long: ask the source
 SETTLED_KEEP_S = 7 * 86400.0  # how long an outcome record answers a late settlement
 SOURCE_TIMEOUT_S = 10.0  # per call to the source when a lease expires

@@ -41,6 +41,7 @@ from migrate.remote import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
 from migrate.errors import MigrationError, PeerError, TransferError
+from migrate.peer_timeout import keepalive_ms, peer_timeout_s
 from migrate.remote.tls import TlsConfig, tls_from_paths
 from runtime.errors import ContainerError, InvalidArgument, Unsupported
 from runtime.registry import PushResult, RegistryOptions
@@ -54,16 +55,21 @@ CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 16 << 20
 DEFAULT_TIMEOUT_S = 60.0  # unary calls; streams (checkpoint, migrate, transfers) have none
 
-# Keepalive pings every 10 s while a call runs: a cut link fails a long stream within ~15 s
-# instead of hanging on TCP retransmits.
+# Keepalive pings while a call runs (every 10 s by default): a cut link fails a long stream
+# within the peer timeout (15 s, migrate/peer_timeout.py) instead of hanging on TCP retransmits;
+# once the link is back, the channel retries within a third of it (gRPC's backoff would otherwise
+# grow to minutes during an outage, and a migration's abort or settlement would wait for it).
+_PING_MS, _PING_TIMEOUT_MS = keepalive_ms(peer_timeout_s())
 CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_metadata_size", 64 << 10),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", _PING_MS),
+    ("grpc.keepalive_timeout_ms", _PING_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 1_000),
+    ("grpc.max_reconnect_backoff_ms", max(1_000, _PING_TIMEOUT_MS)),
 )
 
 

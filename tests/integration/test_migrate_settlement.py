@@ -48,7 +48,10 @@ pytestmark = [
 
 NAME = "victim"
 HOLD_S = 4.0  # how long a "sleep" failpoint holds its daemon
-CUT_S = 22.0  # longer than the client's keepalive (10 s + 5 s): the calls in flight fail
+# the daemons give a silent peer 4 s (migrate/peer_timeout.py; 15 s by default), so a cut of 8 s
+# fails the calls and the page-server stream in flight, as a longer one does with the default
+PEER_TIMEOUT_S = 4
+CUT_S = 2 * PEER_TIMEOUT_S
 SETTLE_S = 120.0  # until exactly one copy, cleaned up, after the fault
 
 # phase -> (failpoint, the daemon it is in)
@@ -229,6 +232,7 @@ def settled_state(lab: Lab, a: Host, b: Host, cid: str) -> tuple[str | None, lis
 def lab(request: pytest.FixtureRequest, lab_workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
     # the upper layer as a plain directory: these tests are about the copies, not the layer's form
     monkeypatch.setenv("PYMIGRATE_UPPER_SIZE", "0")
+    monkeypatch.setenv("PYMIGRATE_PEER_TIMEOUT_S", str(PEER_TIMEOUT_S))  # the daemons and CLIs inherit it
     phase = request.node.callspec.params["phase"] if hasattr(request.node, "callspec") else None
     with Lab.create(lab_workdir, image_on=(0,) if phase == "image" else None) as made:
         yield made
@@ -302,7 +306,8 @@ def test_exactly_one_copy(lab: Lab, phase: str, fault: str) -> None:
 
 
 def test_an_unknown_outcome_is_visible_and_settles_once_the_target_answers(lab: Lab) -> None:
-    """The answer lost and the target unreachable past the migrate call's own settling (30 s): the
+    """The answer lost and the target unreachable past the migrate call's own settling (twice the
+    peer timeout: 30 s by default, 8 s here): the
     call fails with OutcomeUnknown, the copy stays frozen and shows paused, unpause refuses it;
     once the link is back the source daemon settles it (the target runs it)."""
     a, b = lab.hosts[0], lab.hosts[1]
