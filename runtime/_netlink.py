@@ -1,4 +1,4 @@
-"""Minimal rtnetlink client: the few link, address and route requests the bridge network needs.
+"""Minimal rtnetlink client: the few link, address, route and neighbour requests the bridge network needs.
 
 Why not iproute2 or pyroute2: on this kind of machine one ``ip`` exec costs ~1.4 ms and connecting a
 container needs several; ``import pyroute2`` alone takes ~150 ms. A NETLINK_ROUTE socket speaks the
@@ -37,6 +37,7 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
@@ -50,6 +51,9 @@ RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
+RTM_NEWNEIGH = 28
+RTM_DELNEIGH = 29
+RTM_GETNEIGH = 30
 
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
@@ -73,10 +77,14 @@ RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 
+NDA_DST = 1
+NUD_INCOMPLETE = 0x01  # include/uapi/linux/neighbour.h
+
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_NDMSG = struct.Struct("=BxxxiHBB")  # family, pad, pad, ifindex, state, flags, type
 _RTATTR = struct.Struct("=HH")  # len, type
 
 
@@ -117,6 +125,22 @@ def ifinfomsg(index: int = 0, *, up: bool = False) -> bytes:
     flags = IFF_UP if up else 0
     change = IFF_UP if up else 0
     return _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
+
+
+def ndmsg(family: int = socket.AF_UNSPEC, index: int = 0) -> bytes:
+    return _NDMSG.pack(family, index, 0, 0, 0)
+
+
+def attrs(payload: bytes, offset: int) -> dict[int, bytes]:
+    """The rtattrs of ``payload`` from ``offset`` on, by type (the last one of a type wins)."""
+    found: dict[int, bytes] = {}
+    while offset + _RTATTR.size <= len(payload):
+        length, kind = _RTATTR.unpack_from(payload, offset)
+        if length < _RTATTR.size:
+            break
+        found[kind] = payload[offset + _RTATTR.size : offset + length]
+        offset += _align(length)
+    return found
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -280,6 +304,38 @@ class RtNetlink:
             + attr_u32(RTA_OIF, oif)
         )
         self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"add default route via {gateway} on {what}")
+
+
+    # -- neighbours ----------------------------------------------------------------------------------
+
+    def flush_neighbours(self, state_mask: int) -> int:
+        """Delete the neighbour entries (every family, every link) whose state has a bit of
+        ``state_mask`` (``ip neigh flush nud ...``): one dump, one RTM_DELNEIGH per entry. An entry
+        that went away in between is not an error. Returns how many were deleted."""
+        deleted = 0
+        for rtype, payload in self.request(RTM_GETNEIGH, NLM_F_DUMP, ndmsg(), "list neighbours"):
+            if rtype != RTM_NEWNEIGH or len(payload) < _NDMSG.size:
+                continue
+            family, index, state, _flags, _type = _NDMSG.unpack_from(payload)
+            dst = attrs(payload, _NDMSG.size).get(NDA_DST)
+            if not state & state_mask or dst is None:
+                continue
+            try:
+                self.request(RTM_DELNEIGH, 0, ndmsg(family, index) + attr(NDA_DST, dst),
+                             f"delete neighbour {_address_text(family, dst)} on link #{index}")
+            except NetlinkError as exc:
+                if exc.errno != _errno.ENOENT:
+                    raise
+                continue
+            deleted += 1
+        return deleted
+
+
+def _address_text(family: int, raw: bytes) -> str:
+    try:
+        return socket.inet_ntop(family, raw)
+    except (OSError, ValueError):
+        return raw.hex()
 
 
 def _ext_ack_message(payload: bytes, flags: int) -> str:

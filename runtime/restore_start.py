@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 
 LINK_UP_AT = "pre-resume"  # CRIU's last notification before the restored tasks run
-FLUSH_TIMEOUT_S = 5.0
 
 
 def link_up_before_resume(veth: str | None, netns: str | None = None) -> Callable[[str, int], bool] | None:
@@ -125,16 +124,22 @@ def remount_root_read_only(pids: list[int]) -> None:
 
 
 def _flush_incomplete_neighbours(netns: str) -> None:
-    import subprocess
+    """``ip neigh flush nud incomplete`` in ``netns``, over rtnetlink: no nsenter + ip exec (~3 ms
+    of the stopped time) at pre-resume."""
+    import socket
+    from pathlib import Path
 
-    cmd = ["nsenter", f"--net={netns}", "ip", "neigh", "flush", "nud", "incomplete"]
+    from runtime import _netlink as nl
+    from runtime import _netns
+
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=FLUSH_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:  # only slower: the kernel retries in 1 s
+        sock = _netns.socket_in(Path(netns), socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_ROUTE)
+        with nl.RtNetlink(sock) as rtnl:
+            flushed = rtnl.flush_neighbours(nl.NUD_INCOMPLETE)
+    except OSError as exc:  # only slower: the kernel retries in 1 s
         log.warning("cannot flush incomplete neighbours in %s: %s", netns, exc)
         return
-    if r.returncode != 0:
-        log.warning("cannot flush incomplete neighbours in %s: %s", netns, r.stderr.strip())
+    log.debug("flushed %d incomplete neighbours in %s", flushed, netns)
 
 
 def start_restore_on_go(go_path: str, netns: str, netns_key: str, cgroup_parent: str, container_id: str, criu: Any,

@@ -108,3 +108,43 @@ def test_veth_request_nests_peer_in_its_namespace() -> None:
     assert bytes.fromhex("02420a4d0005") in sent
     assert nl.attr_u32(nl.IFLA_NET_NS_FD, 17) in sent
     assert nl.attr_u32(nl.IFLA_MASTER, 9) in sent
+
+
+def _neigh(seq: int, family: int, index: int, state: int, dst: bytes) -> bytes:
+    payload = struct.pack("=BxxxiHBB", family, index, state, 0, 1) + nl.attr(nl.NDA_DST, dst)
+    payload += nl.attr(2, bytes.fromhex("02420a000002"))  # NDA_LLADDR: skipped over
+    return _msg(nl.RTM_NEWNEIGH, seq, payload, flags=2)  # NLM_F_MULTI
+
+
+def test_flush_neighbours_dumps_then_deletes_only_entries_in_the_states_asked() -> None:
+    import socket
+
+    v4, v6 = socket.inet_aton("10.88.0.7"), socket.inet_pton(socket.AF_INET6, "fe80::1")
+    dump = (_neigh(1, socket.AF_INET, 4, nl.NUD_INCOMPLETE, v4)
+            + _neigh(1, socket.AF_INET, 4, 0x02, socket.inet_aton("10.88.0.1"))  # NUD_REACHABLE: kept
+            + _neigh(1, socket.AF_INET6, 4, nl.NUD_INCOMPLETE, v6))
+    done = _msg(nl.NLMSG_DONE, 1, struct.pack("=i", 0), flags=2)
+    # the dump comes in two datagrams; the IPv6 entry vanished before its delete (ENOENT: not an error)
+    sock = CannedSocket([dump, done, _ack(2), _ack(3, errno.ENOENT)])
+    with nl.RtNetlink(sock) as rt:  # type: ignore[arg-type]
+        assert rt.flush_neighbours(nl.NUD_INCOMPLETE) == 1
+    get, del4, del6 = sock.sent
+    _len, msg_type, flags, seq, _ = struct.unpack_from("=IHHII", get)
+    assert (msg_type, seq) == (nl.RTM_GETNEIGH, 1) and flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP
+    assert struct.unpack_from("=BxxxiHBB", get, 16) == (socket.AF_UNSPEC, 0, 0, 0, 0)
+    for sent, family, dst, seq_expected in ((del4, socket.AF_INET, v4, 2), (del6, socket.AF_INET6, v6, 3)):
+        length, msg_type, flags, seq, _ = struct.unpack_from("=IHHII", sent)
+        assert (length, msg_type, seq) == (len(sent), nl.RTM_DELNEIGH, seq_expected)
+        assert flags == nl.NLM_F_REQUEST | nl.NLM_F_ACK
+        assert struct.unpack_from("=BxxxiHBB", sent, 16)[:2] == (family, 4)
+        assert nl.attrs(sent, 16 + 12) == {nl.NDA_DST: dst}
+
+
+def test_flush_neighbours_raises_other_errors() -> None:
+    import socket
+
+    dump = _neigh(1, socket.AF_INET, 4, nl.NUD_INCOMPLETE, socket.inet_aton("10.88.0.7"))
+    sock = CannedSocket([dump + _msg(nl.NLMSG_DONE, 1, struct.pack("=i", 0)), _ack(2, errno.EPERM)])
+    with pytest.raises(nl.NetlinkError) as info:
+        nl.RtNetlink(sock).flush_neighbours(nl.NUD_INCOMPLETE)  # type: ignore[arg-type]
+    assert info.value.errno == errno.EPERM and "delete neighbour 10.88.0.7 on link #4" in str(info.value)
