@@ -41,6 +41,7 @@ from typing import Any, BinaryIO, Callable
 
 from migrate import failpoints
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
+from migrate.archive import partial_exports
 from migrate.archive.signing import ArchiveSigner, HashingSink
 from migrate.archive.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore, build_manifest, image_record, new_checkpoint_id
 from runtime.criu import DUMP_LOG, Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
@@ -303,6 +304,8 @@ def checkpoint_container(
     cp = _prepare(rt, name, options, criu or SwrkCriu())
     try:
         with open(cp.out_path, "wb") as out:
+            if cp.archive_path is not None:  # found by the sweep if this process dies after the thaw
+                partial_exports.begin(rt.paths.run, cp.checkpoint_id, cp.out_path, out.fileno(), cp.staging)
             _freeze(cp, emit)
             emit("dump")
             # Only with --leave-running: a container stopped afterwards stays frozen until the
@@ -352,6 +355,7 @@ def _prepare(rt: Any, name: str, options: CheckpointOptions, criu: Criu) -> _Che
     state = container.status
     if state not in ("running", "paused"):
         raise InvalidState(container.spec.name, "checkpoint", state, ("running", "paused"))
+    partial_exports.sweep(rt.paths.run, rt.paths.tmp)  # what an export killed after its thaw left (cheap: a listdir)
     target: DumpTarget = rt.dump_target(container)
     checkpoint_id = new_checkpoint_id()
     staging = CheckpointStore(rt.paths).staging_dir(checkpoint_id)
@@ -380,7 +384,7 @@ def _prepare(rt: Any, name: str, options: CheckpointOptions, criu: Criu) -> _Che
         network_lock=rt.network_lock(),
     )
     archive_path = Path(options.export_path).resolve() if options.export_path is not None else None
-    out_path = archive_path.with_name(f".{archive_path.name}.{checkpoint_id}.tmp") if archive_path else staging / UPPER_ARCHIVE
+    out_path = partial_exports.temp_path(archive_path, checkpoint_id) if archive_path else staging / UPPER_ARCHIVE
     return _Checkpoint(rt=rt, options=options, criu=criu, container=container, target=target, checkpoint_id=checkpoint_id,
                        staging=staging, manifest=manifest, request=request, archive_path=archive_path, out_path=out_path,
                        was_paused=state == "paused")
@@ -573,6 +577,7 @@ def _commit(cp: _Checkpoint, dumped: _Dumped, emit: Callable[..., None]) -> int:
     emit("commit")
     if cp.archive_path is not None:
         os.rename(cp.out_path, cp.archive_path)
+        partial_exports.end(cp.rt.paths.run, cp.checkpoint_id)
     else:
         cp.manifest["dump_stats"] = dumped.stats.__dict__
         CheckpointStore(cp.rt.paths).commit(cp.staging, cp.checkpoint_id, cp.manifest)
@@ -593,6 +598,7 @@ def _roll_back(cp: _Checkpoint, exc: BaseException) -> None:
             log.exception("container=%s: thaw after failed checkpoint failed", name)
     if cp.archive_path is not None:
         cp.out_path.unlink(missing_ok=True)
+        partial_exports.end(cp.rt.paths.run, cp.checkpoint_id)
     keep_criu_log(cp.rt.paths, exc, (cp.request.work_dir or cp.images_dir) / DUMP_LOG, "dump")
     shutil.rmtree(cp.staging, ignore_errors=True)
 

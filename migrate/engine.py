@@ -423,6 +423,7 @@ class LocalEngine:
         """After a (re)start: finish or undo what a crash interrupted (outgoing migrations: thaw or
         finish the source copy; incoming migrations; scratch). Outgoing first: it waits for an
         orphaned CRIU to leave the staging dir that the incoming reconcile then removes."""
+        from migrate.archive import partial_exports
         from migrate.migration.recovery import reconcile_outgoing
         from runtime.restart import on_daemon_start as restart_on_daemon_start
         from runtime.port_rules import sweep_stale as sweep_stale_ports
@@ -430,6 +431,8 @@ class LocalEngine:
         self.runtime.paths.ensure()
         steps: tuple[tuple[str, Any], ...] = (
             ("freezes of dead checkpoints", self.runtime.settle_freezes),  # thaw, remove partial files
+            # exports killed after a --leave-running thaw, while compressing (migrate/archive/partial_exports.py)
+            ("interrupted exports", lambda: partial_exports.sweep(self.runtime.paths.run, self.runtime.paths.tmp)),
             ("outgoing migrations", lambda: reconcile_outgoing(self._host(), lambda dest: self.peer.connect(dest))),
             ("incoming migrations and scratch", lambda: self._incoming().reconcile()),
             # held by live image work in CLI processes is kept (runtime/scratch.py)

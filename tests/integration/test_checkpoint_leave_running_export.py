@@ -213,6 +213,30 @@ def test_the_archive_is_written_while_the_container_runs(pm, pm_root: Path, tmp_
         pm("rm", "-f", name)
 
 
+def test_an_export_killed_after_the_thaw_is_swept_by_the_next_checkpoint(pm, pm_root: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    # SIGKILL while the archive is written (thawed: no freeze record names its files any more)
+    name = unique("lrxk")
+    ok(pm("run", "-d", "--name", name, "busybox", "sh", "-c", COUNTER))
+    try:
+        get = counter(pm_root, name)
+        moves_on(get, 10, "counter")
+        env = {**os.environ, "PYMIGRATE_FAILPOINTS": "checkpoint.archive=kill"}
+        killed = subprocess.run([*PYMIGRATE, "--root", str(pm_root), "checkpoint", name, "--leave-running", "--export",
+                                 str(tmp_path / "killed.pma")], capture_output=True, env=env, cwd=REPO, timeout=120)
+        assert killed.returncode == -9, killed.stderr.decode(errors="replace")
+        left = list(tmp_path.iterdir())
+        assert [p.name for p in left if p.name.startswith(".killed.pma.")] and leftovers(pm_root), "nothing to sweep"
+        moves_on(get, 5, "counter after the killed export")
+        assert status(pm, name) == "running"
+        # the next checkpoint (of any container) removes the dead export's temp file and staging dir
+        ok(pm("checkpoint", name, "--leave-running", "--export", str(tmp_path / "next.pma")))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["next.pma"]
+        assert not leftovers(pm_root)
+        assert not list((pm_root / "run" / "exports").iterdir())
+    finally:
+        pm("rm", "-f", name)
+
+
 def test_a_failure_after_the_thaw_leaves_it_running_and_no_files(pm, pm_root: Path, memhog_image: str,  # noqa: ANN001
                                                                  tmp_path: Path) -> None:
     full = tmp_path / "small"
