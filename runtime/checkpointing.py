@@ -520,6 +520,11 @@ class CheckpointHost:
             log.debug("container=%s: ending the restored tree: %s", cid, exc)
 
 
+def _mark(container_id: str, what: str) -> None:
+    """A debug line with the monotonic clock in ms (a migration's timeline: migrate/migration/postcopy.mark)."""
+    log.debug("container=%s restore at_ms=%.1f %s", container_id[:12], time.monotonic() * 1000, what)
+
+
 class RestoreShell:
     """A restored container built while its images are still on their way (a migration's pause).
 
@@ -587,11 +592,15 @@ class RestoreShell:
             cdir = rt.store.dir(cid)
             install_upper(rt.sys, upper_src, cdir, self._undo)
             merged = self.host.mount_root(self.spec, img.lowers, self.dumped_range, self._undo)
+            _mark(cid, "root mounted")
             self._send(pickle.dumps(request_for(merged)))
+            _mark(cid, "request sent to the waiting criu")
             self._thread.join()
+            _mark(cid, "shim started (criu restore done)")
             if self._error is not None:
                 raise self._error
             self.host.join_network(self.spec, self.netns)
+            _mark(cid, "network joined")
         except BaseException:
             self.abort()
             raise

@@ -165,6 +165,12 @@ def lazy_page_count(images_dir: Path) -> int:
     return total
 
 
+def mark(migration_id: str, what: str) -> None:
+    """A debug line with this host's monotonic clock in ms: the two daemons of a migration on one
+    machine share it, so their lines line up into the pause's timeline (daemon --debug)."""
+    log.debug("migration=%s postcopy at_ms=%.1f %s", migration_id, time.monotonic() * 1000, what)
+
+
 def free_port() -> int:
     """A TCP port free on every address right now (CRIU binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -266,9 +272,12 @@ class PostcopyMode:
             writer = ArchiveWriter(sink, compress="zstd", level=1)
             writer.write_manifest(manifest(move, self))
             dump.start()
+            mark(move.migration_id, "source: criu lazy dump started")
             move.upper(writer)
             sink.flush()  # the target starts unpacking while CRIU dumps (the sink sends full chunks only)
+            mark(move.migration_id, "source: upper layer sent")
             dump.images_ready.wait()
+            mark(move.migration_id, "source: criu post-dump (images written)")
             if dump.error is not None:
                 raise dump.error
             if not dump.is_alive() and dump.stats is not None:
@@ -277,6 +286,7 @@ class PostcopyMode:
                 if p.is_file():
                     writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
             sink.flush()  # ... and the images while CRIU starts its page server
+            mark(move.migration_id, "source: images sent")
             # The target dials the page server as soon as it has the archive: CRIU must listen.
             if not dump.serving.wait(LISTEN_TIMEOUT_S) or not dump.is_alive():
                 dump.join(timeout=1)
@@ -284,10 +294,12 @@ class PostcopyMode:
                     raise dump.error
                 raise TransferError(f"criu's page server did not listen on port {self.port} within {LISTEN_TIMEOUT_S:g}s",
                                     phase="dump")
+            mark(move.migration_id, "source: criu page server listens")
             failpoints.hit("source.dump")
             move.final_sent = True
             writer.close(trailer={"lazy_pages": True, **move.upper.trailer})
             sink.close()
+            mark(move.migration_id, "source: archive closed")
         except BaseException as exc:
             sink.abort(exc if isinstance(exc, Exception) else TransferError("migration interrupted"))
             pusher.join(timeout=30)
@@ -469,9 +481,11 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     from runtime.criu import start_lazy_pages
 
     started = time.monotonic()
+    mark(migration_id, "target: archive stream opened")
     # While the archive arrives (the source is frozen already): build the container's cgroup,
     # network and shim, and start CRIU inside its cgroup (runtime.checkpointing.RestoreShell).
     shell = _early_shell(host, criu, record)
+    mark(migration_id, "target: shell built")
     try:
         unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
     except BaseException:
@@ -480,6 +494,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         raise
     assert unpacked.scratch is not None
     import_ms = (time.monotonic() - started) * 1000
+    mark(migration_id, "target: archive unpacked")
     daemon: CriuProcess | None = None
     try:
         manifest = unpacked.manifest
@@ -500,10 +515,12 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             shell = None
         replace_id = host.replaceable_id(spec) if shell is None else spec.container_id  # the shell is ours
         preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
+        mark(migration_id, "target: images checked")
         if before_restore is not None:  # the archive is complete: a settlement now waits for the restore
             before_restore()
         daemon = start_lazy_pages(unpacked.images_dir, unpacked.work_dir, PageServer(str(ps["address"]), int(ps["port"])), tls=tls)
         t0 = time.monotonic()
+        mark(migration_id, "target: lazy-pages daemon spawned")
 
         def request_for(root: Path) -> Any:
             return dataclasses.replace(restore_request(unpacked, spec, root, tcp_established=False), lazy_pages=True)
@@ -541,6 +558,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
                 phase="restore",
             ) from exc
         resumed_at = time.monotonic()
+        mark(migration_id, "target: restored (running)")
         restore_ms = (resumed_at - t0) * 1000
         rc = _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
         if rc is not None and rc != 0:
@@ -553,6 +571,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             except ContainerError as exc:
                 log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
             raise TransferError(f"the lazy-pages daemon failed during the restore: {err.message}", phase="restore")
+        mark(migration_id, "target: lazy-pages daemon connected")
         session = LazySession(host, migration_id, daemon, unpacked.scratch, info.spec.container_id, on_complete)
         with _SESSIONS_LOCK:
             _SESSIONS[migration_id] = session
