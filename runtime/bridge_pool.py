@@ -19,7 +19,10 @@ ARP probe (RFC 5227 style, short): an address chosen from the pool (never one as
 --ip or kept by a restore) is first asked for on the bridge, from the bridge's own MAC with
 sender address 0.0.0.0; if anyone answers within ``probe_timeout_s()`` it is skipped (a host or a
 namespace someone else put on the bridge holds it). A bridge without ports skips the probe: nobody
-could answer.
+could answer. ``run`` leases the address as soon as its probe is sent (``ArpProbe``) and collects
+the answer after its mounts and cgroup, right before the veth is made: the wait is spent on that
+work. An address someone answered for is given back then and another one chosen, probed as it is
+(the record's spec is rewritten), so it is never connected.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,40 +116,95 @@ class BridgePool:
         os.rename(tmp, self.dir / ROOTS_FILE)
 
 
+class ArpProbe:
+    """An ARP probe of ``ip`` on ``bridge``, sent when made; ``answered`` collects the answer.
+
+    Made at ``run``'s lease and answered before its connect (``BridgeNetwork.lease(...,
+    answer_later=True)``, ``confirm_lease``), the wait overlaps the rest of a start: answers
+    queue on the socket meanwhile, and ``answered`` still waits until ``timeout_s`` after the send
+    before it says nobody did. Its socket is closed on another thread: closing a packet socket
+    waits for an RCU grace period (packet_release -> synchronize_net, ~16 ms here).
+
+    ``sent`` is False when the probe could not be made (no such bridge, no ports on it, no
+    CAP_NET_RAW, probes off): ``answered`` is then False."""
+
+    def __init__(self, bridge: str, ip: str, timeout_s: float | None = None) -> None:
+        self.bridge = bridge
+        self.ip = ip
+        self.target = ipaddress.IPv4Address(ip).packed
+        self._sock: socket.socket | None = None
+        self._mac = b""
+        self._deadline = 0.0
+        timeout_s = probe_timeout_s() if timeout_s is None else timeout_s
+        if timeout_s > 0:
+            self._send(timeout_s)
+
+    @property
+    def sent(self) -> bool:
+        return self._sock is not None
+
+    def _send(self, timeout_s: float) -> None:
+        bridge = self.bridge
+        try:
+            if not os.listdir(f"/sys/class/net/{bridge}/brif"):
+                return
+            mac = bytes.fromhex(Path(f"/sys/class/net/{bridge}/address").read_text().strip().replace(":", ""))
+            # protocol 0 first, the ARP hook only at bind: a socket made with a protocol registers a
+            # receive hook on every device, and binding it to one drops that hook again with
+            # synchronize_net() (an RCU grace period, 10-25 ms seen here)
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        except OSError as exc:
+            log.debug("no arp probe on %s: %s", bridge, exc)
+            return
+        try:
+            sock.bind((bridge, ETH_P_ARP))
+            # ethernet broadcast; ARP request, sender MAC ours, sender IP 0.0.0.0 (a probe), target IP
+            frame = (b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP)
+                     + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + b"\0" * 4 + b"\0" * 6 + self.target)
+            sock.send(frame)
+        except OSError as exc:
+            log.debug("arp probe of %s on %s not sent: %s", self.ip, bridge, exc)
+            _close_later(sock)
+            return
+        self._sock, self._mac = sock, mac
+        self._deadline = time.monotonic() + timeout_s
+
+    def answered(self) -> bool:
+        """Whether anyone answered for the address by ``timeout_s`` after the send (waits for the
+        rest of that time if it has not passed); closes the probe."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            while True:
+                left = max(0.0, self._deadline - time.monotonic())
+                if not select.select([sock], [], [], left)[0]:
+                    return False
+                data = sock.recv(128)
+                # sender protocol address (bytes 28-32 of the frame) is the probed address: it is held
+                if len(data) >= 42 and data[12:14] == b"\x08\x06" and data[28:32] == self.target and data[6:12] != self._mac:
+                    log.info("arp probe: %s on bridge %s is answered by %s: skipped", self.ip, self.bridge, data[6:12].hex(":"))
+                    return True
+        except OSError as exc:  # as if nobody answered, as when the probe cannot be made
+            log.debug("arp probe of %s on %s: %s", self.ip, self.bridge, exc)
+            return False
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the probe without its answer (idempotent)."""
+        if self._sock is not None:
+            _close_later(self._sock)
+            self._sock = None
+
+
+def _close_later(sock: socket.socket) -> None:
+    threading.Thread(target=sock.close, name="close-arp-probe", daemon=True).start()
+
+
 def arp_probe(bridge: str, ip: str, timeout_s: float | None = None) -> bool:
     """Whether anyone on ``bridge`` answers an ARP probe for ``ip`` within the timeout.
 
     False when the probe cannot be made (no such bridge, no ports on it, no CAP_NET_RAW): an
     allocation must not fail because the probe could not run."""
-    timeout_s = probe_timeout_s() if timeout_s is None else timeout_s
-    if timeout_s <= 0:
-        return False
-    try:
-        if not os.listdir(f"/sys/class/net/{bridge}/brif"):
-            return False
-        mac = bytes.fromhex(Path(f"/sys/class/net/{bridge}/address").read_text().strip().replace(":", ""))
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ARP))
-    except OSError as exc:
-        log.debug("no arp probe on %s: %s", bridge, exc)
-        return False
-    target = ipaddress.IPv4Address(ip).packed
-    with sock:
-        try:
-            sock.bind((bridge, ETH_P_ARP))
-            # ethernet broadcast; ARP request, sender MAC ours, sender IP 0.0.0.0 (a probe), target IP
-            frame = (b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP)
-                     + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + b"\0" * 4 + b"\0" * 6 + target)
-            sock.send(frame)
-        except OSError as exc:
-            log.debug("arp probe of %s on %s not sent: %s", ip, bridge, exc)
-            return False
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([sock], [], [], left)[0]:
-                break
-            data = sock.recv(128)
-            # sender protocol address (bytes 28-32 of the frame) is the probed address: it is held
-            if len(data) >= 42 and data[12:14] == b"\x08\x06" and data[28:32] == target and data[6:12] != mac:
-                log.info("arp probe: %s on bridge %s is answered by %s: skipped", ip, bridge, data[6:12].hex(":"))
-                return True
-    return False
+    return ArpProbe(bridge, ip, timeout_s).answered()

@@ -47,12 +47,15 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from runtime import _ipam, _netns
 from runtime._netlink import NETLINK_ROUTE, NetlinkError, RtNetlink
 from runtime.config import DEFAULT_BRIDGE, DEFAULT_SUBNET, Paths
 from runtime.errors import ContainerExists, InvalidArgument, NetworkError
+
+if TYPE_CHECKING:
+    from runtime.bridge_pool import ArpProbe
 
 log = logging.getLogger(__name__)
 
@@ -207,15 +210,23 @@ class Network(Protocol):
         """Delete the host veth (if present; its peer goes with it) and release the lease. Idempotent."""
         ...
 
+    def confirm_lease(self, container_id: str) -> str | None:
+        """The container's address once the answer to the ARP probe of a ``lease(...,
+        answer_later=True)`` is in: the leased one, or, if someone else answered for it, another
+        one leased now (probed as it is chosen). None without a lease. Call it before ``connect``."""
+        ...
+
     def remove_netns(self, container_id: str) -> None:
         """Unmount and delete ROOT/netns/<container_id>. Idempotent."""
         ...
 
-    def lease(self, container_id: str, ip: str | None = None) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         """Reserve ``ip`` (or the container's current, or the lowest free address) for the container.
 
         For pre-flight checks: connect() keeps an existing lease of the same address. Asking for a
-        different address than the one held moves the lease.
+        different address than the one held moves the lease. ``answer_later``: a chosen address
+        is leased as soon as its ARP probe is sent, and ``confirm_lease`` collects the answer (the
+        probe's wait overlaps the work between the two: ``run``'s mounts and cgroup).
 
         Raises:
             InvalidArgument: not an IPv4 address, outside the subnet, or the network, gateway or
@@ -254,6 +265,9 @@ class _Namespaces:
 
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
+
+    def confirm_lease(self, container_id: str) -> str | None:
+        return None
 
     def netns_path(self, container_id: str) -> Path:
         _check_container_id(container_id)
@@ -299,7 +313,7 @@ class NoNetwork(_Namespaces):
     def disconnect(self, container_id: str) -> None:
         return None
 
-    def lease(self, container_id: str, ip: str | None = None) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         raise InvalidArgument(
             f"cannot lease an address for container {container_id}: its network mode is none",
             hint="use --network bridge to get an address",
@@ -344,7 +358,7 @@ class HostNetwork(NoNetwork):
                                   hint="use --network bridge to set an address")
         return None
 
-    def lease(self, container_id: str, ip: str | None = None) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         raise InvalidArgument(f"cannot lease an address for container {container_id}: it uses the host's network",
                               hint="use --network bridge to get an address")
 
@@ -356,20 +370,53 @@ class BridgeNetwork(_Namespaces):
         super().__init__(paths)
         self.config = config
         self._stored = stored
-        from runtime.bridge_pool import BridgePool, arp_probe
+        from runtime.bridge_pool import BridgePool
 
         # one pool per bridge for every state root on it; a chosen address is ARP-probed first
         self._ipam = _ipam.Ipam(paths.network, config.subnet, config.bridge, pool=BridgePool(config.bridge),
-                                probe=lambda ip: arp_probe(config.bridge, ip))
+                                probe=self._probe)
+        self._answer_later: str | None = None  # the container whose lease is being chosen so
+        self._unanswered: dict[str, ArpProbe] = {}  # container_id -> the probe of its leased address
+
+    def _probe(self, ip: str) -> bool:
+        """Whether anyone else answers for ``ip`` (runtime/bridge_pool.py); False at once for a
+        ``lease(..., answer_later=True)``, whose probe waits for ``confirm_lease``."""
+        from runtime.bridge_pool import ArpProbe, arp_probe
+
+        if self._answer_later is None:
+            return arp_probe(self.config.bridge, ip)
+        probe = ArpProbe(self.config.bridge, ip)
+        if probe.sent:  # not sent (a bridge without ports...): as arp_probe, nobody answers
+            self._unanswered[self._answer_later] = probe
+        return False
+
+    def confirm_lease(self, container_id: str) -> str | None:
+        probe = self._unanswered.pop(container_id, None)
+        ip = self._ipam.leases().get(container_id)
+        if probe is None or not probe.answered():
+            return ip
+        self._ipam.release(container_id)  # someone else holds it: choose again, probing (it answers again)
+        return self._ipam.lease(container_id)[0]
+
+    def _drop_probe(self, container_id: str) -> None:
+        probe = self._unanswered.pop(container_id, None)
+        if probe is not None:
+            probe.close()
 
     # -- addresses -------------------------------------------------------------------------------
 
-    def lease(self, container_id: str, ip: str | None = None) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         _check_container_id(container_id)
         self._store_config()
-        return self._ipam.lease(container_id, ip)[0]
+        self._drop_probe(container_id)
+        self._answer_later = container_id if answer_later else None
+        try:
+            return self._ipam.lease(container_id, ip)[0]
+        finally:
+            self._answer_later = None
 
     def release(self, container_id: str) -> None:
+        self._drop_probe(container_id)
         self._ipam.release(container_id)
 
     def leases(self) -> dict[str, str]:
@@ -406,6 +453,11 @@ class BridgeNetwork(_Namespaces):
         _check_container_id(container_id)
         mac = _normalize_mac(mac) if mac is not None else None
         self._store_config()
+        if container_id in self._unanswered:  # never connected to an address someone else answers for
+            held = self.confirm_lease(container_id)
+            if ip is not None and held != ip:
+                raise NetworkError(f"cannot connect container {container_id} with {ip}: another host on bridge "
+                                   f"{self.config.bridge} answers for it", hint="confirm_lease first")
         address, new_lease = self._ipam.lease(container_id, ip)
         ep = self._endpoint(container_id, address, mac or mac_for_ip(address))
         cfg = self.config

@@ -325,7 +325,8 @@ class Runtime:
             id_range = self._claim_id_range(container_id, userns_mode, userns_size, undo)
             leased = None
             if network == "bridge":
-                leased = net.lease(container_id, ip)
+                # its ARP probe is answered in _start, before connect: the wait overlaps the mounts
+                leased = net.lease(container_id, ip, answer_later=True)
                 undo.append(("release address", lambda: net.release(container_id)))
             spec = ContainerSpec(
                 container_id=container_id,
@@ -373,7 +374,7 @@ class Runtime:
             with claimed(self, spec) as spec:  # refuses a taken host port (PortInUse)
                 self.store.create(spec)
             undo.append(("remove record", lambda: self._delete_record(container_id)))
-            self._start(spec, img.lowers, undo, seccomp_bpf)
+            self._start(spec, img.lowers, undo, seccomp_bpf, net)
         except BaseException:
             self._undo(container_id, undo)
             raise
@@ -435,7 +436,8 @@ class Runtime:
 
         return filter_for(choice, profile, spec_names(cap_add, cap_drop), self.paths.seccomp_cache)
 
-    def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]], seccomp_bpf: bytes | None) -> None:
+    def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]],
+               seccomp_bpf: bytes | None, net: Any) -> None:
         from runtime.shim import Starter, launch_shim
 
         cid = spec.container_id
@@ -456,10 +458,13 @@ class Runtime:
         cg.create(cid, limits_of(spec))
         undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
 
-        net = self.network(spec.network)
         netns = net.create_netns(cid, userns_path)
         undo.append(("remove netns", lambda: net.remove_netns(cid)))
         if spec.network == "bridge":
+            ip = net.confirm_lease(cid)  # the answer to run's ARP probe: another address if someone else has it
+            if ip != spec.ip:
+                spec = dataclasses.replace(spec, ip=ip)
+                self.store.write_spec(spec)
             net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
             undo.append(("disconnect", lambda: net.disconnect(cid)))
         if spec.ports:

@@ -161,6 +161,10 @@ class StateStore:
             atomic_write(d / STATE_FILE, _dump((state or ContainerState()).to_dict()))
             atomic_write(d / CONFIG_FILE, _dump(spec.to_dict()))
 
+    def write_spec(self, spec: ContainerSpec) -> None:
+        """Rewrite the record's spec (``run``: the address changed before the container started)."""
+        atomic_write(self.dir(spec.container_id) / CONFIG_FILE, _dump(spec.to_dict()))
+
     def _name_of(self, container_id: str) -> str | None:
         try:
             with open(self.dir(container_id) / CONFIG_FILE, "rb") as f:

@@ -13,6 +13,9 @@
   and freed right before every timed step, on both sides (the VM hands freed memory back to its
   host, and touching it again is slow: CRIU-NOTES).
 - ``ps``: `pymigrate ps` wall beside `runc list` (what every local command pays to start).
+- ``--neighbours N``: N pymigrate containers stay running on the bench's bridge during the rounds
+  (started untimed first), so each ``run -d`` pays the ARP probe of its new address as on a busy
+  host (a bridge without other ports skips it: runtime/bridge_pool.py).
 
 Runs are interleaved A B A B so both sides see the same machine state; cleanup between runs
 (rm -f / runc delete -f, checkpoint rm) is not timed. The table prints medians, the ratio
@@ -28,7 +31,7 @@ What it changes on the host: a temporary state root and bundles under --workdir 
 mkdtemp in /tmp; its own bridge and /24), removed at the end, and the containers it starts, each
 removed after its run.
 
-Usage: scripts/bench_runtime.py [-n 15] [--size 64] [--json] [--floor] [--runc /usr/sbin/runc]
+Usage: scripts/bench_runtime.py [-n 15] [--size 64] [--json] [--floor] [--neighbours N] [--runc /usr/sbin/runc]
 """
 
 from __future__ import annotations
@@ -228,6 +231,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--network", choices=("bridge", "none"), default="bridge", help="pymigrate's network mode")
     parser.add_argument("--floor", action="store_true", help="also time the interpreter and the imports alone")
+    parser.add_argument("--neighbours", type=int, default=0, help="containers kept running on the bridge meanwhile")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root")
@@ -267,6 +271,9 @@ def main() -> int:
     try:
         if ckpt:
             ckpt.setup()
+        for k in range(args.neighbours):
+            subprocess.run([*pm, "run", "-d", "--name", f"neighbour{k}", "--network", "bridge", "busybox", *CMD],
+                           check=True, capture_output=True)
         if args.floor:
             floors = floor_cmds(root, args.network)
             samples.update({k: [] for k in floors})
@@ -284,7 +291,8 @@ def main() -> int:
             if ckpt:
                 ckpt.round(i, samples)
     finally:
-        subprocess.run([*pm, "rm", "-f", *[f"bench{i}" for i in range(args.runs)], *[f"hog{i}" for i in range(args.runs)]],
+        subprocess.run([*pm, "rm", "-f", *[f"bench{i}" for i in range(args.runs)], *[f"hog{i}" for i in range(args.runs)],
+                        *[f"neighbour{k}" for k in range(args.neighbours)]],
                        capture_output=True)
         if ckpt:
             ckpt.teardown()
@@ -306,6 +314,7 @@ def main() -> int:
         "runs": args.runs,
         "order": "interleaved pymigrate, runc",
         "network": args.network,
+        "neighbours": args.neighbours,
         "memhog_mib": args.size,
         "median_s": med,
         "min_s": {k: min(v) for k, v in samples.items()},
@@ -319,7 +328,8 @@ def main() -> int:
         json.dump(result, sys.stdout, indent=2)
         print()
         return 0
-    print(f"{args.runs} interleaved runs each (cleanup not timed), pymigrate network={args.network}, memhog {args.size} MiB")
+    print(f"{args.runs} interleaved runs each (cleanup not timed), pymigrate network={args.network}, "
+          f"{args.neighbours} neighbours, memhog {args.size} MiB")
     width = max(12, *(len(k) + 2 for k in samples))
     print(f"{'':{width}}{'median ms':>12}{'min ms':>10}{'max ms':>10}")
     for k in samples:

@@ -74,9 +74,12 @@ class FakeNetwork:
         self._call("remove_netns", container_id)
         (self.paths.netns / container_id).unlink(missing_ok=True)
 
-    def lease(self, container_id: str, ip: str | None = None) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         self._call("lease", container_id, ip)
         return self._ipam.lease(container_id, ip)[0]
+
+    def confirm_lease(self, container_id: str) -> str | None:
+        return self._ipam.leases().get(container_id)
 
     def release(self, container_id: str) -> None:
         self._call("release", container_id)
