@@ -149,7 +149,7 @@ class CheckpointInfo:
     container_id: str
     image_digest: str
     created_at: float
-    size_bytes: int
+    size_bytes: int  # on disk (allocated blocks): the sparse upper.img counts what it holds
     criu_version: str
 
 

@@ -211,11 +211,14 @@ def info_from_manifest(m: dict[str, Any], *, size_bytes: int = 0) -> CheckpointI
 
 
 def _tree_size(path: Path) -> int:
+    """The bytes the files under ``path`` take on disk (st_blocks * 512, stat(2)), not their
+    apparent size: a checkpoint's upper.img is a sparse file of the container's whole upper-layer
+    budget (16 GiB by default) holding only what was written."""
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
             try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
             except OSError:
                 pass
     return total
