@@ -2,15 +2,28 @@
 are out of repair mode (no RST for a client), nothing can fail the restore any more (a failed
 restore never had its link up), and its tasks have not run yet. Then the neighbour entries still
 being resolved are flushed: an ARP request dropped at the down link is retried only after neigh
-retrans_time (1 s), which every client used to see on top of the pause."""
+retrans_time (1 s), which every client used to see on top of the pause. The flush is rtnetlink
+in the container's namespace (no exec while it is stopped)."""
 
 from __future__ import annotations
 
-import subprocess
+import errno
+from pathlib import Path
 
 import pytest
 
-from runtime import restore_start
+from runtime import _netlink, _netns, restore_start
+
+
+class _Sock:
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def bind(self, addr: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -18,11 +31,12 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list:
     calls: list = []
     monkeypatch.setattr("runtime.network.set_link_up", lambda name, up: calls.append(("link", name, up)) or True)
 
-    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-        calls.append(("run", cmd))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+    def socket_in(path: Path, family: int, kind: int, proto: int = 0) -> _Sock:
+        calls.append(("netlink socket in", str(path), proto))
+        return _Sock()
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(_netns, "socket_in", socket_in)
+    monkeypatch.setattr(_netlink.RtNetlink, "flush_neighbours", lambda self, mask: calls.append(("flush", mask)) or 0)
     return calls
 
 
@@ -35,10 +49,11 @@ def test_link_up_and_flush_at_pre_resume_only(recorded: list) -> None:
     assert handler("pre-resume", 0) is True
     assert recorded == [
         ("link", "pmv-abc", True),
-        ("run", ["nsenter", "--net=/run/pm/netns/abc", "ip", "neigh", "flush", "nud", "incomplete"]),
+        ("netlink socket in", "/run/pm/netns/abc", _netlink.NETLINK_ROUTE),
+        ("flush", _netlink.NUD_INCOMPLETE),
     ]
     assert handler("post-resume", 0) is True
-    assert len(recorded) == 2
+    assert len(recorded) == 3
 
 
 def test_no_veth_no_handler() -> None:
@@ -58,9 +73,9 @@ def test_a_failed_link_up_does_not_fail_the_restore(monkeypatch: pytest.MonkeyPa
 def test_a_failed_flush_does_not_fail_the_restore(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("runtime.network.set_link_up", lambda name, up: True)
 
-    def missing(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-        raise FileNotFoundError(2, "No such file or directory", "nsenter")
+    def missing(path: Path, family: int, kind: int, proto: int = 0) -> _Sock:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
 
-    monkeypatch.setattr(subprocess, "run", missing)
+    monkeypatch.setattr(_netns, "socket_in", missing)
     handler = restore_start.link_up_before_resume("pmv-abc", "/run/pm/netns/abc")
     assert handler is not None and handler("pre-resume", 0) is True
