@@ -478,7 +478,6 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     from migrate.restore import checked_spec, preflight, restore_request, unpack_archive
     from runtime.capabilities import spec_names
     from runtime.seccomp import check_image_filters
-    from runtime.criu import start_lazy_pages
 
     started = time.monotonic()
     mark(migration_id, "target: archive stream opened")
@@ -496,12 +495,17 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     import_ms = (time.monotonic() - started) * 1000
     mark(migration_id, "target: archive unpacked")
     daemon: CriuProcess | None = None
+    starting: _LazyStart | None = None
     try:
         manifest = unpacked.manifest
         opts = manifest.get("options", {})
         ps = opts.get("page_server")
         if not opts.get("lazy_pages") or not isinstance(ps, dict):
             raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
+        # The lazy-pages daemon starts (exec, reads pstree.img, listens: 6-8 ms) while the images
+        # are checked and the root is mounted; it dials the source only once the restore connects.
+        starting = _LazyStart(unpacked.images_dir, unpacked.work_dir, PageServer(str(ps["address"]), int(ps["port"])), tls)
+        starting.start()
         from runtime.ports import recorded_ports
 
         # the ports its pre-flight claimed here (migrate -p may differ from the checkpoint's)
@@ -518,11 +522,12 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         mark(migration_id, "target: images checked")
         if before_restore is not None:  # the archive is complete: a settlement now waits for the restore
             before_restore()
-        daemon = start_lazy_pages(unpacked.images_dir, unpacked.work_dir, PageServer(str(ps["address"]), int(ps["port"])), tls=tls)
         t0 = time.monotonic()
-        mark(migration_id, "target: lazy-pages daemon spawned")
 
         def request_for(root: Path) -> Any:
+            assert starting is not None
+            starting.ready()  # the restore connects to its socket at once
+            mark(migration_id, "target: lazy-pages daemon ready")
             return dataclasses.replace(restore_request(unpacked, spec, root, tcp_established=False), lazy_pages=True)
 
         try:
@@ -540,6 +545,9 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
                     restored_from=manifest.get("checkpoint_id"),
                 )
         except ContainerError as exc:
+            daemon, starting = starting.taken(), None
+            if daemon is None:  # the lazy-pages daemon did not start: its error is the one
+                raise
             # The restore's own log goes with the scratch dir: keep it, and point the error at it.
             from migrate.checkpoint import keep_criu_log
             from runtime.criu import RESTORE_LOG
@@ -559,6 +567,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             ) from exc
         resumed_at = time.monotonic()
         mark(migration_id, "target: restored (running)")
+        daemon, starting = starting.taken(), None
+        assert daemon is not None  # the request was sent: it was ready
         restore_ms = (resumed_at - t0) * 1000
         rc = _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
         if rc is not None and rc != 0:
@@ -579,6 +589,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     except BaseException:
         if shell is not None:
             shell.abort()
+        if starting is not None:
+            daemon = starting.taken()
         if daemon is not None:
             daemon.stop()
             _keep_log(host, daemon.log_path)
@@ -596,6 +608,37 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
         ),
     )
+
+
+class _LazyStart(threading.Thread):
+    """``start_lazy_pages`` in a thread: ``ready`` waits for it (raising its error), ``taken``
+    hands over the daemon, if it started, once the thread is done."""
+
+    def __init__(self, images_dir: Path, work_dir: Path, page_server: PageServer, tls: CriuTls | None) -> None:
+        super().__init__(name="lazy-pages-start", daemon=True)
+        self._args = (images_dir, work_dir, page_server, tls)
+        self._daemon: CriuProcess | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        from runtime.criu import start_lazy_pages
+
+        images_dir, work_dir, page_server, tls = self._args
+        try:
+            self._daemon = start_lazy_pages(images_dir, work_dir, page_server, tls=tls)
+        except BaseException as exc:  # handed to ready()
+            self._error = exc
+
+    def ready(self) -> CriuProcess:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._daemon is not None
+        return self._daemon
+
+    def taken(self) -> CriuProcess | None:
+        self.join()
+        return self._daemon
 
 
 def _early_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> Any:

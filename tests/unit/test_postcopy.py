@@ -357,3 +357,33 @@ def test_a_lost_answer_settles_and_the_lazy_dump_serves_on(world: tuple[FakeHost
     assert target.events == ["prepare", "restore", "settle"]  # no abort: the target runs it
     assert "thaw" not in host.events and host.events[-1] == "finish"
     assert not list((host.paths.run / "outgoing").glob("*.json"))
+
+
+# --- the target's lazy-pages daemon, started while the images are checked -----------------------
+
+
+def test_lazy_start_hands_over_the_daemon_once_started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import runtime.criu
+
+    daemon = object()
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(runtime.criu, "start_lazy_pages", lambda *args, **kw: calls.append((*args, kw)) or daemon)
+    start = postcopy._LazyStart(tmp_path / "images", tmp_path / "work", runtime.criu.PageServer("10.0.0.1", 4321), None)
+    start.start()
+    assert start.ready() is daemon
+    assert start.taken() is daemon
+    assert calls == [(tmp_path / "images", tmp_path / "work", runtime.criu.PageServer("10.0.0.1", 4321), {"tls": None})]
+
+
+def test_lazy_start_raises_its_error_at_ready_and_hands_over_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import runtime.criu
+
+    def fail(*args: Any, **kw: Any) -> Any:
+        raise CriuError("lazy-pages", "cannot read pstree.img")
+
+    monkeypatch.setattr(runtime.criu, "start_lazy_pages", fail)
+    start = postcopy._LazyStart(tmp_path, tmp_path, runtime.criu.PageServer("10.0.0.1", 4321), None)
+    start.start()
+    with pytest.raises(CriuError, match="pstree"):
+        start.ready()
+    assert start.taken() is None  # nothing for the caller to stop
