@@ -33,7 +33,7 @@ from migrate.errors import (
 )
 from migrate.archive.signing import HashingSource, read_signature_record
 from migrate.archive.streams import ByteSource
-from migrate.archive._shared import BufferPool, update_zeros, worker_count
+from migrate.archive._shared import INLINE, INLINE_BYTES, BufferPool, update_zeros, worker_count
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class _OpenFile:
     meta: dict[str, Any]
     hash: Any
     end: int = 0  # end of the last data chunk seen
+    inline: bool | None = None  # set by its first data chunk: a small member is unpacked and hashed on the reader's thread
     hashed_to: int = 0  # everything before this offset has been queued for hashing
     # (store future, offset, raw_len, pooled payload buffer) in stream order
     inflight: collections.deque[tuple[concurrent.futures.Future[Any], int, int, bytearray | None]] = field(
@@ -470,7 +471,9 @@ class _Reader:
         self._check_sizes(f, offset, offset + raw_len)
         assert self._pool is not None
         what = f"member {f.name} (data chunk at offset {offset})"
-        future = self._pool.submit(self._store, f.fd, rec, what)
+        if f.inline is None:  # its hash takes every update on one side, in order
+            f.inline = offset == 0 and raw_len <= INLINE_BYTES
+        future = (INLINE if f.inline else self._pool).submit(self._store, f.fd, rec, what)
         f.inflight.append((future, offset, raw_len, rec.buf))
         f.end = offset + raw_len
         while len(f.inflight) > self._max_inflight:
@@ -503,9 +506,10 @@ class _Reader:
         future, offset, raw_len, buf = f.inflight.popleft()
         data = future.result()
         assert self._hasher is not None
+        hasher = INLINE if f.inline else self._hasher
         if offset > f.hashed_to:
-            self._hasher.submit(update_zeros, f.hash, offset - f.hashed_to)
-        f.hashing.append((self._hasher.submit(f.hash.update, data), buf))
+            hasher.submit(update_zeros, f.hash, offset - f.hashed_to)
+        f.hashing.append((hasher.submit(f.hash.update, data), buf))
         f.hashed_to = offset + raw_len
         while len(f.hashing) > self._max_inflight:
             self._release(f.hashing.popleft())
@@ -530,9 +534,10 @@ class _Reader:
         while f.inflight:
             self._retire(f)
         assert self._hasher is not None
+        hasher = self._hasher if f.inline is False else INLINE  # no data chunk: nothing queued for it
         if size > f.hashed_to:
-            self._hasher.submit(update_zeros, f.hash, size - f.hashed_to)
-        actual = self._hasher.submit(f.hash.hexdigest).result()
+            hasher.submit(update_zeros, f.hash, size - f.hashed_to)
+        actual = hasher.submit(f.hash.hexdigest).result()
         while f.hashing:
             self._release(f.hashing.popleft())
         if actual != expected:

@@ -28,7 +28,7 @@ from migrate.errors import (
     FormatVersionError,
     UnsafeMember,
 )
-from migrate.archive._shared import BufferPool, update_zeros, worker_count
+from migrate.archive._shared import INLINE, INLINE_BYTES, BufferPool, update_zeros, worker_count
 from migrate.archive.streams import ByteSink
 
 log = logging.getLogger(__name__)
@@ -432,7 +432,7 @@ class ArchiveWriter:
         name = meta["name"]
         self._emit_json(fmt.REC_ENTRY, meta)
         # a small file: a hand-off to the pools costs more than the work
-        pool, hasher = (_INLINE, _INLINE) if growing is None and size <= INLINE_BYTES else self._pools()
+        pool, hasher = (INLINE, INLINE) if growing is None and size <= INLINE_BYTES else self._pools()
         h = hashlib.sha256()
         inflight: collections.deque[_Chunk] = collections.deque()
         end = 0  # end of the last data chunk: everything before it is hashed (or queued)
@@ -466,27 +466,6 @@ class ArchiveWriter:
         self._write(payload)
         self._raw_bytes += chunk.raw_len
         self._buffers.put(chunk.buf)  # the sink has consumed it (BinaryIO.write contract)
-
-
-INLINE_BYTES = 64 << 10  # files up to this size are packed and hashed on the writer's thread
-
-
-class _Inline:
-    """A stand-in for an executor: runs the call at once and returns its finished future (a
-    checkpoint's CRIU images are dozens of files of a few KiB, written while the container is
-    frozen: three thread hand-offs per file took ~0.25 ms each, ~6 ms for a post-copy dump's
-    images)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - raised by result(), as from a pool
-            future.set_exception(exc)
-        return future
-
-
-_INLINE = _Inline()
 
 
 @dataclass(frozen=True)
