@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Callable, cast
 from migrate.api import IncomingRequest, MigrateResult, MigrationMode, MigrationStats, ProgressEvent, ProgressFn
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
 from migrate.restore import version_tuple
+from migrate.migration.page_relay import keep_alive
 from migrate.peer_timeout import peer_timeout_s
 from migrate.archive.streams import ChunkSink
 from runtime.errors import ContainerError
@@ -193,13 +194,7 @@ def connect_page_server(address: str, port: int) -> socket.socket:
     except OSError as exc:
         raise TransferError(f"cannot reach the target's page server {address}:{port}: {exc}", phase="preflight") from exc
     sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PAGE_SERVER_TIMEOUT_S * 1000)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    # silence is noticed within the same time (15 s: 5 s idle, then 3 probes 2 s apart)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, PAGE_SERVER_TIMEOUT_S // 3))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, PAGE_SERVER_TIMEOUT_S // 7))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    keep_alive(sock, PAGE_SERVER_TIMEOUT_S)
     return sock
 
 

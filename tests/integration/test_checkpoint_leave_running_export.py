@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import select
 import subprocess
 import sys
@@ -26,7 +25,9 @@ from typing import Callable
 import pytest
 
 from migrate.archive import read_archive
+from tests.integration.cli_helpers import ok, unique
 from tests.integration.conftest import PYMIGRATE, REPO
+from tests.integration.test_checkpoint import COUNTER
 from tests.integration.workloads import (  # noqa: F401  (fixtures)
     container_file,
     memhog_binary,
@@ -41,16 +42,6 @@ from tests.integration.workloads import (  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "criu", "pycriu", "busybox")]
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/cnt; echo $i >> /tmp/hist; sleep 0.02; done"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr.decode(errors='replace')}"
-    return r.stdout.decode()
 
 
 def status(pm: Callable[..., subprocess.CompletedProcess], name: str) -> str:

@@ -12,7 +12,6 @@ on fails the migration and leaves the container running on the source only (exac
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +21,7 @@ from migrate.api import MigrateOptions
 from tests.integration.hosts import Hosts
 from tests.integration.migrate_helpers import names_by_status
 from tests.integration.migration_lab import Lab
-from tests.integration.test_migrate_faults import assert_only_on, failed_phase, finish_failed, wait_transfer
+from tests.integration.test_migrate_faults import cut_link_mid_transfer
 from tests.integration.test_page_server_tls import CLIENT_HELLO, Sniffer, _is_tls_hello
 from tests.integration.test_page_server_tls import Lab as TlsLab
 from tests.integration.test_migrate_security import _pki
@@ -89,20 +88,7 @@ def test_auto_on_loopback_sends_raw_through_the_relay(lab: Lab) -> None:
 
 
 def test_link_cut_mid_transfer_with_compression_leaves_the_source_running(lab: Lab) -> None:
-    a, b = lab.hosts[0], lab.hosts[1]
-    info = lab.run_memhog(a, "victim", 512, text_percent=50)
-    veth = f"pmh{lab.hosts.tag}{b.letter}"  # the target's cable, in the root namespace
-    proc = lab.migrate_popen(a, b, "victim", "--compress", "on")
-    wait_transfer(b, proc, 64 << 20)
-    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
-    try:
-        text = finish_failed(proc, timeout_s=120)
-        print(text)
-        assert failed_phase(text) in ("dump", "restore"), text
-        lab.assert_counting(a, "victim")
-    finally:
-        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
-    assert_only_on(lab, a, b, "victim", str(info["spec"]["container_id"]), settle_s=60)
+    cut_link_mid_transfer(lab, "--compress", "on", text_percent=50)
 
 
 @pytest.fixture

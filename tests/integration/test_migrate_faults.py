@@ -245,10 +245,16 @@ def test_target_daemon_killed_mid_transfer(lab: Lab) -> None:
 
 
 def test_link_cut_mid_transfer(lab: Lab) -> None:
+    cut_link_mid_transfer(lab)
+
+
+def cut_link_mid_transfer(lab: Lab, *migrate_args: str, text_percent: int = 0) -> None:
+    """A 512 MiB memhog's migration A -> B with the target's link cut once 64 MiB arrived: the
+    migration fails in dump or restore, the source keeps counting, and the target lets go."""
     a, b = lab.hosts[0], lab.hosts[1]
-    cid = memhog(lab, a, "victim", 512)
+    cid = str(lab.run_memhog(a, "victim", 512, text_percent=text_percent)["spec"]["container_id"])
     veth = f"pmh{lab.hosts.tag}{b.letter}"  # the target's cable, in the root namespace
-    proc = lab.migrate_popen(a, b, "victim")
+    proc = lab.migrate_popen(a, b, "victim", *migrate_args)
     wait_transfer(b, proc, 64 << 20)
     subprocess.run(["ip", "link", "set", veth, "down"], check=True)
     try:
