@@ -475,9 +475,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     server (over TLS with ``tls``), restore with lazy pages; returns once the container runs (the
     point of no return)."""
     from migrate.checkpoint import NETNS_KEY
-    from migrate.restore import checked_spec, preflight, restore_request, unpack_archive
-    from runtime.capabilities import spec_names
-    from runtime.seccomp import check_image_filters
+    from migrate.restore import preflight, restore_request, unpack_archive
 
     started = time.monotonic()
     mark(migration_id, "target: archive stream opened")
@@ -506,14 +504,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         # are checked and the root is mounted; it dials the source only once the restore connects.
         starting = _LazyStart(unpacked.images_dir, unpacked.work_dir, PageServer(str(ps["address"]), int(ps["port"])), tls)
         starting.start()
-        from runtime.ports import recorded_ports
-
-        # the ports its pre-flight claimed here (migrate -p may differ from the checkpoint's)
-        options = RestoreOptions(name=record["name"], ip=record.get("ip"), ports=recorded_ports(record.get("spec")))
-        spec = checked_spec(manifest, options, origin="peer", allow_peer_volumes=bool(getattr(host, "allow_peer_volumes", False)))
-        check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile,  # CRIU restores the images' filters
-                            cache_dir=host.paths.seccomp_cache, caps=spec_names(spec.cap_add, spec.cap_drop))
-        spec = readdressed(spec, options.ip)
+        spec = _incoming_spec(host, record, manifest, unpacked.images_dir)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
             shell.abort()  # not the container the reservation named: build it the usual way
             shell = None
@@ -548,39 +539,14 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             daemon, starting = starting.taken(), None
             if daemon is None:  # the lazy-pages daemon did not start: its error is the one
                 raise
-            # The restore's own log goes with the scratch dir: keep it, and point the error at it.
-            from migrate.checkpoint import keep_criu_log
-            from runtime.criu import RESTORE_LOG
-
-            keep_criu_log(host.paths, exc, unpacked.work_dir / RESTORE_LOG, "restore")
-            rc = daemon.poll()
-            if rc is None or rc == 0:
-                raise
-            # Both failed. The lazy-pages daemon's error is often only the echo of the restore's
-            # (a restored task that died never sends its pid: "PID recv: short read"), so say both.
-            kept = _keep_log(host, daemon.log_path)
-            raise TransferError(
-                f"the restore with lazy pages from the source's page server {ps['address']}:{ps['port']} failed: "
-                f"{exc.message}; the lazy-pages daemon: {first_error(daemon.log_path) or daemon.error(rc).message}"
-                + (f" (log: {kept})" if kept else ""),
-                phase="restore",
-            ) from exc
+            _explain_failed_restore(host, exc, unpacked.work_dir, daemon, ps)
+            raise
         resumed_at = time.monotonic()
         mark(migration_id, "target: restored (running)")
         daemon, starting = starting.taken(), None
         assert daemon is not None  # the request was sent: it was ready
         restore_ms = (resumed_at - t0) * 1000
-        rc = _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
-        if rc is not None and rc != 0:
-            # The daemon died while the restore ran or before it reached the source's page
-            # server: faults got (or will get) zero pages. Not resumed as far as the source knows
-            # (we have not answered yet): remove it and fail, so the source thaws its copy.
-            err = daemon.error(rc)
-            try:
-                host.rt.remove(info.spec.container_id, force=True)
-            except ContainerError as exc:
-                log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
-            raise TransferError(f"the lazy-pages daemon failed during the restore: {err.message}", phase="restore")
+        _require_connected(host, migration_id, daemon, ps, info.spec.container_id)
         mark(migration_id, "target: lazy-pages daemon connected")
         session = LazySession(host, migration_id, daemon, unpacked.scratch, info.spec.container_id, on_complete)
         with _SESSIONS_LOCK:
@@ -608,6 +574,58 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
         ),
     )
+
+
+def _incoming_spec(host: Any, record: Mapping[str, Any], manifest: dict[str, Any], images_dir: Path) -> Any:
+    """The container's spec from the peer's manifest, checked as any peer's, with the name,
+    address and ports the reservation here recorded."""
+    from migrate.restore import checked_spec
+    from runtime.capabilities import spec_names
+    from runtime.ports import recorded_ports
+    from runtime.seccomp import check_image_filters
+
+    # the ports its pre-flight claimed here (migrate -p may differ from the checkpoint's)
+    options = RestoreOptions(name=record["name"], ip=record.get("ip"), ports=recorded_ports(record.get("spec")))
+    spec = checked_spec(manifest, options, origin="peer", allow_peer_volumes=bool(getattr(host, "allow_peer_volumes", False)))
+    check_image_filters(images_dir, spec.seccomp, spec.seccomp_profile,  # CRIU restores the images' filters
+                        cache_dir=host.paths.seccomp_cache, caps=spec_names(spec.cap_add, spec.cap_drop))
+    return readdressed(spec, options.ip)
+
+
+def _explain_failed_restore(host: Any, exc: ContainerError, work_dir: Path, daemon: CriuProcess, ps: Mapping[str, Any]) -> None:
+    """A lazy restore failed: keep its log (it goes with the scratch dir) and, when the lazy-pages
+    daemon failed too, raise one error naming both; else return (the caller re-raises ``exc``)."""
+    from migrate.checkpoint import keep_criu_log
+    from runtime.criu import RESTORE_LOG
+
+    keep_criu_log(host.paths, exc, work_dir / RESTORE_LOG, "restore")
+    rc = daemon.poll()
+    if rc is None or rc == 0:
+        return
+    # Both failed. The lazy-pages daemon's error is often only the echo of the restore's
+    # (a restored task that died never sends its pid: "PID recv: short read"), so say both.
+    kept = _keep_log(host, daemon.log_path)
+    raise TransferError(
+        f"the restore with lazy pages from the source's page server {ps['address']}:{ps['port']} failed: "
+        f"{exc.message}; the lazy-pages daemon: {first_error(daemon.log_path) or daemon.error(rc).message}"
+        + (f" (log: {kept})" if kept else ""),
+        phase="restore",
+    ) from exc
+
+
+def _require_connected(host: Any, migration_id: str, daemon: CriuProcess, ps: Mapping[str, Any], container_id: str) -> None:
+    """The lazy-pages daemon reached the source's page server. If it died while the restore ran
+    or before it got there, faults got (or will get) zero pages: the container is not resumed as
+    far as the source knows (we have not answered yet), so remove it and fail: the source thaws."""
+    rc = _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
+    if rc is None or rc == 0:
+        return
+    err = daemon.error(rc)
+    try:
+        host.rt.remove(container_id, force=True)
+    except ContainerError as exc:
+        log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
+    raise TransferError(f"the lazy-pages daemon failed during the restore: {err.message}", phase="restore")
 
 
 class _LazyStart(threading.Thread):
