@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import os
 import shutil
@@ -462,16 +461,22 @@ _STAGED_VOLUMES = "volumes"  # volumes/<name>: the named volumes the archive car
 def _dump_staged(cp: _Checkpoint) -> _Dumped:
     """--leave-running --export, frozen: CRIU dumps raw into images/ while the upper layer and the
     carried volumes are captured into the staging dir, so the archive can be written after the thaw."""
+    stats, dump_ms = _dump_while(cp, lambda: _capture_upper(cp))
+    return _Dumped(stats, dump_ms, 0, 0)
+
+
+def _dump_while(cp: _Checkpoint, capture: Callable[[], object]) -> tuple[DumpStats, float]:
+    """CRIU dumps in a thread while ``capture`` takes the frozen upper layer; (stats, dump ms)."""
     thread = _DumpThread(cp.criu, cp.request)
     started = time.monotonic()
     thread.start()
     try:
-        _capture_upper(cp)
+        capture()
     finally:
         thread.join()
     if thread.error is not None:
         raise thread.error
-    return _Dumped(thread.stats or DumpStats(), (thread.finished_at - started) * 1000, 0, 0)
+    return thread.stats or DumpStats(), (thread.finished_at - started) * 1000
 
 
 def _capture_upper(cp: _Checkpoint) -> None:
@@ -485,13 +490,8 @@ def _capture_upper(cp: _Checkpoint) -> None:
     (best of 5, page cache warm). ``add_tree`` then archives the copy as it would the original."""
     from migrate.archive import upper_image
 
-    image = cp.target.upper_image
-    if image is not None:
-        from runtime import upperfs
-
-        upperfs.syncfs(upper_image.mountpoint_of(image))
-        layout = upper_image.pack(image, cp.staging / upper_image.DATA)
-        (cp.staging / upper_image.MAP).write_text(json.dumps(layout, separators=(",", ":")))
+    if cp.target.upper_image is not None:
+        upper_image.pack_frozen(cp.target.upper_image, cp.staging)
     else:
         _copy_tree(cp.target.upper_dir, cp.staging / _STAGED_UPPER)
     from migrate.volumes import named
@@ -517,8 +517,7 @@ def _export_staged(cp: _Checkpoint, out: BinaryIO, signer: ArchiveSigner | None,
 
     writer, sink = _open_archive(cp, out, signer)
     if cp.target.upper_image is not None:
-        writer.add_file(upper_image.MAP, cp.staging / upper_image.MAP)
-        writer.add_file(upper_image.DATA, cp.staging / upper_image.DATA)
+        upper_image.add_packed(writer, cp.staging)
     else:
         writer.add_tree("upper", cp.staging / _STAGED_UPPER)
     for name in _carried(cp):
@@ -537,24 +536,20 @@ def _dump_local(cp: _Checkpoint, out: BinaryIO) -> _Dumped:
 
     writer = ArchiveWriter(out, compress="none")
     writer.write_manifest({"kind": "upper-layer", "checkpoint_id": cp.checkpoint_id})
-    dump_thread = _DumpThread(cp.criu, cp.request)
-    dump_started = time.monotonic()
-    dump_thread.start()
-    try:
+
+    def capture() -> None:
         if cp.target.upper_image is not None:  # its blocks keep the inode numbers
             from migrate.archive.upper_image import copy_frozen
 
             copy_frozen(cp.target.upper_image, cp.staging / UPPER_IMAGE)
         else:
             writer.add_tree("upper", cp.target.upper_dir)
-    finally:
-        dump_thread.join()
-    if dump_thread.error is not None:
-        raise dump_thread.error
+
+    stats, dump_ms = _dump_while(cp, capture)
     upper_bytes = writer.close().raw_bytes
     if cp.target.upper_image is not None:
         upper_bytes = _allocated_bytes(cp.staging / UPPER_IMAGE)
-    return _Dumped(dump_thread.stats or DumpStats(), (dump_thread.finished_at - dump_started) * 1000, upper_bytes, 0)
+    return _Dumped(stats, dump_ms, upper_bytes, 0)
 
 
 def _resume_early(cp: _Checkpoint) -> None:

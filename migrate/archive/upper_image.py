@@ -66,6 +66,19 @@ def add_frozen(writer: Any, image: Path, tmp_dir: Path) -> int:
     return add_image(writer, image, tmp_dir)
 
 
+def pack_frozen(image: Path, dst_dir: Path) -> int:
+    """A *frozen* container's image packed into ``dst_dir`` as the files upper.img.map/.data, to
+    be added to an archive later (``add_packed``); bytes of data."""
+    upperfs.syncfs(mountpoint_of(image))
+    return _pack_pair(image, dst_dir / DATA, dst_dir / MAP)
+
+
+def add_packed(writer: Any, src_dir: Path) -> None:
+    """The members ``pack_frozen`` wrote into ``src_dir``, added as ``add_frozen`` adds them."""
+    writer.add_file(MAP, src_dir / MAP)
+    writer.add_file(DATA, src_dir / DATA)
+
+
 def add_image(writer: Any, image: Path, tmp_dir: Path, *, names: tuple[str, str] = (MAP, DATA),
               ranges: list[tuple[int, int]] | None = None) -> int:
     """Pack ``image`` (its data extents, or ``ranges``) into temp files in ``tmp_dir`` and add
@@ -73,13 +86,19 @@ def add_image(writer: Any, image: Path, tmp_dir: Path, *, names: tuple[str, str]
     tag = os.urandom(6).hex()
     data, mapping = tmp_dir / f"{names[1]}.{tag}", tmp_dir / f"{names[0]}.{tag}"
     try:
-        layout = pack(image, data, ranges)
-        mapping.write_text(json.dumps(layout, separators=(",", ":")))
+        packed = _pack_pair(image, data, mapping, ranges)
         writer.add_file(names[0], mapping)
         writer.add_file(names[1], data)
-        return sum(n for _o, n in layout["extents"])
+        return packed
     finally:
         _remove(data, mapping)
+
+
+def _pack_pair(image: Path, data: Path, mapping: Path, ranges: list[tuple[int, int]] | None = None) -> int:
+    """``pack`` into ``data`` and its map into ``mapping``; bytes of data."""
+    layout = pack(image, data, ranges)
+    mapping.write_text(json.dumps(layout, separators=(",", ":")))
+    return sum(n for _o, n in layout["extents"])
 
 
 def pack(image: Path, dst: Path, ranges: list[tuple[int, int]] | None = None) -> dict[str, Any]:
