@@ -384,6 +384,16 @@ def _crl(ctx: ssl.SSLContext, tls: Any) -> None:
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
+def _close_all(*socks: Any) -> None:
+    """Close what is open (None skipped); a close that fails has nothing left to lose."""
+    for s in socks:
+        if s is not None:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
 def keep_alive(sock: socket.socket, timeout_s: int) -> None:
     """A dead link fails a blocked send within ``timeout_s`` (unacknowledged data) and a silent
     one by keepalive: a frozen source then thaws instead of waiting ~15 minutes for TCP."""
@@ -489,12 +499,7 @@ class SourceRelay:
             raise self.error
 
     def _close_sockets(self) -> None:
-        for s in (self._local, self.remote, self._tcp):
-            if s is not None:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+        _close_all(self._local, self.remote, self._tcp)
 
     def close(self) -> None:
         self.criu_started()
@@ -609,12 +614,7 @@ class TargetRelay:
         return conn
 
     def _close(self) -> None:
-        for s in (self._conn, self._local, self._listener):
-            if s is not None:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+        _close_all(self._conn, self._local, self._listener)
 
     def wait(self, timeout_s: float | None = None) -> int:
         """As CriuProcess.wait; the relay's own error first (it says why CRIU saw EOF)."""
