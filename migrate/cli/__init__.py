@@ -35,6 +35,9 @@ EXIT_ERROR = 125
 COMMAND_MODULES = (
     "migrate.cli.check",
     "migrate.cli.containers",
+    "migrate.cli.listing",
+    "migrate.cli.logs",
+    "migrate.cli.lifecycle",
     "migrate.cli.ports",
     "migrate.cli.attach",
     "migrate.cli.images",
@@ -50,9 +53,12 @@ COMMAND_MODULES = (
 # latency is benchmarked. Anything else (no command, --help, an unknown name) builds all of it.
 COMMANDS: dict[str, str] = {
     "check": "migrate.cli.check",
-    **dict.fromkeys(
-        ("run", "ps", "inspect", "logs", "exec", "stop", "kill", "rm", "pause", "unpause", "wait"), "migrate.cli.containers"
-    ),
+    "run": "migrate.cli.containers",
+    "exec": "migrate.cli.containers",
+    "ps": "migrate.cli.listing",
+    "inspect": "migrate.cli.listing",
+    "logs": "migrate.cli.logs",
+    **dict.fromkeys(("stop", "kill", "rm", "pause", "unpause", "wait"), "migrate.cli.lifecycle"),
     "attach": "migrate.cli.attach",
     "port": "migrate.cli.ports",
     "image": "migrate.cli.images",

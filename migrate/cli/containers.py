@@ -1,4 +1,4 @@
-"""Container subcommands: run, ps, inspect, logs, exec, stop, kill, rm, pause, unpause, wait.
+"""Container subcommands: run and exec (listing.py: ps, inspect; logs.py; lifecycle.py: the rest).
 
 Exit codes: 0 ok; 125 pymigrate failed (bad input, runtime error); 126/127 the container command
 could not be invoked / was not found; a foreground ``run``, ``exec`` and ``wait`` return the
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -84,23 +82,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(handler=cmd_run)
 
-    p = subparsers.add_parser("ps", help="list containers")
-    p.add_argument("-a", "--all", action="store_true", help="include exited containers")
-    p.add_argument("-q", "--quiet", action="store_true", help="print names only")
-    add_json_flag(p)
-    p.set_defaults(handler=cmd_ps)
-
-    p = subparsers.add_parser("inspect", help="show a container's spec and state")
-    p.add_argument("name")
-    add_json_flag(p)
-    p.set_defaults(handler=cmd_inspect)
-
-    p = subparsers.add_parser("logs", help="print a container's output")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
-    add_json_flag(p)
-    p.add_argument("name")
-    p.set_defaults(handler=cmd_logs)
-
     p = subparsers.add_parser("exec", help="run a command inside a running container")
     p.add_argument("-i", "--interactive", action="store_true", help="with -t: send this terminal's input")
     p.add_argument("-t", "--tty", action="store_true", help="give the command a terminal (resized with this one)")
@@ -112,36 +93,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("name")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(handler=cmd_exec)
-
-    p = subparsers.add_parser("stop", help="SIGTERM, then SIGKILL after a timeout")
-    p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS", help="seconds to wait before killing")
-    add_json_flag(p)
-    p.add_argument("names", nargs="+", metavar="NAME")
-    p.set_defaults(handler=cmd_stop)
-
-    p = subparsers.add_parser("kill", help="send a signal to a container's init")
-    p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
-    add_json_flag(p)
-    p.add_argument("names", nargs="+", metavar="NAME")
-    p.set_defaults(handler=cmd_kill)
-
-    p = subparsers.add_parser("rm", help="remove containers")
-    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
-    add_json_flag(p)
-    p.add_argument("names", nargs="+", metavar="NAME")
-    p.set_defaults(handler=cmd_rm)
-
-    for verb, helptext in (("pause", "freeze every process of a container"), ("unpause", "thaw a paused container")):
-        p = subparsers.add_parser(verb, help=helptext)
-        add_json_flag(p)
-        p.add_argument("names", nargs="+", metavar="NAME")
-        p.set_defaults(handler=cmd_pause if verb == "pause" else cmd_unpause)
-
-    p = subparsers.add_parser("wait", help="wait for a container to exit and print its exit code")
-    p.add_argument("-t", "--timeout", type=float, default=None, metavar="SECONDS")
-    add_json_flag(p)
-    p.add_argument("name")
-    p.set_defaults(handler=cmd_wait)
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -331,77 +282,6 @@ def _foreground(ctx: Any, name: str, *, remove: bool) -> int:
     return code if code >= 0 else EXIT_ERROR
 
 
-# -- listing --------------------------------------------------------------------------------------
-
-
-def _status(info: Any) -> str:
-    st = info.state
-    if st.status == "exited":
-        code = "?" if st.exit_code is None or st.exit_code < 0 else st.exit_code
-        extra = ", oom-killed" if st.oom_killed else ""
-        return f"exited ({code}{extra}) {_ago(st.finished_at)}".rstrip()
-    if st.status in ("running", "paused"):
-        restarts = f" (restarted {st.restart_count}x)" if st.restart_count else ""
-        return f"{st.status} {_since(st.started_at)}".rstrip() + restarts
-    return st.status
-
-
-def _ago(t: float | None) -> str:
-    return f"{_duration(time.time() - t)} ago" if t else ""
-
-
-def _since(t: float | None) -> str:
-    return f"for {_duration(time.time() - t)}" if t else ""
-
-
-def _duration(s: float) -> str:
-    s = max(0, int(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h"
-    return f"{s // 86400}d"
-
-
-def cmd_ps(args: argparse.Namespace, ctx: Any) -> int:
-    infos = ctx.engine.containers(all=args.all)
-    if ctx.json:
-        ctx.emit_json(infos)
-        return EXIT_OK
-    if args.quiet:
-        for i in infos:
-            print(i.spec.name)
-        return EXIT_OK
-    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "IP", "PORTS")]
-    for i in infos:
-        cmd = " ".join(i.spec.command)
-        rows.append((i.spec.container_id[:12], i.spec.name, i.spec.image, cmd if len(cmd) <= 30 else cmd[:27] + "...", _status(i), i.spec.ip or i.state.shared_namespaces.get("net", "-"),
-                     ports_column(i.spec.ports)))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    return EXIT_OK
-
-
-def cmd_inspect(args: argparse.Namespace, ctx: Any) -> int:
-    ctx.emit_json(ctx.engine.inspect(args.name))
-    return EXIT_OK
-
-
-def cmd_logs(args: argparse.Namespace, ctx: Any) -> int:
-    if ctx.json:
-        data = b"".join(ctx.engine.logs(args.name, follow=args.follow))
-        ctx.emit_json({"name": args.name, "log": data.decode(errors="replace")})
-        return EXIT_OK
-    out = sys.stdout.buffer
-    for chunk in ctx.engine.logs(args.name, follow=args.follow):
-        out.write(chunk)
-        out.flush()
-    return EXIT_OK
-
-
 # -- processes ------------------------------------------------------------------------------------
 
 
@@ -436,70 +316,3 @@ def cmd_exec(args: argparse.Namespace, ctx: Any) -> int:
             return int(code)
         raise
     return code
-
-
-def _each(ctx: Any, names: list[str], action: Any) -> int:
-    """Apply ``action`` to every name; report each failure, exit 125 if any failed."""
-    from migrate.cli import report_error
-
-    failed = False
-    done = []
-    for name in names:
-        try:
-            action(name)
-            done.append(name)
-        except Exception as exc:  # one line per failed name, like docker
-            report_error(exc, ctx)
-            failed = True
-    if ctx.json and not failed:
-        ctx.emit_json({"names": done})
-    elif not ctx.json:
-        for name in done:
-            print(name)
-    return EXIT_ERROR if failed else EXIT_OK
-
-
-def cmd_stop(args: argparse.Namespace, ctx: Any) -> int:
-    return _each(ctx, args.names, lambda n: ctx.engine.stop(n, timeout_s=args.time))
-
-
-def parse_signal(text: str) -> int:
-    from runtime.errors import InvalidArgument
-
-    if text.isdigit():
-        num = int(text)
-        if 0 < num < signal.NSIG:
-            return num
-    else:
-        name = text.upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
-        if sig is not None:
-            return int(sig)
-    raise InvalidArgument(f"invalid signal {text!r}: expected a name such as TERM or a number")
-
-
-def cmd_kill(args: argparse.Namespace, ctx: Any) -> int:
-    sig = parse_signal(args.signal)
-    return _each(ctx, args.names, lambda n: ctx.engine.kill(n, sig))
-
-
-def cmd_rm(args: argparse.Namespace, ctx: Any) -> int:
-    return _each(ctx, args.names, lambda n: ctx.engine.remove(n, force=args.force))
-
-
-def cmd_pause(args: argparse.Namespace, ctx: Any) -> int:
-    return _each(ctx, args.names, ctx.engine.pause)
-
-
-def cmd_unpause(args: argparse.Namespace, ctx: Any) -> int:
-    return _each(ctx, args.names, ctx.engine.unpause)
-
-
-def cmd_wait(args: argparse.Namespace, ctx: Any) -> int:
-    code = ctx.engine.wait(args.name, timeout_s=args.timeout)
-    if ctx.json:
-        ctx.emit_json({"name": args.name, "exit_code": code})
-    else:
-        print(code)
-    return EXIT_OK

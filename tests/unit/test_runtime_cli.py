@@ -7,7 +7,8 @@ import signal
 import pytest
 
 from migrate.cli import build_parser
-from migrate.cli.containers import parse_signal, resolve_env, run_options
+from migrate.cli.containers import resolve_env, run_options
+from migrate.cli.lifecycle import parse_signal
 from runtime.errors import InvalidArgument
 
 
