@@ -38,6 +38,8 @@ COMMAND_MODULES = (
     "migrate.cli.listing",
     "migrate.cli.logs",
     "migrate.cli.lifecycle",
+    "migrate.cli.stats",
+    "migrate.cli.copy",
     "migrate.cli.ports",
     "migrate.cli.attach",
     "migrate.cli.images",
@@ -45,6 +47,7 @@ COMMAND_MODULES = (
     "migrate.cli.volumes",
     "migrate.cli.checkpoints",
     "migrate.cli.daemon",
+    "migrate.cli.version",
 )
 
 # Which module registers each subcommand (tests/unit/test_cli_dispatch.py keeps this in step with
@@ -53,12 +56,13 @@ COMMAND_MODULES = (
 # latency is benchmarked. Anything else (no command, --help, an unknown name) builds all of it.
 COMMANDS: dict[str, str] = {
     "check": "migrate.cli.check",
-    "run": "migrate.cli.containers",
-    "exec": "migrate.cli.containers",
+    **dict.fromkeys(("run", "create", "exec"), "migrate.cli.containers"),
     "ps": "migrate.cli.listing",
     "inspect": "migrate.cli.listing",
     "logs": "migrate.cli.logs",
-    **dict.fromkeys(("stop", "kill", "rm", "pause", "unpause", "wait"), "migrate.cli.lifecycle"),
+    **dict.fromkeys(("start", "restart", "stop", "kill", "rm", "pause", "unpause", "wait", "rename"), "migrate.cli.lifecycle"),
+    **dict.fromkeys(("stats", "top"), "migrate.cli.stats"),
+    "cp": "migrate.cli.copy",
     "attach": "migrate.cli.attach",
     "port": "migrate.cli.ports",
     "image": "migrate.cli.images",
@@ -66,6 +70,7 @@ COMMANDS: dict[str, str] = {
     "volume": "migrate.cli.volumes",
     **dict.fromkeys(("checkpoint", "restore", "migrate"), "migrate.cli.checkpoints"),
     "daemon": "migrate.cli.daemon",
+    "version": "migrate.cli.version",
 }
 
 log = logging.getLogger(__name__)
