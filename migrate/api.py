@@ -76,6 +76,7 @@ class RunOptions:
     uts_mode: str = "private"
     cgroupns_mode: str = "private"
     userns: str = ""  # --userns auto[:size=N]: its own id range from the host's pool (runtime/userns.py); "": host
+    labels: dict[str, str] = field(default_factory=dict)  # --label KEY=VALUE (runtime/labels.py)
 
 
 @dataclass(frozen=True)

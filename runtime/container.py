@@ -474,7 +474,13 @@ def validate_spec(spec: ContainerSpec) -> ContainerSpec:
     from runtime.userns import validate_spec_fields
 
     validate_spec_fields(spec.userns, spec.userns_base, spec.userns_size)
-    return replace(spec, **fields)
+    from runtime.labels import validate_labels
+
+    try:  # a manifest's or a peer's labels: the same rules as run's --label
+        labels = validate_labels(spec.labels)
+    except InvalidArgument as exc:
+        raise InvalidSpec("labels", exc.message, hint=exc.hint) from None
+    return replace(spec, labels=labels, **fields)
 
 
 def parse_spec(data: object) -> ContainerSpec:

@@ -253,6 +253,7 @@ class Runtime:
         uts_mode: str = "private",
         cgroupns_mode: str = "private",
         userns: str = "",
+        labels: dict[str, str] | None = None,
     ) -> ContainerInfo:
         """Create and start a container; returns once its command was exec'd.
 
@@ -280,6 +281,9 @@ class Runtime:
                 executable); everything created was removed again.
         """
         command = tuple(command)
+        from runtime.labels import validate_labels
+
+        labels = validate_labels(labels or {})  # refused before anything is created
         from runtime.ns_modes import resolve_run
 
         # container:NAME -> container:<ID> (a rename keeps it), each of them running
@@ -363,6 +367,7 @@ class Runtime:
                 userns=userns_mode,
                 userns_base=id_range.base if id_range else 0,
                 userns_size=id_range.size if id_range else 0,
+                labels=labels,
                 **modes,
             )
             if leased is not None:

@@ -84,6 +84,9 @@ class ContainerSpec:
     uts_mode: str = "private"
     cgroupns_mode: str = "private"
     network_container: str = ""
+    # run --label/--label-file: the user's KEY=VALUE metadata (runtime/labels.py), kept across
+    # checkpoint, restore and migration
+    labels: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

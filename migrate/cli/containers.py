@@ -77,6 +77,10 @@ def register(subparsers: Any) -> None:
                    help="remove the container when it exits (with -d: by its shim on the host, recorded in the spec)")
     p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined|default|FILE",
                    help="seccomp filter: the host's default profile (the default), none, or a Docker/OCI JSON profile FILE")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="set metadata on the container (repeatable; ps --filter label=KEY[=VALUE])")
+    p.add_argument("--label-file", action="append", default=[], metavar="FILE",
+                   help="read labels from a file of KEY=VALUE lines")
     add_json_flag(p)
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
@@ -103,6 +107,7 @@ def run_options(args: argparse.Namespace) -> Any:
     from migrate.api import RunOptions
     from runtime.container import parse_mount, parse_size, parse_volume
     from runtime.image_config import parse_entrypoint
+    from runtime.labels import parse_labels
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -145,6 +150,7 @@ def run_options(args: argparse.Namespace) -> Any:
         uts_mode=args.uts_mode,
         cgroupns_mode=args.cgroupns_mode,
         userns=args.userns,
+        labels=parse_labels(getattr(args, "label", ()), getattr(args, "label_file", ())),
     )
 
 

@@ -42,6 +42,7 @@ SPEC = ContainerSpec(
     cgroupns_mode="host",
     network_container="c" * 32,
     userns="auto",
+    labels={"tier": "web", "a.b": ""},
     userns_base=1_000_065_536,
     userns_size=65536,
 )
@@ -95,7 +96,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
                        stop_signal="USR1", auto_remove=True, read_only=True,
                        cap_add=("NET_ADMIN",), cap_drop=("ALL",), restart="always", init=True,
                        tty=True, interactive=True, pid_mode="container:a", ipc_mode="host", uts_mode="host",
-                       cgroupns_mode="host", userns="auto:size=65536"),
+                       cgroupns_mode="host", userns="auto:size=65536", labels={"tier": "web"}),
         cv.run_options_to_pb,
         cv.run_options_from_pb,
         (),

@@ -101,7 +101,14 @@ class PortList(_message.Message):
     def __init__(self, ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "userns_base", "userns_size")
+    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "userns_base", "userns_size", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +147,7 @@ class ContainerSpec(_message.Message):
     USERNS_FIELD_NUMBER: _ClassVar[int]
     USERNS_BASE_FIELD_NUMBER: _ClassVar[int]
     USERNS_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     name: str
     image: str
@@ -178,7 +186,8 @@ class ContainerSpec(_message.Message):
     userns: str
     userns_base: int
     userns_size: int
-    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., userns_base: _Optional[int] = ..., userns_size: _Optional[int] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., userns_base: _Optional[int] = ..., userns_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ContainerState(_message.Message):
     __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by", "restart_count", "manually_stopped", "shared_namespaces", "namespace_users")
@@ -724,7 +733,14 @@ class InspectContainerResponse(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
 
 class RunContainerRequest(_message.Message):
-    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent", "seccomp", "seccomp_profile", "user", "entrypoint", "entrypoint_set", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "publish_all", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns")
+    __slots__ = ("image", "command", "name", "hostname", "env", "workdir", "memory_bytes", "cpus", "pids_limit", "network", "ip", "volumes", "cgroup_parent", "seccomp", "seccomp_profile", "user", "entrypoint", "entrypoint_set", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "publish_all", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -760,6 +776,7 @@ class RunContainerRequest(_message.Message):
     CGROUPNS_MODE_FIELD_NUMBER: _ClassVar[int]
     NETWORK_CONTAINER_FIELD_NUMBER: _ClassVar[int]
     USERNS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
     name: str
@@ -795,7 +812,8 @@ class RunContainerRequest(_message.Message):
     cgroupns_mode: str
     network_container: str
     userns: str
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., publish_all: _Optional[bool] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., publish_all: _Optional[bool] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunContainerResponse(_message.Message):
     __slots__ = ("container",)
