@@ -47,12 +47,9 @@ log = logging.getLogger(__name__)
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from migrate import __version__  # the one source (pyproject.toml reads it too)
 
-    try:
-        return version("pymigrate")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return __version__
 
 
 def _image_info(image: Any) -> ImageInfo:

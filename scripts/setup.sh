@@ -20,6 +20,10 @@
 #     /etc/sysctl.d/60-pymigrate.conf (CRIU lazy pages need ~3.3 MiB pipes without CAP_SYS_RESOURCE)
 #   - creates <repo>/.venv, installs pymigrate editable with its test extras, and installs pycriu
 #     generated from the same CRIU source tree; compiles the project and the venv to bytecode
+#   - writes pymigrate's shell completion (/usr/share/bash-completion/completions/pymigrate,
+#     /usr/local/share/zsh/site-functions/_pymigrate, /usr/share/fish/vendor_completions.d/pymigrate.fish)
+#     and man pages (/usr/local/share/man/man1/pymigrate.1, pymigrate-COMMAND.1), generated from
+#     the CLI's parser; only files whose text changed are rewritten
 #
 # Environment: PYTHON (interpreter for the venv, default python3), PYMIGRATE_CACHE
 # (default /var/cache/pymigrate), CRIU_PREFIX (default /usr/local), FORCE_CRIU_BUILD=1.
@@ -382,6 +386,12 @@ step "criu kernel-feature cache"
 # Mounts the tmpfs when the directory compiled into $CRIU_FOUND is not on one (never over a
 # directory in use); a host where it cannot only runs CRIU ~30 ms slower per run.
 note "$("$VENV/bin/python" -m runtime.criu_kdat "$CRIU_FOUND" || true)"
+
+# ---------------------------------------------------------------------------------------------
+# Generated from the parser (migrate/cli/completion.py), so they follow the CLI as it changes.
+step "shell completion and man pages"
+installed=$("$VENV/bin/python" -m migrate.cli.completion install)
+while IFS= read -r line; do note "$line"; done <<<"$installed"
 
 # ---------------------------------------------------------------------------------------------
 # Bytecode for the project and the venv (pycriu above is copied without it): shells that set

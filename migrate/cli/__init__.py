@@ -1,13 +1,15 @@
 """The ``pymigrate`` command line: thin over the ``Engine`` API.
 
 Each area lives in its own module with a ``register(subparsers)`` function that adds its
-subcommands; a subcommand's handler receives ``(args, ctx)`` and returns an exit code.
+subcommands; a subcommand's handler receives ``(args, ctx)`` and returns an exit code. Every
+parser is a ``migrate.cli.parser.CliParser``: usage errors, "did you mean", the global options
+after the subcommand, examples in ``--help``.
 
-Exit codes (podman's convention):
+Exit codes (podman's and docker's convention):
     0    success
     1    the check found something missing, or the command's own negative answer
-    2    usage error (argparse)
-    125  pymigrate itself failed (runtime/migration error, bad input)
+    125  usage error (printed with the subcommand's usage), or pymigrate itself failed
+         (runtime/migration error, bad input)
     126  the container command cannot be invoked
     127  the container command was not found
     other: a foreground container's own exit code
@@ -25,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from migrate.cli.parser import EXIT_USAGE as EXIT_USAGE  # re-exported: modules return it
+from migrate.cli.parser import CliParser
+
 EXIT_OK = 0
 EXIT_FAIL = 1
-EXIT_USAGE = 2
 EXIT_ERROR = 125
 
 # Modules that contribute subcommands, in help order. A module missing its dependencies (or not
@@ -48,6 +52,7 @@ COMMAND_MODULES = (
     "migrate.cli.checkpoints",
     "migrate.cli.daemon",
     "migrate.cli.version",
+    "migrate.cli.completion",
 )
 
 # Which module registers each subcommand (tests/unit/test_cli_dispatch.py keeps this in step with
@@ -71,6 +76,7 @@ COMMANDS: dict[str, str] = {
     **dict.fromkeys(("checkpoint", "restore", "migrate"), "migrate.cli.checkpoints"),
     "daemon": "migrate.cli.daemon",
     "version": "migrate.cli.version",
+    "completion": "migrate.cli.completion",
 }
 
 log = logging.getLogger(__name__)
@@ -112,7 +118,9 @@ def _json_default(value: Any) -> Any:
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", dest="json_sub", help="machine-readable output")
+    """The global ``--json`` on this subcommand (every ``CliParser`` subcommand gets it anyway;
+    this keeps it in its place in the module's help). SUPPRESS: ``--json ps`` is not undone."""
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -127,7 +135,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _add_commands(parser: argparse.ArgumentParser, command: str | None) -> None:
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliParser)
     sub.required = True
     modules = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
     for module_name in modules:
@@ -170,25 +178,24 @@ def command_of(argv: list[str], parser: argparse.ArgumentParser | None = None) -
 
 
 def _global_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pymigrate", description="Run containers, checkpoint them with CRIU, restore and migrate them."
+    parser = CliParser(
+        prog="pymigrate", top=True, description="Run containers, checkpoint them with CRIU, restore and migrate them.",
+        epilog="Global options may also follow the command (pymigrate ps --root DIR). Exit code 125: usage error or "
+               "pymigrate failed; see 'pymigrate COMMAND --help'.",
     )
-    parser.add_argument("--root", type=Path, default=None, help="state root (env PYMIGRATE_ROOT, default /var/lib/pymigrate)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
-    parser.add_argument("--host", default=None, help="act on a remote daemon: unix:PATH, HOST:PORT or ssh://[user@]host[:port]")
-    parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate for --host over TLS")
-    parser.add_argument("--tls-key", type=Path, default=None, help="client key for --host over TLS")
-    parser.add_argument("--tls-ca", type=Path, default=None, help="CA that signed the daemon's certificate")
-    parser.add_argument("--token-file", type=Path, default=None, help="bearer token for the daemon")
-    parser.add_argument("--insecure", action="store_true", help="plain TCP to the daemon (no TLS)")
-    # ssh:// addresses (migrate/remote/ssh.py)
-    parser.add_argument("--ssh-key", type=Path, default=None, metavar="FILE", help="for ssh:// hosts: use only this private key")
-    parser.add_argument("--ssh-accept-new", action="store_true", help="for ssh:// hosts: record an unknown host key (a changed one is still refused)")
-    parser.add_argument("--ssh-known-hosts", type=Path, default=None, metavar="FILE", help="for ssh:// hosts: known_hosts file (default ~/.ssh/known_hosts)")
-    parser.add_argument("--ssh-remote-pymigrate", default="pymigrate", metavar="PATH", help="for ssh:// hosts: the pymigrate command there (default pymigrate)")
-    parser.add_argument("--ssh-remote-root", default=None, metavar="DIR", help="for ssh:// hosts: the state root there (default its PYMIGRATE_ROOT or /var/lib/pymigrate)")
+    parser.add_argument("--version", action=_VersionAction, help="print the client's version and exit (with --host: "
+                        "see 'pymigrate version')")
     return parser
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from migrate import __version__
+
+        parser.exit(EXIT_OK, f"pymigrate version {__version__}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = _global_parser()
     _add_commands(parser, command_of(argv, parser))
     args = parser.parse_args(argv)
-    args.json = bool(args.json or getattr(args, "json_sub", False))
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -227,9 +233,15 @@ def report_error(exc: BaseException, ctx: Context) -> int:
         import traceback
 
         traceback.print_exception(exc)
+    from migrate.cli.errors_text import clean_text, describe_os_error
+
     hint = getattr(exc, "hint", None)
-    known = _is_known(exc)
-    message = str(exc) if known else f"internal error: {type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and not _is_known(exc):
+        message, hint = describe_os_error(exc)
+    elif _is_known(exc):
+        message = clean_text(str(exc))  # the net for a message that quoted an OSError
+    else:
+        message = f"internal error: {type(exc).__name__}: {exc}"
     if ctx.json:
         json.dump({"error": message, "type": type(exc).__name__, "hint": hint}, sys.stdout)
         sys.stdout.write("\n")
@@ -244,7 +256,7 @@ def _is_known(exc: BaseException) -> bool:
     from migrate.errors import MigrationError
     from runtime.errors import ContainerError
 
-    return isinstance(exc, (ContainerError, MigrationError, OSError))
+    return isinstance(exc, (ContainerError, MigrationError))
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def test_host_namespaces_and_the_rules(pm) -> None:  # noqa: ANN001
             answer = refused(pm("run", "--json", *args, "busybox", "true"), "InvalidSpec")
             assert field in answer["error"] and answer["hint"], answer
         refused(pm("run", "--json", "--ipc", "container:no-such-container", "busybox", "true"), "ContainerNotFound")
-        assert pm("run", "--cgroupns", f"container:{a}", "busybox", "true").returncode == 2  # argparse: private|host
+        assert pm("run", "--cgroupns", f"container:{a}", "busybox", "true").returncode == 125  # usage: private|host
     finally:
         pm("rm", "-f", h)
         pm("rm", "-f", a)

@@ -125,7 +125,7 @@ def test_cli_options_as_docker_spells_them() -> None:
     args = parser.parse_args(["commit", "-c", "ENV A=b", "--change", 'CMD ["x"]', "-m", "msg", "-a", "me",
                               "--pause=false", "web", "web:v2", "--json"])
     assert (args.container, args.image, args.change) == ("web", "web:v2", ["ENV A=b", 'CMD ["x"]'])
-    assert (args.message, args.author, args.pause, args.json_sub) == ("msg", "me", False, True)
+    assert (args.message, args.author, args.pause, args.json) == ("msg", "me", False, True)
     assert parser.parse_args(["commit", "web", "web:v2"]).pause is True
     assert parser.parse_args(["commit", "-p", "true", "web", "web:v2"]).pause is True
     for bad in (["--pause=maybe", "web", "web:v2"], ["--pause", "web", "web:v2"]):  # a value is needed
