@@ -241,10 +241,12 @@ def _checkpoint_verb(verb: str, rest: list[str], ctx: Context, args: argparse.Na
         if ctx.json:
             ctx.emit_json(items)
             return EXIT_OK
-        print(f"{'CHECKPOINT ID':26} {'CONTAINER':20} {'CREATED':20} {'SIZE':>10}")
-        for c in items:
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created_at))
-            print(f"{c.checkpoint_id:26} {c.container_name:20} {created:20} {_human_bytes(c.size_bytes):>10}")
+        rows = [("CHECKPOINT ID", "CONTAINER", "CREATED", "SIZE")]
+        rows += [(c.checkpoint_id, c.container_name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created_at)),
+                  _human_bytes(c.size_bytes)) for c in items]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]  # from the data: long names stay aligned
+        for r in rows:
+            print(f"{r[0]:{widths[0]}}  {r[1]:{widths[1]}}  {r[2]:{widths[2]}}  {r[3]:>{widths[3]}}")
         return EXIT_OK
     if not rest:
         print(f"pymigrate: checkpoint {verb} needs a checkpoint id", file=sys.stderr)

@@ -80,7 +80,7 @@ def squatter() -> Iterator[Callable[[str, str], None]]:
 
 
 def _addr(pm: Pm, name: str) -> tuple[str, str]:
-    spec = json.loads(ok(pm("inspect", name)))["spec"]
+    spec = json.loads(ok(pm("inspect", name)))[0]["spec"]
     return spec["ip"], spec["mac"]
 
 

@@ -67,7 +67,7 @@ def test_commit_a_running_container_then_run_the_image(pm: PM, names: list[str])
     assert result["whiteouts"] >= 1 and result["opaque_dirs"] >= 1 and result["frozen_ms"] > 0
     assert result["skipped"] == []  # the runtime's own files are left out without a word
     # the container goes on: thawed, running
-    assert json.loads(ok(pm("inspect", cname, "--json")))["state"]["status"] == "running"
+    assert json.loads(ok(pm("inspect", cname, "--json")))[0]["state"]["status"] == "running"
     assert ok(pm("exec", cname, "echo", "alive")).strip() == "alive"
 
     listed = {i["name"]: i for i in json.loads(ok(pm("image", "ls", "--json")))}
@@ -95,7 +95,7 @@ def test_commit_a_stopped_container_push_it_and_pull_it_back(pm: PM, names: list
     assert ok(pm("wait", cname, timeout=60)).strip() == "0"
     # as after a host reboot: its root and its upper-layer image are not mounted; commit mounts the
     # image read-only for the read and leaves nothing mounted
-    cdir = StateStore(Paths(pm_root)).dir(json.loads(ok(pm("inspect", cname, "--json")))["spec"]["container_id"])
+    cdir = StateStore(Paths(pm_root)).dir(json.loads(ok(pm("inspect", cname, "--json")))[0]["spec"]["container_id"])
     layout = upperfs.Layout.of(cdir)
     assert layout.image is not None, "the upper layer is expected on its own image (PYMIGRATE_UPPER_SIZE unset)"
     for mounted in (cdir / "merged", layout.mountpoint):
@@ -149,7 +149,7 @@ def test_commit_through_a_daemon_keeps_a_paused_container_paused(pm: PM, names: 
         assert result["frozen_ms"] == 0  # paused already: commit neither froze nor thawed it
     finally:
         stop_daemon(proc, sock)
-    assert json.loads(ok(pm("inspect", cname, "--json")))["state"]["status"] == "paused"
+    assert json.loads(ok(pm("inspect", cname, "--json")))[0]["state"]["status"] == "paused"
     ok(pm("unpause", cname))
     assert run_to_end(pm, names, image) == "remote\n"
     # --pause=false reads a running container as it runs
@@ -177,7 +177,7 @@ def test_a_commit_killed_while_the_container_is_frozen_leaves_it_running(pm: PM,
             break
         subprocess.run(["sleep", "0.1"], check=True)
     rt = Runtime(pm_root)
-    cid = json.loads(ok(pm("inspect", cname, "--json")))["spec"]["container_id"]
+    cid = json.loads(ok(pm("inspect", cname, "--json")))[0]["spec"]["container_id"]
     cgroup = rt.cgroups(None)
     proc = subprocess.Popen([*PYMIGRATE, "--root", str(pm_root), "commit", cname, image], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -191,7 +191,7 @@ def test_a_commit_killed_while_the_container_is_frozen_leaves_it_running(pm: PM,
         proc.kill()
         proc.wait()
     assert cgroup.freezer_state(cid) == "frozen"  # nobody thawed it yet
-    info = json.loads(ok(pm("inspect", cname, "--json")))  # settles the dead commit's freeze
+    info = json.loads(ok(pm("inspect", cname, "--json")))[0]  # settles the dead commit's freeze
     assert info["state"]["status"] == "running" and info["state"]["frozen_by"] is None
     assert ok(pm("exec", cname, "echo", "alive")).strip() == "alive"
     assert image not in {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
@@ -213,7 +213,7 @@ def test_a_container_frozen_by_another_operation_is_not_thawed_by_commit(pm: PM,
     cname, image = unique("cm-busy"), f"{unique('busy')}:1"
     names.append(f"c:{cname}")
     ok(pm("run", "-d", "--name", cname, "busybox", "sh", "-c", "echo b > /b; sleep 1000"))
-    cid = json.loads(ok(pm("inspect", cname, "--json")))["spec"]["container_id"]
+    cid = json.loads(ok(pm("inspect", cname, "--json")))[0]["spec"]["container_id"]
     cgroup = Runtime(pm_root).cgroups(None)
     cgroup.freeze(cid)  # as a migration's source does
     try:

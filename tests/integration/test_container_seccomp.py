@@ -118,7 +118,7 @@ def test_init_and_exec_get_the_chosen_filter(pm, pm_root: Path, probe_image: str
     assert seen == EXPECTED[kind], f"{kind}: the init's children: {seen}"
     assert host_status(init_pid(pm_root, name)) == (EXPECTED[kind]["seccomp"], EXPECTED[kind]["filters"])
     assert verdict(ok(pm("exec", name, "scprobe"))) == EXPECTED[kind], f"{kind}: an exec'd process"
-    info = json.loads(ok(pm("--json", "inspect", name)))
+    info = json.loads(ok(pm("--json", "inspect", name)))[0]
     assert info["spec"]["seccomp"] == kind
     if kind == "custom":
         assert json.loads(info["spec"]["seccomp_profile"]) == json.loads(deny_mkdir_profile.read_text())

@@ -146,7 +146,7 @@ def test_unknown_user_is_refused_and_nothing_is_left(pm: PM) -> None:
     assert answer["type"] == "InvalidArgument", answer
     assert "unable to find user ghost: no matching entry in the container's /etc/passwd" in answer["error"]
     assert "numeric" in answer["hint"]
-    assert name not in out(pm("ps", "-a", "-q")).split()
+    assert name not in out(pm("ps", "-a", "--format", "{{.Names}}")).split()
     r = pm("run", "--rm", "-u", "nobody:ghosts", "busybox", "id")
     assert r.returncode == 125 and b"unable to find group ghosts" in r.stderr
 
@@ -187,7 +187,7 @@ def test_exec_runs_as_the_containers_user_unless_told(pm: PM, user_image: str) -
     assert out(pm("exec", "--user", "0:0", name, "sh", "-c", "id -u; echo $HOME")).split("\n") == ["0", "/root"]
     r = pm("exec", "-u", "ghost", name, "id")
     assert r.returncode == 125 and b"unable to find user ghost" in r.stderr
-    inspect = json.loads(out(pm("inspect", name, "--json")))
+    inspect = json.loads(out(pm("inspect", name, "--json")))[0]
     assert inspect["spec"]["user"] == "app"
     ok(pm("rm", "-f", name))
 
@@ -200,7 +200,7 @@ def test_user_and_entrypoint_over_the_daemon(pm: PM, pm_root: Path) -> None:
               "busybox", "sh", "-c", "id > /tmp/id; sleep 1000"))
         idfile = container_file(pm_root, name, "/tmp/id")
         assert wait_for(lambda: idfile.exists() and idfile.read_text().strip(), 10, "id output") == "uid=1234 gid=5678"
-        info = json.loads(out(pm("--host", f"unix:{sock}", "inspect", name, "--json")))
+        info = json.loads(out(pm("--host", f"unix:{sock}", "inspect", name, "--json")))[0]
         assert info["spec"]["user"] == "1234:5678"
         ok(pm("--host", f"unix:{sock}", "rm", "-f", name))
     finally:

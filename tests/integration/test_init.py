@@ -38,7 +38,7 @@ def test_tini_is_pid_1_reaps_orphans_and_forwards_stop(pm) -> None:  # noqa: ANN
     ok(pm("run", "-d", "--name", plain, "busybox", "sleep", "1000"))
     ok(pm("run", "-d", "--init", "--name", init, "busybox", "sleep", "1000"))
     try:
-        assert json.loads(ok(pm("inspect", init)))["spec"]["init"] is True
+        assert json.loads(ok(pm("inspect", init)))[0]["spec"]["init"] is True
         assert _pid1(pm, init) == "/.pymigrate/init -- sleep 1000"
         assert _pid1(pm, plain) == "sleep 1000"
         # the control: a plain sleep as PID 1 leaves the orphan a zombie; tini reaps it
@@ -49,7 +49,7 @@ def test_tini_is_pid_1_reaps_orphans_and_forwards_stop(pm) -> None:  # noqa: ANN
         assert r.returncode != 0
         # SIGTERM reaches sleep through tini: stop does not wait for its 30 s timeout
         assert _timed_stop(pm, init) < 10
-        state = json.loads(ok(pm("inspect", init)))["state"]
+        state = json.loads(ok(pm("inspect", init)))[0]["state"]
         assert state["exit_code"] == 143  # tini passes on the command's death by SIGTERM
     finally:
         pm("rm", "-f", plain)

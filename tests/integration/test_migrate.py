@@ -56,7 +56,7 @@ def _start_counter(host: Host) -> tuple[str, str]:
     """The counter container on ``host``; its address and container id."""
     host.cli(["image", "build-busybox", "busybox"], check=True)
     host.cli(["run", "-d", "--name", NAME, "busybox", "sh", "-c", COUNTER_CMD], check=True)
-    info = json.loads(host.cli(["inspect", NAME], check=True).stdout)
+    info = json.loads(host.cli(["inspect", NAME], check=True).stdout)[0]
     assert info["state"]["status"] == "running"
     ip = info["spec"]["ip"]
     assert ip and ip.startswith("10.77."), info["spec"]
@@ -70,7 +70,7 @@ def _check_after_hop(source: Host, target: Host, others: list[Host], client: Hos
     assert NAME not in names_by_status(source), f"source {source.letter} still has {names_by_status(source)}"
     for other in others:
         assert NAME not in names_by_status(other)
-    info = json.loads(target.cli(["inspect", NAME], check=True).stdout)
+    info = json.loads(target.cli(["inspect", NAME], check=True).stdout)[0]
     assert info["spec"]["ip"] == ip, f"address changed: {info['spec']['ip']} != {ip}"
     assert info["spec"]["container_id"] == cid, "the container keeps its id"
 
@@ -140,8 +140,8 @@ def test_keep_source_leaves_an_exited_copy(make_hosts) -> None:  # noqa: ANN001
 
     assert names_by_status(b) == {NAME: "running"}
     assert names_by_status(a) == {NAME: "exited"}, "the source keeps an exited copy"
-    kept = json.loads(a.cli(["inspect", NAME], check=True).stdout)
-    assert kept["state"]["checkpointed"] == "migrated"
+    kept = json.loads(a.cli(["inspect", NAME], check=True).stdout)[0]
+    assert kept["state"]["checkpoint_id"] == "migrated" and kept["state"]["checkpointed"] is True
     assert kept["spec"]["ip"] == ip
     # the copy on A is not running: its counter stopped, B's goes on
     frozen = log_counts(a, NAME)[-1]

@@ -230,7 +230,7 @@ def test_names_and_ids_that_escape_the_root_are_refused(make_hosts, tmp_path: Pa
     sock = a.start_daemon()
     a.cli(["image", "build-busybox", "busybox"], check=True)
     a.cli(["run", "-d", "--name", "ok", "busybox", "sleep", "1000"], check=True)
-    spec = json.loads(a.cli(["inspect", "ok"], check=True).stdout)["spec"]
+    spec = json.loads(a.cli(["inspect", "ok"], check=True).stdout)[0]["spec"]
 
     # Decoys where an escaping path would land: next to the state root (ROOT/<dir>/../../decoy)
     # and at an absolute path. They must survive, and nothing may appear next to them.

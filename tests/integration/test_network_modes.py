@@ -36,7 +36,7 @@ def test_host_network_shows_the_hosts_links_and_refuses_a_checkpoint_before_the_
     ok(pm("run", "-d", "--network", "host", "--name", host, "busybox", "sleep", "1000"))
     ok(pm("run", "-d", "--name", bridged, "busybox", "sleep", "1000"))
     try:
-        info = json.loads(ok(pm("inspect", host)))
+        info = json.loads(ok(pm("inspect", host)))[0]
         assert info["spec"]["network"] == "host" and info["spec"]["ip"] is None and info["spec"]["mac"] is None
         inside = _links(ok(pm("exec", host, "ip", "-o", "link")))
         assert dummy_link in inside
@@ -45,8 +45,8 @@ def test_host_network_shows_the_hosts_links_and_refuses_a_checkpoint_before_the_
 
         answer = refused(pm("checkpoint", host, "--json"), "Unsupported")
         assert "host's network namespace" in answer["error"] and "--network bridge" in answer["hint"]
-        state = json.loads(ok(pm("inspect", host)))["state"]
-        assert state["status"] == "running" and state["frozen_by"] is None and state["checkpointed"] is None
+        state = json.loads(ok(pm("inspect", host)))[0]["state"]
+        assert state["status"] == "running" and state["frozen_by"] is None and state["checkpointed"] is False
         assert ok(pm("exec", host, "echo", "alive")).strip() == "alive"  # never frozen
     finally:
         pm("rm", "-f", host)

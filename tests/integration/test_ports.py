@@ -48,7 +48,7 @@ def run_server(host: Host, name: str, *publish: str) -> dict:
         args += ["-p", p]
     r = host.cli([*args, "busybox", "sh", "-c", SERVE.format(tag=name)])
     assert r.returncode == 0, r.stderr.decode()
-    return json.loads(host.cli(["inspect", name], check=True).stdout)
+    return json.loads(host.cli(["inspect", name], check=True).stdout)[0]
 
 
 def test_published_port_answers_other_hosts_localhost_and_hairpin_and_goes_with_rm(make_hosts) -> None:  # noqa: ANN001
@@ -108,7 +108,7 @@ def test_published_port_answers_other_hosts_localhost_and_hairpin_and_goes_with_
     while port_tables(a) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert port_tables(a) == []
-    assert json.loads(a.cli(["inspect", "brief"], check=True).stdout)["state"]["status"] == "exited"
+    assert json.loads(a.cli(["inspect", "brief"], check=True).stdout)[0]["state"]["status"] == "exited"
 
 
 @pytest.mark.parametrize(

@@ -45,8 +45,8 @@ def test_the_target_publishes_the_port_and_a_taken_port_refuses_before_the_freez
         assert err["type"] == "PortInUse", err
         assert f"host port 0.0.0.0:{PORT}/tcp is already in use by a host process on the migration target" in err["error"], err
         assert err["hint"]
-        state = json.loads(a.cli(["inspect", "web"], check=True).stdout)["state"]
-        assert state["status"] == "running" and state["frozen_by"] is None and state["checkpointed"] is None
+        state = json.loads(a.cli(["inspect", "web"], check=True).stdout)[0]["state"]
+        assert state["status"] == "running" and state["frozen_by"] is None and state["checkpointed"] is False
         assert dial(b, a.address, PORT) == "hello-from-web"  # the source still answers on its port
         assert names_by_status(b) == {} and port_tables(b) == []
         assert leftovers(b) == []
@@ -68,7 +68,7 @@ def test_the_target_publishes_the_port_and_a_taken_port_refuses_before_the_freez
     assert r.returncode == 0, r.stderr.decode()
     assert dial(b, a.address, PORT + 4) == "hello-from-web"
     assert port_tables(b) == [] and len(port_tables(a)) == 1
-    spec = json.loads(a.cli(["inspect", "web"], check=True).stdout)["spec"]
+    spec = json.loads(a.cli(["inspect", "web"], check=True).stdout)[0]["spec"]
     assert spec["ports"] == [{"container_port": 80, "protocol": "tcp", "host_port": PORT + 4, "host_ip": ""}]
 
     # remote run -p through the target's daemon (RunContainerRequest carries the ports)

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "
 
 
 def _inspect(pm, name: str) -> dict:  # noqa: ANN001
-    return json.loads(ok(pm("inspect", name)))
+    return json.loads(ok(pm("inspect", name)))[0]
 
 
 def _shim_alive(pid: int) -> bool:
@@ -72,7 +72,7 @@ def test_checkpoint_does_not_restart_and_the_restored_copy_keeps_its_policy(pm) 
     try:
         time.sleep(1.0)  # the shim saw the dump's kill: no restart of a checkpointed container
         state = _inspect(pm, name)["state"]
-        assert (state["status"], state["restart_count"], state["checkpointed"]) == ("exited", 0, checkpoint_id)
+        assert (state["status"], state["restart_count"], state["checkpoint_id"]) == ("exited", 0, checkpoint_id)
         assert ok(pm("restore", checkpoint_id)).strip() == name
         info = _inspect(pm, name)
         assert info["spec"]["restart"] == "on-failure:5" and info["state"]["status"] == "running"

@@ -29,7 +29,7 @@ pytestmark = [
 
 
 def _state(host, name: str) -> dict:  # noqa: ANN001
-    return json.loads(host.cli(["inspect", name], check=True).stdout)
+    return json.loads(host.cli(["inspect", name], check=True).stdout)[0]
 
 
 def test_restart_policy_and_init_move_with_the_container_and_host_network_is_refused(make_hosts) -> None:  # noqa: ANN001

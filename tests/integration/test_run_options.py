@@ -46,7 +46,7 @@ def test_detached_rm_leaves_nothing_after_its_exit(pm, pm_root) -> None:  # noqa
     # (and the shim removed the container) before the inspect below ran
     ok(pm("run", "-d", "--rm", "--name", name, "busybox", "sh", "-c",
           "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 3"))
-    assert json.loads(ok(pm("inspect", name)))["spec"]["auto_remove"] is True
+    assert json.loads(ok(pm("inspect", name)))[0]["spec"]["auto_remove"] is True
     ok(pm("exec", name, "touch", "/tmp/go"))
     wait_for(lambda: _gone(pm, pm_root, name), 15, "the shim to remove the exited container")
     # stop and rm -f of a running one: one removal, no error from the race with its shim
@@ -62,7 +62,7 @@ def test_foreground_run_without_rm_keeps_no_auto_remove(pm) -> None:  # noqa: AN
     ok(pm("run", "-d", "--name", name, "busybox", "true"))
     time.sleep(1.0)
     assert name in _names(pm)
-    assert json.loads(ok(pm("inspect", name)))["spec"]["auto_remove"] is False
+    assert json.loads(ok(pm("inspect", name)))[0]["spec"]["auto_remove"] is False
     ok(pm("rm", name))
 
 
@@ -73,10 +73,10 @@ def test_detached_rm_keeps_its_record_through_a_checkpoint_and_the_flag_through_
     checkpoint_id = ok(pm("checkpoint", name)).strip().splitlines()[0]
     try:
         time.sleep(1.0)  # the shim saw the dump's kill: it must not remove what the restore needs
-        state = json.loads(ok(pm("inspect", name)))
-        assert state["state"]["status"] == "exited" and state["state"]["checkpointed"] == checkpoint_id
+        state = json.loads(ok(pm("inspect", name)))[0]
+        assert state["state"]["status"] == "exited" and state["state"]["checkpoint_id"] == checkpoint_id
         assert ok(pm("restore", checkpoint_id)).strip() == name
-        restored = json.loads(ok(pm("inspect", name)))
+        restored = json.loads(ok(pm("inspect", name)))[0]
         assert restored["state"]["status"] == "running" and restored["spec"]["auto_remove"] is True
         ok(pm("kill", name))  # an exit of its own now: its shim removes it
         wait_for(lambda: _gone(pm, pm_root, name), 15, "the restored --rm container to go after its exit")
@@ -93,7 +93,7 @@ def test_detached_rm_through_a_daemon_is_removed_by_the_launchers_shim(pm, pm_ro
         name = unique("rmd")
         ok(pm("--host", f"unix:{sock}", "run", "-d", "--rm", "--name", name, "busybox", "sh", "-c", "sleep 3"))
         # 3 s: under a loaded machine's CLI start-up a 0.5 s container was gone before inspect
-        assert json.loads(ok(pm("--host", f"unix:{sock}", "inspect", name)))["spec"]["auto_remove"] is True
+        assert json.loads(ok(pm("--host", f"unix:{sock}", "inspect", name)))[0]["spec"]["auto_remove"] is True
     finally:
         stop_daemon(proc, sock)  # the daemon is gone before the exit: the shim still removes it
     wait_for(lambda: _gone(pm, pm_root, name), 20, "the shim to remove it without the daemon")
@@ -117,7 +117,7 @@ def test_read_only_root_keeps_volumes_dev_and_the_log_writable(pm, tmp_path) -> 
     ok(pm("run", "-d", "--read-only", "--name", name, "-v", f"{data}:/data", "-w", "/new/workdir",
           "busybox", "sh", "-c", "echo started; exec sleep 1000"))
     try:
-        assert json.loads(ok(pm("inspect", name)))["spec"]["read_only"] is True
+        assert json.loads(ok(pm("inspect", name)))[0]["spec"]["read_only"] is True
         assert _probe(pm, name) == {"/x": "ro", "/tmp/x": "ro", "/data/x": "rw", "/dev/shm/x": "rw", "/dev/x": "rw"}
         assert (data / "x").exists()
         assert b"started" in pm("logs", name).stdout  # the log is on its own writable bind
@@ -134,7 +134,7 @@ def test_read_only_root_stays_read_only_after_checkpoint_and_restore(pm) -> None
     checkpoint_id = ok(pm("checkpoint", name)).strip().splitlines()[0]
     try:
         assert ok(pm("restore", checkpoint_id)).strip() == name
-        assert json.loads(ok(pm("inspect", name)))["spec"]["read_only"] is True
+        assert json.loads(ok(pm("inspect", name)))[0]["spec"]["read_only"] is True
         probe = _probe(pm, name)
         assert probe["/x"] == "ro" and probe["/dev/shm/x"] == "rw", probe
     finally:
@@ -157,7 +157,7 @@ def test_cap_drop_net_raw_and_cap_add_sys_admin(pm) -> None:  # noqa: ANN001
     ok(pm("run", "-d", "--name", dropped, "--cap-drop", "NET_RAW", "busybox", "sleep", "1000"))
     ok(pm("run", "-d", "--name", added, "--cap-add", "CAP_SYS_ADMIN", "busybox", "sleep", "1000"))
     try:
-        spec = json.loads(ok(pm("inspect", dropped)))["spec"]
+        spec = json.loads(ok(pm("inspect", dropped)))[0]["spec"]
         assert spec["cap_drop"] == ["CAP_NET_RAW"] and spec["cap_add"] == []
         assert _cap_eff(pm, dropped) == mask(DEFAULT_CAPS - {CAP_NET_RAW})  # exec: the spec's set
         init = ok(pm("exec", dropped, "sh", "-c", "grep CapEff /proc/1/status")).split()[-1]

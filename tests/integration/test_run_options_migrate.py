@@ -43,7 +43,7 @@ def test_rm_read_only_and_caps_survive_a_migration(make_hosts) -> None:  # noqa:
 
     time.sleep(1.0)  # the source's shim saw the kill: a --keep-source copy must stay
     assert names_by_status(a) == {NAME: "exited"} and names_by_status(b) == {NAME: "running"}
-    spec = json.loads(b.cli(["inspect", NAME], check=True).stdout)["spec"]
+    spec = json.loads(b.cli(["inspect", NAME], check=True).stdout)[0]["spec"]
     assert (spec["auto_remove"], spec["read_only"], spec["cap_add"], spec["cap_drop"]) == (
         True, True, ["CAP_SYS_ADMIN"], ["CAP_NET_RAW"])
     out = b.cli(["exec", NAME, "sh", "-c", "touch /x 2>/dev/null && echo rw || echo ro; grep CapEff /proc/1/status"],

@@ -22,7 +22,7 @@ def test_memory_limit_oom_kills_and_inspect_says_so(rt, pm) -> None:  # noqa: AN
     code = rt.wait("oom", timeout_s=20)
     assert code == 137
     r = pm("inspect", "oom")
-    info = json.loads(r.stdout)
+    info = json.loads(r.stdout)[0]
     assert info["state"]["oom_killed"] is True
     assert info["spec"]["memory_bytes"] == 16 * 1024 * 1024
     assert b"oom-killed" in pm("ps", "-a").stdout

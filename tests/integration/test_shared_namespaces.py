@@ -21,7 +21,7 @@ SERVER = "mkdir -p /www && echo shared > /www/index.html && httpd -p 127.0.0.1:8
 
 
 def _inspect(pm: Callable[..., Any], name: str) -> dict[str, Any]:
-    return json.loads(ok(pm("inspect", name)))
+    return json.loads(ok(pm("inspect", name)))[0]
 
 
 def _ns(pid: int, kind: str) -> str:
@@ -32,7 +32,7 @@ def _refused_before_the_freeze(pm: Callable[..., Any], name: str, needle: str) -
     answer = refused(pm("checkpoint", name, "--json"), "Unsupported")
     assert needle in answer["error"] and answer["hint"], answer
     state = _inspect(pm, name)["state"]
-    assert state["status"] == "running" and state["frozen_by"] is None and state["checkpointed"] is None
+    assert state["status"] == "running" and state["frozen_by"] is None and state["checkpointed"] is False
     assert ok(pm("exec", name, "echo", "alive")).strip() == "alive"  # never frozen
 
 
@@ -134,9 +134,9 @@ def test_remote_run_joins_a_container_through_the_daemon(pm, pm_root) -> None:  
         remote = ("--host", f"unix:{sock}")
         ok(pm(*remote, "run", "-d", "--name", a, "busybox", "sleep", "1006"))
         ok(pm(*remote, "run", "-d", "--name", b, "--pid", f"container:{a}", "--network", f"container:{a}", "busybox", "sleep", "1007"))
-        info = json.loads(ok(pm(*remote, "inspect", b)))
+        info = json.loads(ok(pm(*remote, "inspect", b)))[0]
         assert info["state"]["shared_namespaces"] == {"pid": f"container:{a}", "net": f"container:{a}"}
-        pid_a = json.loads(ok(pm(*remote, "inspect", a)))["state"]["pid"]
+        pid_a = json.loads(ok(pm(*remote, "inspect", a)))[0]["state"]["pid"]
         assert _ns(pid_a, "pid") == _ns(info["state"]["pid"], "pid") and _ns(pid_a, "net") == _ns(info["state"]["pid"], "net")
         refused(pm(*remote, "rm", "-f", a, "--json"), "InvalidState")  # the typed error crosses gRPC
     finally:

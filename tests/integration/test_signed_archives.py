@@ -91,17 +91,17 @@ def test_restore_import_takes_only_archives_signed_by_a_trusted_key(pm: Callable
         refused(pm("restore", "--import", str(hostile(tmp_path, host_file, other)), "--json"), "UnsafeMember")
         assert host_file.read_text() == "precious\n"
         assert leftovers(pm_root) == []
-        assert json.loads(ok(pm("inspect", name, "--json")))["state"]["status"] == "exited"
+        assert json.loads(ok(pm("inspect", name, "--json")))[0]["state"]["status"] == "exited"
 
         # a signed archive still imports where nobody asks for a signature
         ok(pm("restore", "--import", str(signed), timeout=180))
-        assert json.loads(ok(pm("inspect", name, "--json")))["state"]["status"] == "running"
+        assert json.loads(ok(pm("inspect", name, "--json")))[0]["state"]["status"] == "running"
         ok(pm("checkpoint", name, "--export", str(signed), "--sign-key", str(release)))
 
         r = pm("restore", "--import", str(signed), *trusted, timeout=180)
         ok(r)
         assert f"good signature by {result['signed_by']} (release@ci)" in r.stderr.decode()
-        assert json.loads(ok(pm("inspect", name, "--json")))["state"]["status"] == "running"
+        assert json.loads(ok(pm("inspect", name, "--json")))[0]["state"]["status"] == "running"
         assert counter(pm, name) >= before  # the restored counter goes on from where it was
     finally:
         pm("rm", "-f", name)
@@ -124,7 +124,7 @@ def test_checkpoint_sign_appends_a_signature_once(pm: Callable[..., Any], tmp_pa
         answer = refused(pm("checkpoint", name, "--export", str(tmp_path / "x.pma"), "--sign-key", str(keys["other"]),
                             "--json"), "SigningKeyError")
         assert "chmod 600" in answer["hint"]
-        assert json.loads(ok(pm("inspect", name, "--json")))["state"]["status"] == "running"  # refused before the freeze
+        assert json.loads(ok(pm("inspect", name, "--json")))[0]["state"]["status"] == "running"  # refused before the freeze
     finally:
         pm("rm", "-f", name)
 
@@ -163,7 +163,7 @@ def test_a_daemon_with_trusted_keys_takes_only_signed_uploads(pm: Callable[..., 
         # the client's own check comes first when it is given keys too
         refused(pm(*remote, str(signed), "--trusted-key", f"{keys['other']}.pub"), "UntrustedSigner")
         ok(pm("--host", signed_daemon, "restore", "--import", str(signed), timeout=180))
-        assert json.loads(ok(pm("inspect", name, "--json")))["state"]["status"] == "running"
+        assert json.loads(ok(pm("inspect", name, "--json")))[0]["state"]["status"] == "running"
         assert leftovers(pm_root) == []
     finally:
         pm("rm", "-f", name)

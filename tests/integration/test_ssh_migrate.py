@@ -287,7 +287,7 @@ class FreezerWatch:
 
 
 def container_spec(host: Host, name: str) -> dict:
-    return json.loads(host.cli(["inspect", name], check=True).stdout)["spec"]  # type: ignore[no-any-return]
+    return json.loads(host.cli(["inspect", name], check=True).stdout)[0]["spec"]  # type: ignore[no-any-return]
 
 
 def assert_hop(lab: Lab, source: Host, target: Host, name: str, ip: str, cid: str, before: tuple[str, int]) -> tuple[str, int]:

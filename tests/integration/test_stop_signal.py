@@ -32,7 +32,7 @@ def _stop(pm: Callable, name: str) -> tuple[float, str, int]:
     t0 = time.monotonic()
     ok(pm("stop", "-t", "20", name, timeout=60))
     elapsed = time.monotonic() - t0
-    info = json.loads(ok(pm("inspect", name)))
+    info = json.loads(ok(pm("inspect", name)))[0]
     return elapsed, ok(pm("logs", name)), info["state"]["exit_code"]
 
 
@@ -57,7 +57,7 @@ def test_the_image_stop_signal_applies(pm: Callable, pm_root: Path, tmp_path: Pa
     ok(pm("image", "load", str(layout), "--name", image))
     name = unique("stopsig")
     ok(pm("run", "-d", "--name", name, image))
-    assert json.loads(ok(pm("inspect", name)))["spec"]["stop_signal"] == "USR1"
+    assert json.loads(ok(pm("inspect", name)))[0]["spec"]["stop_signal"] == "USR1"
     _ready(pm, name)
     elapsed, logs, code = _stop(pm, name)
     assert "got-usr1" in logs and code == 0 and elapsed < 10, (elapsed, logs, code)

@@ -118,7 +118,7 @@ def term(pm_root: Path) -> Callable[..., Terminal]:
 
 
 def _state(pm, name: str) -> dict:  # noqa: ANN001
-    return json.loads(ok(pm("inspect", name)))["state"]
+    return json.loads(ok(pm("inspect", name)))[0]["state"]
 
 
 def test_run_it_shell_resize_detach_attach_and_exit_code(pm, term) -> None:  # noqa: ANN001

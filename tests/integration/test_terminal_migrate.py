@@ -39,7 +39,7 @@ def test_a_terminal_shell_keeps_its_state_across_a_migration(make_hosts) -> None
     assert r.returncode == 0, r.stderr.decode()
     migrate_json(r.stdout)
     assert names_by_status(b) == {NAME: "running"}
-    assert json.loads(b.cli(["inspect", NAME], check=True).stdout)["spec"]["tty"] is True
+    assert json.loads(b.cli(["inspect", NAME], check=True).stdout)[0]["spec"]["tty"] is True
 
     t = Terminal(b.root, "attach", NAME)
     try:

@@ -90,7 +90,7 @@ def test_hostile_archives_are_refused_every_way_in(make_hosts, tmp_path: Path, m
     sock = a.start_daemon()
     a.cli(["image", "build-busybox", "busybox"], check=True)
     a.cli(["run", "-d", "--name", "bystander", "busybox", "sleep", "1000"], check=True)
-    spec = json.loads(a.cli(["inspect", "bystander"], check=True).stdout)["spec"]
+    spec = json.loads(a.cli(["inspect", "bystander"], check=True).stdout)[0]["spec"]
 
     host_file = tmp_path / "host-file"  # what the symlinks point at
     host_file.write_text(PRECIOUS)

@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "criu", "pyc
 
 
 def status(pm: Callable[..., Any], name: str) -> str:
-    return str(json.loads(ok(pm("inspect", name, "--json")))["state"]["status"])
+    return str(json.loads(ok(pm("inspect", name, "--json")))[0]["state"]["status"])
 
 
 def frozen(root: Path, container_id: str) -> bool:
@@ -180,7 +180,7 @@ def test_restore_import_maps_a_volume_explicitly(pm: Callable[..., Any], pm_root
         size = (src / "log").stat().st_size
         time.sleep(0.3)
         assert (src / "log").stat().st_size == size, "the original host dir must not be written any more"
-        assert json.loads(ok(pm("inspect", name, "--json")))["spec"]["volumes"][0]["source"] == str(other)
+        assert json.loads(ok(pm("inspect", name, "--json")))[0]["spec"]["volumes"][0]["source"] == str(other)
         r = pm("restore", "--import", str(archive), "--name", unique("v2"), "--volume", f"{other}:/elsewhere")
         assert r.returncode != 0 and "names no volume of the checkpoint" in r.stderr.decode()
     finally:

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "
 
 
 def _inspect(pm: Callable[..., Any], name: str) -> dict[str, Any]:
-    return json.loads(ok(pm("inspect", name)))
+    return json.loads(ok(pm("inspect", name)))[0]
 
 
 def _ids(pid: int) -> tuple[int, int]:

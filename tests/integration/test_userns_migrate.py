@@ -32,7 +32,7 @@ SETUP = "echo kept > /owned && chown 33:44 /owned && "
 
 
 def _inspect(host: Any, name: str) -> dict[str, Any]:
-    return json.loads(host.cli(["inspect", name], check=True).stdout)
+    return json.loads(host.cli(["inspect", name], check=True).stdout)[0]
 
 
 def _host_ids(pid: int) -> tuple[int, int]:
