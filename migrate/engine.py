@@ -258,6 +258,16 @@ class LocalEngine:
 
     # -- containers -----------------------------------------------------------------------------
     def run(self, options: RunOptions) -> ContainerInfo:
+        image, command, kwargs = self._run_args(options)
+        return self.runtime.run(image, command, **kwargs)
+
+    def create(self, options: RunOptions) -> ContainerInfo:
+        """``run`` without the start (status ``created``); ``start`` runs it (runtime/start.py)."""
+        image, command, kwargs = self._run_args(options)
+        return self.runtime.create(image, command, **kwargs)
+
+    def _run_args(self, options: RunOptions) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """``options`` as the runtime's run takes them: image, command and keywords."""
         options = self._with_image_config(options)
         options = self._with_exposed_ports(options)
         kwargs = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
@@ -265,7 +275,27 @@ class LocalEngine:
         command = kwargs.pop("command")
         del kwargs["entrypoint"]  # part of command now
         del kwargs["publish_all"]  # part of ports now
-        return self.runtime.run(image, command, **kwargs)
+        return image, command, kwargs
+
+    def start(self, name: str) -> ContainerInfo:
+        """Start a created or exited container; a running one is left as it is (runtime/start.py)."""
+        return self.runtime.start(name)
+
+    def restart(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
+        return self.runtime.restart(name, timeout_s=timeout_s)
+
+    def rename(self, name: str, new_name: str) -> ContainerInfo:
+        """Refused while an outgoing migration of it is recorded: its target gets the name it started with."""
+        from migrate.migration.recovery import OutgoingMigrations
+        from runtime.errors import Busy
+
+        cid = self.runtime.container(name).container_id
+        for record in OutgoingMigrations(self.runtime.paths).records():
+            if record.get("container_id") == cid:
+                raise Busy(f"container {name}", "rename", holder_pid=int(record.get("pid") or 0),
+                           hint=f"migration {record.get('migration_id')} to {record.get('dest')} works on it; rename it when that is done")
+        return self.runtime.rename(name, new_name)
+
 
     def containers(self, all: bool = False) -> list[ContainerInfo]:
         return self.runtime.list(all=all)
@@ -279,8 +309,9 @@ class LocalEngine:
     def kill(self, name: str, signal: int = 9) -> None:
         self.runtime.kill(name, signal)
 
-    def remove(self, name: str, force: bool = False) -> None:
-        self.runtime.remove(name, force=force)
+    def remove(self, name: str, force: bool = False) -> bool:
+        """False: ``force`` and no such container (nothing done, no error: docker's ``rm -f``)."""
+        return self.runtime.remove(name, force=force)
 
     def pause(self, name: str) -> ContainerInfo:
         return self.runtime.pause(name)

@@ -8,6 +8,7 @@ State machine::
                         (restore)           │
                           │                 v
     exited <──────────── exit / stop / kill ┘  (from running or paused)
+    exited ──start──> running  (its writable layer kept; not a checkpointed one: restore that)
 
 Which operations are legal in which state is decided here and only here (``require``); the
 runtime performs them. Illegal ones raise ``InvalidState`` with ``expected`` and ``actual``.
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 # operation -> states in which it is legal
 LEGAL: Mapping[str, tuple[str, ...]] = {
-    "start": ("created",),
+    "start": ("created", "exited"),  # exited: again, in its container as it is (runtime/start.py)
     "stop": ("running", "paused"),
     "kill": ("running", "paused"),
     "pause": ("running",),

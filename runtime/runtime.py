@@ -224,6 +224,7 @@ class Runtime:
         image: str,
         command: tuple[str, ...] | builtins.list[str] = (),
         *,
+        launch: bool = True,
         name: str | None = None,
         hostname: str | None = None,
         env: tuple[str, ...] | builtins.list[str] = (),
@@ -379,11 +380,11 @@ class Runtime:
             with claimed(self, spec) as spec:  # refuses a taken host port (PortInUse)
                 self.store.create(spec)
             undo.append(("remove record", lambda: self._delete_record(container_id)))
-            self._start(spec, img.lowers, undo, seccomp_bpf, net)
+            self._start(spec, img.lowers, undo, seccomp_bpf, net, launch=launch)
         except BaseException:
             self._undo(container_id, undo)
             raise
-        log.info("container=%s name=%s started", container_id, name)
+        log.info("container=%s name=%s %s", container_id, name, "started" if launch else "created")
         cid = container_id
         return self._info(Container(self.store.load_spec(cid), self.store.load_state(cid)), stats=False)
 
@@ -442,7 +443,7 @@ class Runtime:
         return filter_for(choice, profile, spec_names(cap_add, cap_drop), self.paths.seccomp_cache)
 
     def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]],
-               seccomp_bpf: bytes | None, net: Any) -> None:
+               seccomp_bpf: bytes | None, net: Any, *, launch: bool = True) -> None:
         from runtime.shim import Starter, launch_shim
 
         cid = spec.container_id
@@ -472,6 +473,8 @@ class Runtime:
                 self.store.write_spec(spec)
             net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
             undo.append(("disconnect", lambda: net.disconnect(cid)))
+        if not launch:  # ``create``: all made, nothing started; ``start`` publishes and launches (runtime/start.py)
+            return
         if spec.ports:
             from runtime.port_rules import publish, unpublisher
 
@@ -577,6 +580,32 @@ class Runtime:
         )
         log.info("container=%s started again (restart policy %s)", spec.container_id, spec.restart)
 
+    # -- create, start, restart, rename (runtime/start.py, runtime/rename.py) --------------------
+    def create(self, image: str, command: tuple[str, ...] | builtins.list[str] = (), **options: Any) -> ContainerInfo:
+        """``run`` without the start (docker create): the record (status ``created``), its root,
+        cgroup, network namespace and address are made, nothing runs; ``start`` runs it. Takes and
+        checks ``run``'s options and raises what ``run`` raises before its start."""
+        return self.run(image, command, launch=False, **options)
+
+    def start(self, name: str) -> ContainerInfo:
+        """Start a created or exited container (an exited one again, with its writable layer); a
+        running or paused one is left as it is (docker). See runtime/start.py for what is refused."""
+        from runtime.start import start
+
+        return start(self, name)
+
+    def restart(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
+        """``stop`` (when live), then ``start``."""
+        from runtime.start import restart
+
+        return restart(self, name, timeout_s)
+
+    def rename(self, name: str, new_name: str) -> ContainerInfo:
+        """Give the container another name, unique in this root (runtime/rename.py)."""
+        from runtime.rename import rename
+
+        return rename(self, name, new_name)
+
     def _upper_size(self) -> int:
         """Size of a new container's upper-layer image (runtime/upperfs.py); 0: plain directories,
         where the host has no loop devices (then restored files get new inode numbers)."""
@@ -605,8 +634,9 @@ class Runtime:
         from runtime.container import parse_signal
 
         c = self.container(name)
-        if c.status == "exited" and c.spec.restart != "no":  # waiting for its restart: cancel that
-            self._mark_stopped(c.container_id)
+        if not c.is_live:  # docker and podman: stopping a created or exited container succeeds
+            if c.status == "exited":
+                self._mark_stopped(c.container_id)  # one waiting for its restart policy's start stays exited
             return self.inspect(c.container_id)
         c.require("stop")
         self._mark_stopped(c.container_id)
@@ -628,7 +658,14 @@ class Runtime:
             return self._info(Container(c.spec, dataclasses.replace(c.state, status="exited", pid=0)), stats=False)
 
     def kill(self, name: str, signal: int = _signal.SIGKILL) -> None:
+        """Signal the init (SIGKILL: the whole cgroup). A created or exited container: nothing to
+        signal, success. Docker and podman refuse that ("is not running"); issue 14 asks for the
+        same idempotency as ``stop``, so cleanup scripts need not ask first."""
         c = self.container(name)
+        if not c.is_live:
+            if c.status == "exited":
+                self._mark_stopped(c.container_id)  # as for stop: a pending policy restart is cancelled
+            return
         c.require("kill")
         self._mark_stopped(c.container_id)  # as docker: a killed container is not restarted
         if signal == _signal.SIGKILL:
@@ -749,20 +786,27 @@ class Runtime:
                 log.warning("container=%s: cannot settle its freeze: %s", cid, exc)
         return settled
 
-    def remove(self, name: str, force: bool = False) -> None:
+    def remove(self, name: str, force: bool = False) -> bool:
         """Remove the container and everything it owns (cgroup, netns, veth, lease, mount, files).
+        False: ``force`` and no such container (docker's ``rm -f``: nothing to do, no error).
 
         Raises:
             InvalidState: it is running or paused and ``force`` is false.
+            ContainerNotFound: no such container and ``force`` is false.
         """
-        c = self.container(name)
+        try:
+            c = self.container(name)
+        except ContainerNotFound:
+            if force:
+                return False
+            raise
         c.require("force-remove" if force else "remove")
         self._refuse_dependents(c)
         with self.removing(c.container_id):
             try:
                 c = self.container(c.container_id)
             except ContainerNotFound:
-                return  # its shim removed it (auto_remove) while we waited
+                return True  # its shim removed it (auto_remove) while we waited
             if c.is_live:
                 self._kill_all(c)
                 if not self._wait_exited(c.container_id, 10.0):
@@ -770,6 +814,7 @@ class Runtime:
             self.release(c.spec)
             self._delete_record(c.container_id)
         log.info("container=%s removed", c.container_id)
+        return True
 
     def _refuse_dependents(self, c: Container) -> None:
         """podman's rule: no removal of a container whose namespaces others join (running or not:

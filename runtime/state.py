@@ -11,6 +11,7 @@ never across a container start or stop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -160,6 +161,23 @@ class StateStore:
                 raise ContainerExists(f"container id {spec.container_id} already exists") from None
             atomic_write(d / STATE_FILE, _dump((state or ContainerState()).to_dict()))
             atomic_write(d / CONFIG_FILE, _dump(spec.to_dict()))
+
+    def rename(self, container_id: str, new_name: str) -> ContainerSpec:
+        """Give the record another name, atomically with respect to creators and other renames.
+
+        Raises:
+            InvalidArgument: not a valid name. ContainerExists: another container has it.
+            ContainerNotFound: the record is gone.
+        """
+        validate_name(new_name)
+        with self.lock():
+            for other in self.ids():
+                if other != container_id and self._name_of(other) == new_name:
+                    raise ContainerExists(f"container name {new_name} is already in use by {other[:12]}",
+                                          hint="choose another name or remove the old container")
+            spec = dataclasses.replace(self.load_spec(container_id), name=new_name)
+            self.write_spec(spec)
+            return spec
 
     def write_spec(self, spec: ContainerSpec) -> None:
         """Rewrite the record's spec (``run``: the address changed before the container started)."""

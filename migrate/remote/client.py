@@ -432,7 +432,24 @@ class RemoteEngine:
         self._unary("KillContainer", pb.KillContainerRequest(name=name, signal=signal))
 
     def remove(self, name: str, force: bool = False) -> None:
+        """None: the reply does not say whether there was anything to remove (``force``: no error either way)."""
         self._unary("RemoveContainer", pb.RemoveContainerRequest(name=name, force=force))
+
+    def create(self, options: api.RunOptions) -> ContainerInfo:
+        reply = self._unary("CreateContainer", cv.run_options_to_pb(options), timeout_s=max(self.timeout_s, 300.0))
+        return cv.container_from_pb(reply.container)
+
+    def start(self, name: str) -> ContainerInfo:
+        reply = self._unary("StartContainer", pb.StartContainerRequest(name=name), timeout_s=max(self.timeout_s, 60.0))
+        return cv.container_from_pb(reply.container)
+
+    def restart(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
+        """StopContainer (a stopped one: nothing done), then StartContainer: two calls, no RPC of its own."""
+        self.stop(name, timeout_s=timeout_s)
+        return self.start(name)
+
+    def rename(self, name: str, new_name: str) -> ContainerInfo:
+        return cv.container_from_pb(self._unary("RenameContainer", pb.RenameContainerRequest(name=name, new_name=new_name)).container)
 
     def pause(self, name: str) -> ContainerInfo:
         return cv.container_from_pb(self._unary("PauseContainer", pb.PauseContainerRequest(name=name)).container)

@@ -359,6 +359,16 @@ class HostServicer(pb_grpc.HostServicer):
         timeout_s = request.timeout_s if request.HasField("timeout_s") else None
         return pb.WaitContainerResponse(exit_code=self._target("wait")(request.name, timeout_s=timeout_s))
 
+    def CreateContainer(self, request: pb.RunContainerRequest, context: grpc.ServicerContext) -> pb.RunContainerResponse:
+        return pb.RunContainerResponse(container=cv.container_to_pb(self._target("create")(cv.run_options_from_pb(request))))
+
+    def StartContainer(self, request: pb.StartContainerRequest, context: grpc.ServicerContext) -> pb.StartContainerResponse:
+        # the engine's start launches the shim through the daemon's launcher (runtime/start.py)
+        return pb.StartContainerResponse(container=cv.container_to_pb(self._target("start")(request.name)))
+
+    def RenameContainer(self, request: pb.RenameContainerRequest, context: grpc.ServicerContext) -> pb.RenameContainerResponse:
+        return pb.RenameContainerResponse(container=cv.container_to_pb(self._target("rename")(request.name, request.new_name)))
+
     # checkpoints
     def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointResponse]:
         options = cv.checkpoint_options_from_pb(request)

@@ -883,19 +883,57 @@ class UnpauseContainerResponse(_message.Message):
     container: ContainerInfo
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
 
+class StartContainerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class StartContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
+class RenameContainerRequest(_message.Message):
+    __slots__ = ("name", "new_name")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NEW_NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    new_name: str
+    def __init__(self, name: _Optional[str] = ..., new_name: _Optional[str] = ...) -> None: ...
+
+class RenameContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
 class StreamLogsRequest(_message.Message):
-    __slots__ = ("name", "follow")
+    __slots__ = ("name", "follow", "tail", "since", "until", "timestamps")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     follow: bool
-    def __init__(self, name: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
+    tail: int
+    since: float
+    until: float
+    timestamps: bool
+    def __init__(self, name: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., timestamps: _Optional[bool] = ...) -> None: ...
 
 class StreamLogsResponse(_message.Message):
-    __slots__ = ("data",)
+    __slots__ = ("data", "stream", "time")
     DATA_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
     data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+    stream: str
+    time: float
+    def __init__(self, data: _Optional[bytes] = ..., stream: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class WaitContainerRequest(_message.Message):
     __slots__ = ("name", "timeout_s")

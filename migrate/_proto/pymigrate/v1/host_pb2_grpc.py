@@ -144,6 +144,21 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.WaitContainerRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.WaitContainerResponse.FromString,
                 _registered_method=True)
+        self.CreateContainer = channel.unary_unary(
+                '/pymigrate.v1.Host/CreateContainer',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.RunContainerRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.RunContainerResponse.FromString,
+                _registered_method=True)
+        self.StartContainer = channel.unary_unary(
+                '/pymigrate.v1.Host/StartContainer',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.StartContainerRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.StartContainerResponse.FromString,
+                _registered_method=True)
+        self.RenameContainer = channel.unary_unary(
+                '/pymigrate.v1.Host/RenameContainer',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.RenameContainerRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.RenameContainerResponse.FromString,
+                _registered_method=True)
         self.Checkpoint = channel.unary_stream(
                 '/pymigrate.v1.Host/Checkpoint',
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.CheckpointRequest.SerializeToString,
@@ -399,6 +414,28 @@ class HostServicer:
 
     def WaitContainer(self, request, context):
         """Block until the container exits; its exit code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateContainer(self, request, context):
+        """`create`: the container made as RunContainer makes it (status created), nothing started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartContainer(self, request, context):
+        """A created or exited container started (an exited one again, its writable layer kept); a
+        running one: nothing done. A checkpointed one is refused (FAILED_PRECONDITION: restore it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenameContainer(self, request, context):
+        """Another name, unique on this host; refused while a checkpoint or migration works on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -662,6 +699,21 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.WaitContainer,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.WaitContainerRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.WaitContainerResponse.SerializeToString,
+            ),
+            'CreateContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateContainer,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.RunContainerRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.RunContainerResponse.SerializeToString,
+            ),
+            'StartContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartContainer,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.StartContainerRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.StartContainerResponse.SerializeToString,
+            ),
+            'RenameContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenameContainer,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.RenameContainerRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.RenameContainerResponse.SerializeToString,
             ),
             'Checkpoint': grpc.unary_stream_rpc_method_handler(
                     servicer.Checkpoint,
@@ -1363,6 +1415,87 @@ class Host:
             '/pymigrate.v1.Host/WaitContainer',
             pymigrate_dot_v1_dot_host__pb2.WaitContainerRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.WaitContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/CreateContainer',
+            pymigrate_dot_v1_dot_host__pb2.RunContainerRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.RunContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/StartContainer',
+            pymigrate_dot_v1_dot_host__pb2.StartContainerRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.StartContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenameContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pymigrate.v1.Host/RenameContainer',
+            pymigrate_dot_v1_dot_host__pb2.RenameContainerRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.RenameContainerResponse.FromString,
             options,
             channel_credentials,
             insecure,
