@@ -195,7 +195,8 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         from migrate import __version__
 
-        parser.exit(EXIT_OK, f"pymigrate version {__version__}\n")
+        print(f"pymigrate version {__version__}")
+        parser.exit(EXIT_OK)
 
 
 def main(argv: list[str] | None = None) -> int:

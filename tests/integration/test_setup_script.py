@@ -26,6 +26,12 @@ WATCHED = (
     Path("/etc/apt/sources.list.d/pymigrate-trixie-src.sources"),
     SYSCTL_CONF,
     REPO / ".venv" / ".pymigrate-setup",
+    # shell completion and man pages (migrate/cli/completion.py)
+    Path("/usr/share/bash-completion/completions/pymigrate"),
+    Path("/usr/local/share/zsh/site-functions/_pymigrate"),
+    Path("/usr/share/fish/vendor_completions.d/pymigrate.fish"),
+    Path("/usr/local/share/man/man1/pymigrate.1"),
+    Path("/usr/local/share/man/man1/pymigrate-run.1"),
 )
 
 
@@ -58,6 +64,27 @@ def test_rerun_is_fast_and_changes_nothing() -> None:
         assert busy not in res.stdout, f"re-run did work: {busy!r}\n{res.stdout}"
     steps = [line for line in res.stdout.splitlines() if line.startswith("==> ")]
     assert len(steps) >= 6  # every step announces itself
+
+
+@pytest.mark.requires("root", "criu")
+def test_installs_completion_and_man_pages_from_the_parser() -> None:
+    """What setup writes is what the CLI prints now; a page it no longer makes goes, once."""
+    stale = Path("/usr/local/share/man/man1/pymigrate-no-such-command.1")
+    stale.write_text(".TH OLD 1\n")
+    res = run_setup()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"removing {stale}" in res.stdout and not stale.exists()
+    for shell, path in (("bash", "/usr/share/bash-completion/completions/pymigrate"),
+                        ("zsh", "/usr/local/share/zsh/site-functions/_pymigrate"),
+                        ("fish", "/usr/share/fish/vendor_completions.d/pymigrate.fish")):
+        printed = subprocess.run([str(REPO / ".venv" / "bin" / "pymigrate"), "completion", shell], capture_output=True,
+                                 text=True, check=True).stdout
+        assert Path(path).read_text() == printed, shell
+    page = subprocess.run(["man", "-P", "cat", "pymigrate-ps"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "MANWIDTH": "100"})
+    assert page.returncode == 0 and "pymigrate ps" in page.stdout, page.stderr
+    again = run_setup()
+    assert again.returncode == 0 and "removing" not in again.stdout and "writing" not in again.stdout, again.stdout
 
 
 @pytest.mark.requires("root", "criu")
