@@ -152,8 +152,7 @@ def command_of(argv: list[str], parser: argparse.ArgumentParser | None = None) -
     """The subcommand named by ``argv`` (the first word after the global options), if it is sure.
 
     None when there is none, when ``-h``/``--help`` comes first, or when a token before it is
-    not a global option spelled out in full (argparse would accept an abbreviation, and the
-    full parser sorts out whatever this does not recognise).
+    not a global option (the full parser then reports it, with a guess from every flag it knows).
     """
     options = (parser or _global_parser())._option_string_actions
     i = 0

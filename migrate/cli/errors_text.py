@@ -64,8 +64,8 @@ def clean_text(message: str) -> str:
 
     def render(match: re.Match[str]) -> str:
         reason = match.group(2).lower()
-        if match.group(3) is None:
-            return reason
+        if match.group(3) is None or match.group(3) in match.string[:match.start()]:
+            return reason  # the message named the path already ("cannot read env file /x: ...")
         where = user_path(match.group(3))
         if match.group(4) is not None:
             return f"{where} -> {user_path(match.group(4))}: {reason}"

@@ -53,10 +53,12 @@ def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, ar
                 yield name, helps.get(name, ""), sub
 
 
-def _examples(path: str) -> list[str]:
+def _examples(path: str, epilog: str | None) -> list[str]:
+    """The command's own "examples:" epilog if it has one (as its --help shows), else the table's."""
     from migrate.cli.examples import examples_for
 
-    text = examples_for(path)
+    own = epilog is not None and epilog.lower().startswith("examples:")
+    text = epilog.split("\n", 1)[-1] if own and epilog else examples_for(path)
     return [".SH EXAMPLES", ".nf", _escape("\n".join(line.strip() for line in text.splitlines())), ".fi"] if text else []
 
 
@@ -73,8 +75,8 @@ def _page(title: str, summary: str, parser: argparse.ArgumentParser, path: str, 
     for name, help_text, sub in _subcommands(parser) if nested else ():
         lines += [f".SH {_escape(f'{path} {name}'.upper())}", _escape(help_text), ".PP", ".nf", _escape(_usage(sub)), ".fi",
                   *_options(sub)]
-    lines += _examples(path)
-    if parser.epilog and path:
+    lines += _examples(path, parser.epilog)
+    if parser.epilog and path and not parser.epilog.lower().startswith("examples:"):
         lines += [".SH NOTES", ".nf", _escape(parser.epilog), ".fi"]
     return "\n".join(lines) + "\n"
 

@@ -226,9 +226,10 @@ def _example_lines() -> list[list[str]]:
 def test_each_example_parses(argv: list[str]) -> None:
     """An example names flags the command really has (a command not written yet is skipped)."""
     parser = build_parser()
-    words = [w for w in argv if not w.startswith("-")]
-    if words and words[0] not in _commands():
-        pytest.skip(f"{words[0]}: not registered yet")
+    command = cli.command_of(argv)
+    assert command is not None, argv
+    if command not in _commands():
+        pytest.skip(f"{command}: not registered yet")
     try:
         parser.parse_args(argv)
     except SystemExit as exc:
@@ -320,9 +321,15 @@ def test_oserror_hides_temporary_file_names(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_a_quoted_oserror_inside_a_known_error_is_cleaned(capsys: pytest.CaptureFixture[str]) -> None:
-    from runtime.errors import MountError
+    from runtime.errors import InvalidArgument, MountError
 
     inner = FileNotFoundError(errno.ENOENT, "No such file or directory", "/var/lib/pymigrate/x")
     rc, err = _report(MountError(f"cannot mount the rootfs: {inner}", hint="run pymigrate check"), capsys)
     assert err.splitlines() == ["pymigrate: cannot mount the rootfs: /var/lib/pymigrate/x: no such file or directory",
                                 "hint: run pymigrate check"]
+    named = FileNotFoundError(errno.ENOENT, "No such file or directory", "/etc/app.env")
+    rc, err = _report(InvalidArgument(f"cannot read env file /etc/app.env: {named}"), capsys)
+    assert err == "pymigrate: cannot read env file /etc/app.env: no such file or directory\n"
+    busy = OSError(errno.EADDRINUSE, "Address already in use")
+    rc, err = _report(InvalidArgument(f"cannot listen on 0.0.0.0:7070: {busy}"), capsys)
+    assert err == "pymigrate: cannot listen on 0.0.0.0:7070: address already in use\n"
