@@ -14,7 +14,7 @@ keys (migrate/archive/signing.py); migration pushes stay authenticated by the ch
 
 SIGTERM / SIGINT stop gracefully: no new calls, in-flight calls get ``--grace`` seconds, then
 they are cancelled and the engine rolls them back. Logs go to stderr (configured here, not in
-the library). Exit codes: 0 after a clean stop, 2 for bad flag combinations, 125 when the
+the library). Exit codes: 0 after a clean stop, 125 for bad flag combinations and when the
 daemon cannot start.
 """
 

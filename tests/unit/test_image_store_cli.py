@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from migrate.api import ImageInfo, ImageRemoval
 from migrate.cli import Context, report_error
 from migrate.cli import images as images_cli
+from migrate.cli.parser import CliParser
 from runtime.config import Paths
 from runtime.image_store import Image, ImageStore
 from tests.fakes.image_tars import compress, make_tar, sample_tree
@@ -47,12 +47,10 @@ class StoreEngine:
 
 
 def run(engine: StoreEngine, *argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="pymigrate")
-    parser.add_argument("--json", action="store_true")
+    parser = CliParser(prog="pymigrate", top=True)  # as migrate.cli builds it: the globals, exit 125
     sub = parser.add_subparsers(dest="command")
     images_cli.register(sub)
     args = parser.parse_args(list(argv))
-    args.json = bool(args.json or getattr(args, "json_sub", False))
     ctx = Context(root=None, json=args.json, debug=False, args=args, _engine=engine)
     try:
         return args.handler(args, ctx)
@@ -132,10 +130,10 @@ def test_build_busybox_default_name(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert json.loads(out.split("\n", 1)[1])["name"] == "bb:small"
 
 
-def test_usage_errors_exit_2(engine: StoreEngine) -> None:
+def test_usage_errors_exit_125(engine: StoreEngine) -> None:
     with pytest.raises(SystemExit) as exc:
         run(engine, "image", "import", "only-a-name")
-    assert exc.value.code == 2
+    assert exc.value.code == 125
 
 
 def test_human_formats() -> None:
