@@ -16,6 +16,7 @@ from runtime.ports import PortMapping
 from runtime.spec import ContainerInfo, Volume
 
 if TYPE_CHECKING:  # not imported at run time: ``pymigrate run -d`` imports this module, and its start is benchmarked
+    from runtime.logs import LogEntry
     from runtime.registry import PushResult, RegistryOptions
 
 MigrationMode = Literal["cold", "postcopy", "precopy", "auto"]
@@ -339,7 +340,10 @@ class Engine(Protocol):
     def rename(self, name: str, new_name: str) -> ContainerInfo: ...
     def pause(self, name: str) -> ContainerInfo: ...
     def unpause(self, name: str) -> ContainerInfo: ...
-    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]: ...
+    # stdout and stderr lines in time order (runtime/logs.py); tail/since/until: docker's filters
+    # (unix s); following yields an empty entry now and then while silent
+    def logs(self, name: str, follow: bool = False, *, tail: int | None = None, since: float | None = None,
+             until: float | None = None) -> Iterator[LogEntry]: ...
 
     # checkpoints
     def checkpoint(self, name: str, options: CheckpointOptions, progress: ProgressFn | None = None) -> CheckpointResult: ...

@@ -38,6 +38,7 @@ from migrate.api import (
 from runtime.spec import ContainerInfo
 
 if TYPE_CHECKING:  # pragma: no cover
+    from runtime.logs import LogEntry
     from runtime.registry import PushResult, RegistryOptions
     from runtime.runtime import Runtime
     from migrate.archive.signing import SignaturePolicy
@@ -320,8 +321,9 @@ class LocalEngine:
         self._refuse_unsettled(name, "unpause")
         return self.runtime.unpause(name)
 
-    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
-        return self.runtime.logs(name, follow=follow)
+    def logs(self, name: str, follow: bool = False, *, tail: int | None = None, since: float | None = None,
+             until: float | None = None) -> Iterator[LogEntry]:
+        return self.runtime.logs(name, follow=follow, tail=tail, since=since, until=until)
 
     def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None,
              user: str | None = None, console: Any = None) -> int:

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # Where the container's stdout/stderr land, inside its own filesystem (see runtime/config.py's
 # LOG_PATH_IN_CONTAINER when present): CRIU can dump an fd on a file of the container's own root.
 LOG_DIR_IN_CONTAINER = "/.pymigrate"
-LOG_PATH_IN_CONTAINER = "/.pymigrate/log"
+LOG_PATH_IN_CONTAINER = "/.pymigrate/log"  # stdout (and a -t terminal); older containers: stderr too
+ERR_LOG_PATH_IN_CONTAINER = "/.pymigrate/log.err"  # stderr (runtime/logs.py reads both and their index)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ The init then, in this order: makes / recursively private; applies the rootfs pl
 pivot_root(".", ".") + umount2(".", MNT_DETACH) (runc's trick: no put_old directory needed);
 resolves the container's user in its own /etc/passwd and /etc/group (runtime/users.py: after
 pivot_root, so the files are the container's and their symlinks stay inside it); sethostname; setsid() (CRIU requires the init to be a session leader inside its pid namespace);
-stdin from its own /dev/null, stdout+stderr appended to /.pymigrate/log in its own filesystem
+stdin from its own /dev/null, stdout and stderr appended to /.pymigrate/log and /.pymigrate/log.err in its own filesystem
 (CRIU dumps fds on files of the container's root mount without extra flags; a host file or pipe
 would be an external resource); chdir(workdir); resets signal dispositions (Python ignores
 SIGPIPE and SIGXFSZ, and ignored signals survive exec); closes every fd but the error pipe; drops
@@ -44,7 +44,7 @@ from typing import Any, Callable
 from runtime import capabilities, console, namespaces, ns_modes, rootfs, seccomp, users
 from runtime import console as console_mod  # exec_in's ``console`` parameter shadows the module
 from runtime.errors import ContainerError, InvalidArgument
-from runtime.overlay import LOG_PATH_IN_CONTAINER
+from runtime.overlay import ERR_LOG_PATH_IN_CONTAINER, LOG_PATH_IN_CONTAINER
 from runtime.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, Syscalls
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -330,11 +330,12 @@ def _container_stdio(stdio: _ShimStdio | None = None, tty_owner: int = 0) -> Non
         os.close(null)
         null = stdio.stdin_pipe[0]
     out = os.open(LOG_PATH_IN_CONTAINER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    err = os.open(ERR_LOG_PATH_IN_CONTAINER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(null, 0)
     os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(null)
-    os.close(out)
+    os.dup2(err, 2)
+    for fd in (null, out, err):
+        os.close(fd)
 
 
 def _reset_signals() -> None:

@@ -905,37 +905,26 @@ class Runtime:
         userns.release(self.paths.root, container_id)  # after the record: a claim holds while it exists
 
     # -- logs and exec --------------------------------------------------------------------------
-    def log_path(self, container_id: str) -> Path:
+    def log_root(self, container_id: str) -> Path:
+        """The root holding the container's /.pymigrate logs: its mounted overlay, else (a
+        checkpointed container's layer is unmounted) its upper dir."""
         cdir = self.store.dir(container_id)
-        inner = overlay.LOG_PATH_IN_CONTAINER.lstrip("/")
-        merged = cdir / "merged" / inner
-        if merged.exists():
-            return merged
-        return upperfs.Layout.of(cdir).upper / inner  # a checkpointed container's layer is unmounted
+        merged = cdir / "merged"
+        return merged if os.path.ismount(merged) else upperfs.Layout.of(cdir).upper
 
-    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
-        """The container's stdout+stderr; with ``follow``, until the container exited."""
+    def logs(self, name: str, follow: bool = False, *, tail: int | None = None, since: float | None = None,
+             until: float | None = None) -> Iterator[Any]:
+        """The container's stdout and stderr lines (runtime.logs.LogEntry) in time order, filtered
+        (runtime/logs.py); with ``follow``, until the container exited."""
+        from runtime import logs
+
         c = self.container(name)
         cid = c.container_id
-        path = self.log_path(cid)
-        try:
-            f = open(path, "rb", buffering=0)
-        except FileNotFoundError:
-            return
-        with f:
-            while True:
-                chunk = f.read(65536)
-                if chunk:
-                    yield chunk
-                    continue
-                if not follow:
-                    return
-                state = self._reconcile(Container(c.spec, self.store.load_state(cid)))
-                if not state.is_live:
-                    while chunk := f.read(65536):
-                        yield chunk
-                    return
-                time.sleep(0.05)
+
+        def live() -> bool:
+            return self._reconcile(Container(c.spec, self.store.load_state(cid))).is_live
+
+        return logs.read(self.log_root(cid), logs.LogFilter(tail=tail, since=since, until=until), follow=follow, live=live)
 
     def attach_socket(self, name: str) -> tuple[ContainerSpec, Path]:
         """The spec of a live container and the path of its attach socket (runtime/console.py);
@@ -1062,13 +1051,15 @@ def prepare_root(merged: Path, spec: ContainerSpec, hostname: str | None = None)
     if logdir.is_symlink():
         raise MountError(f"image of container {spec.name} has {overlay.LOG_DIR_IN_CONTAINER} as a symlink")
     logdir.mkdir(mode=LOG_DIR_MODE, exist_ok=True)
-    _write_nofollow(merged / overlay.LOG_PATH_IN_CONTAINER.lstrip("/"), b"", 0o600, truncate=False)
+    log_files = [merged / p.lstrip("/") for p in (overlay.LOG_PATH_IN_CONTAINER, overlay.ERR_LOG_PATH_IN_CONTAINER)]
+    for path in log_files:
+        _write_nofollow(path, b"", 0o600, truncate=False)
     if spec.userns_size:
         # written by the host's root: give them to the container's root (runtime/userns.py)
         from runtime.userns import Range, own
 
         rng = Range(spec.userns_base, spec.userns_size)
-        for path in (etc, etc / "hostname", etc / "hosts", logdir, merged / overlay.LOG_PATH_IN_CONTAINER.lstrip("/")):
+        for path in (etc, etc / "hostname", etc / "hosts", logdir, *log_files):
             if os.lstat(path).st_uid < rng.base:
                 own(path, rng)
 

@@ -385,8 +385,14 @@ def _shim_main(  # pragma: no cover - runs in the shim process
             return
         _write_all(report_fd, json.dumps({"init_pid": init_pid, "shim_pid": os.getpid()}).encode())
         os.close(report_fd)
+        from runtime import log_index  # after the report: off the path of ``run -d``
+
         while init_pid > 0:
-            _monitor(store, container_id, init_pid, oom_killed)
+            # the times of its output (runtime/log_index.py); stopped before the exit is recorded
+            # (a follower that sees "exited" finds every line indexed) and before the exited
+            # action, which may fork a restarted init or unmount the root
+            indexer = log_index.Indexer(store.dir(container_id) / "merged").start()
+            _monitor(store, container_id, init_pid, oom_killed, before_record=indexer.stop)
             _finish_console(console_server, store, container_id)
             console_server = None  # a restarted init has no terminal of ours (refused with -t/-i)
             init_pid = _after_exit(container_id, exited)
@@ -407,9 +413,15 @@ def _finish_console(server: "console.ConsoleServer | None", store: StateStore, c
         server.finish(-1 if code is None else code)
 
 
-def _monitor(store: StateStore, container_id: str, init_pid: int, oom_killed: Callable[[], bool] | None) -> None:
+def _monitor(store: StateStore, container_id: str, init_pid: int, oom_killed: Callable[[], bool] | None,
+             before_record: Callable[[], None] | None = None) -> None:
     """Wait for ``init_pid``'s exit, record it, then reap whatever else is left."""
     status = _reap_until(init_pid)
+    if before_record is not None:
+        try:
+            before_record()
+        except Exception:  # recording the exit matters more
+            log.warning("container=%s: before recording its exit", container_id, exc_info=True)
     exit_code = os.waitstatus_to_exitcode(status)
     if exit_code < 0:
         exit_code = 128 - exit_code

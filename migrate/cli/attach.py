@@ -250,16 +250,23 @@ def forward_stdin(sock: socket.socket, stdin_fd: int = 0) -> threading.Thread:
     return thread
 
 
-def follow_output(engine: Any, name: str, *, skip: int = 0, write: bool = True) -> None:
-    """Write the container's log as it grows until the container exits, but its first ``skip`` bytes."""
-    out = sys.stdout.buffer
-    for chunk in engine.logs(name, follow=True):
-        if skip:
-            cut = min(skip, len(chunk))
-            chunk, skip = chunk[cut:], skip - cut
-        if chunk and write:
-            out.write(chunk)
-            out.flush()
+def follow_output(engine: Any, name: str, *, tail: int | None = None, write: bool = True) -> bool:
+    """Write the container's log as it grows until the container exits (stdout to our stdout,
+    stderr to our stderr); ``tail``: of what it printed already, only the last N lines (0: none).
+    Returns whether our stdout was left in the middle of a line."""
+    return pass_output(engine.logs(name, follow=True, tail=tail), write=write)
+
+
+def pass_output(entries: Iterator[Any], *, write: bool = True) -> bool:
+    """``follow_output`` of entries asked for already (engine.logs fixes the lines written before
+    when it is called: a tail of 0 then shows everything printed after the call)."""
+    from migrate.cli.logs import write_entries
+
+    if write:
+        return write_entries(entries)
+    for _ in entries:
+        pass
+    return False
 
 
 @contextmanager
@@ -316,10 +323,10 @@ def attach(ctx: Any, name: str, *, detach_keys: bytes, stdin: bool = True, whole
         code = attach_console(sock, interactive=stdin and spec.interactive, detach_keys=detach_keys,
                               write_output=not ctx.json)
         return engine.wait(name) if code == -1 else code
-    skip = 0 if whole_log else sum(len(c) for c in engine.logs(name, follow=False))
+    entries = engine.logs(name, follow=True, tail=None if whole_log else 0)  # before any input: its answer is new
     if sock is not None:
         forward_stdin(sock)
-    follow_output(engine, name, skip=skip, write=not ctx.json)
+    pass_output(entries, write=not ctx.json)
     return int(engine.wait(name))
 
 

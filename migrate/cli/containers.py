@@ -275,14 +275,19 @@ def _attached(args: argparse.Namespace, ctx: Any, name: str) -> int:
 
 
 def _foreground(ctx: Any, name: str, *, remove: bool) -> int:
-    """Stream the log until the container exits; forward SIGINT/SIGTERM/SIGHUP to it."""
+    """Stream the log until the container exits (its stdout to ours, its stderr to ours); forward
+    SIGINT/SIGTERM/SIGHUP to it. ``--json``: the output passes through all the same, and the result
+    is the last line of stdout, one compact JSON object (``tail -n1 | jq``)."""
+    import json
+
     from migrate.cli.attach import follow_output, forward_signals
 
     with forward_signals(ctx.engine, name):
-        follow_output(ctx.engine, name, write=not ctx.json)
+        mid_line = follow_output(ctx.engine, name)
         code = ctx.engine.wait(name)
     if ctx.json:
-        ctx.emit_json({"name": name, "exit_code": code})
+        sys.stdout.write(("\n" if mid_line else "") + json.dumps({"name": name, "exit_code": code}, sort_keys=True) + "\n")
+        sys.stdout.flush()
     if remove:
         ctx.engine.remove(name, force=True)
     return code if code >= 0 else EXIT_ERROR

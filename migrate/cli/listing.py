@@ -290,4 +290,3 @@ def _stderr_ctx(ctx: Any) -> Any:
     import dataclasses
 
     return dataclasses.replace(ctx, json=False) if ctx.json else ctx
-

@@ -44,6 +44,7 @@ from migrate.errors import MigrationError, PeerError, TransferError
 from migrate.peer_timeout import keepalive_ms, peer_timeout_s
 from migrate.remote.tls import TlsConfig, tls_from_paths
 from runtime.errors import ContainerError, InvalidArgument, Unsupported
+from runtime.logs import LogEntry
 from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo
 
@@ -457,9 +458,11 @@ class RemoteEngine:
     def unpause(self, name: str) -> ContainerInfo:
         return cv.container_from_pb(self._unary("UnpauseContainer", pb.UnpauseContainerRequest(name=name)).container)
 
-    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
-        for response in self._server_stream("StreamLogs", pb.StreamLogsRequest(name=name, follow=follow)):
-            yield response.data
+    def logs(self, name: str, follow: bool = False, *, tail: int | None = None, since: float | None = None,
+             until: float | None = None) -> Iterator[LogEntry]:
+        request = cv.logs_request(name, follow, tail, since, until)
+        for response in self._server_stream("StreamLogs", request):
+            yield cv.log_entry_from_pb(response)
 
     def wait(self, name: str, timeout_s: float | None = None) -> int:
         """The container's exit code once it exits (``timeout_s`` None: wait for ever)."""

@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from runtime import spec as rspec
+from runtime.logs import LogEntry
 from runtime.ports import PortMapping
 from runtime.registry import PushResult, RegistryOptions
 
@@ -346,6 +347,30 @@ def host_to_pb(h: api.HostInfo) -> pb.HostInfo:
 
 def host_from_pb(m: pb.HostInfo) -> api.HostInfo:
     return _from_pb(api.HostInfo, m)
+
+
+def log_entry_to_pb(e: LogEntry) -> pb.StreamLogsResponse:
+    return pb.StreamLogsResponse(data=e.data, stream=e.stream, time=e.time_ns / 1e9)
+
+
+def log_entry_from_pb(m: pb.StreamLogsResponse) -> LogEntry:
+    """An older server's response (no stream, no time): stdout, time unknown."""
+    return LogEntry(stream=m.stream if m.stream in ("stdout", "stderr") else "stdout", time_ns=round(m.time * 1e9), data=m.data)
+
+
+def logs_request(name: str, follow: bool, tail: int | None, since: float | None, until: float | None,
+                 timestamps: bool = False) -> pb.StreamLogsRequest:
+    request = pb.StreamLogsRequest(name=name, follow=follow, timestamps=timestamps)
+    for field, value in (("tail", tail), ("since", since), ("until", until)):
+        if value is not None:
+            setattr(request, field, value)
+    return request
+
+
+def logs_arguments(m: pb.StreamLogsRequest) -> dict[str, Any]:
+    """The engine's ``logs`` keyword arguments of a request (an older client's has no filters)."""
+    return {"follow": m.follow, "tail": m.tail if m.HasField("tail") else None,
+            "since": m.since if m.HasField("since") else None, "until": m.until if m.HasField("until") else None}
 
 
 def progress_to_pb(e: api.ProgressEvent) -> pb.ProgressEvent:

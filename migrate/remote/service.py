@@ -347,13 +347,14 @@ class HostServicer(pb_grpc.HostServicer):
         return pb.UnpauseContainerResponse(container=cv.container_to_pb(self.engine.unpause(request.name)))
 
     def StreamLogs(self, request: pb.StreamLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.StreamLogsResponse]:
-        # A following log iterator should yield (possibly empty) chunks now and then so a
-        # cancelled call is noticed here even when the container is silent.
-        for chunk in self.engine.logs(request.name, follow=request.follow):
+        # A following log iterator yields empty entries now and then so a cancelled call is
+        # noticed here even when the container is silent; one response per line (at most
+        # runtime.logs.MAX_LINE bytes), with its stream and time.
+        for entry in self.engine.logs(request.name, **cv.logs_arguments(request)):
             if not context.is_active():
                 return
-            for piece in split_chunks((chunk,), CHUNK_BYTES):
-                yield pb.StreamLogsResponse(data=piece)
+            if entry.data:
+                yield cv.log_entry_to_pb(entry)
 
     def WaitContainer(self, request: pb.WaitContainerRequest, context: grpc.ServicerContext) -> pb.WaitContainerResponse:
         timeout_s = request.timeout_s if request.HasField("timeout_s") else None

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 from migrate import api
 from migrate.errors import CheckpointNotFound, IncompatibleHost
 from runtime.errors import ContainerExists, ContainerNotFound, ImageNotFound, InvalidArgument, InvalidState
+from runtime.logs import LogEntry
 from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState
 
@@ -54,7 +55,8 @@ class FakeEngine:
         self._images: dict[str, api.ImageInfo] = {}
         self._image_data: dict[str, bytes] = {}
         self._containers: dict[str, ContainerInfo] = {}
-        self._logs: dict[str, bytes] = {}
+        self._logs: dict[str, bytes] = {}  # a line starting "err:" is on stderr
+        self.logs_calls: list[dict[str, object]] = []
         self._checkpoints: dict[str, tuple[api.CheckpointInfo, bytes]] = {}
         self._incoming: dict[str, dict] = {}
         self.settled: dict[str, str] = {}  # migration id -> outcome (target side, as migrate.migration.target records it)
@@ -319,13 +321,17 @@ class FakeEngine:
             raise InvalidState(info.spec.name, "unpause", info.state.status, "paused")
         return self._set_state(info, status="running")
 
-    def logs(self, name: str, follow: bool = False) -> Iterator[bytes]:
+    def logs(self, name: str, follow: bool = False, *, tail: int | None = None, since: float | None = None,
+             until: float | None = None) -> Iterator[LogEntry]:
         self._enter("logs")
+        self.logs_calls.append({"name": name, "follow": follow, "tail": tail, "since": since, "until": until})
         info = self._find(name)
-        yield self._logs.get(info.spec.container_id, b"")
+        for data in self._logs.get(info.spec.container_id, b"").splitlines(keepends=True):
+            stream = "stderr" if data.startswith(b"err:") else "stdout"
+            yield LogEntry(stream, 1_700_000_000_123_456_789, data)
         while follow:  # like a silent container: heartbeats so the caller notices cancellation
             time.sleep(0.05)
-            yield b""
+            yield LogEntry("stdout", 0, b"")
 
     def wait(self, name: str, timeout_s: float | None = None) -> int:
         self._enter("wait")

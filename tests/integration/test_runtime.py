@@ -28,7 +28,7 @@ def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):  # no
 
 
 def log_text(rt, name: str) -> str:  # noqa: ANN001
-    return b"".join(rt.logs(name)).decode()
+    return b"".join(e.data for e in rt.logs(name)).decode()  # both streams, in time order
 
 
 def proc_status(pid: int) -> dict[str, str]:

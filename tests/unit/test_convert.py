@@ -16,6 +16,7 @@ import pytest
 from migrate import api
 from migrate.remote import convert as cv
 from runtime.errors import Unsupported
+from runtime.logs import LogEntry
 from runtime.ports import PortMapping
 from runtime.registry import PushResult, RegistryOptions
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, FreezeRecord, NetworkMode, Status, Volume
@@ -88,6 +89,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (api.VolumeInfo("db", "/r/volumes/db/_data", 1.5, "local2", ("a=b",), ("web",)), cv.volume_info_to_pb, cv.volume_info_from_pb, ()),
     (api.HostInfo("0.1", "h", "6.18", "4.1.1", {"a": True, "b": False}, "hybrid", "sha256:x", (IMAGE,)), cv.host_to_pb, cv.host_from_pb, ()),
     (api.ProgressEvent("checkpoint", "dump", 5, 10, 1.25, "msg"), cv.progress_to_pb, cv.progress_from_pb, ()),
+    (LogEntry("stderr", 1_700_000_000_500_000_000, b"x\n"), cv.log_entry_to_pb, cv.log_entry_from_pb, ()),  # ns exact in a double
     (api.ProgressEvent("migrate", "transfer", 5, 10, 1.25, "msg"), cv.migration_event_to_pb, cv.migration_event_from_pb, ()),
     (
         api.RunOptions(image="busybox", command=("sleep", "1"), name="n", hostname="h", env=("A=1",), workdir="/w", memory_bytes=1,

@@ -141,7 +141,7 @@ def test_container_lifecycle(daemon: Daemon, sockdir: Path) -> None:
     assert [x.spec.name for x in c.containers()] == ["web"]
     assert c.pause("web").state.status == "paused"
     assert c.unpause("web").state.status == "running"
-    assert b"".join(c.logs("web")) == b"hello from web\n"
+    assert [e.data for e in c.logs("web")] == [b"hello from web\n"]
     assert c.stop("web", timeout_s=1).state.status == "exited"
     assert c.containers() == [] and len(c.containers(all=True)) == 1
     assert c.wait("web") == 143 and c.wait("web", timeout_s=1) == 143
@@ -462,7 +462,7 @@ def test_following_logs_stops_when_the_client_goes(daemon: Daemon, sockdir: Path
     _image(daemon, sockdir)
     daemon.client.run(api.RunOptions(image="busybox", name="web"))
     logs = daemon.client.logs("web", follow=True)
-    assert next(logs) == b"hello from web\n"
+    assert next(logs).data == b"hello from web\n"
     logs.close()
     started = time.monotonic()
     daemon.server.stop(5.0)  # would wait the whole grace if the follower still ran
