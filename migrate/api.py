@@ -355,6 +355,15 @@ class Engine(Protocol):
     # migration
     def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult: ...
 
+    # processes and files (runtime/stats.py, runtime/top.py, runtime/container_files); remote:
+    # Unsupported (cp forks into the container, which the daemon cannot; no RPCs for the others yet)
+    def stats(self, name: str, previous: Any = None) -> Any: ...  # runtime.stats.ContainerStats
+    def top(self, name: str, ps_args: tuple[str, ...] = ()) -> Any: ...  # runtime.top.TopResult
+    def copy_from_container(self, name: str, src_path: str, dest: Any, *, archive: bool = False,
+                            follow: bool = False) -> Any: ...  # runtime.container_files.CopyResult
+    def copy_to_container(self, name: str, src: Any, dest_path: str, *, archive: bool = False,
+                          follow: bool = False) -> Any: ...
+
 
 # ---------------------------------------------------------------------------------------------
 # Daemon-to-daemon migration: what a source engine asks of a target engine. LocalEngine

@@ -339,6 +339,34 @@ class LocalEngine:
         """The spec of a live container and its attach socket's path (local only: runtime/console.py)."""
         return self.runtime.attach_socket(name)
 
+    def stats(self, name: str, previous: Any = None) -> Any:
+        """One ``runtime.stats.ContainerStats`` sample; CPU % against ``previous`` (a sample of the
+        same container), None without one."""
+        from runtime.stats import sample
+
+        return sample(self.runtime, name, previous)
+
+    def top(self, name: str, ps_args: tuple[str, ...] = ()) -> Any:
+        """The container's processes as host ``ps`` shows them (``runtime.top.TopResult``)."""
+        from runtime.top import top
+
+        return top(self.runtime, name, ps_args)
+
+    def copy_from_container(self, name: str, src_path: str, dest: Any, *, archive: bool = False,
+                            follow: bool = False) -> Any:
+        """``cp NAME:SRC DEST`` (local only: a forked child in the container's root,
+        runtime/container_files); ``dest`` a host path or a binary file object for the tar."""
+        from runtime.container_files import copy_out
+
+        return copy_out(self.runtime, name, src_path, dest, archive=archive, follow=follow)
+
+    def copy_to_container(self, name: str, src: Any, dest_path: str, *, archive: bool = False,
+                          follow: bool = False) -> Any:
+        """``cp SRC NAME:DEST`` (local only); ``src`` a host path or a binary file object with a tar."""
+        from runtime.container_files import copy_in
+
+        return copy_in(self.runtime, name, src, dest_path, archive=archive, follow=follow)
+
     # -- checkpoints and migration (wired by the checkpoint work) -------------------------------
     def checkpoint(self, name: str, options: CheckpointOptions, progress: ProgressFn | None = None) -> CheckpointResult:
         from migrate.checkpoint import checkpoint_container

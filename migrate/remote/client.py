@@ -474,6 +474,22 @@ class RemoteEngine:
              user: str | None = None) -> int:
         raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
 
+    def stats(self, name: str, previous: Any = None) -> Any:
+        raise Unsupported("stats over --host", "the daemon has no stats call yet",
+                          hint="run pymigrate stats on the container's host")
+
+    def top(self, name: str, ps_args: tuple[str, ...] = ()) -> Any:
+        raise Unsupported("top over --host", "the daemon has no process listing call yet",
+                          hint="run pymigrate top on the container's host")
+
+    def copy_from_container(self, name: str, src_path: str, dest: Any, *, archive: bool = False, follow: bool = False) -> Any:
+        raise Unsupported("cp over --host", "copying forks into the container's mount namespace, which only the local CLI can",
+                          hint="run pymigrate cp on the container's host")
+
+    def copy_to_container(self, name: str, src: Any, dest_path: str, *, archive: bool = False, follow: bool = False) -> Any:
+        raise Unsupported("cp over --host", "copying forks into the container's mount namespace, which only the local CLI can",
+                          hint="run pymigrate cp on the container's host")
+
     # --- checkpoints ----------------------------------------------------------------------------
 
     def checkpoint(self, name: str, options: api.CheckpointOptions, progress: api.ProgressFn | None = None) -> api.CheckpointResult:

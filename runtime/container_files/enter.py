@@ -1,0 +1,202 @@
+"""A forked child that works inside a container's root file system, never on the host's.
+
+The container's files are untrusted: a path in it is resolved only by a process whose root *is*
+the container's root, so ``/etc`` or a symlink to ``/`` in the container lead to the container's
+files. The child is made one of three ways:
+
+- ``LiveRoot`` (running or paused: its init's pid): setns into the init's mount namespace, which
+  makes the child's root the container's root (the init pivot_root'ed into it; confirmed by
+  comparing it with /proc/PID/root), then unshare a private copy of that namespace (nothing
+  the child mounts or detaches reaches the container) and detach every procfs there: a
+  ``/proc/PID/root`` magic link of a ``--pid host`` container would otherwise lead to the host's
+  root. Volumes and the container's own mounts are seen as the container sees them.
+- ``MountedRoot`` (created or exited: the overlay stays mounted at the container's merged/):
+  a private mount namespace, chroot into merged/.
+- ``LayerRoot`` (checkpointed: its writable layer is unmounted): a private mount namespace in
+  which the layer (its ext4 image read-only, or its directory) and the image's layers are
+  mounted as a read-only overlay on a scratch dir, then chroot. Mounts die with the child.
+
+The child imports nothing after entering (the host's Python library is not in the container's
+root): what it runs must be loaded before. It reports a failure as one JSON line on a pipe;
+``Child.finish`` raises it again as the runtime error it was.
+
+The caller must be single-threaded (fork): the CLI is; the daemon is not (cp is local only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+from runtime.errors import ContainerError, InvalidArgument, UnsafeArchive
+from runtime.syscalls import CLONE_NEWNS, LINUX, MNT_DETACH, MS_PRIVATE, MS_RDONLY, MS_REC
+
+
+@dataclass(frozen=True)
+class LiveRoot:
+    pid: int
+
+
+@dataclass(frozen=True)
+class MountedRoot:
+    merged: Path
+
+
+@dataclass(frozen=True)
+class LayerRoot:
+    upper: Path  # the upper dir (on the image once mounted: image's UPPER below the mount point)
+    lowers: tuple[Path, ...]
+    scratch: Path  # an empty dir this process holds (runtime/scratch.py)
+    image: Path | None = None  # the layer's ext4 image, mounted read-only at scratch/layer
+
+
+Root = Union[LiveRoot, MountedRoot, LayerRoot]
+
+
+@dataclass
+class Child:
+    pid: int
+    errors: int  # read end of the child's error pipe
+    what: str  # "container web-1" for messages
+
+    def finish(self, *, parent_failed: bool = False) -> None:
+        """Wait for the child; raise what it reported (or a ContainerError for an odd exit).
+        ``parent_failed``: this side stopped first, so the child's broken pipe is no news."""
+        with os.fdopen(self.errors, "rb") as f:
+            report = f.read()
+        _, status = os.waitpid(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if report:
+            data = json.loads(report)
+            if parent_failed and data.get("type") == "BrokenPipeError":
+                return
+            raise _error(data, self.what)
+        if parent_failed:
+            return
+        if code != 0:
+            raise ContainerError(f"cannot copy files of {self.what}: the helper process ended with status {code}")
+
+
+def spawn(root: Root, work: Callable[[], None], *, what: str, close_in_child: tuple[int, ...] = ()) -> Child:
+    """Fork a child that enters ``root`` and runs ``work`` there; ``close_in_child``: the
+    parent's pipe ends the child must not keep."""
+    from runtime.container_files import tarstream
+
+    pre = _open_live(root) if isinstance(root, LiveRoot) else None
+    errr, errw = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(errr)
+            for fd in close_in_child:
+                os.close(fd)
+            tarstream.disable_name_lookups()
+            _enter(root, pre)
+            work()
+            code = 0
+        except BaseException as exc:  # the child's boundary: everything goes to the parent
+            _report(errw, exc)
+        finally:
+            os._exit(code)
+    os.close(errw)
+    if pre is not None:
+        os.close(pre[0])
+    return Child(pid, errr, what)
+
+
+def _open_live(root: LiveRoot) -> tuple[int, tuple[int, int], list[str]]:
+    """The init's mount namespace (an fd), its root's identity and its procfs mount points (as
+    the container sees them: its /proc has no "self" for a process outside its pid namespace),
+    taken before the fork."""
+    fd = os.open(f"/proc/{root.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.stat(f"/proc/{root.pid}/root")
+        with open(f"/proc/{root.pid}/mountinfo", "rb") as f:
+            points = procfs_mount_points(f.read().decode("utf-8", "surrogateescape"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, (st.st_dev, st.st_ino), points
+
+
+def _enter(root: Root, pre: tuple[int, tuple[int, int], list[str]] | None) -> None:  # pragma: no cover - child
+    if isinstance(root, LiveRoot) and pre is not None:
+        LINUX.setns(pre[0], CLONE_NEWNS)
+        LINUX.unshare(CLONE_NEWNS)
+        os.chdir("/")
+        st = os.stat("/")
+        if (st.st_dev, st.st_ino) != pre[1]:
+            raise ContainerError("the mount namespace's root is not the container's root")
+        LINUX.mount(None, "/", None, MS_REC | MS_PRIVATE)
+        for point in pre[2]:  # deepest first
+            LINUX.umount2(point, MNT_DETACH)
+        return
+    LINUX.unshare(CLONE_NEWNS)
+    LINUX.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    target = root.merged if isinstance(root, MountedRoot) else _mount_layers(root)  # type: ignore[arg-type]
+    os.chroot(target)
+    os.chdir("/")
+
+
+def _mount_layers(root: LayerRoot) -> Path:  # pragma: no cover - child
+    from runtime import overlay, upperfs
+
+    LINUX.mount("tmpfs", str(root.scratch), "tmpfs", 0, "mode=0700")
+    layer, merged = root.scratch / "layer", root.scratch / "root"
+    layer.mkdir()
+    merged.mkdir()
+    upper = root.upper
+    if root.image is not None:
+        device, dev = upperfs.attach(root.image)
+        try:
+            LINUX.mount(device, str(layer), upperfs.FS_TYPE, MS_RDONLY, None)
+        finally:
+            os.close(dev)
+        upper = layer / upperfs.UPPER
+    # a read-only overlay: the writable layer as the top lower (its whiteouts hide as they would)
+    LINUX.mount("overlay", str(merged), "overlay", MS_RDONLY, overlay.lowerdir_option((upper, *root.lowers)))
+    return merged
+
+
+def procfs_mount_points(mountinfo: str) -> list[str]:
+    """The procfs mount points of a mountinfo text, deepest first."""
+    points = []
+    for line in mountinfo.splitlines():
+        fields, _, tail = line.partition(" - ")
+        parts = fields.split()
+        if tail.split()[:1] == ["proc"] and len(parts) > 4:
+            points.append(_unescape(parts[4]))
+    return sorted(points, key=len, reverse=True)
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def _report(fd: int, exc: BaseException) -> None:  # pragma: no cover - child
+    if isinstance(exc, OSError) and exc.strerror:
+        message = exc.strerror.lower() + (f": {exc.filename}" if exc.filename else "")
+    else:
+        message = str(exc)
+    data = {"type": type(exc).__name__, "message": message, "hint": getattr(exc, "hint", None),
+            "member": getattr(exc, "member", None), "reason": getattr(exc, "reason", None)}
+    try:
+        os.write(fd, json.dumps(data).encode())
+    except OSError:
+        pass
+
+
+def _error(data: dict[str, str | None], what: str) -> ContainerError:
+    kind, message = data.get("type"), data.get("message") or "unknown error"
+    if kind in ("UnsafeArchive", "ImageLimitExceeded"):
+        return UnsafeArchive(data.get("member") or "?", data.get("reason") or message)
+    if kind == "InvalidArgument":
+        return InvalidArgument(message, hint=data.get("hint"))
+    if kind == "BrokenPipeError":
+        return ContainerError(f"cannot copy files of {what}: the other end of the copy stopped reading")
+    return ContainerError(f"cannot copy files of {what}: {message}", hint=data.get("hint"))
