@@ -118,7 +118,7 @@ def command_path(parser: argparse.ArgumentParser) -> str:
 def closest(word: str, candidates: Sequence[str]) -> str | None:
     import difflib
 
-    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.7)  # 0.6 offered --host for --bogus
     return found[0] if found else None
 
 
