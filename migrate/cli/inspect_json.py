@@ -64,7 +64,11 @@ def image_json(details: Any) -> dict[str, Any]:
 
 
 def checkpoint_json(manifest: dict[str, Any]) -> dict[str, Any]:
-    return _with_times(dict(manifest), (("created_at", "created"),))
+    """A checkpoint's manifest: its ``created_at`` and its container spec's with their RFC 3339 twins."""
+    d = _with_times(dict(manifest), (("created_at", "created"),))
+    if isinstance(d.get("container"), dict):
+        d["container"] = _with_times(d["container"], (("created_at", "created"),))
+    return d
 
 
 def inspect_one(engine: Any, name: str, kind: str | None) -> dict[str, Any]:

@@ -128,3 +128,21 @@ def test_labels_and_checkpointed_state_through_checkpoint_restore_export_import(
     finally:
         pm("rm", "-f", name, copy)
         pm("checkpoint", "rm", checkpoint_id)
+
+
+def test_labels_and_filters_through_a_daemon(pm, pm_root) -> None:  # noqa: ANN001
+    from tests.integration.cli_helpers import start_daemon, stop_daemon
+
+    proc, sock = start_daemon(pm_root)
+    name = unique("lbld")
+    try:
+        host = ("--host", f"unix:{sock}")
+        ok(pm(*host, "run", "-d", "--name", name, "--label", "via=grpc", "busybox", "sleep", "1000"))
+        assert _lines(pm(*host, "ps", "--filter", "label=via=grpc", "--filter", f"name=^{name}$",
+                         "--format", "{{.Names}} {{.Labels.via}}")) == [f"{name} grpc"]
+        assert _inspect(pm, name)[0]["spec"]["labels"] == {"via": "grpc"}  # recorded by the daemon's runtime
+        refused = pm(*host, "ps", "-s")
+        assert refused.returncode == 125 and b"ps --size" in refused.stderr
+    finally:
+        pm("rm", "-f", name)
+        stop_daemon(proc, sock)
