@@ -7,8 +7,8 @@ source (or passes a tar from stdin through: ``cp - NAME:DEST``), the child unpac
 Docker's path rules are in paths.py, the extraction rules in tarstream.py.
 
 Which containers: running or paused (their mount namespace: volumes included), created or
-exited (their root is still mounted at merged/; the container's volumes, mounted only in its own
-namespace, are not part of it), checkpointed (read only: its layer mounted read-only in the
+exited (their root is still mounted at merged/; their volumes are attached in the child, except a
+``--userns`` container's), checkpointed (read only: its layer mounted read-only in the
 child; a restore takes the files from the checkpoint, so writing into the container would be
 lost or would not match the dumped process state).
 
@@ -145,7 +145,9 @@ def _root_of(rt: Any, c: Any, *, write: bool) -> enter.Root | None:
         return enter.LiveRoot(c.state.pid)
     cdir = rt.store.dir(c.container_id)
     if overlay.is_mounted(cdir / "merged"):
-        return enter.MountedRoot(cdir / "merged")
+        # a --userns container's volumes show through its idmapped binds only: left out when stopped
+        volumes = () if c.spec.userns_size else tuple((v.source, v.target, v.readonly) for v in c.spec.volumes)
+        return enter.MountedRoot(cdir / "merged", volumes)
     if c.state.checkpointed is None:
         raise ContainerError(f"cannot copy files of container {c.name}: its root file system is not mounted",
                              hint="a host reboot unmounts it; remove the container and run it again")

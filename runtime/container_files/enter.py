@@ -11,7 +11,9 @@ files. The child is made one of three ways:
   ``/proc/PID/root`` magic link of a ``--pid host`` container would otherwise lead to the host's
   root. Volumes and the container's own mounts are seen as the container sees them.
 - ``MountedRoot`` (created or exited: the overlay stays mounted at the container's merged/):
-  a private mount namespace, chroot into merged/.
+  a private mount namespace, chroot into merged/, then its volumes attached there as binds
+  taken (open_tree) before the chroot and attached (move_mount) after it, so their targets
+  resolve inside the container (a target that is a symlink to /etc stays in the container).
 - ``LayerRoot`` (checkpointed: its writable layer is unmounted): a private mount namespace in
   which the layer (its ext4 image read-only, or its directory) and the image's layers are
   mounted as a read-only overlay on a scratch dir, then chroot. Mounts die with the child.
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Union
 
 from runtime.errors import ContainerError, InvalidArgument, UnsafeArchive
-from runtime.syscalls import CLONE_NEWNS, LINUX, MNT_DETACH, MS_PRIVATE, MS_RDONLY, MS_REC
+from runtime.syscalls import CLONE_NEWNS, LINUX, MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class LiveRoot:
 @dataclass(frozen=True)
 class MountedRoot:
     merged: Path
+    volumes: tuple[tuple[str, str, bool], ...] = ()  # (host source, target inside, read-only)
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,25 @@ def _enter(root: Root, pre: tuple[int, tuple[int, int], list[str]] | None) -> No
         return
     LINUX.unshare(CLONE_NEWNS)
     LINUX.mount(None, "/", None, MS_REC | MS_PRIVATE)
-    target = root.merged if isinstance(root, MountedRoot) else _mount_layers(root)  # type: ignore[arg-type]
-    os.chroot(target)
+    if isinstance(root, MountedRoot):
+        trees = [(LINUX.open_tree(source, recursive=True), target, ro) for source, target, ro in root.volumes]
+        os.chroot(root.merged)
+        os.chdir("/")
+        _attach_volumes(trees)
+        return
+    os.chroot(_mount_layers(root))  # type: ignore[arg-type]
     os.chdir("/")
+
+
+def _attach_volumes(trees: list[tuple[int, str, bool]]) -> None:  # pragma: no cover - child
+    """Attach each volume's tree at its target, resolved inside the chroot; a target the container
+    no longer has is skipped (what would be copied there is not in the container either)."""
+    for fd, target, readonly in trees:
+        if os.path.lexists(target) and not os.path.islink(target):
+            LINUX.move_mount(fd, target)
+            if readonly:
+                LINUX.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(fd)
 
 
 def _mount_layers(root: LayerRoot) -> Path:  # pragma: no cover - child

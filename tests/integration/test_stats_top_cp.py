@@ -202,12 +202,19 @@ def test_cp_tar_streams(pm, tmp_path) -> None:  # noqa: ANN001
 
 def test_cp_into_an_exited_container_is_seen_when_it_starts(pm, tmp_path) -> None:  # noqa: ANN001
     name = unique("cpstop")
-    ok(pm("run", "-d", "--name", name, "busybox", "sh", "-c", "cat /greeting 2>/dev/null; true"))
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "ro").mkdir()
+    ok(pm("run", "-d", "--name", name, "-v", f"{tmp_path / 'vol'}:/vol", "-v", f"{tmp_path / 'ro'}:/ro:ro",
+          "busybox", "sh", "-c", "cat /greeting 2>/dev/null; true"))
     wait_for(lambda: _exited(pm, name), 15, "the container to exit")
     (tmp_path / "greeting").write_text("hello from the host\n")
     ok(pm("cp", str(tmp_path / "greeting"), f"{name}:/"))
     ok(pm("cp", f"{name}:/greeting", str(tmp_path / "back")))
     assert (tmp_path / "back").read_text() == "hello from the host\n"
+    ok(pm("cp", str(tmp_path / "greeting"), f"{name}:/vol/"))  # its volumes are there while it is stopped
+    assert (tmp_path / "vol" / "greeting").read_text() == "hello from the host\n"
+    assert pm("cp", str(tmp_path / "greeting"), f"{name}:/ro/").returncode != 0
+    assert not (tmp_path / "ro" / "greeting").exists()
     if pm("start", "--help").returncode == 0:  # start of an exited container (issue 14's start)
         ok(pm("start", name))
         wait_for(lambda: "hello from the host" in ok(pm("logs", name)), 15, "the started container to print the file")
