@@ -26,10 +26,7 @@ _PS_TABLE = "table {{.ID}}\t{{.Names}}\t{{.Image}}\t{{.Command}}\t{{.Created}}\t
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("ps", help="list containers",
-                              epilog="examples:\n  pymigrate ps -a --filter status=exited --filter label=tier=web\n"
-                                     "  pymigrate ps --format '{{.Names}}\\t{{.Status}}'",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("ps", help="list containers")  # examples: migrate/cli/examples.py
     p.add_argument("-a", "--all", action="store_true", help="include containers that are not running")
     p.add_argument("-q", "--quiet", action="store_true", help="print container ids only")
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
@@ -43,10 +40,7 @@ def register(subparsers: Any) -> None:
     add_json_flag(p)
     p.set_defaults(handler=cmd_ps)
 
-    p = subparsers.add_parser("inspect", help="show containers, images or checkpoints as a JSON array",
-                              epilog="examples:\n  pymigrate inspect web db\n"
-                                     "  pymigrate inspect --format '{{.State.Pid}}' web",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("inspect", help="show containers, images or checkpoints as a JSON array")
     p.add_argument("--type", choices=("container", "image", "checkpoint"), default=None,
                    help="what NAME is (default: a container, else an image, else a checkpoint)")
     p.add_argument("-f", "--format", default=None, metavar="TEMPLATE", help="one line per object, e.g. '{{.State.Status}}'")
