@@ -4,7 +4,9 @@ The same key given twice is an OR (``status=running --filter status=paused``), b
 ``label``, where every one must hold (docker's ``MatchKVList``); different keys are an AND. Keys: ``status`` (created, running, paused, exited, checkpointed), ``name`` (a
 regular expression searched in the name, so a plain word matches as a substring), ``label``
 (``KEY`` present, or ``KEY=VALUE`` exactly), ``ancestor`` (the image by name, name without
-``:latest``, or digest prefix), ``id`` (an id prefix), ``exited`` (an exit code).
+``:latest``, or digest prefix), ``id`` (an id prefix), ``exited`` (an exit code), ``volume`` (a named
+volume, or a mount's path inside or source outside), ``network`` (bridge, none, host, or
+``container:NAME`` as ps shows it).
 
 Pure: parsing works on strings, matching on ``runtime.spec.ContainerInfo``, so the CLI and,
 later, the gRPC service share it.
@@ -19,7 +21,7 @@ from typing import Iterable
 from runtime.errors import InvalidArgument
 from runtime.spec import ContainerInfo
 
-KEYS = ("status", "name", "label", "ancestor", "id", "exited")
+KEYS = ("status", "name", "label", "ancestor", "id", "exited", "volume", "network")
 STATUSES = ("created", "running", "paused", "exited", "checkpointed")
 _HINT = "e.g. --filter status=running --filter label=tier=web (keys: " + ", ".join(KEYS) + ")"
 
@@ -122,4 +124,15 @@ def _exited(info: ContainerInfo, value: str) -> bool:
     return info.state.status == "exited" and info.state.exit_code == int(value)
 
 
-_MATCHERS = {"status": _status, "name": _name, "label": _label, "ancestor": _ancestor, "id": _id, "exited": _exited}
+def _volume(info: ContainerInfo, value: str) -> bool:
+    return any(value in (v.name, v.target, v.source) for v in info.spec.volumes if value)
+
+
+def _network(info: ContainerInfo, value: str) -> bool:
+    if info.spec.network == "container":
+        return value in ("container", info.state.shared_namespaces.get("net", ""))
+    return info.spec.network == value
+
+
+_MATCHERS = {"status": _status, "name": _name, "label": _label, "ancestor": _ancestor, "id": _id, "exited": _exited,
+             "volume": _volume, "network": _network}

@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-l", "--latest", action="store_true", help="the container created last (any state)")
     p.add_argument("-s", "--size", action="store_true", help="SIZE: bytes in the writable layer (virtual: plus the image)")
     p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
-                   help="status=, name=, label=KEY[=VALUE], ancestor=, id=, exited= (a key twice: or; two keys: and)")
+                   help="status=, name=, label=KEY[=VALUE], ancestor=, id=, exited=, volume=, network= (a key twice: or, but label: and; two keys: and)")
     p.add_argument("--format", default=None, metavar="table|json|TEMPLATE",
                    help="Go-template-style fields, e.g. '{{.ID}} {{.Names}} {{.Labels.tier}}'; 'table ...' adds a header")
     add_json_flag(p)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from migrate.container_filter import matches, parse_filters, select
 from runtime.errors import InvalidArgument
-from runtime.spec import ContainerInfo, ContainerSpec, ContainerState
+from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
 
 
 def info(name: str, status: str = "running", *, labels: dict | None = None, image: str = "busybox",
@@ -73,3 +75,16 @@ def test_wants_stopped() -> None:
 def test_refusals(entry: str, words: str) -> None:
     with pytest.raises(InvalidArgument, match=words.replace("(", r"\(")):
         parse_filters([entry])
+
+
+def test_volume_and_network() -> None:
+    vol = Volume(source="/var/lib/pymigrate/volumes/data/_data", target="/data", name="data")
+    base = info("v-1")
+    with_volume = ContainerInfo(dataclasses.replace(base.spec, volumes=(vol,), network="none"), base.state)
+    for value in ("data", "/data", vol.source):
+        assert select([with_volume, WEB], parse_filters([f"volume={value}"])) == [with_volume]
+    assert select([with_volume, WEB], parse_filters(["network=none"])) == [with_volume]
+    assert select([with_volume, WEB], parse_filters(["network=bridge"])) == [WEB]
+    joined = ContainerInfo(dataclasses.replace(base.spec, network="container"),
+                           ContainerState(status="running", shared_namespaces={"net": "container:web-1"}))
+    assert select([joined, WEB], parse_filters(["network=container:web-1"])) == [joined]
