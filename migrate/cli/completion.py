@@ -6,7 +6,8 @@
                                                 man look (scripts/setup.sh runs it)
 
 bash and zsh come from shtab; shtab has no fish, so ``fish_script`` writes fish's ``complete``
-lines from the same parser. ``install`` rewrites a file only when its text changed, and removes
+lines from the same parser. A container argument completes the names ``ps -a`` lists, a volume
+one ``volume ls -q``'s, a path argument files (``annotate``). ``install`` rewrites a file only when its text changed, and removes
 man pages of commands that no longer exist, so a second run changes nothing.
 """
 
@@ -41,11 +42,51 @@ def cmd_completion(args: Any, ctx: Context) -> int:
     return EXIT_OK
 
 
+# commands whose first NAME is a container (docker's habit: <TAB> offers the containers)
+CONTAINER_COMMANDS = frozenset({"exec", "inspect", "logs", "start", "restart", "rename", "stop", "kill", "rm", "pause",
+                                "unpause", "wait", "stats", "top", "port", "attach", "commit", "checkpoint", "migrate"})
+VOLUME_COMMANDS = frozenset({"volume inspect", "volume rm"})
+NAME_DESTS = ("name", "names", "container", "args")
+LISTERS = {"containers": "pymigrate ps -a --format '{{.Names}}' 2>/dev/null", "volumes": "pymigrate volume ls -q 2>/dev/null"}
+PREAMBLE = {
+    "bash": "\n".join(f'_pymigrate_{what}() {{ compgen -W "$({lister})" -- "$1"; }}' for what, lister in LISTERS.items()),
+    "zsh": "\n".join(f'_pymigrate_{what}() {{ compadd -- ${{(f)"$({lister})"}} }}' for what, lister in LISTERS.items()),
+}
+
+
 def full_parser() -> argparse.ArgumentParser:
     from migrate.cli import build_parser
     from migrate.cli.parser import with_all_globals
 
-    return with_all_globals(build_parser())
+    return annotate(with_all_globals(build_parser()))
+
+
+def _completes(action: argparse.Action) -> str | None:
+    """"files", "containers", "volumes" or None: what a shell should offer for ``action``."""
+    kind = getattr(action, "pymigrate_completes", None)
+    if kind is None and (action.type is Path or getattr(action.type, "__name__", "") == "_path"):
+        kind = "files"
+    return kind
+
+
+def annotate(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Mark what each name and path argument completes (shtab's ``complete`` attribute too)."""
+    import shtab
+
+    from migrate.cli.parser import walk
+
+    for path, sub in walk(parser):
+        kind = "containers" if path in CONTAINER_COMMANDS else "volumes" if path in VOLUME_COMMANDS else None
+        first = next((a for a in sub._actions if not a.option_strings and a.dest in NAME_DESTS), None)
+        if kind and first is not None:
+            first.pymigrate_completes = kind  # type: ignore[attr-defined]
+        for action in sub._actions:
+            what = _completes(action)
+            if what == "files":
+                action.complete = shtab.FILE  # type: ignore[attr-defined]
+            elif what:
+                action.complete = {"bash": f"_pymigrate_{what}", "zsh": f"_pymigrate_{what}"}  # type: ignore[attr-defined]
+    return parser
 
 
 def script(shell: str, parser: argparse.ArgumentParser | None = None) -> str:
@@ -54,7 +95,7 @@ def script(shell: str, parser: argparse.ArgumentParser | None = None) -> str:
         return fish_script(parser)
     import shtab
 
-    return str(shtab.complete(parser, shell=shell))
+    return str(shtab.complete(parser, shell=shell, preamble=PREAMBLE))  # type: ignore[arg-type]  # a dict per shell is documented
 
 
 # -- fish -------------------------------------------------------------------------------------------
@@ -73,6 +114,16 @@ def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, ar
                 yield name, helps.get(name, ""), sub
 
 
+def _fish_names(parser: argparse.ArgumentParser, condition: str) -> Iterator[str]:
+    """What fish offers for the command's positional arguments: names, or files."""
+    positionals = [a for a in parser._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
+    kinds = {_completes(a) or "files" for a in positionals}  # an IMAGE, a command line: paths are a fair guess
+    for kind in sorted(kinds - {"files"}):
+        yield f"complete -c pymigrate -n {_fish_quote(condition)} -a {_fish_quote(f'({LISTERS[kind]})')}"
+    if "files" in kinds:
+        yield f"complete -c pymigrate -n {_fish_quote(condition)} -F"
+
+
 def _fish_options(parser: argparse.ArgumentParser, condition: str) -> Iterator[str]:
     for action in parser._actions:
         if not action.option_strings or action.help == argparse.SUPPRESS:
@@ -83,7 +134,7 @@ def _fish_options(parser: argparse.ArgumentParser, condition: str) -> Iterator[s
         for flag in action.option_strings:
             parts.append(f"-l {flag[2:]}" if flag.startswith("--") else f"-s {flag[1:]}")
         if action.nargs != 0:
-            parts.append("-r")
+            parts.append("-r" if _completes(action) == "files" else "-x")
             if action.choices:
                 parts.append(f"-a {_fish_quote(' '.join(map(str, action.choices)))}")
         if action.help:
@@ -105,9 +156,10 @@ def fish_script(parser: argparse.ArgumentParser) -> str:
             lines.append(f"complete -c pymigrate -n {_fish_quote(f'{seen}; and not __fish_seen_subcommand_from {nested_names}')} "
                          f"-a {child} -d {_fish_quote(child_help[:80])}")
             lines += _fish_options(child_parser, f"{seen}; and __fish_seen_subcommand_from {child}")
+            lines += _fish_names(child_parser, f"{seen}; and __fish_seen_subcommand_from {child}")
         lines += _fish_options(sub, seen)
         if not nested:
-            lines.append(f"complete -c pymigrate -n {_fish_quote(seen)} -F")  # paths, names: whatever follows
+            lines += _fish_names(sub, seen)
     return "\n".join(lines) + "\n"
 
 

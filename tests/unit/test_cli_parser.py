@@ -258,6 +258,40 @@ def test_completion_command_prints_the_script(capsys: pytest.CaptureFixture[str]
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_script_is_valid_for_its_shell(shell: str, tmp_path: Path) -> None:
+    import shutil
+
+    from migrate.cli.completion import script
+
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    (tmp_path / "script").write_text(script(shell))
+    r = subprocess.run([shell, "-n", str(tmp_path / "script")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def _bash_completes(script_text: str, line: str) -> list[str]:
+    """What bash offers at the end of ``line``, with ``pymigrate`` a function that lists web and db."""
+    words = line.split(" ")
+    program = (f"{script_text}\npymigrate() {{ printf 'web\\ndb\\n'; }}\n"
+               f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}; "
+               f"COMP_LINE={shlex.quote(line)}; COMP_POINT=${{#COMP_LINE}}; _shtab_pymigrate; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+    r = subprocess.run(["bash", "-c", program], capture_output=True, text=True, check=True)
+    return sorted(filter(None, r.stdout.splitlines()))
+
+
+def test_bash_completes_commands_flags_and_container_names() -> None:
+    from migrate.cli.completion import script
+
+    text = script("bash")
+    assert _bash_completes(text, "pymigrate che") == ["check", "checkpoint"]
+    assert _bash_completes(text, "pymigrate ps --f") == ["--filter", "--format"]
+    assert _bash_completes(text, "pymigrate stop ") == ["db", "web"]  # `ps -a`'s names
+    assert _bash_completes(text, "pymigrate logs w") == ["web"]
+    assert "--root" in _bash_completes(text, "pymigrate --r")
+
+
 def test_install_writes_once_and_then_changes_nothing(tmp_path: Path) -> None:
     from migrate.cli.completion import MAN_DIR, TARGETS, install, script
 
