@@ -47,24 +47,24 @@ def copy_out(rt: Any, name: str, src_path: str, dest: str | IO[bytes], *, archiv
     a binary file object). See the module doc for the rules."""
     c = rt.container(name)
     src = paths.source(paths.container_path(src_path, c.spec.workdir))
-    base, size = c.spec.userns_base, c.spec.userns_size
-    r, w = os.pipe2(os.O_CLOEXEC)
-
-    def pack() -> None:
-        with os.fdopen(w, "wb") as out:
-            tarstream.write_tree(out, src, follow=follow, ids=lambda u, g: (_to_view(u, base, size), _to_view(g, base, size)))
-
-    def unpack() -> None:
-        with os.fdopen(r, "rb") as stream:
-            if not isinstance(dest, str):
-                shutil.copyfileobj(stream, dest)
-                return
-            owner = (lambda u, g: (u, g)) if archive else (lambda u, g: (os.getuid(), os.getgid()))
-            tarstream.extract(stream, src.top, lambda is_dir: _host_plan(dest, is_dir, src), ids=owner, host=True)
-
     with _root(rt, c, write=False) as root:
-        child = enter.spawn(root, pack, what=f"container {c.name}", close_in_child=(r,))
-        os.close(w)
+        base, size = _id_range(c, root)
+        r, w = os.pipe2(os.O_CLOEXEC)
+
+        def pack() -> None:
+            with os.fdopen(w, "wb") as out:
+                tarstream.write_tree(out, src, follow=follow,
+                                     ids=lambda u, g: (_to_view(u, base, size), _to_view(g, base, size)))
+
+        def unpack() -> None:
+            with os.fdopen(r, "rb") as stream:
+                if not isinstance(dest, str):
+                    shutil.copyfileobj(stream, dest)
+                    return
+                owner = (lambda u, g: (u, g)) if archive else (lambda u, g: (os.getuid(), os.getgid()))
+                tarstream.extract(stream, src.top, lambda is_dir: _host_plan(dest, is_dir, src), ids=owner, host=True)
+
+        child = _spawn(root, pack, c.name, parent_end=r, child_end=w)
         _together(child, unpack)
     return CopyResult(c.name, src.path, dest if isinstance(dest, str) else "-")
 
@@ -77,27 +77,49 @@ def copy_in(rt: Any, name: str, src: str | IO[bytes], dest_path: str, *, archive
     dest = paths.container_path(dest_path, c.spec.workdir)
     source = _host_source(src) if isinstance(src, str) else None
     src_is_dir = source is not None and _is_dir(source.path, follow)
-    base, size = c.spec.userns_base, c.spec.userns_size
-    owner = (lambda u, g: (_from_view(u, base, size), _from_view(g, base, size))) if archive else (lambda u, g: (base, base))
-    r, w = os.pipe2(os.O_CLOEXEC)
-
-    def unpack() -> None:
-        plan = (lambda is_dir: _container_plan(dest, is_dir, src_is_dir, source))
-        with os.fdopen(r, "rb") as stream:
-            tarstream.extract(stream, source.top if source else None, plan, ids=owner, host=False)
-
-    def pack() -> None:
-        with os.fdopen(w, "wb") as out:
-            if not isinstance(src, str):
-                shutil.copyfileobj(src, out)
-            elif source is not None:
-                tarstream.write_tree(out, source, follow=follow, ids=lambda u, g: (u, g))
-
     with _root(rt, c, write=True) as root:
-        child = enter.spawn(root, unpack, what=f"container {c.name}", close_in_child=(w,))
-        os.close(r)
+        base, size = _id_range(c, root)
+        owner = (lambda u, g: (_from_view(u, base, size), _from_view(g, base, size))) if archive else (lambda u, g: (base, base))
+        r, w = os.pipe2(os.O_CLOEXEC)
+
+        def unpack() -> None:
+            plan = (lambda is_dir: _container_plan(dest, is_dir, src_is_dir, source))
+            with os.fdopen(r, "rb") as stream:
+                tarstream.extract(stream, source.top if source else None, plan, ids=owner, host=False)
+
+        def pack() -> None:
+            with os.fdopen(w, "wb") as out:
+                if not isinstance(src, str):
+                    shutil.copyfileobj(src, out)
+                elif source is not None:
+                    tarstream.write_tree(out, source, follow=follow, ids=lambda u, g: (u, g))
+
+        child = _spawn(root, unpack, c.name, parent_end=w, child_end=r)
         _together(child, pack)
     return CopyResult(c.name, source.path if source else "-", dest)
+
+
+def _spawn(root: enter.Root, work: Callable[[], None], name: str, *, parent_end: int, child_end: int) -> enter.Child:
+    """The child with its end of the pipe; this process keeps the other (both closed on failure)."""
+    try:
+        child = enter.spawn(root, work, what=f"container {name}", close_in_child=(parent_end,))
+    except BaseException:
+        os.close(parent_end)
+        os.close(child_end)
+        raise
+    os.close(child_end)
+    return child
+
+
+def _id_range(c: Any, root: enter.Root) -> tuple[int, int]:
+    """(base, size) of the id shift between the files as the child sees them and the container's
+    ids: a --userns container's range when the child sees host ids (stopped: its layers from the
+    host), base 0 when the child is inside its user namespace (the kernel maps them)."""
+    if not c.spec.userns_size:
+        return 0, 0
+    if isinstance(root, enter.LiveRoot):
+        return 0, c.spec.userns_size
+    return c.spec.userns_base, c.spec.userns_size
 
 
 def _together(child: enter.Child, work: Callable[[], None]) -> None:
@@ -142,7 +164,7 @@ def _root_of(rt: Any, c: Any, *, write: bool) -> enter.Root | None:
         if c.state.pid not in rt.cgroups(c.spec.cgroup_parent).pids(c.container_id):
             raise ContainerError(f"container {c.name}: its init {c.state.pid} is not in its cgroup",
                                  hint="it may have just exited; try again")
-        return enter.LiveRoot(c.state.pid)
+        return enter.LiveRoot(c.state.pid, userns=bool(c.spec.userns_size))
     cdir = rt.store.dir(c.container_id)
     if overlay.is_mounted(cdir / "merged"):
         # a --userns container's volumes show through its idmapped binds only: left out when stopped

@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Callable, Union
 
 from runtime.errors import ContainerError, InvalidArgument, UnsafeArchive
-from runtime.syscalls import CLONE_NEWNS, LINUX, MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
+from runtime.syscalls import CLONE_NEWNS, CLONE_NEWUSER, LINUX, MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 
 
 @dataclass(frozen=True)
 class LiveRoot:
     pid: int
+    userns: bool = False  # the container has a user namespace of its own: the child joins it
 
 
 @dataclass(frozen=True)
@@ -109,26 +110,35 @@ def spawn(root: Root, work: Callable[[], None], *, what: str, close_in_child: tu
     os.close(errw)
     if pre is not None:
         os.close(pre[0])
+        if pre[3] is not None:
+            os.close(pre[3])
     return Child(pid, errr, what)
 
 
-def _open_live(root: LiveRoot) -> tuple[int, tuple[int, int], list[str]]:
+def _open_live(root: LiveRoot) -> tuple[int, tuple[int, int], list[str], int | None]:
     """The init's mount namespace (an fd), its root's identity and its procfs mount points (as
     the container sees them: its /proc has no "self" for a process outside its pid namespace),
     taken before the fork."""
     fd = os.open(f"/proc/{root.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    user_fd = None
     try:
+        if root.userns:
+            user_fd = os.open(f"/proc/{root.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         st = os.stat(f"/proc/{root.pid}/root")
         with open(f"/proc/{root.pid}/mountinfo", "rb") as f:
             points = procfs_mount_points(f.read().decode("utf-8", "surrogateescape"))
     except BaseException:
         os.close(fd)
+        if user_fd is not None:
+            os.close(user_fd)
         raise
-    return fd, (st.st_dev, st.st_ino), points
+    return fd, (st.st_dev, st.st_ino), points, user_fd
 
 
-def _enter(root: Root, pre: tuple[int, tuple[int, int], list[str]] | None) -> None:  # pragma: no cover - child
+def _enter(root: Root, pre: tuple[int, tuple[int, int], list[str], int | None] | None) -> None:  # pragma: no cover - child
     if isinstance(root, LiveRoot) and pre is not None:
+        if pre[3] is not None:
+            _become_container_root(pre[3])
         LINUX.setns(pre[0], CLONE_NEWNS)
         LINUX.unshare(CLONE_NEWNS)
         os.chdir("/")
@@ -160,6 +170,21 @@ def _attach_volumes(trees: list[tuple[int, str, bool]]) -> None:  # pragma: no c
             if readonly:
                 LINUX.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         os.close(fd)
+
+
+def _become_container_root(user_fd: int) -> None:  # pragma: no cover - child
+    """Join a --userns container's user namespace as its root. Its mounts are locked for any
+    namespace owned by another user namespace (mount_namespaces(7)): the private copy must be
+    owned by the container's for its procfs to come off; and files are then read and written
+    with the container's own ids (the kernel maps them)."""
+    LINUX.setns(user_fd, CLONE_NEWUSER)
+    os.close(user_fd)
+    try:
+        os.setgroups([])
+    except PermissionError:  # the namespace denies setgroups(2): the groups stay unmapped, harmless
+        pass
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
 
 
 def _mount_layers(root: LayerRoot) -> Path:  # pragma: no cover - child

@@ -221,6 +221,27 @@ def test_cp_into_an_exited_container_is_seen_when_it_starts(pm, tmp_path) -> Non
     ok(pm("rm", "-f", name))
 
 
+def test_cp_userns_container_ids_are_its_own(pm, pm_root, tmp_path) -> None:  # noqa: ANN001
+    name = unique("cpuserns")
+    ok(pm("run", "-d", "--name", name, "--userns", "auto", "busybox", "sleep", "1000"))
+    base = _inspect(pm, name)["spec"]["userns_base"]
+    (tmp_path / "f").write_text("x")
+    os.chown(tmp_path / "f", 1000, 1000)
+    ok(pm("cp", str(tmp_path / "f"), f"{name}:/tmp/root-owned"))
+    ok(pm("cp", "-a", str(tmp_path / "f"), f"{name}:/tmp/kept"))
+    assert ok(pm("exec", name, "stat", "-c", "%u:%g", "/tmp/root-owned", "/tmp/kept")).split() == ["0:0", "1000:1000"]
+    ok(pm("cp", "-a", f"{name}:/tmp/kept", str(tmp_path / "back")))
+    assert (os.stat(tmp_path / "back").st_uid, os.stat(tmp_path / "back").st_gid) == (1000, 1000)
+    ok(pm("stop", "-t", "0", name))  # stopped: the child sees host ids, shifted by the range
+    ok(pm("cp", "-a", str(tmp_path / "f"), f"{name}:/tmp/stopped"))
+    upper = next((pm_root / "containers").glob(f"{_inspect(pm, name)['spec']['container_id']}*"))
+    stopped = [p for p in upper.rglob("stopped") if p.parent.name == "tmp"]
+    assert stopped and stopped[0].stat().st_uid == base + 1000
+    ok(pm("cp", "-a", f"{name}:/tmp/stopped", str(tmp_path / "back2")))
+    assert os.stat(tmp_path / "back2").st_uid == 1000
+    ok(pm("rm", "-f", name))
+
+
 @pytest.mark.requires("criu")
 def test_cp_out_of_a_checkpointed_container_and_not_into_it(pm, tmp_path) -> None:  # noqa: ANN001
     name = unique("cpckpt")
