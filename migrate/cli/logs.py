@@ -54,7 +54,7 @@ def cmd_logs(args: argparse.Namespace, ctx: Any) -> int:
     if ctx.json:
         ctx.emit_json(entries_json(entries))
         return EXIT_OK
-    write_entries(entries, timestamps=args.timestamps)
+    write_entries(entries, timestamps=args.timestamps, follow=args.follow)
     return EXIT_OK
 
 
@@ -66,21 +66,32 @@ def entries_json(entries: Iterable[Any]) -> list[dict[str, Any]]:
              "line": e.data.decode(errors="replace")} for e in entries if e.data]
 
 
-def write_entries(entries: Iterable[Any], *, timestamps: bool = False) -> bool:
-    """Each entry to our stdout or stderr as its stream, flushed (a follower sees it at once).
-    Returns whether our stdout was left in the middle of a line."""
+def write_entries(entries: Iterable[Any], *, timestamps: bool = False, follow: bool = True) -> bool:
+    """Each entry to our stdout or stderr as its stream; flushed at once when following, else
+    when the stream changes (a terminal shows both in order) and at the end. Returns whether our
+    stdout was left in the middle of a line."""
     from runtime.logs import format_time
 
     outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     mid_line = False
+    last: Any = None
+    stamp_ns, stamp = -1, b""  # lines seen by one scan of the shim share their time: format it once
     for e in entries:
         if not e.data:
             continue  # a follower's keep-alive
         out = outs.get(e.stream, outs["stdout"])
         if timestamps:
-            out.write(format_time(e.time_ns).encode() + b" ")
+            if e.time_ns != stamp_ns:
+                stamp_ns, stamp = e.time_ns, format_time(e.time_ns).encode() + b" "
+            out.write(stamp)
+        if out is not last and last is not None:
+            last.flush()
         out.write(e.data)
-        out.flush()
+        if follow:
+            out.flush()
+        last = out
         if out is outs["stdout"]:
             mid_line = not e.data.endswith(b"\n")
+    for out in outs.values():
+        out.flush()
     return mid_line

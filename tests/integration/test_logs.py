@@ -133,7 +133,9 @@ def test_logs_and_their_times_survive_checkpoint_and_restore(pm) -> None:  # noq
           "i=0; while true; do i=$((i+1)); echo o$i; echo e$i >&2; sleep 0.1; done"))
     wait_for(lambda: "o10\n" in ok(pm("logs", name)), 20, "ten lines")
     checkpoint_id = ok(pm("checkpoint", name)).strip().splitlines()[0]
-    time.sleep(1.5)  # a gap the times must show
+    # checkpointed: the overlay is unmounted, the logs are read from the upper layer
+    assert "o10\n" in ok(pm("logs", name)) and "e10\n" in pm("logs", name).stderr.decode()
+    time.sleep(1.0)  # a gap the times must show
     restored_at = time.time_ns()
     assert ok(pm("restore", checkpoint_id)).strip() == name
     before = len(ok(pm("logs", name)).splitlines())
@@ -148,7 +150,7 @@ def test_logs_and_their_times_survive_checkpoint_and_restore(pm) -> None:  # noq
         assert all(e["line"].startswith(prefix) for e in entries if e["stream"] == stream)
         assert numbers == list(range(1, len(numbers) + 1))  # nothing lost or repeated
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert max(gaps) >= 1.3e9  # the checkpoint's pause, between the last line before and the first after
+    assert max(gaps) >= 1.0e9  # the checkpoint's pause, between the last line before and the first after
     # lines written after the restore are indexed by the restored container's shim
     from runtime.runtime import Runtime
 
