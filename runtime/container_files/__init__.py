@@ -65,7 +65,7 @@ def copy_out(rt: Any, name: str, src_path: str, dest: str | IO[bytes], *, archiv
                 tarstream.extract(stream, src.top, lambda is_dir: _host_plan(dest, is_dir, src), ids=owner, host=True)
 
         child = _spawn(root, pack, c.name, parent_end=r, child_end=w)
-        _together(child, unpack)
+        _together(child, unpack, child_writes=True)
     return CopyResult(c.name, src.path, dest if isinstance(dest, str) else "-")
 
 
@@ -95,7 +95,7 @@ def copy_in(rt: Any, name: str, src: str | IO[bytes], dest_path: str, *, archive
                     tarstream.write_tree(out, source, follow=follow, ids=lambda u, g: (u, g))
 
         child = _spawn(root, unpack, c.name, parent_end=w, child_end=r)
-        _together(child, pack)
+        _together(child, pack, child_writes=False)
     return CopyResult(c.name, source.path if source else "-", dest)
 
 
@@ -122,13 +122,14 @@ def _id_range(c: Any, root: enter.Root) -> tuple[int, int]:
     return c.spec.userns_base, c.spec.userns_size
 
 
-def _together(child: enter.Child, work: Callable[[], None]) -> None:
-    """Run this side's half while the child runs its own; the child's error wins when it
-    stopped first (this side then only saw an empty or cut stream)."""
+def _together(child: enter.Child, work: Callable[[], None], *, child_writes: bool) -> None:
+    """Run this side's half while the child runs its own. When this side fails, the side that
+    stopped first has the cause: the child when it writes the stream (this side then only saw it
+    empty or cut) or stopped reading it (a broken pipe here), else this side."""
     try:
         work()
     except (tarfile.TarError, BrokenPipeError, ContainerError, OSError) as exc:
-        child.finish(parent_failed=True)
+        child.finish(parent_failed=True, quiet=not (child_writes or isinstance(exc, BrokenPipeError)))
         if isinstance(exc, tarfile.TarError):
             raise ContainerError(f"cannot copy files of {child.what}: the tar stream is not valid ({exc})") from None
         if isinstance(exc, BrokenPipeError):

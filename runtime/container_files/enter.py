@@ -67,13 +67,16 @@ class Child:
     errors: int  # read end of the child's error pipe
     what: str  # "container web-1" for messages
 
-    def finish(self, *, parent_failed: bool = False) -> None:
+    def finish(self, *, parent_failed: bool = False, quiet: bool = False) -> None:
         """Wait for the child; raise what it reported (or a ContainerError for an odd exit).
-        ``parent_failed``: this side stopped first, so the child's broken pipe is no news."""
+        ``parent_failed``: this side stopped, so the child's broken pipe is no news; ``quiet``:
+        this side's error is the cause, whatever the child then saw."""
         with os.fdopen(self.errors, "rb") as f:
             report = f.read()
         _, status = os.waitpid(self.pid, 0)
         code = os.waitstatus_to_exitcode(status)
+        if quiet:
+            return
         if report:
             data = json.loads(report)
             if parent_failed and data.get("type") == "BrokenPipeError":
@@ -240,7 +243,7 @@ def _error(data: dict[str, str | None], what: str) -> ContainerError:
     if kind in ("UnsafeArchive", "ImageLimitExceeded"):
         return UnsafeArchive(data.get("member") or "?", data.get("reason") or message)
     if kind == "InvalidArgument":
-        return InvalidArgument(message, hint=data.get("hint"))
+        return InvalidArgument(f"{message} (in {what})", hint=data.get("hint"))
     if kind == "BrokenPipeError":
         return ContainerError(f"cannot copy files of {what}: the other end of the copy stopped reading")
     return ContainerError(f"cannot copy files of {what}: {message}", hint=data.get("hint"))
