@@ -13,7 +13,8 @@ EXAMPLES: dict[str, str] = {
   pymigrate check --json | jq .criu""",
     "run": """\
   pymigrate run -d --name web -p 8080:80 -m 256m busybox httpd -f -p 80
-  pymigrate run --rm -it busybox sh""",
+  pymigrate run --rm -it busybox sh
+  pymigrate run --rm --json busybox sh -c 'echo hi' | tail -n1   # --json: the output first, the result {"exit_code", "name"} on the last line""",
     "create": """\
   pymigrate create --name web -p 8080:80 busybox httpd -f -p 80
   pymigrate start web""",
