@@ -6,6 +6,7 @@
 #     nftables, iproute2, zstd, runc, openssh-server (sshd is left stopped and disabled),
 #     libseccomp2 and golang-github-containers-common (podman's default seccomp profile,
 #     /usr/share/containers/seccomp.json, which every container gets unless told otherwise);
+#     bash-completion, zsh and fish (pymigrate's completion scripts: loaded, syntax-checked);
 #     podman, skopeo, attr and libcap2-bin for the image tests (real docker/OCI archives with
 #     file capabilities and xattrs); docker-registry and apache2-utils (htpasswd) for the registry
 #     pull/push tests (its packaged service is left stopped and disabled; the tests start their
@@ -98,6 +99,9 @@ PACKAGES=(
     # Debian's registry (docker-registry, started by the tests on 127.0.0.1 only; its packaged
     # service is never started here) and htpasswd -B (apache2-utils) for its basic auth
     docker-registry apache2-utils
+    # pymigrate's shell completion (installed below) is loaded by bash-completion; zsh and fish
+    # check the generated scripts' syntax (tests/unit/test_cli_parser.py)
+    bash-completion zsh fish
     # run --init (runtime/init_binary.py): /usr/bin/tini-static bound into the container as PID 1;
     # tini is small, well kept and what docker ships as docker-init
     tini

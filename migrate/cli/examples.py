@@ -22,7 +22,8 @@ EXAMPLES: dict[str, str] = {
   pymigrate exec web cat /etc/hostname
   pymigrate exec -it web sh""",
     "ps": """\
-  pymigrate ps -a
+  pymigrate ps -a --filter status=exited --filter label=tier=web
+  pymigrate ps --format '{{.Names}}\\t{{.Status}}'
   pymigrate ps -q --filter status=running | xargs -r pymigrate stop""",
     "inspect": """\
   pymigrate inspect web

@@ -80,6 +80,9 @@ def test_installs_completion_and_man_pages_from_the_parser() -> None:
         printed = subprocess.run([str(REPO / ".venv" / "bin" / "pymigrate"), "completion", shell], capture_output=True,
                                  text=True, check=True).stdout
         assert Path(path).read_text() == printed, shell
+    loaded = subprocess.run(["bash", "-c", "source /usr/share/bash-completion/bash_completion; _completion_loader pymigrate; "
+                             "complete -p pymigrate"], capture_output=True, text=True)
+    assert "-F _shtab_pymigrate pymigrate" in loaded.stdout, loaded.stderr  # bash-completion finds it by name
     page = subprocess.run(["man", "-P", "cat", "pymigrate-ps"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "MANWIDTH": "100"})
     assert page.returncode == 0 and "pymigrate ps" in page.stdout, page.stderr
