@@ -238,6 +238,16 @@ def _rebuild(data: dict[str, Any]) -> BaseException | None:
     return exc
 
 
+def _connect_failure(details: str) -> str:
+    """gRPC's "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.2:7070: Failed
+    to connect to remote host: Connection refused" as "connection refused": the cause, without
+    the resolver's internals (``--debug`` still shows the original)."""
+    if "failed to connect" not in details.lower():
+        return details
+    cause = details.rsplit(": ", 1)[-1].strip().rstrip(".")
+    return cause.lower() or details
+
+
 def decode(
     code: grpc.StatusCode | None, details: str | None, metadata: Any, target: str, method: str = ""
 ) -> BaseException:
@@ -268,7 +278,7 @@ def decode(
                 hint="check --tls-cert, --tls-key and --tls-ca (the daemon verifies client certificates)",
             )
         return merrors.TransferError(
-            f"{where} is unreachable: {details}",
+            f"{where} is unreachable: {_connect_failure(details)}",
             hint="check that 'pymigrate daemon' runs there and that the address is right",
         )
     if code == grpc.StatusCode.UNAUTHENTICATED:

@@ -28,7 +28,8 @@ class TlsConfig:
             try:
                 out.append(Path(path).read_bytes())
             except OSError as exc:
-                raise InvalidArgument(f"cannot read tls {what} {path}: {exc.strerror}") from exc
+                raise InvalidArgument(f"cannot read tls {what} {path}: {(exc.strerror or str(exc)).lower()}",
+                                      hint=f"check the path given to --tls-{'cert' if what == 'certificate' else what}") from exc
         return out[0], out[1], out[2]
 
 

@@ -73,6 +73,8 @@ def test_unreachable_daemon_is_a_transfer_error(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match=f"the daemon at unix:{tmp_path}/none.sock is unreachable") as exc_info:
         client.containers()
     assert "pymigrate daemon" in (exc_info.value.hint or "")
+    # the cause, not gRPC's resolver text ("failed to connect to all addresses; last error: ...")
+    assert str(exc_info.value).endswith("is unreachable: no such file or directory"), exc_info.value
 
 
 def test_from_args_and_token_files(tmp_path: Path) -> None:
