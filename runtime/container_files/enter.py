@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
+from runtime.container_files.tarstream import disable_name_lookups
 from runtime.errors import ContainerError, InvalidArgument, UnsafeArchive
 from runtime.syscalls import CLONE_NEWNS, CLONE_NEWUSER, LINUX, MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 
@@ -91,8 +92,6 @@ class Child:
 def spawn(root: Root, work: Callable[[], None], *, what: str, close_in_child: tuple[int, ...] = ()) -> Child:
     """Fork a child that enters ``root`` and runs ``work`` there; ``close_in_child``: the
     parent's pipe ends the child must not keep."""
-    from runtime.container_files import tarstream
-
     pre = _open_live(root) if isinstance(root, LiveRoot) else None
     errr, errw = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -102,7 +101,7 @@ def spawn(root: Root, work: Callable[[], None], *, what: str, close_in_child: tu
             os.close(errr)
             for fd in close_in_child:
                 os.close(fd)
-            tarstream.disable_name_lookups()
+            disable_name_lookups()
             _enter(root, pre)
             work()
             code = 0
