@@ -123,6 +123,30 @@ def test_foreground_run_passes_output_through_and_json_is_the_last_line(pm) -> N
     assert r.returncode == 0 and r.stdout == b"out\n" and r.stderr == b"err\n", r
 
 
+def test_remote_logs_keep_streams_times_and_filters(pm, pm_root: Path) -> None:  # noqa: ANN001
+    from tests.integration.cli_helpers import start_daemon, stop_daemon
+
+    proc, sock = start_daemon(pm_root)
+    try:
+        host = ("--host", f"unix:{sock}")
+        name = unique("logr")
+        # run through the daemon: its shim comes from the fork server and indexes all the same
+        ok(pm(*host, "run", "-d", "--name", name, "busybox", "sh", "-c", "echo a; echo b >&2; sleep 0.3; echo c"))
+        _exited(pm, name)
+        r = pm(*host, "logs", "-t", name)
+        assert r.returncode == 0 and [m.group(2) for m in map(STAMP.match, r.stdout.splitlines())] == [b"a", b"c"], r
+        assert STAMP.match(r.stderr.rstrip(b"\n")).group(2) == b"b"
+        local = _entries(pm, name)
+        remote = json.loads(ok(pm(*host, "logs", "--json", name)))
+        assert [(e["stream"], e["line"]) for e in remote] == [(e["stream"], e["line"]) for e in local]
+        assert all(abs(a["time_ns"] - b["time_ns"]) < 1000 for a, b in zip(local, remote))  # a double carries us
+        assert ok(pm(*host, "logs", "--tail", "1", name)) == "c\n"
+        assert ok(pm(*host, "logs", "--since", f"{local[2]['time_ns'] / 1e9 - 0.1:.6f}", name)) == "c\n"
+        ok(pm(*host, "rm", name))
+    finally:
+        stop_daemon(proc, sock)
+
+
 @pytest.mark.requires("criu", "pycriu")
 def test_logs_and_their_times_survive_checkpoint_and_restore(pm) -> None:  # noqa: ANN001
     from runtime.log_index import RECORD
