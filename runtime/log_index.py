@@ -132,8 +132,8 @@ class Indexer:
         out = b""
         for stream, name in FILE_NAMES.items():
             size = file_size(dirfd, name)
-            if size is None or size == self._sizes.get(stream):
-                continue
+            if size is None or size == self._sizes.get(stream, 0):
+                continue  # nothing new (an empty file needs no record)
             self._sizes[stream] = size
             out += RECORD.pack(MAGIC, STREAM_CODES[stream], size, now)
         return out
