@@ -138,7 +138,9 @@ def _fish_options(parser: argparse.ArgumentParser, condition: str) -> Iterator[s
             if action.choices:
                 parts.append(f"-a {_fish_quote(' '.join(map(str, action.choices)))}")
         if action.help:
-            parts.append(f"-d {_fish_quote(action.help.splitlines()[0][:80])}")
+            from migrate.cli.manpage import help_text
+
+            parts.append(f"-d {_fish_quote(help_text(parser, action).splitlines()[0][:80])}")
         yield " ".join(parts)
 
 
@@ -147,8 +149,8 @@ def fish_script(parser: argparse.ArgumentParser) -> str:
              "complete -c pymigrate -f"]
     top = list(_subcommands(parser))
     lines += _fish_options(parser, "__fish_use_subcommand")
-    for name, help_text, sub in top:
-        lines.append(f"complete -c pymigrate -n __fish_use_subcommand -a {name} -d {_fish_quote(help_text[:80])}")
+    for name, summary, sub in top:
+        lines.append(f"complete -c pymigrate -n __fish_use_subcommand -a {name} -d {_fish_quote(summary[:80])}")
         seen = f"__fish_seen_subcommand_from {name}"
         nested = list(_subcommands(sub))
         nested_names = " ".join(n for n, _, _ in nested)

@@ -30,6 +30,11 @@ def _usage(parser: argparse.ArgumentParser) -> str:
     return "\n".join([lines[0], *("    " + line.strip() for line in lines[1:])])
 
 
+def help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """``action``'s help as --help prints it (``%(default)s`` filled in, ``%%`` a percent sign)."""
+    return parser._get_formatter()._expand_help(action) if action.help else ""
+
+
 def _options(parser: argparse.ArgumentParser) -> Iterator[str]:
     for action in parser._actions:
         if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
@@ -39,10 +44,10 @@ def _options(parser: argparse.ArgumentParser) -> Iterator[str]:
             if action.nargs != 0:
                 metavar = " " + (action.metavar if isinstance(action.metavar, str) else action.dest.upper())
             names = ", ".join(f"\\fB{_escape(flag)}\\fR" for flag in action.option_strings)
-            yield f".TP\n{names}{_escape(metavar)}\n{_escape(action.help or '')}"
+            yield f".TP\n{names}{_escape(metavar)}\n{_escape(help_text(parser, action))}"
         else:
             name = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
-            yield f".TP\n\\fI{_escape(name)}\\fR\n{_escape(action.help or '')}"
+            yield f".TP\n\\fI{_escape(name)}\\fR\n{_escape(help_text(parser, action))}"
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
@@ -72,8 +77,8 @@ def _page(title: str, summary: str, parser: argparse.ArgumentParser, path: str, 
     options = list(_options(parser))
     if options:
         lines += [".SH OPTIONS", *options]
-    for name, help_text, sub in _subcommands(parser) if nested else ():
-        lines += [f".SH {_escape(f'{path} {name}'.upper())}", _escape(help_text), ".PP", ".nf", _escape(_usage(sub)), ".fi",
+    for name, child_summary, sub in _subcommands(parser) if nested else ():
+        lines += [f".SH {_escape(f'{path} {name}'.upper())}", _escape(child_summary), ".PP", ".nf", _escape(_usage(sub)), ".fi",
                   *_options(sub)]
     lines += _examples(path, parser.epilog)
     if parser.epilog and path and not parser.epilog.lower().startswith("examples:"):
@@ -85,8 +90,8 @@ def man_pages(parser: argparse.ArgumentParser) -> dict[str, str]:
     """File name -> roff text for ``pymigrate.1`` and every ``pymigrate-COMMAND.1``."""
     pages = {}
     commands = list(_subcommands(parser))
-    for name, help_text, sub in commands:
-        page = _page(f"pymigrate-{name}", help_text, sub, name)
+    for name, summary, sub in commands:
+        page = _page(f"pymigrate-{name}", summary, sub, name)
         pages[f"pymigrate-{name}.1"] = page + ".SH SEE ALSO\n\\fBpymigrate\\fR(1)\n"
     top = _page("pymigrate", parser.description or "", parser, "", nested=False)
     top += ".SH COMMANDS\n" + "\n".join(f".TP\n\\fBpymigrate\\-{_escape(n)}\\fR(1)\n{_escape(h)}" for n, h, _ in commands) + "\n"
