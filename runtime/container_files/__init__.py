@@ -49,11 +49,12 @@ def copy_out(rt: Any, name: str, src_path: str, dest: str | IO[bytes], *, archiv
     src = paths.source(paths.container_path(src_path, c.spec.workdir))
     with _root(rt, c, write=False) as root:
         base, size = _id_range(c, root)
+        skip = enter.pseudo_mount_points(root.pid) if isinstance(root, enter.LiveRoot) else ()
         r, w = os.pipe2(os.O_CLOEXEC)
 
         def pack() -> None:
             with os.fdopen(w, "wb") as out:
-                tarstream.write_tree(out, src, follow=follow,
+                tarstream.write_tree(out, src, follow=follow, skip_below=skip,
                                      ids=lambda u, g: (_to_view(u, base, size), _to_view(g, base, size)))
 
         def unpack() -> None:

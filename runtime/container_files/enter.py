@@ -209,15 +209,32 @@ def _mount_layers(root: LayerRoot) -> Path:  # pragma: no cover - child
     return merged
 
 
+# kernel file systems whose files are views of kernel state, not files: a copy leaves them out
+# (sysfs sizes are 4096 whatever a read returns; procfs goes with the child's detach)
+PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs",
+                       "securityfs", "bpf", "fusectl", "configfs", "pstore", "binfmt_misc"})
+
+
 def procfs_mount_points(mountinfo: str) -> list[str]:
     """The procfs mount points of a mountinfo text, deepest first."""
+    return mount_points(mountinfo, frozenset({"proc"}))
+
+
+def mount_points(mountinfo: str, fstypes: frozenset[str]) -> list[str]:
+    """The mount points of a mountinfo text whose type is one of ``fstypes``, deepest first."""
     points = []
     for line in mountinfo.splitlines():
         fields, _, tail = line.partition(" - ")
         parts = fields.split()
-        if tail.split()[:1] == ["proc"] and len(parts) > 4:
+        if tail.split()[:1] and tail.split()[0] in fstypes and len(parts) > 4:
             points.append(_unescape(parts[4]))
     return sorted(points, key=len, reverse=True)
+
+
+def pseudo_mount_points(pid: int) -> tuple[str, ...]:
+    """Where a live container has kernel file systems mounted (as it sees them)."""
+    with open(f"/proc/{pid}/mountinfo", "rb") as f:
+        return tuple(mount_points(f.read().decode("utf-8", "surrogateescape"), PSEUDO_FS))
 
 
 def _unescape(text: str) -> str:

@@ -4,7 +4,8 @@ the host, and treat the other end's bytes as untrusted.
 
 Extraction rules (each member, in stream order):
 - renamed by ``paths.rebase`` (a member outside the copied tree is refused);
-- character and block devices are refused; so are names that resolve outside the destination
+- character and block devices are refused inside a container and left out on the host (with
+  a warning: a container's /dev); refused too are names that resolve outside the destination
   (tarfile's ``tar_filter``: absolute names, ``..``), and names whose directories pass through a
   symlink (``a -> /etc`` then ``a/passwd``): the parent directory of every member must be the
   directory it names, not a link elsewhere (what tar_filter's realpath check misses when the
@@ -23,6 +24,7 @@ followed while packing, except the source itself with ``-L``.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import stat
@@ -31,6 +33,8 @@ from typing import IO, Callable
 
 from runtime.container_files.paths import Extraction, Source, rebase
 from runtime.errors import InvalidArgument, UnsafeArchive
+
+log = logging.getLogger(__name__)
 
 IdMap = Callable[[int, int], tuple[int, int]]
 
@@ -44,8 +48,10 @@ def disable_name_lookups() -> None:
         setattr(tarfile, key, value)
 
 
-def write_tree(out: IO[bytes], src: Source, *, follow: bool, ids: IdMap) -> None:
-    """Pack ``src`` as a tar stream named by ``src.top``; ``ids`` maps owners as written.
+def write_tree(out: IO[bytes], src: Source, *, follow: bool, ids: IdMap, skip_below: tuple[str, ...] = ()) -> None:
+    """Pack ``src`` as a tar stream named by ``src.top``; ``ids`` maps owners as written. The
+    contents of ``skip_below`` (kernel file system mount points, such as /sys) are left out
+    when they are inside the source (the mount point itself stays, empty).
 
     Raises:
         InvalidArgument: the source is missing, or not a directory where ``SRC/`` says it is.
@@ -58,7 +64,14 @@ def write_tree(out: IO[bytes], src: Source, *, follow: bool, ids: IdMap) -> None
     if src.must_be_dir and not stat.S_ISDIR(st.st_mode):
         raise InvalidArgument(f"source {src.path} is not a directory: expected one (the path ends in '/')")
 
-    def view(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    inside = src.path.rstrip("/") + "/"
+    skipped = tuple(p.rstrip("/") + "/" for p in skip_below if p.startswith(inside))
+
+    def view(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if skipped:
+            rest = info.name[len(src.top):] if src.top != "." else "/" + info.name.lstrip("./")
+            if posixpath.join(src.path, rest.lstrip("/")).startswith(skipped):
+                return None
         info.uid, info.gid = ids(info.uid, info.gid)
         info.uname = info.gname = ""
         return info
@@ -78,6 +91,7 @@ def extract(stream: IO[bytes], top: str | None, plan: Callable[[bool], Extractio
         InvalidArgument: what ``plan`` refuses.
     """
     written = 0
+    devices: list[str] = []
     extraction: Extraction | None = None
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
@@ -87,11 +101,17 @@ def extract(stream: IO[bytes], top: str | None, plan: Callable[[bool], Extractio
             name = _renamed(member, top, extraction)
             if name is None:
                 continue
+            if host and (member.ischr() or member.isblk()):
+                devices.append(name)  # a container's /dev: never recreated on the host
+                continue
             member = _checked(member, name, top, extraction, real_dest, ids=ids, host=host)
             tar.extract(member, real_dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
             written += 1
     if extraction is None:
         plan(False)  # an empty stream: still refuse a destination that cannot take it
+    if devices:
+        log.warning("%d device node(s) left out (device nodes are not copied to the host): %s",
+                    len(devices), ", ".join(devices[:5]) + (", ..." if len(devices) > 5 else ""))
     return written
 
 

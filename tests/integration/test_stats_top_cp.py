@@ -196,6 +196,12 @@ def test_cp_tar_streams(pm, tmp_path) -> None:  # noqa: ANN001
     with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
         assert sorted(tar.getnames()) == ["dir", "dir/x"]
         assert tar.extractfile("dir/x").read() == b"ex"  # type: ignore[union-attr]
+    r = pm("cp", f"{name}:/", "-")  # the whole file system (docker's export): /sys and /proc left empty
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
+        names = {n.lstrip("./") for n in tar.getnames()}
+    assert {"bin/busybox", "tmp/dir/x", "sys", "proc"} <= names
+    assert not [n for n in names if n.startswith(("sys/", "proc/"))]
     refused(pm("--json", "--host", "unix:/nonexistent", "cp", f"{name}:/tmp", str(tmp_path)), "Unsupported")
     ok(pm("rm", "-f", name))
 

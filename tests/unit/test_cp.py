@@ -95,6 +95,9 @@ def test_rebase() -> None:
 
 
 def test_procfs_mount_points_deepest_first() -> None:
+    from runtime.container_files.enter import PSEUDO_FS, mount_points
+
+    assert mount_points("1 0 0:5 / /sys rw - sysfs sysfs rw\n2 0 0:6 / /data rw - ext4 /dev/x rw\n", PSEUDO_FS) == ["/sys"]
     info = (
         "117 114 0:49 / /proc rw,nosuid - proc proc rw\n"
         "123 117 0:50 /.masked /proc/acpi ro - tmpfs tmpfs rw\n"
@@ -158,7 +161,9 @@ def test_extract_never_writes_through_a_symlink(tmp_path: Path) -> None:
 
 def test_extract_refuses_devices_escapes_and_outside_hardlinks(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArchive, match="device"):
-        _extract(_tar(("c", "d", None)), tmp_path)
+        _extract(_tar(("c", "d", None)), tmp_path, host=False)  # into a container: refused
+    assert _extract(_tar(("d", "d", None), ("c", "d/null", None)), tmp_path) == 1  # to the host: left out
+    assert not (tmp_path / "d" / "null").exists()
     with pytest.raises(UnsafeArchive):
         _extract(_tar(("f", "../x", b"x")), tmp_path, top=None)
     _extract(_tar(("f", "/abs", b"x")), tmp_path, top=None)  # tar's rule: below the destination
@@ -188,6 +193,12 @@ def test_write_tree_names_by_top_and_maps_ids(tmp_path: Path) -> None:
         members = {m.name: m for m in tar.getmembers()}
     assert set(members) == {"d", "d/sub", "d/sub/f", "d/link"}
     assert members["d/link"].issym() and {(m.uid, m.gid, m.uname) for m in members.values()} == {(7, 8, "")}
+    buf = io.BytesIO()  # a kernel file system's contents are left out, its mount point stays
+    tarstream.write_tree(buf, paths.source(f"{tmp_path}/d"), follow=False, ids=lambda u, g: (u, g),
+                         skip_below=(f"{tmp_path}/d/sub", "/sys"))
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        assert sorted(tar.getnames()) == ["d", "d/link", "d/sub"]
     with pytest.raises(InvalidArgument, match="not a directory"):
         tarstream.write_tree(io.BytesIO(), paths.source(f"{tmp_path}/d/sub/f/"), follow=False, ids=lambda u, g: (u, g))
     with pytest.raises(InvalidArgument, match="no such file"):
