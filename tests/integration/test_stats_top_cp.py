@@ -248,6 +248,18 @@ def test_cp_userns_container_ids_are_its_own(pm, pm_root, tmp_path) -> None:  # 
     ok(pm("rm", "-f", name))
 
 
+def test_cp_into_a_created_container(pm, tmp_path) -> None:  # noqa: ANN001
+    if pm("create", "--help").returncode != 0:
+        pytest.skip("create is not there yet (issue 14's create)")
+    name = unique("cpcreated")
+    ok(pm("create", "--name", name, "busybox", "cat", "/hello"))
+    (tmp_path / "hello").write_text("copied before the start\n")
+    ok(pm("cp", str(tmp_path / "hello"), f"{name}:/"))
+    ok(pm("start", name))
+    wait_for(lambda: "copied before the start" in ok(pm("logs", name)), 15, "the container to print the file")
+    ok(pm("rm", "-f", name))
+
+
 @pytest.mark.requires("criu")
 def test_cp_out_of_a_checkpointed_container_and_not_into_it(pm, tmp_path) -> None:  # noqa: ANN001
     name = unique("cpckpt")
