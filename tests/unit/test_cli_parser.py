@@ -112,6 +112,29 @@ def test_globals_before_or_after_the_command(command: list[str], tmp_path: Path)
     assert (before["ssh_key"], before["token_file"]) == (Path("/k"), Path("/t"))
 
 
+def _leaf_argv(parser: argparse.ArgumentParser) -> list[str]:
+    """Values for ``parser``'s required positionals (a choice where there are choices)."""
+    values = []
+    for action in parser._actions:
+        if action.option_strings or isinstance(action, argparse._SubParsersAction):
+            continue
+        if action.nargs in (None, "+", argparse.PARSER) or isinstance(action.nargs, int):
+            values.append(str(next(iter(action.choices))) if action.choices else "x")
+    return values
+
+
+def test_every_command_takes_the_globals_right_after_its_name(tmp_path: Path) -> None:
+    checked = []
+    for path, parser in walk(build_parser()):
+        if not path or any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+            continue
+        argv = [*path.split(), "--root", str(tmp_path), "--json", "--debug", *_leaf_argv(parser)]
+        args = build_parser(path.split()[0]).parse_args(argv)
+        assert (args.root, args.json, args.debug) == (tmp_path, True, True), path
+        checked.append(path)
+    assert {"run", "ps", "daemon", "image ls", "volume rm", "version", "completion"} <= set(checked)
+
+
 def test_without_globals_the_defaults_hold() -> None:
     args = build_parser().parse_args(["ps"])
     assert (args.root, args.json, args.debug, args.host, args.ssh_remote_pymigrate) == (None, False, False, None, "pymigrate")
