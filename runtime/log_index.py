@@ -176,6 +176,16 @@ class Indexer:
                 os.close(inotify)
 
 
+def start(root: Path) -> Indexer | None:
+    """An ``Indexer`` of the container mounted at ``root``, running; None if it cannot start (no fd
+    or thread left): the shim goes on monitoring, the logs only lose their times."""
+    try:
+        return Indexer(root).start()
+    except (OSError, RuntimeError) as exc:
+        log.warning("log index of %s not started: %s", root, exc)
+        return None
+
+
 def _watch(root: Path) -> int | None:
     """An inotify fd watching root/.pymigrate for writes (IN_MODIFY of any file in it), or None."""
     libc = ctypes.CDLL(None, use_errno=True)

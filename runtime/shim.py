@@ -391,8 +391,8 @@ def _shim_main(  # pragma: no cover - runs in the shim process
             # the times of its output (runtime/log_index.py); stopped before the exit is recorded
             # (a follower that sees "exited" finds every line indexed) and before the exited
             # action, which may fork a restarted init or unmount the root
-            indexer = log_index.Indexer(store.dir(container_id) / "merged").start()
-            _monitor(store, container_id, init_pid, oom_killed, before_record=indexer.stop)
+            indexer = log_index.start(store.dir(container_id) / "merged")
+            _monitor(store, container_id, init_pid, oom_killed, before_record=indexer.stop if indexer else None)
             _finish_console(console_server, store, container_id)
             console_server = None  # a restarted init has no terminal of ours (refused with -t/-i)
             init_pid = _after_exit(container_id, exited)

@@ -330,3 +330,13 @@ def test_remote_logs_through_a_daemon() -> None:
     finally:
         daemon.close()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_an_indexer_that_cannot_start_leaves_the_shim_going(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def no_fds(_flags: int) -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(log_index.os, "pipe2", no_fds)
+    assert log_index.start(make_root(tmp_path)) is None
