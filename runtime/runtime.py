@@ -27,7 +27,7 @@ import os
 import signal as _signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from runtime import overlay, upperfs
 from runtime.config import Paths, default_root
@@ -37,6 +37,9 @@ from runtime.ports import PortMapping
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
 from runtime.state import StateStore, new_container_id
 from runtime.syscalls import LINUX, Syscalls
+
+if TYPE_CHECKING:  # pragma: no cover - runtime/logs.py is imported when logs are read
+    from runtime.logs import LogEntry
 
 log = logging.getLogger(__name__)
 
@@ -913,8 +916,8 @@ class Runtime:
         return merged if os.path.ismount(merged) else upperfs.Layout.of(cdir).upper
 
     def logs(self, name: str, follow: bool = False, *, tail: int | None = None, since: float | None = None,
-             until: float | None = None) -> Iterator[Any]:
-        """The container's stdout and stderr lines (runtime.logs.LogEntry) in time order, filtered
+             until: float | None = None) -> Iterator[LogEntry]:
+        """The container's stdout and stderr lines in time order, filtered
         (runtime/logs.py); with ``follow``, until the container exited."""
         from runtime import logs
 
