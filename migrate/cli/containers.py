@@ -1,4 +1,4 @@
-"""Container subcommands: run and exec (listing.py: ps, inspect; logs.py; lifecycle.py: the rest).
+"""Container subcommands: run, create and exec (listing.py: ps, inspect; logs.py; lifecycle.py: the rest).
 
 Exit codes: 0 ok; 125 pymigrate failed (bad input, runtime error); 126/127 the container command
 could not be invoked / was not found; a foreground ``run``, ``exec`` and ``wait`` return the
@@ -20,6 +20,20 @@ from migrate.cli import EXIT_ERROR, EXIT_OK, add_json_flag
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="create and start a container")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background and print the name")
+    add_run_flags(p)
+    p.set_defaults(handler=cmd_run)
+
+    # docker create: run's flags but -d; the container starts later (`start`), so it is a detached
+    # one: --rm is its shim's removal after the exit, as with run -d --rm
+    p = subparsers.add_parser("create", help="create a container without starting it (start runs it)")
+    add_run_flags(p)
+    p.set_defaults(handler=cmd_create, detach=True)
+
+    _register_exec(subparsers)
+
+
+def add_run_flags(p: Any) -> None:
+    """The flags ``run`` and ``create`` share (all of run's but ``-d``)."""
     p.add_argument("-i", "--interactive", action="store_true",
                    help="keep the container's stdin open: this terminal's input (or `attach`'s) goes to it")
     p.add_argument("-t", "--tty", action="store_true",
@@ -84,8 +98,9 @@ def register(subparsers: Any) -> None:
     add_json_flag(p)
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(handler=cmd_run)
 
+
+def _register_exec(subparsers: Any) -> None:
     p = subparsers.add_parser("exec", help="run a command inside a running container")
     p.add_argument("-i", "--interactive", action="store_true", help="with -t: send this terminal's input")
     p.add_argument("-t", "--tty", action="store_true", help="give the command a terminal (resized with this one)")
@@ -246,6 +261,16 @@ def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
     if attached:
         return _attached(args, ctx, name)
     return _foreground(ctx, name, remove=args.rm)
+
+
+def cmd_create(args: argparse.Namespace, ctx: Any) -> int:
+    """Print the full id, as docker create does (run -d prints the name)."""
+    info = ctx.engine.create(run_options(args))
+    if ctx.json:
+        ctx.emit_json(info)
+    else:
+        print(info.spec.container_id)
+    return EXIT_OK
 
 
 def _check_attachable(args: argparse.Namespace, ctx: Any) -> None:

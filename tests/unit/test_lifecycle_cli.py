@@ -1,0 +1,250 @@
+"""create / start / restart / rename and the idempotent stop, kill and rm -f (issue 14): the
+parser, the CLI over a fake engine, and the runtime's decisions over a real state store (no
+container is started: the shim launch is replaced)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrate import cli
+from migrate.cli import build_parser
+from migrate.cli.containers import run_options
+from runtime.errors import Busy, ContainerExists, ContainerNotFound, InvalidArgument, InvalidState
+from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, FreezeRecord
+from runtime.state import new_container_id
+
+
+def parse(*argv: str) -> Any:
+    return build_parser().parse_args(list(argv))
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def test_create_takes_runs_flags_but_not_detach() -> None:
+    args = parse("create", "--name", "web", "-e", "A=1", "-p", "8080:80", "--rm", "-l", "tier=db", "-t", "-i",
+                 "--restart", "no", "busybox", "sh", "-c", "echo hi")
+    o = run_options(args)
+    assert args.handler.__name__ == "cmd_create"
+    assert (o.name, o.env, o.command, o.tty, o.interactive) == ("web", ("A=1",), ("sh", "-c", "echo hi"), True, True)
+    assert o.ports[0].host_port == 8080 and o.labels == {"tier": "db"}
+    assert o.auto_remove is True  # create --rm: removed by its shim after the exit it has once started
+    with pytest.raises(SystemExit):
+        parse("create", "-d", "busybox")
+
+
+def test_run_keeps_its_flags_after_the_split() -> None:
+    args = parse("run", "-d", "--rm", "--name", "x", "busybox", "true")
+    assert args.handler.__name__ == "cmd_run" and run_options(args).auto_remove is True
+    assert run_options(parse("run", "--rm", "busybox", "true")).auto_remove is False  # foreground: the CLI removes it
+
+
+def test_start_restart_rename_parse() -> None:
+    args = parse("start", "-a", "-i", "--detach-keys", "ctrl-x", "a")
+    assert (args.attach, args.interactive, args.detach_keys, args.names) == (True, True, "ctrl-x", ["a"])
+    assert parse("start", "a", "b").names == ["a", "b"]
+    args = parse("restart", "-t", "3", "a", "b")
+    assert (args.time, args.names) == (3.0, ["a", "b"])
+    args = parse("rename", "old", "new")
+    assert (args.name, args.new_name) == ("old", "new")
+    for bad in (("start",), ("restart",), ("rename", "only-one"), ("rename", "a", "b", "c")):
+        with pytest.raises(SystemExit):
+            parse(*bad)
+
+
+# -- the CLI over a fake engine -------------------------------------------------------------------
+
+
+def _info(name: str, status: str = "running") -> ContainerInfo:
+    spec = ContainerSpec(container_id="ab" * 16, name=name, image="busybox", image_digest="sha256:" + "0" * 64, command=("true",))
+    return ContainerInfo(spec=spec, state=ContainerState(status=status))  # type: ignore[arg-type]
+
+
+class Engine:
+    """What the lifecycle commands call; ``missing`` names do not exist."""
+
+    def __init__(self, missing: tuple[str, ...] = ()) -> None:
+        self.missing = missing
+        self.calls: list[tuple[Any, ...]] = []
+
+    def _known(self, name: str) -> None:
+        if name in self.missing:
+            raise ContainerNotFound(name)
+
+    def create(self, options: Any) -> ContainerInfo:
+        self.calls.append(("create", options.name))
+        return _info(options.name or "x", "created")
+
+    def start(self, name: str) -> ContainerInfo:
+        self._known(name)
+        self.calls.append(("start", name))
+        return _info(name)
+
+    def restart(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
+        self._known(name)
+        self.calls.append(("restart", name, timeout_s))
+        return _info(name)
+
+    def rename(self, name: str, new_name: str) -> ContainerInfo:
+        self._known(name)
+        self.calls.append(("rename", name, new_name))
+        return _info(new_name)
+
+    def remove(self, name: str, force: bool = False) -> bool:
+        if name in self.missing:
+            if force:
+                return False
+            raise ContainerNotFound(name)
+        self.calls.append(("remove", name, force))
+        return True
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
+    fake = Engine(missing=("ghost",))
+    monkeypatch.setattr("migrate.engine.engine_for", lambda args: fake)
+    return fake
+
+
+def test_create_prints_the_full_id(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["create", "--name", "web", "busybox", "true"]) == 0
+    assert capsys.readouterr().out == "ab" * 16 + "\n"
+    assert engine.calls == [("create", "web")]
+
+
+def test_start_and_restart_print_each_name_and_fail_125_for_a_missing_one(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["start", "a", "ghost", "b"]) == 125
+    out = capsys.readouterr()
+    assert out.out.split() == ["a", "b"] and "no such container: ghost" in out.err
+    assert cli.main(["restart", "-t", "2", "a"]) == 0
+    assert capsys.readouterr().out == "a\n" and engine.calls[-1] == ("restart", "a", 2.0)
+
+
+def test_start_attach_refuses_several_containers(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["start", "-a", "a", "b"]) == 125
+    assert "cannot attach to 2 containers at once" in capsys.readouterr().err
+    assert not any(c[0] == "start" for c in engine.calls)
+
+
+def test_rename_prints_nothing_but_json(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["rename", "a", "b"]) == 0
+    assert capsys.readouterr().out == "" and engine.calls == [("rename", "a", "b")]
+    assert cli.main(["rename", "--json", "a", "c"]) == 0
+    assert json.loads(capsys.readouterr().out)["spec"]["name"] == "c"
+
+
+def test_rm_force_of_a_missing_container_is_silent_success(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["rm", "-f", "ghost", "a"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "a\n" and out.err == ""  # docker: nothing printed for the missing one
+    assert cli.main(["rm", "ghost"]) == 125
+    assert "no such container: ghost" in capsys.readouterr().err
+
+
+# -- the runtime's decisions (real state store, no processes) -------------------------------------
+
+
+@pytest.fixture
+def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from runtime.runtime import Runtime
+
+    runtime = Runtime(tmp_path)
+
+    def record(name: str) -> ContainerInfo:  # no cgroups in unit tests: the info is the record
+        c = runtime.container(name)
+        return ContainerInfo(spec=c.spec, state=c.state)
+
+    monkeypatch.setattr(runtime, "inspect", record)
+    return runtime
+
+
+def _add(rt: Any, name: str, **state: Any) -> str:
+    spec = ContainerSpec(container_id=new_container_id(), name=name, image="busybox", image_digest="sha256:" + "0" * 64,
+                         command=("true",))
+    rt.store.create(spec, ContainerState(**state))
+    return spec.container_id
+
+
+def test_stop_and_kill_of_a_created_or_exited_container_succeed(rt: Any) -> None:
+    cid = _add(rt, "done", status="exited", exit_code=0)
+    _add(rt, "new")
+    assert rt.stop("done").state.status == "exited"
+    assert rt.store.load_state(cid).manually_stopped  # a policy restart pending is cancelled
+    assert rt.stop("new").state.status == "created"
+    rt.kill("done")
+    rt.kill("new", 15)
+    with pytest.raises(ContainerNotFound):
+        rt.stop("ghost")
+    with pytest.raises(ContainerNotFound):
+        rt.kill("ghost")
+
+
+def test_remove_force_of_a_missing_container_is_false_plain_remove_raises(rt: Any) -> None:
+    assert rt.remove("ghost", force=True) is False
+    with pytest.raises(ContainerNotFound):
+        rt.remove("ghost")
+
+
+def test_start_refuses_a_checkpointed_container_with_the_restore_hint(rt: Any) -> None:
+    _add(rt, "saved", status="exited", exit_code=137, checkpointed="c0ffee")
+    _add(rt, "moved", status="exited", exit_code=137, checkpointed="migrated")
+    with pytest.raises(InvalidState) as err:
+        rt.start("saved")
+    assert "exited (checkpointed)" in err.value.message and "pymigrate restore c0ffee" in (err.value.hint or "")
+    with pytest.raises(InvalidState) as err:
+        rt.restart("moved")
+    assert "migrated" in (err.value.hint or "")
+
+
+def test_start_of_a_running_container_does_nothing_of_a_restore_in_progress_is_busy(rt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import start
+
+    launched: list[str] = []
+    monkeypatch.setattr(start, "launch", lambda rt_, spec: launched.append(spec.name))
+    monkeypatch.setattr(rt, "_reconcile", lambda c: c)  # "running" without a process: as recorded
+    _add(rt, "up", status="running", pid=os.getpid())
+    _add(rt, "half", restored_from="c0ffee")
+    _add(rt, "fresh")
+    _add(rt, "old", status="exited", exit_code=1)
+    assert rt.start("up").state.status == "running"
+    with pytest.raises(Busy, match="half"):
+        rt.start("half")
+    rt.start("fresh")
+    rt.start("old")
+    assert launched == ["fresh", "old"]
+
+
+def test_start_is_refused_while_a_restore_holds_the_id(rt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import start
+
+    monkeypatch.setattr(start, "launch", lambda rt_, spec: None)
+    cid = _add(rt, "c")
+    with rt.store.hold(f"id:{cid}", "restore container"), pytest.raises(Busy):
+        rt.start("c")
+
+
+def test_rename(rt: Any) -> None:
+    cid = _add(rt, "a", status="exited", exit_code=0)
+    _add(rt, "b")
+    assert rt.rename("a", "a2").spec.name == "a2"
+    assert rt.store.resolve("a2") == cid
+    with pytest.raises(ContainerNotFound):
+        rt.store.resolve("a")
+    with pytest.raises(ContainerExists, match="already in use"):
+        rt.rename("a2", "b")
+    with pytest.raises(InvalidArgument, match="invalid container name"):
+        rt.rename("a2", "bad name")
+    with pytest.raises(InvalidArgument, match="named a2 already"):
+        rt.rename("a2", "a2")
+    with rt.store.hold("name:c", "restore container"), pytest.raises(Busy):
+        rt.rename("a2", "c")  # a restore builds a container named c
+    record = FreezeRecord(pid=os.getpid(), pid_start=0, operation="checkpoint", since=0.0)
+    rt.store.update_state(cid, lambda s: dataclasses.replace(s, frozen_by=record))
+    with pytest.raises(Busy, match="rename"):
+        rt.rename("a2", "a3")
