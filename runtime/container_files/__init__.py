@@ -204,7 +204,9 @@ def _is_dir(path: str, follow: bool) -> bool:
 
 
 def _host_plan(dest: str, src_is_dir: bool, src: paths.Source) -> paths.Extraction:
-    absolute = os.path.abspath(dest) + ("/" if dest.endswith("/") else "")
+    absolute = os.path.abspath(dest)
+    if dest.endswith("/") and absolute != "/":
+        absolute += "/"  # "DEST/" must be a directory (abspath drops the slash)
     return _plan(absolute, src_is_dir, src)
 
 

@@ -18,8 +18,10 @@ files. The child is made one of three ways:
   which the layer (its ext4 image read-only, or its directory) and the image's layers are
   mounted as a read-only overlay on a scratch dir, then chroot. Mounts die with the child.
 
-The child imports nothing after entering (the host's Python library is not in the container's
-root): what it runs must be loaded before. It reports a failure as one JSON line on a pipe;
+The child imports nothing after entering: the host's Python library is not in the container's
+root, and a module the container planted at a sys.path location would run as root outside the
+container's other namespaces. Imports fail in the child (``_no_imports``); what it runs is
+loaded before the fork. It reports a failure as one JSON line on a pipe;
 ``Child.finish`` raises it again as the runtime error it was.
 
 The caller must be single-threaded (fork): the CLI is; the daemon is not (cp is local only).
@@ -27,13 +29,16 @@ The caller must be single-threaded (fork): the CLI is; the daemon is not (cp is 
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
+from runtime import overlay, upperfs
 from runtime.container_files.tarstream import disable_name_lookups
 from runtime.errors import ContainerError, InvalidArgument, UnsafeArchive
 from runtime.syscalls import CLONE_NEWNS, CLONE_NEWUSER, LINUX, MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
@@ -92,9 +97,16 @@ class Child:
 def spawn(root: Root, work: Callable[[], None], *, what: str, close_in_child: tuple[int, ...] = ()) -> Child:
     """Fork a child that enters ``root`` and runs ``work`` there; ``close_in_child``: the
     parent's pipe ends the child must not keep."""
-    pre = _open_live(root) if isinstance(root, LiveRoot) else None
+    live = _open_live(root) if isinstance(root, LiveRoot) else None
     errr, errw = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (errr, errw):
+            os.close(fd)
+        if live is not None:
+            live.close()
+        raise
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
@@ -102,7 +114,8 @@ def spawn(root: Root, work: Callable[[], None], *, what: str, close_in_child: tu
             for fd in close_in_child:
                 os.close(fd)
             disable_name_lookups()
-            _enter(root, pre)
+            _no_imports()
+            _enter(root, live)
             work()
             code = 0
         except BaseException as exc:  # the child's boundary: everything goes to the parent
@@ -110,17 +123,37 @@ def spawn(root: Root, work: Callable[[], None], *, what: str, close_in_child: tu
         finally:
             os._exit(code)
     os.close(errw)
-    if pre is not None:
-        os.close(pre[0])
-        if pre[3] is not None:
-            os.close(pre[3])
+    if live is not None:
+        live.close()
     return Child(pid, errr, what)
 
 
-def _open_live(root: LiveRoot) -> tuple[int, tuple[int, int], list[str], int | None]:
-    """The init's mount namespace (an fd), its root's identity and its procfs mount points (as
-    the container sees them: its /proc has no "self" for a process outside its pid namespace),
-    taken before the fork."""
+def _no_imports() -> None:  # pragma: no cover - child
+    """Make any import from now on fail instead of searching sys.path: inside the container's
+    root those paths are the container's files, and a module found there would run as root
+    outside the container's other namespaces."""
+    sys.path[:] = []
+    sys.path_importer_cache.clear()
+    sys.meta_path[:] = [f for f in sys.meta_path if f is not importlib.machinery.PathFinder]
+
+
+@dataclass(frozen=True)
+class _Live:
+    """What the parent takes of a live container before the fork."""
+
+    mnt_fd: int  # the init's mount namespace
+    root_id: tuple[int, int]  # (st_dev, st_ino) of its root
+    procfs: list[str]  # its procfs mount points as it sees them (its /proc has no "self" for us)
+    user_fd: int | None  # its user namespace (--userns)
+
+    def close(self) -> None:
+        os.close(self.mnt_fd)
+        if self.user_fd is not None:
+            os.close(self.user_fd)
+
+
+def _open_live(root: LiveRoot) -> _Live:
+    """The init's namespaces, root identity and procfs mount points, taken before the fork."""
     fd = os.open(f"/proc/{root.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     user_fd = None
     try:
@@ -134,21 +167,21 @@ def _open_live(root: LiveRoot) -> tuple[int, tuple[int, int], list[str], int | N
         if user_fd is not None:
             os.close(user_fd)
         raise
-    return fd, (st.st_dev, st.st_ino), points, user_fd
+    return _Live(fd, (st.st_dev, st.st_ino), points, user_fd)
 
 
-def _enter(root: Root, pre: tuple[int, tuple[int, int], list[str], int | None] | None) -> None:  # pragma: no cover - child
-    if isinstance(root, LiveRoot) and pre is not None:
-        if pre[3] is not None:
-            _become_container_root(pre[3])
-        LINUX.setns(pre[0], CLONE_NEWNS)
+def _enter(root: Root, live: _Live | None) -> None:  # pragma: no cover - child
+    if isinstance(root, LiveRoot) and live is not None:
+        if live.user_fd is not None:
+            _become_container_root(live.user_fd)
+        LINUX.setns(live.mnt_fd, CLONE_NEWNS)
         LINUX.unshare(CLONE_NEWNS)
         os.chdir("/")
         st = os.stat("/")
-        if (st.st_dev, st.st_ino) != pre[1]:
+        if (st.st_dev, st.st_ino) != live.root_id:
             raise ContainerError("the mount namespace's root is not the container's root")
         LINUX.mount(None, "/", None, MS_REC | MS_PRIVATE)
-        for point in pre[2]:  # deepest first
+        for point in live.procfs:  # deepest first
             LINUX.umount2(point, MNT_DETACH)
         return
     LINUX.unshare(CLONE_NEWNS)
@@ -190,8 +223,6 @@ def _become_container_root(user_fd: int) -> None:  # pragma: no cover - child
 
 
 def _mount_layers(root: LayerRoot) -> Path:  # pragma: no cover - child
-    from runtime import overlay, upperfs
-
     LINUX.mount("tmpfs", str(root.scratch), "tmpfs", 0, "mode=0700")
     layer, merged = root.scratch / "layer", root.scratch / "root"
     layer.mkdir()
