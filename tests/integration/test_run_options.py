@@ -122,7 +122,7 @@ def test_read_only_root_keeps_volumes_dev_and_the_log_writable(pm, tmp_path) -> 
         assert (data / "x").exists()
         assert b"started" in pm("logs", name).stdout  # the log is on its own writable bind
         r = pm("run", "--rm", "--read-only", "busybox", "sh", "-c", "touch /x")
-        assert r.returncode != 0 and b"Read-only file system" in r.stdout
+        assert r.returncode != 0 and b"Read-only file system" in r.stderr  # the container's stderr is ours
     finally:
         pm("rm", "-f", name)
 
