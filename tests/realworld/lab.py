@@ -217,7 +217,8 @@ class RealLab:
             host.cli(["rm", "-f", name])
 
     def logs(self, host: Host, name: str) -> str:
-        return host.cli(["logs", name]).stdout.decode(errors="replace")
+        r = host.cli(["logs", name])  # a server's complaints are on its stderr, which logs keeps apart
+        return (r.stdout + r.stderr).decode(errors="replace")
 
     def exec(self, host: Host, name: str, *cmd: str) -> subprocess.CompletedProcess:
         return host.cli(["exec", name, *cmd], timeout=60)
