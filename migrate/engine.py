@@ -280,10 +280,14 @@ class LocalEngine:
 
     def start(self, name: str) -> ContainerInfo:
         """Start a created or exited container; a running one is left as it is (runtime/start.py)."""
-        return self.runtime.start(name)
+        from runtime.start import start
+
+        return start(self.runtime, name)
 
     def restart(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
-        return self.runtime.restart(name, timeout_s=timeout_s)
+        from runtime.start import restart
+
+        return restart(self.runtime, name, timeout_s)
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         """Refused while an outgoing migration of it is recorded: its target gets the name it started with."""
@@ -295,8 +299,9 @@ class LocalEngine:
             if record.get("container_id") == cid:
                 raise Busy(f"container {name}", "rename", holder_pid=int(record.get("pid") or 0),
                            hint=f"migration {record.get('migration_id')} to {record.get('dest')} works on it; rename it when that is done")
-        return self.runtime.rename(name, new_name)
+        from runtime.rename import rename
 
+        return rename(self.runtime, name, new_name)
 
     def containers(self, all: bool = False) -> list[ContainerInfo]:
         return self.runtime.list(all=all)

@@ -583,31 +583,12 @@ class Runtime:
         )
         log.info("container=%s started again (restart policy %s)", spec.container_id, spec.restart)
 
-    # -- create, start, restart, rename (runtime/start.py, runtime/rename.py) --------------------
+    # -- create (its start, restart and rename: runtime/start.py, runtime/rename.py) -------------
     def create(self, image: str, command: tuple[str, ...] | builtins.list[str] = (), **options: Any) -> ContainerInfo:
         """``run`` without the start (docker create): the record (status ``created``), its root,
-        cgroup, network namespace and address are made, nothing runs; ``start`` runs it. Takes and
-        checks ``run``'s options and raises what ``run`` raises before its start."""
+        cgroup, network namespace and address are made, nothing runs; runtime.start.start runs it.
+        Takes and checks ``run``'s options and raises what ``run`` raises before its start."""
         return self.run(image, command, launch=False, **options)
-
-    def start(self, name: str) -> ContainerInfo:
-        """Start a created or exited container (an exited one again, with its writable layer); a
-        running or paused one is left as it is (docker). See runtime/start.py for what is refused."""
-        from runtime.start import start
-
-        return start(self, name)
-
-    def restart(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
-        """``stop`` (when live), then ``start``."""
-        from runtime.start import restart
-
-        return restart(self, name, timeout_s)
-
-    def rename(self, name: str, new_name: str) -> ContainerInfo:
-        """Give the container another name, unique in this root (runtime/rename.py)."""
-        from runtime.rename import rename
-
-        return rename(self, name, new_name)
 
     def _upper_size(self) -> int:
         """Size of a new container's upper-layer image (runtime/upperfs.py); 0: plain directories,

@@ -1,6 +1,6 @@
 """``start`` and ``restart``: a created or exited container's init started in its container.
 
-``create`` (``Runtime.run`` with ``launch=False``) makes everything ``run`` makes but the shim:
+``create`` (``Runtime.create``: ``run`` with ``launch=False``) makes everything ``run`` makes but the shim:
 the record (status ``created``), the upper layer and overlay with /etc/hostname and /etc/hosts,
 the cgroup, the network namespace with its link and address. ``start`` then does what ``run``
 does last: publish the ports and launch the shim, whose starter (``init_starter``) plans the

@@ -437,7 +437,8 @@ class RemoteEngine:
         self._unary("RemoveContainer", pb.RemoveContainerRequest(name=name, force=force))
 
     def create(self, options: api.RunOptions) -> ContainerInfo:
-        reply = self._unary("CreateContainer", cv.run_options_to_pb(options), timeout_s=max(self.timeout_s, 300.0))
+        request = pb.CreateContainerRequest(options=cv.run_options_to_pb(options))
+        reply = self._unary("CreateContainer", request, timeout_s=max(self.timeout_s, 300.0))
         return cv.container_from_pb(reply.container)
 
     def start(self, name: str) -> ContainerInfo:

@@ -360,8 +360,9 @@ class HostServicer(pb_grpc.HostServicer):
         timeout_s = request.timeout_s if request.HasField("timeout_s") else None
         return pb.WaitContainerResponse(exit_code=self._target("wait")(request.name, timeout_s=timeout_s))
 
-    def CreateContainer(self, request: pb.RunContainerRequest, context: grpc.ServicerContext) -> pb.RunContainerResponse:
-        return pb.RunContainerResponse(container=cv.container_to_pb(self._target("create")(cv.run_options_from_pb(request))))
+    def CreateContainer(self, request: pb.CreateContainerRequest, context: grpc.ServicerContext) -> pb.CreateContainerResponse:
+        options = cv.run_options_from_pb(request.options)
+        return pb.CreateContainerResponse(container=cv.container_to_pb(self._target("create")(options)))
 
     def StartContainer(self, request: pb.StartContainerRequest, context: grpc.ServicerContext) -> pb.StartContainerResponse:
         # the engine's start launches the shim through the daemon's launcher (runtime/start.py)

@@ -16,7 +16,9 @@ from migrate import cli
 from migrate.cli import build_parser
 from migrate.cli.containers import run_options
 from runtime.errors import Busy, ContainerExists, ContainerNotFound, InvalidArgument, InvalidState
+from runtime.rename import rename
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, FreezeRecord
+from runtime.start import restart, start
 from runtime.state import new_container_id
 
 
@@ -195,56 +197,93 @@ def test_start_refuses_a_checkpointed_container_with_the_restore_hint(rt: Any) -
     _add(rt, "saved", status="exited", exit_code=137, checkpointed="c0ffee")
     _add(rt, "moved", status="exited", exit_code=137, checkpointed="migrated")
     with pytest.raises(InvalidState) as err:
-        rt.start("saved")
+        start(rt, "saved")
     assert "exited (checkpointed)" in err.value.message and "pymigrate restore c0ffee" in (err.value.hint or "")
     with pytest.raises(InvalidState) as err:
-        rt.restart("moved")
+        restart(rt, "moved")
     assert "migrated" in (err.value.hint or "")
 
 
 def test_start_of_a_running_container_does_nothing_of_a_restore_in_progress_is_busy(rt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime import start
+    import runtime.start
 
     launched: list[str] = []
-    monkeypatch.setattr(start, "launch", lambda rt_, spec: launched.append(spec.name))
+    monkeypatch.setattr(runtime.start, "launch", lambda rt_, spec: launched.append(spec.name))
     monkeypatch.setattr(rt, "_reconcile", lambda c: c)  # "running" without a process: as recorded
     _add(rt, "up", status="running", pid=os.getpid())
     _add(rt, "half", restored_from="c0ffee")
     _add(rt, "fresh")
     _add(rt, "old", status="exited", exit_code=1)
-    assert rt.start("up").state.status == "running"
+    assert start(rt, "up").state.status == "running"
     with pytest.raises(Busy, match="half"):
-        rt.start("half")
-    rt.start("fresh")
-    rt.start("old")
+        start(rt, "half")
+    start(rt, "fresh")
+    start(rt, "old")
     assert launched == ["fresh", "old"]
 
 
 def test_start_is_refused_while_a_restore_holds_the_id(rt: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime import start
+    import runtime.start
 
-    monkeypatch.setattr(start, "launch", lambda rt_, spec: None)
+    monkeypatch.setattr(runtime.start, "launch", lambda rt_, spec: None)
     cid = _add(rt, "c")
     with rt.store.hold(f"id:{cid}", "restore container"), pytest.raises(Busy):
-        rt.start("c")
+        start(rt, "c")
 
 
 def test_rename(rt: Any) -> None:
-    cid = _add(rt, "a", status="exited", exit_code=0)
-    _add(rt, "b")
-    assert rt.rename("a", "a2").spec.name == "a2"
-    assert rt.store.resolve("a2") == cid
+    cid = _add(rt, "web", status="exited", exit_code=0)  # names that are no hex id prefix
+    _add(rt, "db")
+    assert rename(rt, "web", "web2").spec.name == "web2"
+    assert rt.store.resolve("web2") == cid
     with pytest.raises(ContainerNotFound):
-        rt.store.resolve("a")
+        rt.store.resolve("web")
     with pytest.raises(ContainerExists, match="already in use"):
-        rt.rename("a2", "b")
+        rename(rt, "web2", "db")
     with pytest.raises(InvalidArgument, match="invalid container name"):
-        rt.rename("a2", "bad name")
-    with pytest.raises(InvalidArgument, match="named a2 already"):
-        rt.rename("a2", "a2")
-    with rt.store.hold("name:c", "restore container"), pytest.raises(Busy):
-        rt.rename("a2", "c")  # a restore builds a container named c
+        rename(rt, "web2", "bad name")
+    with pytest.raises(InvalidArgument, match="named web2 already"):
+        rename(rt, "web2", "web2")
+    with rt.store.hold("name:queue", "restore container"), pytest.raises(Busy):
+        rename(rt, "web2", "queue")  # a restore builds a container named queue
     record = FreezeRecord(pid=os.getpid(), pid_start=0, operation="checkpoint", since=0.0)
     rt.store.update_state(cid, lambda s: dataclasses.replace(s, frozen_by=record))
     with pytest.raises(Busy, match="rename"):
-        rt.rename("a2", "a3")
+        rename(rt, "web2", "web3")
+
+
+# -- over gRPC: CreateContainer, StartContainer, RenameContainer, and restart as stop + start ------
+
+
+def test_remote_engine_reaches_the_new_rpcs(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    from migrate.api import RunOptions
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.server import create_server
+
+    class Served(Engine):
+        def stop(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
+            self.calls.append(("stop", name, timeout_s))
+            return _info(name, "exited")
+
+    fake = Served(missing=("ghost",))
+    d = Path(tempfile.mkdtemp(prefix="pm-lc-", dir="/tmp"))
+    server, path = create_server(fake, f"unix:{d}/s.sock", token="t0ken")
+    server.start()
+    try:
+        remote = RemoteEngine(f"unix:{path}", token="t0ken")
+        created = remote.create(RunOptions(image="busybox", command=("true",), name="web"))
+        assert created.state.status == "created" and created.spec.container_id == "ab" * 16
+        assert remote.start("web").state.status == "running"
+        assert remote.rename("web", "w2").spec.name == "w2"
+        remote.restart("w2", timeout_s=2.0)
+        with pytest.raises(ContainerNotFound):
+            remote.start("ghost")
+        remote.remove("ghost", force=True)  # no error over the wire either
+        assert fake.calls == [("create", "web"), ("start", "web"), ("rename", "web", "w2"), ("stop", "w2", 2.0),
+                              ("start", "w2")]
+    finally:
+        server.stop(0)
+        shutil.rmtree(d, ignore_errors=True)

@@ -58,6 +58,7 @@ def test_service_covers_the_issue() -> None:
         "StartPrecopyRound", "SettleMigration", "TagImage", "PruneImages",
         "InspectImage", "LoadImage", "PullImage", "PushImageToRegistry",
         "VolumeCreate", "VolumeList", "VolumeInspect", "VolumeRemove", "VolumePrune", "CommitContainer",
+        "CreateContainer", "StartContainer", "RenameContainer",
     } == names
 
 

@@ -883,6 +883,18 @@ class UnpauseContainerResponse(_message.Message):
     container: ContainerInfo
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
 
+class CreateContainerRequest(_message.Message):
+    __slots__ = ("options",)
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    options: RunContainerRequest
+    def __init__(self, options: _Optional[_Union[RunContainerRequest, _Mapping]] = ...) -> None: ...
+
+class CreateContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: ContainerInfo
+    def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
+
 class StartContainerRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

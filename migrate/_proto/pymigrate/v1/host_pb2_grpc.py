@@ -146,8 +146,8 @@ class HostStub:
                 _registered_method=True)
         self.CreateContainer = channel.unary_unary(
                 '/pymigrate.v1.Host/CreateContainer',
-                request_serializer=pymigrate_dot_v1_dot_host__pb2.RunContainerRequest.SerializeToString,
-                response_deserializer=pymigrate_dot_v1_dot_host__pb2.RunContainerResponse.FromString,
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.CreateContainerRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.CreateContainerResponse.FromString,
                 _registered_method=True)
         self.StartContainer = channel.unary_unary(
                 '/pymigrate.v1.Host/StartContainer',
@@ -702,8 +702,8 @@ def add_HostServicer_to_server(servicer, server):
             ),
             'CreateContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateContainer,
-                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.RunContainerRequest.FromString,
-                    response_serializer=pymigrate_dot_v1_dot_host__pb2.RunContainerResponse.SerializeToString,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.CreateContainerRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.CreateContainerResponse.SerializeToString,
             ),
             'StartContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.StartContainer,
@@ -1440,8 +1440,8 @@ class Host:
             request,
             target,
             '/pymigrate.v1.Host/CreateContainer',
-            pymigrate_dot_v1_dot_host__pb2.RunContainerRequest.SerializeToString,
-            pymigrate_dot_v1_dot_host__pb2.RunContainerResponse.FromString,
+            pymigrate_dot_v1_dot_host__pb2.CreateContainerRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.CreateContainerResponse.FromString,
             options,
             channel_credentials,
             insecure,
