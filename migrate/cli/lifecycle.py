@@ -107,6 +107,7 @@ def _start_attached(args: argparse.Namespace, ctx: Any, name: str) -> int:
     engine = ctx.engine
     info = engine.inspect(name)
     if info.spec.tty:  # its terminal: the attach socket (its shim replays what came before we connect)
+        require_local(engine, "start -a of a -t container")  # refused before it starts
         keys = parse_detach_keys(args.detach_keys)
         engine.start(name)
         with forward_signals(engine, name):

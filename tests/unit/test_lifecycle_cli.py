@@ -134,6 +134,16 @@ def test_start_attach_refuses_several_containers(engine: Engine, capsys: pytest.
     assert not any(c[0] == "start" for c in engine.calls)
 
 
+def test_start_attach_of_a_terminal_container_without_attach_is_refused_before_it_starts(
+        engine: Engine, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    info = _info("term", "created")
+    monkeypatch.setattr(engine, "inspect", lambda name: dataclasses.replace(info, spec=dataclasses.replace(info.spec, tty=True)),
+                        raising=False)  # a remote engine: no attach_socket
+    assert cli.main(["start", "-a", "term"]) == 125
+    assert "only on the container's own host" in capsys.readouterr().err
+    assert engine.calls == []
+
+
 def test_rename_prints_nothing_but_json(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["rename", "a", "b"]) == 0
     assert capsys.readouterr().out == "" and engine.calls == [("rename", "a", "b")]
