@@ -109,7 +109,8 @@ def _start_attached(args: argparse.Namespace, ctx: Any, name: str) -> int:
     if info.spec.tty:  # its terminal: the attach socket (its shim replays what came before we connect)
         require_local(engine, "start -a of a -t container")  # refused before it starts
         keys = parse_detach_keys(args.detach_keys)
-        engine.start(name)
+        if (failed := _start_command(ctx, name)) is not None:
+            return failed
         with forward_signals(engine, name):
             code = attach(ctx, name, detach_keys=keys, stdin=args.interactive)
         if ctx.json:
@@ -117,7 +118,8 @@ def _start_attached(args: argparse.Namespace, ctx: Any, name: str) -> int:
         return EXIT_OK if code is DETACHED else (code if code >= 0 else EXIT_ERROR)
     if args.interactive and info.spec.interactive:
         require_local(engine, "start -ai")
-    engine.start(name)
+    if (failed := _start_command(ctx, name)) is not None:
+        return failed
     sock = _stdin_to(engine, name) if args.interactive and info.spec.interactive else None
     with forward_signals(engine, name):
         _follow_this_run(engine, name, info.state, write=not ctx.json)
@@ -127,6 +129,22 @@ def _start_attached(args: argparse.Namespace, ctx: Any, name: str) -> int:
     if ctx.json:
         ctx.emit_json({"name": name, "exit_code": code})
     return code if code >= 0 else EXIT_ERROR
+
+
+def _start_command(ctx: Any, name: str) -> int | None:
+    """Start it; None, or 126/127 when its command cannot be invoked or was not found (reported
+    here, as a foreground run returns them); any other failure is raised."""
+    try:
+        ctx.engine.start(name)
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)
+        if code not in (126, 127):
+            raise
+        from migrate.cli import report_error
+
+        report_error(exc, ctx)
+        return int(code)
+    return None
 
 
 def _stdin_to(engine: Any, name: str) -> Any:

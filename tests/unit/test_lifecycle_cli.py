@@ -144,6 +144,22 @@ def test_start_attach_of_a_terminal_container_without_attach_is_refused_before_i
     assert engine.calls == []
 
 
+def test_start_attach_returns_127_when_the_command_is_not_found(
+        engine: Engine, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.errors import ContainerError
+
+    def start(name: str) -> ContainerInfo:
+        err = ContainerError("container command not found: nosuchcmd")
+        err.exit_code = 127  # type: ignore[attr-defined]
+        raise err
+
+    monkeypatch.setattr(engine, "inspect", lambda name: _info(name, "created"), raising=False)
+    monkeypatch.setattr(engine, "start", start)
+    assert cli.main(["start", "-a", "bad"]) == 127  # as a foreground run (podman's convention)
+    assert "command not found" in capsys.readouterr().err
+    assert cli.main(["start", "bad"]) == 125  # without -a: pymigrate's failure, as docker start
+
+
 def test_rename_prints_nothing_but_json(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["rename", "a", "b"]) == 0
     assert capsys.readouterr().out == "" and engine.calls == [("rename", "a", "b")]
