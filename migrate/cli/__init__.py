@@ -51,6 +51,8 @@ COMMAND_MODULES = (
     "migrate.cli.volumes",
     "migrate.cli.checkpoints",
     "migrate.cli.daemon",
+    "migrate.cli.tls",
+    "migrate.cli.events",
     "migrate.cli.version",
     "migrate.cli.completion",
 )
@@ -75,6 +77,8 @@ COMMANDS: dict[str, str] = {
     "volume": "migrate.cli.volumes",
     **dict.fromkeys(("checkpoint", "restore", "migrate"), "migrate.cli.checkpoints"),
     "daemon": "migrate.cli.daemon",
+    "tls": "migrate.cli.tls",
+    "events": "migrate.cli.events",
     "version": "migrate.cli.version",
     "completion": "migrate.cli.completion",
 }
