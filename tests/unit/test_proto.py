@@ -59,6 +59,7 @@ def test_service_covers_the_issue() -> None:
         "InspectImage", "LoadImage", "PullImage", "PushImageToRegistry",
         "VolumeCreate", "VolumeList", "VolumeInspect", "VolumeRemove", "VolumePrune", "CommitContainer",
         "CreateContainer", "StartContainer", "RenameContainer",
+        "Exec", "Attach", "Stats",
     } == names
 
 

@@ -1340,3 +1340,129 @@ class VolumePruneResponse(_message.Message):
     removed: _containers.RepeatedScalarFieldContainer[str]
     bytes_freed: int
     def __init__(self, removed: _Optional[_Iterable[str]] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
+
+class TerminalSize(_message.Message):
+    __slots__ = ("rows", "cols")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
+
+class ExecStart(_message.Message):
+    __slots__ = ("name", "command", "env", "workdir", "user", "tty", "interactive", "terminal_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TTY_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.RepeatedScalarFieldContainer[str]
+    workdir: str
+    user: str
+    tty: bool
+    interactive: bool
+    terminal_size: TerminalSize
+    def __init__(self, name: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., terminal_size: _Optional[_Union[TerminalSize, _Mapping]] = ...) -> None: ...
+
+class ExecRequest(_message.Message):
+    __slots__ = ("start", "stdin", "resize", "close_stdin")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_STDIN_FIELD_NUMBER: _ClassVar[int]
+    start: ExecStart
+    stdin: bytes
+    resize: TerminalSize
+    close_stdin: bool
+    def __init__(self, start: _Optional[_Union[ExecStart, _Mapping]] = ..., stdin: _Optional[bytes] = ..., resize: _Optional[_Union[TerminalSize, _Mapping]] = ..., close_stdin: _Optional[bool] = ...) -> None: ...
+
+class ExecResponse(_message.Message):
+    __slots__ = ("stdout", "stderr", "exit_code")
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_code: _Optional[int] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("name", "stdin", "resize", "close_stdin")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_STDIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    stdin: bytes
+    resize: TerminalSize
+    close_stdin: bool
+    def __init__(self, name: _Optional[str] = ..., stdin: _Optional[bytes] = ..., resize: _Optional[_Union[TerminalSize, _Mapping]] = ..., close_stdin: _Optional[bool] = ...) -> None: ...
+
+class AttachResponse(_message.Message):
+    __slots__ = ("stdout", "stderr", "exit_code")
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_code: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("names", "stream", "interval_s")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    stream: bool
+    interval_s: float
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., stream: _Optional[bool] = ..., interval_s: _Optional[float] = ...) -> None: ...
+
+class ContainerStatsSample(_message.Message):
+    __slots__ = ("name", "container_id", "status", "read_at_monotonic_s", "cpu_percent", "cpu_usage_us", "online_cpus", "memory_usage_bytes", "memory_limit_bytes", "memory_percent", "pids_current", "net_rx_bytes", "net_tx_bytes", "block_read_bytes", "block_write_bytes", "block_io_source", "read_at_unix_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    READ_AT_MONOTONIC_S_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CPU_USAGE_US_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PIDS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    NET_RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NET_TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_IO_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    READ_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    container_id: str
+    status: str
+    read_at_monotonic_s: float
+    cpu_percent: float
+    cpu_usage_us: int
+    online_cpus: int
+    memory_usage_bytes: int
+    memory_limit_bytes: int
+    memory_percent: float
+    pids_current: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    block_read_bytes: int
+    block_write_bytes: int
+    block_io_source: str
+    read_at_unix_s: float
+    def __init__(self, name: _Optional[str] = ..., container_id: _Optional[str] = ..., status: _Optional[str] = ..., read_at_monotonic_s: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_usage_us: _Optional[int] = ..., online_cpus: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., memory_percent: _Optional[float] = ..., pids_current: _Optional[int] = ..., net_rx_bytes: _Optional[int] = ..., net_tx_bytes: _Optional[int] = ..., block_read_bytes: _Optional[int] = ..., block_write_bytes: _Optional[int] = ..., block_io_source: _Optional[str] = ..., read_at_unix_s: _Optional[float] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("samples",)
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[ContainerStatsSample]
+    def __init__(self, samples: _Optional[_Iterable[_Union[ContainerStatsSample, _Mapping]]] = ...) -> None: ...

@@ -264,6 +264,21 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.VolumePruneRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumePruneResponse.FromString,
                 _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/pymigrate.v1.Host/Exec',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.ExecRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.ExecResponse.FromString,
+                _registered_method=True)
+        self.Attach = channel.stream_stream(
+                '/pymigrate.v1.Host/Attach',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.AttachRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.AttachResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_stream(
+                '/pymigrate.v1.Host/Stats',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.StatsRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class HostServicer:
@@ -587,6 +602,34 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exec(self, request_iterator, context):
+        """Exec, Attach and Stats (issue 15). Exec: the first request is `start`; then stdin bytes,
+        window sizes and the end of stdin; responses carry the process's output (stdout and stderr
+        apart without a tty, everything as stdout with one) and, last, its exit code (126/127: the
+        command could not be run / was not found). Attach: the first request names a running
+        container; its terminal (a -t one) or its new output and, with -i, its stdin; the exit code
+        comes when the container ends. A client detaches by ending or cancelling the call. Both are
+        as privileged as RunContainer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attach(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Resource usage samples (runtime/stats.py): one response with every named container (none
+        named: every running one), or, with `stream`, one response every `interval_s` (default 1)
+        until the call is cancelled; CPU % is computed between consecutive samples of the call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -819,6 +862,21 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.VolumePrune,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.VolumePruneRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.VolumePruneResponse.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.ExecRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.ExecResponse.SerializeToString,
+            ),
+            'Attach': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.AttachRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.AttachResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_stream_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.StatsRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2063,6 +2121,87 @@ class Host:
             '/pymigrate.v1.Host/VolumePrune',
             pymigrate_dot_v1_dot_host__pb2.VolumePruneRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.VolumePruneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pymigrate.v1.Host/Exec',
+            pymigrate_dot_v1_dot_host__pb2.ExecRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pymigrate.v1.Host/Attach',
+            pymigrate_dot_v1_dot_host__pb2.AttachRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.AttachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pymigrate.v1.Host/Stats',
+            pymigrate_dot_v1_dot_host__pb2.StatsRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
