@@ -37,8 +37,10 @@ The error classes of runtime/errors.py and migrate/errors.py, and those of the i
 (``IMAGE_ERROR_MODULES``: registry, OCI archive, layer and config errors), cross by name; the
 image modules are imported on first use, not by the CLI's every remote call.
 
-Trailing metadata: ``pymigrate-error-type`` (the class name, ASCII, for grpcurl users) and
-``pymigrate-error-bin`` (JSON: type, message, hint, phase, attrs). Unexpected exceptions send
+Trailing metadata: ``pymigrate-error-type`` (the class name, ASCII, for grpcurl users),
+``pymigrate-error-bin`` (JSON: type, message, hint, phase, attrs) and the standard
+``grpc-status-details-bin`` (google.rpc.Status with ErrorInfo and, for bad input, BadRequest:
+migrate/remote/rpc_status.py, for Go/Java/Node clients; ``decode`` falls back to it). Unexpected exceptions send
 neither: their text may hold host details, so only an incident id goes out and the traceback
 stays in the daemon's log. Errors without our metadata (the channel failed, an old daemon, a
 proxy) are mapped from the status code alone.
@@ -204,7 +206,10 @@ def encode(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, s
     if len(blob) > _MAX_DATA_BYTES:
         data["attrs"] = {}
         blob = json.dumps(data).encode()[:_MAX_DATA_BYTES]
-    return code, str(exc)[:_MAX_MESSAGE_CHARS], ((TYPE_KEY, name), (DATA_KEY, blob))
+    details = str(exc)[:_MAX_MESSAGE_CHARS]
+    from migrate.remote import rpc_status  # the standard google.rpc.Status beside our trailer
+
+    return code, details, ((TYPE_KEY, name), (DATA_KEY, blob), rpc_status.trailer(code, details, data))
 
 
 def _nearest_known(exc: BaseException) -> str:
@@ -238,6 +243,19 @@ def _rebuild(data: dict[str, Any]) -> BaseException | None:
     return exc
 
 
+def _from_standard_details(metadata: Any) -> BaseException | None:
+    """The error a ``grpc-status-details-bin`` ErrorInfo of ours names, for a peer (or proxy) that
+    sent only the standard trailer; our own trailer is preferred because it keeps field types."""
+    for key, value in metadata or ():
+        if key == "grpc-status-details-bin":
+            from migrate.remote import rpc_status
+
+            status = rpc_status.parse(value)
+            data = rpc_status.from_status(status) if status is not None else None
+            return _rebuild(data) if data is not None else None
+    return None
+
+
 def _connect_failure(details: str) -> str:
     """gRPC's "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.2:7070: Failed
     to connect to remote host: Connection refused" as "connection refused": the cause, without
@@ -264,6 +282,9 @@ def decode(
                 if exc is not None:
                     return exc
             break
+    standard = _from_standard_details(metadata)
+    if standard is not None:
+        return standard
     where = f"the daemon at {target}"
     lowered = details.lower()
     if code == grpc.StatusCode.UNAVAILABLE:

@@ -37,10 +37,10 @@ from typing import Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
+from migrate.remote import reflection_v1
 from migrate.remote.service import SERVICE_NAME, ErrorInterceptor, HostServicer, TokenAuthInterceptor
 from migrate.remote.tls import TlsConfig
 from runtime.config import Paths
@@ -297,9 +297,8 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    # reflection v1alpha and v1 (migrate/remote/reflection_v1.py: grpcio-reflection serves only v1alpha)
+    reflection_v1.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
 
     credentials = None
     if tls is not None:
