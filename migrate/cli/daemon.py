@@ -48,6 +48,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trusted-key", dest="trusted_keys", type=_path, action="append", default=[], metavar="PUBKEY",
                    help="accept only uploaded archives signed by one of these ed25519 keys (ssh-ed25519 lines or "
                         "PEM; repeatable); checked before anything is extracted")
+    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (off by default)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="stderr log lines: text, or one JSON object per line (default text)")
     p.set_defaults(handler=cmd_daemon)
 
 
@@ -95,6 +99,16 @@ def _signature_policy(paths: list[Any]) -> Any:
     return policy
 
 
+def _start_metrics(engine: Any, listen: str | None) -> tuple[Any, Any]:
+    """The daemon's metrics and their HTTP listener (None, None without ``--metrics-listen``)."""
+    if not listen:
+        return None, None
+    from migrate.remote.metrics import DaemonMetrics, serve
+
+    metrics = DaemonMetrics(lambda: engine.containers(all=True))
+    return metrics, serve(metrics, listen)
+
+
 def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     # First, while this process is still single-threaded: the shim launcher (fork server).
     # Once gRPC runs its threads, fork() here is unsafe (runtime/shim.py explains).
@@ -106,12 +120,9 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     if getattr(args, "host", None):
         print("pymigrate: daemon serves this host; --host is for clients", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        force=True,
-        stream=sys.stderr,
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from migrate.remote.log_format import configure_logging
+
+    configure_logging(args.log_format, level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr)
     from runtime.config import Paths, default_root
 
     from migrate.remote.client import read_token
@@ -132,6 +143,7 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
                          signature_policy=_signature_policy(args.trusted_keys))
     engine.reconcile()
     _sweep_port_guards()
+    metrics, metrics_server = _start_metrics(engine, args.metrics_listen)
     server, bound = create_server(
         engine,
         listen,
@@ -140,6 +152,7 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
         insecure=bool(getattr(args, "insecure", False)),
         max_workers=args.max_workers,
         spool_dir=Paths(root).tmp,
+        metrics=metrics,
     )
     # where migration targets reach this daemon back (a wildcard host: the address they see us at)
     host = server.address.host or "0.0.0.0"
@@ -179,4 +192,6 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
             signal.signal(sig, handler)
         if not stop.is_set():
             server.stop(0)
+        if metrics_server is not None:
+            metrics_server.close()
     return EXIT_OK

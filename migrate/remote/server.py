@@ -41,6 +41,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
 from migrate.remote import reflection_v1
+from migrate.remote.access_log import CallObserver
+from migrate.remote.metrics import DaemonMetrics
 from migrate.remote.service import SERVICE_NAME, ErrorInterceptor, HostServicer, TokenAuthInterceptor
 from migrate.remote.tls import TlsConfig
 from runtime.config import Paths
@@ -259,6 +261,7 @@ def create_server(
     insecure: bool = False,
     max_workers: int = 32,
     spool_dir: Path | None = None,
+    metrics: DaemonMetrics | None = None,
 ) -> tuple[DaemonServer, int | str]:
     """Build a gRPC server for ``engine`` and bind it to ``listen`` (not started yet).
 
@@ -271,6 +274,8 @@ def create_server(
         max_workers: concurrent RPCs handled (each stream holds one worker while it runs).
         spool_dir: where uploaded image tarballs are parked before import (the state root's
             tmp/ in the daemon, so the import can rename instead of copy).
+        metrics: where calls are counted and timed (migrate/remote/metrics.py); every call is
+            access-logged either way (migrate/remote/access_log.py).
 
     Returns:
         The server and the bound TCP port (int) or the unix socket path (str).
@@ -285,7 +290,8 @@ def create_server(
             f"refusing to listen on {listen} without tls",
             hint="pass --tls-cert, --tls-key and --tls-ca (mutual tls), or --insecure on a trusted network",
         )
-    interceptors: list[grpc.ServerInterceptor] = []
+    # first, so it also sees the calls the token check refuses, with their final status
+    interceptors: list[grpc.ServerInterceptor] = [CallObserver(metrics)]
     if token is not None:
         interceptors.append(TokenAuthInterceptor(token))
     interceptors.append(ErrorInterceptor())
