@@ -28,12 +28,17 @@ import time
 from typing import Any
 
 from migrate.cli import EXIT_OK, EXIT_USAGE
+from migrate.remote.daemon_config import apply_file, record_argv
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("daemon", help="serve this host's API over gRPC (for schedulers, remote CLIs, migration)")
+    p.add_argument("--config", type=_path, default=None, metavar="FILE",
+                   help="TOML file of flags (keys: the long flags, e.g. listen = \"...\"); the command line wins "
+                        "(default /etc/pymigrate/daemon.toml when it exists)")
+    record_argv(p)  # the config file must not override flags the command line gave
     p.add_argument("--listen", default=None, help="unix:PATH or HOST:PORT (default unix:ROOT/run/pymigrate.sock)")
     # SUPPRESS: do not overwrite the same global flags given before the subcommand.
     p.add_argument("--tls-cert", type=_path, default=argparse.SUPPRESS, help="the daemon's certificate (PEM)")
@@ -110,6 +115,7 @@ def _start_metrics(engine: Any, listen: str | None) -> tuple[Any, Any]:
 
 
 def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
+    config, from_file = apply_file(args)  # first: the file may set any flag read below
     # First, while this process is still single-threaded: the shim launcher (fork server).
     # Once gRPC runs its threads, fork() here is unsafe (runtime/shim.py explains).
     from runtime.shim import use_launcher
@@ -173,6 +179,8 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
         log.info(
             "pymigrate daemon: root=%s listen=%s tls=%s token=%s", root, server.target, tls is not None, token is not None
         )
+        if config is not None:
+            log.info("read %s: %s", config, ", ".join(from_file) or "nothing the command line did not give")
         last_sweep = 0.0
         while not stop.wait(1.0):
             if time.monotonic() - last_sweep >= SWEEP_INTERVAL_S:

@@ -43,6 +43,7 @@ from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
 from migrate.remote import reflection_v1
 from migrate.remote.access_log import CallObserver
 from migrate.remote.metrics import DaemonMetrics
+from migrate.remote import sd_notify
 from migrate.remote.service import SERVICE_NAME, ErrorInterceptor, HostServicer, TokenAuthInterceptor
 from migrate.remote.tls import TlsConfig
 from runtime.config import Paths
@@ -164,6 +165,7 @@ class DaemonServer:
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving pymigrate.v1 on %s", self.target)
+        sd_notify.ready(f"serving pymigrate.v1 on {self.target}")  # under systemd (Type=notify): started
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting calls; give in-flight calls ``grace_s`` seconds, then cancel them.
@@ -175,6 +177,7 @@ class DaemonServer:
             return
         self._stopped.set()
         log.info("stopping: in-flight calls have %.1fs to finish", grace_s)
+        sd_notify.stopping(f"stopping: in-flight calls have {grace_s:.0f}s to finish")
         self._health.enter_graceful_shutdown()
         self.grpc_server.stop(grace_s).wait()
         # Handlers still running (cancelled streams unwinding, engine rollback) finish here.
