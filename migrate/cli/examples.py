@@ -112,6 +112,15 @@ EXAMPLES: dict[str, str] = {
     "daemon": """\
   pymigrate daemon                                  # unix:ROOT/run/pymigrate.sock
   pymigrate daemon --listen 0.0.0.0:7070 --tls-cert d.pem --tls-key d.key --tls-ca ca.pem""",
+    "events": """\
+  pymigrate events --since 10m --filter type=container
+  pymigrate events --filter container=web --format json""",
+    "tls": """\
+  pymigrate tls init                                # a CA in /etc/pymigrate/tls
+  pymigrate tls issue --ip 10.0.0.2 host2""",
+    "tls issue": """\
+  pymigrate tls issue --ip 10.0.0.2 --dns host2.lan host2
+  pymigrate tls issue --client-only scheduler""",
     "version": """\
   pymigrate version
   pymigrate --host ssh://root@host2 version --json""",
