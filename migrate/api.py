@@ -115,6 +115,9 @@ class CheckpointOptions:
     # an export leaves the named volumes' contents out (podman's --ignore-volumes): a restore then
     # needs volumes of those names on its host (migrate/volumes.py)
     ignore_volumes: bool = False
+    # checkpoint --label KEY=VALUE: kept on the checkpoint (its manifest), listed and filterable;
+    # the container's own labels stay in the checkpoint's container spec
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class CheckpointInfo:
     created_at: float
     size_bytes: int  # on disk (allocated blocks): the sparse upper.img counts what it holds
     criu_version: str
+    labels: dict[str, str] = field(default_factory=dict)  # checkpoint --label (the manifest's "labels")
 
 
 DEFAULT_RESTORE_TIMEOUT_S = 300.0

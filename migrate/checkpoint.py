@@ -350,6 +350,9 @@ def checkpoint_container(
 
 def _prepare(rt: Any, name: str, options: CheckpointOptions, criu: Criu) -> _Checkpoint:
     """Everything before the freeze: the state check, the staging dir, the manifest, the request."""
+    from runtime.labels import validate_labels
+
+    labels = validate_labels(options.labels)  # checkpoint --label, refused before anything is made
     container = rt.get(name)
     state = container.status
     if state not in ("running", "paused"):
@@ -370,6 +373,8 @@ def _prepare(rt: Any, name: str, options: CheckpointOptions, criu: Criu) -> _Che
         options={"tcp_established": options.tcp_established, "file_locks": options.file_locks, "netns_key": NETNS_KEY},
         image=image_record(rt.images, target.spec),
     )
+    if labels:
+        manifest["labels"] = labels
     request = DumpRequest(
         pid=target.init_pid,
         images_dir=images_dir,

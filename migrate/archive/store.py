@@ -207,7 +207,19 @@ def info_from_manifest(m: dict[str, Any], *, size_bytes: int = 0) -> CheckpointI
         created_at=float(m.get("created_at", 0.0)),
         size_bytes=size_bytes,
         criu_version=m.get("criu_version", ""),
+        labels=_manifest_labels(m),
     )
+
+
+def _manifest_labels(m: dict[str, Any]) -> dict[str, str]:
+    """The checkpoint's own labels (checkpoint --label); an archive's bad ones are left out, not trusted."""
+    from runtime.errors import InvalidArgument
+    from runtime.labels import validate_labels
+
+    try:
+        return validate_labels(m.get("labels") or {})
+    except InvalidArgument:
+        return {}
 
 
 def _tree_size(path: Path) -> int:

@@ -47,6 +47,10 @@ def register(sub: Any) -> None:
     p.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", default=[], metavar="PUB",
                    help="for 'checkpoint verify': public keys (ssh-ed25519 lines or PEM) the archive may be signed by")
     p.add_argument("--print-stats", action="store_true", help="print timing and size statistics")
+    p.add_argument("--label", dest="labels", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label on the checkpoint (checkpoint ls shows it, --filter label=KEY[=VALUE] selects it)")
+    p.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
+                   help="checkpoint ls: container=NAME, id=PREFIX or label=KEY[=VALUE]")
     add_json_flag(p)
     p.set_defaults(handler=cmd_checkpoint)
 
@@ -209,6 +213,7 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         print(f"pymigrate: invalid --level {args.level}: expected 1-22", file=sys.stderr)
         return EXIT_USAGE
     from migrate.api import CheckpointOptions
+    from runtime.labels import parse_labels
 
     options = CheckpointOptions(
         leave_running=args.leave_running,
@@ -219,6 +224,7 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         file_locks=args.file_locks,
         sign_key=args.sign_key,
         ignore_volumes=args.ignore_volumes,
+        labels=parse_labels(args.labels),
     )
     with Progress(ctx, f"checkpoint {verb}") as progress:
         result = ctx.engine.checkpoint(verb, options, progress)
@@ -237,16 +243,18 @@ def _checkpoint_verb(verb: str, rest: list[str], ctx: Context, args: argparse.Na
     if verb in ("sign", "verify"):
         return _signature_verb(verb, rest, ctx, args)
     if verb == "ls":
-        items = ctx.engine.checkpoints()
+        from migrate import list_filters
+
+        items = list_filters.select(ctx.engine.checkpoints(), args.filters, list_filters.CHECKPOINT_KEYS, "checkpoints")
         if ctx.json:
             ctx.emit_json(items)
             return EXIT_OK
-        rows = [("CHECKPOINT ID", "CONTAINER", "CREATED", "SIZE")]
+        rows = [("CHECKPOINT ID", "CONTAINER", "CREATED", "SIZE", "LABELS")]
         rows += [(c.checkpoint_id, c.container_name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created_at)),
-                  _human_bytes(c.size_bytes)) for c in items]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]  # from the data: long names stay aligned
+                  _human_bytes(c.size_bytes), ",".join(f"{k}={v}" for k, v in sorted(c.labels.items()))) for c in items]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]  # from the data: long names stay aligned
         for r in rows:
-            print(f"{r[0]:{widths[0]}}  {r[1]:{widths[1]}}  {r[2]:{widths[2]}}  {r[3]:>{widths[3]}}")
+            print(f"{r[0]:{widths[0]}}  {r[1]:{widths[1]}}  {r[2]:{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}".rstrip())
         return EXIT_OK
     if not rest:
         print(f"pymigrate: checkpoint {verb} needs a checkpoint id", file=sys.stderr)

@@ -175,7 +175,11 @@ def _selected(args: argparse.Namespace, ctx: Any) -> list[Any]:
 
         raise InvalidArgument(f"invalid --last {last}: expected 0 or more")
     # docker lists stopped containers for -n/-l and for a filter that asks for them, without -a
-    infos = ctx.engine.containers(all=args.all or last is not None or filters.wants_stopped())
+    include_stopped = args.all or last is not None or filters.wants_stopped()
+    # over --host the daemon filters (a scheduler's list stays small on the wire); selecting here
+    # too costs little and keeps an older daemon, which ignores the filters, right
+    remote = {"filters": tuple(args.filter)} if getattr(args, "host", None) and filters else {}
+    infos = ctx.engine.containers(all=include_stopped, **remote)
     infos = select(infos, filters) if filters else list(infos)
     if last is not None:
         infos = sorted(infos, key=lambda i: i.spec.created_at)[len(infos) - last:] if last else []

@@ -30,7 +30,7 @@ import re
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import grpc
 
@@ -248,6 +248,20 @@ class RemoteEngine:
         except grpc.RpcError as exc:
             raise self._error(exc, method) from exc
 
+    def _pages(self, method: str, request: Any, field: str) -> list[Any]:
+        """Every item of a paginated List (AIP-158), the largest pages the daemon gives; an older
+        daemon sends everything at once and no next_page_token."""
+        from migrate.paging import MAX_PAGE_SIZE
+
+        request.page_size = MAX_PAGE_SIZE
+        items: list[Any] = []
+        while True:
+            reply = self._unary(method, request)
+            items.extend(getattr(reply, field))
+            if not reply.next_page_token:
+                return items
+            request.page_token = reply.next_page_token
+
     def _client_stream(self, method: str, requests: Iterator[Any]) -> Any:
         wrapped = _Requests(requests)
         try:
@@ -302,7 +316,7 @@ class RemoteEngine:
     # --- images ---------------------------------------------------------------------------------
 
     def images(self) -> list[api.ImageInfo]:
-        return [cv.image_from_pb(i) for i in self._unary("ListImages", pb.ListImagesRequest()).images]
+        return [cv.image_from_pb(i) for i in self._pages("ListImages", pb.ListImagesRequest(), "images")]
 
     def image_import(self, name: str, tarball: Path) -> api.ImageInfo:
         if not Path(tarball).is_file():
@@ -392,7 +406,7 @@ class RemoteEngine:
         return cv.volume_info_from_pb(reply.volume)
 
     def volumes(self) -> list[api.VolumeInfo]:
-        return [cv.volume_info_from_pb(v) for v in self._unary("VolumeList", pb.VolumeListRequest()).volumes]
+        return [cv.volume_info_from_pb(v) for v in self._pages("VolumeList", pb.VolumeListRequest(), "volumes")]
 
     def volume_inspect(self, name: str) -> api.VolumeInfo:
         return cv.volume_info_from_pb(self._unary("VolumeInspect", pb.VolumeInspectRequest(name=name)).volume)
@@ -418,9 +432,10 @@ class RemoteEngine:
         reply = self._unary("RunContainer", cv.run_options_to_pb(options), timeout_s=max(self.timeout_s, 300.0))
         return cv.container_from_pb(reply.container)
 
-    def containers(self, all: bool = False) -> list[ContainerInfo]:
-        reply = self._unary("ListContainers", pb.ListContainersRequest(all=all))
-        return [cv.container_from_pb(c) for c in reply.containers]
+    def containers(self, all: bool = False, filters: Sequence[str] = ()) -> list[ContainerInfo]:
+        """``filters``: ``ps --filter`` entries, applied by the daemon (migrate/container_filter.py)."""
+        request = pb.ListContainersRequest(all=all, filter=list(filters))
+        return [cv.container_from_pb(c) for c in self._pages("ListContainers", request, "containers")]
 
     def inspect(self, name: str) -> ContainerInfo:
         return cv.container_from_pb(self._unary("InspectContainer", pb.InspectContainerRequest(name=name)).container)
@@ -552,7 +567,7 @@ class RemoteEngine:
         return dataclasses.replace(cv.restore_result_from_pb(result_pb), signed_by=signed_by)
 
     def checkpoints(self) -> list[api.CheckpointInfo]:
-        return [cv.checkpoint_info_from_pb(c) for c in self._unary("ListCheckpoints", pb.ListCheckpointsRequest()).checkpoints]
+        return [cv.checkpoint_info_from_pb(c) for c in self._pages("ListCheckpoints", pb.ListCheckpointsRequest(), "checkpoints")]
 
     def checkpoint_remove(self, checkpoint_id: str) -> None:
         self._unary("RemoveCheckpoint", pb.RemoveCheckpointRequest(checkpoint_id=checkpoint_id))

@@ -61,6 +61,9 @@ from migrate.remote import convert as cv
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
 from migrate.remote._rpc_errors import RpcCancelled
+from migrate import list_filters, paging
+from migrate.paging import Page
+from migrate.remote.idempotency import Claim, RequestStore
 from migrate.errors import ChecksumMismatch, TransferError
 from runtime.errors import InvalidArgument, Unsupported
 
@@ -194,6 +197,8 @@ class HostServicer(pb_grpc.HostServicer):
     def __init__(self, engine: api.Engine, *, spool_dir: Path | None = None) -> None:
         self.engine = engine
         self.spool_dir = spool_dir  # where ImportImage parks a tarball; None: the system tmp
+        root = getattr(engine, "root", None)  # request_id records: ROOT/requests (migrate/remote/idempotency.py)
+        self.requests = RequestStore(Path(root) / "requests" if root is not None else None)
 
     def _target(self, method: str) -> Any:
         fn = getattr(self.engine, method, None)
@@ -207,7 +212,9 @@ class HostServicer(pb_grpc.HostServicer):
 
     # images
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
-        return pb.ListImagesResponse(images=[cv.image_to_pb(i) for i in self.engine.images()])
+        page = _page(request, "images", lambda f: list_filters.select(self.engine.images(), f, list_filters.IMAGE_KEYS, "images"),
+                     lambda i: (i.created_at, i.name))
+        return pb.ListImagesResponse(images=[cv.image_to_pb(i) for i in page.items], next_page_token=page.next_page_token)
 
     @contextlib.contextmanager
     def _spooled(self, chunks: Iterator[bytes], prefix: str) -> Iterator[Path]:
@@ -298,7 +305,9 @@ class HostServicer(pb_grpc.HostServicer):
         return pb.VolumeCreateResponse(volume=cv.volume_info_to_pb(info))
 
     def VolumeList(self, request: pb.VolumeListRequest, context: grpc.ServicerContext) -> pb.VolumeListResponse:
-        return pb.VolumeListResponse(volumes=[cv.volume_info_to_pb(v) for v in self._target("volumes")()])
+        page = _page(request, "volumes", lambda f: list_filters.select(self._target("volumes")(), f, list_filters.VOLUME_KEYS, "volumes"),
+                     lambda v: (v.created_at, v.name))
+        return pb.VolumeListResponse(volumes=[cv.volume_info_to_pb(v) for v in page.items], next_page_token=page.next_page_token)
 
     def VolumeInspect(self, request: pb.VolumeInspectRequest, context: grpc.ServicerContext) -> pb.VolumeInspectResponse:
         return pb.VolumeInspectResponse(volume=cv.volume_info_to_pb(self._target("volume_inspect")(request.name)))
@@ -320,13 +329,28 @@ class HostServicer(pb_grpc.HostServicer):
 
     # containers
     def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
-        return pb.ListContainersResponse(containers=[cv.container_to_pb(c) for c in self.engine.containers(all=request.all)])
+        page = _page(request, "containers" + (" all" if request.all else ""), self._containers(request.all),
+                     lambda c: (c.spec.created_at, c.spec.container_id))
+        return pb.ListContainersResponse(containers=[cv.container_to_pb(c) for c in page.items], next_page_token=page.next_page_token)
+
+    def _containers(self, all: bool) -> Callable[[Any], list[Any]]:
+        def listed(entries: Any) -> list[Any]:
+            from migrate import container_filter
+
+            filters = container_filter.parse_filters(entries)  # ps --filter's rules, stopped ones too when asked
+            return container_filter.select(self.engine.containers(all=all or filters.wants_stopped()), filters)
+        return listed
 
     def InspectContainer(self, request: pb.InspectContainerRequest, context: grpc.ServicerContext) -> pb.InspectContainerResponse:
         return pb.InspectContainerResponse(container=cv.container_to_pb(self.engine.inspect(request.name)))
 
     def RunContainer(self, request: pb.RunContainerRequest, context: grpc.ServicerContext) -> pb.RunContainerResponse:
-        return pb.RunContainerResponse(container=cv.container_to_pb(self.engine.run(cv.run_options_from_pb(request))))
+        with self.requests.claim("RunContainer", request.request_id, _body(request), context.is_active) as claim:
+            if claim.result is not None:
+                return pb.RunContainerResponse.FromString(claim.result)
+            reply = pb.RunContainerResponse(container=cv.container_to_pb(self.engine.run(cv.run_options_from_pb(request))))
+            claim.record(reply.SerializeToString())
+            return reply
 
     def StopContainer(self, request: pb.StopContainerRequest, context: grpc.ServicerContext) -> pb.StopContainerResponse:
         timeout_s = request.timeout_s if request.HasField("timeout_s") else 10.0
@@ -374,24 +398,36 @@ class HostServicer(pb_grpc.HostServicer):
     # checkpoints
     def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> Iterator[pb.CheckpointResponse]:
         options = cv.checkpoint_options_from_pb(request)
-        for item in _stream_call(context, "checkpoint", lambda progress: self.engine.checkpoint(request.name, options, progress)):
-            if isinstance(item, tuple):
-                yield pb.CheckpointResponse(result=cv.checkpoint_result_to_pb(item[1]))
-            else:
-                yield pb.CheckpointResponse(progress=cv.progress_to_pb(item))
+        with self.requests.claim("Checkpoint", request.request_id, _body(request), context.is_active) as claim:
+            if claim.result is not None:
+                yield pb.CheckpointResponse.FromString(claim.result)
+                return
+            for item in _stream_call(context, "checkpoint", lambda progress: self.engine.checkpoint(request.name, options, progress)):
+                if isinstance(item, tuple):
+                    yield _recorded(claim, pb.CheckpointResponse(result=cv.checkpoint_result_to_pb(item[1])))
+                else:
+                    yield pb.CheckpointResponse(progress=cv.progress_to_pb(item))
 
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreResponse]:
         options = cv.restore_options_from_pb(request)
         if not options.checkpoint_id:
             raise InvalidArgument("restore needs a checkpoint_id held by this daemon (upload the archive first)")
-        for item in _stream_call(context, "restore", lambda progress: self.engine.restore(options, progress)):
-            if isinstance(item, tuple):
-                yield pb.RestoreResponse(result=cv.restore_result_to_pb(item[1]))
-            else:
-                yield pb.RestoreResponse(progress=cv.progress_to_pb(item))
+        with self.requests.claim("Restore", request.request_id, _body(request), context.is_active) as claim:
+            if claim.result is not None:
+                yield pb.RestoreResponse.FromString(claim.result)
+                return
+            for item in _stream_call(context, "restore", lambda progress: self.engine.restore(options, progress)):
+                if isinstance(item, tuple):
+                    yield _recorded(claim, pb.RestoreResponse(result=cv.restore_result_to_pb(item[1])))
+                else:
+                    yield pb.RestoreResponse(progress=cv.progress_to_pb(item))
 
     def ListCheckpoints(self, request: pb.ListCheckpointsRequest, context: grpc.ServicerContext) -> pb.ListCheckpointsResponse:
-        return pb.ListCheckpointsResponse(checkpoints=[cv.checkpoint_info_to_pb(c) for c in self.engine.checkpoints()])
+        page = _page(request, "checkpoints",
+                     lambda f: list_filters.select(self.engine.checkpoints(), f, list_filters.CHECKPOINT_KEYS, "checkpoints"),
+                     lambda c: (c.created_at, c.checkpoint_id))
+        return pb.ListCheckpointsResponse(checkpoints=[cv.checkpoint_info_to_pb(c) for c in page.items],
+                                          next_page_token=page.next_page_token)
 
     def RemoveCheckpoint(self, request: pb.RemoveCheckpointRequest, context: grpc.ServicerContext) -> pb.RemoveCheckpointResponse:
         self.engine.checkpoint_remove(request.checkpoint_id)
@@ -415,10 +451,18 @@ class HostServicer(pb_grpc.HostServicer):
     # migration
     def Migrate(self, request: pb.MigrateRequest, context: grpc.ServicerContext) -> Iterator[pb.MigrateResponse]:
         options = cv.migrate_options_from_pb(request)
+        with self.requests.claim("Migrate", request.request_id, _body(request), context.is_active) as claim:
+            if claim.result is not None:
+                yield pb.MigrateResponse.FromString(claim.result)
+                return
+            yield from self._migrate(request, options, context, claim)
+
+    def _migrate(self, request: pb.MigrateRequest, options: api.MigrateOptions, context: grpc.ServicerContext,
+                 claim: Claim) -> Iterator[pb.MigrateResponse]:
         phase, phase_start_s, phase_start_bytes = "", 0.0, 0
         for item in _stream_call(context, "migrate", lambda progress: self.engine.migrate(request.name, options, progress)):
             if isinstance(item, tuple):
-                yield pb.MigrateResponse(result=cv.migrate_result_to_pb(item[1]))
+                yield _recorded(claim, pb.MigrateResponse(result=cv.migrate_result_to_pb(item[1])))
                 continue
             if item.phase != phase:
                 phase, phase_start_s, phase_start_bytes = item.phase, item.elapsed_s, item.bytes_done
@@ -466,6 +510,32 @@ class HostServicer(pb_grpc.HostServicer):
         port = self._target("start_precopy_round")(request.migration_id, request.round, final=request.final,
                                                    source_address=_peer_ip(context.peer()))
         return pb.StartPrecopyRoundResponse(page_server_port=port)
+
+
+# --- lists and retries (issue 15): AIP-158 pages, request_id records ----------------------------------
+
+
+def _page(request: Any, scope: str, listed: Callable[[Any], list[Any]], key: Callable[[Any], Any]) -> Page[Any]:
+    """One page of ``listed(request.filter)`` sorted by ``key``; the token is bound to scope and filters
+    (checked before anything is listed)."""
+    entries = list(request.filter)
+    if request.page_token:
+        paging.decode_token(request.page_token, paging.filter_digest(scope, entries))
+    return paging.paginate(listed(entries), key, size=request.page_size, token=request.page_token,
+                           scope=scope, filters=entries)
+
+
+def _body(request: Any) -> bytes:
+    """The request as its request_id record compares it: deterministic bytes without the id."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")
+    return copy.SerializeToString(deterministic=True)
+
+
+def _recorded(claim: Claim, response: Any) -> Any:
+    claim.record(response.SerializeToString())
+    return response
 
 
 def _peer_ip(peer: str) -> str | None:

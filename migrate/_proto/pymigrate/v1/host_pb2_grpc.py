@@ -279,6 +279,11 @@ class HostStub:
                 request_serializer=pymigrate_dot_v1_dot_host__pb2.StatsRequest.SerializeToString,
                 response_deserializer=pymigrate_dot_v1_dot_host__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/pymigrate.v1.Host/WatchEvents',
+                request_serializer=pymigrate_dot_v1_dot_host__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=pymigrate_dot_v1_dot_host__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class HostServicer:
@@ -630,6 +635,17 @@ class HostServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Lifecycle events of containers, checkpoints, images and migrations (the state root's journal,
+        runtime/events.py), in order, each with its sequence number: `since` resumes exactly after a
+        cursor (none lost, none repeated); without it, only new events. Follows until cancelled. A
+        response without `event` is a keep-alive (about every second when idle). A cursor older
+        than the journal keeps: INVALID_ARGUMENT, error type EventsLost (relist, then watch anew).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -877,6 +893,11 @@ def add_HostServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=pymigrate_dot_v1_dot_host__pb2.StatsRequest.FromString,
                     response_serializer=pymigrate_dot_v1_dot_host__pb2.StatsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=pymigrate_dot_v1_dot_host__pb2.WatchEventsRequest.FromString,
+                    response_serializer=pymigrate_dot_v1_dot_host__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2202,6 +2223,33 @@ class Host:
             '/pymigrate.v1.Host/Stats',
             pymigrate_dot_v1_dot_host__pb2.StatsRequest.SerializeToString,
             pymigrate_dot_v1_dot_host__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pymigrate.v1.Host/WatchEvents',
+            pymigrate_dot_v1_dot_host__pb2.WatchEventsRequest.SerializeToString,
+            pymigrate_dot_v1_dot_host__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
