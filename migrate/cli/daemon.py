@@ -2,7 +2,7 @@
 
     pymigrate [--root DIR] daemon [--listen unix:PATH | HOST:PORT]
         [--tls-cert F --tls-key F --tls-ca F] [--token-file F] [--insecure] [--grace SECONDS]
-        [--allow-peer-volumes] [--trusted-key PUBKEY]...
+        [--allow-peer-volumes] [--trusted-key PUBKEY]... [--metrics-listen HOST:PORT] [--log-format text|json]
 
 The default listener is ``unix:ROOT/run/pymigrate.sock`` (mode 0600). A TCP listener requires
 mutual TLS (the daemon's certificate and key, and the CA client certificates must chain to)
@@ -14,8 +14,9 @@ keys (migrate/archive/signing.py); migration pushes stay authenticated by the ch
 
 SIGTERM / SIGINT stop gracefully: no new calls, in-flight calls get ``--grace`` seconds, then
 they are cancelled and the engine rolls them back. Logs go to stderr (configured here, not in
-the library). Exit codes: 0 after a clean stop, 125 for bad flag combinations and when the
-daemon cannot start.
+the library), as text or JSON lines, with one access line per call; ``--metrics-listen`` serves
+Prometheus metrics over plain HTTP (docs/operations.md, "Metrics and logs"). Exit codes: 0
+after a clean stop, 125 for bad flag combinations and when the daemon cannot start.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 With fake handlers and a fake context: the code of a returned, aborted, raising, cancelled call;
 a Migrate's pause, total and bytes from the result it answered; the peer's identity (TLS CN,
-SAN, unix socket). On real sockets with FakeEngine: two in-process daemons migrate, the source
+SAN, unix socket). On real sockets (a real mTLS caller is named by its certificate's CN) with FakeEngine: two in-process daemons migrate, the source
 counts the migration and its pause, the target the bytes pushed to it; a refused token shows as
 UNAUTHENTICATED in the log and the counters.
 """
@@ -26,6 +26,8 @@ from migrate.errors import AuthError
 from migrate.remote.client import RemoteEngine
 from migrate.remote.metrics import DaemonMetrics
 from migrate.remote.server import create_server
+from migrate.remote.tls import TlsConfig
+from tests.fakes.certs import TestCA
 from tests.fakes.engine import FakeEngine
 
 MIGRATE = "/pymigrate.v1.Host/Migrate"
@@ -240,3 +242,18 @@ def test_two_daemons_migrate_and_count(sockdir: Path, caplog: pytest.LogCaptureF
     assert (me, "ListContainers", "UNAUTHENTICATED") in lines, lines
     assert _sample(target_metrics, "pymigrate_rpc_handled_total", service="pymigrate.v1.Host",
                    method="ListContainers", code="UNAUTHENTICATED") == 1
+
+
+def test_mtls_caller_is_named_by_its_certificate(sockdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ca = TestCA(sockdir / "pki", "pymigrate test ca")
+    daemon, client = ca.issue("daemon", server=True), ca.issue("scheduler-7", server=False)
+    server, _ = create_server(FakeEngine(), "127.0.0.1:0", tls=TlsConfig(cert=daemon.cert, key=daemon.key, ca=ca.ca_path))
+    server.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="pymigrate.access"), \
+                RemoteEngine(server.target, tls=TlsConfig(cert=client.cert, key=client.key, ca=ca.ca_path)) as remote:
+            assert remote.containers() == []
+    finally:
+        server.stop(0)
+    (line,) = [r for r in _access(caplog) if r.method.endswith("/ListContainers")]
+    assert line.peer == "cn:scheduler-7" and line.addr.startswith("ipv4:127.0.0.1:") and line.code == "OK"
