@@ -19,11 +19,12 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import grpc
 
-from migrate.remote.metrics import DaemonMetrics
+if TYPE_CHECKING:  # prometheus_client is imported only by a daemon that serves metrics
+    from migrate.remote.metrics import DaemonMetrics
 
 access_log = logging.getLogger("pymigrate.access")
 
