@@ -1,4 +1,5 @@
-"""Containers' resource usage and processes: stats, top (docker's habits; local only for now)."""
+"""Containers' resource usage and processes: stats (also over --host: the daemon's Stats call), top
+(local only), as docker shows them."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "stats", help="resource usage of containers: CPU, memory, pids, network and block I/O",
         description="Live resource usage, redrawn every second until Ctrl-C (--no-stream: one sample). "
-        "CPU %%: 100 is one core busy. MEM USAGE: without the page cache the kernel can drop; "
+        "CPU %: 100 is one core busy. MEM USAGE: without the page cache the kernel can drop; "
         "LIMIT: the container's, else the host's memory. With --json (streaming): one JSON array per line.",
     )
     p.add_argument("-a", "--all", action="store_true", help="all containers (default: running ones)")
