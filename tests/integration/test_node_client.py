@@ -4,7 +4,7 @@ tests/clients/node (Node.js, @grpc/grpc-js + @grpc/proto-loader from npm, instal
 ``npm ci`` from its lockfile into a cache under /var/cache so reruns are fast) calls a real
 ``pymigrate daemon`` over its unix socket: a refused InspectContainer must come back NOT_FOUND
 with ErrorInfo reason CONTAINER_NOT_FOUND naming the container; a RunContainer with a bad name
-INVALID_ARGUMENT with a BadRequest; listing works.
+INVALID_ARGUMENT with a BadRequest; a container created on the host is listed with its id and status.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import google.rpc
+import grpc
 import pytest
 
-from tests.integration.test_daemon import daemon  # noqa: F401  (the fixture: a real daemon process)
+from migrate.remote.server import wait_for_serving
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root")]
 
@@ -52,6 +55,30 @@ def node_modules() -> Iterator[Path]:
     yield _node_modules()
 
 
+@pytest.fixture
+def daemon(pm_root: Path) -> Iterator[Path]:
+    """A real ``pymigrate daemon`` on the session's state root (busybox loaded); yields its socket."""
+    sock = pm_root / "run" / "node-test.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "migrate", "--root", str(pm_root), "daemon", "--listen", f"unix:{sock}", "--grace", "5"],
+        stderr=subprocess.DEVNULL, cwd=REPO,
+    )
+    try:
+        channel = grpc.insecure_channel(f"unix:{sock}")
+        try:
+            wait_for_serving(channel, timeout_s=30.0)
+        finally:
+            channel.close()
+        yield sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def _node(node_modules: Path, sock: Path, *argv: str) -> tuple[int, list[dict[str, Any]]]:
     google_dir = Path(google.rpc.__path__[0]).parent.parent  # site-packages: google/rpc/*.proto
     proc = subprocess.run(
@@ -63,8 +90,8 @@ def _node(node_modules: Path, sock: Path, *argv: str) -> tuple[int, list[dict[st
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-def test_node_reads_error_info_of_a_refused_call(daemon: Any, node_modules: Path) -> None:  # noqa: F811
-    _, _, sock = daemon
+def test_node_reads_error_info_of_a_refused_call(daemon: Path, node_modules: Path) -> None:
+    sock = daemon
     rc, (report,) = _node(node_modules, sock, "inspect", "no-such-box")
     assert rc == 1 and report["grpcCodeName"] == "NOT_FOUND"
     status = report["status"]
@@ -75,8 +102,8 @@ def test_node_reads_error_info_of_a_refused_call(daemon: Any, node_modules: Path
     assert status["badRequest"] is None
 
 
-def test_node_reads_bad_request_of_a_bad_name(daemon: Any, node_modules: Path) -> None:  # noqa: F811
-    _, _, sock = daemon
+def test_node_reads_bad_request_of_a_bad_name(daemon: Path, node_modules: Path) -> None:
+    sock = daemon  # busybox exists there: the name is what the daemon refuses
     rc, (report,) = _node(node_modules, sock, "run", "busybox", "bad name!")
     assert rc == 1 and report["grpcCodeName"] == "INVALID_ARGUMENT", report
     status = report["status"]
@@ -85,7 +112,13 @@ def test_node_reads_bad_request_of_a_bad_name(daemon: Any, node_modules: Path) -
     assert "bad name!" in violation["description"]
 
 
-def test_node_lists_containers(daemon: Any, node_modules: Path) -> None:  # noqa: F811
-    _, _, sock = daemon
-    rc, lines = _node(node_modules, sock, "ls")
-    assert rc == 0 and lines == []  # a fresh state root; the list call itself must succeed
+def test_node_lists_containers(daemon: Path, node_modules: Path, pm: Callable[..., Any]) -> None:
+    created = pm("create", "--name", "node-listed", "busybox", "sleep", "100")
+    assert created.returncode == 0, created.stderr
+    try:
+        rc, lines = _node(node_modules, daemon, "ls")
+        assert rc == 0
+        (listed,) = [c for c in lines if c["name"] == "node-listed"]
+        assert listed["id"] == created.stdout.decode().strip() and listed["status"] == "CONTAINER_STATUS_CREATED"
+    finally:
+        pm("rm", "-f", "node-listed")
