@@ -43,7 +43,7 @@ def record_argv(parser: argparse.ArgumentParser) -> None:
         setattr(parsed, PARSER_ATTR, parser)
         return parsed, extras
 
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign, assignment]
 
 
 def apply_file(args: argparse.Namespace) -> tuple[Path | None, list[str]]:

@@ -82,3 +82,33 @@ def test_cli_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert '"ips": [\n    "192.0.2.9"' in out and '"dns": [\n    "node-3"' in out
     assert main(["tls", "issue", "node-3", "--dir", str(tmp_path)]) == 125  # exists
+
+
+def test_usages_are_enforced_by_grpc(tmp_path: Path) -> None:
+    """Over real TCP with gRPC's TLS: a host certificate serves and dials (a daemon is a client of
+    the daemon it migrates to); a --client-only one is refused as a server (extended key usage)."""
+    from migrate.errors import AuthError
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.server import create_server
+    from migrate.remote.tls import TlsConfig
+    from tests.fakes.engine import FakeEngine
+
+    init_ca(tmp_path)
+    issue("127.0.0.1", tmp_path)
+    issue("server-as-client", tmp_path, ips=("127.0.0.1",), client_only=True)
+
+    def tls(stem: str) -> TlsConfig:
+        return TlsConfig(tmp_path / f"{stem}.crt", tmp_path / f"{stem}.key", tmp_path / "ca.crt")
+
+    def host_info(server_stem: str, client_stem: str) -> str:
+        server, port = create_server(FakeEngine(hostname="h"), "127.0.0.1:0", tls=tls(server_stem))
+        server.start()
+        try:
+            with RemoteEngine(f"127.0.0.1:{port}", tls=tls(client_stem), timeout_s=5) as client:
+                return client.host_info().hostname  # type: ignore[no-any-return]
+        finally:
+            server.stop(0)
+
+    assert host_info("127.0.0.1", "127.0.0.1") == "h"
+    with pytest.raises(AuthError, match="tls handshake"):
+        host_info("server-as-client", "127.0.0.1")
