@@ -367,6 +367,9 @@ class Engine(Protocol):
                             follow: bool = False) -> Any: ...  # runtime.container_files.CopyResult
     def copy_to_container(self, name: str, src: Any, dest_path: str, *, archive: bool = False,
                           follow: bool = False) -> Any: ...
+    # runtime.events.Event after cursor ``since`` (None: only new ones), then new ones until closed;
+    # None now and then while none come (a caller's chance to stop); EventsLost for a too old cursor
+    def events(self, since: int | None = None, filters: tuple[str, ...] = ()) -> Iterator[Any]: ...
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,20 @@ def _version() -> str:
     return __version__
 
 
+def _event(root: Path, type: str, action: str, object_id: str, name: str, **attributes: Any) -> None:
+    """Journal an event (runtime/events.py; never raises into the operation)."""
+    from runtime.events import emit
+
+    emit(root, type, action, object_id, name, attributes)
+
+
+def _container_event(root: Path, action: str, spec: Any, **attributes: Any) -> None:
+    """Journal a container's event: its id, name, image and labels from ``spec``."""
+    from runtime.events import emit_container
+
+    emit_container(root, action, spec, **attributes)
+
+
 def _image_info(image: Any) -> ImageInfo:
     return ImageInfo(name=image.name, digest=image.digest, size_bytes=image.size_bytes, created_at=image.created_at,
                      layers=len(image.layers))
@@ -129,7 +143,9 @@ class LocalEngine:
         """Load a Docker/OCI archive or OCI layout directory (runtime.image_store.load_archive);
         the daemon's LoadImage hands it the upload spooled into the state root's tmp."""
         self.runtime.paths.ensure()
-        return _image_info(self.runtime.images.load_archive(Path(path), name=name, platform=platform))
+        info = _image_info(self.runtime.images.load_archive(Path(path), name=name, platform=platform))
+        _event(self.root, "image", "load", info.digest, info.name)
+        return info
 
     def image_pull(self, reference: str, name: str | None = None, platform: str | None = None,
                    options: RegistryOptions | None = None, progress: Callable[[str], None] | None = None) -> ImageInfo:
@@ -140,6 +156,7 @@ class LocalEngine:
         self.runtime.paths.ensure()
         image = registry.pull(self.runtime.images, reference, name=name, platform=platform, options=options,
                               progress=progress)
+        _event(self.root, "image", "pull", image.digest, image.name, reference=reference)
         return _image_info(image)
 
     def image_push(self, name: str, reference: str, options: RegistryOptions | None = None,
@@ -173,10 +190,14 @@ class LocalEngine:
         return reg.logout(registry, authfile=authfile)
 
     def image_remove(self, name: str) -> ImageRemoval:
-        return _removal(self.runtime.images.remove(name))
+        removal = _removal(self.runtime.images.remove(name))
+        _event(self.root, "image", "remove", "", name)
+        return removal
 
     def image_tag(self, source: str, target: str) -> ImageInfo:
-        return _image_info(self.runtime.images.tag(source, target))
+        info = _image_info(self.runtime.images.tag(source, target))
+        _event(self.root, "image", "tag", info.digest, target, source=source)
+        return info
 
     def image_prune(self, all: bool = False) -> ImageRemoval:
         """Unnamed images no container or checkpoint uses (``all``: named ones too), then unused
@@ -260,12 +281,17 @@ class LocalEngine:
     # -- containers -----------------------------------------------------------------------------
     def run(self, options: RunOptions) -> ContainerInfo:
         image, command, kwargs = self._run_args(options)
-        return self.runtime.run(image, command, **kwargs)
+        info = self.runtime.run(image, command, **kwargs)
+        _container_event(self.root, "create", info.spec)
+        _container_event(self.root, "start", info.spec)
+        return info
 
     def create(self, options: RunOptions) -> ContainerInfo:
         """``run`` without the start (status ``created``); ``start`` runs it (runtime/start.py)."""
         image, command, kwargs = self._run_args(options)
-        return self.runtime.create(image, command, **kwargs)
+        info = self.runtime.create(image, command, **kwargs)
+        _container_event(self.root, "create", info.spec)
+        return info
 
     def _run_args(self, options: RunOptions) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """``options`` as the runtime's run takes them: image, command and keywords."""
@@ -282,12 +308,16 @@ class LocalEngine:
         """Start a created or exited container; a running one is left as it is (runtime/start.py)."""
         from runtime.start import start
 
-        return start(self.runtime, name)
+        info = start(self.runtime, name)
+        _container_event(self.root, "start", info.spec)
+        return info
 
     def restart(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
         from runtime.start import restart
 
-        return restart(self.runtime, name, timeout_s)
+        info = restart(self.runtime, name, timeout_s)
+        _container_event(self.root, "restart", info.spec)
+        return info
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         """Refused while an outgoing migration of it is recorded: its target gets the name it started with."""
@@ -301,7 +331,9 @@ class LocalEngine:
                            hint=f"migration {record.get('migration_id')} to {record.get('dest')} works on it; rename it when that is done")
         from runtime.rename import rename
 
-        return rename(self.runtime, name, new_name)
+        info = rename(self.runtime, name, new_name)
+        _container_event(self.root, "rename", info.spec, oldName=name)
+        return info
 
     def containers(self, all: bool = False) -> list[ContainerInfo]:
         return self.runtime.list(all=all)
@@ -310,25 +342,51 @@ class LocalEngine:
         return self.runtime.inspect(name)
 
     def stop(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
-        return self.runtime.stop(name, timeout_s=timeout_s)
+        info = self.runtime.stop(name, timeout_s=timeout_s)
+        _container_event(self.root, "stop", info.spec)
+        return info
 
     def kill(self, name: str, signal: int = 9) -> None:
+        spec = self.runtime.container(name).spec  # before: a --rm container may be gone after
         self.runtime.kill(name, signal)
+        _container_event(self.root, "kill", spec, signal=signal)
 
     def remove(self, name: str, force: bool = False) -> bool:
         """False: ``force`` and no such container (nothing done, no error: docker's ``rm -f``)."""
-        return self.runtime.remove(name, force=force)
+        from runtime.errors import ContainerNotFound
+
+        try:
+            spec = self.runtime.container(name).spec
+        except ContainerNotFound:
+            spec = None  # remove says so (or, forced, does nothing)
+        removed = self.runtime.remove(name, force=force)
+        if removed and spec is not None:
+            _container_event(self.root, "remove", spec)
+        return removed
 
     def pause(self, name: str) -> ContainerInfo:
-        return self.runtime.pause(name)
+        info = self.runtime.pause(name)
+        _container_event(self.root, "pause", info.spec)
+        return info
 
     def unpause(self, name: str) -> ContainerInfo:
         self._refuse_unsettled(name, "unpause")
-        return self.runtime.unpause(name)
+        info = self.runtime.unpause(name)
+        _container_event(self.root, "unpause", info.spec)
+        return info
 
     def logs(self, name: str, follow: bool = False, *, tail: int | None = None, since: float | None = None,
              until: float | None = None) -> Iterator[LogEntry]:
         return self.runtime.logs(name, follow=follow, tail=tail, since=since, until=until)
+
+    def events(self, since: int | None = None, filters: tuple[str, ...] = ()) -> Iterator[Any]:
+        """This root's journal (runtime/events.py): events after cursor ``since`` (None: only new
+        ones) matching ``filters``, then new ones forever; None between them when a poll found
+        none (a caller's chance to stop). Raises ``EventsLost`` for a cursor older than kept."""
+        from runtime.events import EventFilter, Journal
+
+        wanted = EventFilter.parse(filters)
+        return (e for e in Journal(self.root).follow(since) if e is None or wanted.match(e))
 
     def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None,
              user: str | None = None, console: Any = None) -> int:
@@ -377,19 +435,25 @@ class LocalEngine:
         from migrate.checkpoint import checkpoint_container
 
         self.runtime.paths.ensure()
-        return checkpoint_container(self._host(), name, options, progress=progress)
+        result = checkpoint_container(self._host(), name, options, progress=progress)
+        _event(self.root, "checkpoint", "create", result.checkpoint_id, result.container_name,
+               export=result.export_path or None)
+        return result
 
     def restore(self, options: RestoreOptions, progress: ProgressFn | None = None) -> RestoreResult:
         from migrate.restore import restore_container
 
         self.runtime.paths.ensure()
-        return restore_container(self._host(), options, progress=progress)
+        result = restore_container(self._host(), options, progress=progress)
+        _container_event(self.root, "restore", result.container.spec)
+        return result
 
     def checkpoints(self) -> list[CheckpointInfo]:
         return self._checkpoint_store().list()
 
     def checkpoint_remove(self, checkpoint_id: str) -> None:
         self._checkpoint_store().remove(checkpoint_id)
+        _event(self.root, "checkpoint", "remove", checkpoint_id, "")
 
     def checkpoint_inspect(self, checkpoint_id: str) -> dict[str, Any]:
         return self._checkpoint_store().manifest(checkpoint_id)
@@ -397,13 +461,16 @@ class LocalEngine:
     def export_checkpoint(self, checkpoint_id: str) -> Iterator[bytes]:
         from migrate.archive.store import export_stream
 
+        _event(self.root, "checkpoint", "export", checkpoint_id, "")
         return export_stream(self.runtime.paths, checkpoint_id)
 
     def import_checkpoint(self, chunks: Iterator[bytes]) -> CheckpointInfo:
         from migrate.archive.store import import_stream
 
         self.runtime.paths.ensure()
-        return import_stream(self.runtime.paths, chunks, self.signature_policy)
+        info = import_stream(self.runtime.paths, chunks, self.signature_policy)
+        _event(self.root, "checkpoint", "import", info.checkpoint_id, info.container_name, container_id=info.container_id)
+        return info
 
     # -- migration ------------------------------------------------------------------------------
     def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult:

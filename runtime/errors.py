@@ -10,7 +10,8 @@ Tree::
     ├── InvalidState                operation illegal in the current state (has expected/actual)
     │   └── VolumeInUse             a named volume a container uses (names them) cannot go
     ├── InvalidArgument             bad user input: names, limits, addresses, volumes, commands
-    │   └── InvalidSpec             a container spec field (a manifest's, a peer's) refused; names it
+    │   ├── InvalidSpec             a container spec field (a manifest's, a peer's) refused; names it
+    │   └── EventsLost              an event cursor older than the journal keeps (since, oldest)
     ├── Busy                        another operation holds the container or checkpoint (names it)
     ├── ImageError                  image store problems
     │   ├── ImageNotFound
@@ -107,6 +108,17 @@ class InvalidSpec(InvalidArgument):
     def __init__(self, field: str, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.field = field
+
+
+class EventsLost(InvalidArgument):
+    """Events after cursor ``since`` were rotated out of the journal (``oldest`` is the first kept):
+    a watcher must relist what it tracks, then watch from now (runtime/events.py)."""
+
+    def __init__(self, since: int, oldest: int) -> None:
+        super().__init__(f"events after {since} were lost: the journal keeps events from {oldest} on",
+                         hint="list the objects again, then watch without a cursor (or from the oldest kept)")
+        self.since = since
+        self.oldest = oldest
 
 
 class Busy(ContainerError):

@@ -459,6 +459,13 @@ def record_exit(store: StateStore, container_id: str, exit_code: int, oom_killed
     except ContainerNotFound:
         pass
     log.info("container=%s exited code=%s oom_killed=%s", container_id, exit_code, oom_killed)
+    try:  # the journal's die event: this shim is the one process that sees the exit
+        from runtime.events import emit_container
+
+        emit_container(store.paths.root, "die", store.load_spec(container_id), exitCode=exit_code,
+                       oomKilled=str(oom_killed).lower())
+    except ContainerNotFound:
+        pass
 
 
 def _reap_until(init_pid: int) -> int:

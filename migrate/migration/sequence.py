@@ -164,10 +164,27 @@ def run(rt: Any, name: str, options: MigrateOptions, target: Any, mode: Mode, *,
                 dt=rt.dump_target(container))
     try:
         _preflight(move, mode)
+        _event(move, "start")
         settled = _transfer(move, mode)
-        return _finish(move, mode, settled)
+        result = _finish(move, mode, settled)
+        _event(move, "completed", frozen_ms=result.stats.frozen_ms, total_ms=result.stats.total_ms)
+        return result
+    except BaseException as exc:
+        if move.migration_id:  # else the target never heard of it: no migration to speak of
+            _event(move, "failed", error=str(exc) or type(exc).__name__)
+        raise
     finally:
         mode.finished(move)
+
+
+def _event(move: Move, action: str, **attributes: Any) -> None:
+    """A migration event in this host's journal (runtime/events.py): id the migration's, name the container's."""
+    from runtime.events import emit
+
+    spec = move.spec
+    emit(move.rt.paths.root, "migration", action, move.migration_id, spec.name,
+         {"container_id": spec.container_id, "mode": move.options.mode, "dest": move.options.dest, "role": "source",
+          **getattr(spec, "labels", {}), **attributes})
 
 
 def _preflight(move: Move, mode: Mode) -> None:
@@ -255,6 +272,7 @@ def _dump(move: Move, mode: Mode) -> None:
     move.frozen = True
     move.frozen_at = time.monotonic()
     _mark(move, "source: frozen")
+    _event(move, "frozen")  # an flocked append, ~0.1 ms of the pause
     # Our own network lock (the link down) instead of CRIU's nftables one; it also keeps the
     # frozen source deaf and mute once CRIU, with leave_running, takes the sockets out of repair
     # after the dump (--tcp-established): its kernel would ACK (or, when it is killed, FIN) the
@@ -387,6 +405,10 @@ def _commit(move: Move, mode: Mode) -> None:
                     "; told later" if mode.retry_commit else "", exc)
     try:
         move.rt.finish_migration(move.container, keep=move.options.keep_source)
+        if not move.options.keep_source:
+            from runtime.events import emit_container
+
+            emit_container(move.rt.paths.root, "remove", spec, migration_id=mid)
     except Exception:
         log.exception("container=%s migration=%s: removing the source copy failed", spec.name, mid)
     if told:

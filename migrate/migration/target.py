@@ -550,8 +550,20 @@ class IncomingMigrations:
         if aborted:  # the source gave up (or settled) while we were restoring
             self._remove_container(migration_id, record["container_id"])
             raise MigrationError(f"incoming migration {migration_id} was aborted during its restore", phase="restore")
+        self._resumed_events(migration_id, record, result)
         failpoints.hit("target.answer")
         return result
+
+    def _resumed_events(self, migration_id: str, record: dict[str, Any], result: RestoreResult) -> None:
+        """The journal here (runtime/events.py): the container restored and running, its migration resumed."""
+        from runtime.events import emit, emit_container
+
+        spec, root = result.container.spec, self.host.paths.root
+        emit_container(root, "restore", spec, migration_id=migration_id)
+        emit_container(root, "start", spec, migration_id=migration_id)
+        emit(root, "migration", "resumed", migration_id, spec.name,
+             {"container_id": spec.container_id, "mode": str(record.get("mode") or "cold"), "role": "target",
+              **getattr(spec, "labels", {})})
 
     def _before_restore(self, migration_id: str, images_dir: Path | None) -> None:
         if images_dir is not None:  # cold and pre-copy: the pages a page server received

@@ -494,6 +494,12 @@ class RemoteEngine:
         raise Unsupported("stats over --host", "the daemon has no stats call yet",
                           hint="run pymigrate stats on the container's host")
 
+    def events(self, since: int | None = None, filters: tuple[str, ...] = ()) -> Iterator[Any]:
+        """The daemon's events (WatchEvents) after cursor ``since`` (None: only new ones), until the
+        iterator is closed; None for each keep-alive. ``EventsLost`` when the cursor is too old."""
+        for response in self._server_stream("WatchEvents", cv.watch_events_request(since, filters)):
+            yield cv.event_from_pb(response.event) if response.HasField("event") else None
+
     def top(self, name: str, ps_args: tuple[str, ...] = ()) -> Any:
         raise Unsupported("top over --host", "the daemon has no process listing call yet",
                           hint="run pymigrate top on the container's host")

@@ -553,3 +553,26 @@ def ticket_to_pb(t: api.IncomingTicket) -> pb.PrepareIncomingResponse:
 
 def ticket_from_pb(m: pb.PrepareIncomingResponse) -> api.IncomingTicket:
     return _from_pb(api.IncomingTicket, m)
+
+
+# --- events (issue 15: WatchEvents, runtime/events.py) -------------------------------------------
+
+
+def event_to_pb(e: Any) -> pb.Event:
+    """A ``runtime.events.Event``."""
+    return pb.Event(sequence=e.sequence, time=e.time, type=e.type, action=e.action, object_id=e.id, name=e.name,
+                    attributes=dict(e.attributes))
+
+
+def event_from_pb(m: pb.Event) -> Any:
+    from runtime.events import Event
+
+    return Event(sequence=m.sequence, time=m.time, type=m.type, action=m.action, id=m.object_id, name=m.name,
+                 attributes=dict(m.attributes))
+
+
+def watch_events_request(since: int | None, filters: Iterable[str]) -> pb.WatchEventsRequest:
+    request = pb.WatchEventsRequest(filter=list(filters))
+    if since is not None:
+        request.since = since
+    return request

@@ -511,6 +511,22 @@ class HostServicer(pb_grpc.HostServicer):
                                                    source_address=_peer_ip(context.peer()))
         return pb.StartPrecopyRoundResponse(page_server_port=port)
 
+    # events (issue 15): the state root's journal (runtime/events.py), followed until cancelled
+    events_keepalive_s = 1.0  # an idle watch sends an empty response this often
+
+    def WatchEvents(self, request: pb.WatchEventsRequest, context: grpc.ServicerContext) -> Iterator[pb.WatchEventsResponse]:
+        since = request.since if request.HasField("since") else None
+        idle_since = time.monotonic()
+        for event in self.engine.events(since, tuple(request.filter)):
+            if not context.is_active():
+                return
+            if event is not None:
+                idle_since = time.monotonic()
+                yield pb.WatchEventsResponse(event=cv.event_to_pb(event))
+            elif time.monotonic() - idle_since >= self.events_keepalive_s:  # lets a client with an end time stop
+                idle_since = time.monotonic()
+                yield pb.WatchEventsResponse()
+
 
 # --- lists and retries (issue 15): AIP-158 pages, request_id records ----------------------------------
 

@@ -16,6 +16,7 @@ import pytest
 from migrate import api
 from migrate.remote import convert as cv
 from runtime.errors import Unsupported
+from runtime.events import Event
 from runtime.logs import LogEntry
 from runtime.ports import PortMapping
 from runtime.registry import PushResult, RegistryOptions
@@ -125,6 +126,7 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     (RegistryOptions(tls_verify=False, cert_dir=Path("/etc/c"), creds="u:p", authfile=Path("/a.json")),
      cv.registry_options_to_pb, cv.registry_options_from_pb, ()),
     (PushResult("app:1", "localhost:5000/app:2", "sha256:" + "c" * 64), cv.push_result_to_pb, cv.push_result_from_pb, ()),
+    (Event(7, 1.5, "container", "die", "c" * 32, "web", {"exitCode": "3", "app": "shop"}), cv.event_to_pb, cv.event_from_pb, ()),
 ]
 
 

@@ -60,6 +60,7 @@ def test_service_covers_the_issue() -> None:
         "VolumeCreate", "VolumeList", "VolumeInspect", "VolumeRemove", "VolumePrune", "CommitContainer",
         "CreateContainer", "StartContainer", "RenameContainer",
         "Exec", "Attach", "Stats",
+        "WatchEvents",
     } == names
 
 
