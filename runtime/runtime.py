@@ -35,7 +35,7 @@ from runtime.container import Container, limits_of, validate_env, validate_field
 from runtime.errors import Busy, ContainerError, ContainerExists, ContainerNotFound, InvalidArgument, InvalidState
 from runtime.ports import PortMapping
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, Volume
-from runtime.state import StateStore, new_container_id
+from runtime.state import StateStore, new_container_id, validate_name
 from runtime.syscalls import LINUX, Syscalls
 
 if TYPE_CHECKING:  # pragma: no cover - runtime/logs.py is imported when logs are read
@@ -782,6 +782,7 @@ class Runtime:
             c = self.container(name)
         except ContainerNotFound:
             if force:
+                validate_name(name)  # a name no container can have is bad input, not "nothing to do"
                 return False
             raise
         c.require("force-remove" if force else "remove")

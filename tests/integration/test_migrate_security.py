@@ -253,7 +253,7 @@ def test_names_and_ids_that_escape_the_root_are_refused(make_hosts, tmp_path: Pa
                 (["restore", "0123abcd", "--name", bad], None),
                 (["image", "build-busybox", bad], b"invalid image name"),
                 (["image", "rm", bad], b"invalid image name"),
-                (["rm", "-f", bad], b"no such container"),
+                (["rm", "-f", bad], b"invalid container name"),
                 (["logs", bad], b"no such container"),
                 (["checkpoint", bad], b"no such container"),
                 (["migrate", bad, "unix:/nonexistent.sock"], None),
