@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import multiprocessing
+import shutil
+import tempfile
 import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from migrate.remote.client import RemoteEngine
 from runtime.errors import EventsLost, InvalidArgument
 from runtime.events import Event, EventFilter, Journal, emit, emit_container
+from tests.fakes.engine import FakeEngine
 
 
 def _append(root: Path, n: int, who: str, max_bytes: int = 1 << 20) -> None:
@@ -155,3 +161,89 @@ def test_filters() -> None:
     for bad in ("type=volume", "nokey", "color=red", "event="):
         with pytest.raises(InvalidArgument):
             EventFilter.parse([bad])
+
+
+# --- WatchEvents over a real gRPC socket (the servicer and RemoteEngine.events) -----------------
+
+
+class _JournalEngine(FakeEngine):
+    """The fake engine with LocalEngine's events over a real journal."""
+
+    def __init__(self, root: Path, max_bytes: int = 1 << 20) -> None:
+        super().__init__()
+        self.journal = Journal(root, max_bytes=max_bytes)
+
+    def events(self, since: int | None = None, filters: tuple[str, ...] = ()) -> Iterator[Event | None]:
+        wanted = EventFilter.parse(filters)
+        return (e for e in self.journal.follow(since, poll_s=0.01) if e is None or wanted.match(e))
+
+
+@pytest.fixture
+def watched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[_JournalEngine, RemoteEngine]]:
+    from migrate.remote.server import create_server
+    from migrate.remote.service import HostServicer
+
+    monkeypatch.setattr(HostServicer, "events_keepalive_s", 0.05)
+    sockdir = Path(tempfile.mkdtemp(prefix="pm-ev-", dir="/tmp"))  # unix socket paths are short
+    engine = _JournalEngine(tmp_path)
+    server, _ = create_server(engine, f"unix:{sockdir}/d.sock")  # type: ignore[arg-type]
+    server.start()
+    client = RemoteEngine(server.target, insecure=True)
+    yield engine, client
+    client.close()
+    server.stop(0)
+    shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def _take(stream: Iterator[Event | None], count: int, timeout_s: float = 10) -> list[Event]:
+    got: list[Event] = []
+    deadline = time.monotonic() + timeout_s
+    for event in stream:
+        if event is not None:
+            got.append(event)
+        if len(got) == count or time.monotonic() > deadline:
+            break
+    return got
+
+
+def test_watch_resumes_after_a_disconnect_with_nothing_lost_or_repeated(watched: tuple[_JournalEngine, RemoteEngine]) -> None:
+    engine, client = watched
+    for i in range(3):
+        engine.journal.append("container", "create", f"c{i}", f"n{i}", {"app": "x"})
+    first = client.events(since=1)
+    got = _take(first, 2)
+    engine.journal.append("container", "die", "c0", "n0", {"exitCode": 3})
+    got += _take(first, 1)
+    first.close()  # the disconnect (the call is cancelled)
+    assert [e.sequence for e in got] == [2, 3, 4]
+    assert got[2].attributes == {"exitCode": "3"} and got[0].name == "n1"
+    for i in range(3):
+        engine.journal.append("image", "pull", f"sha256:{i}", "busybox")
+    resumed = client.events(since=got[-1].sequence)
+    assert [e.sequence for e in _take(resumed, 3)] == [5, 6, 7]
+    resumed.close()
+    only_new = client.events()
+    assert next(only_new) is None  # a keep-alive: nothing new yet, not the history
+    only_new.close()
+
+
+def test_watch_filters_and_errors(watched: tuple[_JournalEngine, RemoteEngine]) -> None:
+    engine, client = watched
+    engine.journal.append("container", "start", "c1", "web", {"team": "blue"})
+    engine.journal.append("container", "die", "c1", "web", {"team": "blue"})
+    engine.journal.append("container", "die", "c2", "db", {"team": "red"})
+    dies = client.events(0, ("event=die", "label=team=red"))
+    assert [(e.sequence, e.name) for e in _take(dies, 1)] == [(3, "db")]
+    dies.close()
+    with pytest.raises(InvalidArgument, match="invalid event filter"):
+        next(client.events(0, ("color=red",)))
+
+
+def test_watch_with_a_rotated_out_cursor_is_events_lost(tmp_path: Path, watched: tuple[_JournalEngine, RemoteEngine]) -> None:
+    engine, client = watched
+    engine.journal = Journal(tmp_path, max_bytes=600)
+    for i in range(30):
+        engine.journal.append("container", "start", f"c{i}", "web")
+    with pytest.raises(EventsLost) as err:
+        next(client.events(since=1))
+    assert err.value.since == 1 and err.value.oldest > 2
