@@ -165,7 +165,7 @@ def _ps_template(args: argparse.Namespace) -> Any:
 
 
 def _selected(args: argparse.Namespace, ctx: Any) -> list[Any]:
-    """The containers ps shows: filtered, then the last -n created."""
+    """The containers ps shows: filtered, newest first, the first -n of them."""
     from migrate.container_filter import parse_filters, select
 
     filters = parse_filters(args.filter)
@@ -181,9 +181,8 @@ def _selected(args: argparse.Namespace, ctx: Any) -> list[Any]:
     remote = {"filters": tuple(args.filter)} if getattr(args, "host", None) and filters else {}
     infos = ctx.engine.containers(all=include_stopped, **remote)
     infos = select(infos, filters) if filters else list(infos)
-    if last is not None:
-        infos = sorted(infos, key=lambda i: i.spec.created_at)[len(infos) - last:] if last else []
-    return infos
+    infos = sorted(infos, key=lambda i: i.spec.created_at, reverse=True)  # newest first, as docker
+    return infos[:last] if last is not None else infos
 
 
 def cmd_ps(args: argparse.Namespace, ctx: Any) -> int:

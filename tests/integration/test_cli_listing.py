@@ -61,7 +61,7 @@ def test_ps_filters_formats_ids_last_and_size(pm) -> None:  # noqa: ANN001
         assert pm("ps", "--filter", "status=sleeping").returncode == 125
 
         assert _lines(pm("ps", "-l", "--format", "{{.Names}}")) == [done]  # created last, though exited
-        assert _lines(pm("ps", "-n", "2", "--format", "{{.Names}}")) == [up, done]
+        assert _lines(pm("ps", "-n", "2", "--format", "{{.Names}}")) == [done, up]  # newest first
 
         ok(pm("exec", up, "sh", "-c", "head -c 250000 /dev/zero > /written"))
         size = ok(pm("ps", "-s", "--filter", f"name=^{up}$", "--format", "{{.Size}}")).strip()

@@ -99,14 +99,14 @@ def test_ps_default_table_has_created_and_ports(engine: StubEngine, capsys: pyte
 
 
 def test_ps_quiet_prints_ids(engine: StubEngine, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "ps", "-aq")[1].split() == [i.spec.container_id[:12] for i in (OLD, WEB, CP)]
-    assert run(capsys, "ps", "-aq", "--no-trunc")[1].split() == [i.spec.container_id for i in (OLD, WEB, CP)]
+    assert run(capsys, "ps", "-aq")[1].split() == [i.spec.container_id[:12] for i in (CP, WEB, OLD)]  # newest first
+    assert run(capsys, "ps", "-aq", "--no-trunc")[1].split() == [i.spec.container_id for i in (CP, WEB, OLD)]
 
 
 def test_ps_last_and_latest_include_stopped(engine: StubEngine, capsys: pytest.CaptureFixture[str]) -> None:
     # OLD was created first, CP last (the stub lists in its own order)
     assert run(capsys, "ps", "-l", "--format", "{{.Names}}")[1].split() == ["cp"]
-    assert run(capsys, "ps", "-n", "2", "--format", "{{.Names}}")[1].split() == ["web", "cp"]
+    assert run(capsys, "ps", "-n", "2", "--format", "{{.Names}}")[1].split() == ["cp", "web"]
     assert run(capsys, "ps", "-n", "0", "--format", "{{.Names}}")[1] == ""
     assert engine.asked_all == [True, True, True]
 
@@ -119,7 +119,7 @@ def test_ps_filter_asks_for_stopped_when_it_selects_them(engine: StubEngine, cap
 
 def test_ps_format_json_and_refusals(engine: StubEngine, capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(run(capsys, "ps", "-a", "--format", "json")[1])
-    assert [r["Names"] for r in rows] == ["old", "web", "cp"] and rows[1]["Labels"] == {"tier": "web"}
+    assert [r["Names"] for r in rows] == ["cp", "web", "old"] and rows[1]["Labels"] == {"tier": "web"}
     code, _, err = run(capsys, "ps", "--format", "{{.Bogus}}")
     assert code == 125 and "unknown format field .Bogus" in err and ".Names" in err
     assert engine.asked_all == [True]  # the bad template was refused before asking
