@@ -51,6 +51,7 @@ def register(sub: Any) -> None:
                    help="a label on the checkpoint (checkpoint ls shows it, --filter label=KEY[=VALUE] selects it)")
     p.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
                    help="checkpoint ls: container=NAME, id=PREFIX or label=KEY[=VALUE]")
+    use_request_id(p)
     add_json_flag(p)
     p.set_defaults(handler=cmd_checkpoint)
 
@@ -77,6 +78,7 @@ def register(sub: Any) -> None:
     p.add_argument("--restore-timeout", dest="restore_timeout_s", type=float, default=None, metavar="SECONDS",
                    help="kill CRIU's restore after this long and undo it (default 300)")
     p.add_argument("--print-stats", action="store_true", help="print timing and size statistics")
+    use_request_id(p)
     add_json_flag(p)
     p.set_defaults(handler=cmd_restore)
 
@@ -106,6 +108,7 @@ def register(sub: Any) -> None:
     p.add_argument("--ssh-known-hosts", type=Path, default=argparse.SUPPRESS, help="known_hosts file for ssh://")
     p.add_argument("--ssh-remote-pymigrate", default=argparse.SUPPRESS, help="pymigrate on the ssh:// host")
     p.add_argument("--ssh-remote-root", default=argparse.SUPPRESS, help="state root on the ssh:// host")
+    use_request_id(p)
     add_json_flag(p)
     p.set_defaults(handler=cmd_migrate)
 
@@ -202,6 +205,24 @@ class Progress:
 # -- commands -------------------------------------------------------------------------------------
 
 
+def use_request_id(p: Any = None, *, args: Any = None, ctx: Any = None) -> None:
+    """``--request-id ID``: with a parser ``p``, add the flag; with ``args`` and ``ctx``, hand the id
+    to the remote engine, which sends it with the call (docs/api.md "request_id")."""
+    if p is not None:
+        p.add_argument("--request-id", default=None, metavar="ID",
+                       help="with --host: a retry with the same ID gets the first call's result (no second one)")
+        return
+    request_id = getattr(args, "request_id", None)
+    if not request_id:
+        return
+    if not hasattr(ctx.engine, "request_id"):
+        from runtime.errors import Unsupported
+
+        raise Unsupported("--request-id without --host", "request ids are kept by a daemon (its ROOT/requests)",
+                          hint="pass --host ADDRESS, or look with ps / checkpoint ls before running it again")
+    ctx.engine.request_id = request_id
+
+
 def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
     verb, rest = args.args[0], args.args[1:]
     if verb in CHECKPOINT_VERBS:
@@ -226,6 +247,7 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         ignore_volumes=args.ignore_volumes,
         labels=parse_labels(args.labels),
     )
+    use_request_id(args=args, ctx=ctx)
     with Progress(ctx, f"checkpoint {verb}") as progress:
         result = ctx.engine.checkpoint(verb, options, progress)
     if ctx.json:
@@ -345,6 +367,7 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         trusted_keys=tuple(args.trusted_keys),
         **restore_seccomp(args.security_opt),
     )
+    use_request_id(args=args, ctx=ctx)
     with Progress(ctx, "restore") as progress:
         result = ctx.engine.restore(options, progress)
     if ctx.json:
@@ -366,6 +389,7 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     options = MigrateOptions(dest=args.dest, keep_source=args.keep_source, mode=args.mode,
                              tcp_established=args.tcp_established, file_locks=args.file_locks, compress=args.compress,
                              ports=None if args.publish is None else tuple(m for v in args.publish for m in parse_publish(v)))
+    use_request_id(args=args, ctx=ctx)
     with Progress(ctx, f"migrate {args.name}") as progress:
         result = ctx.engine.migrate(args.name, options, progress)
     if ctx.json:

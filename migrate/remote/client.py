@@ -248,6 +248,14 @@ class RemoteEngine:
         except grpc.RpcError as exc:
             raise self._error(exc, method) from exc
 
+    # --request-id: sent with RunContainer, Checkpoint, Restore and Migrate, so a retry of the same
+    # command gets the first call's answer (docs/api.md "request_id"); "": none
+    request_id = ""
+
+    def _with_id(self, request: Any) -> Any:
+        request.request_id = self.request_id
+        return request
+
     def _pages(self, method: str, request: Any, field: str) -> list[Any]:
         """Every item of a paginated List (AIP-158), the largest pages the daemon gives; an older
         daemon sends everything at once and no next_page_token."""
@@ -429,7 +437,7 @@ class RemoteEngine:
     # --- containers -----------------------------------------------------------------------------
 
     def run(self, options: api.RunOptions) -> ContainerInfo:
-        reply = self._unary("RunContainer", cv.run_options_to_pb(options), timeout_s=max(self.timeout_s, 300.0))
+        reply = self._unary("RunContainer", self._with_id(cv.run_options_to_pb(options)), timeout_s=max(self.timeout_s, 300.0))
         return cv.container_from_pb(reply.container)
 
     def containers(self, all: bool = False, filters: Sequence[str] = ()) -> list[ContainerInfo]:
@@ -523,7 +531,7 @@ class RemoteEngine:
                 raise InvalidArgument("a signing key signs an exported archive: give --export FILE with --sign-key")
             signer = ArchiveSigner.from_file(Path(options.sign_key))
         result_pb = self._progress_stream(
-            "Checkpoint", cv.checkpoint_request_to_pb(name, options), progress, "progress", cv.progress_from_pb
+            "Checkpoint", self._with_id(cv.checkpoint_request_to_pb(name, options)), progress, "progress", cv.progress_from_pb
         )
         result = cv.checkpoint_result_from_pb(result_pb)
         if options.export_path is None:
@@ -569,7 +577,7 @@ class RemoteEngine:
             options = dataclasses.replace(options, checkpoint_id=info.checkpoint_id, import_path=None)
         if not options.checkpoint_id:
             raise InvalidArgument("restore needs a checkpoint id or an archive to import")
-        result_pb = self._progress_stream("Restore", cv.restore_request_to_pb(options), progress, "progress", cv.progress_from_pb)
+        result_pb = self._progress_stream("Restore", self._with_id(cv.restore_request_to_pb(options)), progress, "progress", cv.progress_from_pb)
         return dataclasses.replace(cv.restore_result_from_pb(result_pb), signed_by=signed_by)
 
     def checkpoints(self) -> list[api.CheckpointInfo]:
@@ -608,7 +616,7 @@ class RemoteEngine:
 
     def migrate(self, name: str, options: api.MigrateOptions, progress: api.ProgressFn | None = None) -> api.MigrateResult:
         result_pb = self._progress_stream(
-            "Migrate", cv.migrate_request_to_pb(name, options), progress, "event", cv.migration_event_from_pb
+            "Migrate", self._with_id(cv.migrate_request_to_pb(name, options)), progress, "event", cv.migration_event_from_pb
         )
         return cv.migrate_result_from_pb(result_pb)
 

@@ -136,6 +136,18 @@ def test_run_retried_with_request_id_makes_one_container(daemon: Daemon) -> None
                                     request_id=f"run-{run}")
     err = _refused(stub.RunContainer, reused)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id reused with different arguments" in (err.details() or "")
+    # the CLI: run --request-id over --host twice prints the same container; without --host it is refused
+    cli = [sys.executable, "-m", "migrate", "--host", daemon[2], "run", "-d", "--network", "none", "--label", f"cli={run}",
+           "--request-id", f"cli-{run}", "busybox", "sleep", "100"]
+    outs = [subprocess.run(cli, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert [o.returncode for o in outs] == [0, 0], outs[0].stderr + outs[1].stderr
+    assert outs[0].stdout == outs[1].stdout and outs[0].stdout.strip()
+    cli_made = stub.ListContainers(pb.ListContainersRequest(filter=[f"label=cli={run}"]), timeout=60).containers
+    assert len(cli_made) == 1
+    local = subprocess.run([sys.executable, "-m", "migrate", "--root", str(root), "run", "-d", "--request-id", "x",
+                            "busybox", "true"], capture_output=True, text=True, timeout=60)
+    assert local.returncode == 125 and "--request-id without --host" in local.stderr
+    stub.RemoveContainer(pb.RemoveContainerRequest(name=cli_made[0].spec.name, force=True), timeout=60)
     # Stop and Remove are idempotent over gRPC too (issue 14): an exited container stops, a missing one is removed
     name = first.spec.name
     stub.StopContainer(pb.StopContainerRequest(name=name, timeout_s=2), timeout=60)
