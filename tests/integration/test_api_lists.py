@@ -1,6 +1,6 @@
 """Lists and retries against a real daemon (issue 15): AIP-158 pagination over 250 created
-containers, filters and labels, bad tokens, request_id retries of RunContainer and Checkpoint
-(one container, one checkpoint), a reused id refused, Stop and Remove idempotent over gRPC.
+containers, filters and labels, bad tokens, request_id retries of RunContainer, Checkpoint and
+Restore (one container, one checkpoint), a reused id refused, Stop and Remove idempotent over gRPC.
 
 Containers are made with CreateContainer (no process: ~45 ms each here, so 250 take ~12 s) and
 network none (no address leases); everything this module makes carries a per-test label, so the
@@ -189,4 +189,12 @@ def test_checkpoint_labels_and_request_id(daemon: Daemon) -> None:
                          f"label=backup={run}"], capture_output=True, text=True, timeout=60)
     assert ls.returncode == 0, ls.stderr
     assert first[0].checkpoint_id in ls.stdout and f"backup={run}" in ls.stdout and len(ls.stdout.splitlines()) == 2
+    # Restore retried with its request_id: one restored container, the same answer
+    restore = pb.RestoreRequest(checkpoint_id=first[0].checkpoint_id, name=f"re{run}", request_id=f"re-{run}")
+    restored = [[r.result for r in stub.Restore(restore, timeout=180) if r.HasField("result")] for _ in range(2)]
+    assert restored[0][0].container.spec.container_id == restored[1][0].container.spec.container_id
+    assert restored[0][0].container.state.status == pb.CONTAINER_STATUS_RUNNING
+    same = stub.ListContainers(pb.ListContainersRequest(filter=[f"name=^re{run}$"]), timeout=60).containers
+    assert len(same) == 1
+    stub.RemoveContainer(pb.RemoveContainerRequest(name=f"re{run}", force=True), timeout=60)
     stub.RemoveCheckpoint(pb.RemoveCheckpointRequest(checkpoint_id=first[0].checkpoint_id), timeout=60)
