@@ -137,7 +137,9 @@ class LocalEngine:
 
     def image_import(self, name: str, tarball: Path) -> ImageInfo:
         self.runtime.paths.ensure()
-        return _image_info(self.runtime.images.import_tarball(name, Path(tarball)))
+        info = _image_info(self.runtime.images.import_tarball(name, Path(tarball)))
+        _event(self.root, "image", "import", info.digest, info.name)
+        return info
 
     def image_load(self, path: Path, name: str | None = None, platform: str | None = None) -> ImageInfo:
         """Load a Docker/OCI archive or OCI layout directory (runtime.image_store.load_archive);
@@ -281,17 +283,12 @@ class LocalEngine:
     # -- containers -----------------------------------------------------------------------------
     def run(self, options: RunOptions) -> ContainerInfo:
         image, command, kwargs = self._run_args(options)
-        info = self.runtime.run(image, command, **kwargs)
-        _container_event(self.root, "create", info.spec)
-        _container_event(self.root, "start", info.spec)
-        return info
+        return self.runtime.run(image, command, **kwargs)  # create: the runtime's event, start: the shim's
 
     def create(self, options: RunOptions) -> ContainerInfo:
         """``run`` without the start (status ``created``); ``start`` runs it (runtime/start.py)."""
         image, command, kwargs = self._run_args(options)
-        info = self.runtime.create(image, command, **kwargs)
-        _container_event(self.root, "create", info.spec)
-        return info
+        return self.runtime.create(image, command, **kwargs)  # its create event: the runtime's
 
     def _run_args(self, options: RunOptions) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """``options`` as the runtime's run takes them: image, command and keywords."""
@@ -308,9 +305,7 @@ class LocalEngine:
         """Start a created or exited container; a running one is left as it is (runtime/start.py)."""
         from runtime.start import start
 
-        info = start(self.runtime, name)
-        _container_event(self.root, "start", info.spec)
-        return info
+        return start(self.runtime, name)  # its start event: the shim's (runtime/shim.py)
 
     def restart(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
         from runtime.start import restart
@@ -444,9 +439,7 @@ class LocalEngine:
         from migrate.restore import restore_container
 
         self.runtime.paths.ensure()
-        result = restore_container(self._host(), options, progress=progress)
-        _container_event(self.root, "restore", result.container.spec)
-        return result
+        return restore_container(self._host(), options, progress=progress)  # restore and start: the shim's events
 
     def checkpoints(self) -> list[CheckpointInfo]:
         return self._checkpoint_store().list()

@@ -123,6 +123,9 @@ def _restart(rt: Any, container_id: str) -> int:
             s, status="running", pid=pid, started_at=now, finished_at=None, exit_code=None,
             oom_killed=False, restart_count=s.restart_count + 1))
     log.info("container=%s restarted (init pid %d)", container_id, pid)
+    from runtime.events import emit_container
+
+    emit_container(rt.paths.root, "start", c.spec, restartCount=c.state.restart_count + 1, policy=c.spec.restart)
     return pid
 
 

@@ -383,6 +383,10 @@ class Runtime:
             with claimed(self, spec) as spec:  # refuses a taken host port (PortInUse)
                 self.store.create(spec)
             undo.append(("remove record", lambda: self._delete_record(container_id)))
+            from runtime.events import emit_container  # before the shim: its start and die come after
+
+            emit_container(self.paths.root, "create", spec)
+            undo.append(("remove event", lambda: emit_container(self.paths.root, "remove", spec, reason="start failed")))
             self._start(spec, img.lowers, undo, seccomp_bpf, net, launch=launch)
         except BaseException:
             self._undo(container_id, undo)
@@ -995,6 +999,9 @@ def auto_remove(root: str, container_id: str) -> None:
         rt.release(c.spec)
         rt._delete_record(container_id)
     log.info("container=%s removed after its exit (auto_remove)", container_id)
+    from runtime.events import emit_container
+
+    emit_container(rt.paths.root, "remove", c.spec, auto_remove="true")
 
 
 def userns_choice(text: str, network: str, modes: dict[str, str]) -> tuple[str, int]:

@@ -154,6 +154,7 @@ def _launcher_main(sock: Any) -> None:  # pragma: no cover - runs in the launche
     import pickle
     import socket
 
+    import runtime.events  # noqa: F401  (loaded once here, not in each shim: they journal their start)
     from runtime.config import Paths
     from runtime.syscalls import LINUX as _LINUX
 
@@ -374,6 +375,7 @@ def _shim_main(  # pragma: no cover - runs in the shim process
                     exit_code=None, oom_killed=False, finished_at=None,
                 ),
             )
+            _started_event(store, container_id, starter)
         except BaseException as exc:  # the shim's boundary: everything goes back to the launcher
             report = {"error": str(exc) or type(exc).__name__, "hint": getattr(exc, "hint", None), "exit_code": getattr(exc, "exit_code", None),
                       "type": type(exc).__name__, "attrs": _plain_attrs(exc)}
@@ -446,6 +448,20 @@ def _after_exit(container_id: str, exited: Callable[[], Any] | None) -> int:
         log.warning("after the exit of %s", container_id, exc_info=True)
         return 0
     return again if isinstance(again, int) and not isinstance(again, bool) and again > 0 else 0
+
+
+def _started_event(store: StateStore, container_id: str, starter: Any) -> None:
+    """The journal's start (after a restore: restore, then start), written before the launcher
+    hears of it: whoever started the container cannot journal its start before its die."""
+    from runtime.events import emit_container
+
+    try:
+        spec = store.load_spec(container_id)
+    except ContainerNotFound:  # removed meanwhile: nothing to tell
+        return
+    if str(getattr(starter, "function", "")).startswith("runtime.restore_start:"):
+        emit_container(store.paths.root, "restore", spec)
+    emit_container(store.paths.root, "start", spec)
 
 
 def record_exit(store: StateStore, container_id: str, exit_code: int, oom_killed: bool) -> None:

@@ -555,12 +555,11 @@ class IncomingMigrations:
         return result
 
     def _resumed_events(self, migration_id: str, record: dict[str, Any], result: RestoreResult) -> None:
-        """The journal here (runtime/events.py): the container restored and running, its migration resumed."""
-        from runtime.events import emit, emit_container
+        """The journal here (runtime/events.py): its migration resumed (the container's restore and
+        start: its shim's events, runtime/shim.py)."""
+        from runtime.events import emit
 
         spec, root = result.container.spec, self.host.paths.root
-        emit_container(root, "restore", spec, migration_id=migration_id)
-        emit_container(root, "start", spec, migration_id=migration_id)
         emit(root, "migration", "resumed", migration_id, spec.name,
              {"container_id": spec.container_id, "mode": str(record.get("mode") or "cold"), "role": "target",
               **getattr(spec, "labels", {})})

@@ -106,6 +106,28 @@ def test_watcher_sees_container_lifecycle_in_order(lab: Lab) -> None:
     assert sequences == sorted(sequences) and len(set(sequences)) == 4
 
 
+def test_local_events_of_an_auto_removed_and_a_restarted_container(lab: Lab) -> None:
+    """Without a daemon: the local CLI reads the journal that the CLI and the shims wrote."""
+    a = lab.hosts[0]
+    since = cursor(a)
+    r = a.cli(["run", "-d", "--rm", "--name", "ev-rm", IMAGE, "sh", "-c", "exit 0"])
+    assert r.returncode == 0, r.stderr.decode()
+    r = a.cli(["run", "-d", "--name", "ev-again", "--restart", "on-failure:1", IMAGE, "sh", "-c", "exit 7"])
+    assert r.returncode == 0, r.stderr.decode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(actions([e.to_json() for e in Journal(a.root).read(since)], "ev-again")) < 5:
+        time.sleep(0.2)
+    until = f"{time.time() + 1:.3f}"  # follows, then stops at --until
+    out = a.cli(["events", "--since", str(since), "--until", until, "--json", "-f", "type=container"], check=True)
+    events = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    assert actions(events, "ev-rm") == ["container/create", "container/start", "container/die", "container/remove"]
+    assert [e for e in events if e["name"] == "ev-rm"][3]["attributes"]["auto_remove"] == "true"
+    again = [e for e in events if e["name"] == "ev-again"]
+    assert [e["action"] for e in again] == ["create", "start", "die", "start", "die"]
+    assert again[3]["attributes"]["restartCount"] == "1" and again[4]["attributes"]["exitCode"] == "7"
+    a.cli(["rm", "-f", "ev-again"], check=True)
+
+
 def test_resumed_watchers_miss_nothing_across_a_migration(lab: Lab) -> None:
     a, b = lab.hosts[0], lab.hosts[1]
     lab.run_memhog(a, "ev-mig", 8)
