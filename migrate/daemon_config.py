@@ -13,13 +13,13 @@ ones it accepts) is a key, converted by the option's own ``type`` and checked ag
 ``choices``, so flags added later work without touching this module. A flag given on the
 command line (before or after ``daemon``) wins over the file. Relative paths in the file are
 relative to the file's directory. Unknown keys, wrong types and unreadable files are
-``InvalidArgument`` naming the key and the file. Import-light: argparse and tomllib only.
+``InvalidArgument`` naming the key and the file. Import-light (the CLI's full parser loads it):
+argparse, and tomllib only when there is a file.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -150,6 +150,8 @@ def _one(action: argparse.Action, where: str, value: Any, source: Path) -> Any:
 
 
 def _unknown_hint(key: str, options: dict[str, argparse.Action]) -> str:
+    import difflib
+
     guess = difflib.get_close_matches(key.replace("_", "-"), list(options), n=1)
     known = ", ".join(sorted(options))
     return (f"did you mean {guess[0]!r}? " if guess else "") + f"keys are the daemon's long flags without dashes: {known}"

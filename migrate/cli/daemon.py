@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 from migrate.cli import EXIT_OK, EXIT_USAGE
-from migrate.remote.daemon_config import apply_file, record_argv
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", type=_path, default=None, metavar="FILE",
                    help="TOML file of flags (keys: the long flags, e.g. listen = \"...\"); the command line wins "
                         "(default /etc/pymigrate/daemon.toml when it exists)")
+    from migrate.daemon_config import record_argv
+
     record_argv(p)  # the config file must not override flags the command line gave
     p.add_argument("--listen", default=None, help="unix:PATH or HOST:PORT (default unix:ROOT/run/pymigrate.sock)")
     # SUPPRESS: do not overwrite the same global flags given before the subcommand.
@@ -116,6 +117,8 @@ def _start_metrics(engine: Any, listen: str | None) -> tuple[Any, Any]:
 
 
 def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
+    from migrate.daemon_config import apply_file
+
     config, from_file = apply_file(args)  # first: the file may set any flag read below
     # First, while this process is still single-threaded: the shim launcher (fork server).
     # Once gRPC runs its threads, fork() here is unsafe (runtime/shim.py explains).

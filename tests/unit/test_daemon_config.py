@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from migrate.cli import build_parser, main
-from migrate.remote import daemon_config
-from migrate.remote.daemon_config import apply, apply_file, record_argv
+from migrate import daemon_config
+from migrate.daemon_config import apply, apply_file, record_argv
 from runtime.errors import InvalidArgument
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from migrate.cli import build_parser
-from migrate.remote.daemon_config import apply
+from migrate.daemon_config import apply
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "packaging/systemd/pymigrate.service"
