@@ -1,6 +1,6 @@
 """``pymigrate daemon``: serve this host's engine over gRPC (pymigrate.v1.Host).
 
-    pymigrate [--root DIR] daemon [--listen unix:PATH | HOST:PORT]
+    pymigrate [--root DIR] daemon [--config FILE] [--listen unix:PATH | HOST:PORT]
         [--tls-cert F --tls-key F --tls-ca F] [--token-file F] [--insecure] [--grace SECONDS]
         [--allow-peer-volumes] [--trusted-key PUBKEY]... [--metrics-listen HOST:PORT] [--log-format text|json]
 
@@ -11,6 +11,10 @@ call but health. The TLS and token flags are the global ones (``pymigrate --tls-
 works too); for the daemon they describe its own side. ``--trusted-key`` makes the daemon accept
 only uploaded archives (UploadCheckpoint, ``restore --import`` through it) signed by one of the
 keys (migrate/archive/signing.py); migration pushes stay authenticated by the channel.
+
+``--config FILE`` (default /etc/pymigrate/daemon.toml when it exists) sets any of these flags
+from TOML, keys named as the long flags; the command line wins (migrate/daemon_config.py). Under
+systemd (Type=notify) the server reports READY=1 and STOPPING=1 (migrate/remote/sd_notify.py).
 
 SIGTERM / SIGINT stop gracefully: no new calls, in-flight calls get ``--grace`` seconds, then
 they are cancelled and the engine rolls them back. Logs go to stderr (configured here, not in
