@@ -431,8 +431,7 @@ class LocalEngine:
 
         self.runtime.paths.ensure()
         result = checkpoint_container(self._host(), name, options, progress=progress)
-        _event(self.root, "checkpoint", "create", result.checkpoint_id, result.container_name,
-               export=result.export_path or None)
+        self._checkpoint_event("create", result.checkpoint_id, result.container_name, export=result.export_path or None)
         return result
 
     def restore(self, options: RestoreOptions, progress: ProgressFn | None = None) -> RestoreResult:
@@ -445,8 +444,9 @@ class LocalEngine:
         return self._checkpoint_store().list()
 
     def checkpoint_remove(self, checkpoint_id: str) -> None:
+        facts = self._checkpoint_facts(checkpoint_id)  # read before it goes
         self._checkpoint_store().remove(checkpoint_id)
-        _event(self.root, "checkpoint", "remove", checkpoint_id, "")
+        self._checkpoint_event("remove", checkpoint_id, facts=facts)
 
     def checkpoint_inspect(self, checkpoint_id: str) -> dict[str, Any]:
         return self._checkpoint_store().manifest(checkpoint_id)
@@ -454,7 +454,7 @@ class LocalEngine:
     def export_checkpoint(self, checkpoint_id: str) -> Iterator[bytes]:
         from migrate.archive.store import export_stream
 
-        _event(self.root, "checkpoint", "export", checkpoint_id, "")
+        self._checkpoint_event("export", checkpoint_id)
         return export_stream(self.runtime.paths, checkpoint_id)
 
     def import_checkpoint(self, chunks: Iterator[bytes]) -> CheckpointInfo:
@@ -462,8 +462,24 @@ class LocalEngine:
 
         self.runtime.paths.ensure()
         info = import_stream(self.runtime.paths, chunks, self.signature_policy)
-        _event(self.root, "checkpoint", "import", info.checkpoint_id, info.container_name, container_id=info.container_id)
+        self._checkpoint_event("import", info.checkpoint_id, info.container_name)
         return info
+
+    def _checkpoint_facts(self, checkpoint_id: str) -> tuple[str, str, dict[str, Any]]:
+        """(full id, container name, attributes: container_id and the checkpoint's labels) from its
+        manifest; what is known when it cannot be read (an export-only checkpoint keeps none here)."""
+        from migrate.archive.store import info_from_manifest
+
+        try:
+            info = info_from_manifest(self._checkpoint_store().manifest(checkpoint_id))
+        except Exception:
+            return checkpoint_id, "", {}
+        return info.checkpoint_id, info.container_name, {**getattr(info, "labels", {}), "container_id": info.container_id}
+
+    def _checkpoint_event(self, action: str, checkpoint_id: str, name: str = "",
+                          facts: tuple[str, str, dict[str, Any]] | None = None, **attributes: Any) -> None:
+        full_id, known_name, attrs = facts or self._checkpoint_facts(checkpoint_id)
+        _event(self.root, "checkpoint", action, full_id, known_name or name, **{**attrs, **attributes})
 
     # -- migration ------------------------------------------------------------------------------
     def migrate(self, name: str, options: MigrateOptions, progress: ProgressFn | None = None) -> MigrateResult:

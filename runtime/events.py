@@ -79,7 +79,7 @@ class Journal:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._locked(fcntl.LOCK_EX):
             event = Event(self._take_sequence(), time.time(), type, action, id, name,
-                          {str(k): str(v) for k, v in (attributes or {}).items()})
+                          {str(k): str(v) for k, v in (attributes or {}).items() if v is not None})
             line = (json.dumps(event.to_json(), separators=(",", ":")) + "\n").encode()
             self._write_line(line)
         return event

@@ -128,6 +128,28 @@ def test_local_events_of_an_auto_removed_and_a_restarted_container(lab: Lab) -> 
     a.cli(["rm", "-f", "ev-again"], check=True)
 
 
+def test_checkpoint_and_restore_events(lab: Lab) -> None:
+    a = lab.hosts[0]
+    since = cursor(a)
+    r = a.cli(["run", "-d", "--name", "ev-ck", "--label", "tier=db", IMAGE, "sleep", "1000"])
+    assert r.returncode == 0, r.stderr.decode()
+    r = a.cli(["checkpoint", "ev-ck", "--label", "kept=yes", "--json"])
+    assert r.returncode == 0, r.stderr.decode()
+    checkpoint_id = json.loads(r.stdout)["checkpoint_id"]
+    a.cli(["restore", checkpoint_id], check=True)
+    a.cli(["rm", "-f", "ev-ck"], check=True)
+    a.cli(["checkpoint", "rm", checkpoint_id], check=True)
+    events = [e.to_json() for e in Journal(a.root).read(since)]
+    seen = actions(events, "ev-ck")
+    wanted = ["container/create", "container/start", "checkpoint/create", "container/restore", "container/start",
+              "container/remove", "checkpoint/remove"]
+    assert [s for s in seen if s in wanted] == wanted, seen
+    checkpoint_events = [e for e in events if e["type"] == "checkpoint"]
+    assert {e["id"] for e in checkpoint_events} == {checkpoint_id}
+    assert all(e["attributes"]["kept"] == "yes" for e in checkpoint_events)  # the checkpoint's labels
+    assert all(e["attributes"]["tier"] == "db" for e in events if e["type"] == "container")
+
+
 def test_resumed_watchers_miss_nothing_across_a_migration(lab: Lab) -> None:
     a, b = lab.hosts[0], lab.hosts[1]
     lab.run_memhog(a, "ev-mig", 8)
