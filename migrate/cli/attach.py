@@ -12,7 +12,8 @@
   of stdin closes the container's stdin.
 - ``exec -t``: this side owns the pty (as runc's console socket gives the master to its caller):
   the exec'd process gets the slave, this process relays the master.
-Local only: the socket is a file in the container's directory (remote attach is another issue).
+Over ``--host`` (not ``run``/``start -a``, still local only): the daemon's Attach call relays the same
+(migrate/remote/attach_stream.py; the detach keys are scanned on this side).
 """
 
 from __future__ import annotations
@@ -304,6 +305,11 @@ def attach(ctx: Any, name: str, *, detach_keys: bytes, stdin: bool = True, whole
     from runtime.errors import InvalidState
 
     engine = ctx.engine
+    if not whole_log and not hasattr(engine, "attach_socket"):  # --host: the daemon's Attach call
+        spec = engine.inspect(name).spec
+        sys.stdout.flush()
+        return engine.attach(name, tty=spec.tty, interactive=stdin and spec.interactive,
+                             detach_keys=detach_keys)
     require_local(engine, "attach")
     try:
         spec, path = engine.attach_socket(name)

@@ -495,12 +495,62 @@ class RemoteEngine:
         return self._unary("WaitContainer", request, timeout_s=deadline).exit_code
 
     def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None,
-             user: str | None = None) -> int:
-        raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
+             user: str | None = None, *, tty: bool = False, interactive: bool = False,
+             stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2) -> int:
+        """``exec`` over the Exec call with this process's stdio (migrate/remote/attach_stream.py):
+        with ``tty`` the user's terminal (raw with ``interactive``, resized on SIGWINCH); else
+        stdout and stderr apart, stdin sent with ``interactive``. The command's exit code."""
+        from migrate.cli.attach import terminal_size
+        from migrate.remote.attach_stream import relay
+
+        size = terminal_size(stdin_fd, stdout_fd) if tty else None
+        start = pb.ExecStart(name=name, command=list(argv), env=list(env), workdir=workdir or "", user=user or "",
+                             tty=tty, interactive=interactive,
+                             terminal_size=pb.TerminalSize(rows=size[0], cols=size[1]) if size else None)
+        code = self._bidi("Exec", lambda call: relay(call, pb.ExecRequest(start=start), pb.ExecRequest, tty=tty,
+                                                     interactive=interactive, stdin_fd=stdin_fd,
+                                                     stdout_fd=stdout_fd, stderr_fd=stderr_fd))
+        if code is None:
+            raise PeerError(f"the daemon at {self.target} ended the Exec stream without an exit code")
+        return code
+
+    def attach(self, name: str, *, tty: bool, interactive: bool, detach_keys: bytes = b"",
+               stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2) -> int | None:
+        """Attach over the Attach call (``tty``/``interactive``: the container's -t/-i, from inspect);
+        its exit code, or None when the user detached."""
+        from migrate.remote.attach_stream import relay
+
+        return self._bidi("Attach", lambda call: relay(call, pb.AttachRequest(name=name), pb.AttachRequest, tty=tty,
+                                                       interactive=interactive, detach_keys=detach_keys, send_size=True,
+                                                       stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd))
+
+    def _bidi(self, method: str, session: Callable[[Callable[[Iterator[Any]], Any]], Any]) -> Any:
+        def open_call(requests: Iterator[Any]) -> Any:
+            return getattr(self._stub, method)(requests, metadata=self._metadata)
+
+        try:
+            return session(open_call)
+        except grpc.RpcError as exc:
+            raise self._error(exc, method) from exc
 
     def stats(self, name: str, previous: Any = None) -> Any:
-        raise Unsupported("stats over --host", "the daemon has no stats call yet",
-                          hint="run pymigrate stats on the container's host")
+        """One ``ContainerStats`` sample from the Stats call; CPU % against ``previous`` (a sample of
+        this daemon: both times are its monotonic clock)."""
+        from runtime.stats import cpu_percent
+
+        responses = list(self._server_stream("Stats", pb.StatsRequest(names=[name])))
+        samples = [cv.stats_from_pb(m) for r in responses for m in r.samples]
+        if not samples:
+            raise PeerError(f"the daemon at {self.target} sent no stats for {name}")
+        s = samples[0]
+        return dataclasses.replace(s, cpu_percent=cpu_percent(previous, s.cpu_usage_us, s.read_at_s))
+
+    def stats_stream(self, names: tuple[str, ...] = (), interval_s: float = 1.0) -> Iterator[list[Any]]:
+        """Samples of ``names`` (none: every running container) every ``interval_s``, CPU % computed
+        by the daemon between them, until the iterator is closed."""
+        request = pb.StatsRequest(names=list(names), stream=True, interval_s=interval_s)
+        for response in self._server_stream("Stats", request):
+            yield [cv.stats_from_pb(m) for m in response.samples]
 
     def events(self, since: int | None = None, filters: tuple[str, ...] = ()) -> Iterator[Any]:
         """The daemon's events (WatchEvents) after cursor ``since`` (None: only new ones), until the

@@ -555,6 +555,34 @@ def ticket_from_pb(m: pb.PrepareIncomingResponse) -> api.IncomingTicket:
     return _from_pb(api.IncomingTicket, m)
 
 
+# --- stats (issue 15) ----------------------------------------------------------------------------
+
+_STATS_OPTIONAL = ("cpu_percent", "cpu_usage_us", "memory_usage_bytes", "memory_limit_bytes", "memory_percent",
+                   "pids_current", "net_rx_bytes", "net_tx_bytes", "block_read_bytes", "block_write_bytes")
+
+
+def stats_to_pb(s: Any, read_at_unix_s: float) -> pb.ContainerStatsSample:
+    """A ``runtime.stats.ContainerStats``; None fields stay unset."""
+    m = pb.ContainerStatsSample(name=s.name, container_id=s.container_id, status=s.status,
+                                read_at_monotonic_s=s.read_at_s, online_cpus=s.online_cpus,
+                                block_io_source=s.block_io_source, read_at_unix_s=read_at_unix_s)
+    for field in _STATS_OPTIONAL:
+        value = getattr(s, field)
+        if value is not None:
+            setattr(m, field, value)
+    return m
+
+
+def stats_from_pb(m: pb.ContainerStatsSample) -> Any:
+    """The ``ContainerStats``; its ``read_at_s`` is the daemon's monotonic clock (only differences
+    between samples of one daemon mean anything)."""
+    from runtime.stats import ContainerStats
+
+    optional = {f: getattr(m, f) if m.HasField(f) else None for f in _STATS_OPTIONAL}
+    return ContainerStats(name=m.name, container_id=m.container_id, status=m.status, read_at_s=m.read_at_monotonic_s,
+                          online_cpus=m.online_cpus or 1, block_io_source=m.block_io_source, **optional)
+
+
 # --- events (issue 15: WatchEvents, runtime/events.py) -------------------------------------------
 
 

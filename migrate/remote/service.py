@@ -511,6 +511,22 @@ class HostServicer(pb_grpc.HostServicer):
                                                    source_address=_peer_ip(context.peer()))
         return pb.StartPrecopyRoundResponse(page_server_port=port)
 
+    # exec, attach, stats (issue 15): a helper process per Exec/Attach (migrate/remote/exec_stream.py)
+    def Exec(self, request_iterator: Iterator[pb.ExecRequest], context: grpc.ServicerContext) -> Iterator[pb.ExecResponse]:
+        from migrate.remote.exec_stream import serve_exec
+
+        yield from serve_exec(self.engine, request_iterator, context)
+
+    def Attach(self, request_iterator: Iterator[pb.AttachRequest], context: grpc.ServicerContext) -> Iterator[pb.AttachResponse]:
+        from migrate.remote.exec_stream import serve_attach
+
+        yield from serve_attach(self.engine, request_iterator, context)
+
+    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> Iterator[pb.StatsResponse]:
+        from migrate.remote.stats_stream import serve_stats
+
+        yield from serve_stats(self.engine, request, context)
+
     # events (issue 15): the state root's journal (runtime/events.py), followed until cancelled
     events_keepalive_s = 1.0  # an idle watch sends an empty response this often
 
