@@ -295,7 +295,7 @@ def require_local(engine: Any, what: str) -> None:
         from runtime.errors import Unsupported
 
         raise Unsupported(what, "only on the container's own host (no remote attach yet)",
-                          hint="run pymigrate there, or use -d and pymigrate logs")
+                          hint="run pymigrate there, or use -d and then pymigrate --host HOST attach")
 
 
 def attach(ctx: Any, name: str, *, detach_keys: bytes, stdin: bool = True, whole_log: bool = False) -> int | None:
