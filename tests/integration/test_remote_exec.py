@@ -1,5 +1,6 @@
-"""Exec, Attach and Stats over a real daemon's unix socket (issue 15): ``--host exec`` with stdout
-and stderr apart and the exit code, ``exec -i`` with piped stdin, ``exec -it`` and ``attach``
+"""Exec, Attach and Stats over a real daemon's unix socket (issue 15), and Exec over TCP with mutual
+TLS (certificates from ``pymigrate tls init/issue``): ``--host exec`` with stdout and stderr apart
+and the exit code, ``exec -i`` with piped stdin, ``exec -it`` and ``attach``
 through a real pty of the test's (the CLI on ``pty.fork``, as test_terminal.py does locally), and
 Stats numbers read back from the container's cgroup files."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,6 +16,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.integration.cli_helpers import ok, start_daemon, unique
+from tests.integration.conftest import PYMIGRATE, REPO
 from tests.integration.test_runtime import wait_for
 from tests.integration.test_terminal import CTRL_P_CTRL_Q, PROMPT, Terminal
 
@@ -177,3 +180,32 @@ def test_stats_match_the_cgroup_files(pm, host: str) -> None:  # noqa: ANN001
     finally:
         pm("rm", "-f", name)
     assert os.path.exists(host[len("unix:"):])
+
+
+def test_exec_over_tcp_with_mutual_tls(pm, pm_root: Path, sleeper: str, tmp_path: Path) -> None:  # noqa: ANN001
+    pki = tmp_path / "pki"
+    ok(pm("tls", "init", "--dir", str(pki), "--days", "1"))
+    ok(pm("tls", "issue", "127.0.0.1", "--dir", str(pki), "--days", "1"))
+    ok(pm("tls", "issue", "cli", "--client-only", "--dir", str(pki), "--days", "1"))
+    with socket.socket() as probe:  # a free port (the daemon binds it right after)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen([*PYMIGRATE, "--root", str(pm_root), "daemon", "--listen", address, "--grace", "5",
+                             "--tls-cert", str(pki / "127.0.0.1.crt"), "--tls-key", str(pki / "127.0.0.1.key"),
+                             "--tls-ca", str(pki / "ca.crt")], stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        client = ["--host", address, "--tls-cert", str(pki / "cli.crt"), "--tls-key", str(pki / "cli.key"),
+                  "--tls-ca", str(pki / "ca.crt")]
+        wait_for(lambda: pm(*client, "ps").returncode == 0, timeout_s=60, what="the tls daemon")
+        r = pm(*client, "exec", "-i", sleeper, "sh", "-c", "cat; echo err >&2; exit 6", input=b"over tls\n")
+        assert (r.returncode, r.stdout, r.stderr) == (6, b"over tls\n", b"err\n")
+        r = pm("--host", address, "--insecure", "exec", sleeper, "true")  # no client certificate: refused
+        assert r.returncode == 125, r.stdout
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
