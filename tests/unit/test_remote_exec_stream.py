@@ -5,6 +5,8 @@ stats_stream.py) with fakes for the engine and the gRPC call, and real helper pr
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -274,3 +276,29 @@ def test_stats_stream_passes_the_previous_sample_and_stops_when_the_call_ends() 
     assert engine.calls[0][1] is None and engine.calls[1][1].read_at_s == 1.0
     one = list(serve_stats(StatsEngine(), pb.StatsRequest(names=["c1"]), Context()))
     assert len(one) == 1
+
+
+def test_exec_and_attach_are_behind_the_token_like_every_call() -> None:
+    from migrate.errors import AuthError
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.server import create_server
+    from runtime.errors import Unsupported
+    from tests.fakes.engine import FakeEngine
+
+    sockdir = Path(tempfile.mkdtemp(prefix="pmx-", dir="/tmp"))  # short: a unix socket path
+    server, _ = create_server(FakeEngine(), f"unix:{sockdir}/d.sock", token="s3cret")
+    server.start()
+    out_r, out_w = os.pipe()
+    try:
+        with RemoteEngine(server.target) as stranger, pytest.raises(AuthError):
+            stranger.exec("c1", ("true",), stdout_fd=out_w, stderr_fd=out_w)
+        with RemoteEngine(server.target, token="s3cret") as client:
+            with pytest.raises(Unsupported, match="runs no containers of its own"):  # past the token check
+                client.exec("c1", ("true",), stdout_fd=out_w, stderr_fd=out_w)
+            with pytest.raises(Unsupported, match="runs no containers of its own"):
+                client.attach("c1", tty=False, interactive=False, stdout_fd=out_w, stderr_fd=out_w)
+    finally:
+        server.stop(0)
+        os.close(out_r)
+        os.close(out_w)
+        shutil.rmtree(sockdir, ignore_errors=True)
