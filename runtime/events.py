@@ -70,9 +70,9 @@ class Event:
 class Journal:
     """The journal of state root ``root`` (files made on the first append)."""
 
-    def __init__(self, root: Path, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.dir = Path(root) / EVENTS_DIR
-        self.max_bytes = max_bytes
+        self.max_bytes = MAX_BYTES if max_bytes is None else max_bytes
 
     # -- writing --------------------------------------------------------------------------------
     def append(self, type: str, action: str, id: str, name: str, attributes: dict[str, Any] | None = None) -> Event:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import tempfile
@@ -247,3 +248,51 @@ def test_watch_with_a_rotated_out_cursor_is_events_lost(tmp_path: Path, watched:
     with pytest.raises(EventsLost) as err:
         next(client.events(since=1))
     assert err.value.since == 1 and err.value.oldest > 2
+
+
+# --- pymigrate events (migrate/cli/events.py), local ---------------------------------------------
+
+
+def test_cli_prints_history_then_stops_at_until(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from migrate.cli import main
+
+    journal = Journal(tmp_path)
+    journal.append("container", "create", "c" * 32, "web", {"app": "shop"})
+    journal.append("image", "pull", "sha256:1", "busybox")
+    journal.append("container", "die", "c" * 32, "web", {"exitCode": 3})
+    started = time.monotonic()
+    until = f"{time.time() + 0.5:.3f}"
+    assert main(["--root", str(tmp_path), "events", "--since", "1", "--until", until, "--json", "-f", "type=container"]) == 0
+    assert 0.4 < time.monotonic() - started < 5  # followed until --until, then stopped
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["sequence"], e["action"], e["attributes"]) for e in lines] == [(3, "die", {"exitCode": "3"})]
+    assert main(["--root", str(tmp_path), "events", "--since", "0", "--until", "0s"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].startswith("1 ") and text[0].endswith(f"container create {'c' * 32} (name=web, app=shop)")
+    assert len(text) == 3
+
+
+def test_cli_since_time_starts_at_the_oldest_kept_after_a_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import runtime.events as events
+    from migrate.cli import main
+
+    monkeypatch.setattr(events, "MAX_BYTES", 700)
+    for i in range(20):
+        Journal(tmp_path).append("container", "start", f"c{i}", "web")
+    kept = [e.sequence for e in Journal(tmp_path).read()]
+    assert kept[0] > 1
+    assert main(["--root", str(tmp_path), "events", "--since", "1h", "--until", "0s", "--json"]) == 0
+    assert [json.loads(line)["sequence"] for line in capsys.readouterr().out.splitlines()] == kept
+    assert main(["--root", str(tmp_path), "events", "--since", "1", "--until", "0s"]) == 125  # a cursor: lost
+    assert "were lost" in capsys.readouterr().err
+
+
+def test_parse_since() -> None:
+    from migrate.cli.events import parse_since
+
+    assert parse_since(None) == (None, None)
+    assert parse_since("42") == (42, None)
+    assert parse_since("1700000000") == (None, 1700000000.0)
+    cursor, since = parse_since("10m")
+    assert cursor is None and since is not None and abs(time.time() - 600 - since) < 5
