@@ -181,10 +181,13 @@ def _event(move: Move, action: str, **attributes: Any) -> None:
     """A migration event in this host's journal (runtime/events.py): id the migration's, name the container's."""
     from runtime.events import emit
 
-    spec = move.spec
-    emit(move.rt.paths.root, "migration", action, move.migration_id, spec.name,
-         {"container_id": spec.container_id, "mode": move.options.mode, "dest": move.options.dest, "role": "source",
-          **getattr(spec, "labels", {}), **attributes})
+    try:  # never into the migration (a failure's event must not hide the failure)
+        spec = move.spec
+        emit(move.rt.paths.root, "migration", action, move.migration_id, spec.name,
+             {"container_id": spec.container_id, "mode": move.options.mode, "dest": move.options.dest, "role": "source",
+              **getattr(spec, "labels", {}), **attributes})
+    except Exception:
+        log.warning("migration=%s: %s event not journalled", move.migration_id, action, exc_info=True)
 
 
 def _preflight(move: Move, mode: Mode) -> None:

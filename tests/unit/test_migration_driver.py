@@ -337,3 +337,21 @@ def test_source_cleanup_failure_after_restore_is_not_raised(host: FakeHost, targ
     result, _ = migrate(host, target)
     assert result.container_name == "web"
     assert "abort_incoming" not in target.calls
+
+
+# --- events (issue 15: runtime/events.py) ------------------------------------------------------
+
+
+def test_the_source_journals_its_migration(host: FakeHost, target: Target) -> None:
+    from runtime.events import Journal
+
+    migrate(host, target, keep_source=True)
+    failing = Target()
+    failing.fail_restore = CriuError("restore", "criu restore failed: no such image")
+    with pytest.raises(MigrationError):
+        migrate(host, failing)
+    events = [e for e in Journal(host.paths.root).read() if e.type == "migration"]
+    assert [e.action for e in events] == ["start", "frozen", "completed", "start", "frozen", "failed"]
+    assert len({events[0].id, events[3].id}) == 2 and all(e.name == "web" for e in events)
+    assert events[2].attributes["role"] == "source" and float(events[2].attributes["frozen_ms"]) > 0
+    assert "criu restore failed" in events[5].attributes["error"]
