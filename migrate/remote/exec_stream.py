@@ -91,6 +91,14 @@ def helper_base(root: Path) -> list[str]:
     return [sys.executable, "-m", "migrate", "--root", str(root)]
 
 
+def _package_parent() -> str:
+    """The helper's cwd: where ``-m migrate`` finds this very package (a daemon started from a
+    checkout, with another cwd, would otherwise run another pymigrate or none)."""
+    import migrate
+
+    return str(Path(migrate.__file__).resolve().parent.parent)
+
+
 def _check_name(name: str) -> str:
     if not name or name.startswith("-"):
         raise InvalidArgument(f"invalid container name {name!r}", hint="name a container by its name or id")
@@ -131,7 +139,7 @@ def spawn(argv: list[str], *, tty: bool, stdin: bool, size: tuple[int, int] | No
     if not tty:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-                                start_new_session=True)
+                                start_new_session=True, cwd=_package_parent())
         return Helper(proc)
     from runtime.console import set_size
 
@@ -141,7 +149,7 @@ def spawn(argv: list[str], *, tty: bool, stdin: bool, size: tuple[int, int] | No
         if size is not None and all(size):
             set_size(slave, *size)
         proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                                start_new_session=True)
+                                start_new_session=True, cwd=_package_parent())
     except BaseException:
         os.close(master)
         raise
