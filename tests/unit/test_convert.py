@@ -20,6 +20,7 @@ from runtime.events import Event
 from runtime.logs import LogEntry
 from runtime.ports import PortMapping
 from runtime.registry import PushResult, RegistryOptions
+from runtime.stats import ContainerStats
 from runtime.spec import ContainerInfo, ContainerSpec, ContainerState, FreezeRecord, NetworkMode, Status, Volume
 
 VOLUME = Volume("/data", "/mnt", readonly=True, name="data")
@@ -127,6 +128,10 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
      cv.registry_options_to_pb, cv.registry_options_from_pb, ()),
     (PushResult("app:1", "localhost:5000/app:2", "sha256:" + "c" * 64), cv.push_result_to_pb, cv.push_result_from_pb, ()),
     (Event(7, 1.5, "container", "die", "c" * 32, "web", {"exitCode": "3", "app": "shop"}), cv.event_to_pb, cv.event_from_pb, ()),
+    (ContainerStats("web", "c" * 32, "running", 12.5, cpu_percent=50.0, cpu_usage_us=900, online_cpus=2, memory_usage_bytes=1 << 20,
+                    memory_limit_bytes=1 << 30, memory_percent=0.1, pids_current=3, net_rx_bytes=10, net_tx_bytes=20,
+                    block_read_bytes=30, block_write_bytes=40, block_io_source="cgroup"),
+     functools.partial(cv.stats_to_pb, read_at_unix_s=1.0), cv.stats_from_pb, ()),
 ]
 
 
