@@ -290,6 +290,14 @@ def forward_signals(engine: Any, name: str) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def remote_terminal(stdin_fd: int = 0, stdout_fd: int = 1) -> Any:
+    """This terminal's habits lent to a ``--host`` exec or attach (migrate/remote/attach_stream.py)."""
+    from migrate.remote.attach_stream import Terminal
+
+    return Terminal(size=lambda: terminal_size(stdin_fd, stdout_fd), raw=lambda: raw_terminal(stdin_fd),
+                    window_changes=window_changes, scanner=DetachScanner)
+
+
 def require_local(engine: Any, what: str) -> None:
     if not hasattr(engine, "attach_socket"):
         from runtime.errors import Unsupported
@@ -309,7 +317,7 @@ def attach(ctx: Any, name: str, *, detach_keys: bytes, stdin: bool = True, whole
         spec = engine.inspect(name).spec
         sys.stdout.flush()
         return engine.attach(name, tty=spec.tty, interactive=stdin and spec.interactive,
-                             detach_keys=detach_keys)
+                             detach_keys=detach_keys, terminal=remote_terminal())
     require_local(engine, "attach")
     try:
         spec, path = engine.attach_socket(name)

@@ -342,8 +342,11 @@ def cmd_exec(args: argparse.Namespace, ctx: Any) -> int:
         raise Unsupported("exec", "only on the local host", hint="run pymigrate exec on the container's host")
     sys.stdout.flush()
     if not hasattr(engine, "attach_socket"):  # --host: the daemon's Exec call (migrate/remote/attach_stream.py)
+        from migrate.cli.attach import remote_terminal
+
         return int(engine.exec(args.name, tuple(command), env=resolve_env(args.env, ()), workdir=args.workdir,
-                               user=args.user, tty=args.tty, interactive=args.interactive))
+                               user=args.user, tty=args.tty, interactive=args.interactive,
+                               terminal=remote_terminal()))
     console = None
     if args.tty:
         from migrate.cli.attach import exec_console

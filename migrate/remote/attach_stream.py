@@ -7,6 +7,10 @@
 - Without a tty, ``stdout`` and ``stderr`` messages go to this process's stdout and stderr; with
   ``-i`` stdin is read in a thread (a pipe or a file works too) and its end becomes ``close_stdin``.
 - The call's last message is the exit code; it is returned (``DETACHED``, None, after a detach).
+
+The user's terminal is the CLI's business (raw mode, SIGWINCH, detach keys: migrate/cli/attach.py,
+which migrate.remote must not import): the CLI lends it as a ``Terminal``, as a local ``exec -t``
+gets an ExecConsole; without one a session has no raw mode, no resizes and no detach keys.
 """
 
 from __future__ import annotations
@@ -15,11 +19,29 @@ import os
 import queue
 import selectors
 import threading
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 DETACHED = None
 READ_BYTES = 65536
+
+
+class _PassThrough:
+    """A detach scanner that never detaches."""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        return data, False
+
+
+@dataclass
+class Terminal:
+    """The caller's terminal habits (migrate/cli/attach.py ``remote_terminal`` builds the real one)."""
+
+    size: Callable[[], "tuple[int, int] | None"] = lambda: None  # (rows, cols) of the user's terminal
+    raw: Callable[[], AbstractContextManager[Any]] = nullcontext  # raw mode for the block
+    window_changes: Callable[[], AbstractContextManager[Any]] = field(default=lambda: nullcontext(None))  # a pipe fd, readable on SIGWINCH
+    scanner: Callable[[bytes], Any] = lambda keys: _PassThrough()  # DetachScanner(keys)
 
 
 class Outbox:
@@ -50,11 +72,9 @@ class _Input:
     """Reads stdin (and, with a tty, window changes) into the outbox in a thread until ``stop``."""
 
     def __init__(self, outbox: Outbox, make: Callable[..., Any], *, stdin_fd: int | None, winch_fd: int | None,
-                 size: Callable[[], tuple[int, int] | None], detach_keys: bytes, tty: bool) -> None:
-        from migrate.cli.attach import DetachScanner
-
+                 size: Callable[[], tuple[int, int] | None], scanner: Any, tty: bool) -> None:
         self.outbox, self.make, self.size, self.tty = outbox, make, size, tty
-        self.scanner = DetachScanner(detach_keys)
+        self.scanner = scanner
         self.detached = threading.Event()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         # select(2), not epoll: stdin may be a regular file, which epoll refuses
@@ -124,7 +144,7 @@ def _terminal_size(rows: int, cols: int) -> Any:
 
 
 def relay(open_call: Callable[[Iterator[Any]], Any], first: Any, make: Callable[..., Any], *, tty: bool,
-          interactive: bool, detach_keys: bytes = b"", send_size: bool = False,
+          interactive: bool, detach_keys: bytes = b"", send_size: bool = False, terminal: Terminal | None = None,
           stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2) -> int | None:
     """Run one Exec or Attach call (``open_call(requests)`` -> its response iterator, with
     ``cancel``); ``first`` the opening message, ``make`` the request class. ``send_size``: send the
@@ -132,22 +152,17 @@ def relay(open_call: Callable[[Iterator[Any]], Any], first: Any, make: Callable[
     code or ``DETACHED``; a failed call raises its ``grpc.RpcError``."""
     import grpc
 
-    from migrate.cli.attach import raw_terminal, terminal_size, window_changes
-
+    term = terminal or Terminal()
     outbox = Outbox(first)
-
-    def size() -> tuple[int, int] | None:
-        return terminal_size(stdin_fd, stdout_fd)
-
     with ExitStack() as stack:
-        winch = stack.enter_context(window_changes()) if tty else None
+        winch = stack.enter_context(term.window_changes()) if tty else None
         if tty and interactive:
-            stack.enter_context(raw_terminal(stdin_fd))
-        if send_size and tty and (now := size()) is not None:
+            stack.enter_context(term.raw())
+        if send_size and tty and (now := term.size()) is not None:
             outbox.put(make(resize=_terminal_size(*now)))
         keys = detach_keys if tty and os.isatty(stdin_fd) else b""
-        pump = _Input(outbox, make, stdin_fd=stdin_fd if interactive else None, winch_fd=winch, size=size,
-                      detach_keys=keys, tty=tty)
+        pump = _Input(outbox, make, stdin_fd=stdin_fd if interactive else None, winch_fd=winch, size=term.size,
+                      scanner=term.scanner(keys), tty=tty)
         call = open_call(iter(outbox))
         pump.on_detach = call.cancel
         pump.start()

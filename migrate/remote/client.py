@@ -495,34 +495,35 @@ class RemoteEngine:
         return self._unary("WaitContainer", request, timeout_s=deadline).exit_code
 
     def exec(self, name: str, argv: tuple[str, ...], env: tuple[str, ...] = (), workdir: str | None = None,
-             user: str | None = None, *, tty: bool = False, interactive: bool = False,
+             user: str | None = None, *, tty: bool = False, interactive: bool = False, terminal: Any = None,
              stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2) -> int:
         """``exec`` over the Exec call with this process's stdio (migrate/remote/attach_stream.py):
-        with ``tty`` the user's terminal (raw with ``interactive``, resized on SIGWINCH); else
-        stdout and stderr apart, stdin sent with ``interactive``. The command's exit code."""
-        from migrate.cli.attach import terminal_size
+        with ``tty`` the user's ``terminal`` (an attach_stream.Terminal the CLI lends: raw with
+        ``interactive``, resized on SIGWINCH); else stdout and stderr apart, stdin sent with
+        ``interactive``. The command's exit code."""
         from migrate.remote.attach_stream import relay
 
-        size = terminal_size(stdin_fd, stdout_fd) if tty else None
+        size = terminal.size() if tty and terminal is not None else None
         start = pb.ExecStart(name=name, command=list(argv), env=list(env), workdir=workdir or "", user=user or "",
                              tty=tty, interactive=interactive,
                              terminal_size=pb.TerminalSize(rows=size[0], cols=size[1]) if size else None)
         code = self._bidi("Exec", lambda call: relay(call, pb.ExecRequest(start=start), pb.ExecRequest, tty=tty,
-                                                     interactive=interactive, stdin_fd=stdin_fd,
+                                                     interactive=interactive, terminal=terminal, stdin_fd=stdin_fd,
                                                      stdout_fd=stdout_fd, stderr_fd=stderr_fd))
         if code is None:
             raise PeerError(f"the daemon at {self.target} ended the Exec stream without an exit code")
         return code
 
-    def attach(self, name: str, *, tty: bool, interactive: bool, detach_keys: bytes = b"",
+    def attach(self, name: str, *, tty: bool, interactive: bool, detach_keys: bytes = b"", terminal: Any = None,
                stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2) -> int | None:
-        """Attach over the Attach call (``tty``/``interactive``: the container's -t/-i, from inspect);
-        its exit code, or None when the user detached."""
+        """Attach over the Attach call (``tty``/``interactive``: the container's -t/-i, from inspect;
+        ``terminal`` as for ``exec``); its exit code, or None when the user detached."""
         from migrate.remote.attach_stream import relay
 
         return self._bidi("Attach", lambda call: relay(call, pb.AttachRequest(name=name), pb.AttachRequest, tty=tty,
                                                        interactive=interactive, detach_keys=detach_keys, send_size=True,
-                                                       stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd))
+                                                       terminal=terminal, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
+                                                       stderr_fd=stderr_fd))
 
     def _bidi(self, method: str, session: Callable[[Callable[[Iterator[Any]], Any]], Any]) -> Any:
         def open_call(requests: Iterator[Any]) -> Any:

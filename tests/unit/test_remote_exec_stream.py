@@ -219,12 +219,14 @@ def test_relay_on_a_terminal_sends_its_size_and_detaches_on_the_keys() -> None:
         os.write(master, b"ls\r\x10\x11")  # typed once the terminal is raw, then Ctrl-P Ctrl-Q
         return calls[0]
 
+    from migrate.cli.attach import remote_terminal
     from runtime.console import set_size
 
     set_size(slave, 20, 70)
     try:
         code = relay(open_call, pb.AttachRequest(name="c1"), pb.AttachRequest, tty=True, interactive=True,
-                     detach_keys=b"\x10\x11", send_size=True, stdin_fd=slave, stdout_fd=out_w, stderr_fd=out_w)
+                     detach_keys=b"\x10\x11", send_size=True, terminal=remote_terminal(slave, out_w),
+                     stdin_fd=slave, stdout_fd=out_w, stderr_fd=out_w)
     finally:
         for fd in (master, slave, out_r, out_w):
             os.close(fd)
