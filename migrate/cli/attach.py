@@ -316,8 +316,9 @@ def attach(ctx: Any, name: str, *, detach_keys: bytes, stdin: bool = True, whole
     if not whole_log and not hasattr(engine, "attach_socket"):  # --host: the daemon's Attach call
         spec = engine.inspect(name).spec
         sys.stdout.flush()
-        return engine.attach(name, tty=spec.tty, interactive=stdin and spec.interactive,
-                             detach_keys=detach_keys, terminal=remote_terminal())
+        with open(os.devnull, "wb") as null:  # --json: only the answer on stdout, as locally
+            return engine.attach(name, tty=spec.tty, interactive=stdin and spec.interactive, detach_keys=detach_keys,
+                                 terminal=remote_terminal(), stdout_fd=null.fileno() if ctx.json else 1)
     require_local(engine, "attach")
     try:
         spec, path = engine.attach_socket(name)

@@ -118,6 +118,11 @@ def test_attach_to_an_interactive_container_without_a_terminal(pm, host: str) ->
         assert r.returncode == 9, r.stderr  # the end of our stdin closed its stdin: the loop ended
         assert r.stdout == b"got one\ngot two\n"
         assert b"err one\nerr two\n" in r.stderr
+
+        ok(pm("rm", "-f", name))
+        ok(pm("run", "-di", "--name", name, "--network", "none", "busybox", "sh", "-c", "read l; echo $l; exit 2"))
+        r = pm("--host", host, "--json", "attach", name, input=b"quiet\n")  # --json: only the answer on stdout
+        assert (r.returncode, json.loads(r.stdout)) == (2, {"name": name, "detached": False, "exit_code": 2})
     finally:
         pm("rm", "-f", name)
 
