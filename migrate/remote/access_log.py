@@ -89,7 +89,11 @@ class _Call:
         code = _context_code(self.context)
         if code is not None:
             return code.name
-        return "UNKNOWN" if failed else "OK"
+        if failed:
+            return "UNKNOWN"
+        # a handler that returned quietly because its caller had gone (service.py does so for a
+        # cancelled stream) did not succeed
+        return "OK" if _is_active(self.context) else "CANCELLED"
 
     def finish(self, code: str) -> None:
         with self._lock:
@@ -104,6 +108,13 @@ def _has(message: Any, field: str) -> bool:
         return bool(message.HasField(field))
     except (AttributeError, ValueError):
         return False
+
+
+def _is_active(context: grpc.ServicerContext) -> bool:
+    try:
+        return bool(context.is_active())
+    except Exception:  # fakes without it
+        return True
 
 
 def _context_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:

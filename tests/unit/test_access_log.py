@@ -257,3 +257,16 @@ def test_mtls_caller_is_named_by_its_certificate(sockdir: Path, caplog: pytest.L
         server.stop(0)
     (line,) = [r for r in _access(caplog) if r.method.endswith("/ListContainers")]
     assert line.peer == "cn:scheduler-7" and line.addr.startswith("ipv4:127.0.0.1:") and line.code == "OK"
+
+
+def test_a_handler_that_returns_after_its_caller_left_is_cancelled() -> None:
+    metrics = DaemonMetrics()
+    context = FakeContext()
+    context.is_active = lambda: False  # type: ignore[method-assign]  # the client cancelled
+
+    def quiet(request: Any, ctx: Any) -> Iterator[pb.MigrateResponse]:
+        yield from ()  # as service.py's ErrorInterceptor does for RpcCancelled on a dead call
+
+    handler = _observe(metrics, MIGRATE, grpc.unary_stream_rpc_method_handler(quiet))
+    assert list(handler.unary_stream(pb.MigrateRequest(name="web"), context)) == []
+    assert _sample(metrics, "pymigrate_migrations_total", mode="cold", outcome="cancelled") == 1
