@@ -122,8 +122,10 @@ def exec_argv(root: Path, start: Any) -> list[str]:
         argv.append(f"--workdir={start.workdir}")
     if start.user:
         argv.append(f"--user={start.user}")
-    # cmd_exec drops one leading "--": this one, whatever argparse left of it
-    return [*argv, _check_name(start.name), "--", *start.command]
+    # argparse drops the first "--" after NAME and cmd_exec one more leading "--": a command that
+    # itself starts with "--" needs both, any other command the first only
+    separator = ["--", "--"] if start.command[0] == "--" else ["--"]
+    return [*argv, _check_name(start.name), *separator, *start.command]
 
 
 def attach_argv(root: Path, name: str, *, stdin: bool) -> list[str]:

@@ -122,8 +122,8 @@ def test_serve_exec_builds_the_helper_command_and_passes_the_size() -> None:
     finally:
         requests.release()
     assert (out, code) == (b"ran\n", 0)
-    assert seen["argv"][-11:] == ["/state", "exec", "--interactive", "--tty", "--env=A=1", "--workdir=/w", "--user=u:g",
-                                  "c1", "--", "--", "-x"]
+    assert seen["argv"][-12:] == ["/state", "exec", "--interactive", "--tty", "--env=A=1", "--workdir=/w", "--user=u:g",
+                                  "c1", "--", "--", "--", "-x"]
     assert (seen["tty"], seen["stdin"], seen["size"]) == (True, True, (5, 6))
 
 
@@ -304,3 +304,15 @@ def test_exec_and_attach_are_behind_the_token_like_every_call() -> None:
         os.close(out_r)
         os.close(out_w)
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", [["--", "-x"], ["sh", "-c", "x"], ["--"], ["-x", "--"]])
+def test_the_helper_parses_back_the_very_command(command: list[str]) -> None:
+    from migrate.cli import build_parser
+
+    argv = exec_argv(Path("/r"), pb.ExecStart(name="c1", command=command))
+    args = build_parser("exec").parse_args(argv[argv.index("exec"):])
+    parsed = list(args.command)
+    if parsed and parsed[0] == "--":  # what cmd_exec drops
+        parsed = parsed[1:]
+    assert (args.name, parsed) == ("c1", command)
