@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import tty as _tty
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterator
 from runtime.errors import InvalidArgument, Unsupported
 
 READ_BYTES = 65536
+LINGER_S = 0.5  # output still read after the helper exited, while it keeps coming
 EOF = object()  # a reader's end, in the output queue
 
 
@@ -230,21 +232,18 @@ def bridge(helper: Helper, requests: Iterator[Any], context: Any, make: Callable
                 stream = getattr(helper.proc, kind)
                 readers.append(_reader(functools.partial(stream.read1, READ_BYTES), kind, out, stopped))
         _feed(helper, requests)
-        open_readers = len(readers)
-        while open_readers:
-            item = out.get()
-            if item is EOF:
-                open_readers -= 1
-                continue
-            yield make(**{item[0]: item[1]})
+        yield from _output(helper, out, len(readers), make)
         code = helper.proc.wait()
         yield make(exit_code=code if code >= 0 else 128 - code)
     finally:
         stopped.set()
         helper.kill()
         helper.proc.wait()
-        for thread in readers:  # they end at the helper's end, unless an exec'd process keeps a pipe
-            thread.join(1.0)
+        # readers end with the helper (the master must not close under one), unless a process of
+        # the exec keeps a pipe: those are left to end with it
+        deadline = time.monotonic() + (1.0 if helper.master is not None else 0.2)
+        for thread in readers:
+            thread.join(max(0.0, deadline - time.monotonic()))
         if helper.master is not None:
             os.close(helper.master)
         streams = [helper.proc.stdin] + ([] if any(t.is_alive() for t in readers) else [helper.proc.stdout, helper.proc.stderr])
@@ -254,6 +253,28 @@ def bridge(helper: Helper, requests: Iterator[Any], context: Any, make: Callable
                     stream.close()
                 except OSError:
                     pass
+
+
+def _output(helper: Helper, out: "queue.Queue[Any]", open_readers: int, make: Callable[..., Any]) -> Iterator[Any]:
+    """The helper's output until every reader ended -- or, once the helper exited, until the
+    output was quiet for ``LINGER_S``: a background process of an exec'd command may hold the
+    pipes for ever (a local exec ends with its process too)."""
+    quiet_since: float | None = None
+    while open_readers:
+        try:
+            item = out.get(timeout=0.1)
+        except queue.Empty:
+            if helper.proc.poll() is None:
+                continue
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= LINGER_S:
+                return
+            continue
+        quiet_since = None
+        if item is EOF:
+            open_readers -= 1
+            continue
+        yield make(**{item[0]: item[1]})
 
 
 def _first(requests: Iterator[Any], field: str, method: str) -> Any:

@@ -316,3 +316,17 @@ def test_the_helper_parses_back_the_very_command(command: list[str]) -> None:
     if parsed and parsed[0] == "--":  # what cmd_exec drops
         parsed = parsed[1:]
     assert (args.name, parsed) == ("c1", command)
+
+
+def test_a_background_process_holding_the_pipes_does_not_hold_the_call() -> None:
+    import time
+
+    helper = spawn(["sh", "-c", "echo hi; sleep 3 & exit 0"], tty=False, stdin=False)
+    requests = Held()
+    started = time.monotonic()
+    try:
+        out, _, code = _collect(bridge(helper, requests, None, pb.ExecResponse))
+    finally:
+        requests.release()
+    assert (out, code) == (b"hi\n", 0)
+    assert time.monotonic() - started < 2.5
