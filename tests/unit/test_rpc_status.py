@@ -1,4 +1,4 @@
-"""The standard error model and reflection v1 (docs/api.md).
+"""The standard error model, reflection v1 and the package options (docs/api.md).
 
 Errors map to google.rpc.Status (ErrorInfo; BadRequest for bad input) and back; a real
 in-process daemon sends the standard trailer that grpcio-status reads, beside our own; the
@@ -188,3 +188,23 @@ def test_reflection_v1_describes_itself(channel: grpc.Channel) -> None:
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection")
     (reply,) = list(call(iter([request]), timeout=10))
     assert reply.WhichOneof("message_response") == "file_descriptor_response"
+
+
+# --- package options for other languages ------------------------------------------------------------
+
+
+def test_proto_names_its_go_and_java_packages() -> None:
+    options = pb.DESCRIPTOR.GetOptions()
+    assert options.go_package == "pymigrate.io/api/pymigrate/v1;pymigratev1"
+    assert (options.java_package, options.java_multiple_files, options.java_outer_classname) == ("io.pymigrate.v1", True, "HostProto")
+
+
+@pytest.mark.skipif(shutil.which("protoc") is None, reason="needs protoc (its Java generator is built in)")
+def test_java_code_generates_one_file_per_message_in_its_package(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run(["protoc", "-I", str(repo / "protos"), f"--java_out={tmp_path}", "pymigrate/v1/host.proto"], check=True, timeout=60)
+    package = tmp_path / "io" / "pymigrate" / "v1"
+    assert (package / "HostProto.java").is_file() and (package / "InspectContainerRequest.java").is_file()
+    assert "package io.pymigrate.v1;" in (package / "InspectContainerRequest.java").read_text()
