@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migrate.cli import EXIT_OK, EXIT_USAGE, Context, add_json_flag
+from migrate.cli import EXIT_OK, EXIT_USAGE, Context, add_json_flag, use_request_id
 
 CHECKPOINT_VERBS = ("ls", "inspect", "rm", "sign", "verify")
 
@@ -203,24 +203,6 @@ class Progress:
 
 
 # -- commands -------------------------------------------------------------------------------------
-
-
-def use_request_id(p: Any = None, *, args: Any = None, ctx: Any = None) -> None:
-    """``--request-id ID``: with a parser ``p``, add the flag; with ``args`` and ``ctx``, hand the id
-    to the remote engine, which sends it with the call (docs/api.md "request_id")."""
-    if p is not None:
-        p.add_argument("--request-id", default=None, metavar="ID",
-                       help="with --host: a retry with the same ID gets the first call's result (no second one)")
-        return
-    request_id = getattr(args, "request_id", None)
-    if not request_id:
-        return
-    if not hasattr(ctx.engine, "request_id"):
-        from runtime.errors import Unsupported
-
-        raise Unsupported("--request-id without --host", "request ids are kept by a daemon (its ROOT/requests)",
-                          hint="pass --host ADDRESS, or look with ps / checkpoint ls before running it again")
-    ctx.engine.request_id = request_id
 
 
 def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:

@@ -14,15 +14,13 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from migrate.cli import EXIT_ERROR, EXIT_OK, add_json_flag
+from migrate.cli import EXIT_ERROR, EXIT_OK, add_json_flag, use_request_id
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="create and start a container")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background and print the name")
     add_run_flags(p)
-    from migrate.cli.checkpoints import use_request_id
-
     use_request_id(p)
     p.set_defaults(handler=cmd_run)
 
@@ -244,8 +242,6 @@ def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
     attached = (args.tty or args.interactive) and not args.detach
     if attached:
         _check_attachable(args, ctx)
-    from migrate.cli.checkpoints import use_request_id
-
     use_request_id(args=args, ctx=ctx)
     try:
         info = ctx.engine.run(options)
