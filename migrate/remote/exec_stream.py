@@ -163,9 +163,12 @@ def spawn(argv: list[str], *, tty: bool, stdin: bool, size: tuple[int, int] | No
     return Helper(proc, master)
 
 
-def _reader(read: Callable[[], bytes], kind: str, out: "queue.Queue[Any]", stopped: threading.Event) -> threading.Thread:
+def _reader(read: Callable[[], bytes], kind: str, out: "queue.Queue[Any]", stopped: threading.Event,
+            close: Callable[[], None] | None = None) -> threading.Thread:
     """Copies one output of the helper into ``out``; once the call ended (``stopped``) what is
-    read is dropped, so a reader never blocks on a queue nobody empties."""
+    read is dropped, so a reader never blocks on a queue nobody empties. ``close`` (a pipe's) runs
+    when the output ends: a reader outliving the call (a background process kept the pipe) must
+    not leave its stream to the garbage collector."""
 
     def put(item: Any) -> None:
         while not stopped.is_set():
@@ -187,6 +190,11 @@ def _reader(read: Callable[[], bytes], kind: str, out: "queue.Queue[Any]", stopp
                 put((kind, data))
         finally:
             put(EOF)
+            if close is not None:
+                try:
+                    close()
+                except OSError:
+                    pass
 
     thread = threading.Thread(target=run, name=f"helper-{kind}", daemon=True)
     thread.start()
@@ -230,7 +238,7 @@ def bridge(helper: Helper, requests: Iterator[Any], context: Any, make: Callable
         else:
             for kind in ("stdout", "stderr"):
                 stream = getattr(helper.proc, kind)
-                readers.append(_reader(functools.partial(stream.read1, READ_BYTES), kind, out, stopped))
+                readers.append(_reader(functools.partial(stream.read1, READ_BYTES), kind, out, stopped, stream.close))
         _feed(helper, requests)
         yield from _output(helper, out, len(readers), make)
         code = helper.proc.wait()
