@@ -543,7 +543,13 @@ def layout_tar(root: Path, *, chunk_bytes: int = _CHUNK) -> Iterator[bytes]:
     top = os.path.realpath(root)
     if not os.path.isdir(top):
         raise ImageFormatError(source, "not a directory")
-    for rel, path in _layout_files(top, source):
+    # the whole walk first, in the caller: an entry refused raises here, before a byte is sent
+    # (raised inside a gRPC upload's request iterator, the daemon could see a short stream end)
+    return _layout_stream(list(_layout_files(top, source)), source, chunk_bytes)
+
+
+def _layout_stream(files: list[tuple[str, str]], source: str, chunk_bytes: int) -> Iterator[bytes]:
+    for rel, path in files:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
