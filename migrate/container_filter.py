@@ -23,7 +23,6 @@ from runtime.spec import ContainerInfo
 
 KEYS = ("status", "name", "label", "ancestor", "id", "exited", "volume", "network")
 STATUSES = ("created", "running", "paused", "exited", "checkpointed")
-_HINT = "e.g. --filter status=running --filter label=tier=web (keys: " + ", ".join(KEYS) + ")"
 
 
 @dataclass(frozen=True)
@@ -48,18 +47,13 @@ def parse_filters(entries: Iterable[str]) -> Filters:
         InvalidArgument: no ``=``, an unknown key, an unknown status, a bad regular expression
             or exit code.
     """
-    values: dict[str, list[str]] = {}
-    for entry in entries:
-        key, eq, value = entry.partition("=")
-        key = key.strip().lower()
-        if not eq or not value:
-            raise InvalidArgument(f"invalid filter {entry!r}: expected KEY=VALUE", hint=_HINT)
-        if key not in KEYS:
-            raise InvalidArgument(f"invalid filter {entry!r}: unknown key {key!r}, expected one of {', '.join(KEYS)}",
-                                  hint=_HINT)
-        _check_value(key, value)
-        values.setdefault(key, []).append(value)
-    return Filters({k: tuple(v) for k, v in values.items()})
+    from migrate.list_filters import parse
+
+    values = parse(entries, dict.fromkeys(KEYS), "container")  # the keys' matchers live here (select)
+    for key, given in values.items():
+        for value in given:
+            _check_value(key, value)
+    return Filters(values)
 
 
 def _check_value(key: str, value: str) -> None:

@@ -63,7 +63,7 @@ VOLUME_KEYS: dict[str, _Matcher] = {
 }
 
 
-def parse(entries: Iterable[str], keys: Mapping[str, _Matcher], what: str) -> dict[str, tuple[str, ...]]:
+def parse(entries: Iterable[str], keys: Mapping[str, Any], what: str) -> dict[str, tuple[str, ...]]:
     """``KEY=VALUE`` strings grouped by key.
 
     Raises:

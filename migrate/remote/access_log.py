@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import grpc
 
+from migrate.remote.service import replace_behavior
+
 if TYPE_CHECKING:  # prometheus_client is imported only by a daemon that serves metrics
     from migrate.remote.metrics import DaemonMetrics
 
@@ -137,7 +139,7 @@ class CallObserver(grpc.ServerInterceptor):
         if handler is None:
             return None  # an unknown method: gRPC answers UNIMPLEMENTED; not a label to count
         method = handler_call_details.method
-        return _replace_behavior(handler, lambda behavior, streaming: self._wrap(behavior, streaming, method, handler.request_streaming))
+        return replace_behavior(handler, lambda behavior, streaming: self._wrap(behavior, streaming, method, handler.request_streaming))
 
     def _wrap(self, behavior: Callable[..., Any], streaming_response: bool, method: str, streaming_request: bool) -> Callable[..., Any]:
         def start(request_or_iterator: Any, context: grpc.ServicerContext) -> tuple[_Call, Any]:
@@ -222,14 +224,3 @@ def _mode_name(value: int) -> str:
         return "cold"
     name = name[len(MODE_PREFIX):].lower() if name.startswith(MODE_PREFIX) else name.lower()
     return "cold" if name == "unspecified" else name
-
-
-def _replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> grpc.RpcMethodHandler:
-    """The handler with its behaviour wrapped by ``make(behavior, streaming_response)``."""
-    if handler.request_streaming and handler.response_streaming:
-        return handler._replace(stream_stream=make(handler.stream_stream, True))  # type: ignore[attr-defined]
-    if handler.request_streaming:
-        return handler._replace(stream_unary=make(handler.stream_unary, False))  # type: ignore[attr-defined]
-    if handler.response_streaming:
-        return handler._replace(unary_stream=make(handler.unary_stream, True))  # type: ignore[attr-defined]
-    return handler._replace(unary_unary=make(handler.unary_unary, False))  # type: ignore[attr-defined]

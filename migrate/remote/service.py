@@ -658,7 +658,9 @@ def _wrap_behavior(behavior: Callable[..., Any], streaming_response: bool, metho
     return unary
 
 
-def _replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> grpc.RpcMethodHandler:
+def replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> grpc.RpcMethodHandler:
+    """The handler with its behaviour wrapped by ``make(behavior, streaming_response)`` (the
+    interceptors' one way to wrap any of the four kinds; access_log.py uses it too)."""
     if handler.request_streaming and handler.response_streaming:
         return handler._replace(stream_stream=make(handler.stream_stream, True))  # type: ignore[attr-defined]
     if handler.request_streaming:
@@ -676,7 +678,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return _replace_behavior(handler, lambda behavior, streaming: _wrap_behavior(behavior, streaming, method))
+        return replace_behavior(handler, lambda behavior, streaming: _wrap_behavior(behavior, streaming, method))
 
 
 class RefusalLog:
@@ -766,4 +768,4 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 
             return refuse
 
-        return _replace_behavior(handler, deny)
+        return replace_behavior(handler, deny)
