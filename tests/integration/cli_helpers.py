@@ -49,11 +49,13 @@ def start_daemon(root: Path, extra_args: Sequence[str] = ()) -> tuple[subprocess
     return proc, sock
 
 
-def stop_daemon(proc: subprocess.Popen, sock: Path) -> None:
+def stop_daemon(proc: subprocess.Popen, sock: Path | None = None) -> None:
+    """SIGTERM (its grace period), SIGKILL if it is still there after 30 s; the socket removed."""
     proc.terminate()
     try:
-        proc.wait(20)
+        proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    sock.unlink(missing_ok=True)
+    if sock is not None:
+        sock.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ import pytest
 
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
-from migrate.remote.server import wait_for_serving
+from tests.integration.cli_helpers import start_daemon, stop_daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "busybox")]
 
@@ -38,12 +38,10 @@ def daemon() -> Iterator[Daemon]:
     root = Path(tempfile.mkdtemp(prefix="pm-lists-", dir="/tmp"))
     Paths(root).ensure()
     ImageStore(Paths(root)).build_busybox("busybox")
-    target = f"unix:{root}/api.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "migrate", "--root", str(root), "daemon", "--listen", target,
-                             "--grace", "5"], stderr=subprocess.DEVNULL)
+    proc, sock = start_daemon(root)
+    target = f"unix:{sock}"
     channel = grpc.insecure_channel(target)
     try:
-        wait_for_serving(channel, timeout_s=60.0)
         yield pb_grpc.HostStub(channel), root, target
     finally:
         stub = pb_grpc.HostStub(channel)
@@ -52,12 +50,7 @@ def daemon() -> Iterator[Daemon]:
                 stub.RemoveContainer(pb.RemoveContainerRequest(name=c.spec.name, force=True), timeout=60)
         finally:
             channel.close()
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_daemon(proc, sock)
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -14,15 +14,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import google.rpc
-import grpc
 import pytest
 
-from migrate.remote.server import wait_for_serving
+from tests.integration.cli_helpers import start_daemon, stop_daemon
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root")]
@@ -58,25 +56,11 @@ def node_modules() -> Iterator[Path]:
 @pytest.fixture
 def daemon(pm_root: Path) -> Iterator[Path]:
     """A real ``pymigrate daemon`` on the session's state root (busybox loaded); yields its socket."""
-    sock = pm_root / "run" / "node-test.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "migrate", "--root", str(pm_root), "daemon", "--listen", f"unix:{sock}", "--grace", "5"],
-        stderr=subprocess.DEVNULL, cwd=REPO,
-    )
+    proc, sock = start_daemon(pm_root)
     try:
-        channel = grpc.insecure_channel(f"unix:{sock}")
-        try:
-            wait_for_serving(channel, timeout_s=30.0)
-        finally:
-            channel.close()
         yield sock
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_daemon(proc, sock)
 
 
 def _node(node_modules: Path, sock: Path, *argv: str) -> tuple[int, list[dict[str, Any]]]:

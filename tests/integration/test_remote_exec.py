@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.integration.cli_helpers import ok, start_daemon, unique
+from tests.integration.cli_helpers import ok, start_daemon, stop_daemon, unique
 from tests.integration.conftest import PYMIGRATE, REPO
 from tests.integration.test_runtime import wait_for
 from tests.integration.test_terminal import CTRL_P_CTRL_Q, PROMPT, Terminal
@@ -30,12 +30,7 @@ def host(pm_root: Path) -> Iterator[str]:
     try:
         yield f"unix:{sock}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_daemon(proc, sock)
 
 
 @pytest.fixture
@@ -208,9 +203,4 @@ def test_exec_over_tcp_with_mutual_tls(pm, pm_root: Path, sleeper: str, tmp_path
         r = pm("--host", address, "--insecure", "exec", sleeper, "true")  # no client certificate: refused
         assert r.returncode == 125, r.stdout
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_daemon(proc)
