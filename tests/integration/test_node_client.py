@@ -21,6 +21,8 @@ import google.rpc
 import pytest
 
 from tests.integration.cli_helpers import start_daemon, stop_daemon
+from tests.integration.hosts import make_hosts  # noqa: F401  (fixture)
+from tests.integration.migrate_helpers import names_by_status
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root")]
@@ -63,12 +65,13 @@ def daemon(pm_root: Path) -> Iterator[Path]:
         stop_daemon(proc, sock)
 
 
-def _node(node_modules: Path, sock: Path, *argv: str) -> tuple[int, list[dict[str, Any]]]:
+def _node(node_modules: Path, target: Path | str, *argv: str, timeout: float = 60) -> tuple[int, list[dict[str, Any]]]:
+    """The Node client's exit code and JSON lines; ``target``: a unix socket path or an address."""
     google_dir = Path(google.rpc.__path__[0]).parent.parent  # site-packages: google/rpc/*.proto
     proc = subprocess.run(
-        ["node", str(CLIENT / "cli.js"), "--target", f"unix:{sock}", "--protos", str(REPO / "protos"),
+        ["node", str(CLIENT / "cli.js"), "--target", f"unix:{target}" if isinstance(target, Path) else target, "--protos", str(REPO / "protos"),
          "--google", str(google_dir), *argv],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "NODE_PATH": str(node_modules)},
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, "NODE_PATH": str(node_modules)},
     )
     assert proc.returncode in (0, 1), proc.stderr
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
@@ -106,3 +109,32 @@ def test_node_lists_containers(daemon: Path, node_modules: Path, pm: Callable[..
         assert listed["id"] == created.stdout.decode().strip() and listed["status"] == "CONTAINER_STATUS_CREATED"
     finally:
         pm("rm", "-f", "node-listed")
+
+
+@pytest.mark.requires("netns", "criu", "pycriu", "busybox", "overlay")
+def test_node_scheduler_lists_by_label_watches_events_and_drains_a_host(make_hosts, node_modules: Path) -> None:  # noqa: ANN001
+    """The issue's scheduler in another language, against two real daemons over TCP: the web tier
+    found by its label, its containers migrated to the other host one by one (the db stays), and
+    the source's WatchEvents from a cursor shows exactly those two migrations completed."""
+    a, b = make_hosts(2)
+    source, target = a.start_daemon("tcp"), b.start_daemon("tcp")
+    a.cli(["image", "build-busybox", "busybox"], check=True)
+    for name, tier in (("web1", "web"), ("web2", "web"), ("db", "db")):
+        a.cli(["run", "-d", "--name", name, "--label", f"tier={tier}", "busybox", "sleep", "600"], check=True)
+
+    rc, rows = _node(node_modules, source, "ls", "--filter", "label=tier=web")
+    assert rc == 0 and sorted(r["name"] for r in rows) == ["web1", "web2"], rows
+    assert all(r["labels"] == {"tier": "web"} for r in rows), rows
+    rc, history = _node(node_modules, source, "watch", "--since", "0")
+    assert rc == 0 and history, "the runs above are events already"
+    cursor = max(int(e["sequence"]) for e in history)
+
+    rc, outcomes = _node(node_modules, source, "drain", "--to", target, "--filter", "label=tier=web", timeout=600)
+    assert rc == 0 and sorted(o["name"] for o in outcomes) == ["web1", "web2"], outcomes
+    assert all(o["ok"] and o["frozen_ms"] > 0 for o in outcomes), outcomes
+
+    rc, events = _node(node_modules, source, "watch", "--since", str(cursor), "--filter", "type=migration")
+    assert rc == 0 and all(int(e["sequence"]) > cursor for e in events), events
+    assert sorted(e["name"] for e in events if e["action"] == "completed") == ["web1", "web2"], events
+    assert names_by_status(a) == {"db": "running"}
+    assert {n: s for n, s in names_by_status(b).items()} == {"web1": "running", "web2": "running"}

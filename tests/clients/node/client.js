@@ -2,8 +2,8 @@
 // A small pymigrate client in Node.js (docs/api.md): loads protos/pymigrate/v1/host.proto with
 // @grpc/proto-loader, calls a daemon with @grpc/grpc-js, and reads refused calls the standard way:
 // the google.rpc.Status in the `grpc-status-details-bin` trailer, with its ErrorInfo (reason,
-// domain, metadata) and BadRequest (field violations). Meant to grow into the scheduler of issue 15
-// (list by label, watch events, drain); today it lists and inspects containers.
+// domain, metadata) and BadRequest (field violations). The scheduler of issue 15 in small: list by
+// label, watch events from a cursor, drain a host (migrate its containers to another).
 
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -48,6 +48,54 @@ async function listContainers(client, { all = true, filter = [] } = {}) {
   return containers;
 }
 
+// Events after cursor `since` until `count` arrived or none came for `idleMs` (WatchEvents sends an
+// empty keep-alive about once a second, which does not count).
+function watchEvents(client, { since = '0', filter = [], count = Infinity, idleMs = 3000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const events = [];
+    const stream = client.WatchEvents({ since, filter });
+    let timer = null;
+    const finish = () => { clearTimeout(timer); stream.cancel(); resolve(events); };
+    const arm = () => { clearTimeout(timer); timer = setTimeout(finish, idleMs); };
+    stream.on('data', (reply) => {
+      if (!reply.event) return;
+      events.push(reply.event);
+      if (events.length >= count) finish(); else arm();
+    });
+    stream.on('error', (err) => { clearTimeout(timer); if (err.code === grpc.status.CANCELLED) resolve(events); else reject(err); });
+    stream.on('end', () => { clearTimeout(timer); resolve(events); });
+    arm();
+  });
+}
+
+// One Migrate call to its result (the stream's last message); rejects with the call's error.
+function migrate(client, name, dest, timeoutMs = 300000) {
+  return new Promise((resolve, reject) => {
+    const stream = client.Migrate({ name, dest }, { deadline: Date.now() + timeoutMs });
+    let result = null;
+    stream.on('data', (reply) => { if (reply.result) result = reply.result; });
+    stream.on('error', reject);
+    stream.on('end', () => (result ? resolve(result) : reject(new Error(`migrate ${name}: no result`))));
+  });
+}
+
+// Drain: every running container matching `filter` migrated to `dest`, one after the other (a
+// failure is reported and the rest still go: exactly one copy of each stays running either way).
+async function drain(api, client, dest, filter = []) {
+  const outcomes = [];
+  for (const c of await listContainers(client, { all: false, filter })) {
+    const name = c.spec.name;
+    try {
+      const result = await migrate(client, name, dest);
+      outcomes.push({ name, ok: true, mode: result.mode, frozen_ms: result.stats ? result.stats.frozen_ms : null });
+    } catch (err) {
+      const status = err.code === undefined ? null : statusDetails(api, err);
+      outcomes.push({ name, ok: false, error: err.details || err.message, reason: status && status.errorInfo ? status.errorInfo.reason : null });
+    }
+  }
+  return outcomes;
+}
+
 // The google.rpc.Status a refused call carries, its details unpacked; null without one.
 function statusDetails(api, err) {
   const values = err.metadata ? err.metadata.get(DETAILS_KEY) : [];
@@ -65,4 +113,4 @@ function statusDetails(api, err) {
   return out;
 }
 
-module.exports = { loadApi, connect, call, listContainers, statusDetails, grpc };
+module.exports = { loadApi, connect, call, listContainers, watchEvents, migrate, drain, statusDetails, grpc };
