@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
@@ -128,6 +129,12 @@ def _to_pb(obj: Any, message_type: type[M], skip: Iterable[str] = (), **given: A
     return message
 
 
+# unix-seconds fields that messages also carry as a google.protobuf.Timestamp (issue 15: the
+# standard type beside the double older clients read; docs/api.md "Times")
+_TIMESTAMPS = {"created_at": "create_time", "started_at": "start_time", "finished_at": "finish_time",
+               "since": "since_time"}
+
+
 def _fill(message: Message, obj: Any, skip: Iterable[str] = ()) -> None:
     for f in dataclasses.fields(obj):
         if f.name in skip:
@@ -136,6 +143,7 @@ def _fill(message: Message, obj: Any, skip: Iterable[str] = ()) -> None:
         field = _field(message, f.name)
         if value is None:
             continue  # an absent optional
+        _fill_timestamp(message, f.name, value)
         if field.enum_type is not None:
             table, what, _ = _ENUMS[field.enum_type.full_name]
             setattr(message, f.name, _enum_to_pb(table, value, what))
@@ -151,6 +159,20 @@ def _fill(message: Message, obj: Any, skip: Iterable[str] = ()) -> None:
             _fill(getattr(message, f.name), value)
         else:
             setattr(message, f.name, value)
+
+
+def _fill_timestamp(message: Message, name: str, seconds: Any) -> None:
+    stamp = _TIMESTAMPS.get(name)
+    if stamp is not None and stamp in message.DESCRIPTOR.fields_by_name and isinstance(seconds, (int, float)) and seconds:
+        timestamp_from_seconds(getattr(message, stamp), seconds)
+
+
+def timestamp_from_seconds(timestamp: Any, seconds: float) -> None:
+    """Set a ``google.protobuf.Timestamp`` from unix seconds (whole seconds apart: ``seconds * 1e9``
+    would lose the nanoseconds a double of today's time still holds)."""
+    whole = math.floor(seconds)
+    nanos = min(round((seconds - whole) * 1e9), 999_999_999)
+    timestamp.seconds, timestamp.nanos = whole, nanos
 
 
 def _from_pb(cls: type[D], message: Message, skip: Iterable[str] = (), **given: Any) -> D:
@@ -588,8 +610,11 @@ def stats_from_pb(m: pb.ContainerStatsSample) -> Any:
 
 def event_to_pb(e: Any) -> pb.Event:
     """A ``runtime.events.Event``."""
-    return pb.Event(sequence=e.sequence, time=e.time, type=e.type, action=e.action, object_id=e.id, name=e.name,
-                    attributes=dict(e.attributes))
+    message = pb.Event(sequence=e.sequence, time=e.time, type=e.type, action=e.action, object_id=e.id, name=e.name,
+                       attributes=dict(e.attributes))
+    if e.time:
+        timestamp_from_seconds(message.event_time, e.time)
+    return message
 
 
 def event_from_pb(m: pb.Event) -> Any:

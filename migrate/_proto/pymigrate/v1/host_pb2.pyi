@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -101,7 +104,7 @@ class PortList(_message.Message):
     def __init__(self, ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "userns_base", "userns_size", "labels")
+    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "userns_base", "userns_size", "labels", "create_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +151,7 @@ class ContainerSpec(_message.Message):
     USERNS_BASE_FIELD_NUMBER: _ClassVar[int]
     USERNS_SIZE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     name: str
     image: str
@@ -187,10 +191,11 @@ class ContainerSpec(_message.Message):
     userns_base: int
     userns_size: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., userns_base: _Optional[int] = ..., userns_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., userns_base: _Optional[int] = ..., userns_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ContainerState(_message.Message):
-    __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by", "restart_count", "manually_stopped", "shared_namespaces", "namespace_users")
+    __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by", "restart_count", "manually_stopped", "shared_namespaces", "namespace_users", "start_time", "finish_time")
     class SharedNamespacesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +224,8 @@ class ContainerState(_message.Message):
     MANUALLY_STOPPED_FIELD_NUMBER: _ClassVar[int]
     SHARED_NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_USERS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
     status: ContainerStatus
     pid: int
     shim_pid: int
@@ -233,10 +240,12 @@ class ContainerState(_message.Message):
     manually_stopped: bool
     shared_namespaces: _containers.ScalarMap[str, str]
     namespace_users: _containers.ScalarMap[str, str]
-    def __init__(self, status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., restored_from: _Optional[str] = ..., checkpointed: _Optional[str] = ..., frozen_by: _Optional[_Union[FreezeRecord, _Mapping]] = ..., restart_count: _Optional[int] = ..., manually_stopped: _Optional[bool] = ..., shared_namespaces: _Optional[_Mapping[str, str]] = ..., namespace_users: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    start_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    def __init__(self, status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., restored_from: _Optional[str] = ..., checkpointed: _Optional[str] = ..., frozen_by: _Optional[_Union[FreezeRecord, _Mapping]] = ..., restart_count: _Optional[int] = ..., manually_stopped: _Optional[bool] = ..., shared_namespaces: _Optional[_Mapping[str, str]] = ..., namespace_users: _Optional[_Mapping[str, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class FreezeRecord(_message.Message):
-    __slots__ = ("pid", "pid_start", "operation", "since", "was_paused", "recover", "partial")
+    __slots__ = ("pid", "pid_start", "operation", "since", "was_paused", "recover", "partial", "since_time")
     PID_FIELD_NUMBER: _ClassVar[int]
     PID_START_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +253,7 @@ class FreezeRecord(_message.Message):
     WAS_PAUSED_FIELD_NUMBER: _ClassVar[int]
     RECOVER_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_TIME_FIELD_NUMBER: _ClassVar[int]
     pid: int
     pid_start: int
     operation: str
@@ -251,7 +261,8 @@ class FreezeRecord(_message.Message):
     was_paused: bool
     recover: bool
     partial: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pid: _Optional[int] = ..., pid_start: _Optional[int] = ..., operation: _Optional[str] = ..., since: _Optional[float] = ..., was_paused: _Optional[bool] = ..., recover: _Optional[bool] = ..., partial: _Optional[_Iterable[str]] = ...) -> None: ...
+    since_time: _timestamp_pb2.Timestamp
+    def __init__(self, pid: _Optional[int] = ..., pid_start: _Optional[int] = ..., operation: _Optional[str] = ..., since: _Optional[float] = ..., was_paused: _Optional[bool] = ..., recover: _Optional[bool] = ..., partial: _Optional[_Iterable[str]] = ..., since_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ContainerInfo(_message.Message):
     __slots__ = ("spec", "state", "bundle_dir", "cgroup", "memory_current_bytes", "pids_current")
@@ -277,18 +288,20 @@ class ContainerInfo(_message.Message):
     def __init__(self, spec: _Optional[_Union[ContainerSpec, _Mapping]] = ..., state: _Optional[_Union[ContainerState, _Mapping]] = ..., bundle_dir: _Optional[str] = ..., cgroup: _Optional[_Mapping[str, str]] = ..., memory_current_bytes: _Optional[int] = ..., pids_current: _Optional[int] = ...) -> None: ...
 
 class ImageInfo(_message.Message):
-    __slots__ = ("name", "digest", "size_bytes", "created_at", "layers")
+    __slots__ = ("name", "digest", "size_bytes", "created_at", "layers", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     size_bytes: int
     created_at: float
     layers: int
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., layers: _Optional[int] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., layers: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ImageRemoval(_message.Message):
     __slots__ = ("untagged", "deleted", "layers_removed", "blobs_removed", "scratch_removed", "bytes_freed")
@@ -392,7 +405,7 @@ class CheckpointResult(_message.Message):
     def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., export_path: _Optional[str] = ..., stats: _Optional[_Union[CheckpointStats, _Mapping]] = ..., signed_by: _Optional[str] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
-    __slots__ = ("checkpoint_id", "container_name", "container_id", "image_digest", "created_at", "size_bytes", "criu_version", "labels")
+    __slots__ = ("checkpoint_id", "container_name", "container_id", "image_digest", "created_at", "size_bytes", "criu_version", "labels", "create_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -408,6 +421,7 @@ class CheckpointInfo(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     container_name: str
     container_id: str
@@ -416,7 +430,8 @@ class CheckpointInfo(_message.Message):
     size_bytes: int
     criu_version: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., container_id: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., criu_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., container_id: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., criu_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RestoreStats(_message.Message):
     __slots__ = ("import_ms", "restore_ms", "total_ms", "archive_bytes", "images_bytes", "since_resume_ms")
@@ -1314,20 +1329,22 @@ class StartPrecopyRoundResponse(_message.Message):
     def __init__(self, page_server_port: _Optional[int] = ...) -> None: ...
 
 class VolumeInfo(_message.Message):
-    __slots__ = ("name", "mountpoint", "created_at", "driver", "labels", "used_by")
+    __slots__ = ("name", "mountpoint", "created_at", "driver", "labels", "used_by", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MOUNTPOINT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     USED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     mountpoint: str
     created_at: float
     driver: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     used_by: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., mountpoint: _Optional[str] = ..., created_at: _Optional[float] = ..., driver: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., used_by: _Optional[_Iterable[str]] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., mountpoint: _Optional[str] = ..., created_at: _Optional[float] = ..., driver: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., used_by: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VolumeCreateRequest(_message.Message):
     __slots__ = ("name", "labels")
@@ -1534,7 +1551,7 @@ class WatchEventsRequest(_message.Message):
     def __init__(self, since: _Optional[int] = ..., filter: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("sequence", "time", "type", "action", "object_id", "name", "attributes")
+    __slots__ = ("sequence", "time", "type", "action", "object_id", "name", "attributes", "event_time")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1549,6 +1566,7 @@ class Event(_message.Message):
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: float
     type: str
@@ -1556,7 +1574,8 @@ class Event(_message.Message):
     object_id: str
     name: str
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[float] = ..., type: _Optional[str] = ..., action: _Optional[str] = ..., object_id: _Optional[str] = ..., name: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    event_time: _timestamp_pb2.Timestamp
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[float] = ..., type: _Optional[str] = ..., action: _Optional[str] = ..., object_id: _Optional[str] = ..., name: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchEventsResponse(_message.Message):
     __slots__ = ("event",)
