@@ -46,11 +46,18 @@ def reason_for(type_name: str) -> str:
 
 def _text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
-    return text[:_MAX_VALUE_CHARS]
+    return utf8(text[:_MAX_VALUE_CHARS])
+
+
+def utf8(text: str) -> str:
+    """``text`` as protobuf strings must be: valid UTF-8. A name from a hostile archive can hold
+    lone surrogates (bytes decoded with surrogateescape); they go as \\udcXX escapes instead of
+    failing the whole answer."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _metadata(data: dict[str, Any]) -> dict[str, str]:
-    metadata = {"type": str(data["type"])}
+    metadata = {"type": utf8(str(data["type"]))}
     for key in ("hint", "phase"):
         if data.get(key):
             metadata[key] = _text(data[key])
@@ -62,7 +69,7 @@ def _metadata(data: dict[str, Any]) -> dict[str, str]:
         used += len(key) + len(text)
         if used > _MAX_METADATA_CHARS:
             break  # the full record still travels in pymigrate-error-bin
-        metadata[key] = text
+        metadata[utf8(key)] = text
     return metadata
 
 
@@ -79,10 +86,10 @@ def to_status(code: grpc.StatusCode, message: str, data: dict[str, Any]) -> stat
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field = (data.get("attrs") or {}).get("field")
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=field if isinstance(field, str) else "", description=str(data.get("message") or message)
+            field=utf8(field) if isinstance(field, str) else "", description=utf8(str(data.get("message") or message))
         )
         details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
-    return status_pb2.Status(code=code.value[0], message=message, details=details)
+    return status_pb2.Status(code=code.value[0], message=utf8(message), details=details)
 
 
 def trailer(code: grpc.StatusCode, message: str, data: dict[str, Any]) -> tuple[str, bytes]:

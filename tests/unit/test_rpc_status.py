@@ -208,3 +208,18 @@ def test_java_code_generates_one_file_per_message_in_its_package(tmp_path: Path)
     package = tmp_path / "io" / "pymigrate" / "v1"
     assert (package / "HostProto.java").is_file() and (package / "InspectContainerRequest.java").is_file()
     assert "package io.pymigrate.v1;" in (package / "InspectContainerRequest.java").read_text()
+
+
+def test_names_with_lone_surrogates_still_make_a_status() -> None:
+    """A hostile archive's member name decoded with surrogateescape: the answer still goes out
+    (escaped), instead of the daemon failing with UNKNOWN (test_trust_archives found it)."""
+    import grpc
+
+    from migrate.remote import rpc_status
+
+    data = {"type": "InvalidArgument", "message": "bad member a\udcff", "attrs": {"name": "x\ud800", "field": "f\udcff"}}
+    status = rpc_status.to_status(grpc.StatusCode.INVALID_ARGUMENT, "bad member a\udcff", data)
+    back = rpc_status.parse(status.SerializeToString())
+    assert back is not None and back.message == "bad member a\\udcff"
+    info = rpc_status.error_info(back)
+    assert info is not None and info.metadata["name"] == "x\\ud800"
