@@ -131,7 +131,7 @@ def serve(metrics: DaemonMetrics, listen: str) -> MetricsServer:
     """
     from prometheus_client import start_http_server
 
-    from migrate.remote.server import parse_listen
+    from migrate.remote.listen_address import parse_listen
     from runtime.errors import InvalidArgument
 
     address = parse_listen(listen)

@@ -31,9 +31,8 @@ import stat
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,6 +41,7 @@ from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
 from migrate.remote import reflection_v1
 from migrate.remote.access_log import CallObserver
+from migrate.remote.listen_address import UNIX_PATH_MAX, ListenAddress, parse_listen  # noqa: F401 (callers import them from here)
 from migrate.remote import sd_notify
 from migrate.remote.service import SERVICE_NAME, ErrorInterceptor, HostServicer, TokenAuthInterceptor
 from migrate.remote.tls import TlsConfig
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "pymigrate.sock"
 MAX_MESSAGE_BYTES = 16 << 20  # chunks are ~1 MiB; leave room for large listings
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL (unix(7))
 
 # Server-side keepalive: ping idle peers so a cut link is noticed during long streams, and let
 # clients ping us every 5 s without being told "too many pings".
@@ -75,57 +74,6 @@ SERVER_OPTIONS = (
 def default_listen(root: Path) -> str:
     """The default listen address for a state root: ``unix:ROOT/run/pymigrate.sock``."""
     return f"unix:{Paths(root).run / SOCKET_NAME}"
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    kind: Literal["unix", "tcp"]
-    path: Path | None = None  # unix
-    host: str = ""  # tcp; IPv6 without brackets
-    port: int = 0  # tcp; 0 picks a free port
-
-    @property
-    def grpc_address(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_listen(listen: str) -> ListenAddress:
-    """Parse ``unix:PATH``, ``unix://PATH``, ``HOST:PORT`` or ``[V6]:PORT``.
-
-    Raises:
-        InvalidArgument: anything else, a unix path longer than sun_path, a bad port.
-    """
-    if listen.startswith("unix:"):
-        raw = listen[len("unix:") :]
-        if raw.startswith("//"):
-            raw = raw[2:]
-        if not raw:
-            raise InvalidArgument(f"invalid listen address {listen!r}: expected unix:PATH")
-        path = Path(raw).absolute()
-        if len(os.fsencode(str(path))) > UNIX_PATH_MAX:
-            raise InvalidArgument(
-                f"invalid listen address {listen!r}: the socket path is longer than {UNIX_PATH_MAX} bytes",
-                hint="use a shorter path (unix sockets are limited by sun_path)",
-            )
-        return ListenAddress(kind="unix", path=path)
-    if "://" in listen:
-        raise InvalidArgument(f"invalid listen address {listen!r}: expected unix:PATH or HOST:PORT")
-    if listen.startswith("["):
-        host, sep, port_s = listen[1:].partition("]:")
-    else:
-        host, sep, port_s = listen.rpartition(":")
-    if not sep or not host or ":" in host and not listen.startswith("["):
-        raise InvalidArgument(f"invalid listen address {listen!r}: expected unix:PATH or HOST:PORT")
-    try:
-        port = int(port_s)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise InvalidArgument(f"invalid listen address {listen!r}: port must be 0..65535")
-    return ListenAddress(kind="tcp", host=host, port=port)
 
 
 class DaemonServer:
