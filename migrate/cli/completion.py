@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from migrate.cli import EXIT_OK, Context
+from migrate.cli.parser_walk import help_text, shown_actions, subcommands
 
 SHELLS = ("bash", "zsh", "fish")
 # where each file goes below DESTDIR (Debian's bash-completion, zsh's and fish's vendor dirs)
@@ -105,15 +106,6 @@ def _fish_quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
-    """(name, help, parser) of ``parser``'s direct subcommands."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help or "" for a in action._choices_actions}
-            for name, sub in action.choices.items():
-                yield name, helps.get(name, ""), sub
-
-
 def _fish_names(parser: argparse.ArgumentParser, condition: str) -> Iterator[str]:
     """What fish offers for the command's positional arguments: names, or files."""
     positionals = [a for a in parser._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
@@ -125,8 +117,8 @@ def _fish_names(parser: argparse.ArgumentParser, condition: str) -> Iterator[str
 
 
 def _fish_options(parser: argparse.ArgumentParser, condition: str) -> Iterator[str]:
-    for action in parser._actions:
-        if not action.option_strings or action.help == argparse.SUPPRESS:
+    for action in shown_actions(parser):
+        if not action.option_strings:
             continue
         parts = ["complete -c pymigrate"]
         if condition:
@@ -138,8 +130,6 @@ def _fish_options(parser: argparse.ArgumentParser, condition: str) -> Iterator[s
             if action.choices:
                 parts.append(f"-a {_fish_quote(' '.join(map(str, action.choices)))}")
         if action.help:
-            from migrate.cli.manpage import help_text
-
             parts.append(f"-d {_fish_quote(help_text(parser, action).splitlines()[0][:80])}")
         yield " ".join(parts)
 
@@ -147,12 +137,12 @@ def _fish_options(parser: argparse.ArgumentParser, condition: str) -> Iterator[s
 def fish_script(parser: argparse.ArgumentParser) -> str:
     lines = ["# pymigrate completion for fish, generated from its parser (pymigrate completion fish)",
              "complete -c pymigrate -f"]
-    top = list(_subcommands(parser))
+    top = list(subcommands(parser))
     lines += _fish_options(parser, "__fish_use_subcommand")
     for name, summary, sub in top:
         lines.append(f"complete -c pymigrate -n __fish_use_subcommand -a {name} -d {_fish_quote(summary[:80])}")
         seen = f"__fish_seen_subcommand_from {name}"
-        nested = list(_subcommands(sub))
+        nested = list(subcommands(sub))
         nested_names = " ".join(n for n, _, _ in nested)
         for child, child_help, child_parser in nested:
             lines.append(f"complete -c pymigrate -n {_fish_quote(f'{seen}; and not __fish_seen_subcommand_from {nested_names}')} "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Iterator
 
+from migrate.cli.parser_walk import help_text, shown_actions, subcommands
+
 EXIT_CODES = (
     ("0", "success"),
     ("1", "the command's own negative answer (a check found something missing)"),
@@ -30,15 +32,8 @@ def _usage(parser: argparse.ArgumentParser) -> str:
     return "\n".join([lines[0], *("    " + line.strip() for line in lines[1:])])
 
 
-def help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
-    """``action``'s help as --help prints it (``%(default)s`` filled in, ``%%`` a percent sign)."""
-    return parser._get_formatter()._expand_help(action) if action.help else ""
-
-
 def _options(parser: argparse.ArgumentParser) -> Iterator[str]:
-    for action in parser._actions:
-        if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
-            continue
+    for action in shown_actions(parser):
         if action.option_strings:
             metavar = ""
             if action.nargs != 0:
@@ -48,14 +43,6 @@ def _options(parser: argparse.ArgumentParser) -> Iterator[str]:
         else:
             name = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
             yield f".TP\n\\fI{_escape(name)}\\fR\n{_escape(help_text(parser, action))}"
-
-
-def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help or "" for a in action._choices_actions}
-            for name, sub in action.choices.items():
-                yield name, helps.get(name, ""), sub
 
 
 def _examples(path: str, epilog: str | None) -> list[str]:
@@ -77,7 +64,7 @@ def _page(title: str, summary: str, parser: argparse.ArgumentParser, path: str, 
     options = list(_options(parser))
     if options:
         lines += [".SH OPTIONS", *options]
-    for name, child_summary, sub in _subcommands(parser) if nested else ():
+    for name, child_summary, sub in subcommands(parser) if nested else ():
         lines += [f".SH {_escape(f'{path} {name}'.upper())}", _escape(child_summary), ".PP", ".nf", _escape(_usage(sub)), ".fi",
                   *_options(sub)]
     lines += _examples(path, parser.epilog)
@@ -89,7 +76,7 @@ def _page(title: str, summary: str, parser: argparse.ArgumentParser, path: str, 
 def man_pages(parser: argparse.ArgumentParser) -> dict[str, str]:
     """File name -> roff text for ``pymigrate.1`` and every ``pymigrate-COMMAND.1``."""
     pages = {}
-    commands = list(_subcommands(parser))
+    commands = list(subcommands(parser))
     for name, summary, sub in commands:
         page = _page(f"pymigrate-{name}", summary, sub, name)
         pages[f"pymigrate-{name}.1"] = page + ".SH SEE ALSO\n\\fBpymigrate\\fR(1)\n"
