@@ -47,6 +47,20 @@ LOG_DIR_MODE = 0o700
 POLL_S = 0.02
 
 
+@dataclasses.dataclass(frozen=True)
+class _RunPlan:
+    """What ``Runtime.run`` checked before creating anything: the spec's fields (normalised), the image."""
+
+    image: str
+    command: tuple[str, ...]
+    image_digest: str
+    lowers: tuple[Path, ...]
+    fields: dict[str, Any]  # ContainerSpec keyword arguments (ip: the one asked for, or None)
+    userns_mode: str
+    userns_size: int
+    seccomp_bpf: Any
+
+
 class Runtime:
     """Containers of one state root.
 
@@ -284,29 +298,42 @@ class Runtime:
             ContainerError: the start failed (``exit_code`` 127: command not found, 126: not
                 executable); everything created was removed again.
         """
-        command = tuple(command)
+        options = {k: v for k, v in locals().items() if k not in ("self", "image", "command", "launch")}
+        plan = self._plan_run(image, tuple(command), options)  # every refusal comes before anything is created
+        container_id = new_container_id()
+        undo: list[tuple[str, Callable[[], None]]] = []
+        net = self.network(plan.fields["network"])
+        try:
+            spec = self._record(plan, container_id, net, undo)
+            self._start(spec, plan.lowers, undo, plan.seccomp_bpf, net, launch=launch)
+        except BaseException:
+            self._undo(container_id, undo)
+            raise
+        log.info("container=%s name=%s %s", container_id, spec.name, "started" if launch else "created")
+        return self._info(Container(self.store.load_spec(container_id), self.store.load_state(container_id)), stats=False)
+
+    def _plan_run(self, image: str, command: tuple[str, ...], options: dict[str, Any]) -> _RunPlan:
+        """``run``'s options checked and normalised into the spec's fields; refuses before anything exists."""
         from runtime.labels import validate_labels
 
-        labels = validate_labels(labels or {})  # refused before anything is created
+        o = dict(options)
+        o["labels"] = validate_labels(o["labels"] or {})
         from runtime.ns_modes import resolve_run
 
         # container:NAME -> container:<ID> (a rename keeps it), each of them running
-        modes = resolve_run(self.container, network=network, pid_mode=pid_mode, ipc_mode=ipc_mode,
-                            uts_mode=uts_mode, cgroupns_mode=cgroupns_mode)
-        network = modes.pop("network")
+        modes: dict[str, Any] = resolve_run(self.container, network=o["network"], pid_mode=o["pid_mode"], ipc_mode=o["ipc_mode"],
+                            uts_mode=o["uts_mode"], cgroupns_mode=o["cgroupns_mode"])
+        o["network"] = modes.pop("network")
         # the one validator: a checkpoint's manifest is checked by the same code (validate_spec)
-        checked = validate_fields(
-            name=name, hostname=hostname, env=tuple(env), workdir=workdir or "/", memory_bytes=memory_bytes,
-            cpus=cpus, pids_limit=pids_limit, network=network, ip=ip, volumes=tuple(volumes), cgroup_parent=cgroup_parent,
-            user=user, stop_signal=stop_signal, cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
-            ports=tuple(ports),
-            restart=restart, auto_remove=bool(auto_remove), init=init,
-            tty=tty, interactive=interactive, **modes,
-        )
-        env, workdir, vols = checked["env"], checked["workdir"], checked["volumes"]
-        restart = checked["restart"]
-        userns_mode, userns_size = userns_choice(userns, network, modes)
-        if init:
+        checked_keys = ("name", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "cgroup_parent",
+                        "user", "stop_signal", "restart", "init", "tty", "interactive")
+        o.update(validate_fields(
+            **{k: o[k] for k in checked_keys}, env=tuple(o["env"]), workdir=o["workdir"] or "/",
+            volumes=tuple(o["volumes"]), cap_add=tuple(o["cap_add"]), cap_drop=tuple(o["cap_drop"]),
+            ports=tuple(o["ports"]), auto_remove=bool(o["auto_remove"]), **modes,
+        ))
+        userns_mode, userns_size = userns_choice(o.pop("userns"), o["network"], modes)
+        if o["init"]:
             from runtime.init_binary import host_path
 
             host_path()  # refused before anything is created
@@ -314,86 +341,55 @@ class Runtime:
             raise InvalidArgument(f"no command given for image {image}: the image has no default command")
         from runtime.seccomp import validate_choice
 
-        validate_choice(seccomp, seccomp_profile)
-        cap_add, cap_drop = checked["cap_add"], checked["cap_drop"]
-        ports = checked["ports"]  # host ports 0 are chosen under the ports lock, with the record
-        seccomp_bpf = self.seccomp_filter(seccomp, seccomp_profile, cap_add, cap_drop)  # before anything is created
+        validate_choice(o["seccomp"], o["seccomp_profile"])
+        # host ports 0 are chosen under the ports lock, with the record
+        seccomp_bpf = self.seccomp_filter(o["seccomp"], o["seccomp_profile"], o["cap_add"], o["cap_drop"])
         img = self.images.get(image)
         self.paths.ensure()
-        if name is not None:
-            self._check_name_free(name)
+        if o["name"] is not None:
+            self._check_name_free(o["name"])
         else:
-            name = self.store.generate_name()
-        vols = self._named_volumes(image, vols)
+            o["name"] = self.store.generate_name()
+        o["volumes"] = self._named_volumes(image, o["volumes"])
+        o["auto_remove"], o["read_only"], o["init"] = bool(o["auto_remove"]), bool(o["read_only"]), bool(o["init"])
+        o.update(modes)
+        return _RunPlan(image=image, command=command, image_digest=img.digest, lowers=img.lowers, fields=o,
+                        userns_mode=userns_mode, userns_size=userns_size, seccomp_bpf=seccomp_bpf)
 
-        container_id = new_container_id()
-        undo: list[tuple[str, Callable[[], None]]] = []
-        net = self.network(network)
-        try:
-            id_range = self._claim_id_range(container_id, userns_mode, userns_size, undo)
-            leased = None
-            if network == "bridge":
-                # its ARP probe is answered in _start, before connect: the wait overlaps the mounts
-                leased = net.lease(container_id, ip, answer_later=True)
-                undo.append(("release address", lambda: net.release(container_id)))
-            spec = ContainerSpec(
-                container_id=container_id,
-                name=name,
-                image=image,
-                image_digest=img.digest,
-                command=command,
-                env=env,
-                workdir=workdir,
-                # a shared uts namespace has the host's or the other container's name
-                hostname=hostname or (container_id[:12] if modes["uts_mode"] == "private" else ""),
-                memory_bytes=memory_bytes,
-                cpus=cpus,
-                pids_limit=pids_limit,
-                network=network,  # type: ignore[arg-type]
-                ip=leased,
-                mac=None,
-                ports=ports,
-                volumes=vols,
-                cgroup_parent=cgroup_parent,
-                created_at=time.time(),
-                seccomp=seccomp,
-                seccomp_profile=seccomp_profile,
-                user=user,
-                stop_signal=stop_signal,
-                auto_remove=bool(auto_remove),
-                read_only=bool(read_only),
-                cap_add=cap_add,
-                cap_drop=cap_drop,
-                restart=restart,
-                init=bool(init),
-                tty=tty,
-                interactive=interactive,
-                userns=userns_mode,
-                userns_base=id_range.base if id_range else 0,
-                userns_size=id_range.size if id_range else 0,
-                labels=labels,
-                **modes,
-            )
-            if leased is not None:
-                from runtime.network import random_mac
+    def _record(self, plan: _RunPlan, container_id: str, net: Any, undo: builtins.list[tuple[str, Callable[[], None]]]) -> ContainerSpec:
+        """The planned container's id range, address and record (ports claimed with it), and its create event."""
+        fields = dict(plan.fields)
+        id_range = self._claim_id_range(container_id, plan.userns_mode, plan.userns_size, undo)
+        leased = None
+        if fields["network"] == "bridge":
+            # its ARP probe is answered in _start, before connect: the wait overlaps the mounts
+            leased = net.lease(container_id, fields.pop("ip"), answer_later=True)
+            undo.append(("release address", lambda: net.release(container_id)))
+        else:
+            fields.pop("ip")
+        # a shared uts namespace has the host's or the other container's name
+        fields["hostname"] = fields["hostname"] or (container_id[:12] if fields["uts_mode"] == "private" else "")
+        spec = ContainerSpec(
+            container_id=container_id, image=plan.image, image_digest=plan.image_digest, command=plan.command,
+            ip=leased, mac=None, created_at=time.time(), userns=plan.userns_mode,
+            userns_base=id_range.base if id_range else 0, userns_size=id_range.size if id_range else 0,
+            **fields,
+        )
+        if leased is not None:
+            from runtime.network import random_mac
 
-                spec = dataclasses.replace(spec, mac=random_mac())
-            from runtime.port_rules import claimed
+            spec = dataclasses.replace(spec, mac=random_mac())
+        from runtime.port_rules import claimed
 
-            with claimed(self, spec) as spec:  # refuses a taken host port (PortInUse)
-                self.store.create(spec)
-            undo.append(("remove record", lambda: self._delete_record(container_id)))
-            from runtime.events import emit_container  # before the shim: its start and die come after
+        with claimed(self, spec) as claimed_spec:  # refuses a taken host port (PortInUse)
+            self.store.create(claimed_spec)
+        undo.append(("remove record", lambda: self._delete_record(container_id)))
+        from runtime.events import emit_container  # before the shim: its start and die come after
 
-            emit_container(self.paths.root, "create", spec)
-            undo.append(("remove event", lambda: emit_container(self.paths.root, "remove", spec, reason="start failed")))
-            self._start(spec, img.lowers, undo, seccomp_bpf, net, launch=launch)
-        except BaseException:
-            self._undo(container_id, undo)
-            raise
-        log.info("container=%s name=%s %s", container_id, name, "started" if launch else "created")
-        cid = container_id
-        return self._info(Container(self.store.load_spec(cid), self.store.load_state(cid)), stats=False)
+        emit_container(self.paths.root, "create", claimed_spec)
+        undo.append(("remove event", lambda: emit_container(self.paths.root, "remove", claimed_spec, reason="start failed")))
+        out: ContainerSpec = claimed_spec
+        return out
 
     def _claim_id_range(self, container_id: str, mode: str, size: int, undo: builtins.list[tuple[str, Callable[[], None]]]) -> Any:
         """``--userns auto``: a free range of the host's pool for the container (None without)."""
