@@ -449,7 +449,9 @@ class RemoteEngine:
         return cv.container_from_pb(self._unary("InspectContainer", pb.InspectContainerRequest(name=name)).container)
 
     def stop(self, name: str, timeout_s: float = 10.0) -> ContainerInfo:
-        reply = self._unary("StopContainer", pb.StopContainerRequest(name=name, timeout_s=timeout_s), timeout_s=self.timeout_s + timeout_s)
+        # both: an older daemon reads the double, a newer one the Duration
+        request = pb.StopContainerRequest(name=name, timeout_s=timeout_s, timeout=cv.as_duration(timeout_s))
+        reply = self._unary("StopContainer", request, timeout_s=self.timeout_s + timeout_s)
         return cv.container_from_pb(reply.container)
 
     def kill(self, name: str, signal: int = 9) -> None:
@@ -490,7 +492,10 @@ class RemoteEngine:
 
     def wait(self, name: str, timeout_s: float | None = None) -> int:
         """The container's exit code once it exits (``timeout_s`` None: wait for ever)."""
-        request = pb.WaitContainerRequest(name=name, timeout_s=timeout_s) if timeout_s is not None else pb.WaitContainerRequest(name=name)
+        request = pb.WaitContainerRequest(name=name)
+        if timeout_s is not None:
+            request.timeout_s = timeout_s
+            request.timeout.CopyFrom(cv.as_duration(timeout_s))
         deadline = None if timeout_s is None else timeout_s + self.timeout_s
         return self._unary("WaitContainer", request, timeout_s=deadline).exit_code
 
@@ -549,7 +554,7 @@ class RemoteEngine:
     def stats_stream(self, names: tuple[str, ...] = (), interval_s: float = 1.0) -> Iterator[list[Any]]:
         """Samples of ``names`` (none: every running container) every ``interval_s``, CPU % computed
         by the daemon between them, until the iterator is closed."""
-        request = pb.StatsRequest(names=list(names), stream=True, interval_s=interval_s)
+        request = pb.StatsRequest(names=list(names), stream=True, interval_s=interval_s, interval=cv.as_duration(interval_s))
         for response in self._server_stream("Stats", request):
             yield [cv.stats_from_pb(m) for m in response.samples]
 

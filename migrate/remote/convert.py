@@ -144,6 +144,7 @@ def _fill(message: Message, obj: Any, skip: Iterable[str] = ()) -> None:
         if value is None:
             continue  # an absent optional
         _fill_timestamp(message, f.name, value)
+        _fill_duration(message, f.name, value)
         if field.enum_type is not None:
             table, what, _ = _ENUMS[field.enum_type.full_name]
             setattr(message, f.name, _enum_to_pb(table, value, what))
@@ -175,6 +176,100 @@ def timestamp_from_seconds(timestamp: Any, seconds: float) -> None:
     timestamp.seconds, timestamp.nanos = whole, nanos
 
 
+# durations the dataclasses hold as doubles named for their unit, which messages also carry as a
+# google.protobuf.Duration (issue 15; docs/api.md "Durations"): name -> (Duration field, ns per unit).
+# The daemon always fills both (a zero too: the Duration's presence says the sender knows it); a
+# reader takes the Duration when present, else the double an older peer sent.
+_NS_PER_S, _NS_PER_MS = 1_000_000_000, 1_000_000
+_DURATIONS = {
+    "elapsed_s": ("elapsed", _NS_PER_S), "timeout_s": ("timeout", _NS_PER_S), "interval_s": ("interval", _NS_PER_S),
+    "freezing_ms": ("freezing_duration", _NS_PER_MS), "frozen_ms": ("frozen_duration", _NS_PER_MS),
+    "memdump_ms": ("memdump_duration", _NS_PER_MS), "memwrite_ms": ("memwrite_duration", _NS_PER_MS),
+    "archive_ms": ("archive_duration", _NS_PER_MS), "total_ms": ("total_duration", _NS_PER_MS),
+    "import_ms": ("import_duration", _NS_PER_MS), "restore_ms": ("restore_duration", _NS_PER_MS),
+    "since_resume_ms": ("since_resume_duration", _NS_PER_MS), "phases_ms": ("phase_durations", _NS_PER_MS),
+}
+_DURATION = "google.protobuf.Duration"
+_DURATION_MAX_S = 315_576_000_000  # the range google.protobuf.Duration allows (+-10,000 years)
+
+
+def _duration_field(message: Message, name: str) -> tuple[Any, int] | None:
+    """The Duration field (or map of Durations) ``message`` carries beside its double ``name``."""
+    target = _DURATIONS.get(name)
+    field = message.DESCRIPTOR.fields_by_name.get(target[0]) if target else None
+    if field is None or field.message_type is None:
+        return None
+    kind = field.message_type
+    if kind.GetOptions().map_entry:
+        kind = kind.fields_by_name["value"].message_type
+    return (field, target[1]) if kind is not None and kind.full_name == _DURATION else None  # type: ignore[index]
+
+
+def _fill_duration(message: Message, name: str, value: Any) -> None:
+    found = _duration_field(message, name)
+    if found is None:
+        return
+    field, ns_per_unit = found
+    if isinstance(value, dict):
+        for key, amount in value.items():
+            if _finite(amount):
+                set_duration(getattr(message, field.name)[key], amount, ns_per_unit)
+    elif _finite(value):
+        set_duration(getattr(message, field.name), value, ns_per_unit)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def set_duration(duration: Any, amount: float, ns_per_unit: int = _NS_PER_S) -> None:
+    """Set a ``google.protobuf.Duration`` from ``amount`` units (seconds by default), to the
+    nanosecond; seconds and nanos share the sign, as the type requires; clamped to its range."""
+    if abs(amount) * ns_per_unit > _DURATION_MAX_S * _NS_PER_S:
+        amount = math.copysign(_DURATION_MAX_S * _NS_PER_S / ns_per_unit, amount)
+    total = round(amount * ns_per_unit)
+    whole, nanos = divmod(abs(total), _NS_PER_S)
+    sign = -1 if total < 0 else 1
+    duration.seconds, duration.nanos = sign * whole, sign * nanos
+
+
+def as_duration(seconds: float) -> Any:
+    """A ``google.protobuf.Duration`` of ``seconds`` (what a client sends beside a ``*_s`` double)."""
+    from google.protobuf.duration_pb2 import Duration
+
+    duration = Duration()
+    if _finite(seconds):
+        set_duration(duration, seconds)
+    return duration
+
+
+def duration_amount(duration: Any, ns_per_unit: int = _NS_PER_S) -> float:
+    """A ``google.protobuf.Duration`` in units of ``ns_per_unit`` nanoseconds (seconds by default)."""
+    return (duration.seconds * _NS_PER_S + duration.nanos) / ns_per_unit
+
+
+def seconds_of(request: Message, duration: str, double: str) -> float | None:
+    """A request's duration in seconds: its Duration field when set, else its double (an older
+    client's), else None (neither sent; a non-``optional`` double reads as its value, 0 included)."""
+    if request.HasField(duration):
+        return duration_amount(getattr(request, duration))
+    if request.DESCRIPTOR.fields_by_name[double].has_presence and not request.HasField(double):
+        return None
+    return float(getattr(request, double))
+
+
+def _read_duration(message: Message, name: str) -> Any:
+    """The value of double ``name`` read from its Duration beside it, when the sender set one; else None."""
+    found = _duration_field(message, name)
+    if found is None:
+        return None
+    field, ns_per_unit = found
+    value = getattr(message, field.name)
+    if field.message_type.GetOptions().map_entry:
+        return {key: duration_amount(d, ns_per_unit) for key, d in value.items()} if value else None
+    return duration_amount(value, ns_per_unit) if message.HasField(field.name) else None
+
+
 def _from_pb(cls: type[D], message: Message, skip: Iterable[str] = (), **given: Any) -> D:
     """A ``cls`` from the same-named fields of ``message``; fields named in ``skip`` keep their
     defaults, ``given`` are dataclass fields used as they are."""
@@ -188,6 +283,9 @@ def _from_pb(cls: type[D], message: Message, skip: Iterable[str] = (), **given: 
 
 def _read(message: Message, f: dataclasses.Field, hint: Any) -> Any:
     field = _field(message, f.name)
+    duration = _read_duration(message, f.name)
+    if duration is not None:
+        return duration
     nullable = type(None) in typing.get_args(hint)
     if nullable or (field.has_presence and field.message_type is None):
         if not message.HasField(f.name):
@@ -483,8 +581,9 @@ def restore_request_to_pb(o: api.RestoreOptions) -> pb.RestoreRequest:
 
 
 def restore_options_from_pb(m: pb.RestoreRequest) -> api.RestoreOptions:
-    # an absent, zero, negative or NaN timeout is the default
-    timeout_s = float(m.timeout_s) if m.timeout_s > 0 else api.DEFAULT_RESTORE_TIMEOUT_S
+    # an absent, zero, negative or NaN timeout is the default; the Duration wins over the double
+    given = seconds_of(m, "timeout", "timeout_s")
+    timeout_s = float(given) if given is not None and given > 0 else api.DEFAULT_RESTORE_TIMEOUT_S
     ports = tuple(_from_pb(PortMapping, p) for p in m.ports) if m.ports_set else None
     return _from_pb(api.RestoreOptions, m, skip=_RESTORE_LOCAL, checkpoint_id=m.checkpoint_id or None, timeout_s=timeout_s,
                     ports=ports)

@@ -353,7 +353,9 @@ class HostServicer(pb_grpc.HostServicer):
             return reply
 
     def StopContainer(self, request: pb.StopContainerRequest, context: grpc.ServicerContext) -> pb.StopContainerResponse:
-        timeout_s = request.timeout_s if request.HasField("timeout_s") else 10.0
+        timeout_s = cv.seconds_of(request, "timeout", "timeout_s")  # the Duration wins over the double
+        if timeout_s is None:
+            timeout_s = 10.0
         return pb.StopContainerResponse(container=cv.container_to_pb(self.engine.stop(request.name, timeout_s=timeout_s)))
 
     def KillContainer(self, request: pb.KillContainerRequest, context: grpc.ServicerContext) -> pb.KillContainerResponse:
@@ -381,7 +383,7 @@ class HostServicer(pb_grpc.HostServicer):
                 yield cv.log_entry_to_pb(entry)
 
     def WaitContainer(self, request: pb.WaitContainerRequest, context: grpc.ServicerContext) -> pb.WaitContainerResponse:
-        timeout_s = request.timeout_s if request.HasField("timeout_s") else None
+        timeout_s = cv.seconds_of(request, "timeout", "timeout_s")
         return pb.WaitContainerResponse(exit_code=self._target("wait")(request.name, timeout_s=timeout_s))
 
     def CreateContainer(self, request: pb.CreateContainerRequest, context: grpc.ServicerContext) -> pb.CreateContainerResponse:

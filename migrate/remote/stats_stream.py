@@ -33,7 +33,7 @@ def serve_stats(engine: Any, request: Any, context: Any) -> Iterator[Any]:
     ended = threading.Event()
     if context is not None:
         context.add_callback(ended.set)
-    interval = max(MIN_INTERVAL_S, request.interval_s or DEFAULT_INTERVAL_S)
+    interval = max(MIN_INTERVAL_S, cv.seconds_of(request, "interval", "interval_s") or DEFAULT_INTERVAL_S)
     previous: dict[str, Any] = {}
     while True:
         current = _sample(engine, list(request.names), previous)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -347,23 +348,25 @@ class HostInfo(_message.Message):
     def __init__(self, version: _Optional[str] = ..., hostname: _Optional[str] = ..., kernel: _Optional[str] = ..., criu_version: _Optional[str] = ..., features: _Optional[_Mapping[str, bool]] = ..., cgroup_mode: _Optional[str] = ..., cpu_digest: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageInfo, _Mapping]]] = ...) -> None: ...
 
 class ProgressEvent(_message.Message):
-    __slots__ = ("operation", "phase", "bytes_done", "bytes_total", "elapsed_s", "message")
+    __slots__ = ("operation", "phase", "bytes_done", "bytes_total", "elapsed_s", "message", "elapsed")
     OPERATION_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_FIELD_NUMBER: _ClassVar[int]
     operation: str
     phase: str
     bytes_done: int
     bytes_total: int
     elapsed_s: float
     message: str
-    def __init__(self, operation: _Optional[str] = ..., phase: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+    elapsed: _duration_pb2.Duration
+    def __init__(self, operation: _Optional[str] = ..., phase: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., message: _Optional[str] = ..., elapsed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CheckpointStats(_message.Message):
-    __slots__ = ("freezing_ms", "frozen_ms", "memdump_ms", "memwrite_ms", "pages_scanned", "pages_skipped_parent", "pages_written", "images_bytes", "upper_bytes", "archive_bytes", "archive_ms", "total_ms")
+    __slots__ = ("freezing_ms", "frozen_ms", "memdump_ms", "memwrite_ms", "pages_scanned", "pages_skipped_parent", "pages_written", "images_bytes", "upper_bytes", "archive_bytes", "archive_ms", "total_ms", "freezing_duration", "frozen_duration", "memdump_duration", "memwrite_duration", "archive_duration", "total_duration")
     FREEZING_MS_FIELD_NUMBER: _ClassVar[int]
     FROZEN_MS_FIELD_NUMBER: _ClassVar[int]
     MEMDUMP_MS_FIELD_NUMBER: _ClassVar[int]
@@ -376,6 +379,12 @@ class CheckpointStats(_message.Message):
     ARCHIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    FREEZING_DURATION_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_DURATION_FIELD_NUMBER: _ClassVar[int]
+    MEMDUMP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    MEMWRITE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DURATION_FIELD_NUMBER: _ClassVar[int]
     freezing_ms: float
     frozen_ms: float
     memdump_ms: float
@@ -388,7 +397,13 @@ class CheckpointStats(_message.Message):
     archive_bytes: int
     archive_ms: float
     total_ms: float
-    def __init__(self, freezing_ms: _Optional[float] = ..., frozen_ms: _Optional[float] = ..., memdump_ms: _Optional[float] = ..., memwrite_ms: _Optional[float] = ..., pages_scanned: _Optional[int] = ..., pages_skipped_parent: _Optional[int] = ..., pages_written: _Optional[int] = ..., images_bytes: _Optional[int] = ..., upper_bytes: _Optional[int] = ..., archive_bytes: _Optional[int] = ..., archive_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    freezing_duration: _duration_pb2.Duration
+    frozen_duration: _duration_pb2.Duration
+    memdump_duration: _duration_pb2.Duration
+    memwrite_duration: _duration_pb2.Duration
+    archive_duration: _duration_pb2.Duration
+    total_duration: _duration_pb2.Duration
+    def __init__(self, freezing_ms: _Optional[float] = ..., frozen_ms: _Optional[float] = ..., memdump_ms: _Optional[float] = ..., memwrite_ms: _Optional[float] = ..., pages_scanned: _Optional[int] = ..., pages_skipped_parent: _Optional[int] = ..., pages_written: _Optional[int] = ..., images_bytes: _Optional[int] = ..., upper_bytes: _Optional[int] = ..., archive_bytes: _Optional[int] = ..., archive_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., freezing_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., frozen_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., memdump_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., memwrite_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., archive_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CheckpointResult(_message.Message):
     __slots__ = ("checkpoint_id", "container_name", "export_path", "stats", "signed_by")
@@ -434,20 +449,28 @@ class CheckpointInfo(_message.Message):
     def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., container_id: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., criu_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RestoreStats(_message.Message):
-    __slots__ = ("import_ms", "restore_ms", "total_ms", "archive_bytes", "images_bytes", "since_resume_ms")
+    __slots__ = ("import_ms", "restore_ms", "total_ms", "archive_bytes", "images_bytes", "since_resume_ms", "import_duration", "restore_duration", "total_duration", "since_resume_duration")
     IMPORT_MS_FIELD_NUMBER: _ClassVar[int]
     RESTORE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
     IMAGES_BYTES_FIELD_NUMBER: _ClassVar[int]
     SINCE_RESUME_MS_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_DURATION_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DURATION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_RESUME_DURATION_FIELD_NUMBER: _ClassVar[int]
     import_ms: float
     restore_ms: float
     total_ms: float
     archive_bytes: int
     images_bytes: int
     since_resume_ms: float
-    def __init__(self, import_ms: _Optional[float] = ..., restore_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., archive_bytes: _Optional[int] = ..., images_bytes: _Optional[int] = ..., since_resume_ms: _Optional[float] = ...) -> None: ...
+    import_duration: _duration_pb2.Duration
+    restore_duration: _duration_pb2.Duration
+    total_duration: _duration_pb2.Duration
+    since_resume_duration: _duration_pb2.Duration
+    def __init__(self, import_ms: _Optional[float] = ..., restore_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., archive_bytes: _Optional[int] = ..., images_bytes: _Optional[int] = ..., since_resume_ms: _Optional[float] = ..., import_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., restore_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., since_resume_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RestoreResult(_message.Message):
     __slots__ = ("container", "stats", "signed_by")
@@ -460,7 +483,7 @@ class RestoreResult(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ..., stats: _Optional[_Union[RestoreStats, _Mapping]] = ..., signed_by: _Optional[str] = ...) -> None: ...
 
 class MigrationStats(_message.Message):
-    __slots__ = ("frozen_ms", "total_ms", "bytes_on_wire", "raw_bytes", "phases_ms", "upper_entries_frozen", "image_bytes", "image_layers_sent")
+    __slots__ = ("frozen_ms", "total_ms", "bytes_on_wire", "raw_bytes", "phases_ms", "upper_entries_frozen", "image_bytes", "image_layers_sent", "frozen_duration", "total_duration", "phase_durations")
     class PhasesMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -468,6 +491,13 @@ class MigrationStats(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PhaseDurationsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _duration_pb2.Duration
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
     FROZEN_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     BYTES_ON_WIRE_FIELD_NUMBER: _ClassVar[int]
@@ -476,6 +506,9 @@ class MigrationStats(_message.Message):
     UPPER_ENTRIES_FROZEN_FIELD_NUMBER: _ClassVar[int]
     IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_LAYERS_SENT_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DURATION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_DURATIONS_FIELD_NUMBER: _ClassVar[int]
     frozen_ms: float
     total_ms: float
     bytes_on_wire: int
@@ -484,7 +517,10 @@ class MigrationStats(_message.Message):
     upper_entries_frozen: int
     image_bytes: int
     image_layers_sent: int
-    def __init__(self, frozen_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., bytes_on_wire: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., phases_ms: _Optional[_Mapping[str, float]] = ..., upper_entries_frozen: _Optional[int] = ..., image_bytes: _Optional[int] = ..., image_layers_sent: _Optional[int] = ...) -> None: ...
+    frozen_duration: _duration_pb2.Duration
+    total_duration: _duration_pb2.Duration
+    phase_durations: _containers.MessageMap[str, _duration_pb2.Duration]
+    def __init__(self, frozen_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., bytes_on_wire: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., phases_ms: _Optional[_Mapping[str, float]] = ..., upper_entries_frozen: _Optional[int] = ..., image_bytes: _Optional[int] = ..., image_layers_sent: _Optional[int] = ..., frozen_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., phase_durations: _Optional[_Mapping[str, _duration_pb2.Duration]] = ...) -> None: ...
 
 class MigrateResult(_message.Message):
     __slots__ = ("container_name", "dest", "mode", "stats")
@@ -499,20 +535,22 @@ class MigrateResult(_message.Message):
     def __init__(self, container_name: _Optional[str] = ..., dest: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ...) -> None: ...
 
 class MigrationEvent(_message.Message):
-    __slots__ = ("phase", "bytes_done", "bytes_total", "throughput_bytes_per_s", "elapsed_s", "message")
+    __slots__ = ("phase", "bytes_done", "bytes_total", "throughput_bytes_per_s", "elapsed_s", "message", "elapsed")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_FIELD_NUMBER: _ClassVar[int]
     phase: str
     bytes_done: int
     bytes_total: int
     throughput_bytes_per_s: float
     elapsed_s: float
     message: str
-    def __init__(self, phase: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_s: _Optional[float] = ..., elapsed_s: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+    elapsed: _duration_pb2.Duration
+    def __init__(self, phase: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., throughput_bytes_per_s: _Optional[float] = ..., elapsed_s: _Optional[float] = ..., message: _Optional[str] = ..., elapsed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetHostInfoRequest(_message.Message):
     __slots__ = ()
@@ -629,7 +667,7 @@ class CommitContainerResponse(_message.Message):
     def __init__(self, result: _Optional[_Union[CommitResult, _Mapping]] = ...) -> None: ...
 
 class CommitResult(_message.Message):
-    __slots__ = ("image", "layer_diff_id", "layer_bytes", "whiteouts", "opaque_dirs", "skipped", "frozen_ms")
+    __slots__ = ("image", "layer_diff_id", "layer_bytes", "whiteouts", "opaque_dirs", "skipped", "frozen_ms", "frozen_duration")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LAYER_DIFF_ID_FIELD_NUMBER: _ClassVar[int]
     LAYER_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -637,6 +675,7 @@ class CommitResult(_message.Message):
     OPAQUE_DIRS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     FROZEN_MS_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_DURATION_FIELD_NUMBER: _ClassVar[int]
     image: ImageInfo
     layer_diff_id: str
     layer_bytes: int
@@ -644,7 +683,8 @@ class CommitResult(_message.Message):
     opaque_dirs: int
     skipped: _containers.RepeatedScalarFieldContainer[str]
     frozen_ms: float
-    def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ..., layer_diff_id: _Optional[str] = ..., layer_bytes: _Optional[int] = ..., whiteouts: _Optional[int] = ..., opaque_dirs: _Optional[int] = ..., skipped: _Optional[_Iterable[str]] = ..., frozen_ms: _Optional[float] = ...) -> None: ...
+    frozen_duration: _duration_pb2.Duration
+    def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ..., layer_diff_id: _Optional[str] = ..., layer_bytes: _Optional[int] = ..., whiteouts: _Optional[int] = ..., opaque_dirs: _Optional[int] = ..., skipped: _Optional[_Iterable[str]] = ..., frozen_ms: _Optional[float] = ..., frozen_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class InspectImageRequest(_message.Message):
     __slots__ = ("name",)
@@ -864,12 +904,14 @@ class RunContainerResponse(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
 
 class StopContainerRequest(_message.Message):
-    __slots__ = ("name", "timeout_s")
+    __slots__ = ("name", "timeout_s", "timeout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     timeout_s: float
-    def __init__(self, name: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    timeout: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., timeout_s: _Optional[float] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StopContainerResponse(_message.Message):
     __slots__ = ("container",)
@@ -990,12 +1032,14 @@ class StreamLogsResponse(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., stream: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class WaitContainerRequest(_message.Message):
-    __slots__ = ("name", "timeout_s")
+    __slots__ = ("name", "timeout_s", "timeout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     timeout_s: float
-    def __init__(self, name: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    timeout: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., timeout_s: _Optional[float] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class WaitContainerResponse(_message.Message):
     __slots__ = ("exit_code",)
@@ -1041,7 +1085,7 @@ class CheckpointResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CheckpointResult, _Mapping]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set", "ignore_static_ip", "ignore_static_mac", "request_id")
+    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set", "ignore_static_ip", "ignore_static_mac", "request_id", "timeout")
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
@@ -1053,6 +1097,7 @@ class RestoreRequest(_message.Message):
     IGNORE_STATIC_IP_FIELD_NUMBER: _ClassVar[int]
     IGNORE_STATIC_MAC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     name: str
     ip: str
@@ -1064,7 +1109,8 @@ class RestoreRequest(_message.Message):
     ignore_static_ip: bool
     ignore_static_mac: bool
     request_id: str
-    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ..., ignore_static_ip: _Optional[bool] = ..., ignore_static_mac: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    timeout: _duration_pb2.Duration
+    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ..., ignore_static_ip: _Optional[bool] = ..., ignore_static_mac: _Optional[bool] = ..., request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("progress", "result")
@@ -1489,14 +1535,16 @@ class AttachResponse(_message.Message):
     def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit_code: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ("names", "stream", "interval_s")
+    __slots__ = ("names", "stream", "interval_s", "interval")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     stream: bool
     interval_s: float
-    def __init__(self, names: _Optional[_Iterable[str]] = ..., stream: _Optional[bool] = ..., interval_s: _Optional[float] = ...) -> None: ...
+    interval: _duration_pb2.Duration
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., stream: _Optional[bool] = ..., interval_s: _Optional[float] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ContainerStatsSample(_message.Message):
     __slots__ = ("name", "container_id", "status", "read_at_monotonic_s", "cpu_percent", "cpu_usage_us", "online_cpus", "memory_usage_bytes", "memory_limit_bytes", "memory_percent", "pids_current", "net_rx_bytes", "net_tx_bytes", "block_read_bytes", "block_write_bytes", "block_io_source", "read_at_unix_s")
