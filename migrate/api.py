@@ -118,6 +118,9 @@ class CheckpointOptions:
     # checkpoint --label KEY=VALUE: kept on the checkpoint (its manifest), listed and filterable;
     # the container's own labels stay in the checkpoint's container spec
     labels: dict[str, str] = field(default_factory=dict)
+    # checkpoint --create-image REF: also an OCI checkpoint image in the image store, named as a
+    # pull of REF would be (migrate/interop/checkpoint_image.py); "" for none
+    create_image: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,8 @@ class CheckpointResult:
     export_path: str | None
     stats: CheckpointStats
     signed_by: str = ""  # the signing key's fingerprint when the export was signed
+    image_ref: str = ""  # --create-image: the reference, normalised ("" without one)
+    image_digest: str = ""  # --create-image: the stored checkpoint image's digest
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,11 @@ class RestoreOptions:
     # podman's flags: the restored copy takes a fresh address (and so a fresh MAC) / a fresh MAC
     ignore_static_ip: bool = False
     ignore_static_mac: bool = False
+    # restore REF / --image REF: a checkpoint image, found here or pulled (migrate/interop/checkpoint_image.py)
+    image_ref: str = ""
+    # how to pull it: a runtime.registry.RegistryOptions (Any: this module does not import the
+    # registry code); on the caller's side only, never sent to a daemon
+    image_registry: Any = None
 
 
 @dataclass(frozen=True)

@@ -430,14 +430,40 @@ class LocalEngine:
         from migrate.checkpoint import checkpoint_container
 
         self.runtime.paths.ensure()
+        if options.create_image:  # a bad REF is refused before the container is frozen
+            from migrate.interop.checkpoint_image import store_name
+
+            store_name(options.create_image)
         result = checkpoint_container(self._host(), name, options, progress=progress)
         self._checkpoint_event("create", result.checkpoint_id, result.container_name, export=result.export_path or None)
+        if options.create_image:
+            result = self._create_checkpoint_image(result, options.create_image)
         return result
+
+    def _create_checkpoint_image(self, result: CheckpointResult, reference: str) -> CheckpointResult:
+        """checkpoint --create-image: the checkpoint just taken as an OCI checkpoint image (kept
+        either way: a failure here says how to restore it)."""
+        from migrate.errors import MigrationError
+        from migrate.interop.checkpoint_image import build_checkpoint_image
+        from runtime.errors import ContainerError
+
+        try:
+            built = build_checkpoint_image(self._host(), result.checkpoint_id, reference)
+        except (ContainerError, MigrationError) as exc:
+            exc.hint = f"{exc.hint + '; ' if exc.hint else ''}the checkpoint is kept: pymigrate restore {result.checkpoint_id}"
+            raise
+        _event(self.root, "image", "checkpoint", built.digest, built.name, reference=built.reference,
+               checkpoint=result.checkpoint_id)
+        return dataclasses.replace(result, image_ref=built.reference, image_digest=built.digest)
 
     def restore(self, options: RestoreOptions, progress: ProgressFn | None = None) -> RestoreResult:
         from migrate.restore import restore_container
 
         self.runtime.paths.ensure()
+        if options.image_ref:  # restore REF: a checkpoint image, here or pulled
+            from migrate.interop.checkpoint_image import restore_checkpoint_image
+
+            return restore_checkpoint_image(self._host(), options, registry=options.image_registry, progress=progress)
         return restore_container(self._host(), options, progress=progress)  # restore and start: the shim's events
 
     def checkpoints(self) -> list[CheckpointInfo]:

@@ -48,12 +48,16 @@ def documents(store: ImageStore, image: Image, tag: str, *, skip_layers: frozens
         raise ImageError(f"image {image.name} is a flat root filesystem, not layers")
     infos = [store.layers.layer(d) for d in image.layers]
     config_path = store.layers.blob_path(image.config_digest)
-    manifest = json.dumps({
+    document: dict[str, object] = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": {"mediaType": MEDIA_CONFIG, "digest": image.config_digest, "size": config_path.stat().st_size},
         "layers": [{"mediaType": i.media_type, "digest": i.blob, "size": i.blob_size} for i in infos],
-    }, sort_keys=True).encode()
+    }
+    annotations = store.annotations(image.digest)  # as loaded or built (a checkpoint image's marks)
+    if annotations:
+        document["annotations"] = annotations
+    manifest = json.dumps(document, sort_keys=True).encode()
     digest = f"sha256:{hashlib.sha256(manifest).hexdigest()}"
     index = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [
         {"mediaType": MEDIA_MANIFEST, "digest": digest, "size": len(manifest),

@@ -551,20 +551,24 @@ class ImageStore:
             unpacked += 1
         chain = tuple(layer.diff_id for layer in resolved.layers)
         return self.commit_layers(name, chain, resolved.config_digest, config=resolved.config.to_json(),
-                                  expected_digest=expected), unpacked
+                                  expected_digest=expected, annotations=dict(resolved.annotations)), unpacked
 
     def commit_layers(self, name: str, chain: tuple[str, ...], config_digest: str, *, config: dict[str, Any] | None,
-                      expected_digest: str | None = None) -> Image:
+                      expected_digest: str | None = None, annotations: dict[str, str] | None = None) -> Image:
         """Tag ``name`` as the image made of the stored layers ``chain`` (lowest first); its digest is
-        the canonical tree digest of the layers mounted as one overlay (the same as flattening)."""
+        the canonical tree digest of the layers mounted as one overlay (the same as flattening).
+        ``annotations``: the manifest's, kept in the image's record (``annotations()``) and written
+        again by a push (runtime/image_layout.py): checkpoint images are marked by them."""
         from runtime.layer_store import layer_chain_dirs, mounted_chain
 
         with self._scratch("view-") as view, mounted_chain(layer_chain_dirs(self.layers, chain), view) as merged:
             digest, size = tree_digest(merged)
         _check_digest(name, "its layers", digest, expected_digest)
         with self._scratch("image-") as work:
-            return self._commit(name, work, digest, size, config=config,
-                                layered={"layers": list(chain), "config_digest": config_digest})
+            layered: dict[str, Any] = {"layers": list(chain), "config_digest": config_digest}
+            if annotations:
+                layered["annotations"] = dict(sorted(annotations.items()))
+            return self._commit(name, work, digest, size, config=config, layered=layered)
 
     def config(self, name_or_digest: str) -> ImageConfig | None:
         """The run config of a named image (None: the image has none, e.g. a flat tarball)."""
@@ -574,6 +578,12 @@ class ImageStore:
         entry = self._read_index().get(image.name)
         data = entry.get("config") if entry is not None else None
         return None if data is None else ImageConfig.from_json(data, f"image index entry {image.name}")
+
+    def annotations(self, name_or_digest: str) -> dict[str, str]:
+        """The manifest annotations a layered image was stored with (empty: none, or a flat image)."""
+        meta = self._read_meta(validate_digest(self.get(name_or_digest).digest)) or {}
+        found = meta.get("annotations")
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
     def import_stream(self, name: str, stream: BinaryIO, *, expected_digest: str | None = None) -> Image:
         """Like ``import_tarball`` but reads the archive sequentially from ``stream`` (no seeking)."""

@@ -269,6 +269,19 @@ class _TarBlobs(_Blobs):
 # --- the loaded image ---------------------------------------------------------------------------
 
 
+MAX_ANNOTATIONS = 256
+MAX_ANNOTATION_CHARS = 8192
+
+
+def _manifest_annotations(value: Any) -> tuple[tuple[str, str], ...]:
+    """A manifest's ``annotations``: the string pairs kept, bounded (an image is untrusted), sorted."""
+    if not isinstance(value, dict):
+        return ()
+    pairs = [(k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str)
+             and len(k) + len(v) <= MAX_ANNOTATION_CHARS]
+    return tuple(sorted(pairs)[:MAX_ANNOTATIONS])
+
+
 @dataclass(frozen=True)
 class Layer:
     path: str  # inside the archive or directory
@@ -287,6 +300,9 @@ class ResolvedImage:
     layers: tuple[Layer, ...]
     ref_name: str | None  # the name in the archive (RepoTags / ref.name annotation), if any
     config_bytes: bytes = b""  # the config blob as it is (hashes to config_digest)
+    # the OCI manifest's annotations (strings only; a checkpoint image is marked by them:
+    # migrate/interop/checkpoint_image.py); a Docker archive has none
+    annotations: tuple[tuple[str, str], ...] = ()
 
 
 class ImageArchive:
@@ -405,7 +421,8 @@ class ImageArchive:
             path = self._verified(desc, f"layer {i}")
             layers.append(Layer(path, LAYER_TYPES[media], desc["digest"], diff_ids[i]))
         _, config_digest = self._blob_path(config_desc, "config")
-        return ResolvedImage(self.kind, config, config_digest, tuple(layers), ref_name, config_bytes)
+        return ResolvedImage(self.kind, config, config_digest, tuple(layers), ref_name, config_bytes,
+                             _manifest_annotations(manifest.get("annotations")))
 
     def _pick(self, index: Any, wanted: Platform, where: str, depth: int) -> tuple[dict[str, Any], str | None]:
         """The manifest descriptor for ``wanted`` in ``index`` (following nested indexes)."""

@@ -5,7 +5,10 @@
                               [--sign-key KEY]
     pymigrate checkpoint ls [--json] | checkpoint inspect ID [--json] | checkpoint rm ID...
     pymigrate checkpoint sign FILE --sign-key KEY | checkpoint verify FILE --trusted-key PUB... [--json]
-    pymigrate restore (CHECKPOINT_ID | --import FILE [--trusted-key PUB]...) [--name NEW] [--ip ADDR]
+    pymigrate checkpoint NAME --create-image REF   also an OCI checkpoint image (podman's/CRI-O's), stored
+                              as a pull of REF names it; send it with: image push NAME:TAG REF
+    pymigrate restore (CHECKPOINT_ID | REF | --image REF [REGISTRY FLAGS] | --import FILE [--trusted-key PUB]...)
+                      [--name NEW] [--ip ADDR]
                       [-p [HOST_IP:][HOST_PORT]:PORT[/PROTO]]...
                       [--tcp-established] [--print-stats] [--json]
     pymigrate migrate NAME DEST [--keep-source] [--mode cold|postcopy|precopy|auto] [--file-locks]
@@ -51,12 +54,25 @@ def register(sub: Any) -> None:
                    help="a label on the checkpoint (checkpoint ls shows it, --filter label=KEY[=VALUE] selects it)")
     p.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
                    help="checkpoint ls: container=NAME, id=PREFIX or label=KEY[=VALUE]")
+    p.add_argument("--create-image", default="", metavar="REF",
+                   help="also store the checkpoint as an OCI checkpoint image (podman's and CRI-O's layout and "
+                        "annotations), named as 'image pull REF' names images; then: image push NAME:TAG REF")
     use_request_id(p)
     add_json_flag(p)
     p.set_defaults(handler=cmd_checkpoint)
 
     p = sub.add_parser("restore", help="restore a checkpoint into a running container")
-    p.add_argument("checkpoint_id", nargs="?", metavar="CHECKPOINT_ID")
+    p.add_argument("checkpoint_id", nargs="?", metavar="CHECKPOINT_ID|REF",
+                   help="a checkpoint id (4-64 hex digits), else a checkpoint image reference (as --image)")
+    p.add_argument("--image", dest="image_ref", default=None, metavar="REF",
+                   help="restore a checkpoint image (podman's, CRI-O's or ours): the stored one of that name, else pulled")
+    # restore REF's pull: the registry flags of image pull (images.py; kept here so restore's
+    # parser does not import the image commands)
+    p.add_argument("--tls-verify", metavar="BOOL", default=None, type=_registry_bool,
+                   nargs="?", const=True, help="with REF: verify the registry's TLS certificate; false also allows plain http")
+    p.add_argument("--cert-dir", metavar="DIR", type=Path, default=None, help="with REF: the registry's CA certificates")
+    p.add_argument("--creds", metavar="USER:PASS", default=None, help="with REF: registry credentials")
+    p.add_argument("--authfile", metavar="FILE", type=Path, default=None, help="with REF: a registry auth file")
     p.add_argument("--import", dest="import_path", type=Path, default=None, metavar="FILE", help="restore from an exported archive")
     p.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", default=[], metavar="PUB",
                    help="with --import: the archive must be signed by one of these ed25519 public keys (ssh-ed25519 "
@@ -228,6 +244,7 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         sign_key=args.sign_key,
         ignore_volumes=args.ignore_volumes,
         labels=parse_labels(args.labels),
+        create_image=args.create_image,
     )
     use_request_id(args=args, ctx=ctx)
     with Progress(ctx, f"checkpoint {verb}") as progress:
@@ -236,6 +253,8 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         ctx.emit_json(result)
         return EXIT_OK
     print(result.export_path or result.checkpoint_id)
+    if result.image_ref:
+        print(f"checkpoint image {result.image_ref} {result.image_digest}", file=sys.stderr)
     if result.signed_by:
         print(f"signed by {result.signed_by}", file=sys.stderr)
     if args.print_stats:
@@ -320,9 +339,31 @@ def restore_seccomp(values: list[str]) -> dict[str, Any]:
     return {} if chosen is None else {"seccomp": chosen[0], "seccomp_profile": chosen[1]}
 
 
+def _registry_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return text.lower() in ("true", "1", "yes")
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _image_restore(args: argparse.Namespace) -> tuple[str, Any]:
+    """restore REF / --image REF: (the reference or "", the registry options); a positional that
+    is not a checkpoint id (4-64 hex digits) is a reference (migrate/interop/checkpoint_image.py)."""
+    from migrate.interop.checkpoint_image import looks_like_checkpoint_id
+
+    ref = args.image_ref or ""
+    if not ref and args.checkpoint_id is not None and not looks_like_checkpoint_id(args.checkpoint_id):
+        ref, args.checkpoint_id = args.checkpoint_id, None
+    if not ref:
+        return "", None
+    from runtime.registry import RegistryOptions
+
+    return ref, RegistryOptions(tls_verify=args.tls_verify, cert_dir=args.cert_dir, creds=args.creds, authfile=args.authfile)
+
+
 def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
-    if (args.checkpoint_id is None) == (args.import_path is None):
-        print("pymigrate: restore needs exactly one of CHECKPOINT_ID or --import FILE", file=sys.stderr)
+    image_ref, registry = _image_restore(args)
+    if sum((args.checkpoint_id is not None, args.import_path is not None, bool(image_ref))) != 1:
+        print("pymigrate: restore needs exactly one of CHECKPOINT_ID, REF (--image REF) or --import FILE", file=sys.stderr)
         return EXIT_USAGE
     if args.trusted_keys and args.import_path is None:
         print("pymigrate: --trusted-key checks an archive given with --import FILE", file=sys.stderr)
@@ -347,6 +388,8 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         volumes=tuple(parse_volume_mapping(v) for v in args.volumes),
         timeout_s=args.restore_timeout_s or DEFAULT_RESTORE_TIMEOUT_S,
         trusted_keys=tuple(args.trusted_keys),
+        image_ref=image_ref,
+        image_registry=registry,
         **restore_seccomp(args.security_opt),
     )
     use_request_id(args=args, ctx=ctx)

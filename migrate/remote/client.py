@@ -631,8 +631,12 @@ class RemoteEngine:
             signed_by = verified.describe() if verified is not None else ""
             info = self.import_checkpoint(chunks)
             options = dataclasses.replace(options, checkpoint_id=info.checkpoint_id, import_path=None)
-        if not options.checkpoint_id:
-            raise InvalidArgument("restore needs a checkpoint id or an archive to import")
+        if options.image_ref and options.image_registry not in (None, RegistryOptions()):
+            raise Unsupported("restore REF with registry flags over --host", "a restore request carries no registry settings",
+                              hint=f"pull it there first: pymigrate --host ... image pull {options.image_ref} "
+                                   "[--tls-verify=false ...], then restore REF finds it")
+        if not options.checkpoint_id and not options.image_ref:
+            raise InvalidArgument("restore needs a checkpoint id, an archive to import or a checkpoint image")
         result_pb = self._progress_stream("Restore", self._with_id(cv.restore_request_to_pb(options)), progress, "progress", cv.progress_from_pb)
         return dataclasses.replace(cv.restore_result_from_pb(result_pb), signed_by=signed_by)
 

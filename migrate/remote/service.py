@@ -412,8 +412,9 @@ class HostServicer(pb_grpc.HostServicer):
 
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreResponse]:
         options = cv.restore_options_from_pb(request)
-        if not options.checkpoint_id:
-            raise InvalidArgument("restore needs a checkpoint_id held by this daemon (upload the archive first)")
+        if not options.checkpoint_id and not options.image_ref:
+            raise InvalidArgument("restore needs a checkpoint_id held by this daemon (upload the archive first) "
+                                  "or the image_ref of a checkpoint image")
         with self.requests.claim("Restore", request.request_id, _body(request), context.is_active) as claim:
             if claim.result is not None:
                 yield pb.RestoreResponse.FromString(claim.result)

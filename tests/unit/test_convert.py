@@ -60,10 +60,10 @@ IMAGE = api.ImageInfo(name="busybox", digest="sha256:" + "d" * 64, size_bytes=12
 IMAGE_REMOVAL = api.ImageRemoval(untagged=("a:1", "b"), deleted=("sha256:" + "e" * 64,), layers_removed=("sha256:1", "sha256:2"),
                                  blobs_removed=3, scratch_removed=4, bytes_freed=5 << 30)
 CHECKPOINT_OPTIONS = api.CheckpointOptions(leave_running=True, compress="none", level=7, tcp_established=True, file_locks=True,
-                                         ignore_volumes=True, labels={"k": "v"})
+                                         ignore_volumes=True, labels={"k": "v"}, create_image="reg:5000/ck/web:1")
 CHECKPOINT_STATS = api.CheckpointStats(1.5, 2.5, 3.5, 4.5, 5, 6, 7, 8, 9, 10, 11.5, 12.5)
 RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2", tcp_established=True, volumes=(VOLUME,), timeout_s=42.5,
-                                     ports=(PORT,), ignore_static_ip=True, ignore_static_mac=True)
+                                     ports=(PORT,), ignore_static_ip=True, ignore_static_mac=True, image_ref="reg:5000/ck/web:1")
 RESTORE_STATS = api.RestoreStats(1.5, 2.5, 3.5, 4, 5, 6.5)
 MIGRATE_OPTIONS = api.MigrateOptions(dest="10.0.0.1:7070", keep_source=True, mode="auto", tcp_established=True, file_locks=True,
                                      ports=(PORT,), compress="on")
@@ -77,7 +77,7 @@ INCOMING = api.IncomingRequest(
 
 # the fields each conversion leaves out on purpose (read on the caller's side, or filled in by the receiver)
 CHECKPOINT_LOCAL = ("export_path", "sign_key")
-RESTORE_LOCAL = ("import_path", "trusted_keys", "seccomp", "seccomp_profile")
+RESTORE_LOCAL = ("import_path", "trusted_keys", "seccomp", "seccomp_profile", "image_registry")
 INCOMING_LOCAL = ("source_address",)
 
 # (value, to_pb, from_pb, fields that do not cross)
@@ -107,7 +107,8 @@ ROUND_TRIPS: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any], tuple[s
     ),
     (CHECKPOINT_OPTIONS, functools.partial(cv.checkpoint_request_to_pb, "web"), cv.checkpoint_options_from_pb, CHECKPOINT_LOCAL),
     (CHECKPOINT_STATS, cv.checkpoint_stats_to_pb, cv.checkpoint_stats_from_pb, ()),
-    (api.CheckpointResult("ck", "web", "/tmp/x.tar.zst", CHECKPOINT_STATS, signed_by="SHA256:s"), cv.checkpoint_result_to_pb,
+    (api.CheckpointResult("ck", "web", "/tmp/x.tar.zst", CHECKPOINT_STATS, signed_by="SHA256:s", image_ref="reg:5000/ck/web:1",
+                          image_digest="sha256:" + "d" * 64), cv.checkpoint_result_to_pb,
      cv.checkpoint_result_from_pb, ()),
     (api.CheckpointInfo("ck", "web", "a" * 32, "sha256:e", 7.5, 99, "4.1.1", labels={"tier": "web"}), cv.checkpoint_info_to_pb, cv.checkpoint_info_from_pb, ()),
     (RESTORE_OPTIONS, cv.restore_request_to_pb, cv.restore_options_from_pb, RESTORE_LOCAL),

@@ -105,7 +105,7 @@ class PortList(_message.Message):
     def __init__(self, ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "userns_base", "userns_size", "labels", "create_time")
+    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "userns_base", "userns_size", "labels", "create_time", "engine_mounts")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class ContainerSpec(_message.Message):
     USERNS_SIZE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_MOUNTS_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     name: str
     image: str
@@ -193,7 +194,8 @@ class ContainerSpec(_message.Message):
     userns_size: int
     labels: _containers.ScalarMap[str, str]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., userns_base: _Optional[int] = ..., userns_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    engine_mounts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., userns_base: _Optional[int] = ..., userns_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., engine_mounts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ContainerState(_message.Message):
     __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by", "restart_count", "manually_stopped", "shared_namespaces", "namespace_users", "start_time", "finish_time")
@@ -406,18 +408,22 @@ class CheckpointStats(_message.Message):
     def __init__(self, freezing_ms: _Optional[float] = ..., frozen_ms: _Optional[float] = ..., memdump_ms: _Optional[float] = ..., memwrite_ms: _Optional[float] = ..., pages_scanned: _Optional[int] = ..., pages_skipped_parent: _Optional[int] = ..., pages_written: _Optional[int] = ..., images_bytes: _Optional[int] = ..., upper_bytes: _Optional[int] = ..., archive_bytes: _Optional[int] = ..., archive_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., freezing_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., frozen_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., memdump_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., memwrite_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., archive_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CheckpointResult(_message.Message):
-    __slots__ = ("checkpoint_id", "container_name", "export_path", "stats", "signed_by")
+    __slots__ = ("checkpoint_id", "container_name", "export_path", "stats", "signed_by", "image_ref", "image_digest")
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     EXPORT_PATH_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     container_name: str
     export_path: str
     stats: CheckpointStats
     signed_by: str
-    def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., export_path: _Optional[str] = ..., stats: _Optional[_Union[CheckpointStats, _Mapping]] = ..., signed_by: _Optional[str] = ...) -> None: ...
+    image_ref: str
+    image_digest: str
+    def __init__(self, checkpoint_id: _Optional[str] = ..., container_name: _Optional[str] = ..., export_path: _Optional[str] = ..., stats: _Optional[_Union[CheckpointStats, _Mapping]] = ..., signed_by: _Optional[str] = ..., image_ref: _Optional[str] = ..., image_digest: _Optional[str] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
     __slots__ = ("checkpoint_id", "container_name", "container_id", "image_digest", "created_at", "size_bytes", "criu_version", "labels", "create_time")
@@ -1048,7 +1054,7 @@ class WaitContainerResponse(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
-    __slots__ = ("name", "leave_running", "compress", "level", "tcp_established", "file_locks", "ignore_volumes", "labels", "request_id")
+    __slots__ = ("name", "leave_running", "compress", "level", "tcp_established", "file_locks", "ignore_volumes", "labels", "request_id", "create_image")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -1065,6 +1071,7 @@ class CheckpointRequest(_message.Message):
     IGNORE_VOLUMES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     leave_running: bool
     compress: Compression
@@ -1074,7 +1081,8 @@ class CheckpointRequest(_message.Message):
     ignore_volumes: bool
     labels: _containers.ScalarMap[str, str]
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., leave_running: _Optional[bool] = ..., compress: _Optional[_Union[Compression, str]] = ..., level: _Optional[int] = ..., tcp_established: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., ignore_volumes: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    create_image: str
+    def __init__(self, name: _Optional[str] = ..., leave_running: _Optional[bool] = ..., compress: _Optional[_Union[Compression, str]] = ..., level: _Optional[int] = ..., tcp_established: _Optional[bool] = ..., file_locks: _Optional[bool] = ..., ignore_volumes: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., create_image: _Optional[str] = ...) -> None: ...
 
 class CheckpointResponse(_message.Message):
     __slots__ = ("progress", "result")
@@ -1085,7 +1093,7 @@ class CheckpointResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CheckpointResult, _Mapping]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set", "ignore_static_ip", "ignore_static_mac", "request_id", "timeout")
+    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set", "ignore_static_ip", "ignore_static_mac", "request_id", "image_ref", "timeout")
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
@@ -1097,6 +1105,7 @@ class RestoreRequest(_message.Message):
     IGNORE_STATIC_IP_FIELD_NUMBER: _ClassVar[int]
     IGNORE_STATIC_MAC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     name: str
@@ -1109,8 +1118,9 @@ class RestoreRequest(_message.Message):
     ignore_static_ip: bool
     ignore_static_mac: bool
     request_id: str
+    image_ref: str
     timeout: _duration_pb2.Duration
-    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ..., ignore_static_ip: _Optional[bool] = ..., ignore_static_mac: _Optional[bool] = ..., request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ..., ignore_static_ip: _Optional[bool] = ..., ignore_static_mac: _Optional[bool] = ..., request_id: _Optional[str] = ..., image_ref: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("progress", "result")

@@ -1,0 +1,238 @@
+"""Checkpoint images: a checkpoint as an OCI image, moved through ordinary registries.
+
+``checkpoint NAME --create-image REF`` takes the checkpoint as always, writes it in podman's
+layout (migrate/interop/podman_export.py ``write_podman_dir``) and stores it in this host's image
+store as a one-layer image named ``REF``'s last path component and tag (``localhost:5000/ckpt/web:1``
+-> ``web:1``, as ``image pull`` names images), with the layer, config and manifest annotations
+podman and CRI-O use (migrate/interop/checkpoint_image_layout.py). The image store keeps manifest
+annotations (runtime/image_store.py ``annotations``) and a push writes them again, so
+``image push web:1 REF`` sends a checkpoint image podman and CRI-O recognise. The local
+checkpoint is kept as well (``restore ID`` still works; ``checkpoint rm`` removes it).
+
+``restore REF`` (or ``restore --image REF``): the image named as a pull would name it is used
+when it is here and a checkpoint image; otherwise REF is pulled (skopeo, the registry flags of
+``image pull``) under a temporary name and kept under the usual one only once its annotations
+say it is a checkpoint image: anything else is refused (``NotACheckpointImage``) and leaves no
+image behind. A checkpoint id is 4-64 hex digits; a positional that is not one is an image
+reference, and ``--image`` says so explicitly.
+
+Trust: the image is untrusted. A pull verifies every blob and unpacks the layer with the image
+rules (runtime/tarsafe.py: a ``..`` member or a link out refuses the whole pull, nothing is
+stored). The layer's blob is then extracted again, into scratch, with the checkpoint-archive
+rules (migrate/interop/foreign.py ``extract_foreign``: member whitelist, limits, no host paths)
+and restored by migrate/interop/podman_import.py ``restore_foreign``: the same path as
+``restore --import`` of a podman archive. The scratch directory goes whatever happens.
+
+Over ``--host`` the daemon does both halves on its host: ``CheckpointRequest.create_image``
+builds the image in its store (``CheckpointResult.image_ref``/``image_digest`` answer), and
+``RestoreRequest.image_ref`` finds or pulls it there; registry flags cannot be sent with a
+restore, so a registry needing them is pulled first (``--host H image pull REF --tls-verify=false``)
+and then found by the restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from runtime.errors import ImageError, InvalidArgument
+
+if TYPE_CHECKING:
+    from migrate.api import ProgressFn, RestoreOptions, RestoreResult
+    from runtime.image_store import Image, ImageStore
+    from runtime.registry import RegistryOptions
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_ID_CHARS = frozenset("0123456789abcdef")
+PULL_NAME_PREFIX = "pm-ckpt-pull-"  # the temporary store name of a pull not yet known to be a checkpoint
+
+
+class NotACheckpointImage(ImageError, InvalidArgument):
+    """``restore REF`` was given an image without podman's or CRI-O's checkpoint annotations."""
+
+    def __init__(self, reference: str) -> None:
+        from migrate.interop.checkpoint_image_layout import CRIO_NAME, PODMAN_NAME
+
+        super().__init__(f"image {reference} is not a checkpoint image: its manifest has neither {CRIO_NAME} "
+                         f"nor {PODMAN_NAME}",
+                         hint="make one with: pymigrate checkpoint NAME --create-image REF (or podman container "
+                              "checkpoint --create-image); to run an ordinary image use: pymigrate run")
+        self.reference = reference
+
+
+class CheckpointImageError(ImageError):
+    """A checkpoint image cannot be built or used (names the image and why)."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    name: str  # in this host's image store (``image push NAME REF``)
+    reference: str  # REF, normalised
+    digest: str  # the stored image's digest (``images`` lists it)
+    manifest_digest: str  # the manifest as built (a push of it sends the same annotations)
+    layer_bytes: int
+
+
+def looks_like_checkpoint_id(text: str) -> bool:
+    """A checkpoint id is 4-64 lower-case hex digits; anything else given to restore is an image."""
+    return 4 <= len(text) <= 64 and set(text) <= CHECKPOINT_ID_CHARS
+
+
+def store_name(reference: str) -> str:
+    """The image store name of ``reference`` (as ``image pull`` names it); InvalidArgument if bad."""
+    from runtime.image_store import validate_name
+    from runtime.registry import parse_reference
+
+    return validate_name(parse_reference(reference).default_name())
+
+
+# --- build -------------------------------------------------------------------------------------
+
+
+def build_checkpoint_image(host: Any, checkpoint_id: str, reference: str) -> BuiltImage:
+    """The local checkpoint ``checkpoint_id`` as checkpoint image ``reference`` in the image store.
+
+    ``host`` is the engine's CheckpointHost (its ``rt`` the Runtime). Raises:
+        InvalidArgument: a bad reference.
+        CheckpointImageError: the layout or the image could not be made (the checkpoint stays).
+    """
+    from migrate.interop.checkpoint_image_layout import write_layout
+    from runtime.registry import parse_reference
+    from runtime.scratch import scratch_dir
+
+    ref = parse_reference(reference)
+    name = store_name(reference)
+    store = host.rt.images
+    t0 = time.monotonic()
+    with scratch_dir(store.tmp_dir, "image-") as work:  # an image-* entry: the store's sweep knows it
+        podman_dir = work / "checkpoint"
+        _write_podman_dir(host, checkpoint_id, podman_dir)
+        annotations = _annotations(host, checkpoint_id, podman_dir)
+        written = write_layout(podman_dir, work / "layout", ref.tag or "latest", annotations)
+        image = store.load_archive(work / "layout", name=name)
+    log.info("checkpoint image=%s ref=%s checkpoint=%s layer_bytes=%d elapsed_ms=%.0f", name, ref, checkpoint_id,
+             written.layer_bytes, (time.monotonic() - t0) * 1000)
+    return BuiltImage(name, str(ref), image.digest, written.manifest_digest, written.layer_bytes)
+
+
+def _write_podman_dir(host: Any, checkpoint_id: str, out_dir: Path) -> None:
+    try:
+        from migrate.interop.podman_export import write_podman_dir
+    except ImportError as exc:  # the export half is not installed in this build
+        from runtime.errors import Unsupported
+
+        raise Unsupported("checkpoint --create-image", "the podman layout writer is missing",
+                          hint="update pymigrate (migrate/interop/podman_export.py)") from exc
+    write_podman_dir(host, checkpoint_id, out_dir)
+
+
+def _annotations(host: Any, checkpoint_id: str, podman_dir: Path) -> dict[str, str]:
+    """podman's and CRI-O's marks, read back from the layout just written (A's reader: what a
+    restore will read) and the checkpoint's own manifest (the CRIU version)."""
+    from migrate.archive.store import CheckpointStore
+    from migrate.interop.checkpoint_image_layout import host_annotations
+    from migrate.interop.foreign import load_foreign_dir
+
+    fc = load_foreign_dir(podman_dir)
+    manifest = CheckpointStore(host.rt.paths).manifest(checkpoint_id)
+    return host_annotations(container_name=fc.container_name, image_name=fc.image_name, image_id=fc.image_id,
+                            criu_version=str(manifest.get("criu_version", "")), pymigrate_version=_version())
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pymigrate")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+# --- find or pull ------------------------------------------------------------------------------
+
+
+def checkpoint_image(store: ImageStore, reference: str, *, options: RegistryOptions | None = None,
+                     progress: Callable[[str], None] | None = None) -> Image:
+    """The checkpoint image ``reference``: the stored one of its name if that is a checkpoint
+    image, else pulled (and kept only if it is one).
+
+    Raises:
+        InvalidArgument: a bad reference.
+        NotACheckpointImage: the image has no checkpoint marks (a pulled one is removed again).
+        RegistryError and its subclasses, UnsafeArchive, ImageError: as for ``image pull``.
+    """
+    from migrate.interop.checkpoint_image_layout import is_checkpoint
+    from runtime.errors import ImageNotFound
+
+    name = store_name(reference)
+    try:
+        if is_checkpoint(store.annotations(name)):
+            return store.get(name)
+    except ImageNotFound:
+        pass
+    return _pull(store, reference, name, options, progress)
+
+
+def _pull(store: ImageStore, reference: str, name: str, options: RegistryOptions | None,
+          progress: Callable[[str], None] | None) -> Image:
+    """Pull under a temporary name, so a refused image never takes ``name`` from another."""
+    from migrate.interop.checkpoint_image_layout import is_checkpoint
+    from runtime import registry
+
+    temporary = f"{PULL_NAME_PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**9}:pull"
+    image = registry.pull(store, reference, name=temporary, options=options, progress=progress)
+    try:
+        if not is_checkpoint(store.annotations(temporary)):
+            raise NotACheckpointImage(reference)
+        store.tag(temporary, name)
+    finally:
+        store.remove(temporary)  # a refused image goes with its last name; a kept one has `name` too
+    log.info("pulled checkpoint image=%s from=%s digest=%s", name, reference, image.digest)
+    return store.get(name)
+
+
+def layer_blob(store: ImageStore, image: Image) -> Path:
+    """The one layer blob of a checkpoint image (podman and CRI-O make exactly one)."""
+    if len(image.layers) != 1:
+        raise CheckpointImageError(f"checkpoint image {image.name} has {len(image.layers)} layers, expected 1",
+                                   hint="podman, CRI-O and pymigrate put the checkpoint in one layer")
+    return store.layers.blob_path(store.layers.layer(image.layers[0]).blob)
+
+
+# --- restore -----------------------------------------------------------------------------------
+
+
+def restore_checkpoint_image(host: Any, options: RestoreOptions, *, registry: RegistryOptions | None = None,
+                             progress: ProgressFn | None = None) -> RestoreResult:
+    """``restore REF``: find or pull the checkpoint image, extract its layer with the checkpoint
+    archive rules into scratch, and restore it as a podman/CRI-O checkpoint (module docstring)."""
+    from migrate.interop.foreign import extract_foreign
+    from migrate.interop.podman_import import restore_foreign
+    from runtime.scratch import scratch_dir
+
+    store = host.rt.images
+    image = checkpoint_image(store, options.image_ref, options=registry, progress=_pull_progress(progress))
+    blob = layer_blob(store, image)
+    with scratch_dir(store.tmp_dir, "image-") as work:
+        _phase(progress, "extract")
+        fc = extract_foreign(blob, work / "checkpoint")
+        log.info("restoring checkpoint image=%s container=%s engine=%s", image.name, fc.container_name, fc.engine)
+        return restore_foreign(host, fc, options, progress=progress)
+
+
+def _phase(progress: ProgressFn | None, phase: str, message: str = "") -> None:
+    if progress is not None:
+        from migrate.api import ProgressEvent
+
+        progress(ProgressEvent(operation="restore", phase=phase, message=message))
+
+
+def _pull_progress(progress: ProgressFn | None) -> Callable[[str], None] | None:
+    if progress is None:
+        return None
+    return lambda line: _phase(progress, "pull", line)
