@@ -36,6 +36,7 @@ or compare, never opened.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -43,7 +44,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, cast
 
 from migrate.archive.members import CRIU_IMAGE_NAME
 from migrate.errors import ArchiveError, ArchiveLimitExceeded, TruncatedArchive, UnsafeMember
@@ -295,12 +296,97 @@ class _Unpacker:
         with os.fdopen(fd, "wb") as out:
             left = m.size
             while left > 0:
-                chunk = src.read(min(_CHUNK, left))
+                try:
+                    chunk = src.read(min(_CHUNK, left))
+                except OSError as exc:  # tarfile's "unexpected end of data" is a bare OSError
+                    raise TruncatedArchive(f"cannot read archive {self.source}: member {m.name!r} ends early: "
+                                           f"{exc}") from exc
                 if not chunk:
                     raise TruncatedArchive(f"cannot read archive {self.source}: member {m.name!r} ends early "
                                            f"({m.size - left} of {m.size} bytes)")
                 out.write(chunk)
                 left -= len(chunk)
+
+
+class _ZstdFrames:
+    """Follows the zstd frame structure (RFC 8878 section 3.1) of the compressed bytes as they
+    are read, without decompressing, to tell a complete stream from a cut one: python-zstandard's
+    stream reader ends quietly where the input ends, and a tar cut at a member boundary still
+    parses, so a truncated podman archive would otherwise read as a smaller valid one."""
+
+    _SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+    _MAGIC = 0xFD2FB528
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.skip = 0  # content bytes to pass over (block contents, skippable frames)
+        self.state = "magic"
+        self.need = 4
+        self.checksum = False
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.skip:
+                n = min(self.skip, len(view))
+                self.skip -= n
+                view = view[n:]
+                continue
+            take = self.need - len(self.buf)
+            self.buf += view[:take]
+            view = view[take:]
+            if len(self.buf) == self.need:
+                value = int.from_bytes(self.buf, "little")
+                self.buf.clear()
+                self._step(value)
+
+    def _step(self, value: int) -> None:
+        state = self.state
+        if state == "magic":
+            if value in self._SKIPPABLE:
+                self.state, self.need = "skippable", 4
+            elif value == self._MAGIC:
+                self.state, self.need = "descriptor", 1
+            else:
+                raise ArchiveError(f"corrupt zstd data: a frame starts with 0x{value:08x}, not zstd's magic")
+        elif state == "skippable":
+            self.skip, self.state, self.need = value, "magic", 4
+        elif state == "descriptor":
+            single = bool(value & 0x20)
+            self.checksum = bool(value & 0x04)
+            fcs = (1 if single else 0, 2, 4, 8)[value >> 6]
+            rest = (0 if single else 1) + (0, 1, 2, 4)[value & 3] + fcs
+            self.state, self.need = "block", 3
+            self.skip = rest
+        elif state == "block":
+            last, kind, size = value & 1, (value >> 1) & 3, value >> 3
+            if kind == 3:
+                raise ArchiveError("corrupt zstd data: a block of the reserved type")
+            self.skip = 1 if kind == 1 else size
+            if last:
+                self.state, self.need = ("checksum", 4) if self.checksum else ("magic", 4)
+        else:  # checksum
+            self.state, self.need = "magic", 4
+
+    def complete(self) -> bool:
+        return self.state == "magic" and not self.buf and not self.skip
+
+
+class _Tee(io.RawIOBase):
+    """The raw archive, each byte read also shown to a ``_ZstdFrames``."""
+
+    def __init__(self, stream: BinaryIO, frames: _ZstdFrames) -> None:
+        self._stream = stream
+        self._frames = frames
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        self._frames.feed(data)
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _kind(m: tarfile.TarInfo) -> str:
@@ -377,11 +463,19 @@ def _discard(dest: Path, made: bool) -> None:
 
 def _unpack(stream: BinaryIO, dest: Path, source: str, limits: ExtractLimits,
             keep: Callable[[str], bool] | None) -> ExtractReport:
+    head = stream.read(4)
+    stream.seek(0)
+    frames = _ZstdFrames() if head == ZSTD_MAGIC else None
+    if frames is not None:
+        stream = cast(BinaryIO, io.BufferedReader(_Tee(stream, frames), buffer_size=_CHUNK))
     reader, compression, corrupt = open_decompressed(stream)
     errors = corrupt + _HEADER_ERRORS
     try:
         tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedInfo)
     except errors as exc:
+        if frames is not None and not frames.complete():
+            raise TruncatedArchive(f"cannot read archive {source}: truncated at its start: the zstd stream ends inside "
+                                   f"a frame") from exc
         raise ArchiveError(f"cannot read archive {source}: not a tar archive ({compression} compression): {exc}") from exc
     unpacker = _Unpacker(dest, source, limits, keep)
     unpacker.report.compression = compression
@@ -389,15 +483,23 @@ def _unpack(stream: BinaryIO, dest: Path, source: str, limits: ExtractLimits,
     try:
         while True:
             try:
-                m = tar.next()
-                if m is None:
-                    break
-                unpacker.add(tar, m)
-            except errors as exc:
+                m = tar.next()  # skipping a short member's data: tarfile raises a bare OSError
+            except errors + (OSError,) as exc:
                 where = f"after member {last!r}" if last else "at its start"
                 raise TruncatedArchive(f"cannot read archive {source}: corrupt or truncated {where}: {exc}") from exc
+            if m is None:
+                break
+            try:
+                unpacker.add(tar, m)
+            except errors as exc:
+                raise TruncatedArchive(f"cannot read archive {source}: corrupt or truncated in member {m.name!r}: "
+                                       f"{exc}") from exc
             last = m.name
         _drain(reader, source, compression, corrupt)
+        if frames is not None and not frames.complete():
+            where = f"after member {last!r}" if last else "at its start"
+            raise TruncatedArchive(f"cannot read archive {source}: corrupt or truncated {where}: the zstd stream "
+                                   f"ends inside a frame")
     finally:
         unpacker.close()
         tar.close()
