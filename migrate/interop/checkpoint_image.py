@@ -11,9 +11,10 @@ checkpoint is kept as well (``restore ID`` still works; ``checkpoint rm`` remove
 
 ``restore REF`` (or ``restore --image REF``): the image named as a pull would name it is used
 when it is here and a checkpoint image; otherwise REF is pulled (skopeo, the registry flags of
-``image pull``) under a temporary name and kept under the usual one only once its annotations
-say it is a checkpoint image: anything else is refused (``NotACheckpointImage``) and leaves no
-image behind. A checkpoint id is 4-64 hex digits; a positional that is not one is an image
+``image pull``) under a temporary name and named as usual only once its annotations mark it a
+checkpoint image and its layer unpacked whole: an image without the marks is refused
+(``NotACheckpointImage``), one whose layer breaks the rules below too, and neither leaves an
+image behind. ``open_checkpoint_image`` is that step alone (``checkpoint inspect REF`` can use it). A checkpoint id is 4-64 hex digits; a positional that is not one is an image
 reference, and ``--image`` says so explicitly.
 
 Trust: the image is untrusted. A pull verifies every blob and unpacks the layer with the image
@@ -32,17 +33,19 @@ and then found by the restore.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from runtime.errors import ImageError, InvalidArgument
 
 if TYPE_CHECKING:
     from migrate.api import ProgressFn, RestoreOptions, RestoreResult
+    from migrate.interop.foreign import ForeignCheckpoint
     from runtime.image_store import Image, ImageStore
     from runtime.registry import RegistryOptions
 
@@ -153,47 +156,63 @@ def _version() -> str:
         return "0+unknown"
 
 
-# --- find or pull ------------------------------------------------------------------------------
+# --- find or pull, then unpack -----------------------------------------------------------------
 
 
-def checkpoint_image(store: ImageStore, reference: str, *, options: RegistryOptions | None = None,
-                     progress: Callable[[str], None] | None = None) -> Image:
-    """The checkpoint image ``reference``: the stored one of its name if that is a checkpoint
-    image, else pulled (and kept only if it is one).
+@contextlib.contextmanager
+def open_checkpoint_image(store: ImageStore, reference: str, *, options: RegistryOptions | None = None,
+                          progress: Callable[[str], None] | None = None) -> Iterator[ForeignCheckpoint]:
+    """The checkpoint image ``reference`` unpacked into scratch (with the checkpoint archive rules)
+    and read, for the duration: the stored image of its name if that is a checkpoint image, else
+    pulled under a temporary name and named only once it is marked and unpacked whole.
 
     Raises:
         InvalidArgument: a bad reference.
-        NotACheckpointImage: the image has no checkpoint marks (a pulled one is removed again).
+        NotACheckpointImage: the image has no checkpoint marks.
+        UnsafeMember, ArchiveLimitExceeded, ArchiveError: its layer broke the archive rules.
         RegistryError and its subclasses, UnsafeArchive, ImageError: as for ``image pull``.
+        A pulled image refused for any of these is removed again.
     """
+    from migrate.interop.foreign import extract_foreign
+    from runtime.scratch import scratch_dir
+
+    name = store_name(reference)
+    pulled = None if _stored_checkpoint(store, name) else _pull(store, reference, options, progress)
+    try:
+        image = store.get(pulled or name)
+        with scratch_dir(store.tmp_dir, "image-") as work:  # an image-* entry: the store's sweep knows it
+            fc = extract_foreign(layer_blob(store, image), work / "checkpoint")
+            if pulled:
+                store.tag(pulled, name)  # as image pull names it: the next restore REF finds it here
+                log.info("pulled checkpoint image=%s from=%s digest=%s", name, reference, image.digest)
+            yield fc
+    finally:
+        if pulled:
+            store.remove(pulled)  # refused: the image goes with it; kept: it has ``name`` too
+
+
+def _stored_checkpoint(store: ImageStore, name: str) -> bool:
     from migrate.interop.checkpoint_image_layout import is_checkpoint
     from runtime.errors import ImageNotFound
 
-    name = store_name(reference)
     try:
-        if is_checkpoint(store.annotations(name)):
-            return store.get(name)
+        return is_checkpoint(store.annotations(name))
     except ImageNotFound:
-        pass
-    return _pull(store, reference, name, options, progress)
+        return False
 
 
-def _pull(store: ImageStore, reference: str, name: str, options: RegistryOptions | None,
-          progress: Callable[[str], None] | None) -> Image:
-    """Pull under a temporary name, so a refused image never takes ``name`` from another."""
+def _pull(store: ImageStore, reference: str, options: RegistryOptions | None,
+          progress: Callable[[str], None] | None) -> str:
+    """Pull under a temporary name (a refused image never takes a name from another); that name."""
     from migrate.interop.checkpoint_image_layout import is_checkpoint
     from runtime import registry
 
     temporary = f"{PULL_NAME_PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**9}:pull"
-    image = registry.pull(store, reference, name=temporary, options=options, progress=progress)
-    try:
-        if not is_checkpoint(store.annotations(temporary)):
-            raise NotACheckpointImage(reference)
-        store.tag(temporary, name)
-    finally:
-        store.remove(temporary)  # a refused image goes with its last name; a kept one has `name` too
-    log.info("pulled checkpoint image=%s from=%s digest=%s", name, reference, image.digest)
-    return store.get(name)
+    registry.pull(store, reference, name=temporary, options=options, progress=progress)
+    if not is_checkpoint(store.annotations(temporary)):
+        store.remove(temporary)
+        raise NotACheckpointImage(reference)
+    return temporary
 
 
 def layer_blob(store: ImageStore, image: Image) -> Path:
@@ -209,19 +228,13 @@ def layer_blob(store: ImageStore, image: Image) -> Path:
 
 def restore_checkpoint_image(host: Any, options: RestoreOptions, *, registry: RegistryOptions | None = None,
                              progress: ProgressFn | None = None) -> RestoreResult:
-    """``restore REF``: find or pull the checkpoint image, extract its layer with the checkpoint
-    archive rules into scratch, and restore it as a podman/CRI-O checkpoint (module docstring)."""
-    from migrate.interop.foreign import extract_foreign
+    """``restore REF``: the checkpoint image found or pulled and unpacked (``open_checkpoint_image``),
+    restored as a podman/CRI-O checkpoint (migrate/interop/podman_import.py)."""
     from migrate.interop.podman_import import restore_foreign
-    from runtime.scratch import scratch_dir
 
-    store = host.rt.images
-    image = checkpoint_image(store, options.image_ref, options=registry, progress=_pull_progress(progress))
-    blob = layer_blob(store, image)
-    with scratch_dir(store.tmp_dir, "image-") as work:
-        _phase(progress, "extract")
-        fc = extract_foreign(blob, work / "checkpoint")
-        log.info("restoring checkpoint image=%s container=%s engine=%s", image.name, fc.container_name, fc.engine)
+    with open_checkpoint_image(host.rt.images, options.image_ref, options=registry, progress=_pull_progress(progress)) as fc:
+        log.info("restoring checkpoint image=%s container=%s engine=%s", options.image_ref, fc.container_name, fc.engine)
+        _phase(progress, "restore")
         return restore_foreign(host, fc, options, progress=progress)
 
 

@@ -1,0 +1,286 @@
+"""Checkpoint images through a real registry (Debian's docker-registry), real podman, runc and CRIU.
+
+- podman 4.3.1 makes a checkpoint image of a counting container (``podman container checkpoint
+  --create-image``, private store), skopeo copies it from podman's store to the registry, and
+  pymigrate pulls it, finds podman's marks, unpacks its layer with the checkpoint archive rules
+  and restores it: the counter goes on from the value it had when podman froze it.
+- pymigrate makes one (``checkpoint --create-image``) on host a (a network namespace of
+  tests/integration/hosts.py), pushes it with ``image push``; host b pulls and restores it with
+  ``restore REF``: the same counter goes on there.
+- Refusals: an ordinary image given to ``restore REF`` (NotACheckpointImage), a checkpoint-marked
+  image whose layer has a ``..`` member (the pull refuses it) or a symlink and a member outside
+  the checkpoint layout (the checkpoint rules refuse it): no image, no scratch, no file left.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.integration.cli_helpers import LOOP, ok, unique
+from tests.integration.hosts import make_hosts, pymigrate_command, two_hosts  # noqa: F401 (fixtures)
+from tests.integration.test_image_registry import Registry, start_registry
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "busybox", "criu")]
+
+REPO = Path(__file__).resolve().parents[2]
+PM = Callable[..., subprocess.CompletedProcess]
+CRIO_NAME = "io.kubernetes.cri-o.annotations.checkpoint.name"
+PODMAN_NAME = "io.podman.annotations.checkpoint.name"
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed")
+    return path
+
+
+def _json(r: subprocess.CompletedProcess) -> dict:
+    return json.loads(ok(r))
+
+
+def _counter(pm: PM, name: str) -> int:
+    return int(ok(pm("exec", name, "cat", "/tmp/cnt")).strip())
+
+
+def _counts_on_from(read: Callable[[], int], frozen_at: int) -> None:
+    """The restored counter starts at (or just past) ``frozen_at`` and keeps counting: a fresh
+    start would begin at 1."""
+    first = read()
+    assert first >= frozen_at, f"the counter restarted: {first} < {frozen_at} (the value at the checkpoint)"
+    deadline = time.monotonic() + 10
+    while read() <= first:
+        assert time.monotonic() < deadline, f"the restored counter stays at {first}"
+        time.sleep(0.1)
+
+
+def _nothing_left(pm: PM, pm_root: Path, names_before: set[str]) -> None:
+    names = {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
+    assert names == names_before, f"images left behind: {names - names_before}"
+    leftovers = [p.name for p in (pm_root / "tmp").iterdir() if p.name.startswith(("pull-", "image-", "layer-", "blob-"))]
+    assert not leftovers, f"scratch left behind: {leftovers}"
+    assert not list(pm_root.rglob("evil*")), "a member of the hostile layer was written"
+
+
+# --- a registry and podman -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = start_registry(tmp_path_factory.mktemp("ckpt-registry"))
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+class Podman:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.storage = f"vfs@{work / 'root'}+{work / 'runroot'}"
+        self.base = [_need("podman"), "--root", str(work / "root"), "--runroot", str(work / "runroot"),
+                     "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+
+    def __call__(self, *args: str, timeout: float = 300) -> str:
+        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout, cwd=self.work)
+        assert r.returncode == 0, f"podman {' '.join(args[:2])}: {r.stderr}"
+        return r.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A podman checkpoint image of a counting container, in the registry: (its reference, the
+    counter's value in the checkpoint). The base image is loaded into pymigrate too."""
+    work = tmp_path_factory.mktemp("podman")
+    podman = Podman(work)
+    _need("skopeo")
+    try:
+        subprocess.run([str(REPO / "scripts/make-busybox-image.sh"), str(work / "base.tar")], check=True,
+                       capture_output=True, timeout=120)
+        podman("import", str(work / "base.tar"), "localhost/pmt-base:1")
+        podman("run", "-d", "--name", "ctr", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+               "localhost/pmt-base:1", "sh", "-c", LOOP)
+        time.sleep(1.5)
+        podman("container", "checkpoint", "--create-image", "localhost/ckpt-ctr:1", "ctr")
+        mount = Path(podman("mount", "ctr"))  # the stopped container's root: the value CRIU froze
+        frozen_at = int((mount / "tmp/cnt").read_text())
+        podman("umount", "ctr")
+        ref = f"{registry.address}/podman/ckpt-ctr:1"
+        r = subprocess.run(["skopeo", "copy", "--dest-tls-verify=false",
+                            f"containers-storage:[{podman.storage}]localhost/ckpt-ctr:1", f"docker://{ref}"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        ok(subprocess.run([*pymigrate_command(), "--root", str(pm_root), "image", "import", "pmt-base:1",
+                           str(work / "base.tar")], capture_output=True, timeout=120, cwd=REPO))
+        yield ref, frozen_at
+    finally:
+        subprocess.run([*podman.base, "rm", "-af"], capture_output=True, timeout=120)
+        subprocess.run([*podman.base, "system", "reset", "-f"], capture_output=True, timeout=120)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- podman's image in pymigrate ---------------------------------------------------------------
+
+
+def test_podman_checkpoint_image_is_pulled_marked_and_unpacked(podman_image: tuple[str, int], pm_root: Path) -> None:
+    """The image side alone: pulled by reference, podman's marks kept, its layer read as podman's
+    checkpoint layout by the foreign reader."""
+    from migrate.interop.checkpoint_image import open_checkpoint_image
+    from runtime.config import Paths
+    from runtime.image_store import ImageStore
+    from runtime.registry import RegistryOptions
+
+    ref, _ = podman_image
+    store = ImageStore(Paths(pm_root))
+    with open_checkpoint_image(store, ref, options=RegistryOptions(tls_verify=False)) as fc:
+        assert fc.engine == "podman" and fc.container_name == "ctr"
+        assert fc.image_name == "localhost/pmt-base:1"
+        assert (fc.root / "checkpoint" / "inventory.img").is_file()
+        scratch = fc.root.parent
+    assert not scratch.exists(), "the unpacked layer outlived its use"
+    marks = store.annotations("ckpt-ctr:1")
+    assert marks[PODMAN_NAME] == "ctr" and marks["io.podman.annotations.checkpoint.runtime.name"] == "runc"
+    assert not [i.name for i in store.list() if i.name.startswith("pm-ckpt-pull-")]
+    store.remove("ckpt-ctr:1")
+
+
+def test_podman_checkpoint_image_restored_by_pymigrate_counts_on(podman_image: tuple[str, int], pm: PM) -> None:
+    pytest.importorskip("migrate.interop.podman_import", reason="the foreign import (issue 16, helper B) is not here")
+    ref, frozen_at = podman_image
+    name = unique("from-podman")
+    try:
+        result = _json(pm("restore", ref, "--tls-verify=false", "--name", name, "--json", timeout=300))
+        assert result["container"]["spec"]["name"] == name
+        _counts_on_from(lambda: _counter(pm, name), frozen_at)
+    finally:
+        pm("rm", "-f", name)
+        pm("image", "rm", "ckpt-ctr:1")
+
+
+# --- pymigrate's image, pushed, restored on another host ---------------------------------------
+
+
+def test_create_image_push_and_restore_on_a_second_host(two_hosts, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: ANN001
+    pytest.importorskip("migrate.interop.podman_import", reason="the foreign import (issue 16, helper B) is not here")
+    a, b = two_hosts[0], two_hosts[1]
+    reg = start_registry(tmp_path_factory.mktemp("hosts-registry"), bind=two_hosts.gateway)
+    try:
+        for host in (a, b):
+            ok(host.cli(["image", "build-busybox"], timeout=120))
+        name = unique("imgctr")
+        ok(a.cli(["run", "-d", "--name", name, "busybox", "sh", "-c", LOOP]))
+        time.sleep(3.0)  # ~60 counts: a copy started afresh would be far below that when first read
+        counted = int(ok(a.cli(["exec", name, "cat", "/tmp/cnt"])).strip())  # at most the frozen value
+        ref = f"{reg.address}/ckpt/{name}:1"
+        made = _json(a.cli(["checkpoint", name, "--create-image", ref, "--json"], timeout=300))
+        assert made["image_ref"] == ref and made["image_digest"].startswith("sha256:")
+        listed = {i["name"]: i for i in _json_list(a.cli(["image", "ls", "--json"]))}
+        assert listed[f"{name}:1"]["digest"] == made["image_digest"] and listed[f"{name}:1"]["layers"] == 1
+        ok(a.cli(["image", "push", f"{name}:1", ref, "--tls-verify=false"], timeout=300))
+        manifest = _registry_manifest(reg, f"ckpt/{name}", "1")
+        assert manifest["annotations"][CRIO_NAME] == name and manifest["annotations"][PODMAN_NAME] == name
+
+        restored = _json(b.cli(["restore", ref, "--tls-verify=false", "--json"], timeout=300))
+        assert restored["container"]["spec"]["name"] == name
+        _counts_on_from(lambda: int(ok(b.cli(["exec", name, "cat", "/tmp/cnt"])).strip()), counted)
+        assert f"{name}:1" in {i["name"] for i in _json_list(b.cli(["image", "ls", "--json"]))}
+    finally:
+        reg.stop()
+
+
+def _json_list(r: subprocess.CompletedProcess) -> list[dict]:
+    return json.loads(ok(r))
+
+
+def _registry_manifest(reg: Registry, repository: str, tag: str) -> dict:
+    r = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reg.address}/{repository}:{tag}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+def test_an_ordinary_image_is_not_restored(registry: Registry, pm: PM, pm_root: Path) -> None:
+    ref = f"{registry.address}/plain/busybox:1"
+    ok(pm("image", "push", "busybox", ref, "--tls-verify=false", timeout=300))
+    before = {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
+    r = pm("restore", ref, "--tls-verify=false", "--json", timeout=300)
+    assert r.returncode != 0
+    answer = json.loads(r.stdout)
+    assert answer["type"] == "NotACheckpointImage" and "is not a checkpoint image" in answer["error"], answer
+    _nothing_left(pm, pm_root, before)
+
+
+def _hostile_layout(out: Path, members: list[tarfile.TarInfo]) -> Path:
+    """A checkpoint-marked OCI layout whose one layer holds ``members`` (files get a few bytes)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info in members:
+            data = b"evil\n" if info.isfile() else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    layer = gzip.compress(raw.getvalue(), 1)
+    blobs = out / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict:
+        (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+        return {"digest": f"sha256:{hashlib.sha256(data).hexdigest()}", "size": len(data)}
+
+    config = {"architecture": "amd64", "os": "linux", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(raw.getvalue()).hexdigest()}"]}}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(json.dumps(config).encode())},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(layer)}],
+                "annotations": {CRIO_NAME: "evil", PODMAN_NAME: "evil"}}
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                                **put(json.dumps(manifest).encode()),
+                                                "annotations": {"org.opencontainers.image.ref.name": "1"}}]}
+    (out / "index.json").write_text(json.dumps(index))
+    (out / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return out
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    return info
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+@pytest.mark.parametrize("members, refused_as", [
+    ([_file("config.dump"), _file("../evil-outside")], "UnsafeArchive"),  # the pull's layer rules
+    ([_file("config.dump"), _file("spec.dump"), _symlink("checkpoint", "/etc")], "UnsafeMember"),  # checkpoint rules
+    ([_file("config.dump"), _file("evil-etc-passwd")], "UnsafeMember"),  # not in the checkpoint layout
+], ids=["dotdot", "symlink", "unknown-member"])
+def test_a_hostile_checkpoint_image_is_refused_leaving_nothing(registry: Registry, pm: PM, pm_root: Path, tmp_path: Path,
+                                                              members: list[tarfile.TarInfo], refused_as: str) -> None:
+    layout = _hostile_layout(tmp_path / "oci", members)
+    repo = unique("hostile")
+    r = subprocess.run([_need("skopeo"), "copy", "--dest-tls-verify=false", f"oci:{layout}:1",
+                        f"docker://{registry.address}/evil/{repo}:1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    before = {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
+    r = pm("restore", f"{registry.address}/evil/{repo}:1", "--tls-verify=false", "--json", timeout=300)
+    assert r.returncode != 0, r.stdout
+    answer = json.loads(r.stdout)
+    assert answer["type"] == refused_as, answer
+    _nothing_left(pm, pm_root, before)
