@@ -284,10 +284,17 @@ def _checkpoint_verb(verb: str, rest: list[str], ctx: Context, args: argparse.Na
         return EXIT_USAGE
     if verb == "inspect":
         if len(rest) != 1:
-            print("pymigrate: checkpoint inspect takes one checkpoint id", file=sys.stderr)
+            print("pymigrate: checkpoint inspect takes one checkpoint id, archive FILE or image REF", file=sys.stderr)
             return EXIT_USAGE
-        manifest = ctx.engine.checkpoint_inspect(rest[0])
-        ctx.emit_json(manifest)
+        from migrate.interop.inspect import inspect_target, render
+
+        summary = inspect_target(ctx.engine, rest[0])  # FILE (podman, CRI-O, native) or REF; None: an id
+        if summary is None:
+            ctx.emit_json(ctx.engine.checkpoint_inspect(rest[0]))  # a local checkpoint: its manifest
+        elif ctx.json:
+            ctx.emit_json(summary)
+        else:
+            print(render(summary))
         return EXIT_OK
     removed = []
     for cid in rest:
