@@ -47,7 +47,8 @@ def _need(tool: str) -> str:
 
 
 def _json(r: subprocess.CompletedProcess) -> dict:
-    return json.loads(ok(r))
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stdout.decode(errors='replace')} {r.stderr.decode(errors='replace')}"
+    return json.loads(r.stdout)
 
 
 def _counter(pm: PM, name: str) -> int:
@@ -108,6 +109,12 @@ def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.Tem
     try:
         subprocess.run([str(REPO / "scripts/make-busybox-image.sh"), str(work / "base.tar")], check=True,
                        capture_output=True, timeout=120)
+        # one file more than pymigrate's busybox: a tree of the same digest would be stored once,
+        # flat, and podman's layout names the image by its config digest
+        with tarfile.open(work / "base.tar", "a") as tar:
+            marker = tarfile.TarInfo("etc/pmt-base")
+            marker.size, marker.mode = 3, 0o644
+            tar.addfile(marker, io.BytesIO(b"pm\n"))
         podman("import", str(work / "base.tar"), "localhost/pmt-base:1")
         podman("run", "-d", "--name", "ctr", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
                "localhost/pmt-base:1", "sh", "-c", LOOP)
@@ -121,8 +128,10 @@ def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.Tem
                             f"containers-storage:[{podman.storage}]localhost/ckpt-ctr:1", f"docker://{ref}"],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
-        ok(subprocess.run([*pymigrate_command(), "--root", str(pm_root), "image", "import", "pmt-base:1",
-                           str(work / "base.tar")], capture_output=True, timeout=120, cwd=REPO))
+        # the base as podman has it (an OCI archive keeps its config, whose digest is podman's image id)
+        podman("save", "--format", "oci-archive", "-o", str(work / "base-oci.tar"), "localhost/pmt-base:1")
+        ok(subprocess.run([*pymigrate_command(), "--root", str(pm_root), "image", "load", str(work / "base-oci.tar"),
+                           "--name", "pmt-base:1"], capture_output=True, timeout=120, cwd=REPO))
         yield ref, frozen_at
     finally:
         subprocess.run([*podman.base, "rm", "-af"], capture_output=True, timeout=120)
@@ -160,7 +169,8 @@ def test_podman_checkpoint_image_restored_by_pymigrate_counts_on(podman_image: t
     ref, frozen_at = podman_image
     name = unique("from-podman")
     try:
-        result = _json(pm("restore", ref, "--tls-verify=false", "--name", name, "--json", timeout=300))
+        result = _json(pm("restore", ref, "--tls-verify=false", "--name", name, "--security-opt", "seccomp=unconfined",
+                          "--json", timeout=300))
         assert result["container"]["spec"]["name"] == name
         _counts_on_from(lambda: _counter(pm, name), frozen_at)
     finally:
@@ -176,10 +186,15 @@ def test_create_image_push_and_restore_on_a_second_host(two_hosts, tmp_path_fact
     a, b = two_hosts[0], two_hosts[1]
     reg = start_registry(tmp_path_factory.mktemp("hosts-registry"), bind=two_hosts.gateway)
     try:
+        # a base both hosts know by the same config digest (podman's layout names the image by it)
+        ok(a.cli(["image", "build-busybox"], timeout=120))
+        base = f"{reg.address}/base/busybox:1"
+        ok(a.cli(["image", "push", "busybox", base, "--tls-verify=false"], timeout=300))
+        ok(a.cli(["image", "rm", "busybox"]))  # else the pull reuses its flat tree (same digest): no config digest
         for host in (a, b):
-            ok(host.cli(["image", "build-busybox"], timeout=120))
+            ok(host.cli(["image", "pull", base, "--tls-verify=false"], timeout=300))
         name = unique("imgctr")
-        ok(a.cli(["run", "-d", "--name", name, "busybox", "sh", "-c", LOOP]))
+        ok(a.cli(["run", "-d", "--name", name, "busybox:1", "sh", "-c", LOOP]))
         time.sleep(3.0)  # ~60 counts: a copy started afresh would be far below that when first read
         counted = int(ok(a.cli(["exec", name, "cat", "/tmp/cnt"])).strip())  # at most the frozen value
         ref = f"{reg.address}/ckpt/{name}:1"
@@ -191,7 +206,8 @@ def test_create_image_push_and_restore_on_a_second_host(two_hosts, tmp_path_fact
         manifest = _registry_manifest(reg, f"ckpt/{name}", "1")
         assert manifest["annotations"][CRIO_NAME] == name and manifest["annotations"][PODMAN_NAME] == name
 
-        restored = _json(b.cli(["restore", ref, "--tls-verify=false", "--json"], timeout=300))
+        restored = _json(b.cli(["restore", ref, "--tls-verify=false", "--security-opt", "seccomp=unconfined", "--json"],
+                               timeout=300))
         assert restored["container"]["spec"]["name"] == name
         _counts_on_from(lambda: int(ok(b.cli(["exec", name, "cat", "/tmp/cnt"])).strip()), counted)
         assert f"{name}:1" in {i["name"] for i in _json_list(b.cli(["image", "ls", "--json"]))}
@@ -208,6 +224,42 @@ def _registry_manifest(reg: Registry, repository: str, tag: str) -> dict:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+# --- over --host ------------------------------------------------------------------------------
+
+
+def test_create_image_over_host_is_built_by_the_daemon_and_pushed(podman_image: tuple[str, int], registry: Registry,
+                                                                 pm: PM, pm_root: Path) -> None:
+    """The daemon checkpoints and builds the image in its own store (CheckpointRequest.create_image);
+    ``image push`` over --host sends it with the marks."""
+    from tests.integration.cli_helpers import start_daemon, stop_daemon
+
+    proc, sock = start_daemon(pm_root)
+    name = unique("remote-img")
+    checkpoint_id = ""
+    try:
+        def remote(*args: str) -> subprocess.CompletedProcess:
+            return pm("--host", f"unix:{sock}", *args, timeout=300)
+
+        ok(remote("run", "-d", "--name", name, "pmt-base:1", "sh", "-c", LOOP))  # podman's base: it has a config digest
+        time.sleep(1.0)
+        ref = f"{registry.address}/remote/{name}:1"
+        made = _json(remote("checkpoint", name, "--create-image", ref, "--json"))
+        checkpoint_id = made["checkpoint_id"]
+        assert made["image_ref"] == ref and made["image_digest"].startswith("sha256:")
+        listed = {i["name"]: i for i in json.loads(ok(remote("image", "ls", "--json")))}
+        assert listed[f"{name}:1"]["digest"] == made["image_digest"]
+        ok(remote("image", "push", f"{name}:1", ref, "--tls-verify=false"))
+        marks = _registry_manifest(registry, f"remote/{name}", "1")["annotations"]
+        assert marks[CRIO_NAME] == marks[PODMAN_NAME] == name
+        assert marks["io.podman.annotations.checkpoint.rootfsImageName"] == "pmt-base:1"
+    finally:
+        pm("rm", "-f", name)
+        pm("image", "rm", f"{name}:1")
+        if checkpoint_id:
+            pm("checkpoint", "rm", checkpoint_id)
+        stop_daemon(proc, sock)
 
 
 # --- refusals ----------------------------------------------------------------------------------
