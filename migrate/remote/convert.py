@@ -688,6 +688,8 @@ def stats_to_pb(s: Any, read_at_unix_s: float) -> pb.ContainerStatsSample:
     m = pb.ContainerStatsSample(name=s.name, container_id=s.container_id, status=s.status,
                                 read_at_monotonic_s=s.read_at_s, online_cpus=s.online_cpus,
                                 block_io_source=s.block_io_source, read_at_unix_s=read_at_unix_s)
+    if read_at_unix_s:
+        timestamp_from_seconds(m.read_time, read_at_unix_s)
     for field in _STATS_OPTIONAL:
         value = getattr(s, field)
         if value is not None:

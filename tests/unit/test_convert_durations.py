@@ -142,8 +142,34 @@ def test_stats_interval_duration_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_deprecated_doubles_are_marked_and_named_with_their_replacement() -> None:
     deprecated = {(m.name, f.name) for m in pb.DESCRIPTOR.message_types_by_name.values() for f in m.fields
                   if f.GetOptions().deprecated}
+    replacements = {**{k: v[0] for k, v in cv._DURATIONS.items()}, **cv._TIMESTAMPS, "time": "event_time"}
     for message, field in deprecated:
         fields = pb.DESCRIPTOR.message_types_by_name[message].fields_by_name
-        replacement = cv._DURATIONS[field][0] if field in cv._DURATIONS else None
-        assert replacement in fields, f"{message}.{field} is deprecated without its Duration beside it"
+        assert replacements.get(field) in fields, f"{message}.{field} is deprecated without its replacement beside it"
     assert ("StopContainerRequest", "timeout_s") in deprecated and ("MigrationStats", "phases_ms") in deprecated
+    assert ("ContainerState", "started_at") in deprecated and ("Event", "time") in deprecated
+    # every unit-named double of an answer or request has been replaced (the monotonic clock reading is no duration)
+    left = {(m.name, f.name) for m in pb.DESCRIPTOR.message_types_by_name.values() for f in m.fields
+            if f.name.endswith(("_ms", "_s")) and f.type == f.TYPE_DOUBLE and not f.GetOptions().deprecated}
+    assert left == {("ContainerStatsSample", "read_at_monotonic_s"),
+                    ("MigrationEvent", "throughput_bytes_per_s")}, left
+
+
+def test_a_stats_sample_has_its_read_time() -> None:
+    from runtime.stats import ContainerStats
+
+    sample = ContainerStats(name="web", container_id="a" * 32, status="running", read_at_s=5.0, online_cpus=2)
+    m = cv.stats_to_pb(sample, 1796419341.25)
+    assert (m.read_time.seconds, m.read_time.nanos) == (1796419341, 250_000_000)
+
+
+def test_deprecated_fields_are_documented() -> None:
+    """docs/api.md's "Deprecated fields" table names every field host.proto marks."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    table = doc.split("## Deprecated fields", 1)[1].split("\n## ", 1)[0]
+    for m in pb.DESCRIPTOR.message_types_by_name.values():
+        for f in m.fields:
+            if f.GetOptions().deprecated:
+                assert f"`{f.name}`" in table or f"`{m.name}.{f.name}`" in table, f"{m.name}.{f.name} not in docs/api.md"

@@ -105,7 +105,7 @@ class PortList(_message.Message):
     def __init__(self, ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
 
 class ContainerSpec(_message.Message):
-    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "userns_base", "userns_size", "labels", "create_time", "engine_mounts")
+    __slots__ = ("container_id", "name", "image", "image_digest", "command", "env", "workdir", "hostname", "memory_bytes", "cpus", "pids_limit", "network", "ip", "mac", "volumes", "cgroup_parent", "created_at", "seccomp", "seccomp_profile", "user", "stop_signal", "auto_remove", "read_only", "cap_add", "cap_drop", "ports", "restart", "init", "tty", "interactive", "pid_mode", "ipc_mode", "uts_mode", "cgroupns_mode", "network_container", "userns", "userns_base", "userns_size", "labels", "create_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,7 +153,6 @@ class ContainerSpec(_message.Message):
     USERNS_SIZE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
-    ENGINE_MOUNTS_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     name: str
     image: str
@@ -194,8 +193,7 @@ class ContainerSpec(_message.Message):
     userns_size: int
     labels: _containers.ScalarMap[str, str]
     create_time: _timestamp_pb2.Timestamp
-    engine_mounts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., userns_base: _Optional[int] = ..., userns_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., engine_mounts: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, container_id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., image_digest: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., hostname: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., pids_limit: _Optional[int] = ..., network: _Optional[_Union[NetworkMode, str]] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., cgroup_parent: _Optional[str] = ..., created_at: _Optional[float] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ..., user: _Optional[str] = ..., stop_signal: _Optional[str] = ..., auto_remove: _Optional[bool] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., restart: _Optional[str] = ..., init: _Optional[bool] = ..., tty: _Optional[bool] = ..., interactive: _Optional[bool] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., cgroupns_mode: _Optional[str] = ..., network_container: _Optional[str] = ..., userns: _Optional[str] = ..., userns_base: _Optional[int] = ..., userns_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ContainerState(_message.Message):
     __slots__ = ("status", "pid", "shim_pid", "exit_code", "oom_killed", "started_at", "finished_at", "restored_from", "checkpointed", "frozen_by", "restart_count", "manually_stopped", "shared_namespaces", "namespace_users", "start_time", "finish_time")
@@ -1557,7 +1555,7 @@ class StatsRequest(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ..., stream: _Optional[bool] = ..., interval_s: _Optional[float] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ContainerStatsSample(_message.Message):
-    __slots__ = ("name", "container_id", "status", "read_at_monotonic_s", "cpu_percent", "cpu_usage_us", "online_cpus", "memory_usage_bytes", "memory_limit_bytes", "memory_percent", "pids_current", "net_rx_bytes", "net_tx_bytes", "block_read_bytes", "block_write_bytes", "block_io_source", "read_at_unix_s")
+    __slots__ = ("name", "container_id", "status", "read_at_monotonic_s", "cpu_percent", "cpu_usage_us", "online_cpus", "memory_usage_bytes", "memory_limit_bytes", "memory_percent", "pids_current", "net_rx_bytes", "net_tx_bytes", "block_read_bytes", "block_write_bytes", "block_io_source", "read_at_unix_s", "read_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -1575,6 +1573,7 @@ class ContainerStatsSample(_message.Message):
     BLOCK_WRITE_BYTES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_IO_SOURCE_FIELD_NUMBER: _ClassVar[int]
     READ_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    READ_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     container_id: str
     status: str
@@ -1592,7 +1591,8 @@ class ContainerStatsSample(_message.Message):
     block_write_bytes: int
     block_io_source: str
     read_at_unix_s: float
-    def __init__(self, name: _Optional[str] = ..., container_id: _Optional[str] = ..., status: _Optional[str] = ..., read_at_monotonic_s: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_usage_us: _Optional[int] = ..., online_cpus: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., memory_percent: _Optional[float] = ..., pids_current: _Optional[int] = ..., net_rx_bytes: _Optional[int] = ..., net_tx_bytes: _Optional[int] = ..., block_read_bytes: _Optional[int] = ..., block_write_bytes: _Optional[int] = ..., block_io_source: _Optional[str] = ..., read_at_unix_s: _Optional[float] = ...) -> None: ...
+    read_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., container_id: _Optional[str] = ..., status: _Optional[str] = ..., read_at_monotonic_s: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., cpu_usage_us: _Optional[int] = ..., online_cpus: _Optional[int] = ..., memory_usage_bytes: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., memory_percent: _Optional[float] = ..., pids_current: _Optional[int] = ..., net_rx_bytes: _Optional[int] = ..., net_tx_bytes: _Optional[int] = ..., block_read_bytes: _Optional[int] = ..., block_write_bytes: _Optional[int] = ..., block_io_source: _Optional[str] = ..., read_at_unix_s: _Optional[float] = ..., read_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("samples",)
