@@ -105,7 +105,7 @@ class ImageRemoval:
 class CheckpointOptions:
     leave_running: bool = False
     export_path: Path | None = None
-    compress: Literal["zstd", "none"] = "zstd"
+    compress: Literal["zstd", "gzip", "none"] = "zstd"  # gzip: --format podman only
     level: int = 1
     tcp_established: bool = False
     file_locks: bool = False
@@ -121,6 +121,9 @@ class CheckpointOptions:
     # checkpoint --create-image REF: also an OCI checkpoint image in the image store, named as a
     # pull of REF would be (migrate/interop/checkpoint_image.py); "" for none
     create_image: str = ""
+    # checkpoint --export FILE --format podman: an archive podman container restore --import restores
+    # (migrate/interop/podman_export.py); "native": pymigrate's own (the default)
+    export_format: Literal["native", "podman"] = "native"
 
 
 @dataclass(frozen=True)

@@ -434,7 +434,12 @@ class LocalEngine:
             from migrate.interop.checkpoint_image import store_name
 
             store_name(options.create_image)
-        result = checkpoint_container(self._host(), name, options, progress=progress)
+        if options.export_format == "podman":  # a local checkpoint converted, then removed
+            from migrate.interop.podman_export import export_checkpoint
+
+            result = export_checkpoint(self._host(), name, options, progress=progress)
+        else:
+            result = checkpoint_container(self._host(), name, options, progress=progress)
         self._checkpoint_event("create", result.checkpoint_id, result.container_name, export=result.export_path or None)
         if options.create_image:
             result = self._create_checkpoint_image(result, options.create_image)

@@ -5,6 +5,8 @@
                               [--sign-key KEY]
     pymigrate checkpoint ls [--json] | checkpoint inspect ID [--json] | checkpoint rm ID...
     pymigrate checkpoint sign FILE --sign-key KEY | checkpoint verify FILE --trusted-key PUB... [--json]
+    pymigrate checkpoint NAME --export FILE --format podman [--compress zstd|gzip|none]   an archive that
+                              podman container restore --import restores (migrate/interop/podman_export.py)
     pymigrate checkpoint NAME --create-image REF   also an OCI checkpoint image (podman's/CRI-O's), stored
                               as a pull of REF names it; send it with: image push NAME:TAG REF
     pymigrate restore (CHECKPOINT_ID | REF | --image REF [REGISTRY FLAGS] | --import FILE [--trusted-key PUB]...)
@@ -38,8 +40,11 @@ def register(sub: Any) -> None:
     p.add_argument("args", nargs="+", metavar="NAME | ls | inspect ID | rm ID | sign FILE | verify FILE")
     p.add_argument("--leave-running", action="store_true", help="keep the container running after the dump")
     p.add_argument("--export", type=Path, default=None, metavar="FILE", help="write the checkpoint to one archive file")
-    p.add_argument("--compress", choices=("zstd", "none"), default="zstd", help="archive compression (with --export)")
+    p.add_argument("--compress", choices=("zstd", "gzip", "none"), default="zstd",
+                   help="archive compression (with --export; gzip with --format podman only)")
     p.add_argument("--level", type=int, default=1, help="zstd level (with --export)")
+    p.add_argument("--format", dest="export_format", choices=("native", "podman"), default="native",
+                   help="--export's format: pymigrate's own, or an archive podman container restore --import restores")
     p.add_argument("--ignore-volumes", action="store_true",
                    help="leave the named volumes' contents out of the export (a restore then needs volumes of those names)")
     p.add_argument("--tcp-established", action="store_true", help="checkpoint established TCP connections")
@@ -231,6 +236,10 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
     if args.level < 1 or args.level > 22:
         print(f"pymigrate: invalid --level {args.level}: expected 1-22", file=sys.stderr)
         return EXIT_USAGE
+    if args.compress == "gzip" and args.export_format != "podman":
+        print("pymigrate: --compress gzip is for --format podman (podman's --compress); native archives: zstd or none",
+              file=sys.stderr)
+        return EXIT_USAGE
     from migrate.api import CheckpointOptions
     from runtime.labels import parse_labels
 
@@ -245,6 +254,7 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         ignore_volumes=args.ignore_volumes,
         labels=parse_labels(args.labels),
         create_image=args.create_image,
+        export_format=args.export_format,
     )
     use_request_id(args=args, ctx=ctx)
     with Progress(ctx, f"checkpoint {verb}") as progress:

@@ -92,6 +92,60 @@ def image_identity(manifest: dict[str, Any], image_ref: str | None, image_id: st
     return name, hex_id
 
 
+def precheck(rt: Any, name: str, options: Any) -> None:
+    """Before anything is frozen: what ``export_checkpoint`` would refuse later.
+
+    Raises:
+        InvalidArgument: no --export FILE, a signing key, or a compression podman does not read.
+        Unsupported: the container or its image (``check_exportable``, ``image_identity``).
+    """
+    from migrate.archive.store import image_record
+
+    if options.export_path is None:
+        raise InvalidArgument("--format podman writes an archive: give --export FILE")
+    if options.sign_key is not None:
+        raise InvalidArgument("a podman archive carries no signature: --sign-key needs --format native",
+                              hint="sign it apart (e.g. with ssh-keygen -Y sign) if it must be signed")
+    if options.compress not in COMPRESSIONS:
+        raise InvalidArgument(f"invalid compression {options.compress!r} for a podman archive: expected one of {', '.join(COMPRESSIONS)}")
+    spec = rt.get(name).spec
+    check_exportable(spec)
+    image_identity({"image": image_record(rt.images, spec)}, None, None)
+
+
+def export_checkpoint(rt: Any, name: str, options: Any, *, progress: Any = None) -> Any:
+    """``checkpoint NAME --export FILE --format podman``: a local checkpoint (``options`` without the
+    export: the usual dump), converted by ``write_podman_archive``, then removed (a native export
+    leaves none either). If the conversion fails the local checkpoint is kept and the error's hint
+    names it: a container stopped by the checkpoint is never left without one. Returns the
+    checkpoint's CheckpointResult with ``export_path`` and ``archive_bytes`` set.
+    """
+    import dataclasses
+    import time
+
+    from migrate.checkpoint import checkpoint_container
+    from migrate.errors import MigrationError
+    from runtime.errors import ContainerError
+
+    precheck(rt, name, options)
+    out = Path(options.export_path).resolve()
+    local = dataclasses.replace(options, export_path=None, export_format="native", compress="zstd")
+    result = checkpoint_container(rt, name, local, progress=progress)
+    started = time.monotonic()
+    try:
+        size = write_podman_archive(rt, result.checkpoint_id, out, compress=options.compress)
+    except (ContainerError, MigrationError, OSError) as exc:
+        kept = f"the checkpoint is kept: pymigrate restore {result.checkpoint_id}"
+        if isinstance(exc, OSError):
+            raise Unsupported(f"{_FEATURE} of container {name}", f"cannot write {out}: {exc.strerror or exc}", hint=kept) from exc
+        exc.hint = f"{exc.hint + '; ' if exc.hint else ''}{kept}"
+        raise
+    CheckpointStore(rt.paths).remove(result.checkpoint_id)
+    stats = dataclasses.replace(result.stats, archive_bytes=size,
+                                total_ms=round(result.stats.total_ms + (time.monotonic() - started) * 1000, 3))
+    return dataclasses.replace(result, export_path=str(out), stats=stats)
+
+
 def write_podman_dir(rt: Any, checkpoint_id: str, out_dir: Path, *, image_ref: str | None = None,
                      image_id: str | None = None) -> None:
     """Local checkpoint ``checkpoint_id`` of ``rt`` (a runtime.checkpointing.CheckpointHost) in
