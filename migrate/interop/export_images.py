@@ -147,6 +147,20 @@ def rekey_cgroups(path: Path) -> bytes:
     return path.read_bytes()[:_MAGIC_BYTES] + struct.pack("<I", len(raw)) + raw
 
 
+def init_rlimits(images_dir: Path) -> list[tuple[int, int]]:
+    """The dumped init's (soft, hard) rlimits by resource number (its core image); [] if unreadable."""
+    from runtime.criu import read_first_entry
+
+    try:
+        tree = read_first_entry(images_dir / "pstree.img", "pstree_entry", "pstree_pb2")
+        core = read_first_entry(images_dir / f"core-{tree.pid}.img", "core_entry", "core_pb2") if tree is not None else None
+    except (OSError, ImportError, ValueError):
+        return []
+    if core is None or not core.HasField("tc") or not core.tc.HasField("rlimits"):
+        return []
+    return [(r.cur, r.max) for r in core.tc.rlimits.rlimits]
+
+
 def copy_images(images_dir: Path, dest: Path, *, netns_key: str) -> int:
     """CRIU's images from ``images_dir`` into ``dest`` (made here) as runc restores them (module
     docstring), ``descriptors.json`` beside them; returns how many netns images were re-keyed.

@@ -100,8 +100,22 @@ def _env(spec: ContainerSpec) -> list[str]:
     return env
 
 
-def oci_spec(spec: ContainerSpec, creds: Credentials, *, checkpoint_id: str, netns_path: str) -> dict[str, Any]:
-    """``spec.dump`` for container ``spec`` (module docstring); ``creds``: its user, resolved in its root."""
+RLIMIT_NAMES = ("RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS",
+                "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS", "RLIMIT_SIGPENDING",
+                "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME")  # by resource number, getrlimit(2)
+
+
+def oci_rlimits(limits: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """The init's (soft, hard) limits by resource number as OCI ``process.rlimits`` (what ``podman
+    exec`` starts with). The restored tree keeps its own: CRIU restores them, and cannot raise a
+    hard limit above its own without CAP_SYS_RESOURCE (runc's CRIU runs with conmon's limits)."""
+    return [{"type": name, "soft": soft, "hard": hard} for name, (soft, hard) in zip(RLIMIT_NAMES, limits)]
+
+
+def oci_spec(spec: ContainerSpec, creds: Credentials, *, checkpoint_id: str, netns_path: str,
+             rlimits: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """``spec.dump`` for container ``spec`` (module docstring); ``creds``: its user, resolved in its
+    root; ``rlimits``: its init's (soft, hard) limits by resource number (``oci_rlimits``)."""
     caps = [CAP_NAMES[i] for i in sorted(container_caps(spec.cap_add, spec.cap_drop))]
     user: dict[str, Any] = {"uid": creds.uid, "gid": creds.gid, "umask": 0o022}
     if creds.groups:
@@ -115,6 +129,7 @@ def oci_spec(spec: ContainerSpec, creds: Credentials, *, checkpoint_id: str, net
             "env": _env(spec),
             "cwd": spec.workdir or "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            **({"rlimits": oci_rlimits(rlimits)} if rlimits else {}),
         },
         "root": {"path": ROOT_PLACEHOLDER, "readonly": spec.read_only},
         "hostname": spec.hostname,

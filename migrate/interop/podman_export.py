@@ -177,7 +177,8 @@ def write_podman_dir(rt: Any, checkpoint_id: str, out_dir: Path, *, image_ref: s
     with _lower(rt, spec) as lower:
         creds = _credentials(spec, lower)
         _write_rootfs(rt, base, out_dir, lower)
-    oci = oci_spec(spec, creds, checkpoint_id=cid, netns_path=f"/run/netns/pymigrate-{spec.container_id}")
+    oci = oci_spec(spec, creds, checkpoint_id=cid, netns_path=f"/run/netns/pymigrate-{spec.container_id}",
+                   rlimits=export_images.init_rlimits(base / IMAGES_DIR))
     config = libpod_config(spec, oci, image_name=image_name, image_id=hex_id, created_at=spec.created_at)
     _write_json(out_dir / SPEC_DUMP, oci)
     _write_json(out_dir / CONFIG_DUMP, config)
