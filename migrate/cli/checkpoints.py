@@ -3,7 +3,7 @@
     pymigrate checkpoint NAME [--leave-running] [--export FILE] [--compress zstd|none] [--level N]
                               [--tcp-established] [--file-locks] [--print-stats] [--json]
                               [--sign-key KEY]
-    pymigrate checkpoint ls [--json] | checkpoint inspect ID [--json] | checkpoint rm ID...
+    pymigrate checkpoint ls [--json] | checkpoint inspect ID|FILE|REF [--json] | checkpoint rm ID...
     pymigrate checkpoint sign FILE --sign-key KEY | checkpoint verify FILE --trusted-key PUB... [--json]
     pymigrate checkpoint NAME --export FILE --format podman [--compress zstd|gzip|none]   an archive that
                               podman container restore --import restores (migrate/interop/podman_export.py)
@@ -35,9 +35,9 @@ CHECKPOINT_VERBS = ("ls", "inspect", "rm", "sign", "verify")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("checkpoint", help="checkpoint a running container (or: checkpoint ls | inspect ID | rm ID | "
-                                          "sign FILE | verify FILE)")
-    p.add_argument("args", nargs="+", metavar="NAME | ls | inspect ID | rm ID | sign FILE | verify FILE")
+    p = sub.add_parser("checkpoint", help="checkpoint a running container (or: checkpoint ls | inspect ID|FILE|REF | "
+                                          "rm ID | sign FILE | verify FILE)")
+    p.add_argument("args", nargs="+", metavar="NAME | ls | inspect ID|FILE|REF | rm ID | sign FILE | verify FILE")
     p.add_argument("--leave-running", action="store_true", help="keep the container running after the dump")
     p.add_argument("--export", type=Path, default=None, metavar="FILE", help="write the checkpoint to one archive file")
     p.add_argument("--compress", choices=("zstd", "gzip", "none"), default="zstd",
