@@ -1,0 +1,199 @@
+"""``checkpoint NAME --export FILE --format podman``, restored by real podman 4.3 (runc 1.1, CRIU).
+
+One image is made once per module: busybox (scripts/make-busybox-image.sh) with /bin/memhog and a
+few files of its own, ``podman import``-ed into a private podman store (``--root``/``--runroot``
+under the test's tmp dir, vfs driver: the host's podman storage is untouched), ``podman save``-d as
+a docker archive and ``image load``-ed into pymigrate: the same image in both, known to podman by the
+config digest pymigrate records.
+
+The pymigrate container runs memhog (random memory, a counter every 10 ms) under the rlimits
+podman needs on this machine (``--ulimit nofile=1024:1024 --ulimit nproc=4096:4096``: without
+CAP_SYS_RESOURCE runc's CRIU cannot raise a hard limit above conmon's, and CRIU restores the
+dumped ones), changes its root (a file added, an image file deleted, an image directory replaced),
+is checkpointed with ``--format podman`` and restored by ``podman container restore --import``: its
+memory checksum is the same, its counter goes on from where it was, the root changes are there,
+and it sits in podman's cgroup, not pymigrate's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.integration.cli_helpers import ok, refused, unique
+from tests.integration.conftest import PYMIGRATE, REPO
+from tests.integration.workloads import MEMHOG_OUT, memhog_command, memhog_report, wait_for, wait_memhog_ready
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "criu", "busybox", "overlay")]
+
+IMAGE = "localhost/pmt-export:1"
+LIMITS = ("--nproc=4096:4096", "--nofile=1024:1024")  # podman run's --ulimit values on this machine
+
+
+class Podman:
+    """podman on a private store; every call checked."""
+
+    def __init__(self, work: Path) -> None:
+        podman = shutil.which("podman")
+        if podman is None:
+            pytest.skip("podman not installed (apt-get install podman)")
+        self.work = work
+        self.base = [podman, "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--storage-driver", "vfs",
+                     "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout, cwd=self.work)
+        if check:
+            assert r.returncode == 0, f"podman {' '.join(args)}: exit {r.returncode}: {r.stderr}"
+        return r
+
+    def remove(self, name: str) -> None:
+        self.run("stop", "-t", "0", name, check=False)
+        self.run("rm", "-f", name, check=False)
+
+    def report(self, name: str) -> tuple[str, int]:
+        """memhog's (checksum, counter), asked for through podman exec (it is PID 1 in there)."""
+        self.run("exec", name, "rm", "-f", MEMHOG_OUT)
+        self.run("exec", name, "kill", "-USR1", "1")
+
+        def probe() -> tuple[str, int] | None:
+            r = self.run("exec", name, "cat", MEMHOG_OUT, check=False)
+            parts = r.stdout.split()
+            return (parts[0], int(parts[1])) if r.returncode == 0 and len(parts) == 2 else None
+
+        return wait_for(probe, 30, f"memhog report of podman container {name}", interval_s=0.1)
+
+
+def _image_tar(work: Path) -> Path:
+    """busybox + /bin/memhog + /etc/pmt/{a,b} and /opt/old/x, owned by root."""
+    tar, stage = work / "image.tar", work / "stage"
+    (stage / "bin").mkdir(parents=True)
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(stage / "bin/memhog"), str(REPO / "tests/workloads/memhog.c")],
+                   check=True, capture_output=True, timeout=120)
+    (stage / "etc/pmt").mkdir(parents=True)
+    (stage / "etc/pmt/a").write_text("a\n")
+    (stage / "etc/pmt/b").write_text("b\n")
+    (stage / "opt/old").mkdir(parents=True)
+    (stage / "opt/old/x").write_text("x\n")
+    subprocess.run([str(REPO / "scripts/make-busybox-image.sh"), str(tar)], check=True, capture_output=True, timeout=120)
+    subprocess.run(["tar", "-rf", str(tar), "--owner=0", "--group=0", "--numeric-owner", "-C", str(stage),
+                    "bin/memhog", "etc/pmt", "opt"], check=True, capture_output=True, timeout=60)
+    return tar
+
+
+@pytest.fixture(scope="module")
+def podman(pm_root: Path) -> Iterator[Podman]:
+    if shutil.which("gcc") is None:
+        pytest.skip("memhog needs gcc")
+    work = Path(tempfile.mkdtemp(prefix="pmx-", dir="/tmp"))  # podman refuses a runroot longer than 50 characters
+    p = Podman(work)
+    try:
+        p.run("import", str(_image_tar(work)), IMAGE)
+        p.run("save", "--format", "docker-archive", "-o", str(work / "saved.tar"), IMAGE)
+        r = subprocess.run([*PYMIGRATE, "--root", str(pm_root), "image", "load", str(work / "saved.tar"), "--json"],
+                           capture_output=True, timeout=300, cwd=REPO)
+        assert json.loads(ok(r))["name"] == "pmt-export:1"
+        yield p
+    finally:
+        p.run("rm", "-fa", "-t", "0", check=False)
+        p.run("system", "reset", "-f", check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_limited(pm_root: Path, *args: str) -> subprocess.CompletedProcess:
+    """pymigrate under prlimit: the container inherits the limits (podman run --ulimit's)."""
+    return subprocess.run(["prlimit", *LIMITS, *PYMIGRATE, "--root", str(pm_root), *args],
+                          capture_output=True, timeout=120, cwd=REPO)
+
+
+def test_podman_restores_a_pymigrate_container(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+                                               pm_root: Path, tmp_path: Path) -> None:
+    name = unique("exp")
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "pmt-export:1", *memhog_command(16)))
+    try:
+        wait_memhog_ready(pm_root, name)
+        ok(pm("exec", name, "sh", "-c", "echo note > /note.txt && rm /etc/pmt/a && rm -rf /opt/old && mkdir /opt/old "
+                                        "&& echo y > /opt/old/y"))
+        checksum, before = memhog_report(pm_root, name)
+        archive = tmp_path / "ctr.tar.zst"
+        answer = json.loads(ok(pm("checkpoint", name, "--export", str(archive), "--format", "podman", "--json", timeout=300)))
+        checkpointed_at = time.monotonic()
+        assert answer["export_path"] == str(archive) and answer["stats"]["archive_bytes"] == archive.stat().st_size
+        assert archive.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # zstd, podman's default
+        assert answer["checkpoint_id"] not in ok(pm("checkpoint", "ls"))  # converted, then removed (as a native export)
+        inspected = json.loads(ok(pm("inspect", name, "--json")))
+        assert (inspected[0] if isinstance(inspected, list) else inspected)["state"]["status"] == "exited"
+
+        try:
+            podman.run("container", "restore", "--import", str(archive))  # same name as here
+            after_checksum, after = podman.report(name)
+            elapsed_ticks = (time.monotonic() - checkpointed_at) / 0.010
+            assert after_checksum == checksum, "memory changed across the export"
+            assert before <= after <= before + elapsed_ticks + 100, (before, after)  # counting on from where it was
+            assert wait_for(lambda: podman.report(name)[1] > after or None, 10, "memhog counting on in podman")
+
+            def cat(path: str) -> str:
+                return podman.run("exec", name, "cat", path).stdout
+
+            assert cat("/note.txt") == "note\n"
+            assert cat("/etc/pmt/b") == "b\n"
+            assert podman.run("exec", name, "test", "-e", "/etc/pmt/a", check=False).returncode == 1  # deleted.files
+            assert podman.run("exec", name, "ls", "/opt/old").stdout.split() == ["y"]  # the opaque dir: x gone
+            state = json.loads(podman.run("inspect", name).stdout)[0]
+            assert state["State"]["Running"] is True and state["ImageName"].endswith("pmt-export:1")
+            cgroups = Path(f"/proc/{state['State']['Pid']}/cgroup").read_text()
+            assert "libpod" in cgroups and "pymigrate" not in cgroups, cgroups
+            # runc mapped the images' one cgroup dir onto its own: CRIU made none at a hierarchy's root
+            assert not list(Path("/sys/fs/cgroup").glob("*/pymigrate-export"))
+            limits = Path(f"/proc/{state['State']['Pid']}/limits").read_text()
+            assert any(line.startswith("Max processes") and "4096" in line for line in limits.splitlines())
+        finally:
+            podman.remove(name)
+    finally:
+        pm("rm", "-f", name)
+
+
+def test_export_refuses_a_container_with_a_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+                                                  pm_root: Path, tmp_path: Path) -> None:
+    name = unique("expvol")
+    data = tmp_path / "data"
+    data.mkdir()
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "-v", f"{data}:/data", "pmt-export:1", "sleep", "1000"))
+    try:
+        before = ok(pm("checkpoint", "ls"))
+        archive = tmp_path / "no.tar.zst"
+        answer = refused(pm("checkpoint", name, "--export", str(archive), "--format", "podman", "--json"), "Unsupported")
+        assert "volumes (/data)" in answer["error"] and "--format native" in (answer.get("hint") or "")
+        assert not archive.exists() and not any(p.name.startswith(".no.tar") for p in tmp_path.iterdir())
+        assert ok(pm("checkpoint", "ls")) == before  # refused before the dump
+        inspected = json.loads(ok(pm("inspect", name, "--json")))
+        assert (inspected[0] if isinstance(inspected, list) else inspected)["state"]["status"] == "running"
+    finally:
+        pm("rm", "-f", name)
+
+
+def test_export_refuses_an_image_podman_cannot_know(pm: Callable[..., subprocess.CompletedProcess], pm_root: Path,
+                                                    tmp_path: Path) -> None:
+    tar = tmp_path / "plain.tar"
+    subprocess.run([str(REPO / "scripts/make-busybox-image.sh"), str(tar)], check=True, capture_output=True, timeout=120)
+    ok(pm("image", "import", "pmt-plain:1", str(tar)))
+    name = unique("expplain")
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "pmt-plain:1", "sleep", "1000"))
+    try:
+        archive = tmp_path / "no.tar"
+        answer = refused(pm("checkpoint", name, "--export", str(archive), "--format", "podman", "--compress", "none",
+                            "--json"), "Unsupported")
+        assert "config digest" in answer["error"], answer
+        assert not archive.exists()
+        assert pm("checkpoint", name, "--export", str(archive), "--compress", "gzip").returncode == 125  # gzip: podman's only
+    finally:
+        pm("rm", "-f", name)
+        pm("image", "rm", "pmt-plain:1")
+
