@@ -295,6 +295,8 @@ def checkpoint_container(
     """
     started = time.monotonic()
     signer = _signer(options)  # a bad key is refused before anything is frozen
+    if options.compress == "gzip":  # podman's (--format podman: migrate/interop/podman_export.py), not ours
+        raise InvalidArgument("a native archive is compressed with zstd or not at all: --compress gzip needs --format podman")
 
     def emit(phase: str, message: str = "", done: int = 0) -> None:
         if progress:
@@ -423,7 +425,9 @@ def _open_archive(cp: _Checkpoint, out: BinaryIO, signer: ArchiveSigner | None) 
     from migrate.volumes import CARRIED_KEY
 
     sink: Any = HashingSink(out) if signer is not None else out
-    writer = ArchiveWriter(sink, compress=cp.options.compress, level=cp.options.level)
+    compress = cp.options.compress
+    assert compress != "gzip", "refused by checkpoint_container"
+    writer = ArchiveWriter(sink, compress=compress, level=cp.options.level)
     carried = _carried(cp)
     writer.write_manifest({**cp.manifest, CARRIED_KEY: list(carried)} if carried else cp.manifest)
     return writer, sink
