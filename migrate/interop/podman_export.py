@@ -118,7 +118,8 @@ def export_checkpoint(rt: Any, name: str, options: Any, *, progress: Any = None)
     export: the usual dump), converted by ``write_podman_archive``, then removed (a native export
     leaves none either). If the conversion fails the local checkpoint is kept and the error's hint
     names it: a container stopped by the checkpoint is never left without one. Returns the
-    checkpoint's CheckpointResult with ``export_path`` and ``archive_bytes`` set.
+    checkpoint's CheckpointResult with ``export_path`` and ``archive_bytes`` set. With
+    ``--create-image`` the local checkpoint stays: the image is built from it afterwards.
     """
     import dataclasses
     import time
@@ -132,6 +133,10 @@ def export_checkpoint(rt: Any, name: str, options: Any, *, progress: Any = None)
     local = dataclasses.replace(options, export_path=None, export_format="native", compress="zstd")
     result = checkpoint_container(rt, name, local, progress=progress)
     started = time.monotonic()
+    if progress is not None:
+        from migrate.api import ProgressEvent
+
+        progress(ProgressEvent("export", "convert", message=f"podman archive {out}"))
     try:
         size = write_podman_archive(rt, result.checkpoint_id, out, compress=options.compress)
     except (ContainerError, MigrationError, OSError) as exc:
@@ -140,7 +145,8 @@ def export_checkpoint(rt: Any, name: str, options: Any, *, progress: Any = None)
             raise Unsupported(f"{_FEATURE} of container {name}", f"cannot write {out}: {exc.strerror or exc}", hint=kept) from exc
         exc.hint = f"{exc.hint + '; ' if exc.hint else ''}{kept}"
         raise
-    CheckpointStore(rt.paths).remove(result.checkpoint_id)
+    if not options.create_image:  # --create-image builds its image from the local checkpoint next
+        CheckpointStore(rt.paths).remove(result.checkpoint_id)
     stats = dataclasses.replace(result.stats, archive_bytes=size,
                                 total_ms=round(result.stats.total_ms + (time.monotonic() - started) * 1000, 3))
     return dataclasses.replace(result, export_path=str(out), stats=stats)

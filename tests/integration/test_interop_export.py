@@ -160,6 +160,31 @@ def test_podman_restores_a_pymigrate_container(podman: Podman, pm: Callable[...,
         pm("rm", "-f", name)
 
 
+def test_leave_running_gzip_export_runs_on_in_both(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+                                                    pm_root: Path, tmp_path: Path) -> None:
+    """--leave-running: the original runs on here, podman's copy (restored under another name, so
+    podman gives it a new id) runs from the same memory; gzip is podman's other --compress."""
+    name, copy = unique("expl"), unique("copy")
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "pmt-export:1", *memhog_command(8)))
+    try:
+        wait_memhog_ready(pm_root, name)
+        checksum, before = memhog_report(pm_root, name)
+        archive = tmp_path / "ctr.tar.gz"
+        ok(pm("checkpoint", name, "--leave-running", "--export", str(archive), "--format", "podman", "--compress", "gzip",
+              timeout=300))
+        assert archive.read_bytes()[:2] == b"\x1f\x8b"
+        try:
+            podman.run("container", "restore", "--import", str(archive), "--name", copy)
+            copy_checksum, copy_count = podman.report(copy)
+            here_checksum, here_count = memhog_report(pm_root, name)
+            assert copy_checksum == checksum == here_checksum
+            assert copy_count >= before and here_count > before
+        finally:
+            podman.remove(copy)
+    finally:
+        pm("rm", "-f", name)
+
+
 def test_export_refuses_a_container_with_a_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
                                                   pm_root: Path, tmp_path: Path) -> None:
     name = unique("expvol")
