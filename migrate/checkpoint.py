@@ -94,6 +94,8 @@ def dump_externals(target: DumpTarget) -> tuple[str, ...]:
         external.append(f"net[{os.stat(target.netns_path).st_ino}]:{NETNS_KEY}")
     for i, vol in enumerate(target.spec.volumes):
         external.append(f"mnt[{vol.target}]:{volume_key(i)}")
+    # an imported container's engine binds (/etc/hosts, cgroups ...): keyed by destination, as runc does
+    external.extend(f"mnt[{dest}]:{dest}" for dest in target.spec.engine_mounts)
     from runtime.init_binary import dump_externals as init_externals
 
     from runtime.rootfs import device_externals

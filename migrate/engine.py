@@ -469,6 +469,13 @@ class LocalEngine:
             from migrate.interop.checkpoint_image import restore_checkpoint_image
 
             return restore_checkpoint_image(self._host(), options, registry=options.image_registry, progress=progress)
+        if options.import_path is not None:  # a podman/CRI-O archive, told by its content (docs/interop.md)
+            from migrate.interop.foreign import sniff_format
+
+            if sniff_format(Path(options.import_path)) == "foreign":
+                from migrate.interop.podman_import import import_archive
+
+                return import_archive(self._host(), options, progress=progress)
         return restore_container(self._host(), options, progress=progress)  # restore and start: the shim's events
 
     def checkpoints(self) -> list[CheckpointInfo]:

@@ -68,6 +68,21 @@ class Unpacked:
 
 CRIU_WORK_DIR = "criu-work"  # in the scratch dir; the member whitelist keeps archives out of it
 
+# (request, spec, merged root) -> the request CRIU gets; runs in the restore's undo scope
+RequestHook = Callable[[RestoreRequest, ContainerSpec, Path], RestoreRequest]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checkpoint another format's reader unpacked (migrate/interop/podman_import.py: podman and
+    CRI-O archives): restored by ``restore_container`` as an import, with its own CRIU request
+    additions (externals keyed its engine's way, mountpoints, the engine files) and network namespace key."""
+
+    unpacked: Unpacked
+    request_hook: RequestHook
+    netns_key: str
+    archive_bytes: int = 0
+
 
 def _make_work_dir(scratch: Path) -> None:
     try:
@@ -415,6 +430,18 @@ def restore_request(unpacked: Unpacked, spec: ContainerSpec, root: Path, *, tcp_
     )
 
 
+def _hooked(rt: Any, prepared: Prepared | None, spec: ContainerSpec, root: Path, request: RestoreRequest) -> RestoreRequest:
+    """The request with a foreign import's additions, or an imported container's engine mounts
+    (``ContainerSpec.engine_mounts``: a later checkpoint of it) mapped again."""
+    if prepared is not None:
+        return prepared.request_hook(request, spec, root)
+    if spec.engine_mounts:
+        from migrate.interop.import_mounts import engine_mounts_request
+
+        return engine_mounts_request(rt, spec, root, request)
+    return request
+
+
 def restore_container(
     rt: Any,
     options: RestoreOptions,
@@ -426,8 +453,10 @@ def restore_container(
     staged_upper: Path | None = None,
     staged_volumes: Path | None = None,
     migration_id: str = "",
+    prepared: Prepared | None = None,
 ) -> RestoreResult:
-    """Restore from ``options.checkpoint_id``, ``options.import_path`` or an archive stream ``source``.
+    """Restore from ``options.checkpoint_id``, ``options.import_path``, an archive stream ``source``
+    or a foreign checkpoint already unpacked (``prepared``).
 
     ``before_restore(images_dir)`` runs once the archive is unpacked (a disk-less migration
     moves the pages its page server received into the images dir there). ``staged_upper``: see
@@ -450,7 +479,9 @@ def restore_container(
     archive_bytes = 0
     signed_by = ""
     origin: Origin
-    if source is not None:
+    if prepared is not None:
+        unpacked, origin, archive_bytes = prepared.unpacked, "import", prepared.archive_bytes
+    elif source is not None:
         unpacked, origin = unpack_archive(rt, source, progress=progress, staged_upper=staged_upper,
                                           staged_volumes=staged_volumes), "peer"
     elif options.import_path is not None:
@@ -499,10 +530,10 @@ def restore_container(
                 spec,
                 upper_src=unpacked.upper_dir,
                 replace_id=replace_id,
-                request_for=lambda root: restore_request(
+                request_for=lambda root: _hooked(rt, prepared, spec, root, restore_request(
                     unpacked, spec, root, tcp_established=options.tcp_established, timeout_s=options.timeout_s
-                ),
-                netns_key=NETNS_KEY,
+                )),
+                netns_key=prepared.netns_key if prepared is not None else NETNS_KEY,
                 criu=criu,
                 restored_from=unpacked.manifest.get("checkpoint_id"),
             )

@@ -714,6 +714,18 @@ def read_image_entries(path: Path, message_name: str, module: str) -> list[Any]:
     return entries
 
 
+def write_image_entries(path: Path, entries: list[Any]) -> None:
+    """Replace the entries of the CRIU image ``path`` (read by ``read_image_entries``), keeping its
+    magic; written to a temporary file beside it, then renamed over it."""
+    import struct
+
+    data = path.read_bytes()
+    body = b"".join(struct.pack("<I", len(raw)) + raw for raw in (e.SerializeToString() for e in entries))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data[: _header_len(data)] + body)
+    os.replace(tmp, path)
+
+
 def rewrite_userns_map(images_dir: Path, base: int) -> int:
     """Point the dumped user namespaces' id maps at ``base`` (a restore on another range than the
     dump's: runtime/userns.py); each extent keeps its inside ids and count. The number of images

@@ -87,6 +87,10 @@ class ContainerSpec:
     # run --label/--label-file: the user's KEY=VALUE metadata (runtime/labels.py), kept across
     # checkpoint, restore and migration
     labels: dict[str, str] = field(default_factory=dict)
+    # a container imported from podman/CRI-O (migrate/interop/podman_import.py): the destinations of the
+    # bind mounts its engine made (/etc/hosts, /dev/shm, cgroup binds ...), restored from the images and
+    # mapped onto files and cgroups of its own here; every dump declares them external again
+    engine_mounts: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,7 +100,7 @@ class ContainerSpec:
         data = dict(data)
         data["command"] = tuple(data.get("command", ()))
         data["env"] = tuple(data.get("env", ()))
-        for key in ("cap_add", "cap_drop"):
+        for key in ("cap_add", "cap_drop", "engine_mounts"):
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))

@@ -102,6 +102,19 @@ def channel_target(address: str) -> tuple[str, bool]:
     return address, False
 
 
+def _refuse_foreign(path: Path) -> None:
+    """A podman/CRI-O archive is restored only where it is (migrate/interop/podman_import.py): the
+    daemon's upload stores pymigrate archives. Refused before a byte is sent."""
+    from migrate.interop.foreign import sniff_format
+
+    if sniff_format(path) == "foreign":
+        raise Unsupported("restore --import of a podman or CRI-O archive over --host",
+                          "the daemon's checkpoint upload takes pymigrate archives only",
+                          hint="copy the archive to that host and run `pymigrate restore --import FILE --security-opt "
+                               "seccomp=unconfined` there, or move it as a checkpoint image (podman container checkpoint "
+                               "--create-image REF, then pymigrate --host ... restore REF)")
+
+
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
@@ -630,6 +643,7 @@ class RemoteEngine:
             from migrate.archive.signing import verified_chunks, verify_import
 
             path = Path(options.import_path)
+            _refuse_foreign(path)
             verified = verify_import(path, options.trusted_keys)  # here, before a byte is uploaded
             chunks = _file_chunks(path) if verified is None else verified_chunks(path, verified, CHUNK_BYTES)
             signed_by = verified.describe() if verified is not None else ""

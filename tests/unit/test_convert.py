@@ -46,6 +46,7 @@ SPEC = ContainerSpec(
     network_container="c" * 32,
     userns="auto",
     labels={"tier": "web", "a.b": ""},
+    engine_mounts=("/etc/hosts", "/sys/fs/cgroup/memory"),
     userns_base=1_000_065_536,
     userns_size=65536,
 )

@@ -1,0 +1,234 @@
+"""``restore --import`` of real podman checkpoints (issue 16): podman 4 + runc + CRIU on this host.
+
+A counter container (a shell printing 0, 1, 2 ... every 100 ms, beside tests/workloads/memhog
+holding 16 MiB of random bytes) is started and checkpointed by podman (``--export``), restored by
+pymigrate: its output continues in ``pymigrate logs`` from the number after podman's last (not
+restarted), memhog's checksum is the same and its own counter went on. Then pymigrate
+checkpoints the imported container and restores it again: the engine's binds are declared and
+mapped once more, the log runs on without a gap.
+
+Refusals, each leaving no container, scratch dir, mount or network namespace behind: the image
+is not here; a bind mount (podman -v) not mapped with --volume; a corrupted rootfs-diff.tar; a
+user namespace; no seccomp acceptance. podman runs on a private store under the test's tmp dir
+(vfs, cgroupfs), removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.integration.cli_helpers import ok, refused, unique
+from tests.integration.workloads import static_workload_tar, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "busybox", "netns", "criu")]
+
+IMAGE = "pmt-memhog:1"  # pymigrate's name; podman's is localhost/pmt-memhog:1
+COUNTER = "/bin/memhog 16 /tmp/memhog.out & i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done"
+REPORT = "rm -f /tmp/memhog.out; kill -USR1 $(pidof memhog); sleep 0.5; cat /tmp/memhog.out"
+ACCEPT = ("--security-opt", "seccomp=unconfined")
+_REPORT = re.compile(r"^([0-9a-f]{16}) (\d+)$")
+
+
+class Podman:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.base = ["podman", "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--storage-driver", "vfs",
+                     "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=300, cwd=self.work)
+        if check:
+            assert r.returncode == 0, f"podman {' '.join(args[:2])}: {r.stderr}"
+        return r.stdout.strip()
+
+    def run(self, name: str, image: str, *cmd: str, extra: tuple[str, ...] = ()) -> None:
+        self("run", "-d", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", *extra, image, *cmd)
+
+    def export(self, name: str, out: Path) -> Path:
+        self("container", "checkpoint", "--export", str(out), name)
+        return out
+
+
+@pytest.fixture(scope="module")
+def podman(pm: Callable[..., Any]) -> Iterator[Podman]:
+    if shutil.which("podman") is None or shutil.which("zstd") is None:
+        pytest.skip("needs podman and zstd (apt-get install podman zstd)")
+    work = Path(tempfile.mkdtemp(prefix="pmi-", dir="/tmp"))  # podman refuses a runroot longer than 50 characters
+    p = Podman(work)
+    try:
+        tar = static_workload_tar(work, "memhog")
+        p("import", str(tar), "localhost/pmt-memhog:1")
+        p("import", str(tar), "localhost/pmt-absent:1")  # never loaded into pymigrate
+        ok(pm("image", "import", IMAGE, str(tar)))
+        yield p
+    finally:
+        p("rm", "-af", "-t", "0", check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pm(pm_root: Path) -> Callable[..., subprocess.CompletedProcess]:  # module scope: the podman fixture uses it
+    from tests.integration.conftest import PYMIGRATE, REPO
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*PYMIGRATE, "--root", str(pm_root), *args], capture_output=True, timeout=timeout, cwd=REPO)
+
+    return run
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(line) for line in text.split() if line.isdigit()]
+
+
+def _report(run_in: Callable[[str], str]) -> tuple[str, int]:
+    def probe() -> tuple[str, int] | None:
+        m = _REPORT.match(run_in(REPORT).strip())
+        return (m.group(1), int(m.group(2))) if m else None
+
+    return wait_for(probe, 60, "memhog's report", interval_s=0.2)
+
+
+def _pm_exec(pm: Callable[..., Any], name: str) -> Callable[[str], str]:
+    return lambda script: pm("exec", name, "sh", "-c", script).stdout.decode()
+
+
+def _logs(pm: Callable[..., Any], name: str) -> list[int]:
+    return _numbers(ok(pm("logs", name)))
+
+
+def test_podman_counter_continues_in_pymigrate_and_checkpoints_again(podman: Podman, pm: Callable[..., Any], tmp_path: Path) -> None:
+    ctr = unique("pod")
+    podman.run(ctr, "localhost/pmt-memhog:1", "sh", "-c", COUNTER)
+    wait_for(lambda: len(_numbers(podman("logs", ctr))) >= 10, 30, "podman's counter")
+    before = _report(lambda script: podman("exec", ctr, "sh", "-c", script, check=False))
+    archive = podman.export(ctr, tmp_path / "ctr.tar.gz")
+    last = _numbers(podman("logs", ctr))[-1]
+    podman("rm", "-f", ctr)
+
+    name = unique("imp")
+    result = json.loads(ok(pm("restore", "--import", str(archive), "--name", name, *ACCEPT, "--json")))
+    info = result["container"]
+    assert info["state"]["status"] == "running" and info["spec"]["ip"] and not info["spec"]["ip"].startswith("10.88.")
+    assert "/etc/hosts" in info["spec"]["engine_mounts"] and "/dev/shm" in info["spec"]["engine_mounts"]
+    wait_for(lambda: len(_logs(pm, name)) >= 5, 30, "the imported counter's output")
+    out = _logs(pm, name)
+    assert out[0] == last + 1, f"podman's last line was {last}, pymigrate's first {out[0]}: restarted, not restored"
+    assert out == list(range(out[0], out[0] + len(out)))
+    after = _report(_pm_exec(pm, name))
+    assert after[0] == before[0], "memhog's memory changed across podman -> pymigrate"
+    assert after[1] > before[1]
+
+    # pymigrate's own checkpoint of the imported container, and its restore
+    ckpt = json.loads(ok(pm("checkpoint", name, "--json")))["checkpoint_id"]
+    ok(pm("restore", ckpt))
+    seen = len(_logs(pm, name))
+    wait_for(lambda: len(_logs(pm, name)) >= seen + 5, 30, "the counter after pymigrate's restore")
+    out = _logs(pm, name)
+    assert out == list(range(last + 1, last + 1 + len(out))), "the log has a gap or a restart"
+    again = _report(_pm_exec(pm, name))
+    assert again[0] == before[0] and again[1] > after[1]
+    ok(pm("rm", "-f", name))
+    ok(pm("checkpoint", "rm", ckpt))
+
+
+# -- refusals ---------------------------------------------------------------------------------------
+
+
+def _repack(archive: Path, out: Path, change: Callable[[Path], None]) -> Path:
+    """``archive`` (podman's tar.zst) unpacked, changed, packed again as tar.zst."""
+    d = out.with_suffix(".d")
+    d.mkdir()
+    subprocess.run(f"zstd -dc {archive} | tar -x -C {d}", shell=True, check=True, timeout=60)
+    change(d)
+    subprocess.run(f"tar -C {d} -cf - . | zstd -q -o {out}", shell=True, check=True, timeout=60)
+    shutil.rmtree(d)
+    return out
+
+
+def _corrupt_diff(d: Path) -> None:
+    data = (d / "rootfs-diff.tar").read_bytes()
+    (d / "rootfs-diff.tar").write_bytes(data[:600] + b"\xff" * 100)  # the first member's data cut short
+
+
+def _user_namespace(d: Path) -> None:
+    spec = json.loads((d / "spec.dump").read_text())
+    spec["linux"]["namespaces"].append({"type": "user"})
+    spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    (d / "spec.dump").write_text(json.dumps(spec))
+
+
+@pytest.fixture(scope="module")
+def refused_archives(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("refused")
+    (out / "vol").mkdir()
+    podman.run("r-absent", "localhost/pmt-absent:1", "sleep", "1000")
+    podman.run("r-volume", "localhost/pmt-memhog:1", "sleep", "1000", extra=("-v", f"{out / 'vol'}:/data"))
+    podman.run("r-plain", "localhost/pmt-memhog:1", "sh", "-c", "echo changed > /new-file; rm /bin/vi; sleep 1000")
+    time.sleep(0.5)  # the shell has written its file
+    plain = podman.export("r-plain", out / "plain.tar.zst")
+    return {
+        "absent": podman.export("r-absent", out / "absent.tar.zst"),
+        "volume": podman.export("r-volume", out / "volume.tar.zst"),
+        "plain": plain,
+        "corrupt": _repack(plain, out / "corrupt.tar.zst", _corrupt_diff),
+        "userns": _repack(plain, out / "userns.tar.zst", _user_namespace),
+    }
+
+
+def _leftovers(pm_root: Path, pm: Callable[..., Any]) -> dict[str, Any]:
+    """What a refused import must not change: containers, scratch, state dirs, netns, mounts."""
+    def names(sub: str) -> set[str]:
+        p = pm_root / sub
+        return set(p.iterdir()) if p.is_dir() else set()
+
+    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(pm_root) in line]
+    listed = {c["spec"]["name"] for c in json.loads(ok(pm("ps", "-a", "--json")))}
+    return {"ps": listed, "tmp": names("tmp"), "containers": names("containers"), "netns": names("netns"),
+            "mounts": sorted(mounts)}
+
+
+@pytest.mark.parametrize(("case", "args", "error", "words"), [
+    ("absent", ACCEPT, "ImageNotFound", ["pmt-absent:1", "image pull"]),
+    ("volume", ACCEPT, "InvalidSpec", ["/data", "--volume"]),
+    ("corrupt", ACCEPT, "UnsafeMember", ["rootfs-diff.tar"]),
+    ("userns", ACCEPT, "Unsupported", ["user namespace"]),
+    ("plain", (), "InvalidSpec", ["seccomp=unconfined"]),
+])
+def test_refused_import_leaves_nothing_behind(refused_archives: dict[str, Path], pm: Callable[..., Any], pm_root: Path,
+                                              case: str, args: tuple[str, ...], error: str, words: list[str]) -> None:
+    name = unique("ref")
+    before = _leftovers(pm_root, pm)
+    answer = refused(pm("restore", "--import", str(refused_archives[case]), "--name", name, *args, "--json"), error)
+    text = json.dumps(answer)
+    assert all(w in text for w in words), answer
+    assert _leftovers(pm_root, pm) == before
+
+
+def test_volume_mapped_with_volume_flag_is_restored(refused_archives: dict[str, Path], pm: Callable[..., Any],
+                                                    tmp_path: Path) -> None:
+    name = unique("vol")
+    ok(pm("restore", "--import", str(refused_archives["volume"]), "--name", name, "--volume", f"{tmp_path}:/data", *ACCEPT))
+    try:
+        ok(pm("exec", name, "sh", "-c", "echo from-container > /data/f"))
+        assert (tmp_path / "f").read_text() == "from-container\n"
+    finally:
+        pm("rm", "-f", name)
+
+
+def test_root_changes_and_deletions_are_restored(refused_archives: dict[str, Path], pm: Callable[..., Any]) -> None:
+    name = unique("root")
+    ok(pm("restore", "--import", str(refused_archives["plain"]), "--name", name, *ACCEPT))
+    try:
+        out = ok(pm("exec", name, "sh", "-c", "cat /new-file; test -e /bin/vi && echo vi-still-there; ls /bin/sh"))
+        assert out.split() == ["changed", "/bin/sh"]
+    finally:
+        pm("rm", "-f", name)
