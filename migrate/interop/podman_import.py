@@ -25,9 +25,10 @@ What is mapped, and how (docs/interop.md "Import"):
   container's log file ``/.pymigrate/log`` (stdout) or ``log.err`` (stderr), which ``logs``
   reads, by a rewrite of the images (``import_stdio``: CRIU opens them in the container's root,
   as a native container has them); a stdin pipe (``-i``) is refused;
-- seccomp: the images carry the filter podman installed, which pymigrate cannot check against
-  its own profile: the import needs ``--security-opt seccomp=unconfined`` to accept it (the
-  container keeps podman's filter).
+- seccomp: as for every import, the images' filters must hold this host's default profile
+  (runtime/seccomp.py check_image_filters): a checkpoint pymigrate exported passes; podman's own
+  filter does not, and ``--security-opt seccomp=unconfined`` accepts it (the container keeps the
+  filter podman gave it).
 
 Every refusal comes before the container is built, or undoes all of it: no record, mounts,
 network namespace, cgroup or scratch dir stays.
@@ -44,7 +45,7 @@ from migrate.api import ProgressFn, RestoreOptions, RestoreResult
 from migrate.errors import UnsafeMember
 from migrate.interop import import_mounts as mounts_mod
 from migrate.interop.import_mounts import External, ImageMount
-from runtime.errors import ImageNotFound, InvalidArgument, InvalidSpec, Unsupported
+from runtime.errors import ImageNotFound, InvalidArgument, Unsupported
 
 NETNS_KEY = "extRootNetNS"  # runc's key for the container's (external) network namespace
 IMAGES_DIR = "checkpoint"
@@ -149,11 +150,6 @@ def _check_options(options: RestoreOptions) -> None:
         raise Unsupported("restore --tcp-established of a podman or CRI-O checkpoint",
                           "the container gets an address of this host's pool, so its connections cannot continue",
                           hint="restore without --tcp-established: listening sockets are restored, connections are not")
-    if options.seccomp is None:
-        raise InvalidSpec("seccomp", "the checkpoint's processes run under the seccomp filter podman gave them, "
-                                     "which pymigrate cannot check against its own profile",
-                          hint="accept it explicitly: restore --import FILE --security-opt seccomp=unconfined "
-                               "(the container keeps podman's filter)")
 
 
 def find_image(images: Any, image_name: str, image_id: str) -> Any:
