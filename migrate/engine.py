@@ -430,10 +430,10 @@ class LocalEngine:
         from migrate.checkpoint import checkpoint_container
 
         self.runtime.paths.ensure()
-        if options.create_image:  # a bad REF is refused before the container is frozen
-            from migrate.interop.checkpoint_image import store_name
+        if options.create_image:  # what the image would refuse is refused before the container is frozen
+            from migrate.interop.checkpoint_image import precheck
 
-            store_name(options.create_image)
+            precheck(self._host(), name, options)
         if options.export_format == "podman":  # a local checkpoint converted, then removed
             from migrate.interop.podman_export import export_checkpoint
 

@@ -97,14 +97,36 @@ def store_name(reference: str) -> str:
 # --- build -------------------------------------------------------------------------------------
 
 
+def precheck(host: Any, name: str, options: Any) -> None:
+    """Before container ``name`` is frozen: what ``build_checkpoint_image`` would refuse later.
+
+    Raises:
+        InvalidArgument: a bad reference, or a native ``--export`` (it leaves no local checkpoint
+            to build from).
+        Unsupported: a container or image podman's layout cannot describe (podman_export's rules).
+    """
+    from migrate.archive.store import image_record
+    from migrate.interop.podman_export import check_exportable, image_identity
+
+    store_name(options.create_image)
+    if options.export_path is not None and options.export_format != "podman":
+        raise InvalidArgument("--create-image builds the image from a local checkpoint, which a native --export "
+                              "does not keep", hint="give --create-image without --export, or with --format podman")
+    spec = host.get(name).spec
+    check_exportable(spec)
+    image_identity({"image": image_record(host.images, spec)}, None, None)
+
+
 def build_checkpoint_image(host: Any, checkpoint_id: str, reference: str) -> BuiltImage:
     """The local checkpoint ``checkpoint_id`` as checkpoint image ``reference`` in the image store.
 
     ``host`` is the engine's CheckpointHost (its ``rt`` the Runtime). Raises:
         InvalidArgument: a bad reference.
-        CheckpointImageError: the layout or the image could not be made (the checkpoint stays).
+        Unsupported, ArchiveError: podman's layout cannot describe the checkpoint (podman_export).
+        ImageError: the image could not be stored.
     """
     from migrate.interop.checkpoint_image_layout import write_layout
+    from migrate.interop.podman_export import write_podman_dir
     from runtime.registry import parse_reference
     from runtime.scratch import scratch_dir
 
@@ -114,24 +136,13 @@ def build_checkpoint_image(host: Any, checkpoint_id: str, reference: str) -> Bui
     t0 = time.monotonic()
     with scratch_dir(store.tmp_dir, "image-") as work:  # an image-* entry: the store's sweep knows it
         podman_dir = work / "checkpoint"
-        _write_podman_dir(host, checkpoint_id, podman_dir)
+        write_podman_dir(host, checkpoint_id, podman_dir)
         annotations = _annotations(host, checkpoint_id, podman_dir)
         written = write_layout(podman_dir, work / "layout", ref.tag or "latest", annotations)
         image = store.load_archive(work / "layout", name=name)
     log.info("checkpoint image=%s ref=%s checkpoint=%s layer_bytes=%d elapsed_ms=%.0f", name, ref, checkpoint_id,
              written.layer_bytes, (time.monotonic() - t0) * 1000)
     return BuiltImage(name, str(ref), image.digest, written.manifest_digest, written.layer_bytes)
-
-
-def _write_podman_dir(host: Any, checkpoint_id: str, out_dir: Path) -> None:
-    try:
-        from migrate.interop.podman_export import write_podman_dir
-    except ImportError as exc:  # the export half is not installed in this build
-        from runtime.errors import Unsupported
-
-        raise Unsupported("checkpoint --create-image", "the podman layout writer is missing",
-                          hint="update pymigrate (migrate/interop/podman_export.py)") from exc
-    write_podman_dir(host, checkpoint_id, out_dir)
 
 
 def _annotations(host: Any, checkpoint_id: str, podman_dir: Path) -> dict[str, str]:

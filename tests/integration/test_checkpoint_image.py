@@ -336,3 +336,23 @@ def test_a_hostile_checkpoint_image_is_refused_leaving_nothing(registry: Registr
     answer = json.loads(r.stdout)
     assert answer["type"] == refused_as, answer
     _nothing_left(pm, pm_root, before)
+
+
+def test_create_image_refusals_come_before_the_freeze(pm: PM, tmp_path: Path) -> None:
+    """An image podman's layout cannot name (a flat busybox has no config digest) and a native
+    --export (no local checkpoint to build from) are refused while the container runs on."""
+    name = unique("no-image")
+    ok(pm("run", "-d", "--name", name, "busybox", "sh", "-c", LOOP))
+    try:
+        before = {c["checkpoint_id"] for c in json.loads(ok(pm("checkpoint", "ls", "--json")))}
+        r = pm("checkpoint", name, "--create-image", "localhost/ckpt/x:1", "--json", timeout=120)
+        assert r.returncode != 0 and json.loads(r.stdout)["type"] == "Unsupported", r.stdout
+        assert "config digest" in json.loads(r.stdout)["error"]
+        r = pm("checkpoint", name, "--create-image", "localhost/ckpt/x:1", "--export", str(tmp_path / "x.pma"), "--json",
+               timeout=120)
+        assert r.returncode != 0 and json.loads(r.stdout)["type"] == "InvalidArgument", r.stdout
+        assert not (tmp_path / "x.pma").exists()
+        assert {c["checkpoint_id"] for c in json.loads(ok(pm("checkpoint", "ls", "--json")))} == before
+        assert json.loads(ok(pm("inspect", name, "--json")))[0]["state"]["status"] == "running"
+    finally:
+        pm("rm", "-f", name)

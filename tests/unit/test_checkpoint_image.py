@@ -155,3 +155,57 @@ def test_not_a_checkpoint_image_is_a_typed_image_and_argument_error() -> None:
     exc = ci.NotACheckpointImage("reg:5000/app:1")
     assert isinstance(exc, ImageError) and isinstance(exc, InvalidArgument)
     assert "reg:5000/app:1 is not a checkpoint image" in str(exc) and exc.hint
+
+
+class _RecordingEngine:
+    """Answers Checkpoint and Restore with canned results and keeps the options the daemon decoded."""
+
+    def __init__(self) -> None:
+        from tests.fakes.engine import FakeEngine
+
+        self.fake = FakeEngine()
+        self.seen: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fake, name)
+
+    def checkpoint(self, name: str, options: api.CheckpointOptions, progress: Any = None) -> api.CheckpointResult:
+        self.seen.append(options)
+        return api.CheckpointResult("ab12", name, None, api.CheckpointStats(), image_ref=options.create_image,
+                                    image_digest="sha256:" + "e" * 64)
+
+    def restore(self, options: api.RestoreOptions, progress: Any = None) -> api.RestoreResult:
+        self.seen.append(options)
+        raise NotACheckpointImage(options.image_ref)
+
+
+NotACheckpointImage = ci.NotACheckpointImage
+
+
+def test_create_image_and_restore_ref_cross_the_api(tmp_path: Path) -> None:
+    """CheckpointRequest.create_image / CheckpointResult.image_ref, image_digest and
+    RestoreRequest.image_ref over a real gRPC server; the typed refusal comes back typed."""
+    import tempfile
+
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.server import create_server
+
+    engine = _RecordingEngine()
+    sockdir = Path(tempfile.mkdtemp(prefix="pm-ckimg-", dir="/tmp"))  # unix socket paths are short
+    server, _ = create_server(engine, f"unix:{sockdir}/d.sock")  # type: ignore[arg-type]
+    server.start()
+    client = RemoteEngine(server.target, insecure=True)
+    try:
+        result = client.checkpoint("web", api.CheckpointOptions(create_image="reg:5000/ck/web:1"))
+        assert engine.seen[-1].create_image == "reg:5000/ck/web:1"
+        assert (result.image_ref, result.image_digest) == ("reg:5000/ck/web:1", "sha256:" + "e" * 64)
+        with pytest.raises(ImageError, match="reg:5000/ck/web:1 is not a checkpoint image") as refused:
+            client.restore(api.RestoreOptions(image_ref="reg:5000/ck/web:1"))
+        assert refused.value.hint and "--create-image" in refused.value.hint
+        assert engine.seen[-1].image_ref == "reg:5000/ck/web:1" and engine.seen[-1].checkpoint_id is None
+    finally:
+        client.close()
+        server.stop(0)
+        import shutil
+
+        shutil.rmtree(sockdir, ignore_errors=True)
