@@ -80,7 +80,8 @@ def register(sub: Any) -> None:
     p.add_argument("--authfile", metavar="FILE", type=Path, default=None, help="with REF: a registry auth file")
     p.add_argument("--import", dest="import_path", type=Path, default=None, metavar="FILE",
                    help="restore from an exported archive: pymigrate's, or a podman/CRI-O checkpoint (tar, tar.gz, "
-                        "tar.zst; told by its content; needs --security-opt seccomp=unconfined, docs/interop.md)")
+                        "tar.zst; told by its content; podman's own seccomp filter needs --security-opt seccomp=unconfined, "
+                        "docs/interop.md)")
     p.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", default=[], metavar="PUB",
                    help="with --import: the archive must be signed by one of these ed25519 public keys (ssh-ed25519 "
                         "lines or PEM; repeatable), checked before anything is extracted")

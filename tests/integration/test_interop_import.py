@@ -232,3 +232,35 @@ def test_root_changes_and_deletions_are_restored(refused_archives: dict[str, Pat
         assert out.split() == ["changed", "/bin/sh"]
     finally:
         pm("rm", "-f", name)
+
+
+def _as_crio(d: Path) -> None:
+    """podman's export in CRI-O's layout (as tests/integration/test_interop_inspect.py relabels it):
+    CRI-O's config.dump and annotations, bind.mounts, no network.status, devshm or artifacts."""
+    libpod = json.loads((d / "config.dump").read_text())
+    spec = json.loads((d / "spec.dump").read_text())
+    config = {"id": libpod["id"], "name": "k8s_web_pod_default_0123_0", "rootfsImage": libpod["rootfsImageName"],
+              "rootfsImageRef": libpod["rootfsImageID"], "rootfsImageName": libpod["rootfsImageName"], "runtime": "runc",
+              "createdTime": libpod["createdTime"], "checkpointedTime": "2026-12-04T21:00:00Z",
+              "restoredTime": "0001-01-01T00:00:00Z", "restored": False}
+    spec["annotations"] = {"io.container.manager": "cri-o", "io.kubernetes.cri-o.Metadata": '{"name":"web"}',
+                           "io.kubernetes.pod.name": "pod", "io.kubernetes.pod.namespace": "default"}
+    binds = [{"source": m["source"], "destination": m["destination"], "file_type": "file", "permissions": 0o644}
+             for m in spec["mounts"] if m["type"] == "bind" and m["destination"] != "/dev/shm"]
+    (d / "config.dump").write_text(json.dumps(config))
+    (d / "spec.dump").write_text(json.dumps(spec))
+    (d / "bind.mounts").write_text(json.dumps(binds))
+    for gone in ("network.status", "devshm-checkpoint.tar", "ctr.log"):
+        (d / gone).unlink(missing_ok=True)
+    shutil.rmtree(d / "artifacts", ignore_errors=True)
+
+
+def test_crio_layout_is_restored_too(refused_archives: dict[str, Path], pm: Callable[..., Any], tmp_path: Path) -> None:
+    archive = _repack(refused_archives["plain"], tmp_path / "crio.tar.zst", _as_crio)
+    name = unique("crio")
+    info = json.loads(ok(pm("restore", "--import", str(archive), "--name", name, *ACCEPT, "--json")))["container"]
+    try:
+        assert info["state"]["status"] == "running" and info["spec"]["image"] == IMAGE
+        assert ok(pm("exec", name, "cat", "/new-file")) == "changed\n"
+    finally:
+        pm("rm", "-f", name)

@@ -173,3 +173,22 @@ def test_engine_files_name_the_new_address(tmp_path: Path) -> None:
     assert (base / "hostname").read_text() == "abc\n"
     assert "127." not in "".join(ln for ln in (base / "resolv.conf").read_text().splitlines() if ln.startswith("nameserver"))
     assert (base / m.SHM_DIR).stat().st_mode & 0o7777 == 0o1777
+
+
+def test_a_foreign_archive_is_refused_over_host_before_any_upload(tmp_path: Path) -> None:
+    import tarfile
+
+    from migrate.api import RestoreOptions
+    from migrate.remote.client import RemoteEngine
+
+    archive = tmp_path / "podman.tar"
+    (tmp_path / "spec.dump").write_text("{}")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "spec.dump", arcname="spec.dump")
+    client = RemoteEngine(f"unix:{tmp_path / 'no-daemon.sock'}")  # nothing listens: an upload would fail otherwise
+    try:
+        with pytest.raises(Unsupported, match="podman or CRI-O archive over --host") as err:
+            client.restore(RestoreOptions(import_path=archive))
+        assert "checkpoint image" in (err.value.hint or "")
+    finally:
+        client.close()
