@@ -68,7 +68,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("restore", help="restore a checkpoint into a running container")
     p.add_argument("checkpoint_id", nargs="?", metavar="CHECKPOINT_ID|REF",
-                   help="a checkpoint id (4-64 hex digits), else a checkpoint image reference (as --image)")
+                   help="a checkpoint id (4-64 hex digits), or a checkpoint image reference naming a registry, "
+                        "path or tag (as --image)")
     p.add_argument("--image", dest="image_ref", default=None, metavar="REF",
                    help="restore a checkpoint image (podman's, CRI-O's or ours): the stored one of that name, else pulled")
     # restore REF's pull: the registry flags of image pull (images.py; kept here so restore's
@@ -366,12 +367,12 @@ def _registry_bool(text: str) -> bool:
 
 
 def _image_restore(args: argparse.Namespace) -> tuple[str, Any]:
-    """restore REF / --image REF: (the reference or "", the registry options); a positional that
-    is not a checkpoint id (4-64 hex digits) is a reference (migrate/interop/checkpoint_image.py)."""
-    from migrate.interop.checkpoint_image import looks_like_checkpoint_id
+    """restore REF / --image REF: (the reference or "", the registry options); a positional with a
+    registry, path or tag is a reference (migrate/interop/checkpoint_image.py looks_like_reference)."""
+    from migrate.interop.checkpoint_image import looks_like_reference
 
     ref = args.image_ref or ""
-    if not ref and args.checkpoint_id is not None and not looks_like_checkpoint_id(args.checkpoint_id):
+    if not ref and args.checkpoint_id is not None and looks_like_reference(args.checkpoint_id):
         ref, args.checkpoint_id = args.checkpoint_id, None
     if not ref:
         return "", None

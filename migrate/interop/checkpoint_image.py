@@ -14,8 +14,11 @@ when it is here and a checkpoint image; otherwise REF is pulled (skopeo, the reg
 ``image pull``) under a temporary name and named as usual only once its annotations mark it a
 checkpoint image and its layer unpacked whole: an image without the marks is refused
 (``NotACheckpointImage``), one whose layer breaks the rules below too, and neither leaves an
-image behind. ``open_checkpoint_image`` is that step alone (``checkpoint inspect REF`` can use it). A checkpoint id is 4-64 hex digits; a positional that is not one is an image
-reference, and ``--image`` says so explicitly.
+image behind. ``open_checkpoint_image`` is that step alone (``checkpoint inspect REF`` uses it).
+Which positional is which (``looks_like_reference``): a checkpoint id is 4-64 hex digits; an
+image reference names a registry, a path or a tag (it holds ``/``, ``:`` or ``@``), so a bare
+word (a container name, podman's habit) is refused as a checkpoint id, not pulled from Docker
+Hub; ``--image REF`` takes any reference.
 
 Trust: the image is untrusted. A pull verifies every blob and unpacks the layer with the image
 rules (runtime/tarsafe.py: a ``..`` member or a link out refuses the whole pull, nothing is
@@ -84,6 +87,12 @@ class BuiltImage:
 def looks_like_checkpoint_id(text: str) -> bool:
     """A checkpoint id is 4-64 lower-case hex digits; anything else given to restore is an image."""
     return 4 <= len(text) <= 64 and set(text) <= CHECKPOINT_ID_CHARS
+
+
+def looks_like_reference(text: str) -> bool:
+    """Whether ``restore TEXT`` means an image: not a checkpoint id, and naming a registry, path,
+    tag or digest (module docstring)."""
+    return not looks_like_checkpoint_id(text) and any(c in text for c in "/:@")
 
 
 def store_name(reference: str) -> str:

@@ -115,6 +115,13 @@ def test_checkpoint_ids_and_references_apart(text: str, is_id: bool) -> None:
     assert ci.looks_like_checkpoint_id(text) is is_id
 
 
+@pytest.mark.parametrize("text, is_ref", [("localhost:5000/ckpt/web:1", True), ("web:1", True), ("quay.io/a/b", True),
+                                          ("app@sha256:" + "a" * 64, True), ("web", False), ("abcdef12", False)])
+def test_which_positionals_are_image_references(text: str, is_ref: bool) -> None:
+    """A bare word is a checkpoint id (refused as one), not a Docker Hub image to pull."""
+    assert ci.looks_like_reference(text) is is_ref
+
+
 def test_store_name_is_the_pulls_default() -> None:
     assert ci.store_name("localhost:5000/ckpt/web:1") == "web:1"
     assert ci.store_name("quay.io/a/b") == "b:latest"
@@ -128,7 +135,7 @@ def _restore_args(**given: Any) -> argparse.Namespace:
     return argparse.Namespace(**{**values, **given})
 
 
-def test_a_positional_that_is_not_a_checkpoint_id_is_an_image() -> None:
+def test_a_positional_naming_a_registry_path_or_tag_is_an_image() -> None:
     from migrate.cli.checkpoints import _image_restore
 
     args = _restore_args(checkpoint_id="localhost:5000/ckpt/web:1", tls_verify=False)
@@ -136,6 +143,8 @@ def test_a_positional_that_is_not_a_checkpoint_id_is_an_image() -> None:
     assert ref == "localhost:5000/ckpt/web:1" and args.checkpoint_id is None and registry.tls_verify is False
     args = _restore_args(checkpoint_id="abcdef12")
     assert _image_restore(args) == ("", None) and args.checkpoint_id == "abcdef12"
+    args = _restore_args(checkpoint_id="web")  # podman's restore NAME habit: a bad checkpoint id, not a pull
+    assert _image_restore(args) == ("", None) and args.checkpoint_id == "web"
     args = _restore_args(checkpoint_id="abcdef12", image_ref="abcd")  # --image says it is an image
     assert _image_restore(args)[0] == "abcd" and args.checkpoint_id == "abcdef12"  # both given: usage error later
 
