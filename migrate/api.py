@@ -198,6 +198,9 @@ class RestoreOptions:
     # how to pull it: a runtime.registry.RegistryOptions (Any: this module does not import the
     # registry code); on the caller's side only, never sent to a daemon
     image_registry: Any = None
+    # restore --import --pull: a podman/CRI-O archive's image is pulled (with image_registry's flags)
+    # when it is not here (migrate/interop/podman_import.py); local only, like those archives
+    pull_image: bool = False
 
 
 @dataclass(frozen=True)

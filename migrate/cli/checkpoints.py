@@ -9,7 +9,7 @@
                               podman container restore --import restores (migrate/interop/podman_export.py)
     pymigrate checkpoint NAME --create-image REF   also an OCI checkpoint image (podman's/CRI-O's), stored
                               as a pull of REF names it; send it with: image push NAME:TAG REF
-    pymigrate restore (CHECKPOINT_ID | REF | --image REF [REGISTRY FLAGS] | --import FILE [--trusted-key PUB]...)
+    pymigrate restore (CHECKPOINT_ID | REF | --image REF [REGISTRY FLAGS] | --import FILE [--pull] [--trusted-key PUB]...)
                       [--name NEW] [--ip ADDR]
                       [-p [HOST_IP:][HOST_PORT]:PORT[/PROTO]]...
                       [--tcp-established] [--print-stats] [--json]
@@ -83,6 +83,9 @@ def register(sub: Any) -> None:
                    help="restore from an exported archive: pymigrate's, or a podman/CRI-O checkpoint (tar, tar.gz, "
                         "tar.zst; told by its content; podman's own seccomp filter needs --security-opt seccomp=unconfined, "
                         "docs/interop.md)")
+    p.add_argument("--pull", dest="pull_image", action="store_true",
+                   help="with --import of a podman/CRI-O archive: pull the image it names when it is not here "
+                        "(--tls-verify, --cert-dir, --creds, --authfile apply)")
     p.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", default=[], metavar="PUB",
                    help="with --import: the archive must be signed by one of these ed25519 public keys (ssh-ed25519 "
                         "lines or PEM; repeatable), checked before anything is extracted")
@@ -374,7 +377,7 @@ def _image_restore(args: argparse.Namespace) -> tuple[str, Any]:
     ref = args.image_ref or ""
     if not ref and args.checkpoint_id is not None and looks_like_reference(args.checkpoint_id):
         ref, args.checkpoint_id = args.checkpoint_id, None
-    if not ref:
+    if not ref and not args.pull_image:
         return "", None
     from runtime.registry import RegistryOptions
 
@@ -385,6 +388,9 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
     image_ref, registry = _image_restore(args)
     if sum((args.checkpoint_id is not None, args.import_path is not None, bool(image_ref))) != 1:
         print("pymigrate: restore needs exactly one of CHECKPOINT_ID, REF (--image REF) or --import FILE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.pull_image and args.import_path is None:
+        print("pymigrate: --pull fetches the image of an archive given with --import FILE", file=sys.stderr)
         return EXIT_USAGE
     if args.trusted_keys and args.import_path is None:
         print("pymigrate: --trusted-key checks an archive given with --import FILE", file=sys.stderr)
@@ -411,6 +417,7 @@ def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
         trusted_keys=tuple(args.trusted_keys),
         image_ref=image_ref,
         image_registry=registry,
+        pull_image=args.pull_image,
         **restore_seccomp(args.security_opt),
     )
     use_request_id(args=args, ctx=ctx)

@@ -10,7 +10,7 @@ What is mapped, and how (docs/interop.md "Import"):
 
 - the image: found here by podman's image id (a loaded image's config digest, or its digest) or
   else by name (``rootfsImageName``); absent: ``ImageNotFound`` with ``image pull``/``image load``
-  hints, before anything is built;
+  hints, before anything is built, unless ``--pull`` fetches it by that name;
 - the root: the image's layers plus an upper dir from ``rootfs-diff.tar`` minus ``deleted.files``
   (``import_root``), /dev/shm's content from ``devshm-checkpoint.tar``;
 - the spec: ``import_spec`` (args, env, cwd, user, hostname, limits, capabilities, binds as
@@ -113,13 +113,13 @@ def _prepare(rt: Any, fc: Any, options: RestoreOptions, scratch: Path, archive_b
 
     check_supported(fc.spec, fc.container_name)
     _check_options(options)
-    image = find_image(rt.images, fc.image_name, fc.image_id)
     images_dir = fc.root / IMAGES_DIR
     image_mounts = mounts_mod.read_mounts(images_dir)
     targets = {v.target: v for v in foreign_volumes(fc.spec)}
     exts = mounts_mod.plan(image_mounts, targets)
     stdio = stdio_targets(_descriptors(images_dir))
     name = validate_name(options.name or fc.container_name)
+    image = _image(rt, fc, options)  # after the checks above: a refused archive pulls nothing
     spec = spec_from_foreign(fc, image_name=image.name, image_digest=image.digest, name=name,
                              container_id=rt.new_container_id())
     spec = dataclasses.replace(spec, engine_mounts=mounts_mod.engine_mounts(exts))
@@ -150,6 +150,18 @@ def _check_options(options: RestoreOptions) -> None:
         raise Unsupported("restore --tcp-established of a podman or CRI-O checkpoint",
                           "the container gets an address of this host's pool, so its connections cannot continue",
                           hint="restore without --tcp-established: listening sockets are restored, connections are not")
+
+
+def _image(rt: Any, fc: Any, options: RestoreOptions) -> Any:
+    """``find_image``; with ``--pull``, a missing one is pulled by the name the archive gives."""
+    try:
+        return find_image(rt.images, fc.image_name, fc.image_id)
+    except ImageNotFound:
+        if not options.pull_image or not fc.image_name:
+            raise
+    from runtime import registry
+
+    return registry.pull(rt.images, fc.image_name, options=options.image_registry)
 
 
 def find_image(images: Any, image_name: str, image_id: str) -> Any:

@@ -565,7 +565,8 @@ def checkpoint_info_from_pb(m: pb.CheckpointInfo) -> api.CheckpointInfo:
 # not sent: the archive is uploaded first (UploadCheckpoint) and its signature checked on the caller's
 # side; RestoreRequest has no seccomp choice (restore_request_to_pb refuses one)
 _RESTORE_LOCAL = ("import_path", "trusted_keys", "seccomp", "seccomp_profile",
-                  "image_registry")  # restore REF's registry flags: the client refuses them remotely
+                  "image_registry",  # restore REF's registry flags: the client refuses them remotely
+                  "pull_image")  # restore --import --pull: foreign archives are restored locally only
 
 
 def restore_request_to_pb(o: api.RestoreOptions) -> pb.RestoreRequest:

@@ -264,3 +264,31 @@ def test_crio_layout_is_restored_too(refused_archives: dict[str, Path], pm: Call
         assert ok(pm("exec", name, "cat", "/new-file")) == "changed\n"
     finally:
         pm("rm", "-f", name)
+
+
+def test_pull_fetches_the_image_the_archive_names(podman: Podman, pm: Callable[..., Any], pm_root: Path, tmp_path: Path) -> None:
+    """podman's image pushed to a real local registry (docker-registry) and run from there; the
+    export names it; pymigrate does not have it: refused without --pull, pulled and restored with it."""
+    from tests.integration.test_image_registry import start_registry
+
+    if shutil.which("docker-registry") is None or shutil.which("skopeo") is None:
+        pytest.skip("needs docker-registry and skopeo")
+    reg = start_registry(tmp_path / "registry")
+    ref = f"{reg.address}/pmi/pulled-{unique('p')}:1"
+    name = unique("pull")
+    try:
+        podman("push", "--tls-verify=false", "localhost/pmt-memhog:1", ref)
+        podman("tag", "localhost/pmt-memhog:1", ref)
+        ctr = unique("pod")
+        podman.run(ctr, ref, "sh", "-c", "echo pulled > /mark; sleep 1000")
+        time.sleep(0.5)
+        archive = podman.export(ctr, tmp_path / "pulled.tar.zst")
+        podman("rm", "-f", ctr)
+        refused(pm("restore", "--import", str(archive), "--name", name, *ACCEPT, "--json"), "ImageNotFound")
+        ok(pm("restore", "--import", str(archive), "--name", name, "--pull", "--tls-verify=false", *ACCEPT))
+        assert ok(pm("exec", name, "cat", "/mark")) == "pulled\n"
+        info = json.loads(ok(pm("inspect", name)))[0]
+        assert info["spec"]["image"] != IMAGE  # the pulled one, not the image imported by name before
+    finally:
+        pm("rm", "-f", name)
+        reg.stop()

@@ -78,7 +78,7 @@ INCOMING = api.IncomingRequest(
 
 # the fields each conversion leaves out on purpose (read on the caller's side, or filled in by the receiver)
 CHECKPOINT_LOCAL = ("export_path", "sign_key")
-RESTORE_LOCAL = ("import_path", "trusted_keys", "seccomp", "seccomp_profile", "image_registry")
+RESTORE_LOCAL = ("import_path", "trusted_keys", "seccomp", "seccomp_profile", "image_registry", "pull_image")
 INCOMING_LOCAL = ("source_address",)
 
 # (value, to_pb, from_pb, fields that do not cross)
