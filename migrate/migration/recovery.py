@@ -245,14 +245,17 @@ def _finish(host: Any, connect: Callable[[str], Any], outgoing: OutgoingMigratio
             if container is not None:
                 _mark(host, container, record, "paused")
             return False
-        apply_settlement(host, outgoing, record, container, answer, criu_wait_s=criu_wait_s)
+        journal_settled(host, record, container, apply_settlement(host, outgoing, record, container, answer, criu_wait_s=criu_wait_s))
         return True
+    outcome: SettlementOutcome = "aborted"
     if on_crash == COMMIT:
         answer = _ask(connect, record)  # a restored migration settles committed there
         committed = answer is not None and answer.outcome in ("committed", "unknown")
         if not committed and record.get("mode") == "postcopy" and container is not None:
             _keep_frozen(host, container, record)
+            outcome = "lost"
         else:
+            outcome = "committed"
             if container is not None:
                 _remove_source_copy(host, container, record)
             if answer is None and record.get("mode") != "postcopy":
@@ -263,7 +266,30 @@ def _finish(host: Any, connect: Callable[[str], Any], outgoing: OutgoingMigratio
         _thaw(host, outgoing, container, record, criu_wait_s)
         _tell_target(connect, record, "abort_incoming")
     outgoing.end(migration_id)
+    journal_settled(host, record, container, outcome)
     return True
+
+
+def journal_settled(host: Any, record: dict[str, Any], container: Any, outcome: str) -> None:
+    """The migration events a driver that died would have journalled (runtime/events.py): a
+    settlement ends the migration "completed" (and the source copy's "remove"), or "failed" --
+    so a scheduler watching events, and a Migrate retried with its request_id
+    (migrate/remote/migrate_retry.py), learn how a migration interrupted by a restart ended."""
+    from runtime.events import emit, emit_container
+
+    labels = dict(getattr(container.spec, "labels", {}) or {}) if container is not None else {}
+    attributes = {"container_id": record.get("container_id", ""), "mode": record.get("mode", ""), "dest": record.get("dest", ""),
+                  "role": "source", **labels, "settled": outcome}
+    try:
+        if outcome == "committed":
+            emit(host.paths.root, "migration", "completed", record["migration_id"], record.get("name", ""), attributes)
+            if container is not None and not record.get("keep_source"):
+                emit_container(host.paths.root, "remove", container.spec, migration_id=record["migration_id"])
+        else:
+            error = "the target lost it: kept frozen here" if outcome == "lost" else "rolled back after a restart"
+            emit(host.paths.root, "migration", "failed", record["migration_id"], record.get("name", ""), {**attributes, "error": error})
+    except Exception:  # noqa: BLE001 - the settlement is done; its event only reports it
+        log.warning("migration=%s: settled event not journalled", record["migration_id"], exc_info=True)
 
 
 def apply_settlement(host: Any, outgoing: OutgoingMigrations, record: dict[str, Any], container: Any, answer: Settlement, *,
@@ -331,7 +357,9 @@ def answer_as_source(host: Any, connect: Callable[[str], Any], migration_id: str
             answer = _ask(connect, record)
             if answer is None:
                 return Settlement(migration_id, "pending", False)
-            outcome = apply_settlement(host, outgoing, record, _container(host, record), answer)
+            container = _container(host, record)
+            outcome = apply_settlement(host, outgoing, record, container, answer)
+            journal_settled(host, record, container, outcome)
             return Settlement(migration_id, outcome, _running_here(host, container_id))
         return Settlement(migration_id, "aborted", _running_here(host, container_id))
     return Settlement(migration_id, "unknown", _running_here(host, container_id))

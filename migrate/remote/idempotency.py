@@ -14,6 +14,10 @@ A client that lost an answer (a dropped connection, a deadline) retries with the
 - The same id with a different request (or another method) is refused: InvalidArgument
   "request_id reused with different arguments".
 - Records expire after ``ttl_s`` (24 h): an older one is ignored and swept.
+- A call may ``begin`` a pending note first (Migrate: the container and the start time). A note
+  whose call failed is removed with it; one whose daemon died mid-call stays, and the retry gets it
+  as ``interrupted``, to learn how that call ended (migrate/remote/migrate_retry.py) before it
+  runs the call again. A retry that fails in turn puts the first note back.
 
 Without a state root (an engine that has none) records live in memory only.
 """
@@ -40,19 +44,41 @@ SWEEP_EVERY_S = 600.0
 
 
 class Claim:
-    """One call's hold on its request id: ``result`` (the first call's answer) or ``record``."""
+    """One call's hold on its request id: ``result`` (the first call's answer) or ``record``;
+    ``interrupted``: the pending note of an earlier call whose daemon died mid-call."""
 
     def __init__(self, store: "RequestStore | None", key: str, method: str, digest: str,
-                 result: bytes | None) -> None:
+                 result: bytes | None, found: dict[str, Any] | None = None) -> None:
         self._store, self._key, self._method, self._digest = store, key, method, digest
         self.result = result
+        self._found = found if result is None else None
+        self.interrupted: dict[str, Any] | None = self._found.get("pending") if self._found else None
+        self._began = self._recorded = False
+
+    def begin(self, note: dict[str, Any]) -> None:
+        """Keep ``note`` while the call runs (no-op without a request id): what a retry after a
+        daemon crash needs to find out how this call ended."""
+        if self._store is not None:
+            self._began = True
+            self._store._write(self._key, {"method": self._method, "digest": self._digest,
+                                           "created_at": time.time(), "pending": note})
 
     def record(self, response: bytes) -> None:
         """Keep ``response`` as this id's answer (no-op without a request id)."""
         if self._store is not None:
+            self._recorded = True
             self._store._write(self._key, {"method": self._method, "digest": self._digest,
                                            "created_at": time.time(),
                                            "response": base64.b64encode(response).decode()})
+
+    def _end(self) -> None:
+        """The call ended without an answer: its note goes (an interrupted one's comes back)."""
+        if self._store is None or not self._began or self._recorded:
+            return
+        if self._found is not None:
+            self._store._write(self._key, self._found)
+        else:
+            self._store._remove(self._key)
 
 
 class RequestStore:
@@ -87,8 +113,12 @@ class RequestStore:
             if found is not None and (found.get("method") != method or found.get("digest") != digest):
                 raise InvalidArgument("request_id reused with different arguments",
                                       hint="a retry sends the same request; a new request needs a new request_id")
-            result = base64.b64decode(found["response"]) if found is not None else None
-            yield Claim(self, key, method, digest, result)
+            result = base64.b64decode(found["response"]) if found is not None and "response" in found else None
+            claim = Claim(self, key, method, digest, result, found)
+            try:
+                yield claim
+            finally:
+                claim._end()
         self._maybe_sweep()
 
     @contextlib.contextmanager
@@ -140,6 +170,12 @@ class RequestStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    def _remove(self, key: str) -> None:
+        if self.directory is None:
+            self._memory.pop(key, None)
+        else:
+            (self.directory / f"{key}.json").unlink(missing_ok=True)
 
     def _maybe_sweep(self) -> None:
         """Drop expired records (at most every ``SWEEP_EVERY_S``); a held lock file is left alone."""

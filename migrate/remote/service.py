@@ -109,11 +109,16 @@ class CallProgress:
 
 
 def _stream_call(
-    context: grpc.ServicerContext, operation: str, fn: Callable[[CallProgress], Any]
+    context: grpc.ServicerContext, operation: str, fn: Callable[[CallProgress], Any],
+    keep: Callable[[Any], None] | None = None,
 ) -> Iterator[api.ProgressEvent | tuple[str, Any]]:
     """Run ``fn(progress)`` in a worker thread; yield its events, then ``("result", value)``.
 
     Exceptions raised by ``fn`` are re-raised here (in the RPC's thread) for the interceptor.
+    ``keep(value)`` runs in the worker as soon as there is a result (a request_id record). A call
+    whose caller left while the work runs (gRPC drops this generator at its next yield) waits for
+    the work to end -- cancelled, it rolls back if it still can -- so the caller's hold on its
+    request_id lasts as long as the work (a retry must not run beside it) and the result is kept.
     """
     progress = CallProgress(operation)
     if not context.add_callback(progress.cancelled.set):
@@ -121,21 +126,29 @@ def _stream_call(
 
     def work() -> None:
         try:
-            progress._queue.put(("result", fn(progress)))
+            value = fn(progress)
+            if keep is not None:
+                keep(value)
+            progress._queue.put(("result", value))
         except BaseException as exc:  # handed to the RPC thread, which reports it
             progress._queue.put(("error", exc))
 
     worker = threading.Thread(target=work, name=f"pymigrate-{operation}", daemon=True)
     worker.start()
-    while True:
-        kind, value = progress._queue.get()
-        if kind == "progress":
-            yield value
-        elif kind == "result":
-            yield ("result", value)
-            return
-        else:
-            raise value
+    try:
+        while True:
+            kind, value = progress._queue.get()
+            if kind == "progress":
+                yield value
+            elif kind == "result":
+                yield ("result", value)
+                return
+            else:
+                raise value
+    finally:
+        if worker.is_alive():  # the caller left mid-call: the work goes on until it ends
+            progress.cancelled.set()
+            worker.join()
 
 
 # --- chunk streams --------------------------------------------------------------------------------
@@ -404,9 +417,10 @@ class HostServicer(pb_grpc.HostServicer):
             if claim.result is not None:
                 yield pb.CheckpointResponse.FromString(claim.result)
                 return
-            for item in _stream_call(context, "checkpoint", lambda progress: self.engine.checkpoint(request.name, options, progress)):
+            keep = _keeper(claim, lambda r: pb.CheckpointResponse(result=cv.checkpoint_result_to_pb(r)))
+            for item in _stream_call(context, "checkpoint", lambda progress: self.engine.checkpoint(request.name, options, progress), keep):
                 if isinstance(item, tuple):
-                    yield _recorded(claim, pb.CheckpointResponse(result=cv.checkpoint_result_to_pb(item[1])))
+                    yield pb.CheckpointResponse(result=cv.checkpoint_result_to_pb(item[1]))
                 else:
                     yield pb.CheckpointResponse(progress=cv.progress_to_pb(item))
 
@@ -419,9 +433,10 @@ class HostServicer(pb_grpc.HostServicer):
             if claim.result is not None:
                 yield pb.RestoreResponse.FromString(claim.result)
                 return
-            for item in _stream_call(context, "restore", lambda progress: self.engine.restore(options, progress)):
+            keep = _keeper(claim, lambda r: pb.RestoreResponse(result=cv.restore_result_to_pb(r)))
+            for item in _stream_call(context, "restore", lambda progress: self.engine.restore(options, progress), keep):
                 if isinstance(item, tuple):
-                    yield _recorded(claim, pb.RestoreResponse(result=cv.restore_result_to_pb(item[1])))
+                    yield pb.RestoreResponse(result=cv.restore_result_to_pb(item[1]))
                 else:
                     yield pb.RestoreResponse(progress=cv.progress_to_pb(item))
 
@@ -458,14 +473,23 @@ class HostServicer(pb_grpc.HostServicer):
             if claim.result is not None:
                 yield pb.MigrateResponse.FromString(claim.result)
                 return
+            if request.request_id:  # a daemon that dies mid-call leaves a note its retry reads (migrate_retry.py)
+                from migrate.remote import migrate_retry
+
+                settled = migrate_retry.settled_result(getattr(self.engine, "root", None), request, claim.interrupted)
+                if settled is not None:
+                    yield _recorded(claim, pb.MigrateResponse(result=cv.migrate_result_to_pb(settled)))
+                    return
+                claim.begin(migrate_retry.note(self.engine, request, claim.interrupted))
             yield from self._migrate(request, options, context, claim)
 
     def _migrate(self, request: pb.MigrateRequest, options: api.MigrateOptions, context: grpc.ServicerContext,
                  claim: Claim) -> Iterator[pb.MigrateResponse]:
         phase, phase_start_s, phase_start_bytes = "", 0.0, 0
-        for item in _stream_call(context, "migrate", lambda progress: self.engine.migrate(request.name, options, progress)):
+        keep = _keeper(claim, lambda r: pb.MigrateResponse(result=cv.migrate_result_to_pb(r)))
+        for item in _stream_call(context, "migrate", lambda progress: self.engine.migrate(request.name, options, progress), keep):
             if isinstance(item, tuple):
-                yield _recorded(claim, pb.MigrateResponse(result=cv.migrate_result_to_pb(item[1])))
+                yield pb.MigrateResponse(result=cv.migrate_result_to_pb(item[1]))
                 continue
             if item.phase != phase:
                 phase, phase_start_s, phase_start_bytes = item.phase, item.elapsed_s, item.bytes_done
@@ -571,6 +595,11 @@ def _body(request: Any) -> bytes:
 def _recorded(claim: Claim, response: Any) -> Any:
     claim.record(response.SerializeToString())
     return response
+
+
+def _keeper(claim: Claim, respond: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """What ``_stream_call`` runs on a result: the final response recorded for the request_id."""
+    return lambda result: claim.record(respond(result).SerializeToString())
 
 
 def _peer_ip(peer: str) -> str | None:

@@ -140,13 +140,17 @@ def test_answer_lost_while_it_arrived(lab: tuple[Host, Host, pb_grpc.HostStub, s
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_answer_lost_before_the_freeze(lab: tuple[Host, Host, pb_grpc.HostStub, str]) -> None:
+@pytest.mark.parametrize("phase", ["preflight", "image"])
+def test_answer_lost_before_the_freeze(lab: tuple[Host, Host, pb_grpc.HostStub, str], phase: str) -> None:
+    """Dropped at ``preflight`` the call's generator is gone while the daemon still prepares the
+    target (no progress to notice the cancel by): the retry must wait for that work to roll back,
+    not run beside it (it met the first's reservation on the target: ALREADY_EXISTS)."""
     a, b, stub, target = lab
     name = "idem-early"
     _run(a, name)
     request = pb.MigrateRequest(name=name, dest=target, request_id=str(uuid.uuid4()))
-    seen = _drop_at(stub, request, "preflight")
-    assert "freeze" not in seen, seen
+    seen = _drop_at(stub, request, phase)
+    assert seen[-1] == phase and "freeze" not in seen, seen
     result, phases = _answer(stub, request)  # the rolled-back first call left no record: this one migrates
     assert "commit" in phases and result.container_name == name
     again, phases = _answer(stub, request)
@@ -193,3 +197,30 @@ def test_cli_migrate_retried_with_request_id(lab: tuple[Host, Host, pb_grpc.Host
     assert json.loads(outs[0].stdout)["stats"]["frozen_ms"] > 0
     _one_copy_on_target(a, b, name)
     assert _migration_events(stub, name).count("completed") == 1
+
+
+def test_source_daemon_killed_past_the_point_of_no_return(lab: tuple[Host, Host, pb_grpc.HostStub, str]) -> None:
+    """The source daemon dies at ``source.commit`` (SIGKILL): no answer was recorded. After its
+    restart it settles the migration (the target runs the container) and journals it completed;
+    the retry answers from that, instead of migrating again (NOT_FOUND: the container moved)."""
+    a, b, _, target = lab
+    name = "idem-crash"
+    _run(a, name)
+    a.stop_daemon()
+    source = a.start_daemon("tcp", env={"PYMIGRATE_FAILPOINTS": "source.commit=kill"})
+    request = pb.MigrateRequest(name=name, dest=target, request_id=str(uuid.uuid4()))
+    with grpc.insecure_channel(source) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            list(pb_grpc.HostStub(channel).Migrate(request, timeout=300))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()  # the daemon died mid-call
+    a.kill_daemon()
+    source = a.start_daemon("tcp")  # its start settles the interrupted migration with the target
+    with grpc.insecure_channel(source) as channel:
+        stub = pb_grpc.HostStub(channel)
+        result, phases = _answer(stub, request)
+        assert phases == [] and result.container_name == name and result.dest == target
+        again, phases = _answer(stub, request)
+        assert phases == [] and again == result
+        _one_copy_on_target(a, b, name)
+        actions = _migration_events(stub, name)
+        assert actions.count("completed") == 1 and "failed" not in actions, actions
