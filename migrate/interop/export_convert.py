@@ -4,8 +4,9 @@ An ``ExportSource`` is what the conversion reads: the manifest, CRIU's images di
 (a directory, or its file-system image, mounted read-only for the walk) and the image's tree (the
 lower layer), or None where the image is not at hand: a checkpoint downloaded from another host
 (migrate/interop/export_remote.py). Without the image the two things that need it are refused
-rather than guessed: a directory the container made anew over the image's (its old entries go to
-deleted.files) and a USER given by name (looked up in the image's /etc/passwd; the container's
+rather than guessed: a directory the container made (overlayfs marks each one opaque, so whether
+it replaced one of the image's, whose old entries go to deleted.files, only the image can tell;
+pymigrate's own /.pymigrate excepted) and a USER given by name (looked up in the image's /etc/passwd; the container's
 own upper layer is never read for it: it could point a symlink at a host file).
 """
 
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO, Iterator
 from migrate.interop import export_images, export_rootfs
 from migrate.interop.export_spec import libpod_config, oci_spec
 from runtime.errors import InvalidArgument, Unsupported
+from runtime.rootfs import LOG_DIR
 from runtime.spec import ContainerSpec
 
 log = logging.getLogger(__name__)
@@ -160,10 +162,13 @@ def _write_rootfs(spec: ContainerSpec, src: ExportSource, out_dir: Path, work: P
     with open(layer, "rb") as f, open(out_dir / export_rootfs.ROOTFS_DIFF, "wb") as diff:
         split = export_rootfs.split_layer(f, diff, export_rootfs.lower_lister(src.lower))
     layer.unlink()
-    if split.opaque_dirs and src.lower is None:
+    # overlayfs marks every directory made in the upper layer opaque, over an image's or not; only
+    # pymigrate's own log dir is known to be in no image
+    unknown = [d for d in split.opaque_dirs if d != LOG_DIR]
+    if unknown and src.lower is None:
         raise Unsupported(f"{FEATURE} of container {spec.name}",
-                          f"it made {', '.join(split.opaque_dirs)} anew over the image's and the image is not here to list "
-                          "what that deleted", hint="run the export on the container's host")
+                          f"it made the directories {', '.join(unknown)} and the image is not here to tell which of them "
+                          "replace one of its own (and what that deleted)", hint="run the export on the container's host")
     export_rootfs.write_deleted(out_dir, split.deleted)
 
 
@@ -207,7 +212,8 @@ def pack_file(tree: Path, out_file: Path, compress: str) -> int:
         raise InvalidArgument(f"invalid compression {compress!r} for a podman archive: expected one of {', '.join(COMPRESSIONS)}")
     tmp = out_file.with_name(f".{out_file.name}.{os.urandom(4).hex()}.partial")
     try:
-        with open(tmp, "xb") as f:
+        # 0600 as podman's: it holds the container's memory
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as f:
             pack_dir(tree, f, compress)
             f.flush()
             os.fsync(f.fileno())

@@ -592,10 +592,10 @@ class RemoteEngine:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def checkpoint(self, name: str, options: api.CheckpointOptions, progress: api.ProgressFn | None = None) -> api.CheckpointResult:
-        if options.export_format == "podman":  # the conversion needs the checkpoint's host (its image, its layer's mount)
-            raise Unsupported("checkpoint --format podman over --host", "the podman layout is written on the checkpoint's host",
-                              hint="run it there (pymigrate checkpoint NAME --export FILE --format podman on that host), "
-                                   "or export natively over --host and restore with pymigrate")
+        if options.export_format == "podman":  # the native archive downloaded, converted here
+            from migrate.interop.export_remote import export_over_host
+
+            return export_over_host(self, name, options, progress)  # type: ignore[no-any-return]
         signer = None
         if options.sign_key is not None:  # read before the container is frozen over there
             from migrate.archive.signing import ArchiveSigner

@@ -527,7 +527,7 @@ def run_options_from_pb(m: pb.RunContainerRequest) -> api.RunOptions:
 
 # read on the caller's side, never sent to a daemon: the archive is downloaded by the client
 # (DownloadCheckpoint) and signed there
-_CHECKPOINT_LOCAL = ("export_path", "sign_key")
+_CHECKPOINT_LOCAL = ("export_path", "sign_key", "export_format")  # export_format: the caller converts (migrate/interop/export_remote.py)
 
 
 def checkpoint_request_to_pb(name: str, o: api.CheckpointOptions) -> pb.CheckpointRequest:

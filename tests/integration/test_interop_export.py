@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.integration.cli_helpers import ok, refused, unique
+from tests.integration.cli_helpers import ok, refused, start_daemon, stop_daemon, unique
 from tests.integration.conftest import PYMIGRATE, REPO
 from tests.integration.workloads import MEMHOG_OUT, memhog_command, memhog_report, wait_for, wait_memhog_ready
 
@@ -183,6 +183,43 @@ def test_leave_running_gzip_export_runs_on_in_both(podman: Podman, pm: Callable[
             podman.remove(copy)
     finally:
         pm("rm", "-f", name)
+
+
+def test_over_host_the_caller_converts(podman: Podman, pm: Callable[..., subprocess.CompletedProcess], pm_root: Path,
+                                      tmp_path: Path) -> None:
+    """--host: the daemon checkpoints, the caller downloads the native archive and writes podman's;
+    a container that made a directory is refused there (only the image, on the daemon's host, tells
+    whether it replaced one of the image's) and its checkpoint stays on the daemon, named."""
+    proc, sock = start_daemon(pm_root)
+    name, made_dir = unique("exph"), unique("exphd")
+    try:
+        ok(_run_limited(pm_root, "run", "-d", "--name", name, "pmt-export:1", *memhog_command(8)))
+        ok(_run_limited(pm_root, "run", "-d", "--name", made_dir, "pmt-export:1", *memhog_command(8)))
+        wait_memhog_ready(pm_root, name)
+        checksum, before = memhog_report(pm_root, name)
+        archive = tmp_path / "remote.tar.zst"
+        answer = json.loads(ok(pm("--host", f"unix:{sock}", "checkpoint", name, "--export", str(archive), "--format", "podman",
+                                  "--json", timeout=300)))
+        assert answer["export_path"] == str(archive) and archive.stat().st_mode & 0o777 == 0o600
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["remote.tar.zst"]  # the scratch dir beside it is gone
+        try:
+            podman.run("container", "restore", "--import", str(archive))
+            after_checksum, after = podman.report(name)
+            assert after_checksum == checksum and after >= before
+        finally:
+            podman.remove(name)
+
+        ok(pm("exec", made_dir, "mkdir", "/newdir"))
+        answer = refused(pm("--host", f"unix:{sock}", "checkpoint", made_dir, "--export", str(tmp_path / "no.tar"), "--format",
+                            "podman", "--json", timeout=300), "Unsupported")
+        assert "/newdir" in answer["error"] and "container's host" in answer["hint"], answer
+        kept = answer["hint"].rsplit(" ", 1)[1]
+        assert kept in ok(pm("checkpoint", "ls"))  # the daemon's checkpoint, named in the hint
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["remote.tar.zst"]
+        ok(pm("checkpoint", "rm", kept))
+    finally:
+        stop_daemon(proc, sock)
+        pm("rm", "-f", name, made_dir)
 
 
 def test_export_refuses_a_container_with_a_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
