@@ -25,6 +25,22 @@ made by ``image import`` or ``commit`` here has no config digest from another to
 is not kept: podman gives the container one of its network's (no ``network.status`` is written,
 so podman does not ask its network for ours). Capabilities on files in the upper layer survive
 only as the xattrs ``write_layer`` keeps.
+
+What round-trips (tests/integration/test_interop_export.py, real podman 4.3.1, runc 1.1.5, CRIU
+4.1.1): the process tree and its memory (checksum), its counters going on, its root's changes
+(new and changed files, deleted image files, replaced image directories), hostname, command,
+environment, working dir, user, capabilities, rlimits, labels, memory/cpu/pids limits (the
+spec's resources, which runc sets on podman's cgroup before CRIU runs), the cgroup namespace
+(rooted at podman's cgroup for the container), stdout/stderr (the log files in its root:
+``podman logs`` shows nothing, ``podman exec CTR cat /.pymigrate/log`` does). What does not: the
+address and MAC (podman's network assigns them), published ports, the restart policy. Restoring
+established TCP connections needs podman's ``--tcp-established`` like any other podman checkpoint.
+
+One limit of the host, not of the format: CRIU restores the dumped rlimits and, without
+CAP_SYS_RESOURCE, cannot raise a hard limit above its own; under podman it runs with conmon's (here
+NPROC 32768, NOFILE 20000), so a container whose init had higher hard limits fails in CRIU's
+restorer ("Can't restore rlimit"). Run such a container with lower limits (the tests use podman
+run's ``--ulimit nofile=1024:1024 --ulimit nproc=4096:4096`` through ``prlimit``).
 """
 
 from __future__ import annotations
