@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.integration.cli_helpers import ok, refused, unique
+from tests.integration.hosts import make_hosts  # noqa: F401  (fixture)
 from tests.integration.workloads import static_workload_tar, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "busybox", "netns", "criu")]
@@ -292,3 +293,50 @@ def test_pull_fetches_the_image_the_archive_names(podman: Podman, pm: Callable[.
     finally:
         pm("rm", "-f", name)
         reg.stop()
+
+
+def test_imported_container_moves_on_to_another_host(podman: Podman, make_hosts, tmp_path: Path) -> None:  # noqa: ANN001
+    """podman -> pymigrate on host A -> host B. A live migration is refused by B (a peer's
+    container may only bring B's default seccomp profile; podman's filter was accepted on A only),
+    and A keeps it running; pymigrate's own export from A restored on B with the same acceptance
+    carries the engine's binds in the spec, B maps them onto its own files and cgroups, and the
+    count goes on across podman, A and B."""
+    from tests.integration.migrate_helpers import leftovers, start_tcp_daemons
+
+    ctr = unique("pod")
+    podman.run(ctr, "localhost/pmt-memhog:1", "sh", "-c", COUNTER)
+    wait_for(lambda: len(_numbers(podman("logs", ctr))) >= 5, 30, "podman's counter")
+    archive = podman.export(ctr, tmp_path / "mig.tar.zst")
+    last = _numbers(podman("logs", ctr))[-1]
+    podman("rm", "-f", ctr)
+    tar = static_workload_tar(tmp_path, "memhog")
+    a, b = make_hosts(2)
+    addr = start_tcp_daemons([a, b])
+    name = unique("mig")
+
+    def counts(host) -> list[int]:  # noqa: ANN001
+        return _numbers(host.cli(["logs", name]).stdout.decode())
+
+    for host in (a, b):
+        assert host.cli(["image", "import", IMAGE, str(tar)]).returncode == 0
+    r = a.cli(["restore", "--import", str(archive), "--name", name, *ACCEPT])
+    assert r.returncode == 0, r.stderr.decode()
+    wait_for(lambda: len(counts(a)) >= 3, 30, "the count on A")
+    r = a.cli(["migrate", name, addr["b"], "--insecure", "--json"])
+    assert r.returncode != 0 and "seccomp" in r.stdout.decode() + r.stderr.decode()
+    seen = len(counts(a))
+    wait_for(lambda: len(counts(a)) >= seen + 3, 30, "the count on A after the refused migration")
+
+    export = tmp_path / "moved.pma"
+    r = a.cli(["checkpoint", name, "--export", str(export)])
+    assert r.returncode == 0, r.stderr.decode()
+    r = b.cli(["restore", "--import", str(export), *ACCEPT])
+    assert r.returncode == 0, r.stderr.decode()
+    seen = len(counts(b))
+    wait_for(lambda: len(counts(b)) >= seen + 5, 30, "the count on B")
+    out = counts(b)
+    assert out == list(range(last + 1, last + 1 + len(out))), "the count restarted or skipped across podman, A and B"
+    info = json.loads(b.cli(["inspect", name]).stdout)[0]
+    assert info["state"]["status"] == "running" and "/etc/hosts" in info["spec"]["engine_mounts"]
+    assert b.cli(["rm", "-f", name]).returncode == 0 and a.cli(["rm", "-f", name]).returncode == 0
+    assert leftovers(a) == [] and leftovers(b) == []
