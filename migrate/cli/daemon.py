@@ -139,15 +139,15 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
     configure_logging(args.log_format, level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr)
     from runtime.config import Paths, default_root
 
-    from migrate.remote.client import read_token
     from migrate.remote.server import check_token_file, create_server, default_listen
+    from migrate.remote.tokens import read_tokens
     from migrate.remote.tls import tls_from_paths
 
     root = args.root or default_root()
     tls = tls_from_paths(getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None), who="daemon")
     if getattr(args, "token_file", None) is not None:
         check_token_file(args.token_file)  # the token is root here: refuse a file others can read
-    token = read_token(getattr(args, "token_file", None))
+    token = read_tokens(getattr(args, "token_file", None))  # one, or named ones the access log tells apart
     listen = args.listen or default_listen(root)
 
     from migrate.engine import LocalEngine, PeerConfig  # heavy: the runtime, CRIU probing

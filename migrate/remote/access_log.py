@@ -4,7 +4,9 @@
 check refuses. For each call it writes one line on the ``pymigrate.access`` logger (INFO; health
 checks at DEBUG, load balancers poll them) with the fields ``peer`` (who: the TLS client
 certificate's CN, else its first SAN; ``unix:uid=N`` on the unix socket; the address for plain
-TCP), ``addr`` (gRPC's peer address), ``method``, ``code`` and ``ms``; and, with metrics, it counts
+TCP), ``addr`` (gRPC's peer address), ``method``, ``code``, ``ms`` and, when the daemon has named
+tokens (migrate/remote/tokens.py), ``token``: the name of the one the call carried (``-``: none
+of them; never the token itself); and, with metrics, it counts
 the call by method and code and times it (migrate/remote/metrics.py). Streaming calls are
 observed when they end; a stream its client abandoned ends as CANCELLED.
 
@@ -19,11 +21,12 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import grpc
 
 from migrate.remote.service import replace_behavior
+from migrate.remote.tokens import SINGLE
 
 if TYPE_CHECKING:  # prometheus_client is imported only by a daemon that serves metrics
     from migrate.remote.metrics import DaemonMetrics
@@ -105,6 +108,18 @@ class _Call:
         self.observer.report(self, code, time.monotonic() - self.started)
 
 
+def token_name(tokens: Mapping[str, str], context: grpc.ServicerContext) -> str:
+    """The name of the bearer token a call carried, ``-`` when it carried none of ``tokens``."""
+    from migrate.remote.tokens import name_of
+
+    try:
+        metadata = context.invocation_metadata() or ()
+    except Exception:  # noqa: BLE001 - fakes have none
+        metadata = ()
+    presented = next((value for key, value in metadata if key == "authorization"), None)
+    return name_of(tokens, presented) or "-"
+
+
 def _has(message: Any, field: str) -> bool:
     try:
         return bool(message.HasField(field))
@@ -130,9 +145,11 @@ def _context_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
 class CallObserver(grpc.ServerInterceptor):
     """Access log and metrics for every call (see the module doc); ``metrics`` None: log only."""
 
-    def __init__(self, metrics: DaemonMetrics | None = None, *, logger: logging.Logger = access_log) -> None:
+    def __init__(self, metrics: DaemonMetrics | None = None, *, logger: logging.Logger = access_log,
+                 tokens: Mapping[str, str] | None = None) -> None:
         self.metrics = metrics
         self.log = logger
+        self.tokens = tokens  # name -> token: the log names the caller's (a file's lone unnamed token: no name)
 
     def intercept_service(self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
@@ -186,8 +203,12 @@ class CallObserver(grpc.ServerInterceptor):
     def report(self, call: _Call, code: str, seconds: float) -> None:
         peer = peer_identity(call.context)
         fields = {"peer": peer, "addr": call.context.peer(), "method": call.method, "code": code, "ms": round(seconds * 1000, 1)}
+        who = peer
+        if self.tokens and list(self.tokens) != [SINGLE]:
+            fields["token"] = token_name(self.tokens, call.context)
+            who = f"{peer} token={fields['token']}"
         level = logging.DEBUG if call.method.startswith(HEALTH_PREFIX) else logging.INFO
-        self.log.log(level, "%s %s %s %.1fms", peer, call.method, code, fields["ms"], extra=fields)
+        self.log.log(level, "%s %s %s %.1fms", who, call.method, code, fields["ms"], extra=fields)
         if self.metrics is None:
             return
         self.metrics.rpc(call.method, code, seconds)

@@ -809,13 +809,9 @@ def _non_empty(requests: Iterator[Any], empty: Any) -> Iterator[Any]:
 
 
 def read_token(path: Path | None) -> str | None:
-    """The bearer token in ``path`` (surrounding whitespace stripped), or None without a path."""
-    if path is None:
-        return None
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read token file {path}: {exc.strerror}") from exc
-    if not token:
-        raise InvalidArgument(f"token file {path} is empty")
-    return token
+    """The bearer token in ``path`` (surrounding whitespace stripped), or None without a path; of a
+    file of named tokens (migrate/remote/tokens.py: a daemon's), the first one."""
+    from migrate.remote.tokens import read_tokens
+
+    tokens = read_tokens(path)
+    return next(iter(tokens.values())) if tokens else None

@@ -32,7 +32,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -210,7 +210,7 @@ def create_server(
     listen: str,
     *,
     tls: TlsConfig | None = None,
-    token: str | None = None,
+    token: str | Mapping[str, str] | None = None,
     insecure: bool = False,
     max_workers: int = 32,
     spool_dir: Path | None = None,
@@ -222,7 +222,8 @@ def create_server(
         engine: the engine every RPC is served by (LocalEngine in the daemon, a fake in tests).
         listen: ``unix:PATH`` or ``HOST:PORT`` (port 0 picks a free one).
         tls: server certificate, key and the CA client certificates must chain to (mutual TLS).
-        token: when set, every RPC but health must carry ``authorization: Bearer <token>``.
+        token: when set, every RPC but health must carry ``authorization: Bearer <token>``; name ->
+            token (migrate/remote/tokens.py): any of them, and the access log names the caller's.
         insecure: allow plain TCP without TLS (explicit opt-in; a warning is logged).
         max_workers: concurrent RPCs handled (each stream holds one worker while it runs).
         spool_dir: where uploaded image tarballs are parked before import (the state root's
@@ -244,7 +245,7 @@ def create_server(
             hint="pass --tls-cert, --tls-key and --tls-ca (mutual tls), or --insecure on a trusted network",
         )
     # first, so it also sees the calls the token check refuses, with their final status
-    interceptors: list[grpc.ServerInterceptor] = [CallObserver(metrics)]
+    interceptors: list[grpc.ServerInterceptor] = [CallObserver(metrics, tokens=None if isinstance(token, str) else token)]
     if token is not None:
         interceptors.append(TokenAuthInterceptor(token))
     interceptors.append(ErrorInterceptor())

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import grpc
 
@@ -64,6 +63,7 @@ from migrate.remote._rpc_errors import RpcCancelled
 from migrate import list_filters, paging
 from migrate.paging import Page
 from migrate.remote.idempotency import Claim, RequestStore
+from migrate.remote.tokens import name_of
 from migrate.errors import ChecksumMismatch, TransferError
 from runtime.errors import InvalidArgument, Unsupported
 
@@ -766,12 +766,13 @@ def _peer_host(peer: str) -> str:
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every RPC except the health service."""
+    """Requires ``authorization: Bearer <token>`` on every RPC except the health service; ``token``:
+    the one token, or name -> token (migrate/remote/tokens.py: any of them passes)."""
 
-    def __init__(self, token: str, *, refusals: RefusalLog | None = None) -> None:
-        if not token:
+    def __init__(self, token: str | Mapping[str, str], *, refusals: RefusalLog | None = None) -> None:
+        self._tokens = {"token": token} if isinstance(token, str) else dict(token)
+        if not self._tokens or not all(self._tokens.values()):
             raise InvalidArgument("the daemon's bearer token is empty")
-        self._expected = f"Bearer {token}".encode()
         self.refusals = refusals or RefusalLog()
 
     def intercept_service(self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -783,8 +784,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             if key == AUTH_METADATA_KEY:
                 presented = value.encode() if isinstance(value, str) else value
                 break
-        # compare_digest: the time taken does not depend on how much of the token matched.
-        if hmac.compare_digest(presented, self._expected):
+        # compare_digest (tokens.name_of): the time taken does not depend on how much of a token matched.
+        if name_of(self._tokens, presented) is not None:
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         if handler is None:
