@@ -11,6 +11,21 @@ Measures, for SIZE MiB (default 256):
                  garbage, which is not timed) through the tunnel vs the daemon's unix socket
 
     .venv/bin/python scripts/bench_ssh.py [--size-mib 256] [--json]
+
+With ``--migrate`` (issue 17) it measures cold migrations instead: two hosts with daemons and
+sshd (scripts/bench_migrate.py's lab), one memhog of SIZE MiB (random memory) moved A -> B from
+A's CLI, RUNS rounds, each round the three paths in a rotated order (interleaved):
+
+  grpc            ``migrate NAME B:7443 --insecure`` (CRIU's page server carries the pages)
+  ssh             ``migrate NAME ssh://root@B`` (B's daemon stopped: started on demand; the
+                  bytes through OpenSSH's ``ssh -L``, migrate/remote/ssh_forward.py)
+  ssh-paramiko    the same with a PATH that has no ``ssh``: paramiko's channel (the fallback)
+
+and back B -> A over grpc (untimed) after each, memory warmed before each timed hop, the checksum
+checked after it. Prints the median pause (frozen_ms), total and CLI wall time per path and the
+ratios to grpc.
+
+    .venv/bin/python scripts/bench_ssh.py --migrate [--size-mib 256] [--runs 3] [--json]
 """
 
 from __future__ import annotations
@@ -135,12 +150,122 @@ def _grpc_upload(engine, path: Path, size: int) -> float:  # noqa: ANN001
     return size / (time.perf_counter() - start) / (1 << 20)
 
 
+def _path_without_ssh(workdir: Path) -> str:
+    """A PATH of one directory: links to every program on ours except ``ssh``."""
+    bin_dir = workdir / "bin-without-ssh"
+    bin_dir.mkdir(exist_ok=True)
+    for directory in os.environ.get("PATH", "").split(":"):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            link = bin_dir / name
+            if name != "ssh" and not link.exists() and os.access(os.path.join(directory, name), os.X_OK):
+                link.symlink_to(os.path.join(directory, name))
+    return str(bin_dir)
+
+
+MIGRATE_PATHS = ("grpc", "ssh", "ssh-paramiko")
+
+
+def _watch_forwarders(remote_socket: str, seen: set[int], stop: threading.Event) -> None:
+    """Adds the pids of ``ssh ... -L LOCAL:remote_socket`` processes to ``seen`` until ``stop``."""
+    suffix = f":{remote_socket}".encode()
+    while not stop.wait(0.05):
+        for entry in Path("/proc").iterdir():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"/ssh") and any(arg.endswith(suffix) for arg in argv):
+                seen.add(int(entry.name))
+
+
+def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tuple) -> dict:  # noqa: ANN001
+    """One timed hop A -> B over ``path``, then back over grpc (untimed)."""
+    import bench_migrate
+    from tests.integration.hosts import PYMIGRATE_BIN
+
+    a, b = lab.hosts[0], lab.hosts[1]
+    if path == "grpc":
+        args, env = ["--insecure", "migrate", name, lab.addr(b), "--json"], None
+    else:
+        flags = ["--ssh-key", str(ssh["key"]), "--ssh-known-hosts", str(ssh["known_hosts"]),
+                 "--ssh-remote-pymigrate", str(PYMIGRATE_BIN), "--ssh-remote-root", str(b.root)]  # fmt: skip
+        args, env = [*flags, "migrate", name, b.ssh_url(), "--json"], dict(ssh["env"])
+        if path == "ssh-paramiko":
+            env["PATH"] = ssh["path_without_ssh"]
+        b.stop_daemon()
+    seen: set[int] = set()
+    stop = threading.Event()
+    watch = threading.Thread(target=_watch_forwarders, args=(str(b.socket_path), seen, stop), daemon=True)
+    try:
+        bench_migrate.warm(size_mib)
+        watch.start()
+        t0 = time.monotonic()
+        r = a.cli(args, timeout=600, env=env)
+        wall_ms = (time.monotonic() - t0) * 1000
+        result = bench_migrate._json(r, f"migrate {name} over {path}")
+    finally:
+        stop.set()
+        watch.join(10)
+        if path != "grpc":
+            lab.start_daemon(b)
+    if bool(seen) != (path == "ssh"):
+        raise SystemExit(f"bench: ssh -L forwarders seen during the hop over {path}: {sorted(seen)}")
+    after = lab.report(b, name)
+    if after is None or after[0] != before[0]:
+        raise SystemExit(f"bench: {name} after the hop over {path} does not match ({before} -> {after})")
+    bench_migrate._json(b.cli(["--insecure", "migrate", name, lab.addr(a), "--json"], timeout=600), f"migrate {name} back")
+    return {"pause_ms": result["stats"]["frozen_ms"], "total_ms": result["stats"]["total_ms"], "wall_ms": round(wall_ms, 1),
+            "bytes_on_wire": result["stats"]["bytes_on_wire"]}  # fmt: skip
+
+
+def bench_migrate_paths(size_mib: int, runs: int, as_json: bool) -> int:
+    import statistics
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_migrate
+    from tests.integration.migration_lab import Lab
+
+    samples: dict[str, list[dict]] = {p: [] for p in MIGRATE_PATHS}
+    with tempfile.TemporaryDirectory(prefix="bench-ssh-") as workdir, Lab.create(Path(workdir)) as lab:
+        ssh = bench_migrate.setup_ssh(lab, Path(workdir))
+        ssh["path_without_ssh"] = _path_without_ssh(Path(workdir))
+        name = f"sshbench{size_mib}"
+        lab.run_memhog(lab.hosts[0], name, size_mib)
+        before = lab.report(lab.hosts[0], name)
+        for run in range(runs):
+            order = MIGRATE_PATHS[run % 3 :] + MIGRATE_PATHS[: run % 3]
+            for path in order:
+                sample = _migrate_hop(lab, ssh, path, name, size_mib, before)
+                samples[path].append(sample)
+                if not as_json:
+                    print(f"run {run + 1} {path:>13}: pause {sample['pause_ms']:7.0f} ms  total {sample['total_ms']:7.0f} ms"
+                          f"  wall {sample['wall_ms']:7.0f} ms", flush=True)  # fmt: skip
+    medians = {p: {k: statistics.median(s[k] for s in samples[p]) for k in ("pause_ms", "total_ms", "wall_ms")} for p in MIGRATE_PATHS}
+    ratios = {p: round(medians[p]["pause_ms"] / medians["grpc"]["pause_ms"], 2) for p in MIGRATE_PATHS}
+    if as_json:
+        json.dump({"size_mib": size_mib, "runs": runs, "samples": samples, "medians": medians, "pause_vs_grpc": ratios}, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"\nmedians of {runs}, {size_mib} MiB cold, A -> B:")
+    for p in MIGRATE_PATHS:
+        m = medians[p]
+        print(f"  {p:>13}: pause {m['pause_ms']:7.0f} ms ({ratios[p]:.2f}x grpc)  total {m['total_ms']:7.0f} ms  wall {m['wall_ms']:7.0f} ms")
+    print(f"  goal: ssh pause <= 1.3x grpc: {'met' if ratios['ssh'] <= 1.3 else 'NOT met'} ({ratios['ssh']:.2f}x)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best is kept")
+    parser.add_argument("--migrate", action="store_true", help="cold migrations: grpc vs ssh:// (ssh -L) vs ssh:// (paramiko)")
+    parser.add_argument("--runs", type=int, default=3, help="with --migrate: interleaved rounds; medians are printed")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.migrate:
+        return bench_migrate_paths(args.size_mib, args.runs, args.json)
     size = args.size_mib << 20
 
     from migrate.remote.client import RemoteEngine

@@ -24,6 +24,11 @@ Facts a reader needs first:
   the SSH user, so the socket keeps mode 0600 and no port opens on the remote host. paramiko
   has no API for this channel type; ``open_streamlocal`` builds the open request itself. sshd
   must allow it (``AllowStreamLocalForwarding``, on by default).
+- The bytes: an OpenSSH ``ssh -L LOCAL_SOCKET:REMOTE_SOCKET`` process moves them
+  (migrate/remote/ssh_forward.py: C and AES-GCM instead of paramiko's Python packet loop), pinned
+  to the host key verified here and to the key that authenticated here, with no config file of
+  the user's; it ends with us. Without an ``ssh`` client on PATH, with ``local="tcp"``, or when a
+  probe through it fails (logged), the connections go through paramiko's channels as before.
 - The local end is a unix socket in a fresh 0700 directory by default: a loopback TCP port
   would let every local user reach the remote daemon as the SSH user. ``local="tcp"`` binds
   127.0.0.1 only, for tools that need a TCP address.
@@ -66,6 +71,7 @@ from migrate.remote.ssh_errors import (
     SshUnreachable,
 )
 from migrate.errors import PeerError, TransferError
+from migrate.remote.ssh_forward import Identity, OpenSshForwarder, find_ssh_client
 from runtime.errors import InvalidArgument
 
 __all__ = [
@@ -97,6 +103,7 @@ STREAMLOCAL = "direct-streamlocal@openssh.com"
 DEFAULT_REMOTE_ROOT = "${PYMIGRATE_ROOT:-/var/lib/pymigrate}"  # the remote's runtime.config.default_root()
 RUN_DIR = "run"  # runtime.config.Paths.run, relative to the root
 SOCKET_NAME = "pymigrate.sock"  # migrate.remote.server.SOCKET_NAME
+OPENSSH_SOCKET_NAME = "ssh.sock"  # the ssh -L forwarder's local end, beside ours
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")  # OpenSSH's defaults we can load
 # OpenSSH's SSH2_OPEN_* reason codes (RFC 4254 section 5.1)
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
@@ -416,6 +423,21 @@ def connect(
         SshUnreachable, HostKeyUnknown, HostKeyMismatch, SshAuthFailed; InvalidArgument for an
         unreadable ``key_file`` or known_hosts file.
     """
+    return _connect(config, key_file=key_file, accept_new=accept_new, timeout_s=timeout_s)[0]
+
+
+def _identity(label: str, key: paramiko.PKey, key_file: Path | None, identity_files: tuple[Path, ...]) -> Identity:
+    """Where the key that authenticated lives, for the ``ssh`` forwarder to use the same one."""
+    if isinstance(key, paramiko.AgentKey):
+        return Identity(key=key, path=None, agent_socket=os.environ.get("SSH_AUTH_SOCK"))
+    candidates = (Path(key_file),) if key_file is not None else identity_files
+    path = next((p for p in candidates if label.startswith(f"{p} (")), None)
+    return Identity(key=key, path=path)
+
+
+def _connect(
+    config: SshHostConfig, *, key_file: Path | None, accept_new: bool, timeout_s: float
+) -> tuple[paramiko.Transport, Identity]:
     keys, skipped = _user_keys(key_file, config.identity_files)
     name = known_hosts_name(config.hostname, config.port)
     known = _known_keys(config.known_hosts, name)
@@ -447,7 +469,7 @@ def connect(
         label = _authenticate(transport, config, keys, skipped)
         log.info("ssh connected to %s with %s", config.destination, label)
         transport.set_keepalive(10)
-        return transport
+        return transport, _identity(label, dict(keys)[label], key_file, config.identity_files)
     except BaseException:
         close_transport(transport)
         raise
@@ -612,17 +634,20 @@ class _Pipe:
 
 
 class _Forward:
-    """A local listener whose every connection becomes a streamlocal channel to ``remote_socket``."""
+    """A local listener whose every connection goes to ``remote_socket``: through an ``ssh -W``
+    process once ``use_openssh`` succeeded (ssh_forward.py), else a paramiko streamlocal channel."""
 
     def __init__(self, transport: paramiko.Transport, remote_socket: str, local: Literal["unix", "tcp"]) -> None:
         self._transport = transport
-        self._remote_socket = remote_socket
+        self._remote_path = remote_socket
+        self._timeout_s = 10.0
         self._pipes: list[_Pipe] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._dir: Path | None = None
+        self.openssh: OpenSshForwarder | None = None
+        # 0700: the local socket, and the ssh forwarder's pinned known_hosts and identity
+        self._dir = Path(tempfile.mkdtemp(prefix="pymigrate-tunnel-"))
         if local == "unix":
-            self._dir = Path(tempfile.mkdtemp(prefix="pymigrate-tunnel-"))  # mode 0700
             path = self._dir / SOCKET_NAME
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._listener.bind(str(path))
@@ -659,6 +684,46 @@ class _Forward:
                 self._pipes = [p for p in self._pipes if not p.chan.closed]
                 self._pipes.append(_Pipe(conn, chan))
 
+    @property
+    def _remote_socket(self) -> str:
+        return self._remote_path
+
+    @_remote_socket.setter
+    def _remote_socket(self, path: str) -> None:
+        """Point later connections at another remote socket (tests and scripts/bench_ssh.py)."""
+        self._remote_path = path
+        if self.openssh is not None:
+            assert self.openssh.local_socket is not None
+            reason = self.openssh.start(self.openssh.local_socket, path, self._timeout_s, probe=False)  # not an HTTP/2 server
+            if reason is not None:
+                raise PeerError(f"cannot forward to {path} through ssh: {reason}", phase="connect")
+
+    def use_openssh(self, config: SshHostConfig, identity: Identity, timeout_s: float) -> None:
+        """Move the bytes through an ``ssh -L`` process when an ``ssh`` client is here and a probe
+        through it reaches the daemon (``address`` is then its socket); else stay on paramiko,
+        saying why in the log."""
+        if not self.address.startswith("unix:"):
+            log.info("ssh forward to a tcp port: forwarding through paramiko")
+            return
+        binary = find_ssh_client()
+        if binary is None:
+            log.info("no ssh client on PATH: forwarding through paramiko (slower, ~120 MiB/s)")
+            return
+        if identity.path is None and not identity.agent_socket:
+            log.warning("ssh forward: the key that authenticated cannot be handed to %s: forwarding through paramiko", binary)
+            return
+        forwarder = OpenSshForwarder(binary, self._dir, hostname=config.hostname, port=config.port, user=config.user,
+                                     host_key=self._transport.get_remote_server_key(), identity=identity,
+                                     connect_timeout_s=timeout_s)  # fmt: skip
+        reason = forwarder.start(self._dir / OPENSSH_SOCKET_NAME, self._remote_socket, timeout_s)
+        if reason is not None:
+            log.warning("ssh forward through %s failed (%s): forwarding through paramiko (slower)", binary, reason)
+            return
+        log.info("ssh forward through %s (pid %s) -L %s", binary, forwarder.pid, self._remote_socket)
+        self.openssh = forwarder
+        self._timeout_s = timeout_s
+        self.address = f"unix:{forwarder.local_socket}"
+
     def close(self) -> None:
         self._closed = True
         try:
@@ -671,8 +736,9 @@ class _Forward:
             pipes, self._pipes = self._pipes, []
         for pipe in pipes:
             pipe.close()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        if self.openssh is not None:
+            self.openssh.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 # --- the remote daemon ------------------------------------------------------------------------------
@@ -791,6 +857,11 @@ class SshTarget:
     def transport(self) -> paramiko.Transport:
         return self._transport
 
+    @property
+    def forwarder(self) -> str:
+        """What moves the bytes: ``"openssh"`` (``ssh -W`` processes) or ``"paramiko"``."""
+        return "openssh" if self._forward.openssh is not None else "paramiko"
+
     def close(self) -> None:
         if self._closed:
             return
@@ -877,7 +948,7 @@ def open_ssh_target(
         config_file=Path(config_file) if config_file is not None else None,
         known_hosts=Path(known_hosts) if known_hosts is not None else None,
     )
-    transport = connect(
+    transport, identity = _connect(
         config, key_file=Path(key_file) if key_file is not None else None, accept_new=accept_new, timeout_s=connect_timeout_s
     )
     daemon: _RemoteDaemon | None = None
@@ -913,6 +984,11 @@ def open_ssh_target(
         else:
             log.info("using the pymigrate daemon serving on %s:%s", config.destination, socket_path)
         forward = _Forward(transport, socket_path, local)
+        try:
+            forward.use_openssh(config, identity, connect_timeout_s)
+        except BaseException:
+            forward.close()
+            raise
     except BaseException:
         if daemon is not None:
             daemon.stop(timeout_s=5.0)

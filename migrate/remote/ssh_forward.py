@@ -1,0 +1,254 @@
+"""OpenSSH's ``ssh -L`` as the byte mover of an ``ssh://`` tunnel (issue 17).
+
+paramiko moves a channel's bytes in Python (~120 MiB/s here, with a core busy); OpenSSH's
+client moves them in C with AES-GCM. migrate/remote/ssh.py keeps paramiko for what it decides —
+who the host is, who we are, whether a daemon serves — and then starts one ``ssh`` process that
+forwards a unix socket in the tunnel's 0700 directory to the remote daemon's unix socket
+(``-L LOCAL_SOCKET:REMOTE_SOCKET``: OpenSSH's ``direct-streamlocal`` channel, as paramiko's; no
+port opens on either host). gRPC dials that socket; no byte passes through Python. (``ssh -W``
+would spare the listener, but OpenSSH 9.2 forwards only TCP with it.)
+
+What the ``ssh`` process is allowed to decide: nothing. It runs with ``-F /dev/null`` (no config
+file: no ProxyCommand, no other host name) and
+
+- a known_hosts file of its own (in the tunnel's 0700 directory) holding only the host key
+  paramiko just verified, under a fixed ``HostKeyAlias``, ``StrictHostKeyChecking=yes``,
+  ``GlobalKnownHostsFile=/dev/null``: a host presenting any other key is refused;
+- the one identity paramiko authenticated with, ``IdentitiesOnly=yes``: the key file itself, or
+  for an agent key its public half (``-i``) with the same ``SSH_AUTH_SOCK``; publickey only,
+  ``BatchMode=yes`` (never a prompt);
+- its local socket made with ``StreamLocalBindMask=0177`` inside the 0700 directory.
+
+It dies with us: ``ssh -N`` (no remote command: no shell starts on the remote host) runs under a
+small local ``sh`` whose watcher reads a pipe only this process holds the write end of; when we
+exit (even SIGKILLed) the pipe ends and the watcher sends ssh SIGTERM (the remote daemon's
+watcher in ssh.py works the same way). They run in a process group of their own, so a terminal's
+Ctrl-C reaches us, not the tunnel under a migration we may still want to abort cleanly;
+``close()`` ends the pipe and signals that group.
+
+``start`` waits for the local socket and checks that the remote daemon's HTTP/2 SETTINGS frame
+comes back through it; when there is no ``ssh`` binary or this fails the caller keeps
+paramiko's channels (and says so in the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+log = logging.getLogger(__name__)
+
+HOST_KEY_ALIAS = "pymigrate-ssh-peer"
+# OpenSSH's default cipher set, AEAD first: one pass over the data; AES-GCM uses AES-NI.
+CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr"
+KEEPALIVE_S = 10  # paramiko's set_keepalive in ssh.connect
+STDERR_TAIL_BYTES = 2048
+# The HTTP/2 client preface and an empty SETTINGS frame: any HTTP/2 server (the daemon's gRPC)
+# answers with a frame of its own; its 9-byte header comes back through the tunnel.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+H2_FRAME_HEADER_BYTES = 9
+H2_SETTINGS = 4
+# Runs "$@" (ssh) and a watcher that reads our pipe (fd 0; a background list otherwise gets
+# /dev/null) and sends SIGTERM at EOF. The exit status is ssh's.
+_LIFETIME_SCRIPT = """\
+exec 3<&0
+"$@" </dev/null 3<&- &
+pid=$!
+( cat <&3 >/dev/null; kill -TERM "$pid" 2>/dev/null ) >/dev/null 2>&1 &
+exec 3<&-
+wait "$pid"
+"""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The key paramiko authenticated with: a private key file, or an agent's key."""
+
+    key: paramiko.PKey
+    path: Path | None  # None: the key lives in the agent at ``agent_socket``
+    agent_socket: str | None = None
+
+
+def _host_key_algorithms(key: paramiko.PKey) -> str:
+    name = key.get_name()
+    return "rsa-sha2-512,rsa-sha2-256" if name == "ssh-rsa" else name
+
+
+class OpenSshForwarder:
+    """Builds and runs ``ssh -W`` processes pinned to one verified host key and one identity."""
+
+    def __init__(self, binary: str, workdir: Path, *, hostname: str, port: int, user: str,
+                 host_key: paramiko.PKey, identity: Identity, connect_timeout_s: float) -> None:  # fmt: skip
+        self.binary = binary
+        self._workdir = workdir
+        self._proc: subprocess.Popen | None = None
+        self._lifeline: int | None = None  # the write end of ssh's stdin
+        self._err_path: Path | None = None
+        self._closed = False
+        self.local_socket: Path | None = None
+        known_hosts = workdir / "known_hosts"
+        line = f"{host_key.get_name()} {host_key.get_base64()}"
+        # OpenSSH may file the alias with or without the port: pin the key under both spellings.
+        _write_private(known_hosts, f"{HOST_KEY_ALIAS} {line}\n[{HOST_KEY_ALIAS}]:{port} {line}\n")
+        self._argv = [
+            binary, "-F", "/dev/null", "-T", "-a", "-x",
+            "-o", "LogLevel=ERROR",  # its refusals (a host key, the key) for our log, no banner
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"HostKeyAlias={HOST_KEY_ALIAS}",
+            "-o", f"HostKeyAlgorithms={_host_key_algorithms(host_key)}",
+            "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no", "-o", "VerifyHostKeyDNS=no",
+            *self._identity_options(identity),
+            "-o", "PreferredAuthentications=publickey",
+            "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ProxyCommand=none",
+            "-o", "Compression=no", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindMask=0177",
+            "-o", f"Ciphers={CIPHERS}",
+            "-o", f"ConnectTimeout={max(1, int(connect_timeout_s))}",
+            "-o", f"ServerAliveInterval={KEEPALIVE_S}", "-o", "ServerAliveCountMax=3",
+            "-p", str(port), "-l", user,
+        ]  # fmt: skip
+        self._hostname = hostname
+
+    def _identity_options(self, identity: Identity) -> list[str]:
+        if identity.path is not None:
+            return ["-i", str(identity.path), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
+        # An agent key: its public half selects it among the agent's keys.
+        pub = self._workdir / "identity.pub"
+        _write_private(pub, f"{identity.key.get_name()} {identity.key.get_base64()}\n")
+        return ["-i", str(pub), "-o", "IdentitiesOnly=yes", "-o", f"IdentityAgent={identity.agent_socket}"]
+
+    def argv(self, local_socket: Path, remote_socket: str) -> list[str]:
+        return [*self._argv, "-N", "-L", f"{local_socket}:{remote_socket}", "--", self._hostname]
+
+    def start(self, local_socket: Path, remote_socket: str, timeout_s: float, *, probe: bool = True) -> str | None:
+        """Start ``ssh`` forwarding ``local_socket`` to ``remote_socket`` and (``probe``) see an
+        HTTP/2 frame come back through it. Returns None when it works, else why not (ssh's own
+        message when it printed one); then nothing is left running."""
+        self.close()
+        self._closed = False
+        local_socket.unlink(missing_ok=True)
+        err_path = self._workdir / "ssh.err"
+        read_end, self._lifeline = os.pipe()
+        try:
+            with open(err_path, "wb") as err:
+                argv = ["/bin/sh", "-c", _LIFETIME_SCRIPT, "ssh-forward", *self.argv(local_socket, remote_socket)]
+                self._proc = subprocess.Popen(argv, stdin=read_end, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        except OSError as exc:
+            self.close()
+            return f"cannot run {self.binary}: {exc.strerror or exc}"
+        finally:
+            os.close(read_end)
+        self._err_path = err_path
+        reason = self._wait_ready(local_socket, timeout_s, probe)
+        if reason is not None:
+            self.close()
+            return reason
+        self.local_socket = local_socket
+        threading.Thread(target=self._watch, args=(self._proc,), name="ssh-fwd-watch", daemon=True).start()
+        return None
+
+    def _wait_ready(self, local_socket: Path, timeout_s: float, probe: bool) -> str | None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        while not local_socket.exists():  # bound once ssh authenticated (ExitOnForwardFailure)
+            if self._proc.poll() is not None:
+                return f"ssh exited with status {self._proc.returncode}: {self.stderr_tail() or 'no message'}"
+            if time.monotonic() > deadline:
+                return f"no forward from ssh within {timeout_s:g}s"
+            time.sleep(0.005)
+        return _probe_http2(local_socket, max(1.0, deadline - time.monotonic())) if probe else None
+
+    def _watch(self, proc: subprocess.Popen) -> None:
+        status = proc.wait()
+        if not self._closed and proc is self._proc:
+            log.warning("ssh forward process %d exited with status %d: %s", proc.pid, status, self.stderr_tail() or "no message")
+
+    def stderr_tail(self) -> str:
+        return _tail(self._err_path) if self._err_path is not None else ""
+
+    @property
+    def pid(self) -> int | None:
+        """The watcher shell's pid (ssh is its child; both lead no other group than theirs)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self) -> None:
+        """End ``ssh`` (its forwarded connections end with it): EOF to the watcher, then SIGTERM
+        to the group the watcher leads (ssh and the watcher's ``cat``)."""
+        self._closed = True
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        if self._proc is not None:
+            _stop_group(self._proc)
+            self._proc = None
+
+
+def _probe_http2(local_socket: Path, timeout_s: float) -> str | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(str(local_socket))
+        sock.sendall(H2_PREFACE)
+        header = b""
+        while len(header) < H2_FRAME_HEADER_BYTES:
+            data = sock.recv(H2_FRAME_HEADER_BYTES - len(header))
+            if not data:
+                return "the forward closed without an answer from the remote socket"
+            header += data
+    except TimeoutError:
+        return f"no answer through ssh within {timeout_s:g}s"
+    except OSError as exc:
+        return f"the forward failed: {exc.strerror or exc}"
+    finally:
+        sock.close()
+    if header[3] != H2_SETTINGS:
+        return f"the remote socket answered frame type {header[3]}, not HTTP/2 SETTINGS"
+    return None
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group ``proc`` leads (start_new_session), SIGKILL after 5 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)  # the group outlives its leader while ssh or cat still run
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(5.0)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait(5.0)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - STDERR_TAIL_BYTES))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip() and line.isprintable())
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def find_ssh_client() -> str | None:
+    """The ``ssh`` on PATH, None when there is none."""
+    return shutil.which("ssh")

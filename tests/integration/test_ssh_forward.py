@@ -1,0 +1,237 @@
+"""ssh:// bytes through OpenSSH's ``ssh -L`` (migrate/remote/ssh_forward.py, issue 17), with
+paramiko's channel as the fallback. Debian's real sshd and ssh, real CRIU.
+
+- a tunnel's connections run through one ``ssh -N -L LOCAL:REMOTE_SOCKET`` of ours, pinned to
+  the host key paramiko verified (a known_hosts of one key in the 0700 tunnel directory); it is
+  gone after close, and after a SIGKILL of the process that started it; a forwarder pinned to
+  another host key is refused by ssh itself;
+- a memhog migration over ssh:// runs its bytes through such a process (sampled while it runs)
+  and keeps the memory checksum;
+- with a PATH that has no ``ssh`` the same migration goes through paramiko, saying so in the log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import paramiko
+import pytest
+
+from tests.integration.hosts import Host, Hosts, make_hosts  # noqa: F401 (fixture)
+from tests.integration.migrate_helpers import migrate_json
+from tests.integration.test_ssh_migrate import SshLab, _make_lab, assert_hop, container_spec, image_tar  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "netns", "sshd")]
+
+MIB = 1 << 20
+MIGRATE_MIB = 64
+
+
+def ssh_forwarders(remote_socket: str) -> list[int]:
+    """Pids of ``ssh ... -L LOCAL:remote_socket`` processes on this machine."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        forwards = [arg for arg in argv if arg.endswith(b":" + remote_socket.encode())]
+        if argv and Path(argv[0].decode(errors="replace")).name == "ssh" and b"-L" in argv and forwards:
+            found.append(int(entry.name))
+    return found
+
+
+class ForwarderWatch:
+    """Samples ``ssh_forwarders(remote_socket)`` every 20 ms until stopped."""
+
+    def __init__(self, remote_socket: str) -> None:
+        self.remote_socket = remote_socket
+        self.seen: set[int] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seen.update(ssh_forwarders(self.remote_socket))
+            self.samples += 1
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "ForwarderWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def sshd_host(make_hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Host, dict]]:  # noqa: ANN001
+    from tests.integration.hosts import PYMIGRATE_BIN
+
+    hosts: Hosts = make_hosts(1)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    host = hosts[0]
+    host.start_sshd(Path(f"{key}.pub"))
+    options = {
+        "key_file": key, "known_hosts": tmp_path / "known_hosts", "accept_new": True,
+        "remote_pymigrate": str(PYMIGRATE_BIN), "remote_root": str(host.root), "config_file": home / ".ssh" / "config",
+    }  # fmt: skip
+    yield host, options
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def test_tunnel_connections_run_through_a_pinned_ssh_process(sshd_host: tuple[Host, dict]) -> None:
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.ssh import open_ssh_target
+
+    host, options = sshd_host
+    remote_socket = str(host.socket_path)
+    with open_ssh_target(host.ssh_url(), **options) as target:
+        assert target.forwarder == "openssh"
+        local = Path(target.address[len("unix:") :])
+        assert local.stat().st_mode & 0o777 == 0o600 and local.parent.stat().st_mode & 0o777 == 0o700
+        pinned = (local.parent / "known_hosts").read_text().split()
+        host_pub = Path(f"{host.host_key}.pub").read_text().split()[:2]
+        assert pinned[1:3] == host_pub and set(pinned) == {*host_pub, pinned[0], pinned[3]}, pinned  # only this key
+        pids = ssh_forwarders(remote_socket)
+        assert len(pids) == 1 and _ppid(_ppid(pids[0])) == os.getpid(), pids  # ours, under its watcher shell
+        with RemoteEngine(target.address) as engine:
+            assert engine.containers(all=True) == []
+        # nothing listens on TCP in the host but sshd
+        listening = host.run(["ss", "-Htln"]).stdout.decode()
+        assert len(listening.strip().splitlines()) == 1 and ":22 " in listening, listening
+    assert ssh_forwarders(remote_socket) == []
+    assert not local.parent.exists()
+
+
+def test_forwarder_ends_when_its_starter_is_killed(sshd_host: tuple[Host, dict], tmp_path: Path) -> None:
+    """A process that opened a tunnel is SIGKILLed: no close(), no atexit; its ssh ends anyway."""
+    import json
+    import signal
+    import sys
+
+    host, options = sshd_host
+    script = (
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "from migrate.remote.ssh import open_ssh_target\n"
+        "o = json.loads(sys.argv[2])\n"
+        "t = open_ssh_target(sys.argv[1], **o)\n"
+        "print(t.forwarder, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    opts = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    starter = subprocess.Popen([sys.executable, "-c", script, host.ssh_url(), json.dumps(opts)], stdout=subprocess.PIPE,
+                               cwd=str(Path(__file__).resolve().parents[2]))  # fmt: skip
+    try:
+        assert starter.stdout is not None
+        assert starter.stdout.readline().strip() == b"openssh"
+        pids = ssh_forwarders(str(host.socket_path))
+        assert len(pids) == 1 and _ppid(_ppid(pids[0])) == starter.pid, pids
+        starter.send_signal(signal.SIGKILL)
+        starter.wait(10)
+        deadline = time.monotonic() + 15
+        while ssh_forwarders(str(host.socket_path)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ssh_forwarders(str(host.socket_path)) == []
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait(10)
+        if starter.stdout is not None:
+            starter.stdout.close()
+
+
+def test_forwarder_pinned_to_another_host_key_is_refused(sshd_host: tuple[Host, dict], tmp_path: Path) -> None:
+    from migrate.remote.ssh_forward import Identity, OpenSshForwarder
+
+    host, options = sshd_host
+    host.start_daemon()
+    key = Path(options["key_file"])
+    workdir = tmp_path / "fwd"
+    workdir.mkdir(mode=0o700)
+    forwarder = OpenSshForwarder(
+        "/usr/bin/ssh", workdir, hostname=host.address, port=22, user="root",
+        host_key=paramiko.Ed25519Key.from_private_key_file(str(key)),  # not the host's key
+        identity=Identity(key=paramiko.PKey.from_path(str(key)), path=key), connect_timeout_s=10,
+    )  # fmt: skip
+    reason = forwarder.start(workdir / "ssh.sock", str(host.socket_path), 15.0)
+    assert reason is not None and "status 255" in reason and "host key verification failed" in reason.lower(), reason
+    assert forwarder.pid is None and not (workdir / "ssh.sock").exists()
+    assert ssh_forwarders(str(host.socket_path)) == []
+    # the same forwarder pinned to the right key works, and reaches the daemon
+    right = OpenSshForwarder(
+        "/usr/bin/ssh", tmp_path, hostname=host.address, port=22, user="root",
+        host_key=paramiko.PKey.from_path(str(host.host_key)),
+        identity=Identity(key=paramiko.PKey.from_path(str(key)), path=key), connect_timeout_s=10,
+    )  # fmt: skip
+    try:
+        assert right.start(tmp_path / "ssh.sock", str(host.socket_path), 15.0) is None
+    finally:
+        right.close()
+
+
+def _path_without_ssh(tmp_path: Path) -> str:
+    """A PATH of one directory: links to every program on ours except ``ssh``."""
+    bin_dir = tmp_path / "bin-without-ssh"
+    bin_dir.mkdir()
+    for directory in os.environ.get("PATH", "").split(":"):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            link = bin_dir / name
+            if name != "ssh" and not link.exists() and os.access(os.path.join(directory, name), os.X_OK):
+                link.symlink_to(os.path.join(directory, name))
+    return str(bin_dir)
+
+
+@pytest.fixture
+def ssh_pair(image_tar: Path, tmp_path: Path) -> Iterator[SshLab]:  # noqa: F811
+    yield from _make_lab(image_tar, tmp_path, 2, image_on=(0, 1))
+
+
+@pytest.mark.requires("criu", "pycriu", "busybox", "overlay")
+@pytest.mark.parametrize("with_ssh", [True, False], ids=["openssh", "no-ssh-on-path"])
+def test_migration_over_ssh_moves_bytes_through_the_forwarder(ssh_pair: SshLab, tmp_path: Path, with_ssh: bool) -> None:
+    lab, (a, b) = ssh_pair.lab, ssh_pair.hosts.hosts
+    name = "fwd"
+    lab.run_memhog(a, name, MIGRATE_MIB)
+    spec = container_spec(a, name)
+    before = lab.report(a, name)
+    assert before is not None
+    env = ssh_pair.env()
+    if not with_ssh:
+        env["PATH"] = _path_without_ssh(tmp_path)
+    ssh_pair.record_host_key(b)
+    with ForwarderWatch(str(b.root / "run" / "pymigrate.sock")) as watch:
+        r = a.cli(["--debug", *ssh_pair.ssh_flags(b), "migrate", name, b.ssh_url(), "--json"], timeout=300, env=env)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    stats = migrate_json(r.stdout)["stats"]
+    assert stats["bytes_on_wire"] >= MIGRATE_MIB * MIB, stats
+    stderr = r.stderr.decode()
+    assert watch.samples > 3
+    if with_ssh:
+        assert watch.seen, "no ssh -W process forwarded the migration"
+        assert "ssh forward through" in stderr, stderr[-3000:]
+    else:
+        assert watch.seen == set(), f"ssh ran although not on PATH: {watch.seen}"
+        assert "no ssh client on PATH: forwarding through paramiko" in stderr, stderr[-3000:]
+    assert_hop(lab, a, b, name, spec["ip"], spec["container_id"], before)
+    assert ssh_forwarders(str(b.root / "run" / "pymigrate.sock")) == []
