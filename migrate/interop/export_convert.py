@@ -47,6 +47,7 @@ class ExportSource:
     images_dir: Path
     upper: Path  # the upper dir, or its file-system image (upper.img)
     lower: Path | None  # the image's tree, read-only; None: not at hand
+    shm: Path | None = None  # an imported container's /dev/shm (its engine bind's directory), if at hand
 
 
 def check_exportable(spec: ContainerSpec) -> None:
@@ -56,6 +57,9 @@ def check_exportable(spec: ContainerSpec) -> None:
         Unsupported: the container has volumes, --init, --userns, -t or -i.
     """
     reasons = []
+    strange = [m for m in spec.engine_mounts if engine_mount_kind(m) == "other"]
+    if strange:
+        reasons.append(f"its engine binds {', '.join(strange)} are none podman makes")
     if spec.volumes:
         reasons.append(f"it has volumes ({', '.join(v.target for v in spec.volumes)}), which runc maps by path")
     if spec.init:
@@ -68,6 +72,23 @@ def check_exportable(spec: ContainerSpec) -> None:
         reasons.append(f"its network mode is {spec.network}")
     if reasons:
         raise Unsupported(f"{FEATURE} of container {spec.name}", "; ".join(reasons), hint=NATIVE_HINT)
+
+
+def engine_mount_kind(destination: str) -> str:
+    """What a bind of a container imported from podman (``ContainerSpec.engine_mounts``) is to
+    podman: ``file`` (/etc/hosts and the others it binds itself on restore), ``shm``, ``cgroup``
+    (runc's v1 binds), ``masked`` (a masked file below /proc or /sys), else ``other``."""
+    from migrate.interop.import_mounts import CGROUP_ROOT, ENGINE_FILES, SHM
+
+    if destination in ENGINE_FILES:
+        return "file"
+    if destination == SHM:
+        return "shm"
+    if destination == CGROUP_ROOT or destination.startswith(CGROUP_ROOT + "/"):
+        return "cgroup"
+    if destination.startswith(("/proc/", "/sys/")):
+        return "masked"
+    return "other"
 
 
 def image_identity(manifest: dict[str, Any], image_ref: str | None, image_id: str | None) -> tuple[str, str]:
@@ -107,15 +128,19 @@ def write_source(src: ExportSource, out_dir: Path, work: Path, sys: Any, *, imag
     if any(out_dir.iterdir()):
         raise InvalidArgument(f"cannot write the podman checkpoint into {out_dir}: the directory is not empty")
     netns_key = str((src.manifest.get("options") or {}).get("netns_key") or LEGACY_NETNS_KEY)
-    if export_images.copy_images(src.images_dir, out_dir / CHECKPOINT_DIR, netns_key=netns_key) != 1:
+    masked = frozenset(m for m in spec.engine_mounts if engine_mount_kind(m) == "masked")
+    if export_images.copy_images(src.images_dir, out_dir / CHECKPOINT_DIR, netns_key=netns_key, masked=masked) != 1:
         raise Unsupported(f"{FEATURE} of container {spec.name}", f"its dump holds no network namespace declared as {netns_key}",
                           hint=NATIVE_HINT)
     stats = src.images_dir / export_images.STATS_DUMP
     if stats.is_file():
         (out_dir / export_images.STATS_DUMP).write_bytes(stats.read_bytes())
     _write_rootfs(spec, src, out_dir, work, sys)
+    if "/dev/shm" in spec.engine_mounts:
+        _write_shm(spec, src.shm, out_dir)
     oci = oci_spec(spec, creds, checkpoint_id=src.checkpoint_id, netns_path=f"/run/netns/pymigrate-{spec.container_id}",
-                   rlimits=export_images.init_rlimits(src.images_dir))
+                   rlimits=export_images.init_rlimits(src.images_dir), masked=masked,
+                   cgroupns=export_images.cgroup_namespaced(src.images_dir / export_images.CGROUP_IMAGE))
     config = libpod_config(spec, oci, image_name=image_name, image_id=hex_id, created_at=spec.created_at)
     write_json(out_dir / SPEC_DUMP, oci)
     write_json(out_dir / CONFIG_DUMP, config)
@@ -170,6 +195,26 @@ def _write_rootfs(spec: ContainerSpec, src: ExportSource, out_dir: Path, work: P
                           f"it made the directories {', '.join(unknown)} and the image is not here to tell which of them "
                           "replace one of its own (and what that deleted)", hint="run the export on the container's host")
     export_rootfs.write_deleted(out_dir, split.deleted)
+
+
+DEVSHM_TAR = "devshm-checkpoint.tar"  # podman unpacks it into the new /dev/shm before the restore
+
+
+def _write_shm(spec: ContainerSpec, shm: Path | None, out_dir: Path) -> None:
+    """An imported container's /dev/shm (a bind of a directory, like podman's) as podman's
+    ``devshm-checkpoint.tar``, walked like an upper layer (the container writes there)."""
+    from runtime.extract_limits import current_limits
+    from runtime.upper_layer_tar import Exclusions, write_layer
+
+    if shm is None or not shm.is_dir():
+        raise Unsupported(f"{FEATURE} of container {spec.name}", "its /dev/shm is a directory on the container's host, not here",
+                          hint="run the export on the container's host")
+    fd = os.open(shm, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with open(out_dir / DEVSHM_TAR, "wb") as sink:
+            write_layer(fd, sink, exclude=Exclusions(), limits=current_limits())
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -16,6 +16,10 @@ Two things differ between what pymigrate dumps and what runc 1.1's ``Restore`` g
   at it (keeping the cgroup namespace's prefix), as a runc dump of a container's own cgroup
   would: the restored tree lands in podman's cgroup for the container, in a cgroup namespace
   rooted there. A task in a cgroup below the container's is refused (podman would not know it).
+- masked files: runc binds /dev/null over each and keys all of them ``/dev/null``; a container
+  pymigrate imported from podman keeps its engine's binds keyed by destination, so their keys
+  go back to ``/dev/null`` (``rekey_mounts``). Its other engine binds (/etc/hosts, /dev/shm,
+  the cgroup v1 binds ...) are keyed as runc keys them already.
 - ``descriptors.json``: runc reads the paths of the init's fds 0-2 from it and, for each
   ``pipe:[N]``, gives CRIU its own new stdio pipe as an inherit fd. A pymigrate init has its
   container's /dev/null on fd 0 and its log files (/.pymigrate/log, log.err, in its own root,
@@ -114,6 +118,16 @@ def rekey_netns(data: bytes, old_key: str, new_key: str) -> bytes | None:
     return data[:_MAGIC_BYTES] + struct.pack("<I", len(message)) + message
 
 
+def cgroup_namespaced(path: Path) -> bool:
+    """Whether the dumped tasks have a cgroup namespace (a prefix in ``cgroup.img``): what the
+    images hold decides, not the spec (a container imported from podman has none, whatever its
+    spec's default says), and runc binds a v1 host's hierarchies only without one."""
+    from runtime.criu import read_image_entries
+
+    return any(ctl.cgns_prefix for entry in read_image_entries(path, "cgroup_entry", "cgroup_pb2")
+               for cg_set in entry.sets for ctl in cg_set.ctls)
+
+
 def rekey_cgroups(path: Path) -> bytes:
     """``cgroup.img`` at ``path`` with every task in ``CGROUP_DIR`` (module docstring).
 
@@ -147,6 +161,29 @@ def rekey_cgroups(path: Path) -> bytes:
     return path.read_bytes()[:_MAGIC_BYTES] + struct.pack("<I", len(raw)) + raw
 
 
+DEV_NULL = "/dev/null"  # runc's one key for every masked file (libcontainer addMaskPaths / its restore)
+MOUNTPOINTS_GLOB = "mountpoints-*.img"
+
+
+def rekey_mounts(path: Path, masked: frozenset[str]) -> bytes | None:
+    """A ``mountpoints-*.img`` whose external binds over ``masked`` files are keyed ``/dev/null``,
+    as runc dumps them and restores them (a container pymigrate imported from podman keeps every
+    engine bind keyed by its destination: migrate/interop/import_mounts.py); None when nothing
+    changes. Every other key (runc's own: the destination) stays."""
+    from runtime.criu import read_image_entries
+
+    entries = read_image_entries(path, "mnt_entry", "mnt_pb2")
+    changed = False
+    for entry in entries:
+        if entry.HasField("ext_key") and entry.ext_key in masked and entry.ext_key != DEV_NULL:
+            entry.ext_key = DEV_NULL
+            changed = True
+    if not changed:
+        return None
+    body = b"".join(struct.pack("<I", len(raw)) + raw for raw in (e.SerializeToString() for e in entries))
+    return path.read_bytes()[:_MAGIC_BYTES] + body
+
+
 def init_rlimits(images_dir: Path) -> list[tuple[int, int]]:
     """The dumped init's (soft, hard) rlimits by resource number (its core image); [] if unreadable."""
     from runtime.criu import read_first_entry
@@ -161,9 +198,10 @@ def init_rlimits(images_dir: Path) -> list[tuple[int, int]]:
     return [(r.cur, r.max) for r in core.tc.rlimits.rlimits]
 
 
-def copy_images(images_dir: Path, dest: Path, *, netns_key: str) -> int:
+def copy_images(images_dir: Path, dest: Path, *, netns_key: str, masked: frozenset[str] = frozenset()) -> int:
     """CRIU's images from ``images_dir`` into ``dest`` (made here) as runc restores them (module
     docstring), ``descriptors.json`` beside them; returns how many netns images were re-keyed.
+    ``masked``: the masked files of a container imported from podman (``rekey_mounts``).
 
     Raises:
         ArchiveError: a netns image that cannot be read.
@@ -185,6 +223,11 @@ def copy_images(images_dir: Path, dest: Path, *, netns_key: str) -> int:
         if src.name == CGROUP_IMAGE:
             (dest / src.name).write_bytes(rekey_cgroups(src))
             continue
+        if masked and src.match(MOUNTPOINTS_GLOB):
+            rekeyed_mounts = rekey_mounts(src, masked)
+            if rekeyed_mounts is not None:
+                (dest / src.name).write_bytes(rekeyed_mounts)
+                continue
         shutil.copyfile(src, dest / src.name)
     (dest / DESCRIPTORS).write_text(json.dumps(list(STDIO_PATHS)))
     return rekeyed

@@ -72,9 +72,9 @@ def stop_signal_number(text: str) -> int:
     return _SIGNALS.get(name if name.startswith("SIG") else f"SIG{name}", 15)
 
 
-def _namespaces(spec: ContainerSpec, netns_path: str) -> list[dict[str, str]]:
+def _namespaces(netns_path: str, cgroupns: bool) -> list[dict[str, str]]:
     namespaces = [{"type": "pid"}, {"type": "network", "path": netns_path}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
-    if spec.cgroupns_mode == "private":
+    if cgroupns:
         namespaces.append({"type": "cgroup"})
     return namespaces
 
@@ -112,10 +112,32 @@ def oci_rlimits(limits: list[tuple[int, int]]) -> list[dict[str, Any]]:
     return [{"type": name, "soft": soft, "hard": hard} for name, (soft, hard) in zip(RLIMIT_NAMES, limits)]
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+# runc's cgroup mount: on a v1 host, a tmpfs with one bind per hierarchy, each an external mount
+# keyed by its destination (libcontainer getCgroupMounts), as a podman container's dump has them
+_CGROUP_MOUNT = {"destination": CGROUP_ROOT, "type": "cgroup", "source": "cgroup",
+                 "options": ["rprivate", "nosuid", "noexec", "nodev", "relatime", "ro"]}
+
+
+def engine_extras(engine_mounts: tuple[str, ...], masked: frozenset[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """For a container imported from podman (``ContainerSpec.engine_mounts``): the mounts the spec
+    adds (runc's cgroup mount, whose binds its dump had) and the masked paths (runc's, keyed
+    /dev/null). The engine's file binds (/etc/hosts ...) podman adds by itself on restore."""
+    mounts = [dict(_CGROUP_MOUNT, options=list(_CGROUP_MOUNT["options"]))] \
+        if any(m == CGROUP_ROOT or m.startswith(CGROUP_ROOT + "/") for m in engine_mounts) else []
+    return mounts, sorted(masked)
+
+
 def oci_spec(spec: ContainerSpec, creds: Credentials, *, checkpoint_id: str, netns_path: str,
-             rlimits: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+             rlimits: list[tuple[int, int]] | None = None, masked: frozenset[str] = frozenset(),
+             cgroupns: bool | None = None) -> dict[str, Any]:
     """``spec.dump`` for container ``spec`` (module docstring); ``creds``: its user, resolved in its
-    root; ``rlimits``: its init's (soft, hard) limits by resource number (``oci_rlimits``)."""
+    root; ``rlimits``: its init's (soft, hard) limits by resource number (``oci_rlimits``);
+    ``masked``: the masked files of a container imported from podman (``engine_extras``);
+    ``cgroupns``: whether its tasks have a cgroup namespace (the images tell; default: its spec's)."""
+    if cgroupns is None:
+        cgroupns = spec.cgroupns_mode == "private"
+    extra_mounts, extra_masked = engine_extras(spec.engine_mounts, masked)
     caps = [CAP_NAMES[i] for i in sorted(container_caps(spec.cap_add, spec.cap_drop))]
     user: dict[str, Any] = {"uid": creds.uid, "gid": creds.gid, "umask": 0o022}
     if creds.groups:
@@ -133,7 +155,7 @@ def oci_spec(spec: ContainerSpec, creds: Credentials, *, checkpoint_id: str, net
         },
         "root": {"path": ROOT_PLACEHOLDER, "readonly": spec.read_only},
         "hostname": spec.hostname,
-        "mounts": [dict(m, options=list(m["options"])) for m in _MOUNTS],
+        "mounts": [*(dict(m, options=list(m["options"])) for m in _MOUNTS), *extra_mounts],
         "annotations": {
             "io.container.manager": "libpod",
             "io.kubernetes.cri-o.TTY": "false",
@@ -143,8 +165,8 @@ def oci_spec(spec: ContainerSpec, creds: Credentials, *, checkpoint_id: str, net
         },
         "linux": {
             "resources": _resources(spec),
-            "namespaces": _namespaces(spec, netns_path),
-            "maskedPaths": list(MASKED_PATHS),
+            "namespaces": _namespaces(netns_path, cgroupns),
+            "maskedPaths": list(dict.fromkeys((*MASKED_PATHS, *extra_masked))),
             "readonlyPaths": list(READONLY_PATHS),
         },
     }

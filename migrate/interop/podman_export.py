@@ -161,8 +161,19 @@ def write_podman_dir(rt: Any, checkpoint_id: str, out_dir: Path, *, image_ref: s
     base = store.dir(cid)
     with scratch_dir(rt.paths.tmp, "export-") as work, _lower(rt, spec) as lower:
         upper = _local_upper(base, work)
-        source = ExportSource(checkpoint_id=cid, manifest=manifest, images_dir=base / IMAGES_DIR, upper=upper, lower=lower)
+        source = ExportSource(checkpoint_id=cid, manifest=manifest, images_dir=base / IMAGES_DIR, upper=upper, lower=lower,
+                              shm=_engine_shm(rt, spec))
         write_source(source, out_dir, work, getattr(rt, "rt", rt).sys, image_ref=image_ref, image_id=image_id)
+
+
+def _engine_shm(rt: Any, spec: ContainerSpec) -> Path | None:
+    """An imported container's /dev/shm directory here (migrate/interop/import_mounts.py), if it has one."""
+    from migrate.interop.import_mounts import ENGINE_DIR, SHM_DIR
+
+    if "/dev/shm" not in spec.engine_mounts:
+        return None
+    shm = Path(rt.store.dir(spec.container_id)) / ENGINE_DIR / SHM_DIR
+    return shm if shm.is_dir() else None
 
 
 @contextmanager

@@ -278,3 +278,58 @@ def test_pack_dir(tmp_path: Path, compress: str, magic: bytes | None) -> None:
         data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert sorted(tar.getnames()) == ["checkpoint", "checkpoint/inventory.img", "spec.dump"]
+
+
+# -- a container pymigrate imported from podman, exported back --------------------------------------
+
+
+def test_engine_mount_kinds() -> None:
+    from migrate.interop.export_convert import engine_mount_kind
+
+    assert [engine_mount_kind(m) for m in ("/etc/hosts", "/run/.containerenv", "/dev/shm", "/sys/fs/cgroup/cpu",
+                                           "/proc/keys", "/srv/data")] == ["file", "file", "shm", "cgroup", "masked", "other"]
+    with pytest.raises(Unsupported, match="/srv/data"):
+        check_exportable(_spec(engine_mounts=("/etc/hosts", "/srv/data")))
+    check_exportable(_spec(engine_mounts=("/etc/hosts", "/dev/shm", "/sys/fs/cgroup/pids", "/proc/keys")))
+
+
+def test_oci_spec_of_an_imported_container() -> None:
+    spec = _spec(engine_mounts=("/etc/hosts", "/sys/fs/cgroup/cpu", "/proc/keys", "/proc/extra_mask"))
+    oci = oci_spec(spec, Credentials(), checkpoint_id="c1", netns_path="/n", masked=frozenset({"/proc/keys", "/proc/extra_mask"}),
+                   cgroupns=False)
+    mounts = {m["destination"]: m for m in oci["mounts"]}
+    assert mounts["/sys/fs/cgroup"]["type"] == "cgroup"  # runc binds each hierarchy, keyed as the dump has them
+    assert "/etc/hosts" not in mounts  # podman binds its own on restore
+    assert "cgroup" not in [n["type"] for n in oci["linux"]["namespaces"]]  # the images have none: runc skips the binds with one
+    masked = oci["linux"]["maskedPaths"]
+    assert "/proc/extra_mask" in masked and masked.count("/proc/keys") == 1
+
+
+def test_masked_files_keyed_dev_null_again(tmp_path: Path) -> None:
+    from runtime.criu import read_image_entries
+
+    src = DATA / "export-imported-mountpoints.img"
+    if not read_image_entries(src, "mnt_entry", "mnt_pb2"):
+        pytest.skip("pycriu is not installed")
+    out = tmp_path / "mountpoints.img"
+    out.write_bytes(export_images.rekey_mounts(src, frozenset({"/proc/keys", "/proc/timer_list"})) or b"")
+    keys = {e.mountpoint: e.ext_key for e in read_image_entries(out, "mnt_entry", "mnt_pb2") if e.HasField("ext_key")}
+    assert keys["/proc/keys"] == keys["/proc/timer_list"] == "/dev/null"  # runc's one key for masked files
+    assert keys["/etc/hosts"] == "/etc/hosts" and keys["/sys/fs/cgroup/cpu"] == "/sys/fs/cgroup/cpu"  # runc's keys already
+    assert len(read_image_entries(out, "mnt_entry", "mnt_pb2")) == len(read_image_entries(src, "mnt_entry", "mnt_pb2"))
+    assert export_images.rekey_mounts(out, frozenset({"/proc/keys"})) is None  # nothing left to change
+
+
+def test_cgroup_namespace_told_by_the_images() -> None:
+    _cgroup_entries(DATA / "export-cgroup.img")
+    assert export_images.cgroup_namespaced(DATA / "export-cgroup.img") is True  # a pymigrate container's
+    assert export_images.cgroup_namespaced(DATA / "export-imported-cgroup.img") is False  # podman's, imported
+
+
+def test_cgroups_of_an_imported_container_stay_without_a_namespace(tmp_path: Path) -> None:
+    _cgroup_entries(DATA / "export-imported-cgroup.img")
+    out = tmp_path / "cgroup.img"
+    out.write_bytes(export_images.rekey_cgroups(DATA / "export-imported-cgroup.img"))
+    (entry,) = _cgroup_entries(out)
+    ctls = [ctl for s in entry.sets for ctl in s.ctls]
+    assert ctls and all(ctl.path == "/" + export_images.CGROUP_DIR and not ctl.HasField("cgns_prefix") for ctl in ctls)
