@@ -253,9 +253,12 @@ def make_mountpoints(root: Path, mounts: Iterable[ImageMount], files: Iterable[s
             ensure_path(root, m.mountpoint, file=m.mountpoint in file_dests)
 
 
-def ensure_path(root: Path, dest: str, *, file: bool, mode: int = 0o755) -> None:
+def ensure_path(root: Path, dest: str, *, file: bool, mode: int | None = None) -> None:
     """``dest`` (absolute, inside ``root``) made if missing: its directories, then a directory or
-    an empty file; every component opened with O_NOFOLLOW from ``root``'s fd."""
+    an empty file (``mode``: 0755 / 0644 by default); every component opened with O_NOFOLLOW
+    from ``root``'s fd, an existing one checked to be a directory or a regular file."""
+    if mode is None:
+        mode = 0o644 if file else 0o755
     parts = [p for p in dest.split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
         raise InvalidSpec("mounts", f"mountpoint {dest!r} is not a clean absolute path")
@@ -287,7 +290,9 @@ def _make_leaf(fd: int, leaf: str, dest: str, *, file: bool, mode: int) -> None:
         st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         if file:
-            os.close(os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd))
+            made = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+            os.fchmod(made, mode & 0o666)  # not the umask's
+            os.close(made)
         else:
             os.mkdir(leaf, mode, dir_fd=fd)
         return

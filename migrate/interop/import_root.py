@@ -5,8 +5,9 @@ changed, no whiteouts) plus ``deleted.files`` (a JSON list of paths removed from
 the tar is unpacked with the rules of every untrusted layer (``runtime.tarsafe.extract_layer``:
 no paths out, no devices, budgets) into a new upper dir, and each deleted path becomes an overlay
 whiteout (a 0/0 character device) in it, its missing parent directories made with the owner and
-mode the image gives them, so the merged view shows the image minus those files. ``/.pymigrate``
-(where pymigrate keeps a container's logs) may not come from the archive.
+mode the image gives them, so the merged view shows the image minus those files. ``/.pymigrate`` (the logs of a
+container pymigrate exported in podman's layout) may come with the diff: the restore accepts it
+only as a directory holding regular files (``import_mounts.ensure_path``), never deletes it.
 
 ``devshm-checkpoint.tar`` (the content of podman's /dev/shm) is unpacked by the same rules into
 the directory that becomes the container's /dev/shm.
@@ -37,8 +38,6 @@ def build_upper(fc_root: Path, upper: Path, lowers: tuple[Path, ...], deleted: t
     diff = fc_root / ROOTFS_DIFF
     if diff.is_file() and not diff.is_symlink():
         unpack_tar(diff, upper, ROOTFS_DIFF)
-        if os.path.lexists(upper / RESERVED):
-            raise UnsafeMember(ROOTFS_DIFF, f"holds /{RESERVED}, where pymigrate keeps the container's logs")
     for rel in deleted:
         whiteout(upper, lowers, rel)
 

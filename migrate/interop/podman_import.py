@@ -206,11 +206,8 @@ class _Hook:
     def __call__(self, request: Any, spec: Any, root: Path) -> Any:
         cdir = mounts_mod.prepare_container_dir(self.rt, spec, self.devshm)
         mounts_mod.make_mountpoints(root, self.image_mounts, mounts_mod.ENGINE_FILES)
-        for log in (LOG, ERR_LOG):  # the images open them now (import_stdio); empty, ours
-            mounts_mod.ensure_path(root, log, file=True)
-            fd = os.open(_inside(root, log), os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-            os.fchmod(fd, 0o600)
-            os.close(fd)
+        for log in (LOG, ERR_LOG):  # the images open them (import_stdio); kept if the diff has them
+            mounts_mod.ensure_path(root, log, file=True, mode=0o600)
         external = _without_volume_keys(request.external, spec) + mounts_mod.container_externals(self.rt, spec, cdir, self.exts)
         return dataclasses.replace(request, external=external)
 

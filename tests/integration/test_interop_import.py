@@ -340,3 +340,31 @@ def test_imported_container_moves_on_to_another_host(podman: Podman, make_hosts,
     assert info["state"]["status"] == "running" and "/etc/hosts" in info["spec"]["engine_mounts"]
     assert b.cli(["rm", "-f", name]).returncode == 0 and a.cli(["rm", "-f", name]).returncode == 0
     assert leftovers(a) == [] and leftovers(b) == []
+
+
+def test_pymigrate_export_in_podman_layout_comes_back(podman: Podman, pm: Callable[..., Any], tmp_path: Path) -> None:
+    """pymigrate -> podman's layout (checkpoint --export --format podman) -> restore --import: the
+    images hold pymigrate's own seccomp filter and log files, so no acceptance is needed and the
+    log runs on from 0."""
+    saved = tmp_path / "saved.tar"
+    tmp = unique("mk")  # an image of its own tree: the flat one imported by name has no config digest
+    podman("run", "--name", tmp, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "localhost/pmt-memhog:1",
+           "touch", "/round-trip")
+    podman("commit", "-q", tmp, "localhost/pmt-rt:1")
+    podman("rm", tmp)
+    podman("save", "-o", str(saved), "localhost/pmt-rt:1")
+    loaded = f"{unique('ld')}:1"
+    ok(pm("image", "load", "--name", loaded, str(saved)))  # with its config digest: podman's image id
+    name = unique("rt")
+    ok(pm("run", "-d", "--name", name, loaded, "sh", "-c", "i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done"))
+    try:
+        wait_for(lambda: len(_logs(pm, name)) >= 5, 30, "the counter")
+        ok(pm("checkpoint", name, "--export", str(tmp_path / "rt.tar.zst"), "--format", "podman"))
+        ok(pm("rm", "-f", name))
+        ok(pm("restore", "--import", str(tmp_path / "rt.tar.zst")))
+        seen = len(_logs(pm, name))
+        wait_for(lambda: len(_logs(pm, name)) >= seen + 5, 30, "the counter after the round trip")
+        out = _logs(pm, name)
+        assert out == list(range(len(out))), "the log restarted or skipped"
+    finally:
+        pm("rm", "-f", name)
