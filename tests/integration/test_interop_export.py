@@ -12,7 +12,9 @@ CAP_SYS_RESOURCE runc's CRIU cannot raise a hard limit above conmon's, and CRIU 
 dumped ones), changes its root (a file added, an image file deleted, an image directory replaced),
 is checkpointed with ``--format podman`` and restored by ``podman container restore --import``: its
 memory checksum is the same, its counter goes on from where it was, the root changes are there,
-and it sits in podman's cgroup, not pymigrate's.
+and it sits in podman's cgroup, not pymigrate's. Also: --leave-running with gzip, the export over
+``--host`` (converted on the caller's side), a container born in podman going podman -> pymigrate
+-> podman, and the refusals.
 """
 
 from __future__ import annotations
@@ -220,6 +222,38 @@ def test_over_host_the_caller_converts(podman: Podman, pm: Callable[..., subproc
     finally:
         stop_daemon(proc, sock)
         pm("rm", "-f", name, made_dir)
+
+
+def test_round_trip_podman_pymigrate_podman(podman: Podman, pm: Callable[..., subprocess.CompletedProcess], pm_root: Path,
+                                           tmp_path: Path) -> None:
+    """A container born in podman, restored by pymigrate (migrate/interop/podman_import.py), exported
+    with --format podman and restored by podman again: the same memory all the way, its counter
+    going on. Its engine binds (/etc/hosts ..., /dev/shm, the cgroup v1 binds, masked files) go
+    back to being runc's."""
+    first, middle, back = unique("born"), unique("mid"), unique("back")
+    podman.run("run", "-d", "--name", first, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", IMAGE,
+               *memhog_command(16))
+    try:
+        checksum, born = podman.report(first)
+        from_podman = tmp_path / "from-podman.tar.zst"
+        podman.run("container", "checkpoint", "--export", str(from_podman), first)
+    finally:
+        podman.remove(first)
+    try:
+        ok(pm("restore", "--import", str(from_podman), "--name", middle, "--security-opt", "seccomp=unconfined", timeout=300))
+        here_checksum, here = memhog_report(pm_root, middle)
+        assert here_checksum == checksum and here >= born
+        to_podman = tmp_path / "to-podman.tar.zst"
+        ok(pm("checkpoint", middle, "--export", str(to_podman), "--format", "podman", timeout=300))
+        try:
+            podman.run("container", "restore", "--import", str(to_podman), "--name", back)
+            back_checksum, again = podman.report(back)
+            assert back_checksum == checksum and again >= here
+            assert wait_for(lambda: podman.report(back)[1] > again or None, 10, "memhog counting on in podman again")
+        finally:
+            podman.remove(back)
+    finally:
+        pm("rm", "-f", middle)
 
 
 def test_export_refuses_a_container_with_a_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
