@@ -142,7 +142,8 @@ def test_stats_interval_duration_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_deprecated_doubles_are_marked_and_named_with_their_replacement() -> None:
     deprecated = {(m.name, f.name) for m in pb.DESCRIPTOR.message_types_by_name.values() for f in m.fields
                   if f.GetOptions().deprecated}
-    replacements = {**{k: v[0] for k, v in cv._DURATIONS.items()}, **cv._TIMESTAMPS, "time": "event_time"}
+    replacements = {**{k: v[0] for k, v in cv._DURATIONS.items()}, **cv._TIMESTAMPS, "time": "event_time",
+                    "read_at_unix_s": "read_time"}
     for message, field in deprecated:
         fields = pb.DESCRIPTOR.message_types_by_name[message].fields_by_name
         assert replacements.get(field) in fields, f"{message}.{field} is deprecated without its replacement beside it"
