@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -174,7 +173,8 @@ def refused_archives(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -
     podman.run("r-absent", "localhost/pmt-absent:1", "sleep", "1000")
     podman.run("r-volume", "localhost/pmt-memhog:1", "sleep", "1000", extra=("-v", f"{out / 'vol'}:/data"))
     podman.run("r-plain", "localhost/pmt-memhog:1", "sh", "-c", "echo changed > /new-file; rm /bin/vi; sleep 1000")
-    time.sleep(0.5)  # the shell has written its file
+    wait_for(lambda: podman("exec", "r-plain", "sh", "-c", "cat /new-file; ls /bin/vi", check=False) == "changed", 30,
+             "the shell's changes")
     plain = podman.export("r-plain", out / "plain.tar.zst")
     return {
         "absent": podman.export("r-absent", out / "absent.tar.zst"),
@@ -282,7 +282,7 @@ def test_pull_fetches_the_image_the_archive_names(podman: Podman, pm: Callable[.
         podman("tag", "localhost/pmt-memhog:1", ref)
         ctr = unique("pod")
         podman.run(ctr, ref, "sh", "-c", "echo pulled > /mark; sleep 1000")
-        time.sleep(0.5)
+        wait_for(lambda: podman("exec", ctr, "cat", "/mark", check=False) == "pulled", 30, "the container's file")
         archive = podman.export(ctr, tmp_path / "pulled.tar.zst")
         podman("rm", "-f", ctr)
         refused(pm("restore", "--import", str(archive), "--name", name, *ACCEPT, "--json"), "ImageNotFound")
