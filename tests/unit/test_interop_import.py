@@ -192,3 +192,45 @@ def test_a_foreign_archive_is_refused_over_host_before_any_upload(tmp_path: Path
         assert "checkpoint image" in (err.value.hint or "")
     finally:
         client.close()
+
+
+def _write_image(path: Path, entries: list) -> None:
+    import struct
+
+    body = b"".join(struct.pack("<I", len(raw)) + raw for raw in (e.SerializeToString() for e in entries))
+    path.write_bytes(struct.pack("<I", 0x12345678) + body)  # an image's own magic, no common one before it
+
+
+def test_conmons_pipes_become_regular_log_files_in_the_images(tmp_path: Path) -> None:
+    fdinfo_pb2 = pytest.importorskip("pycriu.images.fdinfo_pb2")
+    from migrate.interop.import_stdio import LOG_FLAGS, pipes_to_logs
+    from runtime.criu import read_image_entries
+
+    pipe_t, reg_t = fdinfo_pb2.PIPE, fdinfo_pb2.REG
+    null = fdinfo_pb2.file_entry(type=reg_t, id=2)
+    null.reg.id, null.reg.flags, null.reg.pos, null.reg.name, null.reg.mnt_id = 2, 2, 0, "/dev/null", 100
+    null.reg.fown.uid = null.reg.fown.euid = null.reg.fown.signum = null.reg.fown.pid_type = null.reg.fown.pid = 0
+    files = [null]
+    for fid, pipe_id in ((3, 11), (4, 12), (5, 13)):
+        e = fdinfo_pb2.file_entry(type=pipe_t, id=fid)
+        e.pipe.id, e.pipe.pipe_id, e.pipe.flags = fid, pipe_id, os.O_WRONLY
+        e.pipe.fown.uid = e.pipe.fown.euid = e.pipe.fown.signum = e.pipe.fown.pid_type = e.pipe.fown.pid = 0
+        files.append(e)
+    _write_image(tmp_path / "files.img", files)
+    _write_image(tmp_path / "fdinfo-2.img", [fdinfo_pb2.fdinfo_entry(id=i, flags=0, type=t, fd=fd)
+                                             for i, t, fd in ((2, reg_t, 0), (3, pipe_t, 1), (4, pipe_t, 2), (5, pipe_t, 7))])
+
+    assert pipes_to_logs(tmp_path, {11: LOG, 12: ERR_LOG}, 98) == 2
+    got = {e.id: e for e in read_image_entries(tmp_path / "files.img", "file_entry", "fdinfo_pb2")}
+    assert got[3].type == reg_t and not got[3].HasField("pipe")
+    assert (got[3].reg.name, got[3].reg.mnt_id, got[3].reg.flags, got[3].reg.id) == (LOG, 98, LOG_FLAGS, 3)
+    assert got[4].reg.name == ERR_LOG and got[5].type == pipe_t and got[2].reg.name == "/dev/null"
+    fds = {e.fd: e.type for e in read_image_entries(tmp_path / "fdinfo-2.img", "fdinfo_entry", "fdinfo_pb2")}
+    assert fds == {0: reg_t, 1: reg_t, 2: reg_t, 7: pipe_t}  # the unrelated pipe (fd 7) stays a pipe
+
+    reader = fdinfo_pb2.file_entry(type=pipe_t, id=6)
+    reader.pipe.id, reader.pipe.pipe_id, reader.pipe.flags = 6, 14, os.O_RDONLY
+    reader.pipe.fown.uid = reader.pipe.fown.euid = reader.pipe.fown.signum = reader.pipe.fown.pid_type = reader.pipe.fown.pid = 0
+    _write_image(tmp_path / "files.img", [reader])
+    with pytest.raises(Unsupported, match="reads pipe"):
+        pipes_to_logs(tmp_path, {14: LOG}, 98)
