@@ -166,9 +166,28 @@ def _credentials(spec: ContainerSpec, lower: Path | None) -> Any:
             raise Unsupported(f"{FEATURE} of container {spec.name}", f"its user {spec.user} is a name and its image is not here",
                               hint="run the export on the container's host")
         return users.resolve(want, [], [])
-    passwd = users.read_db(str(lower / "etc/passwd"))
-    group = users.read_db(str(lower / "etc/group"))
-    return users.resolve(want, users.parse_passwd(passwd or b""), users.parse_group(group or b""))
+    passwd, group = _image_file(lower, "etc/passwd"), _image_file(lower, "etc/group")
+    return users.resolve(want, users.parse_passwd(passwd), users.parse_group(group))
+
+
+_DB_MAX_BYTES = 4 << 20
+
+
+def _image_file(lower: Path, rel: str) -> bytes:
+    """A regular file of the image's tree, reached without following symlinks (the image's
+    /etc/passwd may be one with a host path); empty when there is none."""
+    import stat
+
+    try:
+        fd = export_rootfs.open_in_tree(lower, rel, directory=False)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return os.read(fd, _DB_MAX_BYTES)
+    finally:
+        os.close(fd)
 
 
 def _write_rootfs(spec: ContainerSpec, src: ExportSource, out_dir: Path, work: Path, sys: Any) -> None:
@@ -250,7 +269,7 @@ def _mount_read_only(sys: Any, image: Path, where: Path) -> None:
         os.close(dev)  # the mount holds the device now (LO_FLAGS_AUTOCLEAR)
 
 
-def pack_file(tree: Path, out_file: Path, compress: str) -> int:
+def pack_file(tree: Path, out_file: Path, compress: str, level: int = 1) -> int:
     """``tree`` packed (``pack_dir``) at ``out_file``, written under a temp name beside it, fsynced
     and renamed: the file appears complete or not at all. Returns its bytes."""
     if compress not in COMPRESSIONS:
@@ -259,7 +278,7 @@ def pack_file(tree: Path, out_file: Path, compress: str) -> int:
     try:
         # 0600 as podman's: it holds the container's memory
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as f:
-            pack_dir(tree, f, compress)
+            pack_dir(tree, f, compress, level)
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, out_file)
@@ -269,12 +288,13 @@ def pack_file(tree: Path, out_file: Path, compress: str) -> int:
     return out_file.stat().st_size
 
 
-def pack_dir(tree: Path, sink: BinaryIO, compress: str) -> None:
-    """The files of ``tree`` as a tar (members relative to it, as podman writes them) into ``sink``."""
+def pack_dir(tree: Path, sink: BinaryIO, compress: str, level: int = 1) -> None:
+    """The files of ``tree`` as a tar (members relative to it, as podman writes them) into ``sink``;
+    ``level``: zstd's (gzip's is the default, 9)."""
     if compress == "zstd":
         import zstandard
 
-        with zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False) as z:
+        with zstandard.ZstdCompressor(level=level).stream_writer(sink, closefd=False) as z:
             _tar(tree, z, "w|")
     elif compress == "gzip":
         _tar(tree, sink, "w|gz")

@@ -34,6 +34,7 @@ by field (protobuf wire format) and changes nothing else.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -198,6 +199,15 @@ def init_rlimits(images_dir: Path) -> list[tuple[int, int]]:
     return [(r.cur, r.max) for r in core.tc.rlimits.rlimits]
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """An image taken over unchanged: a hard link where it can be (pages are most of a checkpoint;
+    nothing writes either name while the archive is packed), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def copy_images(images_dir: Path, dest: Path, *, netns_key: str, masked: frozenset[str] = frozenset()) -> int:
     """CRIU's images from ``images_dir`` into ``dest`` (made here) as runc restores them (module
     docstring), ``descriptors.json`` beside them; returns how many netns images were re-keyed.
@@ -228,6 +238,6 @@ def copy_images(images_dir: Path, dest: Path, *, netns_key: str, masked: frozens
             if rekeyed_mounts is not None:
                 (dest / src.name).write_bytes(rekeyed_mounts)
                 continue
-        shutil.copyfile(src, dest / src.name)
+        _link_or_copy(src, dest / src.name)
     (dest / DESCRIPTORS).write_text(json.dumps(list(STDIO_PATHS)))
     return rekeyed

@@ -54,7 +54,7 @@ def export_over_host(engine: Any, name: str, options: Any, progress: Any = None)
         result = engine.checkpoint(name, dataclasses.replace(options, export_format="native", export_path=native,
                                                              compress="zstd"), progress)
         try:
-            size = _convert(native, scratch, result.checkpoint_id, out, options.compress)
+            size = _convert(native, scratch, result.checkpoint_id, out, options.compress, options.level)
         except (ContainerError, MigrationError) as exc:
             kept = f"the checkpoint is kept on that host: pymigrate --host ... restore {result.checkpoint_id}"
             exc.hint = f"{exc.hint + '; ' if exc.hint else ''}{kept}"
@@ -65,7 +65,7 @@ def export_over_host(engine: Any, name: str, options: Any, progress: Any = None)
     return dataclasses.replace(result, export_path=str(out), stats=stats)
 
 
-def _convert(native: Path, scratch: Path, checkpoint_id: str, out: Path, compress: str) -> int:
+def _convert(native: Path, scratch: Path, checkpoint_id: str, out: Path, compress: str, level: int) -> int:
     """The downloaded native archive ``native`` as the podman archive ``out``; its bytes."""
     from migrate.restore import unpack_archive
     from runtime.fstree import remove_tree_quietly
@@ -81,6 +81,6 @@ def _convert(native: Path, scratch: Path, checkpoint_id: str, out: Path, compres
                               upper=unpacked.upper_dir, lower=None)
         tree = scratch / "podman"
         write_source(source, tree, unpacked.scratch, LINUX)
-        return pack_file(tree, out, compress)
+        return pack_file(tree, out, compress, level)
     finally:
         remove_tree_quietly(unpacked.scratch)

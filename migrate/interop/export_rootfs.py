@@ -20,6 +20,7 @@ whiteouts into the image spec's), then split here:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -82,20 +83,41 @@ def split_layer(layer: BinaryIO, diff: BinaryIO, list_lower: ListLower) -> Split
     return out
 
 
+def open_in_tree(root: Path, rel: str, *, directory: bool = True) -> int:
+    """An fd of ``rel`` below ``root``, opened one component at a time without following a symlink
+    (an image's absolute symlink would name a host path). Raises OSError (ELOOP, ENOTDIR, ENOENT)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    parts = [p for p in rel.split("/") if p]
+    try:
+        for i, part in enumerate(parts):
+            if part in (".", ".."):
+                raise OSError(errno.ENOENT, "not below the tree", rel)
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if directory or not last else os.O_NONBLOCK)
+            nfd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def lower_lister(lower_root: Path | None) -> ListLower:
-    """``list_lower`` over the image's tree at ``lower_root`` (the image store's own, trusted); an
-    image that is not there lists nothing."""
+    """``list_lower`` over the image's tree at ``lower_root``; a path that is not a directory there
+    (or reaches it through a symlink: an opaque directory then replaced the link itself) lists nothing."""
 
     def list_lower(path: str) -> list[str]:
         if lower_root is None:
             return []
-        rel = posixpath.normpath("/" + path).lstrip("/")
-        if rel.split("/")[0] == "..":
+        try:
+            fd = open_in_tree(lower_root, posixpath.normpath("/" + path))
+        except OSError:
             return []
         try:
-            return sorted(os.listdir(lower_root / rel)) if rel else sorted(os.listdir(lower_root))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
 
     return list_lower
 

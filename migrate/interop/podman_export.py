@@ -127,7 +127,7 @@ def export_checkpoint(rt: Any, name: str, options: Any, *, progress: Any = None)
 
         progress(ProgressEvent("export", "convert", message=f"podman archive {out}"))
     try:
-        size = write_podman_archive(rt, result.checkpoint_id, out, compress=options.compress)
+        size = write_podman_archive(rt, result.checkpoint_id, out, compress=options.compress, level=options.level)
     except (ContainerError, MigrationError, OSError) as exc:
         kept = f"the checkpoint is kept: pymigrate restore {result.checkpoint_id}"
         if isinstance(exc, OSError):
@@ -205,9 +205,10 @@ def _local_upper(base: Path, work: Path) -> Path:
 
 
 def write_podman_archive(rt: Any, checkpoint_id: str, out_file: Path, *, compress: str = "zstd",
-                         image_ref: str | None = None, image_id: str | None = None) -> int:
+                         image_ref: str | None = None, image_id: str | None = None, level: int = 1) -> int:
     """``write_podman_dir`` packed as one tar (``compress``: zstd, gzip or none, podman's
-    ``--compress``) at ``out_file``, written under a temp name and renamed; returns its bytes."""
+    ``--compress``; ``level``: zstd's) at ``out_file``, written under a temp name and renamed;
+    returns its bytes."""
     if compress not in COMPRESSIONS:
         raise InvalidArgument(f"invalid compression {compress!r} for a podman archive: expected one of {', '.join(COMPRESSIONS)}")
     from runtime.scratch import scratch_dir
@@ -215,4 +216,4 @@ def write_podman_archive(rt: Any, checkpoint_id: str, out_file: Path, *, compres
     with scratch_dir(rt.paths.tmp, "export-") as work:
         tree = work / "podman"
         write_podman_dir(rt, checkpoint_id, tree, image_ref=image_ref, image_id=image_id)
-        return pack_file(tree, Path(out_file), compress)
+        return pack_file(tree, Path(out_file), compress, level)

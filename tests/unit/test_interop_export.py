@@ -198,6 +198,40 @@ def test_lower_lister(tmp_path: Path) -> None:
     assert export_rootfs.lower_lister(None)("/etc") == []
 
 
+def test_lower_lister_follows_no_symlink(tmp_path: Path) -> None:
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (host / "shadow").write_text("")
+    lower = tmp_path / "lower"
+    (lower / "real").mkdir(parents=True)
+    (lower / "real" / "x").write_text("")
+    (lower / "opt").symlink_to(host)  # an image's absolute symlink names a host path
+    (lower / "rel").symlink_to("real")
+    lister = export_rootfs.lower_lister(lower)
+    assert lister("/opt") == [] and lister("/rel") == [] and lister("/opt/..") == ["opt", "real", "rel"]
+    assert lister("/real") == ["x"]
+
+
+def test_user_resolved_in_the_image_without_following_its_symlinks(tmp_path: Path) -> None:
+    from migrate.interop.export_convert import _credentials
+
+    lower = tmp_path / "lower"
+    (lower / "etc").mkdir(parents=True)
+    (lower / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/srv:/bin/sh\n")
+    (lower / "etc" / "group").write_text("web:x:1000:\nextra:x:27:web\n")
+    creds = _credentials(_spec(user="web"), lower)
+    assert (creds.uid, creds.gid, creds.groups) == (1000, 1000, (27,))
+    host = tmp_path / "host-passwd"
+    host.write_text("web:x:4242:4242::/:/bin/sh\n")
+    (lower / "etc" / "passwd").unlink()
+    (lower / "etc" / "passwd").symlink_to(host)
+    with pytest.raises(InvalidArgument, match="unable to find user web"):
+        _credentials(_spec(user="web"), lower)
+    assert _credentials(_spec(user="7:8"), None).uid == 7  # numbers need no image
+    with pytest.raises(Unsupported, match="is a name"):
+        _credentials(_spec(user="web"), None)
+
+
 def test_write_deleted(tmp_path: Path) -> None:
     export_rootfs.write_deleted(tmp_path, [])
     assert not (tmp_path / export_rootfs.DELETED_FILES).exists()
