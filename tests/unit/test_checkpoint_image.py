@@ -131,7 +131,7 @@ def test_store_name_is_the_pulls_default() -> None:
 
 def _restore_args(**given: Any) -> argparse.Namespace:
     values = {"checkpoint_id": None, "image_ref": None, "import_path": None, "tls_verify": None, "cert_dir": None,
-              "creds": None, "authfile": None}
+              "creds": None, "authfile": None, "pull_image": False}
     return argparse.Namespace(**{**values, **given})
 
 
