@@ -232,7 +232,8 @@ def _registry_manifest(reg: Registry, repository: str, tag: str) -> dict:
 def test_create_image_over_host_is_built_by_the_daemon_and_pushed(podman_image: tuple[str, int], registry: Registry,
                                                                  pm: PM, pm_root: Path) -> None:
     """The daemon checkpoints and builds the image in its own store (CheckpointRequest.create_image);
-    ``image push`` over --host sends it with the marks."""
+    ``image push`` over --host sends it with the marks; ``restore REF`` over --host restores it there
+    (RestoreRequest.image_ref), counting on."""
     from tests.integration.cli_helpers import start_daemon, stop_daemon
 
     proc, sock = start_daemon(pm_root)
@@ -243,7 +244,8 @@ def test_create_image_over_host_is_built_by_the_daemon_and_pushed(podman_image: 
             return pm("--host", f"unix:{sock}", *args, timeout=300)
 
         ok(remote("run", "-d", "--name", name, "pmt-base:1", "sh", "-c", LOOP))  # podman's base: it has a config digest
-        time.sleep(1.0)
+        time.sleep(2.0)
+        counted = _counter(pm, name)
         ref = f"{registry.address}/remote/{name}:1"
         made = _json(remote("checkpoint", name, "--create-image", ref, "--json"))
         checkpoint_id = made["checkpoint_id"]
@@ -254,7 +256,14 @@ def test_create_image_over_host_is_built_by_the_daemon_and_pushed(podman_image: 
         marks = _registry_manifest(registry, f"remote/{name}", "1")["annotations"]
         assert marks[CRIO_NAME] == marks[PODMAN_NAME] == name
         assert marks["io.podman.annotations.checkpoint.rootfsImageName"] == "pmt-base:1"
+        # RestoreRequest.image_ref: the daemon finds the image in its store (no registry flags to send)
+        restored = _json(remote("restore", ref, "--name", f"{name}-2", "--json"))
+        assert restored["container"]["spec"]["name"] == f"{name}-2"
+        _counts_on_from(lambda: _counter(pm, f"{name}-2"), counted)
+        r = remote("restore", ref, "--tls-verify=false", "--json")  # flags a RestoreRequest cannot carry
+        assert r.returncode != 0 and json.loads(r.stdout)["type"] == "Unsupported", r.stdout
     finally:
+        pm("rm", "-f", f"{name}-2")
         pm("rm", "-f", name)
         pm("image", "rm", f"{name}:1")
         if checkpoint_id:
