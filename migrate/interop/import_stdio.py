@@ -24,11 +24,29 @@ from typing import Any
 from runtime.errors import Unsupported
 
 FILES_IMG = "files.img"
+DESCRIPTORS = "descriptors.json"
 FDINFO_GLOB = "fdinfo-*.img"
 LOG = "/.pymigrate/log"  # runtime.overlay.LOG_PATH_IN_CONTAINER
 ERR_LOG = "/.pymigrate/log.err"  # runtime.overlay.ERR_LOG_PATH_IN_CONTAINER
 LOG_FLAGS = os.O_WRONLY | os.O_APPEND
 MAX_DESCRIPTORS = 3  # runc records the init's stdin, stdout, stderr
+
+
+def read_descriptors(images_dir: Path) -> list[str]:
+    """runc's ``descriptors.json`` (what the init's fds 0, 1, 2 were), [] when absent.
+
+    Raises:
+        UnsafeMember: not a list of at most MAX_DESCRIPTORS strings.
+    """
+    from migrate.errors import UnsafeMember
+    from migrate.interop.dump_fields import read_json
+
+    data = read_json(images_dir, DESCRIPTORS, required=False)
+    if data is None:
+        return []
+    if not isinstance(data, list) or len(data) > MAX_DESCRIPTORS or not all(isinstance(d, str) for d in data):
+        raise UnsafeMember(f"checkpoint/{DESCRIPTORS}", f"expected a list of at most {MAX_DESCRIPTORS} strings")
+    return data
 
 
 def stdio_targets(descriptors: list[str]) -> dict[int, str]:

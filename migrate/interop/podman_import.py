@@ -42,18 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from migrate.api import ProgressFn, RestoreOptions, RestoreResult
-from migrate.errors import UnsafeMember
 from migrate.interop import import_mounts as mounts_mod
 from migrate.interop.import_mounts import External, ImageMount
 from runtime.errors import ImageNotFound, InvalidArgument, Unsupported
 
 NETNS_KEY = "extRootNetNS"  # runc's key for the container's (external) network namespace
 IMAGES_DIR = "checkpoint"
-DESCRIPTORS = "descriptors.json"
 DEVSHM_DIR = "devshm"  # in the scratch dir
 LOG = "/.pymigrate/log"  # runtime.overlay.LOG_PATH_IN_CONTAINER
 ERR_LOG = "/.pymigrate/log.err"  # runtime.overlay.ERR_LOG_PATH_IN_CONTAINER
-MAX_DESCRIPTORS = 3  # runc records the init's stdin, stdout, stderr
 
 
 def import_archive(rt: Any, options: RestoreOptions, *, criu: Any = None, progress: ProgressFn | None = None) -> RestoreResult:
@@ -104,10 +101,8 @@ def _restore(rt: Any, fc: Any, options: RestoreOptions, scratch: Path, *, archiv
 
 
 def _prepare(rt: Any, fc: Any, options: RestoreOptions, scratch: Path, archive_bytes: int) -> Any:
-    from migrate.archive.store import MANIFEST_KIND
-    from migrate.interop.import_root import DEVSHM_TAR, build_upper, unpack_tar
     from migrate.interop.import_spec import check_supported, foreign_volumes, spec_from_foreign
-    from migrate.interop.import_stdio import pipes_to_logs, stdio_targets
+    from migrate.interop.import_stdio import pipes_to_logs, read_descriptors, stdio_targets
     from migrate.restore import CRIU_WORK_DIR, Prepared, Unpacked
     from runtime.state import validate_name
 
@@ -117,22 +112,40 @@ def _prepare(rt: Any, fc: Any, options: RestoreOptions, scratch: Path, archive_b
     image_mounts = mounts_mod.read_mounts(images_dir)
     targets = {v.target: v for v in foreign_volumes(fc.spec)}
     exts = mounts_mod.plan(image_mounts, targets)
-    stdio = stdio_targets(_descriptors(images_dir))
+    stdio = stdio_targets(read_descriptors(images_dir))
     name = validate_name(options.name or fc.container_name)
     image = _image(rt, fc, options)  # after the checks above: a refused archive pulls nothing
     spec = spec_from_foreign(fc, image_name=image.name, image_digest=image.digest, name=name,
                              container_id=rt.new_container_id())
     spec = dataclasses.replace(spec, engine_mounts=mounts_mod.engine_mounts(exts))
     pipes_to_logs(images_dir, stdio, next(m.mnt_id for m in image_mounts if m.mountpoint == "/"))
+    upper, devshm = _root_changes(fc, scratch, image.lowers)
+    (scratch / CRIU_WORK_DIR).mkdir(mode=0o700)
+    unpacked = Unpacked(manifest=_manifest(rt, fc, spec), images_dir=images_dir, upper_dir=upper, scratch=scratch)
+    hook = _Hook(rt, image_mounts, exts, devshm)
+    return Prepared(unpacked=unpacked, request_hook=hook, netns_key=NETNS_KEY, archive_bytes=archive_bytes)
+
+
+def _root_changes(fc: Any, scratch: Path, lowers: tuple[Path, ...]) -> tuple[Path, Path | None]:
+    """The upper dir (rootfs-diff.tar minus deleted.files) and /dev/shm's content (or None), in ``scratch``."""
+    from migrate.interop.import_root import DEVSHM_TAR, build_upper, unpack_tar
+
     upper = scratch / "upper"
     upper.mkdir(mode=0o755)
-    build_upper(fc.root, upper, image.lowers, fc.deleted_files)
+    build_upper(fc.root, upper, lowers, fc.deleted_files)
+    if not (fc.root / DEVSHM_TAR).is_file():
+        return upper, None
     devshm = scratch / DEVSHM_DIR
-    if (fc.root / DEVSHM_TAR).is_file():
-        devshm.mkdir(mode=0o1777)
-        unpack_tar(fc.root / DEVSHM_TAR, devshm, DEVSHM_TAR)
-    (scratch / CRIU_WORK_DIR).mkdir(mode=0o700)
-    manifest = {
+    devshm.mkdir(mode=0o1777)
+    unpack_tar(fc.root / DEVSHM_TAR, devshm, DEVSHM_TAR)
+    return upper, devshm
+
+
+def _manifest(rt: Any, fc: Any, spec: Any) -> dict[str, Any]:
+    """What restore_container reads of a native manifest, for a foreign checkpoint."""
+    from migrate.archive.store import MANIFEST_KIND
+
+    return {
         "kind": MANIFEST_KIND, "container": spec.to_dict(), "checkpoint_id": f"{fc.engine}:{fc.container_name}",
         "criu_version": "0",  # stats-dump does not say; CRIU refuses images it cannot read
         # podman's images hold no cpuinfo.img for CRIU's check (runc restores without one too):
@@ -140,9 +153,6 @@ def _prepare(rt: Any, fc: Any, options: RestoreOptions, scratch: Path, archive_b
         "host": {"cpu_digest": rt.cpu_digest()},
         "options": {"tcp_established": False, "file_locks": False},
     }
-    unpacked = Unpacked(manifest=manifest, images_dir=images_dir, upper_dir=upper, scratch=scratch)
-    hook = _Hook(rt, image_mounts, exts, devshm if devshm.is_dir() else None)
-    return Prepared(unpacked=unpacked, request_hook=hook, netns_key=NETNS_KEY, archive_bytes=archive_bytes)
 
 
 def _check_options(options: RestoreOptions) -> None:
@@ -183,17 +193,6 @@ def find_image(images: Any, image_name: str, image_id: str) -> Any:
             f"IMG.tar` and here `pymigrate image load IMG.tar`" if image_name else
             "load the image the container ran on (podman save ... then pymigrate image load)")
     raise ImageNotFound(f"{what} (the checkpoint's image{', id ' + image_id[:12] if image_id else ''})", hint=hint)
-
-
-def _descriptors(images_dir: Path) -> list[str]:
-    from migrate.interop.dump_fields import read_json
-
-    data = read_json(images_dir, DESCRIPTORS, required=False)
-    if data is None:
-        return []
-    if not isinstance(data, list) or len(data) > MAX_DESCRIPTORS or not all(isinstance(d, str) for d in data):
-        raise UnsafeMember(f"{IMAGES_DIR}/{DESCRIPTORS}", f"expected a list of at most {MAX_DESCRIPTORS} strings")
-    return data
 
 
 class _Hook:
