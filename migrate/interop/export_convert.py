@@ -132,16 +132,19 @@ def write_source(src: ExportSource, out_dir: Path, work: Path, sys: Any, *, imag
     if export_images.copy_images(src.images_dir, out_dir / CHECKPOINT_DIR, netns_key=netns_key, masked=masked) != 1:
         raise Unsupported(f"{FEATURE} of container {spec.name}", f"its dump holds no network namespace declared as {netns_key}",
                           hint=NATIVE_HINT)
-    stats = src.images_dir / export_images.STATS_DUMP
-    if stats.is_file():
-        (out_dir / export_images.STATS_DUMP).write_bytes(stats.read_bytes())
+    for name in (export_images.STATS_DUMP, export_images.DUMP_LOG):
+        beside = src.images_dir / name
+        if beside.is_file() and not beside.is_symlink():
+            (out_dir / name).write_bytes(beside.read_bytes())
     _write_rootfs(spec, src, out_dir, work, sys)
     if "/dev/shm" in spec.engine_mounts:
         _write_shm(spec, src.shm, out_dir)
     oci = oci_spec(spec, creds, checkpoint_id=src.checkpoint_id, netns_path=f"/run/netns/pymigrate-{spec.container_id}",
                    rlimits=export_images.init_rlimits(src.images_dir), masked=masked,
                    cgroupns=export_images.cgroup_namespaced(src.images_dir / export_images.CGROUP_IMAGE))
-    config = libpod_config(spec, oci, image_name=image_name, image_id=hex_id, created_at=spec.created_at)
+    created = src.manifest.get("created_at")
+    config = libpod_config(spec, oci, image_name=image_name, image_id=hex_id, created_at=spec.created_at,
+                           checkpointed_at=float(created) if isinstance(created, (int, float)) else None)
     write_json(out_dir / SPEC_DUMP, oci)
     write_json(out_dir / CONFIG_DUMP, config)
     log.info("checkpoint=%s container=%s written in podman's layout to %s (image %s %s)", src.checkpoint_id, spec.name,

@@ -177,8 +177,9 @@ def _iso(unix_s: float) -> str:
 
 
 def libpod_config(spec: ContainerSpec, oci: dict[str, Any], *, image_name: str, image_id: str,
-                  created_at: float) -> dict[str, Any]:
-    """``config.dump`` (module docstring): ``image_id`` is the 64-hex id podman knows the image by."""
+                  created_at: float, checkpointed_at: float | None = None) -> dict[str, Any]:
+    """``config.dump`` (module docstring): ``image_id`` is the 64-hex id podman knows the image by;
+    ``checkpointed_at`` goes in as ``checkpointedTime`` (CRI-O's field; podman ignores it)."""
     config: dict[str, Any] = {
         "spec": oci,
         "id": podman_id(spec.container_id),
@@ -201,6 +202,8 @@ def libpod_config(spec: ContainerSpec, oci: dict[str, Any], *, image_name: str, 
         "umask": "0022",
         "labels": dict(spec.labels) or None,
     }
+    if checkpointed_at:
+        config["checkpointedTime"] = _iso(checkpointed_at)
     if spec.network == "bridge":
         config["newNetworks"] = {"podman": {"interface_name": "eth0"}}
     if spec.workdir and spec.workdir != "/":

@@ -79,7 +79,9 @@ def test_libpod_config_has_what_podman_restore_reads() -> None:
     assert config["createNetNS"] is True and config["networkMode"] == "bridge"
     assert config["newNetworks"] == {"podman": {"interface_name": "eth0"}}
     assert config["stopSignal"] == 2 and config["labels"] == {"tier": "web"}
-    assert config["createdTime"] == "1970-01-01T00:00:00Z"
+    assert config["createdTime"] == "1970-01-01T00:00:00Z" and "checkpointedTime" not in config
+    assert libpod_config(_spec(), oci, image_name="n", image_id=IMAGE_ID, created_at=0.0,
+                         checkpointed_at=1.5)["checkpointedTime"] == "1970-01-01T00:00:01.500000Z"
     json.dumps(config)  # all JSON
 
 
