@@ -7,6 +7,8 @@
 - pymigrate makes one (``checkpoint --create-image``) on host a (a network namespace of
   tests/integration/hosts.py), pushes it with ``image push``; host b pulls and restores it with
   ``restore REF``: the same counter goes on there.
+- A Kubernetes-style image (the kubelet's CRI-O archive in a scratch image with only CRI-O's
+  checkpoint.name annotation, built here from podman's checkpoint relabelled) restores too.
 - Refusals: an ordinary image given to ``restore REF`` (NotACheckpointImage), a checkpoint-marked
   image whose layer has a ``..`` member (the pull refuses it) or a symlink and a member outside
   the checkpoint layout (the checkpoint rules refuse it): no image, no scratch, no file left.
@@ -175,6 +177,60 @@ def test_podman_checkpoint_image_restored_by_pymigrate_counts_on(podman_image: t
         _counts_on_from(lambda: _counter(pm, name), frozen_at)
     finally:
         pm("rm", "-f", name)
+        pm("image", "rm", "ckpt-ctr:1")
+
+
+def _kubelet_layout(podman_dir: Path) -> None:
+    """podman's checkpoint directory in the layout of a kubelet/CRI-O checkpoint archive (the
+    schema checkpointctl documents): CRI-O's config.dump and spec annotations, bind.mounts, no
+    network.status or podman extras."""
+    libpod = json.loads((podman_dir / "config.dump").read_text())
+    spec = json.loads((podman_dir / "spec.dump").read_text())
+    (podman_dir / "config.dump").write_text(json.dumps({
+        "id": libpod["id"], "name": "k8s_counter_pod_default_0", "rootfsImage": libpod["rootfsImageName"],
+        "rootfsImageRef": libpod["rootfsImageID"], "rootfsImageName": libpod["rootfsImageName"], "runtime": "runc",
+        "createdTime": libpod["createdTime"], "checkpointedTime": "2026-12-04T21:00:00Z"}))
+    spec["annotations"] = {"io.container.manager": "cri-o", "io.kubernetes.cri-o.Metadata": '{"name":"counter"}',
+                           "io.kubernetes.pod.name": "pod", "io.kubernetes.pod.namespace": "default"}
+    (podman_dir / "spec.dump").write_text(json.dumps(spec))
+    (podman_dir / "bind.mounts").write_text(json.dumps([
+        {"source": m["source"], "destination": m["destination"], "file_type": "file", "permissions": 0o644}
+        for m in spec["mounts"] if m["type"] == "bind" and m["destination"] != "/dev/shm"]))
+    for gone in ("network.status", "devshm-checkpoint.tar", "ctr.log"):
+        (podman_dir / gone).unlink(missing_ok=True)
+    shutil.rmtree(podman_dir / "artifacts", ignore_errors=True)
+
+
+def test_kubernetes_style_checkpoint_image_is_restored(podman_image: tuple[str, int], registry: Registry, pm: PM,
+                                                       pm_root: Path, tmp_path: Path) -> None:
+    """What Kubernetes users push (the kubelet's archive added to a scratch image carrying only
+    CRI-O's checkpoint.name annotation): told by that mark, read as CRI-O's layout, counting on."""
+    from migrate.interop.checkpoint_image import open_checkpoint_image
+    from migrate.interop.checkpoint_image_layout import write_layout
+    from runtime.config import Paths
+    from runtime.image_store import ImageStore
+    from runtime.registry import RegistryOptions
+
+    ref, frozen_at = podman_image
+    with open_checkpoint_image(ImageStore(Paths(pm_root)), ref, options=RegistryOptions(tls_verify=False)) as fc:
+        shutil.copytree(fc.root, tmp_path / "ckpt")
+    _kubelet_layout(tmp_path / "ckpt")
+    write_layout(tmp_path / "ckpt", tmp_path / "oci", "1", {CRIO_NAME: "counter"})
+    k8s_ref = f"{registry.address}/k8s/counter:1"
+    r = subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'oci'}:1", f"docker://{k8s_ref}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    name = unique("from-k8s")
+    try:
+        with open_checkpoint_image(ImageStore(Paths(pm_root)), k8s_ref, options=RegistryOptions(tls_verify=False)) as fc:
+            assert (fc.engine, fc.container_name) == ("cri-o", "counter")  # pulled and kept: restore finds it here
+        restored = _json(pm("restore", k8s_ref, "--tls-verify=false", "--name", name, "--security-opt", "seccomp=unconfined",
+                            "--json", timeout=300))
+        assert restored["container"]["spec"]["name"] == name
+        _counts_on_from(lambda: _counter(pm, name), frozen_at)
+    finally:
+        pm("rm", "-f", name)
+        pm("image", "rm", "counter:1")
         pm("image", "rm", "ckpt-ctr:1")
 
 
