@@ -470,12 +470,16 @@ def host_from_pb(m: pb.HostInfo) -> api.HostInfo:
 
 
 def log_entry_to_pb(e: LogEntry) -> pb.StreamLogsResponse:
-    return pb.StreamLogsResponse(data=e.data, stream=e.stream, time=e.time_ns / 1e9)
+    m = pb.StreamLogsResponse(data=e.data, stream=e.stream, time=e.time_ns / 1e9)
+    if e.time_ns > 0:  # write_time: the nanoseconds the double cannot hold
+        m.write_time.seconds, m.write_time.nanos = divmod(e.time_ns, 1_000_000_000)
+    return m
 
 
 def log_entry_from_pb(m: pb.StreamLogsResponse) -> LogEntry:
     """An older server's response (no stream, no time): stdout, time unknown."""
-    return LogEntry(stream=m.stream if m.stream in ("stdout", "stderr") else "stdout", time_ns=round(m.time * 1e9), data=m.data)
+    time_ns = m.write_time.seconds * 1_000_000_000 + m.write_time.nanos if m.HasField("write_time") else round(m.time * 1e9)
+    return LogEntry(stream=m.stream if m.stream in ("stdout", "stderr") else "stdout", time_ns=time_ns, data=m.data)
 
 
 def logs_request(name: str, follow: bool, tail: int | None, since: float | None, until: float | None,
@@ -484,13 +488,22 @@ def logs_request(name: str, follow: bool, tail: int | None, since: float | None,
     for field, value in (("tail", tail), ("since", since), ("until", until)):
         if value is not None:
             setattr(request, field, value)
+    for field, value in (("since_time", since), ("until_time", until)):  # both: an older daemon reads the doubles
+        if value is not None and math.isfinite(value):
+            timestamp_from_seconds(getattr(request, field), value)
     return request
 
 
 def logs_arguments(m: pb.StreamLogsRequest) -> dict[str, Any]:
-    """The engine's ``logs`` keyword arguments of a request (an older client's has no filters)."""
+    """The engine's ``logs`` keyword arguments of a request (an older client's has no filters); a
+    Timestamp wins over the double beside it."""
+    def seconds(stamp: str, double: str) -> float | None:
+        if m.HasField(stamp):
+            return getattr(m, stamp).seconds + getattr(m, stamp).nanos / 1e9
+        return getattr(m, double) if m.HasField(double) else None
+
     return {"follow": m.follow, "tail": m.tail if m.HasField("tail") else None,
-            "since": m.since if m.HasField("since") else None, "until": m.until if m.HasField("until") else None}
+            "since": seconds("since_time", "since"), "until": seconds("until_time", "until")}
 
 
 def progress_to_pb(e: api.ProgressEvent) -> pb.ProgressEvent:

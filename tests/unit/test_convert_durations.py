@@ -142,11 +142,13 @@ def test_stats_interval_duration_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_deprecated_doubles_are_marked_and_named_with_their_replacement() -> None:
     deprecated = {(m.name, f.name) for m in pb.DESCRIPTOR.message_types_by_name.values() for f in m.fields
                   if f.GetOptions().deprecated}
-    replacements = {**{k: v[0] for k, v in cv._DURATIONS.items()}, **cv._TIMESTAMPS, "time": "event_time",
-                    "read_at_unix_s": "read_time"}
+    replacements = {**{k: v[0] for k, v in cv._DURATIONS.items()}, **cv._TIMESTAMPS, "read_at_unix_s": "read_time",
+                    "until": "until_time"}
+    by_message = {"Event": {"time": "event_time"}, "StreamLogsResponse": {"time": "write_time"}}
     for message, field in deprecated:
         fields = pb.DESCRIPTOR.message_types_by_name[message].fields_by_name
-        assert replacements.get(field) in fields, f"{message}.{field} is deprecated without its replacement beside it"
+        replacement = by_message.get(message, {}).get(field, replacements.get(field))
+        assert replacement in fields, f"{message}.{field} is deprecated without its replacement beside it"
     assert ("StopContainerRequest", "timeout_s") in deprecated and ("MigrationStats", "phases_ms") in deprecated
     assert ("ContainerState", "started_at") in deprecated and ("Event", "time") in deprecated
     # every unit-named double of an answer or request has been replaced (the monotonic clock reading is no duration)
@@ -162,6 +164,23 @@ def test_a_stats_sample_has_its_read_time() -> None:
     sample = ContainerStats(name="web", container_id="a" * 32, status="running", read_at_s=5.0, online_cpus=2)
     m = cv.stats_to_pb(sample, 1796419341.25)
     assert (m.read_time.seconds, m.read_time.nanos) == (1796419341, 250_000_000)
+
+
+def test_log_times_as_timestamps() -> None:
+    from runtime.logs import LogEntry
+
+    entry = LogEntry(stream="stderr", time_ns=1_796_419_341_123_456_789, data=b"x\n")
+    m = cv.log_entry_to_pb(entry)
+    assert (m.write_time.seconds, m.write_time.nanos) == (1_796_419_341, 123_456_789)
+    assert cv.log_entry_from_pb(_wire(m)) == entry  # to the nanosecond (the double alone loses some)
+    assert cv.log_entry_from_pb(pb.StreamLogsResponse(data=b"x", time=2.5)).time_ns == 2_500_000_000  # an older daemon
+    assert not cv.log_entry_to_pb(LogEntry(stream="stdout", time_ns=0, data=b"")).HasField("write_time")
+    request = _wire(cv.logs_request("web", False, None, 1796419000.25, 1796419100.5))
+    assert (request.since, request.since_time.seconds, request.since_time.nanos) == (1796419000.25, 1796419000, 250_000_000)
+    assert cv.logs_arguments(request)["since"] == 1796419000.25 and cv.logs_arguments(request)["until"] == 1796419100.5
+    newer = pb.StreamLogsRequest(name="web", since=1.0)
+    newer.since_time.seconds = 1796419000  # the Timestamp wins over the double
+    assert cv.logs_arguments(newer)["since"] == 1796419000.0 and cv.logs_arguments(newer)["until"] is None
 
 
 def test_deprecated_fields_are_documented() -> None:

@@ -1012,30 +1012,36 @@ class RenameContainerResponse(_message.Message):
     def __init__(self, container: _Optional[_Union[ContainerInfo, _Mapping]] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
-    __slots__ = ("name", "follow", "tail", "since", "until", "timestamps")
+    __slots__ = ("name", "follow", "tail", "since", "until", "timestamps", "since_time", "until_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     follow: bool
     tail: int
     since: float
     until: float
     timestamps: bool
-    def __init__(self, name: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., timestamps: _Optional[bool] = ...) -> None: ...
+    since_time: _timestamp_pb2.Timestamp
+    until_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., timestamps: _Optional[bool] = ..., since_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StreamLogsResponse(_message.Message):
-    __slots__ = ("data", "stream", "time")
+    __slots__ = ("data", "stream", "time", "write_time")
     DATA_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    WRITE_TIME_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     stream: str
     time: float
-    def __init__(self, data: _Optional[bytes] = ..., stream: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
+    write_time: _timestamp_pb2.Timestamp
+    def __init__(self, data: _Optional[bytes] = ..., stream: _Optional[str] = ..., time: _Optional[float] = ..., write_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WaitContainerRequest(_message.Message):
     __slots__ = ("name", "timeout_s", "timeout")
