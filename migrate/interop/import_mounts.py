@@ -80,6 +80,9 @@ def read_mounts(images_dir: Path) -> list[ImageMount]:
             raise InvalidSpec("checkpoint", f"cannot read the mount image {path.name}: {exc}") from None
         for e in entries:
             key = e.ext_key if e.HasField("ext_key") and e.ext_key else None
+            if not e.mountpoint.startswith("/") or os.path.normpath(e.mountpoint) != e.mountpoint:
+                # the mapping matches destinations by prefix: /sys/fs/cgroup/../../etc must not pass as a cgroup bind
+                raise InvalidSpec("mounts", f"the mount image {path.name} has a mountpoint that is not a clean absolute path: {e.mountpoint!r}")
             mounts.append(ImageMount(e.mnt_id, e.parent_mnt_id, e.mountpoint, key, bool(e.flags & MS_RDONLY)))
     if len({m.mountpoint for m in mounts if m.mountpoint == "/"}) != 1 or len(list(images_dir.glob(MNT_IMAGE_GLOB))) != 1:
         raise InvalidSpec("checkpoint", "the images must describe exactly one mount namespace with one root mount",

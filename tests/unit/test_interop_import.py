@@ -234,3 +234,28 @@ def test_conmons_pipes_become_regular_log_files_in_the_images(tmp_path: Path) ->
     _write_image(tmp_path / "files.img", [reader])
     with pytest.raises(Unsupported, match="reads pipe"):
         pipes_to_logs(tmp_path, {14: LOG}, 98)
+
+
+def _mnt(mnt_pb2, mnt_id: int, parent: int, mountpoint: str, key: str | None = None, flags: int = 0):  # noqa: ANN001, ANN202
+    e = mnt_pb2.mnt_entry(fstype=0, mnt_id=mnt_id, root_dev=1, parent_mnt_id=parent, flags=flags, root="/",
+                          mountpoint=mountpoint, source="x", options="")
+    if key is not None:
+        e.ext_key = key
+    return e
+
+
+def test_mount_images_are_read_and_unclean_mountpoints_refused(tmp_path: Path) -> None:
+    mnt_pb2 = pytest.importorskip("pycriu.images.mnt_pb2")
+    image = tmp_path / "mountpoints-13.img"
+    _write_image(image, [_mnt(mnt_pb2, 98, 59, "/"), _mnt(mnt_pb2, 105, 98, "/etc/hosts", "/etc/hosts"),
+                         _mnt(mnt_pb2, 110, 109, "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu", flags=m.MS_RDONLY)])
+    got = m.read_mounts(tmp_path)
+    assert got == [ImageMount(98, 59, "/", None, False), ImageMount(105, 98, "/etc/hosts", "/etc/hosts", False),
+                   ImageMount(110, 109, "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu", True)]
+    _write_image(image, [_mnt(mnt_pb2, 98, 59, "/"), _mnt(mnt_pb2, 110, 98, "/sys/fs/cgroup/../../etc", "k", flags=1)])
+    with pytest.raises(InvalidSpec, match="not a clean absolute path"):
+        m.read_mounts(tmp_path)
+    _write_image(image, [_mnt(mnt_pb2, 98, 59, "/")])
+    _write_image(tmp_path / "mountpoints-14.img", [_mnt(mnt_pb2, 99, 59, "/")])
+    with pytest.raises(InvalidSpec, match="exactly one mount namespace"):
+        m.read_mounts(tmp_path)
