@@ -350,7 +350,8 @@ class FakeEngine:
         seed = info.spec.container_id.encode()
         block = hashlib.sha256(seed).digest() * 2048  # 64 KiB
         reps = max(1, self.checkpoint_size_bytes // len(block))
-        return (block * reps)[: self.checkpoint_size_bytes]
+        # starts as a native archive does: clients tell formats by content (migrate/interop/foreign.py)
+        return (b"PYMGCKPT" + block * reps)[: self.checkpoint_size_bytes]
 
     def checkpoint(self, name: str, options: api.CheckpointOptions, progress: api.ProgressFn | None = None) -> api.CheckpointResult:
         self._enter("checkpoint")
