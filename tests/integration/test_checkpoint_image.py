@@ -25,6 +25,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import pytest
@@ -53,8 +54,18 @@ def _json(r: subprocess.CompletedProcess) -> dict:
     return json.loads(r.stdout)
 
 
+def _number(read: Callable[[], str]) -> int:
+    """The counter file's value: ``echo $i > /tmp/cnt`` truncates before it writes, so a read may
+    fall between the two and see nothing; read again then."""
+    deadline = time.monotonic() + 5
+    while not (text := read().strip()):
+        assert time.monotonic() < deadline, "the counter file stays empty"
+        time.sleep(0.02)
+    return int(text)
+
+
 def _counter(pm: PM, name: str) -> int:
-    return int(ok(pm("exec", name, "cat", "/tmp/cnt")).strip())
+    return _number(lambda: ok(pm("exec", name, "cat", "/tmp/cnt")))
 
 
 def _counts_on_from(read: Callable[[], int], frozen_at: int) -> None:
@@ -101,10 +112,17 @@ class Podman:
         return r.stdout.strip()
 
 
+@dataclass
+class PodmanImage:
+    podman: Podman  # its private store holds the base image localhost/pmt-base:1
+    ref: str  # podman's checkpoint image in the registry
+    frozen_at: int  # the counter's value in that checkpoint
+
+
 @pytest.fixture(scope="module")
-def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """A podman checkpoint image of a counting container, in the registry: (its reference, the
-    counter's value in the checkpoint). The base image is loaded into pymigrate too."""
+def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanImage]:
+    """A podman checkpoint image of a counting container, in the registry. The base image is
+    loaded into pymigrate too (as pmt-base:1)."""
     work = tmp_path_factory.mktemp("podman")
     podman = Podman(work)
     _need("skopeo")
@@ -123,7 +141,8 @@ def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.Tem
         time.sleep(1.5)
         podman("container", "checkpoint", "--create-image", "localhost/ckpt-ctr:1", "ctr")
         mount = Path(podman("mount", "ctr"))  # the stopped container's root: the value CRIU froze
-        frozen_at = int((mount / "tmp/cnt").read_text())
+        # empty only if the freeze fell between the shell's truncate and write (rare): 0 then
+        frozen_at = int((mount / "tmp/cnt").read_text().strip() or 0)
         podman("umount", "ctr")
         ref = f"{registry.address}/podman/ckpt-ctr:1"
         r = subprocess.run(["skopeo", "copy", "--dest-tls-verify=false",
@@ -134,7 +153,7 @@ def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.Tem
         podman("save", "--format", "oci-archive", "-o", str(work / "base-oci.tar"), "localhost/pmt-base:1")
         ok(subprocess.run([*pymigrate_command(), "--root", str(pm_root), "image", "load", str(work / "base-oci.tar"),
                            "--name", "pmt-base:1"], capture_output=True, timeout=120, cwd=REPO))
-        yield ref, frozen_at
+        yield PodmanImage(podman, ref, frozen_at)
     finally:
         subprocess.run([*podman.base, "rm", "-af"], capture_output=True, timeout=120)
         subprocess.run([*podman.base, "system", "reset", "-f"], capture_output=True, timeout=120)
@@ -144,7 +163,7 @@ def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.Tem
 # --- podman's image in pymigrate ---------------------------------------------------------------
 
 
-def test_podman_checkpoint_image_is_pulled_marked_and_unpacked(podman_image: tuple[str, int], pm_root: Path) -> None:
+def test_podman_checkpoint_image_is_pulled_marked_and_unpacked(podman_image: PodmanImage, pm_root: Path) -> None:
     """The image side alone: pulled by reference, podman's marks kept, its layer read as podman's
     checkpoint layout by the foreign reader."""
     from migrate.interop.checkpoint_image import open_checkpoint_image
@@ -152,7 +171,7 @@ def test_podman_checkpoint_image_is_pulled_marked_and_unpacked(podman_image: tup
     from runtime.image_store import ImageStore
     from runtime.registry import RegistryOptions
 
-    ref, _ = podman_image
+    ref = podman_image.ref
     store = ImageStore(Paths(pm_root))
     with open_checkpoint_image(store, ref, options=RegistryOptions(tls_verify=False)) as fc:
         assert fc.engine == "podman" and fc.container_name == "ctr"
@@ -166,9 +185,9 @@ def test_podman_checkpoint_image_is_pulled_marked_and_unpacked(podman_image: tup
     store.remove("ckpt-ctr:1")
 
 
-def test_podman_checkpoint_image_restored_by_pymigrate_counts_on(podman_image: tuple[str, int], pm: PM) -> None:
+def test_podman_checkpoint_image_restored_by_pymigrate_counts_on(podman_image: PodmanImage, pm: PM) -> None:
     pytest.importorskip("migrate.interop.podman_import", reason="the foreign import (issue 16, helper B) is not here")
-    ref, frozen_at = podman_image
+    ref, frozen_at = podman_image.ref, podman_image.frozen_at
     name = unique("from-podman")
     try:
         result = _json(pm("restore", ref, "--tls-verify=false", "--name", name, "--security-opt", "seccomp=unconfined",
@@ -201,7 +220,7 @@ def _kubelet_layout(podman_dir: Path) -> None:
     shutil.rmtree(podman_dir / "artifacts", ignore_errors=True)
 
 
-def test_kubernetes_style_checkpoint_image_is_restored(podman_image: tuple[str, int], registry: Registry, pm: PM,
+def test_kubernetes_style_checkpoint_image_is_restored(podman_image: PodmanImage, registry: Registry, pm: PM,
                                                        pm_root: Path, tmp_path: Path) -> None:
     """What Kubernetes users push (the kubelet's archive added to a scratch image carrying only
     CRI-O's checkpoint.name annotation): told by that mark, read as CRI-O's layout, counting on."""
@@ -211,7 +230,7 @@ def test_kubernetes_style_checkpoint_image_is_restored(podman_image: tuple[str, 
     from runtime.image_store import ImageStore
     from runtime.registry import RegistryOptions
 
-    ref, frozen_at = podman_image
+    ref, frozen_at = podman_image.ref, podman_image.frozen_at
     with open_checkpoint_image(ImageStore(Paths(pm_root)), ref, options=RegistryOptions(tls_verify=False)) as fc:
         shutil.copytree(fc.root, tmp_path / "ckpt")
     _kubelet_layout(tmp_path / "ckpt")
@@ -234,6 +253,35 @@ def test_kubernetes_style_checkpoint_image_is_restored(podman_image: tuple[str, 
         pm("image", "rm", "ckpt-ctr:1")
 
 
+def test_podman_restores_a_pymigrate_checkpoint_image(podman_image: PodmanImage, registry: Registry, pm: PM,
+                                                      pm_root: Path) -> None:
+    """``podman container restore IMAGE`` of pymigrate's --create-image: podman takes it for a
+    checkpoint image (runtime.name runc, its own) and its counter goes on in podman."""
+    podman = podman_image.podman
+    name, copy = unique("to-podman"), unique("in-podman")
+    ref = f"{registry.address}/pm/{name}:1"
+    checkpoint_id = ""
+    # podman's runc restores the rlimits as dumped; raising one needs CAP_SYS_RESOURCE, absent here
+    limited = ["prlimit", "--nproc=4096:4096", "--nofile=1024:1024", *pymigrate_command(), "--root", str(pm_root)]
+    try:
+        ok(subprocess.run([*limited, "run", "-d", "--name", name, "--network", "none", "pmt-base:1", "sh", "-c", LOOP],
+                          capture_output=True, timeout=120, cwd=REPO))
+        time.sleep(2.0)
+        counted = _counter(pm, name)
+        checkpoint_id = _json(pm("checkpoint", name, "--create-image", ref, "--json", timeout=300))["checkpoint_id"]
+        ok(pm("image", "push", f"{name}:1", ref, "--tls-verify=false", timeout=300))
+        podman("pull", "--tls-verify=false", ref)
+        podman("container", "restore", "--name", copy, ref)
+        _counts_on_from(lambda: _number(lambda: podman("exec", copy, "cat", "/tmp/cnt")), counted)
+    finally:
+        subprocess.run([*podman.base, "rm", "-f", copy], capture_output=True, timeout=120)
+        subprocess.run([*podman.base, "rmi", "-f", ref], capture_output=True, timeout=120)
+        pm("rm", "-f", name)
+        pm("image", "rm", f"{name}:1")
+        if checkpoint_id:
+            pm("checkpoint", "rm", checkpoint_id)
+
+
 # --- pymigrate's image, pushed, restored on another host ---------------------------------------
 
 
@@ -252,7 +300,7 @@ def test_create_image_push_and_restore_on_a_second_host(two_hosts, tmp_path_fact
         name = unique("imgctr")
         ok(a.cli(["run", "-d", "--name", name, "busybox:1", "sh", "-c", LOOP]))
         time.sleep(3.0)  # ~60 counts: a copy started afresh would be far below that when first read
-        counted = int(ok(a.cli(["exec", name, "cat", "/tmp/cnt"])).strip())  # at most the frozen value
+        counted = _number(lambda: ok(a.cli(["exec", name, "cat", "/tmp/cnt"])))  # at most the frozen value
         ref = f"{reg.address}/ckpt/{name}:1"
         made = _json(a.cli(["checkpoint", name, "--create-image", ref, "--json"], timeout=300))
         assert made["image_ref"] == ref and made["image_digest"].startswith("sha256:")
@@ -265,7 +313,7 @@ def test_create_image_push_and_restore_on_a_second_host(two_hosts, tmp_path_fact
         restored = _json(b.cli(["restore", ref, "--tls-verify=false", "--security-opt", "seccomp=unconfined", "--json"],
                                timeout=300))
         assert restored["container"]["spec"]["name"] == name
-        _counts_on_from(lambda: int(ok(b.cli(["exec", name, "cat", "/tmp/cnt"])).strip()), counted)
+        _counts_on_from(lambda: _number(lambda: ok(b.cli(["exec", name, "cat", "/tmp/cnt"]))), counted)
         assert f"{name}:1" in {i["name"] for i in _json_list(b.cli(["image", "ls", "--json"]))}
     finally:
         reg.stop()
@@ -285,7 +333,7 @@ def _registry_manifest(reg: Registry, repository: str, tag: str) -> dict:
 # --- over --host ------------------------------------------------------------------------------
 
 
-def test_create_image_over_host_is_built_by_the_daemon_and_pushed(podman_image: tuple[str, int], registry: Registry,
+def test_create_image_over_host_is_built_by_the_daemon_and_pushed(podman_image: PodmanImage, registry: Registry,
                                                                  pm: PM, pm_root: Path) -> None:
     """The daemon checkpoints and builds the image in its own store (CheckpointRequest.create_image);
     ``image push`` over --host sends it with the marks; ``restore REF`` over --host restores it there
