@@ -7,7 +7,18 @@ store as a one-layer image named ``REF``'s last path component and tag (``localh
 podman and CRI-O use (migrate/interop/checkpoint_image_layout.py). The image store keeps manifest
 annotations (runtime/image_store.py ``annotations``) and a push writes them again, so
 ``image push web:1 REF`` sends a checkpoint image podman and CRI-O recognise. The local
-checkpoint is kept as well (``restore ID`` still works; ``checkpoint rm`` removes it).
+checkpoint is kept as well (``restore ID`` still works; ``checkpoint rm`` removes it). What
+podman's layout cannot describe (volumes, --init, --userns, -t/-i, an image without a config
+digest: podman_export's rules) and a native ``--export`` (which keeps no local checkpoint) are
+refused before the container is frozen (``precheck``).
+
+Round trips shown by tests/integration/test_checkpoint_image.py (real podman 4.3.1, runc, CRIU,
+docker-registry): podman's ``--create-image`` image restored by ``restore REF``; ours restored by
+``restore REF`` on another host and by ``podman container restore IMAGE`` (podman tells a
+checkpoint image by ``runtime.name`` and requires its own runtime: ours says runc); a
+Kubernetes-style image (a kubelet/CRI-O archive marked only by CRI-O's annotation). What the
+import needs from a foreign image is podman_import's (the base image by id or name; podman's own
+seccomp filter accepted with ``--security-opt seccomp=unconfined``).
 
 ``restore REF`` (or ``restore --image REF``): the image named as a pull would name it is used
 when it is here and a checkpoint image; otherwise REF is pulled (skopeo, the registry flags of
@@ -31,7 +42,13 @@ Over ``--host`` the daemon does both halves on its host: ``CheckpointRequest.cre
 builds the image in its store (``CheckpointResult.image_ref``/``image_digest`` answer), and
 ``RestoreRequest.image_ref`` finds or pulls it there; registry flags cannot be sent with a
 restore, so a registry needing them is pulled first (``--host H image pull REF --tls-verify=false``)
-and then found by the restore.
+and then found by the restore (nor can ``--security-opt``: a podman-made image is restored on
+its host without ``--host``).
+
+Measured here: ``--create-image`` of a container with 40 MB of memory took 1.9 s against 0.3 s
+for the checkpoint alone (writing podman's layout, gzip level 1 to a 31 MB layer, and the
+store's verified load: blob hash, unpack, tree digest); ``restore REF`` of podman's image from a
+registry on this host, pull to running, about 1 s.
 """
 
 from __future__ import annotations
