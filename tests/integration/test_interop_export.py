@@ -47,8 +47,11 @@ class Podman:
         if podman is None:
             pytest.skip("podman not installed (apt-get install podman)")
         self.work = work
-        self.base = [podman, "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--storage-driver", "vfs",
-                     "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+        # --tmpdir of its own: in the shared /run/libpod, another test's store going away (system
+        # reset) makes this one "refresh" and re-take its locks mid-test (seen: "acquiring lock 5 ...
+        # file exists", "/run/libpod/alive: no such file or directory")
+        self.base = [podman, "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--tmpdir", str(work / "tmp"),
+                     "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout, cwd=self.work)
