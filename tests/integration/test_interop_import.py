@@ -54,6 +54,8 @@ class Podman:
         self("run", "-d", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", *extra, image, *cmd)
 
     def export(self, name: str, out: Path) -> Path:
+        # seen under load: "created" right after run -d returned, and checkpoint refuses that
+        wait_for(lambda: self("inspect", "-f", "{{.State.Status}}", name) == "running", 30, f"podman's {name} running")
         self("container", "checkpoint", "--export", str(out), name)
         return out
 
