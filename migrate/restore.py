@@ -82,6 +82,7 @@ class Prepared:
     request_hook: RequestHook
     netns_key: str
     archive_bytes: int = 0
+    started: float | None = None  # time.monotonic() when its unpacking began: import_ms counts it
 
 
 def _make_work_dir(scratch: Path) -> None:
@@ -469,7 +470,7 @@ def restore_container(
         CriuTimeout: CRIU did not restore within ``options.timeout_s`` (everything was undone).
     """
     criu = criu or SwrkCriu()
-    started = time.monotonic()
+    started = prepared.started if prepared is not None and prepared.started is not None else time.monotonic()
 
     def emit(phase: str, message: str = "") -> None:
         if progress:

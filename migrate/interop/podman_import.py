@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,20 +63,23 @@ def import_archive(rt: Any, options: RestoreOptions, *, criu: Any = None, progre
     path = Path(options.import_path)
     if options.trusted_keys:
         raise Unsupported("--trusted-key with a podman or CRI-O archive", "their archives carry no pymigrate signature")
+    started = time.monotonic()
     scratch = _scratch(rt)
     try:
         fc = extract_foreign(path, scratch / "archive")
     except BaseException:
         remove_tree_quietly(scratch)
         raise
-    return _restore(rt, fc, options, scratch, archive_bytes=path.stat().st_size, criu=criu, progress=progress)
+    return _restore(rt, fc, options, scratch, archive_bytes=path.stat().st_size, criu=criu, progress=progress,
+                    started=started)
 
 
 def restore_foreign(rt: Any, fc: Any, options: RestoreOptions, *, progress: ProgressFn | None = None,
                     criu: Any = None) -> RestoreResult:
     """Restore the unpacked foreign checkpoint ``fc`` (a ``foreign.ForeignCheckpoint``); ``fc.root``
     stays the caller's. See the module docstring."""
-    return _restore(rt, fc, options, _scratch(rt), archive_bytes=0, criu=criu, progress=progress)
+    started = time.monotonic()
+    return _restore(rt, fc, options, _scratch(rt), archive_bytes=0, criu=criu, progress=progress, started=started)
 
 
 def _scratch(rt: Any) -> Path:
@@ -86,14 +90,14 @@ def _scratch(rt: Any) -> Path:
 
 
 def _restore(rt: Any, fc: Any, options: RestoreOptions, scratch: Path, *, archive_bytes: int,
-             criu: Any, progress: ProgressFn | None) -> RestoreResult:
+             criu: Any, progress: ProgressFn | None, started: float) -> RestoreResult:
     """Everything checked and unpacked into ``scratch`` (removed by the restore, or here when a
     check refuses), then the one restore path."""
     from migrate.restore import restore_container
     from runtime.fstree import remove_tree_quietly
 
     try:
-        prepared = _prepare(rt, fc, options, scratch, archive_bytes)
+        prepared = dataclasses.replace(_prepare(rt, fc, options, scratch, archive_bytes), started=started)
     except BaseException:
         remove_tree_quietly(scratch)
         raise
