@@ -921,7 +921,7 @@ def _start_ready(argv: list[str], operation: str, log_path: Path, timeout_s: flo
 def start_lazy_pages(
     images_dir: Path,
     work_dir: Path,
-    page_server: PageServer,
+    page_server: PageServer | None,
     *,
     binary: str | None = None,
     log_level: int = 4,
@@ -931,14 +931,16 @@ def start_lazy_pages(
     """``criu lazy-pages --page-server``: serve the userfaults of a restore that runs with
     ``lazy_pages`` and the same ``work_dir``, fetching pages from ``page_server`` (the source's
     dump), over TLS when ``tls`` is given (it connects: the source's certificate must name
-    ``page_server.address`` unless ``tls.no_cn_verify``). Returns once the daemon's socket exists."""
+    ``page_server.address`` unless ``tls.no_cn_verify``). Returns once the daemon's socket exists.
+    ``page_server`` None: the pages come from ``images_dir``'s own pages-*.img (a cold restore
+    that resumes before its memory is in: migrate/migration/cold_lazy.py)."""
     binary = binary or criu_binary()
     ensure_kdat(binary)
+    remote = ["--page-server", "--address", page_server.address, "--port", str(page_server.port)] if page_server else []
     argv = [
-        binary, "lazy-pages", "--page-server",
-        "--address", page_server.address, "--port", str(page_server.port),
+        binary, "lazy-pages", *remote,
         "-D", str(images_dir), "-W", str(work_dir), "-o", LAZY_PAGES_LOG, f"-v{log_level}",
-        *(tls.cli_args() if tls is not None else ()),
+        *(tls.cli_args() if tls is not None and page_server else ()),
     ]
     return _start_ready(argv, "lazy-pages", work_dir / LAZY_PAGES_LOG, timeout_s)
 

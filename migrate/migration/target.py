@@ -214,6 +214,9 @@ class IncomingMigrations:
             log.info("migration from a CPU with other flags (source %s, here %s): cpuinfo check decides",
                      request.cpu_digest[:12], mine[:12])
         migration_id = secrets.token_hex(8)
+        from migrate.migration.cold_lazy import lazy_reason
+
+        no_lazy = lazy_reason(request.mode, spec.to_dict())  # a cold restore resumes before its pages are in
         with self._locked():
             for other in self.records():
                 if other.get("name") == spec.name:
@@ -251,13 +254,15 @@ class IncomingMigrations:
                 "page_server_address": request.page_server_address,
                 "source_address": request.source_address,
                 "source_daemon": _dial_back(request.source_daemon, request.source_address),
+                "lazy_restore": no_lazy is None,
             })
         port = 0
         relayed = request.compressed_pages and request.mode == "cold"
         if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
             port = self._start_page_server(migration_id, request.page_server_address, request.source_address, relay=relayed)
-        log.info("migration=%s phase=preflight container=%s reserved need_image=%s missing_layers=%d page_server_port=%d",
-                 migration_id, spec.name, need_image, len(missing), port)
+        log.info("migration=%s phase=preflight container=%s reserved need_image=%s missing_layers=%d page_server_port=%d "
+                 "restore=%s", migration_id, spec.name, need_image, len(missing), port,
+                 "lazy" if no_lazy is None else f"full ({no_lazy})" if request.mode == "cold" else "mode's")
         return IncomingTicket(migration_id=migration_id, need_image=need_image, page_server_port=port, stage_upper=True,
                               missing_layers=missing, layered_image=layered, pages_compressed=bool(port) and relayed)
 
@@ -518,6 +523,12 @@ class IncomingMigrations:
                 result = receive_postcopy(self.host, self.criu, migration_id, record, reader, progress, tls=self.page_server_tls,
                                           staged_upper=staged, before_restore=lambda: self._before_restore(migration_id, None),
                                           on_complete=lambda: self._pages_complete(migration_id))
+            elif record.get("lazy_restore"):  # cold: resumes before the pages (all here already) are in memory
+                from migrate.migration.cold_lazy import receive_cold_lazy
+
+                result = receive_cold_lazy(self.host, self.criu, migration_id, record, reader, progress, staged_upper=staged,
+                                           before_restore=lambda images_dir: self._before_restore(migration_id, images_dir),
+                                           on_complete=lambda: self._pages_complete(migration_id))
             else:
                 result = restore_container(
                     self.host,
@@ -697,7 +708,8 @@ class IncomingMigrations:
             log.warning("migration=%s: settled before its restore finished: aborting it here (the source keeps its copy)", migration_id)
             self.abort(migration_id)
             return Settlement(migration_id, "aborted", self._running(cid))
-        if record.get("mode") == "postcopy" and not record.get("pages_complete") and not _has_session(migration_id):
+        lazy = record.get("mode") == "postcopy" or record.get("lazy_restore")
+        if lazy and not record.get("pages_complete") and not _has_session(migration_id):
             # post-copy restored before a restart of this daemon, its lazy-pages daemon gone with it
             # before the last page: the copy here may be missing memory, the source's frozen one is whole
             log.error("migration=%s: post-copy pages incomplete when this daemon restarted: removing the copy here", migration_id)

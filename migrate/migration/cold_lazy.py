@@ -1,0 +1,165 @@
+"""A cold migration's target resumes before its memory is in: lazy pages from its own disk (issue 17).
+
+A cold target holds every page of the container once the dump ended (the page server wrote them
+into its scratch dir, or they came in the archive). Restoring them the usual way, CRIU copies all
+of them into the new processes before they run: ~1 s of the pause for 1 GiB, right after the
+dump's ~1 s. Here the restore runs with ``lazy_pages`` beside a ``criu lazy-pages`` daemon
+*without* a page server (runtime.criu.start_lazy_pages with no PageServer): CRIU restores
+everything but the memory contents, the container resumes, and its pages come from the local
+pages-*.img files, on fault and pushed in the background until the last one is in (the daemon
+then exits 0 and the scratch dir goes).
+
+The cold guarantee holds: the restore starts only after the whole archive and every page arrived
+(``before_restore`` collects the page server's files first), so once the container runs here
+nothing depends on the source. What it depends on until the last page is in is the lazy-pages
+daemon on this host, as for post-copy (postcopy.LazySession: its failure kills the container;
+the commit waits for it, so the source keeps its frozen copy until every page is in memory here;
+a settlement after a restart of this daemon that lost it answers "lost" and the source keeps its
+copy).
+
+Used when the target can (``lazy_reason`` is None): the host has lazy pages (uffd-noncoop,
+fs.pipe-max-size), a ``--userns`` container also needs vm.unprivileged_userfaultfd; not for
+pre-copy (pages chained to parent images) nor named volumes (restore_container installs them).
+``PYMIGRATE_COLD_LAZY=0`` in the target daemon's environment turns it off (the usual restore).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from migrate.api import ProgressFn, RestoreResult, RestoreStats
+from runtime.criu import Criu
+from runtime.errors import ContainerError
+from runtime.fstree import remove_tree_quietly
+
+log = logging.getLogger(__name__)
+
+ENV = "PYMIGRATE_COLD_LAZY"
+
+
+def _mark(migration_id: str, what: str) -> None:
+    """A debug line for scripts/pause_timeline.py (this host's monotonic clock, daemon --debug)."""
+    log.debug("migration=%s cold at_ms=%.1f %s", migration_id, time.monotonic() * 1000, what)
+
+
+def lazy_reason(mode: str, spec: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why a migration of ``mode`` with ``spec`` (a ContainerSpec dict) restores with all its pages
+    before the resume, or None: it resumes with lazy pages from this host's disk."""
+    if environ.get(ENV, "1").strip().lower() in ("0", "off", "no", "false"):
+        return f"{ENV}={environ[ENV]}"
+    if mode != "cold":
+        return f"a {mode} migration"
+    if any(isinstance(v, dict) and v.get("name") for v in spec.get("volumes") or ()):
+        return "named volumes"
+    from runtime.host import host_report
+
+    features = host_report().features()
+    if not features.get("lazy_pages"):
+        return "no lazy pages on this host (criu uffd-noncoop, fs.pipe-max-size >= 4 MiB)"
+    if spec.get("userns_size") and not features.get("lazy_pages_userns"):
+        return "a --userns container and vm.unprivileged_userfaultfd is 0"
+    return None
+
+
+def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,
+                      progress: ProgressFn | None = None, *, staged_upper: Path | None = None,
+                      before_restore: Callable[[Path], None], on_complete: Any = None) -> RestoreResult:
+    """Unpack the archive (building the container meanwhile), collect the pages (``before_restore``),
+    restore with lazy pages served from the images here; returns once the container runs."""
+    from migrate.migration.postcopy import _early_shell
+    from migrate.restore import unpack_archive
+
+    started = time.monotonic()
+    _mark(migration_id, "target: archive stream opened")
+    # While the archive arrives (the source is frozen already): cgroup, netns, link, shim, CRIU
+    shell = _early_shell(host, criu, record)
+    _mark(migration_id, "target: shell built")
+    try:
+        unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
+        _mark(migration_id, "target: archive unpacked")
+        before_restore(unpacked.images_dir)  # every page is here from now on: the source is not needed
+        _mark(migration_id, "target: pages collected")
+    except BaseException:
+        if shell is not None:
+            shell.abort()
+        raise
+    assert unpacked.scratch is not None
+    import_ms = (time.monotonic() - started) * 1000
+    try:
+        return _restore(host, criu, migration_id, record, unpacked, shell, started, import_ms, on_complete)
+    except BaseException:
+        remove_tree_quietly(unpacked.scratch)
+        raise
+
+
+def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], unpacked: Any, shell: Any,
+             started: float, import_ms: float, on_complete: Any) -> RestoreResult:
+    from migrate.checkpoint import NETNS_KEY
+    from migrate.migration.postcopy import _SESSIONS, _SESSIONS_LOCK, LazySession, _explain_failed_restore, _incoming_spec, _LazyStart
+    from migrate.restore import preflight, restore_request
+
+    # the daemon starts (exec, reads the images, listens: 6-8 ms) while the images are checked
+    starting: _LazyStart | None = _LazyStart(unpacked.images_dir, unpacked.work_dir, None, None)  # type: ignore[arg-type]
+    assert starting is not None
+    starting.start()
+    daemon = None
+    try:
+        manifest = unpacked.manifest
+        spec = _incoming_spec(host, record, manifest, unpacked.images_dir)
+        if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
+            shell.abort()
+            shell = None
+        replace_id = host.replaceable_id(spec) if shell is None else spec.container_id
+        preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
+        _mark(migration_id, "target: images checked")
+        t0 = time.monotonic()
+
+        def request_for(root: Path) -> Any:
+            assert starting is not None
+            starting.ready()
+            _mark(migration_id, "target: lazy-pages daemon ready")
+            request = restore_request(unpacked, spec, root, tcp_established=False)
+            return dataclasses.replace(request, lazy_pages=True)
+
+        try:
+            if shell is not None:
+                info = shell.finish(unpacked.upper_dir, request_for, restored_from=manifest.get("checkpoint_id"))
+                shell = None
+            else:
+                info = host.restore_from(spec, upper_src=unpacked.upper_dir, replace_id=replace_id, request_for=request_for,
+                                         netns_key=NETNS_KEY, criu=criu, restored_from=manifest.get("checkpoint_id"))
+        except ContainerError as exc:
+            daemon, starting = starting.taken(), None
+            if daemon is not None:
+                _explain_failed_restore(host, exc, unpacked.work_dir, daemon, {"address": "this host's images", "port": 0})
+            raise
+        resumed_at = time.monotonic()
+        _mark(migration_id, "target: restored (running)")
+        daemon, starting = starting.taken(), None
+        assert daemon is not None
+        images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file())  # before they may go
+        session = LazySession(host, migration_id, daemon, unpacked.scratch, info.spec.container_id, on_complete)
+        with _SESSIONS_LOCK:
+            _SESSIONS[migration_id] = session
+        session.start()
+    except BaseException:
+        if shell is not None:
+            shell.abort()
+        if starting is not None:
+            daemon = starting.taken()
+        if daemon is not None:
+            daemon.stop()
+        raise
+    restore_ms = (resumed_at - t0) * 1000
+    log.info("migration=%s container=%s restored, pages from this host's images follow lazily restore_ms=%.1f",
+             migration_id, spec.name, restore_ms)
+    return RestoreResult(container=info, stats=RestoreStats(
+        import_ms=round(import_ms, 3), restore_ms=round(restore_ms, 3),
+        total_ms=round((time.monotonic() - started) * 1000, 3),
+        images_bytes=images_bytes,
+        since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3)))

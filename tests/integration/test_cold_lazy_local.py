@@ -1,0 +1,140 @@
+"""A cold migration's target resumes with lazy pages served from its own disk (issue 17;
+migrate/migration/cold_lazy.py).
+
+Two hosts (network namespaces), daemons over TCP, real CRIU; a memhog above the disk-less
+threshold (its pages take the target's page server). The target restores with ``lazy_pages`` and
+a local ``criu lazy-pages`` daemon: the source's daemon is SIGKILLed right after the resume (held
+before its commit by a failpoint) and the source host's link is cut, yet the container keeps
+running on the target with the same memory checksum: nothing there depends on the source. With
+``PYMIGRATE_COLD_LAZY=0`` on the target (and for a --userns container where
+vm.unprivileged_userfaultfd is 0) the target restores every page before the resume, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.migration_lab import Lab
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.requires("root", "netns", "criu", "pycriu", "busybox", "overlay", "lazy_pages"),
+]
+
+SIZE_MIB = 128  # above the disk-less threshold: the pages go to the target's page server
+LAZY_LINE = "pages from this host's images follow lazily"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab.create(tmp_path) as made:
+        yield made
+
+
+def _daemon_log(host) -> str:  # noqa: ANN001
+    return (host.workdir / "daemon.log").read_text(errors="replace")
+
+
+def _restart(lab: Lab, host, env: dict[str, str]) -> None:  # noqa: ANN001
+    host.stop_daemon()
+    lab.start_daemon(host, env=env)
+
+
+def _wait_running(lab: Lab, host, name: str, timeout_s: float = 120) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if name in lab.running_names(host):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} never ran on host {host.letter}: {_daemon_log(host)[-3000:]}")
+
+
+def test_runs_on_with_the_source_daemon_killed_after_the_resume(lab: Lab) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    # the source daemon stops right before its commit: the target runs the container by then
+    _restart(lab, a, {"PYMIGRATE_FAILPOINTS": "source.commit=sleep:120"})
+    lab.run_memhog(a, "lhog", SIZE_MIB, text_percent=50)
+    before = lab.report(a, "lhog")
+    assert before is not None
+    proc = lab.migrate_popen(a, b, "lhog", "--json")
+    try:
+        _wait_running(lab, b, "lhog")
+        a.kill_daemon()  # nothing of the source's side is left to serve a page ...
+        a.run(["ip", "link", "set", "dev", "eth0", "down"], check=False)  # ... nor a way to reach it
+        after = lab.report(b, "lhog", timeout_s=30)
+        assert after is not None, f"lhog on b does not answer: {_daemon_log(b)[-3000:]}"
+        assert after[0] == before[0], "memory changed across the lazy cold migration"
+        lab.assert_counting(b, "lhog")
+        assert LAZY_LINE in _daemon_log(b), _daemon_log(b)[-3000:]
+        # the lazy-pages daemon pushed every page and exited: its scratch dir (the images) went
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(p.name.startswith("import-") for p in (b.root / "tmp").iterdir()):
+            time.sleep(0.1)
+        assert not any(p.name.startswith("import-") for p in (b.root / "tmp").iterdir())
+        assert "every page arrived" in _daemon_log(b)
+        time.sleep(1)
+        lab.assert_counting(b, "lhog")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+        a.run(["ip", "link", "set", "dev", "eth0", "up"], check=False)
+
+
+def _migrate(lab: Lab, source, target, name: str, *extra: str) -> dict:  # noqa: ANN001
+    r = lab.remote(source, ["migrate", name, lab.addr(target), *extra, "--json"])
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def test_turned_off_restores_every_page_first(lab: Lab) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    _restart(lab, b, {"PYMIGRATE_COLD_LAZY": "0"})
+    lab.run_memhog(a, "fhog", SIZE_MIB, text_percent=50)
+    before = lab.report(a, "fhog")
+    _migrate(lab, a, b, "fhog")
+    after = lab.report(b, "fhog")
+    assert before is not None and after is not None and after[0] == before[0]
+    log = _daemon_log(b)
+    assert "restore=full (PYMIGRATE_COLD_LAZY=0)" in log and LAZY_LINE not in log, log[-3000:]
+    # and back to a, whose daemon restores lazily (the default)
+    _migrate(lab, b, a, "fhog")
+    back = lab.report(a, "fhog")
+    assert back is not None and back[0] == before[0]
+    assert LAZY_LINE in _daemon_log(a)
+    lab.assert_counting(a, "fhog")
+
+
+UFFD_SYSCTL = Path("/proc/sys/vm/unprivileged_userfaultfd")
+
+
+def test_userns_without_unprivileged_userfaultfd_falls_back(lab: Lab) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    saved = UFFD_SYSCTL.read_text()
+    try:
+        UFFD_SYSCTL.write_text("0")  # restored --userns tasks could not open a userfaultfd
+        a.cli(["image", "build-busybox", "busybox"], check=True)
+        r = a.cli(["run", "-d", "--userns", "auto", "--name", "uns", "busybox", "sh", "-c",
+                   "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.05; done"])
+        assert r.returncode == 0, r.stderr.decode()
+        _migrate(lab, a, b, "uns")
+    finally:
+        UFFD_SYSCTL.write_text(saved)
+    log = _daemon_log(b)
+    assert "restore=full (a --userns container and vm.unprivileged_userfaultfd is 0)" in log, log[-3000:]
+    assert LAZY_LINE not in log
+    assert "uns" in lab.running_names(b)
+    count = _merged(b, "uns") / "count"
+    first = int(count.read_text() or 0)
+    time.sleep(0.5)
+    assert int(count.read_text() or 0) > first, "the --userns container stopped counting on b"
+
+
+def _merged(host, name: str) -> Path:  # noqa: ANN001
+    from runtime.runtime import Runtime
+
+    return Path(Runtime(host.root).inspect(name).bundle_dir) / "merged"
