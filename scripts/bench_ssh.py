@@ -6,17 +6,21 @@ Changes on the host: creates one "host" network namespace with sshd and a pymigr
 
 Measures, for SIZE MiB (default 256):
   raw up/down    bytes through the forward to a unix socket sink/source in the host, vs the
-                 same socket dialled directly (same machine), vs loopback TCP
+                 same socket dialled directly (same machine), vs loopback TCP; the forward once
+                 through OpenSSH's ssh -L and once through paramiko's channel (PATH without ssh)
   grpc upload    ImportImage of SIZE MiB (the daemon spools it; the import then fails on the
-                 garbage, which is not timed) through the tunnel vs the daemon's unix socket
+                 garbage, which is not timed) through the tunnel (both movers) vs the daemon's
+                 unix socket
 
     .venv/bin/python scripts/bench_ssh.py [--size-mib 256] [--json]
 
 With ``--migrate`` (issue 17) it measures cold migrations instead: two hosts with daemons and
 sshd (scripts/bench_migrate.py's lab), one memhog of SIZE MiB (random memory) moved A -> B from
-A's CLI, RUNS rounds, each round the three paths in a rotated order (interleaved):
+A's CLI, RUNS rounds, each round the four paths in a rotated order (interleaved):
 
   grpc            ``migrate NAME B:7443 --insecure`` (CRIU's page server carries the pages)
+  unix            ``migrate NAME unix:B_ROOT/run/pymigrate.sock`` (B's daemon socket, reachable from
+                  A's namespace on this one machine): every page through gRPC, as over ssh://, no SSH
   ssh             ``migrate NAME ssh://root@B`` (B's daemon stopped: started on demand; the
                   bytes through OpenSSH's ``ssh -L``, migrate/remote/ssh_forward.py)
   ssh-paramiko    the same with a PATH that has no ``ssh``: paramiko's channel (the fallback)
@@ -31,6 +35,7 @@ ratios to grpc.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -40,6 +45,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -164,7 +170,19 @@ def _path_without_ssh(workdir: Path) -> str:
     return str(bin_dir)
 
 
-MIGRATE_PATHS = ("grpc", "ssh", "ssh-paramiko")
+MIGRATE_PATHS = ("grpc", "unix", "ssh", "ssh-paramiko")
+
+
+@contextlib.contextmanager
+def _mover(mover: str, path_without_ssh: str) -> Iterator[None]:
+    """With ``paramiko``: PATH without ``ssh`` while the tunnel opens (the fallback path)."""
+    saved = os.environ["PATH"]
+    if mover == "paramiko":
+        os.environ["PATH"] = path_without_ssh
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved
 
 
 def _watch_forwarders(remote_socket: str, seen: set[int], stop: threading.Event) -> None:
@@ -188,6 +206,10 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
     a, b = lab.hosts[0], lab.hosts[1]
     if path == "grpc":
         args, env = ["--insecure", "migrate", name, lab.addr(b), "--json"], None
+    elif path == "unix":
+        args, env = ["migrate", name, f"unix:{b.socket_path}", "--json"], None
+        b.stop_daemon()
+        b.start_daemon()  # on B's unix socket
     else:
         flags = ["--ssh-key", str(ssh["key"]), "--ssh-known-hosts", str(ssh["known_hosts"]),
                  "--ssh-remote-pymigrate", str(PYMIGRATE_BIN), "--ssh-remote-root", str(b.root)]  # fmt: skip
@@ -204,10 +226,14 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
         t0 = time.monotonic()
         r = a.cli(args, timeout=600, env=env)
         wall_ms = (time.monotonic() - t0) * 1000
-        result = bench_migrate._json(r, f"migrate {name} over {path}")
+        if r.returncode != 0:  # with --json the error is on stdout
+            raise SystemExit(f"bench: migrate {name} over {path} failed ({r.returncode}): {r.stdout.decode()} {r.stderr.decode()}")
+        result = json.loads(r.stdout)
     finally:
         stop.set()
         watch.join(10)
+        if path == "unix":
+            b.stop_daemon()
         if path != "grpc":
             lab.start_daemon(b)
     if bool(seen) != (path == "ssh"):
@@ -217,7 +243,7 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
         raise SystemExit(f"bench: {name} after the hop over {path} does not match ({before} -> {after})")
     bench_migrate._json(b.cli(["--insecure", "migrate", name, lab.addr(a), "--json"], timeout=600), f"migrate {name} back")
     return {"pause_ms": result["stats"]["frozen_ms"], "total_ms": result["stats"]["total_ms"], "wall_ms": round(wall_ms, 1),
-            "bytes_on_wire": result["stats"]["bytes_on_wire"]}  # fmt: skip
+            "bytes_on_wire": result["stats"]["bytes_on_wire"], "phases_ms": result["stats"].get("phases_ms", {})}  # fmt: skip
 
 
 def bench_migrate_paths(size_mib: int, runs: int, as_json: bool) -> int:
@@ -235,13 +261,14 @@ def bench_migrate_paths(size_mib: int, runs: int, as_json: bool) -> int:
         lab.run_memhog(lab.hosts[0], name, size_mib)
         before = lab.report(lab.hosts[0], name)
         for run in range(runs):
-            order = MIGRATE_PATHS[run % 3 :] + MIGRATE_PATHS[: run % 3]
+            order = MIGRATE_PATHS[run % len(MIGRATE_PATHS) :] + MIGRATE_PATHS[: run % len(MIGRATE_PATHS)]
             for path in order:
                 sample = _migrate_hop(lab, ssh, path, name, size_mib, before)
                 samples[path].append(sample)
                 if not as_json:
                     print(f"run {run + 1} {path:>13}: pause {sample['pause_ms']:7.0f} ms  total {sample['total_ms']:7.0f} ms"
                           f"  wall {sample['wall_ms']:7.0f} ms", flush=True)  # fmt: skip
+                    print("      " + " ".join(f"{k}={v:.0f}" for k, v in sample["phases_ms"].items()), flush=True)
     medians = {p: {k: statistics.median(s[k] for s in samples[p]) for k in ("pause_ms", "total_ms", "wall_ms")} for p in MIGRATE_PATHS}
     ratios = {p: round(medians[p]["pause_ms"] / medians["grpc"]["pause_ms"], 2) for p in MIGRATE_PATHS}
     if as_json:
@@ -299,17 +326,21 @@ def main() -> int:
                 key_file=key, accept_new=True, known_hosts=tmpdir / "kh", config_file=tmpdir / "none",
                 remote_pymigrate=str(PYMIGRATE_BIN), remote_root=str(host.root),
             )  # fmt: skip
+            path_without_ssh = _path_without_ssh(tmpdir)
             for direction, mode in (("up", "u"), ("down", "d")):
                 best(f"raw {direction}: loopback tcp", lambda: _raw(f"127.0.0.1:{port}", mode, size))
                 best(f"raw {direction}: unix socket direct", lambda: _raw(f"unix:{sink}", mode, size))
-                with open_ssh_target(host.ssh_url(), **options) as target:
-                    target._forward._remote_socket = str(sink)
-                    best(f"raw {direction}: ssh tunnel", lambda: _raw(target.address, mode, size))
+                for mover in ("openssh", "paramiko"):
+                    with _mover(mover, path_without_ssh), open_ssh_target(host.ssh_url(), **options) as target:
+                        assert target.forwarder == mover, target.forwarder
+                        target._forward._remote_socket = str(sink)
+                        best(f"raw {direction}: ssh tunnel ({mover})", lambda: _raw(target.address, mode, size))
             with RemoteEngine(f"unix:{host.socket_path}") as direct:
                 best("grpc ImportImage: unix socket", lambda: _grpc_upload(direct, data, size))
-            with RemoteEngine(host.ssh_url(), ssh=options) as tunnelled:
-                best("grpc ImportImage: ssh tunnel", lambda: _grpc_upload(tunnelled, data, size))
-                results["ssh cipher"] = tunnelled._ssh.transport.remote_cipher  # type: ignore[assignment]
+            for mover in ("openssh", "paramiko"):
+                with _mover(mover, path_without_ssh), RemoteEngine(host.ssh_url(), ssh=options) as tunnelled:
+                    best(f"grpc ImportImage: ssh tunnel ({mover})", lambda: _grpc_upload(tunnelled, data, size))
+                    results["ssh cipher"] = tunnelled._ssh.transport.remote_cipher  # type: ignore[assignment]
         finally:
             listener.close()
             server.kill()
