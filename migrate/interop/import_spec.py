@@ -9,8 +9,9 @@ never source itself: each must be mapped with ``--volume HOST:TARGET`` (migrate/
 does not travel): the restore leases one from this host's pool.
 
 Refused before anything runs (``Unsupported``, naming what): a user namespace or id mappings,
-a terminal (``-t``: its master was conmon's), namespaces shared with another container or the
-host (a path other than the network one, or no network namespace at all).
+a terminal (``-t``: its master was conmon's), pid, mount or cgroup namespaces shared with another
+container or the host (a path), or no network namespace at all. A pod's shared network, IPC and
+UTS namespaces (a Kubernetes container's, from the kubelet) are made anew: they do not travel.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from runtime.errors import Unsupported
 from runtime.spec import ContainerSpec, Volume
 
 OWN_NAMESPACES = frozenset({"pid", "network", "ipc", "uts", "mount", "cgroup"})
+# namespaces a pod's containers join (the pause container's; a path in spec.dump) that a restore
+# makes anew here: the network one is this host's (extRootNetNS), CRIU restores the IPC and UTS
+# ones from the images (their content is the container's own view)
+POD_NAMESPACES = frozenset({"network", "ipc", "uts"})
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -45,10 +50,10 @@ def check_supported(spec: dict[str, Any], name: str) -> None:
     if "network" not in kinds:
         raise Unsupported(what, "it uses the host's network namespace (--network host)",
                           hint="checkpoint a container with its own network namespace")
-    shared = sorted(str(ns.get("type")) for ns in namespaces if ns.get("path") and ns.get("type") != "network")
+    shared = sorted(str(ns.get("type")) for ns in namespaces if ns.get("path") and ns.get("type") not in POD_NAMESPACES)
     if shared:
-        raise Unsupported(what, f"it shares namespaces with another container or the host: {', '.join(shared)} (a pod?)",
-                          hint="checkpoint a container that is not in a pod and shares no namespace")
+        raise Unsupported(what, f"it shares namespaces with another container or the host: {', '.join(shared)}",
+                          hint="checkpoint a container whose pid, mount and cgroup namespaces are its own")
     process = _obj(spec.get("process"))
     if process.get("terminal"):
         raise Unsupported(what, "it has a terminal (-t), whose other end was podman's conmon",

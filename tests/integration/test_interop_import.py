@@ -248,6 +248,9 @@ def _as_crio(d: Path) -> None:
               "restoredTime": "0001-01-01T00:00:00Z", "restored": False}
     spec["annotations"] = {"io.container.manager": "cri-o", "io.kubernetes.cri-o.Metadata": '{"name":"web"}',
                            "io.kubernetes.pod.name": "pod", "io.kubernetes.pod.namespace": "default"}
+    for ns in spec["linux"]["namespaces"]:  # a pod's: the pause container's, pinned by CRI-O
+        if ns["type"] in ("ipc", "uts"):
+            ns["path"] = f"/var/run/{ns['type']}ns/0123-pod"
     binds = [{"source": m["source"], "destination": m["destination"], "file_type": "file", "permissions": 0o644}
              for m in spec["mounts"] if m["type"] == "bind" and m["destination"] != "/dev/shm"]
     (d / "config.dump").write_text(json.dumps(config))

@@ -114,7 +114,8 @@ def test_spec_from_spec_dump() -> None:
     ({"namespaces": [{"type": "user"}, {"type": "network", "path": "/n"}]}, "user namespace"),
     ({"uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}, "user namespace"),
     ({"namespaces": [{"type": "pid"}]}, "host's network"),
-    ({"namespaces": [{"type": "network", "path": "/n"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]}, "shares namespaces"),
+    ({"namespaces": [{"type": "network", "path": "/n"}, {"type": "pid", "path": "/proc/1/ns/pid"}]}, "shares namespaces"),
+    ({"namespaces": [{"type": "network", "path": "/n"}, {"type": "mount", "path": "/proc/1/ns/mnt"}]}, "shares namespaces"),
 ])
 def test_unsupported_containers_are_refused(change: dict, words: str) -> None:
     with pytest.raises(Unsupported, match=words):
@@ -124,6 +125,9 @@ def test_unsupported_containers_are_refused(change: dict, words: str) -> None:
     with pytest.raises(Unsupported, match="terminal"):
         check_supported(spec, "web")
     check_supported(_spec(), "web")
+    pod = [{"type": "network", "path": "/var/run/netns/p"}, {"type": "ipc", "path": "/var/run/ipcns/p"},
+           {"type": "uts", "path": "/var/run/utsns/p"}, {"type": "pid"}, {"type": "mount"}]
+    check_supported(_spec(namespaces=pod), "web")  # a Kubernetes pod's container: made anew here
 
 
 class _Images:
