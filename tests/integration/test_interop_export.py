@@ -20,6 +20,7 @@ and it sits in podman's cgroup, not pymigrate's. Also: --leave-running with gzip
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -257,6 +258,32 @@ def test_round_trip_podman_pymigrate_podman(podman: Podman, pm: Callable[..., su
             podman.remove(back)
     finally:
         pm("rm", "-f", middle)
+
+
+def test_a_failed_conversion_keeps_the_checkpoint(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+                                                  pm_root: Path, tmp_path: Path) -> None:
+    """Nothing lost: the conversion fails after the dump stopped the container (here: its layer over
+    an extraction limit); the local checkpoint stays, named in the hint, and restores."""
+    name = unique("expfail")
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "pmt-export:1", *memhog_command(8)))
+    try:
+        wait_memhog_ready(pm_root, name)
+        ok(pm("exec", name, "dd", "if=/dev/zero", "of=/big", "bs=1k", "count=64"))
+        checksum, before = memhog_report(pm_root, name)
+        archive = tmp_path / "no.tar.zst"
+        r = subprocess.run([*PYMIGRATE, "--root", str(pm_root), "checkpoint", name, "--export", str(archive), "--format", "podman",
+                            "--json"], capture_output=True, timeout=300, cwd=REPO,
+                           env={**os.environ, "PYMIGRATE_EXTRACT_LIMITS": "max_member_bytes=16K"})
+        answer = refused(r, "ImageLimitExceeded")
+        kept = answer["hint"].rsplit(" ", 1)[1]
+        assert "the checkpoint is kept: pymigrate restore" in answer["hint"] and kept in ok(pm("checkpoint", "ls"))
+        assert not archive.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+        ok(pm("restore", kept))
+        after_checksum, after = memhog_report(pm_root, name)
+        assert after_checksum == checksum and after >= before
+        ok(pm("checkpoint", "rm", kept))
+    finally:
+        pm("rm", "-f", name)
 
 
 def test_export_refuses_a_container_with_a_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
