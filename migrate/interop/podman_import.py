@@ -28,10 +28,16 @@ What is mapped, and how (docs/interop.md "Import"):
 - seccomp: as for every import, the images' filters must hold this host's default profile
   (runtime/seccomp.py check_image_filters): a checkpoint pymigrate exported passes; podman's own
   filter does not, and ``--security-opt seccomp=unconfined`` accepts it (the container keeps the
-  filter podman gave it).
+  filter podman gave it). Such a container cannot be migrated live afterwards: a peer takes only
+  its own default profile (migrate/restore.py seccomp_policy); ``checkpoint --export`` and
+  ``restore --import --security-opt seccomp=unconfined`` on the other host move it.
 
 Every refusal comes before the container is built, or undoes all of it: no record, mounts,
 network namespace, cgroup or scratch dir stays.
+
+Not carried: the content of podman's named volumes (``volumes/NAME.tar``: map the target with
+``--volume``); /dev/shm's content after a later pymigrate checkpoint (its bind is external to
+CRIU); a post-copy migration does not map the engine binds (the cold path and every restore do).
 """
 
 from __future__ import annotations
