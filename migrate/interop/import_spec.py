@@ -10,7 +10,8 @@ does not travel): the restore leases one from this host's pool.
 
 Refused before anything runs (``Unsupported``, naming what): a user namespace or id mappings,
 a terminal (``-t``: its master was conmon's), pid, mount or cgroup namespaces shared with another
-container or the host (a path), or no network namespace at all. A pod's shared network, IPC and
+container or the host (a path), no network namespace at all or one without a network (podman
+``--network none``: runc dumps it empty, not external). A pod's shared network, IPC and
 UTS namespaces (a Kubernetes container's, from the kubelet) are made anew: they do not travel.
 """
 
@@ -50,6 +51,12 @@ def check_supported(spec: dict[str, Any], name: str) -> None:
     if "network" not in kinds:
         raise Unsupported(what, "it uses the host's network namespace (--network host)",
                           hint="checkpoint a container with its own network namespace")
+    if not any(ns.get("type") == "network" and ns.get("path") for ns in namespaces):
+        # runc then dumps the namespace as empty (CRIU makes a new one without even loopback up),
+        # not as the external one this host's network namespace replaces
+        raise Unsupported(what, "it has a network namespace of its own with no network (podman --network none), "
+                                "which runc does not dump as an external namespace",
+                          hint="checkpoint a container on a podman network (the default)")
     shared = sorted(str(ns.get("type")) for ns in namespaces if ns.get("path") and ns.get("type") not in POD_NAMESPACES)
     if shared:
         raise Unsupported(what, f"it shares namespaces with another container or the host: {', '.join(shared)}",

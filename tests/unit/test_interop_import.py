@@ -114,6 +114,7 @@ def test_spec_from_spec_dump() -> None:
     ({"namespaces": [{"type": "user"}, {"type": "network", "path": "/n"}]}, "user namespace"),
     ({"uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}, "user namespace"),
     ({"namespaces": [{"type": "pid"}]}, "host's network"),
+    ({"namespaces": [{"type": "pid"}, {"type": "network"}]}, "--network none"),
     ({"namespaces": [{"type": "network", "path": "/n"}, {"type": "pid", "path": "/proc/1/ns/pid"}]}, "shares namespaces"),
     ({"namespaces": [{"type": "network", "path": "/n"}, {"type": "mount", "path": "/proc/1/ns/mnt"}]}, "shares namespaces"),
 ])
