@@ -85,7 +85,8 @@ def _host_key_algorithms(key: paramiko.PKey) -> str:
 
 
 class OpenSshForwarder:
-    """Builds and runs ``ssh -W`` processes pinned to one verified host key and one identity."""
+    """Runs one ``ssh -N -L`` pinned to one verified host key and one identity (``start`` again
+    to point it elsewhere)."""
 
     def __init__(self, binary: str, workdir: Path, *, hostname: str, port: int, user: str,
                  host_key: paramiko.PKey, identity: Identity, connect_timeout_s: float) -> None:  # fmt: skip
@@ -137,6 +138,8 @@ class OpenSshForwarder:
         HTTP/2 frame come back through it. Returns None when it works, else why not (ssh's own
         message when it printed one); then nothing is left running."""
         self.close()
+        if ":" in str(local_socket) or ":" in remote_socket:  # -L's separator; OpenSSH has no escape for it
+            return f"ssh -L cannot forward a path with ':' ({remote_socket})"
         self._closed = False
         local_socket.unlink(missing_ok=True)
         err_path = self._workdir / "ssh.err"
@@ -162,7 +165,7 @@ class OpenSshForwarder:
     def _wait_ready(self, local_socket: Path, timeout_s: float, probe: bool) -> str | None:
         assert self._proc is not None
         deadline = time.monotonic() + timeout_s
-        while not local_socket.exists():  # bound once ssh authenticated (ExitOnForwardFailure)
+        while not _listening(local_socket):  # once ssh authenticated (ExitOnForwardFailure)
             if self._proc.poll() is not None:
                 return f"ssh exited with status {self._proc.returncode}: {self.stderr_tail() or 'no message'}"
             if time.monotonic() > deadline:
@@ -193,6 +196,18 @@ class OpenSshForwarder:
         if self._proc is not None:
             _stop_group(self._proc)
             self._proc = None
+
+
+def _listening(path: Path) -> bool:
+    """Whether a unix socket at ``path`` listens (/proc/net/unix: __SO_ACCEPTCON). Between ssh's
+    bind() and listen() the file exists but a connect is refused; a test connection would reach
+    the remote end, so the kernel's table is asked instead."""
+    suffix = f" {path}"
+    try:
+        with open("/proc/net/unix") as f:
+            return any(line.rstrip("\n").endswith(suffix) and int(line.split()[3], 16) & 0x10000 for line in f)
+    except (OSError, ValueError, IndexError):
+        return path.exists()
 
 
 def _probe_http2(local_socket: Path, timeout_s: float) -> str | None:

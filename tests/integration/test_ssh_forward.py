@@ -188,6 +188,28 @@ def test_forwarder_pinned_to_another_host_key_is_refused(sshd_host: tuple[Host, 
         right.close()
 
 
+def test_an_ssh_that_fails_leaves_the_tunnel_on_paramiko(sshd_host: tuple[Host, dict], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """An ``ssh`` on PATH that refuses (exit 255 with a message): logged, and paramiko carries the bytes."""
+    import logging
+
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.ssh import open_ssh_target
+
+    host, options = sshd_host
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text("#!/bin/sh\necho 'ssh: no route to host (a broken client)' >&2\nexit 255\n")
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with caplog.at_level(logging.WARNING, logger="migrate.remote.ssh"), open_ssh_target(host.ssh_url(), **options) as target:
+        assert target.forwarder == "paramiko"
+        with RemoteEngine(target.address) as engine:
+            assert engine.containers(all=True) == []
+    warnings = [r.getMessage() for r in caplog.records if "forwarding through paramiko" in r.getMessage()]
+    assert warnings and "status 255: ssh: no route to host (a broken client)" in warnings[0], warnings
+
+
 def _path_without_ssh(tmp_path: Path) -> str:
     """A PATH of one directory: links to every program on ours except ``ssh``."""
     bin_dir = tmp_path / "bin-without-ssh"
