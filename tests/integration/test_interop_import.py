@@ -9,8 +9,10 @@ mapped once more, the log runs on without a gap.
 
 Refusals, each leaving no container, scratch dir, mount or network namespace behind: the image
 is not here; a bind mount (podman -v) not mapped with --volume; a corrupted rootfs-diff.tar; a
-user namespace; no seccomp acceptance. podman runs on a private store under the test's tmp dir
-(vfs, cgroupfs), removed at the end.
+user namespace; --network none; podman's seccomp filter not accepted. Also: --volume mapping,
+root changes and deletions, the CRI-O layout, --pull from a real registry, a move on to a second
+host, and pymigrate's own podman-layout export coming back. podman runs on a private store under
+/tmp (vfs, cgroupfs), removed at the end.
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ def refused_archives(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -
     (out / "vol").mkdir()
     podman.run("r-absent", "localhost/pmt-absent:1", "sleep", "1000")
     podman.run("r-volume", "localhost/pmt-memhog:1", "sleep", "1000", extra=("-v", f"{out / 'vol'}:/data"))
+    podman.run("r-nonet", "localhost/pmt-memhog:1", "sleep", "1000", extra=("--network", "none"))
     podman.run("r-plain", "localhost/pmt-memhog:1", "sh", "-c", "echo changed > /new-file; rm /bin/vi; sleep 1000")
     wait_for(lambda: podman("exec", "r-plain", "sh", "-c", "cat /new-file; ls /bin/vi", check=False) == "changed", 30,
              "the shell's changes")
@@ -181,6 +184,7 @@ def refused_archives(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -
     return {
         "absent": podman.export("r-absent", out / "absent.tar.zst"),
         "volume": podman.export("r-volume", out / "volume.tar.zst"),
+        "nonet": podman.export("r-nonet", out / "nonet.tar.zst"),
         "plain": plain,
         "corrupt": _repack(plain, out / "corrupt.tar.zst", _corrupt_diff),
         "userns": _repack(plain, out / "userns.tar.zst", _user_namespace),
@@ -204,6 +208,7 @@ def _leftovers(pm_root: Path, pm: Callable[..., Any]) -> dict[str, Any]:
     ("volume", ACCEPT, "InvalidSpec", ["/data", "--volume"]),
     ("corrupt", ACCEPT, "UnsafeMember", ["rootfs-diff.tar"]),
     ("userns", ACCEPT, "Unsupported", ["user namespace"]),
+    ("nonet", ACCEPT, "Unsupported", ["--network none"]),
     ("plain", (), "InvalidSpec", ["seccomp=unconfined"]),
 ])
 def test_refused_import_leaves_nothing_behind(refused_archives: dict[str, Path], pm: Callable[..., Any], pm_root: Path,
