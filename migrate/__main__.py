@@ -1,5 +1,5 @@
 import sys
 
-from migrate.cli import main
+from migrate.zygote.front import main
 
 sys.exit(main())

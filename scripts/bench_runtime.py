@@ -13,6 +13,9 @@
   and freed right before every timed step, on both sides (the VM hands freed memory back to its
   host, and touching it again is slow: CRIU-NOTES).
 - ``ps``: `pymigrate ps` wall beside `runc list` (what every local command pays to start).
+- ``--zygote``: the same pymigrate steps also through a resident zygote (``PYMIGRATE_ZYGOTE=1``,
+  migrate/zygote; a private socket directory under --workdir), rows marked ``(zygote)``, in the
+  same rounds; the zygote is started and warmed by untimed commands first and stopped at the end.
 - ``--neighbours N``: N pymigrate containers stay running on the bench's bridge during the rounds
   (started untimed first), so each ``run -d`` pays the ARP probe of its new address as on a busy
   host (a bridge without other ports skips it: runtime/bridge_pool.py).
@@ -31,7 +34,7 @@ What it changes on the host: a temporary state root and bundles under --workdir 
 mkdtemp in /tmp; its own bridge and /24), removed at the end, and the containers it starts, each
 removed after its run.
 
-Usage: scripts/bench_runtime.py [-n 15] [--size 64] [--json] [--floor] [--neighbours N] [--runc /usr/sbin/runc]
+Usage: scripts/bench_runtime.py [-n 15] [--size 64] [--json] [--floor] [--zygote] [--neighbours N] [--runc /usr/sbin/runc]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ CMD = ["sleep", "1000"]
 MiB = 1 << 20
 # median ratio pymigrate / runc that issue 17 asks for
 GOALS = {"run -d": 2.0, "checkpoint": 1.3, "restore": 1.3}
+ZYGOTE = " (zygote)"
 MEMHOG_OUT = "tmp/memhog.out"
 
 
@@ -133,6 +137,16 @@ def floor_cmds(root: Path, network: str) -> dict[str, list[str]]:
     }
 
 
+def warm_zygote(pm: list[str], env: dict[str, str], network: str) -> None:
+    """Untimed: the first command starts the zygote, the next ones find it (and teach it the
+    imports of run -d, ps, rm and the checkpoint commands)."""
+    for _ in range(2):
+        for argv in (["run", "-d", "--name", "zwarm", "--network", network, "busybox", *CMD], ["ps"], ["rm", "-f", "zwarm"],
+                     ["checkpoint", "ls"]):
+            subprocess.run([*pm, *argv], env=env, check=True, capture_output=True)
+            time.sleep(0.2)
+
+
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     # stdio on /dev/null and a file, never pipes: `runc run -d` hands its stdio to the container,
     # so a pipe would stay open (and the wait for EOF would hang) until the container exits.
@@ -149,8 +163,10 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
 class CheckpointBench:
     """checkpoint + restore of a memhog: pymigrate's state root and runc's bundle, side by side."""
 
-    def __init__(self, work: Path, root: Path, pm: list[str], runc: str, size_mib: int, subnet_prefix: str) -> None:
+    def __init__(self, work: Path, root: Path, pm: list[str], runc: str, size_mib: int, subnet_prefix: str,
+                 zygote_env: dict[str, str] | None = None) -> None:
         self.work, self.root, self.pm, self.runc, self.size_mib = work, root, pm, runc, size_mib
+        self.zygote_env = zygote_env
         self.subnet_prefix = subnet_prefix
         self.runc_root = work / "runc-ckpt-state"
         self.bundle = work / "memhog-bundle"
@@ -171,18 +187,19 @@ class CheckpointBench:
     def round(self, i: int, samples: dict[str, list[float]]) -> None:
         from tests.integration.workloads import memhog_command, wait_memhog_ready
 
-        # pymigrate: run (untimed), checkpoint, restore
-        name = f"hog{i}"
-        subprocess.run([*self.pm, "run", "-d", "--name", name, "memhog", *memhog_command(self.size_mib)], check=True, capture_output=True)
-        wait_memhog_ready(self.root, name, timeout_s=120)
-        warm(self.size_mib)
-        t, out = timed_out([*self.pm, "checkpoint", name, "--json"])
-        samples["pymigrate checkpoint"].append(t)
-        cid = json.loads(out)["checkpoint_id"]
-        warm(self.size_mib)
-        samples["pymigrate restore"].append(timed([*self.pm, "restore", cid]))
-        subprocess.run([*self.pm, "rm", "-f", name], check=True, capture_output=True)
-        subprocess.run([*self.pm, "checkpoint", "rm", cid], check=True, capture_output=True)
+        # pymigrate: run (untimed), checkpoint, restore; the same again through the zygote
+        for env, suffix in [(None, ""), *([(self.zygote_env, ZYGOTE)] if self.zygote_env else [])]:
+            name = f"hog{i}"
+            subprocess.run([*self.pm, "run", "-d", "--name", name, "memhog", *memhog_command(self.size_mib)], check=True, capture_output=True)
+            wait_memhog_ready(self.root, name, timeout_s=120)
+            warm(self.size_mib)
+            t, out = timed_out([*self.pm, "checkpoint", name, "--json"], env)
+            samples["pymigrate checkpoint" + suffix].append(t)
+            cid = json.loads(out)["checkpoint_id"]
+            warm(self.size_mib)
+            samples["pymigrate restore" + suffix].append(timed([*self.pm, "restore", cid], env))
+            subprocess.run([*self.pm, "rm", "-f", name], check=True, capture_output=True)
+            subprocess.run([*self.pm, "checkpoint", "rm", cid], check=True, capture_output=True)
 
         # runc: run (untimed), checkpoint, restore
         cid = f"pmbhog-{os.getpid()}-{i}"
@@ -209,11 +226,11 @@ class CheckpointBench:
             subprocess.run([self.runc, "--root", str(self.runc_root), "delete", "-f", cid], capture_output=True)
 
 
-def timed_out(argv: list[str]) -> tuple[float, str]:
+def timed_out(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     """Like ``timed`` but keeps stdout (a file, not a pipe); (wall seconds, stdout)."""
     with open(os.devnull, "rb") as null_in, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        r = subprocess.run(argv, stdin=null_in, stdout=out, stderr=err)
+        r = subprocess.run(argv, stdin=null_in, stdout=out, stderr=err, env=env)
         elapsed = time.perf_counter() - t0
         if r.returncode != 0:
             err.seek(0)
@@ -232,6 +249,7 @@ def main() -> int:
     parser.add_argument("--network", choices=("bridge", "none"), default="bridge", help="pymigrate's network mode")
     parser.add_argument("--floor", action="store_true", help="also time the interpreter and the imports alone")
     parser.add_argument("--neighbours", type=int, default=0, help="containers kept running on the bridge meanwhile")
+    parser.add_argument("--zygote", action="store_true", help="also time pymigrate's steps through a resident zygote")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root")
@@ -262,11 +280,16 @@ def main() -> int:
     bundle = work / "bundle"
     make_bundle(bundle, image.rootfs, args.runc)
     runc_root = work / "runc-state"
-    ckpt = CheckpointBench(work, root, pm, args.runc, args.size, subnet_prefix) if args.size > 0 else None
+    zenv = {**os.environ, "PYMIGRATE_ZYGOTE": "1", "PYMIGRATE_ZYGOTE_DIR": str(work / "zygote")} if args.zygote else None
+    ckpt = CheckpointBench(work, root, pm, args.runc, args.size, subnet_prefix, zenv) if args.size > 0 else None
 
     samples: dict[str, list[float]] = {"pymigrate run -d": [], "runc run -d": [], "pymigrate ps": [], "runc list": []}
+    if zenv:
+        samples.update({"pymigrate run -d" + ZYGOTE: [], "pymigrate ps" + ZYGOTE: []})
     if ckpt:
         samples.update({k: [] for k in ("pymigrate checkpoint", "runc checkpoint", "pymigrate restore", "runc restore")})
+        if zenv:
+            samples.update({"pymigrate checkpoint" + ZYGOTE: [], "pymigrate restore" + ZYGOTE: []})
     floors: dict[str, list[str]] = {}
     try:
         if ckpt:
@@ -277,6 +300,8 @@ def main() -> int:
         if args.floor:
             floors = floor_cmds(root, args.network)
             samples.update({k: [] for k in floors})
+        if zenv:
+            warm_zygote(pm, zenv, args.network)
         for i in range(args.runs):
             for label, argv in floors.items():
                 samples[label].append(timed(argv))
@@ -284,6 +309,11 @@ def main() -> int:
             samples["pymigrate run -d"].append(timed([*pm, "run", "-d", "--name", name, "--network", args.network, "busybox", *CMD]))
             samples["pymigrate ps"].append(timed([*pm, "ps"]))
             subprocess.run([*pm, "rm", "-f", name], check=True, capture_output=True)
+            if zenv:
+                samples["pymigrate run -d" + ZYGOTE].append(
+                    timed([*pm, "run", "-d", "--name", name, "--network", args.network, "busybox", *CMD], zenv))
+                samples["pymigrate ps" + ZYGOTE].append(timed([*pm, "ps"], zenv))
+                subprocess.run([*pm, "rm", "-f", name], check=True, capture_output=True)
             cid = f"pmbench-{tag}-{i}"
             samples["runc run -d"].append(timed([args.runc, "--root", str(runc_root), "run", "-d", "--bundle", str(bundle), cid]))
             samples["runc list"].append(timed([args.runc, "--root", str(runc_root), "list"]))
@@ -296,6 +326,10 @@ def main() -> int:
                        capture_output=True)
         if ckpt:
             ckpt.teardown()
+        if zenv:
+            from migrate.zygote.server import stop_all
+
+            stop_all(zenv["PYMIGRATE_ZYGOTE_DIR"])
         try:
             network_for(paths, "bridge").delete_bridge()
         except Exception as exc:  # cleanup: report and go on
@@ -306,15 +340,17 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in samples.items()}
     comparisons = {}
     for step, goal in GOALS.items():
-        if f"pymigrate {step}" in med:
-            ratio = med[f"pymigrate {step}"] / med[f"runc {step}"]
-            comparisons[step] = {"pymigrate_s": med[f"pymigrate {step}"], "runc_s": med[f"runc {step}"],
-                                 "ratio": ratio, "goal": goal, "met": ratio <= goal}
+        for suffix in ("", ZYGOTE):
+            if f"pymigrate {step}{suffix}" in med:
+                ratio = med[f"pymigrate {step}{suffix}"] / med[f"runc {step}"]
+                comparisons[step + suffix] = {"pymigrate_s": med[f"pymigrate {step}{suffix}"], "runc_s": med[f"runc {step}"],
+                                              "ratio": ratio, "goal": goal, "met": ratio <= goal}
     result = {
         "runs": args.runs,
         "order": "interleaved pymigrate, runc",
         "network": args.network,
         "neighbours": args.neighbours,
+        "zygote": args.zygote,
         "memhog_mib": args.size,
         "median_s": med,
         "min_s": {k: min(v) for k, v in samples.items()},
@@ -335,9 +371,9 @@ def main() -> int:
     for k in samples:
         print(f"{k:{width}}{med[k] * 1000:12.1f}{min(samples[k]) * 1000:10.1f}{max(samples[k]) * 1000:10.1f}")
     print()
-    print(f"{'median ms':14}{'pymigrate':>11}{'runc':>9}{'ratio':>8}{'goal':>7}  met")
+    print(f"{'median ms':24}{'pymigrate':>11}{'runc':>9}{'ratio':>8}{'goal':>7}  met")
     for step, c in comparisons.items():
-        print(f"{step:14}{c['pymigrate_s'] * 1000:11.1f}{c['runc_s'] * 1000:9.1f}{c['ratio']:8.2f}{c['goal']:7.1f}  {'yes' if c['met'] else 'no'}")
+        print(f"{step:24}{c['pymigrate_s'] * 1000:11.1f}{c['runc_s'] * 1000:9.1f}{c['ratio']:8.2f}{c['goal']:7.1f}  {'yes' if c['met'] else 'no'}")
     return 0
 
 

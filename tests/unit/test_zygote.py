@@ -1,0 +1,142 @@
+"""The zygote's front and wire (migrate/zygote): which commands may go, what must match, staleness,
+and one round trip through a real zygote (a `ps` on an empty root: no containers needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from migrate.zygote import front, server, wire
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("argv", "ok"), [
+    (["ps"], True),
+    (["--root", "/r", "--json", "ps", "-a"], True),
+    (["--root=/r", "rm", "-f", "x"], True),
+    (["run", "-d", "--name", "x", "busybox", "sleep", "1"], True),
+    (["run", "--detach", "busybox", "sh", "-c", "true"], True),
+    (["checkpoint", "x", "--export", "-"], True),
+    (["restore", "0123abcd"], True),
+    (["start", "x"], True),
+    (["run", "busybox", "true"], False),  # foreground
+    (["run", "-d", "-t", "busybox", "sh"], False),
+    (["run", "-dit", "busybox", "sh"], False),
+    (["run", "-d", "--tty", "busybox", "sh"], False),
+    (["start", "-a", "x"], False),
+    (["start", "--attach", "x"], False),
+    (["exec", "x", "true"], False),
+    (["logs", "-f", "x"], False),
+    (["migrate", "x", "host"], False),
+    (["daemon"], False),
+    (["--host", "unix:/s", "ps"], False),  # a global option the front does not know
+    (["--debug", "ps"], True),
+    (["--help"], False),
+    ([], False),
+])
+def test_eligible(argv: list[str], ok: bool) -> None:
+    assert front.eligible(argv) is ok
+
+
+def test_the_match_leaves_out_what_shells_change_and_nothing_else() -> None:
+    env = {b"PATH": b"/bin", b"PWD": b"/a", b"OLDPWD": b"/b", b"_": b"/x", b"SHLVL": b"2", b"PYMIGRATE_ZYGOTE": b"1"}
+    assert wire.stable_env(env) == ((b"PATH", b"/bin"),)
+    fp = wire.fingerprint()
+    assert fp == wire.fingerprint()
+    one = wire.socket_path(fp, wire.stable_env(env))
+    assert one == wire.socket_path(fp, wire.stable_env({**env, b"PWD": b"/elsewhere"}))
+    assert one != wire.socket_path(fp, wire.stable_env({**env, b"LANG": b"C"}))
+
+
+def test_only_a_private_directory_is_trusted(tmp_path: Path) -> None:
+    d = tmp_path / "z"
+    d.mkdir(mode=0o700)
+    os.chmod(d, 0o700)
+    assert wire.dir_is_safe(str(d))
+    os.chmod(d, 0o755)
+    assert not wire.dir_is_safe(str(d))
+    os.chmod(d, 0o700)
+    (tmp_path / "link").symlink_to(d)
+    assert not wire.dir_is_safe(str(tmp_path / "link"))
+    assert not wire.dir_is_safe(str(tmp_path / "missing"))
+
+
+def test_a_changed_or_added_source_file_makes_the_zygote_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "zstalepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    zygote = server.Zygote(str(tmp_path / "unused.sock"))
+    try:
+        zygote.preload(["zstalepkg.mod"])
+        assert str(pkg / "mod.py") in zygote.files and str(pkg) in zygote.files
+        # only ours: the shared checkout's files may change under this test
+        zygote.files = {p: s for p, s in zygote.files.items() if p.startswith(str(tmp_path))}
+        assert not zygote.stale()
+        st = os.stat(pkg / "mod.py")
+        os.utime(pkg / "mod.py", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        assert zygote.stale()
+        os.utime(pkg / "mod.py", ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert not zygote.stale()
+        time.sleep(0.01)
+        (pkg / "shadow.py").write_text("")  # the package directory changed
+        assert zygote.stale()
+    finally:
+        zygote.sel.close()
+        for name in ("zstalepkg", "zstalepkg.mod"):
+            sys.modules.pop(name, None)
+
+
+def test_exit_codes_as_the_interpreter_makes_them(capsys: pytest.CaptureFixture[str]) -> None:
+    assert server._exit_code(SystemExit()) == 0
+    assert server._exit_code(SystemExit(125)) == 125
+    assert server._exit_code(SystemExit("bad")) == 1
+    assert capsys.readouterr().err == "bad\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fast path is root's")
+def test_round_trip_through_a_real_zygote(tmp_path: Path) -> None:
+    zdir = tmp_path / "z"
+    env = {**os.environ, "PYMIGRATE_ZYGOTE": "debug", "PYMIGRATE_ZYGOTE_DIR": str(zdir), "PYMIGRATE_ZYGOTE_IDLE_S": "60"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "migrate", "--root", str(tmp_path / "root"), *argv],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+
+    def routed(r: subprocess.CompletedProcess[str]) -> tuple[str, str]:
+        lines = r.stderr.splitlines(keepends=True)
+        route = [ln for ln in lines if ln.startswith("pymigrate: zygote ") and not ln.startswith("pymigrate: zygote worker")]
+        return route[0].split()[2] if route else "", "".join(ln for ln in lines if not ln.startswith("pymigrate: zygote "))
+
+    try:
+        first = cli("ps", "--json")
+        assert routed(first)[0] == "absent" and first.returncode == 0
+        deadline = time.monotonic() + 30
+        while not list(zdir.glob("*.sock")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for argv in (["ps", "--json"], ["ps", "--no-such-flag"], ["--json", "rm", "no-such-container"]):
+            served = cli(*argv)
+            route, err = routed(served)
+            assert route == "served", served.stderr
+            plain = subprocess.run([sys.executable, "-m", "migrate", "--root", str(tmp_path / "root"), *argv],
+                                   capture_output=True, text=True, cwd=REPO, timeout=60,
+                                   env={k: v for k, v in env.items() if k != "PYMIGRATE_ZYGOTE"})
+            assert (served.returncode, served.stdout, err) == (plain.returncode, plain.stdout, plain.stderr)
+    finally:
+        server.stop_all(str(zdir))
+
+
+def test_the_front_imports_next_to_nothing() -> None:
+    """Every command pays the front's imports, the fast path or not: builtins and tiny C modules only."""
+    probe = "import sys; before = set(sys.modules); import migrate.zygote.front; print(' '.join(sorted(set(sys.modules) - before)))"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert set(r.stdout.split()) <= {"migrate", "migrate.zygote", "migrate.zygote.front", "migrate.zygote.wire", "_socket",
+                                     "_struct", "zlib", "marshal", "_signal", "time", "__future__"}, r.stdout
