@@ -22,9 +22,9 @@ Two things differ between what pymigrate dumps and what runc 1.1's ``Restore`` g
   the cgroup v1 binds ...) are keyed as runc keys them already.
 - ``descriptors.json``: runc reads the paths of the init's fds 0-2 from it and, for each
   ``pipe:[N]``, gives CRIU its own new stdio pipe as an inherit fd. A pymigrate init has its
-  container's /dev/null on fd 0 and its log files (/.pymigrate/log, log.err, in its own root,
-  carried by rootfs-diff.tar) on 1 and 2: no pipes, so runc passes none and CRIU reopens all
-  three from the images.
+  container's /dev/null on fd 0 (CRIU reopens it from the images) and its log files
+  (/.pymigrate/log, log.err) on 1 and 2, which become pipes to conmon
+  (migrate/interop/export_stdio.py), so ``podman logs`` shows what comes after the restore.
 
 CRIU's image files: an 8-byte magic pair, then entries, each a little-endian u32 length and a
 protobuf message (criu/include/image.h, ``pb_write_one``). The rewrite reads the one entry field
@@ -240,5 +240,7 @@ def copy_images(images_dir: Path, dest: Path, *, netns_key: str, masked: frozens
                 (dest / src.name).write_bytes(rekeyed_mounts)
                 continue
         _link_or_copy(src, dest / src.name)
-    (dest / DESCRIPTORS).write_text(json.dumps(list(STDIO_PATHS)))
+    from migrate.interop.export_stdio import logs_to_pipes
+
+    (dest / DESCRIPTORS).write_text(json.dumps(logs_to_pipes(dest, list(STDIO_PATHS))))
     return rekeyed

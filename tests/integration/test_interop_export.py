@@ -286,6 +286,37 @@ def test_a_failed_conversion_keeps_the_checkpoint(podman: Podman, pm: Callable[.
         pm("rm", "-f", name)
 
 
+def test_podman_logs_show_what_it_prints_after_the_restore(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+                                                           pm_root: Path, tmp_path: Path) -> None:
+    """stdout/stderr: what was printed before the checkpoint stays in its log files (pymigrate's
+    logs); what it prints in podman goes to conmon's pipes: ``podman logs``."""
+    name = unique("explog")
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "pmt-export:1", "sh", "-c",
+                    "i=0; while true; do i=$((i+1)); echo out $i; echo err $i >&2; sleep 0.05; done"))
+    try:
+        wait_for(lambda: "out 5" in ok(pm("logs", name)) or None, 20, "output before the checkpoint")
+        archive = tmp_path / "log.tar.zst"
+        ok(pm("checkpoint", name, "--export", str(archive), "--format", "podman", timeout=300))
+        last = max(int(line.split()[1]) for line in ok(pm("logs", name)).splitlines() if line.startswith("out "))
+        try:
+            podman.run("container", "restore", "--import", str(archive))
+
+            def after() -> list[int] | None:
+                r = podman.run("logs", name)
+                outs = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("out ")]
+                errs = [line for line in r.stderr.splitlines() if line.startswith("err ")]
+                return outs if len(outs) > 3 and errs else None
+
+            outs = wait_for(after, 20, "podman logs of the restored container")
+            assert outs[0] == last + 1, (last, outs[:3])  # the very next line, nothing lost or repeated
+            fds = podman.run("exec", name, "ls", "-l", "/proc/1/fd/").stdout
+            assert fds.count("pipe:[") == 2 and "/dev/null" in fds
+        finally:
+            podman.remove(name)
+    finally:
+        pm("rm", "-f", name)
+
+
 def test_export_refuses_a_container_with_a_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
                                                   pm_root: Path, tmp_path: Path) -> None:
     name = unique("expvol")

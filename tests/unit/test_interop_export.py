@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -369,3 +370,37 @@ def test_cgroups_of_an_imported_container_stay_without_a_namespace(tmp_path: Pat
     (entry,) = _cgroup_entries(out)
     ctls = [ctl for s in entry.sets for ctl in s.ctls]
     assert ctls and all(ctl.path == "/" + export_images.CGROUP_DIR and not ctl.HasField("cgns_prefix") for ctl in ctls)
+
+
+def test_log_files_become_pipes_to_conmon(tmp_path: Path) -> None:
+    """The init's fds 1 and 2 on /.pymigrate/log and log.err (a real dump's images) become pipes
+    runc gives conmon's ends for; the child's fds share them; /dev/null on fd 0 stays."""
+    import shutil
+
+    from migrate.interop.export_stdio import PIPE_ID_BASE, logs_to_pipes
+    from runtime.criu import read_image_entries
+
+    images = tmp_path / "images"
+    shutil.copytree(DATA / "stdio", images)
+    if not read_image_entries(images / "files.img", "file_entry", "fdinfo_pb2"):
+        pytest.skip("pycriu is not installed")
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    descriptors = logs_to_pipes(images, list(export_images.STDIO_PATHS))
+    assert descriptors == ["/dev/null", f"pipe:[{PIPE_ID_BASE + 1}]", f"pipe:[{PIPE_ID_BASE + 2}]"]
+    files = {e.id: e for e in read_image_entries(images / "files.img", "file_entry", "fdinfo_pb2")}
+    pipes = [e for e in files.values() if e.HasField("pipe")]
+    assert sorted(e.pipe.pipe_id for e in pipes) == [PIPE_ID_BASE + 1, PIPE_ID_BASE + 2]
+    assert all(e.pipe.flags == os.O_WRONLY and not e.HasField("reg") for e in pipes)
+    assert "/.pymigrate/log" not in {e.reg.name for e in files.values() if e.HasField("reg")}
+    for fdinfo in images.glob("fdinfo-*.img"):  # the init's and its child's fds 1, 2: pipes now
+        fds = {fd.fd: fd for fd in read_image_entries(fdinfo, "fdinfo_entry", "fdinfo_pb2")}
+        assert files[fds[1].id].HasField("pipe") and files[fds[2].id].HasField("pipe")
+        assert fds[1].type == files[fds[1].id].type and files[fds[0].id].reg.name == "/dev/null"
+    assert logs_to_pipes(images, list(export_images.STDIO_PATHS)) == list(export_images.STDIO_PATHS)  # nothing left to turn
+    assert before["pstree.img"] == (images / "pstree.img").read_bytes()
+
+
+def test_a_dump_without_log_files_keeps_its_paths(tmp_path: Path) -> None:
+    from migrate.interop.export_stdio import logs_to_pipes
+
+    assert logs_to_pipes(tmp_path, ["/dev/null", "/a", "/b"]) == ["/dev/null", "/a", "/b"]
