@@ -5,13 +5,15 @@ frozen time unchanged), converts it with ``write_podman_archive`` and removes th
 native ``--export`` leaves none. The layout (podman 4.3 / runc 1.1, the one CRI-O and
 ``checkpointctl`` read too)::
 
-    checkpoint/        CRIU's images: the network namespace re-keyed for runc and descriptors.json
-                       (migrate/interop/export_images.py)
+    checkpoint/        CRIU's images: the network namespace re-keyed for runc, cgroups re-rooted,
+                       masked files keyed /dev/null, the log files turned into stdio pipes, and
+                       descriptors.json (migrate/interop/export_images.py, export_stdio.py)
     spec.dump          OCI runtime spec of the container; config.dump  libpod's ContainerConfig
                        (migrate/interop/export_spec.py)
     rootfs-diff.tar    the upper layer without whiteouts; deleted.files  what they deleted
                        (migrate/interop/export_rootfs.py)
-    stats-dump         CRIU's dump statistics
+    stats-dump         CRIU's dump statistics; dump.log  CRIU's log (as CRI-O keeps it)
+    devshm-checkpoint.tar  /dev/shm of a container pymigrate imported from podman (its bind)
 
 The conversion itself reads an ``ExportSource`` (migrate/interop/export_convert.py): here a local
 checkpoint with the image's tree from this host's store; over ``--host``, the native archive the
@@ -31,8 +33,9 @@ What round-trips (tests/integration/test_interop_export.py, real podman 4.3.1, r
 (new and changed files, deleted image files, replaced image directories), hostname, command,
 environment, working dir, user, capabilities, rlimits, labels, memory/cpu/pids limits (the
 spec's resources, which runc sets on podman's cgroup before CRIU runs), the cgroup namespace
-(rooted at podman's cgroup for the container), stdout/stderr (the log files in its root:
-``podman logs`` shows nothing, ``podman exec CTR cat /.pymigrate/log`` does). What does not: the
+(rooted at podman's cgroup for the container), stdout/stderr (what it printed before the
+checkpoint stays in /.pymigrate/log and log.err in its root; what it prints after the restore
+goes to conmon: ``podman logs``, migrate/interop/export_stdio.py). What does not: the
 address and MAC (podman's network assigns them), published ports, the restart policy. Restoring
 established TCP connections needs podman's ``--tcp-established`` like any other podman checkpoint.
 
