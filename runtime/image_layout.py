@@ -54,7 +54,7 @@ def documents(store: ImageStore, image: Image, tag: str, *, skip_layers: frozens
         "config": {"mediaType": MEDIA_CONFIG, "digest": image.config_digest, "size": config_path.stat().st_size},
         "layers": [{"mediaType": i.media_type, "digest": i.blob, "size": i.blob_size} for i in infos],
     }
-    annotations = store.annotations(image.digest)  # as loaded or built (a checkpoint image's marks)
+    annotations = store.annotations(image.name)  # as loaded or built (a checkpoint image's marks)
     if annotations:
         document["annotations"] = annotations
     manifest = json.dumps(document, sort_keys=True).encode()

@@ -581,8 +581,9 @@ class ImageStore:
 
     def annotations(self, name_or_digest: str) -> dict[str, str]:
         """The manifest annotations a layered image was stored with (empty: none, or a flat image)."""
-        meta = self._read_meta(validate_digest(self.get(name_or_digest).digest)) or {}
-        found = meta.get("annotations")
+        image = self.get(name_or_digest)
+        meta = self._read_meta(validate_digest(image.digest)) or {}
+        found = _named_meta(meta, self._read_index().get(image.name) or {}).get("annotations")
         return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
     def import_stream(self, name: str, stream: BinaryIO, *, expected_digest: str | None = None) -> Image:
@@ -789,7 +790,7 @@ class ImageStore:
 
     def _image(self, name: str, entry: dict[str, Any]) -> Image:
         meta = self._read_meta(validate_digest(entry["digest"])) or {}
-        return self._make(name, entry["digest"], int(entry["size_bytes"]), float(entry["created_at"]), meta)
+        return self._make(name, entry["digest"], int(entry["size_bytes"]), float(entry["created_at"]), _named_meta(meta, entry))
 
     def _make(self, name: str, digest: str, size: int, created_at: float, meta: dict[str, Any]) -> Image:
         from runtime.layer_store import layer_chain_dirs
@@ -879,6 +880,11 @@ class ImageStore:
             entry: dict[str, Any] = {"digest": digest, "size_bytes": size, "created_at": now}
             if config is not None:
                 entry["config"] = config
+            # the name's own layers, config blob and annotations: images/<hex> is shared by every image
+            # of the same tree, and its meta holds only the first one's (_image reads the entry first)
+            if layered is not None:
+                entry.update({k: v for k, v in layered.items() if k in _NAMED_FACTS})
+                entry.setdefault("annotations", {})
             try:
                 old = self._name(name, entry)
             except BaseException:
@@ -962,6 +968,10 @@ class ImageStore:
             layers.update(meta.get("layers") or ())
             if meta.get("config_digest"):
                 blobs.add(meta["config_digest"])
+        for entry in self._read_index().values():  # a name's own facts (_commit) beside its tree's meta
+            layers.update(entry.get("layers") or ())
+            if entry.get("config_digest"):
+                blobs.add(entry["config_digest"])
         for diff_id in layers:
             if self.layers.has_layer(diff_id):
                 blobs.add(self.layers.layer(diff_id).blob)
@@ -996,3 +1006,20 @@ class ImageStore:
             blob = json.loads(self.layers.blob_path(image.config_digest).read_bytes())
             return ImageConfig.from_oci(blob, f"config blob {image.config_digest}").to_json()
         return None
+
+
+# what a name keeps of its own in the index (``_commit``); older entries have none of them
+_NAMED_FACTS = ("layers", "config_digest", "annotations")
+
+
+def _named_meta(meta: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` (of the shared images/<hex>) with the name's own layered facts over it. A flat name
+    (no layers of its own) on a tree a layered image stored first keeps that tree's layers as its
+    lowers: the same files, and no rootfs/ was written for it."""
+    merged = dict(meta)
+    if entry.get("layers"):
+        merged["layers"] = entry["layers"]
+    for key in ("config_digest", "annotations"):
+        if key in entry:
+            merged[key] = entry[key]
+    return merged

@@ -154,3 +154,30 @@ def test_resolve_run() -> None:
     r = resolve_run(None, (), (), None)
     assert r.command == ()
     assert ImageConfig.from_json(config.to_json()) == config
+
+
+def test_images_of_the_same_tree_keep_their_own_config_and_annotations(store: ImageStore, tmp_path: Path) -> None:
+    """images/<hex> is shared by every image of one tree: a flat import first, then two layered loads
+    of the same files with other configs; each name keeps its own config blob, layers and marks."""
+    data = layer([("hello", "world")])
+    (tmp_path / "flat.tar").write_bytes(data)
+    flat = store.import_tarball("flat:1", tmp_path / "flat.tar")
+    first = store.load_archive(oci_layout(tmp_path / "a", [(data, TAR)], config_run={"Cmd": ["a"]}), name="a:1")
+    second_layout = oci_layout(tmp_path / "b", [(gzip.compress(data), TAR + "+gzip")], config_run={"Cmd": ["b"]})
+    index = json.loads((second_layout / "index.json").read_text())
+    manifest_path = second_layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]
+    manifest = json.loads(manifest_path.read_text())
+    manifest["annotations"] = {"io.example.mark": "b"}
+    raw = json.dumps(manifest).encode()
+    (second_layout / "blobs/sha256" / sha(raw)[7:]).write_bytes(raw)
+    index["manifests"][0].update(digest=sha(raw), size=len(raw))
+    (second_layout / "index.json").write_text(json.dumps(index))
+    second = store.load_archive(second_layout, name="b:1")
+    assert flat.digest == first.digest == second.digest  # one tree
+    a, b = store.get("a:1"), store.get("b:1")
+    assert a.config_digest and b.config_digest and a.config_digest != b.config_digest
+    assert store.annotations("b:1") == {"io.example.mark": "b"} and store.annotations("a:1") == {}
+    assert store.get("flat:1").config_digest == ""  # the flat import has no config blob of its own
+    assert [c.cmd for c in (store.config("a:1"), store.config("b:1"))] == [("a",), ("b",)]  # type: ignore[union-attr]
+    store.remove("b:1")
+    assert store.layers.has_blob(a.config_digest)  # a name's own config blob is not collected with another's
