@@ -455,6 +455,116 @@ def print_modes_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) 
         print(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}")
 
 
+# --- issue 17: the cold pause against the raw criu dump, the target's lazy restore A/B ---------------
+
+COLD_RAW_DUMP_GOAL = 1.2  # cold pause <= 1.2 x the raw criu dump of the same container
+
+
+def _cold_lazy(lab: Any, on: bool, current: list[bool]) -> None:
+    """Both daemons restore cold migrations lazily (the default) or every page first
+    (PYMIGRATE_COLD_LAZY=0); restarted only when that changes."""
+    if current and current[0] == on:
+        return
+    for host in lab.hosts[:2]:
+        host.stop_daemon()
+        lab.start_daemon(host, env=None if on else {"PYMIGRATE_COLD_LAZY": "0"})
+    current[:] = [on]
+
+
+def raw_criu_dump(host: Any, name: str, images: Path) -> tuple[float, float]:
+    """``criu dump --leave-running`` of container ``name`` on ``host`` into ``images`` (on the same
+    file system as the state roots), flags as a migration's dump (network lock skipped: the
+    migration cuts the link instead); (wall ms, CRIU's frozen_time ms)."""
+    from runtime.criu import criu_binary, read_dump_stats
+    from runtime.runtime import Runtime
+
+    info = Runtime(host.root).inspect(name)
+    netns_ino = os.stat(host.root / "netns" / info.spec.container_id).st_ino
+    images.mkdir(parents=True)
+    argv = [criu_binary(), "dump", "-t", str(info.state.pid), "-D", str(images), "-o", "dump.log", "-v4",
+            "--external", f"net[{netns_ino}]:extnet", "--network-lock", "skip", "--manage-cgroups=ignore",
+            "--freeze-cgroup", str(info.cgroup["unified"]), "--leave-running"]
+    t0 = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True)
+    wall = (time.monotonic() - t0) * 1000
+    if r.returncode != 0:
+        raise SystemExit(f"bench: raw criu dump of {name} failed: {(images / 'dump.log').read_text()[-2000:]}")
+    return wall, read_dump_stats(images).frozen_ms
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def bench_cold_ab(lab: Any, size_mib: int, runs: int, text_percent: int, workdir: Path) -> dict[str, Any]:
+    """One memhog of ``size_mib`` moved cold ``runs`` times with each target restore, lazy and
+    full, in ABBA order, back and forth; after each pair the raw criu dump of the same container
+    on the host it runs on. Memory warmed before every timed step; checksum checked after each move."""
+    hosts, name, current = [lab.hosts[0], lab.hosts[1]], f"ab{size_mib}", []  # type: ignore[var-annotated]
+    lab.run_memhog(hosts[0], name, size_mib, text_percent=text_percent)
+    before = lab.report(hosts[0], name)
+    where, samples = 0, {"lazy": [], "full": [], "raw_dump_ms": [], "raw_frozen_ms": []}  # type: ignore[var-annotated]
+    for i in range(runs + 1):  # round 0: both hosts restore once, unmeasured (cold caches)
+        for variant in (("lazy", "full") if i % 2 == 0 else ("full", "lazy")):
+            _cold_lazy(lab, variant == "lazy", current)
+            warm(size_mib)
+            src, dst = hosts[where], hosts[1 - where]
+            result = _json(lab.remote(src, ["migrate", name, lab.addr(dst), "--json"], timeout=600), f"migrate {name} ({variant})")
+            after = lab.report(dst, name)
+            if before is None or after is None or before[0] != after[0]:
+                raise SystemExit(f"bench: {name} after the {variant} cold migration does not match ({before} -> {after})")
+            where = 1 - where
+            if i:
+                stats = result["stats"]
+                samples[variant].append({"pause_ms": stats["frozen_ms"], "total_ms": stats["total_ms"],
+                                         "dump_ms": stats["phases_ms"].get("dump", 0.0)})
+        if i:
+            warm(size_mib)
+            wall, frozen = raw_criu_dump(hosts[where], name, workdir / f"raw-{size_mib}-{i}")
+            subprocess.run(["rm", "-rf", str(workdir / f"raw-{size_mib}-{i}")], check=False)
+            samples["raw_dump_ms"].append(wall)
+            samples["raw_frozen_ms"].append(frozen)
+    for h in hosts:
+        h.cli(["rm", "-f", name])
+    row: dict[str, Any] = {"size_mib": size_mib, "runs": runs, "samples": samples}
+    for v in ("lazy", "full"):
+        row[v] = {k: _median([s[k] for s in samples[v]]) for k in ("pause_ms", "total_ms", "dump_ms")}
+    row["raw_dump_ms"], row["raw_frozen_ms"] = _median(samples["raw_dump_ms"]), _median(samples["raw_frozen_ms"])
+    return row
+
+
+def run_cold_ab(lab_class: Any, sizes: list[int], args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-coldab-") as workdir, lab_class.create(Path(workdir)) as lab:
+        for size in sizes:
+            print(f"bench_migrate: {size} MiB cold lazy vs full restore x{args.cold_ab} ...", file=sys.stderr, flush=True)
+            rows.append(bench_cold_ab(lab, size, args.cold_ab, args.text_percent, Path(workdir)))
+    checks = []
+    for r in rows:
+        for v in ("lazy", "full"):
+            ratio = r[v]["pause_ms"] / r["raw_dump_ms"]
+            checks.append({"goal": f"{r['size_mib']} MiB cold pause ({v} restore) <= {COLD_RAW_DUMP_GOAL} x raw criu dump",
+                           "value": f"{ratio:.2f} x ({r[v]['pause_ms']:.0f} / {r['raw_dump_ms']:.0f} ms)",
+                           "met": ratio <= COLD_RAW_DUMP_GOAL})
+    if args.json:
+        json.dump({"cold_ab": rows, "goals": checks, "elapsed_s": round(time.monotonic() - started, 1)}, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"{'size':>6} {'restore':>8} | {'pause':>8} {'total':>8} {'dump':>8} | raw criu dump wall / frozen")
+    for r in rows:
+        for v in ("lazy", "full"):
+            m = r[v]
+            print(f"{r['size_mib']:>4} Mi {v:>8} | {m['pause_ms']:>6.0f}ms {m['total_ms']:>6.0f}ms {m['dump_ms']:>6.0f}ms | "
+                  f"{r['raw_dump_ms']:.0f} / {r['raw_frozen_ms']:.0f} ms")
+    print(f"\n(medians of {args.cold_ab}; lazy and full interleaved ABBA, memory warmed before each step)\ngoals:")
+    for g in checks:
+        print(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}")
+    print(f"\n(run took {time.monotonic() - started:.0f} s)")
+    return 0
+
+
 def run_modes(lab_class: Any, sizes: list[int], modes: list[str], args: argparse.Namespace) -> int:
     """The live modes per size, once per link rate (unshaped when none is given)."""
     started = time.monotonic()
@@ -497,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtt-ms", type=float, default=None, help="with --link-rate: a round-trip delay (needs sch_netem)")
     parser.add_argument("--text-percent", type=int, default=50,
                         help="with --mode: the share of the memhog's memory that is text (compressible; 50 gives 1.7x with zstd)")
+    parser.add_argument("--cold-ab", type=int, default=0, metavar="N",
+                        help="issue 17: cold with the target's lazy restore vs every page first, N each (ABBA), "
+                             "against the raw criu dump of the same container (sizes default to 256,1024)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_migrate: needs root (network namespaces, cgroups, CRIU)", file=sys.stderr)
@@ -504,6 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     from tests.integration.migration_lab import Lab
 
+    if args.cold_ab:
+        if args.sizes == parser.get_default("sizes"):
+            sizes = [256, 1024]
+        return run_cold_ab(Lab, sizes, args)
     if args.mode:
         if args.sizes == parser.get_default("sizes"):
             sizes = [64, 256, 1024]

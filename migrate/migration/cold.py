@@ -119,6 +119,9 @@ class ColdMode:
                 self._relay.start()
             writer = ArchiveWriter(sink, compress="zstd", level=1)
             writer.write_manifest(manifest(move, self))
+            # the manifest goes now, not with CRIU's first images: the target builds the container
+            # (cgroup, netns, link, shim, CRIU: cold_lazy.py) while the pages are still coming
+            sink.flush()
             stats, _dump_ms = stream_dump(move.criu, request, writer, move.dt.upper_dir,
                                           on_bytes=lambda n: move.clock.emit(done=n), add_upper=move.upper)
             if self._sock is not None:
