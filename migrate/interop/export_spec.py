@@ -206,6 +206,9 @@ def libpod_config(spec: ContainerSpec, oci: dict[str, Any], *, image_name: str, 
         config["checkpointedTime"] = _iso(checkpointed_at)
     if spec.network == "bridge":
         config["newNetworks"] = {"podman": {"interface_name": "eth0"}}
+        if spec.ports:  # podman forwards them again (its network's port mappings; restore --publish replaces them)
+            config["newPortMappings"] = [{"host_ip": p.host_ip, "container_port": p.container_port, "host_port": p.host_port,
+                                          "range": 1, "protocol": p.protocol} for p in spec.ports]
     if spec.workdir and spec.workdir != "/":
         config["createWorkingDir"] = True
     return config

@@ -31,12 +31,13 @@ only as the xattrs ``write_layer`` keeps.
 What round-trips (tests/integration/test_interop_export.py, real podman 4.3.1, runc 1.1.5, CRIU
 4.1.1): the process tree and its memory (checksum), its counters going on, its root's changes
 (new and changed files, deleted image files, replaced image directories), hostname, command,
-environment, working dir, user, capabilities, rlimits, labels, memory/cpu/pids limits (the
+environment, working dir, user, capabilities, rlimits, labels, published ports, memory/cpu/pids limits (the
 spec's resources, which runc sets on podman's cgroup before CRIU runs), the cgroup namespace
 (rooted at podman's cgroup for the container), stdout/stderr (what it printed before the
 checkpoint stays in /.pymigrate/log and log.err in its root; what it prints after the restore
 goes to conmon: ``podman logs``, migrate/interop/export_stdio.py). What does not: the
-address and MAC (podman's network assigns them), published ports, the restart policy. Restoring
+address and MAC (podman's network assigns them), the restart policy. Published ports go to
+config.dump (``newPortMappings``): podman forwards them again to the new address. Restoring
 established TCP connections needs podman's ``--tcp-established`` like any other podman checkpoint.
 
 One limit of the host, not of the format: CRIU restores the dumped rlimits and, without

@@ -317,6 +317,47 @@ def test_podman_logs_show_what_it_prints_after_the_restore(podman: Podman, pm: C
         pm("rm", "-f", name)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fetch(port: int, path: str) -> str | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.read().decode()
+    except OSError:
+        return None
+
+
+def test_a_web_server_keeps_its_published_port_in_podman(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+                                                         pm_root: Path, tmp_path: Path) -> None:
+    """busybox httpd published with -p: its listening socket restored by CRIU in podman's network
+    namespace, podman forwarding the same host port to it (config.dump's newPortMappings)."""
+    name, port = unique("expweb"), _free_port()
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "-p", f"{port}:80", "pmt-export:1", "httpd", "-f", "-p", "80", "-h", "/"))
+    try:
+        ok(pm("exec", name, "sh", "-c", "echo served-by-the-same-process > /page.txt"))
+        assert wait_for(lambda: _fetch(port, "/page.txt"), 20, "httpd in pymigrate") == "served-by-the-same-process\n"
+        archive = tmp_path / "web.tar.zst"
+        ok(pm("checkpoint", name, "--export", str(archive), "--format", "podman", timeout=300))
+        assert _fetch(port, "/page.txt") is None  # stopped here, its port released
+        try:
+            podman.run("container", "restore", "--import", str(archive))
+            assert wait_for(lambda: _fetch(port, "/page.txt"), 20, "httpd in podman") == "served-by-the-same-process\n"
+            assert f"0.0.0.0:{port}" in podman.run("port", name).stdout
+            assert "socket:[" in podman.run("exec", name, "ls", "-l", "/proc/1/fd/").stdout  # the restored listener, not a new httpd
+        finally:
+            podman.remove(name)
+    finally:
+        pm("rm", "-f", name)
+
+
 def test_export_refuses_a_container_with_a_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
                                                   pm_root: Path, tmp_path: Path) -> None:
     name = unique("expvol")

@@ -86,6 +86,16 @@ def test_libpod_config_has_what_podman_restore_reads() -> None:
     json.dumps(config)  # all JSON
 
 
+def test_libpod_config_forwards_published_ports() -> None:
+    from runtime.ports import PortMapping
+
+    spec = _spec(ports=(PortMapping(80, "tcp", 18080), PortMapping(53, "udp", 5353, "127.0.0.1")))
+    config = libpod_config(spec, {}, image_name="n", image_id=IMAGE_ID, created_at=1.0)
+    assert config["newPortMappings"] == [
+        {"host_ip": "", "container_port": 80, "host_port": 18080, "range": 1, "protocol": "tcp"},
+        {"host_ip": "127.0.0.1", "container_port": 53, "host_port": 5353, "range": 1, "protocol": "udp"}]
+
+
 def test_libpod_config_network_none() -> None:
     spec = _spec(network="none", ip=None)
     config = libpod_config(spec, {}, image_name="n", image_id=IMAGE_ID, created_at=1.0)
