@@ -6,6 +6,7 @@
     scripts/bench.py client-pause [--modes cold,postcopy,local] [--runs N] (scripts/bench_client_pause.py)
     scripts/bench.py sign [--sizes 256,1024] [--runs N] [--json]            (scripts/bench_sign.py)
     scripts/bench.py images [--runs N] [--parts pull,run,migrate] [--json]  (scripts/bench_images.py)
+    scripts/bench.py memory [--parts memory,concurrency] [--json]          (scripts/bench_memory.py)
 
 Each subcommand's module has ``main(argv) -> int``; it is imported only when asked for.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 COMMANDS = {"checkpoint": "bench_checkpoint.py", "migrate": "bench_migrate.py", "client-pause": "bench_client_pause.py",
-            "sign": "bench_sign.py", "images": "bench_images.py"}
+            "sign": "bench_sign.py", "images": "bench_images.py", "memory": "bench_memory.py"}
 
 
 def main(argv: list[str]) -> int:

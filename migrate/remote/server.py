@@ -250,6 +250,9 @@ def create_server(
         interceptors.append(TokenAuthInterceptor(token))
     interceptors.append(ErrorInterceptor())
 
+    from migrate.remote import memtrace
+
+    memtrace.start_from_env()  # PYMIGRATE_TRACEMALLOC: where the memory goes (debugging, issue 17)
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pymigrate-rpc")
     server = grpc.server(executor, interceptors=interceptors, options=SERVER_OPTIONS)
     pb_grpc.add_HostServicer_to_server(HostServicer(engine, spool_dir=spool_dir), server)
