@@ -54,14 +54,15 @@ def check_exportable(spec: ContainerSpec) -> None:
     """Refuse what podman could not restore (podman_export's docstring), naming it.
 
     Raises:
-        Unsupported: the container has volumes, --init, --userns, -t or -i.
+        Unsupported: the container has named volumes, --init, --userns, -t or -i.
     """
     reasons = []
     strange = [m for m in spec.engine_mounts if engine_mount_kind(m) == "other"]
     if strange:
         reasons.append(f"its engine binds {', '.join(strange)} are none podman makes")
-    if spec.volumes:
-        reasons.append(f"it has volumes ({', '.join(v.target for v in spec.volumes)}), which runc maps by path")
+    named = [v.target for v in spec.volumes if v.name]
+    if named:
+        reasons.append(f"it has named volumes ({', '.join(named)}), which podman keeps in volumes of its own")
     if spec.init:
         reasons.append("it runs with --init (tini bound from this host)")
     if spec.userns:
@@ -72,6 +73,14 @@ def check_exportable(spec: ContainerSpec) -> None:
         reasons.append(f"its network mode is {spec.network}")
     if reasons:
         raise Unsupported(f"{FEATURE} of container {spec.name}", "; ".join(reasons), hint=NATIVE_HINT)
+
+
+def bind_keys(spec: ContainerSpec) -> dict[str, str]:
+    """A bind volume's (-v HOST:TARGET) key in pymigrate's dump (``volN``: migrate/checkpoint.py
+    ``volume_key``) -> runc's (its destination), which the exported images get."""
+    from migrate.checkpoint import volume_key
+
+    return {volume_key(i): v.target for i, v in enumerate(spec.volumes) if not v.name}
 
 
 def engine_mount_kind(destination: str) -> str:
@@ -129,7 +138,9 @@ def write_source(src: ExportSource, out_dir: Path, work: Path, sys: Any, *, imag
         raise InvalidArgument(f"cannot write the podman checkpoint into {out_dir}: the directory is not empty")
     netns_key = str((src.manifest.get("options") or {}).get("netns_key") or LEGACY_NETNS_KEY)
     masked = frozenset(m for m in spec.engine_mounts if engine_mount_kind(m) == "masked")
-    if export_images.copy_images(src.images_dir, out_dir / CHECKPOINT_DIR, netns_key=netns_key, masked=masked) != 1:
+    binds = bind_keys(spec)
+    if export_images.copy_images(src.images_dir, out_dir / CHECKPOINT_DIR, netns_key=netns_key, masked=masked,
+                                 binds=binds) != 1:
         raise Unsupported(f"{FEATURE} of container {spec.name}", f"its dump holds no network namespace declared as {netns_key}",
                           hint=NATIVE_HINT)
     for name in (export_images.STATS_DUMP, export_images.DUMP_LOG):

@@ -167,18 +167,22 @@ DEV_NULL = "/dev/null"  # runc's one key for every masked file (libcontainer add
 MOUNTPOINTS_GLOB = "mountpoints-*.img"
 
 
-def rekey_mounts(path: Path, masked: frozenset[str]) -> bytes | None:
+def rekey_mounts(path: Path, masked: frozenset[str], binds: dict[str, str] | None = None) -> bytes | None:
     """A ``mountpoints-*.img`` whose external binds over ``masked`` files are keyed ``/dev/null``,
     as runc dumps them and restores them (a container pymigrate imported from podman keeps every
     engine bind keyed by its destination: migrate/interop/import_mounts.py); None when nothing
-    changes. Every other key (runc's own: the destination) stays."""
+    changes. ``binds``: pymigrate's keys of bind volumes (``volN``) -> their destinations, runc's
+    keys for them. Every other key (runc's own: the destination) stays."""
     from runtime.criu import read_image_entries
 
     entries = read_image_entries(path, "mnt_entry", "mnt_pb2")
     changed = False
     for entry in entries:
-        if entry.HasField("ext_key") and entry.ext_key in masked and entry.ext_key != DEV_NULL:
-            entry.ext_key = DEV_NULL
+        if not entry.HasField("ext_key"):
+            continue
+        new = DEV_NULL if entry.ext_key in masked else (binds or {}).get(entry.ext_key, entry.ext_key)
+        if new != entry.ext_key:
+            entry.ext_key = new
             changed = True
     if not changed:
         return None
@@ -209,10 +213,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def copy_images(images_dir: Path, dest: Path, *, netns_key: str, masked: frozenset[str] = frozenset()) -> int:
+def copy_images(images_dir: Path, dest: Path, *, netns_key: str, masked: frozenset[str] = frozenset(),
+                binds: dict[str, str] | None = None) -> int:
     """CRIU's images from ``images_dir`` into ``dest`` (made here) as runc restores them (module
     docstring), ``descriptors.json`` beside them; returns how many netns images were re-keyed.
-    ``masked``: the masked files of a container imported from podman (``rekey_mounts``).
+    ``masked``: the masked files of a container imported from podman, ``binds``: its bind volumes'
+    keys (``rekey_mounts``).
 
     Raises:
         ArchiveError: a netns image that cannot be read.
@@ -234,8 +240,8 @@ def copy_images(images_dir: Path, dest: Path, *, netns_key: str, masked: frozens
         if src.name == CGROUP_IMAGE:
             (dest / src.name).write_bytes(rekey_cgroups(src))
             continue
-        if masked and src.match(MOUNTPOINTS_GLOB):
-            rekeyed_mounts = rekey_mounts(src, masked)
+        if (masked or binds) and src.match(MOUNTPOINTS_GLOB):
+            rekeyed_mounts = rekey_mounts(src, masked, binds)
             if rekeyed_mounts is not None:
                 (dest / src.name).write_bytes(rekeyed_mounts)
                 continue

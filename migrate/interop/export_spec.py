@@ -42,7 +42,7 @@ ANNOTATION_CONTAINER = "io.pymigrate.container-id"
 
 _NOSUID_NOEXEC_NODEV = ["nosuid", "noexec", "nodev"]
 
-# The mounts runtime/rootfs.py ``plan`` makes, in its order (volumes are refused before this).
+# The mounts runtime/rootfs.py ``plan`` makes, in its order (bind volumes follow: ``_bind_volumes``).
 _MOUNTS: tuple[dict[str, Any], ...] = (
     {"destination": "/proc", "type": "proc", "source": "proc", "options": _NOSUID_NOEXEC_NODEV},
     {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -119,6 +119,14 @@ _CGROUP_MOUNT = {"destination": CGROUP_ROOT, "type": "cgroup", "source": "cgroup
                  "options": ["rprivate", "nosuid", "noexec", "nodev", "relatime", "ro"]}
 
 
+def _bind_volumes(spec: ContainerSpec) -> list[dict[str, Any]]:
+    """Bind volumes (-v HOST:TARGET) as runc's bind mounts: runc gives CRIU each one's HOST path
+    under the key TARGET (the exported images' key: export_images.rekey_mounts). The path must
+    exist where podman restores, as for podman's own exports of binds."""
+    return [{"destination": v.target, "type": "bind", "source": v.source,
+             "options": ["rbind", "rprivate", *(["ro"] if v.readonly else [])]} for v in spec.volumes if not v.name]
+
+
 def engine_extras(engine_mounts: tuple[str, ...], masked: frozenset[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """For a container imported from podman (``ContainerSpec.engine_mounts``): the mounts the spec
     adds (runc's cgroup mount, whose binds its dump had) and the masked paths (runc's, keyed
@@ -155,7 +163,7 @@ def oci_spec(spec: ContainerSpec, creds: Credentials, *, checkpoint_id: str, net
         },
         "root": {"path": ROOT_PLACEHOLDER, "readonly": spec.read_only},
         "hostname": spec.hostname,
-        "mounts": [*(dict(m, options=list(m["options"])) for m in _MOUNTS), *extra_mounts],
+        "mounts": [*(dict(m, options=list(m["options"])) for m in _MOUNTS), *extra_mounts, *_bind_volumes(spec)],
         "annotations": {
             "io.container.manager": "libpod",
             "io.kubernetes.cri-o.TTY": "false",

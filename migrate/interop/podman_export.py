@@ -20,12 +20,14 @@ checkpoint with the image's tree from this host's store; over ``--host``, the na
 daemon sends (migrate/interop/export_remote.py).
 
 What does not go: a container podman could not run as it ran here is refused before anything is
-written (``Unsupported``, naming the reason): volumes (runc keys external bind mounts by their
-destination, pymigrate's dump by ``volN``), ``--init`` (tini bound from the host), ``--userns``,
+written (``Unsupported``, naming the reason): named volumes (podman keeps those in volumes of its
+own), ``--init`` (tini bound from the host), ``--userns``,
 ``-t``/``-i`` (a terminal or stdin pipe its shim holds) and an image podman cannot know by id (one
 made by ``image import`` or ``commit`` here has no config digest from another tool). The address
 is not kept: podman gives the container one of its network's (no ``network.status`` is written,
-so podman does not ask its network for ours). Capabilities on files in the upper layer survive
+so podman does not ask its network for ours). A bind volume (``-v HOST:TARGET``) becomes runc's
+bind of HOST (its key in the images: TARGET, as runc's; pymigrate dumps it as ``volN``): HOST must
+exist where podman restores. Capabilities on files in the upper layer survive
 only as the xattrs ``write_layer`` keeps.
 
 What round-trips (tests/integration/test_interop_export.py, real podman 4.3.1, runc 1.1.5, CRIU

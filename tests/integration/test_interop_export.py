@@ -358,23 +358,57 @@ def test_a_web_server_keeps_its_published_port_in_podman(podman: Podman, pm: Cal
         pm("rm", "-f", name)
 
 
-def test_export_refuses_a_container_with_a_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
-                                                  pm_root: Path, tmp_path: Path) -> None:
-    name = unique("expvol")
+def test_a_bind_volume_is_bound_again_by_runc(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+                                              pm_root: Path, tmp_path: Path) -> None:
+    """-v HOST:TARGET: the exported images key the bind by its destination as runc does, spec.dump
+    binds HOST there again; the process goes on appending through the fd it holds on it."""
+    name = unique("expbind")
     data = tmp_path / "data"
     data.mkdir()
-    ok(_run_limited(pm_root, "run", "-d", "--name", name, "-v", f"{data}:/data", "pmt-export:1", "sleep", "1000"))
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "-v", f"{data}:/data", "pmt-export:1", "sh", "-c",
+                    "exec 3>>/data/out.txt; i=0; while true; do i=$((i+1)); echo $i >&3; sleep 0.05; done"))
+    try:
+        wait_for(lambda: (read_int_last(data / "out.txt") or 0) > 5 or None, 20, "the counter in the volume")
+        archive = tmp_path / "bind.tar.zst"
+        ok(pm("checkpoint", name, "--export", str(archive), "--format", "podman", timeout=300))
+        last = read_int_last(data / "out.txt")
+        try:
+            podman.run("container", "restore", "--import", str(archive))
+            assert wait_for(lambda: (read_int_last(data / "out.txt") or 0) > (last or 0) + 3 or None, 20, "appending on in podman")
+            lines = [int(x) for x in (data / "out.txt").read_text().split()]
+            assert lines == list(range(1, len(lines) + 1))  # nothing lost or repeated across the move
+        finally:
+            podman.remove(name)
+    finally:
+        pm("rm", "-f", name)
+
+
+def read_int_last(path: Path) -> int | None:
+    """The last complete number in ``path`` (a counter appending lines)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    lines = text.split("\n")[:-1]
+    return int(lines[-1]) if lines and lines[-1].isdigit() else None
+
+
+def test_export_refuses_a_container_with_a_named_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+                                                        pm_root: Path, tmp_path: Path) -> None:
+    name, volume = unique("expvol"), unique("vol")
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "-v", f"{volume}:/data", "pmt-export:1", "sleep", "1000"))
     try:
         before = ok(pm("checkpoint", "ls"))
         archive = tmp_path / "no.tar.zst"
         answer = refused(pm("checkpoint", name, "--export", str(archive), "--format", "podman", "--json"), "Unsupported")
-        assert "volumes (/data)" in answer["error"] and "--format native" in (answer.get("hint") or "")
+        assert "named volumes (/data)" in answer["error"] and "--format native" in (answer.get("hint") or "")
         assert not archive.exists() and not any(p.name.startswith(".no.tar") for p in tmp_path.iterdir())
         assert ok(pm("checkpoint", "ls")) == before  # refused before the dump
         inspected = json.loads(ok(pm("inspect", name, "--json")))
         assert (inspected[0] if isinstance(inspected, list) else inspected)["state"]["status"] == "running"
     finally:
         pm("rm", "-f", name)
+        pm("volume", "rm", volume)
 
 
 def test_export_refuses_an_image_podman_cannot_know(pm: Callable[..., subprocess.CompletedProcess], pm_root: Path,

@@ -121,7 +121,7 @@ def test_oci_rlimits_names_by_resource_number() -> None:
 
 
 @pytest.mark.parametrize(("kw", "word"), [
-    ({"volumes": (Volume("/srv/data", "/data"),)}, "volumes (/data)"),
+    ({"volumes": (Volume("/srv/data", "/data"), Volume("/v/pg/_data", "/pg", name="pg"))}, "named volumes (/pg)"),
     ({"init": True}, "--init"),
     ({"userns": "auto", "userns_size": 65536}, "user namespace"),
     ({"tty": True}, "-t/-i"),
@@ -136,6 +136,18 @@ def test_check_exportable_refuses_what_podman_cannot_restore(kw: dict[str, objec
 
 def test_check_exportable_accepts_a_plain_container() -> None:
     check_exportable(_spec())
+    check_exportable(_spec(volumes=(Volume("/srv/data", "/data"),)))  # a bind volume: runc binds it again
+
+
+def test_bind_volumes_are_runcs_binds() -> None:
+    from migrate.interop.export_convert import bind_keys
+
+    spec = _spec(volumes=(Volume("/srv/data", "/data"), Volume("/srv/conf", "/etc/app", readonly=True)))
+    oci = oci_spec(spec, Credentials(), checkpoint_id="c1", netns_path="/n")
+    binds = [m for m in oci["mounts"] if m["type"] == "bind"]
+    assert binds == [{"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "rprivate"]},
+                     {"destination": "/etc/app", "type": "bind", "source": "/srv/conf", "options": ["rbind", "rprivate", "ro"]}]
+    assert bind_keys(spec) == {"vol0": "/data", "vol1": "/etc/app"}  # pymigrate's keys -> runc's
 
 
 def test_image_identity_from_the_config_digest_or_given() -> None:
