@@ -122,7 +122,8 @@ def _run_limited(pm_root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_podman_restores_a_pymigrate_container(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
                                                pm_root: Path, tmp_path: Path) -> None:
     name = unique("exp")
-    ok(_run_limited(pm_root, "run", "-d", "--name", name, "pmt-export:1", *memhog_command(16)))
+    ok(_run_limited(pm_root, "run", "-d", "--name", name, "--memory", "96m", "--label", "tier=batch", "pmt-export:1",
+                    *memhog_command(16)))
     try:
         wait_memhog_ready(pm_root, name)
         ok(pm("exec", name, "sh", "-c", "echo note > /note.txt && rm /etc/pmt/a && rm -rf /opt/old && mkdir /opt/old "
@@ -160,6 +161,11 @@ def test_podman_restores_a_pymigrate_container(podman: Podman, pm: Callable[...,
             assert not list(Path("/sys/fs/cgroup").glob("*/pymigrate-export"))
             limits = Path(f"/proc/{state['State']['Pid']}/limits").read_text()
             assert any(line.startswith("Max processes") and "4096" in line for line in limits.splitlines())
+            assert state["Config"]["Labels"] == {"tier": "batch"}
+            memory = next(line.split(":", 2)[2] for line in cgroups.splitlines() if line.split(":")[1] in ("memory", ""))
+            limit = Path(f"/sys/fs/cgroup/memory{memory}/memory.limit_in_bytes")
+            if limit.exists():  # cgroup v1 (this machine); v2 hosts keep it in memory.max
+                assert int(limit.read_text()) == 96 << 20  # the spec's resources, set by runc on podman's cgroup
         finally:
             podman.remove(name)
     finally:
