@@ -59,7 +59,6 @@ from typing import Any, Iterator
 from migrate.archive.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, CheckpointStore
 from migrate.interop.export_convert import (
     COMPRESSIONS,
-    FEATURE,
     ExportSource,
     check_exportable,
     image_identity,
@@ -67,7 +66,7 @@ from migrate.interop.export_convert import (
     pack_file,
     write_source,
 )
-from runtime.errors import InvalidArgument, Unsupported
+from runtime.errors import InvalidArgument
 from runtime.spec import ContainerSpec
 
 __all__ = ["FORMATS", "check_exportable", "export_checkpoint", "image_identity", "pack_dir", "precheck",
@@ -82,10 +81,14 @@ def check_options(options: Any) -> None:
     """What ``--format podman`` refuses in the options themselves.
 
     Raises:
-        InvalidArgument: no --export FILE, a signing key, or a compression podman does not read.
+        InvalidArgument: no --export FILE (or no directory for it), a signing key, or a compression
+            podman does not read.
     """
     if options.export_path is None:
         raise InvalidArgument("--format podman writes an archive: give --export FILE")
+    parent = Path(options.export_path).resolve().parent
+    if not parent.is_dir():  # before the dump: a stopped container's checkpoint would wait in the store
+        raise InvalidArgument(f"cannot write the podman archive {options.export_path}: {parent} is not a directory")
     if options.sign_key is not None:
         raise InvalidArgument("a podman archive carries no signature: --sign-key needs --format native",
                               hint="sign it apart (e.g. with ssh-keygen -Y sign) if it must be signed")
@@ -137,7 +140,8 @@ def export_checkpoint(rt: Any, name: str, options: Any, *, progress: Any = None)
     except (ContainerError, MigrationError, OSError) as exc:
         kept = f"the checkpoint is kept: pymigrate restore {result.checkpoint_id}"
         if isinstance(exc, OSError):
-            raise Unsupported(f"{FEATURE} of container {name}", f"cannot write {out}: {exc.strerror or exc}", hint=kept) from exc
+            raise MigrationError(f"cannot write the podman archive {out} of container {name}: {exc.strerror or exc}",
+                                 phase="export", hint=kept) from exc
         exc.hint = f"{exc.hint + '; ' if exc.hint else ''}{kept}"
         raise
     if not options.create_image:  # --create-image builds its image from the local checkpoint next

@@ -431,6 +431,9 @@ def test_export_refuses_an_image_podman_cannot_know(pm: Callable[..., subprocess
         assert "config digest" in answer["error"], answer
         assert not archive.exists()
         assert pm("checkpoint", name, "--export", str(archive), "--compress", "gzip").returncode == 125  # gzip: podman's only
+        answer = refused(pm("checkpoint", name, "--export", str(tmp_path / "missing" / "x.tar"), "--format", "podman", "--json"),
+                         "InvalidArgument")
+        assert "is not a directory" in answer["error"]
     finally:
         pm("rm", "-f", name)
         pm("image", "rm", "pmt-plain:1")

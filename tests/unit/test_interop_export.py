@@ -426,3 +426,17 @@ def test_a_dump_without_log_files_keeps_its_paths(tmp_path: Path) -> None:
     from migrate.interop.export_stdio import logs_to_pipes
 
     assert logs_to_pipes(tmp_path, ["/dev/null", "/a", "/b"]) == ["/dev/null", "/a", "/b"]
+
+
+def test_check_options(tmp_path: Path) -> None:
+    from migrate.api import CheckpointOptions
+    from migrate.interop.podman_export import check_options
+
+    check_options(CheckpointOptions(export_path=tmp_path / "x.tar", export_format="podman", compress="gzip"))
+    for options, words in [
+        (CheckpointOptions(export_format="podman"), "give --export FILE"),
+        (CheckpointOptions(export_path=tmp_path / "no" / "x.tar", export_format="podman"), "is not a directory"),
+        (CheckpointOptions(export_path=tmp_path / "x.tar", export_format="podman", sign_key=tmp_path / "k"), "no signature"),
+    ]:
+        with pytest.raises(InvalidArgument, match=words):
+            check_options(options)
