@@ -16,6 +16,10 @@
 - ``--zygote``: the same pymigrate steps also through a resident zygote (``PYMIGRATE_ZYGOTE=1``,
   migrate/zygote; a private socket directory under --workdir), rows marked ``(zygote)``, in the
   same rounds; the zygote is started and warmed by untimed commands first and stopped at the end.
+  With ``--floor`` too: ``run -d (zygote, no editable finder)`` starts the front as a regular
+  (non-editable) install would: this venv's editable install hooks an import finder into site
+  (~13 ms of every start here: pathlib, urllib, ...), a wheel install has a plain directory instead.
+  Emulated with ``python -S`` and the same sys.path plus the checkout, and the wrapper's ``import re``.
 - ``--neighbours N``: N pymigrate containers stay running on the bench's bridge during the rounds
   (started untimed first), so each ``run -d`` pays the ARP probe of its new address as on a busy
   host (a bridge without other ports skips it: runtime/bridge_pool.py).
@@ -135,6 +139,16 @@ def floor_cmds(root: Path, network: str) -> dict[str, list[str]]:
         "python -c pass": [python, "-c", "pass"],
         f"python + run -d's {len(modules)} imports": [python, "-c", imports],
     }
+
+
+def regular_install_pm(root: Path) -> list[str]:
+    """The pymigrate command as a non-editable install starts it (see --zygote with --floor)."""
+    python = pymigrate_python()
+    paths = json.loads(subprocess.run([python, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"], check=True,
+                                      capture_output=True, text=True, cwd="/").stdout)
+    code = (f"import re, sys; sys.path[:] = {[str(REPO), *paths]!r}; from migrate.zygote.front import main; "
+            "sys.argv[0] = 'pymigrate'; sys.exit(main())")
+    return [python, "-S", "-c", code, "--root", str(root)]
 
 
 def warm_zygote(pm: list[str], env: dict[str, str], network: str) -> None:
@@ -302,6 +316,10 @@ def main() -> int:
             samples.update({k: [] for k in floors})
         if zenv:
             warm_zygote(pm, zenv, args.network)
+            if args.floor:
+                regular = regular_install_pm(root)
+                warm_zygote(regular, zenv, args.network)
+                samples["pymigrate run -d (zygote, no editable finder)"] = []
         for i in range(args.runs):
             for label, argv in floors.items():
                 samples[label].append(timed(argv))
@@ -314,6 +332,10 @@ def main() -> int:
                     timed([*pm, "run", "-d", "--name", name, "--network", args.network, "busybox", *CMD], zenv))
                 samples["pymigrate ps" + ZYGOTE].append(timed([*pm, "ps"], zenv))
                 subprocess.run([*pm, "rm", "-f", name], check=True, capture_output=True)
+                if args.floor:
+                    samples["pymigrate run -d (zygote, no editable finder)"].append(
+                        timed([*regular, "run", "-d", "--name", name, "--network", args.network, "busybox", *CMD], zenv))
+                    subprocess.run([*pm, "rm", "-f", name], check=True, capture_output=True)
             cid = f"pmbench-{tag}-{i}"
             samples["runc run -d"].append(timed([args.runc, "--root", str(runc_root), "run", "-d", "--bundle", str(bundle), cid]))
             samples["runc list"].append(timed([args.runc, "--root", str(runc_root), "list"]))
@@ -340,7 +362,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in samples.items()}
     comparisons = {}
     for step, goal in GOALS.items():
-        for suffix in ("", ZYGOTE):
+        for suffix in ("", ZYGOTE, " (zygote, no editable finder)"):
             if f"pymigrate {step}{suffix}" in med:
                 ratio = med[f"pymigrate {step}{suffix}"] / med[f"runc {step}"]
                 comparisons[step + suffix] = {"pymigrate_s": med[f"pymigrate {step}{suffix}"], "runc_s": med[f"runc {step}"],
@@ -371,9 +393,9 @@ def main() -> int:
     for k in samples:
         print(f"{k:{width}}{med[k] * 1000:12.1f}{min(samples[k]) * 1000:10.1f}{max(samples[k]) * 1000:10.1f}")
     print()
-    print(f"{'median ms':24}{'pymigrate':>11}{'runc':>9}{'ratio':>8}{'goal':>7}  met")
+    print(f"{'median ms':44}{'pymigrate':>11}{'runc':>9}{'ratio':>8}{'goal':>7}  met")
     for step, c in comparisons.items():
-        print(f"{step:24}{c['pymigrate_s'] * 1000:11.1f}{c['runc_s'] * 1000:9.1f}{c['ratio']:8.2f}{c['goal']:7.1f}  {'yes' if c['met'] else 'no'}")
+        print(f"{step:44}{c['pymigrate_s'] * 1000:11.1f}{c['runc_s'] * 1000:9.1f}{c['ratio']:8.2f}{c['goal']:7.1f}  {'yes' if c['met'] else 'no'}")
     return 0
 
 

@@ -131,10 +131,10 @@ class Zygote:
             if reason or request is None:
                 conn.sendall(wire.line(b"D", reason))
                 return reason == "stale"
-            self.start_worker(conn, request, fds)
-            conn = None
+            conn, caller = None, conn  # the worker's record owns it now (closed when it is reaped)
+            self.start_worker(caller, request, fds)
             return False
-        except OSError:
+        except Exception:  # noqa: BLE001 - the zygote's boundary: one bad request must not take it down
             return False
         finally:
             for fd in fds:
@@ -143,7 +143,7 @@ class Zygote:
                 conn.close()
 
     def refusal(self, request: dict[str, Any] | None, fds: list[int]) -> str:
-        if request is None or len(fds) != wire.N_FDS:
+        if request is None or len(fds) != wire.N_FDS or not {"argv", "env", "umask", "fp"} <= request.keys():
             return "request"
         if request.get("fp") != self.fp:
             return "fingerprint"
@@ -172,7 +172,10 @@ class Zygote:
         self.workers[pid] = worker
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", worker))
         self.sel.register(conn.fileno(), selectors.EVENT_READ, ("signal", worker))
-        conn.sendall(wire.line(b"A", pid))
+        try:
+            conn.sendall(wire.line(b"A", pid))
+        except OSError:  # the caller is gone already
+            _kill(pid, signal.SIGKILL)
 
     def close_for_worker(self, keep: Any) -> None:
         """In the worker: nothing of the zygote's stays open (the caller's connection neither)."""
@@ -255,7 +258,10 @@ def _receive(conn: Any) -> tuple[dict[str, Any] | None, list[int]]:
     conn.settimeout(None)
     import marshal
 
-    request = marshal.loads(payload)  # from our own uid (SO_PEERCRED): as trusted as we are
+    try:
+        request = marshal.loads(payload)  # from our own uid (SO_PEERCRED): as trusted as we are
+    except (ValueError, EOFError, TypeError):
+        return None, fds
     return (request if isinstance(request, dict) else None), fds
 
 

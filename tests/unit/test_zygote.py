@@ -4,6 +4,7 @@ and one round trip through a real zygote (a `ps` on an empty root: no containers
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -130,6 +131,14 @@ def test_round_trip_through_a_real_zygote(tmp_path: Path) -> None:
                                    capture_output=True, text=True, cwd=REPO, timeout=60,
                                    env={k: v for k, v in env.items() if k != "PYMIGRATE_ZYGOTE"})
             assert (served.returncode, served.stdout, err) == (plain.returncode, plain.stdout, plain.stderr)
+        # a bad request is declined and the zygote goes on serving
+        for junk in (b"", b"hello\n", wire.HEADER.pack(wire.MAGIC, 3) + b"\xff\xff\xff", wire.encode_request({"argv": 1})):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(str(next(zdir.glob("*.sock"))))
+                sock.sendall(junk)
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.recv(100) == b"Drequest\n", junk
+        assert routed(cli("ps"))[0] == "served"
     finally:
         server.stop_all(str(zdir))
 
