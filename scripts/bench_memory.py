@@ -4,21 +4,28 @@
 Two hosts (network namespaces, tests/integration/migration_lab.py), each with its daemon on
 ADDRESS:7443 --insecure; memhog workloads whose memory is --text-percent text (default 50).
 
-- memory: per mode (default cold,postcopy) one memhog of --size-mib (default 1024) migrated A -> B.
+- memory: per mode (default cold, cold:on = with the zstd page relay, postcopy) one memhog of
+  --size-mib (default 1024) migrated A -> B.
   Before the migration both daemons' peak RSS is reset (``echo 5 > /proc/PID/clear_refs``); while
   it runs a sampler (every --interval-ms, default 20) walks /proc for each daemon's descendants
   (CRIU, page relays, shims; the container's own processes, which live in another pid namespace,
-  are left out) and records each one's VmHWM. Reported per side: the daemon's VmHWM after the
-  migration (goal <= 150 MiB), the largest VmHWM per child command, and the largest sum of the
-  children's VmRSS seen in one sample.
+  are left out) and records each one's VmHWM and private memory (smaps_rollup: a shim forked
+  from the daemon shares the daemon's pages until its exec, and its RSS counts them again).
+  Reported per side: the daemon's VmHWM after the migration (goal <= 150 MiB), the largest
+  VmHWM and private memory per child command, and the largest sum of the children's private
+  memory seen in one sample. ``--smaps``: the daemon's mappings at its peak (anonymous =
+  malloc'd, libraries by name) and its thread count. ``PYMIGRATE_TRACEMALLOC`` in the daemons
+  (``--daemon-env PYMIGRATE_TRACEMALLOC=1 --keep-logs DIR``): their top allocation sites.
 - concurrency: --count (default 10) memhogs of --conc-mib (default 64) on A; one of them migrated
-  alone (timed from the CLI's start to its end), then the rest all at once (N-1 CLIs started
-  together, wall time from the first start to the last end). Aggregate throughput = N-1 x size /
-  wall, against the lone one's size / wall (goal >= 0.8x). Every container's memory checksum is
+  alone, then the other N all at once, each from its own thread and gRPC client in this process
+  (``--client cli``: one ``pymigrate migrate`` process each, so N interpreters start on these
+  cores too); wall time from the first start to the last end. Aggregate throughput = N x size /
+  wall, against the lone one's size / wall (goal >= 0.8x); per phase, the lone migration's time
+  against the median and max of the concurrent ones (what stretches). Every container's memory checksum is
   checked on B and each runs there exactly once. The daemons' peak RSS during the concurrent run
   is reported too.
 
-Usage: scripts/bench_memory.py [--parts memory,concurrency] [--size-mib 1024] [--modes cold,postcopy]
+Usage: scripts/bench_memory.py [--parts memory,concurrency] [--size-mib 1024] [--modes cold,cold:on,postcopy]
                                [--count 10] [--conc-mib 64] [--json]
        (also ``scripts/bench.py memory ...``)
 """
@@ -29,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,7 +123,8 @@ class Side:
     pid: int
     rss_max_kib: int = 0
     children_hwm_kib: dict[str, int] = field(default_factory=dict)  # per command: the largest VmHWM
-    children_sum_max_kib: int = 0  # the largest sum of the children's VmRSS in one sample
+    children_private_kib: dict[str, int] = field(default_factory=dict)  # per command: the largest private memory seen
+    children_sum_max_kib: int = 0  # the largest sum of the children's private memory in one sample
     names: dict[int, str] = field(default_factory=dict)
     smaps_to: Path | None = None  # set (--smaps): keep the mappings at the daemon's peak
     peak_smaps: dict[str, int] | None = None
@@ -134,8 +143,12 @@ class Side:
             hwm = _status_kib(pid, "VmHWM")
             if hwm is None:
                 continue  # a zombie or gone
-            total += _status_kib(pid, "VmRSS") or 0
+            # private, not RSS: a child forked from the daemon (a shim before its exec) shares
+            # the daemon's pages and would count them twice
+            private = _private_kib(pid)
+            total += private
             self.children_hwm_kib[name] = max(self.children_hwm_kib.get(name, 0), hwm)
+            self.children_private_kib[name] = max(self.children_private_kib.get(name, 0), private)
         self.children_sum_max_kib = max(self.children_sum_max_kib, total)
 
     def report(self) -> dict[str, Any]:
@@ -145,8 +158,22 @@ class Side:
             "daemon_rss_sampled_max_mib": round(self.rss_max_kib / 1024, 1),
             "children_sum_max_mib": round(self.children_sum_max_kib / 1024, 1),
             "children_hwm_mib": {k: round(v / 1024, 1) for k, v in sorted(self.children_hwm_kib.items(), key=lambda kv: -kv[1])},
+            "children_private_mib": {k: round(v / 1024, 1) for k, v in sorted(self.children_private_kib.items(), key=lambda kv: -kv[1])},
             **({"peak_smaps_mib": {k: round(v / 1024, 1) for k, v in self.peak_smaps.items()}} if self.peak_smaps else {}),
         }
+
+
+def _private_kib(pid: int) -> int:
+    """Private_Clean + Private_Dirty (/proc/PID/smaps_rollup): what the process alone holds."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+    except OSError:
+        return 0
+    return total
 
 
 def _anon_kind(span: str) -> str:
@@ -228,13 +255,15 @@ def daemon_pids(lab: Any) -> dict[str, int]:
 
 def bench_memory(lab: Any, mode: str, size_mib: int, args: argparse.Namespace) -> dict[str, Any]:
     a, b = lab.hosts[0], lab.hosts[1]
-    name = f"rss-{mode}"
+    name = f"rss-{mode.replace(':', '-')}"
     lab.run_memhog(a, name, size_mib, text_percent=args.text_percent)
     before = lab.report(a, name)
     warm(size_mib)
     sampler = Sampler(daemon_pids(lab), args.interval_ms / 1000, args.smaps)
     t0 = time.monotonic()
-    r = lab.remote(a, ["migrate", name, lab.addr(b), "--mode", mode, "--json"], timeout=900)
+    mode, _, compress = mode.partition(":")  # "cold:on": cold with --compress on
+    extra = ["--compress", compress] if compress else []
+    r = lab.remote(a, ["migrate", name, lab.addr(b), "--mode", mode, *extra, "--json"], timeout=900)
     wall = time.monotonic() - t0
     if mode == "postcopy":
         time.sleep(1.0)  # the background transfer may still run after the CLI returned (last_page)
@@ -245,7 +274,7 @@ def bench_memory(lab: Any, mode: str, size_mib: int, args: argparse.Namespace) -
         raise SystemExit(f"bench_memory: {name} memory changed ({before} -> {after})")
     b.cli(["rm", "-f", name])
     stats = result["stats"]
-    return {"mode": mode, "size_mib": size_mib, "wall_s": round(wall, 2), "total_ms": stats["total_ms"],
+    return {"mode": mode + (f" --compress {compress}" if compress else ""), "size_mib": size_mib, "wall_s": round(wall, 2), "total_ms": stats["total_ms"],
             "pause_ms": stats["frozen_ms"], "bytes_on_wire": stats["bytes_on_wire"], **sides}
 
 
@@ -335,9 +364,12 @@ def bench_concurrency(lab: Any, args: argparse.Namespace) -> dict[str, Any]:
     for name in names:
         b.cli(["rm", "-f", name])
     totals = sorted(d["total_ms"] for d in together.values())
+    phases = {k: [d["phases_ms"].get(k, 0.0) for d in together.values()] for k in alone["phases_ms"]}
+    stretch = {k: {"alone": round(alone["phases_ms"][k], 1), "median": round(statistics.median(v), 1), "max": round(max(v), 1)}
+               for k, v in phases.items() if not k.startswith("page_")}
     return {"client": args.client, "count": args.count, "size_mib": args.conc_mib, "alone_s": round(alone_s, 2), "alone_total_ms": alone["total_ms"],
             "concurrent_wall_s": round(wall, 2), "single_mib_s": round(single, 1), "aggregate_mib_s": round(aggregate, 1),
-            "ratio": round(aggregate / single, 2), "concurrent_total_ms": totals, **sides}
+            "ratio": round(aggregate / single, 2), "concurrent_total_ms": totals, "phases_ms": stretch, **sides}
 
 
 def goals(memory: list[dict[str, Any]], conc: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -357,11 +389,11 @@ def goals(memory: list[dict[str, Any]], conc: dict[str, Any] | None) -> list[dic
 def _print_sides(row: dict[str, Any]) -> None:
     for side in ("source", "target"):
         s = row[side]
-        kids = ", ".join(f"{k} {v:.0f}" for k, v in s["children_hwm_mib"].items()) or "-"
+        kids = ", ".join(f"{k} {v:.0f}/{s['children_private_mib'].get(k, 0):.0f}" for k, v in s["children_hwm_mib"].items()) or "-"
         if "peak_smaps_mib" in s:
             print(f"    {side} daemon at its peak, Rss by mapping (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in s["peak_smaps_mib"].items()))
-        print(f"    {side}: daemon peak {s['daemon_hwm_mib']:.0f} MiB; children at once <= {s['children_sum_max_mib']:.0f} MiB; "
-              f"per child peak (MiB): {kids}")
+        print(f"    {side}: daemon peak {s['daemon_hwm_mib']:.0f} MiB; children's private memory at once <= "
+              f"{s['children_sum_max_mib']:.0f} MiB; per child command, peak RSS/private (MiB): {kids}")
 
 
 def print_report(memory: list[dict[str, Any]], conc: dict[str, Any] | None, checks: list[dict[str, Any]]) -> None:
@@ -373,6 +405,8 @@ def print_report(memory: list[dict[str, Any]], conc: dict[str, Any] | None, chec
         print(f"\n(client: {conc['client']}) {conc['size_mib']} MiB alone: {conc['alone_s']:.2f} s ({conc['single_mib_s']:.0f} MiB/s); "
               f"{conc['count']} at once: {conc['concurrent_wall_s']:.2f} s ({conc['aggregate_mib_s']:.0f} MiB/s); "
               f"their totals (ms): {', '.join(f'{t:.0f}' for t in conc['concurrent_total_ms'])}")
+        print("    phases (ms), alone / median / max of the concurrent ones: "
+              + ", ".join(f"{k} {v['alone']:.0f}/{v['median']:.0f}/{v['max']:.0f}" for k, v in conc["phases_ms"].items()))
         _print_sides(conc)
     print("\n(times from the CLI's start to its end; memory per process: VmHWM, reset before each run)")
     print("\ngoals:")
@@ -384,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_memory", description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="memory,concurrency")
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--modes", default="cold,postcopy")
+    parser.add_argument("--modes", default="cold,cold:on,postcopy",
+                        help="memory: migration modes, MODE:COMPRESS for a --compress setting (cold:on: the zstd relay)")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--conc-mib", type=int, default=64)
     parser.add_argument("--text-percent", type=int, default=50)
