@@ -57,6 +57,8 @@ class Zygote:
         self.listener: Any = None
         self.inode = 0
         self.last_active = time.monotonic()
+        self.accepted_at = 0.0
+        self.lock = -1  # held for the zygote's life (_only_one)
 
     # -- start ------------------------------------------------------------------------------
     def preload(self, names: tuple[str, ...] | list[str]) -> None:
@@ -122,6 +124,7 @@ class Zygote:
         """Take one request; True when this zygote must leave (its code is stale)."""
         conn, _ = self.listener.accept()
         self.last_active = time.monotonic()
+        self.accepted_at = time.perf_counter()
         fds: list[int] = []
         try:
             if wire.peer_uid(conn) != os.geteuid():
@@ -162,7 +165,7 @@ class Zygote:
             try:
                 os.close(modules_r)
                 self.close_for_worker(conn)
-                become_worker(request, fds, modules_w)  # ends in os._exit: never back to serving
+                become_worker(request, fds, modules_w, self.accepted_at)  # ends in os._exit: never back to serving
             except BaseException as exc:  # noqa: B036 - the worker's set-up failed: it must never go back to serving
                 os.write(2, f"pymigrate: zygote worker: {type(exc).__name__}: {exc}\n".encode())
                 os._exit(125)
@@ -181,6 +184,7 @@ class Zygote:
         """In the worker: nothing of the zygote's stays open (the caller's connection neither)."""
         self.sel.close()
         self.listener.close()
+        os.close(self.lock)  # a shim the command leaves running must not keep the next zygote out
         for worker in self.workers.values():
             worker.conn.close()
             os.close(worker.pidfd)
@@ -266,7 +270,7 @@ def _receive(conn: Any) -> tuple[dict[str, Any] | None, list[int]]:
 
 
 # -- the worker ---------------------------------------------------------------------------------
-def become_worker(request: dict[str, Any], fds: list[int], modules_w: int) -> None:
+def become_worker(request: dict[str, Any], fds: list[int], modules_w: int, accepted_at: float) -> None:
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -291,10 +295,12 @@ def become_worker(request: dict[str, Any], fds: list[int], modules_w: int) -> No
     except KeyboardInterrupt:  # before main's own handler (while parsing): as the CLI says it
         print("pymigrate: interrupted", file=sys.stderr)
         code = 130
-    ran_ms = (time.perf_counter() - t0) * 1000
+    t1 = time.perf_counter()
     code = _finish(code)
     if os.environ.get("PYMIGRATE_ZYGOTE") == "debug":
-        os.write(2, f"pymigrate: zygote worker {os.getpid()}: command {ran_ms:.1f} ms, {len(sys.modules)} modules\n".encode())
+        os.write(2, f"pymigrate: zygote worker {os.getpid()}: accept to command {(t0 - accepted_at) * 1000:.1f} ms, "
+                    f"command {(t1 - t0) * 1000:.1f} ms, exit "
+                    f"{(time.perf_counter() - t1) * 1000:.1f} ms, {len(sys.modules)} modules\n".encode())
     _report_modules(modules_w)
     os._exit(code)
 
@@ -364,8 +370,12 @@ def main(path: str, modules: list[str] | None = None) -> int:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if not wire.dir_is_safe(directory):  # before the imports: a refused start costs nothing
         return 1
+    lock = _only_one(path)
+    if lock is None:
+        return 0
     dataclass_cache.install()
     zygote = Zygote(path)
+    zygote.lock = lock
     zygote.preload([*SEED, *(modules or ())])
     zygote.bind()
     try:
@@ -374,6 +384,36 @@ def main(path: str, modules: list[str] | None = None) -> int:
         if os.getpid() == zygote.pid and zygote.owns_path():
             os.unlink(path)
     return 0
+
+
+def _only_one(path: str, wait_s: float = 2.0) -> int | None:
+    """The lock of ``path``'s zygote (an fd), or None: another one serves (or starts) there.
+
+    Two commands that found no zygote both start one; the second leaves as soon as the first
+    answers. A zygote leaving (stale) still holds the lock for a moment: its successor waits."""
+    import fcntl
+
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        if _answers(path) or time.monotonic() > deadline:
+            os.close(fd)
+            return None
+        time.sleep(0.05)
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+            return True
+        except OSError:
+            return False
 
 
 def _leave(_signum: int, _frame: Any) -> None:
