@@ -7,15 +7,16 @@ dump's ~1 s. Here the restore runs with ``lazy_pages`` beside a ``criu lazy-page
 *without* a page server (runtime.criu.start_lazy_pages with no PageServer): CRIU restores
 everything but the memory contents, the container resumes, and its pages come from the local
 pages-*.img files, on fault and pushed in the background until the last one is in (the daemon
-then exits 0 and the scratch dir goes).
+then exits 0).
 
 The cold guarantee holds: the restore starts only after the whole archive and every page arrived
 (``before_restore`` collects the page server's files first), so once the container runs here
-nothing depends on the source. What it depends on until the last page is in is the lazy-pages
-daemon on this host, as for post-copy (postcopy.LazySession: its failure kills the container;
-the commit waits for it, so the source keeps its frozen copy until every page is in memory here;
-a settlement after a restart of this daemon that lost it answers "lost" and the source keeps its
-copy).
+nothing depends on the source. Until its last page is in, it depends on the lazy-pages daemon on
+this host, so this host answers the source only then: the pause ends at the resume (the answer
+says how long before it that was), but the point of no return (the record turning "restored")
+comes after the last page, as with a full restore. A daemon that fails before removes the
+container here, and the source, frozen and whole, thaws; a restart of this daemon meanwhile
+leaves the record "restoring", which the restart aborts.
 
 Used when the target can (``lazy_reason`` is None): the host has lazy pages (uffd-noncoop,
 fs.pipe-max-size), a ``--userns`` container also needs vm.unprivileged_userfaultfd; not for
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -68,7 +70,7 @@ def lazy_reason(mode: str, spec: Mapping[str, Any], environ: Mapping[str, str] =
 
 def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,
                       progress: ProgressFn | None = None, *, staged_upper: Path | None = None,
-                      before_restore: Callable[[Path], None], on_complete: Any = None) -> RestoreResult:
+                      before_restore: Callable[[Path], None]) -> RestoreResult:
     """Unpack the archive (building the container meanwhile), collect the pages (``before_restore``),
     restore with lazy pages served from the images here; returns once the container runs."""
     from migrate.migration.postcopy import _early_shell
@@ -91,16 +93,40 @@ def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[
     assert unpacked.scratch is not None
     import_ms = (time.monotonic() - started) * 1000
     try:
-        return _restore(host, criu, migration_id, record, unpacked, shell, started, import_ms, on_complete)
-    except BaseException:
+        return _restore(host, criu, migration_id, record, unpacked, shell, started, import_ms)
+    finally:
         remove_tree_quietly(unpacked.scratch)
-        raise
+
+
+def _last_page(host: Any, migration_id: str, daemon: Any, container_id: str) -> None:
+    """Wait until the lazy-pages daemon put the last page in (it exits 0). The container runs
+    meanwhile (the pause ended at its resume) but this host does not answer before: a copy with
+    missing memory never passes the point of no return. A failure removes the container here
+    (TransferError: the source, frozen and whole, thaws)."""
+    from migrate.errors import TransferError
+    from migrate.migration.postcopy import FINISH_TIMEOUT_S, _keep_log
+
+    try:
+        rc = daemon.proc.wait(FINISH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        daemon.stop()
+        rc = None
+    if rc == 0:
+        return
+    why = daemon.error(rc).message if rc is not None else f"pages still missing after {FINISH_TIMEOUT_S:g}s"
+    kept = _keep_log(host, daemon.log_path)
+    try:
+        host.rt.remove(container_id, force=True)
+    except ContainerError as exc:
+        log.warning("migration=%s: removing the restored container failed: %s", migration_id, exc)
+    raise TransferError(f"the local lazy-pages daemon failed before the last page: {why}" + (f" (log: {kept})" if kept else ""),
+                        phase="restore")
 
 
 def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], unpacked: Any, shell: Any,
-             started: float, import_ms: float, on_complete: Any) -> RestoreResult:
+             started: float, import_ms: float) -> RestoreResult:
     from migrate.checkpoint import NETNS_KEY
-    from migrate.migration.postcopy import _SESSIONS, _SESSIONS_LOCK, LazySession, _explain_failed_restore, _incoming_spec, _LazyStart
+    from migrate.migration.postcopy import _explain_failed_restore, _incoming_spec, _LazyStart
     from migrate.restore import preflight, restore_request
 
     # the daemon starts (exec, reads the images, listens: 6-8 ms) while the images are checked
@@ -142,11 +168,10 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
         _mark(migration_id, "target: restored (running)")
         daemon, starting = starting.taken(), None
         assert daemon is not None
-        images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file())  # before they may go
-        session = LazySession(host, migration_id, daemon, unpacked.scratch, info.spec.container_id, on_complete)
-        with _SESSIONS_LOCK:
-            _SESSIONS[migration_id] = session
-        session.start()
+        _last_page(host, migration_id, daemon, info.spec.container_id)
+        _mark(migration_id, "target: every page in memory")
+        log.info("migration=%s container=%s: every page in memory %.1f ms after the resume", migration_id, spec.name,
+                 (time.monotonic() - resumed_at) * 1000)
     except BaseException:
         if shell is not None:
             shell.abort()
@@ -161,5 +186,5 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
     return RestoreResult(container=info, stats=RestoreStats(
         import_ms=round(import_ms, 3), restore_ms=round(restore_ms, 3),
         total_ms=round((time.monotonic() - started) * 1000, 3),
-        images_bytes=images_bytes,
+        images_bytes=sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file()),
         since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3)))

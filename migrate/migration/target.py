@@ -527,8 +527,7 @@ class IncomingMigrations:
                 from migrate.migration.cold_lazy import receive_cold_lazy
 
                 result = receive_cold_lazy(self.host, self.criu, migration_id, record, reader, progress, staged_upper=staged,
-                                           before_restore=lambda images_dir: self._before_restore(migration_id, images_dir),
-                                           on_complete=lambda: self._pages_complete(migration_id))
+                                           before_restore=lambda images_dir: self._before_restore(migration_id, images_dir))
             else:
                 result = restore_container(
                     self.host,
@@ -708,8 +707,7 @@ class IncomingMigrations:
             log.warning("migration=%s: settled before its restore finished: aborting it here (the source keeps its copy)", migration_id)
             self.abort(migration_id)
             return Settlement(migration_id, "aborted", self._running(cid))
-        lazy = record.get("mode") == "postcopy" or record.get("lazy_restore")
-        if lazy and not record.get("pages_complete") and not _has_session(migration_id):
+        if record.get("mode") == "postcopy" and not record.get("pages_complete") and not _has_session(migration_id):
             # post-copy restored before a restart of this daemon, its lazy-pages daemon gone with it
             # before the last page: the copy here may be missing memory, the source's frozen one is whole
             log.error("migration=%s: post-copy pages incomplete when this daemon restarted: removing the copy here", migration_id)
