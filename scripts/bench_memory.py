@@ -446,16 +446,17 @@ def main(argv: list[str] | None = None) -> int:
             for host in lab.hosts:
                 host.stop_daemon()
                 lab.start_daemon(host, env=env)
-        if "memory" in parts:
-            for mode in args.modes.split(","):
-                print(f"bench_memory: {args.size_mib} MiB {mode} ...", file=sys.stderr, flush=True)
-                memory.append(bench_memory(lab, mode, args.size_mib, args))
-        if "concurrency" in parts:
-            print(f"bench_memory: {args.count} x {args.conc_mib} MiB at once ...", file=sys.stderr, flush=True)
-            conc = bench_concurrency(lab, args)
-            if args.keep_logs:
-                for host in lab.hosts:
-                    shutil.copy(host.workdir / "daemon.log", Path(args.keep_logs) / f"daemon-{host.letter}.log")
+        try:
+            if "memory" in parts:
+                for mode in args.modes.split(","):
+                    print(f"bench_memory: {args.size_mib} MiB {mode} ...", file=sys.stderr, flush=True)
+                    memory.append(bench_memory(lab, mode, args.size_mib, args))
+            if "concurrency" in parts:
+                print(f"bench_memory: {args.count} x {args.conc_mib} MiB at once ...", file=sys.stderr, flush=True)
+                conc = bench_concurrency(lab, args)
+        finally:  # a failed run's logs too: they say why
+            for host in lab.hosts if args.keep_logs else ():
+                shutil.copy(host.workdir / "daemon.log", Path(args.keep_logs) / f"daemon-{host.letter}.log")
     checks = goals(memory, conc)
     elapsed = round(time.monotonic() - started, 1)
     if args.json:

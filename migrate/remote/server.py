@@ -252,6 +252,7 @@ def create_server(
 
     from migrate.remote import memtrace
 
+    memtrace.limit_arenas()  # before the server's threads: each would get its own malloc arena (issue 17)
     memtrace.start_from_env()  # PYMIGRATE_TRACEMALLOC: where the memory goes (debugging, issue 17)
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pymigrate-rpc")
     server = grpc.server(executor, interceptors=interceptors, options=SERVER_OPTIONS)
