@@ -9,7 +9,7 @@ it (``eligible``); ``-i``/``-t``/``-a``, ``exec``, ``attach``, ``logs``, ``migra
 run here as before.
 
 With the fast path on and no zygote answering (none yet, declined, stale code), the command runs
-here and then starts a zygote, detached, for the next command; it exits after
+here, after starting a zygote, detached, for the next command; it exits after
 ``PYMIGRATE_ZYGOTE_IDLE_S`` (default 600) idle seconds.
 
 Signals the caller gets (Ctrl-C, ``kill``) are sent on to the worker; the worker's exit code (128 +
@@ -65,6 +65,10 @@ def _terminal_flag(token: str) -> bool:
     return token.startswith("-") and not token.startswith("--") and any(c in token[1:] for c in "ita")
 
 
+# a zygote declining for these has left (or never was): start a fresh one
+RESTART = frozenset(("absent", "declined:stale", "declined:fingerprint", "declined:env", "declined:threads", "declined:closed"))
+
+
 def main() -> int:
     argv = sys.argv[1:]
     mode = os.environ.get("PYMIGRATE_ZYGOTE", "")
@@ -79,11 +83,11 @@ def main() -> int:
         os.write(2, f"pymigrate: zygote {outcome} ({(time.perf_counter() - t0) * 1000:.1f} ms)\n".encode())
     if code is not None:
         return code
-    try:
-        return _plain()
-    finally:
-        if outcome != "declined:busy":
-            _start_zygote(path)
+    if outcome in RESTART:
+        # before the command: the zygote must be what a fresh `pymigrate` is (a command may change
+        # its own process: pycriu's import appends to sys.path, limits, ...), else it never matches
+        _start_zygote(path)
+    return _plain()
 
 
 def _plain() -> int:
@@ -169,10 +173,7 @@ def _start_zygote(path: str) -> None:
     try:
         import subprocess
 
-        # what this command imported: the zygote imports it before it serves
-        modules = sorted(name for name in sys.modules if name.startswith(("migrate.", "runtime.")))
-        code = (f"import sys; sys.path[:] = {sys.path!r}; from migrate.zygote.server import main; "
-                f"sys.exit(main({path!r}, {modules!r}))")
+        code = f"import sys; sys.path[:] = {sys.path!r}; from migrate.zygote.server import main; sys.exit(main({path!r}))"
         subprocess.Popen([sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code],  # type: ignore[attr-defined]
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True, cwd="/")

@@ -7,7 +7,8 @@ sees that and leaves), and serves until ``PYMIGRATE_ZYGOTE_IDLE_S`` idle seconds
 Each request is checked before anything runs: the peer is our uid (SO_PEERCRED), its fingerprint
 and environment (``wire``) equal ours, no source file this process has loaded changed since (mtime
 and size of every loaded module's file and of each package directory: a new file could shadow a
-module) and this process has one thread (forking with more is unsafe). Stale code: decline, leave.
+module) and this process has one thread (forking with more is unsafe). Stale code, or a
+fingerprint, environment or thread count that can never match: decline, and leave.
 
 The worker restores the caller's process state (stdio fds, cwd, umask, environment, argv, default
 signal handlers), calls ``migrate.cli.main()`` and ends as the interpreter would (non-daemon threads
@@ -32,8 +33,10 @@ from typing import Any
 
 from migrate.zygote import wire
 
+# imported before serving (what the commands import lazily is learned from the workers)
 SEED = ("migrate.cli", "migrate.cli.containers", "migrate.cli.listing", "migrate.cli.lifecycle", "migrate.cli.checkpoints",
-        "migrate.cli.images", "migrate.cli.volumes", "migrate.engine")
+        "migrate.cli.images", "migrate.cli.volumes", "migrate.engine", "runtime.runtime", "runtime.shim", "migrate.checkpoint",
+        "migrate.restore")
 # never imported into the zygote: they start threads or hold state a fork must not share
 NOT_PRELOADED = ("grpc", "migrate.remote", "migrate._proto", "paramiko", "rich", "cryptography", "nacl", "concurrent",
                  "multiprocessing", "asyncio", "tests", "pytest", "_pytest")
@@ -133,7 +136,8 @@ class Zygote:
             reason = self.refusal(request, fds)
             if reason or request is None:
                 conn.sendall(wire.line(b"D", reason))
-                return reason == "stale"
+                # stale code, or a zygote that cannot serve the callers its socket is named for: leave
+                return reason in ("stale", "fingerprint", "env", "threads")
             conn, caller = None, conn  # the worker's record owns it now (closed when it is reaped)
             self.start_worker(caller, request, fds)
             return False

@@ -191,3 +191,21 @@ def test_a_container_started_through_it_does_not_keep_the_next_zygote_out(cli: C
         cli.wait_served(timeout_s=10)
     finally:
         assert cli.plain("rm", "-f", name).returncode == 0
+
+
+@pytest.mark.requires("criu")
+def test_a_zygote_started_by_a_checkpoint_serves_the_next_commands(cli: Cli) -> None:
+    """A command changes its own process (pycriu's import appends to sys.path): the zygote it
+    starts is started before that, as a fresh `pymigrate`, or it would never match a caller."""
+    name = unique("zyck")
+    assert cli.plain("run", "-d", "--name", name, "busybox", "sleep", "1000").returncode == 0
+    try:
+        route, r = cli.fast("checkpoint", "--leave-running", name)
+        assert route == "absent" and r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 15
+        while not list(cli.zdir.glob("*.sock")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        route, r = cli.fast("--json", "checkpoint", "ls")  # the first command after it bound: not declined
+        assert route == "served" and r.returncode == 0, r.stderr
+    finally:
+        assert cli.plain("rm", "-f", name).returncode == 0
