@@ -26,6 +26,7 @@ pre-copy (pages chained to parent images) nor named volumes (restore_container i
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -73,13 +74,13 @@ def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[
                       before_restore: Callable[[Path], None]) -> RestoreResult:
     """Unpack the archive (building the container meanwhile), collect the pages (``before_restore``),
     restore with lazy pages served from the images here; returns once the container runs."""
-    from migrate.migration.postcopy import _early_shell
+    from migrate.migration.postcopy import early_shell
     from migrate.restore import unpack_archive
 
     started = time.monotonic()
     _mark(migration_id, "target: archive stream opened")
     # While the archive arrives (the source is frozen already): cgroup, netns, link, shim, CRIU
-    shell = _early_shell(host, criu, record)
+    shell = early_shell(host, criu, record)
     _mark(migration_id, "target: shell built")
     try:
         unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
@@ -104,7 +105,7 @@ def _last_page(host: Any, migration_id: str, daemon: Any, container_id: str) -> 
     missing memory never passes the point of no return. A failure removes the container here
     (TransferError: the source, frozen and whole, thaws)."""
     from migrate.errors import TransferError
-    from migrate.migration.postcopy import FINISH_TIMEOUT_S, _keep_log
+    from migrate.migration.postcopy import FINISH_TIMEOUT_S
 
     try:
         rc = daemon.proc.wait(FINISH_TIMEOUT_S)
@@ -114,7 +115,7 @@ def _last_page(host: Any, migration_id: str, daemon: Any, container_id: str) -> 
     if rc == 0:
         return
     why = daemon.error(rc).message if rc is not None else f"pages still missing after {FINISH_TIMEOUT_S:g}s"
-    kept = _keep_log(host, daemon.log_path)
+    kept = _kept_log(host, daemon.log_path)
     try:
         host.rt.remove(container_id, force=True)
     except ContainerError as exc:
@@ -123,20 +124,58 @@ def _last_page(host: Any, migration_id: str, daemon: Any, container_id: str) -> 
                         phase="restore")
 
 
+def _taken(starting: concurrent.futures.Future[Any] | None) -> Any:
+    """The lazy-pages daemon once its start is done, or None if it failed to start."""
+    if starting is None:
+        return None
+    try:
+        return starting.result()
+    except BaseException:  # noqa: BLE001 - its error was or will be reported by request_for
+        return None
+
+
+def _kept_log(host: Any, log_path: Path) -> Path | None:
+    """A copy of a CRIU log out of the scratch dir that is about to go (into ROOT/logs)."""
+    from runtime.checkpointing import keep_failed_log
+
+    try:
+        return keep_failed_log(host.paths, log_path, log_path.stem)
+    except OSError:
+        return None
+
+
+def _explain(host: Any, exc: ContainerError, work_dir: Path, daemon: Any) -> None:
+    """A lazy restore failed: keep CRIU's log (it goes with the scratch dir); when the lazy-pages
+    daemon failed too, raise one error naming both (else the caller re-raises ``exc``)."""
+    from migrate.checkpoint import keep_criu_log
+    from migrate.errors import TransferError
+    from runtime.criu import RESTORE_LOG, first_error
+
+    keep_criu_log(host.paths, exc, work_dir / RESTORE_LOG, "restore")
+    rc = daemon.poll()
+    if rc is None or rc == 0:
+        return
+    kept = _kept_log(host, daemon.log_path)
+    raise TransferError(f"the restore with lazy pages from this host's images failed: {exc.message}; the lazy-pages daemon: "
+                        f"{first_error(daemon.log_path) or daemon.error(rc).message}" + (f" (log: {kept})" if kept else ""),
+                        phase="restore") from exc
+
+
 def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], unpacked: Any, shell: Any,
              started: float, import_ms: float) -> RestoreResult:
     from migrate.checkpoint import NETNS_KEY
-    from migrate.migration.postcopy import _explain_failed_restore, _incoming_spec, _LazyStart
+    from migrate.migration.postcopy import incoming_spec
     from migrate.restore import preflight, restore_request
+    from runtime.criu import start_lazy_pages
 
     # the daemon starts (exec, reads the images, listens: 6-8 ms) while the images are checked
-    starting: _LazyStart | None = _LazyStart(unpacked.images_dir, unpacked.work_dir, None, None)  # type: ignore[arg-type]
-    assert starting is not None
-    starting.start()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lazy-pages-start")
+    starting: concurrent.futures.Future[Any] | None = pool.submit(start_lazy_pages, unpacked.images_dir, unpacked.work_dir, None)
+    pool.shutdown(wait=False)
     daemon = None
     try:
         manifest = unpacked.manifest
-        spec = _incoming_spec(host, record, manifest, unpacked.images_dir)
+        spec = incoming_spec(host, record, manifest, unpacked.images_dir)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
             shell.abort()
             shell = None
@@ -147,7 +186,7 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
 
         def request_for(root: Path) -> Any:
             assert starting is not None
-            starting.ready()
+            starting.result()  # its error, if it did not start
             _mark(migration_id, "target: lazy-pages daemon ready")
             request = restore_request(unpacked, spec, root, tcp_established=False)
             return dataclasses.replace(request, lazy_pages=True)
@@ -160,13 +199,13 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
                 info = host.restore_from(spec, upper_src=unpacked.upper_dir, replace_id=replace_id, request_for=request_for,
                                          netns_key=NETNS_KEY, criu=criu, restored_from=manifest.get("checkpoint_id"))
         except ContainerError as exc:
-            daemon, starting = starting.taken(), None
+            daemon, starting = _taken(starting), None
             if daemon is not None:
-                _explain_failed_restore(host, exc, unpacked.work_dir, daemon, {"address": "this host's images", "port": 0})
+                _explain(host, exc, unpacked.work_dir, daemon)
             raise
         resumed_at = time.monotonic()
         _mark(migration_id, "target: restored (running)")
-        daemon, starting = starting.taken(), None
+        daemon, starting = _taken(starting), None
         assert daemon is not None
         _last_page(host, migration_id, daemon, info.spec.container_id)
         _mark(migration_id, "target: every page in memory")
@@ -175,8 +214,7 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
     except BaseException:
         if shell is not None:
             shell.abort()
-        if starting is not None:
-            daemon = starting.taken()
+        daemon = daemon or _taken(starting)
         if daemon is not None:
             daemon.stop()
         raise

@@ -481,7 +481,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     mark(migration_id, "target: archive stream opened")
     # While the archive arrives (the source is frozen already): build the container's cgroup,
     # network and shim, and start CRIU inside its cgroup (runtime.checkpointing.RestoreShell).
-    shell = _early_shell(host, criu, record)
+    shell = early_shell(host, criu, record)
     mark(migration_id, "target: shell built")
     try:
         unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
@@ -504,7 +504,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         # are checked and the root is mounted; it dials the source only once the restore connects.
         starting = _LazyStart(unpacked.images_dir, unpacked.work_dir, PageServer(str(ps["address"]), int(ps["port"])), tls)
         starting.start()
-        spec = _incoming_spec(host, record, manifest, unpacked.images_dir)
+        spec = incoming_spec(host, record, manifest, unpacked.images_dir)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
             shell.abort()  # not the container the reservation named: build it the usual way
             shell = None
@@ -576,7 +576,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     )
 
 
-def _incoming_spec(host: Any, record: Mapping[str, Any], manifest: dict[str, Any], images_dir: Path) -> Any:
+def incoming_spec(host: Any, record: Mapping[str, Any], manifest: dict[str, Any], images_dir: Path) -> Any:
     """The container's spec from the peer's manifest, checked as any peer's, with the name,
     address and ports the reservation here recorded."""
     from migrate.restore import checked_spec
@@ -659,7 +659,7 @@ class _LazyStart(threading.Thread):
         return self._daemon
 
 
-def _early_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> Any:
+def early_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> Any:
     """A RestoreShell for the container the reservation names (its spec is in the record), or
     None: no spec recorded, an exited original of that id to replace, a host that cannot start
     one (CheckpointHost.begin_restore), or a failure (logged; the usual path follows)."""
