@@ -408,7 +408,8 @@ def print_report(memory: list[dict[str, Any]], conc: dict[str, Any] | None, chec
         print("    phases (ms), alone / median / max of the concurrent ones: "
               + ", ".join(f"{k} {v['alone']:.0f}/{v['median']:.0f}/{v['max']:.0f}" for k, v in conc["phases_ms"].items()))
         _print_sides(conc)
-    print("\n(times from the CLI's start to its end; memory per process: VmHWM, reset before each run)")
+    print("\n(times from each migrate call's start to its end, CLI start included with --client cli; the daemons' peak: "
+          "VmHWM, reset before each run; children: peak RSS and private memory, sampled)")
     print("\ngoals:")
     for g in checks:
         print(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {g['value']}")
