@@ -23,6 +23,7 @@ import _socket
 import os
 import sys
 import time
+
 TYPE_CHECKING = False  # typing itself costs ~5 ms of every start
 if TYPE_CHECKING:
     from typing import Any

@@ -20,6 +20,7 @@ import marshal
 import os
 import sys
 import zlib
+
 TYPE_CHECKING = False  # typing itself costs ~5 ms of every start
 if TYPE_CHECKING:
     from typing import Any
