@@ -209,3 +209,35 @@ def test_a_zygote_started_by_a_checkpoint_serves_the_next_commands(cli: Cli) -> 
         assert route == "served" and r.returncode == 0, r.stderr
     finally:
         assert cli.plain("rm", "-f", name).returncode == 0
+
+
+def test_a_killed_front_takes_its_command_with_it(cli: Cli) -> None:
+    """kill -9 of a plain CLI ends its command; through the zygote the worker ends too."""
+    name = unique("zykill")
+    assert cli.plain("run", "-d", "--name", name, "busybox", "sh", "-c", "trap '' TERM; sleep 1000").returncode == 0
+    try:
+        cli.fast("ps")
+        cli.wait_served()
+        p = subprocess.Popen(cli.argv("stop", "-t", "60", name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             cwd=REPO, env=cli.fast_env)
+        deadline = time.monotonic() + 10
+        workers: set[int] = set()
+        while not workers and time.monotonic() < deadline:  # the zygote's child running our stop
+            workers = {pid for z in cli.zygote_pids() for pid in _children(z)}
+            time.sleep(0.05)
+        assert workers and p.poll() is None
+        p.kill()
+        p.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the worker outlived its front"
+    finally:
+        assert cli.plain("rm", "-f", name).returncode == 0
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
