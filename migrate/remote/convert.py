@@ -576,19 +576,13 @@ def checkpoint_info_from_pb(m: pb.CheckpointInfo) -> api.CheckpointInfo:
 
 
 # not sent: the archive is uploaded first (UploadCheckpoint) and its signature checked on the caller's
-# side; RestoreRequest has no seccomp choice (restore_request_to_pb refuses one)
-_RESTORE_LOCAL = ("import_path", "trusted_keys", "seccomp", "seccomp_profile",
+# side; the seccomp choice crosses as RestoreRequest.seccomp ("" keeps the checkpoint's)
+_RESTORE_LOCAL = ("import_path", "trusted_keys",
                   "image_registry",  # restore REF's registry flags: the client refuses them remotely
                   "pull_image")  # restore --import --pull: foreign archives are restored locally only
 
 
 def restore_request_to_pb(o: api.RestoreOptions) -> pb.RestoreRequest:
-    if o.seccomp is not None:
-        from runtime.errors import Unsupported
-
-        # RestoreRequest has no seccomp field: never let the daemon restore without the caller's choice
-        raise Unsupported("restore --security-opt over the API", "the daemon cannot be told a seccomp choice for a restore",
-                          hint="restore on that host without --host")
     # restore --publish: None (keep the checkpoint's) and () (publish none) differ by ports_set
     ports = [_to_pb(m, pb.PortMapping) for m in o.ports or ()]
     return _to_pb(o, pb.RestoreRequest, skip=_RESTORE_LOCAL, checkpoint_id=o.checkpoint_id or "",
@@ -600,8 +594,10 @@ def restore_options_from_pb(m: pb.RestoreRequest) -> api.RestoreOptions:
     given = seconds_of(m, "timeout", "timeout_s")
     timeout_s = float(given) if given is not None and given > 0 else api.DEFAULT_RESTORE_TIMEOUT_S
     ports = tuple(_from_pb(PortMapping, p) for p in m.ports) if m.ports_set else None
+    # seccomp "" is the caller's "keep the checkpoint's" (None); the daemon's restore applies the same
+    # policy as a local one to what it is told (migrate/restore.py seccomp_policy)
     return _from_pb(api.RestoreOptions, m, skip=_RESTORE_LOCAL, checkpoint_id=m.checkpoint_id or None, timeout_s=timeout_s,
-                    ports=ports)
+                    ports=ports, seccomp=m.seccomp or None)
 
 
 def restore_stats_to_pb(s: api.RestoreStats) -> pb.RestoreStats:

@@ -15,7 +15,7 @@ import pytest
 
 from migrate import api
 from migrate.remote import convert as cv
-from runtime.errors import Unsupported
+from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from runtime.events import Event
 from runtime.logs import LogEntry
 from runtime.ports import PortMapping
@@ -64,7 +64,8 @@ CHECKPOINT_OPTIONS = api.CheckpointOptions(leave_running=True, compress="none", 
                                          ignore_volumes=True, labels={"k": "v"}, create_image="reg:5000/ck/web:1")
 CHECKPOINT_STATS = api.CheckpointStats(1.5, 2.5, 3.5, 4.5, 5, 6, 7, 8, 9, 10, 11.5, 12.5)
 RESTORE_OPTIONS = api.RestoreOptions(checkpoint_id="ck", name="n", ip="10.0.0.2", tcp_established=True, volumes=(VOLUME,), timeout_s=42.5,
-                                     ports=(PORT,), ignore_static_ip=True, ignore_static_mac=True, image_ref="reg:5000/ck/web:1")
+                                     ports=(PORT,), ignore_static_ip=True, ignore_static_mac=True, image_ref="reg:5000/ck/web:1",
+                                     seccomp="custom", seccomp_profile='{"defaultAction": "SCMP_ACT_ALLOW"}')
 RESTORE_STATS = api.RestoreStats(1.5, 2.5, 3.5, 4, 5, 6.5)
 MIGRATE_OPTIONS = api.MigrateOptions(dest="10.0.0.1:7070", keep_source=True, mode="auto", tcp_established=True, file_locks=True,
                                      ports=(PORT,), compress="on")
@@ -78,7 +79,7 @@ INCOMING = api.IncomingRequest(
 
 # the fields each conversion leaves out on purpose (read on the caller's side, or filled in by the receiver)
 CHECKPOINT_LOCAL = ("export_path", "sign_key", "export_format")
-RESTORE_LOCAL = ("import_path", "trusted_keys", "seccomp", "seccomp_profile", "image_registry", "pull_image")
+RESTORE_LOCAL = ("import_path", "trusted_keys", "image_registry", "pull_image")
 INCOMING_LOCAL = ("source_address",)
 
 # (value, to_pb, from_pb, fields that do not cross)
@@ -199,12 +200,20 @@ def test_caller_side_fields_never_cross() -> None:
     checkpoint = dataclasses.replace(CHECKPOINT_OPTIONS, export_path=Path("/srv/x.tar.zst"), sign_key=Path("/k"),
                                      export_format="podman")
     assert cv.checkpoint_options_from_pb(cv.checkpoint_request_to_pb("web", checkpoint)) == CHECKPOINT_OPTIONS
-    restore = dataclasses.replace(RESTORE_OPTIONS, import_path=Path("/srv/x.tar.zst"), trusted_keys=(Path("/k.pub"),), seccomp_profile="{}")
+    restore = dataclasses.replace(RESTORE_OPTIONS, import_path=Path("/srv/x.tar.zst"), trusted_keys=(Path("/k.pub"),))
     assert cv.restore_options_from_pb(cv.restore_request_to_pb(restore)) == RESTORE_OPTIONS
     incoming = dataclasses.replace(INCOMING, source_address="10.0.0.9")
     assert cv.incoming_request_from_pb(cv.incoming_request_to_pb(incoming)) == INCOMING
-    with pytest.raises(Unsupported, match="seccomp"):
-        cv.restore_request_to_pb(dataclasses.replace(RESTORE_OPTIONS, seccomp="unconfined"))
+
+
+def test_restore_seccomp_crosses_and_absent_keeps_the_checkpoints() -> None:
+    # "" on the wire is "keep the checkpoint's choice" (None), never a choice of its own
+    for seccomp, profile in ((None, None), ("default", None), ("unconfined", None), ("custom", '{"defaultAction": "SCMP_ACT_ERRNO"}')):
+        options = api.RestoreOptions(checkpoint_id="ck", seccomp=seccomp, seccomp_profile=profile)
+        message = cv.restore_request_to_pb(options)
+        assert message.seccomp == (seccomp or "") and message.HasField("seccomp_profile") == (profile is not None)
+        back = cv.restore_options_from_pb(pb.RestoreRequest.FromString(message.SerializeToString()))
+        assert (back.seccomp, back.seccomp_profile) == (seccomp, profile)
 
 
 def test_entrypoint_cleared_is_not_the_image_default() -> None:

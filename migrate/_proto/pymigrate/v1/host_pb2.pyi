@@ -1099,7 +1099,7 @@ class CheckpointResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CheckpointResult, _Mapping]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set", "ignore_static_ip", "ignore_static_mac", "request_id", "image_ref", "timeout")
+    __slots__ = ("checkpoint_id", "name", "ip", "tcp_established", "volumes", "timeout_s", "ports", "ports_set", "ignore_static_ip", "ignore_static_mac", "request_id", "image_ref", "timeout", "seccomp", "seccomp_profile")
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
@@ -1113,6 +1113,8 @@ class RestoreRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_PROFILE_FIELD_NUMBER: _ClassVar[int]
     checkpoint_id: str
     name: str
     ip: str
@@ -1126,7 +1128,9 @@ class RestoreRequest(_message.Message):
     request_id: str
     image_ref: str
     timeout: _duration_pb2.Duration
-    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ..., ignore_static_ip: _Optional[bool] = ..., ignore_static_mac: _Optional[bool] = ..., request_id: _Optional[str] = ..., image_ref: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    seccomp: str
+    seccomp_profile: str
+    def __init__(self, checkpoint_id: _Optional[str] = ..., name: _Optional[str] = ..., ip: _Optional[str] = ..., tcp_established: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ..., timeout_s: _Optional[float] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., ports_set: _Optional[bool] = ..., ignore_static_ip: _Optional[bool] = ..., ignore_static_mac: _Optional[bool] = ..., request_id: _Optional[str] = ..., image_ref: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., seccomp: _Optional[str] = ..., seccomp_profile: _Optional[str] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
     __slots__ = ("progress", "result")
