@@ -102,17 +102,12 @@ def channel_target(address: str) -> tuple[str, bool]:
     return address, False
 
 
-def _refuse_foreign(path: Path) -> None:
-    """A podman/CRI-O archive is restored only where it is (migrate/interop/podman_import.py): the
-    daemon's upload stores pymigrate archives. Refused before a byte is sent."""
+def _is_foreign(path: Path) -> bool:
+    """A podman/CRI-O archive (by content): restored as a temporary checkpoint image on the daemon
+    (migrate/interop/remote_import.py), since its checkpoint upload stores pymigrate archives only."""
     from migrate.interop.foreign import sniff_format
 
-    if sniff_format(path) == "foreign":
-        raise Unsupported("restore --import of a podman or CRI-O archive over --host",
-                          "the daemon's checkpoint upload takes pymigrate archives only",
-                          hint="copy the archive to that host and run `pymigrate restore --import FILE --security-opt "
-                               "seccomp=unconfined` there, or move it as a checkpoint image (podman container checkpoint "
-                               "--create-image REF, then pymigrate --host ... restore REF)")
+    return sniff_format(path) == "foreign"
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -643,7 +638,10 @@ class RemoteEngine:
             from migrate.archive.signing import verified_chunks, verify_import
 
             path = Path(options.import_path)
-            _refuse_foreign(path)
+            if _is_foreign(path):
+                from migrate.interop.remote_import import restore_foreign_over_host
+
+                return restore_foreign_over_host(self, options, progress)
             verified = verify_import(path, options.trusted_keys)  # here, before a byte is uploaded
             chunks = _file_chunks(path) if verified is None else verified_chunks(path, verified, CHUNK_BYTES)
             signed_by = verified.describe() if verified is not None else ""
