@@ -199,7 +199,8 @@ class RestoreOptions:
     # registry code); on the caller's side only, never sent to a daemon
     image_registry: Any = None
     # restore --import --pull: a podman/CRI-O archive's image is pulled (with image_registry's flags)
-    # when it is not here (migrate/interop/podman_import.py); local only, like those archives
+    # when it is not here (migrate/interop/podman_import.py); local only (refused over --host:
+    # migrate/interop/remote_import.py)
     pull_image: bool = False
 
 

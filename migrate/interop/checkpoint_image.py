@@ -42,8 +42,8 @@ Over ``--host`` the daemon does both halves on its host: ``CheckpointRequest.cre
 builds the image in its store (``CheckpointResult.image_ref``/``image_digest`` answer), and
 ``RestoreRequest.image_ref`` finds or pulls it there; registry flags cannot be sent with a
 restore, so a registry needing them is pulled first (``--host H image pull REF --tls-verify=false``)
-and then found by the restore (nor can ``--security-opt``: a podman-made image is restored on
-its host without ``--host``).
+and then found by the restore; ``--security-opt`` crosses (``RestoreRequest.seccomp``), so a
+podman-made image restores over ``--host`` too.
 
 Measured here: ``--create-image`` of a container with 40 MB of memory took 1.9 s against 0.3 s
 for the checkpoint alone (writing podman's layout, gzip level 1 to a 31 MB layer, and the
