@@ -44,7 +44,7 @@ Usage: scripts/bench_migrate.py [--sizes 16,256,1024] [--tcp-mib 1024] [--json]
        scripts/bench_migrate.py --mode cold,postcopy --link-rate 1gbit,10gbit [--sizes 1024]
          (issue 17: the same per link rate, the hosts' links shaped with tc tbf (scripts/bench_link.py),
          raw TCP on the shaped link measured first; --rtt-ms needs sch_netem, absent here)
-       scripts/bench_migrate.py --cold-ab N [--sizes 256,1024]
+       scripts/bench_migrate.py --cold-ab N [--sizes 256,1024] [--tmpfs-roots MIB]
          (issue 17: cold with the target's lazy restore (migrate/migration/cold_lazy.py) vs every page
          restored first, N each in ABBA order, against the raw criu dump of the same container into
          the lab's disk and into a tmpfs, all in one run; goal: cold pause <= 1.2 x the faster raw dump)
@@ -551,7 +551,8 @@ def bench_cold_ab(lab: Any, size_mib: int, runs: int, text_percent: int, workdir
 def run_cold_ab(lab_class: Any, sizes: list[int], args: argparse.Namespace) -> int:
     started = time.monotonic()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-coldab-") as workdir, lab_class.create(Path(workdir)) as lab:
+    tmpfs = {0: args.tmpfs_roots, 1: args.tmpfs_roots} if args.tmpfs_roots else None  # the state roots on a tmpfs of MiB
+    with tempfile.TemporaryDirectory(prefix="bench-coldab-") as workdir, lab_class.create(Path(workdir), tmpfs_mib=tmpfs) as lab:
         for size in sizes:
             print(f"bench_migrate: {size} MiB cold lazy vs full restore x{args.cold_ab} ...", file=sys.stderr, flush=True)
             rows.append(bench_cold_ab(lab, size, args.cold_ab, args.text_percent, Path(workdir)))
@@ -624,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-ab", type=int, default=0, metavar="N",
                         help="issue 17: cold with the target's lazy restore vs every page first, N each (ABBA), "
                              "against the raw criu dump of the same container (sizes default to 256,1024)")
+    parser.add_argument("--tmpfs-roots", type=int, default=0, metavar="MIB",
+                        help="with --cold-ab: both hosts' state roots on a tmpfs of MIB (the target's disk out of the picture)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_migrate: needs root (network namespaces, cgroups, CRIU)", file=sys.stderr)
