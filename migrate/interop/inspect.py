@@ -264,13 +264,14 @@ def inspect_target(engine: Any, target: str) -> dict[str, Any] | None:
 
     A checkpoint id (4-64 hex digits) wins over a file of that name in the working directory;
     else an existing file is read locally (also with ``--host``: files stay on the caller's
-    side); else ``target`` is an image reference, looked up in (or pulled into) this host's store.
+    side); else ``target`` must be an image reference (``checkpoint_image.looks_like_reference``:
+    with ``/``, ``:`` or ``@``), looked up in (or pulled into) this host's store.
 
     Raises:
-        InvalidArgument: a path that does not exist.
+        InvalidArgument: a path that does not exist, or a bare word.
         Unsupported: an image reference with ``--host`` (the image store is the daemon's).
     """
-    from migrate.interop.checkpoint_image import looks_like_checkpoint_id
+    from migrate.interop.checkpoint_image import looks_like_checkpoint_id, looks_like_reference
     from runtime.errors import InvalidArgument, Unsupported
 
     if looks_like_checkpoint_id(target):
@@ -281,6 +282,10 @@ def inspect_target(engine: Any, target: str) -> dict[str, Any] | None:
     if target.startswith(("/", "./", "../")) or target.endswith(_FILE_SUFFIXES):
         raise InvalidArgument(f"cannot inspect {target}: no such file", hint="give an archive file, an image reference "
                                                                              "or a checkpoint id")
+    if not looks_like_reference(target):  # a bare word (a container name?) is never pulled from Docker Hub
+        raise InvalidArgument(f"cannot inspect {target}: not a checkpoint id (4-64 hex digits), a file or an image "
+                              f"reference (with a registry, path, tag or digest)",
+                              hint="checkpoint ls lists the checkpoint ids; give an image as NAME:TAG or HOST/NAME:TAG")
     runtime = getattr(engine, "runtime", None)
     if runtime is None:
         raise Unsupported("checkpoint inspect REF with --host", "the checkpoint image would be the daemon's",

@@ -100,6 +100,8 @@ def test_target_dispatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert inspect.inspect_target(object(), "abcd1234") is None  # a checkpoint id: the manifest, as before
     with pytest.raises(InvalidArgument, match="no such file"):
         inspect.inspect_target(object(), str(tmp_path / "gone.tar.gz"))
+    with pytest.raises(InvalidArgument, match="not a checkpoint id"):
+        inspect.inspect_target(object(), "web")  # a bare word is never pulled from Docker Hub
     with pytest.raises(Unsupported):
         inspect.inspect_target(object(), "localhost:5000/ckpt/web:1")  # a remote engine has no image store
     write_archive(tmp_path / "ck.tar.gz", podman_members())
