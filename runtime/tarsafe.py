@@ -58,11 +58,14 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, cast
 
 from runtime.errors import ImageError, ImageLimitExceeded, UnsafeArchive
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
 from runtime.fstree import remove_tree
+
+if TYPE_CHECKING:
+    from runtime.zstd_frames import ZstdFrames
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +206,36 @@ def open_decompressed(stream: BinaryIO) -> tuple[BinaryIO, str, tuple[type[BaseE
     if head.startswith(ZSTD_MAGIC):
         import zstandard
 
-        zreader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, read_across_frames=True)
-        return zreader, "zstd", corrupt + (zstandard.ZstdError,)
+        from runtime.zstd_frames import FrameTee, ZstdFrameError, ZstdFrames
+
+        frames = ZstdFrames()  # the stream reader ends quietly where a cut file ends: see zstd_frames.py
+        watched = io.BufferedReader(FrameTee(cast(BinaryIO, raw), frames), buffer_size=_CHUNK)
+        zreader = zstandard.ZstdDecompressor().stream_reader(watched, read_size=_CHUNK, read_across_frames=True)
+        return cast(BinaryIO, _WholeZstd(zreader, frames)), "zstd", corrupt + (zstandard.ZstdError, ZstdFrameError)
     return raw, "none", corrupt
+
+
+class _WholeZstd(io.RawIOBase):
+    """A zstd stream reader whose end is an ``EOFError`` (a "truncated" for every caller) when the
+    compressed bytes stopped inside a frame."""
+
+    def __init__(self, reader: BinaryIO, frames: ZstdFrames) -> None:
+        self._reader = reader
+        self._frames = frames
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._reader.read(size)
+        if not data and size != 0 and not self._frames.complete():
+            raise EOFError("the zstd stream ends inside a frame (truncated)")
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 # --- checks ------------------------------------------------------------------------------------

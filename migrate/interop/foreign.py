@@ -53,6 +53,7 @@ from migrate.interop import dump_fields as f
 from runtime.extract_limits import NAME_MAX, ExtractLimits, current_limits
 from runtime.fstree import remove_tree
 from runtime.tarsafe import GZIP_MAGIC, MAX_HEADER_BYTES, MAX_TRAILING_BYTES, ZSTD_MAGIC, open_decompressed
+from runtime.zstd_frames import FrameTee, ZstdFrames
 
 log = logging.getLogger(__name__)
 
@@ -308,87 +309,6 @@ class _Unpacker:
                 left -= len(chunk)
 
 
-class _ZstdFrames:
-    """Follows the zstd frame structure (RFC 8878 section 3.1) of the compressed bytes as they
-    are read, without decompressing, to tell a complete stream from a cut one: python-zstandard's
-    stream reader ends quietly where the input ends, and a tar cut at a member boundary still
-    parses, so a truncated podman archive would otherwise read as a smaller valid one."""
-
-    _SKIPPABLE = range(0x184D2A50, 0x184D2A60)
-    _MAGIC = 0xFD2FB528
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.skip = 0  # content bytes to pass over (block contents, skippable frames)
-        self.state = "magic"
-        self.need = 4
-        self.checksum = False
-
-    def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if self.skip:
-                n = min(self.skip, len(view))
-                self.skip -= n
-                view = view[n:]
-                continue
-            take = self.need - len(self.buf)
-            self.buf += view[:take]
-            view = view[take:]
-            if len(self.buf) == self.need:
-                value = int.from_bytes(self.buf, "little")
-                self.buf.clear()
-                self._step(value)
-
-    def _step(self, value: int) -> None:
-        state = self.state
-        if state == "magic":
-            if value in self._SKIPPABLE:
-                self.state, self.need = "skippable", 4
-            elif value == self._MAGIC:
-                self.state, self.need = "descriptor", 1
-            else:
-                raise ArchiveError(f"corrupt zstd data: a frame starts with 0x{value:08x}, not zstd's magic")
-        elif state == "skippable":
-            self.skip, self.state, self.need = value, "magic", 4
-        elif state == "descriptor":
-            single = bool(value & 0x20)
-            self.checksum = bool(value & 0x04)
-            fcs = (1 if single else 0, 2, 4, 8)[value >> 6]
-            rest = (0 if single else 1) + (0, 1, 2, 4)[value & 3] + fcs
-            self.state, self.need = "block", 3
-            self.skip = rest
-        elif state == "block":
-            last, kind, size = value & 1, (value >> 1) & 3, value >> 3
-            if kind == 3:
-                raise ArchiveError("corrupt zstd data: a block of the reserved type")
-            self.skip = 1 if kind == 1 else size
-            if last:
-                self.state, self.need = ("checksum", 4) if self.checksum else ("magic", 4)
-        else:  # checksum
-            self.state, self.need = "magic", 4
-
-    def complete(self) -> bool:
-        return self.state == "magic" and not self.buf and not self.skip
-
-
-class _Tee(io.RawIOBase):
-    """The raw archive, each byte read also shown to a ``_ZstdFrames``."""
-
-    def __init__(self, stream: BinaryIO, frames: _ZstdFrames) -> None:
-        self._stream = stream
-        self._frames = frames
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
-        self._frames.feed(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-
 def _kind(m: tarfile.TarInfo) -> str:
     if m.issym():
         return "symlink"
@@ -465,9 +385,9 @@ def _unpack(stream: BinaryIO, dest: Path, source: str, limits: ExtractLimits,
             keep: Callable[[str], bool] | None) -> ExtractReport:
     head = stream.read(4)
     stream.seek(0)
-    frames = _ZstdFrames() if head == ZSTD_MAGIC else None
+    frames = ZstdFrames() if head == ZSTD_MAGIC else None
     if frames is not None:
-        stream = cast(BinaryIO, io.BufferedReader(_Tee(stream, frames), buffer_size=_CHUNK))
+        stream = cast(BinaryIO, io.BufferedReader(FrameTee(stream, frames), buffer_size=_CHUNK))
     reader, compression, corrupt = open_decompressed(stream)
     errors = corrupt + _HEADER_ERRORS
     try:
