@@ -45,7 +45,7 @@ from typing import Any, Iterator
 
 from runtime import upperfs
 from runtime.commit_changes import apply_changes, parse_changes
-from runtime.errors import Busy, ContainerError, ImageError, ImageNotFound, InvalidState, MountError, UnsafeArchive
+from runtime.errors import Busy, ContainerError, ImageError, ImageNotFound, InvalidState, UnsafeArchive
 from runtime.image_config import ImageConfig
 from runtime.image_store import Image, ImageStore, validate_name
 from runtime.spec import ContainerSpec
@@ -304,7 +304,7 @@ def _upper_dir(rt: Any, c: Any) -> Iterator[Path]:
         yield layout.upper
         return
     with scratch_dir(rt.images.tmp_dir, "view-") as view:  # a sweep detaches it if this process dies
-        _mount_read_only(rt.sys, layout.image, view)
+        upperfs.mount_read_only(rt.sys, layout.image, view)
         try:
             upper = view / upperfs.UPPER
             if not upper.is_dir():
@@ -312,15 +312,3 @@ def _upper_dir(rt: Any, c: Any) -> Iterator[Path]:
             yield upper
         finally:
             upperfs.unmount(rt.sys, view)
-
-
-def _mount_read_only(sys: Any, image: Path, where: Path) -> None:
-    from runtime.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
-
-    device, dev = upperfs.attach(image)
-    try:
-        sys.mount(device, str(where), upperfs.FS_TYPE, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "noload")
-    except OSError as exc:
-        raise MountError(f"cannot mount the upper-layer image {image} read-only on {where}: {exc.strerror}") from exc
-    finally:
-        os.close(dev)  # the mount holds the device now (LO_FLAGS_AUTOCLEAR)

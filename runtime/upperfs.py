@@ -239,6 +239,20 @@ def mount(sys: Syscalls, image: Path, mountpoint: Path) -> None:
         os.close(dev)  # the mount holds the device now; after a failure this detaches it
 
 
+def mount_read_only(sys: Syscalls, image: Path, where: Path) -> None:
+    """Mount a layer's image read-only and ``noload`` (an ext4 without a journal to replay) on
+    ``where``: to read a stopped or checkpointed container's changes (commit, podman export)."""
+    from runtime.syscalls import MS_NOEXEC, MS_RDONLY
+
+    device, dev = attach(image)
+    try:
+        sys.mount(device, str(where), FS_TYPE, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "noload")
+    except OSError as exc:
+        raise MountError(f"cannot mount the upper-layer image {image} read-only on {where}: {exc.strerror}") from exc
+    finally:
+        os.close(dev)  # the mount holds the device now (LO_FLAGS_AUTOCLEAR)
+
+
 def unmount(sys: Syscalls, mountpoint: Path) -> None:
     """Unmount the layer (lazily if busy); the loop device detaches with it. Not mounted is fine."""
     try:

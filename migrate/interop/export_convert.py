@@ -261,26 +261,11 @@ def mounted(upper: Path, work: Path, sys: Any) -> Iterator[Path]:
         return
     view = work / "view"
     view.mkdir()
-    _mount_read_only(sys, upper, view)
+    upperfs.mount_read_only(sys, upper, view)
     try:
         yield view / upperfs.UPPER
     finally:
         upperfs.unmount(sys, view)
-
-
-def _mount_read_only(sys: Any, image: Path, where: Path) -> None:
-    """Mount a layer's image read-only, ``noload`` (an ext4 without a journal to replay)."""
-    from runtime import upperfs
-    from runtime.errors import MountError
-    from runtime.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
-
-    device, dev = upperfs.attach(image)
-    try:
-        sys.mount(device, str(where), upperfs.FS_TYPE, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "noload")
-    except OSError as exc:
-        raise MountError(f"cannot mount the upper-layer image {image} read-only on {where}: {exc.strerror}") from exc
-    finally:
-        os.close(dev)  # the mount holds the device now (LO_FLAGS_AUTOCLEAR)
 
 
 def pack_file(tree: Path, out_file: Path, compress: str, level: int = 1) -> int:
