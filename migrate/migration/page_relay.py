@@ -33,6 +33,7 @@ import select
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -126,26 +127,65 @@ class Compress:
         return self._obj.flush(self._zstd.COMPRESSOBJ_FLUSH_FINISH)
 
 
-class Decompress:
-    def __init__(self) -> None:
-        import zstandard
+DECOMPRESS_BOUND = CHUNK  # the most one decompress call returns (a queue holds < HIGH_WATER + this)
 
-        self._zstd = zstandard
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
+
+class Decompress:
+    """zstd's decompression, at most ``bound`` bytes of output per call.
+
+    The peer's bytes are untrusted and zstd expands up to ~32000x (a 32 KiB recv can be 1 GiB of
+    one byte): a call that returned all of it would make the target daemon hold it at once. So
+    ``feed`` returns at most ``bound`` bytes and zstd keeps the rest (``pending``); the pipe takes
+    it with ``drain`` while its queue has room, before it reads more from the socket (the peer
+    then waits in TCP's window). python-zstandard's decompressobj has no output limit;
+    ``compression.zstd`` (Python 3.14, backports.zstd before) has ``max_length``."""
+
+    def __init__(self, bound: int = DECOMPRESS_BOUND) -> None:
+        zstd = _bounded_zstd()
+        self._errors = (zstd.ZstdError, EOFError)
+        self._obj = zstd.ZstdDecompressor()
+        self.bound = bound
+
+    @property
+    def pending(self) -> bool:
+        """zstd holds output back (the last call hit ``bound``): ``drain`` before ``feed``."""
+        return not self._obj.needs_input and not self._obj.eof
 
     def flush(self) -> bytes:
         return b""
 
     def feed(self, data: bytes) -> bytes:
+        if self._obj.eof and data:
+            raise PageRelayError("the compressed page stream goes on after its end mark")
+        return self._decompress(data)
+
+    def drain(self) -> bytes:
+        """The next at most ``bound`` bytes of what zstd holds back (b"" when nothing)."""
+        return self._decompress(b"")
+
+    def _decompress(self, data: bytes) -> bytes:
         try:
-            return self._obj.decompress(data)
-        except self._zstd.ZstdError as exc:
+            out: bytes = self._obj.decompress(data, max_length=self.bound)
+        except self._errors as exc:
             raise PageRelayError(f"the compressed page stream is corrupt: {exc}") from exc
+        if self._obj.eof and self._obj.unused_data:
+            raise PageRelayError("the compressed page stream goes on after its end mark")
+        return out
 
     def end(self) -> bytes:
         if not self._obj.eof:
             raise PageRelayError("the compressed page stream ended before its end mark (truncated)")
         return b""
+
+
+def _bounded_zstd() -> Any:
+    """The zstd module whose stream decompressor takes ``max_length``: the standard library's
+    from Python 3.14 on, its backport (PyPI backports.zstd, the same code) before."""
+    if sys.version_info >= (3, 14):
+        from compression import zstd
+    else:
+        from backports import zstd
+    return zstd
 
 
 def _threads() -> int:
@@ -176,17 +216,26 @@ class _Pipe:
             self.out.append(memoryview(data))
             self.queued += len(data)
 
+    def backlog(self) -> bool:
+        """The codec holds output back (a bounded Decompress): ``read`` produces it first."""
+        return isinstance(self.codec, Decompress) and self.codec.pending
+
     def read(self) -> None:
-        try:
-            data = self.src.recv(CHUNK)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-            return
-        if not data:
-            self._queue(self.codec.end())
-            self.eof = True
-            return
+        """What ``src`` brought, through the codec; while the codec holds output back, that output
+        instead: ``src`` waits until this side's queue took it (the back-pressure on the peer)."""
+        held = self.backlog()
+        data = b""
+        if not held:
+            try:
+                data = self.src.recv(CHUNK)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return
+            if not data:
+                self._queue(self.codec.end())
+                self.eof = True
+                return
         started = time.monotonic()
-        out = self.codec.feed(data)
+        out = self.codec.drain() if held and isinstance(self.codec, Decompress) else self.codec.feed(data)
         if not isinstance(self.codec, Plain):
             self.held_since = time.monotonic()
             if self.counters is not None:
@@ -250,15 +299,13 @@ def pump(pipes: list[_Pipe], stop: threading.Event | None = None) -> None:
 def _step(pipes: list[_Pipe]) -> None:
     readers = [p for p in pipes if p.wants_read()]
     writers = [p for p in pipes if p.out]
-    # an ssl socket may hold decrypted bytes select cannot see
-    ready_now = [p for p in readers if isinstance(p.src, ssl.SSLSocket) and p.src.pending()]
-    r: list[socket.socket]
-    w: list[socket.socket]
-    if ready_now:
-        r, w = [p.src for p in ready_now], []
-    else:
-        held = any(p.held_since is not None for p in pipes)
-        r, w, _ = select.select([p.src for p in readers], [p.dst for p in writers], [], IDLE_FLUSH_S if held else 0.5)
+    # an ssl socket may hold decrypted bytes select cannot see, a bounded Decompress output; then
+    # select only polls (the other sockets go on meanwhile)
+    ready_now = [p.src for p in readers if p.backlog() or (isinstance(p.src, ssl.SSLSocket) and p.src.pending())]
+    held = any(p.held_since is not None for p in pipes)
+    timeout = 0.0 if ready_now else IDLE_FLUSH_S if held else 0.5
+    r, w, _ = select.select([p.src for p in readers], [p.dst for p in writers], [], timeout)
+    r += ready_now
     now = time.monotonic()
     for p in readers:
         if p.src in r:
