@@ -21,7 +21,10 @@ leaves the record "restoring", which the restart aborts.
 Used when the target can (``lazy_reason`` is None): the host has lazy pages (uffd-noncoop,
 fs.pipe-max-size), a ``--userns`` container also needs vm.unprivileged_userfaultfd; not for
 pre-copy (pages chained to parent images) nor named volumes (restore_container installs them).
-``PYMIGRATE_COLD_LAZY=0`` in the target daemon's environment turns it off (the usual restore).
+Opt-in: ``PYMIGRATE_COLD_LAZY=1`` in the target daemon's environment turns it on (without it, or
+with ``=0``, the usual restore): CRIU 4.1.1's lazy restore fails on some huge reserved mappings a
+full restore handles (the realworld mariadb move), and a failed lazy restore does not retry as a
+full one yet.
 """
 
 from __future__ import annotations
@@ -53,8 +56,14 @@ def _mark(migration_id: str, what: str) -> None:
 def lazy_reason(mode: str, spec: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> str | None:
     """Why a migration of ``mode`` with ``spec`` (a ContainerSpec dict) restores with all its pages
     before the resume, or None: it resumes with lazy pages from this host's disk."""
-    if environ.get(ENV, "1").strip().lower() in ("0", "off", "no", "false"):
+    value = environ.get(ENV, "").strip().lower()
+    if value in ("0", "off", "no", "false"):
         return f"{ENV}={environ[ENV]}"
+    if value not in ("1", "on", "yes", "true"):
+        # opt-in: CRIU 4.1.1's lazy restore cannot premap some huge reserved mappings a full restore
+        # takes (mariadb: "Unable to map ANON_VMA: Cannot allocate memory"), and a failed lazy restore
+        # does not fall back to a full one yet
+        return f"{ENV} is not 1 (the lazy cold restore is opt-in)"
     if mode != "cold":
         return f"a {mode} migration"
     if any(isinstance(v, dict) and v.get("name") for v in spec.get("volumes") or ()):

@@ -6,7 +6,7 @@ threshold (its pages take the target's page server). The target restores with ``
 a local ``criu lazy-pages`` daemon: the source's daemon is SIGKILLed right after the resume (held
 before its commit by a failpoint) and the source host's link is cut, yet the container keeps
 running on the target with the same memory checksum: nothing there depends on the source. With
-``PYMIGRATE_COLD_LAZY=0`` on the target (and for a --userns container where
+``PYMIGRATE_COLD_LAZY=1`` turns it on (opt-in); with ``=0`` on the target (and for a --userns container where
 vm.unprivileged_userfaultfd is 0) the target restores every page before the resume, as before.
 """
 
@@ -28,6 +28,7 @@ pytestmark = [
 
 SIZE_MIB = 128  # above the disk-less threshold: the pages go to the target's page server
 LAZY_LINE = "pages from this host's images follow lazily"
+ON = {"PYMIGRATE_COLD_LAZY": "1"}  # opt-in (migrate/migration/cold_lazy.py says why)
 
 
 @pytest.fixture
@@ -58,6 +59,7 @@ def test_runs_on_with_the_source_daemon_killed_after_the_resume(lab: Lab) -> Non
     a, b = lab.hosts[0], lab.hosts[1]
     # the source daemon stops right before its commit: the target runs the container by then
     _restart(lab, a, {"PYMIGRATE_FAILPOINTS": "source.commit=sleep:120"})
+    _restart(lab, b, ON)
     lab.run_memhog(a, "lhog", SIZE_MIB, text_percent=50)
     before = lab.report(a, "lhog")
     assert before is not None
@@ -100,6 +102,7 @@ def _migrate(lab: Lab, source, target, name: str, *extra: str) -> dict:  # noqa:
 def test_turned_off_restores_every_page_first(lab: Lab) -> None:
     a, b = lab.hosts[0], lab.hosts[1]
     _restart(lab, b, {"PYMIGRATE_COLD_LAZY": "0"})
+    _restart(lab, a, ON)
     lab.run_memhog(a, "fhog", SIZE_MIB, text_percent=50)
     before = lab.report(a, "fhog")
     _migrate(lab, a, b, "fhog")
@@ -107,7 +110,7 @@ def test_turned_off_restores_every_page_first(lab: Lab) -> None:
     assert before is not None and after is not None and after[0] == before[0]
     log = _daemon_log(b)
     assert "restore=full (PYMIGRATE_COLD_LAZY=0)" in log and LAZY_LINE not in log, log[-3000:]
-    # and back to a, whose daemon restores lazily (the default)
+    # and back to a, whose daemon restores lazily (turned on)
     _migrate(lab, b, a, "fhog")
     back = lab.report(a, "fhog")
     assert back is not None and back[0] == before[0]
@@ -120,6 +123,7 @@ UFFD_SYSCTL = Path("/proc/sys/vm/unprivileged_userfaultfd")
 
 def test_userns_without_unprivileged_userfaultfd_falls_back(lab: Lab) -> None:
     a, b = lab.hosts[0], lab.hosts[1]
+    _restart(lab, b, ON)  # on, yet a --userns container falls back
     saved = UFFD_SYSCTL.read_text()
     try:
         UFFD_SYSCTL.write_text("0")  # restored --userns tasks could not open a userfaultfd

@@ -28,10 +28,13 @@ def _reason(mode: str = "cold", environ: dict[str, str] | None = None, **spec: A
     return cold_lazy.lazy_reason(mode, spec, environ or {})
 
 
-def test_lazy_by_default(features: dict[str, bool]) -> None:
-    assert _reason() is None
-    assert _reason(environ={"PYMIGRATE_COLD_LAZY": "1"}) is None
-    assert _reason(volumes=[{"source": "/srv", "target": "/srv"}]) is None  # a bind mount: no volume to install
+ON = {"PYMIGRATE_COLD_LAZY": "1"}
+
+
+def test_lazy_is_opt_in(features: dict[str, bool]) -> None:
+    assert _reason() == "PYMIGRATE_COLD_LAZY is not 1 (the lazy cold restore is opt-in)"
+    assert _reason(environ=ON) is None
+    assert _reason(environ=ON, volumes=[{"source": "/srv", "target": "/srv"}]) is None  # a bind mount: no volume to install
 
 
 @pytest.mark.parametrize("value", ["0", "off", "no", "false", " OFF "])
@@ -40,16 +43,16 @@ def test_turned_off_by_the_environment(features: dict[str, bool], value: str) ->
 
 
 def test_only_cold_and_no_named_volumes(features: dict[str, bool]) -> None:
-    assert _reason("precopy") == "a precopy migration"
-    assert _reason(volumes=[{"name": "data", "target": "/data"}]) == "named volumes"
+    assert _reason("precopy", environ=ON) == "a precopy migration"
+    assert _reason(environ=ON, volumes=[{"name": "data", "target": "/data"}]) == "named volumes"
 
 
 def test_falls_back_without_lazy_pages(features: dict[str, bool]) -> None:
     features["lazy_pages"] = False
-    assert "no lazy pages on this host" in str(_reason())
+    assert "no lazy pages on this host" in str(_reason(environ=ON))
 
 
 def test_userns_needs_unprivileged_userfaultfd(features: dict[str, bool]) -> None:
     features["lazy_pages_userns"] = False
-    assert _reason() is None  # no --userns: the restore's tasks are root on the host
-    assert _reason(userns_size=65536) == "a --userns container and vm.unprivileged_userfaultfd is 0"
+    assert _reason(environ=ON) is None  # no --userns: the restore's tasks are root on the host
+    assert _reason(environ=ON, userns_size=65536) == "a --userns container and vm.unprivileged_userfaultfd is 0"
