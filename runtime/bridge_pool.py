@@ -4,11 +4,13 @@ Each state root keeps its own leases (ROOT/network/ipam.json, runtime._ipam). Tw
 machine use the same bridge by default (``pmbr0``), so on their own they would hand out the same
 address (and so the same neighbour entry) twice. The bridge's pool ties them together:
 
-    /run/pymigrate/bridges/<netns inode>-<bridge>/roots   one line per ROOT/network dir using it
-    /run/pymigrate/bridges/<netns inode>-<bridge>/lock    flock: held around every allocation
+    /run/pymigrate/bridges/<netns id>-<bridge>/roots   one line per ROOT/network dir using it
+    /run/pymigrate/bridges/<netns id>-<bridge>/lock    flock: held around every allocation
 
 A bridge is named by its network namespace too (a lab "host" is a namespace with its own
-``pmbr0``). Allocation holds the bridge's lock, then the root's: an address leased by any other
+``pmbr0``). The namespace is named by its cookie (SO_NETNS_COOKIE, never reused while the machine
+runs), not its inode number: inode numbers of deleted namespaces are handed out again, and a new
+"host" then inherited a dead one's registry and saw its stale leases as taken (CI found it). Allocation holds the bridge's lock, then the root's: an address leased by any other
 registered root counts as taken, except for the same container id (a container moving between
 two roots on one bridge keeps its address). The truth stays in each root's ipam.json (the registry
 only says where to look), so a root deleted without releasing anything frees its addresses: its
@@ -50,6 +52,17 @@ DEFAULT_PROBE_MS = 20  # a namespace on a local bridge answers within a millisec
 ROOTS_FILE = "roots"
 LOCK_FILE = "lock"
 ETH_P_ARP = 0x0806
+SO_NETNS_COOKIE = 71  # linux 5.14+; not in Python's socket module
+
+
+def netns_id() -> str:
+    """This thread's network namespace, unique while the machine runs: "c<cookie>" (kernels
+    before 5.14: "<inode>", which a later namespace may reuse)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            return f"c{int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), 'little')}"
+    except OSError:
+        return str(os.stat("/proc/thread-self/ns/net").st_ino)
 
 
 def probe_timeout_s() -> float:
@@ -66,8 +79,7 @@ class BridgePool:
 
     def __init__(self, bridge: str, base: Path | None = None) -> None:
         self.bridge = bridge
-        netns = os.stat("/proc/self/ns/net").st_ino
-        self.dir = (base or Path(os.environ.get(BRIDGES_DIR_ENV, DEFAULT_BRIDGES_DIR))) / f"{netns}-{bridge}"
+        self.dir = (base or Path(os.environ.get(BRIDGES_DIR_ENV, DEFAULT_BRIDGES_DIR))) / f"{netns_id()}-{bridge}"
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[bool]:
