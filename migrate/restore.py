@@ -477,52 +477,24 @@ def restore_container(
             progress(ProgressEvent("restore", phase, elapsed_s=time.monotonic() - started, message=message))
 
     emit("verify")
-    archive_bytes = 0
-    signed_by = ""
-    origin: Origin
-    if prepared is not None:
-        unpacked, origin, archive_bytes = prepared.unpacked, "import", prepared.archive_bytes
-    elif source is not None:
-        unpacked, origin = unpack_archive(rt, source, progress=progress, staged_upper=staged_upper,
-                                          staged_volumes=staged_volumes), "peer"
-    elif options.import_path is not None:
-        path = Path(options.import_path)
-        archive_bytes = path.stat().st_size
-        verified = verify_import(path, options.trusted_keys)  # before a single member is extracted
-        signed_by = verified.describe() if verified else ""
-        with open(path, "rb") as f:
-            unpacked = unpack_archive(rt, f, progress=progress, trust_manifest=False,
-                                      expect_sha256=verified.sha256 if verified else None)
-        origin = "import"
-    elif options.checkpoint_id:
-        unpacked = unpack_local(rt, options.checkpoint_id)
-        origin = "import" if unpacked.manifest.get(ORIGIN_KEY) == ORIGIN_UPLOAD else "local"
-    else:
-        raise MigrationError("restore needs a checkpoint id or an archive to import")
+    src = _open_source(rt, options, prepared=prepared, source=source, progress=progress, staged_upper=staged_upper,
+                       staged_volumes=staged_volumes)
+    unpacked = src.unpacked
     try:
         if before_restore is not None:
             before_restore(unpacked.images_dir)
         import_ms = (time.monotonic() - started) * 1000
-        spec = checked_spec(unpacked.manifest, options, origin=origin, allow_peer_volumes=bool(getattr(rt, "allow_peer_volumes", False)))
-        if origin != "local":  # CRIU restores the filters the images describe, not the spec's
-            check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile, cache_dir=rt.paths.seccomp_cache,
-                                caps=spec_names(spec.cap_add, spec.cap_drop))  # compiled for its --cap-add/--cap-drop set
+        spec = _restorable_spec(rt, unpacked, options, src.origin)
         name = validate_name(options.name) if options.name else spec.name
         # Held before anything looks at the container it replaces: a second restore of the same
         # checkpoint gets Busy here, not a half-built record. A new --name gets a new id.
         with rt.store.hold(f"name:{name}", "restore container"), rt.store.hold(f"id:{spec.container_id}", "restore container"):
-            spec, replace_id = _identity(rt, spec, options, origin)
+            spec, replace_id = _identity(rt, spec, options, src.origin)
             spec = readdressed(spec, options.ip)  # a new address gets its own MAC
             spec = without_static_address(spec, options)  # restore --ignore-static-ip/--ignore-static-mac
             emit("preflight")
             t_pre = time.monotonic()
-            preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
-            if spec.ports:  # pre-flight too: a taken host port is PortInUse; ports 0 (--publish :80) get free ones
-                spec = replace(spec, ports=rt.claim_ports(spec, replace_id=replace_id))
-            spec, adopted = install_volumes(rt, spec, unpacked, migration_id=migration_id)
-            # pycriu's messages (protobuf: ~25 ms) imported once, before the shim forks: it inherits
-            # them for CRIU's RPC, and the stats below need them (else both import them, in series)
-            criu.warm()
+            spec, adopted = _preflighted(rt, unpacked, spec, criu=criu, replace_id=replace_id, migration_id=migration_id)
             preflight_ms = (time.monotonic() - t_pre) * 1000
             work_dir = unpacked.work_dir
             emit("restore")
@@ -540,12 +512,8 @@ def restore_container(
             )
         resumed_at = time.monotonic()
         restore_ms = (resumed_at - t0) * 1000
-        crstats = read_restore_stats(work_dir)
-        images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file())
-        log.info(
-            "container=%s restored from checkpoint=%s import_ms=%.1f preflight_ms=%.1f restore_ms=%.1f (criu restore_time %.1f ms)",
-            spec.name, unpacked.manifest.get("checkpoint_id"), import_ms, preflight_ms, restore_ms, crstats.restore_ms,
-        )
+        images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file())  # before the scratch goes
+        _log_restored(spec, unpacked, work_dir, import_ms=import_ms, preflight_ms=preflight_ms, restore_ms=restore_ms)
     except BaseException as exc:
         if unpacked.scratch is not None:  # the CRIU log goes with the scratch dir: keep a copy
             keep_criu_log(rt.paths, exc, unpacked.work_dir / RESTORE_LOG, "restore")
@@ -556,14 +524,101 @@ def restore_container(
     emit("done")
     return RestoreResult(
         container=info,
-        stats=RestoreStats(
-            import_ms=round(import_ms, 3),
-            restore_ms=round(restore_ms, 3),
-            total_ms=round((time.monotonic() - started) * 1000, 3),
-            archive_bytes=archive_bytes,
-            images_bytes=images_bytes,
-            since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
-        ),
-        signed_by=signed_by,
+        stats=_stats(src, images_bytes, started=started, import_ms=import_ms, restore_ms=restore_ms, resumed_at=resumed_at),
+        signed_by=src.signed_by,
     )
 
+
+def _restorable_spec(rt: Any, unpacked: Unpacked, options: RestoreOptions, origin: Origin) -> ContainerSpec:
+    """``checked_spec``, and for a checkpoint this host did not take, the seccomp filters in its
+    CRIU images checked against the spec's choice: CRIU restores the filters the images describe,
+    not the spec's."""
+    spec = checked_spec(unpacked.manifest, options, origin=origin, allow_peer_volumes=bool(getattr(rt, "allow_peer_volumes", False)))
+    if origin != "local":
+        check_image_filters(unpacked.images_dir, spec.seccomp, spec.seccomp_profile, cache_dir=rt.paths.seccomp_cache,
+                            caps=spec_names(spec.cap_add, spec.cap_drop))  # compiled for its --cap-add/--cap-drop set
+    return spec
+
+
+def _preflighted(rt: Any, unpacked: Unpacked, spec: ContainerSpec, *, criu: Criu, replace_id: str | None,
+                 migration_id: str) -> tuple[ContainerSpec, _InstalledVolumes]:
+    """``preflight``, then what is claimed before the build: host ports, named volumes (held
+    until ``_restore_from`` is done)."""
+    preflight(rt, unpacked, spec, criu=criu, replace_id=replace_id)
+    if spec.ports:  # pre-flight too: a taken host port is PortInUse; ports 0 (--publish :80) get free ones
+        spec = replace(spec, ports=rt.claim_ports(spec, replace_id=replace_id))
+    spec, adopted = install_volumes(rt, spec, unpacked, migration_id=migration_id)
+    # pycriu's messages (protobuf: ~25 ms) imported once, before the shim forks: it inherits
+    # them for CRIU's RPC, and _log_restored's stats need them (else both import them, in series)
+    criu.warm()
+    return spec, adopted
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The checkpoint a restore reads, unpacked: where it comes from (``Origin``: what it may ask
+    of this host) and what the answer reports of it (an archive's size, the key that signed it)."""
+
+    unpacked: Unpacked
+    origin: Origin
+    archive_bytes: int = 0
+    signed_by: str = ""
+
+
+def _open_source(rt: Any, options: RestoreOptions, *, prepared: Prepared | None, source: Any, progress: ProgressFn | None,
+                 staged_upper: Path | None, staged_volumes: Path | None) -> _Source:
+    """The checkpoint to restore, the first of: a foreign one already unpacked (``prepared``: a
+    podman or CRI-O archive, or a checkpoint image; migrate/interop/podman_import.py), a migration
+    peer's push (``source``), an archive of ours to import (``options.import_path``), a local
+    checkpoint (``options.checkpoint_id``; one uploaded by someone counts as imported).
+
+    Raises:
+        MigrationError: none of them was given.
+    """
+    if prepared is not None:
+        return _Source(prepared.unpacked, "import", archive_bytes=prepared.archive_bytes)
+    if source is not None:
+        return _Source(unpack_archive(rt, source, progress=progress, staged_upper=staged_upper,
+                                      staged_volumes=staged_volumes), "peer")
+    if options.import_path is not None:
+        return _import_ours(rt, Path(options.import_path), options, progress)
+    if options.checkpoint_id:
+        unpacked = unpack_local(rt, options.checkpoint_id)
+        return _Source(unpacked, "import" if unpacked.manifest.get(ORIGIN_KEY) == ORIGIN_UPLOAD else "local")
+    raise MigrationError("restore needs a checkpoint id or an archive to import")
+
+
+def _import_ours(rt: Any, path: Path, options: RestoreOptions, progress: ProgressFn | None) -> _Source:
+    """``restore --import FILE`` of a pymigrate archive: its signature checked against
+    ``options.trusted_keys`` first, then unpacked with its manifest not trusted."""
+    archive_bytes = path.stat().st_size
+    verified = verify_import(path, options.trusted_keys)  # before a single member is extracted
+    signed_by = verified.describe() if verified else ""
+    with open(path, "rb") as f:
+        unpacked = unpack_archive(rt, f, progress=progress, trust_manifest=False,
+                                  expect_sha256=verified.sha256 if verified else None)
+    return _Source(unpacked, "import", archive_bytes=archive_bytes, signed_by=signed_by)
+
+
+def _log_restored(spec: ContainerSpec, unpacked: Unpacked, work_dir: Path, *, import_ms: float, preflight_ms: float,
+                  restore_ms: float) -> None:
+    """One info line per restore: our phases and CRIU's own restore time (its stats-restore)."""
+    crstats = read_restore_stats(work_dir)
+    log.info(
+        "container=%s restored from checkpoint=%s import_ms=%.1f preflight_ms=%.1f restore_ms=%.1f (criu restore_time %.1f ms)",
+        spec.name, unpacked.manifest.get("checkpoint_id"), import_ms, preflight_ms, restore_ms, crstats.restore_ms,
+    )
+
+
+def _stats(src: _Source, images_bytes: int, *, started: float, import_ms: float, restore_ms: float,
+           resumed_at: float) -> RestoreStats:
+    """The answer's numbers; ``total_ms`` and ``since_resume_ms`` run until now (the scratch dir
+    removed: a migration's pause counts that too)."""
+    return RestoreStats(
+        import_ms=round(import_ms, 3),
+        restore_ms=round(restore_ms, 3),
+        total_ms=round((time.monotonic() - started) * 1000, 3),
+        archive_bytes=src.archive_bytes,
+        images_bytes=images_bytes,
+        since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
+    )
