@@ -642,6 +642,21 @@ class RestoreShell:
         finally:
             os.close(fd)
 
+    def _cancel_go(self) -> None:
+        """EOF without a request on the FIFO, whether the starter has opened it yet or not: the
+        starter cancels its CRIU at once. A write-only open fails (ENXIO) while no reader is there,
+        and a reader opened later would wait its whole ``timeout_s`` (300 s) for a writer: every
+        refused migration push took 30 s (the join below). So: open it read-write (never waits,
+        fifo(7)), unlink it (a starter not at its open yet fails there: cancelled), close (a reader
+        that opened it sees its last writer go: POLLHUP)."""
+        try:
+            fd = os.open(self.go, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        self.go.unlink(missing_ok=True)
+        if fd >= 0:
+            os.close(fd)
+
     def abort(self) -> None:
         """Cancel and undo everything (idempotent; never raises)."""
         if self._done:
@@ -650,10 +665,7 @@ class RestoreShell:
         cid = self.spec.container_id
         rt = self.host.rt
         if self._thread.is_alive():
-            try:  # EOF without a request: the starter cancels its CRIU and the shim reports an error
-                os.close(os.open(self.go, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-            except OSError:
-                pass
+            self._cancel_go()
             try:  # a starter that never reached the FIFO: its CRIU is in the cgroup
                 rt.cgroups(self.spec.cgroup_parent).kill(cid)
             except Exception as exc:  # noqa: BLE001 - rollback: keep undoing
