@@ -718,10 +718,15 @@ def _check_host_network(c: Container) -> None:
 
 def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, Callable[[], None]]]) -> None:
     """Move a restored upper layer (an image or a directory, from ROOT/tmp: same file system)
-    into the container's dir and mount it if it is an image; registers the unmount in ``undo``."""
+    into the container's dir and mount it if it is an image; registers in ``undo`` the unmount and
+    the move back to ``upper_src``: a failed restore leaves the layer where it was, so the caller
+    may try again (a cold migration's lazy restore falls back to a full one:
+    migrate/migration/cold_lazy.py), else it goes with the caller's scratch dir as before."""
     from runtime import upperfs
 
     layout = upperfs.install(sys, upper_src, cdir)
+    moved = layout.image if layout.image is not None else layout.upper
+    undo.append(("give the upper layer back", lambda: os.rename(moved, upper_src)))
     if layout.image is not None:
         undo.append(("unmount upper layer", lambda: upperfs.unmount(sys, layout.mountpoint)))
 

@@ -21,10 +21,16 @@ leaves the record "restoring", which the restart aborts.
 Used when the target can (``lazy_reason`` is None): the host has lazy pages (uffd-noncoop,
 fs.pipe-max-size), a ``--userns`` container also needs vm.unprivileged_userfaultfd; not for
 pre-copy (pages chained to parent images) nor named volumes (restore_container installs them).
-Opt-in: ``PYMIGRATE_COLD_LAZY=1`` in the target daemon's environment turns it on (without it, or
-with ``=0``, the usual restore): CRIU 4.1.1's lazy restore fails on some huge reserved mappings a
-full restore handles (the realworld mariadb move), and a failed lazy restore does not retry as a
-full one yet.
+``PYMIGRATE_COLD_LAZY=0`` in the target daemon's environment turns it off (the usual restore).
+
+A lazy restore that fails before the resume falls back to the full one from the same images
+(they are all on this disk; the upper layer is given back by the failed restore's undo), before
+this host answers the source, so the migration still succeeds: CRIU 4.1.1 premaps every private
+mapping writable for a lazy restore (pagemap.c: no ``pieok`` with lazy pages), and a huge
+reservation (mariadb's 8 TiB PROT_NONE) then fails "Unable to map ANON_VMA: Cannot allocate
+memory" where a full restore maps it as it was. A failure after the resume (the lazy-pages
+daemon dying mid-way) does not fall back: the container ran meanwhile (its upper layer, its
+clients), so the images no longer match it; it is removed and the source thaws.
 """
 
 from __future__ import annotations
@@ -56,14 +62,8 @@ def _mark(migration_id: str, what: str) -> None:
 def lazy_reason(mode: str, spec: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> str | None:
     """Why a migration of ``mode`` with ``spec`` (a ContainerSpec dict) restores with all its pages
     before the resume, or None: it resumes with lazy pages from this host's disk."""
-    value = environ.get(ENV, "").strip().lower()
-    if value in ("0", "off", "no", "false"):
+    if environ.get(ENV, "").strip().lower() in ("0", "off", "no", "false"):
         return f"{ENV}={environ[ENV]}"
-    if value not in ("1", "on", "yes", "true"):
-        # opt-in: CRIU 4.1.1's lazy restore cannot premap some huge reserved mappings a full restore
-        # takes (mariadb: "Unable to map ANON_VMA: Cannot allocate memory"), and a failed lazy restore
-        # does not fall back to a full one yet
-        return f"{ENV} is not 1 (the lazy cold restore is opt-in)"
     if mode != "cold":
         return f"a {mode} migration"
     if any(isinstance(v, dict) and v.get("name") for v in spec.get("volumes") or ()):
@@ -82,24 +82,23 @@ def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[
                       progress: ProgressFn | None = None, *, staged_upper: Path | None = None,
                       before_restore: Callable[[Path], None]) -> RestoreResult:
     """Unpack the archive (building the container meanwhile), collect the pages (``before_restore``),
-    restore with lazy pages served from the images here; returns once the container runs."""
+    restore with lazy pages served from the images here (or, if that fails before the resume,
+    with every page first); returns once the container runs with every page in memory."""
+    from migrate.migration.phases import unpack_beside_shell
     from migrate.migration.postcopy import early_shell
-    from migrate.restore import unpack_archive
 
     started = time.monotonic()
     _mark(migration_id, "target: archive stream opened")
     # While the archive arrives (the source is frozen already): cgroup, netns, link, shim, CRIU
     shell = early_shell(host, criu, record)
     _mark(migration_id, "target: shell built")
-    try:
-        unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
+
+    def collected(unpacked: Any) -> None:
         _mark(migration_id, "target: archive unpacked")
         before_restore(unpacked.images_dir)  # every page is here from now on: the source is not needed
         _mark(migration_id, "target: pages collected")
-    except BaseException:
-        if shell is not None:
-            shell.abort()
-        raise
+
+    unpacked = unpack_beside_shell(host, source, shell, progress=progress, staged_upper=staged_upper, then=collected)
     assert unpacked.scratch is not None
     import_ms = (time.monotonic() - started) * 1000
     try:
@@ -153,28 +152,77 @@ def _kept_log(host: Any, log_path: Path) -> Path | None:
         return None
 
 
-def _explain(host: Any, exc: ContainerError, work_dir: Path, daemon: Any) -> None:
-    """A lazy restore failed: keep CRIU's log (it goes with the scratch dir); when the lazy-pages
-    daemon failed too, raise one error naming both (else the caller re-raises ``exc``)."""
+def _retry_full(exc: ContainerError) -> bool:
+    """Whether a full restore may succeed where the lazy one failed with ``exc``: not when the
+    name or address is taken, the input refused, or CRIU timed out (it would again, as slowly)."""
+    from runtime.errors import Busy, ContainerExists, CriuTimeout, InvalidArgument
+
+    return not isinstance(exc, (Busy, ContainerExists, CriuTimeout, InvalidArgument))
+
+
+def _lazy_failed(host: Any, exc: ContainerError, work_dir: Path, daemon: Any) -> str:
+    """A lazy restore failed before the resume: keep CRIU's logs (they go with the scratch dir),
+    stop the lazy-pages daemon (None: it did not start) and say why, naming the daemon's error
+    when it failed too."""
     from migrate.checkpoint import keep_criu_log
-    from migrate.errors import TransferError
     from runtime.criu import RESTORE_LOG, first_error
 
     keep_criu_log(host.paths, exc, work_dir / RESTORE_LOG, "restore")
+    why = exc.message
+    if daemon is None:
+        return why
     rc = daemon.poll()
-    if rc is None or rc == 0:
-        return
-    kept = _kept_log(host, daemon.log_path)
-    raise TransferError(f"the restore with lazy pages from this host's images failed: {exc.message}; the lazy-pages daemon: "
-                        f"{first_error(daemon.log_path) or daemon.error(rc).message}" + (f" (log: {kept})" if kept else ""),
-                        phase="restore") from exc
+    if rc is not None and rc != 0:
+        kept = _kept_log(host, daemon.log_path)
+        why += f"; the lazy-pages daemon: {first_error(daemon.log_path) or daemon.error(rc).message}" + (
+            f" (log: {kept})" if kept else "")
+    daemon.stop()
+    return why
+
+
+def _restore_lazily(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked: Any, shell: Any,
+                    replace_id: str | None, starting: concurrent.futures.Future[Any]) -> Any:
+    """Restore with ``lazy_pages`` (through the shell built ahead when there is one); the
+    container's info once it runs. A failure leaves nothing of it (the shell's or restore_from's
+    undo, which gives the upper layer back)."""
+    from migrate.checkpoint import NETNS_KEY
+    from migrate.restore import restore_request
+
+    def request_for(root: Path) -> Any:
+        starting.result()  # its error, if it did not start
+        _mark(migration_id, "target: lazy-pages daemon ready")
+        return dataclasses.replace(restore_request(unpacked, spec, root, tcp_established=False), lazy_pages=True)
+
+    restored_from = unpacked.manifest.get("checkpoint_id")
+    if shell is not None:
+        return shell.finish(unpacked.upper_dir, request_for, restored_from=restored_from)
+    return host.restore_from(spec, upper_src=unpacked.upper_dir, replace_id=replace_id, request_for=request_for,
+                             netns_key=NETNS_KEY, criu=criu, restored_from=restored_from)
+
+
+def _restore_full(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked: Any, why: str) -> Any:
+    """The ordinary restore (every page in before the resume) from the same images, after a lazy
+    one failed before its resume; the container's info once it runs."""
+    from migrate.checkpoint import NETNS_KEY, keep_criu_log
+    from migrate.restore import restore_request
+    from runtime.criu import RESTORE_LOG
+
+    log.warning("migration=%s container=%s: the restore with lazy pages failed before the resume (%s): restoring "
+                "every page first, from the same images", migration_id, spec.name, why)
+    _mark(migration_id, "target: full restore after the lazy one failed")
+    try:
+        return host.restore_from(spec, upper_src=unpacked.upper_dir, replace_id=host.replaceable_id(spec),
+                                 request_for=lambda root: restore_request(unpacked, spec, root, tcp_established=False),
+                                 netns_key=NETNS_KEY, criu=criu, restored_from=unpacked.manifest.get("checkpoint_id"))
+    except ContainerError as exc:
+        keep_criu_log(host.paths, exc, unpacked.work_dir / RESTORE_LOG, "restore")
+        raise
 
 
 def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], unpacked: Any, shell: Any,
              started: float, import_ms: float) -> RestoreResult:
-    from migrate.checkpoint import NETNS_KEY
     from migrate.migration.postcopy import incoming_spec
-    from migrate.restore import preflight, restore_request
+    from migrate.restore import preflight
     from runtime.criu import start_lazy_pages
 
     # the daemon starts (exec, reads the images, listens: 6-8 ms) while the images are checked
@@ -182,9 +230,9 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
     starting: concurrent.futures.Future[Any] | None = pool.submit(start_lazy_pages, unpacked.images_dir, unpacked.work_dir, None)
     pool.shutdown(wait=False)
     daemon = None
+    lazy = True
     try:
-        manifest = unpacked.manifest
-        spec = incoming_spec(host, record, manifest, unpacked.images_dir)
+        spec = incoming_spec(host, record, unpacked.manifest, unpacked.images_dir)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
             shell.abort()
             shell = None
@@ -192,34 +240,25 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
         preflight(host, unpacked, spec, criu=criu, replace_id=replace_id)
         _mark(migration_id, "target: images checked")
         t0 = time.monotonic()
-
-        def request_for(root: Path) -> Any:
-            assert starting is not None
-            starting.result()  # its error, if it did not start
-            _mark(migration_id, "target: lazy-pages daemon ready")
-            request = restore_request(unpacked, spec, root, tcp_established=False)
-            return dataclasses.replace(request, lazy_pages=True)
-
         try:
-            if shell is not None:
-                info = shell.finish(unpacked.upper_dir, request_for, restored_from=manifest.get("checkpoint_id"))
-                shell = None
-            else:
-                info = host.restore_from(spec, upper_src=unpacked.upper_dir, replace_id=replace_id, request_for=request_for,
-                                         netns_key=NETNS_KEY, criu=criu, restored_from=manifest.get("checkpoint_id"))
-        except ContainerError as exc:
-            daemon, starting = _taken(starting), None
-            if daemon is not None:
-                _explain(host, exc, unpacked.work_dir, daemon)
-            raise
+            assert starting is not None
+            info = _restore_lazily(host, criu, migration_id, spec, unpacked, shell, replace_id, starting)
+        except ContainerError as exc:  # before the resume: nothing of it is left, the source waits frozen
+            shell, (daemon, starting) = None, (_taken(starting), None)
+            why = _lazy_failed(host, exc, unpacked.work_dir, daemon)
+            daemon = None
+            if not _retry_full(exc):
+                raise
+            info, lazy = _restore_full(host, criu, migration_id, spec, unpacked, why), False
         resumed_at = time.monotonic()
         _mark(migration_id, "target: restored (running)")
-        daemon, starting = _taken(starting), None
-        assert daemon is not None
-        _last_page(host, migration_id, daemon, info.spec.container_id)
-        _mark(migration_id, "target: every page in memory")
-        log.info("migration=%s container=%s: every page in memory %.1f ms after the resume", migration_id, spec.name,
-                 (time.monotonic() - resumed_at) * 1000)
+        if lazy:
+            daemon, starting = _taken(starting), None
+            assert daemon is not None
+            _last_page(host, migration_id, daemon, info.spec.container_id)
+            _mark(migration_id, "target: every page in memory")
+            log.info("migration=%s container=%s: every page in memory %.1f ms after the resume", migration_id, spec.name,
+                     (time.monotonic() - resumed_at) * 1000)
     except BaseException:
         if shell is not None:
             shell.abort()
@@ -228,8 +267,12 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
             daemon.stop()
         raise
     restore_ms = (resumed_at - t0) * 1000
-    log.info("migration=%s container=%s restored, pages from this host's images follow lazily restore_ms=%.1f",
-             migration_id, spec.name, restore_ms)
+    if lazy:
+        log.info("migration=%s container=%s restored, pages from this host's images follow lazily restore_ms=%.1f",
+                 migration_id, spec.name, restore_ms)
+    else:
+        log.info("migration=%s container=%s restored with every page in memory (after the failed lazy restore) "
+                 "restore_ms=%.1f", migration_id, spec.name, restore_ms)
     return RestoreResult(container=info, stats=RestoreStats(
         import_ms=round(import_ms, 3), restore_ms=round(restore_ms, 3),
         total_ms=round((time.monotonic() - started) * 1000, 3),

@@ -1,5 +1,6 @@
 """What every source-side migration mode shares: the pusher thread that streams the archive, the
-upper layer's staging, the page-server connections, the phase names and how an error is named.
+upper layer's staging, the page-server connections, the phase names and how an error is named;
+and what the modes' target halves share (``unpack_beside_shell``).
 
 The modes (migrate/migration/cold.py, postcopy.py, precopy.py) import from here; nothing here
 imports a mode, so adding one never makes a circle.
@@ -240,6 +241,30 @@ def poke_page_server(port: int, address: str = "127.0.0.1") -> None:
         socket.create_connection((address, port), timeout=2.0).close()
     except OSError as exc:
         log.debug("page server on port %d not reachable (%s): the dump has ended already", port, exc)
+
+
+def unpack_beside_shell(host: Any, source: Any, shell: Any, *, progress: ProgressFn | None = None,
+                        staged_upper: Path | None = None, then: Callable[[Any], None] | None = None) -> Any:
+    """A target's receive: unpack the archive (migrate.restore.unpack_archive) while ``shell`` (a
+    runtime.checkpointing.RestoreShell built ahead from the reservation's spec, or None) waits,
+    then ``then(unpacked)`` (a cold target collects its page server's pages). A failure, a refused
+    archive above all, tears the shell down at once (its cgroup, netns, link and waiting CRIU) and
+    removes the scratch dir before it propagates; the Unpacked otherwise."""
+    from migrate.restore import unpack_archive
+    from runtime.fstree import remove_tree_quietly
+
+    unpacked = None
+    try:
+        unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
+        if then is not None:
+            then(unpacked)
+    except BaseException:
+        if shell is not None:
+            shell.abort()
+        if unpacked is not None and unpacked.scratch is not None:
+            remove_tree_quietly(unpacked.scratch)
+        raise
+    return unpacked
 
 
 class PhaseClock:

@@ -475,7 +475,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     server (over TLS with ``tls``), restore with lazy pages; returns once the container runs (the
     point of no return)."""
     from migrate.checkpoint import NETNS_KEY
-    from migrate.restore import preflight, restore_request, unpack_archive
+    from migrate.migration.phases import unpack_beside_shell
+    from migrate.restore import preflight, restore_request
 
     started = time.monotonic()
     mark(migration_id, "target: archive stream opened")
@@ -483,12 +484,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     # network and shim, and start CRIU inside its cgroup (runtime.checkpointing.RestoreShell).
     shell = early_shell(host, criu, record)
     mark(migration_id, "target: shell built")
-    try:
-        unpacked = unpack_archive(host, source, progress=progress, staged_upper=staged_upper)
-    except BaseException:
-        if shell is not None:
-            shell.abort()
-        raise
+    unpacked = unpack_beside_shell(host, source, shell, progress=progress, staged_upper=staged_upper)
     assert unpacked.scratch is not None
     import_ms = (time.monotonic() - started) * 1000
     mark(migration_id, "target: archive unpacked")

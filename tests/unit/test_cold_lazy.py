@@ -31,8 +31,8 @@ def _reason(mode: str = "cold", environ: dict[str, str] | None = None, **spec: A
 ON = {"PYMIGRATE_COLD_LAZY": "1"}
 
 
-def test_lazy_is_opt_in(features: dict[str, bool]) -> None:
-    assert _reason() == "PYMIGRATE_COLD_LAZY is not 1 (the lazy cold restore is opt-in)"
+def test_lazy_is_the_default(features: dict[str, bool]) -> None:
+    assert _reason() is None
     assert _reason(environ=ON) is None
     assert _reason(environ=ON, volumes=[{"source": "/srv", "target": "/srv"}]) is None  # a bind mount: no volume to install
 
@@ -56,3 +56,13 @@ def test_userns_needs_unprivileged_userfaultfd(features: dict[str, bool]) -> Non
     features["lazy_pages_userns"] = False
     assert _reason(environ=ON) is None  # no --userns: the restore's tasks are root on the host
     assert _reason(environ=ON, userns_size=65536) == "a --userns container and vm.unprivileged_userfaultfd is 0"
+
+
+def test_a_full_restore_follows_a_failed_lazy_one_unless_it_would_fail_alike() -> None:
+    from runtime.errors import Busy, ContainerError, ContainerExists, CriuError, CriuTimeout, InvalidSpec
+
+    assert cold_lazy._retry_full(ContainerError("criu restore failed: Unable to map ANON_VMA: Cannot allocate memory"))
+    assert cold_lazy._retry_full(CriuError("restore", "criu restore failed"))
+    for same in (Busy("container web", "restore"), ContainerExists("name web is taken"), CriuTimeout("restore", 30.0),
+                 InvalidSpec("name", "bad name")):
+        assert not cold_lazy._retry_full(same), same

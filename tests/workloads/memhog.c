@@ -9,6 +9,9 @@
  * "<fnv1a-64 of the whole buffer in hex> <counter>\n" to OUT_FILE (truncating it), where counter
  * increments every 10 ms. Tests compare the checksum before checkpoint and after restore.
  * Built statically by the tests so it runs inside a busybox rootfs.
+ * With MEMHOG_RESERVE_GIB=N in its environment it also reserves N GiB of address space first
+ * (PROT_NONE, private anonymous, no page touched), as mariadb and JVMs do: CRIU 4.1.1's lazy
+ * restore maps such a reservation writable (accounted) and fails where RAM is smaller than it.
  */
 #include <fcntl.h>
 #include <signal.h>
@@ -49,6 +52,10 @@ int main(int argc, char **argv) {
     size_t size = (size_t)strtoull(argv[1], NULL, 10) << 20;
     unsigned text_percent = argc == 4 ? (unsigned)strtoul(argv[3], NULL, 10) : 0;
     if (text_percent > 100) { fprintf(stderr, "memhog: TEXT_PERCENT is 0-100\n"); return 2; }
+    const char *reserve = getenv("MEMHOG_RESERVE_GIB");
+    if (reserve && mmap(NULL, (size_t)strtoull(reserve, NULL, 10) << 30, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED) {
+        perror("mmap reserve"); return 1;
+    }
     unsigned char *buf = mmap(NULL, size ? size : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (buf == MAP_FAILED) { perror("mmap"); return 1; }
     int rnd = open("/dev/urandom", O_RDONLY);
