@@ -32,6 +32,7 @@ import pytest
 
 from tests.integration.cli_helpers import LOOP, ok, unique
 from tests.integration.hosts import make_hosts, pymigrate_command, two_hosts  # noqa: F401 (fixtures)
+from tests.integration.podman_store import PodmanStore, need, podman_store
 from tests.integration.test_image_registry import Registry, start_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "busybox", "criu")]
@@ -40,13 +41,6 @@ REPO = Path(__file__).resolve().parents[2]
 PM = Callable[..., subprocess.CompletedProcess]
 CRIO_NAME = "io.kubernetes.cri-o.annotations.checkpoint.name"
 PODMAN_NAME = "io.podman.annotations.checkpoint.name"
-
-
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} not installed")
-    return path
 
 
 def _json(r: subprocess.CompletedProcess) -> dict:
@@ -79,6 +73,15 @@ def _counts_on_from(read: Callable[[], int], frozen_at: int) -> None:
         time.sleep(0.1)
 
 
+def _restored_counting_on(pm: PM, ref: str, name: str, frozen_at: int) -> None:
+    """``restore REF --name NAME`` from the test registry, podman's seccomp choice accepted: the
+    counter goes on from ``frozen_at``."""
+    restored = _json(pm("restore", ref, "--tls-verify=false", "--name", name, "--security-opt", "seccomp=unconfined",
+                        "--json", timeout=300))
+    assert restored["container"]["spec"]["name"] == name
+    _counts_on_from(lambda: _counter(pm, name), frozen_at)
+
+
 def _nothing_left(pm: PM, pm_root: Path, names_before: set[str]) -> None:
     names = {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}
     assert names == names_before, f"images left behind: {names - names_before}"
@@ -99,45 +102,28 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         reg.stop()
 
 
-class Podman:
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.storage = f"vfs@{work / 'root'}+{work / 'runroot'}"
-        self.base = [_need("podman"), "--root", str(work / "root"), "--runroot", str(work / "runroot"),
-                     "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
-
-    def __call__(self, *args: str, timeout: float = 300) -> str:
-        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout, cwd=self.work)
-        assert r.returncode == 0, f"podman {' '.join(args[:2])}: {r.stderr}"
-        return r.stdout.strip()
-
-
 @dataclass
 class PodmanImage:
-    podman: Podman  # its private store holds the base image localhost/pmt-base:1
+    podman: PodmanStore  # its private store holds the base image localhost/pmt-base:1
     ref: str  # podman's checkpoint image in the registry
     frozen_at: int  # the counter's value in that checkpoint
 
 
 @pytest.fixture(scope="module")
-def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanImage]:
+def podman_image(registry: Registry, pm_root: Path) -> Iterator[PodmanImage]:
     """A podman checkpoint image of a counting container, in the registry. The base image is
     loaded into pymigrate too (as pmt-base:1)."""
-    work = tmp_path_factory.mktemp("podman")
-    podman = Podman(work)
-    _need("skopeo")
-    try:
-        subprocess.run([str(REPO / "scripts/make-busybox-image.sh"), str(work / "base.tar")], check=True,
-                       capture_output=True, timeout=120)
+    need("skopeo")
+    with podman_store("pmc-") as podman:
+        base = podman.busybox_tar()
         # one file more than pymigrate's busybox: a tree of the same digest would be stored once,
         # flat, and podman's layout names the image by its config digest
-        with tarfile.open(work / "base.tar", "a") as tar:
+        with tarfile.open(base, "a") as tar:
             marker = tarfile.TarInfo("etc/pmt-base")
             marker.size, marker.mode = 3, 0o644
             tar.addfile(marker, io.BytesIO(b"pm\n"))
-        podman("import", str(work / "base.tar"), "localhost/pmt-base:1")
-        podman("run", "-d", "--name", "ctr", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-               "localhost/pmt-base:1", "sh", "-c", LOOP)
+        podman("import", str(base), "localhost/pmt-base:1")
+        podman.start("ctr", "localhost/pmt-base:1", "sh", "-c", LOOP)
         time.sleep(1.5)
         podman("container", "checkpoint", "--create-image", "localhost/ckpt-ctr:1", "ctr")
         mount = Path(podman("mount", "ctr"))  # the stopped container's root: the value CRIU froze
@@ -145,19 +131,12 @@ def podman_image(registry: Registry, pm_root: Path, tmp_path_factory: pytest.Tem
         frozen_at = int((mount / "tmp/cnt").read_text().strip() or 0)
         podman("umount", "ctr")
         ref = f"{registry.address}/podman/ckpt-ctr:1"
-        r = subprocess.run(["skopeo", "copy", "--dest-tls-verify=false",
-                            f"containers-storage:[{podman.storage}]localhost/ckpt-ctr:1", f"docker://{ref}"],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
+        podman.copy_out("localhost/ckpt-ctr:1", f"docker://{ref}", "--dest-tls-verify=false")
         # the base as podman has it (an OCI archive keeps its config, whose digest is podman's image id)
-        podman("save", "--format", "oci-archive", "-o", str(work / "base-oci.tar"), "localhost/pmt-base:1")
-        ok(subprocess.run([*pymigrate_command(), "--root", str(pm_root), "image", "load", str(work / "base-oci.tar"),
+        podman("save", "--format", "oci-archive", "-o", str(podman.work / "base-oci.tar"), "localhost/pmt-base:1")
+        ok(subprocess.run([*pymigrate_command(), "--root", str(pm_root), "image", "load", str(podman.work / "base-oci.tar"),
                            "--name", "pmt-base:1"], capture_output=True, timeout=120, cwd=REPO))
         yield PodmanImage(podman, ref, frozen_at)
-    finally:
-        subprocess.run([*podman.base, "rm", "-af"], capture_output=True, timeout=120)
-        subprocess.run([*podman.base, "system", "reset", "-f"], capture_output=True, timeout=120)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- podman's image in pymigrate ---------------------------------------------------------------
@@ -190,10 +169,7 @@ def test_podman_checkpoint_image_restored_by_pymigrate_counts_on(podman_image: P
     ref, frozen_at = podman_image.ref, podman_image.frozen_at
     name = unique("from-podman")
     try:
-        result = _json(pm("restore", ref, "--tls-verify=false", "--name", name, "--security-opt", "seccomp=unconfined",
-                          "--json", timeout=300))
-        assert result["container"]["spec"]["name"] == name
-        _counts_on_from(lambda: _counter(pm, name), frozen_at)
+        _restored_counting_on(pm, ref, name, frozen_at)
     finally:
         pm("rm", "-f", name)
         pm("image", "rm", "ckpt-ctr:1")
@@ -243,10 +219,7 @@ def test_kubernetes_style_checkpoint_image_is_restored(podman_image: PodmanImage
     try:
         with open_checkpoint_image(ImageStore(Paths(pm_root)), k8s_ref, options=RegistryOptions(tls_verify=False)) as fc:
             assert (fc.engine, fc.container_name) == ("cri-o", "counter")  # pulled and kept: restore finds it here
-        restored = _json(pm("restore", k8s_ref, "--tls-verify=false", "--name", name, "--security-opt", "seccomp=unconfined",
-                            "--json", timeout=300))
-        assert restored["container"]["spec"]["name"] == name
-        _counts_on_from(lambda: _counter(pm, name), frozen_at)
+        _restored_counting_on(pm, k8s_ref, name, frozen_at)
     finally:
         pm("rm", "-f", name)
         pm("image", "rm", "counter:1")
@@ -274,8 +247,8 @@ def test_podman_restores_a_pymigrate_checkpoint_image(podman_image: PodmanImage,
         podman("container", "restore", "--name", copy, ref)
         _counts_on_from(lambda: _number(lambda: podman("exec", copy, "cat", "/tmp/cnt")), counted)
     finally:
-        subprocess.run([*podman.base, "rm", "-f", copy], capture_output=True, timeout=120)
-        subprocess.run([*podman.base, "rmi", "-f", ref], capture_output=True, timeout=120)
+        podman("rm", "-f", copy, check=False)
+        podman("rmi", "-f", ref, check=False)
         pm("rm", "-f", name)
         pm("image", "rm", f"{name}:1")
         if checkpoint_id:
@@ -440,7 +413,7 @@ def test_a_hostile_checkpoint_image_is_refused_leaving_nothing(registry: Registr
                                                               members: list[tarfile.TarInfo], refused_as: str) -> None:
     layout = _hostile_layout(tmp_path / "oci", members)
     repo = unique("hostile")
-    r = subprocess.run([_need("skopeo"), "copy", "--dest-tls-verify=false", f"oci:{layout}:1",
+    r = subprocess.run([need("skopeo"), "copy", "--dest-tls-verify=false", f"oci:{layout}:1",
                         f"docker://{registry.address}/evil/{repo}:1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     before = {i["name"] for i in json.loads(ok(pm("image", "ls", "--json")))}

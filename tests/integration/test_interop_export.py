@@ -1,9 +1,9 @@
 """``checkpoint NAME --export FILE --format podman``, restored by real podman 4.3 (runc 1.1, CRIU).
 
 One image is made once per module: busybox (scripts/make-busybox-image.sh) with /bin/memhog and a
-few files of its own, ``podman import``-ed into a private podman store (``--root``/``--runroot``
-under the test's tmp dir, vfs driver: the host's podman storage is untouched), ``podman save``-d as
-a docker archive and ``image load``-ed into pymigrate: the same image in both, known to podman by the
+few files of its own, ``podman import``-ed into a private podman store
+(tests/integration/podman_store.py: the host's podman storage is untouched), ``podman save``-d as a
+docker archive and ``image load``-ed into pymigrate: the same image in both, known to podman by the
 config digest pymigrate records.
 
 The pymigrate container runs memhog (random memory, a counter every 10 ms) under the rlimits
@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,6 +31,7 @@ import pytest
 
 from tests.integration.cli_helpers import ok, refused, start_daemon, stop_daemon, unique
 from tests.integration.conftest import PYMIGRATE, REPO
+from tests.integration.podman_store import PodmanStore, podman_store
 from tests.integration.workloads import MEMHOG_OUT, memhog_command, memhog_report, wait_for, wait_memhog_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "criu", "busybox", "overlay")]
@@ -40,41 +40,17 @@ IMAGE = "localhost/pmt-export:1"
 LIMITS = ("--nproc=4096:4096", "--nofile=1024:1024")  # podman run's --ulimit values on this machine
 
 
-class Podman:
-    """podman on a private store; every call checked."""
+def _report(podman: PodmanStore, name: str) -> tuple[str, int]:
+    """memhog's (checksum, counter), asked for through podman exec (it is PID 1 in there)."""
+    podman.run("exec", name, "rm", "-f", MEMHOG_OUT)
+    podman.run("exec", name, "kill", "-USR1", "1")
 
-    def __init__(self, work: Path) -> None:
-        podman = shutil.which("podman")
-        if podman is None:
-            pytest.skip("podman not installed (apt-get install podman)")
-        self.work = work
-        # --tmpdir of its own: in the shared /run/libpod, another test's store going away (system
-        # reset) makes this one "refresh" and re-take its locks mid-test (seen: "acquiring lock 5 ...
-        # file exists", "/run/libpod/alive: no such file or directory")
-        self.base = [podman, "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--tmpdir", str(work / "tmp"),
-                     "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+    def probe() -> tuple[str, int] | None:
+        r = podman.run("exec", name, "cat", MEMHOG_OUT, check=False)
+        parts = r.stdout.split()
+        return (parts[0], int(parts[1])) if r.returncode == 0 and len(parts) == 2 else None
 
-    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout, cwd=self.work)
-        if check:
-            assert r.returncode == 0, f"podman {' '.join(args)}: exit {r.returncode}: {r.stderr}"
-        return r
-
-    def remove(self, name: str) -> None:
-        self.run("stop", "-t", "0", name, check=False)
-        self.run("rm", "-f", name, check=False)
-
-    def report(self, name: str) -> tuple[str, int]:
-        """memhog's (checksum, counter), asked for through podman exec (it is PID 1 in there)."""
-        self.run("exec", name, "rm", "-f", MEMHOG_OUT)
-        self.run("exec", name, "kill", "-USR1", "1")
-
-        def probe() -> tuple[str, int] | None:
-            r = self.run("exec", name, "cat", MEMHOG_OUT, check=False)
-            parts = r.stdout.split()
-            return (parts[0], int(parts[1])) if r.returncode == 0 and len(parts) == 2 else None
-
-        return wait_for(probe, 30, f"memhog report of podman container {name}", interval_s=0.1)
+    return wait_for(probe, 30, f"memhog report of podman container {name}", interval_s=0.1)
 
 
 def _image_tar(work: Path) -> Path:
@@ -95,22 +71,16 @@ def _image_tar(work: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def podman(pm_root: Path) -> Iterator[Podman]:
+def podman(pm_root: Path) -> Iterator[PodmanStore]:
     if shutil.which("gcc") is None:
         pytest.skip("memhog needs gcc")
-    work = Path(tempfile.mkdtemp(prefix="pmx-", dir="/tmp"))  # podman refuses a runroot longer than 50 characters
-    p = Podman(work)
-    try:
-        p.run("import", str(_image_tar(work)), IMAGE)
-        p.run("save", "--format", "docker-archive", "-o", str(work / "saved.tar"), IMAGE)
-        r = subprocess.run([*PYMIGRATE, "--root", str(pm_root), "image", "load", str(work / "saved.tar"), "--json"],
+    with podman_store("pmx-") as p:
+        p.run("import", str(_image_tar(p.work)), IMAGE)
+        p.run("save", "--format", "docker-archive", "-o", str(p.work / "saved.tar"), IMAGE)
+        r = subprocess.run([*PYMIGRATE, "--root", str(pm_root), "image", "load", str(p.work / "saved.tar"), "--json"],
                            capture_output=True, timeout=300, cwd=REPO)
         assert json.loads(ok(r))["name"] == "pmt-export:1"
         yield p
-    finally:
-        p.run("rm", "-fa", "-t", "0", check=False)
-        p.run("system", "reset", "-f", check=False)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _run_limited(pm_root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -119,7 +89,7 @@ def _run_limited(pm_root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=120, cwd=REPO)
 
 
-def test_podman_restores_a_pymigrate_container(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+def test_podman_restores_a_pymigrate_container(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess],
                                                pm_root: Path, tmp_path: Path) -> None:
     name = unique("exp")
     ok(_run_limited(pm_root, "run", "-d", "--name", name, "--memory", "96m", "--label", "tier=batch", "pmt-export:1",
@@ -140,11 +110,11 @@ def test_podman_restores_a_pymigrate_container(podman: Podman, pm: Callable[...,
 
         try:
             podman.run("container", "restore", "--import", str(archive))  # same name as here
-            after_checksum, after = podman.report(name)
+            after_checksum, after = _report(podman, name)
             elapsed_ticks = (time.monotonic() - checkpointed_at) / 0.010
             assert after_checksum == checksum, "memory changed across the export"
             assert before <= after <= before + elapsed_ticks + 100, (before, after)  # counting on from where it was
-            assert wait_for(lambda: podman.report(name)[1] > after or None, 10, "memhog counting on in podman")
+            assert wait_for(lambda: _report(podman, name)[1] > after or None, 10, "memhog counting on in podman")
 
             def cat(path: str) -> str:
                 return podman.run("exec", name, "cat", path).stdout
@@ -172,7 +142,7 @@ def test_podman_restores_a_pymigrate_container(podman: Podman, pm: Callable[...,
         pm("rm", "-f", name)
 
 
-def test_leave_running_gzip_export_runs_on_in_both(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+def test_leave_running_gzip_export_runs_on_in_both(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess],
                                                     pm_root: Path, tmp_path: Path) -> None:
     """--leave-running: the original runs on here, podman's copy (restored under another name, so
     podman gives it a new id) runs from the same memory; gzip is podman's other --compress."""
@@ -187,7 +157,7 @@ def test_leave_running_gzip_export_runs_on_in_both(podman: Podman, pm: Callable[
         assert archive.read_bytes()[:2] == b"\x1f\x8b"
         try:
             podman.run("container", "restore", "--import", str(archive), "--name", copy)
-            copy_checksum, copy_count = podman.report(copy)
+            copy_checksum, copy_count = _report(podman, copy)
             here_checksum, here_count = memhog_report(pm_root, name)
             assert copy_checksum == checksum == here_checksum
             assert copy_count >= before and here_count > before
@@ -197,7 +167,7 @@ def test_leave_running_gzip_export_runs_on_in_both(podman: Podman, pm: Callable[
         pm("rm", "-f", name)
 
 
-def test_over_host_the_caller_converts(podman: Podman, pm: Callable[..., subprocess.CompletedProcess], pm_root: Path,
+def test_over_host_the_caller_converts(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess], pm_root: Path,
                                       tmp_path: Path) -> None:
     """--host: the daemon checkpoints, the caller downloads the native archive and writes podman's;
     a container that made a directory is refused there (only the image, on the daemon's host, tells
@@ -216,7 +186,7 @@ def test_over_host_the_caller_converts(podman: Podman, pm: Callable[..., subproc
         assert sorted(p.name for p in tmp_path.iterdir()) == ["remote.tar.zst"]  # the scratch dir beside it is gone
         try:
             podman.run("container", "restore", "--import", str(archive))
-            after_checksum, after = podman.report(name)
+            after_checksum, after = _report(podman, name)
             assert after_checksum == checksum and after >= before
         finally:
             podman.remove(name)
@@ -234,17 +204,16 @@ def test_over_host_the_caller_converts(podman: Podman, pm: Callable[..., subproc
         pm("rm", "-f", name, made_dir)
 
 
-def test_round_trip_podman_pymigrate_podman(podman: Podman, pm: Callable[..., subprocess.CompletedProcess], pm_root: Path,
+def test_round_trip_podman_pymigrate_podman(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess], pm_root: Path,
                                            tmp_path: Path) -> None:
     """A container born in podman, restored by pymigrate (migrate/interop/podman_import.py), exported
     with --format podman and restored by podman again: the same memory all the way, its counter
     going on. Its engine binds (/etc/hosts ..., /dev/shm, the cgroup v1 binds, masked files) go
     back to being runc's."""
     first, middle, back = unique("born"), unique("mid"), unique("back")
-    podman.run("run", "-d", "--name", first, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", IMAGE,
-               *memhog_command(16))
+    podman.start(first, IMAGE, *memhog_command(16))
     try:
-        checksum, born = podman.report(first)
+        checksum, born = _report(podman, first)
         from_podman = tmp_path / "from-podman.tar.zst"
         podman.run("container", "checkpoint", "--export", str(from_podman), first)
     finally:
@@ -257,16 +226,16 @@ def test_round_trip_podman_pymigrate_podman(podman: Podman, pm: Callable[..., su
         ok(pm("checkpoint", middle, "--export", str(to_podman), "--format", "podman", timeout=300))
         try:
             podman.run("container", "restore", "--import", str(to_podman), "--name", back)
-            back_checksum, again = podman.report(back)
+            back_checksum, again = _report(podman, back)
             assert back_checksum == checksum and again >= here
-            assert wait_for(lambda: podman.report(back)[1] > again or None, 10, "memhog counting on in podman again")
+            assert wait_for(lambda: _report(podman, back)[1] > again or None, 10, "memhog counting on in podman again")
         finally:
             podman.remove(back)
     finally:
         pm("rm", "-f", middle)
 
 
-def test_a_failed_conversion_keeps_the_checkpoint(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+def test_a_failed_conversion_keeps_the_checkpoint(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess],
                                                   pm_root: Path, tmp_path: Path) -> None:
     """Nothing lost: the conversion fails after the dump stopped the container (here: its layer over
     an extraction limit); the local checkpoint stays, named in the hint, and restores."""
@@ -292,7 +261,7 @@ def test_a_failed_conversion_keeps_the_checkpoint(podman: Podman, pm: Callable[.
         pm("rm", "-f", name)
 
 
-def test_podman_logs_show_what_it_prints_after_the_restore(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+def test_podman_logs_show_what_it_prints_after_the_restore(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess],
                                                            pm_root: Path, tmp_path: Path) -> None:
     """stdout/stderr: what was printed before the checkpoint stays in its log files (pymigrate's
     logs); what it prints in podman goes to conmon's pipes: ``podman logs``."""
@@ -341,7 +310,7 @@ def _fetch(port: int, path: str) -> str | None:
         return None
 
 
-def test_a_web_server_keeps_its_published_port_in_podman(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+def test_a_web_server_keeps_its_published_port_in_podman(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess],
                                                          pm_root: Path, tmp_path: Path) -> None:
     """busybox httpd published with -p: its listening socket restored by CRIU in podman's network
     namespace, podman forwarding the same host port to it (config.dump's newPortMappings)."""
@@ -364,7 +333,7 @@ def test_a_web_server_keeps_its_published_port_in_podman(podman: Podman, pm: Cal
         pm("rm", "-f", name)
 
 
-def test_a_bind_volume_is_bound_again_by_runc(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+def test_a_bind_volume_is_bound_again_by_runc(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess],
                                               pm_root: Path, tmp_path: Path) -> None:
     """-v HOST:TARGET: the exported images key the bind by its destination as runc does, spec.dump
     binds HOST there again; the process goes on appending through the fd it holds on it."""
@@ -399,7 +368,7 @@ def read_int_last(path: Path) -> int | None:
     return int(lines[-1]) if lines and lines[-1].isdigit() else None
 
 
-def test_export_refuses_a_container_with_a_named_volume(podman: Podman, pm: Callable[..., subprocess.CompletedProcess],
+def test_export_refuses_a_container_with_a_named_volume(podman: PodmanStore, pm: Callable[..., subprocess.CompletedProcess],
                                                         pm_root: Path, tmp_path: Path) -> None:
     name, volume = unique("expvol"), unique("vol")
     ok(_run_limited(pm_root, "run", "-d", "--name", name, "-v", f"{volume}:/data", "pmt-export:1", "sleep", "1000"))

@@ -11,8 +11,8 @@ Refusals, each leaving no container, scratch dir, mount or network namespace beh
 is not here; a bind mount (podman -v) not mapped with --volume; a corrupted rootfs-diff.tar; a
 user namespace; --network none; podman's seccomp filter not accepted. Also: --volume mapping,
 root changes and deletions, the CRI-O layout, --pull from a real registry, a move on to a second
-host, and pymigrate's own podman-layout export coming back. podman runs on a private store under
-/tmp (vfs, cgroupfs), removed at the end.
+host, and pymigrate's own podman-layout export coming back. podman runs on a private store
+(tests/integration/podman_store.py), removed at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,6 +28,7 @@ import pytest
 
 from tests.integration.cli_helpers import ok, refused, unique
 from tests.integration.hosts import make_hosts  # noqa: F401  (fixture)
+from tests.integration.podman_store import ULIMITS, PodmanStore, need, podman_store
 from tests.integration.workloads import static_workload_tar, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "busybox", "netns", "criu")]
@@ -40,43 +40,22 @@ ACCEPT = ("--security-opt", "seccomp=unconfined")
 _REPORT = re.compile(r"^([0-9a-f]{16}) (\d+)$")
 
 
-class Podman:
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.base = ["podman", "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--storage-driver", "vfs",
-                     "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
-
-    def __call__(self, *args: str, check: bool = True) -> str:
-        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=300, cwd=self.work)
-        if check:
-            assert r.returncode == 0, f"podman {' '.join(args[:2])}: {r.stderr}"
-        return r.stdout.strip()
-
-    def run(self, name: str, image: str, *cmd: str, extra: tuple[str, ...] = ()) -> None:
-        self("run", "-d", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", *extra, image, *cmd)
-
-    def export(self, name: str, out: Path) -> Path:
-        # seen under load: "created" right after run -d returned, and checkpoint refuses that
-        wait_for(lambda: self("inspect", "-f", "{{.State.Status}}", name) == "running", 30, f"podman's {name} running")
-        self("container", "checkpoint", "--export", str(out), name)
-        return out
+def _export(podman: PodmanStore, name: str, out: Path) -> Path:
+    # seen under load: "created" right after run -d returned, and checkpoint refuses that
+    wait_for(lambda: podman("inspect", "-f", "{{.State.Status}}", name) == "running", 30, f"podman's {name} running")
+    podman("container", "checkpoint", "--export", str(out), name)
+    return out
 
 
 @pytest.fixture(scope="module")
-def podman(pm: Callable[..., Any]) -> Iterator[Podman]:
-    if shutil.which("podman") is None or shutil.which("zstd") is None:
-        pytest.skip("needs podman and zstd (apt-get install podman zstd)")
-    work = Path(tempfile.mkdtemp(prefix="pmi-", dir="/tmp"))  # podman refuses a runroot longer than 50 characters
-    p = Podman(work)
-    try:
-        tar = static_workload_tar(work, "memhog")
+def podman(pm: Callable[..., Any]) -> Iterator[PodmanStore]:
+    need("zstd")
+    with podman_store("pmi-") as p:
+        tar = static_workload_tar(p.work, "memhog")
         p("import", str(tar), "localhost/pmt-memhog:1")
         p("import", str(tar), "localhost/pmt-absent:1")  # never loaded into pymigrate
         ok(pm("image", "import", IMAGE, str(tar)))
         yield p
-    finally:
-        p("rm", "-af", "-t", "0", check=False)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +88,12 @@ def _logs(pm: Callable[..., Any], name: str) -> list[int]:
     return _numbers(ok(pm("logs", name)))
 
 
-def test_podman_counter_continues_in_pymigrate_and_checkpoints_again(podman: Podman, pm: Callable[..., Any], tmp_path: Path) -> None:
+def test_podman_counter_continues_in_pymigrate_and_checkpoints_again(podman: PodmanStore, pm: Callable[..., Any], tmp_path: Path) -> None:
     ctr = unique("pod")
-    podman.run(ctr, "localhost/pmt-memhog:1", "sh", "-c", COUNTER)
+    podman.start(ctr, "localhost/pmt-memhog:1", "sh", "-c", COUNTER)
     wait_for(lambda: len(_numbers(podman("logs", ctr))) >= 10, 30, "podman's counter")
     before = _report(lambda script: podman("exec", ctr, "sh", "-c", script, check=False))
-    archive = podman.export(ctr, tmp_path / "ctr.tar.gz")
+    archive = _export(podman, ctr, tmp_path / "ctr.tar.gz")
     last = _numbers(podman("logs", ctr))[-1]
     podman("rm", "-f", ctr)
 
@@ -171,20 +150,20 @@ def _user_namespace(d: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def refused_archives(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def refused_archives(podman: PodmanStore, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("refused")
     (out / "vol").mkdir()
-    podman.run("r-absent", "localhost/pmt-absent:1", "sleep", "1000")
-    podman.run("r-volume", "localhost/pmt-memhog:1", "sleep", "1000", extra=("-v", f"{out / 'vol'}:/data"))
-    podman.run("r-nonet", "localhost/pmt-memhog:1", "sleep", "1000", extra=("--network", "none"))
-    podman.run("r-plain", "localhost/pmt-memhog:1", "sh", "-c", "echo changed > /new-file; rm /bin/vi; sleep 1000")
+    podman.start("r-absent", "localhost/pmt-absent:1", "sleep", "1000")
+    podman.start("r-volume", "localhost/pmt-memhog:1", "sleep", "1000", extra=("-v", f"{out / 'vol'}:/data"))
+    podman.start("r-nonet", "localhost/pmt-memhog:1", "sleep", "1000", extra=("--network", "none"))
+    podman.start("r-plain", "localhost/pmt-memhog:1", "sh", "-c", "echo changed > /new-file; rm /bin/vi; sleep 1000")
     wait_for(lambda: podman("exec", "r-plain", "sh", "-c", "cat /new-file; ls /bin/vi", check=False) == "changed", 30,
              "the shell's changes")
-    plain = podman.export("r-plain", out / "plain.tar.zst")
+    plain = _export(podman, "r-plain", out / "plain.tar.zst")
     return {
-        "absent": podman.export("r-absent", out / "absent.tar.zst"),
-        "volume": podman.export("r-volume", out / "volume.tar.zst"),
-        "nonet": podman.export("r-nonet", out / "nonet.tar.zst"),
+        "absent": _export(podman, "r-absent", out / "absent.tar.zst"),
+        "volume": _export(podman, "r-volume", out / "volume.tar.zst"),
+        "nonet": _export(podman, "r-nonet", out / "nonet.tar.zst"),
         "plain": plain,
         "corrupt": _repack(plain, out / "corrupt.tar.zst", _corrupt_diff),
         "userns": _repack(plain, out / "userns.tar.zst", _user_namespace),
@@ -277,7 +256,7 @@ def test_crio_layout_is_restored_too(refused_archives: dict[str, Path], pm: Call
         pm("rm", "-f", name)
 
 
-def test_pull_fetches_the_image_the_archive_names(podman: Podman, pm: Callable[..., Any], pm_root: Path, tmp_path: Path) -> None:
+def test_pull_fetches_the_image_the_archive_names(podman: PodmanStore, pm: Callable[..., Any], pm_root: Path, tmp_path: Path) -> None:
     """podman's image pushed to a real local registry (docker-registry) and run from there; the
     export names it; pymigrate does not have it: refused without --pull, pulled and restored with it."""
     from tests.integration.test_image_registry import start_registry
@@ -291,9 +270,9 @@ def test_pull_fetches_the_image_the_archive_names(podman: Podman, pm: Callable[.
         podman("push", "--tls-verify=false", "localhost/pmt-memhog:1", ref)
         podman("tag", "localhost/pmt-memhog:1", ref)
         ctr = unique("pod")
-        podman.run(ctr, ref, "sh", "-c", "echo pulled > /mark; sleep 1000")
+        podman.start(ctr, ref, "sh", "-c", "echo pulled > /mark; sleep 1000")
         wait_for(lambda: podman("exec", ctr, "cat", "/mark", check=False) == "pulled", 30, "the container's file")
-        archive = podman.export(ctr, tmp_path / "pulled.tar.zst")
+        archive = _export(podman, ctr, tmp_path / "pulled.tar.zst")
         podman("rm", "-f", ctr)
         refused(pm("restore", "--import", str(archive), "--name", name, *ACCEPT, "--json"), "ImageNotFound")
         ok(pm("restore", "--import", str(archive), "--name", name, "--pull", "--tls-verify=false", *ACCEPT))
@@ -305,7 +284,7 @@ def test_pull_fetches_the_image_the_archive_names(podman: Podman, pm: Callable[.
         reg.stop()
 
 
-def test_imported_container_moves_on_to_another_host(podman: Podman, make_hosts, tmp_path: Path) -> None:  # noqa: ANN001
+def test_imported_container_moves_on_to_another_host(podman: PodmanStore, make_hosts, tmp_path: Path) -> None:  # noqa: ANN001
     """podman -> pymigrate on host A -> host B. A live migration is refused by B (a peer's
     container may only bring B's default seccomp profile; podman's filter was accepted on A only),
     and A keeps it running; pymigrate's own export from A restored on B with the same acceptance
@@ -314,9 +293,9 @@ def test_imported_container_moves_on_to_another_host(podman: Podman, make_hosts,
     from tests.integration.migrate_helpers import leftovers, start_tcp_daemons
 
     ctr = unique("pod")
-    podman.run(ctr, "localhost/pmt-memhog:1", "sh", "-c", COUNTER)
+    podman.start(ctr, "localhost/pmt-memhog:1", "sh", "-c", COUNTER)
     wait_for(lambda: len(_numbers(podman("logs", ctr))) >= 5, 30, "podman's counter")
-    archive = podman.export(ctr, tmp_path / "mig.tar.zst")
+    archive = _export(podman, ctr, tmp_path / "mig.tar.zst")
     last = _numbers(podman("logs", ctr))[-1]
     podman("rm", "-f", ctr)
     tar = static_workload_tar(tmp_path, "memhog")
@@ -352,14 +331,13 @@ def test_imported_container_moves_on_to_another_host(podman: Podman, make_hosts,
     assert leftovers(a) == [] and leftovers(b) == []
 
 
-def test_pymigrate_export_in_podman_layout_comes_back(podman: Podman, pm: Callable[..., Any], tmp_path: Path) -> None:
+def test_pymigrate_export_in_podman_layout_comes_back(podman: PodmanStore, pm: Callable[..., Any], tmp_path: Path) -> None:
     """pymigrate -> podman's layout (checkpoint --export --format podman) -> restore --import: the
     images hold pymigrate's own seccomp filter and log files, so no acceptance is needed and the
     log runs on from 0."""
     saved = tmp_path / "saved.tar"
     tmp = unique("mk")  # an image of its own tree: the flat one imported by name has no config digest
-    podman("run", "--name", tmp, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "localhost/pmt-memhog:1",
-           "touch", "/round-trip")
+    podman("run", "--name", tmp, *ULIMITS, "localhost/pmt-memhog:1", "touch", "/round-trip")
     podman("commit", "-q", tmp, "localhost/pmt-rt:1")
     podman("rm", tmp)
     podman("save", "-o", str(saved), "localhost/pmt-rt:1")

@@ -28,66 +28,34 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.integration.cli_helpers import LOOP, ok, unique
+from tests.integration.podman_store import PodmanStore, need, podman_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "busybox", "criu")]
 
-REPO = Path(__file__).resolve().parents[2]
 PM = Callable[..., subprocess.CompletedProcess]
 
 
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} not installed")
-    return path
-
-
-class Podman:
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.storage = f"vfs@{work / 'root'}+{work / 'runroot'}"
-        self.base = [_need("podman"), "--root", str(work / "root"), "--runroot", str(work / "runroot"),
-                     "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
-
-    def __call__(self, *args: str, timeout: float = 300) -> str:
-        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout, cwd=self.work)
-        assert r.returncode == 0, f"podman {' '.join(args[:2])}: {r.stderr}"
-        return r.stdout.strip()
-
-    def run_counter(self, name: str) -> None:
-        self("run", "-d", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-             "localhost/pmi-base:1", "sh", "-c", LOOP)
-
-
 @pytest.fixture(scope="module")
-def podman() -> Iterator[tuple[Podman, dict[str, str]]]:
+def podman() -> Iterator[tuple[PodmanStore, dict[str, str]]]:
     """A private podman store with the busybox base image and an export of a counting container:
     (podman, facts: export path, ip, mac, container id, image id)."""
-    work = Path(tempfile.mkdtemp(prefix="pmi-", dir="/tmp"))  # podman refuses a runroot over 50 characters
-    pod = Podman(work)
-    try:
-        subprocess.run([str(REPO / "scripts/make-busybox-image.sh"), str(work / "base.tar")], check=True,
-                       capture_output=True, timeout=120)
-        pod("import", str(work / "base.tar"), "localhost/pmi-base:1")
-        pod.run_counter("ctr1")
+    with podman_store("pmi-") as pod:
+        pod("import", str(pod.busybox_tar()), "localhost/pmi-base:1")
+        pod.start("ctr1", "localhost/pmi-base:1", "sh", "-c", LOOP)
         time.sleep(1)
         facts = json.loads(pod("inspect", "ctr1"))[0]
         net = facts["NetworkSettings"]
-        export = work / "ctr1.tar.gz"
+        export = pod.work / "ctr1.tar.gz"
         pod("container", "checkpoint", "--export", str(export), "ctr1")
         yield pod, {"export": str(export), "ip": net["IPAddress"], "mac": net["MacAddress"], "id": facts["Id"],
                     "image_id": facts["Image"]}
-    finally:
-        subprocess.run([*pod.base, "rm", "-af"], capture_output=True, timeout=120)
-        subprocess.run([*pod.base, "system", "reset", "-f"], capture_output=True, timeout=120)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _scratch() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("pymigrate-inspect-*")}
 
 
-def test_podman_export_inspected(podman: tuple[Podman, dict[str, str]], pm: PM) -> None:
+def test_podman_export_inspected(podman: tuple[PodmanStore, dict[str, str]], pm: PM) -> None:
     _, facts = podman
     before = _scratch()
     assert facts["ip"] and facts["mac"], "podman gave the container no address: the test would prove nothing"
@@ -139,7 +107,7 @@ def _relabel_as_crio(export: Path, out: Path, work: Path) -> None:
             tar.add(entry, arcname=entry.name)
 
 
-def test_podman_export_relabelled_as_crio(podman: tuple[Podman, dict[str, str]], pm: PM, tmp_path: Path) -> None:
+def test_podman_export_relabelled_as_crio(podman: tuple[PodmanStore, dict[str, str]], pm: PM, tmp_path: Path) -> None:
     _, facts = podman
     archive = tmp_path / "checkpoint-counters_default-counter.tar"
     _relabel_as_crio(Path(facts["export"]), archive, tmp_path)
@@ -170,22 +138,19 @@ def test_native_export_inspected(pm: PM, tmp_path: Path) -> None:
         pm("rm", "-f", name)
 
 
-def test_podman_checkpoint_image_inspected_by_ref(podman: tuple[Podman, dict[str, str]], pm: PM,
+def test_podman_checkpoint_image_inspected_by_ref(podman: tuple[PodmanStore, dict[str, str]], pm: PM,
                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     from tests.integration.test_image_registry import start_registry
 
-    _need("skopeo")
+    need("skopeo")
     pod, facts = podman
-    pod.run_counter("ctr2")
+    pod.start("ctr2", "localhost/pmi-base:1", "sh", "-c", LOOP)
     time.sleep(1)
     pod("container", "checkpoint", "--create-image", "localhost/pmi-ckpt:1", "ctr2")
     registry = start_registry(tmp_path_factory.mktemp("inspect-registry"))
     try:
         ref = f"{registry.address}/podman/pmi-ckpt:1"
-        r = subprocess.run(["skopeo", "copy", "--dest-tls-verify=false",
-                            f"containers-storage:[{pod.storage}]localhost/pmi-ckpt:1", f"docker://{ref}"],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
+        pod.copy_out("localhost/pmi-ckpt:1", f"docker://{ref}", "--dest-tls-verify=false")
         ok(pm("image", "pull", ref, "--tls-verify=false"))
         summary = json.loads(ok(pm("checkpoint", "inspect", ref, "--json")))
         assert (summary["engine"], summary["container"]["name"]) == ("podman", "ctr2")

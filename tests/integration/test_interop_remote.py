@@ -10,13 +10,12 @@
 - ``restore REF --security-opt seccomp=unconfined`` over ``--host`` of podman's ``--create-image``
   image (copied from podman's store with skopeo, loaded on the daemon with ``image load``).
 
-podman runs on a private store under /tmp (vfs, cgroupfs), removed at the end.
+podman runs on a private store (tests/integration/podman_store.py), removed at the end.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.integration.cli_helpers import LOOP, ok, refused, start_daemon, stop_daemon, unique
+from tests.integration.podman_store import PodmanStore, need, podman_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires("root", "overlay", "busybox", "netns", "criu")]
 
@@ -36,31 +36,17 @@ ACCEPT = ("--security-opt", "seccomp=unconfined")
 TEMPORARY = "pm-ckpt-import-"  # migrate/interop/remote_import.py TEMPORARY_PREFIX
 
 
-class Podman:
-    def __init__(self, work: Path) -> None:
-        self.storage = f"vfs@{work / 'root'}+{work / 'runroot'}"
-        self.work = work
-        self.base = ["podman", "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--storage-driver", "vfs",
-                     "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
-
-    def __call__(self, *args: str, check: bool = True) -> str:
-        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=300, cwd=self.work)
-        if check:
-            assert r.returncode == 0, f"podman {' '.join(args[:2])}: {r.stderr}"
-        return r.stdout.strip()
-
-    def checkpointed(self, name: str, *how: str) -> int:
-        """A counting container checkpointed by podman (``how``: --export FILE / --create-image REF);
-        the counter's value CRIU froze (read from the stopped container's root)."""
-        self("run", "-d", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-             "localhost/pmk-base:1", "sh", "-c", LOOP)
-        time.sleep(1.5)
-        self("container", "checkpoint", *how, name)
-        mount = Path(self("mount", name))
-        frozen_at = int((mount / "tmp/cnt").read_text().strip() or 0)  # empty: frozen between truncate and write
-        self("umount", name)
-        self("rm", "-f", name)
-        return frozen_at
+def _checkpointed(podman: PodmanStore, name: str, *how: str) -> int:
+    """A counting container checkpointed by podman (``how``: --export FILE / --create-image REF);
+    the counter's value CRIU froze (read from the stopped container's root)."""
+    podman.start(name, "localhost/pmk-base:1", "sh", "-c", LOOP)
+    time.sleep(1.5)
+    podman("container", "checkpoint", *how, name)
+    mount = Path(podman("mount", name))
+    frozen_at = int((mount / "tmp/cnt").read_text().strip() or 0)  # empty: frozen between truncate and write
+    podman("umount", name)
+    podman("rm", "-f", name)
+    return frozen_at
 
 
 @dataclass
@@ -73,26 +59,18 @@ class Made:
 
 @pytest.fixture(scope="module")
 def made(pm_root: Path) -> Iterator[Made]:
-    for tool in ("podman", "zstd", "skopeo"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool}")
-    work = Path(tempfile.mkdtemp(prefix="pmk-", dir="/tmp"))  # podman refuses a runroot longer than 50 characters
-    podman = Podman(work)
+    need("zstd")
+    need("skopeo")
     try:
-        subprocess.run([str(REPO / "scripts/make-busybox-image.sh"), str(work / "base.tar")], check=True,
-                       capture_output=True, timeout=120)
-        podman("import", str(work / "base.tar"), "localhost/pmk-base:1")
-        _local(pm_root, "image", "import", "pmk-base:1", str(work / "base.tar"))  # the archive's image, by name
-        archive_at = podman.checkpointed("ctr-export", "--export", str(work / "ctr.tar.gz"))
-        layout_at = podman.checkpointed("ctr-image", "--create-image", "localhost/ckpt-pmk:1")
-        r = subprocess.run(["skopeo", "copy", f"containers-storage:[{podman.storage}]localhost/ckpt-pmk:1",
-                            f"oci:{work / 'layout'}"], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        yield Made(work / "ctr.tar.gz", archive_at, work / "layout", layout_at)
+        with podman_store("pmk-") as podman:
+            base = podman.busybox_tar()
+            podman("import", str(base), "localhost/pmk-base:1")
+            _local(pm_root, "image", "import", "pmk-base:1", str(base))  # the archive's image, by name
+            archive_at = _checkpointed(podman, "ctr-export", "--export", str(podman.work / "ctr.tar.gz"))
+            layout_at = _checkpointed(podman, "ctr-image", "--create-image", "localhost/ckpt-pmk:1")
+            podman.copy_out("localhost/ckpt-pmk:1", f"oci:{podman.work / 'layout'}")
+            yield Made(podman.work / "ctr.tar.gz", archive_at, podman.work / "layout", layout_at)
     finally:
-        podman("rm", "-af", "-t", "0", check=False)
-        podman("system", "reset", "-f", check=False)
-        shutil.rmtree(work, ignore_errors=True)
         _local(pm_root, "image", "rm", "pmk-base:1", check=False)
 
 
