@@ -243,10 +243,10 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
         try:
             assert starting is not None
             info = _restore_lazily(host, criu, migration_id, spec, unpacked, shell, replace_id, starting)
-        except ContainerError as exc:  # before the resume: nothing of it is left, the source waits frozen
-            shell, (daemon, starting) = None, (_taken(starting), None)
-            why = _lazy_failed(host, exc, unpacked.work_dir, daemon)
-            daemon = None
+        except ContainerError as exc:  # before the resume: its undo left nothing, the source waits frozen
+            shell = None
+            why = _lazy_failed(host, exc, unpacked.work_dir, _taken(starting))  # the daemon stopped
+            starting = None
             if not _retry_full(exc):
                 raise
             info, lazy = _restore_full(host, criu, migration_id, spec, unpacked, why), False

@@ -16,13 +16,15 @@ restore from the same images: the migration succeeds, memory and upper layer int
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.integration.migration_lab import IMAGE, OUT, Lab
+from tests.fakes import hostile_archives
+from tests.integration.migration_lab import IMAGE, OUT, Lab, cgroup_dirs
 
 pytestmark = [
     pytest.mark.integration,
@@ -185,4 +187,33 @@ def test_a_failed_lazy_restore_falls_back_to_the_full_one(lab: Lab) -> None:
     assert "rhog" in lab.running_names(b) and "rhog" not in lab.running_names(a)
     lab.assert_counting(b, "rhog")
     assert _phases(b) == [], "the incoming record outlived the commit"
+    assert not any(p.name.startswith("import-") for p in (b.root / "tmp").iterdir())
+
+
+def test_a_refused_push_tears_the_early_shell_down_at_once(lab: Lab) -> None:
+    """A peer's push the target refuses (an archive member the whitelist forbids) while the target
+    builds the container ahead of its images (cgroup, netns, link, CRIU waiting for its request):
+    refused in seconds, nothing of it left. The waiting CRIU was cancelled only once it had opened
+    its request FIFO: aborted before that, each push waited 30 s (test_trust_archives: 547 s)."""
+    from migrate.api import IncomingRequest
+    from migrate.errors import UnsafeMember
+    from migrate.remote.client import RemoteEngine
+
+    a, b = lab.hosts[0], lab.hosts[1]
+    _restart(lab, b, ON)
+    spec = lab.run_memhog(a, "shog", 8)["spec"]
+    with RemoteEngine(lab.addr(b), insecure=True) as daemon:
+        for _ in range(3):
+            pushed = dict(spec, name="pushed", container_id=secrets.token_hex(16), ip=None)
+            ticket = daemon.prepare_incoming(IncomingRequest(
+                container_name="pushed", spec=pushed, image_digest=spec["image_digest"], criu_version=None,
+                cpu_digest="", ip=None))
+            started = time.monotonic()
+            with pytest.raises(UnsafeMember):
+                daemon.receive_checkpoint(ticket.migration_id, iter([hostile_archives.kind_archive("criu-work", "dir")]))
+            took = time.monotonic() - started
+            assert took < 10, f"a refused push took {took:.1f}s"
+            assert cgroup_dirs(b.root, pushed["container_id"]) == []
+    assert "pushed" not in {c.get("name") or c.get("spec", {}).get("name") for c in lab.ps(b)}
+    assert _phases(b) == []
     assert not any(p.name.startswith("import-") for p in (b.root / "tmp").iterdir())
