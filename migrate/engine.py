@@ -530,6 +530,9 @@ class LocalEngine:
         if self.advertise and hasattr(target, "advertise"):
             target.advertise = self.advertise  # sent with prepare_incoming (IncomingRequest.source_daemon)
         try:
+            if page_server is None and options.compress != "off":  # unix:, ssh://: a page socket (page_socket.py)
+                channel = getattr(target, "page_socket", None)
+                page_server = channel.address if channel is not None else None
             criu = SwrkCriu(page_server_tls=self._page_server_tls())  # disk-less and post-copy dumps
             return migrate_container(self._host(), name, options, target, criu=criu, progress=progress, page_server_address=page_server)
         finally:
@@ -633,7 +636,8 @@ class LocalEngine:
         CRIU's page server is its own TCP connection: with mTLS daemons it uses TLS with the
         daemons' certificates (``_page_server_tls``); with ``--insecure`` daemons it is plain TCP,
         like their gRPC. ``unix:`` and ``ssh://`` targets are not reachable by a direct TCP
-        connection (and an ssh tunnel's security would not cover it): they stream everything."""
+        connection (and an ssh tunnel's security would not cover it): their pages go over a unix
+        page socket the target connection offers (``migrate`` asks it; page_socket.py), or stream."""
         if dest.startswith(("unix:", "ssh://")):
             return None
         host, sep, port = dest.rpartition(":")

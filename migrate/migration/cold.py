@@ -27,6 +27,7 @@ from migrate.api import MigrateOptions, MigrateResult, MigrationMode, ProgressFn
 from migrate.checkpoint import stream_dump
 from migrate import failpoints
 from migrate.errors import TransferError, TruncatedArchive
+from migrate.migration import page_socket
 from migrate.migration.page_relay import SourceRelay
 from migrate.migration.phases import PAGE_SERVER_TIMEOUT_S, PAGE_SIZE, ArchivePusher, PreDumped, PreDumpFn, connect_page_server
 from migrate.migration.sequence import Move, manifest, run
@@ -74,7 +75,8 @@ class ColdMode:
             move.bytes_on_wire += self.pre.bytes_on_wire
             self._port = self.pre.page_server_port
         if self._address and self._port:
-            self._sock = connect_page_server(self._address, self._port)
+            self._sock = (page_socket.connect(move.target, self._address) if page_socket.is_page_socket(self._address)
+                          else connect_page_server(self._address, self._port))
             if move.ticket.pages_compressed:
                 self._open_relay(move)
 
@@ -83,7 +85,10 @@ class ColdMode:
         assert self._sock is not None and self._address is not None
         started = time.monotonic()
         setting = "on" if move.options.compress == "on" else "auto"
-        self._relay = SourceRelay(self._sock, setting, tls=getattr(move.criu, "page_server_tls", None), address=self._address)
+        # a page socket has no TLS: the target's daemon socket has none, an ssh tunnel encrypts
+        unix = page_socket.is_page_socket(self._address)
+        tls = None if unix else getattr(move.criu, "page_server_tls", None)
+        self._relay = SourceRelay(self._sock, setting, tls=tls, address=self._address)
         self._sock = None  # the relay owns it now
         d = self._relay.open()
         self._relay_phases = {
@@ -92,6 +97,8 @@ class ColdMode:
             "page_zstd_mib_s": round(d.compress_bps / (1 << 20), 1),
             "page_compressed": 1.0 if d.compressed else 0.0,
         }
+        if unix:  # the pages go over a unix page socket (page_socket.py: a local daemon's, an ssh forward)
+            self._relay_phases["page_socket"] = 1.0
         log.info("container=%s migration=%s page stream %s (compress=%s: link %.0f MiB/s, zstd %.0f MiB/s)", move.spec.name,
                  move.migration_id, "zstd" if d.compressed else "raw", setting, d.link_bps / (1 << 20), d.compress_bps / (1 << 20))
 
@@ -101,7 +108,8 @@ class ColdMode:
     def dump_request(self, move: Move, request: DumpRequest) -> DumpRequest:
         page_server = PageServer(self._address, self._port, fd=self._sock.fileno()) if self._sock and self._address else None
         if self._relay is not None and self._address:  # raw: CRIU has the connection (and its TLS) itself
-            page_server = PageServer(self._address, self._port, fd=self._relay.criu_fd, plain=not self._relay.direct)
+            page_server = PageServer(self._address, self._port, fd=self._relay.criu_fd,
+                                     plain=not self._relay.direct or page_socket.is_page_socket(self._address))
         return dataclasses.replace(
             request,
             page_server=page_server,

@@ -474,6 +474,8 @@ def _close_all(*socks: Any) -> None:
 def keep_alive(sock: socket.socket, timeout_s: int) -> None:
     """A dead link fails a blocked send within ``timeout_s`` (unacknowledged data) and a silent
     one by keepalive: a frozen source then thaws instead of waiting ~15 minutes for TCP."""
+    if sock.family == socket.AF_UNIX:  # a page socket (page_socket.py): no TCP here to tune
+        return
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_s * 1000)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

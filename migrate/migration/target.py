@@ -368,6 +368,13 @@ class IncomingMigrations:
             pages.mkdir(parents=True, mode=0o700)
             if parent is not None:
                 os.symlink(parent, pages / "parent")
+            if address.startswith("unix:"):  # a page socket in this daemon's run dir: no port, no guard
+                from migrate.migration import page_socket
+                from migrate.migration.phases import PAGE_SERVER_TIMEOUT_S
+
+                self._page_servers[migration_id] = page_socket.start(pages, address, self.host.paths.run, relay=relay,
+                                                                     timeout_s=PAGE_SERVER_TIMEOUT_S)
+                return page_socket.PORT
             port = free_port()
             if self.page_server_tls is None and source:
                 guard = guard_or_warn(port, [source], label=f"migration={migration_id} page server")

@@ -205,6 +205,19 @@ class RemoteEngine:
             args.host, tls=tls, token=read_token(getattr(args, "token_file", None)), insecure=bool(getattr(args, "insecure", False)), ssh=ssh
         )
 
+    @property
+    def page_socket(self) -> Any:
+        """Where a cold migration to this daemon sends its pages (migrate/migration/page_socket.py):
+        the ssh tunnel's own forward, or a socket beside a local daemon's; None: through gRPC."""
+        if "_page_socket" not in self.__dict__:
+            from migrate.migration import page_socket
+
+            self._page_socket = self._ssh.page_socket if self._ssh is not None else None
+            grpc_target, is_unix = channel_target(self.target) if self._ssh is None else ("", False)
+            if is_unix:
+                self._page_socket = page_socket.for_local_daemon(grpc_target[len("unix:"):])
+        return self._page_socket
+
     def close(self) -> None:
         self._channel.close()
         if self._ssh is not None:  # ssh:// hook

@@ -29,6 +29,10 @@ Facts a reader needs first:
   to the host key verified here and to the key that authenticated here, with no config file of
   the user's; it ends with us. Without an ``ssh`` client on PATH, with ``local="tcp"``, or when a
   probe through it fails (logged), the connections go through paramiko's channels as before.
+- The pages: the same ``ssh`` process forwards a second local socket (``pages.sock``) to a page
+  socket path beside the remote daemon's (``SshTarget.page_socket``); a cold migration's CRIU pages
+  go socket -> ssh -> socket, not through gRPC (migrate/migration/page_socket.py). On paramiko there
+  is no such forward: the pages stream through gRPC (slower, as before).
 - The local end is a unix socket in a fresh 0700 directory by default: a loopback TCP port
   would let every local user reach the remote daemon as the SSH user. ``local="tcp"`` binds
   127.0.0.1 only, for tools that need a TCP address.
@@ -71,6 +75,8 @@ from migrate.remote.ssh_errors import (
     SshUnreachable,
 )
 from migrate.errors import PeerError, TransferError
+from migrate.migration.page_socket import PageSocket
+from migrate.migration.page_socket import remote_path as page_socket_path
 from migrate.remote.ssh_forward import Identity, OpenSshForwarder, find_ssh_client
 from runtime.errors import InvalidArgument
 
@@ -104,6 +110,7 @@ DEFAULT_REMOTE_ROOT = "${PYMIGRATE_ROOT:-/var/lib/pymigrate}"  # the remote's ru
 RUN_DIR = "run"  # runtime.config.Paths.run, relative to the root
 SOCKET_NAME = "pymigrate.sock"  # migrate.remote.server.SOCKET_NAME
 OPENSSH_SOCKET_NAME = "ssh.sock"  # the ssh -L forwarder's local end, beside ours
+PAGES_SOCKET_NAME = "pages.sock"  # its forward of the page stream (migrate/migration/page_socket.py)
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")  # OpenSSH's defaults we can load
 # OpenSSH's SSH2_OPEN_* reason codes (RFC 4254 section 5.1)
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
@@ -645,6 +652,7 @@ class _Forward:
         self._lock = threading.Lock()
         self._closed = False
         self.openssh: OpenSshForwarder | None = None
+        self.page_socket: PageSocket | None = None  # the forward of the page stream, with OpenSSH only
         # 0700: the local socket, and the ssh forwarder's pinned known_hosts and identity
         self._dir = Path(tempfile.mkdtemp(prefix="pymigrate-tunnel-"))
         if local == "unix":
@@ -694,7 +702,8 @@ class _Forward:
         self._remote_path = path
         if self.openssh is not None:
             assert self.openssh.local_socket is not None
-            reason = self.openssh.start(self.openssh.local_socket, path, self._timeout_s, probe=False)  # not an HTTP/2 server
+            extra = [(Path(self.page_socket.local), self.page_socket.remote)] if self.page_socket is not None else []
+            reason = self.openssh.start(self.openssh.local_socket, path, self._timeout_s, probe=False, extra=extra)  # not HTTP/2
             if reason is not None:
                 raise PeerError(f"cannot forward to {path} through ssh: {reason}", phase="connect")
 
@@ -715,12 +724,17 @@ class _Forward:
         forwarder = OpenSshForwarder(binary, self._dir, hostname=config.hostname, port=config.port, user=config.user,
                                      host_key=self._transport.get_remote_server_key(), identity=identity,
                                      connect_timeout_s=timeout_s)  # fmt: skip
-        reason = forwarder.start(self._dir / OPENSSH_SOCKET_NAME, self._remote_socket, timeout_s)
+        # the page stream's own forward in the same process (a cold migration's CRIU pages:
+        # socket -> ssh -> socket, migrate/migration/page_socket.py); sshd dials it only when used
+        pages = PageSocket(remote=page_socket_path(self._remote_socket), local=str(self._dir / PAGES_SOCKET_NAME), via="ssh")
+        reason = forwarder.start(self._dir / OPENSSH_SOCKET_NAME, self._remote_socket, timeout_s,
+                                 extra=[(Path(pages.local), pages.remote)])
         if reason is not None:
             log.warning("ssh forward through %s failed (%s): forwarding through paramiko (slower)", binary, reason)
             return
-        log.info("ssh forward through %s (pid %s) -L %s", binary, forwarder.pid, self._remote_socket)
+        log.info("ssh forward through %s (pid %s) -L %s, pages -L %s", binary, forwarder.pid, self._remote_socket, pages.remote)
         self.openssh = forwarder
+        self.page_socket = pages
         self._timeout_s = timeout_s
         self.address = f"unix:{forwarder.local_socket}"
 
@@ -859,8 +873,14 @@ class SshTarget:
 
     @property
     def forwarder(self) -> str:
-        """What moves the bytes: ``"openssh"`` (``ssh -W`` processes) or ``"paramiko"``."""
+        """What moves the bytes: ``"openssh"`` (an ``ssh -L`` process) or ``"paramiko"``."""
         return "openssh" if self._forward.openssh is not None else "paramiko"
+
+    @property
+    def page_socket(self) -> PageSocket | None:
+        """The page stream's forward in the ``ssh -L`` process (migrate/migration/page_socket.py);
+        None on paramiko: a cold migration's pages then stream through gRPC (slower)."""
+        return self._forward.page_socket
 
     def close(self) -> None:
         if self._closed:

@@ -6,7 +6,9 @@ who the host is, who we are, whether a daemon serves — and then starts one ``s
 forwards a unix socket in the tunnel's 0700 directory to the remote daemon's unix socket
 (``-L LOCAL_SOCKET:REMOTE_SOCKET``: OpenSSH's ``direct-streamlocal`` channel, as paramiko's; no
 port opens on either host). gRPC dials that socket; no byte passes through Python. (``ssh -W``
-would spare the listener, but OpenSSH 9.2 forwards only TCP with it.)
+would spare the listener, but OpenSSH 9.2 forwards only TCP with it.) A second ``-L`` in the same
+process forwards a cold migration's page stream to the target daemon's page socket
+(migrate/migration/page_socket.py): CRIU's pages go socket -> ssh -> socket.
 
 What the ``ssh`` process is allowed to decide: nothing. It runs with ``-F /dev/null`` (no config
 file: no ProxyCommand, no other host name) and
@@ -43,6 +45,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import paramiko
 
@@ -130,23 +133,27 @@ class OpenSshForwarder:
         _write_private(pub, f"{identity.key.get_name()} {identity.key.get_base64()}\n")
         return ["-i", str(pub), "-o", "IdentitiesOnly=yes", "-o", f"IdentityAgent={identity.agent_socket}"]
 
-    def argv(self, local_socket: Path, remote_socket: str) -> list[str]:
-        return [*self._argv, "-N", "-L", f"{local_socket}:{remote_socket}", "--", self._hostname]
+    def argv(self, local_socket: Path, remote_socket: str, extra: Sequence[tuple[Path, str]] = ()) -> list[str]:
+        forwards = [arg for local, remote in ((local_socket, remote_socket), *extra) for arg in ("-L", f"{local}:{remote}")]
+        return [*self._argv, "-N", *forwards, "--", self._hostname]
 
-    def start(self, local_socket: Path, remote_socket: str, timeout_s: float, *, probe: bool = True) -> str | None:
-        """Start ``ssh`` forwarding ``local_socket`` to ``remote_socket`` and (``probe``) see an
-        HTTP/2 frame come back through it. Returns None when it works, else why not (ssh's own
-        message when it printed one); then nothing is left running."""
+    def start(self, local_socket: Path, remote_socket: str, timeout_s: float, *, probe: bool = True,
+              extra: Sequence[tuple[Path, str]] = ()) -> str | None:
+        """Start ``ssh`` forwarding ``local_socket`` to ``remote_socket`` (and each of ``extra``'s
+        local sockets to its remote one: a page socket, migrate/migration/page_socket.py) and
+        (``probe``) see an HTTP/2 frame come back through the first. Returns None when it works,
+        else why not (ssh's own message when it printed one); then nothing is left running."""
         self.close()
-        if ":" in str(local_socket) or ":" in remote_socket:  # -L's separator; OpenSSH has no escape for it
-            return f"ssh -L cannot forward a path with ':' ({remote_socket})"
+        for local, remote in ((local_socket, remote_socket), *extra):
+            if ":" in str(local) or ":" in remote:  # -L's separator; OpenSSH has no escape for it
+                return f"ssh -L cannot forward a path with ':' ({remote})"
+            local.unlink(missing_ok=True)
         self._closed = False
-        local_socket.unlink(missing_ok=True)
         err_path = self._workdir / "ssh.err"
         read_end, self._lifeline = os.pipe()
         try:
             with open(err_path, "wb") as err:
-                argv = ["/bin/sh", "-c", _LIFETIME_SCRIPT, "ssh-forward", *self.argv(local_socket, remote_socket)]
+                argv = ["/bin/sh", "-c", _LIFETIME_SCRIPT, "ssh-forward", *self.argv(local_socket, remote_socket, extra)]
                 self._proc = subprocess.Popen(argv, stdin=read_end, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         except OSError as exc:
             self.close()
@@ -154,7 +161,7 @@ class OpenSshForwarder:
         finally:
             os.close(read_end)
         self._err_path = err_path
-        reason = self._wait_ready(local_socket, timeout_s, probe)
+        reason = self._wait_ready([local_socket, *(local for local, _ in extra)], timeout_s, probe)
         if reason is not None:
             self.close()
             return reason
@@ -162,16 +169,16 @@ class OpenSshForwarder:
         threading.Thread(target=self._watch, args=(self._proc,), name="ssh-fwd-watch", daemon=True).start()
         return None
 
-    def _wait_ready(self, local_socket: Path, timeout_s: float, probe: bool) -> str | None:
+    def _wait_ready(self, local_sockets: list[Path], timeout_s: float, probe: bool) -> str | None:
         assert self._proc is not None
         deadline = time.monotonic() + timeout_s
-        while not _listening(local_socket):  # once ssh authenticated (ExitOnForwardFailure)
+        while not all(_listening(p) for p in local_sockets):  # once ssh authenticated (ExitOnForwardFailure)
             if self._proc.poll() is not None:
                 return f"ssh exited with status {self._proc.returncode}: {self.stderr_tail() or 'no message'}"
             if time.monotonic() > deadline:
                 return f"no forward from ssh within {timeout_s:g}s"
             time.sleep(0.005)
-        return _probe_http2(local_socket, max(1.0, deadline - time.monotonic())) if probe else None
+        return _probe_http2(local_sockets[0], max(1.0, deadline - time.monotonic())) if probe else None
 
     def _watch(self, proc: subprocess.Popen) -> None:
         status = proc.wait()

@@ -7,12 +7,16 @@ paramiko's channel as the fallback. Debian's real sshd and ssh, real CRIU.
   another host key is refused by ssh itself;
 - a memhog migration over ssh:// runs its bytes through such a process (sampled while it runs)
   and keeps the memory checksum;
-- with a PATH that has no ``ssh`` the same migration goes through paramiko, saying so in the log.
+- with a PATH that has no ``ssh`` the same migration goes through paramiko, saying so in the log;
+- a cold migration's pages take the page socket (migrate/migration/page_socket.py): over ssh:// the
+  ssh process's second forward, to a ``unix:`` daemon its socket directly; the source's stats and
+  log and the target's log say so, and the memory checksum holds.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
@@ -246,7 +250,7 @@ def test_migration_over_ssh_moves_bytes_through_the_forwarder(ssh_pair: SshLab, 
         r = a.cli(["--debug", *ssh_pair.ssh_flags(b), "migrate", name, b.ssh_url(), "--json"], timeout=300, env=env)
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     stats = migrate_json(r.stdout)["stats"]
-    assert stats["bytes_on_wire"] >= MIGRATE_MIB * MIB, stats
+    assert stats["raw_bytes"] >= MIGRATE_MIB * MIB, stats  # on the wire: less when the page relay chose zstd
     stderr = r.stderr.decode()
     assert watch.samples > 3
     if with_ssh:
@@ -257,3 +261,84 @@ def test_migration_over_ssh_moves_bytes_through_the_forwarder(ssh_pair: SshLab, 
         assert "no ssh client on PATH: forwarding through paramiko" in stderr, stderr[-3000:]
     assert_hop(lab, a, b, name, spec["ip"], spec["container_id"], before)
     assert ssh_forwarders(str(b.root / "run" / "pymigrate.sock")) == []
+
+
+class PageForwardWatch:
+    """Samples, every 10 ms until stopped, the ``-L LOCAL:REMOTE`` forwards of ssh processes whose
+    REMOTE is in ``pages_dir`` (the page socket's forward, migrate/remote/ssh.py)."""
+
+    def __init__(self, pages_dir: Path) -> None:
+        self.prefix = f":{pages_dir}/".encode()
+        self.forwards: set[bytes] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                try:
+                    argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+                except OSError:
+                    continue
+                if argv and Path(argv[0].decode(errors="replace")).name == "ssh":
+                    self.forwards.update(arg for arg in argv if self.prefix in arg)
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> "PageForwardWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _page_socket_used(stats: dict, stderr: str, target_log: str, via: str) -> None:
+    assert stats["phases_ms"].get("page_socket") == 1.0, f"the pages did not take a page socket: {stats}"
+    assert f"page stream over {via} socket" in stderr, stderr[-3000:]
+    # the target's page relay answered and its page server got the stream (zstd or raw, as the probe chose)
+    assert re.search(r"page stream (raw|zstd): \d+ bytes on the wire", target_log), target_log[-3000:]
+
+
+@pytest.mark.requires("criu", "pycriu", "busybox", "overlay")
+def test_cold_pages_go_through_the_tunnels_page_forward(ssh_pair: SshLab) -> None:
+    lab, (a, b) = ssh_pair.lab, ssh_pair.hosts.hosts
+    name = "pages"
+    lab.run_memhog(a, name, MIGRATE_MIB)
+    spec = container_spec(a, name)
+    before = lab.report(a, name)
+    assert before is not None
+    ssh_pair.record_host_key(b)
+    pages_dir = b.root / "run" / "pages"
+    with PageForwardWatch(pages_dir) as watch:
+        r = a.cli(["--debug", *ssh_pair.ssh_flags(b), "migrate", name, b.ssh_url(), "--json"], timeout=300, env=ssh_pair.env())
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    stats = migrate_json(r.stdout)["stats"]
+    assert len(watch.forwards) == 1, f"one ssh -L to a page socket in {pages_dir}: {watch.forwards}"
+    local = watch.forwards.pop().decode().partition(":")[0]
+    assert local.endswith("/pages.sock"), local  # in the tunnel's 0700 directory, beside its other socket
+    _page_socket_used(stats, r.stderr.decode(), (b.root / "run" / "ssh-daemon.log").read_text(), "ssh")
+    assert stats["raw_bytes"] >= MIGRATE_MIB * MIB, stats
+    assert_hop(lab, a, b, name, spec["ip"], spec["container_id"], before)
+    assert list(pages_dir.iterdir()) == [], "the page socket goes with its migration"
+    assert pages_dir.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.requires("criu", "pycriu", "busybox", "overlay")
+def test_cold_pages_to_a_local_unix_daemon_take_its_page_socket(ssh_pair: SshLab) -> None:
+    lab, (a, b) = ssh_pair.lab, ssh_pair.hosts.hosts
+    name = "local"
+    lab.run_memhog(a, name, MIGRATE_MIB)
+    spec = container_spec(a, name)
+    before = lab.report(a, name)
+    assert before is not None
+    b.start_daemon()  # on B's unix socket, reachable from A's namespace on this one machine
+    try:
+        r = a.cli(["--debug", "migrate", name, f"unix:{b.socket_path}", "--json"], timeout=300)
+    finally:
+        b.stop_daemon()
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    stats = migrate_json(r.stdout)["stats"]
+    _page_socket_used(stats, r.stderr.decode(), (b.workdir / "daemon.log").read_text(), "unix")
+    assert_hop(lab, a, b, name, spec["ip"], spec["container_id"], before)
+    assert list((b.root / "run" / "pages").iterdir()) == []

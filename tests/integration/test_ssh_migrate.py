@@ -10,9 +10,10 @@ SSH_AUTH_SOCK is unset: nothing from the machine's own ~/.ssh or agent takes par
 
 The workload is memhog (tests/workloads/memhog.c, via migration_lab): it fills N MiB with random
 bytes and answers SIGUSR1 with "<fnv64 of its memory> <counter>", so a hop proves the memory came
-over intact (same checksum) and the process ran on (counter advances). ssh:// streams everything
-through the tunnel (no CRIU page server, LocalEngine._page_server_address): bytes on the wire are
-the memory + small, and nothing but sshd listens on TCP in the target while the migration runs.
+over intact (same checksum) and the process ran on (counter advances). ssh:// moves everything
+through the tunnel (the pages over its page socket forward, migrate/migration/page_socket.py, no
+TCP page server): bytes on the wire are the memory + small, and nothing but sshd listens on TCP in
+the target while the migration runs.
 
 - round trip A -> B -> A with on-demand daemons (and a third hop to a daemon B already runs,
   through the library with progress events): same address, same id, same memory, counting;
