@@ -170,6 +170,53 @@ def test_plain_upper_dir_and_a_volume_signed_verify_and_continue(pm, pm_root: Pa
         pm("volume", "rm", "-f", vol)
 
 
+def test_trees_copied_before_the_freeze_come_back_as_frozen(pm, pm_root: Path, tmp_path: Path,  # noqa: ANN001
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # a plain upper dir and a volume, both written all the time: staged before the freeze, and only
+    # their changes taken while frozen (migrate/checkpoint_presync.py); the import must find them
+    # exactly as the frozen counter left them
+    monkeypatch.setenv("PYMIGRATE_UPPER_SIZE", "0")
+    name, vol = unique("lrxp"), unique("lrxpv")
+    big = os.urandom(8 << 20)
+    script = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/cnt; echo $i >> /tmp/hist; echo $i >> /data/hist; "
+              "echo $i > /data/tmp.$i; rm -f /data/tmp.$((i-1)); sleep 0.01; done")
+    ok(pm("run", "-d", "--name", name, "-v", f"{vol}:/data", "busybox", "sh", "-c", script))
+    try:
+        (pm_root / "volumes" / vol / "_data" / "big").write_bytes(big)
+        get = counter(pm_root, name)
+        moves_on(get, 20, "counter")
+        archive = tmp_path / "p.pma"
+        r = pm("--debug", "checkpoint", name, "--leave-running", "--export", str(archive), "--json", timeout=120)
+        logs = ok(r) and r.stderr.decode(errors="replace")
+        assert re.search(rf"presync: upper, volumes/{vol} copied before the freeze", logs), logs[-3000:]
+        assert "copied whole while frozen" not in logs
+        moves_on(get, 10, "counter after the checkpoint")
+        # the archive holds one moment: the volume's last hist line L, its temp files of L (and
+        # L-1, if frozen between making one and removing the other), the upper's hist at L or L+1
+        with open(archive, "rb") as f:
+            read_archive(f, tmp_path / "x", allow_devices=True)
+        frozen_vol = tmp_path / "x" / "volumes" / vol
+        last = consecutive(frozen_vol / "hist")[-1]
+        temps = sorted(int(p.name.split(".")[1]) for p in frozen_vol.iterdir() if p.name.startswith("tmp."))
+        assert temps in ([last], [last - 1], [last - 1, last]), f"temp files {temps} beside hist ending at {last}"
+        assert all((frozen_vol / f"tmp.{t}").read_text() == f"{t}\n" for t in temps)
+        assert consecutive(tmp_path / "x" / "upper" / "tmp" / "hist")[-1] in (last, last + 1)
+        assert (frozen_vol / "big").read_bytes() == big
+
+        ok(pm("rm", "-f", name))
+        ok(pm("volume", "rm", vol))
+        ok(pm("restore", "--import", str(archive), timeout=180))
+        moves_on(get, 10, "restored counter")
+        upper_hist = consecutive(container_file(pm_root, name, "/tmp/hist"))
+        data = pm_root / "volumes" / vol / "_data"
+        vol_hist = consecutive(data / "hist")
+        assert (data / "big").read_bytes() == big
+        assert vol_hist[:last] == list(range(1, last + 1)) and upper_hist[-1] > last, "not continued from the frozen state"
+    finally:
+        pm("rm", "-f", name)
+        pm("volume", "rm", "-f", vol)
+
+
 def test_the_archive_is_written_while_the_container_runs(pm, pm_root: Path, tmp_path: Path) -> None:  # noqa: ANN001
     name = unique("lrxh")
     ok(pm("run", "-d", "--name", name, "busybox", "sh", "-c", COUNTER))

@@ -74,3 +74,52 @@ def test_a_failure_after_the_thaw_keeps_it_running_and_leaves_no_file(tmp_path: 
     assert host.events == ["freeze", "isolate", "rejoin", "thaw"], "thawed once before the failure, not stopped"
     assert list(exports.iterdir()) == [], "no temp archive may stay"
     assert leftovers(host) == [] and list(host.paths.checkpoints.iterdir()) == []
+
+
+class WritesUntilTheFreeze(FakeHost):
+    """The container writes its upper layer and its volume after the export staged them and until
+    the freeze."""
+
+    def __init__(self, root: Path) -> None:
+        from runtime.spec import Volume
+
+        self.data = root / "vol" / "_data"
+        self.data.mkdir(parents=True)
+        (self.data / "log").write_text("one\n")
+        super().__init__(root, volumes=(Volume(source=str(self.data), target="/data", name="vol"),))
+
+    def freeze(self, c: Any, **record: Any) -> None:
+        (self.upper / "etc" / "motd").write_text("written just before the freeze\n")
+        (self.upper / "etc" / "new").write_text("new\n")
+        (self.data / "log").write_text("one\ntwo\n")
+        super().freeze(c, **record)
+
+
+@pytest.mark.parametrize("stage_fails", [(), ("upper",), ("vol",), ("upper", "vol")], ids=str)
+def test_the_archive_holds_the_trees_of_the_freeze_not_of_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    stage_fails: tuple[str, ...]) -> None:
+    import subprocess
+
+    from migrate import checkpoint_presync
+
+    host = WritesUntilTheFreeze(tmp_path)
+    real, copies = subprocess.run, []
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        tree = "upper" if argv[-1].endswith("/upper") else "vol"
+        if tree in stage_fails and tree not in copies:  # the stage's cp -a: as if a file vanished under it
+            copies.append(tree)
+            return subprocess.CompletedProcess(argv, 1, "", "cp: cannot stat: No such file or directory")
+        copies.append(tree)
+        return real(argv, **kw)
+
+    monkeypatch.setattr(checkpoint_presync.subprocess, "run", run)
+    out = tmp_path / "web.pma"
+    checkpoint_container(host, "web", CheckpointOptions(export_path=out, leave_running=True), criu=FakeCriu())
+    assert sorted(copies) == sorted(["upper", "vol", *stage_fails]), "staged once, and copied whole when frozen if that failed"
+    with open(out, "rb") as f:
+        read_archive(f, tmp_path / "x")
+    assert (tmp_path / "x" / "upper" / "etc" / "motd").read_text() == "written just before the freeze\n"
+    assert (tmp_path / "x" / "upper" / "etc" / "new").read_text() == "new\n"
+    assert (tmp_path / "x" / "volumes" / "vol" / "log").read_text() == "one\ntwo\n"
+    assert leftovers(host) == []
