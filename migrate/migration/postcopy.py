@@ -56,6 +56,11 @@ CRIU facts this relies on (criu/cr-dump.c, page-xfer.c, uffd.c in 4.1.1; see CRI
   names the address it dials. CRIU accepts one connection: a peer failing the handshake ends the
   lazy dump, which before the resume is an ordinary rollback. Without TLS the link is plain TCP.
 
+The target builds the container's shell (record, cgroup, netns with its link down, shim, CRIU
+waiting in the cgroup) at PrepareIncoming (``prebuild_shell``), while the source still runs: in
+the pause it only cost CPU beside the source's dump on the same cores. An abort before the
+archive (``stop_session``) tears it down; a daemon restart's reconcile removes what a crash left.
+
 The target half (``receive_postcopy``) keeps one ``LazySession`` per migration in this process:
 the lazy-pages daemon, its scratch dir (images + logs) and a watcher that kills the container if
 the daemon fails after the resume. ``finish_session`` (commit) waits for a clean exit;
@@ -104,6 +109,10 @@ ROLLBACK_DUMP_TIMEOUT_S = 30.0
 FINISH_TIMEOUT_S = 60.0
 TCP_ESTABLISHED = "01"
 CONNECT_TIMEOUT_S = 10.0
+# A shell built at PrepareIncoming waits this long for its restore request: the image and the
+# upper layer go before the freeze, and the sweep aborts a migration that stops making progress
+PREBUILT_WAIT_S = 3600.0
+PREBUILT_MARGIN_S = 60.0  # ... one older than the wait minus this is rebuilt at the archive
 
 
 # --- small source-side helpers --------------------------------------------------------------
@@ -229,6 +238,7 @@ class PostcopyMode:
         self._dump: _LazyDump | None = None
         self._lazy_pages = 0
         self._last_page_ms = 0.0
+        self._manifest: dict[str, Any] | None = None  # built in before_freeze
 
     def preflight(self, move: Move) -> None:
         if not move.target_info.features.get("lazy_pages"):
@@ -251,7 +261,9 @@ class PostcopyMode:
             self._guard = guard_or_warn(self.port, [peer_address(self._dest)], label=f"migration={move.migration_id} lazy pages")
 
     def before_freeze(self, move: Move) -> None:
-        pass
+        # the manifest (checkpoint id, spec, image record: ~4 ms) is ready before the freeze, so the
+        # pause starts with CRIU's dump
+        self._manifest = manifest(move, self)
 
     def manifest_options(self, move: Move) -> dict[str, Any]:
         return {"lazy_pages": True, "page_server": {"address": self.address, "port": self.port}}
@@ -269,10 +281,10 @@ class PostcopyMode:
         dump = self._dump = _LazyDump(move.criu, request)
         move.clock.emit("dumping all but memory")
         try:
-            writer = ArchiveWriter(sink, compress="zstd", level=1)
-            writer.write_manifest(manifest(move, self))
-            dump.start()
+            dump.start()  # first: CRIU's dump is the longest step of the pause
             mark(move.migration_id, "source: criu lazy dump started")
+            writer = ArchiveWriter(sink, compress="zstd", level=1)
+            writer.write_manifest(self._manifest if self._manifest is not None else manifest(move, self))
             move.upper(writer)
             sink.flush()  # the target starts unpacking while CRIU dumps (the sink sends full chunks only)
             mark(move.migration_id, "source: upper layer sent")
@@ -480,9 +492,9 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
 
     started = time.monotonic()
     mark(migration_id, "target: archive stream opened")
-    # While the archive arrives (the source is frozen already): build the container's cgroup,
-    # network and shim, and start CRIU inside its cgroup (runtime.checkpointing.RestoreShell).
-    shell = early_shell(host, criu, record)
+    # Built at PrepareIncoming, while the source still ran (prebuild_shell); else now, while the
+    # archive arrives: the container's cgroup, network and shim, CRIU waiting in its cgroup.
+    shell = take_prebuilt(migration_id) or early_shell(host, criu, record)
     mark(migration_id, "target: shell built")
     unpacked = unpack_beside_shell(host, source, shell, progress=progress, staged_upper=staged_upper)
     assert unpacked.scratch is not None
@@ -655,7 +667,7 @@ class _LazyStart(threading.Thread):
         return self._daemon
 
 
-def early_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> Any:
+def early_shell(host: Any, criu: Criu, record: Mapping[str, Any], *, timeout_s: float = 300.0) -> Any:
     """A RestoreShell for the container the reservation names (its spec is in the record), or
     None: no spec recorded, an exited original of that id to replace, a host that cannot start
     one (CheckpointHost.begin_restore), or a failure (logged; the usual path follows)."""
@@ -672,11 +684,63 @@ def early_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> Any:
         spec = readdressed(spec, record.get("ip"))
         if host.replaceable_id(spec) is not None:
             return None
-        return begin(spec, netns_key=NETNS_KEY, criu=criu, restored_from=None)
+        return begin(spec, netns_key=NETNS_KEY, criu=criu, restored_from=None, timeout_s=timeout_s)
     except ContainerError as exc:
         log.warning("migration=%s: cannot build the container ahead of its images (%s): building it after them",
                     record.get("migration_id"), exc.message)
         return None
+
+
+class _Prebuild(threading.Thread):
+    """``early_shell`` in a thread started at PrepareIncoming: the shell (cgroup, netns with its
+    link down, shim, CRIU waiting in the cgroup: 12-30 ms of this host's CPU) is built while the
+    source still runs, not beside its dump in the pause."""
+
+    def __init__(self, host: Any, criu: Criu, record: Mapping[str, Any]) -> None:
+        super().__init__(name=f"prebuild-{record.get('migration_id')}", daemon=True)
+        self._args = (host, criu, record)
+        self.shell: Any = None
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        try:
+            self.shell = early_shell(*self._args, timeout_s=PREBUILT_WAIT_S)  # None (logged) if it cannot be built
+        except Exception:  # noqa: BLE001 - the archive's arrival builds it the usual way and meets the error there
+            log.warning("migration=%s: building the container ahead failed", self._args[2].get("migration_id"), exc_info=True)
+
+
+_PREBUILT: dict[str, _Prebuild] = {}
+
+
+def prebuild_shell(host: Any, criu: Criu, record: Mapping[str, Any]) -> None:
+    """Start building the shell of the post-copy migration ``record`` reserves (PrepareIncoming).
+    ``take_prebuilt`` hands it to the restore; ``stop_session`` (abort, sweep) tears it down."""
+    build = _Prebuild(host, criu, record)
+    with _SESSIONS_LOCK:
+        _PREBUILT[str(record["migration_id"])] = build
+    build.start()
+
+
+def _pop_prebuilt(migration_id: str) -> tuple[Any, float]:
+    """(the shell built ahead or None, seconds since its build started)."""
+    with _SESSIONS_LOCK:
+        build = _PREBUILT.pop(migration_id, None)
+    if build is None:
+        return None, 0.0
+    build.join()
+    return build.shell, time.monotonic() - build.started
+
+
+def take_prebuilt(migration_id: str) -> Any:
+    """The shell ``prebuild_shell`` built for this migration, or None: none was started, it failed,
+    or its CRIU may be about to stop waiting for the request (PREBUILT_WAIT_S; torn down here)."""
+    shell, age_s = _pop_prebuilt(migration_id)
+    if shell is not None and age_s > PREBUILT_WAIT_S - PREBUILT_MARGIN_S:
+        log.warning("migration=%s: the container built ahead %.0fs ago may stop waiting for its images: building it again",
+                    migration_id, age_s)
+        shell.abort()
+        return None
+    return shell
 
 
 def is_connected(address: str, port: int, proc_net: Path = Path("/proc/self/net")) -> bool:
@@ -727,6 +791,9 @@ def stop_session(migration_id: str) -> None:
         session = _SESSIONS.pop(migration_id, None)
     if session is not None:
         session.stop()
+    shell, _age = _pop_prebuilt(migration_id)  # aborted before its archive came: the shell built ahead goes
+    if shell is not None:
+        shell.abort()
 
 
 def session_pid(migration_id: str) -> int | None:
@@ -743,6 +810,7 @@ __all__ = [
     "free_port",
     "migrate_postcopy",
     "page_server_address",
+    "prebuild_shell",
     "receive_postcopy",
     "stop_session",
 ]

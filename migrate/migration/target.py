@@ -256,6 +256,10 @@ class IncomingMigrations:
                 "source_daemon": _dial_back(request.source_daemon, request.source_address),
                 "lazy_restore": no_lazy is None,
             })
+        if request.mode == "postcopy":  # its shell is built while the source still runs, not in the pause
+            from migrate.migration.postcopy import prebuild_shell
+
+            prebuild_shell(self.host, self.criu, self._load(migration_id))
         port = 0
         relayed = request.compressed_pages and request.mode == "cold"
         if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
