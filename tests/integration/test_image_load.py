@@ -50,7 +50,8 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
     podman = _need("podman")
     _need("setcap")
     work = tmp_path_factory.mktemp("podman")
-    base = [podman, "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--storage-driver", "vfs",
+    base = [podman, "--root", str(work / "root"), "--runroot", str(work / "runroot"), "--tmpdir", str(work / "tmp"),
+            "--storage-driver", "vfs",
             "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
 
     def run(*args: str) -> str:
