@@ -530,7 +530,7 @@ class LocalEngine:
         if self.advertise and hasattr(target, "advertise"):
             target.advertise = self.advertise  # sent with prepare_incoming (IncomingRequest.source_daemon)
         try:
-            if page_server is None and options.compress != "off":  # unix:, ssh://: a page socket (page_socket.py)
+            if page_server is None:  # unix:, ssh://: a page socket (page_socket.py)
                 channel = getattr(target, "page_socket", None)
                 page_server = channel.address if channel is not None else None
             criu = SwrkCriu(page_server_tls=self._page_server_tls())  # disk-less and post-copy dumps

@@ -15,21 +15,28 @@ Measures, for SIZE MiB (default 256):
     .venv/bin/python scripts/bench_ssh.py [--size-mib 256] [--json]
 
 With ``--migrate`` (issue 17) it measures cold migrations instead: two hosts with daemons and
-sshd (scripts/bench_migrate.py's lab), one memhog of SIZE MiB (random memory) moved A -> B from
+sshd (scripts/bench_migrate.py's lab), one memhog of SIZE MiB (issue 17's workload: half text, half
+random memory; ``--text-percent 0``: all random) moved A -> B from
 A's CLI, RUNS rounds, each round the four paths in a rotated order (interleaved):
 
   grpc            ``migrate NAME B:7443 --insecure`` (CRIU's page server carries the pages)
   unix            ``migrate NAME unix:B_ROOT/run/pymigrate.sock`` (B's daemon socket, reachable from
-                  A's namespace on this one machine): every page through gRPC, as over ssh://, no SSH
+                  A's namespace on this one machine): the pages over B's page socket, no SSH
+                  (migrate/migration/page_socket.py)
   ssh             ``migrate NAME ssh://root@B`` (B's daemon stopped: started on demand; the
-                  bytes through OpenSSH's ``ssh -L``, migrate/remote/ssh_forward.py)
-  ssh-paramiko    the same with a PATH that has no ``ssh``: paramiko's channel (the fallback)
+                  bytes through OpenSSH's ``ssh -L``, migrate/remote/ssh_forward.py, the pages
+                  through its second forward to B's page socket)
+  ssh-paramiko    the same with a PATH that has no ``ssh``: paramiko's channel (the fallback; the
+                  pages inside the gRPC stream)
+  ssh-raw         (``--paths`` only) ssh with ``--compress off``: CRIU straight into the page
+                  forward, no relay probe
 
 and back B -> A over grpc (untimed) after each, memory warmed before each timed hop, the checksum
-checked after it. Prints the median pause (frozen_ms), total and CLI wall time per path and the
-ratios to grpc.
+checked after it. Prints the median pause (frozen_ms), total and CLI wall time per path, the
+ratios to grpc, which page path each took (page_socket=1: a page socket; page_compressed: the
+relay chose zstd) and the load average before and after (the machine is shared).
 
-    .venv/bin/python scripts/bench_ssh.py --migrate [--size-mib 256] [--runs 3] [--json]
+    .venv/bin/python scripts/bench_ssh.py --migrate [--size-mib 256] [--runs 3] [--text-percent 50] [--paths P,...] [--json]
 """
 
 from __future__ import annotations
@@ -171,6 +178,7 @@ def _path_without_ssh(workdir: Path) -> str:
 
 
 MIGRATE_PATHS = ("grpc", "unix", "ssh", "ssh-paramiko")
+EXTRA_PATHS = ("ssh-raw",)  # --paths only: ssh with --compress off (the page socket without the relay's probe)
 
 
 @contextlib.contextmanager
@@ -214,6 +222,8 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
         flags = ["--ssh-key", str(ssh["key"]), "--ssh-known-hosts", str(ssh["known_hosts"]),
                  "--ssh-remote-pymigrate", str(PYMIGRATE_BIN), "--ssh-remote-root", str(b.root)]  # fmt: skip
         args, env = [*flags, "migrate", name, b.ssh_url(), "--json"], dict(ssh["env"])
+        if path == "ssh-raw":
+            args.append("--compress=off")
         if path == "ssh-paramiko":
             env["PATH"] = ssh["path_without_ssh"]
         b.stop_daemon()
@@ -236,7 +246,7 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
             b.stop_daemon()
         if path != "grpc":
             lab.start_daemon(b)
-    if bool(seen) != (path == "ssh"):
+    if bool(seen) != (path in ("ssh", "ssh-raw")):
         raise SystemExit(f"bench: ssh -L forwarders seen during the hop over {path}: {sorted(seen)}")
     after = lab.report(b, name)
     if after is None or after[0] != before[0]:
@@ -246,22 +256,27 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
             "bytes_on_wire": result["stats"]["bytes_on_wire"], "phases_ms": result["stats"].get("phases_ms", {})}  # fmt: skip
 
 
-def bench_migrate_paths(size_mib: int, runs: int, as_json: bool) -> int:
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def bench_migrate_paths(size_mib: int, runs: int, as_json: bool, paths: tuple[str, ...] = MIGRATE_PATHS, text_percent: int = 50) -> int:
     import statistics
 
     sys.path.insert(0, str(REPO / "scripts"))
     import bench_migrate
     from tests.integration.migration_lab import Lab
 
-    samples: dict[str, list[dict]] = {p: [] for p in MIGRATE_PATHS}
+    samples: dict[str, list[dict]] = {p: [] for p in paths}
+    load_before = _uptime()
     with tempfile.TemporaryDirectory(prefix="bench-ssh-") as workdir, Lab.create(Path(workdir)) as lab:
         ssh = bench_migrate.setup_ssh(lab, Path(workdir))
         ssh["path_without_ssh"] = _path_without_ssh(Path(workdir))
         name = f"sshbench{size_mib}"
-        lab.run_memhog(lab.hosts[0], name, size_mib)
+        lab.run_memhog(lab.hosts[0], name, size_mib, text_percent=text_percent)
         before = lab.report(lab.hosts[0], name)
         for run in range(runs):
-            order = MIGRATE_PATHS[run % len(MIGRATE_PATHS) :] + MIGRATE_PATHS[: run % len(MIGRATE_PATHS)]
+            order = paths[run % len(paths) :] + paths[: run % len(paths)]
             for path in order:
                 sample = _migrate_hop(lab, ssh, path, name, size_mib, before)
                 samples[path].append(sample)
@@ -269,17 +284,20 @@ def bench_migrate_paths(size_mib: int, runs: int, as_json: bool) -> int:
                     print(f"run {run + 1} {path:>13}: pause {sample['pause_ms']:7.0f} ms  total {sample['total_ms']:7.0f} ms"
                           f"  wall {sample['wall_ms']:7.0f} ms", flush=True)  # fmt: skip
                     print("      " + " ".join(f"{k}={v:.0f}" for k, v in sample["phases_ms"].items()), flush=True)
-    medians = {p: {k: statistics.median(s[k] for s in samples[p]) for k in ("pause_ms", "total_ms", "wall_ms")} for p in MIGRATE_PATHS}
-    ratios = {p: round(medians[p]["pause_ms"] / medians["grpc"]["pause_ms"], 2) for p in MIGRATE_PATHS}
+    load_after = _uptime()
+    medians = {p: {k: statistics.median(s[k] for s in samples[p]) for k in ("pause_ms", "total_ms", "wall_ms")} for p in paths}
+    ratios = {p: round(medians[p]["pause_ms"] / medians["grpc"]["pause_ms"], 2) for p in paths}
     if as_json:
-        json.dump({"size_mib": size_mib, "runs": runs, "samples": samples, "medians": medians, "pause_vs_grpc": ratios}, sys.stdout, indent=2)
+        json.dump({"size_mib": size_mib, "text_percent": text_percent, "runs": runs, "samples": samples, "medians": medians, "pause_vs_grpc": ratios,
+                   "uptime": [load_before, load_after]}, sys.stdout, indent=2)
         print()
         return 0
-    print(f"\nmedians of {runs}, {size_mib} MiB cold, A -> B:")
-    for p in MIGRATE_PATHS:
+    print(f"\nmedians of {runs}, {size_mib} MiB cold ({text_percent}% text), A -> B:")
+    for p in paths:
         m = medians[p]
         print(f"  {p:>13}: pause {m['pause_ms']:7.0f} ms ({ratios[p]:.2f}x grpc)  total {m['total_ms']:7.0f} ms  wall {m['wall_ms']:7.0f} ms")
-    print(f"  goal: ssh pause <= 1.3x grpc: {'met' if ratios['ssh'] <= 1.3 else 'NOT met'} ({ratios['ssh']:.2f}x)")
+    print(f"  goal: ssh pause <= 1.3x grpc: measured {ratios['ssh']:.2f}x / goal 1.30x / {'met' if ratios['ssh'] <= 1.3 else 'NOT met'}")
+    print(f"  uptime before: {load_before}\n  uptime after:  {load_after}")
     return 0
 
 
@@ -289,10 +307,17 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best is kept")
     parser.add_argument("--migrate", action="store_true", help="cold migrations: grpc vs ssh:// (ssh -L) vs ssh:// (paramiko)")
     parser.add_argument("--runs", type=int, default=3, help="with --migrate: interleaved rounds; medians are printed")
+    parser.add_argument("--text-percent", type=int, default=50,
+                        help="with --migrate: the memhog's share of text memory (issue 17's workload: 50, ~1.7x with zstd; 0: random)")
+    parser.add_argument("--paths", default=",".join(MIGRATE_PATHS),
+                        help=f"with --migrate: comma-separated, grpc and ssh among them; of {', '.join(MIGRATE_PATHS + EXTRA_PATHS)}")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.migrate:
-        return bench_migrate_paths(args.size_mib, args.runs, args.json)
+        paths = tuple(args.paths.split(","))
+        if not {"grpc", "ssh"} <= set(paths) or not set(paths) <= set(MIGRATE_PATHS + EXTRA_PATHS):
+            parser.error(f"--paths needs grpc and ssh, and only {', '.join(MIGRATE_PATHS + EXTRA_PATHS)}")
+        return bench_migrate_paths(args.size_mib, args.runs, args.json, paths, args.text_percent)
     size = args.size_mib << 20
 
     from migrate.remote.client import RemoteEngine

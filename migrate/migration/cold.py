@@ -79,6 +79,8 @@ class ColdMode:
                           else connect_page_server(self._address, self._port))
             if move.ticket.pages_compressed:
                 self._open_relay(move)
+            if page_socket.is_page_socket(self._address):  # a local daemon's or an ssh forward's (page_socket.py)
+                self._relay_phases["page_socket"] = 1.0
 
     def _open_relay(self, move: Move) -> None:
         """Probe the link and decide zstd or raw (before the freeze: not in the pause)."""
@@ -97,8 +99,6 @@ class ColdMode:
             "page_zstd_mib_s": round(d.compress_bps / (1 << 20), 1),
             "page_compressed": 1.0 if d.compressed else 0.0,
         }
-        if unix:  # the pages go over a unix page socket (page_socket.py: a local daemon's, an ssh forward)
-            self._relay_phases["page_socket"] = 1.0
         log.info("container=%s migration=%s page stream %s (compress=%s: link %.0f MiB/s, zstd %.0f MiB/s)", move.spec.name,
                  move.migration_id, "zstd" if d.compressed else "raw", setting, d.link_bps / (1 << 20), d.compress_bps / (1 << 20))
 
@@ -106,7 +106,8 @@ class ColdMode:
         return {}
 
     def dump_request(self, move: Move, request: DumpRequest) -> DumpRequest:
-        page_server = PageServer(self._address, self._port, fd=self._sock.fileno()) if self._sock and self._address else None
+        page_server = (PageServer(self._address, self._port, fd=self._sock.fileno(), plain=page_socket.is_page_socket(self._address))
+                       if self._sock and self._address else None)
         if self._relay is not None and self._address:  # raw: CRIU has the connection (and its TLS) itself
             page_server = PageServer(self._address, self._port, fd=self._relay.criu_fd,
                                      plain=not self._relay.direct or page_socket.is_page_socket(self._address))

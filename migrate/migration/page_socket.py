@@ -19,8 +19,9 @@ path (it knows which socket it dialled; the target does not), the target takes i
 directory is its own run directory and the name a fresh token, else it answers no page server and
 the pages stream through gRPC as before. The request carries ``unix:PATH`` in
 ``page_server_address`` (a target without this cannot bind it as a host: no page server either);
-the answer's ``page_server_port`` is ``PORT`` (a unix socket has no port; 0 still means none). It
-always runs behind the page relay (``compressed_pages``): ``--compress off`` streams through gRPC.
+the answer's ``page_server_port`` is ``PORT`` (a unix socket has no port; 0 still means none).
+Behind the page relay when the source asks it (``compressed_pages``), as CRIU's own connection
+with ``--compress off``.
 
 Trust, as over TCP: the target's page relay reads the handshake and decompresses boundedly; a
 peer must run as this daemon's user or root (SO_PEERCRED) besides the directory's mode. No TLS:
@@ -52,6 +53,11 @@ DIR_NAME = "pages"
 TOKEN_RE = re.compile(r"[0-9a-f]{16}\.sock")
 CONNECT_TIMEOUT_S = 10.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (SO_PEERCRED)
+# A unix stream socket holds in flight what its *sender's* buffer allows (~208 KiB by default):
+# CRIU splices page runs of MiBs, and ssh reads 16 KiB at a time on a shared, busy pair of cores;
+# more room lets each run in longer turns.
+SEND_BUFFER = 8 << 20
+SO_SNDBUFFORCE = 32  # linux/socket.h (the socket module lacks the name)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ def connect(target: Any, address: str) -> socket.socket:
     if channel is None or channel.address != address:
         raise TransferError(f"no page channel to {address} on this connection", phase="preflight")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _send_buffer(sock, SEND_BUFFER)
     sock.settimeout(CONNECT_TIMEOUT_S)
     try:
         sock.connect(channel.local)
@@ -107,6 +114,13 @@ def connect(target: Any, address: str) -> socket.socket:
     sock.settimeout(None)
     log.info("page stream over %s socket %s -> %s", channel.via, channel.local, channel.remote)
     return sock
+
+
+def _send_buffer(sock: socket.socket, size: int) -> None:
+    try:  # past net.core.wmem_max with CAP_NET_ADMIN, as the daemon and a root CLI have
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 # -- the target's side ----------------------------------------------------------------------------------
@@ -133,18 +147,28 @@ class PageSocketRelay(TargetRelay):
         self.path.unlink(missing_ok=True)
 
 
+class PlainPageSocket(PageSocketRelay):
+    """A page socket without the relay's handshake (``--compress off``: the source sends no
+    probe): the connection goes to ``criu page-server`` as it is, as CRIU's own TCP one would."""
+
+    def _handshake(self, conn: socket.socket) -> socket.socket:
+        self.compressed = False
+        return conn
+
+
 def start(images_dir: Path, address: str, run_dir: Path, *, relay: bool, timeout_s: int) -> PageSocketRelay:
     """Listen on the page socket ``address`` (``unix:PATH``) for the source's page stream, in
     front of the ``criu page-server`` that writes into ``images_dir``.
 
+    ``relay``: the source opens with the relay's handshake (``compressed_pages``); else CRIU's
+    page server gets the connection as it comes (PlainPageSocket).
+
     Raises:
-        InvalidArgument: ``PATH`` is not a fresh token in ``run_dir``'s pages directory, or the
-            source sends no relay handshake (``relay`` false): the pages then stream.
+        InvalidArgument: ``PATH`` is not a fresh token in ``run_dir``'s pages directory: the pages
+            then stream through gRPC.
         OSError: the socket cannot be made.
     """
     path = Path(address[len(SCHEME):])
-    if not relay:
-        raise InvalidArgument(f"page socket {path}: only behind the page relay (the source asked no compressed_pages)")
     pages_dir = _pages_dir(run_dir)
     if (not path.is_absolute() or path.parent.name != DIR_NAME or not TOKEN_RE.fullmatch(path.name)
             or os.path.realpath(path.parent) != os.path.realpath(pages_dir)):
@@ -157,7 +181,7 @@ def start(images_dir: Path, address: str, run_dir: Path, *, relay: bool, timeout
     except OSError:
         listener.close()
         raise
-    return PageSocketRelay(listener, path, images_dir, timeout_s=timeout_s)
+    return (PageSocketRelay if relay else PlainPageSocket)(listener, path, images_dir, timeout_s=timeout_s)
 
 
 def _pages_dir(run_dir: Path) -> Path:

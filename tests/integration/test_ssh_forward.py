@@ -301,7 +301,8 @@ def _page_socket_used(stats: dict, stderr: str, target_log: str, via: str) -> No
 
 
 @pytest.mark.requires("criu", "pycriu", "busybox", "overlay")
-def test_cold_pages_go_through_the_tunnels_page_forward(ssh_pair: SshLab) -> None:
+@pytest.mark.parametrize("compress", ["auto", "off"])  # off: CRIU's connection as it is, no relay probe
+def test_cold_pages_go_through_the_tunnels_page_forward(ssh_pair: SshLab, compress: str) -> None:
     lab, (a, b) = ssh_pair.lab, ssh_pair.hosts.hosts
     name = "pages"
     lab.run_memhog(a, name, MIGRATE_MIB)
@@ -311,13 +312,15 @@ def test_cold_pages_go_through_the_tunnels_page_forward(ssh_pair: SshLab) -> Non
     ssh_pair.record_host_key(b)
     pages_dir = b.root / "run" / "pages"
     with PageForwardWatch(pages_dir) as watch:
-        r = a.cli(["--debug", *ssh_pair.ssh_flags(b), "migrate", name, b.ssh_url(), "--json"], timeout=300, env=ssh_pair.env())
+        r = a.cli(["--debug", *ssh_pair.ssh_flags(b), "migrate", name, b.ssh_url(), f"--compress={compress}", "--json"],
+                  timeout=300, env=ssh_pair.env())
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     stats = migrate_json(r.stdout)["stats"]
     assert len(watch.forwards) == 1, f"one ssh -L to a page socket in {pages_dir}: {watch.forwards}"
     local = watch.forwards.pop().decode().partition(":")[0]
     assert local.endswith("/pages.sock"), local  # in the tunnel's 0700 directory, beside its other socket
     _page_socket_used(stats, r.stderr.decode(), (b.root / "run" / "ssh-daemon.log").read_text(), "ssh")
+    assert ("page_probe" in stats["phases_ms"]) == (compress == "auto"), stats
     assert stats["raw_bytes"] >= MIGRATE_MIB * MIB, stats
     assert_hop(lab, a, b, name, spec["ip"], spec["container_id"], before)
     assert list(pages_dir.iterdir()) == [], "the page socket goes with its migration"

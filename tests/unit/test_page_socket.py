@@ -49,17 +49,16 @@ def test_remote_path_is_a_fresh_token_beside_the_daemon_socket(tmp_path: Path) -
     assert local.local == local.remote and local.address == f"unix:{local.remote}" and local.via == "unix"
 
 
-@pytest.mark.parametrize("where", ["other dir", "bad token", "relative", "not behind a relay"])
+@pytest.mark.parametrize("where", ["other dir", "bad token", "relative"])
 def test_a_path_outside_the_daemons_pages_dir_is_refused(tmp_path: Path, where: str) -> None:
     run = _run_dir(tmp_path)
     address = {
         "other dir": f"unix:{tmp_path / 'elsewhere' / 'pages' / '0123456789abcdef.sock'}",
         "bad token": _address(run, "../pymigrate.sock"),
         "relative": "unix:pages/0123456789abcdef.sock",
-        "not behind a relay": _address(run),
     }[where]
     with pytest.raises(InvalidArgument):
-        page_socket.start(tmp_path / "images", address, run, relay=where != "not behind a relay", timeout_s=5)
+        page_socket.start(tmp_path / "images", address, run, relay=True, timeout_s=5)
     assert not (tmp_path / "elsewhere").exists()
     assert not any((run / "pages").glob("*")) if (run / "pages").exists() else True
 
@@ -129,3 +128,27 @@ def test_connect_needs_the_targets_own_channel(tmp_path: Path) -> None:
         page_socket.connect(Target(None), channel.address)
     with pytest.raises(TransferError, match="cannot reach the target's page socket"):
         page_socket.connect(Target(channel), channel.address)  # nobody listens
+
+
+def test_without_the_relay_the_page_server_gets_the_connection_as_it_comes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compress off``: no probe, no handshake; CRIU's first bytes reach the page server."""
+    started: list[FakeCriu] = []
+    monkeypatch.setattr(TargetRelay, "_start_criu", lambda self, sock, tls: started.append(FakeCriu(sock)) or started[-1])
+    run = _run_dir(tmp_path)
+    channel = page_socket.for_local_daemon(str(run / "pymigrate.sock"))
+    target = page_socket.start(tmp_path / "images", channel.address, run, relay=False, timeout_s=5)
+    criu = page_socket.connect(Target(channel), channel.address)
+    criu.sendall(b"PMR1 is not a hello here")
+    criu.close()
+    for _ in range(100):
+        if started:
+            break
+        time.sleep(0.05)
+    assert started, "no page server started"
+    got = bytearray()
+    while chunk := started[0].sock.recv(1 << 20):
+        got += chunk
+    assert bytes(got) == b"PMR1 is not a hello here"
+    assert target.wait(10) == 0 and target.compressed is False
+    assert not Path(channel.remote).exists()
+    target.stop()
