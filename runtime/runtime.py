@@ -447,22 +447,90 @@ class Runtime:
 
     def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]],
                seccomp_bpf: bytes | None, net: Any, *, launch: bool = True) -> None:
+        from runtime.cgroup_warmup import Warmup
         from runtime.shim import Starter, launch_shim
 
+        # the init's cgroup move in the shim would wait a grace period: it passes while we build
+        warmup = Warmup().start() if launch else None
+        try:
+            spec, merged, netns = self._build(spec, lowers, undo, net)
+            if not launch:  # ``create``: all made, nothing started; ``start`` publishes and launches (runtime/start.py)
+                return
+            if spec.ports:
+                from runtime.port_rules import publish, unpublisher
+
+                publish(self, spec)
+                undo.append(("unpublish ports", unpublisher(self.paths.root, spec.container_id)))
+            plan = self.init_plan(spec, merged, netns, seccomp_bpf)
+            parent = self.cgroup_parent(spec.cgroup_parent)
+            launch_shim(
+                self.store,
+                spec.container_id,
+                Starter("runtime.process:start_container", {"plan": plan, "cgroup_parent": parent}),
+                oom_killed=Starter("runtime.process:oom_killed", {"cgroup_parent": parent, "container_id": spec.container_id}),
+                exited=self.exit_action(spec),
+                sys=self.sys,
+                warmup=warmup,
+                idle=self._spares(),
+            )
+        finally:
+            if warmup is not None:
+                warmup.stop()
+
+    def _spares(self) -> Any:
+        """The shim's idle work after a run's start: upper-layer images copied ahead for the next
+        runs (runtime/upperfs.py make_spares); None with plain upper directories."""
+        from runtime.shim import Starter
+
+        size = self._upper_size()
+        if not size:
+            return None
+        return Starter("runtime.upperfs:make_spares", {"template_dir": str(self.paths.cache), "size_bytes": size})
+
+    def _build(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]],
+               net: Any) -> tuple[ContainerSpec, Path, Path]:
+        """The container's root (upper layer, overlay, /etc files), cgroup, network namespace and
+        link; (the spec as connected, the merged root, the netns path).
+
+        The root's mounts are made in a thread while this one makes the cgroup and the network:
+        both halves are mostly the kernel's work (a loop device and two mounts; mkdirs, a netns,
+        a veth pair), so they overlap on a second core. /etc/hosts is written after both, with
+        the address the link got (an answered ARP probe may have changed it)."""
         cid = spec.container_id
-        cdir = self.store.dir(cid)
         self.paths.cache.mkdir(mode=0o700, exist_ok=True)
         userns_path = self.make_userns(spec, undo)
+        root_undo: builtins.list[tuple[str, Callable[[], None]]] = []
+        root = _Background(lambda: self._mount_root(cid, lowers, userns_path, spec.userns_base, root_undo))
+        at = len(undo)
+        try:
+            spec, netns = self._host_side(spec, undo, net, userns_path)
+        finally:
+            error = root.wait()  # raised below unless this side's error is on its way
+            undo[at:at] = root_undo  # undone after the host side, as when they were made one by one
+        if error is not None:
+            raise error
+        merged = root.result
+        from runtime.ns_modes import seen_hostname
+
+        prepare_root(merged, spec, seen_hostname(spec, self.container))  # a shared uts: the other's name
+        return spec, merged, netns
+
+    def _mount_root(self, cid: str, lowers: tuple[Path, ...], userns_path: Path | None, userns_base: int,
+                    undo: builtins.list[tuple[str, Callable[[], None]]]) -> Path:
+        """The upper layer and the overlay mounted; the merged root (its undo steps in ``undo``)."""
+        cdir = self.store.dir(cid)
         layout = upperfs.prepare(self.sys, cdir, self._upper_size(), template_dir=self.paths.cache)
         if layout.image is not None:
             undo.append(("unmount upper layer", lambda: upperfs.unmount(self.sys, layout.mountpoint)))
-        dirs = overlay.OverlayDirs.for_container(cdir, lowers, userns_path, spec.userns_base)
+        dirs = overlay.OverlayDirs.for_container(cdir, lowers, userns_path, userns_base)
         overlay.mount(self.sys, dirs)
         undo.append(("unmount overlay", lambda: overlay.unmount(self.sys, dirs.merged)))
-        from runtime.ns_modes import seen_hostname
+        return dirs.merged
 
-        prepare_root(dirs.merged, spec, seen_hostname(spec, self.container))  # a shared uts: the other's name
-
+    def _host_side(self, spec: ContainerSpec, undo: builtins.list[tuple[str, Callable[[], None]]], net: Any,
+                   userns_path: Path | None) -> tuple[ContainerSpec, Path]:
+        """The container's cgroup, network namespace and (bridge) link; (the spec as connected, the netns)."""
+        cid = spec.container_id
         cg = self.cgroups(spec.cgroup_parent)
         cg.create(cid, limits_of(spec))
         undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
@@ -476,23 +544,7 @@ class Runtime:
                 self.store.write_spec(spec)
             net.connect(cid, netns, ip=spec.ip, mac=spec.mac)
             undo.append(("disconnect", lambda: net.disconnect(cid)))
-        if not launch:  # ``create``: all made, nothing started; ``start`` publishes and launches (runtime/start.py)
-            return
-        if spec.ports:
-            from runtime.port_rules import publish, unpublisher
-
-            publish(self, spec)
-            undo.append(("unpublish ports", unpublisher(self.paths.root, cid)))
-
-        plan = self.init_plan(spec, dirs.merged, netns, seccomp_bpf)
-        launch_shim(
-            self.store,
-            cid,
-            Starter("runtime.process:start_container", {"plan": plan, "cgroup_parent": self.cgroup_parent(spec.cgroup_parent)}),
-            oom_killed=Starter("runtime.process:oom_killed", {"cgroup_parent": self.cgroup_parent(spec.cgroup_parent), "container_id": cid}),
-            exited=self.exit_action(spec),
-            sys=self.sys,
-        )
+        return spec, netns
 
     def init_plan(self, spec: ContainerSpec, merged: Path, netns: Path, seccomp_bpf: bytes | None | bool = True) -> Any:
         """The ``InitPlan`` of ``spec``'s init in its mounted ``merged`` root and ``netns`` (a fresh
@@ -1082,3 +1134,32 @@ def _is_container_init(pid: int) -> bool:
     except OSError:
         return False
     return False
+
+
+class _Background:
+    """``fn`` run in a thread at once; ``wait`` joins it (see ``_build``)."""
+
+    def __init__(self, fn: Callable[[], Path]) -> None:
+        import threading
+
+        self._result: Path | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = fn()
+            except BaseException as exc:  # handed to join's caller
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="container-root", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> BaseException | None:
+        """Join the thread; the error ``fn`` raised, if any."""
+        self._thread.join()
+        return self._error
+
+    @property
+    def result(self) -> Path:
+        assert self._result is not None, "wait() first; fn failed or is running"
+        return self._result

@@ -53,12 +53,15 @@ import sys as _sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from runtime import console
 from runtime.errors import ContainerError, ContainerNotFound
 from runtime.state import StateStore
 from runtime.syscalls import LINUX, PR_SET_CHILD_SUBREAPER, PR_SET_NAME, Syscalls
+
+if TYPE_CHECKING:  # pragma: no cover
+    from runtime.cgroup_warmup import Warmup
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +179,7 @@ def _launcher_main(sock: Any) -> None:  # pragma: no cover - runs in the launche
                 if os.fork() == 0:
                     store = StateStore(Paths(Path(data["root"])))
                     _shim_main(store, data["container_id"], data["starter"], report_fd, data["oom_killed"], _LINUX,
-                               data.get("exited"))
+                               data.get("exited"), data.get("idle"))
                 code = 0
             finally:
                 os._exit(code)
@@ -199,6 +202,8 @@ def launch_shim(
     oom_killed: Callable[[], bool] | None = None,
     exited: Callable[[], None] | None = None,
     sys: Syscalls = LINUX,
+    warmup: "Warmup | None" = None,
+    idle: Callable[[], Any] | None = None,
 ) -> ShimHandle:
     """Start a detached shim for ``container_id`` that runs ``starter`` and monitors its result.
 
@@ -210,6 +215,11 @@ def launch_shim(
         oom_killed: called by the shim after the init exited; True if the OOM killer struck.
         exited: called by the shim last, after the exit is recorded and the rest reaped
             (``run -d --rm``: runtime.runtime.auto_remove); a failure is logged.
+        warmup: the caller's running cgroup warm-up (runtime/cgroup_warmup.py), paused across
+            this process's fork (a single-threaded fork) and kept on until the shim reports;
+            the caller stops it.
+        idle: called by the shim once, right after its report (work for the next starts, off
+            this one's path: ``run``'s spare upper-layer images); a failure is logged.
 
     Returns:
         The shim's and the init's host pids; the state record already says ``running``.
@@ -222,7 +232,7 @@ def launch_shim(
         import pickle
 
         payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed,
-                               "exited": exited})
+                               "exited": exited, "idle": idle})
         try:
             launched = _launcher.launch(payload, wfd)
         finally:
@@ -235,7 +245,7 @@ def launch_shim(
         import subprocess
 
         payload = pickle.dumps({"root": str(store.paths.root), "container_id": container_id, "starter": starter, "oom_killed": oom_killed,
-                               "exited": exited})
+                               "exited": exited, "idle": idle})
         try:
             proc = subprocess.Popen(
                 [_sys.executable, "-m", "runtime.shim", str(wfd)],
@@ -259,6 +269,8 @@ def launch_shim(
         proc.wait()  # it forks the shim and exits at once
         return _read_report(store, container_id, rfd)
     _freeze_gc_at_exit()
+    if warmup is not None:
+        warmup.stop()  # fork from a single-threaded process
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
@@ -266,10 +278,12 @@ def launch_shim(
             os.close(rfd)
             os.setsid()
             if os.fork() == 0:
-                _shim_main(store, container_id, starter, wfd, oom_killed, sys, exited)
+                _shim_main(store, container_id, starter, wfd, oom_killed, sys, exited, idle)
             code = 0
         finally:
             os._exit(code)
+    if warmup is not None:
+        warmup.start()  # the init's cgroup move comes next, in the shim: the fork's gap is shorter than a grace period
     os.close(wfd)
     os.waitpid(pid, 0)
     return _read_report(store, container_id, rfd)
@@ -344,6 +358,7 @@ def _shim_main(  # pragma: no cover - runs in the shim process
     oom_killed: Callable[[], bool] | None,
     sys: Syscalls,
     exited: Callable[[], None] | None = None,
+    idle: Callable[[], Any] | None = None,
 ) -> None:
     code = 0
     try:
@@ -368,12 +383,15 @@ def _shim_main(  # pragma: no cover - runs in the shim process
             # right after ``run`` finds the socket (runtime/console.py)
             console_server = console.serve(store.dir(container_id) / console.ATTACH_SOCKET, started)
             now = time.time()
+            # visible before the report (readers see the page cache); its fsync (4-12 ms here)
+            # comes right after the report: the launcher need not wait for the disk
             store.update_state(
                 container_id,
                 lambda s: dataclasses.replace(
                     s, status="running", pid=init_pid, shim_pid=os.getpid(), started_at=now,
                     exit_code=None, oom_killed=False, finished_at=None,
                 ),
+                sync=False,
             )
             _started_event(store, container_id, starter)
         except BaseException as exc:  # the shim's boundary: everything goes back to the launcher
@@ -387,6 +405,11 @@ def _shim_main(  # pragma: no cover - runs in the shim process
             return
         _write_all(report_fd, json.dumps({"init_pid": init_pid, "shim_pid": os.getpid()}).encode())
         os.close(report_fd)
+        try:
+            store.sync_state(container_id)
+        except OSError:  # the container runs: monitoring it matters more than the disk's answer
+            log.warning("container=%s: cannot fsync its running state", container_id, exc_info=True)
+        _run_idle(container_id, idle)
         from runtime import log_index  # after the report: off the path of ``run -d``
 
         while init_pid > 0:
@@ -403,6 +426,15 @@ def _shim_main(  # pragma: no cover - runs in the shim process
         code = 1
     finally:
         os._exit(code)
+
+
+def _run_idle(container_id: str, idle: Callable[[], Any] | None) -> None:
+    if idle is None:
+        return
+    try:
+        idle()
+    except Exception:  # the next start does the work itself; this one's container runs
+        log.warning("container=%s: the shim's idle work failed", container_id, exc_info=True)
 
 
 def _finish_console(server: "console.ConsoleServer | None", store: StateStore, container_id: str) -> None:
@@ -580,7 +612,7 @@ def _exec_main() -> None:  # pragma: no cover - the exec'd launcher (see "Two wa
     os.set_inheritable(report_fd, False)
     if os.fork() == 0:
         _shim_main(store, data["container_id"], data["starter"], report_fd, data["oom_killed"], _LINUX,
-                               data.get("exited"))
+                               data.get("exited"), data.get("idle"))
     os._exit(0)
 
 

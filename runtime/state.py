@@ -50,15 +50,19 @@ def validate_name(name: str) -> str:
     return name
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new content, never a mix."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new content, never a mix.
+
+    ``sync`` False: no fsync before the rename; the caller fsyncs ``path`` soon after (``fsync_file``).
+    Only for replacing a file that exists (ext4 flushes a file renamed over another at the commit)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
@@ -213,18 +217,32 @@ class StateStore:
         except FileNotFoundError:
             raise ContainerNotFound(container_id) from None
 
-    def write_state(self, container_id: str, state: ContainerState) -> None:
-        """Replace the state record (caller holds the lock or owns the container exclusively)."""
+    def write_state(self, container_id: str, state: ContainerState, *, sync: bool = True) -> None:
+        """Replace the state record (caller holds the lock or owns the container exclusively);
+        ``sync`` False: see ``atomic_write`` (then ``sync_state``)."""
         d = self.dir(container_id)
         if not (d / CONFIG_FILE).exists():
             raise ContainerNotFound(container_id)
-        atomic_write(d / STATE_FILE, _dump(state.to_dict()))
+        atomic_write(d / STATE_FILE, _dump(state.to_dict()), sync=sync)
 
-    def update_state(self, container_id: str, change: Callable[[ContainerState], ContainerState]) -> ContainerState:
-        """Read, change and write the state under the lock; returns the new state."""
+    def sync_state(self, container_id: str) -> None:
+        """fsync the state record written with ``sync=False`` (gone meanwhile: nothing to do)."""
+        try:
+            fd = os.open(self.dir(container_id) / STATE_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def update_state(self, container_id: str, change: Callable[[ContainerState], ContainerState], *,
+                     sync: bool = True) -> ContainerState:
+        """Read, change and write the state under the lock; returns the new state (``sync``: see
+        ``write_state``)."""
         with self.lock():
             new = change(self.load_state(container_id))
-            self.write_state(container_id, new)
+            self.write_state(container_id, new, sync=sync)
             return new
 
     def delete(self, container_id: str) -> None:

@@ -147,7 +147,8 @@ def create(image: Path, size_bytes: int, *, template_dir: Path | None = None) ->
     """Make a sparse, empty ext4 image of ``size_bytes`` (~4.3 MiB allocated for 16 GiB).
 
     With ``template_dir``, the first image of a size is made there once (``mkfs.ext4``: 20-45 ms
-    here) and later ones are sparse copies of it (copy_file_range of its ~4 MiB: a few ms). The
+    here) and later ones are sparse copies of it (copy_file_range of its ~4 MiB: 5-10 ms here),
+    or a copy made ahead (``make_spares``, by a shim after its start) renamed into place. The
     copies share the file-system UUID, which nothing here relies on (overlayfs keys its origin
     handles by the *lower* file system's UUID)."""
     if template_dir is None:
@@ -161,7 +162,68 @@ def create(image: Path, size_bytes: int, *, template_dir: Path | None = None) ->
             os.rename(partial, template)  # atomic: a concurrent run sees all of it or none
         finally:
             partial.unlink(missing_ok=True)
-    copy_sparse(template, image)
+    if not _claim_spare(template_dir, size_bytes, image):
+        copy_sparse(template, image)
+
+
+SPARES = 2  # copies of a template kept ready beside it (4.3 MiB of disk each at 16 GiB)
+
+
+def _spare_prefix(size_bytes: int) -> str:
+    return f"upperfs-spare-{size_bytes}-v1."
+
+
+def _claim_spare(template_dir: Path, size_bytes: int, image: Path) -> bool:
+    """Move a copy ``make_spares`` made into place as ``image``: one rename, which only one of
+    several concurrent runs wins for each copy. False: none left (copy the template then)."""
+    prefix = _spare_prefix(size_bytes)
+    try:
+        names = [n for n in os.listdir(template_dir) if n.startswith(prefix)]
+    except OSError:
+        return False
+    for name in names:
+        if os.path.lexists(image):  # never replace an image (copy_sparse refuses it: O_EXCL)
+            return False
+        try:
+            os.rename(template_dir / name, image)
+        except FileNotFoundError:  # another run took this one
+            continue
+        except OSError as exc:  # EXDEV (a cache on another file system) and the like: copy
+            log.debug("cannot take the spare upper image %s: %s", name, exc)
+            return False
+        return True
+    return False
+
+
+def make_spares(template_dir: str, size_bytes: int) -> None:
+    """Copy the template of ``size_bytes`` until ``SPARES`` copies are ready for the next starts
+    (off their path: a shim calls it after its report). Each copy is an unnamed file until it is
+    complete (O_TMPFILE, then linked), so a killed copier leaves nothing and a run never takes
+    half a copy. No template yet: nothing to do."""
+    directory = Path(template_dir)
+    template = directory / f"upperfs-template-{size_bytes}-v1.img"
+    prefix = _spare_prefix(size_bytes)
+    try:
+        have = sum(1 for n in os.listdir(directory) if n.startswith(prefix))
+    except OSError:
+        return
+    if have >= SPARES or not is_image_file(template):
+        return
+    sfd = os.open(template, os.O_RDONLY | os.O_CLOEXEC)
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for _ in range(SPARES - have):
+            dfd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            try:
+                _copy_extents(sfd, dfd)
+                # linkat(AT_SYMLINK_FOLLOW) through /proc names the unnamed file (a dir fd makes
+                # Python call linkat, not link, which would not follow the magic link)
+                os.link(f"/proc/self/fd/{dfd}", f"{prefix}{os.urandom(6).hex()}.img", dst_dir_fd=dirfd)
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(dirfd)
+        os.close(sfd)
 
 
 def _mkfs(image: Path, size_bytes: int) -> None:
@@ -347,11 +409,7 @@ def copy_sparse(src: Path, dst: Path) -> int:
         size = os.fstat(sfd).st_size
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(dfd, size)
-            copied = 0
-            for start, length in data_extents(sfd, size):
-                copied += _copy_range(sfd, dfd, start, length)
-            return copied
+            return _copy_extents(sfd, dfd, size)
         except BaseException:
             os.close(dfd)
             dfd = -1
@@ -362,6 +420,17 @@ def copy_sparse(src: Path, dst: Path) -> int:
                 os.close(dfd)
     finally:
         os.close(sfd)
+
+
+def _copy_extents(sfd: int, dfd: int, size: int | None = None) -> int:
+    """The data extents of ``sfd`` copied into the empty ``dfd``, made as long; the bytes copied."""
+    if size is None:
+        size = os.fstat(sfd).st_size
+    os.ftruncate(dfd, size)
+    copied = 0
+    for start, length in data_extents(sfd, size):
+        copied += _copy_range(sfd, dfd, start, length)
+    return copied
 
 
 def _copy_range(sfd: int, dfd: int, start: int, length: int) -> int:
