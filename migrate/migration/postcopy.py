@@ -89,7 +89,7 @@ from migrate.api import (
     RestoreStats,
 )
 from migrate.errors import ContainerLost, IncompatibleHost, MigrationError, TransferError
-from runtime.criu import Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, first_error
+from runtime.criu import DUMP_LOG, Criu, CriuProcess, CriuTls, DumpRequest, DumpStats, PageServer, SwrkCriu, first_error
 from runtime.errors import ContainerError
 from runtime.fstree import remove_tree_quietly
 from runtime.spec import readdressed
@@ -295,7 +295,7 @@ class PostcopyMode:
             if not dump.is_alive() and dump.stats is not None:
                 raise MigrationError("criu's lazy dump ended before serving any page", phase="dump")
             for p in sorted(move.images_dir.iterdir()):
-                if p.is_file():
+                if p.is_file() and p.name != DUMP_LOG:  # CRIU still writes it (the page server): the target has no use for it
                     writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
             sink.flush()  # ... and the images while CRIU starts its page server
             mark(move.migration_id, "source: images sent")
@@ -349,7 +349,7 @@ class PostcopyMode:
         self._drop_guard()  # CRIU's page server is closed
         self._lazy_pages = lazy_page_count(move.images_dir)
         if dump.error is not None:
-            kept = _keep_log(move.rt, move.images_dir / "dump.log")
+            kept = _keep_log(move.rt, move.images_dir / DUMP_LOG)
             first = str(getattr(dump.error, "message", dump.error)).splitlines()[0]
             end_record(move.outgoing, move.migration_id)
             lose(move.rt, move.target, move.container, move.migration_id, move.spec.name, self._dest, move.cut.veth,
