@@ -28,7 +28,10 @@ A lazy restore that fails before the resume falls back to the full one from the 
 this host answers the source, so the migration still succeeds: CRIU 4.1.1 premaps every private
 mapping writable for a lazy restore (pagemap.c: no ``pieok`` with lazy pages), and a huge
 reservation (mariadb's 8 TiB PROT_NONE) then fails "Unable to map ANON_VMA: Cannot allocate
-memory" where a full restore maps it as it was. A failure after the resume (the lazy-pages
+memory" where a full restore maps it as it was. Such a restore is not even tried when the dumped
+mm images show it doomed (``premap_refusal``: the kernel's overcommit rule for the host's
+vm.overcommit_memory applied to every private mapping made writable); the log says it was skipped
+and why. ``PYMIGRATE_COLD_LAZY=always`` tries it anyway (the fallback's test). A failure after the resume (the lazy-pages
 daemon dying mid-way) does not fall back: the container ran meanwhile (its upper layer, its
 clients), so the images no longer match it; it is removed and the source thaws.
 """
@@ -52,6 +55,101 @@ from runtime.fstree import remove_tree_quietly
 log = logging.getLogger(__name__)
 
 ENV = "PYMIGRATE_COLD_LAZY"
+ALWAYS = "always"  # try the lazy restore even when the mm images say it fails (tests the fallback)
+
+# CRIU's VmaEntry.status bits (criu/include/image.h) and the mmap flags the premap check reads
+VMA_AREA_REGULAR = 1 << 0
+VMA_FILE_PRIVATE = 1 << 6
+VMA_ANON_PRIVATE = 1 << 9
+VMA_AREA_AIORING = 1 << 13
+VMA_AREA_SHSTK = 1 << 15
+VMA_EXT_PLUGIN = 1 << 27
+MAP_NORESERVE = 0x4000
+MAP_HUGETLB = 0x40000
+USER_SPACE_END = 1 << 57  # above any task size (5-level paging): the vsyscall page and the like
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Vma:
+    """What the premap check needs of one dumped VMA (CRIU's VmaEntry)."""
+
+    start: int
+    end: int
+    flags: int  # MAP_*
+    status: int  # CRIU's VMA_* bits
+
+
+@dataclasses.dataclass(frozen=True)
+class Overcommit:
+    """This host's overcommit rule and the numbers it compares with."""
+
+    mode: int  # vm.overcommit_memory: 0 heuristic, 1 always, 2 never
+    ram_swap_bytes: int  # MemTotal + SwapTotal
+    headroom_bytes: int  # CommitLimit - Committed_AS
+
+
+def read_overcommit(proc: Path = Path("/proc")) -> Overcommit:
+    fields = {}
+    for line in (proc / "meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = int(value.split()[0]) * 1024 if value.split() else 0
+    return Overcommit(mode=int((proc / "sys/vm/overcommit_memory").read_text()),
+                      ram_swap_bytes=fields["MemTotal"] + fields["SwapTotal"],
+                      headroom_bytes=fields["CommitLimit"] - fields["Committed_AS"])
+
+
+def _premapped(vma: Vma) -> bool:
+    """Whether CRIU 4.1.1 premaps ``vma`` (mmap'ed prot|PROT_WRITE) for a lazy restore:
+    premap_priv_vmas maps every private VMA there when ``pieok`` is false, as it is with lazy
+    pages (pagemap.c), except hugetlb and plugin-restored ones (vma.h vma_entry_is_private)."""
+    private = (vma.status & VMA_AREA_REGULAR and vma.status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE)
+               and vma.end <= USER_SPACE_END) or vma.status & (VMA_AREA_SHSTK | VMA_AREA_AIORING)
+    return bool(private) and not vma.flags & MAP_HUGETLB and not vma.status & VMA_EXT_PLUGIN
+
+
+def premap_refusal(vmas: list[Vma], host: Overcommit) -> str | None:
+    """Why the kernel would refuse CRIU's writable premap of these VMAs (a lazy restore fails
+    "Unable to map ANON_VMA"), or None. The rule is the kernel's (mm/util.c __vm_enough_memory)
+    for each mmap CRIU makes: a private writable mapping is accounted unless MAP_NORESERVE (which
+    mode 2 ignores); mode 0 refuses one mapping larger than RAM + swap, mode 2 refuses once the
+    commitments pass CommitLimit (all of the restore's: they are mapped before any page is read),
+    mode 1 refuses nothing."""
+    accounted = [v for v in vmas if _premapped(v) and (host.mode == 2 or not v.flags & MAP_NORESERVE)]
+    if host.mode == 0 and accounted:
+        big = max(accounted, key=lambda v: v.end - v.start)
+        if big.end - big.start > host.ram_swap_bytes:
+            return (f"a private mapping of {(big.end - big.start) / GIB:.1f} GiB at {big.start:#x} would be premapped "
+                    f"writable, more than this host's RAM + swap ({host.ram_swap_bytes / GIB:.1f} GiB; vm.overcommit_memory=0)")
+    if host.mode == 2:
+        total = sum(v.end - v.start for v in accounted)
+        if total > host.headroom_bytes:
+            return (f"{total / GIB:.1f} GiB of private mappings would be premapped writable, more than this host's commit "
+                    f"headroom (CommitLimit - Committed_AS: {host.headroom_bytes / GIB:.1f} GiB; vm.overcommit_memory=2)")
+    return None
+
+
+def dumped_vmas(images_dir: Path) -> list[Vma]:
+    """Every VMA of the dumped mm images (mm-*.img), through pycriu's generated mm_pb2 (its dict
+    decoder is not needed, and importing all of pycriu.images costs ~75 ms of the pause)."""
+    from runtime.criu import read_image_entries
+
+    out: list[Vma] = []
+    for path in sorted(images_dir.glob("mm-*.img")):
+        for mm in read_image_entries(path, "mm_entry", "mm_pb2"):
+            out.extend(Vma(v.start, v.end, v.flags, v.status) for v in mm.vmas)
+    return out
+
+
+def lazy_refusal(images_dir: Path, environ: Mapping[str, str] = os.environ, proc: Path = Path("/proc")) -> str | None:
+    """Why a lazy restore of these images would fail before the resume, or None (try it)."""
+    if environ.get(ENV, "").strip().lower() == ALWAYS:
+        return None
+    try:
+        return premap_refusal(dumped_vmas(images_dir), read_overcommit(proc))
+    except Exception as exc:  # noqa: BLE001 - unreadable or undecodable: try it, the fallback still catches a failure
+        log.warning("the premap check could not read its input (%s): trying the lazy restore", exc)
+        return None
 
 
 def _mark(migration_id: str, what: str) -> None:
@@ -180,18 +278,22 @@ def _lazy_failed(host: Any, exc: ContainerError, work_dir: Path, daemon: Any) ->
     return why
 
 
-def _restore_lazily(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked: Any, shell: Any,
-                    replace_id: str | None, starting: concurrent.futures.Future[Any]) -> Any:
-    """Restore with ``lazy_pages`` (through the shell built ahead when there is one); the
-    container's info once it runs. A failure leaves nothing of it (the shell's or restore_from's
-    undo, which gives the upper layer back)."""
+def _restore_first(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked: Any, shell: Any,
+                   replace_id: str | None, starting: concurrent.futures.Future[Any] | None) -> Any:
+    """Restore (through the shell built ahead when there is one) with ``lazy_pages`` when the
+    lazy-pages daemon is ``starting``, else with every page first; the container's info once it
+    runs. A failure leaves nothing of it (the shell's or restore_from's undo, which gives the
+    upper layer back)."""
     from migrate.checkpoint import NETNS_KEY
     from migrate.restore import restore_request
 
     def request_for(root: Path) -> Any:
+        request = restore_request(unpacked, spec, root, tcp_established=False)
+        if starting is None:
+            return request
         starting.result()  # its error, if it did not start
         _mark(migration_id, "target: lazy-pages daemon ready")
-        return dataclasses.replace(restore_request(unpacked, spec, root, tcp_established=False), lazy_pages=True)
+        return dataclasses.replace(request, lazy_pages=True)
 
     restored_from = unpacked.manifest.get("checkpoint_id")
     if shell is not None:
@@ -219,18 +321,32 @@ def _restore_full(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked:
         raise
 
 
+def _start_daemon(unpacked: Any, migration_id: str, spec_name: Any) -> concurrent.futures.Future[Any] | None:
+    """The local lazy-pages daemon starting in a thread (exec, reads the images, listens: 6-8 ms,
+    while the images are checked), or None when the mm images say the lazy restore would fail
+    (a full restore then, with the shell built ahead all the same; said in the log)."""
+    from runtime.criu import start_lazy_pages
+
+    refusal = lazy_refusal(unpacked.images_dir)
+    if refusal is not None:
+        log.info("migration=%s container=%s: the restore with lazy pages skipped (%s): restoring every page first",
+                    migration_id, spec_name, refusal)
+        _mark(migration_id, "target: lazy restore skipped")
+        return None
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lazy-pages-start")
+    starting = pool.submit(start_lazy_pages, unpacked.images_dir, unpacked.work_dir, None)
+    pool.shutdown(wait=False)
+    return starting
+
+
 def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], unpacked: Any, shell: Any,
              started: float, import_ms: float) -> RestoreResult:
     from migrate.migration.postcopy import incoming_spec
     from migrate.restore import preflight
-    from runtime.criu import start_lazy_pages
 
-    # the daemon starts (exec, reads the images, listens: 6-8 ms) while the images are checked
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lazy-pages-start")
-    starting: concurrent.futures.Future[Any] | None = pool.submit(start_lazy_pages, unpacked.images_dir, unpacked.work_dir, None)
-    pool.shutdown(wait=False)
+    starting = _start_daemon(unpacked, migration_id, record.get("name"))
     daemon = None
-    lazy = True
+    how = "lazy" if starting is not None else "skipped"
     try:
         spec = incoming_spec(host, record, unpacked.manifest, unpacked.images_dir)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
@@ -241,18 +357,19 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
         _mark(migration_id, "target: images checked")
         t0 = time.monotonic()
         try:
-            assert starting is not None
-            info = _restore_lazily(host, criu, migration_id, spec, unpacked, shell, replace_id, starting)
+            info = _restore_first(host, criu, migration_id, spec, unpacked, shell, replace_id, starting)
         except ContainerError as exc:  # before the resume: its undo left nothing, the source waits frozen
             shell = None
+            if starting is None:  # a full restore already
+                raise
             why = _lazy_failed(host, exc, unpacked.work_dir, _taken(starting))  # the daemon stopped
             starting = None
             if not _retry_full(exc):
                 raise
-            info, lazy = _restore_full(host, criu, migration_id, spec, unpacked, why), False
+            info, how = _restore_full(host, criu, migration_id, spec, unpacked, why), "failed"
         resumed_at = time.monotonic()
         _mark(migration_id, "target: restored (running)")
-        if lazy:
+        if how == "lazy":
             daemon, starting = _taken(starting), None
             assert daemon is not None
             _last_page(host, migration_id, daemon, info.spec.container_id)
@@ -266,15 +383,20 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
         if daemon is not None:
             daemon.stop()
         raise
-    restore_ms = (resumed_at - t0) * 1000
-    if lazy:
-        log.info("migration=%s container=%s restored, pages from this host's images follow lazily restore_ms=%.1f",
-                 migration_id, spec.name, restore_ms)
-    else:
-        log.info("migration=%s container=%s restored with every page in memory (after the failed lazy restore) "
-                 "restore_ms=%.1f", migration_id, spec.name, restore_ms)
+    _log_restored(migration_id, spec.name, how, (resumed_at - t0) * 1000)
     return RestoreResult(container=info, stats=RestoreStats(
-        import_ms=round(import_ms, 3), restore_ms=round(restore_ms, 3),
+        import_ms=round(import_ms, 3), restore_ms=round((resumed_at - t0) * 1000, 3),
         total_ms=round((time.monotonic() - started) * 1000, 3),
         images_bytes=sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file()),
         since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3)))
+
+
+def _log_restored(migration_id: str, name: str, how: str, restore_ms: float) -> None:
+    """The restore's line: lazily, or every page first because the lazy one was skipped or failed."""
+    if how == "lazy":
+        log.info("migration=%s container=%s restored, pages from this host's images follow lazily restore_ms=%.1f",
+                 migration_id, name, restore_ms)
+        return
+    why = "the lazy restore skipped" if how == "skipped" else "after the failed lazy restore"
+    log.info("migration=%s container=%s restored with every page in memory (%s) restore_ms=%.1f",
+             migration_id, name, why, restore_ms)
