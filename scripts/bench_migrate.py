@@ -41,9 +41,12 @@ Usage: scripts/bench_migrate.py [--sizes 16,256,1024] [--tcp-mib 1024] [--json]
          total, bytes on the wire, last page after the resume; goals: postcopy pause <= 150 ms
          and flat across sizes, postcopy total <= 1.5 x cold); the memhog is --text-percent text
          (default 50: compresses 1.7x with zstd) and the rest random
-       scripts/bench_migrate.py --mode cold,postcopy --link-rate 1gbit,10gbit [--sizes 1024]
+       scripts/bench_migrate.py --mode cold,postcopy --link-rate 1gbit,10gbit [--sizes 1024] [--runs N]
          (issue 17: the same per link rate, the hosts' links shaped with tc tbf (scripts/bench_link.py),
-         raw TCP on the shaped link measured first; --rtt-ms needs sch_netem, absent here)
+         raw TCP on the shaped link measured first; --rtt-ms needs sch_netem, absent here. Each mode M
+         runs next to M:off, its uncompressed baseline, N pairs interleaved ABBA, medians; goals: at
+         1 Gbit/s cold pause and postcopy total <= 0.6 x uncompressed, at 10 Gbit/s every pause and
+         total no slower than uncompressed; how many runs auto compressed is printed beside each)
        scripts/bench_migrate.py --cold-ab N [--sizes 256,1024] [--tmpfs-roots MIB]
          (issue 17: cold with the target's lazy restore (migrate/migration/cold_lazy.py) vs every page
          restored first, N each in ABBA order, against the raw criu dump of the same container into
@@ -364,8 +367,25 @@ COMPRESS_SLOW_GOAL = 0.6  # issue 17: at 1 Gbit/s, auto (zstd) <= 0.6 x raw
 COMPRESS_FAST_GOAL = 1.05  # faster links: auto no slower than raw (5%: run-to-run noise)
 
 
+def link_modes(modes: list[str], runs: int) -> list[str]:
+    """The migrations a shaped-link run makes, in order: each mode M next to ``M:off`` (its
+    uncompressed baseline, added when not asked for), ``runs`` pairs, the order inside a pair
+    alternating (ABBA) so neither side always follows the other."""
+    pairs = []
+    for m in modes:
+        if ":" in m:
+            continue
+        pairs.append((m, f"{m}:off"))
+    out = []
+    for i in range(runs):
+        for auto, off in pairs:
+            out.extend((auto, off) if i % 2 == 0 else (off, auto))
+    return out
+
+
 def bench_modes(lab: Any, size_mib: int, modes: list[str], text_percent: int = 0) -> dict[str, Any]:
-    """One memhog of ``size_mib`` migrated once per mode, back and forth between the two hosts
+    """One memhog of ``size_mib`` migrated once per entry of ``modes`` (an entry may repeat: the
+    samples of each are kept, their medians reported), back and forth between the two hosts
     (the same container, so each mode moves the same memory), memory warmed before each step and
     the checksum verified after each. Per mode: pause (frozen_ms), total, bytes on the wire, and
     for postcopy when the last page arrived after the resume."""
@@ -374,6 +394,7 @@ def bench_modes(lab: Any, size_mib: int, modes: list[str], text_percent: int = 0
     lab.run_memhog(hosts[0], name, size_mib, text_percent=text_percent)
     before = lab.report(hosts[0], name)
     row: dict[str, Any] = {"size_mib": size_mib, "text_percent": text_percent, "modes": {}}
+    samples: dict[str, list[dict[str, Any]]] = {}
     if any(":" in m for m in modes):
         # M against M:off is a ratio of two migrations: the first restore on a host pays for its
         # cold caches (~0.4 s at 1 GiB, seen as 1.2 s vs 0.8 s in either order), so both hosts
@@ -391,34 +412,57 @@ def bench_modes(lab: Any, size_mib: int, modes: list[str], text_percent: int = 0
         if before is None or after is None or before[0] != after[0]:
             raise SystemExit(f"bench: {name} after the {mode} migration does not match ({before} -> {after})")
         stats = result["stats"]
-        row["modes"][entry] = {
+        samples.setdefault(entry, []).append({
             "chosen": result["mode"],
             "pause_ms": stats["frozen_ms"],
             "total_ms": stats["total_ms"],
             "bytes_on_wire": stats["bytes_on_wire"],
             "last_page_ms": stats.get("phases_ms", {}).get("last_page"),
+            "compressed": stats.get("phases_ms", {}).get("page_compressed"),
             "phases_ms": stats.get("phases_ms", {}),
-        }
+        })
+    for entry, got in samples.items():
+        row["modes"][entry] = _median_sample(got)
     for h in hosts:
         h.cli(["rm", "-f", name])
     return row
 
 
+def _median_sample(got: list[dict[str, Any]]) -> dict[str, Any]:
+    """One mode's samples as one: the median pause, total, bytes and last page, the phases of the
+    run with the median pause, and every sample kept (``runs``)."""
+    by_pause = sorted(got, key=lambda s: s["pause_ms"])
+    out = dict(by_pause[(len(by_pause) - 1) // 2])
+    for k in ("pause_ms", "total_ms", "bytes_on_wire", "last_page_ms"):
+        xs = [s[k] for s in got if s[k] is not None]
+        out[k] = _median(xs) if xs else None
+    out["compressed_runs"] = sum(1 for s in got if s["compressed"])
+    out["runs"] = got
+    return out
+
+
 def goals_compress(rows: list[dict[str, Any]], rate: str) -> list[dict[str, Any]]:
     """Issue 17's slow-link goal, measured against raw in the same run: per mode M run as both
-    M (auto) and M:off, the pause and total of auto over raw; at 1 Gbit/s <= COMPRESS_SLOW_GOAL
-    (the pages zstd'ed), faster links no slower than raw (COMPRESS_FAST_GOAL: run-to-run noise)."""
-    goal = COMPRESS_SLOW_GOAL if rate.lower() in ("1gbit", "1000mbit") else COMPRESS_FAST_GOAL
+    M (auto) and M:off, medians of auto over raw. At 1 Gbit/s the cold pause and the post-copy
+    total <= COMPRESS_SLOW_GOAL (the issue's "0.6x today's", today being uncompressed); faster
+    links: every pause and total no slower than raw (COMPRESS_FAST_GOAL: run-to-run noise). How
+    many runs compressed is printed beside each (auto's choice: at 10 Gbit/s it should not)."""
+    slow = rate.lower() in ("1gbit", "1000mbit")
+    goal = COMPRESS_SLOW_GOAL if slow else COMPRESS_FAST_GOAL
+    wanted = {("cold", "pause_ms"), ("postcopy", "total_ms")} if slow else None
     out = []
     for r in rows:
         for mode in ("cold", "postcopy"):
             auto, raw = r["modes"].get(mode), r["modes"].get(f"{mode}:off")
             if auto is None or raw is None:
                 continue
+            chose = f"auto compressed in {auto['compressed_runs']}/{len(auto['runs'])} runs"
             for what in ("pause_ms", "total_ms"):
+                if wanted is not None and (mode, what) not in wanted:
+                    continue
                 ratio = auto[what] / raw[what] if raw[what] else 0.0
                 out.append({"goal": f"{r['size_mib']} MiB {rate} {mode} {what[:-3]} auto <= {goal} x --compress off",
-                            "value": f"{ratio:.2f} x ({auto[what]:.0f} / {raw[what]:.0f} ms)", "met": ratio <= goal})
+                            "value": f"{ratio:.2f} x ({auto[what]:.0f} / {raw[what]:.0f} ms; {chose})", "met": ratio <= goal})
     return out
 
 
@@ -442,14 +486,17 @@ def goals_modes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_modes_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
-    head = f"{'size':>6} {'mode':>9} | {'pause':>8} {'total':>8} {'last page':>10} {'wire MiB':>9}"
+    head = f"{'size':>6} {'mode':>12} | {'pause':>8} {'total':>8} {'last page':>10} {'wire MiB':>9} {'zstd':>6}"
     print(head)
     print("-" * len(head))
     for r in rows:
         for mode, m in r["modes"].items():
             last = f"{m['last_page_ms']:>8.0f}ms" if m["last_page_ms"] is not None else f"{'-':>10}"
-            print(f"{r['size_mib']:>4} Mi {mode:>9} | {m['pause_ms']:>6.0f}ms {m['total_ms']:>6.0f}ms {last} {m['bytes_on_wire'] / (1 << 20):>9.1f}")
-    print("\n(pause = freeze to running on the target; last page = after the resume; one run each, memory warmed before each)")
+            runs = len(m.get("runs") or [m])
+            print(f"{r['size_mib']:>4} Mi {mode:>12} | {m['pause_ms']:>6.0f}ms {m['total_ms']:>6.0f}ms {last} "
+                  f"{m['bytes_on_wire'] / (1 << 20):>9.1f} {m.get('compressed_runs', 0):>4}/{runs}")
+    print("\n(pause = freeze to running on the target; last page = after the resume; zstd = runs whose pages were\n"
+          " compressed; medians of the runs, M and M:off interleaved ABBA; memory warmed before each)")
     print("\nwhere the time goes (ms):")
     for r in rows:
         for mode, m in r["modes"].items():
@@ -590,13 +637,15 @@ def run_modes(lab_class: Any, sizes: list[int], modes: list[str], args: argparse
             bench_link.shape(lab.hosts, rate)
             tcp = tcp_throughput(lab, min(args.tcp_mib, 256)) if rate else None
             rows = []
+            # on a shaped link every mode is measured against its uncompressed self (the goal's baseline)
+            order = link_modes(modes, args.runs) if rate else modes * args.runs
             for size in sizes:
-                print(f"bench_migrate: {size} MiB, modes {','.join(modes)}, link {rate or 'unshaped'} ...", file=sys.stderr, flush=True)
-                rows.append(bench_modes(lab, size, modes, args.text_percent))
+                print(f"bench_migrate: {size} MiB, {' '.join(order)}, link {rate or 'unshaped'} ...", file=sys.stderr, flush=True)
+                rows.append(bench_modes(lab, size, order, args.text_percent))
             runs.append({"link_rate": rate, "tcp": tcp, "sizes": rows, "goals": goals_modes(rows) if rate is None else goals_compress(rows, rate)})
         bench_link.shape(lab.hosts, None)
     if args.json:
-        json.dump({"runs": runs, "text_percent": args.text_percent, "elapsed_s": round(time.monotonic() - started, 1)}, sys.stdout, indent=2)
+        json.dump({"runs": runs, "text_percent": args.text_percent, "load": os.getloadavg(), "elapsed_s": round(time.monotonic() - started, 1)}, sys.stdout, indent=2)
         print()
         return 0
     for run in runs:
@@ -604,7 +653,7 @@ def run_modes(lab_class: Any, sizes: list[int], modes: list[str], args: argparse
         link = f"link {run['link_rate']} (raw TCP {tcp['mib_per_s']:.0f} MiB/s)" if tcp else "link unshaped"
         print(f"\n== {link}; memhog memory {args.text_percent}% text ==")
         print_modes_table(run["sizes"], run["goals"])
-    print(f"\n(run took {time.monotonic() - started:.0f} s)")
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
     return 0
 
 
@@ -622,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtt-ms", type=float, default=None, help="with --link-rate: a round-trip delay (needs sch_netem)")
     parser.add_argument("--text-percent", type=int, default=50,
                         help="with --mode: the share of the memhog's memory that is text (compressible; 50 gives 1.7x with zstd)")
+    parser.add_argument("--runs", type=int, default=1, metavar="N",
+                        help="with --mode: each mode N times, medians (with --link-rate: N interleaved pairs of M and M:off)")
     parser.add_argument("--cold-ab", type=int, default=0, metavar="N",
                         help="issue 17: cold with the target's lazy restore vs every page first, N each (ABBA), "
                              "against the raw criu dump of the same container (sizes default to 256,1024)")
