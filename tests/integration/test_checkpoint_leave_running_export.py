@@ -223,7 +223,9 @@ def test_the_archive_is_written_while_the_container_runs(pm, pm_root: Path, tmp_
     get = counter(pm_root, name)
     moves_on(get, 10, "counter")
     archive = tmp_path / "held.pma"
-    env = {**os.environ, "PYMIGRATE_FAILPOINTS": "checkpoint.archive=sleep:30"}
+    # held far longer than the test looks (its waits add up to 30 s on a loaded machine: CI once saw the
+    # 30 s hold end first, and the checkpoint then finished): SIGINT ends it long before
+    env = {**os.environ, "PYMIGRATE_FAILPOINTS": "checkpoint.archive=sleep:600"}
     proc = subprocess.Popen([*PYMIGRATE, "--root", str(pm_root), "checkpoint", name, "--leave-running", "--export",
                              str(archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     try:
