@@ -297,7 +297,8 @@ class PostcopyMode:
             for p in sorted(move.images_dir.iterdir()):
                 if p.is_file() and p.name != DUMP_LOG:  # CRIU still writes it (the page server): the target has no use for it
                     writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
-            sink.flush()  # ... and the images while CRIU starts its page server
+            if not dump.serving.is_set():  # the target unpacks the images while CRIU starts its page server
+                sink.flush()  # (else they go with the trailer below: one hand-over to the pusher, not two)
             mark(move.migration_id, "source: images sent")
             # The target dials the page server as soon as it has the archive: CRIU must listen.
             if not dump.serving.wait(LISTEN_TIMEOUT_S) or not dump.is_alive():
