@@ -74,7 +74,7 @@ class Warmup:
 
 def _own_procs_file() -> Path | None:
     """``cgroup.procs`` of this process's own cgroup in one mounted hierarchy (None: none found)."""
-    from runtime.cgroups._layout import layout
+    from runtime.cgroups import layout
 
     try:
         hierarchies = layout().hierarchies

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runtime import cgroup_warmup, upperfs
-from runtime.cgroups._layout import Hierarchy
+from runtime.cgroups import Hierarchy
 
 needs_e2fsprogs = pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="needs mkfs.ext4")
 
@@ -31,9 +31,9 @@ def _hierarchy(tmp_path: Path, name: str, version: int) -> Hierarchy:
 
 def test_warmup_writes_only_into_a_v1_hierarchy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     v2, v1 = _hierarchy(tmp_path, "unified", 2), _hierarchy(tmp_path, "pids", 1)
-    monkeypatch.setattr("runtime.cgroups._layout.layout", lambda: _Layout((v2, v1)))
+    monkeypatch.setattr("runtime.cgroups.layout", lambda: _Layout((v2, v1)))
     assert cgroup_warmup._own_procs_file() == v1.own_dir / "cgroup.procs"
-    monkeypatch.setattr("runtime.cgroups._layout.layout", lambda: _Layout((v2,)))
+    monkeypatch.setattr("runtime.cgroups.layout", lambda: _Layout((v2,)))
     assert cgroup_warmup._own_procs_file() is None  # cgroup2's manager may move us: never written
 
 
