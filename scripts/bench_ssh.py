@@ -28,8 +28,8 @@ A's CLI, RUNS rounds, each round the four paths in a rotated order (interleaved)
                   through its second forward to B's page socket)
   ssh-paramiko    the same with a PATH that has no ``ssh``: paramiko's channel (the fallback; the
                   pages inside the gRPC stream)
-  ssh-raw         (``--paths`` only) ssh with ``--compress off``: CRIU straight into the page
-                  forward, no relay probe
+  ssh-zstd        (``--paths`` only) ssh with ``--compress on``: the page relay's zstd on both
+                  ends of the page forward (``ssh`` alone sends raw: CRIU straight into it)
 
 and back B -> A over grpc (untimed) after each, memory warmed before each timed hop, the checksum
 checked after it. Prints the median pause (frozen_ms), total and CLI wall time per path, the
@@ -178,7 +178,7 @@ def _path_without_ssh(workdir: Path) -> str:
 
 
 MIGRATE_PATHS = ("grpc", "unix", "ssh", "ssh-paramiko")
-EXTRA_PATHS = ("ssh-raw",)  # --paths only: ssh with --compress off (the page socket without the relay's probe)
+EXTRA_PATHS = ("ssh-zstd",)  # --paths only: ssh with --compress on (the page socket behind the relay, zstd)
 
 
 @contextlib.contextmanager
@@ -222,8 +222,8 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
         flags = ["--ssh-key", str(ssh["key"]), "--ssh-known-hosts", str(ssh["known_hosts"]),
                  "--ssh-remote-pymigrate", str(PYMIGRATE_BIN), "--ssh-remote-root", str(b.root)]  # fmt: skip
         args, env = [*flags, "migrate", name, b.ssh_url(), "--json"], dict(ssh["env"])
-        if path == "ssh-raw":
-            args.append("--compress=off")
+        if path == "ssh-zstd":
+            args.append("--compress=on")
         if path == "ssh-paramiko":
             env["PATH"] = ssh["path_without_ssh"]
         b.stop_daemon()
@@ -246,7 +246,7 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
             b.stop_daemon()
         if path != "grpc":
             lab.start_daemon(b)
-    if bool(seen) != (path in ("ssh", "ssh-raw")):
+    if bool(seen) != (path in ("ssh", "ssh-zstd")):
         raise SystemExit(f"bench: ssh -L forwarders seen during the hop over {path}: {sorted(seen)}")
     after = lab.report(b, name)
     if after is None or after[0] != before[0]:

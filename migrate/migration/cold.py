@@ -55,7 +55,11 @@ class ColdMode:
 
     def preflight(self, move: Move) -> None:
         # pre-copy's final dump goes to the page server its rounds left ready: no relay there
-        move.compressed_pages = bool(self._address) and self._pre_dump is None and move.options.compress != "off"
+        # a page socket (page_socket.py) takes the relay only with --compress on: a local daemon has
+        # no link to save, and through ssh the probe saw the tunnel at 1/3-1/8 of what it moved in the
+        # dump while zstd took the cores ssh needs (zstd lost 8 of 10 rounds, scripts/bench_ssh.py)
+        wanted = move.options.compress == "on" if page_socket.is_page_socket(self._address) else move.options.compress != "off"
+        move.compressed_pages = bool(self._address) and self._pre_dump is None and wanted
 
     def page_server_address(self) -> str | None:
         return self._address

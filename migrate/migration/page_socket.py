@@ -20,8 +20,8 @@ directory is its own run directory and the name a fresh token, else it answers n
 the pages stream through gRPC as before. The request carries ``unix:PATH`` in
 ``page_server_address`` (a target without this cannot bind it as a host: no page server either);
 the answer's ``page_server_port`` is ``PORT`` (a unix socket has no port; 0 still means none).
-Behind the page relay when the source asks it (``compressed_pages``), as CRIU's own connection
-with ``--compress off``.
+Behind the page relay (zstd) only with ``--compress on`` (``compressed_pages``; cold.py says why),
+else CRIU's own connection as it comes: ``auto`` means raw here.
 
 Trust, as over TCP: the target's page relay reads the handshake and decompresses boundedly; a
 peer must run as this daemon's user or root (SO_PEERCRED) besides the directory's mode. No TLS:
@@ -148,7 +148,7 @@ class PageSocketRelay(TargetRelay):
 
 
 class PlainPageSocket(PageSocketRelay):
-    """A page socket without the relay's handshake (``--compress off``: the source sends no
+    """A page socket without the relay's handshake (no ``--compress on``: the source sends no
     probe): the connection goes to ``criu page-server`` as it is, as CRIU's own TCP one would."""
 
     def _handshake(self, conn: socket.socket) -> socket.socket:

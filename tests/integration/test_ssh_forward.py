@@ -301,7 +301,7 @@ def _page_socket_used(stats: dict, stderr: str, target_log: str, via: str) -> No
 
 
 @pytest.mark.requires("criu", "pycriu", "busybox", "overlay")
-@pytest.mark.parametrize("compress", ["auto", "off"])  # off: CRIU's connection as it is, no relay probe
+@pytest.mark.parametrize("compress", ["auto", "on"])  # auto: CRIU's connection as it is; on: through the relay (zstd)
 def test_cold_pages_go_through_the_tunnels_page_forward(ssh_pair: SshLab, compress: str) -> None:
     lab, (a, b) = ssh_pair.lab, ssh_pair.hosts.hosts
     name = "pages"
@@ -320,7 +320,8 @@ def test_cold_pages_go_through_the_tunnels_page_forward(ssh_pair: SshLab, compre
     local = watch.forwards.pop().decode().partition(":")[0]
     assert local.endswith("/pages.sock"), local  # in the tunnel's 0700 directory, beside its other socket
     _page_socket_used(stats, r.stderr.decode(), (b.root / "run" / "ssh-daemon.log").read_text(), "ssh")
-    assert ("page_probe" in stats["phases_ms"]) == (compress == "auto"), stats
+    assert ("page_probe" in stats["phases_ms"]) == (compress == "on"), stats
+    assert stats["phases_ms"].get("page_compressed", 0.0) == (1.0 if compress == "on" else 0.0), stats
     assert stats["raw_bytes"] >= MIGRATE_MIB * MIB, stats
     assert_hop(lab, a, b, name, spec["ip"], spec["container_id"], before)
     assert list(pages_dir.iterdir()) == [], "the page socket goes with its migration"

@@ -131,7 +131,7 @@ def test_connect_needs_the_targets_own_channel(tmp_path: Path) -> None:
 
 
 def test_without_the_relay_the_page_server_gets_the_connection_as_it_comes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--compress off``: no probe, no handshake; CRIU's first bytes reach the page server."""
+    """Without ``--compress on``: no probe, no handshake; CRIU's first bytes reach the page server."""
     started: list[FakeCriu] = []
     monkeypatch.setattr(TargetRelay, "_start_criu", lambda self, sock, tls: started.append(FakeCriu(sock)) or started[-1])
     run = _run_dir(tmp_path)
