@@ -450,6 +450,9 @@ class Runtime:
         from runtime.cgroup_warmup import Warmup
         from runtime.shim import Starter, launch_shim
 
+        cg = self.cgroups(spec.cgroup_parent)
+        cg.create(spec.container_id, limits_of(spec))  # first: the warm-up's wait holds the kernel's cgroup_mutex, mkdir needs it
+        undo.append(("destroy cgroup", lambda: cg.destroy(spec.container_id)))
         # the init's cgroup move in the shim would wait a grace period: it passes while we build
         warmup = Warmup().start() if launch else None
         try:
@@ -489,12 +492,12 @@ class Runtime:
 
     def _build(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]],
                net: Any) -> tuple[ContainerSpec, Path, Path]:
-        """The container's root (upper layer, overlay, /etc files), cgroup, network namespace and
-        link; (the spec as connected, the merged root, the netns path).
+        """The container's root (upper layer, overlay, /etc files), network namespace and link
+        (its cgroup is made first, by ``_start``); (the spec as connected, the merged root, the netns path).
 
-        The root's mounts are made in a thread while this one makes the cgroup and the network:
-        both halves are mostly the kernel's work (a loop device and two mounts; mkdirs, a netns,
-        a veth pair), so they overlap on a second core. /etc/hosts is written after both, with
+        The root's mounts are made in a thread while this one makes the network: both halves are
+        mostly the kernel's work (a loop device and two mounts; a netns, a veth pair), so they
+        overlap on a second core. /etc/hosts is written after both, with
         the address the link got (an answered ARP probe may have changed it)."""
         cid = spec.container_id
         self.paths.cache.mkdir(mode=0o700, exist_ok=True)
@@ -529,12 +532,8 @@ class Runtime:
 
     def _host_side(self, spec: ContainerSpec, undo: builtins.list[tuple[str, Callable[[], None]]], net: Any,
                    userns_path: Path | None) -> tuple[ContainerSpec, Path]:
-        """The container's cgroup, network namespace and (bridge) link; (the spec as connected, the netns)."""
+        """The container's network namespace and (bridge) link; (the spec as connected, the netns)."""
         cid = spec.container_id
-        cg = self.cgroups(spec.cgroup_parent)
-        cg.create(cid, limits_of(spec))
-        undo.append(("destroy cgroup", lambda: cg.destroy(cid)))
-
         netns = net.create_netns(cid, userns_path)
         undo.append(("remove netns", lambda: net.remove_netns(cid)))
         if spec.network == "bridge":
