@@ -47,6 +47,7 @@ from migrate.archive.store import IMAGES_DIR, UPPER_ARCHIVE, UPPER_IMAGE, Checkp
 from runtime.criu import DUMP_LOG, Criu, DumpRequest, DumpStats, SwrkCriu, cpuinfo_dump
 from runtime.checkpointing import DumpTarget, keep_failed_log
 from runtime.errors import ContainerError, InvalidArgument, InvalidState
+from runtime.state import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +192,6 @@ def stream_dump(
             writer.add_file(f"{IMAGES_DIR}/{p.name}", p)
     assert thread.stats is not None
     return thread.stats, dump_ms
-
-
-def _fsync_file(path: Path) -> None:
-    """fsync ``path`` if it exists (the upper-layer image copy of a local checkpoint)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _allocated_bytes(path: Path) -> int:
@@ -601,7 +590,7 @@ def _commit(cp: _Checkpoint, dumped: _Dumped, emit: Callable[..., None]) -> int:
     """Make the checkpoint durable and visible; returns the images' bytes."""
     if cp.archive_path is None:
         _fsync_files(cp.images_dir)
-        _fsync_file(cp.staging / UPPER_IMAGE)
+        fsync_path(cp.staging / UPPER_IMAGE)  # the upper-layer image copy of a local checkpoint
     images_bytes = _images_bytes(cp.images_dir)
     emit("commit")
     if cp.archive_path is not None:

@@ -50,6 +50,18 @@ def validate_name(name: str) -> str:
     return name
 
 
+def fsync_path(path: Path) -> None:
+    """fsync the file at ``path``; one that is gone meanwhile has nothing to flush."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new content, never a mix.
 
@@ -227,14 +239,7 @@ class StateStore:
 
     def sync_state(self, container_id: str) -> None:
         """fsync the state record written with ``sync=False`` (gone meanwhile: nothing to do)."""
-        try:
-            fd = os.open(self.dir(container_id) / STATE_FILE, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.dir(container_id) / STATE_FILE)
 
     def update_state(self, container_id: str, change: Callable[[ContainerState], ContainerState], *,
                      sync: bool = True) -> ContainerState:
