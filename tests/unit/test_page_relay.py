@@ -167,10 +167,16 @@ class FakeCriu:
         self.sock.close()
 
 
-@pytest.mark.parametrize("setting", ["on", "auto"])
-def test_source_and_target_relays_over_tcp(setting, monkeypatch):
+def fake_page_servers(monkeypatch: pytest.MonkeyPatch) -> list[FakeCriu]:
+    """TargetRelay starts a FakeCriu instead of CRIU's page server; the list gets each one."""
     started: list[FakeCriu] = []
     monkeypatch.setattr(TargetRelay, "_start_criu", lambda self, sock, tls: started.append(FakeCriu(sock)) or started[-1])
+    return started
+
+
+@pytest.mark.parametrize("setting", ["on", "auto"])
+def test_source_and_target_relays_over_tcp(setting, monkeypatch):
+    started = fake_page_servers(monkeypatch)
     listener = socket.create_server(("127.0.0.1", 0))
     target = TargetRelay(listener, Path("/nonexistent"), allowed="127.0.0.1")
     source = SourceRelay(socket.create_connection(("127.0.0.1", listener.getsockname()[1])), setting)

@@ -12,22 +12,9 @@ import pytest
 
 from migrate.errors import TransferError
 from migrate.migration import page_socket
-from migrate.migration.page_relay import SourceRelay, TargetRelay
+from migrate.migration.page_relay import SourceRelay
 from runtime.errors import InvalidArgument
-
-
-class FakeCriu:
-    """The page server's end of the connection, as CriuProcess looks to the relay."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = socket.socket(fileno=os.dup(sock.fileno()))
-        self.sock.settimeout(10)
-
-    def wait(self, timeout_s=None):  # noqa: ANN001, ANN201
-        return 0
-
-    def stop(self, timeout_s=5.0):  # noqa: ANN001, ANN201
-        self.sock.close()
+from tests.unit.test_page_relay import fake_page_servers
 
 
 def _run_dir(tmp_path: Path) -> Path:
@@ -94,8 +81,7 @@ class Target:
 
 
 def test_pages_cross_the_socket_to_the_page_server_and_the_file_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[FakeCriu] = []
-    monkeypatch.setattr(TargetRelay, "_start_criu", lambda self, sock, tls: started.append(FakeCriu(sock)) or started[-1])
+    started = fake_page_servers(monkeypatch)
     run = _run_dir(tmp_path)
     channel = page_socket.for_local_daemon(str(run / "pymigrate.sock"))
     target = page_socket.start(tmp_path / "images", channel.address, run, relay=True, timeout_s=5)
@@ -132,8 +118,7 @@ def test_connect_needs_the_targets_own_channel(tmp_path: Path) -> None:
 
 def test_without_the_relay_the_page_server_gets_the_connection_as_it_comes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without ``--compress on``: no probe, no handshake; CRIU's first bytes reach the page server."""
-    started: list[FakeCriu] = []
-    monkeypatch.setattr(TargetRelay, "_start_criu", lambda self, sock, tls: started.append(FakeCriu(sock)) or started[-1])
+    started = fake_page_servers(monkeypatch)
     run = _run_dir(tmp_path)
     channel = page_socket.for_local_daemon(str(run / "pymigrate.sock"))
     target = page_socket.start(tmp_path / "images", channel.address, run, relay=False, timeout_s=5)
