@@ -225,6 +225,16 @@ def settled_state(lab: Lab, a: Host, b: Host, cid: str) -> tuple[str | None, lis
     return (where[0].letter if len(where) == 1 else None), problems
 
 
+def wait_settled(lab: Lab, a: Host, b: Host, cid: str) -> tuple[str | None, list[str]]:
+    """``settled_state`` once nothing is wrong any more, or as it is after SETTLE_S."""
+    deadline = time.monotonic() + SETTLE_S
+    where, problems = settled_state(lab, a, b, cid)
+    while problems and time.monotonic() < deadline:
+        time.sleep(1.0)
+        where, problems = settled_state(lab, a, b, cid)
+    return where, problems
+
+
 # --- the test -----------------------------------------------------------------------------------
 
 
@@ -278,11 +288,7 @@ def test_exactly_one_copy(lab: Lab, phase: str, fault: str) -> None:
             lab.start_daemon(victim)  # its restart reconciles (and settles, for the source)
         out, err = proc.communicate(timeout=180)
         answer = (err + out).decode(errors="replace")
-        deadline = time.monotonic() + SETTLE_S
-        where, problems = settled_state(lab, a, b, cid)
-        while problems and time.monotonic() < deadline:
-            time.sleep(1.0)
-            where, problems = settled_state(lab, a, b, cid)
+        where, problems = wait_settled(lab, a, b, cid)
     finally:
         subprocess.run(["ip", "link", "set", veth, "up"], check=False)
         monitor.stop()
@@ -335,11 +341,7 @@ def test_an_unknown_outcome_is_visible_and_settles_once_the_target_answers(lab: 
         assert not runs_unfrozen(a, cid)
     finally:
         subprocess.run(["ip", "link", "set", veth, "up"], check=True)
-    deadline = time.monotonic() + SETTLE_S
-    where, problems = settled_state(lab, a, b, cid)
-    while problems and time.monotonic() < deadline:
-        time.sleep(1.0)
-        where, problems = settled_state(lab, a, b, cid)
+    where, problems = wait_settled(lab, a, b, cid)
     monitor.stop()
     assert monitor.both == []
     assert problems == [] and where == "b", problems

@@ -28,10 +28,9 @@ from tests.integration.test_migrate_settlement import (
     HOLD_S,
     NAME,
     PEER_TIMEOUT_S,
-    SETTLE_S,
     Monitor,
     log_size,
-    settled_state,
+    wait_settled,
     wait_log,
 )
 
@@ -108,11 +107,7 @@ def test_a_migration_ending_before_the_freeze_removes_the_prebuilt_shell(lab: La
             holder.daemon = None
             lab.start_daemon(holder)  # its restart reconciles (the source's settles with the target)
         proc.communicate(timeout=180)
-        deadline = time.monotonic() + SETTLE_S
-        where, problems = settled_state(lab, a, b, cid)
-        while problems and time.monotonic() < deadline:
-            time.sleep(1.0)
-            where, problems = settled_state(lab, a, b, cid)
+        where, problems = wait_settled(lab, a, b, cid)
     finally:
         subprocess.run(["ip", "link", "set", veth, "up"], check=False)
         monitor.stop()
