@@ -157,6 +157,9 @@ def cmd_daemon(args: argparse.Namespace, ctx: Any) -> int:
                          signature_policy=_signature_policy(args.trusted_keys))
     engine.reconcile()
     _sweep_port_guards()
+    from migrate.migration import page_socket
+
+    page_socket.sweep(Paths(root).run)  # what a daemon of this root that died left
     metrics, metrics_server = _start_metrics(engine, args.metrics_listen)
     server, bound = create_server(
         engine,

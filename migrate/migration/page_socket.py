@@ -184,6 +184,24 @@ def start(images_dir: Path, address: str, run_dir: Path, *, relay: bool, timeout
     return (PageSocketRelay if relay else PlainPageSocket)(listener, path, images_dir, timeout_s=timeout_s)
 
 
+def sweep(run_dir: Path) -> int:
+    """Remove the page sockets a previous daemon of this root left (it died before a source
+    connected; a live one unlinks its file at the connection): called once as the daemon starts,
+    before it can make new ones. Returns how many went."""
+    pages = run_dir / DIR_NAME
+    try:
+        names = os.listdir(pages)
+    except FileNotFoundError:
+        return 0
+    gone = 0
+    for name in names:
+        path = pages / name
+        if TOKEN_RE.fullmatch(name) and stat.S_ISSOCK(os.lstat(path).st_mode):
+            path.unlink(missing_ok=True)
+            gone += 1
+    return gone
+
+
 def _pages_dir(run_dir: Path) -> Path:
     """``run_dir/pages``, 0700 and this daemon's user's (made when missing)."""
     pages = run_dir / DIR_NAME

@@ -137,3 +137,17 @@ def test_without_the_relay_the_page_server_gets_the_connection_as_it_comes(tmp_p
     assert target.wait(10) == 0 and target.compressed is False
     assert not Path(channel.remote).exists()
     target.stop()
+
+
+def test_a_dead_daemons_page_sockets_are_swept_and_nothing_else(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    assert page_socket.sweep(run) == 0  # no pages dir yet
+    pages = run / page_socket.DIR_NAME
+    pages.mkdir(mode=0o700)
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(pages / "0123456789abcdef.sock"))
+    left.close()  # the file stays, as after a daemon's death
+    (pages / "fedcba9876543210.sock").write_text("not a socket")
+    (pages / "notes").write_text("")
+    assert page_socket.sweep(run) == 1
+    assert sorted(p.name for p in pages.iterdir()) == ["fedcba9876543210.sock", "notes"]
