@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Self
 
 import paramiko
 import pytest
@@ -38,6 +38,12 @@ MIGRATE_MIB = 64
 
 def ssh_forwarders(remote_socket: str) -> list[int]:
     """Pids of ``ssh ... -L LOCAL:remote_socket`` processes on this machine."""
+    end = b":" + remote_socket.encode()
+    return [pid for pid, argv in ssh_processes() if b"-L" in argv and any(arg.endswith(end) for arg in argv)]
+
+
+def ssh_processes() -> list[tuple[int, list[bytes]]]:
+    """(pid, argv) of every ``ssh`` process on this machine."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -46,35 +52,49 @@ def ssh_forwarders(remote_socket: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        forwards = [arg for arg in argv if arg.endswith(b":" + remote_socket.encode())]
-        if argv and Path(argv[0].decode(errors="replace")).name == "ssh" and b"-L" in argv and forwards:
-            found.append(int(entry.name))
+        if argv and Path(argv[0].decode(errors="replace")).name == "ssh":
+            found.append((int(entry.name), argv))
     return found
 
 
-class ForwarderWatch:
-    """Samples ``ssh_forwarders(remote_socket)`` every 20 ms until stopped."""
+class Sampler:
+    """Calls ``sample()`` every ``interval_s`` on a thread, from ``with`` until its end."""
 
-    def __init__(self, remote_socket: str) -> None:
-        self.remote_socket = remote_socket
-        self.seen: set[int] = set()
+    interval_s = 0.02
+
+    def __init__(self) -> None:
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.seen.update(ssh_forwarders(self.remote_socket))
+            self.sample()
             self.samples += 1
-            self._stop.wait(0.02)
+            self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "ForwarderWatch":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+class ForwarderWatch(Sampler):
+    """Samples ``ssh_forwarders(remote_socket)`` every 20 ms until stopped."""
+
+    def __init__(self, remote_socket: str) -> None:
+        super().__init__()
+        self.remote_socket = remote_socket
+        self.seen: set[int] = set()
+
+    def sample(self) -> None:
+        self.seen.update(ssh_forwarders(self.remote_socket))
 
 
 @pytest.fixture
@@ -263,34 +283,20 @@ def test_migration_over_ssh_moves_bytes_through_the_forwarder(ssh_pair: SshLab, 
     assert ssh_forwarders(str(b.root / "run" / "pymigrate.sock")) == []
 
 
-class PageForwardWatch:
+class PageForwardWatch(Sampler):
     """Samples, every 10 ms until stopped, the ``-L LOCAL:REMOTE`` forwards of ssh processes whose
     REMOTE is in ``pages_dir`` (the page socket's forward, migrate/remote/ssh.py)."""
 
+    interval_s = 0.01
+
     def __init__(self, pages_dir: Path) -> None:
+        super().__init__()
         self.prefix = f":{pages_dir}/".encode()
         self.forwards: set[bytes] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for entry in Path("/proc").iterdir():
-                try:
-                    argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
-                except OSError:
-                    continue
-                if argv and Path(argv[0].decode(errors="replace")).name == "ssh":
-                    self.forwards.update(arg for arg in argv if self.prefix in arg)
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> "PageForwardWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+    def sample(self) -> None:
+        for _pid, argv in ssh_processes():
+            self.forwards.update(arg for arg in argv if self.prefix in arg)
 
 
 def _page_socket_used(stats: dict, stderr: str, target_log: str, via: str) -> None:
