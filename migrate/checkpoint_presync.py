@@ -31,10 +31,8 @@ import dataclasses
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -74,13 +72,13 @@ def stage(staging: Path, trees: dict[str, Path]) -> Presync | None:
 
 def _stage_tree(src: Path, dst: Path) -> Any:
     """``src`` copied to ``dst``; the snapshot ``compute_delta`` compares with, or None (no copy)."""
-    from migrate.migration.upper_sync import Signature, UpperSnapshot
+    from migrate.migration.upper_sync import Signature, UpperSnapshot, scan
     from runtime.fstree import remove_tree
     from runtime.upperfs import syncfs
 
     taken_ns = time.time_ns()
     syncfs(src)  # later stores through shared mmaps fault, and so move ctime (upper_sync's docstring)
-    signatures = {rel: Signature.of(st) for rel, st in _scan(src)}
+    signatures = {rel: Signature.of(st) for rel, st in scan(src, running=True)}
     dst.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["cp", "-a", "--no-target-directory", "--", str(src), str(dst)], capture_output=True, text=True)
     if proc.returncode != 0:  # e.g. a file vanished under cp: the frozen copy takes the whole tree
@@ -88,30 +86,11 @@ def _stage_tree(src: Path, dst: Path) -> Any:
         remove_tree(dst)
         return None
     entries = {}
-    for rel, st in _scan(dst):  # what the copy holds; an entry without its own signature never matches
+    for rel, st in scan(dst, running=True):  # what the copy holds; an entry without its own signature never matches
         copied = Signature.of(st)
         known = signatures.get(rel)
         entries[rel] = known if known is not None and known.kind == copied.kind else dataclasses.replace(copied, ino=-1)
     return UpperSnapshot(root=src, taken_ns=taken_ns, entries=entries)
-
-
-def _scan(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """(relative path, lstat) of ``root`` ("" for itself) and everything below, symlinks not
-    followed; an entry that vanishes while it is listed is left out."""
-    top = os.fspath(root)
-    yield "", os.lstat(top)
-    stack = [("", top)]
-    while stack:
-        prefix, path = stack.pop()
-        try:
-            with os.scandir(path) as it:
-                found = [(prefix + e.name, e.path, e.stat(follow_symlinks=False)) for e in it]
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for rel, full, st in found:
-            yield rel, st
-            if stat.S_ISDIR(st.st_mode):
-                stack.append((rel + "/", full))
 
 
 def capture(presync: Presync, copy_tree: Callable[[Path, Path], None]) -> None:

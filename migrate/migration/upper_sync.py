@@ -224,7 +224,7 @@ def compute_delta(snapshot: UpperSnapshot, root: Path) -> UpperDelta | None:
     changed: list[str] = []
     gone: set[str] = set()  # replaced by another kind (deleted, then sent anew)
     present: set[str] = set()
-    for rel, st in _scan(Path(root)):
+    for rel, st in scan(Path(root)):
         present.add(rel)
         key = _stat_key(st)
         old_key = old_keys.get(rel)
@@ -415,33 +415,40 @@ def _syncfs(root: Path) -> None:
         os.close(fd)
 
 
-def _scan(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+def scan(root: Path, *, running: bool = False) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of ``root`` ("" first) and everything below it: pre-order, names
     sorted, symlinks not followed. Like ``migrate.archive.fs.walk`` but cheaper per entry (no path
-    joins; ``DirEntry.stat``), as it runs while the container is frozen."""
+    joins; ``DirEntry.stat``), as it runs while the container is frozen. ``running``: the tree
+    may change meanwhile (checkpoint_presync): an entry that vanishes while listed is left out."""
     top = os.fspath(root)
     st = os.lstat(top)
     yield "", st
     if not stat.S_ISDIR(st.st_mode):
         return
-    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", _sorted_entries(top))]
+    stack: list[tuple[str, Iterator[tuple[str, os.stat_result]]]] = [("", _sorted_entries(top, running))]
     while stack:
         prefix, it = stack[-1]
-        entry = next(it, None)
-        if entry is None:
+        found = next(it, None)
+        if found is None:
             stack.pop()
             continue
-        rel = prefix + entry.name
-        st = entry.stat(follow_symlinks=False)
+        rel, st = prefix + found[0], found[1]
         yield rel, st
         if stat.S_ISDIR(st.st_mode):
-            stack.append((rel + "/", _sorted_entries(entry.path)))
+            stack.append((rel + "/", _sorted_entries(os.path.join(top, rel), running)))
 
 
-def _sorted_entries(path: str) -> Iterator[os.DirEntry[str]]:
-    with os.scandir(path) as it:
-        entries = sorted(it, key=_entry_name)
-    return iter(entries)
+def _sorted_entries(path: str, running: bool) -> Iterator[tuple[str, os.stat_result]]:
+    """(name, lstat) of ``path``'s entries, sorted by name; with ``running`` a directory or an
+    entry gone meanwhile is left out."""
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=_entry_name)
+        return iter([(e.name, e.stat(follow_symlinks=False)) for e in entries])
+    except (FileNotFoundError, NotADirectoryError):
+        if not running:
+            raise
+        return iter(())
 
 
 def _entry_name(entry: os.DirEntry[str]) -> str:
