@@ -144,3 +144,37 @@ def test_a_spare_never_replaces_an_existing_image(tmp_path: Path) -> None:
         upperfs.create(tmp_path / "taken.img", size, template_dir=cache)
     assert (tmp_path / "taken.img").read_bytes() == b"someone's"
     assert len(_spares(cache)) == upperfs.SPARES
+
+
+# -- a spare bound to its loop device ahead (runtime/upperfs.py attach_spare) ---------------------------
+def test_claimed_spares_of_dead_runs_are_swept_and_fresh_ones_kept(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old, fresh = cache / f"{upperfs.CLAIMED_PREFIX}a.img", cache / f"{upperfs.CLAIMED_PREFIX}b.img"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    other = cache / "upperfs-spare-1-v1.c.img"
+    other.write_bytes(b"z")
+    upperfs._sweep_claimed(cache, now=time.time() + upperfs.CLAIMED_STALE_S - 60)
+    assert old.exists() and fresh.exists(), "claimed within CLAIMED_STALE_S: its run may still mount it"
+    upperfs._sweep_claimed(cache, now=time.time() + upperfs.CLAIMED_STALE_S + 60)
+    assert not old.exists() and not fresh.exists() and other.exists(), "only claimed copies go"
+
+
+def test_a_spare_bound_ahead_never_replaces_an_image_and_is_released(tmp_path: Path) -> None:
+    claimed = tmp_path / f"{upperfs.CLAIMED_PREFIX}x.img"
+    claimed.write_bytes(b"spare")
+    existing = tmp_path / "upper.img"
+    existing.write_bytes(b"mine")
+    ahead = upperfs.Ahead(claimed, "/dev/loop-none", os.open(os.devnull, os.O_RDONLY))
+    assert upperfs._move_ahead(ahead, existing) is False
+    assert existing.read_bytes() == b"mine" and not claimed.exists() and ahead.fd == -1, "released: fd closed, copy removed"
+
+    claimed.write_bytes(b"spare")
+    ahead = upperfs.Ahead(claimed, "/dev/loop-none", os.open(os.devnull, os.O_RDONLY))
+    target = tmp_path / "c" / "upper.img"
+    target.parent.mkdir()
+    assert upperfs._move_ahead(ahead, target) is True
+    assert target.read_bytes() == b"spare" and ahead.image == target
+    ahead.release()  # a run failing after the move: its fd closes, the container's image stays (its dir goes with it)
+    assert target.exists() and ahead.fd == -1
