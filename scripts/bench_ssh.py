@@ -30,6 +30,8 @@ A's CLI, RUNS rounds, each round the four paths in a rotated order (interleaved)
                   pages inside the gRPC stream)
   ssh-zstd        (``--paths`` only) ssh with ``--compress on``: the page relay's zstd on both
                   ends of the page forward (``ssh`` alone sends raw: CRIU straight into it)
+  ssh-nopty       (``--paths`` only) ssh with the forwarder's ssh as it ran before its pty session
+                  (``-T -N``: no TCP_NODELAY on the tunnel, ssh_forward.py's docstring): A/B in one run
 
 and back B -> A over grpc (untimed) after each, memory warmed before each timed hop, the checksum
 checked after it. Prints the median pause (frozen_ms), total and CLI wall time per path, the
@@ -45,6 +47,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -177,8 +180,34 @@ def _path_without_ssh(workdir: Path) -> str:
     return str(bin_dir)
 
 
+# OpenSSH's ssh as the forwarder ran it before its pty session (ssh_forward.py's docstring): -T -N,
+# no remote command, so no TCP_NODELAY on the tunnel's connection: the A of an A/B in one run.
+_SSH_WITHOUT_PTY = """#!/bin/sh
+for arg; do
+  shift
+  case "$arg" in -tt) set -- "$@" -T -N ;; "exec sleep 2147483647") ;; *) set -- "$@" "$arg" ;; esac
+done
+exec {ssh} "$@"
+"""
+
+
+def _path_ssh_without_pty(workdir: Path, path_without_ssh: str) -> str:
+    """A PATH whose ``ssh`` runs OpenSSH's without ``-tt`` and the remote command (-T -N instead)."""
+    bin_dir = workdir / "bin-ssh-without-pty"
+    bin_dir.mkdir(exist_ok=True)
+    real = shutil.which("ssh")
+    if real is None:
+        raise SystemExit("bench: no ssh on PATH")
+    wrapper = bin_dir / "ssh"
+    wrapper.write_text(_SSH_WITHOUT_PTY.format(ssh=real))
+    wrapper.chmod(0o755)
+    return f"{bin_dir}:{path_without_ssh}"
+
+
 MIGRATE_PATHS = ("grpc", "unix", "ssh", "ssh-paramiko")
-EXTRA_PATHS = ("ssh-zstd",)  # --paths only: ssh with --compress on (the page socket behind the relay, zstd)
+# --paths only: ssh with --compress on (the page socket behind the relay, zstd); ssh's forwarder
+# without its pty (-N: no TCP_NODELAY, as before; _SSH_WITHOUT_PTY)
+EXTRA_PATHS = ("ssh-zstd", "ssh-nopty")
 
 
 @contextlib.contextmanager
@@ -226,6 +255,8 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
             args.append("--compress=on")
         if path == "ssh-paramiko":
             env["PATH"] = ssh["path_without_ssh"]
+        if path == "ssh-nopty":
+            env["PATH"] = ssh["path_ssh_without_pty"]
         b.stop_daemon()
     seen: set[int] = set()
     stop = threading.Event()
@@ -246,7 +277,7 @@ def _migrate_hop(lab, ssh: dict, path: str, name: str, size_mib: int, before: tu
             b.stop_daemon()
         if path != "grpc":
             lab.start_daemon(b)
-    if bool(seen) != (path in ("ssh", "ssh-zstd")):
+    if bool(seen) != (path in ("ssh", "ssh-zstd", "ssh-nopty")):
         raise SystemExit(f"bench: ssh -L forwarders seen during the hop over {path}: {sorted(seen)}")
     after = lab.report(b, name)
     if after is None or after[0] != before[0]:
@@ -272,6 +303,7 @@ def bench_migrate_paths(size_mib: int, runs: int, as_json: bool, paths: tuple[st
     with tempfile.TemporaryDirectory(prefix="bench-ssh-") as workdir, Lab.create(Path(workdir)) as lab:
         ssh = bench_migrate.setup_ssh(lab, Path(workdir))
         ssh["path_without_ssh"] = _path_without_ssh(Path(workdir))
+        ssh["path_ssh_without_pty"] = _path_ssh_without_pty(Path(workdir), ssh["path_without_ssh"])
         name = f"sshbench{size_mib}"
         lab.run_memhog(lab.hosts[0], name, size_mib, text_percent=text_percent)
         before = lab.report(lab.hosts[0], name)

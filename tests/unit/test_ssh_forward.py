@@ -75,7 +75,9 @@ def test_argv_pins_the_verified_host_key_and_the_identity(tmp_path: Path) -> Non
     assert _option(argv, "Ciphers").startswith("aes128-gcm@openssh.com,")
     port = argv.index("-p")
     assert argv[port : port + 4] == ["-p", "2222", "-l", "root"]
-    assert argv[argv.index("-N") :] == ["-N", "-L", f"{tmp_path / 'ssh.sock'}:/var/lib/pymigrate/run/pymigrate.sock", "--", "10.0.0.2"]
+    assert argv[argv.index("-L") :] == ["-L", f"{tmp_path / 'ssh.sock'}:/var/lib/pymigrate/run/pymigrate.sock", "--", "10.0.0.2",
+                                        "exec sleep 2147483647"]  # fmt: skip
+    assert "-tt" in argv and "-N" not in argv  # a pty session: OpenSSH's TCP_NODELAY (ssh_forward's docstring)
 
 
 def test_an_agent_key_is_named_by_its_public_half(tmp_path: Path) -> None:
