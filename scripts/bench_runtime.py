@@ -19,7 +19,7 @@
   With ``--floor`` too: ``run -d (zygote, no editable finder)`` starts the front as a regular
   (non-editable) install would: this venv's editable install hooks an import finder into site
   (~13 ms of every start here: pathlib, urllib, ...), a wheel install has a plain directory instead.
-  Emulated with ``python -S`` and the same sys.path plus the checkout, and the wrapper's ``import re``.
+  Emulated with ``python -S`` and the same sys.path plus the checkout (packaging/bin/pymigrate imports only the front).
 - ``--neighbours N``: N pymigrate containers stay running on the bench's bridge during the rounds
   (started untimed first), so each ``run -d`` pays the ARP probe of its new address as on a busy
   host (a bridge without other ports skips it: runtime/bridge_pool.py).
@@ -146,7 +146,7 @@ def regular_install_pm(root: Path) -> list[str]:
     python = pymigrate_python()
     paths = json.loads(subprocess.run([python, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"], check=True,
                                       capture_output=True, text=True, cwd="/").stdout)
-    code = (f"import re, sys; sys.path[:] = {[str(REPO), *paths]!r}; from migrate.zygote.front import main; "
+    code = (f"import sys; sys.path[:] = {[str(REPO), *paths]!r}; from migrate.zygote.front import main; "
             "sys.argv[0] = 'pymigrate'; sys.exit(main())")
     return [python, "-S", "-c", code, "--root", str(root)]
 

@@ -149,3 +149,19 @@ def test_the_front_imports_next_to_nothing() -> None:
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
     assert set(r.stdout.split()) <= {"migrate", "migrate.zygote", "migrate.zygote.front", "migrate.zygote.wire", "_socket",
                                      "_struct", "zlib", "marshal", "_signal", "time", "__future__"}, r.stdout
+
+
+def test_the_installed_command_reaches_the_front_before_any_other_import() -> None:
+    """packaging/bin/pymigrate (pyproject.toml's script-files), not pip's entry-point wrapper,
+    which imports re first (~8 ms of every command): the front is the first thing it imports."""
+    script = REPO / "packaging" / "bin" / "pymigrate"
+    assert script.read_text().startswith("#!python\n")  # pip writes the venv's interpreter there
+    assert 'script-files = ["packaging/bin/pymigrate"]' in (REPO / "pyproject.toml").read_text()
+    env = {**os.environ, "PYMIGRATE_ZYGOTE": ""}
+    r = subprocess.run([sys.executable, "-X", "importtime", str(script), "--version"], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("pymigrate version"), r.stderr[-2000:]
+    lines = [line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    site_done = lines.index("site")  # the interpreter's own start (its imports: site, encodings, ...)
+    ours = lines[site_done + 1:lines.index("migrate.zygote.front") + 1]
+    assert "re" not in ours and "enum" not in ours, ours  # the --version that follows may import anything
