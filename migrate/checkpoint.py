@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from migrate import failpoints
+from migrate import checkpoint_writeback, failpoints
 from migrate.api import CheckpointOptions, CheckpointResult, CheckpointStats, ProgressEvent, ProgressFn
 from migrate.archive import partial_exports
 from migrate.archive.signing import ArchiveSigner, HashingSink
@@ -206,22 +206,6 @@ def _image_writer(image: Path | None, tmp_dir: Path) -> Callable[[Any], object] 
     from migrate.archive.upper_image import add_frozen
 
     return lambda writer: add_frozen(writer, image, tmp_dir)
-
-
-def _fsync_files(directory: Path) -> None:
-    """fsync every file of ``directory`` and the directory itself (CRIU does not sync its images)."""
-    for p in directory.iterdir():
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _images_bytes(images_dir: Path) -> int:
@@ -467,17 +451,18 @@ _STAGED_VOLUMES = "volumes"  # volumes/<name>: the named volumes the archive car
 def _dump_staged(cp: _Checkpoint) -> _Dumped:
     """--leave-running --export, frozen: CRIU dumps raw into images/ while the upper layer and the
     carried volumes are captured into the staging dir, so the archive can be written after the thaw."""
-    stats, dump_ms = _dump_while(cp, lambda: _capture_upper(cp))
+    stats, dump_ms = _dump_while(cp, lambda _dumping: _capture_upper(cp))
     return _Dumped(stats, dump_ms, 0, 0)
 
 
-def _dump_while(cp: _Checkpoint, capture: Callable[[], object]) -> tuple[DumpStats, float]:
-    """CRIU dumps in a thread while ``capture`` takes the frozen upper layer; (stats, dump ms)."""
+def _dump_while(cp: _Checkpoint, capture: Callable[[Callable[[], bool]], object]) -> tuple[DumpStats, float]:
+    """CRIU dumps in a thread while ``capture(dumping)`` takes the frozen upper layer (``dumping()``:
+    whether CRIU still runs); (stats, dump ms)."""
     thread = _DumpThread(cp.criu, cp.request)
     started = time.monotonic()
     thread.start()
     try:
-        capture()
+        capture(thread.is_alive)
     finally:
         thread.join()
     if thread.error is not None:
@@ -560,13 +545,16 @@ def _dump_local(cp: _Checkpoint, out: BinaryIO) -> _Dumped:
     writer = ArchiveWriter(out, compress="none")
     writer.write_manifest({"kind": "upper-layer", "checkpoint_id": cp.checkpoint_id})
 
-    def capture() -> None:
+    def capture(dumping: Callable[[], bool]) -> None:
         if cp.target.upper_image is not None:  # its blocks keep the inode numbers
             from migrate.archive.upper_image import copy_frozen
 
             copy_frozen(cp.target.upper_image, cp.staging / UPPER_IMAGE)
+            checkpoint_writeback.start_path(cp.staging / UPPER_IMAGE)
         else:
             writer.add_tree("upper", cp.target.upper_dir)
+        # the commit's fsync waits for the disk: start the pages' writes while CRIU still dumps
+        checkpoint_writeback.Writeback(cp.images_dir).follow(dumping)
 
     stats, dump_ms = _dump_while(cp, capture)
     upper_bytes = writer.close().raw_bytes
@@ -589,7 +577,7 @@ def _resume_early(cp: _Checkpoint) -> None:
 def _commit(cp: _Checkpoint, dumped: _Dumped, emit: Callable[..., None]) -> int:
     """Make the checkpoint durable and visible; returns the images' bytes."""
     if cp.archive_path is None:
-        _fsync_files(cp.images_dir)
+        checkpoint_writeback.sync_files(cp.images_dir)
         fsync_path(cp.staging / UPPER_IMAGE)  # the upper-layer image copy of a local checkpoint
     images_bytes = _images_bytes(cp.images_dir)
     emit("commit")
