@@ -1,10 +1,11 @@
 """ssh:// bytes through OpenSSH's ``ssh -L`` (migrate/remote/ssh_forward.py, issue 17), with
 paramiko's channel as the fallback. Debian's real sshd and ssh, real CRIU.
 
-- a tunnel's connections run through one ``ssh -N -L LOCAL:REMOTE_SOCKET`` of ours, pinned to
+- a tunnel's connections run through one ``ssh -tt -L LOCAL:REMOTE_SOCKET`` of ours, pinned to
   the host key paramiko verified (a known_hosts of one key in the 0700 tunnel directory); it is
   gone after close, and after a SIGKILL of the process that started it; a forwarder pinned to
-  another host key is refused by ssh itself;
+  another host key is refused by ssh itself; its session holds a pty (and runs only ``sleep``) so
+  that both ends of its connection send with TCP_NODELAY;
 - a memhog migration over ssh:// runs its bytes through such a process (sampled while it runs)
   and keeps the memory checksum;
 - with a PATH that has no ``ssh`` the same migration goes through paramiko, saying so in the log;
@@ -143,6 +144,93 @@ def test_tunnel_connections_run_through_a_pinned_ssh_process(sshd_host: tuple[Ho
         assert len(listening.strip().splitlines()) == 1 and ":22 " in listening, listening
     assert ssh_forwarders(remote_socket) == []
     assert not local.parent.exists()
+
+
+SYS_PIDFD_GETFD = 438  # x86_64 and the generic table: a copy of another process's fd (Linux 5.6)
+
+
+def tcp_nodelay(pid: int) -> list[bool]:
+    """TCP_NODELAY of each connected TCP socket ``pid`` holds (a copy of each through pidfd_getfd)."""
+    import ctypes
+    import socket
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            copy = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+            if copy < 0:
+                continue
+            with socket.socket(fileno=copy) as sock:
+                if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+                    try:
+                        sock.getpeername()
+                    except OSError:
+                        continue  # a listener
+                    found.append(bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            children.setdefault(_ppid(int(entry.name)), []).append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # not a pid, or gone
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def _tty_nr(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[4])
+
+
+def test_forwarders_connection_sends_without_nagle_through_a_pty_session(sshd_host: tuple[Host, dict]) -> None:
+    """OpenSSH sets TCP_NODELAY only for a session with a pty (ssh_forward.py's docstring): the
+    forwarder's session holds one, running ``sleep`` and nothing else; both ends' sockets of the
+    connection send without Nagle; the remote ``sleep`` ends with the tunnel."""
+    from migrate.remote.ssh import open_ssh_target
+
+    host, options = sshd_host
+    assert host.sshd is not None
+    with open_ssh_target(host.ssh_url(), **options) as target:
+        assert target.forwarder == "openssh"
+        [client] = ssh_forwarders(str(host.socket_path))
+        assert tcp_nodelay(client) == [True]
+        deadline = time.monotonic() + 10  # the forward listens before the session's command starts
+        while True:
+            server_side = _descendants(host.sshd.pid)
+            sleeps = [pid for pid in server_side if _cmdline(pid) == [b"sleep", b"2147483647", b""]]
+            if sleeps or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        held = [flag for pid in server_side if pid not in sleeps for flag in tcp_nodelay(pid)]
+        assert held and all(held), held  # sshd's end of the connection (the client's has it with -N too)
+        assert len(sleeps) == 1 and _tty_nr(sleeps[0]) != 0, [(pid, _cmdline(pid)) for pid in server_side]  # on a pty
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{sleeps[0]}").exists():
+        time.sleep(0.05)
+    assert not Path(f"/proc/{sleeps[0]}").exists(), "the remote sleep outlived the tunnel"
 
 
 def test_forwarder_ends_when_its_starter_is_killed(sshd_host: tuple[Host, dict], tmp_path: Path) -> None:
