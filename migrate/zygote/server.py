@@ -44,8 +44,8 @@ IDLE_S = float(os.environ.get("PYMIGRATE_ZYGOTE_IDLE_S", "600"))
 
 
 class Worker:
-    def __init__(self, pid: int, conn: Any, pidfd: int, modules_r: int) -> None:
-        self.pid, self.conn, self.pidfd, self.modules_r = pid, conn, pidfd, modules_r
+    def __init__(self, pid: int, conn: Any, pidfd: int, modules_r: int, argv: list[str]) -> None:
+        self.pid, self.conn, self.pidfd, self.modules_r, self.argv = pid, conn, pidfd, modules_r, argv
 
 
 class Zygote:
@@ -175,7 +175,7 @@ class Zygote:
                 os._exit(125)
         os.close(modules_w)
         pidfd = os.pidfd_open(pid)
-        worker = Worker(pid, conn, pidfd, modules_r)
+        worker = Worker(pid, conn, pidfd, modules_r, list(request["argv"][1:]))
         self.workers[pid] = worker
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", worker))
         self.sel.register(conn.fileno(), selectors.EVENT_READ, ("signal", worker))
@@ -222,6 +222,18 @@ class Zygote:
         worker.conn.close()
         del self.workers[worker.pid]
         self.learn(worker.modules_r)
+        self.prebuild(worker.argv)
+
+    def prebuild(self, argv: list[str]) -> None:
+        """Keep the parser of the command a worker ran, so the next workers do not build it
+        (migrate/cli ``prebuild_parser``); off the caller's clock, as ``learn``."""
+        try:
+            from migrate.cli import prebuild_parser
+
+            prebuild_parser(argv)
+        except Exception:  # noqa: BLE001 - only a speed-up: a worker builds its own then
+            return
+        self.snapshot()  # the command's module it imported
 
     def learn(self, fd: int) -> None:
         """Import what the worker imported (after its reply went out: off the caller's clock)."""

@@ -165,3 +165,23 @@ def test_the_installed_command_reaches_the_front_before_any_other_import() -> No
     site_done = lines.index("site")  # the interpreter's own start (its imports: site, encodings, ...)
     ours = lines[site_done + 1:lines.index("migrate.zygote.front") + 1]
     assert "re" not in ours and "enum" not in ours, ours  # the --version that follows may import anything
+
+
+def test_a_prebuilt_parser_serves_its_command_only(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The zygote keeps the parser of each command a worker ran (migrate.cli.prebuild_parser); a
+    worker parses with its copy. Other commands, --help and unknown words build their own."""
+    import migrate.cli as cli
+
+    monkeypatch.setattr(cli, "_PREBUILT", {})
+    cli.prebuild_parser(["--root", "/r", "ps", "-a"])
+    kept = cli._PREBUILT["ps"]
+    assert cli._parser_for(["ps"]) is kept and cli._parser_for(["--json", "ps", "--all"]) is kept
+    for other in (["inspect", "x"], ["--help"], ["nosuch"], []):
+        assert cli._parser_for(other) is not kept and cli._parser_for(other) is not cli._PREBUILT[None]
+    args = cli._parser_for(["--root", "/r", "ps", "-a"]).parse_args(["--root", "/r", "ps", "-a"])
+    assert (args.command, str(args.root), args.all) == ("ps", "/r", True)
+    cli.prebuild_parser(["ps"])
+    assert cli._PREBUILT["ps"] is kept, "built once"
+    with pytest.raises(SystemExit):  # a usage error through a kept parser: exit 125 with ps's usage
+        cli._parser_for(["ps", "--nosuch"]).parse_args(["ps", "--nosuch"])
+    assert "usage: pymigrate ps" in capsys.readouterr().err
