@@ -278,6 +278,10 @@ class PostcopyMode:
 
         sink = move.sink
         assert sink is not None and move.upper is not None
+        from runtime.dev_mounts import dump_externals
+
+        # frozen now: /dev and an empty /dev/shm as CRIU external mounts, not its tar copies
+        request = dataclasses.replace(request, external=request.external + dump_externals(request.pid, move.spec))
         dump = self._dump = _LazyDump(move.criu, request)
         move.clock.emit("dumping all but memory")
         try:
@@ -522,13 +526,18 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         mark(migration_id, "target: images checked")
         if before_restore is not None:  # the archive is complete: a settlement now waits for the restore
             before_restore()
+        from runtime.dev_mounts import TargetDevMounts
+
+        # for CRIU to bind if the dump declared them external; ROOT/tmp/restore-*: a crash's is swept
+        dev = TargetDevMounts.made_in(host.rt.sys, host.paths.tmp / f"restore-{migration_id}-dev")
         t0 = time.monotonic()
 
         def request_for(root: Path) -> Any:
             assert starting is not None
             starting.ready()  # the restore connects to its socket at once
             mark(migration_id, "target: lazy-pages daemon ready")
-            return dataclasses.replace(restore_request(unpacked, spec, root, tcp_established=False), lazy_pages=True)
+            request = restore_request(unpacked, spec, root, tcp_established=False)
+            return dataclasses.replace(request, lazy_pages=True, external=request.external + dev.externals)
 
         try:
             if shell is not None:
@@ -545,13 +554,18 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
                     restored_from=manifest.get("checkpoint_id"),
                 )
         except ContainerError as exc:
+            dev.release()
             daemon, starting = starting.taken(), None
             if daemon is None:  # the lazy-pages daemon did not start: its error is the one
                 raise
             _explain_failed_restore(host, exc, unpacked.work_dir, daemon, ps)
             raise
+        except BaseException:
+            dev.release()
+            raise
         resumed_at = time.monotonic()
         mark(migration_id, "target: restored (running)")
+        dev.release()  # the container has its own binds of them; the detach waits out of the pause
         daemon, starting = starting.taken(), None
         assert daemon is not None  # the request was sent: it was ready
         restore_ms = (resumed_at - t0) * 1000
