@@ -366,7 +366,7 @@ class Runtime:
         leased = None
         if fields["network"] == "bridge":
             # its ARP probe is answered in _start, before connect: the wait overlaps the mounts
-            leased = net.lease(container_id, fields.pop("ip"), answer_later=True)
+            leased = net.lease(container_id, fields.pop("ip"), answer_later=True, durable=False)  # the record's fsync covers it
             undo.append(("release address", lambda: net.release(container_id)))
         else:
             fields.pop("ip")

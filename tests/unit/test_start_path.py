@@ -178,3 +178,20 @@ def test_a_spare_bound_ahead_never_replaces_an_image_and_is_released(tmp_path: P
     assert target.read_bytes() == b"spare" and ahead.image == target
     ahead.release()  # a run failing after the move: its fd closes, the container's image stays (its dir goes with it)
     assert target.exists() and ahead.fd == -1
+
+
+def test_runs_lease_leaves_its_fsync_to_the_record_but_a_new_pool_file_is_synced(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import _ipam
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(_ipam.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    pool = _ipam.Ipam(tmp_path / "network", "10.99.0.0/24", "pmtest0")
+    assert pool.lease("a" * 32, durable=False) == ("10.99.0.2", True)
+    assert len(synced) == 1, "no pool file yet: a new file is written (fsync) before it is named"
+    assert pool.lease("b" * 32, durable=False) == ("10.99.0.3", True)
+    assert len(synced) == 1, "a rename over the pool file: run's record fsync that follows covers it"
+    assert pool.lease("c" * 32) == ("10.99.0.4", True) and len(synced) == 2, "everyone else's lease: fsynced as before"
+    assert pool.release("b" * 32) == "10.99.0.3" and len(synced) == 3
+    assert _ipam.Ipam(tmp_path / "network", "10.99.0.0/24", "pmtest0").leases() == {"a" * 32: "10.99.0.2", "c" * 32: "10.99.0.4"}
