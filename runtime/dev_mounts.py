@@ -97,7 +97,7 @@ def _mounts_below_dev(pid: int) -> dict[str, tuple[str, str]] | None:
 def _has_sys_admin(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("CapEff:"):
+            if line.startswith("CapBnd:"):  # what any process of the container may ever hold
                 return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
     return True
 
