@@ -927,22 +927,28 @@ def start_lazy_pages(
     log_level: int = 4,
     timeout_s: float = 10.0,
     tls: CriuTls | None = None,
+    ps_socket: int | None = None,
 ) -> CriuProcess:
     """``criu lazy-pages --page-server``: serve the userfaults of a restore that runs with
     ``lazy_pages`` and the same ``work_dir``, fetching pages from ``page_server`` (the source's
     dump), over TLS when ``tls`` is given (it connects: the source's certificate must name
     ``page_server.address`` unless ``tls.no_cn_verify``). Returns once the daemon's socket exists.
     ``page_server`` None: the pages come from ``images_dir``'s own pages-*.img (a cold restore
-    that resumes before its memory is in: migrate/migration/cold_lazy.py)."""
+    that resumes before its memory is in: migrate/migration/cold_lazy.py). ``ps_socket``: an
+    already connected socket to the source instead (a page relay's socketpair, lazy_relay.py)."""
     binary = binary or criu_binary()
     ensure_kdat(binary)
-    remote = ["--page-server", "--address", page_server.address, "--port", str(page_server.port)] if page_server else []
+    remote: list[str] = []
+    if page_server is not None:
+        where = ["--ps-socket", str(ps_socket)] if ps_socket is not None else ["--address", page_server.address, "--port", str(page_server.port)]
+        remote = ["--page-server", *where]
     argv = [
         binary, "lazy-pages", *remote,
         "-D", str(images_dir), "-W", str(work_dir), "-o", LAZY_PAGES_LOG, f"-v{log_level}",
         *(tls.cli_args() if tls is not None and page_server else ()),
     ]
-    return _start_ready(argv, "lazy-pages", work_dir / LAZY_PAGES_LOG, timeout_s)
+    fds = (ps_socket,) if ps_socket is not None else ()
+    return _start_ready(argv, "lazy-pages", work_dir / LAZY_PAGES_LOG, timeout_s, pass_fds=fds)
 
 
 def start_page_server(

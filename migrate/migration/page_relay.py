@@ -199,8 +199,10 @@ def _threads() -> int:
 class _Pipe:
     """One direction: ``src`` -> codec -> ``dst``."""
 
-    def __init__(self, src: socket.socket, dst: socket.socket, codec: Codec, counters: Counters | None = None) -> None:
+    def __init__(self, src: socket.socket, dst: socket.socket, codec: Codec, counters: Counters | None = None,
+                 idle_flush_s: float = IDLE_FLUSH_S) -> None:
         self.src, self.dst, self.codec, self.counters = src, dst, codec, counters
+        self.idle_flush_s = idle_flush_s  # post-copy's request/response stream: 0, flush every burst
         # what waits for ``dst``, as views: a partial send drops a prefix without copying the rest
         self.out: collections.deque[memoryview] = collections.deque()
         self.queued = 0
@@ -231,7 +233,10 @@ class _Pipe:
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 return
             if not data:
-                self._queue(self.codec.end())
+                tail = self.codec.end()
+                self._queue(tail)
+                if self.counters is not None and not isinstance(self.codec, Decompress):
+                    self.counters.wire_bytes += len(tail)
                 self.eof = True
                 return
         started = time.monotonic()
@@ -250,12 +255,14 @@ class _Pipe:
         """Flush what the codec holds once the input paused IDLE_FLUSH_S: CRIU waits for replies
         (the close ack) after small messages, and must not wait for zstd. Not sooner: every
         flush ends a zstd block (and a job of its workers) early."""
-        if self.held_since is not None and not readable and now - self.held_since >= IDLE_FLUSH_S:
-            self._queue(self.codec.flush())
+        if self.held_since is not None and not readable and now - self.held_since >= self.idle_flush_s:
+            out = self.codec.flush()
+            self._queue(out)
             self.held_since = None
             if self.counters is not None:
                 self.counters.codec_s += time.monotonic() - now
                 self.counters.flushes += 1
+                self.counters.wire_bytes += len(out)  # a compressor's held-back bytes (a decompressor's flush is empty)
 
     def write(self) -> None:
         head = self.out[0]
@@ -280,6 +287,12 @@ class _Pipe:
                 pass  # the reader is gone already (CRIU exited after its close ack)
 
 
+def pipe(src: socket.socket, dst: socket.socket, codec: Codec, counters: Counters | None = None, *,
+         idle_flush_s: float = IDLE_FLUSH_S) -> _Pipe:
+    """One direction for ``pump`` (lazy_relay.py's relays build theirs with it)."""
+    return _Pipe(src, dst, codec, counters, idle_flush_s)
+
+
 def pump(pipes: list[_Pipe], stop: threading.Event | None = None) -> None:
     """Move bytes until every pipe reached its EOF and was drained. Raises PageRelayError (the
     sockets are the caller's to close: that is what tells CRIU)."""
@@ -302,8 +315,8 @@ def _step(pipes: list[_Pipe]) -> None:
     # an ssl socket may hold decrypted bytes select cannot see, a bounded Decompress output; then
     # select only polls (the other sockets go on meanwhile)
     ready_now = [p.src for p in readers if p.backlog() or (isinstance(p.src, ssl.SSLSocket) and p.src.pending())]
-    held = any(p.held_since is not None for p in pipes)
-    timeout = 0.0 if ready_now else IDLE_FLUSH_S if held else 0.5
+    held = [p.idle_flush_s for p in pipes if p.held_since is not None]
+    timeout = 0.0 if ready_now else min(held) if held else 0.5
     r, w, _ = select.select([p.src for p in readers], [p.dst for p in writers], [], timeout)
     r += ready_now
     now = time.monotonic()
@@ -508,6 +521,7 @@ class SourceRelay:
         self._criu: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._streams = 0  # page streams open in this daemon when this one opened (0: not counted)
+        self._pair_for_criu = True  # False: CRIU gets no socketpair (post-copy: its page server listens)
 
     @property
     def direct(self) -> bool:
@@ -527,7 +541,8 @@ class SourceRelay:
             raise PageRelayError(f"cannot open the page relay to the target: {exc}", phase="preflight") from exc
         self.remote.settimeout(None)
         if not self.direct:
-            self._local, self._criu = _socketpair()
+            if self._pair_for_criu:
+                self._local, self._criu = socketpair()
             # The relay's thread stops sending while zstd takes in a block (ms at a time): the
             # kernel must hold enough to keep the link busy meanwhile, and autotuning sizes the
             # buffer for the tiny RTT of a LAN, not for those pauses.
@@ -592,7 +607,7 @@ class SourceRelay:
             self._streams = 0
 
 
-def _socketpair() -> tuple[socket.socket, socket.socket]:
+def socketpair() -> tuple[socket.socket, socket.socket]:
     # big buffers: CRIU splices whole page runs, and the relay reads them in large gulps
     pair = socket.socketpair()
     for s in pair:
@@ -642,7 +657,7 @@ class TargetRelay:
                 conn.close()  # CRIU has its copy; ours would keep its EOF from the source
                 self._conn = None
                 return
-            self._local, theirs = _socketpair()
+            self._local, theirs = socketpair()
             try:
                 self.criu = self._start_criu(theirs, tls=None)
             finally:

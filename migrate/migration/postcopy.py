@@ -94,6 +94,7 @@ from runtime.errors import ContainerError
 from runtime.fstree import remove_tree_quietly
 from runtime.spec import readdressed
 
+from migrate.migration import lazy_relay
 from migrate.migration.phases import lose, poke_page_server
 from migrate.migration.sequence import Move, manifest, run
 
@@ -239,15 +240,19 @@ class PostcopyMode:
         self._lazy_pages = 0
         self._last_page_ms = 0.0
         self._manifest: dict[str, Any] | None = None  # built in before_freeze
+        self._link = lazy_relay.SourceLink()  # the page relay, when the target started one (lazy_relay.py)
+        self._relay_wanted = False
 
     def preflight(self, move: Move) -> None:
         if not move.target_info.features.get("lazy_pages"):
             raise IncompatibleHost(f"the target {self._dest} cannot restore with lazy pages", phase="preflight")
         self.address = page_server_address(self._dest)
         self.port = free_port()
+        move.compressed_pages = self._relay_wanted = lazy_relay.wanted(move.options.compress, self._dest)
 
     def page_server_address(self) -> str | None:
-        return None
+        # with compressed_pages: where the target's page relay listens (the source dials it)
+        return peer_address(self._dest) if self._relay_wanted else None
 
     def record(self) -> dict[str, Any]:
         return {"mode": "postcopy", "page_server_port": self.port}
@@ -255,10 +260,12 @@ class PostcopyMode:
     def prepared(self, move: Move) -> None:
         log.info("container=%s migration=%s page server for lazy pages: %s:%d", move.spec.name, move.migration_id,
                  self.address, self.port)
-        if getattr(move.criu, "page_server_tls", None) is None:
+        self._link.open(move, peer_address(self._dest))
+        if getattr(move.criu, "page_server_tls", None) is None or self._link.plain:
             from runtime.port_guard import guard_or_warn
 
-            self._guard = guard_or_warn(self.port, [peer_address(self._dest)], label=f"migration={move.migration_id} lazy pages")
+            peer = "127.0.0.1" if self._link.plain else peer_address(self._dest)  # behind the relay: only it dials CRIU
+            self._guard = guard_or_warn(self.port, [peer], label=f"migration={move.migration_id} lazy pages")
 
     def before_freeze(self, move: Move) -> None:
         # the manifest (checkpoint id, spec, image record: ~4 ms) is ready before the freeze, so the
@@ -269,7 +276,8 @@ class PostcopyMode:
         return {"lazy_pages": True, "page_server": {"address": self.address, "port": self.port}}
 
     def dump_request(self, move: Move, request: DumpRequest) -> DumpRequest:
-        return dataclasses.replace(request, lazy_pages=True, page_server=PageServer(address=self.address, port=self.port))
+        return dataclasses.replace(request, lazy_pages=True,
+                                   page_server=PageServer(address=self.address, port=self.port, plain=self._link.plain))
 
     def dump(self, move: Move, request: DumpRequest, pusher: Any) -> None:
         from migrate import failpoints
@@ -312,6 +320,7 @@ class PostcopyMode:
                 raise TransferError(f"criu's page server did not listen on port {self.port} within {LISTEN_TIMEOUT_S:g}s",
                                     phase="dump")
             mark(move.migration_id, "source: criu page server listens")
+            self._link.criu_listens(self.port)
             failpoints.hit("source.dump")
             move.final_sent = True
             writer.close(trailer={"lazy_pages": True, **move.upper.trailer})
@@ -334,6 +343,7 @@ class PostcopyMode:
             if dump.is_alive():
                 log.error("container=%s migration=%s: criu dump did not end within %gs", move.spec.name, move.migration_id,
                           ROLLBACK_DUMP_TIMEOUT_S)
+        self._link.close()
 
     def unsure(self, move: Move) -> None:
         self._drop_guard()  # an "aborted" settlement ends the lazy dump by connecting from here
@@ -351,6 +361,9 @@ class PostcopyMode:
         assert dump is not None and move.outgoing is not None
         dump.join()
         self._last_page_ms = (dump.finished_at - resumed_at) * 1000
+        relay_error = self._link.join(ROLLBACK_DUMP_TIMEOUT_S)  # CRIU closed its end: the relay's tail follows
+        if relay_error is not None and dump.error is None:
+            log.warning("container=%s migration=%s: %s", move.spec.name, move.migration_id, relay_error.message)
         self._drop_guard()  # CRIU's page server is closed
         self._lazy_pages = lazy_page_count(move.images_dir)
         if dump.error is not None:
@@ -362,6 +375,7 @@ class PostcopyMode:
 
     def finished(self, move: Move) -> None:
         self._drop_guard()
+        self._link.close()
 
     def _drop_guard(self) -> None:
         from runtime.port_guard import drop_guard
@@ -371,13 +385,14 @@ class PostcopyMode:
 
     def stats(self, move: Move) -> tuple[int, int, dict[str, float]]:
         lazy_bytes = self._lazy_pages * PAGE_SIZE
-        phases = {"last_page": round(self._last_page_ms, 3)}
+        phases = {"last_page": round(self._last_page_ms, 3), **self._link.phases}
         if move.restored is not None:  # the target's share of the pause
             phases["target_import"] = move.restored.stats.import_ms
             phases["target_restore"] = move.restored.stats.restore_ms
         log.info("container=%s migration=%s last_page_ms=%.1f lazy_pages=%d", move.spec.name, move.migration_id,
                  self._last_page_ms, self._lazy_pages)
-        return lazy_bytes, lazy_bytes, phases
+        wire = int(self._link.phases.get("page_wire_bytes", lazy_bytes))  # the relay's zstd, if it compressed
+        return wire, lazy_bytes, phases
 
 
 def migrate_postcopy(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: Criu | None = None,
@@ -507,6 +522,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     mark(migration_id, "target: archive unpacked")
     daemon: CriuProcess | None = None
     starting: _LazyStart | None = None
+    relay = lazy_relay.take(migration_id)  # the page relay PrepareIncoming started, if the source asked
     try:
         manifest = unpacked.manifest
         opts = manifest.get("options", {})
@@ -515,7 +531,10 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
         # The lazy-pages daemon starts (exec, reads pstree.img, listens: 6-8 ms) while the images
         # are checked and the root is mounted; it dials the source only once the restore connects.
-        starting = _LazyStart(unpacked.images_dir, unpacked.work_dir, PageServer(str(ps["address"]), int(ps["port"])), tls)
+        page_server = PageServer(str(ps["address"]), int(ps["port"]))
+        relayed = relay is not None and relay.wait_decided(CONNECT_TIMEOUT_S)  # decided before the source froze
+        starting = _LazyStart(unpacked.images_dir, unpacked.work_dir, page_server, None if relayed else tls,
+                              relay.attach() if relay is not None and relayed else None)
         starting.start()
         spec = incoming_spec(host, record, manifest, unpacked.images_dir)
         if shell is not None and (shell.spec.container_id, shell.spec.name) != (spec.container_id, spec.name):
@@ -569,7 +588,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         daemon, starting = starting.taken(), None
         assert daemon is not None  # the request was sent: it was ready
         restore_ms = (resumed_at - t0) * 1000
-        _require_connected(host, migration_id, daemon, ps, info.spec.container_id)
+        _require_connected(host, migration_id, daemon, ps, info.spec.container_id, relayed=relayed)
         mark(migration_id, "target: lazy-pages daemon connected")
         session = LazySession(host, migration_id, daemon, unpacked.scratch, info.spec.container_id, on_complete)
         with _SESSIONS_LOCK:
@@ -583,6 +602,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
         if daemon is not None:
             daemon.stop()
             _keep_log(host, daemon.log_path)
+        if relay is not None:
+            relay.stop()
         remove_tree_quietly(unpacked.scratch)
         raise
     images_bytes = sum(p.stat().st_size for p in unpacked.images_dir.iterdir() if p.is_file()) if unpacked.images_dir.is_dir() else 0
@@ -636,11 +657,13 @@ def _explain_failed_restore(host: Any, exc: ContainerError, work_dir: Path, daem
     ) from exc
 
 
-def _require_connected(host: Any, migration_id: str, daemon: CriuProcess, ps: Mapping[str, Any], container_id: str) -> None:
+def _require_connected(host: Any, migration_id: str, daemon: CriuProcess, ps: Mapping[str, Any], container_id: str, *,
+                       relayed: bool = False) -> None:
     """The lazy-pages daemon reached the source's page server. If it died while the restore ran
     or before it got there, faults got (or will get) zero pages: the container is not resumed as
-    far as the source knows (we have not answered yet), so remove it and fail: the source thaws."""
-    rc = _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
+    far as the source knows (we have not answered yet), so remove it and fail: the source thaws.
+    ``relayed``: its socket is the page relay's, connected before the freeze; it must be alive."""
+    rc = daemon.poll() if relayed else _wait_connected(daemon, str(ps["address"]), int(ps["port"]))
     if rc is None or rc == 0:
         return
     err = daemon.error(rc)
@@ -655,9 +678,11 @@ class _LazyStart(threading.Thread):
     """``start_lazy_pages`` in a thread: ``ready`` waits for it (raising its error), ``taken``
     hands over the daemon, if it started, once the thread is done."""
 
-    def __init__(self, images_dir: Path, work_dir: Path, page_server: PageServer, tls: CriuTls | None) -> None:
+    def __init__(self, images_dir: Path, work_dir: Path, page_server: PageServer, tls: CriuTls | None,
+                 relayed: socket.socket | None = None) -> None:
         super().__init__(name="lazy-pages-start", daemon=True)
         self._args = (images_dir, work_dir, page_server, tls)
+        self._relayed = relayed  # the page relay's end for the daemon (lazy_relay.py), else it dials the source
         self._daemon: CriuProcess | None = None
         self._error: BaseException | None = None
 
@@ -666,9 +691,15 @@ class _LazyStart(threading.Thread):
 
         images_dir, work_dir, page_server, tls = self._args
         try:
-            self._daemon = start_lazy_pages(images_dir, work_dir, page_server, tls=tls)
+            if self._relayed is None:
+                self._daemon = start_lazy_pages(images_dir, work_dir, page_server, tls=tls)
+            else:
+                self._daemon = start_lazy_pages(images_dir, work_dir, page_server, ps_socket=self._relayed.fileno())
         except BaseException as exc:  # handed to ready()
             self._error = exc
+        finally:
+            if self._relayed is not None:  # the daemon has its copy; ours would hide its EOF from the relay
+                self._relayed.close()
 
     def ready(self) -> CriuProcess:
         self.join()
@@ -802,6 +833,7 @@ def finish_session(migration_id: str, timeout_s: float = FINISH_TIMEOUT_S) -> No
 
 def stop_session(migration_id: str) -> None:
     """At abort: stop the lazy-pages daemon (before the container is removed). Idempotent."""
+    lazy_relay.stop(migration_id)  # a page relay whose lazy-pages daemon never started
     with _SESSIONS_LOCK:
         session = _SESSIONS.pop(migration_id, None)
     if session is not None:

@@ -261,9 +261,13 @@ class IncomingMigrations:
 
             prebuild_shell(self.host, self.criu, self._load(migration_id))
         port = 0
-        relayed = request.compressed_pages and request.mode == "cold"
+        relayed = request.compressed_pages and request.mode in ("cold", "postcopy")
         if request.page_server_address and request.mode == "cold" and self.page_servers_allowed:
             port = self._start_page_server(migration_id, request.page_server_address, request.source_address, relay=relayed)
+        elif relayed and request.page_server_address and self.page_servers_allowed:  # post-copy's lazy pages (lazy_relay.py)
+            from migrate.migration.lazy_relay import start_for
+
+            port = start_for(migration_id, request.page_server_address, request.source_address, tls=self.page_server_tls)
         log.info("migration=%s phase=preflight container=%s reserved need_image=%s missing_layers=%d page_server_port=%d "
                  "restore=%s", migration_id, spec.name, need_image, len(missing), port,
                  "lazy" if no_lazy is None else f"full ({no_lazy})" if request.mode == "cold" else "mode's")

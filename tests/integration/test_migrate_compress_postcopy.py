@@ -1,0 +1,73 @@
+"""Post-copy's lazy pages through the page relay (issue 17; migrate/migration/lazy_relay.py).
+
+Two hosts (network namespaces) whose links are shaped to 1 Gbit/s (tc tbf on each host's eth0, as
+scripts/bench_link.py does for the benchmarks), daemons over TCP, real CRIU; a memhog whose memory
+is half text (compressible) and half random. ``migrate --mode postcopy --compress on`` moves the
+pages after the resume through the relays as zstd: the memory's checksum is the same on the
+target, and fewer bytes crossed the link than the pages' size. ``--compress off`` back: the same
+checksum again, CRIU's own connection (no relay in the stats), every page's byte on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.migrate_helpers import names_by_status
+from tests.integration.migration_lab import Lab
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.requires("root", "netns", "criu", "pycriu", "busybox", "overlay", "lazy_pages"),
+]
+
+SIZE_MIB = 128
+RATE = "1gbit"
+BURST = "1250000"  # 10 ms at 1 Gbit/s (bench_link: never below two 64 KiB GSO segments)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab.create(tmp_path) as made:
+        for h in made.hosts:
+            h.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", RATE, "burst", BURST, "latency", "50ms"])
+        yield made
+
+
+def _postcopy(lab: Lab, source, target, name: str, compress: str) -> dict:  # noqa: ANN001
+    r = lab.remote(source, ["migrate", name, lab.addr(target), "--mode", "postcopy", "--compress", compress, "--json"])
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout)
+    assert result["mode"] == "postcopy", result
+    return result  # type: ignore[no-any-return]
+
+
+def test_postcopy_on_a_shaped_link_keeps_memory_compressed_or_not(lab: Lab) -> None:
+    a, b = lab.hosts[0], lab.hosts[1]
+    lab.run_memhog(a, "lhog", SIZE_MIB, text_percent=50)
+    before = lab.report(a, "lhog")
+    assert before is not None
+
+    packed = _postcopy(lab, a, b, "lhog", "on")
+    after = lab.report(b, "lhog", timeout_s=60)
+    assert after is not None and after[0] == before[0], "memory changed across the compressed post-copy migration"
+    stats = packed["stats"]
+    assert stats["phases_ms"]["page_compressed"] == 1.0, stats
+    pages = stats["phases_ms"]["page_raw_bytes"]
+    assert pages >= SIZE_MIB << 20, stats  # every page went through the relay
+    assert stats["phases_ms"]["page_wire_bytes"] < pages * 0.8, stats  # half the memory is text
+    assert stats["bytes_on_wire"] < stats["raw_bytes"] * 0.8, stats
+
+    raw = _postcopy(lab, b, a, "lhog", "off")
+    back = lab.report(a, "lhog", timeout_s=60)
+    assert back is not None and back[0] == before[0], "memory changed across the raw post-copy migration"
+    rstats = raw["stats"]
+    assert "page_compressed" not in rstats["phases_ms"], rstats  # no relay: the lazy-pages daemon dials CRIU
+    assert rstats["bytes_on_wire"] >= SIZE_MIB << 20, rstats
+    print(f"\n{SIZE_MIB} MiB half text, post-copy at {RATE}: zstd {stats['bytes_on_wire'] >> 20} MiB on the wire "
+          f"(total {stats['total_ms']:.0f} ms, last page {stats['phases_ms']['last_page']:.0f} ms after the resume); "
+          f"off: {rstats['bytes_on_wire'] >> 20} MiB (total {rstats['total_ms']:.0f} ms)")
+    assert names_by_status(a) == {"lhog": "running"} and names_by_status(b) == {}
