@@ -185,7 +185,7 @@ def _path_without_ssh(workdir: Path) -> str:
 _SSH_WITHOUT_PTY = """#!/bin/sh
 for arg; do
   shift
-  case "$arg" in -tt) set -- "$@" -T -N ;; "exec sleep 2147483647") ;; *) set -- "$@" "$arg" ;; esac
+  case "$arg" in -tt) set -- "$@" -T -N ;; *"exec sleep 2147483647") ;; *) set -- "$@" "$arg" ;; esac
 done
 exec {ssh} "$@"
 """

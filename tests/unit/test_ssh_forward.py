@@ -14,7 +14,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from migrate.remote.ssh_forward import HOST_KEY_ALIAS, Identity, OpenSshForwarder
+from migrate.remote.ssh_forward import HOST_KEY_ALIAS, REMOTE_COMMAND, Identity, OpenSshForwarder
 
 FAKE_SSH = """\
 import os, socket, sys
@@ -27,6 +27,11 @@ open(os.environ["FAKE_SSH_PIDFILE"], "w").write(str(os.getpid()))
 s = socket.socket(socket.AF_UNIX)
 s.bind(local)
 s.listen(4)
+if "-tt" in args and os.environ.get("FAKE_SSH_NO_PTY"):  # sshd refused the forced pty: ssh ends
+    print("PTY allocation request failed on channel 0", file=sys.stderr)
+    sys.exit(1)
+if "-tt" in args:
+    print("pty\\r", flush=True)  # the session's marker, through the pty
 while True:
     c, _ = s.accept()
     c.recv(64)
@@ -76,7 +81,8 @@ def test_argv_pins_the_verified_host_key_and_the_identity(tmp_path: Path) -> Non
     port = argv.index("-p")
     assert argv[port : port + 4] == ["-p", "2222", "-l", "root"]
     assert argv[argv.index("-L") :] == ["-L", f"{tmp_path / 'ssh.sock'}:/var/lib/pymigrate/run/pymigrate.sock", "--", "10.0.0.2",
-                                        "exec sleep 2147483647"]  # fmt: skip
+                                        REMOTE_COMMAND]  # fmt: skip
+    assert REMOTE_COMMAND.endswith("; exec sleep 2147483647")
     assert "-tt" in argv and "-N" not in argv  # a pty session: OpenSSH's TCP_NODELAY (ssh_forward's docstring)
 
 
@@ -87,6 +93,20 @@ def test_an_agent_key_is_named_by_its_public_half(tmp_path: Path) -> None:
     pub = Path(argv[argv.index("-i") + 1])
     assert pub.read_text() == f"{key.get_name()} {key.get_base64()}\n" and pub.stat().st_mode & 0o777 == 0o600
     assert _option(argv, "IdentityAgent") == "/run/agent.sock" and _option(argv, "IdentitiesOnly") == "yes"
+
+
+def test_a_host_that_refuses_the_pty_gets_a_forward_without_a_session(fake_ssh: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("FAKE_SSH_NO_PTY", "1")
+    forwarder = _forwarder(fake_ssh, tmp_path)
+    try:
+        assert forwarder.start(tmp_path / "ssh.sock", "/r.sock", 10.0) is None
+        assert forwarder.pty is False
+        argv = forwarder.argv(tmp_path / "ssh.sock", "/r.sock")
+        assert "-tt" not in argv and argv[argv.index("-N") - 1 : argv.index("-N") + 2] == ["-T", "-N", "-L"]
+        assert argv[-2:] == ["--", "10.0.0.2"]  # no remote command
+    finally:
+        forwarder.close()
 
 
 def test_start_probes_and_close_ends_the_process_group(fake_ssh: Path, tmp_path: Path) -> None:
