@@ -233,6 +233,31 @@ def test_forwarders_connection_sends_without_nagle_through_a_pty_session(sshd_ho
     assert not Path(f"/proc/{sleeps[0]}").exists(), "the remote sleep outlived the tunnel"
 
 
+def test_an_sshd_that_refuses_ptys_gets_a_forward_without_a_session(sshd_host: tuple[Host, dict], tmp_path: Path) -> None:
+    """``PermitTTY no``: ssh ends the forced-pty session (and its forwards); the forwarder runs a
+    second ssh without a session, which forwards."""
+    from migrate.remote.client import RemoteEngine
+    from migrate.remote.ssh import open_ssh_target
+    from tests.integration.hosts import SSHD, _connectable_tcp, _wait_for
+
+    host, options = sshd_host
+    host.stop_sshd()
+    config = host.sshd_dir / "sshd_config"
+    config.write_text(config.read_text() + "PermitTTY no\n")
+    log = tmp_path / "sshd.log"
+    with open(log, "ab") as out:
+        host.sshd = host.popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    _wait_for(lambda: _connectable_tcp(host.address, 22), 15.0, "sshd", host.sshd, log)
+    with open_ssh_target(host.ssh_url(), **options) as target:
+        assert target.forwarder == "openssh"
+        assert target._forward.openssh is not None and target._forward.openssh.pty is False
+        [pid] = ssh_forwarders(str(host.socket_path))
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-N" in argv and b"-tt" not in argv, argv
+        with RemoteEngine(target.address) as engine:
+            assert engine.containers(all=True) == []
+
+
 def test_forwarder_ends_when_its_starter_is_killed(sshd_host: tuple[Host, dict], tmp_path: Path) -> None:
     """A process that opened a tunnel is SIGKILLed: no close(), no atexit; its ssh ends anyway."""
     import json
