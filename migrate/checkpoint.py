@@ -555,7 +555,7 @@ def _dump_local(cp: _Checkpoint, out: BinaryIO) -> _Dumped:
             writer.add_tree("upper", cp.target.upper_dir)
         # the commit's fsync waits for the disk: start the pages' writes while CRIU still dumps
         if os.environ.get("PYMIGRATE_CHECKPOINT_WRITEBACK") != "0":  # 0: off (A/B benches)
-            checkpoint_writeback.Writeback(cp.images_dir).follow(dumping)
+            checkpoint_writeback.Writeback(cp.images_dir).start(dumping)
 
     stats, dump_ms = _dump_while(cp, capture)
     upper_bytes = writer.close().raw_bytes

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -49,7 +50,7 @@ def start_path(path: Path) -> None:
 
 
 class Writeback:
-    """Follows the files of one images dir as CRIU appends to them (one thread: the caller's)."""
+    """Follows the files of one images dir as CRIU appends to them (from one thread)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -84,6 +85,13 @@ class Writeback:
             log.debug("writeback of %s: %s", self.directory, exc)
         finally:
             self.close()
+
+    def start(self, dumping: Callable[[], bool]) -> threading.Thread:
+        """``follow`` in a thread of its own: a ``sync_file_range`` that blocks (a busy disk's full
+        request queue) never holds up the caller, whose container may still be frozen."""
+        thread = threading.Thread(target=self.follow, args=(dumping,), name="criu-writeback", daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
         for fd in self._fds.values():

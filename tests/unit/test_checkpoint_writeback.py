@@ -93,3 +93,12 @@ def test_start_write_on_a_real_file(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     os.close(fd)
     checkpoint_writeback.start_write(fd)  # EBADF: logged, not raised
+
+
+def test_start_follows_in_its_own_thread(tmp_path: Path, started: list[tuple[str, int, int]]) -> None:
+    grow(tmp_path / "pages-1.img", MiB)
+    answers = iter([True, False])
+    thread = Writeback(tmp_path).start(lambda: next(answers))
+    thread.join(5)
+    assert not thread.is_alive() and thread.daemon
+    assert started == [("pages-1.img", 0, MiB)]
