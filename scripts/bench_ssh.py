@@ -181,12 +181,15 @@ def _path_without_ssh(workdir: Path) -> str:
 
 
 # OpenSSH's ssh as the forwarder ran it before its pty session (ssh_forward.py's docstring): -T -N,
-# no remote command, so no TCP_NODELAY on the tunnel's connection: the A of an A/B in one run.
+# no remote command, so no TCP_NODELAY at sshd's end: the A of an A/B in one run. It prints the
+# session's marker itself (the forwarder waits for it; it would take a missing one for a failure).
 _SSH_WITHOUT_PTY = """#!/bin/sh
+pty=
 for arg; do
   shift
-  case "$arg" in -tt) set -- "$@" -T -N ;; *"exec sleep 2147483647") ;; *) set -- "$@" "$arg" ;; esac
+  case "$arg" in -tt) pty=1; set -- "$@" -T -N ;; *"exec sleep 2147483647") ;; *) set -- "$@" "$arg" ;; esac
 done
+[ -n "$pty" ] && echo pty
 exec {ssh} "$@"
 """
 
