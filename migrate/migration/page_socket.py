@@ -22,7 +22,7 @@ the pages stream through gRPC as before. The request carries ``unix:PATH`` in
 the answer's ``page_server_port`` is ``PORT`` (a unix socket has no port; 0 still means none).
 Behind the page relay (zstd) only with ``--compress on`` (``compressed_pages``; cold.py says why),
 else CRIU's own connection as it comes: ``auto`` means raw here. Measured through ssh:// on one
-2-core machine (issue 17): ssh and sshd spend ~0.4 CPU-s per 256 MiB between them, zstd -1 ~0.45
+2-core machine (issue 17): ssh and sshd spend ~0.4 CPU-s per 256 MiB between them, zstd -1 ~0.4
 to compress and ~0.3 to decompress it, for 1.7x fewer bytes: where both ends share the cores, zstd
 costs more than it saves. The relay's probe can still not tell such a tunnel from a slow link:
 without the forwarder's pty (ssh_forward.py) it read 107 MiB/s for 555, and with it, inside a

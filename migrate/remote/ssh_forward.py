@@ -73,8 +73,8 @@ KEEPALIVE_S = 10  # paramiko's set_keepalive in ssh.connect
 # The pty session's command (module docstring: why a pty): says whether it got the pty, then POSIX
 # sleep, ~68 years; ends at SIGHUP.
 REMOTE_COMMAND = "if tty -s; then echo pty; else echo no-pty; fi; exec sleep 2147483647"
-PTY_MARKER = b"pty"
-MARKER_MAX_BYTES = 64
+PTY_MARKER, NO_PTY_MARKER = b"pty", b"no-pty"
+MARKER_MAX_BYTES = 4096
 PTY_REFUSED = "PTY allocation request failed"  # ssh's message when sshd says no
 STDERR_TAIL_BYTES = 2048
 # The HTTP/2 client preface and an empty SETTINGS frame: any HTTP/2 server (the daemon's gRPC)
@@ -226,22 +226,25 @@ class OpenSshForwarder:
         return _probe_http2(local_sockets[0], max(1.0, deadline - time.monotonic())) if probe else None
 
     def _wait_pty(self, deadline: float) -> str | None:
-        """The session's first line: ``pty``, or the host refused one (``_pty_refused``): ssh ends
-        a session whose forced pty failed (RequestTTY=force), the forwards with it."""
+        """The session's marker line: ``pty``, or the host refused one (``_pty_refused``): ssh ends
+        a session whose forced pty failed (RequestTTY=force), the forwards with it. Lines before
+        it (a login shell's chatter) are skipped, up to MARKER_MAX_BYTES."""
         assert self._out is not None
-        line = b""
-        while b"\n" not in line and len(line) < MARKER_MAX_BYTES:
+        out = b""
+        lines: list[bytes] = []
+        while not {PTY_MARKER, NO_PTY_MARKER} & set(lines) and len(out) < MARKER_MAX_BYTES:
             ready, _, _ = select.select([self._out], [], [], max(0.0, deadline - time.monotonic()))
             data = os.read(self._out, MARKER_MAX_BYTES) if ready else b""
             if not data:  # EOF (ssh ended) or the deadline
                 break
-            line += data
-        if line.strip() == PTY_MARKER:
+            out += data
+            lines = [line.strip() for line in out.split(b"\n")[:-1]]  # whole lines only
+        if PTY_MARKER in lines:
             return None
-        self._pty_refused = line.strip() == b"no-pty" or PTY_REFUSED in self.stderr_tail()
+        self._pty_refused = NO_PTY_MARKER in lines or PTY_REFUSED in self.stderr_tail()
         if self._pty_refused:
             return "the ssh server refused a pty"
-        return f"no session from ssh ({line[:MARKER_MAX_BYTES]!r}): {self.stderr_tail() or 'no message'}"
+        return f"no session from ssh ({out[-80:]!r}): {self.stderr_tail() or 'no message'}"
 
     def _watch(self, proc: subprocess.Popen) -> None:
         status = proc.wait()

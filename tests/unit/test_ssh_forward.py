@@ -31,7 +31,7 @@ if "-tt" in args and os.environ.get("FAKE_SSH_NO_PTY"):  # sshd refused the forc
     print("PTY allocation request failed on channel 0", file=sys.stderr)
     sys.exit(1)
 if "-tt" in args:
-    print("pty\\r", flush=True)  # the session's marker, through the pty
+    print(os.environ.get("FAKE_SSH_CHATTER", "") + "pty\\r", flush=True)  # the session's marker, through the pty
 while True:
     c, _ = s.accept()
     c.recv(64)
@@ -105,6 +105,16 @@ def test_a_host_that_refuses_the_pty_gets_a_forward_without_a_session(fake_ssh: 
         argv = forwarder.argv(tmp_path / "ssh.sock", "/r.sock")
         assert "-tt" not in argv and argv[argv.index("-N") - 1 : argv.index("-N") + 2] == ["-T", "-N", "-L"]
         assert argv[-2:] == ["--", "10.0.0.2"]  # no remote command
+    finally:
+        forwarder.close()
+
+
+def test_a_login_shells_chatter_before_the_pty_marker_is_skipped(fake_ssh: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("FAKE_SSH_CHATTER", "welcome to pty land\r\nno-pty is not what this line is\r\n")
+    forwarder = _forwarder(fake_ssh, tmp_path)
+    try:
+        assert forwarder.start(tmp_path / "ssh.sock", "/r.sock", 10.0) is None and forwarder.pty
     finally:
         forwarder.close()
 
