@@ -6,6 +6,7 @@ is half text (compressible) and half random. ``migrate --mode postcopy --compres
 pages after the resume through the relays as zstd: the memory's checksum is the same on the
 target, and fewer bytes crossed the link than the pages' size. ``--compress off`` back: the same
 checksum again, CRIU's own connection (no relay in the stats), every page's byte on the wire.
+Between mTLS daemons (links unshaped) the relays do the TLS around the zstd bytes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from typing import Iterator
 
 import pytest
 
+from migrate.api import MigrateOptions
 from tests.integration.migrate_helpers import names_by_status
 from tests.integration.migration_lab import Lab
+from tests.integration.test_migrate_compress import tls_lab  # noqa: F401  (the mTLS lab fixture)
+from tests.integration.test_page_server_tls import CLIENT_HELLO, Sniffer, _is_tls_hello
+from tests.integration.test_page_server_tls import Lab as TlsLab
+from tests.integration.workloads import MEMHOG_IMAGE, memhog_command, wait_memhog_ready
 
 pytestmark = [
     pytest.mark.integration,
@@ -71,3 +77,31 @@ def test_postcopy_on_a_shaped_link_keeps_memory_compressed_or_not(lab: Lab) -> N
           f"(total {stats['total_ms']:.0f} ms, last page {stats['phases_ms']['last_page']:.0f} ms after the resume); "
           f"off: {rstats['bytes_on_wire'] >> 20} MiB (total {rstats['total_ms']:.0f} ms)")
     assert names_by_status(a) == {"lhog": "running"} and names_by_status(b) == {}
+
+
+def test_postcopy_compression_between_mtls_daemons(tls_lab: TlsLab) -> None:
+    """With mTLS the relays do the TLS around the zstd bytes (CRIU talks plain on both sides): the
+    one page-server connection is dialed by the source this time (to the target's relay), opens
+    with a ClientHello, and carries fewer bytes than the pages."""
+    lab = tls_lab
+    r = lab.a.cli(["run", "-d", "--name", "tlhog", MEMHOG_IMAGE, *memhog_command(SIZE_MIB), "50"])
+    assert r.returncode == 0, r.stderr.decode()
+    digest = wait_memhog_ready(lab.a.root, "tlhog", timeout_s=120)[0]
+    sniffer = Sniffer(lab.veth(lab.a))
+    sniffer.start()
+    try:
+        with lab.engine(lab.a) as engine:
+            result = engine.migrate("tlhog", MigrateOptions(dest=lab.addr[lab.b.letter], mode="postcopy", compress="on"))
+    finally:
+        capture = sniffer.stop()
+    assert result.mode == "postcopy"
+    assert names_by_status(lab.a) == {} and names_by_status(lab.b) == {"tlhog": "running"}
+    assert wait_memhog_ready(lab.b.root, "tlhog", timeout_s=60)[0] == digest, "memory changed across the mTLS post-copy"
+    assert result.stats.phases_ms["page_compressed"] == 1.0, result.stats
+    conns = capture.connections(lab.a.address, lab.b.address)
+    assert len(conns) == 1, f"expected one page-server connection, saw {conns}"
+    (client, _, server, _), hello, answer = conns[0]
+    assert (client, server) == (lab.a.address, lab.b.address)  # the source dials the target's relay
+    assert _is_tls_hello(hello.first, CLIENT_HELLO), f"the lazy page relay's connection is not TLS: {hello.first.hex()}"
+    assert hello.bytes() < (SIZE_MIB << 20) * 0.8, f"{hello.bytes()} bytes went: the TLS stream was not compressed"
+    lab.b.cli(["rm", "-f", "tlhog"])
