@@ -10,9 +10,10 @@ exactly what ``rootfs.plan`` made, and its /dev/shm nothing. Then the dump decla
 What keeps it correct:
 - the check runs on the frozen container, so nothing in it changes /dev afterwards;
 - /dev must list exactly the plan's entries (names, types, modes, owners, device numbers, link
-  targets) with pts, shm and mqueue mounted on their directories and no other mount below /dev;
-  the directories under those mounts cannot hold anything without CAP_SYS_ADMIN (unmounting
-  them), so a container holding that capability keeps CRIU's copies;
+  targets; its own directories empty, /dev/.masked above all, whose content the masks show),
+  with pts, shm and mqueue mounted on their directories and no other mount below /dev; the
+  directories under those mounts cannot hold anything without CAP_SYS_ADMIN (unmounting them),
+  so a container whose bounding set has it keeps CRIU's copies;
 - /dev/shm must be the plan's tmpfs and empty; a file in it (POSIX shared memory) keeps the copy;
 - a --userns container's /dev holds binds of the host's nodes (``rootfs.device_externals``) and
   an imported container's may hold its engine's binds: both keep CRIU's way.
@@ -125,6 +126,8 @@ def dump_externals(pid: int, spec: Any) -> tuple[str, ...]:
         for name, want in expected.items():
             got = _entry(f"{root}/{name}")
             if got is None or (want != ("mount",) and got != want) or (want == ("mount",) and got[0] != "dir"):
+                return ()
+            if want[0] == "dir" and os.listdir(f"{root}/{name}"):  # the masks' empty dir, written into
                 return ()
     except (OSError, ValueError, IndexError) as exc:  # the container went: CRIU's dump says why
         log.debug("pid=%d: /dev stays CRIU's to copy: %s", pid, exc)

@@ -87,6 +87,11 @@ def test_a_file_in_dev_shm_keeps_criu_copy_and_arrives(lab: Lab) -> None:
     lab.run_memhog(a, "shmx", 16)
     info = _init(a, "shmx")
     pid = int(info.state.pid)
+    masked = Path(f"/proc/{pid}/root/dev/.masked/shown-in-proc-acpi")
+    masked.write_text("x")  # what the masks show: CRIU's copy carries it
+    assert dump_externals(pid, info.spec) == ()
+    masked.unlink()
+    assert dump_externals(pid, info.spec) != ()
     Path(f"/proc/{pid}/root/dev/shm/segment").write_bytes(b"shared memory\n" * 100)
     assert dump_externals(pid, info.spec) == ()
     pid = _move(lab, a, b, "shmx", lab.report(a, "shmx"))
