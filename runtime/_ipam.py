@@ -46,9 +46,8 @@ def parse_address(ip: str) -> ipaddress.IPv4Address:
         ) from None
 
 
-def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Replace ``path`` with ``data``: temporary file, fsync, rename (``sync`` False and ``path``
-    there: no fsync; ext4 writes a file renamed over another before the rename's commit).
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temporary file, fsync, rename.
 
     The directory is not fsync()ed: that only matters across a power loss, after which no container
     of the state root is running anyway, and it doubles the cost (each fsync is 0.3-4 ms here,
@@ -58,8 +57,7 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, data)
-        if sync or not os.path.exists(path):  # a new file must be written before it is named
-            os.fsync(fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -155,13 +153,8 @@ class Ipam:
 
     # -- changing --------------------------------------------------------------------------------
 
-    def lease(self, container_id: str, ip: str | None = None, *, durable: bool = True) -> tuple[str, bool]:
+    def lease(self, container_id: str, ip: str | None = None) -> tuple[str, bool]:
         """Make ``container_id`` hold ``ip`` (or, if None, its current or the lowest free address).
-
-        ``durable`` False: no fsync of the pool file of its own, for ``run``, whose record's
-        fsync follows at once (runtime/state.py create): that commit of the file system's journal
-        comes after this rename, so a record that survives a crash finds its lease, and a lease
-        without a record is what a crash between the two left before too (the run never undid it).
 
         Returns:
             (address, new): ``new`` is False when the container already held that address.
@@ -193,7 +186,7 @@ class Ipam:
                 else:
                     chosen = self._lowest_free(set(leases.values()) | set(elsewhere))
                 leases[container_id] = chosen
-                self._store(leases, sync=durable)
+                self._store(leases)
                 if shared:
                     self.pool.register(self.directory)
         log.debug("leased %s to container=%s (bridge %s)", chosen, container_id, self.bridge)
@@ -236,6 +229,6 @@ class Ipam:
             hint="remove stopped containers or configure a larger subnet",
         )
 
-    def _store(self, leases: dict[str, str], *, sync: bool = True) -> None:
+    def _store(self, leases: dict[str, str]) -> None:
         doc = {"version": VERSION, "subnet": str(self.network), "leases": dict(sorted(leases.items()))}
-        write_atomic(self.path, (json.dumps(doc, indent=1) + "\n").encode(), sync=sync)
+        write_atomic(self.path, (json.dumps(doc, indent=1) + "\n").encode())

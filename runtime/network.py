@@ -220,15 +220,13 @@ class Network(Protocol):
         """Unmount and delete ROOT/netns/<container_id>. Idempotent."""
         ...
 
-    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False, durable: bool = True) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         """Reserve ``ip`` (or the container's current, or the lowest free address) for the container.
 
         For pre-flight checks: connect() keeps an existing lease of the same address. Asking for a
         different address than the one held moves the lease. ``answer_later``: a chosen address
         is leased as soon as its ARP probe is sent, and ``confirm_lease`` collects the answer (the
-        probe's wait overlaps the work between the two: ``run``'s mounts and cgroup). ``durable``
-        False: the pool file is not fsynced by itself, for a caller that fsyncs a record of its
-        own right after (``run``: see ``Ipam.lease``).
+        probe's wait overlaps the work between the two: ``run``'s mounts and cgroup).
 
         Raises:
             InvalidArgument: not an IPv4 address, outside the subnet, or the network, gateway or
@@ -315,7 +313,7 @@ class NoNetwork(_Namespaces):
     def disconnect(self, container_id: str) -> None:
         return None
 
-    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False, durable: bool = True) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         raise InvalidArgument(
             f"cannot lease an address for container {container_id}: its network mode is none",
             hint="use --network bridge to get an address",
@@ -360,7 +358,7 @@ class HostNetwork(NoNetwork):
                                   hint="use --network bridge to set an address")
         return None
 
-    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False, durable: bool = True) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         raise InvalidArgument(f"cannot lease an address for container {container_id}: it uses the host's network",
                               hint="use --network bridge to get an address")
 
@@ -407,13 +405,13 @@ class BridgeNetwork(_Namespaces):
 
     # -- addresses -------------------------------------------------------------------------------
 
-    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False, durable: bool = True) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         _check_container_id(container_id)
         self._store_config()
         self._drop_probe(container_id)
         self._answer_later = container_id if answer_later else None
         try:
-            return self._ipam.lease(container_id, ip, durable=durable)[0]
+            return self._ipam.lease(container_id, ip)[0]
         finally:
             self._answer_later = None
 

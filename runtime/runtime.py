@@ -27,7 +27,7 @@ import os
 import signal as _signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from runtime import overlay, upperfs
 from runtime.config import Paths, default_root
@@ -303,15 +303,12 @@ class Runtime:
         container_id = new_container_id()
         undo: list[tuple[str, Callable[[], None]]] = []
         net = self.network(plan.fields["network"])
-        ahead = self._bind_ahead(container_id)  # its loop device's wait overlaps the record and the cgroup
         try:
             spec = self._record(plan, container_id, net, undo)
-            self._start(spec, plan.lowers, undo, plan.seccomp_bpf, net, launch=launch, ahead=ahead)
+            self._start(spec, plan.lowers, undo, plan.seccomp_bpf, net, launch=launch)
         except BaseException:
             self._undo(container_id, undo)
             raise
-        finally:
-            _release_ahead(ahead)
         log.info("container=%s name=%s %s", container_id, spec.name, "started" if launch else "created")
         return self._info(Container(self.store.load_spec(container_id), self.store.load_state(container_id)), stats=False)
 
@@ -366,7 +363,7 @@ class Runtime:
         leased = None
         if fields["network"] == "bridge":
             # its ARP probe is answered in _start, before connect: the wait overlaps the mounts
-            leased = net.lease(container_id, fields.pop("ip"), answer_later=True, durable=False)  # the record's fsync covers it
+            leased = net.lease(container_id, fields.pop("ip"), answer_later=True)
             undo.append(("release address", lambda: net.release(container_id)))
         else:
             fields.pop("ip")
@@ -448,23 +445,8 @@ class Runtime:
 
         return filter_for(choice, profile, spec_names(cap_add, cap_drop), self.paths.seccomp_cache)
 
-    def _bind_ahead(self, container_id: str) -> _Background[upperfs.Ahead | None] | None:
-        """A spare upper-layer image claimed and bound to a loop device in a thread, while ``run``
-        records the container (runtime/upperfs.py ``attach_spare``); None with plain upper dirs
-        (or a bad size setting, which the root's own thread reports)."""
-        try:
-            size = self._upper_size()
-        except InvalidArgument:
-            return None
-        if not size:
-            return None
-        cache = self.paths.cache
-        cache.mkdir(mode=0o700, exist_ok=True)
-        return _Background(lambda: upperfs.attach_spare(cache, size, container_id), name="upper-image-ahead")
-
     def _start(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]],
-               seccomp_bpf: bytes | None, net: Any, *, launch: bool = True,
-               ahead: _Background[upperfs.Ahead | None] | None = None) -> None:
+               seccomp_bpf: bytes | None, net: Any, *, launch: bool = True) -> None:
         from runtime.cgroup_warmup import Warmup
         from runtime.shim import Starter, launch_shim
 
@@ -474,7 +456,7 @@ class Runtime:
         # the init's cgroup move in the shim would wait a grace period: it passes while we build
         warmup = Warmup().start() if launch else None
         try:
-            spec, merged, netns = self._build(spec, lowers, undo, net, ahead)
+            spec, merged, netns = self._build(spec, lowers, undo, net)
             if not launch:  # ``create``: all made, nothing started; ``start`` publishes and launches (runtime/start.py)
                 return
             if spec.ports:
@@ -509,7 +491,7 @@ class Runtime:
         return Starter("runtime.upperfs:make_spares", {"template_dir": str(self.paths.cache), "size_bytes": size})
 
     def _build(self, spec: ContainerSpec, lowers: tuple[Path, ...], undo: builtins.list[tuple[str, Callable[[], None]]],
-               net: Any, ahead: _Background[upperfs.Ahead | None] | None = None) -> tuple[ContainerSpec, Path, Path]:
+               net: Any) -> tuple[ContainerSpec, Path, Path]:
         """The container's root (upper layer, overlay, /etc files), network namespace and link
         (its cgroup is made first, by ``_start``); (the spec as connected, the merged root, the netns path).
 
@@ -521,7 +503,7 @@ class Runtime:
         self.paths.cache.mkdir(mode=0o700, exist_ok=True)
         userns_path = self.make_userns(spec, undo)
         root_undo: builtins.list[tuple[str, Callable[[], None]]] = []
-        root = _Background(lambda: self._mount_root(cid, lowers, userns_path, spec.userns_base, root_undo, ahead))
+        root = _Background(lambda: self._mount_root(cid, lowers, userns_path, spec.userns_base, root_undo))
         at = len(undo)
         try:
             spec, netns = self._host_side(spec, undo, net, userns_path)
@@ -537,13 +519,10 @@ class Runtime:
         return spec, merged, netns
 
     def _mount_root(self, cid: str, lowers: tuple[Path, ...], userns_path: Path | None, userns_base: int,
-                    undo: builtins.list[tuple[str, Callable[[], None]]],
-                    ahead: _Background[upperfs.Ahead | None] | None = None) -> Path:
-        """The upper layer (with the image ``_bind_ahead`` bound, if any) and the overlay mounted;
-        the merged root (its undo steps in ``undo``)."""
+                    undo: builtins.list[tuple[str, Callable[[], None]]]) -> Path:
+        """The upper layer and the overlay mounted; the merged root (its undo steps in ``undo``)."""
         cdir = self.store.dir(cid)
-        bound = _ahead_result(ahead)
-        layout = upperfs.prepare(self.sys, cdir, self._upper_size(), template_dir=self.paths.cache, ahead=bound)
+        layout = upperfs.prepare(self.sys, cdir, self._upper_size(), template_dir=self.paths.cache)
         if layout.image is not None:
             undo.append(("unmount upper layer", lambda: upperfs.unmount(self.sys, layout.mountpoint)))
         dirs = overlay.OverlayDirs.for_container(cdir, lowers, userns_path, userns_base)
@@ -1156,45 +1135,22 @@ def _is_container_init(pid: int) -> bool:
     return False
 
 
-def _ahead_result(ahead: _Background[upperfs.Ahead | None] | None) -> upperfs.Ahead | None:
-    """The spare ``_bind_ahead`` bound (None: none, or its thread failed: the run makes its own)."""
-    if ahead is None:
-        return None
-    error = ahead.wait()
-    if error is not None:
-        log.debug("upper image bound ahead: %s", error)
-        return None
-    return ahead.result
-
-
-def _release_ahead(ahead: _Background[upperfs.Ahead | None] | None) -> None:
-    """A spare bound ahead that the run did not mount (it failed first): detached, removed."""
-    bound = _ahead_result(ahead)
-    if bound is not None:
-        bound.release()  # nothing once mounted: its fd went to the mount, its image to the container
-
-
-_T = TypeVar("_T")
-
-
-class _Background(Generic[_T]):
+class _Background:
     """``fn`` run in a thread at once; ``wait`` joins it (see ``_build``)."""
 
-    def __init__(self, fn: Callable[[], _T], name: str = "container-root") -> None:
+    def __init__(self, fn: Callable[[], Path]) -> None:
         import threading
 
-        self._result: _T | None = None
-        self._done = False
+        self._result: Path | None = None
         self._error: BaseException | None = None
 
         def run() -> None:
             try:
                 self._result = fn()
-                self._done = True
             except BaseException as exc:  # handed to join's caller
                 self._error = exc
 
-        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread = threading.Thread(target=run, name="container-root", daemon=True)
         self._thread.start()
 
     def wait(self) -> BaseException | None:
@@ -1203,6 +1159,6 @@ class _Background(Generic[_T]):
         return self._error
 
     @property
-    def result(self) -> _T:
-        assert self._done, "wait() first; fn failed or is running"
-        return self._result  # type: ignore[return-value]
+    def result(self) -> Path:
+        assert self._result is not None, "wait() first; fn failed or is running"
+        return self._result

@@ -195,61 +195,6 @@ def _claim_spare(template_dir: Path, size_bytes: int, image: Path) -> bool:
     return False
 
 
-CLAIMED_PREFIX = ".upperfs-claimed-"  # a spare taken by a run before its container dir existed (``attach_spare``)
-CLAIMED_STALE_S = 600.0  # such a file this long after its claim (ctime: the rename) has no run left
-
-
-@dataclass
-class Ahead:
-    """A spare image claimed and bound to a loop device before the container's dir exists
-    (``attach_spare``); ``prepare`` moves it into the dir and mounts the device."""
-
-    image: Path  # in the cache under CLAIMED_PREFIX until ``prepare`` renames it
-    device: str
-    fd: int  # holds the loop device (LO_FLAGS_AUTOCLEAR) until the mount does
-
-    def release(self) -> None:
-        """Give it up (a failed run): the device detaches, the claimed copy goes."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.image.name.startswith(CLAIMED_PREFIX):  # not once moved into the container's dir
-            self.image.unlink(missing_ok=True)
-
-
-def attach_spare(template_dir: Path, size_bytes: int, tag: str) -> Ahead | None:
-    """Claim a spare copy of the template (``make_spares``) and bind it to a loop device now.
-
-    Why: LOOP_CONFIGURE freezes the device's queue, which waits an RCU grace period (~4-5 ms on
-    this kind of VM, nearly all of a run's loop set-up); ``run`` calls this in a thread while it
-    records the container, so the wait is off its path. The copy is renamed to a private name
-    first (one rename: no other run can claim it, nor bind it twice). None: no spare left (the
-    run makes its image as before) or the binding failed (the run's own attempt reports why)."""
-    image = template_dir / f"{CLAIMED_PREFIX}{tag}.img"
-    if not _claim_spare(template_dir, size_bytes, image):
-        return None
-    try:
-        device, fd = attach(image)
-    except (MountError, Unsupported) as exc:
-        log.debug("cannot bind the spare upper image ahead: %s", exc)
-        image.unlink(missing_ok=True)
-        return None
-    return Ahead(image, device, fd)
-
-
-def _sweep_claimed(directory: Path, now: float | None = None) -> None:
-    """Remove claimed spares whose run died between its claim and its mount (kill -9)."""
-    now = time.time() if now is None else now
-    for name in os.listdir(directory):
-        if name.startswith(CLAIMED_PREFIX):
-            path = directory / name
-            try:
-                if now - path.lstat().st_ctime > CLAIMED_STALE_S:
-                    path.unlink()
-            except FileNotFoundError:
-                pass
-
-
 def make_spares(template_dir: str, size_bytes: int) -> None:
     """Copy the template of ``size_bytes`` until ``SPARES`` copies are ready for the next starts
     (off their path: a shim calls it after its report). Each copy is an unnamed file until it is
@@ -259,7 +204,6 @@ def make_spares(template_dir: str, size_bytes: int) -> None:
     template = directory / f"upperfs-template-{size_bytes}-v1.img"
     prefix = _spare_prefix(size_bytes)
     try:
-        _sweep_claimed(directory)
         have = sum(1 for n in os.listdir(directory) if n.startswith(prefix))
     except OSError:
         return
@@ -392,17 +336,12 @@ def mount_existing(sys: Syscalls, container_dir: Path) -> None:
         mount(sys, layout.image, layout.mountpoint)
 
 
-def prepare(sys: Syscalls, container_dir: Path, size_bytes: int, *, template_dir: Path | None = None,
-            ahead: Ahead | None = None) -> Layout:
+def prepare(sys: Syscalls, container_dir: Path, size_bytes: int, *, template_dir: Path | None = None) -> Layout:
     """A new container's writable layer: an image made (see ``create``) and mounted with empty
-    upper/ and work/ (``size_bytes`` 0: plain directories); with ``ahead`` (``attach_spare``)
-    that spare, already bound, is moved in and mounted. Undo with ``unmount`` (the image stays
-    in the dir)."""
+    upper/ and work/ (``size_bytes`` 0: plain directories). Undo with ``unmount`` (the image
+    stays in the dir)."""
     if size_bytes == 0:
         layout = Layout(container_dir, None)
-    elif ahead is not None and _move_ahead(ahead, container_dir / IMAGE_NAME):
-        layout = Layout(container_dir, container_dir / IMAGE_NAME)
-        _mount_ahead(sys, ahead, layout)
     else:
         layout = Layout(container_dir, container_dir / IMAGE_NAME)
         create(layout.image, size_bytes, template_dir=template_dir)  # type: ignore[arg-type]
@@ -410,36 +349,6 @@ def prepare(sys: Syscalls, container_dir: Path, size_bytes: int, *, template_dir
     for d in (layout.upper, layout.work):
         d.mkdir(mode=0o755, exist_ok=True)
     return layout
-
-
-def _move_ahead(ahead: Ahead, image: Path) -> bool:
-    """``ahead``'s image renamed to ``image`` (the loop device keeps the same inode); False (and
-    ``ahead`` released): it cannot be, e.g. a cache on another file system: make one as before."""
-    try:
-        if os.path.lexists(image):  # never replace an image (as create)
-            raise FileExistsError(errno.EEXIST, "exists", str(image))
-        os.rename(ahead.image, image)
-    except OSError as exc:
-        log.debug("cannot move the spare bound ahead to %s: %s", image, exc)
-        ahead.release()
-        return False
-    ahead.image = image  # the container's now: removed with its dir, as a created one
-    return True
-
-
-def _mount_ahead(sys: Syscalls, ahead: Ahead, layout: Layout) -> None:
-    """``ahead``'s device (its image moved in: ``_move_ahead``) mounted on the layer's mount point;
-    the device is released either way."""
-    layout.mountpoint.mkdir(mode=0o700, exist_ok=True)
-    try:
-        log.debug("mount %s (%s, bound ahead) on %s", layout.image, ahead.device, layout.mountpoint)
-        sys.mount(ahead.device, str(layout.mountpoint), FS_TYPE, MS_NOSUID | MS_NODEV, MOUNT_OPTIONS)
-    except OSError as exc:
-        raise MountError(f"cannot mount the upper-layer image {layout.image} on {layout.mountpoint}: {exc.strerror}",
-                         hint="the image may be damaged: e2fsck -fn IMAGE") from exc
-    finally:
-        os.close(ahead.fd)  # the mount holds the device now; after a failure this detaches it
-        ahead.fd = -1
 
 
 def install(sys: Syscalls, source: Path, container_dir: Path) -> Layout:

@@ -74,7 +74,7 @@ class FakeNetwork:
         self._call("remove_netns", container_id)
         (self.paths.netns / container_id).unlink(missing_ok=True)
 
-    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False, durable: bool = True) -> str:
+    def lease(self, container_id: str, ip: str | None = None, *, answer_later: bool = False) -> str:
         self._call("lease", container_id, ip)
         return self._ipam.lease(container_id, ip)[0]
 

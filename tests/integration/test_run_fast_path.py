@@ -1,7 +1,6 @@
 """``run -d``'s start path (issue 17, fixed cost per command): the spare upper-layer images a shim
-copies after its report and the next run takes (bound to its loop device while the run records
-the container), and the root mounted in a thread beside the cgroup and network: a failure on
-either side still undoes both."""
+copies after its report and the next run takes, and the root mounted in a thread beside the
+cgroup and network: a failure on either side still undoes both."""
 
 from __future__ import annotations
 
@@ -54,42 +53,3 @@ def test_a_failed_root_undoes_the_cgroup_and_network_made_beside_it(rt, pm_root:
     assert net.leases() == leases
     assert (sorted(os.listdir(pm_root / "netns")) if (pm_root / "netns").is_dir() else []) == netns
     assert {h: sorted(os.listdir(d)) for h, d in rt.cgroups(None).parent_dirs().items() if d.is_dir()} == cgroups
-
-
-def _loop_backing_files(under: Path) -> set[str]:
-    """The backing files under ``under`` of this host's configured loop devices."""
-    out = set()
-    for dev in Path("/sys/block").glob("loop*"):
-        try:
-            out.add((dev / "loop" / "backing_file").read_text().strip())
-        except OSError:  # not configured
-            pass
-    return {f for f in out if f.startswith(f"{under}/")}
-
-
-def test_a_spare_bound_ahead_is_the_layer_of_its_run_and_a_failed_run_leaves_none(pm, rt, pm_root: Path,
-                                                                                   monkeypatch) -> None:  # noqa: ANN001
-    from runtime import upperfs
-    from runtime.errors import ContainerError, ContainerExists
-
-    ok(pm("run", "-d", "--name", unique("spare"), "busybox", "sleep", "300"))
-    wait_for(lambda: len(_spares(pm_root)) >= upperfs.SPARES or None, what="spare images")
-    bound: list[upperfs.Ahead | None] = []
-    real = upperfs.attach_spare
-    monkeypatch.setattr(upperfs, "attach_spare", lambda *a: bound.append(real(*a)) or bound[-1])
-    info = rt.run("busybox", ["sleep", "300"], name=unique("ahead"), network="bridge")
-    assert bound and bound[0] is not None, "the run bound a spare ahead"
-    image = pm_root / "containers" / info.spec.container_id / upperfs.IMAGE_NAME
-    assert str(image) in _loop_backing_files(pm_root), "the device bound ahead backs the container's own image now"
-    assert os.path.ismount(image.parent / upperfs.MOUNT_DIR)
-
-    wait_for(lambda: len(_spares(pm_root)) >= upperfs.SPARES or None, what="spare images again")
-    before = _loop_backing_files(pm_root)
-    with pytest.raises(ContainerError) as failed:  # after the mount: the undo unmounts it
-        rt.run("busybox", ["/no/such/command"], name=unique("ahead"), network="bridge")
-    assert failed.value.exit_code == 127  # type: ignore[attr-defined]
-    with pytest.raises(ContainerExists):  # its address is taken: refused before the mount
-        rt.run("busybox", ["sleep", "300"], name=unique("ahead"), network="bridge", ip=info.spec.ip)
-    assert len(bound) == 3 and all(bound), "each failed run had bound a spare too"
-    assert not [n for n in os.listdir(pm_root / "cache") if n.startswith(upperfs.CLAIMED_PREFIX)], "the claimed copies are gone"
-    assert _loop_backing_files(pm_root) <= before, "no loop device is left bound to a failed run's image"
