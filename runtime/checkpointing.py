@@ -220,8 +220,8 @@ class CheckpointHost:
         return self._cpu_digest
 
     def stop_checkpointed(self, c: Container, checkpoint_id: str, timeout_s: float = 10.0) -> None:
-        """After its checkpoint is committed: record it, kill the (still frozen) tree, let go of
-        what it ran in and wait for the shim's exit record. SIGKILL reaches frozen tasks; thawing
+        """After its checkpoint is committed: record it, kill the (still frozen) tree, wait for the
+        shim's exit record and let go of what it ran in. SIGKILL reaches frozen tasks; thawing
         after makes sure v1 freezers let them die too."""
         cid = c.container_id
         self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id, frozen_by=None))
@@ -232,15 +232,18 @@ class CheckpointHost:
         except ContainerError:
             pass
         # Its checkpoint holds everything now: let go of mounts, netns, veth, cgroup and address,
-        # so the record alone stays (a restore rebuilds the rest, here or on another host). Done
-        # while the shim reaps the init and records its exit (10-33 ms here; the veth's removal
-        # alone waits ~20 ms for the network's RCU grace period): neither needs the other, the
-        # cgroup's removal waits until the killed tree is gone, and the command still returns
-        # only once the exit is recorded.
-        try:
-            self.rt.release(c.spec)
-        finally:
-            self._wait_exited(cid, timeout_s)
+        # so the record alone stays (a restore rebuilds the rest, here or on another host). The
+        # veth goes while the shim reaps the init and records its exit (10-33 ms here; the veth's
+        # removal waits ~20 ms for the network's RCU grace period): neither needs the other. The
+        # mounts go after the record: the shim's log indexer takes its last look at the root
+        # before it (runtime/shim.py), and release's own disconnect then finds nothing to do.
+        if c.spec.network == "bridge":
+            try:
+                self.rt.network(c.spec.network).disconnect(cid)
+            except ContainerError as exc:  # release below tries again, and reports what still fails
+                log.debug("container=%s: disconnect before its exit record: %s", cid, exc)
+        self._wait_exited(cid, timeout_s)
+        self.rt.release(c.spec)
 
     def _wait_exited(self, container_id: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
