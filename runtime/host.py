@@ -180,6 +180,9 @@ class HostReport:
             "cgroup_freeze": self.cgroup_freeze,
             "dump_other_uids": self.dump_other_uids,
             "seccomp": self.seccomp is not None and self.seccomp.usable,
+            # a post-copy target binds /dev and /dev/shm built from the plan when the source's dump
+            # declares them external (runtime/dev_mounts.py); an older target would fail that restore
+            "postcopy_dev_external": True,
         }
 
     def as_dict(self) -> dict[str, Any]:

@@ -288,8 +288,10 @@ class PostcopyMode:
         assert sink is not None and move.upper is not None
         from runtime.dev_mounts import dump_externals
 
-        # frozen now: /dev and an empty /dev/shm as CRIU external mounts, not its tar copies
-        request = dataclasses.replace(request, external=request.external + dump_externals(request.pid, move.spec))
+        # frozen now: /dev and an empty /dev/shm as CRIU external mounts, not its tar copies — if the
+        # target says it binds them (an older one would fail the restore: the source would roll back)
+        if move.target_info.features.get("postcopy_dev_external"):
+            request = dataclasses.replace(request, external=request.external + dump_externals(request.pid, move.spec))
         dump = self._dump = _LazyDump(move.criu, request)
         move.clock.emit("dumping all but memory")
         try:

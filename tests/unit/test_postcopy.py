@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from pathlib import Path
@@ -387,3 +388,19 @@ def test_lazy_start_raises_its_error_at_ready_and_hands_over_nothing(monkeypatch
     with pytest.raises(CriuError, match="pstree"):
         start.ready()
     assert start.taken() is None  # nothing for the caller to stop
+
+
+@pytest.mark.parametrize("target_binds", [True, False])
+def test_dev_externals_only_for_a_target_that_binds_them(world: tuple[FakeHost, Path], monkeypatch: pytest.MonkeyPatch,
+                                                          target_binds: bool) -> None:
+    # an older target (no postcopy_dev_external) would fail a restore whose dump declared /dev external
+    host, _ = world
+    monkeypatch.setattr("runtime.dev_mounts.dump_externals", lambda pid, spec: ("mnt[/dev]:dev", "mnt[/dev/shm]:shm"))
+    criu = FakeLazyCriu()
+    target = FakeTarget(criu)
+    info = target.host_info()
+    features = {**info.features, "postcopy_dev_external": target_binds}
+    monkeypatch.setattr(target, "host_info", lambda: dataclasses.replace(info, features=features))
+    _migrate(host, criu, target)
+    declared = [e for e in criu.requests[0].external if e.startswith("mnt[/dev")]
+    assert declared == (["mnt[/dev]:dev", "mnt[/dev/shm]:shm"] if target_binds else [])
