@@ -168,8 +168,9 @@ class Zygote:
         if pid == 0:
             try:
                 os.close(modules_r)
+                reply = os.dup(conn.fileno())  # the exit code's way back (see become_worker's end)
                 self.close_for_worker(conn)
-                become_worker(request, fds, modules_w, self.accepted_at)  # ends in os._exit: never back to serving
+                become_worker(request, fds, modules_w, self.accepted_at, reply)  # ends in os._exit: never back to serving
             except BaseException as exc:  # noqa: B036 - the worker's set-up failed: it must never go back to serving
                 os.write(2, f"pymigrate: zygote worker: {type(exc).__name__}: {exc}\n".encode())
                 os._exit(125)
@@ -286,7 +287,7 @@ def _receive(conn: Any) -> tuple[dict[str, Any] | None, list[int]]:
 
 
 # -- the worker ---------------------------------------------------------------------------------
-def become_worker(request: dict[str, Any], fds: list[int], modules_w: int, accepted_at: float) -> None:
+def become_worker(request: dict[str, Any], fds: list[int], modules_w: int, accepted_at: float, reply: int = -1) -> None:
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -318,7 +319,21 @@ def become_worker(request: dict[str, Any], fds: list[int], modules_w: int, accep
                     f"command {(t1 - t0) * 1000:.1f} ms, exit "
                     f"{(time.perf_counter() - t1) * 1000:.1f} ms, {len(sys.modules)} modules\n".encode())
     _report_modules(modules_w)
+    _reply_exit(reply, code)
     os._exit(code)
+
+
+def _reply_exit(reply: int, code: int) -> None:
+    """The exit code straight to the caller, its output flushed already (``_finish``): the front
+    need not wait for this process's teardown and the zygote's reap (1-2 ms). A worker that dies
+    before this line (a signal) is reported by the zygote's reap, as every exit was before; the
+    front takes the first exit code and leaves."""
+    if reply < 0:
+        return
+    try:
+        os.write(reply, wire.line(b"X", code))
+    except OSError:  # the caller is gone: nobody to tell
+        pass
 
 
 def _exit_code(exc: SystemExit) -> int:
