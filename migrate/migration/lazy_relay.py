@@ -45,6 +45,7 @@ from migrate.migration.page_relay import (
     Plain,
     SourceRelay,
     TargetRelay,
+    listen_once,
     pipe,
     pump,
     socketpair,
@@ -153,15 +154,7 @@ def start_target(migration_id: str, address: str, port: int, *, tls: Any = None,
                  timeout_s: int = 15) -> LazyTargetRelay:
     """The target's relay listening on ``address``:``port`` for migration ``migration_id``, kept
     until ``take`` (receive_postcopy) or ``stop`` (abort)."""
-    listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((address, port))
-        listener.listen(1)
-    except OSError:
-        listener.close()
-        raise
-    relay = LazyTargetRelay(listener, tls=tls, allowed=allowed, timeout_s=timeout_s)
+    relay = LazyTargetRelay(listen_once(address, port), tls=tls, allowed=allowed, timeout_s=timeout_s)
     with _LOCK:
         _TARGETS[migration_id] = relay
     return relay

@@ -758,6 +758,11 @@ def start_relayed_page_server(images_dir: Path, address: str, port: int, *, tls:
                               allowed: str | None = None, timeout_s: int = 15) -> TargetRelay:
     """A page relay listening on ``address``:``port`` for the source's dump, in front of the
     ``criu page-server`` that writes its pages into ``images_dir`` (TargetRelay)."""
+    return TargetRelay(listen_once(address, port), images_dir, tls=tls, allowed=allowed, timeout_s=timeout_s)
+
+
+def listen_once(address: str, port: int) -> socket.socket:
+    """A TCP listener on ``address``:``port`` for the one connection of a relay."""
     listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -766,4 +771,4 @@ def start_relayed_page_server(images_dir: Path, address: str, port: int, *, tls:
     except OSError:
         listener.close()
         raise
-    return TargetRelay(listener, images_dir, tls=tls, allowed=allowed, timeout_s=timeout_s)
+    return listener

@@ -13,19 +13,11 @@ import time
 
 import pytest
 
+from tests.fakes.sockets import recv_exact
 from migrate.migration import lazy_relay
 from migrate.migration.lazy_relay import LazySourceRelay, start_target
 
 WORDS = b"the container moves between hosts without losing state "
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        data = sock.recv(size - len(buf))
-        assert data, f"EOF after {len(buf)} of {size} bytes"
-        buf += data
-    return bytes(buf)
 
 
 def _page(i: int) -> bytes:
@@ -74,7 +66,7 @@ def test_requests_and_answers_cross_both_relays_compressed() -> None:
         for first, count in ((0, 1), (1, 3), (4, 64), (68, 256)):  # a fault, then background chunks
             started = time.monotonic()
             lazy.sendall(first.to_bytes(4, "big") + count.to_bytes(4, "big"))
-            got = _recv_exact(lazy, count * 4096)  # nothing follows: the answer must not wait in zstd
+            got = recv_exact(lazy, count * 4096)  # nothing follows: the answer must not wait in zstd
             assert time.monotonic() - started < 5
             for i in range(count):
                 pages[first + i] = got[i * 4096:(i + 1) * 4096]

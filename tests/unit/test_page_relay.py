@@ -13,17 +13,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from tests.fakes.sockets import recv_exact
 from migrate.migration import page_relay
 from migrate.migration.page_relay import Compress, Decompress, PageRelayError, Plain, SourceRelay, TargetRelay, _Pipe, choose, pump
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        data = sock.recv(size - len(buf))
-        assert data, f"EOF after {len(buf)} of {size} bytes"
-        buf += data
-    return bytes(buf)
 
 
 def _read_to_eof(sock: socket.socket) -> bytes:
@@ -94,9 +86,9 @@ def test_a_small_message_is_not_held_back_and_the_reply_comes_back():
     # kept them in zstd's buffer until more input came would hang the dump.
     chain = Chain()
     chain.criu.sendall(b"\x24\x10\x00\x00close-command")
-    assert _recv_exact(chain.server, 17) == b"\x24\x10\x00\x00close-command"
+    assert recv_exact(chain.server, 17) == b"\x24\x10\x00\x00close-command"
     chain.server.sendall(b"\x00\x00\x00\x00")
-    assert _recv_exact(chain.criu, 4) == b"\x00\x00\x00\x00"
+    assert recv_exact(chain.criu, 4) == b"\x00\x00\x00\x00"
     chain.criu.close()
     assert _read_to_eof(chain.server) == b""
     chain.server.close()
@@ -195,9 +187,9 @@ def test_source_and_target_relays_over_tcp(setting, monkeypatch):
             break
         time.sleep(0.05)
     server = started[0].sock
-    assert _recv_exact(server, len(data)) == data
+    assert recv_exact(server, len(data)) == data
     server.sendall(b"ack!")
-    assert _recv_exact(criu, 4) == b"ack!"
+    assert recv_exact(criu, 4) == b"ack!"
     criu.close()
     if source.direct:
         source.join(10)  # closes the source's copy: the page server's end sees EOF
