@@ -9,9 +9,9 @@ page relay's pieces (page_relay.py) instead:
 
     source CRIU lazy dump (listens) <-TCP loopback-> relay (zstd) <-TCP [+TLS]-> relay (unzstd) <-socketpair-> criu lazy-pages --ps-socket
 
-Only with ``--compress on`` (``wanted`` says why auto stays raw). The target's relay listens from
-PrepareIncoming on; the source dials it, probes the link before the freeze, as cold does (nothing
-of this is in the pause), and its decision is "on"'s: zstd.
+With ``--compress on`` or ``auto`` (``wanted``). The target's relay listens from PrepareIncoming
+on; the source dials it, probes the link before the freeze, as cold does (nothing of this is in
+the pause), and decides: "on" zstd, "auto" page_relay.choose's (zstd only where it outruns the link).
 Then the stream waits: the source's relay dials CRIU's page server once CRIU listens, and the
 target's relay serves the lazy-pages daemon once it starts (a socketpair end, ``--ps-socket``, so
 no local process can take the target's end of the stream).
@@ -175,13 +175,15 @@ def stop(migration_id: str) -> None:
 # -- what PostcopyMode (postcopy.py) uses on the source -------------------------------------------
 
 def wanted(compress: str, dest: str) -> bool:
-    """Ask the target for a relay: only with --compress on, and not for unix: (this host) and
+    """Ask the target for a relay: with --compress on or auto, and not for unix: (this host) and
     ssh:// targets (the lazy-pages daemon dials this host's address, which the tunnel does not
-    carry). ``auto`` stays raw: CRIU's background transfer asks for one chunk (<= 4 MiB) at a time
-    and waits for it, so zstd's time adds to every round trip instead of hiding behind the link;
-    at 1 Gbit/s, 1 GiB half text, the last page came 1.34-1.42x raw's at load 3-5 on this 2-core
-    VM (scripts/bench.py migrate --mode postcopy:on --link-rate 1gbit; docs/migration.md)."""
-    return compress == "on" and not dest.startswith(("unix:", "ssh://"))
+    carry). ``auto`` lets the probe decide before the freeze (page_relay.choose, as cold): at
+    1 Gbit/s zstd, at 10 Gbit/s and on loopback raw, and then (without TLS) both relays step
+    aside and the lazy-pages daemon dials CRIU itself: only the probe (~8 MiB, before the
+    freeze) is left of them. With CRIU's background transfer answered early
+    (4.1.1-uffd-background-xfer.patch) compression pays at 1 Gbit/s: 1 GiB half text, total
+    0.82x raw's (scripts/bench.py migrate --mode postcopy:on --link-rate 1gbit; it was 1.41x)."""
+    return compress in ("on", "auto") and not dest.startswith(("unix:", "ssh://"))
 
 
 class SourceLink:

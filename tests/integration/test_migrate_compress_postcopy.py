@@ -6,6 +6,7 @@ is half text (compressible) and half random. ``migrate --mode postcopy --compres
 pages after the resume through the relays as zstd: the memory's checksum is the same on the
 target, and fewer bytes crossed the link than the pages' size. ``--compress off`` back: the same
 checksum again, CRIU's own connection (no relay in the stats), every page's byte on the wire.
+``--compress auto`` compresses at 1 Gbit/s and steps aside at 10 Gbit/s (the probe's choice).
 Between mTLS daemons (links unshaped) the relays do the TLS around the zstd bytes.
 """
 
@@ -78,6 +79,34 @@ def test_postcopy_on_a_shaped_link_keeps_memory_compressed_or_not(lab: Lab) -> N
           f"off: {rstats['bytes_on_wire'] >> 20} MiB (total {rstats['total_ms']:.0f} ms)")
     assert names_by_status(a) == {"lhog": "running"} and names_by_status(b) == {}
 
+
+
+def test_postcopy_auto_compresses_at_1gbit_and_steps_aside_at_10gbit(lab: Lab) -> None:
+    """``--compress auto`` lets the source's probe decide before the freeze: zstd at 1 Gbit/s;
+    at 10 Gbit/s raw, and then the relays step aside (the lazy-pages daemon dials CRIU itself)."""
+    a, b = lab.hosts[0], lab.hosts[1]
+    lab.run_memhog(a, "ahog", SIZE_MIB, text_percent=50)
+    before = lab.report(a, "ahog")
+    assert before is not None
+
+    slow = _postcopy(lab, a, b, "ahog", "auto")
+    after = lab.report(b, "ahog", timeout_s=60)
+    assert after is not None and after[0] == before[0], "memory changed across post-copy with auto at 1 Gbit/s"
+    stats = slow["stats"]
+    assert stats["phases_ms"]["page_compressed"] == 1.0, stats
+    assert stats["bytes_on_wire"] < stats["raw_bytes"] * 0.8, stats
+
+    for h in lab.hosts:
+        h.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "10gbit", "burst", "12500000",
+               "latency", "50ms"])
+    fast = _postcopy(lab, b, a, "ahog", "auto")
+    back = lab.report(a, "ahog", timeout_s=60)
+    assert back is not None and back[0] == before[0], "memory changed across post-copy with auto at 10 Gbit/s"
+    fstats = fast["stats"]
+    assert fstats["phases_ms"]["page_compressed"] == 0.0, fstats  # probed, chose raw
+    assert "page_wire_bytes" not in fstats["phases_ms"], fstats  # no relay pumped: CRIU's own connection
+    assert fstats["bytes_on_wire"] >= SIZE_MIB << 20, fstats
+    assert names_by_status(a) == {"ahog": "running"} and names_by_status(b) == {}
 
 def test_postcopy_compression_between_mtls_daemons(tls_lab: TlsLab) -> None:
     """With mTLS the relays do the TLS around the zstd bytes (CRIU talks plain on both sides): the

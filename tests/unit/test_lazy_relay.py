@@ -2,7 +2,7 @@
 relay listens, the source's dials it and probes, a fake CRIU lazy page server on the source answers
 the requests a fake lazy-pages daemon sends through the target relay's socket; each answer arrives
 whole without more input behind it (zstd flushed per burst), the pages arrive unchanged and
-compressed on the wire, and both ends see EOF. ``wanted``: only --compress on, never unix:/ssh://."""
+compressed on the wire, and both ends see EOF. ``wanted``: --compress on or auto, never unix:/ssh://."""
 
 from __future__ import annotations
 
@@ -98,12 +98,13 @@ def test_stop_before_the_lazy_pages_daemon_started_ends_the_relay() -> None:
 
 @pytest.mark.parametrize(("compress", "dest", "want"), [
     ("on", "10.0.0.2:7443", True),
-    ("auto", "10.0.0.2:7443", False),
+    ("auto", "10.0.0.2:7443", True),
+    ("auto", "unix:/run/pymigrate/daemon.sock", False),
     ("off", "10.0.0.2:7443", False),
     ("on", "unix:/run/pymigrate/daemon.sock", False),
     ("on", "ssh://root@host", False),
 ])
-def test_wanted_only_with_compress_on_to_a_tcp_target(compress: str, dest: str, want: bool) -> None:
+def test_wanted_with_compress_on_or_auto_to_a_tcp_target(compress: str, dest: str, want: bool) -> None:
     assert lazy_relay.wanted(compress, dest) is want
 
 
