@@ -508,9 +508,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     """Unpack the (memory-less) archive, start the lazy-pages daemon towards the source's page
     server (over TLS with ``tls``), restore with lazy pages; returns once the container runs (the
     point of no return)."""
-    from migrate.checkpoint import NETNS_KEY
     from migrate.migration.phases import unpack_beside_shell
-    from migrate.restore import preflight, restore_request
+    from migrate.restore import preflight
 
     started = time.monotonic()
     mark(migration_id, "target: archive stream opened")
@@ -537,10 +536,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     relay = lazy_relay.take(migration_id)  # the page relay PrepareIncoming started, if the source asked
     try:
         manifest = unpacked.manifest
-        opts = manifest.get("options", {})
-        ps = opts.get("page_server")
-        if not opts.get("lazy_pages") or not isinstance(ps, dict):
-            raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
+        ps = _lazy_page_server(migration_id, manifest)
         # The lazy-pages daemon starts (exec, reads pstree.img, listens: 6-8 ms) while the images
         # are checked and the root is mounted; it dials the source only once the restore connects.
         page_server = PageServer(str(ps["address"]), int(ps["port"]))
@@ -561,37 +557,14 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             before_restore()
             mark(migration_id, "target: restore recorded")
         t0 = time.monotonic()
-
-        def request_for(root: Path) -> Any:
-            assert starting is not None
-            starting.ready()  # the restore connects to its socket at once
-            mark(migration_id, "target: lazy-pages daemon ready")
-            request = restore_request(unpacked, spec, root, tcp_established=False)
-            return dataclasses.replace(request, lazy_pages=True, external=request.external + dev.externals)
-
         try:
-            if shell is not None:
-                info = shell.finish(unpacked.upper_dir, request_for, restored_from=manifest.get("checkpoint_id"))
-                shell = None
-            else:
-                info = host.restore_from(
-                    spec,
-                    upper_src=unpacked.upper_dir,
-                    replace_id=replace_id,
-                    request_for=request_for,
-                    netns_key=NETNS_KEY,
-                    criu=criu,
-                    restored_from=manifest.get("checkpoint_id"),
-                )
+            info = _restore_lazily(host, criu, migration_id, shell, unpacked, spec, replace_id, starting, dev.externals)
+            shell = None  # finished (or never there): nothing of it is left to abort
         except ContainerError as exc:
-            dev.release()
             daemon, starting = starting.taken(), None
             if daemon is None:  # the lazy-pages daemon did not start: its error is the one
                 raise
             _explain_failed_restore(host, exc, unpacked.work_dir, daemon, ps)
-            raise
-        except BaseException:
-            dev.release()
             raise
         resumed_at = time.monotonic()
         mark(migration_id, "target: restored (running)")
@@ -606,7 +579,7 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             _SESSIONS[migration_id] = session
         session.start()
     except BaseException:
-        dev.release()  # again after the restore's own release: nothing
+        dev.release()
         if shell is not None:
             shell.abort()
         if starting is not None:
@@ -630,6 +603,35 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
             since_resume_ms=round((time.monotonic() - resumed_at) * 1000, 3),
         ),
     )
+
+
+def _lazy_page_server(migration_id: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The source's page server the manifest names; MigrationError if it names none."""
+    opts = manifest.get("options", {})
+    ps = opts.get("page_server")
+    if not opts.get("lazy_pages") or not isinstance(ps, dict):
+        raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
+    return ps
+
+
+def _restore_lazily(host: Any, criu: Criu, migration_id: str, shell: Any, unpacked: Any, spec: Any,
+                    replace_id: str | None, starting: _LazyStart, dev_externals: tuple[str, ...]) -> Any:
+    """Restore with lazy pages, through the prebuilt ``shell`` if there is one; the request waits
+    for the lazy-pages daemon, whose socket the restore connects to at once."""
+    from migrate.checkpoint import NETNS_KEY
+    from migrate.restore import restore_request
+
+    def request_for(root: Path) -> Any:
+        starting.ready()
+        mark(migration_id, "target: lazy-pages daemon ready")
+        request = restore_request(unpacked, spec, root, tcp_established=False)
+        return dataclasses.replace(request, lazy_pages=True, external=request.external + dev_externals)
+
+    restored_from = unpacked.manifest.get("checkpoint_id")
+    if shell is not None:
+        return shell.finish(unpacked.upper_dir, request_for, restored_from=restored_from)
+    return host.restore_from(spec, upper_src=unpacked.upper_dir, replace_id=replace_id, request_for=request_for,
+                             netns_key=NETNS_KEY, criu=criu, restored_from=restored_from)
 
 
 def incoming_spec(host: Any, record: Mapping[str, Any], manifest: dict[str, Any], images_dir: Path) -> Any:
