@@ -594,9 +594,11 @@ class RestoreShell:
         self._thread = threading.Thread(target=launch, name=f"restore-shim-{cid[:12]}", daemon=True)
         self._thread.start()
 
-    def finish(self, upper_src: Path, request_for: Callable[[Path], Any], *, restored_from: str | None = None) -> ContainerInfo:
+    def finish(self, upper_src: Path, request_for: Callable[[Path], Any], *, restored_from: str | None = None,
+               attached: Any = None) -> ContainerInfo:
         """Upper layer, overlay, the request to the waiting CRIU; the container once it runs.
-        ``restored_from``: the checkpoint id to record (known only once the archive is here)."""
+        ``restored_from``: the checkpoint id to record (known only once the archive is here).
+        ``attached``: the upper image's loop device bound ahead (runtime.upperfs.attach_ahead)."""
         import pickle
 
 
@@ -605,9 +607,12 @@ class RestoreShell:
         try:
             img = rt.images.get(self.spec.image_digest)
             cdir = rt.store.dir(cid)
-            install_upper(rt.sys, upper_src, cdir, self._undo)
+            install_upper(rt.sys, upper_src, cdir, self._undo, attached=attached)
+            _mark(cid, "upper layer mounted")
             merged = self.host.mount_root(self.spec, img.lowers, self.dumped_range, self._undo)
             _mark(cid, "root mounted")
+            if restored_from is not None:
+                self._record_restored_from(restored_from)
             self._send(pickle.dumps(request_for(merged)))
             _mark(cid, "request sent to the waiting criu")
             self._thread.join()
@@ -621,14 +626,20 @@ class RestoreShell:
             raise
         self._done = True
         self.go.unlink(missing_ok=True)
-        if restored_from is not None:
-            self.restored_from = restored_from
-            try:
-                rt.store.update_state(cid, lambda st: dataclasses.replace(st, restored_from=restored_from))
-            except ContainerError as exc:  # informative only
-                log.warning("container=%s: cannot record restored_from: %s", cid, exc)
         log.info("container=%s name=%s restored from=%s (shell built ahead)", cid, self.spec.name, self.restored_from)
         return rt.inspect(cid)  # type: ignore[no-any-return]
+
+    def _record_restored_from(self, restored_from: str) -> None:
+        """Record the checkpoint id before the request goes: written without an fsync of its own
+        (4-13 ms of the pause when it came after the restore), as the shim's "running" record,
+        written over it after the restore and fsynced right after its report, carries it to the
+        disk; a failed restore removes the record anyway."""
+        self.restored_from = restored_from
+        try:
+            self.host.rt.store.update_state(self.spec.container_id, lambda st: dataclasses.replace(st, restored_from=restored_from),
+                                            sync=False)
+        except ContainerError as exc:  # informative only
+            log.warning("container=%s: cannot record restored_from: %s", self.spec.container_id, exc)
 
     def _send(self, payload: bytes, timeout_s: float = 30.0) -> None:
         """Write the request once the shim's starter has opened the FIFO (or failed)."""
@@ -731,15 +742,17 @@ def _check_host_network(c: Container) -> None:
         )
 
 
-def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, Callable[[], None]]]) -> None:
+def install_upper(sys: Any, upper_src: Path, cdir: Path, undo: list[tuple[str, Callable[[], None]]], *,
+                  attached: Any = None) -> None:
     """Move a restored upper layer (an image or a directory, from ROOT/tmp: same file system)
     into the container's dir and mount it if it is an image; registers in ``undo`` the unmount and
     the move back to ``upper_src``: a failed restore leaves the layer where it was, so the caller
     may try again (a cold migration's lazy restore falls back to a full one:
-    migrate/migration/cold_lazy.py), else it goes with the caller's scratch dir as before."""
+    migrate/migration/cold_lazy.py), else it goes with the caller's scratch dir as before.
+    ``attached``: the image's loop device bound ahead (runtime.upperfs.attach_ahead), if any."""
     from runtime import upperfs
 
-    layout = upperfs.install(sys, upper_src, cdir)
+    layout = upperfs.install(sys, upper_src, cdir, attached=attached)
     moved = layout.image if layout.image is not None else layout.upper
     undo.append(("give the upper layer back", lambda: os.rename(moved, upper_src)))
     if layout.image is not None:

@@ -75,6 +75,9 @@ _LO_FLAGS_AUTOCLEAR = 4
 # struct loop_info64 is 232 bytes; lo_flags sits at offset 52 in it.
 _LOOP_CONFIG = struct.Struct("<II232s64s")
 _LO_FLAGS_OFFSET = 52
+_LOOP_GET_STATUS64 = 0x4C05  # struct loop_info64 starts with lo_device, lo_inode (u64 each)
+_BLKFLSBUF = 0x1261
+_SYS_CACHESTAT = 451  # the same number on every architecture (it came after the syscall table unification)
 
 
 @dataclass(frozen=True)
@@ -286,11 +289,75 @@ def _open_device(device: str) -> int:
     raise MountError(f"loop device {device} did not appear")
 
 
-def mount(sys: Syscalls, image: Path, mountpoint: Path) -> None:
-    """Attach ``image`` and mount it on ``mountpoint`` (nosuid, nodev: it is only the layer's
-    storage; the overlay above decides what the container may do)."""
+class Attached:
+    """A loop device bound to an image ahead of its mount (``attach_ahead``): a migration's target
+    binds the staged image while the source still dumps, and ``mount`` uses the device once the
+    frozen delta is written into the image (through the file, not the device). ``release``
+    detaches an unused one (LO_FLAGS_AUTOCLEAR: closing its fd does)."""
+
+    def __init__(self, device: str, fd: int) -> None:
+        self.device = device
+        self.fd = fd
+
+    def take(self, image: Path) -> tuple[str, int] | None:
+        """(device, fd) for mounting ``image`` (the fd is the caller's from now on), or None (and
+        released): the device is bound to another file, or its page cache holds blocks read
+        before the image changed. Nothing mounted or read the device since ``attach_ahead``
+        but, on hosts with udev, a probe (blkid): a cached block may predate the delta, and
+        the mount would read it instead of the file's. No cached block (the usual case), or
+        none left after a flush, means every read goes to the file as it is now."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return None
+        try:
+            st = os.stat(image)
+            info = bytearray(232)
+            fcntl.ioctl(fd, _LOOP_GET_STATUS64, info)
+            if struct.unpack_from("<QQ", info) != (st.st_dev, st.st_ino):
+                raise OSError(errno.ESTALE, "bound to another file")
+            if _cached_pages(fd):
+                fcntl.ioctl(fd, _BLKFLSBUF, 0)  # drops clean cached blocks; a busy one stays...
+                if _cached_pages(fd):  # ...and then this device is not used
+                    raise OSError(errno.ESTALE, "blocks cached before the image changed")
+        except OSError as exc:
+            log.debug("loop device %s bound ahead not used for %s: %s", self.device, image, exc)
+            os.close(fd)
+            return None
+        return self.device, fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def attach_ahead(image: Path) -> Attached | None:
+    """Bind ``image`` to a loop device now, for a ``mount`` later (see ``Attached``); None if that
+    fails (the mount attaches then, and meets the error there)."""
+    try:
+        return Attached(*attach(image))
+    except (OSError, MountError, Unsupported) as exc:
+        log.debug("cannot bind %s to a loop device ahead: %s", image, exc)
+        return None
+
+
+def _cached_pages(fd: int) -> int:
+    """Pages of ``fd``'s file (here: a block device) in the page cache: cachestat(2), Linux 6.5."""
+    rng = (ctypes.c_uint64 * 2)(0, 0)  # off, len (0: to the end)
+    out = (ctypes.c_uint64 * 5)()  # nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted
+    if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(out), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cachestat: {os.strerror(err)}")
+    return int(out[0])
+
+
+def mount(sys: Syscalls, image: Path, mountpoint: Path, *, attached: Attached | None = None) -> None:
+    """Attach ``image`` (or use the device ``attached`` bound ahead, if it still fits) and mount
+    it on ``mountpoint`` (nosuid, nodev: it is only the layer's storage; the overlay above decides
+    what the container may do)."""
     mountpoint.mkdir(mode=0o700, exist_ok=True)
-    device, dev = attach(image)
+    taken = attached.take(image) if attached is not None else None
+    device, dev = taken if taken is not None else attach(image)
     try:
         log.debug("mount %s (%s) on %s", image, device, mountpoint)
         sys.mount(device, str(mountpoint), FS_TYPE, MS_NOSUID | MS_NODEV, MOUNT_OPTIONS)
@@ -351,10 +418,11 @@ def prepare(sys: Syscalls, container_dir: Path, size_bytes: int, *, template_dir
     return layout
 
 
-def install(sys: Syscalls, source: Path, container_dir: Path) -> Layout:
+def install(sys: Syscalls, source: Path, container_dir: Path, *, attached: Attached | None = None) -> Layout:
     """Put a restored writable layer into a new container's dir and mount it: ``source`` is an
-    image (moved to upper.img and mounted) or an upper directory (moved to upper/). Same file
-    system (ROOT/tmp -> ROOT/containers): a rename. Undo with ``unmount``."""
+    image (moved to upper.img and mounted, through ``attached`` if it was bound ahead) or an
+    upper directory (moved to upper/). Same file system (ROOT/tmp -> ROOT/containers): a rename.
+    Undo with ``unmount``."""
     if not is_image_file(source):
         os.rename(source, container_dir / UPPER)
         layout = Layout(container_dir, None)
@@ -362,7 +430,7 @@ def install(sys: Syscalls, source: Path, container_dir: Path) -> Layout:
         return layout
     layout = Layout(container_dir, container_dir / IMAGE_NAME)
     os.rename(source, layout.image)  # type: ignore[arg-type]
-    mount(sys, layout.image, layout.mountpoint)  # type: ignore[arg-type]
+    mount(sys, layout.image, layout.mountpoint, attached=attached)  # type: ignore[arg-type]
     for d in (layout.upper, layout.work):
         d.mkdir(mode=0o755, exist_ok=True)
     return layout
