@@ -320,11 +320,33 @@ def first_error(log_path: Path) -> str | None:
 def _stop_swrk(proc: subprocess.Popen[bytes], ours: socket.socket, timeout_s: float = 5.0) -> None:
     """Close our end (a swrk waiting for a request then exits) and reap it; kill if it lingers."""
     ours.close()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    if not _exited_within(proc, timeout_s):
         proc.kill()
-        proc.wait()
+    proc.wait()
+
+
+def _exited_within(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether ``proc`` exits within ``timeout_s``, woken by its pidfd as it exits: Popen.wait with
+    a timeout polls with doubling sleeps (1, 2, 4, 8 ms...), so a restore's shim, which reaps
+    its swrk before it reports, waited up to twice the swrk's exit after CRIU's answer."""
+    import select
+
+    if proc.returncode is not None:  # reaped: its pid may be another process's by now
+        return True
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # reaped already, or a kernel without pidfds (< 5.3)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout_s * 1000))
+    finally:
+        os.close(fd)
 
 
 class PendingRestore:
