@@ -18,6 +18,12 @@ comes after the last page, as with a full restore. A daemon that fails before re
 container here, and the source, frozen and whole, thaws; a restart of this daemon meanwhile
 leaves the record "restoring", which the restart aborts.
 
+Nothing of the container waits for the pause: its shell (cgroup, netns, link, shim, CRIU waiting)
+is built at PrepareIncoming while the source still runs (postcopy.prebuild_shell), and the plan's
+/dev and /dev/shm are made here while it dumps, for CRIU to bind where the dump declared them
+external (runtime/dev_mounts.py: no tar copies either way; the source declares them only to a
+target whose HostInfo has DEV_FEATURE, ``binds_dev``, as any restoring this way does).
+
 Used when the target can (``lazy_reason`` is None): the host has lazy pages (uffd-noncoop,
 fs.pipe-max-size), a ``--userns`` container also needs vm.unprivileged_userfaultfd; not for
 pre-copy (pages chained to parent images) nor named volumes (restore_container installs them).
@@ -55,6 +61,7 @@ from runtime.fstree import remove_tree_quietly
 log = logging.getLogger(__name__)
 
 ENV = "PYMIGRATE_COLD_LAZY"
+DEV_FEATURE = "cold_dev_external"  # HostInfo.features: binds_dev
 ALWAYS = "always"  # try the lazy restore even when the mm images say it fails (tests the fallback)
 
 # CRIU's VmaEntry.status bits (criu/include/image.h) and the mmap flags the premap check reads
@@ -176,6 +183,19 @@ def lazy_reason(mode: str, spec: Mapping[str, Any], environ: Mapping[str, str] =
     return None
 
 
+def binds_dev(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this host restores a cold migration's container (no named volumes: ``dev_external``)
+    here, binding the plan's /dev and /dev/shm where the dump declared them external (its HostInfo
+    feature DEV_FEATURE; an older target, or one restoring the usual way, would fail such a restore)."""
+    return lazy_reason("cold", {}, environ) is None
+
+
+def dev_external(spec: Any) -> bool:
+    """Whether a cold dump of ``spec`` (a ContainerSpec) may declare /dev and /dev/shm external to a
+    target that ``binds_dev``: not with named volumes, which that target restores the usual way."""
+    return not any(v.name for v in getattr(spec, "volumes", ()))
+
+
 def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], source: Any,
                       progress: ProgressFn | None = None, *, staged_upper: Path | None = None,
                       before_restore: Callable[[Path], None]) -> RestoreResult:
@@ -183,26 +203,41 @@ def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[
     restore with lazy pages served from the images here (or, if that fails before the resume,
     with every page first); returns once the container runs with every page in memory."""
     from migrate.migration.phases import unpack_beside_shell
-    from migrate.migration.postcopy import early_shell
+    from migrate.migration.postcopy import early_shell, take_prebuilt
 
     started = time.monotonic()
     _mark(migration_id, "target: archive stream opened")
-    # While the archive arrives (the source is frozen already): cgroup, netns, link, shim, CRIU
-    shell = early_shell(host, criu, record)
+    # Built at PrepareIncoming, while the source still ran (postcopy.prebuild_shell): cgroup, netns,
+    # link, shim, CRIU waiting; else now, while the archive arrives (on the 2 cores the dump needs)
+    shell = take_prebuilt(migration_id) or early_shell(host, criu, record)
     _mark(migration_id, "target: shell built")
+    from runtime.dev_mounts import TargetDevMounts
+
+    # for CRIU to bind if the dump declared /dev and /dev/shm external (runtime/dev_mounts.py; in
+    # ROOT/tmp/restore-*: a crash's is swept), made while the source still dumps
+    dev = TargetDevMounts.made_in(host.rt.sys, host.paths.tmp / f"restore-{migration_id}-dev")
 
     def collected(unpacked: Any) -> None:
         _mark(migration_id, "target: archive unpacked")
         before_restore(unpacked.images_dir)  # every page is here from now on: the source is not needed
         _mark(migration_id, "target: pages collected")
 
-    unpacked = unpack_beside_shell(host, source, shell, progress=progress, staged_upper=staged_upper, then=collected)
+    try:
+        unpacked = unpack_beside_shell(host, source, shell, progress=progress, staged_upper=staged_upper, then=collected)
+    except BaseException:
+        dev.release()
+        raise
     assert unpacked.scratch is not None
     import_ms = (time.monotonic() - started) * 1000
     try:
-        return _restore(host, criu, migration_id, record, unpacked, shell, started, import_ms)
+        result = _restore(host, criu, migration_id, record, unpacked, shell, started, import_ms, dev)
+        returned = time.monotonic()
     finally:
-        remove_tree_quietly(unpacked.scratch)
+        dev.release()  # again after the resume: nothing (the container has its own binds of them)
+        remove_tree_quietly(unpacked.scratch)  # ~30 ms for 256 MiB of pages on ext4: the container runs
+    from migrate.migration.target import answered
+
+    return answered(result, returned)
 
 
 def _last_page(host: Any, migration_id: str, daemon: Any, container_id: str) -> None:
@@ -278,17 +313,26 @@ def _lazy_failed(host: Any, exc: ContainerError, work_dir: Path, daemon: Any) ->
     return why
 
 
+def _request(unpacked: Any, spec: Any, root: Path, dev_externals: tuple[str, ...]) -> Any:
+    """The restore's request, with CRIU's keys for the /dev mounts made here (TargetDevMounts:
+    unused when the dump has CRIU's copies)."""
+    from migrate.restore import restore_request
+
+    request = restore_request(unpacked, spec, root, tcp_established=False)
+    return dataclasses.replace(request, external=request.external + dev_externals)
+
+
 def _restore_first(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked: Any, shell: Any,
-                   replace_id: str | None, starting: concurrent.futures.Future[Any] | None) -> Any:
+                   replace_id: str | None, starting: concurrent.futures.Future[Any] | None,
+                   dev_externals: tuple[str, ...]) -> Any:
     """Restore (through the shell built ahead when there is one) with ``lazy_pages`` when the
     lazy-pages daemon is ``starting``, else with every page first; the container's info once it
     runs. A failure leaves nothing of it (the shell's or restore_from's undo, which gives the
     upper layer back)."""
     from migrate.checkpoint import NETNS_KEY
-    from migrate.restore import restore_request
 
     def request_for(root: Path) -> Any:
-        request = restore_request(unpacked, spec, root, tcp_established=False)
+        request = _request(unpacked, spec, root, dev_externals)
         if starting is None:
             return request
         starting.result()  # its error, if it did not start
@@ -302,11 +346,11 @@ def _restore_first(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked
                              netns_key=NETNS_KEY, criu=criu, restored_from=restored_from)
 
 
-def _restore_full(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked: Any, why: str) -> Any:
+def _restore_full(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked: Any, why: str,
+                  dev_externals: tuple[str, ...]) -> Any:
     """The ordinary restore (every page in before the resume) from the same images, after a lazy
     one failed before its resume; the container's info once it runs."""
     from migrate.checkpoint import NETNS_KEY, keep_criu_log
-    from migrate.restore import restore_request
     from runtime.criu import RESTORE_LOG
 
     log.warning("migration=%s container=%s: the restore with lazy pages failed before the resume (%s): restoring "
@@ -314,7 +358,7 @@ def _restore_full(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked:
     _mark(migration_id, "target: full restore after the lazy one failed")
     try:
         return host.restore_from(spec, upper_src=unpacked.upper_dir, replace_id=host.replaceable_id(spec),
-                                 request_for=lambda root: restore_request(unpacked, spec, root, tcp_established=False),
+                                 request_for=lambda root: _request(unpacked, spec, root, dev_externals),
                                  netns_key=NETNS_KEY, criu=criu, restored_from=unpacked.manifest.get("checkpoint_id"))
     except ContainerError as exc:
         keep_criu_log(host.paths, exc, unpacked.work_dir / RESTORE_LOG, "restore")
@@ -340,7 +384,7 @@ def _start_daemon(unpacked: Any, migration_id: str, spec_name: Any) -> concurren
 
 
 def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], unpacked: Any, shell: Any,
-             started: float, import_ms: float) -> RestoreResult:
+             started: float, import_ms: float, dev: Any) -> RestoreResult:
     from migrate.migration.postcopy import incoming_spec
     from migrate.restore import preflight
 
@@ -357,7 +401,7 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
         _mark(migration_id, "target: images checked")
         t0 = time.monotonic()
         try:
-            info = _restore_first(host, criu, migration_id, spec, unpacked, shell, replace_id, starting)
+            info = _restore_first(host, criu, migration_id, spec, unpacked, shell, replace_id, starting, dev.externals)
         except ContainerError as exc:  # before the resume: its undo left nothing, the source waits frozen
             shell = None
             if starting is None:  # a full restore already
@@ -366,9 +410,10 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
             starting = None
             if not _retry_full(exc):
                 raise
-            info, how = _restore_full(host, criu, migration_id, spec, unpacked, why), "failed"
+            info, how = _restore_full(host, criu, migration_id, spec, unpacked, why, dev.externals), "failed"
         resumed_at = time.monotonic()
         _mark(migration_id, "target: restored (running)")
+        dev.release()  # the container has its own binds of them; the detach waits out of the pause
         if how == "lazy":
             daemon, starting = _taken(starting), None
             assert daemon is not None

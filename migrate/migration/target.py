@@ -71,6 +71,16 @@ SETTLED_KEEP_S = 7 * 86400.0  # how long an outcome record answers a late settle
 SOURCE_TIMEOUT_S = 10.0  # per call to the source when a lease expires
 
 
+def answered(result: RestoreResult, received_at: float) -> RestoreResult:
+    """``result`` as answered now: its container ran since ``since_resume_ms`` before
+    ``received_at`` (when the restore returned), and this host took until now to record it; the
+    source places the end of the pause by this number (frozen_ms = its answer - since_resume)."""
+    from dataclasses import replace
+
+    since_ms = result.stats.since_resume_ms + (time.monotonic() - received_at) * 1000
+    return replace(result, stats=replace(result.stats, since_resume_ms=round(since_ms, 3)))
+
+
 def _tree_size(path: Path) -> int:
     try:
         return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
@@ -256,7 +266,8 @@ class IncomingMigrations:
                 "source_daemon": _dial_back(request.source_daemon, request.source_address),
                 "lazy_restore": no_lazy is None,
             })
-        if request.mode == "postcopy":  # its shell is built while the source still runs, not in the pause
+        if request.mode == "postcopy" or (request.mode == "cold" and no_lazy is None):  # (cold: cold_lazy.py)
+            # its shell is built while the source still runs, not in the pause
             from migrate.migration.postcopy import prebuild_shell
 
             prebuild_shell(self.host, self.criu, self._load(migration_id))
@@ -416,13 +427,13 @@ class IncomingMigrations:
             return
         try:
             server.wait(timeout_s=120)
-            self._log_relay(migration_id, server)
-            self._drop_guard(migration_id)
+            self._log_relay(migration_id, server)  # its port guard goes after the restore (an nft call: ~15 ms)
         except ContainerError as exc:
             raise TransferError(f"the page server of migration {migration_id} failed: {exc.message}", phase="restore") from exc
         except subprocess.TimeoutExpired:
             server.stop()
             raise TransferError(f"the page server of migration {migration_id} did not finish", phase="restore") from None
+        log.debug("migration=%s cold at_ms=%.1f target: page server done", migration_id, time.monotonic() * 1000)
         pages = self._pages_dir(migration_id)
         for p in pages.iterdir():
             if p.is_file() and not (images_dir / p.name).exists():
@@ -564,6 +575,7 @@ class IncomingMigrations:
             if reason:  # e.g. ENOSPC here: the source only saw its socket break
                 raise TransferError(f"the page server on this host failed: {reason}", phase="dump") from exc
             raise
+        received_at = time.monotonic()
         with self._locked():
             aborted = not self._path(migration_id).exists()
             if not aborted:
@@ -577,7 +589,8 @@ class IncomingMigrations:
             raise MigrationError(f"incoming migration {migration_id} was aborted during its restore", phase="restore")
         self._resumed_events(migration_id, record, result)
         failpoints.hit("target.answer")
-        return result
+        self._drop_guard(migration_id)  # the page server is gone: its port guard, off the pause
+        return answered(result, received_at)
 
     def _resumed_events(self, migration_id: str, record: dict[str, Any], result: RestoreResult) -> None:
         """The journal here (runtime/events.py): its migration resumed (the container's restore and

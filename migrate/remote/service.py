@@ -221,7 +221,11 @@ class HostServicer(pb_grpc.HostServicer):
 
     # host
     def GetHostInfo(self, request: pb.GetHostInfoRequest, context: grpc.ServicerContext) -> pb.GetHostInfoResponse:
-        return pb.GetHostInfoResponse(host=cv.host_to_pb(self.engine.host_info()))
+        from migrate.migration.cold_lazy import DEV_FEATURE, binds_dev
+
+        info = self.engine.host_info()  # + what this daemon does as a migration target (its environment)
+        info = dataclasses.replace(info, features={**info.features, DEV_FEATURE: binds_dev()})
+        return pb.GetHostInfoResponse(host=cv.host_to_pb(info))
 
     # images
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:

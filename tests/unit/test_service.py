@@ -8,6 +8,7 @@ is 0600; two in-process daemons migrate a container through the daemon-to-daemon
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -28,6 +29,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from migrate import api
 from migrate._proto.pymigrate.v1 import host_pb2 as pb
 from migrate._proto.pymigrate.v1 import host_pb2_grpc as pb_grpc
+from migrate.migration.cold_lazy import DEV_FEATURE, binds_dev
 from migrate.remote.client import RemoteEngine
 from migrate.errors import (
     AuthError,
@@ -104,7 +106,8 @@ def test_host_and_images(daemon: Daemon, sockdir: Path) -> None:
     assert info.size_bytes == 3_000_001 and info.name == "busybox"
     assert daemon.client.images() == [info]
     host = daemon.client.host_info()
-    assert host == daemon.engine.host_info()
+    local = daemon.engine.host_info()  # + what the daemon does as a migration target (cold_lazy.binds_dev)
+    assert host == dataclasses.replace(local, features={**local.features, DEV_FEATURE: binds_dev()})
     assert host.images == (info,)
     assert not list((sockdir / "spool").iterdir()), "the spooled tarball is removed after import"
     daemon.client.image_remove("busybox")
