@@ -19,8 +19,9 @@ container here, and the source, frozen and whole, thaws; a restart of this daemo
 leaves the record "restoring", which the restart aborts.
 
 Nothing of the container waits for the pause: its shell (cgroup, netns, link, shim, CRIU waiting)
-is built at PrepareIncoming while the source still runs (postcopy.prebuild_shell), and the plan's
-/dev and /dev/shm are made here while it dumps, for CRIU to bind where the dump declared them
+is built at PrepareIncoming while the source still runs (postcopy.prebuild_shell); the staged upper
+image is bound to its loop device, and the plan's /dev and /dev/shm are made here while it dumps,
+for CRIU to bind where the dump declared them
 external (runtime/dev_mounts.py: no tar copies either way; the source declares them only to a
 target whose HostInfo has DEV_FEATURE, ``binds_dev``, as any restoring this way does).
 
@@ -216,6 +217,7 @@ def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[
     # for CRIU to bind if the dump declared /dev and /dev/shm external (runtime/dev_mounts.py; in
     # ROOT/tmp/restore-*: a crash's is swept), made while the source still dumps
     dev = TargetDevMounts.made_in(host.rt.sys, host.paths.tmp / f"restore-{migration_id}-dev")
+    loop = _attach_ahead(staged_upper) if shell is not None else None
 
     def collected(unpacked: Any) -> None:
         _mark(migration_id, "target: archive unpacked")
@@ -226,18 +228,32 @@ def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[
         unpacked = unpack_beside_shell(host, source, shell, progress=progress, staged_upper=staged_upper, then=collected)
     except BaseException:
         dev.release()
+        if loop is not None:
+            loop.release()
         raise
     assert unpacked.scratch is not None
     import_ms = (time.monotonic() - started) * 1000
     try:
-        result = _restore(host, criu, migration_id, record, unpacked, shell, started, import_ms, dev)
+        result = _restore(host, criu, migration_id, record, unpacked, shell, started, import_ms, dev, loop)
         returned = time.monotonic()
     finally:
         dev.release()  # again after the resume: nothing (the container has its own binds of them)
+        if loop is not None:
+            loop.release()  # taken by the mount (a no-op then), or the shell was not used: detached
         remove_tree_quietly(unpacked.scratch)  # ~30 ms for 256 MiB of pages on ext4: the container runs
     from migrate.migration.target import answered
 
     return answered(result, returned)
+
+
+def _attach_ahead(staged_upper: Path | None) -> Any:
+    """The staged upper image bound to a loop device now, while the source dumps (as post-copy's
+    target: runtime.upperfs.attach_ahead; the mount checks it still fits), or None."""
+    from runtime import upperfs
+
+    if staged_upper is None or not upperfs.is_image_file(staged_upper):
+        return None
+    return upperfs.attach_ahead(staged_upper)
 
 
 def _last_page(host: Any, migration_id: str, daemon: Any, container_id: str) -> None:
@@ -324,7 +340,7 @@ def _request(unpacked: Any, spec: Any, root: Path, dev_externals: tuple[str, ...
 
 def _restore_first(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked: Any, shell: Any,
                    replace_id: str | None, starting: concurrent.futures.Future[Any] | None,
-                   dev_externals: tuple[str, ...]) -> Any:
+                   dev_externals: tuple[str, ...], loop: Any) -> Any:
     """Restore (through the shell built ahead when there is one) with ``lazy_pages`` when the
     lazy-pages daemon is ``starting``, else with every page first; the container's info once it
     runs. A failure leaves nothing of it (the shell's or restore_from's undo, which gives the
@@ -341,7 +357,7 @@ def _restore_first(host: Any, criu: Criu, migration_id: str, spec: Any, unpacked
 
     restored_from = unpacked.manifest.get("checkpoint_id")
     if shell is not None:
-        return shell.finish(unpacked.upper_dir, request_for, restored_from=restored_from)
+        return shell.finish(unpacked.upper_dir, request_for, restored_from=restored_from, attached=loop)
     return host.restore_from(spec, upper_src=unpacked.upper_dir, replace_id=replace_id, request_for=request_for,
                              netns_key=NETNS_KEY, criu=criu, restored_from=restored_from)
 
@@ -384,7 +400,7 @@ def _start_daemon(unpacked: Any, migration_id: str, spec_name: Any) -> concurren
 
 
 def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any], unpacked: Any, shell: Any,
-             started: float, import_ms: float, dev: Any) -> RestoreResult:
+             started: float, import_ms: float, dev: Any, loop: Any) -> RestoreResult:
     from migrate.migration.postcopy import incoming_spec
     from migrate.restore import preflight
 
@@ -401,7 +417,7 @@ def _restore(host: Any, criu: Criu, migration_id: str, record: Mapping[str, Any]
         _mark(migration_id, "target: images checked")
         t0 = time.monotonic()
         try:
-            info = _restore_first(host, criu, migration_id, spec, unpacked, shell, replace_id, starting, dev.externals)
+            info = _restore_first(host, criu, migration_id, spec, unpacked, shell, replace_id, starting, dev.externals, loop)
         except ContainerError as exc:  # before the resume: its undo left nothing, the source waits frozen
             shell = None
             if starting is None:  # a full restore already
