@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -165,7 +166,9 @@ class CheckpointHost:
             from runtime.freeze_record import new_record
 
             record = new_record(operation, was_paused=c.status == "paused", partial=partial)
-            self.store.update_state(cid, lambda s: dataclasses.replace(s, frozen_by=record))
+            # no fsync (3-12 ms here): the record is for this process dying with the cgroup frozen,
+            # and the page cache outlives a process; a reboot ends the freeze (and the tasks) anyway
+            self.store.update_state(cid, lambda s: dataclasses.replace(s, frozen_by=record), sync=False)
         if c.status == "paused":  # the user froze it: it must not run, not even for a moment
             cg.freeze(cid)
             return
@@ -224,28 +227,50 @@ class CheckpointHost:
         shim's exit record and let go of what it ran in. SIGKILL reaches frozen tasks; thawing
         after makes sure v1 freezers let them die too."""
         cid = c.container_id
-        self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id, frozen_by=None))
-        cg = self._cg(c.spec)
-        cg.kill(cid)
-        try:
-            cg.thaw(cid)
-        except ContainerError:
-            pass
         # Its checkpoint holds everything now: let go of mounts, netns, veth, cgroup and address,
         # so the record alone stays (a restore rebuilds the rest, here or on another host). The
-        # veth goes while the shim reaps the init and records its exit (10-33 ms here; the veth's
-        # removal waits ~20 ms for the network's RCU grace period): neither needs the other. The
-        # mounts go after the record: the shim's log indexer takes its last look at the root
-        # before it (runtime/shim.py), and release's own disconnect then finds nothing to do.
-        if c.spec.network == "bridge":
+        # veth goes in a thread from the start (its removal waits ~20 ms for the network's RCU
+        # grace period, idle time): beside the record, the kill and the shim's exit record. Its
+        # link is down since the freeze (isolate), so the tree tells its peers nothing either way.
+        # The mounts go after the exit record: the shim's log indexer takes its last look at the
+        # root before it (runtime/shim.py), and release's own disconnect then finds nothing to do.
+        unlink = self._disconnect_beside(c.spec)
+        try:
+            # no fsync of our own: the shim's exit record (written as ours, fsynced before its
+            # rename) carries ``checkpointed`` to the disk; without one, sync_state below
+            self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id, frozen_by=None), sync=False)
+            cg = self._cg(c.spec)
+            cg.kill(cid)
             try:
-                self.rt.network(c.spec.network).disconnect(cid)
-            except ContainerError as exc:  # release below tries again, and reports what still fails
-                log.debug("container=%s: disconnect before its exit record: %s", cid, exc)
-        self._wait_exited(cid, timeout_s)
+                cg.thaw(cid)
+            except ContainerError:
+                pass
+            if not self._wait_exited(cid, timeout_s):
+                self.store.sync_state(cid)
+        finally:
+            if unlink is not None:
+                unlink.join()
         self.rt.release(c.spec)
 
-    def _wait_exited(self, container_id: str, timeout_s: float) -> None:
+    def _disconnect_beside(self, spec: ContainerSpec) -> threading.Thread | None:
+        """A bridge container's veth removed (and its lease released) in a thread; None otherwise.
+        A failure is only logged: release's disconnect tries again and reports what still fails."""
+        if spec.network != "bridge":
+            return None
+        net = self.rt.network(spec.network)
+
+        def disconnect() -> None:
+            try:
+                net.disconnect(spec.container_id)
+            except ContainerError as exc:
+                log.debug("container=%s: disconnect beside its stop: %s", spec.container_id, exc)
+
+        thread = threading.Thread(target=disconnect, name="veth-release", daemon=True)
+        thread.start()
+        return thread
+
+    def _wait_exited(self, container_id: str, timeout_s: float) -> bool:
+        """Whether the exit was recorded within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         rounds = 0
         while time.monotonic() < deadline:
@@ -254,10 +279,11 @@ class CheckpointHost:
             # the shim needs now
             state = self.rt.container(container_id) if rounds % 10 == 9 else self.store.load_state(container_id)
             if state.status == "exited":
-                return
+                return True
             rounds += 1
             time.sleep(0.002)
         log.warning("container=%s: no exit recorded within %gs", container_id, timeout_s)
+        return False
 
     def finish_migration(self, c: Container, *, keep: bool) -> None:
         """After the target runs the container: kill the frozen source copy; remove it unless ``keep``."""
