@@ -7,6 +7,7 @@ runtime; the real ordering is exercised end to end by the integration tests.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,27 @@ def test_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
     assert host.events == ["freeze", "isolate", "rejoin", "thaw"]
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("export", [False, True])
+def test_a_local_checkpoint_makes_its_manifest_while_criu_dumps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, export: bool) -> None:
+    """A local checkpoint needs its manifest only at the commit: it is made after the freeze, while
+    CRIU dumps (off the command's path); an export's archive starts with it: made before the freeze."""
+    import migrate.checkpoint as checkpoint
+
+    host, criu = FakeHost(tmp_path), FakeCriu()
+    real = checkpoint.build_manifest
+
+    def recorded(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        host.events.append("manifest")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "build_manifest", recorded)
+    options = CheckpointOptions(export_path=str(tmp_path / "out.tar")) if export else CheckpointOptions()
+    result = checkpoint_container(host, "web", options, criu=criu)
+    if export:
+        assert host.events == ["manifest", "freeze", "isolate", "stop"]
+    else:
+        assert host.events == ["freeze", "isolate", "manifest", "stop"]
+        manifest = json.loads((host.paths.checkpoint(result.checkpoint_id) / "manifest.json").read_text())
+        assert manifest["container"]["name"] == "web" and manifest["checkpoint_id"] == result.checkpoint_id
