@@ -57,6 +57,7 @@ class Zygote:
         self.workers: dict[int, Worker] = {}  # by pid
         self.files: dict[str, tuple[int, int]] = {}
         self.learned: set[str] = set()
+        self.criu_warm = False  # warm_criu done
         self.listener: Any = None
         self.inode = 0
         self.last_active = time.monotonic()
@@ -244,6 +245,27 @@ class Zygote:
         self.learned.update(new)
         if new:
             self.preload(new)
+        if "google.protobuf" in names and not self.criu_warm:  # pycriu's messages: a worker talked to CRIU
+            self.criu_warm = True
+            self.warm_criu()
+
+    def warm_criu(self) -> None:
+        """After a worker talked to CRIU (a checkpoint or restore): CRIU's set-up done here too,
+        off the caller's clock, so the next such worker finds it done (``SwrkCriu.warm``: the kdat
+        cache dir checked, pycriu's messages loaded: 3-12 ms of each checkpoint at load 2, as a
+        daemon pays it once). pycriu's files it loaded (not modules: runtime.criu keeps them) are
+        watched for changes like the modules' files."""
+        criu = sys.modules.get("runtime.criu")
+        if criu is None:
+            return
+        try:
+            criu.SwrkCriu().warm()
+        except Exception:  # noqa: BLE001 - only a speed-up: the worker warms (and reports) it itself
+            return
+        for module in list(getattr(criu, "_MODULES", {}).values()):
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str) and path not in self.files:
+                self.files[path] = _stamp(path)
 
 
 def _stamp(path: str) -> tuple[int, int]:

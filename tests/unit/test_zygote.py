@@ -185,3 +185,36 @@ def test_a_prebuilt_parser_serves_its_command_only(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit):  # a usage error through a kept parser: exit 125 with ps's usage
         cli._parser_for(["ps", "--nosuch"]).parse_args(["ps", "--nosuch"])
     assert "usage: pymigrate ps" in capsys.readouterr().err
+
+
+def _learn(zygote: server.Zygote, names: list[str]) -> None:
+    r, w = os.pipe()
+    os.write(w, "\n".join(names).encode())
+    os.close(w)
+    zygote.learn(r)
+
+
+def test_after_a_worker_talked_to_criu_the_zygote_warms_criu_and_watches_pycriu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import criu
+
+    if criu.__dict__.get("_rpc") is None:
+        pytest.skip("runtime.criu without _rpc")
+    try:
+        criu._rpc()
+    except Exception as exc:  # noqa: BLE001 - pycriu is installed by scripts/setup.sh
+        pytest.skip(f"pycriu not importable: {exc}")
+    warmed: list[str] = []
+    monkeypatch.setattr(criu.SwrkCriu, "warm", lambda self: warmed.append("warm") or criu._rpc())
+    zygote = server.Zygote(str(tmp_path / "unused.sock"))
+    try:
+        monkeypatch.setattr(server.Zygote, "preload", lambda self, names: None)
+        _learn(zygote, ["migrate.cli.listing"])  # a worker that did not talk to CRIU: nothing
+        assert warmed == []
+        _learn(zygote, ["google.protobuf", "google.protobuf.message"])
+        assert warmed == ["warm"]
+        rpc_file = criu._MODULES["rpc_pb2"].__file__
+        assert rpc_file in zygote.files  # a pycriu upgrade makes the zygote stale, as a module's change would
+        _learn(zygote, ["google.protobuf"])  # learned once: not again
+        assert warmed == ["warm"]
+    finally:
+        zygote.sel.close()
