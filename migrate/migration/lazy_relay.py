@@ -21,6 +21,17 @@ so the compressed direction (source to target) flushes zstd after every burst CR
 (``idle_flush_s`` 0) and uses no zstd workers (a multi-threaded flush waits for its jobs). The
 requests (target to source) are small and go raw.
 
+What limits it at 1 Gbit/s (1 GiB memhog, half random then half text; the source's eth0 sampled
+every 10 ms, the lazy-pages log's request -> UFFDIO_COPY times): the random half keeps the link
+busy (a 3.2 MiB request answered every ~27 ms), the text half does not: its requests took 30-230 ms
+each at load 3-5 for 0.6 MiB of wire, because one zstd context compressed the text at ~400 MiB/s
+of a core when it got one (2-5.5 s inside zstd per GiB at load 3-5). More requests in flight (4 or
+8, a CRIU test build) and zstd's own workers (threads=2, any job size: a flush waits for its jobs)
+did not shorten it, nor did zstd -3 (5.8x instead of 5.5x on the text, longer inside zstd). So the
+answers go as independent frames of 1 MiB, compressed on two threads (page_relay.FramesCompress),
+when the target's relay reads them (it says so in the probe; an older one gets one zstd frame):
+interleaved A/B at load 5.7-7.9, 7 pairs, total frames / one frame median 0.89x.
+
 With TLS the relays do it around the zstd bytes and CRIU talks plain on both sides; its page
 server then lets in only this host (runtime.port_guard: 127.0.0.1, where the relay dials from;
 a process of this host could still race the relay to it, as to any loopback-only port). Should
@@ -41,6 +52,7 @@ from migrate.migration.page_relay import (
     Codec,
     Compress,
     Decompress,
+    FramesCompress,
     PageRelayError,
     Plain,
     SourceRelay,
@@ -69,6 +81,7 @@ class LazySourceRelay(SourceRelay):
     def __init__(self, sock: socket.socket, setting: str, *, tls: Any = None, address: str = "") -> None:
         super().__init__(sock, setting, tls=tls, address=address)
         self._pair_for_criu = False
+        self._want_frames = True  # each answer compressed on two threads, if the target reads frames
 
     def start(self) -> None:
         """Nothing before CRIU listens (``connect_criu`` starts the pump)."""
@@ -82,8 +95,11 @@ class LazySourceRelay(SourceRelay):
         conn.settimeout(None)
         self._local = conn
         # no zstd workers: a multi-threaded flush waits for its jobs, and post-copy flushes every answer
-        # (measured at 1 Gbit/s, 1 GiB: 2 workers 10.6 s to the last page, none 8.8 s)
-        codec: Codec = Compress(threads=0) if self.decision.compressed else Plain()
+        # (measured at 1 Gbit/s, 1 GiB: 2 workers 10.6 s to the last page, none 8.8 s); frames of an
+        # answer on two threads instead when the target reads them (page_relay.FramesCompress)
+        codec: Codec = Plain()
+        if self.decision.compressed:
+            codec = FramesCompress() if self.frames else Compress(threads=0)
         pipes = [pipe(conn, self.remote, codec, self.counters, idle_flush_s=FLUSH_S),
                  pipe(self.remote, conn, Plain(), idle_flush_s=FLUSH_S)]
         self._thread = threading.Thread(target=self._run, args=(pipes,), name="lazy-page-relay-source", daemon=True)
@@ -119,7 +135,7 @@ class LazyTargetRelay(TargetRelay):
                 if self._stop.is_set():
                     raise PageRelayError("the page relay was stopped before the lazy-pages daemon started")
             assert self._local is not None
-            codec: Codec = Decompress() if self.compressed else Plain()
+            codec: Codec = Decompress(frames=self.frames) if self.compressed else Plain()
             pump([pipe(conn, self._local, codec, self.counters, idle_flush_s=FLUSH_S),
                   pipe(self._local, conn, Plain(), idle_flush_s=FLUSH_S)], self._stop)
         except Exception as exc:  # noqa: BLE001  (OSError, PageRelayError: all end this transfer)
@@ -216,9 +232,10 @@ class SourceLink:
         self.phases = {"page_probe": round((time.monotonic() - started) * 1000, 3),
                        "page_link_mib_s": round(d.link_bps / (1 << 20), 1),
                        "page_zstd_mib_s": round(d.compress_bps / (1 << 20), 1),
-                       "page_compressed": 1.0 if d.compressed else 0.0}
+                       "page_compressed": 1.0 if d.compressed else 0.0,
+                       "page_frames": 1.0 if relay.frames else 0.0}  # zstd frames on two threads
         log.info("container=%s migration=%s lazy page stream %s (compress=%s: link %.0f MiB/s, zstd %.0f MiB/s)",
-                 move.spec.name, move.migration_id, "zstd" if d.compressed else "raw", setting,
+                 move.spec.name, move.migration_id, "zstd frames" if relay.frames else "zstd" if d.compressed else "raw", setting,
                  d.link_bps / (1 << 20), d.compress_bps / (1 << 20))
 
     def criu_listens(self, port: int) -> None:

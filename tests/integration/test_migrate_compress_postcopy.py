@@ -63,6 +63,7 @@ def test_postcopy_on_a_shaped_link_keeps_memory_compressed_or_not(lab: Lab) -> N
     assert after is not None and after[0] == before[0], "memory changed across the compressed post-copy migration"
     stats = packed["stats"]
     assert stats["phases_ms"]["page_compressed"] == 1.0, stats
+    assert stats["phases_ms"]["page_frames"] == 1.0, stats  # both relays read frames: an answer on two threads
     pages = stats["phases_ms"]["page_raw_bytes"]
     assert pages >= SIZE_MIB << 20, stats  # every page went through the relay
     assert stats["phases_ms"]["page_wire_bytes"] < pages * 0.8, stats  # half the memory is text

@@ -59,6 +59,7 @@ def test_requests_and_answers_cross_both_relays_compressed() -> None:
         decision = source.open()
         assert decision.compressed
         assert target.wait_decided(5) is True
+        assert source.frames and target.frames  # both read frames: each answer on two threads
         source.connect_criu(server.port)
         lazy = target.attach()
         lazy.settimeout(10)
