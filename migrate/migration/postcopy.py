@@ -538,6 +538,8 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     starting: _LazyStart | None = None
     relay = lazy_relay.take(migration_id)  # the page relay PrepareIncoming started, if the source asked
     try:
+        if shell is not None:  # the root mounts beside the checks below
+            shell.mount_ahead(unpacked.upper_dir, attached=loop)
         manifest = unpacked.manifest
         ps = _lazy_page_server(migration_id, manifest)
         # The lazy-pages daemon starts (exec, reads pstree.img, listens: 6-8 ms) while the images
