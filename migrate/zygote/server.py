@@ -253,17 +253,19 @@ class Zygote:
         """After a worker talked to CRIU (a checkpoint or restore): CRIU's set-up done here too,
         off the caller's clock, so the next such worker finds it done (``SwrkCriu.warm``: the kdat
         cache dir checked, pycriu's messages loaded: 3-12 ms of each checkpoint at load 2, as a
-        daemon pays it once). pycriu's files it loaded (not modules: runtime.criu keeps them) are
-        watched for changes like the modules' files."""
+        daemon pays it once), and CRIU's version asked. The CRIU binary and pycriu's files it loaded
+        (not modules: runtime.criu keeps them) are watched for changes like the modules' files."""
         criu = sys.modules.get("runtime.criu")
         if criu is None:
             return
         try:
-            criu.SwrkCriu().warm()
+            swrk = criu.SwrkCriu()
+            swrk.warm()
+            swrk.version()  # kept per binary: 1-5 ms of each checkpoint's manifest
         except Exception:  # noqa: BLE001 - only a speed-up: the worker warms (and reports) it itself
             return
-        for module in list(getattr(criu, "_MODULES", {}).values()):
-            path = getattr(module, "__file__", None)
+        paths = [swrk.binary, *(getattr(m, "__file__", None) for m in getattr(criu, "_MODULES", {}).values())]
+        for path in paths:  # a new CRIU binary or pycriu makes the zygote stale, as a module's change does
             if isinstance(path, str) and path not in self.files:
                 self.files[path] = _stamp(path)
 

@@ -204,7 +204,11 @@ def test_after_a_worker_talked_to_criu_the_zygote_warms_criu_and_watches_pycriu(
     except Exception as exc:  # noqa: BLE001 - pycriu is installed by scripts/setup.sh
         pytest.skip(f"pycriu not importable: {exc}")
     warmed: list[str] = []
+    binary = tmp_path / "criu"
+    binary.write_text("")
+    monkeypatch.setenv("PYMIGRATE_CRIU", str(binary))  # no CRIU run: warm and version are fakes
     monkeypatch.setattr(criu.SwrkCriu, "warm", lambda self: warmed.append("warm") or criu._rpc())
+    monkeypatch.setattr(criu.SwrkCriu, "version", lambda self: "4.1.1")
     zygote = server.Zygote(str(tmp_path / "unused.sock"))
     try:
         monkeypatch.setattr(server.Zygote, "preload", lambda self, names: None)
@@ -214,6 +218,7 @@ def test_after_a_worker_talked_to_criu_the_zygote_warms_criu_and_watches_pycriu(
         assert warmed == ["warm"]
         rpc_file = criu._MODULES["rpc_pb2"].__file__
         assert rpc_file in zygote.files  # a pycriu upgrade makes the zygote stale, as a module's change would
+        assert str(binary) in zygote.files  # and so does a new CRIU
         _learn(zygote, ["google.protobuf"])  # learned once: not again
         assert warmed == ["warm"]
     finally:
