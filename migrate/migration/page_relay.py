@@ -247,7 +247,7 @@ class Decompress:
         if self._obj.eof and data and not self.frames:
             raise PageRelayError("the compressed page stream goes on after its end mark")
         if self.frames:
-            self._rest = memoryview(data)  # ``pending`` was false: nothing was left
+            self._rest = memoryview(bytes(self._rest) + data if self._rest else data)  # the relay drains first: rarely a copy
             return self._next_frames()
         return self._decompress(data)
 
@@ -256,21 +256,35 @@ class Decompress:
         return self._next_frames() if self.frames else self._decompress(b"")
 
     def _next_frames(self) -> bytes:
-        piece: bytes | memoryview = b""
-        if self._obj.eof:  # the next frame begins with what the last one left
-            piece = self._obj.unused_data
-            self._obj = self._zstd.ZstdDecompressor()
-            self._in_frame = False
-            self._slice = FRAME_SLICE_MIN
-        elif self._obj.needs_input:
-            piece, self._rest = self._rest[:self._slice], self._rest[self._slice:]
-            self._slice = min(2 * self._slice, FRAME_SLICE)
-        self._in_frame = self._in_frame or bool(piece)
-        return self._decompress(piece)
+        """Up to ``bound`` bytes out of the slices and frames at hand (one call, not one a slice:
+        the relay's loop turns once per call)."""
+        out: list[bytes] = []
+        size = 0
+        while size < self.bound and self.pending:
+            piece: bytes | memoryview = b""
+            if self._obj.eof:  # the next frame begins with what the last one left
+                piece = self._obj.unused_data or self._take()
+                self._obj = self._zstd.ZstdDecompressor()
+                self._in_frame = False
+                self._slice = FRAME_SLICE_MIN
+            elif self._obj.needs_input:
+                piece = self._take()
+            self._in_frame = self._in_frame or bool(piece)
+            got = self._decompress(piece, self.bound - size)
+            if not got and not piece:
+                break  # nothing moved (zstd wants input it cannot have yet)
+            out.append(got)
+            size += len(got)
+        return b"".join(out)
 
-    def _decompress(self, data: bytes | memoryview) -> bytes:
+    def _take(self) -> memoryview:
+        piece, self._rest = self._rest[:self._slice], self._rest[self._slice:]
+        self._slice = min(2 * self._slice, FRAME_SLICE)
+        return piece
+
+    def _decompress(self, data: bytes | memoryview, max_length: int = 0) -> bytes:
         try:
-            out: bytes = self._obj.decompress(data, max_length=self.bound)
+            out: bytes = self._obj.decompress(data, max_length=max_length or self.bound)
         except self._errors as exc:
             raise PageRelayError(f"the compressed page stream is corrupt: {exc}") from exc
         if self._obj.eof and self._obj.unused_data and not self.frames:
