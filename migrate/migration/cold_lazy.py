@@ -241,9 +241,16 @@ def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[
         if loop is not None:
             loop.release()  # taken by the mount (a no-op then), or the shell was not used: detached
         remove_tree_quietly(unpacked.scratch)  # ~30 ms for 256 MiB of pages on ext4: the container runs
-    from migrate.migration.target import answered
-
     return answered(result, returned)
+
+
+def answered(result: RestoreResult, returned_at: float) -> RestoreResult:
+    """A migration target's ``result`` (any mode's) as answered now: its container ran since
+    ``since_resume_ms`` before ``returned_at`` (when its restore returned), and this host took until
+    now to clean up and record it; the source places the end of the pause by this number
+    (frozen_ms = its answer's arrival - since_resume_ms), so that time is not counted as pause."""
+    since_ms = result.stats.since_resume_ms + (time.monotonic() - returned_at) * 1000
+    return dataclasses.replace(result, stats=dataclasses.replace(result.stats, since_resume_ms=round(since_ms, 3)))
 
 
 def _attach_ahead(staged_upper: Path | None) -> Any:

@@ -71,16 +71,6 @@ SETTLED_KEEP_S = 7 * 86400.0  # how long an outcome record answers a late settle
 SOURCE_TIMEOUT_S = 10.0  # per call to the source when a lease expires
 
 
-def answered(result: RestoreResult, received_at: float) -> RestoreResult:
-    """``result`` as answered now: its container ran since ``since_resume_ms`` before
-    ``received_at`` (when the restore returned), and this host took until now to record it; the
-    source places the end of the pause by this number (frozen_ms = its answer - since_resume)."""
-    from dataclasses import replace
-
-    since_ms = result.stats.since_resume_ms + (time.monotonic() - received_at) * 1000
-    return replace(result, stats=replace(result.stats, since_resume_ms=round(since_ms, 3)))
-
-
 def _tree_size(path: Path) -> int:
     try:
         return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
@@ -590,6 +580,8 @@ class IncomingMigrations:
         self._resumed_events(migration_id, record, result)
         failpoints.hit("target.answer")
         self._drop_guard(migration_id)  # the page server is gone: its port guard, off the pause
+        from migrate.migration.cold_lazy import answered
+
         return answered(result, received_at)
 
     def _resumed_events(self, migration_id: str, record: dict[str, Any], result: RestoreResult) -> None:

@@ -176,3 +176,30 @@ def test_the_status_bits_are_criu_s() -> None:
     bits = dict(pb2dict.mmap_status_map)
     for name in ("VMA_AREA_REGULAR", "VMA_FILE_PRIVATE", "VMA_ANON_PRIVATE", "VMA_AREA_AIORING", "VMA_AREA_SHSTK"):
         assert getattr(cold_lazy, name) == bits[name], name
+
+
+def test_dev_mounts_are_bound_where_cold_restores_go_through_this_module(features: dict[str, bool]) -> None:
+    from runtime.spec import Volume
+
+    assert cold_lazy.binds_dev({}) is True
+    assert cold_lazy.binds_dev({"PYMIGRATE_COLD_LAZY": "0"}) is False  # restore_container: it binds nothing
+    features["lazy_pages"] = False
+    assert cold_lazy.binds_dev({}) is False
+
+    class Spec:
+        volumes = (Volume("/srv", "/srv"),)
+
+    assert cold_lazy.dev_external(Spec())
+    Spec.volumes = (Volume("/var/lib/pm/volumes/db/_data", "/db", name="db"),)  # restored the usual way
+    assert not cold_lazy.dev_external(Spec())
+
+
+def test_the_answer_counts_the_time_after_the_restore_returned_as_running() -> None:
+    import time
+
+    from migrate.api import ContainerInfo, RestoreResult, RestoreStats
+
+    result = RestoreResult(container=object.__new__(ContainerInfo), stats=RestoreStats(since_resume_ms=120.0))
+    answered = cold_lazy.answered(result, time.monotonic() - 0.05)  # returned 50 ms ago
+    assert 170.0 <= answered.stats.since_resume_ms < 1000.0
+    assert answered.container is result.container and result.stats.since_resume_ms == 120.0
