@@ -166,9 +166,10 @@ class CheckpointHost:
             from runtime.freeze_record import new_record
 
             record = new_record(operation, was_paused=c.status == "paused", partial=partial)
-            # no fsync (3-12 ms here): the record is for this process dying with the cgroup frozen,
-            # and the page cache outlives a process; a reboot ends the freeze (and the tasks) anyway
-            self.store.update_state(cid, lambda s: dataclasses.replace(s, frozen_by=record), sync=False)
+            # fsynced although only this process dying needs it (the page cache outlives a process):
+            # without it CRIU's dump right after took ~40 ms longer (median of 12 interleaved runs:
+            # 152 vs 112 ms in CRIU's own log; likely its journal commit flushing what was pending first)
+            self.store.update_state(cid, lambda s: dataclasses.replace(s, frozen_by=record))
         if c.status == "paused":  # the user froze it: it must not run, not even for a moment
             cg.freeze(cid)
             return
