@@ -200,9 +200,11 @@ def test_postcopy_512_mib_is_intact_and_pauses_far_less_than_cold(lab: Lab) -> N
               f"postcopy last page {post['stats']['phases_ms']['last_page']:.0f} ms after the resume, "
               f"total cold {cold['stats']['total_ms']:.0f} ms postcopy {post['stats']['total_ms']:.0f} ms")
         # A property, not a benchmark (scripts/bench.py migrate --mode measures the ratio, ~4x
-        # here): post-copy's pause does not carry the 512 MiB, so it is well below cold's even on
-        # a loaded CI machine (one run there: 358 vs 1071 ms).
-        assert post_ms < cold_ms / 2, f"postcopy pause {post_ms} ms is not well below the cold pause {cold_ms} ms"
+        # here): post-copy's pause does not carry the 512 MiB, so it stays below cold's even on a
+        # loaded machine. Not half of it: since the cold target restores lazily from its own disk
+        # (cold_lazy.py) cold's pause is mostly the dump, and at load 4+ the ratio was 0.55-0.59
+        # (275 vs 495, 327 vs 557 ms); a post-copy that carried the pages would pause as long as cold.
+        assert post_ms < cold_ms * 0.75, f"postcopy pause {post_ms} ms is not well below the cold pause {cold_ms} ms"
         # every page crossed the wire (CRIU's page server, uncompressible random data)
         assert post["stats"]["bytes_on_wire"] >= 512 * 2**20
         assert post["stats"]["phases_ms"]["last_page"] > 0
