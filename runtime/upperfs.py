@@ -341,6 +341,17 @@ def attach_ahead(image: Path) -> Attached | None:
         return None
 
 
+def attach_staged(image: Path | None) -> Attached | None:
+    """A migration target's staged upper image bound to its loop device while the source still
+    dumps (``attach_ahead``), out of the pause (0.6 ms idle; at load 3-4 the layer's mount in a
+    post-copy pause went from medians 15/12-18 to 9/6-12 ms at 64 MiB/1 GiB). Its mount, after the
+    archive's blocks are written into the image, checks the device still fits (``Attached``).
+    None: nothing staged, a staged directory rather than an image, or the binding failed."""
+    if image is None or not is_image_file(image):
+        return None
+    return attach_ahead(image)
+
+
 def _cached_pages(fd: int) -> int:
     """Pages of ``fd``'s file (here: a block device) in the page cache: cachestat(2), Linux 6.5."""
     rng = (ctypes.c_uint64 * 2)(0, 0)  # off, len (0: to the end)

@@ -217,7 +217,9 @@ def receive_cold_lazy(host: Any, criu: Criu, migration_id: str, record: Mapping[
     # for CRIU to bind if the dump declared /dev and /dev/shm external (runtime/dev_mounts.py; in
     # ROOT/tmp/restore-*: a crash's is swept), made while the source still dumps
     dev = TargetDevMounts.made_in(host.rt.sys, host.paths.tmp / f"restore-{migration_id}-dev")
-    loop = _attach_ahead(staged_upper) if shell is not None else None
+    from runtime import upperfs
+
+    loop = upperfs.attach_staged(staged_upper) if shell is not None else None
 
     def collected(unpacked: Any) -> None:
         _mark(migration_id, "target: archive unpacked")
@@ -251,16 +253,6 @@ def answered(result: RestoreResult, returned_at: float) -> RestoreResult:
     (frozen_ms = its answer's arrival - since_resume_ms), so that time is not counted as pause."""
     since_ms = result.stats.since_resume_ms + (time.monotonic() - returned_at) * 1000
     return dataclasses.replace(result, stats=dataclasses.replace(result.stats, since_resume_ms=round(since_ms, 3)))
-
-
-def _attach_ahead(staged_upper: Path | None) -> Any:
-    """The staged upper image bound to a loop device now, while the source dumps (as post-copy's
-    target: runtime.upperfs.attach_ahead; the mount checks it still fits), or None."""
-    from runtime import upperfs
-
-    if staged_upper is None or not upperfs.is_image_file(staged_upper):
-        return None
-    return upperfs.attach_ahead(staged_upper)
 
 
 def _last_page(host: Any, migration_id: str, daemon: Any, container_id: str) -> None:

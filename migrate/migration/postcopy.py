@@ -523,7 +523,9 @@ def receive_postcopy(host: Any, criu: Criu, migration_id: str, record: Mapping[s
     # made while the source still dumps: 0.3 ms idle, 2 ms under load, out of the pause
     dev = TargetDevMounts.made_in(host.rt.sys, host.paths.tmp / f"restore-{migration_id}-dev")
     mark(migration_id, "target: /dev mounts made")
-    loop = _bind_staged_image(staged_upper) if shell is not None else None
+    from runtime import upperfs
+
+    loop = upperfs.attach_staged(staged_upper) if shell is not None else None
     try:
         unpacked = unpack_beside_shell(host, source, shell, progress=progress, staged_upper=staged_upper)
     except BaseException:
@@ -621,18 +623,6 @@ def _lazy_page_server(migration_id: str, manifest: Mapping[str, Any]) -> dict[st
     if not opts.get("lazy_pages") or not isinstance(ps, dict):
         raise MigrationError(f"incoming migration {migration_id}: the archive has no page server for lazy pages", phase="restore")
     return ps
-
-
-def _bind_staged_image(staged_upper: Path | None) -> Any:
-    """The staged upper image bound to a loop device now, while the source dumps: out of the
-    pause (0.6 ms idle; at load 3-4 the layer's mount in the pause went from medians 15/12-18 to
-    9/6-12 ms at 64 MiB/1 GiB). Its mount, after the archive's blocks are written into the image,
-    checks that the device still fits (runtime.upperfs.Attached). None: no staged image."""
-    from runtime import upperfs
-
-    if staged_upper is None or not upperfs.is_image_file(staged_upper):
-        return None
-    return upperfs.attach_ahead(staged_upper)
 
 
 def _restore_lazily(host: Any, criu: Criu, migration_id: str, shell: Any, unpacked: Any, spec: Any,
