@@ -28,9 +28,9 @@ from migrate.checkpoint import stream_dump
 from migrate import failpoints
 from migrate.errors import TransferError, TruncatedArchive
 from migrate.migration import page_socket
-from migrate.migration.page_relay import SO_SNDBUFFORCE, TCP_BUFFER, SourceRelay
+from migrate.migration.page_relay import TCP_BUFFER, SourceRelay, force_sndbuf
 from migrate.migration.phases import PAGE_SERVER_TIMEOUT_S, PAGE_SIZE, ArchivePusher, PreDumped, PreDumpFn, connect_page_server
-from migrate.migration.sequence import Move, manifest, run
+from migrate.migration.sequence import Move, manifest, mark, run
 from runtime.criu import Criu, DumpRequest, PageServer, SwrkCriu
 from runtime.errors import CriuError
 
@@ -79,8 +79,15 @@ class ColdMode:
             move.bytes_on_wire += self.pre.bytes_on_wire
             self._port = self.pre.page_server_port
         if self._address and self._port:
-            self._sock = (page_socket.connect(move.target, self._address) if page_socket.is_page_socket(self._address)
-                          else _deep_send_buffer(connect_page_server(self._address, self._port)))
+            if page_socket.is_page_socket(self._address):
+                self._sock = page_socket.connect(move.target, self._address)
+            else:
+                self._sock = connect_page_server(self._address, self._port)
+                # CRIU's dump splices 4 MiB at a time and stops sending while its parasite fills the
+                # next pipe, and the target's page server stops reading while it writes; with
+                # autotuning's <= 4 MiB (tcp_wmem) either pause stalls the other side (on 2 busy cores
+                # the 1 GiB dump went 2122 -> 1451 ms, medians of 4, with 16 MiB)
+                force_sndbuf(self._sock, TCP_BUFFER)
             if move.ticket.pages_compressed:
                 self._open_relay(move)
             if page_socket.is_page_socket(self._address):  # a local daemon's or an ssh forward's (page_socket.py)
@@ -154,7 +161,7 @@ class ColdMode:
             sink.flush()
             stats, _dump_ms = stream_dump(move.criu, request, writer, move.dt.upper_dir,
                                           on_bytes=lambda n: move.clock.emit(done=n), add_upper=move.upper)
-            _mark(move, "source: criu dump done")
+            mark(move, "source: criu dump done")
             if self._sock is not None:
                 # CRIU (gone now) sent everything; our copy of the socket is the last one open, and
                 # the target's page server finishes only at its EOF.
@@ -162,12 +169,12 @@ class ColdMode:
                 self._sock = None
             if self._relay is not None:  # CRIU had its close ack: the relay ends its stream and stops
                 self._relay.join(PAGE_SERVER_TIMEOUT_S * 2)
-            _mark(move, "source: page stream ended")
+            mark(move, "source: page stream ended")
             failpoints.hit("source.dump")
             move.final_sent = True
             writer.close(trailer={"dump_stats": stats.__dict__, **move.upper.trailer})
             sink.close()
-            _mark(move, "source: archive sent")
+            mark(move, "source: archive sent")
             if self._relay is not None and not self._relay.direct:  # what the relay put on the wire
                 counters = self._relay.counters
                 move.bytes_on_wire += counters.wire_bytes
@@ -240,24 +247,6 @@ class ColdMode:
     def stats(self, move: Move) -> tuple[int, int, dict[str, float]]:
         phases = dict(self.pre.phases_ms) if self.pre is not None else {}
         return 0, move.image_bytes, {**phases, **self._relay_phases}
-
-
-def _deep_send_buffer(sock: socket.socket) -> socket.socket:
-    """``sock`` (TCP to the target's page server) with a send buffer of TCP_BUFFER: CRIU's dump
-    splices 4 MiB at a time and stops sending while its parasite fills the next pipe, and the
-    target's page server stops reading while it writes; with autotuning's <= 4 MiB (tcp_wmem) either
-    pause stalls the other side (on 2 busy cores the 1 GiB dump went 2122 -> 1451 ms, medians of 4,
-    with 16 MiB). Past net.core.wmem_max with CAP_NET_ADMIN, as the daemon has; else what it allows."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, TCP_BUFFER)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_BUFFER)
-    return sock
-
-
-def _mark(move: Move, what: str) -> None:
-    """A debug line for scripts/pause_timeline.py (this host's monotonic clock, daemon --debug)."""
-    log.debug("migration=%s %s at_ms=%.1f %s", move.migration_id, move.clock.phase, time.monotonic() * 1000, what)
 
 
 def migrate_cold(rt: Any, name: str, options: MigrateOptions, target: Any, *, criu: Criu | None = None,

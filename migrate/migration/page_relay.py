@@ -678,7 +678,7 @@ class SourceRelay:
             # The relay's thread stops sending while zstd takes in a block (ms at a time): the
             # kernel must hold enough to keep the link busy meanwhile, and autotuning sizes the
             # buffer for the tiny RTT of a LAN, not for those pauses.
-            _force_sndbuf(self._tcp if self._tls is None else self.remote, TCP_BUFFER)
+            force_sndbuf(self._tcp if self._tls is None else self.remote, TCP_BUFFER)
         return self.decision
 
     @property
@@ -743,11 +743,12 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
     # big buffers: CRIU splices whole page runs, and the relay reads them in large gulps
     pair = socket.socketpair()
     for s in pair:
-        _force_sndbuf(s, PAIR_BUFFER)
+        force_sndbuf(s, PAIR_BUFFER)
     return pair
 
 
-def _force_sndbuf(sock: socket.socket, size: int) -> None:
+def force_sndbuf(sock: socket.socket, size: int) -> None:
+    """``sock``'s send buffer set to ``size``."""
     try:  # past net.core.wmem_max (~208 KiB) with CAP_NET_ADMIN, as the daemon has
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
     except OSError:

@@ -274,7 +274,7 @@ def _dump(move: Move, mode: Mode) -> None:
     rt.freeze(move.container)
     move.frozen = True
     move.frozen_at = time.monotonic()
-    _mark(move, "source: frozen")
+    mark(move, "source: frozen")
     _event(move, "frozen")  # an flocked append, ~0.1 ms of the pause
     # Our own network lock (the link down) instead of CRIU's nftables one; it also keeps the
     # frozen source deaf and mute once CRIU, with leave_running, takes the sockets out of repair
@@ -282,7 +282,7 @@ def _dump(move: Move, mode: Mode) -> None:
     # peers' packets meant for the copy on the target.
     move.cut = rt.isolate(spec)
     request = dataclasses.replace(request, network_lock=move.cut.criu_lock)
-    _mark(move, "source: link cut")
+    mark(move, "source: link cut")
     move.enter("dump", "dumping and streaming")
     pusher.start()
     mode.dump(move, request, pusher)
@@ -291,11 +291,11 @@ def _dump(move: Move, mode: Mode) -> None:
     if pusher.error is not None:
         raise pusher.error
     move.restored = pusher.result
-    _mark(move, "source: the target's answer")
+    mark(move, "source: the target's answer")
     move.bytes_on_wire += move.sink.bytes_written
 
 
-def _mark(move: Move, what: str) -> None:
+def mark(move: Move, what: str) -> None:
     """A debug line with the monotonic clock in ms: with the target's (same machine) a timeline of the pause."""
     log.debug("migration=%s %s at_ms=%.1f %s", move.migration_id, move.clock.phase, time.monotonic() * 1000, what)
 
