@@ -319,7 +319,9 @@ def checkpoint_container(
     if cp.archive_path is not None:
         shutil.rmtree(cp.staging, ignore_errors=True)
     if not options.leave_running:
-        rt.stop_checkpointed(cp.container, cp.checkpoint_id)
+        # answered once the tree is gone and recorded; the host's teardown goes on detached
+        rt.stop_checkpointed(cp.container, cp.checkpoint_id, detach=True,
+                             before_teardown=lambda: failpoints.hit("checkpoint.teardown"))
     stats = _stats(cp, dumped, images_bytes, (cp.unfrozen_at if options.leave_running else done_at) - cp.frozen_at, started)
     log.info("container=%s checkpoint=%s frozen_ms=%.1f dump_ms=%.1f images_bytes=%d archive_bytes=%d",
              cp.target.spec.name, cp.checkpoint_id, stats.frozen_ms, dumped.dump_ms, images_bytes, dumped.archive_bytes)

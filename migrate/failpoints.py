@@ -35,6 +35,7 @@ NAMES = (
     "target.answer",  # restored and recorded; the answer not sent yet
     "source.commit",  # the answer arrived; the target not told to commit yet
     "checkpoint.archive",  # checkpoint --leave-running --export: thawed, the archive not written yet
+    "checkpoint.teardown",  # checkpoint answered, the tree killed; its detached teardown not started
 )
 
 _armed: dict[str, str] | None = None

@@ -836,6 +836,9 @@ class Runtime:
                 validate_name(name)  # a name no container can have is bad input, not "nothing to do"
                 return False
             raise
+        from runtime import teardown
+
+        teardown.wait(self.paths, c.container_id)  # a checkpoint's teardown still releasing it
         c.require("force-remove" if force else "remove")
         self._refuse_dependents(c)
         with self.removing(c.container_id):

@@ -190,10 +190,15 @@ def test_dump_of_a_process_ptraced_by_someone_else_fails_and_the_container_keeps
 
 
 def host_snapshot(root: Path) -> dict[str, object]:
-    """What a restore creates on the host: records, cgroups, mounts, veths, netns, leases."""
+    """What a restore creates on the host: records, cgroups, mounts, veths, netns, leases; taken
+    once no checkpoint's detached teardown (runtime/teardown.py) still releases any of them."""
+    from runtime import teardown
     from runtime.config import Paths
 
     paths = Paths(root)
+    locks = paths.run / teardown.DIR
+    for lock in locks.glob("*.lock") if locks.exists() else ():
+        teardown.wait(paths, lock.stem)
     records = sorted(p.name for p in (root / "containers").iterdir()) if (root / "containers").exists() else []
     cgroups = sorted(str(p) for p in _container_cgroups(root))
     with open("/proc/self/mountinfo") as f:
@@ -290,6 +295,87 @@ def test_failed_restore_over_the_exited_original_keeps_its_record(pm_root: Path,
     assert inspect(pm_root, name).state.status == "exited"
     ok(cli(pm_root, "restore", cid))
     assert inspect(pm_root, name).state.status == "running"
+
+
+# -- the teardown after a checkpoint answered ---------------------------------------------------------
+
+
+def _teardown_running(root: Path, name: str) -> bool:
+    """Whether the detached teardown of ``name``'s checkpoint holds its lock now."""
+    import fcntl
+
+    from runtime import teardown
+    from runtime.config import Paths
+
+    try:
+        fd = os.open(teardown.lock_path(Paths(root), inspect(root, name).spec.container_id), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _gone(pid: int) -> bool:
+    """Not running: no such process, or a zombie its shim has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def test_a_restore_right_after_the_checkpoint_waits_for_its_teardown(pm_root: Path) -> None:
+    """The checkpoint answers with the tree gone and recorded; its host side (veth, netns, mounts,
+    cgroup: the same names a restore in place builds) goes after, detached. A restore must not
+    build before that is done, or the late teardown removes what the restored container runs in."""
+    name = unique("tdrestore")
+    start_counter(pm_root, name)
+    slow = {"PYMIGRATE_FAILPOINTS": "checkpoint.teardown=sleep:2"}
+    cid = ok(cli(pm_root, "checkpoint", name, env=slow)).strip()
+    assert _teardown_running(pm_root, name), "the checkpoint waited for its own teardown"
+    assert inspect(pm_root, name).state.status == "exited"
+    assert _gone(init_pid(pm_root, name)), "the checkpoint answered with its tree still running"
+
+    ok(cli(pm_root, "restore", cid))
+    assert not _teardown_running(pm_root, name)
+    wait_for(lambda: not _teardown_running(pm_root, name), 10, "the teardown to end")
+    assert_running_and_thawed(pm_root, name)  # nothing of the new run was taken down by the old teardown
+    from runtime.runtime import Runtime
+
+    spec = inspect(pm_root, name).spec
+    assert Runtime(pm_root).network(spec.network).netns_path(spec.container_id).exists(), "the restored container's netns is gone"
+
+
+def test_rm_right_after_the_checkpoint_waits_for_its_teardown_and_leaves_nothing(pm_root: Path) -> None:
+    before = host_snapshot(pm_root)
+    name = unique("tdrm")
+    start_counter(pm_root, name)
+    ok(cli(pm_root, "checkpoint", name, env={"PYMIGRATE_FAILPOINTS": "checkpoint.teardown=sleep:1.5"}))
+    assert _teardown_running(pm_root, name)
+    ok(cli(pm_root, "rm", name))
+    assert not any(lock.suffix == ".lock" for lock in (pm_root / "run" / "teardown").iterdir())
+    assert host_snapshot(pm_root) == before
+
+
+def test_a_teardown_killed_before_it_ran_is_finished_by_the_next_restore_and_rm(pm_root: Path) -> None:
+    before = host_snapshot(pm_root)
+    name = unique("tdkill")
+    start_counter(pm_root, name)
+    cid = ok(cli(pm_root, "checkpoint", name, env={"PYMIGRATE_FAILPOINTS": "checkpoint.teardown=kill"})).strip()
+    wait_for(lambda: not _teardown_running(pm_root, name), 10, "the teardown to be killed")
+    left = host_snapshot(pm_root)
+    assert left["mounts"] != before["mounts"] and left["netns"] != before["netns"], "the killed teardown released it all"
+    assert inspect(pm_root, name).state.status == "exited"
+
+    ok(cli(pm_root, "restore", cid))
+    assert_running_and_thawed(pm_root, name)
+    ok(cli(pm_root, "rm", "-f", name))
+    assert host_snapshot(pm_root) == before
 
 
 def test_restore_refused_when_the_base_image_is_gone(pm_root: Path, tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ class FakeHost:
     def thaw(self, c: Any) -> None:
         self.events.append("thaw")
 
-    def stop_checkpointed(self, c: Any, checkpoint_id: str) -> None:
+    def stop_checkpointed(self, c: Any, checkpoint_id: str, **how: Any) -> None:
+        assert how.get("detach") is True  # the CLI's answer does not wait for the host's teardown
         self.events.append("stop")
 
     @staticmethod
