@@ -30,7 +30,11 @@ of a core when it got one (2-5.5 s inside zstd per GiB at load 3-5). More reques
 did not shorten it, nor did zstd -3 (5.8x instead of 5.5x on the text, longer inside zstd). So the
 answers go as independent frames of 1 MiB, compressed on two threads (page_relay.FramesCompress),
 when the target's relay reads them (it says so in the probe; an older one gets one zstd frame):
-interleaved A/B at load 5.7-7.9, 7 pairs, total frames / one frame median 0.89x.
+interleaved A/B at load 5.7-7.9, 7 pairs, total frames / one frame median 0.89x. The relay's
+loop does not wait for those threads (it waited 10-15 ms an answer of text, and the next request
+waited with it), and the frames are zstd -3 (page_relay.FRAME_LEVEL). What is left at 1 Gbit/s:
+the text half is CPU-bound on this 2-core lab (source zstd ~2.1 ms a MiB, target unzstd ~0.9, on
+the same cores as both CRIUs): 25-35 MiB/s of wire for ~3 s where the link takes 115.
 
 With TLS the relays do it around the zstd bytes and CRIU talks plain on both sides; its page
 server then lets in only this host (runtime.port_guard: 127.0.0.1, where the relay dials from;

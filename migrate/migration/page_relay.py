@@ -56,6 +56,12 @@ TIMED, TIMED_FRAMES = b"T", b"t"
 FRAME_BYTES = 1 << 20  # the raw bytes of one frame: a 3.2 MiB lazy-pages answer is four, on two threads
 FRAME_WORKERS = 2
 FRAME_BACKLOG = 16  # frames in compression at most before ``feed`` waits for the oldest
+# zstd -3 for frames: on the 1 GiB memhog's text it compresses as fast as -1 (~470 MiB/s a core),
+# 5.9x instead of 5.5x, and decompresses ~1.2 GB/s instead of ~0.8 (on the target's cores, which
+# the text half of a post-copy shares with the source's zstd on this 2-core lab). A 1 MiB frame
+# never needs -3's larger window. Not for cold's stream (zstd's workers, -3's larger jobs): its
+# 1 Gbit/s pause median 6221 vs 5562 ms at -1 (3 pairs interleaved, load 3.4-4.3)
+FRAME_LEVEL = 3
 FRAME_SLICE_MIN, FRAME_SLICE = 1 << 10, 64 << 10  # input per decompress call of a FRAMES stream (Decompress)
 CHUNK = 1 << 20
 HIGH_WATER = 8 << 20  # stop reading a side while this much waits for the other
@@ -143,9 +149,14 @@ class FramesCompress:
     context (its own workers too: a flush waits for its jobs) compresses it on one core, ~400 MiB/s
     of text here, where 1 Gbit/s would take ~650 MiB/s of it. Frames of one answer compress at
     once on two threads (zstd releases the GIL) and go out in order; each frame is ~0.1% larger
-    than one long stream. The threads are shared by the daemon's streams (``_frame_pool``)."""
+    than one long stream. The threads are shared by the daemon's streams (``_frame_pool``).
 
-    def __init__(self, level: int = LEVEL) -> None:
+    The relay's pump does not wait for them (``send_held``, ``collect``): a frame done wakes its
+    select loop (``wake_fd``). Waiting there (``flush``) kept the next lazy-pages request from
+    CRIU for the 10-15 ms an answer of text took to compress at 1 Gbit/s (the relay's trace), so
+    CRIU's page server, zstd and the link took turns through the text half (~35 MiB/s of wire)."""
+
+    def __init__(self, level: int = FRAME_LEVEL) -> None:
         import zstandard
 
         self._zstd = zstandard
@@ -153,6 +164,14 @@ class FramesCompress:
         self._local = threading.local()  # a compressor per thread (one must not be shared)
         self._held = bytearray()  # input short of a frame, until ``flush``
         self._jobs: collections.deque[Any] = collections.deque()
+        self._waker: _Waker | None = None
+
+    @property
+    def wake_fd(self) -> int:
+        """Readable once a frame was compressed since the last ``collect``."""
+        if self._waker is None:
+            self._waker = _Waker()
+        return self._waker.fd
 
     def _compress(self, data: bytes) -> bytes:
         cctx = getattr(self._local, "cctx", None)
@@ -164,7 +183,10 @@ class FramesCompress:
     def _submit(self, data: bytes) -> None:
         if len(self._jobs) >= FRAME_BACKLOG:
             self._jobs[0].result()  # bound what waits for the threads (the rest of ``feed`` stays async)
-        self._jobs.append(_frame_pool().submit(self._compress, data))
+        job = _frame_pool().submit(self._compress, data)
+        if self._waker is not None:
+            job.add_done_callback(self._waker.wake)
+        self._jobs.append(job)
 
     def _done(self, wait: bool) -> bytes:
         """The frames compressed so far, in order (all of them when ``wait``)."""
@@ -180,14 +202,70 @@ class FramesCompress:
             del self._held[:FRAME_BYTES]
         return self._done(wait=False)
 
-    def flush(self) -> bytes:
+    def send_held(self) -> bytes:
+        """The held input goes to the threads as a frame; the frames done so far, without waiting
+        for the rest (``collect`` takes them once ``wake_fd`` says so)."""
         if self._held:
             self._submit(bytes(self._held))
             self._held.clear()
+        return self._done(wait=False)
+
+    def collect(self) -> bytes:
+        if self._waker is not None:
+            self._waker.clear()  # before looking: a frame done after this wakes the loop again
+        return self._done(wait=False)
+
+    def flush(self) -> bytes:
+        self.send_held()
         return self._done(wait=True)
 
     def end(self) -> bytes:
-        return self.flush()
+        out = self.flush()
+        if self._waker is not None:
+            self._waker.close()
+        return out
+
+
+class _Waker:
+    """A pipe a worker thread makes readable to wake a select loop; closed under its lock, so a
+    late callback never writes to a descriptor number reused since."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._closed = False
+
+    @property
+    def fd(self) -> int:
+        return self._r
+
+    def wake(self, _job: Any = None) -> None:
+        with self._lock:
+            if not self._closed:
+                try:
+                    os.write(self._w, b"x")
+                except BlockingIOError:
+                    pass  # full: the loop is woken already
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                while os.read(self._r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._r)
+                os.close(self._w)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 _FRAME_POOL: Any = None
@@ -334,6 +412,10 @@ class _Pipe:
         self.eof = False  # src ended and its tail is in ``out``
         self.done = False  # ... and ``dst`` was shut for writing
         self.held_since: float | None = None  # the codec may hold input back since then (flush)
+        # a codec whose work finishes on other threads (FramesCompress): its output is collected when
+        # this descriptor wakes the pump, which never waits for it
+        self.frames = codec if isinstance(codec, FramesCompress) else None
+        self.wake_fd = self.frames.wake_fd if self.frames is not None else None
 
     def wants_read(self) -> bool:
         return not self.eof and self.queued < HIGH_WATER
@@ -381,13 +463,21 @@ class _Pipe:
         (the close ack) after small messages, and must not wait for zstd. Not sooner: every
         flush ends a zstd block (and a job of its workers) early."""
         if self.held_since is not None and not readable and now - self.held_since >= self.idle_flush_s:
-            out = self.codec.flush()
+            out = self.frames.send_held() if self.frames is not None else self.codec.flush()
             self._queue(out)
             self.held_since = None
             if self.counters is not None:
                 self.counters.codec_s += time.monotonic() - now
                 self.counters.flushes += 1
                 self.counters.wire_bytes += len(out)  # a compressor's held-back bytes (a decompressor's flush is empty)
+
+    def collect(self) -> None:
+        """The frames the codec's threads finished (``wake_fd`` was readable), in order."""
+        assert self.frames is not None
+        out = self.frames.collect()
+        self._queue(out)
+        if self.counters is not None:
+            self.counters.wire_bytes += len(out)
 
     def write(self) -> None:
         head = self.out[0]
@@ -442,9 +532,13 @@ def _step(pipes: list[_Pipe]) -> None:
     ready_now = [p.src for p in readers if p.backlog() or (isinstance(p.src, ssl.SSLSocket) and p.src.pending())]
     held = [p.idle_flush_s for p in pipes if p.held_since is not None]
     timeout = 0.0 if ready_now else min(held) if held else 0.5
-    r, w, _ = select.select([p.src for p in readers], [p.dst for p in writers], [], timeout)
+    woken = {p.wake_fd: p for p in pipes if p.wake_fd is not None and not p.eof}
+    r, w, _ = select.select([p.src for p in readers] + list(woken), [p.dst for p in writers], [], timeout)
     r += ready_now
     now = time.monotonic()
+    for fd, p in woken.items():
+        if fd in r:
+            p.collect()
     for p in readers:
         if p.src in r:
             p.read()

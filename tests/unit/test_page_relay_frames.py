@@ -171,3 +171,39 @@ def test_frames_without_asking_are_refused(target: TargetRelay) -> None:
     assert _handshake_with(target, 4096, page_relay.FRAMES) == b"T"
     target._thread.join(5)
     assert target.failure is not None and "unknown page stream kind" in target.failure.message
+
+
+def test_the_pump_forwards_a_request_while_an_answer_compresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source relay's pump does not wait for zstd's threads: the target's next request reaches
+    CRIU while the last answer's frame is still compressing (held here), and the answer follows."""
+    gate = threading.Event()
+    real = FramesCompress._compress
+
+    def held(self: FramesCompress, data: bytes) -> bytes:
+        gate.wait(10)
+        return real(self, data)
+
+    monkeypatch.setattr(FramesCompress, "_compress", held)
+    criu, local = socket.socketpair()
+    remote, target = socket.socketpair()
+    pipes = [page_relay.pipe(local, remote, FramesCompress(), idle_flush_s=0.0),
+             page_relay.pipe(remote, local, page_relay.Plain(), idle_flush_s=0.0)]
+    pump = threading.Thread(target=page_relay.pump, args=(pipes,), daemon=True)
+    pump.start()
+    try:
+        answer = WORDS * 100
+        criu.sendall(answer)  # short of a frame: sent to the threads once CRIU's burst ended
+        target.sendall(b"R" * 24)  # the next request
+        criu.settimeout(2)
+        assert recv_exact(criu, 24) == b"R" * 24  # through while the answer is held in zstd
+        assert not gate.is_set()
+    finally:
+        gate.set()
+    criu.shutdown(socket.SHUT_WR)
+    target.shutdown(socket.SHUT_WR)
+    wire = b"".join(iter(lambda: target.recv(1 << 16), b""))
+    pump.join(5)
+    assert not pump.is_alive()
+    assert _unpack(wire, len(wire)) == answer
+    for s in (criu, local, remote, target):
+        s.close()
