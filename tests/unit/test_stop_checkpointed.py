@@ -48,6 +48,7 @@ class FakeRuntime:
         self.store = FakeStore(self.events, exits)
         self.disconnect_started = threading.Event()
         self.killed = threading.Event()
+        self.dying = [False]  # what pids() answers, popped from the end: True while a process is left
 
     def cgroups(self, parent: Any) -> Any:
         rt = self
@@ -61,6 +62,10 @@ class FakeRuntime:
 
             def thaw(self, cid: str) -> None:
                 rt.events.append("thaw")
+
+            def pids(self, cid: str) -> list[int]:
+                rt.events.append("empty?")
+                return [4242] if rt.dying.pop() else []
 
         return Cg()
 

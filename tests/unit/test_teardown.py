@@ -103,7 +103,7 @@ def test_a_detached_stop_answers_with_the_tree_killed_and_recorded_and_the_rest_
     hooked: list[str] = []
     CheckpointHost(rt).stop_checkpointed(_container("bridge"), "ck1", timeout_s=5, detach=True,
                                          before_teardown=lambda: hooked.append("hook"))
-    assert rt.events == ["kill", "thaw", "record", "detached"]
+    assert rt.events == ["kill", "thaw", "empty?", "record", "detached"]
     state = rt.store.state
     assert (state.status, state.exit_code, state.checkpointed, state.frozen_by) == ("exited", 137, "ck1", None)
     assert rt.store.syncs == [True]  # fsynced: the answer says the container is stopped
@@ -112,6 +112,16 @@ def test_a_detached_stop_answers_with_the_tree_killed_and_recorded_and_the_rest_
     handed[0]()  # what the detached process runs
     assert hooked == ["hook"]
     assert rt.events[-2:] == ["veth gone", "release"]
+
+
+def test_a_detached_stop_answers_once_the_cgroup_is_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cgroup.kill only signals: the record (and the answer) wait until no process is left."""
+    rt = FakeRuntime(tmp_path)
+    rt.disconnect_started.set()
+    _detached(monkeypatch, rt)
+    rt.dying = [False, True, True]  # two looks find a process left
+    CheckpointHost(rt).stop_checkpointed(_container("bridge"), "ck1", timeout_s=5, detach=True)
+    assert rt.events == ["kill", "thaw", "empty?", "empty?", "empty?", "record", "detached"]
 
 
 def test_a_detached_stop_waits_for_the_shim_before_the_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
