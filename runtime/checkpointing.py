@@ -402,6 +402,12 @@ class CheckpointHost:
             return claim(self.rt, spec, exclude=[replace_id] if replace_id else ())
 
     def check_name_free(self, name: str, *, replace_id: str | None = None) -> None:
+        """ContainerExists if another container has ``name``. First of a restore's checks: a
+        checkpoint's teardown still running is waited for here, so the address, ports and name
+        its container held are free again when the checks look (runtime/teardown.py)."""
+        from runtime import teardown
+
+        teardown.wait_all(self.rt.paths)
         try:
             cid = self.store.resolve(name)
         except ContainerError:

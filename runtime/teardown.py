@@ -115,3 +115,14 @@ def wait(paths: Paths, container_id: str, timeout_s: float = WAIT_S) -> None:
                 time.sleep(POLL_S)
     finally:
         os.close(fd)
+
+
+def wait_all(paths: Paths, timeout_s: float = WAIT_S) -> None:
+    """``wait`` for every container whose teardown may still run (a listdir: usually none)."""
+    try:
+        names = os.listdir(paths.run / DIR)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(".lock"):
+            wait(paths, name[: -len(".lock")], timeout_s)

@@ -351,6 +351,19 @@ def test_a_restore_right_after_the_checkpoint_waits_for_its_teardown(pm_root: Pa
     assert Runtime(pm_root).network(spec.network).netns_path(spec.container_id).exists(), "the restored container's netns is gone"
 
 
+def test_a_copy_restored_right_after_the_checkpoint_gets_its_address(pm_root: Path) -> None:
+    """Under a new name (a new id), a restore still waits for the original's teardown: its address
+    lease goes there, and the copy asks for the same address."""
+    name, copy = unique("tdaddr"), unique("tdcopy")
+    start_counter(pm_root, name)
+    ip = inspect(pm_root, name).spec.ip
+    cid = ok(cli(pm_root, "checkpoint", name, env={"PYMIGRATE_FAILPOINTS": "checkpoint.teardown=sleep:1.5"})).strip()
+    assert _teardown_running(pm_root, name)
+    ok(cli(pm_root, "restore", cid, "--name", copy, "--ip", ip))
+    assert inspect(pm_root, copy).spec.ip == ip
+    assert_running_and_thawed(pm_root, copy)
+
+
 def test_rm_right_after_the_checkpoint_waits_for_its_teardown_and_leaves_nothing(pm_root: Path) -> None:
     before = host_snapshot(pm_root)
     name = unique("tdrm")

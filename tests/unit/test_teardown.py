@@ -53,6 +53,18 @@ def test_wait_waits_for_the_lock_and_gives_up_after_its_timeout(tmp_path: Path, 
         os.close(fd)
 
 
+def test_wait_all_waits_for_every_teardown(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    teardown.wait_all(paths, timeout_s=5)  # no dir yet: nothing to wait for
+    done = _hold(paths, "a" * 32)
+    os.close(done)  # a lock file left by a killed teardown: free
+    held = _hold(paths, CID)
+    threading.Timer(0.2, os.close, (held,)).start()
+    started = time.monotonic()
+    teardown.wait_all(paths, timeout_s=5)
+    assert 0.15 < time.monotonic() - started < 2
+
+
 def test_detach_runs_the_work_in_another_process_holding_the_lock(tmp_path: Path) -> None:
     if threading.active_count() != 1:
         pytest.skip("this pytest runs other threads: detach would (rightly) refuse to fork")
