@@ -346,6 +346,11 @@ class Runtime:
         seccomp_bpf = self.seccomp_filter(o["seccomp"], o["seccomp_profile"], o["cap_add"], o["cap_drop"])
         img = self.images.get(image)
         self.paths.ensure()
+        from runtime import teardown
+
+        # a checkpoint's detached teardown may still hold an address, ports or a bridge this run
+        # asks for: wait for it as a restore does (a listdir when none runs)
+        teardown.wait_all(self.paths)
         if o["name"] is not None:
             self._check_name_free(o["name"])
         else:

@@ -364,6 +364,19 @@ def test_a_copy_restored_right_after_the_checkpoint_gets_its_address(pm_root: Pa
     assert_running_and_thawed(pm_root, copy)
 
 
+def test_a_run_right_after_the_checkpoint_gets_its_address(pm_root: Path) -> None:
+    """A new container asking for the checkpointed one's address waits for that teardown too (the
+    lease is released there); without the wait it failed with the address in use."""
+    name, other = unique("tdrunip"), unique("tdrunnew")
+    start_counter(pm_root, name)
+    ip = inspect(pm_root, name).spec.ip
+    ok(cli(pm_root, "checkpoint", name, env={"PYMIGRATE_FAILPOINTS": "checkpoint.teardown=sleep:1.5"}))
+    assert _teardown_running(pm_root, name)
+    ok(cli(pm_root, "run", "-d", "--name", other, "--ip", ip, "busybox", "sh", "-c", COUNTER))
+    assert inspect(pm_root, other).spec.ip == ip
+    assert_running_and_thawed(pm_root, other)
+
+
 def test_rm_right_after_the_checkpoint_waits_for_its_teardown_and_leaves_nothing(pm_root: Path) -> None:
     before = host_snapshot(pm_root)
     name = unique("tdrm")
