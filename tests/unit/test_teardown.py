@@ -9,6 +9,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -65,21 +67,30 @@ def test_wait_all_waits_for_every_teardown(tmp_path: Path) -> None:
     assert 0.15 < time.monotonic() - started < 2
 
 
+_DETACH_PROBE = """
+import os, sys, time
+from pathlib import Path
+from runtime import teardown
+from runtime.config import Paths
+root, cid = Path(sys.argv[1]), sys.argv[2]
+out = root / "done"
+def work():
+    time.sleep(0.3)
+    out.write_text(str(os.getpid()))
+assert teardown.detach(Paths(root), cid, work), "detach refused in a one-thread process"
+assert not out.exists(), "detach waited for the work"
+assert teardown.lock_path(Paths(root), cid).exists()
+teardown.wait(Paths(root), cid, timeout_s=10)
+assert int(out.read_text()) != os.getpid(), "the work ran in the caller"
+assert not teardown.lock_path(Paths(root), cid).exists(), "the lock file outlived the teardown"
+"""
+
+
 def test_detach_runs_the_work_in_another_process_holding_the_lock(tmp_path: Path) -> None:
-    if threading.active_count() != 1:
-        pytest.skip("this pytest runs other threads: detach would (rightly) refuse to fork")
-    paths = Paths(tmp_path)
-    out = tmp_path / "done"
-
-    def work() -> None:
-        time.sleep(0.3)
-        out.write_text(str(os.getpid()))
-
-    assert teardown.detach(paths, CID, work)
-    assert not out.exists(), "detach waited for the work"
-    teardown.wait(paths, CID, timeout_s=10)
-    assert int(out.read_text()) != os.getpid()
-    assert not teardown.lock_path(paths, CID).exists()
+    # in a fresh interpreter: pytest's own threads would (rightly) make detach refuse to fork
+    done = subprocess.run([sys.executable, "-c", _DETACH_PROBE, str(tmp_path), CID], capture_output=True,
+                          text=True, timeout=30, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
 
 
 def test_detach_refuses_to_fork_beside_other_threads(tmp_path: Path) -> None:
