@@ -246,12 +246,7 @@ class CheckpointHost:
             # no fsync of our own: the shim's exit record (written as ours, fsynced before its
             # rename) carries ``checkpointed`` to the disk; without one, sync_state below
             self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id, frozen_by=None), sync=False)
-            cg = self._cg(c.spec)
-            cg.kill(cid)
-            try:
-                cg.thaw(cid)
-            except ContainerError:
-                pass
+            self._kill_thawed(self._cg(c.spec), cid)
             if not self._wait_exited(cid, timeout_s):
                 self.store.sync_state(cid)
         finally:
@@ -273,11 +268,7 @@ class CheckpointHost:
             return False
         cid = c.container_id
         cg = self._cg(c.spec)
-        cg.kill(cid)
-        try:
-            cg.thaw(cid)
-        except ContainerError:
-            pass
+        self._kill_thawed(cg, cid)
         self._wait_empty(cg, c, timeout_s)
         now = time.time()
         state = self.store.update_state(cid, lambda s: dataclasses.replace(
@@ -291,6 +282,15 @@ class CheckpointHost:
         if not teardown.detach(self.rt.paths, cid, rest):
             self._teardown(c, state.shim_pid, timeout_s)
         return True
+
+    @staticmethod
+    def _kill_thawed(cg: Any, cid: str) -> None:
+        """SIGKILL to the (frozen) tree, then a thaw: a v1 freezer lets the killed tasks die only thawed."""
+        cg.kill(cid)
+        try:
+            cg.thaw(cid)
+        except ContainerError:
+            pass
 
     @staticmethod
     def _wait_empty(cg: Any, c: Container, timeout_s: float) -> None:
