@@ -267,6 +267,9 @@ class CheckpointHost:
         if threading.active_count() != 1:
             return False
         cid = c.container_id
+        # recorded before the kill, as the inline stop does: a --rm container's shim, seeing the
+        # exit, removes the container unless it finds the checkpoint in the record
+        self.store.update_state(cid, lambda s: dataclasses.replace(s, checkpointed=checkpoint_id), sync=False)
         cg = self._cg(c.spec)
         self._kill_thawed(cg, cid)
         self._wait_empty(cg, c, timeout_s)

@@ -126,10 +126,10 @@ def test_a_detached_stop_answers_with_the_tree_killed_and_recorded_and_the_rest_
     hooked: list[str] = []
     CheckpointHost(rt).stop_checkpointed(_container("bridge"), "ck1", timeout_s=5, detach=True,
                                          before_teardown=lambda: hooked.append("hook"))
-    assert rt.events == ["kill", "thaw", "empty?", "record", "detached"]
+    assert rt.events == ["record", "kill", "thaw", "empty?", "record", "detached"]  # checkpointed recorded before the kill (a --rm shim)
     state = rt.store.state
     assert (state.status, state.exit_code, state.checkpointed, state.frozen_by) == ("exited", 137, "ck1", None)
-    assert rt.store.syncs == [True]  # fsynced: the answer says the container is stopped
+    assert rt.store.syncs == [False, True]  # the pre-kill mark unsynced; the stopped record fsynced: the answer says so
     assert not hooked
 
     handed[0]()  # what the detached process runs
@@ -144,7 +144,7 @@ def test_a_detached_stop_answers_once_the_cgroup_is_empty(tmp_path: Path, monkey
     _detached(monkeypatch, rt)
     rt.dying = [False, True, True]  # two looks find a process left
     CheckpointHost(rt).stop_checkpointed(_container("bridge"), "ck1", timeout_s=5, detach=True)
-    assert rt.events == ["kill", "thaw", "empty?", "empty?", "empty?", "record", "detached"]
+    assert rt.events == ["record", "kill", "thaw", "empty?", "empty?", "empty?", "record", "detached"]
 
 
 def test_a_detached_stop_waits_for_the_shim_before_the_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
