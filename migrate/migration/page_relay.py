@@ -216,8 +216,9 @@ class FramesCompress:
         return self._done(wait=False)
 
     def flush(self) -> bytes:
-        self.send_held()
-        return self._done(wait=True)
+        # what ``send_held`` took is kept: a frame done since the last ``collect`` (the pump reads
+        # EOF in the step its job ends) was dropped here once, cutting the stream's tail
+        return self.send_held() + self._done(wait=True)
 
     def end(self) -> bytes:
         out = self.flush()

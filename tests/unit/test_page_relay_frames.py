@@ -173,7 +173,20 @@ def test_frames_without_asking_are_refused(target: TargetRelay) -> None:
     assert target.failure is not None and "unknown page stream kind" in target.failure.message
 
 
-def test_the_pump_forwards_a_request_while_an_answer_compresses(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_frame_done_but_not_collected_goes_out_with_the_end() -> None:
+    """The pump may read EOF in the step a frame's job ended, before its wake was collected:
+    ``end`` must still return that frame (it once dropped it: the stream lost its tail)."""
+    enc = FramesCompress()
+    assert enc.feed(WORDS * 10) == b""  # short of a frame: held
+    first = enc.send_held()
+    for job in list(enc._jobs):
+        job.result()  # done, not collected
+    wire = first + enc.end()
+    assert _unpack(wire, len(wire)) == WORDS * 10
+
+
+def test_the_pump_forwards_a_request_while_an_answer_compresses(monkeypatch: pytest.MonkeyPatch,
+                                                                request: pytest.FixtureRequest) -> None:
     """The source relay's pump does not wait for zstd's threads: the target's next request reaches
     CRIU while the last answer's frame is still compressing (held here), and the answer follows."""
     gate = threading.Event()
@@ -186,6 +199,8 @@ def test_the_pump_forwards_a_request_while_an_answer_compresses(monkeypatch: pyt
     monkeypatch.setattr(FramesCompress, "_compress", held)
     criu, local = socket.socketpair()
     remote, target = socket.socketpair()
+    for s in (criu, local, remote, target):
+        request.addfinalizer(s.close)  # closed when the test fails too (else a later test warns)
     pipes = [page_relay.pipe(local, remote, FramesCompress(), idle_flush_s=0.0),
              page_relay.pipe(remote, local, page_relay.Plain(), idle_flush_s=0.0)]
     pump = threading.Thread(target=page_relay.pump, args=(pipes,), daemon=True)
@@ -205,5 +220,3 @@ def test_the_pump_forwards_a_request_while_an_answer_compresses(monkeypatch: pyt
     pump.join(5)
     assert not pump.is_alive()
     assert _unpack(wire, len(wire)) == answer
-    for s in (criu, local, remote, target):
-        s.close()
