@@ -36,7 +36,6 @@ from migrate.errors import ArchiveError, BadSignature, SigningKeyError, Unsigned
 
 if TYPE_CHECKING:  # imported where keys are used: ~35 ms that unsigned checkpoints and restores skip
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 __all__ = [
     "CONTEXT",
@@ -107,7 +106,7 @@ class ArchiveSigner:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         data = _read_key_file(path, private=True)
-        key: PrivateKeyTypes
+        key: object  # either loader's key types (they differ across cryptography releases); narrowed below
         try:
             if b"BEGIN OPENSSH PRIVATE KEY" in data:
                 key = serialization.load_ssh_private_key(data, password=None)
