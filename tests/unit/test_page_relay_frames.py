@@ -6,8 +6,10 @@ handshake only picks FRAMES when both relays read them (an older relay on either
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
+import time
 
 import pytest
 
@@ -220,3 +222,40 @@ def test_the_pump_forwards_a_request_while_an_answer_compresses(monkeypatch: pyt
     pump.join(5)
     assert not pump.is_alive()
     assert _unpack(wire, len(wire)) == answer
+
+
+def test_the_pump_keeps_every_byte_whatever_the_frames_timing(monkeypatch: pytest.MonkeyPatch,
+                                                                request: pytest.FixtureRequest) -> None:
+    """Bursts with pauses around the idle flush, frames that take random time on the threads, and
+    EOF right after the last burst: what reaches the target is the whole stream, in order (the EOF
+    once dropped a frame that ended after the pump's last collect)."""
+    rng = random.Random(17)
+    real = FramesCompress._compress
+
+    def slow(self: FramesCompress, data: bytes) -> bytes:
+        time.sleep(rng.random() * 0.002)
+        return real(self, data)
+
+    monkeypatch.setattr(FramesCompress, "_compress", slow)
+    for _ in range(50):
+        criu, local = socket.socketpair()
+        remote, target = socket.socketpair()
+        for s in (criu, local, remote, target):
+            request.addfinalizer(s.close)
+        pipes = [page_relay.pipe(local, remote, FramesCompress(), idle_flush_s=0.001),
+                 page_relay.pipe(remote, local, page_relay.Plain(), idle_flush_s=0.001)]
+        pump = threading.Thread(target=page_relay.pump, args=(pipes,), daemon=True)
+        pump.start()
+        sent = []
+        for _ in range(rng.randint(1, 8)):
+            burst = WORDS * rng.randint(1, 400) + os.urandom(rng.randint(0, 5000))
+            criu.sendall(burst)
+            sent.append(burst)
+            time.sleep(rng.choice([0, 0.0005, 0.001, 0.003]))
+        criu.shutdown(socket.SHUT_WR)
+        target.shutdown(socket.SHUT_WR)
+        target.settimeout(10)
+        wire = b"".join(iter(lambda: target.recv(1 << 16), b""))
+        pump.join(5)
+        assert not pump.is_alive()
+        assert _unpack(wire, 4096) == b"".join(sent)
