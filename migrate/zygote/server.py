@@ -115,6 +115,8 @@ class Zygote:
                 if kind == "accept":
                     if self.accept():
                         return
+                elif not self.running(worker):
+                    continue
                 elif kind == "exit":
                     self.reap(worker)
                 else:
@@ -123,6 +125,11 @@ class Zygote:
                 self.last_active = time.monotonic()
             elif time.monotonic() - self.last_active > IDLE_S or not self.owns_path():
                 return
+
+    def running(self, worker: Worker) -> bool:
+        """False once reaped: a worker's exit and its caller's close often come in one select
+        batch; after the reap its connection is closed and its pid may be another process's."""
+        return self.workers.get(worker.pid) is worker
 
     def accept(self) -> bool:
         """Take one request; True when this zygote must leave (its code is stale)."""

@@ -4,6 +4,8 @@ and one round trip through a real zygote (a `ps` on an empty root: no containers
 from __future__ import annotations
 
 import os
+import select
+import selectors
 import socket
 import subprocess
 import sys
@@ -93,6 +95,31 @@ def test_a_changed_or_added_source_file_makes_the_zygote_stale(tmp_path: Path, m
         zygote.sel.close()
         for name in ("zstalepkg", "zstalepkg.mod"):
             sys.modules.pop(name, None)
+
+
+def test_a_worker_reaped_earlier_in_a_batch_is_not_served_again(tmp_path: Path) -> None:
+    """A worker's exit and its caller's close come in one select batch: after the reap closed the
+    connection, the close's event must be skipped (it once made the zygote unregister fd -1 and
+    die, ~1 in 8 round trips, and would SIGKILL a pid another process may have by then)."""
+    zygote = server.Zygote(str(tmp_path / "unbound.sock"))  # not bound: serve returns once idle of workers
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    pidfd = os.pidfd_open(pid)
+    modules_r, modules_w = os.pipe()
+    os.close(modules_w)
+    conn, caller = socket.socketpair()
+    worker = server.Worker(pid, conn, pidfd, modules_r, ["ps"])
+    zygote.workers[pid] = worker
+    zygote.sel.register(pidfd, selectors.EVENT_READ, ("exit", worker))
+    zygote.sel.register(conn.fileno(), selectors.EVENT_READ, ("signal", worker))
+    try:
+        select.select([pidfd], [], [], 10)  # the exit is ready first, the close after it
+        caller.close()
+        zygote.serve()
+        assert zygote.workers == {} and zygote.sel.get_map() == {}
+    finally:
+        zygote.sel.close()
 
 
 def test_exit_codes_as_the_interpreter_makes_them(capsys: pytest.CaptureFixture[str]) -> None:
