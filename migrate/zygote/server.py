@@ -185,13 +185,17 @@ class Zygote:
         os.close(modules_w)
         pidfd = os.pidfd_open(pid)
         worker = Worker(pid, conn, pidfd, modules_r, list(request["argv"][1:]))
-        self.workers[pid] = worker
-        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", worker))
-        self.sel.register(conn.fileno(), selectors.EVENT_READ, ("signal", worker))
+        self.watch(worker)
         try:
             conn.sendall(wire.line(b"A", pid))
         except OSError:  # the caller is gone already
             _kill(pid, signal.SIGKILL)
+
+    def watch(self, worker: Worker) -> None:
+        """The worker's exit (its pidfd) and its caller's signals or close (its connection) wake ``serve``."""
+        self.workers[worker.pid] = worker
+        self.sel.register(worker.pidfd, selectors.EVENT_READ, ("exit", worker))
+        self.sel.register(worker.conn.fileno(), selectors.EVENT_READ, ("signal", worker))
 
     def close_for_worker(self, keep: Any) -> None:
         """In the worker: nothing of the zygote's stays open (the caller's connection neither)."""

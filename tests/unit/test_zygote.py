@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import select
-import selectors
 import socket
 import subprocess
 import sys
@@ -109,10 +108,7 @@ def test_a_worker_reaped_earlier_in_a_batch_is_not_served_again(tmp_path: Path) 
     modules_r, modules_w = os.pipe()
     os.close(modules_w)
     conn, caller = socket.socketpair()
-    worker = server.Worker(pid, conn, pidfd, modules_r, ["ps"])
-    zygote.workers[pid] = worker
-    zygote.sel.register(pidfd, selectors.EVENT_READ, ("exit", worker))
-    zygote.sel.register(conn.fileno(), selectors.EVENT_READ, ("signal", worker))
+    zygote.watch(server.Worker(pid, conn, pidfd, modules_r, ["ps"]))
     try:
         select.select([pidfd], [], [], 10)  # the exit is ready first, the close after it
         caller.close()
